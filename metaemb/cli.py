@@ -1,0 +1,210 @@
+"""The `metaemb` command line, built by a factory so plugins can add commands before it runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def create_app() -> typer.Typer:
+    """Build the typer app: built-in commands, then commands from plugins' register_commands."""
+    app = typer.Typer(
+        name="metaemb",
+        help="Train and evaluate embedding networks for biometric recognition (faces, voices, …).",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    app.command()(train)
+    app.command()(evaluate)
+    app.command()(embed)
+    app.command("demo-data")(demo_data)
+    app.command()(plugins)
+    app.command("list")(list_components)
+    from metaemb.commands.trials import app as trials_app
+
+    app.add_typer(trials_app, name="trials")
+    from metaemb.core.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(app=app)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+def train(
+    modality: Annotated[str, typer.Option(help="face, speaker, or any plugin's modality")] = "face",
+    data: Annotated[
+        Path | None, typer.Option(help="<identity>/<sample> folder; default: built-in demo data")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. train.epochs=3")
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="root of run directories")] = Path("runs"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
+    fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers")] = None,
+) -> None:
+    """Train an embedding network (resumes the run with the same configuration)."""
+    from metaemb.core.config import resolve
+    from metaemb.core.engine import Trainer
+
+    sets = list(set_ or [])
+    if data is not None:
+        sets.append(f"data.root={json.dumps(str(data))}")
+    cfg = resolve(modality, config, sets)
+    Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=console, workers=workers).run()
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory or checkpoint (.pt)")],
+    data: Annotated[Path | None, typer.Option(help="data folder (default: the run's)")] = None,
+    trials: Annotated[Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, LFW)")] = None,
+    protocol: Annotated[str | None, typer.Option(help="lfw, voxceleb, kaldi, …")] = None,
+    scorer: Annotated[str | None, typer.Option(help="scorer name (default: the run's)")] = None,
+    calibrate: Annotated[
+        Path | None, typer.Option(help="trial list of held-out trials to train calibration on")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval-…)")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
+    from metaemb.core.evaluate import Evaluation
+
+    Evaluation(
+        run,
+        data=data,
+        trials=trials,
+        protocol=protocol,
+        scorer=scorer,
+        calibrate=calibrate,
+        out=out,
+        device=device,
+        workers=workers,
+        console=console,
+    ).run()
+
+
+def embed(
+    checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint")],
+    data: Annotated[Path, typer.Argument(help="<identity>/<sample> folder")],
+    out: Annotated[Path, typer.Option(help="output .pt file (embeddings, paths, labels)")],
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """Embed every sample of a folder with a trained model."""
+    from metaemb.core.evaluate import embed_folder
+
+    n = embed_folder(checkpoint, data, out, device=device, workers=workers)
+    console.print(f"wrote {n} embeddings to {out}")
+
+
+def demo_data(
+    modality: Annotated[str, typer.Option(help="face, speaker, …")] = "face",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-data"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="generator option, e.g. identities=40")
+    ] = None,
+) -> None:
+    """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""
+    from metaemb.core.components import build, validate_options
+    from metaemb.core.config import parse_set
+    from metaemb.core.plugins import registry
+
+    name = registry("modalities").get(modality).demo_data
+    opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
+    build("demo_data", name, opts, out=out)
+    console.print(f"wrote the {modality} demo dataset to {out}")
+
+
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List loaded plugins with their versions, hooks and components."""
+    from metaemb.core.plugins import state
+
+    st = state()
+    infos = st.plugins()
+    if as_json:
+        payload = {
+            "plugins": [p.__dict__ for p in infos],
+            "failed": [f.__dict__ for f in st.failed],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title="metaemb plugins")
+    for col in ("name", "version", "hooks", "components"):
+        table.add_column(col)
+    for p in infos:
+        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in sorted(p.components.items()))
+        table.add_row(p.name, p.version, "\n".join(p.hooks), comps)
+    console.print(table)
+    for f in st.failed:
+        console.print(f"[red]failed to load[/] {f.name}: {f.error}")
+
+
+def list_components(
+    kind: Annotated[str, typer.Argument(help="backbones, frontends, objectives, scorers, …")],
+) -> None:
+    """List registered components of one kind."""
+    from metaemb.core.components import options_of
+    from metaemb.core.errors import ConfigError, suggest
+    from metaemb.core.plugins import registry
+    from metaemb.core.registry import KINDS
+
+    key = kind.replace("-", "_")
+    if key not in KINDS and key + "s" in KINDS:
+        key += "s"
+    if key not in KINDS:
+        raise ConfigError(
+            f"unknown component kind '{kind}';{suggest(key, KINDS)} kinds: {', '.join(KINDS)}."
+        )
+    table = Table(title=f"metaemb {key}")
+    for col in ("name", "plugin", "options", "description"):
+        table.add_column(col)
+    for e in registry(key).entries():
+        try:
+            opts = ", ".join(f"{o.name}={o.default!r}" for o in options_of(e.factory).values())
+        except (TypeError, ValueError):
+            opts = ""
+        table.add_row(e.name, e.plugin, opts, e.description)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+def _user_message(exc: BaseException) -> str:
+    """A one-paragraph message; errors re-raised from DataLoader workers carry a traceback text."""
+    text = str(exc)
+    if "Traceback" in text:
+        for line in reversed(text.strip().splitlines()):
+            if "Error: " in line:
+                return line.split("Error: ", 1)[1]
+    return text
+
+
+def main() -> None:
+    from metaemb.core.errors import MetaembError
+
+    try:
+        app = create_app()
+        app()
+    except MetaembError as exc:
+        err_console.print(f"[bold red]error:[/] {_user_message(exc)}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; re-run the same command to resume.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

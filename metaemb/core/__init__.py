@@ -1,0 +1,1 @@
+"""Modality-agnostic core: knows nothing about images or audio."""

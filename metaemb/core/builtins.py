@@ -1,0 +1,65 @@
+"""The core's own components (heads, objectives, samplers, scorers, protocols), registered through
+the same hooks as any plugin. Imports happen inside the hooks so `import metaemb` stays light."""
+
+from __future__ import annotations
+
+from metaemb import hookimpl
+from metaemb.core.hookspecs import Register
+
+
+@hookimpl
+def register_heads(register: Register) -> None:
+    # heads: registered below by core/heads.py's owner
+    pass
+
+
+@hookimpl
+def register_objectives(register: Register) -> None:
+    # objectives: one file each under core/objectives/
+    # point-embedding objectives
+    from metaemb.core.objectives.softmax import SoftmaxObjective
+
+    register("softmax", SoftmaxObjective, description="cross-entropy over training identities")
+    from metaemb.core.objectives.margin import ArcFaceObjective, CosFaceObjective
+
+    register("arcface", ArcFaceObjective, description="additive angular margin softmax (ArcFace)")
+    register("cosface", CosFaceObjective, description="additive cosine margin softmax (CosFace)")
+
+
+@hookimpl
+def register_samplers(register: Register) -> None:
+    # samplers: core/samplers.py
+    from metaemb.core import samplers as s
+
+    register("random", s.RandomSampler, description="shuffled samples")
+    register("pk", s.PKSampler, description="P identities x K samples per batch")
+    register("pairs", s.PairSampler, description="random genuine/impostor pairs (2i, 2i+1)")
+    register("subject", s.SubjectSampler, description="subject-by-subject batches")
+    register("mixed", s.MixedSampler, description="half subject-by-subject, half random open set")
+    register("hard-pairs", s.HardPairSampler, description="most confusable pairs, re-mined each epoch")
+
+
+@hookimpl
+def register_scorers(register: Register) -> None:
+    # scorers: core/scoring.py, core/gme_scoring.py
+    from metaemb.core import calibration, scoring
+
+    register("cosine", scoring.CosineScorer, description="cosine similarity (opt. minus train mean)")
+    register("euclidean", scoring.EuclideanScorer, description="negative Euclidean distance")
+    register("plda", scoring.PLDAScorer, description="LDA + length-norm + two-covariance PLDA LLR")
+    register("snorm", scoring.SNorm, description="s-norm of a base scorer against a cohort")
+    register("asnorm", scoring.ASNorm, description="adaptive s-norm (top-N cohort) of a base scorer")
+    register("calibrated", calibration.CalibratedScorer, description="base scorer → calibrated LLR")
+
+
+@hookimpl
+def register_protocols(register: Register) -> None:
+    # protocols: core/trials.py (text formats every modality shares)
+    pass
+
+
+@hookimpl
+def register_frontends(register: Register) -> None:
+    from metaemb.core.interfaces import IdentityFrontend
+
+    register("none", IdentityFrontend, description="Leave samples as they are.")

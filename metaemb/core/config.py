@@ -1,0 +1,308 @@
+"""Typed configuration: dataclass sections, TOML files, dotted `--set` overrides, strict keys.
+
+Resolution order (later wins): built-in defaults → the modality's defaults → `--config FILE` →
+`--set key=value`. Core sections (data, model, train, eval) are dataclasses; the component
+sections (folder, frontend, features, backbone, head, objective, sampler, scorer, demo) hold the
+options of the chosen component and are validated against that component's factory signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from metaemb.core.components import coerce, options_of, validate_options
+from metaemb.core.errors import ConfigError, suggest
+from metaemb.core.modality import Modality
+from metaemb.core.plugins import registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # "" = the modality's built-in demo dataset
+    folder: str = ""  # sample-folder component; "" = the modality's default
+    val_fraction: float = 0.25  # identities held out for validation
+    workers: int = 2  # DataLoader worker processes (runtime only: not part of the run hash)
+    on_bad_sample: Literal["error", "skip"] = "error"
+    cache_dir: str = ""  # "" = $METAEMB_CACHE or ~/.cache/metaemb (runtime only)
+
+
+@dataclass
+class ModelConfig:
+    frontend: str = ""  # "" = the modality's default
+    features: str = ""
+    backbone: str = ""
+    head: str = "linear"  # "linear" (point embedding) or "gme" (Gaussian meta-embedding)
+    dim: int = 128
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD only
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 5.0  # max gradient norm; 0 disables
+    objective: str = "softmax"
+    sampler: str = ""  # "" = the batch structure the objective asks for
+    classifier_lr_mult: float = 1.0  # LR multiplier of the class-weight module
+    freeze_trunk_epochs: int = 0
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False
+    channels_last: bool = True
+
+
+@dataclass
+class EvalConfig:
+    scorer: str = ""  # "" = cosine for point embeddings, gme for meta-embeddings
+    max_targets: int = 4000  # validation target trials (all pairs when fewer)
+    nontargets: int = 4000  # validation non-target trials
+    p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
+    select: Literal["eer", "min_dcf", "cllr"] = "eer"  # best-checkpoint criterion (lower wins)
+    batch_size: int = 64
+
+
+CORE_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+# component section -> (registry kind, how to find the chosen name)
+COMPONENT_SECTIONS = {
+    "folder": "sample_folders",
+    "frontend": "frontends",
+    "features": "features",
+    "backbone": "backbones",
+    "head": "heads",
+    "objective": "objectives",
+    "sampler": "samplers",
+    "scorer": "scorers",
+    "demo": "demo_data",
+}
+TOP_LEVEL = {"name": str, "modality": str}
+RUNTIME_KEYS = {("data", "workers"), ("data", "cache_dir")}
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    modality: str = "face"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- chosen component names --------------------------------------------------------
+    def component_name(self, section: str) -> str:
+        return {
+            "folder": self.data.folder,
+            "frontend": self.model.frontend,
+            "features": self.model.features,
+            "backbone": self.model.backbone,
+            "head": self.model.head,
+            "objective": self.train.objective,
+            "sampler": self.train.sampler,
+            "scorer": self.eval.scorer,
+            "demo": self.modality_obj().demo_data,
+        }[section]
+
+    def options(self, section: str) -> dict[str, Any]:
+        return dict(self.components.get(section, {}))
+
+    def modality_obj(self) -> Modality:
+        return registry("modalities").get(self.modality)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "modality": self.modality}
+        for section in CORE_SECTIONS:
+            out[section] = dataclasses.asdict(getattr(self, section))
+        for section in COMPONENT_SECTIONS:
+            if self.components.get(section):
+                out[section] = dict(sorted(self.components[section].items()))
+        return out
+
+    def hash(self) -> str:
+        """8 hex digits identifying everything that changes results (runtime keys excluded)."""
+        d = self.to_dict()
+        for section, key in RUNTIME_KEYS:
+            d[section].pop(key, None)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+def parse_set(item: str) -> tuple[str, Any]:
+    """'train.epochs=3' → ('train.epochs', 3); values parse as TOML literals, else strings."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), got '{item}'")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist.")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and (
+            prefix == "" and (k in CORE_SECTIONS or k in COMPONENT_SECTIONS)
+        ):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _core_field_type(cls: type, key: str) -> Any:
+    return typing.get_type_hints(cls)[key]
+
+
+def resolve(
+    modality: str,
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Build the resolved Config for a modality from its defaults, a TOML file and --set items."""
+    mod: Modality = registry("modalities").get(modality)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    defaults = {
+        "model.frontend": mod.frontend,
+        "model.features": mod.features,
+        "model.backbone": mod.backbone,
+        "data.folder": mod.sample_folder,
+    }
+    defaults.update(mod.defaults)
+    layers.append((f"modality '{modality}' defaults", defaults))
+    if base:
+        layers.append(("saved config", _flatten(base)))
+    if config_file:
+        layers.append((f"config file '{config_file}'", _flatten(load_toml(config_file))))
+    if sets:
+        layers.append(("--set", dict(parse_set(s) for s in sets)))
+
+    cfg = Config(modality=modality)
+    pending: dict[str, dict[str, tuple[Any, bool]]] = {}  # section -> key -> (value, from_user)
+    for origin, layer in layers:
+        user = not origin.startswith("modality")
+        for key, value in layer.items():
+            _apply(cfg, key, value, origin, pending, user)
+    if cfg.modality != modality:
+        raise ConfigError(
+            f"config sets modality '{cfg.modality}' but the command asked for '{modality}'."
+        )
+    if not cfg.eval.scorer:
+        head = registry("heads").get(cfg.model.head)
+        cfg.eval.scorer = "gme" if getattr(head, "output", "point") == "gme" else "cosine"
+    if not cfg.train.sampler:
+        cfg.train.sampler = getattr(
+            registry("objectives").get(cfg.train.objective), "batch", "random"
+        )
+    # Component options, validated against the chosen component (modality defaults that do not
+    # apply to a component chosen by the user are dropped; the user's own keys must be valid).
+    for section, keys in pending.items():
+        name = cfg.component_name(section)
+        kind = COMPONENT_SECTIONS[section]
+        known = options_of(registry(kind).get(name))
+        user_opts = {k: v for k, (v, user) in keys.items() if user or k in known}
+        if user_opts:
+            cfg.components[section] = validate_options(kind, name, user_opts, section)
+    for section in COMPONENT_SECTIONS:  # unknown names fail early with suggestions
+        registry(COMPONENT_SECTIONS[section]).get(cfg.component_name(section))
+    return cfg
+
+
+def _apply(
+    cfg: Config,
+    key: str,
+    value: Any,
+    origin: str,
+    pending: dict[str, dict[str, tuple[Any, bool]]],
+    user: bool,
+) -> None:
+    if key in TOP_LEVEL:
+        setattr(cfg, key, coerce(value, TOP_LEVEL[key], f"config key '{key}' ({origin})"))
+        return
+    section, _, field_name = key.partition(".")
+    if section in CORE_SECTIONS and field_name:
+        cls = CORE_SECTIONS[section]
+        names = [f.name for f in dataclasses.fields(cls)]
+        if field_name not in names:
+            raise ConfigError(
+                f"unknown config key '{key}' ({origin});{suggest(field_name, names)} valid keys in "
+                f"[{section}]: {', '.join(names)}."
+            )
+        typ = _core_field_type(cls, field_name)
+        setattr(
+            getattr(cfg, section), field_name, coerce(value, typ, f"config key '{key}' ({origin})")
+        )
+        return
+    if section in COMPONENT_SECTIONS and field_name:
+        pending.setdefault(section, {})[field_name] = (value, user)
+        return
+    valid = sorted([*TOP_LEVEL, *CORE_SECTIONS, *COMPONENT_SECTIONS])
+    head = section if field_name else key
+    raise ConfigError(
+        f"unknown config key '{key}' ({origin});{suggest(head, valid)} valid sections and keys: "
+        f"{', '.join(valid)}."
+    )
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a resolved Config saved by `to_dict` (e.g. from a checkpoint or config.toml)."""
+    modality = d.get("modality", "face")
+    return resolve(modality, base=d)
+
+
+# ---------------------------------------------------------------------------------------------
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(d: dict[str, Any]) -> str:
+    """A minimal TOML writer for configs: top-level scalars, then one table per section."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+    return "\n".join(lines) + "\n"

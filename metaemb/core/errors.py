@@ -1,0 +1,32 @@
+"""User-facing errors: the CLI prints their message as one paragraph, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MetaembError(Exception):
+    """An error caused by input the user can fix; its message says what and where."""
+
+
+class ConfigError(MetaembError):
+    """A bad configuration key, value or type."""
+
+
+class DataError(MetaembError):
+    """Missing, empty, corrupt or malformed data (names the file and, where known, the line)."""
+
+
+class PluginError(MetaembError):
+    """A plugin failed to load, or two plugins registered the same name."""
+
+
+class UnknownComponentError(MetaembError):
+    """A component name that no plugin registered."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return " did you mean 'x'?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,335 @@
+"""The abstract components a modality plugin implements, and the small data types they share.
+
+Data flows: SampleFolder.load(path) → Frontend (cached, deterministic) → Features.prepare (CPU,
+per sample, in DataLoader workers; augmentation/crops when training) → Features.collate →
+Features.forward (batched, on the training device) → Backbone → Head → Objective / Scorer.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from metaemb.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One file of a SampleFolder: its path relative to the root, its identity and label index."""
+
+    path: str
+    identity: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A verification trial: enrollment sample(s) vs a test sample; label 1 target, 0 non-target."""
+
+    enroll: tuple[str, ...]
+    test: str
+    label: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+class SampleFolder(torch.utils.data.Dataset, abc.ABC):
+    """A root of `<identity>/…/<sample>` files; the identity is the first path component.
+
+    Scans deterministically (sorted), reports empty identities and unknown roots by path, and
+    splits by identity so train and validation identities are disjoint.
+    """
+
+    extensions: ClassVar[tuple[str, ...]] = ()
+    what: ClassVar[str] = "sample"  # word used in messages ("image", "audio file")
+
+    def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
+        self.root = Path(root)
+        if samples is None:
+            samples = self._scan()
+        self.samples: list[Sample] = list(samples)
+        self.identities: list[str] = sorted({s.identity for s in self.samples})
+        index = {name: i for i, name in enumerate(self.identities)}
+        # Labels are re-indexed so every subset has labels 0..n_identities-1.
+        self.samples = [Sample(s.path, s.identity, index[s.identity]) for s in self.samples]
+
+    # -- scanning ------------------------------------------------------------------------
+    def _scan(self) -> list[Sample]:
+        root = self.root
+        if not root.exists():
+            raise DataError(f"data folder '{root}' does not exist.")
+        if not root.is_dir():
+            raise DataError(
+                f"data path '{root}' is not a folder of <identity>/<{self.what}> files."
+            )
+        exts = {e.lower() for e in self.extensions}
+        samples: list[Sample] = []
+        empty: list[str] = []
+        identity_dirs = sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if not identity_dirs:
+            raise DataError(
+                f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
+                f"files with extensions {', '.join(sorted(exts))}."
+            )
+        for ident_dir in identity_dirs:
+            found = []
+            for dirpath, dirnames, filenames in os.walk(ident_dir):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for fn in sorted(filenames):
+                    if Path(fn).suffix.lower() in exts:
+                        rel = Path(dirpath, fn).relative_to(root).as_posix()
+                        found.append(Sample(rel, ident_dir.name, -1))
+            if not found:
+                empty.append(ident_dir.name)
+            samples.extend(found)
+        if empty:
+            shown = ", ".join(f"'{root / e}'" for e in empty[:5]) + (" …" if len(empty) > 5 else "")
+            raise DataError(
+                f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
+                f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."
+            )
+        return samples
+
+    # -- structure -----------------------------------------------------------------------
+    @property
+    def num_identities(self) -> int:
+        return len(self.identities)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def by_identity(self) -> dict[int, list[int]]:
+        """label → indices of its samples, in scan order."""
+        index: dict[int, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            index.setdefault(s.label, []).append(i)
+        return index
+
+    def subset(self, identities: Sequence[str]) -> SampleFolder:
+        """A folder of the same kind restricted to some identities (labels re-indexed)."""
+        keep = set(identities)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        SampleFolder.__init__(new, self.root, [s for s in self.samples if s.identity in keep])
+        return new
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[SampleFolder, SampleFolder]:
+        """Split by identity into disjoint (train, validation) folders, deterministically."""
+        n_val = max(2, round(self.num_identities * val_fraction))
+        if self.num_identities - n_val < 2:
+            raise DataError(
+                f"data folder '{self.root}' has {self.num_identities} identities: too few to hold out "
+                f"{n_val} for validation and train on the rest (need at least {n_val + 2})."
+            )
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.num_identities, generator=g).tolist()
+        val = sorted(self.identities[i] for i in order[:n_val])
+        train = sorted(self.identities[i] for i in order[n_val:])
+        return self.subset(train), self.subset(val)
+
+    def abspath(self, sample: Sample | str) -> Path:
+        return self.root / (sample.path if isinstance(sample, Sample) else sample)
+
+    # -- loading -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, path: Path) -> Any:
+        """Read one raw sample; raise DataError naming the path when it is unreadable."""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        s = self.samples[i]
+        return self.load(self.abspath(s)), s.label
+
+
+# ---------------------------------------------------------------------------------------------
+class Frontend(abc.ABC):
+    """Raw sample → normalised raw sample (face alignment, speech activity detection).
+
+    Deterministic, so its results can be cached per sample (relative path + size + mtime + key()).
+    """
+
+    def key(self) -> str:
+        """Identity of this frontend's configuration, used in cache keys."""
+        return type(self).__name__
+
+    @abc.abstractmethod
+    def __call__(self, raw: Any, path: str, root: Path) -> Any:
+        """Process `raw`, read from `root / path`."""
+
+
+class IdentityFrontend(Frontend):
+    """Leaves samples as they are."""
+
+    def __call__(self, raw: Any, path: str, root: Path) -> Any:
+        return raw
+
+
+# ---------------------------------------------------------------------------------------------
+class Features(nn.Module):
+    """Normalised raw → network input.
+
+    `prepare` runs per sample on the CPU (in DataLoader workers): decoding to a tensor, training
+    crops and augmentation. `collate` batches (padding variable lengths). `forward` runs batched on
+    the training device (e.g. the audio filterbank on the GPU). `out_channels` tells backbones the
+    input width (3 for RGB, 80 for an 80-band filterbank).
+    """
+
+    out_channels: int = 1
+
+    @abc.abstractmethod
+    def prepare(self, raw: Any, train: bool) -> Tensor:
+        """One sample → tensor (no batch dimension)."""
+
+    def collate(self, items: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Stack same-shaped samples; variable-length modalities pad and return lengths."""
+        return torch.stack(list(items)), None
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        return x, lengths
+
+    def baseline_embedding(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The no-learning baseline (raw pixels; mean filterbank vector) used to show a task is real."""
+        x, lengths = self.forward(x, lengths)
+        if lengths is None:
+            return x.flatten(1).float()
+        # [N, C, T] with valid lengths: masked mean over time.
+        mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        return ((x * mask[:, None, :]).sum(-1) / lengths[:, None].clamp(min=1)).float()
+
+    def input_spec(self) -> dict[str, Any]:
+        """What travels with checkpoints so evaluation prepares inputs exactly as training did."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+class Backbone(nn.Module):
+    """Input batch → pooled features [N, feature_dim]. `trunk()` is what freezing freezes."""
+
+    feature_dim: int = 0
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor: ...
+
+    def trunk(self) -> nn.Module:
+        return self
+
+
+class Head(nn.Module):
+    """Pooled features → embedding: a point [N, d] or a Gaussian meta-embedding (a, b)."""
+
+    output: ClassVar[str] = "point"  # or "gme"
+    dim: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+class Objective(abc.ABC):
+    """(embeddings or GMEs, labels) → loss.
+
+    `batch` names the sampler it needs ("random", "pk", "pairs", "subject", "mixed"); `needs`
+    says whether it wants point embeddings or GMEs. Class weights live in the module returned
+    by `build_classifier` (own parameter group and checkpoint key), never inside the loss.
+    """
+
+    batch: ClassVar[str] = "random"
+    needs: ClassVar[str] = "point"
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.stats: dict[str, float] = {}
+
+    def build_classifier(self, dim: int, num_classes: int) -> nn.Module | None:
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def end_epoch(self) -> list[str]:
+        """Warnings to report after an epoch (e.g. a collapsed triplet loss)."""
+        return []
+
+    @abc.abstractmethod
+    def __call__(self, embeddings: Any, labels: Tensor, classifier: nn.Module | None) -> Tensor: ...
+
+
+# ---------------------------------------------------------------------------------------------
+class BatchSampler(abc.ABC):
+    """Yields lists of dataset indices; deterministic given (seed, epoch); rank r of w gets a
+    disjoint share of the batches."""
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.labels = list(labels)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    @abc.abstractmethod
+    def all_batches(self) -> list[list[int]]:
+        """Every batch of this epoch, for all ranks (the same on every rank)."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.all_batches()
+        usable = (
+            len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
+        )
+        yield from batches[self.rank : usable : self.world_size]
+
+    def __len__(self) -> int:
+        n = len(self.all_batches())
+        return n // self.world_size if self.world_size > 1 else n
+
+
+# ---------------------------------------------------------------------------------------------
+class Scorer(abc.ABC):
+    """Scores pairs of embeddings (or GMEs): higher = more likely the same identity.
+
+    `fit` is optional (PLDA, calibration, training-mean). `score_matrix` is chunked so memory stays
+    bounded. State is a dict of tensors (saved with the run, no pickle).
+    """
+
+    needs: ClassVar[str] = "point"  # "point", "gme" or "any"
+    requires_fit: ClassVar[bool] = False
+
+    def fit(self, embeddings: Any, labels: Tensor) -> None:
+        return None
+
+    @abc.abstractmethod
+    def score_matrix(self, enroll: Any, test: Any) -> Tensor:
+        """All-vs-all scores [N_enroll, N_test]."""
+
+    def score(self, enroll: Any, test: Any) -> Tensor:
+        """Scores of aligned pairs (enroll[i], test[i]) → [N]."""
+        n = len(enroll)
+        out = [self.score_matrix(enroll[i : i + 1], test[i : i + 1])[0, 0] for i in range(n)]
+        return torch.stack(out) if out else torch.zeros(0)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        return None

@@ -1,0 +1,297 @@
+"""LDA and two-covariance PLDA (x = μ + y + ε, y ~ N(0, B), ε ~ N(0, W)), trained by EM.
+
+Everything is float64: PLDA log-likelihood ratios are differences of large quadratic forms and
+float32 loses digits that calibration and the 1e-8 reference tests care about. After training,
+W and B are simultaneously diagonalised (T W Tᵀ = I, T B Tᵀ = diag(ψ)), so scoring is O(d) per pair
+and an all-vs-all block with equal enrollment counts is one matmul. `PLDABackend` is the usual
+speaker back-end chain: mean subtraction → LDA → length-norm → PLDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from metaemb.core.errors import DataError
+
+DTYPE = torch.float64
+LOG2PI = math.log(2.0 * math.pi)
+
+
+def _as_f64(x: Tensor | Sequence, name: str = "embeddings") -> Tensor:
+    t = torch.as_tensor(x).detach().to("cpu", DTYPE)
+    if t.ndim != 2:
+        raise DataError(f"{name} must be a 2-D [N, dim] array, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise DataError(f"{name} contain NaN or infinite values; check the embedding extractor")
+    return t
+
+
+def _labels(labels: Tensor | Sequence[int], n: int) -> tuple[Tensor, Tensor]:
+    """Labels → (class index 0..K-1 per sample, count per class)."""
+    lab = torch.as_tensor(labels).to("cpu").long().reshape(-1)
+    if lab.numel() != n:
+        raise DataError(f"got {lab.numel()} labels for {n} embeddings; they must match one to one")
+    _, inverse, counts = torch.unique(lab, return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def class_stats(x: Tensor, labels: Tensor | Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(class means [K, d], counts [K], within-class scatter Σ_i Σ_j (x_ij − m_i)(x_ij − m_i)ᵀ)."""
+    inverse, counts = _labels(labels, x.shape[0])
+    sums = torch.zeros(counts.numel(), x.shape[1], dtype=x.dtype).index_add_(0, inverse, x)
+    means = sums / counts[:, None].to(x.dtype)
+    dev = x - means[inverse]
+    return means, counts, dev.T @ dev
+
+
+def length_norm(x: Tensor) -> Tensor:
+    """Scale each row to norm √dim (Kaldi's convention; keeps per-dimension variance near 1)."""
+    norm = x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return x * (math.sqrt(x.shape[1]) / norm)
+
+
+def _sym(a: Tensor) -> Tensor:
+    return 0.5 * (a + a.T)
+
+
+# ---------------------------------------------------------------------------------------------
+def fit_lda(x: Tensor, labels: Tensor | Sequence[int], dim: int) -> tuple[Tensor, Tensor]:
+    """Fisher LDA: (mean [D], transform [k, D]) with k = min(dim, n_classes − 1, D).
+
+    The projected within-class covariance is the identity; rows are sorted by decreasing
+    between/within variance ratio.
+    """
+    x = _as_f64(x)
+    means, counts, sw = class_stats(x, labels)
+    k = min(dim, counts.numel() - 1, x.shape[1])
+    if k < 1:
+        raise DataError("LDA needs at least two identities in the training embeddings")
+    mean = x.mean(0)
+    sw = _sym(sw / x.shape[0])
+    centred = means - mean
+    sb = _sym((centred * counts[:, None].to(DTYPE)).T @ centred / x.shape[0])
+    # A small ridge keeps Sw invertible when dim > N − K (few samples per class).
+    sw = sw + torch.eye(sw.shape[0], dtype=DTYPE) * (1e-9 * sw.diagonal().mean().clamp_min(1e-30))
+    chol = torch.linalg.cholesky(sw)
+    inv_l = torch.linalg.solve_triangular(chol, torch.eye(sw.shape[0], dtype=DTYPE), upper=False)
+    evals, evecs = torch.linalg.eigh(_sym(inv_l @ sb @ inv_l.T))
+    order = torch.argsort(evals, descending=True)[:k]
+    transform = evecs[:, order].T @ inv_l
+    return mean, transform
+
+
+# ---------------------------------------------------------------------------------------------
+def _class_loglik(
+    means: Tensor, counts: Tensor, scatter: Tensor, b: Tensor, w: Tensor
+) -> tuple[float, list[tuple[Tensor, Tensor, Tensor]]]:
+    """Marginal log-likelihood of centred data under the model, plus per-count posteriors.
+
+    For a class with n samples, mean m and scatter S_i:
+    log p = −(n−1)d/2·log2π − (n−1)/2·log|W| − d/2·log n − ½ tr(W⁻¹S_i) + log N(m; 0, B + W/n).
+    Returns the total and, per distinct n, (class indices, C_n, posterior means w_i).
+    """
+    d = b.shape[0]
+    n_total = int(counts.sum())
+    n_classes = counts.numel()
+    chol_w = torch.linalg.cholesky(w)
+    logdet_w = 2.0 * chol_w.diagonal().log().sum()
+    tr_term = torch.cholesky_solve(scatter, chol_w).diagonal().sum()
+    ll = -0.5 * (n_total - n_classes) * (d * LOG2PI + logdet_w) - 0.5 * tr_term
+    posts = []
+    for n in torch.unique(counts).tolist():
+        idx = torch.nonzero(counts == n).squeeze(1)
+        m = means[idx]
+        cov = _sym(b + w / n)
+        chol = torch.linalg.cholesky(cov)
+        sol = torch.cholesky_solve(m.T, chol)  # (B + W/n)⁻¹ m
+        logdet = 2.0 * chol.diagonal().log().sum()
+        quad = (m.T * sol).sum(0)
+        ll = ll - 0.5 * d * math.log(n) * idx.numel()
+        ll = ll - 0.5 * (idx.numel() * (d * LOG2PI + logdet) + quad.sum())
+        # Posterior of y given the class mean: w_i = B (B + W/n)⁻¹ m_i, C_n = B − B (B + W/n)⁻¹ B.
+        post_mean = (b @ sol).T
+        post_cov = _sym(b - b @ torch.cholesky_solve(b, chol))
+        posts.append((idx, post_cov, post_mean))
+    return float(ll), posts
+
+
+@dataclass
+class PLDA:
+    """A fitted two-covariance PLDA model in its input space, with its diagonal form.
+
+    `transform` (T) and `psi` (ψ) satisfy T W Tᵀ = I and T B Tᵀ = diag(ψ); in that space a sample
+    becomes z = T (x − mean), and its Gaussian meta-embedding is a = √ψ ⊙ z, precision diag(ψ).
+    """
+
+    mean: Tensor
+    between: Tensor
+    within: Tensor
+    transform: Tensor = field(init=False)
+    psi: Tensor = field(init=False)
+    loglik: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.transform, self.psi = diagonalise(self.within, self.between)
+
+    @classmethod
+    def fit(cls, x: Tensor, labels: Tensor | Sequence[int], iterations: int = 10) -> PLDA:
+        """EM training as in the speaker spec; `loglik` holds the training log-likelihood of
+        the initial model and after every iteration (non-decreasing)."""
+        x = _as_f64(x)
+        if iterations < 0:
+            raise DataError(f"PLDA iterations must be ≥ 0, got {iterations}")
+        mu = x.mean(0)
+        xc = x - mu
+        means, counts, scatter = class_stats(xc, labels)
+        n_total, n_classes, d = x.shape[0], counts.numel(), x.shape[1]
+        if n_classes < 2:
+            raise DataError("PLDA needs at least two identities in the training embeddings")
+        eye = torch.eye(d, dtype=DTYPE)
+        # Initialise with the empirical within/between covariances (ridged so both are PD).
+        w = _sym(scatter / n_total)
+        b = _sym(means.T @ means / n_classes)
+        scale = (w.diagonal().mean() + b.diagonal().mean()).clamp_min(1e-30)
+        w = w + 1e-6 * scale * eye
+        b = b + 1e-6 * scale * eye
+        history = []
+        for _ in range(iterations):
+            ll, posts = _class_loglik(means, counts, scatter, b, w)
+            history.append(ll)
+            w_acc = scatter.clone()
+            b_acc = torch.zeros(d, d, dtype=DTYPE)
+            for idx, post_cov, post_mean in posts:
+                n = float(counts[idx[0]])
+                k = idx.numel()
+                resid = means[idx] - post_mean
+                w_acc += n * (k * post_cov + resid.T @ resid)
+                b_acc += k * post_cov + post_mean.T @ post_mean
+            w = _sym(w_acc / n_total)
+            b = _sym(b_acc / n_classes)
+        history.append(_class_loglik(means, counts, scatter, b, w)[0])
+        return cls(mu, b, w, loglik=history)
+
+    # -- the diagonal space -----------------------------------------------------------------
+    def to_diagonal(self, x: Tensor) -> Tensor:
+        """z = T (x − mean): within-class covariance I, between-class diag(ψ)."""
+        return (torch.as_tensor(x, dtype=DTYPE) - self.mean) @ self.transform.T
+
+    def llr_pairs(self, u: Tensor, v: Tensor, n: Tensor | int = 1) -> Tensor:
+        """LLR of aligned pairs: enrollment mean u of n recordings vs test v (diagonal space)."""
+        return llr_pairs(self.psi, u, v, n)
+
+    def llr_matrix(self, u: Tensor, v: Tensor, n: int = 1) -> Tensor:
+        """All-vs-all LLR block [len(u), len(v)] for enrollments that all have n recordings."""
+        return llr_matrix(self.psi, u, v, n)
+
+
+def diagonalise(within: Tensor, between: Tensor) -> tuple[Tensor, Tensor]:
+    """T with T W Tᵀ = I and T B Tᵀ = diag(ψ), ψ sorted decreasing."""
+    d = within.shape[0]
+    chol = torch.linalg.cholesky(_sym(within.to(DTYPE)))
+    inv_l = torch.linalg.solve_triangular(chol, torch.eye(d, dtype=DTYPE), upper=False)
+    psi, u = torch.linalg.eigh(_sym(inv_l @ between.to(DTYPE) @ inv_l.T))
+    order = torch.argsort(psi, descending=True)
+    return u[:, order].T @ inv_l, psi[order].clamp_min(0.0)
+
+
+def _llr_terms(psi: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-dimension pieces of log N(v; a u, s1) − log N(v; 0, s0) with a = nψ/(nψ+1),
+    s1 = 1 + ψ/(nψ+1), s0 = 1 + ψ: (constant, v² coefficient, u·v coefficient, u² coefficient)."""
+    n = n.to(DTYPE)
+    denom = n * psi + 1.0
+    a = n * psi / denom
+    s1 = 1.0 + psi / denom
+    s0 = 1.0 + psi
+    const = 0.5 * (torch.log(s0) - torch.log(s1)).sum(-1)
+    return const, 0.5 * (1.0 / s0 - 1.0 / s1), a / s1, -0.5 * a * a / s1
+
+
+def llr_pairs(psi: Tensor, u: Tensor, v: Tensor, n: Tensor | int = 1) -> Tensor:
+    """PLDA LLR of aligned pairs in the diagonal space; n broadcasts per pair."""
+    n_t = torch.as_tensor(n, dtype=DTYPE).reshape(-1, 1)
+    const, cv, cuv, cu = _llr_terms(psi, n_t)
+    return const.reshape(-1) + (cv * v * v + cuv * u * v + cu * u * u).sum(-1)
+
+
+def llr_matrix(psi: Tensor, u: Tensor, v: Tensor, n: int = 1) -> Tensor:
+    """All-vs-all LLR for equal enrollment counts n: the quadratic form becomes one matmul."""
+    const, cv, cuv, cu = _llr_terms(psi, torch.tensor(float(n), dtype=DTYPE))
+    left = (u * u) @ cu + const
+    right = (v * v) @ cv
+    return torch.addmm(left[:, None] + right[None, :], u * cuv, v.T)
+
+
+# ---------------------------------------------------------------------------------------------
+class PLDABackend:
+    """mean subtraction → LDA (dim capped at n_classes − 1 and the input dim) → length-norm →
+    PLDA. `lda_dim = 0` skips LDA. Exposes every fitted tensor for saving and for PLDA → GME."""
+
+    KEYS = ("center", "lda", "plda_mean", "between", "within")
+
+    def __init__(self, lda_dim: int = 200, iterations: int = 10, length_norm: bool = True) -> None:
+        self.lda_dim = lda_dim
+        self.iterations = iterations
+        self.use_length_norm = length_norm
+        self.center: Tensor | None = None
+        self.lda: Tensor | None = None
+        self.plda: PLDA | None = None
+
+    def fit(self, x: Tensor, labels: Tensor | Sequence[int]) -> PLDABackend:
+        x = _as_f64(x)
+        self.center = x.mean(0)
+        if self.lda_dim > 0:
+            _, self.lda = fit_lda(x - self.center, labels, self.lda_dim)
+        else:
+            self.lda = torch.eye(x.shape[1], dtype=DTYPE)
+        self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations)
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return self.plda is not None
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """The PLDA input space: centred, LDA-projected, length-normalised (float64)."""
+        assert self.center is not None and self.lda is not None
+        y = (_as_f64(x) - self.center) @ self.lda.T
+        return length_norm(y) if self.use_length_norm else y
+
+    def diagonal(self, x: Tensor) -> Tensor:
+        """Raw embeddings → PLDA diagonal space."""
+        assert self.plda is not None
+        return self.plda.to_diagonal(self.preprocess(x))
+
+    def gme(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Gaussian meta-embeddings of raw embeddings: (a = √ψ ⊙ z [N, k], precision ψ [k])."""
+        assert self.plda is not None
+        return self.diagonal(x) * self.plda.psi.sqrt(), self.plda.psi.clone()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        assert self.plda is not None and self.center is not None and self.lda is not None
+        return {
+            "center": self.center,
+            "lda": self.lda,
+            "plda_mean": self.plda.mean,
+            "between": self.plda.between,
+            "within": self.plda.within,
+            "loglik": torch.tensor(self.plda.loglik, dtype=DTYPE),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        missing = [k for k in self.KEYS if k not in state]
+        if missing:
+            raise DataError(f"PLDA state is missing {', '.join(missing)}; was it saved by metaemb?")
+        self.center = state["center"].to(DTYPE)
+        self.lda = state["lda"].to(DTYPE)
+        loglik = state.get("loglik", torch.zeros(0)).tolist()
+        self.plda = PLDA(
+            state["plda_mean"].to(DTYPE),
+            state["between"].to(DTYPE),
+            state["within"].to(DTYPE),
+            loglik=loglik,
+        )

@@ -1,0 +1,92 @@
+"""Named component registries filled by plugins through the `register_*` hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from metaemb.core.errors import PluginError, UnknownComponentError, suggest
+
+KINDS: dict[str, str] = {
+    # kind (plural, as in `metaemb list KIND`) -> hook name
+    "sample_folders": "register_sample_folders",
+    "frontends": "register_frontends",
+    "features": "register_features",
+    "backbones": "register_backbones",
+    "heads": "register_heads",
+    "objectives": "register_objectives",
+    "samplers": "register_samplers",
+    "scorers": "register_scorers",
+    "modalities": "register_modalities",
+    "protocols": "register_protocols",
+    "demo_data": "register_demo_data",
+    "landmark_sources": "register_landmark_sources",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: its name, factory, owning plugin and free-form info."""
+
+    name: str
+    factory: Any
+    plugin: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        doc = self.info.get("description") or (getattr(self.factory, "__doc__", None) or "")
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Components of one kind, by name; refuses duplicates and suggests on unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    @property
+    def singular(self) -> str:
+        return {
+            "sample_folders": "sample folder",
+            "demo_data": "demo dataset",
+            "modalities": "modality",
+            "features": "features",
+        }.get(self.kind, self.kind.rstrip("s").replace("_", " "))
+
+    def add(self, name: str, factory: Any, plugin: str, **info: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{plugin}' registered a {self.singular} without a name")
+        if name in self._entries:
+            other = self._entries[name].plugin
+            raise PluginError(
+                f"{self.singular} '{name}' is registered twice: by plugin '{other}' and by plugin "
+                f"'{plugin}'. Disable one of them with METAEMB_DISABLE_PLUGINS={plugin}."
+            )
+        self._entries[name] = Entry(name, factory, plugin, dict(info))
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            available = ", ".join(sorted(self._entries)) or "(none)"
+            raise UnknownComponentError(
+                f"unknown {self.singular} '{name}';{suggest(name, self._entries)} "
+                f"available: {available}. (`metaemb list {self.kind}` shows them with their plugins.)"
+            ) from None
+
+    def get(self, name: str) -> Any:
+        return self.entry(name).factory
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,117 @@
+"""Run directories keyed by the resolved config, and atomic full-state checkpoints.
+
+`runs/<modality>/<name>-<hash8>/` holds config.toml, last.pt, best.pt, metrics.jsonl and reports.
+Two configurations never share a directory; re-running the same command resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import metaemb
+from metaemb.core.config import Config
+from metaemb.core.errors import MetaembError
+
+CHECKPOINT_FORMAT = 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def run_dir(runs_root: str | Path, config: Config) -> Path:
+    return Path(runs_root) / config.modality / f"{config.name}-{config.hash()}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Save a full training state atomically (temp file + rename)."""
+    state = {**state, "format": CHECKPOINT_FORMAT, "metaemb_version": metaemb.__version__}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only=True) and refuse incompatible ones with a reason."""
+    p = Path(path)
+    if not p.is_file():
+        raise MetaembError(f"checkpoint '{p}' does not exist.")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or not a checkpoint at all
+        raise MetaembError(
+            f"checkpoint '{p}' cannot be read ({type(exc).__name__}: {exc}). Re-run with --fresh to "
+            "start over."
+        ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise MetaembError(f"'{p}' is not a metaemb checkpoint.")
+    if state["format"] != CHECKPOINT_FORMAT or _major(state.get("metaemb_version")) != _major(
+        metaemb.__version__
+    ):
+        raise MetaembError(
+            f"checkpoint '{p}' was written by metaemb {state.get('metaemb_version')} (checkpoint "
+            f"format {state['format']}); this is metaemb {metaemb.__version__} (format "
+            f"{CHECKPOINT_FORMAT}), which cannot load it. Use the matching metaemb version or "
+            "retrain (--fresh)."
+        )
+    if expect_hash is not None and state.get("config_hash") != expect_hash:
+        raise MetaembError(
+            f"checkpoint '{p}' belongs to configuration {state.get('config_hash')}, not {expect_hash}; "
+            "it will not be mixed into this run. Use --fresh to start this run over."
+        )
+    return state
+
+
+def _major(version: str | None) -> str:
+    if not version:
+        return "?"
+    parts = version.split(".")
+    # 0.x releases may break compatibility at every minor version.
+    return ".".join(parts[:2]) if parts[0] == "0" else parts[0]

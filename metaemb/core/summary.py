@@ -1,0 +1,86 @@
+"""The end-of-run summary: a table on the terminal and a README.md in the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from metaemb.core.config import Config
+from metaemb.core.runs import atomic_write_text
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def _columns(config: Config) -> list[tuple[str, str, Any]]:
+    cols = [("EER", "eer", _pct)]
+    cols += [(f"minDCF({p})", f"min_dcf_{p}", _num) for p in config.eval.p_targets]
+    cols += [("Cllr", "cllr", _num), ("minCllr", "min_cllr", _num)]
+    return cols
+
+
+def print_summary(
+    console: Console,
+    config: Config,
+    history: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    skipped: list[str],
+) -> None:
+    table = Table(title=f"{config.modality} run {config.name}-{config.hash()}")
+    table.add_column("epoch", justify="right")
+    table.add_column("loss", justify="right")
+    for title, _, _ in _columns(config):
+        table.add_column(title, justify="right")
+    table.add_column("samples/s", justify="right")
+    best_epoch = min(history, key=lambda r: r.get(config.eval.select, float("inf")))["epoch"]
+    for r in history:
+        cells = [fmt(r.get(key)) for _, key, fmt in _columns(config)]
+        mark = " ★" if r["epoch"] == best_epoch else ""
+        table.add_row(
+            f"{r['epoch']}{mark}", _num(r["loss"]), *cells, f"{r.get('samples_per_s', 0):.0f}"
+        )
+    if baseline:
+        cells = [fmt(baseline.get(key)) for _, key, fmt in _columns(config)]
+        table.add_row(f"baseline ({baseline.get('name', 'raw')})", "-", *cells, "-")
+    console.print(table)
+    final = history[-1]
+    if baseline.get("eer"):
+        ratio = final["eer"] / baseline["eer"]
+        console.print(
+            f"final validation EER {_pct(final['eer'])} vs {baseline.get('name')} baseline EER "
+            f"{_pct(baseline['eer'])} (ratio {ratio:.2f})"
+        )
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} bad sample(s) skipped[/]; listed in skipped.txt")
+
+
+def write_summary(
+    path: Path, config: Config, history: list[dict[str, Any]], baseline: dict[str, Any]
+) -> None:
+    cols = _columns(config)
+    lines = [
+        f"# {config.modality} run `{config.name}-{config.hash()}`",
+        "",
+        f"Model: {config.model.frontend} → {config.model.features} → {config.model.backbone} → "
+        f"{config.model.head}({config.model.dim}); objective `{config.train.objective}`, "
+        f"scorer `{config.eval.scorer}`. Full configuration: `config.toml`.",
+        "",
+        "| epoch | loss | " + " | ".join(t for t, _, _ in cols) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for r in history:
+        cells = " | ".join(fmt(r.get(key)) for _, key, fmt in cols)
+        lines.append(f"| {r['epoch']} | {_num(r['loss'])} | {cells} |")
+    if baseline:
+        cells = " | ".join(fmt(baseline.get(key)) for _, key, fmt in cols)
+        lines.append(f"| baseline: {baseline.get('name')} | - | {cells} |")
+    lines += ["", "Validation: held-out identities, trials generated deterministically.", ""]
+    atomic_write_text(path, "\n".join(lines))

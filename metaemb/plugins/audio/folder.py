@@ -1,0 +1,37 @@
+"""AudioFolder: `<speaker>/…/<utt>.{wav,flac,ogg}` (VoxCeleb's `<spk>/<session>/<utt>.wav` as-is)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from torch import Tensor
+
+from metaemb.core.interfaces import Sample, SampleFolder
+from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, check_rate_policy, read_audio
+
+
+class AudioFolder(SampleFolder):
+    """Speaker folders of audio files; the speaker is the first path component under `root`.
+
+    `load` returns a float32 mono waveform [T] at `sample_rate`; files at other rates are resampled
+    (windowed-sinc) or refused, per `on_rate_mismatch` ("resample" or "error").
+    """
+
+    extensions: ClassVar[tuple[str, ...]] = AUDIO_EXTENSIONS
+    what: ClassVar[str] = "audio file"
+
+    def __init__(
+        self,
+        root: str | Path,
+        sample_rate: int = 16000,
+        on_rate_mismatch: str = "resample",
+        samples: Sequence[Sample] | None = None,
+    ) -> None:
+        self.sample_rate = int(sample_rate)
+        self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
+        super().__init__(root, samples)
+
+    def load(self, path: Path) -> Tensor:
+        return read_audio(path, self.sample_rate, self.on_rate_mismatch)

@@ -1,0 +1,111 @@
+"""Reading audio files into float32 mono tensors at the model's sample rate.
+
+Everything goes through soundfile (libsndfile: wav, flac, ogg), not torchaudio's I/O, whose
+backends have changed between releases. Problems a user can fix (unreadable, empty or all-zero
+files, a sample rate the policy refuses) raise DataError naming the file; stereo is mixed down
+with a warning; other rates are resampled explicitly (windowed-sinc), never silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from metaemb.core.errors import ConfigError, DataError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+RATE_POLICIES = ("resample", "error")
+RESAMPLE_METHOD = (
+    "band-limited windowed-sinc interpolation (torchaudio.functional.resample, Hann window, "
+    "6 zero crossings, roll-off 0.99)"
+)
+
+_warned_rates: set[tuple[int, int]] = set()
+_warn_lock = threading.Lock()
+
+
+def check_rate_policy(on_rate_mismatch: str) -> str:
+    """Validate the sample-rate policy option (a ConfigError names the allowed values)."""
+    if on_rate_mismatch not in RATE_POLICIES:
+        raise ConfigError(
+            f"on_rate_mismatch must be one of {', '.join(RATE_POLICIES)}; got '{on_rate_mismatch}'."
+        )
+    return on_rate_mismatch
+
+
+def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Resample a [T] waveform with band-limited windowed-sinc interpolation (see RESAMPLE_METHOD)."""
+    import torchaudio.functional as AF
+
+    if orig_rate == new_rate:
+        return wave
+    return AF.resample(wave, orig_rate, new_rate, resampling_method="sinc_interp_hann")
+
+
+def _warn_resample_once(path: Path, orig_rate: int, new_rate: int) -> None:
+    with _warn_lock:
+        if (orig_rate, new_rate) in _warned_rates:
+            return
+        _warned_rates.add((orig_rate, new_rate))
+    warnings.warn(
+        f"audio at {orig_rate} Hz (first: '{path}') is resampled to {new_rate} Hz on every read "
+        f"with {RESAMPLE_METHOD}. Convert the data once to {new_rate} Hz to skip this cost, or set "
+        "on_rate_mismatch='error' to refuse other rates.",
+        stacklevel=3,
+    )
+
+
+def read_audio(
+    path: str | Path,
+    sample_rate: int = 16000,
+    on_rate_mismatch: str = "resample",
+    start: float = 0.0,
+    end: float | None = None,
+) -> Tensor:
+    """Read `path` (optionally the segment [start, end) in seconds) → float32 mono [T] in [−1, 1].
+
+    Stereo is averaged to mono with a warning; a different sample rate is resampled (windowed-sinc,
+    warned once per rate pair) or refused (policy "error"). Unreadable, empty and all-zero audio
+    raise DataError naming the file.
+    """
+    path = Path(path)
+    check_rate_policy(on_rate_mismatch)
+    where = f"'{path}'" if start == 0.0 and end is None else f"'{path}' [{start:g} s, {end} s)"
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate = int(f.samplerate)
+            if rate != sample_rate and on_rate_mismatch == "error":
+                raise DataError(
+                    f"audio file '{path}' has sample rate {rate} Hz but {sample_rate} Hz is expected; "
+                    "resample the data or set on_rate_mismatch='resample'."
+                )
+            first = int(round(start * rate))
+            last = f.frames if end is None or end < 0 else min(int(round(end * rate)), f.frames)
+            if first > 0:
+                f.seek(min(first, f.frames))
+            data = f.read(max(0, last - first), dtype="float32", always_2d=True)
+    except DataError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read audio file '{path}': {exc}") from exc
+    if data.shape[0] == 0:
+        raise DataError(f"audio {where} is empty (0 samples).")
+    if data.shape[1] > 1:
+        warnings.warn(
+            f"audio file '{path}' has {data.shape[1]} channels; mixing down to mono (channel mean).",
+            stacklevel=2,
+        )
+        data = data.mean(axis=1, keepdims=True)
+    if not np.any(data):
+        raise DataError(f"audio {where} is silent (all samples are zero).")
+    wave = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+    if rate != sample_rate:
+        _warn_resample_once(path, rate, sample_rate)
+        wave = resample(wave, rate, sample_rate)
+    return wave

@@ -1,0 +1,182 @@
+"""Kaldi data directories (wav.scp, utt2spk, optional spk2utt and segments) as a SampleFolder.
+
+Sample paths are utterance ids, so `load(root / utt)` maps back to a recording (and a segment of
+it). Relative paths in wav.scp are looked up against the data directory first, then the current
+directory (Kaldi recipes write them relative to the recipe folder). Piped commands (`… |`) and
+archive offsets are refused: convert such data to audio files once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from torch import Tensor
+
+from metaemb.core.errors import DataError
+from metaemb.core.interfaces import Sample, SampleFolder
+from metaemb.plugins.audio.io import check_rate_policy, read_audio
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Where an utterance's audio lives: a file, a segment of it (end None = to the end)."""
+
+    file: str
+    start: float
+    end: float | None
+    where: str  # "wav.scp:12" or "segments:7", for error messages
+
+
+def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[tuple[int, list]]:
+    """Non-empty lines of a Kaldi table as (line number, fields); DataError on too few/many fields."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read Kaldi file '{path}': {exc}") from exc
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
+            want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
+            raise DataError(
+                f"{path}:{n}: malformed line (expected {want} whitespace-separated fields, "
+                f"got {len(fields)}): {line.strip()!r}"
+            )
+        rows.append((n, fields))
+    return rows
+
+
+def _unique(rows: list[tuple[int, list]], path: Path) -> dict[str, tuple[int, list]]:
+    seen: dict[str, tuple[int, list]] = {}
+    for n, fields in rows:
+        if fields[0] in seen:
+            raise DataError(f"{path}:{n}: key '{fields[0]}' repeats line {seen[fields[0]][0]}.")
+        seen[fields[0]] = (n, fields)
+    return seen
+
+
+def _read_wav_scp(path: Path) -> dict[str, tuple[str, str]]:
+    """recording id → (audio path, 'wav.scp:N')."""
+    out = {}
+    for key, (n, fields) in _unique(read_table(path, 2), path).items():
+        target = " ".join(fields[1:])
+        if target.endswith("|") or target.startswith("-"):
+            raise DataError(
+                f"{path}:{n}: piped command {target!r} is not supported; convert the audio to "
+                "wav/flac files once and list their paths."
+            )
+        if len(fields) > 2:
+            # Kaldi allows spaces only in commands; a plain path with spaces is ambiguous.
+            raise DataError(f"{path}:{n}: expected 'recording path', got {len(fields)} fields.")
+        out[key] = (target, f"{path.name}:{n}")
+    return out
+
+
+def _float(value: str, path: Path, n: int, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{path}:{n}: {what} {value!r} is not a number.") from None
+
+
+def _read_segments(path: Path) -> dict[str, tuple[str, float, float | None, str]]:
+    """utterance id → (recording id, start s, end s or None, 'segments:N')."""
+    out = {}
+    for utt, (n, fields) in _unique(read_table(path, 4, 4), path).items():
+        start = _float(fields[2], path, n, "start time")
+        end = _float(fields[3], path, n, "end time")
+        if start < 0 or (end >= 0 and end <= start):
+            raise DataError(f"{path}:{n}: bad segment times start={start:g} end={end:g}.")
+        out[utt] = (fields[1], start, None if end < 0 else end, f"{path.name}:{n}")
+    return out
+
+
+def read_kaldi_dir(root: Path) -> tuple[list[Sample], dict[str, Utterance]]:
+    """Parse a Kaldi data directory into samples (sorted by utterance id) and their audio."""
+    for required in ("wav.scp", "utt2spk"):
+        if not (root / required).is_file():
+            raise DataError(f"Kaldi data directory '{root}' has no '{required}'.")
+    recordings = _read_wav_scp(root / "wav.scp")
+    utt2spk = {u: (n, f[1]) for u, (n, f) in _unique(read_table(root / "utt2spk", 2, 2), root / "utt2spk").items()}
+    segments = _read_segments(root / "segments") if (root / "segments").is_file() else None
+    utts: dict[str, Utterance] = {}
+    for utt, (n, _spk) in utt2spk.items():
+        if segments is None:
+            if utt not in recordings:
+                raise DataError(f"{root / 'utt2spk'}:{n}: utterance '{utt}' is not in wav.scp.")
+            file, where = recordings[utt]
+            utts[utt] = Utterance(file, 0.0, None, where)
+            continue
+        if utt not in segments:
+            raise DataError(f"{root / 'utt2spk'}:{n}: utterance '{utt}' is not in segments.")
+        rec, start, end, where = segments[utt]
+        if rec not in recordings:
+            raise DataError(f"{root}/{where}: recording '{rec}' is not in wav.scp.")
+        utts[utt] = Utterance(recordings[rec][0], start, end, where)
+    if (root / "spk2utt").is_file():
+        _check_spk2utt(root / "spk2utt", {u: s for u, (_, s) in utt2spk.items()})
+    if not utts:
+        raise DataError(f"Kaldi data directory '{root}' lists no utterances in utt2spk.")
+    samples = [Sample(utt, utt2spk[utt][1], -1) for utt in sorted(utts)]
+    return samples, utts
+
+
+def _check_spk2utt(path: Path, utt2spk: dict[str, str]) -> None:
+    listed: set[str] = set()
+    for spk, (n, fields) in _unique(read_table(path, 2), path).items():
+        for utt in fields[1:]:
+            if utt2spk.get(utt) != spk:
+                raise DataError(
+                    f"{path}:{n}: utterance '{utt}' of speaker '{spk}' disagrees with utt2spk "
+                    f"({utt2spk.get(utt, 'absent')}); regenerate spk2utt with utt2spk_to_spk2utt.pl."
+                )
+            listed.add(utt)
+    missing = sorted(set(utt2spk) - listed)
+    if missing:
+        raise DataError(f"{path}: utterances of utt2spk missing from spk2utt: {', '.join(missing[:5])}")
+
+
+class KaldiDataFolder(SampleFolder):
+    """A Kaldi data directory as a SampleFolder: utterances from utt2spk, audio from wav.scp
+    (cut by `segments` when present), speakers from utt2spk. `load` → float32 mono [T]."""
+
+    what: ClassVar[str] = "utterance"
+
+    def __init__(
+        self,
+        root: str | Path,
+        sample_rate: int = 16000,
+        on_rate_mismatch: str = "resample",
+        samples: Sequence[Sample] | None = None,
+    ) -> None:
+        self.sample_rate = int(sample_rate)
+        self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"Kaldi data directory '{root}' does not exist.")
+        found, self.utterances = read_kaldi_dir(root)
+        super().__init__(root, found if samples is None else samples)
+
+    def audio_path(self, file: str) -> Path:
+        p = Path(file)
+        if p.is_absolute():
+            return p
+        local = self.root / p
+        return local if local.exists() or not p.exists() else p
+
+    def load(self, path: Path) -> Tensor:
+        utt = Path(path).relative_to(self.root).as_posix()
+        if utt not in self.utterances:
+            raise DataError(f"utterance '{utt}' is not in Kaldi data directory '{self.root}'.")
+        u = self.utterances[utt]
+        try:
+            return read_audio(
+                self.audio_path(u.file), self.sample_rate, self.on_rate_mismatch, u.start, u.end
+            )
+        except DataError as exc:
+            raise DataError(f"utterance '{utt}' ({self.root}/{u.where}): {exc}") from exc

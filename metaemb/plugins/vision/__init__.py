@@ -1,0 +1,1 @@
+"""Built-in vision plugin: image folders, face alignment, ResNet/MobileNet, the face modality."""

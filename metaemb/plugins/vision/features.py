@@ -1,0 +1,162 @@
+"""Image features: RGB image → normalised float tensor [3, S, S], with training-side augmentation.
+
+Geometry: the shorter side is resized to S (antialiased) and the centre S×S is kept, so aspect is
+preserved. Normalisation is the face-recognition convention (x/255 − 0.5)/0.5 → [−1, 1] (face.md);
+`input_spec()` records both so checkpoints carry them. Augmentation runs only when `train=True`
+and draws from torch's global RNG, so it is reproducible given the seed (the engine seeds workers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as tvf
+
+from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.interfaces import Features
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+def to_uint8_chw(raw: Any) -> Tensor:
+    """Accept a uint8 tensor [3, H, W], a PIL image or an HWC uint8 array; return [3, H, W] uint8."""
+    if isinstance(raw, Image.Image):
+        raw = np.asarray(raw.convert("RGB"))
+    if isinstance(raw, np.ndarray):
+        if raw.ndim == 2:
+            raw = np.repeat(raw[:, :, None], 3, axis=2)
+        raw = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1)
+    if not isinstance(raw, Tensor) or raw.ndim != 3:
+        raise DataError(f"image features expect an RGB image [3, H, W]; got {type(raw).__name__}.")
+    if raw.shape[0] == 1:
+        raw = raw.expand(3, -1, -1)
+    if raw.shape[0] != 3:
+        raise DataError(f"image features expect 3 channels; got a tensor of shape {tuple(raw.shape)}.")
+    if raw.dtype != torch.uint8:
+        raise DataError(f"image features expect uint8 pixels; got {raw.dtype}.")
+    return raw
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+class ImageFeatures(Features):
+    """Resize + normalise images; optional flips, shifts, colour jitter, blur, noise, occlusion.
+
+    Options (all augmentation applies only when training):
+      image_size   side S of the square network input.
+      flip         random horizontal flip with probability 0.5.
+      shift        max translation as a fraction of S (edge-replicated border).
+      color_jitter brightness/contrast/saturation factors drawn from [1 − j, 1 + j].
+      blur         probability of a Gaussian blur with σ ∈ [0.3, blur_sigma] pixels.
+      noise        standard deviation of additive Gaussian noise, in [0, 1] pixel units.
+      occlusion    probability of one random grey rectangle covering 5–25 % of the image.
+    """
+
+    out_channels = 3
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        flip: bool = True,
+        shift: float = 0.05,
+        color_jitter: float = 0.0,
+        blur: float = 0.0,
+        blur_sigma: float = 1.2,
+        noise: float = 0.0,
+        occlusion: float = 0.0,
+    ) -> None:
+        super().__init__()
+        checks = {
+            "features.image_size": image_size >= 8,
+            "features.shift": 0.0 <= shift < 0.5,
+            "features.color_jitter": 0.0 <= color_jitter < 1.0,
+            "features.blur": 0.0 <= blur <= 1.0,
+            "features.blur_sigma": blur_sigma >= 0.3,
+            "features.noise": noise >= 0.0,
+            "features.occlusion": 0.0 <= occlusion <= 1.0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                f"config key '{bad[0]}' is out of range (image_size ≥ 8; 0 ≤ shift < 0.5; "
+                "0 ≤ color_jitter < 1; blur and occlusion are probabilities in [0, 1]; "
+                "blur_sigma ≥ 0.3; noise ≥ 0)."
+            )
+        self.image_size = image_size
+        self.flip = flip
+        self.shift = shift
+        self.color_jitter = color_jitter
+        self.blur = blur
+        self.blur_sigma = blur_sigma
+        self.noise = noise
+        self.occlusion = occlusion
+
+    # -- per sample (CPU, DataLoader workers) -----------------------------------------------
+    def resize(self, img: Tensor) -> Tensor:
+        """uint8 [3, H, W] → uint8 [3, S, S]: shorter side to S (antialiased), centre crop."""
+        s = self.image_size
+        h, w = img.shape[-2:]
+        if (h, w) == (s, s):
+            return img
+        if h != w:
+            short = min(h, w)
+            img = tvf.center_crop(img, [short, short])
+        return tvf.resize(img, [s, s], antialias=True)
+
+    def prepare(self, raw: Any, train: bool) -> Tensor:
+        x = self.resize(to_uint8_chw(raw)).float().div_(255.0)
+        if train:
+            x = self.augment(x)
+        return tvf.normalize(x, list(MEAN), list(STD))
+
+    def augment(self, x: Tensor) -> Tensor:
+        """Training augmentation of a float [3, S, S] image in [0, 1]."""
+        s = self.image_size
+        if self.flip and float(torch.rand(())) < 0.5:
+            x = x.flip(-1)
+        pad = round(self.shift * s)
+        if pad > 0:
+            x = nnf.pad(x[None], (pad, pad, pad, pad), mode="replicate")[0]
+            top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            x = x[:, top : top + s, left : left + s]
+        if self.color_jitter > 0:
+            j = self.color_jitter
+            x = tvf.adjust_brightness(x, _uniform(1 - j, 1 + j))
+            x = tvf.adjust_contrast(x, _uniform(1 - j, 1 + j))
+            x = tvf.adjust_saturation(x, _uniform(1 - j, 1 + j))
+        if self.blur > 0 and float(torch.rand(())) < self.blur:
+            sigma = _uniform(0.3, self.blur_sigma)
+            k = 2 * math.ceil(2 * sigma) + 1
+            x = tvf.gaussian_blur(x, [k, k], [sigma, sigma])
+        if self.noise > 0:
+            x = x + self.noise * torch.randn_like(x)
+        if self.occlusion > 0 and float(torch.rand(())) < self.occlusion:
+            area = _uniform(0.05, 0.25) * s * s
+            aspect = math.exp(_uniform(math.log(0.5), math.log(2.0)))
+            h = max(1, min(s, round(math.sqrt(area * aspect))))
+            w = max(1, min(s, round(math.sqrt(area / aspect))))
+            top = int(torch.randint(0, s - h + 1, ()))
+            left = int(torch.randint(0, s - w + 1, ()))
+            x = x.clone()
+            x[:, top : top + h, left : left + w] = float(torch.rand(()))
+        return x.clamp_(0.0, 1.0)
+
+    def input_spec(self) -> dict[str, Any]:
+        return {
+            "kind": "image",
+            "image_size": self.image_size,
+            "channels": 3,
+            "color": "RGB",
+            "mean": list(MEAN),
+            "std": list(STD),
+            "resize": "shorter side to image_size, centre crop",
+        }

@@ -1,0 +1,93 @@
+"""Typed configuration: defaults, modality defaults, TOML, --set, strict keys and types, hashing."""
+
+from __future__ import annotations
+
+import pytest
+import tomllib
+
+from metaemb.core.config import Config, from_dict, parse_set, resolve
+from metaemb.core.errors import ConfigError, UnknownComponentError
+
+
+def test_modality_defaults_and_sets_resolve():
+    cfg = resolve("face", sets=["train.epochs=3", "train.lr=0.01", "model.dim=64"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01 and cfg.model.dim == 64
+    assert cfg.model.backbone == "resnet18" and cfg.model.features == "image"
+    assert cfg.eval.scorer == "cosine"
+    assert cfg.train.sampler  # derived from the objective
+
+
+def test_parse_set_values_are_typed():
+    assert parse_set("train.epochs=3") == ("train.epochs", 3)
+    assert parse_set("model.backbone=resnet18") == ("model.backbone", "resnet18")
+    assert parse_set("eval.p_targets=[0.01, 0.05]") == ("eval.p_targets", [0.01, 0.05])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set("train.epochs")
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(ConfigError) as err:
+        resolve("face", sets=["train.epoch=3"])
+    msg = str(err.value)
+    assert "'train.epoch'" in msg and "did you mean 'epochs'?" in msg
+
+
+def test_unknown_section_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        resolve("face", sets=["trian.epochs=3"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.epochs.*integer"):
+        resolve("face", sets=["train.epochs=three"])
+    with pytest.raises(ConfigError, match=r"train.amp.*true or false"):
+        resolve("face", sets=["train.amp=maybe"])
+    with pytest.raises(ConfigError, match=r"train\.optimizer"):
+        resolve("face", sets=["train.optimizer=adam"])
+
+
+def test_component_options_are_validated_against_the_component():
+    cfg = resolve("face", sets=["backbone.small_input=false"])
+    assert cfg.components["backbone"]["small_input"] is False
+    with pytest.raises(ConfigError) as err:
+        resolve("face", sets=["backbone.small_inptu=true"])
+    assert "backbone.small_inptu" in str(err.value) and "small_input" in str(err.value)
+
+
+def test_modality_option_defaults_do_not_leak_into_other_components():
+    cfg = resolve("face", sets=["model.backbone=mobilenet_v3_small"])
+    assert "small_input" not in cfg.components.get("backbone", {})
+
+
+def test_unknown_component_and_modality_names():
+    with pytest.raises(UnknownComponentError, match="did you mean 'resnet18'"):
+        resolve("face", sets=["model.backbone=resnet81"])
+    with pytest.raises(UnknownComponentError, match="unknown modality 'fcae'"):
+        resolve("fcae")
+
+
+def test_toml_file_and_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('name = "mine"\n[train]\nepochs = 5\nlr = 0.5\n')
+    cfg = resolve("face", f, ["train.lr=0.25"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.lr) == ("mine", 5, 0.25)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve("face", bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve("face", tmp_path / "missing.toml")
+
+
+def test_round_trip_and_hash():
+    cfg = resolve("face", sets=["train.epochs=2", "backbone.small_input=true"])
+    again = from_dict(tomllib.loads(cfg.to_toml()))
+    assert again.to_dict() == cfg.to_dict()
+    assert again.hash() == cfg.hash()
+    other = resolve("face", sets=["train.epochs=3"])
+    assert other.hash() != cfg.hash()
+    workers = resolve(
+        "face", sets=["train.epochs=2", "backbone.small_input=true", "data.workers=0"]
+    )
+    assert workers.hash() == cfg.hash()  # runtime-only keys do not change the run
+    assert isinstance(cfg, Config)

@@ -1,0 +1,137 @@
+"""The plugin manager: registries, duplicates, failing plugins, disabling, CLI listing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from importlib import metadata
+
+import pytest
+from typer.testing import CliRunner
+
+import metaemb
+from metaemb.core import plugins
+from metaemb.core.errors import PluginError, UnknownComponentError
+from metaemb.core.interfaces import IdentityFrontend
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    monkeypatch.delenv("METAEMB_STRICT_PLUGINS", raising=False)
+    monkeypatch.delenv("METAEMB_DISABLE_PLUGINS", raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class FrontendPlugin:
+    @metaemb.hookimpl
+    def register_frontends(self, register):
+        register("upside-down", IdentityFrontend, description="test frontend")
+
+
+def test_builtin_plugins_are_entry_points_and_register_components():
+    names = {p.name for p in plugins.state().plugins()}
+    assert {"core", "vision", "audio"} <= names
+    eps = {ep.name for ep in metadata.entry_points(group="metaemb")}
+    assert {"vision", "audio"} <= eps
+    assert "none" in plugins.registry("frontends")
+    assert "face" in plugins.registry("modalities")
+
+
+def test_in_process_plugin_registers_and_unregisters():
+    with plugins.plugin_registered(FrontendPlugin(), "testplugin"):
+        entry = plugins.registry("frontends").entry("upside-down")
+        assert entry.plugin == "testplugin"
+        assert entry.description == "test frontend"
+    assert "upside-down" not in plugins.registry("frontends")
+
+
+def test_duplicate_names_are_refused_naming_both_plugins():
+    class Dup:
+        @metaemb.hookimpl
+        def register_frontends(self, register):
+            register("none", IdentityFrontend)
+
+    with plugins.plugin_registered(Dup(), "dupplugin"), pytest.raises(PluginError) as err:
+        plugins.registry("frontends")
+    msg = str(err.value)
+    assert "'none'" in msg and "'core'" in msg and "'dupplugin'" in msg
+
+
+def test_unknown_name_suggests_closest_and_lists_available():
+    with pytest.raises(UnknownComponentError) as err:
+        plugins.get("backbones", "resnet81")
+    msg = str(err.value)
+    assert "unknown backbone 'resnet81'" in msg
+    assert "did you mean 'resnet18'?" in msg
+    assert "available:" in msg and "mobilenet_v3_small" in msg
+
+
+def _fake_entry_point(monkeypatch, name, module_name, module):
+    if module is not None:
+        monkeypatch.setitem(sys.modules, module_name, module)
+    ep = metadata.EntryPoint(name=name, value=module_name, group="metaemb")
+    real = metadata.entry_points
+
+    def entry_points(**kw):
+        eps = list(real(**kw))
+        return [*eps, ep] if kw.get("group") == "metaemb" else eps
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+
+
+def test_failing_plugin_is_reported_and_skipped(monkeypatch):
+    _fake_entry_point(monkeypatch, "broken", "metaemb_broken_plugin_xyz", None)
+    with pytest.warns(UserWarning, match="broken"):
+        st = plugins.state()
+    assert [f.name for f in st.failed] == ["broken"]
+    assert "ModuleNotFoundError" in st.failed[0].error
+    assert "resnet18" in plugins.registry("backbones")  # the others still work
+
+
+def test_strict_mode_makes_a_failing_plugin_fatal(monkeypatch):
+    monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+    _fake_entry_point(monkeypatch, "broken", "metaemb_broken_plugin_xyz", None)
+    with pytest.raises(PluginError, match="plugin 'broken'"):
+        plugins.state()
+
+
+def test_disable_plugins_blocks_them(monkeypatch):
+    monkeypatch.setenv("METAEMB_DISABLE_PLUGINS", "audio, vision")
+    names = {p.name for p in plugins.state().plugins()}
+    assert "audio" not in names and "vision" not in names
+    assert "speaker" not in plugins.registry("modalities")
+
+
+def test_entry_point_plugin_is_loaded_once(monkeypatch):
+    module = types.ModuleType("metaemb_fake_plugin")
+    calls = []
+
+    @metaemb.hookimpl
+    def register_frontends(register):
+        calls.append(1)
+        register("fake-frontend", IdentityFrontend)
+
+    module.register_frontends = register_frontends
+    _fake_entry_point(monkeypatch, "fake", "metaemb_fake_plugin", module)
+    assert "fake-frontend" in plugins.registry("frontends")
+    metaemb.load()
+    plugins.registry("frontends")
+    assert calls == [1]
+    assert plugins.state().versions["fake"] == "unknown"
+
+
+def test_cli_plugins_json_and_list():
+    from metaemb.cli import create_app
+
+    runner = CliRunner()
+    res = runner.invoke(create_app(), ["plugins", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert "resnet18" in by_name["vision"]["components"]["backbones"]
+    assert "register_backbones" in by_name["vision"]["hooks"]
+    res = runner.invoke(create_app(), ["list", "backbones"])
+    assert res.exit_code == 0 and "resnet18" in res.output
