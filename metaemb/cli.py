@@ -53,6 +53,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
     fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers")] = None,
+    on_bad_sample: Annotated[
+        str | None, typer.Option(help="error (default) or skip: skipped files go to skipped.txt")
+    ] = None,
 ) -> None:
     """Train an embedding network (resumes the run with the same configuration)."""
     from metaemb.core.config import resolve
@@ -61,6 +64,8 @@ def train(
     sets = list(set_ or [])
     if data is not None:
         sets.append(f"data.root={json.dumps(str(data))}")
+    if on_bad_sample is not None:
+        sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     cfg = resolve(modality, config, sets)
     Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=console, workers=workers).run()
 

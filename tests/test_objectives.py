@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.objectives.contrastive import ContrastiveObjective
+from metaemb.core.objectives.distill import DistillObjective
 from metaemb.core.objectives.margin import ArcFaceObjective, CosFaceObjective
 from metaemb.core.objectives.softmax import LinearClassifier, SoftmaxObjective
+from metaemb.core.objectives.triplet import TripletObjective
 
 
 def _set_linear(clf: LinearClassifier, weight: list[list[float]], bias: list[float]) -> None:
@@ -170,3 +173,268 @@ def test_margin_options_are_checked():
         CosFaceObjective(margin=-0.1)
     with pytest.raises(ConfigError, match="π/2"):
         ArcFaceObjective(margin=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# triplet
+def _on_circle(degrees, radius=1.0):
+    """Points on a circle (radius ≠ 1 checks the L2 normalisation)."""
+    return torch.tensor(
+        [[radius * math.cos(math.radians(a)), radius * math.sin(math.radians(a))] for a in degrees],
+        dtype=torch.float64,
+    )
+
+
+def _d(a, b):
+    """Squared distance of unit vectors at angles a, b (degrees): 2 − 2 cos Δ."""
+    return 2.0 - 2.0 * math.cos(math.radians(a - b))
+
+
+def test_triplet_batch_hard_tiny_batch_by_hand():
+    # A: 0°, 60°; B: 30°, 180°. Anchors' hardest (positive, negative) distances:
+    # 0°: (60°→1.0, 30°→0.268), 60°: (1.0, 0.268), 30°: (150°→3.732, 0.268), 180°: (3.732, 120°→3)
+    obj = TripletObjective(margin=0.2)
+    loss = obj(_on_circle([0, 60, 30, 180], radius=3.0), torch.tensor([0, 0, 1, 1]), None)
+    c30, c150 = math.cos(math.radians(30)), math.cos(math.radians(150))
+    d30, d60, d120, d150 = 2 - 2 * c30, 1.0, 3.0, 2 - 2 * c150
+    expected = (2 * (d60 - d30 + 0.2) + (d150 - d30 + 0.2) + (d150 - d120 + 0.2)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(1.6150635, rel=1e-6)
+
+
+ANGLES = [0, 20, 100, 40, 200, 270]
+TLABELS = [0, 0, 0, 1, 1, 1]
+# Worked out by hand from the angular differences: anchor → (hardest positive, hardest negative)
+HARDEST = {0: (2, 3), 1: (2, 3), 2: (0, 3), 3: (4, 1), 4: (3, 2), 5: (3, 0)}
+
+
+def _pairs(kind):
+    n = len(ANGLES)
+    return [
+        (a, b)
+        for a in range(n)
+        for b in range(n)
+        if a != b and (TLABELS[a] == TLABELS[b]) == (kind == "pos")
+    ]
+
+
+def test_triplet_batch_hard_uses_the_known_hardest_pairs():
+    m = 0.3
+    d = {(a, b): _d(ANGLES[a], ANGLES[b]) for a in range(6) for b in range(6)}
+    for a, (p, n) in HARDEST.items():  # the hand-made table agrees with brute force
+        assert d[a, p] == max(d[a, q] for q in range(6) if q != a and TLABELS[q] == TLABELS[a])
+        assert d[a, n] == min(d[a, q] for q in range(6) if TLABELS[q] != TLABELS[a])
+    expected = sum(max(0.0, d[a, p] - d[a, n] + m) for a, (p, n) in HARDEST.items()) / 6
+    obj = TripletObjective(margin=m, mining="batch-hard")
+    loss = obj(_on_circle(ANGLES, 2.0), torch.tensor(TLABELS), None)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_triplet_semi_hard_by_brute_force():
+    m = 0.3
+    terms = []
+    for a, p in _pairs("pos"):
+        dap = _d(ANGLES[a], ANGLES[p])
+        negs = [_d(ANGLES[a], ANGLES[n]) for n in range(6) if TLABELS[n] != TLABELS[a]]
+        outside = [x for x in negs if x > dap]
+        dn = min(outside) if outside else max(negs)
+        terms.append(max(0.0, dap - dn + m))
+    # The anchor 40° / positive 200° pair (Δ160°) has no negative beyond it: fallback used.
+    assert not [n for n in (0, 1, 2) if _d(40, ANGLES[n]) > _d(40, 200)]
+    obj = TripletObjective(margin=m, mining="semi-hard")
+    loss = obj(_on_circle(ANGLES), torch.tensor(TLABELS), None)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+
+
+def test_triplet_batch_all_by_brute_force():
+    m = 0.3
+    terms = [
+        max(0.0, _d(ANGLES[a], ANGLES[p]) - _d(ANGLES[a], ANGLES[n]) + m)
+        for a, p in _pairs("pos")
+        for n in range(6)
+        if TLABELS[n] != TLABELS[a]
+    ]
+    nonzero = [t for t in terms if t > 0]
+    assert 0 < len(nonzero) < len(terms) == 6 * 2 * 3
+    obj = TripletObjective(margin=m, mining="batch-all")
+    loss = obj(_on_circle(ANGLES), torch.tensor(TLABELS), None)
+    assert loss.item() == pytest.approx(sum(nonzero) / len(nonzero), rel=1e-9)
+    assert obj.stats["active"] == pytest.approx(len(nonzero) / len(terms))
+
+
+def test_triplet_unsquared_distance():
+    obj = TripletObjective(margin=0.3, squared=False)
+    loss = obj(_on_circle(ANGLES), torch.tensor(TLABELS), None)
+    dist = {k: math.sqrt(_d(ANGLES[k[0]], ANGLES[k[1]])) for k in _pairs("pos") + _pairs("neg")}
+    expected = sum(max(0.0, dist[a, p] - dist[a, n] + 0.3) for a, (p, n) in HARDEST.items()) / 6
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("mining", ["batch-hard", "semi-hard", "batch-all"])
+@pytest.mark.parametrize("squared", [True, False])
+def test_triplet_gradcheck(mining, squared):
+    torch.manual_seed(2)
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    obj = TripletObjective(margin=1.0, mining=mining, squared=squared)
+    assert obj(x, y, None).item() > 0
+    assert torch.autograd.gradcheck(lambda e: obj(e, y, None), (x,))
+
+
+def test_triplet_collapse_is_reported():
+    torch.manual_seed(0)
+    obj = TripletObjective(margin=0.2)
+    obj.set_epoch(0)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    for _ in range(3):  # every embedding (nearly) the same point
+        obj(torch.ones(6, 4) + 1e-4 * torch.randn(6, 4), y, None)
+    warnings = obj.end_epoch()
+    assert len(warnings) == 1 and "stuck at the margin" in warnings[0]
+    assert "mean positive distance 0.0000" in warnings[0]
+    assert "mean negative distance 0.0000" in warnings[0]
+    # Separated identities: no warning (and the statistics restart each epoch).
+    obj.set_epoch(1)
+    obj(_on_circle([0, 1, 120, 121, 240, 241]).float(), y, None)
+    assert obj.stats["loss"] == 0.0 and obj.end_epoch() == []
+
+
+def test_triplet_warns_without_triplets():
+    obj = TripletObjective()
+    loss = obj(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 3]), None)
+    assert loss.item() == 0.0 and loss.requires_grad
+    assert "train.sampler=pk" in obj.end_epoch()[0]
+    with pytest.raises(ConfigError, match="mining"):
+        TripletObjective(mining="hardest")
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive
+def test_contrastive_consecutive_pairs_by_hand():
+    # Pairs: (0°, 60°) genuine: D = 1 → ½; (0°, 90°) impostor: D = √2 > m → 0;
+    # (10°, 40°) impostor: D = 2 sin 15° → ½(1 − D)²; trailing odd row ignored.
+    x = _on_circle([0, 60, 0, 90, 10, 40, 77], radius=5.0)
+    y = torch.tensor([3, 3, 1, 2, 1, 2, 1])
+    obj = ContrastiveObjective(margin=1.0)
+    loss = obj(x, y, None)
+    d15 = 2 * math.sin(math.radians(15))
+    expected = (0.5 * 1.0**2 + 0.0 + 0.5 * (1.0 - d15) ** 2) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(0.2054457, rel=1e-6)
+    assert obj.stats["genuine_fraction"] == pytest.approx(1 / 3)
+
+
+def test_contrastive_all_pairs_by_brute_force():
+    angles, labels = ANGLES, TLABELS
+    gen, imp = [], []
+    for a in range(6):
+        for b in range(a + 1, 6):
+            dist = math.sqrt(_d(angles[a], angles[b]))
+            if labels[a] == labels[b]:
+                gen.append(0.5 * dist**2)
+            else:
+                imp.append(0.5 * max(0.0, 0.8 - dist) ** 2)
+    obj = ContrastiveObjective(margin=0.8, pairing="all")
+    loss = obj(_on_circle(angles), torch.tensor(labels), None)
+    assert loss.item() == pytest.approx(sum(gen) / len(gen) + sum(imp) / len(imp), rel=1e-9)
+
+
+@pytest.mark.parametrize("pairing", ["consecutive", "all"])
+def test_contrastive_gradcheck(pairing):
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 2, 2, 2, 3, 1])
+    obj = ContrastiveObjective(margin=1.5, pairing=pairing)
+    assert torch.autograd.gradcheck(lambda e: obj(e, y, None), (x,))
+
+
+# ---------------------------------------------------------------------------------------------
+# distillation
+def _unit(v):
+    n = math.sqrt(sum(a * a for a in v))
+    return [a / n for a in v]
+
+
+def test_distill_logit_kd_by_hand():
+    x = [[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]]
+    w = [[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]]
+    b = [0.0, 0.5, -0.5]
+    labels = [0, 2, 1]
+    teacher = [[2.0, 0.0, -1.0], [0.0, 0.0, 3.0], [-1.0, 4.0, 1.0]]
+    obj = DistillObjective(task="softmax", kd="logits", weight=0.5, temperature=4.0)
+    head = obj.build_classifier(2, 3)
+    _set_linear(head.task, w, b)
+    obj.teacher_outputs = torch.tensor(teacher)
+    loss = obj(torch.tensor(x), torch.tensor(labels), head)
+
+    def softmax(z, t):
+        e = [math.exp(v / t) for v in z]
+        return [v / sum(e) for v in e]
+
+    kd = 0.0
+    for xi, zt in zip(x, teacher, strict=True):
+        zs = [
+            sum(a * c for a, c in zip(wj, xi, strict=True)) + bj
+            for wj, bj in zip(w, b, strict=True)
+        ]
+        pt, ps = softmax(zt, 4.0), softmax(zs, 4.0)
+        kd += 16.0 * sum(p * math.log(p / q) for p, q in zip(pt, ps, strict=True))
+    kd /= 3
+    task = _softmax_by_hand(x, w, b, labels, 0.0)
+    assert obj.stats["kd"] == pytest.approx(kd, rel=1e-5)
+    assert loss.item() == pytest.approx(task + 0.5 * kd, rel=1e-5)
+    assert obj.teacher_outputs is None  # consumed: a stale teacher batch is never reused
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_distill_embedding_kd_with_projection_by_hand(kind):
+    x = [[1.0, 2.0], [-1.0, 0.5]]
+    proj = [[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]  # student 2 → teacher 3 dimensions
+    teacher = [[0.0, 1.0, 1.0], [2.0, 0.0, -1.0]]
+    obj = DistillObjective(task="none", kd="embedding", embedding_loss=kind, teacher_dim=3)
+    head = obj.build_classifier(2, 5)
+    assert head.task is None
+    with torch.no_grad():
+        head.projection.weight.copy_(torch.tensor(proj))
+    obj.teacher_outputs = torch.tensor(teacher)
+    loss = obj(torch.tensor(x), torch.tensor([0, 1]), head)
+    total = 0.0
+    for xi, ti in zip(x, teacher, strict=True):
+        s = _unit([sum(p * v for p, v in zip(row, xi, strict=True)) for row in proj])
+        t = _unit(ti)
+        cos = sum(a * c for a, c in zip(s, t, strict=True))
+        total += sum((a - c) ** 2 for a, c in zip(s, t, strict=True)) if kind == "mse" else 1 - cos
+    assert loss.item() == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_distill_gradcheck_and_task_sum():
+    torch.manual_seed(4)
+    obj = DistillObjective(task="cosface", kd="embedding", weight=2.0, teacher_dim=5)
+    head = obj.build_classifier(3, 4).double()
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    t = torch.randn(6, 5, dtype=torch.float64)
+
+    def f(e, _p):
+        obj.teacher_outputs = t
+        return obj(e, y, head)
+
+    assert torch.autograd.gradcheck(f, (x, head.projection.weight))
+    # total = task + λ·KD, with the task computed by the task objective on its own classifier
+    obj.teacher_outputs = t
+    total = obj(x, y, head).item()
+    task = obj.task(x, y, head.task).item()
+    assert total == pytest.approx(task + 2.0 * obj.stats["kd"], rel=1e-9)
+
+
+def test_distill_errors():
+    obj = DistillObjective(kd="embedding")
+    head = obj.build_classifier(3, 2)
+    with pytest.raises(ConfigError, match="teacher"):
+        obj(torch.randn(2, 3), torch.tensor([0, 1]), head)
+    obj.teacher_outputs = torch.randn(2, 7)
+    with pytest.raises(ConfigError, match="teacher_dim=7"):
+        obj(torch.randn(2, 3), torch.tensor([0, 1]), head)
+    with pytest.raises(ConfigError, match="classifier task"):
+        DistillObjective(task="triplet", kd="logits")
+    with pytest.raises(ConfigError, match="task"):
+        DistillObjective(task="gme")

@@ -86,8 +86,9 @@ def test_llr_equals_joint_gaussian_single_and_multi_enrollment():
     model's own B, W, μ in the PLDA input space, for enrollments of 1, 2 and 4 recordings."""
     rng = np.random.default_rng(1)
     d = 8
-    raw, labels = sample_plda(rng, rng.standard_normal(d), random_spd(rng, d, 4.0),
-                              random_spd(rng, d), 30, 6)
+    raw, labels = sample_plda(
+        rng, rng.standard_normal(d), random_spd(rng, d, 4.0), random_spd(rng, d), 30, 6
+    )
     scorer = PLDAScorer(lda_dim=5, iterations=5)
     scorer.fit(torch.tensor(raw), torch.tensor(labels))
     model = scorer.backend.plda
@@ -105,7 +106,9 @@ def test_llr_equals_joint_gaussian_single_and_multi_enrollment():
     np.testing.assert_allclose(np.diag(mat), want[:2], atol=1e-8)
     np.testing.assert_allclose(mat[0, 1], joint_llr(x[[0]], x[50], mu, b, w), atol=1e-8)
     # Groups of equal size as an all-vs-all matrix: one matmul per count.
-    gm = scorer.score_groups_matrix(torch.tensor(raw), [[7, 8], [0], [30, 31]], torch.tensor(raw[:3]))
+    gm = scorer.score_groups_matrix(
+        torch.tensor(raw), [[7, 8], [0], [30, 31]], torch.tensor(raw[:3])
+    )
     np.testing.assert_allclose(gm[2, 1].item(), joint_llr(x[[30, 31]], x[1], mu, b, w), atol=1e-8)
     np.testing.assert_allclose(gm[1, 2].item(), joint_llr(x[[0]], x[2], mu, b, w), atol=1e-8)
 
@@ -141,7 +144,9 @@ def test_em_loglik_is_the_likelihood_and_increases():
     for iters in (0, 1, 7):
         m = PLDA.fit(torch.tensor(x), torch.tensor(labels), iterations=iters)
         assert len(m.loglik) == iters + 1
-        ref = class_loglik_bruteforce(x - m.mean.numpy(), labels, m.between.numpy(), m.within.numpy())
+        ref = class_loglik_bruteforce(
+            x - m.mean.numpy(), labels, m.between.numpy(), m.within.numpy()
+        )
         assert abs(m.loglik[-1] - ref) < 1e-6 * abs(ref)
     m = PLDA.fit(torch.tensor(x), torch.tensor(labels), iterations=20)
     steps = np.diff(m.loglik)
@@ -192,7 +197,9 @@ def test_lda_solves_generalized_eigenproblem():
     mean, t = fit_lda(torch.tensor(x), torch.tensor(labels), dim=3)
     assert t.shape == (3, d)
     means = np.stack([x[labels == c].mean(0) for c in range(20)])
-    sw = sum((x[labels == c] - means[c]).T @ (x[labels == c] - means[c]) for c in range(20)) / len(x)
+    sw = sum((x[labels == c] - means[c]).T @ (x[labels == c] - means[c]) for c in range(20)) / len(
+        x
+    )
     sb = (means - x.mean(0)).T @ (means - x.mean(0)) * 5 / len(x)
     t = t.numpy()
     np.testing.assert_allclose(t @ sw @ t.T, np.eye(3), atol=1e-6)

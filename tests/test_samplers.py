@@ -226,3 +226,20 @@ def test_hard_pairs_chunking_does_not_change_the_mining():
     assert torch.equal(a.hard_genuine, b.hard_genuine)
     assert torch.equal(a.hard_impostor, b.hard_impostor)
     assert _batches(a, 3) == _batches(b, 3)
+
+
+def test_hard_pairs_skip_missing_samples_and_singletons():
+    labels, e = _confusable_embeddings()
+    labels = [*labels, 3]  # a singleton identity: it has no genuine partner
+    e = torch.cat([e, torch.tensor([[0.0, 1.0, 0.0]])])  # … but is sample 3's twin
+    sampler = s.HardPairSampler(labels, 4, hard_fraction=1.0)
+    sampler.update(e)
+    assert all(8 not in p for p in sampler.hard_genuine.tolist())
+    assert tuple(sampler.hard_impostor[0].tolist()) == (3, 8)
+    # Sample 3 failed to load: the embeddings of the others come with their indices.
+    kept = torch.tensor([i for i in range(9) if i != 3])
+    sampler.update(e[kept], indices=kept)
+    assert all(3 not in p for p in sampler.hard_genuine.tolist() + sampler.hard_impostor.tolist())
+    assert tuple(sampler.hard_impostor[0].tolist()) == (5, 8)
+    batches = _batches(sampler)
+    assert batches and all(3 not in b for b in batches)

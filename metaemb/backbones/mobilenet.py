@@ -21,7 +21,9 @@ class MobileNetV3Backbone(Backbone):
 
     arch: ClassVar[str] = "mobilenet_v3_small"
 
-    def __init__(self, in_channels: int = 3, small_input: bool = False, pretrained: str = "") -> None:
+    def __init__(
+        self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""
+    ) -> None:
         super().__init__()
         if in_channels < 1:
             raise ConfigError(f"backbone {self.arch}: in_channels must be ≥ 1, got {in_channels}.")

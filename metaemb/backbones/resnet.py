@@ -68,9 +68,13 @@ def load_pretrained(net: nn.Module, pretrained: str, arch: str, stem_key: str) -
         raise ConfigError(
             f"config key 'backbone.pretrained': weights file '{path}' does not exist. metaemb never "
             f"downloads weights; fetch them once, e.g. the URL in torchvision.models.{weights_enum}"
-            f".IMAGENET1K_V1.url, and pass the local path (or set backbone.pretrained=\"\")."
+            f'.IMAGENET1K_V1.url, and pass the local path (or set backbone.pretrained="").'
         )
-    state = {k: v for k, v in _read_state_dict(path, arch).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    state = {
+        k: v
+        for k, v in _read_state_dict(path, arch).items()
+        if not k.startswith(CLASSIFIER_PREFIXES)
+    }
     own = net.state_dict()
     skipped = []
     stem_weight = state.get(stem_key)
@@ -87,7 +91,11 @@ def load_pretrained(net: nn.Module, pretrained: str, arch: str, stem_key: str) -
     if wrong or missing or unexpected:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for label, keys in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected))
+            for label, keys in (
+                ("shape mismatch", wrong),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            )
             if keys
         )
         raise ConfigError(
@@ -102,7 +110,9 @@ class ResNetBackbone(Backbone):
 
     arch: ClassVar[str] = "resnet18"
 
-    def __init__(self, in_channels: int = 3, small_input: bool = False, pretrained: str = "") -> None:
+    def __init__(
+        self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""
+    ) -> None:
         super().__init__()
         if in_channels < 1:
             raise ConfigError(f"backbone {self.arch}: in_channels must be ≥ 1, got {in_channels}.")
@@ -119,7 +129,9 @@ class ResNetBackbone(Backbone):
         self.in_channels = in_channels
         self.small_input = small_input
         self.net = net
-        self.reinitialised = load_pretrained(net, pretrained, self.arch, "conv1.weight") if pretrained else []
+        self.reinitialised = (
+            load_pretrained(net, pretrained, self.arch, "conv1.weight") if pretrained else []
+        )
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.net(x)

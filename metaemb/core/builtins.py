@@ -9,8 +9,11 @@ from metaemb.core.hookspecs import Register
 
 @hookimpl
 def register_heads(register: Register) -> None:
-    # heads: registered below by core/heads.py's owner
-    pass
+    # heads: core/heads.py
+    from metaemb.core.heads import EmbeddingHead, GMEHead
+
+    register("linear", EmbeddingHead, description="BatchNorm, Dropout, Linear, BatchNorm → point")
+    register("gme", GMEHead, description="features → Gaussian meta-embedding (a, b ≥ 0)")
 
 
 @hookimpl
@@ -24,6 +27,33 @@ def register_objectives(register: Register) -> None:
 
     register("arcface", ArcFaceObjective, description="additive angular margin softmax (ArcFace)")
     register("cosface", CosFaceObjective, description="additive cosine margin softmax (CosFace)")
+    from metaemb.core.objectives.triplet import TripletObjective
+
+    register("triplet", TripletObjective, description="FaceNet triplet loss with online mining")
+    from metaemb.core.objectives.contrastive import ContrastiveObjective
+
+    register("contrastive", ContrastiveObjective, description="Siamese contrastive loss on pairs")
+    from metaemb.core.objectives.distill import DistillObjective
+
+    register("distill", DistillObjective, description="task loss + knowledge distillation")
+    # Gaussian meta-embedding objectives
+    from metaemb.core.objectives import gme as gme_objectives
+
+    register(
+        "gme-bxe",
+        gme_objectives.GMEBinaryCrossEntropy,
+        description="GME pairwise binary cross-entropy over all batch pairs (calibrated LLRs)",
+    )
+    register(
+        "gme-pseudolikelihood",
+        gme_objectives.GMEPseudoLikelihood,
+        description="GME pseudolikelihood: each label given the others, with a new-identity term",
+    )
+    register(
+        "gme-softmax",
+        gme_objectives.GMESoftmax,
+        description="GME multiclass cross-entropy against trainable class meta-embeddings",
+    )
 
 
 @hookimpl
@@ -36,7 +66,7 @@ def register_samplers(register: Register) -> None:
     register("pairs", s.PairSampler, description="random genuine/impostor pairs (2i, 2i+1)")
     register("subject", s.SubjectSampler, description="subject-by-subject batches")
     register("mixed", s.MixedSampler, description="half subject-by-subject, half random open set")
-    register("hard-pairs", s.HardPairSampler, description="most confusable pairs, re-mined each epoch")
+    register("hard-pairs", s.HardPairSampler, description="most confusable pairs, mined each epoch")
 
 
 @hookimpl
@@ -44,12 +74,19 @@ def register_scorers(register: Register) -> None:
     # scorers: core/scoring.py, core/gme_scoring.py
     from metaemb.core import calibration, scoring
 
-    register("cosine", scoring.CosineScorer, description="cosine similarity (opt. minus train mean)")
+    register(
+        "cosine", scoring.CosineScorer, description="cosine similarity (opt. minus train mean)"
+    )
     register("euclidean", scoring.EuclideanScorer, description="negative Euclidean distance")
     register("plda", scoring.PLDAScorer, description="LDA + length-norm + two-covariance PLDA LLR")
     register("snorm", scoring.SNorm, description="s-norm of a base scorer against a cohort")
-    register("asnorm", scoring.ASNorm, description="adaptive s-norm (top-N cohort) of a base scorer")
+    register(
+        "asnorm", scoring.ASNorm, description="adaptive s-norm (top-N cohort) of a base scorer"
+    )
     register("calibrated", calibration.CalibratedScorer, description="base scorer → calibrated LLR")
+    from metaemb.core.gme_scoring import GMEScorer
+
+    register("gme", GMEScorer, description="closed-form Gaussian meta-embedding LLR (pooled enroll)")
 
 
 @hookimpl

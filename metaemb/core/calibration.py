@@ -70,7 +70,9 @@ class LinearCalibration:
         theta = torch.tensor([1.0, 0.0], dtype=DTYPE)
 
         def value(th: Tensor) -> float:
-            return self.objective(t, n, float(th[0]), float(th[1])) + 0.5 * ridge * float(th[0]) ** 2
+            return (
+                self.objective(t, n, float(th[0]), float(th[1])) + 0.5 * ridge * float(th[0]) ** 2
+            )
 
         current = value(theta)
         for _ in range(self.max_iter):
@@ -126,9 +128,7 @@ class LinearCalibration:
         self.fitted = True
 
 
-def pair_trials(
-    labels: Any, max_trials: int, seed: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
+def pair_trials(labels: Any, max_trials: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(enroll idx, test idx, target) over pairs i < j of a labelled set: all target pairs and
     non-target pairs, each sampled down (seeded) to at most max_trials // 2 when there are more."""
     lab = torch.as_tensor(labels).long().reshape(-1)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from metaemb.core.errors import MetaembError
 
@@ -214,20 +215,47 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
     rows, cols = block_shape(n1, n2, f1.dim, f1.a.element_size(), f1.full, max_chunk_bytes)
     if f1.full:
         le1, le2 = log_expectation(f1), log_expectation(f2)
-    out = []
+    # Blocks are written into one preallocated output (under autograd too: slice assignment is
+    # differentiable); keeping many small per-block results alive between the large freed
+    # temporaries fragments the malloc heap and can grow memory by hundreds of MB.
+    out = f1.a.new_empty(n1, n2)
     for r in range(0, n1, rows):
         g = f1[r : r + rows]
-        row = []
         for c in range(0, n2, cols):
             h = f2[c : c + cols]
             if f1.full:
                 joint = _full_log_expectation(g.a[:, None] + h.a[None], g.b[:, None] + h.b[None])
-                row.append(joint - le1[r : r + rows, None] - le2[None, c : c + cols])
+                block = joint - le1[r : r + rows, None] - le2[None, c : c + cols]
             else:
                 terms = _diag_llr_terms(g.a[:, None], g.b[:, None], h.a[None], h.b[None])
-                row.append(0.5 * terms.sum(-1))
-        out.append(torch.cat(row, dim=1))
-    return torch.cat(out)
+                block = 0.5 * terms.sum(-1)
+            out[r : r + rows, c : c + cols] = block
+    return out
+
+
+def differentiable_llr_matrix(
+    f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES * 8
+) -> Tensor:
+    """`llr_matrix` for training losses: when gradients are needed, each chunk of rows is
+    checkpointed (recomputed in backward), so autograd keeps the inputs instead of every
+    [rows, N2, d] intermediate. Without gradients it is `llr_matrix`."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (f1.a, f1.b, f2.a, f2.b))
+    if not needs_grad:
+        return llr_matrix(f1, f2)
+    f1, f2 = _same_form(f1, f2)
+    per_row = len(f2) * (5 * f1.dim * f1.dim if f1.full else 12 * f1.dim) * f1.a.element_size()
+    rows = max(1, max_chunk_bytes // max(per_row, 1))
+    if rows >= len(f1):
+        return llr_matrix(f1, f2, max_chunk_bytes)
+
+    def chunk(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
+        return llr_matrix(GME(a1, b1), GME(a2, b2), max_chunk_bytes)
+
+    parts = [
+        checkpoint(chunk, f1.a[r : r + rows], f1.b[r : r + rows], f2.a, f2.b, use_reentrant=False)
+        for r in range(0, len(f1), rows)
+    ]
+    return torch.cat(parts)
 
 
 def block_shape(

@@ -212,10 +212,18 @@ def _llr_terms(psi: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def llr_pairs(psi: Tensor, u: Tensor, v: Tensor, n: Tensor | int = 1) -> Tensor:
-    """PLDA LLR of aligned pairs in the diagonal space; n broadcasts per pair."""
-    n_t = torch.as_tensor(n, dtype=DTYPE).reshape(-1, 1)
-    const, cv, cuv, cu = _llr_terms(psi, n_t)
-    return const.reshape(-1) + (cv * v * v + cuv * u * v + cu * u * u).sum(-1)
+    """PLDA LLR of aligned pairs in the diagonal space; n (recordings per enrollment) is a
+    scalar or one count per pair. Memory: a few [N, d] temporaries."""
+    n_t = torch.as_tensor(n).reshape(-1)
+    if n_t.numel() == 1:
+        n_t = n_t.expand(u.shape[0])
+    out = torch.empty(u.shape[0], dtype=DTYPE)
+    for count in torch.unique(n_t).tolist():
+        rows = torch.nonzero(n_t == count).squeeze(1) if n_t.numel() else n_t.long()
+        uu, vv = u[rows], v[rows]
+        const, cv, cuv, cu = _llr_terms(psi, torch.tensor(float(count), dtype=DTYPE))
+        out[rows] = const + (vv * vv) @ cv + (uu * vv) @ cuv + (uu * uu) @ cu
+    return out
 
 
 def llr_matrix(psi: Tensor, u: Tensor, v: Tensor, n: int = 1) -> Tensor:

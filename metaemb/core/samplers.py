@@ -289,27 +289,46 @@ class HardPairSampler(PairSampler):
         self.hard_impostor: Tensor | None = None
 
     @torch.no_grad()
-    def update(self, embeddings: Tensor) -> None:
+    def update(self, embeddings: Tensor, indices: Tensor | None = None) -> None:
+        """Mine from the embeddings of the training samples: all of them in dataset order, or
+        those whose dataset indices are `indices` (samples that failed to load are left out)."""
         n = len(self.labels)
-        if embeddings.ndim != 2 or embeddings.shape[0] != n:
+        rows = len(indices) if indices is not None else n
+        if embeddings.ndim != 2 or embeddings.shape[0] != rows:
             raise DataError(
-                f"sampler 'hard-pairs': update() needs embeddings [{n}, d] of every training "
-                f"sample in dataset order, got shape {tuple(embeddings.shape)}."
+                f"sampler 'hard-pairs': update() needs embeddings [{rows}, d] of the training "
+                f"samples in dataset order, got shape {tuple(embeddings.shape)}."
             )
         e = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1)
-        lab = self._lab
+        valid = torch.ones(n, dtype=torch.bool)
+        if indices is not None:
+            idx = torch.as_tensor(indices, dtype=torch.long).cpu()
+            full = torch.zeros(n, e.shape[1])
+            full[idx] = e
+            e = full
+            valid = torch.zeros(n, dtype=torch.bool)
+            valid[idx] = True
+        # Hardest genuine partner: within each identity's block of similarities.
         gen_sim, gen_idx = torch.full((n,), float("inf")), torch.full((n,), -1)
+        for members in self._by_label.values():
+            m = torch.tensor(members)[valid[members]]
+            if len(m) < 2:
+                continue
+            block = (e[m] @ e[m].T).fill_diagonal_(float("inf"))  # not its own partner
+            v, j = block.min(1)
+            gen_sim[m], gen_idx[m] = v, m[j]
+        # Hardest impostor: the most similar sample of another identity, a chunk of rows at once
+        # (on the embeddings' device: this is the O(N²) part).
+        dev = embeddings.device
+        ed, lab, valid_d = e.to(dev), self._lab.to(dev), valid.to(dev)
         imp_sim, imp_idx = torch.full((n,), -float("inf")), torch.full((n,), -1)
-        for s in range(0, n, self.chunk):
-            rows = torch.arange(s, min(n, s + self.chunk))
-            sim = e[rows] @ e.T
-            same = lab[rows, None] == lab[None, :]
-            same[torch.arange(len(rows)), rows] = False  # a sample is not its own partner
-            diff = lab[rows, None] != lab[None, :]
-            v, j = sim.masked_fill(~same, float("inf")).min(1)
-            gen_sim[rows], gen_idx[rows] = v, j
-            v, j = sim.masked_fill(~diff, -float("inf")).max(1)
-            imp_sim[rows], imp_idx[rows] = v, j
+        for start in range(0, n, self.chunk):
+            rows = torch.arange(start, min(n, start + self.chunk), device=dev)
+            sim = ed[rows] @ ed.T
+            sim.masked_fill_((lab[rows, None] == lab[None, :]) | ~valid_d[None, :], -float("inf"))
+            v, j = sim.max(1)
+            ok = valid_d[rows] & torch.isfinite(v)
+            imp_sim[rows[ok].cpu()], imp_idx[rows[ok].cpu()] = v[ok].cpu(), j[ok].cpu()
         self.hard_genuine = self._ranked(gen_idx, gen_sim, descending=False)
         self.hard_impostor = self._ranked(imp_idx, imp_sim, descending=True)
         self._version += 1
@@ -342,6 +361,8 @@ class HardPairSampler(PairSampler):
         nb = self.num_batches()
         ng, ni = self.genuine_per_batch, self.pairs_per_batch - self.genuine_per_batch
         hg, hi = round(self.hard_fraction * nb * ng), round(self.hard_fraction * nb * ni)
+        hg = hg if len(self.hard_genuine) else 0  # nothing mined (e.g. every sample failed)
+        hi = hi if self.hard_impostor is not None and len(self.hard_impostor) else 0
         rg, ri = self._random_pairs(g, nb * ng - hg, nb * ni - hi)
         genuine = torch.cat([self._hard(g, self.hard_genuine, hg), rg])
         impostor = torch.cat([self._hard(g, self.hard_impostor, hi), ri])

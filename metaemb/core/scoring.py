@@ -70,7 +70,7 @@ class PointScorer(Scorer):
     count_dependent = False  # True when the score depends on how many recordings a model pools
     row_chunk = 2048
     col_chunk = 4096
-    pair_chunk = 65536
+    pair_chunk = 8192
 
     # -- the four steps subclasses define --------------------------------------------------
     def prepare(self, x: Tensor) -> Tensor:
@@ -91,6 +91,10 @@ class PointScorer(Scorer):
     def _prep(self, x: Any, name: str) -> Tensor:
         self._check_fitted()
         return self.prepare(as_embeddings(x, name))
+
+    def _prep_both(self, enroll: Any, test: Any) -> tuple[Tensor, Tensor]:
+        e = self._prep(enroll, "enroll")
+        return e, (e if test is enroll else self._prep(test, "test"))  # x vs x: prepare once
 
     def _check_fitted(self) -> None:
         if getattr(self, "requires_fit", False) and not self.fitted:
@@ -125,7 +129,7 @@ class PointScorer(Scorer):
         self, enroll: Any, test: Any, row_chunk: int = 0, col_chunk: int = 0
     ) -> Iterator[tuple[slice, slice, Tensor]]:
         """Yield (enroll rows, test columns, block) covering the all-vs-all matrix."""
-        e, t = self._prep(enroll, "enroll"), self._prep(test, "test")
+        e, t = self._prep_both(enroll, test)
         ones = torch.ones(e.shape[0], dtype=torch.long)
         for rows, cols, blk in self.iter_models_matrix(e, ones, t, row_chunk, col_chunk):
             yield slice(int(rows[0]), int(rows[-1]) + 1), cols, blk
@@ -147,7 +151,7 @@ class PointScorer(Scorer):
     ) -> Tensor:
         """All-vs-all scores [N_enroll, N_test], written block by block into `out` (allocated
         with `dtype`, default the scorer's working precision, when not given)."""
-        e, t = self._prep(enroll, "enroll"), self._prep(test, "test")
+        e, t = self._prep_both(enroll, test)
         ones = torch.ones(e.shape[0], dtype=torch.long)
         it = self.iter_models_matrix(e, ones, t, row_chunk, col_chunk)
         return self._fill(it, (e.shape[0], t.shape[0]), out, dtype or e.dtype)
@@ -155,7 +159,7 @@ class PointScorer(Scorer):
     def topk(self, enroll: Any, test: Any, k: int) -> tuple[Tensor, Tensor]:
         """Per enroll row, the k highest scores over all tests and their test indices, streamed
         over column blocks (memory: one block plus the running top-k)."""
-        e, t = self._prep(enroll, "enroll"), self._prep(test, "test")
+        e, t = self._prep_both(enroll, test)
         k = min(k, t.shape[0])
         best_v = torch.full((e.shape[0], k), float("-inf"), dtype=e.dtype)
         best_i = torch.full((e.shape[0], k), -1, dtype=torch.long)
@@ -170,7 +174,7 @@ class PointScorer(Scorer):
 
     def score(self, enroll: Any, test: Any) -> Tensor:
         """Scores of aligned pairs (enroll[i], test[i]) → [N]."""
-        e, t = self._prep(enroll, "enroll"), self._prep(test, "test")
+        e, t = self._prep_both(enroll, test)
         if e.shape[0] != t.shape[0]:
             raise DataError(
                 f"score() needs aligned pairs: got {e.shape[0]} enroll, {t.shape[0]} test"
@@ -417,20 +421,34 @@ class ScoreNorm(PointScorer):
         self._cohort_prep = self.base.prepare(cohort)
 
     def _stats(self, models: Tensor, n: int, as_test: bool) -> Tensor:
-        """[rows, 2] cohort mean and std of each row (a model pooling n, or a test sample)."""
-        assert self._cohort_prep is not None
+        """[rows, 2] cohort mean and std of each row (a model pooling n, or a test sample),
+        streamed over cohort blocks so a large cohort never forms a [rows, cohort] matrix."""
+        cohort = self._cohort_prep
+        assert cohort is not None
         out = []
         for i in range(0, models.shape[0], self.stat_chunk):
             m = models[i : i + self.stat_chunk]
-            s = (
-                self.base.block(self._cohort_prep, 1, m).T
-                if as_test
-                else self.base.block(m, n, self._cohort_prep)
-            )
+            top = torch.zeros(m.shape[0], 0, dtype=DTYPE)
+            count, mean, m2 = 0, torch.zeros(m.shape[0], dtype=DTYPE), 0.0
+            for c0 in range(0, cohort.shape[0], self.col_chunk):
+                c = cohort[c0 : c0 + self.col_chunk]
+                s = (self.base.block(c, 1, m).T if as_test else self.base.block(m, n, c)).to(DTYPE)
+                if self.top_n:
+                    both = torch.cat([top, s], 1)
+                    top = both.topk(min(self.top_n, both.shape[1]), dim=1).values
+                    continue
+                # Chan et al.'s pairwise update of (count, mean, sum of squared deviations).
+                nb, mb = s.shape[1], s.mean(1)
+                delta = mb - mean
+                m2 = m2 + ((s - mb[:, None]) ** 2).sum(1) + delta**2 * count * nb / (count + nb)
+                mean = mean + delta * nb / (count + nb)
+                count += nb
             if self.top_n:
-                s = s.topk(min(self.top_n, s.shape[1]), dim=1).values
-            out.append(torch.stack([s.mean(1), s.std(1)], 1))
-        return torch.cat(out) if out else torch.zeros(0, 2, dtype=models.dtype)
+                mean, std = top.mean(1), top.std(1)
+            else:
+                std = (m2 / (count - 1)).sqrt()
+            out.append(torch.stack([mean, std], 1))
+        return torch.cat(out) if out else torch.zeros(0, 2, dtype=DTYPE)
 
     def prepare(self, x: Tensor) -> Tensor:
         p = self.base.prepare(x)

@@ -64,12 +64,11 @@ class ContrastiveObjective(Objective):
                 start=terms.sum() * 0.0,
             )
         with torch.no_grad():
+            # The same keys every batch (the engine averages them); 0 when a kind is absent.
             self.stats = {
                 "loss": float(loss.detach()),
                 "genuine_fraction": float(genuine.float().mean()),
+                "pos_dist": float(dist[genuine].mean()) if genuine.any() else 0.0,
+                "neg_dist": float(dist[~genuine].mean()) if (~genuine).any() else 0.0,
             }
-            if genuine.any():
-                self.stats["pos_dist"] = float(dist[genuine].mean())
-            if (~genuine).any():
-                self.stats["neg_dist"] = float(dist[~genuine].mean())
         return loss

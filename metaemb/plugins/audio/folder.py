@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from torch import Tensor
 
-from metaemb.core.interfaces import Sample, SampleFolder
+from metaemb.core.interfaces import SampleFolder
 from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, check_rate_policy, read_audio
 
 
@@ -27,11 +26,10 @@ class AudioFolder(SampleFolder):
         root: str | Path,
         sample_rate: int = 16000,
         on_rate_mismatch: str = "resample",
-        samples: Sequence[Sample] | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
-        super().__init__(root, samples)
+        super().__init__(root)
 
     def load(self, path: Path) -> Tensor:
         return read_audio(path, self.sample_rate, self.on_rate_mismatch)

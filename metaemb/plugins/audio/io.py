@@ -85,8 +85,8 @@ def read_audio(
                     f"audio file '{path}' has sample rate {rate} Hz but {sample_rate} Hz is expected; "
                     "resample the data or set on_rate_mismatch='resample'."
                 )
-            first = int(round(start * rate))
-            last = f.frames if end is None or end < 0 else min(int(round(end * rate)), f.frames)
+            first = round(start * rate)
+            last = f.frames if end is None or end < 0 else min(round(end * rate), f.frames)
             if first > 0:
                 f.seek(min(first, f.frames))
             data = f.read(max(0, last - first), dtype="float32", always_2d=True)

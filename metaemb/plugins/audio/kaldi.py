@@ -8,7 +8,6 @@ archive offsets are refused: convert such data to audio files once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -30,7 +29,9 @@ class Utterance:
     where: str  # "wav.scp:12" or "segments:7", for error messages
 
 
-def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[tuple[int, list]]:
+def read_table(
+    path: Path, min_fields: int, max_fields: int | None = None
+) -> list[tuple[int, list]]:
     """Non-empty lines of a Kaldi table as (line number, fields); DataError on too few/many fields."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -102,7 +103,10 @@ def read_kaldi_dir(root: Path) -> tuple[list[Sample], dict[str, Utterance]]:
         if not (root / required).is_file():
             raise DataError(f"Kaldi data directory '{root}' has no '{required}'.")
     recordings = _read_wav_scp(root / "wav.scp")
-    utt2spk = {u: (n, f[1]) for u, (n, f) in _unique(read_table(root / "utt2spk", 2, 2), root / "utt2spk").items()}
+    utt2spk = {
+        u: (n, f[1])
+        for u, (n, f) in _unique(read_table(root / "utt2spk", 2, 2), root / "utt2spk").items()
+    }
     segments = _read_segments(root / "segments") if (root / "segments").is_file() else None
     utts: dict[str, Utterance] = {}
     for utt, (n, _spk) in utt2spk.items():
@@ -138,7 +142,9 @@ def _check_spk2utt(path: Path, utt2spk: dict[str, str]) -> None:
             listed.add(utt)
     missing = sorted(set(utt2spk) - listed)
     if missing:
-        raise DataError(f"{path}: utterances of utt2spk missing from spk2utt: {', '.join(missing[:5])}")
+        raise DataError(
+            f"{path}: utterances of utt2spk missing from spk2utt: {', '.join(missing[:5])}"
+        )
 
 
 class KaldiDataFolder(SampleFolder):
@@ -152,7 +158,6 @@ class KaldiDataFolder(SampleFolder):
         root: str | Path,
         sample_rate: int = 16000,
         on_rate_mismatch: str = "resample",
-        samples: Sequence[Sample] | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
@@ -160,7 +165,7 @@ class KaldiDataFolder(SampleFolder):
         if not root.is_dir():
             raise DataError(f"Kaldi data directory '{root}' does not exist.")
         found, self.utterances = read_kaldi_dir(root)
-        super().__init__(root, found if samples is None else samples)
+        super().__init__(root, found)
 
     def audio_path(self, file: str) -> Path:
         p = Path(file)

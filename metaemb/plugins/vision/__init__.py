@@ -1,1 +1,96 @@
-"""Built-in vision plugin: image folders, face alignment, ResNet/MobileNet, the face modality."""
+"""Built-in vision plugin: image folders, face alignment, ResNet/MobileNet, the face modality.
+
+Hook functions import their modules lazily so `import metaemb.plugins.vision` stays light.
+"""
+
+from __future__ import annotations
+
+from metaemb import hookimpl
+from metaemb.core.hookspecs import Register
+
+
+@hookimpl
+def register_sample_folders(register: Register) -> None:
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    register("image", ImageFolder, description="<identity>/…/<image> folders (jpg, png, ppm, …)")
+    from metaemb.plugins.vision.protocols import AgeDBFolder, VGGFace2Folder
+
+    register("vggface2", VGGFace2Folder, description="VGGFace2 split from train_list/test_list.txt")
+    register("agedb", AgeDBFolder, description="flat AgeDB folder, <index>_<Name>_<age>_<g>.jpg")
+
+
+@hookimpl
+def register_features(register: Register) -> None:
+    from metaemb.plugins.vision.features import ImageFeatures
+
+    register("image", ImageFeatures, description="resize + (x/255−0.5)/0.5, training augmentation")
+
+
+@hookimpl
+def register_backbones(register: Register) -> None:
+    from metaemb.backbones.mobilenet import MobileNetV3Large, MobileNetV3Small
+    from metaemb.backbones.resnet import ResNet18, ResNet34, ResNet50
+
+    register("resnet18", ResNet18, description="torchvision ResNet-18, 512 features")
+    register("resnet34", ResNet34, description="torchvision ResNet-34, 512 features")
+    register("resnet50", ResNet50, description="torchvision ResNet-50, 2048 features")
+    register("mobilenet_v3_small", MobileNetV3Small, description="MobileNetV3-Small, 576 features")
+    register("mobilenet_v3_large", MobileNetV3Large, description="MobileNetV3-Large, 960 features")
+
+
+@hookimpl
+def register_demo_data(register: Register) -> None:
+    from metaemb.plugins.vision.synthetic import generate_faces
+
+    register("face", generate_faces, description="synthetic cartoon faces with nuisance variation")
+
+
+@hookimpl
+def register_modalities(register: Register) -> None:
+    from metaemb.core.modality import Modality
+
+    face = Modality(
+        name="face",
+        description="face recognition from <identity>/<image> folders",
+        sample_folder="image",
+        frontend="none",
+        features="image",
+        backbone="resnet18",
+        demo_data="face",
+        baseline_name="raw pixels",
+        defaults={
+            "features.image_size": 64,
+            "backbone.small_input": False,
+            "train.epochs": 8,
+            "train.batch_size": 64,
+        },
+    )
+    register("face", face, description=face.description)
+
+
+@hookimpl
+def register_frontends(register: Register) -> None:
+    from metaemb.plugins.vision.frontend import AlignFrontend
+
+    register(
+        "align", AlignFrontend, description="5-point similarity alignment to the face template"
+    )
+
+
+@hookimpl
+def register_landmark_sources(register: Register) -> None:
+    from metaemb.plugins.vision.dlib_detect import DlibLandmarks
+    from metaemb.plugins.vision.landmarks import FileLandmarks
+
+    register("file", FileLandmarks, description="landmark files shipped with the data (CSV/JSON)")
+    register("dlib", DlibLandmarks, description="dlib HOG/CNN detector + 68/5-point landmarks")
+
+
+@hookimpl
+def register_protocols(register: Register) -> None:
+    from metaemb.plugins.vision import protocols as p
+
+    register("lfw", p.lfw, description="LFW View 2 pairs.txt, 10 folds")
+    register("vggface2", p.vggface2, description="seeded identity-disjoint pairs, VGGFace2 test")
+    register("agedb", p.agedb, description="AgeDB-30 style pairs (age gap ≥ 30), 10 folds")

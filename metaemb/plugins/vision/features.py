@@ -32,13 +32,15 @@ def to_uint8_chw(raw: Any) -> Tensor:
     if isinstance(raw, np.ndarray):
         if raw.ndim == 2:
             raw = np.repeat(raw[:, :, None], 3, axis=2)
-        raw = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1)
+        raw = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).permute(2, 0, 1)
     if not isinstance(raw, Tensor) or raw.ndim != 3:
         raise DataError(f"image features expect an RGB image [3, H, W]; got {type(raw).__name__}.")
     if raw.shape[0] == 1:
         raw = raw.expand(3, -1, -1)
     if raw.shape[0] != 3:
-        raise DataError(f"image features expect 3 channels; got a tensor of shape {tuple(raw.shape)}.")
+        raise DataError(
+            f"image features expect 3 channels; got a tensor of shape {tuple(raw.shape)}."
+        )
     if raw.dtype != torch.uint8:
         raise DataError(f"image features expect uint8 pixels; got {raw.dtype}.")
     return raw

@@ -1,0 +1,250 @@
+"""Speech activity detection frontends: Kaldi energy VAD ("energy") and Silero VAD ("silero").
+
+Both cut the waveform down to its speech and cache their decision per file under
+`cache_dir/vad/`, keyed by the file's relative path and the frontend configuration, and stamped
+with the file's size and mtime: a changed file is recomputed (and its entry overwritten). Entries
+are written to a temporary file and renamed, so DataLoader workers racing on one file are safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metaemb.core.errors import ConfigError, MetaembError
+from metaemb.core.interfaces import Frontend
+
+INT16_SCALE = 32768.0
+LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi floors energies at float epsilon before ln
+
+
+# ---------------------------------------------------------------------------------------------
+# the algorithm
+def frame_log_energy(wave: Tensor, size: int, shift: int) -> Tensor:
+    """ln(max(Σ(x − mean)², ε)) per snip-edges frame of the int16-scale waveform → [F] float64."""
+    x = wave.detach().to(torch.float64).flatten() * INT16_SCALE
+    if x.numel() < size:
+        return x.new_zeros(0)
+    frames = x.unfold(0, size, shift)
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    return frames.pow(2).sum(dim=1).clamp_min(LOG_FLOOR).log()
+
+
+def energy_vad_mask(
+    wave: Tensor,
+    sample_rate: int = 16000,
+    threshold: float = 5.5,
+    mean_scale: float = 0.5,
+    context: int = 2,
+    proportion: float = 0.12,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+) -> Tensor:
+    """Kaldi compute-vad on a float waveform [T] in [−1, 1] → bool speech mask over frames [F].
+
+    thr = threshold + mean_scale · mean_t(logE); frame t is speech when, among the frames of
+    [t − context, t + context] inside the utterance, at least proportion × (their number) have
+    logE > thr.
+    """
+    size = int(sample_rate * frame_length_ms * 0.001)
+    shift = int(sample_rate * frame_shift_ms * 0.001)
+    log_e = frame_log_energy(wave, size, shift)
+    if log_e.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    thr = threshold + mean_scale * log_e.mean() if mean_scale != 0 else torch.tensor(threshold)
+    above = (log_e > thr).to(torch.float64)[None, None, :]
+    ones = torch.ones(1, 1, 2 * context + 1, dtype=torch.float64)
+    num = torch.nn.functional.conv1d(above, ones, padding=context)[0, 0]
+    den = torch.nn.functional.conv1d(torch.ones_like(above), ones, padding=context)[0, 0]
+    return num >= den * proportion
+
+
+def frames_to_samples(mask: Tensor, n_samples: int, shift: int) -> Tensor:
+    """Frame mask [F] → sample mask [n_samples]: frame t owns samples [t·shift, (t+1)·shift), the
+    last frame also owns the tail up to the end (so the frames partition the waveform)."""
+    if mask.numel() == 0:
+        return torch.ones(n_samples, dtype=torch.bool)
+    owner = (torch.arange(n_samples) // shift).clamp(max=mask.numel() - 1)
+    return mask[owner]
+
+
+def segments_to_samples(segments: np.ndarray, n_samples: int) -> Tensor:
+    keep = torch.zeros(n_samples, dtype=torch.bool)
+    for start, end in segments.tolist():
+        keep[max(0, start) : min(n_samples, end)] = True
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-file cache
+class DecisionCache:
+    """Small numpy arrays per (relative path, frontend key), stamped with file size and mtime."""
+
+    def __init__(self, cache_dir: str | Path | None, key: str) -> None:
+        self.dir = Path(cache_dir) / "vad" if cache_dir is not None else None
+        self.key = key
+
+    def entry(self, path: str) -> Path:
+        assert self.dir is not None
+        digest = hashlib.sha1(f"{path}\0{self.key}".encode()).hexdigest()
+        return self.dir / digest[:2] / f"{digest}.npz"
+
+    @staticmethod
+    def stamp(source: Path, n_samples: int) -> np.ndarray | None:
+        try:
+            st = source.stat()
+        except OSError:
+            return None
+        return np.array([st.st_size, st.st_mtime_ns, n_samples], dtype=np.int64)
+
+    def get(
+        self, path: str, root: Path, n_samples: int, compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """The cached array for `root / path`, or `compute()` (stored) when absent or stale.
+
+        The stamp holds the file's size and mtime and the decoded length (which changes if the
+        folder's resampling does). Samples that are not files (Kaldi segments) are not cached.
+        """
+        stamp = self.stamp(Path(root) / path, n_samples) if self.dir is not None else None
+        if stamp is None:
+            return compute()
+        entry = self.entry(path)
+        try:
+            with np.load(entry) as z:
+                if np.array_equal(z["stamp"], stamp):
+                    return z["data"]
+        except (OSError, KeyError, ValueError, EOFError):
+            pass  # missing, stale or unreadable: recompute and overwrite
+        data = compute()
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, stamp=stamp, data=data)
+            os.replace(tmp, entry)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return data
+
+
+def _warn_no_speech(path: str, what: str) -> None:
+    warnings.warn(f"{what} found no speech in '{path}'; keeping the whole recording.", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# frontends
+class EnergyVAD(Frontend):
+    """Kaldi-semantics energy VAD (VoxCeleb recipe: 5.5 + 0.5·mean, context 2, proportion 0.12)
+    keeping the samples owned by speech frames; see `frames_to_samples`. A recording with no
+    speech frame (or shorter than one frame) is kept whole, with a warning."""
+
+    def __init__(
+        self,
+        threshold: float = 5.5,
+        mean_scale: float = 0.5,
+        context: int = 2,
+        proportion: float = 0.12,
+        sample_rate: int = 16000,
+        frame_length_ms: float = 25.0,
+        frame_shift_ms: float = 10.0,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if context < 0 or not 0.0 <= proportion <= 1.0:
+            raise ConfigError(
+                f"energy VAD: context must be ≥ 0 and proportion in [0, 1]; got {context}, {proportion}."
+            )
+        self.opts = {
+            "threshold": float(threshold),
+            "mean_scale": float(mean_scale),
+            "context": int(context),
+            "proportion": float(proportion),
+            "sample_rate": int(sample_rate),
+            "frame_length_ms": float(frame_length_ms),
+            "frame_shift_ms": float(frame_shift_ms),
+        }
+        self.shift = int(sample_rate * frame_shift_ms * 0.001)
+        self.cache = DecisionCache(cache_dir, self.key())
+
+    def key(self) -> str:
+        return "EnergyVAD(" + ",".join(f"{k}={v}" for k, v in self.opts.items()) + ")"
+
+    def mask(self, wave: Tensor) -> Tensor:
+        return energy_vad_mask(wave, **self.opts)
+
+    def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
+        frames = self.cache.get(path, root, raw.shape[-1], lambda: self.mask(raw).numpy())
+        frames = torch.from_numpy(np.asarray(frames, dtype=bool))
+        if not bool(frames.any()):
+            _warn_no_speech(path, "energy VAD")
+            return raw
+        return raw[frames_to_samples(frames, raw.shape[-1], self.shift)]
+
+
+class SileroVAD(Frontend):
+    """Silero VAD (MIT; the `silero-vad` wheel ships its model, no download) keeping the speech
+    segments of `get_speech_timestamps`. Needs `pip install metaemb[vad]`."""
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        min_speech_duration_ms: int = 250,
+        min_silence_duration_ms: int = 100,
+        sample_rate: int = 16000,
+        cache_dir: Path | None = None,
+    ) -> None:
+        try:
+            import silero_vad  # noqa: F401
+        except ImportError as exc:
+            raise MetaembError(
+                "the 'silero' VAD frontend needs the silero-vad package: pip install metaemb[vad]"
+            ) from exc
+        if sample_rate not in (8000, 16000):
+            raise ConfigError(
+                f"Silero VAD works at 8000 or 16000 Hz; got sample_rate={sample_rate}."
+            )
+        self.opts = {
+            "threshold": float(threshold),
+            "min_speech_duration_ms": int(min_speech_duration_ms),
+            "min_silence_duration_ms": int(min_silence_duration_ms),
+            "sample_rate": int(sample_rate),
+        }
+        self.cache = DecisionCache(cache_dir, self.key())
+        self._model = None
+
+    def key(self) -> str:
+        return "SileroVAD(" + ",".join(f"{k}={v}" for k, v in self.opts.items()) + ")"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None}  # each worker loads its own model
+
+    def segments(self, wave: Tensor) -> np.ndarray:
+        """Speech segments [K, 2] (start, end) in samples."""
+        import silero_vad
+
+        if self._model is None:
+            self._model = silero_vad.load_silero_vad()
+        stamps = silero_vad.get_speech_timestamps(
+            wave.detach().float().cpu(),
+            self._model,
+            threshold=self.opts["threshold"],
+            sampling_rate=self.opts["sample_rate"],
+            min_speech_duration_ms=self.opts["min_speech_duration_ms"],
+            min_silence_duration_ms=self.opts["min_silence_duration_ms"],
+        )
+        return np.array([[s["start"], s["end"]] for s in stamps], dtype=np.int64).reshape(-1, 2)
+
+    def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
+        segs = self.cache.get(path, root, raw.shape[-1], lambda: self.segments(raw))
+        keep = segments_to_samples(np.asarray(segs), raw.shape[-1])
+        if not bool(keep.any()):
+            _warn_no_speech(path, "Silero VAD")
+            return raw
+        return raw[keep]

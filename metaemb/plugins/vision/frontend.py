@@ -1,0 +1,137 @@
+"""The face alignment Frontend: landmarks (file or detector, cached) → similarity-aligned crop.
+
+It is the only place crops are made, for training, evaluation and enrollment alike, and it uses
+`align.align_faces`, so a given image and configuration always give the same crop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.interfaces import Frontend
+from metaemb.plugins.vision.align import align_faces, centre_landmarks, template
+from metaemb.plugins.vision.landmarks import LandmarkCache, Landmarks, LandmarkSource
+
+NO_FACE_POLICIES = ("skip", "error", "center")
+
+
+def build_source(name: str, root: Path | None, options: dict[str, Any]) -> LandmarkSource:
+    """Build landmark source `name` from the registry, passing the options its factory accepts."""
+    from metaemb.core.plugins import registry
+
+    factory = registry("landmark_sources").get(name)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    accepted = set(inspect.signature(target).parameters)
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    if "root" in accepted:
+        kwargs["root"] = root
+    return factory(**kwargs)
+
+
+class AlignFrontend(Frontend):
+    """Align faces to the canonical 5-point template (Umeyama similarity, bilinear warp).
+
+    Options:
+      source          landmark source: "file" (landmark files shipped with the data) or "dlib".
+      landmarks_file  for "file": CSV/JSON (or glob) relative to the data root.
+      crop_size       side of the aligned square crop (112, 128, 224 …; 64 for the demo set).
+      template        0: pick the 112 or 128 convention from crop_size; 112 or 128 forces one.
+      on_no_face      when no usable face is found: "skip" (a DataError the pipeline skips and
+                      lists with data.on_bad_sample = "skip"), "error" (stop), "center" (take
+                      the centred square, for pre-cropped data).
+      detector, points, multiple, upsample   dlib options (see the "dlib" landmark source).
+      cache           keep detector landmarks in <cache_dir>/landmarks (shared between runs).
+    """
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        cache_dir: Path | None = None,
+        source: str = "file",
+        landmarks_file: str = "landmarks.csv",
+        crop_size: int = 112,
+        template: int = 0,
+        on_no_face: str = "skip",
+        detector: str = "hog",
+        points: int = 68,
+        multiple: str = "largest",
+        upsample: int = 1,
+        cache: bool = True,
+    ) -> None:
+        if on_no_face not in NO_FACE_POLICIES:
+            raise ConfigError(
+                f"frontend.on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, "
+                f"got '{on_no_face}'."
+            )
+        self.root = Path(root) if root is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.crop_size, self.template, self.on_no_face = crop_size, template, on_no_face
+        _check_template(crop_size, template)
+        self.source = build_source(
+            source,
+            self.root,
+            {
+                "landmarks_file": landmarks_file,
+                "detector": detector,
+                "points": points,
+                "multiple": multiple,
+                "upsample": upsample,
+            },
+        )
+        self.source_name = source
+        self.use_cache = cache and self.source.cacheable and self.cache_dir is not None
+        self._cache: dict[str, LandmarkCache] = {}
+
+    def key(self) -> str:
+        return f"align:{self.source.key()}:{self.crop_size}:{self.template}:{self.on_no_face}"
+
+    def cache_for(self, root: Path) -> LandmarkCache:
+        k = str(root)
+        if k not in self._cache:
+            assert self.cache_dir is not None
+            self._cache[k] = LandmarkCache(self.cache_dir, root, self.source.key())
+        return self._cache[k]
+
+    def landmarks(self, raw: Any, path: str, root: Path) -> Landmarks:
+        """Landmarks of one sample, from the cache when the source is a detector."""
+        if not self.use_cache:
+            return self.source(raw, path, root)
+        return self.cache_for(Path(root)).lookup(path, lambda: self.source(raw, path, root))
+
+    def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
+        found = self.landmarks(raw, path, root)
+        if found.outcome == "ok" and found.points is not None:
+            return align_faces(
+                raw, found.points, self.crop_size, found.scheme, convention=self.template
+            )
+        what = {
+            "no_face": "no face was found",
+            "several_faces": f"{found.faces} faces were found (policy multiple='skip')",
+            "missing": "the landmark file has no entry for it",
+        }.get(found.outcome, found.outcome)
+        if self.on_no_face == "center":
+            h, w = raw.shape[-2:]
+            pts = centre_landmarks(int(h), int(w), self.crop_size, convention=self.template)
+            return align_faces(raw, pts, self.crop_size, "mtcnn5", convention=self.template)
+        message = (
+            f"face alignment: {what} in '{Path(root) / path}' (landmark source "
+            f"'{self.source.key()}')."
+        )
+        if self.on_no_face == "error":
+            raise MetaembError(
+                message + " Set frontend.on_no_face = 'skip' (with data.on_bad_sample = 'skip') "
+                "or 'center' to go on."
+            )
+        raise DataError(message + " Skipped: set data.on_bad_sample = 'skip' to continue.")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": {}}
+
+
+def _check_template(crop_size: int, convention: int) -> None:
+    template(crop_size, convention=convention)  # raises ConfigError on a bad size/convention

@@ -1,0 +1,319 @@
+"""Face protocols: LFW `pairs.txt`, VGGFace2 split lists, AgeDB file naming, and an LFW-format mini
+dataset for tests and demos.
+
+A protocol reader is `reader(root, trials_path) -> list[Trial]` (what `metaemb evaluate --protocol`
+calls); trial paths are relative to `root`. VGGFace2 and AgeDB publish no text pair list, so theirs
+are generated: seeded, in 10 identity-disjoint folds of equal size (like LFW), and the evaluation
+writes the list next to its scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.interfaces import Sample, Trial
+from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
+
+LFW_NAME = "{name}/{name}_{n:04d}{ext}"
+
+
+# ---------------------------------------------------------------------------------------------
+# LFW
+
+
+def lfw_path(name: str, n: int, ext: str = ".jpg") -> str:
+    return LFW_NAME.format(name=name, n=int(n), ext=ext)
+
+
+def read_lfw_pairs(path: str | Path, ext: str = ".jpg") -> list[Trial]:
+    """LFW pairs file: header `folds<TAB>n` (View 2) or `n` (View 1), then per fold n matched lines
+    `name n1 n2` and n mismatched lines `name1 n1 name2 n2`, image numbers 1-based."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"LFW pairs file '{path}' does not exist.")
+    lines = [(i, ln.split()) for i, ln in enumerate(path.read_text().splitlines(), 1)]
+    lines = [(i, f) for i, f in lines if f]
+    if not lines:
+        raise DataError(f"LFW pairs file '{path}' is empty.")
+    head_no, head = lines[0]
+    try:
+        nums = [int(v) for v in head]
+    except ValueError:
+        nums = []
+    if len(nums) not in (1, 2) or min(nums) < 1:
+        raise DataError(
+            f"'{path}', line {head_no}: expected the header 'folds<TAB>pairs' (e.g. '10\\t300') "
+            f"or 'pairs', got {' '.join(head)!r}."
+        )
+    folds, n = (1, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    body = lines[1:]
+    if len(body) != 2 * folds * n:
+        raise DataError(
+            f"'{path}': header says {folds} fold(s) of {n} matched + {n} mismatched pairs "
+            f"({2 * folds * n} lines), found {len(body)} pair lines."
+        )
+    trials = []
+    for k, (lineno, f) in enumerate(body):
+        matched = (k % (2 * n)) < n
+        want = 3 if matched else 4
+        if len(f) != want:
+            kind = "matched 'name n1 n2'" if matched else "mismatched 'name1 n1 name2 n2'"
+            raise DataError(
+                f"'{path}', line {lineno}: expected a {kind} pair, got {' '.join(f)!r}."
+            )
+        try:
+            if matched:
+                a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[0], int(f[2]), ext)
+            else:
+                a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[2], int(f[3]), ext)
+        except ValueError:
+            raise DataError(f"'{path}', line {lineno}: image numbers must be integers.") from None
+        trials.append(Trial((a,), b, 1 if matched else 0))
+    return trials
+
+
+def write_lfw_pairs(path: str | Path, folds: Sequence[tuple[list, list]]) -> None:
+    """Write folds of (matched [(name, n1, n2)], mismatched [(name1, n1, name2, n2)]) pairs."""
+    sizes = {len(m) for m, _ in folds} | {len(u) for _, u in folds}
+    if len(sizes) != 1:
+        raise DataError(f"every LFW fold needs the same number of pairs of each kind, got {sizes}.")
+    n = sizes.pop()
+    rows = [f"{len(folds)}\t{n}"]
+    for matched, mismatched in folds:
+        rows += ["\t".join(str(v) for v in p) for p in matched]
+        rows += ["\t".join(str(v) for v in p) for p in mismatched]
+    Path(path).write_text("\n".join(rows) + "\n")
+
+
+def find_list(root: Path, name: str, given: Path | None) -> Path:
+    """`given`, else `root/name`, else `root/../name` (lists usually sit beside the image folder)."""
+    if given is not None:
+        return Path(given)
+    for cand in (root / name, root.parent / name):
+        if cand.is_file():
+            return cand
+    raise DataError(
+        f"cannot find '{name}' in '{root}' or its parent; pass its path with --trials FILE."
+    )
+
+
+def lfw(root: Path, trials: Path | None = None) -> list[Trial]:
+    """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent)."""
+    return read_lfw_pairs(find_list(Path(root), "pairs.txt", trials))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated, identity-disjoint pairs (VGGFace2, AgeDB)
+
+
+def make_fold_pairs(
+    samples: Sequence[tuple[str, str]],
+    folds: int = 10,
+    per_fold: int = 300,
+    seed: int = 0,
+    positive: Callable[[str, str], bool] | None = None,
+) -> list[Trial]:
+    """Seeded pairs in `folds` identity-disjoint folds, each k matched then k mismatched pairs.
+
+    k = min(per_fold, what the poorest fold allows), so folds are equal (k-fold accuracy needs it).
+    `positive(path_a, path_b)` may restrict matched pairs (e.g. an age gap).
+    """
+    by_id: dict[str, list[str]] = {}
+    for path, ident in samples:
+        by_id.setdefault(ident, []).append(path)
+    ids = sorted(by_id)
+    if len(ids) < 2 * folds:
+        raise DataError(f"{len(ids)} identities: too few for {folds} identity-disjoint folds.")
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    groups = [sorted(ids[f::folds]) for f in range(folds)]
+    cands = []
+    for group in groups:
+        pos = [
+            (a, b)
+            for i in group
+            for x, a in enumerate(sorted(by_id[i]))
+            for b in sorted(by_id[i])[x + 1 :]
+            if positive is None or positive(a, b)
+        ]
+        neg = [
+            (a, b)
+            for x, i in enumerate(group)
+            for j in group[x + 1 :]
+            for a in by_id[i]
+            for b in by_id[j]
+        ]
+        cands.append((pos, neg))
+    k = min(per_fold, *(min(len(p), len(n)) for p, n in cands))
+    if k == 0:
+        raise DataError("the data allow no matched pairs in some fold; add images or identities.")
+    out = []
+    for pos, neg in cands:
+        out += [Trial((a,), b, 1) for a, b in rng.sample(pos, k)]
+        out += [Trial((a,), b, 0) for a, b in rng.sample(neg, k)]
+    return out
+
+
+def _no_trials_file(name: str, trials: Path | None) -> None:
+    if trials is not None:
+        raise ConfigError(
+            f"protocol '{name}' generates its pairs; to score a saved list use --trials FILE "
+            "without --protocol."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# VGGFace2
+
+
+def read_split_list(path: Path) -> list[str]:
+    """VGGFace2 `train_list.txt` / `test_list.txt`: one `n000002/0001_01.jpg` per line."""
+    if not path.is_file():
+        raise DataError(f"VGGFace2 list '{path}' does not exist.")
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        rel = line.strip().replace("\\", "/")
+        if not rel:
+            continue
+        if "/" not in rel:
+            raise DataError(f"'{path}', line {lineno}: expected 'identity/image', got {rel!r}.")
+        out.append(rel)
+    return out
+
+
+class VGGFace2Folder(ImageFolder):
+    """The images of one VGGFace2 split, as listed in `<split>_list.txt` (in the root or its parent).
+
+    The root holds the identity folders (e.g. `vggface2/test`); a root that holds `<split>/` is
+    also accepted. Loose landmarks: frontend.landmarks_file = "../bb_landmark/loose_landmark_*.csv".
+    """
+
+    def __init__(self, root: str | Path, split: str = "test") -> None:
+        if split not in ("train", "test"):
+            raise ConfigError(f"VGGFace2 split must be 'train' or 'test', got '{split}'.")
+        root = Path(root)
+        self.split = split
+        listed = read_split_list(find_list(root, f"{split}_list.txt", None))
+        if (root / split).is_dir():
+            root = root / split
+        missing = [p for p in listed if not (root / p).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image(s) of '{split}_list.txt' are missing under '{root}', "
+                f"e.g. {', '.join(missing[:3])}."
+            )
+        super().__init__(root, [Sample(p, p.split("/", 1)[0], -1) for p in listed])
+
+
+def vggface2(root: Path, trials: Path | None = None) -> list[Trial]:
+    """Seeded identity-disjoint pairs (10 folds of up to 300 + 300) over the VGGFace2 test list."""
+    _no_trials_file("vggface2", trials)
+    folder = VGGFace2Folder(root, "test")
+    return make_fold_pairs([(s.path, s.identity) for s in folder.samples])
+
+
+# ---------------------------------------------------------------------------------------------
+# AgeDB
+
+AGEDB_NAME = re.compile(r"^(\d+)_(.+)_(\d+)_([mfMF])$")
+
+
+def parse_agedb_name(filename: str) -> tuple[str, int]:
+    """`<index>_<Name>_<age>_<gender>.jpg` → (Name, age); DataError on other names."""
+    m = AGEDB_NAME.match(Path(filename).stem)
+    if not m:
+        raise DataError(
+            f"AgeDB file name '{filename}' does not follow '<index>_<Name>_<age>_<gender>.jpg'."
+        )
+    return m.group(2), int(m.group(3))
+
+
+class AgeDBFolder(ImageFolder):
+    """A flat AgeDB folder; the identity is the name field of `<index>_<Name>_<age>_<gender>.jpg`."""
+
+    def _scan(self) -> list[Sample]:
+        root = self.root
+        if not root.is_dir():
+            raise DataError(f"AgeDB folder '{root}' does not exist.")
+        files = sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not files:
+            raise DataError(f"AgeDB folder '{root}' holds no images.")
+        return [Sample(f, parse_agedb_name(f)[0], -1) for f in files]
+
+
+def agedb(root: Path, trials: Path | None = None, min_age_gap: int = 30) -> list[Trial]:
+    """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart."""
+    _no_trials_file("agedb", trials)
+    folder = AgeDBFolder(root)
+
+    def gap(a: str, b: str) -> bool:
+        return abs(parse_agedb_name(a)[1] - parse_agedb_name(b)[1]) >= min_age_gap
+
+    return make_fold_pairs([(s.path, s.identity) for s in folder.samples], positive=gap)
+
+
+# ---------------------------------------------------------------------------------------------
+# An LFW-format mini dataset
+
+
+def make_lfw_mini(
+    out: Path,
+    identities: int = 20,
+    images_per_identity: int = 4,
+    pairs_per_fold: int = 6,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write synthetic faces as an LFW-format dataset: `out/<name>/<name>_%04d.jpg`,
+    `out/pairs.txt` (10 identity-disjoint folds) and `out/landmarks.csv` (for frontend "align")."""
+    from metaemb.plugins.vision.synthetic import LANDMARKS_FILE, generate_faces
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"'{out}' is not empty; choose a new folder for the LFW mini dataset.")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = generate_faces(Path(tmp) / "faces", identities, images_per_identity, image_size, seed)
+        with open(src / LANDMARKS_FILE, newline="") as fh:
+            rows = list(csv.reader(fh))
+        header, rows = rows[0], rows[1:]
+        renamed = []
+        samples = []
+        for row in rows:
+            ident, fname = row[0].split("/")
+            name = f"Person_{int(ident[2:]):04d}"
+            rel = lfw_path(name, int(Path(fname).stem) + 1)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            with Image.open(src / row[0]) as im:
+                im.convert("RGB").save(out / rel, quality=95)
+            renamed.append([rel, *row[1:]])
+            samples.append((rel, name))
+    with open(out / "landmarks.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *renamed])
+    trials = make_fold_pairs(samples, folds=10, per_fold=pairs_per_fold, seed=seed)
+    folds, k = [], len(trials) // 20
+    for f in range(10):
+        chunk = trials[f * 2 * k : (f + 1) * 2 * k]
+        folds.append(
+            ([_lfw_fields(t, True) for t in chunk[:k]], [_lfw_fields(t, False) for t in chunk[k:]])
+        )
+    write_lfw_pairs(out / "pairs.txt", folds)
+    return out
+
+
+def _lfw_fields(t: Trial, matched: bool) -> tuple:
+    (a,), b = t.enroll, t.test
+    na, nb = a.split("/")[0], b.split("/")[0]
+    ia, ib = int(Path(a).stem.rsplit("_", 1)[1]), int(Path(b).stem.rsplit("_", 1)[1])
+    return (na, ia, ib) if matched else (na, ia, nb, ib)

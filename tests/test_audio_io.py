@@ -1,0 +1,111 @@
+"""Audio reading: resampling, the rate policy, stereo mixdown, and bad files named in errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from metaemb.core.errors import ConfigError, DataError
+from metaemb.plugins.audio import io
+from metaemb.plugins.audio.folder import AudioFolder
+
+
+def tone(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def peak_frequency(wave: torch.Tensor, rate: int) -> float:
+    spec = torch.fft.rfft(wave.double() * torch.hann_window(wave.numel(), dtype=torch.float64))
+    return float(spec.abs().argmax()) * rate / wave.numel()
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
+def test_reads_formats_as_float32_mono(tmp_path, fmt):
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, tone(440, 0.5, 16000), 16000, format=fmt)
+    wave = io.read_audio(path, 16000)
+    assert wave.dtype == torch.float32 and wave.dim() == 1
+    assert wave.numel() == 8000
+    assert abs(peak_frequency(wave, 16000) - 440) <= 2
+
+
+def test_resample_441k_gives_right_length_and_frequency(tmp_path):
+    path = tmp_path / "cd.wav"
+    sf.write(path, tone(1000, 1.0, 44100), 44100)
+    io._warned_rates.clear()
+    with pytest.warns(UserWarning, match=r"44100 Hz.*16000 Hz.*windowed-sinc"):
+        wave = io.read_audio(path, 16000)
+    assert wave.numel() == 16000
+    assert abs(peak_frequency(wave, 16000) - 1000) <= 1
+    # Amplitude is preserved (a band-limited resampler leaves an in-band tone alone).
+    assert abs(float(wave[1000:-1000].abs().max()) - 0.5) < 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the resampling warning is given once per rate pair
+        io.read_audio(path, 16000)
+
+
+def test_rate_error_policy_names_file_and_rates(tmp_path):
+    path = tmp_path / "cd.wav"
+    sf.write(path, tone(1000, 0.2, 44100), 44100)
+    with pytest.raises(DataError, match=r"cd\.wav.*44100 Hz.*16000 Hz"):
+        io.read_audio(path, 16000, on_rate_mismatch="error")
+    with pytest.raises(ConfigError, match="on_rate_mismatch"):
+        io.read_audio(path, 16000, on_rate_mismatch="ignore")
+
+
+def test_stereo_is_mixed_down_with_warning(tmp_path):
+    path = tmp_path / "stereo.wav"
+    left, right = tone(300, 0.25, 16000, 0.4), tone(300, 0.25, 16000, 0.2)
+    sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"stereo\.wav.*2 channels"):
+        wave = io.read_audio(path, 16000)
+    np.testing.assert_allclose(wave.numpy(), (left + right) / 2, atol=1e-6)
+
+
+def test_empty_silent_and_corrupt_files_are_named(tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(1600, dtype=np.float32), 16000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00not really a wave file")
+    with pytest.raises(DataError, match=r"empty\.wav.*empty"):
+        io.read_audio(empty)
+    with pytest.raises(DataError, match=r"silent\.wav.*silent"):
+        io.read_audio(silent)
+    with pytest.raises(DataError, match=r"cannot read audio file .*corrupt\.wav"):
+        io.read_audio(corrupt)
+    with pytest.raises(DataError, match=r"missing\.wav"):
+        io.read_audio(tmp_path / "missing.wav")
+
+
+def test_segment_read(tmp_path):
+    path = tmp_path / "ramp.wav"
+    data = (np.arange(16000, dtype=np.float32) / 16000) - 0.5
+    sf.write(path, data, 16000, subtype="FLOAT")
+    wave = io.read_audio(path, 16000, start=0.25, end=0.5)
+    np.testing.assert_array_equal(wave.numpy(), data[4000:8000])
+    np.testing.assert_array_equal(io.read_audio(path, start=0.75, end=-1).numpy(), data[12000:])
+
+
+def test_audio_folder_voxceleb_layout(tmp_path):
+    for spk, sess, utt in [("id1", "s1", "00001"), ("id1", "s2", "00002"), ("id2", "s1", "00001")]:
+        (tmp_path / spk / sess).mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / spk / sess / f"{utt}.wav", tone(200, 0.1, 16000), 16000)
+    (tmp_path / "id2" / "notes.txt").write_text("ignored")
+    folder = AudioFolder(root=tmp_path)
+    assert [s.path for s in folder.samples] == [
+        "id1/s1/00001.wav",
+        "id1/s2/00002.wav",
+        "id2/s1/00001.wav",
+    ]
+    assert folder.identities == ["id1", "id2"] and folder.labels == [0, 0, 1]
+    wave, label = folder[2]
+    assert wave.shape == (1600,) and label == 1
+    with pytest.raises(ConfigError):
+        AudioFolder(root=tmp_path, on_rate_mismatch="nope")

@@ -1,0 +1,111 @@
+"""Kaldi data directories: plain and segmented recordings, consistency checks, malformed lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from metaemb.core.errors import DataError
+from metaemb.plugins.audio.kaldi import KaldiDataFolder
+
+
+def ramp(n: int) -> np.ndarray:
+    return ((np.arange(n) % 1000) / 1000.0 - 0.5).astype(np.float32)
+
+
+def write(dirpath, name, lines):
+    (dirpath / name).write_text("".join(line + "\n" for line in lines))
+
+
+@pytest.fixture
+def plain(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name, n in [("a1", 3200), ("a2", 4800), ("b1", 1600)]:
+        sf.write(audio / f"{name}.wav", ramp(n), 16000, subtype="FLOAT")
+    data = tmp_path / "data"
+    data.mkdir()
+    write(
+        data,
+        "wav.scp",
+        [f"spkA-u1 {audio}/a1.wav", "spkA-u2 ../audio/a2.wav", f"spkB-u1 {audio}/b1.wav"],
+    )
+    write(data, "utt2spk", ["spkA-u1 spkA", "spkA-u2 spkA", "spkB-u1 spkB"])
+    write(data, "spk2utt", ["spkA spkA-u1 spkA-u2", "spkB spkB-u1"])
+    return data
+
+
+def test_plain_directory(plain):
+    folder = KaldiDataFolder(root=plain)
+    assert [s.path for s in folder.samples] == ["spkA-u1", "spkA-u2", "spkB-u1"]
+    assert folder.identities == ["spkA", "spkB"] and folder.labels == [0, 0, 1]
+    wave, label = folder[1]  # relative path, resolved against the data directory
+    np.testing.assert_array_equal(wave.numpy(), ramp(4800))
+    assert label == 0
+    sub = folder.subset(["spkB"])
+    assert len(sub) == 1 and sub[0][0].numel() == 1600 and sub.labels == [0]
+
+
+def test_segments(tmp_path):
+    sf.write(tmp_path / "rec.wav", ramp(16000), 16000, subtype="FLOAT")
+    write(tmp_path, "wav.scp", [f"rec1 {tmp_path}/rec.wav"])
+    write(tmp_path, "segments", ["u1 rec1 0.10 0.25", "u2 rec1 0.5 -1"])
+    write(tmp_path, "utt2spk", ["u1 s1", "u2 s2"])
+    folder = KaldiDataFolder(root=tmp_path)
+    np.testing.assert_array_equal(folder[0][0].numpy(), ramp(16000)[1600:4000])
+    np.testing.assert_array_equal(folder[1][0].numpy(), ramp(16000)[8000:])
+    assert folder.labels == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "pattern"),
+    [
+        ("utt2spk", ["spkA-u1 spkA", "spkA-u2", "spkB-u1 spkB"], r"utt2spk:2: malformed line"),
+        (
+            "utt2spk",
+            ["spkA-u1 spkA", "spkA-u1 spkA", "spkB-u1 spkB"],
+            r"utt2spk:2: key 'spkA-u1' repeats",
+        ),
+        (
+            "utt2spk",
+            ["spkA-u1 spkA", "spkA-u2 spkA", "spkC-u9 spkC"],
+            r"utt2spk:3: .*'spkC-u9' is not in wav\.scp",
+        ),
+        ("wav.scp", ["spkA-u1 sox x.wav -t wav - |"], r"wav\.scp:1: piped command"),
+        ("spk2utt", ["spkA spkA-u1 spkB-u1", "spkB spkB-u1"], r"spk2utt:1: .*'spkB-u1'.*disagrees"),
+        ("segments", ["spkA-u1 spkA-u1 0.5"], r"segments:1: malformed line"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(plain, name, lines, pattern):
+    write(plain, name, lines)
+    with pytest.raises(DataError, match=pattern):
+        KaldiDataFolder(root=plain)
+
+
+def test_bad_segment_times_and_missing_files(plain, tmp_path):
+    write(
+        plain, "segments", ["spkA-u1 spkA-u1 0.5 0.2", "spkA-u2 spkA-u2 0 1", "spkB-u1 spkB-u1 0 1"]
+    )
+    with pytest.raises(DataError, match=r"segments:1: bad segment times"):
+        KaldiDataFolder(root=plain)
+    write(plain, "segments", ["spkA-u1 spkA-u1 0 x", "spkA-u2 spkA-u2 0 1", "spkB-u1 spkB-u1 0 1"])
+    with pytest.raises(DataError, match=r"segments:1: end time 'x' is not a number"):
+        KaldiDataFolder(root=plain)
+    (plain / "segments").unlink()
+    (plain / "wav.scp").unlink()
+    with pytest.raises(DataError, match=r"no 'wav\.scp'"):
+        KaldiDataFolder(root=plain)
+    with pytest.raises(DataError, match="does not exist"):
+        KaldiDataFolder(root=tmp_path / "nowhere")
+
+
+def test_unreadable_audio_names_utterance_and_line(plain):
+    write(
+        plain,
+        "wav.scp",
+        ["spkA-u1 /no/such.wav", "spkA-u2 ../audio/a2.wav", "spkB-u1 ../audio/b1.wav"],
+    )
+    folder = KaldiDataFolder(root=plain)
+    with pytest.raises(DataError, match=r"utterance 'spkA-u1' .*wav\.scp:1.*/no/such\.wav"):
+        folder[0]

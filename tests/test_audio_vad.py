@@ -1,0 +1,181 @@
+"""Energy VAD against a literal loop implementation of the Kaldi algorithm, its cache, and Silero."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from metaemb.core.errors import MetaembError
+from metaemb.plugins.audio.vad import EnergyVAD, SileroVAD, energy_vad_mask, frames_to_samples
+
+RATE = 16000
+
+
+def reference_vad(wave, threshold=5.5, mean_scale=0.5, context=2, proportion=0.12):
+    """speaker.md's algorithm, written as plainly as possible (25 ms / 10 ms frames at 16 kHz)."""
+    x = [float(v) * 32768.0 for v in wave]
+    size, shift = 400, 160
+    n_frames = 1 + (len(x) - size) // shift if len(x) >= size else 0
+    log_e = []
+    for t in range(n_frames):
+        frame = x[t * shift : t * shift + size]
+        mean = sum(frame) / size
+        energy = sum((v - mean) ** 2 for v in frame)
+        log_e.append(math.log(max(energy, np.finfo(np.float32).eps)))
+    thr = threshold + mean_scale * (sum(log_e) / n_frames)
+    speech = []
+    for t in range(n_frames):
+        num = den = 0
+        for t2 in range(t - context, t + context + 1):
+            if 0 <= t2 < n_frames:
+                den += 1
+                num += log_e[t2] > thr
+        speech.append(num >= den * proportion)
+    return speech
+
+
+def silence_tone_silence(noise: float = 1e-4, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    t = np.arange(RATE) / RATE
+    wave = np.concatenate([np.zeros(RATE), 0.5 * np.sin(2 * np.pi * 440 * t), np.zeros(RATE)])
+    return torch.from_numpy((wave + noise * rng.standard_normal(wave.size)).astype(np.float32))
+
+
+def test_silence_tone_silence_matches_loop_and_hand_count():
+    wave = silence_tone_silence()
+    mask = energy_vad_mask(wave)
+    assert mask.tolist() == reference_vad(wave.tolist())
+    # Frames 98…199 overlap the tone (frame t spans [160t, 160t + 400)); context 2 adds two a side.
+    assert torch.nonzero(mask).flatten().tolist() == list(range(96, 202))
+    assert mask.numel() == 1 + (3 * RATE - 400) // 160
+
+
+def test_threshold_formula_mean_term_decides():
+    # Two levels: quiet (2/3 of the time, logE ≈ 13) and loud. thr = 5.5 + 0.5·mean ≈ 14.4 rejects
+    # the quiet part; without the mean term (mean_scale 0, thr 5.5) it is speech.
+    rng = np.random.default_rng(1)
+    quiet = 0.00083 * rng.standard_normal(2 * RATE)
+    loud = 0.3 * rng.standard_normal(RATE)
+    wave = torch.from_numpy(np.concatenate([quiet, loud]).astype(np.float32))
+    with_mean = energy_vad_mask(wave)
+    without = energy_vad_mask(wave, mean_scale=0.0)
+    assert with_mean.tolist() == reference_vad(wave.tolist())
+    assert without.tolist() == reference_vad(wave.tolist(), mean_scale=0.0)
+    assert not with_mean[:150].any() and with_mean[-50:].all()
+    assert without.all()
+    kaldi_default = energy_vad_mask(wave, threshold=5.0, context=0, proportion=0.6)
+    assert kaldi_default.tolist() == reference_vad(wave.tolist(), 5.0, 0.5, 0, 0.6)
+
+
+def test_random_signals_match_loop():
+    rng = np.random.default_rng(2)
+    for n in (400, 401, 2345, 6000):
+        env = np.repeat(rng.uniform(0, 1, n // 200 + 1) ** 4, 200)[:n]
+        wave = torch.from_numpy((env * rng.standard_normal(n)).astype(np.float32))
+        assert energy_vad_mask(wave, context=1, proportion=0.5).tolist() == reference_vad(
+            wave.tolist(), context=1, proportion=0.5
+        )
+
+
+def test_frames_to_samples_partition():
+    mask = torch.tensor([False, True, False, True])
+    keep = frames_to_samples(mask, 1000, 160)  # frame 3 (last) owns [480, 1000)
+    assert torch.nonzero(keep).flatten().tolist() == list(range(160, 320)) + list(range(480, 1000))
+
+
+def write_fixture(tmp_path):
+    path = tmp_path / "spk" / "utt.wav"
+    path.parent.mkdir()
+    wave = silence_tone_silence()
+    sf.write(path, wave.numpy(), RATE, subtype="FLOAT")
+    return path, wave
+
+
+def test_energy_frontend_cuts_to_speech_and_caches(tmp_path):
+    _, wave = write_fixture(tmp_path)
+    cache = tmp_path / "cache"
+    vad = EnergyVAD(cache_dir=cache)
+    out = vad(wave, "spk/utt.wav", tmp_path)
+    torch.testing.assert_close(out, wave[96 * 160 : 202 * 160], rtol=0, atol=0)
+    entries = list((cache / "vad").rglob("*.npz"))
+    assert len(entries) == 1
+    # A hit reuses the stored mask: feeding other audio under the same path gives the cached cut.
+    other = torch.ones_like(wave) * 0.1
+    assert vad(other, "spk/utt.wav", tmp_path).numel() == (202 - 96) * 160
+    # Another configuration is another entry.
+    EnergyVAD(cache_dir=cache, context=0)(wave, "spk/utt.wav", tmp_path)
+    assert len(list((cache / "vad").rglob("*.npz"))) == 2
+    # Audio decoded to another length (e.g. the folder now resamples) is a miss, recomputed.
+    head = wave[: 2 * RATE]  # speech frames 96…197, the last frame owning the tail
+    assert torch.equal(vad(head, "spk/utt.wav", tmp_path), head[96 * 160 :])
+
+
+def test_cache_entry_is_recomputed_when_file_changes(tmp_path):
+    path, wave = write_fixture(tmp_path)
+    vad = EnergyVAD(cache_dir=tmp_path / "cache")
+    vad(wave, "spk/utt.wav", tmp_path)
+    # Rewrite the file with tone everywhere (same size) and a new mtime: the entry is stale.
+    loud = (0.5 * torch.sin(torch.arange(3 * RATE) * 0.2)).float()
+    sf.write(path, loud.numpy(), RATE, subtype="FLOAT")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    out = vad(loud, "spk/utt.wav", tmp_path)
+    assert out.numel() == loud.numel()
+    assert len(list((tmp_path / "cache" / "vad").rglob("*.npz"))) == 1  # overwritten, not added
+    # A corrupt entry is recomputed too.
+    entry = next((tmp_path / "cache" / "vad").rglob("*.npz"))
+    entry.write_bytes(b"garbage")
+    assert vad(loud, "spk/utt.wav", tmp_path).numel() == loud.numel()
+
+
+def test_no_speech_keeps_recording_with_warning(tmp_path):
+    wave = torch.full((8000,), 0.01)  # constant: every frame has zero energy after mean removal
+    with pytest.warns(UserWarning, match=r"no speech in 'x\.wav'"):
+        out = EnergyVAD()(wave, "x.wav", tmp_path)
+    assert out is wave
+
+
+def test_silero_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "silero_vad", None)
+    with pytest.raises(MetaembError, match=r"pip install metaemb\[vad\]"):
+        SileroVAD()
+
+
+def test_silero_frontend_cuts_segments(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("silero_vad")
+    fake.load_silero_vad = lambda: "model"
+
+    def get_speech_timestamps(wave, model, **kw):
+        calls.append(kw)
+        return [{"start": 100, "end": 300}, {"start": 500, "end": 600}]
+
+    fake.get_speech_timestamps = get_speech_timestamps
+    monkeypatch.setitem(sys.modules, "silero_vad", fake)
+    (tmp_path / "a.wav").write_bytes(b"x")
+    vad = SileroVAD(cache_dir=tmp_path / "cache")
+    wave = torch.arange(1000, dtype=torch.float32)
+    out = vad(wave, "a.wav", tmp_path)
+    assert out.tolist() == list(range(100, 300)) + list(range(500, 600))
+    assert calls[0]["sampling_rate"] == 16000 and calls[0]["threshold"] == 0.5
+    vad(wave, "a.wav", tmp_path)
+    assert len(calls) == 1  # second call served from the cache
+
+
+def test_concurrent_writers_leave_one_valid_entry(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, wave = write_fixture(tmp_path)
+    vads = [EnergyVAD(cache_dir=tmp_path / "cache") for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda v: v(wave, "spk/utt.wav", tmp_path), vads))
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    files = [p for p in (tmp_path / "cache" / "vad").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".npz"  # no temporary files left behind

@@ -1,0 +1,212 @@
+"""End-to-end CLI runs on a tiny generated face dataset: train, resume, evaluate, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from metaemb import cli
+from metaemb.core import plugins
+
+TINY = [
+    "train.epochs=2",
+    "train.batch_size=16",
+    "eval.max_targets=200",
+    "eval.nontargets=200",
+    "model.dim=32",
+]
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run `metaemb ARGS` in-process (as the console script does) → (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["metaemb", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_faces(tmp_path_factory) -> Path:
+    from metaemb.core.components import build
+
+    out = tmp_path_factory.mktemp("data") / "faces"
+    build(
+        "demo_data",
+        "face",
+        {"identities": 10, "images_per_identity": 6, "image_size": 32},
+        out=out,
+    )
+    return out
+
+
+def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    args = [
+        "train",
+        "--modality",
+        "face",
+        "--data",
+        str(data),
+        "--runs",
+        str(runs),
+        "--workers",
+        "0",
+    ]
+    for s in [*TINY, *extra]:
+        args += ["--set", s]
+    return args
+
+
+def test_demo_data_command_writes_an_identity_folder(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    code, _, err = run_cli(
+        [
+            "demo-data",
+            "--modality",
+            "face",
+            "--out",
+            str(out),
+            "--set",
+            "identities=3",
+            "--set",
+            "images_per_identity=2",
+            "--set",
+            "image_size=32",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    idents = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(idents) == 3
+    assert all(len(list(d.glob("*.png"))) == 2 for d in idents)
+
+
+def test_train_resume_fresh_and_evaluate(tiny_faces, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
+    assert code == 0, err + out
+    [run] = list((runs / "face").iterdir())
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("eer", "min_dcf_0.01", "min_dcf_0.05", "cllr"):
+        assert 0 <= records[-1][key] <= 10
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    assert (run / "config.toml").exists() and (run / "baseline.json").exists()
+    assert "baseline" in out and "EER" in out
+
+    # Same command again: the run is complete, nothing is retrained.
+    code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
+    assert code == 0 and "complete" in out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+    # More epochs is another configuration → another run directory (never mixed).
+    # Evaluate recomputes the validation metrics of best.pt exactly.
+    best_epoch = min(records, key=lambda r: r["eer"])
+    code, out, err = run_cli(["evaluate", str(run), "--workers", "0"], capsys, monkeypatch)
+    assert code == 0, err + out
+    metrics = json.loads((run / "eval-validation" / "metrics.json").read_text())
+    assert metrics["eer"] == pytest.approx(best_epoch["eer"], abs=1e-9)
+    assert metrics["cllr"] == pytest.approx(best_epoch["cllr"], rel=1e-5)
+    lines = (run / "eval-validation" / "scores.txt").read_text().splitlines()
+    assert len(lines) == metrics["n_target"] + metrics["n_nontarget"]
+    assert len(lines[0].split()) == 4
+
+    # --fresh starts over.
+    code, out, err = run_cli(
+        [*train_args(tiny_faces, runs), "--fresh"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "complete" not in out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypatch):
+    """Simulate a kill during epoch 2: last.pt holds epoch 1; re-running finishes the run."""
+    from metaemb.core import engine
+
+    runs = tmp_path / "runs"
+    real = engine.Trainer._train_epoch
+
+    def dies_in_epoch_2(self, epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, step)
+
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", dies_in_epoch_2)
+    code, _, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
+    assert code == 130 and "resume" in err
+    [run] = list((runs / "face").iterdir())
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", real)
+    code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
+    assert code == 0, err
+    assert "Resuming" in out
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_example_plugin_is_listed_and_its_backbone_trains(
+    tiny_faces, tmp_path, capsys, monkeypatch
+):
+    plugins.reset()
+    code, out, _ = run_cli(["plugins", "--json"], capsys, monkeypatch)
+    names = {p["name"]: p for p in json.loads(out)["plugins"]}
+    assert "example" in names, "install it: pip install ./examples/plugin"
+    assert names["example"]["components"]["backbones"] == ["tinycnn"]
+    code, out, err = run_cli(
+        train_args(tiny_faces, tmp_path / "runs", "model.backbone=tinycnn", "train.epochs=1"),
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    assert "tinycnn" in out
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "expected"),
+    [
+        (None, ["--data", "{tmp}/missing"], "does not exist"),
+        ("empty", ["--data", "{tmp}/empty"], "no identity sub-folders"),
+        ("noimages", ["--data", "{tmp}/noimages"], "contain no image files"),
+        ("corrupt", ["--data", "{tmp}/corrupt"], "broken.png"),
+        (None, ["--set", "model.backbone=resnet81"], "did you mean 'resnet18'"),
+        (None, ["--set", "train.epoch=1"], "did you mean 'epochs'"),
+        (None, ["--set", "train.lr=fast"], "expected a number"),
+        (None, ["--modality", "fcae"], "unknown modality 'fcae'"),
+    ],
+)
+def test_bad_input_gets_one_paragraph_error(
+    make, args, expected, tiny_faces, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    if make == "empty":
+        (tmp_path / "empty").mkdir()
+    elif make == "noimages":
+        shutil.copytree(tiny_faces, tmp_path / "noimages")
+        (tmp_path / "noimages" / "zz-nobody").mkdir()
+        (tmp_path / "noimages" / "zz-nobody" / "notes.txt").write_text("x")
+    elif make == "corrupt":
+        shutil.copytree(tiny_faces, tmp_path / "corrupt")
+        first = sorted(p for p in (tmp_path / "corrupt").iterdir() if p.is_dir())[0]
+        (first / "broken.png").write_bytes(b"\x89PNG not really")
+    full = ["train", "--runs", str(tmp_path / "runs"), "--workers", "0"]
+    if "--modality" not in args:
+        full += ["--modality", "face"]
+    if "--data" not in args:
+        full += ["--data", str(tiny_faces)]
+    full += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for s in TINY:
+        full += ["--set", s]
+    code, out, err = run_cli(full, capsys, monkeypatch)
+    assert code == 2, out + err
+    assert "Traceback" not in err and "Traceback" not in out
+    assert expected in " ".join(err.split())

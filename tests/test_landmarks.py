@@ -1,0 +1,215 @@
+"""Landmark files, the landmark cache (hits, staleness, DataLoader workers) and the align frontend."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metaemb.core.components import build
+from metaemb.core.errors import DataError, MetaembError
+from metaemb.plugins.vision.align import align_faces, template
+from metaemb.plugins.vision.frontend import AlignFrontend
+from metaemb.plugins.vision.landmarks import (
+    FileLandmarks,
+    LandmarkCache,
+    Landmarks,
+    LandmarkSource,
+    read_landmark_file,
+)
+
+PTS = np.arange(10, dtype=np.float64).reshape(5, 2) * 3 + 10
+
+
+class CountingSource(LandmarkSource):
+    """A fake detector: fixed landmarks, counts its calls, 'no face' for names containing 'blank'."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def key(self) -> str:
+        return "counting:v1"
+
+    def __call__(self, image, path, root):
+        self.calls += 1
+        if "blank" in path:
+            return Landmarks("no_face")
+        return Landmarks("ok", PTS + len(path), faces=1)
+
+
+def make_images(root: Path, names: list[str]) -> None:
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(os.urandom(64))
+
+
+# -- landmark files ----------------------------------------------------------------------------
+def test_reads_demo_vggface2_generic_and_json_formats(tmp_path):
+    flat = [f"{v}" for v in PTS.reshape(-1)]
+    demo = tmp_path / "landmarks.csv"
+    demo.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nid0/000.png," + ",".join(flat) + "\n")
+    vgg = tmp_path / "loose_landmark_test.csv"
+    vgg.write_text(
+        '"NAME_ID","P1X","P1Y","P2X","P2Y","P3X","P3Y","P4X","P4Y","P5X","P5Y"\n'
+        '"n000001/0001_01",' + ",".join(flat) + "\n"
+    )
+    bare = tmp_path / "bare.csv"
+    bare.write_text("a/b.jpg," + ",".join(flat) + "\n")
+    js = tmp_path / "lm.json"
+    js.write_text(json.dumps({"a/1.jpg": PTS.tolist(), "a/2.jpg": PTS.reshape(-1).tolist()}))
+    assert np.array_equal(read_landmark_file(demo)["id0/000.png"], PTS)
+    assert np.array_equal(read_landmark_file(vgg)["n000001/0001_01"], PTS)
+    assert np.array_equal(read_landmark_file(bare)["a/b.jpg"], PTS)
+    table = read_landmark_file(js)
+    assert np.array_equal(table["a/1.jpg"], PTS) and np.array_equal(table["a/2.jpg"], PTS)
+
+    # VGGFace2 NAME_IDs carry no extension; a glob picks up train and test files.
+    src = FileLandmarks(root=tmp_path, landmarks_file="loose_landmark_*.csv")
+    found = src(None, "n000001/0001_01.jpg", tmp_path)
+    assert found.outcome == "ok" and np.array_equal(found.points, PTS)
+    assert src(None, "n000001/0002_01.jpg", tmp_path).outcome == "missing"
+
+
+def test_bad_landmark_files_name_file_and_line(tmp_path):
+    bad = tmp_path / "lm.csv"
+    bad.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na.jpg,1,2,3\n")
+    with pytest.raises(DataError, match=r"lm.csv', line 2.*11 fields"):
+        read_landmark_file(bad)
+    bad.write_text("a.jpg,1,2,3,4,5,6,7,8,9,x\n")
+    with pytest.raises(DataError, match=r"line 1.*numbers"):
+        read_landmark_file(bad)
+    with pytest.raises(DataError, match="does not exist"):
+        FileLandmarks(root=tmp_path, landmarks_file="nope.csv").table()
+
+
+# -- the cache ---------------------------------------------------------------------------------
+def test_cache_is_hit_on_the_second_run_and_recomputes_a_changed_file(tmp_path):
+    root, cache_dir = tmp_path / "data", tmp_path / "cache"
+    names = [f"p{i}/img{j}.jpg" for i in range(3) for j in range(4)] + ["p0/blank.jpg"]
+    make_images(root, names)
+
+    src = CountingSource()
+    first = LandmarkCache(cache_dir, root, src.key())
+    out1 = {n: first.lookup(n, lambda n=n: src(None, n, root)) for n in names}
+    assert src.calls == len(names) and first.misses == len(names)
+
+    # A second run (new process: new cache object) computes nothing.
+    src2 = CountingSource()
+    second = LandmarkCache(cache_dir, root, src2.key())
+    out2 = {n: second.lookup(n, lambda n=n: src2(None, n, root)) for n in names}
+    assert src2.calls == 0 and second.hits == len(names)
+    for n in names:
+        assert out1[n].outcome == out2[n].outcome
+        if out1[n].points is not None:
+            assert np.array_equal(out1[n].points, out2[n].points)
+    assert second.outcomes() == {"ok": 12, "no_face": 1}  # recorded, not dropped
+
+    # Change one file (new size and mtime): only that one is recomputed.
+    (root / names[0]).write_bytes(os.urandom(100))
+    src3 = CountingSource()
+    third = LandmarkCache(cache_dir, root, src3.key())
+    for n in names:
+        third.lookup(n, lambda n=n: src3(None, n, root))
+    assert src3.calls == 1 and third.misses == 1
+
+    # Another source configuration or another root does not share entries.
+    other = LandmarkCache(cache_dir, root, "counting:v2")
+    assert other.path != first.path and other.get(names[1]) is None
+
+
+def test_cache_ignores_a_torn_last_line(tmp_path):
+    make_images(tmp_path, ["a/x.jpg", "a/y.jpg"])
+    cache = LandmarkCache(tmp_path / "c", tmp_path, "k")
+    cache.put("a/x.jpg", Landmarks("ok", PTS, 1))
+    with open(cache.path, "ab") as fh:
+        fh.write(b'{"path":"a/y.jpg","size":6')  # a crash mid-write
+    again = LandmarkCache(tmp_path / "c", tmp_path, "k")
+    assert again.get("a/x.jpg") is not None and again.get("a/y.jpg") is None
+
+
+class _FrontendDataset(torch.utils.data.Dataset):
+    def __init__(self, frontend, root, names):
+        self.frontend, self.root, self.names = frontend, root, names
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        raw = torch.zeros(3, 40, 40, dtype=torch.uint8)
+        return self.frontend(raw, self.names[i], self.root)
+
+
+def test_cache_is_safe_with_dataloader_workers(tmp_path):
+    root, cache_dir = tmp_path / "data", tmp_path / "cache"
+    names = [f"p{i}/img{j}.jpg" for i in range(4) for j in range(10)]
+    make_images(root, names)
+    fe = AlignFrontend(root=root, cache_dir=cache_dir, landmarks_file="unused.csv", crop_size=32)
+    fe.source = CountingSource()  # a detector stand-in (cacheable)
+    fe.use_cache = True
+    loader = torch.utils.data.DataLoader(
+        _FrontendDataset(fe, root, names), batch_size=4, num_workers=2
+    )
+    assert sum(len(b) for b in loader) == len(names)
+    lines = LandmarkCache(cache_dir, root, "counting:v1").path.read_text().splitlines()
+    assert len(lines) == len(names)
+    assert sorted(json.loads(line)["path"] for line in lines) == sorted(names)
+    src = CountingSource()
+    cache = LandmarkCache(cache_dir, root, src.key())
+    for n in names:
+        cache.lookup(n, lambda n=n: src(None, n, root))
+    assert src.calls == 0
+
+
+# -- the frontend ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    synthetic = pytest.importorskip("metaemb.plugins.vision.synthetic")
+    root = tmp_path_factory.mktemp("demo") / "faces"
+    return synthetic.generate_faces(root, identities=2, images_per_identity=3, image_size=64)
+
+
+def test_align_frontend_uses_the_demo_landmark_file(demo, tmp_path):
+    from metaemb.plugins.vision.folder import read_image
+
+    fe = build("frontends", "align", {"crop_size": 48}, root=demo, cache_dir=tmp_path)
+    with open(demo / "landmarks.csv") as fh:
+        rows = list(csv.reader(fh))[1:]
+    rel = rows[2][0]
+    pts = np.array([float(v) for v in rows[2][1:]]).reshape(5, 2)
+    img = read_image(demo / rel)
+    out = fe(img, rel, demo)
+    assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
+    assert torch.equal(out, align_faces(img, pts, 48))  # the one alignment function
+    assert not (tmp_path / "landmarks").exists()  # a landmark file needs no cache
+    # Pickles (DataLoader workers with spawn) and behaves the same afterwards.
+    assert torch.equal(pickle.loads(pickle.dumps(fe))(img, rel, demo), out)
+
+
+def test_no_face_policies(demo, tmp_path):
+    img = torch.full((3, 64, 80), 7, dtype=torch.uint8)
+    opts = {"landmarks_file": "landmarks.csv", "crop_size": 32}
+    skip = AlignFrontend(root=demo, cache_dir=tmp_path, **opts)
+    with pytest.raises(DataError, match="no entry"):
+        skip(img, "elsewhere/x.png", demo)
+    err = AlignFrontend(root=demo, cache_dir=tmp_path, on_no_face="error", **opts)
+    with pytest.raises(MetaembError) as exc:
+        err(img, "elsewhere/x.png", demo)
+    assert not isinstance(exc.value, DataError)
+    centre = AlignFrontend(root=demo, cache_dir=tmp_path, on_no_face="center", **opts)
+    grad = torch.arange(80, dtype=torch.uint8).repeat(3, 64, 1)
+    out = centre(grad, "elsewhere/x.png", demo)
+    # The centred 64×64 square (columns 8..71) resized to 32: mean column value ≈ 39.5.
+    assert out.shape == (3, 32, 32) and abs(out.float().mean().item() - 39.5) < 1.0
+
+
+def test_frontend_key_and_template_follow_options(demo, tmp_path):
+    a = AlignFrontend(root=demo, cache_dir=tmp_path, crop_size=64)
+    b = AlignFrontend(root=demo, cache_dir=tmp_path, crop_size=64, template=128)
+    assert a.key() != b.key()
+    assert not np.allclose(template(64), template(64, convention=128))

@@ -1,0 +1,218 @@
+"""Scorers against numpy/scipy brute force: cosine (with training mean), Euclidean, s-norm and
+AS-norm, chunked vs unchunked matrices, top-k, multi-sample enrollment, saved state."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from metaemb.core import plugins
+from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.interfaces import Scorer
+from metaemb.core.scoring import (
+    ASNorm,
+    CosineScorer,
+    EuclideanScorer,
+    PLDAScorer,
+    SNorm,
+    score_trials,
+)
+
+
+def data(seed=0, n_classes=20, per_class=5, d=12):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, d)) * 2 + 1.5  # non-zero global mean
+    labels = np.repeat(np.arange(n_classes), per_class)
+    x = centres[labels] + rng.standard_normal((len(labels), d))
+    return torch.tensor(x, dtype=torch.float64), torch.tensor(labels)
+
+
+def unit(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def test_cosine_plain_and_subtract_mean():
+    train, labels = data(0)
+    e, t = data(1)[0][:7], data(2)[0][:9]
+    plain = CosineScorer().score_matrix(e, t).numpy()
+    np.testing.assert_allclose(plain, unit(e.numpy()) @ unit(t.numpy()).T, atol=1e-12)
+    s = CosineScorer(subtract_mean=True)
+    assert s.requires_fit
+    with pytest.raises(MetaembError, match="fitted"):
+        s.score(e, t[:7])
+    s.fit(train, labels)
+    m = train.numpy().mean(0)
+    want = unit(e.numpy() - m) @ unit(t.numpy() - m).T
+    np.testing.assert_allclose(s.score_matrix(e, t).numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(s.score(e, t[:7]).numpy(), np.diag(want[:, :7]), atol=1e-12)
+    assert np.abs(want - plain).max() > 0.05  # the mean matters on this data
+
+
+def test_euclidean_is_negative_distance():
+    e, t = data(1)[0][:10], data(2)[0][:13]
+    sc = EuclideanScorer()
+    np.testing.assert_allclose(sc.score_matrix(e, t).numpy(), -cdist(e, t), atol=1e-9)
+    np.testing.assert_allclose(sc.score(e, t[:10]).numpy(), -np.diag(cdist(e, t[:10])), atol=1e-12)
+
+
+def fitted(name):
+    train, labels = data(0)
+    sc = {
+        "cosine": lambda: CosineScorer(subtract_mean=True),
+        "euclidean": EuclideanScorer,
+        "plda": lambda: PLDAScorer(lda_dim=8, iterations=4),
+        "snorm": lambda: SNorm(base="cosine"),
+        "asnorm": lambda: ASNorm(base="plda", top_n=7, lda_dim=8, iterations=3),
+        "asnorm-spk": lambda: ASNorm(base="cosine", top_n=5, speaker_mean=True),
+    }[name]()
+    sc.fit(train, labels)
+    return sc
+
+
+ALL = ["cosine", "euclidean", "plda", "snorm", "asnorm", "asnorm-spk"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_chunked_equals_unchunked_and_pairs_and_topk(name):
+    sc = fitted(name)
+    e, t = data(3)[0][:37], data(4)[0][:53]
+    full = sc.score_matrix(e, t, row_chunk=1000, col_chunk=1000)
+    chunked = sc.score_matrix(e, t, row_chunk=5, col_chunk=7)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-10)
+    out = torch.zeros(37, 53, dtype=torch.float32)
+    assert sc.score_matrix(e, t, out=out) is out
+    torch.testing.assert_close(out, full.float())
+    sc.pair_chunk = 4
+    torch.testing.assert_close(sc.score(e, t[:37]), full.diagonal(), rtol=0, atol=1e-10)
+    sc.col_chunk = 10
+    vals, idx = sc.topk(e, t, 6)
+    ref_v, ref_i = full.topk(6, dim=1)
+    torch.testing.assert_close(vals, ref_v, rtol=0, atol=1e-10)
+    assert torch.equal(idx, ref_i)
+    blocks = list(sc.iter_score_matrix(e, t, row_chunk=16, col_chunk=20))
+    assert len(blocks) == 3 * 3
+    for rows, cols, blk in blocks:
+        torch.testing.assert_close(blk, full[rows, cols], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip(name):
+    sc = fitted(name)
+    state = sc.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # Through torch.save/load with weights_only (no pickle of objects), as runs store it.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    kwargs = {
+        "cosine": {"subtract_mean": True},
+        "plda": {"lda_dim": 8, "iterations": 4},
+        "asnorm": {"base": "plda", "top_n": 7},
+        "asnorm-spk": {"base": "cosine", "top_n": 5, "speaker_mean": True},
+    }.get(name, {})
+    fresh = type(sc)(**kwargs)
+    fresh.load_state_dict(state)
+    e, t = data(3)[0][:9], data(4)[0][:11]
+    torch.testing.assert_close(fresh.score_matrix(e, t), sc.score_matrix(e, t), rtol=0, atol=1e-12)
+    # An unfitted scorer's empty state loads back as unfitted.
+    empty = type(sc)(**kwargs)
+    empty.load_state_dict(empty.state_dict())
+
+
+def snorm_reference(base, e, t, cohort, top_n):
+    s = base.score_matrix(e, t).numpy()
+    ce = base.score_matrix(e, cohort).numpy()
+    ct = base.score_matrix(cohort, t).numpy().T
+
+    def stats(c):
+        if top_n:
+            c = -np.sort(-c, axis=1)[:, :top_n]
+        return c.mean(1), c.std(1, ddof=1)
+
+    (me, se), (mt, st) = stats(ce), stats(ct)
+    return 0.5 * ((s - me[:, None]) / se[:, None] + (s - mt[None]) / st[None])
+
+
+@pytest.mark.parametrize("top_n", [0, 6])
+@pytest.mark.parametrize("base", ["cosine", "plda"])
+def test_snorm_matches_brute_force(top_n, base):
+    train, labels = data(0)
+    kw = {"base": base, "lda_dim": 8, "iterations": 3}
+    sc = SNorm(**kw) if top_n == 0 else ASNorm(top_n=top_n, speaker_mean=False, **kw)
+    sc.fit(train, labels)
+    sc.col_chunk, sc.stat_chunk = 7, 4  # cohort statistics streamed over many small blocks
+    e, t = data(3)[0][:15], data(4)[0][:17]
+    want = snorm_reference(sc.base, e, t, train, top_n)
+    np.testing.assert_allclose(sc.score_matrix(e, t).numpy(), want, atol=1e-9)
+    np.testing.assert_allclose(sc.score(e, t[:15]).numpy(), np.diag(want), atol=1e-9)
+
+
+def test_asnorm_speaker_mean_cohort():
+    train, labels = data(0)
+    sc = ASNorm(base="cosine", top_n=4, speaker_mean=True)
+    sc.fit(train, labels)
+    spk = torch.stack([train[labels == c].mean(0) for c in range(20)])
+    e, t = data(3)[0][:6], data(4)[0][:8]
+    want = snorm_reference(sc.base, e, t, spk, 4)
+    np.testing.assert_allclose(sc.score_matrix(e, t).numpy(), want, atol=1e-9)
+
+
+def test_multi_enrollment_cosine_and_snorm():
+    x = data(5)[0]
+    groups = [[0, 1, 2], [3], [4, 5], [0, 1, 2]]
+    tests = [10, 11, 12, 13]
+    cos = CosineScorer()
+    got = score_trials(cos, x, groups, tests).numpy()
+    u = unit(x.numpy())
+    want = [unit(u[g].mean(0)[None])[0] @ u[t] for g, t in zip(groups, tests, strict=True)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    # s-norm of a pooled PLDA model: enrollment-side stats come from the pooled model.
+    train, labels = data(0)
+    sn = SNorm(base="plda", lda_dim=8, iterations=3)
+    sn.fit(train, labels)
+    got = score_trials(sn, x, groups[:1], tests[:1]).item()
+    base = sn.base
+    s = score_trials(base, x, groups[:1], tests[:1]).item()
+    both = torch.cat([x, train])
+    ce = score_trials(base, both, [groups[0]] * len(train), range(len(x), len(both))).numpy()
+    ct = base.score_matrix(train, x[10:11]).numpy()[:, 0]
+    want = 0.5 * ((s - ce.mean()) / ce.std(ddof=1) + (s - ct.mean()) / ct.std(ddof=1))
+    assert abs(got - want) < 1e-9
+    # Groups-vs-test matrix with mixed counts agrees with trial scoring.
+    mat = sn.score_groups_matrix(x, groups, x[10:14])
+    np.testing.assert_allclose(
+        mat.diagonal().numpy(), score_trials(sn, x, groups, tests).numpy(), atol=1e-10
+    )
+
+
+def test_score_trials_falls_back_for_other_scorers():
+    class Dot(Scorer):
+        def score_matrix(self, enroll, test):
+            return enroll @ test.T
+
+    x = data(6)[0]
+    got = score_trials(Dot(), x, [[0], [1]], [2, 3])
+    torch.testing.assert_close(got, (x[[0, 1]] * x[[2, 3]]).sum(1))
+    with pytest.raises(MetaembError, match="multi-sample"):
+        score_trials(Dot(), x, [[0, 1]], [2])
+
+
+def test_registered_and_bad_options():
+    reg = plugins.registry("scorers")
+    for name in ("cosine", "euclidean", "plda", "snorm", "asnorm", "calibrated"):
+        assert name in reg
+    sc = reg.get("plda")(lda_dim=4, iterations=2)
+    assert sc.requires_fit and sc.needs == "point"
+    with pytest.raises(ConfigError, match="unknown base"):
+        SNorm(base="nope")
+    with pytest.raises(ConfigError, match="top_n"):
+        ASNorm(top_n=1)
+    with pytest.raises(DataError, match="out of range"):
+        score_trials(CosineScorer(), data(6)[0], [[0]], [999])
+    with pytest.raises(DataError, match="aligned"):
+        CosineScorer().score(torch.ones(2, 3), torch.ones(3, 3))
