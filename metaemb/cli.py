@@ -67,7 +67,17 @@ def train(
     if on_bad_sample is not None:
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     cfg = resolve(modality, config, sets)
-    Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=console, workers=workers).run()
+    trainer = Trainer(
+        cfg, runs_root=runs, device=device, fresh=fresh, console=console, workers=workers
+    )
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted; re-run the same command to resume {trainer.dir} from its last "
+            "completed epoch."
+        )
+        raise typer.Exit(130) from None
 
 
 def evaluate(
@@ -204,11 +214,10 @@ def main() -> None:
         app = create_app()
         app()
     except MetaembError as exc:
-        err_console.print(f"[bold red]error:[/] {_user_message(exc)}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {_user_message(exc)}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to resume.")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ def test_components_are_registered_by_the_audio_plugin():
         ("frontends", "silero"),
         ("features", "fbank"),
         ("backbones", "xvector"),
+        ("backbones", "ecapa512"),
+        ("backbones", "ecapa1024"),
         ("demo_data", "speaker"),
         ("modalities", "speaker"),
     ]:
@@ -43,3 +45,12 @@ def test_build_with_engine_context(tmp_path):
     assert isinstance(vad, EnergyVAD) and vad.cache.dir == tmp_path / "vad"
     feats = build("features", "fbank", {"n_mels": 40})
     assert feats.out_channels == 40
+
+
+def test_ecapa_sizes_and_typed_options():
+    small = build("backbones", "ecapa512", {}, in_channels=80)
+    large = build("backbones", "ecapa1024", {}, in_channels=80)
+    n_small = sum(p.numel() for p in small.parameters())
+    n_large = sum(p.numel() for p in large.parameters())
+    assert 5.5e6 < n_small < 7.0e6 and 13.5e6 < n_large < 16e6
+    assert options_of(plugins.get("backbones", "ecapa512"))["scale"].type is int

@@ -260,8 +260,9 @@ def test_container_operations():
     g = random_gme(6, 3, seed=4)
     assert len(g) == 6 and g.dim == 3 and not g.full
     assert len(g[2]) == 1 and torch.equal(g[-1].a, g.a[5:6])
+    assert torch.equal(g[torch.tensor(3)].a, g.a[3:4]) and torch.equal(g[-2].b, g.b[4:5])
     assert torch.equal(g[torch.tensor([0, 5])].b, g.b[[0, 5]])
-    both = cat([g[:2], g[4:]])
+    both = GME.cat([g[:2], g[4:]])
     assert len(both) == 4 and torch.equal(both.a, g.a[[0, 1, 4, 5]])
     assert cat([g[:1], g[1:2].to_full()]).full
     h = g.to(torch.float32)

@@ -42,6 +42,13 @@ def test_gme_head_shapes_precision_and_gradients():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
 
+def test_gme_head_keeps_float32_under_autocast():
+    head = GMEHead(in_features=6, dim=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = head(torch.randn(4, 6).bfloat16())
+    assert g.a.dtype == torch.float32 and g.b.dtype == torch.float32
+
+
 def test_gme_head_constant_precision_option():
     head = GMEHead(in_features=3, dim=2, adaptive_precision=False)
     assert not head.precision.weight.requires_grad and head.precision.bias.requires_grad

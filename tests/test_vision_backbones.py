@@ -22,12 +22,13 @@ from metaemb.core.errors import ConfigError
     ],
 )
 def test_pooled_feature_dims(cls, dim):
-    torch.manual_seed(0)
-    net = cls().eval()
+    # On the meta device: shapes propagate without allocating or initialising weights (fast).
+    with torch.device("meta"):
+        net = cls().eval()
+        for small_input in (False, True):
+            out = cls(small_input=small_input).eval()(torch.empty(2, 3, 48, 48))
+            assert out.shape == (2, dim)
     assert net.feature_dim == dim
-    with torch.no_grad():
-        out = net(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, dim)
     assert net.trunk() is net.net
 
 
@@ -37,7 +38,11 @@ def test_small_input_stem_keeps_a_spatial_map_on_32px_inputs():
     assert small.net.conv1.kernel_size == (3, 3) and small.net.conv1.stride == (1, 1)
     assert isinstance(small.net.maxpool, torch.nn.Identity)
     seen = {}
-    small.net.layer4.register_forward_hook(lambda m, i, o: seen.setdefault("map", o.shape))
+
+    def keep_shape(module, inputs, output):
+        seen["map"] = output.shape
+
+    small.net.layer4.register_forward_hook(keep_shape)
     with torch.no_grad():
         out = small(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 512)
@@ -96,8 +101,8 @@ def test_pretrained_from_local_file(tmp_path):
 def test_pretrained_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match=r"backbone\.pretrained.*does not exist.*never downloads"):
         ResNet18(pretrained=str(tmp_path / "missing.pth"))
-    wrong = tmp_path / "r50.pth"
-    torch.save(models.resnet50(weights=None).state_dict(), wrong)
+    wrong = tmp_path / "mobilenet.pth"
+    torch.save(models.mobilenet_v3_small(weights=None).state_dict(), wrong)
     with pytest.raises(ConfigError, match="does not hold resnet18 weights"):
         ResNet18(pretrained=str(wrong))
     junk = tmp_path / "junk.pth"

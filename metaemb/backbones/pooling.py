@@ -87,11 +87,8 @@ class AttentiveStatsPooling(nn.Module):
         t = x.shape[-1]
         if self.global_context:
             mean, std = masked_mean_std(x, mask)
-            context = torch.cat(
-                [x, mean.to(x.dtype).unsqueeze(-1).expand(-1, -1, t)]
-                + [std.to(x.dtype).unsqueeze(-1).expand(-1, -1, t)],
-                dim=1,
-            )
+            stats = [s.to(x.dtype).unsqueeze(-1).expand(-1, -1, t) for s in (mean, std)]
+            context = torch.cat([x, *stats], dim=1)
         else:
             context = x
         scores = self.attention(context).float()

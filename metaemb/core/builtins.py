@@ -86,13 +86,17 @@ def register_scorers(register: Register) -> None:
     register("calibrated", calibration.CalibratedScorer, description="base scorer → calibrated LLR")
     from metaemb.core.gme_scoring import GMEScorer
 
-    register("gme", GMEScorer, description="closed-form Gaussian meta-embedding LLR (pooled enroll)")
+    register("gme", GMEScorer, description="closed-form meta-embedding LLR, pooled enrollment")
 
 
 @hookimpl
 def register_protocols(register: Register) -> None:
-    # protocols: core/trials.py (text formats every modality shares)
-    pass
+    # protocols: core/trials.py (text formats every modality shares); each is
+    # `(root: Path, path: Path | None) -> list[Trial]`. "lfw" is the vision plugin's.
+    from metaemb.core import trials
+
+    register("voxceleb", trials.voxceleb_protocol, description="VoxCeleb 'label enroll test' list")
+    register("kaldi", trials.kaldi_protocol, description="Kaldi 'enroll test target|nontarget'")
 
 
 @hookimpl

@@ -51,6 +51,7 @@ def extract(
         lengths = batch.lengths.to(device) if batch.lengths is not None else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = fn(x, lengths)
+        kept.append(batch.indices)
         outs.append(
             to_device(out.float() if isinstance(out, Tensor) else out.to(torch.float32), "cpu")
         )

@@ -511,7 +511,7 @@ class Trainer:
         if not self.dist.main:
             return {}
         feats = self.parts.model.features
-        out, kept = extract(
+        out, kept, _ = extract(
             feats.baseline_embedding,
             self.val_set,
             self.device,
@@ -529,8 +529,8 @@ class Trainer:
         return result
 
     def _update_sampler(self) -> None:
-        emb, _ = self.embed(self.parts.dataset(self.train_folder, train=False))
-        self.sampler.update(emb)
+        emb, kept = self.embed(self.parts.dataset(self.train_folder, train=False))
+        self.sampler.update(emb, indices=kept)
 
     def _note_bad(self, bad: list[Any]) -> None:
         if not bad or not self.dist.main:

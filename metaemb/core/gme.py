@@ -8,6 +8,7 @@ a log-expectation (it overflows for d ≈ 200).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,10 @@ class GME:
         return self.a.shape[0]
 
     def __getitem__(self, index: Any) -> GME:
-        if isinstance(index, int):
+        if not isinstance(index, (slice, list, tuple)) and not (
+            isinstance(index, Tensor) and index.dim() > 0
+        ):
+            index = operator.index(index)  # ints, numpy ints, 0-d integer tensors
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
         return GME(self.a[index], self.b[index])
 
@@ -92,6 +96,11 @@ class GME:
         """Removes evidence (leave-one-out pools)."""
         x, y = _same_form(self, other)
         return GME(x.a - y.a, x.b - y.b)
+
+    @classmethod
+    def cat(cls, gmes: Sequence[GME]) -> GME:
+        """Concatenate batches (the embedding extractor calls `type(out).cat(outputs)`)."""
+        return cat(gmes)
 
     def state(self) -> dict[str, Tensor]:
         """Plain tensors to save (no pickle)."""
@@ -149,7 +158,10 @@ def pool_by_index(g: GME, index: Tensor, num_groups: int | None = None) -> GME:
     if num_groups is None:
         num_groups = int(index.max()) + 1 if len(index) else 0
     if len(index) and (int(index.min()) < 0 or int(index.max()) >= num_groups):
-        raise GMEError(f"pool index values must lie in [0, {num_groups}), got {index.tolist()}")
+        raise GMEError(
+            f"pool index values must lie in [0, {num_groups}), got values from "
+            f"{int(index.min())} to {int(index.max())}"
+        )
     a = g.a.new_zeros(num_groups, *g.a.shape[1:]).index_add(0, index, g.a)
     b = g.b.new_zeros(num_groups, *g.b.shape[1:]).index_add(0, index, g.b)
     return GME(a, b)

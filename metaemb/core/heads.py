@@ -40,14 +40,17 @@ class GMEHead(Head):
     """Features → diagonal Gaussian meta-embedding (a, b) over a `dim`-dimensional identity.
 
     Parameterisation (x = Dropout(BatchNorm(features))):
-        μ = W_μ x + c_μ                      the point estimate of the identity variable
+        μ = BN_μ(W_μ x + c_μ)                the point estimate of the identity variable
         b = softplus(W_b x + c_b) + floor    its per-dimension precision (≥ floor > 0)
         a = b ⊙ μ
     so one recording's likelihood is N(μ; z, diag(1/b)): a confident input gets a large b, a poor
     one (blurred face, short noisy utterance) a small b and therefore LLRs nearer 0. W_b starts at 0
     (every input starts equally certain, b = init_precision); with `adaptive_precision=False` b is
-    a learned per-dimension constant (the Gaussian-PLDA case). `init_from_plda` starts the head at
-    a PLDA fitted on backbone features, as the original meta-embedding recipe did.
+    a learned per-dimension constant (the Gaussian-PLDA case). BN_μ (`normalize_mean`) starts μ
+    with variance 1 + 1/init_precision per dimension, the spread the N(0, I) identity prior plus
+    noise of precision b implies, so the first LLRs are already on a sensible scale (a mis-scaled μ
+    makes every pair look like a target). `init_from_plda` starts the head at a PLDA fitted on
+    backbone features, as the original meta-embedding recipe did.
     """
 
     output = "gme"
@@ -61,6 +64,7 @@ class GMEHead(Head):
         init_precision: float = 1.0,
         precision_floor: float = 1e-3,
         adaptive_precision: bool = True,
+        normalize_mean: bool = True,
     ) -> None:
         super().__init__()
         _check_sizes(in_features, dim, dropout)
@@ -75,6 +79,9 @@ class GMEHead(Head):
         self.norm = nn.BatchNorm1d(in_features) if normalize_input else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.mean = nn.Linear(in_features, dim)
+        self.mean_norm = nn.BatchNorm1d(dim) if normalize_mean else nn.Identity()
+        if normalize_mean:
+            nn.init.constant_(self.mean_norm.weight, math.sqrt(1.0 + 1.0 / init_precision))
         self.precision = nn.Linear(in_features, dim)
         nn.init.zeros_(self.precision.weight)
         nn.init.constant_(self.precision.bias, _softplus_inverse(init_precision - precision_floor))
@@ -82,8 +89,12 @@ class GMEHead(Head):
 
     def forward(self, x: Tensor) -> GME:
         h = self.dropout(self.norm(x))
-        b = F.softplus(self.precision(h)) + self.precision_floor
-        return GME(b * self.mean(h), b)
+        # Natural parameters stay in float32 under bf16 autocast: LLRs of confident GMEs need it.
+        with torch.autocast(h.device.type, enabled=False):
+            if h.dtype in (torch.float16, torch.bfloat16):
+                h = h.float()
+            b = F.softplus(self.precision(h)) + self.precision_floor
+            return GME(b * self.mean_norm(self.mean(h)), b)
 
     # -- PLDA initialisation ------------------------------------------------------------
     @torch.no_grad()
@@ -116,6 +127,11 @@ class GMEHead(Head):
             weight = weight_hat
         self.mean.weight.copy_(weight.to(dt))
         self.mean.bias.copy_(bias.to(dt))
+        if isinstance(self.mean_norm, nn.BatchNorm1d):  # identity in eval mode
+            self.mean_norm.weight.fill_(1.0)
+            self.mean_norm.bias.zero_()
+            self.mean_norm.running_mean.zero_()
+            self.mean_norm.running_var.fill_(1.0 - self.mean_norm.eps)
         self.precision.weight.zero_()
         self.precision.bias.copy_(_softplus_inverse_t(psi - self.precision_floor).to(dt))
 

@@ -6,8 +6,42 @@ loading the plugin stays cheap.
 
 from __future__ import annotations
 
+from typing import Any
+
 from metaemb import hookimpl
 from metaemb.core.hookspecs import Register
+
+
+def ecapa512(
+    in_channels: int = 80,
+    embedding_dim: int = 192,
+    mfa_channels: int = 1536,
+    scale: int = 8,
+    se_channels: int = 128,
+    attention_channels: int = 128,
+) -> Any:
+    """ECAPA-TDNN with C = 512 (~6.2 M parameters), 192-dim output."""
+    from metaemb.backbones.ecapa import ecapa_tdnn
+
+    return ecapa_tdnn(
+        in_channels, 512, embedding_dim, mfa_channels, scale, se_channels, attention_channels
+    )
+
+
+def ecapa1024(
+    in_channels: int = 80,
+    embedding_dim: int = 192,
+    mfa_channels: int = 1536,
+    scale: int = 8,
+    se_channels: int = 128,
+    attention_channels: int = 128,
+) -> Any:
+    """ECAPA-TDNN with C = 1024 (~14.7 M parameters), 192-dim output."""
+    from metaemb.backbones.ecapa import ecapa_tdnn
+
+    return ecapa_tdnn(
+        in_channels, 1024, embedding_dim, mfa_channels, scale, se_channels, attention_channels
+    )
 
 
 @hookimpl
@@ -43,6 +77,8 @@ def register_backbones(register: Register) -> None:
     from metaemb.backbones.tdnn import xvector
 
     register("xvector", xvector, description="x-vector TDNN (Snyder 2018), masked stats pooling")
+    register("ecapa512", ecapa512, description="ECAPA-TDNN, C = 512, 192-dim output")
+    register("ecapa1024", ecapa1024, description="ECAPA-TDNN, C = 1024, 192-dim output")
 
 
 @hookimpl

@@ -104,7 +104,7 @@ class KaldiFbank(nn.Module):
             )
         if not 0.0 <= preemphasis <= 1.0:
             raise ConfigError(f"fbank: preemphasis must be in [0, 1]; got {preemphasis}.")
-        self.n_fft = 1 if self.size <= 1 else 2 ** (self.size - 1).bit_length()
+        self.n_fft = 2 ** (self.size - 1).bit_length()  # next power of two (512 for 400)
         self.window_type = window
         self.preemphasis = float(preemphasis)
         self.remove_dc_offset = bool(remove_dc_offset)

@@ -1,0 +1,70 @@
+"""`metaemb trials make|coverage`: write seeded trial lists and report what a list covers.
+
+Generated lists are part of a result: publish the list with the numbers it produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Make seeded trial lists (VoxCeleb or Kaldi format) and report their coverage.",
+    no_args_is_help=True,
+)
+
+
+def _folder_name(modality: str, folder: str | None) -> str:
+    if folder:
+        return folder
+    from metaemb.core.plugins import get
+
+    return get("modalities", modality).sample_folder
+
+
+@app.command()
+def make(
+    data: Annotated[Path, typer.Argument(help="<identity>/<sample> data folder")],
+    out: Annotated[Path, typer.Option(help="trial list to write")],
+    targets: Annotated[
+        int | None, typer.Option(help="target trials (default: every same-identity pair)")
+    ] = None,
+    nontargets: Annotated[
+        int | None, typer.Option(help="non-target trials (default: as many as targets)")
+    ] = None,
+    enroll: Annotated[int, typer.Option(help="enrollment samples per trial")] = 1,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same list")] = 0,
+    format: Annotated[str, typer.Option(help="voxceleb or kaldi")] = "voxceleb",
+    modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",
+    folder: Annotated[
+        str | None, typer.Option(help="sample-folder name (overrides the modality's), e.g. image")
+    ] = None,
+) -> None:
+    """Write a seeded trial list over the samples of DATA and print its coverage."""
+    from metaemb.core.components import build
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.trials import coverage, make_trials, write_trials
+
+    if format not in ("voxceleb", "kaldi"):
+        raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
+    sample_folder = build("sample_folders", _folder_name(modality, folder), {}, root=data)
+    trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
+    write_trials(out, trials, format)
+    typer.echo(json.dumps({"out": str(out), **coverage(trials)}, indent=2))
+
+
+@app.command("coverage")
+def coverage_cmd(
+    trials: Annotated[Path, typer.Argument(help="trial list (VoxCeleb, Kaldi or LFW pairs.txt)")],
+    root: Annotated[
+        Path | None, typer.Option(help="data root, to check that paths stay inside it")
+    ] = None,
+    format: Annotated[str, typer.Option(help="auto, voxceleb, kaldi or lfw")] = "auto",
+) -> None:
+    """How many trials, identities and samples a trial list touches (identity = first folder)."""
+    from metaemb.core.trials import coverage, read_trials
+
+    typer.echo(json.dumps(coverage(read_trials(trials, root=root, format=format)), indent=2))

@@ -1,0 +1,284 @@
+"""Trial lists: formats round-trip, malformed lines and escaping paths are refused with file and
+line, generation is deterministic and exact, coverage counts, protocols and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from metaemb.core import trials as tr
+from metaemb.core.errors import DataError
+from metaemb.core.interfaces import Sample, Trial
+
+
+@dataclass
+class Folder:
+    root: Path
+    samples: list[Sample]
+
+
+def folder(sizes: dict[str, int]) -> Folder:
+    samples = [
+        Sample(f"{ident}/s{j}/{j:03d}.wav", ident, i)
+        for i, (ident, n) in enumerate(sorted(sizes.items()))
+        for j in range(n)
+    ]
+    return Folder(Path("/data"), samples)
+
+
+def write(tmp_path: Path, text: str, name: str = "list.txt") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and writing
+
+
+def test_read_voxceleb_and_kaldi(tmp_path):
+    vox = write(tmp_path, "1 id1/a/1.wav id1/b/2.wav\n\n0 id1/a/1.wav,id1/a/3.wav id2/c/1.wav\n")
+    got = tr.read_trials(vox)
+    assert got == [
+        Trial(("id1/a/1.wav",), "id1/b/2.wav", 1),
+        Trial(("id1/a/1.wav", "id1/a/3.wav"), "id2/c/1.wav", 0),
+    ]
+    kaldi = write(tmp_path, "id1/a/1.wav id1/b/2.wav target\nu v nontarget\n", "trials")
+    assert tr.detect_format(kaldi) == "kaldi"
+    assert [t.label for t in tr.read_trials(kaldi)] == [1, 0]
+
+
+@pytest.mark.parametrize("fmt", ["voxceleb", "kaldi"])
+def test_write_read_round_trip(tmp_path, fmt):
+    trials = [Trial(("a/1.wav", "a/2.wav"), "b/1.wav", 0), Trial(("a/1.wav",), "a/3.wav", 1)]
+    tr.write_trials(tmp_path / "t.txt", trials, fmt)
+    assert tr.read_trials(tmp_path / "t.txt", format="auto") == trials
+    assert not list(tmp_path.glob(".t.txt*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "text, line, what",
+    [
+        ("1 a/1 a/2\n1 a/1\tb/2 extra\n", 2, "label enroll test"),
+        ("1 a/1 a/2\n2 a/1 b/2\n", 2, "label 0 or 1"),
+        ("a/1 a/2 target\na/1 b/2 maybe\n", 2, "target|nontarget"),
+        ("1 a/1 a/2\n\n1 ../x/1 a/2\n", 3, "escapes the data root"),
+        ("1 a/1 a/2\n1 a/1,a/..//2 a/2\n", 2, "escapes the data root"),
+        ("1 a/1 /etc/passwd\n", 1, "absolute path"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, text, line, what):
+    p = write(tmp_path, text)
+    with pytest.raises(DataError, match=what) as exc:
+        tr.read_trials(p)
+    assert f"{p}:{line}" in str(exc.value)
+
+
+def test_absolute_paths_inside_root_become_relative(tmp_path):
+    root = tmp_path / "data"
+    p = write(tmp_path, f"1 {root}/a/1.wav {root}/a/2.wav\n")
+    assert tr.read_trials(p, root=root)[0] == Trial(("a/1.wav",), "a/2.wav", 1)
+    outside = write(tmp_path, f"1 {tmp_path}/other/1.wav a/2.wav\n", "o.txt")
+    with pytest.raises(DataError, match=r"o.txt:1.*outside the data root"):
+        tr.read_trials(outside, root=root)
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="cannot tell"):
+        tr.read_trials(write(tmp_path, "x y z w\n"))
+    with pytest.raises(DataError, match="does not exist"):
+        tr.read_trials(tmp_path / "nope.txt")
+    with pytest.raises(DataError, match="holds no trials"):
+        tr.read_trials(write(tmp_path, "\n# only a comment\n"))
+
+
+LFW = """2\t2
+Abel_Pacheco\t1\t4
+Akhmed_Zakayev\t1\t3
+Abdel_Madi_Shabneh\t1\tDean_Barker\t1
+Abdel_Madi_Shabneh\t1\tGiancarlo_Fisichella\t1
+Bob\t2\t3
+Carl\t1\t2
+Bob\t1\tCarl\t12
+Dan\t3\tEve\t1
+"""
+
+
+def test_lfw_pairs(tmp_path):
+    p = write(tmp_path, LFW, "pairs.txt")
+    assert tr.detect_format(p) == "lfw"
+    got = tr.read_trials(p)
+    assert len(got) == 8 and [t.label for t in got] == [1, 1, 0, 0, 1, 1, 0, 0]
+    assert got[0] == Trial(
+        ("Abel_Pacheco/Abel_Pacheco_0001.jpg",), "Abel_Pacheco/Abel_Pacheco_0004.jpg", 1
+    )
+    assert got[6] == Trial(("Bob/Bob_0001.jpg",), "Carl/Carl_0012.jpg", 0)
+    assert tr.lfw_protocol(tmp_path) == got  # default root/pairs.txt
+    tr.write_trials(tmp_path / "again.txt", got, "lfw", folds=2)
+    assert tr.read_trials(tmp_path / "again.txt") == got
+    assert tr.lfw_lines(got, folds=2) == LFW.splitlines()
+    with pytest.raises(DataError, match="does not fit LFW"):
+        tr.lfw_lines(got, folds=1)  # one fold would need 4 matched pairs first
+
+
+@pytest.mark.parametrize(
+    "text, line, what",
+    [
+        ("2 2\na 1 2\n", None, "header says 2 fold"),
+        ("1\t1\na 1 2\nb 1 c\n", 3, "mismatched"),
+        ("1\t1\na 1 x\nb 1 c 2\n", 2, "matched"),
+        ("ten 300\n", 1, "header"),
+    ],
+)
+def test_lfw_malformed(tmp_path, text, line, what):
+    p = write(tmp_path, text)
+    with pytest.raises(DataError, match=what) as exc:
+        tr.read_trials(p, format="lfw")
+    if line:
+        assert f"{p}:{line}" in str(exc.value)
+
+
+def test_write_and_read_scores(tmp_path):
+    trials = [Trial(("a/1", "a/2"), "b/1", 0), Trial(("a/1",), "a/3", 1), Trial(("c/1",), "c/2")]
+    tr.write_scores(tmp_path / "scores.txt", trials, [-1.25, 3.5, 0.1])
+    lines = (tmp_path / "scores.txt").read_text().splitlines()
+    assert lines[0] == "a/1,a/2 b/1 nontarget -1.25"
+    assert lines[2] == "c/1 c/2 - 0.1"
+    back, scores = tr.read_scores(tmp_path / "scores.txt")
+    assert back == trials and scores.tolist() == [-1.25, 3.5, 0.1]
+    with pytest.raises(DataError, match="2 trials but 1 scores"):
+        tr.write_scores(tmp_path / "s.txt", trials[:2], [0.0])
+
+
+def test_vggface2_list_and_agedb_names(tmp_path):
+    p = write(tmp_path, "n000002/0001_01.jpg\nn000001/0002_01.jpg\nn000002/0003_02.jpg\n")
+    samples = tr.read_vggface2_list(p)
+    assert [(s.path, s.identity, s.label) for s in samples] == [
+        ("n000002/0001_01.jpg", "n000002", 1),
+        ("n000001/0002_01.jpg", "n000001", 0),
+        ("n000002/0003_02.jpg", "n000002", 1),
+    ]
+    with pytest.raises(DataError, match=r"bad.txt:2.*identity/image"):
+        tr.read_vggface2_list(write(tmp_path, "n1/a.jpg\nflat.jpg\n", "bad.txt"))
+    got = tr.parse_agedb_name("agedb/0123_Albert_Einstein_54_m.jpg")
+    assert (got.index, got.name, got.age, got.gender) == (123, "Albert_Einstein", 54, "m")
+    with pytest.raises(DataError, match="AgeDB"):
+        tr.parse_agedb_name("Albert.jpg")
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def test_make_trials_all_targets_exact_and_deterministic():
+    f = folder({"a": 4, "b": 1, "c": 3, "d": 2})
+    got = tr.make_trials(f, n_nontarget=20, seed=3)
+    tar = [t for t in got if t.label == 1]
+    by_id = {}
+    for s in f.samples:
+        by_id.setdefault(s.identity, []).append(s.path)
+    want = [Trial((a,), b, 1) for ps in by_id.values() for a, b in combinations(ps, 2)]
+    assert tar == want  # every same-identity pair, in sample order
+    non = [t for t in got if t.label == 0]
+    assert len(non) == 20
+    assert all(t.enroll[0].split("/")[0] != t.test.split("/")[0] for t in non)
+    assert len({frozenset((t.enroll[0], t.test)) for t in non}) == 20  # distinct pairs
+    assert got == tr.make_trials(f, n_nontarget=20, seed=3)
+    assert got != tr.make_trials(f, n_nontarget=20, seed=4)
+
+
+def test_make_trials_sampled_and_dense_nontargets():
+    f = folder({f"id{i}": 5 for i in range(6)})
+    got = tr.make_trials(f, n_target=7, seed=0)
+    assert sum(t.label == 1 for t in got) == 7 and sum(t.label == 0 for t in got) == 7
+    total_non = (30 * 30 - 6 * 25) // 2
+    every = tr.make_trials(f, n_target=1, n_nontarget=10**6, seed=0)
+    assert sum(t.label == 0 for t in every) == total_non  # all that exist, each once
+
+
+def test_pair_decoding_covers_every_pair_once():
+    for n in (2, 3, 7, 40):
+        pairs = [tr._pair_of(r, n) for r in range(n * (n - 1) // 2)]
+        assert pairs == list(combinations(range(n), 2))
+
+
+def test_make_trials_multi_sample_enrollment():
+    f = folder({"a": 4, "b": 2, "c": 3})
+    got = tr.make_trials(f, n_nontarget=10, enroll_samples=2, seed=1)
+    tar = [t for t in got if t.label == 1]
+    # one trial per test sample of identities with > 2 samples: a (4) + c (3)
+    assert len(tar) == 7
+    for t in got:
+        assert len(t.enroll) == 2 and len(set(t.enroll)) == 2
+        ids = {p.split("/")[0] for p in t.enroll}
+        assert len(ids) == 1 and (t.test.split("/")[0] in ids) == (t.label == 1)
+        assert t.test not in t.enroll
+
+
+def test_make_trials_errors():
+    with pytest.raises(DataError, match="at least two"):
+        tr.make_trials(folder({"a": 5}))
+    with pytest.raises(DataError, match="no identity has more than 1"):
+        tr.make_trials(folder({"a": 1, "b": 1}))
+
+
+def test_coverage_counts():
+    trials = [
+        Trial(("a/1", "a/2"), "a/3", 1),
+        Trial(("a/1",), "b/1", 0),
+        Trial(("c/1",), "b/2", 0),
+        Trial(("c/1",), "c/9"),
+    ]
+    cov = tr.coverage(trials)
+    assert cov["trials"] == 4 and (cov["target"], cov["nontarget"], cov["unlabelled"]) == (1, 2, 1)
+    assert cov["identities"] == 3 and cov["samples"] == 7 and cov["identities_with_targets"] == 1
+    assert cov["samples_per_identity"] == {"min": 2, "median": 2.0, "mean": 7 / 3, "max": 3}
+    assert cov["enroll_samples_max"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# protocols and CLI
+
+
+def test_registered_protocols(tmp_path):
+    from metaemb.core.plugins import get
+
+    (tmp_path / "veri_test2.txt").write_text("1 id1/a/1.wav id1/b/2.wav\n")
+    assert get("protocols", "voxceleb")(tmp_path, None) == [
+        Trial(("id1/a/1.wav",), "id1/b/2.wav", 1)
+    ]
+    (tmp_path / "trials").write_text("x/1 y/1 nontarget\n")
+    assert get("protocols", "kaldi")(tmp_path, None)[0].label == 0
+    with pytest.raises(DataError, match="pass --trials"):
+        get("protocols", "voxceleb")(tmp_path / "x" / "empty", None)
+
+
+def test_cli_make_and_coverage(tmp_path):
+    from typer.testing import CliRunner
+
+    from metaemb.commands.trials import app
+
+    data = tmp_path / "faces"
+    for ident in ("ann", "bob", "cid"):
+        (data / ident).mkdir(parents=True)
+        for j in range(3):
+            (data / ident / f"{j}.png").write_bytes(b"")
+    out = tmp_path / "trials.txt"
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["make", str(data), "--out", str(out), "--nontargets", "5", "--format", "kaldi"]
+    )
+    assert res.exit_code == 0, res.output
+    listed = tr.read_trials(out, root=data)
+    assert sum(t.label == 1 for t in listed) == 9 and sum(t.label == 0 for t in listed) == 5
+    assert json.loads(res.output)["target"] == 9
+    res = runner.invoke(app, ["coverage", str(out), "--root", str(data)])
+    assert res.exit_code == 0, res.output
+    cov = json.loads(res.output)
+    assert cov["identities"] == 3 and cov["trials"] == 14
+    assert math.isclose(cov["samples_per_identity"]["max"], 3)
