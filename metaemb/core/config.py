@@ -62,6 +62,7 @@ class TrainConfig:
     sampler: str = ""  # "" = the batch structure the objective asks for
     classifier_lr_mult: float = 1.0  # LR multiplier of the class-weight module
     freeze_trunk_epochs: int = 0
+    init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False

@@ -8,7 +8,6 @@ chosen metric, and writes metrics.jsonl and a summary. Only rank 0 writes files 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from metaemb.core import validation
 from metaemb.core.components import build
 from metaemb.core.config import Config
 from metaemb.core.data import PreparedDataset, make_loader
+from metaemb.core.device import Distributed, pick_device
 from metaemb.core.embed import extract
 from metaemb.core.errors import ConfigError, MetaembError
-from metaemb.core.interfaces import SampleFolder
-from metaemb.core.model import EmbeddingModel, TrainStep
+from metaemb.core.model import TrainStep
+from metaemb.core.pipeline import Components, data_root
 from metaemb.core.plugins import registry
 from metaemb.core.runs import (
     append_jsonl,
@@ -36,116 +36,6 @@ from metaemb.core.runs import (
     save_checkpoint,
 )
 from metaemb.core.trials import make_trials
-
-
-# ---------------------------------------------------------------------------------------------
-def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA, then MPS, then CPU — or exactly what was asked for (with a clear error if absent)."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MetaembError(f"--device {requested}: CUDA is not available on this machine.")
-    return dev
-
-
-def cache_dir(config: Config) -> Path:
-    if config.data.cache_dir:
-        return Path(config.data.cache_dir)
-    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
-
-
-def data_root(config: Config, console: Console | None = None) -> Path:
-    """The data folder: --data, or the modality's demo dataset generated once into the cache."""
-    if config.data.root:
-        return Path(config.data.root)
-    mod = config.modality_obj()
-    opts = config.options("demo")
-    key = "-".join(f"{k}={v}" for k, v in sorted(opts.items())) or "default"
-    out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
-    if not (out / ".complete").exists():
-        if console is not None:
-            console.print(f"Generating the built-in {mod.name} demo dataset into {out} (once) …")
-        build("demo_data", mod.demo_data, opts, out=out)
-        (out / ".complete").touch()
-    return out
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if world <= 1:
-            return cls()
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
-
-    def init(self, device: torch.device) -> None:
-        if self.world_size > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Components:
-    """Everything built from a Config: data, pipeline and network (what evaluate also needs)."""
-
-    config: Config
-    root: Path
-    folder: SampleFolder
-    frontend: Any
-    features: Any
-    model: EmbeddingModel
-
-    @classmethod
-    def build(cls, config: Config, root: Path) -> Components:
-        folder = build("sample_folders", config.data.folder, config.options("folder"), root=root)
-        frontend = build(
-            "frontends",
-            config.model.frontend,
-            config.options("frontend"),
-            root=root,
-            cache_dir=cache_dir(config),
-        )
-        features = build("features", config.model.features, config.options("features"))
-        backbone = build(
-            "backbones",
-            config.model.backbone,
-            config.options("backbone"),
-            in_channels=features.out_channels,
-        )
-        head = build(
-            "heads",
-            config.model.head,
-            config.options("head"),
-            in_features=backbone.feature_dim,
-            dim=config.model.dim,
-        )
-        return cls(
-            config, root, folder, frontend, features, EmbeddingModel(features, backbone, head)
-        )
-
-    def dataset(self, folder: SampleFolder, train: bool) -> PreparedDataset:
-        return PreparedDataset(
-            folder, self.frontend, self.features, train, self.config.data.on_bad_sample
-        )
 
 
 @dataclass
@@ -347,6 +237,8 @@ class Trainer:
             self.console.print(f"Resuming {self.dir} from epoch {start_epoch}/{cfg.train.epochs}.")
         else:
             self._describe()
+            if cfg.train.init_head_from_plda:
+                self._init_head_from_plda()
         baseline = self._baseline()
         for epoch in range(start_epoch, cfg.train.epochs):
             result = self._train_epoch(epoch, step)
@@ -527,6 +419,26 @@ class Trainer:
         result = {"name": self.config.modality_obj().baseline_name, **rep}
         atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
         return result
+
+    def _init_head_from_plda(self) -> None:
+        """The original meta-embedding recipe: start the GME head from a PLDA of the features."""
+        head = self.model.head
+        if not hasattr(head, "init_from_features"):
+            raise ConfigError(
+                f"train.init_head_from_plda needs a head that supports it (e.g. gme); "
+                f"'{self.config.model.head}' does not."
+            )
+        self.console.print("initialising the head from a PLDA fitted on training features …")
+        self.model.eval()
+        feats, kept, bad = extract(
+            self.model.pooled,
+            self.parts.dataset(self.train_folder, train=False),
+            self.device,
+            batch_size=self.config.eval.batch_size,
+            workers=self.workers,
+        )
+        self._note_bad(bad)
+        head.init_from_features(feats.to(self.device), torch.tensor(self.train_folder.labels)[kept])
 
     def _update_sampler(self) -> None:
         emb, kept = self.embed(self.parts.dataset(self.train_folder, train=False))

@@ -18,10 +18,11 @@ from rich.table import Table
 from metaemb.core import metrics
 from metaemb.core.components import build, validate_options
 from metaemb.core.config import Config, from_dict
+from metaemb.core.device import pick_device
 from metaemb.core.embed import extract
-from metaemb.core.engine import Components, data_root, pick_device
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.interfaces import SampleFolder, Trial
+from metaemb.core.pipeline import Components, data_root
 from metaemb.core.plugins import registry
 from metaemb.core.runs import atomic_write_text, load_checkpoint
 from metaemb.core.trials import make_trials, read_trials, write_scores
