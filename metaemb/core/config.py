@@ -120,6 +120,12 @@ class Config:
             "demo": self.modality_obj().demo_data,
         }[section]
 
+    def select_key(self) -> str:
+        """The metrics key that picks the best checkpoint (minDCF at the first P_target)."""
+        if self.eval.select == "min_dcf":
+            return f"min_dcf_{self.eval.p_targets[0]:g}"
+        return self.eval.select
+
     def options(self, section: str) -> dict[str, Any]:
         return dict(self.components.get(section, {}))
 

@@ -255,7 +255,7 @@ class Trainer:
                     **{f"train_{k}": v for k, v in result.stats.items()},
                 }
                 history.append(record)
-                metric = result.metrics.get(cfg.eval.select, math.inf)
+                metric = result.metrics.get(cfg.select_key(), math.inf)
                 improved = metric < best
                 best = min(best, metric)
                 append_jsonl(self.dir / "metrics.jsonl", record)
@@ -468,7 +468,7 @@ class Trainer:
 
     def _print_epoch(self, record: dict[str, Any], improved: bool, baseline: dict) -> None:
         p = self.config.eval.p_targets
-        dcf = " ".join(f"minDCF({q})={record.get(f'min_dcf_{q}', float('nan')):.4f}" for q in p)
+        dcf = " ".join(f"minDCF({q:g})={record.get(f'min_dcf_{q:g}', float('nan')):.4f}" for q in p)
         self.console.print(
             f"epoch {record['epoch']}: loss {record['loss']:.4f}  val EER {100 * record['eer']:.2f}%  "
             f"{dcf}  Cllr {record.get('cllr', float('nan')):.4f}  "
@@ -480,7 +480,7 @@ class Trainer:
     ) -> dict[str, Any]:
         baseline = baseline or self._read_baseline()
         best = (
-            min(history, key=lambda r: r.get(self.config.eval.select, math.inf)) if history else {}
+            min(history, key=lambda r: r.get(self.config.select_key(), math.inf)) if history else {}
         )
         final = history[-1] if history else {}
         summary = {

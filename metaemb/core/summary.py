@@ -22,7 +22,7 @@ def _num(v: Any) -> str:
 
 def _columns(config: Config) -> list[tuple[str, str, Any]]:
     cols = [("EER", "eer", _pct)]
-    cols += [(f"minDCF({p})", f"min_dcf_{p}", _num) for p in config.eval.p_targets]
+    cols += [(f"minDCF({p:g})", f"min_dcf_{p:g}", _num) for p in config.eval.p_targets]
     cols += [("Cllr", "cllr", _num), ("minCllr", "min_cllr", _num)]
     return cols
 
@@ -40,7 +40,7 @@ def print_summary(
     for title, _, _ in _columns(config):
         table.add_column(title, justify="right")
     table.add_column("samples/s", justify="right")
-    best_epoch = min(history, key=lambda r: r.get(config.eval.select, float("inf")))["epoch"]
+    best_epoch = min(history, key=lambda r: r.get(config.select_key(), float("inf")))["epoch"]
     for r in history:
         cells = [fmt(r.get(key)) for _, key, fmt in _columns(config)]
         mark = " ★" if r["epoch"] == best_epoch else ""
