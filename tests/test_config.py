@@ -55,8 +55,12 @@ def test_component_options_are_validated_against_the_component():
 
 
 def test_modality_option_defaults_do_not_leak_into_other_components():
-    cfg = resolve("face", sets=["model.backbone=mobilenet_v3_small"])
-    assert "small_input" not in cfg.components.get("backbone", {})
+    face = resolve("face")
+    assert "label_smoothing" in face.components["objective"]  # a face default for softmax
+    cfg = resolve("face", sets=["train.objective=triplet"])
+    assert "label_smoothing" not in cfg.components.get("objective", {})
+    with pytest.raises(ConfigError, match="objective.label_smoothing"):
+        resolve("face", sets=["train.objective=triplet", "objective.label_smoothing=0.1"])
 
 
 def test_unknown_component_and_modality_names():

@@ -7,6 +7,7 @@ chosen metric, and writes metrics.jsonl and a summary. Only rank 0 writes files 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ from metaemb.core.embed import extract
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.model import TrainStep
 from metaemb.core.pipeline import Components, data_root
-from metaemb.core.plugins import registry
 from metaemb.core.runs import (
     append_jsonl,
     atomic_write_text,
     load_checkpoint,
+    read_json,
     run_dir,
     save_checkpoint,
+    trim_jsonl,
 )
 from metaemb.core.trials import make_trials
 
@@ -397,9 +399,7 @@ class Trainer:
         """The no-learning baseline EER on the same validation trials (cached in the run dir)."""
         path = self.dir / "baseline.json"
         if path.exists():
-            import json
-
-            return json.loads(path.read_text())
+            return read_json(path)
         if not self.dist.main:
             return {}
         feats = self.parts.model.features
@@ -414,8 +414,6 @@ class Trainer:
         table = self._table(out, kept)
         scores = validation.cosine_scores(table[torch.arange(len(self.val_folder))], trials)
         rep = validation.report(scores, trials.labels, self.config.eval.p_targets)
-        import json
-
         result = {"name": self.config.modality_obj().baseline_name, **rep}
         atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
         return result
@@ -454,67 +452,37 @@ class Trainer:
 
     # -- printing ------------------------------------------------------------------------
     def _describe(self) -> None:
-        cfg = self.config
-        self.console.print(
-            f"[bold]metaemb train[/] modality={cfg.modality} run={self.dir}\n"
-            f"  data: {self.parts.root} ({len(self.train_folder)} training samples of "
-            f"{self.train_folder.num_identities} identities; validation: {len(self.val_folder)} "
-            f"samples of {self.val_folder.num_identities} held-out identities, "
-            f"{len(self.val_trials)} trials)\n"
-            f"  model: {cfg.model.frontend} → {cfg.model.features} → {cfg.model.backbone} → "
-            f"{cfg.model.head}({cfg.model.dim}); objective {cfg.train.objective}, sampler "
-            f"{cfg.train.sampler}, scorer {cfg.eval.scorer}; device {self.device}"
-        )
+        from metaemb.core.summary import describe_run
+
+        describe_run(self.console, self.config, self.dir, self.parts.root, self.train_folder,
+                     self.val_folder, len(self.val_trials), self.device)  # fmt: skip
 
     def _print_epoch(self, record: dict[str, Any], improved: bool, baseline: dict) -> None:
-        p = self.config.eval.p_targets
-        dcf = " ".join(f"minDCF({q:g})={record.get(f'min_dcf_{q:g}', float('nan')):.4f}" for q in p)
-        self.console.print(
-            f"epoch {record['epoch']}: loss {record['loss']:.4f}  val EER {100 * record['eer']:.2f}%  "
-            f"{dcf}  Cllr {record.get('cllr', float('nan')):.4f}  "
-            f"({record['samples_per_s']:.0f} samples/s){'  ★ best' if improved else ''}"
-        )
+        from metaemb.core.summary import print_epoch
+
+        print_epoch(self.console, self.config, record, improved)
 
     def _summary(
         self, history: list[dict], complete: bool, baseline: dict | None = None
     ) -> dict[str, Any]:
-        baseline = baseline or self._read_baseline()
-        best = (
-            min(history, key=lambda r: r.get(self.config.select_key(), math.inf)) if history else {}
-        )
-        final = history[-1] if history else {}
-        summary = {
-            "run_dir": str(self.dir),
-            "epochs": len(history),
-            "final": final,
-            "best": best,
-            "baseline": baseline,
-            "skipped": len(self.skipped),
-        }
+        baseline = baseline or read_json(self.dir / "baseline.json")
         if self.dist.main and history:
             from metaemb.core.summary import print_summary, write_summary
 
             print_summary(self.console, self.config, history, baseline, self.skipped)
             write_summary(self.dir / "README.md", self.config, history, baseline)
-        return summary
-
-    def _read_baseline(self) -> dict:
-        import json
-
-        path = self.dir / "baseline.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        key = self.config.select_key()
+        return {
+            "run_dir": str(self.dir),
+            "epochs": len(history),
+            "final": history[-1] if history else {},
+            "best": min(history, key=lambda r: r.get(key, math.inf)) if history else {},
+            "baseline": baseline,
+            "skipped": len(self.skipped),
+        }
 
     def _trim_metrics(self, epoch: int) -> None:
-        """Drop metrics.jsonl records newer than the checkpoint we resume from."""
-        import json
-
-        path = self.dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epoch]
-        if len(keep) != len(lines):
-            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        trim_jsonl(self.dir / "metrics.jsonl", epoch)
 
 
 class _Reindexed:
@@ -525,7 +493,3 @@ class _Reindexed:
 
     def __getitem__(self, idx: torch.Tensor) -> Any:
         return self.emb[self.pos[idx]]
-
-
-def registered_modalities() -> list[str]:
-    return registry("modalities").names()

@@ -115,3 +115,17 @@ def _major(version: str | None) -> str:
     parts = version.split(".")
     # 0.x releases may break compatibility at every minor version.
     return ".".join(parts[:2]) if parts[0] == "0" else parts[0]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def trim_jsonl(path: Path, epoch: int) -> None:
+    """Drop metrics.jsonl records newer than the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epoch]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))

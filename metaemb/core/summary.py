@@ -27,6 +27,42 @@ def _columns(config: Config) -> list[tuple[str, str, Any]]:
     return cols
 
 
+def describe_run(
+    console: Console,
+    config: Config,
+    run_dir: Path,
+    root: Path,
+    train: Any,
+    val: Any,
+    n_trials: int,
+    device: Any,
+) -> None:
+    """What is about to be trained, on what, and where its files go."""
+    m = config.model
+    console.print(
+        f"[bold]metaemb train[/] modality={config.modality} run={run_dir}\n"
+        f"  data: {root} ({len(train)} training samples of {train.num_identities} identities; "
+        f"validation: {len(val)} samples of {val.num_identities} held-out identities, "
+        f"{n_trials} trials)\n"
+        f"  model: {m.frontend} → {m.features} → {m.backbone} → {m.head}({m.dim}); objective "
+        f"{config.train.objective}, sampler {config.train.sampler}, scorer {config.eval.scorer}; "
+        f"device {device}"
+    )
+
+
+def print_epoch(console: Console, config: Config, record: dict[str, Any], improved: bool) -> None:
+    """One line per epoch: loss and the validation metrics."""
+    dcf = " ".join(
+        f"minDCF({q:g})={record.get(f'min_dcf_{q:g}', float('nan')):.4f}"
+        for q in config.eval.p_targets
+    )
+    console.print(
+        f"epoch {record['epoch']}: loss {record['loss']:.4f}  val EER {100 * record['eer']:.2f}%  "
+        f"{dcf}  Cllr {record.get('cllr', float('nan')):.4f}  "
+        f"({record['samples_per_s']:.0f} samples/s){'  ★ best' if improved else ''}"
+    )
+
+
 def print_summary(
     console: Console,
     config: Config,

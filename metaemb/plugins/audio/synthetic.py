@@ -194,8 +194,9 @@ def vocal_tract(voice: Voice, formants: np.ndarray, freqs: np.ndarray) -> np.nda
     centres = np.concatenate(
         [formants * k, np.full((n, 1), voice.f4 * k), np.full((n, 1), voice.f5 * k)], axis=1
     )
-    bws = (50.0 + 0.06 * centres) * voice.bandwidth
-    mag = np.ones((n, freqs.size))
+    centres = centres.astype(freqs.dtype)
+    bws = (50.0 + 0.06 * centres) * np.float32(voice.bandwidth)
+    mag = np.ones((n, freqs.size), dtype=freqs.dtype)
     for i in range(centres.shape[1]):
         mag *= resonance(freqs[None, :], centres[:, i : i + 1], bws[:, i : i + 1])
     return mag
@@ -203,8 +204,8 @@ def vocal_tract(voice: Voice, formants: np.ndarray, freqs: np.ndarray) -> np.nda
 
 def frames_of(x: np.ndarray) -> np.ndarray:
     """[F, WIN] hann-windowed frames with hop HOP (x already padded)."""
-    view = np.lib.stride_tricks.sliding_window_view(x, WIN)[::HOP]
-    return view * np.hanning(WIN + 1)[:-1]
+    view = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), WIN)[::HOP]
+    return view * np.hanning(WIN + 1)[:-1].astype(np.float32)
 
 
 def overlap_add(frames: np.ndarray, n: int) -> np.ndarray:
@@ -217,6 +218,22 @@ def overlap_add(frames: np.ndarray, n: int) -> np.ndarray:
         block = frames[k::step].reshape(-1)
         out[k * HOP : k * HOP + block.size] += block
     return out[:n] / 1.5
+
+
+def fast_length(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def pulse_train(f0: np.ndarray, sr: int) -> np.ndarray:
@@ -232,7 +249,7 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
     pad = WIN // 2
     n_frames = (n + 2 * pad - WIN) // HOP + 1
     track = phone_timeline(voice, n_frames, sr, rng)
-    freqs = np.fft.rfftfreq(WIN, 1.0 / sr)
+    freqs = np.fft.rfftfreq(WIN, 1.0 / sr).astype(np.float32)  # the STFT part runs in float32
 
     # Pitch: speaker median, utterance shift, phrase declination and a slow random wander.
     t = np.arange(n_frames)
@@ -246,18 +263,22 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
 
     tract = vocal_tract(voice, track.formants, freqs)
     tilt = np.maximum(freqs, 100.0) / 100.0
-    glottal = tilt ** (voice.tilt / 6.02)
-    aspiration = tilt ** ((voice.tilt + 6.0) / 6.02)
-    band = track.fric_band
+    glottal = tilt ** np.float32(voice.tilt / 6.02)
+    aspiration = tilt ** np.float32((voice.tilt + 6.0) / 6.02)
+    band = track.fric_band.astype(np.float32)
     fric = resonance(freqs[None, :], np.maximum(band[:, :1], 1.0), np.maximum(band[:, 1:2], 1.0))
     fric = fric * band[:, 2:3] * 0.05
-    env_voiced = track.voiced[:, None] * tract * glottal
-    env_noise = track.aspirate[:, None] * tract * aspiration * 0.3 + track.fric[:, None] * fric
+    voiced, aspirate, frication = (
+        a.astype(np.float32)[:, None] for a in (track.voiced, track.aspirate, track.fric)
+    )
+    env_voiced = voiced * tract * glottal
+    env_noise = aspirate * tract * aspiration * np.float32(0.3) + frication * fric
     spec = np.fft.rfft(source, axis=1) * env_voiced + np.fft.rfft(noise, axis=1) * env_noise
     speech = overlap_add(np.fft.irfft(spec, n=WIN, axis=1), n + 2 * pad)[pad : pad + n]
 
     # Background noise (coloured, random SNR) and channel (smooth random equaliser), in one FFT.
-    full = np.fft.rfftfreq(n, 1.0 / sr)
+    m = fast_length(n)  # FFT-friendly length (a prime n would make the FFTs slow)
+    full = np.fft.rfftfreq(m, 1.0 / sr)
     octaves = np.log2(np.maximum(full, 50.0) / 1000.0)
     colour = 10.0 ** (rng.uniform(-6.0, 0.0) * octaves / 20.0)
     eq_db = rng.uniform(-4.0, 4.0) * octaves  # channel tilt ±4 dB/octave
@@ -267,11 +288,11 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
         )
     eq_db[(full < 80) | (full > rng.uniform(3800, 8000))] -= 30.0  # band limit
     eq = 10.0 ** (eq_db / 20.0)
-    s = np.fft.rfft(speech) * eq
-    b = np.fft.rfft(rng.standard_normal(n)) * colour * eq
-    snr_db = rng.uniform(5.0, 30.0)
+    s = np.fft.rfft(speech, n=m) * eq
+    b = np.fft.rfft(rng.standard_normal(m)) * colour * eq
+    snr_db = rng.uniform(10.0, 40.0)
     b *= np.sqrt(np.sum(np.abs(s) ** 2) / max(np.sum(np.abs(b) ** 2), 1e-20) / 10 ** (snr_db / 10))
-    y = np.fft.irfft(s + b, n=n)
+    y = np.fft.irfft(s + b, n=m)[:n]
     peak = float(np.max(np.abs(y))) or 1.0
     return (y * (10.0 ** (rng.uniform(-18.0, -1.0) / 20.0) / peak)).astype(np.float32)
 

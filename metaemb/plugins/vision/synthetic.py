@@ -324,8 +324,8 @@ def _is_complete(out: Path, params: dict) -> bool:
 
 def generate_faces(
     out: Path,
-    identities: int = 60,
-    images_per_identity: int = 16,
+    identities: int = 120,
+    images_per_identity: int = 8,
     image_size: int = 64,
     seed: int = 0,
 ) -> Path:
