@@ -26,6 +26,7 @@ def create_app() -> typer.Typer:
     )
     app.command()(train)
     app.command()(evaluate)
+    app.command()(distill)
     app.command()(embed)
     app.command("demo-data")(demo_data)
     app.command()(plugins)
@@ -78,6 +79,31 @@ def train(
             "completed epoch."
         )
         raise typer.Exit(130) from None
+
+
+def distill(
+    teacher: Annotated[Path, typer.Option(help="teacher run directory or checkpoint")],
+    student: Annotated[str, typer.Option(help="student backbone, e.g. mobilenet_v3_small")],
+    modality: Annotated[str, typer.Option()] = "face",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
+    kd: Annotated[str, typer.Option(help="embedding or logits")] = "embedding",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
+    runs: Annotated[Path, typer.Option()] = Path("runs"),
+    device: Annotated[str, typer.Option()] = "auto",
+    fresh: Annotated[bool, typer.Option()] = False,
+    workers: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Train a student backbone from a frozen teacher (task loss + knowledge distillation)."""
+    sets = [
+        f"train.teacher={json.dumps(str(teacher))}",
+        "train.objective=distill",
+        f"model.backbone={json.dumps(student)}",
+        f"objective.kd={json.dumps(kd)}",
+        f"name={json.dumps('distill-' + student)}",
+        *(set_ or []),
+    ]
+    train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
+          fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
 
 
 def evaluate(

@@ -210,3 +210,27 @@ def test_bad_input_gets_one_paragraph_error(
     assert code == 2, out + err
     assert "Traceback" not in err and "Traceback" not in out
     assert expected in " ".join(err.split())
+
+
+def test_distill_a_mobilenet_student_from_a_teacher(tiny_faces, tmp_path, capsys, monkeypatch):
+    """`metaemb distill`: a frozen ResNet teacher, a MobileNetV3 student (selected by name)."""
+    runs = tmp_path / "runs"
+    code, out, err = run_cli(train_args(tiny_faces, runs, "train.epochs=1"), capsys, monkeypatch)
+    assert code == 0, err
+    [teacher] = list((runs / "face").iterdir())
+    args = ["distill", "--teacher", str(teacher), "--student", "mobilenet_v3_small"]
+    args += ["--data", str(tiny_faces), "--runs", str(runs), "--workers", "0"]
+    for s in [*TINY, "train.epochs=1"]:
+        args += ["--set", s]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err + out
+    [student] = [p for p in (runs / "face").iterdir() if p.name.startswith("distill-")]
+    record = json.loads((student / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (record["epoch"] == 1 and "train_kd" in " ".join(record)) or record["loss"] > 0
+    assert "mobilenet_v3_small" in (student / "config.toml").read_text()
+
+    # Without a teacher, the distill objective says what is missing.
+    code, out, err = run_cli(
+        train_args(tiny_faces, runs, "train.objective=distill"), capsys, monkeypatch
+    )
+    assert code == 2 and "train.teacher" in err

@@ -63,6 +63,7 @@ class TrainConfig:
     classifier_lr_mult: float = 1.0  # LR multiplier of the class-weight module
     freeze_trunk_epochs: int = 0
     init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
+    teacher: str = ""  # run dir or checkpoint of a frozen teacher (objective "distill")
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False

@@ -26,7 +26,7 @@ from metaemb.core.data import PreparedDataset, make_loader
 from metaemb.core.device import Distributed, pick_device
 from metaemb.core.embed import extract
 from metaemb.core.errors import ConfigError, MetaembError
-from metaemb.core.model import TrainStep
+from metaemb.core.model import Teacher, TrainStep
 from metaemb.core.pipeline import Components, data_root
 from metaemb.core.runs import (
     append_jsonl,
@@ -99,7 +99,10 @@ class Trainer:
         )
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
-        self.step_module: nn.Module = TrainStep(self.model, self.classifier, self.objective)
+        teacher = self._teacher()
+        self.step_module: nn.Module = TrainStep(
+            self.model, self.classifier, self.objective, teacher
+        )
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
@@ -124,6 +127,44 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile:
             self.model.backbone = torch.compile(self.model.backbone)
+
+    def _teacher(self) -> Teacher | None:
+        """The frozen teacher of `train.teacher` (objective distill), on the training device."""
+        cfg = self.config
+        wants = hasattr(self.objective, "teacher_outputs")
+        if not cfg.train.teacher:
+            if wants:
+                raise ConfigError(
+                    f"objective '{cfg.train.objective}' distils from a teacher: set "
+                    "train.teacher=RUN_DIR_OR_CHECKPOINT (or use `metaemb distill --teacher`)."
+                )
+            return None
+        if not wants:
+            raise ConfigError(
+                f"train.teacher is set but objective '{cfg.train.objective}' does not use a "
+                "teacher; use train.objective=distill."
+            )
+        from metaemb.core.evaluate import Loaded
+
+        loaded = Loaded.from_path(Path(cfg.train.teacher), Path(self.parts.root), str(self.device))
+        tcfg = loaded.config
+        if (tcfg.model.features, tcfg.options("features")) != (
+            cfg.model.features,
+            cfg.options("features"),
+        ):
+            raise ConfigError(
+                f"teacher '{cfg.train.teacher}' was trained on features '{tcfg.model.features}' "
+                f"{tcfg.options('features')}; the student uses '{cfg.model.features}' "
+                f"{cfg.options('features')}. Distillation needs the same input pipeline."
+            )
+        classifier = None
+        if loaded.state.get("classifier"):
+            obj = build("objectives", tcfg.train.objective, tcfg.options("objective"))
+            classifier = obj.build_classifier(tcfg.model.dim, loaded.state["num_classes"])
+            if classifier is not None:
+                classifier.load_state_dict(loaded.state["classifier"])
+                classifier = classifier.to(self.device)
+        return Teacher(loaded.parts.model, classifier).to(self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.train
