@@ -7,16 +7,23 @@
 Each (modality, objective) is one ordinary `metaemb train` run, built the way the CLI builds it
 (`resolve(modality, sets=["train.objective=NAME", ...])` + `Trainer`), so a finished run is only
 read back (runs resume; nothing is trained twice) and an interrupted bench resumes where it
-stopped. `--set speaker:backbone.channels=256` applies to one modality only. GME objectives get `model.head=gme` (their scorer is then the closed-form GME LLR).
-"distill" needs a teacher's outputs for every batch, which the engine does not supply yet, so it
-is listed but never trained. The table reports the final epoch's validation metrics on the
-held-out identities, the mean training seconds per epoch, and the no-learning baseline's EER
-(raw pixels for faces, mean fbank for speakers) with the baseline/EER ratio.
+stopped. `--collect` trains nothing and tabulates the finished runs (e.g. of separate
+invocations); it also finds runs made before a config key was added to metaemb (their saved
+config equals today's except for the new keys). `--set speaker:backbone.channels=256` applies to
+one modality's runs only.
+
+GME objectives get `model.head=gme` (their scorer is then the closed-form GME LLR). "distill"
+trains last, with `train.teacher` = the finished run of `--teacher` (default softmax) of the same
+modality and the objective's defaults (task softmax + embedding KD). The table reports the final
+epoch's validation metrics on the held-out identities, the mean training seconds per epoch, and
+the no-learning baseline's EER (raw pixels for faces, mean fbank for speakers) with the
+baseline/EER ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -27,15 +34,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 import torch
 from rich.console import Console
 
-from metaemb.core.config import resolve
+from metaemb.core.config import CORE_SECTIONS, Config, resolve
 from metaemb.core.engine import Trainer
 from metaemb.core.plugins import registry
+from metaemb.core.runs import run_dir
 
 GME_OBJECTIVES = ("gme-bxe", "gme-pseudolikelihood", "gme-softmax")
 NEEDS_TEACHER = ("distill",)
+RUNTIME = {("data", "workers"), ("data", "cache_dir")}
 # Options an objective needs besides `train.objective` (the GME ones train meta-embeddings).
 EXTRA = {name: ["model.head=gme"] for name in GME_OBJECTIVES}
 TARGET_RATIO = 2.0  # issue 6 acceptance: every objective beats the baseline EER by 2x
@@ -78,26 +92,81 @@ def sets_for(modality: str, sets: list[str]) -> list[str]:
     return out
 
 
+def read_history(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _matches(saved: dict, want: dict) -> bool:
+    """Whether a saved config is `want`, up to core keys added since (at their defaults)."""
+    if set(saved) != set(want):
+        return False
+    for section, value in want.items():
+        old = saved[section]
+        if section not in CORE_SECTIONS:
+            if old != value:
+                return False
+            continue
+        if set(old) - set(value):
+            return False
+        for k, v in value.items():
+            if (section, k) in RUNTIME:
+                continue
+            if (old[k] != v) if k in old else not _is_default(section, k, v):
+                return False
+    return True
+
+
+def find_run(runs: Path, cfg: Config) -> Path:
+    """The run directory of `cfg`: its hash's, else a run whose saved config matches today's
+    except for config keys metaemb gained since (at their defaults)."""
+    exact = run_dir(runs, cfg)
+    if (exact / "metrics.jsonl").exists():
+        return exact
+    want = cfg.to_dict()
+    for saved in sorted((Path(runs) / cfg.modality).glob(f"{cfg.name}-*/config.toml")):
+        if _matches(tomllib.loads(saved.read_text()), want):
+            return saved.parent
+    return exact
+
+
+def _is_default(section: str, key: str, value: object) -> bool:
+    cls = CORE_SECTIONS.get(section)
+    if cls is None:
+        return False
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(key)
+    if field is None:
+        return False
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return value == default
+
+
 def train_one(
     modality: str,
     objective: str,
-    epochs: int | None,
-    runs: Path,
-    workers: int | None,
-    sets: list[str],
+    args: argparse.Namespace,
     console: Console,
 ) -> Row:
-    """Train (or resume / read back) one run and collect its metrics."""
+    """Train (or resume / read back) one run and collect its metrics (`--collect`: never train)."""
+    items = [f"train.objective={objective}", *EXTRA.get(objective, [])]
     if objective in NEEDS_TEACHER:
-        return Row(modality, objective, note="needs a teacher; the engine does not run one yet")
-    items = [f"train.objective={objective}", *EXTRA.get(objective, []), *sets_for(modality, sets)]
-    if epochs is not None:
-        items.append(f"train.epochs={epochs}")
-    cfg = resolve(modality, sets=items)
-    console.rule(f"{modality}: {objective}  ({' '.join(items)})")
-    Trainer(cfg, runs_root=runs, console=console, workers=workers).run()
-    run = Trainer(cfg, runs_root=runs, console=console).dir
-    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+        teacher = find_run(args.runs, config_for(modality, args.teacher, args))
+        if len(read_history(teacher)) == 0:
+            return Row(modality, objective, note=f"needs a finished '{args.teacher}' teacher run")
+        items.append(f"train.teacher={json.dumps(str(teacher))}")
+    cfg = config_for(modality, objective, args, items)
+    run = find_run(args.runs, cfg)
+    if not args.collect:
+        console.rule(f"{modality}: {objective}")
+        trainer = Trainer(cfg, runs_root=args.runs, console=console, workers=args.workers)
+        trainer.run()
+        run = trainer.dir
+    history = read_history(run)
+    if len(history) < cfg.train.epochs or not (run / "baseline.json").exists():
+        note = f"not run: no finished {cfg.train.epochs}-epoch run in {args.runs}"
+        return Row(modality, objective, note=note)
     baseline = json.loads((run / "baseline.json").read_text())
     final = history[-1]
     return Row(
@@ -119,7 +188,18 @@ def train_one(
             f"backbone {cfg.model.backbone}, embedding dim {cfg.model.dim}, batch "
             f"{cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr:g}"
         ),
+        note=f"teacher: {args.teacher} run" if objective in NEEDS_TEACHER else "",
     )
+
+
+def config_for(
+    modality: str, objective: str, args: argparse.Namespace, items: list[str] | None = None
+) -> Config:
+    items = items or [f"train.objective={objective}", *EXTRA.get(objective, [])]
+    items = [*items, *sets_for(modality, args.sets)]
+    if args.epochs is not None:
+        items.append(f"train.epochs={args.epochs}")
+    return resolve(modality, sets=items)
 
 
 def machine() -> str:
@@ -138,16 +218,17 @@ def table(rows: list[Row]) -> list[str]:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        if r.note:
+        if not r.run_dir:
             lines.append(
                 f"| {r.objective} | – | – | – | – | – | – | – | – | – | – | – | {r.note} |"
             )
             continue
         ok = "✓" if r.ratio >= TARGET_RATIO else "✗"
+        remark = f" ({r.note})" if r.note else ""
         lines.append(
             f"| {r.objective} | {r.sampler} | {r.scorer} | {r.epochs} | {100 * r.eer:.2f} "
             f"| {100 * r.best_eer:.2f} | {r.min_dcf_01:.3f} | {r.min_dcf_05:.3f} | {r.cllr:.3f} "
-            f"| {r.min_cllr:.3f} | {r.seconds:.1f} | {100 * r.baseline:.2f} | {r.ratio:.2f}× {ok} |"
+            f"| {r.min_cllr:.3f} | {r.seconds:.1f} | {100 * r.baseline:.2f} | {r.ratio:.2f}× {ok}{remark} |"
         )
     return lines
 
@@ -210,17 +291,23 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="extra key=value for every run (MODALITY:key=value for one modality's runs)",
     )
+    parser.add_argument("--teacher", default="softmax", help="objective whose run distill uses")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: tabulate the finished runs under --runs (others are marked not run)",
+    )
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     command = shlex.join(["python", "bench/compare_objectives.py", *(argv or sys.argv[1:])])
     console = Console()
     objectives = args.objectives or registry("objectives").names()
+    # distill's teacher is another objective's run: train it last.
+    objectives = sorted(objectives, key=lambda name: name in NEEDS_TEACHER)
     rows: list[Row] = []
     for modality in args.modality:
         for objective in objectives:
-            row = train_one(
-                modality, objective, args.epochs, args.runs, args.workers, args.sets, console
-            )
+            row = train_one(modality, objective, args, console)
             rows.append(row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(render(rows, command, started))  # progress survives a kill

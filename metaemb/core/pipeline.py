@@ -3,6 +3,8 @@ frontend, features and the embedding model (shared by train, evaluate and embed)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +12,12 @@ from typing import Any
 
 from rich.console import Console
 
-from metaemb.core.components import build
+from metaemb.core.components import build, options_of
 from metaemb.core.config import Config
 from metaemb.core.data import PreparedDataset
 from metaemb.core.interfaces import SampleFolder
 from metaemb.core.model import EmbeddingModel
+from metaemb.core.plugins import registry
 
 
 def cache_dir(config: Config) -> Path:
@@ -24,18 +27,22 @@ def cache_dir(config: Config) -> Path:
 
 
 def data_root(config: Config, console: Console | None = None) -> Path:
-    """The data folder: --data, or the modality's demo dataset generated once into the cache."""
+    """The data folder: --data, or the modality's demo dataset generated once into the cache.
+
+    The cache folder is keyed by every generator option (defaults included), so changing the
+    generator's defaults or the config's demo.* options never reuses stale data; the generators
+    themselves are idempotent and write atomically.
+    """
     if config.data.root:
         return Path(config.data.root)
     mod = config.modality_obj()
-    opts = config.options("demo")
-    key = "-".join(f"{k}={v}" for k, v in sorted(opts.items())) or "default"
+    opts = {k: o.default for k, o in options_of(registry("demo_data").get(mod.demo_data)).items()}
+    opts.update(config.options("demo"))
+    key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
-    if not (out / ".complete").exists():
-        if console is not None:
-            console.print(f"Generating the built-in {mod.name} demo dataset into {out} (once) …")
-        build("demo_data", mod.demo_data, opts, out=out)
-        (out / ".complete").touch()
+    if console is not None and not out.exists():
+        console.print(f"Generating the built-in {mod.name} demo dataset into {out} (once) …")
+    build("demo_data", mod.demo_data, config.options("demo"), out=out)
     return out
 
 

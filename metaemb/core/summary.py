@@ -88,11 +88,12 @@ def print_summary(
         table.add_row(f"baseline ({baseline.get('name', 'raw')})", "-", *cells, "-")
     console.print(table)
     final = history[-1]
+    best = next(r for r in history if r["epoch"] == best_epoch)
     if baseline.get("eer"):
-        ratio = final["eer"] / baseline["eer"]
         console.print(
-            f"final validation EER {_pct(final['eer'])} vs {baseline.get('name')} baseline EER "
-            f"{_pct(baseline['eer'])} (ratio {ratio:.2f})"
+            f"final validation EER {_pct(final['eer'])} (best {_pct(best['eer'])} at epoch "
+            f"{best_epoch}) vs {baseline.get('name')} baseline EER {_pct(baseline['eer'])} "
+            f"(final/baseline ratio {final['eer'] / baseline['eer']:.2f})"
         )
     if skipped:
         console.print(f"[yellow]{len(skipped)} bad sample(s) skipped[/]; listed in skipped.txt")
