@@ -59,7 +59,7 @@ def test_modality_option_defaults_do_not_leak_into_other_components():
     assert "label_smoothing" in face.components["objective"]  # a face default for softmax
     cfg = resolve("face", sets=["train.objective=triplet"])
     assert "label_smoothing" not in cfg.components.get("objective", {})
-    with pytest.raises(ConfigError, match="objective.label_smoothing"):
+    with pytest.raises(ConfigError, match=r"objective\.label_smoothing"):
         resolve("face", sets=["train.objective=triplet", "objective.label_smoothing=0.1"])
 
 
