@@ -233,7 +233,9 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def render(rows: list[Row], command: str, started: datetime.datetime) -> str:
+def render(
+    rows: list[Row], command: str, started: datetime.datetime, notes: list[str] | None = None
+) -> str:
     lines = [
         "# Objectives compared on the demo datasets",
         "",
@@ -252,6 +254,8 @@ def render(rows: list[Row], command: str, started: datetime.datetime) -> str:
         "(raw pixels for faces, mean fbank for speakers) scored by cosine on the same trials;",
         f"✓ marks objectives whose EER beats it by at least {TARGET_RATIO:g}×.",
     ]
+    for note in notes or []:
+        lines += ["", note]
     for modality in dict.fromkeys(r.modality for r in rows):
         mine = [r for r in rows if r.modality == modality]
         mod = registry("modalities").get(modality)
@@ -291,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="extra key=value for every run (MODALITY:key=value for one modality's runs)",
     )
+    parser.add_argument("--note", action="append", default=[], help="paragraph for the doc")
     parser.add_argument("--teacher", default="softmax", help="objective whose run distill uses")
     parser.add_argument(
         "--collect",
@@ -310,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
             row = train_one(modality, objective, args, console)
             rows.append(row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(render(rows, command, started))  # progress survives a kill
+            args.out.write_text(
+                render(rows, command, started, args.note)
+            )  # progress survives a kill
     console.print("\n".join(table(rows)))
     console.print(f"wrote {args.out}")
 

@@ -34,6 +34,9 @@ def create_app() -> typer.Typer:
     from metaemb.commands.trials import app as trials_app
 
     app.add_typer(trials_app, name="trials")
+    from metaemb.commands.export import export as export_command
+
+    app.command("export")(export_command)
     from metaemb.core.plugins import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)

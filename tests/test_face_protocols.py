@@ -11,6 +11,7 @@ import pytest
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.interfaces import Trial
 from metaemb.core.plugins import registry
+from metaemb.core.trials import read_lfw_pairs
 from metaemb.plugins.vision.protocols import (
     AgeDBFolder,
     VGGFace2Folder,
@@ -19,7 +20,6 @@ from metaemb.plugins.vision.protocols import (
     make_fold_pairs,
     make_lfw_mini,
     parse_agedb_name,
-    read_lfw_pairs,
     vggface2,
 )
 
@@ -49,6 +49,14 @@ def test_lfw_pairs_parse_to_trials_in_file_order(tmp_path):
     (tmp_path / "lfw").mkdir()
     assert registry("protocols").get("lfw")(tmp_path / "lfw", None) == trials
     assert lfw(tmp_path, None) == trials
+    assert registry("protocols").get("lfw").folds == 10  # evaluate reports 10-fold accuracy
+
+
+def test_lfw_protocol_refuses_paths_outside_the_data_root(tmp_path):
+    (tmp_path / "lfw").mkdir()
+    (tmp_path / "lfw" / "pairs.txt").write_text("1\t1\n..\t1\t2\nA\t1\tB\t1\n")
+    with pytest.raises(DataError, match=r"pairs.txt:2: .*escapes the data root"):
+        lfw(tmp_path / "lfw")
 
 
 @pytest.mark.parametrize(
@@ -56,8 +64,8 @@ def test_lfw_pairs_parse_to_trials_in_file_order(tmp_path):
     [
         ("ten\t2\n", "header"),
         ("1\t2\nA\t1\t2\nB\t1\t2\nC\t1\tD\t1\n", "4 lines"),
-        ("1\t1\nA\t1\tB\t2\nC\t1\tD\t1\n", r"line 2: expected a matched"),
-        ("1\t1\nA\t1\t2\nC\tx\tD\t1\n", "line 3: image numbers"),
+        ("1\t1\nA\t1\tB\t2\nC\t1\tD\t1\n", r"pairs.txt:2: expected a matched"),
+        ("1\t1\nA\t1\t2\nC\tx\tD\t1\n", r"pairs.txt:3: expected a mismatched"),
     ],
 )
 def test_bad_pairs_files_name_the_line(tmp_path, text, match):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from metaemb.core import identification as ident
 from metaemb.core import metrics as m
 from metaemb.core.errors import MetaembError
 
@@ -306,10 +307,10 @@ def test_cmc_and_map_against_loops(ties):
             ap += r * hits / k
         aps.append(ap / sum(rel))
     want = [np.mean([r <= k for r in ranks]) for k in range(1, 16)]
-    np.testing.assert_allclose(m.cmc(s, pl, gl), want)
-    np.testing.assert_allclose(m.cmc(torch.tensor(s), pl, gl, max_rank=3), want[:3])
-    assert m.rank_k(s, pl, gl, k=2) == pytest.approx(want[1])
-    assert m.mean_average_precision(s, pl, gl) == pytest.approx(np.mean(aps))
+    np.testing.assert_allclose(ident.cmc(s, pl, gl), want)
+    np.testing.assert_allclose(ident.cmc(torch.tensor(s), pl, gl, max_rank=3), want[:3])
+    assert ident.rank_k(s, pl, gl, k=2) == pytest.approx(want[1])
+    assert ident.mean_average_precision(s, pl, gl) == pytest.approx(np.mean(aps))
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -335,11 +336,11 @@ def test_retrieval_metrics_against_loops(ties):
             hits += order[i]
             acc += order[i] * hits / (i + 1)
         mapr.append(acc / r)
-    got = m.retrieval_metrics(s, lab)
+    got = ident.retrieval_metrics(s, lab)
     assert got["precision_at_1"] == pytest.approx(np.mean(p1))
     assert got["r_precision"] == pytest.approx(np.mean(rp))
     assert got["map_at_r"] == pytest.approx(np.mean(mapr))
-    assert m.map_at_r(s, lab) == pytest.approx(np.mean(mapr))
+    assert ident.map_at_r(s, lab) == pytest.approx(np.mean(mapr))
 
 
 def test_tpir_at_fpir_against_loops():
@@ -357,16 +358,16 @@ def test_tpir_at_fpir_against_loops():
                 rank = 1 + sum(s[i, j] >= mate for j in range(len(gl)) if gl[j] != pl[i])
                 hit.append(rank <= 1 and mate >= tau)
             best = max(best, np.mean(hit))
-        assert m.tpir_at_fpir(s, pl, gl, fpir=fpir) == pytest.approx(best)
+        assert ident.tpir_at_fpir(s, pl, gl, fpir=fpir) == pytest.approx(best)
 
 
 def test_identification_errors():
     s = np.zeros((2, 3))
     with pytest.raises(MetaembError, match="no probe"):
-        m.cmc(s, [5, 6], [1, 2, 3])
+        ident.cmc(s, [5, 6], [1, 2, 3])
     with pytest.raises(MetaembError, match="does not match"):
-        m.cmc(s, [1, 2, 3], [1, 2, 3])
+        ident.cmc(s, [1, 2, 3], [1, 2, 3])
     with pytest.raises(MetaembError, match="non-mated"):
-        m.tpir_at_fpir(s, [1, 2], [1, 2, 3])
+        ident.tpir_at_fpir(s, [1, 2], [1, 2, 3])
     with pytest.raises(MetaembError, match="only once"):
-        m.retrieval_metrics(np.zeros((3, 3)), [1, 2, 3])
+        ident.retrieval_metrics(np.zeros((3, 3)), [1, 2, 3])

@@ -314,7 +314,7 @@ def test_contrastive_consecutive_pairs_by_hand():
     # (10°, 40°) impostor: D = 2 sin 15° → ½(1 − D)²; trailing odd row ignored.
     x = _on_circle([0, 60, 0, 90, 10, 40, 77], radius=5.0)
     y = torch.tensor([3, 3, 1, 2, 1, 2, 1])
-    obj = ContrastiveObjective(margin=1.0)
+    obj = ContrastiveObjective(margin=1.0, pairing="consecutive")
     loss = obj(x, y, None)
     d15 = 2 * math.sin(math.radians(15))
     expected = (0.5 * 1.0**2 + 0.0 + 0.5 * (1.0 - d15) ** 2) / 3

@@ -119,6 +119,8 @@ def test_lfw_pairs(tmp_path):
     )
     assert got[6] == Trial(("Bob/Bob_0001.jpg",), "Carl/Carl_0012.jpg", 0)
     assert tr.lfw_protocol(tmp_path) == got  # default root/pairs.txt
+    assert tr.lfw_folds(p) == 2
+    assert tr.lfw_folds(write(tmp_path, "1\nA\t1\t2\nA\t1\tB\t1\n", "view1.txt")) == 1
     tr.write_trials(tmp_path / "again.txt", got, "lfw", folds=2)
     assert tr.read_trials(tmp_path / "again.txt") == got
     assert tr.lfw_lines(got, folds=2) == LFW.splitlines()

@@ -1,7 +1,8 @@
 """`metaemb evaluate` and `metaemb embed`: a trained model + data + trials → metrics, scores, plots.
 
-Every file in the trials is embedded once, however many trials it appears in. Without a trial list
-or protocol, the run's own validation trials are regenerated, so the numbers match training's.
+Every file in the trials (evaluation and calibration lists together) is embedded once, however
+many trials it appears in. Without a trial list or protocol, the run's own validation trials are
+regenerated, so the numbers match training's. Definitions and outputs: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from metaemb.core import metrics
+from metaemb.core import metrics, report
+from metaemb.core.calibration import LinearCalibration
 from metaemb.core.components import build, validate_options
 from metaemb.core.config import Config, from_dict
 from metaemb.core.device import pick_device
@@ -25,7 +27,14 @@ from metaemb.core.interfaces import SampleFolder, Trial
 from metaemb.core.pipeline import Components, data_root
 from metaemb.core.plugins import registry
 from metaemb.core.runs import atomic_write_text, load_checkpoint
-from metaemb.core.trials import make_trials, read_trials, write_scores
+from metaemb.core.scoring import score_trials
+from metaemb.core.trials import (
+    detect_format,
+    lfw_folds,
+    make_trials,
+    read_trials,
+    write_scores,
+)
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -81,22 +90,65 @@ class Loaded:
         return out
 
 
-def pool(emb: Any, groups: list[list[int]]) -> Any:
-    """Multi-sample enrollment: mean of L2-normalised points, or summed GME natural parameters."""
-    if all(len(g) == 1 for g in groups):
-        return emb[torch.tensor([g[0] for g in groups], dtype=torch.long)]
-    if isinstance(emb, torch.Tensor):
-        unit = torch.nn.functional.normalize(emb, dim=1)
-        return torch.stack([unit[torch.tensor(g)].mean(0) for g in groups])
-    flat = torch.tensor([i for g in groups for i in g], dtype=torch.long)
-    owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], dtype=torch.long)
-    from metaemb.core.gme import pool_by_index
+@dataclass
+class TrialSet:
+    """Trials to score, where they came from, and how many contiguous folds they form (0: none)."""
 
-    return pool_by_index(emb[flat], owner, len(groups))
+    trials: list[Trial]
+    name: str
+    source: str
+    folds: int = 0
+
+    def labels(self) -> torch.Tensor:
+        missing = sum(t.label is None for t in self.trials)
+        if missing:
+            raise DataError(
+                f"{self.source}: {missing} of {len(self.trials)} trials have no target/non-target "
+                "label; metrics and calibration need labelled trials."
+            )
+        return torch.tensor([int(t.label) for t in self.trials])  # type: ignore[arg-type]
+
+
+class Embedded:
+    """Embeddings of every file named by some trials, extracted once per file."""
+
+    def __init__(self, loaded: Loaded, folder: SampleFolder, sets: list[TrialSet], workers: int):
+        where = {s.path: i for i, s in enumerate(folder.samples)}
+        needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
+        missing = [p for p in needed if p not in where]
+        if missing:
+            raise DataError(
+                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
+                + ", ".join(missing[:5])
+            )
+        self.emb = loaded.embed(folder, [where[p] for p in needed], workers)
+        self.pos = {p: i for i, p in enumerate(needed)}
+
+    def score(self, scorer: Any, trials: list[Trial]) -> torch.Tensor:
+        """Scores (float64, CPU) in trial order; several enrollment files are pooled."""
+        test = [self.pos[t.test] for t in trials]
+        if all(len(t.enroll) == 1 for t in trials):
+            enroll = torch.tensor([self.pos[t.enroll[0]] for t in trials], dtype=torch.long)
+            scores = scorer.score(self.emb[enroll], self.emb[torch.tensor(test, dtype=torch.long)])
+        else:
+            groups = [[self.pos[p] for p in t.enroll] for t in trials]
+            scores = score_trials(scorer, self.emb, groups, test)
+        return scores.double().cpu()
+
+
+def verification(scores: torch.Tensor, labels: torch.Tensor, p_targets: tuple) -> dict[str, Any]:
+    """The verification report (metrics.verification_report) of labelled trial scores."""
+    tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+    return metrics.verification_report(tar, non, p_targets=p_targets)
 
 
 class Evaluation:
-    """One evaluation: load model, read/regenerate trials, embed once, score, report."""
+    """One evaluation: load model, read/regenerate trials, embed each file once, score, report.
+
+    With `calibrate`, a linear logistic calibration (llr = w·s + b, minimising Cllr) is fitted on
+    the scores of that held-out trial list and applied to the evaluation scores; the calibrated
+    metrics are reported next to the raw ones.
+    """
 
     def __init__(
         self,
@@ -118,20 +170,24 @@ class Evaluation:
         self.console = console or Console()
 
     # -- trials --------------------------------------------------------------------------
-    def _trials(self, loaded: Loaded) -> tuple[SampleFolder, list[Trial], str]:
+    def _trials(self, loaded: Loaded) -> TrialSet:
         cfg = loaded.config
-        folder = loaded.parts.folder
+        root = loaded.parts.root
         if self.protocol:
             reader = registry("protocols").get(self.protocol)
-            return folder, reader(loaded.parts.root, self.trials_path), self.protocol
+            source = f"protocol '{self.protocol}'"
+            trials = reader(root, self.trials_path)
+            return TrialSet(trials, self.protocol, source, int(getattr(reader, "folds", 0)))
         if self.trials_path:
-            trials = read_trials(self.trials_path, root=loaded.parts.root)
-            return folder, trials, self.trials_path.stem
-        _, val = folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+            path = self.trials_path
+            trials = read_trials(path, root=root)
+            folds = lfw_folds(path) if detect_format(path) == "lfw" else 0
+            return TrialSet(trials, path.stem, str(path), folds if folds > 1 else 0)
+        _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
         trials = make_trials(
             val, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets, seed=cfg.train.seed
         )
-        return val, trials, "validation"
+        return TrialSet(trials, "validation", "the run's validation trials")
 
     def _scorer(self, loaded: Loaded) -> Any:
         cfg = loaded.config
@@ -150,104 +206,131 @@ class Evaluation:
         scorer.fit(emb, torch.tensor(train.labels))
         return scorer
 
-    def score(self, loaded: Loaded, folder: SampleFolder, trials: list[Trial], scorer: Any):
-        where = {s.path: i for i, s in enumerate(folder.samples)}
-        needed = sorted({p for t in trials for p in (*t.enroll, t.test)})
-        missing = [p for p in needed if p not in where]
-        if missing:
-            raise DataError(
-                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
-                + ", ".join(missing[:5])
-            )
-        emb = loaded.embed(folder, [where[p] for p in needed], self.workers)
-        pos = {p: i for i, p in enumerate(needed)}
-        enroll = pool(emb, [[pos[p] for p in t.enroll] for t in trials])
-        test = emb[torch.tensor([pos[t.test] for t in trials], dtype=torch.long)]
-        return scorer.score(enroll, test).double().cpu()
-
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         loaded = Loaded.from_path(self.run_path, self.data, self.device)
         cfg = loaded.config
-        folder, trials, trials_name = self._trials(loaded)
-        labels = torch.tensor([t.label if t.label is not None else -1 for t in trials])
-        if (labels < 0).any():
-            raise DataError("every trial needs a target/non-target label to compute metrics.")
-        scorer = self._scorer(loaded)
-        scores = self.score(loaded, folder, trials, scorer)
-        tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
-        result: dict[str, Any] = {
-            "trials": trials_name,
-            "scorer": self.scorer_name or cfg.eval.scorer,
-            **metrics.verification_report(tar, non, p_targets=tuple(cfg.eval.p_targets)),
-        }
-        if self.protocol == "lfw" or len(trials) == 6000:
-            mean, std, _ = metrics.kfold_accuracy(scores.numpy(), labels.numpy(), folds=10)
-            result["accuracy_10fold"] = float(mean)
-            result["accuracy_10fold_std"] = float(std)
-            result["tar_at_far_0.001"] = float(metrics.tar_at_far(tar, non, 1e-3))
+        p_targets = tuple(float(p) for p in cfg.eval.p_targets)
+        folder = loaded.parts.folder
+        evals = self._trials(loaded)
+        labels = evals.labels()
+        cal = None
         if self.calibrate_path:
-            result.update(self._calibrated(loaded, folder, scorer, scores, labels, cfg))
-        out = self.out or (self._run_dir() / f"eval-{trials_name}")
+            path = self.calibrate_path
+            cal = TrialSet(read_trials(path, root=loaded.parts.root), path.stem, str(path))
+            cal.labels()  # refuse unlabelled calibration trials before embedding anything
+        scorer = self._scorer(loaded)
+        embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
+        scores = embedded.score(scorer, evals.trials)
+        result: dict[str, Any] = {
+            "trials": evals.name,
+            "trials_source": evals.source,
+            "scorer": self.scorer_name or cfg.eval.scorer,
+            "p_targets": list(p_targets),
+            **verification(scores, labels, p_targets),
+        }
+        if evals.folds:
+            mean, std, _ = metrics.kfold_accuracy(scores.numpy(), labels.numpy(), evals.folds)
+            result.update(folds=evals.folds, accuracy=mean, accuracy_std=std)
+            tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+            result["tar_at_far_0.001"] = metrics.tar_at_far(tar, non, 1e-3)
+        out = self.out or (self._run_dir() / f"eval-{evals.name}")
         out.mkdir(parents=True, exist_ok=True)
+        calibrated = None
+        if cal is not None:
+            calibration = self._calibration(embedded, scorer, cal, evals, folder)
+            calibrated = calibration(scores)
+            result["calibration"] = calibration.summary
+            result["calibrated"] = verification(calibrated, labels, p_targets)
+            write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
-        write_scores(out / "scores.txt", trials, scores.tolist())
-        self._plots(out, tar, non, result)
-        self._print(result, out)
+        write_scores(out / "scores.txt", evals.trials, scores.tolist())
+        self._plots(out, scores, calibrated, labels, result)
+        report.print_result(self.console, result)
+        self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}", markup=False)
         return result
 
-    def _calibrated(self, loaded, folder, scorer, scores, labels, cfg) -> dict[str, float]:
-        from metaemb.core.calibration import LinearCalibration
-
-        cal_trials = read_trials(self.calibrate_path, root=loaded.parts.root)
-        cal_scores = self.score(loaded, folder, cal_trials, scorer)
-        cal_labels = torch.tensor([t.label for t in cal_trials])
-        cal = LinearCalibration()
-        cal.fit(cal_scores[cal_labels == 1], cal_scores[cal_labels == 0])
-        calibrated = cal(scores)
-        rep = metrics.verification_report(
-            calibrated[labels == 1].numpy(),
-            calibrated[labels == 0].numpy(),
-            p_targets=tuple(cfg.eval.p_targets),
-        )
-        return {f"calibrated_{k}": v for k, v in rep.items() if not k.startswith("n_")}
+    def _calibration(
+        self,
+        embedded: Embedded,
+        scorer: Any,
+        cal: TrialSet,
+        evals: TrialSet,
+        folder: SampleFolder,
+    ) -> Calibration:
+        cal_labels = cal.labels()
+        cal_scores = embedded.score(scorer, cal.trials)
+        model = LinearCalibration().fit(cal_scores, cal_labels)
+        if model.weight <= 0:
+            self.console.print(
+                f"[yellow]warning:[/] the calibration weight is {model.weight:.3g}: on "
+                f"{escape(cal.source)} non-targets score higher than targets, so the calibrated LLRs "
+                "reverse the score order (is the model trained?)."
+            )
+        identity = {s.path: s.identity for s in folder.samples}
+        ids = [{identity[p] for t in ts.trials for p in (*t.enroll, t.test)} for ts in (cal, evals)]
+        shared = len(ids[0] & ids[1])
+        if shared:
+            self.console.print(
+                f"[yellow]warning:[/] the calibration trials ({escape(cal.source)}) share {shared} "
+                "identities with the evaluation trials; calibrate on held-out identities for an "
+                "honest estimate."
+            )
+        return Calibration(model, cal.source, cal_labels, shared)
 
     def _run_dir(self) -> Path:
         return self.run_path if self.run_path.is_dir() else self.run_path.parent
 
-    def _plots(self, out: Path, tar, non, result: dict[str, Any]) -> None:
-        try:
-            from metaemb.core import report
-        except ImportError:  # pragma: no cover - report is part of the package
-            return
+    def _plots(
+        self,
+        out: Path,
+        scores: torch.Tensor,
+        calibrated: torch.Tensor | None,
+        labels: torch.Tensor,
+        result: dict[str, Any],
+    ) -> None:
+        tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
         try:
             made = report.verification_plots(out, tar, non, result)
+            if calibrated is not None:
+                made.append(
+                    report.histogram_plot(
+                        out / "scores_calibrated.png",
+                        calibrated[labels == 1].numpy(),
+                        calibrated[labels == 0].numpy(),
+                        title="calibrated score (LLR) distributions",
+                    )
+                )
         except report.PlotsUnavailable as exc:
-            self.console.print(f"[yellow]no plots:[/] {exc}")
+            self.console.print(f"[yellow]no plots:[/] {escape(str(exc))}")
             return
         for p in made:
-            self.console.print(f"plot: {p}")
+            self.console.print(f"plot: {p}", markup=False)
 
-    def _print(self, result: dict[str, Any], out: Path) -> None:
-        table = Table(title=f"evaluation on {result['trials']} (scorer {result['scorer']})")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for k, v in result.items():
-            if k in ("trials", "scorer"):
-                continue
-            if isinstance(v, float) and ("eer" in k or "accuracy" in k or "tar_at" in k):
-                table.add_row(k, f"{100 * v:.2f}%")
-            elif isinstance(v, float):
-                table.add_row(k, f"{v:.4f}")
-            else:
-                table.add_row(k, str(v))
-        if "accuracy_10fold" in result:
-            table.add_row(
-                "10-fold accuracy",
-                f"{100 * result['accuracy_10fold']:.2f} ± {100 * result['accuracy_10fold_std']:.2f}%",
-            )
-        self.console.print(table)
-        self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}")
+
+@dataclass
+class Calibration:
+    """A fitted linear calibration and what it was fitted on (reported in metrics.json)."""
+
+    model: LinearCalibration
+    source: str
+    labels: torch.Tensor
+    shared_identities: int
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.model(scores)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "trials": self.source,
+            "weight": self.model.weight,
+            "bias": self.model.bias,
+            "prior": self.model.prior,
+            "n_target": int((self.labels == 1).sum()),
+            "n_nontarget": int((self.labels == 0).sum()),
+            "shared_identities": self.shared_identities,
+        }
 
 
 def embed_folder(

@@ -1,4 +1,5 @@
-"""Plots people want to look at: DET curves, score histograms, CMC curves, training curves.
+"""Reports people want to look at: DET curves, score histograms, CMC curves, training curves, and
+the metrics table `metaemb evaluate` prints.
 
 matplotlib is an optional extra (`pip install 'metaemb[plots]'`); without it every command still
 works and says how to get plots. Figures are written atomically as PNG.
@@ -12,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from rich.console import Console
+from rich.table import Table
 
+from metaemb.core import metrics
 from metaemb.core.errors import MetaembError
 from metaemb.core.runs import atomic_write_bytes
 
-DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
 DET_WINDOW = (0.0005, 0.5)
+MIN_DCF = "min_dcf_"  # report keys "min_dcf_<P_tar>"
 
 
 class PlotsUnavailable(MetaembError):
@@ -38,21 +42,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def probit(p: np.ndarray) -> np.ndarray:
-    """√2·erfinv(2p − 1), the DET axis warping."""
-    return torch.special.ndtri(torch.as_tensor(np.asarray(p, dtype=np.float64))).numpy()
-
-
-def error_rates(tar: np.ndarray, non: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P_miss, P_fa) at every distinct threshold, accept iff score ≥ θ (metrics.md semantics)."""
-    tar = np.sort(np.asarray(tar, dtype=np.float64))
-    non = np.sort(np.asarray(non, dtype=np.float64))
-    thresholds = np.unique(np.concatenate([tar, non, [np.inf]]))
-    p_miss = np.searchsorted(tar, thresholds, side="left") / max(len(tar), 1)
-    p_fa = 1.0 - np.searchsorted(non, thresholds, side="left") / max(len(non), 1)
-    return p_miss, p_fa
-
-
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -61,47 +50,73 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def det_window(points: list[float]) -> tuple[float, float]:
+    """The classic 0.05 %…50 % window, its upper end widened (at most to 99 %) until it holds
+    every point to be marked (the EER of a weak system, a minDCF point at a high miss rate)."""
+    worst = max(points, default=0.0)
+    hi = next((t for t in (0.5, 0.8, 0.9, 0.95, 0.99) if worst <= t), 0.99)
+    return DET_WINDOW[0], hi
+
+
+def _axis(p: Any, lo: float) -> np.ndarray:
+    """probit(p), with 0 and 1 clipped just outside the window so they stay finite."""
+    return metrics.probit(np.clip(p, lo / 10, 1.0 - 1e-9))
+
+
+def min_dcf_point(tar: np.ndarray, non: np.ndarray, p_target: float) -> tuple[float, float]:
+    """(P_fa, P_miss) where the normalised DCF at P_target (C_miss = C_fa = 1) is smallest."""
+    p_miss, p_fa, _ = metrics.error_rates(tar, non)
+    dcf = p_target * p_miss + (1 - p_target) * p_fa
+    i = int(np.argmin(dcf))
+    return float(p_fa[i]), float(p_miss[i])
+
+
 def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]) -> Path:
-    """DET curve on probit axes (0.05 %…50 %), with the EER and minDCF operating points marked."""
+    """DET curve on probit axes, with the EER and each minDCF operating point marked.
+
+    `result` is a verification report (metrics.verification_report): its "eer" and
+    "min_dcf_<p>" entries label the marks.
+    """
     plt = _pyplot()
-    p_miss, p_fa = error_rates(tar, non)
-    lo, hi = DET_WINDOW
+    priors = sorted(float(k[len(MIN_DCF) :]) for k in result if k.startswith(MIN_DCF))
+    dcf_points = {f"{MIN_DCF}{p:g}": min_dcf_point(tar, non, p) for p in priors}
+    marked = [result.get("eer", 0.0), *(p for pts in dcf_points.values() for p in pts)]
+    lo, hi = det_window(marked)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.plot(probit(np.clip(p_fa, lo / 10, 1 - 1e-9)), probit(np.clip(p_miss, lo / 10, 1 - 1e-9)))
+    p_miss, p_fa, _ = metrics.error_rates(tar, non)
+    ax.plot(_axis(p_fa, lo), _axis(p_miss, lo), color="tab:blue")
+    diagonal = _axis([lo, hi], lo)
+    ax.plot(diagonal, diagonal, ls=":", color="grey", lw=0.8)  # where P_miss = P_fa
+
+    def mark(fa: float, miss: float, style: str, color: str, label: str) -> None:
+        # points outside the window (e.g. P_fa = 0) are drawn on its edge
+        x, y = metrics.probit(np.clip([fa, miss], lo, hi))
+        ax.plot([x], [y], style, color=color, label=label, clip_on=False, zorder=3)
+
     if "eer" in result:
-        e = probit(np.clip(result["eer"], lo / 10, hi))
-        ax.plot([e], [e], "o", color="tab:red", label=f"EER {100 * result['eer']:.2f}%")
-    for key, marker in (("min_dcf_0.01", "s"), ("min_dcf_0.05", "^")):
-        if key in result:
-            p = float(key.rsplit("_", 1)[1])
-            dcf = _dcf_curve(p_miss, p_fa, p)
-            i = int(np.argmin(dcf))
-            ax.plot(
-                probit(np.clip(p_fa[i], lo / 10, 1)),
-                probit(np.clip(p_miss[i], lo / 10, 1)),
-                marker,
-                color="tab:green" if marker == "s" else "tab:purple",
-                label=f"minDCF(P_tar={p}) {result[key]:.3f}",
-            )
-    ticks = probit(np.array(DET_TICKS))
-    labels = [f"{100 * t:g}" for t in DET_TICKS]
-    ax.set_xticks(ticks, labels)
-    ax.set_yticks(ticks, labels)
-    ax.set_xlim(probit(lo), probit(hi))
-    ax.set_ylim(probit(lo), probit(hi))
+        mark(result["eer"], result["eer"], "o", "tab:red", f"EER {100 * result['eer']:.2f}%")
+    styles = [("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange"), ("v", "tab:brown")]
+    for (key, (fa, miss)), (style, color) in zip(dcf_points.items(), styles, strict=False):
+        p = float(key[len(MIN_DCF) :])
+        mark(fa, miss, style, color, f"minDCF(P_tar={p:g}) {result[key]:.3f}")
+    crowded = (0.002, 0.02) if hi > DET_WINDOW[1] else ()  # a wider window has less room
+    ticks = np.array([t for t in DET_TICKS if lo <= t <= hi and t not in crowded])
+    labels = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks(metrics.probit(ticks), labels)
+    ax.set_yticks(metrics.probit(ticks), labels)
+    ax.set_xlim(metrics.probit(lo), metrics.probit(hi))
+    ax.set_ylim(metrics.probit(lo), metrics.probit(hi))
     ax.set_xlabel("false acceptance rate (%)")
     ax.set_ylabel("miss rate (%)")
-    ax.set_title("DET curve")
+    ax.set_title(f"DET curve ({len(tar)} target, {len(non)} non-target trials)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 
-def _dcf_curve(p_miss: np.ndarray, p_fa: np.ndarray, p_tar: float) -> np.ndarray:
-    return (p_tar * p_miss + (1 - p_tar) * p_fa) / min(p_tar, 1 - p_tar)
-
-
-def histogram_plot(path: Path, tar: np.ndarray, non: np.ndarray) -> Path:
+def histogram_plot(
+    path: Path, tar: np.ndarray, non: np.ndarray, title: str = "score distributions"
+) -> Path:
     """Target and non-target score histograms on one axis (densities)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -112,7 +127,7 @@ def histogram_plot(path: Path, tar: np.ndarray, non: np.ndarray) -> Path:
     ax.set_xlabel("score")
     ax.set_ylabel("density")
     ax.legend()
-    ax.set_title("score distributions")
+    ax.set_title(title)
     return _save(fig, path)
 
 
@@ -145,9 +160,62 @@ def training_curves(run_dir: Path) -> Path:
     return _save(fig, run_dir / "training.png")
 
 
-def verification_plots(out: Path, tar: np.ndarray, non: np.ndarray, result: dict) -> list[Path]:
-    """The standard pair of plots for a verification evaluation."""
+def verification_plots(
+    out: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]
+) -> list[Path]:
+    """The standard pair of plots for a verification evaluation: det.png and scores.png."""
     return [
         det_plot(out / "det.png", tar, non, result),
         histogram_plot(out / "scores.png", tar, non),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the terminal table of `metaemb evaluate`
+
+
+def metric_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, formatted value) for the verification metrics of a report, in print order."""
+    rows = [("eer", "EER", f"{100 * rep['eer']:.2f}%")]
+    for p in rep.get("p_targets") or sorted(
+        float(k[len("min_dcf_") :]) for k in rep if k.startswith("min_dcf_")
+    ):
+        for kind in ("min", "act"):
+            key = f"{kind}_dcf_{p:g}"
+            if key in rep:
+                rows.append((key, f"{kind}DCF (P_tar={p:g})", f"{rep[key]:.4f}"))
+    rows.append(("cllr", "Cllr (bits)", f"{rep['cllr']:.4f}"))
+    rows.append(("min_cllr", "minCllr (bits)", f"{rep['min_cllr']:.4f}"))
+    rows.append(("cllr_loss", "Cllr − minCllr", f"{rep['cllr'] - rep['min_cllr']:.4f}"))
+    return rows
+
+
+def print_result(console: Console, result: dict[str, Any]) -> None:
+    """The metrics table: raw scores, and calibrated ones beside them when there are any."""
+    cal = result.get("calibrated")
+    console.print(
+        f"evaluation on {result['trials_source']}: {result['n_target']} target and "
+        f"{result['n_nontarget']} non-target trials, scorer '{result['scorer']}'",
+        markup=False,
+    )
+    table = Table()
+    table.add_column("metric")
+    table.add_column("raw scores" if cal else "value", justify="right")
+    if cal:
+        table.add_column("calibrated", justify="right")
+        calibrated = {k: v for k, _, v in metric_rows({**cal, "p_targets": result["p_targets"]})}
+    for key, label, value in metric_rows(result):
+        table.add_row(label, value, *([calibrated[key]] if cal else []))
+    if "accuracy" in result:
+        acc = f"{100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f}%"
+        table.add_row(f"{result['folds']}-fold accuracy", acc, *([""] if cal else []))
+        tar = f"{100 * result['tar_at_far_0.001']:.2f}%"
+        table.add_row("TAR @ FAR=0.1%", tar, *([""] if cal else []))
+    console.print(table)
+    if cal:
+        c = result["calibration"]
+        console.print(
+            f"calibration: llr = {c['weight']:.4g}·score + {c['bias']:.4g}, fitted on "
+            f"{c['trials']} ({c['n_target']} target, {c['n_nontarget']} non-target trials)",
+            markup=False,
+        )

@@ -141,17 +141,27 @@ def lfw_path(name: str, number: int, ext: str = ".jpg") -> str:
     return f"{name}/{name}_{int(number):04d}{ext}"
 
 
-def read_lfw_pairs(path: str | Path, root: Path | None = None, ext: str = ".jpg") -> list[Trial]:
-    """LFW pairs.txt → trials in file order, so fold f is the f-th contiguous block of 2n."""
-    path = Path(path)
-    lines = _lines(path)
+def _lfw_header(path: Path, lines: list[tuple[int, list[str]]]) -> tuple[int, int]:
     head_no, head = lines[0]
     if not (1 <= len(head) <= 2 and all(x.isdigit() and int(x) > 0 for x in head)):
         raise DataError(
             f"{path}:{head_no}: expected the header 'folds<TAB>pairs' (e.g. '10\\t300') or "
             f"'pairs', got {' '.join(head)!r}."
         )
-    folds, n = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
+    return (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
+
+
+def lfw_folds(path: str | Path) -> int:
+    """The number of folds a pairs.txt declares (1 for a View 1 file with a bare `n` header)."""
+    path = Path(path)
+    return _lfw_header(path, _lines(path))[0]
+
+
+def read_lfw_pairs(path: str | Path, root: Path | None = None, ext: str = ".jpg") -> list[Trial]:
+    """LFW pairs.txt → trials in file order, so fold f is the f-th contiguous block of 2n."""
+    path = Path(path)
+    lines = _lines(path)
+    folds, n = _lfw_header(path, lines)
     body = lines[1:]
     if len(body) != 2 * folds * n:
         raise DataError(

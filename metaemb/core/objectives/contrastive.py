@@ -3,10 +3,13 @@
 On L2-normalised embeddings with Euclidean distance D: a genuine pair costs ½D², an impostor pair
 ½max(0, m − D)² (m = 1 by default; D ranges over [0, 2] on the unit sphere).
 
-Pairs: with `pairing="consecutive"` (default, the "pairs" sampler) batch rows (2i, 2i+1) form a
-pair, and a trailing odd row is ignored; with `pairing="all"` every pair of rows in the batch
-counts (use it with P×K batches: train.sampler=pk), genuine and impostor pairs averaged
-separately and summed so the many impostor pairs do not drown the few genuine ones.
+Pairs: with `pairing="all"` (default) every pair of rows in the batch counts, genuine and
+impostor pairs averaged separately and summed so the many impostor pairs do not drown the few
+genuine ones; the default batches are P×K (train.sampler=pk), whose 64 samples give 96 genuine
+and 1920 impostor pairs. With `pairing="consecutive"` (the classic Siamese feed, use it with
+train.sampler=pairs or hard-pairs) batch rows (2i, 2i+1) form a pair and a trailing odd row is
+ignored. On the face demo data, consecutive pairs (32 per batch) trained 4 epochs reached only
+28.7 % EER against the 40.7 % raw-pixel baseline: too few pairs per step.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ PAIRINGS = ("consecutive", "all")
 class ContrastiveObjective(Objective):
     """Siamese contrastive loss: ½D² for genuine pairs, ½max(0, m − D)² for impostors."""
 
-    batch: ClassVar[str] = "pairs"
+    batch: ClassVar[str] = "pk"
 
-    def __init__(self, margin: float = 1.0, pairing: str = "consecutive") -> None:
+    def __init__(self, margin: float = 1.0, pairing: str = "all") -> None:
         super().__init__()
         if margin <= 0:
             raise ConfigError(f"objective 'contrastive': margin must be positive, got {margin}.")

@@ -3,8 +3,12 @@
 Logits are scaled cosines between the L2-normalised embedding and L2-normalised class weights
 (a `NormalisedClassifier`, its own module). The target class gets a margin that makes the
 training task harder than plain softmax, which tightens identities on the unit sphere. Defaults
-(s=30, m=0.2 for ArcFace) suit both speakers and small face models; the face papers' s=64,
-m=0.5 is an option. `margin_warmup_epochs` ramps the margin linearly from 0 (epoch 0) to its
+(s=30, m=0.2 for both) are the speaker recipes' (AAM- and AM-softmax) and suit small face models
+trained from scratch; the face papers' s=64, m=0.5 (ArcFace) and m=0.35 (CosFace) are options.
+Near θ = 90°, where training starts, cos(θ + m) ≈ cos θ − m, so the two defaults are equally
+hard; with m=0.35 CosFace trained 4 epochs on the demo data reached only 26.2 % (face) and
+24.6 % (speaker) EER against baselines of 40.7 % and 47.8 %, where ArcFace with m=0.2 reached
+19.5 % and 23.1 %. `margin_warmup_epochs` ramps the margin linearly from 0 (epoch 0) to its
 full value (epoch `margin_warmup_epochs`), which helps small models start learning.
 """
 
@@ -123,7 +127,7 @@ class CosFaceObjective(_MarginObjective):
     name: ClassVar[str] = "cosface"
 
     def __init__(
-        self, scale: float = 30.0, margin: float = 0.35, margin_warmup_epochs: int = 0
+        self, scale: float = 30.0, margin: float = 0.2, margin_warmup_epochs: int = 0
     ) -> None:
         super().__init__(scale, margin, margin_warmup_epochs)
 

@@ -20,77 +20,11 @@ from PIL import Image
 
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.interfaces import Sample, Trial
+from metaemb.core.trials import lfw_path, read_lfw_pairs, write_trials
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
 
-LFW_NAME = "{name}/{name}_{n:04d}{ext}"
-
-
 # ---------------------------------------------------------------------------------------------
-# LFW
-
-
-def lfw_path(name: str, n: int, ext: str = ".jpg") -> str:
-    return LFW_NAME.format(name=name, n=int(n), ext=ext)
-
-
-def read_lfw_pairs(path: str | Path, ext: str = ".jpg") -> list[Trial]:
-    """LFW pairs file: header `folds<TAB>n` (View 2) or `n` (View 1), then per fold n matched lines
-    `name n1 n2` and n mismatched lines `name1 n1 name2 n2`, image numbers 1-based."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"LFW pairs file '{path}' does not exist.")
-    lines = [(i, ln.split()) for i, ln in enumerate(path.read_text().splitlines(), 1)]
-    lines = [(i, f) for i, f in lines if f]
-    if not lines:
-        raise DataError(f"LFW pairs file '{path}' is empty.")
-    head_no, head = lines[0]
-    try:
-        nums = [int(v) for v in head]
-    except ValueError:
-        nums = []
-    if len(nums) not in (1, 2) or min(nums) < 1:
-        raise DataError(
-            f"'{path}', line {head_no}: expected the header 'folds<TAB>pairs' (e.g. '10\\t300') "
-            f"or 'pairs', got {' '.join(head)!r}."
-        )
-    folds, n = (1, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
-    body = lines[1:]
-    if len(body) != 2 * folds * n:
-        raise DataError(
-            f"'{path}': header says {folds} fold(s) of {n} matched + {n} mismatched pairs "
-            f"({2 * folds * n} lines), found {len(body)} pair lines."
-        )
-    trials = []
-    for k, (lineno, f) in enumerate(body):
-        matched = (k % (2 * n)) < n
-        want = 3 if matched else 4
-        if len(f) != want:
-            kind = "matched 'name n1 n2'" if matched else "mismatched 'name1 n1 name2 n2'"
-            raise DataError(
-                f"'{path}', line {lineno}: expected a {kind} pair, got {' '.join(f)!r}."
-            )
-        try:
-            if matched:
-                a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[0], int(f[2]), ext)
-            else:
-                a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[2], int(f[3]), ext)
-        except ValueError:
-            raise DataError(f"'{path}', line {lineno}: image numbers must be integers.") from None
-        trials.append(Trial((a,), b, 1 if matched else 0))
-    return trials
-
-
-def write_lfw_pairs(path: str | Path, folds: Sequence[tuple[list, list]]) -> None:
-    """Write folds of (matched [(name, n1, n2)], mismatched [(name1, n1, name2, n2)]) pairs."""
-    sizes = {len(m) for m, _ in folds} | {len(u) for _, u in folds}
-    if len(sizes) != 1:
-        raise DataError(f"every LFW fold needs the same number of pairs of each kind, got {sizes}.")
-    n = sizes.pop()
-    rows = [f"{len(folds)}\t{n}"]
-    for matched, mismatched in folds:
-        rows += ["\t".join(str(v) for v in p) for p in matched]
-        rows += ["\t".join(str(v) for v in p) for p in mismatched]
-    Path(path).write_text("\n".join(rows) + "\n")
+# LFW (the pairs.txt format itself is read and written by core/trials.py)
 
 
 def find_list(root: Path, name: str, given: Path | None) -> Path:
@@ -106,8 +40,17 @@ def find_list(root: Path, name: str, given: Path | None) -> Path:
 
 
 def lfw(root: Path, trials: Path | None = None) -> list[Trial]:
-    """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent)."""
-    return read_lfw_pairs(find_list(Path(root), "pairs.txt", trials))
+    """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent).
+
+    Paths are checked against the data root (core/trials.py refuses any that escape it).
+    """
+    root = Path(root)
+    return read_lfw_pairs(find_list(root, "pairs.txt", trials), root)
+
+
+# `metaemb evaluate` reports k-fold accuracy for protocols that declare their folds: the trials
+# come as `folds` contiguous blocks in file order.
+lfw.folds = 10  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +163,9 @@ def vggface2(root: Path, trials: Path | None = None) -> list[Trial]:
     return make_fold_pairs([(s.path, s.identity) for s in folder.samples])
 
 
+vggface2.folds = 10  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------
 # AgeDB
 
@@ -264,6 +210,9 @@ def agedb(root: Path, trials: Path | None = None, min_age_gap: int = 30) -> list
     return make_fold_pairs([(s.path, s.identity) for s in folder.samples], positive=gap)
 
 
+agedb.folds = 10  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------
 # An LFW-format mini dataset
 
@@ -302,18 +251,5 @@ def make_lfw_mini(
     with open(out / "landmarks.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *renamed])
     trials = make_fold_pairs(samples, folds=10, per_fold=pairs_per_fold, seed=seed)
-    folds, k = [], len(trials) // 20
-    for f in range(10):
-        chunk = trials[f * 2 * k : (f + 1) * 2 * k]
-        folds.append(
-            ([_lfw_fields(t, True) for t in chunk[:k]], [_lfw_fields(t, False) for t in chunk[k:]])
-        )
-    write_lfw_pairs(out / "pairs.txt", folds)
+    write_trials(out / "pairs.txt", trials, format="lfw", folds=10)
     return out
-
-
-def _lfw_fields(t: Trial, matched: bool) -> tuple:
-    (a,), b = t.enroll, t.test
-    na, nb = a.split("/")[0], b.split("/")[0]
-    ia, ib = int(Path(a).stem.rsplit("_", 1)[1]), int(Path(b).stem.rsplit("_", 1)[1])
-    return (na, ia, ib) if matched else (na, ia, nb, ib)

@@ -1,0 +1,322 @@
+"""`metaemb evaluate` end to end on tiny trained models: the LFW protocol (10-fold accuracy ± std
+and EER), a VoxCeleb-format folder with a trial list (EER, minDCF, actDCF, Cllr, minCllr, DET
+plot), calibration on held-out trials, plots without matplotlib, and one load per file.
+
+Every printed or saved number is checked against an independent computation from the written
+scores.txt (metrics.py functions, LinearCalibration fitted separately)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metaemb import cli
+from metaemb.core import metrics
+from metaemb.core.calibration import LinearCalibration
+from metaemb.core.interfaces import Trial
+from metaemb.core.trials import read_lfw_pairs, read_scores, write_trials
+
+
+def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
+    """Run `metaemb ARGS` in-process → (exit code, stdout, stderr)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["metaemb", *[str(a) for a in args]])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return code, plain(out), plain(err)
+
+
+def plain(text: str) -> str:
+    """Terminal output without table borders (box-drawing characters) and line wrapping."""
+    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
+
+
+def train(modality: str, data: Path, runs: Path, *sets: str) -> Path:
+    args = ["train", "--modality", modality, "--data", data, "--runs", runs, "--workers", "0"]
+    tiny = ["train.epochs=1", "train.batch_size=16", "model.dim=16"]
+    tiny += ["eval.max_targets=40", "eval.nontargets=40", f"data.cache_dir={runs / 'cache'}"]
+    for s in [*tiny, *sets]:
+        args += ["--set", s]
+    code, _, _ = run_cli(args)
+    assert code == 0, f"training the tiny {modality} model failed"
+    [run] = list((runs / modality).iterdir())
+    return run
+
+
+@pytest.fixture(scope="module")
+def lfw(tmp_path_factory) -> tuple[Path, Path]:
+    """(LFW-format folder with pairs.txt, a run trained 1 epoch on it)."""
+    from metaemb.plugins.vision.protocols import make_lfw_mini
+
+    base = tmp_path_factory.mktemp("lfw")
+    sizes = {"identities": 20, "images_per_identity": 3, "pairs_per_fold": 3, "image_size": 32}
+    data = make_lfw_mini(base / "lfw", **sizes)
+    return data, train("face", data, base / "runs", "features.image_size=32")
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(VoxCeleb-format `<spk>/<session>/<utt>.wav` folder, a 1-epoch speaker run, trial list)."""
+    from metaemb.plugins.audio.synthetic import generate_voices
+
+    base = tmp_path_factory.mktemp("vox")
+    flat = generate_voices(base / "flat", speakers=8, utterances_per_speaker=4, seconds=1.0)
+    data = base / "vox"
+    for wav in sorted(flat.glob("*/*.wav")):
+        session = f"sess{int(wav.stem[-1]) % 2}"  # two "videos" per speaker, as in VoxCeleb
+        (data / wav.parent.name / session).mkdir(parents=True, exist_ok=True)
+        shutil.copy(wav, data / wav.parent.name / session / wav.name)
+    run = train(
+        "speaker",
+        data,
+        base / "runs",
+        "backbone.channels=32",
+        "backbone.pool_channels=64",
+        "features.crop_seconds=1.0",
+    )
+    trials = base / "trials.txt"
+    make = ["trials", "make", data, "--out", trials, "--modality", "speaker", "--seed", "3"]
+    code, _, _ = run_cli([*make, "--nontargets", "80"])
+    assert code == 0
+    return data, run, trials
+
+
+def scores_and_labels(path: Path) -> tuple[list[Trial], np.ndarray, np.ndarray]:
+    trials, scores = read_scores(path)
+    return trials, scores, np.array([t.label for t in trials])
+
+
+def assert_report_matches(result: dict, scores: np.ndarray, labels: np.ndarray) -> None:
+    want = metrics.verification_report(scores[labels == 1], scores[labels == 0])
+    for key, value in want.items():
+        assert result[key] == pytest.approx(value, abs=1e-7), key
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 200 and im.height > 200
+        im.verify()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lfw_protocol_prints_10_fold_accuracy_and_eer(lfw, tmp_path, capsys):
+    data, run = lfw
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--protocol", "lfw", "--data", data, "--out", out, "--workers", "0"]
+    code, text, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    trials, scores, labels = scores_and_labels(out / "scores.txt")
+    # scores.txt keeps pairs.txt order, so the folds are pairs.txt's contiguous blocks
+    assert trials == read_lfw_pairs(data / "pairs.txt")
+    mean, std, _ = metrics.kfold_accuracy(scores, labels, folds=10)
+    assert result["folds"] == 10
+    assert result["accuracy"] == pytest.approx(mean) and result["accuracy_std"] == pytest.approx(
+        std
+    )
+    assert_report_matches(result, scores, labels)
+    assert f"10-fold accuracy {100 * mean:.2f} ± {100 * std:.2f}%" in text
+    assert f"EER {100 * result['eer']:.2f}%" in text
+    assert re.search(r"TAR @ FAR=0\.1% [\d.]+%", text)
+
+
+def test_voxceleb_trial_list_prints_detection_metrics_and_writes_plots(voices, tmp_path, capsys):
+    data, run, trial_list = voices
+    out = tmp_path / "ev"
+    code, text, err = run_cli(
+        ["evaluate", run, "--data", data, "--trials", trial_list, "--out", out, "--workers", "0"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    trials, scores, labels = scores_and_labels(out / "scores.txt")
+    assert len(trials) == result["n_target"] + result["n_nontarget"] == 48 + 80
+    assert_report_matches(result, scores, labels)
+    assert "folds" not in result and "10-fold" not in text
+    for label, key, fmt in [
+        ("EER", "eer", "{:.2%}"),
+        ("minDCF (P_tar=0.01)", "min_dcf_0.01", "{:.4f}"),
+        ("actDCF (P_tar=0.01)", "act_dcf_0.01", "{:.4f}"),
+        ("minDCF (P_tar=0.05)", "min_dcf_0.05", "{:.4f}"),
+        ("actDCF (P_tar=0.05)", "act_dcf_0.05", "{:.4f}"),
+        ("Cllr (bits)", "cllr", "{:.4f}"),
+        ("minCllr (bits)", "min_cllr", "{:.4f}"),
+    ]:
+        assert f"{label} {fmt.format(result[key])}" in text, label
+    assert_png(out / "det.png")
+    assert_png(out / "scores.png")
+    assert "plot: " in text and "det.png" in text
+
+
+def test_without_matplotlib_evaluation_works_and_says_how_to_get_plots(
+    lfw, tmp_path, capsys, monkeypatch
+):
+    data, run = lfw
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` → ImportError
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--protocol", "lfw", "--data", data, "--out", out, "--workers", "0"]
+    code, text, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (out / "metrics.json").is_file() and (out / "scores.txt").is_file()
+    assert not list(out.glob("*.png"))
+    assert "pip install 'metaemb[plots]'" in text
+
+
+def _split_lists(data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """VoxCeleb lists over two disjoint halves of the identities: calibration and evaluation."""
+    from metaemb.core.trials import make_trials
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    folder = ImageFolder(data)
+    ids = folder.identities
+    half = len(ids) // 2
+    paths = []
+    for name, part, seed in (("cal", ids[:half], 1), ("eval", ids[half:], 2)):
+        paths.append(tmp_path / f"{name}.txt")
+        write_trials(paths[-1], make_trials(folder.subset(part), n_nontarget=60, seed=seed))
+    return paths[0], paths[1]
+
+
+def test_calibration_on_held_out_trials(lfw, tmp_path, capsys):
+    data, run = lfw
+    cal_list, eval_list = _split_lists(data, tmp_path)
+    base = ["evaluate", run, "--data", data, "--workers", "0"]
+    code, _, err = run_cli([*base, "--trials", cal_list, "--out", tmp_path / "c"], capsys)
+    assert code == 0, err
+    out = tmp_path / "ev"
+    code, text, err = run_cli(
+        [*base, "--trials", eval_list, "--calibrate", cal_list, "--out", out], capsys
+    )
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    # The calibration is the one fitted independently on the calibration list's scores ...
+    _, cal_scores, cal_labels = scores_and_labels(tmp_path / "c" / "scores.txt")
+    want = LinearCalibration().fit(cal_scores, cal_labels)
+    cal = result["calibration"]
+    assert cal["weight"] == pytest.approx(want.weight, rel=1e-6)
+    assert cal["bias"] == pytest.approx(want.bias, rel=1e-6, abs=1e-9)
+    assert (cal["n_target"], cal["n_nontarget"]) == (int(cal_labels.sum()), 60)
+    assert cal["shared_identities"] == 0 and "share" not in text
+    # ... applied to the evaluation scores; raw metrics stay those of the raw scores.
+    _, scores, labels = scores_and_labels(out / "scores.txt")
+    _, calibrated, _ = scores_and_labels(out / "scores_calibrated.txt")
+    np.testing.assert_allclose(calibrated, want.weight * scores + want.bias, rtol=1e-6, atol=1e-8)
+    assert_report_matches(result, scores, labels)
+    assert_report_matches(result["calibrated"], calibrated, labels)
+    assert "calibrated" in text and "llr =" in text
+    assert f"Cllr (bits) {result['cllr']:.4f} {result['calibrated']['cllr']:.4f}" in text
+
+
+def test_calibrating_on_the_evaluation_trials_cannot_do_worse_than_raw_or_zero_llrs(
+    lfw, tmp_path, capsys
+):
+    """Linear logistic calibration minimises Cllr over affine maps, which include the identity
+    (raw Cllr) and the constant 0 (Cllr = 1); overlapping identities are warned about."""
+    data, run = lfw
+    _, eval_list = _split_lists(data, tmp_path)
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--data", data, "--trials", eval_list, "--calibrate", eval_list]
+    code, text, err = run_cli([*args, "--out", out, "--workers", "0"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["calibrated"]["cllr"] <= min(result["cllr"], 1.0) + 1e-9
+    assert result["calibration"]["shared_identities"] == 10 and "share 10 identities" in text
+
+
+def test_each_file_is_loaded_once_however_many_trials_name_it(lfw, tmp_path, monkeypatch):
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    data, run = lfw
+    folder = ImageFolder(data)
+    files = [s.path for s in folder.samples[:12]]
+    # every pair of 12 files, both ways: each file is named in 22 trials; calibration reuses them
+    trials = [
+        Trial((a,), b, int(a.split("/")[0] == b.split("/")[0]))
+        for a in files
+        for b in files
+        if a != b
+    ]
+    write_trials(tmp_path / "t.txt", trials)
+    write_trials(tmp_path / "c.txt", trials[::-1])
+    loads: collections.Counter[str] = collections.Counter()
+    real = ImageFolder.load
+
+    def counting(self, path):
+        loads[Path(path).relative_to(self.root).as_posix()] += 1
+        return real(self, path)
+
+    monkeypatch.setattr(ImageFolder, "load", counting)
+    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "t.txt", "--workers", "0"]
+    code, _, _ = run_cli([*args, "--calibrate", tmp_path / "c.txt", "--out", tmp_path / "ev"])
+    assert code == 0
+    assert loads == collections.Counter(files)
+
+
+def test_unlabelled_trials_are_refused_naming_the_file(lfw, tmp_path, capsys):
+    data, run = lfw
+    (tmp_path / "u.txt").write_text("Person_0000/Person_0000_0001.jpg x/y.jpg\n")
+    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "u.txt", "--workers", "0"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "u.txt" in err and "no target/non-target label" in err
+
+
+def test_det_plot_marks_the_min_dcf_points_and_widens_its_window_to_hold_them():
+    from metaemb.core import report
+
+    rng = np.random.default_rng(0)
+    tar, non = rng.normal(1.5, 1, 300), rng.normal(0, 1, 2000)
+    for p in (0.01, 0.05, 0.5):
+        fa, miss = report.min_dcf_point(tar, non, p)
+        dcf = (p * miss + (1 - p) * fa) / min(p, 1 - p)
+        assert dcf == pytest.approx(metrics.min_dcf(tar, non, p), abs=1e-12)
+    assert report.det_window([0.1, 0.3]) == (0.0005, 0.5)
+    assert report.det_window([0.1, 0.945]) == (0.0005, 0.95)
+    assert report.det_window([1.0]) == (0.0005, 0.99)
+
+
+@pytest.mark.slow
+def test_demo_face_model_is_calibrated_to_within_005_bits_on_held_out_identities(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 3's calibration acceptance on the demo model (default face training, ~10 min on
+    2 CPU cores): calibrate on half of the held-out identities, evaluate on the other half."""
+    from metaemb.core.components import build
+    from metaemb.core.config import resolve
+    from metaemb.core.pipeline import data_root
+    from metaemb.core.trials import make_trials
+
+    monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli(["train", "--modality", "face", "--runs", tmp_path / "runs"], capsys)
+    assert code == 0, err
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    folder = build("sample_folders", "image", {}, root=data_root(resolve("face")))
+    _, val = folder.split(0.25, seed=0)
+    half = len(val.identities) // 2
+    lists = []
+    for name, ids, seed in (("cal", val.identities[:half], 1), ("eval", val.identities[half:], 2)):
+        lists.append(tmp_path / f"{name}.txt")
+        write_trials(lists[-1], make_trials(val.subset(ids), n_nontarget=4000, seed=seed))
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--trials", lists[1], "--calibrate", lists[0], "--out", out]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["calibration"]["shared_identities"] == 0
+    calibrated = result["calibrated"]
+    assert calibrated["cllr"] - calibrated["min_cllr"] < 0.05

@@ -1,0 +1,335 @@
+"""`metaemb export`: ONNX Runtime / TorchScript outputs equal PyTorch's for any batch size (and audio
+length), GME heads export (a, b), the sidecar says how to feed the model, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import metaemb
+from metaemb import cli
+from metaemb.core.config import resolve
+from metaemb.core.errors import MetaembError
+from metaemb.core.export import (
+    ExportError,
+    TraceableFbank,
+    build_model,
+    check_parity,
+    export,
+    load_inference,
+)
+from metaemb.core.runs import save_checkpoint
+
+FACE = ["features.image_size=32", "model.dim=16"]
+SPEAKER = [
+    "backbone.channels=32",
+    "backbone.pool_channels=48",
+    "backbone.embedding_dim=24",
+    "model.dim=12",
+]
+
+
+def make_checkpoint(path: Path, modality: str, sets: list[str], example: tuple) -> tuple:
+    """A checkpoint as the engine writes it, with BatchNorm statistics moved off their defaults
+    (a few train-mode passes) so the exported graph has to carry real normalisation."""
+    cfg = resolve(modality, None, sets)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*example)
+    model.eval()
+    state = {
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "model": model.state_dict(),
+        "input_spec": model.features.input_spec(),
+        "epoch": 1,
+    }
+    save_checkpoint(path, state)
+    return path, model, cfg
+
+
+def faces(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Normalised images, as ImageFeatures.prepare(train=False) makes them."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def voices(lengths: list[int], seed: int = 0, pad_to: int | None = None) -> tuple:
+    """Speech-like test signals (harmonics of a gliding f0 plus noise), zero-padded."""
+    g = torch.Generator().manual_seed(seed)
+    t_max = pad_to or max(lengths)
+    waves = torch.zeros(len(lengths), t_max)
+    for i, n in enumerate(lengths):
+        t = torch.arange(n) / 16000.0
+        f0 = 110.0 + 40.0 * i + 30.0 * torch.sin(2 * math.pi * 0.7 * t)
+        phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000.0
+        x = sum(torch.sin(k * phase) / k for k in range(1, 8))
+        waves[i, :n] = 0.1 * x + 0.01 * torch.randn(n, generator=g)
+    return waves, torch.tensor(lengths)
+
+
+def outputs(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return list(out)
+    return [out.a, out.b]  # a GME
+
+
+@pytest.fixture(scope="module")
+def face_ckpt(tmp_path_factory):
+    return make_checkpoint(
+        tmp_path_factory.mktemp("face") / "best.pt", "face", FACE, (faces(8, seed=9),)
+    )
+
+
+@pytest.fixture(scope="module")
+def speaker_ckpt(tmp_path_factory):
+    return make_checkpoint(
+        tmp_path_factory.mktemp("speaker") / "best.pt",
+        "speaker",
+        SPEAKER,
+        voices([16000, 12000, 9000], seed=9),
+    )
+
+
+@pytest.fixture(scope="module")
+def speaker_gme_ckpt(tmp_path_factory):
+    return make_checkpoint(
+        tmp_path_factory.mktemp("gme") / "best.pt",
+        "speaker",
+        [*SPEAKER, 'model.head="gme"'],
+        voices([16000, 12000, 9000], seed=9),
+    )
+
+
+def ort_session(path: Path):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# -- images ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def face_onnx(face_ckpt):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    return export(face_ckpt[0], "onnx")
+
+
+def test_face_onnx_matches_pytorch_for_batch_sizes_1_and_3(face_ckpt, face_onnx):
+    _, model, _ = face_ckpt
+    assert face_onnx.path == face_ckpt[0].with_name("best.onnx")
+    session = ort_session(face_onnx.path)
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["embeddings"]
+    for n in (1, 3):
+        x = faces(n, seed=n)
+        [got] = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            ref = model(x)
+        assert got.shape == (n, 16)
+        torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_graph_declares_a_dynamic_batch_dimension(face_onnx):
+    import onnx
+
+    graph = onnx.load(str(face_onnx.path)).graph
+    [inp], [out] = graph.input, graph.output
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # symbolic, not a fixed number
+    assert [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert out.type.tensor_type.shape.dim[0].dim_param
+    names = {i.name for i in graph.initializer}
+    assert not any("classifier" in n or "objective" in n for n in names)
+
+
+def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_onnx):
+    _, _, cfg = face_ckpt
+    info = json.loads(face_onnx.sidecar.read_text())
+    assert face_onnx.sidecar.name == "best.onnx.json"
+    assert info == face_onnx.info
+    assert info["format"] == "onnx" and info["opset"] == 17 and info["file"] == "best.onnx"
+    assert info["metaemb_version"] == metaemb.__version__
+    assert info["config_hash"] == cfg.hash()
+    assert info["embedding"] == {"kind": "point", "dim": 16}
+    assert info["inputs"] == [{"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32"}]
+    assert info["outputs"] == [{"name": "embeddings", "shape": ["N", 16], "dtype": "float32"}]
+    spec = info["input_spec"]
+    assert spec["image_size"] == 32 and spec["mean"] == [0.5] * 3 and spec["std"] == [0.5] * 3
+    assert info["components"]["frontend"] == "align"
+    assert info["frontend_options"]["crop_size"] == 112  # defaults included
+    assert any("align_faces" in step for step in info["preprocessing"])
+    assert info["verified"]["max_abs_diff"] < 1e-4
+
+
+def test_face_torchscript_matches_pytorch(face_ckpt, tmp_path):
+    _, model, _ = face_ckpt
+    out = tmp_path / "face.ts"
+    result = export(face_ckpt[0].parent, "torchscript", out)  # a run directory works too
+    assert result.sidecar == tmp_path / "face.ts.json"
+    assert "opset" not in result.info
+    loaded = torch.jit.load(str(out))
+    for n in (1, 3):
+        x = faces(n, seed=10 + n)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+# -- audio ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"window": "hamming", "preemphasis": 0.0, "cmn": False, "n_mels": 40},
+        {"remove_dc_offset": False, "low_freq": 100.0, "high_freq": -400.0},
+    ],
+)
+def test_traceable_fbank_matches_kaldi_fbank(opts):
+    from metaemb.plugins.audio.fbank import KaldiFbank
+
+    fbank = KaldiFbank(**opts).eval()
+    waves, lengths = voices([16000, 7000, 401, 399])  # 399 < one frame: no frames at all
+    ref, ref_len = fbank(waves, lengths)
+    got, got_len = TraceableFbank(fbank)(waves, lengths)
+    assert torch.equal(got_len, ref_len) and got_len.tolist() == [98, 42, 1, 0]
+    torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
+    assert got[1, :, 42:].abs().max() == 0 and got[3].abs().max() == 0  # padding frames stay zero
+
+
+def test_speaker_onnx_matches_pytorch_for_two_lengths_and_batch_sizes(speaker_ckpt):
+    pytest.importorskip("onnx")
+    path, model, _ = speaker_ckpt
+    result = export(path, "onnx")
+    assert result.info["inputs"][0] == {
+        "name": "waveforms",
+        "shape": ["N", "T"],
+        "dtype": "float32",
+    }
+    assert result.info["inputs"][1]["dtype"] == "int64"
+    assert result.info["verified"]["fbank_max_abs_diff"] < 1e-3
+    session = ort_session(result.path)
+    for lengths in ([12000], [20000, 15000, 8000]):
+        waves, lens = voices(lengths, seed=len(lengths))
+        [got] = session.run(None, {"waveforms": waves.numpy(), "lengths": lens.numpy()})
+        with torch.no_grad():
+            ref = model(waves, lens)  # the model's own KaldiFbank
+        assert got.shape == (len(lengths), 12)
+        torch.testing.assert_close(torch.from_numpy(got), ref, atol=2e-4, rtol=1e-3)
+    # Extra zero padding past the longest utterance changes nothing.
+    waves, lens = voices([10000, 9000], seed=5, pad_to=11000)
+    [got] = session.run(None, {"waveforms": waves.numpy(), "lengths": lens.numpy()})
+    with torch.no_grad():
+        ref = torch.cat(
+            [model(waves[i : i + 1, :n], lens[i : i + 1]) for i, n in enumerate([10000, 9000])]
+        )
+    torch.testing.assert_close(torch.from_numpy(got), ref, atol=2e-4, rtol=1e-3)
+
+
+def test_gme_head_exports_a_and_b_in_both_formats(speaker_gme_ckpt, tmp_path):
+    pytest.importorskip("onnx")
+    path, model, _ = speaker_gme_ckpt
+    waves, lens = voices([14000, 9000, 6000], seed=3)
+    with torch.no_grad():
+        ref = model(waves, lens)
+    assert (ref.b > 0).all()
+    onnx_result = export(path, "onnx", tmp_path / "gme.onnx")
+    assert onnx_result.info["embedding"] == {"kind": "gme", "dim": 12}
+    assert [o["name"] for o in onnx_result.info["outputs"]] == ["a", "b"]
+    session = ort_session(onnx_result.path)
+    assert [o.name for o in session.get_outputs()] == ["a", "b"]
+    a, b = session.run(None, {"waveforms": waves.numpy(), "lengths": lens.numpy()})
+    torch.testing.assert_close(torch.from_numpy(a), ref.a, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(torch.from_numpy(b), ref.b, atol=2e-4, rtol=1e-3)
+    export(path, "torchscript", tmp_path / "gme.ts")
+    ta, tb = torch.jit.load(str(tmp_path / "gme.ts"))(waves, lens)
+    torch.testing.assert_close(ta, ref.a, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(tb, ref.b, atol=2e-4, rtol=1e-3)
+
+
+def test_speaker_torchscript_handles_lengths_it_was_not_traced_with(speaker_ckpt, tmp_path):
+    path, model, _ = speaker_ckpt
+    export(path, "torchscript", tmp_path / "spk.ts")
+    loaded = torch.jit.load(str(tmp_path / "spk.ts"))
+    for lengths in ([5000], [23456, 17000]):
+        waves, lens = voices(lengths, seed=7)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(waves, lens), model(waves, lens), atol=2e-4, rtol=1e-3
+            )
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_unknown_format_and_bad_opset_are_refused(speaker_ckpt):
+    with pytest.raises(ExportError, match=r"unknown export format 'onxx'; did you mean 'onnx'"):
+        export(speaker_ckpt[0], "onxx")
+    with pytest.raises(ExportError, match="--opset must be between 13 and 20"):
+        export(speaker_ckpt[0], "onnx", opset=9)
+
+
+def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
+    with pytest.raises(MetaembError, match="neither a run directory nor a checkpoint"):
+        export(tmp_path / "nope.pt", "onnx")
+    with pytest.raises(MetaembError, match="no best.pt or last.pt"):
+        export(tmp_path, "torchscript")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(MetaembError, match="not a metaemb checkpoint"):
+        export(tmp_path / "other.pt", "torchscript")
+
+
+def test_parity_check_rejects_a_graph_that_differs(speaker_ckpt):
+    inf = load_inference(speaker_ckpt[0])
+
+    def shifted(inputs):
+        with torch.no_grad():
+            return [outputs(inf.module(*inputs))[0] + 1e-2]
+
+    def frozen_batch(inputs):
+        with torch.no_grad():
+            return [outputs(inf.module(*inputs))[0][:1]]
+
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        check_parity(shifted, inf.module, inf.kind, inf.spec)
+    with pytest.raises(ExportError, match="shape was frozen"):
+        check_parity(frozen_batch, inf.module, inf.kind, inf.spec)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["metaemb", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_export_end_to_end(speaker_ckpt, tmp_path, capsys, monkeypatch):
+    path, model, _ = speaker_ckpt
+    out = tmp_path / "deploy" / "speaker.ts"
+    code, stdout, err = run_cli(
+        ["export", str(path), "--format", "torchscript", "--out", str(out)], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert f"wrote {out}" in stdout and "waveforms, lengths → embeddings" in stdout
+    assert json.loads(out.with_name("speaker.ts.json").read_text())["format"] == "torchscript"
+    waves, lens = voices([9000, 7000], seed=11)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.jit.load(str(out))(waves, lens), model(waves, lens), atol=2e-4, rtol=1e-3
+        )
+
+    code, _, err = run_cli(["export", str(path), "--format", "tflite"], capsys, monkeypatch)
+    assert code == 2 and "unknown export format 'tflite'" in err
+    code, _, err = run_cli(["export", str(tmp_path / "missing.pt")], capsys, monkeypatch)
+    assert code == 2 and "missing.pt" in err

@@ -1,0 +1,242 @@
+"""Gallery enrollment store and search: file round trip and extension, search against brute-force
+scoring (point scorers and GME LLRs/posteriors), open-set decisions, refusal of a foreign model's
+gallery, and `metaemb enroll` / `metaemb identify` end to end on a tiny trained face model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaemb.core import gallery as gal
+from metaemb.core.components import build
+from metaemb.core.gallery import NEW, Gallery, GalleryError, ModelStamp, model_digest
+from metaemb.core.gme import GME, identification_posteriors, llr
+
+DIM = 8
+
+
+def point_stamp(digest: str = "0" * 16, dim: int = DIM) -> ModelStamp:
+    return ModelStamp(digest=digest, kind="point", dim=dim, config_hash="abcd1234", epoch=2)
+
+
+def point_gallery(n_ids: int = 5, per_id: int = 3, seed: int = 0) -> Gallery:
+    g = torch.Generator().manual_seed(seed)
+    gallery = Gallery(point_stamp())
+    for i in range(n_ids):
+        x = torch.randn(per_id, DIM, generator=g)
+        gallery.add(f"id{i}", x, [f"/data/id{i}/{j}.png" for j in range(per_id)])
+    return gallery
+
+
+def gme_world(n_ids: int, per_id: int, dim: int = 16, prec: float = 4.0, seed: int = 0):
+    """GMEs from their own generative model: z ~ N(0, I), x = z + noise of precision b, a = b·x."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_ids, dim, generator=g, dtype=torch.float64)
+
+    def sample(i: int, n: int) -> GME:
+        b = prec * (0.5 + torch.rand(n, dim, generator=g, dtype=torch.float64))
+        x = z[i] + torch.randn(n, dim, generator=g, dtype=torch.float64) / b.sqrt()
+        return GME((b * x).float(), b.float())
+
+    return sample
+
+
+def gme_gallery(n_ids: int = 6, per_id: int = 3, dim: int = 16, seed: int = 0):
+    sample = gme_world(n_ids + 1, per_id, dim, seed=seed)
+    gallery = Gallery(ModelStamp(digest="1" * 16, kind="gme", dim=dim))
+    for i in range(n_ids):
+        gallery.add(f"id{i}", sample(i, per_id))
+    return gallery, sample
+
+
+# -- the store ------------------------------------------------------------------------------
+def test_round_trip_extend_and_remove(tmp_path):
+    gallery = point_gallery()
+    path = tmp_path / "g.pt"
+    gallery.save(path)
+    raw = torch.load(path, weights_only=True)  # plain tensors, strings and numbers only
+    assert raw["format"] == "metaemb-gallery" and raw["identities"] == [f"id{i}" for i in range(5)]
+    loaded = Gallery.load(path)
+    assert loaded.stamp == gallery.stamp
+    assert loaded.identities == gallery.identities and loaded.sources == gallery.sources
+    assert torch.equal(loaded.samples, gallery.samples)
+    assert torch.equal(loaded.owner, gallery.owner)
+    assert loaded.counts().tolist() == [3] * 5
+
+    # Pooled model: the mean of L2-normalised samples, against a direct computation.
+    centroids, counts = loaded.pooled()
+    x = gallery.samples
+    for i in range(5):
+        want = F.normalize(x[3 * i : 3 * i + 3], dim=1).mean(0)
+        assert torch.allclose(centroids[i], want, atol=1e-6)
+    assert torch.allclose(raw["pooled"]["embeddings"], centroids) and counts.tolist() == [3] * 5
+
+    # Extending: known sources are skipped, new ones are added to the existing identity.
+    extra = torch.randn(2, DIM)
+    added = loaded.add("id1", torch.cat([x[3:4], extra[:1]]), ["/data/id1/0.png", "/data/id1/9.png"])
+    assert added == 1 and loaded.counts().tolist() == [3, 4, 3, 3, 3]
+    assert loaded.add("id9", extra, ["/data/id9/0.png", "/data/id9/0.png"]) == 1  # duplicate
+    with pytest.raises(GalleryError, match="already enrolled as 'id2'"):
+        loaded.add("id3", x[6:7], ["/data/id2/0.png"])
+    loaded.save(path)
+    again = Gallery.load(path)
+    assert again.identities == [*gallery.identities, "id9"] and again.counts()[1] == 4
+    assert torch.equal(again.samples[again.owner == 1][-1], extra[0])
+
+    # Removing an identity re-indexes the owners of the others.
+    assert again.remove("id1") == 4
+    assert again.identities == ["id0", "id2", "id3", "id4", "id9"]
+    assert torch.equal(again.samples[again.owner == 1], x[6:9])
+    assert again.add("id1", x[3:4], ["/data/id1/0.png"]) == 1  # its sources are free again
+    with pytest.raises(GalleryError, match="did you mean 'id2'"):
+        again.remove("id22")
+
+
+def test_gme_gallery_pools_natural_parameters(tmp_path):
+    gallery, _ = gme_gallery()
+    pooled, counts = gallery.pooled()
+    s = gallery.samples
+    assert torch.allclose(pooled.a[2], s.a[6:9].sum(0)) and torch.allclose(pooled.b[2], s.b[6:9].sum(0))
+    gallery.save(tmp_path / "g.pt")
+    loaded = Gallery.load(tmp_path / "g.pt")
+    assert loaded.stamp.kind == "gme" and torch.equal(loaded.samples.b, s.b)
+    assert counts.tolist() == [3] * 6
+
+
+def test_bad_input_and_files(tmp_path):
+    gallery = point_gallery()
+    with pytest.raises(GalleryError, match="point embeddings of dimension 8"):
+        gallery.add("x", torch.randn(2, DIM + 1))
+    with pytest.raises(GalleryError, match="NaN"):
+        gallery.add("x", torch.full((1, DIM), math.nan))
+    with pytest.raises(GalleryError, match="single-line"):
+        gallery.add("a\tb", torch.randn(1, DIM))
+    with pytest.raises(GalleryError, match="does not exist; create it with `metaemb enroll"):
+        Gallery.load(tmp_path / "missing.pt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(GalleryError, match="not a metaemb gallery"):
+        Gallery.load(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(GalleryError, match="cannot be read"):
+        Gallery.load(tmp_path / "junk.pt")
+    with pytest.raises(GalleryError, match="empty"):
+        Gallery(point_stamp()).search(torch.randn(1, DIM))
+
+
+def test_foreign_model_is_refused(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    digest = model_digest(state)
+    assert digest == model_digest({k: v.clone() for k, v in state.items()})
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-3
+    other = model_digest(model.state_dict())
+    assert other != digest
+
+    stamp = ModelStamp.of({"model": state, "config_hash": "cafe0123", "epoch": 3}, torch.zeros(1, 3))
+    assert (stamp.kind, stamp.dim, stamp.digest) == ("point", 3, digest)
+    g = Gallery(stamp)
+    g.add("a", torch.randn(2, 3))
+    g.save(tmp_path / "g.pt")
+    gal.open_gallery(tmp_path / "g.pt", digest)  # the same weights: fine
+    with pytest.raises(GalleryError, match=r"another model \(weights .*config cafe0123, epoch 3"):
+        gal.open_gallery(tmp_path / "g.pt", other)
+    assert gal.open_gallery(tmp_path / "none.pt", other) is None
+    with pytest.raises(GalleryError, match="gme embeddings of dimension 3, but the gallery holds point"):
+        g.search(GME(torch.zeros(1, 3), torch.ones(1, 3)))
+
+
+# -- search ---------------------------------------------------------------------------------
+def brute_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(scores, dim=1, descending=True)[:, :k]
+    return scores.gather(1, order), order
+
+
+@pytest.mark.parametrize("scorer", ["cosine", "euclidean"])
+def test_point_search_equals_brute_force(monkeypatch, scorer):
+    monkeypatch.setattr(gal, "PROBE_CHUNK", 7)  # many blocks on both axes
+    monkeypatch.setattr(gal, "IDENT_CHUNK", 5)
+    gallery = point_gallery(n_ids=23, per_id=2, seed=1)
+    probes = torch.randn(31, DIM, generator=torch.Generator().manual_seed(2))
+    x, owner = gallery.samples, gallery.owner
+    if scorer == "cosine":
+        means = torch.stack([F.normalize(x[owner == i], dim=1).mean(0) for i in range(23)])
+        want = F.normalize(probes, dim=1) @ F.normalize(means, dim=1).T
+    else:
+        means = torch.stack([x[owner == i].mean(0) for i in range(23)])
+        want = -torch.cdist(probes.double(), means.double())
+    got = gallery.score_matrix(probes, scorer)
+    assert torch.allclose(got, want.double(), atol=1e-5)
+    res = gallery.search(probes, k=4, scorer=build("scorers", scorer, {}))
+    v, i = brute_topk(want.double(), 4)
+    assert torch.equal(res.index, i) and torch.allclose(res.scores, v, atol=1e-5)
+    assert res.kind == "score" and res.threshold is None and bool(res.accepted.all())
+    assert gallery.search(probes, k=100).index.shape == (31, 23)  # k capped at the gallery size
+
+
+def test_gme_search_llrs_and_posteriors_equal_brute_force(monkeypatch):
+    monkeypatch.setattr(gal, "PROBE_CHUNK", 4)
+    monkeypatch.setattr(gal, "IDENT_CHUNK", 3)
+    gallery, sample = gme_gallery(n_ids=7)
+    probes = GME.cat([sample(i % 8, 1) for i in range(10)])
+    pooled, _ = gallery.pooled()
+    want = torch.stack([llr(probes[p], pooled) for p in range(10)]).double()
+    assert torch.allclose(gallery.score_matrix(probes), want, atol=1e-4)
+    p_new = 0.3
+    res = gallery.search(probes, k=3, p_new=p_new)
+    v, i = brute_topk(want, 3)
+    assert torch.equal(res.index, i) and torch.allclose(res.scores, v, atol=1e-4)
+    prior = [(1 - p_new) / 7] * 7 + [p_new]
+    post = identification_posteriors(probes.to(torch.float64), pooled.to(torch.float64), prior)
+    assert torch.allclose(res.posteriors, post.gather(1, i), atol=1e-5)
+    assert torch.allclose(res.p_new, post[:, -1], atol=1e-5)
+    # Bayes decision = the MAP hypothesis among the 7 enrolled identities and "new".
+    assert res.threshold == pytest.approx(math.log(p_new * 7 / (1 - p_new)))
+    map_choice = post.argmax(1)
+    expect = [NEW if int(c) == 7 else f"id{int(c)}" for c in map_choice]
+    assert res.decisions() == expect
+
+
+def test_open_set_unknown_probe_is_new():
+    gallery, sample = gme_gallery(n_ids=6, per_id=3)
+    known = GME.cat([sample(i, 1) for i in range(6)])
+    unknown = sample(6, 4)  # identity 6 was never enrolled
+    res = gallery.search(GME.cat([known, unknown]), k=2)
+    assert res.decisions() == [f"id{i}" for i in range(6)] + [NEW] * 4
+    assert bool((res.p_new[6:] > 0.5).all()) and bool((res.p_new[:6] < 0.5).all())
+    # A fixed LLR threshold overrides the Bayes one.
+    assert res.threshold == pytest.approx(0.0)  # uniform prior over 6 + new
+    strict = gallery.search(known, k=1, threshold=1e9)
+    assert strict.decisions() == [NEW] * 6
+
+    # Point galleries: closed set by default, open set with a score threshold.
+    g = torch.Generator().manual_seed(5)
+    centres = 3 * torch.eye(DIM)[:3]
+    pg = Gallery(point_stamp())
+    for i in range(3):
+        pg.add(f"id{i}", centres[i] + 0.3 * torch.randn(2, DIM, generator=g))
+    probes = torch.cat([centres + 0.3 * torch.randn(3, DIM, generator=g), 3 * torch.eye(DIM)[7:]])
+    closed = pg.search(probes, k=1).decisions()
+    assert closed[:3] == ["id0", "id1", "id2"] and closed[3] != NEW
+    res = pg.search(probes, k=1, threshold=0.5)
+    assert res.decisions() == ["id0", "id1", "id2", NEW]
+
+
+def test_faiss_backend_matches_brute_force():
+    pytest.importorskip("faiss")
+    gallery = point_gallery(n_ids=40, per_id=3, seed=3)
+    probes = torch.randn(25, DIM, generator=torch.Generator().manual_seed(4))
+    exact = gallery.search(probes, k=5)
+    fast = gallery.search(probes, k=5, backend="faiss", threshold=0.2)
+    assert torch.equal(fast.index, exact.index)
+    assert torch.allclose(fast.scores, exact.scores, atol=1e-5)
+    assert torch.equal(fast.accepted, exact.scores[:, 0] >= 0.2)
+
+
+def test_faiss_backend_refuses_other_scorers():
+    gallery = point_gallery()
+    with pytest.raises(GalleryError, match="plain 'cosine' scorer only"):
+        gallery.search(torch.randn(2, DIM), backend="faiss", scorer="euclidean")
