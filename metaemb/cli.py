@@ -37,6 +37,10 @@ def create_app() -> typer.Typer:
     from metaemb.commands.export import export as export_command
 
     app.command("export")(export_command)
+    from metaemb.commands.gallery import enroll, identify
+
+    app.command()(enroll)
+    app.command()(identify)
     from metaemb.core.plugins import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)

@@ -25,7 +25,7 @@ from metaemb.core.export import (
 )
 from metaemb.core.runs import save_checkpoint
 
-FACE = ["features.image_size=32", "model.dim=16"]
+FACE = ["features.image_size=16", "model.dim=16"]
 SPEAKER = [
     "backbone.channels=32",
     "backbone.pool_channels=48",
@@ -56,7 +56,7 @@ def make_checkpoint(path: Path, modality: str, sets: list[str], example: tuple) 
     return path, model, cfg
 
 
-def faces(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+def faces(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     """Normalised images, as ImageFeatures.prepare(train=False) makes them."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
@@ -146,7 +146,7 @@ def test_onnx_graph_declares_a_dynamic_batch_dimension(face_onnx):
     [inp], [out] = graph.input, graph.output
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].dim_value  # symbolic, not a fixed number
-    assert [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert [d.dim_value for d in dims[1:]] == [3, 16, 16]
     assert out.type.tensor_type.shape.dim[0].dim_param
     names = {i.name for i in graph.initializer}
     assert not any("classifier" in n or "objective" in n for n in names)
@@ -161,13 +161,19 @@ def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_on
     assert info["metaemb_version"] == metaemb.__version__
     assert info["config_hash"] == cfg.hash()
     assert info["embedding"] == {"kind": "point", "dim": 16}
-    assert info["inputs"] == [{"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32"}]
+    assert info["inputs"] == [{"name": "images", "shape": ["N", 3, 16, 16], "dtype": "float32"}]
     assert info["outputs"] == [{"name": "embeddings", "shape": ["N", 16], "dtype": "float32"}]
     spec = info["input_spec"]
-    assert spec["image_size"] == 32 and spec["mean"] == [0.5] * 3 and spec["std"] == [0.5] * 3
-    assert info["components"]["frontend"] == "align"
-    assert info["frontend_options"]["crop_size"] == 112  # defaults included
-    assert any("align_faces" in step for step in info["preprocessing"])
+    assert spec["image_size"] == 16 and spec["mean"] == [0.5] * 3 and spec["std"] == [0.5] * 3
+    assert info["components"] == {
+        "frontend": "none",
+        "features": "image",
+        "backbone": "resnet18",
+        "head": "linear",
+        "scorer": "cosine",
+    }
+    assert info["preprocessing"][0].startswith("no frontend")
+    assert "(x − mean) / std" in info["preprocessing"][3]
     assert info["verified"]["max_abs_diff"] < 1e-4
 
 
@@ -216,6 +222,9 @@ def test_speaker_onnx_matches_pytorch_for_two_lengths_and_batch_sizes(speaker_ck
     }
     assert result.info["inputs"][1]["dtype"] == "int64"
     assert result.info["verified"]["fbank_max_abs_diff"] < 1e-3
+    assert result.info["components"]["frontend"] == "energy"
+    assert result.info["frontend_options"]["threshold"] == 5.5  # defaults included
+    assert "Kaldi energy VAD" in result.info["preprocessing"][0]
     session = ort_session(result.path)
     for lengths in ([12000], [20000, 15000, 8000]):
         waves, lens = voices(lengths, seed=len(lengths))
@@ -278,7 +287,7 @@ def test_unknown_format_and_bad_opset_are_refused(speaker_ckpt):
 def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
     with pytest.raises(MetaembError, match="neither a run directory nor a checkpoint"):
         export(tmp_path / "nope.pt", "onnx")
-    with pytest.raises(MetaembError, match="no best.pt or last.pt"):
+    with pytest.raises(MetaembError, match=r"no best\.pt or last\.pt"):
         export(tmp_path, "torchscript")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(MetaembError, match="not a metaemb checkpoint"):

@@ -5,6 +5,7 @@ gallery, and `metaemb enroll` / `metaemb identify` end to end on a tiny trained 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -76,7 +77,9 @@ def test_round_trip_extend_and_remove(tmp_path):
 
     # Extending: known sources are skipped, new ones are added to the existing identity.
     extra = torch.randn(2, DIM)
-    added = loaded.add("id1", torch.cat([x[3:4], extra[:1]]), ["/data/id1/0.png", "/data/id1/9.png"])
+    added = loaded.add(
+        "id1", torch.cat([x[3:4], extra[:1]]), ["/data/id1/0.png", "/data/id1/9.png"]
+    )
     assert added == 1 and loaded.counts().tolist() == [3, 4, 3, 3, 3]
     assert loaded.add("id9", extra, ["/data/id9/0.png", "/data/id9/0.png"]) == 1  # duplicate
     with pytest.raises(GalleryError, match="already enrolled as 'id2'"):
@@ -99,7 +102,9 @@ def test_gme_gallery_pools_natural_parameters(tmp_path):
     gallery, _ = gme_gallery()
     pooled, counts = gallery.pooled()
     s = gallery.samples
-    assert torch.allclose(pooled.a[2], s.a[6:9].sum(0)) and torch.allclose(pooled.b[2], s.b[6:9].sum(0))
+    assert torch.allclose(pooled.a[2], s.a[6:9].sum(0)) and torch.allclose(
+        pooled.b[2], s.b[6:9].sum(0)
+    )
     gallery.save(tmp_path / "g.pt")
     loaded = Gallery.load(tmp_path / "g.pt")
     assert loaded.stamp.kind == "gme" and torch.equal(loaded.samples.b, s.b)
@@ -136,7 +141,9 @@ def test_foreign_model_is_refused(tmp_path):
     other = model_digest(model.state_dict())
     assert other != digest
 
-    stamp = ModelStamp.of({"model": state, "config_hash": "cafe0123", "epoch": 3}, torch.zeros(1, 3))
+    stamp = ModelStamp.of(
+        {"model": state, "config_hash": "cafe0123", "epoch": 3}, torch.zeros(1, 3)
+    )
     assert (stamp.kind, stamp.dim, stamp.digest) == ("point", 3, digest)
     g = Gallery(stamp)
     g.add("a", torch.randn(2, 3))
@@ -145,7 +152,9 @@ def test_foreign_model_is_refused(tmp_path):
     with pytest.raises(GalleryError, match=r"another model \(weights .*config cafe0123, epoch 3"):
         gal.open_gallery(tmp_path / "g.pt", other)
     assert gal.open_gallery(tmp_path / "none.pt", other) is None
-    with pytest.raises(GalleryError, match="gme embeddings of dimension 3, but the gallery holds point"):
+    with pytest.raises(
+        GalleryError, match="gme embeddings of dimension 3, but the gallery holds point"
+    ):
         g.search(GME(torch.zeros(1, 3), torch.ones(1, 3)))
 
 
@@ -240,3 +249,157 @@ def test_faiss_backend_refuses_other_scorers():
     gallery = point_gallery()
     with pytest.raises(GalleryError, match="plain 'cosine' scorer only"):
         gallery.search(torch.randn(2, DIM), backend="faiss", scorer="euclidean")
+
+
+# -- the commands, end to end -----------------------------------------------------------------
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """Run `metaemb ARGS` in-process (as the console script does) → (exit code, stdout, stderr)."""
+    import sys
+
+    from metaemb import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["metaemb", *[str(a) for a in args]])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(tiny face data, enroll folder: 3 identities × 3 images, probe folder: their other 2
+    images + 2 of an identity never enrolled, a run trained 1 epoch)."""
+    import shutil
+    import sys
+
+    from metaemb import cli
+
+    base = tmp_path_factory.mktemp("gallery")
+    faces = base / "faces"
+    build(
+        "demo_data",
+        "face",
+        {"identities": 6, "images_per_identity": 5, "image_size": 32},
+        out=faces,
+    )
+    enroll, probes = base / "enroll", base / "probes"
+    for name, ids, images in ((enroll, 3, range(3)), (probes, 3, range(3, 5))):
+        for i in range(ids):
+            for j in images:
+                (name / f"id000{i}").mkdir(parents=True, exist_ok=True)
+                shutil.copy(faces / f"id000{i}/00{j}.png", name / f"id000{i}/00{j}.png")
+        shutil.copy(faces / "landmarks.csv", name / "landmarks.csv")
+    (probes / "id0005").mkdir()
+    for j in range(2):
+        shutil.copy(faces / f"id0004/00{j}.png", probes / f"id0005/00{j}.png")
+    runs = base / "runs"
+    args = ["train", "--modality", "face", "--data", faces, "--runs", runs, "--workers", "0"]
+    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "eval.max_targets=30",
+              "eval.nontargets=30", "features.image_size=32", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
+        args += ["--set", s]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["metaemb", *map(str, args)])
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert not exc.code, "tiny training failed"
+    [run] = list((runs / "face").iterdir())
+    return enroll, probes, run
+
+
+def test_enroll_and_identify_commands(trained, tmp_path, capsys):
+    from metaemb.core.evaluate import Loaded
+
+    enroll, probes, run = trained
+    path = tmp_path / "gallery.pt"
+    args = ["enroll", run, "--gallery", path, "--data", enroll, "--workers", "0"]
+    code, out, err = run_cli([*args, "--identities", "id0000,id0001"], capsys)
+    assert code == 0, err
+    assert "6 new samples for 2 identities" in out
+    assert Gallery.load(path).identities == ["id0000", "id0001"]
+    code, out, err = run_cli(args, capsys)  # extends: only id0002's samples are new
+    assert code == 0, err
+    assert "3 new samples for 3 identities" in out
+    g = Gallery.load(path)
+    assert g.identities == ["id0000", "id0001", "id0002"] and g.counts().tolist() == [3, 3, 3]
+    assert g.sources[0] == str((enroll / "id0000/000.png").resolve())
+    code, _, err = run_cli([*args, "--identities", "id0000,nobody"], capsys)
+    assert code == 2 and "identity 'nobody' has no folder" in err
+
+    # Brute force: probes embedded directly, scored against unit means of the enrolled samples.
+    lp = Loaded.from_path(run, probes, "cpu")
+    xp = lp.embed(lp.parts.folder, None, 0)
+    truth = [s.identity for s in lp.parts.folder.samples]
+    means = torch.stack([F.normalize(g.samples[g.owner == i], dim=1).mean(0) for i in range(3)])
+    want = (F.normalize(xp, dim=1) @ F.normalize(means, dim=1).T).double()
+    threshold = want[-2:].max().item() + 1e-4  # every unknown probe falls below it
+    res_path = tmp_path / "results.tsv"
+    code, out, err = run_cli(
+        ["identify", run, "--gallery", path, "--data", probes, "--top-k", "2", "--out", res_path,
+         "--threshold", threshold, "--workers", "0"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = [r.split("\t") for r in res_path.read_text().splitlines()[1:]]
+    assert len(rows) == 8 * 2
+    for p in range(8):
+        order = torch.argsort(want[p], descending=True)
+        for r in range(2):
+            probe, ident, rank, cand, score, post, decision = rows[2 * p + r]
+            assert (probe.split("/")[0], ident, rank) == (truth[p], truth[p], str(r + 1))
+            assert cand == f"id000{int(order[r])}" and post == ""
+            assert float(score) == pytest.approx(float(want[p, order[r]]), abs=1e-4)
+            accept = float(want[p, order[0]]) >= threshold
+            assert decision == (f"id000{int(order[0])}" if accept else NEW)
+    assert [rows[2 * p][6] for p in (6, 7)] == [NEW, NEW]
+
+    def printed(metric: str) -> str:
+        return re.search(rf"(?<!\w){metric}\s*\S\s*([\d.]+%?)", out).group(1)
+
+    top1 = [f"id000{int(i)}" for i in want.argmax(1)]
+    rank1 = sum(t == truth[p] for p, t in enumerate(top1[:6])) / 6
+    assert printed("rank_1") == f"{rank1:.2%}" and printed("rank_5") == "100.00%"
+    assert (printed("mated"), printed("non_mated")) == ("6", "2")
+    assert printed("false_positive_identification_rate") == "0.00%"
+    # FPIR ≤ 0.1 of 2 non-mated probes allows no false alarm: above the best non-mated score.
+    mate = torch.tensor([int(t[-1]) for t in truth[:6]])
+    hits = [top1[p] == truth[p] and want[p, mate[p]] > want[6:].max() for p in range(6)]
+    assert printed("tpir_at_fpir_0.1") == f"{sum(hits) / 6:.2%}"
+
+    # Loose probe files (no labels, no metrics): the same scores.
+    args = [
+        "identify",
+        run,
+        "--gallery",
+        path,
+        "--probe",
+        probes / "id0005/001.png",
+        "--top-k",
+        "1",
+    ]
+    code, out, err = run_cli([*args, "--out", res_path, "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "rank_1" not in out
+    [row] = [r.split("\t") for r in res_path.read_text().splitlines()[1:]]
+    assert row[1] == "" and float(row[4]) == pytest.approx(float(want[7].max()), abs=1e-4)
+
+    # Clear errors: missing gallery, another model's gallery, an empty probe folder.
+    code, _, err = run_cli(
+        ["identify", run, "--gallery", tmp_path / "no.pt", "--data", probes], capsys
+    )
+    assert code == 2 and "does not exist; create it with `metaemb enroll" in err
+    foreign = tmp_path / "foreign.pt"
+    other = Gallery(ModelStamp(digest="f" * 16, kind="point", dim=16, config_hash="0badc0de"))
+    other.add("x", torch.randn(2, 16))
+    other.save(foreign)
+    args = ["identify", run, "--gallery", foreign, "--data", probes, "--workers", "0"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "enrolled with another model" in err and "0badc0de" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(
+        ["identify", run, "--gallery", path, "--data", tmp_path / "empty"], capsys
+    )
+    assert code == 2 and "no identity sub-folders" in err

@@ -226,18 +226,25 @@ def frontend_options(config: Config) -> dict[str, Any]:
 
 def preprocessing(spec: dict[str, Any], config: Config) -> list[str]:
     """The steps a deployment must replicate before calling the exported model, in order."""
-    frontend = f"the training frontend '{config.model.frontend}' (sidecar: frontend_options)"
+    name = config.model.frontend
+    if name == "none":
+        frontend = "no frontend: samples are used as stored (as in training: pre-aligned/trimmed)"
+    else:
+        about = registry("frontends").entry(name).description.rstrip(".")
+        frontend = f"the training frontend '{name}' ({about}; options: frontend_options)"
+        if name == "align":
+            frontend += "; in Python: metaemb.plugins.vision.align.align_faces"
     if spec.get("kind") == "image":
         s = spec["image_size"]
         return [
-            f"{frontend}; for 'align': 5 landmarks → metaemb.plugins.vision.align.align_faces",
+            frontend,
             f"RGB, {spec.get('resize', 'resize')} (S = {s}), antialiased",
             "float32 pixels x / 255 in [0, 1]",
             f"per channel (x − mean) / std with mean {spec['mean']} and std {spec['std']}",
             f"layout [N, 3, {s}, {s}] (NCHW), float32",
         ]
     return [
-        f"{frontend}: voice-activity detection keeps speech only",
+        frontend,
         f"mono float32 waveform in [−1, 1] at {spec['sample_rate']} Hz (no int16 scaling: the "
         "graph multiplies by 32768 itself)"
         if spec.get("int16_scale", True)
@@ -426,7 +433,8 @@ def export(
     with torch.no_grad():
         probe = module(*kind.example(spec, 2, 0))
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
-    dim = int(_as_list(probe)[0].shape[1])
+    shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
+    dim = int(shapes[0][1])
     if fmt == "onnx":
         data = to_onnx(module, kind, spec, opset, out_names)
         worst = check_parity(onnx_runner(data, kind.names), module, kind, spec)
@@ -449,6 +457,7 @@ def export(
             "features": config.model.features,
             "backbone": config.model.backbone,
             "head": config.model.head,
+            "scorer": config.eval.scorer,
         },
         "frontend_options": frontend_options(config),
         "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
@@ -456,7 +465,10 @@ def export(
             {"name": n, "shape": s, "dtype": "int64" if n == "lengths" else "float32"}
             for n, s in zip(kind.names, kind.shapes, strict=True)
         ],
-        "outputs": [{"name": n, "shape": ["N", dim], "dtype": "float32"} for n in out_names],
+        "outputs": [
+            {"name": n, "shape": s, "dtype": "float32"}
+            for n, s in zip(out_names, shapes, strict=True)
+        ],
         "input_spec": spec,
         "preprocessing": preprocessing(spec, config),
         "verified": {

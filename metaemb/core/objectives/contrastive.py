@@ -8,8 +8,8 @@ impostor pairs averaged separately and summed so the many impostor pairs do not 
 genuine ones; the default batches are P×K (train.sampler=pk), whose 64 samples give 96 genuine
 and 1920 impostor pairs. With `pairing="consecutive"` (the classic Siamese feed, use it with
 train.sampler=pairs or hard-pairs) batch rows (2i, 2i+1) form a pair and a trailing odd row is
-ignored. On the face demo data, consecutive pairs (32 per batch) trained 4 epochs reached only
-28.7 % EER against the 40.7 % raw-pixel baseline: too few pairs per step.
+ignored. On the face demo data (4 epochs, raw-pixel baseline 40.7 % EER) consecutive pairs (32
+per batch) reached 28.7 % EER and all pairs of P×K batches 21.5 %.
 """
 
 from __future__ import annotations
