@@ -247,9 +247,10 @@ def main() -> None:
         app = create_app()
         app()
     except MetaembError as exc:
-        err_console.print(
-            f"[bold red]error:[/] {_user_message(exc)}", highlight=False, soft_wrap=True
-        )
+        from rich.markup import escape
+
+        message = escape(_user_message(exc))  # "metaemb[plots]" is text, not markup
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

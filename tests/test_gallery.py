@@ -403,3 +403,37 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
         ["identify", run, "--gallery", path, "--data", tmp_path / "empty"], capsys
     )
     assert code == 2 and "no identity sub-folders" in err
+
+
+def test_faiss_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss → ImportError
+    with pytest.raises(GalleryError, match="pip install faiss-cpu"):
+        point_gallery().search(torch.randn(2, DIM), backend="faiss")
+
+
+def test_gme_results_file_and_table(tmp_path):
+    from rich.console import Console
+
+    from metaemb.commands.gallery import Identification, print_results, write_results
+
+    gallery, sample = gme_gallery(n_ids=4)
+    probes = GME.cat([sample(0, 1), sample(4, 1)])  # one enrolled identity, one unknown
+    res = gallery.search(probes, k=2)
+    ident = Identification(["p0.png", "p1.png"], ["id0", "id4"], res, {"rank_1": 1.0})
+    write_results(tmp_path / "r.tsv", ident)
+    rows = [r.split("\t") for r in (tmp_path / "r.tsv").read_text().splitlines()]
+    assert rows[0] == ["probe", "identity", "rank", "candidate", "score", "posterior", "decision"]
+    assert [r[6] for r in rows[1:]] == ["id0", "id0", NEW, NEW]
+    for p in range(2):
+        for r in range(2):
+            row = rows[1 + 2 * p + r]
+            assert row[3] == res.names(p)[r]
+            assert float(row[4]) == pytest.approx(float(res.scores[p, r]), rel=1e-5)
+            assert float(row[5]) == pytest.approx(float(res.posteriors[p, r]), rel=1e-5)
+    console = Console(record=True, width=200)
+    print_results(console, ident, show=1)
+    text = console.export_text()
+    assert "P(new)" in text and "1 more probes" in text and "LLR ≥ 0" in text
+    assert f"{float(res.p_new[0]):.1%}" in text and "rank_1" in text

@@ -104,7 +104,7 @@ def _parts(x: Any) -> dict[str, Tensor]:
 
 @dataclass
 class SearchResult:
-    """Top-k identities per probe, best first; `index` is -1 past the gallery's size.
+    """Top-k identities per probe, best first (k is capped at the gallery's size).
 
     `scores` are scorer scores (`kind` "score") or GME LLRs ("llr"); `posteriors` and `p_new`
     (GME only) are open-set posteriors of each candidate and of "a new identity". A probe is
@@ -476,7 +476,8 @@ class Gallery:
             import faiss
         except ImportError:
             raise GalleryError(
-                "the faiss search backend needs faiss: pip install 'metaemb[search]'"
+                "the faiss search backend needs faiss: install metaemb's 'search' extra "
+                "(pip install faiss-cpu, or pip install 'metaemb[search]')."
             ) from None
         models, _ = self.pooled()
         unit = torch.nn.functional.normalize(models, dim=1).numpy().astype("float32")
