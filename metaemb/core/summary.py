@@ -70,22 +70,21 @@ def print_summary(
     baseline: dict[str, Any],
     skipped: list[str],
 ) -> None:
-    table = Table(title=f"{config.modality} run {config.name}-{config.hash()}")
-    table.add_column("epoch", justify="right")
+    caption = f"baseline: {baseline.get('name', 'raw input')}, no learning" if baseline else None
+    table = Table(title=f"{config.modality} run {config.name}-{config.hash()}", caption=caption)
+    table.add_column("epoch", justify="right", no_wrap=True)
     table.add_column("loss", justify="right")
     for title, _, _ in _columns(config):
-        table.add_column(title, justify="right")
-    table.add_column("samples/s", justify="right")
+        table.add_column(title, justify="right", no_wrap=True)
     best_epoch = min(history, key=lambda r: r.get(config.select_key(), float("inf")))["epoch"]
     for r in history:
         cells = [fmt(r.get(key)) for _, key, fmt in _columns(config)]
-        mark = " ★" if r["epoch"] == best_epoch else ""
         table.add_row(
-            f"{r['epoch']}{mark}", _num(r["loss"]), *cells, f"{r.get('samples_per_s', 0):.0f}"
+            f"{r['epoch']}{' ★' if r['epoch'] == best_epoch else ''}", _num(r["loss"]), *cells
         )
     if baseline:
         cells = [fmt(baseline.get(key)) for _, key, fmt in _columns(config)]
-        table.add_row(f"baseline ({baseline.get('name', 'raw')})", "-", *cells, "-")
+        table.add_row("baseline", "-", *cells)
     console.print(table)
     final = history[-1]
     best = next(r for r in history if r["epoch"] == best_epoch)
