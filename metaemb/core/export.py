@@ -27,11 +27,12 @@ import torch
 from torch import Tensor, nn
 
 import metaemb
-from metaemb.core.components import build, options_of
+from metaemb.core.components import options_of
 from metaemb.core.config import Config, from_dict
 from metaemb.core.errors import MetaembError, suggest
 from metaemb.core.evaluate import find_checkpoint
 from metaemb.core.model import EmbeddingModel
+from metaemb.core.pipeline import build_model
 from metaemb.core.plugins import registry
 from metaemb.core.runs import atomic_write_bytes, atomic_write_text, load_checkpoint
 
@@ -59,23 +60,6 @@ class Exported:
 
 
 # -- the inference graph --------------------------------------------------------------------------
-def build_model(config: Config) -> EmbeddingModel:
-    """Features → backbone → head from a resolved config, without touching any data folder."""
-    features = build("features", config.model.features, config.options("features"))
-    backbone = build(
-        "backbones",
-        config.model.backbone,
-        config.options("backbone"),
-        in_channels=features.out_channels,
-    )
-    head = build(
-        "heads",
-        config.model.head,
-        config.options("head"),
-        in_features=backbone.feature_dim,
-        dim=config.model.dim,
-    )
-    return EmbeddingModel(features, backbone, head)
 
 
 def fbank_kernel(fbank: nn.Module) -> Tensor:

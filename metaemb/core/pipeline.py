@@ -67,25 +67,29 @@ class Components:
             root=root,
             cache_dir=cache_dir(config),
         )
-        features = build("features", config.model.features, config.options("features"))
-        backbone = build(
-            "backbones",
-            config.model.backbone,
-            config.options("backbone"),
-            in_channels=features.out_channels,
-        )
-        head = build(
-            "heads",
-            config.model.head,
-            config.options("head"),
-            in_features=backbone.feature_dim,
-            dim=config.model.dim,
-        )
-        return cls(
-            config, root, folder, frontend, features, EmbeddingModel(features, backbone, head)
-        )
+        model = build_model(config)
+        return cls(config, root, folder, frontend, model.features, model)
 
     def dataset(self, folder: SampleFolder, train: bool) -> PreparedDataset:
         return PreparedDataset(
             folder, self.frontend, self.features, train, self.config.data.on_bad_sample
         )
+
+
+def build_model(config: Config) -> EmbeddingModel:
+    """Features → backbone → head from a resolved config, without touching any data folder."""
+    features = build("features", config.model.features, config.options("features"))
+    backbone = build(
+        "backbones",
+        config.model.backbone,
+        config.options("backbone"),
+        in_channels=features.out_channels,
+    )
+    head = build(
+        "heads",
+        config.model.head,
+        config.options("head"),
+        in_features=backbone.feature_dim,
+        dim=config.model.dim,
+    )
+    return EmbeddingModel(features, backbone, head)

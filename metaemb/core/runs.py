@@ -6,6 +6,7 @@ Two configurations never share a directory; re-running the same command resumes 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -62,20 +63,11 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save a full training state atomically (temp file + rename)."""
+    """Save a full training state atomically (serialised in memory, then temp file + rename)."""
     state = {**state, "format": CHECKPOINT_FORMAT, "metaemb_version": metaemb.__version__}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[str, Any]:
