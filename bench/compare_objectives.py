@@ -255,7 +255,8 @@ def render(
         f"✓ marks objectives whose EER beats it by at least {TARGET_RATIO:g}×.",
     ]
     for note in notes or []:
-        lines += ["", note]
+        path = Path(note[1:]) if note.startswith("@") else None
+        lines += ["", path.read_text().strip() if path and path.is_file() else note]
     for modality in dict.fromkeys(r.modality for r in rows):
         mine = [r for r in rows if r.modality == modality]
         mod = registry("modalities").get(modality)
@@ -295,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="extra key=value for every run (MODALITY:key=value for one modality's runs)",
     )
-    parser.add_argument("--note", action="append", default=[], help="paragraph for the doc")
+    parser.add_argument(
+        "--note", action="append", default=[], help="paragraph for the doc (@FILE: its text)"
+    )
     parser.add_argument("--teacher", default="softmax", help="objective whose run distill uses")
     parser.add_argument(
         "--collect",

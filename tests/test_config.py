@@ -95,3 +95,16 @@ def test_round_trip_and_hash():
     )
     assert workers.hash() == cfg.hash()  # runtime-only keys do not change the run
     assert isinstance(cfg, Config)
+
+
+def test_hash_covers_component_defaults():
+    """Setting an option to its default is the same run; the defaults themselves are hashed."""
+    from metaemb.core.components import options_of
+    from metaemb.core.plugins import registry
+
+    margin = options_of(registry("objectives").get("triplet"))["margin"].default
+    implicit = resolve("face", sets=["train.objective=triplet"])
+    explicit = resolve("face", sets=["train.objective=triplet", f"objective.margin={margin}"])
+    assert implicit.hash() == explicit.hash()
+    other = resolve("face", sets=["train.objective=triplet", f"objective.margin={margin + 0.1}"])
+    assert other.hash() != implicit.hash()

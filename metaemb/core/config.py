@@ -148,6 +148,11 @@ class Config:
         d = self.to_dict()
         for section, key in RUNTIME_KEYS:
             d[section].pop(key, None)
+        # Component defaults count too: a changed default must not resume an old run's files.
+        for section, kind in COMPONENT_SECTIONS.items():
+            factory = registry(kind).get(self.component_name(section))
+            full = {k: o.default for k, o in options_of(factory).items()}
+            d[section] = {**full, **d.get(section, {})}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
