@@ -193,7 +193,7 @@ def _d(a, b):
 def test_triplet_batch_hard_tiny_batch_by_hand():
     # A: 0°, 60°; B: 30°, 180°. Anchors' hardest (positive, negative) distances:
     # 0°: (60°→1.0, 30°→0.268), 60°: (1.0, 0.268), 30°: (150°→3.732, 0.268), 180°: (3.732, 120°→3)
-    obj = TripletObjective(margin=0.2)
+    obj = TripletObjective(margin=0.2, mining="batch-hard")
     loss = obj(_on_circle([0, 60, 30, 180], radius=3.0), torch.tensor([0, 0, 1, 1]), None)
     c30, c150 = math.cos(math.radians(30)), math.cos(math.radians(150))
     d30, d60, d120, d150 = 2 - 2 * c30, 1.0, 3.0, 2 - 2 * c150
@@ -263,7 +263,7 @@ def test_triplet_batch_all_by_brute_force():
 
 
 def test_triplet_unsquared_distance():
-    obj = TripletObjective(margin=0.3, squared=False)
+    obj = TripletObjective(margin=0.3, mining="batch-hard", squared=False)
     loss = obj(_on_circle(ANGLES), torch.tensor(TLABELS), None)
     dist = {k: math.sqrt(_d(ANGLES[k[0]], ANGLES[k[1]])) for k in _pairs("pos") + _pairs("neg")}
     expected = sum(max(0.0, dist[a, p] - dist[a, n] + 0.3) for a, (p, n) in HARDEST.items()) / 6

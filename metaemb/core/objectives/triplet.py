@@ -47,7 +47,7 @@ class TripletObjective(Objective):
     def __init__(
         self,
         margin: float = 0.2,
-        mining: str = "batch-hard",
+        mining: str = "semi-hard",
         squared: bool = True,
         collapse_tolerance: float = 0.02,
     ) -> None:
