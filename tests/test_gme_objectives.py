@@ -77,6 +77,12 @@ def test_bxe_objective_matches_explicit_pairs():
     assert torch.allclose(loss, bxe_bits(llrs, target), rtol=1e-12)
     assert set(obj.stats) == {"loss", "llr_target", "llr_nontarget"}
     assert abs(obj.stats["llr_target"] - float(llrs[target].mean())) < 1e-9
+    # target_prior=0.5 makes the loss the batch's Cllr; 0 keeps the empirical prior.
+    half = GMEBinaryCrossEntropy(target_prior=0.5)(g, labels, None)
+    assert torch.allclose(half, bxe_bits(llrs, target, 0.5), rtol=1e-12)
+    assert not torch.allclose(half, loss, rtol=1e-3)
+    with pytest.raises(ConfigError, match="target_prior"):
+        GMEBinaryCrossEntropy(target_prior=1.0)
 
 
 def brute_force_pseudolikelihood(g, labels, alpha):

@@ -122,3 +122,30 @@ def test_heads_are_registered():
     assert heads.get("linear") is EmbeddingHead and heads.get("gme") is GMEHead
     head = heads.get("gme")(in_features=6, dim=3)
     assert head.output == "gme"
+
+
+def test_gme_head_mean_scale_is_tied_to_precision():
+    """μ's population variance is 1 + 1/b (prior + noise), so the generative model is consistent."""
+    torch.manual_seed(0)
+    head = GMEHead(in_features=10, dim=4, adaptive_precision=False)
+    head.precision.bias.data = torch.tensor([0.05, 0.5, 5.0, 50.0]).log()  # floor 1e-3 on top
+    g = head(torch.randn(4096, 10) * 3 + 1)  # train mode: batch statistics
+    mu = g.a / g.b
+    want = 1.0 + 1.0 / (torch.tensor([0.05, 0.5, 5.0, 50.0]) + 1e-3)
+    assert torch.allclose(mu.var(0, unbiased=False), want, rtol=1e-3)
+    assert torch.allclose(mu.mean(0), torch.zeros(4), atol=1e-3 * want.sqrt().max())
+
+
+def test_untrained_gme_head_scores_near_zero():
+    """A fresh head says "can't tell yet": LLRs near 0, not ±d/4 as with init_precision=1."""
+    spread = {}
+    for init in (0.05, 1.0):
+        torch.manual_seed(0)
+        head = GMEHead(in_features=64, dim=128, init_precision=init)
+        head.eval()
+        with torch.no_grad():
+            head.norm.running_var.fill_(4.0)
+            g = head(torch.randn(200, 64) * 2)
+            scores = llr_matrix(g, g)
+        spread[init] = float(scores[~torch.eye(200, dtype=torch.bool)].abs().max())
+    assert spread[0.05] < 2.0 < 10.0 < spread[1.0]

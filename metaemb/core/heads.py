@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError, DataError
@@ -39,21 +38,26 @@ class EmbeddingHead(Head):
 class GMEHead(Head):
     """Features → diagonal Gaussian meta-embedding (a, b) over a `dim`-dimensional identity.
 
-    Parameterisation (x = Dropout(BatchNorm(features))):
-        μ = BN_μ(W_μ x + c_μ)                the point estimate of the identity variable
-        b = softplus(W_b x + c_b) + floor    its per-dimension precision (≥ floor > 0)
+    Parameterisation (x = Dropout(BatchNorm(features)), n = BN(W_μ x + c_μ) without affine part):
+        b = floor + exp(s + W_b x + c_b)     per-dimension precision of this recording (≥ floor > 0)
+        μ = √(1 + 1/b) ⊙ n                   its point estimate of the identity variable
         a = b ⊙ μ
-    so one recording's likelihood is N(μ; z, diag(1/b)): a confident input gets a large b, a poor
-    one (blurred face, short noisy utterance) a small b and therefore LLRs nearer 0. W_b starts at 0
-    (every input starts equally certain, b = init_precision); with `adaptive_precision=False` b is
-    a learned per-dimension constant (the Gaussian-PLDA case). BN_μ (`normalize_mean`) starts μ
-    with variance 1 + 1/init_precision per dimension, the spread the N(0, I) identity prior plus
-    noise of precision b implies, so the first LLRs are already on a sensible scale (a mis-scaled μ
-    makes every pair look like a target). `init_from_plda` starts the head at a PLDA fitted on
-    backbone features, as the original meta-embedding recipe did.
+    One recording's likelihood is N(μ; z, diag(1/b)) with z ~ N(0, I), so μ's population variance
+    must be 1 + 1/b: tying μ's scale to b (`normalize_mean`, default) makes the head a consistent
+    generative model whose only calibration knob is b — the trained LLRs then stay calibrated
+    (a free scale on μ let training inflate or shrink every LLR, and they were not). This is
+    exactly a diagonalised PLDA when b is constant. log b is what the network predicts, so a
+    precision learns as fast at 0.05 as at 50. W_b starts at 0 (every input equally certain,
+    b = init_precision); a small init_precision starts every LLR near 0 instead of at ±d/4
+    (with d = 128 and b = 1, untrained pairs scored ±20 and training stalled). A confident input
+    then learns a large b, a poor one (blurred face, short noisy utterance) a small b and LLRs
+    nearer 0. `adaptive_precision=False` keeps b a learned per-dimension constant (the Gaussian
+    PLDA case). `init_from_plda` starts the head at a PLDA fitted on backbone features, as the
+    original meta-embedding recipe did.
     """
 
     output = "gme"
+    max_log_precision = math.log(1e4)  # exp() stays finite; LLRs of 1e4-precise dims are huge
 
     def __init__(
         self,
@@ -61,7 +65,7 @@ class GMEHead(Head):
         dim: int,
         dropout: float = 0.0,
         normalize_input: bool = True,
-        init_precision: float = 1.0,
+        init_precision: float = 0.05,
         precision_floor: float = 1e-3,
         adaptive_precision: bool = True,
         normalize_mean: bool = True,
@@ -79,13 +83,15 @@ class GMEHead(Head):
         self.norm = nn.BatchNorm1d(in_features) if normalize_input else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.mean = nn.Linear(in_features, dim)
-        self.mean_norm = nn.BatchNorm1d(dim) if normalize_mean else nn.Identity()
-        if normalize_mean:
-            nn.init.constant_(self.mean_norm.weight, math.sqrt(1.0 + 1.0 / init_precision))
+        self.mean_norm = nn.BatchNorm1d(dim, affine=False) if normalize_mean else None
         self.precision = nn.Linear(in_features, dim)
         nn.init.zeros_(self.precision.weight)
-        nn.init.constant_(self.precision.bias, _softplus_inverse(init_precision - precision_floor))
+        nn.init.constant_(self.precision.bias, math.log(init_precision - precision_floor))
         self.precision.weight.requires_grad_(adaptive_precision)
+        # One log-scale shared by every dimension: it receives the summed gradient of all `dim`
+        # biases, so the overall LLR scale converges in a few hundred steps (per-dimension biases
+        # alone barely moved from init_precision in a short run, leaving LLRs underconfident).
+        self.log_precision_scale = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: Tensor) -> GME:
         h = self.dropout(self.norm(x))
@@ -93,8 +99,12 @@ class GMEHead(Head):
         with torch.autocast(h.device.type, enabled=False):
             if h.dtype in (torch.float16, torch.bfloat16):
                 h = h.float()
-            b = F.softplus(self.precision(h)) + self.precision_floor
-            return GME(b * self.mean_norm(self.mean(h)), b)
+            log_b = (self.precision(h) + self.log_precision_scale).clamp(max=self.max_log_precision)
+            b = log_b.exp() + self.precision_floor
+            mu = self.mean(h)
+            if self.mean_norm is not None:
+                mu = self.mean_norm(mu) * (1.0 + 1.0 / b).sqrt()
+            return GME(b * mu, b)
 
     # -- PLDA initialisation ------------------------------------------------------------
     @torch.no_grad()
@@ -113,7 +123,9 @@ class GMEHead(Head):
             )
         dev, dt = self.mean.weight.device, self.mean.weight.dtype
         m = mean.to(dev, torch.float64)
-        psi = psi.to(dev, torch.float64).clamp(min=self.precision_floor + 1e-6)
+        psi = psi.to(dev, torch.float64).clamp(
+            self.precision_floor + 1e-6, math.exp(self.max_log_precision)
+        )
         proj = transform.to(dev, torch.float64) / psi.sqrt()[:, None]  # μ = proj (x − m)
         weight, bias = proj, -(proj @ m)
         if isinstance(self.norm, nn.BatchNorm1d):
@@ -127,13 +139,13 @@ class GMEHead(Head):
             weight = weight_hat
         self.mean.weight.copy_(weight.to(dt))
         self.mean.bias.copy_(bias.to(dt))
-        if isinstance(self.mean_norm, nn.BatchNorm1d):  # identity in eval mode
-            self.mean_norm.weight.fill_(1.0)
-            self.mean_norm.bias.zero_()
+        if self.mean_norm is not None:  # eval: μ = √(1 + 1/ψ) · u / √(running_var + eps) = u
             self.mean_norm.running_mean.zero_()
-            self.mean_norm.running_var.fill_(1.0 - self.mean_norm.eps)
+            var = 1.0 + 1.0 / psi - self.mean_norm.eps
+            self.mean_norm.running_var.copy_(var.to(self.mean_norm.running_var))
         self.precision.weight.zero_()
-        self.precision.bias.copy_(_softplus_inverse_t(psi - self.precision_floor).to(dt))
+        self.precision.bias.copy_((psi - self.precision_floor).log().to(dt))
+        self.log_precision_scale.zero_()
 
     @torch.no_grad()
     def init_from_features(self, features: Tensor, labels: Tensor, iterations: int = 10) -> Tensor:
@@ -170,11 +182,3 @@ def _check_sizes(in_features: int, dim: int, dropout: float) -> None:
         raise ConfigError(f"head sizes must be positive: in_features={in_features}, dim={dim}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"head dropout must lie in [0, 1), got {dropout}")
-
-
-def _softplus_inverse(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
-def _softplus_inverse_t(y: Tensor) -> Tensor:
-    return y + torch.log(-torch.expm1(-y))

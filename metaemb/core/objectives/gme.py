@@ -61,11 +61,23 @@ def _pair_matrix(g: GME) -> Tensor:
 
 
 class GMEBinaryCrossEntropy(Objective):
-    """Pairwise binary cross-entropy (bits) over all pairs i < j of the batch, target prior =
-    the batch's fraction of same-identity pairs."""
+    """Pairwise binary cross-entropy (bits) over all pairs i < j of the batch.
+
+    `target_prior` π weights target against non-target pairs; 0 (default) means the batch's
+    fraction of same-identity pairs (gme.md §3), 0.5 makes the loss the batch's Cllr.
+    """
 
     batch: ClassVar[str] = "pk"
     needs: ClassVar[str] = "gme"
+
+    def __init__(self, target_prior: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= target_prior < 1.0:
+            raise ConfigError(
+                f"objective 'gme-bxe': target_prior must be 0 (empirical) or in (0, 1), got "
+                f"{target_prior}"
+            )
+        self.target_prior = float(target_prior) or None
 
     def __call__(self, embeddings: GME, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         g = _require_gme(embeddings, "gme-bxe")
@@ -73,7 +85,7 @@ class GMEBinaryCrossEntropy(Objective):
         i, j = torch.triu_indices(len(g), len(g), offset=1, device=scores.device)
         llrs = scores[i, j]
         target = labels[i] == labels[j]
-        loss = bxe_bits(llrs, target)
+        loss = bxe_bits(llrs, target, self.target_prior)
         with torch.no_grad():
             self.stats = {
                 "loss": float(loss.detach()),
