@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from metaemb import cli
 from metaemb.core import plugins
 
 TINY = [
@@ -18,18 +17,6 @@ TINY = [
     "eval.nontargets=200",
     "model.dim=32",
 ]
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    """Run `metaemb ARGS` in-process (as the console script does) → (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["metaemb", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 import metaemb
-from metaemb import cli
 from metaemb.core.config import resolve
 from metaemb.core.errors import MetaembError
 from metaemb.core.export import (
@@ -312,15 +311,6 @@ def test_parity_check_rejects_a_graph_that_differs(speaker_ckpt):
 
 
 # -- CLI ------------------------------------------------------------------------------------------
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["metaemb", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_export_end_to_end(speaker_ckpt, tmp_path, capsys, monkeypatch):
