@@ -18,7 +18,7 @@ from metaemb.core.engine import Trainer
 from metaemb.core.pipeline import Components
 from metaemb.core.runs import load_checkpoint
 
-LR, MULT = 2e-3, 7.0
+LR, MULT, HEAD_MULT = 2e-3, 7.0, 3.0
 
 
 def settings(data: Path, *extra: str) -> list[str]:
@@ -29,6 +29,7 @@ def settings(data: Path, *extra: str) -> list[str]:
         "train.freeze_trunk_epochs=1",
         f"train.lr={LR}",
         f"train.classifier_lr_mult={MULT}",
+        f"train.head_lr_mult={HEAD_MULT}",
         "train.warmup_epochs=0",
         "features.image_size=32",
         "model.dim=16",
@@ -103,16 +104,26 @@ def test_head_and_classifier_train_in_both_epochs(frozen_run):
         assert changed(after1[part], after2[part]), f"{part} did not change in epoch 2"
 
 
-def test_classifier_has_its_own_param_group_lr(frozen_run):
+def test_classifier_and_head_have_their_own_param_group_lr(frozen_run):
     trainer, _, _ = frozen_run
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
-    assert set(groups) == {"model", "classifier"}
+    assert set(groups) == {"model", "head", "classifier"}
     assert groups["model"]["initial_lr"] == pytest.approx(LR)
-    assert groups["classifier"]["initial_lr"] == pytest.approx(LR * MULT)
-    assert groups["classifier"]["lr"] == pytest.approx(MULT * groups["model"]["lr"])
-    ids = {id(p) for p in groups["classifier"]["params"]}
-    assert ids == {id(p) for p in trainer.classifier.parameters()}
-    assert ids.isdisjoint(id(p) for p in groups["model"]["params"])
+    for name, module, mult in (
+        ("classifier", trainer.classifier, MULT),
+        ("head", trainer.model.head, HEAD_MULT),
+    ):
+        assert groups[name]["initial_lr"] == pytest.approx(LR * mult)
+        assert groups[name]["lr"] == pytest.approx(mult * groups["model"]["lr"])
+        ids = {id(p) for p in groups[name]["params"]}
+        assert ids == {id(p) for p in module.parameters()}
+        assert ids.isdisjoint(id(p) for p in groups["model"]["params"])
+    every = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(every) == len(set(every)), "a parameter is in two groups"
+    model_ids = {id(p) for p in trainer.model.parameters()} | {
+        id(p) for p in trainer.classifier.parameters()
+    }
+    assert set(every) == model_ids, "every trainable parameter is optimised"
 
 
 def test_classifier_is_checkpointed_apart_from_the_exported_model(frozen_run):

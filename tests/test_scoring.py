@@ -13,14 +13,8 @@ from scipy.spatial.distance import cdist
 from metaemb.core import plugins
 from metaemb.core.errors import ConfigError, DataError, MetaembError
 from metaemb.core.interfaces import Scorer
-from metaemb.core.scoring import (
-    ASNorm,
-    CosineScorer,
-    EuclideanScorer,
-    PLDAScorer,
-    SNorm,
-    score_trials,
-)
+from metaemb.core.scorenorm import ASNorm, SNorm
+from metaemb.core.scoring import CosineScorer, EuclideanScorer, PLDAScorer, score_trials
 
 
 def data(seed=0, n_classes=20, per_class=5, d=12):

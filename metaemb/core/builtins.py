@@ -71,17 +71,17 @@ def register_samplers(register: Register) -> None:
 
 @hookimpl
 def register_scorers(register: Register) -> None:
-    # scorers: core/scoring.py, core/gme_scoring.py
-    from metaemb.core import calibration, scoring
+    # scorers: core/scoring.py, core/scorenorm.py, core/gme_scoring.py
+    from metaemb.core import calibration, scorenorm, scoring
 
     register(
         "cosine", scoring.CosineScorer, description="cosine similarity (opt. minus train mean)"
     )
     register("euclidean", scoring.EuclideanScorer, description="negative Euclidean distance")
     register("plda", scoring.PLDAScorer, description="LDA + length-norm + two-covariance PLDA LLR")
-    register("snorm", scoring.SNorm, description="s-norm of a base scorer against a cohort")
+    register("snorm", scorenorm.SNorm, description="s-norm of a base scorer against a cohort")
     register(
-        "asnorm", scoring.ASNorm, description="adaptive s-norm (top-N cohort) of a base scorer"
+        "asnorm", scorenorm.ASNorm, description="adaptive s-norm (top-N cohort) of a base scorer"
     )
     register("calibrated", calibration.CalibratedScorer, description="base scorer → calibrated LLR")
     from metaemb.core.gme_scoring import GMEScorer

@@ -61,6 +61,7 @@ class TrainConfig:
     objective: str = "softmax"
     sampler: str = ""  # "" = the batch structure the objective asks for
     classifier_lr_mult: float = 1.0  # LR multiplier of the class-weight module
+    head_lr_mult: float = 1.0  # LR multiplier of the embedding head (e.g. GME precisions)
     freeze_trunk_epochs: int = 0
     init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
     teacher: str = ""  # run dir or checkpoint of a frozen teacher (objective "distill")

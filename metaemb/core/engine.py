@@ -11,6 +11,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from metaemb.core.device import Distributed, pick_device
 from metaemb.core.embed import extract
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.model import Teacher, TrainStep
+from metaemb.core.optim import build_optimizer, lr_factor
 from metaemb.core.pipeline import Components, data_root
 from metaemb.core.runs import (
     append_jsonl,
@@ -118,8 +120,10 @@ class Trainer:
         )
         self.train_set = self.parts.dataset(self.train_folder, train=True)
         self.steps_per_epoch = max(1, len(self.sampler))
-        self.optimizer = self._optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, cfg=cfg.train, steps_per_epoch=self.steps_per_epoch)
+        )
         self.scorer = build("scorers", cfg.eval.scorer, cfg.options("scorer"))
         self._validation_trials()
         self.amp = cfg.train.amp and self.device.type == "cuda"
@@ -165,38 +169,6 @@ class Trainer:
                 classifier.load_state_dict(loaded.state["classifier"])
                 classifier = classifier.to(self.device)
         return Teacher(loaded.parts.model, classifier).to(self.device)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.config.train
-        groups = [{"params": [p for p in self.model.parameters()], "lr": cfg.lr, "name": "model"}]
-        if self.classifier is not None and any(True for _ in self.classifier.parameters()):
-            groups.append(
-                {
-                    "params": list(self.classifier.parameters()),
-                    "lr": cfg.lr * cfg.classifier_lr_mult,
-                    "name": "classifier",
-                }
-            )
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                groups,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                nesterov=True,
-            )
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def _lr_factor(self, step: int) -> float:
-        cfg = self.config.train
-        warm = cfg.warmup_epochs * self.steps_per_epoch
-        total = cfg.epochs * self.steps_per_epoch
-        if warm > 0 and step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1.0, total - warm))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _validation_trials(self) -> None:
         cfg = self.config
