@@ -63,7 +63,9 @@ def test_gme_head_rejects_bad_options():
     with pytest.raises(ConfigError, match="dropout"):
         EmbeddingHead(4, 2, dropout=1.5)
     with pytest.raises(ConfigError, match="transform must be"):
-        GMEHead(4, 2).init_from_plda(torch.zeros(4), torch.zeros(3, 4), torch.ones(3))
+        GMEHead(4, 2, normalization="batch").init_from_plda(
+            torch.zeros(4), torch.zeros(3, 4), torch.ones(3)
+        )
 
 
 def random_plda(d, seed):
@@ -79,7 +81,7 @@ def random_plda(d, seed):
 def test_init_from_plda_reproduces_diagonal_plda(normalize_input):
     m, sb, sw = random_plda(5, seed=1)
     tr, psi = simultaneous_diagonalisation(sb, sw)
-    head = GMEHead(5, 3, normalize_input=normalize_input).double()
+    head = GMEHead(5, 3, normalize_input=normalize_input, normalization="batch").double()
     if normalize_input:  # non-trivial BatchNorm statistics and affine parameters to fold
         head.norm.running_mean.normal_()
         head.norm.running_var.uniform_(0.5, 2.0)
@@ -99,7 +101,7 @@ def test_init_from_features_separates_identities():
     centres = torch.randn(40, 8, generator=gen) * 2
     labels = torch.arange(40).repeat_interleave(6)
     x = centres[labels] + 0.5 * torch.randn(240, 8, generator=gen)
-    head = GMEHead(8, 4)
+    head = GMEHead(8, 4, normalization="batch")
     psi = head.init_from_features(x, labels)
     assert psi.shape == (4,) and bool((psi[:-1] >= psi[1:]).all()) and float(psi[0]) > 4.0
     head.eval()
@@ -127,7 +129,7 @@ def test_heads_are_registered():
 def test_gme_head_mean_scale_is_tied_to_precision():
     """μ's population variance is 1 + 1/b (prior + noise), so the generative model is consistent."""
     torch.manual_seed(0)
-    head = GMEHead(in_features=10, dim=4, adaptive_precision=False)
+    head = GMEHead(in_features=10, dim=4, adaptive_precision=False, normalization="batch")
     head.precision.bias.data = torch.tensor([0.05, 0.5, 5.0, 50.0]).log()  # floor 1e-3 on top
     g = head(torch.randn(4096, 10) * 3 + 1)  # train mode: batch statistics
     mu = g.a / g.b
@@ -141,7 +143,7 @@ def test_untrained_gme_head_scores_near_zero():
     spread = {}
     for init in (0.05, 1.0):
         torch.manual_seed(0)
-        head = GMEHead(in_features=64, dim=128, init_precision=init)
+        head = GMEHead(in_features=64, dim=128, init_precision=init, normalization="batch")
         head.eval()
         with torch.no_grad():
             head.norm.running_var.fill_(4.0)
@@ -149,3 +151,27 @@ def test_untrained_gme_head_scores_near_zero():
             scores = llr_matrix(g, g)
         spread[init] = float(scores[~torch.eye(200, dtype=torch.bool)].abs().max())
     assert spread[0.05] < 2.0 < 10.0 < spread[1.0]
+
+
+def test_sample_normalization_makes_training_outputs_independent_of_the_batch():
+    torch.manual_seed(0)
+    x = torch.randn(12, 10)
+    sample = GMEHead(10, 4, normalization="sample").train()
+    whole, first = sample(x), sample(x[:3])
+    torch.testing.assert_close(whole.a[:3], first.a)
+    torch.testing.assert_close(whole.b[:3], first.b)
+    mu = whole.a / whole.b  # length-normalised: ‖μ / √(1 + 1/b)‖² = dim for every sample
+    torch.testing.assert_close((mu**2 / (1 + 1 / whole.b)).sum(1), torch.full((12,), 4.0))
+    batch = GMEHead(10, 4, normalization="batch").train()  # BatchNorm: depends on the batch
+    assert not torch.allclose(batch(x).a[:3], batch(x[:3]).a)
+
+
+def test_sample_normalization_options_are_checked():
+    with pytest.raises(ConfigError, match="normalization"):
+        GMEHead(4, 2, normalization="layer")
+    with pytest.raises(ConfigError, match="precision_lr_mult"):
+        GMEHead(4, 2, precision_lr_mult=0.0)
+    with pytest.raises(ConfigError, match="normalization='batch'"):
+        GMEHead(4, 2, normalization="sample").init_from_plda(
+            torch.zeros(4), torch.zeros(2, 4), torch.ones(2)
+        )

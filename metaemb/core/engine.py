@@ -11,7 +11,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from metaemb.core.device import Distributed, pick_device
 from metaemb.core.embed import extract
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.model import Teacher, TrainStep
-from metaemb.core.optim import build_optimizer, lr_factor
+from metaemb.core.optim import build_optimizer, build_scheduler
 from metaemb.core.pipeline import Components, data_root
 from metaemb.core.runs import (
     append_jsonl,
@@ -121,9 +120,7 @@ class Trainer:
         self.train_set = self.parts.dataset(self.train_folder, train=True)
         self.steps_per_epoch = max(1, len(self.sampler))
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(lr_factor, cfg=cfg.train, steps_per_epoch=self.steps_per_epoch)
-        )
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.scorer = build("scorers", cfg.eval.scorer, cfg.options("scorer"))
         self._validation_trials()
         self.amp = cfg.train.amp and self.device.type == "cuda"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError, DataError
@@ -38,22 +39,29 @@ class EmbeddingHead(Head):
 class GMEHead(Head):
     """Features → diagonal Gaussian meta-embedding (a, b) over a `dim`-dimensional identity.
 
-    Parameterisation (x = Dropout(BatchNorm(features)), n = BN(W_μ x + c_μ) without affine part):
+    Parameterisation (x = Dropout(Norm(features)), u = W_μ x + c_μ):
         b = floor + exp(s + W_b x + c_b)     per-dimension precision of this recording (≥ floor > 0)
+        n = √dim · u / ‖u‖                   ("sample" normalization; "batch": n = BN(u), no affine)
         μ = √(1 + 1/b) ⊙ n                   its point estimate of the identity variable
         a = b ⊙ μ
     One recording's likelihood is N(μ; z, diag(1/b)) with z ~ N(0, I), so μ's population variance
     must be 1 + 1/b: tying μ's scale to b (`normalize_mean`, default) makes the head a consistent
-    generative model whose only calibration knob is b — the trained LLRs then stay calibrated
-    (a free scale on μ let training inflate or shrink every LLR, and they were not). This is
-    exactly a diagonalised PLDA when b is constant. log b is what the network predicts, so a
-    precision learns as fast at 0.05 as at 50. W_b starts at 0 (every input equally certain,
-    b = init_precision); a small init_precision starts every LLR near 0 instead of at ±d/4
-    (with d = 128 and b = 1, untrained pairs scored ±20 and training stalled). A confident input
-    then learns a large b, a poor one (blurred face, short noisy utterance) a small b and LLRs
-    nearer 0. `adaptive_precision=False` keeps b a learned per-dimension constant (the Gaussian
-    PLDA case). `init_from_plda` starts the head at a PLDA fitted on backbone features, as the
-    original meta-embedding recipe did.
+    generative model whose only calibration knob is b (a free scale on μ let training inflate or
+    shrink every LLR). With a constant b and "batch" normalization this is exactly a diagonalised
+    PLDA (`init_from_plda`). log b is what the network predicts, so a precision learns as fast at
+    0.05 as at 50; W_b starts at 0 (every input equally certain, b = init_precision) and a small
+    init_precision starts every LLR near 0 (with d = 128 and b = 1, untrained pairs scored ±20
+    and training stalled). A confident input then learns a large b, a poor one a small b.
+
+    `normalization="sample"` (default: LayerNorm on the input, length normalisation of u) makes
+    each output independent of the rest of the batch. With BatchNorm, P × K training batches of
+    16 identities are centred on their own mean, which shifted training-time non-target LLRs by
+    about −0.2 relative to evaluation, so the LLRs were calibrated for the wrong mode.
+    `calibration_parameters` (precision biases and s) train without LR decay or weight decay,
+    at `precision_lr_mult` × the head LR, so they keep tracking the representation to the end.
+    A diagonal GME counts its dimensions as independent evidence: keep `dim` near the number of
+    identity factors the network actually learns (8–16 on the face demo) or the LLRs come out
+    under-confident with d = 128 (docs/meta-embeddings.md).
     """
 
     output = "gme"
@@ -69,9 +77,14 @@ class GMEHead(Head):
         precision_floor: float = 1e-3,
         adaptive_precision: bool = True,
         normalize_mean: bool = True,
+        precision_lr_mult: float = 1.0,
+        normalization: str = "sample",
     ) -> None:
         super().__init__()
         _check_sizes(in_features, dim, dropout)
+        if precision_lr_mult <= 0:
+            raise ConfigError(f"GME head precision_lr_mult must be > 0, got {precision_lr_mult}")
+        self.precision_lr_mult = float(precision_lr_mult)
         if precision_floor < 0 or init_precision <= precision_floor:
             raise ConfigError(
                 f"GME head needs 0 ≤ precision_floor < init_precision; got precision_floor="
@@ -80,10 +93,22 @@ class GMEHead(Head):
         self.dim = dim
         self.in_features = in_features
         self.precision_floor = precision_floor
-        self.norm = nn.BatchNorm1d(in_features) if normalize_input else nn.Identity()
+        if normalization not in ("batch", "sample"):
+            raise ConfigError(
+                f"GME head normalization must be 'batch' or 'sample', got {normalization!r}"
+            )
+        self.normalization = normalization
+        if not normalize_input:
+            self.norm: nn.Module = nn.Identity()
+        elif normalization == "batch":
+            self.norm = nn.BatchNorm1d(in_features)
+        else:
+            self.norm = nn.LayerNorm(in_features)
         self.dropout = nn.Dropout(dropout)
         self.mean = nn.Linear(in_features, dim)
-        self.mean_norm = nn.BatchNorm1d(dim, affine=False) if normalize_mean else None
+        self.normalize_mean = normalize_mean
+        batch_mean = normalize_mean and normalization == "batch"
+        self.mean_norm = nn.BatchNorm1d(dim, affine=False) if batch_mean else None
         self.precision = nn.Linear(in_features, dim)
         nn.init.zeros_(self.precision.weight)
         nn.init.constant_(self.precision.bias, math.log(init_precision - precision_floor))
@@ -92,6 +117,10 @@ class GMEHead(Head):
         # biases, so the overall LLR scale converges in a few hundred steps (per-dimension biases
         # alone barely moved from init_precision in a short run, leaving LLRs underconfident).
         self.log_precision_scale = nn.Parameter(torch.zeros(()))
+
+    def calibration_parameters(self) -> dict[str, float]:
+        """The precision biases and the shared log-scale set the LLR scale."""
+        return {name: self.precision_lr_mult for name in ("precision.bias", "log_precision_scale")}
 
     def forward(self, x: Tensor) -> GME:
         h = self.dropout(self.norm(x))
@@ -102,7 +131,9 @@ class GMEHead(Head):
             log_b = (self.precision(h) + self.log_precision_scale).clamp(max=self.max_log_precision)
             b = log_b.exp() + self.precision_floor
             mu = self.mean(h)
-            if self.mean_norm is not None:
+            if self.normalize_mean and self.normalization == "sample":
+                mu = F.normalize(mu, dim=1) * math.sqrt(self.dim) * (1.0 + 1.0 / b).sqrt()
+            elif self.mean_norm is not None:
                 mu = self.mean_norm(mu) * (1.0 + 1.0 / b).sqrt()
             return GME(b * mu, b)
 
@@ -116,6 +147,11 @@ class GMEHead(Head):
         first), `psi` [dim]. An input BatchNorm is folded in with its running statistics, so fit the
         PLDA on features the BatchNorm has seen (or after one pass in train mode).
         """
+        if self.normalization != "batch":
+            raise ConfigError(
+                "GME head init_from_plda needs head.normalization='batch' (a per-sample "
+                f"normalisation cannot be folded into a linear PLDA map); got {self.normalization!r}"
+            )
         if transform.shape != (self.dim, self.in_features) or psi.shape != (self.dim,):
             raise ConfigError(
                 f"GME head init_from_plda: transform must be [{self.dim}, {self.in_features}] and "

@@ -231,6 +231,13 @@ class Head(nn.Module):
     output: ClassVar[str] = "point"  # or "gme"
     dim: int = 0
 
+    def calibration_parameters(self) -> dict[str, float]:
+        """Parameters that set the score scale (name → LR multiplier), e.g. a GME head's precision
+        biases. They must keep tracking the representation until the last step, so the engine
+        gives each its own optimizer group without weight decay and without LR decay after
+        warm-up. None by default."""
+        return {}
+
 
 # ---------------------------------------------------------------------------------------------
 class Objective(abc.ABC):
