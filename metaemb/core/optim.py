@@ -25,7 +25,7 @@ def param_groups(
     model: EmbeddingModel, classifier: nn.Module | None, cfg: TrainConfig
 ) -> list[dict]:
     """The named parameter groups; every parameter is in exactly one, empty groups are left out."""
-    mults = model.head.calibration_parameters()
+    mults = getattr(model.head, "calibration_parameters", dict)()  # plugin heads may lack it
     named = dict(model.head.named_parameters())
     unknown = sorted(set(mults) - set(named))
     if unknown:
