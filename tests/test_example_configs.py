@@ -21,4 +21,4 @@ def test_example_config_resolves(path: Path):
     cfg = resolve(modality, config_file=path)
     if "gme" in path.stem:
         assert cfg.model.head == "gme" and cfg.train.objective.startswith("gme-")
-        assert cfg.model.dim == 8 and cfg.train.epochs == 16
+        assert cfg.model.dim == 16 and cfg.train.epochs == 16
