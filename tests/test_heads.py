@@ -175,3 +175,22 @@ def test_sample_normalization_options_are_checked():
         GMEHead(4, 2, normalization="sample").init_from_plda(
             torch.zeros(4), torch.zeros(2, 4), torch.ones(2)
         )
+
+
+def test_init_from_features_with_fewer_samples_than_features():
+    """N − identities < in_features: the PLDA is fitted in the leading principal subspace."""
+    gen = torch.Generator().manual_seed(7)
+    centres = torch.randn(10, 64, generator=gen) * 2
+    labels = torch.arange(10).repeat_interleave(3)
+    x = centres[labels] + 0.5 * torch.randn(30, 64, generator=gen)
+    head = GMEHead(64, 4, normalization="batch")
+    psi = head.init_from_features(x, labels)  # a full 64-d PLDA would be singular here
+    assert torch.isfinite(psi).all() and bool((psi[:-1] >= psi[1:]).all())
+    head.eval()
+    with torch.no_grad():
+        scores = llr_matrix(head(x), head(x))
+    same = labels[:, None] == labels[None, :]
+    off = ~torch.eye(30, dtype=torch.bool)
+    assert scores[same & off].mean() > scores[~same].mean() + 1.0
+    with pytest.raises(DataError, match="support at most 3 PLDA dimensions"):
+        head.init_from_features(x[:6], labels[:6])  # 2 identities × 3 samples

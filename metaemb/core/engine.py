@@ -436,6 +436,11 @@ class Trainer:
                 f"train.init_head_from_plda needs a head that supports it (e.g. gme); "
                 f"'{self.config.model.head}' does not."
             )
+        if getattr(head, "normalization", "batch") != "batch":
+            raise ConfigError(
+                "train.init_head_from_plda needs head.normalization=batch (the PLDA map is folded "
+                f"into the head's BatchNorm); got head.normalization={head.normalization}"
+            )
         self.console.print("initialising the head from a PLDA fitted on training features …")
         self.model.eval()
         feats, kept, bad = extract(

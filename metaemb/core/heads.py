@@ -207,9 +207,22 @@ class GMEHead(Head):
         if isinstance(self.norm, nn.BatchNorm1d):
             self.norm.running_mean.copy_(x.mean(0).to(self.norm.running_mean))
             self.norm.running_var.copy_(x.var(0).to(self.norm.running_var))
-        plda = PLDA.fit(x, labels, iterations=iterations)
+        # With fewer within-class degrees of freedom (N − identities) than features, the
+        # within-class covariance is singular: fit the PLDA in the leading principal subspace.
+        rank = min(x.shape[1], len(x) - int(labels.unique().numel()) - 1)
+        if rank < self.dim:
+            raise DataError(
+                f"GME head init from PLDA: {len(x)} training samples of "
+                f"{labels.unique().numel()} identities support at most {max(rank, 0)} PLDA "
+                f"dimensions, fewer than dim={self.dim}; use more data or a smaller model.dim"
+            )
+        mean = x.mean(0)
+        basis = torch.eye(x.shape[1], dtype=x.dtype)
+        if rank < x.shape[1]:
+            basis = torch.linalg.svd(x - mean, full_matrices=False).Vh[:rank]
+        plda = PLDA.fit(x @ basis.T, labels, iterations=iterations)
         psi = plda.psi[: self.dim]
-        self.init_from_plda(plda.mean, plda.transform[: self.dim], psi)
+        self.init_from_plda(mean, plda.transform[: self.dim] @ basis, psi)
         return psi.float()
 
 
