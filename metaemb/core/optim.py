@@ -71,7 +71,7 @@ def param_groups(
 def build_optimizer(
     model: EmbeddingModel, classifier: nn.Module | None, cfg: TrainConfig
 ) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW over `param_groups`, weight decay on every group."""
+    """SGD (Nesterov momentum) or AdamW over `param_groups`; weight decay where a group sets none."""
     groups = param_groups(model, classifier, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
