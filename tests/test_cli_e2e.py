@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import demo_faces, run_cli
 
 from metaemb.core import plugins
 
@@ -21,16 +21,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_faces(tmp_path_factory) -> Path:
-    from metaemb.core.components import build
-
-    out = tmp_path_factory.mktemp("data") / "faces"
-    build(
-        "demo_data",
-        "face",
-        {"identities": 10, "images_per_identity": 6, "image_size": 32},
-        out=out,
-    )
-    return out
+    return demo_faces(tmp_path_factory.mktemp("data") / "faces", 10, 6)
 
 
 def train_args(data: Path, runs: Path, *extra: str) -> list[str]:

@@ -14,27 +14,20 @@ import shutil
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
 
-from metaemb import cli
 from metaemb.core import metrics
 from metaemb.core.calibration import LinearCalibration
 from metaemb.core.interfaces import Trial
 from metaemb.core.trials import read_lfw_pairs, read_scores, write_trials
 
 
-def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
-    """Run `metaemb ARGS` in-process → (exit code, stdout, stderr)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["metaemb", *[str(a) for a in args]])
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr() if capsys is not None else ("", "")
+def run_cli(args: list, capsys=None) -> tuple[int, str, str]:
+    """`helpers.run_cli` with table borders and line wrapping removed from the output."""
+    code, out, err = helpers.run_cli(args, capsys)
     return code, plain(out), plain(err)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import demo_faces
 from rich.console import Console
 
 from metaemb.core.config import resolve
@@ -41,12 +42,7 @@ def settings(data: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_faces(tmp_path_factory) -> Path:
-    from metaemb.core.components import build
-
-    out = tmp_path_factory.mktemp("data") / "faces"
-    opts = {"identities": 8, "images_per_identity": 4, "image_size": 32}
-    build("demo_data", "face", opts, out=out)
-    return out
+    return demo_faces(tmp_path_factory.mktemp("data") / "faces", 8, 4)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -253,19 +254,8 @@ def test_faiss_backend_refuses_other_scorers():
 
 # -- the commands, end to end -----------------------------------------------------------------
 def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    """Run `metaemb ARGS` in-process (as the console script does) → (exit code, stdout, stderr)."""
-    import sys
-
-    from metaemb import cli
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["metaemb", *[str(a) for a in args]])
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
+    """`helpers.run_cli` with stderr's whitespace (rich's line wrapping) collapsed."""
+    code, out, err = helpers.run_cli(args, capsys)
     return code, out, " ".join(err.split())
 
 

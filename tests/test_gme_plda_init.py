@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import demo_faces
 from rich.console import Console
 
 from metaemb.core.config import resolve
@@ -15,13 +16,7 @@ from metaemb.core.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_faces(tmp_path_factory) -> Path:
-    from metaemb.core.components import build
-
-    out = tmp_path_factory.mktemp("data") / "faces"
-    build(
-        "demo_data", "face", {"identities": 10, "images_per_identity": 6, "image_size": 32}, out=out
-    )
-    return out
+    return demo_faces(tmp_path_factory.mktemp("data") / "faces", 10, 6)
 
 
 def trainer(data: Path, runs: Path, *extra: str) -> Trainer:

@@ -7,18 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import demo_faces, run_cli
 
 
 @pytest.fixture(scope="module")
 def tiny_faces(tmp_path_factory) -> Path:
-    from metaemb.core.components import build
-
-    out = tmp_path_factory.mktemp("data") / "faces"
-    build(
-        "demo_data", "face", {"identities": 16, "images_per_identity": 6, "image_size": 32}, out=out
-    )
-    return out
+    return demo_faces(tmp_path_factory.mktemp("data") / "faces", 16, 6)
 
 
 def test_gme_bxe_trains_and_evaluates_calibration(tiny_faces, tmp_path, capsys, monkeypatch):
