@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from metaemb.core.gme import GME, llr_matrix
+from metaemb.core.gme.algebra import GME, llr_matrix
 
 
 def naive_matrix(f1: GME, f2: GME) -> torch.Tensor:

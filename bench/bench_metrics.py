@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from metaemb.core import metrics
+from metaemb.core.eval import metrics
 
 
 def timed(fn, *args, **kw):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from metaemb.core.scoring import CosineScorer, PLDAScorer
+from metaemb.core.scoring.scorers import CosineScorer, PLDAScorer
 
 
 def peak_mb() -> float:

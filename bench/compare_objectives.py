@@ -43,9 +43,9 @@ import torch
 from rich.console import Console
 
 from metaemb.core.config import CORE_SECTIONS, Config, resolve
-from metaemb.core.engine import Trainer
-from metaemb.core.plugins import registry
+from metaemb.core.plugin.manager import registry
 from metaemb.core.runs import run_dir
+from metaemb.core.train.engine import Trainer
 
 GME_OBJECTIVES = ("gme-bxe", "gme-pseudolikelihood", "gme-softmax")
 NEEDS_TEACHER = ("distill",)

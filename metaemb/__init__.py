@@ -15,7 +15,7 @@ hookimpl = pluggy.HookimplMarker("metaemb")
 
 def load() -> None:
     """Load every plugin (built-in and installed) once; safe to call many times."""
-    from metaemb.core.plugins import get_plugin_manager
+    from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager()
 

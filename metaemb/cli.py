@@ -41,7 +41,7 @@ def create_app() -> typer.Typer:
 
     app.command()(enroll)
     app.command()(identify)
-    from metaemb.core.plugins import get_plugin_manager
+    from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)
     return app
@@ -67,7 +67,7 @@ def train(
 ) -> None:
     """Train an embedding network (resumes the run with the same configuration)."""
     from metaemb.core.config import resolve
-    from metaemb.core.engine import Trainer
+    from metaemb.core.train.engine import Trainer
 
     sets = list(set_ or [])
     if data is not None:
@@ -127,7 +127,7 @@ def evaluate(
     workers: Annotated[int, typer.Option()] = 2,
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
-    from metaemb.core.evaluate import Evaluation
+    from metaemb.core.eval.evaluate import Evaluation
 
     Evaluation(
         run,
@@ -151,7 +151,7 @@ def embed(
     workers: Annotated[int, typer.Option()] = 2,
 ) -> None:
     """Embed every sample of a folder with a trained model."""
-    from metaemb.core.evaluate import embed_folder
+    from metaemb.core.eval.evaluate import embed_folder
 
     n = embed_folder(checkpoint, data, out, device=device, workers=workers)
     console.print(f"wrote {n} embeddings to {out}")
@@ -165,9 +165,9 @@ def demo_data(
     ] = None,
 ) -> None:
     """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""
-    from metaemb.core.components import build, validate_options
     from metaemb.core.config import parse_set
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.components import build, validate_options
+    from metaemb.core.plugin.manager import registry
 
     name = registry("modalities").get(modality).demo_data
     opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
@@ -179,7 +179,7 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List loaded plugins with their versions, hooks and components."""
-    from metaemb.core.plugins import state
+    from metaemb.core.plugin.manager import state
 
     st = state()
     infos = st.plugins()
@@ -205,10 +205,10 @@ def list_components(
     kind: Annotated[str, typer.Argument(help="backbones, frontends, objectives, scorers, …")],
 ) -> None:
     """List registered components of one kind."""
-    from metaemb.core.components import options_of
     from metaemb.core.errors import ConfigError, suggest
-    from metaemb.core.plugins import registry
-    from metaemb.core.registry import KINDS
+    from metaemb.core.plugin.components import options_of
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.registry import KINDS
 
     key = kind.replace("-", "_")
     if key not in KINDS and key + "s" in KINDS:

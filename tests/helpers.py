@@ -27,7 +27,7 @@ def run_cli(args: list, capsys=None, monkeypatch=None) -> tuple[int, str, str]:
 
 def demo_faces(out: Path, identities: int, images_per_identity: int, image_size: int = 32) -> Path:
     """A small synthetic face folder from the built-in generator (deterministic)."""
-    from metaemb.core.components import build
+    from metaemb.core.plugin.components import build
 
     options = {
         "identities": identities,

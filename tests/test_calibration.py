@@ -10,8 +10,8 @@ import torch
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from metaemb.core.calibration import CalibratedScorer, LinearCalibration, pair_trials
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.scoring.calibration import CalibratedScorer, LinearCalibration, pair_trials
 
 
 def cllr(tar, non):

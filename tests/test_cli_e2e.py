@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import demo_faces, run_cli
 
-from metaemb.core import plugins
+from metaemb.core.plugin import manager as plugins
 
 TINY = [
     "train.epochs=2",
@@ -108,7 +108,7 @@ def test_train_resume_fresh_and_evaluate(tiny_faces, tmp_path, capsys, monkeypat
 
 def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypatch):
     """Simulate a kill during epoch 2: last.pt holds epoch 1; re-running finishes the run."""
-    from metaemb.core import engine
+    from metaemb.core.train import engine
 
     runs = tmp_path / "runs"
     real = engine.Trainer._train_epoch

@@ -99,8 +99,8 @@ def test_round_trip_and_hash():
 
 def test_hash_covers_component_defaults():
     """Setting an option to its default is the same run; the defaults themselves are hashed."""
-    from metaemb.core.components import options_of
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.components import options_of
+    from metaemb.core.plugin.manager import registry
 
     margin = options_of(registry("objectives").get("triplet"))["margin"].default
     implicit = resolve("face", sets=["train.objective=triplet"])

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks(tmp_path: Path) -> None:
-    from metaemb.core.components import build
+    from metaemb.core.plugin.components import build
 
     data = tmp_path / "faces"
     build(

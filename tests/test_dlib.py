@@ -113,7 +113,7 @@ def test_several_faces_policies(dlib_source):
 
 
 def test_frontend_detects_once_then_hits_the_cache(dlib_source, tmp_path):
-    from metaemb.core.components import build
+    from metaemb.core.plugin.components import build
 
     root = tmp_path / "data"
     (root / "obama").mkdir(parents=True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from metaemb.backbones.ecapa import ecapa_tdnn
-from metaemb.backbones.pooling import AttentiveStatsPooling
 from metaemb.core.errors import ConfigError
+from metaemb.plugins.audio.backbones.ecapa import ecapa_tdnn
+from metaemb.plugins.audio.backbones.pooling import AttentiveStatsPooling
 
 
 def count(module: nn.Module) -> int:

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metaemb.core import metrics
-from metaemb.core.calibration import LinearCalibration
-from metaemb.core.interfaces import Trial
-from metaemb.core.trials import read_lfw_pairs, read_scores, write_trials
+from metaemb.core.eval import metrics
+from metaemb.core.eval.trials import read_lfw_pairs, read_scores, write_trials
+from metaemb.core.plugin.interfaces import Trial
+from metaemb.core.scoring.calibration import LinearCalibration
 
 
 def run_cli(args: list, capsys=None) -> tuple[int, str, str]:
@@ -173,7 +173,7 @@ def test_without_matplotlib_evaluation_works_and_says_how_to_get_plots(
 
 def _split_lists(data: Path, tmp_path: Path) -> tuple[Path, Path]:
     """VoxCeleb lists over two disjoint halves of the identities: calibration and evaluation."""
-    from metaemb.core.trials import make_trials
+    from metaemb.core.eval.trials import make_trials
     from metaemb.plugins.vision.folder import ImageFolder
 
     folder = ImageFolder(data)
@@ -270,7 +270,7 @@ def test_unlabelled_trials_are_refused_naming_the_file(lfw, tmp_path, capsys):
 
 
 def test_det_plot_marks_the_min_dcf_points_and_widens_its_window_to_hold_them():
-    from metaemb.core import report
+    from metaemb.core.eval import report
 
     rng = np.random.default_rng(0)
     tar, non = rng.normal(1.5, 1, 300), rng.normal(0, 1, 2000)
@@ -289,10 +289,10 @@ def test_demo_face_model_is_calibrated_to_within_005_bits_on_held_out_identities
 ):
     """Issue 3's calibration acceptance on the demo model (default face training, ~10 min on
     2 CPU cores): calibrate on half of the held-out identities, evaluate on the other half."""
-    from metaemb.core.components import build
     from metaemb.core.config import resolve
-    from metaemb.core.pipeline import data_root
-    from metaemb.core.trials import make_trials
+    from metaemb.core.data.pipeline import data_root
+    from metaemb.core.eval.trials import make_trials
+    from metaemb.core.plugin.components import build
 
     monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))
     code, _, err = run_cli(["train", "--modality", "face", "--runs", tmp_path / "runs"], capsys)

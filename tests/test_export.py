@@ -13,8 +13,7 @@ from helpers import run_cli
 
 import metaemb
 from metaemb.core.config import resolve
-from metaemb.core.errors import MetaembError
-from metaemb.core.export import (
+from metaemb.core.deploy.export import (
     ExportError,
     TraceableFbank,
     build_model,
@@ -22,6 +21,7 @@ from metaemb.core.export import (
     export,
     load_inference,
 )
+from metaemb.core.errors import MetaembError
 from metaemb.core.runs import save_checkpoint
 
 FACE = ["features.image_size=16", "model.dim=16"]

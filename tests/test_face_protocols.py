@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.interfaces import Trial
-from metaemb.core.plugins import registry
-from metaemb.core.trials import read_lfw_pairs
+from metaemb.core.eval.trials import read_lfw_pairs
+from metaemb.core.plugin.interfaces import Trial
+from metaemb.core.plugin.manager import registry
 from metaemb.plugins.vision.protocols import (
     AgeDBFolder,
     VGGFace2Folder,
@@ -112,7 +112,7 @@ def test_lfw_mini_dataset_runs_through_the_lfw_protocol(tmp_path):
     with open(root / "landmarks.csv") as fh:
         rows = list(csv.reader(fh))[1:]
     assert len(rows) == 60 and all((root / r[0]).is_file() for r in rows)
-    from metaemb.core.components import build
+    from metaemb.core.plugin.components import build
     from metaemb.plugins.vision.folder import ImageFolder, read_image
 
     folder = ImageFolder(root)

@@ -15,9 +15,9 @@ from helpers import demo_faces
 from rich.console import Console
 
 from metaemb.core.config import resolve
-from metaemb.core.engine import Trainer
-from metaemb.core.pipeline import Components
+from metaemb.core.data.pipeline import Components
 from metaemb.core.runs import load_checkpoint
+from metaemb.core.train.engine import Trainer
 
 LR, MULT, HEAD_MULT = 2e-3, 7.0, 3.0
 

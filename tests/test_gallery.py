@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaemb.core import gallery as gal
-from metaemb.core.components import build
-from metaemb.core.gallery import NEW, Gallery, GalleryError, ModelStamp, model_digest
-from metaemb.core.gme import GME, identification_posteriors, llr
+from metaemb.core.deploy import gallery as gal
+from metaemb.core.deploy.gallery import NEW, Gallery, GalleryError, ModelStamp, model_digest
+from metaemb.core.gme.algebra import GME, identification_posteriors, llr
+from metaemb.core.plugin.components import build
 
 DIM = 8
 
@@ -302,7 +302,7 @@ def trained(tmp_path_factory):
 
 
 def test_enroll_and_identify_commands(trained, tmp_path, capsys):
-    from metaemb.core.evaluate import Loaded
+    from metaemb.core.eval.evaluate import Loaded
 
     enroll, probes, run = trained
     path = tmp_path / "gallery.pt"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metaemb.core.errors import DataError
-from metaemb.core.gme import (
+from metaemb.core.gme.algebra import (
     GME,
     GMEError,
     block_shape,
@@ -30,7 +30,7 @@ from metaemb.core.gme import (
     pool_by_index,
     simultaneous_diagonalisation,
 )
-from metaemb.core.gme_scoring import GMEScorer
+from metaemb.core.gme.scorer import GMEScorer
 
 F64 = torch.float64
 
@@ -321,7 +321,7 @@ def test_block_shape_bounds_temporaries():
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from metaemb.core.gme import GME, llr, llr_matrix
+    from metaemb.core.gme.algebra import GME, llr, llr_matrix
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -382,8 +382,8 @@ def test_matrix_memory_acceptance_4096():
 
 # -- the scorer -----------------------------------------------------------------------------
 def test_gme_scorer_scores_pairs_matrices_and_pooled_enrollment():
-    from metaemb.core.plugins import registry
-    from metaemb.core.scoring import score_trials
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.scoring.scorers import score_trials
 
     scorer = registry("scorers").get("gme")(chunk_mb=1)
     assert scorer.needs == "gme"
@@ -405,7 +405,7 @@ def test_gme_scorer_scores_pairs_matrices_and_pooled_enrollment():
 def test_gme_from_fitted_plda_matches_plda_scorer():
     # Acceptance: GMEs built from a fitted PLDA give the PLDA scorer's trial LLRs (≤ 1e-6),
     # single-sample and pooled multi-sample enrollment alike.
-    from metaemb.core.scoring import PLDAScorer
+    from metaemb.core.scoring.scorers import PLDAScorer
 
     gen = torch.Generator().manual_seed(41)
     centres = torch.randn(30, 6, generator=gen, dtype=F64) * 2

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.gme import GME, llr, pool
-from metaemb.core.heads import GMEHead
-from metaemb.core.objectives.gme import (
+from metaemb.core.gme.algebra import GME, llr, pool
+from metaemb.core.gme.objectives import (
     ClassGMEs,
     GMEBinaryCrossEntropy,
     GMEPseudoLikelihood,
     GMESoftmax,
     bxe_bits,
 )
-from metaemb.core.plugins import registry
+from metaemb.core.plugin.manager import registry
+from metaemb.core.train.heads import GMEHead
 
 PAIRS = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
 PAIR_LLRS = [
@@ -160,7 +160,7 @@ def test_objectives_reject_point_embeddings():
 
 def test_checkpointed_matrix_gradients_equal_plain(monkeypatch):
     # A tiny chunk budget forces the checkpointed path; gradients must not change.
-    import metaemb.core.gme as gme_mod
+    import metaemb.core.gme.algebra as gme_mod
 
     g = random_gmes(10, 3, seed=6, requires_grad=True)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
@@ -170,7 +170,7 @@ def test_checkpointed_matrix_gradients_equal_plain(monkeypatch):
     def tiny(f1, f2, max_chunk_bytes=0):
         return original(f1, f2, max_chunk_bytes=1)
 
-    monkeypatch.setattr("metaemb.core.objectives.gme.differentiable_llr_matrix", tiny)
+    monkeypatch.setattr("metaemb.core.gme.objectives.differentiable_llr_matrix", tiny)
     chunked = torch.autograd.grad(GMEBinaryCrossEntropy()(g, labels, None), [g.a, g.b])
     for x, y in zip(plain, chunked, strict=True):
         assert torch.allclose(x, y, rtol=1e-10)

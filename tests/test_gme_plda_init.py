@@ -10,8 +10,8 @@ from helpers import demo_faces
 from rich.console import Console
 
 from metaemb.core.config import resolve
-from metaemb.core.engine import Trainer
 from metaemb.core.errors import ConfigError
+from metaemb.core.train.engine import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,8 @@ def test_gme_bxe_trains_and_evaluates_calibration(tiny_faces, tmp_path, capsys, 
     assert metrics["cllr"] == pytest.approx(best["cllr"], rel=1e-5)
 
     # The scores are the closed-form LLRs of the model's own meta-embeddings.
-    from metaemb.core.evaluate import Loaded
-    from metaemb.core.gme import llr
+    from metaemb.core.eval.evaluate import Loaded
+    from metaemb.core.gme.algebra import llr
 
     loaded = Loaded.from_path(run, None, "cpu")
     lines = [x.split() for x in (run / "eval-validation" / "scores.txt").read_text().splitlines()]

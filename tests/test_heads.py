@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.gme import GME, from_diagonal_plda, llr, llr_matrix, simultaneous_diagonalisation
-from metaemb.core.heads import EmbeddingHead, GMEHead
-from metaemb.core.plugins import registry
+from metaemb.core.gme.algebra import (
+    GME,
+    from_diagonal_plda,
+    llr,
+    llr_matrix,
+    simultaneous_diagonalisation,
+)
+from metaemb.core.plugin.manager import registry
+from metaemb.core.train.heads import EmbeddingHead, GMEHead
 
 
 def test_embedding_head_shape_and_gradients():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from metaemb.core.components import build
 from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.plugin.components import build
 from metaemb.plugins.vision.align import align_faces, template
 from metaemb.plugins.vision.frontend import AlignFrontend
 from metaemb.plugins.vision.landmarks import (

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from metaemb.core import identification as ident
-from metaemb.core import metrics as m
 from metaemb.core.errors import MetaembError
+from metaemb.core.eval import identification as ident
+from metaemb.core.eval import metrics as m
 
 # case: (tar, non, eer, cllr, min_cllr, min_dcf@(0.01, 0.05, 0.5), act_dcf@(0.01, 0.05, 0.5))
 VECTORS = {

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from metaemb.core.errors import ConfigError
-from metaemb.core.objectives.contrastive import ContrastiveObjective
-from metaemb.core.objectives.distill import DistillObjective
-from metaemb.core.objectives.margin import ArcFaceObjective, CosFaceObjective
-from metaemb.core.objectives.softmax import LinearClassifier, SoftmaxObjective
-from metaemb.core.objectives.triplet import TripletObjective
+from metaemb.core.train.objectives.contrastive import ContrastiveObjective
+from metaemb.core.train.objectives.distill import DistillObjective
+from metaemb.core.train.objectives.margin import ArcFaceObjective, CosFaceObjective
+from metaemb.core.train.objectives.softmax import LinearClassifier, SoftmaxObjective
+from metaemb.core.train.objectives.triplet import TripletObjective
 
 
 def _set_linear(clf: LinearClassifier, weight: list[list[float]], bias: list[float]) -> None:

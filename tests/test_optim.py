@@ -10,8 +10,8 @@ from torch import nn
 
 from metaemb.core.config import TrainConfig
 from metaemb.core.errors import ConfigError
-from metaemb.core.heads import EmbeddingHead, GMEHead
-from metaemb.core.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from metaemb.core.train.heads import EmbeddingHead, GMEHead
+from metaemb.core.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def test_warmup_is_linear_then_cosine_reaches_one_percent():

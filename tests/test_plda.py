@@ -12,8 +12,8 @@ from scipy.stats import multivariate_normal
 from sklearn.metrics import roc_curve
 
 from metaemb.core.errors import DataError
-from metaemb.core.plda import PLDA, PLDABackend, diagonalise, fit_lda, llr_matrix, llr_pairs
-from metaemb.core.scoring import PLDAScorer, score_trials
+from metaemb.core.scoring.plda import PLDA, PLDABackend, diagonalise, fit_lda, llr_matrix, llr_pairs
+from metaemb.core.scoring.scorers import PLDAScorer, score_trials
 
 F64 = torch.float64
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import metaemb
-from metaemb.core import plugins
 from metaemb.core.errors import PluginError, UnknownComponentError
-from metaemb.core.interfaces import IdentityFrontend
+from metaemb.core.plugin import manager as plugins
+from metaemb.core.plugin.interfaces import IdentityFrontend
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaemb.core import samplers as s
+from metaemb.core.data import samplers as s
 from metaemb.core.errors import ConfigError, DataError
 
 # 10 identities of 2..7 samples, interleaved so indices do not follow labels.

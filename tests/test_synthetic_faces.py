@@ -157,7 +157,7 @@ def test_raw_pixel_cosine_is_a_poor_verifier(tmp_path):
 
 
 def test_registered_as_demo_data_and_face_modality():
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.manager import registry
 
     assert registry("demo_data").get("face") is generate_faces
     face = registry("modalities").get("face")

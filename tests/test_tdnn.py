@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from metaemb.backbones.pooling import StatsPooling, masked_mean_std
-from metaemb.backbones.tdnn import xvector
 from metaemb.core.errors import ConfigError
+from metaemb.plugins.audio.backbones.pooling import StatsPooling, masked_mean_std
+from metaemb.plugins.audio.backbones.tdnn import xvector
 
 
 def count(module: nn.Module) -> int:

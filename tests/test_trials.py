@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from metaemb.core import trials as tr
 from metaemb.core.errors import DataError
-from metaemb.core.interfaces import Sample, Trial
+from metaemb.core.eval import trials as tr
+from metaemb.core.plugin.interfaces import Sample, Trial
 
 
 @dataclass
@@ -248,7 +248,7 @@ def test_coverage_counts():
 
 
 def test_registered_protocols(tmp_path):
-    from metaemb.core.plugins import get
+    from metaemb.core.plugin.manager import get
 
     (tmp_path / "veri_test2.txt").write_text("1 id1/a/1.wav id1/b/2.wav\n")
     assert get("protocols", "voxceleb")(tmp_path, None) == [

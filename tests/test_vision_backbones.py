@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchvision import models
 
-from metaemb.backbones.mobilenet import MobileNetV3Large, MobileNetV3Small
-from metaemb.backbones.resnet import ResNet18, ResNet34, ResNet50
 from metaemb.core.errors import ConfigError
+from metaemb.plugins.vision.backbones.mobilenet import MobileNetV3Large, MobileNetV3Small
+from metaemb.plugins.vision.backbones.resnet import ResNet18, ResNet34, ResNet50
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_pretrained_errors_are_clear(tmp_path):
 
 
 def test_registered_through_the_vision_plugin():
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.manager import registry
 
     names = registry("backbones").names()
     for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large"):

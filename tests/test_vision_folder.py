@@ -153,7 +153,7 @@ def test_input_spec_and_option_errors():
 
 
 def test_registered_through_the_vision_plugin():
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.manager import registry
 
     assert registry("sample_folders").get("image") is ImageFolder
     assert registry("features").get("image") is ImageFeatures

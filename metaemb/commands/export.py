@@ -18,7 +18,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset version (13–20)")] = 17,  # DEFAULT_OPSET
 ) -> None:
     """Export the inference model (features, backbone, head) with a dynamic batch dimension."""
-    from metaemb.core.export import export as run_export
+    from metaemb.core.deploy.export import export as run_export
 
     result = run_export(checkpoint, format, out, opset)
     info = result.info

@@ -18,8 +18,8 @@ console = Console()
 
 # -- the work (importable, tested) ------------------------------------------------------------
 def _load(checkpoint: Path, data: Path, device: str) -> tuple[Any, str]:
-    from metaemb.core.evaluate import Loaded
-    from metaemb.core.gallery import model_digest
+    from metaemb.core.deploy.gallery import model_digest
+    from metaemb.core.eval.evaluate import Loaded
 
     loaded = Loaded.from_path(checkpoint, data, device)
     return loaded, model_digest(loaded.state["model"])
@@ -36,8 +36,8 @@ def enroll_folder(
     """Enroll every identity folder of `data` (or the named ones) into `gallery`, creating or
     extending it → identity: (samples added, samples enrolled). Samples already enrolled (same
     file) are not embedded again, so re-running is harmless."""
+    from metaemb.core.deploy.gallery import Gallery, ModelStamp, open_gallery
     from metaemb.core.errors import DataError, suggest
-    from metaemb.core.gallery import Gallery, ModelStamp, open_gallery
 
     loaded, digest = _load(checkpoint, data, device)
     g = open_gallery(gallery, digest, f"checkpoint '{checkpoint}'")
@@ -81,8 +81,8 @@ class Identification:
 
 def _scorer(loaded: Any, name: str | None) -> Any:
     """A scorer by name; a fitted one (PLDA, s-norm) takes its state from the checkpoint."""
-    from metaemb.core.components import build, validate_options
-    from metaemb.core.gallery import GalleryError
+    from metaemb.core.deploy.gallery import GalleryError
+    from metaemb.core.plugin.components import build, validate_options
 
     if name is None:
         return None
@@ -134,8 +134,8 @@ def identify_probes(
 ) -> Identification:
     """Search `gallery` for every sample of `data` (probes labelled by their identity folder,
     scored with rank-1/5 and TPIR@FPIR), or for the given probe files (no labels)."""
+    from metaemb.core.deploy.gallery import Gallery
     from metaemb.core.errors import DataError
-    from metaemb.core.gallery import Gallery
 
     if not data and not probes:
         raise DataError(
@@ -166,8 +166,8 @@ def identify_probes(
 
 def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> dict[str, Any]:
     """Closed-set rank-1/5 over mated probes, TPIR@FPIR, and the open-set decisions' accuracy."""
-    from metaemb.core import identification as ident
-    from metaemb.core.gallery import NEW
+    from metaemb.core.deploy.gallery import NEW
+    from metaemb.core.eval import identification as ident
 
     mated = [t in g for t in truth]
     n_mated = sum(mated)

@@ -20,7 +20,7 @@ app = typer.Typer(
 def _folder_name(modality: str, folder: str | None) -> str:
     if folder:
         return folder
-    from metaemb.core.plugins import get
+    from metaemb.core.plugin.manager import get
 
     return get("modalities", modality).sample_folder
 
@@ -44,9 +44,9 @@ def make(
     ] = None,
 ) -> None:
     """Write a seeded trial list over the samples of DATA and print its coverage."""
-    from metaemb.core.components import build
     from metaemb.core.errors import MetaembError
-    from metaemb.core.trials import coverage, make_trials, write_trials
+    from metaemb.core.eval.trials import coverage, make_trials, write_trials
+    from metaemb.core.plugin.components import build
 
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
@@ -65,6 +65,6 @@ def coverage_cmd(
     format: Annotated[str, typer.Option(help="auto, voxceleb, kaldi or lfw")] = "auto",
 ) -> None:
     """How many trials, identities and samples a trial list touches (identity = first folder)."""
-    from metaemb.core.trials import coverage, read_trials
+    from metaemb.core.eval.trials import coverage, read_trials
 
     typer.echo(json.dumps(coverage(read_trials(trials, root=root, format=format)), indent=2))

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from metaemb.core.components import coerce, options_of, validate_options
 from metaemb.core.errors import ConfigError, suggest
-from metaemb.core.modality import Modality
-from metaemb.core.plugins import registry
+from metaemb.core.plugin.components import coerce, options_of, validate_options
+from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.modality import Modality
 
 if sys.version_info >= (3, 11):
     import tomllib

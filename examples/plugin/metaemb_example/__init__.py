@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 import metaemb
-from metaemb.core.interfaces import Backbone
+from metaemb.core import Backbone
 
 
 class TinyCNN(Backbone):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from metaemb import hookimpl
-from metaemb.core.hookspecs import Register
+from metaemb.core.plugin.hookspecs import Register
 
 
 def ecapa512(
@@ -21,7 +21,7 @@ def ecapa512(
     attention_channels: int = 128,
 ) -> Any:
     """ECAPA-TDNN with C = 512 (~6.2 M parameters), 192-dim output."""
-    from metaemb.backbones.ecapa import ecapa_tdnn
+    from metaemb.plugins.audio.backbones.ecapa import ecapa_tdnn
 
     return ecapa_tdnn(
         in_channels, 512, embedding_dim, mfa_channels, scale, se_channels, attention_channels
@@ -37,7 +37,7 @@ def ecapa1024(
     attention_channels: int = 128,
 ) -> Any:
     """ECAPA-TDNN with C = 1024 (~14.7 M parameters), 192-dim output."""
-    from metaemb.backbones.ecapa import ecapa_tdnn
+    from metaemb.plugins.audio.backbones.ecapa import ecapa_tdnn
 
     return ecapa_tdnn(
         in_channels, 1024, embedding_dim, mfa_channels, scale, se_channels, attention_channels
@@ -74,7 +74,7 @@ def register_features(register: Register) -> None:
 
 @hookimpl
 def register_backbones(register: Register) -> None:
-    from metaemb.backbones.tdnn import xvector
+    from metaemb.plugins.audio.backbones.tdnn import xvector
 
     register("xvector", xvector, description="x-vector TDNN (Snyder 2018), masked stats pooling")
     register("ecapa512", ecapa512, description="ECAPA-TDNN, C = 512, 192-dim output")
@@ -90,7 +90,7 @@ def register_demo_data(register: Register) -> None:
 
 @hookimpl
 def register_modalities(register: Register) -> None:
-    from metaemb.core.modality import Modality
+    from metaemb.core.plugin.modality import Modality
 
     register(
         "speaker",

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.interfaces import Features
+from metaemb.core.plugin.interfaces import Features
 from metaemb.plugins.audio.fbank import KaldiFbank
 
 

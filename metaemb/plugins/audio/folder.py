@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from metaemb.core.interfaces import SampleFolder
+from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, check_rate_policy, read_audio
 
 

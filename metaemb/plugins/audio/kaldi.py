@@ -15,7 +15,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from metaemb.core.errors import DataError
-from metaemb.core.interfaces import Sample, SampleFolder
+from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import check_rate_policy, read_audio
 
 

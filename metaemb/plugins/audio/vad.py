@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, MetaembError
-from metaemb.core.interfaces import Frontend
+from metaemb.core.plugin.interfaces import Frontend
 
 INT16_SCALE = 32768.0
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi floors energies at float epsilon before ln

@@ -6,7 +6,7 @@ Hook functions import their modules lazily so `import metaemb.plugins.vision` st
 from __future__ import annotations
 
 from metaemb import hookimpl
-from metaemb.core.hookspecs import Register
+from metaemb.core.plugin.hookspecs import Register
 
 
 @hookimpl
@@ -29,8 +29,8 @@ def register_features(register: Register) -> None:
 
 @hookimpl
 def register_backbones(register: Register) -> None:
-    from metaemb.backbones.mobilenet import MobileNetV3Large, MobileNetV3Small
-    from metaemb.backbones.resnet import ResNet18, ResNet34, ResNet50
+    from metaemb.plugins.vision.backbones.mobilenet import MobileNetV3Large, MobileNetV3Small
+    from metaemb.plugins.vision.backbones.resnet import ResNet18, ResNet34, ResNet50
 
     register("resnet18", ResNet18, description="torchvision ResNet-18, 512 features")
     register("resnet34", ResNet34, description="torchvision ResNet-34, 512 features")
@@ -48,7 +48,7 @@ def register_demo_data(register: Register) -> None:
 
 @hookimpl
 def register_modalities(register: Register) -> None:
-    from metaemb.core.modality import Modality
+    from metaemb.core.plugin.modality import Modality
 
     face = Modality(
         name="face",

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.interfaces import Features
+from metaemb.core.plugin.interfaces import Features
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)

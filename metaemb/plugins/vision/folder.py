@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from metaemb.core.errors import DataError
-from metaemb.core.interfaces import SampleFolder
+from metaemb.core.plugin.interfaces import SampleFolder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".webp", ".tif", ".tiff")
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
-from metaemb.core.interfaces import Frontend
+from metaemb.core.plugin.interfaces import Frontend
 from metaemb.plugins.vision.align import align_faces, centre_landmarks, template
 from metaemb.plugins.vision.landmarks import LandmarkCache, Landmarks, LandmarkSource
 
@@ -22,7 +22,7 @@ NO_FACE_POLICIES = ("skip", "error", "center")
 
 def build_source(name: str, root: Path | None, options: dict[str, Any]) -> LandmarkSource:
     """Build landmark source `name` from the registry, passing the options its factory accepts."""
-    from metaemb.core.plugins import registry
+    from metaemb.core.plugin.manager import registry
 
     factory = registry("landmark_sources").get(name)
     target = factory.__init__ if inspect.isclass(factory) else factory

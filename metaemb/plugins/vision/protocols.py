@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.interfaces import Sample, Trial
-from metaemb.core.trials import lfw_path, read_lfw_pairs, write_trials
+from metaemb.core.eval.trials import lfw_path, read_lfw_pairs, write_trials
+from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Embedding extraction: each sample once, in order, batched on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaemb.core.data.dataset import Bad, PreparedDataset, make_loader
+from metaemb.core.errors import DataError
+
+
+def concat(outputs: list[Any]) -> Any:
+    """Concatenate batch outputs: tensors, or any embedding type with a `cat` classmethod (GME)."""
+    if isinstance(outputs[0], Tensor):
+        return torch.cat(outputs)
+    return type(outputs[0]).cat(outputs)
+
+
+def to_device(out: Any, device: torch.device | str) -> Any:
+    return out.to(device)
+
+
+@torch.no_grad()
+def extract(
+    fn: Callable[[Tensor, Tensor | None], Any],
+    dataset: PreparedDataset,
+    device: torch.device | str,
+    batch_size: int = 64,
+    workers: int = 0,
+    autocast: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Any, Tensor, list[Bad]]:
+    """Run `fn(inputs, lengths)` over the dataset in order.
+
+    Returns (outputs as float32 on the CPU, the folder indices they belong to, skipped samples);
+    the indices differ from `dataset.indices` only when bad samples were skipped.
+    """
+    outs: list[Any] = []
+    kept: list[Tensor] = []
+    bad: list[Bad] = []
+    loader = make_loader(dataset, workers, batch_size=batch_size)
+    device = torch.device(device)
+    for batch in loader:
+        bad.extend(batch.bad)
+        if len(batch) == 0:
+            continue
+        x = batch.inputs.to(device, non_blocking=True)
+        lengths = batch.lengths.to(device) if batch.lengths is not None else None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = fn(x, lengths)
+        kept.append(batch.indices)
+        outs.append(
+            to_device(out.float() if isinstance(out, Tensor) else out.to(torch.float32), "cpu")
+        )
+        if on_batch is not None:
+            on_batch(len(batch))
+    if not outs:
+        raise DataError(
+            f"none of the {len(dataset)} samples under '{dataset.folder.root}' could be read."
+        )
+    return concat(outs), torch.cat(kept), bad

@@ -1,0 +1,95 @@
+"""Everything a Config builds before training or evaluation: data root, sample folder,
+frontend, features and the embedding model (shared by train, evaluate and embed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from metaemb.core.config import Config
+from metaemb.core.data.dataset import PreparedDataset
+from metaemb.core.plugin.components import build, options_of
+from metaemb.core.plugin.interfaces import SampleFolder
+from metaemb.core.plugin.manager import registry
+from metaemb.core.train.model import EmbeddingModel
+
+
+def cache_dir(config: Config) -> Path:
+    if config.data.cache_dir:
+        return Path(config.data.cache_dir)
+    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
+
+
+def data_root(config: Config, console: Console | None = None) -> Path:
+    """The data folder: --data, or the modality's demo dataset generated once into the cache.
+
+    The cache folder is keyed by every generator option (defaults included), so changing the
+    generator's defaults or the config's demo.* options never reuses stale data; the generators
+    themselves are idempotent and write atomically.
+    """
+    if config.data.root:
+        return Path(config.data.root)
+    mod = config.modality_obj()
+    opts = {k: o.default for k, o in options_of(registry("demo_data").get(mod.demo_data)).items()}
+    opts.update(config.options("demo"))
+    key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
+    if console is not None and not out.exists():
+        console.print(f"Generating the built-in {mod.name} demo dataset into {out} (once) …")
+    build("demo_data", mod.demo_data, config.options("demo"), out=out)
+    return out
+
+
+@dataclass
+class Components:
+    """Everything built from a Config: data, pipeline and network (what evaluate also needs)."""
+
+    config: Config
+    root: Path
+    folder: SampleFolder
+    frontend: Any
+    features: Any
+    model: EmbeddingModel
+
+    @classmethod
+    def build(cls, config: Config, root: Path) -> Components:
+        folder = build("sample_folders", config.data.folder, config.options("folder"), root=root)
+        frontend = build(
+            "frontends",
+            config.model.frontend,
+            config.options("frontend"),
+            root=root,
+            cache_dir=cache_dir(config),
+        )
+        model = build_model(config)
+        return cls(config, root, folder, frontend, model.features, model)
+
+    def dataset(self, folder: SampleFolder, train: bool) -> PreparedDataset:
+        return PreparedDataset(
+            folder, self.frontend, self.features, train, self.config.data.on_bad_sample
+        )
+
+
+def build_model(config: Config) -> EmbeddingModel:
+    """Features → backbone → head from a resolved config, without touching any data folder."""
+    features = build("features", config.model.features, config.options("features"))
+    backbone = build(
+        "backbones",
+        config.model.backbone,
+        config.options("backbone"),
+        in_channels=features.out_channels,
+    )
+    head = build(
+        "heads",
+        config.model.head,
+        config.options("head"),
+        in_features=backbone.feature_dim,
+        dim=config.model.dim,
+    )
+    return EmbeddingModel(features, backbone, head)

@@ -1,0 +1,503 @@
+"""Enrollment store and search for open-set identification (re-identification, watch lists).
+
+A Gallery maps identity names to the samples enrolled for them (point embeddings or Gaussian
+meta-embeddings) and pools each identity into one model: the mean of L2-normalised embeddings, or
+the sum of GME natural parameters. The samples themselves are kept, so enrollment can be extended
+or shrunk later and any scorer can pool them its own way. A gallery belongs to the model that
+embedded it (a digest of its weights), and refuses probes from any other model.
+
+Files are plain `torch.save` dicts of tensors, strings and numbers (no pickled classes), written
+atomically and read with `torch.load(weights_only=True)`. Semantics: docs/gallery.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import metaemb
+from metaemb.core.errors import MetaembError, suggest
+from metaemb.core.gme.algebra import DEFAULT_CHUNK_BYTES, GME, llr_matrix, pool_by_index
+
+FORMAT = "metaemb-gallery"
+VERSION = 1
+NEW = "<new>"  # the decision "none of the enrolled identities"
+PROBE_CHUNK = 1024  # probes per block (bounds the [probes, identities] block with IDENT_CHUNK)
+IDENT_CHUNK = 8192
+
+
+class GalleryError(MetaembError):
+    """A missing, unreadable or foreign gallery, or bad enrollment/search input."""
+
+
+def model_digest(model_state: Mapping[str, Tensor]) -> str:
+    """16 hex digits of SHA-256 over a model's weights (names, dtypes, shapes and bytes): the
+    same weights give the same digest whichever file (best.pt, last.pt, a copy) holds them."""
+    h = hashlib.sha256()
+    for name in sorted(model_state):
+        t = model_state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """Which model a gallery belongs to; `digest` decides, the rest makes messages readable."""
+
+    digest: str
+    kind: str  # "point" or "gme"
+    dim: int
+    full: bool = False  # GME with full [d, d] precisions
+    config_hash: str = ""
+    epoch: int = -1
+    checkpoint: str = ""
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "") -> ModelStamp:
+        """The stamp of checkpoint `state` whose model produced `embeddings`."""
+        kind, dim, full = _describe(embeddings)
+        return cls(
+            digest=model_digest(state["model"]),
+            kind=kind,
+            dim=dim,
+            full=full,
+            config_hash=str(state.get("config_hash", "")),
+            epoch=int(state.get("epoch", -1)),
+            checkpoint=checkpoint,
+        )
+
+    def describe(self) -> str:
+        bits = [f"weights {self.digest}", f"config {self.config_hash or '?'}"]
+        if self.epoch >= 0:
+            bits.append(f"epoch {self.epoch}")
+        if self.checkpoint:
+            bits.append(f"'{self.checkpoint}'")
+        return ", ".join(bits)
+
+
+def _describe(x: Any) -> tuple[str, int, bool]:
+    if isinstance(x, GME):
+        return "gme", x.dim, x.full
+    if isinstance(x, Tensor) and x.dim() == 2 and x.is_floating_point():
+        return "point", int(x.shape[1]), False
+    raise GalleryError(
+        f"embeddings must be a [N, dim] float tensor or a GME, got {type(x).__name__}"
+        + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else "")
+    )
+
+
+def _parts(x: Any) -> dict[str, Tensor]:
+    """Embeddings → the named CPU tensors stored for them."""
+    if isinstance(x, GME):
+        return {"a": x.a.detach().cpu().float(), "b": x.b.detach().cpu().float()}
+    return {"embeddings": x.detach().cpu().float()}
+
+
+@dataclass
+class SearchResult:
+    """Top-k identities per probe, best first (k is capped at the gallery's size).
+
+    `scores` are scorer scores (`kind` "score") or GME LLRs ("llr"); `posteriors` and `p_new`
+    (GME only) are open-set posteriors of each candidate and of "a new identity". A probe is
+    accepted as its top candidate when that score reaches `threshold` (None: closed set).
+    """
+
+    identities: list[str]
+    index: Tensor
+    scores: Tensor
+    kind: str
+    threshold: float | None = None
+    posteriors: Tensor | None = None
+    p_new: Tensor | None = None
+
+    @property
+    def accepted(self) -> Tensor:
+        top = self.scores[:, 0]
+        if self.threshold is None:
+            return torch.ones_like(top, dtype=torch.bool)
+        return top >= self.threshold
+
+    def names(self, i: int) -> list[str]:
+        return [self.identities[j] for j in self.index[i].tolist() if j >= 0]
+
+    def decision(self, i: int) -> str:
+        """The identity probe i is assigned to, or NEW when it is rejected as unknown."""
+        return self.identities[int(self.index[i, 0])] if bool(self.accepted[i]) else NEW
+
+    def decisions(self) -> list[str]:
+        return [self.decision(i) for i in range(self.index.shape[0])]
+
+
+class Gallery:
+    """Enrolled identities of one model: per-sample embeddings, owners, sources, pooled models."""
+
+    def __init__(self, stamp: ModelStamp) -> None:
+        self.stamp = stamp
+        self.identities: list[str] = []
+        self.sources: list[str] = []  # where each sample came from ("" when unknown)
+        self._index: tuple[dict[str, int], dict[str, str]] | None = None
+        self.owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
+        shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
+        keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
+        self.data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
+
+    # -- structure ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def __contains__(self, identity: object) -> bool:
+        return identity in self.identities
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.owner.numel())
+
+    def counts(self) -> Tensor:
+        return torch.bincount(self.owner, minlength=len(self.identities))
+
+    @property
+    def samples(self) -> Tensor | GME:
+        if self.stamp.kind == "gme":
+            return GME(self.data["a"], self.data["b"])
+        return self.data["embeddings"]
+
+    def groups(self) -> list[list[int]]:
+        """Sample indices of each identity, in identity order."""
+        out: list[list[int]] = [[] for _ in self.identities]
+        for i, o in enumerate(self.owner.tolist()):
+            out[o].append(i)
+        return out
+
+    def pooled(self) -> tuple[Tensor | GME, Tensor]:
+        """(one model per identity, samples per identity): the mean of L2-normalised embeddings
+        (not renormalised), or the GME with summed natural parameters."""
+        counts = self.counts()
+        m = len(self.identities)
+        if self.stamp.kind == "gme":
+            return pool_by_index(self.samples, self.owner, m), counts
+        x = torch.nn.functional.normalize(self.data["embeddings"], dim=1)
+        sums = x.new_zeros(m, x.shape[1]).index_add_(0, self.owner, x)
+        return sums / counts.clamp_min(1)[:, None].to(x.dtype), counts
+
+    # -- enrollment --------------------------------------------------------------------
+    def check(self, digest: str, where: str = "this checkpoint") -> None:
+        """Refuse a model other than the one that enrolled the gallery."""
+        if digest != self.stamp.digest:
+            raise GalleryError(
+                f"the gallery was enrolled with another model ({self.stamp.describe()}); "
+                f"{where} has weights {digest}. Embeddings of different models are not "
+                "comparable: identify with the gallery's model, or enroll into a new gallery "
+                "file with this one."
+            )
+
+    def check_embeddings(self, x: Any, what: str = "probes") -> None:
+        kind, dim, _ = _describe(x)
+        if (kind, dim) != (self.stamp.kind, self.stamp.dim):
+            raise GalleryError(
+                f"{what} are {kind} embeddings of dimension {dim}, but the gallery holds "
+                f"{self.stamp.kind} embeddings of dimension {self.stamp.dim}."
+            )
+
+    def add(self, identity: str, embeddings: Any, sources: Sequence[str] | None = None) -> int:
+        """Enroll samples for `identity` (new or existing) → how many were added. Samples whose
+        source is already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
+        if (
+            not isinstance(identity, str)
+            or not identity.strip()
+            or any(c in identity for c in "\t\n\r")
+        ):
+            raise GalleryError(
+                f"identity names must be non-empty single-line text, got {identity!r}"
+            )
+        self.check_embeddings(embeddings, f"embeddings for '{identity}'")
+        n = len(embeddings)
+        srcs = [str(s) for s in sources] if sources is not None else [""] * n
+        if len(srcs) != n:
+            raise GalleryError(f"got {n} embeddings but {len(srcs)} sources for '{identity}'")
+        if not all(bool(torch.isfinite(v).all()) for v in _parts(embeddings).values()):
+            raise GalleryError(f"embeddings for '{identity}' contain NaN or infinite values.")
+        pos, known = self._lookup()
+        keep: list[int] = []
+        seen: set[str] = set()
+        for i, s in enumerate(srcs):
+            owner = known.get(s) if s else None
+            if owner is not None and owner != identity:
+                raise GalleryError(
+                    f"'{s}' is already enrolled as '{owner}', not '{identity}'; remove "
+                    f"'{owner}' first if it was enrolled under the wrong name."
+                )
+            if owner is None and s not in seen:
+                keep.append(i)
+                if s:
+                    seen.add(s)
+        if not keep:
+            return 0
+        if identity not in pos:
+            pos[identity] = len(self.identities)
+            self.identities.append(identity)
+        known.update(dict.fromkeys(seen, identity))
+        idx = torch.tensor(keep, dtype=torch.long)
+        for k, v in _parts(embeddings).items():
+            self.data[k] = torch.cat([self.data[k], v[idx]])
+        owner_t = torch.full((len(keep),), pos[identity], dtype=torch.long)
+        self.owner = torch.cat([self.owner, owner_t])
+        self.sources += [srcs[i] for i in keep]
+        return len(keep)
+
+    def remove(self, identity: str) -> int:
+        """Forget an identity and its samples → how many samples were removed."""
+        if identity not in self.identities:
+            raise GalleryError(
+                f"identity '{identity}' is not enrolled;{suggest(identity, self.identities)}"
+            )
+        j = self.identities.index(identity)
+        keep = self.owner != j
+        for k in self.data:
+            self.data[k] = self.data[k][keep]
+        self.sources = [s for s, kp in zip(self.sources, keep.tolist(), strict=True) if kp]
+        owner = self.owner[keep]
+        self.owner = owner - (owner > j).long()
+        del self.identities[j]
+        self._index = None
+        return int((~keep).sum())
+
+    def _lookup(self) -> tuple[dict[str, int], dict[str, str]]:
+        """(identity → index, source → identity), kept up to date by add and rebuilt after remove."""
+        if self._index is None:
+            pos = {name: i for i, name in enumerate(self.identities)}
+            owners = self.owner.tolist()
+            known = {s: self.identities[o] for s, o in zip(self.sources, owners, strict=True) if s}
+            self._index = (pos, known)
+        return self._index
+
+    # -- files -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename); readers never see half a gallery."""
+        from metaemb.core.runs import atomic_write_bytes
+
+        pooled, counts = self.pooled()
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "metaemb_version": metaemb.__version__,
+            "model": asdict(self.stamp),
+            "identities": list(self.identities),
+            "sources": list(self.sources),
+            "owner": self.owner,
+            "samples": dict(self.data),
+            "pooled": {**_parts(pooled), "counts": counts},
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Gallery:
+        p = Path(path)
+        if not p.is_file():
+            raise GalleryError(
+                f"gallery '{p}' does not exist; create it with "
+                f"`metaemb enroll CHECKPOINT --gallery {p} --data DIR`."
+            )
+        try:
+            d = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise GalleryError(
+                f"gallery '{p}' cannot be read ({type(exc).__name__}: {exc})."
+            ) from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise GalleryError(f"'{p}' is not a metaemb gallery file.")
+        if d.get("version") != VERSION:
+            raise GalleryError(
+                f"gallery '{p}' has format version {d.get('version')}; this metaemb reads "
+                f"version {VERSION}. Enroll again with this metaemb."
+            )
+        try:
+            g = cls(ModelStamp(**d["model"]))
+            g.identities, g.sources = list(d["identities"]), list(d["sources"])
+            g.owner = d["owner"].long()
+            g.data = {k: d["samples"][k].float() for k in g.data}
+            g._validate()
+        except (KeyError, TypeError, AttributeError, GalleryError) as exc:
+            raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
+        return g
+
+    def _validate(self) -> None:
+        n = self.num_samples
+        sizes = {k: len(v) for k, v in self.data.items()}
+        if any(s != n for s in sizes.values()) or len(self.sources) != n:
+            raise GalleryError(f"{n} owners, {len(self.sources)} sources, samples {sizes}")
+        if n and (int(self.owner.min()) < 0 or int(self.owner.max()) >= len(self.identities)):
+            raise GalleryError("sample owners out of range")
+        if bool((self.counts() == 0).any()):
+            raise GalleryError("an identity has no samples")
+
+    # -- search ------------------------------------------------------------------------
+    def _scorer(self, scorer: Any) -> Any:
+        from metaemb.core.plugin.components import build
+        from metaemb.core.scoring.scorers import PointScorer
+
+        if scorer is None or isinstance(scorer, str):
+            name = scorer or ("gme" if self.stamp.kind == "gme" else "cosine")
+            scorer = build("scorers", name, {})
+        needs = getattr(scorer, "needs", "point")
+        if needs != self.stamp.kind or (needs == "point" and not isinstance(scorer, PointScorer)):
+            raise GalleryError(
+                f"scorer '{type(scorer).__name__}' cannot search a gallery of "
+                f"{self.stamp.kind} embeddings; use "
+                + ("'gme'" if self.stamp.kind == "gme" else "a point scorer such as 'cosine'")
+            )
+        if getattr(scorer, "requires_fit", False) and not getattr(scorer, "fitted", True):
+            raise GalleryError(
+                f"scorer '{type(scorer).__name__}' must be fitted before it can search a gallery."
+            )
+        return scorer
+
+    def _nonempty(self) -> None:
+        if not self.identities:
+            raise GalleryError("the gallery is empty: enroll identities first.")
+
+    def _point_blocks(self, probes: Tensor, scorer: Any) -> Iterator[tuple[slice, Tensor, Tensor]]:
+        """(probe rows, identity indices, [rows, identities] scores) blocks via the scorer."""
+        from metaemb.core.scoring.scorers import as_embeddings
+
+        x = scorer.prepare(as_embeddings(self.samples, "gallery"))
+        models, counts = scorer.pool(x, self.groups())
+        t = scorer.prepare(as_embeddings(probes, "probes"))
+        for rows, cols, blk in scorer.iter_models_matrix(
+            models, counts, t, IDENT_CHUNK, PROBE_CHUNK
+        ):
+            yield cols, rows, blk.T
+
+    def _gme_blocks(self, probes: GME, scorer: Any) -> Iterator[tuple[slice, Tensor, Tensor]]:
+        models, _ = self.pooled()
+        budget = getattr(scorer, "max_chunk_bytes", DEFAULT_CHUNK_BYTES)
+        for p0 in range(0, len(probes), PROBE_CHUNK):
+            rows = slice(p0, min(p0 + PROBE_CHUNK, len(probes)))
+            for i0 in range(0, len(models), IDENT_CHUNK):
+                i1 = min(i0 + IDENT_CHUNK, len(models))
+                yield rows, torch.arange(i0, i1), llr_matrix(probes[rows], models[i0:i1], budget)
+
+    def _blocks(self, probes: Any, scorer: Any) -> Iterator[tuple[slice, Tensor, Tensor]]:
+        self._nonempty()
+        self.check_embeddings(probes)
+        scorer = self._scorer(scorer)
+        with torch.no_grad():
+            if self.stamp.kind == "gme":
+                yield from self._gme_blocks(probes, scorer)
+            else:
+                yield from self._point_blocks(probes, scorer)
+
+    def score_matrix(self, probes: Any, scorer: Any = None) -> Tensor:
+        """Scores [P, identities] of every probe against every pooled identity (float64)."""
+        out = torch.empty(len(probes), len(self.identities), dtype=torch.float64)
+        for rows, ids, blk in self._blocks(probes, scorer):
+            out[rows, ids] = blk.double()
+        return out
+
+    def search(
+        self,
+        probes: Any,
+        k: int = 5,
+        scorer: Any = None,
+        threshold: float | None = None,
+        p_new: float | None = None,
+        backend: str = "torch",
+    ) -> SearchResult:
+        """Top-k identities per probe, streamed over [probes, identities] blocks.
+
+        GME galleries also get open-set posteriors: "a new identity" has prior `p_new` (default
+        1/(m+1), uniform over the m enrolled and the new hypothesis) and LLR 0; without
+        `threshold` the decision is the Bayes one, accept iff the top LLR exceeds
+        log(p_new·m / (1 − p_new)). Point galleries are closed-set unless `threshold` is given.
+        `backend="faiss"` searches cosine galleries with a faiss inner-product index.
+        """
+        if k < 1:
+            raise GalleryError(f"top-k must be ≥ 1, got {k}")
+        self._nonempty()
+        k = min(k, len(self.identities))
+        if backend == "faiss":
+            return self._faiss_search(probes, k, scorer, threshold)
+        if backend != "torch":
+            raise GalleryError(f"search backend must be 'torch' or 'faiss', got '{backend}'")
+        gme = self.stamp.kind == "gme"
+        n_probes, m = len(probes), len(self.identities)
+        best_v = torch.full((n_probes, k), -math.inf, dtype=torch.float64)
+        best_i = torch.full((n_probes, k), -1, dtype=torch.long)
+        lse = torch.full((n_probes,), -math.inf, dtype=torch.float64)
+        for rows, ids, blk in self._blocks(probes, scorer):
+            blk = blk.double()
+            v = torch.cat([best_v[rows], blk], 1)
+            i = torch.cat([best_i[rows], ids.expand(blk.shape[0], -1)], 1)
+            top_v, pos = v.topk(k, dim=1)
+            best_v[rows], best_i[rows] = top_v, i.gather(1, pos)
+            if gme:
+                lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(blk, 1))
+        if not gme:
+            return SearchResult(self.identities, best_i, best_v, "score", threshold)
+        p = 1.0 / (m + 1) if p_new is None else float(p_new)
+        if not 0.0 < p < 1.0:
+            raise GalleryError(f"the prior of a new identity must lie in (0, 1), got {p}")
+        log_known, log_new = math.log((1 - p) / m), math.log(p)
+        log_z = torch.logaddexp(lse + log_known, torch.tensor(log_new, dtype=torch.float64))
+        post = torch.exp(best_v + log_known - log_z[:, None])
+        bayes = log_new - log_known
+        return SearchResult(
+            self.identities,
+            best_i,
+            best_v,
+            "llr",
+            bayes if threshold is None else threshold,
+            post,
+            torch.exp(log_new - log_z),
+        )
+
+    def _faiss_search(
+        self, probes: Any, k: int, scorer: Any, threshold: float | None
+    ) -> SearchResult:
+        from metaemb.core.scoring.scorers import CosineScorer
+
+        sc = self._scorer(scorer)
+        if self.stamp.kind != "point" or type(sc) is not CosineScorer or sc.subtract_mean:
+            raise GalleryError(
+                "the faiss backend searches point galleries with the plain 'cosine' scorer only."
+            )
+        self.check_embeddings(probes)
+        try:
+            import faiss
+        except ImportError:
+            raise GalleryError(
+                "the faiss search backend needs faiss: install metaemb's 'search' extra "
+                "(pip install faiss-cpu, or pip install 'metaemb[search]')."
+            ) from None
+        models, _ = self.pooled()
+        unit = torch.nn.functional.normalize(models, dim=1).numpy().astype("float32")
+        index = faiss.IndexFlatIP(unit.shape[1])
+        index.add(unit)
+        q = torch.nn.functional.normalize(probes.detach().cpu().float(), dim=1).numpy()
+        scores, idx = index.search(q, k)
+        return SearchResult(
+            self.identities,
+            torch.from_numpy(idx).long(),
+            torch.from_numpy(scores).double(),
+            "score",
+            threshold,
+        )
+
+
+def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") -> Gallery | None:
+    """The gallery at `path` checked against model `digest`, or None when there is none yet."""
+    if not Path(path).exists():
+        return None
+    g = Gallery.load(path)
+    g.check(digest, where)
+    return g

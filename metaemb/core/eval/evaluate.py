@@ -1,0 +1,358 @@
+"""`metaemb evaluate` and `metaemb embed`: a trained model + data + trials → metrics, scores, plots.
+
+Every file in the trials (evaluation and calibration lists together) is embedded once, however
+many trials it appears in. Without a trial list or protocol, the run's own validation trials are
+regenerated, so the numbers match training's. Definitions and outputs: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from metaemb.core.config import Config, from_dict
+from metaemb.core.data.embed import extract
+from metaemb.core.data.pipeline import Components, data_root
+from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.eval import metrics, report
+from metaemb.core.eval.trials import (
+    detect_format,
+    lfw_folds,
+    make_trials,
+    read_trials,
+    write_scores,
+)
+from metaemb.core.plugin.components import build, validate_options
+from metaemb.core.plugin.interfaces import SampleFolder, Trial
+from metaemb.core.plugin.manager import registry
+from metaemb.core.runs import atomic_write_text, load_checkpoint
+from metaemb.core.scoring.calibration import LinearCalibration
+from metaemb.core.scoring.scorers import score_trials
+from metaemb.core.train.device import pick_device
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run directory resolves to its best.pt (or last.pt); a file is used as it is."""
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MetaembError(f"run directory '{path}' has no best.pt or last.pt: was it trained?")
+    if not path.exists():
+        raise MetaembError(f"'{path}' is neither a run directory nor a checkpoint file.")
+    return path
+
+
+@dataclass
+class Loaded:
+    """A model rebuilt from a checkpoint, with its config and data pipeline."""
+
+    config: Config
+    state: dict[str, Any]
+    parts: Components
+    device: torch.device
+
+    @classmethod
+    def from_path(cls, path: Path, data: Path | None, device: str) -> Loaded:
+        ckpt = find_checkpoint(path)
+        state = load_checkpoint(ckpt)
+        cfg = from_dict(state["config"])
+        if data is not None:
+            cfg.data.root = str(data)
+        root = data_root(cfg)
+        parts = Components.build(cfg, root)
+        parts.model.load_state_dict(state["model"])
+        dev = pick_device(device)
+        parts.model.to(dev).eval()
+        return cls(cfg, state, parts, dev)
+
+    def embed(self, folder: SampleFolder, indices: list[int] | None, workers: int) -> Any:
+        """Embeddings of `folder.samples[indices]` (all when None), in that order."""
+        ds = self.parts.dataset(folder, train=False)
+        if indices is not None:
+            ds.indices = list(indices)
+        out, _, bad = extract(
+            self.parts.model,
+            ds,
+            self.device,
+            batch_size=self.config.eval.batch_size,
+            workers=workers,
+        )
+        if bad:
+            names = ", ".join(b.path for b in bad[:5])
+            raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
+        return out
+
+
+@dataclass
+class TrialSet:
+    """Trials to score, where they came from, and how many contiguous folds they form (0: none)."""
+
+    trials: list[Trial]
+    name: str
+    source: str
+    folds: int = 0
+
+    def labels(self) -> torch.Tensor:
+        missing = sum(t.label is None for t in self.trials)
+        if missing:
+            raise DataError(
+                f"{self.source}: {missing} of {len(self.trials)} trials have no target/non-target "
+                "label; metrics and calibration need labelled trials."
+            )
+        return torch.tensor([int(t.label) for t in self.trials])  # type: ignore[arg-type]
+
+
+class Embedded:
+    """Embeddings of every file named by some trials, extracted once per file."""
+
+    def __init__(self, loaded: Loaded, folder: SampleFolder, sets: list[TrialSet], workers: int):
+        where = {s.path: i for i, s in enumerate(folder.samples)}
+        needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
+        missing = [p for p in needed if p not in where]
+        if missing:
+            raise DataError(
+                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
+                + ", ".join(missing[:5])
+            )
+        self.emb = loaded.embed(folder, [where[p] for p in needed], workers)
+        self.pos = {p: i for i, p in enumerate(needed)}
+
+    def score(self, scorer: Any, trials: list[Trial]) -> torch.Tensor:
+        """Scores (float64, CPU) in trial order; several enrollment files are pooled."""
+        test = [self.pos[t.test] for t in trials]
+        if all(len(t.enroll) == 1 for t in trials):
+            enroll = torch.tensor([self.pos[t.enroll[0]] for t in trials], dtype=torch.long)
+            scores = scorer.score(self.emb[enroll], self.emb[torch.tensor(test, dtype=torch.long)])
+        else:
+            groups = [[self.pos[p] for p in t.enroll] for t in trials]
+            scores = score_trials(scorer, self.emb, groups, test)
+        return scores.double().cpu()
+
+
+def verification(scores: torch.Tensor, labels: torch.Tensor, p_targets: tuple) -> dict[str, Any]:
+    """The verification report (metrics.verification_report) of labelled trial scores."""
+    tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+    return metrics.verification_report(tar, non, p_targets=p_targets)
+
+
+class Evaluation:
+    """One evaluation: load model, read/regenerate trials, embed each file once, score, report.
+
+    With `calibrate`, a linear logistic calibration (llr = w·s + b, minimising Cllr) is fitted on
+    the scores of that held-out trial list and applied to the evaluation scores; the calibrated
+    metrics are reported next to the raw ones.
+    """
+
+    def __init__(
+        self,
+        run: Path,
+        data: Path | None = None,
+        trials: Path | None = None,
+        protocol: str | None = None,
+        scorer: str | None = None,
+        calibrate: Path | None = None,
+        out: Path | None = None,
+        device: str = "auto",
+        workers: int = 2,
+        console: Console | None = None,
+    ) -> None:
+        self.run_path = run
+        self.data, self.trials_path, self.protocol = data, trials, protocol
+        self.scorer_name, self.calibrate_path = scorer, calibrate
+        self.out, self.device, self.workers = out, device, workers
+        self.console = console or Console()
+
+    # -- trials --------------------------------------------------------------------------
+    def _trials(self, loaded: Loaded) -> TrialSet:
+        cfg = loaded.config
+        root = loaded.parts.root
+        if self.protocol:
+            reader = registry("protocols").get(self.protocol)
+            source = f"protocol '{self.protocol}'"
+            trials = reader(root, self.trials_path)
+            return TrialSet(trials, self.protocol, source, int(getattr(reader, "folds", 0)))
+        if self.trials_path:
+            path = self.trials_path
+            trials = read_trials(path, root=root)
+            folds = lfw_folds(path) if detect_format(path) == "lfw" else 0
+            return TrialSet(trials, path.stem, str(path), folds if folds > 1 else 0)
+        _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+        trials = make_trials(
+            val, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets, seed=cfg.train.seed
+        )
+        return TrialSet(trials, "validation", "the run's validation trials")
+
+    def _scorer(self, loaded: Loaded) -> Any:
+        cfg = loaded.config
+        name = self.scorer_name or cfg.eval.scorer
+        opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
+        scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
+        if not getattr(scorer, "requires_fit", False):
+            return scorer
+        saved = loaded.state.get("scorer") or {}
+        if name == cfg.eval.scorer and saved:
+            scorer.load_state_dict(saved)
+            return scorer
+        train, _ = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+        self.console.print(f"fitting scorer '{name}' on {len(train)} training samples …")
+        emb = loaded.embed(train, None, self.workers)
+        scorer.fit(emb, torch.tensor(train.labels))
+        return scorer
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        loaded = Loaded.from_path(self.run_path, self.data, self.device)
+        cfg = loaded.config
+        p_targets = tuple(float(p) for p in cfg.eval.p_targets)
+        folder = loaded.parts.folder
+        evals = self._trials(loaded)
+        labels = evals.labels()
+        cal = None
+        if self.calibrate_path:
+            path = self.calibrate_path
+            cal = TrialSet(read_trials(path, root=loaded.parts.root), path.stem, str(path))
+            cal.labels()  # refuse unlabelled calibration trials before embedding anything
+        scorer = self._scorer(loaded)
+        embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
+        scores = embedded.score(scorer, evals.trials)
+        result: dict[str, Any] = {
+            "trials": evals.name,
+            "trials_source": evals.source,
+            "scorer": self.scorer_name or cfg.eval.scorer,
+            "p_targets": list(p_targets),
+            **verification(scores, labels, p_targets),
+        }
+        if evals.folds:
+            mean, std, _ = metrics.kfold_accuracy(scores.numpy(), labels.numpy(), evals.folds)
+            result.update(folds=evals.folds, accuracy=mean, accuracy_std=std)
+            tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+            result["tar_at_far_0.001"] = metrics.tar_at_far(tar, non, 1e-3)
+        out = self.out or (self._run_dir() / f"eval-{evals.name}")
+        out.mkdir(parents=True, exist_ok=True)
+        calibrated = None
+        if cal is not None:
+            calibration = self._calibration(embedded, scorer, cal, evals, folder)
+            calibrated = calibration(scores)
+            result["calibration"] = calibration.summary
+            result["calibrated"] = verification(calibrated, labels, p_targets)
+            write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+        write_scores(out / "scores.txt", evals.trials, scores.tolist())
+        self._plots(out, scores, calibrated, labels, result)
+        report.print_result(self.console, result)
+        self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}", markup=False)
+        return result
+
+    def _calibration(
+        self,
+        embedded: Embedded,
+        scorer: Any,
+        cal: TrialSet,
+        evals: TrialSet,
+        folder: SampleFolder,
+    ) -> Calibration:
+        cal_labels = cal.labels()
+        cal_scores = embedded.score(scorer, cal.trials)
+        model = LinearCalibration().fit(cal_scores, cal_labels)
+        if model.weight <= 0:
+            self.console.print(
+                f"[yellow]warning:[/] the calibration weight is {model.weight:.3g}: on "
+                f"{escape(cal.source)} non-targets score higher than targets, so the calibrated LLRs "
+                "reverse the score order (is the model trained?)."
+            )
+        identity = {s.path: s.identity for s in folder.samples}
+        ids = [{identity[p] for t in ts.trials for p in (*t.enroll, t.test)} for ts in (cal, evals)]
+        shared = len(ids[0] & ids[1])
+        if shared:
+            self.console.print(
+                f"[yellow]warning:[/] the calibration trials ({escape(cal.source)}) share {shared} "
+                "identities with the evaluation trials; calibrate on held-out identities for an "
+                "honest estimate."
+            )
+        return Calibration(model, cal.source, cal_labels, shared)
+
+    def _run_dir(self) -> Path:
+        return self.run_path if self.run_path.is_dir() else self.run_path.parent
+
+    def _plots(
+        self,
+        out: Path,
+        scores: torch.Tensor,
+        calibrated: torch.Tensor | None,
+        labels: torch.Tensor,
+        result: dict[str, Any],
+    ) -> None:
+        tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+        try:
+            made = report.verification_plots(out, tar, non, result)
+            if calibrated is not None:
+                made.append(
+                    report.histogram_plot(
+                        out / "scores_calibrated.png",
+                        calibrated[labels == 1].numpy(),
+                        calibrated[labels == 0].numpy(),
+                        title="calibrated score (LLR) distributions",
+                    )
+                )
+        except report.PlotsUnavailable as exc:
+            self.console.print(f"[yellow]no plots:[/] {escape(str(exc))}")
+            return
+        for p in made:
+            self.console.print(f"plot: {p}", markup=False)
+
+
+@dataclass
+class Calibration:
+    """A fitted linear calibration and what it was fitted on (reported in metrics.json)."""
+
+    model: LinearCalibration
+    source: str
+    labels: torch.Tensor
+    shared_identities: int
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.model(scores)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "trials": self.source,
+            "weight": self.model.weight,
+            "bias": self.model.bias,
+            "prior": self.model.prior,
+            "n_target": int((self.labels == 1).sum()),
+            "n_nontarget": int((self.labels == 0).sum()),
+            "shared_identities": self.shared_identities,
+        }
+
+
+def embed_folder(
+    checkpoint: Path, data: Path, out: Path, device: str = "auto", workers: int = 2
+) -> int:
+    """Embed every sample of `data`; saves {embeddings | a,b, paths, identities} with torch.save."""
+    from metaemb.core.runs import atomic_write_bytes
+
+    loaded = Loaded.from_path(checkpoint, data, device)
+    folder = loaded.parts.folder
+    emb = loaded.embed(folder, None, workers)
+    payload: dict[str, Any] = {
+        "paths": [s.path for s in folder.samples],
+        "identities": [s.identity for s in folder.samples],
+    }
+    if isinstance(emb, torch.Tensor):
+        payload["embeddings"] = emb
+    else:
+        payload["a"], payload["b"] = emb.a, emb.b
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(out, buf.getvalue())
+    return len(folder)

@@ -1,0 +1,221 @@
+"""Reports people want to look at: DET curves, score histograms, CMC curves, training curves, and
+the metrics table `metaemb evaluate` prints.
+
+matplotlib is an optional extra (`pip install 'metaemb[plots]'`); without it every command still
+works and says how to get plots. Figures are written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from metaemb.core.errors import MetaembError
+from metaemb.core.eval import metrics
+from metaemb.core.runs import atomic_write_bytes
+
+DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
+DET_WINDOW = (0.0005, 0.5)
+MIN_DCF = "min_dcf_"  # report keys "min_dcf_<P_tar>"
+
+
+class PlotsUnavailable(MetaembError):
+    """matplotlib is missing."""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotsUnavailable(
+            "matplotlib is not installed; `pip install 'metaemb[plots]'` to get PNG plots."
+        ) from None
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    _pyplot().close(fig)
+    return path
+
+
+def det_window(points: list[float]) -> tuple[float, float]:
+    """The classic 0.05 %…50 % window, its upper end widened (at most to 99 %) until it holds
+    every point to be marked (the EER of a weak system, a minDCF point at a high miss rate)."""
+    worst = max(points, default=0.0)
+    hi = next((t for t in (0.5, 0.8, 0.9, 0.95, 0.99) if worst <= t), 0.99)
+    return DET_WINDOW[0], hi
+
+
+def _axis(p: Any, lo: float) -> np.ndarray:
+    """probit(p), with 0 and 1 clipped just outside the window so they stay finite."""
+    return metrics.probit(np.clip(p, lo / 10, 1.0 - 1e-9))
+
+
+def min_dcf_point(tar: np.ndarray, non: np.ndarray, p_target: float) -> tuple[float, float]:
+    """(P_fa, P_miss) where the normalised DCF at P_target (C_miss = C_fa = 1) is smallest."""
+    p_miss, p_fa, _ = metrics.error_rates(tar, non)
+    dcf = p_target * p_miss + (1 - p_target) * p_fa
+    i = int(np.argmin(dcf))
+    return float(p_fa[i]), float(p_miss[i])
+
+
+def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]) -> Path:
+    """DET curve on probit axes, with the EER and each minDCF operating point marked.
+
+    `result` is a verification report (metrics.verification_report): its "eer" and
+    "min_dcf_<p>" entries label the marks.
+    """
+    plt = _pyplot()
+    priors = sorted(float(k[len(MIN_DCF) :]) for k in result if k.startswith(MIN_DCF))
+    dcf_points = {f"{MIN_DCF}{p:g}": min_dcf_point(tar, non, p) for p in priors}
+    marked = [result.get("eer", 0.0), *(p for pts in dcf_points.values() for p in pts)]
+    lo, hi = det_window(marked)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    p_miss, p_fa, _ = metrics.error_rates(tar, non)
+    ax.plot(_axis(p_fa, lo), _axis(p_miss, lo), color="tab:blue")
+    diagonal = _axis([lo, hi], lo)
+    ax.plot(diagonal, diagonal, ls=":", color="grey", lw=0.8)  # where P_miss = P_fa
+
+    def mark(fa: float, miss: float, style: str, color: str, label: str) -> None:
+        # points outside the window (e.g. P_fa = 0) are drawn on its edge
+        x, y = metrics.probit(np.clip([fa, miss], lo, hi))
+        ax.plot([x], [y], style, color=color, label=label, clip_on=False, zorder=3)
+
+    if "eer" in result:
+        mark(result["eer"], result["eer"], "o", "tab:red", f"EER {100 * result['eer']:.2f}%")
+    styles = [("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange"), ("v", "tab:brown")]
+    for (key, (fa, miss)), (style, color) in zip(dcf_points.items(), styles, strict=False):
+        p = float(key[len(MIN_DCF) :])
+        mark(fa, miss, style, color, f"minDCF(P_tar={p:g}) {result[key]:.3f}")
+    crowded = (0.002, 0.02) if hi > DET_WINDOW[1] else ()  # a wider window has less room
+    ticks = np.array([t for t in DET_TICKS if lo <= t <= hi and t not in crowded])
+    labels = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks(metrics.probit(ticks), labels)
+    ax.set_yticks(metrics.probit(ticks), labels)
+    ax.set_xlim(metrics.probit(lo), metrics.probit(hi))
+    ax.set_ylim(metrics.probit(lo), metrics.probit(hi))
+    ax.set_xlabel("false acceptance rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.set_title(f"DET curve ({len(tar)} target, {len(non)} non-target trials)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def histogram_plot(
+    path: Path, tar: np.ndarray, non: np.ndarray, title: str = "score distributions"
+) -> Path:
+    """Target and non-target score histograms on one axis (densities)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    both = np.concatenate([tar, non])
+    bins = np.linspace(both.min(), both.max(), 60) if len(both) else 10
+    ax.hist(non, bins=bins, density=True, alpha=0.55, label=f"non-target ({len(non)})")
+    ax.hist(tar, bins=bins, density=True, alpha=0.55, label=f"target ({len(tar)})")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def cmc_plot(path: Path, ranks: np.ndarray, accuracy: np.ndarray) -> Path:
+    """Cumulative match characteristic: rank-k identification accuracy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ranks, 100 * np.asarray(accuracy), marker="o", markersize=3)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("CMC")
+    return _save(fig, path)
+
+
+def training_curves(run_dir: Path) -> Path:
+    """Loss and validation EER per epoch from metrics.jsonl."""
+    plt = _pyplot()
+    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
+    epochs = [r["epoch"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["loss"] for r in records], color="tab:blue", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [100 * r["eer"] for r in records], color="tab:red", label="validation EER")
+    ax2.set_ylabel("EER (%)")
+    fig.legend(loc="upper right")
+    return _save(fig, run_dir / "training.png")
+
+
+def verification_plots(
+    out: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]
+) -> list[Path]:
+    """The standard pair of plots for a verification evaluation: det.png and scores.png."""
+    return [
+        det_plot(out / "det.png", tar, non, result),
+        histogram_plot(out / "scores.png", tar, non),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the terminal table of `metaemb evaluate`
+
+
+def metric_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, formatted value) for the verification metrics of a report, in print order."""
+    rows = [("eer", "EER", f"{100 * rep['eer']:.2f}%")]
+    for p in rep.get("p_targets") or sorted(
+        float(k[len("min_dcf_") :]) for k in rep if k.startswith("min_dcf_")
+    ):
+        for kind in ("min", "act"):
+            key = f"{kind}_dcf_{p:g}"
+            if key in rep:
+                rows.append((key, f"{kind}DCF (P_tar={p:g})", f"{rep[key]:.4f}"))
+    rows.append(("cllr", "Cllr (bits)", f"{rep['cllr']:.4f}"))
+    rows.append(("min_cllr", "minCllr (bits)", f"{rep['min_cllr']:.4f}"))
+    rows.append(("cllr_loss", "Cllr − minCllr", f"{rep['cllr'] - rep['min_cllr']:.4f}"))
+    return rows
+
+
+def print_result(console: Console, result: dict[str, Any]) -> None:
+    """The metrics table: raw scores, and calibrated ones beside them when there are any."""
+    cal = result.get("calibrated")
+    console.print(
+        f"evaluation on {result['trials_source']}: {result['n_target']} target and "
+        f"{result['n_nontarget']} non-target trials, scorer '{result['scorer']}'",
+        markup=False,
+    )
+    table = Table()
+    table.add_column("metric")
+    table.add_column("raw scores" if cal else "value", justify="right")
+    if cal:
+        table.add_column("calibrated", justify="right")
+        calibrated = {k: v for k, _, v in metric_rows({**cal, "p_targets": result["p_targets"]})}
+    for key, label, value in metric_rows(result):
+        table.add_row(label, value, *([calibrated[key]] if cal else []))
+    if "accuracy" in result:
+        acc = f"{100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f}%"
+        table.add_row(f"{result['folds']}-fold accuracy", acc, *([""] if cal else []))
+        tar = f"{100 * result['tar_at_far_0.001']:.2f}%"
+        table.add_row("TAR @ FAR=0.1%", tar, *([""] if cal else []))
+    console.print(table)
+    if cal:
+        c = result["calibration"]
+        console.print(
+            f"calibration: llr = {c['weight']:.4g}·score + {c['bias']:.4g}, fitted on "
+            f"{c['trials']} ({c['n_target']} target, {c['n_nontarget']} non-target trials)",
+            markup=False,
+        )

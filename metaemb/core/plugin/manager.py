@@ -1,0 +1,191 @@
+"""The plugin manager: entry points, per-plugin error isolation, and the component registries.
+
+Loading is lazy (on first use), idempotent and per process, so DataLoader workers and DDP ranks
+each load once. A plugin that fails to import is reported and skipped unless
+METAEMB_STRICT_PLUGINS=1; METAEMB_DISABLE_PLUGINS=a,b blocks plugins by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from metaemb.core.errors import PluginError
+from metaemb.core.plugin import hookspecs
+from metaemb.core.plugin.registry import KINDS, Registry
+
+GROUP = "metaemb"
+CORE_PLUGINS = ("metaemb.core.plugin.builtins",)
+
+
+@dataclass
+class PluginInfo:
+    """What `metaemb plugins` shows for one plugin."""
+
+    name: str
+    version: str
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    components: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class FailedPlugin:
+    name: str
+    error: str
+
+
+class PluginState:
+    """A loaded plugin manager plus the registries built from its hooks."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.versions: dict[str, str] = {}
+        self.failed: list[FailedPlugin] = []
+        self._registries: dict[str, Registry] | None = None
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self) -> None:
+        disabled = disabled_plugins()
+        for modname in CORE_PLUGINS:
+            self.pm.register(importlib.import_module(modname), name="core")
+            self.versions["core"] = _dist_version("metaemb")
+        for name in disabled:
+            self.pm.set_blocked(name)
+        strict = os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+            if ep.name in disabled or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except Exception as exc:  # isolate any failure of a third-party plugin
+                message = f"{type(exc).__name__}: {exc}"
+                if strict:
+                    raise PluginError(
+                        f"plugin '{ep.name}' ({ep.value}) failed to load: {message}"
+                    ) from exc
+                self.failed.append(FailedPlugin(ep.name, message))
+                warnings.warn(
+                    f"metaemb plugin '{ep.name}' failed to load and is skipped: {message} "
+                    "(set METAEMB_STRICT_PLUGINS=1 to make this fatal)",
+                    stacklevel=2,
+                )
+                continue
+            dist = getattr(ep, "dist", None)
+            self.versions[ep.name] = getattr(dist, "version", None) or "unknown"
+
+    # -- registries ----------------------------------------------------------------------
+    def invalidate(self) -> None:
+        self._registries = None
+
+    def registries(self) -> dict[str, Registry]:
+        if self._registries is None:
+            registries = {kind: Registry(kind) for kind in KINDS}
+            for kind, hook_name in KINDS.items():
+                hook = getattr(self.pm.hook, hook_name)
+                for impl in reversed(hook.get_hookimpls()):
+                    plugin_name = self.pm.get_name(impl.plugin) or "?"
+
+                    def register(
+                        name: str, factory: Any, _p: str = plugin_name, _k: str = kind, **info: Any
+                    ) -> None:
+                        registries[_k].add(name, factory, _p, **info)
+
+                    impl.function(register=register)
+            self._registries = registries
+        return self._registries
+
+    def plugins(self) -> list[PluginInfo]:
+        infos: dict[str, PluginInfo] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            module = getattr(plugin, "__name__", type(plugin).__name__)
+            infos[name] = PluginInfo(name, self.versions.get(name, "unknown"), module, hooks)
+        for kind, registry in self.registries().items():
+            for entry in registry.entries():
+                if entry.plugin in infos:
+                    infos[entry.plugin].components.setdefault(kind, []).append(entry.name)
+        return sorted(infos.values(), key=lambda p: (p.name != "core", p.name))
+
+
+_state: PluginState | None = None
+_lock = threading.Lock()
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def disabled_plugins() -> set[str]:
+    return {
+        n.strip() for n in os.environ.get("METAEMB_DISABLE_PLUGINS", "").split(",") if n.strip()
+    }
+
+
+def state() -> PluginState:
+    """The process-wide plugin state, loaded on first use."""
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                new = PluginState()
+                new.load()
+                _state = new
+    return _state
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    return state().pm
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one component kind, e.g. registry("backbones")."""
+    registries = state().registries()
+    if kind not in registries:
+        raise PluginError(
+            f"unknown component kind '{kind}'; kinds: {', '.join(sorted(registries))}"
+        )
+    return registries[kind]
+
+
+def get(kind: str, name: str) -> Any:
+    """The factory registered under `name` in `kind`, with a helpful error when unknown."""
+    return registry(kind).get(name)
+
+
+def reset() -> None:
+    """Forget all loaded plugins (tests use this; the next call reloads)."""
+    global _state
+    with _lock:
+        _state = None
+
+
+@contextlib.contextmanager
+def plugin_registered(plugin: object, name: str) -> Iterator[None]:
+    """Register an in-process plugin object for the duration of a `with` block (for tests)."""
+    st = state()
+    st.pm.register(plugin, name=name)
+    st.versions[name] = "in-process"
+    st.invalidate()
+    try:
+        yield
+    finally:
+        st.pm.unregister(name=name)
+        st.versions.pop(name, None)
+        st.invalidate()

@@ -1,0 +1,70 @@
+"""The embedding network every modality trains: Features → Backbone → Head (+ a training step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metaemb.core.plugin.interfaces import Backbone, Features, Head, Objective
+
+
+class EmbeddingModel(nn.Module):
+    """Input batch → embedding (point [N, d]) or Gaussian meta-embedding. This is what is exported."""
+
+    def __init__(self, features: Features, backbone: Backbone, head: Head) -> None:
+        super().__init__()
+        self.features = features
+        self.backbone = backbone
+        self.head = head
+
+    def pooled(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Backbone features before the head (used e.g. to initialise a GME head from PLDA)."""
+        x, lengths = self.features(x, lengths)
+        return self.backbone(x, lengths)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Any:
+        return self.head(self.pooled(x, lengths))
+
+
+class Teacher(nn.Module):
+    """A frozen trained model (and, for logit distillation, its classifier) run on each batch."""
+
+    def __init__(self, model: EmbeddingModel, classifier: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.classifier = classifier.eval().requires_grad_(False) if classifier else None
+
+    def train(self, mode: bool = True) -> Teacher:
+        return super().train(False)  # always in inference mode
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, lengths: Tensor | None, logits: bool) -> Tensor:
+        out = self.model(x, lengths)
+        return self.classifier(out) if logits and self.classifier is not None else out
+
+
+class TrainStep(nn.Module):
+    """Model + class-weight module in one module, so DDP synchronises both; returns the loss."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        classifier: nn.Module | None,
+        objective: Objective,
+        teacher: Teacher | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.classifier = classifier if classifier is not None else nn.Identity()
+        self.has_classifier = classifier is not None
+        self.objective = objective
+        self.teacher = teacher
+
+    def forward(self, x: Tensor, lengths: Tensor | None, labels: Tensor) -> Tensor:
+        if self.teacher is not None:
+            logits = getattr(self.objective, "kd", "embedding") == "logits"
+            self.objective.teacher_outputs = self.teacher(x, lengths, logits)
+        out = self.model(x, lengths)
+        return self.objective(out, labels, self.classifier if self.has_classifier else None)
