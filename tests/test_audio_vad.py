@@ -19,7 +19,7 @@ RATE = 16000
 
 
 def reference_vad(wave, threshold=5.5, mean_scale=0.5, context=2, proportion=0.12):
-    """speaker.md's algorithm, written as plainly as possible (25 ms / 10 ms frames at 16 kHz)."""
+    """docs/reference/speaker.md's algorithm, written as plainly as possible (25 ms / 10 ms frames at 16 kHz)."""
     x = [float(v) * 32768.0 for v in wave]
     size, shift = 400, 160
     n_frames = 1 + (len(x) - size) // shift if len(x) >= size else 0

@@ -1,4 +1,4 @@
-"""Gaussian meta-embedding math against the known-answer vectors of specs/gme.md, brute force and
+"""Gaussian meta-embedding math against the known-answer vectors of docs/reference/gme.md, brute force and
 an independent joint-Gaussian PLDA likelihood ratio."""
 
 from __future__ import annotations

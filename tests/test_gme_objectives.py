@@ -1,4 +1,4 @@
-"""GME objectives: the BXE vector of gme.md, brute-force pseudolikelihood, gradients and a tiny
+"""GME objectives: the BXE vector of docs/reference/gme.md, brute-force pseudolikelihood, gradients and a tiny
 optimisation on synthetic Gaussian identities."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics against the spec's known answers (specs/metrics.md), brute-force computations and
+"""Metrics against the spec's known answers (docs/reference/metrics.md), brute-force computations and
 reference implementations (sklearn isotonic regression)."""
 
 from __future__ import annotations

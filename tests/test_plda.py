@@ -1,4 +1,4 @@
-"""PLDA and LDA against independent references: joint-Gaussian LLRs (scipy), the gme.md TV4
+"""PLDA and LDA against independent references: joint-Gaussian LLRs (scipy), the docs/reference/gme.md TV4
 vector, brute-force class log-likelihoods, generalized eigenproblems, and EER on data sampled from
 a known model."""
 

@@ -3,7 +3,7 @@ MAP@R and open-set TPIR@FPIR, over a probe × gallery score matrix (higher = mor
 
 Ties are resolved pessimistically: a non-mate tied with the mate ranks first. Matrices are processed
 in row blocks so memory stays bounded; a metric that is undefined for its input (no probe with a
-mate, every label unique, …) raises MetaembError saying why. Definitions: specs/metrics.md.
+mate, every label unique, …) raises MetaembError saying why. Definitions: docs/reference/metrics.md.
 """
 
 from __future__ import annotations

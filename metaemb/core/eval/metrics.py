@@ -1,11 +1,11 @@
-"""Verification metrics, exactly as defined in specs/metrics.md (BOSARIS / NIST semantics).
+"""Verification metrics, exactly as defined in docs/reference/metrics.md (BOSARIS / NIST semantics).
 
 Decision rule: accept iff score ≥ θ, so P_miss(θ) = #{tar < θ}/T and P_fa(θ) = #{non ≥ θ}/N; a
 target tied with a non-target counts as an error (targets sort before non-targets on ties).
 Everything is vectorised numpy in float64 and costs one sort (O(n log n)); inputs may be numpy
 arrays, sequences or torch tensors. A metric that is undefined for its input (no target trials, no
 non-target trials, …) raises MetaembError saying why. Identification and retrieval metrics (CMC,
-mAP, TPIR@FPIR, …) live in core/identification.py.
+mAP, TPIR@FPIR, …) live in core/eval/identification.py.
 """
 
 from __future__ import annotations

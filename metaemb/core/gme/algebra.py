@@ -1,4 +1,4 @@
-"""Gaussian meta-embeddings (specs/gme.md): a likelihood exp(aᵀz − ½ zᵀBz) over a hidden identity
+"""Gaussian meta-embeddings (docs/reference/gme.md): a likelihood exp(aᵀz − ½ zᵀBz) over a hidden identity
 z ~ N(0, I) instead of a point. Comparing two of them gives a log-likelihood ratio in closed form.
 
 Natural parameters: `a` [N, d]; `b` is [N, d] (diagonal precision, "DGME") or [N, d, d] (full).
@@ -183,7 +183,7 @@ def log_expectation(g: GME) -> Tensor:
 
 
 def _diag_llr_terms(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
-    """Per-dimension 2·LLR in the cancellation-free form of gme.md (broadcasting; summed by caller).
+    """Per-dimension 2·LLR in the cancellation-free form of docs/reference/gme.md (broadcasting; summed by caller).
 
     Row factors (a1, b1) and column factors (a2, b2) are combined first so that an all-vs-all
     chunk only does ~13 passes over its [rows, N2, d] block.

@@ -1,4 +1,4 @@
-"""Training objectives for Gaussian meta-embeddings (specs/gme.md §3).
+"""Training objectives for Gaussian meta-embeddings (docs/reference/gme.md).
 
 All three score GMEs with closed-form LLRs, so what they train are calibrated likelihood ratios:
 - "gme-bxe": pairwise binary cross-entropy over every pair of a P×K batch (a proper scoring rule);
@@ -21,7 +21,7 @@ from metaemb.core.plugin.interfaces import Objective
 
 
 def bxe_bits(llrs: Tensor, is_target: Tensor, target_prior: float | None = None) -> Tensor:
-    """Binary cross-entropy of LLRs in bits, prior-weighted (gme.md §3).
+    """Binary cross-entropy of LLRs in bits, prior-weighted (docs/reference/gme.md).
 
     π defaults to the empirical target fraction; π = 0.5 gives Cllr. All-zero LLRs score the
     prior entropy; a perfect, confident system scores 0.
@@ -64,7 +64,7 @@ class GMEBinaryCrossEntropy(Objective):
     """Pairwise binary cross-entropy (bits) over all pairs i < j of the batch.
 
     `target_prior` π weights target against non-target pairs; 0 (default) means the batch's
-    fraction of same-identity pairs (gme.md §3), 0.5 makes the loss the batch's Cllr.
+    fraction of same-identity pairs (docs/reference/gme.md), 0.5 makes the loss the batch's Cllr.
     """
 
     batch: ClassVar[str] = "pk"
@@ -166,7 +166,7 @@ class ClassGMEs(nn.Module):
 class GMESoftmax(Objective):
     """Cross-entropy over training identities with logits LLR(f_j, class_i) against trainable
     class GMEs (uniform class prior). Every class logit stays in the softmax and the class GMEs
-    are trained — gme.md warns about the prototype that did neither."""
+    are trained — docs/reference/gme.md warns about the prototype that did neither."""
 
     batch: ClassVar[str] = "random"
     needs: ClassVar[str] = "gme"

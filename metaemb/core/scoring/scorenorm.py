@@ -1,5 +1,5 @@
 """Score normalisation: s-norm and adaptive s-norm (AS-norm) of a base point scorer against a
-cohort of training embeddings (speaker.md), chunked like every `PointScorer`."""
+cohort of training embeddings (docs/reference/speaker.md), chunked like every `PointScorer`."""
 
 from __future__ import annotations
 

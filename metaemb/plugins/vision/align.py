@@ -3,7 +3,7 @@
 `align_faces` is the one function every path uses (training, evaluation, enrollment, export), so
 train and test crops are bit-identical for the same input. The similarity is Umeyama's closed-form
 least-squares fit over all points (no RANSAC: with five points a robust estimator may drop one and
-crops stop matching, face.md). Coordinates are pixels with the centre of pixel (row i, column j)
+crops stop matching, docs/reference/face.md). Coordinates are pixels with the centre of pixel (row i, column j)
 at (x=j, y=i), as in OpenCV and dlib.
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from metaemb.core.errors import ConfigError, DataError
 
 # 112×112 template, MTCNN/RetinaFace order: image-left eye, image-right eye, nose tip,
-# image-left mouth corner, image-right mouth corner (face.md).
+# image-left mouth corner, image-right mouth corner (docs/reference/face.md).
 TEMPLATE_112 = np.array(
     [
         [38.2946, 51.6963],

@@ -1,7 +1,7 @@
 """Image features: RGB image → normalised float tensor [3, S, S], with training-side augmentation.
 
 Geometry: the shorter side is resized to S (antialiased) and the centre S×S is kept, so aspect is
-preserved. Normalisation is the face-recognition convention (x/255 − 0.5)/0.5 → [−1, 1] (face.md);
+preserved. Normalisation is the face-recognition convention (x/255 − 0.5)/0.5 → [−1, 1] (docs/reference/face.md);
 `input_spec()` records both so checkpoints carry them. Augmentation runs only when `train=True`
 and draws from torch's global RNG, so it is reproducible given the seed (the engine seeds workers).
 """

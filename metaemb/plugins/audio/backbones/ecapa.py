@@ -1,4 +1,4 @@
-"""ECAPA-TDNN (Desplanques et al. 2020), as in specs/speaker.md.
+"""ECAPA-TDNN (Desplanques et al. 2020), as in docs/reference/speaker.md.
 
     Conv1d(k5) → ReLU → BN                                   C channels
     3 × SE-Res2Block (k3, dilation 2/3/4, scale 8, SE 128)   C channels, residual

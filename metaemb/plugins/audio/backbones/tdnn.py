@@ -1,4 +1,4 @@
-"""The x-vector TDNN (Snyder et al. 2018), exactly the layer table of specs/speaker.md.
+"""The x-vector TDNN (Snyder et al. 2018), exactly the layer table of docs/reference/speaker.md.
 
     frame1  kernel 5, dilation 1   512     each frame layer: Conv1d → ReLU → BatchNorm
     frame2  kernel 3, dilation 2   512
