@@ -41,6 +41,9 @@ def create_app() -> typer.Typer:
 
     app.command()(enroll)
     app.command()(identify)
+    from metaemb.commands.neighbours import neighbours
+
+    app.command()(neighbours)
     from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)
@@ -145,16 +148,17 @@ def evaluate(
 
 def embed(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint")],
-    data: Annotated[Path, typer.Argument(help="<identity>/<sample> folder")],
+    data: Annotated[list[Path], typer.Argument(help="<identity>/<sample> folder, or sample files")],
     out: Annotated[Path, typer.Option(help="output .pt file (embeddings, paths, labels)")],
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option()] = 2,
 ) -> None:
-    """Embed every sample of a folder with a trained model."""
-    from metaemb.core.eval.evaluate import embed_folder
+    """Embed every sample of a folder, or the given sample files, with a trained model."""
+    from metaemb.core.eval.collect import embed_inputs
 
-    n = embed_folder(checkpoint, data, out, device=device, workers=workers)
-    console.print(f"wrote {n} embeddings to {out}")
+    collection = embed_inputs(checkpoint, list(data), device=device, workers=workers)
+    collection.save(out)
+    console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
 
 
 def demo_data(

@@ -144,7 +144,7 @@ def test_no_speech_keeps_recording_with_warning(tmp_path):
 
 def test_silero_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "silero_vad", None)
-    with pytest.raises(MetaembError, match=r"pip install metaemb\[vad\]"):
+    with pytest.raises(MetaembError, match=r"pip install 'metaemb\[vad\]'"):
         SileroVAD()
 
 

@@ -31,6 +31,7 @@ from metaemb.core.config import Config, from_dict
 from metaemb.core.data.pipeline import build_model
 from metaemb.core.errors import MetaembError, suggest
 from metaemb.core.eval.evaluate import find_checkpoint
+from metaemb.core.optional import require
 from metaemb.core.plugin.components import options_of
 from metaemb.core.plugin.manager import registry
 from metaemb.core.runs import atomic_write_bytes, atomic_write_text, load_checkpoint
@@ -326,10 +327,7 @@ def to_onnx(
     module: nn.Module, kind: InputKind, spec: dict[str, Any], opset: int, out_names: list[str]
 ) -> bytes:
     """The TorchScript-based exporter (no onnxscript needed) with dynamic N (and T)."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ExportError("ONNX export needs onnx: pip install 'metaemb[export]'.") from exc
+    onnx = require("onnx", "ONNX export", ExportError)
     axes: dict[str, dict[int, str]] = {}
     for name, shape in zip(kind.names, kind.shapes, strict=True):
         axes[name] = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
@@ -355,12 +353,7 @@ def to_onnx(
 
 
 def onnx_runner(data: bytes, names: list[str]) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ExportError(
-            "checking an ONNX export needs onnxruntime: pip install 'metaemb[export]'."
-        ) from exc
+    ort = require("onnxruntime", "checking an ONNX export", ExportError)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:

@@ -26,6 +26,7 @@ from torch import Tensor
 import metaemb
 from metaemb.core.errors import MetaembError, suggest
 from metaemb.core.gme.algebra import DEFAULT_CHUNK_BYTES, GME, llr_matrix, pool_by_index
+from metaemb.core.optional import require
 
 FORMAT = "metaemb-gallery"
 VERSION = 1
@@ -472,13 +473,7 @@ class Gallery:
                 "the faiss backend searches point galleries with the plain 'cosine' scorer only."
             )
         self.check_embeddings(probes)
-        try:
-            import faiss
-        except ImportError:
-            raise GalleryError(
-                "the faiss search backend needs faiss: install metaemb's 'search' extra "
-                "(pip install faiss-cpu, or pip install 'metaemb[search]')."
-            ) from None
+        faiss = require("faiss", "the faiss search backend", GalleryError)
         models, _ = self.pooled()
         unit = torch.nn.functional.normalize(models, dim=1).numpy().astype("float32")
         index = faiss.IndexFlatIP(unit.shape[1])

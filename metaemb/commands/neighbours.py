@@ -1,0 +1,139 @@
+"""`metaemb neighbours`: the k nearest samples of probes among an embedded collection (the
+"fingerprint database" of re-identification), and retrieval metrics over a labelled collection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+
+
+def _scorer(name: str | None, collection: Any) -> Any:
+    """The scorer by name (default: the collection's model's own, when it needs no fitting)."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.retrieval import default_scorer
+    from metaemb.core.plugin.components import build
+
+    if name is None:
+        return default_scorer(collection.kind)
+    scorer = build("scorers", name, {})
+    if getattr(scorer, "requires_fit", False):
+        from metaemb.core.runs import load_checkpoint
+
+        ckpt = collection.meta.get("checkpoint")
+        state = load_checkpoint(ckpt) if ckpt and Path(ckpt).is_file() else {}
+        if collection.meta.get("scorer") != name or not state.get("scorer"):
+            raise MetaembError(
+                f"scorer '{name}' must be fitted and the collection's checkpoint holds no fitted "
+                f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
+            )
+        scorer.load_state_dict(state["scorer"])
+    return scorer
+
+
+def find_neighbours(
+    collection_path: Path,
+    probes: list[Path],
+    k: int = 5,
+    run: Path | None = None,
+    backend: str = "auto",
+    scorer: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Embed the probe files with the collection's model (or `run`) and search the collection."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.collect import embed_inputs
+    from metaemb.core.eval.retrieval import Collection, nearest
+
+    coll = Collection.load(collection_path)
+    model = run or (Path(coll.meta["checkpoint"]) if coll.meta.get("checkpoint") else None)
+    if model is None:
+        raise MetaembError(
+            f"'{collection_path}' does not say which model embedded it; pass --run RUN_OR_CHECKPOINT."
+        )
+    probe = embed_inputs(model, probes, device=device, workers=workers)
+    if coll.meta.get("model_digest") and probe.meta["model_digest"] != coll.meta["model_digest"]:
+        raise MetaembError(
+            f"'{model}' is not the model that embedded '{collection_path}' (weights "
+            f"{probe.meta['model_digest']} vs {coll.meta['model_digest']}); embeddings of different "
+            "models cannot be compared. Re-embed the collection or pass the right --run."
+        )
+    sc = _scorer(scorer, coll)
+    scores, index, used = nearest(coll.embeddings, probe.embeddings, k, sc, backend)
+    results = []
+    for p, path in enumerate(probe.paths):
+        hits = [
+            {
+                "rank": r + 1,
+                "path": coll.paths[i],
+                "identity": coll.identities[i],
+                "score": float(s),
+            }
+            for r, (i, s) in enumerate(zip(index[p].tolist(), scores[p].tolist(), strict=True))
+        ]
+        results.append({"probe": path, "neighbours": hits})
+    return {
+        "backend": used,
+        "k": index.shape[1],
+        "collection": str(collection_path),
+        "probes": results,
+    }
+
+
+def neighbours(
+    collection: Annotated[Path, typer.Argument(help="embeddings file written by `metaemb embed`")],
+    probe: Annotated[
+        list[Path] | None, typer.Argument(help="probe sample file(s); none: collection metrics")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="neighbours per probe")] = 5,
+    run: Annotated[
+        Path | None, typer.Option(help="model for the probes (default: the collection's)")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (faiss if installed), faiss or exact")
+    ] = "auto",
+    scorer: Annotated[str | None, typer.Option(help="cosine (default), euclidean, gme, …")] = None,
+    max_rank: Annotated[int, typer.Option(help="CMC up to this rank (metrics)")] = 10,
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
+    metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
+    from metaemb.core.runs import atomic_write_text
+
+    if probe:
+        result = find_neighbours(collection, probe, k, run, backend, scorer, device, workers)
+        for entry in result["probes"]:
+            table = Table(title=f"nearest to {escape(entry['probe'])} ({result['backend']})")
+            for col in ("rank", "identity", "sample", "score"):
+                table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+            for h in entry["neighbours"]:
+                table.add_row(str(h["rank"]), escape(h["identity"]), escape(h["path"]),
+                              f"{h['score']:.4f}")  # fmt: skip
+            console.print(table)
+    else:
+        from metaemb.core.eval.retrieval import Collection, collection_metrics
+
+        coll = Collection.load(collection)
+        result = collection_metrics(coll, _scorer(scorer, coll), max_rank=max_rank)
+        table = Table(title=f"retrieval over {escape(str(collection))} (leave-one-out)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in ("precision_at_1", "r_precision", "map_at_r", "map", "rank_1", "rank_5"):
+            if key in result:
+                table.add_row(key, f"{100 * result[key]:.2f}%")
+        for key in ("samples", "identities", "queries"):
+            table.add_row(key, str(result[key]))
+        console.print(table)
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=2))
+        console.print(f"wrote {out}", markup=False)

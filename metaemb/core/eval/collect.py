@@ -1,0 +1,106 @@
+"""`metaemb embed`: embed a whole <identity>/<sample> folder, or loose sample files, into a
+collection file (paths, identities, embeddings and which model made them).
+
+Loose files are read by the run's own sample-folder type with an explicit sample list (nothing
+around them is scanned); each file's identity is the name of the folder it sits in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.errors import DataError
+from metaemb.core.eval.retrieval import Collection
+
+
+def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
+    from metaemb.core.deploy.gallery import model_digest
+
+    cfg = loaded.config
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "model_digest": model_digest(loaded.state["model"]),
+        "scorer": cfg.eval.scorer,
+        "modality": cfg.modality,
+    }
+
+
+def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") -> Any:
+    """A `Loaded` model whose folder holds exactly `files` (root: their common grandparent)."""
+    from metaemb.core.config import from_dict
+    from metaemb.core.data.pipeline import Components, build_model, cache_dir
+    from metaemb.core.eval.evaluate import Loaded, find_checkpoint
+    from metaemb.core.plugin.components import build
+    from metaemb.core.plugin.interfaces import Sample
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.runs import load_checkpoint
+    from metaemb.core.train.device import pick_device
+
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"sample file '{f}' does not exist.")
+    resolved = [f.resolve() for f in files]
+    root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
+    state = load_checkpoint(find_checkpoint(Path(checkpoint)))
+    cfg = from_dict(state["config"])
+    cfg.data.root = str(root)
+    factory = registry("sample_folders").get(cfg.data.folder)
+    exts = {e.lower() for e in getattr(factory, "extensions", ())}
+    bad = [str(f) for f in files if exts and f.suffix.lower() not in exts]
+    if bad:
+        raise DataError(
+            f"'{bad[0]}' is not a {getattr(factory, 'what', 'sample')} file the run's sample folder "
+            f"'{cfg.data.folder}' reads ({', '.join(sorted(exts))})."
+        )
+    samples = [Sample(f.relative_to(root).as_posix(), f.parent.name, -1) for f in resolved]
+    try:
+        folder = build(
+            "sample_folders", cfg.data.folder, cfg.options("folder"), root=root, samples=samples
+        )
+    except TypeError:
+        raise DataError(
+            f"sample folder '{cfg.data.folder}' cannot read loose files; put them in an "
+            "<identity>/<sample> folder and embed the folder."
+        ) from None
+    frontend = build(
+        "frontends",
+        cfg.model.frontend,
+        cfg.options("frontend"),
+        root=root,
+        cache_dir=cache_dir(cfg),
+    )
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    dev = pick_device(device)
+    model.to(dev).eval()
+    parts = Components(cfg, root, folder, frontend, model.features, model)
+    return Loaded(cfg, state, parts, dev)
+
+
+def embed_inputs(
+    checkpoint: Path, inputs: list[Path], device: str = "auto", workers: int = 2
+) -> Collection:
+    """Embed one folder (every sample) or one or more loose files with a trained model."""
+    from metaemb.core.eval.evaluate import Loaded
+
+    if not inputs:
+        raise DataError("embed needs a data folder or at least one sample file.")
+    if len(inputs) == 1 and inputs[0].is_dir():
+        loaded = Loaded.from_path(Path(checkpoint), inputs[0], device)
+        folder = loaded.parts.folder
+        paths = [s.path for s in folder.samples]
+    else:
+        dirs = [p for p in inputs if p.is_dir()]
+        if dirs:
+            raise DataError(
+                f"'{dirs[0]}' is a folder: embed either one folder or any number of files."
+            )
+        loaded = load_for_files(Path(checkpoint), inputs, device)
+        folder = loaded.parts.folder
+        paths = [str(p) for p in inputs]
+    emb = loaded.embed(folder, None, workers)
+    meta = _model_meta(loaded, Path(checkpoint))
+    meta["root"] = str(folder.root)
+    return Collection(paths, [s.identity for s in folder.samples], emb, meta)

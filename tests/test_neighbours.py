@@ -1,0 +1,125 @@
+"""`metaemb embed` on loose files and `metaemb neighbours` end to end on a tiny trained face model.
+
+Known answers: a file embedded alone equals its row in the folder's collection; its nearest
+neighbour is itself (cosine 1); faiss and exact search return the same neighbours; the
+leave-one-out retrieval metrics equal a brute-force numpy computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import torch
+
+from metaemb.core.eval.retrieval import Collection, nearest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("nb")
+    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
+    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
+    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "features.image_size=32",
+              "eval.max_targets=30", "eval.nontargets=30", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
+        args += ["--set", s]
+    code, _, _ = helpers.run_cli(args)
+    assert code == 0
+    [run] = list((base / "runs" / "face").iterdir())
+    return data, run
+
+
+def test_embed_files_match_folder_rows(trained, tmp_path):
+    data, run = trained
+    coll_file, probe_file = tmp_path / "coll.pt", tmp_path / "probe.pt"
+    code, _, _ = helpers.run_cli(["embed", run, data, "--out", coll_file, "--workers", "0"])
+    assert code == 0
+    files = sorted(data.glob("*/*.png"))[:3:2]
+    code, _, _ = helpers.run_cli(["embed", run, *files, "--out", probe_file, "--workers", "0"])
+    assert code == 0
+    coll, probe = Collection.load(coll_file), Collection.load(probe_file)
+    assert len(coll) == 40 and len(probe) == 2
+    assert probe.identities == [f.parent.name for f in files]
+    assert probe.meta["model_digest"] == coll.meta["model_digest"]
+    for f, row in zip(files, probe.embeddings, strict=True):
+        i = coll.paths.index(f.relative_to(data).as_posix())
+        torch.testing.assert_close(row, coll.embeddings[i], atol=1e-5, rtol=1e-5)
+
+
+def test_neighbours_of_a_probe_faiss_equals_exact(trained, tmp_path, capsys):
+    data, run = trained
+    coll_file = tmp_path / "coll.pt"
+    assert helpers.run_cli(["embed", run, data, "--out", coll_file, "--workers", "0"])[0] == 0
+    probe = sorted(data.glob("*/*.png"))[5]
+    results = {}
+    for backend in ("exact", "faiss"):
+        out = tmp_path / f"{backend}.json"
+        args = ["neighbours", coll_file, probe, "-k", "4", "--backend", backend, "--out", out]
+        code, text, err = helpers.run_cli(args, capsys)
+        assert code == 0, err
+        results[backend] = json.loads(out.read_text())
+        assert results[backend]["backend"] == backend
+    ex, fa = (results[b]["probes"][0]["neighbours"] for b in ("exact", "faiss"))
+    assert [h["path"] for h in ex] == [h["path"] for h in fa]
+    np.testing.assert_allclose([h["score"] for h in ex], [h["score"] for h in fa], atol=1e-5)
+    assert ex[0]["path"] == probe.relative_to(data).as_posix()  # itself, at cosine 1
+    assert ex[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert len(ex) == 4 and "nearest to" in text
+
+
+def test_collection_metrics_match_brute_force(trained, tmp_path, capsys):
+    data, run = trained
+    coll_file, out = tmp_path / "coll.pt", tmp_path / "m.json"
+    assert helpers.run_cli(["embed", run, data, "--out", coll_file, "--workers", "0"])[0] == 0
+    code, text, err = helpers.run_cli(["neighbours", coll_file, "--out", out], capsys)
+    assert code == 0, err
+    got = json.loads(out.read_text())
+    coll = Collection.load(coll_file)
+    x = torch.nn.functional.normalize(coll.embeddings.double(), dim=1).numpy()
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    lab = np.array(coll.identities)
+    p1, rp, mapr, cmc5 = [], [], [], []
+    for q in range(len(lab)):
+        order = np.argsort(-s[q], kind="stable")[:-1]  # drop itself (last, at -inf)
+        rel = lab[order] == lab[q]
+        r = int(rel.sum())
+        p1.append(rel[0])
+        rp.append(rel[:r].sum() / r)
+        prec = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+        mapr.append((prec * rel[:r]).sum() / r)
+        cmc5.append(rel[:5].any())
+    assert got["precision_at_1"] == pytest.approx(np.mean(p1))
+    assert got["rank_1"] == pytest.approx(np.mean(p1))
+    assert got["r_precision"] == pytest.approx(np.mean(rp))
+    assert got["map_at_r"] == pytest.approx(np.mean(mapr))
+    assert got["rank_5"] == pytest.approx(np.mean(cmc5))
+    assert got["queries"] == 40 and len(got["cmc"]) == 10
+    assert "precision_at_1" in text
+
+
+def test_nearest_faiss_and_exact_agree_on_random_vectors():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    base, probes = torch.randn(500, 24, generator=g), torch.randn(30, 24, generator=g)
+    s_ex, i_ex, b1 = nearest(base, probes, 7, backend="exact")
+    s_fa, i_fa, b2 = nearest(base, probes, 7, backend="faiss")
+    assert (b1, b2) == ("exact", "faiss")
+    assert torch.equal(i_ex, i_fa)
+    torch.testing.assert_close(s_ex, s_fa, atol=1e-5, rtol=0)
+    brute = (
+        torch.nn.functional.normalize(probes, dim=1) @ torch.nn.functional.normalize(base, dim=1).T
+    )
+    assert torch.equal(i_ex, brute.topk(7, dim=1).indices)
+
+
+def test_neighbours_refuses_a_probe_from_another_model(trained, tmp_path, capsys):
+    data, run = trained
+    fake = tmp_path / "fake.pt"
+    Collection(["a/1.png"], ["a"], torch.randn(1, 16), {"checkpoint": str(run / "best.pt"),
+               "model_digest": "0" * 16}).save(fake)  # fmt: skip
+    probe = sorted(data.glob("*/*.png"))[0]
+    code, _, err = helpers.run_cli(["neighbours", fake, probe, "--backend", "exact"], capsys)
+    assert code == 2 and "not the model that embedded" in err
