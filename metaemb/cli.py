@@ -70,8 +70,10 @@ def train(
 ) -> None:
     """Train an embedding network (resumes the run with the same configuration)."""
     from metaemb.core.config import resolve
+    from metaemb.core.paths import ensure_writable_dir
     from metaemb.core.train.engine import Trainer
 
+    ensure_writable_dir(runs, "runs folder")
     sets = list(set_ or [])
     if data is not None:
         sets.append(f"data.root={json.dumps(str(data))}")
@@ -251,11 +253,22 @@ def main() -> None:
         app = create_app()
         app()
     except MetaembError as exc:
-        from rich.markup import escape
-
-        message = escape(_user_message(exc))  # "metaemb[plots]" is text, not markup
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        _print_error(_user_message(exc))
         sys.exit(2)
+    except OSError as exc:  # a write that failed past the up-front checks (e.g. the disk filled)
+        from metaemb.core.paths import is_write_error, output_error
+
+        if not is_write_error(exc):
+            raise
+        _print_error(str(output_error(exc, exc.filename or "?", "output")))
+        sys.exit(2)
+
+
+def _print_error(text: str) -> None:
+    from rich.markup import escape
+
+    message = escape(text)  # "metaemb[plots]" and paths like "data/mk[/y]z" are text, not markup
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def enroll_folder(
     file) are not embedded again, so re-running is harmless."""
     from metaemb.core.deploy.gallery import Gallery, ModelStamp, open_gallery
     from metaemb.core.errors import DataError, suggest
+    from metaemb.core.paths import ensure_writable
 
+    ensure_writable(gallery, "gallery file")
     loaded, digest = _load(checkpoint, data, device)
     g = open_gallery(gallery, digest, f"checkpoint '{checkpoint}'")
     folder = loaded.parts.folder
@@ -311,6 +313,10 @@ def identify(
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""
+    if out is not None:
+        from metaemb.core.paths import ensure_writable
+
+        ensure_writable(out, "results file")
     ident = identify_probes(
         checkpoint, gallery, data=data, probes=probe, top_k=top_k, threshold=threshold,
         p_new=p_new, scorer=scorer, faiss=faiss, device=device, workers=workers,

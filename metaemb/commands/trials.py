@@ -46,10 +46,12 @@ def make(
     """Write a seeded trial list over the samples of DATA and print its coverage."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.trials import coverage, make_trials, write_trials
+    from metaemb.core.paths import ensure_writable
     from metaemb.core.plugin.components import build
 
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
+    ensure_writable(out, "trial list")
     sample_folder = build("sample_folders", _folder_name(modality, folder), {}, root=data)
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     write_trials(out, trials, format)

@@ -18,6 +18,10 @@ class DataError(MetaembError):
     """Missing, empty, corrupt or malformed data (names the file and, where known, the line)."""
 
 
+class OutputError(MetaembError):
+    """An output path that cannot be written (read-only, full disk, a file or folder in the way)."""
+
+
 class PluginError(MetaembError):
     """A plugin failed to load, or two plugins registered the same name."""
 

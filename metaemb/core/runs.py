@@ -36,9 +36,19 @@ def run_dir(runs_root: str | Path, config: Config) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    A read-only folder, a full disk or a file/folder in the way raises OutputError naming `path`
+    (the previous file, if any, is left as it was)."""
+    from metaemb.core.paths import is_write_error, output_error
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_write_error(exc):
+            raise output_error(exc, path, "file") from None
+        raise
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
@@ -46,13 +56,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_write_error(exc):
+            raise output_error(exc, path, "file") from None  # type: ignore[arg-type]
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """UTF-8, with file names that are not valid UTF-8 written back as their original bytes."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

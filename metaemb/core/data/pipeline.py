@@ -20,10 +20,15 @@ from metaemb.core.plugin.manager import registry
 from metaemb.core.train.model import EmbeddingModel
 
 
+def default_cache_dir() -> Path:
+    """$METAEMB_CACHE, else ~/.cache/metaemb (demo data, frontend caches); `metaemb doctor` shows it."""
+    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
+
+
 def cache_dir(config: Config) -> Path:
     if config.data.cache_dir:
         return Path(config.data.cache_dir)
-    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
+    return default_cache_dir()
 
 
 def data_root(config: Config, console: Console | None = None) -> Path:

@@ -403,7 +403,12 @@ def export(
     checkpoint: Path, fmt: str = "onnx", out: Path | None = None, opset: int = DEFAULT_OPSET
 ) -> Exported:
     """Export the inference model of `checkpoint` (run dir or .pt) to `out` + `<out>.json`."""
+    from metaemb.core.paths import ensure_writable
+
     check_options(fmt, opset)
+    target = Path(out) if out is not None else default_out(checkpoint, fmt)
+    ensure_writable(target, "export file")  # before the slow export
+    ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     inf = load_inference(checkpoint)
     module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
     fbank_diff = check_features(inf)
@@ -418,7 +423,7 @@ def export(
     else:
         data = to_torchscript(module, kind, spec)
         worst = check_parity(torchscript_runner(data), module, kind, spec)
-    out = Path(out) if out is not None else default_out(checkpoint, fmt)
+    out = target
     info = {
         "format": fmt,
         "file": out.name,

@@ -204,8 +204,10 @@ class Gallery:
         kind, dim, _ = _describe(x)
         if (kind, dim) != (self.stamp.kind, self.stamp.dim):
             raise GalleryError(
-                f"{what} are {kind} embeddings of dimension {dim}, but the gallery holds "
-                f"{self.stamp.kind} embeddings of dimension {self.stamp.dim}."
+                f"this gallery belongs to another model: {what} are {kind} embeddings of "
+                f"dimension {dim}, but the gallery holds {self.stamp.kind} embeddings of dimension "
+                f"{self.stamp.dim} ({self.stamp.describe()}). Identify with the gallery's model, or "
+                "enroll into a new gallery file with this one."
             )
 
     def add(self, identity: str, embeddings: Any, sources: Sequence[str] | None = None) -> int:
@@ -304,6 +306,11 @@ class Gallery:
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
         p = Path(path)
+        if p.is_dir():
+            raise GalleryError(
+                f"'{p}' is a folder, not a gallery file; give the file name (e.g. "
+                f"'{p / 'gallery.pt'}')."
+            )
         if not p.is_file():
             raise GalleryError(
                 f"gallery '{p}' does not exist; create it with "
@@ -341,6 +348,15 @@ class Gallery:
             raise GalleryError("sample owners out of range")
         if bool((self.counts() == 0).any()):
             raise GalleryError("an identity has no samples")
+        d = self.stamp.dim
+        for k, v in self.data.items():
+            want = (d, d) if k == "b" and self.stamp.full else (d,)
+            if tuple(v.shape[1:]) != want:
+                raise GalleryError(
+                    f"its '{k}' samples have shape {tuple(v.shape[1:])} but its model stamp says "
+                    f"{self.stamp.kind} embeddings of dimension {d}; the gallery belongs to another "
+                    "model or was edited: enroll again"
+                )
 
     # -- search ------------------------------------------------------------------------
     def _scorer(self, scorer: Any) -> Any:

@@ -28,6 +28,7 @@ from metaemb.core.eval.trials import (
     read_trials,
     write_scores,
 )
+from metaemb.core.paths import ensure_writable, ensure_writable_dir
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Trial
 from metaemb.core.plugin.manager import registry
@@ -208,12 +209,16 @@ class Evaluation:
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if self.out is not None:
+            ensure_writable_dir(self.out, "evaluation output folder")
         loaded = Loaded.from_path(self.run_path, self.data, self.device)
         cfg = loaded.config
         p_targets = tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder
         evals = self._trials(loaded)
         labels = evals.labels()
+        out = self.out or (self._run_dir() / f"eval-{evals.name}")
+        self._check_outputs(out)  # before anything is embedded
         cal = None
         if self.calibrate_path:
             path = self.calibrate_path
@@ -234,7 +239,6 @@ class Evaluation:
             result.update(folds=evals.folds, accuracy=mean, accuracy_std=std)
             tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
             result["tar_at_far_0.001"] = metrics.tar_at_far(tar, non, 1e-3)
-        out = self.out or (self._run_dir() / f"eval-{evals.name}")
         out.mkdir(parents=True, exist_ok=True)
         calibrated = None
         if cal is not None:
@@ -277,6 +281,13 @@ class Evaluation:
                 "honest estimate."
             )
         return Calibration(model, cal.source, cal_labels, shared)
+
+    def _check_outputs(self, out: Path) -> None:
+        ensure_writable_dir(out, "evaluation output folder")
+        names = ["metrics.json", "scores.txt"]
+        names += ["scores_calibrated.txt"] if self.calibrate_path else []
+        for name in names:
+            ensure_writable(out / name, "evaluation output file")
 
     def _run_dir(self) -> Path:
         return self.run_path if self.run_path.is_dir() else self.run_path.parent
@@ -339,6 +350,7 @@ def embed_folder(
     """Embed every sample of `data`; saves {embeddings | a,b, paths, identities} with torch.save."""
     from metaemb.core.runs import atomic_write_bytes
 
+    ensure_writable(out, "embeddings file")
     loaded = Loaded.from_path(checkpoint, data, device)
     folder = loaded.parts.folder
     emb = loaded.embed(folder, None, workers)
