@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from metaemb.core.errors import ConfigError, suggest
 from metaemb.core.plugin.components import coerce, options_of, validate_options
+from metaemb.core.plugin.contract import check_chain
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality
 
@@ -254,6 +255,7 @@ def resolve(
             cfg.components[section] = validate_options(kind, name, user_opts, section)
     for section in COMPONENT_SECTIONS:  # unknown names fail early with suggestions
         registry(COMPONENT_SECTIONS[section]).get(cfg.component_name(section))
+    check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
 
 

@@ -1,13 +1,21 @@
 """Build registered components from config: options are a factory's typed keyword arguments.
 
 A factory's keyword parameters are its user options (validated against their annotations), except
-the context names the engine supplies itself (root, cache_dir, in_channels, …).
+- the context names the engine supplies itself (root, cache_dir, in_channels, …),
+- internal constructor arguments: names starting with "_" and the names in the factory's
+  `internal` attribute (e.g. SampleFolder's `samples`, used by `subset`).
+
+A composite component names its parts in a `parts` attribute, {option: registry kind}; such an
+option is a nested table naming a registered component and its options, e.g.
+`[scorer] top_n = 300` with `[scorer.base] name = "plda"`, `lda_dim = 100`. The composite
+receives the table and builds the part with `build_part`, through the one registry.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +53,16 @@ def _callable(factory: Any) -> Any:
     return factory.__init__ if inspect.isclass(factory) else factory
 
 
+def internal_names(factory: Any) -> frozenset[str]:
+    """Constructor arguments that are not user options (the factory's `internal` attribute)."""
+    return frozenset(getattr(factory, "internal", ()) or ())
+
+
+def parts_of(factory: Any) -> dict[str, str]:
+    """A composite's nested-table options: {option name: registry kind of the part}."""
+    return dict(getattr(factory, "parts", None) or {})
+
+
 def options_of(factory: Any) -> dict[str, Option]:
     """The user-tunable keyword options of a factory, with their types and defaults."""
     fn = _callable(factory)
@@ -52,9 +70,12 @@ def options_of(factory: Any) -> dict[str, Option]:
         hints = typing.get_type_hints(fn)
     except Exception:
         hints = {}
+    internal = internal_names(factory)
     out: dict[str, Option] = {}
     for p in inspect.signature(fn).parameters.values():
         if p.name in ("self", "cls") or p.name in CONTEXT_NAMES:
+            continue
+        if p.name.startswith("_") or p.name in internal:
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -154,9 +175,12 @@ def _typename(typ: Any) -> str:
 
 
 def validate_options(kind: str, name: str, options: dict[str, Any], section: str) -> dict[str, Any]:
-    """Check user options for component `name` of `kind`; return them coerced to their types."""
+    """Check user options for component `name` of `kind`; return them coerced to their types.
+
+    Nested tables of a composite's parts are checked against the part they name."""
     factory = registry(kind).get(name)
     known = options_of(factory)
+    parts = parts_of(factory)
     out = {}
     for key, value in options.items():
         if key not in known:
@@ -165,8 +189,110 @@ def validate_options(kind: str, name: str, options: dict[str, Any], section: str
                 f"unknown config key '{section}.{key}' for {registry(kind).singular} '{name}';"
                 f"{suggest(key, known)} valid keys: {valid}."
             )
-        out[key] = coerce(value, known[key].type, f"config key '{section}.{key}'")
+        if key in parts:
+            out[key] = validate_part(parts[key], value, known[key].default, f"{section}.{key}")
+        else:
+            out[key] = coerce(value, known[key].type, f"config key '{section}.{key}'")
     return out
+
+
+def part_table(value: Any, default: Any = None) -> dict[str, Any] | None:
+    """A part option as a table {"name": …, options…}: a bare name is a table with only a name;
+    a table without a name (or with the default's name) extends the default table. None for
+    the name "none" (a composite whose part is optional)."""
+    base = dict(default) if isinstance(default, Mapping) else {}
+    if isinstance(default, str):
+        base = {"name": default}
+    if value is None or (isinstance(value, str) and value == "none"):
+        return None
+    if isinstance(value, str):
+        table = {"name": value}
+    elif isinstance(value, Mapping):
+        table = dict(value)
+    else:
+        raise ConfigError(f"expected a component name or a table with a 'name' key, got {value!r}")
+    if "name" not in table or table["name"] == base.get("name"):
+        table = {**base, **table}
+    return table
+
+
+def validate_part(kind: str, value: Any, default: Any, where: str) -> dict[str, Any] | str:
+    """Check a nested part table: its `name` is a registered component of `kind`, the rest are
+    that component's options."""
+    try:
+        table = part_table(value, default)
+    except ConfigError as exc:
+        raise ConfigError(f"config key '{where}': {exc}") from None
+    if table is None:
+        return "none"
+    name = table.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"config table [{where}] needs a 'name' naming a registered {registry(kind).singular} "
+            f"(`metaemb list {kind}`)."
+        )
+    registry(kind).get(name)  # unknown names fail here, with suggestions
+    return {"name": name, **validate_options(kind, name, table, where)}
+
+
+def full_options(kind: str, name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every option of component `name` (defaults filled in, nested part tables expanded)."""
+    factory = registry(kind).get(name)
+    parts = parts_of(factory)
+    out = {k: o.default for k, o in options_of(factory).items()}
+    out.update(options or {})
+    for key, part_kind in parts.items():
+        if key not in out:
+            continue
+        table = part_table(out[key], options_of(factory)[key].default)
+        if table is None:
+            out[key] = "none"
+            continue
+        part_name = table.pop("name")
+        out[key] = {"name": part_name, **full_options(part_kind, part_name, table)}
+    return out
+
+
+def build_part(kind: str, value: Any, default: Any = None, **context: Any) -> Any:
+    """Build a composite's part from its option value: an already built component is used as
+    it is; a name or a {"name": …, options…} table is built through the registry. None for
+    "none"."""
+    if value is not None and not isinstance(value, (str, Mapping)):
+        return value
+    table = part_table(value, default)
+    if table is None:
+        return None
+    name = table.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"a {registry(kind).singular} table needs a 'name'; got {value!r}")
+    return build(kind, name, validate_options(kind, name, table, name), **context)
+
+
+def preset(factory: Any, doc: str = "", **fixed: Any) -> Any:
+    """`factory` with some arguments fixed: its options are the factory's others, so a preset
+    (e.g. ECAPA with C = 512) never restates the parameter list of what it presets."""
+    fn = _callable(factory)
+    sig = inspect.signature(fn)
+    params = [
+        p for p in sig.parameters.values() if p.name not in fixed and p.name not in ("self", "cls")
+    ]
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+
+    def made(*args: Any, **kwargs: Any) -> Any:
+        return factory(*args, **{**fixed, **kwargs})
+
+    made.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    made.__annotations__ = {k: v for k, v in hints.items() if k not in fixed}
+    made.__doc__ = doc or getattr(factory, "__doc__", None)
+    made.__name__ = made.__qualname__ = getattr(factory, "__name__", "preset")
+    made.__wrapped_factory__ = factory  # type: ignore[attr-defined]
+    for attr in ("accepts", "yields", "parts", "internal", "output", "needs", "batch"):
+        if hasattr(factory, attr):
+            setattr(made, attr, getattr(factory, attr))
+    return made
 
 
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:

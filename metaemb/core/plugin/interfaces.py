@@ -3,6 +3,9 @@
 Data flows: SampleFolder.load(path) → Frontend (cached, deterministic) → Features.prepare (CPU,
 per sample, in DataLoader workers; augmentation/crops when training) → Features.collate →
 Features.forward (batched, on the training device) → Backbone → Head → Objective / Scorer.
+
+Each component declares the kinds of value it accepts and yields (`accepts`, `yields`; see
+contract.py), and `resolve` checks the whole chain before any data is read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.errors import DataError
+from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kind
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
     extensions: ClassVar[tuple[str, ...]] = ()
     what: ClassVar[str] = "sample"  # word used in messages ("image", "audio file")
+    # What `load` returns, e.g. Kind("waveform", rate=Opt("sample_rate")); None = undeclared.
+    yields: ClassVar[Kind | None] = None
+    # Constructor arguments that are not user options (`subset` passes the samples).
+    internal: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
         self.root = Path(root)
@@ -157,7 +165,12 @@ class Frontend(abc.ABC):
     """Raw sample → normalised raw sample (face alignment, speech activity detection).
 
     Deterministic, so its results can be cached per sample (relative path + size + mtime + key()).
+    Declares `accepts` (a Kind or tuple of Kinds) and `yields` (a Kind, or SAME to pass the
+    input's kind through); given a value it cannot use, `__call__` raises DataError.
     """
+
+    accepts: ClassVar[Kind | tuple[Kind, ...] | None] = None
+    yields: ClassVar[Kind | None] = None
 
     def key(self) -> str:
         """Identity of this frontend's configuration, used in cache keys."""
@@ -171,6 +184,9 @@ class Frontend(abc.ABC):
 class IdentityFrontend(Frontend):
     """Leaves samples as they are."""
 
+    accepts = ANY
+    yields = SAME
+
     def __call__(self, raw: Any, path: str, root: Path) -> Any:
         return raw
 
@@ -182,9 +198,12 @@ class Features(nn.Module):
     `prepare` runs per sample on the CPU (in DataLoader workers): decoding to a tensor, training
     crops and augmentation. `collate` batches (padding variable lengths). `forward` runs batched on
     the training device (e.g. the audio filterbank on the GPU). `out_channels` tells backbones the
-    input width (3 for RGB, 80 for an 80-band filterbank).
+    input width (3 for RGB, 80 for an 80-band filterbank). Declares `accepts` and `yields`
+    (Kinds); `prepare` raises DataError when given a value it cannot use.
     """
 
+    accepts: ClassVar[Kind | tuple[Kind, ...] | None] = None
+    yields: ClassVar[Kind | None] = None
     out_channels: int = 1
 
     @abc.abstractmethod
@@ -214,8 +233,13 @@ class Features(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 class Backbone(nn.Module):
-    """Input batch → pooled features [N, feature_dim]. `trunk()` is what freezing freezes."""
+    """Input batch → pooled features [N, feature_dim]. `trunk()` is what freezing freezes.
 
+    `accepts` names the Features output it takes (e.g. Kind("feature-matrix")); a factory
+    function declares it with `register(name, fn, accepts=Kind(...))`."""
+
+    accepts: ClassVar[Kind | tuple[Kind, ...] | None] = None
+    yields: ClassVar[Kind] = FEATURES
     feature_dim: int = 0
 
     @abc.abstractmethod
@@ -228,7 +252,8 @@ class Backbone(nn.Module):
 class Head(nn.Module):
     """Pooled features → embedding: a point [N, d] or a Gaussian meta-embedding (a, b)."""
 
-    output: ClassVar[str] = "point"  # or "gme"
+    accepts: ClassVar[Kind] = FEATURES
+    output: ClassVar[str] = "point"  # or "gme": yields EMBEDDING or GME (contract.py)
     dim: int = 0
 
     def calibration_parameters(self) -> dict[str, float]:
@@ -246,6 +271,8 @@ class Objective(abc.ABC):
     `batch` names the sampler it needs ("random", "pk", "pairs", "subject", "mixed"); `needs`
     says whether it wants point embeddings or GMEs. Class weights live in the module returned
     by `build_classifier` (own parameter group and checkpoint key), never inside the loss.
+    `needs` is its `accepts` in the data contract ("point" → EMBEDDING, "gme" → GME, "any"); a
+    composite declares `accepts` as a callable of its options instead.
     """
 
     batch: ClassVar[str] = "random"
@@ -319,7 +346,7 @@ class Scorer(abc.ABC):
     bounded. State is a dict of tensors (saved with the run, no pickle).
     """
 
-    needs: ClassVar[str] = "point"  # "point", "gme" or "any"
+    needs: ClassVar[str] = "point"  # "point", "gme" or "any": its `accepts` (contract.py)
     requires_fit: ClassVar[bool] = False
 
     def fit(self, embeddings: Any, labels: Tensor) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.plugin.contract import Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Features
 from metaemb.plugins.audio.fbank import KaldiFbank
 
@@ -36,6 +37,9 @@ class AudioFeatures(Features):
     forward([N, T] waveforms, lengths in samples) → ([N, n_mels, frames], frame lengths).
     `dither` (int16 units) is added in training mode only; 0 keeps features deterministic.
     """
+
+    accepts = Kind("waveform", rate=Opt("sample_rate"))
+    yields = Kind("feature-matrix", channels=Opt("n_mels"))  # [n_mels, frames] per utterance
 
     def __init__(
         self,
@@ -67,7 +71,8 @@ class AudioFeatures(Features):
         self.min_samples = max(self.fbank.size, round(self.min_seconds * self.sample_rate))
 
     def prepare(self, raw: Any, train: bool) -> Tensor:
-        wave = torch.as_tensor(raw, dtype=torch.float32).flatten()
+        wave = expect_tensor(raw, "a mono waveform [T]", "features 'fbank'", ndim=1, floating=True)
+        wave = wave.to(torch.float32)
         if wave.numel() == 0:
             raise DataError(
                 "empty waveform reached the fbank features (0 samples after the frontend)."

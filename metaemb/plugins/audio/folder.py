@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, check_rate_policy, read_audio
 
@@ -20,6 +21,7 @@ class AudioFolder(SampleFolder):
 
     extensions: ClassVar[tuple[str, ...]] = AUDIO_EXTENSIONS
     what: ClassVar[str] = "audio file"
+    yields = Kind("waveform", rate=Opt("sample_rate"))
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from metaemb.core.errors import DataError
+from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import check_rate_policy, read_audio
 
@@ -152,6 +153,7 @@ class KaldiDataFolder(SampleFolder):
     (cut by `segments` when present), speakers from utt2spk. `load` → float32 mono [T]."""
 
     what: ClassVar[str] = "utterance"
+    yields = Kind("waveform", rate=Opt("sample_rate"))
 
     def __init__(
         self,

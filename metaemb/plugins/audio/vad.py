@@ -1,8 +1,9 @@
 """Speech activity detection frontends: Kaldi energy VAD ("energy") and Silero VAD ("silero").
 
 Both cut the waveform down to its speech and cache their decision per file under
-`cache_dir/vad/`, keyed by the file's relative path and the frontend configuration, and stamped
-with the file's size and mtime: a changed file is recomputed (and its entry overwritten). Entries
+`cache_dir/vad/`, keyed by the file's absolute real path and the frontend configuration, and
+stamped with the file's size, mtime, inode and a hash of its first 64 KiB: a changed file is
+recomputed (and its entry overwritten), and same-named files of two datasets never collide. Entries
 are written to a temporary file and renamed, so DataLoader workers racing on one file are safe.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from metaemb.core.errors import ConfigError
 from metaemb.core.optional import require
+from metaemb.core.plugin.contract import SAME, Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Frontend
 
 INT16_SCALE = 32768.0
@@ -86,25 +88,36 @@ def segments_to_samples(segments: np.ndarray, n_samples: int) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # the per-file cache
+HEAD_BYTES = 65536  # the part of each file hashed into its cache stamp
+
+
 class DecisionCache:
-    """Small numpy arrays per (relative path, frontend key), stamped with file size and mtime."""
+    """Small numpy arrays per (absolute real path, frontend key), stamped with the file's identity:
+    size, mtime, inode, decoded length and a hash of its first HEAD_BYTES. Two datasets with the
+    same relative names never share entries, and a file replaced by another one with the same
+    size and mtime (a copy with preserved times) is still recognised as changed."""
 
     def __init__(self, cache_dir: str | Path | None, key: str) -> None:
         self.dir = Path(cache_dir) / "vad" if cache_dir is not None else None
         self.key = key
 
-    def entry(self, path: str) -> Path:
+    def entry(self, source: str | Path) -> Path:
+        """The entry file of `source` (made absolute and resolved, so links share one entry)."""
         assert self.dir is not None
-        digest = hashlib.sha1(f"{path}\0{self.key}".encode()).hexdigest()
+        real = os.path.realpath(source)
+        digest = hashlib.sha1(os.fsencode(real) + b"\0" + self.key.encode()).hexdigest()
         return self.dir / digest[:2] / f"{digest}.npz"
 
     @staticmethod
     def stamp(source: Path, n_samples: int) -> np.ndarray | None:
         try:
             st = source.stat()
+            with open(source, "rb") as f:
+                head = f.read(HEAD_BYTES)
         except OSError:
             return None
-        return np.array([st.st_size, st.st_mtime_ns, n_samples], dtype=np.int64)
+        h = int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little", signed=True)
+        return np.array([st.st_size, st.st_mtime_ns, n_samples, st.st_ino, h], dtype=np.int64)
 
     def get(
         self, path: str, root: Path, n_samples: int, compute: Callable[[], np.ndarray]
@@ -114,10 +127,11 @@ class DecisionCache:
         The stamp holds the file's size and mtime and the decoded length (which changes if the
         folder's resampling does). Samples that are not files (Kaldi segments) are not cached.
         """
-        stamp = self.stamp(Path(root) / path, n_samples) if self.dir is not None else None
+        source = Path(root) / path
+        stamp = self.stamp(source, n_samples) if self.dir is not None else None
         if stamp is None:
             return compute()
-        entry = self.entry(path)
+        entry = self.entry(source)
         try:
             with np.load(entry) as z:
                 if np.array_equal(z["stamp"], stamp):
@@ -146,6 +160,9 @@ class EnergyVAD(Frontend):
     """Kaldi-semantics energy VAD (VoxCeleb recipe: 5.5 + 0.5·mean, context 2, proportion 0.12)
     keeping the samples owned by speech frames; see `frames_to_samples`. A recording with no
     speech frame (or shorter than one frame) is kept whole, with a warning."""
+
+    accepts = Kind("waveform", rate=Opt("sample_rate"))
+    yields = SAME
 
     def __init__(
         self,
@@ -181,6 +198,7 @@ class EnergyVAD(Frontend):
         return energy_vad_mask(wave, **self.opts)
 
     def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
+        raw = expect_tensor(raw, "a mono waveform [T]", "frontend 'energy'", ndim=1, floating=True)
         frames = self.cache.get(path, root, raw.shape[-1], lambda: self.mask(raw).numpy())
         frames = torch.from_numpy(np.asarray(frames, dtype=bool))
         if not bool(frames.any()):
@@ -192,6 +210,9 @@ class EnergyVAD(Frontend):
 class SileroVAD(Frontend):
     """Silero VAD (MIT; the `silero-vad` wheel ships its model, no download) keeping the speech
     segments of `get_speech_timestamps`. Needs `pip install metaemb[vad]`."""
+
+    accepts = Kind("waveform", rate=Opt("sample_rate"))
+    yields = SAME
 
     def __init__(
         self,
@@ -237,6 +258,7 @@ class SileroVAD(Frontend):
         return np.array([[s["start"], s["end"]] for s in stamps], dtype=np.int64).reshape(-1, 2)
 
     def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
+        raw = expect_tensor(raw, "a mono waveform [T]", "frontend 'silero'", ndim=1, floating=True)
         segs = self.cache.get(path, root, raw.shape[-1], lambda: self.segments(raw))
         keep = segments_to_samples(np.asarray(segs), raw.shape[-1])
         if not bool(keep.any()):

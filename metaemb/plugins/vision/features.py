@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Features
 
 MEAN = (0.5, 0.5, 0.5)
@@ -64,6 +65,8 @@ class ImageFeatures(Features):
     """
 
     out_channels = 3
+    accepts = (Kind("image"), Kind("aligned-image"))
+    yields = Kind("image-tensor")  # normalised float [3, S, S]
 
     def __init__(
         self,

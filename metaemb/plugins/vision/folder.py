@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from metaemb.core.errors import DataError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import SampleFolder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".webp", ".tif", ".tiff")
@@ -46,6 +47,7 @@ class ImageFolder(SampleFolder):
 
     extensions: ClassVar[tuple[str, ...]] = IMAGE_EXTENSIONS
     what: ClassVar[str] = "image"
+    yields = Kind("image")  # RGB uint8 [3, H, W]
 
     def load(self, path: Path) -> Tensor:
         return read_image(path)

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Frontend
 from metaemb.plugins.vision.align import align_faces, centre_landmarks, template
 from metaemb.plugins.vision.landmarks import LandmarkCache, Landmarks, LandmarkSource
@@ -47,6 +48,9 @@ class AlignFrontend(Frontend):
       detector, points, multiple, upsample   dlib options (see the "dlib" landmark source).
       cache           keep detector landmarks in <cache_dir>/landmarks (shared between runs).
     """
+
+    accepts = Kind("image")
+    yields = Kind("aligned-image")
 
     def __init__(
         self,

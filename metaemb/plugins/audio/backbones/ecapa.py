@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 from metaemb.plugins.audio.backbones.pooling import AttentiveStatsPooling, frame_mask, zero_padding
 
@@ -94,6 +95,8 @@ class SERes2Block(nn.Module):
 
 class ECAPATDNN(Backbone):
     """ECAPA-TDNN with `channels` C (512 or 1024) and an `embedding_dim` (192) output."""
+
+    accepts = Kind("feature-matrix")
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 from metaemb.plugins.audio.backbones.pooling import StatsPooling, frame_mask, zero_padding
 
@@ -50,6 +51,8 @@ class XVector(Backbone):
     `channels` (512), `pool_channels` (1500) and `embedding_dim` (512) are the spec's widths; smaller
     ones give a cheaper network with the same structure (quick CPU runs).
     """
+
+    accepts = Kind("feature-matrix")
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 from metaemb.plugins.vision.backbones.resnet import load_pretrained
 
@@ -20,6 +21,7 @@ class MobileNetV3Backbone(Backbone):
     """A torchvision MobileNetV3 without its classifier: [N, C, H, W] → pooled features [N, F]."""
 
     arch: ClassVar[str] = "mobilenet_v3_small"
+    accepts = Kind("image-tensor")
 
     def __init__(
         self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""

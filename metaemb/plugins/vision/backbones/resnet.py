@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
@@ -109,6 +110,7 @@ class ResNetBackbone(Backbone):
     """A torchvision ResNet without `fc`: image batch [N, C, H, W] → pooled features [N, F]."""
 
     arch: ClassVar[str] = "resnet18"
+    accepts = Kind("image-tensor")
 
     def __init__(
         self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""
