@@ -66,6 +66,7 @@ class TrainConfig:
     freeze_trunk_epochs: int = 0
     init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
     teacher: str = ""  # run dir or checkpoint of a frozen teacher (objective "distill")
+    augment: list[str] = field(default_factory=list)  # augmentations, in order ([augment.<name>])
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False
@@ -143,6 +144,10 @@ class Config:
         for section in COMPONENT_SECTIONS:
             if self.components.get(section):
                 out[section] = dict(sorted(self.components[section].items()))
+        if self.components.get("augment"):
+            out["augment"] = {
+                k: dict(sorted(v.items())) for k, v in self.components["augment"].items()
+            }
         return out
 
     def hash(self) -> str:
@@ -155,6 +160,10 @@ class Config:
             factory = registry(kind).get(self.component_name(section))
             full = {k: o.default for k, o in options_of(factory).items()}
             d[section] = {**full, **d.get(section, {})}
+        if self.train.augment:
+            from metaemb.core.train.augment import full_options
+
+            d["augment"] = full_options(self.train.augment, self.options("augment"))
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -229,6 +238,7 @@ def resolve(
 
     cfg = Config(modality=modality)
     pending: dict[str, dict[str, tuple[Any, bool]]] = {}  # section -> key -> (value, from_user)
+    pending["augment"] = {}  # augmentation name -> option -> (value, from_user)
     for origin, layer in layers:
         user = not origin.startswith("modality")
         for key, value in layer.items():
@@ -244,6 +254,11 @@ def resolve(
         cfg.train.sampler = getattr(
             registry("objectives").get(cfg.train.objective), "batch", "random"
         )
+    from metaemb.core.train.augment import resolve_options
+
+    augment = resolve_options(cfg.train.augment, pending.pop("augment"), cfg.model.features)
+    if augment:
+        cfg.components["augment"] = augment
     # Component options, validated against the chosen component (modality defaults that do not
     # apply to a component chosen by the user are dropped; the user's own keys must be valid).
     for section, keys in pending.items():
@@ -287,7 +302,12 @@ def _apply(
     if section in COMPONENT_SECTIONS and field_name:
         pending.setdefault(section, {})[field_name] = (value, user)
         return
-    valid = sorted([*TOP_LEVEL, *CORE_SECTIONS, *COMPONENT_SECTIONS])
+    if section == "augment":
+        from metaemb.core.train.augment import collect
+
+        collect(pending["augment"], field_name, value, origin, user)  # type: ignore[arg-type]
+        return
+    valid = sorted([*TOP_LEVEL, *CORE_SECTIONS, *COMPONENT_SECTIONS, "augment"])
     head = section if field_name else key
     raise ConfigError(
         f"unknown config key '{key}' ({origin});{suggest(head, valid)} valid sections and keys: "
@@ -320,5 +340,11 @@ def dumps_toml(d: dict[str, Any]) -> str:
     for k, v in d.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
-            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+            lines.extend(
+                f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)
+            )
+            for kk, vv in v.items():
+                if isinstance(vv, dict):  # nested tables, e.g. [augment.noise]
+                    lines.append(f"\n[{k}.{kk}]")
+                    lines.extend(f"{kkk} = {_toml_value(x)}" for kkk, x in vv.items())
     return "\n".join(lines) + "\n"

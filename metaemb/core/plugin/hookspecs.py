@@ -36,6 +36,11 @@ def register_backbones(register: Register) -> None:
 
 
 @hookspec
+def register_augmentations(register: Register) -> None:
+    """Register Augmentation classes (training batches only, on the device; never at evaluation)."""
+
+
+@hookspec
 def register_heads(register: Register) -> None:
     """Register Head classes (pooled features → point embedding or Gaussian meta-embedding)."""
 

@@ -232,6 +232,34 @@ class Features(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+class Augmentation(nn.Module):
+    """Training-batch augmentation, run batched on the training device (never at evaluation).
+
+    `stage` says where it acts: "input" — the collated batch before `Features.forward` (e.g.
+    waveforms); "features" — the network input after it (e.g. a filterbank). `accepts` names the
+    data kind it can augment (a `Kind`, checked against the kind the features accept or yield
+    when they declare it). `forward(x, lengths, labels)` returns the augmented (x, lengths, labels): it may
+    change lengths, and may map labels to new identities when `num_classes` says so.
+    """
+
+    stage: ClassVar[str] = "input"  # or "features"
+    accepts: ClassVar[Any] = None  # a contract Kind: the features' input or output kind
+
+    def setup(self, input_spec: dict[str, Any]) -> None:
+        """Called once with the features' `input_spec()` (e.g. to learn the sample rate)."""
+
+    def num_classes(self, num_identities: int) -> int:
+        """Classes the classifier needs once this augmentation has run (more if it makes new
+        identities, as speed perturbation does)."""
+        return num_identities
+
+    @abc.abstractmethod
+    def forward(
+        self, x: Tensor, lengths: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]: ...
+
+
+# ---------------------------------------------------------------------------------------------
 class Backbone(nn.Module):
     """Input batch → pooled features [N, feature_dim]. `trunk()` is what freezing freezes.
 

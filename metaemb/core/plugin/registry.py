@@ -12,6 +12,7 @@ KINDS: dict[str, str] = {
     "sample_folders": "register_sample_folders",
     "frontends": "register_frontends",
     "features": "register_features",
+    "augmentations": "register_augmentations",
     "backbones": "register_backbones",
     "heads": "register_heads",
     "objectives": "register_objectives",

@@ -95,14 +95,21 @@ class Trainer:
                 f"'{cfg.model.head}' outputs {head_output} embeddings; choose a matching pair "
                 "(e.g. model.head=gme with train.objective=gme-bxe)."
             )
-        self.classifier = self.objective.build_classifier(
-            cfg.model.dim, self.train_folder.num_identities
+        from metaemb.core.train.augment import build_augmenter
+
+        self.augmenter = build_augmenter(
+            cfg.train.augment, cfg.options("augment"), self.model.features
         )
+        self.num_classes = self.train_folder.num_identities
+        if self.augmenter is not None:  # e.g. speed perturbation makes new identities
+            self.augmenter = self.augmenter.to(self.device)
+            self.num_classes = self.augmenter.num_classes(self.num_classes)
+        self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
         teacher = self._teacher()
         self.step_module: nn.Module = TrainStep(
-            self.model, self.classifier, self.objective, teacher
+            self.model, self.classifier, self.objective, teacher, self.augmenter
         )
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -206,7 +213,7 @@ class Trainer:
                 "scorer": cfg.eval.scorer,
             },
             "input_spec": self.model.features.input_spec(),
-            "num_classes": self.train_folder.num_identities,
+            "num_classes": self.num_classes,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:

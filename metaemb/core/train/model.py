@@ -54,17 +54,26 @@ class TrainStep(nn.Module):
         classifier: nn.Module | None,
         objective: Objective,
         teacher: Teacher | None = None,
+        augment: nn.Module | None = None,
     ):
         super().__init__()
         self.model = model
+        self.augment = augment  # Augmenter: acts only in training mode, on the training device
         self.classifier = classifier if classifier is not None else nn.Identity()
         self.has_classifier = classifier is not None
         self.objective = objective
         self.teacher = teacher
 
     def forward(self, x: Tensor, lengths: Tensor | None, labels: Tensor) -> Tensor:
+        if self.augment is not None and self.training:
+            x, lengths, labels = self.augment.input(x, lengths, labels)
         if self.teacher is not None:
             logits = getattr(self.objective, "kd", "embedding") == "logits"
             self.objective.teacher_outputs = self.teacher(x, lengths, logits)
-        out = self.model(x, lengths)
+        if self.augment is not None and self.training:
+            feats, flen = self.model.features(x, lengths)
+            feats, flen, labels = self.augment.features(feats, flen, labels)
+            out = self.model.head(self.model.backbone(feats, flen))
+        else:
+            out = self.model(x, lengths)
         return self.objective(out, labels, self.classifier if self.has_classifier else None)

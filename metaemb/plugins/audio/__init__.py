@@ -73,6 +73,19 @@ def register_features(register: Register) -> None:
 
 
 @hookimpl
+def register_augmentations(register: Register) -> None:
+    from metaemb.plugins.audio.augment import AddNoise, Reverb, Telephone
+    from metaemb.plugins.audio.augment_spec import SpecAugment
+    from metaemb.plugins.audio.augment_speed import SpeedPerturb
+
+    register("noise", AddNoise, description="additive noise at sampled SNRs (MUSAN or built-in)")
+    register("reverb", Reverb, description="room reverberation (RIR folder or simulated rooms)")
+    register("speed", SpeedPerturb, description="speed perturbation 0.9/1.0/1.1, new identities")
+    register("telephone", Telephone, description="telephone band 300–3400 Hz + μ-law coding")
+    register("specaugment", SpecAugment, description="SpecAugment time/frequency masking")
+
+
+@hookimpl
 def register_backbones(register: Register) -> None:
     from metaemb.plugins.audio.backbones.tdnn import xvector
 

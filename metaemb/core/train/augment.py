@@ -1,0 +1,154 @@
+"""Training-batch augmentation: the `train.augment` list, its `[augment.<name>]` options, and
+the Augmenter that runs the chosen components on the training device, in training mode only.
+
+Config: `train.augment = ["a", "b"]` names registered augmentations, applied in that order
+within their stage; `[augment.a]` holds the options of "a" (`--set augment.a.p=0.5`). Options
+of an augmentation that is not in the list are validated and then dropped, so switching one
+off (`--set train.augment=[]`) needs no other change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.components import build, options_of, validate_options
+from metaemb.core.plugin.contract import ANY, Kind
+from metaemb.core.plugin.interfaces import Augmentation
+from metaemb.core.plugin.manager import registry
+
+SECTION = "augment"
+KIND = "augmentations"
+STAGES = ("input", "features")
+
+Pending = dict[str, dict[str, tuple[Any, bool]]]  # name -> option -> (value, from_user)
+
+
+def collect(pending: Pending, field_name: str, value: Any, origin: str, user: bool) -> None:
+    """Record one `augment…` config key: `augment` = {name: {…}}, `augment.name` = {…} or
+    `augment.name.option` = value."""
+    if not field_name:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"config key 'augment' ({origin}) must be a table of [augment.<name>] tables."
+            )
+        for name, table in value.items():
+            collect(pending, str(name), table, origin, user)
+        return
+    name, _, option = field_name.partition(".")
+    if option:
+        pending.setdefault(name, {})[option] = (value, user)
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"config key 'augment.{name}' ({origin}) must be a table of that augmentation's "
+            f"options (e.g. augment.{name}.p=0.5), got {value!r}."
+        )
+    for option, v in value.items():
+        pending.setdefault(name, {})[str(option)] = (v, user)
+
+
+def resolve_options(
+    chosen: list[str], pending: Pending, features: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Validate every augmentation named in the list or the options; keep the chosen ones'.
+    With the features' registered name, each chosen augmentation's data kind is checked too."""
+    reg = registry(KIND)
+    for name in chosen:
+        aug = reg.get(name)  # unknown names fail with suggestions
+        if features:
+            _check_kind(name, aug, registry("features").get(features), features)
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"train.augment names an augmentation twice: {chosen}.")
+    out: dict[str, dict[str, Any]] = {}
+    for name, keys in pending.items():
+        if name not in reg:
+            if not any(user for _, user in keys.values()):
+                continue  # a modality default for a component this install lacks
+            reg.get(name)
+        known = options_of(reg.get(name))
+        opts = {k: v for k, (v, user) in keys.items() if user or k in known}
+        opts = validate_options(KIND, name, opts, f"{SECTION}.{name}")
+        if name in chosen and opts:
+            out[name] = opts
+    return out
+
+
+def full_options(chosen: list[str], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every option of the chosen augmentations, defaults included (for the run hash)."""
+    out = {}
+    for name in chosen:
+        defaults = {k: o.default for k, o in options_of(registry(KIND).get(name)).items()}
+        out[name] = {**defaults, **options.get(name, {})}
+    return out
+
+
+class Augmenter(nn.Module):
+    """The run's augmentations; `input`/`features` are no-ops unless the module is training."""
+
+    def __init__(self, augmentations: dict[str, Augmentation], features: Any) -> None:
+        super().__init__()
+        self.by_stage: dict[str, list[str]] = {s: [] for s in STAGES}
+        spec = features.input_spec() if hasattr(features, "input_spec") else {}
+        for name, aug in augmentations.items():
+            if aug.stage not in STAGES:
+                raise ConfigError(
+                    f"augmentation '{name}' declares stage '{aug.stage}'; expected one of "
+                    f"{', '.join(STAGES)}."
+                )
+            _check_kind(name, aug, features)
+            aug.setup(spec)
+            self.by_stage[aug.stage].append(name)
+        self.augs = nn.ModuleDict(augmentations)
+
+    def num_classes(self, num_identities: int) -> int:
+        n = num_identities
+        for aug in self.augs.values():
+            n = aug.num_classes(n)
+        return n
+
+    def _run(
+        self, stage: str, x: Tensor, lengths: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        if not self.training:
+            return x, lengths, labels
+        for name in self.by_stage[stage]:
+            x, lengths, labels = self.augs[name](x, lengths, labels)
+        return x, lengths, labels
+
+    def input(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
+        """Augment the collated batch before the features run."""
+        return self._run("input", x, lengths, labels)
+
+    def features(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
+        """Augment the network input after the features ran."""
+        return self._run("features", x, lengths, labels)
+
+
+def _check_kind(name: str, aug: Any, features: Any, features_name: str = "") -> None:
+    """Refuse an augmentation whose data kind the features do not take/produce at its stage."""
+    if aug.accepts is None:
+        return
+    attr = "accepts" if aug.stage == "input" else "yields"
+    declared = getattr(features, attr, None)
+    kinds = declared if isinstance(declared, tuple) else (declared,)
+    names = [k.name for k in kinds if isinstance(k, Kind)]
+    if names and aug.accepts.name not in names and ANY.name not in names:
+        where = "take" if aug.stage == "input" else "produce"
+        raise ConfigError(
+            f"augmentation '{name}' augments '{aug.accepts.name}' but the features "
+            f"'{features_name or type(features).__name__}' {where} '{', '.join(names)}'; remove '{name}' from "
+            "train.augment or choose features that fit."
+        )
+
+
+def build_augmenter(
+    chosen: list[str], options: dict[str, dict[str, Any]], features: Any
+) -> Augmenter | None:
+    """The Augmenter for a run (None when `train.augment` is empty)."""
+    if not chosen:
+        return None
+    augs = {name: build(KIND, name, options.get(name, {})) for name in chosen}
+    return Augmenter(augs, features)

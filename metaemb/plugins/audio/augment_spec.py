@@ -1,0 +1,86 @@
+"""SpecAugment-style masking ("specaugment", Park et al. 2019) of the network input features
+[N, F, T]: up to `freq_masks` bands of up to `freq_width` bins and up to `time_masks` spans of up
+to `time_width` frames (inside each utterance's valid frames) are set to `value` (0: the mean
+after CMN). WeSpeaker's defaults: one mask of each, ≤ 8 bins and ≤ 10 frames, probability 0.6.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.contract import Kind
+from metaemb.core.plugin.interfaces import Augmentation
+
+FEATURE_MATRIX = Kind("feature-matrix")
+
+
+def band_mask(size: int, starts: Tensor, widths: Tensor) -> Tensor:
+    """[N, size] bool: True on [start, start + width) of each row (several bands per row when
+    starts/widths are [N, M])."""
+    pos = torch.arange(size, device=starts.device)
+    if starts.dim() == 1:
+        starts, widths = starts[:, None], widths[:, None]
+    inside = (pos[None, None, :] >= starts[..., None]) & (
+        pos[None, None, :] < (starts + widths)[..., None]
+    )
+    return inside.any(1)
+
+
+class SpecAugment(Augmentation):
+    """Frequency and time masking of the features, per utterance with probability `p`."""
+
+    stage = "features"
+    accepts = FEATURE_MATRIX
+
+    def __init__(
+        self,
+        p: float = 0.6,
+        freq_masks: int = 1,
+        freq_width: int = 8,
+        time_masks: int = 1,
+        time_width: int = 10,
+        value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0 or min(freq_masks, freq_width, time_masks, time_width) < 0:
+            raise ConfigError(
+                "augment.specaugment needs p in [0, 1] and non-negative mask counts and widths."
+            )
+        self.p = float(p)
+        self.freq = (int(freq_masks), int(freq_width))
+        self.time = (int(time_masks), int(time_width))
+        self.value = float(value)
+
+    def draw(self, n: int, count: int, width: int, limit: Tensor) -> tuple[Tensor, Tensor]:
+        """Random [n, count] starts and widths (0 … width) of bands inside [0, limit)."""
+        dev = limit.device
+        widths = torch.randint(0, width + 1, (n, count), device=dev)
+        widths = torch.minimum(widths, limit[:, None])
+        room = (limit[:, None] - widths + 1).clamp(min=1)
+        starts = (torch.rand(n, count, device=dev) * room).long()
+        return starts, widths
+
+    def masks(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The [N, F] frequency and [N, T] time masks for one batch (True = masked)."""
+        n, f, t = x.shape
+        dev = x.device
+        chosen = torch.rand(n, device=dev) < self.p
+        frames = lengths.to(dev) if lengths is not None else torch.full((n,), t, device=dev)
+        fs, fw = self.draw(n, self.freq[0], self.freq[1], torch.full((n,), f, device=dev))
+        ts, tw = self.draw(n, self.time[0], self.time[1], frames.long())
+        fmask = band_mask(f, fs, fw * chosen[:, None]) if self.freq[0] else torch.zeros(n, f)
+        tmask = band_mask(t, ts, tw * chosen[:, None]) if self.time[0] else torch.zeros(n, t)
+        return fmask.to(dev, torch.bool), tmask.to(dev, torch.bool)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        if x.dim() != 3:
+            raise ConfigError(
+                f"augment.specaugment masks [N, F, T] feature matrices; got a {x.dim()}-d batch."
+            )
+        fmask, tmask = self.masks(x, lengths)
+        hit = fmask[:, :, None] | tmask[:, None, :]
+        return x.masked_fill(hit, self.value), lengths, labels
