@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -88,7 +89,8 @@ def train(
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted; re-run the same command to resume {trainer.dir} from its last "
-            "completed epoch."
+            "completed epoch.",
+            markup=False,
         )
         raise typer.Exit(130) from None
 
@@ -178,7 +180,7 @@ def demo_data(
     name = registry("modalities").get(modality).demo_data
     opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
     build("demo_data", name, opts, out=out)
-    console.print(f"wrote the {modality} demo dataset to {out}")
+    console.print(f"wrote the {modality} demo dataset to {out}", markup=False)
 
 
 def plugins(
@@ -204,7 +206,7 @@ def plugins(
         table.add_row(p.name, p.version, "\n".join(p.hooks), comps)
     console.print(table)
     for f in st.failed:
-        console.print(f"[red]failed to load[/] {f.name}: {f.error}")
+        console.print(f"[red]failed to load[/] {escape(f.name)}: {escape(str(f.error))}")
 
 
 def list_components(
@@ -265,8 +267,6 @@ def main() -> None:
 
 
 def _print_error(text: str) -> None:
-    from rich.markup import escape
-
     message = escape(text)  # "metaemb[plots]" and paths like "data/mk[/y]z" are text, not markup
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 

@@ -149,10 +149,14 @@ def test_write_and_read_scores(tmp_path):
     trials = [Trial(("a/1", "a/2"), "b/1", 0), Trial(("a/1",), "a/3", 1), Trial(("c/1",), "c/2")]
     tr.write_scores(tmp_path / "scores.txt", trials, [-1.25, 3.5, 0.1])
     lines = (tmp_path / "scores.txt").read_text().splitlines()
-    assert lines[0] == "a/1,a/2 b/1 nontarget -1.25"
-    assert lines[2] == "c/1 c/2 - 0.1"
+    assert lines[0] == "a/1,a/2\tb/1\tnontarget\t-1.25"  # tab-separated: names may hold spaces
+    assert lines[2] == "c/1\tc/2\t-\t0.1"
     back, scores = tr.read_scores(tmp_path / "scores.txt")
     assert back == trials and scores.tolist() == [-1.25, 3.5, 0.1]
+    # Files of older metaemb versions (space-separated) still read.
+    (tmp_path / "old.txt").write_text("a/1,a/2 b/1 nontarget -1.25\n")
+    old, old_scores = tr.read_scores(tmp_path / "old.txt")
+    assert old == trials[:1] and old_scores.tolist() == [-1.25]
     with pytest.raises(DataError, match="2 trials but 1 scores"):
         tr.write_scores(tmp_path / "s.txt", trials[:2], [0.0])
 

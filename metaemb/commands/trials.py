@@ -45,7 +45,7 @@ def make(
 ) -> None:
     """Write a seeded trial list over the samples of DATA and print its coverage."""
     from metaemb.core.errors import MetaembError
-    from metaemb.core.eval.trials import coverage, make_trials, write_trials
+    from metaemb.core.eval.trials import check_listable, coverage, make_trials, write_trials
     from metaemb.core.paths import ensure_writable
     from metaemb.core.plugin.components import build
 
@@ -53,6 +53,7 @@ def make(
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
     ensure_writable(out, "trial list")
     sample_folder = build("sample_folders", _folder_name(modality, folder), {}, root=data)
+    check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     write_trials(out, trials, format)
     typer.echo(json.dumps({"out": str(out), **coverage(trials)}, indent=2))

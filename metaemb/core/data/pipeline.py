@@ -46,7 +46,9 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
     if console is not None and not out.exists():
-        console.print(f"Generating the built-in {mod.name} demo dataset into {out} (once) …")
+        console.print(
+            f"Generating the built-in {mod.name} demo dataset into {out} (once) …", markup=False
+        )
     build("demo_data", mod.demo_data, config.options("demo"), out=out)
     return out
 

@@ -22,6 +22,7 @@ from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.eval import metrics, report
 from metaemb.core.eval.trials import (
+    check_scorable,
     detect_format,
     lfw_folds,
     make_trials,
@@ -197,12 +198,10 @@ class Evaluation:
         scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
         if not getattr(scorer, "requires_fit", False):
             return scorer
-        saved = loaded.state.get("scorer") or {}
-        if name == cfg.eval.scorer and saved:
-            scorer.load_state_dict(saved)
-            return scorer
-        train, _ = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
-        self.console.print(f"fitting scorer '{name}' on {len(train)} training samples …")
+        train, _ = validation.split(loaded.parts.folder, loaded.config)
+        self.console.print(
+            f"fitting scorer '{name}' on {len(train)} training samples …", markup=False
+        )
         emb = loaded.embed(train, None, self.workers)
         scorer.fit(emb, torch.tensor(train.labels))
         return scorer
@@ -219,6 +218,7 @@ class Evaluation:
         labels = evals.labels()
         out = self.out or (self._run_dir() / f"eval-{evals.name}")
         self._check_outputs(out)  # before anything is embedded
+        check_scorable(evals.trials)
         cal = None
         if self.calibrate_path:
             path = self.calibrate_path

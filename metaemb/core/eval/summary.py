@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from metaemb.core.config import Config
@@ -40,8 +41,9 @@ def describe_run(
     """What is about to be trained, on what, and where its files go."""
     m = config.model
     console.print(
-        f"[bold]metaemb train[/] modality={config.modality} run={run_dir}\n"
-        f"  data: {root} ({len(train)} training samples of {train.num_identities} identities; "
+        f"[bold]metaemb train[/] modality={escape(config.modality)} run={escape(str(run_dir))}\n"
+        f"  data: {escape(str(root))} ({len(train)} training samples of {train.num_identities} "
+        "identities; "
         f"validation: {len(val)} samples of {val.num_identities} held-out identities, "
         f"{n_trials} trials)\n"
         f"  model: {m.frontend} → {m.features} → {m.backbone} → {m.head}({m.dim}); objective "

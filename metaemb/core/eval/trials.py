@@ -18,6 +18,7 @@ import math
 import os
 import re
 import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -69,17 +70,19 @@ def _enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
 # reading
 
 
-def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-empty, non-comment lines as (line number, fields)."""
+def _lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
+    """Non-empty, non-comment lines as (line number, fields); with `tabs`, a line holding a tab
+    is split at tabs only (so fields may contain spaces)."""
     if not path.is_file():
         raise DataError(f"trial list '{path}' does not exist.")
     try:
-        text = path.read_text()
+        # File names that are not valid UTF-8 come back as the same str os.listdir gives.
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read trial list '{path}': {exc}") from None
     out = []
     for i, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
+        fields = line.strip("\r\n").split("\t") if tabs and "\t" in line else line.split()
         if fields and not fields[0].startswith("#"):
             out.append((i, fields))
     if not out:
@@ -112,7 +115,9 @@ def read_trials(
     fmt = detect_format(path) if format == "auto" else format
     root_p = Path(root) if root is not None else None
     if fmt == "lfw":
-        return read_lfw_pairs(path, root_p)
+        trials = read_lfw_pairs(path, root_p)
+        warn_duplicates(trials, str(path))
+        return trials
     if fmt not in FORMATS:
         raise DataError(f"unknown trial-list format '{fmt}'; known: {', '.join(FORMATS)}.")
     trials = []
@@ -134,6 +139,7 @@ def read_trials(
                 )
             enroll, test, label = f[0], f[1], KALDI_LABELS[f[2]]
         trials.append(Trial(_enroll(enroll, root_p, where), safe_path(test, root_p, where), label))
+    warn_duplicates(trials, str(path))
     return trials
 
 
@@ -197,9 +203,70 @@ def _atomic_lines(path: str | Path, lines: Sequence[str]) -> None:
 
 def _field(paths: Sequence[str]) -> str:
     for p in paths:
-        if not p or any(c.isspace() for c in p) or "," in p:
-            raise DataError(f"cannot write path {p!r} in a trial list (empty, blank or ',').")
+        if not listable(p):
+            raise DataError(
+                f"cannot write path {p!r} in a VoxCeleb or Kaldi trial list: these formats "
+                "separate columns by whitespace and enrollment files by ',', so a path may not "
+                "be empty or contain spaces or ','. Rename the file or folder."
+            )
     return ",".join(paths)
+
+
+def listable(path: str) -> bool:
+    """Whether `path` fits a whitespace-separated trial list (non-empty, no blank, no ',')."""
+    return bool(path) and "," not in path and not any(c.isspace() for c in path)
+
+
+def check_listable(paths: Sequence[str], where: str) -> None:
+    """Refuse, before any trial is made, sample paths the VoxCeleb/Kaldi formats cannot hold."""
+    bad = [p for p in paths if not listable(p)]
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise DataError(
+            f"{len(bad)} sample path(s) of {where} contain spaces or ',' ({shown}); VoxCeleb and "
+            "Kaldi trial lists separate columns by whitespace and enrollment files by ',', so "
+            "they cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
+            "Training, embedding, enrollment and `evaluate` on a run's own validation trials "
+            "accept such names."
+        )
+
+
+def _score_field(paths: Sequence[str]) -> str:
+    for p in paths:
+        if not p or any(c in p for c in "\t\n\r"):
+            raise DataError(f"cannot write path {p!r} in scores.txt (empty, or a tab or newline).")
+    return ",".join(paths)
+
+
+def check_scorable(trials: Sequence[Trial]) -> None:
+    """Refuse, before anything is embedded, trials whose paths scores.txt cannot hold."""
+    for t in trials:
+        _score_field([*t.enroll, t.test])
+
+
+def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
+    """Warn about trials listed twice (they count twice in every metric) and pairs listed with
+    both labels (one of the two is wrong)."""
+    seen: dict[tuple[frozenset[str], str], int | None] = {}
+    dups = contradictions = 0
+    first: str | None = None
+    for t in trials:
+        key = (frozenset(t.enroll), t.test)
+        if key in seen:
+            if seen[key] == t.label:
+                dups += 1
+            else:
+                contradictions += 1
+            first = first or f"{','.join(t.enroll)} {t.test}"
+        else:
+            seen[key] = t.label
+    if dups or contradictions:
+        warnings.warn(
+            f"{where}: {dups} duplicated trial(s) and {contradictions} trial(s) repeated with the "
+            f"opposite label (first: '{first}'); duplicates count twice in every metric and a "
+            "contradicted pair is wrong once. Clean the list.",
+            stacklevel=2,
+        )
 
 
 def write_trials(
@@ -253,7 +320,8 @@ def lfw_lines(trials: Sequence[Trial], folds: int = 10) -> list[str]:
 
 
 def write_scores(path: str | Path, trials: Sequence[Trial], scores: Sequence[float]) -> None:
-    """Four columns `enroll test label score` (label target, nontarget or -), atomically."""
+    """Four tab-separated columns `enroll test label score` (label target, nontarget or -),
+    atomically; tabs, so file names with spaces round-trip."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(trials) != scores.size:
         raise DataError(f"{len(trials)} trials but {scores.size} scores.")
@@ -261,18 +329,18 @@ def write_scores(path: str | Path, trials: Sequence[Trial], scores: Sequence[flo
     _atomic_lines(
         path,
         [
-            f"{_field(t.enroll)} {_field([t.test])} {label[t.label]} {s:.9g}"
+            f"{_score_field(t.enroll)}\t{_score_field([t.test])}\t{label[t.label]}\t{s:.9g}"
             for t, s in zip(trials, scores.tolist(), strict=True)
         ],
     )
 
 
 def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
-    """Read a file written by write_scores."""
+    """Read a file written by write_scores (tab-separated; older space-separated files too)."""
     path = Path(path)
     inverse = {"target": 1, "nontarget": 0, "-": None}
     trials, scores = [], []
-    for lineno, f in _lines(path):
+    for lineno, f in _lines(path, tabs=True):
         try:
             if len(f) != 4 or f[2] not in inverse:
                 raise ValueError

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from metaemb.core.data.scan import ScanState, scan_identity, warn_skipped
 from metaemb.core.errors import DataError
 from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kind
 
@@ -87,17 +88,16 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
                 f"files with extensions {', '.join(sorted(exts))}."
             )
+        # Symlinks are followed, tracked by real path: no loops, aliases or duplicate files.
+        state = ScanState(os.path.realpath(root))
         for ident_dir in identity_dirs:
-            found = []
-            for dirpath, dirnames, filenames in os.walk(ident_dir):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for fn in sorted(filenames):
-                    if Path(fn).suffix.lower() in exts:
-                        rel = Path(dirpath, fn).relative_to(root).as_posix()
-                        found.append(Sample(rel, ident_dir.name, -1))
+            found = scan_identity(root, ident_dir, exts, state)
+            if found is None:
+                continue  # a link back to the root, or an alias of another identity folder
             if not found:
                 empty.append(ident_dir.name)
-            samples.extend(found)
+            samples.extend(Sample(rel, ident_dir.name, -1) for rel in found)
+        warn_skipped(root, state, self.what)
         if empty:
             shown = ", ".join(f"'{root / e}'" for e in empty[:5]) + (" …" if len(empty) > 5 else "")
             raise DataError(

@@ -71,8 +71,8 @@ def read_audio(
     """Read `path` (optionally the segment [start, end) in seconds) → float32 mono [T] in [−1, 1].
 
     Stereo is averaged to mono with a warning; a different sample rate is resampled (windowed-sinc,
-    warned once per rate pair) or refused (policy "error"). Unreadable, empty and all-zero audio
-    raise DataError naming the file.
+    warned once per rate pair) or refused (policy "error"). Unreadable, empty, all-zero and
+    non-finite (NaN/Inf) audio raise DataError naming the file.
     """
     path = Path(path)
     check_rate_policy(on_rate_mismatch)
@@ -96,6 +96,14 @@ def read_audio(
         raise DataError(f"cannot read audio file '{path}': {exc}") from exc
     if data.shape[0] == 0:
         raise DataError(f"audio {where} is empty (0 samples).")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(np.argmin(finite.all(axis=1)))
+        raise DataError(
+            f"audio {where} holds NaN or infinite samples ({int((~finite).sum())} values, the "
+            f"first at sample {bad}); a float WAV/FLAC with damaged data. Re-encode or remove the "
+            "file (with on_bad_sample='skip' it is skipped)."
+        )
     if data.shape[1] > 1:
         warnings.warn(
             f"audio file '{path}' has {data.shape[1]} channels; mixing down to mono (channel mean).",

@@ -150,10 +150,9 @@ class DlibLandmarks(LandmarkSource):
 
     def __call__(self, image: Any, path: str, root: Path) -> Landmarks:
         if image is None:
-            from PIL import Image
+            from metaemb.plugins.vision.imageio import read_image
 
-            with Image.open(Path(root) / path) as im:
-                image = im.convert("RGB")
+            image = read_image(Path(root) / path)  # any bit depth, size-capped
         img = to_hwc(image)
         rects = self.boxes(img)
         if not rects:

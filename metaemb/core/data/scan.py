@@ -1,0 +1,120 @@
+"""Scanning `<root>/<identity>/…/<sample>` trees safely in the presence of symbolic links.
+
+Symlinks are common in real datasets (a dataset assembled from folders on other disks), so they
+are followed, but every folder and file is tracked by its real path:
+
+- a folder whose real path is the data root or one of its ancestors (`ln -s . root/zz`,
+  `ln -s .. root/id/up`) is skipped: following it would loop, or turn the whole dataset into a
+  phantom identity holding a copy of every sample;
+- a folder already scanned under another name (an alias of an identity folder) is skipped;
+- a file already found under another name (a symlink to a sample, inside or outside the root)
+  is kept once, at its first path in sorted order: a sample paired with its own copy would be a
+  target trial labelled non-target, or vice versa.
+
+Every skip is counted and reported once as a warning naming the first few paths.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ScanState:
+    """Real paths seen so far and what was skipped (shared by all identities of one scan)."""
+
+    root_real: str
+    dirs: set[str] = field(default_factory=set)
+    files: dict[str, str] = field(default_factory=dict)  # real path → first relative path
+    loops: list[str] = field(default_factory=list)  # relative folders pointing at the root/above
+    aliases: list[str] = field(default_factory=list)  # relative folders already scanned
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
+
+
+def _is_ancestor_or_same(folder: str, path: str) -> bool:
+    """True when real path `folder` is `path` or contains it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def scan_identity(
+    root: Path, ident_dir: Path, exts: set[str], state: ScanState
+) -> list[str] | None:
+    """Sample paths (POSIX, relative to `root`, sorted depth-first) under one identity folder,
+    or None when the folder itself is skipped (a loop back to the root, or an alias)."""
+    found: list[str] = []
+    stack = [ident_dir]
+    first = True
+    while stack:
+        folder = stack.pop()
+        rel_dir = folder.relative_to(root).as_posix()
+        real = os.path.realpath(folder)
+        if _is_ancestor_or_same(real, state.root_real):
+            state.loops.append(rel_dir)
+            if first:
+                return None
+            continue
+        if real in state.dirs:
+            state.aliases.append(rel_dir)
+            if first:
+                return None
+            continue
+        state.dirs.add(real)
+        first = False
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable folder: nothing to list (a missing sample is reported at load)
+        subdirs = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not e.name.startswith("."):
+                    subdirs.append(Path(e.path))
+            elif Path(e.name).suffix.lower() in exts:
+                rel = Path(e.path).relative_to(root).as_posix()
+                real_file = (
+                    os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                )
+                kept = state.files.get(real_file)
+                if kept is not None:
+                    state.duplicates.append((rel, kept))
+                    continue
+                state.files[real_file] = rel
+                found.append(rel)
+        # Files of a folder first, then its sub-folders in name order (depth first).
+        stack.extend(reversed(subdirs))
+    return found
+
+
+def warn_skipped(root: Path, state: ScanState, what: str) -> None:
+    """One warning per kind of skip, naming the first few paths."""
+
+    def show(items: list[str]) -> str:
+        return ", ".join(f"'{i}'" for i in items[:3]) + (" …" if len(items) > 3 else "")
+
+    if state.loops:
+        warnings.warn(
+            f"data folder '{root}': skipped {len(state.loops)} symlinked folder(s) that point at "
+            f"the data root or above it ({show(state.loops)}); they would loop or duplicate the "
+            "whole dataset. Remove the links.",
+            stacklevel=3,
+        )
+    if state.aliases:
+        warnings.warn(
+            f"data folder '{root}': skipped {len(state.aliases)} folder(s) that are symlinks to "
+            f"folders already scanned ({show(state.aliases)}).",
+            stacklevel=3,
+        )
+    if state.duplicates:
+        pairs = [f"{a} = {b}" for a, b in state.duplicates]
+        warnings.warn(
+            f"data folder '{root}': skipped {len(state.duplicates)} {what}(s) that are links to "
+            f"{what}s already found under another name ({show(pairs)}); each file counts once.",
+            stacklevel=3,
+        )

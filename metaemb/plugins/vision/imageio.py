@@ -1,0 +1,108 @@
+"""Decoding image files to RGB uint8, whatever their bit depth or mode, with a size cap.
+
+PIL's `convert("RGB")` clips 16-bit and 32-bit grey values at 255, so a 16-bit PNG would load
+as an all-white image. Modes are therefore mapped explicitly:
+
+  1, L, P, PA, LA, RGB, RGBA, RGBX, CMYK, YCbCr, LAB, HSV   PIL's conversion (alpha dropped)
+  16-bit colour (PNG RGB/RGBA at 16 bits)                   PIL keeps the high byte (x >> 8)
+  I;16, I;16B, I;16L (16-bit grey)                          x >> 8, the same rule
+  I (32-bit integer grey)                                   read as 16-bit: x >> 8; values
+                                                            outside 0..65535 are refused
+  F (32-bit float grey)                                     read as intensities in [0, 1]:
+                                                            round(255·x); others are refused
+
+Images larger than MAX_IMAGE_PIXELS (env METAEMB_MAX_IMAGE_PIXELS) are refused from their header,
+before any pixel is decoded (a 12000² PNG takes seconds and gigabytes per read): downscaling
+silently would move the face landmarks, which are in the original pixel coordinates.
+Every refusal is a DataError naming the file, so `on_bad_sample = "skip"` skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from metaemb.core.errors import DataError
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: 120 MB as RGB uint8
+
+
+def max_image_pixels() -> int:
+    """The pixel cap: $METAEMB_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    value = os.environ.get("METAEMB_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(value) if value.strip() else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_PIXELS
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of a decoded image, by the mode rules in the module docstring."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img if mode in ("I;16", "I;16B", "I;16L", "I") else img.convert("I"))
+        a = a.astype(np.int64)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise DataError(
+                f"image '{path}' is a 32-bit integer image with values in [{int(a.min())}, "
+                f"{int(a.max())}], outside the 16-bit range metaemb reads; convert it to 8 or "
+                "16 bits per channel."
+            )
+        return _grey_to_rgb((a >> 8).astype(np.uint8))
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0):
+            raise DataError(
+                f"image '{path}' is a floating-point image with values outside [0, 1] (or not "
+                "finite); metaemb reads float images as intensities in [0, 1]. Convert it to an "
+                "8-bit image."
+            )
+        return _grey_to_rgb(np.round(a * 255.0).astype(np.uint8))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
+    """Decode one image file to an RGB uint8 tensor [3, H, W]; DataError naming the path if it
+    is missing, corrupt, empty, too large, or of a mode that cannot be mapped to 8 bits."""
+    path = Path(path)
+    cap = max_image_pixels() if max_pixels is None else int(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Our own cap (below PIL's) decides; PIL's bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > cap:
+                    raise DataError(
+                        f"image '{path}' is {w}×{h} ({w * h / 1e6:.1f} megapixels), above the "
+                        f"limit of {cap / 1e6:g} megapixels; downscale it (and its landmarks), or "
+                        "raise the limit with the environment variable METAEMB_MAX_IMAGE_PIXELS."
+                    )
+                img.load()
+                array = to_rgb8(img, path)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"image '{path}' does not exist.") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"image '{path}' is too large to decode safely ({exc}); downscale it."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise DataError(
+            f"image '{path}' is corrupt or not a readable image ({type(exc).__name__}: {exc}). "
+            "Replace or remove the file."
+        ) from None
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"image '{path}' is empty (shape {array.shape}).")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
