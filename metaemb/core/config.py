@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from metaemb.core.config_checks import check_values, migrate_options
 from metaemb.core.errors import ConfigError, suggest
-from metaemb.core.plugin.components import coerce, options_of, validate_options
+from metaemb.core.plugin.components import (
+    Unquoted,
+    coerce,
+    full_options,
+    options_of,
+    validate_options,
+)
 from metaemb.core.plugin.contract import check_chain
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality
@@ -96,8 +103,22 @@ COMPONENT_SECTIONS = {
     "scorer": "scorers",
     "demo": "demo_data",
 }
+# component section -> the core field that chooses its component
+CHOICE_FIELDS = {
+    "folder": ("data", "folder"),
+    "frontend": ("model", "frontend"),
+    "features": ("model", "features"),
+    "backbone": ("model", "backbone"),
+    "head": ("model", "head"),
+    "objective": ("train", "objective"),
+    "sampler": ("train", "sampler"),
+    "scorer": ("eval", "scorer"),
+}
 TOP_LEVEL = {"name": str, "modality": str}
 RUNTIME_KEYS = {("data", "workers"), ("data", "cache_dir")}
+# Core fields added after run hashes were first published: left out of the hash at these values,
+# so configurations that do not use them keep their run folders.
+HASH_NEUTRAL = {("train", "augment"): []}
 
 
 @dataclass
@@ -112,17 +133,11 @@ class Config:
 
     # -- chosen component names --------------------------------------------------------
     def component_name(self, section: str) -> str:
-        return {
-            "folder": self.data.folder,
-            "frontend": self.model.frontend,
-            "features": self.model.features,
-            "backbone": self.model.backbone,
-            "head": self.model.head,
-            "objective": self.train.objective,
-            "sampler": self.train.sampler,
-            "scorer": self.eval.scorer,
-            "demo": self.modality_obj().demo_data,
-        }[section]
+        """The component chosen for `section` ("" for "demo" when the modality has none)."""
+        if section == "demo":
+            return self.modality_obj().demo_data
+        core, key = CHOICE_FIELDS[section]
+        return getattr(getattr(self, core), key)
 
     def select_key(self) -> str:
         """The metrics key that picks the best checkpoint (minDCF at the first P_target)."""
@@ -155,15 +170,21 @@ class Config:
         d = self.to_dict()
         for section, key in RUNTIME_KEYS:
             d[section].pop(key, None)
+        for (section, key), neutral in HASH_NEUTRAL.items():
+            if d[section].get(key) == neutral:
+                d[section].pop(key)
         # Component defaults count too: a changed default must not resume an old run's files.
         for section, kind in COMPONENT_SECTIONS.items():
-            factory = registry(kind).get(self.component_name(section))
-            full = {k: o.default for k, o in options_of(factory).items()}
-            d[section] = {**full, **d.get(section, {})}
+            name = self.component_name(section)
+            if not name:
+                continue
+            factory = registry(kind).get(name)
+            every = {k: o.default for k, o in options_of(factory, internal=True).items()}
+            d[section] = {**every, **full_options(kind, name, d.get(section, {}))}
         if self.train.augment:
-            from metaemb.core.train.augment import full_options
+            from metaemb.core.train.augment import full_options as augment_options
 
-            d["augment"] = full_options(self.train.augment, self.options("augment"))
+            d["augment"] = augment_options(self.train.augment, self.options("augment"))
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -173,7 +194,8 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 def parse_set(item: str) -> tuple[str, Any]:
-    """'train.epochs=3' → ('train.epochs', 3); values parse as TOML literals, else strings."""
+    """'train.epochs=3' → ('train.epochs', 3); values parse as TOML literals, else as text
+    (`Unquoted`, which may still read as a number: "0.01,0.05" for a list of floats)."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), got '{item}'")
     key, raw = item.split("=", 1)
@@ -181,16 +203,25 @@ def parse_set(item: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
+        value = Unquoted(raw)
     return key, value
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist.")
+        raise ConfigError(f"config file '{p}' does not exist (or is not a file).")
     try:
-        return tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file '{p}' is not UTF-8 text (byte {exc.start}); TOML files must be UTF-8. "
+            "Re-save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{p}' cannot be read: {exc.strerror or exc}.") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
 
@@ -212,23 +243,79 @@ def _core_field_type(cls: type, key: str) -> Any:
     return typing.get_type_hints(cls)[key]
 
 
+def _modality_layers(mod: Modality) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The modality's core-key defaults, and its component options {section: {name: opts}}.
+
+    A component key in `Modality.defaults` ("backbone.channels") belongs to the modality's own
+    choice for that section, never to whatever component the user picks instead."""
+    core: dict[str, Any] = {
+        "model.frontend": mod.frontend,
+        "model.features": mod.features,
+        "model.backbone": mod.backbone,
+        "data.folder": mod.sample_folder,
+    }
+    legacy: dict[str, Any] = {}
+    for key, value in mod.defaults.items():
+        section = key.partition(".")[0]
+        (legacy if section in COMPONENT_SECTIONS else core)[key] = value
+    options = {sec: {n: dict(o) for n, o in t.items()} for sec, t in mod.options.items()}
+    for key, value in legacy.items():
+        section, _, option = key.partition(".")
+        if section == "demo":
+            name = mod.demo_data
+        else:
+            core_section, field_name = CHOICE_FIELDS[section]
+            name = core.get(f"{core_section}.{field_name}") or getattr(
+                CORE_SECTIONS[core_section](), field_name
+            )
+        _set_nested(options.setdefault(section, {}).setdefault(name or "*", {}), option, value)
+    return core, options
+
+
+def _set_nested(table: dict[str, Any], dotted: str, value: Any) -> None:
+    """table["a"]["b"] = value for "a.b"; a table merges into a table, a bare name (the old
+    form of a part, `scorer.base = "plda"`) becomes {"name": …}."""
+    head, _, rest = dotted.partition(".")
+    if rest:
+        inner = table.get(head)
+        if not isinstance(inner, dict):
+            inner = {"name": inner} if isinstance(inner, str) else {}
+            table[head] = inner
+        _set_nested(inner, rest, value)
+    elif isinstance(value, dict) and isinstance(table.get(head), dict):
+        for k, v in value.items():
+            _set_nested(table[head], k, v)
+    else:
+        table[head] = dict(value) if isinstance(value, dict) else value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; nested tables merge unless `top` names another component."""
+    out = dict(base)
+    for k, v in top.items():
+        old = out.get(k)
+        if (
+            isinstance(v, dict)
+            and isinstance(old, dict)
+            and v.get("name", old.get("name")) == (old.get("name"))
+        ):
+            out[k] = _merge(old, v)
+        else:
+            out[k] = v
+    return out
+
+
 def resolve(
     modality: str,
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> Config:
-    """Build the resolved Config for a modality from its defaults, a TOML file and --set items."""
+    """Build the resolved Config for a modality from its defaults, a TOML file and --set items,
+    then check values, the chosen components' options and the data contract between them."""
     mod: Modality = registry("modalities").get(modality)
-    layers: list[tuple[str, dict[str, Any]]] = []
-    defaults = {
-        "model.frontend": mod.frontend,
-        "model.features": mod.features,
-        "model.backbone": mod.backbone,
-        "data.folder": mod.sample_folder,
-    }
-    defaults.update(mod.defaults)
-    layers.append((f"modality '{modality}' defaults", defaults))
+    core_defaults, mod_options = _modality_layers(mod)
+    layers: list[tuple[str, dict[str, Any]]] = [(f"modality '{modality}' defaults", core_defaults)]
     if base:
         layers.append(("saved config", _flatten(base)))
     if config_file:
@@ -237,12 +324,12 @@ def resolve(
         layers.append(("--set", dict(parse_set(s) for s in sets)))
 
     cfg = Config(modality=modality)
-    pending: dict[str, dict[str, tuple[Any, bool]]] = {}  # section -> key -> (value, from_user)
-    pending["augment"] = {}  # augmentation name -> option -> (value, from_user)
+    pending: dict[str, dict[str, Any]] = {}  # section -> the user's (nested) option values
+    augment: dict[str, dict[str, tuple[Any, bool]]] = {}  # name -> option -> (value, from_user)
     for origin, layer in layers:
         user = not origin.startswith("modality")
         for key, value in layer.items():
-            _apply(cfg, key, value, origin, pending, user)
+            _apply(cfg, key, value, origin, pending, augment, user)
     if cfg.modality != modality:
         raise ConfigError(
             f"config sets modality '{cfg.modality}' but the command asked for '{modality}'."
@@ -254,22 +341,31 @@ def resolve(
         cfg.train.sampler = getattr(
             registry("objectives").get(cfg.train.objective), "batch", "random"
         )
+    check_values(cfg)
     from metaemb.core.train.augment import resolve_options
 
-    augment = resolve_options(cfg.train.augment, pending.pop("augment"), cfg.model.features)
-    if augment:
-        cfg.components["augment"] = augment
-    # Component options, validated against the chosen component (modality defaults that do not
-    # apply to a component chosen by the user are dropped; the user's own keys must be valid).
-    for section, keys in pending.items():
+    augment_opts = resolve_options(cfg.train.augment, augment)
+    if augment_opts:
+        cfg.components["augment"] = augment_opts
+    # Component options: the modality's options for the chosen component, then the user's.
+    for section, kind in COMPONENT_SECTIONS.items():
         name = cfg.component_name(section)
-        kind = COMPONENT_SECTIONS[section]
+        if not name:
+            if pending.get(section):
+                raise ConfigError(
+                    f"config section [{section}] is set, but modality '{modality}' has no "
+                    f"{section} component (pass --data DIR instead of demo options)."
+                )
+            continue
+        registry(kind).get(name)  # unknown names fail early, with suggestions
+        user = migrate_options(kind, name, pending.get(section, {}), section)
         known = options_of(registry(kind).get(name))
-        user_opts = {k: v for k, (v, user) in keys.items() if user or k in known}
-        if user_opts:
-            cfg.components[section] = validate_options(kind, name, user_opts, section)
-    for section in COMPONENT_SECTIONS:  # unknown names fail early with suggestions
-        registry(COMPONENT_SECTIONS[section]).get(cfg.component_name(section))
+        wildcard = {
+            k: v for k, v in mod_options.get(section, {}).get("*", {}).items() if k in known
+        }
+        opts = _merge(_merge(wildcard, mod_options.get(section, {}).get(name, {})), user)
+        if opts:
+            cfg.components[section] = validate_options(kind, name, opts, section)
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
 
@@ -279,7 +375,8 @@ def _apply(
     key: str,
     value: Any,
     origin: str,
-    pending: dict[str, dict[str, tuple[Any, bool]]],
+    pending: dict[str, dict[str, Any]],
+    augment: dict[str, dict[str, tuple[Any, bool]]],
     user: bool,
 ) -> None:
     if key in TOP_LEVEL:
@@ -300,12 +397,16 @@ def _apply(
         )
         return
     if section in COMPONENT_SECTIONS and field_name:
-        pending.setdefault(section, {})[field_name] = (value, user)
+        if field_name == "name" and section in CHOICE_FIELDS:  # [scorer] name = "asnorm"
+            core, choice = CHOICE_FIELDS[section]
+            _apply(cfg, f"{core}.{choice}", value, origin, pending, augment, user)
+            return
+        _set_nested(pending.setdefault(section, {}), field_name, value)
         return
     if section == "augment":
         from metaemb.core.train.augment import collect
 
-        collect(pending["augment"], field_name, value, origin, user)  # type: ignore[arg-type]
+        collect(augment, field_name, value, origin, user)
         return
     valid = sorted([*TOP_LEVEL, *CORE_SECTIONS, *COMPONENT_SECTIONS, "augment"])
     head = section if field_name else key
@@ -316,7 +417,8 @@ def _apply(
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a resolved Config saved by `to_dict` (e.g. from a checkpoint or config.toml)."""
+    """Rebuild a resolved Config saved by `to_dict` (e.g. from a checkpoint or config.toml);
+    keys written by earlier versions are migrated with a warning (see config_checks)."""
     modality = d.get("modality", "face")
     return resolve(modality, base=d)
 
@@ -335,16 +437,18 @@ def _toml_value(v: Any) -> str:
 
 
 def dumps_toml(d: dict[str, Any]) -> str:
-    """A minimal TOML writer for configs: top-level scalars, then one table per section."""
+    """A minimal TOML writer for configs: top-level scalars, then one table per section, then
+    its nested tables ([scorer.base], [augment.noise])."""
     lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    _tables(d, "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _tables(d: dict[str, Any], prefix: str, lines: list[str]) -> None:
     for k, v in d.items():
         if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
+            lines.append(f"\n[{prefix}{k}]")
             lines.extend(
                 f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)
             )
-            for kk, vv in v.items():
-                if isinstance(vv, dict):  # nested tables, e.g. [augment.noise]
-                    lines.append(f"\n[{k}.{kk}]")
-                    lines.extend(f"{kkk} = {_toml_value(x)}" for kkk, x in vv.items())
-    return "\n".join(lines) + "\n"
+            _tables(v, f"{prefix}{k}.", lines)

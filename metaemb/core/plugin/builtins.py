@@ -104,3 +104,10 @@ def register_frontends(register: Register) -> None:
     from metaemb.core.plugin.interfaces import IdentityFrontend
 
     register("none", IdentityFrontend, description="Leave samples as they are.")
+
+
+@hookimpl
+def register_features(register: Register) -> None:
+    from metaemb.core.plugin.passthrough import IdentityFeatures
+
+    register("none", IdentityFeatures, description="samples are network input: stack or pad them")

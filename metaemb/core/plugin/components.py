@@ -58,24 +58,26 @@ def internal_names(factory: Any) -> frozenset[str]:
     return frozenset(getattr(factory, "internal", ()) or ())
 
 
-def parts_of(factory: Any) -> dict[str, str]:
-    """A composite's nested-table options: {option name: registry kind of the part}."""
+def parts_of(factory: Any) -> dict[str, Any]:
+    """A composite's nested-table options: {option name: registry kind of the part, or the
+    part's factory when the part is fixed (e.g. the filterbank of the audio features)}."""
     return dict(getattr(factory, "parts", None) or {})
 
 
-def options_of(factory: Any) -> dict[str, Option]:
-    """The user-tunable keyword options of a factory, with their types and defaults."""
+def options_of(factory: Any, internal: bool = False) -> dict[str, Option]:
+    """The user-tunable keyword options of a factory, with their types and defaults (with
+    `internal`, its internal constructor arguments too: the run hash counts every default)."""
     fn = _callable(factory)
     try:
         hints = typing.get_type_hints(fn)
     except Exception:
         hints = {}
-    internal = internal_names(factory)
+    hidden = frozenset() if internal else internal_names(factory)
     out: dict[str, Option] = {}
     for p in inspect.signature(fn).parameters.values():
         if p.name in ("self", "cls") or p.name in CONTEXT_NAMES:
             continue
-        if p.name.startswith("_") or p.name in internal:
+        if p.name in hidden or (p.name.startswith("_") and not internal):
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -86,6 +88,18 @@ def options_of(factory: Any) -> dict[str, Option]:
 def _accepts(factory: Any) -> set[str]:
     params = inspect.signature(_callable(factory)).parameters
     return {p.name for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+class Unquoted(str):
+    """A `--set` value that is not a TOML literal (e.g. `sgd`, `0.01,0.05`): text that may still
+    be read as a number or boolean. A quoted TOML string ("0.1") never is."""
+
+
+def _text_number(value: Any, where: str, what: str) -> None:
+    if isinstance(value, str) and not isinstance(value, Unquoted):
+        raise ConfigError(
+            f"{where}: expected {what}, got the string {value!r}; write it without quotes."
+        )
 
 
 def coerce(value: Any, typ: Any, where: str) -> Any:
@@ -107,14 +121,15 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not a valid {_typename(typ)}")
     if origin is typing.Literal:
         if value in args:
-            return value
+            return str(value) if isinstance(value, str) else value
         choices = ", ".join(repr(a) for a in args)
         raise ConfigError(
             f"{where}: {value!r} is not one of {choices}.{suggest(str(value), map(str, args))}"
         )
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+            mark = Unquoted if isinstance(value, Unquoted) else str
+            value = [mark(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list ({_typename(typ)}), got {value!r}")
         inner = args[0] if args else Any
@@ -123,6 +138,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
+        _text_number(value, where, "true or false")
         if isinstance(value, str) and value.lower() in (
             "true",
             "1",
@@ -142,6 +158,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        _text_number(value, where, "an integer")
         if isinstance(value, str):
             try:
                 return int(value)
@@ -153,6 +170,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
             return float(value)
+        _text_number(value, where, "a number")
         if isinstance(value, str):
             try:
                 return float(value)
@@ -161,7 +179,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if typ is str:
         if isinstance(value, str):
-            return value
+            return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if typ is dict or origin is dict:
         if isinstance(value, dict):
@@ -178,7 +196,11 @@ def validate_options(kind: str, name: str, options: dict[str, Any], section: str
     """Check user options for component `name` of `kind`; return them coerced to their types.
 
     Nested tables of a composite's parts are checked against the part they name."""
-    factory = registry(kind).get(name)
+    label = f"{registry(kind).singular} '{name}'"
+    return _validate(registry(kind).get(name), label, options, section)
+
+
+def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str) -> dict[str, Any]:
     known = options_of(factory)
     parts = parts_of(factory)
     out = {}
@@ -186,7 +208,7 @@ def validate_options(kind: str, name: str, options: dict[str, Any], section: str
         if key not in known:
             valid = ", ".join(sorted(known)) or "(none)"
             raise ConfigError(
-                f"unknown config key '{section}.{key}' for {registry(kind).singular} '{name}';"
+                f"unknown config key '{section}.{key}' for {label};"
                 f"{suggest(key, known)} valid keys: {valid}."
             )
         if key in parts:
@@ -216,9 +238,14 @@ def part_table(value: Any, default: Any = None) -> dict[str, Any] | None:
     return table
 
 
-def validate_part(kind: str, value: Any, default: Any, where: str) -> dict[str, Any] | str:
-    """Check a nested part table: its `name` is a registered component of `kind`, the rest are
-    that component's options."""
+def validate_part(part: Any, value: Any, default: Any, where: str) -> dict[str, Any] | str:
+    """Check a nested part table. A registry part (`part` is a kind such as "scorers") names a
+    registered component in `name`, the rest are its options; a fixed part (`part` is a
+    factory) is a table of that factory's options."""
+    if not isinstance(part, str):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{where}' must be a table of options, got {value!r}.")
+        return _validate(part, f"[{where}]", value, where)
     try:
         table = part_table(value, default)
     except ConfigError as exc:
@@ -228,28 +255,34 @@ def validate_part(kind: str, value: Any, default: Any, where: str) -> dict[str, 
     name = table.pop("name", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(
-            f"config table [{where}] needs a 'name' naming a registered {registry(kind).singular} "
-            f"(`metaemb list {kind}`)."
+            f"config table [{where}] needs a 'name' naming a registered {registry(part).singular} "
+            f"(`metaemb list {part}`)."
         )
-    registry(kind).get(name)  # unknown names fail here, with suggestions
-    return {"name": name, **validate_options(kind, name, table, where)}
+    registry(part).get(name)  # unknown names fail here, with suggestions
+    return {"name": name, **validate_options(part, name, table, where)}
 
 
 def full_options(kind: str, name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every option of component `name` (defaults filled in, nested part tables expanded)."""
-    factory = registry(kind).get(name)
-    parts = parts_of(factory)
-    out = {k: o.default for k, o in options_of(factory).items()}
+    return _full(registry(kind).get(name), options)
+
+
+def _full(factory: Any, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    known = options_of(factory)
+    out = {k: o.default for k, o in known.items()}
     out.update(options or {})
-    for key, part_kind in parts.items():
+    for key, part in parts_of(factory).items():
         if key not in out:
             continue
-        table = part_table(out[key], options_of(factory)[key].default)
+        if not isinstance(part, str):
+            out[key] = _full(part, {**(known[key].default or {}), **(out[key] or {})})
+            continue
+        table = part_table(out[key], known[key].default)
         if table is None:
             out[key] = "none"
             continue
         part_name = table.pop("name")
-        out[key] = {"name": part_name, **full_options(part_kind, part_name, table)}
+        out[key] = {"name": part_name, **full_options(part, part_name, table)}
     return out
 
 

@@ -1,0 +1,147 @@
+"""Checks a resolved config must pass before any work: value ranges, plain run names, and the
+migration of option keys written by earlier metaemb versions.
+
+Out-of-range values are refused, never clamped: a negative learning rate, a validation fraction
+outside (0, 1) or an empty list of target priors would otherwise fail (or silently do something
+else) after minutes of work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.components import options_of, part_table, parts_of
+from metaemb.core.plugin.manager import registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metaemb.core.config import Config
+
+# A run name becomes a folder name under runs/<modality>/: letters, digits, ".", "_", "-", "+".
+RUN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _fraction(v: float) -> bool:
+    return 0 < v < 1
+
+
+# (section, key) -> (test, what the value must be)
+RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("data", "val_fraction"): (_fraction, "a fraction strictly between 0 and 1"),
+    ("data", "workers"): (_non_negative, "≥ 0 (0 loads data in the main process)"),
+    ("model", "dim"): (_positive, "≥ 1"),
+    ("train", "epochs"): (_positive, "≥ 1"),
+    ("train", "batch_size"): (_positive, "≥ 1"),
+    ("train", "lr"): (_positive, "> 0"),
+    ("train", "weight_decay"): (_non_negative, "≥ 0"),
+    ("train", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "warmup_epochs"): (_non_negative, "≥ 0"),
+    ("train", "grad_clip"): (_non_negative, "≥ 0 (0 disables clipping)"),
+    ("train", "classifier_lr_mult"): (_non_negative, "≥ 0"),
+    ("train", "head_lr_mult"): (_non_negative, "≥ 0"),
+    ("train", "freeze_trunk_epochs"): (_non_negative, "≥ 0"),
+    ("train", "seed"): (_non_negative, "≥ 0"),
+    ("eval", "max_targets"): (_positive, "≥ 1"),
+    ("eval", "nontargets"): (_positive, "≥ 1"),
+    ("eval", "batch_size"): (_positive, "≥ 1"),
+}
+
+
+def check_values(cfg: Config) -> None:
+    """Refuse out-of-range values of the core sections with the key and the valid range."""
+    check_run_name(cfg.name)
+    for (section, key), (test, what) in RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if (isinstance(value, float) and math.isnan(value)) or not test(value):
+            raise ConfigError(f"config key '{section}.{key}' must be {what}; got {value!r}.")
+    targets = cfg.eval.p_targets
+    if not targets:
+        raise ConfigError(
+            "config key 'eval.p_targets' is empty; give at least one target prior for minDCF, "
+            "e.g. eval.p_targets=[0.01, 0.05]."
+        )
+    bad = [p for p in targets if not 0 < p < 1]
+    if bad:
+        raise ConfigError(
+            f"config key 'eval.p_targets' holds {bad[0]!r}; every target prior must be strictly "
+            "between 0 and 1."
+        )
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain folder name: it must not reach outside runs/<modality>/."""
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"run name {name!r} is not a plain name; use letters, digits, '.', '_', '-' or '+' "
+            "(at most 100, not starting with '.'), e.g. --set name=resnet-arcface."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+def migrate_options(kind: str, name: str, options: dict[str, Any], section: str) -> dict[str, Any]:
+    """Move option keys written before composites took nested tables into their part's table.
+
+    Earlier versions restated a part's parameters on the composite (`scorer.lda_dim` for the
+    s-norm's base scorer, `features.n_mels` for the fbank of the audio features); such a key is
+    moved to the part that takes it (`scorer.base.lda_dim`), or dropped when the chosen part has
+    no such option (e.g. `subtract_mean` with a PLDA base, which ignored it), with a warning.
+    """
+    factory = registry(kind).get(name)
+    parts = parts_of(factory)
+    if not parts:
+        return options
+    known = options_of(factory)
+    out = dict(options)
+    for key in list(out):
+        if key in known:
+            continue
+        for part, part_kind in parts.items():
+            table = part_table(out.get(part), known[part].default)
+            if table is None:
+                continue
+            part_factory = _part_factory(part_kind, table)
+            if part_factory is None:
+                continue
+            if key in options_of(part_factory):
+                table[key] = out.pop(key)
+                out[part] = table
+                warnings.warn(
+                    f"config key '{section}.{key}' is now '{section}.{part}.{key}' (moved; "
+                    f"write it in the [{section}.{part}] table).",
+                    stacklevel=2,
+                )
+                break
+            if isinstance(part_kind, str) and any(
+                key in options_of(e.factory) for e in registry(part_kind).entries()
+            ):
+                out.pop(key)
+                warnings.warn(
+                    f"config key '{section}.{key}' does not apply to {section}.{part} "
+                    f"'{table.get('name')}' and is ignored (as it was before).",
+                    stacklevel=2,
+                )
+                break
+    return out
+
+
+def _part_factory(part_kind: Any, table: dict[str, Any]) -> Any:
+    if not isinstance(part_kind, str):
+        return part_kind  # a fixed part: the factory itself
+    name = table.get("name")
+    return (
+        registry(part_kind).get(name)
+        if isinstance(name, str) and name in registry(part_kind)
+        else None
+    )
