@@ -245,23 +245,15 @@ class Trainer:
             self._restore(state)
             start_epoch, step, best = state["epoch"], state["step"], state["best"]
             history = list(state.get("history", []))
-            self.skipped = self.checkpointer.skipped()
-            self.resumed = True
-            if self.start_epoch >= cfg.train.epochs:
-                from rich.markup import escape
-
+            if self.dist.main:
+                self._trim_metrics(start_epoch)
+            if start_epoch >= cfg.train.epochs:
                 self.console.print(
-                    f"[bold]Run {escape(str(self.dir))} is complete[/] "
-                    f"({self.start_epoch}/{cfg.train.epochs} "
-                    "epochs); use --fresh to train it again."
+                    f"[bold]Run {self.dir} is complete[/] ({start_epoch}/{cfg.train.epochs} epochs); "
+                    "use --fresh to train it again."
                 )
-                return self._summary(history)
-            self.console.print(
-                f"Resuming {self.dir} from epoch {self.start_epoch}/{cfg.train.epochs}.",
-                markup=False,
-            )
-            if self.start_epoch > 0 and self.sampler.updates_from_embeddings:
-                self._update_sampler()  # its mined batches are not part of the checkpoint
+                return self._summary(history, complete=True)
+            self.console.print(f"Resuming {self.dir} from epoch {start_epoch}/{cfg.train.epochs}.")
         else:
             self._describe()
             if cfg.train.init_head_from_plda:
