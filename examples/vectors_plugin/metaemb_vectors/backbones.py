@@ -9,10 +9,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from metaemb.core import Backbone, ConfigError
+from metaemb.core.plugin.contract import Kind
 
 
 class VectorMLP(Backbone):
     """Linear → (LayerNorm → GELU → Linear, residual) × `layers`: a learned non-linear projection."""
+
+    accepts = Kind("vector")
 
     def __init__(
         self, in_channels: int = 32, hidden: int = 128, layers: int = 2, dropout: float = 0.0
@@ -41,6 +44,8 @@ class VectorMLP(Backbone):
 
 class IdentityBackbone(Backbone):
     """No parameters: the vectors go straight to the head (PLDA / GME back-end on given vectors)."""
+
+    accepts = Kind("vector")
 
     def __init__(self, in_channels: int = 32) -> None:
         super().__init__()

@@ -15,10 +15,14 @@ import torch
 from torch import Tensor
 
 from metaemb.core import ConfigError, DataError, Features
+from metaemb.core.plugin.contract import Kind, Opt
 
 
 class VectorFeatures(Features):
-    """Fixed-size vectors → network input [N, size] (optionally mean-removed and length-normalised)."""
+    """Fixed-size vectors → network input [N, size] (optionally length-normalised)."""
+
+    accepts = Kind("vector")
+    yields = Kind("vector", size=Opt("size"))  # [N, size]: the size is the option
 
     def __init__(self, size: int = 32, length_norm: bool = False, noise: float = 0.0) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core import DataError, SampleFolder
+from metaemb.core.plugin.contract import Kind
 
 
 def read_vector(path: str | Path) -> Tensor:
@@ -50,6 +51,7 @@ class NpyFolder(SampleFolder):
 
     extensions: ClassVar[tuple[str, ...]] = (".npy",)
     what: ClassVar[str] = "vector file"
+    yields = Kind("vector")  # float32 [D]; D is checked by the features
 
     def load(self, path: Path) -> Tensor:
         return read_vector(path)

@@ -95,3 +95,17 @@ def test_wrong_vector_size_is_one_clear_error(vectors_plugin, demo, tmp_path, mo
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err
     assert "features.size=32" in err
+
+
+def test_resolve_refuses_components_that_do_not_fit_before_reading_data(vectors_plugin):
+    """The declared kinds (folder yields `vector`, …) are checked by resolve, naming both sides."""
+    from metaemb.core import ConfigError
+    from metaemb.core.config import resolve
+
+    resolve("vectors", None, [])  # the modality's own chain fits
+    with pytest.raises(ConfigError) as err:
+        resolve("vectors", None, ["model.backbone=xvector"])
+    message = str(err.value)
+    assert "backbone 'xvector'" in message and "features 'vector'" in message
+    with pytest.raises(ConfigError, match="folder 'npy'"):
+        resolve("speaker", None, ["data.folder=npy"])
