@@ -198,7 +198,11 @@ class Evaluation:
         scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
         if not getattr(scorer, "requires_fit", False):
             return scorer
-        train, _ = validation.split(loaded.parts.folder, loaded.config)
+        saved = loaded.state.get("scorer") or {}
+        if name == cfg.eval.scorer and saved:
+            scorer.load_state_dict(saved)
+            return scorer
+        train, _ = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
         self.console.print(
             f"fitting scorer '{name}' on {len(train)} training samples …", markup=False
         )
