@@ -178,6 +178,10 @@ def demo_data(
     from metaemb.core.plugin.manager import registry
 
     name = registry("modalities").get(modality).demo_data
+    if not name:
+        from metaemb.core.errors import ConfigError
+
+        raise ConfigError(f"modality '{modality}' has no built-in demo dataset.")
     opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
     build("demo_data", name, opts, out=out)
     console.print(f"wrote the {modality} demo dataset to {out}", markup=False)

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from metaemb.core.errors import DataError
+from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
 
 
@@ -60,9 +61,10 @@ class PreparedDataset(Dataset):
             with torch.no_grad():
                 x = self.features.prepare(raw, self.train)
         except DataError as exc:
+            exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":
                 return Bad(index, sample.path, str(exc))
-            raise
+            raise exc from None
         return x, sample.label, index
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
+from metaemb.core.errors import ConfigError
 from metaemb.core.plugin.components import build, options_of
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
@@ -41,6 +42,11 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     if config.data.root:
         return Path(config.data.root)
     mod = config.modality_obj()
+    if not mod.demo_data:
+        raise ConfigError(
+            f"modality '{mod.name}' has no built-in demo dataset; pass --data DIR (a folder of "
+            "<identity>/<sample> files)."
+        )
     opts = {k: o.default for k, o in options_of(registry("demo_data").get(mod.demo_data)).items()}
     opts.update(config.options("demo"))
     key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -6,42 +6,8 @@ loading the plugin stays cheap.
 
 from __future__ import annotations
 
-from typing import Any
-
 from metaemb import hookimpl
 from metaemb.core.plugin.hookspecs import Register
-
-
-def ecapa512(
-    in_channels: int = 80,
-    embedding_dim: int = 192,
-    mfa_channels: int = 1536,
-    scale: int = 8,
-    se_channels: int = 128,
-    attention_channels: int = 128,
-) -> Any:
-    """ECAPA-TDNN with C = 512 (~6.2 M parameters), 192-dim output."""
-    from metaemb.plugins.audio.backbones.ecapa import ecapa_tdnn
-
-    return ecapa_tdnn(
-        in_channels, 512, embedding_dim, mfa_channels, scale, se_channels, attention_channels
-    )
-
-
-def ecapa1024(
-    in_channels: int = 80,
-    embedding_dim: int = 192,
-    mfa_channels: int = 1536,
-    scale: int = 8,
-    se_channels: int = 128,
-    attention_channels: int = 128,
-) -> Any:
-    """ECAPA-TDNN with C = 1024 (~14.7 M parameters), 192-dim output."""
-    from metaemb.plugins.audio.backbones.ecapa import ecapa_tdnn
-
-    return ecapa_tdnn(
-        in_channels, 1024, embedding_dim, mfa_channels, scale, se_channels, attention_channels
-    )
 
 
 @hookimpl
@@ -90,6 +56,12 @@ def register_backbones(register: Register) -> None:
     from metaemb.plugins.audio.backbones.tdnn import xvector
 
     register("xvector", xvector, description="x-vector TDNN (Snyder 2018), masked stats pooling")
+    from metaemb.core.plugin.components import preset
+    from metaemb.plugins.audio.backbones.ecapa import ECAPATDNN
+
+    # Presets of one class: their options are ECAPATDNN's own, never restated here.
+    ecapa512 = preset(ECAPATDNN, "ECAPA-TDNN with C = 512 (~6.2 M parameters).", channels=512)
+    ecapa1024 = preset(ECAPATDNN, "ECAPA-TDNN with C = 1024 (~14.7 M parameters).", channels=1024)
     register("ecapa512", ecapa512, description="ECAPA-TDNN, C = 512, 192-dim output")
     register("ecapa1024", ecapa1024, description="ECAPA-TDNN, C = 1024, 192-dim output")
 
@@ -119,10 +91,13 @@ def register_modalities(register: Register) -> None:
             # Sized for the demo on 2 CPU cores: a narrower x-vector (same layer table, 256/768
             # channels) trains to < half the mean-fbank EER in minutes; on real data use
             # --set backbone.channels=512 --set backbone.pool_channels=1500 (the paper's sizes).
+            options={
+                "backbone": {
+                    "xvector": {"channels": 256, "pool_channels": 768, "embedding_dim": 256}
+                },
+                "features": {"fbank": {"crop_seconds": 2.0}},
+            },
             defaults={
-                "backbone.channels": 256,
-                "backbone.pool_channels": 768,
-                "backbone.embedding_dim": 256,
                 "model.dim": 128,
                 "train.epochs": 6,
                 "train.batch_size": 64,
@@ -130,7 +105,6 @@ def register_modalities(register: Register) -> None:
                 "train.lr": 2e-3,
                 "train.weight_decay": 1e-4,
                 "train.warmup_epochs": 1.0,
-                "features.crop_seconds": 2.0,
             },
         ),
         description="speaker verification: energy VAD + fbank + x-vector",

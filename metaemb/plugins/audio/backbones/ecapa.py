@@ -154,16 +154,5 @@ class ECAPATDNN(Backbone):
         return nn.ModuleList([self.stem, self.blocks, self.mfa])
 
 
-def ecapa_tdnn(
-    in_channels: int = 80,
-    channels: int = 512,
-    embedding_dim: int = 192,
-    mfa_channels: int = 1536,
-    scale: int = 8,
-    se_channels: int = 128,
-    attention_channels: int = 128,
-) -> ECAPATDNN:
-    """ECAPA-TDNN: SE-Res2Blocks, multi-layer aggregation, attentive stats pooling, 192-d output."""
-    return ECAPATDNN(
-        in_channels, channels, embedding_dim, mfa_channels, scale, se_channels, attention_channels
-    )
+# The factory name the tests and older code use; the class's signature is the one option list.
+ecapa_tdnn = ECAPATDNN
