@@ -215,20 +215,20 @@ def plugins(
 
 def list_components(
     kind: Annotated[str, typer.Argument(help="backbones, frontends, objectives, scorers, …")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="options with types and defaults, data kinds")
+    ] = False,
 ) -> None:
     """List registered components of one kind."""
-    from metaemb.core.errors import ConfigError, suggest
+    from metaemb.commands.listing import as_json as listing_json
+    from metaemb.commands.listing import kind_key
     from metaemb.core.plugin.components import options_of
     from metaemb.core.plugin.manager import registry
-    from metaemb.core.plugin.registry import KINDS
 
-    key = kind.replace("-", "_")
-    if key not in KINDS and key + "s" in KINDS:
-        key += "s"
-    if key not in KINDS:
-        raise ConfigError(
-            f"unknown component kind '{kind}';{suggest(key, KINDS)} kinds: {', '.join(KINDS)}."
-        )
+    key = kind_key(kind)
+    if as_json:
+        typer.echo(listing_json(key))
+        return
     table = Table(title=f"metaemb {key}")
     for col in ("name", "plugin", "options", "description"):
         table.add_column(col)

@@ -1,0 +1,109 @@
+"""`metaemb list KIND [--json]`: the registered components of one kind, with their options and
+data contract. The JSON form is what scripts (and the conformance test) read: every option's
+type and default, so options round-trip through it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from typing import Any
+
+from metaemb.core.errors import ConfigError, suggest
+
+
+def kind_key(kind: str) -> str:
+    """`backbone`, `sample-folders`, … → the registry kind (`backbones`, `sample_folders`)."""
+    from metaemb.core.plugin.registry import KINDS
+
+    key = kind.replace("-", "_")
+    for plural in (key + "s", key[:-1] + "ies", key + "_data"):  # singular names work too
+        if key not in KINDS and plural in KINDS:
+            key = plural
+    if key not in KINDS:
+        raise ConfigError(
+            f"unknown component kind '{kind}';{suggest(key, KINDS)} kinds: {', '.join(KINDS)}."
+        )
+    return key
+
+
+def jsonable(value: Any) -> Any:
+    """A default as JSON: tuples become lists, paths and other objects their text."""
+    if value is inspect.Parameter.empty:
+        return None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _typename(typ: Any) -> str:
+    if typ is inspect.Parameter.empty or typ is Any:
+        return "any"
+    return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+
+
+def _contract(kind: str, entry: Any) -> dict[str, str]:
+    """The component's declared data kinds (bound to its default options), as text."""
+    from metaemb.core.plugin.components import full_options
+    from metaemb.core.plugin.contract import _declared
+
+    try:
+        defaults = full_options(kind, entry.name)
+    except Exception:  # not introspectable (e.g. a Modality instance)
+        defaults = {}
+    out: dict[str, str] = {}
+    for attr in ("accepts", "yields"):
+        try:
+            kinds = _declared(entry, attr, defaults)
+        except Exception:
+            kinds = None
+        if kinds is not None:
+            out[attr] = " or ".join(str(k) for k in kinds)
+    return out
+
+
+def records(kind: str) -> list[dict[str, Any]]:
+    """One record per registered component of `kind`: name, plugin, description, options
+    ({name: {"type", "default", "required"}}) and declared data kinds."""
+    from metaemb.core.plugin.components import options_of
+    from metaemb.core.plugin.manager import registry
+
+    key = kind_key(kind)
+    out = []
+    for e in registry(key).entries():
+        try:
+            options = {
+                o.name: {
+                    "type": _typename(o.type),
+                    "default": jsonable(o.default),
+                    "required": o.default is inspect.Parameter.empty,
+                }
+                for o in options_of(e.factory).values()
+            }
+        except (TypeError, ValueError):  # not introspectable (e.g. a Modality instance)
+            options = {}
+        bundle = {}
+        if hasattr(e.factory, "sample_folder"):  # a Modality: the components it chooses
+            names = ("sample_folder", "frontend", "features", "backbone", "demo_data")
+            bundle = {"components": {n: getattr(e.factory, n, "") for n in names}}
+        out.append(
+            {
+                "name": e.name,
+                "plugin": e.plugin,
+                "description": e.description,
+                "options": options,
+                **_contract(key, e),
+                **bundle,
+            }
+        )
+    return out
+
+
+def as_json(kind: str) -> str:
+    return json.dumps({"kind": kind_key(kind), "components": records(kind)}, indent=2)
