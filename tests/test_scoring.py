@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.errors import ConfigError, DataError, MetaembError, UnknownComponentError
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.interfaces import Scorer
 from metaemb.core.scoring.scorenorm import ASNorm, SNorm
@@ -60,7 +60,7 @@ def fitted(name):
         "euclidean": EuclideanScorer,
         "plda": lambda: PLDAScorer(lda_dim=8, iterations=4),
         "snorm": lambda: SNorm(base="cosine"),
-        "asnorm": lambda: ASNorm(base="plda", top_n=7, lda_dim=8, iterations=3),
+        "asnorm": lambda: ASNorm(base={"name": "plda", "lda_dim": 8, "iterations": 3}, top_n=7),
         "asnorm-spk": lambda: ASNorm(base="cosine", top_n=5, speaker_mean=True),
     }[name]()
     sc.fit(train, labels)
@@ -136,7 +136,8 @@ def snorm_reference(base, e, t, cohort, top_n):
 @pytest.mark.parametrize("base", ["cosine", "plda"])
 def test_snorm_matches_brute_force(top_n, base):
     train, labels = data(0)
-    kw = {"base": base, "lda_dim": 8, "iterations": 3}
+    table = {"name": "plda", "lda_dim": 8, "iterations": 3} if base == "plda" else base
+    kw = {"base": table}
     sc = SNorm(**kw) if top_n == 0 else ASNorm(top_n=top_n, speaker_mean=False, **kw)
     sc.fit(train, labels)
     sc.col_chunk, sc.stat_chunk = 7, 4  # cohort statistics streamed over many small blocks
@@ -167,7 +168,7 @@ def test_multi_enrollment_cosine_and_snorm():
     np.testing.assert_allclose(got, want, atol=1e-12)
     # s-norm of a pooled PLDA model: enrollment-side stats come from the pooled model.
     train, labels = data(0)
-    sn = SNorm(base="plda", lda_dim=8, iterations=3)
+    sn = SNorm(base={"name": "plda", "lda_dim": 8, "iterations": 3})
     sn.fit(train, labels)
     got = score_trials(sn, x, groups[:1], tests[:1]).item()
     base = sn.base
@@ -202,8 +203,10 @@ def test_registered_and_bad_options():
         assert name in reg
     sc = reg.get("plda")(lda_dim=4, iterations=2)
     assert sc.requires_fit and sc.needs == "point"
-    with pytest.raises(ConfigError, match="unknown base"):
+    with pytest.raises(UnknownComponentError, match="unknown scorer 'nope'"):
         SNorm(base="nope")
+    with pytest.raises(ConfigError, match="not a point-embedding scorer"):
+        SNorm(base="gme")
     with pytest.raises(ConfigError, match="top_n"):
         ASNorm(top_n=1)
     with pytest.raises(DataError, match="out of range"):

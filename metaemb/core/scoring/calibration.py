@@ -10,13 +10,19 @@ scores come out as calibrated LLRs.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.scoring.scorers import Groups, PointScorer, as_embeddings, build_base
+from metaemb.core.scoring.scorers import (
+    DEFAULT_BASE,
+    Groups,
+    PointScorer,
+    as_embeddings,
+    build_point_base,
+)
 
 DTYPE = torch.float64
 
@@ -155,20 +161,19 @@ class CalibratedScorer(PointScorer):
 
     requires_fit = True
 
+    parts: ClassVar[dict[str, str]] = {"base": "scorers"}  # [scorer.base] name = "plda", …
+
     def __init__(
         self,
-        base: str = "cosine",
+        base: dict[str, Any] | str = DEFAULT_BASE,
         held_out: float = 0.3,
         prior: float = 0.5,
         max_trials: int = 200_000,
         seed: int = 0,
-        subtract_mean: bool = True,
-        lda_dim: int = 200,
-        iterations: int = 10,
     ) -> None:
         if not 0.0 < held_out < 1.0:
             raise ConfigError(f"held_out must be a fraction in (0, 1), got {held_out}")
-        self.base = build_base(base, subtract_mean, lda_dim, iterations)
+        self.base = build_point_base(base, "calibrated")
         self.count_dependent = self.base.count_dependent
         self.calibration = LinearCalibration(prior)
         self.held_out, self.max_trials, self.seed = held_out, max_trials, seed

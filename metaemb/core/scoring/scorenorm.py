@@ -3,14 +3,21 @@ cohort of training embeddings (docs/reference/speaker.md), chunked like every `P
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.scoring.plda import DTYPE
-from metaemb.core.scoring.scorers import Groups, PointScorer, as_embeddings, build_base, group_means
+from metaemb.core.scoring.scorers import (
+    DEFAULT_BASE,
+    Groups,
+    PointScorer,
+    as_embeddings,
+    build_point_base,
+    group_means,
+)
 
 
 def speaker_means(embeddings: Tensor, labels: Any) -> Tensor:
@@ -36,19 +43,14 @@ class ScoreNorm(PointScorer):
 
     requires_fit = True
     stat_chunk = 1024
+    parts: ClassVar[dict[str, str]] = {"base": "scorers"}  # [scorer.base] name = "plda", …
 
     def __init__(
-        self,
-        base: str = "cosine",
-        top_n: int = 0,
-        speaker_mean: bool = False,
-        subtract_mean: bool = True,
-        lda_dim: int = 200,
-        iterations: int = 10,
+        self, base: dict[str, Any] | str = DEFAULT_BASE, top_n: int = 0, speaker_mean: bool = False
     ) -> None:
         if top_n < 0 or top_n == 1:
             raise ConfigError(f"top_n must be 0 (whole cohort) or ≥ 2, got {top_n}")
-        self.base = build_base(base, subtract_mean, lda_dim, iterations)
+        self.base = build_point_base(base, type(self).__name__.lower())
         self.count_dependent = self.base.count_dependent
         self.top_n = top_n
         self.speaker_mean = speaker_mean
@@ -147,28 +149,17 @@ class SNorm(ScoreNorm):
     """S-norm: symmetric normalisation against the whole cohort of training embeddings."""
 
     def __init__(
-        self,
-        base: str = "cosine",
-        speaker_mean: bool = False,
-        subtract_mean: bool = True,
-        lda_dim: int = 200,
-        iterations: int = 10,
+        self, base: dict[str, Any] | str = DEFAULT_BASE, speaker_mean: bool = False
     ) -> None:
-        super().__init__(base, 0, speaker_mean, subtract_mean, lda_dim, iterations)
+        super().__init__(base, 0, speaker_mean)
 
 
 class ASNorm(ScoreNorm):
     """Adaptive s-norm: each side normalised by its top-N cohort scores (N ≈ 300)."""
 
     def __init__(
-        self,
-        base: str = "cosine",
-        top_n: int = 300,
-        speaker_mean: bool = True,
-        subtract_mean: bool = True,
-        lda_dim: int = 200,
-        iterations: int = 10,
+        self, base: dict[str, Any] | str = DEFAULT_BASE, top_n: int = 300, speaker_mean: bool = True
     ) -> None:
         if top_n < 2:
             raise ConfigError(f"asnorm top_n must be ≥ 2, got {top_n}")
-        super().__init__(base, top_n, speaker_mean, subtract_mean, lda_dim, iterations)
+        super().__init__(base, top_n, speaker_mean)

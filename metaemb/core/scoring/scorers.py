@@ -343,19 +343,20 @@ class PLDAScorer(PointScorer):
             self.backend.load_state_dict(state)
 
 
-BASES: dict[str, type[PointScorer]] = {
-    "cosine": CosineScorer,
-    "euclidean": EuclideanScorer,
-    "plda": PLDAScorer,
-}
+# A composite scorer's base is a nested table, e.g. [scorer.base] name = "plda", built through
+# the one registry so a plugin's point scorer can be a base too.
+DEFAULT_BASE: dict[str, Any] = {"name": "cosine", "subtract_mean": True}
 
 
-def build_base(name: str, subtract_mean: bool, lda_dim: int, iterations: int) -> PointScorer:
-    """A base point scorer for wrappers (normalisation, calibration) from flat options."""
-    if name == "cosine":
-        return CosineScorer(subtract_mean=subtract_mean)
-    if name == "euclidean":
-        return EuclideanScorer()
-    if name == "plda":
-        return PLDAScorer(lda_dim=lda_dim, iterations=iterations)
-    raise ConfigError(f"unknown base scorer '{name}'; choose one of {', '.join(sorted(BASES))}")
+def build_point_base(base: Any, owner: str) -> PointScorer:
+    """The base point scorer of a wrapper (normalisation, calibration) from its option table."""
+    from metaemb.core.plugin.components import build_part
+
+    scorer = build_part("scorers", base, DEFAULT_BASE)
+    if not isinstance(scorer, PointScorer):
+        name = base.get("name") if isinstance(base, dict) else base
+        raise ConfigError(
+            f"scorer '{owner}': base scorer '{name}' is not a point-embedding scorer (cosine, "
+            "euclidean, plda or a plugin's PointScorer); set [scorer.base] name = … to one."
+        )
+    return scorer
