@@ -45,6 +45,9 @@ def create_app() -> typer.Typer:
     from metaemb.commands.neighbours import neighbours
 
     app.command()(neighbours)
+    from metaemb.commands.plot import plot
+
+    app.command()(plot)
     from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)
@@ -86,6 +89,10 @@ def train(
     )
     try:
         trainer.run()
+        if trainer.dist.main:
+            from metaemb.commands.plot import after_training
+
+            after_training(trainer.dir, console)
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted; re-run the same command to resume {trainer.dir} from its last "
@@ -132,10 +139,22 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval-…)")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option()] = 2,
+    measure: Annotated[
+        str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
+    ] = "verification",
+    enroll_samples: Annotated[
+        int, typer.Option(help="--measure class: samples enrolled per identity")
+    ] = 1,
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
     from metaemb.core.eval.evaluate import Evaluation
 
+    if measure != "verification":
+        from metaemb.core.eval.measures import run_measure
+
+        run_measure(run, measure, data=data, trials=trials, scorer=scorer, enroll=enroll_samples,
+                    out=out, device=device, workers=workers, console=console)  # fmt: skip
+        return
     Evaluation(
         run,
         data=data,

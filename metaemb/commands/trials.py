@@ -42,8 +42,15 @@ def make(
     folder: Annotated[
         str | None, typer.Option(help="sample-folder name (overrides the modality's), e.g. image")
     ] = None,
+    folder_set: Annotated[
+        list[str] | None,
+        typer.Option("--folder-set", help="sample-folder option, e.g. split=test (vggface2)"),
+    ] = None,
+    triplets: Annotated[
+        int | None, typer.Option(help="write N seeded 'anchor positive negative' triplets instead")
+    ] = None,
 ) -> None:
-    """Write a seeded trial list over the samples of DATA and print its coverage."""
+    """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.trials import check_listable, coverage, make_trials, write_trials
     from metaemb.core.paths import ensure_writable
@@ -52,7 +59,20 @@ def make(
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
     ensure_writable(out, "trial list")
-    sample_folder = build("sample_folders", _folder_name(modality, folder), {}, root=data)
+    from metaemb.core.config import parse_set
+    from metaemb.core.plugin.components import validate_options
+
+    name = _folder_name(modality, folder)
+    given = dict(map(parse_set, folder_set or []))
+    opts = validate_options("sample_folders", name, given, "folder")
+    sample_folder = build("sample_folders", name, opts, root=data)
+    if triplets is not None:
+        from metaemb.core.eval.triplets import make_triplets, triplet_coverage, write_triplets
+
+        made = make_triplets(sample_folder, triplets, seed)
+        write_triplets(out, made)
+        typer.echo(json.dumps({"out": str(out), **triplet_coverage(made)}, indent=2))
+        return
     check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     write_trials(out, trials, format)
@@ -69,5 +89,9 @@ def coverage_cmd(
 ) -> None:
     """How many trials, identities and samples a trial list touches (identity = first folder)."""
     from metaemb.core.eval.trials import coverage, read_trials
+    from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
+    if format == "auto" and is_triplet_list(trials):
+        typer.echo(json.dumps(triplet_coverage(read_triplets(trials, root=root)), indent=2))
+        return
     typer.echo(json.dumps(coverage(read_trials(trials, root=root, format=format)), indent=2))

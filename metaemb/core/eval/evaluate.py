@@ -185,6 +185,11 @@ class Evaluation:
             trials = read_trials(path, root=root)
             folds = lfw_folds(path) if detect_format(path) == "lfw" else 0
             return TrialSet(trials, path.stem, str(path), folds if folds > 1 else 0)
+        from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
+
+        if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
+            trials, source = unseen_folder_trials(loaded, self.console)
+            return TrialSet(trials, "all-identities", source)
         _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
         trials = make_trials(
             val, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets, seed=cfg.train.seed

@@ -1,0 +1,51 @@
+"""`metaemb plot`: the pictures of a run — training curves, a 2-D map of embeddings with chosen
+identities highlighted, and the CMC curve — as PNG files (the `plots` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def plot(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(help="data folder (embedded with the run) or a file from `metaemb embed`"),
+    ] = None,
+    highlight: Annotated[
+        list[str] | None, typer.Option(help="identity to highlight on the map (repeatable)")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="auto (t-SNE if scikit-learn is installed), tsne, pca")
+    ] = "auto",
+    out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/plots)")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
+    identity and the leave-one-out CMC curve."""
+    from metaemb.core.eval.plots import plot_run
+
+    for path in plot_run(run, embeddings, highlight or [], method, out, device, workers):
+        console.print(f"plot: {path}", markup=False, soft_wrap=True)
+
+
+def after_training(run_dir: Path, out: Console) -> None:
+    """`train` draws training.png at the end of a run; without matplotlib it says so once."""
+    from metaemb.core.eval.plots import training_curves
+    from metaemb.core.eval.report import PlotsUnavailable
+
+    try:
+        path = training_curves(run_dir)
+    except PlotsUnavailable:
+        out.print(
+            "no training curves: pip install 'metaemb[plots]' to get training.png", markup=False
+        )
+        return
+    out.print(f"plot: {path}", markup=False, soft_wrap=True)

@@ -1,0 +1,203 @@
+"""Evaluation measures besides verification (`metaemb evaluate --measure …`), and the trials of a
+folder the run never saw.
+
+- match: triplet match accuracy over a triplet list (`trials make --triplets N`).
+- class: closed-set classification accuracy against enrolled identities: per identity the first
+  `enroll` samples (seeded draw) are enrolled and pooled into one model, every other sample is
+  classified to its best-scoring model; rank-1 and rank-5 (CMC) accuracy are reported.
+- `unseen_folder_trials`: `evaluate RUN --data OTHER` without a trial list scores seeded trials
+  over every identity of OTHER (it is not split like training data), and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from metaemb.core.errors import DataError
+from metaemb.core.eval import identification as ident
+from metaemb.core.eval.triplets import match_accuracy, read_triplets
+
+MEASURES = ("verification", "match", "class")
+
+
+def trained_root(loaded: Any) -> str:
+    """The data root the run was trained on ('' for the built-in demo data)."""
+    return str((loaded.state.get("config") or {}).get("data", {}).get("root", ""))
+
+
+def is_other_folder(loaded: Any, data: Path | None) -> bool:
+    """True when `data` is given and is not the folder the run was trained on."""
+    if data is None:
+        return False
+    root = trained_root(loaded)
+    return not root or Path(root).resolve() != Path(data).resolve()
+
+
+def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
+    """Seeded trials over all identities of the (other) data folder → (trials, source)."""
+    from metaemb.core.eval.trials import make_trials
+
+    cfg = loaded.config
+    folder = loaded.parts.folder
+    trials = make_trials(folder, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets,
+                         seed=cfg.train.seed)  # fmt: skip
+    source = (
+        f"seeded trials over all {folder.num_identities} identities of '{folder.root}' "
+        "(no trial list given)"
+    )
+    console.print(
+        f"no trial list given: scoring {len(trials)} {escape(source)}; '{escape(str(folder.root))}' "
+        "is not the run's training folder, so it is not split. Pass --trials FILE to choose.",
+    )
+    return trials, source
+
+
+def _folder_for(loaded: Any, data: Path | None) -> Any:
+    """The evaluation folder: --data as it is, or the run's held-out validation identities."""
+    if data is not None:
+        return loaded.parts.folder
+    cfg = loaded.config
+    _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+    return val
+
+
+def _scorer(loaded: Any, name: str | None) -> Any:
+    scorer, needs_fit = loaded.scorer(name)
+    if needs_fit:
+        raise DataError(
+            f"scorer '{name}' must be fitted and the run holds no fitted state for it; use the "
+            "run's own scorer, cosine or gme."
+        )
+    return scorer
+
+
+def match_measure(loaded: Any, triplets_path: Path, scorer: Any, workers: int) -> dict[str, Any]:
+    """Triplet match accuracy of `triplets_path` (paths under the data root)."""
+    folder = loaded.parts.folder
+    triplets = read_triplets(triplets_path, root=loaded.parts.root)
+    where = {s.path: i for i, s in enumerate(folder.samples)}
+    needed = sorted({p for t in triplets for p in (t.anchor, t.positive, t.negative)})
+    missing = [p for p in needed if p not in where]
+    if missing:
+        raise DataError(
+            f"{len(missing)} file(s) of '{triplets_path}' are not in '{folder.root}': "
+            + ", ".join(missing[:5])
+        )
+    emb = loaded.embed(folder, [where[p] for p in needed], workers)
+    pos = {p: i for i, p in enumerate(needed)}
+
+    def col(name: str) -> torch.Tensor:
+        return torch.tensor([pos[getattr(t, name)] for t in triplets], dtype=torch.long)
+
+    a, p, n = col("anchor"), col("positive"), col("negative")
+    s_pos = scorer.score(emb[a], emb[p]).double().numpy()
+    s_neg = scorer.score(emb[a], emb[n]).double().numpy()
+    return {
+        "measure": "match",
+        "triplets": len(triplets),
+        "match_accuracy": match_accuracy(s_pos, s_neg),
+        "source": str(triplets_path),
+    }
+
+
+def class_measure(
+    loaded: Any, folder: Any, scorer: Any, workers: int, enroll: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Closed-set classification accuracy: `enroll` samples per identity enrolled, rest probes."""
+    if enroll < 1:
+        raise DataError(f"--enroll-samples must be ≥ 1, got {enroll}.")
+    rng = np.random.default_rng(seed)
+    groups: list[list[int]] = []
+    names: list[str] = []
+    probes: list[int] = []
+    probe_ids: list[int] = []
+    for label, idx in sorted(folder.by_identity().items()):
+        if len(idx) <= enroll:
+            continue
+        chosen = set(rng.choice(len(idx), size=enroll, replace=False).tolist())
+        groups.append([idx[i] for i in sorted(chosen)])
+        names.append(folder.identities[label])
+        rest = [idx[i] for i in range(len(idx)) if i not in chosen]
+        probes += rest
+        probe_ids += [len(groups) - 1] * len(rest)
+    if len(groups) < 2:
+        raise DataError(
+            f"classification needs at least two identities with more than {enroll} samples in "
+            f"'{folder.root}'; found {len(groups)}."
+        )
+    emb = loaded.embed(folder, None, workers)
+    matrix = scorer.score_groups_matrix(emb, groups, emb[torch.tensor(probes)]).double().T
+    cmc = ident.cmc(
+        matrix.numpy(), probe_ids, list(range(len(groups))), max_rank=min(5, len(groups))
+    )
+    return {
+        "measure": "class",
+        "identities": len(groups),
+        "probes": len(probes),
+        "enroll_samples": enroll,
+        "class_accuracy": float(cmc[0]),
+        "rank_5": float(cmc[-1]) if len(cmc) >= 5 else None,
+        "source": f"'{folder.root}' ({len(groups)} identities)",
+        "enrolled": {
+            n: [folder.samples[i].path for i in g] for n, g in zip(names, groups, strict=True)
+        },
+    }
+
+
+def run_measure(
+    run: Path,
+    measure: str,
+    data: Path | None = None,
+    trials: Path | None = None,
+    scorer: str | None = None,
+    enroll: int = 1,
+    out: Path | None = None,
+    device: str = "auto",
+    workers: int = 2,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json."""
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.runs import atomic_write_text
+
+    console = console or Console()
+    if measure not in MEASURES[1:]:
+        raise DataError(f"--measure must be one of {', '.join(MEASURES)}, got '{measure}'.")
+    if measure == "match" and trials is None:
+        raise DataError(
+            "--measure match needs a triplet list: --trials FILE (write one with "
+            "`metaemb trials make DATA --triplets N --out FILE`)."
+        )
+    loaded = load_run(run, device, data=data, with_data=True)
+    sc = _scorer(loaded, scorer)
+    if measure == "match":
+        result = match_measure(loaded, trials, sc, workers)  # type: ignore[arg-type]
+        key = "match_accuracy"
+    else:
+        result = class_measure(loaded, _folder_for(loaded, data), sc, workers, enroll,
+                               loaded.config.train.seed)  # fmt: skip
+        key = "class_accuracy"
+    result["scorer"] = scorer or loaded.config.eval.scorer
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    out = out or run_dir / f"eval-{measure}"
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+    table = Table(title=f"{measure} on {escape(result['source'])}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(key, f"{100 * result[key]:.2f}%")
+    if result.get("rank_5") is not None:
+        table.add_row("rank_5", f"{100 * result['rank_5']:.2f}%")
+    for k in ("triplets", "identities", "probes"):
+        if k in result:
+            table.add_row(k, str(result[k]))
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.json'}", markup=False, soft_wrap=True)
+    return result

@@ -1,0 +1,137 @@
+"""Triplet lists (the face toolkit's test measure): `anchor positive negative` per line, paths
+relative to the data root; the positive shares the anchor's identity, the negative does not.
+
+`make_triplets` draws a seeded list of distinct triplets over a sample folder; `triplet_coverage`
+says how much of the dataset a list touches; `match_accuracy` is the share of triplets whose
+anchor scores higher with its positive than with its negative (ties count as errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaemb.core.errors import DataError
+from metaemb.core.eval.trials import KALDI_LABELS, coverage, first_component, safe_path
+from metaemb.core.plugin.interfaces import Trial
+
+HEADER = "# triplets: anchor positive negative"
+
+
+@dataclass(frozen=True)
+class Triplet:
+    anchor: str
+    positive: str
+    negative: str
+
+
+def make_triplets(folder: Any, n: int, seed: int = 0) -> list[Triplet]:
+    """`n` distinct seeded triplets (all possible ones when fewer exist), in draw order."""
+    if n < 1:
+        raise DataError(f"--triplets must be ≥ 1, got {n}.")
+    ids = [s.identity for s in folder.samples]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(ids):
+        groups.setdefault(name, []).append(i)
+    where = f"data folder '{getattr(folder, 'root', '?')}'"
+    if len(groups) < 2:
+        raise DataError(f"{where} has {len(groups)} identities; triplets need at least two.")
+    anchors = [i for i, name in enumerate(ids) if len(groups[name]) > 1]
+    if not anchors:
+        raise DataError(f"{where}: no identity has two samples, so no anchor has a positive.")
+    total = len(ids)
+    possible = sum((len(groups[ids[a]]) - 1) * (total - len(groups[ids[a]])) for a in anchors)
+    n = min(n, possible)
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, int, int]] = set()
+    out: list[Triplet] = []
+    paths = [s.path for s in folder.samples]
+    while len(out) < n:
+        a = anchors[int(rng.integers(len(anchors)))]
+        mates = groups[ids[a]]
+        p = mates[int(rng.integers(len(mates)))]
+        neg = int(rng.integers(total))
+        if p == a or ids[neg] == ids[a] or (a, p, neg) in seen:
+            continue
+        seen.add((a, p, neg))
+        out.append(Triplet(paths[a], paths[p], paths[neg]))
+    return out
+
+
+def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
+    from metaemb.core.runs import atomic_write_text
+
+    for t in triplets:
+        for p in (t.anchor, t.positive, t.negative):
+            if not p or any(c.isspace() for c in p):
+                raise DataError(f"cannot write path {p!r} in a triplet list (empty or blank).")
+    lines = [HEADER, *(f"{t.anchor} {t.positive} {t.negative}" for t in triplets)]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def _rows(path: Path) -> list[tuple[int, list[str]]]:
+    if not path.is_file():
+        raise DataError(f"triplet list '{path}' does not exist.")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        f = line.split()
+        if f and not f[0].startswith("#"):
+            rows.append((i, f))
+    return rows
+
+
+def is_triplet_list(path: str | Path) -> bool:
+    """True for `anchor positive negative` lists (3 paths; not a VoxCeleb or Kaldi trial list)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text(errors="replace")
+    if text.startswith(HEADER):
+        return True
+    rows = _rows(path)
+    if not rows:
+        return False
+    f = rows[0][1]
+    return len(f) == 3 and f[0] not in ("0", "1") and f[2] not in KALDI_LABELS
+
+
+def read_triplets(path: str | Path, root: Path | None = None) -> list[Triplet]:
+    path = Path(path)
+    out = []
+    for lineno, f in _rows(path):
+        where = f"{path}:{lineno}"
+        if len(f) != 3:
+            raise DataError(f"{where}: expected 'anchor positive negative', got {' '.join(f)!r}.")
+        out.append(Triplet(*(safe_path(p, root, where) for p in f)))
+    if not out:
+        raise DataError(f"triplet list '{path}' holds no triplets.")
+    return out
+
+
+def triplet_coverage(triplets: Sequence[Triplet], identity=first_component) -> dict[str, Any]:
+    """Triplets, distinct identities and samples, identities used as anchors, samples/identity."""
+    pairs = [Trial((t.anchor,), t.positive, 1) for t in triplets]
+    pairs += [Trial((t.anchor,), t.negative, 0) for t in triplets]
+    cov = coverage(pairs, identity)
+    bad = [t for t in triplets if identity(t.anchor) != identity(t.positive)]
+    bad += [t for t in triplets if identity(t.anchor) == identity(t.negative)]
+    return {
+        "triplets": len(triplets),
+        "identities": cov["identities"],
+        "anchor_identities": len({identity(t.anchor) for t in triplets}),
+        "samples": cov["samples"],
+        "samples_per_identity": cov["samples_per_identity"],
+        "inconsistent": len(bad),
+    }
+
+
+def match_accuracy(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Share of triplets with score(anchor, positive) > score(anchor, negative)."""
+    positive, negative = np.asarray(positive), np.asarray(negative)
+    if positive.size == 0 or positive.shape != negative.shape:
+        raise DataError("match accuracy needs one positive and one negative score per triplet.")
+    return float((positive > negative).mean())

@@ -1,0 +1,120 @@
+"""Evaluation measures of the face toolkit and trials over a folder the run never saw, end to end:
+`trials make --triplets` (+ coverage), `evaluate --measure match|class`, and `evaluate RUN --data
+OTHER` without a trial list (all identities of OTHER, said so). Numbers are recomputed by brute
+force from the embeddings `metaemb embed` writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import torch
+
+from metaemb.core.eval.retrieval import Collection
+from metaemb.core.eval.trials import read_scores
+from metaemb.core.eval.triplets import read_triplets
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+    base = tmp_path_factory.mktemp("measures")
+    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
+    other = base / "other"
+    for d in sorted(p for p in data.iterdir() if p.is_dir())[:6]:  # six identities, new names
+        (other / f"new-{d.name}").mkdir(parents=True)
+        for f in sorted(d.iterdir()):
+            (other / f"new-{d.name}" / f.name).write_bytes(f.read_bytes())
+    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
+    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "features.image_size=32",
+              "eval.max_targets=500", "eval.nontargets=60", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
+        args += ["--set", s]
+    assert helpers.run_cli(args)[0] == 0
+    [run] = list((base / "runs" / "face").iterdir())
+    return data, other, run
+
+
+def unit_embeddings(run: Path, data: Path, tmp: Path) -> dict[str, np.ndarray]:
+    out = tmp / "emb.pt"
+    assert helpers.run_cli(["embed", run, data, "--out", out, "--workers", "0"])[0] == 0
+    c = Collection.load(out)
+    x = torch.nn.functional.normalize(c.embeddings.double(), dim=1).numpy()
+    return dict(zip(c.paths, x, strict=True))
+
+
+def test_evaluate_other_folder_uses_all_its_identities(setup, tmp_path, capsys):
+    _, other, run = setup
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--data", other, "--out", out, "--workers", "0"]
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    flat = " ".join(text.split())
+    assert "no trial list given" in flat and "all 6 identities" in flat and "not split" in flat
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["trials"] == "all-identities"
+    trials, _ = read_scores(out / "scores.txt")
+    ids = {p.split("/")[0] for t in trials for p in (*t.enroll, t.test)}
+    assert len(ids) == 6  # a re-split as training data would have kept 2 validation identities
+    assert sum(t.label == 1 for t in trials) == 6 * 6  # every same-identity pair: 6 × C(4, 2)
+
+
+def test_triplets_make_coverage_and_match_accuracy(setup, tmp_path, capsys):
+    data, _, run = setup
+    tri = tmp_path / "triplets.txt"
+    code, text, err = helpers.run_cli(
+        ["trials", "make", data, "--out", tri, "--triplets", "50", "--seed", "1"], capsys
+    )
+    assert code == 0, err
+    made = json.loads(text)
+    triplets = read_triplets(tri)
+    assert len(triplets) == 50 == made["triplets"] and len(set(triplets)) == 50
+    assert all(t.anchor.split("/")[0] == t.positive.split("/")[0] != t.negative.split("/")[0]
+               and t.anchor != t.positive for t in triplets)  # fmt: skip
+    code, text, err = helpers.run_cli(["trials", "coverage", tri], capsys)
+    cov = json.loads(text)
+    assert cov["triplets"] == 50 and cov["inconsistent"] == 0 and cov["identities"] == 10
+    again = tmp_path / "again.txt"
+    helpers.run_cli(["trials", "make", data, "--out", again, "--triplets", "50", "--seed", "1"])
+    assert again.read_text() == tri.read_text()  # same seed, same list
+
+    out = tmp_path / "match"
+    args = ["evaluate", run, "--measure", "match", "--trials", tri, "--data", data, "--out", out,
+            "--workers", "0"]  # fmt: skip
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    got = json.loads((out / "metrics.json").read_text())
+    e = unit_embeddings(run, data, tmp_path)
+    want = np.mean([e[t.anchor] @ e[t.positive] > e[t.anchor] @ e[t.negative] for t in triplets])
+    assert got["match_accuracy"] == pytest.approx(want, abs=1e-12)
+    assert got["triplets"] == 50 and "match_accuracy" in text
+
+
+def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):
+    _, other, run = setup
+    out = tmp_path / "cls"
+    args = ["evaluate", run, "--measure", "class", "--data", other, "--enroll-samples", "2",
+            "--out", out, "--workers", "0"]  # fmt: skip
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["identities"] == 6 and got["probes"] == 6 * 2
+    e = unit_embeddings(run, other, tmp_path)
+    models = {k: np.mean([e[p] for p in v], 0) for k, v in got["enrolled"].items()}
+    names = sorted(models)
+    enrolled = {p for v in got["enrolled"].values() for p in v}
+    hits = []
+    for path, x in e.items():
+        if path in enrolled:
+            continue
+        scores = [x @ models[n] / np.linalg.norm(models[n]) for n in names]
+        hits.append(names[int(np.argmax(scores))] == path.split("/")[0])
+    assert got["class_accuracy"] == pytest.approx(np.mean(hits), abs=1e-12)
+    assert "class_accuracy" in text
+
+
+def test_match_without_triplets_is_a_clear_error(setup, capsys):
+    _, _, run = setup
+    code, _, err = helpers.run_cli(["evaluate", run, "--measure", "match"], capsys)
+    assert code == 2 and "trials make DATA --triplets N" in " ".join(err.split())

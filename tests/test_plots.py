@@ -1,0 +1,121 @@
+"""`metaemb plot` and the training curves `train` draws: non-empty PNGs, and figures holding the
+expected number of points and curves (the matplotlib objects are inspected, not just the files)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("matplotlib")
+
+from metaemb.core.eval import plots  # noqa: E402
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 200 and im.height > 200
+        assert len(np.unique(np.asarray(im.convert("L")))) > 2  # something drawn, not blank
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("plots")
+    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
+    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
+    for s in ("train.epochs=2", "train.batch_size=16", "model.dim=16", "features.image_size=32",
+              "eval.max_targets=30", "eval.nontargets=30", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
+        args += ["--set", s]
+    assert helpers.run_cli(args)[0] == 0
+    [run_dir] = list((base / "runs" / "face").iterdir())
+    return data, run_dir
+
+
+@pytest.fixture()
+def figures(monkeypatch) -> dict[str, object]:
+    """Every figure the plots module saves, by file name."""
+    saved: dict[str, object] = {}
+    original = plots.save_figure
+
+    def keep(fig, path):
+        saved[Path(path).name] = fig
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return saved
+
+
+def test_train_writes_training_curves(run):
+    _, run_dir = run
+    assert_png(run_dir / "training.png")
+
+
+def test_plot_command_map_highlight_and_cmc(run, tmp_path, figures, capsys):
+    data, run_dir = run
+    out = tmp_path / "pics"
+    args = ["plot", run_dir, "--embeddings", data, "--highlight", "id0001", "--highlight",
+            "id0003", "--method", "pca", "--out", out]  # fmt: skip
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    for name in ("training.png", "embeddings_map.png", "cmc.png"):
+        assert_png(out / name)
+        assert f"plot: {out / name}" in text
+    # training curves: one point per epoch; minDCF at each P_target + Cllr in the third panel
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    loss_ax, eer_ax, dcf_ax = figures["training.png"].axes
+    assert [len(ln.get_xdata()) for ln in loss_ax.lines] == [len(records)] == [2]
+    np.testing.assert_allclose(loss_ax.lines[0].get_ydata(), [r["loss"] for r in records])
+    np.testing.assert_allclose(eer_ax.lines[0].get_ydata(), [100 * r["eer"] for r in records])
+    assert len(dcf_ax.lines) == 2 + 1  # eval.p_targets = [0.01, 0.05], and Cllr
+    # the map: the 32 other samples in one scatter, each highlighted identity's 4 in its own
+    [ax] = figures["embeddings_map.png"].axes
+    sizes = [len(c.get_offsets()) for c in ax.collections]
+    assert sizes == [32, 4, 4]
+    assert "PCA" in ax.get_title() and "40 samples, 10 identities" in ax.get_title()
+    # CMC: one curve up to rank 20, non-decreasing accuracies in %, rank 1 = precision@1
+    [cax] = figures["cmc.png"].axes
+    [line] = cax.lines
+    y = np.asarray(line.get_ydata())
+    assert len(y) == 20 and np.all(np.diff(y) >= 0) and 0 <= y[0] <= y[-1] <= 100
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 21))
+
+
+def test_tsne_map_of_a_collection_file(run, tmp_path, figures):
+    pytest.importorskip("sklearn")
+    data, run_dir = run
+    coll = tmp_path / "c.pt"
+    assert helpers.run_cli(["embed", run_dir, data, "--out", coll, "--workers", "0"])[0] == 0
+    made = plots.plot_run(run_dir, coll, ["id0002"], method="tsne", out=tmp_path / "p")
+    assert [p.name for p in made] == ["training.png", "embeddings_map.png", "cmc.png"]
+    [ax] = figures["embeddings_map.png"].axes
+    assert "TSNE" in ax.get_title()
+    assert [len(c.get_offsets()) for c in ax.collections] == [36, 4]
+
+
+def test_unknown_highlight_is_a_clear_error(run, tmp_path, capsys):
+    data, run_dir = run
+    args = ["plot", run_dir, "--embeddings", data, "--highlight", "nobody", "--method", "pca",
+            "--out", tmp_path / "x"]  # fmt: skip
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 2 and "'nobody' is not among the embedded samples" in err
+
+
+def test_train_without_matplotlib_says_so_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    from metaemb.commands.plot import after_training
+    from rich.console import Console
+
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 1, "loss": 1.0, "eer": 0.3}) + "\n"
+    )
+    after_training(tmp_path, Console(file=sys.stdout))
+    text = capsys.readouterr().out
+    assert text.count("no training curves") == 1 and "metaemb[plots]" in text
+    assert not (tmp_path / "training.png").exists()
