@@ -178,7 +178,9 @@ def embed(
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.eval.collect import embed_inputs
+    from metaemb.core.paths import ensure_writable
 
+    ensure_writable(out, "embeddings file")  # before any embedding
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers)
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)

@@ -1,0 +1,156 @@
+"""Fault catalogue, unusable outputs (issue 13 item 12, and the `enroll --gallery DIR` case):
+every command that writes checks its outputs before any work, and a write that fails later (a
+full disk) is reported with the file named. Exit status 2, one paragraph, nothing previously
+written lost. Runs as root too: read-only folders are simulated where root would bypass them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+import pytest
+from conftest import expect_error
+
+from metaemb.core.errors import OutputError
+from metaemb.core.paths import ensure_writable, ensure_writable_dir
+from metaemb.core.runs import atomic_write_text
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """Fail the test if anything gets embedded (the checks must come first)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("embedded before checking the outputs")
+
+    import metaemb.core.data.embed as embed_module
+
+    monkeypatch.setattr(embed_module, "extract", refuse)
+    for module in ("metaemb.core.eval.evaluate", "metaemb.core.deploy.loading"):
+        mod = pytest.importorskip(module)
+        if hasattr(mod, "extract"):
+            monkeypatch.setattr(mod, "extract", refuse)
+
+
+def test_helpers_name_each_kind_of_unusable_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (
+            ensure_writable,
+            tmp_path / "file" / "out.pt",
+            "'" + str(tmp_path / "file") + "' is a file",
+        ),
+        (ensure_writable, tmp_path, "is a folder; give a file name"),
+        (ensure_writable_dir, tmp_path / "file", "is a file, not a folder"),
+        (ensure_writable_dir, tmp_path / "file" / "a" / "b", "is a file, not a folder"),
+    ]
+    for check, path, fragment in cases:
+        with pytest.raises(OutputError) as exc:
+            check(path)
+        assert fragment in str(exc.value) and str(path) in str(exc.value)
+    # Nothing is created by a successful check.
+    ensure_writable(tmp_path / "new" / "sub" / "x.pt")
+    ensure_writable_dir(tmp_path / "new2" / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_read_only_folder_and_full_disk_are_named(tmp_path, monkeypatch):
+    target = tmp_path / "keep.txt"
+    atomic_write_text(target, "previous\n")
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match=r"keep\.txt': the disk is full; free some space"):
+        atomic_write_text(target, "new\n")
+    with pytest.raises(OutputError, match="the disk is full"):
+        ensure_writable(tmp_path / "other.txt")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert target.read_text() == "previous\n"  # the previous file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # no temp file left
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match=r"keep\.txt': permission denied; choose a writable"):
+        atomic_write_text(target, "new\n")
+    with pytest.raises(OutputError, match="permission denied"):
+        ensure_writable_dir(tmp_path / "runs")
+
+
+def test_train_refuses_a_runs_folder_that_is_a_file(tmp_path, faces, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    expect_error(
+        ["train", "--data", faces, "--runs", tmp_path / "runs", "--set", "train.epochs=1"],
+        capsys,
+        f"the runs folder '{tmp_path / 'runs'}' is a file, not a folder",
+    )
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_full_disk_during_a_command_is_a_message(tmp_path, faces, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "trials.txt"
+    out.write_text("1 a/1.png b/1.png\n")
+    import metaemb.core.paths as paths
+
+    monkeypatch.setattr(paths, "_probe", lambda *a: None)  # the disk fills after the check
+    monkeypatch.setattr(os, "fsync", full)
+    expect_error(["trials", "make", faces, "--out", out], capsys, str(out), "the disk is full")
+    assert out.read_text() == "1 a/1.png b/1.png\n"
+
+
+def test_evaluate_checks_its_outputs_before_embedding(tmp_path, face_run, capsys, no_embedding):
+    (tmp_path / "afile").write_text("x")
+    expect_error(
+        ["evaluate", face_run, "--out", tmp_path / "afile", "--device", "cpu"],
+        capsys,
+        "evaluation output folder",
+        "is a file, not a folder",
+    )
+    out = tmp_path / "eval"
+    (out / "scores.txt").mkdir(parents=True)
+    expect_error(
+        ["evaluate", face_run, "--out", out, "--device", "cpu", "--workers", "0"],
+        capsys,
+        str(out / "scores.txt"),
+        "is a folder",
+    )
+    assert not (out / "metrics.json").exists()
+
+
+def test_embed_identify_trials_export_enroll_check_outputs_first(
+    tmp_path, faces, face_run, capsys, no_embedding
+):
+    (tmp_path / "afile").write_text("x")
+    blocked = tmp_path / "afile" / "out"
+    expect_error(
+        ["embed", face_run, faces, "--out", tmp_path, "--device", "cpu"],
+        capsys,
+        f"'{tmp_path}' is a folder",
+    )
+    expect_error(["trials", "make", faces, "--out", blocked], capsys, "trial list", "is a file")
+    expect_error(
+        ["export", face_run, "--format", "torchscript", "--out", blocked],
+        capsys,
+        "export file",
+        "is a file",
+    )
+    expect_error(
+        ["enroll", face_run, "--gallery", tmp_path, "--data", faces, "--device", "cpu"],
+        capsys,
+        f"'{tmp_path}' is a folder",
+    )
+    expect_error(
+        ["identify", face_run, "--gallery", tmp_path / "g.pt", "--data", faces, "--out", blocked],
+        capsys,
+        "results file",
+        "is a file",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
