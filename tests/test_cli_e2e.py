@@ -109,21 +109,26 @@ def test_train_resume_fresh_and_evaluate(tiny_faces, tmp_path, capsys, monkeypat
 def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypatch):
     """Simulate a kill during epoch 2: last.pt holds epoch 1; re-running finishes the run."""
     from metaemb.core.train import engine
+    from metaemb.core.train.callbacks import Callback
 
     runs = tmp_path / "runs"
-    real = engine.Trainer._train_epoch
 
-    def dies_in_epoch_2(self, epoch, step):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch, step)
+    class DiesInEpoch2(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 1:
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.Trainer, "_train_epoch", dies_in_epoch_2)
-    code, _, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
+    class Interrupted(engine.Trainer):  # the CLI builds this Trainer, with the callback
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[DiesInEpoch2()], **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "Trainer", Interrupted)
+        code, _, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 130 and "resume" in err
     [run] = list((runs / "face").iterdir())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
-    monkeypatch.setattr(engine.Trainer, "_train_epoch", real)
+    assert not (run / ".lock").exists(), "the lock is released on interruption"
     code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 0, err
     assert "Resuming" in out

@@ -13,10 +13,10 @@ from helpers import run_cli
 
 import metaemb
 from metaemb.core.config import resolve
+from metaemb.core.data.pipeline import build_model
 from metaemb.core.deploy.export import (
     ExportError,
     TraceableFbank,
-    build_model,
     check_parity,
     export,
     load_inference,

@@ -1,7 +1,7 @@
 """Trunk freezing and the training-only classifier: one tiny face run driven through Trainer.
 
-The run trains 2 epochs with `train.freeze_trunk_epochs=1`; `_train_epoch` is wrapped to snapshot
-the trunk, the head and the classifier around each epoch. The saved checkpoint is then checked:
+The run trains 2 epochs with `train.freeze_trunk_epochs=1`; a callback snapshots the trunk, the head
+and the classifier before the first epoch and after each one. The saved checkpoint is then checked:
 the classifier sits under its own key and the exported EmbeddingModel state has none of it.
 """
 
@@ -17,6 +17,7 @@ from rich.console import Console
 from metaemb.core.config import resolve
 from metaemb.core.data.pipeline import Components
 from metaemb.core.runs import load_checkpoint
+from metaemb.core.train.callbacks import Callback
 from metaemb.core.train.engine import Trainer
 
 LR, MULT, HEAD_MULT = 2e-3, 7.0, 3.0
@@ -59,27 +60,27 @@ def frozen_run(tiny_faces, tmp_path_factory):
     """Train 2 epochs (trunk frozen in the first); return snapshots per epoch and the trainer."""
     cfg = resolve("face", sets=settings(tiny_faces))
     runs = tmp_path_factory.mktemp("runs")
-    trainer = Trainer(cfg, runs_root=runs, device="cpu", workers=0, console=Console(quiet=True))
     snaps: list[dict] = []
     grads_on: list[bool] = []
-    real = Trainer._train_epoch
 
-    def take() -> dict:
+    def take(t: Trainer) -> dict:
         return {
-            "trunk": snapshot(trainer.model.backbone.trunk()),
-            "head": snapshot(trainer.model.head),
-            "classifier": snapshot(trainer.classifier),
+            "trunk": snapshot(t.model.backbone.trunk()),
+            "head": snapshot(t.model.head),
+            "classifier": snapshot(t.classifier),
         }
 
-    def wrapped(self, epoch, step):
-        if not snaps:
-            snaps.append(take())
-        result = real(self, epoch, step)
-        grads_on.append(all(p.requires_grad for p in self.model.backbone.trunk().parameters()))
-        snaps.append(take())
-        return result
+    class Snapshots(Callback):
+        def on_epoch_start(self, t: Trainer, epoch: int) -> None:
+            if not snaps:
+                snaps.append(take(t))
 
-    trainer._train_epoch = wrapped.__get__(trainer)
+        def on_epoch_end(self, t: Trainer, epoch: int, record: dict) -> None:
+            grads_on.append(all(p.requires_grad for p in t.model.backbone.trunk().parameters()))
+            snaps.append(take(t))
+
+    trainer = Trainer(cfg, runs_root=runs, device="cpu", workers=0, console=Console(quiet=True),
+                      callbacks=[Snapshots()])  # fmt: skip
     trainer.run()
     return trainer, snaps, grads_on
 
@@ -142,7 +143,7 @@ def test_margin_heads_also_get_their_own_checkpoint_key(tiny_faces, tmp_path):
     cfg = resolve("face", sets=settings(tiny_faces, "train.objective=arcface", "train.epochs=1"))
     trainer = Trainer(cfg, runs_root=tmp_path, device="cpu", workers=0, console=Console(quiet=True))
     trainer.setup()
-    state = trainer._state(0, 0, 1.0, [])
+    state = trainer.training_state(0, 0, 1.0, [])
     assert set(state["classifier"]) == {"weight"}
     assert state["classifier"]["weight"].shape == (trainer.train_folder.num_identities, 16)
     assert "weight" not in state["model"]

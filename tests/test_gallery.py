@@ -302,7 +302,7 @@ def trained(tmp_path_factory):
 
 
 def test_enroll_and_identify_commands(trained, tmp_path, capsys):
-    from metaemb.core.eval.evaluate import Loaded
+    from metaemb.core.deploy.loading import load_run
 
     enroll, probes, run = trained
     path = tmp_path / "gallery.pt"
@@ -321,7 +321,7 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     assert code == 2 and "identity 'nobody' has no folder" in err
 
     # Brute force: probes embedded directly, scored against unit means of the enrolled samples.
-    lp = Loaded.from_path(run, probes, "cpu")
+    lp = load_run(run, "cpu", data=probes)
     xp = lp.embed(lp.parts.folder, None, 0)
     truth = [s.identity for s in lp.parts.folder.samples]
     means = torch.stack([F.normalize(g.samples[g.owner == i], dim=1).mean(0) for i in range(3)])

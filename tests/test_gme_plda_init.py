@@ -11,6 +11,7 @@ from rich.console import Console
 
 from metaemb.core.config import resolve
 from metaemb.core.errors import ConfigError
+from metaemb.core.train.callbacks import Callback
 from metaemb.core.train.engine import Trainer
 
 
@@ -19,7 +20,7 @@ def tiny_faces(tmp_path_factory) -> Path:
     return demo_faces(tmp_path_factory.mktemp("data") / "faces", 10, 6)
 
 
-def trainer(data: Path, runs: Path, *extra: str) -> Trainer:
+def trainer(data: Path, runs: Path, *extra: str, callbacks: tuple = ()) -> Trainer:
     sets = [
         f'data.root="{data}"',
         "model.head=gme",
@@ -34,20 +35,19 @@ def trainer(data: Path, runs: Path, *extra: str) -> Trainer:
         *extra,
     ]
     cfg = resolve("face", sets=sets)
-    return Trainer(cfg, runs_root=runs, device="cpu", workers=0, console=Console(quiet=True))
+    return Trainer(cfg, runs_root=runs, device="cpu", workers=0, console=Console(quiet=True),
+                   callbacks=callbacks)  # fmt: skip
 
 
-def test_plda_initialisation_sets_the_head_before_the_first_epoch(
-    tiny_faces, tmp_path, monkeypatch
-):
-    t = trainer(tiny_faces, tmp_path, "head.normalization=batch")
+def test_plda_initialisation_sets_the_head_before_the_first_epoch(tiny_faces, tmp_path):
     seen: dict[str, torch.Tensor] = {}
 
-    def stop(self, epoch, step):  # capture the head as epoch 1 would start, then stop
-        seen["bias"] = self.model.head.precision.bias.detach().clone()
-        raise KeyboardInterrupt
+    class Stop(Callback):  # capture the head as epoch 1 would start, then stop
+        def on_epoch_start(self, t: Trainer, epoch: int) -> None:
+            seen["bias"] = t.model.head.precision.bias.detach().clone()
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_train_epoch", stop)
+    t = trainer(tiny_faces, tmp_path, "head.normalization=batch", callbacks=(Stop(),))
     init = torch.log(torch.tensor(0.05 - 1e-3))
     with pytest.raises(KeyboardInterrupt):
         t.run()

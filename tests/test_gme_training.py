@@ -52,10 +52,10 @@ def test_gme_bxe_trains_and_evaluates_calibration(tiny_faces, tmp_path, capsys, 
     assert metrics["cllr"] == pytest.approx(best["cllr"], rel=1e-5)
 
     # The scores are the closed-form LLRs of the model's own meta-embeddings.
-    from metaemb.core.eval.evaluate import Loaded
+    from metaemb.core.deploy.loading import load_run
     from metaemb.core.gme.algebra import llr
 
-    loaded = Loaded.from_path(run, None, "cpu")
+    loaded = load_run(run, "cpu", with_data=True)
     lines = [x.split() for x in (run / "eval-validation" / "scores.txt").read_text().splitlines()]
     paths = sorted({p for line in lines[:20] for p in line[:2]})
     folder = loaded.parts.folder

@@ -19,9 +19,9 @@ console = Console()
 # -- the work (importable, tested) ------------------------------------------------------------
 def _load(checkpoint: Path, data: Path, device: str) -> tuple[Any, str]:
     from metaemb.core.deploy.gallery import model_digest
-    from metaemb.core.eval.evaluate import Loaded
+    from metaemb.core.deploy.loading import load_run
 
-    loaded = Loaded.from_path(checkpoint, data, device)
+    loaded = load_run(checkpoint, device, data=data, with_data=True)
     return loaded, model_digest(loaded.state["model"])
 
 
@@ -84,21 +84,15 @@ class Identification:
 def _scorer(loaded: Any, name: str | None) -> Any:
     """A scorer by name; a fitted one (PLDA, s-norm) takes its state from the checkpoint."""
     from metaemb.core.deploy.gallery import GalleryError
-    from metaemb.core.plugin.components import build, validate_options
 
     if name is None:
         return None
-    cfg = loaded.config
-    opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
-    scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
-    if getattr(scorer, "requires_fit", False):
-        saved = loaded.state.get("scorer") or {}
-        if name != cfg.eval.scorer or not saved:
-            raise GalleryError(
-                f"scorer '{name}' must be fitted and the checkpoint holds no fitted '{name}' "
-                f"(its scorer is '{cfg.eval.scorer}'); use cosine, euclidean or gme."
-            )
-        scorer.load_state_dict(saved)
+    scorer, needs_fit = loaded.scorer(name)
+    if needs_fit:
+        raise GalleryError(
+            f"scorer '{name}' must be fitted and the checkpoint holds no fitted '{name}' "
+            f"(its scorer is '{loaded.config.eval.scorer}'); use cosine, euclidean or gme."
+        )
     return scorer
 
 

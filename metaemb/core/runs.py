@@ -1,7 +1,9 @@
-"""Run directories keyed by the resolved config, and atomic full-state checkpoints.
+"""Run directories keyed by the resolved config, atomic full-state checkpoints, and run locks.
 
 `runs/<modality>/<name>-<hash8>/` holds config.toml, last.pt, best.pt, metrics.jsonl and reports.
 Two configurations never share a directory; re-running the same command resumes from last.pt.
+One trainer at a time holds a run directory (`RunLock`); a lock left by a dead process is taken
+over.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -134,3 +137,123 @@ def trim_jsonl(path: Path, epoch: int) -> None:
     keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epoch]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the `.<name>.*.tmp` files an interrupted atomic write left behind (call it only while
+    holding the folder's RunLock, so no write of another process is in flight)."""
+    removed = []
+    if folder.is_dir():
+        for p in sorted(folder.glob(".*.tmp")):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+class RunInProgress(MetaembError):
+    """Another live process trains in this run directory."""
+
+
+LOCK_NAME = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory: `<run>/.lock` holds the owner's pid.
+
+    With fcntl (Linux, macOS) the lock is a `flock` on that file, released by the kernel when the
+    process dies however it dies, so a lock file left by a killed trainer is simply taken over.
+    Elsewhere the pid in the file decides: a lock whose process is gone is stale and replaced.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            self._acquire_by_pid()
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                self._refuse(self._owner())
+            try:  # the holder may have released (and unlinked) the file meanwhile: retry
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _acquire_by_pid(self) -> None:  # pragma: no cover - Windows
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner) and owner != os.getpid():
+                    self._refuse(owner)
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return
+        self._refuse(self._owner())
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _refuse(self, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "another process"
+        raise RunInProgress(
+            f"run in progress ({who}): '{self.path.parent}' is being trained by another process. "
+            "Wait for it to finish (or stop it), or change the configuration or --set name=… to "
+            "train a separate run."
+        )
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            self.path.unlink(missing_ok=True)  # still ours: nobody else can hold the flock
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -268,6 +268,7 @@ class HardPairSampler(PairSampler):
     `1 - hard_fraction` stays random). Before the first update it behaves like "pairs"."""
 
     name = "hard-pairs"
+    updates_from_embeddings = True
 
     def __init__(
         self,

@@ -27,14 +27,13 @@ import torch
 from torch import Tensor, nn
 
 import metaemb
-from metaemb.core.config import Config, from_dict
-from metaemb.core.data.pipeline import build_model
+from metaemb.core.config import Config
+from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.errors import MetaembError, suggest
-from metaemb.core.eval.evaluate import find_checkpoint
 from metaemb.core.optional import require
 from metaemb.core.plugin.components import options_of
 from metaemb.core.plugin.manager import registry
-from metaemb.core.runs import atomic_write_bytes, atomic_write_text, load_checkpoint
+from metaemb.core.runs import atomic_write_bytes, atomic_write_text
 from metaemb.core.train.model import EmbeddingModel
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -197,7 +196,7 @@ def input_kind(spec: dict[str, Any]) -> InputKind:
         return InputKind(AudioInference, ["waveforms", "lengths"], [["N", "T"], ["N"]])
     raise ExportError(
         f"export knows image and kaldi_fbank inputs; this model's features declare input kind "
-        f"'{kind}'. Export the backbone and head yourself from metaemb.core.deploy.export.build_model."
+        f"'{kind}'. Export the backbone and head yourself from metaemb.core.data.pipeline.build_model."
     )
 
 
@@ -257,17 +256,12 @@ class Inference:
 
 def load_inference(checkpoint: Path) -> Inference:
     """Checkpoint or run dir → the model and its export wrapper, in eval mode on the CPU."""
-    path = find_checkpoint(Path(checkpoint))
-    state = load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise ExportError(f"'{path}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
-    config = from_dict(state["config"])
-    model = build_model(config)
-    model.load_state_dict(state["model"])
+    run = load_run(Path(checkpoint), "cpu")
+    model, config, state = run.model, run.config, run.state
     model.eval().requires_grad_(False)
     spec = state.get("input_spec") or model.features.input_spec()
     kind = input_kind(spec)
-    return Inference(model, kind.wrapper(model).eval(), kind, config, state, spec, path)
+    return Inference(model, kind.wrapper(model).eval(), kind, config, state, spec, run.path)
 
 
 def check_features(inf: Inference) -> float | None:

@@ -16,80 +16,24 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from metaemb.core.config import Config, from_dict
-from metaemb.core.data.embed import extract
-from metaemb.core.data.pipeline import Components, data_root
-from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.deploy.loading import LoadedRun as Loaded
+from metaemb.core.deploy.loading import load_run
+from metaemb.core.errors import DataError
 from metaemb.core.eval import metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
     detect_format,
     lfw_folds,
-    make_trials,
     read_trials,
     write_scores,
 )
 from metaemb.core.paths import ensure_writable, ensure_writable_dir
-from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Trial
 from metaemb.core.plugin.manager import registry
-from metaemb.core.runs import atomic_write_text, load_checkpoint
+from metaemb.core.runs import atomic_write_text
 from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.core.scoring.scorers import score_trials
-from metaemb.core.train.device import pick_device
-
-
-def find_checkpoint(path: Path) -> Path:
-    """A run directory resolves to its best.pt (or last.pt); a file is used as it is."""
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise MetaembError(f"run directory '{path}' has no best.pt or last.pt: was it trained?")
-    if not path.exists():
-        raise MetaembError(f"'{path}' is neither a run directory nor a checkpoint file.")
-    return path
-
-
-@dataclass
-class Loaded:
-    """A model rebuilt from a checkpoint, with its config and data pipeline."""
-
-    config: Config
-    state: dict[str, Any]
-    parts: Components
-    device: torch.device
-
-    @classmethod
-    def from_path(cls, path: Path, data: Path | None, device: str) -> Loaded:
-        ckpt = find_checkpoint(path)
-        state = load_checkpoint(ckpt)
-        cfg = from_dict(state["config"])
-        if data is not None:
-            cfg.data.root = str(data)
-        root = data_root(cfg)
-        parts = Components.build(cfg, root)
-        parts.model.load_state_dict(state["model"])
-        dev = pick_device(device)
-        parts.model.to(dev).eval()
-        return cls(cfg, state, parts, dev)
-
-    def embed(self, folder: SampleFolder, indices: list[int] | None, workers: int) -> Any:
-        """Embeddings of `folder.samples[indices]` (all when None), in that order."""
-        ds = self.parts.dataset(folder, train=False)
-        if indices is not None:
-            ds.indices = list(indices)
-        out, _, bad = extract(
-            self.parts.model,
-            ds,
-            self.device,
-            batch_size=self.config.eval.batch_size,
-            workers=workers,
-        )
-        if bad:
-            names = ", ".join(b.path for b in bad[:5])
-            raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
-        return out
+from metaemb.core.train import validation
 
 
 @dataclass
@@ -190,24 +134,16 @@ class Evaluation:
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
             trials, source = unseen_folder_trials(loaded, self.console)
             return TrialSet(trials, "all-identities", source)
-        _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
-        trials = make_trials(
-            val, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets, seed=cfg.train.seed
-        )
+        _, val = validation.split(loaded.parts.folder, cfg)
+        trials = validation.validation_trials(val, cfg)
         return TrialSet(trials, "validation", "the run's validation trials")
 
     def _scorer(self, loaded: Loaded) -> Any:
-        cfg = loaded.config
-        name = self.scorer_name or cfg.eval.scorer
-        opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
-        scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
-        if not getattr(scorer, "requires_fit", False):
+        name = self.scorer_name or loaded.config.eval.scorer
+        scorer, needs_fit = loaded.scorer(name)
+        if not needs_fit:
             return scorer
-        saved = loaded.state.get("scorer") or {}
-        if name == cfg.eval.scorer and saved:
-            scorer.load_state_dict(saved)
-            return scorer
-        train, _ = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+        train, _ = validation.split(loaded.parts.folder, loaded.config)
         self.console.print(
             f"fitting scorer '{name}' on {len(train)} training samples …", markup=False
         )
@@ -219,7 +155,7 @@ class Evaluation:
     def run(self) -> dict[str, Any]:
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
-        loaded = Loaded.from_path(self.run_path, self.data, self.device)
+        loaded = load_run(self.run_path, self.device, data=self.data, with_data=True)
         cfg = loaded.config
         p_targets = tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder
@@ -360,7 +296,7 @@ def embed_folder(
     from metaemb.core.runs import atomic_write_bytes
 
     ensure_writable(out, "embeddings file")
-    loaded = Loaded.from_path(checkpoint, data, device)
+    loaded = load_run(checkpoint, device, data=data, with_data=True)
     folder = loaded.parts.folder
     emb = loaded.embed(folder, None, workers)
     payload: dict[str, Any] = {

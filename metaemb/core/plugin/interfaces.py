@@ -291,6 +291,16 @@ class Head(nn.Module):
         warm-up. None by default."""
         return {}
 
+    # Optional capability: starting from training-set features (train.init_head_from_plda).
+    def feature_init_problem(self) -> str | None:
+        """None when `init_from_features` can initialise this head as configured; else why not
+        (the engine refuses the option with this reason before any work)."""
+        return f"head '{type(self).__name__}' cannot initialise from features (try model.head=gme)"
+
+    def init_from_features(self, features: Tensor, labels: Tensor) -> Any:
+        """Initialise from pooled training features [N, in_features] and their labels [N]."""
+        raise NotImplementedError(self.feature_init_problem())
+
 
 # ---------------------------------------------------------------------------------------------
 class Objective(abc.ABC):
@@ -320,6 +330,15 @@ class Objective(abc.ABC):
         """Warnings to report after an epoch (e.g. a collapsed triplet loss)."""
         return []
 
+    # Optional capability: learning from a frozen teacher (train.teacher). When `teacher_kind()`
+    # is "embedding" or "logits", the engine runs the teacher on each batch and sets
+    # `teacher_outputs` (its embeddings or logits) just before calling the objective.
+    teacher_outputs: Tensor | None = None
+
+    def teacher_kind(self) -> str | None:
+        """What the objective wants from a teacher: None (no teacher), "embedding" or "logits"."""
+        return None
+
     @abc.abstractmethod
     def __call__(self, embeddings: Any, labels: Tensor, classifier: nn.Module | None) -> Tensor: ...
 
@@ -346,6 +365,15 @@ class BatchSampler(abc.ABC):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    # Optional capability: re-mining batches from the current model. When true, the engine calls
+    # `update` after every epoch (and on resume) with the embeddings of the training samples.
+    updates_from_embeddings: ClassVar[bool] = False
+
+    def update(self, embeddings: Any, indices: Tensor | None = None) -> None:
+        """Embeddings of the training samples in dataset order (or of those at `indices`, when
+        some could not be read)."""
+        return None
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

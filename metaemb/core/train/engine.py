@@ -1,15 +1,16 @@
 """The one train/evaluate engine: every modality, CPU or GPU, single process or torchrun/DDP.
 
 A run is fully described by its resolved Config; its directory is keyed by the config hash. The
-engine resumes from last.pt, validates on held-out identities each epoch, keeps best.pt by the
-chosen metric, and writes metrics.jsonl and a summary. Only rank 0 writes files or prints.
+Trainer builds the components, then loops: train an epoch, validate (`Validator`), checkpoint
+(`Checkpointer`: lock, atomic files, resume). Callbacks (core/train/callbacks.py) observe and
+extend the loop. Only rank 0 writes files or prints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,11 @@ from metaemb.core.data.dataset import PreparedDataset, make_loader
 from metaemb.core.data.embed import extract
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
-from metaemb.core.eval.trials import make_trials
 from metaemb.core.plugin.components import build
-from metaemb.core.runs import (
-    append_jsonl,
-    atomic_write_text,
-    load_checkpoint,
-    read_json,
-    run_dir,
-    save_checkpoint,
-    trim_jsonl,
-)
+from metaemb.core.runs import atomic_write_text, run_dir
 from metaemb.core.train import validation
+from metaemb.core.train.callbacks import Callback, CallbackList
+from metaemb.core.train.checkpointer import BASELINE, Checkpointer
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import Teacher, TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
@@ -51,9 +45,8 @@ class EpochResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------
 class Trainer:
-    """Trains one run. `run()` resumes from last.pt unless `fresh`."""
+    """Trains one run. `run()` resumes from last.pt unless `fresh`; `callbacks` see every event."""
 
     def __init__(
         self,
@@ -63,7 +56,14 @@ class Trainer:
         fresh: bool = False,
         console: Console | None = None,
         workers: int | None = None,
+        callbacks: Iterable[Callback] = (),
     ) -> None:
+        if int(config.train.epochs) < 1:
+            raise ConfigError(
+                f"train.epochs must be at least 1, got {config.train.epochs}: nothing would be "
+                "trained. Set train.epochs to the number of epochs to train (e.g. --set "
+                "train.epochs=10)."
+            )
         self.config = config
         self.dist = Distributed.from_env()
         self.device = pick_device(device)
@@ -73,22 +73,31 @@ class Trainer:
             self.console = Console(quiet=True)
         self.dir = run_dir(runs_root, config)
         self.workers = config.data.workers if workers is None else workers
+        self.callbacks = CallbackList(callbacks)
+        self.checkpointer = Checkpointer(self.dir, config.hash(), main=self.dist.main)
         self.skipped: list[str] = []
+        self.epoch = self.step = self.start_epoch = 0
+        self.resumed = False
+        self._stop = False
+
+    def request_stop(self) -> None:
+        """End the run after the current step (callbacks call this, e.g. an LR finder)."""
+        self._stop = True
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
+        """Build data, model, objective, sampler, optimizer, scheduler, scorer and validation."""
         cfg = self.config
         self.dist.init(self.device)
         torch.manual_seed(cfg.train.seed)
-        root = data_root(cfg, self.console if self.dist.main else None)
+        with validation.isolated_rng(self.device):  # a first-time demo-data build draws nothing
+            root = data_root(cfg, self.console if self.dist.main else None)
         self.parts = Components.build(cfg, root)
-        self.train_folder, self.val_folder = self.parts.folder.split(
-            cfg.data.val_fraction, seed=cfg.train.seed
-        )
+        self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
         self.model = self.parts.model.to(self.device)
-        head_output = getattr(self.model.head, "output", "point")
+        head_output = self.model.head.output
         self.objective = build("objectives", cfg.train.objective, cfg.options("objective"))
-        needs = getattr(self.objective, "needs", "point")
+        needs = self.objective.needs
         if needs != "any" and needs != head_output:
             raise ConfigError(
                 f"objective '{cfg.train.objective}' trains {needs} embeddings but head "
@@ -107,7 +116,7 @@ class Trainer:
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
-        teacher = self._teacher()
+        teacher = build_teacher(cfg, self.objective, self.device)
         self.step_module: nn.Module = TrainStep(
             self.model, self.classifier, self.objective, teacher, self.augmenter
         )
@@ -129,65 +138,19 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.scorer = build("scorers", cfg.eval.scorer, cfg.options("scorer"))
-        self._validation_trials()
+        self.validator = validation.Validator(
+            cfg, self.parts, self.train_folder, self.val_folder, self.scorer, self.embed
+        )
         self.amp = cfg.train.amp and self.device.type == "cuda"
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile:
             self.model.backbone = torch.compile(self.model.backbone)
+        self.callbacks.on_setup(self)
 
-    def _teacher(self) -> Teacher | None:
-        """The frozen teacher of `train.teacher` (objective distill), on the training device."""
-        cfg = self.config
-        wants = hasattr(self.objective, "teacher_outputs")
-        if not cfg.train.teacher:
-            if wants:
-                raise ConfigError(
-                    f"objective '{cfg.train.objective}' distils from a teacher: set "
-                    "train.teacher=RUN_DIR_OR_CHECKPOINT (or use `metaemb distill --teacher`)."
-                )
-            return None
-        if not wants:
-            raise ConfigError(
-                f"train.teacher is set but objective '{cfg.train.objective}' does not use a "
-                "teacher; use train.objective=distill."
-            )
-        from metaemb.core.eval.evaluate import Loaded
-
-        loaded = Loaded.from_path(Path(cfg.train.teacher), Path(self.parts.root), str(self.device))
-        tcfg = loaded.config
-        if (tcfg.model.features, tcfg.options("features")) != (
-            cfg.model.features,
-            cfg.options("features"),
-        ):
-            raise ConfigError(
-                f"teacher '{cfg.train.teacher}' was trained on features '{tcfg.model.features}' "
-                f"{tcfg.options('features')}; the student uses '{cfg.model.features}' "
-                f"{cfg.options('features')}. Distillation needs the same input pipeline."
-            )
-        classifier = None
-        if loaded.state.get("classifier"):
-            obj = build("objectives", tcfg.train.objective, tcfg.options("objective"))
-            classifier = obj.build_classifier(tcfg.model.dim, loaded.state["num_classes"])
-            if classifier is not None:
-                classifier.load_state_dict(loaded.state["classifier"])
-                classifier = classifier.to(self.device)
-        return Teacher(loaded.parts.model, classifier).to(self.device)
-
-    def _validation_trials(self) -> None:
-        cfg = self.config
-        trials = make_trials(
-            self.val_folder,
-            n_target=cfg.eval.max_targets,
-            n_nontarget=cfg.eval.nontargets,
-            seed=cfg.train.seed,
-        )
-        self.val_set = self.parts.dataset(self.val_folder, train=False)
-        paths = [s.path for s in self.val_folder.samples]
-        self.val_trials = validation.index_trials(trials, paths)
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def _state(self, epoch: int, step: int, best: float, history: list[dict]) -> dict[str, Any]:
+    # -- state ---------------------------------------------------------------------------
+    def training_state(self, epoch: int, step: int, best: float, history: list[dict]) -> dict:
+        """Everything a resume needs, as written to last.pt / best.pt."""
         cfg = self.config
         return {
             "model": self.model.state_dict(),
@@ -216,7 +179,8 @@ class Trainer:
             "num_classes": self.num_classes,
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a training state written by `training_state`."""
         self.model.load_state_dict(state["model"])
         if self.classifier is not None:
             self.classifier.load_state_dict(state["classifier"])
@@ -229,68 +193,77 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or resume) to train.epochs while holding the run directory's lock."""
+        with self.checkpointer.locked():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         self.setup()
-        last = self.dir / "last.pt"
-        start_epoch, step, best, history = 0, 0, math.inf, []
+        self.checkpointer.prepare(self.fresh)
         if self.dist.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if self.fresh:
-                for name in ("last.pt", "best.pt", "metrics.jsonl", "skipped.txt"):
-                    (self.dir / name).unlink(missing_ok=True)
             atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
-        if last.exists() and not self.fresh:
-            state = load_checkpoint(last, expect_hash=cfg.hash())
-            self._restore(state)
-            start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        best, history = math.inf, []
+        state = self.checkpointer.resume()
+        if state is not None:
+            self.restore(state)
+            self.start_epoch, self.step, best = state["epoch"], state["step"], state["best"]
             history = list(state.get("history", []))
-            if self.dist.main:
-                self._trim_metrics(start_epoch)
-            if start_epoch >= cfg.train.epochs:
+            self.skipped = self.checkpointer.skipped()
+            self.resumed = True
+            if self.start_epoch >= cfg.train.epochs:
+                from rich.markup import escape
+
                 self.console.print(
-                    f"[bold]Run {self.dir} is complete[/] ({start_epoch}/{cfg.train.epochs} epochs); "
-                    "use --fresh to train it again."
+                    f"[bold]Run {escape(str(self.dir))} is complete[/] "
+                    f"({self.start_epoch}/{cfg.train.epochs} "
+                    "epochs); use --fresh to train it again."
                 )
-                return self._summary(history, complete=True)
-            self.console.print(f"Resuming {self.dir} from epoch {start_epoch}/{cfg.train.epochs}.")
+                return self._summary(history)
+            self.console.print(
+                f"Resuming {self.dir} from epoch {self.start_epoch}/{cfg.train.epochs}.",
+                markup=False,
+            )
+            if self.start_epoch > 0 and self.sampler.updates_from_embeddings:
+                self._update_sampler()  # its mined batches are not part of the checkpoint
         else:
             self._describe()
             if cfg.train.init_head_from_plda:
-                self._init_head_from_plda()
+                self._init_head_from_features()
         baseline = self._baseline()
-        for epoch in range(start_epoch, cfg.train.epochs):
-            result = self._train_epoch(epoch, step)
-            step += self.steps_per_epoch
+        self.callbacks.on_train_start(self)
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            self.epoch = epoch
+            self.callbacks.on_epoch_start(self, epoch)
+            result = self.train_epoch(epoch)
+            if self._stop:
+                break
+            record: dict[str, Any] = {}
             if self.dist.main:
-                result.metrics = self._validate()
-                record = {
-                    "epoch": epoch + 1,
-                    "loss": result.loss,
-                    "seconds": round(result.seconds, 2),
-                    "samples_per_s": round(result.samples_per_s, 1),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    **result.metrics,
-                    **{f"train_{k}": v for k, v in result.stats.items()},
-                }
+                result.metrics = self.validator.validate()
+                record = self._record(result)
                 history.append(record)
                 metric = result.metrics.get(cfg.select_key(), math.inf)
                 improved = metric < best
                 best = min(best, metric)
-                append_jsonl(self.dir / "metrics.jsonl", record)
-                state = self._state(epoch + 1, step, best, history)
-                save_checkpoint(last, state)
-                if improved:
-                    save_checkpoint(self.dir / "best.pt", state)
-                self._print_epoch(record, improved, baseline)
+                state = self.training_state(epoch + 1, self.step, best, history)
+                self.checkpointer.save(record, state, improved)
+                self._print_epoch(record, improved)
                 for warning in self.objective.end_epoch():
                     self.console.print(f"[yellow]warning:[/] {warning}")
             self.dist.barrier()
-            if hasattr(self.sampler, "update"):
+            self.callbacks.on_epoch_end(self, epoch, record)
+            if self._stop:
+                break
+            if self.sampler.updates_from_embeddings:
                 self._update_sampler()
-        return self._summary(history, complete=True, baseline=baseline)
+        summary = self._summary(history, baseline)
+        self.callbacks.on_train_end(self, summary)
+        return summary
 
-    def _train_epoch(self, epoch: int, step: int) -> EpochResult:
+    def train_epoch(self, epoch: int) -> EpochResult:
+        """One pass over the training batches of `epoch` (0-based)."""
         cfg = self.config.train
         self.sampler.set_epoch(epoch)
         self.objective.set_epoch(epoch)
@@ -320,25 +293,8 @@ class Trainer:
                 self._note_bad(batch.bad)
                 if len(batch) < 2:
                     continue
-                x = batch.inputs.to(self.device, non_blocking=True)
-                if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                lengths = batch.lengths.to(self.device) if batch.lengths is not None else None
-                labels = batch.labels.to(self.device)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss = self.step_module(x, lengths, labels)
-                if not torch.isfinite(loss):
-                    raise MetaembError(
-                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr "
-                        f"(now {cfg.lr}) or raise train.warmup_epochs."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                total_loss += loss.item() * len(batch)
+                loss = self.train_batch(batch)
+                total_loss += loss * len(batch)
                 n_samples += len(batch)
                 n_batches += 1
                 for k, v in self.objective.stats.items():
@@ -350,6 +306,9 @@ class Trainer:
                     loss=total_loss / n_samples,
                     rate=n_samples / max(elapsed, 1e-9),
                 )
+                self.callbacks.on_step(self, self.step, loss)
+                if self._stop:
+                    break
         seconds = time.perf_counter() - t0
         return EpochResult(
             epoch + 1,
@@ -358,6 +317,41 @@ class Trainer:
             n_samples / max(seconds, 1e-9),
             stats={k: v / max(n_batches, 1) for k, v in stats.items()},
         )
+
+    def train_batch(self, batch: Any) -> float:
+        """Forward, backward and one optimizer + scheduler step on a collated batch → its loss."""
+        cfg = self.config.train
+        x = batch.inputs.to(self.device, non_blocking=True)
+        if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        lengths = batch.lengths.to(self.device) if batch.lengths is not None else None
+        labels = batch.labels.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.step_module(x, lengths, labels)
+        if not torch.isfinite(loss):
+            raise MetaembError(
+                f"training diverged at epoch {self.epoch + 1} (loss {loss.item()}); lower "
+                f"train.lr (now {cfg.lr}) or raise train.warmup_epochs."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.item())
+
+    def _record(self, result: EpochResult) -> dict[str, Any]:
+        return {
+            "epoch": result.epoch,
+            "loss": result.loss,
+            "seconds": round(result.seconds, 2),
+            "samples_per_s": round(result.samples_per_s, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **result.metrics,
+            **{f"train_{k}": v for k, v in result.stats.items()},
+        }
 
     def _progress(self) -> Progress:
         return Progress(
@@ -372,90 +366,44 @@ class Trainer:
             disable=not self.dist.main,
         )
 
-    # -- validation ----------------------------------------------------------------------
+    # -- embeddings of the current model -------------------------------------------------
     def embed(self, dataset: PreparedDataset) -> tuple[Any, torch.Tensor]:
+        """Embeddings (eval mode) of the samples that could be read, and their indices."""
         self.model.eval()
-        out, kept, bad = extract(
-            self.model,
+        out, kept, bad = self._extract(self.model, dataset)
+        self._note_bad(bad)
+        return out, kept
+
+    def _extract(self, fn: Any, dataset: PreparedDataset, autocast: bool = True) -> Any:
+        return extract(
+            fn,
             dataset,
             self.device,
             batch_size=self.config.eval.batch_size,
             workers=self.workers,
-            autocast=self.amp,
+            autocast=self.amp and autocast,
         )
-        self._note_bad(bad)
-        return out, kept
-
-    def _validate(self) -> dict[str, float]:
-        cfg = self.config
-        emb, kept = self.embed(self.val_set)
-        trials = self._trials_for(kept)
-        if getattr(self.scorer, "requires_fit", False):
-            train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
-            labels = torch.tensor(self.train_folder.labels)[kept_train]
-            self.scorer.fit(train_emb, labels)
-        scores = validation.score_trials(self.scorer, self._table(emb, kept), trials)
-        return validation.report(scores, trials.labels, cfg.eval.p_targets)
-
-    def _table(self, emb: Any, kept: torch.Tensor) -> Any:
-        """Embeddings addressable by folder index (identity when nothing was skipped)."""
-        if len(kept) == len(self.val_folder):
-            return emb
-        pos = torch.full((len(self.val_folder),), -1, dtype=torch.long)
-        pos[kept] = torch.arange(len(kept))
-        return _Reindexed(emb, pos)
-
-    def _trials_for(self, kept: torch.Tensor) -> validation.IndexedTrials:
-        if len(kept) == len(self.val_folder):
-            return self.val_trials
-        ok = torch.zeros(len(self.val_folder), dtype=torch.bool)
-        ok[kept] = True
-        return validation.restrict(self.val_trials, lambda idx: ok[idx])
 
     def _baseline(self) -> dict[str, float]:
-        """The no-learning baseline EER on the same validation trials (cached in the run dir)."""
-        path = self.dir / "baseline.json"
-        if path.exists():
-            return read_json(path)
-        if not self.dist.main:
+        """The no-learning baseline EER on the validation trials (cached in the run dir)."""
+        path = self.dir / BASELINE
+        if not self.dist.main and not path.exists():
             return {}
-        feats = self.parts.model.features
-        out, kept, _ = extract(
-            feats.baseline_embedding,
-            self.val_set,
-            self.device,
-            batch_size=self.config.eval.batch_size,
-            workers=self.workers,
+        return self.validator.baseline(
+            path, lambda fn, ds: self._extract(fn, ds, autocast=False), self.device
         )
-        trials = self._trials_for(kept)
-        table = self._table(out, kept)
-        scores = validation.cosine_scores(table[torch.arange(len(self.val_folder))], trials)
-        rep = validation.report(scores, trials.labels, self.config.eval.p_targets)
-        result = {"name": self.config.modality_obj().baseline_name, **rep}
-        atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
-        return result
 
-    def _init_head_from_plda(self) -> None:
-        """The original meta-embedding recipe: start the GME head from a PLDA of the features."""
+    def _init_head_from_features(self) -> None:
+        """The original meta-embedding recipe: start the head from training-set features
+        (for the GME head: a PLDA of them), when the head declares it can."""
         head = self.model.head
-        if not hasattr(head, "init_from_features"):
-            raise ConfigError(
-                f"train.init_head_from_plda needs a head that supports it (e.g. gme); "
-                f"'{self.config.model.head}' does not."
-            )
-        if getattr(head, "normalization", "batch") != "batch":
-            raise ConfigError(
-                "train.init_head_from_plda needs head.normalization=batch (the PLDA map is folded "
-                f"into the head's BatchNorm); got head.normalization={head.normalization}"
-            )
+        problem = head.feature_init_problem()
+        if problem:
+            raise ConfigError(f"train.init_head_from_plda: {problem}")
         self.console.print("initialising the head from a PLDA fitted on training features …")
         self.model.eval()
-        feats, kept, bad = extract(
-            self.model.pooled,
-            self.parts.dataset(self.train_folder, train=False),
-            self.device,
-            batch_size=self.config.eval.batch_size,
-            workers=self.workers,
+        feats, kept, bad = self._extract(
+            self.model.pooled, self.parts.dataset(self.train_folder, train=False), autocast=False
         )
         self._note_bad(bad)
         head.init_from_features(feats.to(self.device), torch.tensor(self.train_folder.labels)[kept])
@@ -470,24 +418,24 @@ class Trainer:
         new = [f"{b.path}\t{b.error}" for b in bad if f"{b.path}\t{b.error}" not in self.skipped]
         if new:
             self.skipped.extend(new)
-            atomic_write_text(self.dir / "skipped.txt", "\n".join(self.skipped) + "\n")
+            self.checkpointer.write_skipped(self.skipped)
 
     # -- printing ------------------------------------------------------------------------
     def _describe(self) -> None:
         from metaemb.core.eval.summary import describe_run
 
         describe_run(self.console, self.config, self.dir, self.parts.root, self.train_folder,
-                     self.val_folder, len(self.val_trials), self.device)  # fmt: skip
+                     self.val_folder, len(self.validator.trials), self.device)  # fmt: skip
 
-    def _print_epoch(self, record: dict[str, Any], improved: bool, baseline: dict) -> None:
+    def _print_epoch(self, record: dict[str, Any], improved: bool) -> None:
         from metaemb.core.eval.summary import print_epoch
 
         print_epoch(self.console, self.config, record, improved)
 
-    def _summary(
-        self, history: list[dict], complete: bool, baseline: dict | None = None
-    ) -> dict[str, Any]:
-        baseline = baseline or read_json(self.dir / "baseline.json")
+    def _summary(self, history: list[dict], baseline: dict | None = None) -> dict[str, Any]:
+        from metaemb.core.runs import read_json
+
+        baseline = baseline or read_json(self.dir / BASELINE)
         if self.dist.main and history:
             from metaemb.core.eval.summary import print_summary, write_summary
 
@@ -503,15 +451,33 @@ class Trainer:
             "skipped": len(self.skipped),
         }
 
-    def _trim_metrics(self, epoch: int) -> None:
-        trim_jsonl(self.dir / "metrics.jsonl", epoch)
 
+def build_teacher(config: Config, objective: Any, device: torch.device) -> Teacher | None:
+    """The frozen teacher of `train.teacher` on `device`, when the objective learns from one."""
+    wants = objective.teacher_kind() is not None
+    if not config.train.teacher:
+        if wants:
+            raise ConfigError(
+                f"objective '{config.train.objective}' distils from a teacher: set "
+                "train.teacher=RUN_DIR_OR_CHECKPOINT (or use `metaemb distill --teacher`)."
+            )
+        return None
+    if not wants:
+        raise ConfigError(
+            f"train.teacher is set but objective '{config.train.objective}' does not use a "
+            "teacher; use train.objective=distill."
+        )
+    from metaemb.core.deploy.loading import load_run
 
-class _Reindexed:
-    """Embeddings of a subset addressed by full-folder index (when bad samples were skipped)."""
-
-    def __init__(self, emb: Any, pos: torch.Tensor) -> None:
-        self.emb, self.pos = emb, pos
-
-    def __getitem__(self, idx: torch.Tensor) -> Any:
-        return self.emb[self.pos[idx]]
+    loaded = load_run(Path(config.train.teacher), device=str(device))
+    tcfg = loaded.config
+    if (tcfg.model.features, tcfg.options("features")) != (
+        config.model.features,
+        config.options("features"),
+    ):
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' was trained on features '{tcfg.model.features}' "
+            f"{tcfg.options('features')}; the student uses '{config.model.features}' "
+            f"{config.options('features')}. Distillation needs the same input pipeline."
+        )
+    return Teacher(loaded.model, loaded.classifier()).to(device)

@@ -183,6 +183,14 @@ class GMEHead(Head):
         self.precision.bias.copy_((psi - self.precision_floor).log().to(dt))
         self.log_precision_scale.zero_()
 
+    def feature_init_problem(self) -> str | None:
+        if self.normalization != "batch":
+            return (
+                "the GME head needs head.normalization=batch (the PLDA map is folded into its "
+                f"BatchNorm); got head.normalization={self.normalization}"
+            )
+        return None
+
     @torch.no_grad()
     def init_from_features(self, features: Tensor, labels: Tensor, iterations: int = 10) -> Tensor:
         """Fit a two-covariance PLDA (core/plda.py, EM) to training-set backbone features and

@@ -68,7 +68,7 @@ class TrainStep(nn.Module):
         if self.augment is not None and self.training:
             x, lengths, labels = self.augment.input(x, lengths, labels)
         if self.teacher is not None:
-            logits = getattr(self.objective, "kd", "embedding") == "logits"
+            logits = self.objective.teacher_kind() == "logits"
             self.objective.teacher_outputs = self.teacher(x, lengths, logits)
         if self.augment is not None and self.training:
             feats, flen = self.model.features(x, lengths)

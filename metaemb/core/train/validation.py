@@ -1,17 +1,43 @@
-"""Per-epoch validation on held-out identities: fixed trials, embeddings once per file, metrics."""
+"""Per-epoch validation on held-out identities: fixed trials, embeddings once per file, metrics.
+
+`split` and `validation_trials` are the one definition of a run's held-out identities and trials:
+the engine validates on them and `metaemb evaluate RUN` (no trial list) regenerates them, so the
+numbers match. `Validator` scores them every epoch and computes the no-learning baseline.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from metaemb.core.config import Config
 from metaemb.core.errors import DataError
 from metaemb.core.eval import metrics
-from metaemb.core.plugin.interfaces import Scorer, Trial
+from metaemb.core.eval.trials import make_trials
+from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
+from metaemb.core.runs import atomic_write_text, read_json
+
+
+def split(folder: SampleFolder, config: Config) -> tuple[SampleFolder, SampleFolder]:
+    """(training, validation) folders of a run: disjoint identities, seeded by train.seed."""
+    return folder.split(config.data.val_fraction, seed=config.train.seed)
+
+
+def validation_trials(val_folder: SampleFolder, config: Config) -> list[Trial]:
+    """The run's validation trials over its held-out identities (same config, same list)."""
+    return make_trials(
+        val_folder,
+        n_target=config.eval.max_targets,
+        n_nontarget=config.eval.nontargets,
+        seed=config.train.seed,
+    )
 
 
 @dataclass
@@ -62,3 +88,90 @@ def cosine_scores(x: Tensor, trials: IndexedTrials) -> Tensor:
 def restrict(trials: IndexedTrials, keep: Callable[[Tensor], Tensor]) -> IndexedTrials:
     mask = keep(trials.enroll) & keep(trials.test)
     return IndexedTrials(trials.enroll[mask], trials.test[mask], trials.labels[mask])
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device) -> Iterator[None]:
+    """Run side computations (the baseline) without consuming the training random streams, so a
+    run gives the same weights whether or not its baseline was already cached."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+Embed = Callable[[Any], tuple[Any, Tensor]]  # PreparedDataset → (embeddings, kept indices)
+
+
+class Validator:
+    """Validation of one run: fixed trials on held-out identities, scored each epoch.
+
+    `embed(dataset)` returns the embeddings of the samples that could be read and their folder
+    indices; trials touching a skipped sample are left out rather than scored on garbage.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        parts: Any,
+        train_folder: SampleFolder,
+        val_folder: SampleFolder,
+        scorer: Scorer,
+        embed: Embed,
+    ) -> None:
+        self.config, self.parts, self.scorer, self.embed = config, parts, scorer, embed
+        self.train_folder, self.val_folder = train_folder, val_folder
+        self.val_set = parts.dataset(val_folder, train=False)
+        paths = [s.path for s in val_folder.samples]
+        self.trials = index_trials(validation_trials(val_folder, config), paths)
+
+    def validate(self) -> dict[str, float]:
+        """Fit the scorer on the training samples when it needs it, then score the trials."""
+        emb, kept = self.embed(self.val_set)
+        trials = self._trials_for(kept)
+        if self.scorer.requires_fit:
+            train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
+            labels = torch.tensor(self.train_folder.labels)[kept_train]
+            self.scorer.fit(train_emb, labels)
+        scores = score_trials(self.scorer, self._table(emb, kept), trials)
+        return report(scores, trials.labels, self.config.eval.p_targets)
+
+    def baseline(self, path: Path, extract: Callable[..., Any], device: torch.device) -> dict:
+        """The no-learning baseline on the same trials, cached in `path`; it never touches the
+        training random streams (see `isolated_rng`)."""
+        if path.exists():
+            return read_json(path)
+        feats = self.parts.model.features
+        with isolated_rng(device):
+            out, kept, _ = extract(feats.baseline_embedding, self.val_set)
+        trials = self._trials_for(kept)
+        table = self._table(out, kept)
+        scores = cosine_scores(table[torch.arange(len(self.val_folder))], trials)
+        rep = report(scores, trials.labels, self.config.eval.p_targets)
+        result = {"name": self.config.modality_obj().baseline_name, **rep}
+        atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
+        return result
+
+    def _table(self, emb: Any, kept: Tensor) -> Any:
+        """Embeddings addressable by folder index (identity when nothing was skipped)."""
+        if len(kept) == len(self.val_folder):
+            return emb
+        pos = torch.full((len(self.val_folder),), -1, dtype=torch.long)
+        pos[kept] = torch.arange(len(kept))
+        return _Reindexed(emb, pos)
+
+    def _trials_for(self, kept: Tensor) -> IndexedTrials:
+        if len(kept) == len(self.val_folder):
+            return self.trials
+        ok = torch.zeros(len(self.val_folder), dtype=torch.bool)
+        ok[kept] = True
+        return restrict(self.trials, lambda idx: ok[idx])
+
+
+class _Reindexed:
+    """Embeddings of a subset addressed by full-folder index (when bad samples were skipped)."""
+
+    def __init__(self, emb: Any, pos: Tensor) -> None:
+        self.emb, self.pos = emb, pos
+
+    def __getitem__(self, idx: Tensor) -> Any:
+        return self.emb[self.pos[idx]]

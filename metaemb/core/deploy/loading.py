@@ -1,0 +1,129 @@
+"""Loading a trained run for inference: the one loader every caller uses.
+
+`load_run(path)` takes a run directory (its best.pt, else last.pt) or a checkpoint file, loads it
+safely (weights_only), rebuilds the embedding model from the saved config and puts it in eval mode
+on the chosen device. Evaluation, embedding, export, galleries and distillation teachers all load
+through it, so they agree on what a checkpoint means. With `with_data` (or `data`), it also builds
+the run's data pipeline (sample folder, frontend, features) for embedding samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metaemb.core.config import Config, from_dict
+from metaemb.core.data.embed import extract
+from metaemb.core.data.pipeline import Components, build_model, data_root
+from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.plugin.components import build, validate_options
+from metaemb.core.plugin.interfaces import SampleFolder, Scorer
+from metaemb.core.runs import load_checkpoint
+from metaemb.core.train.device import pick_device
+from metaemb.core.train.model import EmbeddingModel
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run directory resolves to its best.pt (or last.pt); a file is used as it is."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MetaembError(f"run directory '{path}' has no best.pt or last.pt: was it trained?")
+    if not path.exists():
+        raise MetaembError(f"'{path}' is neither a run directory nor a checkpoint file.")
+    return path
+
+
+@dataclass
+class LoadedRun:
+    """A trained model rebuilt from its checkpoint (eval mode), its config and saved state."""
+
+    path: Path  # the checkpoint file
+    config: Config
+    state: dict[str, Any]
+    model: EmbeddingModel
+    device: torch.device
+    data: Components | None = None
+
+    @property
+    def parts(self) -> Components:
+        """The run's data pipeline (load with `with_data=True` or `data=`)."""
+        if self.data is None:
+            raise MetaembError("this run was loaded without its data pipeline (with_data=False).")
+        return self.data
+
+    def embed(self, folder: SampleFolder, indices: list[int] | None, workers: int) -> Any:
+        """Embeddings of `folder.samples[indices]` (all when None), in that order; a sample that
+        cannot be read is an error naming it."""
+        ds = self.parts.dataset(folder, train=False)
+        if indices is not None:
+            ds.indices = list(indices)
+        out, _, bad = extract(
+            self.model, ds, self.device, batch_size=self.config.eval.batch_size, workers=workers
+        )
+        if bad:
+            names = ", ".join(b.path for b in bad[:5])
+            raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
+        return out
+
+    def classifier(self) -> nn.Module | None:
+        """The training classifier (class weights) saved with the run, rebuilt, or None."""
+        saved = self.state.get("classifier")
+        if not saved:
+            return None
+        cfg = self.config
+        objective = build("objectives", cfg.train.objective, cfg.options("objective"))
+        classifier = objective.build_classifier(cfg.model.dim, self.state["num_classes"])
+        if classifier is None:
+            return None
+        classifier.load_state_dict(saved)
+        return classifier.to(self.device).eval()
+
+    def scorer(self, name: str | None = None) -> tuple[Scorer, bool]:
+        """Scorer `name` (default: the run's) → (scorer, still_needs_fit). The run's own scorer
+        gets its options and, when fitted during training (PLDA, s-norm), its saved state."""
+        cfg = self.config
+        name = name or cfg.eval.scorer
+        opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
+        scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
+        if not scorer.requires_fit:
+            return scorer, False
+        saved = self.state.get("scorer") or {}
+        if name == cfg.eval.scorer and saved:
+            scorer.load_state_dict(saved)
+            return scorer, False
+        return scorer, True
+
+
+def load_run(
+    path: Path,
+    device: str = "cpu",
+    *,
+    data: Path | None = None,
+    with_data: bool = False,
+) -> LoadedRun:
+    """Load a run directory or checkpoint; `data` (a data root) or `with_data` (the run's own
+    root) also builds the data pipeline for embedding samples."""
+    ckpt = find_checkpoint(Path(path))
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("config"), dict) or "model" not in state:
+        raise MetaembError(f"'{ckpt}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
+    cfg = from_dict(state["config"])
+    parts = None
+    if data is not None or with_data:
+        if data is not None:
+            cfg.data.root = str(data)
+        parts = Components.build(cfg, data_root(cfg))
+        model = parts.model
+    else:
+        model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    dev = pick_device(device)
+    model.to(dev).eval()
+    return LoadedRun(ckpt, cfg, state, model, dev, parts)

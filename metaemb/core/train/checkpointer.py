@@ -1,0 +1,107 @@
+"""The files of one run directory during training: lock, checkpoints, metrics.jsonl, skipped.txt.
+
+Invariants, whatever moment a training is killed at:
+- one trainer at a time holds the directory (`RunLock`; a dead owner's lock is taken over);
+- a checkpoint is written to a temp file and renamed, and temp files an interrupted write left
+  behind are deleted before the next training starts;
+- metrics.jsonl never holds an epoch that last.pt does not: on resume it is trimmed to the
+  checkpoint's epoch, and a restart with no checkpoint clears it (and any best.pt / skipped.txt);
+- best.pt is written before last.pt, so a resumed run never lacks the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.runs import (
+    RunLock,
+    append_jsonl,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_tmp,
+    save_checkpoint,
+    trim_jsonl,
+)
+
+LAST, BEST, METRICS, SKIPPED, BASELINE = (
+    "last.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "skipped.txt",
+    "baseline.json",
+)
+
+
+class Checkpointer:
+    """Saves and restores the training state of one run directory (rank 0 writes)."""
+
+    def __init__(self, folder: Path, config_hash: str, main: bool = True) -> None:
+        self.dir = Path(folder)
+        self.config_hash = config_hash
+        self.main = main
+
+    @property
+    def last(self) -> Path:
+        return self.dir / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.dir / BEST
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / METRICS
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock (rank 0 only; other DDP ranks share rank 0's)."""
+        if not self.main:
+            yield
+            return
+        with RunLock(self.dir):
+            yield
+
+    def prepare(self, fresh: bool) -> None:
+        """Create the directory, drop temp files of interrupted writes, and with `fresh` every
+        file of an earlier training (the config and any evaluation folders stay)."""
+        if not self.main:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.dir)
+        if fresh:
+            for name in (LAST, BEST, METRICS, SKIPPED, BASELINE):
+                (self.dir / name).unlink(missing_ok=True)
+
+    def resume(self) -> dict[str, Any] | None:
+        """The state of last.pt (metrics.jsonl trimmed to its epoch), or None to start over (then
+        what an attempt that died before its first checkpoint wrote is cleared)."""
+        if self.last.exists():
+            state = load_checkpoint(self.last, expect_hash=self.config_hash)
+            if self.main:
+                trim_jsonl(self.metrics, int(state["epoch"]))
+            return state
+        if self.main:
+            for name in (METRICS, BEST, SKIPPED):
+                (self.dir / name).unlink(missing_ok=True)
+        return None
+
+    def save(self, record: dict[str, Any], state: dict[str, Any], improved: bool) -> None:
+        """One finished epoch: its metrics line, then best.pt (if improved), then last.pt."""
+        if not self.main:
+            return
+        append_jsonl(self.metrics, record)
+        if improved:
+            save_checkpoint(self.best, state)
+        save_checkpoint(self.last, state)
+
+    def skipped(self) -> list[str]:
+        """Lines of skipped.txt (samples skipped by earlier attempts of this run)."""
+        path = self.dir / SKIPPED
+        return path.read_text().splitlines() if path.exists() else []
+
+    def write_skipped(self, lines: list[str]) -> None:
+        if self.main:
+            atomic_write_text(self.dir / SKIPPED, "".join(line + "\n" for line in lines))

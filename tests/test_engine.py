@@ -1,0 +1,306 @@
+"""The engine's run-folder promises, driven through its public callbacks (core/train/callbacks.py):
+
+- one trainer per run folder (a live lock refuses with "run in progress (pid N)", exit 2; a stale
+  lock of a dead process is taken over);
+- crash-safe first checkpoint: temp files of interrupted writes are removed, metrics.jsonl is
+  trimmed to the checkpoint's epoch on resume and cleared on a restart with no checkpoint;
+- `--fresh` reproduces a run bit for bit, and so does a restart after a crash before the first
+  checkpoint (the cached baseline must not change the training random streams);
+- train.epochs ≤ 0 is refused;
+- kill-anywhere property: a training interrupted at random points and resumed each time ends with
+  exactly the weights, optimizer state and metrics of an uninterrupted one.
+
+A tiny CNN (the example plugin's `tinycnn`, installed with the test extra) on 16-pixel faces keeps
+each training at a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import demo_faces, run_cli
+from rich.console import Console
+
+from metaemb.core.config import resolve
+from metaemb.core.errors import ConfigError
+from metaemb.core.runs import RunLock, load_checkpoint
+from metaemb.core.train.callbacks import Callback
+from metaemb.core.train.engine import Trainer
+
+SETTINGS = [
+    "model.backbone=tinycnn",
+    "backbone.width=4",
+    "features.image_size=16",
+    "model.dim=8",
+    "train.epochs=3",
+    "train.batch_size=8",
+    "eval.max_targets=20",
+    "eval.nontargets=20",
+]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    return demo_faces(tmp_path_factory.mktemp("data") / "faces", 8, 4, image_size=16)
+
+
+def config(data: Path, *extra: str):
+    return resolve("face", sets=[f'data.root="{data}"', *SETTINGS, *extra])
+
+
+def trainer(data: Path, runs: Path, *extra: str, fresh: bool = False, callbacks=()) -> Trainer:
+    return Trainer(config(data, *extra), runs_root=runs, device="cpu", fresh=fresh, workers=0,
+                   console=Console(quiet=True), callbacks=callbacks)  # fmt: skip
+
+
+def cli_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    args = ["train", "--modality", "face", "--data", data, "--runs", runs, "--workers", "0"]
+    for s in [*SETTINGS, *extra]:
+        args += ["--set", s]
+    return args
+
+
+def epochs_in(run: Path) -> list[int]:
+    lines = (
+        (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    )
+    return [json.loads(x)["epoch"] for x in lines]
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Equal tensors (bit for bit) in model, classifier, optimizer state; equal epoch/step/best."""
+    for key in ("model", "classifier"):
+        if a[key].keys() != b[key].keys():
+            return False
+        if not all(torch.equal(a[key][k], b[key][k]) for k in a[key]):
+            return False
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in sa:
+        for name, v in sa[k].items():
+            w = sb[k][name]
+            if isinstance(v, torch.Tensor) and not torch.equal(v, w):
+                return False
+    return (a["epoch"], a["step"], a["best"]) == (b["epoch"], b["step"], b["best"])
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in the engine catches it."""
+
+
+class KillAt(Callback):
+    """Interrupts the training at its n-th event (a step or an epoch end, 1-based)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def _tick(self) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            raise Killed
+
+    def on_step(self, trainer, step, loss):
+        self._tick()
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._tick()
+
+
+# -- the lock ----------------------------------------------------------------------------------
+def test_a_second_trainer_on_the_same_run_folder_exits_2(faces, tmp_path, capsys):
+    run = trainer(faces, tmp_path).dir
+    with RunLock(run):
+        code, out, err = run_cli(cli_args(faces, tmp_path), capsys)
+    assert code == 2, out + err
+    assert f"run in progress (pid {os.getpid()})" in " ".join(err.split())
+    assert not (run / "metrics.jsonl").exists() and not (run / "last.pt").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(faces, tmp_path):
+    t = trainer(faces, tmp_path, "train.epochs=1")
+    t.dir.mkdir(parents=True)
+    (t.dir / ".lock").write_text(f"{dead_pid()}\n")
+    t.run()
+    assert epochs_in(t.dir) == [1]
+    assert not (t.dir / ".lock").exists(), "released at the end"
+
+
+def test_run_lock_refuses_while_held_and_frees_on_release(tmp_path):
+    from metaemb.core.runs import RunInProgress
+
+    lock = RunLock(tmp_path).acquire()
+    with pytest.raises(RunInProgress, match=rf"run in progress \(pid {os.getpid()}\)"):
+        RunLock(tmp_path).acquire()
+    lock.release()
+    RunLock(tmp_path).acquire().release()
+
+
+# -- crash-safe files -----------------------------------------------------------------------------
+def test_restart_without_checkpoint_clears_leftovers(faces, tmp_path):
+    """A first attempt killed before (or while) writing its first checkpoint left a metrics line,
+    a temp file and a lock; the restart starts clean and records each epoch once."""
+    t = trainer(faces, tmp_path, "train.epochs=1")
+    t.dir.mkdir(parents=True)
+    (t.dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": -1.0}) + "\n")
+    (t.dir / ".last.pt.x1y2z3.tmp").write_bytes(b"\0" * 1000)
+    (t.dir / ".lock").write_text(f"{dead_pid()}\n")
+    t.run()
+    assert epochs_in(t.dir) == [1]
+    assert json.loads((t.dir / "metrics.jsonl").read_text())["loss"] > 0
+    assert not list(t.dir.glob(".*.tmp"))
+
+
+def test_resume_trims_metrics_to_the_checkpoint(faces, tmp_path):
+    """Killed after appending epoch 2's metrics but before last.pt was renamed: the resumed run
+    drops that line and records epoch 2 once, for real."""
+
+    class KillInEpoch2(Callback):
+        def on_epoch_start(self, t, epoch):
+            if epoch == 1:
+                raise Killed
+
+    with pytest.raises(Killed):
+        trainer(faces, tmp_path, callbacks=[KillInEpoch2()]).run()
+    run = trainer(faces, tmp_path).dir
+    assert epochs_in(run) == [1]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "loss": -1.0}) + "\n")
+    (run / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")
+    trainer(faces, tmp_path).run()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(r["loss"] > 0 for r in records)
+    assert not list(run.glob(".*.tmp"))
+
+
+# -- reproducibility ------------------------------------------------------------------------------
+def test_fresh_reproduces_the_run_bit_for_bit(faces, tmp_path):
+    first = trainer(faces, tmp_path, "train.epochs=2")
+    first.run()
+    a = load_checkpoint(first.dir / "last.pt")
+    metrics_a = (first.dir / "metrics.jsonl").read_text()
+    assert (first.dir / "baseline.json").exists()
+    again = trainer(faces, tmp_path, "train.epochs=2", fresh=True)
+    again.run()
+    b = load_checkpoint(again.dir / "last.pt")
+    assert same_state(a, b)
+    strip = [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "samples_per_s")}
+             for x in metrics_a.splitlines()]  # fmt: skip
+    again_lines = (again.dir / "metrics.jsonl").read_text().splitlines()
+    assert strip == [
+        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "samples_per_s")}
+        for x in again_lines
+    ]
+
+
+def test_a_cached_baseline_does_not_change_the_training(faces, tmp_path):
+    """The issue's case: a restart that finds baseline.json (written by an attempt that died
+    before its first checkpoint) must train exactly as a run that computed it."""
+    ref = trainer(faces, tmp_path / "a", "train.epochs=1")
+    ref.run()
+    with pytest.raises(Killed):
+        trainer(faces, tmp_path / "b", "train.epochs=1", callbacks=[KillAt(1)]).run()
+    again = trainer(faces, tmp_path / "b", "train.epochs=1")
+    assert (again.dir / "baseline.json").exists() and not (again.dir / "last.pt").exists()
+    again.run()
+    assert same_state(load_checkpoint(ref.dir / "last.pt"), load_checkpoint(again.dir / "last.pt"))
+
+
+# -- refusals -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("epochs", [0, -2])
+def test_no_epochs_is_refused(faces, tmp_path, capsys, epochs):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        trainer(faces, tmp_path, f"train.epochs={epochs}")
+    code, _, err = run_cli(cli_args(faces, tmp_path, f"train.epochs={epochs}"), capsys)
+    assert code == 2 and "train.epochs" in err
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+def test_callbacks_see_every_event_in_order_and_can_stop(faces, tmp_path):
+    events: list[tuple] = []
+
+    class Log(Callback):
+        def on_setup(self, t):
+            events.append(("setup",))
+
+        def on_train_start(self, t):
+            events.append(("start", t.start_epoch, t.resumed))
+
+        def on_epoch_start(self, t, epoch):
+            events.append(("epoch", epoch))
+
+        def on_step(self, t, step, loss):
+            events.append(("step", step))
+            assert loss > 0 and t.optimizer.param_groups[0]["lr"] > 0
+
+        def on_epoch_end(self, t, epoch, record):
+            events.append(("end", epoch, record["epoch"]))
+            if epoch == 1:
+                t.request_stop()
+
+        def on_train_end(self, t, summary):
+            events.append(("done", summary["epochs"]))
+
+    t = trainer(faces, tmp_path, callbacks=[Log()])
+    t.run()
+    n = t.steps_per_epoch
+    want = [("setup",), ("start", 0, False)]
+    for e in range(2):
+        want += [("epoch", e), *[("step", e * n + i + 1) for i in range(n)], ("end", e, e + 1)]
+    assert events == [*want, ("done", 2)]
+    assert epochs_in(t.dir) == [1, 2]  # stopped after epoch 2 of 3: resumable
+    events.clear()
+    trainer(faces, tmp_path, callbacks=[Log()]).run()
+    assert events[1] == ("start", 2, True) and events[-1] == ("done", 3)
+
+
+# -- kill anywhere, resume, same result -------------------------------------------------------------
+def kill_loop(faces: Path, runs: Path, seed: int, kills: int) -> None:
+    """Train with `kills` interruptions at random events (each may leave a stale temp file and
+    a dead process's lock, as SIGKILL would), resuming after each; then compare with a reference."""
+    reference = trainer(faces, runs / "reference")
+    reference.run()
+    want = load_checkpoint(reference.dir / "last.pt")
+    events = 3 * (reference.steps_per_epoch + 1)
+    rng = random.Random(seed)
+    points = sorted(rng.sample(range(1, events), kills))
+    done = 0
+    run = trainer(faces, runs / "killed").dir
+    for point in points:
+        with pytest.raises(Killed):
+            trainer(faces, runs / "killed", callbacks=[KillAt(point - done)]).run()
+        # the epochs already completed are then replayed from last.pt; count from there
+        done = sum(1 for _ in epochs_in(run)) * (reference.steps_per_epoch + 1)
+        if rng.random() < 0.5:
+            (run / f".last.pt.k{point}.tmp").write_bytes(os.urandom(64))
+        if rng.random() < 0.5:
+            (run / ".lock").write_text(f"{dead_pid()}\n")
+        assert epochs_in(run) == list(range(1, len(epochs_in(run)) + 1))
+    trainer(faces, runs / "killed").run()
+    got = load_checkpoint(run / "last.pt")
+    assert same_state(want, got), f"seed {seed}: kills at events {points} changed the result"
+    assert epochs_in(run) == [1, 2, 3]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_killed_and_resumed_training_matches_an_uninterrupted_one(faces, tmp_path):
+    kill_loop(faces, tmp_path, seed=0, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_kill_loop_property_several_seeds(faces, tmp_path, seed):
+    kill_loop(faces, tmp_path, seed=seed, kills=3)
