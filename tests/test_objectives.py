@@ -438,3 +438,8 @@ def test_distill_errors():
         DistillObjective(task="triplet", kd="logits")
     with pytest.raises(ConfigError, match="task"):
         DistillObjective(task="gme")
+    with pytest.raises(ConfigError, match="point-embedding objective"):
+        DistillObjective(task="gme-bxe")  # a registered objective, but of meta-embeddings
+    # any registered point objective is a task, with its own options from a nested table
+    arc = DistillObjective(task={"name": "arcface", "margin": 0.3}, kd="logits")
+    assert type(arc.task).__name__ == "ArcFaceObjective" and arc.task.margin == 0.3

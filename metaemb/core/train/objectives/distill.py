@@ -16,17 +16,15 @@ projection live in the module `build_classifier` returns, never in the loss.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.errors import ConfigError, DataError, UnknownComponentError
+from metaemb.core.plugin.components import build_part
 from metaemb.core.plugin.interfaces import Objective
-from metaemb.core.train.objectives.contrastive import ContrastiveObjective
-from metaemb.core.train.objectives.margin import ArcFaceObjective, CosFaceObjective
-from metaemb.core.train.objectives.softmax import SoftmaxObjective, full_precision
-from metaemb.core.train.objectives.triplet import TripletObjective
+from metaemb.core.train.objectives.softmax import full_precision
 
 KD_KINDS = ("embedding", "logits")
 EMBEDDING_LOSSES = ("mse", "cosine")
@@ -41,16 +39,27 @@ class DistillHead(nn.Module):
         self.projection = projection
 
 
-# The point-embedding objectives a student can be trained with besides the KD term; the first
-# three have a classifier over the training classes, so logit KD applies to them.
-TASKS: dict[str, type[Objective]] = {
-    "softmax": SoftmaxObjective,
-    "arcface": ArcFaceObjective,
-    "cosface": CosFaceObjective,
-    "triplet": TripletObjective,
-    "contrastive": ContrastiveObjective,
-}
-LOGIT_TASKS = (SoftmaxObjective, ArcFaceObjective, CosFaceObjective)
+def build_task(task: Any) -> Objective | None:
+    """The task objective, any registered point-embedding objective (a name or a table
+    [objective.task] name = "arcface", margin = …), through the registry; None for "none"."""
+    try:
+        obj = build_part("objectives", task, "softmax")
+    except UnknownComponentError as exc:
+        raise ConfigError(f"objective 'distill': task: {exc}") from None
+    if obj is None:
+        return None
+    name = task.get("name") if isinstance(task, dict) else task
+    if isinstance(obj, DistillObjective) or getattr(obj, "needs", "point") != "point":
+        raise ConfigError(
+            f"objective 'distill': task '{name}' must be a point-embedding objective other than "
+            "distill (softmax, arcface, cosface, triplet, contrastive, …) or 'none'."
+        )
+    return obj
+
+
+def has_classifier(task: Objective | None) -> bool:
+    """Whether the task scores classes (a classifier module), so logit KD applies to it."""
+    return task is not None and task.build_classifier(2, 2) is not None
 
 
 def logit_kd(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -64,10 +73,11 @@ class DistillObjective(Objective):
     """Task loss + λ·knowledge distillation from teacher outputs set per batch by the engine."""
 
     batch: ClassVar[str] = "random"
+    parts: ClassVar[dict[str, str]] = {"task": "objectives"}  # [objective.task] name = …
 
     def __init__(
         self,
-        task: str = "softmax",
+        task: dict[str, Any] | str = "softmax",
         weight: float = 1.0,
         kd: str = "embedding",
         embedding_loss: str = "mse",
@@ -75,11 +85,6 @@ class DistillObjective(Objective):
         teacher_dim: int = 0,
     ) -> None:
         super().__init__()
-        if task != "none" and task not in TASKS:
-            raise ConfigError(
-                f"objective 'distill': task must be 'none' or one of {', '.join(TASKS)}; "
-                f"got '{task}'."
-            )
         if kd not in KD_KINDS:
             raise ConfigError(f"objective 'distill': kd must be one of {', '.join(KD_KINDS)}.")
         if embedding_loss not in EMBEDDING_LOSSES:
@@ -90,8 +95,8 @@ class DistillObjective(Objective):
             raise ConfigError(
                 "objective 'distill': temperature must be > 0, weight and teacher_dim >= 0."
             )
-        self.task: Objective | None = None if task == "none" else TASKS[task]()
-        if kd == "logits" and not isinstance(self.task, LOGIT_TASKS):
+        self.task: Objective | None = build_task(task)
+        if kd == "logits" and not has_classifier(self.task):
             raise ConfigError(
                 "objective 'distill': kd='logits' needs a classifier task (softmax, arcface or "
                 f"cosface) over the teacher's classes; got task '{task}'."
@@ -102,9 +107,6 @@ class DistillObjective(Objective):
         self.temperature = float(temperature)
         self.teacher_dim = int(teacher_dim)
         self.teacher_outputs: Tensor | None = None
-
-    def teacher_kind(self) -> str | None:
-        return self.kd
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
