@@ -25,6 +25,7 @@ def create_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    app.callback()(_root)
     app.command()(train)
     app.command()(evaluate)
     app.command()(distill)
@@ -42,6 +43,9 @@ def create_app() -> typer.Typer:
 
     app.command()(enroll)
     app.command()(identify)
+    from metaemb.commands.doctor import doctor
+
+    app.command()(doctor)
     from metaemb.commands.neighbours import neighbours
 
     app.command()(neighbours)
@@ -55,6 +59,23 @@ def create_app() -> typer.Typer:
 
 
 # ---------------------------------------------------------------------------------------------
+def _show_version(value: bool) -> None:
+    if value:
+        from metaemb import __version__
+
+        typer.echo(f"metaemb {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Train and evaluate embedding networks for biometric recognition (faces, voices, …)."""
+
+
 def train(
     modality: Annotated[str, typer.Option(help="face, speaker, or any plugin's modality")] = "face",
     data: Annotated[
@@ -276,6 +297,11 @@ def _user_message(exc: BaseException) -> str:
 def main() -> None:
     from metaemb.core.errors import MetaembError
 
+    if sys.argv[1:] == ["--version"]:  # answer before loading plugins (works even if one is broken)
+        from metaemb import __version__
+
+        print(f"metaemb {__version__}")
+        return
     try:
         app = create_app()
         app()
