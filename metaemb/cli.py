@@ -52,6 +52,9 @@ def create_app() -> typer.Typer:
     from metaemb.commands.plot import plot
 
     app.command()(plot)
+    from metaemb.commands.runs import runs as runs_command
+
+    app.command("runs")(runs_command)
     from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)
@@ -105,22 +108,32 @@ def train(
     if on_bad_sample is not None:
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     cfg = resolve(modality, config, sets)
-    trainer = Trainer(
-        cfg, runs_root=runs, device=device, fresh=fresh, console=console, workers=workers
-    )
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.train.runlog import LoggingConsole
+
+    out = LoggingConsole()  # prints as `console` does, and copies it to RUN/train.log
+    trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out, workers=workers)
+    if trainer.dist.main:
+        out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
         trainer.run()
         if trainer.dist.main:
             from metaemb.commands.plot import after_training
 
-            after_training(trainer.dir, console)
+            after_training(trainer.dir, out)
+    except MetaembError as exc:
+        out.log_only(f"error: {exc}")
+        raise
     except KeyboardInterrupt:
+        out.log_only("interrupted")
         err_console.print(
             f"interrupted; re-run the same command to resume {trainer.dir} from its last "
             "completed epoch.",
             markup=False,
         )
         raise typer.Exit(130) from None
+    finally:
+        out.close_log()
 
 
 def distill(

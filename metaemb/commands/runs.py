@@ -1,0 +1,41 @@
+"""`metaemb runs [ROOT]`: the runs under a folder (the face toolkit's `models list`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+
+
+def runs(
+    root: Annotated[Path, typer.Argument(help="root of run directories")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List runs: modality, components, epochs done, best validation metric and path."""
+    from metaemb.core.eval.catalog import find_runs
+
+    found = find_runs(root)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        console.print(f"no runs under {escape(str(root))}")
+        return
+    table = Table(title=f"runs under {escape(str(root))}")
+    for col in ("name", "modality", "components", "epochs", "best", "path"):
+        table.add_column(col, justify="right" if col in ("epochs", "best") else "left")
+    for r in found:
+        best = "-"
+        if r.best is not None:
+            value = f"{100 * r.best:.2f}%" if r.best_key == "eer" else f"{r.best:.4f}"
+            best = f"{r.best_key} {value} (ep {r.best_epoch})"
+        table.add_row(escape(r.name), r.modality, escape(r.components),
+                      f"{r.epochs_done}/{r.epochs}", best, escape(r.path))  # fmt: skip
+    console.print(table)

@@ -1,0 +1,110 @@
+"""The runs under a root folder, for `metaemb runs`: modality, components, epochs done, best
+validation metric and path, read from each run's config.toml and metrics.jsonl (no checkpoint
+is opened, so listing thousands of runs is quick)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.errors import DataError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class RunInfo:
+    path: str
+    name: str
+    modality: str
+    components: str
+    epochs_done: int
+    epochs: int
+    best_key: str
+    best: float | None
+    best_epoch: int | None
+    status: str  # complete, partial, not started
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _select_key(cfg: dict[str, Any]) -> str:
+    ev = cfg.get("eval", {})
+    select = ev.get("select", "eer")
+    if select == "min_dcf":
+        return f"min_dcf_{float((ev.get('p_targets') or [0.01])[0]):g}"
+    return str(select)
+
+
+def _components(cfg: dict[str, Any]) -> str:
+    model, train = cfg.get("model", {}), cfg.get("train", {})
+    head = model.get("head", "linear")
+    parts = [str(model.get("backbone", "?")), f"{head}({model.get('dim', '?')})"]
+    return " → ".join(parts) + f", {train.get('objective', '?')}"
+
+
+def read_run(run_dir: Path) -> RunInfo:
+    """What config.toml and metrics.jsonl of one run directory say about it."""
+    try:
+        cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"'{run_dir / 'config.toml'}' cannot be read: {exc}") from None
+    records = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    key = _select_key(cfg)
+    scored = [r for r in records if isinstance(r.get(key), (int, float))]
+    best = min(scored, key=lambda r: r[key]) if scored else None
+    done = max((int(r.get("epoch", 0)) for r in records), default=0)
+    total = int(cfg.get("train", {}).get("epochs", 0))
+    status = "complete" if total and done >= total else ("partial" if done else "not started")
+    return RunInfo(
+        path=str(run_dir),
+        name=str(cfg.get("name", run_dir.name)),
+        modality=str(cfg.get("modality", "?")),
+        components=_components(cfg),
+        epochs_done=done,
+        epochs=total,
+        best_key=key,
+        best=float(best[key]) if best else None,
+        best_epoch=int(best["epoch"]) if best else None,
+        status=status,
+    )
+
+
+def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
+    """Every run directory (a folder holding config.toml) under `root`, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"runs folder '{root}' does not exist; train something first (metaemb train)."
+        )
+    found: list[Path] = []
+
+    def walk(d: Path, depth: int) -> None:
+        if (d / "config.toml").is_file():
+            found.append(d)
+            return
+        if depth >= max_depth:
+            return
+        try:
+            children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return [read_run(d) for d in found]

@@ -1,0 +1,46 @@
+"""train.log: a plain-text copy of everything `metaemb train` prints for a run (epoch lines,
+summary, warnings, the error that stopped it), appended, one header per invocation."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+
+class LoggingConsole(Console):
+    """A rich Console whose `print` also writes uncoloured text to a log file once one is open.
+
+    Live progress bars are not copied (they would be hundreds of redraws); what is printed is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log_file: TextIO | None = None
+        self._log: Console | None = None
+
+    def open_log(self, path: Path, header: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_log
+        self._log = Console(file=self._log_file, color_system=None, width=100, soft_wrap=True,
+                            force_terminal=False, highlight=False)  # fmt: skip
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self._log.print(f"==== {stamp} {header}", markup=False)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*objects, **kwargs)
+        if self._log is not None:
+            self._log.print(*objects, **kwargs)
+            self._log_file.flush()  # type: ignore[union-attr]
+
+    def log_only(self, text: str) -> None:
+        """A line for the log file only (e.g. the error the CLI prints on stderr)."""
+        if self._log is not None:
+            self._log.print(text, markup=False)
+            self._log_file.flush()  # type: ignore[union-attr]
+
+    def close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+        self._log_file, self._log = None, None

@@ -1,0 +1,55 @@
+"""`metaemb runs` lists runs with modality, components, epochs done and best metric (read back
+from what training wrote), and every run keeps a plain-text train.log of what `train` printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+
+
+def train(data: Path, runs: Path, *sets: str) -> None:
+    args = ["train", "--data", data, "--runs", runs, "--workers", "0"]
+    for s in ("train.batch_size=16", "model.dim=16", "features.image_size=32",
+              "eval.max_targets=30", "eval.nontargets=30", f"data.cache_dir={runs / 'cache'}",
+              *sets):  # fmt: skip
+        args += ["--set", s]
+    assert helpers.run_cli(args)[0] == 0
+
+
+def test_runs_lists_trained_runs_and_train_log(tmp_path, capsys):
+    data = helpers.demo_faces(
+        tmp_path / "faces", identities=10, images_per_identity=4, image_size=32
+    )
+    runs = tmp_path / "runs"
+    train(data, runs, "train.epochs=2", "name=alpha")
+    train(data, runs, "train.epochs=1", "name=beta", "model.head=gme", "train.objective=gme-bxe",
+          "model.dim=4")  # fmt: skip
+    capsys.readouterr()
+    code, text, err = helpers.run_cli(["runs", runs, "--json"], capsys)
+    assert code == 0, err
+    listed = {r["name"]: r for r in json.loads(text)}
+    assert set(listed) == {"alpha", "beta"}
+    for name, r in listed.items():
+        run_dir = Path(r["path"])
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert r["epochs_done"] == len(records) == r["epochs"]
+        best = min(records, key=lambda x: x["eer"])
+        assert r["best_key"] == "eer" and r["best"] == best["eer"]
+        assert r["best_epoch"] == best["epoch"] and r["modality"] == "face"
+        assert r["status"] == "complete"
+        log = (run_dir / "train.log").read_text()
+        assert log.startswith("==== ") and "metaemb train" in log
+        assert "\x1b[" not in log  # plain text, no colour codes
+        for rec in records:
+            assert f"epoch {rec['epoch']}: loss {rec['loss']:.4f}" in log
+    assert "gme(4), gme-bxe" in listed["beta"]["components"]
+    assert "linear(16), softmax" in listed["alpha"]["components"]
+    code, text, _ = helpers.run_cli(["runs", runs], capsys)
+    assert code == 0 and "alpha" in text and "beta" in text and "2/2" in text
+
+
+def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    code, _, err = helpers.run_cli(["runs", tmp_path / "nope"], capsys)
+    assert code == 2 and "does not exist" in err
