@@ -22,6 +22,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "onnxruntime": ("export", "onnxruntime"),
     "faiss": ("search", "faiss-cpu"),
     "silero_vad": ("vad", "silero-vad"),
+    "av": ("audio-formats", "av"),
 }
 
 # data-only packages located with find_spec (importing them pulls in pkg_resources)

@@ -1,7 +1,9 @@
 """Reading audio files into float32 mono tensors at the model's sample rate.
 
-Everything goes through soundfile (libsndfile: wav, flac, ogg), not torchaudio's I/O, whose
-backends have changed between releases. Problems a user can fix (unreadable, empty or all-zero
+Everything goes through soundfile (libsndfile: wav, flac, ogg/opus, mp3 from libsndfile 1.1), not
+torchaudio's I/O, whose backends have changed between releases. AAC in `.m4a`/`.aac`/`.mp4`
+(VoxCeleb2 ships `.m4a`), and mp3/opus where the installed libsndfile cannot, are decoded with
+PyAV (FFmpeg in its wheel), the optional extra `metaemb[audio-formats]`. Problems a user can fix (unreadable, empty or all-zero
 files, a sample rate the policy refuses) raise DataError naming the file; stereo is mixed down
 with a warning; other rates are resampled explicitly (windowed-sinc), never silently.
 """
@@ -19,7 +21,9 @@ from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4")
+PYAV_ONLY = (".m4a", ".aac", ".mp4")  # libsndfile has no AAC decoder
+PYAV_FALLBACK = (".mp3", ".opus")  # libsndfile < 1.1 cannot read these
 RATE_POLICIES = ("resample", "error")
 RESAMPLE_METHOD = (
     "band-limited windowed-sinc interpolation (torchaudio.functional.resample, Hann window, "
@@ -77,6 +81,9 @@ def read_audio(
     path = Path(path)
     check_rate_policy(on_rate_mismatch)
     where = f"'{path}'" if start == 0.0 and end is None else f"'{path}' [{start:g} s, {end} s)"
+    if path.suffix.lower() in PYAV_ONLY:
+        data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end)
+        return _finish(data, rate, sample_rate, path, where)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = int(f.samplerate)
@@ -93,7 +100,53 @@ def read_audio(
     except DataError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        if path.suffix.lower() in PYAV_FALLBACK and path.is_file():
+            data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end)
+            return _finish(data, rate, sample_rate, path, where)
         raise DataError(f"cannot read audio file '{path}': {exc}") from exc
+    return _finish(data, rate, sample_rate, path, where)
+
+
+def _read_pyav(
+    path: Path, sample_rate: int, on_rate_mismatch: str, start: float, end: float | None
+) -> tuple[np.ndarray, int]:
+    """Decode with PyAV → ([T, channels] float32, rate); [start, end) in seconds."""
+    from metaemb.core.optional import require
+
+    av = require("av", f"reading '{path}' ({path.suffix} audio)", error=DataError)
+    try:
+        with av.open(str(path)) as container:
+            streams = [s for s in container.streams if s.type == "audio"]
+            if not streams:
+                raise DataError(f"'{path}' has no audio stream.")
+            stream = streams[0]
+            rate = int(stream.codec_context.sample_rate)
+            if rate != sample_rate and on_rate_mismatch == "error":
+                raise DataError(
+                    f"audio file '{path}' has sample rate {rate} Hz but {sample_rate} Hz is "
+                    "expected; resample the data or set on_rate_mismatch='resample'."
+                )
+            to_float = av.AudioResampler(format="fltp")  # planar float, same layout and rate
+            chunks = [
+                out.to_ndarray()
+                for frame in container.decode(stream)
+                for out in to_float.resample(frame)
+            ]
+            chunks += [out.to_ndarray() for out in to_float.resample(None)]
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode audio file '{path}': {exc}") from exc
+    if not chunks:
+        return np.zeros((0, 1), dtype=np.float32), rate
+    data = np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False)  # [T, channels]
+    first = round(start * rate)
+    last = data.shape[0] if end is None or end < 0 else min(round(end * rate), data.shape[0])
+    return data[first:last], rate
+
+
+def _finish(data: np.ndarray, rate: int, sample_rate: int, path: Path, where: str) -> Tensor:
+    """[T, channels] float32 at `rate` → mono [T] at `sample_rate`, refusing empty/silent audio."""
     if data.shape[0] == 0:
         raise DataError(f"audio {where} is empty (0 samples).")
     finite = np.isfinite(data)
