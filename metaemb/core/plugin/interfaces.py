@@ -78,6 +78,15 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 f"data path '{root}' is not a folder of <identity>/<{self.what}> files."
             )
         exts = {e.lower() for e in self.extensions}
+        # A large tree is listed once and reused while its directories are unchanged.
+        from metaemb.core.data.manifest import cached_scan
+
+        kind = f"{type(self).__module__}.{type(self).__qualname__}"
+        paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
+        return [Sample(rel, rel.split("/", 1)[0], -1) for rel in paths]
+
+    def _walk(self, root: Path, exts: set[str]) -> tuple[list[str], list[str]]:
+        """(relative sample paths, real paths of the folders listed): the full scan."""
         samples: list[Sample] = []
         empty: list[str] = []
         identity_dirs = sorted(
@@ -104,7 +113,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
                 f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."
             )
-        return samples
+        return [s.path for s in samples], sorted(state.dirs)
 
     # -- structure -----------------------------------------------------------------------
     @property
