@@ -92,5 +92,5 @@ def test_damaged_m4a_is_a_data_error_naming_the_file(tmp_path):
     pytest.importorskip("av", reason="PyAV (metaemb[audio-formats]) is not installed")
     path = tmp_path / "bad.m4a"
     path.write_bytes(b"not an mp4 file at all" * 10)
-    with pytest.raises(DataError, match="bad.m4a"):
+    with pytest.raises(DataError, match=r"bad\.m4a"):
         read_audio(path, 16000)
