@@ -28,23 +28,20 @@ def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
 
 
 def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") -> Any:
-    """A `Loaded` model whose folder holds exactly `files` (root: their common grandparent)."""
-    from metaemb.core.config import from_dict
-    from metaemb.core.data.pipeline import Components, build_model, cache_dir
-    from metaemb.core.eval.evaluate import Loaded, find_checkpoint
+    """A loaded run whose data pipeline holds exactly `files` (root: their common grandparent)."""
+    from metaemb.core.data.pipeline import Components, cache_dir
+    from metaemb.core.deploy.loading import load_run
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
-    from metaemb.core.runs import load_checkpoint
-    from metaemb.core.train.device import pick_device
 
     for f in files:
         if not f.is_file():
             raise DataError(f"sample file '{f}' does not exist.")
     resolved = [f.resolve() for f in files]
     root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
-    state = load_checkpoint(find_checkpoint(Path(checkpoint)))
-    cfg = from_dict(state["config"])
+    loaded = load_run(Path(checkpoint), device)
+    cfg = loaded.config
     cfg.data.root = str(root)
     factory = registry("sample_folders").get(cfg.data.folder)
     exts = {e.lower() for e in getattr(factory, "extensions", ())}
@@ -71,24 +68,20 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
         root=root,
         cache_dir=cache_dir(cfg),
     )
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    dev = pick_device(device)
-    model.to(dev).eval()
-    parts = Components(cfg, root, folder, frontend, model.features, model)
-    return Loaded(cfg, state, parts, dev)
+    loaded.data = Components(cfg, root, folder, frontend, loaded.model.features, loaded.model)
+    return loaded
 
 
 def embed_inputs(
     checkpoint: Path, inputs: list[Path], device: str = "auto", workers: int = 2
 ) -> Collection:
     """Embed one folder (every sample) or one or more loose files with a trained model."""
-    from metaemb.core.eval.evaluate import Loaded
+    from metaemb.core.deploy.loading import load_run
 
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
     if len(inputs) == 1 and inputs[0].is_dir():
-        loaded = Loaded.from_path(Path(checkpoint), inputs[0], device)
+        loaded = load_run(Path(checkpoint), device, data=inputs[0])
         folder = loaded.parts.folder
         paths = [s.path for s in folder.samples]
     else:
