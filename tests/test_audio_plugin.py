@@ -43,7 +43,7 @@ def test_speaker_modality_names_registered_components():
 def test_build_with_engine_context(tmp_path):
     vad = build("frontends", "energy", {"context": 1}, root=tmp_path, cache_dir=tmp_path)
     assert isinstance(vad, EnergyVAD) and vad.cache.dir == tmp_path / "vad"
-    feats = build("features", "fbank", {"n_mels": 40})
+    feats = build("features", "fbank", {"fbank": {"n_mels": 40}})
     assert feats.out_channels == 40
 
 

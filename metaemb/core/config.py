@@ -26,7 +26,7 @@ from metaemb.core.plugin.components import (
     options_of,
     validate_options,
 )
-from metaemb.core.plugin.contract import check_chain
+from metaemb.core.plugin.contract import agree, check_chain
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality
 
@@ -366,6 +366,7 @@ def resolve(
         opts = _merge(_merge(wildcard, mod_options.get(section, {}).get(name, {})), user)
         if opts:
             cfg.components[section] = validate_options(kind, name, opts, section)
+    agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
 

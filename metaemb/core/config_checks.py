@@ -108,7 +108,10 @@ def migrate_options(kind: str, name: str, options: dict[str, Any], section: str)
         if key in known:
             continue
         for part, part_kind in parts.items():
-            table = part_table(out.get(part), known[part].default)
+            if isinstance(part_kind, str):
+                table = part_table(out.get(part), known[part].default)
+            else:  # a fixed part: a table of its factory's options
+                table = dict(out.get(part) or {})
             if table is None:
                 continue
             part_factory = _part_factory(part_kind, table)

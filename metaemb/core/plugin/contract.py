@@ -276,6 +276,56 @@ def check_chain(config: Config) -> None:
     check_links(chain(config))
 
 
+def agree(config: Config) -> list[str]:
+    """One source of truth for shared parameters: where a component accepts a kind whose
+    parameter is bound to one of its options (`Opt`) that the config leaves unset, and the
+    component before it yields that kind with another value, the option takes that value
+    (`--set folder.sample_rate=8000` carries to the VAD and the filterbank). Options the user
+    set are never changed; `check_chain` then reports any contradiction. Returns the keys set."""
+    done: list[str] = []
+    for _ in range(16):
+        changed = False
+        given: Kinds | None = None
+        for link in chain(config):
+            if given is not None and link.accepts is not None:
+                table = config.components.setdefault(link.section, {})
+                for a in link.accepts:
+                    for g in given:
+                        for key, src in a.sources if g.name == a.name else ():
+                            value = g.param(key)
+                            if value is None or value == a.param(key) or _has(table, src):
+                                continue
+                            _put(table, src, value)
+                            done.append(f"{link.section}.{src}={value!r}")
+                            changed = True
+                if not table:
+                    config.components.pop(link.section)
+            if link.yields is None:
+                given = None
+            elif link.yields != (SAME,):
+                given = link.yields
+        if not changed:
+            return done
+    return done
+
+
+def _has(table: Mapping[str, Any], dotted: str) -> bool:
+    head, _, rest = dotted.partition(".")
+    if head not in table:
+        return False
+    return _has(table[head], rest) if rest and isinstance(table[head], Mapping) else not rest
+
+
+def _put(table: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        inner = table.get(head)
+        table[head] = dict(inner) if isinstance(inner, Mapping) else {}
+        _put(table[head], rest, value)
+    else:
+        table[head] = value
+
+
 def check_scorer(config: Config, scorer: str, options: Mapping[str, Any] | None = None) -> None:
     """Check that scorer `scorer` accepts what the config's head yields (evaluate --scorer)."""
     from metaemb.core.plugin.components import full_options
@@ -334,6 +384,7 @@ __all__ = [
     "Kind",
     "Link",
     "Opt",
+    "agree",
     "chain",
     "check_chain",
     "check_links",

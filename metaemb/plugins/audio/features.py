@@ -12,7 +12,7 @@ every input has enough frames for the backbone's context.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -35,22 +35,21 @@ class AudioFeatures(Features):
     """80-dim Kaldi log-mel filterbank with per-utterance CMN, computed batched on the device.
 
     forward([N, T] waveforms, lengths in samples) → ([N, n_mels, frames], frame lengths).
-    `dither` (int16 units) is added in training mode only; 0 keeps features deterministic.
+    `fbank` is the filterbank's option table ([features.fbank]: n_mels, sample_rate, window,
+    dither, cmn, … — KaldiFbank's own parameters, not restated here); its dither (int16 units)
+    is added in training mode only, and the default 0 keeps features deterministic.
     """
 
-    accepts = Kind("waveform", rate=Opt("sample_rate"))
-    yields = Kind("feature-matrix", channels=Opt("n_mels"))  # [n_mels, frames] per utterance
+    accepts = Kind("waveform", rate=Opt("fbank.sample_rate"))
+    yields = Kind("feature-matrix", channels=Opt("fbank.n_mels"))  # [n_mels, frames] each
+    parts: ClassVar[dict[str, Any]] = {"fbank": KaldiFbank}  # a fixed part: [features.fbank]
 
     def __init__(
         self,
-        n_mels: int = 80,
-        sample_rate: int = 16000,
+        fbank: dict[str, Any] | None = None,
         crop_seconds: float = 2.0,
         max_eval_seconds: float = 100.0,
         min_seconds: float = 0.5,
-        window: str = "povey",
-        dither: float = 0.0,
-        cmn: bool = True,
     ) -> None:
         super().__init__()
         if crop_seconds <= 0 or max_eval_seconds <= 0 or min_seconds < 0:
@@ -58,14 +57,12 @@ class AudioFeatures(Features):
                 "features: crop_seconds and max_eval_seconds must be > 0 and min_seconds ≥ 0; got "
                 f"{crop_seconds}, {max_eval_seconds}, {min_seconds}."
             )
-        self.sample_rate = int(sample_rate)
+        self.fbank = KaldiFbank(**(fbank or {}))
+        self.sample_rate = self.fbank.sample_rate
         self.crop_seconds = float(crop_seconds)
         self.max_eval_seconds = float(max_eval_seconds)
         self.min_seconds = float(min_seconds)
-        self.fbank = KaldiFbank(
-            n_mels=n_mels, sample_rate=sample_rate, window=window, dither=dither, cmn=cmn
-        )
-        self.out_channels = int(n_mels)
+        self.out_channels = self.fbank.n_mels
         self.crop_samples = round(self.crop_seconds * self.sample_rate)
         self.max_eval_samples = round(self.max_eval_seconds * self.sample_rate)
         self.min_samples = max(self.fbank.size, round(self.min_seconds * self.sample_rate))

@@ -1,0 +1,113 @@
+"""Config values are range-checked before any work (issue 13 item 14), and config.toml files
+written by earlier versions still load (issue 12: an old run directory still evaluates)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+from metaemb.core.config import from_dict, load_toml, resolve
+from metaemb.core.errors import ConfigError
+
+V0 = Path(__file__).parent / "data" / "configs_v0"  # written by metaemb before the contract
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.lr=-0.1", "'train.lr' must be > 0; got -0.1"),
+        ("train.lr=0", "'train.lr' must be > 0"),
+        ("train.lr=nan", "'train.lr' must be > 0; got nan"),
+        ("data.workers=-1", "'data.workers' must be ≥ 0"),
+        ("eval.p_targets=[]", "'eval.p_targets' is empty"),
+        ("eval.p_targets=[0.01,1.5]", "holds 1.5"),
+        ("train.epochs=0", "'train.epochs' must be ≥ 1; got 0"),
+        ("train.epochs=-3", "'train.epochs' must be ≥ 1"),
+        ("data.val_fraction=-0.5", "'data.val_fraction' must be a fraction strictly between"),
+        ("data.val_fraction=1.0", "'data.val_fraction' must be a fraction"),
+        ("train.batch_size=0", "'train.batch_size' must be ≥ 1"),
+        ("model.dim=0", "'model.dim' must be ≥ 1"),
+        ('train.lr="0.1"', "expected a number, got the string '0.1'; write it without quotes"),
+        ('train.epochs="3"', "expected an integer, got the string '3'"),
+        ("name=../../x", "run name '../../x' is not a plain name"),
+        ("name=a/b", "is not a plain name"),
+        ("name=.hidden", "is not a plain name"),
+        ('name=""', "is not a plain name"),
+    ],
+)
+def test_out_of_range_values_are_refused_not_clamped(item, message):
+    with pytest.raises(ConfigError) as err:
+        resolve("face", sets=[item])
+    assert message in str(err.value)
+
+
+def test_unquoted_set_text_still_reads_as_numbers():
+    cfg = resolve("face", sets=["train.lr=.05", "eval.p_targets=0.01,0.1", "name=my_run-2.b"])
+    assert cfg.train.lr == 0.05 and cfg.eval.p_targets == [0.01, 0.1]
+    assert cfg.name == "my_run-2.b"
+
+
+def test_a_quoted_number_in_a_config_file_is_refused_naming_the_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nlr = "0.1"\n')
+    with pytest.raises(ConfigError, match=r"train\.lr' \(config file '.*c\.toml'\): expected a"):
+        resolve("face", config_file=f)
+
+
+def test_non_utf8_config_file_is_named(tmp_path):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes("# caf\xe9\n[train]\nepochs = 2\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"config file '.*latin1\.toml' is not UTF-8"):
+        resolve("face", config_file=f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_cli_refuses_a_run_name_outside_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        ["train", "--modality", "face", "--set", "name=../../x"], capsys, monkeypatch
+    )
+    assert code == 2 and "is not a plain name" in out + err and "Traceback" not in out + err
+    assert not (tmp_path.parent / "x").exists() and not (tmp_path / "runs").exists()
+
+
+# -- configs written before the change -----------------------------------------------------------
+def _load(name: str):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = from_dict(load_toml(V0 / f"{name}.toml"))
+    return cfg, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in V0.glob("*.toml")))
+def test_old_config_toml_still_resolves_and_round_trips(name, tmp_path):
+    cfg, _ = _load(name)
+    again = tmp_path / "config.toml"
+    again.write_text(cfg.to_toml())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten file needs no migration
+        assert from_dict(load_toml(again)).hash() == cfg.hash()
+
+
+def test_unchanged_configurations_keep_their_run_hash():
+    recorded = json.loads((V0 / "hashes.json").read_text())
+    for name in ("face-default", "face-gme"):
+        assert _load(name)[0].hash() == recorded[name], name
+
+
+def test_moved_options_migrate_with_a_message():
+    cfg, msgs = _load("speaker-asnorm-plda")
+    assert cfg.eval.scorer == "asnorm"
+    assert cfg.options("scorer") == {"base": {"name": "plda", "lda_dim": 64}, "top_n": 50}
+    assert any("'scorer.lda_dim' is now 'scorer.base.lda_dim'" in m for m in msgs)
+    cfg, msgs = _load("speaker-ecapa-fbank")
+    assert cfg.options("features")["fbank"] == {"n_mels": 40, "dither": 1.0}
+    assert cfg.options("backbone") == {"embedding_dim": 256}  # what that run really trained
+    assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
+    cfg, _ = _load("face-distill")
+    assert cfg.options("objective") == {"task": {"name": "arcface"}}
