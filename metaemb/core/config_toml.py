@@ -1,0 +1,82 @@
+"""Reading and writing config TOML: files (UTF-8, named in every error), `--set key=value`
+items, and the small writer that saves a resolved config as its run's config.toml."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.components import Unquoted
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["dumps_toml", "load_toml", "parse_set", "tomllib"]
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'train.epochs=3' → ('train.epochs', 3); values parse as TOML literals, else as text
+    (`Unquoted`, which may still read as a number: "0.01,0.05" for a list of floats)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), got '{item}'")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = Unquoted(raw)
+    return key, value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist (or is not a file).")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file '{p}' is not UTF-8 text (byte {exc.start}); TOML files must be UTF-8. "
+            "Re-save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{p}' cannot be read: {exc.strerror or exc}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(d: dict[str, Any]) -> str:
+    """A minimal TOML writer for configs: top-level scalars, then one table per section, then
+    its nested tables ([scorer.base], [augment.noise])."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    _tables(d, "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _tables(d: dict[str, Any], prefix: str, lines: list[str]) -> None:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{prefix}{k}]")
+            lines.extend(
+                f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)
+            )
+            _tables(v, f"{prefix}{k}.", lines)
