@@ -275,8 +275,8 @@ def list_components(
     ] = False,
 ) -> None:
     """List registered components of one kind."""
+    from metaemb.commands.listing import _contract, kind_key
     from metaemb.commands.listing import as_json as listing_json
-    from metaemb.commands.listing import kind_key
     from metaemb.core.plugin.components import options_of
     from metaemb.core.plugin.manager import registry
 
@@ -285,14 +285,16 @@ def list_components(
         typer.echo(listing_json(key))
         return
     table = Table(title=f"metaemb {key}")
-    for col in ("name", "plugin", "options", "description"):
+    for col in ("name", "plugin", "options", "data (accepts → yields)", "description"):
         table.add_column(col)
     for e in registry(key).entries():
         try:
             opts = ", ".join(f"{o.name}={o.default!r}" for o in options_of(e.factory).values())
         except (TypeError, ValueError):
             opts = ""
-        table.add_row(e.name, e.plugin, opts, e.description)
+        c = _contract(key, e)
+        data = f"{c.get('accepts', '?')} → {c.get('yields', '?')}" if c else ""
+        table.add_row(e.name, e.plugin, escape(opts), escape(data), e.description)
     console.print(table)
 
 

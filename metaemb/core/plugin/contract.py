@@ -9,7 +9,7 @@ Every component declares its side of the contract as class attributes (or, for a
 as keyword arguments of ``register(name, factory, yields=..., accepts=...)``):
 
 ==============  ====================  ===========================================
-component       declares              example (audio plugin)
+component       declares              example (speaker plugin)
 ==============  ====================  ===========================================
 SampleFolder    ``yields``            ``Kind("waveform", rate=Opt("sample_rate"))``
 Frontend        ``accepts``/``yields``  ``accepts`` as above, ``yields = SAME``
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass(frozen=True)
 class Opt:
     """A Kind parameter taken from the declaring component's option `name` (dotted for a
-    nested table, e.g. ``Opt("fbank.sample_rate")``)."""
+    nested table, e.g. ``Opt("filters.sample_rate")``)."""
 
     name: str
 
@@ -104,6 +104,8 @@ class Kind:
         return all(mine[k] == v for k, v in accepted.params if k in mine and v is not None)
 
     def __str__(self) -> str:
+        if self.name in _WORDS:
+            return _WORDS[self.name]
         if not self.params:
             return self.name
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
@@ -118,6 +120,7 @@ def _lookup(options: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+_WORDS = {"*": "anything", "=": "its input's kind"}
 ANY = Kind("*")  # accepts every kind
 SAME = Kind("=")  # yields: passes its input's kind through
 FEATURES = Kind("features")  # backbone → head: pooled features [N, D]
@@ -129,7 +132,7 @@ _NEEDS = {"point": EMBEDDING, "gme": GME, "any": ANY}
 Kinds = tuple[Kind, ...]
 
 
-def _declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None:
+def declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None:
     """A component's `yields`/`accepts`, bound to its options; None when it declares nothing."""
     value = entry.info.get(attr)
     for source in (entry.factory, _returns(entry.factory)):
@@ -152,6 +155,9 @@ def _declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None
                 "expected a metaemb.core.plugin.contract.Kind or a tuple of them."
             )
     return tuple(k.bind(options) for k in kinds)
+
+
+_declared = declared  # the earlier private name (tests/test_conformance.py uses it)
 
 
 def _returns(factory: Any) -> type | None:
@@ -259,8 +265,8 @@ def chain(config: Config) -> list[Link]:
         name = config.component_name(section)
         entry = registry(kind).entry(name)
         opts = full_options(kind, name, config.options(section))
-        accepts = None if section == "folder" else _declared(entry, "accepts", opts)
-        yields = _declared(entry, "yields", opts)
+        accepts = None if section == "folder" else declared(entry, "accepts", opts)
+        yields = declared(entry, "yields", opts)
         if section == "backbone" and yields is None:
             yields = (FEATURES,)
         if section == "head" and accepts is None:
@@ -334,8 +340,8 @@ def check_scorer(config: Config, scorer: str, options: Mapping[str, Any] | None 
     head = registry("heads").entry(config.model.head)
     entry = registry("scorers").entry(scorer)
     opts = full_options("scorers", scorer, dict(options or {}))
-    h = Link("head", head.name, None, _declared(head, "yields", config.options("head")))
-    s = Link("scorer", scorer, _declared(entry, "accepts", opts), None)
+    h = Link("head", head.name, None, declared(head, "yields", config.options("head")))
+    s = Link("scorer", scorer, declared(entry, "accepts", opts), None)
     check_links([h, s])
 
 
@@ -389,6 +395,7 @@ __all__ = [
     "check_chain",
     "check_links",
     "check_scorer",
+    "declared",
     "expect_tensor",
     "name_file",
 ]
