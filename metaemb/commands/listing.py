@@ -14,15 +14,16 @@ from metaemb.core.errors import ConfigError, suggest
 
 def kind_key(kind: str) -> str:
     """`backbone`, `sample-folders`, … → the registry kind (`backbones`, `sample_folders`)."""
-    from metaemb.core.plugin.registry import KINDS
+    from metaemb.core.plugin.manager import state
 
+    kinds = list(state().registries())  # the core's kinds and those plugins add
     key = kind.replace("-", "_")
     for plural in (key + "s", key[:-1] + "ies", key + "_data"):  # singular names work too
-        if key not in KINDS and plural in KINDS:
+        if key not in kinds and plural in kinds:
             key = plural
-    if key not in KINDS:
+    if key not in kinds:
         raise ConfigError(
-            f"unknown component kind '{kind}';{suggest(key, KINDS)} kinds: {', '.join(KINDS)}."
+            f"unknown component kind '{kind}';{suggest(key, kinds)} kinds: {', '.join(kinds)}."
         )
     return key
 

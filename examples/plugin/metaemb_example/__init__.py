@@ -10,10 +10,13 @@ from torch import Tensor, nn
 
 import metaemb
 from metaemb.core import Backbone
+from metaemb.core.plugin.contract import Kind
 
 
 class TinyCNN(Backbone):
     """Three conv blocks and global average pooling: small and fast, for demos and tests."""
+
+    accepts = Kind("image-tensor")  # what the vision plugin's `image` features yield
 
     def __init__(self, in_channels: int = 3, width: int = 32) -> None:
         super().__init__()

@@ -27,29 +27,29 @@ def generate_vectors(
     out: Path,
     identities: int = 80,
     per_identity: int = 8,
-    dim: int = 32,
+    size: int = 32,
     id_rank: int = 8,
     channel_rank: int = 4,
     channel_scale: float = 1.5,
     noise: float = 0.5,
     seed: int = 0,
 ) -> Path:
-    """Write `out/<identity>/<k>.npy` (float32 [dim]) and a manifest; idempotent and atomic.
+    """Write `out/<identity>/<k>.npy` (float32 [size]) and a manifest; idempotent and atomic.
 
     A complete dataset with the same parameters is left alone; files are written into a temporary
     sibling folder renamed into place at the end, so an interruption never leaves a half dataset.
     """
     out = Path(out)
-    if identities < 2 or per_identity < 1 or dim < 1 or id_rank < 1 or channel_rank < 0:
+    if identities < 2 or per_identity < 1 or size < 1 or id_rank < 1 or channel_rank < 0:
         raise DataError(
-            "demo vectors need identities ≥ 2, per_identity ≥ 1, dim ≥ 1, id_rank ≥ 1 and "
-            f"channel_rank ≥ 0; got {identities}, {per_identity}, {dim}, {id_rank}, {channel_rank}."
+            "demo vectors need identities ≥ 2, per_identity ≥ 1, size ≥ 1, id_rank ≥ 1 and "
+            f"channel_rank ≥ 0; got {identities}, {per_identity}, {size}, {id_rank}, {channel_rank}."
         )
     params = {
         "version": VERSION,
         "identities": identities,
         "per_identity": per_identity,
-        "dim": dim,
+        "size": size,
         "id_rank": id_rank,
         "channel_rank": channel_rank,
         "channel_scale": channel_scale,
@@ -69,9 +69,9 @@ def generate_vectors(
             "delete it or choose another output folder."
         )
     rng = np.random.default_rng(seed)
-    mean = rng.normal(0.0, 1.0, dim)
-    load_id = rng.normal(0.0, 1.0 / np.sqrt(id_rank), (dim, id_rank))
-    load_ch = rng.normal(0.0, channel_scale / np.sqrt(max(channel_rank, 1)), (dim, channel_rank))
+    mean = rng.normal(0.0, 1.0, size)
+    load_id = rng.normal(0.0, 1.0 / np.sqrt(id_rank), (size, id_rank))
+    load_ch = rng.normal(0.0, channel_scale / np.sqrt(max(channel_rank, 1)), (size, channel_rank))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -82,7 +82,7 @@ def generate_vectors(
             folder.mkdir()
             for k in range(per_identity):
                 c = rng.normal(0.0, 1.0, channel_rank)
-                x = mean + load_id @ y + load_ch @ c + noise * rng.normal(0.0, 1.0, dim)
+                x = mean + load_id @ y + load_ch @ c + noise * rng.normal(0.0, 1.0, size)
                 np.save(folder / f"{k:03d}.npy", x.astype(np.float32))
         (tmp / MANIFEST).write_text(json.dumps(params, indent=2))
         if out.exists():

@@ -1,0 +1,282 @@
+"""Conformance of every registered component, built-in or plugin (the timm-style contract test).
+
+Parametrised over the registries as loaded (so an installed plugin's components are checked too):
+- each component's options round-trip through `metaemb list KIND --json`: the listed names are its
+  options, and every listed default, read back as a user value, validates to the real default;
+- each builds with its defaults where that needs no data (otherwise it is skipped with the reason);
+- outputs have the declared shape and type: a backbone fed a batch of its declared input kind
+  (made by a registered Features that yields that kind) gives [N, feature_dim]; heads give [N, dim]
+  or a GME; objectives give a finite scalar loss that back-propagates; samplers give valid batches;
+  scorers give [N1, N2] matrices and [N] pair scores; features yield what they declare.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import pytest
+import torch
+from helpers import run_cli
+
+from metaemb.core.gme.algebra import GME
+from metaemb.core.plugin.components import (
+    build,
+    options_of,
+    part_table,
+    parts_of,
+    validate_options,
+)
+from metaemb.core.plugin.contract import _declared
+from metaemb.core.plugin.manager import registry, state
+
+# -- what to test -------------------------------------------------------------------------------
+
+
+def components(*kinds: str) -> list:
+    return [pytest.param(k, n, id=f"{k}:{n}") for k in kinds for n in registry(k).names()]
+
+
+ALL = components(*state().registries())  # core kinds and those plugins add
+
+
+# -- dummy inputs for the raw kinds that folders yield ------------------------------------------
+def _raw(kind) -> torch.Tensor | None:
+    """One raw sample of a declared Kind, or None when this test knows no such kind."""
+    g = torch.Generator().manual_seed(0)
+    if kind.name in ("image", "aligned-image"):
+        return torch.randint(0, 256, (3, 72, 64), generator=g, dtype=torch.uint8)
+    if kind.name == "waveform":
+        rate = kind.param("rate") or 16000
+        return 0.1 * torch.randn(int(rate), generator=g)  # one second
+    if kind.name == "vector":
+        return torch.randn(kind.param("size") or 32, generator=g)
+    return None
+
+
+def _entry(kind: str, name: str):
+    return registry(kind).entry(name)
+
+
+def _kinds(kind: str, name: str, attr: str, options=None):
+    return _declared(_entry(kind, name), attr, options or {})
+
+
+@functools.cache
+def _listing(kind: str) -> dict:
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code, _, _ = run_cli(["list", kind, "--json"])
+    assert code == 0
+    data = json.loads(buf.getvalue())
+    return {c["name"]: c for c in data["components"]}
+
+
+# -- options round-trip through `metaemb list KIND --json` --------------------------------------
+@pytest.mark.parametrize(("kind", "name"), ALL)
+def test_options_round_trip_through_list_json(kind, name):
+    listed = _listing(kind)[name]
+    assert listed["plugin"] == _entry(kind, name).plugin
+    factory = _entry(kind, name).factory
+    if kind == "modalities":
+        assert listed["components"]["sample_folder"] == factory.sample_folder
+        return
+    real = options_of(factory)
+    assert sorted(listed["options"]) == sorted(real)
+    # a None default means "unset" and cannot be written in TOML: only real values round-trip
+    given = {
+        k: o["default"]
+        for k, o in listed["options"].items()
+        if not o["required"] and o["default"] is not None
+    }
+    back = validate_options(kind, name, given, kind)
+    parts = parts_of(factory)
+    for key, value in back.items():
+        default = real[key].default
+        if key in parts and isinstance(parts[key], str):  # a nested part: compare as tables
+            value, default = part_table(value), part_table(default)
+        if isinstance(default, tuple):
+            default = list(default)
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(default, float) and math.isnan(default):
+            continue
+        assert value == default or str(value) == str(default), (key, value, default)
+
+
+# -- builds with its defaults --------------------------------------------------------------------
+NEEDS_DATA = {
+    "sample_folders": "scans a data folder at construction (covered by each folder's tests)",
+    "protocols": "reads a trial list from disk (covered by tests/test_trials.py and the protocols' tests)",
+    "demo_data": "writes a dataset (covered by each generator's tests)",
+}
+
+
+def build_default(kind: str, name: str, tmp_path, **context):
+    if kind in NEEDS_DATA:
+        pytest.skip(f"{kind}: {NEEDS_DATA[kind]}")
+    if kind == "modalities":
+        return _entry(kind, name).factory
+    ctx = {"root": tmp_path, "cache_dir": tmp_path / "cache", "in_channels": 3}
+    ctx |= {"in_features": 16, "dim": 8, "labels": [0, 0, 1, 1, 2, 2, 3, 3] * 4}
+    ctx |= {"batch_size": 8, "seed": 0, "rank": 0, "world_size": 1, "out": tmp_path / "out"}
+    ctx |= context
+    try:
+        return build(kind, name, {}, **ctx)
+    except Exception as exc:  # an optional extra that is not installed is a skip, not a failure
+        if isinstance(exc, ImportError) or "MissingExtra" in {
+            c.__name__ for c in type(exc).__mro__
+        }:
+            pytest.skip(f"{kind} '{name}' needs an optional dependency: {exc}")
+        raise
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL)
+def test_builds_with_its_defaults(kind, name, tmp_path):
+    obj = build_default(kind, name, tmp_path)
+    assert obj is not None
+    if kind == "modalities":
+        for section, kind_of in [
+            ("sample_folder", "sample_folders"),
+            ("frontend", "frontends"),
+            ("features", "features"),
+            ("backbone", "backbones"),
+        ]:
+            assert getattr(obj, section) in registry(kind_of), (section, getattr(obj, section))
+        if obj.demo_data:
+            assert obj.demo_data in registry("demo_data")
+        from metaemb.core.config import resolve
+
+        resolve(name, None, [])  # its own chain of components fits (contract check included)
+
+
+# -- declared shapes and types -------------------------------------------------------------------
+def _features_for(accepted) -> tuple | None:
+    """A registered Features (name, built, raw sample) that yields something `accepted` takes."""
+    for fname in registry("features").names():
+        yields = _kinds("features", fname, "yields", _full("features", fname))
+        takes = _kinds("features", fname, "accepts", _full("features", fname))
+        if not yields or not takes or any(k.name in ("*", "=") for k in yields):
+            continue
+        if not any(y.fits(a) for y in yields for a in accepted):
+            continue
+        raw = next((r for r in map(_raw, takes) if r is not None), None)
+        if raw is not None:
+            return fname, build("features", fname, {}), raw
+    return None
+
+
+def _full(kind: str, name: str) -> dict:
+    from metaemb.core.plugin.components import full_options
+
+    return full_options(kind, name)
+
+
+def _batch(features, raw, n: int = 2):
+    features.eval()
+    items = [features.prepare(raw, train=False) for _ in range(n)]
+    x, lengths = features.collate(items)
+    with torch.no_grad():
+        return features(x, lengths)
+
+
+@pytest.mark.parametrize(("kind", "name"), components("features"))
+def test_features_turn_a_sample_of_their_declared_kind_into_a_batch(kind, name):
+    takes = _kinds(kind, name, "accepts", _full(kind, name))
+    raw = next((r for r in map(_raw, takes or ()) if r is not None), None)
+    if raw is None:
+        pytest.skip(f"features '{name}' declares no input kind this test can make ({takes})")
+    f = build(kind, name, {})
+    x, lengths = _batch(f, raw, n=3)
+    assert isinstance(x, torch.Tensor) and x.shape[0] == 3 and x.is_floating_point()
+    assert lengths is None or lengths.shape == (3,)
+    if x.ndim >= 2 and name != "none":
+        assert x.shape[1] == f.out_channels, "out_channels must be the input width backbones get"
+
+
+@pytest.mark.parametrize(("kind", "name"), components("backbones"))
+def test_backbone_gives_n_by_feature_dim(kind, name):
+    accepted = _kinds(kind, name, "accepts", _full(kind, name))
+    if not accepted:
+        pytest.skip(f"backbone '{name}' declares no input kind (`accepts`)")
+    found = _features_for(accepted)
+    if found is None:
+        pytest.skip(f"no registered features yields what backbone '{name}' accepts ({accepted})")
+    _, features, raw = found
+    x, lengths = _batch(features, raw)
+    net = build(kind, name, {}, in_channels=features.out_channels).eval()
+    with torch.no_grad():
+        out = net(x, lengths)
+    assert out.shape == (2, net.feature_dim) and net.feature_dim > 0
+    assert torch.isfinite(out).all()
+    assert isinstance(net.trunk(), torch.nn.Module)
+
+
+def _head_output(head_name: str, n: int = 8, dim: int = 8):
+    head = build("heads", head_name, {}, in_features=16, dim=dim)
+    return head, head(torch.randn(n, 16, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize(("kind", "name"), components("heads"))
+def test_head_outputs_its_declared_kind(kind, name):
+    head, out = _head_output(name)
+    if head.output == "gme":
+        assert isinstance(out, GME) and out.a.shape == (8, 8) and out.b.shape == (8, 8)
+        assert bool((out.b >= 0).all())
+    else:
+        assert isinstance(out, torch.Tensor) and out.shape == (8, 8)
+
+
+def _embeddings_for(needs: str, n: int = 16, dim: int = 8):
+    head = "gme" if needs == "gme" else "linear"
+    return _head_output(head, n=n, dim=dim)[1]
+
+
+@pytest.mark.parametrize(("kind", "name"), components("objectives"))
+def test_objective_returns_a_finite_scalar_loss_with_gradients(kind, name):
+    obj = build(kind, name, {})
+    if obj.teacher_kind() if hasattr(obj, "teacher_kind") else False:
+        obj.teacher_outputs = torch.randn(16, 8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3] * 2)
+    emb = _embeddings_for(getattr(obj, "needs", "point"))
+    classifier = obj.build_classifier(8, 4)
+    loss = obj(emb, labels, classifier)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+
+
+@pytest.mark.parametrize(("kind", "name"), components("samplers"))
+def test_sampler_yields_valid_index_batches(kind, name, tmp_path):
+    sampler = build_default(kind, name, tmp_path)
+    labels = [0, 0, 1, 1, 2, 2, 3, 3] * 4
+    if getattr(sampler, "updates_from_embeddings", False):
+        sampler.update(torch.randn(len(labels), 8))
+    batches = list(sampler)
+    assert batches and len(batches) == len(sampler)
+    for batch in batches:
+        assert len(batch) > 0 and all(0 <= i < len(labels) for i in batch)
+
+
+@pytest.mark.parametrize(("kind", "name"), components("scorers"))
+def test_scorer_gives_matrix_and_pair_scores(kind, name):
+    scorer = build(kind, name, {})
+    needs = getattr(scorer, "needs", "point")
+    g = torch.Generator().manual_seed(2)
+    # 320 identities × 2: enough for every default (AS-norm's top 300 cohort speakers)
+    labels = torch.arange(320).repeat_interleave(2)
+    if needs == "gme":
+        train = GME(torch.randn(640, 8, generator=g), torch.rand(640, 8, generator=g) + 0.1)
+    else:
+        centres = 3 * torch.randn(320, 8, generator=g)
+        train = centres[labels] + torch.randn(640, 8, generator=g)
+    scorer.fit(train, labels)
+    a, b = train[:5], train[5:12]
+    m = scorer.score_matrix(a, b)
+    assert m.shape == (5, 7) and torch.isfinite(m).all()
+    pairs = scorer.score(train[:5], train[5:10])
+    assert pairs.shape == (5,)
+    torch.testing.assert_close(pairs.double(), m[:, :5].diagonal().double(), atol=1e-4, rtol=1e-4)
