@@ -18,7 +18,7 @@ from metaemb.core.data.pipeline import data_root
 from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.components import build, options_of
-from metaemb.core.plugin.contract import ANY, SAME, Kind, Opt, check_links
+from metaemb.core.plugin.contract import ANY, SAME, Kind, Opt, check_links, check_scorer
 from metaemb.core.plugin.interfaces import Backbone, IdentityFrontend, SampleFolder
 from metaemb.core.plugin.modality import Modality
 
@@ -218,3 +218,10 @@ def test_nested_part_tables_and_name_key():
     assert "[scorer.base]" in cfg.to_toml()
     with pytest.raises(ConfigError, match=r"unknown config key 'scorer\.base\.top_n'"):
         resolve("speaker", sets=["scorer.name=asnorm", "scorer.base.top_n=3"])
+
+
+def test_evaluate_scorer_override_must_fit_the_head():
+    cfg = resolve("face")
+    with pytest.raises(ConfigError, match="scorer 'gme' accepts gme, but head 'linear' yields"):
+        check_scorer(cfg, "gme")
+    check_scorer(cfg, "asnorm", {"base": {"name": "plda"}})  # a point scorer fits

@@ -21,6 +21,7 @@ from metaemb.core.data.embed import extract
 from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.plugin.components import build, validate_options
+from metaemb.core.plugin.contract import check_scorer
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.runs import load_checkpoint
 from metaemb.core.train.device import pick_device
@@ -91,6 +92,7 @@ class LoadedRun:
         cfg = self.config
         name = name or cfg.eval.scorer
         opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
+        check_scorer(cfg, name, opts)  # a GME scorer for a point-embedding run is refused here
         scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
         if not scorer.requires_fit:
             return scorer, False
