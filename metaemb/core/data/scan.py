@@ -76,8 +76,8 @@ def scan_identity(
             if is_dir:
                 if not e.name.startswith("."):
                     subdirs.append(Path(e.path))
-            elif Path(e.name).suffix.lower() in exts:
-                rel = Path(e.path).relative_to(root).as_posix()
+            elif os.path.splitext(e.name)[1].lower() in exts:  # str ops: a million files
+                rel = f"{rel_dir}/{e.name}"
                 real_file = (
                     os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
                 )
