@@ -28,7 +28,7 @@ from metaemb.core.plugin.components import (
     parts_of,
     validate_options,
 )
-from metaemb.core.plugin.contract import _declared
+from metaemb.core.plugin.contract import declared
 from metaemb.core.plugin.manager import registry, state
 
 # -- what to test -------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def _entry(kind: str, name: str):
 
 
 def _kinds(kind: str, name: str, attr: str, options=None):
-    return _declared(_entry(kind, name), attr, options or {})
+    return declared(_entry(kind, name), attr, options or {})
 
 
 @functools.cache

@@ -52,7 +52,7 @@ def _typename(typ: Any) -> str:
 def _contract(kind: str, entry: Any) -> dict[str, str]:
     """The component's declared data kinds (bound to its default options), as text."""
     from metaemb.core.plugin.components import full_options
-    from metaemb.core.plugin.contract import _declared
+    from metaemb.core.plugin.contract import declared
 
     try:
         defaults = full_options(kind, entry.name)
@@ -61,7 +61,7 @@ def _contract(kind: str, entry: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for attr in ("accepts", "yields"):
         try:
-            kinds = _declared(entry, attr, defaults)
+            kinds = declared(entry, attr, defaults)
         except Exception:
             kinds = None
         if kinds is not None:
