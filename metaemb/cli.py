@@ -108,6 +108,16 @@ def train(
     if on_bad_sample is not None:
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     cfg = resolve(modality, config, sets)
+    from metaemb.core.runs import earlier_equivalent_run, run_dir
+
+    earlier = earlier_equivalent_run(runs, cfg)
+    if earlier is not None:  # the run hash of an earlier version covered options differently
+        err_console.print(
+            f"note: {earlier} holds this same configuration, trained by an earlier metaemb whose "
+            f"run hash differed; this run starts in {run_dir(runs, cfg)}. `metaemb evaluate "
+            f"{earlier}` still evaluates the earlier run.",
+            markup=False,
+        )
     from metaemb.core.errors import MetaembError
     from metaemb.core.train.runlog import LoggingConsole
 

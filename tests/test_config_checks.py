@@ -111,3 +111,19 @@ def test_moved_options_migrate_with_a_message():
     assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
     cfg, _ = _load("face-distill")
     assert cfg.options("objective") == {"task": {"name": "arcface"}}
+
+
+def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, capsys):
+    """A run whose folder name carries an older hash of this same configuration is pointed out
+    (re-running would otherwise start elsewhere with no word)."""
+    from metaemb.core.runs import earlier_equivalent_run, run_dir
+
+    cfg = resolve("speaker", sets=["scorer.name=asnorm"])
+    old = tmp_path / "speaker" / "run-0123abcd"
+    old.mkdir(parents=True)
+    (old / "config.toml").write_text((V0 / "speaker-default.toml").read_text())
+    assert earlier_equivalent_run(tmp_path, cfg) is None  # another configuration
+    cfg = resolve("speaker")
+    assert earlier_equivalent_run(tmp_path, cfg) == old
+    run_dir(tmp_path, cfg).mkdir(parents=True)
+    assert earlier_equivalent_run(tmp_path, cfg) is None  # its own folder exists: resumes there

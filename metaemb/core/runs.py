@@ -38,6 +38,32 @@ def run_dir(runs_root: str | Path, config: Config) -> Path:
     return Path(runs_root) / config.modality / f"{config.name}-{config.hash()}"
 
 
+def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None:
+    """A run folder of the same name whose config.toml, read by this version, is this same
+    configuration although its folder name carries another hash: a run made by an earlier
+    metaemb whose hash covered its options differently (e.g. before composites took nested
+    tables). None when the run's own folder exists or there is no such folder."""
+    import warnings
+
+    from metaemb.core.config import from_dict
+    from metaemb.core.config_toml import load_toml
+
+    here = run_dir(runs_root, config)
+    if here.exists():
+        return None
+    for folder in sorted(here.parent.glob(f"{config.name}-*")):
+        if len(folder.name) != len(here.name) or not (folder / "config.toml").is_file():
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if from_dict(load_toml(folder / "config.toml")).hash() == config.hash():
+                    return folder
+        except (MetaembError, OSError):
+            continue
+    return None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
 
