@@ -120,9 +120,18 @@ def train(
         )
     from metaemb.core.errors import MetaembError
     from metaemb.core.train.runlog import LoggingConsole
+    from metaemb.core.train.workflows import config_callbacks
 
+    if cfg.train.rehearsal and cfg.train.init_from:  # old samples mixed into the new data
+        from metaemb.core.data.pipeline import cache_dir, data_root
+        from metaemb.core.train.warmstart import rehearsal_root
+
+        root = rehearsal_root(data_root(cfg), cfg.train.init_from, cfg.train.rehearsal,
+                              cache_dir(cfg), cfg.train.seed)  # fmt: skip
+        cfg.data.root = str(root)
     out = LoggingConsole()  # prints as `console` does, and copies it to RUN/train.log
-    trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out, workers=workers)
+    trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
+                      workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:

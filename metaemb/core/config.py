@@ -58,7 +58,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9  # SGD only
     warmup_epochs: float = 1.0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"  # onecycle: cosine momentum
     grad_clip: float = 5.0  # max gradient norm; 0 disables
     objective: str = "softmax"
     sampler: str = ""  # "" = the batch structure the objective asks for
@@ -67,6 +67,12 @@ class TrainConfig:
     freeze_trunk_epochs: int = 0
     init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
     teacher: str = ""  # run dir or checkpoint of a frozen teacher (objective "distill")
+    init_from: str = ""  # warm start: a run dir or checkpoint whose weights start this run
+    init_parts: Literal["backbone", "backbone+head", "all"] = "backbone+head"  # init_from loads
+    init_distill: float = 0.0  # continual learning: λ of an embedding-KD term to the init model
+    rehearsal: int = 0  # continual learning: old samples per old identity mixed into training
+    snapshot_every: int = 0  # also keep snapshot-epochNNN.pt every N epochs (0: none)
+    tensorboard: bool = False  # log to RUN/tensorboard (the tensorboard extra)
     augment: list[str] = field(default_factory=list)  # augmentations, in order ([augment.<name>])
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
@@ -109,10 +115,21 @@ CHOICE_FIELDS = {
     "scorer": ("eval", "scorer"),
 }
 TOP_LEVEL = {"name": str, "modality": str}
-RUNTIME_KEYS = {("data", "workers"), ("data", "cache_dir")}
+RUNTIME_KEYS = {
+    ("data", "workers"),
+    ("data", "cache_dir"),
+    ("train", "snapshot_every"),
+    ("train", "tensorboard"),
+}
 # Core fields added after run hashes were first published: left out of the hash at these values,
 # so configurations that do not use them keep their run folders.
-HASH_NEUTRAL = {("train", "augment"): []}
+HASH_NEUTRAL = {
+    ("train", "augment"): [],
+    ("train", "init_from"): "",
+    ("train", "init_parts"): "backbone+head",
+    ("train", "init_distill"): 0.0,
+    ("train", "rehearsal"): 0,
+}
 
 
 @dataclass

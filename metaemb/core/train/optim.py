@@ -81,7 +81,12 @@ def build_optimizer(
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Linear warm-up over `warmup_epochs`, then constant or cosine down to 1 % of the peak."""
+    """Linear warm-up over `warmup_epochs`, then constant or cosine down to 1 % of the peak
+    (`onecycle`: core/train/onecycle.py)."""
+    if cfg.schedule == "onecycle":
+        from metaemb.core.train.onecycle import onecycle_factor
+
+        return onecycle_factor(step, cfg, steps_per_epoch)
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if warm > 0 and step < warm:
@@ -105,4 +110,8 @@ def build_scheduler(
         )
         for g in optimizer.param_groups
     ]
+    if cfg.schedule == "onecycle":
+        from metaemb.core.train.onecycle import CosineMomentumLR
+
+        return CosineMomentumLR(optimizer, factors, cfg, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

@@ -1,0 +1,153 @@
+"""Warm starts (`train.init_from`, `train.init_parts`), shape checks, softmax → GME fine-tuning,
+rehearsal folders, forgetting measured, snapshots and the one-cycle schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import pairwise
+from pathlib import Path
+
+import helpers
+import pytest
+import torch
+
+from metaemb.core.config import resolve
+from metaemb.core.train.engine import Trainer
+from metaemb.core.train.warmstart import InitFrom, rehearsal_root
+
+TINY = ["train.batch_size=16", "model.dim=16", "features.image_size=32", "eval.max_targets=30",
+        "eval.nontargets=30"]  # fmt: skip
+
+
+def split_faces(base: Path) -> tuple[Path, Path]:
+    """Demo faces of 16 identities split into an 'old' folder (8) and a 'new' folder (8)."""
+    every = helpers.demo_faces(base / "all", identities=16, images_per_identity=4, image_size=32)
+    old, new = base / "old", base / "new"
+    for k, d in enumerate(sorted(p for p in every.iterdir() if p.is_dir())):
+        dest = (old if k < 8 else new) / d.name
+        dest.mkdir(parents=True)
+        for f in sorted(d.iterdir()):
+            (dest / f.name).write_bytes(f.read_bytes())
+    return old, new
+
+
+def train(data: Path, runs: Path, capsys, *sets: str) -> tuple[int, str, str]:
+    args = ["train", "--data", data, "--runs", runs, "--workers", "0"]
+    for s in (*TINY, f"data.cache_dir={runs / 'cache'}", *sets):
+        args += ["--set", s]
+    return helpers.run_cli(args, capsys)
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    base = tmp_path_factory.mktemp("warm")
+    old, new = split_faces(base)
+    runs = base / "runs"
+    assert train(old, runs, None, "train.epochs=1", "name=old")[0] == 0
+    [run] = list((runs / "face").iterdir())
+    return old, new, run
+
+
+def built(data: Path, run: Path, tmp: Path, *sets: str) -> Trainer:
+    cfg = resolve("face", None, [*TINY, f"data.root={json.dumps(str(data))}",
+                                 f"data.cache_dir={json.dumps(str(tmp / 'c'))}", *sets])  # fmt: skip
+    trainer = Trainer(cfg, runs_root=tmp / "r", device="cpu", workers=0)
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("parts", ["backbone", "backbone+head"])
+def test_init_from_loads_exactly_the_chosen_parts(old_run, tmp_path, parts):
+    _, new, run = old_run
+    trainer = built(new, run, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    InitFrom(str(run), parts).on_setup(trainer)
+    src = torch.load(run / "best.pt", weights_only=True)["model"]
+    after = trainer.model.state_dict()
+    for k, v in after.items():
+        loaded = k.startswith(("features.", "backbone.")) or (
+            parts != "backbone" and k.startswith("head.")
+        )
+        want = src[k] if loaded else before[k]
+        assert torch.equal(v, want), k
+
+
+def test_shape_mismatch_is_one_clear_error(old_run, tmp_path, capsys):
+    _, new, run = old_run
+    code, _, err = train(new, tmp_path / "runs", capsys, "train.epochs=1", "model.dim=8",
+                         f"train.init_from={json.dumps(str(run))}")  # fmt: skip
+    err = " ".join(err.split())
+    assert code == 2 and "train.init_from" in err and "head." in err
+    assert "[16, 512]" in err and "[8, 512]" in err and "train.init_parts=backbone" in err
+
+
+def test_softmax_to_gme_fine_tune_measures_forgetting(old_run, tmp_path, capsys):
+    _, new, run = old_run
+    code, text, err = train(new, tmp_path / "runs", capsys, "train.epochs=1", "model.head=gme",
+                            "train.objective=gme-bxe", "model.dim=8", "train.init_parts=backbone",
+                            f"train.init_from={json.dumps(str(run))}")  # fmt: skip
+    assert code == 0, err
+    flat = " ".join(text.split())
+    assert "initialised backbone from" in flat and "forgetting (EER before → after)" in flat
+    [gme_run] = list((tmp_path / "runs" / "face").iterdir())
+    f = json.loads((gme_run / "forgetting.json").read_text())
+    assert f["identities"] == {"old": 6, "new": 8}  # the old run's training ids; every new id
+    for when in ("before", "after"):
+        for which in ("old", "new"):
+            assert 0.0 <= f[when][which]["eer"] <= 1.0 and f[when][which]["trials"] > 0
+    assert f["change"]["old"] == pytest.approx(f["after"]["old"]["eer"] - f["before"]["old"]["eer"])
+
+
+def test_rehearsal_folder_has_k_old_samples_per_old_identity(old_run, tmp_path):
+    old, new, run = old_run
+    root = rehearsal_root(new, str(run), 2, tmp_path / "cache")
+    ids = sorted(p.name for p in root.iterdir() if p.is_dir())
+    old_ids = sorted(p.name for p in old.iterdir() if p.is_dir())
+    new_ids = sorted(p.name for p in new.iterdir() if p.is_dir())
+    trained_old = [i for i in ids if i in old_ids]
+    assert set(new_ids) <= set(ids) and len(trained_old) == 6  # the old run's training identities
+    for i in trained_old:
+        files = sorted((root / i).iterdir())
+        assert len(files) == 2 and all(f.name.startswith("rehearsal-") for f in files)
+    assert rehearsal_root(new, str(run), 2, tmp_path / "cache") == root  # built once
+
+
+def test_snapshots_every_n_epochs(old_run, tmp_path, capsys):
+    old, _, _ = old_run
+    code, _, err = train(old, tmp_path / "runs", capsys, "train.epochs=2", "train.snapshot_every=1")
+    assert code == 0, err
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    snaps = sorted(p.name for p in run.glob("snapshot-*.pt"))
+    assert snaps == ["snapshot-epoch001.pt", "snapshot-epoch002.pt"]
+    assert torch.load(run / snaps[0], weights_only=True)["epoch"] == 1
+
+
+def test_onecycle_lr_and_cosine_momentum():
+    from metaemb.core.config import TrainConfig
+    from metaemb.core.train.optim import build_scheduler
+
+    cfg = TrainConfig(epochs=4, lr=0.1, schedule="onecycle", warmup_epochs=1.0, optimizer="sgd")
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [p], "lr": 0.1, "name": "model"}], lr=0.1, momentum=0.9)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs, moms = [opt.param_groups[0]["lr"]], [opt.param_groups[0]["momentum"]]
+    for _ in range(39):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+    assert lrs[0] == pytest.approx(0.1 / 25) and lrs[10] == pytest.approx(0.1)
+    end = 1 / (25 * 1e4)  # the last step, 29 of 30 into the descent (half cosine)
+    assert max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(
+        0.1 * (end + (1 - end) * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    )
+    assert moms[0] == pytest.approx(0.95) and moms[10] == pytest.approx(0.85)
+    assert moms[-1] == pytest.approx(0.95, abs=2e-3)
+    mid = 0.1 / 25 + (0.1 - 0.1 / 25) * 0.5  # half way up: the cosine's midpoint
+    assert lrs[5] == pytest.approx(mid)
+    assert all(a <= b + 1e-12 for a, b in pairwise(lrs[:11]))
+    assert all(a >= b - 1e-12 for a, b in pairwise(lrs[10:]))
+    state = sched.state_dict()
+    assert not any(k.startswith("_cfg") for k in state) and math.isfinite(state["last_epoch"])
