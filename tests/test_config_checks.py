@@ -127,3 +127,14 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     assert earlier_equivalent_run(tmp_path, cfg) == old
     run_dir(tmp_path, cfg).mkdir(parents=True)
     assert earlier_equivalent_run(tmp_path, cfg) is None  # its own folder exists: resumes there
+
+
+def test_readme_configuration_example_resolves(tmp_path):
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "c.toml").write_text(block)
+    cfg = resolve("speaker", config_file=tmp_path / "c.toml")
+    assert cfg.eval.scorer == "asnorm"
+    assert cfg.options("scorer") == {"top_n": 200, "base": {"name": "plda", "lda_dim": 100}}
+    assert cfg.options("features")["fbank"] == {"n_mels": 40}
