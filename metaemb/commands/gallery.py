@@ -3,7 +3,6 @@ then find who probes are (or that they are nobody enrolled). Semantics: docs/gal
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -142,10 +141,18 @@ def identify_probes(
     for f in files:
         if not f.is_file():
             raise DataError(f"probe file '{f}' does not exist.")
-    root = data
-    if root is None:
-        root = Path(os.path.commonpath([str(f.resolve().parent.parent) for f in files]))
-    loaded, digest = _load(checkpoint, root, device)
+    if data is None:
+        # Exactly the probe files, read as ROOT/<folder>/<file>: nothing else is scanned (their
+        # common grandparent may be '/' or a home folder).
+        from metaemb.core.deploy.gallery import model_digest
+        from metaemb.core.eval.collect import load_for_files
+
+        loaded = load_for_files(checkpoint, files, device)
+        digest = model_digest(loaded.state["model"])
+        root = loaded.parts.root
+    else:
+        root = data
+        loaded, digest = _load(checkpoint, root, device)
     g.check(digest, f"checkpoint '{checkpoint}'")
     folder = loaded.parts.folder
     indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))

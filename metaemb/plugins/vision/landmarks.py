@@ -14,6 +14,7 @@ import contextlib
 import csv
 import glob
 import hashlib
+import io
 import json
 import os
 from collections import Counter
@@ -88,21 +89,23 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     """`relpath,x1,y1,…,x5,y5` rows (header optional): the demo generator's landmarks.csv, VGGFace2
     `loose_landmark_*.csv` (`NAME_ID,P1X,P1Y,…`, NAME_ID without extension) or any such CSV."""
     out: dict[str, np.ndarray] = {}
-    with open(path, newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1:
-                try:
-                    float(row[1])
-                except (IndexError, ValueError):
-                    continue  # header
-            where = f"landmark file '{path}', line {lineno}"
-            if len(row) != 11:
-                raise DataError(
-                    f"{where}: expected 11 fields (path + 10 coordinates), got {len(row)}."
-                )
-            out[row[0].strip().replace("\\", "/")] = _parse_points(row[1:], where)
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise DataError(f"landmark file '{path}' is not a readable CSV file: {exc}.") from None
+    for lineno, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if lineno == 1:
+            try:
+                float(row[1])
+            except (IndexError, ValueError):
+                continue  # header
+        where = f"landmark file '{path}', line {lineno}"
+        if len(row) != 11:
+            raise DataError(f"{where}: expected 11 fields (path + 10 coordinates), got {len(row)}.")
+        out[row[0].strip().replace("\\", "/")] = _parse_points(row[1:], where)
     return out
 
 
