@@ -28,6 +28,15 @@ from metaemb.core.train.device import pick_device
 from metaemb.core.train.model import EmbeddingModel
 
 
+def non_finite_rows(out: Any) -> list[int]:
+    """Rows of an embedding batch (a tensor, or a GME's a and b) holding NaN or ±inf."""
+    parts = [out] if isinstance(out, torch.Tensor) else [out.a, out.b]
+    bad = torch.zeros(len(parts[0]), dtype=torch.bool)
+    for t in parts:
+        bad |= ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1).cpu()
+    return bad.nonzero().flatten().tolist()
+
+
 def find_checkpoint(path: Path) -> Path:
     """A run directory resolves to its best.pt (or last.pt); a file is used as it is."""
     path = Path(path)
@@ -71,6 +80,15 @@ class LoadedRun:
         if bad:
             names = ", ".join(b.path for b in bad[:5])
             raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
+        rows = non_finite_rows(out)
+        if rows:  # never hand NaN embeddings on to a file, a gallery or a score
+            order = ds.indices
+            names = ", ".join(f"'{folder.samples[order[r]].path}'" for r in rows[:3])
+            raise DataError(
+                f"the model gives NaN or infinite embeddings for {len(rows)} sample(s) ({names}"
+                f"{' …' if len(rows) > 3 else ''}) under '{folder.root}'; its weights or those "
+                "inputs are not finite (a diverged training?). Nothing was written."
+            )
         return out
 
     def classifier(self) -> nn.Module | None:
