@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 
 from metaemb.core.eval import metrics
-from metaemb.core.eval.trials import read_lfw_pairs, read_scores, write_trials
+from metaemb.core.eval.trials import read_scores, write_trials
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.scoring.calibration import LinearCalibration
+from metaemb.plugins.vision.lfw import read_lfw_pairs
 
 
 def run_cli(args: list, capsys=None) -> tuple[int, str, str]:
@@ -127,6 +128,34 @@ def test_lfw_protocol_prints_10_fold_accuracy_and_eer(lfw, tmp_path, capsys):
     assert re.search(r"TAR @ FAR=0\.1% [\d.]+%", text)
 
 
+@pytest.mark.parametrize("folds", [2, 1])
+def test_lfw_folds_come_from_the_pairs_header(lfw, tmp_path, capsys, folds):
+    """Issue 13 item 1: a 2-fold pairs.txt is scored in 2 folds (not 10), and a valid 1-fold
+    (View 1 style) file evaluates without k-fold accuracy instead of failing after embedding."""
+    from metaemb.plugins.vision.protocols import make_fold_pairs
+
+    data, run = lfw
+    ids = sorted(p.name for p in data.iterdir() if p.is_dir())
+    samples = [(f"{i}/{f.name}", i) for i in ids for f in sorted((data / i).glob("*.jpg"))]
+    pairs = tmp_path / "pairs.txt"
+    write_trials(
+        pairs, make_fold_pairs(samples, folds=folds, per_fold=6, seed=3), "lfw", folds=folds
+    )
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--protocol", "lfw", "--trials", pairs, "--data", data]
+    code, text, err = run_cli([*args, "--out", out, "--workers", "0"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    _, scores, labels = scores_and_labels(out / "scores.txt")
+    if folds == 1:
+        assert "folds" not in result and "accuracy" not in result
+        return
+    mean, std, _ = metrics.kfold_accuracy(scores, labels, folds=2)
+    assert result["folds"] == 2 and result["accuracy"] == pytest.approx(mean)
+    assert result["accuracy_std"] == pytest.approx(std)
+    assert f"2-fold accuracy {100 * mean:.2f}" in text
+
+
 def test_voxceleb_trial_list_prints_detection_metrics_and_writes_plots(voices, tmp_path, capsys):
     data, run, trial_list = voices
     out = tmp_path / "ev"
@@ -182,7 +211,9 @@ def _split_lists(data: Path, tmp_path: Path) -> tuple[Path, Path]:
     paths = []
     for name, part, seed in (("cal", ids[:half], 1), ("eval", ids[half:], 2)):
         paths.append(tmp_path / f"{name}.txt")
-        write_trials(paths[-1], make_trials(folder.subset(part), n_nontarget=60, seed=seed))
+        write_trials(
+            paths[-1], make_trials(folder.subset(part), n_nontarget=60, seed=seed), "voxceleb"
+        )
     return paths[0], paths[1]
 
 
@@ -245,8 +276,8 @@ def test_each_file_is_loaded_once_however_many_trials_name_it(lfw, tmp_path, mon
         for b in files
         if a != b
     ]
-    write_trials(tmp_path / "t.txt", trials)
-    write_trials(tmp_path / "c.txt", trials[::-1])
+    write_trials(tmp_path / "t.txt", trials, "voxceleb")
+    write_trials(tmp_path / "c.txt", trials[::-1], "voxceleb")
     loads: collections.Counter[str] = collections.Counter()
     real = ImageFolder.load
 
@@ -304,7 +335,9 @@ def test_demo_face_model_is_calibrated_to_within_005_bits_on_held_out_identities
     lists = []
     for name, ids, seed in (("cal", val.identities[:half], 1), ("eval", val.identities[half:], 2)):
         lists.append(tmp_path / f"{name}.txt")
-        write_trials(lists[-1], make_trials(val.subset(ids), n_nontarget=4000, seed=seed))
+        write_trials(
+            lists[-1], make_trials(val.subset(ids), n_nontarget=4000, seed=seed), "voxceleb"
+        )
     out = tmp_path / "ev"
     args = ["evaluate", run, "--trials", lists[1], "--calibrate", lists[0], "--out", out]
     code, _, err = run_cli(args, capsys)

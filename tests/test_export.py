@@ -14,13 +14,7 @@ from helpers import run_cli
 import metaemb
 from metaemb.core.config import resolve
 from metaemb.core.data.pipeline import build_model
-from metaemb.core.deploy.export import (
-    ExportError,
-    TraceableFbank,
-    check_parity,
-    export,
-    load_inference,
-)
+from metaemb.core.deploy.export import ExportError, check_parity, export, load_inference
 from metaemb.core.errors import MetaembError
 from metaemb.core.runs import save_checkpoint
 
@@ -199,6 +193,7 @@ def test_face_torchscript_matches_pytorch(face_ckpt, tmp_path):
     ],
 )
 def test_traceable_fbank_matches_kaldi_fbank(opts):
+    from metaemb.plugins.audio.export import TraceableFbank
     from metaemb.plugins.audio.fbank import KaldiFbank
 
     fbank = KaldiFbank(**opts).eval()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.eval.trials import read_lfw_pairs
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
+from metaemb.plugins.vision.lfw import read_lfw_pairs
 from metaemb.plugins.vision.protocols import (
     AgeDBFolder,
     VGGFace2Folder,
@@ -49,7 +49,7 @@ def test_lfw_pairs_parse_to_trials_in_file_order(tmp_path):
     (tmp_path / "lfw").mkdir()
     assert registry("protocols").get("lfw")(tmp_path / "lfw", None) == trials
     assert lfw(tmp_path, None) == trials
-    assert registry("protocols").get("lfw").folds == 10  # evaluate reports 10-fold accuracy
+    assert trials.folds == 2  # from the header: evaluate reports 2-fold accuracy
 
 
 def test_lfw_protocol_refuses_paths_outside_the_data_root(tmp_path):
@@ -149,8 +149,10 @@ def test_vggface2_folder_follows_the_split_list(tmp_path):
 
 
 def test_agedb_names_identities_and_age_gap_pairs(tmp_path):
-    assert parse_agedb_name("0_MariaCallas_35_f.jpg") == ("MariaCallas", 35)
-    assert parse_agedb_name("12_Jean_Paul_Belmondo_70_m.jpg") == ("Jean_Paul_Belmondo", 70)
+    got = parse_agedb_name("0_MariaCallas_35_f.jpg")
+    assert (got.name, got.age) == ("MariaCallas", 35)
+    got = parse_agedb_name("12_Jean_Paul_Belmondo_70_m.jpg")
+    assert (got.name, got.age) == ("Jean_Paul_Belmondo", 70)
     with pytest.raises(DataError, match="does not follow"):
         parse_agedb_name("MariaCallas.jpg")
     k = 0
@@ -163,7 +165,8 @@ def test_agedb_names_identities_and_age_gap_pairs(tmp_path):
     trials = agedb(tmp_path)
     assert len(trials) > 0
     for t in trials:
-        (na, aa), (nb, ab) = parse_agedb_name(t.enroll[0]), parse_agedb_name(t.test)
+        a, b = parse_agedb_name(t.enroll[0]), parse_agedb_name(t.test)
+        (na, aa), (nb, ab) = (a.name, a.age), (b.name, b.age)
         if t.label == 1:
             assert na == nb and abs(aa - ab) >= 30
         else:

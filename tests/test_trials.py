@@ -14,6 +14,8 @@ import pytest
 from metaemb.core.errors import DataError
 from metaemb.core.eval import trials as tr
 from metaemb.core.plugin.interfaces import Sample, Trial
+from metaemb.plugins.vision import lfw as lfw_format
+from metaemb.plugins.vision import protocols as lfw
 
 
 @dataclass
@@ -118,14 +120,15 @@ def test_lfw_pairs(tmp_path):
         ("Abel_Pacheco/Abel_Pacheco_0001.jpg",), "Abel_Pacheco/Abel_Pacheco_0004.jpg", 1
     )
     assert got[6] == Trial(("Bob/Bob_0001.jpg",), "Carl/Carl_0012.jpg", 0)
-    assert tr.lfw_protocol(tmp_path) == got  # default root/pairs.txt
-    assert tr.lfw_folds(p) == 2
-    assert tr.lfw_folds(write(tmp_path, "1\nA\t1\t2\nA\t1\tB\t1\n", "view1.txt")) == 1
+    assert lfw.lfw(tmp_path) == got  # default root/pairs.txt
+    assert lfw_format.lfw_folds(p) == 2 and got.folds == 2 and tr.folds_of(got) == 2
+    view1 = write(tmp_path, "1\nA\t1\t2\nA\t1\tB\t1\n", "view1.txt")
+    assert lfw_format.lfw_folds(view1) == 1 and tr.folds_of(tr.read_trials(view1)) == 0
     tr.write_trials(tmp_path / "again.txt", got, "lfw", folds=2)
     assert tr.read_trials(tmp_path / "again.txt") == got
-    assert tr.lfw_lines(got, folds=2) == LFW.splitlines()
+    assert lfw_format.lfw_lines(got, folds=2) == LFW.splitlines()
     with pytest.raises(DataError, match="does not fit LFW"):
-        tr.lfw_lines(got, folds=1)  # one fold would need 4 matched pairs first
+        lfw_format.lfw_lines(got, folds=1)  # one fold would need 4 matched pairs first
 
 
 @pytest.mark.parametrize(
@@ -163,18 +166,18 @@ def test_write_and_read_scores(tmp_path):
 
 def test_vggface2_list_and_agedb_names(tmp_path):
     p = write(tmp_path, "n000002/0001_01.jpg\nn000001/0002_01.jpg\nn000002/0003_02.jpg\n")
-    samples = tr.read_vggface2_list(p)
+    samples = lfw.read_vggface2_list(p)
     assert [(s.path, s.identity, s.label) for s in samples] == [
         ("n000002/0001_01.jpg", "n000002", 1),
         ("n000001/0002_01.jpg", "n000001", 0),
         ("n000002/0003_02.jpg", "n000002", 1),
     ]
     with pytest.raises(DataError, match=r"bad.txt:2.*identity/image"):
-        tr.read_vggface2_list(write(tmp_path, "n1/a.jpg\nflat.jpg\n", "bad.txt"))
-    got = tr.parse_agedb_name("agedb/0123_Albert_Einstein_54_m.jpg")
+        lfw.read_vggface2_list(write(tmp_path, "n1/a.jpg\nflat.jpg\n", "bad.txt"))
+    got = lfw.parse_agedb_name("agedb/0123_Albert_Einstein_54_m.jpg")
     assert (got.index, got.name, got.age, got.gender) == (123, "Albert_Einstein", 54, "m")
     with pytest.raises(DataError, match="AgeDB"):
-        tr.parse_agedb_name("Albert.jpg")
+        lfw.parse_agedb_name("Albert.jpg")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,17 +24,18 @@ def _scorer(name: str | None, collection: Any) -> Any:
     if name is None:
         return default_scorer(collection.kind)
     scorer = build("scorers", name, {})
-    if getattr(scorer, "requires_fit", False):
-        from metaemb.core.runs import load_checkpoint
+    if scorer.requires_fit:
+        from metaemb.core.deploy.loading import load_run
 
         ckpt = collection.meta.get("checkpoint")
-        state = load_checkpoint(ckpt) if ckpt and Path(ckpt).is_file() else {}
-        if collection.meta.get("scorer") != name or not state.get("scorer"):
+        needs_fit = True
+        if ckpt and Path(ckpt).is_file() and collection.meta.get("scorer") == name:
+            scorer, needs_fit = load_run(Path(ckpt)).scorer(name)  # the run's fitted scorer
+        if needs_fit:
             raise MetaembError(
                 f"scorer '{name}' must be fitted and the collection's checkpoint holds no fitted "
                 f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
             )
-        scorer.load_state_dict(state["scorer"])
     return scorer
 
 

@@ -1,4 +1,4 @@
-"""Modality-agnostic core: knows nothing about images or audio.
+"""Modality-agnostic core: it names no modality; plugins bring them.
 
 The folders are the architecture: `plugin/` (hooks, registry, interfaces), `data/` (sample
 pipeline, samplers), `train/` (engine, model, heads, objectives), `scoring/` (cosine, PLDA,

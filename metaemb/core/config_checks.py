@@ -94,7 +94,7 @@ def migrate_options(kind: str, name: str, options: dict[str, Any], section: str)
     """Move option keys written before composites took nested tables into their part's table.
 
     Earlier versions restated a part's parameters on the composite (`scorer.lda_dim` for the
-    s-norm's base scorer, `features.n_mels` for the fbank of the audio features); such a key is
+    s-norm's base scorer, `features.n_mels` for the filterbank of speech features); such a key is
     moved to the part that takes it (`scorer.base.lda_dim`), or dropped when the chosen part has
     no such option (e.g. `subtract_mean` with a PLDA base, which ignored it), with a warning.
     """

@@ -1,27 +1,27 @@
 """Export the inference network of a checkpoint (features → backbone → head) to ONNX or TorchScript.
 
 Only what inference needs leaves: the classifier / class-weight modules stay behind. The batch
-dimension is dynamic (and, for audio, the number of samples), and every export is checked against
-the PyTorch model on inputs of other batch sizes and lengths than the ones it was traced with,
-so a graph that silently froze a shape is refused instead of shipped. Next to the model goes a
-JSON sidecar `<out>.json`: input/output names and shapes, the preprocessing to replicate, the
+dimension is dynamic (and, for variable-length inputs, their length), and every export is checked
+against the PyTorch model on inputs of other batch sizes and lengths than the ones it was traced
+with, so a graph that silently froze a shape is refused instead of shipped. Next to the model goes
+a JSON sidecar `<out>.json`: input/output names and shapes, the preprocessing to replicate, the
 embedding kind and dimension, the metaemb version and the config hash (docs/export.md).
 
-Audio models take raw waveforms: the Kaldi fbank is re-expressed as one strided convolution
-(DC removal, pre-emphasis, window and DFT are all linear in a frame, so they fold into a single
-[2·bins, 1, frame] kernel) followed by the mel matmul, log and CMN. That graph traces with dynamic
-shapes in both formats, needs no FFT operator, and stays within ~1e-4 of KaldiFbank's log-mels.
+How a model's input becomes a traceable graph depends on its features: an `ExportAdapter`,
+registered by the plugin that owns those features (hook `register_export_adapters`) under the
+`input_spec()["kind"]` they declare, wraps the model, makes example inputs and describes the
+preprocessing a deployment must replicate.
 """
 
 from __future__ import annotations
 
+import abc
 import io
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +42,6 @@ MIN_OPSET = 13  # CumSum, Softmax over one axis and Unsqueeze-with-input semanti
 MAX_OPSET = 20  # the highest the TorchScript-based ONNX exporter emits
 #: exported vs PyTorch outputs must agree to atol + rtol·max|reference| (float32 reassociation).
 ATOL, RTOL = 1e-4, 1e-4
-#: the folded-DFT fbank vs KaldiFbank (log-mel, absolute): measured ~1e-4 on speech-like input.
-FBANK_TOL = 2e-3
 
 
 class ExportError(MetaembError):
@@ -59,145 +57,58 @@ class Exported:
     info: dict[str, Any]
 
 
-# -- the inference graph --------------------------------------------------------------------------
+# -- adapters -------------------------------------------------------------------------------------
 
 
-def fbank_kernel(fbank: nn.Module) -> Tensor:
-    """KaldiFbank's per-frame chain up to the DFT as one conv kernel [2·bins, 1, size] (cos ‖ −sin).
-
-    frame → (x − mean) → pre-emphasis (first sample replicated) → window·32768 → DFT over the frame
-    zero-padded to n_fft; composed in float64, then rounded once to float32.
-    """
-    size, n_fft = int(fbank.size), int(fbank.n_fft)
-    chain = torch.eye(size, dtype=torch.float64)
-    if fbank.remove_dc_offset:
-        chain = chain - 1.0 / size
-    if fbank.preemphasis:
-        p = float(fbank.preemphasis)
-        pre = torch.eye(size, dtype=torch.float64)
-        idx = torch.arange(1, size)
-        pre[idx, idx - 1] = -p
-        pre[0, 0] = 1.0 - p
-        chain = pre @ chain
-    scale = 32768.0 if fbank.int16_scale else 1.0
-    chain = fbank.window.double()[:, None] * scale * chain
-    j = torch.arange(size, dtype=torch.float64)[:, None]
-    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[None, :]
-    angle = 2.0 * math.pi * j * k / n_fft
-    dft = torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)  # [size, 2·bins]
-    return (chain.T @ dft).T.float().unsqueeze(1).contiguous()
-
-
-class TraceableFbank(nn.Module):
-    """The Kaldi fbank + CMN of a `kaldi_fbank` Features, as a graph with dynamic N and T.
-
-    waveforms [N, T] (zero-padded), lengths [N] in samples → ([N, n_mels, F], frame lengths) with
-    F = 1 + (T − size) // shift (snip_edges); frames past an utterance's end are zero, as in
-    KaldiFbank. Dither is not exported (it is training-only).
-    """
-
-    def __init__(self, fbank: nn.Module) -> None:
-        super().__init__()
-        needed = ("size", "shift", "n_fft", "window", "banks", "preemphasis", "cmn")
-        missing = [a for a in needed if not hasattr(fbank, a)]
-        if missing:
-            raise ExportError(
-                f"features of kind 'kaldi_fbank' must carry a KaldiFbank as `.fbank`; it lacks "
-                f"{', '.join(missing)}."
-            )
-        self.size, self.shift = int(fbank.size), int(fbank.shift)
-        self.bins = int(fbank.n_fft) // 2 + 1
-        self.cmn = bool(fbank.cmn)
-        self.register_buffer("kernel", fbank_kernel(fbank))
-        self.register_buffer("banks", fbank.banks.detach().float().clone())  # [bins, mels]
-
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        spec = nn.functional.conv1d(waveforms.float().unsqueeze(1), self.kernel, stride=self.shift)
-        re, im = spec[:, : self.bins], spec[:, self.bins :]
-        power = (re * re + im * im).transpose(1, 2)  # [N, F, bins]
-        eps = torch.finfo(torch.float32).eps
-        feats = torch.matmul(power, self.banks).clamp_min(eps).log()  # [N, F, mels]
-        lengths = lengths.long()
-        flen = torch.where(
-            lengths >= self.size,
-            torch.div(lengths - self.size, self.shift, rounding_mode="floor") + 1,
-            torch.zeros_like(lengths),
-        )
-        # Frame indices from a cumulative sum, not arange(F): a traced arange freezes F.
-        steps = torch.cumsum(torch.ones_like(feats[:, :, 0]), dim=1) - 1.0
-        valid = (steps < flen.unsqueeze(1).to(steps.dtype)).to(feats.dtype).unsqueeze(2)
-        feats = feats * valid
-        if self.cmn:
-            mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1).to(feats.dtype)[:, None, None]
-            feats = (feats - mean) * valid
-        return feats.transpose(1, 2), flen
-
-
-def _outputs(out: Any) -> Tensor | tuple[Tensor, Tensor]:
+def outputs_of(out: Any) -> Tensor | tuple[Tensor, Tensor]:
     """A point embedding stays a tensor; a GME becomes (a, b) so graphs return plain tensors."""
     return out if isinstance(out, Tensor) else (out.a, out.b)
 
 
-class ImageInference(nn.Module):
-    """images [N, 3, S, S], already resized and normalised → embeddings, or (a, b) for GME heads."""
+class ExportAdapter(abc.ABC):
+    """How models whose features declare one input kind are exported (one per kind)."""
 
-    def __init__(self, model: EmbeddingModel) -> None:
-        super().__init__()
-        self.model = model
+    #: the graph's input names, e.g. ["inputs"] or ["waveforms", "lengths"]
+    names: ClassVar[list[str]] = []
 
-    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        return _outputs(self.model(images))
+    @abc.abstractmethod
+    def shapes(self, spec: dict[str, Any]) -> list[list[int | str]]:
+        """Each input's shape; a str names a dynamic axis ("N", "T")."""
 
+    @abc.abstractmethod
+    def wrap(self, model: EmbeddingModel) -> nn.Module:
+        """The module to trace: its forward takes the inputs in `names` order and returns the
+        embeddings, or (a, b) for a GME head (`outputs_of`)."""
 
-class AudioInference(nn.Module):
-    """waveforms [N, T] + lengths [N] → embeddings, or (a, b); the fbank runs inside the graph."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        super().__init__()
-        self.fbank = TraceableFbank(getattr(model.features, "fbank", model.features))
-        self.backbone = model.backbone
-        self.head = model.head
-
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        x, frames = self.fbank(waveforms, lengths)
-        return _outputs(self.head(self.backbone(x, frames)))
-
-
-# -- inputs ---------------------------------------------------------------------------------------
-@dataclass
-class InputKind:
-    """How one kind of `input_spec` is fed to the exported graph."""
-
-    wrapper: type[nn.Module]
-    names: list[str]
-    shapes: list[list[int | str]]
-
+    @abc.abstractmethod
     def example(self, spec: dict[str, Any], batch: int, variant: int) -> tuple[Tensor, ...]:
-        """Deterministic inputs; `variant` changes the audio length so traces are checked on
-        lengths they were not traced with. Audio batches mix lengths (so length masking is traced)."""
-        gen = torch.Generator().manual_seed(1234 + 17 * batch + variant)
-        if self.wrapper is ImageInference:
-            s = int(spec["image_size"])
-            return (torch.randn(batch, 3, s, s, generator=gen).clamp_(-1, 1),)
-        sr = int(spec["sample_rate"])
-        t = int(sr * (1.0 + 0.37 * variant))
-        lengths = torch.tensor([t - (i * t) // (2 * batch) for i in range(batch)])
-        waves = 0.1 * torch.randn(batch, t, generator=gen)
-        waves = waves * (torch.arange(t)[None, :] < lengths[:, None])
-        return waves, lengths
+        """Deterministic inputs of `batch` samples; another `variant` changes every dynamic axis
+        but the batch, so traces are checked on shapes they were not traced with."""
+
+    @abc.abstractmethod
+    def preprocessing(self, spec: dict[str, Any]) -> list[str]:
+        """The steps between the frontend's output and the graph's inputs, in order."""
+
+    def check(
+        self, model: EmbeddingModel, module: nn.Module, spec: dict[str, Any]
+    ) -> dict[str, float]:
+        """Extra verification of the wrapped module against the model (raise ExportError on a
+        mismatch); what it returns is added to the sidecar's "verified" entry."""
+        return {}
 
 
-def input_kind(spec: dict[str, Any]) -> InputKind:
+def input_kind(spec: dict[str, Any]) -> ExportAdapter:
+    """The export adapter registered for the features' input kind."""
     kind = spec.get("kind")
-    if kind == "image":
-        s = int(spec["image_size"])
-        return InputKind(ImageInference, ["images"], [["N", int(spec.get("channels", 3)), s, s]])
-    if kind == "kaldi_fbank":
-        return InputKind(AudioInference, ["waveforms", "lengths"], [["N", "T"], ["N"]])
-    raise ExportError(
-        f"export knows image and kaldi_fbank inputs; this model's features declare input kind "
-        f"'{kind}'. Export the backbone and head yourself from metaemb.core.data.pipeline.build_model."
-    )
+    reg = registry("export_adapters")
+    if kind not in reg:
+        known = ", ".join(reg.names()) or "none"
+        raise ExportError(
+            f"export knows the input kinds {known}; this model's features declare input kind "
+            f"'{kind}'. Register an export adapter for it (hook register_export_adapters) or "
+            "export the backbone and head yourself from metaemb.core.data.pipeline.build_model."
+        )
+    return reg.get(kind)()
 
 
 def frontend_options(config: Config) -> dict[str, Any]:
@@ -208,36 +119,18 @@ def frontend_options(config: Config) -> dict[str, Any]:
     return opts
 
 
-def preprocessing(spec: dict[str, Any], config: Config) -> list[str]:
+def preprocessing(spec: dict[str, Any], config: Config, adapter: ExportAdapter) -> list[str]:
     """The steps a deployment must replicate before calling the exported model, in order."""
     name = config.model.frontend
     if name == "none":
         frontend = "no frontend: samples are used as stored (as in training: pre-aligned/trimmed)"
     else:
-        about = registry("frontends").entry(name).description.rstrip(".")
-        frontend = f"the training frontend '{name}' ({about}; options: frontend_options)"
-        if name == "align":
-            frontend += "; in Python: metaemb.plugins.vision.align.align_faces"
-    if spec.get("kind") == "image":
-        s = spec["image_size"]
-        return [
-            frontend,
-            f"RGB, {spec.get('resize', 'resize')} (S = {s}), antialiased",
-            "float32 pixels x / 255 in [0, 1]",
-            f"per channel (x − mean) / std with mean {spec['mean']} and std {spec['std']}",
-            f"layout [N, 3, {s}, {s}] (NCHW), float32",
-        ]
-    return [
-        frontend,
-        f"mono float32 waveform in [−1, 1] at {spec['sample_rate']} Hz (no int16 scaling: the "
-        "graph multiplies by 32768 itself)"
-        if spec.get("int16_scale", True)
-        else f"mono float32 waveform at {spec['sample_rate']} Hz on the int16 scale",
-        f"utterances shorter than {spec.get('min_seconds')} s tiled (repeated end to end) to it; "
-        f"longer than {spec.get('max_eval_seconds')} s centre-cropped to it",
-        "batch: zero-pad to the longest, `lengths` = valid samples per utterance (int64)",
-        "the Kaldi fbank (snip_edges) and per-utterance CMN run inside the exported graph",
-    ]
+        entry = registry("frontends").entry(name)
+        frontend = f"the training frontend '{name}' ({entry.description.rstrip('.')}; options: "
+        frontend += "frontend_options)"
+        if entry.info.get("python"):
+            frontend += f"; in Python: {entry.info['python']}"
+    return [frontend, *adapter.preprocessing(spec)]
 
 
 # -- loading, tracing, checking -------------------------------------------------------------------
@@ -247,7 +140,7 @@ class Inference:
 
     model: EmbeddingModel
     module: nn.Module
-    kind: InputKind
+    kind: ExportAdapter
     config: Config
     state: dict[str, Any]
     spec: dict[str, Any]
@@ -261,40 +154,15 @@ def load_inference(checkpoint: Path) -> Inference:
     model.eval().requires_grad_(False)
     spec = state.get("input_spec") or model.features.input_spec()
     kind = input_kind(spec)
-    return Inference(model, kind.wrapper(model).eval(), kind, config, state, spec, run.path)
-
-
-def check_features(inf: Inference) -> float | None:
-    """Largest |log-mel difference| of the traceable fbank vs the model's own features (audio)."""
-    fbank = getattr(inf.module, "fbank", None)
-    if not isinstance(fbank, TraceableFbank):
-        return None
-    worst = 0.0
-    for batch, variant in ((1, 1), (3, 2)):
-        waves, lengths = inf.kind.example(inf.spec, batch, variant)
-        with torch.no_grad():
-            ref, ref_len = inf.model.features(waves, lengths)
-            got, got_len = fbank(waves, lengths)
-        if got.shape != ref.shape or not torch.equal(got_len.cpu(), ref_len.cpu()):
-            raise ExportError(
-                f"the exportable fbank gives {tuple(got.shape)} features, the model's own "
-                f"{tuple(ref.shape)}: the features module does not follow KaldiFbank framing."
-            )
-        worst = max(worst, float((got - ref).abs().max()))
-    if worst > FBANK_TOL:
-        raise ExportError(
-            f"the exportable fbank differs from the model's features by {worst:.3g} (log-mel); "
-            f"tolerance {FBANK_TOL}."
-        )
-    return worst
+    return Inference(model, kind.wrap(model).eval(), kind, config, state, spec, run.path)
 
 
 def _as_list(out: Any) -> list[Tensor]:
     return [out] if isinstance(out, Tensor) else list(out)
 
 
-def check_parity(run: Any, module: nn.Module, kind: InputKind, spec: dict[str, Any]) -> float:
-    """Largest |exported − PyTorch| over batch sizes 1 and 3 (and other audio lengths)."""
+def check_parity(run: Any, module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> float:
+    """Largest |exported − PyTorch| over batch sizes 1 and 3 (and other input lengths)."""
     worst = 0.0
     for batch, variant in ((1, 1), (3, 2)):
         inputs = kind.example(spec, batch, variant)
@@ -318,12 +186,12 @@ def check_parity(run: Any, module: nn.Module, kind: InputKind, spec: dict[str, A
 
 
 def to_onnx(
-    module: nn.Module, kind: InputKind, spec: dict[str, Any], opset: int, out_names: list[str]
+    module: nn.Module, kind: ExportAdapter, spec: dict[str, Any], opset: int, out_names: list[str]
 ) -> bytes:
     """The TorchScript-based exporter (no onnxscript needed) with dynamic N (and T)."""
     onnx = require("onnx", "ONNX export", ExportError)
     axes: dict[str, dict[int, str]] = {}
-    for name, shape in zip(kind.names, kind.shapes, strict=True):
+    for name, shape in zip(kind.names, kind.shapes(spec), strict=True):
         axes[name] = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
     for name in out_names:
         axes[name] = {0: "N"}
@@ -357,7 +225,7 @@ def onnx_runner(data: bytes, names: list[str]) -> Any:
     return run
 
 
-def to_torchscript(module: nn.Module, kind: InputKind, spec: dict[str, Any]) -> bytes:
+def to_torchscript(module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():  # tracer warnings: the parity check decides
         warnings.simplefilter("ignore")
@@ -405,7 +273,7 @@ def export(
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     inf = load_inference(checkpoint)
     module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
-    fbank_diff = check_features(inf)
+    extra_checks = kind.check(inf.model, module, spec)
     with torch.no_grad():
         probe = module(*kind.example(spec, 2, 0))
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
@@ -439,18 +307,18 @@ def export(
         "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
         "inputs": [
             {"name": n, "shape": s, "dtype": "int64" if n == "lengths" else "float32"}
-            for n, s in zip(kind.names, kind.shapes, strict=True)
+            for n, s in zip(kind.names, kind.shapes(spec), strict=True)
         ],
         "outputs": [
             {"name": n, "shape": s, "dtype": "float32"}
             for n, s in zip(out_names, shapes, strict=True)
         ],
         "input_spec": spec,
-        "preprocessing": preprocessing(spec, config),
+        "preprocessing": preprocessing(spec, config, kind),
         "verified": {
             "batch_sizes": [1, 3],
             "max_abs_diff": worst,
-            **({"fbank_max_abs_diff": fbank_diff} if fbank_diff is not None else {}),
+            **extra_checks,
         },
     }
     atomic_write_bytes(out, data)

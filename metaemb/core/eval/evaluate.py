@@ -22,8 +22,7 @@ from metaemb.core.errors import DataError
 from metaemb.core.eval import metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
-    detect_format,
-    lfw_folds,
+    folds_of,
     read_trials,
     write_scores,
 )
@@ -53,6 +52,16 @@ class TrialSet:
                 "label; metrics and calibration need labelled trials."
             )
         return torch.tensor([int(t.label) for t in self.trials])  # type: ignore[arg-type]
+
+
+def _folds(trials: list[Trial], source: str) -> int:
+    """The contiguous folds the trials declare (k-fold accuracy), checked before any embedding."""
+    folds = folds_of(trials)
+    if folds and len(trials) % folds:
+        raise DataError(
+            f"{source}: {len(trials)} trials cannot form the {folds} equal folds it declares."
+        )
+    return folds
 
 
 class Embedded:
@@ -123,12 +132,11 @@ class Evaluation:
             reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
             trials = reader(root, self.trials_path)
-            return TrialSet(trials, self.protocol, source, int(getattr(reader, "folds", 0)))
+            return TrialSet(trials, self.protocol, source, _folds(trials, source))
         if self.trials_path:
             path = self.trials_path
             trials = read_trials(path, root=root)
-            folds = lfw_folds(path) if detect_format(path) == "lfw" else 0
-            return TrialSet(trials, path.stem, str(path), folds if folds > 1 else 0)
+            return TrialSet(trials, path.stem, str(path), _folds(trials, str(path)))
         from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
 
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities

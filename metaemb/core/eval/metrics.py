@@ -285,7 +285,7 @@ def verification_report(
 
 
 def kfold_accuracy(scores: Any, labels: Any, folds: int = 10) -> tuple[float, float, np.ndarray]:
-    """LFW-style accuracy: folds are contiguous blocks in file order; each fold is classified with
+    """k-fold verification accuracy (the face benchmarks' convention): folds are contiguous blocks in file order; each fold is classified with
     the threshold that maximises accuracy on the other folds (midpoint of the best score gap).
 
     Returns (mean, standard deviation (ddof=0, as facenet/insightface), per-fold thresholds).

@@ -1,36 +1,86 @@
-"""Trial lists: read and write the field's text formats, generate seeded lists, report coverage.
+"""Trial lists: the registry of text formats, seeded generation, scores files and coverage.
 
-Formats (paths relative to the data root; several enrollment samples are joined by ','):
-  voxceleb  `label enroll test`, label 1 = target, 0 = non-target (2 columns: unlabelled)
-  kaldi     `enroll test target|nontarget`
-  lfw       LFW View 2 pairs.txt: header `folds<TAB>n` (or `n`), then per fold n matched lines
-            `name n1 n2` and n mismatched lines `name1 n1 name2 n2`; path `name/name_%04d.jpg`.
-A trial path may not escape the data root ('..', or an absolute path outside it).
+A trial-list format (registry "trial_formats", hook `register_trial_formats`) is a `TrialFormat`
+registered by the plugin that owns it (dataset formats live in the modality plugins); `read_trials`, `write_trials` and `detect_format` dispatch through that registry, so a
+plugin's format works wherever a built-in one does. Paths in a list are relative to the data
+root (several enrollment samples joined by ','); a path may not escape the root ('..', or an
+absolute path outside it): formats check each with `safe_path`.
 
 A protocol (registry "protocols") is a callable `(root: Path, path: Path | None) -> list[Trial]`:
 it reads (or generates) the trials of a dataset rooted at `root`, from `path` when given, else
-from the protocol's default file; trial paths are relative to `root` and in file order.
+from the protocol's default file; trial paths are relative to `root` and in file order. It may
+return a `TrialList` whose `folds` says the trials form that many contiguous folds (k-fold
+accuracy is then reported).
 """
 
 from __future__ import annotations
 
+import abc
 import math
 import os
-import re
 import statistics
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from metaemb.core.errors import DataError
-from metaemb.core.plugin.interfaces import Sample, Trial
+from metaemb.core.plugin.interfaces import Trial
 
-FORMATS = ("voxceleb", "kaldi", "lfw")
-KALDI_LABELS = {"target": 1, "nontarget": 0}
+#: label words of lists that spell the label out (`enroll test target|nontarget`)
+LABEL_WORDS = {"target": 1, "nontarget": 0}
+KALDI_LABELS = LABEL_WORDS  # the name core/eval/triplets.py imports
+
+
+class TrialList(list):
+    """Trials in file order; `folds` > 1 when they form that many contiguous, equal folds."""
+
+    def __init__(self, trials: Iterable[Trial] = (), folds: int = 0) -> None:
+        super().__init__(trials)
+        self.folds = int(folds)
+
+
+def folds_of(trials: Sequence[Trial]) -> int:
+    """The folds a protocol or format declared for `trials` (0: not a k-fold list)."""
+    return trials.folds if isinstance(trials, TrialList) and trials.folds > 1 else 0
+
+
+class TrialFormat(abc.ABC):
+    """A trial-list text format. `detect` looks at the first trial line (its whitespace-split
+    fields) of a file; formats are tried in `detect_order` (lower first)."""
+
+    detect_order: ClassVar[int] = 100
+    #: how the format looks, for error messages, e.g. "'label enroll test' (NAME)"
+    example: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def detect(self, fields: list[str]) -> bool:
+        """Whether a file whose first trial line splits into `fields` is in this format."""
+
+    @abc.abstractmethod
+    def read(self, path: Path, root: Path | None) -> list[Trial]:
+        """The trials of `path` in file order (a TrialList when they form folds); DataError with
+        `path:line` on any malformed line; every path checked with `safe_path`."""
+
+    def write(self, path: Path, trials: Sequence[Trial], **options: Any) -> None:
+        """Write `trials` atomically (see `write_lines`)."""
+        raise DataError(f"trial-list format '{type(self).__name__}' cannot be written.")
+
+
+def formats() -> dict[str, TrialFormat]:
+    """Every registered trial-list format by name, in detection order."""
+    from metaemb.core.plugin.manager import registry
+
+    made = {e.name: e.factory() for e in registry("trial_formats").entries()}
+    return dict(sorted(made.items(), key=lambda kv: (kv[1].detect_order, kv[0])))
+
+
+def get_format(name: str) -> TrialFormat:
+    from metaemb.core.plugin.manager import registry
+
+    return registry("trial_formats").get(name)()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +112,8 @@ def safe_path(path: str, root: Path | None, where: str) -> str:
     return rel[2:] if rel.startswith("./") else rel
 
 
-def _enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
+def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
+    """An enrollment field 'a,b,c' → checked relative paths."""
     return tuple(safe_path(p, root, where) for p in field.split(","))
 
 
@@ -70,7 +121,7 @@ def _enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
 # reading
 
 
-def _lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
+def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
     """Non-empty, non-comment lines as (line number, fields); with `tabs`, a line holding a tab
     is split at tabs only (so fields may contain spaces)."""
     if not path.is_file():
@@ -91,121 +142,59 @@ def _lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
 
 
 def detect_format(path: str | Path) -> str:
-    """'voxceleb', 'kaldi' or 'lfw', from the first line of the file."""
+    """The registered format whose `detect` accepts the first trial line of the file."""
     path = Path(path)
-    lineno, f = _lines(path)[0]
-    if 1 <= len(f) <= 2 and all(x.isdigit() for x in f):
-        return "lfw"
-    if len(f) == 3 and f[2] in KALDI_LABELS:
-        return "kaldi"
-    if (len(f) == 3 and f[0] in ("0", "1")) or len(f) == 2:
-        return "voxceleb"
+    lineno, f = read_lines(path)[0]
+    known = formats()
+    for name, fmt in known.items():
+        if fmt.detect(f):
+            return name
+    expected = "; ".join(fmt.example or name for name, fmt in known.items()) or "(none registered)"
     raise DataError(
-        f"{path}:{lineno}: cannot tell the trial-list format from {' '.join(f)!r}; expected "
-        "'label enroll test' (voxceleb), 'enroll test target|nontarget' (kaldi) or an LFW "
-        "pairs.txt header; or pass the format explicitly."
+        f"{path}:{lineno}: cannot tell the trial-list format from {' '.join(f)!r}; expected one "
+        f"of: {expected}. Or pass the format explicitly."
     )
 
 
 def read_trials(
     path: str | Path, root: str | Path | None = None, format: str = "auto"
 ) -> list[Trial]:
-    """Read a trial list ('auto' detects the format); trials come back in file order."""
+    """Read a trial list ('auto' detects the format); trials come back in file order (a
+    TrialList with `folds` when the format declares folds)."""
     path = Path(path)
-    fmt = detect_format(path) if format == "auto" else format
-    root_p = Path(root) if root is not None else None
-    if fmt == "lfw":
-        trials = read_lfw_pairs(path, root_p)
-        warn_duplicates(trials, str(path))
-        return trials
-    if fmt not in FORMATS:
-        raise DataError(f"unknown trial-list format '{fmt}'; known: {', '.join(FORMATS)}.")
-    trials = []
-    for lineno, f in _lines(path):
-        where = f"{path}:{lineno}"
-        if fmt == "voxceleb":
-            if len(f) == 2:
-                trials.append(Trial(_enroll(f[0], root_p, where), safe_path(f[1], root_p, where)))
-                continue
-            if len(f) != 3 or f[0] not in ("0", "1"):
-                raise DataError(
-                    f"{where}: expected 'label enroll test' with label 0 or 1, got {' '.join(f)!r}."
-                )
-            label, enroll, test = int(f[0]), f[1], f[2]
-        else:
-            if len(f) != 3 or f[2] not in KALDI_LABELS:
-                raise DataError(
-                    f"{where}: expected 'enroll test target|nontarget', got {' '.join(f)!r}."
-                )
-            enroll, test, label = f[0], f[1], KALDI_LABELS[f[2]]
-        trials.append(Trial(_enroll(enroll, root_p, where), safe_path(test, root_p, where), label))
+    name = detect_format(path) if format == "auto" else format
+    fmt = _format_or_error(name)
+    trials = fmt.read(path, Path(root) if root is not None else None)
     warn_duplicates(trials, str(path))
     return trials
 
 
-def lfw_path(name: str, number: int, ext: str = ".jpg") -> str:
-    return f"{name}/{name}_{int(number):04d}{ext}"
+def _format_or_error(name: str) -> TrialFormat:
+    from metaemb.core.errors import UnknownComponentError
 
-
-def _lfw_header(path: Path, lines: list[tuple[int, list[str]]]) -> tuple[int, int]:
-    head_no, head = lines[0]
-    if not (1 <= len(head) <= 2 and all(x.isdigit() and int(x) > 0 for x in head)):
-        raise DataError(
-            f"{path}:{head_no}: expected the header 'folds<TAB>pairs' (e.g. '10\\t300') or "
-            f"'pairs', got {' '.join(head)!r}."
-        )
-    return (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
-
-
-def lfw_folds(path: str | Path) -> int:
-    """The number of folds a pairs.txt declares (1 for a View 1 file with a bare `n` header)."""
-    path = Path(path)
-    return _lfw_header(path, _lines(path))[0]
-
-
-def read_lfw_pairs(path: str | Path, root: Path | None = None, ext: str = ".jpg") -> list[Trial]:
-    """LFW pairs.txt → trials in file order, so fold f is the f-th contiguous block of 2n."""
-    path = Path(path)
-    lines = _lines(path)
-    folds, n = _lfw_header(path, lines)
-    body = lines[1:]
-    if len(body) != 2 * folds * n:
-        raise DataError(
-            f"{path}: the header says {folds} fold(s) of {n} matched and {n} mismatched pairs "
-            f"({2 * folds * n} lines) but {len(body)} pair lines follow."
-        )
-    trials = []
-    for k, (lineno, f) in enumerate(body):
-        where = f"{path}:{lineno}"
-        matched = k % (2 * n) < n
-        numbers = (f[1], f[2]) if matched else (f[1], f[3] if len(f) > 3 else "")
-        ok = len(f) == (3 if matched else 4) and all(x.isdigit() for x in numbers)
-        if matched and ok:
-            a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[0], int(f[2]), ext)
-        elif ok:
-            a, b = lfw_path(f[0], int(f[1]), ext), lfw_path(f[2], int(f[3]), ext)
-        else:
-            kind = "matched 'name n1 n2'" if matched else "mismatched 'name1 n1 name2 n2'"
-            raise DataError(f"{where}: expected a {kind} pair, got {' '.join(f)!r}.")
-        trials.append(Trial((safe_path(a, root, where),), safe_path(b, root, where), int(matched)))
-    return trials
+    try:
+        return get_format(name)
+    except UnknownComponentError as exc:
+        raise DataError(f"unknown trial-list format '{name}': {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # writing (atomically)
 
 
-def _atomic_lines(path: str | Path, lines: Sequence[str]) -> None:
+def write_lines(path: str | Path, lines: Sequence[str]) -> None:
+    """Write text lines atomically (a reader never sees half a list)."""
     from metaemb.core.runs import atomic_write_text
 
     atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
 
 
-def _field(paths: Sequence[str]) -> str:
+def join_enroll(paths: Sequence[str]) -> str:
+    """Paths as one field of a whitespace-separated list ('a,b'); refuses what it cannot hold."""
     for p in paths:
         if not listable(p):
             raise DataError(
-                f"cannot write path {p!r} in a VoxCeleb or Kaldi trial list: these formats "
+                f"cannot write path {p!r} in a whitespace-separated trial list: such lists "
                 "separate columns by whitespace and enrollment files by ',', so a path may not "
                 "be empty or contain spaces or ','. Rename the file or folder."
             )
@@ -218,14 +207,14 @@ def listable(path: str) -> bool:
 
 
 def check_listable(paths: Sequence[str], where: str) -> None:
-    """Refuse, before any trial is made, sample paths the VoxCeleb/Kaldi formats cannot hold."""
+    """Refuse, before any trial is made, sample paths whitespace-separated formats cannot hold."""
     bad = [p for p in paths if not listable(p)]
     if bad:
         shown = ", ".join(repr(p) for p in bad[:3]) + (" …" if len(bad) > 3 else "")
         raise DataError(
-            f"{len(bad)} sample path(s) of {where} contain spaces or ',' ({shown}); VoxCeleb and "
-            "Kaldi trial lists separate columns by whitespace and enrollment files by ',', so "
-            "they cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
+            f"{len(bad)} sample path(s) of {where} contain spaces or ',' ({shown}); "
+            "whitespace-separated trial lists separate columns by whitespace and enrollment "
+            "files by ',', so they cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
             "Training, embedding, enrollment and `evaluate` on a run's own validation trials "
             "accept such names."
         )
@@ -269,54 +258,9 @@ def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
         )
 
 
-def write_trials(
-    path: str | Path, trials: Sequence[Trial], format: str = "voxceleb", folds: int = 10
-) -> None:
-    """Write a VoxCeleb, Kaldi or LFW list (LFW: `folds` blocks of n matched, n mismatched)."""
-    if format == "lfw":
-        return _atomic_lines(path, lfw_lines(trials, folds))
-    if format not in ("voxceleb", "kaldi"):
-        raise DataError(f"unknown trial-list format '{format}'; known: {', '.join(FORMATS)}.")
-    lines = []
-    for t in trials:
-        e, x = _field(t.enroll), _field([t.test])
-        if t.label is None and format == "voxceleb":
-            lines.append(f"{e} {x}")
-        elif t.label is None:
-            raise DataError(f"Kaldi trial lists need labels; trial {e} {x} has none.")
-        else:
-            lines.append(
-                f"{int(t.label)} {e} {x}"
-                if format == "voxceleb"
-                else f"{e} {x} {'target' if t.label else 'nontarget'}"
-            )
-    _atomic_lines(path, lines)
-
-
-_LFW_NAME = re.compile(r"^([^/]+)/\1_(\d+)\.[A-Za-z]+$")
-
-
-def lfw_lines(trials: Sequence[Trial], folds: int = 10) -> list[str]:
-    """pairs.txt lines; trials must be `folds` blocks of n matched then n mismatched pairs."""
-    if not trials or len(trials) % (2 * folds):
-        raise DataError(f"{len(trials)} trials cannot form {folds} LFW folds of equal size.")
-    n = len(trials) // (2 * folds)
-    lines = [f"{folds}\t{n}"]
-    for k, t in enumerate(trials):
-        parts = [_LFW_NAME.match(p) for p in (*t.enroll, t.test)]
-        matched = k % (2 * n) < n
-        if len(t.enroll) != 1 or not all(parts) or t.label != int(matched):
-            raise DataError(
-                f"trial {k + 1} ({', '.join(t.enroll)} vs {t.test}) does not fit LFW pairs.txt: "
-                "each fold needs n matched then n mismatched single-image name/name_NNNN trials."
-            )
-        (na, ia), (nb, ib) = (m.groups() for m in parts)  # type: ignore[union-attr]
-        if matched and na != nb:
-            raise DataError(f"matched LFW trial {k + 1} compares '{na}' with '{nb}'.")
-        lines.append(
-            f"{na}\t{int(ia)}\t{int(ib)}" if matched else f"{na}\t{int(ia)}\t{nb}\t{int(ib)}"
-        )
-    return lines
+def write_trials(path: str | Path, trials: Sequence[Trial], format: str, **options: Any) -> None:
+    """Write `trials` in a registered format (options are the format's, e.g. a fold count)."""
+    _format_or_error(format).write(Path(path), trials, **options)
 
 
 def write_scores(path: str | Path, trials: Sequence[Trial], scores: Sequence[float]) -> None:
@@ -326,7 +270,7 @@ def write_scores(path: str | Path, trials: Sequence[Trial], scores: Sequence[flo
     if len(trials) != scores.size:
         raise DataError(f"{len(trials)} trials but {scores.size} scores.")
     label = {1: "target", 0: "nontarget", None: "-"}
-    _atomic_lines(
+    write_lines(
         path,
         [
             f"{_score_field(t.enroll)}\t{_score_field([t.test])}\t{label[t.label]}\t{s:.9g}"
@@ -340,7 +284,7 @@ def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     path = Path(path)
     inverse = {"target": 1, "nontarget": 0, "-": None}
     trials, scores = [], []
-    for lineno, f in _lines(path, tabs=True):
+    for lineno, f in read_lines(path, tabs=True):
         try:
             if len(f) != 4 or f[2] not in inverse:
                 raise ValueError
@@ -352,45 +296,6 @@ def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
             ) from None
         trials.append(Trial(tuple(f[0].split(",")), f[1], inverse[f[2]]))
     return trials, np.asarray(scores)
-
-
-# ---------------------------------------------------------------------------------------------
-# dataset lists and names
-
-
-def read_vggface2_list(path: str | Path) -> list[Sample]:
-    """VGGFace2 `train_list.txt` / `test_list.txt`: one `n000002/0001_01.jpg` per line → samples
-    (identity = first path component, labels indexed by sorted identity)."""
-    path = Path(path)
-    rel = []
-    for lineno, f in _lines(path):
-        p = safe_path(f[0], None, f"{path}:{lineno}")
-        if len(f) != 1 or "/" not in p:
-            raise DataError(f"{path}:{lineno}: expected 'identity/image', got {' '.join(f)!r}.")
-        rel.append(p)
-    index = {name: i for i, name in enumerate(sorted({p.split("/", 1)[0] for p in rel}))}
-    return [Sample(p, p.split("/", 1)[0], index[p.split("/", 1)[0]]) for p in rel]
-
-
-@dataclass(frozen=True)
-class AgeDBName:
-    index: int
-    name: str
-    age: int
-    gender: str
-
-
-_AGEDB = re.compile(r"^(\d+)_(.+)_(\d+)_([mfMF])$")
-
-
-def parse_agedb_name(filename: str) -> AgeDBName:
-    """`<index>_<Name>_<age>_<gender>.jpg` → its fields; the identity is `name`."""
-    m = _AGEDB.match(PurePosixPath(filename.replace("\\", "/")).stem)
-    if not m:
-        raise DataError(
-            f"AgeDB file name '{filename}' does not follow '<index>_<Name>_<age>_<gender>.jpg'."
-        )
-    return AgeDBName(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4).lower())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,10 +455,10 @@ def coverage(
 
 
 # ---------------------------------------------------------------------------------------------
-# protocols (registered in core/builtins.py)
+# protocols (registered by the plugins that own them)
 
 
-def _default_file(root: Path, path: Path | None, names: Sequence[str], what: str) -> Path:
+def default_file(root: Path, path: Path | None, names: Sequence[str], what: str) -> Path:
     if path is not None:
         return Path(path)
     for base in (root, root.parent):
@@ -564,22 +469,3 @@ def _default_file(root: Path, path: Path | None, names: Sequence[str], what: str
         f"no {what} trial list given and none of {', '.join(names)} found in '{root}' or its "
         "parent; pass --trials FILE."
     )
-
-
-def voxceleb_protocol(root: Path, path: Path | None = None) -> list[Trial]:
-    """VoxCeleb `label enroll test` list (default: veri_test2.txt, the cleaned VoxCeleb1-O)."""
-    root = Path(root)
-    names = ("veri_test2.txt", "veri_test.txt", "trials.txt")
-    return read_trials(_default_file(root, path, names, "VoxCeleb"), root, "voxceleb")
-
-
-def kaldi_protocol(root: Path, path: Path | None = None) -> list[Trial]:
-    """Kaldi `enroll test target|nontarget` list (default: the data dir's `trials` file)."""
-    root = Path(root)
-    return read_trials(_default_file(root, path, ("trials",), "Kaldi"), root, "kaldi")
-
-
-def lfw_protocol(root: Path, path: Path | None = None) -> list[Trial]:
-    """LFW View 2 pairs.txt (default root/pairs.txt): 10 folds = 10 contiguous blocks."""
-    root = Path(root)
-    return read_lfw_pairs(_default_file(root, path, ("pairs.txt",), "LFW"), root)

@@ -85,7 +85,7 @@ def _rows(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def is_triplet_list(path: str | Path) -> bool:
-    """True for `anchor positive negative` lists (3 paths; not a VoxCeleb or Kaldi trial list)."""
+    """True for `anchor positive negative` lists (3 paths; not a labelled pair list)."""
     path = Path(path)
     if not path.is_file():
         return False

@@ -1,4 +1,4 @@
-"""The core's own components (heads, objectives, samplers, scorers, protocols), registered through
+"""The core's own components (heads, objectives, samplers, scorers), registered through
 the same hooks as any plugin. Imports happen inside the hooks so `import metaemb` stays light."""
 
 from __future__ import annotations
@@ -87,16 +87,6 @@ def register_scorers(register: Register) -> None:
     from metaemb.core.gme.scorer import GMEScorer
 
     register("gme", GMEScorer, description="closed-form meta-embedding LLR, pooled enrollment")
-
-
-@hookimpl
-def register_protocols(register: Register) -> None:
-    # protocols: core/trials.py (text formats every modality shares); each is
-    # `(root: Path, path: Path | None) -> list[Trial]`. "lfw" is the vision plugin's.
-    from metaemb.core.eval import trials
-
-    register("voxceleb", trials.voxceleb_protocol, description="VoxCeleb 'label enroll test' list")
-    register("kaldi", trials.kaldi_protocol, description="Kaldi 'enroll test target|nontarget'")
 
 
 @hookimpl

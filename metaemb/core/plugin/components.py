@@ -60,7 +60,7 @@ def internal_names(factory: Any) -> frozenset[str]:
 
 def parts_of(factory: Any) -> dict[str, Any]:
     """A composite's nested-table options: {option name: registry kind of the part, or the
-    part's factory when the part is fixed (e.g. the filterbank of the audio features)}."""
+    part's factory when the part is fixed (e.g. the filterbank of speech features)}."""
     return dict(getattr(factory, "parts", None) or {})
 
 

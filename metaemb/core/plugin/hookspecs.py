@@ -67,7 +67,7 @@ def register_modalities(register: Register) -> None:
 
 @hookspec
 def register_protocols(register: Register) -> None:
-    """Register evaluation protocols (trial-list readers such as LFW pairs.txt or VoxCeleb lists)."""
+    """Register evaluation protocols (readers of a dataset's published trial lists, or generators)."""
 
 
 @hookspec
@@ -76,8 +76,14 @@ def register_demo_data(register: Register) -> None:
 
 
 @hookspec
-def register_landmark_sources(register: Register) -> None:
-    """Register face landmark sources (detectors, landmark files)."""
+def register_trial_formats(register: Register) -> None:
+    """Register trial-list text formats (`TrialFormat` classes, core/eval/trials.py)."""
+
+
+@hookspec
+def register_export_adapters(register: Register) -> None:
+    """Register export adapters (`ExportAdapter` classes, core/deploy/export.py), one per
+    `input_spec()["kind"]` of the features they export."""
 
 
 @hookspec

@@ -52,7 +52,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     """
 
     extensions: ClassVar[tuple[str, ...]] = ()
-    what: ClassVar[str] = "sample"  # word used in messages ("image", "audio file")
+    what: ClassVar[str] = "sample"  # word used in messages ("picture", "recording")
     # What `load` returns, e.g. Kind("waveform", rate=Opt("sample_rate")); None = undeclared.
     yields: ClassVar[Kind | None] = None
     # Constructor arguments that are not user options (`subset` passes the samples).
@@ -206,7 +206,7 @@ class Features(nn.Module):
 
     `prepare` runs per sample on the CPU (in DataLoader workers): decoding to a tensor, training
     crops and augmentation. `collate` batches (padding variable lengths). `forward` runs batched on
-    the training device (e.g. the audio filterbank on the GPU). `out_channels` tells backbones the
+    the training device (e.g. a speech filterbank on the GPU). `out_channels` tells backbones the
     input width (3 for RGB, 80 for an 80-band filterbank). Declares `accepts` and `yields`
     (Kinds); `prepare` raises DataError when given a value it cannot use.
     """

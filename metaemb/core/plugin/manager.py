@@ -3,6 +3,12 @@
 Loading is lazy (on first use), idempotent and per process, so DataLoader workers and DDP ranks
 each load once. A plugin that fails to import is reported and skipped unless
 METAEMB_STRICT_PLUGINS=1; METAEMB_DISABLE_PLUGINS=a,b blocks plugins by name.
+
+A plugin may add hook specifications of its own (for a component kind only it knows, such as
+the vision plugin's landmark sources): its module names them in `metaemb_hookspecs` (a module,
+or its dotted name, holding `@hookspec` functions and a `COMPONENT_KINDS` {kind: hook name}
+table). Pluggy keeps implementations registered before their spec and checks them when it is
+added, so plugins that implement such a hook may load before or after the plugin declaring it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class PluginState:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
+        self.kinds: dict[str, str] = dict(KINDS)  # core kinds + those plugins declare
+        self._spec_modules: set[str] = set()
         self.versions: dict[str, str] = {}
         self.failed: list[FailedPlugin] = []
         self._registries: dict[str, Registry] | None = None
@@ -69,6 +77,7 @@ class PluginState:
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
+                self.add_plugin_hookspecs(plugin)
             except Exception as exc:  # isolate any failure of a third-party plugin
                 message = f"{type(exc).__name__}: {exc}"
                 if strict:
@@ -85,15 +94,32 @@ class PluginState:
             dist = getattr(ep, "dist", None)
             self.versions[ep.name] = getattr(dist, "version", None) or "unknown"
 
+    def add_plugin_hookspecs(self, plugin: object) -> None:
+        """Add the hookspecs (and component kinds) a plugin declares in `metaemb_hookspecs`."""
+        specs = getattr(plugin, "metaemb_hookspecs", None)
+        if specs is None:
+            return
+        if isinstance(specs, str):
+            specs = importlib.import_module(specs)
+        key = getattr(specs, "__name__", None) or repr(specs)
+        if key in self._spec_modules:
+            return
+        self.pm.add_hookspecs(specs)
+        self._spec_modules.add(key)
+        self.kinds.update(getattr(specs, "COMPONENT_KINDS", {}))
+        self.invalidate()
+
     # -- registries ----------------------------------------------------------------------
     def invalidate(self) -> None:
         self._registries = None
 
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            registries = {kind: Registry(kind) for kind in KINDS}
-            for kind, hook_name in KINDS.items():
-                hook = getattr(self.pm.hook, hook_name)
+            registries = {kind: Registry(kind) for kind in self.kinds}
+            for kind, hook_name in self.kinds.items():
+                hook = getattr(self.pm.hook, hook_name, None)
+                if hook is None:  # nobody implements it
+                    continue
                 for impl in reversed(hook.get_hookimpls()):
                     plugin_name = self.pm.get_name(impl.plugin) or "?"
 
@@ -164,6 +190,11 @@ def registry(kind: str) -> Registry:
     return registries[kind]
 
 
+def kinds() -> dict[str, str]:
+    """Every component kind → its hook name: the core's and those plugins declare."""
+    return dict(state().kinds)
+
+
 def get(kind: str, name: str) -> Any:
     """The factory registered under `name` in `kind`, with a helpful error when unknown."""
     return registry(kind).get(name)
@@ -181,6 +212,7 @@ def plugin_registered(plugin: object, name: str) -> Iterator[None]:
     """Register an in-process plugin object for the duration of a `with` block (for tests)."""
     st = state()
     st.pm.register(plugin, name=name)
+    st.add_plugin_hookspecs(plugin)
     st.versions[name] = "in-process"
     st.invalidate()
     try:

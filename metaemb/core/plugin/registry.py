@@ -21,7 +21,8 @@ KINDS: dict[str, str] = {
     "modalities": "register_modalities",
     "protocols": "register_protocols",
     "demo_data": "register_demo_data",
-    "landmark_sources": "register_landmark_sources",
+    "trial_formats": "register_trial_formats",
+    "export_adapters": "register_export_adapters",
 }
 
 

@@ -13,6 +13,7 @@ import torch
 from metaemb.core.config import Config
 from metaemb.core.errors import MetaembError
 from metaemb.core.train.callbacks import Callback
+from metaemb.core.train.validation import isolated_rng
 
 
 def config_callbacks(config: Config) -> list[Callback]:
@@ -67,7 +68,7 @@ def summary_writer(log_dir: Path) -> Any:
 
 class TensorBoard(Callback):
     """Per step: loss, learning rate of each optimizer group, throughput (samples/s). Per epoch:
-    every validation metric, epoch loss/throughput and the DET curve (an image, with matplotlib).
+    every validation metric, epoch loss/throughput and the DET curve (a picture, with matplotlib).
     At the end: up to `projector_samples` validation embeddings with identities for the
     projector. Everything goes to RUN/tensorboard (`tensorboard --logdir runs`)."""
 
@@ -102,9 +103,9 @@ class TensorBoard(Callback):
             if key != "epoch" and isinstance(value, (int, float)):
                 group = "train" if key in ("loss", "seconds", "samples_per_s", "lr") else "val"
                 self.writer.add_scalar(f"{group}_epoch/{key}", value, epoch + 1)
-        image = det_image(trainer)
-        if image is not None:
-            self.writer.add_image("val/det", image, epoch + 1, dataformats="HWC")
+        picture = det_picture(trainer)
+        if picture is not None:
+            self.writer.add_image("val/det", picture, epoch + 1, dataformats="HWC")
         self.writer.flush()
 
     def on_train_end(self, trainer: Any, summary: dict[str, Any]) -> None:
@@ -114,7 +115,8 @@ class TensorBoard(Callback):
         n = min(self.projector_samples, len(v.val_folder))
         ds = trainer.parts.dataset(v.val_folder, train=False)
         ds.indices = list(range(n))
-        emb, kept = trainer.embed(ds)
+        with isolated_rng(trainer.device):  # a resumed run must not see other random numbers
+            emb, kept = trainer.embed(ds)
         if isinstance(emb, torch.Tensor):
             names = [v.val_folder.samples[int(i)].identity for i in kept]
             self.writer.add_embedding(
@@ -124,14 +126,15 @@ class TensorBoard(Callback):
         self.writer = None
 
 
-def det_image(trainer: Any) -> Any:
+def det_picture(trainer: Any) -> Any:
     """The validation DET curve of the current model as an RGB array, or None (no matplotlib,
     or samples were skipped)."""
     from metaemb.core.eval import report
     from metaemb.core.train import validation
 
     v = trainer.validator
-    emb, kept = trainer.embed(v.val_set)
+    with isolated_rng(trainer.device):  # after the checkpoint: must not shift the training RNG
+        emb, kept = trainer.embed(v.val_set)
     if len(kept) != len(v.val_folder):
         return None
     scores = validation.score_trials(v.scorer, emb, v.trials)

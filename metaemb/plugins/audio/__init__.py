@@ -67,6 +67,29 @@ def register_backbones(register: Register) -> None:
 
 
 @hookimpl
+def register_export_adapters(register: Register) -> None:
+    from metaemb.plugins.audio.export import FbankExport
+
+    register("kaldi_fbank", FbankExport, description="waveforms + lengths, Kaldi fbank in-graph")
+
+
+@hookimpl
+def register_trial_formats(register: Register) -> None:
+    from metaemb.plugins.audio.trial_lists import KaldiTrials, VoxCelebList
+
+    register("voxceleb", VoxCelebList, description="'label enroll test' (2 columns: unlabelled)")
+    register("kaldi", KaldiTrials, description="'enroll test target|nontarget'")
+
+
+@hookimpl
+def register_protocols(register: Register) -> None:
+    from metaemb.plugins.audio.trial_lists import kaldi_protocol, voxceleb_protocol
+
+    register("voxceleb", voxceleb_protocol, description="VoxCeleb 'label enroll test' list")
+    register("kaldi", kaldi_protocol, description="Kaldi 'enroll test target|nontarget'")
+
+
+@hookimpl
 def register_demo_data(register: Register) -> None:
     from metaemb.plugins.audio.synthetic import generate_voices
 

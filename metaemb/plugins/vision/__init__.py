@@ -8,6 +8,9 @@ from __future__ import annotations
 from metaemb import hookimpl
 from metaemb.core.plugin.hookspecs import Register
 
+# Hook specifications this plugin adds (landmark sources): the plugin manager loads them.
+metaemb_hookspecs = "metaemb.plugins.vision.hookspecs"
+
 
 @hookimpl
 def register_sample_folders(register: Register) -> None:
@@ -88,7 +91,10 @@ def register_frontends(register: Register) -> None:
     from metaemb.plugins.vision.frontend import AlignFrontend
 
     register(
-        "align", AlignFrontend, description="5-point similarity alignment to the face template"
+        "align",
+        AlignFrontend,
+        description="5-point similarity alignment to the face template",
+        python="metaemb.plugins.vision.align.align_faces",  # named in export sidecars
     )
 
 
@@ -102,9 +108,23 @@ def register_landmark_sources(register: Register) -> None:
 
 
 @hookimpl
+def register_export_adapters(register: Register) -> None:
+    from metaemb.plugins.vision.export import ImageExport
+
+    register("image", ImageExport, description="images [N, 3, S, S], resized and normalised")
+
+
+@hookimpl
+def register_trial_formats(register: Register) -> None:
+    from metaemb.plugins.vision.lfw import LFWPairs
+
+    register("lfw", LFWPairs, description="LFW pairs.txt: 'folds n' header, matched/mismatched")
+
+
+@hookimpl
 def register_protocols(register: Register) -> None:
     from metaemb.plugins.vision import protocols as p
 
-    register("lfw", p.lfw, description="LFW View 2 pairs.txt, 10 folds")
+    register("lfw", p.lfw, description="LFW View 2 pairs.txt, folds from its header")
     register("vggface2", p.vggface2, description="seeded identity-disjoint pairs, VGGFace2 test")
     register("agedb", p.agedb, description="AgeDB-30 style pairs (age gap ≥ 30), 10 folds")

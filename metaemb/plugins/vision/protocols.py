@@ -2,9 +2,10 @@
 dataset for tests and demos.
 
 A protocol reader is `reader(root, trials_path) -> list[Trial]` (what `metaemb evaluate --protocol`
-calls); trial paths are relative to `root`. VGGFace2 and AgeDB publish no text pair list, so theirs
-are generated: seeded, in 10 identity-disjoint folds of equal size (like LFW), and the evaluation
-writes the list next to its scores.
+calls); trial paths are relative to `root`. It returns a TrialList whose `folds` is the number of
+contiguous folds (LFW: the pairs.txt header's), so evaluate reports k-fold accuracy. VGGFace2 and
+AgeDB publish no text pair list, so theirs are generated: seeded, in 10 identity-disjoint folds of
+equal size (like LFW), and the evaluation writes the list next to its scores.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import random
 import re
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.eval.trials import lfw_path, read_lfw_pairs, write_trials
+from metaemb.core.eval.trials import TrialList, read_lines, safe_path, write_trials
 from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
+from metaemb.plugins.vision.lfw import lfw_path, read_lfw_pairs
 
 # ---------------------------------------------------------------------------------------------
-# LFW (the pairs.txt format itself is read and written by core/trials.py)
+# LFW (the pairs.txt format itself is read and written by lfw.py)
 
 
 def find_list(root: Path, name: str, given: Path | None) -> Path:
@@ -39,18 +42,11 @@ def find_list(root: Path, name: str, given: Path | None) -> Path:
     )
 
 
-def lfw(root: Path, trials: Path | None = None) -> list[Trial]:
-    """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent).
-
-    Paths are checked against the data root (core/trials.py refuses any that escape it).
-    """
+def lfw(root: Path, trials: Path | None = None) -> TrialList:
+    """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent);
+    the folds are the file header's. Paths are checked against the data root."""
     root = Path(root)
     return read_lfw_pairs(find_list(root, "pairs.txt", trials), root)
-
-
-# `metaemb evaluate` reports k-fold accuracy for protocols that declare their folds: the trials
-# come as `folds` contiguous blocks in file order.
-lfw.folds = 10  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +59,7 @@ def make_fold_pairs(
     per_fold: int = 300,
     seed: int = 0,
     positive: Callable[[str, str], bool] | None = None,
-) -> list[Trial]:
+) -> TrialList:
     """Seeded pairs in `folds` identity-disjoint folds, each k matched then k mismatched pairs.
 
     k = min(per_fold, what the poorest fold allows), so folds are equal (k-fold accuracy needs it).
@@ -102,7 +98,7 @@ def make_fold_pairs(
     for pos, neg in cands:
         out += [Trial((a,), b, 1) for a, b in rng.sample(pos, k)]
         out += [Trial((a,), b, 0) for a, b in rng.sample(neg, k)]
-    return out
+    return TrialList(out, folds=folds)
 
 
 def _no_trials_file(name: str, trials: Path | None) -> None:
@@ -118,18 +114,26 @@ def _no_trials_file(name: str, trials: Path | None) -> None:
 
 
 def read_split_list(path: Path) -> list[str]:
-    """VGGFace2 `train_list.txt` / `test_list.txt`: one `n000002/0001_01.jpg` per line."""
+    """VGGFace2 `train_list.txt` / `test_list.txt`: one `n000002/0001_01.jpg` per line (paths
+    checked to stay inside the data root)."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"VGGFace2 list '{path}' does not exist.")
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        rel = line.strip().replace("\\", "/")
-        if not rel:
-            continue
+    for lineno, f in read_lines(path):
+        where = f"{path}:{lineno}"
+        rel = safe_path(f[0], None, where) if len(f) == 1 else ""
         if "/" not in rel:
-            raise DataError(f"'{path}', line {lineno}: expected 'identity/image', got {rel!r}.")
+            raise DataError(f"{where}: expected 'identity/image', got {' '.join(f)!r}.")
         out.append(rel)
     return out
+
+
+def read_vggface2_list(path: str | Path) -> list[Sample]:
+    """A VGGFace2 list as samples: identity = first path component, labels by sorted identity."""
+    rel = read_split_list(Path(path))
+    index = {name: i for i, name in enumerate(sorted({p.split("/", 1)[0] for p in rel}))}
+    return [Sample(p, p.split("/", 1)[0], index[p.split("/", 1)[0]]) for p in rel]
 
 
 class VGGFace2Folder(ImageFolder):
@@ -156,14 +160,11 @@ class VGGFace2Folder(ImageFolder):
         super().__init__(root, [Sample(p, p.split("/", 1)[0], -1) for p in listed])
 
 
-def vggface2(root: Path, trials: Path | None = None) -> list[Trial]:
+def vggface2(root: Path, trials: Path | None = None) -> TrialList:
     """Seeded identity-disjoint pairs (10 folds of up to 300 + 300) over the VGGFace2 test list."""
     _no_trials_file("vggface2", trials)
     folder = VGGFace2Folder(root, "test")
     return make_fold_pairs([(s.path, s.identity) for s in folder.samples])
-
-
-vggface2.folds = 10  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,14 +173,23 @@ vggface2.folds = 10  # type: ignore[attr-defined]
 AGEDB_NAME = re.compile(r"^(\d+)_(.+)_(\d+)_([mfMF])$")
 
 
-def parse_agedb_name(filename: str) -> tuple[str, int]:
-    """`<index>_<Name>_<age>_<gender>.jpg` → (Name, age); DataError on other names."""
-    m = AGEDB_NAME.match(Path(filename).stem)
-    if not m:
+@dataclass(frozen=True)
+class AgeDBName:
+    index: int
+    name: str
+    age: int
+    gender: str
+
+
+def parse_agedb_name(filename: str) -> AgeDBName:
+    """`<index>_<Name>_<age>_<gender>.jpg` → its fields (the identity is `name`); DataError on
+    other names."""
+    m = AGEDB_NAME.match(PurePosixPath(filename.replace("\\", "/")).stem)
+    if not m or not (m.group(1).isascii() and m.group(3).isascii()):
         raise DataError(
             f"AgeDB file name '{filename}' does not follow '<index>_<Name>_<age>_<gender>.jpg'."
         )
-    return m.group(2), int(m.group(3))
+    return AgeDBName(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4).lower())
 
 
 class AgeDBFolder(ImageFolder):
@@ -196,21 +206,18 @@ class AgeDBFolder(ImageFolder):
         )
         if not files:
             raise DataError(f"AgeDB folder '{root}' holds no images.")
-        return [Sample(f, parse_agedb_name(f)[0], -1) for f in files]
+        return [Sample(f, parse_agedb_name(f).name, -1) for f in files]
 
 
-def agedb(root: Path, trials: Path | None = None, min_age_gap: int = 30) -> list[Trial]:
+def agedb(root: Path, trials: Path | None = None, min_age_gap: int = 30) -> TrialList:
     """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart."""
     _no_trials_file("agedb", trials)
     folder = AgeDBFolder(root)
 
     def gap(a: str, b: str) -> bool:
-        return abs(parse_agedb_name(a)[1] - parse_agedb_name(b)[1]) >= min_age_gap
+        return abs(parse_agedb_name(a).age - parse_agedb_name(b).age) >= min_age_gap
 
     return make_fold_pairs([(s.path, s.identity) for s in folder.samples], positive=gap)
-
-
-agedb.folds = 10  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------

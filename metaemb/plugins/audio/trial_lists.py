@@ -1,0 +1,114 @@
+"""Speaker trial lists: the VoxCeleb and Kaldi text formats and their protocols.
+
+  voxceleb  `label enroll test`, label 1 = target, 0 = non-target (2 columns: unlabelled)
+  kaldi     `enroll test target|nontarget`
+Paths are relative to the data root; several enrollment files are joined by ','. Both formats
+separate columns by whitespace, so they cannot hold paths with blanks (writing refuses them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.errors import DataError
+from metaemb.core.eval.trials import (
+    LABEL_WORDS,
+    TrialFormat,
+    default_file,
+    join_enroll,
+    read_lines,
+    read_trials,
+    safe_path,
+    split_enroll,
+    write_lines,
+)
+from metaemb.core.plugin.interfaces import Trial
+
+KALDI_LABELS = LABEL_WORDS
+
+
+def _no_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise DataError(f"the {name} trial-list format takes no options, got {sorted(options)}.")
+
+
+class VoxCelebList(TrialFormat):
+    """`label enroll test` (label 1 target, 0 non-target), or `enroll test` unlabelled."""
+
+    detect_order = 30
+    example = "'label enroll test' (voxceleb)"
+
+    def detect(self, fields: list[str]) -> bool:
+        if len(fields) == 3:
+            return fields[0] in ("0", "1")
+        return len(fields) == 2 and not all(x.isdigit() for x in fields)
+
+    def read(self, path: Path, root: Path | None) -> list[Trial]:
+        trials = []
+        for lineno, f in read_lines(path):
+            where = f"{path}:{lineno}"
+            if len(f) == 2:
+                trials.append(Trial(split_enroll(f[0], root, where), safe_path(f[1], root, where)))
+                continue
+            if len(f) != 3 or f[0] not in ("0", "1"):
+                raise DataError(
+                    f"{where}: expected 'label enroll test' with label 0 or 1, got {' '.join(f)!r}."
+                )
+            enroll, test = split_enroll(f[1], root, where), safe_path(f[2], root, where)
+            trials.append(Trial(enroll, test, int(f[0])))
+        return trials
+
+    def write(self, path: Path, trials: Sequence[Trial], **options: Any) -> None:
+        _no_options("voxceleb", options)
+        lines = []
+        for t in trials:
+            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            lines.append(f"{e} {x}" if t.label is None else f"{int(t.label)} {e} {x}")
+        write_lines(path, lines)
+
+
+class KaldiTrials(TrialFormat):
+    """Kaldi `enroll test target|nontarget`."""
+
+    detect_order = 20  # before voxceleb: '1 a target' is a Kaldi line
+    example = "'enroll test target|nontarget' (kaldi)"
+
+    def detect(self, fields: list[str]) -> bool:
+        return len(fields) == 3 and fields[2] in KALDI_LABELS
+
+    def read(self, path: Path, root: Path | None) -> list[Trial]:
+        trials = []
+        for lineno, f in read_lines(path):
+            where = f"{path}:{lineno}"
+            if len(f) != 3 or f[2] not in KALDI_LABELS:
+                raise DataError(
+                    f"{where}: expected 'enroll test target|nontarget', got {' '.join(f)!r}."
+                )
+            enroll, test = split_enroll(f[0], root, where), safe_path(f[1], root, where)
+            trials.append(Trial(enroll, test, KALDI_LABELS[f[2]]))
+        return trials
+
+    def write(self, path: Path, trials: Sequence[Trial], **options: Any) -> None:
+        _no_options("kaldi", options)
+        lines = []
+        for t in trials:
+            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            if t.label is None:
+                raise DataError(f"Kaldi trial lists need labels; trial {e} {x} has none.")
+            lines.append(f"{e} {x} {'target' if t.label else 'nontarget'}")
+        write_lines(path, lines)
+
+
+def voxceleb_protocol(root: Path, path: Path | None = None) -> list[Trial]:
+    """VoxCeleb `label enroll test` list (default: veri_test2.txt, the cleaned VoxCeleb1-O)."""
+    root = Path(root)
+    names = ("veri_test2.txt", "veri_test.txt", "trials.txt")
+    return read_trials(default_file(root, path, names, "VoxCeleb"), root, "voxceleb")
+
+
+def kaldi_protocol(root: Path, path: Path | None = None) -> list[Trial]:
+    """Kaldi `enroll test target|nontarget` list (default: the data dir's `trials` file)."""
+    root = Path(root)
+    return read_trials(default_file(root, path, ("trials",), "Kaldi"), root, "kaldi")
