@@ -28,7 +28,7 @@ def test_installed_plugin_is_listed_with_its_components(capsys, monkeypatch):
         "demo_data": ["vectors"],
         "features": ["vector"],
         "modalities": ["vectors"],
-        "sample_folders": ["npy"],
+        "sample_folders": ["npy", "npy-matrix"],
     }
 
 

@@ -15,9 +15,14 @@ from metaemb.core import Register
 
 @hookimpl
 def register_sample_folders(register: Register) -> None:
-    from metaemb_vectors.folder import NpyFolder
+    from metaemb_vectors.folder import NpyFolder, NpyMatrixFolder
 
     register("npy", NpyFolder, description="<identity>/…/<sample>.npy files, one 1-D vector each")
+    register(
+        "npy-matrix",
+        NpyMatrixFolder,
+        description="<identity>/…/<sample>.npy feature matrices [channels, frames]",
+    )
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import pytest
 import torch
 from metaemb_vectors.backbones import IdentityBackbone, VectorMLP
 from metaemb_vectors.features import VectorFeatures
-from metaemb_vectors.folder import NpyFolder
+from metaemb_vectors.folder import NpyFolder, NpyMatrixFolder
 
 from metaemb.core import ConfigError, DataError
 
@@ -47,6 +47,22 @@ def test_unusable_files_are_data_errors_naming_the_file(demo, content, message):
     with pytest.raises(DataError, match=r"bad\.npy") as err:
         folder[index]
     assert message in str(err.value)
+
+
+def test_matrix_folder_loads_channels_by_frames_and_transposes_kaldi_order(tmp_path):
+    m = np.arange(12, dtype=np.float64).reshape(3, 4)  # [channels, frames]
+    for ident in ("a", "b"):
+        (tmp_path / ident).mkdir()
+        np.save(tmp_path / ident / "x.npy", m)
+    x, _ = NpyMatrixFolder(tmp_path)[0]
+    assert x.dtype == torch.float32 and torch.equal(x, torch.from_numpy(m).float())
+    y, _ = NpyMatrixFolder(tmp_path, transpose=True)[0]
+    assert torch.equal(y, torch.from_numpy(m.T).float())
+    np.save(tmp_path / "b" / "flat.npy", np.ones(5))
+    folder = NpyMatrixFolder(tmp_path)
+    index = next(i for i, s in enumerate(folder.samples) if s.path == "b/flat.npy")
+    with pytest.raises(DataError, match=r"flat\.npy.*2-D \[channels, frames\]"):
+        folder[index]
 
 
 # -- features ------------------------------------------------------------------------------------

@@ -109,3 +109,47 @@ def test_resolve_refuses_components_that_do_not_fit_before_reading_data(vectors_
     assert "backbone 'xvector'" in message and "features 'vector'" in message
     with pytest.raises(ConfigError, match="folder 'npy'"):
         resolve("speaker", None, ["data.folder=npy"])
+
+
+def write_matrices(root, identities=8, per_identity=4, channels=12, seed=0):
+    """[channels, frames] matrices of varying length: a per-identity spectral shape + noise."""
+    rng = np.random.default_rng(seed)
+    for i in range(identities):
+        shape = rng.normal(0, 1, (channels, 1))
+        (root / f"spk{i}").mkdir(parents=True)
+        for k in range(per_identity):
+            frames = int(rng.integers(30, 60))
+            m = shape + 0.5 * rng.normal(0, 1, (channels, frames))
+            np.save(root / f"spk{i}" / f"{k}.npy", m.astype(np.float32))
+    return root
+
+
+def test_feature_matrices_train_with_builtin_features_and_the_audio_backbone(
+    vectors_plugin, tmp_path, monkeypatch, capsys
+):
+    """A plugin's folder combined with core and audio components: npy-matrix → none → xvector."""
+    data = write_matrices(tmp_path / "mats")
+    sets = ["data.folder=npy-matrix", "model.features=none", "features.channels=12"]
+    sets += ["model.backbone=xvector", "backbone.channels=32", "backbone.pool_channels=64"]
+    sets += ["backbone.embedding_dim=32", "train.epochs=1"]
+    args = ["train", "--modality", "vectors", "--data", data, "--runs", tmp_path / "runs"]
+    args += ["--workers", "0"]
+    for s in sets:
+        args += ["--set", s]
+    assert run(args, monkeypatch) == 0, capsys.readouterr().err
+    [run_dir] = list((tmp_path / "runs" / "vectors").iterdir())
+    assert (run_dir / "best.pt").is_file()
+
+
+def test_feature_matrices_are_not_taken_for_waveforms(vectors_plugin, tmp_path):
+    """The fbank features refuse a feature-matrix folder at resolve time, naming both sides."""
+    from metaemb.core import ConfigError
+    from metaemb.core.config import resolve
+
+    data = write_matrices(tmp_path / "mats", identities=4, per_identity=2)
+    sets = [f"data.root={json.dumps(str(data))}", "data.folder=npy-matrix", "model.frontend=none"]
+    sets.append("model.features=fbank")  # the issue's case: no VAD, fbank on a matrix
+    with pytest.raises(ConfigError) as err:
+        resolve("speaker", None, sets)
+    message = str(err.value)
+    assert "features 'fbank'" in message and "folder 'npy-matrix'" in message
