@@ -27,6 +27,13 @@ def register_objectives(register: Register) -> None:
 
     register("arcface", ArcFaceObjective, description="additive angular margin softmax (ArcFace)")
     register("cosface", CosFaceObjective, description="additive cosine margin softmax (CosFace)")
+    from metaemb.core.train.objectives.partial_fc import PartialFCObjective
+
+    register(
+        "partial-fc",
+        PartialFCObjective,
+        description="ArcFace/CosFace over a sampled fraction of class centres (Partial FC)",
+    )
     from metaemb.core.train.objectives.triplet import TripletObjective
 
     register("triplet", TripletObjective, description="FaceNet triplet loss with online mining")
