@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -112,6 +113,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_error_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line: a pickled object is named
+    (it is never unpickled: that could run code), anything else by its first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (
+            f"it holds a pickled Python object ({found.group(1)}), which metaemb never unpickles "
+            "because unpickling can run code; it was not written by metaemb, or was altered"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True) and refuse incompatible ones with a reason."""
     p = Path(path)
@@ -121,7 +136,7 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a checkpoint at all
         raise MetaembError(
-            f"checkpoint '{p}' cannot be read ({type(exc).__name__}: {exc}). Re-run with --fresh to "
+            f"checkpoint '{p}' cannot be read ({load_error_reason(exc)}). Re-run with --fresh to "
             "start over."
         ) from None
     if not isinstance(state, dict) or "format" not in state:

@@ -319,8 +319,10 @@ class Gallery:
         try:
             d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
+            from metaemb.core.runs import load_error_reason
+
             raise GalleryError(
-                f"gallery '{p}' cannot be read ({type(exc).__name__}: {exc})."
+                f"gallery '{p}' cannot be read ({load_error_reason(exc)})."
             ) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise GalleryError(f"'{p}' is not a metaemb gallery file.")
