@@ -26,6 +26,7 @@ def test_installed_plugin_is_listed_with_its_components(capsys, monkeypatch):
     assert plugins["vectors"]["components"] == {
         "backbones": ["identity", "mlp"],
         "demo_data": ["vectors"],
+        "export_adapters": ["vector"],
         "features": ["vector"],
         "modalities": ["vectors"],
         "sample_folders": ["npy", "npy-matrix"],

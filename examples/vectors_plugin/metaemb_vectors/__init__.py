@@ -50,6 +50,14 @@ def register_demo_data(register: Register) -> None:
 
 
 @hookimpl
+def register_export_adapters(register: Register) -> None:
+    from metaemb_vectors.export import VectorExport
+
+    # keyed by the features' input_spec()["kind"]
+    register("vector", VectorExport, description="vectors [N, size] → embeddings")
+
+
+@hookimpl
 def register_modalities(register: Register) -> None:
     from metaemb.core import Modality
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from metaemb_vectors.synthetic import MANIFEST, generate_vectors
 
 from metaemb import cli
@@ -87,6 +88,10 @@ def test_train_with_the_modality_defaults(vectors_plugin, demo, tmp_path, monkey
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert (run_dir / "best.pt").is_file()
+    # the plugin's export adapter makes the run deployable: vectors [N, 32] → embeddings [N, 16]
+    assert run(["export", run_dir, "--format", "torchscript"], monkeypatch) == 0
+    graph = torch.jit.load(str(run_dir / "best.torchscript.pt"))
+    assert graph(torch.randn(3, 32)).shape == (3, 16)
 
 
 def test_wrong_vector_size_is_one_clear_error(vectors_plugin, demo, tmp_path, monkeypatch, capsys):
