@@ -155,6 +155,9 @@ def test_builds_with_its_defaults(kind, name, tmp_path):
 
 
 # -- declared shapes and types -------------------------------------------------------------------
+SMALL = {"image_size": 32}
+
+
 def _features_for(accepted) -> tuple | None:
     """A registered Features (name, built, raw sample) that yields something `accepted` takes."""
     for fname in registry("features").names():
@@ -166,7 +169,11 @@ def _features_for(accepted) -> tuple | None:
             continue
         raw = next((r for r in map(_raw, takes) if r is not None), None)
         if raw is not None:
-            return fname, build("features", fname, {}), raw
+            # small inputs keep the big backbones quick (only options the features have)
+            small = {
+                k: v for k, v in SMALL.items() if k in options_of(_entry("features", fname).factory)
+            }
+            return fname, build("features", fname, small), raw
     return None
 
 
@@ -187,14 +194,17 @@ def _batch(features, raw, n: int = 2):
 @pytest.mark.parametrize(("kind", "name"), components("features"))
 def test_features_turn_a_sample_of_their_declared_kind_into_a_batch(kind, name):
     takes = _kinds(kind, name, "accepts", _full(kind, name))
-    raw = next((r for r in map(_raw, takes or ()) if r is not None), None)
+    f = build(kind, name, {})
+    if takes and any(k.name == "*" for k in takes):  # accepts anything: a [channels, T] matrix
+        raw = torch.randn(f.out_channels, 10)
+    else:
+        raw = next((r for r in map(_raw, takes or ()) if r is not None), None)
     if raw is None:
         pytest.skip(f"features '{name}' declares no input kind this test can make ({takes})")
-    f = build(kind, name, {})
     x, lengths = _batch(f, raw, n=3)
     assert isinstance(x, torch.Tensor) and x.shape[0] == 3 and x.is_floating_point()
     assert lengths is None or lengths.shape == (3,)
-    if x.ndim >= 2 and name != "none":
+    if x.ndim >= 2:
         assert x.shape[1] == f.out_channels, "out_channels must be the input width backbones get"
 
 
