@@ -42,6 +42,12 @@ def test_gallery_of_another_embedding_size_belongs_to_another_model(tmp_path, fa
         str(tmp_path / "edited.pt"),
         "belongs to another model",
     )
+    # A folder given as the gallery is called a folder, not "does not exist".
+    expect_error(
+        ["identify", face_run, "--gallery", tmp_path, "--probe", tmp_path / "x.png"],
+        capsys,
+        f"'{tmp_path}' is a folder, not a gallery file",
+    )
 
 
 def test_identify_probe_file_reads_only_the_probe(tmp_path, faces, face_run, capsys, monkeypatch):
