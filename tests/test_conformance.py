@@ -208,6 +208,29 @@ def test_features_turn_a_sample_of_their_declared_kind_into_a_batch(kind, name):
         assert x.shape[1] == f.out_channels, "out_channels must be the input width backbones get"
 
 
+@pytest.mark.parametrize(("kind", "name"), components("frontends"))
+def test_frontend_returns_a_sample_or_a_data_error(kind, name, tmp_path):
+    """On a sample of its declared kind a frontend returns a tensor sample, or refuses it with a
+    DataError (a detector that finds no face, a missing landmark file): never anything else."""
+    from metaemb.core.errors import DataError
+
+    takes = _kinds(kind, name, "accepts", _full(kind, name))
+    if takes and any(k.name == "*" for k in takes):
+        raw = torch.randn(3, 10)
+    else:
+        raw = next((r for r in map(_raw, takes or ()) if r is not None), None)
+    if raw is None:
+        pytest.skip(f"frontend '{name}' declares no input kind this test can make ({takes})")
+    frontend = build_default(kind, name, tmp_path)
+    assert isinstance(frontend.key(), str) and frontend.key()
+    try:
+        out = frontend(raw, "someone/sample.x", tmp_path)
+    except DataError as exc:
+        assert str(exc)  # a refusal says why
+        return
+    assert isinstance(out, torch.Tensor) and out.numel() > 0
+
+
 @pytest.mark.parametrize(("kind", "name"), components("backbones"))
 def test_backbone_gives_n_by_feature_dim(kind, name):
     accepted = _kinds(kind, name, "accepts", _full(kind, name))
