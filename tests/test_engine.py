@@ -268,20 +268,23 @@ def test_callbacks_see_every_event_in_order_and_can_stop(faces, tmp_path):
 
 
 # -- kill anywhere, resume, same result -------------------------------------------------------------
-def kill_loop(faces: Path, runs: Path, seed: int, kills: int) -> None:
+HARD_PAIRS = ("train.sampler=hard-pairs", "train.objective=contrastive")
+
+
+def kill_loop(faces: Path, runs: Path, seed: int, kills: int, extra: tuple = ()) -> None:
     """Train with `kills` interruptions at random events (each may leave a stale temp file and
     a dead process's lock, as SIGKILL would), resuming after each; then compare with a reference."""
-    reference = trainer(faces, runs / "reference")
+    reference = trainer(faces, runs / "reference", *extra)
     reference.run()
     want = load_checkpoint(reference.dir / "last.pt")
     events = 3 * (reference.steps_per_epoch + 1)
     rng = random.Random(seed)
     points = sorted(rng.sample(range(1, events), kills))
     done = 0
-    run = trainer(faces, runs / "killed").dir
+    run = trainer(faces, runs / "killed", *extra).dir
     for point in points:
         with pytest.raises(Killed):
-            trainer(faces, runs / "killed", callbacks=[KillAt(point - done)]).run()
+            trainer(faces, runs / "killed", *extra, callbacks=[KillAt(point - done)]).run()
         # the epochs already completed are then replayed from last.pt; count from there
         done = sum(1 for _ in epochs_in(run)) * (reference.steps_per_epoch + 1)
         if rng.random() < 0.5:
@@ -289,7 +292,7 @@ def kill_loop(faces: Path, runs: Path, seed: int, kills: int) -> None:
         if rng.random() < 0.5:
             (run / ".lock").write_text(f"{dead_pid()}\n")
         assert epochs_in(run) == list(range(1, len(epochs_in(run)) + 1))
-    trainer(faces, runs / "killed").run()
+    trainer(faces, runs / "killed", *extra).run()
     got = load_checkpoint(run / "last.pt")
     assert same_state(want, got), f"seed {seed}: kills at events {points} changed the result"
     assert epochs_in(run) == [1, 2, 3]
@@ -297,10 +300,42 @@ def kill_loop(faces: Path, runs: Path, seed: int, kills: int) -> None:
 
 
 def test_killed_and_resumed_training_matches_an_uninterrupted_one(faces, tmp_path):
-    kill_loop(faces, tmp_path, seed=0, kills=2)
+    """CI-sized: one seed, two kills, with the hard-pair sampler, whose mined pairs are not in
+    the checkpoint and must be mined again on resume."""
+    kill_loop(faces, tmp_path, seed=7, kills=2, extra=HARD_PAIRS)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), HARD_PAIRS], ids=["softmax", "hard-pairs"])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_kill_loop_property_several_seeds(faces, tmp_path, seed):
-    kill_loop(faces, tmp_path, seed=seed, kills=3)
+def test_kill_loop_property_several_seeds(faces, tmp_path, seed, extra):
+    kill_loop(faces, tmp_path, seed=seed, kills=3, extra=extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_sigkill_at_random_moments_resumes_to_the_same_weights(faces, tmp_path, seed):
+    """The real thing: `metaemb train` in a subprocess, SIGKILLed after random delays (at import,
+    in an epoch, during validation or a checkpoint write), re-run until it completes."""
+    import signal
+    import time
+
+    reference = trainer(faces, tmp_path / "reference")
+    reference.run()
+    want = load_checkpoint(reference.dir / "last.pt")
+    runs = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from metaemb.cli import main; main()"]
+    cmd += [str(a) for a in cli_args(faces, runs)]
+    rng = random.Random(seed)
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 15.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run = trainer(faces, runs).dir
+    assert same_state(want, load_checkpoint(run / "last.pt"))
+    assert epochs_in(run) == [1, 2, 3]
+    assert not list(run.glob(".*.tmp"))
