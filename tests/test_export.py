@@ -99,7 +99,7 @@ def speaker_gme_ckpt(tmp_path_factory):
     return make_checkpoint(
         tmp_path_factory.mktemp("gme") / "best.pt",
         "speaker",
-        [*SPEAKER, 'model.head="gme"'],
+        [*SPEAKER, 'model.head="gme"', 'train.objective="gme-bxe"'],  # a GME head needs one
         voices([16000, 12000, 9000], seed=9),
     )
 
