@@ -108,6 +108,9 @@ class DistillObjective(Objective):
         self.teacher_dim = int(teacher_dim)
         self.teacher_outputs: Tensor | None = None
 
+    def teacher_kind(self) -> str | None:
+        return self.kd
+
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         if self.task is not None:
