@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -336,6 +337,7 @@ def main() -> None:
 
         print(f"metaemb {__version__}")
         return
+    _tolerant_output()
     try:
         app = create_app()
         app()
@@ -349,6 +351,16 @@ def main() -> None:
             raise
         _print_error(str(output_error(exc, exc.filename or "?", "output")))
         sys.exit(2)
+
+
+def _tolerant_output() -> None:
+    """File names that are not valid UTF-8 reach Python as lone surrogates; print them as
+    backslash escapes instead of failing with UnicodeEncodeError halfway through the output."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def _print_error(text: str) -> None:

@@ -47,8 +47,7 @@ def hostile_run(faces, tmp_path_factory) -> tuple[Path, Path, subprocess.Complet
     sets += ["eval.max_targets=20", "eval.nontargets=20", f"data.cache_dir={base / 'cache'}"]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "COLUMNS": "200"}
-    env.pop("PYTHONIOENCODING", None)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "COLUMNS": "200"}  # a UTF-8 terminal
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     return data, runs, proc
 
@@ -121,3 +120,14 @@ def test_trials_make_and_evaluate_with_non_utf8_names(face_run, faces, tmp_path,
 def test_markup_in_a_path_of_an_error_message(tmp_path, capsys):
     missing = tmp_path / "data" / "mk[/y]z"
     expect_error(["trials", "make", missing, "--out", tmp_path / "t.txt"], capsys, str(missing))
+
+
+def test_a_non_utf8_path_printed_to_a_utf8_terminal(tmp_path):
+    out = tmp_path / os.fsdecode(b"d\xe9mo")
+    args = [sys.executable, "-m", "metaemb.cli", "demo-data", "--out", str(out)]
+    args += ["--set", "identities=2", "--set", "images_per_identity=2", "--set", "image_size=16"]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 terminal
+    proc = subprocess.run(args, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert b"d\\udce9mo" in proc.stdout  # escaped, not a UnicodeEncodeError
+    assert (tmp_path / os.fsdecode(b"d\xe9mo")).is_dir()
