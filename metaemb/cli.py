@@ -313,7 +313,9 @@ def list_components(
         except (TypeError, ValueError):
             opts = ""
         c = _contract(key, e)
-        data = f"{c.get('accepts', '?')} → {c.get('yields', '?')}" if c else ""
+        data = " → ".join(c[k] for k in ("accepts", "yields") if k in c)
+        if len(c) == 1:
+            data = f"{next(iter(c))} {data}"
         table.add_row(e.name, e.plugin, escape(opts), escape(data), e.description)
     console.print(table)
 
