@@ -138,3 +138,36 @@ def test_readme_configuration_example_resolves(tmp_path):
     assert cfg.eval.scorer == "asnorm"
     assert cfg.options("scorer") == {"top_n": 200, "base": {"name": "plda", "lda_dim": 100}}
     assert cfg.options("features")["fbank"] == {"n_mels": 40}
+
+
+@pytest.mark.slow  # trains a tiny model (~30 s on 2 cores); the fast tests above cover from_dict
+def test_an_old_run_directory_still_evaluates(tmp_path, capsys, monkeypatch):
+    """A run whose checkpoint and config.toml carry the option layout of an earlier version
+    (flat s-norm base options, `scorer.base = "cosine"`) evaluates, with the moved keys named."""
+    import torch
+    from helpers import demo_faces
+
+    from metaemb.core.config_toml import dumps_toml
+
+    data = demo_faces(tmp_path / "faces", 8, 4, image_size=32)
+    runs = tmp_path / "runs"
+    sets = ["train.epochs=1", "train.batch_size=16", "model.dim=8", "features.image_size=32"]
+    sets += ["eval.max_targets=20", "eval.nontargets=20", f"data.cache_dir={tmp_path / 'cache'}"]
+    args = ["train", "--modality", "face", "--data", data, "--runs", runs, "--workers", "0"]
+    code, _, err = run_cli([*args, *(a for s in sets for a in ("--set", s))], capsys, monkeypatch)
+    assert code == 0, err
+    [run] = list((runs / "face").iterdir())
+    old_layout = {"base": "cosine", "subtract_mean": False, "lda_dim": 16, "top_n": 5}
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["config"]["eval"]["scorer"] = "asnorm"
+        state["config"]["scorer"] = old_layout
+        state.pop("scorer", None)
+        torch.save(state, run / name)
+    (run / "config.toml").write_text(dumps_toml(state["config"]))
+    moved = r"'scorer\.subtract_mean' is now 'scorer\.base\.subtract_mean'"
+    with pytest.warns(UserWarning, match=moved):
+        code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys, monkeypatch)
+    assert code == 0, err
+    metrics = json.loads(next(run.glob("eval-*/metrics.json")).read_text())
+    assert metrics["scorer"] == "asnorm" and 0.0 <= metrics["eer"] <= 1.0
