@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metaemb.core.runs import (
     RunLock,
     append_jsonl,
@@ -105,3 +107,48 @@ class Checkpointer:
     def write_skipped(self, lines: list[str]) -> None:
         if self.main:
             atomic_write_text(self.dir / SKIPPED, "".join(line + "\n" for line in lines))
+
+
+def training_state(trainer: Any, epoch: int, step: int, best: float, history: list[dict]) -> dict:
+    """Everything a resume needs from a set-up Trainer: weights, optimizer, scheduler, scorer,
+    random streams, progress, and what evaluation needs to rebuild the model."""
+    cfg = trainer.config
+    return {
+        "model": trainer.model.state_dict(),
+        "classifier": trainer.classifier.state_dict() if trainer.classifier is not None else {},
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scorer": trainer.scorer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "history": history,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "components": {
+            "sample_folder": cfg.data.folder,
+            "frontend": cfg.model.frontend,
+            "features": cfg.model.features,
+            "backbone": cfg.model.backbone,
+            "head": cfg.model.head,
+            "objective": cfg.train.objective,
+            "scorer": cfg.eval.scorer,
+        },
+        "input_spec": trainer.model.features.input_spec(),
+        "num_classes": trainer.num_classes,
+    }
+
+
+def restore(trainer: Any, state: dict[str, Any]) -> None:
+    """Load a state written by `training_state` into a set-up Trainer."""
+    trainer.model.load_state_dict(state["model"])
+    if trainer.classifier is not None:
+        trainer.classifier.load_state_dict(state["classifier"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scorer.load_state_dict(state.get("scorer", {}))
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])

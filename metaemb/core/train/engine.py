@@ -29,10 +29,11 @@ from metaemb.core.plugin.components import build
 from metaemb.core.runs import atomic_write_text, run_dir
 from metaemb.core.train import validation
 from metaemb.core.train.callbacks import Callback, CallbackList
-from metaemb.core.train.checkpointer import BASELINE, Checkpointer
+from metaemb.core.train.checkpointer import BASELINE, Checkpointer, restore, training_state
 from metaemb.core.train.device import Distributed, pick_device
-from metaemb.core.train.model import Teacher, TrainStep
+from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
+from metaemb.core.train.teacher import build_teacher
 
 
 @dataclass
@@ -148,48 +149,14 @@ class Trainer:
             self.model.backbone = torch.compile(self.model.backbone)
         self.callbacks.on_setup(self)
 
-    # -- state ---------------------------------------------------------------------------
+    # -- state (what last.pt / best.pt hold: core/train/checkpointer.py) --------------------
     def training_state(self, epoch: int, step: int, best: float, history: list[dict]) -> dict:
         """Everything a resume needs, as written to last.pt / best.pt."""
-        cfg = self.config
-        return {
-            "model": self.model.state_dict(),
-            "classifier": self.classifier.state_dict() if self.classifier is not None else {},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scorer": self.scorer.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "epoch": epoch,
-            "step": step,
-            "best": best,
-            "history": history,
-            "config": cfg.to_dict(),
-            "config_hash": cfg.hash(),
-            "components": {
-                "sample_folder": cfg.data.folder,
-                "frontend": cfg.model.frontend,
-                "features": cfg.model.features,
-                "backbone": cfg.model.backbone,
-                "head": cfg.model.head,
-                "objective": cfg.train.objective,
-                "scorer": cfg.eval.scorer,
-            },
-            "input_spec": self.model.features.input_spec(),
-            "num_classes": self.num_classes,
-        }
+        return training_state(self, epoch, step, best, history)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a training state written by `training_state`."""
-        self.model.load_state_dict(state["model"])
-        if self.classifier is not None:
-            self.classifier.load_state_dict(state["classifier"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scorer.load_state_dict(state.get("scorer", {}))
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore(self, state)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -450,34 +417,3 @@ class Trainer:
             "baseline": baseline,
             "skipped": len(self.skipped),
         }
-
-
-def build_teacher(config: Config, objective: Any, device: torch.device) -> Teacher | None:
-    """The frozen teacher of `train.teacher` on `device`, when the objective learns from one."""
-    wants = objective.teacher_kind() is not None
-    if not config.train.teacher:
-        if wants:
-            raise ConfigError(
-                f"objective '{config.train.objective}' distils from a teacher: set "
-                "train.teacher=RUN_DIR_OR_CHECKPOINT (or use `metaemb distill --teacher`)."
-            )
-        return None
-    if not wants:
-        raise ConfigError(
-            f"train.teacher is set but objective '{config.train.objective}' does not use a "
-            "teacher; use train.objective=distill."
-        )
-    from metaemb.core.deploy.loading import load_run
-
-    loaded = load_run(Path(config.train.teacher), device=str(device))
-    tcfg = loaded.config
-    if (tcfg.model.features, tcfg.options("features")) != (
-        config.model.features,
-        config.options("features"),
-    ):
-        raise ConfigError(
-            f"teacher '{config.train.teacher}' was trained on features '{tcfg.model.features}' "
-            f"{tcfg.options('features')}; the student uses '{config.model.features}' "
-            f"{config.options('features')}. Distillation needs the same input pipeline."
-        )
-    return Teacher(loaded.model, loaded.classifier()).to(device)

@@ -1,0 +1,43 @@
+"""The frozen teacher of knowledge distillation (`train.teacher`), loaded like any trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaemb.core.config import Config
+from metaemb.core.errors import ConfigError
+from metaemb.core.train.model import Teacher
+
+
+def build_teacher(config: Config, objective: Any, device: torch.device) -> Teacher | None:
+    """The frozen teacher of `train.teacher` on `device`, when the objective learns from one."""
+    wants = objective.teacher_kind() is not None
+    if not config.train.teacher:
+        if wants:
+            raise ConfigError(
+                f"objective '{config.train.objective}' distils from a teacher: set "
+                "train.teacher=RUN_DIR_OR_CHECKPOINT (or use `metaemb distill --teacher`)."
+            )
+        return None
+    if not wants:
+        raise ConfigError(
+            f"train.teacher is set but objective '{config.train.objective}' does not use a "
+            "teacher; use train.objective=distill."
+        )
+    from metaemb.core.deploy.loading import load_run
+
+    loaded = load_run(Path(config.train.teacher), device=str(device))
+    tcfg = loaded.config
+    if (tcfg.model.features, tcfg.options("features")) != (
+        config.model.features,
+        config.options("features"),
+    ):
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' was trained on features '{tcfg.model.features}' "
+            f"{tcfg.options('features')}; the student uses '{config.model.features}' "
+            f"{config.options('features')}. Distillation needs the same input pipeline."
+        )
+    return Teacher(loaded.model, loaded.classifier()).to(device)
