@@ -25,6 +25,7 @@ WRITE_ERRNOS = {
     errno.EDQUOT: "the disk quota is exceeded",
     errno.ENOTDIR: "a path component is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "a file is in the way of a folder",
     errno.ENAMETOOLONG: "the file name is too long",
 }
 PROBE_BYTES = 4096  # written and fsynced by the probe, so a full disk shows up too
@@ -41,7 +42,7 @@ def output_error(exc: OSError, path: str | Path, what: str = "output") -> Output
     cause = WRITE_ERRNOS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space, or write the output to another disk"
-    elif exc.errno == errno.ENOTDIR:
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
         fix = "remove or rename the file that is in the way, or choose another output path"
     elif exc.errno == errno.EISDIR:
         fix = "give a file name, not a folder"

@@ -92,6 +92,19 @@ def test_train_refuses_a_runs_folder_that_is_a_file(tmp_path, faces, capsys):
     assert (tmp_path / "runs").read_text() == "not a folder"
 
 
+def test_a_file_in_the_way_of_the_run_folder(tmp_path, faces, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "face").write_text("in the way")  # the modality folder of the run directory
+    expect_error(
+        ["train", "--data", faces, "--runs", runs, "--set", "train.epochs=1", "--workers", "0"],
+        capsys,
+        str(runs / "face"),
+        "a path component is a file, not a folder",
+    )
+    assert (runs / "face").read_text() == "in the way"
+
+
 def test_full_disk_during_a_command_is_a_message(tmp_path, faces, capsys, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
