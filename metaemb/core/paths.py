@@ -28,6 +28,13 @@ WRITE_ERRNOS = {
     errno.EEXIST: "a file is in the way of a folder",
     errno.ENAMETOOLONG: "the file name is too long",
 }
+EXAMPLE_NAMES = {  # a file name to suggest when a folder is given for one
+    "gallery file": "gallery.pt",
+    "embeddings file": "embeddings.pt",
+    "trial list": "trials.txt",
+    "results file": "results.tsv",
+    "export file": "model.onnx",
+}
 PROBE_BYTES = 4096  # written and fsynced by the probe, so a full disk shows up too
 
 
@@ -104,7 +111,8 @@ def ensure_writable(path: str | Path, what: str = "output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(
-            f"the {what} '{path}' is a folder; give a file name inside it (e.g. '{path / 'out'}')."
+            f"the {what} '{path}' is a folder; give a file name inside it (e.g. "
+            f"'{path / EXAMPLE_NAMES.get(what, 'out')}')."
         )
     _check_parents(path, what)
     if path.exists() and not os.access(path, os.W_OK):
