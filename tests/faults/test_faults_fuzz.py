@@ -1,6 +1,6 @@
 """Fault catalogue, fuzzing every text parser (issue 13): trial lists in every format, LFW
-pairs.txt, VGGFace2 lists, scores.txt, Kaldi data directories, landmark files (CSV and JSON),
-TOML config files with --set overrides. Inputs mix the formats' own tokens (so many are nearly
+pairs.txt, VGGFace2 lists, AgeDB file names, scores.txt, Kaldi data directories, landmark files
+(CSV and JSON), TOML config files with --set overrides. Inputs mix the formats' own tokens (so many are nearly
 valid) with arbitrary text and bytes; a parser may return a value or raise a MetaembError naming
 the problem, nothing else (no IndexError, UnicodeDecodeError, ValueError …).
 
@@ -124,6 +124,18 @@ def parse_vggface2(data: bytes) -> None:
     read(write("train_list.txt", data))
 
 
+def parse_agedb_name(name: str) -> None:
+    parse = _find([("metaemb.plugins.vision.protocols", "parse_agedb_name"),
+                   ("metaemb.core.eval.trials", "parse_agedb_name")])  # fmt: skip
+    parse(name)
+
+
+def agedb_names():
+    part = st.sampled_from(["0", "12", "AbbeyLincoln", "Jean_Paul", "_", "m", "f", "M", "99",
+                            ".jpg", "/", "\\", "-1", "", "é"])  # fmt: skip
+    return st.one_of(st.lists(part, max_size=8).map("".join), st.text(max_size=30))
+
+
 def parse_scores(data: bytes) -> None:
     from metaemb.core.eval.trials import read_scores
 
@@ -176,6 +188,7 @@ CASES: dict[str, tuple[st.SearchStrategy, Callable]] = {
     "lfw-pairs": (file_bytes(lines_of(TRIAL_TOKENS, 4, ("\t", " "))), parse_lfw),
     "vggface2-list": (file_bytes(lines_of(TRIAL_TOKENS, 2)), parse_vggface2),
     "scores": (file_bytes(lines_of(TRIAL_TOKENS, 5, ("\t", " "))), parse_scores),
+    "agedb-names": (agedb_names(), parse_agedb_name),
     "kaldi-dir": (
         st.dictionaries(
             st.sampled_from(["wav.scp", "utt2spk", "segments", "spk2utt"]),
