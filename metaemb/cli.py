@@ -56,6 +56,9 @@ def create_app() -> typer.Typer:
     from metaemb.commands.runs import runs as runs_command
 
     app.command("runs")(runs_command)
+    from metaemb.commands.lr_find import lr_find
+
+    app.command("lr-find")(lr_find)
     from metaemb.core.plugin.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(app=app)

@@ -1,0 +1,55 @@
+"""`metaemb lr-find`: the learning-rate range test for a training configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def lr_find(
+    modality: Annotated[str, typer.Option(help="face, speaker, or any plugin's modality")] = "face",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps of the sweep")] = 200,
+    start_lr: Annotated[float, typer.Option(help="first learning rate")] = 1e-6,
+    end_lr: Annotated[float, typer.Option(help="last learning rate")] = 1.0,
+    out: Annotated[
+        Path, typer.Option(help="plot (PNG); the numbers go to the same name .json")
+    ] = Path("lr_find.png"),
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Sweep the learning rate exponentially over a few hundred training steps, plot loss
+    against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""
+    from metaemb.core.config import resolve
+    from metaemb.core.eval.report import PlotsUnavailable
+    from metaemb.core.runs import atomic_write_text
+    from metaemb.core.train.lr_find import lr_find_figure, lr_range_test
+
+    sets = list(set_ or [])
+    if data is not None:
+        sets.append(f"data.root={json.dumps(str(data))}")
+    cfg = resolve(modality, config, sets)
+    result = lr_range_test(cfg, steps, start_lr, end_lr, device=device, workers=workers)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result.to_dict(), indent=2))
+    try:
+        from metaemb.core.eval.plots import save_figure
+
+        save_figure(lr_find_figure(result), out)
+        console.print(f"plot: {out}", markup=False, soft_wrap=True)
+    except PlotsUnavailable:
+        console.print("no plot: pip install 'metaemb[plots]' to get it", markup=False)
+    stop = " (stopped early: the loss diverged)" if result.stopped_early else ""
+    console.print(
+        f"{len(result.lrs)} steps from lr {result.lrs[0]:.2g} to {result.lrs[-1]:.2g}{stop}; "
+        f"suggested train.lr = {result.suggestion:.3g} (smallest loss at {result.min_loss_lr:.3g})",
+        markup=False,
+        soft_wrap=True,
+    )
