@@ -224,6 +224,18 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        """Take the lock, or raise RunInProgress naming the live owner's pid (OutputError when
+        the run folder cannot be written at all)."""
+        try:
+            return self._acquire()
+        except OSError as exc:
+            from metaemb.core.paths import is_write_error, output_error
+
+            if is_write_error(exc):
+                raise output_error(exc, self.path, "run-folder lock") from None
+            raise
+
+    def _acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
