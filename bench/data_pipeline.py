@@ -1,0 +1,127 @@
+"""Samples/s the training DataLoader path delivers, against plain PyTorch references.
+
+metaemb: the engine's own path — SampleFolder.load (decode) → frontend (cached) →
+features.prepare (resize + augmentation for images, random crop for audio) → Features.collate —
+through `make_loader` (what `Trainer.train_epoch` uses), on the modality's demo data.
+
+references, the same files, same batch size and worker counts, default DataLoader:
+- images: torchvision `ImageFolder` + v2 transforms (decode, resize to the backbone's input size,
+  float, normalise) — what a user of torchvision writes;
+- audio:  a plain soundfile Dataset (`soundfile.read` float32 + the same random crop) and the
+  default collate.
+
+For 0, 1 and 2 workers, each loader is iterated for two passes (a new DataLoader per pass, as the
+engine makes one per epoch); pass 1 includes worker start-up, pass 2 is reported too. The metaemb
+and reference loaders alternate, so load from other processes hits both alike.
+
+    python bench/data_pipeline.py                 # CI-sized demo data
+    python bench/data_pipeline.py --full-data     # the default demo datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from metaemb.core.config import resolve
+from metaemb.core.data.dataset import make_loader
+from metaemb.core.data.pipeline import Components, data_root
+
+SMALL = {
+    "face": ["demo.identities=40", "demo.images_per_identity=8"],
+    "speaker": ["demo.speakers=40", "demo.utterances_per_speaker=8"],
+}
+
+
+class SoundfileCrops(Dataset):
+    """The plain reference: read a WAV with soundfile, take one random crop (tiled if short)."""
+
+    def __init__(self, paths: list, labels: list[int], crop: int) -> None:
+        self.paths, self.labels, self.crop = paths, labels, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        wave, _ = sf.read(self.paths[i], dtype="float32")
+        x = torch.from_numpy(wave)
+        if x.numel() < self.crop:
+            x = x.repeat(self.crop // x.numel() + 1)
+        start = random.randint(0, x.numel() - self.crop)
+        return x[start : start + self.crop], self.labels[i]
+
+
+def reference(modality: str, parts: Components, workers: int, batch: int) -> DataLoader:
+    folder = parts.folder
+    kw = {"num_workers": workers, "batch_size": batch, "shuffle": True}
+    if workers > 0:
+        kw["prefetch_factor"] = 4
+    if modality == "face":
+        from torchvision import datasets
+        from torchvision.transforms import v2
+
+        size = parts.features.image_size
+        tf = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.Resize((size, size), antialias=True),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.RandomHorizontalFlip(),
+                v2.Normalize([0.5] * 3, [0.5] * 3),
+            ]
+        )
+        return DataLoader(datasets.ImageFolder(str(parts.root), transform=tf), **kw)
+    paths = [folder.abspath(s) for s in folder.samples]
+    ds = SoundfileCrops(paths, folder.labels, parts.features.crop_samples)
+    return DataLoader(ds, **kw)
+
+
+def one_pass(loader) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    for b in loader:
+        n += len(b[1]) if isinstance(b, (list, tuple)) else len(b)
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--modality", nargs="+", default=["face", "speaker"])
+    ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--full-data", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{'modality':8s} {'loader':26s} {'workers':>7s} {'samples':>7s} "
+          f"{'pass1 /s':>9s} {'pass2 /s':>9s} {'vs ref':>7s}")  # fmt: skip
+    for modality in args.modality:
+        sets = [] if args.full_data else SMALL[modality]
+        cfg = resolve(modality, None, [f"train.batch_size={args.batch_size}", *sets])
+        parts = Components.build(cfg, data_root(cfg))
+        for workers in args.workers:
+            rates: dict[str, list[float]] = {"metaemb (train)": [], "reference": []}
+            counts = {}
+            for _ in range(2):  # interleaved passes
+                for name in rates:
+                    if name == "reference":
+                        loader = reference(modality, parts, workers, args.batch_size)
+                    else:
+                        ds = parts.dataset(parts.folder, train=True)
+                        loader = make_loader(ds, workers, batch_size=args.batch_size)
+                    n, s = one_pass(loader)
+                    counts[name] = n
+                    rates[name].append(n / s)
+            ref = rates["reference"][1]
+            for name, r in rates.items():
+                print(f"{modality:8s} {name:26s} {workers:7d} {counts[name]:7d} "
+                      f"{r[0]:9.0f} {r[1]:9.0f} {r[1] / ref:7.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
