@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -201,9 +202,12 @@ def join_enroll(paths: Sequence[str]) -> str:
     return ",".join(paths)
 
 
+_UNLISTABLE = re.compile(r"[\s,]")  # str.split() separators (Unicode whitespace) and ','
+
+
 def listable(path: str) -> bool:
     """Whether `path` fits a whitespace-separated trial list (non-empty, no blank, no ',')."""
-    return bool(path) and "," not in path and not any(c.isspace() for c in path)
+    return bool(path) and _UNLISTABLE.search(path) is None
 
 
 def check_listable(paths: Sequence[str], where: str) -> None:
