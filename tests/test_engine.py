@@ -177,6 +177,7 @@ def test_resume_trims_metrics_to_the_checkpoint(faces, tmp_path):
     assert epochs_in(run) == [1]
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "loss": -1.0}) + "\n")
+        f.write('{"epoch": 3, "lo')  # and a line torn by a kill in the middle of an append
     (run / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")
     trainer(faces, tmp_path).run()
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

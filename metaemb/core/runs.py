@@ -171,13 +171,24 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def trim_jsonl(path: Path, epoch: int) -> None:
-    """Drop metrics.jsonl records newer than the checkpoint a run resumes from."""
+    """Drop metrics.jsonl records newer than the checkpoint a run resumes from, and a line torn
+    by a kill in the middle of an append."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epoch]
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    epochs = [_record_epoch(ln) for ln in lines]
+    keep = [ln for ln, e in zip(lines, epochs, strict=True) if e is not None and e <= epoch]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _record_epoch(line: str) -> int | None:
+    """The epoch of one metrics.jsonl line; None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return int(record.get("epoch", 0)) if isinstance(record, dict) else None
 
 
 def remove_stale_tmp(folder: Path) -> list[Path]:
