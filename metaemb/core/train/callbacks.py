@@ -5,7 +5,9 @@ calls them in order on every rank (check `trainer.dist.main` before writing file
 the Trainer, whose public attributes (`config`, `dir`, `model`, `classifier`, `optimizer`,
 `scheduler`, `objective`, `sampler`, `device`, `dist`, `epoch`, `step`, `start_epoch`,
 `resumed`) are the state to read. `trainer.request_stop()` ends the run after the current step
-(the last completed epoch stays checkpointed, so re-running the command resumes from it).
+(the last completed epoch stays checkpointed, so re-running the command resumes from it); under
+DDP every rank must request it at the same step. A run found complete at start returns before
+`on_train_start`, so only `on_setup` is called.
 """
 
 from __future__ import annotations
