@@ -21,6 +21,13 @@ def register_sample_folders(register: Register) -> None:
 
     register("vggface2", VGGFace2Folder, description="VGGFace2 split from train_list/test_list.txt")
     register("agedb", AgeDBFolder, description="flat AgeDB folder, <index>_<Name>_<age>_<g>.jpg")
+    from metaemb.plugins.vision.recordio import RecordIOFolder
+
+    register(
+        "recordio",
+        RecordIOFolder,
+        description="InsightFace train.rec/train.idx (MS1M, Glint360K), read without MXNet",
+    )
 
 
 @hookimpl

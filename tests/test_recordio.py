@@ -1,0 +1,142 @@
+"""InsightFace RecordIO (train.rec/train.idx) read without MXNet, on small generated shards."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metaemb.core.errors import DataError
+from metaemb.core.plugin.components import build
+from metaemb.plugins.vision.recordio import (
+    MAGIC,
+    RecordFile,
+    RecordIOFolder,
+    encode_record,
+    pack_image,
+    write_recordio,
+)
+
+
+def jpeg(seed: int, size: int = 16) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def decoded(data: bytes) -> torch.Tensor:
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+@pytest.fixture
+def shard(tmp_path):
+    items = [(label, jpeg(10 * label + i)) for label in (0, 1, 2, 7) for i in range(3)]
+    write_recordio(tmp_path / "train", items)
+    return tmp_path, items
+
+
+def test_reads_every_image_with_its_identity(shard):
+    root, items = shard
+    folder = RecordIOFolder(root)
+    assert len(folder) == 12
+    assert folder.identities == ["0000000", "0000001", "0000002", "0000007"]
+    assert [s.path for s in folder.samples][:4] == ["0000000/1", "0000000/2", "0000000/3", "0000001/4"]  # fmt: skip
+    for sample, (label, data) in zip(folder.samples, items, strict=True):
+        assert sample.identity == f"{label:07d}"
+        img = folder.load(folder.abspath(sample))
+        assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
+        assert torch.equal(img, decoded(data))
+
+
+def test_the_files_follow_the_dmlc_and_mxnet_layouts_byte_for_byte(shard):
+    root, items = shard
+    idx = [line.split("\t") for line in (root / "train.idx").read_text().splitlines()]
+    assert [int(k) for k, _ in idx] == list(range(1 + 12 + 4))
+    raw = (root / "train.rec").read_bytes()
+    off = int(idx[1][1])  # the first image record, parsed by hand
+    magic, lrec = struct.unpack_from("<II", raw, off)
+    assert magic == MAGIC == 0xCED7230A and lrec >> 29 == 0
+    flag, label, key, _ = struct.unpack_from("<IfQQ", raw, off + 8)
+    assert (flag, label, key) == (0, 0.0, 1)
+    assert raw[off + 32 : off + 8 + (lrec & 0x1FFFFFFF)] == items[0][1]
+    # header record 0: flag 2, labels (first identity-range key, end)
+    flag, _, _, _ = struct.unpack_from("<IfQQ", raw, 8)
+    assert flag == 2 and np.frombuffer(raw, np.float32, 2, 32).tolist() == [13.0, 17.0]
+
+
+def test_a_payload_holding_the_magic_word_is_split_and_joined(tmp_path):
+    magic = struct.pack("<I", MAGIC)
+    payload = b"abcd" + magic + b"efgh" + magic + magic + b"xyz"
+    data = encode_record(payload)
+    flags = []
+    pos = 0
+    while pos < len(data):
+        m, lrec = struct.unpack_from("<II", data, pos)
+        assert m == MAGIC
+        flags.append(lrec >> 29)
+        n = lrec & 0x1FFFFFFF
+        pos += 8 + n + (-n % 4)
+    assert flags == [1, 2, 2, 3]
+    (tmp_path / "x.rec").write_bytes(b"\0" * 4 + data)
+    assert RecordFile(tmp_path / "x.rec").read(4) == payload
+    # an unaligned magic word is data, not a boundary
+    odd = b"ab" + magic + b"cd"
+    assert struct.unpack_from("<I", encode_record(odd), 4)[0] >> 29 == 0
+
+
+def test_label_arrays_and_a_file_without_header_record(tmp_path):
+    # key 0 is an image (flag 0: no InsightFace header); key 1 carries a label array
+    recs = [pack_image(3, jpeg(2), 0), pack_image([5.0, 1.0], jpeg(1), 1)]
+    pos, lines = 0, []
+    with open(tmp_path / "train.rec", "wb") as f:
+        for k, r in enumerate(recs):
+            lines.append(f"{k}\t{pos}\n")
+            d = encode_record(r)
+            f.write(d)
+            pos += len(d)
+    (tmp_path / "train.idx").write_text("".join(lines))
+    folder = RecordIOFolder(tmp_path)
+    assert [(s.path, s.identity) for s in folder.samples] == [("0000003/0", "0000003"), ("0000005/1", "0000005")]  # fmt: skip
+    assert torch.equal(folder.load(folder.abspath(folder.samples[1])), decoded(jpeg(1)))
+
+
+def test_survives_pickling_for_workers_and_splits_by_identity(shard):
+    root, _ = shard
+    folder = RecordIOFolder(root)
+    folder.load(folder.abspath(folder.samples[0]))  # opens the file in this process
+    clone = pickle.loads(pickle.dumps(folder))
+    assert clone.rec._fd is None
+    assert torch.equal(clone.load(clone.abspath(clone.samples[5])), folder.load(folder.abspath(folder.samples[5])))  # fmt: skip
+    train, val = folder.split(0.5, seed=0)
+    assert not set(train.identities) & set(val.identities)
+    assert len(train) + len(val) == 12
+    s = val.samples[0]
+    assert val.load(val.abspath(s)).shape == (3, 16, 16)
+
+
+def test_registered_in_the_vision_plugin(shard):
+    root, _ = shard
+    folder = build("sample_folders", "recordio", {"name": "train"}, root=root)
+    assert isinstance(folder, RecordIOFolder) and len(folder) == 12
+
+
+def test_bad_files_are_named(shard, tmp_path):
+    root, _ = shard
+    with pytest.raises(DataError, match=r"other\.rec' does not exist"):
+        RecordIOFolder(root, name="other")
+    (root / "train.idx").write_text("0\t3\n")  # not a record boundary
+    with pytest.raises(DataError, match=r"no RecordIO record at byte 3 \(record 0\)"):
+        RecordIOFolder(root)
+    (root / "train.idx").write_text("zero 1\n")
+    with pytest.raises(DataError, match=r"train\.idx', line 1"):
+        RecordIOFolder(root)
+    (root / "train.idx").unlink()
+    with pytest.raises(DataError, match=r"train\.idx' does not exist"):
+        RecordIOFolder(root)
