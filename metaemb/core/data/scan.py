@@ -34,6 +34,12 @@ class ScanState:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
 
 
+def _suffix(name: str) -> str:
+    """Lower-case extension as Path.suffix gives it ('' for '.hidden' and 'name.')."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
 def _is_ancestor_or_same(folder: str, path: str) -> bool:
     """True when real path `folder` is `path` or contains it."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -68,6 +74,7 @@ def scan_identity(
         except OSError:
             continue  # unreadable folder: nothing to list (a missing sample is reported at load)
         subdirs = []
+        prefix = real + os.sep
         for e in entries:
             try:
                 is_dir = e.is_dir()  # follows symlinks
@@ -76,11 +83,9 @@ def scan_identity(
             if is_dir:
                 if not e.name.startswith("."):
                     subdirs.append(Path(e.path))
-            elif os.path.splitext(e.name)[1].lower() in exts:  # str ops: a million files
+            elif _suffix(e.name) in exts:  # plain str operations: a tree may hold millions
                 rel = f"{rel_dir}/{e.name}"
-                real_file = (
-                    os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
-                )
+                real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
                 kept = state.files.get(real_file)
                 if kept is not None:
                     state.duplicates.append((rel, kept))

@@ -87,7 +87,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
     def _walk(self, root: Path, exts: set[str]) -> tuple[list[str], list[str]]:
         """(relative sample paths, real paths of the folders listed): the full scan."""
-        samples: list[Sample] = []
+        paths: list[str] = []
         empty: list[str] = []
         identity_dirs = sorted(
             p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -105,7 +105,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 continue  # a link back to the root, or an alias of another identity folder
             if not found:
                 empty.append(ident_dir.name)
-            samples.extend(Sample(rel, ident_dir.name, -1) for rel in found)
+            paths.extend(found)
         warn_skipped(root, state, self.what)
         if empty:
             shown = ", ".join(f"'{root / e}'" for e in empty[:5]) + (" …" if len(empty) > 5 else "")
@@ -113,7 +113,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
                 f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."
             )
-        return [s.path for s in samples], sorted(state.dirs)
+        return paths, sorted(state.dirs)
 
     # -- structure -----------------------------------------------------------------------
     @property
