@@ -5,6 +5,8 @@ Hook functions import their modules lazily so `import metaemb.plugins.vision` st
 
 from __future__ import annotations
 
+from typing import Any
+
 from metaemb import hookimpl
 from metaemb.core.plugin.hookspecs import Register
 
@@ -103,6 +105,13 @@ def register_frontends(register: Register) -> None:
         description="5-point similarity alignment to the face template",
         python="metaemb.plugins.vision.align.align_faces",  # named in export sidecars
     )
+
+
+@hookimpl
+def register_commands(app: Any) -> None:
+    from metaemb.plugins.vision.landmark_extract import landmarks
+
+    app.command()(landmarks)
 
 
 @hookimpl

@@ -127,10 +127,14 @@ def _read_json(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_landmark_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a landmark file (CSV or JSON) into {relative path: [5, 2]}."""
+    """Read a landmark file (CSV, JSON or HDF5) into {relative path: [5, 2]}."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"landmark file '{path}' does not exist.")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        from metaemb.plugins.vision.landmark_extract import read_h5
+
+        return read_h5(path)
     return _read_json(path) if path.suffix.lower() == ".json" else _read_csv(path)
 
 

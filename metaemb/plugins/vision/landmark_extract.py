@@ -1,0 +1,169 @@
+"""`metaemb landmarks DATA --out FILE`: run a landmark source (a detector such as dlib) over every
+image of a folder once, on several DataLoader workers, and write a landmark file the `file`
+source reads back (frontend.source = "file", frontend.landmarks_file = FILE).
+
+FILE is CSV (`path,x1,y1,…,x5,y5`, header line first) or, with the `hdf5` extra, HDF5 (`.h5`:
+datasets `paths` and `points` [N, 5, 2], attribute `scheme`). Images where no usable face was
+found are not written; they are counted and listed in FILE.skipped.txt with their outcome.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from torch.utils.data import DataLoader, Dataset
+
+from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.runs import atomic_write_bytes, atomic_write_text
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+class _Detect(Dataset):
+    """Item i → (relative path, outcome, points [5, 2] or None, scheme) of sample i."""
+
+    def __init__(self, folder: Any, source: Any) -> None:
+        self.folder, self.source = folder, source
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[str, str, Any, str]:
+        sample = self.folder.samples[i]
+        try:
+            image = self.folder.load(self.folder.abspath(sample))
+        except DataError as exc:
+            return sample.path, f"unreadable: {exc}", None, ""
+        found = self.source(image, sample.path, self.folder.root)
+        return sample.path, found.outcome, found.points, found.scheme
+
+
+def _first(items: list[Any]) -> Any:
+    return items[0]
+
+
+def extract_landmarks(
+    data: Path,
+    out: Path,
+    source: str = "dlib",
+    options: dict[str, Any] | None = None,
+    folder: str = "image",
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Detect landmarks for every image of `data` with landmark source `source` → summary."""
+    from metaemb.core.plugin.components import build
+    from metaemb.plugins.vision.frontend import build_source
+
+    suffix = out.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        _h5py()  # fail before any detection work
+    elif suffix not in (".csv", ".txt"):
+        raise MetaembError(f"landmark file '{out}': use a .csv or .h5 name.")
+    images = build("sample_folders", folder, {}, root=Path(data))
+    src = build_source(source, Path(data), dict(options or {}))
+    loader = DataLoader(_Detect(images, src), batch_size=1, num_workers=workers,
+                        collate_fn=_first)  # fmt: skip
+    rows: list[tuple[str, np.ndarray]] = []
+    skipped: list[str] = []
+    outcomes: Counter[str] = Counter()
+    schemes: set[str] = set()
+    for path, outcome, points, scheme in loader:
+        kind = outcome.split(":", 1)[0]
+        outcomes[kind] += 1
+        if outcome == "ok" and points is not None:
+            rows.append((path, np.asarray(points, dtype=np.float64).reshape(5, 2)))
+            schemes.add(scheme)
+        else:
+            skipped.append(f"{path}\t{outcome}")
+    if len(schemes) > 1:
+        raise DataError(f"landmark source '{source}' returned mixed schemes {sorted(schemes)}.")
+    scheme = schemes.pop() if schemes else "mtcnn5"
+    if suffix in HDF5_SUFFIXES:
+        _write_h5(out, rows, scheme)
+    else:
+        _write_csv(out, rows)
+    skipped_file = out.with_name(out.name + ".skipped.txt")
+    if skipped:
+        atomic_write_text(skipped_file, "\n".join(skipped) + "\n")
+    else:
+        skipped_file.unlink(missing_ok=True)
+    return {
+        "out": str(out),
+        "images": len(images),
+        "written": len(rows),
+        "outcomes": dict(outcomes),
+        "scheme": scheme,
+        "skipped_list": str(skipped_file) if skipped else None,
+    }
+
+
+def _write_csv(out: Path, rows: list[tuple[str, np.ndarray]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", *(f"{a}{i}" for i in range(1, 6) for a in ("x", "y"))])
+    for path, pts in rows:
+        w.writerow([path, *(f"{v:.9g}" for v in pts.reshape(-1))])
+    atomic_write_text(out, buf.getvalue())
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise MetaembError(
+            "HDF5 landmark files need h5py: pip install 'metaemb[hdf5]' (or write a .csv)."
+        ) from None
+    return h5py
+
+
+def _write_h5(out: Path, rows: list[tuple[str, np.ndarray]], scheme: str) -> None:
+    h5py = _h5py()
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("paths", data=[p.encode() for p, _ in rows], dtype=h5py.string_dtype())
+        pts = np.stack([p for _, p in rows]) if rows else np.zeros((0, 5, 2))
+        f.create_dataset("points", data=pts)
+        f.attrs["scheme"] = scheme
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def read_h5(path: Path) -> dict[str, np.ndarray]:
+    """{relative path: [5, 2]} of an HDF5 landmark file written by `metaemb landmarks`."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][()]]
+            points = np.asarray(f["points"][()], dtype=np.float64)
+    except (OSError, KeyError) as exc:
+        raise DataError(
+            f"landmark file '{path}' is not a readable landmark HDF5 file: {exc}"
+        ) from None
+    if points.shape != (len(paths), 5, 2) or not np.isfinite(points).all():
+        raise DataError(f"landmark file '{path}': 'points' must be finite [N, 5, 2] for N paths.")
+    return dict(zip(paths, points, strict=True))
+
+
+def landmarks(
+    data: Annotated[Path, typer.Argument(help="<identity>/<image> folder")],
+    out: Annotated[Path, typer.Option(help="landmark file to write (.csv, or .h5 with h5py)")],
+    source: Annotated[str, typer.Option(help="landmark source: dlib, or a plugin's")] = "dlib",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="source option, e.g. detector=cnn, points=68")
+    ] = None,
+    folder: Annotated[str, typer.Option(help="sample-folder name")] = "image",
+    workers: Annotated[int, typer.Option(help="DataLoader workers running the detector")] = 2,
+) -> None:
+    """Detect face landmarks for every image of DATA once and write a landmark file that
+    frontend.source=file (frontend.landmarks_file=FILE) reads back."""
+    import json
+
+    from metaemb.core.config import parse_set
+
+    opts = dict(map(parse_set, set_ or []))
+    typer.echo(json.dumps(extract_landmarks(data, out, source, opts, folder, workers), indent=2))
