@@ -17,6 +17,7 @@ from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, read_audio
+from metaemb.plugins.audio.synthetic import fast_length
 
 MUSAN_CATEGORIES = ("noise", "music", "speech")
 LN_1000 = 6.907755278982137  # ln(10³): a 60 dB energy decay in amplitude terms
@@ -61,8 +62,7 @@ def coloured_noise(n: int, t: int, exponent: Tensor, device: torch.device) -> Te
 
 def fft_convolve(x: Tensor, h: Tensor) -> Tensor:
     """Linear convolution of each row of x [N, T] with h [N, L], truncated to T samples."""
-    n = x.shape[-1] + h.shape[-1] - 1
-    size = 1 << (n - 1).bit_length()
+    size = fast_length(x.shape[-1] + h.shape[-1] - 1)  # 2^a·3^b·5^c: no zero-padding to 2^k
     y = torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(h, size), size)
     return y[..., : x.shape[-1]]
 
