@@ -160,7 +160,9 @@ def train(
 
 
 def distill(
-    teacher: Annotated[Path, typer.Option(help="teacher run directory or checkpoint")],
+    teacher: Annotated[
+        Path, typer.Option(help="teacher run, checkpoint, or pretrained backbone (dlib-resnet)")
+    ],
     student: Annotated[str, typer.Option(help="student backbone, e.g. mobilenet_v3_small")],
     modality: Annotated[str, typer.Option()] = "face",
     data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
@@ -180,12 +182,21 @@ def distill(
         f"name={json.dumps('distill-' + student)}",
         *(set_ or []),
     ]
+    from metaemb.core.train.pretrained import is_pretrained_name
+
+    if is_pretrained_name(str(teacher)) and not any("teacher_dim" in s for s in set_ or []):
+        from metaemb.core.plugin.manager import registry
+
+        dim = int(getattr(registry("backbones").get(str(teacher)), "feature_dim", 0))
+        sets += [f"objective.teacher_dim={dim}"] if dim else []
     train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
           fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
 
 
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run directory or checkpoint (.pt)")],
+    run: Annotated[
+        Path | None, typer.Argument(help="run directory or checkpoint (.pt); or --reference")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="data folder (default: the run's)")] = None,
     trials: Annotated[Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, LFW)")] = None,
     protocol: Annotated[str | None, typer.Option(help="lfw, voxceleb, kaldi, …")] = None,
@@ -202,17 +213,34 @@ def evaluate(
     enroll_samples: Annotated[
         int, typer.Option(help="--measure class: samples enrolled per identity")
     ] = 1,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
+    ] = None,
+    modality: Annotated[str, typer.Option(help="modality of --reference")] = "face",
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
+    from metaemb.core.errors import MetaembError
     from metaemb.core.eval.evaluate import Evaluation
 
+    preloaded = None
+    if reference is not None:
+        from metaemb.core.train.pretrained import reference_run
+
+        if run is not None or data is None:
+            raise MetaembError("--reference NAME scores --data DIR with NAME instead of a run: "
+                               "give --data and no RUN.")  # fmt: skip
+        preloaded = reference_run(reference, modality, data, device)
+        run, out = Path(f"reference-{reference}"), out or Path(f"eval-reference-{reference}")
+    if run is None:
+        raise MetaembError("evaluate needs a RUN (directory or checkpoint) or --reference NAME.")
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
 
         run_measure(run, measure, data=data, trials=trials, scorer=scorer, enroll=enroll_samples,
                     out=out, device=device, workers=workers, console=console)  # fmt: skip
         return
-    Evaluation(
+    evaluation = Evaluation(
         run,
         data=data,
         trials=trials,
@@ -223,7 +251,9 @@ def evaluate(
         device=device,
         workers=workers,
         console=console,
-    ).run()
+    )
+    evaluation.preloaded = preloaded
+    evaluation.run()
 
 
 def embed(

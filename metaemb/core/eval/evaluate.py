@@ -163,7 +163,9 @@ class Evaluation:
     def run(self) -> dict[str, Any]:
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
-        loaded = load_run(self.run_path, self.device, data=self.data, with_data=True)
+        loaded = getattr(self, "preloaded", None) or load_run(  # a reference model: preloaded
+            self.run_path, self.device, data=self.data, with_data=True
+        )
         cfg = loaded.config
         p_targets = tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder

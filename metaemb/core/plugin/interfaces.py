@@ -278,6 +278,10 @@ class Backbone(nn.Module):
     accepts: ClassVar[Kind | tuple[Kind, ...] | None] = None
     yields: ClassVar[Kind] = FEATURES
     feature_dim: int = 0
+    # Ships trained weights (a distillation teacher or reference model by name), and is never
+    # trained (no gradient). A pretrained backbone may set `input_size` for its own preprocessing.
+    pretrained: ClassVar[bool] = False
+    frozen: ClassVar[bool] = False
 
     @abc.abstractmethod
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor: ...

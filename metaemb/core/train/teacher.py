@@ -28,7 +28,10 @@ def build_teacher(config: Config, objective: Any, device: torch.device) -> Teach
             "teacher; use train.objective=distill."
         )
     from metaemb.core.deploy.loading import load_run
+    from metaemb.core.train.pretrained import is_pretrained_name, pretrained_teacher
 
+    if is_pretrained_name(config.train.teacher):  # a registered pretrained backbone, by name
+        return pretrained_teacher(config, device)
     loaded = load_run(Path(config.train.teacher), device=str(device))
     tcfg = loaded.config
     if (tcfg.model.features, tcfg.options("features")) != (

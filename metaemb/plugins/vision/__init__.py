@@ -49,6 +49,13 @@ def register_backbones(register: Register) -> None:
     register("resnet50", ResNet50, description="torchvision ResNet-50, 2048 features")
     register("mobilenet_v3_small", MobileNetV3Small, description="MobileNetV3-Small, 576 features")
     register("mobilenet_v3_large", MobileNetV3Large, description="MobileNetV3-Large, 960 features")
+    from metaemb.plugins.vision.backbones.dlib_resnet import DlibResNet
+
+    register(
+        "dlib-resnet",
+        DlibResNet,
+        description="dlib's pretrained 128-d face ResNet, frozen (face extra); teacher/reference",
+    )
 
 
 @hookimpl
