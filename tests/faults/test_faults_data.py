@@ -5,15 +5,14 @@ DataError naming the file that `on_bad_sample = "skip"` turns into a skipped sam
 from __future__ import annotations
 
 import os
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from faults_helpers import png16
 from PIL import Image
 
 from metaemb.core.data.dataset import Bad, PreparedDataset
@@ -27,24 +26,6 @@ from metaemb.plugins.vision.folder import ImageFolder, read_image
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def png16(path: Path, array: np.ndarray, color_type: int, size: tuple[int, int] | None = None):
-    """A 16-bit PNG written by hand (PIL cannot write 16-bit colour): color type 0 grey, 2 RGB,
-    4 grey+alpha, 6 RGBA. `size` overrides the header (for header-only huge images)."""
-    h, w = array.shape[:2]
-    raw = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    W, H = size or (w, h)
-    header = struct.pack(">IIBBBBB", W, H, 16, color_type, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
-
-
 def hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).numpy()
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import expect_error
+from faults_helpers import expect_error
 
 from metaemb.core.deploy.gallery import Gallery, GalleryError, ModelStamp, model_digest
 from metaemb.core.eval.trials import read_trials

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import expect_error
+from faults_helpers import expect_error
 
 
 def test_nan_embeddings_are_never_written(tmp_path, faces, face_run, capsys):

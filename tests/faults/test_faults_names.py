@@ -14,8 +14,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
-from conftest import expect_error
-from test_faults_data import png16
+from faults_helpers import expect_error, png16
 
 from metaemb.core.eval.trials import read_scores, read_trials
 

@@ -10,7 +10,7 @@ import os
 import tempfile
 
 import pytest
-from conftest import expect_error
+from faults_helpers import expect_error
 
 from metaemb.core.errors import OutputError
 from metaemb.core.paths import ensure_writable, ensure_writable_dir

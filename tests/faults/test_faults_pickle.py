@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import expect_error
+from faults_helpers import expect_error
 
 from metaemb.core.deploy.gallery import Gallery, GalleryError
 from metaemb.core.errors import MetaembError
