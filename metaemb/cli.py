@@ -282,9 +282,11 @@ def demo_data(
 ) -> None:
     """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""
     from metaemb.core.config import parse_set
+    from metaemb.core.paths import ensure_writable_dir
     from metaemb.core.plugin.components import build, validate_options
     from metaemb.core.plugin.manager import registry
 
+    ensure_writable_dir(out, "demo data folder")
     name = registry("modalities").get(modality).demo_data
     if not name:
         from metaemb.core.errors import ConfigError

@@ -166,4 +166,5 @@ def test_embed_identify_trials_export_enroll_check_outputs_first(
         "results file",
         "is a file",
     )
+    expect_error(["demo-data", "--out", blocked], capsys, "demo data folder", "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
