@@ -19,20 +19,13 @@ from metaemb.core.eval.triplets import read_triplets
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
-    base = tmp_path_factory.mktemp("measures")
-    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
-    other = base / "other"
+def setup(tiny_face_run, tmp_path_factory) -> tuple[Path, Path, Path]:
+    data, run = tiny_face_run
+    other = tmp_path_factory.mktemp("measures") / "other"
     for d in sorted(p for p in data.iterdir() if p.is_dir())[:6]:  # six identities, new names
         (other / f"new-{d.name}").mkdir(parents=True)
         for f in sorted(d.iterdir()):
             (other / f"new-{d.name}" / f.name).write_bytes(f.read_bytes())
-    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
-    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "features.image_size=32",
-              "eval.max_targets=500", "eval.nontargets=60", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
-        args += ["--set", s]
-    assert helpers.run_cli(args)[0] == 0
-    [run] = list((base / "runs" / "face").iterdir())
     return data, other, run
 
 

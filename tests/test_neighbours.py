@@ -18,17 +18,8 @@ from metaemb.core.eval.retrieval import Collection, nearest
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("nb")
-    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
-    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
-    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "features.image_size=32",
-              "eval.max_targets=30", "eval.nontargets=30", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
-        args += ["--set", s]
-    code, _, _ = helpers.run_cli(args)
-    assert code == 0
-    [run] = list((base / "runs" / "face").iterdir())
-    return data, run
+def trained(tiny_face_run) -> tuple[Path, Path]:
+    return tiny_face_run
 
 
 def test_embed_files_match_folder_rows(trained, tmp_path):

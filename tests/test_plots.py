@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from metaemb.core.eval import plots  # noqa: E402
+from metaemb.core.eval import plots
 
 
 def assert_png(path: Path) -> None:
@@ -25,16 +25,8 @@ def assert_png(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("plots")
-    data = helpers.demo_faces(base / "faces", identities=10, images_per_identity=4, image_size=32)
-    args = ["train", "--data", data, "--runs", base / "runs", "--workers", "0"]
-    for s in ("train.epochs=2", "train.batch_size=16", "model.dim=16", "features.image_size=32",
-              "eval.max_targets=30", "eval.nontargets=30", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
-        args += ["--set", s]
-    assert helpers.run_cli(args)[0] == 0
-    [run_dir] = list((base / "runs" / "face").iterdir())
-    return data, run_dir
+def run(tiny_face_run) -> tuple[Path, Path]:
+    return tiny_face_run
 
 
 @pytest.fixture()
@@ -109,8 +101,9 @@ def test_unknown_highlight_is_a_clear_error(run, tmp_path, capsys):
 def test_train_without_matplotlib_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    from metaemb.commands.plot import after_training
     from rich.console import Console
+
+    from metaemb.commands.plot import after_training
 
     (tmp_path / "metrics.jsonl").write_text(
         json.dumps({"epoch": 1, "loss": 1.0, "eer": 0.3}) + "\n"
