@@ -31,7 +31,7 @@ def test_runs_lists_trained_runs_and_train_log(tmp_path, capsys):
     assert code == 0, err
     listed = {r["name"]: r for r in json.loads(text)}
     assert set(listed) == {"alpha", "beta"}
-    for name, r in listed.items():
+    for r in listed.values():
         run_dir = Path(r["path"])
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert r["epochs_done"] == len(records) == r["epochs"]
