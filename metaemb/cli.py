@@ -99,6 +99,9 @@ def train(
     on_bad_sample: Annotated[
         str | None, typer.Option(help="error (default) or skip: skipped files go to skipped.txt")
     ] = None,
+    tensorboard: Annotated[
+        bool, typer.Option(help="log to RUN/tensorboard (= --set train.tensorboard=true)")
+    ] = False,
 ) -> None:
     """Train an embedding network (resumes the run with the same configuration)."""
     from metaemb.core.config import resolve
@@ -111,6 +114,8 @@ def train(
         sets.append(f"data.root={json.dumps(str(data))}")
     if on_bad_sample is not None:
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
+    if tensorboard:
+        sets.append("train.tensorboard=true")
     cfg = resolve(modality, config, sets)
     from metaemb.core.runs import earlier_equivalent_run, run_dir
 
