@@ -111,3 +111,28 @@ def test_match_without_triplets_is_a_clear_error(setup, capsys):
     _, _, run = setup
     code, _, err = helpers.run_cli(["evaluate", run, "--measure", "match"], capsys)
     assert code == 2 and "trials make DATA --triplets N" in " ".join(err.split())
+
+
+def test_triplets_follow_the_vggface2_split(tmp_path, capsys):
+    from PIL import Image
+
+    base = tmp_path / "vggface2"
+    lists = {"train": range(1, 7), "test": range(7, 11)}
+    for split, ids in lists.items():
+        listed = [f"n{i:06d}/{j:04d}_01.jpg" for i in ids for j in range(1, 4)]
+        for rel in listed:
+            (base / split / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(base / split / rel)
+        (base / f"{split}_list.txt").write_text("\n".join(listed) + "\n")
+    out = tmp_path / "t.txt"
+    args = ["trials", "make", base, "--folder", "vggface2", "--folder-set", "split=train",
+            "--triplets", "40", "--out", out]  # fmt: skip
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    triplets = read_triplets(out)
+    used = {p.split("/")[0] for t in triplets for p in (t.anchor, t.positive, t.negative)}
+    assert len(triplets) == 40 and used <= {f"n{i:06d}" for i in lists["train"]}
+    assert json.loads(text)["identities"] == len(used)
+    args[args.index("split=train")] = "split=nope"
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 2 and "split must be 'train' or 'test'" in err
