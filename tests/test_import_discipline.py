@@ -147,6 +147,19 @@ def test_require_names_the_extra_in_one_line(monkeypatch):
             require(module, "x")
 
 
+def test_every_extra_of_pyproject_is_known_to_the_helper():
+    """doctor reports each extra, and require() can name it: OPTIONAL covers pyproject's extras."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    extras = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert set(extras) - {"test"} == {extra for extra, _ in OPTIONAL.values()}
+
+
 # -- dynamic ---------------------------------------------------------------------------------
 def cli(tmp: Path, *commands: list[str], blocked=NOT_ON_MAIN_PATH) -> list[dict]:
     """Run metaemb commands in one subprocess that cannot import `blocked` → per-command results."""

@@ -23,6 +23,9 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "faiss": ("search", "faiss-cpu"),
     "silero_vad": ("vad", "silero-vad"),
     "av": ("audio-formats", "av"),
+    "sklearn": ("tsne", "scikit-learn"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "h5py": ("hdf5", "h5py"),
 }
 
 # data-only packages located with find_spec (importing them pulls in pkg_resources)
