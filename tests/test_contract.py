@@ -74,8 +74,7 @@ class MatrixPlugin:
                 description="precomputed feature matrices",
                 sample_folder="npy-test",
                 backbone="matrixnet",
-                defaults={"train.epochs": 1},
-                options={"features": {"none": {"channels": 40}}},
+                defaults={"train.epochs": 1},  # features.channels comes from the folder's kind
             ),
         )
 
@@ -143,10 +142,10 @@ def test_modality_backbone_options_do_not_leak_into_another_backbone(plugin):
             "model.frontend=none",
             "model.features=none",
             "model.backbone=matrixnet",
-            "features.channels=40",
         ],
     )
     assert cfg.options("backbone") == {}  # the x-vector's channels=256 stays with the x-vector
+    assert cfg.options("features") == {"channels": 40}  # from the folder's feature-matrix kind
     assert build("backbones", "matrixnet", cfg.options("backbone"), in_channels=40).channels == 64
     assert resolve("speaker").options("backbone")["channels"] == 256  # still the x-vector's
     ecapa = resolve("speaker", sets=["model.backbone=ecapa512"])

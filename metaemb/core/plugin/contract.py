@@ -297,7 +297,8 @@ def agree(config: Config) -> list[str]:
                 table = config.components.setdefault(link.section, {})
                 for a in link.accepts:
                     for g in given:
-                        for key, src in a.sources if g.name == a.name else ():
+                        same = g.name == a.name or a.name == ANY.name
+                        for key, src in a.sources if same else ():
                             value = g.param(key)
                             if value is None or value == a.param(key) or _has(table, src):
                                 continue

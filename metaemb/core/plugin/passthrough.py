@@ -14,15 +14,18 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.plugin.contract import ANY, SAME, expect_tensor
+from metaemb.core.plugin.contract import ANY, SAME, Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Features
 
 
 class IdentityFeatures(Features):
     """Samples are the network input as they are; `channels` is their leading width
-    (what backbones get as in_channels, e.g. 40 for [40, T] feature matrices)."""
+    (what backbones get as in_channels, e.g. 40 for [40, T] feature matrices), taken from the
+    folder's declared kind when it gives one."""
 
-    accepts = ANY
+    # Any kind; a `channels` parameter of what comes in (e.g. feature-matrix(channels=40))
+    # becomes this option unless the config sets it (contract.agree).
+    accepts = Kind(ANY.name, channels=Opt("channels"))
     yields = SAME
 
     def __init__(self, channels: int = 1) -> None:
