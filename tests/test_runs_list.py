@@ -18,19 +18,16 @@ def train(data: Path, runs: Path, *sets: str) -> None:
     assert helpers.run_cli(args)[0] == 0
 
 
-def test_runs_lists_trained_runs_and_train_log(tmp_path, capsys):
-    data = helpers.demo_faces(
-        tmp_path / "faces", identities=10, images_per_identity=4, image_size=32
-    )
-    runs = tmp_path / "runs"
-    train(data, runs, "train.epochs=2", "name=alpha")
+def test_runs_lists_trained_runs_and_train_log(tiny_face_run, capsys):
+    data, first = tiny_face_run  # the shared 2-epoch softmax run (name "run"), and one more:
+    runs = first.parent.parent
     train(data, runs, "train.epochs=1", "name=beta", "model.head=gme", "train.objective=gme-bxe",
           "model.dim=4")  # fmt: skip
     capsys.readouterr()
     code, text, err = helpers.run_cli(["runs", runs, "--json"], capsys)
     assert code == 0, err
     listed = {r["name"]: r for r in json.loads(text)}
-    assert set(listed) == {"alpha", "beta"}
+    assert set(listed) == {"run", "beta"}
     for r in listed.values():
         run_dir = Path(r["path"])
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -45,9 +42,9 @@ def test_runs_lists_trained_runs_and_train_log(tmp_path, capsys):
         for rec in records:
             assert f"epoch {rec['epoch']}: loss {rec['loss']:.4f}" in log
     assert "gme(4), gme-bxe" in listed["beta"]["components"]
-    assert "linear(16), softmax" in listed["alpha"]["components"]
+    assert "linear(16), softmax" in listed["run"]["components"]
     code, text, _ = helpers.run_cli(["runs", runs], capsys)
-    assert code == 0 and "alpha" in text and "beta" in text and "2/2" in text
+    assert code == 0 and "beta" in text and "2/2" in text and "1/1" in text
 
 
 def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
