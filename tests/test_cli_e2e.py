@@ -119,8 +119,8 @@ def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypa
                 raise KeyboardInterrupt
 
     class Interrupted(engine.Trainer):  # the CLI builds this Trainer, with the callback
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, callbacks=[DiesInEpoch2()], **kwargs)
+        def __init__(self, *args, callbacks=(), **kwargs):
+            super().__init__(*args, callbacks=[*callbacks, DiesInEpoch2()], **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(engine, "Trainer", Interrupted)
