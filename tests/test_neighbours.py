@@ -114,3 +114,18 @@ def test_neighbours_refuses_a_probe_from_another_model(trained, tmp_path, capsys
     probe = sorted(data.glob("*/*.png"))[0]
     code, _, err = helpers.run_cli(["neighbours", fake, probe, "--backend", "exact"], capsys)
     assert code == 2 and "not the model that embedded" in err
+
+
+@pytest.mark.parametrize("command", ["neighbours", "plot", "lr-find", "landmarks"])
+def test_unusable_output_is_refused_before_any_work(tmp_path, capsys, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "out.json"  # a file stands where a folder must be
+    args = {
+        "neighbours": ["neighbours", tmp_path / "missing.pt", "--out", out],
+        "plot": ["plot", tmp_path, "--out", out],
+        "lr-find": ["lr-find", "--out", blocker / "lr.png"],
+        "landmarks": ["landmarks", tmp_path, "--out", blocker / "lm.csv"],
+    }[command]
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 2 and "is a file, not a folder" in " ".join(err.split()), err

@@ -30,9 +30,12 @@ def lr_find(
     against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""
     from metaemb.core.config import resolve
     from metaemb.core.eval.report import PlotsUnavailable
+    from metaemb.core.paths import ensure_writable
     from metaemb.core.runs import atomic_write_text
     from metaemb.core.train.lr_find import lr_find_figure, lr_range_test
 
+    ensure_writable(out, "plot")  # before the sweep
+    ensure_writable(out.with_suffix(".json"), "results file")
     sets = list(set_ or [])
     if data is not None:
         sets.append(f"data.root={json.dumps(str(data))}")

@@ -109,8 +109,11 @@ def neighbours(
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
+    from metaemb.core.paths import ensure_writable
     from metaemb.core.runs import atomic_write_text
 
+    if out is not None:
+        ensure_writable(out, "results file")  # before any embedding
     if probe:
         result = find_neighbours(collection, probe, k, run, backend, scorer, device, workers)
         for entry in result["probes"]:

@@ -31,7 +31,9 @@ def plot(
     """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
     identity and the leave-one-out CMC curve."""
     from metaemb.core.eval.plots import plot_run
+    from metaemb.core.paths import ensure_writable_dir
 
+    ensure_writable_dir(out or run / "plots", "plots folder")
     for path in plot_run(run, embeddings, highlight or [], method, out, device, workers):
         console.print(f"plot: {path}", markup=False, soft_wrap=True)
 

@@ -176,6 +176,11 @@ def run_measure(
             "--measure match needs a triplet list: --trials FILE (write one with "
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
+    from metaemb.core.paths import ensure_writable_dir
+
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    out = out or run_dir / f"eval-{measure}"
+    ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
     if measure == "match":
@@ -186,8 +191,6 @@ def run_measure(
                                loaded.config.train.seed)  # fmt: skip
         key = "class_accuracy"
     result["scorer"] = scorer or loaded.config.eval.scorer
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    out = out or run_dir / f"eval-{measure}"
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
     table = Table(title=f"{measure} on {escape(result['source'])}")
     table.add_column("metric")
