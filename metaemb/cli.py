@@ -243,7 +243,8 @@ def evaluate(
         from metaemb.core.eval.measures import run_measure
 
         run_measure(run, measure, data=data, trials=trials, scorer=scorer, enroll=enroll_samples,
-                    out=out, device=device, workers=workers, console=console)  # fmt: skip
+                    out=out, device=device, workers=workers, console=console,
+                    preloaded=preloaded)  # fmt: skip
         return
     evaluation = Evaluation(
         run,

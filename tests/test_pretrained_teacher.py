@@ -91,3 +91,25 @@ def test_a_backbone_without_weights_is_not_a_teacher(tmp_path, capsys):
     code, _, err = helpers.run_cli(["evaluate", "--reference", "resnet18", "--data", tmp_path],
                                    capsys)  # fmt: skip
     assert code == 2 and "pretrained backbone" in " ".join(err.split())
+
+
+def test_reference_class_measure_equals_dlib_brute_force(tmp_path, capsys):
+    data = helpers.demo_faces(tmp_path / "f", identities=3, images_per_identity=2, image_size=64)
+    out = tmp_path / "cls"
+    args = ["evaluate", "--reference", "dlib-resnet", "--data", data, "--measure", "class",
+            "--out", out, "--workers", "0"]  # fmt: skip
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["identities"] == 3 and got["probes"] == 3
+    enrolled = {k: v[0] for k, v in got["enrolled"].items()}
+    models = {k: dlib_descriptor(data / p) for k, p in enrolled.items()}
+    hits = []
+    for f in sorted(data.glob("*/*.png")):
+        rel = f.relative_to(data).as_posix()
+        if rel in enrolled.values():
+            continue
+        x = dlib_descriptor(f)
+        cos = {k: x @ m / np.linalg.norm(x) / np.linalg.norm(m) for k, m in models.items()}
+        hits.append(max(cos, key=cos.get) == f.parent.name)
+    assert got["class_accuracy"] == pytest.approx(np.mean(hits))

@@ -163,8 +163,10 @@ def run_measure(
     device: str = "auto",
     workers: int = 2,
     console: Console | None = None,
+    preloaded: Any = None,
 ) -> dict[str, Any]:
-    """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json."""
+    """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json
+    (`preloaded`: a model already loaded, e.g. a pretrained reference)."""
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.runs import atomic_write_text
 
@@ -181,7 +183,7 @@ def run_measure(
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     out = out or run_dir / f"eval-{measure}"
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
-    loaded = load_run(run, device, data=data, with_data=True)
+    loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
     if measure == "match":
         result = match_measure(loaded, trials, sc, workers)  # type: ignore[arg-type]
