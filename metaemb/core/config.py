@@ -322,7 +322,7 @@ def resolve(
     check_values(cfg)
     from metaemb.core.train.augment import resolve_options
 
-    augment_opts = resolve_options(cfg.train.augment, augment)
+    augment_opts = resolve_options(cfg.train.augment, augment, cfg.model.features)
     if augment_opts:
         cfg.components["augment"] = augment_opts
     # Component options: the modality's options for the chosen component, then the user's.
