@@ -202,7 +202,7 @@ def test_without_matplotlib_evaluation_works_and_says_how_to_get_plots(
 
 def _split_lists(data: Path, tmp_path: Path) -> tuple[Path, Path]:
     """VoxCeleb lists over two disjoint halves of the identities: calibration and evaluation."""
-    from metaemb.core.eval.trials import make_trials
+    from metaemb.core.eval.trial_generation import make_trials
     from metaemb.plugins.vision.folder import ImageFolder
 
     folder = ImageFolder(data)
@@ -322,7 +322,7 @@ def test_demo_face_model_is_calibrated_to_within_005_bits_on_held_out_identities
     2 CPU cores): calibrate on half of the held-out identities, evaluate on the other half."""
     from metaemb.core.config import resolve
     from metaemb.core.data.pipeline import data_root
-    from metaemb.core.eval.trials import make_trials
+    from metaemb.core.eval.trial_generation import make_trials
     from metaemb.core.plugin.components import build
 
     monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))

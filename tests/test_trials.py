@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from metaemb.core.errors import DataError
+from metaemb.core.eval import trial_generation as tg
 from metaemb.core.eval import trials as tr
 from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision import lfw as lfw_format
@@ -186,7 +187,7 @@ def test_vggface2_list_and_agedb_names(tmp_path):
 
 def test_make_trials_all_targets_exact_and_deterministic():
     f = folder({"a": 4, "b": 1, "c": 3, "d": 2})
-    got = tr.make_trials(f, n_nontarget=20, seed=3)
+    got = tg.make_trials(f, n_nontarget=20, seed=3)
     tar = [t for t in got if t.label == 1]
     by_id = {}
     for s in f.samples:
@@ -197,28 +198,28 @@ def test_make_trials_all_targets_exact_and_deterministic():
     assert len(non) == 20
     assert all(t.enroll[0].split("/")[0] != t.test.split("/")[0] for t in non)
     assert len({frozenset((t.enroll[0], t.test)) for t in non}) == 20  # distinct pairs
-    assert got == tr.make_trials(f, n_nontarget=20, seed=3)
-    assert got != tr.make_trials(f, n_nontarget=20, seed=4)
+    assert got == tg.make_trials(f, n_nontarget=20, seed=3)
+    assert got != tg.make_trials(f, n_nontarget=20, seed=4)
 
 
 def test_make_trials_sampled_and_dense_nontargets():
     f = folder({f"id{i}": 5 for i in range(6)})
-    got = tr.make_trials(f, n_target=7, seed=0)
+    got = tg.make_trials(f, n_target=7, seed=0)
     assert sum(t.label == 1 for t in got) == 7 and sum(t.label == 0 for t in got) == 7
     total_non = (30 * 30 - 6 * 25) // 2
-    every = tr.make_trials(f, n_target=1, n_nontarget=10**6, seed=0)
+    every = tg.make_trials(f, n_target=1, n_nontarget=10**6, seed=0)
     assert sum(t.label == 0 for t in every) == total_non  # all that exist, each once
 
 
 def test_pair_decoding_covers_every_pair_once():
     for n in (2, 3, 7, 40):
-        pairs = [tr._pair_of(r, n) for r in range(n * (n - 1) // 2)]
+        pairs = [tg._pair_of(r, n) for r in range(n * (n - 1) // 2)]
         assert pairs == list(combinations(range(n), 2))
 
 
 def test_make_trials_multi_sample_enrollment():
     f = folder({"a": 4, "b": 2, "c": 3})
-    got = tr.make_trials(f, n_nontarget=10, enroll_samples=2, seed=1)
+    got = tg.make_trials(f, n_nontarget=10, enroll_samples=2, seed=1)
     tar = [t for t in got if t.label == 1]
     # one trial per test sample of identities with > 2 samples: a (4) + c (3)
     assert len(tar) == 7
@@ -231,9 +232,9 @@ def test_make_trials_multi_sample_enrollment():
 
 def test_make_trials_errors():
     with pytest.raises(DataError, match="at least two"):
-        tr.make_trials(folder({"a": 5}))
+        tg.make_trials(folder({"a": 5}))
     with pytest.raises(DataError, match="no identity has more than 1"):
-        tr.make_trials(folder({"a": 1, "b": 1}))
+        tg.make_trials(folder({"a": 1, "b": 1}))
 
 
 def test_coverage_counts():
@@ -243,7 +244,7 @@ def test_coverage_counts():
         Trial(("c/1",), "b/2", 0),
         Trial(("c/1",), "c/9"),
     ]
-    cov = tr.coverage(trials)
+    cov = tg.coverage(trials)
     assert cov["trials"] == 4 and (cov["target"], cov["nontarget"], cov["unlabelled"]) == (1, 2, 1)
     assert cov["identities"] == 3 and cov["samples"] == 7 and cov["identities_with_targets"] == 1
     assert cov["samples_per_identity"] == {"min": 2, "median": 2.0, "mean": 7 / 3, "max": 3}

@@ -52,7 +52,8 @@ def make(
 ) -> None:
     """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""
     from metaemb.core.errors import MetaembError
-    from metaemb.core.eval.trials import check_listable, coverage, make_trials, write_trials
+    from metaemb.core.eval.trial_generation import coverage, make_trials
+    from metaemb.core.eval.trials import check_listable, write_trials
     from metaemb.core.paths import ensure_writable
     from metaemb.core.plugin.components import build
 
@@ -88,7 +89,8 @@ def coverage_cmd(
     format: Annotated[str, typer.Option(help="auto, voxceleb, kaldi or lfw")] = "auto",
 ) -> None:
     """How many trials, identities and samples a trial list touches (identity = first folder)."""
-    from metaemb.core.eval.trials import coverage, read_trials
+    from metaemb.core.eval.trial_generation import coverage
+    from metaemb.core.eval.trials import read_trials
     from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
     if format == "auto" and is_triplet_list(trials):

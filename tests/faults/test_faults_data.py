@@ -17,7 +17,7 @@ from PIL import Image
 
 from metaemb.core.data.dataset import Bad, PreparedDataset
 from metaemb.core.errors import DataError
-from metaemb.core.eval.trials import make_trials
+from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.plugin.interfaces import IdentityFrontend
 from metaemb.plugins.audio.folder import AudioFolder
 from metaemb.plugins.audio.io import read_audio

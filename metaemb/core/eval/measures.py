@@ -43,7 +43,7 @@ def is_other_folder(loaded: Any, data: Path | None) -> bool:
 
 def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
     """Seeded trials over all identities of the (other) data folder → (trials, source)."""
-    from metaemb.core.eval.trials import make_trials
+    from metaemb.core.eval.trial_generation import make_trials
 
     cfg = loaded.config
     folder = loaded.parts.folder

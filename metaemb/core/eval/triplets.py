@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from metaemb.core.errors import DataError
-from metaemb.core.eval.trials import KALDI_LABELS, coverage, first_component, safe_path
+from metaemb.core.eval.trial_generation import coverage, first_component
+from metaemb.core.eval.trials import KALDI_LABELS, safe_path
 from metaemb.core.plugin.interfaces import Trial
 
 HEADER = "# triplets: anchor positive negative"

@@ -20,7 +20,7 @@ from torch import Tensor
 from metaemb.core.config import Config
 from metaemb.core.errors import DataError
 from metaemb.core.eval import metrics
-from metaemb.core.eval.trials import make_trials
+from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.runs import atomic_write_text, read_json
 

@@ -192,7 +192,7 @@ def _link_tree(src: Path, dest: Path) -> None:
 def _eer_on(model: Any, dataset: Any, folder: Any, config: Any, device: Any) -> dict[str, float]:
     """EER (and the rest of the validation report) of `model` on seeded trials over `folder`."""
     from metaemb.core.data.embed import extract
-    from metaemb.core.eval.trials import make_trials
+    from metaemb.core.eval.trial_generation import make_trials
     from metaemb.core.plugin.components import build
     from metaemb.core.train import validation
 

@@ -1,0 +1,169 @@
+"""Seeded trial lists over a sample folder, and how much of a dataset a trial list covers.
+
+Used by the engine's validation, `metaemb trials make|coverage`, `evaluate --measure` and the
+warm start's forgetting measurement; the text formats live in core/eval/trials.py.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from metaemb.core.errors import DataError
+from metaemb.core.plugin.interfaces import Trial
+
+
+def make_trials(
+    folder: Any,
+    n_target: int | None = None,
+    n_nontarget: int | None = None,
+    enroll_samples: int = 1,
+    seed: int = 0,
+) -> list[Trial]:
+    """Seeded trials over `folder.samples` (Sample(path, identity, label)); same input, same list.
+
+    Targets: with one enrollment sample, every unordered pair of samples of one identity; with
+    k > 1, each sample of an identity that has more than k is tested against k other samples of
+    its identity. `n_target` samples that many (all when None or when fewer exist). Non-targets:
+    `n_nontarget` distinct (enrollment, test) pairs of different identities (default: as many as
+    targets; all when fewer exist). Targets come first, each part in sample order.
+    """
+    k = int(enroll_samples)
+    if k < 1:
+        raise DataError(f"enroll_samples must be ≥ 1, got {k}.")
+    rng = np.random.default_rng(seed)
+    paths = [s.path for s in folder.samples]
+    ids = [s.identity for s in folder.samples]
+    groups: dict[str, list[int]] = {}
+    for i, ident in enumerate(ids):
+        groups.setdefault(ident, []).append(i)
+    where = f"data folder '{getattr(folder, 'root', '?')}'"
+    if len(groups) < 2:
+        raise DataError(f"{where} has {len(groups)} identities; trials need at least two.")
+    members = [g for g in groups.values() if len(g) > k]
+    if not members:
+        raise DataError(f"{where}: no identity has more than {k} samples, so no target trials.")
+    targets = _targets(members, k, n_target, rng)
+    n_non = len(targets) if n_nontarget is None else int(n_nontarget)
+    nontargets = _nontargets(groups, ids, k, n_non, rng)
+    return [Trial(tuple(paths[e] for e in enr), paths[t], 1) for enr, t in targets] + [
+        Trial(tuple(paths[e] for e in enr), paths[t], 0) for enr, t in nontargets
+    ]
+
+
+def _targets(members, k, n_target, rng) -> list[tuple[tuple[int, ...], int]]:
+    if k == 1:
+        # pairs (i < j) per identity, indexed globally without enumerating them all
+        sizes = np.array([len(g) for g in members], dtype=np.int64)
+        counts = sizes * (sizes - 1) // 2
+        total = int(counts.sum())
+        chosen = (
+            np.arange(total)
+            if n_target is None or n_target >= total
+            else np.sort(rng.choice(total, size=int(n_target), replace=False))
+        )
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        owner = np.searchsorted(offsets, chosen, side="right") - 1
+        out = []
+        for g, r in zip(owner.tolist(), (chosen - offsets[owner]).tolist(), strict=True):
+            a, b = _pair_of(r, len(members[g]))
+            out.append(((members[g][a],), members[g][b]))
+        return out
+    cands = []
+    for g in members:
+        for pos, test in enumerate(g):
+            others = g[:pos] + g[pos + 1 :]
+            pick = np.sort(rng.choice(len(others), size=k, replace=False))
+            cands.append((tuple(others[p] for p in pick.tolist()), test))
+    if n_target is not None and n_target < len(cands):
+        keep = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
+        cands = [cands[i] for i in keep.tolist()]
+    return cands
+
+
+def _pair_of(r: int, n: int) -> tuple[int, int]:
+    """The r-th pair (a < b) of range(n) in row-major order; row a starts at a(2n−1−a)/2."""
+    m = 2 * n - 1
+    a = (m - math.isqrt(m * m - 8 * r)) // 2
+    while a > 0 and a * (m - a) // 2 > r:
+        a -= 1
+    while (a + 1) * (m - a - 1) // 2 <= r:
+        a += 1
+    return a, a + 1 + r - a * (m - a) // 2
+
+
+def _nontargets(groups, ids, k, wanted, rng) -> list[tuple[tuple[int, ...], int]]:
+    enrollable = [g for g in groups.values() if len(g) >= k]
+    n = len(ids)
+    if k == 1:
+        possible = (n * n - sum(len(g) ** 2 for g in groups.values())) // 2
+    else:  # bounded by #identities able to enroll × #test samples of other identities
+        possible = sum(math.comb(len(g), k) * (n - len(g)) for g in enrollable)
+    wanted = min(wanted, possible)
+    if k == 1 and 2 * wanted >= possible:  # dense: enumerate every pair, then sample
+        lab = np.unique(np.asarray(ids), return_inverse=True)[1]
+        a, b = np.triu_indices(n, 1)
+        cross = lab[a] != lab[b]
+        a, b = a[cross], b[cross]
+        keep = np.sort(rng.choice(a.size, size=wanted, replace=False))
+        return [((int(x),), int(y)) for x, y in zip(a[keep], b[keep], strict=True)]
+    owner = ids
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    out: list[tuple[tuple[int, ...], int]] = []
+    while len(out) < wanted:
+        need = wanted - len(out)
+        for _ in range(2 * need + 16):
+            g = enrollable[int(rng.integers(len(enrollable)))]
+            enr = tuple(sorted(g[i] for i in rng.choice(len(g), size=k, replace=False).tolist()))
+            test = int(rng.integers(n))
+            if owner[test] == owner[enr[0]]:
+                continue
+            key = (enr, test) if k > 1 else (tuple(sorted((enr[0], test))), -1)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((enr, test))
+            if len(out) == wanted:
+                break
+    return sorted(out, key=lambda p: (p[0], p[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# coverage
+
+
+def first_component(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def coverage(
+    trials: Sequence[Trial], identity: Callable[[str], str] = first_component
+) -> dict[str, Any]:
+    """How much of a dataset a trial list touches: trial counts, distinct identities and
+    samples, and the distribution of distinct samples per identity."""
+    samples = {p for t in trials for p in (*t.enroll, t.test)}
+    per_id: dict[str, int] = {}
+    for p in samples:
+        per_id[identity(p)] = per_id.get(identity(p), 0) + 1
+    counts = sorted(per_id.values())
+    target_ids = {identity(p) for t in trials if t.label == 1 for p in (*t.enroll, t.test)}
+    return {
+        "trials": len(trials),
+        "target": sum(1 for t in trials if t.label == 1),
+        "nontarget": sum(1 for t in trials if t.label == 0),
+        "unlabelled": sum(1 for t in trials if t.label is None),
+        "identities": len(per_id),
+        "identities_with_targets": len(target_ids),
+        "samples": len(samples),
+        "enroll_samples_max": max((len(t.enroll) for t in trials), default=0),
+        "samples_per_identity": {
+            "min": counts[0] if counts else 0,
+            "median": float(statistics.median(counts)) if counts else 0.0,
+            "mean": float(statistics.fmean(counts)) if counts else 0.0,
+            "max": counts[-1] if counts else 0,
+        },
+    }
