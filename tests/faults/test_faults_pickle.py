@@ -1,5 +1,5 @@
-"""Fault catalogue, malicious pickles: a checkpoint, a distillation teacher or a gallery whose
-pickle would run code when unpickled is refused (everything is read with
+"""Fault catalogue, malicious pickles: a checkpoint, a distillation teacher, a gallery or an
+embeddings file whose pickle would run code when unpickled is refused (everything is read with
 `torch.load(weights_only=True)`), and the code never runs."""
 
 from __future__ import annotations
@@ -58,4 +58,15 @@ def test_malicious_files_are_refused_by_every_command(evil, faces, face_run, tmp
         capsys,
         str(path),
     )  # fmt: skip
+    assert not marker.exists()
+
+
+def test_malicious_embeddings_file_is_refused_in_one_line(evil):
+    """`metaemb neighbours` reads an embeddings file: the same one-line refusal as a checkpoint."""
+    from metaemb.core.eval.retrieval import Collection
+
+    path, marker = evil
+    with pytest.raises(MetaembError) as err:
+        Collection.load(path)
+    assert "pickled Python object" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()

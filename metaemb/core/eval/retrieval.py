@@ -66,8 +66,10 @@ class Collection:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
+            from metaemb.core.runs import load_error_reason
+
             raise DataError(
-                f"'{path}' cannot be read as an embeddings file ({type(exc).__name__}: {exc})."
+                f"'{path}' cannot be read as an embeddings file ({load_error_reason(exc)})."
             ) from None
         if not isinstance(d, dict) or "paths" not in d or not ("embeddings" in d or "a" in d):
             raise DataError(f"'{path}' is not an embeddings file written by `metaemb embed`.")
