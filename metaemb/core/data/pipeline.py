@@ -59,6 +59,17 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     return out
 
 
+def build_frontend(config: Config, root: Path) -> Any:
+    """The config's frontend for the data under `root`, caching in the config's cache folder."""
+    return build(
+        "frontends",
+        config.model.frontend,
+        config.options("frontend"),
+        root=root,
+        cache_dir=cache_dir(config),
+    )
+
+
 @dataclass
 class Components:
     """Everything built from a Config: data, pipeline and network (what evaluate also needs)."""
@@ -73,13 +84,7 @@ class Components:
     @classmethod
     def build(cls, config: Config, root: Path) -> Components:
         folder = build("sample_folders", config.data.folder, config.options("folder"), root=root)
-        frontend = build(
-            "frontends",
-            config.model.frontend,
-            config.options("frontend"),
-            root=root,
-            cache_dir=cache_dir(config),
-        )
+        frontend = build_frontend(config, root)
         model = build_model(config)
         return cls(config, root, folder, frontend, model.features, model)
 

@@ -29,7 +29,7 @@ def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
 
 def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") -> Any:
     """A loaded run whose data pipeline holds exactly `files` (root: their common grandparent)."""
-    from metaemb.core.data.pipeline import Components, cache_dir
+    from metaemb.core.data.pipeline import Components, build_frontend
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
@@ -61,13 +61,7 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
             f"sample folder '{cfg.data.folder}' cannot read loose files; put them in an "
             "<identity>/<sample> folder and embed the folder."
         ) from None
-    frontend = build(
-        "frontends",
-        cfg.model.frontend,
-        cfg.options("frontend"),
-        root=root,
-        cache_dir=cache_dir(cfg),
-    )
+    frontend = build_frontend(cfg, root)
     loaded.data = Components(cfg, root, folder, frontend, loaded.model.features, loaded.model)
     return loaded
 
