@@ -8,27 +8,23 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision import models
 
-from metaemb.core.errors import ConfigError
-from metaemb.core.plugin.contract import Kind
-from metaemb.core.plugin.interfaces import Backbone
-from metaemb.plugins.vision.backbones.resnet import load_pretrained
+from metaemb.plugins.vision.backbones.resnet import TorchvisionBackbone
 
 
-class MobileNetV3Backbone(Backbone):
+class MobileNetV3Backbone(TorchvisionBackbone):
     """A torchvision MobileNetV3 without its classifier: [N, C, H, W] → pooled features [N, F]."""
 
     arch: ClassVar[str] = "mobilenet_v3_small"
-    accepts = Kind("image-tensor")
+    stem_key: ClassVar[str] = "features.0.0.weight"
 
     def __init__(
         self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ConfigError(f"backbone {self.arch}: in_channels must be ≥ 1, got {in_channels}.")
+        self._check_channels(in_channels)
         net = getattr(models, self.arch)(weights=None)
         stem: nn.Conv2d = net.features[0][0]
         self.feature_dim = net.classifier[0].in_features
@@ -39,18 +35,7 @@ class MobileNetV3Backbone(Backbone):
             net.features[0][0] = stem = new
         if small_input:
             stem.stride = (1, 1)
-        self.in_channels = in_channels
-        self.small_input = small_input
-        self.net = net
-        self.reinitialised = (
-            load_pretrained(net, pretrained, self.arch, "features.0.0.weight") if pretrained else []
-        )
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.net(x)
-
-    def trunk(self) -> nn.Module:
-        return self.net
+        self._keep(net, in_channels, small_input, pretrained)
 
 
 class MobileNetV3Small(MobileNetV3Backbone):

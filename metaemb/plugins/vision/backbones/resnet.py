@@ -106,18 +106,44 @@ def load_pretrained(net: nn.Module, pretrained: str, arch: str, stem_key: str) -
     return skipped
 
 
-class ResNetBackbone(Backbone):
+class TorchvisionBackbone(Backbone):
+    """What the torchvision backbones share: the input kind, the in_channels check, keeping the
+    trunk `net` and loading local pretrained weights into it (`stem_key`: the stem conv weight)."""
+
+    arch: ClassVar[str]
+    stem_key: ClassVar[str]
+    accepts = Kind("image-tensor")
+
+    def _check_channels(self, in_channels: int) -> None:
+        if in_channels < 1:
+            raise ConfigError(f"backbone {self.arch}: in_channels must be ≥ 1, got {in_channels}.")
+
+    def _keep(self, net: nn.Module, in_channels: int, small_input: bool, pretrained: str) -> None:
+        self.in_channels = in_channels
+        self.small_input = small_input
+        self.net = net
+        self.reinitialised = (
+            load_pretrained(net, pretrained, self.arch, self.stem_key) if pretrained else []
+        )
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+    def trunk(self) -> nn.Module:
+        return self.net
+
+
+class ResNetBackbone(TorchvisionBackbone):
     """A torchvision ResNet without `fc`: image batch [N, C, H, W] → pooled features [N, F]."""
 
     arch: ClassVar[str] = "resnet18"
-    accepts = Kind("image-tensor")
+    stem_key: ClassVar[str] = "conv1.weight"
 
     def __init__(
         self, in_channels: int = 3, small_input: bool = False, pretrained: str = ""
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ConfigError(f"backbone {self.arch}: in_channels must be ≥ 1, got {in_channels}.")
+        self._check_channels(in_channels)
         net = getattr(models, self.arch)(weights=None)
         self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
@@ -128,18 +154,7 @@ class ResNetBackbone(Backbone):
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if small_input or in_channels != 3:
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.in_channels = in_channels
-        self.small_input = small_input
-        self.net = net
-        self.reinitialised = (
-            load_pretrained(net, pretrained, self.arch, "conv1.weight") if pretrained else []
-        )
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.net(x)
-
-    def trunk(self) -> nn.Module:
-        return self.net
+        self._keep(net, in_channels, small_input, pretrained)
 
 
 class ResNet18(ResNetBackbone):
