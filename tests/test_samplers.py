@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metaemb.core.data import pair_samplers as ps
 from metaemb.core.data import samplers as s
 from metaemb.core.errors import ConfigError, DataError
 
@@ -14,10 +15,10 @@ LABELS = [lab for rnd in range(7) for lab, n in enumerate(SIZES) if rnd < n]
 ALL = {
     "random": s.RandomSampler,
     "pk": s.PKSampler,
-    "pairs": s.PairSampler,
+    "pairs": ps.PairSampler,
     "subject": s.SubjectSampler,
     "mixed": s.MixedSampler,
-    "hard-pairs": s.HardPairSampler,
+    "hard-pairs": ps.HardPairSampler,
 }
 
 OPTIONS = {"pk": {"k": 2}}  # batches of 4 hold 2 identities × 2
@@ -103,7 +104,7 @@ def test_pk_rejects_batch_smaller_than_two_identities():
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
 def test_pairs_structure_and_ratio(ratio):
-    sampler = s.PairSampler(LABELS, 8, seed=2, target_ratio=ratio)
+    sampler = ps.PairSampler(LABELS, 8, seed=2, target_ratio=ratio)
     batches = _batches(sampler)
     assert len(batches) == len(LABELS) // 8
     for batch in batches:
@@ -116,7 +117,7 @@ def test_pairs_structure_and_ratio(ratio):
 
 def test_pairs_draw_every_partner():
     """Partners are spread over the identity (not always the neighbour in index order)."""
-    sampler = s.PairSampler(LABELS, 64, target_ratio=1.0)
+    sampler = ps.PairSampler(LABELS, 64, target_ratio=1.0)
     partners = set()
     for epoch in range(30):
         for batch in _batches(sampler, epoch):
@@ -129,8 +130,8 @@ def test_pairs_draw_every_partner():
 
 def test_pairs_need_a_genuine_pair():
     with pytest.raises(DataError, match="two samples"):
-        s.PairSampler([0, 1, 2, 3], 4)
-    assert _batches(s.PairSampler([0, 1, 2, 3], 4, target_ratio=0.0))
+        ps.PairSampler([0, 1, 2, 3], 4)
+    assert _batches(ps.PairSampler([0, 1, 2, 3], 4, target_ratio=0.0))
 
 
 def test_subject_keeps_identities_together():
@@ -193,9 +194,9 @@ def _confusable_embeddings():
 
 def test_hard_pairs_mine_the_most_confusable_pairs():
     labels, e = _confusable_embeddings()
-    sampler = s.HardPairSampler(labels, 4, seed=0)
+    sampler = ps.HardPairSampler(labels, 4, seed=0)
     before = _batches(sampler)
-    assert before == _batches(s.PairSampler(labels, 4, seed=0))  # "pairs" until the first update
+    assert before == _batches(ps.PairSampler(labels, 4, seed=0))  # "pairs" until the first update
     sampler.update(e)
     # Hardest genuine: brute force over same-identity pairs, lowest cosine similarity.
     en = torch.nn.functional.normalize(e, dim=1)
@@ -219,8 +220,8 @@ def test_hard_pairs_chunking_does_not_change_the_mining():
     torch.manual_seed(0)
     labels = [i % 7 for i in range(50)]
     e = torch.randn(50, 5)
-    a = s.HardPairSampler(labels, 8, chunk=1024)
-    b = s.HardPairSampler(labels, 8, chunk=7)
+    a = ps.HardPairSampler(labels, 8, chunk=1024)
+    b = ps.HardPairSampler(labels, 8, chunk=7)
     a.update(e)
     b.update(e)
     assert torch.equal(a.hard_genuine, b.hard_genuine)
@@ -232,7 +233,7 @@ def test_hard_pairs_skip_missing_samples_and_singletons():
     labels, e = _confusable_embeddings()
     labels = [*labels, 3]  # a singleton identity: it has no genuine partner
     e = torch.cat([e, torch.tensor([[0.0, 1.0, 0.0]])])  # … but is sample 3's twin
-    sampler = s.HardPairSampler(labels, 4, hard_fraction=1.0)
+    sampler = ps.HardPairSampler(labels, 4, hard_fraction=1.0)
     sampler.update(e)
     assert all(8 not in p for p in sampler.hard_genuine.tolist())
     assert tuple(sampler.hard_impostor[0].tolist()) == (3, 8)

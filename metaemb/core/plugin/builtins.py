@@ -65,15 +65,17 @@ def register_objectives(register: Register) -> None:
 
 @hookimpl
 def register_samplers(register: Register) -> None:
-    # samplers: core/samplers.py
+    from metaemb.core.data import pair_samplers as ps
     from metaemb.core.data import samplers as s
 
     register("random", s.RandomSampler, description="shuffled samples")
     register("pk", s.PKSampler, description="P identities x K samples per batch")
-    register("pairs", s.PairSampler, description="random genuine/impostor pairs (2i, 2i+1)")
+    register("pairs", ps.PairSampler, description="random genuine/impostor pairs (2i, 2i+1)")
     register("subject", s.SubjectSampler, description="subject-by-subject batches")
     register("mixed", s.MixedSampler, description="half subject-by-subject, half random open set")
-    register("hard-pairs", s.HardPairSampler, description="most confusable pairs, mined each epoch")
+    register(
+        "hard-pairs", ps.HardPairSampler, description="most confusable pairs, mined each epoch"
+    )
 
 
 @hookimpl
