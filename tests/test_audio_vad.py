@@ -13,7 +13,13 @@ import soundfile as sf
 import torch
 
 from metaemb.core.errors import MetaembError
-from metaemb.plugins.audio.vad import EnergyVAD, SileroVAD, energy_vad_mask, frames_to_samples
+from metaemb.plugins.audio.vad import (
+    EnergyVAD,
+    SileroVAD,
+    energy_vad_mask,
+    frames_to_samples,
+    keep_frames,
+)
 
 RATE = 16000
 
@@ -104,14 +110,14 @@ def test_energy_frontend_cuts_to_speech_and_caches(tmp_path):
     vad = EnergyVAD(cache_dir=cache)
     out = vad(wave, "spk/utt.wav", tmp_path)
     torch.testing.assert_close(out, wave[96 * 160 : 202 * 160], rtol=0, atol=0)
-    entries = list((cache / "vad").rglob("*.npz"))
+    entries = list((cache / "vad").rglob("*.vad"))
     assert len(entries) == 1
     # A hit reuses the stored mask: feeding other audio under the same path gives the cached cut.
     other = torch.ones_like(wave) * 0.1
     assert vad(other, "spk/utt.wav", tmp_path).numel() == (202 - 96) * 160
     # Another configuration is another entry.
     EnergyVAD(cache_dir=cache, context=0)(wave, "spk/utt.wav", tmp_path)
-    assert len(list((cache / "vad").rglob("*.npz"))) == 2
+    assert len(list((cache / "vad").rglob("*.vad"))) == 2
     # Audio decoded to another length (e.g. the folder now resamples) is a miss, recomputed.
     head = wave[: 2 * RATE]  # speech frames 96…197, the last frame owning the tail
     assert torch.equal(vad(head, "spk/utt.wav", tmp_path), head[96 * 160 :])
@@ -128,11 +134,13 @@ def test_cache_entry_is_recomputed_when_file_changes(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     out = vad(loud, "spk/utt.wav", tmp_path)
     assert out.numel() == loud.numel()
-    assert len(list((tmp_path / "cache" / "vad").rglob("*.npz"))) == 1  # overwritten, not added
+    assert len(list((tmp_path / "cache" / "vad").rglob("*.vad"))) == 1  # overwritten, not added
     # A corrupt entry is recomputed too.
-    entry = next((tmp_path / "cache" / "vad").rglob("*.npz"))
+    entry = next((tmp_path / "cache" / "vad").rglob("*.vad"))
     entry.write_bytes(b"garbage")
-    assert vad(loud, "spk/utt.wav", tmp_path).numel() == loud.numel()
+    fresh = EnergyVAD(cache_dir=tmp_path / "cache")  # no in-memory copy: reads the file
+    assert fresh(loud, "spk/utt.wav", tmp_path).numel() == loud.numel()
+    assert entry.read_bytes() != b"garbage"  # rewritten
 
 
 def test_no_speech_keeps_recording_with_warning(tmp_path):
@@ -178,4 +186,46 @@ def test_concurrent_writers_leave_one_valid_entry(tmp_path):
         outs = list(pool.map(lambda v: v(wave, "spk/utt.wav", tmp_path), vads))
     assert all(torch.equal(o, outs[0]) for o in outs)
     files = [p for p in (tmp_path / "cache" / "vad").rglob("*") if p.is_file()]
-    assert len(files) == 1 and files[0].suffix == ".npz"  # no temporary files left behind
+    assert len(files) == 1 and files[0].suffix == ".vad"  # no temporary files left behind
+
+
+def test_frames_to_samples_matches_per_sample_owner():
+    """The vectorised expansion equals the per-sample definition owner = min(i // shift, F − 1)."""
+    g = torch.Generator().manual_seed(3)
+    for frames, n in [(1, 5), (4, 1000), (7, 1120), (7, 1119), (10, 400), (98, 16000)]:
+        mask = torch.rand(frames, generator=g) > 0.5
+        owner = (torch.arange(n) // 160).clamp(max=frames - 1)
+        assert torch.equal(frames_to_samples(mask, n, 160), mask[owner])
+        for _ in range(20):  # and the run-slicing cut equals the boolean index
+            mask = torch.rand(frames, generator=g) > torch.rand(1, generator=g)
+            wave = torch.randn(n, generator=g)
+            owner_cut = wave[frames_to_samples(mask, n, 160)] if mask.any() else wave[:0]
+            assert torch.equal(keep_frames(wave, mask, 160), owner_cut)
+
+
+def test_cached_decisions_equal_fresh_ones(tmp_path):
+    """A disk hit, a memory hit and an uncached run give the same cut; old `.npz` entries are
+    ignored; a memory hit is still checked against the file's stamp."""
+    g = torch.Generator().manual_seed(5)
+    cache = tmp_path / "cache"
+    (tmp_path / "spk").mkdir()
+    waves = []
+    for i in range(4):
+        wave = silence_tone_silence() * (0.2 + torch.rand(1, generator=g))
+        wave = wave + 0.01 * torch.randn(wave.shape, generator=g)
+        sf.write(tmp_path / f"spk/{i}.wav", wave.numpy(), RATE, subtype="FLOAT")
+        waves.append(wave)
+    (cache / "vad" / "00").mkdir(parents=True)
+    (cache / "vad" / "00" / "old.npz").write_bytes(b"PK old format")
+    plain = [EnergyVAD()(w, f"spk/{i}.wav", tmp_path) for i, w in enumerate(waves)]
+    first = EnergyVAD(cache_dir=cache)
+    for _ in range(2):  # compute + store, then memory hits
+        for i, w in enumerate(waves):
+            assert torch.equal(first(w, f"spk/{i}.wav", tmp_path), plain[i])
+    second = EnergyVAD(cache_dir=cache)  # disk hits
+    for i, w in enumerate(waves):
+        assert torch.equal(second(w, f"spk/{i}.wav", tmp_path), plain[i])
+    assert len(list((cache / "vad").rglob("*.vad"))) == 4
+    loud = (0.5 * torch.sin(torch.arange(3 * RATE) * 0.2)).float()
+    sf.write(tmp_path / "spk/0.wav", loud.numpy(), RATE, subtype="FLOAT")
+    assert second(loud, "spk/0.wav", tmp_path).numel() == loud.numel()
