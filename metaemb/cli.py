@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,6 +31,8 @@ def create_app() -> typer.Typer:
     app.command()(distill)
     app.command()(embed)
     app.command("demo-data")(demo_data)
+    from metaemb.commands.listing import list_components, plugins
+
     app.command()(plugins)
     app.command("list")(list_components)
     from metaemb.commands.trials import app as trials_app
@@ -301,64 +302,6 @@ def demo_data(
     opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
     build("demo_data", name, opts, out=out)
     console.print(f"wrote the {modality} demo dataset to {out}", markup=False)
-
-
-def plugins(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
-    """List loaded plugins with their versions, hooks and components."""
-    from metaemb.core.plugin.manager import state
-
-    st = state()
-    infos = st.plugins()
-    if as_json:
-        payload = {
-            "plugins": [p.__dict__ for p in infos],
-            "failed": [f.__dict__ for f in st.failed],
-        }
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table(title="metaemb plugins")
-    for col in ("name", "version", "hooks", "components"):
-        table.add_column(col)
-    for p in infos:
-        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in sorted(p.components.items()))
-        table.add_row(p.name, p.version, "\n".join(p.hooks), comps)
-    console.print(table)
-    for f in st.failed:
-        console.print(f"[red]failed to load[/] {escape(f.name)}: {escape(str(f.error))}")
-
-
-def list_components(
-    kind: Annotated[str, typer.Argument(help="backbones, frontends, objectives, scorers, …")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="options with types and defaults, data kinds")
-    ] = False,
-) -> None:
-    """List registered components of one kind."""
-    from metaemb.commands.listing import _contract, kind_key
-    from metaemb.commands.listing import as_json as listing_json
-    from metaemb.core.plugin.components import options_of
-    from metaemb.core.plugin.manager import registry
-
-    key = kind_key(kind)
-    if as_json:
-        typer.echo(listing_json(key))
-        return
-    table = Table(title=f"metaemb {key}")
-    for col in ("name", "plugin", "options", "data (accepts → yields)", "description"):
-        table.add_column(col)
-    for e in registry(key).entries():
-        try:
-            opts = ", ".join(f"{o.name}={o.default!r}" for o in options_of(e.factory).values())
-        except (TypeError, ValueError):
-            opts = ""
-        c = _contract(key, e)
-        data = " → ".join(c[k] for k in ("accepts", "yields") if k in c)
-        if len(c) == 1:
-            data = f"{next(iter(c))} {data}"
-        table.add_row(e.name, e.plugin, escape(opts), escape(data), e.description)
-    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,22 @@
-"""`metaemb list KIND [--json]`: the registered components of one kind, with their options and
-data contract. The JSON form is what scripts (and the conformance test) read: every option's
-type and default, so options round-trip through it."""
+"""`metaemb plugins` (the loaded plugins) and `metaemb list KIND [--json]`: the registered
+components of one kind, with their options and data contract. The JSON form is what scripts (and
+the conformance test) read: every option's type and default, so options round-trip through it."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import math
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from metaemb.core.errors import ConfigError, suggest
+
+console = Console()
 
 
 def kind_key(kind: str) -> str:
@@ -108,3 +115,59 @@ def records(kind: str) -> list[dict[str, Any]]:
 
 def as_json(kind: str) -> str:
     return json.dumps({"kind": kind_key(kind), "components": records(kind)}, indent=2)
+
+
+def plugins(
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List loaded plugins with their versions, hooks and components."""
+    from metaemb.core.plugin.manager import state
+
+    st = state()
+    infos = st.plugins()
+    if json_output:
+        payload = {
+            "plugins": [p.__dict__ for p in infos],
+            "failed": [f.__dict__ for f in st.failed],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title="metaemb plugins")
+    for col in ("name", "version", "hooks", "components"):
+        table.add_column(col)
+    for p in infos:
+        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in sorted(p.components.items()))
+        table.add_row(p.name, p.version, "\n".join(p.hooks), comps)
+    console.print(table)
+    for f in st.failed:
+        console.print(f"[red]failed to load[/] {escape(f.name)}: {escape(str(f.error))}")
+
+
+def list_components(
+    kind: Annotated[str, typer.Argument(help="backbones, frontends, objectives, scorers, …")],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="options with types and defaults, data kinds")
+    ] = False,
+) -> None:
+    """List registered components of one kind."""
+    from metaemb.core.plugin.components import options_of
+    from metaemb.core.plugin.manager import registry
+
+    key = kind_key(kind)
+    if json_output:
+        typer.echo(as_json(key))
+        return
+    table = Table(title=f"metaemb {key}")
+    for col in ("name", "plugin", "options", "data (accepts → yields)", "description"):
+        table.add_column(col)
+    for e in registry(key).entries():
+        try:
+            opts = ", ".join(f"{o.name}={o.default!r}" for o in options_of(e.factory).values())
+        except (TypeError, ValueError):
+            opts = ""
+        c = _contract(key, e)
+        data = " → ".join(c[k] for k in ("accepts", "yields") if k in c)
+        if len(c) == 1:
+            data = f"{next(iter(c))} {data}"
+        table.add_row(e.name, e.plugin, escape(opts), escape(data), e.description)
+    console.print(table)
