@@ -400,5 +400,3 @@ def from_dict(d: dict[str, Any]) -> Config:
     keys written by earlier versions are migrated with a warning (see config_checks)."""
     modality = d.get("modality", "face")
     return resolve(modality, base=d)
-
-
