@@ -173,7 +173,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 class Frontend(abc.ABC):
     """Raw sample → normalised raw sample (face alignment, speech activity detection).
 
-    Deterministic, so its results can be cached per sample (relative path + size + mtime + key()).
+    Deterministic, so its results can be cached per sample (real file location + size + mtime + key()).
     Declares `accepts` (a Kind or tuple of Kinds) and `yields` (a Kind, or SAME to pass the
     input's kind through); given a value it cannot use, `__call__` raises DataError.
     """
