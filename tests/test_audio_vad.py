@@ -229,3 +229,41 @@ def test_cached_decisions_equal_fresh_ones(tmp_path):
     loud = (0.5 * torch.sin(torch.arange(3 * RATE) * 0.2)).float()
     sf.write(tmp_path / "spk/0.wav", loud.numpy(), RATE, subtype="FLOAT")
     assert second(loud, "spk/0.wav", tmp_path).numel() == loud.numel()
+
+
+def test_cache_sees_a_rewrite_after_the_checksummed_head(tmp_path):
+    """A file rewritten in place (same inode, size and mtime) with a change only past the first
+    64 KiB is recomputed: its ctime moved, which the stamp holds."""
+    import time
+
+    path, wave = write_fixture(tmp_path)  # 3 s float32: 192 KB
+    vad, fresh = EnergyVAD(cache_dir=tmp_path / "cache"), EnergyVAD()
+    times = (path.stat().st_atime_ns, path.stat().st_mtime_ns)
+    inode = path.stat().st_ino
+    assert torch.equal(vad(wave, "spk/utt.wav", tmp_path), fresh(wave, "spk/utt.wav", tmp_path))
+    changed = wave.clone()
+    changed[2 * RATE :] = 0.5 * torch.sin(torch.arange(RATE) * 0.2)  # speech in the last second
+    time.sleep(0.05)  # past a coarse ctime clock's tick
+    with open(path, "r+b") as f:  # in place: the bytes after the head only
+        f.seek(-RATE * 4, os.SEEK_END)
+        f.write(changed[2 * RATE :].numpy().astype("<f4").tobytes())
+    os.utime(path, ns=times)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (inode, times[1])
+    from metaemb.plugins.audio.io import read_audio
+
+    reread = read_audio(path)
+    assert torch.equal(reread, changed)
+    got = vad(reread, "spk/utt.wav", tmp_path)
+    assert torch.equal(got, fresh(reread, "spk/utt.wav", tmp_path))
+    assert got.numel() > (202 - 96) * 160  # the new speech is kept
+
+
+def test_memoised_cut_equals_fresh_and_is_not_shared_between_lengths(tmp_path):
+    """Memory hits return the same samples as an uncached cut, for every call."""
+    _, wave = write_fixture(tmp_path)
+    vad = EnergyVAD(cache_dir=tmp_path / "cache")
+    want = EnergyVAD()(wave, "spk/utt.wav", tmp_path)
+    for _ in range(3):
+        assert torch.equal(vad(wave, "spk/utt.wav", tmp_path), want)
+    head = wave[: 2 * RATE]
+    assert torch.equal(vad(head, "spk/utt.wav", tmp_path), EnergyVAD()(head, "spk/utt.wav", "."))

@@ -85,6 +85,8 @@ class AudioFeatures(Features):
 
     def collate(self, items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         lengths = torch.tensor([int(x.numel()) for x in items], dtype=torch.long)
+        if len(items) and bool((lengths == lengths[0]).all()):  # training crops: no padding
+            return torch.stack([x.to(torch.float32) for x in items]), lengths
         batch = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)
         for i, x in enumerate(items):
             batch[i, : x.numel()] = x

@@ -25,6 +25,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".
 PYAV_ONLY = (".m4a", ".aac", ".mp4")  # libsndfile has no AAC decoder
 PYAV_FALLBACK = (".mp3", ".opus")  # libsndfile < 1.1 cannot read these
 RATE_POLICIES = ("resample", "error")
+# libsndfile subtypes that decode integers: their float32 samples are always finite
+ALWAYS_FINITE = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
 RESAMPLE_METHOD = (
     "band-limited windowed-sinc interpolation (torchaudio.functional.resample, Hann window, "
     "6 zero crossings, roll-off 0.99)"
@@ -78,7 +80,7 @@ def read_audio(
     warned once per rate pair) or refused (policy "error"). Unreadable, empty, all-zero and
     non-finite (NaN/Inf) audio raise DataError naming the file.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     check_rate_policy(on_rate_mismatch)
     where = f"'{path}'" if start == 0.0 and end is None else f"'{path}' [{start:g} s, {end} s)"
     if path.suffix.lower() in PYAV_ONLY:
@@ -97,6 +99,7 @@ def read_audio(
             if first > 0:
                 f.seek(min(first, f.frames))
             data = f.read(max(0, last - first), dtype="float32", always_2d=True)
+            finite = f.subtype in ALWAYS_FINITE
     except DataError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
@@ -104,7 +107,7 @@ def read_audio(
             data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end)
             return _finish(data, rate, sample_rate, path, where)
         raise DataError(f"cannot read audio file '{path}': {exc}") from exc
-    return _finish(data, rate, sample_rate, path, where)
+    return _finish(data, rate, sample_rate, path, where, finite)
 
 
 def _read_pyav(
@@ -145,15 +148,18 @@ def _read_pyav(
     return data[first:last], rate
 
 
-def _finish(data: np.ndarray, rate: int, sample_rate: int, path: Path, where: str) -> Tensor:
-    """[T, channels] float32 at `rate` → mono [T] at `sample_rate`, refusing empty/silent audio."""
+def _finish(
+    data: np.ndarray, rate: int, sample_rate: int, path: Path, where: str, finite: bool = False
+) -> Tensor:
+    """[T, channels] float32 at `rate` → mono [T] at `sample_rate`, refusing empty/silent audio
+    (and NaN/Inf unless `finite`: integer PCM cannot hold them, so its check is skipped)."""
     if data.shape[0] == 0:
         raise DataError(f"audio {where} is empty (0 samples).")
-    finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(np.argmin(finite.all(axis=1)))
+    ok = None if finite else np.isfinite(data)
+    if ok is not None and not ok.all():
+        bad = int(np.argmin(ok.all(axis=1)))
         raise DataError(
-            f"audio {where} holds NaN or infinite samples ({int((~finite).sum())} values, the "
+            f"audio {where} holds NaN or infinite samples ({int((~ok).sum())} values, the "
             f"first at sample {bad}); a float WAV/FLAC with damaged data. Re-encode or remove the "
             "file (with on_bad_sample='skip' it is skipped)."
         )
@@ -163,7 +169,7 @@ def _finish(data: np.ndarray, rate: int, sample_rate: int, path: Path, where: st
             stacklevel=2,
         )
         data = data.mean(axis=1, keepdims=True)
-    if not np.any(data):
+    if not (data[:4096].any() or data.any()):  # speech is rarely zero for 4096 samples
         raise DataError(f"audio {where} is silent (all samples are zero).")
     wave = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if rate != sample_rate:
