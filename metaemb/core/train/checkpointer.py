@@ -143,6 +143,9 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
 
 def restore(trainer: Any, state: dict[str, Any]) -> None:
     """Load a state written by `training_state` into a set-up Trainer."""
+    from metaemb.core.train.shard import slice_states
+
+    state = slice_states(state, trainer.classifier, trainer.optimizer)  # sharded centres: own rows
     trainer.model.load_state_dict(state["model"])
     if trainer.classifier is not None:
         trainer.classifier.load_state_dict(state["classifier"])

@@ -21,13 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
-from metaemb.core.data.dataset import PreparedDataset, make_loader
+from metaemb.core.data.dataset import EpochLoader, PreparedDataset
 from metaemb.core.data.embed import extract
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build
 from metaemb.core.runs import atomic_write_text, run_dir
-from metaemb.core.train import validation
+from metaemb.core.train import shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import BASELINE, Checkpointer, restore, training_state
 from metaemb.core.train.device import Distributed, pick_device
@@ -114,6 +114,8 @@ class Trainer:
         if self.augmenter is not None:  # e.g. speed perturbation makes new identities
             self.augmenter = self.augmenter.to(self.device)
             self.num_classes = self.augmenter.num_classes(self.num_classes)
+        if self.dist.world_size > 1 and hasattr(self.objective, "distribute"):
+            self.objective.distribute(self.dist.rank, self.dist.world_size)  # e.g. partial-fc
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
@@ -123,6 +125,7 @@ class Trainer:
         )
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            shard.ignore_sharded(self.step_module)  # per-rank class centres are not replicas
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
         self.sampler = build(
             "samplers",
@@ -135,6 +138,14 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.train_set = self.parts.dataset(self.train_folder, train=True)
+        self.train_loader = EpochLoader(
+            self.train_set,
+            self.workers,
+            self.sampler,
+            seed=cfg.train.seed,
+            rank=self.dist.rank,
+            pin_memory=self.device.type == "cuda",
+        )
         self.steps_per_epoch = max(1, len(self.sampler))
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
@@ -162,7 +173,11 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train (or resume) to train.epochs while holding the run directory's lock."""
         with self.checkpointer.locked():
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                if hasattr(self, "train_loader"):
+                    self.train_loader.close()  # persistent workers
 
     def _run(self) -> dict[str, Any]:
         cfg = self.config
@@ -207,6 +222,7 @@ class Trainer:
             if self._stop:
                 break
             record: dict[str, Any] = {}
+            whole = shard.gather_states(self.classifier, self.optimizer)  # every rank takes part
             if self.dist.main:
                 result.metrics = self.validator.validate()
                 record = self._record(result)
@@ -214,7 +230,7 @@ class Trainer:
                 metric = result.metrics.get(cfg.select_key(), math.inf)
                 improved = metric < best
                 best = min(best, metric)
-                state = self.training_state(epoch + 1, self.step, best, history)
+                state = {**self.training_state(epoch + 1, self.step, best, history), **whole}
                 self.checkpointer.save(record, state, improved)
                 self._print_epoch(record, improved)
                 for warning in self.objective.end_epoch():
@@ -240,12 +256,7 @@ class Trainer:
         trunk.requires_grad_(not frozen)
         if frozen:
             trunk.eval()
-        loader = make_loader(
-            self.train_set,
-            self.workers,
-            batch_sampler=self.sampler,
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = self.train_loader(epoch)  # workers persist across epochs, reseeded per epoch
         total_loss, n_samples, n_batches = 0.0, 0, 0
         stats: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -303,7 +314,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.grad_clip)
+            shard.clip_grad_norm(self.step_module, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1

@@ -7,9 +7,12 @@ dominates memory and time at hundreds of thousands of identities — shrink by t
 the class-centre matrix itself stays whole (one `NormalisedClassifier`, the same checkpoint key
 as arcface/cosface). At `sample_rate` 1.0 it is exactly the full margin softmax (tested).
 
-Under DDP each rank samples its own negatives and the gradients of the shared centre matrix
-are summed as usual; InsightFace's further step — sharding the centres across ranks with an
-all-gather of the embeddings — is not done here (see docs/benchmarks.md for 1 M-class memory).
+Under torchrun with W ranks the engine calls `distribute`, and the centres are sharded as in
+InsightFace's model-parallel Partial FC (core/train/shard.py): rank r holds only its C/W
+centres, the global batch's embeddings and labels are all-gathered, each rank samples from its
+own shard (the batch classes that fall in it plus random others, `sample_rate` of the shard)
+and the cross-entropy is taken across the shards, so the loss equals the one-process loss over
+the global batch (tested with two gloo ranks). One process, or W = 1, is unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from metaemb.core.train.objectives.margin import (
     NormalisedClassifier,
 )
 from metaemb.core.train.objectives.softmax import full_precision, require_classifier
+from metaemb.core.train.shard import ShardedCentres, gather_batch, sharded_cross_entropy
 
 
 class _SampledCentres:
@@ -78,6 +82,8 @@ class PartialFCObjective(Objective):
                 f"objective 'partial-fc': sample_rate must be in (0, 1], got {sample_rate}."
             )
         self.sample_rate = float(sample_rate)
+        self.rank, self.world_size = 0, 1
+        self.generator: torch.Generator | None = None
         if margin_type == "arcface":
             self.margin_objective: ArcFaceObjective | CosFaceObjective = ArcFaceObjective(
                 scale, margin, margin_warmup_epochs, easy_margin
@@ -90,16 +96,66 @@ class PartialFCObjective(Objective):
                 f"{margin_type!r}."
             )
 
+    def distribute(self, rank: int, world_size: int) -> None:
+        """Shard the class centres over `world_size` DDP ranks (the engine calls this under
+        torchrun, before `build_classifier`)."""
+        self.rank, self.world_size = rank, world_size
+        # negatives and the shard's initial centres differ between ranks, not between runs
+        self.generator = torch.Generator().manual_seed(
+            (torch.initial_seed() + 1_000_003 * rank) % 2**63
+        )
+
     def build_classifier(self, dim: int, num_classes: int) -> nn.Module:
-        return NormalisedClassifier(dim, num_classes)
+        world = self.world_size
+        if world <= 1:
+            return NormalisedClassifier(dim, num_classes)
+        if num_classes < world:
+            raise ConfigError(
+                f"objective 'partial-fc': {num_classes} classes cannot be sharded over {world} "
+                "ranks; train on fewer ranks or with another objective (e.g. arcface)."
+            )
+        return ShardedCentres(dim, num_classes, self.rank, world, self.generator)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.margin_objective.set_epoch(epoch)
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        if isinstance(classifier, ShardedCentres):
+            return self._sharded(embeddings, labels, classifier)
         weight = require_classifier(classifier, self.name).weight
         index, local = sample_classes(labels, weight.shape[0], self.sample_rate)
         loss = self.margin_objective(embeddings, local, _SampledCentres(weight, index))  # type: ignore[arg-type]
         self.stats = {**self.margin_objective.stats, "sampled_classes": float(index.numel())}
+        return loss
+
+    def _sharded(self, embeddings: Tensor, labels: Tensor, centres: ShardedCentres) -> Tensor:
+        """The margin softmax of the global batch over every rank's sampled centres."""
+        x, y = gather_batch(full_precision(embeddings), labels)
+        local = y - centres.start
+        mine = (local >= 0) & (local < centres.weight.shape[0])
+        index, columns = sample_classes(
+            local[mine], centres.weight.shape[0], self.sample_rate, self.generator
+        )
+        target = torch.full_like(y, -1)
+        target[mine] = columns
+        cos = _SampledCentres(centres.weight, index)(x)
+        rows = mine.nonzero().squeeze(1)
+        cos_y = cos[rows, columns]
+        m = self.margin_objective.current_margin
+        adjusted = cos.index_put((rows, columns), self.margin_objective.target_logit(cos_y, m))
+        loss = sharded_cross_entropy(self.margin_objective.scale * adjusted, target)
+        with torch.no_grad():
+            stats = torch.zeros(2, y.shape[0], dtype=cos.dtype, device=cos.device)
+            stats[0, rows] = cos_y.detach()
+            stats[1] = cos.detach().max(1).values
+            torch.distributed.all_reduce(stats[0])
+            torch.distributed.all_reduce(stats[1], op=torch.distributed.ReduceOp.MAX)
+            self.stats = {
+                "loss": float(loss.detach()),
+                "accuracy": float((stats[0] >= stats[1]).float().mean()),
+                "margin": m,
+                "cos_target": float(stats[0].mean()),
+                "sampled_classes": float(index.numel()),
+            }
         return loss
