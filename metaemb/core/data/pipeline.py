@@ -83,7 +83,13 @@ class Components:
 
     @classmethod
     def build(cls, config: Config, root: Path) -> Components:
-        folder = build("sample_folders", config.data.folder, config.options("folder"), root=root)
+        folder = build(
+            "sample_folders",
+            config.data.folder,
+            config.options("folder"),
+            root=root,
+            cache_dir=cache_dir(config),  # for folders that keep an index (tar shards)
+        )
         frontend = build_frontend(config, root)
         model = build_model(config)
         return cls(config, root, folder, frontend, model.features, model)

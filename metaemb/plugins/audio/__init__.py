@@ -17,6 +17,13 @@ def register_sample_folders(register: Register) -> None:
 
     register("audio", AudioFolder, description="<speaker>/…/<utt>.wav|flac|ogg folders (VoxCeleb)")
     register("kaldi", KaldiDataFolder, description="Kaldi data dir: wav.scp, utt2spk, segments")
+    from metaemb.plugins.audio.tarshards import AudioTarFolder
+
+    register(
+        "audio-tar",
+        AudioTarFolder,
+        description="WebDataset-style tar shards: xyz.flac + xyz.json/.txt (random access, indexed)",
+    )
 
 
 @hookimpl

@@ -30,6 +30,13 @@ def register_sample_folders(register: Register) -> None:
         RecordIOFolder,
         description="InsightFace train.rec/train.idx (MS1M, Glint360K), read without MXNet",
     )
+    from metaemb.plugins.vision.tarshards import ImageTarFolder
+
+    register(
+        "image-tar",
+        ImageTarFolder,
+        description="WebDataset-style tar shards: xyz.jpg + xyz.cls (random access, indexed)",
+    )
 
 
 @hookimpl

@@ -19,6 +19,7 @@ Every refusal is a DataError naming the file, so `on_bad_sample = "skip"` skips 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -75,12 +76,21 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
     """Decode one image file to an RGB uint8 tensor [3, H, W]; DataError naming the path if it
     is missing, corrupt, empty, too large, or of a mode that cannot be mapped to 8 bits."""
     path = Path(path)
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, where: str, max_pixels: int | None = None) -> Tensor:
+    """`read_image` for encoded bytes (a tar member, a record); `where` names them in errors."""
+    return _decode(io.BytesIO(data), Path(where), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int | None) -> Tensor:
     cap = max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
         with warnings.catch_warnings():
             # Our own cap (below PIL's) decides; PIL's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > cap:
                     raise DataError(

@@ -1,0 +1,305 @@
+"""WebDataset-style tar shards (xyz.jpg + xyz.cls, xyz.flac + xyz.json) read without webdataset,
+on small generated shards: labels and bytes round-trip, the index cache, corrupt shards, training."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from metaemb.core.data import tarshards
+from metaemb.core.data.tar_index import expand_braces, split_name
+from metaemb.core.errors import DataError
+from metaemb.core.plugin.components import build
+from metaemb.plugins.audio.tarshards import AudioTarFolder
+from metaemb.plugins.vision.tarshards import ImageTarFolder
+
+
+def jpeg(seed: int, size: int = 16) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def flac(seed: int, rate: int = 16000, fmt: str = "FLAC") -> bytes:
+    wave = 0.1 * np.random.default_rng(seed).standard_normal(rate // 4).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
+def pil(data: bytes) -> torch.Tensor:
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def image_shards(tmp_path):
+    """3 shards of 4 samples; identities 0, 1, 2, 7 spread over the shards."""
+    root = tmp_path / "shards"
+    root.mkdir()
+    expected = {}
+    for s in range(3):
+        members = []
+        for i in range(4):
+            key, label = f"s{s}-{i:02d}", (0, 1, 2, 7)[(s + i) % 4]
+            data = jpeg(10 * s + i)
+            members += [(f"{key}.cls", f"{label}\n".encode()), (f"{key}.jpg", data)]
+            expected[f"{label:07d}/shard-{s:06d}.tar/{key}"] = data
+        write_tar(root / f"shard-{s:06d}.tar", members)
+    return root, expected
+
+
+def folder(root, tmp_path, cls=ImageTarFolder, **opts):
+    return cls(root, cache_dir=tmp_path / "cache", **opts)
+
+
+def test_images_and_labels_round_trip(image_shards, tmp_path):
+    root, expected = image_shards
+    f = build("sample_folders", "image-tar", {}, root=root, cache_dir=tmp_path / "cache")
+    assert isinstance(f, ImageTarFolder) and len(f) == 12
+    assert f.identities == ["0000000", "0000001", "0000002", "0000007"]
+    assert sorted(s.path for s in f.samples) == sorted(expected)
+    assert [s.path for s in f.samples][:2] == ["0000000/shard-000000.tar/s0-00", "0000001/shard-000000.tar/s0-01"]  # fmt: skip
+    for s in f.samples:
+        data, ext, where = f.read_bytes(f.abspath(s))
+        assert data == expected[s.path] and ext == "jpg" and where.endswith(f"#{s.path.split('/')[-1]}.jpg")  # fmt: skip
+        img = f.load(f.abspath(s))
+        assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
+        assert torch.equal(img, pil(expected[s.path]))
+        assert s.label == f.identities.index(s.identity)
+    train, val = f.split(0.5, seed=0)
+    assert not set(train.identities) & set(val.identities) and len(train) + len(val) == 12
+    assert torch.equal(val.load(val.abspath(val.samples[0])), pil(expected[val.samples[0].path]))
+
+
+def test_audio_with_json_and_text_labels(tmp_path):
+    root = tmp_path / "a"
+    root.mkdir()
+    audio = [flac(1), flac(2), flac(3, fmt="WAV")]
+    write_tar(root / "shard-000000.tar", [
+        ("spk/u1.flac", audio[0]), ("spk/u1.json", json.dumps({"identity": "alice", "x": 1}).encode()),
+        ("spk/u2.json", b'{"identity": 42}'), ("spk/u2.flac", audio[1]),
+        ("u3.txt", b"bob\n"), ("u3.wav", audio[2]),
+    ])  # fmt: skip
+    f = build("sample_folders", "audio-tar", {}, root=root, cache_dir=tmp_path / "cache")
+    assert isinstance(f, AudioTarFolder)
+    got = {s.path: s.identity for s in f.samples}
+    assert got == {"alice/shard-000000.tar/spk/u1": "alice", "0000042/shard-000000.tar/spk/u2": "0000042",
+                   "bob/shard-000000.tar/u3": "bob"}  # fmt: skip
+    for s, data in zip(f.samples, audio, strict=True):
+        wave = f.load(f.abspath(s))
+        ref, rate = sf.read(io.BytesIO(data), dtype="float32")
+        assert rate == 16000 and wave.dtype == torch.float32
+        assert torch.allclose(wave, torch.from_numpy(ref))
+    # the identity under another JSON key; resampling to another rate as audio files are
+    write_tar(root / "shard-000000.tar", [("u.flac", flac(5, rate=8000)), ("u.json", b'{"speaker": "c"}')])  # fmt: skip
+    f = AudioTarFolder(root, json_key="speaker", sample_rate=16000, cache_dir=tmp_path / "cache")
+    assert f.identities == ["c"]
+    with pytest.warns(UserWarning, match="resampled"):
+        assert f.load(f.abspath(f.samples[0])).shape == (4000,)  # 2000 samples at 8 kHz
+    with pytest.raises(DataError, match="has no key 'identity' \\(it holds: speaker\\)"):
+        AudioTarFolder(root, cache_dir=tmp_path / "cache")
+
+
+def test_brace_patterns_globs_and_single_files_select_shards(image_shards, tmp_path):
+    root, _ = image_shards
+    assert expand_braces("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"]
+    assert expand_braces("{train,val}-{8..10}.tar") == [
+        "train-8.tar", "train-9.tar", "train-10.tar", "val-8.tar", "val-9.tar", "val-10.tar"]  # fmt: skip
+    assert expand_braces("x{a}y") == ["x{a}y"]
+    assert split_name("./d/xyz.seg.PNG") == ("d/xyz", "seg.png") and split_name("README") is None
+    two = folder(root / "shard-{000001..000002}.tar", tmp_path)
+    assert {s.path.split("/")[1] for s in two.samples} == {"shard-000001.tar", "shard-000002.tar"}
+    assert len(two) == 8 and two.load(two.abspath(two.samples[0])).shape == (3, 16, 16)
+    assert len(folder(root / "shard-00000[02].tar", tmp_path)) == 8
+    assert len(folder(root / "shard-000001.tar", tmp_path)) == 4
+    assert len(folder(root, tmp_path, shards="shard-00000{0,1}.tar")) == 8
+    with pytest.raises(DataError, match=r"1 shard\(s\) of .* do not exist: '.*shard-000003\.tar'"):
+        folder(root / "shard-{000000..000003}.tar", tmp_path)
+    with pytest.raises(DataError, match=r"does not exist: give a folder of \.tar shards"):
+        folder(tmp_path / "nowhere", tmp_path)
+
+
+def test_the_index_is_reused_and_rebuilt_when_a_shard_changes(image_shards, tmp_path):
+    root, _ = image_shards
+    first = folder(root, tmp_path)
+    assert first.index_hits == 0
+    assert len(list((tmp_path / "cache" / "tar-index").glob("*.tsv"))) == 3
+    again = folder(root, tmp_path)
+    assert again.index_hits == 3 and [s.path for s in again.samples] == [s.path for s in first.samples]  # fmt: skip
+    # rewrite shard 1 with other labels and images: only it is indexed again
+    new = jpeg(99, size=8)
+    write_tar(root / "shard-000001.tar", [("z.cls", b"5"), ("z.jpg", new)])
+    st = os.stat(root / "shard-000001.tar")
+    os.utime(root / "shard-000001.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = folder(root, tmp_path)
+    assert changed.index_hits == 2 and len(changed) == 9
+    s = next(s for s in changed.samples if s.identity == "0000005")
+    assert torch.equal(changed.load(changed.abspath(s)), pil(new))
+    # other label options are another index (the identities depend on them)
+    assert folder(root, tmp_path, label="txt,cls").index_hits == 0
+    # a shard rewritten after indexing is refused when it is opened, not read wrongly
+    write_tar(root / "shard-000000.tar", [("q.cls", b"1"), ("q.jpg", jpeg(3))])
+    os.utime(root / "shard-000000.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    stale = next(s for s in changed.samples if "shard-000000" in s.path)
+    with pytest.raises(DataError, match="changed after it was indexed"):
+        changed.load(changed.abspath(stale))
+
+
+def test_workers_open_their_own_handles(image_shards, tmp_path, monkeypatch):
+    root, expected = image_shards
+    f = folder(root, tmp_path)
+    s = f.samples[5]
+    f.load(f.abspath(s))
+    assert len(f.handles._fds) == 1
+    clone = pickle.loads(pickle.dumps(f))
+    assert not clone.handles._fds
+    assert torch.equal(clone.load(clone.abspath(s)), pil(expected[s.path]))
+    f.handles._pid = -1  # as in a forked worker: inherited handles are closed, not shared
+    inherited = list(f.handles._fds.values())
+    closed: list[int] = []
+    real_close = os.close
+    monkeypatch.setattr(os, "close", lambda fd: (closed.append(fd), real_close(fd)))
+    f.load(f.abspath(s))
+    assert closed == inherited and f.handles._fds and f.handles._pid == os.getpid()
+    monkeypatch.setattr(os, "close", real_close)
+    monkeypatch.setattr(tarshards, "MAX_OPEN", 2)
+    for s in f.samples:
+        f.load(f.abspath(s))
+    assert len(f.handles._fds) == 2  # least recently used shard closed
+    # a loose file (embedding files with a run trained on shards) decodes as a file
+    loose = tmp_path / "loose" / "x.jpg"
+    loose.parent.mkdir()
+    loose.write_bytes(jpeg(7))
+    assert torch.equal(f.load(loose), pil(jpeg(7)))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "cut-data",
+            r"is truncated or corrupt after member 's0-03\.jpg' \(unexpected end of data\)",
+        ),
+        (
+            "cut-member",
+            r"ends at byte \d+, after member 's0-03\.jpg', without tar's end-of-archive",
+        ),
+        ("header", r"has an unreadable header at byte 1024, after member 's0-00\.cls'"),
+        ("gzip", r"is gzip-compressed; random access needs a plain tar"),
+    ],
+)
+def test_corrupt_shards_are_named(image_shards, tmp_path, damage, message):
+    root, _ = image_shards
+    path = root / "shard-000000.tar"
+    raw = path.read_bytes()
+    end = raw.index(b"\0" * 1024, len(raw) - 10240 + 1)  # start of the end-of-archive blocks
+    if damage == "cut-data":
+        raw = raw[: end - 300]
+    elif damage == "cut-member":
+        raw = raw[:end]
+    elif damage == "header":
+        raw = raw[:1024] + b"garbage!" * 64 + raw[1536:]
+    else:
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="shard '.*shard-000000.tar' " + message):
+        folder(root, tmp_path)
+
+
+MISSING_LABEL = (
+    r"sample 'a' is missing its label \(\.jpg found; expected one of \.cls, \.txt, \.json"
+)
+TWICE = [("a.cls", b"1"), ("a.jpg", b"x"), ("b.cls", b"1"), ("b.jpg", b"x"), ("a.cls", b"1"), ("a.png", b"x")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([("a.jpg", b"x")], MISSING_LABEL),
+        ([("a.cls", b"1")], r"sample 'a' has no data member \(\.cls found"),
+        ([("a.cls", b"one"), ("a.jpg", b"x")], r"#a\.cls' holds 'one', not an integer class"),
+        ([("a.txt", b"x/y"), ("a.jpg", b"x")], r"#a\.txt' names the identity 'x/y'"),
+        (TWICE, r"sample key 'a' appears twice"),
+    ],
+)
+def test_malformed_samples_are_named(tmp_path, members, message):
+    write_tar(tmp_path / "s.tar", members)
+    with pytest.raises(DataError, match=message):
+        folder(tmp_path, tmp_path)
+
+
+def test_a_corrupt_image_member_names_shard_and_member(tmp_path):
+    write_tar(tmp_path / "s.tar", [("a.cls", b"1"), ("a.jpg", b"not a jpeg")])
+    f = folder(tmp_path, tmp_path)
+    with pytest.raises(DataError, match=r"image '.*s\.tar#a\.jpg' is corrupt"):
+        f.load(f.abspath(f.samples[0]))
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar program")
+def test_the_documented_tar_recipe(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i in range(6):
+        (staging / f"img{i}.jpg").write_bytes(jpeg(i))
+        (staging / f"img{i}.cls").write_text(str(i % 3))
+    names = sorted(p.name for p in staging.iterdir())  # LC_ALL=C sort
+    (tmp_path / "list-000000").write_text("\n".join(names) + "\n")
+    (tmp_path / "shards").mkdir()
+    subprocess.run(["tar", "-cf", str(tmp_path / "shards/shard-000000.tar"), "-C", str(staging),
+                    "-T", str(tmp_path / "list-000000")], check=True)  # fmt: skip
+    f = folder(tmp_path / "shards", tmp_path)
+    assert len(f) == 6 and f.identities == ["0000000", "0000001", "0000002"]
+    s = next(s for s in f.samples if s.path.endswith("/img4"))
+    assert s.identity == "0000001" and torch.equal(f.load(f.abspath(s)), pil(jpeg(4)))
+
+
+def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
+    faces = helpers.demo_faces(tmp_path / "faces", identities=8, images_per_identity=4, image_size=32)  # fmt: skip
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    files = sorted(faces.glob("*/*.png"))
+    for n in range(2):  # two shards, identities spread over both
+        members = []
+        for k, p in enumerate(files[n::2]):
+            buf = io.BytesIO()
+            Image.open(p).convert("RGB").save(buf, "JPEG", quality=95)
+            members += [(f"{k:05d}.jpg", buf.getvalue()), (f"{k:05d}.txt", p.parent.name.encode())]
+        write_tar(shards / f"train-{n:06d}.tar", members)
+    args = ["train", "--data", shards / "train-{000000..000001}.tar", "--runs", tmp_path / "runs",
+            "--workers", "0"]  # fmt: skip
+    for s in ["data.folder=image-tar", "train.epochs=1", "train.batch_size=8", "model.dim=8",
+              "features.image_size=32", "eval.max_targets=50", "eval.nontargets=20",
+              f"data.cache_dir={tmp_path / 'cache'}"]:  # fmt: skip
+        args += ["--set", s]
+    code, out, err = helpers.run_cli(args, capsys, monkeypatch)
+    assert code == 0, out + err
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(np.isfinite(m.get("loss", 0.0)) for m in metrics)
+    assert "image-tar" in (run / "config.toml").read_text()
+    assert len(list((tmp_path / "cache" / "tar-index").glob("*.tsv"))) == 2
