@@ -176,3 +176,11 @@ def _finish(
         _warn_resample_once(path, rate, sample_rate)
         wave = resample(wave, rate, sample_rate)
     return wave
+
+
+def finish_audio(
+    data: np.ndarray, rate: int, sample_rate: int, where: str, finite: bool = False
+) -> Tensor:
+    """The checks and conversion of `read_audio` for audio decoded from another container (a tar
+    shard member): [T, channels] float32 at `rate` → mono [T] at `sample_rate`; `where` names it."""
+    return _finish(data, rate, sample_rate, Path(where), f"'{where}'", finite)

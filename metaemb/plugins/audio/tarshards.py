@@ -21,7 +21,7 @@ from metaemb.core.data.tarshards import TarShardFolder
 from metaemb.core.errors import DataError
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample
-from metaemb.plugins.audio.io import _finish, check_rate_policy, read_audio
+from metaemb.plugins.audio.io import ALWAYS_FINITE, check_rate_policy, finish_audio, read_audio
 
 
 class AudioTarFolder(TarShardFolder):
@@ -56,11 +56,12 @@ class AudioTarFolder(TarShardFolder):
                         "expected; resample the data or set on_rate_mismatch='resample'."
                     )
                 array = f.read(dtype="float32", always_2d=True)
+                finite = f.subtype in ALWAYS_FINITE
         except DataError:
             raise
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
             raise DataError(f"cannot read audio '{where}': {exc}") from None
-        return _finish(array, rate, self.sample_rate, Path(where), f"'{where}'")
+        return finish_audio(array, rate, self.sample_rate, where, finite)
 
     def decode_file(self, path: Path) -> Tensor:
         return read_audio(path, self.sample_rate, self.on_rate_mismatch)
