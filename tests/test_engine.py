@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,11 @@ def config(data: Path, *extra: str):
     return resolve("face", sets=[f'data.root="{data}"', *SETTINGS, *extra])
 
 
-def trainer(data: Path, runs: Path, *extra: str, fresh: bool = False, callbacks=()) -> Trainer:
-    return Trainer(config(data, *extra), runs_root=runs, device="cpu", fresh=fresh, workers=0,
-                   console=Console(quiet=True), callbacks=callbacks)  # fmt: skip
+def trainer(
+    data: Path, runs: Path, *extra: str, fresh: bool = False, callbacks=(), workers: int = 0
+) -> Trainer:
+    return Trainer(config(data, *extra), runs_root=runs, device="cpu", fresh=fresh,
+                   workers=workers, console=Console(quiet=True), callbacks=callbacks)  # fmt: skip
 
 
 def cli_args(data: Path, runs: Path, *extra: str) -> list[str]:
@@ -272,20 +275,34 @@ def test_callbacks_see_every_event_in_order_and_can_stop(faces, tmp_path):
 HARD_PAIRS = ("train.sampler=hard-pairs", "train.objective=contrastive")
 
 
-def kill_loop(faces: Path, runs: Path, seed: int, kills: int, extra: tuple = ()) -> None:
+def kill_loop(
+    faces: Path,
+    runs: Path,
+    seed: int,
+    kills: int,
+    extra: tuple = (),
+    workers: int = 0,
+    points: Callable[[int], list[int]] | None = None,
+) -> None:
     """Train with `kills` interruptions at random events (each may leave a stale temp file and
-    a dead process's lock, as SIGKILL would), resuming after each; then compare with a reference."""
-    reference = trainer(faces, runs / "reference", *extra)
+    a dead process's lock, as SIGKILL would), resuming after each; then compare with a reference.
+    `points(steps per epoch)` fixes the events instead (1-based: steps and epoch ends)."""
+    reference = trainer(faces, runs / "reference", *extra, workers=workers)
     reference.run()
     want = load_checkpoint(reference.dir / "last.pt")
     events = 3 * (reference.steps_per_epoch + 1)
     rng = random.Random(seed)
-    points = sorted(rng.sample(range(1, events), kills))
+    if points is None:
+        points = sorted(rng.sample(range(1, events), kills))
+    else:
+        points = points(reference.steps_per_epoch)
     done = 0
     run = trainer(faces, runs / "killed", *extra).dir
     for point in points:
         with pytest.raises(Killed):
-            trainer(faces, runs / "killed", *extra, callbacks=[KillAt(point - done)]).run()
+            trainer(
+                faces, runs / "killed", *extra, workers=workers, callbacks=[KillAt(point - done)]
+            ).run()
         # the epochs already completed are then replayed from last.pt; count from there
         done = sum(1 for _ in epochs_in(run)) * (reference.steps_per_epoch + 1)
         if rng.random() < 0.5:
@@ -293,7 +310,7 @@ def kill_loop(faces: Path, runs: Path, seed: int, kills: int, extra: tuple = ())
         if rng.random() < 0.5:
             (run / ".lock").write_text(f"{dead_pid()}\n")
         assert epochs_in(run) == list(range(1, len(epochs_in(run)) + 1))
-    trainer(faces, runs / "killed", *extra).run()
+    trainer(faces, runs / "killed", *extra, workers=workers).run()
     got = load_checkpoint(run / "last.pt")
     assert same_state(want, got), f"seed {seed}: kills at events {points} changed the result"
     assert epochs_in(run) == [1, 2, 3]
@@ -304,6 +321,15 @@ def test_killed_and_resumed_training_matches_an_uninterrupted_one(faces, tmp_pat
     """CI-sized: one seed, two kills, with the hard-pair sampler, whose mined pairs are not in
     the checkpoint and must be mined again on resume."""
     kill_loop(faces, tmp_path, seed=7, kills=2, extra=HARD_PAIRS)
+
+
+def test_resume_with_persistent_workers_matches_an_uninterrupted_run(faces, tmp_path):
+    """Two persistent DataLoader workers (kept across epochs, reseeded from the run seed, epoch
+    and worker id at each epoch's start): killed in the middle of epoch 2, then right after
+    epoch 2's checkpoint, the run resumes with new workers at epochs 2 and 3 and still ends
+    with the weights of an uninterrupted run whose workers lived through all three epochs (the
+    random flips and shifts of the face augmentation are drawn in the workers)."""
+    kill_loop(faces, tmp_path, seed=0, kills=2, workers=2, points=lambda s: [s + 3, 2 * s + 2])
 
 
 @pytest.mark.slow

@@ -1,16 +1,20 @@
 """The sample pipeline shared by training, evaluation and enrollment: load → frontend → prepare.
 
 Bad samples either stop the run with the file named (`data.on_bad_sample = "error"`) or are
-skipped, counted and listed (`"skip"`).
+skipped, counted and listed (`"skip"`). Training with workers keeps them across epochs
+(`EpochLoader`) and reseeds their random streams at each epoch, so a resumed run draws the same
+crops and augmentations as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -48,11 +52,19 @@ class PreparedDataset(Dataset):
         self.train = train
         self.on_bad_sample = on_bad_sample
         self.indices = list(range(len(folder))) if indices is None else list(indices)
+        self._stream: int | None = None  # the epoch stream this (worker's) copy was seeded for
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int] | Bad:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int] | Bad:
+        if isinstance(key, tuple):  # (epoch stream, i) from EpochBatches: reseed once per epoch
+            stream, i = key
+            if stream != self._stream:
+                self._stream = stream
+                seed_worker(stream)
+        else:
+            i = key
         index = self.indices[i]
         sample = self.folder.samples[index]
         try:
@@ -105,16 +117,107 @@ def make_loader(
     batch_size: int | None = None,
     batch_sampler: Any = None,
     pin_memory: bool = False,
+    persistent: bool = False,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
-    """A DataLoader over `dataset` (ordered batches for evaluation, or a batch sampler)."""
+    """A DataLoader over `dataset` (ordered batches for evaluation, or a batch sampler);
+    `persistent` keeps its workers between iterations (only with workers)."""
     kwargs: dict[str, Any] = dict(
         num_workers=workers,
         collate_fn=Collate(dataset.features),
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
+        generator=generator,
     )
     if workers > 0:
         kwargs["prefetch_factor"] = 4
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+
+
+# -- training across epochs ----------------------------------------------------------------------
+def epoch_stream(seed: int, epoch: int, rank: int = 0) -> int:
+    """The random stream of one epoch of one DDP rank, as a 63-bit integer."""
+    entropy = [seed % 2**64, epoch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_worker(stream: int) -> None:
+    """Seed torch, numpy and random of this DataLoader worker from (`stream`, worker id)."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:  # the main process: its streams are the checkpoint's, never reseeded here
+        return
+    state = np.random.SeedSequence([stream, info.id])
+    words = state.generate_state(2, np.uint32)
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+    np.random.seed(int(words[0]))
+    random.seed(int(words[0]) << 32 | int(words[1]))
+
+
+class EpochBatches:
+    """A batch sampler's batches with every index tagged by the current epoch's stream, so each
+    worker reseeds (`seed_worker`) at its first item of an epoch. Set `stream` before iterating."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.stream = 0
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        stream = self.stream
+        for batch in self.batch_sampler:
+            yield [(stream, int(i)) for i in batch]
+
+
+class EpochLoader:
+    """The training DataLoader of every epoch (`loader(epoch)`).
+
+    Without workers: a new loader per epoch; items draw from the main process's RNG, which a
+    checkpoint holds. With workers: one loader whose workers persist across epochs (no start-up
+    per epoch), each worker's torch/numpy/random reseeded at the start of every epoch from (run
+    seed, epoch, rank, worker id), and the loader's own seed drawn from a private generator, not
+    the main RNG: an uninterrupted run and one resumed at any epoch draw the same random numbers.
+    Batches go to workers round-robin from worker 0 each epoch, so each worker's items, in order,
+    are fixed by the sampler.
+    """
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        workers: int,
+        batch_sampler: Any,
+        seed: int,
+        rank: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset, self.workers, self.batch_sampler = dataset, workers, batch_sampler
+        self.seed, self.rank, self.pin_memory = seed, rank, pin_memory
+        self.batches = EpochBatches(batch_sampler)
+        self.loader: DataLoader | None = None
+
+    def __call__(self, epoch: int) -> DataLoader:
+        if self.workers == 0:
+            return make_loader(
+                self.dataset, 0, batch_sampler=self.batch_sampler, pin_memory=self.pin_memory
+            )
+        self.batches.stream = epoch_stream(self.seed, epoch, self.rank)
+        if self.loader is None:
+            self.loader = make_loader(
+                self.dataset,
+                self.workers,
+                batch_sampler=self.batches,
+                pin_memory=self.pin_memory,
+                persistent=True,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        return self.loader
+
+    def close(self) -> None:
+        """Stop the persistent workers (they also stop when the loader is garbage-collected)."""
+        loader, self.loader = self.loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
