@@ -255,3 +255,41 @@ def test_fewer_classes_than_ranks_refused_and_one_rank_unsharded():
     full = torch.randn(10, 4)
     centres.load_state_dict({"weight": full})
     torch.testing.assert_close(centres.weight.detach(), full[2:5])
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_then_resume_on_one(tmp_path: Path) -> None:
+    """The engine end to end: `metaemb train` with partial-fc on two torchrun ranks writes the
+    whole centre matrix; a copy of its epoch-1 snapshot resumes in one process."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from metaemb.core.plugin.components import build
+
+    data = tmp_path / "faces"
+    build("demo_data", "face", {"identities": 8, "images_per_identity": 6, "image_size": 32},
+          out=data)  # fmt: skip
+    args = [
+        "-m", "metaemb.cli", "train", "--modality", "face", "--data", str(data),
+        "--runs", str(tmp_path / "runs"), "--workers", "0", "--set", "train.epochs=2",
+        "--set", "train.batch_size=16", "--set", "model.dim=32",
+        "--set", "train.objective=partial-fc", "--set", "objective.sample_rate=0.5",
+        "--set", "train.snapshot_every=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
+    res = subprocess.run(two, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["classifier"]["weight"].shape == (state["num_classes"], 32)  # whole, not a shard
+    shutil.copy(run / "snapshot-epoch001.pt", run / "last.pt")  # as if stopped after epoch 1
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                         timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "from epoch 1/2" in res.stdout
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]

@@ -114,6 +114,11 @@ class InitFrom(Callback):
                     f"train.init_parts=all loads the classifier, but {where} or this run has "
                     "none; use train.init_parts=backbone+head."
                 )
+            from metaemb.core.train.shard import slice_states
+
+            # partial-fc under torchrun: this rank's rows of the whole centre matrix
+            sliced = slice_states({"classifier": cls_src}, trainer.classifier, trainer.optimizer)
+            cls_src = sliced["classifier"]
             check_shapes(cls_src, trainer.classifier.state_dict(), where, self.parts)
             trainer.classifier.load_state_dict(cls_src)
         trainer.model.load_state_dict(model_src, strict=False)
