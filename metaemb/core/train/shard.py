@@ -151,6 +151,8 @@ def sharded_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Softmax cross-entropy over the global batch whose class columns are split across ranks;
     `target` is the column of each row's class in this rank's `logits`, or -1 where another rank
     holds it. Every rank gets the same loss: that of the concatenated logits."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()  # exp and log in full precision, as F.cross_entropy under AMP
     return _ShardedCrossEntropy.apply(logits, target)
 
 
