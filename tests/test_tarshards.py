@@ -170,6 +170,20 @@ def test_the_index_is_reused_and_rebuilt_when_a_shard_changes(image_shards, tmp_
         changed.load(changed.abspath(stale))
 
 
+def test_shards_indexed_in_parallel_processes_give_the_same_index(image_shards, tmp_path, monkeypatch):  # fmt: skip
+    root, _ = image_shards
+    serial = folder(root, tmp_path / "one")
+    monkeypatch.setenv("METAEMB_INDEX_WORKERS", "2")
+    parallel = folder(root, tmp_path / "two")
+    assert parallel.index_hits == 0 and parallel.samples == serial.samples
+    assert np.array_equal(parallel._offset, serial._offset)
+    assert np.array_equal(parallel._size, serial._size)
+    assert folder(root, tmp_path / "two").index_hits == 3  # the workers wrote the cache
+    (root / "shard-000002.tar").write_bytes(b"x" * 600)  # an error in a worker reaches the caller
+    with pytest.raises(DataError, match=r"shard-000002\.tar' is truncated or corrupt"):
+        folder(root, tmp_path / "three")
+
+
 def test_workers_open_their_own_handles(image_shards, tmp_path, monkeypatch):
     root, expected = image_shards
     f = folder(root, tmp_path)

@@ -338,16 +338,58 @@ def _write(target: Path, shard: Path, stamp: list[int], rules: LabelRules, idx: 
         tmp.unlink(missing_ok=True)  # a cache that cannot be written is rebuilt next time
 
 
-def load_index(shard: Path, rules: LabelRules, cache: Path | None) -> tuple[ShardIndex, bool]:
-    """(the shard's index, whether it came from the cache): cached when the shard's size and
-    mtime are those it was indexed at, else built and cached (best effort, written atomically)."""
+def cached_index(shard: Path, rules: LabelRules, cache: Path | None) -> ShardIndex | None:
+    """The shard's cached index when its size and mtime are those it was indexed at."""
+    if cache is None:
+        return None
+    return _read_cached(index_file(cache, shard, rules), shard, _stamp(shard), rules)
+
+
+def build_index(shard: Path, rules: LabelRules, cache: Path | None) -> ShardIndex:
+    """Index the shard and cache the result (best effort, written atomically)."""
     stamp = _stamp(shard)
-    target = index_file(cache, shard, rules) if cache is not None else None
-    if target is not None:
-        found = _read_cached(target, shard, stamp, rules)
-        if found is not None:
-            return found, True
     idx = index_shard(shard, rules)
-    if target is not None and _stamp(shard) == stamp:  # not rewritten while we read it
-        _write(target, shard, stamp, rules, idx)
-    return idx, False
+    if cache is not None and _stamp(shard) == stamp:  # not rewritten while we read it
+        _write(index_file(cache, shard, rules), shard, stamp, rules, idx)
+    return idx
+
+
+def index_workers(missing: int) -> int:
+    """Processes that index shards in parallel: $METAEMB_INDEX_WORKERS, else one per CPU core
+    (shared by the ranks torchrun started on this machine), at most 8, and only for 8 or more
+    shards to index (a process pool costs more than it saves on a few)."""
+    env = os.environ.get("METAEMB_INDEX_WORKERS", "").strip()
+    if env.isdigit():
+        return max(1, min(int(env), missing))
+    if missing < 8:
+        return 1
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, cores, missing))
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def load_all(shards: list[Path], rules: LabelRules, cache: Path | None) -> tuple[list[ShardIndex], int]:  # fmt: skip
+    """(every shard's index, how many came from the cache); the others are indexed in parallel
+    processes when there are many (`index_workers`), each caching its result."""
+    found = [cached_index(p, rules, cache) for p in shards]
+    missing = [i for i, f in enumerate(found) if f is None]
+    workers = index_workers(len(missing)) if _can_fork() else 1
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: spawn and forkserver re-import the caller's main module, which a script
+        # without a `__main__` guard cannot survive; the children run only tarfile code.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            jobs = [pool.submit(build_index, shards[i], rules, cache) for i in missing]
+            for i, job in zip(missing, jobs, strict=True):
+                found[i] = job.result()
+    else:
+        for i in missing:
+            found[i] = build_index(shards[i], rules, cache)
+    return found, len(shards) - len(missing)  # type: ignore[return-value]

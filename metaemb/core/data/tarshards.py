@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metaemb.core.data.tar_index import LabelRules, list_shards, load_index
+from metaemb.core.data.tar_index import LabelRules, list_shards, load_all
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 
@@ -128,9 +128,8 @@ class TarShardFolder(SampleFolder):
         names, stamps, shard_of, offsets, sizes, exts = [], [], [], [], [], []
         samples: list[Sample] = []
         rows: dict[str, int] = {}
-        for i, path in enumerate(paths):
-            idx, cached = load_index(path, self.rules, self.cache_dir)
-            self.index_hits += cached
+        indexes, self.index_hits = load_all(paths, self.rules, self.cache_dir)
+        for i, (path, idx) in enumerate(zip(paths, indexes, strict=True)):
             st = os.stat(path)
             stamps.append((st.st_size, st.st_mtime_ns))
             name = os.path.relpath(path, base).replace(os.sep, "/")
