@@ -4,6 +4,13 @@ Bad samples either stop the run with the file named (`data.on_bad_sample = "erro
 skipped, counted and listed (`"skip"`). Training with workers keeps them across epochs
 (`EpochLoader`) and reseeds their random streams at each epoch, so a resumed run draws the same
 crops and augmentations as an uninterrupted one.
+
+Windowed training reads: when the Features' training `prepare` is a uniform random crop
+(`features.train_crop()` → its length), the frontend knows which samples it keeps without the
+samples (`frontend.kept_ranges(path, root, n)` → ranges, e.g. a cached VAD decision) and the folder
+can read a window (`folder.load_window(path, choose)`), a training item reads only the window its
+crop needs — the same random draw, the same samples as load → frontend → prepare. Any of the three
+may decline (None): the item is then made the usual way. These methods are optional.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ class PreparedDataset(Dataset):
         self.on_bad_sample = on_bad_sample
         self.indices = list(range(len(folder))) if indices is None else list(indices)
         self._stream: int | None = None  # the epoch stream this (worker's) copy was seeded for
+        crop = getattr(self.features, "train_crop", None)
+        windowed = hasattr(folder, "load_window") and hasattr(frontend, "kept_ranges")
+        self.crop: int | None = crop() if train and windowed and callable(crop) else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -68,16 +78,55 @@ class PreparedDataset(Dataset):
         index = self.indices[i]
         sample = self.folder.samples[index]
         try:
-            raw = self.folder.load(self.folder.abspath(sample))
-            raw = self.frontend(raw, sample.path, self.folder.root)
-            with torch.no_grad():
-                x = self.features.prepare(raw, self.train)
+            x = self._window(sample) if self.crop else None
+            if x is None:
+                raw = self.folder.load(self.folder.abspath(sample))
+                raw = self.frontend(raw, sample.path, self.folder.root)
+                with torch.no_grad():
+                    x = self.features.prepare(raw, self.train)
         except DataError as exc:
             exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":
                 return Bad(index, sample.path, str(exc))
             raise exc from None
         return x, sample.label, index
+
+    def _window(self, sample: Any) -> Tensor | None:
+        """The training crop read through a window (see the module's docstring), or None."""
+        crop, chosen = self.crop, []
+
+        def choose(n: int) -> tuple[int, int] | None:
+            ranges = self.frontend.kept_ranges(sample.path, self.folder.root, n)
+            total = sum(e - s for s, e in ranges) if ranges else 0
+            if total < crop:  # nothing known, or short (prepare tiles it): the usual way
+                return None
+            start = int(torch.randint(0, total - crop + 1, ()).item())  # prepare's draw
+            chosen.extend(crop_pieces(ranges, start, crop))
+            return chosen[0][0], chosen[-1][1]
+
+        span = self.folder.load_window(self.folder.abspath(sample), choose)
+        if span is None:
+            return None
+        base = chosen[0][0]
+        if len(chosen) == 1:
+            return span.to(torch.float32)
+        return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
+
+
+def crop_pieces(
+    ranges: Sequence[tuple[int, int]], start: int, length: int
+) -> list[tuple[int, int]]:
+    """The parts of `ranges` (sorted, disjoint [s, e)) holding positions [start, start + length)
+    of their concatenation, as ranges of the original positions."""
+    pieces, pos, end = [], 0, start + length
+    for s, e in ranges:
+        lo, hi = max(start - pos, 0), min(end - pos, e - s)
+        if lo < hi:
+            pieces.append((s + lo, s + hi))
+        pos += e - s
+        if pos >= end:
+            break
+    return pieces
 
 
 @dataclass

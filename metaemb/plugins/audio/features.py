@@ -83,6 +83,12 @@ class AudioFeatures(Features):
             return wave[start : start + self.max_eval_samples].contiguous()
         return tile_to(wave, self.min_samples)[: max(wave.numel(), self.min_samples)]
 
+    def train_crop(self) -> int:
+        """`prepare(raw, train=True)` keeps `crop_samples` consecutive samples starting at
+        torch.randint(0, T − crop + 1) when T ≥ crop: the sample pipeline may then read only
+        that window (PreparedDataset), drawing the same number."""
+        return self.crop_samples
+
     def collate(self, items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         lengths = torch.tensor([int(x.numel()) for x in items], dtype=torch.long)
         if len(items) and bool((lengths == lengths[0]).all()):  # training crops: no padding

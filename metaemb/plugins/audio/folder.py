@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -9,7 +10,12 @@ from torch import Tensor
 
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import SampleFolder
-from metaemb.plugins.audio.io import AUDIO_EXTENSIONS, check_rate_policy, read_audio
+from metaemb.plugins.audio.io import (
+    AUDIO_EXTENSIONS,
+    check_rate_policy,
+    read_audio,
+    read_window,
+)
 
 
 class AudioFolder(SampleFolder):
@@ -35,3 +41,9 @@ class AudioFolder(SampleFolder):
 
     def load(self, path: Path) -> Tensor:
         return read_audio(path, self.sample_rate, self.on_rate_mismatch)
+
+    def load_window(
+        self, path: Path, choose: Callable[[int], tuple[int, int] | None]
+    ) -> Tensor | None:
+        """A window of the file chosen from its length (see `read_window`), or None."""
+        return read_window(path, self.sample_rate, choose)

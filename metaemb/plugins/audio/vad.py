@@ -10,15 +10,8 @@ renamed, so DataLoader workers racing on one file are safe.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import struct
-import uuid
 import warnings
-import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +21,7 @@ from metaemb.core.errors import ConfigError
 from metaemb.core.optional import require
 from metaemb.core.plugin.contract import SAME, Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Frontend
+from metaemb.plugins.audio.vad_cache import DecisionCache
 
 INT16_SCALE = 32768.0
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi floors energies at float epsilon before ln
@@ -118,143 +112,6 @@ def segments_to_samples(segments: np.ndarray, n_samples: int) -> Tensor:
     return keep
 
 
-# ---------------------------------------------------------------------------------------------
-# the per-file cache
-HEAD_BYTES = 65536  # the part of each file checksummed into its cache stamp
-MEMO_ENTRIES = 8192  # decisions kept in memory per frontend and process (each a few hundred bytes)
-# Entry format, version 3 (version 1 was one `.npz` zip per file: 10 ms to parse; version 2 had a
-# BLAKE2 head hash and no ctime in its stamp, 0.1 ms more per item: both are ignored, recomputed):
-# MAGIC, the stamp (6 × int64), the numpy dtype string (8 bytes), ndim (int64), the shape
-# (ndim × int64), then the array's bytes; one read and no parsing beyond a few integers.
-MAGIC = b"MEVAD\x003\n"
-SUFFIX = ".vad"
-_STAMP = struct.Struct("<6q")
-
-
-def _encode(stamp: bytes, data: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(data)
-    dtype = data.dtype.str.encode().ljust(8)
-    shape = np.array([data.ndim, *data.shape], dtype="<i8").tobytes()
-    return MAGIC + stamp + dtype + shape + data.tobytes()
-
-
-def _decode(buf: bytes, stamp: bytes) -> np.ndarray | None:
-    """The array stored in `buf` when its stamp equals `stamp`; None if stale or malformed."""
-    head = len(MAGIC) + _STAMP.size
-    if len(buf) < head + 16 or not buf.startswith(MAGIC):
-        return None
-    if buf[len(MAGIC) : head] != stamp:
-        return None
-    try:
-        dtype = np.dtype(buf[head : head + 8].decode("ascii").strip())
-        ndim = int.from_bytes(buf[head + 8 : head + 16], "little", signed=True)
-        at = head + 16 + 8 * ndim
-        if not 0 <= ndim <= 4 or dtype.hasobject or len(buf) < at:
-            return None
-        shape = tuple(np.frombuffer(buf, "<i8", ndim, head + 16).tolist())
-        count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or len(buf) != at + count * dtype.itemsize:
-            return None
-        return np.frombuffer(bytearray(buf[at:]), dtype, count).reshape(shape)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-
-
-class DecisionCache:
-    """Small numpy arrays per (absolute real path, frontend key), stamped with the file's identity:
-    size, mtime, ctime, inode, decoded length and a CRC-32 of its first HEAD_BYTES. Two datasets
-    with the same relative names never share entries; a file rewritten in place (same inode) gets
-    a new ctime, which no tool can set back, and one replaced by a copy with the same size and
-    preserved times has a new inode; the checksum still catches a rewrite of the head within one
-    tick of a coarse ctime clock. (The stamp was size, mtime and a BLAKE2 hash of the head: the
-    hash alone cost 0.1 ms per item; CRC-32 costs 0.02 ms and only has to tell an accidental
-    change, together with the other five fields.)
-
-    Entries are small binary files (see `_encode`); the last MEMO_ENTRIES decisions are also kept
-    in memory, still checked against a fresh stamp on every call, so a hit skips the file read.
-    `get` can memoise a value derived from the decision (the energy VAD's sample ranges) so a hit
-    also skips that work."""
-
-    def __init__(self, cache_dir: str | Path | None, key: str) -> None:
-        self.dir = Path(cache_dir) / "vad" if cache_dir is not None else None
-        self.key = key
-        self._memo: dict[str, tuple[bytes, Any]] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_memo": {}}  # each worker keeps its own
-
-    def entry(self, source: str | Path) -> Path:
-        """The entry file of `source` (made absolute and resolved, so links share one entry)."""
-        assert self.dir is not None
-        real = os.path.realpath(source)
-        digest = hashlib.sha1(os.fsencode(real) + b"\0" + self.key.encode() + b"\0v2").hexdigest()
-        return self.dir / digest[:2] / f"{digest}{SUFFIX}"
-
-    @staticmethod
-    def stamp(source: str | Path, n_samples: int) -> bytes | None:
-        """The file's identity as 48 bytes, or None when it cannot be opened (not a file)."""
-        try:
-            with open(source, "rb") as f:
-                st = os.fstat(f.fileno())
-                head = f.read(HEAD_BYTES)
-        except OSError:
-            return None
-        crc = zlib.crc32(head)
-        return _STAMP.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, n_samples, crc)
-
-    def get(
-        self,
-        path: str,
-        root: str | Path,
-        n_samples: int,
-        compute: Callable[[], np.ndarray],
-        derive: Callable[[np.ndarray], Any] | None = None,
-    ) -> Any:
-        """The cached array for `root / path`, or `compute()` (stored) when absent or stale;
-        `derive(array)` instead when given (memoised with it: do not mutate what it returns).
-
-        The stamp holds the file's size and times and the decoded length (which changes if the
-        folder's resampling does). Samples that are not files (Kaldi segments) are not cached.
-        """
-        source = os.path.join(root, path)
-        stamp = self.stamp(source, n_samples) if self.dir is not None else None
-        if stamp is None:
-            data = np.asarray(compute())
-            return data if derive is None else derive(data)
-        memo = self._memo.get(source)  # valid whatever the path resolves to: the stamp decides
-        if memo is not None and memo[0] == stamp:
-            return memo[1].copy() if derive is None else memo[1]
-        entry = self.entry(source)
-        try:
-            with open(entry, "rb") as f:
-                data = _decode(f.read(), stamp)
-        except OSError:
-            data = None  # missing or unreadable: recompute and overwrite
-        if data is None:
-            data = np.asarray(compute())
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-            try:
-                tmp.write_bytes(_encode(stamp, data))
-                os.replace(tmp, entry)
-            finally:
-                tmp.unlink(missing_ok=True)
-        if derive is None:
-            self._remember(source, stamp, data.copy())
-            return data
-        value = derive(data)
-        self._remember(source, stamp, value)
-        return value
-
-    def _remember(self, source: str, stamp: bytes, value: Any) -> None:
-        self._memo[source] = (stamp, value)
-        while len(self._memo) > MEMO_ENTRIES:
-            try:  # oldest first; another thread may evict the same one
-                self._memo.pop(next(iter(self._memo)), None)
-            except (RuntimeError, StopIteration):
-                break
-
-
 def _warn_no_speech(path: str, what: str) -> None:
     warnings.warn(f"{what} found no speech in '{path}'; keeping the whole recording.", stacklevel=3)
 
@@ -316,6 +173,16 @@ class EnergyVAD(Frontend):
             _warn_no_speech(path, "energy VAD")
             return raw
         return cut_runs(raw, runs)
+
+    def kept_ranges(
+        self, path: str, root: Path, n_samples: int
+    ) -> tuple[tuple[int, int], ...] | None:
+        """The sample ranges this frontend keeps of `root / path` (decoded to `n_samples`) when its
+        decision is cached, else None (also when it found no speech: then the whole recording is
+        kept, with a warning, by the full path). Lets training read only its crop's window."""
+        shift = self.shift
+        runs = self.cache.lookup(path, root, n_samples, lambda f: speech_runs(f, n_samples, shift))
+        return runs or None
 
 
 class SileroVAD(Frontend):
