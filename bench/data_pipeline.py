@@ -2,7 +2,8 @@
 
 metaemb: the engine's own path — SampleFolder.load (decode) → frontend (cached) →
 features.prepare (resize + augmentation for images, random crop for audio) → Features.collate —
-through `make_loader` (what `Trainer.train_epoch` uses), on the modality's demo data.
+through `EpochLoader` (what `Trainer.train_epoch` uses: with workers, one loader whose workers
+persist across epochs, reseeded per epoch), on the modality's demo data, shuffled batches.
 
 references, the same files, same batch size and worker counts, default DataLoader:
 - images: torchvision `ImageFolder` + v2 transforms (decode, resize to the backbone's input size,
@@ -10,12 +11,16 @@ references, the same files, same batch size and worker counts, default DataLoade
 - audio:  a plain soundfile Dataset (`soundfile.read` float32 + the same random crop) and the
   default collate.
 
-For 0, 1 and 2 workers, each loader is iterated for two passes (a new DataLoader per pass, as the
-engine makes one per epoch); pass 1 includes worker start-up, pass 2 is reported too. The metaemb
-and reference loaders alternate, so load from other processes hits both alike.
+For 0, 1 and 2 workers, each loader is iterated for two passes (epochs). The reference builds a
+new default DataLoader per pass (workers start again); with workers a third row, "reference
+(persistent)", keeps one DataLoader with persistent_workers=True. Pass 1 includes worker start-up;
+"vs ref" compares pass 2 with the default reference's pass 2. The loaders alternate, so load from
+other processes hits all alike; --repeat runs everything again and prints each repeat.
 
     python bench/data_pipeline.py                 # CI-sized demo data
     python bench/data_pipeline.py --full-data     # the default demo datasets
+    python bench/data_pipeline.py --modality speaker --set 'demo.seconds=[4.0, 12.0]'
+                                                  # VoxCeleb-like utterance lengths (mean 8 s)
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ import time
 
 import soundfile as sf
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from metaemb.core.config import resolve
-from metaemb.core.data.dataset import make_loader
+from metaemb.core.data.dataset import EpochLoader
 from metaemb.core.data.pipeline import Components, data_root
 
 SMALL = {
@@ -56,11 +61,14 @@ class SoundfileCrops(Dataset):
         return x[start : start + self.crop], self.labels[i]
 
 
-def reference(modality: str, parts: Components, workers: int, batch: int) -> DataLoader:
+def reference(
+    modality: str, parts: Components, workers: int, batch: int, persistent: bool = False
+) -> DataLoader:
     folder = parts.folder
     kw = {"num_workers": workers, "batch_size": batch, "shuffle": True}
     if workers > 0:
         kw["prefetch_factor"] = 4
+        kw["persistent_workers"] = persistent
     if modality == "face":
         from torchvision import datasets
         from torchvision.transforms import v2
@@ -95,32 +103,49 @@ def main() -> None:
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--full-data", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="run the whole comparison this often")
+    ap.add_argument("--set", action="append", default=[], help="a config setting (repeatable)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{'modality':8s} {'loader':26s} {'workers':>7s} {'samples':>7s} "
           f"{'pass1 /s':>9s} {'pass2 /s':>9s} {'vs ref':>7s}")  # fmt: skip
-    for modality in args.modality:
-        sets = [] if args.full_data else SMALL[modality]
-        cfg = resolve(modality, None, [f"train.batch_size={args.batch_size}", *sets])
-        parts = Components.build(cfg, data_root(cfg))
-        for workers in args.workers:
-            rates: dict[str, list[float]] = {"metaemb (train)": [], "reference": []}
-            counts = {}
-            for _ in range(2):  # interleaved passes
-                for name in rates:
-                    if name == "reference":
-                        loader = reference(modality, parts, workers, args.batch_size)
-                    else:
-                        ds = parts.dataset(parts.folder, train=True)
-                        loader = make_loader(ds, workers, batch_size=args.batch_size)
-                    n, s = one_pass(loader)
-                    counts[name] = n
-                    rates[name].append(n / s)
-            ref = rates["reference"][1]
-            for name, r in rates.items():
-                print(f"{modality:8s} {name:26s} {workers:7d} {counts[name]:7d} "
-                      f"{r[0]:9.0f} {r[1]:9.0f} {r[1] / ref:7.2f}")  # fmt: skip
+    for _ in range(args.repeat):
+        for modality in args.modality:
+            sets = [*([] if args.full_data else SMALL[modality]), *args.set]
+            cfg = resolve(modality, None, [f"train.batch_size={args.batch_size}", *sets])
+            parts = Components.build(cfg, data_root(cfg))
+            for workers in args.workers:
+                compare(modality, parts, workers, args.batch_size)
+
+
+def compare(modality: str, parts: Components, workers: int, batch: int) -> None:
+    """Two interleaved passes of each loader; one line per loader."""
+    names = ["metaemb (train)", "reference"] + (["reference (persistent)"] if workers else [])
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    counts: dict[str, int] = {}
+    ds = parts.dataset(parts.folder, train=True)
+    ours = EpochLoader(ds, workers, BatchSampler(RandomSampler(ds), batch, False), seed=0)
+    persistent = reference(modality, parts, workers, batch, persistent=True) if workers else None
+    try:
+        for epoch in range(2):  # interleaved passes
+            for name in names:
+                if name == "metaemb (train)":
+                    loader = ours(epoch)
+                elif name == "reference":
+                    loader = reference(modality, parts, workers, batch)
+                else:
+                    loader = persistent
+                n, s = one_pass(loader)
+                counts[name] = n
+                rates[name].append(n / s)
+    finally:
+        ours.close()
+        del persistent
+    ref = rates["reference"][1]
+    for name, r in rates.items():
+        print(f"{modality:8s} {name:26s} {workers:7d} {counts[name]:7d} "
+              f"{r[0]:9.0f} {r[1]:9.0f} {r[1] / ref:7.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -232,8 +232,8 @@ def test_cached_decisions_equal_fresh_ones(tmp_path):
 
 
 def test_cache_sees_a_rewrite_after_the_checksummed_head(tmp_path):
-    """A file rewritten in place (same inode, size and mtime) with a change only past the first
-    64 KiB is recomputed: its ctime moved, which the stamp holds."""
+    """A file rewritten in place (same inode, size and mtime) with a change only past the
+    checksummed head (its last second) is recomputed: its ctime moved, which the stamp holds."""
     import time
 
     path, wave = write_fixture(tmp_path)  # 3 s float32: 192 KB

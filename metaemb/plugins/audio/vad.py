@@ -3,7 +3,7 @@
 Both cut the waveform down to its speech and cache their decision per file under
 `cache_dir/vad/` (one small binary entry per file, see `DecisionCache`), keyed by the file's
 absolute real path and the frontend configuration, and stamped with the file's size, mtime, ctime,
-inode and a checksum of its first 64 KiB: a changed file is recomputed (and its entry overwritten),
+inode and a checksum of its first 4 KiB: a changed file is recomputed (and its entry overwritten),
 and same-named files of two datasets never collide. Entries are written to a temporary file and
 renamed, so DataLoader workers racing on one file are safe.
 """
