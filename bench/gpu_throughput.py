@@ -3,9 +3,9 @@ bf16 PyTorch loop on the same device.
 
 Switches (the config keys the engine reads): `train.amp` (bf16 autocast, CUDA only),
 `train.channels_last` (image models, CUDA only), `train.compile` (torch.compile of the backbone),
-and — measured separately, not an engine switch yet — JPEG decoding with
-`torchvision.io.decode_jpeg` on the CPU against `device="cuda"`. Audio fbank features always run
-on the training device (Features.forward), so the speaker rows include them.
+and — measured separately, the engine switch being `folder.decode = "device"` — JPEG decoding
+with `torchvision.io.decode_jpeg` on the CPU against `device="cuda"`. Audio fbank features always
+run on the training device (Features.forward), so the speaker rows include them.
 
 On a machine without CUDA the script still runs: GPU-only switches are skipped (and said so),
 the rest is measured on the CPU, so CI can run it. Batches are drawn once through the engine's

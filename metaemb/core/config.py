@@ -192,6 +192,11 @@ class Config:
             factory = registry(kind).get(name)
             every = {k: o.default for k, o in options_of(factory, internal=True).items()}
             d[section] = {**every, **full_options(kind, name, d.get(section, {}))}
+            # An option added later names the value that reproduces the old behaviour: at that
+            # value it is left out, so runs made before it existed keep their hash and resume.
+            for key, value in (getattr(factory, "hash_neutral", None) or {}).items():
+                if d[section].get(key, value) == value:
+                    d[section].pop(key, None)
         if self.train.augment:
             from metaemb.core.train.augment import full_options as augment_options
 

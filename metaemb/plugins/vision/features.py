@@ -9,6 +9,7 @@ and draws from torch's global RNG, so it is reproducible given the seed (the eng
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from torchvision.transforms.v2 import functional as tvf
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Features
+from metaemb.plugins.vision import jpeg
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -65,7 +67,8 @@ class ImageFeatures(Features):
     """
 
     out_channels = 3
-    accepts = (Kind("image"), Kind("aligned-image"))
+    # jpeg: encoded bytes from a folder with decode = "device", decoded in `forward` (jpeg.py)
+    accepts = (Kind("image"), Kind("aligned-image"), jpeg.JPEG)
     yields = Kind("image-tensor")  # normalised float [3, S, S]
 
     def __init__(
@@ -118,10 +121,34 @@ class ImageFeatures(Features):
         return tvf.resize(img, [s, s], antialias=True)
 
     def prepare(self, raw: Any, train: bool) -> Tensor:
+        if jpeg.is_encoded(raw) and raw.dim() == 1:
+            return raw  # JPEG bytes: decoded, resized and augmented on the device (`forward`)
         x = self.resize(to_uint8_chw(raw)).float().div_(255.0)
         if train:
             x = self.augment(x)
         return tvf.normalize(x, list(MEAN), list(STD))
+
+    def collate(self, items: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        if items and jpeg.is_encoded(items[0]) and items[0].dim() == 1:
+            return jpeg.pad(items)  # [N, L_max] bytes + lengths
+        return torch.stack(list(items)), None
+
+    # -- batched (training device) ----------------------------------------------------------
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Network input as it comes, or a batch of JPEG bytes decoded on x's device, then
+        prepared as `prepare` does (augmented when the module is in training mode)."""
+        if not (jpeg.is_encoded(x) and x.dim() == 2):
+            return x, lengths
+        images = jpeg.decode_batch(x, lengths)
+        if images and all(img.shape == images[0].shape for img in images):
+            batch = self.resize(torch.stack(images)).float().div_(255.0)  # one resize for all
+        else:
+            batch = torch.stack([self.resize(img) for img in images]).float().div_(255.0)
+        if self.training:
+            batch = torch.stack([self.augment(y) for y in batch])
+        mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1)
+        return (batch - mean) / std, None
 
     def augment(self, x: Tensor) -> Tensor:
         """Training augmentation of a float [3, S, S] image in [0, 1]."""

@@ -7,14 +7,16 @@ directly. Grey, palette and alpha images are converted to RGB so every sample ha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from torch import Tensor
 
-from metaemb.core.plugin.contract import Kind
-from metaemb.core.plugin.interfaces import SampleFolder
+from metaemb.core.errors import DataError
+from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.vision.imageio import read_image
+from metaemb.plugins.vision.jpeg import Decode, check_decode, encoded_jpeg, folder_yields
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "read_image"]
 
@@ -22,11 +24,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".webp", ".
 
 
 class ImageFolder(SampleFolder):
-    """Images under `<root>/<identity>/…/<image>`; samples load as RGB uint8 tensors [3, H, W]."""
+    """Images under `<root>/<identity>/…/<image>`; samples load as RGB uint8 tensors [3, H, W],
+    or with `decode = "device"` as their JPEG bytes, decoded on the training GPU (jpeg.py)."""
 
     extensions: ClassVar[tuple[str, ...]] = IMAGE_EXTENSIONS
     what: ClassVar[str] = "image"
-    yields = Kind("image")  # RGB uint8 [3, H, W]
+    yields = staticmethod(folder_yields)  # image: RGB uint8 [3, H, W]; jpeg: bytes [L]
+    hash_neutral: ClassVar[dict[str, str]] = {"decode": "cpu"}  # runs from before the option
+    decode: str = "cpu"
+
+    def __init__(
+        self, root: str | Path, samples: Sequence[Sample] | None = None, decode: Decode = "cpu"
+    ) -> None:
+        self.decode = check_decode(decode)
+        super().__init__(root, samples)
 
     def load(self, path: Path) -> Tensor:
+        if self.decode == "device":
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise DataError(f"image '{path}' cannot be read ({exc}).") from None
+            return encoded_jpeg(data, str(path))
         return read_image(path)

@@ -36,9 +36,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from metaemb.core.errors import DataError
-from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.vision.imageio import to_rgb8
+from metaemb.plugins.vision.jpeg import Decode, check_decode, encoded_jpeg, folder_yields
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -183,12 +183,14 @@ class RecordIOFolder(SampleFolder):
     """The images of an InsightFace `<name>.rec` / `<name>.idx` pair in `root` (no MXNet needed)."""
 
     what: ClassVar[str] = "image"
-    yields = Kind("image")  # RGB uint8 [3, H, W]
+    yields = staticmethod(folder_yields)  # image: RGB uint8 [3, H, W]; jpeg (decode="device")
+    hash_neutral: ClassVar[dict[str, str]] = {"decode": "cpu"}  # runs from before the option
     internal: ClassVar[frozenset[str]] = frozenset({"samples"})
 
-    def __init__(self, root: str | Path, name: str = "train", samples: Sequence[Sample] | None = None) -> None:  # fmt: skip
+    def __init__(self, root: str | Path, name: str = "train", samples: Sequence[Sample] | None = None, decode: Decode = "cpu") -> None:  # fmt: skip
         root = Path(root)
         self.name = name
+        self.decode = check_decode(decode)
         self.rec = RecordFile(root / f"{name}.rec")
         if not self.rec.path.is_file():
             raise DataError(f"RecordIO file '{self.rec.path}' does not exist.")
@@ -220,6 +222,8 @@ class RecordIOFolder(SampleFolder):
         flag = _IR.unpack_from(rec)[0]
         start = _IR.size + 4 * flag
         where = f"{self.rec.path}#{key}"
+        if self.decode == "device":  # JPEG bytes, decoded on the training GPU (jpeg.py)
+            return encoded_jpeg(rec[start:], where)
         try:
             with Image.open(io.BytesIO(rec[start:])) as img:
                 img.load()
