@@ -157,10 +157,20 @@ class TarShardFolder(SampleFolder):
         """(row in the index, member name as `<shard>#<key>.<ext>`) of a sample path, or None."""
         if self._rows is None:
             self._scan()
-        try:
-            rel = Path(path).relative_to(self.root).as_posix()
-        except ValueError:
-            rel = str(path)
+        text, root = os.fspath(path), os.fspath(self.root)
+        if root == ".":
+            rel = text
+        elif text.startswith(
+            root + os.sep
+        ):  # string ops: a Path round trip costs more than the read
+            rel = text[len(root) + 1 :]
+        else:
+            try:
+                rel = Path(path).relative_to(self.root).as_posix()
+            except ValueError:
+                rel = text
+        if os.sep != "/":
+            rel = rel.replace(os.sep, "/")
         row = self._rows.get(rel)  # type: ignore[union-attr]
         if row is None:
             return None
