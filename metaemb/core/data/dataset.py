@@ -63,6 +63,7 @@ class PreparedDataset(Dataset):
         crop = getattr(self.features, "train_crop", None)
         windowed = hasattr(folder, "load_window") and hasattr(frontend, "kept_ranges")
         self.crop: int | None = crop() if train and windowed and callable(crop) else None
+        self._short: set[int] = set()  # shorter than the crop: not worth asking for a window
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -78,7 +79,7 @@ class PreparedDataset(Dataset):
         index = self.indices[i]
         sample = self.folder.samples[index]
         try:
-            x = self._window(sample) if self.crop else None
+            x = self._window(index, sample) if self.crop and index not in self._short else None
             if x is None:
                 raw = self.folder.load(self.folder.abspath(sample))
                 raw = self.frontend(raw, sample.path, self.folder.root)
@@ -91,14 +92,17 @@ class PreparedDataset(Dataset):
             raise exc from None
         return x, sample.label, index
 
-    def _window(self, sample: Any) -> Tensor | None:
+    def _window(self, index: int, sample: Any) -> Tensor | None:
         """The training crop read through a window (see the module's docstring), or None."""
         crop, chosen = self.crop, []
 
         def choose(n: int) -> tuple[int, int] | None:
             ranges = self.frontend.kept_ranges(sample.path, self.folder.root, n)
-            total = sum(e - s for s, e in ranges) if ranges else 0
-            if total < crop:  # nothing known, or short (prepare tiles it): the usual way
+            if not ranges:  # not known (yet): the usual way
+                return None
+            total = sum(e - s for s, e in ranges)
+            if total < crop:  # prepare tiles it, from all of it: the usual way, from now on
+                self._short.add(index)  # (a hint only: the usual way is always right)
                 return None
             start = int(torch.randint(0, total - crop + 1, ()).item())  # prepare's draw
             chosen.extend(crop_pieces(ranges, start, crop))
@@ -230,7 +234,8 @@ class EpochLoader:
     seed, epoch, rank, worker id), and the loader's own seed drawn from a private generator, not
     the main RNG: an uninterrupted run and one resumed at any epoch draw the same random numbers.
     Batches go to workers round-robin from worker 0 each epoch, so each worker's items, in order,
-    are fixed by the sampler.
+    are fixed by the sampler. The workers hold the copy of the dataset made when they started:
+    changes made to it in the main process later (between epochs) do not reach them.
     """
 
     def __init__(
