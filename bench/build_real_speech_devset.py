@@ -205,13 +205,68 @@ def degrade(src: Path, dst: Path, seed: int) -> None:
     shutil.copy(src / "trials.txt", dst / "trials.txt")
 
 
+# Natural speech: Asterisk's recorded telephone prompts (one professional speaker per package;
+# Allison Smith recorded both the US-English and the Mexican-Spanish set).
+PROMPTS: dict[str, list[str]] = {
+    "allison": ["asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722"],
+    "june": ["asterisk-core-sounds-fr-g722"],
+    "carlo": ["asterisk-core-sounds-it-g722"],
+    "ivr_ru": ["asterisk-core-sounds-ru-g722"],
+    "menardi": ["asterisk-prompt-it-menardi-wav"],
+    "armelle": ["asterisk-prompt-fr-armelle"],
+    "es_co": ["asterisk-prompt-es-co"],
+}
+
+
+def decode(path: Path) -> torch.Tensor:
+    """Mono float waveform at 16 kHz of a prompt (.g722 16 kHz, .gsm/.wav 8 kHz), via PyAV."""
+    import av
+    import numpy as np
+    import torchaudio.functional as AF
+
+    with av.open(str(path), format=None if path.suffix == ".wav" else path.suffix[1:]) as c:
+        rate = c.streams.audio[0].rate
+        parts = [f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]
+    x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    x = torch.from_numpy(x.astype(np.float32) / (32768.0 if x.dtype == np.int16 else 1.0))
+    return x if rate == 16000 else AF.resample(x, rate, 16000)
+
+
+def build_prompts(root: Path, out: Path, per_speaker: int, seed: int) -> None:
+    """Natural-speech dev set from unpacked Asterisk prompt packages under `root`
+    (`dpkg-deb -x PACKAGE.deb root/PACKAGE`): prompts of at least 1.5 s, `per_speaker` each."""
+    out.mkdir(parents=True)
+    for speaker, packages in PROMPTS.items():
+        files = sorted(f for pkg in packages for f in (root / pkg).rglob("*")
+                       if f.suffix in {".g722", ".gsm", ".wav"} and "silence" not in f.parts)  # fmt: skip
+        random.Random(f"{seed}-{speaker}").shuffle(files)
+        folder = out / speaker
+        folder.mkdir()
+        kept = 0
+        for f in files:
+            wave = decode(f)
+            if wave.numel() < 1.5 * 16000:
+                continue
+            wave = wave / wave.abs().max().clamp(min=1e-9) * 0.5
+            sf.write(folder / f"{kept:03d}.wav", wave.numpy(), 16000, subtype="PCM_16")
+            kept += 1
+            if kept == per_speaker:
+                break
+        print(f"{speaker}: {kept} prompts", flush=True)
+    print(f"{out}: {write_trials(out, seed)} trials")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--utterances", type=int, default=30, help="per speaker")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--degrade-from", type=Path, help="clean dev set to copy with random channels")
+    ap.add_argument("--prompts-from", type=Path, help="unpacked Asterisk prompt packages")
     args = ap.parse_args()
+    if args.prompts_from:
+        build_prompts(args.prompts_from, args.out, args.utterances, args.seed)
+        return
     if args.degrade_from:
         degrade(args.degrade_from, args.out, args.seed)
         print(f"{args.out}: channel-degraded copy of {args.degrade_from}")

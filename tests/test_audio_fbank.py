@@ -68,6 +68,25 @@ def test_cmn_uses_valid_frames_only_and_short_inputs():
     assert fb(torch.zeros(1, 1000), torch.tensor([399]))[1].tolist() == [0]
 
 
+def test_level_normalisation_removes_gain_and_keeps_spectral_shape():
+    waves = utterances()[:-1]  # not the digital silence: the log's epsilon floor is not a gain
+    x, lengths = pad(waves)
+    raw, flen = KaldiFbank(cmn=False)(x, lengths)
+    level, _ = KaldiFbank(cmn="level")(x, lengths)
+    louder, _ = KaldiFbank(cmn="level")(x * 4.0, lengths)
+    torch.testing.assert_close(louder, level, atol=2e-3, rtol=0)  # gain (+12 dB) removed
+    for i in range(len(waves)):
+        r, lv = raw[i, :, : flen[i]], level[i, :, : flen[i]]
+        torch.testing.assert_close(lv, r - r.mean(), atol=1e-4, rtol=0)  # one scalar per utterance
+        band_means = lv.mean(1)
+        assert float(band_means.std()) > 0.5  # the long-term spectral shape is still there
+        assert abs(float(band_means.mean())) < 1e-4
+        assert float(level[i, :, flen[i] :].abs().sum()) == 0.0  # padding frames stay zero
+    assert KaldiFbank(cmn=True).cmn == "mean" and KaldiFbank(cmn=False).cmn == "none"
+    with pytest.raises(ConfigError, match="cmn"):
+        KaldiFbank(cmn="variance")
+
+
 def test_autocast_does_not_lower_precision():
     x, lengths = pad(utterances()[:3])
     fb = KaldiFbank()

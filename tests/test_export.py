@@ -190,6 +190,7 @@ def test_face_torchscript_matches_pytorch(face_ckpt, tmp_path):
         {},
         {"window": "hamming", "preemphasis": 0.0, "cmn": False, "n_mels": 40},
         {"remove_dc_offset": False, "low_freq": 100.0, "high_freq": -400.0},
+        {"cmn": "level"},
     ],
 )
 def test_traceable_fbank_matches_kaldi_fbank(opts):

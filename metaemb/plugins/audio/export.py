@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from metaemb.core.deploy.export import ExportAdapter, ExportError, outputs_of
 from metaemb.core.train.model import EmbeddingModel
+from metaemb.plugins.audio.fbank import cmn_mode
 
 #: the folded-DFT fbank vs KaldiFbank (log-mel, absolute): measured ~1e-4 on speech-like input.
 FBANK_TOL = 2e-3
@@ -68,7 +69,7 @@ class TraceableFbank(nn.Module):
             )
         self.size, self.shift = int(fbank.size), int(fbank.shift)
         self.bins = int(fbank.n_fft) // 2 + 1
-        self.cmn = bool(fbank.cmn)
+        self.cmn = cmn_mode(fbank.cmn)
         self.register_buffer("kernel", fbank_kernel(fbank))
         self.register_buffer("banks", fbank.banks.detach().float().clone())  # [bins, mels]
 
@@ -88,8 +89,10 @@ class TraceableFbank(nn.Module):
         steps = torch.cumsum(torch.ones_like(feats[:, :, 0]), dim=1) - 1.0
         valid = (steps < flen.unsqueeze(1).to(steps.dtype)).to(feats.dtype).unsqueeze(2)
         feats = feats * valid
-        if self.cmn:
+        if self.cmn != "none":
             mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1).to(feats.dtype)[:, None, None]
+            if self.cmn == "level":
+                mean = mean.mean(dim=2, keepdim=True)
             feats = (feats - mean) * valid
         return feats.transpose(1, 2), flen
 

@@ -13,6 +13,7 @@ are zero in the output. The parity test holds it to ≤ 1e-3 of torchaudio with 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -69,13 +70,39 @@ def num_frames(lengths: Tensor, size: int, shift: int) -> Tensor:
     return torch.where(lengths >= size, 1 + (lengths - size).div(shift, rounding_mode="floor"), 0)
 
 
+CMN_MODES = ("mean", "level", "none")
+
+
+def cmn_mode(value: bool | str) -> str:
+    """The normalisation a `cmn` option names: true → "mean", false → "none"."""
+    if isinstance(value, bool):
+        return "mean" if value else "none"
+    if value not in CMN_MODES:
+        raise ConfigError(f"fbank: cmn must be true, false or one of {CMN_MODES}; got {value!r}.")
+    return str(value)
+
+
+def normalise(feats: Tensor, flen: Tensor, valid: Tensor, mode: str) -> Tensor:
+    """[N, F, mels] log-mel, zero past each utterance's `flen` frames → normalised per `mode`."""
+    if mode == "none":
+        return feats
+    count = flen.clamp(min=1).to(feats.dtype)[:, None, None]
+    mean = feats.sum(dim=1, keepdim=True) / count  # [N, 1, mels]
+    if mode == "level":
+        mean = mean.mean(dim=2, keepdim=True)
+    return (feats - mean) * valid[..., None].to(feats.dtype)
+
+
 class KaldiFbank(nn.Module):
     """[N, T] padded waveforms (+ lengths in samples) → ([N, n_mels, frames], frame lengths).
 
     `int16_scale` multiplies float waveforms in [−1, 1] by 32768 first, as Kaldi assumes int16
     samples (set False if the input already is on that scale). `dither` (Gaussian, per sample, in
     int16 units; Kaldi trains with 1.0) is applied only in training mode and defaults to 0 so
-    features are deterministic. `cmn` subtracts each utterance's mean over its valid frames.
+    features are deterministic. `cmn` normalises each utterance over its valid frames: "mean"
+    (or true) subtracts the mean of every mel band (Kaldi's CMN: removes the channel, and with it
+    the speaker's long-term spectral shape), "level" subtracts one scalar, the mean over frames
+    and bands (removes the gain only, keeps the spectral shape), "none" (or false) leaves it.
     """
 
     def __init__(
@@ -91,7 +118,7 @@ class KaldiFbank(nn.Module):
         high_freq: float = 0.0,
         dither: float = 0.0,
         int16_scale: bool = True,
-        cmn: bool = True,
+        cmn: bool | Literal["mean", "level", "none"] = True,
     ) -> None:
         super().__init__()
         self.n_mels = int(n_mels)
@@ -110,7 +137,7 @@ class KaldiFbank(nn.Module):
         self.remove_dc_offset = bool(remove_dc_offset)
         self.dither = float(dither)
         self.int16_scale = bool(int16_scale)
-        self.cmn = bool(cmn)
+        self.cmn = cmn_mode(cmn)
         self.low_freq, self.high_freq = float(low_freq), float(high_freq)
         self.register_buffer("window", window_function(window, self.size), persistent=False)
         banks = mel_banks(self.n_mels, self.n_fft, sample_rate, low_freq, high_freq)
@@ -144,9 +171,7 @@ class KaldiFbank(nn.Module):
             packed = self._frames_to_fbank(frames.unfold(1, self.size, self.shift)[valid])
             feats = packed.new_zeros(n, n_frames, self.n_mels)
             feats[valid] = packed
-            if self.cmn if cmn is None else cmn:
-                mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1)[:, None, None]
-                feats = (feats - mean) * valid[..., None]
+            feats = normalise(feats, flen, valid, self.cmn if cmn is None else cmn_mode(cmn))
         return feats.transpose(1, 2), flen
 
     def _frames_to_fbank(self, frames: Tensor) -> Tensor:
