@@ -24,6 +24,7 @@ from metaemb.core.data import tarshards
 from metaemb.core.data.tar_index import expand_braces, split_name
 from metaemb.core.errors import DataError
 from metaemb.core.plugin.components import build
+from metaemb.plugins.audio import io as audio_io
 from metaemb.plugins.audio.tarshards import AudioTarFolder
 from metaemb.plugins.vision.tarshards import ImageTarFolder
 
@@ -96,7 +97,7 @@ def test_images_and_labels_round_trip(image_shards, tmp_path):
     assert torch.equal(val.load(val.abspath(val.samples[0])), pil(expected[val.samples[0].path]))
 
 
-def test_audio_with_json_and_text_labels(tmp_path):
+def test_audio_with_json_and_text_labels(tmp_path, monkeypatch):
     root = tmp_path / "a"
     root.mkdir()
     audio = [flac(1), flac(2), flac(3, fmt="WAV")]
@@ -119,6 +120,7 @@ def test_audio_with_json_and_text_labels(tmp_path):
     write_tar(root / "shard-000000.tar", [("u.flac", flac(5, rate=8000)), ("u.json", b'{"speaker": "c"}')])  # fmt: skip
     f = AudioTarFolder(root, json_key="speaker", sample_rate=16000, cache_dir=tmp_path / "cache")
     assert f.identities == ["c"]
+    monkeypatch.setattr(audio_io, "_warned_rates", set())  # warned once per process
     with pytest.warns(UserWarning, match="resampled"):
         assert f.load(f.abspath(f.samples[0])).shape == (4000,)  # 2000 samples at 8 kHz
     with pytest.raises(DataError, match="has no key 'identity' \\(it holds: speaker\\)"):
