@@ -15,7 +15,9 @@ For 0, 1 and 2 workers, each loader is iterated for two passes (epochs). The ref
 new default DataLoader per pass (workers start again); with workers a third row, "reference
 (persistent)", keeps one DataLoader with persistent_workers=True. Pass 1 includes worker start-up;
 "vs ref" compares pass 2 with the default reference's pass 2. The loaders alternate, so load from
-other processes hits all alike; --repeat runs everything again and prints each repeat.
+other processes hits all alike; --repeat runs everything again and prints each repeat. "cpu us"
+is pass 2's CPU time of the benchmark's own process per sample: with 0 workers the whole item's
+cost, steadier than wall time on a shared machine; with workers only the main process's share.
 
     python bench/data_pipeline.py                 # CI-sized demo data
     python bench/data_pipeline.py --full-data     # the default demo datasets
@@ -89,12 +91,13 @@ def reference(
     return DataLoader(ds, **kw)
 
 
-def one_pass(loader) -> tuple[int, float]:
-    t0 = time.perf_counter()
+def one_pass(loader) -> tuple[int, float, float]:
+    """(samples, wall seconds, CPU seconds of this process) of one pass."""
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for b in loader:
         n += len(b[1]) if isinstance(b, (list, tuple)) else len(b)
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -109,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{'modality':8s} {'loader':26s} {'workers':>7s} {'samples':>7s} "
-          f"{'pass1 /s':>9s} {'pass2 /s':>9s} {'vs ref':>7s}")  # fmt: skip
+          f"{'pass1 /s':>9s} {'pass2 /s':>9s} {'vs ref':>7s} {'cpu us':>7s}")  # fmt: skip
     for _ in range(args.repeat):
         for modality in args.modality:
             sets = [*([] if args.full_data else SMALL[modality]), *args.set]
@@ -124,6 +127,7 @@ def compare(modality: str, parts: Components, workers: int, batch: int) -> None:
     names = ["metaemb (train)", "reference"] + (["reference (persistent)"] if workers else [])
     rates: dict[str, list[float]] = {name: [] for name in names}
     counts: dict[str, int] = {}
+    cpu: dict[str, float] = {}  # pass 2, µs per sample, this process only
     ds = parts.dataset(parts.folder, train=True)
     ours = EpochLoader(ds, workers, BatchSampler(RandomSampler(ds), batch, False), seed=0)
     persistent = reference(modality, parts, workers, batch, persistent=True) if workers else None
@@ -136,16 +140,17 @@ def compare(modality: str, parts: Components, workers: int, batch: int) -> None:
                     loader = reference(modality, parts, workers, batch)
                 else:
                     loader = persistent
-                n, s = one_pass(loader)
+                n, s, c = one_pass(loader)
                 counts[name] = n
                 rates[name].append(n / s)
+                cpu[name] = c / n * 1e6
     finally:
         ours.close()
         del persistent
     ref = rates["reference"][1]
     for name, r in rates.items():
         print(f"{modality:8s} {name:26s} {workers:7d} {counts[name]:7d} "
-              f"{r[0]:9.0f} {r[1]:9.0f} {r[1] / ref:7.2f}", flush=True)  # fmt: skip
+              f"{r[0]:9.0f} {r[1]:9.0f} {r[1] / ref:7.2f} {cpu[name]:7.0f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
