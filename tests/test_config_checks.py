@@ -106,7 +106,8 @@ def test_moved_options_migrate_with_a_message():
     assert cfg.options("scorer") == {"base": {"name": "plda", "lda_dim": 64}, "top_n": 50}
     assert any("'scorer.lda_dim' is now 'scorer.base.lda_dim'" in m for m in msgs)
     cfg, msgs = _load("speaker-ecapa-fbank")
-    assert cfg.options("features")["fbank"] == {"n_mels": 40, "dither": 1.0}
+    # cmn: that run's per-band CMN, pinned because the speaker default later became "level".
+    assert cfg.options("features")["fbank"] == {"n_mels": 40, "dither": 1.0, "cmn": True}
     assert cfg.options("backbone") == {"embedding_dim": 256}  # what that run really trained
     assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
     cfg, _ = _load("face-distill")
@@ -124,6 +125,8 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     (old / "config.toml").write_text((V0 / "speaker-default.toml").read_text())
     assert earlier_equivalent_run(tmp_path, cfg) is None  # another configuration
     cfg = resolve("speaker")
+    assert earlier_equivalent_run(tmp_path, cfg) is None  # the default features changed since
+    cfg = resolve("speaker", sets=["features.fbank.cmn=true"])  # what that run trained
     assert earlier_equivalent_run(tmp_path, cfg) == old
     run_dir(tmp_path, cfg).mkdir(parents=True)
     assert earlier_equivalent_run(tmp_path, cfg) is None  # its own folder exists: resumes there
@@ -137,7 +140,7 @@ def test_readme_configuration_example_resolves(tmp_path):
     cfg = resolve("speaker", config_file=tmp_path / "c.toml")
     assert cfg.eval.scorer == "asnorm"
     assert cfg.options("scorer") == {"top_n": 200, "base": {"name": "plda", "lda_dim": 100}}
-    assert cfg.options("features")["fbank"] == {"n_mels": 40}
+    assert cfg.options("features")["fbank"] == {"n_mels": 40, "cmn": "level"}
 
 
 @pytest.mark.slow  # trains a tiny model (~30 s on 2 cores); the fast tests above cover from_dict
@@ -171,3 +174,19 @@ def test_an_old_run_directory_still_evaluates(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     metrics = json.loads(next(run.glob("eval-*/metrics.json")).read_text())
     assert metrics["scorer"] == "asnorm" and 0.0 <= metrics["eer"] <= 1.0
+
+
+def test_a_changed_modality_default_does_not_change_saved_runs(tmp_path):
+    """Runs saved before the speaker features' default became cmn="level" were trained with
+    per-band CMN: loading them must rebuild that, while new configurations get the new default
+    and keep it through a save and load."""
+    old, _ = _load("speaker-default")
+    assert old.options("features")["fbank"] == {"cmn": True}
+    new = resolve("speaker")
+    assert new.options("features")["fbank"] == {"cmn": "level"}
+    saved = tmp_path / "config.toml"
+    saved.write_text(new.to_toml())
+    again = from_dict(load_toml(saved))
+    assert again.options("features")["fbank"] == {"cmn": "level"} and again.hash() == new.hash()
+    chosen = resolve("speaker", sets=["features.fbank.cmn=false"])
+    assert from_dict(chosen.to_dict()).options("features")["fbank"] == {"cmn": False}

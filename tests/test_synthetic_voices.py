@@ -111,8 +111,9 @@ def median_pitch(x: np.ndarray, sr: int = 16000) -> float:
 
 
 def test_mean_fbank_baseline_is_weak_but_speakers_are_distinct(voices):
-    """Cosine of mean Kaldi fbank vectors (the no-learning baseline) must give EER ≥ 20 %, while
-    a cue the channel cannot hide (each utterance's median pitch) separates the speakers."""
+    """Cosine of mean Kaldi fbank vectors (the no-learning baseline) must give EER ≥ 20 % (gain
+    and background noise move the average), while a cue they cannot hide (each utterance's median
+    pitch) separates the speakers."""
     means, pitch, speakers = [], [], []
     for f in wavs(voices):
         x, _ = sf.read(f, dtype="float32")
@@ -148,3 +149,23 @@ def test_fast_length():
             while k % p == 0:
                 k //= p
         assert k == 1
+
+
+def test_vowel_tokens_fill_the_vowel_space_and_voices_drift_a_little():
+    """Vowels are drawn across the whole F1–F2 space (not only 9 fixed targets, which a network
+    learns as a fingerprint) and stay inside it; a voice on another day moves only slightly."""
+    from metaemb.plugins.audio.synthetic import VOWELS, draw_voice, drift, vowel
+
+    rng = np.random.default_rng(0)
+    voice = draw_voice(rng)
+    tokens = np.array([vowel(voice, rng) for _ in range(3000)])
+    lo, hi = VOWELS.min(0), VOWELS.max(0)
+    assert np.all(tokens > lo * 0.75) and np.all(tokens < hi * 1.35)
+    f1, f2 = tokens[:, 0], tokens[:, 1]
+    assert np.ptp(f1) > 0.8 * (hi[0] - lo[0]) and np.ptp(f2) > 0.8 * (hi[1] - lo[1])
+    # Most tokens are away from every inventory vowel (> 8 % off in F1 or F2).
+    nearest = np.abs(np.log(tokens[:, None, :2] / VOWELS[None, :, :2])).max(2).min(1)
+    assert 0.4 < np.mean(nearest > 0.08) < 0.95
+    days = [drift(voice, rng) for _ in range(200)]
+    scales = np.array([d.formant_scale / voice.formant_scale for d in days])
+    assert 0.005 < np.std(np.log(scales)) < 0.03 and days[0].f0 == voice.f0

@@ -8,6 +8,7 @@ options of the chosen component and are validated against that component's facto
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from metaemb.core.config_checks import check_values, migrate_options
 from metaemb.core.config_toml import dumps_toml, load_toml, parse_set
-from metaemb.core.errors import ConfigError, suggest
+from metaemb.core.errors import ConfigError, MetaembError, suggest
 from metaemb.core.plugin.components import (
     coerce,
     full_options,
@@ -404,4 +405,20 @@ def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a resolved Config saved by `to_dict` (e.g. from a checkpoint or config.toml);
     keys written by earlier versions are migrated with a warning (see config_checks)."""
     modality = d.get("modality", "face")
-    return resolve(modality, base=d)
+    return resolve(modality, base=pin_former_defaults(d))
+
+
+def pin_former_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the modality's changed defaults (`Modality.former_options`) made
+    explicit where it lacks them: it was trained with the former value, not today's default."""
+    try:
+        mod = registry("modalities").get(d.get("modality", "face"))
+    except MetaembError:
+        return d  # resolve() reports the unknown modality
+    out = copy.deepcopy(d)
+    for section, by_component in mod.former_options.items():
+        chosen = out.get("model", {}).get(section) or getattr(mod, section, "")
+        former = by_component.get(chosen)
+        if former:
+            out[section] = _merge(former, out.get(section) or {})
+    return out

@@ -47,8 +47,11 @@ def data_root(config: Config, console: Console | None = None) -> Path:
             f"modality '{mod.name}' has no built-in demo dataset; pass --data DIR (a folder of "
             "<identity>/<sample> files)."
         )
-    opts = {k: o.default for k, o in options_of(registry("demo_data").get(mod.demo_data)).items()}
+    generator = registry("demo_data").get(mod.demo_data)
+    opts = {k: o.default for k, o in options_of(generator).items()}
     opts.update(config.options("demo"))
+    if getattr(generator, "version", None) is not None:  # a new generator gets a new folder
+        opts["generator_version"] = generator.version
     key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
     if console is not None and not out.exists():

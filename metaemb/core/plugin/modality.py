@@ -20,6 +20,9 @@ class Modality:
     so a plugin's backbone never receives the x-vector's widths because an option shares a name.
     (A component key in `defaults`, e.g. "backbone.channels", is read as an option of the
     modality's own default component for that section.)
+    `former_options` (same shape as `options`) are defaults a later version changed: a saved
+    configuration (a run's config.toml, a checkpoint) that lacks such an option was trained with
+    the former value, so `from_dict` pins it there instead of giving an old model new features.
     `demo_data` optionally names the synthetic generator used when `train` gets no --data;
     without one, `train` needs --data. `frontend` and `features` default to the built-in
     pass-through components "none".
@@ -35,6 +38,7 @@ class Modality:
     baseline_name: str = "raw input"
     defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    former_options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [f for f in ("sample_folder", "backbone") if not getattr(self, f)]

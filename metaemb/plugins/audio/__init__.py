@@ -125,8 +125,13 @@ def register_modalities(register: Register) -> None:
                 "backbone": {
                     "xvector": {"channels": 256, "pool_channels": 768, "embedding_dim": 256}
                 },
-                "features": {"fbank": {"crop_seconds": 2.0}},
+                # cmn="level" removes the gain but keeps the long-term spectral shape, the cue
+                # that carries over from synthetic to real voices (docs/speaker.md, transfer).
+                "features": {"fbank": {"crop_seconds": 2.0, "fbank": {"cmn": "level"}}},
             },
+            former_options={
+                "features": {"fbank": {"fbank": {"cmn": True}}}
+            },  # saved before cmn="level"
             defaults={
                 "model.dim": 128,
                 "train.epochs": 6,

@@ -1,11 +1,16 @@
 """Built-in synthetic voices: a deterministic source-filter generator (the speaker demo dataset).
 
-Identity lives in stable cues — each speaker has a pitch range, a vocal-tract length (all formants
-scaled), personal vowel formants, formant bandwidths, a spectral tilt, breathiness and a speaking
-rate. Nuisance varies per utterance — the phone sequence, pauses, intonation, a random channel
-(smooth equaliser), coloured background noise at a random SNR and the gain. The channel is what
-makes the no-learning baseline (cosine of mean filterbank vectors) weak: it shifts the long-term
-spectrum, which per-utterance mean normalisation removes for a trained network.
+Identity lives in stable cues: each speaker has a pitch range, a vocal-tract length (all formants
+scaled), a personal vowel space, formant bandwidths, a spectral tilt, breathiness, a speaking rate
+and a level of jitter and shimmer. Nuisance varies per utterance: the phone sequence (most vowels
+are drawn anywhere in the vowel space, not from a fixed inventory), pauses, intonation, a small
+drift of every trait (as a person's voice varies between recordings), coloured background noise
+at a random SNR and the gain.
+
+There is deliberately no random channel (equaliser) per utterance. An earlier version had one, to
+make the no-learning baseline weak; it taught the network to ignore the long-term spectral shape,
+which is the strongest cue of real recorded voices, and the model transferred worse to real
+speech than a spectral average (see docs/speaker.md, "Does the default model transfer").
 
 Synthesis is vectorised per utterance: per-frame spectral envelopes (formant resonances, tilt,
 frication bands) shape the STFT of a glottal pulse train and of white noise, then overlap-add.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ from metaemb.core.errors import ConfigError, DataError
 WIN = 512  # synthesis STFT window (32 ms at 16 kHz)
 HOP = WIN // 4
 MANIFEST = "voices.json"  # at the root, outside every speaker folder: the scan ignores it
-VERSION = 1  # bump when the generator's output changes, so caches regenerate
+VERSION = 2  # bump when the generator's output changes, so caches regenerate
 
 # Vowel formant targets F1–F3 (Hz, adult average; Peterson & Barney style).
 VOWELS = np.array(
@@ -81,6 +86,8 @@ class Voice:
     tilt: float  # source spectral tilt, dB per octave
     breath: float  # aspiration noise level relative to voicing
     rate: float  # phone-duration factor (> 1 is slower)
+    jitter: float = 0.01  # relative pitch perturbation per 8 ms frame
+    shimmer: float = 0.08  # relative amplitude perturbation per glottal pulse
 
 
 def draw_voice(rng: np.random.Generator) -> Voice:
@@ -89,13 +96,27 @@ def draw_voice(rng: np.random.Generator) -> Voice:
         f0=float(np.exp(rng.uniform(np.log(80.0), np.log(280.0)))),
         f0_range=float(rng.uniform(1.0, 4.0)),
         formant_scale=float(rng.uniform(0.82, 1.2)),
-        vowel_offsets=tuple(tuple(rng.normal(0.0, 0.06, 3).tolist()) for _ in VOWELS),
+        vowel_offsets=tuple(tuple(rng.normal(0.0, 0.03, 3).tolist()) for _ in VOWELS),
         f4=float(rng.uniform(3250.0, 3900.0)),
         f5=float(rng.uniform(4300.0, 5200.0)),
         bandwidth=float(rng.uniform(0.6, 1.6)),
         tilt=float(rng.uniform(-15.0, -6.0)),
         breath=float(rng.uniform(0.02, 0.4)),
         rate=float(rng.uniform(0.75, 1.35)),
+        jitter=float(rng.uniform(0.003, 0.02)),
+        shimmer=float(rng.uniform(0.03, 0.15)),
+    )
+
+
+def drift(voice: Voice, rng: np.random.Generator) -> Voice:
+    """The same person on another day: every trait moves a little (≈ 1.5 % vocal-tract length,
+    1.5 dB/octave tilt, 30 % breathiness, 10 % bandwidth)."""
+    return replace(
+        voice,
+        formant_scale=voice.formant_scale * float(np.exp(rng.normal(0.0, 0.015))),
+        tilt=voice.tilt + float(rng.normal(0.0, 1.5)),
+        breath=voice.breath * float(np.exp(rng.normal(0.0, 0.3))),
+        bandwidth=voice.bandwidth * float(np.exp(rng.normal(0.0, 0.1))),
     )
 
 
@@ -146,9 +167,7 @@ def phone_timeline(voice: Voice, n_frames: int, sr: int, rng: np.random.Generato
             for _syl in range(rng.integers(1, 4)):
                 if rng.random() < 0.75:
                     consonant()
-                v = rng.integers(len(VOWELS))
-                offsets = np.exp(np.asarray(voice.vowel_offsets[v]))
-                add(rng.uniform(70, 170), VOWELS[v] * offsets, voiced=1.0, aspirate=voice.breath)
+                add(rng.uniform(70, 170), vowel(voice, rng), voiced=1.0, aspirate=voice.breath)
                 if rng.random() < 0.3:
                     consonant()
             add(rng.uniform(0, 80), neutral)  # gap between words
@@ -169,6 +188,17 @@ def phone_timeline(voice: Voice, n_frames: int, sr: int, rng: np.random.Generato
         smooth(a, 2) for a in (track.voiced, track.aspirate, track.fric)
     )
     return track
+
+
+def vowel(voice: Voice, rng: np.random.Generator) -> np.ndarray:
+    """F1–F3 of one vowel token: 30 % one of the inventory's vowels, 70 % a point anywhere in the
+    vowel space (a log-domain mix of them), with the speaker's own offsets and a token wobble."""
+    if rng.random() < 0.3:
+        weights = np.eye(len(VOWELS))[rng.integers(len(VOWELS))]
+    else:
+        weights = rng.dirichlet(np.full(len(VOWELS), 0.3))
+    log_f = weights @ (np.log(VOWELS) + np.asarray(voice.vowel_offsets))
+    return np.exp(log_f + rng.normal(0.0, 0.04, 3))
 
 
 def smooth(a: np.ndarray, width: int) -> np.ndarray:
@@ -245,7 +275,8 @@ def pulse_train(f0: np.ndarray, sr: int) -> np.ndarray:
 
 
 def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """One utterance of `n` samples at rate `sr`: speech + noise through a random channel."""
+    """One utterance of `n` samples at rate `sr`: speech in coloured noise at a random gain."""
+    voice = drift(voice, rng)
     pad = WIN // 2
     n_frames = (n + 2 * pad - WIN) // HOP + 1
     track = phone_timeline(voice, n_frames, sr, rng)
@@ -257,8 +288,11 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
     wander = smooth(rng.normal(0.0, 1.0, n_frames), 25) * 5.0
     semitones = shift + voice.f0_range * np.clip(wander, -2, 2) - 0.8 * (t / n_frames)
     f0 = voice.f0 * 2.0 ** (semitones / 12.0)
+    f0 = f0 * np.exp(rng.normal(0.0, voice.jitter, n_frames))
     f0_samples = np.interp(np.arange(n + 2 * pad), (t * HOP + pad), f0)
-    source = frames_of(pulse_train(f0_samples, sr))
+    pulses = pulse_train(f0_samples, sr)
+    pulses *= np.exp(rng.normal(0.0, voice.shimmer, pulses.size))  # only the pulses are nonzero
+    source = frames_of(pulses)
     noise = frames_of(rng.standard_normal(n + 2 * pad))
 
     tract = vocal_tract(voice, track.formants, freqs)
@@ -276,20 +310,13 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
     spec = np.fft.rfft(source, axis=1) * env_voiced + np.fft.rfft(noise, axis=1) * env_noise
     speech = overlap_add(np.fft.irfft(spec, n=WIN, axis=1), n + 2 * pad)[pad : pad + n]
 
-    # Background noise (coloured, random SNR) and channel (smooth random equaliser), in one FFT.
+    # Background noise: coloured (0 to −6 dB/octave), at a random SNR.
     m = fast_length(n)  # FFT-friendly length (a prime n would make the FFTs slow)
     full = np.fft.rfftfreq(m, 1.0 / sr)
     octaves = np.log2(np.maximum(full, 50.0) / 1000.0)
     colour = 10.0 ** (rng.uniform(-6.0, 0.0) * octaves / 20.0)
-    eq_db = rng.uniform(-4.0, 4.0) * octaves  # channel tilt ±4 dB/octave
-    for _ in range(4):  # plus a few broad bumps and dips
-        eq_db += rng.uniform(-6.0, 6.0) * np.cos(
-            2 * np.pi * octaves / rng.uniform(1.5, 4.0) + rng.uniform(0, 2 * np.pi)
-        )
-    eq_db[(full < 80) | (full > rng.uniform(3800, 8000))] -= 30.0  # band limit
-    eq = 10.0 ** (eq_db / 20.0)
-    s = np.fft.rfft(speech, n=m) * eq
-    b = np.fft.rfft(rng.standard_normal(m)) * colour * eq
+    s = np.fft.rfft(speech, n=m)
+    b = np.fft.rfft(rng.standard_normal(m)) * colour
     snr_db = rng.uniform(10.0, 40.0)
     b *= np.sqrt(np.sum(np.abs(s) ** 2) / max(np.sum(np.abs(b) ** 2), 1e-20) / 10 ** (snr_db / 10))
     y = np.fft.irfft(s + b, n=m)[:n]
@@ -370,6 +397,9 @@ def generate_voices(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+generate_voices.version = VERSION  # type: ignore[attr-defined]  # part of the demo cache key
 
 
 def existing_matches(out: Path, spec: Spec) -> bool:
