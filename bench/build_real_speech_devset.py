@@ -5,6 +5,13 @@
         festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv festvox-ca-ona-hts festvox-us-slt-hts
     python bench/build_real_speech_devset.py --out DEV_CLEAN
     python bench/build_real_speech_devset.py --degrade-from DEV_CLEAN --out DEV   # + channels
+    python bench/build_real_speech_devset.py --prompts-from PROMPTS --utterances 40 --out DEV_P
+    python bench/build_real_speech_devset.py --levels-from DEV_P --out DEV_P_LEVELS
+
+`--prompts-from` reads Asterisk's recorded telephone prompts (natural read speech of 7
+professional speakers; unpack the .deb packages listed in PROMPTS under PROMPTS/<package>, see
+docs/speaker.md) and needs PyAV for the .g722/.gsm files. `--levels-from` copies a set with each
+utterance at a random level (−30…0 dB).
 
 What it is, honestly: each voice is one real person's recordings, cut into diphones (festival's
 kal, ked, Italian lp/pc, Czech dita/krb/machac/ph, Finnish lj/mv, flite's kal16) and
@@ -263,7 +270,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--degrade-from", type=Path, help="clean dev set to copy with random channels")
     ap.add_argument("--prompts-from", type=Path, help="unpacked Asterisk prompt packages")
+    ap.add_argument("--levels-from", type=Path, help="dev set to copy at random levels (−30…0 dB)")
     args = ap.parse_args()
+    if args.levels_from:
+        rng = random.Random(args.seed)
+        for path in sorted(args.levels_from.rglob("*.wav")):
+            x, rate = sf.read(path, dtype="float32")
+            out = args.out / path.relative_to(args.levels_from)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(out, x * 10 ** (rng.uniform(-30, 0) / 20), rate, subtype="PCM_16")
+        shutil.copy(args.levels_from / "trials.txt", args.out / "trials.txt")
+        return
     if args.prompts_from:
         build_prompts(args.prompts_from, args.out, args.utterances, args.seed)
         return
