@@ -45,6 +45,15 @@ def test_out_of_range_values_are_refused_not_clamped(item, message):
     assert message in str(err.value)
 
 
+def test_a_wrong_choice_names_the_accepted_values():
+    with pytest.raises(ConfigError) as err:
+        resolve("speaker", sets=["features.fbank.cmn=bogus"])
+    assert (
+        "'features.fbank.cmn': expected true or false or one of 'mean', 'level', 'none', got "
+        in (str(err.value))
+    )
+
+
 def test_unquoted_set_text_still_reads_as_numbers():
     cfg = resolve("face", sets=["train.lr=.05", "eval.p_targets=0.01,0.1", "name=my_run-2.b"])
     assert cfg.train.lr == 0.05 and cfg.eval.p_targets == [0.01, 0.1]

@@ -118,7 +118,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} is not a valid {_typename(typ)}")
+        raise ConfigError(f"{where}: expected {_typename(typ)}, got {value!r}.")
     if origin is typing.Literal:
         if value in args:
             return str(value) if isinstance(value, str) else value
@@ -189,6 +189,15 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
 
 
 def _typename(typ: Any) -> str:
+    """How a type reads in a message: `int | None`, `true or false or one of 'a', 'b'`."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        names = [_typename(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or none" if type(None) in args else "")
+    if typ is bool:
+        return "true or false"
     return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
 
 
