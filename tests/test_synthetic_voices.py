@@ -169,3 +169,21 @@ def test_vowel_tokens_fill_the_vowel_space_and_voices_drift_a_little():
     days = [drift(voice, rng) for _ in range(200)]
     scales = np.array([d.formant_scale / voice.formant_scale for d in days])
     assert 0.005 < np.std(np.log(scales)) < 0.03 and days[0].f0 == voice.f0
+
+
+def test_a_new_generator_version_gets_its_own_demo_folder(tmp_path, monkeypatch):
+    """Upgrading metaemb with a changed generator must regenerate the demo voices in a new
+    cache folder, not find the old folder and refuse it as 'a different synthetic voice set'."""
+    from metaemb.core.config import resolve
+    from metaemb.core.data import pipeline
+    from metaemb.plugins.audio import synthetic
+
+    cfg = resolve("speaker", sets=[f"data.cache_dir={tmp_path}"])
+    built = []
+    monkeypatch.setattr(pipeline, "build", lambda kind, name, opts, out: built.append(out))
+    now = pipeline.data_root(cfg)
+    monkeypatch.setattr(synthetic.generate_voices, "version", synthetic.VERSION + 1)
+    later = pipeline.data_root(cfg)
+    assert (
+        built == [now, later] and now != later and now.parent == later.parent == tmp_path / "demo"
+    )
