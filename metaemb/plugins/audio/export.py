@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from metaemb.core.deploy.export import ExportAdapter, ExportError, outputs_of
 from metaemb.core.train.model import EmbeddingModel
-from metaemb.plugins.audio.fbank import cmn_mode
+from metaemb.plugins.audio.fbank import cmn_mode, normalise
 
 #: the folded-DFT fbank vs KaldiFbank (log-mel, absolute): measured ~1e-4 on speech-like input.
 FBANK_TOL = 2e-3
@@ -89,11 +89,7 @@ class TraceableFbank(nn.Module):
         steps = torch.cumsum(torch.ones_like(feats[:, :, 0]), dim=1) - 1.0
         valid = (steps < flen.unsqueeze(1).to(steps.dtype)).to(feats.dtype).unsqueeze(2)
         feats = feats * valid
-        if self.cmn != "none":
-            mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1).to(feats.dtype)[:, None, None]
-            if self.cmn == "level":
-                mean = mean.mean(dim=2, keepdim=True)
-            feats = (feats - mean) * valid
+        feats = normalise(feats, flen, valid[..., 0], self.cmn)
         return feats.transpose(1, 2), flen
 
 
