@@ -234,3 +234,30 @@ def test_augmentation_runs_on_training_batches_only(tmp_path):
     assert trainer.num_classes == 3 * trainer.train_folder.num_identities
     assert trainer.classifier.fc.out_features == trainer.num_classes
     assert len(Spy.calls) == trainer.steps_per_epoch and all(Spy.calls)
+
+
+def test_augmentations_run_in_float32_under_bf16_autocast():
+    """The training step runs under bf16 autocast on CUDA; the augmentations must not: speed
+    perturbation's resampling in bf16 failed there (an index write mixing dtypes), and the
+    others would lose precision. CPU autocast reproduces what CUDA does."""
+    from metaemb.core.train.augment import build_augmenter
+
+    features = build("features", "fbank", {})
+    chain = ["speed", "reverb", "noise", "telephone", "specaugment"]
+    augmenter = build_augmenter(chain, {}, features).train()
+    augmenter.num_classes(4)
+    x = speechlike(4, 16000)
+    lengths = torch.tensor([16000, 15000, 12000, 16000])
+    labels = torch.tensor([0, 1, 2, 3])
+
+    def run(autocast: bool):
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            wave, wl, lab = augmenter.input(x, lengths, labels)
+            feats, fl = features(wave, wl)
+            return augmenter.features(feats.float(), fl, lab), wave
+
+    (feats, _, lab), wave = run(autocast=True)
+    (_, _, ref_lab), ref_wave = run(autocast=False)
+    assert wave.dtype == torch.float32 and feats.dtype == torch.float32
+    assert torch.equal(wave, ref_wave) and torch.equal(lab, ref_lab)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
@@ -112,10 +113,14 @@ class Augmenter(nn.Module):
     def _run(
         self, stage: str, x: Tensor, lengths: Tensor | None, labels: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        if not self.training:
+        if not self.training or not self.by_stage[stage]:
             return x, lengths, labels
-        for name in self.by_stage[stage]:
-            x, lengths, labels = self.augs[name](x, lengths, labels)
+        # Signal processing in float32, outside bf16 autocast: resampling or FFT convolution in
+        # bf16 loses the precision the augmentation promises (and mixes dtypes in index writes).
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float() if x.is_floating_point() else x
+            for name in self.by_stage[stage]:
+                x, lengths, labels = self.augs[name](x, lengths, labels)
         return x, lengths, labels
 
     def input(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
