@@ -68,10 +68,17 @@ class LoadedRun:
             raise MetaembError("this run was loaded without its data pipeline (with_data=False).")
         return self.data
 
-    def embed(self, folder: SampleFolder, indices: list[int] | None, workers: int) -> Any:
-        """Embeddings of `folder.samples[indices]` (all when None), in that order; a sample that
-        cannot be read is an error naming it."""
-        ds = self.parts.dataset(folder, train=False)
+    def embed(
+        self,
+        folder: SampleFolder,
+        indices: list[int] | None,
+        workers: int,
+        parts: Components | None = None,
+    ) -> Any:
+        """Embeddings of `folder.samples[indices]` (all when None), in that order, through the
+        pipeline of `parts` (default: this run's); a sample that cannot be read is an error
+        naming it."""
+        ds = (parts or self.parts).dataset(folder, train=False)
         if indices is not None:
             ds.indices = list(indices)
         out, _, bad = extract(

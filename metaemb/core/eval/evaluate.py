@@ -16,6 +16,8 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from metaemb.core.config import from_dict
+from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import DataError
@@ -151,13 +153,37 @@ class Evaluation:
         scorer, needs_fit = loaded.scorer(name)
         if not needs_fit:
             return scorer
-        train, _ = validation.split(loaded.parts.folder, loaded.config)
+        parts, train = self._run_training_split(loaded, name)
         self.console.print(
-            f"fitting scorer '{name}' on {len(train)} training samples …", markup=False
+            f"fitting scorer '{name}' on the run's {len(train)} training samples ({parts.root}) …",
+            markup=False,
         )
-        emb = loaded.embed(train, None, self.workers)
+        emb = loaded.embed(train, None, self.workers, parts=parts)
         scorer.fit(emb, torch.tensor(train.labels))
         return scorer
+
+    def _run_training_split(self, loaded: Loaded, name: str) -> tuple[Components, SampleFolder]:
+        """The samples the run trained on, whatever `--data` points at: a backend fitted on the
+        evaluation folder would learn its trial speakers (a leak that flatters every number)."""
+        if getattr(self, "preloaded", None) is not None:
+            raise DataError(
+                f"scorer '{name}' must be fitted on training samples, and a pretrained reference "
+                "model has none here; evaluate it with --scorer cosine."
+            )
+        own = from_dict(loaded.state["config"])
+        if self.data is None:
+            parts = loaded.parts
+        else:
+            root = data_root(own, self.console)
+            if not root.is_dir():
+                raise DataError(
+                    f"scorer '{name}' is fitted on the run's training samples, but its data "
+                    f"folder '{root}' is not there; restore it, or evaluate with --scorer cosine "
+                    "(or with the scorer the run trained with, which is saved fitted)."
+                )
+            parts = Components.build(own, root)
+        train, _ = validation.split(parts.folder, own)
+        return parts, train
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
