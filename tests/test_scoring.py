@@ -213,3 +213,9 @@ def test_registered_and_bad_options():
         score_trials(CosineScorer(), data(6)[0], [[0]], [999])
     with pytest.raises(DataError, match="aligned"):
         CosineScorer().score(torch.ones(2, 3), torch.ones(3, 3))
+
+
+def test_too_small_s_norm_cohort_says_what_it_has_and_what_to_change():
+    scorer = ASNorm(top_n=300)
+    with pytest.raises(DataError, match=r"speaker means\) has 5; .*top_n = 300 needs ≥ 300"):
+        scorer.fit(torch.randn(20, 8), torch.arange(20) % 5)

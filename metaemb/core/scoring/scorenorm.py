@@ -70,7 +70,16 @@ class ScoreNorm(PointScorer):
     def _set_cohort(self, cohort: Tensor) -> None:
         n_min = max(self.top_n, 2)
         if cohort.shape[0] < n_min:
-            raise DataError(f"the s-norm cohort has {cohort.shape[0]} embeddings; need ≥ {n_min}")
+            what = "speaker means" if self.speaker_mean else "embeddings"
+            raise DataError(
+                f"the s-norm cohort (the training samples' {what}) has {cohort.shape[0]}; "
+                + (
+                    f"adaptive s-norm with top_n = {self.top_n} needs ≥ {n_min}: lower "
+                    "scorer.top_n or fit on more training data."
+                    if self.top_n
+                    else "s-norm needs ≥ 2."
+                )
+            )
         self.cohort = cohort
         self._cohort_prep = self.base.prepare(cohort)
 
