@@ -187,3 +187,20 @@ def test_a_new_generator_version_gets_its_own_demo_folder(tmp_path, monkeypatch)
     assert (
         built == [now, later] and now != later and now.parent == later.parent == tmp_path / "demo"
     )
+
+
+def test_each_voice_has_its_own_spectral_colour_which_drifts_a_little():
+    """The personal spectral colour spreads ±4 dB over voices and frequencies (real voices'
+    long-term spectra differ this way; it is the cue that transfers to recorded speech), and a
+    recording on another day moves it by about a quarter."""
+    from metaemb.plugins.audio.synthetic import COLOUR_DB, draw_voice, drift, spectral_colour
+
+    freqs = np.fft.rfftfreq(512, 1 / 16000).astype(np.float32)
+    rng = np.random.default_rng(1)
+    voices = [draw_voice(rng) for _ in range(200)]
+    db = np.array([20 * np.log10(spectral_colour(v.colour, freqs)) for v in voices])
+    assert abs(np.std(db) - COLOUR_DB) < 0.4
+    assert np.mean(np.abs(np.diff(db, axis=1))) < 0.1 * COLOUR_DB  # smooth over frequency
+    days = [drift(voices[0], rng) for _ in range(200)]
+    moved = np.array([20 * np.log10(spectral_colour(d.colour, freqs)) for d in days]) - db[0]
+    assert 0.15 * COLOUR_DB < np.std(moved) < 0.35 * COLOUR_DB

@@ -1,16 +1,20 @@
 """Built-in synthetic voices: a deterministic source-filter generator (the speaker demo dataset).
 
 Identity lives in stable cues: each speaker has a pitch range, a vocal-tract length (all formants
-scaled), a personal vowel space, formant bandwidths, a spectral tilt, breathiness, a speaking rate
-and a level of jitter and shimmer. Nuisance varies per utterance: the phone sequence (most vowels
-are drawn anywhere in the vowel space, not from a fixed inventory), pauses, intonation, a small
-drift of every trait (as a person's voice varies between recordings), coloured background noise
-at a random SNR and the gain.
+scaled), a personal vowel space, formant bandwidths, a spectral tilt, a personal spectral colour
+(a smooth ±4 dB shape over the mel scale: the fine differences of vocal tracts and voice sources
+that formants alone do not describe), breathiness, a speaking rate and a level of jitter and
+shimmer. Nuisance varies per utterance: the phone sequence (most vowels are drawn anywhere in the
+vowel space, not from a fixed inventory), pauses, intonation, a small drift of every trait (as a
+person's voice varies between recordings), coloured background noise at a random SNR and the
+gain.
 
 There is deliberately no random channel (equaliser) per utterance. An earlier version had one, to
 make the no-learning baseline weak; it taught the network to ignore the long-term spectral shape,
 which is the strongest cue of real recorded voices, and the model transferred worse to real
-speech than a spectral average (see docs/speaker.md, "Does the default model transfer").
+speech than a spectral average (see docs/speaker.md, "Does the default model transfer"). For the
+same reason the background is quiet (30–60 dB SNR, as in read or studio speech): louder random
+noise made the long-term spectrum of one synthetic speaker vary more than real recordings do.
 
 Synthesis is vectorised per utterance: per-frame spectral envelopes (formant resonances, tilt,
 frication bands) shape the STFT of a glottal pulse train and of white noise, then overlap-add.
@@ -30,8 +34,11 @@ from metaemb.core.errors import ConfigError, DataError
 
 WIN = 512  # synthesis STFT window (32 ms at 16 kHz)
 HOP = WIN // 4
+COLOUR_TERMS = 12  # cosine shapes of the spectral colour
+COLOUR_DB = 4.0  # its standard deviation over frequency, dB
+COLOUR_SCALE = float(np.sqrt(COLOUR_TERMS / 2))  # Σ c_k cos(·) then has sd COLOUR_DB
 MANIFEST = "voices.json"  # at the root, outside every speaker folder: the scan ignores it
-VERSION = 2  # bump when the generator's output changes, so caches regenerate
+VERSION = 3  # bump when the generator's output changes, so caches regenerate
 
 # Vowel formant targets F1–F3 (Hz, adult average; Peterson & Barney style).
 VOWELS = np.array(
@@ -88,6 +95,7 @@ class Voice:
     rate: float  # phone-duration factor (> 1 is slower)
     jitter: float = 0.01  # relative pitch perturbation per 8 ms frame
     shimmer: float = 0.08  # relative amplitude perturbation per glottal pulse
+    colour: tuple[float, ...] = ()  # spectral colour: dB weights of cos(πk·mel/mel_max), k = 1…
 
 
 def draw_voice(rng: np.random.Generator) -> Voice:
@@ -105,18 +113,26 @@ def draw_voice(rng: np.random.Generator) -> Voice:
         rate=float(rng.uniform(0.75, 1.35)),
         jitter=float(rng.uniform(0.003, 0.02)),
         shimmer=float(rng.uniform(0.03, 0.15)),
+        colour=tuple((rng.normal(0.0, 1.0, COLOUR_TERMS) * COLOUR_DB / COLOUR_SCALE).tolist()),
     )
 
 
 def drift(voice: Voice, rng: np.random.Generator) -> Voice:
     """The same person on another day: every trait moves a little (≈ 1.5 % vocal-tract length,
-    1.5 dB/octave tilt, 30 % breathiness, 10 % bandwidth)."""
+    1.5 dB/octave tilt, 30 % breathiness, 10 % bandwidth, a quarter of the spectral colour)."""
+    formant_scale = voice.formant_scale * float(np.exp(rng.normal(0.0, 0.015)))
+    tilt = voice.tilt + float(rng.normal(0.0, 1.5))
+    breath = voice.breath * float(np.exp(rng.normal(0.0, 0.3)))
+    bandwidth = voice.bandwidth * float(np.exp(rng.normal(0.0, 0.1)))
+    colour = np.asarray(voice.colour)
+    colour = colour + rng.normal(0.0, 1.0, colour.size) * 0.25 * COLOUR_DB / COLOUR_SCALE
     return replace(
         voice,
-        formant_scale=voice.formant_scale * float(np.exp(rng.normal(0.0, 0.015))),
-        tilt=voice.tilt + float(rng.normal(0.0, 1.5)),
-        breath=voice.breath * float(np.exp(rng.normal(0.0, 0.3))),
-        bandwidth=voice.bandwidth * float(np.exp(rng.normal(0.0, 0.1))),
+        formant_scale=formant_scale,
+        tilt=tilt,
+        breath=breath,
+        bandwidth=bandwidth,
+        colour=tuple(colour.tolist()),
     )
 
 
@@ -232,6 +248,16 @@ def vocal_tract(voice: Voice, formants: np.ndarray, freqs: np.ndarray) -> np.nda
     return mag
 
 
+def spectral_colour(colour: tuple[float, ...], freqs: np.ndarray) -> np.ndarray:
+    """[bins] gain of a speaker's spectral colour: Σ_k c_k·cos(πk·mel(f)/mel(f_max)) dB."""
+    if not colour:
+        return np.ones_like(freqs)
+    mel = 2595.0 * np.log10(1.0 + freqs / 700.0)
+    k = np.arange(1, len(colour) + 1)
+    db = np.cos(np.pi * np.outer(mel / mel[-1], k)) @ np.asarray(colour)
+    return (10.0 ** (db / 20.0)).astype(freqs.dtype)
+
+
 def frames_of(x: np.ndarray) -> np.ndarray:
     """[F, WIN] hann-windowed frames with hop HOP (x already padded)."""
     view = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), WIN)[::HOP]
@@ -305,6 +331,7 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
     voiced, aspirate, frication = (
         a.astype(np.float32)[:, None] for a in (track.voiced, track.aspirate, track.fric)
     )
+    tract = tract * spectral_colour(voice.colour, freqs)
     env_voiced = voiced * tract * glottal
     env_noise = aspirate * tract * aspiration * np.float32(0.3) + frication * fric
     spec = np.fft.rfft(source, axis=1) * env_voiced + np.fft.rfft(noise, axis=1) * env_noise
@@ -317,7 +344,7 @@ def utterance(voice: Voice, n: int, sr: int, rng: np.random.Generator) -> np.nda
     colour = 10.0 ** (rng.uniform(-6.0, 0.0) * octaves / 20.0)
     s = np.fft.rfft(speech, n=m)
     b = np.fft.rfft(rng.standard_normal(m)) * colour
-    snr_db = rng.uniform(10.0, 40.0)
+    snr_db = rng.uniform(30.0, 60.0)
     b *= np.sqrt(np.sum(np.abs(s) ** 2) / max(np.sum(np.abs(b) ** 2), 1e-20) / 10 ** (snr_db / 10))
     y = np.fft.irfft(s + b, n=m)[:n]
     peak = float(np.max(np.abs(y))) or 1.0
