@@ -111,9 +111,9 @@ def median_pitch(x: np.ndarray, sr: int = 16000) -> float:
 
 
 def test_mean_fbank_baseline_is_weak_but_speakers_are_distinct(voices):
-    """Cosine of mean Kaldi fbank vectors (the no-learning baseline) must give EER ≥ 20 % (gain
-    and background noise move the average), while a cue they cannot hide (each utterance's median
-    pitch) separates the speakers."""
+    """Cosine of mean Kaldi fbank vectors (the no-learning baseline) must give EER ≥ 20 % (the
+    gain, the phones and what all voices share dominate the raw average), while a cue they cannot
+    hide (each utterance's median pitch) separates the speakers."""
     means, pitch, speakers = [], [], []
     for f in wavs(voices):
         x, _ = sf.read(f, dtype="float32")
