@@ -14,6 +14,7 @@ receives the table and builds the part with `build_part`, through the one regist
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         return value
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         for arg in args:
@@ -193,7 +194,7 @@ def _typename(typ: Any) -> str:
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         names = [_typename(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or none" if type(None) in args else "")
     if typ is bool:
