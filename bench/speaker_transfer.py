@@ -6,8 +6,9 @@
 Prints one row per system on DEV/trials.txt (VoxCeleb format): the no-learning baseline —
 cosine of per-utterance MFCC mean+std (20 Kaldi MFCCs from 40 mel bands, each dimension
 standardised over the set) — and each trained run, evaluated with `metaemb evaluate RUN --data
-DEV --trials DEV/trials.txt`. Beside each run it prints its synthetic-validation EER (the best
-epoch of its metrics.jsonl), so transfer can be read against in-domain accuracy.
+DEV --trials DEV/trials.txt`, then again with `--no-adapt` (the run's scorer without its
+label-free centring on the dev files). Beside each run it prints its synthetic-validation EER
+(the best epoch of its metrics.jsonl), so transfer can be read against in-domain accuracy.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def mfcc_baseline(dev: Path, trials: list[tuple[int, str, str]]) -> float:
     return 100 * eer(scores[labels == 1].numpy(), scores[labels == 0].numpy())
 
 
-def run_eer(run: Path, dev: Path, out: Path) -> float:
-    """EER (%) of `metaemb evaluate RUN` on the dev trials."""
+def run_eer(run: Path, dev: Path, out: Path, adapt: bool = True) -> float:
+    """EER (%) of `metaemb evaluate RUN` on the dev trials (`adapt`: its --adapt/--no-adapt)."""
     cmd = [sys.executable, "-c", "from metaemb.cli import main; main()", "evaluate", str(run),
-           "--data", str(dev), "--trials", str(dev / "trials.txt"), "--out", str(out)]  # fmt: skip
+           "--data", str(dev), "--trials", str(dev / "trials.txt"), "--out", str(out),
+           "--adapt" if adapt else "--no-adapt"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"evaluate {run} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -85,14 +87,17 @@ def main() -> None:
     n_tar = sum(t[0] for t in trials)
     spk = len({t[1].split("/")[0] for t in trials})
     print(f"dev set {args.dev}: {spk} speakers, {len(trials)} trials ({n_tar} target)")
-    print(f"{'system':<28} {'dev EER':>9} {'synthetic val. EER':>19}")
-    print(f"{'MFCC mean+std cosine':<28} {mfcc_baseline(args.dev, trials):>8.1f} % {'–':>19}")
+    print(f"{'system':<28} {'dev EER':>9} {'--no-adapt':>11} {'synthetic val. EER':>19}")
+    mfcc = mfcc_baseline(args.dev, trials)
+    print(f"{'MFCC mean+std cosine':<28} {mfcc:>8.1f} % {'–':>11} {'–':>19}")
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.runs:
             name, _, path = item.partition("=")
             run = Path(path or name)
             value = run_eer(run, args.dev, Path(tmp) / name)
-            print(f"{name:<28} {value:>8.1f} % {validation_eer(run):>19}", flush=True)
+            plain = run_eer(run, args.dev, Path(tmp) / f"{name}-plain", adapt=False)
+            print(f"{name:<28} {value:>8.1f} % {plain:>9.1f} % {validation_eer(run):>19}",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -224,6 +224,13 @@ def evaluate(
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
     ] = None,
     modality: Annotated[str, typer.Option(help="modality of --reference")] = "face",
+    adapt: Annotated[
+        bool,
+        typer.Option(
+            help="let the scorer adapt without labels to the files scored (e.g. centre on "
+            "their mean; only scorers with adapt_mean = true do)"
+        ),
+    ] = True,
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
     from metaemb.core.errors import MetaembError
@@ -245,7 +252,7 @@ def evaluate(
 
         run_measure(run, measure, data=data, trials=trials, scorer=scorer, enroll=enroll_samples,
                     out=out, device=device, workers=workers, console=console,
-                    preloaded=preloaded)  # fmt: skip
+                    preloaded=preloaded, adapt=adapt)  # fmt: skip
         return
     evaluation = Evaluation(
         run,
@@ -258,6 +265,7 @@ def evaluate(
         device=device,
         workers=workers,
         console=console,
+        adapt=adapt,
     )
     evaluation.preloaded = preloaded
     evaluation.run()

@@ -118,6 +118,13 @@ def test_moved_options_migrate_with_a_message():
     # cmn: that run's per-band CMN, pinned because the speaker default later became "level".
     assert cfg.options("features")["fbank"] == {"n_mels": 40, "dither": 1.0, "cmn": True}
     assert cfg.options("backbone") == {"embedding_dim": 256}  # what that run really trained
+    # Its scorer: the plain cosine of the time, not today's adapted, WCCN-fitted default.
+    assert cfg.options("scorer") == {"subtract_mean": False, "wccn": False, "adapt_mean": False}
+    assert resolve("speaker").options("scorer") == {
+        "subtract_mean": True,
+        "wccn": True,
+        "adapt_mean": True,
+    }
     assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
     cfg, _ = _load("face-distill")
     assert cfg.options("objective") == {"task": {"name": "arcface"}}
@@ -135,7 +142,11 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     assert earlier_equivalent_run(tmp_path, cfg) is None  # another configuration
     cfg = resolve("speaker")
     assert earlier_equivalent_run(tmp_path, cfg) is None  # the default features changed since
-    cfg = resolve("speaker", sets=["features.fbank.cmn=true"])  # what that run trained
+    cfg = resolve(  # what that run trained: per-band CMN, plain cosine
+        "speaker",
+        sets=["features.fbank.cmn=true"]
+        + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean")],
+    )
     assert earlier_equivalent_run(tmp_path, cfg) == old
     run_dir(tmp_path, cfg).mkdir(parents=True)
     assert earlier_equivalent_run(tmp_path, cfg) is None  # its own folder exists: resumes there

@@ -387,3 +387,39 @@ def test_a_scorer_that_needs_fitting_is_fitted_on_the_runs_training_samples_not_
     assert code != 0
     assert "is fitted on the run's training samples" in text + err and "gone" in text + err
     assert not (tmp_path / "ev2").exists()
+
+
+def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices, tmp_path, capsys):
+    """The speaker default (cosine after WCCN, centred on the scored files' mean) sees every file
+    of the trial list before scoring; --no-adapt scores with the training mean alone."""
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.eval.trials import read_trials
+
+    data, run, trial_list = voices
+    results = {}
+    for flag in ("--adapt", "--no-adapt"):
+        out = tmp_path / flag
+        args = ["evaluate", run, "--data", data, "--trials", trial_list, "--out", out, flag]
+        code, _, err = run_cli([*args, "--workers", "0"], capsys)
+        assert code == 0, err
+        results[flag] = (
+            json.loads((out / "metrics.json").read_text()),
+            scores_and_labels(out / "scores.txt"),
+        )
+    loaded = load_run(run, "cpu", data=data, with_data=True)
+    trials = read_trials(trial_list, root=data)
+    files = sorted({p for t in trials for p in (t.enroll[0], t.test)})
+    assert results["--adapt"][0]["adapted_on"] == len(files)
+    assert results["--no-adapt"][0]["adapted_on"] == 0
+    where = {s.path: i for i, s in enumerate(loaded.parts.folder.samples)}
+    emb = loaded.embed(loaded.parts.folder, [where[p] for p in files], workers=0)
+    pos = {p: i for i, p in enumerate(files)}
+    e = emb[[pos[t.enroll[0]] for t in trials]]
+    t = emb[[pos[t.test] for t in trials]]
+    for flag in ("--no-adapt", "--adapt"):
+        scorer, needs_fit = loaded.scorer()
+        assert not needs_fit and scorer.wccn and scorer.adapt_mean  # fitted during training
+        if flag == "--adapt":
+            assert scorer.adapt(emb)
+        np.testing.assert_allclose(results[flag][1][1], scorer.score(e, t).numpy(), atol=1e-5)
+    assert np.abs(results["--adapt"][1][1] - results["--no-adapt"][1][1]).max() > 1e-3

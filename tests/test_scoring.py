@@ -46,6 +46,67 @@ def test_cosine_plain_and_subtract_mean():
     assert np.abs(want - plain).max() > 0.05  # the mean matters on this data
 
 
+def inv_sqrt(a):
+    w, v = np.linalg.eigh(a)
+    return (v / np.sqrt(w)) @ v.T
+
+
+def test_cosine_wccn_whitens_the_within_class_covariance():
+    train, labels = data(0, n_classes=30, per_class=8)
+    sc = CosineScorer(subtract_mean=True, wccn=True, wccn_shrink=0.0)
+    sc.fit(train, labels)
+    x, y = train.numpy(), labels.numpy()
+    dev = x - np.stack([x[y == c].mean(0) for c in y])
+    w = dev.T @ dev / len(x)
+    np.testing.assert_allclose(sc.transform.numpy(), inv_sqrt(w), atol=1e-10)
+    z = dev @ sc.transform.numpy()  # the within-class covariance becomes the identity
+    np.testing.assert_allclose(z.T @ z / len(x), np.eye(x.shape[1]), atol=1e-10)
+    e, t = data(3)[0][:6], data(4)[0][:8]
+    m = x.mean(0)
+    want = unit((e.numpy() - m) @ inv_sqrt(w)) @ unit((t.numpy() - m) @ inv_sqrt(w)).T
+    np.testing.assert_allclose(sc.score_matrix(e, t).numpy(), want, atol=1e-10)
+    # Shrinkage mixes in the mean variance: the transform of (1−λ)W + λ·mean(diag W)·I.
+    half = CosineScorer(wccn=True, wccn_shrink=0.5)
+    half.fit(train, labels)
+    mixed = 0.5 * w + 0.5 * np.eye(len(w)) * np.trace(w) / len(w)
+    np.testing.assert_allclose(half.transform.numpy(), inv_sqrt(mixed), atol=1e-10)
+    with pytest.raises(MetaembError, match="labels"):
+        CosineScorer(wccn=True).fit(train)
+    with pytest.raises(ConfigError, match="wccn_shrink"):
+        CosineScorer(wccn=True, wccn_shrink=1.5)
+
+
+def test_cosine_adapt_mean_is_a_map_estimate_and_removes_a_domain_shift():
+    train, labels = data(0)
+    x = data(5)[0][:40]
+    shift = torch.linspace(-3, 4, x.shape[1], dtype=torch.float64)  # a new channel's offset
+    sc = CosineScorer(subtract_mean=True, adapt_mean=True, adapt_relevance=10.0)
+    sc.fit(train, labels)
+    sc.adapt(x)
+    want = (x.sum(0) + 10.0 * train.mean(0)) / (40 + 10)
+    torch.testing.assert_close(sc.domain_mean, want, rtol=0, atol=1e-12)
+    # With no prior weight, adapting to shifted data scores it exactly as the unshifted data.
+    free = CosineScorer(adapt_mean=True, adapt_relevance=0.0)
+    free.adapt(x)
+    before = free.score_matrix(x[:10], x[10:])
+    free.adapt(x + shift)
+    torch.testing.assert_close(free.score_matrix(x[:10] + shift, x[10:] + shift), before)
+    unadapted = CosineScorer().score_matrix(x[:10] + shift, x[10:] + shift)
+    assert (unadapted - before).abs().max() > 0.1  # the shift does matter without adapt
+    # Two files barely move a fitted scorer: the prior outweighs them.
+    few = CosineScorer(subtract_mean=True, adapt_mean=True)
+    few.fit(train, labels)
+    few.adapt(x[:2])
+    assert (few.domain_mean - train.mean(0)).norm() < 0.2 * (x[:2].mean(0) - train.mean(0)).norm()
+    # adapt_mean = false (the default) ignores adapt().
+    plain = CosineScorer(subtract_mean=True)
+    plain.fit(train, labels)
+    plain.adapt(x + shift)
+    assert plain.domain_mean is None
+    with pytest.raises(DataError, match="dimensions"):
+        few.adapt(x[:, :5])
+
+
 def test_euclidean_is_negative_distance():
     e, t = data(1)[0][:10], data(2)[0][:13]
     sc = EuclideanScorer()
@@ -55,8 +116,9 @@ def test_euclidean_is_negative_distance():
 
 def fitted(name):
     train, labels = data(0)
-    sc = {
+    sc = {  # the wccn scorer's type is CosineScorer, as its state round-trip needs
         "cosine": lambda: CosineScorer(subtract_mean=True),
+        "cosine-wccn": lambda: CosineScorer(subtract_mean=True, wccn=True, adapt_mean=True),
         "euclidean": EuclideanScorer,
         "plda": lambda: PLDAScorer(lda_dim=8, iterations=4),
         "snorm": lambda: SNorm(base="cosine"),
@@ -67,7 +129,7 @@ def fitted(name):
     return sc
 
 
-ALL = ["cosine", "euclidean", "plda", "snorm", "asnorm", "asnorm-spk"]
+ALL = ["cosine", "cosine-wccn", "euclidean", "plda", "snorm", "asnorm", "asnorm-spk"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -105,6 +167,7 @@ def test_state_dict_round_trip(name):
     state = torch.load(buf, weights_only=True)
     kwargs = {
         "cosine": {"subtract_mean": True},
+        "cosine-wccn": {"subtract_mean": True, "wccn": True, "adapt_mean": True},
         "plda": {"lda_dim": 8, "iterations": 4},
         "asnorm": {"base": "plda", "top_n": 7},
         "asnorm-spk": {"base": "cosine", "top_n": 5, "speaker_mean": True},

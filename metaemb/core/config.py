@@ -417,7 +417,8 @@ def pin_former_defaults(d: dict[str, Any]) -> dict[str, Any]:
         return d  # resolve() reports the unknown modality
     out = copy.deepcopy(d)
     for section, by_component in mod.former_options.items():
-        chosen = out.get("model", {}).get(section) or getattr(mod, section, "")
+        core, key = CHOICE_FIELDS.get(section, ("model", section))
+        chosen = out.get(core, {}).get(key) or getattr(mod, section, "")
         former = by_component.get(chosen)
         if former:
             out[section] = _merge(former, out.get(section) or {})

@@ -486,7 +486,7 @@ class Gallery:
         from metaemb.core.scoring.scorers import CosineScorer
 
         sc = self._scorer(scorer)
-        if self.stamp.kind != "point" or type(sc) is not CosineScorer or sc.subtract_mean:
+        if self.stamp.kind != "point" or type(sc) is not CosineScorer or not sc.plain:
             raise GalleryError(
                 "the faiss backend searches point galleries with the plain 'cosine' scorer only."
             )

@@ -104,7 +104,8 @@ class Evaluation:
 
     With `calibrate`, a linear logistic calibration (llr = w·s + b, minimising Cllr) is fitted on
     the scores of that held-out trial list and applied to the evaluation scores; the calibrated
-    metrics are reported next to the raw ones.
+    metrics are reported next to the raw ones. With `adapt`, a scorer that adapts without labels
+    (`Scorer.adapt`, e.g. the speaker default's mean) sees every embedded file first.
     """
 
     def __init__(
@@ -119,8 +120,9 @@ class Evaluation:
         device: str = "auto",
         workers: int = 2,
         console: Console | None = None,
+        adapt: bool = True,
     ) -> None:
-        self.run_path = run
+        self.run_path, self.adapt = run, adapt
         self.data, self.trials_path, self.protocol = data, trials, protocol
         self.scorer_name, self.calibrate_path = scorer, calibrate
         self.out, self.device, self.workers = out, device, workers
@@ -207,11 +209,13 @@ class Evaluation:
             cal.labels()  # refuse unlabelled calibration trials before embedding anything
         scorer = self._scorer(loaded)
         embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
+        adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
         scores = embedded.score(scorer, evals.trials)
         result: dict[str, Any] = {
             "trials": evals.name,
             "trials_source": evals.source,
             "scorer": self.scorer_name or cfg.eval.scorer,
+            "adapted_on": len(embedded.pos) if adapted else 0,
             "p_targets": list(p_targets),
             **verification(scores, labels, p_targets),
         }

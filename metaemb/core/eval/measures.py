@@ -79,7 +79,9 @@ def _scorer(loaded: Any, name: str | None) -> Any:
     return scorer
 
 
-def match_measure(loaded: Any, triplets_path: Path, scorer: Any, workers: int) -> dict[str, Any]:
+def match_measure(
+    loaded: Any, triplets_path: Path, scorer: Any, workers: int, adapt: bool = True
+) -> dict[str, Any]:
     """Triplet match accuracy of `triplets_path` (paths under the data root)."""
     folder = loaded.parts.folder
     triplets = read_triplets(triplets_path, root=loaded.parts.root)
@@ -92,6 +94,8 @@ def match_measure(loaded: Any, triplets_path: Path, scorer: Any, workers: int) -
             + ", ".join(missing[:5])
         )
     emb = loaded.embed(folder, [where[p] for p in needed], workers)
+    if adapt:
+        scorer.adapt(emb)  # label-free: the files being scored (a no-op for most scorers)
     pos = {p: i for i, p in enumerate(needed)}
 
     def col(name: str) -> torch.Tensor:
@@ -109,7 +113,13 @@ def match_measure(loaded: Any, triplets_path: Path, scorer: Any, workers: int) -
 
 
 def class_measure(
-    loaded: Any, folder: Any, scorer: Any, workers: int, enroll: int = 1, seed: int = 0
+    loaded: Any,
+    folder: Any,
+    scorer: Any,
+    workers: int,
+    enroll: int = 1,
+    seed: int = 0,
+    adapt: bool = True,
 ) -> dict[str, Any]:
     """Closed-set classification accuracy: `enroll` samples per identity enrolled, rest probes."""
     if enroll < 1:
@@ -134,6 +144,8 @@ def class_measure(
             f"'{folder.root}'; found {len(groups)}."
         )
     emb = loaded.embed(folder, None, workers)
+    if adapt:
+        scorer.adapt(emb)
     matrix = scorer.score_groups_matrix(emb, groups, emb[torch.tensor(probes)]).double().T
     cmc = ident.cmc(
         matrix.numpy(), probe_ids, list(range(len(groups))), max_rank=min(5, len(groups))
@@ -164,6 +176,7 @@ def run_measure(
     workers: int = 2,
     console: Console | None = None,
     preloaded: Any = None,
+    adapt: bool = True,
 ) -> dict[str, Any]:
     """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json
     (`preloaded`: a model already loaded, e.g. a pretrained reference)."""
@@ -186,11 +199,11 @@ def run_measure(
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
     if measure == "match":
-        result = match_measure(loaded, trials, sc, workers)  # type: ignore[arg-type]
+        result = match_measure(loaded, trials, sc, workers, adapt)  # type: ignore[arg-type]
         key = "match_accuracy"
     else:
         result = class_measure(loaded, _folder_for(loaded, data), sc, workers, enroll,
-                               loaded.config.train.seed)  # fmt: skip
+                               loaded.config.train.seed, adapt)  # fmt: skip
         key = "class_accuracy"
     result["scorer"] = scorer or loaded.config.eval.scorer
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))

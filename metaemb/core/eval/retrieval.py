@@ -96,7 +96,7 @@ def default_scorer(kind: str) -> Any:
 def _faiss_usable(scorer: Any, kind: str) -> bool:
     from metaemb.core.scoring.scorers import CosineScorer
 
-    return kind == "point" and type(scorer) is CosineScorer and not scorer.subtract_mean
+    return kind == "point" and type(scorer) is CosineScorer and scorer.plain
 
 
 def _faiss() -> Any:

@@ -421,6 +421,12 @@ class Scorer(abc.ABC):
     def fit(self, embeddings: Any, labels: Tensor) -> None:
         return None
 
+    def adapt(self, embeddings: Any) -> bool:
+        """Label-free adaptation to the data about to be scored (all of its embeddings, e.g.
+        every file a trial list names), called before scoring it; True when it adapted.
+        Default: nothing."""
+        return False
+
     @abc.abstractmethod
     def score_matrix(self, enroll: Any, test: Any) -> Tensor:
         """All-vs-all scores [N_enroll, N_test]."""

@@ -205,6 +205,9 @@ class CalibratedScorer(PointScorer):
         ei, ti, y = pair_trials(labels, self.max_trials, self.seed)
         self.calibration.fit(self.base.score(x[ei], x[ti]), y)
 
+    def adapt(self, embeddings: Any) -> bool:
+        return self.base.adapt(embeddings)
+
     def prepare(self, x: Tensor) -> Tensor:
         return self.base.prepare(x)
 

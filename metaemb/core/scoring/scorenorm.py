@@ -67,6 +67,12 @@ class ScoreNorm(PointScorer):
             self.base.fit(x, labels)
         self._set_cohort(speaker_means(x, labels) if self.speaker_mean else x)
 
+    def adapt(self, embeddings: Any) -> bool:
+        adapted = self.base.adapt(embeddings)
+        if adapted and self.cohort is not None:  # the cohort is seen through the adapted base
+            self._cohort_prep = self.base.prepare(self.cohort)
+        return adapted
+
     def _set_cohort(self, cohort: Tensor) -> None:
         n_min = max(self.top_n, 2)
         if cohort.shape[0] < n_min:

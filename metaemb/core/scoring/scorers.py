@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
 from metaemb.core.plugin.interfaces import Scorer
-from metaemb.core.scoring.plda import DTYPE, PLDABackend, llr_matrix, llr_pairs
+from metaemb.core.scoring.plda import DTYPE, PLDABackend, fit_wccn, llr_matrix, llr_pairs
 
 Groups = Sequence[Sequence[int]]
 
@@ -255,24 +255,90 @@ def score_trials(
 
 # ---------------------------------------------------------------------------------------------
 class CosineScorer(PointScorer):
-    """Cosine similarity, optionally after subtracting the training-set mean embedding."""
+    """Cosine similarity, optionally after centring and within-class normalisation.
 
-    def __init__(self, subtract_mean: bool = False) -> None:
-        self.subtract_mean = subtract_mean
-        self.requires_fit = subtract_mean
-        self.mean: Tensor | None = None
+    - `subtract_mean`: centre on the training-set mean embedding (fitted).
+    - `wccn`: whiten by the training within-class covariance (`fit_wccn`, shrunk by
+      `wccn_shrink`), so directions that vary within an identity count less (fitted).
+    - `adapt_mean`: centre on the mean of the data being scored (`adapt`), a label-free
+      adaptation to a new domain: a recording channel or population moves every embedding
+      the same way, and that shift is not identity. The mean is a MAP estimate, pulled towards
+      the training mean (or zero) by `adapt_relevance` pseudo-samples, so scoring a handful of
+      files stays close to the unadapted scorer.
+    """
+
+    # Options added later, at the values that reproduce the plain cosine of older runs.
+    hash_neutral: ClassVar[dict[str, Any]] = {
+        "wccn": False,
+        "wccn_shrink": 0.1,
+        "adapt_mean": False,
+        "adapt_relevance": 20.0,
+    }
+
+    def __init__(
+        self,
+        subtract_mean: bool = False,
+        wccn: bool = False,
+        wccn_shrink: float = 0.1,
+        adapt_mean: bool = False,
+        adapt_relevance: float = 20.0,
+    ) -> None:
+        if adapt_relevance < 0:
+            raise ConfigError(
+                f"scorer 'cosine': adapt_relevance must be ≥ 0, got {adapt_relevance}"
+            )
+        if not 0.0 <= wccn_shrink <= 1.0:
+            raise ConfigError(f"scorer 'cosine': wccn_shrink must be in [0, 1], got {wccn_shrink}")
+        self.subtract_mean, self.wccn, self.wccn_shrink = subtract_mean, wccn, wccn_shrink
+        self.adapt_mean, self.adapt_relevance = adapt_mean, adapt_relevance
+        self.requires_fit = subtract_mean or wccn
+        self.mean: Tensor | None = None  # training mean
+        self.transform: Tensor | None = None  # WCCN
+        self.domain_mean: Tensor | None = None  # set by adapt()
+
+    @property
+    def plain(self) -> bool:
+        """True when this is bare cosine (fast paths may use normalised dot products)."""
+        return not (self.subtract_mean or self.wccn or self.adapt_mean)
 
     @property
     def fitted(self) -> bool:
-        return not self.subtract_mean or self.mean is not None
+        return (not self.subtract_mean or self.mean is not None) and (
+            not self.wccn or self.transform is not None
+        )
 
     def fit(self, embeddings: Any, labels: Any = None) -> None:
-        self.mean = as_embeddings(embeddings, "embeddings").to(DTYPE).mean(0)
+        x = as_embeddings(embeddings, "embeddings").to(DTYPE)
+        self.mean = x.mean(0)
+        if self.wccn:
+            if labels is None:
+                raise MetaembError("scorer 'cosine' with wccn = true needs labels to fit")
+            self.transform = fit_wccn(x, labels, self.wccn_shrink)
+
+    def adapt(self, embeddings: Any) -> bool:
+        if not self.adapt_mean:
+            return False
+        x = as_embeddings(embeddings, "embeddings").to(DTYPE)
+        prior = self.mean if self.subtract_mean and self.mean is not None else None
+        if prior is not None and prior.shape[0] != x.shape[1]:
+            raise DataError(
+                f"cannot adapt: embeddings have {x.shape[1]} dimensions, the scorer was fitted "
+                f"on {prior.shape[0]}"
+            )
+        n, r = x.shape[0], self.adapt_relevance
+        total = x.sum(0) + (r * prior if prior is not None else 0.0)
+        self.domain_mean = total / max(n + r, 1e-12)
+        return True
 
     def prepare(self, x: Tensor) -> Tensor:
-        if self.subtract_mean:
-            assert self.mean is not None
-            x = x - self.mean.to(x.dtype)
+        centre = self.domain_mean if self.domain_mean is not None else None
+        if centre is None and self.subtract_mean:
+            centre = self.mean
+        if centre is not None:
+            x = x - centre.to(x.dtype)
+        if self.wccn:
+            assert self.transform is not None
+            x = x @ self.transform.to(x.dtype)
         return torch.nn.functional.normalize(x, dim=1)
 
     def pool(self, prepared: Tensor, groups: Groups) -> tuple[Tensor, Tensor]:
@@ -286,11 +352,15 @@ class CosineScorer(PointScorer):
         return (models * test).sum(1)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"mean": self.mean} if self.mean is not None else {}
+        state = {"mean": self.mean} if self.mean is not None else {}
+        if self.transform is not None:
+            state["wccn"] = self.transform
+        return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         # An empty state is an unfitted scorer's (what state_dict() gives before fit).
         self.mean = state["mean"].to(DTYPE) if "mean" in state else None
+        self.transform = state["wccn"].to(DTYPE) if "wccn" in state else None
 
 
 class EuclideanScorer(PointScorer):

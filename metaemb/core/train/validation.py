@@ -132,6 +132,7 @@ class Validator:
             train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
             labels = torch.tensor(self.train_folder.labels)[kept_train]
             self.scorer.fit(train_emb, labels)
+        self.scorer.adapt(emb)  # as `evaluate` does on the files it scores
         scores = score_trials(self.scorer, self._table(emb, kept), trials)
         return report(scores, trials.labels, self.config.eval.p_targets)
 
