@@ -227,8 +227,8 @@ def evaluate(
     adapt: Annotated[
         bool,
         typer.Option(
-            help="let the scorer adapt without labels to the files scored (e.g. centre on "
-            "their mean; only scorers with adapt_mean = true do)"
+            help="let the scorer adapt without labels to the files scored (centre on their "
+            "mean, scale by their spread: scorers with adapt_mean or adapt_scale = true)"
         ),
     ] = True,
 ) -> None:

@@ -119,11 +119,17 @@ def test_moved_options_migrate_with_a_message():
     assert cfg.options("features")["fbank"] == {"n_mels": 40, "dither": 1.0, "cmn": True}
     assert cfg.options("backbone") == {"embedding_dim": 256}  # what that run really trained
     # Its scorer: the plain cosine of the time, not today's adapted, WCCN-fitted default.
-    assert cfg.options("scorer") == {"subtract_mean": False, "wccn": False, "adapt_mean": False}
+    assert cfg.options("scorer") == {
+        "subtract_mean": False,
+        "wccn": False,
+        "adapt_mean": False,
+        "adapt_scale": False,
+    }
     assert resolve("speaker").options("scorer") == {
         "subtract_mean": True,
         "wccn": True,
         "adapt_mean": True,
+        "adapt_scale": True,
     }
     assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
     cfg, _ = _load("face-distill")
@@ -145,7 +151,7 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     cfg = resolve(  # what that run trained: per-band CMN, plain cosine
         "speaker",
         sets=["features.fbank.cmn=true"]
-        + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean")],
+        + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")],
     )
     assert earlier_equivalent_run(tmp_path, cfg) == old
     run_dir(tmp_path, cfg).mkdir(parents=True)

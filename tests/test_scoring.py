@@ -107,6 +107,38 @@ def test_cosine_adapt_mean_is_a_map_estimate_and_removes_a_domain_shift():
         few.adapt(x[:, :5])
 
 
+def test_cosine_adapt_scale_undoes_a_per_dimension_gain_of_the_new_domain():
+    train, labels = data(0)
+    x = data(5)[0][:40]
+    gain = torch.linspace(0.5, 3.0, x.shape[1], dtype=torch.float64)
+    shift = torch.linspace(-3, 4, x.shape[1], dtype=torch.float64)
+    sc = CosineScorer(adapt_mean=True, adapt_scale=True, adapt_relevance=0.0)
+    assert sc.requires_fit  # the training spread is the prior of the adapted one
+    sc.fit(train, labels)
+    assert sc.adapt(x)
+    before = sc.score_matrix(x[:10], x[10:])
+    y = x * gain + shift  # the new domain stretches and moves every dimension
+    sc.adapt(y)
+    torch.testing.assert_close(sc.score_matrix(y[:10], y[10:]), before)
+    mean_only = CosineScorer(adapt_mean=True, adapt_relevance=0.0)
+    mean_only.adapt(y)
+    assert (mean_only.score_matrix(y[:10], y[10:]) - before).abs().max() > 0.05
+    # The spread is a MAP estimate around the training spread, both after WCCN.
+    r = 10.0
+    s = CosineScorer(subtract_mean=True, wccn=True, adapt_mean=True, adapt_scale=True,
+                     adapt_relevance=r)  # fmt: skip
+    s.fit(train, labels)
+    s.adapt(x)
+    w, m_train = s.transform, train.mean(0)
+    prior = ((train - m_train) @ w).var(0)
+    m = (x.sum(0) + r * m_train) / (40 + r)
+    z = (x - m) @ w
+    spread = (((z**2).sum(0) + r * prior) / (40 + r)).sqrt()
+    torch.testing.assert_close(s.domain_scale, spread)
+    e, t = unit(((x[:5] - m) @ w / spread).numpy()), unit(((x[5:9] - m) @ w / spread).numpy())
+    np.testing.assert_allclose(s.score_matrix(x[:5], x[5:9]).numpy(), e @ t.T, atol=1e-10)
+
+
 def test_euclidean_is_negative_distance():
     e, t = data(1)[0][:10], data(2)[0][:13]
     sc = EuclideanScorer()
@@ -118,7 +150,9 @@ def fitted(name):
     train, labels = data(0)
     sc = {  # the wccn scorer's type is CosineScorer, as its state round-trip needs
         "cosine": lambda: CosineScorer(subtract_mean=True),
-        "cosine-wccn": lambda: CosineScorer(subtract_mean=True, wccn=True, adapt_mean=True),
+        "cosine-wccn": lambda: CosineScorer(
+            subtract_mean=True, wccn=True, adapt_mean=True, adapt_scale=True
+        ),
         "euclidean": EuclideanScorer,
         "plda": lambda: PLDAScorer(lda_dim=8, iterations=4),
         "snorm": lambda: SNorm(base="cosine"),
@@ -167,7 +201,12 @@ def test_state_dict_round_trip(name):
     state = torch.load(buf, weights_only=True)
     kwargs = {
         "cosine": {"subtract_mean": True},
-        "cosine-wccn": {"subtract_mean": True, "wccn": True, "adapt_mean": True},
+        "cosine-wccn": {
+            "subtract_mean": True,
+            "wccn": True,
+            "adapt_mean": True,
+            "adapt_scale": True,
+        },
         "plda": {"lda_dim": 8, "iterations": 4},
         "asnorm": {"base": "plda", "top_n": 7},
         "asnorm-spk": {"base": "cosine", "top_n": 5, "speaker_mean": True},

@@ -129,13 +129,27 @@ def register_modalities(register: Register) -> None:
                 # that carries over from synthetic to real voices (docs/speaker.md, transfer).
                 "features": {"fbank": {"crop_seconds": 2.0, "fbank": {"cmn": "level"}}},
                 # Cosine after within-class normalisation (fitted on the training speakers),
-                # centred on the data being scored: a new recording setup or population shifts
-                # every embedding alike (docs/speaker.md, transfer).
-                "scorer": {"cosine": {"subtract_mean": True, "wccn": True, "adapt_mean": True}},
+                # centred and scaled on the data being scored: a new recording setup or
+                # population shifts every embedding alike (docs/speaker.md, transfer).
+                "scorer": {
+                    "cosine": {
+                        "subtract_mean": True,
+                        "wccn": True,
+                        "adapt_mean": True,
+                        "adapt_scale": True,
+                    }
+                },
             },
             former_options={  # what runs saved before a default changed were trained with
                 "features": {"fbank": {"fbank": {"cmn": True}}},  # before cmn="level"
-                "scorer": {"cosine": {"subtract_mean": False, "wccn": False, "adapt_mean": False}},
+                "scorer": {
+                    "cosine": {
+                        "subtract_mean": False,
+                        "wccn": False,
+                        "adapt_mean": False,
+                        "adapt_scale": False,
+                    }
+                },
             },
             defaults={
                 "model.dim": 128,
