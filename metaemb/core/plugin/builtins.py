@@ -84,7 +84,9 @@ def register_scorers(register: Register) -> None:
     from metaemb.core.scoring import scorers as scoring
 
     register(
-        "cosine", scoring.CosineScorer, description="cosine similarity (opt. minus train mean)"
+        "cosine",
+        scoring.CosineScorer,
+        description="cosine similarity (opt. training mean, WCCN, adapted to the scored data)",
     )
     register("euclidean", scoring.EuclideanScorer, description="negative Euclidean distance")
     register("plda", scoring.PLDAScorer, description="LDA + length-norm + two-covariance PLDA LLR")
