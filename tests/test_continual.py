@@ -18,6 +18,10 @@ MARGIN = 0.05  # continual learning may lose at most 5 EER points on the old spe
 
 TINY = ["train.batch_size=32", "model.dim=32", "backbone.channels=32", "backbone.pool_channels=64",
         "features.crop_seconds=1.0", "eval.max_targets=400", "eval.nontargets=400"]  # fmt: skip
+# Plain cosine picks the checkpoint, as forgetting.json scores: the speaker default (WCCN,
+# adapted) validates on two held-out voices here and would pick another epoch than the one the
+# numbers in docs/workflows.md were measured on.
+TINY += [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")]
 
 
 def train(data: Path, runs: Path, *sets: str) -> Path:
