@@ -148,7 +148,7 @@ def test_euclidean_is_negative_distance():
 
 def fitted(name):
     train, labels = data(0)
-    sc = {  # the wccn scorer's type is CosineScorer, as its state round-trip needs
+    sc = {
         "cosine": lambda: CosineScorer(subtract_mean=True),
         "cosine-wccn": lambda: CosineScorer(
             subtract_mean=True, wccn=True, adapt_mean=True, adapt_scale=True
@@ -247,6 +247,22 @@ def test_snorm_matches_brute_force(top_n, base):
     want = snorm_reference(sc.base, e, t, train, top_n)
     np.testing.assert_allclose(sc.score_matrix(e, t).numpy(), want, atol=1e-9)
     np.testing.assert_allclose(sc.score(e, t[:15]).numpy(), np.diag(want), atol=1e-9)
+
+
+def test_score_normalisation_sees_its_cohort_through_the_adapted_base():
+    train, labels = data(0)
+    x = data(5)[0][:30] + 2.0  # another domain
+    sc = ASNorm(
+        base={"name": "cosine", "subtract_mean": True, "adapt_mean": True},
+        top_n=6,
+        speaker_mean=False,
+    )
+    sc.fit(train, labels)
+    before = sc.score_matrix(x[:5], x[5:])
+    assert sc.adapt(x) and sc.base.domain_mean is not None
+    want = snorm_reference(sc.base, x[:5], x[5:], train, 6)  # every score by the adapted base
+    np.testing.assert_allclose(sc.score_matrix(x[:5], x[5:]).numpy(), want, atol=1e-9)
+    assert np.abs(want - before.numpy()).max() > 1e-3
 
 
 def test_asnorm_speaker_mean_cohort():
