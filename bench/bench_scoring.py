@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from metaemb.core.scoring.scorers import CosineScorer, PLDAScorer
+from metaemb.core.scoring.cosine import CosineScorer
+from metaemb.core.scoring.scorers import PLDAScorer
 
 
 def peak_mb() -> float:

@@ -13,8 +13,9 @@ from scipy.spatial.distance import cdist
 from metaemb.core.errors import ConfigError, DataError, MetaembError, UnknownComponentError
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.interfaces import Scorer
+from metaemb.core.scoring.cosine import CosineScorer
 from metaemb.core.scoring.scorenorm import ASNorm, SNorm
-from metaemb.core.scoring.scorers import CosineScorer, EuclideanScorer, PLDAScorer, score_trials
+from metaemb.core.scoring.scorers import EuclideanScorer, PLDAScorer, score_trials
 
 
 def data(seed=0, n_classes=20, per_class=5, d=12):

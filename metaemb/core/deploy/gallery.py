@@ -483,7 +483,7 @@ class Gallery:
     def _faiss_search(
         self, probes: Any, k: int, scorer: Any, threshold: float | None
     ) -> SearchResult:
-        from metaemb.core.scoring.scorers import CosineScorer
+        from metaemb.core.scoring.cosine import CosineScorer
 
         sc = self._scorer(scorer)
         if self.stamp.kind != "point" or type(sc) is not CosineScorer or not sc.plain:

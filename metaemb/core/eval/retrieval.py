@@ -94,7 +94,7 @@ def default_scorer(kind: str) -> Any:
 
 
 def _faiss_usable(scorer: Any, kind: str) -> bool:
-    from metaemb.core.scoring.scorers import CosineScorer
+    from metaemb.core.scoring.cosine import CosineScorer
 
     return kind == "point" and type(scorer) is CosineScorer and scorer.plain
 

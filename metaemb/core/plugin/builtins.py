@@ -80,12 +80,12 @@ def register_samplers(register: Register) -> None:
 
 @hookimpl
 def register_scorers(register: Register) -> None:
-    from metaemb.core.scoring import calibration, scorenorm
+    from metaemb.core.scoring import calibration, cosine, scorenorm
     from metaemb.core.scoring import scorers as scoring
 
     register(
         "cosine",
-        scoring.CosineScorer,
+        cosine.CosineScorer,
         description="cosine similarity (opt. training mean, WCCN, adapted to the scored data)",
     )
     register("euclidean", scoring.EuclideanScorer, description="negative Euclidean distance")
