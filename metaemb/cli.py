@@ -96,7 +96,7 @@ def train(
     runs: Annotated[Path, typer.Option(help="root of run directories")] = Path("runs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
     fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers", min=0)] = None,
     on_bad_sample: Annotated[
         str | None, typer.Option(help="error (default) or skip: skipped files go to skipped.txt")
     ] = None,
@@ -113,6 +113,8 @@ def train(
     sets = list(set_ or [])
     if data is not None:
         sets.append(f"data.root={json.dumps(str(data))}")
+        if not data.is_absolute():
+            sets.append(f"data.root_absolute={json.dumps(str(data.resolve()))}")
     if on_bad_sample is not None:
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     if tensorboard:
@@ -177,7 +179,7 @@ def distill(
     runs: Annotated[Path, typer.Option()] = Path("runs"),
     device: Annotated[str, typer.Option()] = "auto",
     fresh: Annotated[bool, typer.Option()] = False,
-    workers: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(min=0)] = None,
 ) -> None:
     """Train a student backbone from a frozen teacher (task loss + knowledge distillation)."""
     sets = [
@@ -212,7 +214,7 @@ def evaluate(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval-…)")] = None,
     device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option()] = 2,
+    workers: Annotated[int, typer.Option(min=0)] = 2,
     measure: Annotated[
         str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
     ] = "verification",
@@ -274,9 +276,9 @@ def evaluate(
 def embed(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint")],
     data: Annotated[list[Path], typer.Argument(help="<identity>/<sample> folder, or sample files")],
-    out: Annotated[Path, typer.Option(help="output .pt file (embeddings, paths, labels)")],
+    out: Annotated[Path, typer.Option(help="output .pt file (embeddings, paths, identities)")],
     device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option()] = 2,
+    workers: Annotated[int, typer.Option(min=0)] = 2,
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.eval.collect import embed_inputs

@@ -273,7 +273,7 @@ def enroll(
         str | None, typer.Option(help="comma-separated identities to enroll (default: all)")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader workers")] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
     names = [s.strip() for s in identities.split(",") if s.strip()] if identities else None
@@ -310,7 +310,7 @@ def identify(
     out: Annotated[Path | None, typer.Option(help="write every candidate to this TSV file")] = None,
     show: Annotated[int, typer.Option(help="probes to print")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader workers")] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""

@@ -24,7 +24,7 @@ def lr_find(
         Path, typer.Option(help="plot (PNG); the numbers go to the same name .json")
     ] = Path("lr_find.png"),
     device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Sweep the learning rate exponentially over a few hundred training steps, plot loss
     against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""

@@ -105,7 +105,7 @@ def neighbours(
     max_rank: Annotated[int, typer.Option(help="CMC up to this rank (metrics)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
     device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""

@@ -26,7 +26,7 @@ def plot(
     ] = "auto",
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/plots)")] = None,
     device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
     identity and the leave-one-out CMC curve."""

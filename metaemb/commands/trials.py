@@ -66,7 +66,15 @@ def make(
     name = _folder_name(modality, folder)
     given = dict(map(parse_set, folder_set or []))
     opts = validate_options("sample_folders", name, given, "folder")
-    sample_folder = build("sample_folders", name, opts, root=data)
+    try:
+        sample_folder = build("sample_folders", name, opts, root=data)
+    except MetaembError as exc:
+        if folder:
+            raise
+        raise type(exc)(
+            f"{exc} (DATA was read with sample folder '{name}' of --modality {modality}; pass "
+            "--modality or --folder for other kinds of data)"
+        ) from None
     if triplets is not None:
         from metaemb.core.eval.triplets import make_triplets, triplet_coverage, write_triplets
 

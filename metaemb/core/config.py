@@ -39,6 +39,9 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes (runtime only: not part of the run hash)
     on_bad_sample: Literal["error", "skip"] = "error"
     cache_dir: str = ""  # "" = $METAEMB_CACHE or ~/.cache/metaemb (runtime only)
+    # Where a relative `root` pointed when the run was trained, so the run evaluates from any
+    # working directory (runtime only: not part of the run hash).
+    root_absolute: str = ""
 
 
 @dataclass
@@ -119,6 +122,7 @@ TOP_LEVEL = {"name": str, "modality": str}
 RUNTIME_KEYS = {
     ("data", "workers"),
     ("data", "cache_dir"),
+    ("data", "root_absolute"),
     ("train", "snapshot_every"),
     ("train", "tensorboard"),
 }

@@ -52,7 +52,10 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "classifier_lr_mult"): (_non_negative, "≥ 0"),
     ("train", "head_lr_mult"): (_non_negative, "≥ 0"),
     ("train", "freeze_trunk_epochs"): (_non_negative, "≥ 0"),
-    ("train", "seed"): (_non_negative, "≥ 0"),
+    ("train", "seed"): (
+        lambda v: 0 <= v < 2**32,
+        "in [0, 2**32) (what every random generator takes)",
+    ),
     ("eval", "max_targets"): (_positive, "≥ 1"),
     ("eval", "nontargets"): (_positive, "≥ 1"),
     ("eval", "batch_size"): (_positive, "≥ 1"),

@@ -85,6 +85,7 @@ class PreparedDataset(Dataset):
                 raw = self.frontend(raw, sample.path, self.folder.root)
                 with torch.no_grad():
                     x = self.features.prepare(raw, self.train)
+            x = checked_values(x)
         except DataError as exc:
             exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":
@@ -115,6 +116,20 @@ class PreparedDataset(Dataset):
         if len(chosen) == 1:
             return span.to(torch.float32)
         return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
+
+
+def checked_values(x: Any) -> Any:
+    """A prepared sample as the network takes it: float64 narrowed to float32 (the network's
+    precision), and NaN or inf refused here, where the file is known, not as a diverged loss."""
+    if isinstance(x, Tensor) and x.is_floating_point():
+        if x.dtype == torch.float64:
+            x = x.float()
+        if not torch.isfinite(x).all():
+            raise DataError(
+                "its prepared values hold NaN or inf (a silent, constant or corrupt sample, or "
+                "a frontend or features that divide by zero)."
+            )
+    return x
 
 
 def crop_pieces(

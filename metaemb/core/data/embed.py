@@ -19,6 +19,15 @@ def concat(outputs: list[Any]) -> Any:
     return type(outputs[0]).cat(outputs)
 
 
+def non_finite_rows(out: Any) -> list[int]:
+    """Rows of an embedding batch (a tensor, or a GME's a and b) holding NaN or ±inf."""
+    parts = [out] if isinstance(out, Tensor) else [out.a, out.b]
+    bad = torch.zeros(len(parts[0]), dtype=torch.bool)
+    for t in parts:
+        bad |= ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1).cpu()
+    return bad.nonzero().flatten().tolist()
+
+
 def to_device(out: Any, device: torch.device | str) -> Any:
     return out.to(device)
 

@@ -40,7 +40,10 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     themselves are idempotent and write atomically.
     """
     if config.data.root:
-        return Path(config.data.root)
+        root = Path(config.data.root)
+        if not root.is_absolute() and not root.exists() and config.data.root_absolute:
+            return Path(config.data.root_absolute)  # a run evaluated from another directory
+        return root
     mod = config.modality_obj()
     if not mod.demo_data:
         raise ConfigError(
@@ -106,12 +109,14 @@ class Components:
 def build_model(config: Config) -> EmbeddingModel:
     """Features → backbone → head from a resolved config, without touching any data folder."""
     features = build("features", config.model.features, config.options("features"))
+    _declared_size(features, "out_channels", "features", config.model.features)
     backbone = build(
         "backbones",
         config.model.backbone,
         config.options("backbone"),
         in_channels=features.out_channels,
     )
+    _declared_size(backbone, "feature_dim", "backbone", config.model.backbone)
     head = build(
         "heads",
         config.model.head,
@@ -120,3 +125,18 @@ def build_model(config: Config) -> EmbeddingModel:
         dim=config.model.dim,
     )
     return EmbeddingModel(features, backbone, head)
+
+
+def _declared_size(component: Any, attr: str, section: str, name: str) -> None:
+    """A size the next component is built from must be declared (a positive int)."""
+    value = getattr(component, attr, None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        kind = "features" if section == "features" else "backbones"
+        plugin = registry(kind).entry(name).plugin
+        what = {
+            "out_channels": "the width of its output (3 for RGB, 80 for 80 filterbank bands)",
+            "feature_dim": "the size of its pooled output [batch, feature_dim]",
+        }[attr]
+        raise ConfigError(
+            f"{section} '{name}' (plugin '{plugin}') has {attr} = {value!r}; set it to {what}."
+        )

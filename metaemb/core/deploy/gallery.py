@@ -369,7 +369,14 @@ class Gallery:
             name = scorer or ("gme" if self.stamp.kind == "gme" else "cosine")
             scorer = build("scorers", name, {})
         needs = getattr(scorer, "needs", "point")
-        if needs != self.stamp.kind or (needs == "point" and not isinstance(scorer, PointScorer)):
+        if needs == "point" == self.stamp.kind and not isinstance(scorer, PointScorer):
+            raise GalleryError(
+                f"scorer '{type(scorer).__name__}' cannot search a gallery: a gallery pools each "
+                "identity's embeddings and scores them in blocks, which needs a PointScorer "
+                "subclass (metaemb.core.scoring.scorers.PointScorer, with prepare/pool/block/"
+                "pairs); a plain Scorer can verify trials but not search."
+            )
+        if needs != self.stamp.kind:
             raise GalleryError(
                 f"scorer '{type(scorer).__name__}' cannot search a gallery of "
                 f"{self.stamp.kind} embeddings; use "

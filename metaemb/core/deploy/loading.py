@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from metaemb.core.config import Config, from_dict
-from metaemb.core.data.embed import extract
+from metaemb.core.data.embed import extract, non_finite_rows
 from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.plugin.components import build, validate_options
@@ -26,15 +26,6 @@ from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.runs import load_checkpoint
 from metaemb.core.train.device import pick_device
 from metaemb.core.train.model import EmbeddingModel
-
-
-def non_finite_rows(out: Any) -> list[int]:
-    """Rows of an embedding batch (a tensor, or a GME's a and b) holding NaN or ±inf."""
-    parts = [out] if isinstance(out, torch.Tensor) else [out.a, out.b]
-    bad = torch.zeros(len(parts[0]), dtype=torch.bool)
-    for t in parts:
-        bad |= ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1).cpu()
-    return bad.nonzero().flatten().tolist()
 
 
 def find_checkpoint(path: Path) -> Path:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from torch import Tensor
 
 from metaemb.core.errors import DataError
 from metaemb.core.eval import identification as ident
@@ -146,7 +147,7 @@ def class_measure(
     emb = loaded.embed(folder, None, workers)
     if adapt:
         scorer.adapt(emb)
-    matrix = scorer.score_groups_matrix(emb, groups, emb[torch.tensor(probes)]).double().T
+    matrix = groups_matrix(scorer, emb, groups, emb[torch.tensor(probes)]).double().T
     cmc = ident.cmc(
         matrix.numpy(), probe_ids, list(range(len(groups))), max_rank=min(5, len(groups))
     )
@@ -219,3 +220,14 @@ def run_measure(
     console.print(table)
     console.print(f"wrote {out / 'metrics.json'}", markup=False, soft_wrap=True)
     return result
+
+
+def groups_matrix(scorer: Any, emb: Any, groups: list[list[int]], probes: Any) -> Tensor:
+    """[identities, probes] scores of enrollment groups: pooled by the scorer when it can
+    pool (point scorers, GME), else the mean of its scores of each enrolled sample."""
+    if hasattr(scorer, "score_groups_matrix"):
+        return scorer.score_groups_matrix(emb, groups, probes)
+    flat = torch.tensor([i for g in groups for i in g])
+    scores = scorer.score_matrix(emb[flat], probes)
+    rows = torch.split(scores, [len(g) for g in groups])
+    return torch.stack([r.mean(0) for r in rows])

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from metaemb.core.errors import ConfigError, suggest
+from metaemb.core.errors import ConfigError, MetaembError, suggest
 from metaemb.core.plugin.manager import registry
 
 CONTEXT_NAMES = frozenset(
@@ -340,8 +340,20 @@ def preset(factory: Any, doc: str = "", **fixed: Any) -> Any:
 
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
     """Instantiate component `name` of `kind` with validated options plus the context it accepts."""
-    factory = registry(kind).get(name)
-    accepted = _accepts(factory)
+    reg = registry(kind)
+    entry = reg.entry(name)
+    accepted = _accepts(entry.factory)
     kwargs = {k: v for k, v in context.items() if k in accepted}
     kwargs.update(options or {})
-    return factory(**kwargs)
+    try:
+        return entry.factory(**kwargs)
+    except MetaembError:
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError, ArithmeticError) as exc:
+        # A component refusing its options (a negative width, a size it cannot make) speaks
+        # for itself; say which component, from which plugin, with which options.
+        shown = ", ".join(f"{k}={v!r:.60}" for k, v in (options or {}).items()) or "no options"
+        raise ConfigError(
+            f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
+            f"{shown}: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -227,13 +227,20 @@ class Features(nn.Module):
         return x, lengths
 
     def baseline_embedding(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The no-learning baseline (raw pixels; mean filterbank vector) used to show a task is real."""
+        """The no-learning baseline that shows a task is real: the network input itself,
+        flattened, for fixed-size inputs (raw pixels); for sequences [N, C, T] with lengths,
+        each channel's mean and standard deviation over the valid time steps (statistics
+        pooling; the mean alone is ~0 for inputs standardised per sample). Override it for a
+        better-known baseline of the modality, and name it with `Modality.baseline_name`."""
         x, lengths = self.forward(x, lengths)
         if lengths is None:
             return x.flatten(1).float()
-        # [N, C, T] with valid lengths: masked mean over time.
-        mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
-        return ((x * mask[:, None, :]).sum(-1) / lengths[:, None].clamp(min=1)).float()
+        x = x.float()
+        mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).float()
+        n = lengths[:, None].clamp(min=1).float()
+        mean = (x * mask[:, None, :]).sum(-1) / n
+        var = (((x - mean[..., None]) ** 2) * mask[:, None, :]).sum(-1) / n
+        return torch.cat([mean, var.sqrt()], dim=1)
 
     def input_spec(self) -> dict[str, Any]:
         """What travels with checkpoints so evaluation prepares inputs exactly as training did."""

@@ -70,7 +70,7 @@ class PluginState:
             self.versions["core"] = _dist_version("metaemb")
         for name in disabled:
             self.pm.set_blocked(name)
-        strict = os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
+        strict = _strict()
         for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
             if ep.name in disabled or self.pm.has_plugin(ep.name):
                 continue
@@ -121,16 +121,39 @@ class PluginState:
                 if hook is None:  # nobody implements it
                     continue
                 for impl in reversed(hook.get_hookimpls()):
-                    plugin_name = self.pm.get_name(impl.plugin) or "?"
-
-                    def register(
-                        name: str, factory: Any, _p: str = plugin_name, _k: str = kind, **info: Any
-                    ) -> None:
-                        registries[_k].add(name, factory, _p, **info)
-
-                    impl.function(register=register)
+                    self._call_hook(impl, kind, hook_name, registries)
             self._registries = registries
         return self._registries
+
+    def _call_hook(
+        self, impl: Any, kind: str, hook_name: str, registries: dict[str, Registry]
+    ) -> None:
+        """Run one plugin's `register_*` hook. A hook that raises is reported with the plugin's
+        name and its half-made registrations are dropped (fatal with METAEMB_STRICT_PLUGINS=1);
+        a PluginError (a duplicate or malformed registration) always stops."""
+        plugin_name = self.pm.get_name(impl.plugin) or "?"
+        added: list[str] = []
+
+        def register(name: str, factory: Any, **info: Any) -> None:
+            registries[kind].add(name, factory, plugin_name, **info)
+            added.append(name)
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # isolate any failure of a third-party plugin
+            registries[kind].discard(added)
+            cause = f"its {hook_name} hook raised {type(exc).__name__}: {exc}"
+            message = f"plugin '{plugin_name}' failed: {cause}"
+            if _strict():
+                raise PluginError(message) from exc
+            self.failed.append(FailedPlugin(plugin_name, cause))
+            warnings.warn(
+                f"{message}; its {kind} are skipped (set METAEMB_STRICT_PLUGINS=1 to make "
+                f"this fatal, or METAEMB_DISABLE_PLUGINS={plugin_name} to silence it)",
+                stacklevel=2,
+            )
 
     def plugins(self) -> list[PluginInfo]:
         infos: dict[str, PluginInfo] = {}
@@ -149,6 +172,10 @@ class PluginState:
 
 _state: PluginState | None = None
 _lock = threading.Lock()
+
+
+def _strict() -> bool:
+    return os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
 
 
 def _dist_version(dist: str) -> str:

@@ -37,7 +37,9 @@ class Entry:
 
     @property
     def description(self) -> str:
-        doc = self.info.get("description") or (getattr(self.factory, "__doc__", None) or "")
+        own = getattr(self.factory, "description", None)  # e.g. a Modality's own text
+        doc = self.info.get("description") or (own if isinstance(own, str) and own else None)
+        doc = doc or getattr(self.factory, "__doc__", None) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -62,11 +64,30 @@ class Registry:
             raise PluginError(f"plugin '{plugin}' registered a {self.singular} without a name")
         if name in self._entries:
             other = self._entries[name].plugin
+            if other == plugin:
+                raise PluginError(
+                    f"plugin '{plugin}' registers {self.singular} '{name}' twice; "
+                    "each name must be registered once."
+                )
             raise PluginError(
                 f"{self.singular} '{name}' is registered twice: by plugin '{other}' and by plugin "
                 f"'{plugin}'. Disable one of them with METAEMB_DISABLE_PLUGINS={plugin}."
             )
+        if self.kind == "modalities":
+            from metaemb.core.plugin.modality import Modality
+
+            if not isinstance(factory, Modality):
+                raise PluginError(
+                    f"plugin '{plugin}' registered modality '{name}' as "
+                    f"{type(factory).__name__} {factory!r:.60}; register a Modality(...) "
+                    "instance: register(name, Modality(name=..., description=..., ...))."
+                )
         self._entries[name] = Entry(name, factory, plugin, dict(info))
+
+    def discard(self, names: list[str]) -> None:
+        """Forget entries (those of a plugin whose hook failed half-way)."""
+        for name in names:
+            self._entries.pop(name, None)
 
     def entry(self, name: str) -> Entry:
         try:

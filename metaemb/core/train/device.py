@@ -18,9 +18,24 @@ def pick_device(requested: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MetaembError(f"--device {requested}: CUDA is not available on this machine.")
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise MetaembError(
+            f"--device '{requested}' is not a device; use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MetaembError(f"--device {requested}: CUDA is not available on this machine.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise MetaembError(f"--device {requested}: this machine has {count} CUDA device(s).")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise MetaembError(f"--device {requested}: MPS is not available on this machine.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise MetaembError(f"--device {requested}: metaemb runs on cpu, cuda or mps.")
     return dev
 
 

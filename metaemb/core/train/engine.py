@@ -22,12 +22,12 @@ from torch import nn
 
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import EpochLoader, PreparedDataset
-from metaemb.core.data.embed import extract
+from metaemb.core.data.embed import extract, non_finite_rows
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build
 from metaemb.core.runs import atomic_write_text, run_dir
-from metaemb.core.train import shard, validation
+from metaemb.core.train import component_checks, shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import BASELINE, Checkpointer, restore, training_state
 from metaemb.core.train.device import Distributed, pick_device
@@ -80,6 +80,7 @@ class Trainer:
         self.epoch = self.step = self.start_epoch = 0
         self.resumed = False
         self._stop = False
+        self._checked = False  # the first batch went through component_checks
 
     def request_stop(self) -> None:
         """End the run after the current step (callbacks call this, e.g. an LR finder)."""
@@ -304,9 +305,19 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         lengths = batch.lengths.to(self.device) if batch.lengths is not None else None
         labels = batch.labels.to(self.device)
+        if not self._checked:  # a plugin's mistake is named by component, once per process
+            component_checks.check_first_batch(self.model, self.config, x, lengths)
+            self._checked = True
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss = self.step_module(x, lengths, labels)
+        component_checks.check_loss(loss, self.config)
         if not torch.isfinite(loss):
+            stage = component_checks.nonfinite_stage(self.model, self.config, x, lengths)
+            if stage is not None:
+                raise MetaembError(
+                    f"training stopped at epoch {self.epoch + 1}: {stage} (samples "
+                    f"{self._batch_files(batch)})."
+                )
             raise MetaembError(
                 f"training diverged at epoch {self.epoch + 1} (loss {loss.item()}); lower "
                 f"train.lr (now {cfg.lr}) or raise train.warmup_epochs."
@@ -319,6 +330,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return float(loss.item())
+
+    def _batch_files(self, batch: Any) -> str:
+        """A few of a batch's files, for messages."""
+        folder = getattr(self.train_set, "folder", self.train_folder)
+        try:
+            names = [folder.samples[int(i)].path for i in batch.indices[:3]]
+        except (AttributeError, IndexError):
+            return f"{len(batch)} in this batch"
+        return ", ".join(names) + (", …" if len(batch) > 3 else "")
 
     def _record(self, result: EpochResult) -> dict[str, Any]:
         return {
@@ -350,6 +370,17 @@ class Trainer:
         self.model.eval()
         out, kept, bad = self._extract(self.model, dataset)
         self._note_bad(bad)
+        rows = non_finite_rows(out)
+        if rows:  # one NaN embedding would make every score and the EER NaN
+            names = ", ".join(f"'{dataset.folder.samples[int(kept[r])].path}'" for r in rows[:3])
+            raise MetaembError(
+                f"after epoch {self.epoch + 1} the model gives NaN or infinite embeddings for "
+                f"{len(rows)} of {len(kept)} samples ({names}{' …' if len(rows) > 3 else ''}) "
+                f"under '{dataset.folder.root}': its weights diverged (lower train.lr) or "
+                f"{component_checks.component(self.config, 'features')} or "
+                f"{component_checks.component(self.config, 'backbone')} makes NaN from these "
+                "inputs. Checkpoints of earlier epochs are kept."
+            )
         return out, kept
 
     def _extract(self, fn: Any, dataset: PreparedDataset, autocast: bool = True) -> Any:

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from metaemb.core.config import Config
-from metaemb.core.errors import DataError
+from metaemb.core.data.embed import non_finite_rows
+from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.runs import atomic_write_text, read_json
+from metaemb.core.train.component_checks import component
 
 
 def split(folder: SampleFolder, config: Config) -> tuple[SampleFolder, SampleFolder]:
@@ -144,6 +146,14 @@ class Validator:
         feats = self.parts.model.features
         with isolated_rng(device):
             out, kept, _ = extract(feats.baseline_embedding, self.val_set)
+        rows = non_finite_rows(out)
+        if rows:
+            names = ", ".join(f"'{self.val_folder.samples[int(kept[r])].path}'" for r in rows[:3])
+            raise MetaembError(
+                f"{component(self.config, 'features')} gives NaN or inf values for "
+                f"{len(rows)} validation sample(s) ({names}{' …' if len(rows) > 3 else ''}) "
+                "in its forward or baseline_embedding, from finite prepared input."
+            )
         trials = self._trials_for(kept)
         table = self._table(out, kept)
         scores = cosine_scores(table[torch.arange(len(self.val_folder))], trials)

@@ -1,0 +1,126 @@
+"""Run-time checks of what components hand each other, naming the component that broke the
+contract (and its plugin) instead of letting a tensor error surface deep inside PyTorch.
+
+The resolve-time contract (contract.py) checks declared kinds before any data is read; these
+check the values themselves: the first training batch through features → backbone → head, the
+objective's loss on every step (a scalar), and, when a loss turns non-finite, which stage made
+the first NaN (a component, or the optimisation itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaemb.core.config import CHOICE_FIELDS, COMPONENT_SECTIONS, Config
+from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.manager import registry
+
+
+def component(config: Config, section: str) -> str:
+    """ "backbone 'tdnn' (plugin 'accel')": how messages name the component of `section`."""
+    group, key = CHOICE_FIELDS[section]
+    name = getattr(getattr(config, group), key)
+    kind = COMPONENT_SECTIONS[section]
+    try:
+        plugin = registry(kind).entry(name).plugin
+    except Exception:  # a name that is not registered here: say what we know
+        return f"{section} '{name}'"
+    return f"{section} '{name}' (plugin '{plugin}')"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode for a check, then every submodule back in its own mode (a frozen trunk
+    stays in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"a {x.dtype} tensor of shape {list(x.shape)}"
+    return f"a {type(x).__name__}"
+
+
+@torch.no_grad()
+def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | None) -> None:
+    """Run one batch through the network stage by stage (in eval mode, no gradient, so no
+    state or random stream moves) and refuse, by component, what does not fit."""
+    with _eval_mode(model):
+        feats_name = component(config, "features")
+        out = model.features(x, lengths)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
+            raise ConfigError(
+                f"{feats_name}: forward must return (tensor, lengths or None); it returned "
+                f"{_describe(out)}."
+            )
+        f, flen = out
+        if not f.is_floating_point():
+            raise ConfigError(
+                f"{feats_name}: forward returned {_describe(f)}; the backbone needs a floating "
+                "point tensor (float32)."
+            )
+        backbone_name = component(config, "backbone")
+        backbone = getattr(model.backbone, "_orig_mod", model.backbone)  # not torch.compile's
+        try:
+            pooled = backbone(f, flen)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            hint = ""
+            channels = getattr(model.features, "out_channels", None)
+            if f.dim() >= 2 and channels is not None and f.shape[1] != channels:
+                hint = (
+                    f" The features declare out_channels = {channels} (what the backbone was "
+                    f"built for) but give {f.shape[1]} channels: set out_channels in "
+                    f"{feats_name}."
+                )
+            elif f.dtype != torch.float32:
+                hint = f" {feats_name} should give float32."
+            raise ConfigError(
+                f"{backbone_name} failed on the features' output ({_describe(f)}): "
+                f"{type(exc).__name__}: {exc}.{hint}"
+            ) from exc
+        dim = getattr(backbone, "feature_dim", None)
+        if not isinstance(pooled, Tensor) or pooled.dim() != 2 or pooled.shape[1] != dim:
+            raise ConfigError(
+                f"{backbone_name} returned {_describe(pooled)}; a backbone returns pooled "
+                f"features [batch, feature_dim] = [{len(f)}, {dim}] (pool over time or space, "
+                "and set feature_dim to the pooled size)."
+            )
+
+
+def check_loss(loss: Any, config: Config) -> None:
+    """The objective must return one number per step."""
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise ConfigError(
+            f"{component(config, 'objective')} returned {_describe(loss)} as its loss; an "
+            "objective returns a scalar tensor (e.g. the batch mean)."
+        )
+
+
+@torch.no_grad()
+def nonfinite_stage(model: Any, config: Config, x: Tensor, lengths: Tensor | None) -> str | None:
+    """Why a loss is not finite, when a component rather than the optimisation is to blame:
+    the first stage whose output holds NaN or inf while every weight is still finite."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return None  # the weights themselves diverged: an optimisation problem
+    with _eval_mode(model):
+        f, flen = model.features(x, lengths)
+        if f.is_floating_point() and not torch.isfinite(f).all():
+            return f"{component(config, 'features')} gave NaN or inf values from finite input"
+        pooled = model.backbone(f, flen)
+        if not torch.isfinite(pooled).all():
+            return f"{component(config, 'backbone')} gave NaN or inf values from finite features"
+        out = model.head(pooled)
+        if isinstance(out, Tensor) and not torch.isfinite(out).all():
+            return f"head '{config.model.head}' gave NaN or inf values"
+    return None

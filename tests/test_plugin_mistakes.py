@@ -1,0 +1,339 @@
+"""Mistakes a third-party plugin author makes, each stopped with the component (and plugin)
+named instead of a tensor error from deep inside PyTorch or a silently wrong number: a plugin
+"series" modality written against docs/plugins.md, with one broken variant per mistake."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from torch import nn
+
+import metaemb
+from metaemb.core.config import resolve
+from metaemb.core.data.dataset import PreparedDataset, checked_values
+from metaemb.core.data.pipeline import data_root
+from metaemb.core.errors import ConfigError, DataError, PluginError
+from metaemb.core.eval.measures import groups_matrix
+from metaemb.core.plugin import manager as plugins
+from metaemb.core.plugin.components import build
+from metaemb.core.plugin.interfaces import Backbone, Features, IdentityFrontend, SampleFolder
+from metaemb.core.plugin.modality import Modality
+from metaemb.core.scoring.cosine import CosineScorer
+from metaemb.core.scoring.scorers import PointScorer
+from metaemb.core.train import component_checks
+from metaemb.core.train.model import EmbeddingModel
+
+
+class SeriesFolder(SampleFolder):
+    """[T, 3] sensor series in .npy files."""
+
+    extensions: ClassVar[tuple[str, ...]] = (".npy",)
+
+    def load(self, path: Path) -> np.ndarray:
+        return np.load(path)
+
+
+class SeriesFeatures(Features):
+    """[T, 3] array → [3, T] float tensor, standardised per sample."""
+
+    out_channels = 3
+
+    def prepare(self, raw, train):
+        x = torch.from_numpy(np.asarray(raw)).T
+        return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+
+    def collate(self, items):
+        lengths = torch.tensor([x.shape[-1] for x in items])
+        batch = torch.zeros(len(items), 3, int(lengths.max()))
+        for i, x in enumerate(items):
+            batch[i, :, : x.shape[-1]] = x
+        return batch, lengths
+
+
+class NoChannels(SeriesFeatures):
+    """The mistake: out_channels left at the base class's 1."""
+
+    out_channels = 1
+
+
+class Double(SeriesFeatures):
+    """Returns float64 (numpy's default) from prepare: narrowed, not a crash."""
+
+    def prepare(self, raw, train):
+        return super().prepare(raw, train).double()
+
+
+class NanFeatures(SeriesFeatures):
+    """Divides by zero in forward: NaN from finite input."""
+
+    def forward(self, x, lengths=None):
+        return x / 0.0 * 0.0, lengths
+
+
+class ConvNet(Backbone):
+    def __init__(self, in_channels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be positive, got {width}")
+        self.conv = nn.Conv1d(in_channels, width, 3, padding=1)
+        self.feature_dim = width
+
+    def forward(self, x, lengths=None):
+        return self.conv(x).mean(-1)
+
+
+class Unpooled(ConvNet):
+    def forward(self, x, lengths=None):
+        return self.conv(x)  # [N, C, T]: forgot to pool
+
+
+class WrongDim(ConvNet):
+    def __init__(self, in_channels: int = 3, width: int = 8) -> None:
+        super().__init__(in_channels, width)
+        self.feature_dim = width + 1  # declares one more than it gives
+
+
+class NoDim(nn.Module):
+    """A backbone that never sets feature_dim."""
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, 4, 3)
+
+    def forward(self, x, lengths=None):
+        return self.conv(x).mean(-1)
+
+
+class SeriesPlugin:
+    @metaemb.hookimpl
+    def register_sample_folders(self, register):
+        register("series", SeriesFolder)
+
+    @metaemb.hookimpl
+    def register_features(self, register):
+        for name, cls in [("series", SeriesFeatures), ("nochannels", NoChannels)]:
+            register(name, cls)
+        register("double", Double)
+        register("nanfeat", NanFeatures)
+
+    @metaemb.hookimpl
+    def register_backbones(self, register):
+        for name, cls in [("conv", ConvNet), ("unpooled", Unpooled), ("wrongdim", WrongDim)]:
+            register(name, cls)
+        register("nodim", NoDim)
+
+    @metaemb.hookimpl
+    def register_modalities(self, register):
+        register(
+            "series",
+            Modality(
+                name="series",
+                description="sensor series for the mistakes test",
+                sample_folder="series",
+                features="series",
+                backbone="conv",
+                defaults={"train.epochs": 1, "model.dim": 8, "train.batch_size": 8},
+            ),
+        )
+
+
+@pytest.fixture
+def plugin():
+    plugins.reset()
+    with plugins.plugin_registered(SeriesPlugin(), "series-test"):
+        yield
+    plugins.reset()
+
+
+@pytest.fixture
+def series(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        (tmp_path / "data" / f"id{k}").mkdir(parents=True)
+        for i in range(4):
+            t = np.arange(40 + 3 * i)[:, None]
+            x = np.sin(t * (0.1 + 0.05 * k) + np.arange(3)) + 0.1 * rng.standard_normal((len(t), 3))
+            np.save(tmp_path / "data" / f"id{k}" / f"{i}.npy", x)
+    return tmp_path / "data"
+
+
+def train(tmp_path, series, capsys, *sets):
+    args = ["train", "--modality", "series", "--data", series, "--runs", tmp_path / "runs"]
+    args += ["--workers", "0", "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    return run_cli(args, capsys)
+
+
+def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
+    code, _, err = train(tmp_path, series, capsys)
+    assert code == 0, err
+    assert (next((tmp_path / "runs" / "series").glob("run-*")) / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragments"),
+    [
+        (
+            ["model.features=nochannels"],
+            ["backbone 'conv' (plugin 'series-test') failed", "out_channels = 1", "3 channels"],
+        ),
+        (["model.backbone=unpooled"], ["backbone 'unpooled' (plugin 'series-test')", "pooled"]),
+        (["model.backbone=wrongdim"], ["backbone 'wrongdim'", "[8, 9]"]),
+        (["model.backbone=nodim"], ["backbone 'nodim' (plugin 'series-test')", "feature_dim"]),
+        (["backbone.width=-1"], ["backbone 'conv' (plugin 'series-test')", "width=-1"]),
+        (["model.features=nanfeat"], ["features 'nanfeat' (plugin 'series-test')", "NaN"]),
+    ],
+)
+def test_each_mistake_names_its_component(plugin, tmp_path, series, capsys, sets, fragments):
+    code, _, err = train(tmp_path, series, capsys, *sets)
+    message = " ".join(err.split())
+    assert code != 0 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
+    assert checked_values(torch.ones(3, dtype=torch.float64)).dtype == torch.float32
+    assert checked_values(torch.ones(3, dtype=torch.uint8)).dtype == torch.uint8  # left as is
+    folder = build("sample_folders", "series", {}, root=series)
+    ds = PreparedDataset(folder, IdentityFrontend(), Double(), train=False)
+    assert ds[0][0].dtype == torch.float32
+    np.save(series / "id0" / "0.npy", np.ones((40, 3)))  # constant: std 0 → NaN after prepare
+    bad = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), train=False)
+    with pytest.raises(DataError, match=r"'id0/0.npy'.*NaN or inf"):
+        bad[0]
+    skip = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), False, "skip")
+    assert skip[0].path == "id0/0.npy"
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
+    cfg = resolve("series")
+    with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):
+        component_checks.check_loss(torch.ones(4), cfg)
+    component_checks.check_loss(torch.tensor(1.0), cfg)
+
+
+def test_nan_from_diverged_weights_blames_the_optimisation_not_a_component(plugin):
+    cfg = resolve("series")
+    net = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, 4))
+    x = torch.randn(2, 3, 10)
+    assert component_checks.nonfinite_stage(net, cfg, x, None) is None  # all finite
+    with torch.no_grad():
+        net.backbone.conv.weight.fill_(float("nan"))
+    assert component_checks.nonfinite_stage(net, cfg, x, None) is None  # weights diverged
+    net = EmbeddingModel(NanFeatures(), ConvNet(), nn.Linear(8, 4))
+    assert "features 'series'" in component_checks.nonfinite_stage(net, cfg, x, None)
+
+
+def test_default_baseline_is_masked_mean_and_std(plugin):
+    x = torch.randn(2, 3, 7)
+    lengths = torch.tensor([7, 4])
+    got = Features.baseline_embedding(SeriesFeatures(), x, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        v = x[i, :, :n].numpy()
+        want = np.concatenate([v.mean(1), v.std(1)])
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plain_scorer_classifies_by_averaging_its_scores():
+    class Neg(metaemb.core.Scorer):
+        def score_matrix(self, enroll, test):
+            return -torch.cdist(enroll, test)
+
+    emb = torch.randn(6, 4)
+    groups, probes = [[0, 1], [2, 3, 4]], emb[[5, 0]]
+    got = groups_matrix(Neg(), emb, groups, probes)
+    want = torch.stack([-torch.cdist(emb[g], probes).mean(0) for g in groups])
+    torch.testing.assert_close(got, want)
+    assert isinstance(CosineScorer(), PointScorer)  # point scorers pool their own way
+    pooled = groups_matrix(CosineScorer(), emb, groups, probes)
+    assert pooled.shape == (2, 2)
+
+
+class RaisingHook:
+    @metaemb.hookimpl
+    def register_backbones(self, register):
+        register("half-made", ConvNet)
+        raise RuntimeError("boom in the hook")
+
+
+def test_a_raising_hook_is_reported_by_plugin_and_its_half_registrations_dropped(monkeypatch):
+    monkeypatch.delenv("METAEMB_STRICT_PLUGINS", raising=False)
+    plugins.reset()
+    try:
+        with plugins.plugin_registered(RaisingHook(), "raiser"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reg = plugins.registry("backbones")
+            assert "half-made" not in reg and "resnet18" in reg
+            assert any("plugin 'raiser' failed" in str(w.message) for w in caught)
+            failed = {f.name: f.error for f in plugins.state().failed}
+            assert "boom in the hook" in failed["raiser"]
+            plugins.state().invalidate()
+            monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+            with pytest.raises(PluginError, match=r"plugin 'raiser' failed.*boom"):
+                plugins.registry("backbones")
+    finally:
+        plugins.reset()
+
+
+def test_registration_mistakes_are_named():
+    class FactoryModality:
+        @metaemb.hookimpl
+        def register_modalities(self, register):
+            register("fm", lambda: None)
+
+    class Twice:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("twice", ConvNet)
+            register("twice", ConvNet)
+
+    plugins.reset()
+    try:
+        refused = pytest.raises(PluginError, match=r"registered modality 'fm' as function.*Modal")
+        with plugins.plugin_registered(FactoryModality(), "fm-plugin"), refused:
+            plugins.registry("modalities")
+        plugins.reset()
+        refused = pytest.raises(PluginError, match="'twice-plugin' registers backbone 'twice' tw")
+        with plugins.plugin_registered(Twice(), "twice-plugin"), refused:
+            plugins.registry("backbones")
+    finally:
+        plugins.reset()
+
+
+def test_a_modality_is_listed_with_its_own_description(plugin):
+    assert plugins.registry("modalities").entry("series").description == (
+        "sensor series for the mistakes test"
+    )
+
+
+def test_seed_out_of_range_and_relative_roots(plugin, tmp_path, series, monkeypatch):
+    with pytest.raises(ConfigError, match=r"train\.seed.*2\*\*32"):
+        resolve("series", sets=["train.seed=99999999999999999999"])
+    monkeypatch.chdir(series.parent)
+    cfg = resolve("series", sets=["data.root=data", f"data.root_absolute={series}"])
+    monkeypatch.chdir(tmp_path.parent)  # the run evaluated from another directory
+    assert data_root(cfg) == series
+    assert cfg.hash() == resolve("series", sets=["data.root=data"]).hash()
+
+
+def test_device_and_worker_typos_are_refused_plainly(capsys, tmp_path):
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.train.device import pick_device
+
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(MetaembError, match="--device"):
+            pick_device(bad)
+    assert pick_device("cpu").type == "cpu"
+    code, _, err = run_cli(
+        ["embed", tmp_path, tmp_path, "--out", "e.pt", "--workers", "-1"], capsys
+    )
+    assert code == 2 and "Traceback" not in err and "workers" in err
