@@ -25,3 +25,18 @@ def test_nan_embeddings_are_never_written(tmp_path, faces, face_run, capsys):
     args = ["enroll", tmp_path / "nan.pt", "--gallery", gallery, "--data", faces]
     expect_error([*args, "--device", "cpu", "--workers", "0"], capsys, "NaN or infinite")
     assert not gallery.exists()
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_by_name(tmp_path, faces, face_run, capsys):
+    state = torch.load(face_run / "best.pt", map_location="cpu", weights_only=True)
+    name = next(k for k in state["model"] if k.startswith("backbone."))
+    del state["model"][name]
+    torch.save(state, tmp_path / "damaged.pt")
+    out = tmp_path / "emb.pt"
+    expect_error(
+        ["embed", tmp_path / "damaged.pt", faces, "--out", out, "--device", "cpu"],
+        capsys,
+        "'" + str(tmp_path / "damaged.pt") + "' does not fit the model",
+        name,
+    )
+    assert not out.exists()

@@ -141,7 +141,15 @@ def load_run(
         model = parts.model
     else:
         model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing, extra or resized tensors
+        first = str(exc).strip().splitlines()
+        raise MetaembError(
+            f"'{ckpt}' does not fit the model its configuration builds (a damaged checkpoint, or "
+            f"one saved by a plugin version with another architecture): "
+            f"{' '.join(line.strip() for line in first[:3])[:400]}"
+        ) from None
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)

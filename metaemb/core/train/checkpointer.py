@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from metaemb.core.errors import MetaembError
 from metaemb.core.runs import (
     RunLock,
     append_jsonl,
@@ -145,13 +146,20 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     """Load a state written by `training_state` into a set-up Trainer."""
     from metaemb.core.train.shard import slice_states
 
-    state = slice_states(state, trainer.classifier, trainer.optimizer)  # sharded centres: own rows
-    trainer.model.load_state_dict(state["model"])
-    if trainer.classifier is not None:
-        trainer.classifier.load_state_dict(state["classifier"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scorer.load_state_dict(state.get("scorer", {}))
-    torch.set_rng_state(state["rng"])
+    try:
+        state = slice_states(state, trainer.classifier, trainer.optimizer)  # own rows
+        trainer.model.load_state_dict(state["model"])
+        if trainer.classifier is not None:
+            trainer.classifier.load_state_dict(state["classifier"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.scorer.load_state_dict(state.get("scorer", {}))
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise MetaembError(
+            f"cannot resume {trainer.dir}: its last.pt does not fit this run's model "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}). Nothing was "
+            "changed; --fresh trains the run again from scratch."
+        ) from None
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
