@@ -30,13 +30,13 @@ def make(
     data: Annotated[Path, typer.Argument(help="<identity>/<sample> data folder")],
     out: Annotated[Path, typer.Option(help="trial list to write")],
     targets: Annotated[
-        int | None, typer.Option(help="target trials (default: every same-identity pair)")
+        int | None, typer.Option(help="target trials (default: every same-identity pair)", min=1)
     ] = None,
     nontargets: Annotated[
-        int | None, typer.Option(help="non-target trials (default: as many as targets)")
+        int | None, typer.Option(help="non-target trials (default: as many as targets)", min=1)
     ] = None,
-    enroll: Annotated[int, typer.Option(help="enrollment samples per trial")] = 1,
-    seed: Annotated[int, typer.Option(help="random seed: same seed, same list")] = 0,
+    enroll: Annotated[int, typer.Option(help="enrollment samples per trial", min=1)] = 1,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same list", min=0)] = 0,
     format: Annotated[str, typer.Option(help="voxceleb or kaldi")] = "voxceleb",
     modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",
     folder: Annotated[
@@ -47,7 +47,8 @@ def make(
         typer.Option("--folder-set", help="sample-folder option, e.g. split=test (vggface2)"),
     ] = None,
     triplets: Annotated[
-        int | None, typer.Option(help="write N seeded 'anchor positive negative' triplets instead")
+        int | None,
+        typer.Option(help="write N seeded 'anchor positive negative' triplets instead", min=1),
     ] = None,
 ) -> None:
     """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""

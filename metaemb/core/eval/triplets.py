@@ -77,8 +77,12 @@ def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise DataError(f"triplet list '{path}' does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise DataError(f"cannot read triplet list '{path}': {exc}") from None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         f = line.split()
         if f and not f[0].startswith("#"):
             rows.append((i, f))

@@ -43,4 +43,17 @@ def build_teacher(config: Config, objective: Any, device: torch.device) -> Teach
             f"{tcfg.options('features')}; the student uses '{config.model.features}' "
             f"{config.options('features')}. Distillation needs the same input pipeline."
         )
-    return Teacher(loaded.model, loaded.classifier()).to(device)
+    if loaded.model.head.output != "point":
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' gives Gaussian meta-embeddings (head "
+            f"'{tcfg.model.head}'); distillation learns from point embeddings or class logits, "
+            "so take a teacher trained with model.head=linear."
+        )
+    classifier = loaded.classifier()
+    if objective.teacher_kind() == "logits" and classifier is None:
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' was trained with objective "
+            f"'{tcfg.train.objective}', which has no class logits; kd='logits' needs a "
+            "classifier teacher (softmax, arcface, …), or use kd='embedding'."
+        )
+    return Teacher(loaded.model, classifier).to(device)
