@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def create_app() -> typer.Typer:
@@ -140,7 +140,7 @@ def train(
 
         root = rehearsal_root(data_root(cfg), cfg.train.init_from, cfg.train.rehearsal,
                               cache_dir(cfg), cfg.train.seed)  # fmt: skip
-        cfg.data.root = str(root)
+        cfg.data.root, cfg.data.root_absolute = str(root), ""
     out = LoggingConsole()  # prints as `console` does, and copies it to RUN/train.log
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
                       workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(emoji=False)
 
 
 # -- the work (importable, tested) ------------------------------------------------------------
@@ -297,7 +297,7 @@ def identify(
     probe: Annotated[
         list[Path] | None, typer.Option(help="probe file (repeatable), read as ROOT/<dir>/<file>")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="candidates per probe")] = 5,
+    top_k: Annotated[int, typer.Option(help="candidates per probe", min=1)] = 5,
     threshold: Annotated[
         float | None,
         typer.Option(help="accept the best match when its score/LLR ≥ this (default: GME Bayes)"),
@@ -308,12 +308,20 @@ def identify(
     scorer: Annotated[str | None, typer.Option(help="scorer (default: cosine, or gme)")] = None,
     faiss: Annotated[bool, typer.Option(help="faiss index search (cosine galleries)")] = False,
     out: Annotated[Path | None, typer.Option(help="write every candidate to this TSV file")] = None,
-    show: Annotated[int, typer.Option(help="probes to print")] = 20,
+    show: Annotated[int, typer.Option(help="probes to print", min=0)] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""
+    import math
+
+    from metaemb.core.errors import MetaembError
+
+    if threshold is not None and not math.isfinite(threshold):
+        raise MetaembError(f"--threshold must be a finite number; got {threshold}.")
+    if p_new is not None and not 0 < p_new < 1:
+        raise MetaembError(f"--p-new is a prior probability strictly between 0 and 1; got {p_new}.")
     if out is not None:
         from metaemb.core.paths import ensure_writable
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from metaemb.core.errors import ConfigError, suggest
 
-console = Console()
+console = Console(emoji=False)
 
 
 def kind_key(kind: str) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(emoji=False)
 
 
 def lr_find(
@@ -29,11 +29,18 @@ def lr_find(
     """Sweep the learning rate exponentially over a few hundred training steps, plot loss
     against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""
     from metaemb.core.config import resolve
+    from metaemb.core.errors import MetaembError
     from metaemb.core.eval.report import PlotsUnavailable
     from metaemb.core.paths import ensure_writable
     from metaemb.core.runs import atomic_write_text
     from metaemb.core.train.lr_find import lr_find_figure, lr_range_test
 
+    if out.suffix.lower() == ".json":
+        raise MetaembError(
+            f"--out '{out}' names the plot, written next to its numbers "
+            f"('{out.with_suffix('.json')}'): give a picture name such as "
+            f"'{out.with_suffix('.png')}'."
+        )
     ensure_writable(out, "plot")  # before the sweep
     ensure_writable(out.with_suffix(".json"), "results file")
     sets = list(set_ or [])

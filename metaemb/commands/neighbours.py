@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(emoji=False)
 
 
 def _scorer(name: str | None, collection: Any) -> Any:

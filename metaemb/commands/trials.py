@@ -61,6 +61,11 @@ def make(
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
     ensure_writable(out, "trial list")
+    if out.exists() and out.resolve().is_relative_to(data.resolve()):
+        raise MetaembError(
+            f"--out '{out}' is a file inside the data folder '{data}'; a trial list written "
+            "there would replace it. Choose a path outside the data folder."
+        )
     from metaemb.core.config import parse_set
     from metaemb.core.plugin.components import validate_options
 

@@ -105,6 +105,15 @@ def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def is_run_checkpoint(path: Path) -> bool:
+    """An existing best.pt, last.pt or snapshot of a run folder (one holding config.toml)."""
+    name = path.name
+    is_ckpt = name in ("best.pt", "last.pt") or (
+        name.startswith("snapshot-") and name.endswith(".pt")
+    )
+    return is_ckpt and path.is_file() and (path.parent / "config.toml").is_file()
+
+
 def ensure_writable(path: str | Path, what: str = "output file") -> Path:
     """Prove that file `path` can be written atomically: not a folder, not read-only, its folder
     creatable and writable, its disk not full. Nothing is created or left behind."""
@@ -115,6 +124,11 @@ def ensure_writable(path: str | Path, what: str = "output file") -> Path:
             f"'{path / EXAMPLE_NAMES.get(what, 'out')}')."
         )
     _check_parents(path, what)
+    if is_run_checkpoint(path):
+        raise OutputError(
+            f"the {what} '{path}' is a checkpoint of the run in '{path.parent}'; writing there "
+            "would destroy the trained model. Choose another output path."
+        )
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(
             f"cannot write the {what} '{path}': the file is read-only; make it writable or "

@@ -135,20 +135,29 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a checkpoint at all
+        advice = (
+            "Re-run train with --fresh to start over."
+            if expect_hash is not None
+            else "Use the run's other checkpoint (best.pt or last.pt) or retrain the run."
+        )
         raise MetaembError(
-            f"checkpoint '{p}' cannot be read ({load_error_reason(exc)}). Re-run with --fresh to "
-            "start over."
+            f"checkpoint '{p}' cannot be read ({load_error_reason(exc)}). {advice}"
         ) from None
     if not isinstance(state, dict) or "format" not in state:
         raise MetaembError(f"'{p}' is not a metaemb checkpoint.")
     if state["format"] != CHECKPOINT_FORMAT or _major(state.get("metaemb_version")) != _major(
         metaemb.__version__
     ):
+        if state["format"] != CHECKPOINT_FORMAT and "model" not in state:
+            raise MetaembError(
+                f"'{p}' is not a model checkpoint (its format is {state['format']!r}; a gallery "
+                "or embeddings file?): give a run folder or its best.pt."
+            )
         raise MetaembError(
             f"checkpoint '{p}' was written by metaemb {state.get('metaemb_version')} (checkpoint "
             f"format {state['format']}); this is metaemb {metaemb.__version__} (format "
             f"{CHECKPOINT_FORMAT}), which cannot load it. Use the matching metaemb version or "
-            "retrain (--fresh)."
+            "retrain the run."
         )
     if expect_hash is not None and state.get("config_hash") != expect_hash:
         raise MetaembError(

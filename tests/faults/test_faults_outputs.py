@@ -168,3 +168,43 @@ def test_embed_identify_trials_export_enroll_check_outputs_first(
     )
     expect_error(["demo-data", "--out", blocked], capsys, "demo data folder", "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_outputs_never_overwrite_a_run_checkpoint_or_a_sample(tmp_path, faces, face_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(face_run, run)
+    before = (run / "best.pt").read_bytes()
+    for args in (
+        ["embed", run, faces, "--out", run / "best.pt"],
+        ["export", run / "best.pt", "--out", run / "best.pt"],
+        ["trials", "make", faces, "--out", run / "last.pt"],
+    ):
+        expect_error([*args], capsys, "checkpoint of the run", "destroy")
+    assert (run / "best.pt").read_bytes() == before
+    sample = faces / "id0000" / "000.png"
+    kept = sample.read_bytes()
+    expect_error(["trials", "make", faces, "--out", sample], capsys, "inside the data folder")
+    assert sample.read_bytes() == kept
+
+
+def test_dangling_symlinks_are_not_samples(tmp_path, faces):
+    import shutil
+
+    import pytest
+
+    from metaemb.core.plugin.components import build
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    (data / "id0001" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(UserWarning, match=r"1 symlink\(s\) that point at nothing.*gone.png"):
+        folder = build("sample_folders", "image", {}, root=data)
+    assert all(not s.path.endswith("gone.png") for s in folder.samples)
+
+
+def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
+    trials = tmp_path / "list:100:.txt"
+    trials.write_text("1 a/x.png b/y.png extra field\n")
+    expect_error(["trials", "coverage", trials], capsys, "list:100:.txt")

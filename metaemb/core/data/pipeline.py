@@ -41,8 +41,9 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     """
     if config.data.root:
         root = Path(config.data.root)
-        if not root.is_absolute() and not root.exists() and config.data.root_absolute:
-            return Path(config.data.root_absolute)  # a run evaluated from another directory
+        trained = Path(config.data.root_absolute) if config.data.root_absolute else None
+        if not root.is_absolute() and trained is not None and trained.is_dir():
+            return trained  # the folder the run trained on, from any working directory
         return root
     mod = config.modality_obj()
     if not mod.demo_data:

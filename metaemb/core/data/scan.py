@@ -32,6 +32,7 @@ class ScanState:
     loops: list[str] = field(default_factory=list)  # relative folders pointing at the root/above
     aliases: list[str] = field(default_factory=list)  # relative folders already scanned
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
+    dangling: list[str] = field(default_factory=list)  # symlinks to nothing
 
 
 def _suffix(name: str) -> str:
@@ -85,6 +86,9 @@ def scan_identity(
                     subdirs.append(Path(e.path))
             elif _suffix(e.name) in exts:  # plain str operations: a tree may hold millions
                 rel = f"{rel_dir}/{e.name}"
+                if e.is_symlink() and not os.path.exists(e.path):
+                    state.dangling.append(rel)  # a link to nothing is not a sample
+                    continue
                 real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
                 kept = state.files.get(real_file)
                 if kept is not None:
@@ -114,6 +118,12 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.aliases)} folder(s) that are symlinks to "
             f"folders already scanned ({show(state.aliases)}).",
+            stacklevel=3,
+        )
+    if state.dangling:
+        warnings.warn(
+            f"data folder '{root}': skipped {len(state.dangling)} symlink(s) that point at "
+            f"nothing ({show(state.dangling)}).",
             stacklevel=3,
         )
     if state.duplicates:

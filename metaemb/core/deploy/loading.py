@@ -136,7 +136,7 @@ def load_run(
     parts = None
     if data is not None or with_data:
         if data is not None:
-            cfg.data.root = str(data)
+            cfg.data.root, cfg.data.root_absolute = str(data), ""
         parts = Components.build(cfg, data_root(cfg))
         model = parts.model
     else:

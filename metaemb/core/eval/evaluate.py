@@ -126,7 +126,7 @@ class Evaluation:
         self.data, self.trials_path, self.protocol = data, trials, protocol
         self.scorer_name, self.calibrate_path = scorer, calibrate
         self.out, self.device, self.workers = out, device, workers
-        self.console = console or Console()
+        self.console = console or Console(emoji=False)
 
     # -- trials --------------------------------------------------------------------------
     def _trials(self, loaded: Loaded) -> TrialSet:

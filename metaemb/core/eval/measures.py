@@ -31,7 +31,8 @@ MEASURES = ("verification", "match", "class")
 
 def trained_root(loaded: Any) -> str:
     """The data root the run was trained on ('' for the built-in demo data)."""
-    return str((loaded.state.get("config") or {}).get("data", {}).get("root", ""))
+    data = (loaded.state.get("config") or {}).get("data", {})
+    return str(data.get("root_absolute") or data.get("root", ""))  # absolute: any working dir
 
 
 def is_other_folder(loaded: Any, data: Path | None) -> bool:
@@ -184,7 +185,7 @@ def run_measure(
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.runs import atomic_write_text
 
-    console = console or Console()
+    console = console or Console(emoji=False)
     if measure not in MEASURES[1:]:
         raise DataError(f"--measure must be one of {', '.join(MEASURES)}, got '{measure}'.")
     if measure == "match" and trials is None:

@@ -352,7 +352,7 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
     except (ValueError, TypeError, RuntimeError, AssertionError, ArithmeticError) as exc:
         # A component refusing its options (a negative width, a size it cannot make) speaks
         # for itself; say which component, from which plugin, with which options.
-        shown = ", ".join(f"{k}={v!r:.60}" for k, v in (options or {}).items()) or "no options"
+        shown = ", ".join(f"{k}={v!r:.60}" for k, v in kwargs.items()) or "no options"
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}"

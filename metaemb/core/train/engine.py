@@ -69,7 +69,7 @@ class Trainer:
         self.dist = Distributed.from_env()
         self.device = pick_device(device)
         self.fresh = fresh
-        self.console = console or Console()
+        self.console = console or Console(emoji=False)
         if not self.dist.main:
             self.console = Console(quiet=True)
         self.dir = run_dir(runs_root, config)

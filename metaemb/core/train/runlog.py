@@ -16,7 +16,7 @@ class LoggingConsole(Console):
     Live progress bars are not copied (they would be hundreds of redraws); what is printed is."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"emoji": False, **kwargs})  # ':100:' in a path stays text
         self._log_file: TextIO | None = None
         self._log: Console | None = None
 
@@ -24,7 +24,7 @@ class LoggingConsole(Console):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_log
         self._log = Console(file=self._log_file, color_system=None, width=100, soft_wrap=True,
-                            force_terminal=False, highlight=False)  # fmt: skip
+                            force_terminal=False, highlight=False, emoji=False)  # fmt: skip
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         self._log.print(f"==== {stamp} {header}", markup=False)
 
