@@ -399,6 +399,11 @@ def _apply(
         return
     valid = sorted([*TOP_LEVEL, *CORE_SECTIONS, *COMPONENT_SECTIONS, "augment"])
     head = section if field_name else key
+    if not field_name and key in valid:  # `--set train=3`, or `train = 3` in a file
+        raise ConfigError(
+            f"config key '{key}' ({origin}) is a section, not a value: set one of its keys, "
+            f"e.g. {key}.<key>=VALUE (`metaemb list` and the docs name them)."
+        )
     raise ConfigError(
         f"unknown config key '{key}' ({origin});{suggest(head, valid)} valid sections and keys: "
         f"{', '.join(valid)}."

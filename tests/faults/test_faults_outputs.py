@@ -208,3 +208,26 @@ def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, caps
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")
     expect_error(["trials", "coverage", trials], capsys, "list:100:.txt")
+
+
+def test_resume_refuses_a_data_folder_that_changed(tmp_path, faces):
+    import shutil
+    from types import SimpleNamespace
+
+    import pytest
+
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.plugin.components import build
+    from metaemb.core.train.checkpointer import check_same_data, data_fingerprint
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    folder = build("sample_folders", "image", {}, root=data)
+    state = {"data_fingerprint": data_fingerprint(folder)}
+    trainer = SimpleNamespace(dir=tmp_path / "run", parts=SimpleNamespace(folder=folder))
+    check_same_data(trainer, state)  # unchanged: resumes
+    check_same_data(trainer, {})  # a run saved before fingerprints: resumes
+    (data / "id0002" / "001.png").unlink()
+    trainer.parts.folder = build("sample_folders", "image", {}, root=data)
+    with pytest.raises(MetaembError, match=r"changed since the run started.*--fresh"):
+        check_same_data(trainer, state)

@@ -12,6 +12,7 @@ Invariants, whatever moment a training is killed at:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,31 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         },
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
+        "data_fingerprint": data_fingerprint(trainer.parts.folder),
     }
+
+
+def data_fingerprint(folder: Any) -> str:
+    """What the run trains on, in 16 hex digits: every sample's path and identity, in order."""
+    h = hashlib.sha256()
+    for sample in folder.samples:
+        h.update(f"{sample.identity}\0{sample.path}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
+    """Refuse to resume on a data folder that changed since the run started: the resumed run
+    would mix two datasets (and its labels) under one configuration hash."""
+    saved = state.get("data_fingerprint")
+    if saved is None:  # a run saved before fingerprints
+        return
+    if saved != data_fingerprint(trainer.parts.folder):
+        raise MetaembError(
+            f"cannot resume {trainer.dir}: the data folder '{trainer.parts.folder.root}' changed "
+            f"since the run started (now {len(trainer.parts.folder)} samples of "
+            f"{trainer.parts.folder.num_identities} identities; files were added, removed or "
+            "renamed). Restore the data, or train again with --fresh."
+        )
 
 
 def restore(trainer: Any, state: dict[str, Any]) -> None:

@@ -29,7 +29,13 @@ from metaemb.core.plugin.components import build
 from metaemb.core.runs import atomic_write_text, run_dir
 from metaemb.core.train import component_checks, shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
-from metaemb.core.train.checkpointer import BASELINE, Checkpointer, restore, training_state
+from metaemb.core.train.checkpointer import (
+    BASELINE,
+    Checkpointer,
+    check_same_data,
+    restore,
+    training_state,
+)
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
@@ -190,6 +196,7 @@ class Trainer:
         best, history = math.inf, []
         state = self.checkpointer.resume()
         if state is not None:
+            check_same_data(self, state)
             self.restore(state)
             self.start_epoch, self.step, best = state["epoch"], state["step"], state["best"]
             history = list(state.get("history", []))
