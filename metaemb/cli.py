@@ -334,6 +334,7 @@ def main() -> None:
         print(f"metaemb {__version__}")
         return
     _tolerant_output()
+    _plain_warnings()
     try:
         app = create_app()
         app()
@@ -347,6 +348,21 @@ def main() -> None:
             raise
         _print_error(str(output_error(exc, exc.filename or "?", "output")))
         sys.exit(2)
+
+
+def _plain_warnings() -> None:
+    """metaemb's warnings (UserWarning) print as one "warning: …" line for a user, not as a
+    source path and line of code; other categories keep Python's format for developers."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if category is UserWarning:
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
 
 
 def _tolerant_output() -> None:

@@ -75,7 +75,7 @@ def make(
     try:
         sample_folder = build("sample_folders", name, opts, root=data)
     except MetaembError as exc:
-        if folder:
+        if folder or not data.is_dir():
             raise
         raise type(exc)(
             f"{exc} (DATA was read with sample folder '{name}' of --modality {modality}; pass "

@@ -348,6 +348,9 @@ class Gallery:
             raise GalleryError(f"{n} owners, {len(self.sources)} sources, samples {sizes}")
         if n and (int(self.owner.min()) < 0 or int(self.owner.max()) >= len(self.identities)):
             raise GalleryError("sample owners out of range")
+        bad = [k for k, v in self.data.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise GalleryError(f"its stored embeddings ({', '.join(bad)}) hold NaN or inf")
         if bool((self.counts() == 0).any()):
             raise GalleryError("an identity has no samples")
         d = self.stamp.dim
