@@ -232,3 +232,12 @@ def test_bad_input_errors():
         PLDA.fit(torch.randn(10, 3, dtype=F64), torch.zeros(9))
     with pytest.raises(DataError, match="NaN"):
         PLDA.fit(torch.full((4, 2), float("nan")), torch.tensor([0, 0, 1, 1]))
+
+
+def test_impossible_plda_options_are_refused_when_built():
+    from metaemb.core.errors import ConfigError
+
+    for opts in ({"lda_dim": -1}, {"iterations": 0}):
+        with pytest.raises(ConfigError, match="lda_dim ≥ 0"):
+            PLDABackend(**opts)
+    PLDABackend(lda_dim=0)  # 0 skips LDA

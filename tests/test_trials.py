@@ -292,3 +292,8 @@ def test_cli_make_and_coverage(tmp_path):
     cov = json.loads(res.output)
     assert cov["identities"] == 3 and cov["trials"] == 14
     assert math.isclose(cov["samples_per_identity"]["max"], 3)
+
+
+def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
+    with pytest.raises(DataError, match="is a folder"):
+        tr.read_lines(tmp_path)

@@ -125,6 +125,8 @@ def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
 def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
     """Non-empty, non-comment lines as (line number, fields); with `tabs`, a line holding a tab
     is split at tabs only (so fields may contain spaces)."""
+    if path.is_dir():
+        raise DataError(f"trial list '{path}' is a folder; give the list's file.")
     if not path.is_file():
         raise DataError(f"trial list '{path}' does not exist.")
     try:

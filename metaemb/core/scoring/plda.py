@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import ConfigError, DataError
 
 DTYPE = torch.float64
 LOG2PI = math.log(2.0 * math.pi)
@@ -263,6 +263,11 @@ class PLDABackend:
     KEYS = ("center", "lda", "plda_mean", "between", "within")
 
     def __init__(self, lda_dim: int = 200, iterations: int = 10, length_norm: bool = True) -> None:
+        if lda_dim < 0 or iterations < 1:
+            raise ConfigError(
+                f"PLDA needs lda_dim ≥ 0 (0 skips LDA) and iterations ≥ 1; got lda_dim={lda_dim}, "
+                f"iterations={iterations}."
+            )
         self.lda_dim = lda_dim
         self.iterations = iterations
         self.use_length_norm = length_norm
