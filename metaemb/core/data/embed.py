@@ -28,6 +28,13 @@ def non_finite_rows(out: Any) -> list[int]:
     return bad.nonzero().flatten().tolist()
 
 
+def row_files(folder: Any, indices: Any, rows: list[int], shown: int = 3) -> str:
+    """ "'a.png', 'b.png' …": the files of some embedding rows (`indices[row]` is the row's
+    folder index), for messages."""
+    names = ", ".join(f"'{folder.samples[int(indices[r])].path}'" for r in rows[:shown])
+    return names + (" …" if len(rows) > shown else "")
+
+
 def to_device(out: Any, device: torch.device | str) -> Any:
     return out.to(device)
 

@@ -117,7 +117,7 @@ def build_model(config: Config) -> EmbeddingModel:
         config.options("backbone"),
         in_channels=features.out_channels,
     )
-    _declared_size(backbone, "feature_dim", "backbone", config.model.backbone)
+    _declared_size(backbone, "feature_dim", "backbones", config.model.backbone)
     head = build(
         "heads",
         config.model.head,
@@ -128,16 +128,16 @@ def build_model(config: Config) -> EmbeddingModel:
     return EmbeddingModel(features, backbone, head)
 
 
-def _declared_size(component: Any, attr: str, section: str, name: str) -> None:
+def _declared_size(component: Any, attr: str, kind: str, name: str) -> None:
     """A size the next component is built from must be declared (a positive int)."""
     value = getattr(component, attr, None)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        kind = "features" if section == "features" else "backbones"
-        plugin = registry(kind).entry(name).plugin
+        reg = registry(kind)
         what = {
             "out_channels": "the width of its output (3 for RGB, 80 for 80 filterbank bands)",
             "feature_dim": "the size of its pooled output [batch, feature_dim]",
         }[attr]
         raise ConfigError(
-            f"{section} '{name}' (plugin '{plugin}') has {attr} = {value!r}; set it to {what}."
+            f"{reg.singular} '{name}' (plugin '{reg.entry(name).plugin}') has {attr} = "
+            f"{value!r}; set it to {what}."
         )

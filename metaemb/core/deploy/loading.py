@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from metaemb.core.config import Config, from_dict
-from metaemb.core.data.embed import extract, non_finite_rows
+from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.plugin.components import build, validate_options
@@ -80,11 +80,9 @@ class LoadedRun:
             raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
         rows = non_finite_rows(out)
         if rows:  # never hand NaN embeddings on to a file, a gallery or a score
-            order = ds.indices
-            names = ", ".join(f"'{folder.samples[order[r]].path}'" for r in rows[:3])
             raise DataError(
-                f"the model gives NaN or infinite embeddings for {len(rows)} sample(s) ({names}"
-                f"{' …' if len(rows) > 3 else ''}) under '{folder.root}'; its weights or those "
+                f"the model gives NaN or infinite embeddings for {len(rows)} sample(s) "
+                f"({row_files(folder, ds.indices, rows)}) under '{folder.root}'; its weights or those "
                 "inputs are not finite (a diverged training?). Nothing was written."
             )
         return out

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from metaemb.core.config import CHOICE_FIELDS, COMPONENT_SECTIONS, Config
-from metaemb.core.errors import ConfigError
+from metaemb.core.data.embed import non_finite_rows, row_files
+from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.manager import registry
 
 
@@ -124,3 +125,17 @@ def nonfinite_stage(model: Any, config: Config, x: Tensor, lengths: Tensor | Non
         if isinstance(out, Tensor) and not torch.isfinite(out).all():
             return f"head '{config.model.head}' gave NaN or inf values"
     return None
+
+
+def refuse_nonfinite(out: Any, kept: Tensor, folder: Any, config: Config, epoch: int) -> None:
+    """The current model's embeddings must be finite: one NaN embedding would make every score
+    and the EER NaN. Names the files and the components that could be the cause."""
+    rows = non_finite_rows(out)
+    if rows:
+        raise MetaembError(
+            f"after epoch {epoch + 1} the model gives NaN or infinite embeddings for "
+            f"{len(rows)} of {len(kept)} samples ({row_files(folder, kept, rows)}) under "
+            f"'{folder.root}': its weights diverged (lower train.lr) or "
+            f"{component(config, 'features')} or {component(config, 'backbone')} makes NaN "
+            "from these inputs. Checkpoints of earlier epochs are kept."
+        )

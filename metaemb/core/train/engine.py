@@ -22,7 +22,7 @@ from torch import nn
 
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import EpochLoader, PreparedDataset
-from metaemb.core.data.embed import extract, non_finite_rows
+from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build
@@ -323,7 +323,7 @@ class Trainer:
             if stage is not None:
                 raise MetaembError(
                     f"training stopped at epoch {self.epoch + 1}: {stage} (samples "
-                    f"{self._batch_files(batch)})."
+                    f"{row_files(self.train_set.folder, batch.indices, list(range(len(batch))))})."
                 )
             raise MetaembError(
                 f"training diverged at epoch {self.epoch + 1} (loss {loss.item()}); lower "
@@ -337,15 +337,6 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return float(loss.item())
-
-    def _batch_files(self, batch: Any) -> str:
-        """A few of a batch's files, for messages."""
-        folder = getattr(self.train_set, "folder", self.train_folder)
-        try:
-            names = [folder.samples[int(i)].path for i in batch.indices[:3]]
-        except (AttributeError, IndexError):
-            return f"{len(batch)} in this batch"
-        return ", ".join(names) + (", …" if len(batch) > 3 else "")
 
     def _record(self, result: EpochResult) -> dict[str, Any]:
         return {
@@ -377,17 +368,7 @@ class Trainer:
         self.model.eval()
         out, kept, bad = self._extract(self.model, dataset)
         self._note_bad(bad)
-        rows = non_finite_rows(out)
-        if rows:  # one NaN embedding would make every score and the EER NaN
-            names = ", ".join(f"'{dataset.folder.samples[int(kept[r])].path}'" for r in rows[:3])
-            raise MetaembError(
-                f"after epoch {self.epoch + 1} the model gives NaN or infinite embeddings for "
-                f"{len(rows)} of {len(kept)} samples ({names}{' …' if len(rows) > 3 else ''}) "
-                f"under '{dataset.folder.root}': its weights diverged (lower train.lr) or "
-                f"{component_checks.component(self.config, 'features')} or "
-                f"{component_checks.component(self.config, 'backbone')} makes NaN from these "
-                "inputs. Checkpoints of earlier epochs are kept."
-            )
+        component_checks.refuse_nonfinite(out, kept, dataset.folder, self.config, self.epoch)
         return out, kept
 
     def _extract(self, fn: Any, dataset: PreparedDataset, autocast: bool = True) -> Any:

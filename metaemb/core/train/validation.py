@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.config import Config
-from metaemb.core.data.embed import non_finite_rows
+from metaemb.core.data.embed import non_finite_rows, row_files
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
@@ -148,10 +148,9 @@ class Validator:
             out, kept, _ = extract(feats.baseline_embedding, self.val_set)
         rows = non_finite_rows(out)
         if rows:
-            names = ", ".join(f"'{self.val_folder.samples[int(kept[r])].path}'" for r in rows[:3])
             raise MetaembError(
                 f"{component(self.config, 'features')} gives NaN or inf values for "
-                f"{len(rows)} validation sample(s) ({names}{' …' if len(rows) > 3 else ''}) "
+                f"{len(rows)} validation sample(s) ({row_files(self.val_folder, kept, rows)}) "
                 "in its forward or baseline_embedding, from finite prepared input."
             )
         trials = self._trials_for(kept)
