@@ -9,6 +9,7 @@ standardised over the set) — and each trained run, evaluated with `metaemb eva
 DEV --trials DEV/trials.txt`, then again with `--no-adapt` (the run's scorer without its
 label-free centring on the dev files). Beside each run it prints its synthetic-validation EER
 (the best epoch of its metrics.jsonl), so transfer can be read against in-domain accuracy.
+With --fusion, one more column: the run's scores averaged with the MFCC baseline's (score fusion).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def read_trials(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def mfcc_baseline(dev: Path, trials: list[tuple[int, str, str]]) -> float:
-    """EER (%) of cosine on standardised per-utterance MFCC mean ‖ std."""
+def mfcc_baseline(dev: Path, trials: list[tuple[int, str, str]]) -> tuple[float, dict]:
+    """EER (%) of cosine on standardised per-utterance MFCC mean ‖ std, and its scores by pair."""
     import torchaudio.compliance.kaldi as K
 
     names = sorted({p for _, a, b in trials for p in (a, b)})
@@ -52,7 +53,24 @@ def mfcc_baseline(dev: Path, trials: list[tuple[int, str, str]]) -> float:
     index = {n: i for i, n in enumerate(names)}
     scores = torch.tensor([float(x[index[a]] @ x[index[b]]) for _, a, b in trials])
     labels = torch.tensor([t[0] for t in trials])
-    return 100 * eer(scores[labels == 1].numpy(), scores[labels == 0].numpy())
+    by_pair = {(a, b): float(v) for (_, a, b), v in zip(trials, scores, strict=True)}
+    return 100 * eer(scores[labels == 1].numpy(), scores[labels == 0].numpy()), by_pair
+
+
+def fused_eer(scores_txt: Path, mfcc: dict, trials: list[tuple[int, str, str]]) -> float:
+    """EER (%) of the average of a run's scores (scores.txt) and the MFCC baseline's, each
+    standardised over the trials (label-free), equal weights: score fusion of two systems."""
+    run = {}
+    for line in scores_txt.read_text().splitlines():
+        enroll, test, _, value = line.split("\t")
+        run[(enroll, test)] = float(value)
+    pairs = [(a, b) for _, a, b in trials]
+    fused = 0
+    for table in (run, mfcc):
+        v = torch.tensor([table[p] for p in pairs], dtype=torch.float64)
+        fused = fused + (v - v.mean()) / v.std()
+    labels = torch.tensor([t[0] for t in trials])
+    return 100 * eer(fused[labels == 1].numpy(), fused[labels == 0].numpy())
 
 
 def run_eer(run: Path, dev: Path, out: Path, adapt: bool = True) -> float:
@@ -81,14 +99,16 @@ def validation_eer(run: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dev", type=Path, required=True)
+    ap.add_argument("--fusion", action="store_true", help="also: each run fused with MFCC")
     ap.add_argument("runs", nargs="*", help="name=RUN_DIR")
     args = ap.parse_args()
     trials = read_trials(args.dev / "trials.txt")
     n_tar = sum(t[0] for t in trials)
     spk = len({t[1].split("/")[0] for t in trials})
     print(f"dev set {args.dev}: {spk} speakers, {len(trials)} trials ({n_tar} target)")
-    print(f"{'system':<28} {'dev EER':>9} {'--no-adapt':>11} {'synthetic val. EER':>19}")
-    mfcc = mfcc_baseline(args.dev, trials)
+    fusion = f" {'fused with MFCC':>16}" if args.fusion else ""
+    print(f"{'system':<28} {'dev EER':>9} {'--no-adapt':>11} {'synthetic val. EER':>19}{fusion}")
+    mfcc, mfcc_scores = mfcc_baseline(args.dev, trials)
     print(f"{'MFCC mean+std cosine':<28} {mfcc:>8.1f} % {'–':>11} {'–':>19}")
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.runs:
@@ -96,7 +116,12 @@ def main() -> None:
             run = Path(path or name)
             value = run_eer(run, args.dev, Path(tmp) / name)
             plain = run_eer(run, args.dev, Path(tmp) / f"{name}-plain", adapt=False)
-            print(f"{name:<28} {value:>8.1f} % {plain:>9.1f} % {validation_eer(run):>19}",
+            fused = ""
+            if args.fusion:
+                fused = (
+                    f" {fused_eer(Path(tmp) / name / 'scores.txt', mfcc_scores, trials):>14.1f} %"
+                )
+            print(f"{name:<28} {value:>8.1f} % {plain:>9.1f} % {validation_eer(run):>19}{fused}",
                   flush=True)  # fmt: skip
 
 

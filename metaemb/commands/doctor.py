@@ -74,7 +74,10 @@ def _cache() -> dict[str, Any]:
     except Exception as exc:  # report a broken install instead of failing the report
         return {"path": None, "exists": False, "bytes": 0, "files": 0, "error": repr(exc)}
     size, files = _folder_size(cache) if cache.is_dir() else (0, 0)
-    return {"path": str(cache), "exists": cache.is_dir(), "bytes": size, "files": files}
+    found = {"path": str(cache), "exists": cache.is_dir(), "bytes": size, "files": files}
+    if cache.exists() and not cache.is_dir():
+        found["error"] = f"'{cache}' is a file, not a folder; point METAEMB_CACHE at a folder"
+    return found
 
 
 def environment() -> dict[str, Any]:
@@ -128,7 +131,7 @@ def doctor(
         lines.append(f"extra [{extra}]: {', '.join(parts)}{hint}")
     c = env["cache"]
     if c.get("error"):
-        lines.append(f"cache folder unknown: {c['error']}")
+        lines.append(f"cache folder problem: {c['error']}")
     else:
         size = f"{_human(c['bytes'])} in {c['files']} files" if c["exists"] else "not created yet"
         lines.append(f"cache {c['path']}: {size}")

@@ -94,7 +94,7 @@ def neighbours(
     probe: Annotated[
         list[Path] | None, typer.Argument(help="probe sample file(s); none: collection metrics")
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="neighbours per probe")] = 5,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbours per probe")] = 5,
     run: Annotated[
         Path | None, typer.Option(help="model for the probes (default: the collection's)")
     ] = None,
@@ -102,16 +102,20 @@ def neighbours(
         str, typer.Option(help="auto (faiss if installed), faiss or exact")
     ] = "auto",
     scorer: Annotated[str | None, typer.Option(help="cosine (default), euclidean, gme, …")] = None,
-    max_rank: Annotated[int, typer.Option(help="CMC up to this rank (metrics)")] = 10,
+    max_rank: Annotated[int, typer.Option(min=1, help="CMC up to this rank (metrics)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.retrieval import BACKENDS
     from metaemb.core.paths import ensure_writable
     from metaemb.core.runs import atomic_write_text
 
+    if backend not in BACKENDS:  # checked here too: without probes no search would name it
+        raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
     if out is not None:
         ensure_writable(out, "results file")  # before any embedding
     if probe:

@@ -29,7 +29,7 @@ def runs(
         console.print(f"no runs under {escape(str(root))}")
         return
     table = Table(title=f"runs under {escape(str(root))}")
-    for col in ("name", "modality", "components", "epochs", "best", "path"):
+    for col in ("name", "modality", "components", "epochs", "best", "status", "path"):
         table.add_column(col, justify="right" if col in ("epochs", "best") else "left")
     for r in found:
         best = "-"
@@ -37,5 +37,5 @@ def runs(
             value = f"{100 * r.best:.2f}%" if r.best_key == "eer" else f"{r.best:.4f}"
             best = f"{r.best_key} {value} (ep {r.best_epoch})"
         table.add_row(escape(r.name), r.modality, escape(r.components),
-                      f"{r.epochs_done}/{r.epochs}", best, escape(r.path))  # fmt: skip
+                      f"{r.epochs_done}/{r.epochs}", best, r.status, escape(r.path))  # fmt: skip
     console.print(table)

@@ -90,8 +90,26 @@ def make(
         return
     check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
+    _note_shortfall(trials, targets, nontargets, data)
     write_trials(out, trials, format)
     typer.echo(json.dumps({"out": str(out), **coverage(trials)}, indent=2))
+
+
+def _note_shortfall(trials: list, targets: int | None, nontargets: int | None, data: Path) -> None:
+    """Warn when DATA holds fewer trials of a kind than were asked for (the list has them all)."""
+    import warnings
+
+    made = sum(t.label for t in trials)
+    for kind, asked, got in (
+        ("target", targets, made),
+        ("non-target", nontargets, len(trials) - made),
+    ):
+        if asked is not None and got < asked:
+            warnings.warn(
+                f"'{data}' has only {got} distinct {kind} trials; --{kind.replace('-', '')}s "
+                f"{asked} asked for more, so all {got} are written.",
+                stacklevel=2,
+            )
 
 
 @app.command("coverage")

@@ -56,20 +56,16 @@ def read_run(run_dir: Path) -> RunInfo:
         cfg = tomllib.loads((run_dir / "config.toml").read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DataError(f"'{run_dir / 'config.toml'}' cannot be read: {exc}") from None
-    records = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text(errors="replace").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
+    records = _epoch_records(run_dir / "metrics.jsonl")
     key = _select_key(cfg)
     scored = [r for r in records if isinstance(r.get(key), (int, float))]
     best = min(scored, key=lambda r: r[key]) if scored else None
-    done = max((int(r.get("epoch", 0)) for r in records), default=0)
-    total = int(cfg.get("train", {}).get("epochs", 0))
+    done = max((r["epoch"] for r in records), default=0)
+    total = _int(cfg.get("train", {}).get("epochs", 0))
     status = "complete" if total and done >= total else ("partial" if done else "not started")
+    damaged = _damaged_checkpoints(run_dir) if done else []
+    if damaged:
+        status = f"damaged ({', '.join(damaged)} unreadable)"
     return RunInfo(
         path=str(run_dir),
         name=str(cfg.get("name", run_dir.name)),
@@ -82,6 +78,41 @@ def read_run(run_dir: Path) -> RunInfo:
         best_epoch=int(best["epoch"]) if best else None,
         status=status,
     )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _epoch_records(metrics: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl; lines that are not a JSON object with a whole
+    epoch number (a torn last line, a hand edit) are passed over."""
+    if not metrics.is_file():
+        return []
+    records = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and _int(record.get("epoch")) > 0:
+            record["epoch"] = _int(record["epoch"])
+            records.append(record)
+    return records
+
+
+def _damaged_checkpoints(run_dir: Path) -> list[str]:
+    """The run's checkpoints that are missing or not whole (a torch checkpoint is a zip archive
+    whose directory is at its end, so a truncated or overwritten file fails this cheap check)."""
+    import zipfile
+
+    present = [run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).exists()]
+    if not present:
+        return ["best.pt and last.pt"]
+    return [p.name for p in present if not zipfile.is_zipfile(p)]
 
 
 def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:

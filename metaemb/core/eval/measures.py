@@ -24,7 +24,7 @@ from torch import Tensor
 
 from metaemb.core.errors import DataError
 from metaemb.core.eval import identification as ident
-from metaemb.core.eval.triplets import match_accuracy, read_triplets
+from metaemb.core.eval.triplets import looks_like_pair_list, match_accuracy, read_triplets
 
 MEASURES = ("verification", "match", "class")
 
@@ -86,6 +86,13 @@ def match_measure(
 ) -> dict[str, Any]:
     """Triplet match accuracy of `triplets_path` (paths under the data root)."""
     folder = loaded.parts.folder
+    if looks_like_pair_list(triplets_path):
+        raise DataError(
+            f"'{triplets_path}' is a trial list (label, enrollment, test), not the "
+            "'anchor positive negative' triplet list --measure match needs; score it with "
+            "--measure verification, or write triplets with `metaemb trials make DATA "
+            "--triplets N --out FILE`."
+        )
     triplets = read_triplets(triplets_path, root=loaded.parts.root)
     where = {s.path: i for i, s in enumerate(folder.samples)}
     needed = sorted({p for t in triplets for p in (t.anchor, t.positive, t.negative)})

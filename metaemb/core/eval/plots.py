@@ -9,6 +9,7 @@ PCA otherwise (or when asked). Builders return matplotlib figures (tests inspect
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,19 @@ def cmc_figure(curves: dict[str, Sequence[float]]) -> Any:
     return fig
 
 
+def _warn_other_model(checkpoint: str | None, run_dir: Path, embeddings: Path) -> None:
+    """The map goes into this run's plots folder: say so when another run's model made it."""
+    if not checkpoint:
+        return
+    source = Path(checkpoint).resolve()
+    if (source if source.is_dir() else source.parent) != run_dir.resolve():
+        warnings.warn(
+            f"'{embeddings}' was embedded with '{checkpoint}', not with run '{run_dir}'; its map "
+            "and CMC curve show that model.",
+            stacklevel=3,
+        )
+
+
 def plot_run(
     run_dir: Path,
     embeddings: Path | None = None,
@@ -188,6 +202,7 @@ def plot_run(
         coll = embed_inputs(run_dir, [embeddings], device=device, workers=workers)
     else:
         coll = Collection.load(embeddings)
+        _warn_other_model(coll.meta.get("checkpoint"), run_dir, embeddings)
     coords, used = project_2d(as_points(coll.embeddings), method)
     fig = embedding_map_figure(coords, coll.identities, highlight, title=f"{used.upper()} map")
     made.append(save_figure(fig, out / "embeddings_map.png"))

@@ -240,8 +240,8 @@ def check_scorable(trials: Sequence[Trial]) -> None:
 
 
 def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
-    """Warn about trials listed twice (they count twice in every metric) and pairs listed with
-    both labels (one of the two is wrong)."""
+    """Warn about trials listed twice (they count twice in every metric), pairs listed with
+    both labels (one of the two is wrong) and trials of a file against itself."""
     seen: dict[tuple[frozenset[str], str], int | None] = {}
     dups = contradictions = 0
     first: str | None = None
@@ -260,6 +260,14 @@ def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
             f"{where}: {dups} duplicated trial(s) and {contradictions} trial(s) repeated with the "
             f"opposite label (first: '{first}'); duplicates count twice in every metric and a "
             "contradicted pair is wrong once. Clean the list.",
+            stacklevel=2,
+        )
+    selves = [t for t in trials if t.test in t.enroll]
+    if selves:
+        warnings.warn(
+            f"{where}: {len(selves)} trial(s) test a file against itself (first: "
+            f"'{','.join(selves[0].enroll)} {selves[0].test}'); such a trial is a perfect match "
+            "whatever the model, and flatters every target metric. Clean the list.",
             stacklevel=2,
         )
 

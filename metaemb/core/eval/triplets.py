@@ -104,6 +104,16 @@ def is_triplet_list(path: str | Path) -> bool:
     return len(f) == 3 and f[0] not in ("0", "1") and f[2] not in KALDI_LABELS
 
 
+def looks_like_pair_list(path: str | Path) -> bool:
+    """True when the first row is a labelled pair ('1 a b' or 'a b target'), not a triplet."""
+    path = Path(path)
+    if not path.is_file() or path.read_text(errors="replace").startswith(HEADER):
+        return False
+    rows = _rows(path)
+    f = rows[0][1] if rows else []
+    return len(f) == 3 and (f[0] in ("0", "1") or f[2] in KALDI_LABELS)
+
+
 def read_triplets(path: str | Path, root: Path | None = None) -> list[Triplet]:
     path = Path(path)
     out = []

@@ -141,7 +141,20 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
         "data_fingerprint": data_fingerprint(trainer.parts.folder),
+        "class_fingerprint": class_fingerprint(
+            trainer.train_folder.identities, trainer.num_classes
+        ),
     }
+
+
+def class_fingerprint(identities: Any, num_classes: int) -> str:
+    """Which classes the classifier's rows are, in 16 hex digits: the training identities in
+    label order and the class count (speed perturbation multiplies it). A logit teacher must
+    have the student's."""
+    h = hashlib.sha256(f"{num_classes}\n".encode())
+    for name in identities:
+        h.update(f"{name}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
 
 
 def data_fingerprint(folder: Any) -> str:

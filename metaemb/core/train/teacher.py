@@ -12,8 +12,11 @@ from metaemb.core.errors import ConfigError
 from metaemb.core.train.model import Teacher
 
 
-def build_teacher(config: Config, objective: Any, device: torch.device) -> Teacher | None:
-    """The frozen teacher of `train.teacher` on `device`, when the objective learns from one."""
+def build_teacher(
+    config: Config, objective: Any, device: torch.device, classes: str | None = None
+) -> Teacher | None:
+    """The frozen teacher of `train.teacher` on `device`, when the objective learns from one
+    (`classes`: the student's class fingerprint, which a logit teacher must share)."""
     wants = objective.teacher_kind() is not None
     if not config.train.teacher:
         if wants:
@@ -55,5 +58,13 @@ def build_teacher(config: Config, objective: Any, device: torch.device) -> Teach
             f"teacher '{config.train.teacher}' was trained with objective "
             f"'{tcfg.train.objective}', which has no class logits; kd='logits' needs a "
             "classifier teacher (softmax, arcface, …), or use kd='embedding'."
+        )
+    saved = loaded.state.get("class_fingerprint")
+    if objective.teacher_kind() == "logits" and classes and saved and saved != classes:
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' was trained on other classes than the student's "
+            f"({loaded.state.get('num_classes')} classes; other identities, or the same ones in "
+            "another order or with other augmentation), so its logits do not name the student's "
+            "classes. Train the student on the teacher's data, or use kd='embedding'."
         )
     return Teacher(loaded.model, classifier).to(device)

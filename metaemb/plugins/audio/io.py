@@ -192,6 +192,26 @@ def _read_pyav(
     return data[first:last], rate
 
 
+MIN_SECONDS = 0.025  # one Kaldi analysis frame: shorter audio yields no feature frame
+_RANGE_WARNED: list[bool] = []
+
+
+def _warn_out_of_range_once(data: np.ndarray, path: Path) -> None:
+    """Float audio is expected in [−1, 1]; a peak far beyond says it was written on another scale
+    (often int16's ±32768). Read as is: level-normalised features do not mind, VAD may."""
+    if _RANGE_WARNED:
+        return
+    peak = float(np.abs(data).max())
+    if peak > 2.0:
+        _RANGE_WARNED.append(True)
+        warnings.warn(
+            f"audio file '{path}' holds float samples up to {peak:g}, far outside [-1, 1] "
+            "(written on another scale, such as int16's?); reading it as is. Further files "
+            "like it are not reported.",
+            stacklevel=3,
+        )
+
+
 def _finish(
     data: np.ndarray, rate: int, sample_rate: int, path: Path, where: str, finite: bool = False
 ) -> Tensor:
@@ -215,6 +235,14 @@ def _finish(
         data = data.mean(axis=1, keepdims=True)
     if not (data[:4096].any() or data.any()):  # speech is rarely zero for 4096 samples
         raise DataError(f"audio {where} is silent (all samples are zero).")
+    if data.shape[0] < MIN_SECONDS * rate:
+        raise DataError(
+            f"audio {where} lasts {1000 * data.shape[0] / rate:.1f} ms, less than one "
+            f"{1000 * MIN_SECONDS:g} ms analysis frame, so no feature can be computed from it "
+            "(with on_bad_sample='skip' it is skipped)."
+        )
+    if not finite:
+        _warn_out_of_range_once(data, path)
     wave = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if rate != sample_rate:
         _warn_resample_once(path, rate, sample_rate)

@@ -21,15 +21,27 @@ from metaemb.plugins.vision.landmarks import LandmarkCache, Landmarks, LandmarkS
 NO_FACE_POLICIES = ("skip", "error", "center")
 
 
-def build_source(name: str, root: Path | None, options: dict[str, Any]) -> LandmarkSource:
-    """Build landmark source `name` from the registry, passing the options its factory accepts."""
+def build_source(
+    name: str, root: Path | None, options: dict[str, Any], strict: bool = False
+) -> LandmarkSource:
+    """Build landmark source `name` from the registry, passing the options its factory accepts
+    (`strict`: an option it does not accept is an error, for options a user typed)."""
+    from metaemb.core.errors import ConfigError
     from metaemb.core.plugin.manager import registry
 
     factory = registry("landmark_sources").get(name)
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    accepted = set(inspect.signature(target).parameters)
-    kwargs = {k: v for k, v in options.items() if k in accepted}
-    if "root" in accepted:
+    signature = inspect.signature(factory).parameters  # a class: its constructor's, less self
+    params = {n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.values())
+    accepted = params - {"root"}
+    unknown = sorted(set(options) - accepted)
+    if strict and unknown and not open_ended:
+        raise ConfigError(
+            f"landmark source '{name}' has no option {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(sorted(accepted)) or 'none'}."
+        )
+    kwargs = {k: v for k, v in options.items() if k in accepted or (strict and open_ended)}
+    if "root" in params:
         kwargs["root"] = root
     return factory(**kwargs)
 

@@ -29,18 +29,25 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import ConfigError, DataError
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: 120 MB as RGB uint8
 
 
 def max_image_pixels() -> int:
     """The pixel cap: $METAEMB_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
-    value = os.environ.get("METAEMB_MAX_IMAGE_PIXELS", "")
-    try:
-        return int(value) if value.strip() else DEFAULT_MAX_IMAGE_PIXELS
-    except ValueError:
+    value = os.environ.get("METAEMB_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
         return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise ConfigError(
+            f"METAEMB_MAX_IMAGE_PIXELS must be a positive whole number of pixels, got '{value}'."
+        )
+    return cap
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:

@@ -69,7 +69,7 @@ def extract_landmarks(
     elif suffix not in (".csv", ".txt"):
         raise MetaembError(f"landmark file '{out}': use a .csv or .h5 name.")
     images = build("sample_folders", folder, {}, root=Path(data))
-    src = build_source(source, Path(data), dict(options or {}))
+    src = build_source(source, Path(data), dict(options or {}), strict=True)
     loader = DataLoader(_Detect(images, src), batch_size=1, num_workers=workers,
                         collate_fn=_first)  # fmt: skip
     rows: list[tuple[str, np.ndarray]] = []

@@ -1,0 +1,185 @@
+"""Fault catalogue, inputs that were accepted and silently ignored or misread: an option no
+component takes, an environment variable that is not a number, a backend that does not exist,
+trial lists that flatter the model, audio too short to measure or on another scale, damaged runs
+listed as complete, a triplet measure given pairs, and a logit teacher of other classes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+from faults_helpers import expect_error, train_tiny
+from helpers import run_cli
+
+from metaemb.core.errors import ConfigError, DataError
+
+
+def test_landmarks_refuses_an_option_its_source_does_not_take(tmp_path, faces, capsys):
+    expect_error(
+        ["landmarks", faces, "--out", tmp_path / "l.csv", "--set", "nope=1", "--workers", "0"],
+        capsys,
+        "landmark source 'dlib' has no option 'nope'",
+        "detector",
+    )
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_max_image_pixels_must_be_a_number(monkeypatch):
+    from metaemb.plugins.vision.imageio import DEFAULT_MAX_IMAGE_PIXELS, max_image_pixels
+
+    monkeypatch.setenv("METAEMB_MAX_IMAGE_PIXELS", "")
+    assert max_image_pixels() == DEFAULT_MAX_IMAGE_PIXELS
+    monkeypatch.setenv("METAEMB_MAX_IMAGE_PIXELS", "1000")
+    assert max_image_pixels() == 1000
+    for bad in ("abc", "0", "-5", "1e6"):
+        monkeypatch.setenv("METAEMB_MAX_IMAGE_PIXELS", bad)
+        with pytest.raises(ConfigError, match="METAEMB_MAX_IMAGE_PIXELS must be a positive"):
+            max_image_pixels()
+
+
+def test_neighbours_refuses_an_unknown_backend_with_or_without_probes(tmp_path, capsys):
+    for probes in ([], [tmp_path / "p.png"]):
+        expect_error(
+            ["neighbours", tmp_path / "c.pt", *probes, "--backend", "annoy"],
+            capsys,
+            "search backend must be one of auto, faiss, exact, got 'annoy'",
+        )
+
+
+def test_trials_make_says_when_fewer_trials_exist_than_asked(tmp_path, faces, capsys):
+    # 6 identities × 4 faces: 36 target pairs.
+    out = tmp_path / "t.txt"
+    args = ["trials", "make", faces, "--out", out, "--targets", "1000", "--nontargets", "10"]
+    with pytest.warns(UserWarning) as caught:
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [message] = [str(w.message) for w in caught]  # 10 non-targets exist: no note on those
+    assert "has only 36 distinct target trials; --targets 1000 asked for more" in message
+    assert sum(line.startswith("1 ") for line in out.read_text().splitlines()) == 36
+
+
+def test_a_trial_of_a_file_against_itself_is_reported(tmp_path):
+    from metaemb.core.eval.trials import read_trials
+
+    (tmp_path / "t.txt").write_text("1 a/1.wav a/1.wav\n1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n")
+    with pytest.warns(UserWarning, match="1 trial.s. test a file against itself"):
+        read_trials(tmp_path / "t.txt")
+    (tmp_path / "ok.txt").write_text("1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_trials(tmp_path / "ok.txt")
+
+
+def test_audio_shorter_than_one_frame_is_a_data_error(tmp_path):
+    from metaemb.plugins.audio.io import read_audio
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(160), 16000)  # 10 ms
+    with pytest.raises(DataError, match=r"short.wav' lasts 10.0 ms, less than one 25 ms"):
+        read_audio(tmp_path / "short.wav")
+    sf.write(tmp_path / "frame.wav", 0.1 * rng.standard_normal(400), 16000)  # exactly 25 ms
+    assert read_audio(tmp_path / "frame.wav").shape == (400,)
+
+
+def test_float_audio_far_outside_unit_range_is_reported_once(tmp_path, monkeypatch):
+    from metaemb.plugins.audio import io
+
+    monkeypatch.setattr(io, "_RANGE_WARNED", [])
+    wave = 50 * np.sin(np.linspace(0, 200, 16000))
+    sf.write(tmp_path / "loud.wav", wave, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "loud2.wav", wave, 16000, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"loud.wav' holds float samples up to 50"):
+        got = io.read_audio(tmp_path / "loud.wav")
+    assert float(got.abs().max()) == pytest.approx(50, rel=1e-3)  # read as is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        io.read_audio(tmp_path / "loud2.wav")  # reported once per process
+        sf.write(tmp_path / "pcm.wav", wave / 60, 16000, subtype="PCM_16")
+        io.read_audio(tmp_path / "pcm.wav")
+
+
+def test_runs_lists_a_run_with_damaged_checkpoints_as_damaged(tmp_path, faces, capsys):
+    runs = tmp_path / "runs"
+    assert train_tiny(faces, runs, capsys=capsys)[0] == 0
+    [run] = list((runs / "face").iterdir())
+    code, out, _ = run_cli(["runs", runs, "--json"], capsys)
+    assert code == 0 and json.loads(out)[0]["status"] == "complete"
+    # A torn last line, a JSON list and a non-numeric epoch in metrics.jsonl are passed over.
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('[1, 2]\n{"epoch": "x"}\n{"epoch": 3, "eer": 0.\n')
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # truncated
+    code, out, err = run_cli(["runs", runs, "--json"], capsys)
+    assert code == 0, err
+    [info] = json.loads(out)
+    assert info["status"] == "damaged (last.pt unreadable)" and info["epochs_done"] == 1
+    code, out, err = run_cli(["runs", runs], capsys)
+    assert code == 0 and "damaged" in out
+
+
+def test_doctor_names_a_cache_path_that_is_a_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cache").write_text("x")
+    monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(["doctor"], capsys)
+    assert code == 0, err
+    assert "is a file, not a folder; point METAEMB_CACHE at a folder" in " ".join(out.split())
+
+
+def test_measure_match_given_a_pair_list_says_so(tmp_path, faces, face_run, capsys):
+    pairs = tmp_path / "pairs.txt"
+    code, _, err = run_cli(["trials", "make", faces, "--out", pairs], capsys)
+    assert code == 0, err
+    expect_error(
+        [
+            "evaluate",
+            face_run,
+            "--data",
+            faces,
+            "--measure",
+            "match",
+            "--trials",
+            pairs,
+            "--out",
+            tmp_path / "m",
+        ],
+        capsys,
+        "is a trial list (label, enrollment, test), not the 'anchor positive negative'",
+        "--measure verification",
+    )
+
+
+def test_plot_warns_when_the_embeddings_come_from_another_run(tmp_path, faces, face_run, capsys):
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    assert train_tiny(faces, runs, "train.seed=5", capsys=capsys)[0] == 0
+    [other] = list((runs / "face").iterdir())
+    coll = tmp_path / "other.pt"
+    code, _, err = run_cli(["embed", other, faces, "--out", coll, "--device", "cpu"], capsys)
+    assert code == 0, err
+    with pytest.warns(UserWarning, match="was embedded with .* not with run"):
+        code, _, err = run_cli(
+            ["plot", face_run, "--embeddings", coll, "--out", tmp_path / "p"], capsys
+        )
+    assert code == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        code, _, err = run_cli(
+            ["plot", other, "--embeddings", coll, "--out", tmp_path / "q"], capsys
+        )
+    assert code == 0, err
+
+
+def test_a_logit_teacher_must_have_the_students_classes(tmp_path, faces, capsys):
+    runs = tmp_path / "runs"
+    assert train_tiny(faces, runs, "data.val_fraction=0.34", capsys=capsys)[0] == 0
+    [teacher] = list((runs / "face").iterdir())
+    base = ["data.val_fraction=0.34", "train.objective=distill", "objective.kd=logits",
+            f"train.teacher={teacher}"]  # fmt: skip
+    # Another seed holds out other identities: the teacher's logits are other classes.
+    code, _, err = train_tiny(faces, tmp_path / "bad", *base, "train.seed=7", capsys=capsys)
+    assert code == 2, err
+    assert "was trained on other classes than the student's" in " ".join(err.split())
+    code, _, err = train_tiny(faces, tmp_path / "good", *base, capsys=capsys)
+    assert code == 0, err
