@@ -238,7 +238,10 @@ def test_backbone_gives_n_by_feature_dim(kind, name):
         pytest.skip(f"backbone '{name}' declares no input kind (`accepts`)")
     found = _features_for(accepted)
     if found is None:
-        pytest.skip(f"no registered features yields what backbone '{name}' accepts ({accepted})")
+        pytest.skip(
+            f"backbone '{name}' accepts {accepted}: no registered features yields it from an "
+            "input kind this test can make (images, waveforms, vectors); test it yourself"
+        )
     _, features, raw = found
     x, lengths = _batch(features, raw)
     net = build(kind, name, {}, in_channels=features.out_channels).eval()

@@ -48,16 +48,35 @@ def test_in_process_plugin_registers_and_unregisters():
     assert "upside-down" not in plugins.registry("frontends")
 
 
-def test_duplicate_names_are_refused_naming_both_plugins():
-    class Dup:
-        @metaemb.hookimpl
-        def register_frontends(self, register):
-            register("none", IdentityFrontend)
+class Dup:
+    """A third-party plugin whose frontend takes a built-in name, besides a name of its own."""
 
-    with plugins.plugin_registered(Dup(), "dupplugin"), pytest.raises(PluginError) as err:
-        plugins.registry("frontends")
-    msg = str(err.value)
-    assert "'none'" in msg and "'core'" in msg and "'dupplugin'" in msg
+    @metaemb.hookimpl
+    def register_frontends(self, register):
+        register("dup-own", IdentityFrontend)
+        register("none", IdentityFrontend)
+
+
+def test_a_plugin_taking_a_builtin_name_is_skipped_and_metaemb_keeps_working(monkeypatch):
+    monkeypatch.delenv("METAEMB_STRICT_PLUGINS", raising=False)
+    plugins.reset()
+    try:
+        with plugins.plugin_registered(Dup(), "dupplugin"):
+            with pytest.warns(UserWarning) as caught:
+                reg = plugins.registry("frontends")
+            msg = " ".join(str(w.message) for w in caught)
+            assert "plugin 'dupplugin' registers frontend 'none', a name plugin 'core'" in msg
+            assert reg.entry("none").plugin == "core"  # the built-in stays
+            with pytest.raises(UnknownComponentError, match="plugin 'dupplugin' registers it"):
+                reg.entry("dup-own")  # the plugin's other frontends of that kind are dropped
+            assert "resnet18" in plugins.registry("backbones")  # other kinds are untouched
+            assert [f.name for f in plugins.state().failed] == ["dupplugin"]
+            plugins.state().invalidate()
+            monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+            with pytest.raises(PluginError, match="'none', a name plugin 'core' already"):
+                plugins.registry("frontends")
+    finally:
+        plugins.reset()
 
 
 def test_unknown_name_suggests_closest_and_lists_available():

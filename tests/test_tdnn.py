@@ -39,9 +39,10 @@ def test_layer_contexts_follow_the_table():
     assert model.segment6.in_features == 3000 and model.segment6.out_features == 512
 
 
-def test_padded_batch_equals_each_utterance_alone():
+@pytest.mark.parametrize("input_stats", [False, True])
+def test_padded_batch_equals_each_utterance_alone(input_stats):
     torch.manual_seed(0)
-    model = xvector(channels=64, pool_channels=96, embedding_dim=32)
+    model = xvector(channels=64, pool_channels=96, embedding_dim=32, input_stats=input_stats)
     # Give BatchNorm non-trivial running statistics so eval mode is not an identity.
     model.train()
     with torch.no_grad():
@@ -63,6 +64,24 @@ def test_padded_batch_equals_each_utterance_alone():
     assert float((1 - cos).abs().max()) <= 1e-4
     # Without lengths the padding leaks into the embedding (so the test above can fail).
     assert float(1 - nn.functional.cosine_similarity(unmasked[:1], alone[:1])) > 1e-3
+
+
+def test_input_stats_feed_the_inputs_mean_and_std_to_segment6():
+    torch.manual_seed(2)
+    model = xvector(
+        in_channels=10, channels=16, pool_channels=24, embedding_dim=8, input_stats=True
+    )
+    assert model.segment6.in_features == 2 * 24 + 2 * 10
+    model.eval()
+    x, lengths = torch.randn(2, 10, 30), torch.tensor([30, 12])
+    seen = {}
+    model.input_norm.register_forward_hook(lambda m, args, out: seen.update(stats=args[0]))
+    with torch.no_grad():
+        model(x, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        v = x[i, :, :n]
+        want = torch.cat([v.mean(1), v.std(1, unbiased=False)])
+        torch.testing.assert_close(seen["stats"][i], want, rtol=1e-4, atol=1e-5)
 
 
 def test_stats_pooling_matches_brute_force():

@@ -232,7 +232,12 @@ class Features(nn.Module):
         each channel's mean and standard deviation over the valid time steps (statistics
         pooling; the mean alone is ~0 for inputs standardised per sample). Override it for a
         better-known baseline of the modality, and name it with `Modality.baseline_name`."""
-        x, lengths = self.forward(x, lengths)
+        out = self.forward(x, lengths)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
+            raise TypeError(
+                f"forward must return (tensor, lengths or None); it returned {type(out).__name__}"
+            )
+        x, lengths = out
         if lengths is None:
             return x.flatten(1).float()
         x = x.float()

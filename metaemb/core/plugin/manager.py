@@ -120,7 +120,9 @@ class PluginState:
                 hook = getattr(self.pm.hook, hook_name, None)
                 if hook is None:  # nobody implements it
                     continue
-                for impl in reversed(hook.get_hookimpls()):
+                impls = list(reversed(hook.get_hookimpls()))  # registration order
+                impls.sort(key=lambda impl: not self._is_own(impl.plugin))  # metaemb's first
+                for impl in impls:
                     self._call_hook(impl, kind, hook_name, registries)
             self._registries = registries
         return self._registries
@@ -128,32 +130,48 @@ class PluginState:
     def _call_hook(
         self, impl: Any, kind: str, hook_name: str, registries: dict[str, Registry]
     ) -> None:
-        """Run one plugin's `register_*` hook. A hook that raises is reported with the plugin's
-        name and its half-made registrations are dropped (fatal with METAEMB_STRICT_PLUGINS=1);
-        a PluginError (a duplicate or malformed registration) always stops."""
+        """Run one plugin's `register_*` hook. A third-party hook that raises, or registers a
+        name already taken (by metaemb or an earlier plugin) or a malformed component, is
+        reported with the plugin's name and its registrations of that kind are dropped, so the
+        rest of metaemb keeps working (fatal with METAEMB_STRICT_PLUGINS=1). A mistake in
+        metaemb's own plugins always stops."""
         plugin_name = self.pm.get_name(impl.plugin) or "?"
         added: list[str] = []
+        tried: list[str] = []
 
         def register(name: str, factory: Any, **info: Any) -> None:
+            tried.append(name)
             registries[kind].add(name, factory, plugin_name, **info)
             added.append(name)
 
         try:
             impl.function(register=register)
-        except PluginError:
-            raise
         except Exception as exc:  # isolate any failure of a third-party plugin
-            registries[kind].discard(added)
-            cause = f"its {hook_name} hook raised {type(exc).__name__}: {exc}"
-            message = f"plugin '{plugin_name}' failed: {cause}"
+            if isinstance(exc, PluginError) and self._is_own(impl.plugin):
+                raise
+            if isinstance(exc, PluginError):  # a registration mistake, worded by the registry
+                cause = message = str(exc).rstrip(".")
+            else:
+                cause = f"its {hook_name} hook raised {type(exc).__name__}: {exc}"
+                message = f"plugin '{plugin_name}' failed: {cause}"
             if _strict():
                 raise PluginError(message) from exc
+            why = f"plugin '{plugin_name}' registers it but was skipped: {cause}"
+            registries[kind].discard(added, why)
+            for name in tried:
+                if isinstance(name, str):
+                    registries[kind].drop_note(name, why)
             self.failed.append(FailedPlugin(plugin_name, cause))
             warnings.warn(
                 f"{message}; its {kind} are skipped (set METAEMB_STRICT_PLUGINS=1 to make "
                 f"this fatal, or METAEMB_DISABLE_PLUGINS={plugin_name} to silence it)",
                 stacklevel=2,
             )
+
+    @staticmethod
+    def _is_own(plugin: object) -> bool:
+        """metaemb's own plugins (the core's and the built-in vision and audio modules)."""
+        return getattr(plugin, "__name__", "").startswith("metaemb.")
 
     def plugins(self) -> list[PluginInfo]:
         infos: dict[str, PluginInfo] = {}

@@ -49,6 +49,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._dropped: dict[str, str] = {}  # name → why (its plugin's hook failed)
 
     @property
     def singular(self) -> str:
@@ -70,8 +71,8 @@ class Registry:
                     "each name must be registered once."
                 )
             raise PluginError(
-                f"{self.singular} '{name}' is registered twice: by plugin '{other}' and by plugin "
-                f"'{plugin}'. Disable one of them with METAEMB_DISABLE_PLUGINS={plugin}."
+                f"plugin '{plugin}' registers {self.singular} '{name}', a name plugin '{other}' "
+                f"already registered; rename it"
             )
         if self.kind == "modalities":
             from metaemb.core.plugin.modality import Modality
@@ -84,15 +85,28 @@ class Registry:
                 )
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
-    def discard(self, names: list[str]) -> None:
-        """Forget entries (those of a plugin whose hook failed half-way)."""
+    def discard(self, names: list[str], why: str = "") -> None:
+        """Forget entries (those of a plugin whose hook failed half-way); `why` is told to
+        whoever asks for one of them later."""
         for name in names:
             self._entries.pop(name, None)
+            if why:
+                self._dropped.setdefault(name, why)
+
+    def drop_note(self, name: str, why: str) -> None:
+        """Remember that a failed plugin meant to register `name` (named when it is asked for)."""
+        if name not in self._entries:
+            self._dropped.setdefault(name, why)
 
     def entry(self, name: str) -> Entry:
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._dropped:
+                raise UnknownComponentError(
+                    f"{self.singular} '{name}' is not available: {self._dropped[name]} "
+                    "(`metaemb plugins` lists failed plugins)."
+                ) from None
             available = ", ".join(sorted(self._entries)) or "(none)"
             raise UnknownComponentError(
                 f"unknown {self.singular} '{name}';{suggest(name, self._entries)} "

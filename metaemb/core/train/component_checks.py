@@ -10,6 +10,7 @@ the first NaN (a component, or the optimisation itself).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,7 +79,18 @@ def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | N
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             hint = ""
             channels = getattr(model.features, "out_channels", None)
-            if f.dim() >= 2 and channels is not None and f.shape[1] != channels:
+            if (
+                f.dim() >= 3
+                and channels is not None
+                and f.shape[1] != channels
+                and channels in f.shape[2:]
+            ):
+                hint = (
+                    f" The features declare out_channels = {channels} and give a tensor with "
+                    f"{channels} on a later axis: channels go on axis 1 ([batch, channels, "
+                    f"time…]); transpose in {feats_name}'s forward."
+                )
+            elif f.dim() >= 2 and channels is not None and f.shape[1] != channels:
                 hint = (
                     f" The features declare out_channels = {channels} (what the backbone was "
                     f"built for) but give {f.shape[1]} channels: set out_channels in "
@@ -97,6 +109,36 @@ def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | N
                 f"features [batch, feature_dim] = [{len(f)}, {dim}] (pool over time or space, "
                 "and set feature_dim to the pooled size)."
             )
+        _warn_if_padding_leaks(model, backbone, config, x, lengths, pooled, flen)
+
+
+def _warn_if_padding_leaks(
+    model: Any, backbone: Any, config: Config, x: Tensor, lengths: Tensor | None,
+    pooled: Tensor, flen: Tensor | None,
+) -> None:  # fmt: skip
+    """A padded batch must embed each sample as it would be alone (evaluation embeds
+    utterances of every length together): compare the most padded sample with itself alone."""
+    if lengths is None or lengths.numel() < 2 or x.shape[-1] != int(lengths.max()):
+        return
+    i = int(torch.argmin(lengths))
+    if int(lengths[i]) == x.shape[-1] or int(lengths[i]) < 1:
+        return  # nothing padded
+    alone_in = x[i : i + 1, ..., : int(lengths[i])]
+    f, fl = model.features(alone_in, lengths[i : i + 1])
+    alone = backbone(f, fl)[0].float()
+    batched = pooled[i].float()
+    gap = float((alone - batched).abs().max())
+    if gap <= 1e-3 * max(1.0, float(batched.abs().max())):
+        return
+    dropped = " The features returned lengths None for a padded batch." if flen is None else ""
+    warnings.warn(
+        f"{component(config, 'features')} → {component(config, 'backbone')}: a sample padded in "
+        f"a batch is embedded differently from the same sample alone (largest difference "
+        f"{gap:.3g}), so padding leaks into the result and embeddings depend on what they are "
+        f"batched with.{dropped} Pass the lengths on and mask the padded steps (pool over the "
+        "valid steps only); see docs/plugins.md, 'Testing a plugin'.",
+        stacklevel=3,
+    )
 
 
 def check_loss(loss: Any, config: Config) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from metaemb.core.config import Config
 from metaemb.core.data.embed import non_finite_rows, row_files
-from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.errors import ConfigError, DataError, MetaembError
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
@@ -144,8 +144,19 @@ class Validator:
         if path.exists():
             return read_json(path)
         feats = self.parts.model.features
+        name = component(self.config, "features")
+
+        def baseline_embedding(x: Any, lengths: Any = None) -> Any:
+            try:
+                return feats.baseline_embedding(x, lengths)
+            except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+                raise ConfigError(
+                    f"{name} failed computing the no-learning baseline (its baseline_embedding, "
+                    f"which calls forward): {type(exc).__name__}: {exc}."
+                ) from exc
+
         with isolated_rng(device):
-            out, kept, _ = extract(feats.baseline_embedding, self.val_set)
+            out, kept, _ = extract(baseline_embedding, self.val_set)
         rows = non_finite_rows(out)
         if rows:
             raise MetaembError(

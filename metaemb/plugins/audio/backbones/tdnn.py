@@ -20,6 +20,7 @@ padded batch gives exactly the embedding of each utterance alone, for any length
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
@@ -60,6 +61,7 @@ class XVector(Backbone):
         channels: int = 512,
         pool_channels: int = 1500,
         embedding_dim: int = 512,
+        input_stats: bool = False,
     ) -> None:
         super().__init__()
         for key, value in (
@@ -82,7 +84,11 @@ class XVector(Backbone):
             ]
         )
         self.pool = StatsPooling()
-        self.segment6 = nn.Linear(2 * pool_channels, embedding_dim)
+        # input_stats: the input's own mean ‖ std (the long-term spectrum) joins the pooled
+        # statistics, batch-normalised, so segment6 can weigh it directly.
+        self.input_norm = nn.BatchNorm1d(2 * in_channels) if input_stats else None
+        extra = 2 * in_channels if input_stats else 0
+        self.segment6 = nn.Linear(2 * pool_channels + extra, embedding_dim)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_channels:
@@ -90,9 +96,13 @@ class XVector(Backbone):
                 f"xvector expects input [N, {self.in_channels}, T], got {list(x.shape)}"
             )
         mask = frame_mask(lengths, x)
+        inputs = x
         for layer in self.frames:
             x = layer(x, mask)
-        return self.segment6(self.pool(x, mask))
+        pooled = self.pool(x, mask)
+        if self.input_norm is not None:
+            pooled = torch.cat([pooled, self.input_norm(self.pool(inputs, mask))], dim=1)
+        return self.segment6(pooled)
 
     def trunk(self) -> nn.Module:
         """The frame layers: what freezing freezes (segment6 stays trainable)."""
@@ -100,7 +110,11 @@ class XVector(Backbone):
 
 
 def xvector(
-    in_channels: int = 80, channels: int = 512, pool_channels: int = 1500, embedding_dim: int = 512
+    in_channels: int = 80,
+    channels: int = 512,
+    pool_channels: int = 1500,
+    embedding_dim: int = 512,
+    input_stats: bool = False,
 ) -> XVector:
     """x-vector TDNN (Snyder et al. 2018): frame1–5, masked stats pooling, segment6 embedding."""
-    return XVector(in_channels, channels, pool_channels, embedding_dim)
+    return XVector(in_channels, channels, pool_channels, embedding_dim, input_stats)
