@@ -134,6 +134,10 @@ def test_moved_options_migrate_with_a_message():
     assert any("'features.n_mels' is now 'features.fbank.n_mels'" in m for m in msgs)
     cfg, _ = _load("face-distill")
     assert cfg.options("objective") == {"task": {"name": "arcface"}}
+    # A default x-vector run saved before input_stats became the default rebuilds without it.
+    cfg, _ = _load("speaker-default")
+    assert cfg.options("backbone")["input_stats"] is False
+    assert resolve("speaker").options("backbone")["input_stats"] is True
 
 
 def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, capsys):
@@ -148,9 +152,9 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     assert earlier_equivalent_run(tmp_path, cfg) is None  # another configuration
     cfg = resolve("speaker")
     assert earlier_equivalent_run(tmp_path, cfg) is None  # the default features changed since
-    cfg = resolve(  # what that run trained: per-band CMN, plain cosine
+    cfg = resolve(  # what that run trained: per-band CMN, plain cosine, no input statistics
         "speaker",
-        sets=["features.fbank.cmn=true"]
+        sets=["features.fbank.cmn=true", "backbone.input_stats=false"]
         + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")],
     )
     assert earlier_equivalent_run(tmp_path, cfg) == old

@@ -170,7 +170,7 @@ class PluginState:
 
     @staticmethod
     def _is_own(plugin: object) -> bool:
-        """metaemb's own plugins (the core's and the built-in vision and audio modules)."""
+        """metaemb's own plugins (the core's and the built-in modules under metaemb.plugins)."""
         return getattr(plugin, "__name__", "").startswith("metaemb.")
 
     def plugins(self) -> list[PluginInfo]:

@@ -121,9 +121,16 @@ def register_modalities(register: Register) -> None:
             # Sized for the demo on 2 CPU cores: a narrower x-vector (same layer table, 256/768
             # channels) trains to < half the mean-fbank EER in minutes; on real data use
             # --set backbone.channels=512 --set backbone.pool_channels=1500 (the paper's sizes).
+            # input_stats: the fbank's own mean ‖ std joins the pooled statistics, so the
+            # long-term spectrum reaches the embedding directly (docs/speaker.md, transfer).
             options={
                 "backbone": {
-                    "xvector": {"channels": 256, "pool_channels": 768, "embedding_dim": 256}
+                    "xvector": {
+                        "channels": 256,
+                        "pool_channels": 768,
+                        "embedding_dim": 256,
+                        "input_stats": True,
+                    }
                 },
                 # cmn="level" removes the gain but keeps the long-term spectral shape, the cue
                 # that carries over from synthetic to real voices (docs/speaker.md, transfer).
@@ -141,6 +148,7 @@ def register_modalities(register: Register) -> None:
                 },
             },
             former_options={  # what runs saved before a default changed were trained with
+                "backbone": {"xvector": {"input_stats": False}},
                 "features": {"fbank": {"fbank": {"cmn": True}}},  # before cmn="level"
                 "scorer": {
                     "cosine": {
