@@ -139,6 +139,8 @@ def identify_probes(
     g = Gallery.load(gallery)
     files = [Path(p) for p in probes or []]
     for f in files:
+        if f.is_dir():
+            raise DataError(f"probe '{f}' is a folder; give probe files, or the folder as --data.")
         if not f.is_file():
             raise DataError(f"probe file '{f}' does not exist.")
     if data is None:
@@ -154,6 +156,12 @@ def identify_probes(
         root = data
         loaded, digest = _load(checkpoint, root, device)
     g.check(digest, f"checkpoint '{checkpoint}'")
+    if p_new is not None and g.stamp.kind != "gme":
+        raise DataError(
+            "--p-new (the prior of an unseen identity) is used by meta-embedding galleries, "
+            f"whose scores are likelihood ratios; '{gallery}' holds point embeddings. "
+            "Use --threshold for an open-set decision."
+        )
     folder = loaded.parts.folder
     indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))
     emb = loaded.embed(folder, indices, workers)
@@ -277,6 +285,13 @@ def enroll(
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
     names = [s.strip() for s in identities.split(",") if s.strip()] if identities else None
+    if identities is not None and not names:
+        from metaemb.core.errors import MetaembError
+
+        raise MetaembError(
+            f"--identities {identities!r} names no identity; give names separated by ',' (or "
+            "leave the option out to enroll every identity of DATA)."
+        )
     done = enroll_folder(checkpoint, gallery, data, names, device=device, workers=workers)
     table = Table(title=f"enrolled into {escape(str(gallery))}")
     for col in ("identity", "added", "enrolled"):

@@ -31,11 +31,26 @@ def plot(
     """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
     identity and the leave-one-out CMC curve."""
     from metaemb.core.eval.plots import plot_run
-    from metaemb.core.paths import ensure_writable_dir
+    from metaemb.core.paths import ensure_writable_dir, refuse_inside
 
     ensure_writable_dir(out or run / "plots", "plots folder")
+    if out is not None:
+        for root in (embeddings, *_trained_on(run)):
+            if root is not None and root.is_dir():
+                refuse_inside(out, root, "plots folder")
     for path in plot_run(run, embeddings, highlight or [], method, out, device, workers):
         console.print(f"plot: {path}", markup=False, soft_wrap=True)
+
+
+def _trained_on(run: Path) -> list[Path]:
+    """The data folders recorded in the run's config.toml (as typed, and resolved)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((run / "config.toml").read_text()).get("data", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    return [Path(str(data[k])) for k in ("root", "root_absolute") if data.get(k)]
 
 
 def after_training(run_dir: Path, out: Console) -> None:

@@ -52,6 +52,8 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "classifier_lr_mult"): (_non_negative, "≥ 0"),
     ("train", "head_lr_mult"): (_non_negative, "≥ 0"),
     ("train", "freeze_trunk_epochs"): (_non_negative, "≥ 0"),
+    ("train", "init_distill"): (_non_negative, "≥ 0 (a weight pulling towards the init model)"),
+    ("train", "rehearsal"): (_non_negative, "≥ 0 (old samples per old identity)"),
     ("train", "seed"): (
         lambda v: 0 <= v < 2**32,
         "in [0, 2**32) (what every random generator takes)",

@@ -35,8 +35,10 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file '{p}' is a folder; give the .toml file.")
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist (or is not a file).")
+        raise ConfigError(f"config file '{p}' does not exist.")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -46,6 +48,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config file '{p}' cannot be read: {exc.strerror or exc}.") from None
+    text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

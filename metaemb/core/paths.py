@@ -92,6 +92,19 @@ def _check_parents(path: Path, what: str) -> None:
         )
 
 
+def refuse_inside(out: str | Path, root: str | Path | None, what: str) -> None:
+    """An output folder inside a data folder would add its files to the data (a plot becomes a
+    sample): refuse it before anything is written."""
+    if root is None or not Path(root).is_dir():
+        return
+    out_abs, root_abs = Path(out).resolve(), Path(root).resolve()
+    if out_abs == root_abs or out_abs.is_relative_to(root_abs):
+        raise OutputError(
+            f"the {what} '{out}' is inside the data folder '{root}'; what is written there would "
+            "be read back as data. Choose a folder outside it."
+        )
+
+
 def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Prove that folder `path` can be created (if missing) and written into; OutputError if not.
     Nothing is created: the probe file goes into the nearest existing folder and is removed."""
@@ -114,9 +127,87 @@ def is_run_checkpoint(path: Path) -> bool:
     return is_ckpt and path.is_file() and (path.parent / "config.toml").is_file()
 
 
+RUN_FILES = ("config.toml", "metrics.jsonl", "train.log", "baseline.json", "skipped.txt")
+SAMPLE_SUFFIXES = frozenset(
+    [
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".opus",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".sph",
+        ".npy",
+    ]
+)
+# What an existing .pt file is, from its pickled index (tensors are not read): the marker each
+# metaemb file kind writes, and the `what` of the outputs allowed to replace it.
+_PT_KINDS = (
+    (b"metaemb-gallery", "gallery", ("gallery file",)),
+    (b"config_hash", "checkpoint", ()),
+    (b"identities", "embeddings file", ("embeddings file",)),
+)
+
+
+def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
+    """(kind, outputs that may replace it) of an existing metaemb .pt file, else None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            index = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            data = z.read(index) if index else b""
+    except (OSError, zipfile.BadZipFile, KeyError, RuntimeError, ValueError):
+        return None
+    for marker, kind, replaceable_by in _PT_KINDS:
+        if marker in data:
+            return kind, replaceable_by
+    return None
+
+
+def _refuse_replacing_an_input(path: Path, what: str) -> None:
+    """An output never replaces what metaemb reads: a run's own files, a checkpoint, a gallery
+    or collection (unless the output is one), or a data sample."""
+    if not path.is_file():
+        return
+    if is_run_checkpoint(path):
+        raise OutputError(
+            f"the {what} '{path}' is a checkpoint of the run in '{path.parent}'; writing there "
+            "would destroy the trained model. Choose another output path."
+        )
+    if path.name in RUN_FILES and (path.parent / "config.toml").is_file():
+        raise OutputError(
+            f"the {what} '{path}' is the run's own {path.name} in '{path.parent}'; writing there "
+            "would damage the run. Choose another output path."
+        )
+    if path.suffix.lower() in SAMPLE_SUFFIXES and what != "plot":
+        raise OutputError(
+            f"the {what} '{path}' is an existing {path.suffix} file (a data sample or a probe?); "
+            f"writing the {what} there would replace it. Choose another output path."
+        )
+    found = existing_kind(path)
+    if found is not None and what not in found[1]:
+        raise OutputError(
+            f"the {what} '{path}' is an existing metaemb {found[0]}; writing the {what} there "
+            "would replace it. Choose another output path (or delete the file first)."
+        )
+
+
 def ensure_writable(path: str | Path, what: str = "output file") -> Path:
-    """Prove that file `path` can be written atomically: not a folder, not read-only, its folder
-    creatable and writable, its disk not full. Nothing is created or left behind."""
+    """Prove that file `path` can be written atomically: not a folder, not read-only, not an
+    input of metaemb's (see `_refuse_replacing_an_input`), its folder creatable and writable,
+    its disk not full. Nothing is created or left behind."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(
@@ -124,11 +215,7 @@ def ensure_writable(path: str | Path, what: str = "output file") -> Path:
             f"'{path / EXAMPLE_NAMES.get(what, 'out')}')."
         )
     _check_parents(path, what)
-    if is_run_checkpoint(path):
-        raise OutputError(
-            f"the {what} '{path}' is a checkpoint of the run in '{path.parent}'; writing there "
-            "would destroy the trained model. Choose another output path."
-        )
+    _refuse_replacing_an_input(path, what)
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(
             f"cannot write the {what} '{path}': the file is read-only; make it writable or "

@@ -123,6 +123,11 @@ def load_error_reason(exc: BaseException) -> str:
             f"it holds a pickled Python object ({found.group(1)}), which metaemb never unpickles "
             "because unpickling can run code; it was not written by metaemb, or was altered"
         )
+    not_torch = isinstance(exc, (EOFError, IndexError)) or "invalid load key" in text
+    if not_torch or "Weights only load failed" in text:
+        return "it is not a file written by torch.save (another kind of file, or damaged)"
+    if "zip archive" in text or "central directory" in text:
+        return "it is truncated or damaged (its zip archive cannot be read)"
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 

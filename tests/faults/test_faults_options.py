@@ -183,3 +183,77 @@ def test_a_logit_teacher_must_have_the_students_classes(tmp_path, faces, capsys)
     assert "was trained on other classes than the student's" in " ".join(err.split())
     code, _, err = train_tiny(faces, tmp_path / "good", *base, capsys=capsys)
     assert code == 0, err
+
+
+def test_more_refused_inputs(tmp_path, faces, face_run, capsys, monkeypatch):
+    gallery = tmp_path / "g.pt"
+    code, _, err = run_cli(["enroll", face_run, "--gallery", gallery, "--data", faces,
+                            "--workers", "0", "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    expect_error(
+        ["enroll", face_run, "--gallery", tmp_path / "h.pt", "--data", faces, "--identities", ",,"],
+        capsys,
+        "names no identity",
+    )
+    expect_error(
+        ["identify", face_run, "--gallery", gallery, "--data", faces, "--p-new", "0.9"],
+        capsys,
+        "--p-new",
+        "holds point embeddings",
+    )
+    expect_error(
+        ["identify", face_run, "--gallery", gallery, "--probe", faces / "id0000"],
+        capsys,
+        "is a folder",
+    )
+    code, _, err = run_cli(["landmarks", faces, "--out", tmp_path / "l.csv", "--workers", "-1"],
+                           capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    (tmp_path / "text.pt").write_text("a\tb\n")
+    message = expect_error(
+        ["identify", face_run, "--gallery", tmp_path / "text.pt", "--data", faces], capsys
+    )
+    assert "not a file written by torch.save" in message and "weights_only" not in message
+    monkeypatch.setenv("METAEMB_MANIFEST_MIN_FILES", "abc")
+    expect_error(["embed", face_run, faces, "--out", tmp_path / "e.pt"], capsys,
+                 "METAEMB_MANIFEST_MIN_FILES must be a whole number")  # fmt: skip
+
+
+def test_continual_weights_must_not_be_negative():
+    from metaemb.core.config import resolve
+
+    for key in ("init_distill", "rehearsal"):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            resolve("face", sets=[f"train.{key}=-1"])
+
+
+def test_byte_order_marks_and_hidden_files(tmp_path, faces):
+    import shutil
+
+    from metaemb.core.config_toml import load_toml
+    from metaemb.core.eval.trials import read_trials
+    from metaemb.core.plugin.components import build
+
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf[train]\nepochs = 1\n")
+    assert load_toml(tmp_path / "c.toml") == {"train": {"epochs": 1}}
+    (tmp_path / "t.txt").write_bytes(b"\xef\xbb\xbf1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n")
+    assert [t.label for t in read_trials(tmp_path / "t.txt")] == [1, 0]
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    n = len(build("sample_folders", "image", {}, root=data))
+    shutil.copy(data / "id0000" / "000.png", data / "id0001" / "._000.png")
+    assert len(build("sample_folders", "image", {}, root=data)) == n
+
+
+def test_runs_lists_the_others_when_one_config_is_unreadable(tmp_path, faces, face_run, capsys):
+    import shutil
+
+    shutil.copytree(face_run, tmp_path / "runs" / "face" / "good")
+    shutil.copytree(face_run, tmp_path / "runs" / "face" / "bad")
+    (tmp_path / "runs" / "face" / "bad" / "config.toml").write_bytes(b"\x80\x81garbage")
+    code, out, err = run_cli(["runs", tmp_path / "runs", "--json"], capsys)
+    assert code == 0, err
+    status = {r["name"]: r["status"] for r in json.loads(out)}
+    assert status["bad"] == "damaged (config.toml unreadable)"
+    assert any(s == "complete" for n, s in status.items() if n != "bad")
+    expect_error(["runs", faces / "landmarks.csv"], capsys, "is a file")

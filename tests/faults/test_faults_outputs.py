@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 from faults_helpers import expect_error
+from helpers import run_cli
 
 from metaemb.core.errors import OutputError
 from metaemb.core.paths import ensure_writable, ensure_writable_dir
@@ -185,8 +186,64 @@ def test_outputs_never_overwrite_a_run_checkpoint_or_a_sample(tmp_path, faces, f
     assert (run / "best.pt").read_bytes() == before
     sample = faces / "id0000" / "000.png"
     kept = sample.read_bytes()
-    expect_error(["trials", "make", faces, "--out", sample], capsys, "inside the data folder")
+    expect_error(["trials", "make", faces, "--out", sample], capsys, "existing .png file")
     assert sample.read_bytes() == kept
+
+
+def test_outputs_never_replace_run_files_galleries_collections_or_probes(
+    tmp_path, faces, face_run, capsys
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(face_run, run)
+    config = (run / "config.toml").read_bytes()
+    for args in (
+        ["embed", run, faces, "--out", run / "config.toml"],
+        ["trials", "make", faces, "--out", run / "metrics.jsonl"],
+    ):
+        expect_error(args, capsys, "the run's own", "would damage the run")
+    assert (run / "config.toml").read_bytes() == config
+    gallery, coll = tmp_path / "g.pt", tmp_path / "c.pt"
+    code, _, err = run_cli(["enroll", run, "--gallery", gallery, "--data", faces,
+                            "--workers", "0", "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["embed", run, faces, "--out", coll, "--device", "cpu"], capsys)
+    assert code == 0, err
+    kept = {p: p.read_bytes() for p in (gallery, coll)}
+    probe = faces / "id0001" / "001.png"
+    for args, fragment in (
+        (["identify", run, "--gallery", gallery, "--data", faces, "--out", gallery], "gallery"),
+        (["identify", run, "--gallery", gallery, "--probe", probe, "--out", probe], ".png file"),
+        (["embed", run, faces, "--out", gallery], "existing metaemb gallery"),
+        (["neighbours", coll, "--out", coll], "existing metaemb embeddings file"),
+        (["export", run, "--format", "torchscript", "--out", coll], "embeddings file"),
+    ):
+        expect_error(args, capsys, fragment, "replace")
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    # Re-embedding into the same collection, and enrolling into the same gallery, stay allowed.
+    code, _, err = run_cli(["embed", run, faces, "--out", coll, "--device", "cpu"], capsys)
+    assert code == 0, err
+
+
+def test_output_folders_inside_the_data_folder_are_refused(tmp_path, faces, face_run, capsys):
+    import shutil
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    expect_error(
+        ["evaluate", face_run, "--data", data, "--out", data / "id0000"],
+        capsys,
+        "inside the data folder",
+    )
+    expect_error(
+        ["train", "--data", data, "--runs", data / "runs", "--set", "train.epochs=1"],
+        capsys,
+        "runs folder",
+        "inside the data folder",
+    )
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
 
 def test_dangling_symlinks_are_not_samples(tmp_path, faces):

@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from metaemb.core.errors import ConfigError
+
 FORMAT = 1  # bump when the scan's rules change: old manifests are then ignored
 DEFAULT_MIN_FILES = 5000
 RACY_NS = 2_000_000_000  # directories changed within 2 s of a scan are rescanned next time
@@ -40,7 +42,15 @@ def enabled() -> bool:
 
 
 def min_files() -> int:
-    return int(os.environ.get("METAEMB_MANIFEST_MIN_FILES", DEFAULT_MIN_FILES))
+    value = os.environ.get("METAEMB_MANIFEST_MIN_FILES", "").strip()
+    if not value:
+        return DEFAULT_MIN_FILES
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"METAEMB_MANIFEST_MIN_FILES must be a whole number of files, got '{value}'."
+        ) from None
 
 
 def manifest_path(root: Path, kind: str, exts: set[str]) -> Path:

@@ -84,7 +84,9 @@ def scan_identity(
             if is_dir:
                 if not e.name.startswith("."):
                     subdirs.append(Path(e.path))
-            elif _suffix(e.name) in exts:  # plain str operations: a tree may hold millions
+            elif _suffix(e.name) in exts and e.name[0] != ".":  # hidden (macOS '._x.png') files
+                # are not samples, like hidden folders; plain str operations: a tree may hold
+                # millions
                 rel = f"{rel_dir}/{e.name}"
                 if e.is_symlink() and not os.path.exists(e.path):
                     state.dangling.append(rel)  # a link to nothing is not a sample

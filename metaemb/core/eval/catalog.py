@@ -118,6 +118,8 @@ def _damaged_checkpoints(run_dir: Path) -> list[str]:
 def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
     """Every run directory (a folder holding config.toml) under `root`, sorted by path."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"'{root}' is a file; `metaemb runs` takes the folder holding runs.")
     if not root.is_dir():
         raise DataError(
             f"runs folder '{root}' does not exist; train something first (metaemb train)."
@@ -138,4 +140,13 @@ def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
             walk(child, depth + 1)
 
     walk(root, 0)
-    return [read_run(d) for d in found]
+    return [_read_or_damaged(d) for d in found]
+
+
+def _read_or_damaged(run_dir: Path) -> RunInfo:
+    """One unreadable run is listed as damaged; it does not hide the others."""
+    try:
+        return read_run(run_dir)
+    except DataError:
+        return RunInfo(str(run_dir), run_dir.name, "?", "?", 0, 0, "?", None, None,
+                       "damaged (config.toml unreadable)")  # fmt: skip

@@ -28,7 +28,7 @@ from metaemb.core.eval.trials import (
     read_trials,
     write_scores,
 )
-from metaemb.core.paths import ensure_writable, ensure_writable_dir
+from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder, Trial
 from metaemb.core.plugin.manager import registry
 from metaemb.core.runs import atomic_write_text
@@ -269,6 +269,7 @@ class Evaluation:
 
     def _check_outputs(self, out: Path) -> None:
         ensure_writable_dir(out, "evaluation output folder")
+        refuse_inside(out, self.data, "evaluation output folder")
         names = ["metrics.json", "scores.txt"]
         names += ["scores_calibrated.txt"] if self.calibrate_path else []
         for name in names:

@@ -134,6 +134,7 @@ def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read trial list '{path}': {exc}") from None
+    text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         fields = line.strip("\r\n").split("\t") if tabs and "\t" in line else line.split()

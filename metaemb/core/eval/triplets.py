@@ -81,6 +81,7 @@ def _rows(path: Path) -> list[tuple[int, list[str]]]:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise DataError(f"cannot read triplet list '{path}': {exc}") from None
+    text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         f = line.split()

@@ -160,7 +160,9 @@ def landmarks(
         list[str] | None, typer.Option("--set", help="source option, e.g. detector=cnn, points=68")
     ] = None,
     folder: Annotated[str, typer.Option(help="sample-folder name")] = "image",
-    workers: Annotated[int, typer.Option(help="DataLoader workers running the detector")] = 2,
+    workers: Annotated[
+        int, typer.Option(help="DataLoader workers running the detector", min=0)
+    ] = 2,
 ) -> None:
     """Detect face landmarks for every image of DATA once and write a landmark file that
     frontend.source=file (frontend.landmarks_file=FILE) reads back."""
