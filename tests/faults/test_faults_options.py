@@ -257,3 +257,13 @@ def test_runs_lists_the_others_when_one_config_is_unreadable(tmp_path, faces, fa
     assert status["bad"] == "damaged (config.toml unreadable)"
     assert any(s == "complete" for n, s in status.items() if n != "bad")
     expect_error(["runs", faces / "landmarks.csv"], capsys, "is a file")
+
+
+def test_calibrating_on_the_test_trials_is_warned_about(tmp_path, faces, face_run, capsys):
+    trials = tmp_path / "t.txt"
+    code, _, err = run_cli(["trials", "make", faces, "--out", trials, "--targets", "20"], capsys)
+    assert code == 0, err
+    args = ["evaluate", face_run, "--data", faces, "--trials", trials, "--calibrate", trials]
+    with pytest.warns(UserWarning, match="40 of the 40 calibration trials .* are also evaluation"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "e", "--device", "cpu"], capsys)
+    assert code == 0, err

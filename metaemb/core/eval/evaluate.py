@@ -8,6 +8,7 @@ regenerated, so the numbers match training's. Definitions and outputs: docs/eval
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ class Evaluation:
             path = self.calibrate_path
             cal = TrialSet(read_trials(path, root=loaded.parts.root), path.stem, str(path))
             cal.labels()  # refuse unlabelled calibration trials before embedding anything
+            _warn_overlap(cal, evals)
         scorer = self._scorer(loaded)
         embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
@@ -354,3 +356,16 @@ def embed_folder(
     torch.save(payload, buf)
     atomic_write_bytes(out, buf.getvalue())
     return len(folder)
+
+
+def _warn_overlap(cal: Any, evals: Any) -> None:
+    """Calibration is fitted on held-out trials: say so when they are test trials too."""
+    tested = {(frozenset(t.enroll), t.test) for t in evals.trials}
+    shared = sum((frozenset(t.enroll), t.test) in tested for t in cal.trials)
+    if shared:
+        warnings.warn(
+            f"{shared} of the {len(cal.trials)} calibration trials ({cal.source}) are also "
+            f"evaluation trials ({evals.name}); the calibrated metrics are then not measured on "
+            "held-out trials. Calibrate on another list.",
+            stacklevel=2,
+        )
