@@ -120,7 +120,7 @@ class PluginState:
                 hook = getattr(self.pm.hook, hook_name, None)
                 if hook is None:  # nobody implements it
                     continue
-                impls = list(reversed(hook.get_hookimpls()))  # registration order
+                impls = hook.get_hookimpls()  # registration order: entry points by name
                 impls.sort(key=lambda impl: not self._is_own(impl.plugin))  # metaemb's first
                 for impl in impls:
                     self._call_hook(impl, kind, hook_name, registries)
