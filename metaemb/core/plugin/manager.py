@@ -157,8 +157,8 @@ class PluginState:
             if _strict():
                 raise PluginError(message) from exc
             why = f"plugin '{plugin_name}' registers it but was skipped: {cause}"
-            registries[kind].discard(added, why)
-            for name in tried:
+            registries[kind].discard(added)
+            for name in tried:  # asking for one later says why it is missing
                 if isinstance(name, str):
                     registries[kind].drop_note(name, why)
             self.failed.append(FailedPlugin(plugin_name, cause))

@@ -85,13 +85,10 @@ class Registry:
                 )
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
-    def discard(self, names: list[str], why: str = "") -> None:
-        """Forget entries (those of a plugin whose hook failed half-way); `why` is told to
-        whoever asks for one of them later."""
+    def discard(self, names: list[str]) -> None:
+        """Forget entries (those of a plugin whose hook failed half-way)."""
         for name in names:
             self._entries.pop(name, None)
-            if why:
-                self._dropped.setdefault(name, why)
 
     def drop_note(self, name: str, why: str) -> None:
         """Remember that a failed plugin meant to register `name` (named when it is asked for)."""

@@ -140,10 +140,15 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         },
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
-        "data_fingerprint": data_fingerprint(trainer.parts.folder),
-        "class_fingerprint": class_fingerprint(
-            trainer.train_folder.identities, trainer.num_classes
-        ),
+        **trainer.fingerprints,  # computed once per run: the data does not change during it
+    }
+
+
+def fingerprints(folder: Any, train_folder: Any, num_classes: int) -> dict[str, str]:
+    """The checkpoint's record of what the run trains on and what its classifier rows are."""
+    return {
+        "data_fingerprint": data_fingerprint(folder),
+        "class_fingerprint": class_fingerprint(train_folder.identities, num_classes),
     }
 
 

@@ -33,7 +33,7 @@ from metaemb.core.train.checkpointer import (
     BASELINE,
     Checkpointer,
     check_same_data,
-    class_fingerprint,
+    fingerprints,
     restore,
     training_state,
 )
@@ -127,7 +127,8 @@ class Trainer:
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
-        classes = class_fingerprint(self.train_folder.identities, self.num_classes)
+        self.fingerprints = fingerprints(self.parts.folder, self.train_folder, self.num_classes)
+        classes = self.fingerprints["class_fingerprint"]
         teacher = build_teacher(cfg, self.objective, self.device, classes)
         self.step_module: nn.Module = TrainStep(
             self.model, self.classifier, self.objective, teacher, self.augmenter
