@@ -222,6 +222,17 @@ def test_a_cached_baseline_does_not_change_the_training(faces, tmp_path):
     assert same_state(load_checkpoint(ref.dir / "last.pt"), load_checkpoint(again.dir / "last.pt"))
 
 
+def test_best_pt_is_the_model_and_last_pt_the_resume_point(tiny_face_run):
+    """best.pt leaves out the optimizer and scheduler (only a resume needs them) and keeps the
+    rest of what last.pt holds."""
+    _, run = tiny_face_run
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    resume_only = {"optimizer", "scheduler"}
+    assert resume_only <= set(last) and set(best) == set(last) - resume_only
+    assert best["model"].keys() == last["model"].keys()
+    assert (run / "best.pt").stat().st_size < 0.6 * (run / "last.pt").stat().st_size
+
+
 # -- refusals -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("epochs", [0, -2])
 def test_no_epochs_is_refused(faces, tmp_path, capsys, epochs):

@@ -37,6 +37,7 @@ LAST, BEST, METRICS, SKIPPED, BASELINE = (
     "skipped.txt",
     "baseline.json",
 )
+RESUME_ONLY = ("optimizer", "scheduler")  # entries of last.pt that best.pt leaves out
 
 
 class Checkpointer:
@@ -93,12 +94,16 @@ class Checkpointer:
         return None
 
     def save(self, record: dict[str, Any], state: dict[str, Any], improved: bool) -> None:
-        """One finished epoch: its metrics line, then best.pt (if improved), then last.pt."""
+        """One finished epoch: its metrics line, then best.pt (if improved), then last.pt.
+
+        best.pt is for using the model (evaluate, enroll, export, init_from, a teacher), so it
+        leaves out the optimizer and scheduler states, which only a resume from last.pt needs:
+        with momentum that halves its size."""
         if not self.main:
             return
         append_jsonl(self.metrics, record)
         if improved:
-            save_checkpoint(self.best, state)
+            save_checkpoint(self.best, {k: v for k, v in state.items() if k not in RESUME_ONLY})
         save_checkpoint(self.last, state)
 
     def skipped(self) -> list[str]:
