@@ -220,8 +220,8 @@ def evaluate(
         str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
     ] = "verification",
     enroll_samples: Annotated[
-        int, typer.Option(help="--measure class: samples enrolled per identity")
-    ] = 1,
+        int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
@@ -250,9 +250,18 @@ def evaluate(
         run, out = Path(f"reference-{reference}"), out or Path(f"eval-reference-{reference}")
     if run is None:
         raise MetaembError("evaluate needs a RUN (directory or checkpoint) or --reference NAME.")
+    unused = {"--enroll-samples": enroll_samples is not None and measure != "class",
+              "--protocol": protocol is not None and measure != "verification",
+              "--calibrate": calibrate is not None and measure != "verification"}  # fmt: skip
+    for flag, given in unused.items():
+        if given:
+            raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
+                               "for --measure class; --protocol and --calibrate for verification "
+                               "pairs): leave it out, or choose the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
 
+        enroll_samples = 1 if enroll_samples is None else enroll_samples
         run_measure(run, measure, data=data, trials=trials, scorer=scorer, enroll=enroll_samples,
                     out=out, device=device, workers=workers, console=console,
                     preloaded=preloaded, adapt=adapt)  # fmt: skip

@@ -15,12 +15,18 @@ def export(
         Path | None,
         typer.Option(help="output file (default: beside the checkpoint, best.onnx / …)"),
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version (13–20)")] = 17,  # DEFAULT_OPSET
+    opset: Annotated[
+        int | None, typer.Option(help="ONNX opset version (13–20) [default: 17]")
+    ] = None,
 ) -> None:
     """Export the inference model (features, backbone, head) with a dynamic batch dimension."""
+    from metaemb.core.deploy.export import DEFAULT_OPSET
     from metaemb.core.deploy.export import export as run_export
+    from metaemb.core.errors import MetaembError
 
-    result = run_export(checkpoint, format, out, opset)
+    if opset is not None and format == "torchscript":
+        raise MetaembError(f"--opset is an ONNX setting; --format {format} has none: leave it out.")
+    result = run_export(checkpoint, format, out, DEFAULT_OPSET if opset is None else opset)
     info = result.info
     names = ", ".join(i["name"] for i in info["inputs"])
     outputs = ", ".join(o["name"] for o in info["outputs"])

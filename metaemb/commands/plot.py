@@ -30,9 +30,15 @@ def plot(
 ) -> None:
     """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
     identity and the leave-one-out CMC curve."""
+    from metaemb.core.errors import MetaembError
     from metaemb.core.eval.plots import plot_run
     from metaemb.core.paths import ensure_writable_dir, refuse_inside
 
+    if embeddings is None and (highlight or method != "auto"):
+        flag = "--highlight" if highlight else "--method"
+        raise MetaembError(f"{flag} shapes the embedding map, which needs --embeddings (a data "
+                           "folder or a file from `metaemb embed`): give it, or leave the "
+                           f"{flag} out for the training curves alone.")  # fmt: skip
     ensure_writable_dir(out or run / "plots", "plots folder")
     if out is not None:
         for root in (embeddings, *_trained_on(run)):

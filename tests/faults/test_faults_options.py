@@ -267,3 +267,24 @@ def test_calibrating_on_the_test_trials_is_warned_about(tmp_path, faces, face_ru
     with pytest.warns(UserWarning, match="40 of the 40 calibration trials .* are also evaluation"):
         code, _, err = run_cli([*args, "--out", tmp_path / "e", "--device", "cpu"], capsys)
     assert code == 0, err
+
+
+def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, face_run, faces, capsys):
+    trials = tmp_path / "t.txt"
+    code, _, err = run_cli(["trials", "make", faces, "--out", trials, "--targets", "5",
+                            "--nontargets", "5"], capsys)  # fmt: skip
+    assert code == 0, err
+    for args, text in [
+        (["--enroll-samples", "2"], "--enroll-samples does not apply to --measure verification"),
+        (["--measure", "match", "--calibrate", trials], "--calibrate does not apply"),
+        (["--measure", "class", "--protocol", "lfw"], "--protocol does not apply"),
+    ]:
+        out = tmp_path / "ev"
+        expect_error(["evaluate", face_run, "--trials", trials, "--out", out, *args], capsys, text)
+        assert not out.exists()
+    expect_error(["export", face_run, "--format", "torchscript", "--opset", "13"], capsys,
+                 "--opset is an ONNX setting")  # fmt: skip
+    for flag in (["--method", "pca"], ["--highlight", "id0000"]):
+        expect_error(["plot", face_run, *flag, "--out", tmp_path / "p"], capsys,
+                     f"{flag[0]} shapes the embedding map, which needs --embeddings")  # fmt: skip
+    assert not list(face_run.glob("*.torchscript.pt"))
