@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from metaemb.core.deploy import gallery as gal
-from metaemb.core.deploy.gallery import NEW, Gallery, GalleryError, ModelStamp, model_digest
+from metaemb.core.deploy.gallery import NEW, Gallery
+from metaemb.core.deploy.stamp import ModelStamp, model_digest
+from metaemb.core.errors import GalleryError
 from metaemb.core.gme.algebra import GME, identification_posteriors, llr
 from metaemb.core.plugin.components import build
 

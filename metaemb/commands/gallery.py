@@ -17,8 +17,8 @@ console = Console(emoji=False)
 
 # -- the work (importable, tested) ------------------------------------------------------------
 def _load(checkpoint: Path, data: Path, device: str) -> tuple[Any, str]:
-    from metaemb.core.deploy.gallery import model_digest
     from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.stamp import model_digest
 
     loaded = load_run(checkpoint, device, data=data, with_data=True)
     return loaded, model_digest(loaded.state["model"])
@@ -35,7 +35,8 @@ def enroll_folder(
     """Enroll every identity folder of `data` (or the named ones) into `gallery`, creating or
     extending it → identity: (samples added, samples enrolled). Samples already enrolled (same
     file) are not embedded again, so re-running is harmless."""
-    from metaemb.core.deploy.gallery import Gallery, ModelStamp, open_gallery
+    from metaemb.core.deploy.gallery import Gallery, open_gallery
+    from metaemb.core.deploy.stamp import ModelStamp
     from metaemb.core.errors import DataError, suggest
     from metaemb.core.paths import ensure_writable
 
@@ -82,7 +83,7 @@ class Identification:
 
 def _scorer(loaded: Any, name: str | None) -> Any:
     """A scorer by name; a fitted one (PLDA, s-norm) takes its state from the checkpoint."""
-    from metaemb.core.deploy.gallery import GalleryError
+    from metaemb.core.errors import GalleryError
 
     if name is None:
         return None
@@ -146,7 +147,7 @@ def identify_probes(
     if data is None:
         # Exactly the probe files, read as ROOT/<folder>/<file>: nothing else is scanned (their
         # common grandparent may be '/' or a home folder).
-        from metaemb.core.deploy.gallery import model_digest
+        from metaemb.core.deploy.stamp import model_digest
         from metaemb.core.eval.collect import load_for_files
 
         loaded = load_for_files(checkpoint, files, device)

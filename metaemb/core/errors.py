@@ -22,6 +22,10 @@ class OutputError(MetaembError):
     """An output path that cannot be written (read-only, full disk, a file or folder in the way)."""
 
 
+class GalleryError(MetaembError):
+    """A missing, unreadable or foreign gallery, or bad enrollment/search input."""
+
+
 class PluginError(MetaembError):
     """A plugin failed to load, or two plugins registered the same name."""
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 from faults_helpers import expect_error
 
-from metaemb.core.deploy.gallery import Gallery, GalleryError, ModelStamp, model_digest
+from metaemb.core.deploy.gallery import Gallery
+from metaemb.core.deploy.stamp import ModelStamp, model_digest
+from metaemb.core.errors import GalleryError
 from metaemb.core.eval.trials import read_trials
 from metaemb.core.runs import load_checkpoint
 

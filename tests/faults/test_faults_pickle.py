@@ -10,8 +10,8 @@ import pytest
 import torch
 from faults_helpers import expect_error
 
-from metaemb.core.deploy.gallery import Gallery, GalleryError
-from metaemb.core.errors import MetaembError
+from metaemb.core.deploy.gallery import Gallery
+from metaemb.core.errors import GalleryError, MetaembError
 from metaemb.core.runs import load_checkpoint
 
 

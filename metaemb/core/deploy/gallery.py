@@ -12,10 +12,9 @@ atomically and read with `torch.load(weights_only=True)`. Semantics: docs/galler
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import torch
 from torch import Tensor
 
 import metaemb
-from metaemb.core.errors import MetaembError, suggest
+from metaemb.core.deploy.stamp import ModelStamp, embedding_kind, stored_parts
+from metaemb.core.errors import GalleryError, suggest
 from metaemb.core.gme.algebra import DEFAULT_CHUNK_BYTES, GME, llr_matrix, pool_by_index
 from metaemb.core.optional import require
 
@@ -33,74 +33,6 @@ VERSION = 1
 NEW = "<new>"  # the decision "none of the enrolled identities"
 PROBE_CHUNK = 1024  # probes per block (bounds the [probes, identities] block with IDENT_CHUNK)
 IDENT_CHUNK = 8192
-
-
-class GalleryError(MetaembError):
-    """A missing, unreadable or foreign gallery, or bad enrollment/search input."""
-
-
-def model_digest(model_state: Mapping[str, Tensor]) -> str:
-    """16 hex digits of SHA-256 over a model's weights (names, dtypes, shapes and bytes): the
-    same weights give the same digest whichever file (best.pt, last.pt, a copy) holds them."""
-    h = hashlib.sha256()
-    for name in sorted(model_state):
-        t = model_state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ModelStamp:
-    """Which model a gallery belongs to; `digest` decides, the rest makes messages readable."""
-
-    digest: str
-    kind: str  # "point" or "gme"
-    dim: int
-    full: bool = False  # GME with full [d, d] precisions
-    config_hash: str = ""
-    epoch: int = -1
-    checkpoint: str = ""
-
-    @classmethod
-    def of(cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "") -> ModelStamp:
-        """The stamp of checkpoint `state` whose model produced `embeddings`."""
-        kind, dim, full = _describe(embeddings)
-        return cls(
-            digest=model_digest(state["model"]),
-            kind=kind,
-            dim=dim,
-            full=full,
-            config_hash=str(state.get("config_hash", "")),
-            epoch=int(state.get("epoch", -1)),
-            checkpoint=checkpoint,
-        )
-
-    def describe(self) -> str:
-        bits = [f"weights {self.digest}", f"config {self.config_hash or '?'}"]
-        if self.epoch >= 0:
-            bits.append(f"epoch {self.epoch}")
-        if self.checkpoint:
-            bits.append(f"'{self.checkpoint}'")
-        return ", ".join(bits)
-
-
-def _describe(x: Any) -> tuple[str, int, bool]:
-    if isinstance(x, GME):
-        return "gme", x.dim, x.full
-    if isinstance(x, Tensor) and x.dim() == 2 and x.is_floating_point():
-        return "point", int(x.shape[1]), False
-    raise GalleryError(
-        f"embeddings must be a [N, dim] float tensor or a GME, got {type(x).__name__}"
-        + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else "")
-    )
-
-
-def _parts(x: Any) -> dict[str, Tensor]:
-    """Embeddings → the named CPU tensors stored for them."""
-    if isinstance(x, GME):
-        return {"a": x.a.detach().cpu().float(), "b": x.b.detach().cpu().float()}
-    return {"embeddings": x.detach().cpu().float()}
 
 
 @dataclass
@@ -201,7 +133,7 @@ class Gallery:
             )
 
     def check_embeddings(self, x: Any, what: str = "probes") -> None:
-        kind, dim, _ = _describe(x)
+        kind, dim, _ = embedding_kind(x)
         if (kind, dim) != (self.stamp.kind, self.stamp.dim):
             raise GalleryError(
                 f"this gallery belongs to another model: {what} are {kind} embeddings of "
@@ -226,7 +158,7 @@ class Gallery:
         srcs = [str(s) for s in sources] if sources is not None else [""] * n
         if len(srcs) != n:
             raise GalleryError(f"got {n} embeddings but {len(srcs)} sources for '{identity}'")
-        if not all(bool(torch.isfinite(v).all()) for v in _parts(embeddings).values()):
+        if not all(bool(torch.isfinite(v).all()) for v in stored_parts(embeddings).values()):
             raise GalleryError(f"embeddings for '{identity}' contain NaN or infinite values.")
         pos, known = self._lookup()
         keep: list[int] = []
@@ -249,7 +181,7 @@ class Gallery:
             self.identities.append(identity)
         known.update(dict.fromkeys(seen, identity))
         idx = torch.tensor(keep, dtype=torch.long)
-        for k, v in _parts(embeddings).items():
+        for k, v in stored_parts(embeddings).items():
             self.data[k] = torch.cat([self.data[k], v[idx]])
         owner_t = torch.full((len(keep),), pos[identity], dtype=torch.long)
         self.owner = torch.cat([self.owner, owner_t])
@@ -297,7 +229,7 @@ class Gallery:
             "sources": list(self.sources),
             "owner": self.owner,
             "samples": dict(self.data),
-            "pooled": {**_parts(pooled), "counts": counts},
+            "pooled": {**stored_parts(pooled), "counts": counts},
         }
         buf = io.BytesIO()
         torch.save(payload, buf)

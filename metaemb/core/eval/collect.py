@@ -16,7 +16,7 @@ from metaemb.core.eval.retrieval import Collection
 
 
 def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
-    from metaemb.core.deploy.gallery import model_digest
+    from metaemb.core.deploy.stamp import model_digest
 
     cfg = loaded.config
     return {

@@ -1,0 +1,79 @@
+"""Which model a gallery or an embeddings file belongs to: a digest of the weights that
+embedded it, and the kind and size of the embeddings (point or Gaussian meta-embedding)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaemb.core.errors import GalleryError
+from metaemb.core.gme.algebra import GME
+
+
+def model_digest(model_state: Mapping[str, Tensor]) -> str:
+    """16 hex digits of SHA-256 over a model's weights (names, dtypes, shapes and bytes): the
+    same weights give the same digest whichever file (best.pt, last.pt, a copy) holds them."""
+    h = hashlib.sha256()
+    for name in sorted(model_state):
+        t = model_state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """Which model a gallery belongs to; `digest` decides, the rest makes messages readable."""
+
+    digest: str
+    kind: str  # "point" or "gme"
+    dim: int
+    full: bool = False  # GME with full [d, d] precisions
+    config_hash: str = ""
+    epoch: int = -1
+    checkpoint: str = ""
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "") -> ModelStamp:
+        """The stamp of checkpoint `state` whose model produced `embeddings`."""
+        kind, dim, full = embedding_kind(embeddings)
+        return cls(
+            digest=model_digest(state["model"]),
+            kind=kind,
+            dim=dim,
+            full=full,
+            config_hash=str(state.get("config_hash", "")),
+            epoch=int(state.get("epoch", -1)),
+            checkpoint=checkpoint,
+        )
+
+    def describe(self) -> str:
+        bits = [f"weights {self.digest}", f"config {self.config_hash or '?'}"]
+        if self.epoch >= 0:
+            bits.append(f"epoch {self.epoch}")
+        if self.checkpoint:
+            bits.append(f"'{self.checkpoint}'")
+        return ", ".join(bits)
+
+
+def embedding_kind(x: Any) -> tuple[str, int, bool]:
+    if isinstance(x, GME):
+        return "gme", x.dim, x.full
+    if isinstance(x, Tensor) and x.dim() == 2 and x.is_floating_point():
+        return "point", int(x.shape[1]), False
+    raise GalleryError(
+        f"embeddings must be a [N, dim] float tensor or a GME, got {type(x).__name__}"
+        + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else "")
+    )
+
+
+def stored_parts(x: Any) -> dict[str, Tensor]:
+    """Embeddings → the named CPU tensors stored for them."""
+    if isinstance(x, GME):
+        return {"a": x.a.detach().cpu().float(), "b": x.b.detach().cpu().float()}
+    return {"embeddings": x.detach().cpu().float()}
