@@ -394,3 +394,133 @@ def test_device_and_worker_typos_are_refused_plainly(capsys, tmp_path):
         ["embed", tmp_path, tmp_path, "--out", "e.pt", "--workers", "-1"], capsys
     )
     assert code == 2 and "Traceback" not in err and "workers" in err
+
+
+class NumpySpec(SeriesFeatures):
+    """The mistake: a numpy scalar in input_spec (saved, but never loadable)."""
+
+    def input_spec(self):
+        return {"kind": "series", "scale": np.float32(1.0)}
+
+
+class NoLengths(SeriesFeatures):
+    """The mistake: pads, but returns lengths None."""
+
+    def collate(self, items):
+        return super().collate(items)[0], None
+
+
+class ListLengths(SeriesFeatures):
+    def collate(self, items):
+        batch, lengths = super().collate(items)
+        return batch, lengths.tolist()
+
+
+class ListPrepare(SeriesFeatures):
+    def prepare(self, raw, train):
+        return super().prepare(raw, train).tolist()
+
+
+class DoubleOut(ConvNet):
+    """The mistake: returns float64 (the head's BatchNorm would fail deep in torch)."""
+
+    def forward(self, x, lengths=None):
+        return super().forward(x, lengths).double()
+
+
+class Required(ConvNet):
+    def __init__(self, hidden: int, in_channels: int = 3) -> None:
+        super().__init__(in_channels, hidden)
+
+
+class SeededNet(ConvNet):
+    """The mistake: a reserved name as an option (metaemb never passes `seed` to a backbone)."""
+
+    def __init__(self, in_channels: int = 3, width: int = 8, seed: int = 0) -> None:
+        super().__init__(in_channels, width)
+
+
+class MistakesPlugin:
+    @metaemb.hookimpl
+    def register_features(self, register):
+        for name, cls in [("npspec", NumpySpec), ("nolengths", NoLengths),
+                          ("listlengths", ListLengths), ("listprepare", ListPrepare)]:  # fmt: skip
+            register(name, cls)
+
+    @metaemb.hookimpl
+    def register_backbones(self, register):
+        for name, cls in [("doubleout", DoubleOut), ("required", Required), ("seeded", SeededNet)]:
+            register(name, cls)
+
+    @metaemb.hookimpl
+    def register_modalities(self, register):
+        typo = Modality(name="typo", description="a typo", sample_folder="series",
+                        features="series", backbone="conv",
+                        options={"backbone": {"conv": {"widht": 4}}},
+                        defaults={"train.epochs": 1, "model.dim": 8})  # fmt: skip
+        register("typo", typo)
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragments"),
+    [
+        (
+            ["model.features=npspec"],
+            ["features 'npspec' (plugin 'mistakes')", "input_spec()['scale'] is a numpy.float32"],
+        ),
+        (["model.features=nolengths"], ["features NoLengths", "collate returned lengths None"]),
+        (["model.features=listlengths"], ["collate returned lengths as list", "int64 tensor"]),
+        (["model.features=listprepare"], ["features ListPrepare: prepare returned a list"]),
+        (
+            ["model.backbone=doubleout"],
+            ["backbone 'doubleout' (plugin 'mistakes') returned a torch.float64 tensor"],
+        ),
+        (
+            ["model.backbone=required"],
+            ["backbone 'required' needs the option 'hidden'", "--set backbone.hidden=VALUE"],
+        ),
+        (["model.backbone=seeded", "backbone.seed=3"], ["'seed' is a reserved name"]),
+        (["model.backbone=required", "backbone.hidden=4"], []),  # a required option, given
+    ],
+)
+def test_contract_mistakes_of_a_new_data_kind(plugin, tmp_path, series, capsys, sets, fragments):
+    with plugins.plugin_registered(MistakesPlugin(), "mistakes"):
+        code, _, err = train(tmp_path, series, capsys, *sets)
+    message = " ".join(err.split())
+    assert "Traceback" not in err and (code == 0) == (not fragments), err
+    for fragment in fragments:
+        assert fragment in message, message
+    runs = list((tmp_path / "runs" / "series").glob("*/last.pt"))
+    assert len(runs) == (0 if fragments else 1)  # refused before any checkpoint
+
+
+def test_a_modalitys_own_option_mistake_names_the_modality(plugin, tmp_path, series, capsys):
+    typo = r"modality 'typo' \(plugin 'mistakes'\) sets option 'backbone.widht'.*mean 'width'"
+    with (
+        plugins.plugin_registered(MistakesPlugin(), "mistakes"),
+        pytest.raises(ConfigError, match=typo),
+    ):
+        resolve("typo", sets=[f"data.root={str(series)!r}"])
+
+
+def test_a_misspelt_hook_name_is_reported(monkeypatch):
+    class WrongHook:
+        @metaemb.hookimpl
+        def register_backbone(self, register):  # the hook is register_backbones
+            register("never", ConvNet)
+
+    monkeypatch.delenv("METAEMB_STRICT_PLUGINS", raising=False)
+    plugins.reset()
+    wrong = r"plugin 'w\w*' implements 'register_backbone', which is not a metaemb hook"
+    try:
+        hint = ".*did you mean 'register_backbones'"
+        with (
+            pytest.warns(UserWarning, match=wrong + hint),
+            plugins.plugin_registered(WrongHook(), "wrong"),
+        ):
+            pass
+        monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+        with pytest.raises(PluginError, match=wrong), plugins.plugin_registered(WrongHook(), "w"):
+            pass
+    finally:
+        plugins.reset()

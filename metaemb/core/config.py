@@ -351,9 +351,18 @@ def resolve(
         wildcard = {
             k: v for k, v in mod_options.get(section, {}).get("*", {}).items() if k in known
         }
-        opts = _merge(_merge(wildcard, mod_options.get(section, {}).get(name, {})), user)
+        own = mod_options.get(section, {}).get(name, {})
+        unknown = [k for k in own if k not in known and k not in user]
+        if unknown:  # the modality's mistake, not the user's: say whose
+            raise ConfigError(
+                f"modality '{modality}' (plugin '{registry('modalities').entry(modality).plugin}')"
+                f" sets option '{section}.{unknown[0]}' for {section} '{name}', which has no "
+                f"such option;{suggest(unknown[0], known)} valid keys: "
+                f"{', '.join(sorted(known)) or '(none)'}. Fix the modality's options."
+            )
+        opts = validate_options(kind, name, _merge(_merge(wildcard, own), user), section)
         if opts:
-            cfg.components[section] = validate_options(kind, name, opts, section)
+            cfg.components[section] = opts
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg

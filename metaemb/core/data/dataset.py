@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
 
@@ -85,7 +85,7 @@ class PreparedDataset(Dataset):
                 raw = self.frontend(raw, sample.path, self.folder.root)
                 with torch.no_grad():
                     x = self.features.prepare(raw, self.train)
-            x = checked_values(x)
+            x = checked_values(x, self.features)
         except DataError as exc:
             exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":
@@ -118,10 +118,15 @@ class PreparedDataset(Dataset):
         return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
 
 
-def checked_values(x: Any) -> Any:
+def checked_values(x: Any, features: Any = None) -> Any:
     """A prepared sample as the network takes it: float64 narrowed to float32 (the network's
     precision), and NaN or inf refused here, where the file is known, not as a diverged loss."""
-    if isinstance(x, Tensor) and x.is_floating_point():
+    if not isinstance(x, Tensor):  # a list or numpy array would also skip the NaN check below
+        raise ConfigError(
+            f"features {type(features).__name__}: prepare returned a {type(x).__name__}; it "
+            "must return one torch.Tensor without batch dimension (e.g. torch.as_tensor(...))."
+        )
+    if x.is_floating_point():
         if x.dtype == torch.float64:
             x = x.float()
         if not torch.isfinite(x).all():
@@ -173,10 +178,39 @@ class Collate:
             return Batch(
                 torch.zeros(0), None, torch.zeros(0, dtype=torch.long), torch.zeros(0), bad
             )
-        inputs, lengths = self.features.collate([g[0] for g in good])
+        items = [g[0] for g in good]
+        inputs, lengths = checked_batch(self.features.collate(items), items, self.features)
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
         indices = torch.tensor([g[2] for g in good], dtype=torch.long)
         return Batch(inputs, lengths, labels, indices, bad)
+
+
+def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Tensor, Any]:
+    """What `Features.collate` returned, refused by name when it breaks the contract: a
+    [N, …] tensor, and lengths None (items all one shape) or an integer tensor [N]."""
+    name, n = f"features {type(features).__name__}", len(items)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
+        raise ConfigError(f"{name}: collate must return (batch tensor, lengths or None); it "
+                          f"returned a {type(out).__name__}.")  # fmt: skip
+    batch, lengths = out
+    if batch.dim() == 0 or batch.shape[0] != n:
+        raise ConfigError(f"{name}: collate returned a batch of shape {list(batch.shape)} for "
+                          f"{n} items; its first axis must be the {n} items.")  # fmt: skip
+    if lengths is None:
+        if len({tuple(x.shape) for x in items}) > 1:
+            raise ConfigError(
+                f"{name}: prepare gave items of different shapes (e.g. {list(items[0].shape)} "
+                f"and {list(max(items, key=lambda x: x.numel()).shape)}) and collate returned "
+                "lengths None: pad them and return their valid lengths along the last axis as "
+                "an int64 tensor [N], so the network can mask the padding."
+            )
+    elif not (isinstance(lengths, Tensor) and lengths.shape == (n,)
+              and not lengths.is_floating_point() and lengths.dtype != torch.bool):  # fmt: skip
+        got = f"shape {list(lengths.shape)}, {lengths.dtype}" if isinstance(lengths, Tensor) else (
+            type(lengths).__name__)  # fmt: skip
+        raise ConfigError(f"{name}: collate returned lengths as {got}; they must be an int64 "
+                          f"tensor [{n}] (torch.tensor(lengths, dtype=torch.long)).")  # fmt: skip
+    return batch, lengths
 
 
 def make_loader(

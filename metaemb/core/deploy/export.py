@@ -101,6 +101,14 @@ def input_kind(spec: dict[str, Any]) -> ExportAdapter:
     """The export adapter registered for the features' input kind."""
     kind = spec.get("kind")
     reg = registry("export_adapters")
+    if kind is None:
+        raise ExportError(
+            "this model's features declare no input kind: their input_spec() has no 'kind' "
+            "key, which names the export adapter that makes example inputs and wraps the "
+            f"model (known: {', '.join(reg.names()) or 'none'}). Return "
+            "{'kind': NAME, ...} from input_spec() and register an adapter of that name "
+            "(see register_export_adapters in docs/plugins.md)."
+        )
     if kind not in reg:
         known = ", ".join(reg.names()) or "none"
         raise ExportError(

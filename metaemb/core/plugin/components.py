@@ -189,6 +189,13 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def _parameters(factory: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(_callable(factory)).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
 def _typename(typ: Any) -> str:
     """How a type reads in a message: `int | None`, `true or false or one of 'a', 'b'`."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
@@ -217,6 +224,13 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
     for key, value in options.items():
         if key not in known:
             valid = ", ".join(sorted(known)) or "(none)"
+            if key in CONTEXT_NAMES and key in _parameters(factory):
+                raise ConfigError(
+                    f"'{section}.{key}' cannot be set: '{key}' is a reserved name, which "
+                    f"metaemb passes to components itself where it has one, so {label}'s "
+                    f"parameter '{key}' is never an option (its plugin should rename it; "
+                    f"docs/plugins.md lists the reserved names). Valid keys: {valid}."
+                )
             raise ConfigError(
                 f"unknown config key '{section}.{key}' for {label};"
                 f"{suggest(key, known)} valid keys: {valid}."
@@ -225,6 +239,13 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
             out[key] = validate_part(parts[key], value, known[key].default, f"{section}.{key}")
         else:
             out[key] = coerce(value, known[key].type, f"config key '{section}.{key}'")
+    for key, opt in known.items():
+        if opt.default is _EMPTY and key not in options:
+            raise ConfigError(
+                f"{label} needs the option '{key}', which has no default: set it (--set "
+                f"{section}.{key}=VALUE, or in the config file), or give the parameter a "
+                "default in its plugin."
+            )
     return out
 
 

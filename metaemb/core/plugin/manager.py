@@ -25,7 +25,7 @@ from typing import Any
 
 import pluggy
 
-from metaemb.core.errors import PluginError
+from metaemb.core.errors import PluginError, suggest
 from metaemb.core.plugin import hookspecs
 from metaemb.core.plugin.registry import KINDS, Registry
 
@@ -93,6 +93,26 @@ class PluginState:
                 continue
             dist = getattr(ep, "dist", None)
             self.versions[ep.name] = getattr(dist, "version", None) or "unknown"
+        self.check_hook_names(strict)
+
+    def check_hook_names(self, strict: bool) -> None:
+        """A hook implementation whose name no hookspec declares is never called: say so
+        (pluggy accepts it silently), with the closest hook name."""
+        specs = [n for n, c in vars(self.pm.hook).items() if getattr(c, "has_spec", None)
+                 and c.has_spec()]  # fmt: skip
+        for name, caller in sorted(vars(self.pm.hook).items()):
+            if not hasattr(caller, "get_hookimpls") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                message = (f"plugin '{impl.plugin_name}' implements '{name}', which is not a "
+                           f"metaemb hook, so it is never called;{suggest(name, specs)} The "
+                           "hooks are listed in docs/plugins.md")  # fmt: skip
+                if strict:
+                    raise PluginError(message + ".")
+                warnings.warn(message + " (set METAEMB_STRICT_PLUGINS=1 to make this fatal).",
+                              stacklevel=3)  # fmt: skip
 
     def add_plugin_hookspecs(self, plugin: object) -> None:
         """Add the hookspecs (and component kinds) a plugin declares in `metaemb_hookspecs`."""
@@ -260,6 +280,7 @@ def plugin_registered(plugin: object, name: str) -> Iterator[None]:
     st.add_plugin_hookspecs(plugin)
     st.versions[name] = "in-process"
     st.invalidate()
+    st.check_hook_names(_strict())
     try:
         yield
     finally:

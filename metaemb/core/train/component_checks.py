@@ -109,6 +109,12 @@ def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | N
                 f"features [batch, feature_dim] = [{len(f)}, {dim}] (pool over time or space, "
                 "and set feature_dim to the pooled size)."
             )
+        if pooled.dtype != f.dtype:
+            raise ConfigError(
+                f"{backbone_name} returned {_describe(pooled)} from {f.dtype} features; the "
+                f"head and the objective expect the features' dtype: return {f.dtype} (build "
+                "the layers in the default dtype and do not convert the output)."
+            )
         _warn_if_padding_leaks(model, backbone, config, x, lengths, pooled, flen)
 
 
@@ -139,6 +145,43 @@ def _warn_if_padding_leaks(
         "valid steps only); see docs/plugins.md, 'Testing a plugin'.",
         stacklevel=3,
     )
+
+
+PLAIN = (str, int, float, bool, type(None))
+
+
+def _not_plain(value: Any, where: str) -> str | None:
+    """Where `value` holds something a checkpoint cannot carry (numpy scalars, paths, objects:
+    checkpoints are read with torch.load(weights_only=True), which refuses them)."""
+    if type(value) in PLAIN or isinstance(value, Tensor):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for i, v in enumerate(value) if (p := _not_plain(v, f"{where}[{i}]"))), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"{where} has a key {k!r} of type {type(k).__name__}"
+            if p := _not_plain(v, f"{where}[{k!r}]"):
+                return p
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__name__}"
+
+
+def check_input_spec(features: Any, config: Config) -> None:
+    """input_spec() travels in every checkpoint: refuse, before training, what could be saved
+    but never loaded back."""
+    spec = features.input_spec()
+    problem = (
+        _not_plain(spec, "input_spec()")
+        if isinstance(spec, dict)
+        else f"input_spec() returned a {type(spec).__name__}, not a dict"
+    )
+    if problem:
+        raise ConfigError(
+            f"{component(config, 'features')}: {problem}; it is saved in every checkpoint, "
+            "which holds plain values only (str, int, float, bool, None, lists and dicts of "
+            "them, tensors): convert it (float(x), str(path))."
+        )
 
 
 def check_loss(loss: Any, config: Config) -> None:
