@@ -173,7 +173,9 @@ def distill(
         Path, typer.Option(help="teacher run, checkpoint, or pretrained backbone (dlib-resnet)")
     ],
     student: Annotated[str, typer.Option(help="student backbone, e.g. mobilenet_v3_small")],
-    modality: Annotated[str, typer.Option()] = "face",
+    modality: Annotated[
+        str | None, typer.Option(help="default: the teacher run's modality, else face")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
     kd: Annotated[str, typer.Option(help="embedding or logits")] = "embedding",
     set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
@@ -198,8 +200,21 @@ def distill(
 
         dim = int(getattr(registry("backbones").get(str(teacher)), "feature_dim", 0))
         sets += [f"objective.teacher_dim={dim}"] if dim else []
+    modality = modality or _run_modality(teacher) or "face"
     train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
           fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
+
+
+def _run_modality(run: Path) -> str | None:
+    """The modality in the config.toml of a run folder (or of a checkpoint's folder), if any."""
+    import tomllib
+
+    folder = run if run.is_dir() else run.parent
+    try:
+        value = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    return value.get("modality") if isinstance(value.get("modality"), str) else None
 
 
 def evaluate(

@@ -423,3 +423,19 @@ def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices
             assert scorer.adapt(emb)
         np.testing.assert_allclose(results[flag][1][1], scorer.score(e, t).numpy(), atol=1e-5)
     assert np.abs(results["--adapt"][1][1] - results["--no-adapt"][1][1]).max() > 1e-3
+
+
+def test_loose_audio_files_embed_as_themselves(voices, tmp_path):
+    """`embed RUN a.wav b.wav` gives those files' embeddings (the audio folder once ignored the
+    samples it was given, rescanned its root and returned its first files' embeddings)."""
+    data, run, _ = voices
+    assert run_cli(["embed", run, data, "--out", tmp_path / "all.pt", "--workers", "0"])[0] == 0
+    files = sorted(data.glob("*/*/*.wav"))[5:12:3]
+    code, _, err = run_cli(["embed", run, *files, "--out", tmp_path / "few.pt", "--workers", "0"])
+    assert code == 0, err
+    every = torch.load(tmp_path / "all.pt", weights_only=True)
+    few = torch.load(tmp_path / "few.pt", weights_only=True)
+    by_path = dict(zip(every["paths"], every["embeddings"], strict=True))
+    for f, e in zip(files, few["embeddings"], strict=True):
+        want = by_path[f.relative_to(data).as_posix()]
+        assert torch.allclose(e, want, atol=1e-5), f

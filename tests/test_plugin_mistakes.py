@@ -4,6 +4,7 @@ named instead of a tensor error from deep inside PyTorch or a silently wrong num
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -204,7 +205,10 @@ def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
         warnings.simplefilter("error", UserWarning)  # masks its padding: no leak warning
         code, _, err = train(tmp_path, series, capsys)
     assert code == 0, err
-    assert (next((tmp_path / "runs" / "series").glob("run-*")) / "best.pt").exists()
+    run = next((tmp_path / "runs" / "series").glob("run-*"))
+    assert (run / "best.pt").exists()
+    # No baseline_name: named after the default baseline it used (sequences: mean+std).
+    assert json.loads((run / "baseline.json").read_text())["name"] == "input mean+std over time"
 
 
 @pytest.mark.parametrize(
@@ -468,7 +472,10 @@ class MistakesPlugin:
             ["model.features=npspec"],
             ["features 'npspec' (plugin 'mistakes')", "input_spec()['scale'] is a numpy.float32"],
         ),
-        (["model.features=nolengths"], ["features NoLengths", "collate returned lengths None"]),
+        (
+            ["model.features=nolengths"],
+            ["features NoLengths", "collate padded them and returned lengths None"],
+        ),
         (["model.features=listlengths"], ["collate returned lengths as list", "int64 tensor"]),
         (["model.features=listprepare"], ["features ListPrepare: prepare returned a list"]),
         (

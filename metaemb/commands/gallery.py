@@ -35,13 +35,23 @@ def enroll_folder(
     """Enroll every identity folder of `data` (or the named ones) into `gallery`, creating or
     extending it → identity: (samples added, samples enrolled). Samples already enrolled (same
     file) are not embedded again, so re-running is harmless."""
-    from metaemb.core.deploy.gallery import Gallery, open_gallery
-    from metaemb.core.deploy.stamp import ModelStamp
-    from metaemb.core.errors import DataError, suggest
     from metaemb.core.paths import ensure_writable
+    from metaemb.core.runs import FileLock
 
     ensure_writable(gallery, "gallery file")
     loaded, digest = _load(checkpoint, data, device)
+    with FileLock(gallery, "gallery"):  # read, extend and save as one step
+        return _enroll(loaded, digest, checkpoint, gallery, identities, workers)
+
+
+def _enroll(
+    loaded: Any, digest: str, checkpoint: Path, gallery: Path, identities: list[str] | None,
+    workers: int,
+) -> dict[str, tuple[int, int]]:  # fmt: skip
+    from metaemb.core.deploy.gallery import Gallery, open_gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import DataError, GalleryError, suggest
+
     g = open_gallery(gallery, digest, f"checkpoint '{checkpoint}'")
     folder = loaded.parts.folder
     if identities:
@@ -55,6 +65,14 @@ def enroll_folder(
         folder = folder.subset(identities)
     sources = [str((folder.root / s.path).resolve()) for s in folder.samples]
     enrolled = set(g.sources) if g is not None else set()
+    for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
+        owner = g.enrolled_as(source) if g is not None else None
+        if owner is not None and owner != folder.samples[i].identity:
+            raise GalleryError(
+                f"'{source}' is already enrolled as '{owner}', not "
+                f"'{folder.samples[i].identity}'; remove '{owner}' first if it was enrolled "
+                "under the wrong name."
+            )
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
     if todo:

@@ -55,17 +55,13 @@ def make(
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.trial_generation import coverage, make_trials
     from metaemb.core.eval.trials import check_listable, write_trials
-    from metaemb.core.paths import ensure_writable
+    from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
 
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
     ensure_writable(out, "trial list")
-    if out.exists() and out.resolve().is_relative_to(data.resolve()):
-        raise MetaembError(
-            f"--out '{out}' is a file inside the data folder '{data}'; a trial list written "
-            "there would replace it. Choose a path outside the data folder."
-        )
+    refuse_replacing_data_file(out, data, "trial list")
     from metaemb.core.config import parse_set
     from metaemb.core.plugin.components import validate_options
 

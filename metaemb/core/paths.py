@@ -92,6 +92,12 @@ def _check_parents(path: Path, what: str) -> None:
         )
 
 
+def default_cache_dir() -> Path:
+    """$METAEMB_CACHE, else ~/.cache/metaemb (demo data, frontend caches, manifests); an empty
+    variable counts as unset, not as the working directory."""
+    return Path(os.environ.get("METAEMB_CACHE") or Path.home() / ".cache" / "metaemb")
+
+
 def refuse_inside(out: str | Path, root: str | Path | None, what: str) -> None:
     """An output folder inside a data folder would add its files to the data (a plot becomes a
     sample): refuse it before anything is written."""
@@ -102,6 +108,17 @@ def refuse_inside(out: str | Path, root: str | Path | None, what: str) -> None:
         raise OutputError(
             f"the {what} '{out}' is inside the data folder '{root}'; what is written there would "
             "be read back as data. Choose a folder outside it."
+        )
+
+
+def refuse_replacing_data_file(out: str | Path, root: str | Path, what: str) -> None:
+    """An output file that already exists inside the data folder being read is part of the
+    data (its landmark file, its trial list): refuse to replace it."""
+    out = Path(out)
+    if out.exists() and Path(root).is_dir() and out.resolve().is_relative_to(Path(root).resolve()):
+        raise OutputError(
+            f"the {what} '{out}' is an existing file inside the data folder '{root}'; writing "
+            "there would replace part of the data. Choose a path outside the data folder."
         )
 
 
@@ -127,7 +144,9 @@ def is_run_checkpoint(path: Path) -> bool:
     return is_ckpt and path.is_file() and (path.parent / "config.toml").is_file()
 
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "train.log", "baseline.json", "skipped.txt")
+RUN_FILES = (
+    "config.toml", "metrics.jsonl", "train.log", "baseline.json", "skipped.txt", "training.png",
+)  # fmt: skip
 SAMPLE_SUFFIXES = frozenset(
     [
         ".png",
@@ -176,6 +195,17 @@ def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def _is_our_plot(path: Path) -> bool:
+    """A PNG that metaemb drew (it carries our Software tag): a new plot may replace it."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == "metaemb"
+    except Exception:  # not an image PIL reads: not ours
+        return False
+
+
 def _refuse_replacing_an_input(path: Path, what: str) -> None:
     """An output never replaces what metaemb reads: a run's own files, a checkpoint, a gallery
     or collection (unless the output is one), or a data sample."""
@@ -191,7 +221,7 @@ def _refuse_replacing_an_input(path: Path, what: str) -> None:
             f"the {what} '{path}' is the run's own {path.name} in '{path.parent}'; writing there "
             "would damage the run. Choose another output path."
         )
-    if path.suffix.lower() in SAMPLE_SUFFIXES and what != "plot":
+    if path.suffix.lower() in SAMPLE_SUFFIXES and not (what == "plot" and _is_our_plot(path)):
         raise OutputError(
             f"the {what} '{path}' is an existing {path.suffix} file (a data sample or a probe?); "
             f"writing the {what} there would replace it. Choose another output path."

@@ -335,3 +335,20 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class FileLock(RunLock):
+    """An exclusive lock on one output file that a command reads, extends and rewrites (a
+    gallery): `.<name>.lock` beside it, so two writers never drop each other's additions."""
+
+    def __init__(self, target: Path, what: str) -> None:
+        super().__init__(Path(target).parent)
+        self.target, self.what = Path(target), what
+        self.path = self.target.parent / f".{self.target.name}.lock"
+
+    def _refuse(self, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "another process"
+        raise RunInProgress(
+            f"{self.what} '{self.target}' is being written by {who}; wait for it to finish, "
+            "then run this again (its additions and yours would otherwise overwrite each other)."
+        )

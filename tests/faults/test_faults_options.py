@@ -288,3 +288,13 @@ def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, face_run, f
         expect_error(["plot", face_run, *flag, "--out", tmp_path / "p"], capsys,
                      f"{flag[0]} shapes the embedding map, which needs --embeddings")  # fmt: skip
     assert not list(face_run.glob("*.torchscript.pt"))
+
+
+def test_distill_takes_the_teacher_runs_modality(tmp_path):
+    from metaemb.cli import _run_modality
+
+    run = tmp_path / "run-1"
+    run.mkdir()
+    (run / "config.toml").write_text('name = "run"\nmodality = "speaker"\n')
+    assert _run_modality(run) == _run_modality(run / "best.pt") == "speaker"
+    assert _run_modality(tmp_path) is None  # not a run: distill falls back to face

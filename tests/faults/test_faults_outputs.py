@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 from faults_helpers import expect_error
@@ -288,3 +289,80 @@ def test_resume_refuses_a_data_folder_that_changed(tmp_path, faces):
     trainer.parts.folder = build("sample_folders", "image", {}, root=data)
     with pytest.raises(MetaembError, match=r"changed since the run started.*--fresh"):
         check_same_data(trainer, state)
+
+
+def test_third_audit_outputs_and_inputs(tmp_path, faces, face_run, capsys, monkeypatch):
+    import shutil
+
+    from PIL import Image
+
+    from metaemb.core.paths import default_cache_dir
+    from metaemb.core.runs import FileLock, RunInProgress
+
+    # A dataset's own landmark file is never replaced by `landmarks --out`.
+    before = (faces / "landmarks.csv").read_bytes()
+    expect_error(["landmarks", faces, "--out", faces / "landmarks.csv", "--workers", "0"],
+                 capsys, "existing file inside the data folder")  # fmt: skip
+    assert (faces / "landmarks.csv").read_bytes() == before
+    # lr-find --out: a photo or a run's training.png is refused; a plot of ours is not an input.
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), "red").save(photo)
+    photo_bytes = photo.read_bytes()
+    ours = tmp_path / "ours.png"
+    Image.new("RGB", (8, 8)).save(ours, pnginfo=_software("metaemb"))
+    for out, text in [(photo, "existing .png file"), (face_run / "training.png", "run's own")]:
+        if out.name == "training.png" and not out.exists():
+            out.write_bytes(photo.read_bytes())
+        expect_error(["lr-find", "--data", faces, "--out", out, "--steps", "5"], capsys, text)
+    assert photo.read_bytes() == photo_bytes
+    ensure_writable(ours, "plot")  # replacing our own earlier plot is fine
+    # An empty METAEMB_CACHE is unset, not the working directory.
+    monkeypatch.setenv("METAEMB_CACHE", "")
+    assert default_cache_dir() == Path.home() / ".cache" / "metaemb"
+    monkeypatch.delenv("METAEMB_CACHE")
+    # Two writers of one gallery: the second is refused while the first holds it.
+    gallery = tmp_path / "g.pt"
+    with FileLock(gallery, "gallery"), pytest.raises(RunInProgress, match="being written by pid"):
+        FileLock(gallery, "gallery").acquire()
+    # The same files enrolled again under another name are refused, not skipped.
+    assert run_cli(["enroll", face_run, "--gallery", gallery, "--data", faces,
+                    "--identities", "id0001", "--workers", "0"], capsys)[0] == 0  # fmt: skip
+    other = tmp_path / "other"
+    shutil.copytree(faces / "id0001", other / "carol")
+    (other / "carol").rename(other / "carol-copy")  # a copy is another file: only the link
+    (other / "carol").symlink_to(faces / "id0001")  # names the enrolled files themselves
+    expect_error(["enroll", face_run, "--gallery", gallery, "--data", other, "--identities",
+                  "carol", "--workers", "0"], capsys, "is already enrolled as 'id0001', not 'carol'")  # fmt: skip
+
+
+def _software(name):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", name)
+    return info
+
+
+def test_evaluate_refuses_a_validation_split_of_changed_data(tmp_path, faces, capsys):
+    import shutil
+
+    from faults_helpers import train_tiny
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    assert train_tiny(data, tmp_path / "runs")[0] == 0
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    shutil.rmtree(data / "id0005")
+    expect_error(["evaluate", run, "--out", tmp_path / "ev", "--workers", "0"], capsys,
+                 "changed since the run trained on it", "--trials")  # fmt: skip
+    assert not (tmp_path / "ev").exists()
+
+
+def test_trial_lists_refuse_paths_starting_with_a_hash(tmp_path, faces, capsys):
+    import shutil
+
+    data = tmp_path / "names"
+    shutil.copytree(faces / "id0000", data / "#hash")
+    shutil.copytree(faces / "id0001", data / "alice")
+    expect_error(["trials", "make", data, "--out", tmp_path / "t.txt", "--format", "kaldi"],
+                 capsys, "start with '#'")  # fmt: skip

@@ -32,7 +32,7 @@ def generate_vectors(
     channel_rank: int = 4,
     channel_scale: float = 1.5,
     noise: float = 0.5,
-    seed: int = 0,
+    data_seed: int = 0,
 ) -> Path:
     """Write `out/<identity>/<k>.npy` (float32 [size]) and a manifest; idempotent and atomic.
 
@@ -54,7 +54,7 @@ def generate_vectors(
         "channel_rank": channel_rank,
         "channel_scale": channel_scale,
         "noise": noise,
-        "seed": seed,
+        "data_seed": data_seed,
     }
     manifest = out / MANIFEST
     if manifest.is_file():
@@ -68,7 +68,7 @@ def generate_vectors(
             f"'{out}' exists and is not a complete demo vectors dataset with these parameters; "
             "delete it or choose another output folder."
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(data_seed)
     mean = rng.normal(0.0, 1.0, size)
     load_id = rng.normal(0.0, 1.0 / np.sqrt(id_rank), (size, id_rank))
     load_ch = rng.normal(0.0, channel_scale / np.sqrt(max(channel_rank, 1)), (size, channel_rank))
@@ -92,3 +92,6 @@ def generate_vectors(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+generate_vectors.version = VERSION  # part of the demo cache key: a bump regenerates

@@ -38,19 +38,19 @@ def test_every_component_is_registered_under_the_plugin(vectors_plugin):
 
 
 def test_demo_data_is_deterministic_idempotent_and_refuses_foreign_folders(tmp_path):
-    a = generate_vectors(tmp_path / "a", identities=3, per_identity=2, size=5, seed=1)
-    b = generate_vectors(tmp_path / "b", identities=3, per_identity=2, size=5, seed=1)
+    a = generate_vectors(tmp_path / "a", identities=3, per_identity=2, size=5, data_seed=1)
+    b = generate_vectors(tmp_path / "b", identities=3, per_identity=2, size=5, data_seed=1)
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.npy"))
     assert files == ["id0/000.npy", "id0/001.npy", "id1/000.npy", "id1/001.npy", "id2/000.npy",
                      "id2/001.npy"]  # fmt: skip
     for f in files:
         assert np.array_equal(np.load(a / f), np.load(b / f))
-    assert json.loads((a / MANIFEST).read_text())["seed"] == 1
+    assert json.loads((a / MANIFEST).read_text())["data_seed"] == 1
     stamp = (a / files[0]).stat().st_mtime_ns
-    generate_vectors(tmp_path / "a", identities=3, per_identity=2, size=5, seed=1)
+    generate_vectors(tmp_path / "a", identities=3, per_identity=2, size=5, data_seed=1)
     assert (a / files[0]).stat().st_mtime_ns == stamp  # left alone
     with pytest.raises(DataError, match="not a complete demo vectors dataset"):
-        generate_vectors(tmp_path / "a", identities=4, per_identity=2, size=5, seed=1)
+        generate_vectors(tmp_path / "a", identities=4, per_identity=2, size=5, data_seed=1)
 
 
 def test_identity_is_learnable_and_raw_cosine_is_a_weak_baseline(tmp_path):

@@ -187,7 +187,7 @@ class Collate:
 
 def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Tensor, Any]:
     """What `Features.collate` returned, refused by name when it breaks the contract: a
-    [N, …] tensor, and lengths None (items all one shape) or an integer tensor [N]."""
+    [N, …] tensor, and lengths None (nothing padded) or an integer tensor [N]."""
     name, n = f"features {type(features).__name__}", len(items)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
         raise ConfigError(f"{name}: collate must return (batch tensor, lengths or None); it "
@@ -196,15 +196,14 @@ def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Ten
     if batch.dim() == 0 or batch.shape[0] != n:
         raise ConfigError(f"{name}: collate returned a batch of shape {list(batch.shape)} for "
                           f"{n} items; its first axis must be the {n} items.")  # fmt: skip
-    if lengths is None:
-        if len({tuple(x.shape) for x in items}) > 1:
-            raise ConfigError(
-                f"{name}: prepare gave items of different shapes (e.g. {list(items[0].shape)} "
-                f"and {list(max(items, key=lambda x: x.numel()).shape)}) and collate returned "
-                "lengths None: pad them and return their valid lengths along the last axis as "
-                "an int64 tensor [N], so the network can mask the padding."
-            )
-    elif not (isinstance(lengths, Tensor) and lengths.shape == (n,)
+    steps = [x.shape[-1] for x in items if x.dim() > 0]
+    if lengths is None and steps and min(steps) < max(steps) == batch.shape[-1]:
+        raise ConfigError(  # padded (not cropped to a common length) without saying where
+            f"{name}: prepare gave items of {min(steps)} to {max(steps)} steps, collate padded "
+            "them and returned lengths None: return their valid lengths along the last axis as "
+            "an int64 tensor [N], so the network can mask the padding."
+        )
+    if lengths is not None and not (isinstance(lengths, Tensor) and lengths.shape == (n,)
               and not lengths.is_floating_point() and lengths.dtype != torch.bool):  # fmt: skip
         got = f"shape {list(lengths.shape)}, {lengths.dtype}" if isinstance(lengths, Tensor) else (
             type(lengths).__name__)  # fmt: skip

@@ -34,7 +34,9 @@ RACY_NS = 2_000_000_000  # directories changed within 2 s of a scan are rescanne
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb")) / "manifests"
+    from metaemb.core.paths import default_cache_dir
+
+    return default_cache_dir() / "manifests"
 
 
 def enabled() -> bool:

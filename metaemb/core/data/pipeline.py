@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,11 @@ from rich.console import Console
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.errors import ConfigError
+from metaemb.core.paths import default_cache_dir
 from metaemb.core.plugin.components import build, options_of
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
 from metaemb.core.train.model import EmbeddingModel
-
-
-def default_cache_dir() -> Path:
-    """$METAEMB_CACHE, else ~/.cache/metaemb (demo data, frontend caches); `metaemb doctor` shows it."""
-    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
 
 
 def cache_dir(config: Config) -> Path:

@@ -42,7 +42,9 @@ MAX_OPEN = 64  # open shard handles per process
 
 def default_cache() -> Path:
     """$METAEMB_CACHE, else ~/.cache/metaemb (the folder's `cache_dir` context overrides it)."""
-    return Path(os.environ.get("METAEMB_CACHE", Path.home() / ".cache" / "metaemb"))
+    from metaemb.core.paths import default_cache_dir
+
+    return default_cache_dir()
 
 
 class ShardHandles:

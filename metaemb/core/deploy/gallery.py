@@ -205,6 +205,10 @@ class Gallery:
         self._index = None
         return int((~keep).sum())
 
+    def enrolled_as(self, source: str) -> str | None:
+        """The identity a sample file (its resolved path) is enrolled under, if any."""
+        return self._lookup()[1].get(source)
+
     def _lookup(self) -> tuple[dict[str, int], dict[str, str]]:
         """(identity → index, source → identity), kept up to date by add and rebuilt after remove."""
         if self._index is None:

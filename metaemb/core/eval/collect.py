@@ -57,10 +57,13 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
             "sample_folders", cfg.data.folder, cfg.options("folder"), root=root, samples=samples
         )
     except TypeError:
-        raise DataError(
-            f"sample folder '{cfg.data.folder}' cannot read loose files; put them in an "
-            "<identity>/<sample> folder and embed the folder."
-        ) from None
+        folder = None
+    if folder is None or [s.path for s in folder.samples] != [s.path for s in samples]:
+        raise DataError(  # a folder that scans its root instead would embed other files
+            f"sample folder '{cfg.data.folder}' cannot read loose files (it does not take the "
+            "`samples` it is given); put them in an <identity>/<sample> folder and embed the "
+            "folder."
+        )
     frontend = build_frontend(cfg, root)
     loaded.data = Components(cfg, root, folder, frontend, loaded.model.features, loaded.model)
     return loaded

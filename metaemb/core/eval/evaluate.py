@@ -147,6 +147,16 @@ class Evaluation:
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
             trials, source = unseen_folder_trials(loaded, self.console)
             return TrialSet(trials, "all-identities", source)
+        from metaemb.core.train.checkpointer import data_fingerprint
+
+        saved = loaded.state.get("data_fingerprint")
+        if saved is not None and saved != data_fingerprint(loaded.parts.folder):
+            raise DataError(  # a new split would mix identities the model trained on into it
+                f"the data folder '{root}' changed since the run trained on it (now "
+                f"{len(loaded.parts.folder)} samples of {loaded.parts.folder.num_identities} "
+                "identities), so its validation split can no longer be rebuilt: restore the "
+                "data, or evaluate on a trial list (--trials) or another folder (--data)."
+            )
         _, val = validation.split(loaded.parts.folder, cfg)
         trials = validation.validation_trials(val, cfg)
         return TrialSet(trials, "validation", "the run's validation trials")

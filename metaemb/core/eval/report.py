@@ -36,9 +36,12 @@ def _pyplot() -> Any:
     return require("matplotlib.pyplot", "PNG plots", PlotsUnavailable)
 
 
+PLOT_MARK = "metaemb"  # in every PNG we write: a later plot may replace it, a photo never
+
+
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": PLOT_MARK})
     atomic_write_bytes(path, buf.getvalue())
     _pyplot().close(fig)
     return path

@@ -200,7 +200,7 @@ def join_enroll(paths: Sequence[str]) -> str:
             raise DataError(
                 f"cannot write path {p!r} in a whitespace-separated trial list: such lists "
                 "separate columns by whitespace and enrollment files by ',', so a path may not "
-                "be empty or contain spaces or ','. Rename the file or folder."
+                "be empty, contain spaces or ',', or start with '#'. Rename the file or folder."
             )
     return ",".join(paths)
 
@@ -209,8 +209,9 @@ _UNLISTABLE = re.compile(r"[\s,]")  # str.split() separators (Unicode whitespace
 
 
 def listable(path: str) -> bool:
-    """Whether `path` fits a whitespace-separated trial list (non-empty, no blank, no ',')."""
-    return bool(path) and _UNLISTABLE.search(path) is None
+    """Whether `path` fits a whitespace-separated trial list: non-empty, no blank, no ',', and
+    not starting with '#' (a Kaldi or triplet line starting with it reads as a comment)."""
+    return bool(path) and not path.startswith("#") and _UNLISTABLE.search(path) is None
 
 
 def check_listable(paths: Sequence[str], where: str) -> None:
@@ -219,9 +220,10 @@ def check_listable(paths: Sequence[str], where: str) -> None:
     if bad:
         shown = ", ".join(repr(p) for p in bad[:3]) + (" …" if len(bad) > 3 else "")
         raise DataError(
-            f"{len(bad)} sample path(s) of {where} contain spaces or ',' ({shown}); "
-            "whitespace-separated trial lists separate columns by whitespace and enrollment "
-            "files by ',', so they cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
+            f"{len(bad)} sample path(s) of {where} contain spaces or ',' or start with '#' "
+            f"({shown}); whitespace-separated trial lists separate columns by whitespace and "
+            "enrollment files by ',', and read a line starting with '#' as a comment, so they "
+            "cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
             "Training, embedding, enrollment and `evaluate` on a run's own validation trials "
             "accept such names."
         )

@@ -35,7 +35,7 @@ class Modality:
     features: str = "none"
     backbone: str = ""
     demo_data: str = ""
-    baseline_name: str = "raw input"
+    baseline_name: str = ""  # "": named after the default baseline used (raw input, mean+std)
     defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     former_options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

@@ -146,7 +146,10 @@ class Validator:
         feats = self.parts.model.features
         name = component(self.config, "features")
 
+        padded = []  # whether the default baseline pooled sequences (its name says which)
+
         def baseline_embedding(x: Any, lengths: Any = None) -> Any:
+            padded.append(lengths is not None)
             try:
                 return feats.baseline_embedding(x, lengths)
             except (TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -168,7 +171,8 @@ class Validator:
         table = self._table(out, kept)
         scores = cosine_scores(table[torch.arange(len(self.val_folder))], trials)
         rep = report(scores, trials.labels, self.config.eval.p_targets)
-        result = {"name": self.config.modality_obj().baseline_name, **rep}
+        default = "input mean+std over time" if any(padded) else "raw input"
+        result = {"name": self.config.modality_obj().baseline_name or default, **rep}
         atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
         return result
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from torch import Tensor
 
 from metaemb.core.plugin.contract import Kind, Opt
-from metaemb.core.plugin.interfaces import SampleFolder
+from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import (
     AUDIO_EXTENSIONS,
     check_rate_policy,
@@ -28,16 +28,18 @@ class AudioFolder(SampleFolder):
     extensions: ClassVar[tuple[str, ...]] = AUDIO_EXTENSIONS
     what: ClassVar[str] = "audio file"
     yields = Kind("waveform", rate=Opt("sample_rate"))
+    hash_neutral: ClassVar[dict[str, None]] = {"samples": None}  # runs from before it took them
 
     def __init__(
         self,
         root: str | Path,
         sample_rate: int = 16000,
         on_rate_mismatch: str = "resample",
+        samples: Sequence[Sample] | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
-        super().__init__(root)
+        super().__init__(root, samples)
 
     def load(self, path: Path) -> Tensor:
         return read_audio(path, self.sample_rate, self.on_rate_mismatch)

@@ -57,13 +57,14 @@ def extract_landmarks(
     workers: int = 2,
 ) -> dict[str, Any]:
     """Detect landmarks for every image of `data` with landmark source `source` → summary."""
-    from metaemb.core.paths import ensure_writable
+    from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
     from metaemb.plugins.vision.frontend import build_source
 
     suffix = out.suffix.lower()
     if suffix in (*HDF5_SUFFIXES, ".csv", ".txt"):
         ensure_writable(out, "landmark file")  # before any detection
+        refuse_replacing_data_file(out, data, "landmark file")  # e.g. the folder's own
     if suffix in HDF5_SUFFIXES:
         _h5py()  # fail before any detection work
     elif suffix not in (".csv", ".txt"):
