@@ -241,7 +241,9 @@ def evaluate(
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
     ] = None,
-    modality: Annotated[str, typer.Option(help="modality of --reference")] = "face",
+    modality: Annotated[
+        str | None, typer.Option(help="modality of --reference [default: face]")
+    ] = None,
     adapt: Annotated[
         bool,
         typer.Option(
@@ -255,6 +257,10 @@ def evaluate(
     from metaemb.core.eval.evaluate import Evaluation
 
     preloaded = None
+    if modality is not None and reference is None:
+        raise MetaembError("--modality is for --reference (a run knows its modality): leave it "
+                           "out, or score --data with --reference NAME.")  # fmt: skip
+    modality = modality or "face"
     if reference is not None:
         from metaemb.core.train.pretrained import reference_run
 

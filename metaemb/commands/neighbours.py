@@ -116,6 +116,9 @@ def neighbours(
 
     if backend not in BACKENDS:  # checked here too: without probes no search would name it
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
+    if not probe and run is not None:
+        raise MetaembError("--run is the model for probe files; without probes the collection's "
+                           "own embeddings are scored: leave --run out, or give probes.")  # fmt: skip
     if out is not None:
         ensure_writable(out, "results file")  # before any embedding
     if probe:

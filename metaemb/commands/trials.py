@@ -35,9 +35,13 @@ def make(
     nontargets: Annotated[
         int | None, typer.Option(help="non-target trials (default: as many as targets)", min=1)
     ] = None,
-    enroll: Annotated[int, typer.Option(help="enrollment samples per trial", min=1)] = 1,
+    enroll: Annotated[
+        int | None, typer.Option(help="enrollment samples per trial [default: 1]", min=1)
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same list", min=0)] = 0,
-    format: Annotated[str, typer.Option(help="voxceleb or kaldi")] = "voxceleb",
+    format: Annotated[
+        str | None, typer.Option(help="voxceleb or kaldi [default: voxceleb]")
+    ] = None,
     modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",
     folder: Annotated[
         str | None, typer.Option(help="sample-folder name (overrides the modality's), e.g. image")
@@ -58,6 +62,14 @@ def make(
     from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
 
+    if triplets is not None:
+        given = {"--targets": targets, "--nontargets": nontargets, "--enroll": enroll,
+                 "--format": format}  # fmt: skip
+        for flag, value in given.items():
+            if value is not None:
+                raise MetaembError(f"{flag} shapes a trial list, and --triplets writes triplets "
+                                   f"instead: leave {flag} out, or --triplets.")  # fmt: skip
+    format, enroll = format or "voxceleb", enroll or 1
     if format not in ("voxceleb", "kaldi"):
         raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
     ensure_writable(out, "trial list")

@@ -137,6 +137,13 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
     p = Path(path)
     if not p.is_file():
         raise MetaembError(f"checkpoint '{p}' does not exist.")
+    export = _export_format(p)
+    if export:
+        raise MetaembError(
+            f"'{p}' is a {export} export (from `metaemb export`), not a checkpoint: metaemb's "
+            "commands read the run folder or its best.pt. Run the export itself with "
+            + ("onnxruntime." if export == "ONNX" else "torch.jit.load.")
+        )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a checkpoint at all
@@ -150,14 +157,15 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
         ) from None
     if not isinstance(state, dict) or "format" not in state:
         raise MetaembError(f"'{p}' is not a metaemb checkpoint.")
+    if state["format"] != CHECKPOINT_FORMAT and str(state["format"]).startswith("metaemb-"):
+        kind = str(state["format"]).removeprefix("metaemb-")
+        raise MetaembError(
+            f"'{p}' is a metaemb {kind} file (format {state['format']!r}), not a model "
+            "checkpoint: give a run folder or its best.pt."
+        )
     if state["format"] != CHECKPOINT_FORMAT or _major(state.get("metaemb_version")) != _major(
         metaemb.__version__
     ):
-        if state["format"] != CHECKPOINT_FORMAT and "model" not in state:
-            raise MetaembError(
-                f"'{p}' is not a model checkpoint (its format is {state['format']!r}; a gallery "
-                "or embeddings file?): give a run folder or its best.pt."
-            )
         raise MetaembError(
             f"checkpoint '{p}' was written by metaemb {state.get('metaemb_version')} (checkpoint "
             f"format {state['format']}); this is metaemb {metaemb.__version__} (format "
@@ -170,6 +178,20 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
             "it will not be mixed into this run. Use --fresh to start this run over."
         )
     return state
+
+
+def _export_format(path: Path) -> str | None:
+    """ "ONNX" or "TorchScript" for a file `metaemb export` writes, else None."""
+    import zipfile
+
+    if path.suffix.lower() == ".onnx":
+        return "ONNX"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return "TorchScript" if any(n.endswith("/constants.pkl") for n in names) else None
 
 
 def _major(version: str | None) -> str:

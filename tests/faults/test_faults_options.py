@@ -298,3 +298,14 @@ def test_distill_takes_the_teacher_runs_modality(tmp_path):
     (run / "config.toml").write_text('name = "run"\nmodality = "speaker"\n')
     assert _run_modality(run) == _run_modality(run / "best.pt") == "speaker"
     assert _run_modality(tmp_path) is None  # not a run: distill falls back to face
+
+
+def test_more_options_that_do_not_apply(tmp_path, faces, face_run, capsys):
+    expect_error(["trials", "make", faces, "--out", tmp_path / "t.txt", "--triplets", "5",
+                  "--enroll", "3"], capsys, "--enroll shapes a trial list")  # fmt: skip
+    expect_error(["evaluate", face_run, "--modality", "speaker", "--out", tmp_path / "e"], capsys,
+                 "--modality is for --reference")  # fmt: skip
+    coll = tmp_path / "c.pt"
+    assert run_cli(["embed", face_run, faces, "--out", coll, "--workers", "0"], capsys)[0] == 0
+    expect_error(["neighbours", coll, "--run", face_run], capsys, "--run is the model for probe")
+    assert not (tmp_path / "t.txt").exists() and not (tmp_path / "e").exists()

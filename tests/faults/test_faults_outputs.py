@@ -366,3 +366,19 @@ def test_trial_lists_refuse_paths_starting_with_a_hash(tmp_path, faces, capsys):
     shutil.copytree(faces / "id0001", data / "alice")
     expect_error(["trials", "make", data, "--out", tmp_path / "t.txt", "--format", "kaldi"],
                  capsys, "start with '#'")  # fmt: skip
+
+
+def test_exports_galleries_and_scores_given_as_inputs_are_named(tmp_path, faces, face_run, capsys):
+    ts = tmp_path / "m.ts.pt"
+    assert run_cli(["export", face_run, "--format", "torchscript", "--out", ts], capsys)[0] == 0
+    message = expect_error(["evaluate", ts, "--out", tmp_path / "e1"], capsys,
+                           "is a TorchScript export (from `metaemb export`), not a checkpoint")  # fmt: skip
+    assert "weights_only" not in message
+    gallery = tmp_path / "g.pt"
+    assert run_cli(["enroll", face_run, "--gallery", gallery, "--data", faces,
+                    "--identities", "id0000", "--workers", "0"], capsys)[0] == 0  # fmt: skip
+    expect_error(["evaluate", gallery, "--out", tmp_path / "e2"], capsys,
+                 "is a metaemb gallery file", "not a model checkpoint")  # fmt: skip
+    (tmp_path / "scores.txt").write_text("id0000/000.png\tid0000/001.png\ttarget\t0.5\n")
+    expect_error(["evaluate", face_run, "--trials", tmp_path / "scores.txt", "--out",
+                  tmp_path / "e3"], capsys, "looks like a scores.txt")  # fmt: skip

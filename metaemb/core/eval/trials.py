@@ -154,9 +154,13 @@ def detect_format(path: str | Path) -> str:
         if fmt.detect(f):
             return name
     expected = "; ".join(fmt.example or name for name, fmt in known.items()) or "(none registered)"
+    scores = len(f) == 4 and f[2] in ("target", "nontarget")
+    hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
+        scores) else ""  # fmt: skip
     raise DataError(
         f"{path}:{lineno}: cannot tell the trial-list format from {' '.join(f)!r}; expected one "
-        f"of: {expected}. Or pass the format explicitly."
+        f"of: {expected}.{hint} Write the list in one of these formats (`metaemb trials make` "
+        "does), or register a reader for yours (register_trial_formats)."
     )
 
 
