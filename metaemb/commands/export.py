@@ -24,6 +24,9 @@ def export(
     from metaemb.core.deploy.export import export as run_export
     from metaemb.core.errors import MetaembError
 
+    if out is not None and out.suffix.lower() == ".json":  # OUT.json is the sidecar's name
+        raise MetaembError(f"--out '{out}' ends in .json: an export is a model file (.onnx, "
+                           ".pt), and its sidecar is written beside it as OUT.json.")  # fmt: skip
     if opset is not None and format == "torchscript":
         raise MetaembError(f"--opset is an ONNX setting; --format {format} has none: leave it out.")
     result = run_export(checkpoint, format, out, DEFAULT_OPSET if opset is None else opset)

@@ -225,9 +225,15 @@ def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> di
     return out
 
 
+def tsv_field(text: str) -> str:
+    """A name as one TSV field: backslash, tab, newline and carriage return escaped as \\\\,
+    \\t, \\n and \\r (a file name may hold any of them)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def write_results(path: Path, ident: Identification) -> None:
     """One TSV row per probe and rank: probe, true identity, rank, candidate, score, posterior,
-    decision (an enrolled identity, or <new>)."""
+    decision (an enrolled identity, or <new>); names escaped by `tsv_field`."""
     from metaemb.core.runs import atomic_write_text
 
     res = ident.result
@@ -238,7 +244,8 @@ def write_results(path: Path, ident: Identification) -> None:
         for r, name in enumerate(res.names(p)):
             post = f"{float(res.posteriors[p, r]):.6g}" if res.posteriors is not None else ""
             score = f"{float(res.scores[p, r]):.6g}"
-            rows.append(f"{probe}\t{truth}\t{r + 1}\t{name}\t{score}\t{post}\t{decision}")
+            fields = [probe, truth, str(r + 1), name, score, post, decision]
+            rows.append("\t".join(tsv_field(f) for f in fields))
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 

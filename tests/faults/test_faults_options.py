@@ -309,3 +309,56 @@ def test_more_options_that_do_not_apply(tmp_path, faces, face_run, capsys):
     assert run_cli(["embed", face_run, faces, "--out", coll, "--workers", "0"], capsys)[0] == 0
     expect_error(["neighbours", coll, "--run", face_run], capsys, "--run is the model for probe")
     assert not (tmp_path / "t.txt").exists() and not (tmp_path / "e").exists()
+
+
+def test_environment_switches_are_checked(monkeypatch):
+    from metaemb.core.data import manifest
+    from metaemb.core.data.tar_index import index_workers
+
+    for value, on in [("", True), ("on", True), ("0", False), ("false", False)]:
+        monkeypatch.setenv("METAEMB_MANIFEST", value)
+        assert manifest.enabled() is on
+    monkeypatch.setenv("METAEMB_MANIFEST", "maybe")
+    with pytest.raises(ConfigError, match="METAEMB_MANIFEST must be 1 or 0"):
+        manifest.enabled()
+    monkeypatch.setenv("METAEMB_INDEX_WORKERS", "3")
+    assert index_workers(10) == 3
+    for bad in ("abc", "0", "-4"):
+        monkeypatch.setenv("METAEMB_INDEX_WORKERS", bad)
+        with pytest.raises(ConfigError, match="METAEMB_INDEX_WORKERS must be a whole number"):
+            index_workers(10)
+
+
+def test_export_out_is_never_a_sidecar_name(tmp_path, face_run, capsys):
+    expect_error(["export", face_run, "--out", tmp_path / "m.onnx.json"], capsys,
+                 "ends in .json")  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_exif_rotation_is_named_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from metaemb.plugins.vision import imageio
+
+    monkeypatch.setattr(imageio, "_ORIENTATION_NOTED", [])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (8, 6), "red").save(tmp_path / "a.jpg", exif=exif)
+    Image.new("RGB", (8, 6), "red").save(tmp_path / "b.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        imageio.read_image(tmp_path / "b.jpg")
+        assert not caught  # no tag: nothing to say
+        for _ in range(2):
+            assert imageio.read_image(tmp_path / "a.jpg").shape == (3, 6, 8)  # as stored
+    assert [str(w.message).count("EXIF orientation tag (6") for w in caught] == [1]
+
+
+def test_identify_results_escape_names_that_would_break_the_tsv():
+    from metaemb.commands.gallery import tsv_field
+
+    name = "a\tb\nc\\d\re"
+    field = tsv_field(name)
+    assert not any(c in field for c in "\t\n\r")
+    unescaped = field.replace("\\\\", "\0").replace("\\t", "\t").replace("\\n", "\n")
+    assert unescaped.replace("\\r", "\r").replace("\0", "\\") == name  # reversible

@@ -40,7 +40,12 @@ def _cache_root() -> Path:
 
 
 def enabled() -> bool:
-    return os.environ.get("METAEMB_MANIFEST", "1") not in ("0", "false", "no")
+    value = os.environ.get("METAEMB_MANIFEST", "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"METAEMB_MANIFEST must be 1 or 0 (on or off), got '{value}'.")
 
 
 def min_files() -> int:

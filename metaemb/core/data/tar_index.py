@@ -359,7 +359,11 @@ def index_workers(missing: int) -> int:
     (shared by the ranks torchrun started on this machine), at most 8, and only for 8 or more
     shards to index (a process pool costs more than it saves on a few)."""
     env = os.environ.get("METAEMB_INDEX_WORKERS", "").strip()
-    if env.isdigit():
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            from metaemb.core.errors import ConfigError
+
+            raise ConfigError(f"METAEMB_INDEX_WORKERS must be a whole number ≥ 1, got '{env}'.")
         return max(1, min(int(env), missing))
     if missing < 8:
         return 1

@@ -91,6 +91,29 @@ def decode_image(data: bytes, where: str, max_pixels: int | None = None) -> Tens
     return _decode(io.BytesIO(data), Path(where), max_pixels)
 
 
+_ORIENTATION_NOTED: list[str] = []  # once per process: a folder of phone photos warns once
+
+
+def _note_orientation(img: Image.Image, path: Path) -> None:
+    """Pixels are used as stored (as the device JPEG decoder and cached landmarks see them); an
+    EXIF rotation tag, which photo viewers apply, is named once so sideways faces are no surprise."""
+    if _ORIENTATION_NOTED or img.format not in ("JPEG", "TIFF", "WEBP", "PNG"):
+        return
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable EXIF block: nothing to say
+        return
+    if orientation not in (0, 1):
+        _ORIENTATION_NOTED.append(str(path))
+        warnings.warn(
+            f"image '{path}' carries an EXIF orientation tag ({orientation}: rotated or mirrored "
+            "when a viewer shows it); metaemb uses the pixels as stored, so such faces are "
+            "sideways. Rotate them upright first (e.g. `mogrify -auto-orient *.jpg`, or PIL's "
+            "ImageOps.exif_transpose). Said once per process.",
+            stacklevel=2,
+        )
+
+
 def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int | None) -> Tensor:
     cap = max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
@@ -106,6 +129,7 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int | None) -> Te
                         "raise the limit with the environment variable METAEMB_MAX_IMAGE_PIXELS."
                     )
                 img.load()
+                _note_orientation(img, path)
                 array = to_rgb8(img, path)
     except DataError:
         raise
