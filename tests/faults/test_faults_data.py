@@ -232,3 +232,16 @@ def test_vad_cache_sees_a_replaced_file_with_the_same_size_and_mtime(tmp_path):
         os.utime(path, ns=(1_000_000_000, 1_000_000_000))
         got = vad(read_audio(path), "spk/u.wav", tmp_path)
         assert torch.equal(got, fresh(read_audio(path), "spk/u.wav", tmp_path))
+
+
+def test_stereo_channels_in_opposite_phase_are_named_not_called_silent(tmp_path):
+    from metaemb.plugins.audio.io import read_audio
+
+    x = np.random.default_rng(0).normal(0, 0.1, 16000)
+    sf.write(tmp_path / "opp.wav", np.stack([x, -x], 1), 16000)  # int16: cancels to ±1 LSB
+    sf.write(tmp_path / "two.wav", np.stack([x, x[::-1]], 1), 16000)  # two sources: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mix-down note
+        with pytest.raises(DataError, match="channels that cancel when mixed down"):
+            read_audio(tmp_path / "opp.wav", 16000)
+        assert read_audio(tmp_path / "two.wav", 16000).shape == (16000,)

@@ -232,7 +232,15 @@ def _finish(
             f"audio file '{path}' has {data.shape[1]} channels; mixing down to mono (channel mean).",
             stacklevel=2,
         )
-        data = data.mean(axis=1, keepdims=True)
+        mixed = data.mean(axis=1, keepdims=True)
+        level = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
+        if level > 0 and float(np.sqrt(np.mean(np.square(mixed, dtype=np.float64)))) < 0.05 * level:
+            raise DataError(
+                f"audio {where} has {data.shape[1]} channels that cancel when mixed down to mono "
+                "(more than 26 dB lost: in opposite phase): keep one channel (e.g. `sox in.wav "
+                "out.wav remix 1`)."
+            )
+        data = mixed
     if not (data[:4096].any() or data.any()):  # speech is rarely zero for 4096 samples
         raise DataError(f"audio {where} is silent (all samples are zero).")
     if data.shape[0] < MIN_SECONDS * rate:
