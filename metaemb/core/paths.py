@@ -196,14 +196,14 @@ def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
 
 
 def _is_our_plot(path: Path) -> bool:
-    """A PNG that metaemb drew (it carries our Software tag): a new plot may replace it."""
+    """A PNG that metaemb drew: its text chunk `Software` = "metaemb" (written before the pixel
+    data, so the first KiB holds it). A new plot may replace it; nothing else."""
     try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == "metaemb"
-    except Exception:  # not an image PIL reads: not ours
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
         return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Software\x00metaemb" in head
 
 
 def _refuse_replacing_an_input(path: Path, what: str) -> None:
