@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers import run_cli
 
+from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import (
     build,
@@ -248,8 +249,35 @@ def test_backbone_gives_n_by_feature_dim(kind, name):
     with torch.no_grad():
         out = net(x, lengths)
     assert out.shape == (2, net.feature_dim) and net.feature_dim > 0
+    assert out.dtype == x.dtype, f"backbone '{name}' returns {out.dtype} for {x.dtype} input"
     assert torch.isfinite(out).all()
     assert isinstance(net.trunk(), torch.nn.Module)
+
+
+@pytest.mark.parametrize(("kind", "name"), components("backbones"))
+def test_backbone_embeds_a_padded_sample_as_it_would_alone(kind, name):
+    """Evaluation batches utterances of every length together: padding must not leak."""
+    accepted = _kinds(kind, name, "accepts", _full(kind, name))
+    found = _features_for(accepted) if accepted else None
+    if found is None:
+        pytest.skip(f"backbone '{name}': no input of its kind that this test can make")
+    _, features, raw = found
+    if raw.dim() != 1:
+        pytest.skip(f"backbone '{name}' takes fixed-size inputs (nothing is padded)")
+    features.eval()
+    try:
+        long, short = (features.prepare(r, train=False) for r in (raw, raw[: len(raw) * 3 // 5]))
+    except DataError:  # a vector of one size, say
+        pytest.skip(f"the features for '{name}' take inputs of one size (nothing is padded)")
+    x, lengths = features.collate([long, short])
+    if lengths is None:
+        pytest.skip(f"the features for '{name}' make fixed-size inputs (nothing is padded)")
+    net = build(kind, name, {}, in_channels=features.out_channels).eval()
+    with torch.no_grad():
+        batched = net(*features(x, lengths))[1]
+        alone = net(*features(*features.collate([short])))[0]
+    gap = float((batched - alone).abs().max())
+    assert gap <= 1e-4 * max(1.0, float(alone.abs().max())), f"padding leaks: {gap:.3g}"
 
 
 def _head_output(head_name: str, n: int = 8, dim: int = 8):
