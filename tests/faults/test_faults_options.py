@@ -362,3 +362,33 @@ def test_identify_results_escape_names_that_would_break_the_tsv():
     assert not any(c in field for c in "\t\n\r")
     unescaped = field.replace("\\\\", "\0").replace("\\t", "\t").replace("\\n", "\n")
     assert unescaped.replace("\\r", "\r").replace("\0", "\\") == name  # reversible
+
+
+def test_trial_paths_match_files_in_another_unicode_form(tmp_path, faces, face_run, capsys):
+    import shutil
+    import unicodedata
+
+    data = tmp_path / "nf"
+    for i, name in enumerate(["José", "Zoë", "bob"]):  # folders as macOS writes them (NFD)
+        shutil.copytree(faces / f"id000{i}", data / unicodedata.normalize("NFD", name))
+    trials = tmp_path / "t.txt"  # typed elsewhere (NFC)
+    trials.write_text("1 José/000.png José/001.png\n0 José/000.png bob/001.png\n"
+                      "1 Zoë/000.png Zoë/002.png\n0 Zoë/001.png bob/000.png\n")  # fmt: skip
+    out = tmp_path / "ev"
+    code, _, err = run_cli(["evaluate", face_run, "--data", data, "--trials", trials, "--out",
+                            out, "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len((out / "scores.txt").read_text().splitlines()) == 4
+
+
+def test_identity_folders_that_differ_only_in_unicode_form_are_named(tmp_path, faces):
+    import shutil
+    import unicodedata
+
+    from metaemb.core.plugin.components import build
+
+    for i, form in enumerate(["NFC", "NFD"]):
+        shutil.copytree(faces / f"id000{i}", tmp_path / "d" / unicodedata.normalize(form, "José"))
+    with pytest.warns(UserWarning, match="differ only in Unicode form"):
+        folder = build("sample_folders", "image", {}, root=tmp_path / "d")
+    assert folder.num_identities == 2

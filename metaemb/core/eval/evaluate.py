@@ -67,12 +67,31 @@ def _folds(trials: list[Trial], source: str) -> int:
     return folds
 
 
+def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
+    """Let a trial path find its file when the two spell an accented name in different Unicode
+    forms (a folder copied from macOS is NFD, a list typed elsewhere NFC): same NFC, same file."""
+    import unicodedata
+
+    nfc = lambda p: unicodedata.normalize("NFC", p)  # noqa: E731
+    absent = [p for p in needed if p not in where]
+    if not absent:
+        return
+    by_form: dict[str, list[str]] = {}
+    for p in where:
+        by_form.setdefault(nfc(p), []).append(p)
+    for p in absent:
+        same = by_form.get(nfc(p), [])
+        if len(same) == 1:  # two files of one NFC name stay ambiguous: reported as missing
+            where[p] = where[same[0]]
+
+
 class Embedded:
     """Embeddings of every file named by some trials, extracted once per file."""
 
     def __init__(self, loaded: Loaded, folder: SampleFolder, sets: list[TrialSet], workers: int):
         where = {s.path: i for i, s in enumerate(folder.samples)}
         needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
+        _match_unicode_forms(where, needed)
         missing = [p for p in needed if p not in where]
         if missing:
             raise DataError(

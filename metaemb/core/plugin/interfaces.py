@@ -44,6 +44,25 @@ class Trial:
 
 
 # ---------------------------------------------------------------------------------------------
+def _warn_same_looking(identities: Sequence[str], root: Path) -> None:
+    """Two identity folders whose names differ only in Unicode form (NFC and NFD, e.g. one
+    copied from macOS) print alike but are two identities: say so once per scan."""
+    import unicodedata
+    import warnings
+
+    seen: dict[str, str] = {}
+    for name in identities:
+        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if first != name:
+            warnings.warn(
+                f"'{root}' has two identity folders named {first!r} and {name!r}, which differ "
+                "only in Unicode form (NFC and NFD) and print alike; they are two identities. "
+                "Merge or rename one.",
+                stacklevel=3,
+            )
+            return
+
+
 class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     """A root of `<identity>/…/<sample>` files; the identity is the first path component.
 
@@ -60,10 +79,13 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
     def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
         self.root = Path(root)
+        scanned = samples is None
         if samples is None:
             samples = self._scan()
         self.samples: list[Sample] = list(samples)
         self.identities: list[str] = sorted({s.identity for s in self.samples})
+        if scanned:
+            _warn_same_looking(self.identities, self.root)
         index = {name: i for i, name in enumerate(self.identities)}
         # Labels are re-indexed so every subset has labels 0..n_identities-1.
         self.samples = [Sample(s.path, s.identity, index[s.identity]) for s in self.samples]
