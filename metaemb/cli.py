@@ -41,9 +41,10 @@ def create_app() -> typer.Typer:
     from metaemb.commands.export import export as export_command
 
     app.command("export")(export_command)
-    from metaemb.commands.gallery import enroll, identify
+    from metaemb.commands.gallery import enroll, identify, unenroll
 
     app.command()(enroll)
+    app.command()(unenroll)
     app.command()(identify)
     from metaemb.commands.doctor import doctor
 

@@ -71,8 +71,10 @@ def _enroll(
             raise GalleryError(
                 f"'{source}' is already enrolled as '{owner}', not "
                 f"'{folder.samples[i].identity}'; remove '{owner}' first if it was enrolled "
-                "under the wrong name."
+                "under the wrong name (metaemb unenroll --gallery … --identities …)."
             )
+    if g is not None:
+        _warn_vanished(g, Path(folder.root).resolve(), gallery)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
     if todo:
@@ -87,6 +89,27 @@ def _enroll(
         g.save(gallery)
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
+    """Identities enrolled from this data folder whose files are all gone (a renamed identity
+    folder would otherwise be enrolled a second time under its new name, unnoticed)."""
+    import os
+    import warnings
+
+    inside: dict[str, list[str]] = {}
+    for source, owner in zip(g.sources, g.owner.tolist(), strict=True):
+        if source and Path(source).is_relative_to(root):
+            inside.setdefault(g.identities[owner], []).append(source)
+    gone = [name for name, files in inside.items() if not any(map(os.path.exists, files))]
+    if gone:
+        shown = ", ".join(repr(n) for n in gone[:5]) + (" …" if len(gone) > 5 else "")
+        warnings.warn(
+            f"the files enrolled in '{gallery}' as {shown} are no longer under '{root}' "
+            "(renamed or deleted?); if a folder was renamed, its samples are now enrolled twice: "
+            "remove the old name with `metaemb unenroll`.",
+            stacklevel=2,
+        )
 
 
 @dataclass
@@ -327,6 +350,29 @@ def enroll(
     console.print(table)
     added_total = sum(a for a, _ in done.values())
     console.print(f"{added_total} new samples for {len(done)} identities", markup=False)
+
+
+def unenroll(
+    gallery: Annotated[Path, typer.Option(help="gallery file written by `metaemb enroll`")],
+    identities: Annotated[str, typer.Option(help="comma-separated identities to remove")],
+) -> None:
+    """Remove identities (and all their samples) from a gallery file."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.errors import GalleryError
+    from metaemb.core.paths import ensure_writable
+    from metaemb.core.runs import FileLock
+
+    names = [s.strip() for s in identities.split(",") if s.strip()]
+    if not names:
+        raise GalleryError(f"--identities {identities!r} names no identity.")
+    ensure_writable(gallery, "gallery file")
+    with FileLock(gallery, "gallery"):
+        g = Gallery.load(gallery)
+        removed = {name: g.remove(name) for name in names}  # all checked before the save
+        g.save(gallery)
+    for name, n in removed.items():
+        console.print(f"removed {name!r} ({n} samples)", markup=False)
+    console.print(f"{len(g)} identities left in {gallery}", markup=False)
 
 
 def identify(

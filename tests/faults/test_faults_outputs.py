@@ -382,3 +382,28 @@ def test_exports_galleries_and_scores_given_as_inputs_are_named(tmp_path, faces,
     (tmp_path / "scores.txt").write_text("id0000/000.png\tid0000/001.png\ttarget\t0.5\n")
     expect_error(["evaluate", face_run, "--trials", tmp_path / "scores.txt", "--out",
                   tmp_path / "e3"], capsys, "looks like a scores.txt")  # fmt: skip
+
+
+def test_unenroll_and_a_renamed_identity_folder(tmp_path, faces, face_run, capsys):
+    import shutil
+
+    data = tmp_path / "d"
+    for name in ("id0000", "id0001"):
+        shutil.copytree(faces / name, data / name)
+    gallery = tmp_path / "g.pt"
+    assert run_cli(["enroll", face_run, "--gallery", gallery, "--data", data, "--workers", "0"],
+                   capsys)[0] == 0  # fmt: skip
+    (data / "id0000").rename(data / "bob")
+    with pytest.warns(UserWarning, match=r"as 'id0000' are no longer under .*enrolled twice"):
+        code, _, err = run_cli(["enroll", face_run, "--gallery", gallery, "--data", data,
+                                "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    before = gallery.read_bytes()
+    expect_error(["unenroll", "--gallery", gallery, "--identities", "id0000,nobody"], capsys,
+                 "'nobody' is not enrolled")  # fmt: skip
+    assert gallery.read_bytes() == before  # all names checked before the rewrite
+    code, out, err = run_cli(["unenroll", "--gallery", gallery, "--identities", "id0000"], capsys)
+    assert code == 0 and "removed 'id0000' (4 samples)" in out, err
+    from metaemb.core.deploy.gallery import Gallery
+
+    assert sorted(Gallery.load(gallery).identities) == ["bob", "id0001"]
