@@ -154,3 +154,12 @@ def test_cli_plugins_json_and_list():
     assert "register_backbones" in by_name["vision"]["hooks"]
     res = runner.invoke(create_app(), ["list", "backbones"])
     assert res.exit_code == 0 and "resnet18" in res.output
+
+
+def test_list_modalities_shows_the_components_each_chooses(capsys):
+    from helpers import run_cli
+
+    code, out, err = run_cli(["list", "modalities"], capsys)
+    text = " ".join(out.split())
+    assert code == 0, err
+    assert "backbone=resnet18" in text and "features=fbank" in text

@@ -158,6 +158,14 @@ def list_components(
         typer.echo(as_json(key))
         return
     table = Table(title=f"metaemb {key}")
+    if key == "modalities":  # a modality is the components it chooses
+        for col in ("name", "plugin", "components", "description"):
+            table.add_column(col)
+        for r in records(key):
+            chosen = ", ".join(f"{k}={v}" for k, v in r.get("components", {}).items() if v)
+            table.add_row(r["name"], r["plugin"], escape(chosen), r["description"])
+        console.print(table)
+        return
     for col in ("name", "plugin", "options", "data (accepts → yields)", "description"):
         table.add_column(col)
     for e in registry(key).entries():
