@@ -220,3 +220,14 @@ def test_a_changed_modality_default_does_not_change_saved_runs(tmp_path):
     assert again.options("features")["fbank"] == {"cmn": "level"} and again.hash() == new.hash()
     chosen = resolve("speaker", sets=["features.fbank.cmn=false"])
     assert from_dict(chosen.to_dict()).options("features")["fbank"] == {"cmn": False}
+
+
+def test_a_component_chosen_twice_differently_in_one_layer_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[eval]\nscorer = "plda"\n\n[scorer]\nname = "asnorm"\n')
+    with pytest.raises(ConfigError, match=r"config file .*c.toml' sets eval.scorer = 'plda' and "
+                       r"scorer.name = 'asnorm'"):  # fmt: skip
+        resolve("face", path)
+    # Across layers the later one wins, as for any key: a --set overrides the file.
+    path.write_text('[scorer]\nname = "asnorm"\n')
+    assert resolve("face", path, ["eval.scorer=cosine"]).eval.scorer == "cosine"

@@ -316,6 +316,7 @@ def resolve(
     augment: dict[str, dict[str, tuple[Any, bool]]] = {}  # name -> option -> (value, from_user)
     for origin, layer in layers:
         user = not origin.startswith("modality")
+        _refuse_two_choices(layer, origin)
         for key, value in layer.items():
             _apply(cfg, key, value, origin, pending, augment, user)
     if cfg.modality != modality:
@@ -366,6 +367,18 @@ def resolve(
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
+
+
+def _refuse_two_choices(layer: dict[str, Any], origin: str) -> None:
+    """One layer (a config file, the --set items) that names a component twice, differently
+    (`eval.scorer = "plda"` and `[scorer] name = "asnorm"`): which one was meant?"""
+    for section, (core, choice) in CHOICE_FIELDS.items():
+        a, b = layer.get(f"{section}.name"), layer.get(f"{core}.{choice}")
+        if a is not None and b is not None and a != b:
+            raise ConfigError(
+                f"{origin} sets {core}.{choice} = {b!r} and {section}.name = {a!r}: both choose "
+                f"the {section}. Keep one of them."
+            )
 
 
 def _apply(
