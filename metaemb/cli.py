@@ -208,14 +208,10 @@ def distill(
 
 def _run_modality(run: Path) -> str | None:
     """The modality in the config.toml of a run folder (or of a checkpoint's folder), if any."""
-    import tomllib
+    from metaemb.core.runs import saved_config
 
-    folder = run if run.is_dir() else run.parent
-    try:
-        value = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return None
-    return value.get("modality") if isinstance(value.get("modality"), str) else None
+    value = (saved_config(run) or {}).get("modality")
+    return value if isinstance(value, str) else None
 
 
 def evaluate(

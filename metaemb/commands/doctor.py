@@ -68,7 +68,7 @@ def _plugins() -> dict[str, Any]:
 
 def _cache() -> dict[str, Any]:
     try:
-        from metaemb.core.data.pipeline import default_cache_dir
+        from metaemb.core.paths import default_cache_dir
 
         cache = default_cache_dir()
     except Exception as exc:  # report a broken install instead of failing the report

@@ -50,12 +50,9 @@ def plot(
 
 def _trained_on(run: Path) -> list[Path]:
     """The data folders recorded in the run's config.toml (as typed, and resolved)."""
-    import tomllib
+    from metaemb.core.runs import saved_config
 
-    try:
-        data = tomllib.loads((run / "config.toml").read_text()).get("data", {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return []
+    data = (saved_config(run) or {}).get("data", {})
     return [Path(str(data[k])) for k in ("root", "root_absolute") if data.get(k)]
 
 

@@ -195,15 +195,19 @@ def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+PLOT_SOFTWARE = "metaemb"  # the PNG text chunk `Software` of every plot metaemb draws
+
+
 def _is_our_plot(path: Path) -> bool:
-    """A PNG that metaemb drew: its text chunk `Software` = "metaemb" (written before the pixel
-    data, so the first KiB holds it). A new plot may replace it; nothing else."""
+    """A PNG that metaemb drew: its text chunk `Software` = PLOT_SOFTWARE (written before the
+    pixel data, so the first KiB holds it). A new plot may replace it; nothing else."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
     except OSError:
         return False
-    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Software\x00metaemb" in head
+    tag = b"Software\x00" + PLOT_SOFTWARE.encode()
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and tag in head
 
 
 def _refuse_replacing_an_input(path: Path, what: str) -> None:

@@ -21,7 +21,7 @@ import torch
 
 import metaemb
 from metaemb.core.config import Config
-from metaemb.core.errors import MetaembError
+from metaemb.core.errors import ConfigError, MetaembError
 
 CHECKPOINT_FORMAT = 1
 
@@ -357,6 +357,18 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def saved_config(run: Path) -> dict[str, Any] | None:
+    """The config.toml of a run folder (or of a checkpoint's folder) as a dict; None when there
+    is none that reads, for callers that only take a hint from it."""
+    from metaemb.core.config_toml import load_toml
+
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    try:
+        return load_toml(folder / "config.toml")
+    except ConfigError:
+        return None
 
 
 class FileLock(RunLock):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,21 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
             f"{what}s already found under another name ({show(pairs)}); each file counts once.",
             stacklevel=3,
         )
+
+
+def warn_same_looking(identities: Sequence[str], root: Path) -> None:
+    """Two identity folders whose names differ only in Unicode form (NFC and NFD, e.g. one
+    copied from macOS) print alike but are two identities: say so once per scan."""
+    import unicodedata
+
+    seen: dict[str, str] = {}
+    for name in identities:
+        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if first != name:
+            warnings.warn(
+                f"'{root}' has two identity folders named {first!r} and {name!r}, which differ "
+                "only in Unicode form (NFC and NFD) and print alike; they are two identities. "
+                "Merge or rename one.",
+                stacklevel=3,
+            )
+            return

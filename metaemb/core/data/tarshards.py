@@ -35,16 +35,10 @@ import numpy as np
 
 from metaemb.core.data.tar_index import LabelRules, list_shards, load_all
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.paths import default_cache_dir
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 
 MAX_OPEN = 64  # open shard handles per process
-
-
-def default_cache() -> Path:
-    """$METAEMB_CACHE, else ~/.cache/metaemb (the folder's `cache_dir` context overrides it)."""
-    from metaemb.core.paths import default_cache_dir
-
-    return default_cache_dir()
 
 
 class ShardHandles:
@@ -119,7 +113,7 @@ class TarShardFolder(SampleFolder):
             raise ConfigError(f"folder.label: {', '.join(labels)} includes a data extension ({', '.join(data)}).")  # fmt: skip
         self.shard_pattern = shards
         self.rules = LabelRules(data, labels, json_key)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._rows: dict[str, int] | None = None
         self.index_hits = 0  # shards whose index came from the cache (for tests and logs)
         super().__init__(root, samples)

@@ -70,9 +70,10 @@ def _folds(trials: list[Trial], source: str) -> int:
 def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
     """Let a trial path find its file when the two spell an accented name in different Unicode
     forms (a folder copied from macOS is NFD, a list typed elsewhere NFC): same NFC, same file."""
+    import functools
     import unicodedata
 
-    nfc = lambda p: unicodedata.normalize("NFC", p)  # noqa: E731
+    nfc = functools.partial(unicodedata.normalize, "NFC")
     absent = [p for p in needed if p not in where]
     if not absent:
         return

@@ -19,6 +19,7 @@ from rich.table import Table
 from metaemb.core.errors import MetaembError
 from metaemb.core.eval import metrics
 from metaemb.core.optional import require
+from metaemb.core.paths import PLOT_SOFTWARE
 from metaemb.core.runs import atomic_write_bytes
 
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
@@ -36,12 +37,11 @@ def _pyplot() -> Any:
     return require("matplotlib.pyplot", "PNG plots", PlotsUnavailable)
 
 
-PLOT_MARK = "metaemb"  # in every PNG we write: a later plot may replace it, a photo never
-
-
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": PLOT_MARK})
+    fig.savefig(
+        buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": PLOT_SOFTWARE}
+    )
     atomic_write_bytes(path, buf.getvalue())
     _pyplot().close(fig)
     return path

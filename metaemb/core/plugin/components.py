@@ -189,13 +189,6 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def _parameters(factory: Any) -> Mapping[str, inspect.Parameter]:
-    try:
-        return inspect.signature(_callable(factory)).parameters
-    except (TypeError, ValueError):
-        return {}
-
-
 def _typename(typ: Any) -> str:
     """How a type reads in a message: `int | None`, `true or false or one of 'a', 'b'`."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
@@ -224,7 +217,7 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
     for key, value in options.items():
         if key not in known:
             valid = ", ".join(sorted(known)) or "(none)"
-            if key in CONTEXT_NAMES and key in _parameters(factory):
+            if key in CONTEXT_NAMES and key in _accepts(factory):
                 raise ConfigError(
                     f"'{section}.{key}' cannot be set: '{key}' is a reserved name, which "
                     f"metaemb passes to components itself where it has one, so {label}'s "

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from metaemb.core.data.scan import ScanState, scan_identity, warn_skipped
+from metaemb.core.data.scan import ScanState, scan_identity, warn_same_looking, warn_skipped
 from metaemb.core.errors import DataError
 from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kind
 
@@ -44,25 +44,6 @@ class Trial:
 
 
 # ---------------------------------------------------------------------------------------------
-def _warn_same_looking(identities: Sequence[str], root: Path) -> None:
-    """Two identity folders whose names differ only in Unicode form (NFC and NFD, e.g. one
-    copied from macOS) print alike but are two identities: say so once per scan."""
-    import unicodedata
-    import warnings
-
-    seen: dict[str, str] = {}
-    for name in identities:
-        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
-        if first != name:
-            warnings.warn(
-                f"'{root}' has two identity folders named {first!r} and {name!r}, which differ "
-                "only in Unicode form (NFC and NFD) and print alike; they are two identities. "
-                "Merge or rename one.",
-                stacklevel=3,
-            )
-            return
-
-
 class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     """A root of `<identity>/…/<sample>` files; the identity is the first path component.
 
@@ -85,7 +66,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         self.samples: list[Sample] = list(samples)
         self.identities: list[str] = sorted({s.identity for s in self.samples})
         if scanned:
-            _warn_same_looking(self.identities, self.root)
+            warn_same_looking(self.identities, self.root)
         index = {name: i for i, name in enumerate(self.identities)}
         # Labels are re-indexed so every subset has labels 0..n_identities-1.
         self.samples = [Sample(s.path, s.identity, index[s.identity]) for s in self.samples]

@@ -98,10 +98,10 @@ class PluginState:
     def check_hook_names(self, strict: bool) -> None:
         """A hook implementation whose name no hookspec declares is never called: say so
         (pluggy accepts it silently), with the closest hook name."""
-        specs = [n for n, c in vars(self.pm.hook).items() if getattr(c, "has_spec", None)
-                 and c.has_spec()]  # fmt: skip
-        for name, caller in sorted(vars(self.pm.hook).items()):
-            if not hasattr(caller, "get_hookimpls") or caller.has_spec():
+        callers = {n: c for n, c in vars(self.pm.hook).items() if isinstance(c, pluggy.HookCaller)}
+        specs = [n for n, c in callers.items() if c.has_spec()]
+        for name, caller in sorted(callers.items()):
+            if caller.has_spec():
                 continue
             for impl in caller.get_hookimpls():
                 if impl.optionalhook:
