@@ -345,7 +345,30 @@ def test_registration_mistakes_are_named():
             register("twice", ConvNet)
             register("twice", ConvNet)
 
+    class StringExtensions(SeriesFolder):
+        extensions = ".npy"  # read letter by letter, it would match every file ending in "y"
+
+    class BadFolders:
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register("str-ext", StringExtensions)
+
+    class NoWord(SeriesFolder):
+        what = None
+
+    class NoWordFolders:
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register("no-word", NoWord)
+
     cases = [
+        (
+            BadFolders(),
+            "ext-plugin",
+            "sample_folders",
+            r"'str-ext' with extensions='\.npy'.*\(\"\.npy\",\)",
+        ),
+        (NoWordFolders(), "word-plugin", "sample_folders", r"'no-word' with what=None"),
         (
             FactoryModality(),
             "fm-plugin",

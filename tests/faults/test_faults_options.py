@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,7 +308,10 @@ def test_more_options_that_do_not_apply(tmp_path, faces, face_run, capsys):
                  "--modality is for --reference")  # fmt: skip
     coll = tmp_path / "c.pt"
     assert run_cli(["embed", face_run, faces, "--out", coll, "--workers", "0"], capsys)[0] == 0
-    expect_error(["neighbours", coll, "--run", face_run], capsys, "--run is the model for probe")
+    for extra in (["--run", face_run], ["--device", "cpu"], ["--workers", "2"], ["-k", "3"]):
+        expect_error(["neighbours", coll, *extra], capsys, f"{extra[0]} applies to probe files")
+    probe = next(Path(faces).rglob("*.png"))
+    expect_error(["neighbours", coll, probe, "--max-rank", "3"], capsys, "--max-rank sets the CMC")
     assert not (tmp_path / "t.txt").exists() and not (tmp_path / "e").exists()
 
 

@@ -83,6 +83,8 @@ class Registry:
                     f"{type(factory).__name__} {factory!r:.60}; register a Modality(...) "
                     "instance: register(name, Modality(name=..., description=..., ...))."
                 )
+        if self.kind == "sample_folders":
+            _check_sample_folder(name, factory, plugin, info)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
     def discard(self, names: list[str]) -> None:
@@ -124,3 +126,22 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _check_sample_folder(name: str, factory: Any, plugin: str, info: dict[str, Any]) -> None:
+    """`what` names one sample in every message about the folder's files, and `extensions`
+    is a tuple of suffixes: a plain string would be read letter by letter."""
+    exts = getattr(factory, "extensions", ())
+    if not isinstance(exts, (tuple, list, set, frozenset)) or not all(
+        isinstance(e, str) and e.startswith(".") and len(e) > 1 for e in exts
+    ):
+        raise PluginError(
+            f"plugin '{plugin}' registered sample folder '{name}' with extensions={exts!r}; "
+            'give a tuple of suffixes with their dot, e.g. extensions = (".npy",).'
+        )
+    what = getattr(factory, "what", "sample")
+    if not isinstance(what, str) or not what.strip():
+        raise PluginError(
+            f"plugin '{plugin}' registered sample folder '{name}' with what={what!r}; `what` is "
+            'the word for one sample in messages ("recording", "picture").'
+        )
