@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers import run_cli
 
+from metaemb import hookimpl
 from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import (
@@ -29,8 +30,9 @@ from metaemb.core.plugin.components import (
     parts_of,
     validate_options,
 )
-from metaemb.core.plugin.contract import declared
-from metaemb.core.plugin.manager import registry, state
+from metaemb.core.plugin.contract import Kind, declared
+from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
+from metaemb.core.plugin.manager import plugin_registered, registry, state
 
 # -- what to test -------------------------------------------------------------------------------
 
@@ -53,7 +55,26 @@ def _raw(kind) -> torch.Tensor | None:
         return 0.1 * torch.randn(int(rate), generator=g)  # one second
     if kind.name == "vector":
         return torch.randn(kind.param("size") or 32, generator=g)
-    return None
+    return next(iter(_examples(kind)), None)
+
+
+def _examples(kind) -> list:
+    """Raw samples of a kind only a plugin knows: its sample folder's `examples()`."""
+    for name in registry("sample_folders").names():
+        yields = _kinds("sample_folders", name, "yields", _full("sample_folders", name))
+        if yields and any(y.name == kind.name for y in yields):
+            found = list(_entry("sample_folders", name).factory.examples())
+            if found:
+                return found
+    return []
+
+
+def _two_lengths(raw, kind) -> tuple | None:
+    """A long and a short raw sample: a waveform and its first 60 %, or a plugin's examples."""
+    if isinstance(raw, torch.Tensor) and raw.dim() == 1:
+        return raw, raw[: len(raw) * 3 // 5]
+    found = _examples(kind)
+    return (found[0], found[-1]) if len(found) >= 2 else None
 
 
 def _entry(kind: str, name: str):
@@ -168,13 +189,13 @@ def _features_for(accepted) -> tuple | None:
             continue
         if not any(y.fits(a) for y in yields for a in accepted):
             continue
-        raw = next((r for r in map(_raw, takes) if r is not None), None)
-        if raw is not None:
-            # small inputs keep the big backbones quick (only options the features have)
-            small = {
-                k: v for k, v in SMALL.items() if k in options_of(_entry("features", fname).factory)
-            }
-            return fname, build("features", fname, small), raw
+        for kind in takes:
+            raw = _raw(kind)
+            if raw is not None:
+                # small inputs keep the big backbones quick (only options the features have)
+                options = options_of(_entry("features", fname).factory)
+                small = {k: v for k, v in SMALL.items() if k in options}
+                return fname, build("features", fname, small), raw, kind
     return None
 
 
@@ -243,7 +264,7 @@ def test_backbone_gives_n_by_feature_dim(kind, name):
             f"backbone '{name}' accepts {accepted}: no registered features yields it from an "
             "input kind this test can make (images, waveforms, vectors); test it yourself"
         )
-    _, features, raw = found
+    _, features, raw, _ = found
     x, lengths = _batch(features, raw)
     net = build(kind, name, {}, in_channels=features.out_channels).eval()
     with torch.no_grad():
@@ -261,16 +282,17 @@ def test_backbone_embeds_a_padded_sample_as_it_would_alone(kind, name):
     found = _features_for(accepted) if accepted else None
     if found is None:
         pytest.skip(f"backbone '{name}': no input of its kind that this test can make")
-    _, features, raw = found
-    if raw.dim() != 1:
+    _, features, raw, raw_kind = found
+    pair = _two_lengths(raw, raw_kind)
+    if pair is None:
         pytest.skip(f"backbone '{name}' takes fixed-size inputs (nothing is padded)")
     features.eval()
     try:
-        long, short = (features.prepare(r, train=False) for r in (raw, raw[: len(raw) * 3 // 5]))
+        long, short = (features.prepare(r, train=False) for r in pair)
     except DataError:  # a vector of one size, say
         pytest.skip(f"the features for '{name}' take inputs of one size (nothing is padded)")
     x, lengths = features.collate([long, short])
-    if lengths is None:
+    if lengths is None or int(lengths.min()) == int(lengths.max()):
         pytest.skip(f"the features for '{name}' make fixed-size inputs (nothing is padded)")
     net = build(kind, name, {}, in_channels=features.out_channels).eval()
     with torch.no_grad():
@@ -344,3 +366,82 @@ def test_scorer_gives_matrix_and_pair_scores(kind, name):
     pairs = scorer.score(train[:5], train[5:10])
     assert pairs.shape == (5,)
     torch.testing.assert_close(pairs.double(), m[:, :5].diagonal().double(), atol=1e-4, rtol=1e-4)
+
+
+# -- a plugin's own kind of data: its folder's examples() reach the checks above ------------------
+class _TapFolder(SampleFolder):
+    """Tap sequences, [T, 2] (interval, pressure): a kind only this plugin knows."""
+
+    extensions = (".tap",)
+    yields = Kind("taps")
+
+    def load(self, path):
+        raise NotImplementedError  # the conformance checks never read files
+
+    @classmethod
+    def examples(cls) -> list:
+        g = torch.Generator().manual_seed(0)
+        return [torch.rand(n, 2, generator=g) for n in (40, 23)]
+
+
+class _TapFeatures(Features):
+    accepts = Kind("taps")
+    yields = Kind("tap-matrix")
+    out_channels = 2
+
+    def prepare(self, raw, train):
+        return raw.T.float()
+
+    def collate(self, items):
+        lengths = torch.tensor([x.shape[-1] for x in items])
+        batch = torch.zeros(len(items), 2, int(lengths.max()))
+        for i, x in enumerate(items):
+            batch[i, :, : x.shape[-1]] = x
+        return batch, lengths
+
+
+class _TapNet(Backbone):
+    accepts = Kind("tap-matrix")
+
+    def __init__(self, in_channels: int = 2) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(in_channels, 4, 3, padding=1)
+        self.feature_dim = 4
+
+    def forward(self, x, lengths=None):
+        h = self.conv(x)
+        if lengths is None:
+            return h.mean(-1)
+        mask = (torch.arange(h.shape[-1])[None, :] < lengths[:, None]).to(h.dtype)[:, None]
+        return (h * mask).sum(-1) / lengths[:, None].to(h.dtype)
+
+
+class _LeakyTapNet(_TapNet):
+    def forward(self, x, lengths=None):
+        return self.conv(x).mean(-1)  # the padding counts in the mean
+
+
+class _TapPlugin:
+    @hookimpl
+    def register_sample_folders(self, register):
+        register("taps", _TapFolder)
+
+    @hookimpl
+    def register_features(self, register):
+        register("taps", _TapFeatures)
+
+    @hookimpl
+    def register_backbones(self, register):
+        register("tapnet", _TapNet)
+        register("leaky-tapnet", _LeakyTapNet)
+
+
+def test_a_plugins_own_data_kind_is_checked_through_its_examples():
+    """Without examples() these checks would skip a new kind; with them, they run and fail on
+    a backbone whose pooling counts the padding."""
+    with plugin_registered(_TapPlugin(), "taps-plugin"):
+        test_features_turn_a_sample_of_their_declared_kind_into_a_batch("features", "taps")
+        test_backbone_gives_n_by_feature_dim("backbones", "tapnet")
+        test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "tapnet")
+        with pytest.raises(AssertionError, match="padding leaks"):
+            test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "leaky-tapnet")

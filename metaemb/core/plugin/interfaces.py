@@ -164,6 +164,13 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     def load(self, path: Path) -> Any:
         """Read one raw sample; raise DataError naming the path when it is unreadable."""
 
+    @classmethod
+    def examples(cls) -> list[Any]:
+        """A few synthetic raw samples of the kind `load` returns, of different lengths where
+        the kind varies in length; metaemb's conformance test feeds them to the features and
+        backbones that take this kind (a new kind of data is otherwise skipped there)."""
+        return []
+
     def __len__(self) -> int:
         return len(self.samples)
 
