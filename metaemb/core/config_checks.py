@@ -43,7 +43,11 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("data", "workers"): (_non_negative, "≥ 0 (0 loads data in the main process)"),
     ("model", "dim"): (_positive, "≥ 1"),
     ("train", "epochs"): (_positive, "≥ 1"),
-    ("train", "batch_size"): (_positive, "≥ 1"),
+    ("train", "batch_size"): (
+        lambda v: v >= 2,
+        "≥ 2 (a batch of one sample cannot be trained: batch normalisation and the pair and "
+        "triplet losses need two or more)",
+    ),
     ("train", "lr"): (_positive, "> 0"),
     ("train", "weight_decay"): (_non_negative, "≥ 0"),
     ("train", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),

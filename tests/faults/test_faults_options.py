@@ -120,6 +120,34 @@ def test_runs_lists_a_run_with_damaged_checkpoints_as_damaged(tmp_path, faces, c
     assert code == 0 and "damaged" in out
 
 
+def test_plot_passes_over_metrics_lines_that_are_not_epoch_records(tmp_path, faces, capsys):
+    runs = tmp_path / "runs"
+    assert train_tiny(faces, runs, "train.epochs=2", capsys=capsys)[0] == 0
+    [run] = list((runs / "face").iterdir())
+    with open(run / "metrics.jsonl", "a") as f:  # hand edits and foreign lines
+        f.write('5\n{"loss": 1.0}\n{"epoch": 3, "loss": "abc", "eer": null}\n')
+        f.write('{"epoch": 4, "eer": NaN}\n')
+    code, _, err = run_cli(["plot", run, "--out", tmp_path / "p"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["runs", runs, "--json"], capsys)
+    [info] = json.loads(out)
+    assert info["best"] is not None and info["best"] == info["best"] and info["best_epoch"] <= 2
+    (run / "metrics.jsonl").write_text('5\n{"loss": 1.0}\n')
+    expect_error(["plot", run, "--out", tmp_path / "p2"], capsys, "holds no epoch records")
+
+
+def test_a_batch_of_one_sample_is_refused_and_an_epoch_without_a_step_is_an_error(
+    tmp_path, faces, capsys
+):
+    runs = tmp_path / "runs"
+    code, _, err = train_tiny(faces, runs, "train.batch_size=1", capsys=capsys)
+    assert code == 2 and "'train.batch_size' must be ≥ 2" in " ".join(err.split())
+    expect_error(["lr-find", "--modality", "face", "--data", faces, "--set",
+                  "train.batch_size=1", "--steps", "10", "--out", tmp_path / "lr.png"], capsys,
+                 "'train.batch_size' must be ≥ 2")  # fmt: skip
+    assert not runs.exists() or not list(runs.rglob("*.pt"))
+
+
 def test_doctor_names_a_cache_path_that_is_a_file(tmp_path, capsys, monkeypatch):
     (tmp_path / "cache").write_text("x")
     monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))

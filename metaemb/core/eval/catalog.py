@@ -5,6 +5,7 @@ is opened, so listing thousands of runs is quick)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,9 +57,9 @@ def read_run(run_dir: Path) -> RunInfo:
         cfg = tomllib.loads((run_dir / "config.toml").read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DataError(f"'{run_dir / 'config.toml'}' cannot be read: {exc}") from None
-    records = _epoch_records(run_dir / "metrics.jsonl")
+    records = epoch_records(run_dir / "metrics.jsonl")
     key = _select_key(cfg)
-    scored = [r for r in records if isinstance(r.get(key), (int, float))]
+    scored = [r for r in records if _finite(r.get(key))]
     best = min(scored, key=lambda r: r[key]) if scored else None
     done = max((r["epoch"] for r in records), default=0)
     total = _int(cfg.get("train", {}).get("epochs", 0))
@@ -87,7 +88,11 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _epoch_records(metrics: Path) -> list[dict[str, Any]]:
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def epoch_records(metrics: Path) -> list[dict[str, Any]]:
     """The per-epoch records of metrics.jsonl; lines that are not a JSON object with a whole
     epoch number (a torn last line, a hand edit) are passed over."""
     if not metrics.is_file():

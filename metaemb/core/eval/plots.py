@@ -8,7 +8,6 @@ PCA otherwise (or when asked). Builders return matplotlib figures (tests inspect
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.eval import report
+from metaemb.core.eval.catalog import epoch_records
 
 MAP_METHODS = ("auto", "tsne", "pca")
 
@@ -33,14 +33,19 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise DataError(f"'{run_dir}' has no metrics.jsonl: is it a run directory that trained?")
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
+    out = epoch_records(path)  # lines that are not an epoch's record are passed over
     if not out:
         raise DataError(f"'{path}' holds no epoch records yet.")
+    return out
+
+
+def _values(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> list[float]:
+    """One quantity per epoch; missing or non-numeric (a hand edit) is a gap in the line."""
+    out = []
+    for r in records:
+        v = r.get(key)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        out.append(scale * float(v) if ok else np.nan)
     return out
 
 
@@ -50,17 +55,17 @@ def training_figure(records: Sequence[dict[str, Any]]) -> Any:
     plt = report._pyplot()
     epochs = [r["epoch"] for r in records]
     fig, (a_loss, a_eer, a_dcf) = plt.subplots(1, 3, figsize=(13, 3.8))
-    a_loss.plot(epochs, [r.get("loss", np.nan) for r in records], marker="o", label="loss")
+    a_loss.plot(epochs, _values(records, "loss"), marker="o", label="loss")
     a_loss.set_title("training loss")
-    a_eer.plot(epochs, [100 * r.get("eer", np.nan) for r in records], marker="o",
+    a_eer.plot(epochs, _values(records, "eer", 100.0), marker="o",
                color="tab:red", label="EER")  # fmt: skip
     a_eer.set_title("validation EER (%)")
     keys = sorted(k for k in records[0] if k.startswith("min_dcf_"))
     for key in keys:
-        a_dcf.plot(epochs, [r.get(key, np.nan) for r in records], marker="o",
+        a_dcf.plot(epochs, _values(records, key), marker="o",
                    label=f"minDCF(P_tar={key[len('min_dcf_'):]})")  # fmt: skip
     if "cllr" in records[0]:
-        a_dcf.plot(epochs, [r.get("cllr", np.nan) for r in records], marker="s", ls="--",
+        a_dcf.plot(epochs, _values(records, "cllr"), marker="s", ls="--",
                    label="Cllr (bits)")  # fmt: skip
     a_dcf.set_title("validation minDCF and Cllr")
     for ax in (a_loss, a_eer, a_dcf):

@@ -42,6 +42,14 @@ from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
 from metaemb.core.train.teacher import build_teacher
 
+# Batches of one sample are passed over (batch normalisation cannot train on them); an epoch
+# of only such batches would otherwise be recorded with a loss of 0.
+NO_STEP = (
+    "epoch {epoch} ran no training step: every batch held fewer than 2 samples "
+    "(train.batch_size = {batch}, less the samples skipped as bad). Raise train.batch_size "
+    "or add training samples."
+)
+
 
 @dataclass
 class EpochResult:
@@ -299,6 +307,8 @@ class Trainer:
                 self.callbacks.on_step(self, self.step, loss)
                 if self._stop:
                     break
+        if n_batches == 0 and not self._stop:
+            raise MetaembError(NO_STEP.format(epoch=epoch + 1, batch=cfg.batch_size))
         seconds = time.perf_counter() - t0
         return EpochResult(
             epoch + 1,

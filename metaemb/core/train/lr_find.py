@@ -56,7 +56,7 @@ def lr_range_test(
     """Sweep the LR over `steps` optimizer steps of the configured training; stop once the
     smoothed loss exceeds `diverge` × its minimum (or is not finite)."""
     from metaemb.core.data.dataset import make_loader
-    from metaemb.core.train.engine import Trainer
+    from metaemb.core.train.engine import NO_STEP, Trainer
     from metaemb.core.train.validation import isolated_rng
 
     if not 0 < start < end:
@@ -76,6 +76,7 @@ def lr_range_test(
             while len(out.lrs) < steps and not out.stopped_early:
                 trainer.sampler.set_epoch(epoch)
                 loader = make_loader(trainer.train_set, workers, batch_sampler=trainer.sampler)
+                swept = len(out.lrs)
                 for batch in loader:
                     if len(batch) < 2:
                         continue
@@ -98,6 +99,10 @@ def lr_range_test(
                         break
                     if len(out.lrs) >= steps:
                         break
+                if len(out.lrs) == swept and not out.stopped_early:  # a pass without one step
+                    raise MetaembError(
+                        NO_STEP.format(epoch=epoch + 1, batch=trainer.config.train.batch_size)
+                    )
                 epoch += 1
     out.suggestion = suggest(out.lrs, out.smoothed)
     out.min_loss_lr = float(out.lrs[int(np.argmin(out.smoothed))])
