@@ -86,6 +86,13 @@ def test_bad_landmark_files_name_file_and_line(tmp_path):
         read_landmark_file(bad)
     with pytest.raises(DataError, match="does not exist"):
         FileLandmarks(root=tmp_path, landmarks_file="nope.csv").table()
+    # One image listed twice: the same points are harmless, other points are a contradiction.
+    row = "a.jpg,1,2,3,4,5,6,7,8,9,10\n"
+    bad.write_text(row + "b.jpg,1,2,3,4,5,6,7,8,9,10\n" + row)
+    assert set(read_landmark_file(bad)) == {"a.jpg", "b.jpg"}
+    bad.write_text(row + "b.jpg,1,2,3,4,5,6,7,8,9,10\n" + row.replace(",10", ",11"))
+    with pytest.raises(DataError, match=r"line 3: 'a.jpg' is listed again with other.*line 1"):
+        read_landmark_file(bad)
 
 
 # -- the cache ---------------------------------------------------------------------------------
@@ -213,3 +220,44 @@ def test_frontend_key_and_template_follow_options(demo, tmp_path):
     b = AlignFrontend(root=demo, cache_dir=tmp_path, crop_size=64, template=128)
     assert a.key() != b.key()
     assert not np.allclose(template(64), template(64, convention=128))
+
+
+def test_a_broken_landmark_file_is_blamed_alone_and_never_skipped(demo, tmp_path):
+    """It is read when the first sample needs it; that sample is not named, nor skipped."""
+    from metaemb.core.data.dataset import PreparedDataset
+    from metaemb.core.errors import DatasetError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for ident in sorted(p for p in demo.iterdir() if p.is_dir())[:2]:
+        (data / ident.name).symlink_to(ident)
+    lines = (demo / "landmarks.csv").read_text().splitlines()
+    path, _, rest = lines[1].partition(",")
+    lines[1] = f"{path},nan,{rest.partition(',')[2]}"
+    (data / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    folder = build("sample_folders", "image", {}, root=data)
+    fe = build("frontends", "align", {"crop_size": 32}, root=data, cache_dir=tmp_path / "c")
+    features = build("features", "image", {"image_size": 32})
+    for policy in ("error", "skip"):
+        ds = PreparedDataset(folder, fe, features, train=False, on_bad_sample=policy)
+        with pytest.raises(DatasetError) as err:
+            ds[len(ds) - 1]
+        msg = str(err.value)
+        assert msg.startswith(f"landmark file '{data / 'landmarks.csv'}', line 2")
+        assert folder.samples[-1].path not in msg
+
+
+def test_landmarks_far_outside_the_image_are_refused(demo, tmp_path):
+    class Far(CountingSource):
+        def __call__(self, image, path, root):
+            far = PTS.copy()
+            far[2] = (1e9, 5)  # another image's, or another pixel scale's
+            return Landmarks("ok", far, faces=1)
+
+    img = torch.full((3, 64, 80), 7, dtype=torch.uint8)
+    fe = AlignFrontend(root=demo, cache_dir=tmp_path, crop_size=32, cache=False)
+    fe.source = CountingSource()
+    assert fe(img, "a/x.png", demo).shape == (3, 32, 32)  # points near the frame: aligned
+    fe.source = Far()
+    with pytest.raises(DataError, match=r"landmark \(1e\+09, 5\) lies far outside the 80×64"):
+        fe(img, "a/x.png", demo)

@@ -18,6 +18,12 @@ class DataError(MetaembError):
     """Missing, empty, corrupt or malformed data (names the file and, where known, the line)."""
 
 
+class DatasetError(DataError):
+    """A file describing the whole dataset (a landmark table) is broken: no one sample is to
+    blame, so the message names that file alone and the run stops, even where bad samples
+    would be skipped."""
+
+
 class OutputError(MetaembError):
     """An output path that cannot be written (read-only, full disk, a file or folder in the way)."""
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.errors import ConfigError, DataError, DatasetError
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
 
@@ -86,6 +86,8 @@ class PreparedDataset(Dataset):
                 with torch.no_grad():
                     x = self.features.prepare(raw, self.train)
             x = checked_values(x, self.features)
+        except DatasetError:
+            raise  # a file of the whole dataset: not this sample's fault, never skipped
         except DataError as exc:
             exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":

@@ -10,6 +10,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
@@ -119,9 +120,24 @@ class AlignFrontend(Frontend):
             return self.source(raw, path, root)
         return self.cache_for(Path(root)).lookup(path, lambda: self.source(raw, path, root))
 
+    def _check_inside(self, points: Any, raw: Tensor, path: str) -> None:
+        """Landmarks may leave the frame a little (a face cut by the border), not by more than
+        the image's own size: such points belong to another image or another pixel scale."""
+        h, w = (int(v) for v in raw.shape[-2:])
+        pts = np.asarray(points, dtype=np.float64)
+        far = (pts[:, 0] < -w) | (pts[:, 0] > 2 * w) | (pts[:, 1] < -h) | (pts[:, 1] > 2 * h)
+        if far.any():
+            x, y = pts[int(np.argmax(far))]
+            raise DataError(
+                f"face alignment: landmark ({x:.6g}, {y:.6g}) lies far outside the {w}×{h} "
+                f"image (landmark source '{self.source.key()}'): the points are not in this "
+                "image's pixels. Fix or re-extract them (metaemb landmarks)."
+            )
+
     def __call__(self, raw: Tensor, path: str, root: Path) -> Tensor:
         found = self.landmarks(raw, path, root)
         if found.outcome == "ok" and found.points is not None:
+            self._check_inside(found.points, raw, path)
             return align_faces(
                 raw, found.points, self.crop_size, found.scheme, convention=self.template
             )

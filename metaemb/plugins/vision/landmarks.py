@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, DatasetError
 
 OUTCOMES = ("ok", "no_face", "several_faces", "missing")
 
@@ -89,6 +89,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     """`relpath,x1,y1,…,x5,y5` rows (header optional): the demo generator's landmarks.csv, VGGFace2
     `loose_landmark_*.csv` (`NAME_ID,P1X,P1Y,…`, NAME_ID without extension) or any such CSV."""
     out: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
     try:
         text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -105,7 +106,14 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         where = f"landmark file '{path}', line {lineno}"
         if len(row) != 11:
             raise DataError(f"{where}: expected 11 fields (path + 10 coordinates), got {len(row)}.")
-        out[row[0].strip().replace("\\", "/")] = _parse_points(row[1:], where)
+        rel, pts = row[0].strip().replace("\\", "/"), _parse_points(row[1:], where)
+        if rel in out and not np.array_equal(out[rel], pts):
+            raise DataError(
+                f"{where}: '{rel}' is listed again with other points than on line "
+                f"{first_line[rel]}; keep one row per image."
+            )
+        out[rel] = pts
+        first_line.setdefault(rel, lineno)
     return out
 
 
@@ -180,8 +188,11 @@ class FileLandmarks(LandmarkSource):
     def table(self) -> dict[str, np.ndarray]:
         if self._table is None:
             table: dict[str, np.ndarray] = {}
-            for f in self.files():
-                table.update(read_landmark_file(f))
+            try:
+                for f in self.files():
+                    table.update(read_landmark_file(f))
+            except DataError as exc:  # the table, not the sample that first needed it
+                raise DatasetError(str(exc)) from None
             self._table = table
         return self._table
 
