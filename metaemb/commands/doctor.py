@@ -6,6 +6,7 @@ plugins that loaded or failed. It never fails: anything it cannot find is report
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -24,6 +25,19 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _loadable(dist: str) -> str | None:
+    """The installed version, marked when the package is there but does not import (a
+    torchaudio built for another torch fails to load its compiled library)."""
+    version = _version(dist)
+    if version is None:
+        return None
+    try:
+        importlib.import_module(dist if dist != "torchaudio" else "torchaudio.functional")
+    except Exception as exc:
+        return f"{version} (installed, but it does not load: {type(exc).__name__})"
+    return version
 
 
 def _folder_size(root: Path) -> tuple[int, int]:
@@ -92,7 +106,7 @@ def environment() -> dict[str, Any]:
         "metaemb": metaemb.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in CORE_PACKAGES},
+        "packages": {p: _loadable(p) for p in CORE_PACKAGES},
         "cuda": _cuda(),
         "extras": extras,
         "cache": _cache(),

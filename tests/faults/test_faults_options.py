@@ -424,3 +424,27 @@ def test_identity_folders_that_differ_only_in_unicode_form_are_named(tmp_path, f
     with pytest.warns(UserWarning, match="differ only in Unicode form"):
         folder = build("sample_folders", "image", {}, root=tmp_path / "d")
     assert folder.num_identities == 2
+
+
+def test_a_torchaudio_built_for_another_torch_is_named(monkeypatch, capsys):
+    """torchaudio 2.11.1 installed beside torch 2.11.0 fails to load its library (OSError)."""
+    import importlib
+    import sys
+
+    from metaemb.core.errors import MetaembError
+    from metaemb.plugins.audio import io
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("torchaudio"):
+            raise OSError("Could not load this library: libtorchaudio.so")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    monkeypatch.delitem(sys.modules, "torchaudio.functional", raising=False)
+    wave = np.zeros(800, dtype=np.float32)
+    with pytest.raises(MetaembError, match=r"torchaudio cannot be loaded with torch .*pip install"):
+        io.resample(__import__("torch").from_numpy(wave), 8000, 16000)
+    code, out, _ = run_cli(["doctor"], capsys)
+    assert code == 0 and "(installed, but it does not load: OSError)" in out

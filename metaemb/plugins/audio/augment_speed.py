@@ -13,15 +13,15 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.optional import torchaudio_functional
 from metaemb.plugins.audio.augment import WaveAugmentation
 
 
 def speed_perturb(x: Tensor, factor: float) -> Tensor:
     """Play [..., T] waveforms `factor` times faster: T/factor samples, pitch × factor."""
-    import torchaudio.functional as AF
-
     if factor == 1.0:
         return x
+    AF = torchaudio_functional()
     ratio = Fraction(factor).limit_denominator(100)
     # Reading ratio.numerator samples where ratio.denominator were: resample num → den.
     return AF.resample(x, ratio.numerator, ratio.denominator)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.optional import torchaudio_functional
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4")
 PYAV_ONLY = (".m4a", ".aac", ".mp4")  # libsndfile has no AAC decoder
@@ -49,10 +50,9 @@ def check_rate_policy(on_rate_mismatch: str) -> str:
 
 def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     """Resample a [T] waveform with band-limited windowed-sinc interpolation (see RESAMPLE_METHOD)."""
-    import torchaudio.functional as AF
-
     if orig_rate == new_rate:
         return wave
+    AF = torchaudio_functional()
     return AF.resample(wave, orig_rate, new_rate, resampling_method="sinc_interp_hann")
 
 
