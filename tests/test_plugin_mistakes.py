@@ -554,3 +554,21 @@ def test_a_misspelt_hook_name_is_reported(monkeypatch):
             pass
     finally:
         plugins.reset()
+
+
+def test_a_module_without_super_init_is_named():
+    class NoSuper(ConvNet):
+        def __init__(self, in_channels: int = 3) -> None:
+            self.width = 8  # forgot super().__init__(): torch would fail on first use
+
+    class P:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("nosuper", NoSuper)
+
+    expected = r"backbone 'nosuper' \(plugin 'nosuper-plugin'\).*super\(\).__init__\(\).*NoSuper"
+    with (
+        plugins.plugin_registered(P(), "nosuper-plugin"),
+        pytest.raises(PluginError, match=expected),
+    ):
+        build("backbones", "nosuper", {})

@@ -14,13 +14,14 @@ receives the table and builds the part with `build_part`, through the one regist
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from metaemb.core.errors import ConfigError, MetaembError, suggest
+from metaemb.core.errors import ConfigError, MetaembError, PluginError, suggest
 from metaemb.core.plugin.manager import registry
 
 CONTEXT_NAMES = frozenset(
@@ -360,7 +361,7 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
     kwargs = {k: v for k, v in context.items() if k in accepted}
     kwargs.update(options or {})
     try:
-        return entry.factory(**kwargs)
+        built = entry.factory(**kwargs)
     except MetaembError:
         raise
     except (ValueError, TypeError, RuntimeError, AssertionError, ArithmeticError) as exc:
@@ -371,3 +372,11 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}"
         ) from exc
+    nn = sys.modules.get("torch.nn")  # loaded whenever a Module was built
+    if nn is not None and isinstance(built, nn.Module) and "_modules" not in vars(built):
+        raise PluginError(
+            f"{reg.singular} '{name}' (plugin '{entry.plugin}') is a torch Module whose "
+            f"__init__ did not call super().__init__(): call it first in "
+            f"{type(built).__name__}.__init__."
+        )
+    return built
