@@ -445,3 +445,24 @@ def test_a_plugins_own_data_kind_is_checked_through_its_examples():
         test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "tapnet")
         with pytest.raises(AssertionError, match="padding leaks"):
             test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "leaky-tapnet")
+
+
+def test_mobilenet_batchnorm_momentum_and_the_runs_saved_before_it():
+    """torchvision's momentum 0.01 left the running statistics near their start for thousands
+    of steps (every sample embedded alike in a short run); 0.1 is the default now, and a saved
+    configuration without the option rebuilds with 0.01 and keeps its hash."""
+    from metaemb.core.config import from_dict, resolve
+
+    net = build("backbones", "mobilenet_v3_small", {})
+    momenta = {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
+    old = resolve("face", sets=["model.backbone=mobilenet_v3_small", "backbone.bn_momentum=0.01"])
+    saved = old.to_dict()
+    saved["backbone"].pop("bn_momentum")
+    rebuilt = from_dict(saved)
+    assert rebuilt.options("backbone")["bn_momentum"] == 0.01
+    assert (
+        rebuilt.hash()
+        == old.hash()
+        != resolve("face", sets=["model.backbone=mobilenet_v3_small"]).hash()
+    )

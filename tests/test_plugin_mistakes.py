@@ -100,6 +100,13 @@ class PoolsPadding(ConvNet):
         return self.conv(x).mean(-1)
 
 
+class UnpooledBaseline(SeriesFeatures):
+    """The mistake: a baseline that keeps the time axis ([N, C, T], not one vector each)."""
+
+    def baseline_embedding(self, x, lengths=None):
+        return self(x, lengths)[0]
+
+
 class BareTensor(SeriesFeatures):
     """The mistake: forward returns the tensor without the lengths."""
 
@@ -148,6 +155,7 @@ class SeriesPlugin:
         register("double", Double)
         register("nanfeat", NanFeatures)
         register("bare", BareTensor)
+        register("unpooledbase", UnpooledBaseline)
         register("transposed", Transposed)
 
     @metaemb.hookimpl
@@ -226,6 +234,13 @@ def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
         (
             ["model.features=bare"],
             ["features 'bare' (plugin 'series-test')", "must return (tensor, lengths or None)"],
+        ),
+        (
+            ["model.features=unpooledbase"],
+            [
+                "features 'unpooledbase' (plugin 'series-test'): its baseline_embedding gave [",
+                "it must give one vector per sample, [N, d]",
+            ],
         ),
         (
             ["model.features=transposed"],
@@ -572,3 +587,13 @@ def test_a_module_without_super_init_is_named():
         pytest.raises(PluginError, match=expected),
     ):
         build("backbones", "nosuper", {})
+
+
+def test_collapsed_validation_embeddings_are_warned_about():
+    from metaemb.core.train.validation import warn_if_collapsed
+
+    with pytest.warns(UserWarning, match=r"nearly identical for all 5 samples.*BatchNorm"):
+        warn_if_collapsed(torch.ones(5, 8) * 0.3 + 1e-9 * torch.randn(5, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_collapsed(torch.randn(5, 8))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ class Validator:
     def validate(self) -> dict[str, float]:
         """Fit the scorer on the training samples when it needs it, then score the trials."""
         emb, kept = self.embed(self.val_set)
+        warn_if_collapsed(emb)
         trials = self._trials_for(kept)
         if self.scorer.requires_fit:
             train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
@@ -151,12 +153,21 @@ class Validator:
         def baseline_embedding(x: Any, lengths: Any = None) -> Any:
             padded.append(lengths is not None)
             try:
-                return feats.baseline_embedding(x, lengths)
+                out = feats.baseline_embedding(x, lengths)
             except (TypeError, ValueError, RuntimeError, IndexError) as exc:
                 raise ConfigError(
                     f"{name} failed computing the no-learning baseline (its baseline_embedding, "
                     f"which calls forward): {type(exc).__name__}: {exc}."
                 ) from exc
+            if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+                shown = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ConfigError(
+                    f"{name}: its baseline_embedding gave {shown} for a batch of "
+                    f"{list(x.shape)}; it must give one vector per sample, [N, d]. The default "
+                    "pools [N, C, T] inputs over their last axis; for other layouts override "
+                    "baseline_embedding (docs/plugins.md, the no-learning baseline)."
+                )
+            return out
 
         with isolated_rng(device):
             out, kept, _ = extract(baseline_embedding, self.val_set)
@@ -190,6 +201,25 @@ class Validator:
         ok = torch.zeros(len(self.val_folder), dtype=torch.bool)
         ok[kept] = True
         return restrict(self.trials, lambda idx: ok[idx])
+
+
+def warn_if_collapsed(emb: Any) -> None:
+    """Warn when every validation sample gets (nearly) the same embedding: the EER is then
+    chance whatever the loss says, most often because BatchNorm's running statistics, used in
+    evaluation mode, have seen too few training steps."""
+    if not isinstance(emb, Tensor) or emb.dim() != 2 or emb.shape[0] < 2:
+        return
+    x = emb.detach().double()
+    spread, scale = float(x.std(0).max()), float(x.abs().max())
+    if spread <= 1e-5 * max(scale, 1e-30):
+        warnings.warn(
+            f"the validation embeddings are nearly identical for all {x.shape[0]} samples "
+            f"(largest spread {spread:.2g} against values up to {scale:.2g}): the model "
+            "collapsed in evaluation mode, so its EER is chance. BatchNorm layers whose running "
+            "statistics have seen too few training steps do this (a short run, or a small "
+            "momentum): train for more steps (more epochs or a smaller train.batch_size).",
+            stacklevel=2,
+        )
 
 
 class _Reindexed:

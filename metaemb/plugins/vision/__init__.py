@@ -105,6 +105,12 @@ def register_modalities(register: Register) -> None:
             "train.lr": 0.1,
             "train.warmup_epochs": 1.0,
         },
+        former_options={  # runs saved before MobileNetV3's BatchNorm momentum became an option
+            "backbone": {
+                "mobilenet_v3_small": {"bn_momentum": 0.01},
+                "mobilenet_v3_large": {"bn_momentum": 0.01},
+            }
+        },
     )
     register("face", face, description=face.description)
 
