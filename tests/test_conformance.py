@@ -21,6 +21,7 @@ import torch
 from helpers import run_cli
 
 from metaemb import hookimpl
+from metaemb.core.data.dataset import checked_batch, checked_values
 from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import (
@@ -33,6 +34,7 @@ from metaemb.core.plugin.components import (
 from metaemb.core.plugin.contract import Kind, declared
 from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
+from metaemb.core.train.component_checks import _not_plain
 
 # -- what to test -------------------------------------------------------------------------------
 
@@ -181,8 +183,14 @@ SMALL = {"image_size": 32}
 
 
 def _features_for(accepted) -> tuple | None:
-    """A registered Features (name, built, raw sample) that yields something `accepted` takes."""
-    for fname in registry("features").names():
+    """A registered Features (name, built, raw sample) that yields something `accepted` takes.
+    The built-in plugins' come first: a plugin's 1-channel image features also yield
+    image-tensor, and a built-in backbone must still be fed what it was written for."""
+    builtin = {"core", "vision", "audio"}
+    names = sorted(
+        registry("features").names(), key=lambda n: _entry("features", n).plugin not in builtin
+    )
+    for fname in names:
         yields = _kinds("features", fname, "yields", _full("features", fname))
         takes = _kinds("features", fname, "accepts", _full("features", fname))
         if not yields or not takes or any(k.name in ("*", "=") for k in yields):
@@ -205,10 +213,13 @@ def _full(kind: str, name: str) -> dict:
     return full_options(kind, name)
 
 
-def _batch(features, raw, n: int = 2):
+def _batch(features, raw, n: int = 2, short=None):
+    """A batch as training makes it, through the same checks (prepare's values, collate's
+    lengths); `short`, a shorter raw sample, goes second so that collate must pad."""
     features.eval()
-    items = [features.prepare(raw, train=False) for _ in range(n)]
-    x, lengths = features.collate(items)
+    raws = [raw] * n if short is None else [raw, short, *[raw] * (n - 2)]
+    items = [checked_values(features.prepare(r, train=False), features) for r in raws]
+    x, lengths = checked_batch(features.collate(items), items, features)
     with torch.no_grad():
         return features(x, lengths)
 
@@ -217,13 +228,20 @@ def _batch(features, raw, n: int = 2):
 def test_features_turn_a_sample_of_their_declared_kind_into_a_batch(kind, name):
     takes = _kinds(kind, name, "accepts", _full(kind, name))
     f = build(kind, name, {})
+    short = None
     if takes and any(k.name == "*" for k in takes):  # accepts anything: a [channels, T] matrix
         raw = torch.randn(f.out_channels, 10)
     else:
-        raw = next((r for r in map(_raw, takes or ()) if r is not None), None)
-    if raw is None:
-        pytest.skip(f"features '{name}' declares no input kind this test can make ({takes})")
-    x, lengths = _batch(f, raw, n=3)
+        found = next(((r, k) for k in takes or () if (r := _raw(k)) is not None), None)
+        if found is None:
+            pytest.skip(f"features '{name}' declares no input kind this test can make ({takes})")
+        raw, pair = found[0], _two_lengths(*found)
+        short = pair[1] if pair else None
+    assert _not_plain(f.input_spec(), "input_spec()") is None, "checkpoints hold plain values"
+    try:
+        x, lengths = _batch(f, raw, n=3, short=short)
+    except DataError:  # inputs of one size (a vector): the short one is refused, rightly
+        x, lengths = _batch(f, raw, n=3)
     assert isinstance(x, torch.Tensor) and x.shape[0] == 3 and x.is_floating_point()
     assert lengths is None or lengths.shape == (3,)
     if x.ndim >= 2:
@@ -234,8 +252,6 @@ def test_features_turn_a_sample_of_their_declared_kind_into_a_batch(kind, name):
 def test_frontend_returns_a_sample_or_a_data_error(kind, name, tmp_path):
     """On a sample of its declared kind a frontend returns a tensor sample, or refuses it with a
     DataError (a detector that finds no face, a missing landmark file): never anything else."""
-    from metaemb.core.errors import DataError
-
     takes = _kinds(kind, name, "accepts", _full(kind, name))
     if takes and any(k.name == "*" for k in takes):
         raw = torch.randn(3, 10)

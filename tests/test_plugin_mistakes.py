@@ -512,10 +512,16 @@ class MistakesPlugin:
         ),
         (
             ["model.features=nolengths"],
-            ["features NoLengths", "collate padded them and returned lengths None"],
+            [
+                "features 'nolengths' (plugin 'mistakes')",
+                "collate padded them and returned lengths None",
+            ],
         ),
         (["model.features=listlengths"], ["collate returned lengths as list", "int64 tensor"]),
-        (["model.features=listprepare"], ["features ListPrepare: prepare returned a list"]),
+        (
+            ["model.features=listprepare"],
+            ["features 'listprepare' (plugin 'mistakes'): prepare returned a list"],
+        ),
         (
             ["model.backbone=doubleout"],
             ["backbone 'doubleout' (plugin 'mistakes') returned a torch.float64 tensor"],

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from metaemb.core.errors import ConfigError, DataError, DatasetError
+from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
 
@@ -125,7 +126,7 @@ def checked_values(x: Any, features: Any = None) -> Any:
     precision), and NaN or inf refused here, where the file is known, not as a diverged loss."""
     if not isinstance(x, Tensor):  # a list or numpy array would also skip the NaN check below
         raise ConfigError(
-            f"features {type(features).__name__}: prepare returned a {type(x).__name__}; it "
+            f"{described(features, 'features')}: prepare returned a {type(x).__name__}; it "
             "must return one torch.Tensor without batch dimension (e.g. torch.as_tensor(...))."
         )
     if x.is_floating_point():
@@ -190,7 +191,7 @@ class Collate:
 def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Tensor, Any]:
     """What `Features.collate` returned, refused by name when it breaks the contract: a
     [N, …] tensor, and lengths None (nothing padded) or an integer tensor [N]."""
-    name, n = f"features {type(features).__name__}", len(items)
+    name, n = described(features, "features"), len(items)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
         raise ConfigError(f"{name}: collate must return (batch tensor, lengths or None); it "
                           f"returned a {type(out).__name__}.")  # fmt: skip

@@ -60,7 +60,9 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
         folder = None
     if folder is None or [s.path for s in folder.samples] != [s.path for s in samples]:
         raise DataError(  # a folder that scans its root instead would embed other files
-            f"sample folder '{cfg.data.folder}' cannot read loose files (it does not take the "
+            f"sample folder '{cfg.data.folder}' (plugin "
+            f"'{registry('sample_folders').entry(cfg.data.folder).plugin}') cannot read loose "
+            "files (it does not take the "
             "`samples` it is given); put them in an <identity>/<sample> folder and embed the "
             "folder."
         )

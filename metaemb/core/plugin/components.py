@@ -13,6 +13,7 @@ receives the table and builds the part with `build_part`, through the one regist
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import types
@@ -326,6 +327,12 @@ def build_part(kind: str, value: Any, default: Any = None, **context: Any) -> An
     return build(kind, name, validate_options(kind, name, table, name), **context)
 
 
+def described(obj: Any, kind: str) -> str:
+    """How messages name a built component: "features 'fbank' (plugin 'audio')" when it was
+    built through the registry, else its kind and class name."""
+    return getattr(obj, "_metaemb_component", None) or f"{kind} {type(obj).__name__}"
+
+
 def preset(factory: Any, doc: str = "", **fixed: Any) -> Any:
     """`factory` with some arguments fixed: its options are the factory's others, so a preset
     (e.g. ECAPA with C = 512) never restates the parameter list of what it presets."""
@@ -372,6 +379,10 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}"
         ) from exc
+    # What messages about it later call it (a data-loader check knows only the object); not
+    # possible on a value with __slots__, a frozen dataclass or a Module missing its init.
+    with contextlib.suppress(AttributeError, TypeError):
+        built._metaemb_component = f"{reg.singular} '{name}' (plugin '{entry.plugin}')"
     nn = sys.modules.get("torch.nn")  # loaded whenever a Module was built
     if nn is not None and isinstance(built, nn.Module) and "_modules" not in vars(built):
         raise PluginError(

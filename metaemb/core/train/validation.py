@@ -126,11 +126,13 @@ class Validator:
         self.val_set = parts.dataset(val_folder, train=False)
         paths = [s.path for s in val_folder.samples]
         self.trials = index_trials(validation_trials(val_folder, config), paths)
+        self._warned_collapse = False
 
     def validate(self) -> dict[str, float]:
         """Fit the scorer on the training samples when it needs it, then score the trials."""
         emb, kept = self.embed(self.val_set)
-        warn_if_collapsed(emb)
+        if not self._warned_collapse:  # once a run: later epochs say it by their EER
+            self._warned_collapse = warn_if_collapsed(emb)
         trials = self._trials_for(kept)
         if self.scorer.requires_fit:
             train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
@@ -203,15 +205,16 @@ class Validator:
         return restrict(self.trials, lambda idx: ok[idx])
 
 
-def warn_if_collapsed(emb: Any) -> None:
+def warn_if_collapsed(emb: Any) -> bool:
     """Warn when every validation sample gets (nearly) the same embedding: the EER is then
     chance whatever the loss says, most often because BatchNorm's running statistics, used in
     evaluation mode, have seen too few training steps."""
     if not isinstance(emb, Tensor) or emb.dim() != 2 or emb.shape[0] < 2:
-        return
+        return False
     x = emb.detach().double()
     spread, scale = float(x.std(0).max()), float(x.abs().max())
-    if spread <= 1e-5 * max(scale, 1e-30):
+    collapsed = spread <= 1e-5 * max(scale, 1e-30)
+    if collapsed:
         warnings.warn(
             f"the validation embeddings are nearly identical for all {x.shape[0]} samples "
             f"(largest spread {spread:.2g} against values up to {scale:.2g}): the model "
@@ -220,6 +223,7 @@ def warn_if_collapsed(emb: Any) -> None:
             "momentum): train for more steps (more epochs or a smaller train.batch_size).",
             stacklevel=2,
         )
+    return collapsed
 
 
 class _Reindexed:
