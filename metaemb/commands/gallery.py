@@ -365,10 +365,15 @@ def unenroll(
     names = [s.strip() for s in identities.split(",") if s.strip()]
     if not names:
         raise GalleryError(f"--identities {identities!r} names no identity.")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GalleryError(f"--identities names {', '.join(map(repr, twice))} more than once.")
     ensure_writable(gallery, "gallery file")
     with FileLock(gallery, "gallery"):
         g = Gallery.load(gallery)
-        removed = {name: g.remove(name) for name in names}  # all checked before the save
+        for name in (n for n in names if n not in g.identities):
+            g.remove(name)  # raises "not enrolled" (listing the gallery as it is) before any change
+        removed = {name: g.remove(name) for name in names}
         g.save(gallery)
     for name, n in removed.items():
         console.print(f"removed {name!r} ({n} samples)", markup=False)

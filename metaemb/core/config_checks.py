@@ -73,7 +73,7 @@ def check_values(cfg: Config) -> None:
     check_run_name(cfg.name)
     for (section, key), (test, what) in RANGES.items():
         value = getattr(getattr(cfg, section), key)
-        if (isinstance(value, float) and math.isnan(value)) or not test(value):
+        if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
             raise ConfigError(f"config key '{section}.{key}' must be {what}; got {value!r}.")
     targets = cfg.eval.p_targets
     if not targets:

@@ -72,6 +72,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     (the previous file, if any, is left as it was)."""
     from metaemb.core.paths import is_write_error, output_error
 
+    if path.is_symlink():  # write the file the link names, as `>` would; keep the link
+        path = Path(os.path.realpath(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -376,9 +378,10 @@ class FileLock(RunLock):
     gallery): `.<name>.lock` beside it, so two writers never drop each other's additions."""
 
     def __init__(self, target: Path, what: str) -> None:
-        super().__init__(Path(target).parent)
+        real = Path(os.path.realpath(target))  # one lock for the file, whatever link names it
+        super().__init__(real.parent)
         self.target, self.what = Path(target), what
-        self.path = self.target.parent / f".{self.target.name}.lock"
+        self.path = real.parent / f".{real.name}.lock"
 
     def _refuse(self, pid: int | None) -> None:
         who = f"pid {pid}" if pid is not None else "another process"

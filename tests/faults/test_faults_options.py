@@ -267,6 +267,11 @@ def test_byte_order_marks_and_hidden_files(tmp_path, faces):
     assert load_toml(tmp_path / "c.toml") == {"train": {"epochs": 1}}
     (tmp_path / "t.txt").write_bytes(b"\xef\xbb\xbf1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n")
     assert [t.label for t in read_trials(tmp_path / "t.txt")] == [1, 0]
+    for codec in ("utf-16", "utf-16-be"):  # PowerShell's `>`, Notepad's "Unicode"
+        text = "1 a/1.wav a/2.wav\r\n0 a/1.wav b/é.wav\r\n"
+        mark = b"\xfe\xff" if codec.endswith("be") else b""
+        (tmp_path / "u.txt").write_bytes(mark + text.encode(codec))
+        assert [t.test for t in read_trials(tmp_path / "u.txt")] == ["a/2.wav", "b/é.wav"]
     data = tmp_path / "faces"
     shutil.copytree(faces, data)
     n = len(build("sample_folders", "image", {}, root=data))
@@ -448,3 +453,17 @@ def test_a_torchaudio_built_for_another_torch_is_named(monkeypatch, capsys):
         io.resample(__import__("torch").from_numpy(wave), 8000, 16000)
     code, out, _ = run_cli(["doctor"], capsys)
     assert code == 0 and "(installed, but it does not load: OSError)" in out
+
+
+def test_component_options_must_be_finite(capsys):
+    from metaemb.core.config import resolve
+
+    for sets, key in [
+        (["train.objective=arcface", "objective.scale=nan"], "objective.scale"),
+        (["train.objective=triplet", "objective.margin=inf"], "objective.margin"),
+        (["scorer.adapt_relevance=nan"], "scorer.adapt_relevance"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"'{key}' \(.*\) must be a finite number"):
+            resolve("face", sets=sets)
+    with pytest.raises(ConfigError, match=r"'train.lr' must be > 0; got inf"):
+        resolve("face", sets=["train.lr=inf"])

@@ -387,6 +387,8 @@ def test_exports_galleries_and_scores_given_as_inputs_are_named(tmp_path, faces,
 def test_unenroll_and_a_renamed_identity_folder(tmp_path, faces, face_run, capsys):
     import shutil
 
+    from metaemb.core.deploy.gallery import Gallery
+
     data = tmp_path / "d"
     for name in ("id0000", "id0001"):
         shutil.copytree(faces / name, data / name)
@@ -400,10 +402,18 @@ def test_unenroll_and_a_renamed_identity_folder(tmp_path, faces, face_run, capsy
     assert code == 0, err
     before = gallery.read_bytes()
     expect_error(["unenroll", "--gallery", gallery, "--identities", "id0000,nobody"], capsys,
-                 "'nobody' is not enrolled")  # fmt: skip
+                 "'nobody' is not enrolled; enrolled: 'id0000', 'id0001', 'bob'.")  # fmt: skip
+    expect_error(["unenroll", "--gallery", gallery, "--identities", "id0000,bob,id0000"], capsys,
+                 "--identities names 'id0000' more than once")  # fmt: skip
     assert gallery.read_bytes() == before  # all names checked before the rewrite
+    # Through a symlink, the linked gallery itself is rewritten (and the link kept).
+    real, link = tmp_path / "real.pt", tmp_path / "link.pt"
+    real.write_bytes(before)
+    link.symlink_to(real)
+    code, _, err = run_cli(["unenroll", "--gallery", link, "--identities", "id0001"], capsys)
+    assert code == 0 and link.is_symlink(), err
+    assert "id0001" not in Gallery.load(real).identities
     code, out, err = run_cli(["unenroll", "--gallery", gallery, "--identities", "id0000"], capsys)
     assert code == 0 and "removed 'id0000' (4 samples)" in out, err
-    from metaemb.core.deploy.gallery import Gallery
 
     assert sorted(Gallery.load(gallery).identities) == ["bob", "id0001"]

@@ -192,7 +192,8 @@ class Gallery:
         """Forget an identity and its samples → how many samples were removed."""
         if identity not in self.identities:
             raise GalleryError(
-                f"identity '{identity}' is not enrolled;{suggest(identity, self.identities)}"
+                f"identity '{identity}' is not enrolled;"
+                f"{suggest(identity, self.identities) or ' enrolled: ' + _listed(self.identities)}"
             )
         j = self.identities.index(identity)
         keep = self.owner != j
@@ -460,3 +461,9 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     g = Gallery.load(path)
     g.check(digest, where)
     return g
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """Names for a message: the first `most`, then how many more."""
+    shown = ", ".join(repr(n) for n in names[:most]) or "(none)"
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "") + "."

@@ -122,6 +122,19 @@ def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
 # reading
 
 
+def read_list_text(path: Path, what: str) -> str:
+    """A list file's text: UTF-8 (file names that are not valid UTF-8 come back as the same str
+    os.listdir gives), without the byte-order mark some Windows editors write, or UTF-16 when
+    it starts with a UTF-16 mark (PowerShell's `>` and Notepad's "Unicode" write that)."""
+    try:
+        data = path.read_bytes()
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return data.decode("utf-16")
+        return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {what} '{path}': {exc}") from None
+
+
 def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
     """Non-empty, non-comment lines as (line number, fields); with `tabs`, a line holding a tab
     is split at tabs only (so fields may contain spaces)."""
@@ -129,12 +142,7 @@ def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
         raise DataError(f"trial list '{path}' is a folder; give the list's file.")
     if not path.is_file():
         raise DataError(f"trial list '{path}' does not exist.")
-    try:
-        # File names that are not valid UTF-8 come back as the same str os.listdir gives.
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read trial list '{path}': {exc}") from None
-    text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
+    text = read_list_text(path, "trial list")
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         fields = line.strip("\r\n").split("\t") if tabs and "\t" in line else line.split()

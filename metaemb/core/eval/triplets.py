@@ -17,7 +17,7 @@ import numpy as np
 
 from metaemb.core.errors import DataError
 from metaemb.core.eval.trial_generation import coverage, first_component
-from metaemb.core.eval.trials import KALDI_LABELS, safe_path
+from metaemb.core.eval.trials import KALDI_LABELS, read_list_text, safe_path
 from metaemb.core.plugin.interfaces import Trial
 
 HEADER = "# triplets: anchor positive negative"
@@ -77,11 +77,7 @@ def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise DataError(f"triplet list '{path}' does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise DataError(f"cannot read triplet list '{path}': {exc}") from None
-    text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
+    text = read_list_text(path, "triplet list")
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         f = line.split()

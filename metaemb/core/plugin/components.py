@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import sys
 import types
 import typing
@@ -234,6 +235,7 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
             out[key] = validate_part(parts[key], value, known[key].default, f"{section}.{key}")
         else:
             out[key] = coerce(value, known[key].type, f"config key '{section}.{key}'")
+            _refuse_non_finite(out[key], known[key].default, f"{section}.{key}", label)
     for key, opt in known.items():
         if opt.default is _EMPTY and key not in options:
             raise ConfigError(
@@ -242,6 +244,16 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
                 "default in its plugin."
             )
     return out
+
+
+def _refuse_non_finite(value: Any, default: Any, key: str, label: str) -> None:
+    """A float option set to nan or ±inf would pass a component's own `< 0` or `> 0` check and
+    surface an epoch later as a diverged loss blamed on the learning rate; an option whose
+    default is itself not finite (a deliberate "no limit") may take such values."""
+    floats = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in floats if isinstance(v, float) and not math.isfinite(v)]
+    if bad and not (isinstance(default, float) and not math.isfinite(default)):
+        raise ConfigError(f"config key '{key}' ({label}) must be a finite number; got {value!r}.")
 
 
 def part_table(value: Any, default: Any = None) -> dict[str, Any] | None:

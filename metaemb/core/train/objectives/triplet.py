@@ -132,7 +132,9 @@ class TripletObjective(Objective):
         if self._empty and not self._batches:
             warnings.append(
                 f"triplet loss found no (anchor, positive, negative) triplet in any of "
-                f"{self._empty} batches; train with P×K batches (train.sampler=pk)."
+                f"{self._empty} batches: each needs two samples of one identity and one of "
+                "another. Train with P×K batches (train.sampler=pk) of K ≥ 2 samples per "
+                "identity (sampler.k)."
             )
         elif self._batches:
             mean = {k: v / self._batches for k, v in self._sums.items()}
