@@ -167,3 +167,22 @@ def test_export_uses_the_adapter_registered_for_the_input_kind():
     assert isinstance(input_kind({"kind": "image", "image_size": 16}), ImageExport)
     with pytest.raises(ExportError, match=r"input kind 'npy-vectors'.*register_export_adapters"):
         input_kind({"kind": "npy-vectors"})
+
+
+def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():
+    import torch
+
+    from metaemb.core.deploy.export import ExportError, _probe
+    from metaemb.plugins.vision.export import ImageExport
+
+    class GrayPlugin:  # reuses the RGB image adapter for a 1-channel model: 3 channels given
+        @hookimpl
+        def register_export_adapters(self, register):
+            register("gray-test", ImageExport)
+
+    one_channel = torch.nn.Conv2d(1, 4, 3)
+    with manager.plugin_registered(GrayPlugin(), "gray-plugin"):
+        spec = {"kind": "gray-test", "image_size": 16}
+        with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): the "
+                           r"model failed on the adapter's example inputs \(\[2, 3, 16, 16\]\)"):  # fmt: skip
+            _probe(lambda x: one_channel(x.float()), ImageExport(), spec)

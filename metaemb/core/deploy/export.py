@@ -119,6 +119,28 @@ def input_kind(spec: dict[str, Any]) -> ExportAdapter:
     return reg.get(kind)()
 
 
+def _probe(module: Any, kind: ExportAdapter, spec: dict[str, Any]) -> Any:
+    """The wrapped model on the adapter's example inputs: a plugin adapter whose examples do
+    not fit the model (3 channels for a 1-channel model) is named instead of a traceback."""
+    name = spec.get("kind")
+    entry = registry("export_adapters").entry(name)
+    shown: list[list[int]] = []
+    try:
+        example = kind.example(spec, 2, 0)
+        shown = [list(x.shape) for x in example if isinstance(x, Tensor)]
+        with torch.no_grad():
+            return module(*example)
+    except MetaembError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"export adapter '{name}' (plugin '{entry.plugin}'): the model failed on the "
+            f"adapter's example inputs ({', '.join(map(str, shown)) or '?'}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Check its "
+            "example() and shapes() against what the features give the backbone."
+        ) from None
+
+
 def frontend_options(config: Config) -> dict[str, Any]:
     """The training frontend's options, defaults included (crop size, template, VAD settings)."""
     factory = registry("frontends").get(config.model.frontend)
@@ -282,8 +304,7 @@ def export(
     inf = load_inference(checkpoint)
     module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
     extra_checks = kind.check(inf.model, module, spec)
-    with torch.no_grad():
-        probe = module(*kind.example(spec, 2, 0))
+    probe = _probe(module, kind, spec)
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
     shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
     dim = int(shapes[0][1])
