@@ -603,3 +603,24 @@ def test_collapsed_validation_embeddings_are_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_collapsed(torch.randn(5, 8))
+
+
+def test_names_a_failed_hook_never_reached_point_at_the_plugin():
+    from metaemb.core.errors import UnknownComponentError
+
+    class Clash:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("resnet18", ConvNet)  # taken by the vision plugin: the hook stops here
+            register("later-ok", ConvNet)
+
+    plugins.reset()
+    try:
+        with plugins.plugin_registered(Clash(), "clash-plugin"):
+            with pytest.warns(UserWarning, match="clash-plugin"):
+                reg = plugins.registry("backbones")
+            with pytest.raises(UnknownComponentError, match=r"unknown backbone 'later-ok'.*"
+                               r"Plugin 'clash-plugin' failed registering backbones"):  # fmt: skip
+                reg.entry("later-ok")
+    finally:
+        plugins.reset()

@@ -181,6 +181,7 @@ class PluginState:
             for name in tried:  # asking for one later says why it is missing
                 if isinstance(name, str):
                     registries[kind].drop_note(name, why)
+            registries[kind].failed_plugins[plugin_name] = cause  # and its names never tried
             self.failed.append(FailedPlugin(plugin_name, cause))
             warnings.warn(
                 f"{message}; its {kind} are skipped (set METAEMB_STRICT_PLUGINS=1 to make "

@@ -50,6 +50,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._dropped: dict[str, str] = {}  # name → why (its plugin's hook failed)
+        self.failed_plugins: dict[str, str] = {}  # plugin → why its hook of this kind failed
 
     @property
     def singular(self) -> str:
@@ -107,9 +108,15 @@ class Registry:
                     "(`metaemb plugins` lists failed plugins)."
                 ) from None
             available = ", ".join(sorted(self._entries)) or "(none)"
+            failed = "".join(
+                f" Plugin '{plugin}' failed registering {self.kind} ({why}), so any it would "
+                "have registered after that are missing too."
+                for plugin, why in self.failed_plugins.items()
+            )
             raise UnknownComponentError(
                 f"unknown {self.singular} '{name}';{suggest(name, self._entries)} "
-                f"available: {available}. (`metaemb list {self.kind}` shows them with their plugins.)"
+                f"available: {available}. (`metaemb list {self.kind}` shows them with their "
+                f"plugins.){failed}"
             ) from None
 
     def get(self, name: str) -> Any:
