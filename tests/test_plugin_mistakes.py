@@ -19,7 +19,7 @@ import metaemb
 from metaemb.core.config import resolve
 from metaemb.core.data.dataset import PreparedDataset, checked_values
 from metaemb.core.data.pipeline import data_root
-from metaemb.core.errors import ConfigError, DataError, PluginError
+from metaemb.core.errors import ConfigError, DataError, PluginError, UnknownComponentError
 from metaemb.core.eval.measures import groups_matrix
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.components import build
@@ -624,3 +624,24 @@ def test_names_a_failed_hook_never_reached_point_at_the_plugin():
                 reg.entry("later-ok")
     finally:
         plugins.reset()
+
+
+def test_a_modality_choosing_an_unknown_component_is_named():
+    class BadModality:
+        @metaemb.hookimpl
+        def register_modalities(self, register):
+            register("typo", Modality(name="typo", description="", sample_folder="image",
+                                      features="image", backbone="resnet81"))  # fmt: skip
+            register("typo2", Modality(name="typo2", description="", sample_folder="image",
+                                       features="image", backbone="resnet18",
+                                       defaults={"train.objective": "arcfase"}))  # fmt: skip
+
+    with plugins.plugin_registered(BadModality(), "typo-plugin"):
+        for modality, key, name in [("typo", "model.backbone", "resnet81"),
+                                    ("typo2", "train.objective", "arcfase")]:  # fmt: skip
+            with pytest.raises(ConfigError, match=rf"modality '{modality}' \(plugin 'typo-plugin'"
+                               rf"\) chooses {key} = '{name}': unknown"):  # fmt: skip
+                resolve(modality)
+        resolve("typo", sets=["model.backbone=resnet18"])  # the user's choice replaces it
+        with pytest.raises(UnknownComponentError, match="unknown backbone 'resnet19'"):
+            resolve("typo", sets=["model.backbone=resnet19"])  # the user's typo: as before

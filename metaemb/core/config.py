@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from metaemb.core.config_checks import check_values, migrate_options
 from metaemb.core.config_toml import dumps_toml, load_toml, parse_set
-from metaemb.core.errors import ConfigError, MetaembError, suggest
+from metaemb.core.errors import ConfigError, MetaembError, UnknownComponentError, suggest
 from metaemb.core.plugin.components import (
     coerce,
     full_options,
@@ -323,6 +323,8 @@ def resolve(
         raise ConfigError(
             f"config sets modality '{cfg.modality}' but the command asked for '{modality}'."
         )
+    _known_choice("heads", cfg.model.head, "head", modality, layers)
+    _known_choice("objectives", cfg.train.objective, "objective", modality, layers)
     if not cfg.eval.scorer:
         head = registry("heads").get(cfg.model.head)
         cfg.eval.scorer = "gme" if getattr(head, "output", "point") == "gme" else "cosine"
@@ -346,7 +348,7 @@ def resolve(
                     f"{section} component (pass --data DIR instead of demo options)."
                 )
             continue
-        registry(kind).get(name)  # unknown names fail early, with suggestions
+        _known_choice(kind, name, section, modality, layers)  # unknown names fail early
         user = migrate_options(kind, name, pending.get(section, {}), section)
         known = options_of(registry(kind).get(name))
         wildcard = {
@@ -367,6 +369,26 @@ def resolve(
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
+
+
+def _known_choice(
+    kind: str, name: str, section: str, modality: str, layers: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Unknown component names fail with suggestions; one the user never typed (the modality
+    chose it) is the modality's mistake, and the message says whose."""
+    try:
+        registry(kind).get(name)
+    except UnknownComponentError as exc:
+        core, choice = CHOICE_FIELDS.get(section, ("model", section))
+        key = f"{core}.{choice}"
+        chosen_by_user = any(key in layer for origin, layer in layers[1:])
+        if chosen_by_user or layers[0][1].get(key) != name:
+            raise
+        plugin = registry("modalities").entry(modality).plugin
+        raise ConfigError(
+            f"modality '{modality}' (plugin '{plugin}') chooses {key} = '{name}': {exc} "
+            "Fix the modality, or choose another with --set."
+        ) from None
 
 
 def _refuse_two_choices(layer: dict[str, Any], origin: str) -> None:
