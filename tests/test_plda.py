@@ -4,6 +4,8 @@ a known model."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -241,3 +243,16 @@ def test_impossible_plda_options_are_refused_when_built():
         with pytest.raises(ConfigError, match="lda_dim ≥ 0"):
             PLDABackend(**opts)
     PLDABackend(lda_dim=0)  # 0 skips LDA
+
+
+def test_a_fit_on_embeddings_that_barely_vary_within_an_identity_is_warned_about():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    labels = torch.arange(6).repeat_interleave(5)
+    x = centres[labels] + 1e-7 * torch.randn(30, 4, generator=g, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="PLDA is ill-conditioned"):
+        PLDA.fit(x, labels, iterations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PLDA.fit(centres[labels] + 0.3 * torch.randn(30, 4, generator=g, dtype=torch.float64),
+                 labels, iterations=2)  # fmt: skip

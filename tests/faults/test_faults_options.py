@@ -467,3 +467,10 @@ def test_component_options_must_be_finite(capsys):
             resolve("face", sets=sets)
     with pytest.raises(ConfigError, match=r"'train.lr' must be > 0; got inf"):
         resolve("face", sets=["train.lr=inf"])
+
+
+def test_a_sample_file_given_twice_is_refused(tmp_path, faces, face_run, capsys):
+    probe = next(Path(faces).rglob("*.png"))
+    expect_error(["embed", face_run, probe, probe, "--out", tmp_path / "e.pt"], capsys,
+                 "is given twice")  # fmt: skip
+    assert not (tmp_path / "e.pt").exists()

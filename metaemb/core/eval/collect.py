@@ -39,6 +39,11 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
         if not f.is_file():
             raise DataError(f"sample file '{f}' does not exist.")
     resolved = [f.resolve() for f in files]
+    seen: dict[Path, Path] = {}
+    for f, real in zip(files, resolved, strict=True):
+        if real in seen:  # it would be one more sample of its identity (retrieval counts it)
+            raise DataError(f"sample file '{f}' is given twice (also as '{seen[real]}').")
+        seen[real] = f
     root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
     loaded = load_run(Path(checkpoint), device)
     cfg = loaded.config

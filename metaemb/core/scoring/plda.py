@@ -10,6 +10,7 @@ speaker back-end chain: mean subtraction → LDA → length-norm → PLDA.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -194,7 +195,9 @@ class PLDA:
             w = _sym(w_acc / n_total)
             b = _sym(b_acc / n_classes)
         history.append(_class_loglik(means, counts, scatter, b, w)[0])
-        return cls(mu, b, w, loglik=history)
+        model = cls(mu, b, w, loglik=history)
+        warn_if_ill_conditioned(model.psi)
+        return model
 
     # -- the diagonal space -----------------------------------------------------------------
     def to_diagonal(self, x: Tensor) -> Tensor:
@@ -208,6 +211,25 @@ class PLDA:
     def llr_matrix(self, u: Tensor, v: Tensor, n: int = 1) -> Tensor:
         """All-vs-all LLR block [len(u), len(v)] for enrollments that all have n recordings."""
         return llr_matrix(self.psi, u, v, n)
+
+
+ILL_CONDITIONED = 1e5  # between/within variance ratio past which LLRs are not evidence
+
+
+def warn_if_ill_conditioned(psi: Tensor) -> None:
+    """A direction in which the training embeddings of an identity barely vary (a collapsed
+    or barely trained model, near-duplicate samples) makes PLDA's LLRs astronomically large:
+    Cllr and any threshold on them are then meaningless."""
+    ratio = float(psi.max()) if psi.numel() else 0.0
+    if ratio > ILL_CONDITIONED:
+        warnings.warn(
+            f"PLDA is ill-conditioned: in some direction the training embeddings vary "
+            f"{ratio:.2g} times more between identities than within one, so its LLRs will be "
+            "huge and overconfident. The model may embed samples almost alike (too little "
+            "training) or the training data hold near-duplicates; score with cosine, or train "
+            "longer.",
+            stacklevel=3,
+        )
 
 
 def diagonalise(within: Tensor, between: Tensor) -> tuple[Tensor, Tensor]:
