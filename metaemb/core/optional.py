@@ -95,20 +95,3 @@ def available(module: str) -> str | None:
         except (metadata.PackageNotFoundError, KeyError):
             version = "?"
     return str(version)
-
-
-def torchaudio_functional() -> ModuleType:
-    """`torchaudio.functional`, or a one-paragraph error when torchaudio is installed for
-    another torch (its compiled library then fails to load with an OSError)."""
-    try:
-        return importlib.import_module("torchaudio.functional")
-    except (ImportError, OSError) as exc:
-        import torch
-
-        version = torch.__version__.split("+")[0]
-        raise MetaembError(
-            f"torchaudio cannot be loaded with torch {torch.__version__} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); resampling "
-            "audio of another sample rate and speed perturbation need it. Install the torchaudio "
-            f"built for this torch: pip install 'torchaudio=={version}'."
-        ) from None

@@ -340,7 +340,7 @@ def build_part(kind: str, value: Any, default: Any = None, **context: Any) -> An
 
 
 def described(obj: Any, kind: str) -> str:
-    """How messages name a built component: "features 'fbank' (plugin 'audio')" when it was
+    """How messages name a built component: "features 'mine' (plugin 'my-plugin')" when it was
     built through the registry, else its kind and class name."""
     return getattr(obj, "_metaemb_component", None) or f"{kind} {type(obj).__name__}"
 

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError
-from metaemb.core.optional import torchaudio_functional
 from metaemb.plugins.audio.augment import WaveAugmentation
+from metaemb.plugins.audio.io import torchaudio_functional
 
 
 def speed_perturb(x: Tensor, factor: float) -> Tensor:

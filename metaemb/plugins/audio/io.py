@@ -10,18 +10,19 @@ with a warning; other rates are resampled explicitly (windowed-sinc), never sile
 
 from __future__ import annotations
 
+import importlib
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
 
-from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.optional import torchaudio_functional
+from metaemb.core.errors import ConfigError, DataError, MetaembError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4")
 PYAV_ONLY = (".m4a", ".aac", ".mp4")  # libsndfile has no AAC decoder
@@ -46,6 +47,23 @@ def check_rate_policy(on_rate_mismatch: str) -> str:
             f"on_rate_mismatch must be one of {', '.join(RATE_POLICIES)}; got '{on_rate_mismatch}'."
         )
     return on_rate_mismatch
+
+
+def torchaudio_functional() -> ModuleType:
+    """`torchaudio.functional`, or a one-paragraph error when torchaudio is installed for
+    another torch (its compiled library then fails to load with an OSError)."""
+    try:
+        return importlib.import_module("torchaudio.functional")
+    except (ImportError, OSError) as exc:
+        import torch
+
+        version = torch.__version__.split("+")[0]
+        raise MetaembError(
+            f"torchaudio cannot be loaded with torch {torch.__version__} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); resampling "
+            "audio of another sample rate and speed perturbation need it. Install the torchaudio "
+            f"built for this torch: pip install 'torchaudio=={version}'."
+        ) from None
 
 
 def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
