@@ -117,18 +117,16 @@ def neighbours(
     if backend not in BACKENDS:  # checked here too: without probes no search would name it
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
     # Each option belongs to one of the two uses; one given to the other would be ignored.
-    unused = (
-        {"--run": run is not None, "--device": device != "auto", "--workers": workers != 0,
-         "-k": k != 5} if not probe else {"--max-rank": max_rank != 10}
-    )  # fmt: skip
-    for flag, given in unused.items():
-        if given and not probe:
+    if not probe:
+        probe_only = {"--run": run is not None, "--device": device != "auto",
+                      "--workers": workers != 0, "-k": k != 5}  # fmt: skip
+        for flag in (f for f, given in probe_only.items() if given):
             raise MetaembError(f"{flag} applies to probe files (embedded and searched); without "
                                "probes the collection's own stored embeddings are scored "
                                "leave-one-out: leave it out, or give probes.")  # fmt: skip
-        if given:
-            raise MetaembError("--max-rank sets the CMC of the leave-one-out metrics (no probes); "
-                               "with probes use -k for the neighbours per probe.")  # fmt: skip
+    elif max_rank != 10:
+        raise MetaembError("--max-rank sets the CMC of the leave-one-out metrics (no probes); "
+                           "with probes use -k for the neighbours per probe.")  # fmt: skip
     if out is not None:
         ensure_writable(out, "results file")  # before any embedding
     if probe:
