@@ -9,8 +9,10 @@ The default suite runs FAST_EXAMPLES per parser; `-m slow` runs SLOW_EXAMPLES (â
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -25,6 +27,9 @@ from metaemb.core.errors import MetaembError
 FAST_EXAMPLES = 80
 SLOW_EXAMPLES = 10_000
 WORK = Path(tempfile.mkdtemp(prefix="metaemb-fuzz-"))
+# Hypothesis cannot reset function-scoped fixtures between examples, hence one folder for the
+# module; it goes when the test process ends (it used to be left behind in the temp folder).
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 
 def _find(candidates: list[tuple[str, str]]) -> Callable:
