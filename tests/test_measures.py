@@ -51,6 +51,36 @@ def test_evaluate_other_folder_uses_all_its_identities(setup, tmp_path, capsys):
     ids = {p.split("/")[0] for t in trials for p in (*t.enroll, t.test)}
     assert len(ids) == 6  # a re-split as training data would have kept 2 validation identities
     assert sum(t.label == 1 for t in trials) == 6 * 6  # every same-identity pair: 6 × C(4, 2)
+    assert result["training_identities_scored"] == 0 and "trained on" not in flat  # new names
+
+
+def test_evaluate_on_a_copy_of_the_training_folder_warns(setup, tmp_path, capsys):
+    """A copy of the training folder is another path, so it is scored like a new folder; the
+    identities the run trained on are named and counted, not silently scored as strangers."""
+    data, _, run = setup
+    trained = set(torch.load(run / "last.pt", weights_only=False)["training_identities"])
+    identities = {d.name for d in data.iterdir() if d.is_dir()}
+    assert len(trained) == 8 and trained < identities  # the 2 validation identities held out
+    copy = tmp_path / "copy"
+    for d in sorted(identities):
+        (copy / d).mkdir(parents=True)
+        for f in (data / d).iterdir():
+            (copy / d / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--data", copy, "--out", out, "--workers", "0"]
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    flat = " ".join(text.split())
+    assert (
+        "warning: 8 of the 10 identities scored have the names of identities the run trained on"
+        in flat
+    )
+    assert sorted(trained)[0] in flat
+    assert json.loads((out / "metrics.json").read_text())["training_identities_scored"] == 8
+    own = tmp_path / "own"  # the training folder itself: its validation identities, no warning
+    code, text, err = helpers.run_cli(["evaluate", run, "--out", own, "--workers", "0"], capsys)
+    assert code == 0 and "trained on" not in " ".join(text.split())
+    assert json.loads((own / "metrics.json").read_text())["training_identities_scored"] == 0
 
 
 def test_triplets_make_coverage_and_match_accuracy(setup, tmp_path, capsys):
@@ -82,6 +112,10 @@ def test_triplets_make_coverage_and_match_accuracy(setup, tmp_path, capsys):
     want = np.mean([e[t.anchor] @ e[t.positive] > e[t.anchor] @ e[t.negative] for t in triplets])
     assert got["match_accuracy"] == pytest.approx(want, abs=1e-12)
     assert got["triplets"] == 50 and "match_accuracy" in text
+    ids = {p.split("/")[0] for t in triplets for p in (t.anchor, t.positive, t.negative)}
+    trained = set(torch.load(run / "last.pt", weights_only=False)["training_identities"])
+    assert got["training_identities_scored"] == len(ids & trained) > 0  # triplets of all 10
+    assert "have the names of identities the run trained on" in " ".join(text.split())
 
 
 def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):
@@ -104,7 +138,7 @@ def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):
         scores = [x @ models[n] / np.linalg.norm(models[n]) for n in names]
         hits.append(names[int(np.argmax(scores))] == path.split("/")[0])
     assert got["class_accuracy"] == pytest.approx(np.mean(hits), abs=1e-12)
-    assert "class_accuracy" in text
+    assert "class_accuracy" in text and got["training_identities_scored"] == 0
 
 
 def test_match_without_triplets_is_a_clear_error(setup, capsys):

@@ -22,7 +22,7 @@ from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import DataError
-from metaemb.core.eval import metrics, report
+from metaemb.core.eval import leakage, metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
     folds_of,
@@ -181,6 +181,14 @@ class Evaluation:
         trials = validation.validation_trials(val, cfg)
         return TrialSet(trials, "validation", "the run's validation trials")
 
+    def _training_identities_scored(self, loaded: Loaded, folder: Any, evals: TrialSet) -> int:
+        """How many scored identities the run trained on (0 for its own validation trials),
+        with a warning when there are any: their scores flatter the model."""
+        if evals.name == "validation":
+            return 0
+        scored = leakage.identities_of(folder, leakage.trial_paths(evals.trials))
+        return leakage.count_and_warn(loaded.state, scored, self.console)
+
     def _scorer(self, loaded: Loaded) -> Any:
         name = self.scorer_name or loaded.config.eval.scorer
         scorer, needs_fit = loaded.scorer(name)
@@ -230,6 +238,7 @@ class Evaluation:
         folder = loaded.parts.folder
         evals = self._trials(loaded)
         labels = evals.labels()
+        shared = self._training_identities_scored(loaded, folder, evals)
         out = self.out or (self._run_dir() / f"eval-{evals.name}")
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials)
@@ -248,6 +257,7 @@ class Evaluation:
             "trials_source": evals.source,
             "scorer": self.scorer_name or cfg.eval.scorer,
             "adapted_on": len(embedded.pos) if adapted else 0,
+            "training_identities_scored": shared,
             "p_targets": list(p_targets),
             **verification(scores, labels, p_targets),
         }

@@ -207,13 +207,21 @@ def run_measure(
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
+    from metaemb.core.eval import leakage
+
     if measure == "match":
         result = match_measure(loaded, trials, sc, workers, adapt)  # type: ignore[arg-type]
+        triplets = read_triplets(trials, root=loaded.parts.root)  # type: ignore[arg-type]
+        paths = {p for t in triplets for p in (t.anchor, t.positive, t.negative)}
+        scored = leakage.identities_of(loaded.parts.folder, paths)
         key = "match_accuracy"
     else:
-        result = class_measure(loaded, _folder_for(loaded, data), sc, workers, enroll,
+        folder = _folder_for(loaded, data)
+        result = class_measure(loaded, folder, sc, workers, enroll,
                                loaded.config.train.seed, adapt)  # fmt: skip
+        scored = leakage.identities_of(folder) if data is not None else set()  # else held out
         key = "class_accuracy"
+    result["training_identities_scored"] = leakage.count_and_warn(loaded.state, scored, console)
     result["scorer"] = scorer or loaded.config.eval.scorer
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
     table = Table(title=f"{measure} on {escape(result['source'])}")

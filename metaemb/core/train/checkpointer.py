@@ -145,6 +145,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         },
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
+        "training_identities": list(trainer.train_folder.identities),  # kept out of evaluation
         **trainer.fingerprints,  # computed once per run: the data does not change during it
     }
 

@@ -1,0 +1,63 @@
+"""Identities a run trained on that turn up again in its evaluation trials.
+
+Verification results are only honest on identities the network never saw: a face or voice it was
+trained on scores far better than a stranger's. `evaluate RUN` on its own data holds the
+validation identities out by construction; a copy of the training folder, another folder
+sharing identities with it, or a trial list over training files does not. The run's checkpoint
+lists the identities it trained on, so evaluation can say how many of the scored ones they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+
+SHOWN = 5
+
+
+def training_identities(state: dict[str, Any]) -> set[str] | None:
+    """The identities the run trained on (its training split), or None for runs saved before
+    checkpoints listed them (and for imported pretrained models, which trained on none of ours)."""
+    names = state.get("training_identities")
+    return None if names is None else {str(n) for n in names}
+
+
+def identities_of(folder: Any, paths: Any = None) -> set[str]:
+    """The identities of the folder's files at `paths` (all its files when None)."""
+    if paths is None:
+        return {s.identity for s in folder.samples}
+    identity = {s.path: s.identity for s in folder.samples}
+    return {identity[p] for p in paths if p in identity}
+
+
+def trial_paths(trials: list[Any]) -> set[str]:
+    """Every file a list of verification trials scores."""
+    return {p for t in trials for p in (*t.enroll, t.test)}
+
+
+def count_and_warn(state: dict[str, Any], scored: set[str], console: Any) -> int:
+    """How many scored identities the run trained on; prints the warning when there are any."""
+    trained = training_identities(state)
+    message = overlap_warning(trained, scored)
+    if message:
+        console.print(f"[yellow]warning:[/] {escape(message)}")
+    return len(scored & trained) if trained else 0
+
+
+def overlap_warning(trained: set[str] | None, scored: set[str]) -> str | None:
+    """A warning naming the scored identities the run trained on, or None when there are none."""
+    if not trained:
+        return None
+    shared = sorted(scored & trained)
+    if not shared:
+        return None
+    shown = ", ".join(shared[:SHOWN]) + (
+        f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+    )
+    return (
+        f"{len(shared)} of the {len(scored)} identities scored have the names of "
+        f"identities the run trained on ({shown}). If they are the same people, the results are "
+        "optimistic: evaluate on identities the run did not train on (`metaemb evaluate RUN` "
+        "alone uses its held-out validation identities)."
+    )
