@@ -122,6 +122,24 @@ def test_disable_plugins_blocks_them(monkeypatch):
     names = {p.name for p in plugins.state().plugins()}
     assert "audio" not in names and "vision" not in names
     assert "speaker" not in plugins.registry("modalities")
+    with pytest.raises(UnknownComponentError) as info:  # a run of theirs says whose it may be
+        plugins.registry("modalities").get("face")
+    assert "disabled by METAEMB_DISABLE_PLUGINS: 'audio', 'vision'" in str(info.value)
+
+
+def test_disabling_a_plugin_that_is_not_installed_is_a_warning(monkeypatch):
+    monkeypatch.setenv("METAEMB_DISABLE_PLUGINS", "visoin")  # a typo disabled nothing, silently
+    with pytest.warns(UserWarning, match="'visoin', which is not an installed metaemb plugin.*"
+                      "did you mean 'vision'"):  # fmt: skip
+        state = plugins.state()
+    assert "face" in plugins.registry("modalities") and state.disabled == []
+
+
+def test_core_cannot_be_disabled(monkeypatch):
+    monkeypatch.setenv("METAEMB_DISABLE_PLUGINS", "core")  # it unregistered every built-in
+    with pytest.warns(UserWarning, match="'core'.*cannot be disabled"):
+        plugins.state()
+    assert "arcface" in plugins.registry("objectives") and "cosine" in plugins.registry("scorers")
 
 
 def test_entry_point_plugin_is_loaded_once(monkeypatch):

@@ -60,6 +60,7 @@ class PluginState:
         self._spec_modules: set[str] = set()
         self.versions: dict[str, str] = {}
         self.failed: list[FailedPlugin] = []
+        self.disabled: list[str] = []  # installed plugins METAEMB_DISABLE_PLUGINS blocks
         self._registries: dict[str, Registry] | None = None
 
     # -- loading -------------------------------------------------------------------------
@@ -68,10 +69,12 @@ class PluginState:
         for modname in CORE_PLUGINS:
             self.pm.register(importlib.import_module(modname), name="core")
             self.versions["core"] = _dist_version("metaemb")
-        for name in disabled:
+        for name in disabled - {"core"}:  # blocking core would unregister every built-in
             self.pm.set_blocked(name)
         strict = _strict()
-        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        entry_points = sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name)
+        self.disabled = check_disabled(disabled, [ep.name for ep in entry_points])
+        for ep in entry_points:
             if ep.name in disabled or self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -135,7 +138,7 @@ class PluginState:
 
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            registries = {kind: Registry(kind) for kind in self.kinds}
+            registries = {kind: Registry(kind, self.disabled) for kind in self.kinds}
             for kind, hook_name in self.kinds.items():
                 hook = getattr(self.pm.hook, hook_name, None)
                 if hook is None:  # nobody implements it
@@ -228,6 +231,23 @@ def disabled_plugins() -> set[str]:
     return {
         n.strip() for n in os.environ.get("METAEMB_DISABLE_PLUGINS", "").split(",") if n.strip()
     }
+
+
+def check_disabled(disabled: set[str], installed: list[str]) -> list[str]:
+    """The installed plugins among the disabled names; a name that is none of them is a typo
+    (nothing would be disabled, silently), so it is warned about with the closest name."""
+    for name in sorted(disabled - set(installed)):
+        if name == "core":
+            warnings.warn("METAEMB_DISABLE_PLUGINS names 'core', metaemb's own components (the "
+                          "objectives, scorers, heads …); they cannot be disabled.", stacklevel=3)  # fmt: skip
+            continue
+        warnings.warn(
+            f"METAEMB_DISABLE_PLUGINS names '{name}', which is not an installed metaemb plugin, "
+            f"so it disables nothing;{suggest(name, installed)} installed: "
+            f"{', '.join(installed) or '(none)'}.",
+            stacklevel=3,
+        )
+    return sorted(disabled & set(installed))
 
 
 def state() -> PluginState:

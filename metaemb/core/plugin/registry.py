@@ -46,8 +46,9 @@ class Entry:
 class Registry:
     """Components of one kind, by name; refuses duplicates and suggests on unknown names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, disabled_plugins: list[str] | None = None) -> None:
         self.kind = kind
+        self.disabled_plugins = list(disabled_plugins or [])  # installed, blocked by the user
         self._entries: dict[str, Entry] = {}
         self._dropped: dict[str, str] = {}  # name → why (its plugin's hook failed)
         self.failed_plugins: dict[str, str] = {}  # plugin → why its hook of this kind failed
@@ -113,6 +114,10 @@ class Registry:
                 "have registered after that are missing too."
                 for plugin, why in self.failed_plugins.items()
             )
+            if self.disabled_plugins:
+                names = ", ".join(f"'{p}'" for p in self.disabled_plugins)
+                failed += (f" Installed but disabled by METAEMB_DISABLE_PLUGINS: {names}; the "
+                           f"{self.singular} may be theirs.")  # fmt: skip
             raise UnknownComponentError(
                 f"unknown {self.singular} '{name}';{suggest(name, self._entries)} "
                 f"available: {available}. (`metaemb list {self.kind}` shows them with their "
