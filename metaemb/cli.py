@@ -304,14 +304,18 @@ def evaluate(
 def embed(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint")],
     data: Annotated[list[Path], typer.Argument(help="<identity>/<sample> folder, or sample files")],
-    out: Annotated[Path, typer.Option(help="output .pt file (embeddings, paths, identities)")],
+    out: Annotated[
+        Path, typer.Option(help="output .pt file, or .npz (embeddings, paths, identities)")
+    ],
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.eval.collect import embed_inputs
+    from metaemb.core.eval.retrieval import check_format
     from metaemb.core.paths import ensure_writable
 
+    check_format(out)
     ensure_writable(out, "embeddings file")  # before any embedding
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers)
     collection.save(out)

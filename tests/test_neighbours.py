@@ -39,6 +39,36 @@ def test_embed_files_match_folder_rows(trained, tmp_path):
         torch.testing.assert_close(row, coll.embeddings[i], atol=1e-5, rtol=1e-5)
 
 
+def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
+    """`--out X.npz` is a NumPy archive readable without pickle, holding what the torch file
+    holds; neighbours reads it alike. A name promising another format is refused up front."""
+    data, run = trained
+    pt, npz = tmp_path / "coll.pt", tmp_path / "coll.npz"
+    for out in (pt, npz):
+        assert helpers.run_cli(["embed", run, data, "--out", out, "--workers", "0"])[0] == 0
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    coll = Collection.load(pt)
+    np.testing.assert_array_equal(arrays["embeddings"], coll.embeddings.numpy())
+    assert (
+        arrays["paths"].tolist() == coll.paths and arrays["identities"].tolist() == coll.identities
+    )
+    assert str(arrays["model_digest"]) == coll.meta["model_digest"]
+    again = Collection.load(npz)
+    assert again.paths == coll.paths and again.meta == coll.meta
+    reports = []
+    for f in (pt, npz):
+        out = tmp_path / f"{f.suffix[1:]}.json"
+        assert helpers.run_cli(["neighbours", f, "--out", out], capsys)[0] == 0
+        reports.append(json.loads(out.read_text()))
+    assert reports[0] == reports[1] and reports[0]["samples"] == 40
+    code, _, err = helpers.run_cli(["embed", run, data, "--out", tmp_path / "x.npy"], capsys)
+    assert code == 2 and "a torch file (.pt) or a NumPy archive (.npz), not .npy" in " ".join(
+        err.split()
+    )
+    assert not (tmp_path / "x.npy").exists()
+
+
 def test_neighbours_of_a_probe_faiss_equals_exact(trained, tmp_path, capsys):
     data, run = trained
     coll_file = tmp_path / "coll.pt"

@@ -50,11 +50,17 @@ class Collection:
         return out
 
     def save(self, path: Path) -> None:
+        """A torch file, or a NumPy archive when `path` ends in .npz (see `check_format`)."""
         from metaemb.core.runs import atomic_write_bytes
 
+        path = Path(path)
+        check_format(path)
         buf = io.BytesIO()
-        torch.save(self.payload(), buf)
-        atomic_write_bytes(Path(path), buf.getvalue())
+        if path.suffix.lower() == ".npz":
+            np.savez(buf, **_as_arrays(self.payload()))
+        else:
+            torch.save(self.payload(), buf)
+        atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Collection:
@@ -64,7 +70,10 @@ class Collection:
                 f"embeddings file '{path}' does not exist; write one with `metaemb embed`."
             )
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix.lower() == ".npz":
+                d = _from_arrays(path)
+            else:
+                d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             from metaemb.core.runs import load_error_reason
 
@@ -84,6 +93,47 @@ class Collection:
         }
         ids = list(d.get("identities") or [""] * len(d["paths"]))
         return cls(list(d["paths"]), ids, emb, meta)
+
+
+NOT_WRITTEN = (".npy", ".csv", ".tsv", ".txt", ".json", ".h5", ".hdf5", ".mat", ".pkl", ".pickle")
+
+
+def check_format(path: Path) -> None:
+    """Embeddings are written as a torch file (any name, usually .pt) or a NumPy archive (.npz,
+    arrays `embeddings` or GME `a`/`b`, `paths`, `identities`, and the model's details as 0-d
+    strings). A name promising another format would hold a torch file, so it is refused."""
+    if Path(path).suffix.lower() in NOT_WRITTEN:
+        raise DataError(
+            f"'{path}': embeddings are written as a torch file (.pt) or a NumPy archive (.npz), "
+            f"not {Path(path).suffix}; name the output with one of those."
+        )
+
+
+def _as_arrays(payload: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The payload as plain arrays (strings as unicode arrays), so np.load needs no pickle."""
+    arrays = {}
+    for key, value in payload.items():
+        if isinstance(value, Tensor):
+            arrays[key] = value.detach().cpu().numpy()
+        elif isinstance(value, list):
+            arrays[key] = np.array([str(v) for v in value], dtype=str)
+        else:
+            arrays[key] = np.array(str(value))
+    return arrays
+
+
+def _from_arrays(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        d: dict[str, Any] = {}
+        for key in z.files:
+            value = z[key]
+            if key in ("embeddings", "a", "b"):
+                d[key] = torch.from_numpy(np.asarray(value, dtype=np.float32))
+            elif value.ndim == 0:
+                d[key] = str(value)
+            else:
+                d[key] = [str(v) for v in value]
+    return d
 
 
 def default_scorer(kind: str) -> Any:
