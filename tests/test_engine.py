@@ -377,3 +377,14 @@ def test_sigkill_at_random_moments_resumes_to_the_same_weights(faces, tmp_path, 
     assert same_state(want, load_checkpoint(run / "last.pt"))
     assert epochs_in(run) == [1, 2, 3]
     assert not list(run.glob(".*.tmp"))
+
+
+def test_a_scorer_that_cannot_fit_the_training_data_fails_before_training(faces, tmp_path, capsys):
+    """Adaptive s-norm with top_n above the training identities failed only after an epoch."""
+    extra = ["eval.scorer=asnorm", "scorer.top_n=50"]  # 6 training identities: means < 50
+    code, out, err = run_cli(cli_args(faces, tmp_path, *extra), capsys)
+    assert code == 2, out + err
+    assert "has 6; adaptive s-norm with top_n = 50 needs ≥ 50" in " ".join(err.split())
+    assert "epoch" not in out.lower()  # no training happened
+    [run] = (tmp_path / "face").iterdir()
+    assert not (run / "metrics.jsonl").exists() and not (run / "last.pt").exists()

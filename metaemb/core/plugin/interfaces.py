@@ -443,6 +443,12 @@ class Scorer(abc.ABC):
     def fit(self, embeddings: Any, labels: Tensor) -> None:
         return None
 
+    def check_fit_data(self, labels: Tensor) -> None:
+        """Called before training with the labels `fit` will get (one per training sample),
+        so a scorer that cannot fit on so few samples or identities says so before the first
+        epoch instead of after it. Default: nothing."""
+        return None
+
     def adapt(self, embeddings: Any) -> bool:
         """Label-free adaptation to the data about to be scored (all of its embeddings, e.g.
         every file a trial list names), called before scoring it; True when it adapted.

@@ -73,12 +73,17 @@ class ScoreNorm(PointScorer):
             self._cohort_prep = self.base.prepare(self.cohort)
         return adapted
 
-    def _set_cohort(self, cohort: Tensor) -> None:
+    def check_fit_data(self, labels: Tensor) -> None:
+        self.base.check_fit_data(labels)
+        n = int(torch.as_tensor(labels).unique().numel()) if self.speaker_mean else len(labels)
+        self._check_cohort_size(n)
+
+    def _check_cohort_size(self, n: int) -> None:
         n_min = max(self.top_n, 2)
-        if cohort.shape[0] < n_min:
+        if n < n_min:
             what = "speaker means" if self.speaker_mean else "embeddings"
             raise DataError(
-                f"the s-norm cohort (the training samples' {what}) has {cohort.shape[0]}; "
+                f"the s-norm cohort (the training samples' {what}) has {n}; "
                 + (
                     f"adaptive s-norm with top_n = {self.top_n} needs ≥ {n_min}: lower "
                     "scorer.top_n or fit on more training data."
@@ -86,6 +91,9 @@ class ScoreNorm(PointScorer):
                     else "s-norm needs ≥ 2."
                 )
             )
+
+    def _set_cohort(self, cohort: Tensor) -> None:
+        self._check_cohort_size(cohort.shape[0])
         self.cohort = cohort
         self._cohort_prep = self.base.prepare(cohort)
 

@@ -169,6 +169,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.scorer = build("scorers", cfg.eval.scorer, cfg.options("scorer"))
+        if self.scorer.requires_fit:  # fails now, not after the first epoch's training
+            self.scorer.check_fit_data(torch.tensor(self.train_folder.labels))
         self.validator = validation.Validator(
             cfg, self.parts, self.train_folder, self.val_folder, self.scorer, self.embed
         )
