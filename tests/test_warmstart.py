@@ -82,6 +82,17 @@ def test_shape_mismatch_is_one_clear_error(old_run, tmp_path, capsys):
     assert "[16, 512]" in err and "[8, 512]" in err and "train.init_parts=backbone" in err
 
 
+def test_another_backbone_is_not_told_to_load_the_backbone_only(old_run, tmp_path, capsys):
+    """init_parts=backbone cannot help when the backbones themselves differ: say that."""
+    _, new, run = old_run
+    code, _, err = train(new, tmp_path / "runs", capsys, "train.epochs=1",
+                         "model.backbone=mobilenet_v3_small", "train.init_parts=backbone",
+                         f"train.init_from={json.dumps(str(run))}")  # fmt: skip
+    err = " ".join(err.split())
+    assert code == 2 and "the backbones differ ('resnet18' there, 'mobilenet_v3_small' here)" in err
+    assert "use train.init_parts=backbone" not in err
+
+
 def test_softmax_to_gme_fine_tune_measures_forgetting(old_run, tmp_path, capsys):
     _, new, run = old_run
     code, text, err = train(new, tmp_path / "runs", capsys, "train.epochs=1", "model.head=gme",

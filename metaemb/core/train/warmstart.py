@@ -47,19 +47,23 @@ def select_state(state: dict[str, Any], parts: str) -> tuple[dict[str, Tensor], 
 
 
 def check_shapes(
-    source: dict[str, Tensor], target: dict[str, Tensor], where: str, parts: str
+    source: dict[str, Tensor], target: dict[str, Tensor], where: str, backbones: str = ""
 ) -> None:
-    """Every source tensor exists in the target with the same shape, or one clear ConfigError."""
+    """Every source tensor exists in the target with the same shape, or one clear ConfigError
+    whose fix depends on where they differ (`backbones`: "X there, Y here", for the message)."""
     missing = [k for k in source if k not in target]
     wrong = [k for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape)]
     if not missing and not wrong:
         return
-    fix = (
-        "use train.init_parts=backbone to load the backbone only (e.g. under a new head or "
-        "another model.dim)"
-        if parts != "backbone"
-        else "the backbones differ: use the same model.backbone and backbone options"
-    )
+    bad = wrong + missing
+    if any(k.startswith(PARTS["backbone"]) for k in bad):
+        fix = ("the backbones differ" + (f" ({backbones})" if backbones else "") + ": use the "
+               "same model.backbone, backbone and features options, or train without init_from")  # fmt: skip
+    elif any(k.startswith("head.") for k in bad):
+        fix = ("use train.init_parts=backbone to load the backbone only (e.g. under a new head "
+               "or another model.dim)")  # fmt: skip
+    else:  # the classifier: other identities or another number of them
+        fix = "the classes differ: use train.init_parts=backbone+head"
     if wrong:
         k = wrong[0]
         detail = (
@@ -107,7 +111,9 @@ class InitFrom(Callback):
         loaded = load_run(Path(self.source), "cpu")
         model_src, cls_src = select_state(loaded.state, self.parts)
         where = f"'{self.source}'"
-        check_shapes(model_src, trainer.model.state_dict(), where, self.parts)
+        there, here = loaded.config.model.backbone, trainer.config.model.backbone
+        backbones = f"'{there}' there, '{here}' here" if there != here else ""
+        check_shapes(model_src, trainer.model.state_dict(), where, backbones)
         if self.parts == "all":
             if trainer.classifier is None or not cls_src:
                 raise ConfigError(
@@ -119,7 +125,7 @@ class InitFrom(Callback):
             # partial-fc under torchrun: this rank's rows of the whole centre matrix
             sliced = slice_states({"classifier": cls_src}, trainer.classifier, trainer.optimizer)
             cls_src = sliced["classifier"]
-            check_shapes(cls_src, trainer.classifier.state_dict(), where, self.parts)
+            check_shapes(cls_src, trainer.classifier.state_dict(), where)
             trainer.classifier.load_state_dict(cls_src)
         trainer.model.load_state_dict(model_src, strict=False)
         trainer.console.print(
