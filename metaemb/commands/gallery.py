@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaemb.core.errors import first_few
+
 console = Console(emoji=False)
 
 
@@ -103,7 +105,7 @@ def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
             inside.setdefault(g.identities[owner], []).append(source)
     gone = [name for name, files in inside.items() if not any(map(os.path.exists, files))]
     if gone:
-        shown = ", ".join(repr(n) for n in gone[:5]) + (" …" if len(gone) > 5 else "")
+        shown = first_few(gone)
         warnings.warn(
             f"the files enrolled in '{gallery}' as {shown} are no longer under '{root}' "
             "(renamed or deleted?); if a folder was renamed, its samples are now enrolled twice: "

@@ -44,3 +44,11 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """Return " did you mean 'x'?" for the closest choice, or "" when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" did you mean '{close[0]}'?" if close else ""
+
+
+def first_few(items: Iterable[object], most: int = 5, quote: bool = True) -> str:
+    """Items for a message: the first `most` (quoted), then how many more — "'a', 'b' and 3
+    more" — so a long list of bad files never floods the terminal."""
+    items = list(items)
+    shown = ", ".join(repr(str(i)) if quote else str(i) for i in items[:most]) or "(none)"
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metaemb.core.errors import first_few
+
 
 @dataclass
 class ScanState:
@@ -106,34 +108,30 @@ def scan_identity(
 
 def warn_skipped(root: Path, state: ScanState, what: str) -> None:
     """One warning per kind of skip, naming the first few paths."""
-
-    def show(items: list[str]) -> str:
-        return ", ".join(f"'{i}'" for i in items[:3]) + (" …" if len(items) > 3 else "")
-
     if state.loops:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.loops)} symlinked folder(s) that point at "
-            f"the data root or above it ({show(state.loops)}); they would loop or duplicate the "
+            f"the data root or above it ({first_few(state.loops, 3)}); they would loop or duplicate the "
             "whole dataset. Remove the links.",
             stacklevel=3,
         )
     if state.aliases:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.aliases)} folder(s) that are symlinks to "
-            f"folders already scanned ({show(state.aliases)}).",
+            f"folders already scanned ({first_few(state.aliases, 3)}).",
             stacklevel=3,
         )
     if state.dangling:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.dangling)} symlink(s) that point at "
-            f"nothing ({show(state.dangling)}).",
+            f"nothing ({first_few(state.dangling, 3)}).",
             stacklevel=3,
         )
     if state.duplicates:
         pairs = [f"{a} = {b}" for a, b in state.duplicates]
         warnings.warn(
             f"data folder '{root}': skipped {len(state.duplicates)} {what}(s) that are links to "
-            f"{what}s already found under another name ({show(pairs)}); each file counts once.",
+            f"{what}s already found under another name ({first_few(pairs, 3)}); each file counts once.",
             stacklevel=3,
         )
 

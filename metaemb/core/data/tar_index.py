@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 
 FORMAT = 1  # bump when the index rules change: old index files are then rebuilt
 BLOCK = 512
@@ -97,7 +97,7 @@ def list_shards(root: Path, pattern: str = "*.tar") -> tuple[Path, list[Path]]:
         else:
             missing.append(p)
     if missing:
-        shown = ", ".join(f"'{m}'" for m in missing[:5]) + (" …" if len(missing) > 5 else "")
+        shown = first_few(missing)
         raise DataError(f"{len(missing)} shard(s) of '{root}' do not exist: {shown}.")
     if not shards:
         near = sorted(glob.glob(str(base / "*.tar.*")) + glob.glob(str(base / "*.tgz")))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 import metaemb
 from metaemb.core.deploy.stamp import ModelStamp, embedding_kind, stored_parts
-from metaemb.core.errors import GalleryError, suggest
+from metaemb.core.errors import GalleryError, first_few, suggest
 from metaemb.core.gme.algebra import DEFAULT_CHUNK_BYTES, GME, llr_matrix, pool_by_index
 from metaemb.core.optional import require
 
@@ -193,7 +193,7 @@ class Gallery:
         if identity not in self.identities:
             raise GalleryError(
                 f"identity '{identity}' is not enrolled;"
-                f"{suggest(identity, self.identities) or ' enrolled: ' + _listed(self.identities)}"
+                f"{suggest(identity, self.identities) or ' enrolled: ' + first_few(self.identities, 10) + '.'}"
             )
         j = self.identities.index(identity)
         keep = self.owner != j
@@ -461,9 +461,3 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     g = Gallery.load(path)
     g.check(digest, where)
     return g
-
-
-def _listed(names: list[str], most: int = 10) -> str:
-    """Names for a message: the first `most`, then how many more."""
-    shown = ", ".join(repr(n) for n in names[:most]) or "(none)"
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "") + "."

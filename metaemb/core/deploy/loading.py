@@ -19,7 +19,7 @@ from torch import nn
 from metaemb.core.config import Config, from_dict
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
-from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.errors import DataError, MetaembError, first_few
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.contract import check_scorer
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
@@ -76,7 +76,7 @@ class LoadedRun:
             self.model, ds, self.device, batch_size=self.config.eval.batch_size, workers=workers
         )
         if bad:
-            names = ", ".join(b.path for b in bad[:5])
+            names = first_few(b.path for b in bad)
             raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
         rows = non_finite_rows(out)
         if rows:  # never hand NaN embeddings on to a file, a gallery or a score

@@ -21,7 +21,7 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 from metaemb.core.eval import leakage, metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
@@ -97,7 +97,7 @@ class Embedded:
         if missing:
             raise DataError(
                 f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
-                + ", ".join(missing[:5])
+                + first_few(missing)
             )
         self.emb = loaded.embed(folder, [where[p] for p in needed], workers)
         self.pos = {p: i for i, p in enumerate(needed)}

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.markup import escape
 
-SHOWN = 5
+from metaemb.core.errors import first_few
 
 
 def training_identities(state: dict[str, Any]) -> set[str] | None:
@@ -52,9 +52,7 @@ def overlap_warning(trained: set[str] | None, scored: set[str]) -> str | None:
     shared = sorted(scored & trained)
     if not shared:
         return None
-    shown = ", ".join(shared[:SHOWN]) + (
-        f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
-    )
+    shown = first_few(shared, quote=False)
     return (
         f"{len(shared)} of the {len(scored)} identities scored have the names of "
         f"identities the run trained on ({shown}). If they are the same people, the results are "

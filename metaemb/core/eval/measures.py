@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import Tensor
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 from metaemb.core.eval import identification as ident
 from metaemb.core.eval.triplets import looks_like_pair_list, match_accuracy, read_triplets
 
@@ -100,7 +100,7 @@ def match_measure(
     if missing:
         raise DataError(
             f"{len(missing)} file(s) of '{triplets_path}' are not in '{folder.root}': "
-            + ", ".join(missing[:5])
+            + first_few(missing)
         )
     emb = loaded.embed(folder, [where[p] for p in needed], workers)
     if adapt:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 from metaemb.core.plugin.interfaces import Trial
 
 #: label words of lists that spell the label out (`enroll test target|nontarget`)
@@ -230,7 +230,7 @@ def check_listable(paths: Sequence[str], where: str) -> None:
     """Refuse, before any trial is made, sample paths whitespace-separated formats cannot hold."""
     bad = [p for p in paths if not listable(p)]
     if bad:
-        shown = ", ".join(repr(p) for p in bad[:3]) + (" …" if len(bad) > 3 else "")
+        shown = first_few(bad, 3)
         raise DataError(
             f"{len(bad)} sample path(s) of {where} contain spaces or ',' or start with '#' "
             f"({shown}); whitespace-separated trial lists separate columns by whitespace and "

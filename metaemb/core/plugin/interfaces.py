@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.data.scan import ScanState, scan_identity, warn_same_looking, warn_skipped
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kind
 
 
@@ -111,7 +111,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
             paths.extend(found)
         warn_skipped(root, state, self.what)
         if empty:
-            shown = ", ".join(f"'{root / e}'" for e in empty[:5]) + (" …" if len(empty) > 5 else "")
+            shown = first_few(root / e for e in empty)
             raise DataError(
                 f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
                 f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."

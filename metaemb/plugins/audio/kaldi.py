@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, first_few
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import check_rate_policy, read_audio
@@ -143,9 +143,7 @@ def _check_spk2utt(path: Path, utt2spk: dict[str, str]) -> None:
             listed.add(utt)
     missing = sorted(set(utt2spk) - listed)
     if missing:
-        raise DataError(
-            f"{path}: utterances of utt2spk missing from spk2utt: {', '.join(missing[:5])}"
-        )
+        raise DataError(f"{path}: utterances of utt2spk missing from spk2utt: {first_few(missing)}")
 
 
 class KaldiDataFolder(SampleFolder):

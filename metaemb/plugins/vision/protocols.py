@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.errors import ConfigError, DataError, first_few
 from metaemb.core.eval.trials import TrialList, read_lines, safe_path, write_trials
 from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
@@ -155,7 +155,7 @@ class VGGFace2Folder(ImageFolder):
         if missing:
             raise DataError(
                 f"{len(missing)} image(s) of '{split}_list.txt' are missing under '{root}', "
-                f"e.g. {', '.join(missing[:3])}."
+                f"e.g. {first_few(missing, 3)}."
             )
         super().__init__(root, [Sample(p, p.split("/", 1)[0], -1) for p in listed])
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from metaemb.core.errors import ConfigError
+from metaemb.core.errors import ConfigError, first_few
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 
@@ -91,7 +91,7 @@ def load_pretrained(net: nn.Module, pretrained: str, arch: str, stem_key: str) -
     unexpected = [k for k in state if k not in own]
     if wrong or missing or unexpected:
         detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+            f"{label}: {first_few(keys, 3, quote=False)}"
             for label, keys in (
                 ("shape mismatch", wrong),
                 ("missing", missing),
