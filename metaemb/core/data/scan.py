@@ -111,8 +111,8 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
     if state.loops:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.loops)} symlinked folder(s) that point at "
-            f"the data root or above it ({first_few(state.loops, 3)}); they would loop or duplicate the "
-            "whole dataset. Remove the links.",
+            f"the data root or above it ({first_few(state.loops, 3)}); they would loop or "
+            "duplicate the whole dataset. Remove the links.",
             stacklevel=3,
         )
     if state.aliases:
@@ -131,7 +131,8 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
         pairs = [f"{a} = {b}" for a, b in state.duplicates]
         warnings.warn(
             f"data folder '{root}': skipped {len(state.duplicates)} {what}(s) that are links to "
-            f"{what}s already found under another name ({first_few(pairs, 3)}); each file counts once.",
+            f"{what}s already found under another name ({first_few(pairs, 3)}); each file "
+            "counts once.",
             stacklevel=3,
         )
 

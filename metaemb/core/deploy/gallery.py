@@ -191,10 +191,11 @@ class Gallery:
     def remove(self, identity: str) -> int:
         """Forget an identity and its samples → how many samples were removed."""
         if identity not in self.identities:
-            raise GalleryError(
-                f"identity '{identity}' is not enrolled;"
-                f"{suggest(identity, self.identities) or ' enrolled: ' + first_few(self.identities, 10) + '.'}"
+            hint = (
+                suggest(identity, self.identities)
+                or f" enrolled: {first_few(self.identities, 10)}."
             )
+            raise GalleryError(f"identity '{identity}' is not enrolled;{hint}")
         j = self.identities.index(identity)
         keep = self.owner != j
         for k in self.data:

@@ -238,8 +238,9 @@ def check_disabled(disabled: set[str], installed: list[str]) -> list[str]:
     (nothing would be disabled, silently), so it is warned about with the closest name."""
     for name in sorted(disabled - set(installed)):
         if name == "core":
-            warnings.warn("METAEMB_DISABLE_PLUGINS names 'core', metaemb's own components (the "
-                          "objectives, scorers, heads …); they cannot be disabled.", stacklevel=3)  # fmt: skip
+            message = ("METAEMB_DISABLE_PLUGINS names 'core', metaemb's own components (the "
+                       "objectives, scorers, heads …); they cannot be disabled.")  # fmt: skip
+            warnings.warn(message, stacklevel=3)
             continue
         warnings.warn(
             f"METAEMB_DISABLE_PLUGINS names '{name}', which is not an installed metaemb plugin, "

@@ -57,8 +57,9 @@ def check_shapes(
         return
     bad = wrong + missing
     if any(k.startswith(PARTS["backbone"]) for k in bad):
-        fix = ("the backbones differ" + (f" ({backbones})" if backbones else "") + ": use the "
-               "same model.backbone, backbone and features options, or train without init_from")  # fmt: skip
+        which = f" ({backbones})" if backbones else ""
+        fix = (f"the backbones differ{which}: use the same model.backbone, backbone and "
+               "features options, or train without init_from")  # fmt: skip
     elif any(k.startswith("head.") for k in bad):
         fix = ("use train.init_parts=backbone to load the backbone only (e.g. under a new head "
                "or another model.dim)")  # fmt: skip
