@@ -164,6 +164,11 @@ class Config:
     def options(self, section: str) -> dict[str, Any]:
         return dict(self.components.get(section, {}))
 
+    @staticmethod
+    def component_kind(section: str) -> str:
+        """The registry kind of a component section ("backbone" → "backbones")."""
+        return COMPONENT_SECTIONS[section]
+
     def modality_obj(self) -> Modality:
         return registry("modalities").get(self.modality)
 

@@ -255,13 +255,12 @@ def check_links(links: Iterable[Link]) -> None:
 
 def chain(config: Config) -> list[Link]:
     """The resolved config's components in data-flow order, with their bound contracts."""
-    from metaemb.core.config import COMPONENT_SECTIONS
     from metaemb.core.plugin.components import full_options
     from metaemb.core.plugin.manager import registry
 
     out = []
     for section in ("folder", "frontend", "features", "backbone", "head", "objective", "scorer"):
-        kind = COMPONENT_SECTIONS[section]
+        kind = config.component_kind(section)
         name = config.component_name(section)
         entry = registry(kind).entry(name)
         opts = full_options(kind, name, config.options(section))

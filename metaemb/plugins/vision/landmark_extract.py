@@ -20,9 +20,8 @@ import typer
 from torch.utils.data import DataLoader, Dataset
 
 from metaemb.core.errors import DataError, MetaembError
-from metaemb.core.runs import atomic_write_bytes, atomic_write_text
-
-HDF5_SUFFIXES = (".h5", ".hdf5")
+from metaemb.core.runs import atomic_write_text
+from metaemb.plugins.vision.landmark_h5 import HDF5_SUFFIXES, h5py_module, write_h5
 
 
 class _Detect(Dataset):
@@ -66,7 +65,7 @@ def extract_landmarks(
         ensure_writable(out, "landmark file")  # before any detection
         refuse_replacing_data_file(out, data, "landmark file")  # e.g. the folder's own
     if suffix in HDF5_SUFFIXES:
-        _h5py()  # fail before any detection work
+        h5py_module()  # fail before any detection work
     elif suffix not in (".csv", ".txt"):
         raise MetaembError(f"landmark file '{out}': use a .csv or .h5 name.")
     images = build("sample_folders", folder, {}, root=Path(data))
@@ -89,7 +88,7 @@ def extract_landmarks(
         raise DataError(f"landmark source '{source}' returned mixed schemes {sorted(schemes)}.")
     scheme = schemes.pop() if schemes else "mtcnn5"
     if suffix in HDF5_SUFFIXES:
-        _write_h5(out, rows, scheme)
+        write_h5(out, rows, scheme)
     else:
         _write_csv(out, rows)
     skipped_file = out.with_name(out.name + ".skipped.txt")
@@ -114,43 +113,6 @@ def _write_csv(out: Path, rows: list[tuple[str, np.ndarray]]) -> None:
     for path, pts in rows:
         w.writerow([path, *(f"{v:.9g}" for v in pts.reshape(-1))])
     atomic_write_text(out, buf.getvalue())
-
-
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise MetaembError(
-            "HDF5 landmark files need h5py: pip install 'metaemb[hdf5]' (or write a .csv)."
-        ) from None
-    return h5py
-
-
-def _write_h5(out: Path, rows: list[tuple[str, np.ndarray]], scheme: str) -> None:
-    h5py = _h5py()
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        f.create_dataset("paths", data=[p.encode() for p, _ in rows], dtype=h5py.string_dtype())
-        pts = np.stack([p for _, p in rows]) if rows else np.zeros((0, 5, 2))
-        f.create_dataset("points", data=pts)
-        f.attrs["scheme"] = scheme
-    atomic_write_bytes(out, buf.getvalue())
-
-
-def read_h5(path: Path) -> dict[str, np.ndarray]:
-    """{relative path: [5, 2]} of an HDF5 landmark file written by `metaemb landmarks`."""
-    h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as f:
-            paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][()]]
-            points = np.asarray(f["points"][()], dtype=np.float64)
-    except (OSError, KeyError) as exc:
-        raise DataError(
-            f"landmark file '{path}' is not a readable landmark HDF5 file: {exc}"
-        ) from None
-    if points.shape != (len(paths), 5, 2) or not np.isfinite(points).all():
-        raise DataError(f"landmark file '{path}': 'points' must be finite [N, 5, 2] for N paths.")
-    return dict(zip(paths, points, strict=True))
 
 
 def landmarks(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from metaemb.core.errors import DataError, DatasetError
+from metaemb.plugins.vision.landmark_h5 import HDF5_SUFFIXES
 
 OUTCOMES = ("ok", "no_face", "several_faces", "missing")
 
@@ -139,8 +140,8 @@ def read_landmark_file(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"landmark file '{path}' does not exist.")
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        from metaemb.plugins.vision.landmark_extract import read_h5
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        from metaemb.plugins.vision.landmark_h5 import read_h5
 
         return read_h5(path)
     return _read_json(path) if path.suffix.lower() == ".json" else _read_csv(path)
