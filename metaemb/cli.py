@@ -61,9 +61,9 @@ def create_app() -> typer.Typer:
     from metaemb.commands.lr_find import lr_find
 
     app.command("lr-find")(lr_find)
-    from metaemb.core.plugin.manager import get_plugin_manager
+    from metaemb.commands.plugin_commands import add_plugin_commands
 
-    get_plugin_manager().hook.register_commands(app=app)
+    add_plugin_commands(app)  # a plugin's command never replaces a built-in one
     return app
 
 

@@ -7,6 +7,7 @@ import sys
 import types
 from importlib import metadata
 
+import helpers
 import pytest
 from typer.testing import CliRunner
 
@@ -181,3 +182,47 @@ def test_list_modalities_shows_the_components_each_chooses(capsys):
     text = " ".join(out.split())
     assert code == 0, err
     assert "backbone=resnet18" in text and "features=fbank" in text
+
+
+class CommandClash:
+    """A plugin whose commands take the names of a built-in command and of a built-in sub-app,
+    besides a command of its own."""
+
+    @metaemb.hookimpl
+    def register_commands(self, app):
+        import typer
+
+        def train() -> None:
+            """The plugin's own train."""
+            print("plugin train ran")
+
+        def hello() -> None:
+            """A command of the plugin's own."""
+            print("hello from the plugin")
+
+        trials = typer.Typer(help="the plugin's trials")
+        trials.command()(hello)
+        app.command("train")(train)
+        app.add_typer(trials, name="trials")
+        app.command()(hello)
+
+
+def test_a_plugin_command_cannot_replace_a_builtin_one(capsys, monkeypatch):
+    """Typer keeps the last command of a name: a plugin's `train` used to replace metaemb's
+    silently. It is dropped with a warning naming plugin and command; its own command stays."""
+    with plugins.plugin_registered(CommandClash(), "clasher"):
+        with pytest.warns(UserWarning) as caught:
+            code, out, _ = helpers.run_cli(["train", "--help"], capsys)
+        assert code == 0 and "Train an embedding network" in out and "plugin's own" not in out
+        said = [str(w.message) for w in caught]
+        for name in ("train", "trials"):
+            start = f"plugin 'clasher' registers command '{name}', a name metaemb's built-in "
+            assert sum(m.startswith(start) for m in said) == 1, said
+        with pytest.warns(UserWarning):
+            assert helpers.run_cli(["trials", "--help"], capsys)[1].count("Make seeded") == 1
+            code, out, _ = helpers.run_cli(["hello"], capsys)
+        assert code == 0 and "hello from the plugin" in out
+        monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+        code, out, err = helpers.run_cli(["hello"], capsys)
+        assert code == 2 and "error: plugin 'clasher' registers command 'train'" in err
+        assert "Traceback" not in err and "hello from the plugin" not in out
