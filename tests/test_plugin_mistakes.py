@@ -4,7 +4,9 @@ named instead of a tensor error from deep inside PyTorch or a silently wrong num
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -19,16 +21,25 @@ import metaemb
 from metaemb.core.config import resolve
 from metaemb.core.data.dataset import PreparedDataset, checked_values
 from metaemb.core.data.pipeline import data_root
+from metaemb.core.data.samplers import RandomSampler
 from metaemb.core.errors import ConfigError, DataError, PluginError, UnknownComponentError
 from metaemb.core.eval.measures import groups_matrix
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.components import build
-from metaemb.core.plugin.interfaces import Backbone, Features, IdentityFrontend, SampleFolder
+from metaemb.core.plugin.interfaces import (
+    Augmentation,
+    Backbone,
+    Features,
+    Head,
+    IdentityFrontend,
+    SampleFolder,
+)
 from metaemb.core.plugin.modality import Modality
 from metaemb.core.scoring.cosine import CosineScorer
 from metaemb.core.scoring.scorers import PointScorer
 from metaemb.core.train import component_checks
 from metaemb.core.train.model import EmbeddingModel
+from metaemb.core.train.objectives.softmax import SoftmaxObjective
 
 
 class SeriesFolder(SampleFolder):
@@ -281,7 +292,12 @@ def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):
         component_checks.check_loss(torch.ones(4), cfg)
-    component_checks.check_loss(torch.tensor(1.0), cfg)
+    component_checks.check_loss(torch.tensor(1.0, requires_grad=True), cfg)
+    rebuilt = torch.tensor(float(torch.ones(3, requires_grad=True).mean()))  # gradient lost
+    with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
+        component_checks.check_loss(rebuilt, cfg)
+    with torch.no_grad():  # evaluation-time losses need none
+        component_checks.check_loss(torch.tensor(1.0), cfg)
 
 
 def test_nan_from_diverged_weights_blames_the_optimisation_not_a_component(plugin):
@@ -645,3 +661,229 @@ def test_a_modality_choosing_an_unknown_component_is_named():
         resolve("typo", sets=["model.backbone=resnet18"])  # the user's choice replaces it
         with pytest.raises(UnknownComponentError, match="unknown backbone 'resnet19'"):
             resolve("typo", sets=["model.backbone=resnet19"])  # the user's typo: as before
+
+
+# -- mistakes in the other training components (heads, samplers, augmentations, objectives,
+# scorers): each is caught on the first batch or the first validation, by name -----------------
+class WideHead(Head):
+    """The mistake: ignores `dim` (its output is 2 × dim)."""
+
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.linear = nn.Linear(in_features, 2 * dim)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class DoubleHead(WideHead):
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__(in_features, dim)
+        self.linear = nn.Linear(in_features, dim).double()
+
+    def forward(self, x):
+        return self.linear(x.double())
+
+
+class ClaimsGME(WideHead):
+    output = "gme"
+
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__(in_features, dim)
+        self.linear = nn.Linear(in_features, dim)
+
+
+class NegativeIndex(RandomSampler):
+    def all_batches(self):
+        return [[-1, *b[1:]] for b in super().all_batches()]
+
+
+class Singles(RandomSampler):
+    def all_batches(self):
+        return [[i] for i in range(len(self.labels))]
+
+
+class Unseeded(RandomSampler):
+    def all_batches(self):
+        order = list(range(len(self.labels)))
+        random.shuffle(order)  # the mistake: not self.generator()
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+
+class Halves(Augmentation):
+    """The mistake: halves the signal but keeps the old lengths."""
+
+    def forward(self, x, lengths, labels):
+        return x[..., ::2], lengths, labels
+
+
+class DropsHalf(Augmentation):
+    def forward(self, x, lengths, labels):
+        n = len(x) // 2
+        return x[:n], None if lengths is None else lengths[:n], labels[:n]
+
+
+class NewLabels(Augmentation):
+    """The mistake: new identities without saying so in num_classes()."""
+
+    def forward(self, x, lengths, labels):
+        return x, lengths, labels + 100
+
+
+class MakesNaN(Augmentation):
+    def forward(self, x, lengths, labels):
+        return x * float("nan"), lengths, labels
+
+
+class NoGrad(SoftmaxObjective):
+    def __call__(self, embeddings, labels, classifier):
+        return torch.tensor(float(super().__call__(embeddings, labels, classifier).detach()))
+
+
+class NaNLoss(SoftmaxObjective):
+    def __call__(self, embeddings, labels, classifier):
+        return super().__call__(embeddings, labels, classifier) * float("nan")
+
+
+class FewClasses(SoftmaxObjective):
+    def build_classifier(self, dim, num_classes):
+        return super().build_classifier(dim, 2)  # the mistake: ignores num_classes
+
+
+class NoSuper(SoftmaxObjective):
+    def __init__(self) -> None:  # the mistake: no super().__init__()
+        self.scale = 1.0
+
+
+class AsksForTypo(SoftmaxObjective):
+    batch = "p-k"
+
+
+class NegatedPairs(CosineScorer):
+    """The mistake: pairs (trial lists) and block (galleries) disagree."""
+
+    def pairs(self, models, counts, test):
+        return -super().pairs(models, counts, test)
+
+
+class AttributeScorer(CosineScorer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fitted = False  # a read-only property: AttributeError
+
+
+class TrainingMistakesPlugin:
+    @metaemb.hookimpl
+    def register_heads(self, register):
+        register("widehead", WideHead)
+        register("doublehead", DoubleHead)
+        register("claimsgme", ClaimsGME)
+
+    @metaemb.hookimpl
+    def register_samplers(self, register):
+        register("negindex", NegativeIndex)
+        register("singles", Singles)
+        register("unseeded", Unseeded)
+
+    @metaemb.hookimpl
+    def register_augmentations(self, register):
+        register("halves", Halves)
+        register("dropshalf", DropsHalf)
+        register("newlabels", NewLabels)
+        register("makesnan", MakesNaN)
+
+    @metaemb.hookimpl
+    def register_objectives(self, register):
+        for name, cls in [("nograd", NoGrad), ("nanloss", NaNLoss), ("fewclasses", FewClasses),
+                          ("nosuper", NoSuper), ("askstypo", AsksForTypo)]:  # fmt: skip
+            register(name, cls)
+
+    @metaemb.hookimpl
+    def register_scorers(self, register):
+        register("negatedpairs", NegatedPairs)
+        register("attributescorer", AttributeScorer)
+
+
+@pytest.fixture
+def mistakes(plugin):
+    with plugins.plugin_registered(TrainingMistakesPlugin(), "mistakes"):
+        yield
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragments"),
+    [
+        (["model.head=widehead", "train.objective=triplet"],
+         ["head 'widehead' (plugin 'mistakes') returned", "[batch, model.dim] = [8, 8]"]),
+        (["model.head=doublehead"], ["head 'doublehead' (plugin 'mistakes')", "float64"]),
+        (["model.head=claimsgme", "train.objective=gme-bxe"],
+         ["head 'claimsgme'", 'declares output = "gme"']),
+        (["train.sampler=negindex"], ["sampler 'negindex' (plugin 'mistakes')", "index -1"]),
+        (["train.sampler=singles"], ["sampler 'singles'", "at most 1 sample(s)"]),
+        (["train.sampler=unseeded"], ["sampler 'unseeded'", "other batches when asked twice"]),
+        (["train.augment=['halves']"],
+         ["augmentation 'halves' (plugin 'mistakes') returned lengths", "fit the last axis"]),
+        (["train.augment=['dropshalf']"], ["augmentation 'dropshalf'", "4 samples from a batch of 8"]),
+        (["train.augment=['newlabels']"], ["augmentation 'newlabels'", "num_classes()"]),
+        (["train.augment=['makesnan']"],
+         ["augmentation 'makesnan' (plugin 'mistakes') gave NaN or inf values from a finite batch"]),
+        (["train.objective=nograd"], ["objective 'nograd' (plugin 'mistakes')", "no gradient"]),
+        (["train.objective=nanloss"], ["objective 'nanloss'", "loss of nan from finite embeddings"]),
+        (["train.objective=fewclasses"],
+         ["first training step failed in objective 'fewclasses' (plugin 'mistakes')"]),
+        (["train.objective=nosuper"], ["objective 'nosuper'", "did not call super().__init__()"]),
+        (["train.objective=askstypo"],
+         ["objective 'askstypo' (plugin 'mistakes') asks for sampler 'p-k'", "did you mean 'pk'?"]),
+        (["eval.scorer=negatedpairs"],
+         ["scorer 'negatedpairs' (plugin 'mistakes'): its scores of aligned pairs", "differ"]),
+        (["eval.scorer=attributescorer"],
+         ["scorer 'attributescorer' (plugin 'mistakes') could not be built", "AttributeError"]),
+    ],
+)  # fmt: skip
+def test_each_training_mistake_names_its_component(
+    mistakes, tmp_path, series, capsys, sets, fragments
+):
+    code, _, err = train(tmp_path, series, capsys, *sets)
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not list((tmp_path / "runs").glob("*/*/best.pt"))  # stopped before any checkpoint
+
+
+def test_baseline_named_by_the_modality_only_for_its_own_features(plugin, tmp_path, series, capsys):
+    """A modality's baseline name describes its own features' baseline; other features of the
+    same modality get theirs (P5: MFCC features were reported as a "mean fbank" baseline)."""
+
+    class Named(SeriesFeatures):
+        baseline_name = "mean series"
+
+    class Own:
+        @metaemb.hookimpl
+        def register_features(self, register):
+            register("named", Named)
+            register("other", SeriesFeatures)
+
+    with plugins.plugin_registered(Own(), "own"):
+        series_modality = plugins.registry("modalities").get("series")
+        named = dataclasses.replace(
+            series_modality, name="series2", baseline_name="series baseline"
+        )
+
+        class Named2:
+            @metaemb.hookimpl
+            def register_modalities(self, register):
+                register("series2", named)
+
+        with plugins.plugin_registered(Named2(), "named"):
+            names = {}
+            for features in ("series", "other", "named"):
+                runs = tmp_path / features
+                args = ["train", "--modality", "series2", "--data", series, "--runs", runs,
+                        "--workers", "0", "--set", f"model.features={features}"]  # fmt: skip
+                assert run_cli(args, capsys)[0] == 0
+                [run] = (runs / "series2").iterdir()
+                names[features] = json.loads((run / "baseline.json").read_text())["name"]
+    assert names == {"series": "series baseline", "other": "input mean+std over time",
+                     "named": "mean series"}  # fmt: skip

@@ -334,9 +334,7 @@ def resolve(
         head = registry("heads").get(cfg.model.head)
         cfg.eval.scorer = "gme" if getattr(head, "output", "point") == "gme" else "cosine"
     if not cfg.train.sampler:
-        cfg.train.sampler = getattr(
-            registry("objectives").get(cfg.train.objective), "batch", "random"
-        )
+        cfg.train.sampler = _objective_sampler(cfg.train.objective)
     check_values(cfg)
     from metaemb.core.train.augment import resolve_options
 
@@ -374,6 +372,22 @@ def resolve(
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     return cfg
+
+
+def _objective_sampler(objective: str) -> str:
+    """The sampler an objective asks for with its `batch` (random when it says nothing); a name
+    no plugin registered is the objective's mistake, and the message says whose."""
+    entry = registry("objectives").entry(objective)
+    sampler = getattr(entry.factory, "batch", "random")
+    samplers = registry("samplers")
+    if sampler not in samplers:
+        raise ConfigError(
+            f"objective '{objective}' (plugin '{entry.plugin}') asks for sampler '{sampler}' "
+            f"(its `batch`), which no plugin registered;{suggest(sampler, samplers.names())} "
+            f"registered: {', '.join(samplers.names())}. Fix the objective, or choose a sampler "
+            "with --set train.sampler=NAME."
+        )
+    return sampler
 
 
 def _known_choice(

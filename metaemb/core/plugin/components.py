@@ -383,9 +383,10 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         built = entry.factory(**kwargs)
     except MetaembError:
         raise
-    except (ValueError, TypeError, RuntimeError, AssertionError, ArithmeticError) as exc:
+    except Exception as exc:
         # A component refusing its options (a negative width, a size it cannot make) speaks
-        # for itself; say which component, from which plugin, with which options.
+        # for itself, and so does a plugin's own bug (an AttributeError in its __init__); say
+        # which component, from which plugin, with which options.
         shown = ", ".join(f"{k}={v!r:.60}" for k, v in kwargs.items()) or "no options"
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
@@ -395,11 +396,26 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
     # possible on a value with __slots__, a frozen dataclass or a Module missing its init.
     with contextlib.suppress(AttributeError, TypeError):
         built._metaemb_component = f"{reg.singular} '{name}' (plugin '{entry.plugin}')"
-    nn = sys.modules.get("torch.nn")  # loaded whenever a Module was built
-    if nn is not None and isinstance(built, nn.Module) and "_modules" not in vars(built):
+    base = _base_without_init(built)
+    if base:
         raise PluginError(
-            f"{reg.singular} '{name}' (plugin '{entry.plugin}') is a torch Module whose "
-            f"__init__ did not call super().__init__(): call it first in "
-            f"{type(built).__name__}.__init__."
+            f"{reg.singular} '{name}' (plugin '{entry.plugin}') is a {base} whose __init__ did "
+            f"not call super().__init__(): call it first in {type(built).__name__}.__init__."
         )
     return built
+
+
+def _base_without_init(built: Any) -> str | None:
+    """The base class whose __init__ a component skipped (its attributes are then missing and
+    the first use is an AttributeError far from the cause), or None."""
+    from metaemb.core.plugin.interfaces import BatchSampler, Objective
+
+    nn = sys.modules.get("torch.nn")  # loaded whenever a Module was built
+    if nn is not None and isinstance(built, nn.Module) and "_modules" not in vars(built):
+        return "torch Module"
+    with contextlib.suppress(TypeError):  # vars() of a value without __dict__
+        if isinstance(built, Objective) and "stats" not in vars(built):
+            return "metaemb Objective"
+        if isinstance(built, BatchSampler) and "labels" not in vars(built):
+            return "metaemb BatchSampler"
+    return None

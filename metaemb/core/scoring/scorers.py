@@ -254,6 +254,45 @@ def score_trials(
     return scorer.score(embeddings[first], embeddings[list(test_idx)])
 
 
+def check_consistent(scorer: Scorer, embeddings: Any, label: str, n: int = 6) -> None:
+    """A scorer's aligned-pair scores (`score`, which trial lists use) must equal the matching
+    entries of its score matrix (`score_matrix`, which galleries and identification use), and
+    the matrix must be [enroll, test]: a scorer whose two paths disagree gives one answer in
+    `evaluate` and another in `identify`, silently. Checked on a few embeddings."""
+    n = min(n, len(embeddings))
+    if n < 2:
+        return
+    e = embeddings[:n]
+    shifted = torch.roll(torch.arange(n), 1)
+    try:
+        with torch.no_grad():
+            matrix = scorer.score_matrix(e, e[: n - 1])
+            if not isinstance(matrix, Tensor) or tuple(matrix.shape) != (n, n - 1):
+                shown = list(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+                raise ConfigError(
+                    f"{label}: score_matrix of {n} enrollment and {n - 1} test embeddings gave "
+                    f"{shown}; it must give [N_enroll, N_test] = [{n}, {n - 1}]."
+                )
+            matrix = scorer.score_matrix(e, e).double()
+            pairs = scorer.score(e, e[shifted]).double()
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ConfigError(
+            f"{label} failed scoring {n} embeddings: {type(exc).__name__}: {exc} (a block or "
+            "pair method returning the wrong shape, e.g. [test, enroll] instead of "
+            "[enroll, test]?)"
+        ) from exc
+    if not (torch.isfinite(matrix).all() and torch.isfinite(pairs).all()):
+        raise ConfigError(f"{label} gave NaN or inf scores from finite embeddings.")
+    expected = matrix[torch.arange(n), shifted]
+    gap = float((pairs - expected).abs().max())
+    if not gap <= 1e-4 * max(1.0, float(expected.abs().max())):
+        raise ConfigError(
+            f"{label}: its scores of aligned pairs (score, used by trial lists) differ from its "
+            f"score matrix (score_matrix, used by galleries and identification) by {gap:.3g}; "
+            "both must give the same score for the same pair."
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 class EuclideanScorer(PointScorer):
     """Negative Euclidean distance (enrollment groups pool to their mean embedding)."""

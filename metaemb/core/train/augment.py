@@ -103,25 +103,52 @@ class Augmenter(nn.Module):
             aug.setup(spec)
             self.by_stage[aug.stage].append(name)
         self.augs = nn.ModuleDict(augmentations)
+        self.classes: int | None = None  # set by num_classes()
+        self._checked: set[str] = set()
 
     def num_classes(self, num_identities: int) -> int:
         n = num_identities
         for aug in self.augs.values():
             n = aug.num_classes(n)
+        self.classes = n  # what the labels an augmentation returns must stay below
         return n
 
     def _run(
-        self, stage: str, x: Tensor, lengths: Tensor | None, labels: Tensor
+        self, stage: str, x: Tensor, lengths: Tensor | None, labels: Tensor, force: bool = False
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        if not self.training or not self.by_stage[stage]:
+        if not (self.training or force) or not self.by_stage[stage]:
             return x, lengths, labels
         # Signal processing in float32, outside bf16 autocast: resampling or FFT convolution in
         # bf16 loses the precision the augmentation promises (and mixes dtypes in index writes).
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if x.is_floating_point() else x
             for name in self.by_stage[stage]:
-                x, lengths, labels = self.augs[name](x, lengths, labels)
+                out = self.augs[name](x, lengths, labels)
+                if name not in self._checked:  # a plugin's mistake is named once, up front
+                    check_output(self.described(name), out, x, lengths, self.classes)
+                    self._checked.add(name)
+                x, lengths, labels = out
         return x, lengths, labels
+
+    def described(self, name: str) -> str:
+        return f"augmentation '{name}' (plugin '{registry(KIND).entry(name).plugin}')"
+
+    @torch.no_grad()
+    def first_nonfinite(
+        self, x: Tensor, lengths: Tensor | None, labels: Tensor, features: Any
+    ) -> str | None:
+        """The first augmentation that makes NaN or inf from a finite batch (named), or None:
+        run when a loss turned non-finite, to tell a broken augmentation from the network."""
+        for stage in STAGES:
+            if stage == "features":
+                x, lengths = features(x, lengths)
+            if not torch.isfinite(x).all():
+                return None  # not finite before this stage: not an augmentation's doing
+            for name in self.by_stage[stage]:
+                x, lengths, labels = self.augs[name](x.float(), lengths, labels)
+                if x.is_floating_point() and not torch.isfinite(x).all():
+                    return f"{self.described(name)} gave NaN or inf values from a finite batch"
+        return None
 
     def input(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
         """Augment the collated batch before the features run."""
@@ -130,6 +157,52 @@ class Augmenter(nn.Module):
     def features(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
         """Augment the network input after the features ran."""
         return self._run("features", x, lengths, labels)
+
+
+def check_output(
+    name: str, out: Any, x: Tensor, lengths: Tensor | None, classes: int | None
+) -> None:
+    """An augmentation returns (x, lengths, labels) for the same batch: a tensor of the input's
+    dtype and device and batch size, lengths that fit its last axis, labels below the class
+    count. Anything else fails later in the features or the objective without its name."""
+    if not (isinstance(out, tuple) and len(out) == 3):
+        what = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, tuple) else "")
+        raise ConfigError(f"{name} returned {what}; an augmentation returns (x, lengths, labels).")
+    if not isinstance(out[0], Tensor):
+        raise ConfigError(
+            f"{name} returned x as a {type(out[0]).__name__}; x is a torch tensor on the batch's "
+            "device (augmentations run batched on the training device, not in numpy)."
+        )
+    y, ylen, ylab = out
+    n = x.shape[0]
+    problem = None
+    if y.dtype != x.dtype or y.device != x.device:
+        problem = f"x as {y.dtype} on {y.device} from {x.dtype} on {x.device}"
+    elif y.shape[0] != n:
+        problem = f"{y.shape[0]} samples from a batch of {n}"
+    elif (ylen is None) != (lengths is None):
+        was = "None" if lengths is None else "a tensor"
+        problem = f"lengths {'None' if ylen is None else 'a tensor'} where they were {was}"
+    elif ylen is not None and (ylen.shape != (n,) or int(ylen.max()) > y.shape[-1]):
+        problem = (
+            f"lengths {ylen.tolist()[:4]}… for x of {y.shape[-1]} steps: lengths must be [batch] "
+            "and fit the last axis (change them with the signal)"
+        )
+    elif not isinstance(ylab, Tensor) or ylab.shape != (n,):
+        problem = f"labels {_shape(ylab)} for a batch of {n}"
+    elif classes is not None and n and (int(ylab.min()) < 0 or int(ylab.max()) >= classes):
+        problem = (
+            f"labels up to {int(ylab.max())} with {classes} classes (an augmentation that "
+            "makes new identities says so in num_classes())"
+        )
+    if problem:
+        raise ConfigError(
+            f"{name} returned {problem}; see docs/plugins.md, 'register_augmentations'."
+        )
+
+
+def _shape(t: Any) -> str:
+    return f"of shape {list(t.shape)}" if isinstance(t, Tensor) else f"as a {type(t).__name__}"
 
 
 def _check_kind(name: str, aug: Any, features: Any, features_name: str = "") -> None:

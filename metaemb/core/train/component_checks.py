@@ -115,7 +115,35 @@ def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | N
                 f"head and the objective expect the features' dtype: return {f.dtype} (build "
                 "the layers in the default dtype and do not convert the output)."
             )
+        check_head_output(model.head, model.head(pooled), config, len(f), pooled.dtype)
         _warn_if_padding_leaks(model, backbone, config, x, lengths, pooled, flen)
+
+
+def check_head_output(head: Any, out: Any, config: Config, n: int, dtype: torch.dtype) -> None:
+    """A head gives [batch, model.dim] in the backbone's dtype: a tensor for a point head, a
+    GME (a, b) for one declaring output = "gme". Anything else fails later inside an objective
+    or a scorer with an error that does not name the head."""
+    from metaemb.core.gme.algebra import GME
+
+    name, dim = component(config, "head"), config.model.dim
+    declared = getattr(head, "output", "point")
+    if declared == "gme" and not isinstance(out, GME):
+        raise ConfigError(
+            f'{name} declares output = "gme" but returned {_describe(out)}; return a GME(a, b), '
+            'or declare output = "point".'
+        )
+    parts = (out.a, out.b) if isinstance(out, GME) else (out,)
+    for t in parts:
+        if not isinstance(t, Tensor) or t.dim() != 2 or tuple(t.shape) != (n, dim):
+            raise ConfigError(
+                f"{name} returned {_describe(t)}; a head returns [batch, model.dim] = "
+                f"[{n}, {dim}] (build its last layer with the `dim` it is given)."
+            )
+        if t.dtype != dtype:
+            raise ConfigError(
+                f"{name} returned {_describe(t)} from {dtype} backbone features; return "
+                f"{dtype} (build the layers in the default dtype and do not convert the output)."
+            )
 
 
 def _warn_if_padding_leaks(
@@ -185,30 +213,133 @@ def check_input_spec(features: Any, config: Config) -> None:
 
 
 def check_loss(loss: Any, config: Config) -> None:
-    """The objective must return one number per step."""
+    """The objective must return one number per step, differentiable back to the weights."""
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ConfigError(
             f"{component(config, 'objective')} returned {_describe(loss)} as its loss; an "
             "objective returns a scalar tensor (e.g. the batch mean)."
         )
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise ConfigError(
+            f"{component(config, 'objective')} returned a loss that does not depend on the "
+            "weights (no gradient: it was rebuilt from a number with torch.tensor(float(…)), "
+            "detached, or computed under no_grad); return the tensor computed from the "
+            "embeddings."
+        )
+
+
+def first_step_failure(config: Config, exc: BaseException) -> str:
+    """The message for a first training step that raised although features, backbone, head and
+    augmentations passed their checks: what is left is the objective and its classifier."""
+    return (
+        f"the first training step failed in {component(config, 'objective')} (its loss or its "
+        f"classifier; the network's output passed its checks): {type(exc).__name__}: {exc}"
+    )
+
+
+def check_batches(sampler: Any, n: int, config: Config, *, twice: bool = False) -> None:
+    """A sampler's batches are lists of sample indices in [0, n); an epoch needs one batch of
+    two or more. `twice`: also ask for the epoch's batches again, which must be the same (a
+    resumed run repeats them: draw from `self.generator()`, not an unseeded shuffle)."""
+    name = component(config, "sampler")
+    batches = sampler.all_batches()
+    if not isinstance(batches, (list, tuple)):
+        raise ConfigError(
+            f"{name}: all_batches() returned {_describe(batches)}; return a list of batches, "
+            "each a list of sample indices."
+        )
+    for batch in batches:
+        bad = _bad_indices(batch, n)
+        if bad is not None:
+            raise ConfigError(
+                f"{name}: all_batches() gave a batch {bad}; a batch is a list of sample indices "
+                f"in [0, {n}) ({n} training samples)."
+            )
+    if not any(len(b) >= 2 for b in batches):
+        sizes = sorted({len(b) for b in batches})
+        got = (
+            f"{len(batches)} batch(es) of at most {sizes[-1]} sample(s)" if batches else "no batch"
+        )
+        raise ConfigError(
+            f"{name} gave {got} this epoch ({n} training samples); a training step needs a "
+            f"batch of at least 2 (train.batch_size = {config.train.batch_size})."
+        )
+    if twice and [list(map(int, b)) for b in sampler.all_batches()] != [
+        list(map(int, b)) for b in batches
+    ]:
+        raise ConfigError(
+            f"{name} gave other batches when asked twice for the same epoch; draw them from "
+            "self.generator() (seeded by the run seed and the epoch) so a resumed run repeats "
+            "them."
+        )
+
+
+def _bad_indices(batch: Any, n: int) -> str | None:
+    """What is wrong with one batch, or None."""
+    if isinstance(batch, Tensor):
+        batch = batch.tolist()
+    if not isinstance(batch, (list, tuple)):
+        return f"that is {_describe(batch)}"
+    for i in batch:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            return f"holding {i!r} ({type(i).__name__})"
+        if not 0 <= int(i) < n:
+            return f"holding index {int(i)}"
+    return None
 
 
 @torch.no_grad()
-def nonfinite_stage(model: Any, config: Config, x: Tensor, lengths: Tensor | None) -> str | None:
+def nonfinite_stage(
+    model: Any, config: Config, x: Tensor, lengths: Tensor | None, labels: Tensor | None = None,
+    augmenter: Any = None, objective: Any = None, classifier: Any = None,
+) -> str | None:  # fmt: skip
     """Why a loss is not finite, when a component rather than the optimisation is to blame:
-    the first stage whose output holds NaN or inf while every weight is still finite."""
+    the first stage (augmentation, features, backbone, head, objective) whose output holds NaN
+    or inf from finite input while every weight is still finite. A BatchNorm statistic that is
+    NaN while the weights are finite means a NaN input reached that layer in training mode."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         return None  # the weights themselves diverged: an optimisation problem
+    if augmenter is not None:
+        bad = augmenter.first_nonfinite(x, lengths, labels, model.features)
+        if bad:
+            return bad
     with _eval_mode(model):
         f, flen = model.features(x, lengths)
         if f.is_floating_point() and not torch.isfinite(f).all():
             return f"{component(config, 'features')} gave NaN or inf values from finite input"
+        poisoned = _nonfinite_buffer(model, config)
+        if poisoned:
+            return poisoned
         pooled = model.backbone(f, flen)
         if not torch.isfinite(pooled).all():
             return f"{component(config, 'backbone')} gave NaN or inf values from finite features"
         out = model.head(pooled)
         if isinstance(out, Tensor) and not torch.isfinite(out).all():
-            return f"head '{config.model.head}' gave NaN or inf values"
+            return f"{component(config, 'head')} gave NaN or inf values"
+        if objective is not None and labels is not None:
+            loss = objective(out, labels, classifier)
+            if isinstance(loss, Tensor) and not torch.isfinite(loss).all():
+                return (
+                    f"{component(config, 'objective')} gave a loss of {loss.item()} from finite "
+                    "embeddings"
+                )
+    return None
+
+
+def _nonfinite_buffer(model: Any, config: Config) -> str | None:
+    """A component holding a NaN or inf buffer (BatchNorm running statistics) while every
+    weight is finite: a NaN or inf input reached it in training mode."""
+    for section in ("features", "backbone", "head"):
+        part = getattr(model, section, None)
+        if part is None:
+            continue
+        for buf_name, buf in part.named_buffers():
+            if buf.is_floating_point() and not torch.isfinite(buf).all():
+                return (
+                    f"{component(config, section)} holds NaN or inf in '{buf_name}' (running "
+                    "statistics) while every weight is finite: a NaN or inf input reached it "
+                    "during training (from an augmentation, or the stage before it)"
+                )
     return None
 
 

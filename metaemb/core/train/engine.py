@@ -165,6 +165,8 @@ class Trainer:
             rank=self.dist.rank,
             pin_memory=self.device.type == "cuda",
         )
+        # a plugin's sampler is checked before anything asks it for its length
+        component_checks.check_batches(self.sampler, len(self.train_folder), cfg, twice=True)
         self.steps_per_epoch = max(1, len(self.sampler))
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
@@ -271,6 +273,7 @@ class Trainer:
         """One pass over the training batches of `epoch` (0-based)."""
         cfg = self.config.train
         self.sampler.set_epoch(epoch)
+        component_checks.check_batches(self.sampler, len(self.train_set), self.config)
         self.objective.set_epoch(epoch)
         self.step_module.train()
         frozen = epoch < cfg.freeze_trunk_epochs
@@ -328,14 +331,23 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         lengths = batch.lengths.to(self.device) if batch.lengths is not None else None
         labels = batch.labels.to(self.device)
-        if not self._checked:  # a plugin's mistake is named by component, once per process
+        first = not self._checked
+        if first:  # a plugin's mistake is named by component, once per process
             component_checks.check_first_batch(self.model, self.config, x, lengths)
             self._checked = True
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = self.step_module(x, lengths, labels)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.step_module(x, lengths, labels)
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            if not first:
+                raise
+            raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
         component_checks.check_loss(loss, self.config)
         if not torch.isfinite(loss):
-            stage = component_checks.nonfinite_stage(self.model, self.config, x, lengths)
+            stage = component_checks.nonfinite_stage(
+                self.model, self.config, x, lengths, labels,
+                self.augmenter, self.objective, self.classifier,
+            )  # fmt: skip
             if stage is not None:
                 raise MetaembError(
                     f"training stopped at epoch {self.epoch + 1}: {stage} (samples "

@@ -25,6 +25,7 @@ from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.runs import atomic_write_text, read_json
+from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train.component_checks import component
 
 
@@ -127,6 +128,7 @@ class Validator:
         paths = [s.path for s in val_folder.samples]
         self.trials = index_trials(validation_trials(val_folder, config), paths)
         self._warned_collapse = False
+        self._checked_scorer = False
 
     def validate(self) -> dict[str, float]:
         """Fit the scorer on the training samples when it needs it, then score the trials."""
@@ -139,7 +141,16 @@ class Validator:
             labels = torch.tensor(self.train_folder.labels)[kept_train]
             self.scorer.fit(train_emb, labels)
         self.scorer.adapt(emb)  # as `evaluate` does on the files it scores
+        if not self._checked_scorer:  # once a run: a plugin's scorer named up front
+            check_consistent(self.scorer, emb, component(self.config, "scorer"))
+            self._checked_scorer = True
         scores = score_trials(self.scorer, self._table(emb, kept), trials)
+        bad = int((~torch.isfinite(scores)).sum())
+        if bad:  # the embeddings are finite (checked first): the scorer made them
+            raise MetaembError(
+                f"{component(self.config, 'scorer')} gave NaN or inf scores for {bad} of "
+                f"{len(scores)} validation trials from finite embeddings."
+            )
         return report(scores, trials.labels, self.config.eval.p_targets)
 
     def baseline(self, path: Path, extract: Callable[..., Any], device: torch.device) -> dict:
@@ -185,9 +196,18 @@ class Validator:
         scores = cosine_scores(table[torch.arange(len(self.val_folder))], trials)
         rep = report(scores, trials.labels, self.config.eval.p_targets)
         default = "input mean+std over time" if any(padded) else "raw input"
-        result = {"name": self.config.modality_obj().baseline_name or default, **rep}
+        result = {"name": self._baseline_name(feats) or default, **rep}
         atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True))
         return result
+
+    def _baseline_name(self, feats: Any) -> str:
+        """The features' own `baseline_name`, else the modality's when these are its default
+        features ("mean fbank" is not what other features' baseline computes), else ""."""
+        own = getattr(feats, "baseline_name", "")
+        if isinstance(own, str) and own:
+            return own
+        modality = self.config.modality_obj()
+        return modality.baseline_name if self.config.model.features == modality.features else ""
 
     def _table(self, emb: Any, kept: Tensor) -> Any:
         """Embeddings addressable by folder index (identity when nothing was skipped)."""
