@@ -159,3 +159,40 @@ def test_unusable_output_is_refused_before_any_work(tmp_path, capsys, command):
     }[command]
     code, _, err = helpers.run_cli(args, capsys)
     assert code == 2 and "is a file, not a folder" in " ".join(err.split()), err
+
+
+def test_a_fitted_scorer_is_found_in_a_collection_embedded_from_a_run_directory(
+    trained, tmp_path, capsys
+):
+    """`embed RUN_DIR` stores the directory; neighbours looked for a checkpoint file there and
+    said the run held no fitted scorer. The run's best.pt is used, as everywhere else."""
+    import shutil
+
+    from metaemb.core.plugin.components import build
+    from metaemb.core.runs import load_checkpoint, save_checkpoint
+
+    data, trained_run = trained
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "last.pt").unlink()
+    state = load_checkpoint(run / "best.pt")  # made a run whose own scorer is a fitted PLDA
+    plda = build("scorers", "plda", {"lda_dim": 4})
+    plda.fit(torch.randn(32, 16, generator=torch.Generator().manual_seed(0)),
+             torch.arange(8).repeat_interleave(4))  # fmt: skip
+    state["config"]["eval"]["scorer"], state["config"]["scorer"] = "plda", {"lda_dim": 4}
+    state["scorer"] = plda.state_dict()
+    save_checkpoint(run / "best.pt", state)
+    coll_file, probe = tmp_path / "coll.pt", sorted(data.glob("*/*.png"))[5]
+    assert helpers.run_cli(["embed", run, data, "--out", coll_file, "--workers", "0"])[0] == 0
+    assert Collection.load(coll_file).meta["checkpoint"] == str(run.resolve())
+    out = tmp_path / "n.json"
+    args = ["neighbours", coll_file, probe, "-k", "3", "--scorer", "plda", "--out", out]
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    hits = json.loads(out.read_text())["probes"][0]["neighbours"]
+    coll = Collection.load(coll_file)
+    me = coll.embeddings[coll.paths.index(probe.relative_to(data).as_posix())]
+    want = plda.score_matrix(coll.embeddings, me[None])[:, 0]  # the fitted PLDA's scores
+    top = torch.topk(want, 3).indices.tolist()
+    assert [h["path"] for h in hits] == [coll.paths[i] for i in top]
+    np.testing.assert_allclose([h["score"] for h in hits], want[top].numpy(), rtol=1e-4)

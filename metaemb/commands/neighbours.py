@@ -29,7 +29,8 @@ def _scorer(name: str | None, collection: Any) -> Any:
 
         ckpt = collection.meta.get("checkpoint")
         needs_fit = True
-        if ckpt and Path(ckpt).is_file() and collection.meta.get("scorer") == name:
+        if ckpt and Path(ckpt).exists() and collection.meta.get("scorer") == name:
+            # a run directory (`embed RUN_DIR`) loads its best.pt, else last.pt, as everywhere
             scorer, needs_fit = load_run(Path(ckpt)).scorer(name)  # the run's fitted scorer
         if needs_fit:
             raise MetaembError(
