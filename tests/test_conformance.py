@@ -6,8 +6,10 @@ Parametrised over the registries as loaded (so an installed plugin's components 
 - each builds with its defaults where that needs no data (otherwise it is skipped with the reason);
 - outputs have the declared shape and type: a backbone fed a batch of its declared input kind
   (made by a registered Features that yields that kind) gives [N, feature_dim]; heads give [N, dim]
-  or a GME; objectives give a finite scalar loss that back-propagates; samplers give valid batches;
-  scorers give [N1, N2] matrices and [N] pair scores; features yield what they declare.
+  or a GME in float32; objectives give a finite scalar loss that back-propagates; samplers give
+  valid, repeatable batches (training's own check); augmentations keep the batch contract on a
+  batch of their kind (training's own check); scorers give [N1, N2] matrices and [N] pair scores;
+  features yield what they declare.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,7 +37,8 @@ from metaemb.core.plugin.components import (
 from metaemb.core.plugin.contract import Kind, declared
 from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
-from metaemb.core.train.component_checks import _not_plain
+from metaemb.core.train.augment import check_output
+from metaemb.core.train.component_checks import _not_plain, check_batches
 
 # -- what to test -------------------------------------------------------------------------------
 
@@ -331,6 +335,8 @@ def test_head_outputs_its_declared_kind(kind, name):
         assert bool((out.b >= 0).all())
     else:
         assert isinstance(out, torch.Tensor) and out.shape == (8, 8)
+    parts = (out.a, out.b) if isinstance(out, GME) else (out,)
+    assert all(t.dtype == torch.float32 for t in parts), "the backbone's dtype (float32)"
 
 
 def _embeddings_for(needs: str, n: int = 16, dim: int = 8):
@@ -348,6 +354,7 @@ def test_objective_returns_a_finite_scalar_loss_with_gradients(kind, name):
     classifier = obj.build_classifier(8, 4)
     loss = obj(emb, labels, classifier)
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.requires_grad, "the loss must carry a gradient back to the embeddings"
     loss.backward()
 
 
@@ -361,6 +368,52 @@ def test_sampler_yields_valid_index_batches(kind, name, tmp_path):
     assert batches and len(batches) == len(sampler)
     for batch in batches:
         assert len(batch) > 0 and all(0 <= i < len(labels) for i in batch)
+    config = SimpleNamespace(train=SimpleNamespace(sampler=name, batch_size=8))
+    check_batches(sampler, len(labels), config, twice=True)  # training's own check
+
+
+def _augmentation_batch(aug) -> tuple | None:
+    """A batch as the augmentation meets it in training: the collated output of `prepare` of
+    features taking its kind (stage "input"), or the features' output (stage "features")."""
+    attr = "accepts" if aug.stage == "input" else "yields"
+    builtin = {"core", "vision", "audio"}
+    names = sorted(
+        registry("features").names(), key=lambda n: _entry("features", n).plugin not in builtin
+    )
+    for fname in names:
+        kinds = _kinds("features", fname, attr, _full("features", fname)) or ()
+        if aug.accepts is not None and not any(aug.accepts.fits(k) for k in kinds):
+            continue
+        takes = _kinds("features", fname, "accepts", _full("features", fname)) or ()
+        raw = next((r for k in takes if (r := _raw(k)) is not None), None)
+        if raw is None:
+            continue
+        features = build("features", fname, {})
+        features.eval()
+        items = [checked_values(features.prepare(raw, train=False), features)] * 4
+        x, lengths = checked_batch(features.collate(items), items, features)
+        if aug.stage == "features":
+            with torch.no_grad():
+                x, lengths = features(x, lengths)
+        return features, x, lengths
+    return None
+
+
+@pytest.mark.parametrize(("kind", "name"), components("augmentations"))
+def test_augmentation_keeps_the_batch_contract(kind, name, tmp_path):
+    aug = build_default(kind, name, tmp_path)
+    found = _augmentation_batch(aug)
+    if found is None:
+        pytest.skip(f"augmentation '{name}': no registered features give a {aug.accepts} batch")
+    features, x, lengths = found
+    aug.setup(features.input_spec())
+    aug.train()
+    labels = torch.tensor([0, 1, 2, 3])
+    classes = aug.num_classes(4)
+    torch.manual_seed(0)
+    out = aug(x.float(), lengths, labels)
+    check_output(f"augmentation '{name}'", out, x.float(), lengths, classes)  # training's check
+    assert torch.isfinite(out[0]).all(), "finite in, finite out"
 
 
 @pytest.mark.parametrize(("kind", "name"), components("scorers"))
