@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import helpers
@@ -20,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from metaemb import hookimpl
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trials import read_scores, write_trials
 from metaemb.core.plugin.interfaces import Trial
@@ -439,3 +441,57 @@ def test_loose_audio_files_embed_as_themselves(voices, tmp_path):
     for f, e in zip(files, few["embeddings"], strict=True):
         want = by_path[f.relative_to(data).as_posix()]
         assert torch.allclose(e, want, atol=1e-5), f
+
+
+class DistancePlugin:
+    """A scorer that returns the Euclidean distance: lower for the same identity, reversed."""
+
+    @hookimpl
+    def register_scorers(self, register):
+        from metaemb.core.scoring.scorers import PointScorer
+
+        class Distance(PointScorer):
+            def block(self, models, n, test):
+                return torch.cdist(models, test)
+
+            def pairs(self, models, counts, test):
+                return (models - test).norm(dim=1)
+
+        register("distance-test", Distance)
+
+
+def test_a_scorer_of_reversed_polarity_is_warned_about_by_name(lfw, tmp_path, capsys):
+    """Target trials scored below non-targets: the EER (capped at 50 %) looks like chance and
+    nothing said the scorer gives distances. Self-trials make the distance exactly 0."""
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    firsts = [sorted(d.glob("*.jpg"))[0].relative_to(data).as_posix()
+              for d in sorted(p for p in data.iterdir() if p.is_dir())]  # fmt: skip
+    lines = [f"1 {f} {f}" for f in firsts]
+    lines += [f"0 {a} {b}" for a, b in zip(firsts, firsts[1:] + firsts[:1], strict=True)]
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "t.txt", "--workers", "0"]
+    with plugin_registered(DistancePlugin(), "dist-plugin"):
+        for scorer, reversed_ in (("distance-test", True), ("cosine", False)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                code, _, err = run_cli([*args, "--scorer", scorer, "--out", tmp_path / scorer],
+                                       capsys)  # fmt: skip
+            assert code == 0, err
+            said = [str(w.message) for w in caught if "lower scores" in str(w.message)]
+            want = ["scorer 'distance-test' (plugin 'dist-plugin') gives target trials lower "
+                    "scores than non-target trials (AUC 0.00, chance 0.50): it may score a "
+                    "distance"] if reversed_ else []  # fmt: skip
+            assert [m[: len(want[0])] for m in said] == want if want else said == []
+
+
+def test_auc_counts_target_over_non_target_wins_with_ties_as_half():
+    tar, non = np.array([0.1, 0.5, 0.9, 0.5]), np.array([0.5, 0.2, 0.95])
+    brute = np.mean([1.0 if t > n else 0.5 if t == n else 0.0 for t in tar for n in non])
+    assert metrics.auc(tar, non) == pytest.approx(brute)
+    assert metrics.reversed_auc(tar, non) is None  # 12 pairs: within chance
+    rng = np.random.default_rng(0)
+    low, high = rng.normal(0, 1, 200), rng.normal(2, 1, 200)
+    assert metrics.reversed_auc(low, high) == pytest.approx(metrics.auc(low, high))
+    assert metrics.reversed_auc(rng.normal(0, 1, 200), rng.normal(0, 1, 200)) is None

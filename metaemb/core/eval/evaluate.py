@@ -252,6 +252,7 @@ class Evaluation:
         embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
         scores = embedded.score(scorer, evals.trials)
+        _warn_reversed(scorer, self.scorer_name or cfg.eval.scorer, scores, labels)
         result: dict[str, Any] = {
             "trials": evals.name,
             "trials_source": evals.source,
@@ -407,5 +408,21 @@ def _warn_overlap(cal: Any, evals: Any) -> None:
             f"{shared} of the {len(cal.trials)} calibration trials ({cal.source}) are also "
             f"evaluation trials ({evals.name}); the calibrated metrics are then not measured on "
             "held-out trials. Calibrate on another list.",
+            stacklevel=2,
+        )
+
+
+def _warn_reversed(scorer: Any, name: str, scores: torch.Tensor, labels: torch.Tensor) -> None:
+    """Warn when target trials score mostly below non-target ones: the scorer probably gives a
+    distance (lower = same identity), and the EER, capped at 50 %, would only look like chance."""
+    if not (labels == 1).any() or not (labels == 0).any():
+        return
+    area = metrics.reversed_auc(scores[labels == 1].numpy(), scores[labels == 0].numpy())
+    if area is not None:
+        label = getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
+        warnings.warn(
+            f"{label} gives target trials lower scores than non-target trials (AUC {area:.2f}, "
+            "chance 0.50): it may score a distance (lower for the same identity), but scores "
+            "must be higher for the same identity (negate them).",
             stacklevel=2,
         )

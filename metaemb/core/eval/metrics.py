@@ -255,6 +255,26 @@ def tar_at_far(tar: Any, non: Any, far: float) -> float:
     return float(np.count_nonzero(t > cut) / t.size)
 
 
+def auc(tar: Any, non: Any) -> float:
+    """Area under the ROC curve: the chance that a target trial outscores a non-target one
+    (ties count half); 0.5 is chance, below it the scores run the wrong way."""
+    t, n = _pair(tar, non, "the AUC")
+    ordered = np.sort(n)
+    below = np.searchsorted(ordered, t, side="left")
+    ties = np.searchsorted(ordered, t, side="right") - below
+    return float((below + 0.5 * ties).sum() / (t.size * n.size))
+
+
+def reversed_auc(tar: Any, non: Any) -> float | None:
+    """The AUC when target scores lie clearly below the non-target ones (a scorer that gives a
+    distance, lower for the same identity), else None. Clearly: AUC < 0.45 and more than 3
+    standard errors of a chance AUC below 0.5, so an untrained model's noise does not count."""
+    t, n = _pair(tar, non, "the AUC")
+    area = auc(t, n)
+    chance_se = np.sqrt((t.size + n.size + 1) / (12.0 * t.size * n.size))
+    return area if area < min(0.45, 0.5 - 3 * chance_se) else None
+
+
 # ---------------------------------------------------------------------------------------------
 # the standard verification report
 
