@@ -202,7 +202,7 @@ class Validator:
 
     def _baseline_name(self, feats: Any) -> str:
         """The features' own `baseline_name`, else the modality's when these are its default
-        features ("mean fbank" is not what other features' baseline computes), else ""."""
+        features (another plugin's features in the modality compute another baseline), else ""."""
         own = getattr(feats, "baseline_name", "")
         if isinstance(own, str) and own:
             return own
