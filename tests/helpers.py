@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import metaemb
 from metaemb import cli
 
 
@@ -36,3 +37,40 @@ def demo_faces(out: Path, identities: int, images_per_identity: int, image_size:
     }
     build("demo_data", "face", options, out=out)
     return out
+
+
+class RivalTrialFormats:
+    """A plugin whose trial-list format 'greedy-test' claims every 3-column line (VoxCeleb's
+    and Kaldi's too) first, reading it as 'enroll test label', and can be written; its format
+    'nowrite-test' cannot be written."""
+
+    name = "rivals"
+
+    @metaemb.hookimpl
+    def register_trial_formats(self, register):
+        from metaemb.core.eval.trials import TrialFormat, write_lines
+        from metaemb.core.plugin.interfaces import Trial
+
+        class Greedy(TrialFormat):
+            detect_order = 5
+
+            def detect(self, fields):
+                return len(fields) == 3
+
+            def read(self, path, root):
+                rows = [line.split() for line in path.read_text().splitlines() if line.split()]
+                return [Trial((a,), b, 1 if c == "1" else 0) for a, b, c in rows]
+
+            def write(self, path, trials, **options):
+                write_lines(path, [f"{t.enroll[0]} {t.test} {t.label}" for t in trials])
+
+        class NoWrite(Greedy):
+            detect_order = 200
+
+            def detect(self, fields):
+                return False
+
+            write = TrialFormat.write
+
+        register("greedy-test", Greedy)
+        register("nowrite-test", NoWrite)

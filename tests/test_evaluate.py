@@ -495,3 +495,37 @@ def test_auc_counts_target_over_non_target_wins_with_ties_as_half():
     low, high = rng.normal(0, 1, 200), rng.normal(2, 1, 200)
     assert metrics.reversed_auc(low, high) == pytest.approx(metrics.auc(low, high))
     assert metrics.reversed_auc(rng.normal(0, 1, 200), rng.normal(0, 1, 200)) is None
+
+
+def test_files_missing_from_a_misread_list_name_the_format_and_its_plugin(lfw, tmp_path, capsys):
+    """A plugin's format claimed a VoxCeleb list and read its labels as paths: the message
+    named only the missing files '0' and '1'."""
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    a, b = (p.relative_to(data).as_posix() for p in sorted(data.glob("*/*.jpg"))[:2])
+    (tmp_path / "t.txt").write_text(f"1 {a} {b}\n0 {b} {a}\n")
+    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "t.txt", "--workers", "0"]
+    with plugin_registered(helpers.RivalTrialFormats(), "rivals"), pytest.warns(UserWarning):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "2 file(s) named in the trials are not in" in err
+    assert err.endswith(f"'0', '1'; {tmp_path / 't.txt'} was read as format 'greedy-test' "
+                        "(plugin 'rivals')")  # fmt: skip
+
+
+class TupleProtocol:
+    @hookimpl
+    def register_protocols(self, register):
+        register("tuples-test", lambda root, trials=None: [(("a.jpg",), "b.jpg", 1)])
+
+
+def test_a_protocol_returning_tuples_is_refused_naming_protocol_and_plugin(lfw, tmp_path, capsys):
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--data", data, "--protocol", "tuples-test", "--workers", "0"]
+    with plugin_registered(TupleProtocol(), "tuple-plugin"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "protocol 'tuples-test' (plugin 'tuple-plugin') returned a list holding tuple" in err
+    assert "returns a list of metaemb.core.Trial(" in err

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+import helpers
 import pytest
 
 from metaemb.core.errors import DataError
@@ -297,3 +298,70 @@ def test_cli_make_and_coverage(tmp_path):
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# formats of other plugins: which one read a list, rival claims, writing
+
+
+@pytest.fixture
+def rivals():
+    from metaemb.core.plugin.manager import plugin_registered
+
+    with plugin_registered(helpers.RivalTrialFormats(), "rivals"):
+        yield
+
+
+def test_formats_of_two_plugins_claiming_a_line_are_named_in_a_warning(tmp_path, rivals):
+    """'greedy-test' claims VoxCeleb lines before 'voxceleb' does: the list is misread, and
+    nothing said by which plugin's format."""
+    vox = write(tmp_path, "1 id1/a/1.wav id1/b/2.wav\n")
+    with pytest.warns(UserWarning) as caught:
+        assert tr.detect_format(vox) == "greedy-test"
+    [said] = [str(w.message) for w in caught]
+    assert "formats 'greedy-test' (plugin 'rivals'), 'voxceleb' (plugin 'audio') all accept" in said
+    assert "it is read as 'greedy-test'" in said
+    assert tr.read_trials(vox).read_as == "format 'greedy-test' (plugin 'rivals')"
+
+
+def test_formats_of_one_plugin_claiming_a_line_are_its_own_order_and_not_warned(tmp_path):
+    import warnings
+
+    kaldi = write(tmp_path, "1 x/a.wav target\n")  # voxceleb (label 1) and kaldi both accept it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tr.detect_format(kaldi) == "kaldi"
+
+
+def test_a_list_that_fails_to_parse_names_the_format_it_was_read_as(tmp_path, capsys):
+    vox = write(tmp_path, "1 id1/a/1.wav id1/b/2.wav\n")
+    code, _, err = helpers.run_cli(["trials", "coverage", vox, "--format", "kaldi"], capsys)
+    text = " ".join(err.split())
+    assert code == 2 and "list.txt:1: expected 'enroll test target|nontarget'" in text
+    assert text.endswith("Read as trial-list format 'kaldi' (plugin 'audio').")
+
+
+def test_trials_make_writes_a_plugins_format_and_refuses_one_without_write(
+    tmp_path, capsys, rivals
+):
+    data = tmp_path / "faces"
+    for ident in ("ann", "bob"):
+        (data / ident).mkdir(parents=True)
+        for j in range(2):
+            (data / ident / f"{j}.png").write_bytes(b"")
+    make = ["trials", "make", data, "--nontargets", "3"]
+    out, kaldi = tmp_path / "g.txt", tmp_path / "k.txt"
+    assert helpers.run_cli([*make, "--out", out, "--format", "greedy-test"], capsys)[0] == 0
+    assert helpers.run_cli([*make, "--out", kaldi, "--format", "kaldi"], capsys)[0] == 0
+    want = tr.read_trials(kaldi, format="kaldi")
+    assert out.read_text().splitlines() == [f"{t.enroll[0]} {t.test} {t.label}" for t in want]
+    for name, says in (
+        ("nowrite-test", "trial-list format 'nowrite-test' (plugin 'rivals') cannot be written"),
+        ("greedy", "unknown trial-list format 'greedy'; did you mean 'greedy-test'?"),
+    ):
+        code, _, err = helpers.run_cli([*make, "--out", tmp_path / "x.txt", "--format", name],
+                                       capsys)  # fmt: skip
+        text = " ".join(err.split())
+        assert code == 2 and says in text, text
+        assert "formats that can be written: greedy-test, kaldi, lfw, voxceleb." in text
+        assert not (tmp_path / "x.txt").exists()

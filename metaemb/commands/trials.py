@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="Make seeded trial lists (VoxCeleb or Kaldi format) and report their coverage.",
+    help="Make seeded trial lists (VoxCeleb, Kaldi or any registered format that can be written) "
+    "and report their coverage.",
     no_args_is_help=True,
 )
 
@@ -40,7 +41,11 @@ def make(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same list", min=0)] = 0,
     format: Annotated[
-        str | None, typer.Option(help="voxceleb or kaldi [default: voxceleb]")
+        str | None,
+        typer.Option(
+            help="a trial-list format that can be written: voxceleb, kaldi, lfw, a "
+            "plugin's [default: voxceleb]"
+        ),
     ] = None,
     modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",
     folder: Annotated[
@@ -70,8 +75,7 @@ def make(
                 raise MetaembError(f"{flag} shapes a trial list, and --triplets writes triplets "
                                    f"instead: leave {flag} out, or --triplets.")  # fmt: skip
     format, enroll = format or "voxceleb", enroll or 1
-    if format not in ("voxceleb", "kaldi"):
-        raise MetaembError(f"--format must be voxceleb or kaldi, got '{format}'.")
+    _check_writable(format)
     ensure_writable(out, "trial list")
     refuse_replacing_data_file(out, data, "trial list")
     from metaemb.core.config import parse_set
@@ -103,6 +107,22 @@ def make(
     typer.echo(json.dumps({"out": str(out), **coverage(trials)}, indent=2))
 
 
+def _check_writable(name: str) -> None:
+    """--format names a registered trial-list format with a `write` of its own (a plugin's
+    too); refuse any other by name, listing those that can write, before any work."""
+    from metaemb.core.errors import MetaembError, suggest
+    from metaemb.core.eval.trials import TrialFormat, format_label, formats
+
+    known = formats()
+    can = ", ".join(sorted(n for n, f in known.items() if type(f).write is not TrialFormat.write))
+    if name not in known:
+        raise MetaembError(f"--format: unknown trial-list format '{name}';"
+                           f"{suggest(name, known)} formats that can be written: {can}.")  # fmt: skip
+    if type(known[name]).write is TrialFormat.write:
+        raise MetaembError(f"--format: trial-list {format_label(name)} cannot be written (it has "
+                           f"no `write`); formats that can be written: {can}.")  # fmt: skip
+
+
 def _note_shortfall(trials: list, targets: int | None, nontargets: int | None, data: Path) -> None:
     """Warn when DATA holds fewer trials of a kind than were asked for (the list has them all)."""
     import warnings
@@ -126,7 +146,9 @@ def coverage_cmd(
     root: Annotated[
         Path | None, typer.Option(help="data root, to check that paths stay inside it")
     ] = None,
-    format: Annotated[str, typer.Option(help="auto, voxceleb, kaldi or lfw")] = "auto",
+    format: Annotated[
+        str, typer.Option(help="auto, voxceleb, kaldi, lfw or a plugin's format")
+    ] = "auto",
 ) -> None:
     """How many trials, identities and samples a trial list touches (identity = first folder)."""
     from metaemb.core.eval.trial_generation import coverage

@@ -21,7 +21,7 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import DataError, first_few
+from metaemb.core.errors import DataError, PluginError, first_few
 from metaemb.core.eval import leakage, metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
@@ -47,6 +47,11 @@ class TrialSet:
     source: str
     folds: int = 0
 
+    @property
+    def read_as(self) -> str:
+        """The trial-list format (and its plugin) the trials were read as, or ""."""
+        return getattr(self.trials, "read_as", "")
+
     def labels(self) -> torch.Tensor:
         missing = sum(t.label is None for t in self.trials)
         if missing:
@@ -65,6 +70,23 @@ def _folds(trials: list[Trial], source: str) -> int:
             f"{source}: {len(trials)} trials cannot form the {folds} equal folds it declares."
         )
     return folds
+
+
+def _protocol_trials(name: str, trials: Any) -> list[Trial]:
+    """A protocol's result, checked: a list of Trial (plain tuples or dicts would fail later as
+    an AttributeError naming neither the protocol nor its plugin)."""
+    if isinstance(trials, list):
+        bad = next((t for t in trials if not isinstance(t, Trial)), None)
+        if bad is None:
+            return trials
+        got = f"a list holding {type(bad).__name__} {bad!r:.60}"
+    else:
+        got = f"{type(trials).__name__} {trials!r:.60}"
+    plugin = registry("protocols").entry(name).plugin
+    raise PluginError(
+        f"protocol '{name}' (plugin '{plugin}') returned {got}; a protocol returns a list of "
+        "metaemb.core.Trial(enroll=(path, …), test=path, label=1|0)."
+    )
 
 
 def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
@@ -95,9 +117,13 @@ class Embedded:
         _match_unicode_forms(where, needed)
         missing = [p for p in needed if p not in where]
         if missing:
+            absent = set(missing)
+            read = "".join(f"; {ts.source} was read as {ts.read_as}" for ts in sets if ts.read_as
+                           and any(p in absent for t in ts.trials for p in (*t.enroll, t.test)))  # fmt: skip
             raise DataError(
                 f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
                 + first_few(missing)
+                + read
             )
         self.emb = loaded.embed(folder, [where[p] for p in needed], workers)
         self.pos = {p: i for i, p in enumerate(needed)}
@@ -156,7 +182,7 @@ class Evaluation:
         if self.protocol:
             reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
-            trials = reader(root, self.trials_path)
+            trials = _protocol_trials(self.protocol, reader(root, self.trials_path))
             return TrialSet(trials, self.protocol, source, _folds(trials, source))
         if self.trials_path:
             path = self.trials_path

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metaemb.core.errors import DataError, first_few
+from metaemb.core.errors import DataError, PluginError, first_few
 from metaemb.core.plugin.interfaces import Trial
 
 #: label words of lists that spell the label out (`enroll test target|nontarget`)
@@ -36,11 +36,13 @@ KALDI_LABELS = LABEL_WORDS  # the name core/eval/triplets.py imports
 
 
 class TrialList(list):
-    """Trials in file order; `folds` > 1 when they form that many contiguous, equal folds."""
+    """Trials in file order; `folds` > 1 when they form that many contiguous, equal folds;
+    `read_as` names the format they were read in, for messages ("format 'x' (plugin 'p')")."""
 
-    def __init__(self, trials: Iterable[Trial] = (), folds: int = 0) -> None:
+    def __init__(self, trials: Iterable[Trial] = (), folds: int = 0, read_as: str = "") -> None:
         super().__init__(trials)
         self.folds = int(folds)
+        self.read_as = read_as
 
 
 def folds_of(trials: Sequence[Trial]) -> int:
@@ -82,6 +84,20 @@ def get_format(name: str) -> TrialFormat:
     from metaemb.core.plugin.manager import registry
 
     return registry("trial_formats").get(name)()
+
+
+def format_label(name: str) -> str:
+    """How messages name a trial-list format: "format 'x' (plugin 'p')", so a list misread by
+    another plugin's format points at that plugin."""
+    return f"format '{name}' (plugin '{_owner(name)}')"
+
+
+def _owner(name: str) -> str:
+    """The plugin that registered trial-list format `name`."""
+    from metaemb.core.plugin.manager import registry
+
+    formats_ = registry("trial_formats")
+    return formats_.entry(name).plugin if name in formats_ else "?"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,9 +174,10 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     lineno, f = read_lines(path)[0]
     known = formats()
-    for name, fmt in known.items():
-        if fmt.detect(f):
-            return name
+    claims = [name for name, fmt in known.items() if _claims(name, fmt, f)]
+    if claims:
+        _warn_rival_claims(f"{path}:{lineno}", f, claims)
+        return claims[0]
     expected = "; ".join(fmt.example or name for name, fmt in known.items()) or "(none registered)"
     scores = len(f) == 4 and f[2] in ("target", "nontarget")
     hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
@@ -172,17 +189,60 @@ def detect_format(path: str | Path) -> str:
     )
 
 
+def _claims(name: str, fmt: TrialFormat, fields: list[str]) -> bool:
+    """Whether format `name` accepts a first line; a `detect` that raises (a plugin's bug)
+    claims nothing, with a warning naming the format and its plugin."""
+    try:
+        return bool(fmt.detect(fields))
+    except Exception as exc:
+        warnings.warn(
+            f"trial-list {format_label(name)}: detect({fields!r}) raised "
+            f"{type(exc).__name__}: {exc}; the format is skipped for this list.",
+            stacklevel=3,
+        )
+        return False
+
+
+def _warn_rival_claims(where: str, fields: list[str], claims: list[str]) -> None:
+    """Several formats of different plugins accept a first line: say which one reads it, so a
+    list misread after installing a plugin names that plugin (a plugin orders its own formats
+    by `detect_order` on purpose: no warning among them)."""
+    if len({_owner(n) for n in claims}) < 2:
+        return
+    names = ", ".join(f"'{n}' (plugin '{_owner(n)}')" for n in claims)
+    warnings.warn(
+        f"{where}: trial-list formats {names} all accept the first line "
+        f"{' '.join(fields)!r}; it is read as '{claims[0]}' (lowest detect_order). If that is "
+        "wrong, that format's `detect` claims other formats' lists.",
+        stacklevel=3,
+    )
+
+
 def read_trials(
     path: str | Path, root: str | Path | None = None, format: str = "auto"
 ) -> list[Trial]:
     """Read a trial list ('auto' detects the format); trials come back in file order (a
-    TrialList with `folds` when the format declares folds)."""
+    TrialList with `folds` when the format declares folds, and `read_as` naming the format,
+    which every error about the list names too)."""
     path = Path(path)
     name = detect_format(path) if format == "auto" else format
     fmt = _format_or_error(name)
-    trials = fmt.read(path, Path(root) if root is not None else None)
+    try:
+        trials = fmt.read(path, Path(root) if root is not None else None)
+    except DataError as exc:
+        raise type(exc)(f"{_sentence(str(exc))} Read as trial-list {format_label(name)}.") from None
+    except Exception as exc:  # a plugin format's bug: name it, not only a traceback line
+        raise PluginError(
+            f"trial-list {format_label(name)} failed reading '{path}': {type(exc).__name__}: {exc}"
+        ) from exc
+    trials = TrialList(trials, folds_of(trials), read_as=format_label(name))
     warn_duplicates(trials, str(path))
     return trials
+
+
+def _sentence(text: str) -> str:
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def _format_or_error(name: str) -> TrialFormat:
