@@ -529,3 +529,37 @@ def test_a_protocol_returning_tuples_is_refused_naming_protocol_and_plugin(lfw, 
     assert code == 2 and "Traceback" not in err
     assert "protocol 'tuples-test' (plugin 'tuple-plugin') returned a list holding tuple" in err
     assert "returns a list of metaemb.core.Trial(" in err
+
+
+class DocsSignatureProtocol:
+    """A protocol written as docs/plugins.md once showed it: `trials` without a default."""
+
+    @hookimpl
+    def register_protocols(self, register):
+        from metaemb.core.eval.trials import read_trials
+
+        def reader(root: Path, trials: Path | None) -> list[Trial]:
+            return read_trials(trials or root / "pairs.txt", root)
+
+        register("nodefault-test", reader)
+
+
+def test_a_protocols_root_and_trials_are_context_not_options(lfw, tmp_path, capsys):
+    """`trials` without a default was a required option: the conformance round trip asked for
+    `--set protocols.trials`, and `list protocols` showed trials=None as an option."""
+    from metaemb.core.plugin.components import validate_options
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    with plugin_registered(DocsSignatureProtocol(), "sig-plugin"):
+        code, out, err = helpers.run_cli(["list", "protocols", "--json"], capsys)
+        assert code == 0, err
+        listed = {c["name"]: c["options"] for c in json.loads(out)["components"]}
+        for name in ("nodefault-test", "voxceleb", "kaldi", "lfw"):
+            assert listed[name] == {}, name
+        assert validate_options("protocols", "nodefault-test", {}, "protocols") == {}
+        args = ["evaluate", run, "--data", data, "--protocol", "nodefault-test", "--workers", "0"]
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    trials, _, _ = scores_and_labels(tmp_path / "ev" / "scores.txt")
+    assert trials == read_lfw_pairs(data / "pairs.txt")

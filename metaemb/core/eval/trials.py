@@ -8,8 +8,9 @@ plugin's format works wherever a built-in one does. Paths in a list are relative
 root (several enrollment samples joined by ','); a path may not escape the root ('..', or an
 absolute path outside it): formats check each with `safe_path`.
 
-A protocol (registry "protocols") is a callable `(root: Path, path: Path | None) -> list[Trial]`:
-it reads (or generates) the trials of a dataset rooted at `root`, from `path` when given, else
+A protocol (registry "protocols") is a callable `(root: Path, trials: Path | None = None) ->
+list[Trial]` (both are context, never options): it reads (or generates) the trials of a dataset
+rooted at `root`, from the list `trials` when given, else
 from the protocol's default file; trial paths are relative to `root` and in file order. It may
 return a `TrialList` whose `folds` says the trials form that many contiguous folds (k-fold
 accuracy is then reported).

@@ -40,6 +40,7 @@ CONTEXT_NAMES = frozenset(
         "rank",
         "world_size",
         "out",
+        "trials",  # a protocol's trial list (None: its default file), with `root`
     }
 )
 

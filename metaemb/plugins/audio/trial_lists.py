@@ -101,14 +101,14 @@ class KaldiTrials(TrialFormat):
         write_lines(path, lines)
 
 
-def voxceleb_protocol(root: Path, path: Path | None = None) -> list[Trial]:
+def voxceleb_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
     """VoxCeleb `label enroll test` list (default: veri_test2.txt, the cleaned VoxCeleb1-O)."""
     root = Path(root)
     names = ("veri_test2.txt", "veri_test.txt", "trials.txt")
-    return read_trials(default_file(root, path, names, "VoxCeleb"), root, "voxceleb")
+    return read_trials(default_file(root, trials, names, "VoxCeleb"), root, "voxceleb")
 
 
-def kaldi_protocol(root: Path, path: Path | None = None) -> list[Trial]:
+def kaldi_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
     """Kaldi `enroll test target|nontarget` list (default: the data dir's `trials` file)."""
     root = Path(root)
-    return read_trials(default_file(root, path, ("trials",), "Kaldi"), root, "kaldi")
+    return read_trials(default_file(root, trials, ("trials",), "Kaldi"), root, "kaldi")
