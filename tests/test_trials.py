@@ -321,7 +321,8 @@ def test_formats_of_two_plugins_claiming_a_line_are_named_in_a_warning(tmp_path,
     [said] = [str(w.message) for w in caught]
     assert "formats 'greedy-test' (plugin 'rivals'), 'voxceleb' (plugin 'audio') all accept" in said
     assert "it is read as 'greedy-test'" in said
-    assert tr.read_trials(vox).read_as == "format 'greedy-test' (plugin 'rivals')"
+    with pytest.warns(UserWarning, match="all accept the first line"):
+        assert tr.read_trials(vox).read_as == "format 'greedy-test' (plugin 'rivals')"
 
 
 def test_formats_of_one_plugin_claiming_a_line_are_its_own_order_and_not_warned(tmp_path):
