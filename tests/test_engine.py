@@ -16,9 +16,11 @@ each training at a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -388,3 +390,53 @@ def test_a_scorer_that_cannot_fit_the_training_data_fails_before_training(faces,
     assert "epoch" not in out.lower()  # no training happened
     [run] = (tmp_path / "face").iterdir()
     assert not (run / "metrics.jsonl").exists() and not (run / "last.pt").exists()
+
+
+def test_a_run_that_lost_last_pt_is_not_silently_restarted(faces, tmp_path, capsys):
+    """last.pt deleted from a run with two epochs: a restart would replace best.pt with
+    epoch 1's weights and cut metrics.jsonl to one line. It is refused; nothing is touched."""
+    args = cli_args(faces, tmp_path, "train.epochs=2")
+    assert run_cli(args, capsys)[0] == 0
+    [run] = (tmp_path / "face").iterdir()
+    (run / "last.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, _, err = run_cli(args, capsys)
+    assert (
+        code == 2
+        and "holds 2 trained epochs (best.pt, metrics.jsonl) but no last.pt"
+        in " ".join(err.split())
+    )
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"}
+    assert after == {k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_the_same_relative_data_from_another_folder_is_not_resumed(faces, tmp_path, capsys):
+    """Run folders are named by the configuration as typed: `--data data` in two project
+    folders names one run. The second project's data (same file names, other pictures) must
+    not resume or "complete" the first one's run, nor rewrite its config.toml."""
+    runs = (tmp_path / "runs").resolve()
+    for project in ("a", "b"):
+        dest = tmp_path / project / "data"
+        dest.parent.mkdir()
+        shutil.copytree(faces, dest)
+    args = lambda: cli_args(Path("data"), runs, "train.epochs=1")  # noqa: E731
+    with helpers_cwd(tmp_path / "a"):
+        assert run_cli(args(), capsys)[0] == 0
+    [run] = (runs / "face").iterdir()
+    config = (run / "config.toml").read_text()
+    with helpers_cwd(tmp_path / "b"):
+        code, _, err = run_cli(args(), capsys)
+    flat = " ".join(err.split())
+    assert code == 2 and f"it was trained on '{tmp_path / 'a' / 'data'}'" in flat
+    assert "--set name=NEW" in flat and (run / "config.toml").read_text() == config
+
+
+@contextlib.contextmanager
+def helpers_cwd(folder: Path):
+    """Run a command from `folder`, as a user in a project folder would."""
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)

@@ -214,13 +214,13 @@ def trim_jsonl(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    epochs = [_record_epoch(ln) for ln in lines]
+    epochs = [record_epoch(ln) for ln in lines]
     keep = [ln for ln, e in zip(lines, epochs, strict=True) if e is not None and e <= epoch]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def _record_epoch(line: str) -> int | None:
+def record_epoch(line: str) -> int | None:
     """The epoch of one metrics.jsonl line; None for a line that is not a whole record."""
     try:
         record = json.loads(line)

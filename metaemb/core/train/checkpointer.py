@@ -25,6 +25,7 @@ from metaemb.core.runs import (
     append_jsonl,
     atomic_write_text,
     load_checkpoint,
+    record_epoch,
     remove_stale_tmp,
     save_checkpoint,
     trim_jsonl,
@@ -89,9 +90,28 @@ class Checkpointer:
                 trim_jsonl(self.metrics, int(state["epoch"]))
             return state
         if self.main:
+            self._refuse_lost_last()
             for name in (METRICS, BEST, SKIPPED):
                 (self.dir / name).unlink(missing_ok=True)
         return None
+
+    def _refuse_lost_last(self) -> None:
+        """A run with epochs behind it but no last.pt lost it (deleted, moved): starting over
+        would replace its best.pt and cut its metrics to one epoch without a word. (An attempt
+        killed before its first checkpoint leaves at most epoch 1's line and best.pt.)"""
+        epochs = [e for ln in _lines(self.metrics) if (e := record_epoch(ln)) is not None]
+        best_epoch = 0
+        if self.best.exists():
+            with contextlib.suppress(Exception):  # an unreadable best.pt is a leftover too
+                best_epoch = int(load_checkpoint(self.best).get("epoch", 0))
+        trained = max([best_epoch, *epochs])
+        if trained >= 2:
+            raise MetaembError(
+                f"cannot resume {self.dir}: it holds {trained} trained epochs (best.pt, "
+                f"{METRICS}) but no {LAST}, which a resume needs (deleted or moved?). Put "
+                f"{LAST} back to resume, or train it again from the start with --fresh (which "
+                f"deletes {BEST} and {METRICS})."
+            )
 
     def save(self, record: dict[str, Any], state: dict[str, Any], improved: bool) -> None:
         """One finished epoch: its metrics line, then best.pt (if improved), then last.pt.
@@ -176,9 +196,34 @@ def data_fingerprint(folder: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def trained_root(config: dict[str, Any]) -> str:
+    """The absolute data folder a saved config trained on ("" when it does not say)."""
+    data = config.get("data", {})
+    if data.get("root_absolute"):
+        return str(data["root_absolute"])
+    root = str(data.get("root", ""))
+    return root if root and Path(root).is_absolute() else ""
+
+
 def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
-    """Refuse to resume on a data folder that changed since the run started: the resumed run
-    would mix two datasets (and its labels) under one configuration hash."""
+    """Refuse to resume on another data folder, or on one that changed since the run started:
+    the resumed run would mix two datasets (and its labels) under one configuration hash. Run
+    folders are named by the configuration as typed, so `--data data` from two project folders
+    names the same run: the saved absolute folder tells them apart."""
+    before = trained_root(state.get("config") or {})
+    now = trained_root(trainer.config.to_dict())
+    if before and now and Path(before).resolve() != Path(now).resolve():
+        raise MetaembError(
+            f"cannot resume {trainer.dir}: it was trained on '{before}', and --data now names "
+            f"'{now}' (run folders are named by the configuration as typed, so the same "
+            "relative --data from another folder names the same run). Train into another "
+            "--runs folder or with --set name=NEW; if you moved the data, move it back; or "
+            "train this run again from the start with --fresh."
+        )
     saved = state.get("data_fingerprint")
     if saved is None:  # a run saved before fingerprints
         return

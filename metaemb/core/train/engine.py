@@ -206,13 +206,15 @@ class Trainer:
         cfg = self.config
         self.setup()
         self.checkpointer.prepare(self.fresh)
+        self.dist.barrier()  # every rank reads last.pt only once rank 0 prepared the folder
+        state = self.checkpointer.resume()
+        if state is not None:
+            check_same_data(self, state)  # before config.toml: a refused run keeps its own
         if self.dist.main:
             atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
         best, history = math.inf, []
-        state = self.checkpointer.resume()
         if state is not None:
-            check_same_data(self, state)
             self.restore(state)
             self.start_epoch, self.step, best = state["epoch"], state["step"], state["best"]
             history = list(state.get("history", []))
