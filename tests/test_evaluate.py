@@ -563,3 +563,49 @@ def test_a_protocols_root_and_trials_are_context_not_options(lfw, tmp_path, caps
     assert code == 0, err
     trials, _, _ = scores_and_labels(tmp_path / "ev" / "scores.txt")
     assert trials == read_lfw_pairs(data / "pairs.txt")
+
+
+def test_a_list_labelled_against_the_folders_identities_is_warned_about(voices, tmp_path, capsys):
+    """Every label inverted scored EER 50 %, as a chance-level model, without a word."""
+    data, run, trials = voices
+    inverted = tmp_path / "inverted.txt"
+    lines = trials.read_text().splitlines()
+    inverted.write_text("".join(f"{1 - int(ln.split()[0])} {ln.split(maxsplit=1)[1]}\n"
+                                for ln in lines))  # fmt: skip
+    for path, wrong in ((inverted, len(lines)), (trials, 0)):
+        args = ["evaluate", run, "--data", data, "--trials", path, "--workers", "0",
+                "--out", tmp_path / path.stem]  # fmt: skip
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        said = (
+            f"{wrong} of the {len(lines)} trials are labelled against the data folder's identities"
+        )
+        assert (said in out) == bool(wrong), out
+
+
+class DisagreeingPlugin:
+    """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
+
+    @hookimpl
+    def register_scorers(self, register):
+        from metaemb.core.scoring.cosine import CosineScorer
+
+        class Disagreeing(CosineScorer):
+            def pairs(self, models, counts, test):
+                return -super().pairs(models, counts, test)
+
+        register("disagreeing-test", Disagreeing)
+
+
+def test_a_scorer_whose_pair_and_matrix_scores_disagree_is_refused(lfw, tmp_path, capsys):
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--protocol", "lfw", "--data", data, "--workers", "0",
+            "--scorer", "disagreeing-test", "--out", tmp_path / "ev"]  # fmt: skip
+    with plugin_registered(DisagreeingPlugin(), "disagree-plugin"):
+        code, _, err = run_cli(args, capsys)
+    assert (
+        code == 2 and "scorer 'disagreeing-test' (plugin 'disagree-plugin'): its scores of " in err
+    )
+    assert not (tmp_path / "ev" / "scores.txt").exists()

@@ -26,6 +26,8 @@ from metaemb.core.eval import leakage, metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
     folds_of,
+    label_warning,
+    mislabelled,
     read_trials,
     write_scores,
 )
@@ -34,7 +36,7 @@ from metaemb.core.plugin.interfaces import SampleFolder, Trial
 from metaemb.core.plugin.manager import registry
 from metaemb.core.runs import atomic_write_text
 from metaemb.core.scoring.calibration import LinearCalibration
-from metaemb.core.scoring.scorers import score_trials
+from metaemb.core.scoring.scorers import check_consistent, score_trials
 from metaemb.core.train import validation
 
 
@@ -265,6 +267,10 @@ class Evaluation:
         evals = self._trials(loaded)
         labels = evals.labels()
         shared = self._training_identities_scored(loaded, folder, evals)
+        if evals.name != "validation":  # generated from the folder: agree by construction
+            message = label_warning(mislabelled(folder, evals.trials), len(labels))
+            if message:
+                self.console.print(f"[yellow]warning:[/] {escape(message)}")
         out = self.out or (self._run_dir() / f"eval-{evals.name}")
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials)
@@ -277,6 +283,9 @@ class Evaluation:
         scorer = self._scorer(loaded)
         embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
+        check_consistent(
+            scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)
+        )
         scores = embedded.score(scorer, evals.trials)
         _warn_reversed(scorer, self.scorer_name or cfg.eval.scorer, scores, labels)
         result: dict[str, Any] = {
@@ -438,6 +447,10 @@ def _warn_overlap(cal: Any, evals: Any) -> None:
         )
 
 
+def _described(scorer: Any, name: str) -> str:
+    return getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
+
+
 def _warn_reversed(scorer: Any, name: str, scores: torch.Tensor, labels: torch.Tensor) -> None:
     """Warn when target trials score mostly below non-target ones: the scorer probably gives a
     distance (lower = same identity), and the EER, capped at 50 %, would only look like chance."""
@@ -445,7 +458,7 @@ def _warn_reversed(scorer: Any, name: str, scores: torch.Tensor, labels: torch.T
         return
     area = metrics.reversed_auc(scores[labels == 1].numpy(), scores[labels == 0].numpy())
     if area is not None:
-        label = getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
+        label = _described(scorer, name)
         warnings.warn(
             f"{label} gives target trials lower scores than non-target trials (AUC {area:.2f}, "
             "chance 0.50): it may score a distance (lower for the same identity), but scores "
