@@ -86,7 +86,13 @@ def _root(
 
 
 def train(
-    modality: Annotated[str, typer.Option(help="face, speaker, or any plugin's modality")] = "face",
+    modality: Annotated[
+        str | None,
+        typer.Option(
+            help="face, speaker, or any plugin's modality [default: the --config "
+            "file's modality, else face]"
+        ),
+    ] = None,
     data: Annotated[
         Path | None, typer.Option(help="<identity>/<sample> folder; default: built-in demo data")
     ] = None,
@@ -121,6 +127,10 @@ def train(
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     if tensorboard:
         sets.append("train.tensorboard=true")
+    if modality is None:  # a saved run's config.toml says which modality it trains
+        from metaemb.core.config_toml import load_toml
+
+        modality = str(load_toml(config).get("modality", "face")) if config else "face"
     cfg = resolve(modality, config, sets)
     from metaemb.core.runs import earlier_equivalent_run, run_dir
 

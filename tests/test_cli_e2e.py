@@ -217,3 +217,21 @@ def test_distill_a_mobilenet_student_from_a_teacher(tiny_faces, tmp_path, capsys
         train_args(tiny_faces, runs, "train.objective=distill"), capsys, monkeypatch
     )
     assert code == 2 and "train.teacher" in err
+
+
+def test_train_takes_the_modality_of_its_config_file(tmp_path, capsys):
+    """`train --config RUN/config.toml` of a speaker run said "the command asked for 'face'":
+    without --modality, the file's modality is the one trained. (A face run would refuse the
+    speaker features' key; the speaker one gets as far as the range check of train.epochs.)"""
+    config = tmp_path / "speaker.toml"
+    config.write_text('modality = "speaker"\n')
+    args = ["train", "--config", config, "--runs", tmp_path / "runs",
+            "--set", "features.crop_seconds=1.0", "--set", "train.epochs=0"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "train.epochs" in err and "asked for" not in err, err
+    code, _, err = run_cli([*args, "--modality", "face"], capsys)
+    assert (
+        code == 2
+        and "config sets modality 'speaker' but the command asked for 'face'"
+        in " ".join(err.split())
+    )
