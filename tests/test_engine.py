@@ -440,3 +440,23 @@ def helpers_cwd(folder: Path):
         yield
     finally:
         os.chdir(old)
+
+
+def test_resuming_with_another_worker_count_is_said(faces, tmp_path, capsys):
+    """Workers draw crops by worker id, so another --workers count changes the remaining
+    epochs' draws; config.toml records the count used (it said 2 for --workers 0)."""
+
+    class KillInEpoch2(Callback):
+        def on_epoch_start(self, t, epoch):
+            if epoch == 1:
+                raise Killed
+
+    t = trainer(faces, tmp_path, "train.epochs=2", callbacks=[KillInEpoch2()])
+    with pytest.raises(Killed):
+        t.run()
+    assert "workers = 0" in (t.dir / "config.toml").read_text()
+    args = cli_args(faces, tmp_path, "train.epochs=2")
+    args[args.index("--workers") + 1] = "1"
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "trained with 0 data-loader worker(s) and resumes with 1" in " ".join(out.split())

@@ -166,6 +166,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
         "training_identities": list(trainer.train_folder.identities),  # kept out of evaluation
+        "workers": trainer.workers,  # its crops follow the worker ids: a resume says if it differs
         **trainer.fingerprints,  # computed once per run: the data does not change during it
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
@@ -89,6 +90,7 @@ class Trainer:
             self.console = Console(quiet=True)
         self.dir = run_dir(runs_root, config)
         self.workers = config.data.workers if workers is None else workers
+        config.data.workers = self.workers  # config.toml records the count used (not hashed)
         self.callbacks = CallbackList(callbacks)
         self.checkpointer = Checkpointer(self.dir, config.hash(), main=self.dist.main)
         self.skipped: list[str] = []
@@ -202,6 +204,19 @@ class Trainer:
                 if hasattr(self, "train_loader"):
                     self.train_loader.close()  # persistent workers
 
+    def _warn_other_workers(self, state: dict[str, Any]) -> None:
+        """The training crops and augmentations a worker draws follow its worker id, so a run
+        resumed with another --workers count draws other ones than it would have: it trains
+        on, but its weights match neither uninterrupted run. Say so."""
+        before = state.get("workers")  # absent from checkpoints written before it was kept
+        if isinstance(before, int) and before != self.workers and self.dist.main:
+            self.console.print(
+                f"[yellow]warning:[/] {escape(str(self.dir))} trained with {before} data-loader "
+                f"worker(s) and resumes with {self.workers}: the random crops and augmentations "
+                "of the remaining epochs differ from an uninterrupted run's, so its weights "
+                f"will not be reproducible (resume with --workers {before} to keep them so)."
+            )
+
     def _run(self) -> dict[str, Any]:
         cfg = self.config
         self.setup()
@@ -217,12 +232,11 @@ class Trainer:
         if state is not None:
             self.restore(state)
             self.start_epoch, self.step, best = state["epoch"], state["step"], state["best"]
+            self._warn_other_workers(state)
             history = list(state.get("history", []))
             self.skipped = self.checkpointer.skipped()
             self.resumed = True
             if self.start_epoch >= cfg.train.epochs:
-                from rich.markup import escape
-
                 self.console.print(
                     f"[bold]Run {escape(str(self.dir))} is complete[/] "
                     f"({self.start_epoch}/{cfg.train.epochs} "
