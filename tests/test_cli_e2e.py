@@ -235,3 +235,24 @@ def test_train_takes_the_modality_of_its_config_file(tmp_path, capsys):
         and "config sets modality 'speaker' but the command asked for 'face'"
         in " ".join(err.split())
     )
+
+
+def test_evaluate_after_the_training_folder_moved_says_so(tiny_faces, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "faces"
+    shutil.copytree(tiny_faces, data)
+    args = train_args(data, tmp_path / "runs", "train.epochs=1", "model.backbone=tinycnn",
+                      "features.image_size=16")  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    [run] = (tmp_path / "runs" / "face").iterdir()
+    data.rename(tmp_path / "moved")
+    code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys)
+    assert (
+        code == 2
+        and f"the data folder the run trained on, '{data}', does not exist" in " ".join(err.split())
+    )
+    code, _, err = run_cli(
+        ["evaluate", run, "--data", tmp_path / "moved", "--workers", "0"], capsys
+    )
+    assert code == 0, err

@@ -135,7 +135,14 @@ def load_run(
     if data is not None or with_data:
         if data is not None:
             cfg.data.root, cfg.data.root_absolute = str(data), ""
-        parts = Components.build(cfg, data_root(cfg))
+        root = data_root(cfg)
+        if data is None and cfg.data.root and not root.exists():
+            saved = cfg.data.root_absolute or cfg.data.root
+            raise DataError(
+                f"the data folder the run trained on, '{saved}', does not exist (moved or "
+                "deleted?); point at it with --data DIR."
+            )
+        parts = Components.build(cfg, root)
         model = parts.model
     else:
         model = build_model(cfg)
