@@ -11,7 +11,7 @@ import typer
 from typer.main import get_command_name, solve_typer_info_defaults
 
 from metaemb.core.errors import PluginError
-from metaemb.core.plugin.manager import _strict, state
+from metaemb.core.plugin.manager import state, strict_mode
 
 
 def command_names(info: Any) -> list[str]:
@@ -42,7 +42,7 @@ def add_plugin_commands(app: typer.Typer) -> None:
     st = state()
     owners = _taken(app)
     impls = st.pm.hook.register_commands.get_hookimpls()  # registration order
-    impls.sort(key=lambda impl: not st._is_own(impl.plugin))
+    impls.sort(key=lambda impl: not st.is_own(impl.plugin))
     for impl in impls:
         plugin = st.pm.get_name(impl.plugin) or "?"
         commands, groups = len(app.registered_commands), len(app.registered_groups)
@@ -63,6 +63,6 @@ def _refuse(plugin: str, name: str, owner: str) -> None:
     message = (f"plugin '{plugin}' registers command '{name}', a name {whose} already has; "
                f"the plugin's command is dropped and `metaemb {name}` is unchanged (rename "
                "it)")  # fmt: skip
-    if _strict():
+    if strict_mode():
         raise PluginError(message + ".")
     warnings.warn(message + " (set METAEMB_STRICT_PLUGINS=1 to make this fatal).", stacklevel=2)

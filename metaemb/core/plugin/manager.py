@@ -71,7 +71,7 @@ class PluginState:
             self.versions["core"] = _dist_version("metaemb")
         for name in disabled - {"core"}:  # blocking core would unregister every built-in
             self.pm.set_blocked(name)
-        strict = _strict()
+        strict = strict_mode()
         entry_points = sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name)
         self.disabled = check_disabled(disabled, [ep.name for ep in entry_points])
         for ep in entry_points:
@@ -144,7 +144,7 @@ class PluginState:
                 if hook is None:  # nobody implements it
                     continue
                 impls = hook.get_hookimpls()  # registration order: entry points by name
-                impls.sort(key=lambda impl: not self._is_own(impl.plugin))  # metaemb's first
+                impls.sort(key=lambda impl: not self.is_own(impl.plugin))  # metaemb's first
                 for impl in impls:
                     self._call_hook(impl, kind, hook_name, registries)
             self._registries = registries
@@ -170,14 +170,14 @@ class PluginState:
         try:
             impl.function(register=register)
         except Exception as exc:  # isolate any failure of a third-party plugin
-            if isinstance(exc, PluginError) and self._is_own(impl.plugin):
+            if isinstance(exc, PluginError) and self.is_own(impl.plugin):
                 raise
             if isinstance(exc, PluginError):  # a registration mistake, worded by the registry
                 cause = message = str(exc).rstrip(".")
             else:
                 cause = f"its {hook_name} hook raised {type(exc).__name__}: {exc}"
                 message = f"plugin '{plugin_name}' failed: {cause}"
-            if _strict():
+            if strict_mode():
                 raise PluginError(message) from exc
             why = f"plugin '{plugin_name}' registers it but was skipped: {cause}"
             registries[kind].discard(added)
@@ -193,7 +193,7 @@ class PluginState:
             )
 
     @staticmethod
-    def _is_own(plugin: object) -> bool:
+    def is_own(plugin: object) -> bool:
         """metaemb's own plugins (the core's and the built-in modules under metaemb.plugins)."""
         return getattr(plugin, "__name__", "").startswith("metaemb.")
 
@@ -216,7 +216,7 @@ _state: PluginState | None = None
 _lock = threading.Lock()
 
 
-def _strict() -> bool:
+def strict_mode() -> bool:
     return os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
 
 
@@ -302,7 +302,7 @@ def plugin_registered(plugin: object, name: str) -> Iterator[None]:
     st.add_plugin_hookspecs(plugin)
     st.versions[name] = "in-process"
     st.invalidate()
-    st.check_hook_names(_strict())
+    st.check_hook_names(strict_mode())
     try:
         yield
     finally:
