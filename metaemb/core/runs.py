@@ -138,7 +138,8 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
     """Load a checkpoint safely (weights_only=True) and refuse incompatible ones with a reason."""
     p = Path(path)
     if not p.is_file():
-        raise MetaembError(f"checkpoint '{p}' does not exist.")
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise MetaembError(f"checkpoint '{p}' {what}.")
     export = _export_format(p)
     if export:
         raise MetaembError(
