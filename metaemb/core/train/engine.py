@@ -355,7 +355,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.step_module(x, lengths, labels)
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            if not first:
+            if not first or isinstance(exc, torch.OutOfMemoryError):  # memory: not a plugin's
                 raise
             raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
         component_checks.check_loss(loss, self.config)
