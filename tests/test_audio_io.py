@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -109,3 +110,41 @@ def test_audio_folder_voxceleb_layout(tmp_path):
     assert wave.shape == (1600,) and label == 1
     with pytest.raises(ConfigError):
         AudioFolder(root=tmp_path, on_rate_mismatch="nope")
+
+
+def test_missing_file_and_folder_are_named_as_such(tmp_path):
+    with pytest.raises(DataError, match=r"audio file '.*nothere\.wav' does not exist\.$"):
+        io.read_audio(tmp_path / "nothere.wav")
+    (tmp_path / "dir.wav").mkdir()
+    with pytest.raises(DataError, match=r"'.*dir\.wav' is a folder"):
+        io.read_audio(tmp_path / "dir.wav")
+
+
+def test_header_rate_below_1000_hz_is_refused_as_damaged(tmp_path):
+    sf.write(tmp_path / "rate1.wav", tone(0.1, 100, 1), 1)  # 100 samples "at 1 Hz"
+    with pytest.raises(DataError, match=r"'.*rate1\.wav' claims a sample rate of 1 Hz.*damaged"):
+        io.read_audio(tmp_path / "rate1.wav")
+    sf.write(tmp_path / "rate8k.wav", tone(440, 0.1, 8000), 8000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert io.read_audio(tmp_path / "rate8k.wav").numel() == 1600  # a real rate: resampled
+
+
+ADTS = bytes([0xFF, 0xF1, 0x50, 0x80, 0x02, 0x1F, 0xFC]) + b"\x21\x10" * 40
+
+
+def test_compressed_audio_named_wav_says_what_it_holds(tmp_path, monkeypatch):
+    path = tmp_path / "x.wav"
+    path.write_bytes(ADTS)
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV absent: say which extra decodes it
+    with pytest.raises(DataError) as err:
+        io.read_audio(path)
+    msg = str(err.value)
+    assert "x.wav" in msg and "not WAV but AAC (ADTS)" in msg and "'.aac'" in msg
+    assert "metaemb[audio-formats]" in msg and "\n" not in msg
+    path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\0" * 64)
+    with pytest.raises(DataError, match=r"not WAV but MP4/M4A \(AAC\): give it the suffix '\.m4a'"):
+        io.read_audio(path)
+    path.write_bytes(b"garbage!" * 8)
+    with pytest.raises(DataError, match=r"The content is not WAV \(its first bytes are"):
+        io.read_audio(path)

@@ -109,3 +109,67 @@ def test_unreadable_audio_names_utterance_and_line(plain):
     folder = KaldiDataFolder(root=plain)
     with pytest.raises(DataError, match=r"utterance 'spkA-u1' .*wav\.scp:1.*/no/such\.wav"):
         folder[0]
+
+
+@pytest.mark.parametrize("utt", ["/etc/passwd", "../../etc/passwd", "a/b", ".", "a\\b"])
+def test_utterance_id_must_be_a_plain_name(plain, utt):
+    write(plain, "wav.scp", [f"{utt} ../audio/a1.wav", "spkB-u1 ../audio/b1.wav"])
+    write(plain, "utt2spk", [f"{utt} spkA", "spkB-u1 spkB"])
+    (plain / "spk2utt").unlink()
+    with pytest.raises(DataError, match=r"utt2spk:1: utterance id .* is not a plain name"):
+        KaldiDataFolder(root=plain)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "what"),
+    [("0", "1e400", "end time '1e400'"), ("nan", "1", "start time 'nan'"), ("0", "inf", "end")],
+)
+def test_non_finite_segment_times_name_the_line(plain, start, end, what):
+    write(plain, "segments", ["spkA-u1 spkA-u1 0 1", f"spkA-u2 spkA-u2 {start} {end}"])
+    write(plain, "utt2spk", ["spkA-u1 spkA", "spkA-u2 spkA"])
+    (plain / "spk2utt").unlink()
+    with pytest.raises(DataError, match=rf"segments:2: bad segment times: {what}"):
+        KaldiDataFolder(root=plain)
+
+
+def test_segment_overshoot_is_cut_up_to_half_a_second_then_a_bad_sample(tmp_path):
+    sf.write(tmp_path / "rec.wav", ramp(16000), 16000, subtype="FLOAT")  # 1 s
+    write(tmp_path, "wav.scp", [f"rec1 {tmp_path}/rec.wav"])
+    write(tmp_path, "segments", ["u1 rec1 0.5 1.4", "u2 rec1 0.5 999", "u3 rec1 1.2 1.3"])
+    write(tmp_path, "utt2spk", ["u1 s1", "u2 s1", "u3 s1"])
+    folder = KaldiDataFolder(root=tmp_path)
+    np.testing.assert_array_equal(folder[0][0].numpy(), ramp(16000)[8000:])  # cut to the end
+    with pytest.raises(DataError) as err:
+        folder[1]
+    msg = str(err.value)
+    for part in ("'u2'", "segments:2", "recording 'rec1'", "[0.5 s, 999 s)", "rec.wav", "1.000 s"):
+        assert part in msg
+    with pytest.raises(DataError, match=r"'u3'.*segments:3.*starts past the end"):
+        folder[2]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("name", ["wav.scp", "utt2spk", "spk2utt"])
+def test_byte_order_mark_and_utf16_tables(plain, encoding, name):
+    text = (plain / name).read_text(encoding="utf-8")
+    (plain / name).write_text(text, encoding=encoding)
+    folder = KaldiDataFolder(root=plain)
+    assert [s.path for s in folder.samples] == ["spkA-u1", "spkA-u2", "spkB-u1"]
+    assert folder.identities == ["spkA", "spkB"]
+
+
+def test_segments_with_byte_order_mark(tmp_path):
+    sf.write(tmp_path / "rec.wav", ramp(16000), 16000, subtype="FLOAT")
+    write(tmp_path, "wav.scp", [f"rec1 {tmp_path}/rec.wav"])
+    (tmp_path / "segments").write_text("u1 rec1 0.1 0.2\n", encoding="utf-8-sig")
+    write(tmp_path, "utt2spk", ["u1 s1"])
+    assert KaldiDataFolder(root=tmp_path)[0][0].numel() == 1600
+
+
+def test_missing_audio_and_archive_offsets(plain):
+    write(plain, "wav.scp", ["spkA-u1 /no/such.wav", "spkA-u2 ../audio/a2.wav", "spkB-u1 x.wav"])
+    with pytest.raises(DataError, match=r"'spkA-u1' .*wav\.scp:1.*'/no/such\.wav' does not exist"):
+        KaldiDataFolder(root=plain)[0]
+    write(plain, "wav.scp", ["spkA-u1 feats.ark:1234", "spkA-u2 a.wav", "spkB-u1 b.wav"])
+    with pytest.raises(DataError, match=r"wav\.scp:1: archive offset 'feats\.ark:1234'"):
+        KaldiDataFolder(root=plain)

@@ -87,35 +87,111 @@ def _warn_resample_once(path: Path, orig_rate: int, new_rate: int) -> None:
     )
 
 
+MIN_RATE = 1000  # Hz: no speech fits below this; a header claiming less is damaged
+# Magic bytes → (what the content is, the suffix it should have); see `_content_hint`.
+MAGIC = (
+    (b"RIFF", "WAV", ".wav"),
+    (b"RIFX", "WAV", ".wav"),
+    (b"RF64", "WAV", ".wav"),
+    (b"fLaC", "FLAC", ".flac"),
+    (b"OggS", "Ogg", ".ogg"),
+    (b"ID3", "MP3", ".mp3"),
+)
+
+
+def segment_span(
+    path: Path,
+    rate: int,
+    frames: int,
+    start: float,
+    end: float | None,
+    max_overshoot: float | None,
+) -> tuple[int, int]:
+    """Frames [first, last) of the segment [start, end) s of a recording of `frames` frames. With
+    `max_overshoot` (seconds), as Kaldi's extract-segments: an end past the recording's end by at
+    most that much is cut to the end, a later end (or a start at or past the end) is a DataError."""
+    first = round(start * rate)
+    if end is None or end < 0:
+        return first, frames
+    if max_overshoot is not None:
+        length = frames / rate
+        if first >= frames or end > length + max_overshoot:
+            late = "starts" if first >= frames else "ends"
+            raise DataError(
+                f"segment [{start:g} s, {end:g} s) {late} past the end of '{path}', which lasts "
+                f"{length:.3f} s (more than the {max_overshoot:g} s Kaldi's extract-segments "
+                "tolerates): the segments file is in another unit or written for another "
+                "recording (with on_bad_sample='skip' it is skipped)."
+            )
+    return first, min(round(end * rate), frames)
+
+
+def _content_hint(path: Path) -> str:
+    """For a file libsndfile cannot open: what its first bytes say it holds, when that differs
+    from its suffix, and how to read it ("" when nothing useful can be said)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return ""
+    kind = next(((k, s) for magic, k, s in MAGIC if head.startswith(magic)), None)
+    if kind is None and head[4:8] == b"ftyp":
+        kind = ("MP4/M4A (AAC)", ".m4a")
+    elif kind is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        kind = ("AAC (ADTS)", ".aac")
+    elif kind is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        kind = ("MP3", ".mp3")
+    suffix = path.suffix.lower()
+    if kind is None:
+        named = {".wav": "WAV", ".flac": "FLAC"}.get(suffix)
+        return f" The content is not {named} (its first bytes are {head[:8]!r})." if named else ""
+    what, right = kind
+    if right == suffix:
+        return ""
+    hint = (
+        f" The content is not {suffix.lstrip('.').upper()} but {what}: give it the suffix '{right}'"
+    )
+    if right in PYAV_ONLY + PYAV_FALLBACK:
+        try:
+            importlib.import_module("av")
+            hint += " (PyAV, installed, decodes it)"
+        except ImportError:
+            hint += " and install PyAV to decode it: pip install 'metaemb[audio-formats]'"
+    return hint + ", or convert it to WAV/FLAC."
+
+
 def read_audio(
     path: str | Path,
     sample_rate: int = 16000,
     on_rate_mismatch: str = "resample",
     start: float = 0.0,
     end: float | None = None,
+    max_overshoot: float | None = None,
 ) -> Tensor:
     """Read `path` (optionally the segment [start, end) in seconds) → float32 mono [T] in [−1, 1].
 
     Stereo is averaged to mono with a warning; a different sample rate is resampled (windowed-sinc,
-    warned once per rate pair) or refused (policy "error"). Unreadable, empty, all-zero and
-    non-finite (NaN/Inf) audio raise DataError naming the file.
+    warned once per rate pair) or refused (policy "error"). Unreadable, missing, empty, all-zero
+    and non-finite (NaN/Inf) audio, and a header claiming under MIN_RATE Hz, raise DataError
+    naming the file. An end past the recording's end is cut to it; with `max_overshoot`, only up
+    to that many seconds (see `segment_span`).
     """
     path = path if isinstance(path, Path) else Path(path)
     check_rate_policy(on_rate_mismatch)
     where = f"'{path}'" if start == 0.0 and end is None else f"'{path}' [{start:g} s, {end} s)"
     if path.suffix.lower() in PYAV_ONLY:
-        data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end)
+        data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end, max_overshoot)
         return _finish(data, rate, sample_rate, path, where)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = int(f.samplerate)
+            check_header_rate(rate, path)
             if rate != sample_rate and on_rate_mismatch == "error":
                 raise DataError(
                     f"audio file '{path}' has sample rate {rate} Hz but {sample_rate} Hz is expected; "
                     "resample the data or set on_rate_mismatch='resample'."
                 )
-            first = round(start * rate)
-            last = f.frames if end is None or end < 0 else min(round(end * rate), f.frames)
+            first, last = segment_span(path, rate, f.frames, start, end, max_overshoot)
             if first > 0:
                 f.seek(min(first, f.frames))
             data = read_float32(f, max(0, last - first))
@@ -124,9 +200,14 @@ def read_audio(
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
         if path.suffix.lower() in PYAV_FALLBACK and path.is_file():
-            data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end)
+            data, rate = _read_pyav(path, sample_rate, on_rate_mismatch, start, end, max_overshoot)
             return _finish(data, rate, sample_rate, path, where)
-        raise DataError(f"cannot read audio file '{path}': {exc}") from exc
+        if not path.exists():
+            raise DataError(f"audio file '{path}' does not exist.") from None
+        if path.is_dir():
+            raise DataError(f"audio file '{path}' is a folder, not a file.") from None
+        reason = str(exc).rstrip(".")
+        raise DataError(f"cannot read audio file '{path}': {reason}.{_content_hint(path)}") from exc
     return _finish(data, rate, sample_rate, path, where, finite)
 
 
@@ -172,8 +253,24 @@ def read_window(
     return torch.from_numpy(data)
 
 
+def check_header_rate(rate: int, path: Path | str) -> None:
+    """DataError for a sample rate no audio is recorded at (a damaged header): resampling it
+    would turn a few samples into seconds of noise."""
+    if rate < MIN_RATE:
+        raise DataError(
+            f"audio file '{path}' claims a sample rate of {rate} Hz, below {MIN_RATE} Hz, where no "
+            "speech fits: its header is damaged. Re-encode or remove the file (with "
+            "on_bad_sample='skip' it is skipped)."
+        )
+
+
 def _read_pyav(
-    path: Path, sample_rate: int, on_rate_mismatch: str, start: float, end: float | None
+    path: Path,
+    sample_rate: int,
+    on_rate_mismatch: str,
+    start: float,
+    end: float | None,
+    max_overshoot: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode with PyAV → ([T, channels] float32, rate); [start, end) in seconds."""
     from metaemb.core.optional import require
@@ -186,6 +283,7 @@ def _read_pyav(
                 raise DataError(f"'{path}' has no audio stream.")
             stream = streams[0]
             rate = int(stream.codec_context.sample_rate)
+            check_header_rate(rate, path)
             if rate != sample_rate and on_rate_mismatch == "error":
                 raise DataError(
                     f"audio file '{path}' has sample rate {rate} Hz but {sample_rate} Hz is "
@@ -205,8 +303,7 @@ def _read_pyav(
     if not chunks:
         return np.zeros((0, 1), dtype=np.float32), rate
     data = np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False)  # [T, channels]
-    first = round(start * rate)
-    last = data.shape[0] if end is None or end < 0 else min(round(end * rate), data.shape[0])
+    first, last = segment_span(path, rate, data.shape[0], start, end, max_overshoot)
     return data[first:last], rate
 
 
@@ -235,6 +332,7 @@ def _finish(
 ) -> Tensor:
     """[T, channels] float32 at `rate` → mono [T] at `sample_rate`, refusing empty/silent audio
     (and NaN/Inf unless `finite`: integer PCM cannot hold them, so its check is skipped)."""
+    check_header_rate(rate, path)
     if data.shape[0] == 0:
         raise DataError(f"audio {where} is empty (0 samples).")
     ok = None if finite else np.isfinite(data)

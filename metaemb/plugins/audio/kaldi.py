@@ -3,11 +3,17 @@
 Sample paths are utterance ids, so `load(root / utt)` maps back to a recording (and a segment of
 it). Relative paths in wav.scp are looked up against the data directory first, then the current
 directory (Kaldi recipes write them relative to the recipe folder). Piped commands (`… |`) and
-archive offsets are refused: convert such data to audio files once.
+archive offsets (`foo.ark:123`) are refused: convert such data to audio files once. Utterance ids
+must be plain names (no `/`, `\\`, `.` or `..`): they become the sample paths. The tables are read
+as trial lists are (`read_list_text`: UTF-8 with or without a byte-order mark, or UTF-16 with
+one). A segment ending up to MAX_OVERSHOOT s past its recording's end is cut to the end, a later
+one is a bad sample (Kaldi's extract-segments skips it the same way).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -15,9 +21,13 @@ from typing import ClassVar
 from torch import Tensor
 
 from metaemb.core.errors import DataError, first_few
+from metaemb.core.eval.trials import read_list_text
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import check_rate_policy, read_audio
+
+MAX_OVERSHOOT = 0.5  # seconds a segment may end past its recording (extract-segments' default)
+ARCHIVE = re.compile(r"\.ark:\d+$")  # "foo.ark:1234": an offset into a Kaldi archive
 
 
 @dataclass(frozen=True)
@@ -28,16 +38,14 @@ class Utterance:
     start: float
     end: float | None
     where: str  # "wav.scp:12" or "segments:7", for error messages
+    recording: str = ""  # the wav.scp key of the recording
 
 
 def read_table(
     path: Path, min_fields: int, max_fields: int | None = None
 ) -> list[tuple[int, list]]:
     """Non-empty lines of a Kaldi table as (line number, fields); DataError on too few/many fields."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read Kaldi file '{path}': {exc}") from exc
+    text = read_list_text(path, "Kaldi file")
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -75,15 +83,36 @@ def _read_wav_scp(path: Path) -> dict[str, tuple[str, str]]:
         if len(fields) > 2:
             # Kaldi allows spaces only in commands; a plain path with spaces is ambiguous.
             raise DataError(f"{path}:{n}: expected 'recording path', got {len(fields)} fields.")
+        if ARCHIVE.search(target):
+            raise DataError(
+                f"{path}:{n}: archive offset {target!r} is not supported; extract the audio to "
+                "wav/flac files once (e.g. wav-copy scp:wav.scp ark,scp:…) and list their paths."
+            )
         out[key] = (target, f"{path.name}:{n}")
     return out
 
 
 def _float(value: str, path: Path, n: int, what: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise DataError(f"{path}:{n}: {what} {value!r} is not a number.") from None
+    if not math.isfinite(number):
+        raise DataError(
+            f"{path}:{n}: bad segment times: {what} {value!r} is not a finite number of seconds."
+        )
+    return number
+
+
+def check_utterance_id(utt: str, path: Path, n: int) -> None:
+    """An utterance id is a plain name: it becomes the sample's path (in embeddings files and
+    trial lists), so one that is absolute, holds a separator or is `.`/`..` is refused."""
+    if utt in (".", "..") or "/" in utt or "\\" in utt or "\0" in utt:
+        raise DataError(
+            f"{path}:{n}: utterance id {utt!r} is not a plain name (it holds '/' or '\\', or is "
+            "'.' or '..'); utterance ids name samples, not files: use ids such as "
+            "'spk1-utt001'."
+        )
 
 
 def _read_segments(path: Path) -> dict[str, tuple[str, float, float | None, str]]:
@@ -111,18 +140,19 @@ def read_kaldi_dir(root: Path) -> tuple[list[Sample], dict[str, Utterance]]:
     segments = _read_segments(root / "segments") if (root / "segments").is_file() else None
     utts: dict[str, Utterance] = {}
     for utt, (n, _spk) in utt2spk.items():
+        check_utterance_id(utt, root / "utt2spk", n)
         if segments is None:
             if utt not in recordings:
                 raise DataError(f"{root / 'utt2spk'}:{n}: utterance '{utt}' is not in wav.scp.")
             file, where = recordings[utt]
-            utts[utt] = Utterance(file, 0.0, None, where)
+            utts[utt] = Utterance(file, 0.0, None, where, utt)
             continue
         if utt not in segments:
             raise DataError(f"{root / 'utt2spk'}:{n}: utterance '{utt}' is not in segments.")
         rec, start, end, where = segments[utt]
         if rec not in recordings:
             raise DataError(f"{root}/{where}: recording '{rec}' is not in wav.scp.")
-        utts[utt] = Utterance(recordings[rec][0], start, end, where)
+        utts[utt] = Utterance(recordings[rec][0], start, end, where, rec)
     if (root / "spk2utt").is_file():
         _check_spk2utt(root / "spk2utt", {u: s for u, (_, s) in utt2spk.items()})
     if not utts:
@@ -175,13 +205,20 @@ class KaldiDataFolder(SampleFolder):
         return local if local.exists() or not p.exists() else p
 
     def load(self, path: Path) -> Tensor:
-        utt = Path(path).relative_to(self.root).as_posix()
+        path = Path(path)
+        utt = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else ""
         if utt not in self.utterances:
-            raise DataError(f"utterance '{utt}' is not in Kaldi data directory '{self.root}'.")
+            raise DataError(f"utterance '{path}' is not in Kaldi data directory '{self.root}'.")
         u = self.utterances[utt]
         try:
             return read_audio(
-                self.audio_path(u.file), self.sample_rate, self.on_rate_mismatch, u.start, u.end
+                self.audio_path(u.file),
+                self.sample_rate,
+                self.on_rate_mismatch,
+                u.start,
+                u.end,
+                max_overshoot=MAX_OVERSHOOT,
             )
         except DataError as exc:
-            raise DataError(f"utterance '{utt}' ({self.root}/{u.where}): {exc}") from exc
+            rec = f", recording '{u.recording}'" if u.recording != utt else ""
+            raise DataError(f"utterance '{utt}' ({self.root}/{u.where}{rec}): {exc}") from exc
