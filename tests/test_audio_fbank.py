@@ -162,3 +162,37 @@ def test_features_collate_forward_and_baseline():
         assert float((base[i] - ref).abs().max()) < 1e-3
     spec = feats.input_spec()
     assert spec["n_mels"] == 80 and spec["sample_rate"] == 16000 and spec["window"] == "povey"
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "reason"),
+    [
+        ({"crop_seconds": 1e9}, "features.crop_seconds", "Above 60 s"),
+        ({"crop_seconds": 3000}, "features.crop_seconds", "in milliseconds by mistake"),
+        ({"crop_seconds": 0.01}, "features.crop_seconds", "fewer than the 15 fbank frames"),
+        ({"crop_seconds": math.nan}, "features.crop_seconds", "got nan"),
+        ({"min_seconds": 1e9}, "features.min_seconds", "Above 60 s"),
+        ({"max_eval_seconds": 0.001}, "features.max_eval_seconds", "15 fbank frames"),
+        ({"max_eval_seconds": math.inf}, "features.max_eval_seconds", "got inf"),
+    ],
+)
+def test_seconds_options_out_of_range_are_refused_by_key(options, key, reason):
+    with pytest.raises(ConfigError) as err:
+        AudioFeatures(**options)
+    assert str(err.value).startswith(key) and reason in str(err.value)
+
+
+def test_shortest_crop_gives_the_context_frames():
+    feats = AudioFeatures(crop_seconds=0.165)  # 25 ms + 14 × 10 ms: the lower bound itself
+    wave = feats.prepare(torch.randn(16000), train=True)
+    assert int(feats.fbank.frame_lengths(torch.tensor([wave.numel()]))) == 15
+    assert AudioFeatures(crop_seconds=60).crop_samples == 960000
+
+
+@pytest.mark.parametrize("option", ["frame_length_ms", "frame_shift_ms"])
+@pytest.mark.parametrize("value", [1e400, math.nan, 0, 25000])
+def test_fbank_frame_ms_bounded(option, value):
+    with pytest.raises(
+        ConfigError, match=rf"features\.fbank\.{option} must be a number of milliseconds"
+    ):
+        KaldiFbank(**{option: value})

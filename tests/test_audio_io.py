@@ -148,3 +148,13 @@ def test_compressed_audio_named_wav_says_what_it_holds(tmp_path, monkeypatch):
     path.write_bytes(b"garbage!" * 8)
     with pytest.raises(DataError, match=r"The content is not WAV \(its first bytes are"):
         io.read_audio(path)
+
+
+def test_empty_identity_folder_message_reads_well(tmp_path):
+    (tmp_path / "spk1").mkdir()
+    sf.write(tmp_path / "spk1" / "u.wav", tone(440, 0.1, 16000), 16000)
+    (tmp_path / "spk2").mkdir()
+    with pytest.raises(DataError) as err:
+        AudioFolder(tmp_path)
+    msg = str(err.value)
+    assert "contain no recording files (.aac," in msg and "file files" not in msg

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from metaemb.core.errors import MetaembError
+from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.plugins.audio.vad import (
     EnergyVAD,
     SileroVAD,
@@ -267,3 +267,17 @@ def test_memoised_cut_equals_fresh_and_is_not_shared_between_lengths(tmp_path):
         assert torch.equal(vad(wave, "spk/utt.wav", tmp_path), want)
     head = wave[: 2 * RATE]
     assert torch.equal(vad(head, "spk/utt.wav", tmp_path), EnergyVAD()(head, "spk/utt.wav", "."))
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"frame_shift_ms": 0}, r"frontend\.frame_shift_ms \(energy VAD\) must be"),
+        ({"frame_length_ms": 1e400}, r"frontend\.frame_length_ms \(energy VAD\) must be"),
+        ({"frame_length_ms": 25000}, r"frontend\.frame_length_ms .*\(0, 1000\]"),
+        ({"frame_shift_ms": 0.01}, r"shorter than 2 samples / 1 sample"),
+    ],
+)
+def test_energy_vad_frame_options_bounded(options, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        EnergyVAD(**options)

@@ -24,6 +24,21 @@ WINDOWS = ("povey", "hamming", "hanning", "rectangular")
 FLOAT_EPS = torch.finfo(torch.float32).eps
 
 
+MAX_FRAME_MS = 1000.0  # analysis frames are 20–50 ms; a second is already no frame at all
+
+
+def check_frame_ms(key: str, value: float) -> float:
+    """`value` as a float, or a ConfigError naming `key` unless it is a finite number of
+    milliseconds in (0, MAX_FRAME_MS] (seconds given by mistake, or 1e400, would overflow)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and 0 < value <= MAX_FRAME_MS):
+        raise ConfigError(
+            f"{key} must be a number of milliseconds in (0, {MAX_FRAME_MS:g}] (Kaldi uses 25 ms "
+            f"frames every 10 ms); got {value!r}."
+        )
+    return float(value)
+
+
 def kaldi_mel(freq: Tensor) -> Tensor:
     return 1127.0 * (1.0 + freq / 700.0).log()
 
@@ -123,6 +138,8 @@ class KaldiFbank(nn.Module):
         super().__init__()
         self.n_mels = int(n_mels)
         self.sample_rate = int(sample_rate)
+        frame_length_ms = check_frame_ms("features.fbank.frame_length_ms", frame_length_ms)
+        frame_shift_ms = check_frame_ms("features.fbank.frame_shift_ms", frame_shift_ms)
         self.size = int(sample_rate * frame_length_ms * 0.001)
         self.shift = int(sample_rate * frame_shift_ms * 0.001)
         if self.size < 2 or self.shift < 1:

@@ -11,6 +11,7 @@ every input has enough frames for the backbone's context.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -21,6 +22,37 @@ from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.plugin.contract import Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Features
 from metaemb.plugins.audio.fbank import KaldiFbank
+
+# The shortest crop: the x-vector TDNN's frame context, t−7 … t+7 (frame1–3: kernel 5, kernel 3
+# dilation 2, kernel 3 dilation 3 → 1 + 4 + 4 + 6 = 15 frames); 0.165 s with 25/10 ms frames. A
+# shorter crop gives features whose frames all see padding (ECAPA's stem and one dilated conv per
+# block span 23 frames, its Res2 chains far more, so 2–3 s crops are usual for it).
+CONTEXT_FRAMES = 15
+# The longest crop (and min_seconds): training crops tile every shorter utterance to this length
+# and a batch holds batch_size of them, so a value in milliseconds by mistake (2000) exhausts the
+# memory; speaker-recognition recipes crop 2–4 s, and segments longer than a minute add nothing.
+MAX_CROP_SECONDS = 60.0
+
+
+def check_seconds(key: str, value: float, low: float, high: float) -> None:
+    """ConfigError naming `key` unless low ≤ value ≤ high (a finite number of seconds)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) and low <= value <= high:
+        return
+    rng = f"at least {low:.3g} s" + ("" if math.isinf(high) else f" and at most {high:g} s")
+    low_side, high_side = (value < low, value > high) if number else (True, True)
+    why = ""
+    if low > 0 and low_side:
+        why += (
+            f" Below {low:.3g} s a crop holds fewer than the {CONTEXT_FRAMES} fbank frames of "
+            "the x-vector's context."
+        )
+    if high == MAX_CROP_SECONDS and high_side:
+        why += (
+            f" Above {high:g} s, shorter utterances are only repeated end to end, and a batch "
+            "holds batch_size such crops (a value in milliseconds by mistake exhausts the memory)."
+        )
+    raise ConfigError(f"{key} must be a number of seconds, {rng}; got {value!r}.{why}")
 
 
 def tile_to(wave: Tensor, n: int) -> Tensor:
@@ -52,12 +84,13 @@ class AudioFeatures(Features):
         min_seconds: float = 0.5,
     ) -> None:
         super().__init__()
-        if crop_seconds <= 0 or max_eval_seconds <= 0 or min_seconds < 0:
-            raise ConfigError(
-                "features: crop_seconds and max_eval_seconds must be > 0 and min_seconds ≥ 0; got "
-                f"{crop_seconds}, {max_eval_seconds}, {min_seconds}."
-            )
         self.fbank = KaldiFbank(**(fbank or {}))
+        shortest = (self.fbank.size + (CONTEXT_FRAMES - 1) * self.fbank.shift) / (
+            self.fbank.sample_rate
+        )
+        check_seconds("features.crop_seconds", crop_seconds, shortest, MAX_CROP_SECONDS)
+        check_seconds("features.max_eval_seconds", max_eval_seconds, shortest, math.inf)
+        check_seconds("features.min_seconds", min_seconds, 0.0, MAX_CROP_SECONDS)
         self.sample_rate = self.fbank.sample_rate
         self.crop_seconds = float(crop_seconds)
         self.max_eval_seconds = float(max_eval_seconds)

@@ -26,7 +26,7 @@ class AudioFolder(SampleFolder):
     """
 
     extensions: ClassVar[tuple[str, ...]] = AUDIO_EXTENSIONS
-    what: ClassVar[str] = "audio file"
+    what: ClassVar[str] = "recording"
     yields = Kind("waveform", rate=Opt("sample_rate"))
     hash_neutral: ClassVar[dict[str, None]] = {"samples": None}  # runs from before it took them
 

@@ -28,7 +28,7 @@ class AudioTarFolder(TarShardFolder):
     """Recordings of tar shards at `sample_rate`; each needs a label member (.cls, .txt, .json)."""
 
     extensions: ClassVar[tuple[str, ...]] = (".flac", ".wav", ".ogg", ".opus", ".mp3")
-    what: ClassVar[str] = "audio file"
+    what: ClassVar[str] = "recording"
     yields = Kind("waveform", rate=Opt("sample_rate"))
 
     def __init__(

@@ -21,6 +21,7 @@ from metaemb.core.errors import ConfigError
 from metaemb.core.optional import require
 from metaemb.core.plugin.contract import SAME, Kind, Opt, expect_tensor
 from metaemb.core.plugin.interfaces import Frontend
+from metaemb.plugins.audio.fbank import check_frame_ms
 from metaemb.plugins.audio.vad_cache import DecisionCache
 
 INT16_SCALE = 32768.0
@@ -146,6 +147,16 @@ class EnergyVAD(Frontend):
         if context < 0 or not 0.0 <= proportion <= 1.0:
             raise ConfigError(
                 f"energy VAD: context must be ≥ 0 and proportion in [0, 1]; got {context}, {proportion}."
+            )
+        frame_length_ms = check_frame_ms("frontend.frame_length_ms (energy VAD)", frame_length_ms)
+        frame_shift_ms = check_frame_ms("frontend.frame_shift_ms (energy VAD)", frame_shift_ms)
+        if (
+            int(sample_rate * frame_length_ms * 0.001) < 2
+            or int(sample_rate * frame_shift_ms * 0.001) < 1
+        ):
+            raise ConfigError(
+                f"energy VAD: frames of {frame_length_ms:g} ms every {frame_shift_ms:g} ms are "
+                f"shorter than 2 samples / 1 sample at {sample_rate} Hz."
             )
         self.opts = {
             "threshold": float(threshold),
