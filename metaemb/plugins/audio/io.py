@@ -116,12 +116,12 @@ def segment_span(
     if max_overshoot is not None:
         length = frames / rate
         if first >= frames or end > length + max_overshoot:
-            late = "starts" if first >= frames else "ends"
+            late = "starts" if first >= frames else f"ends {end - length:.3f} s"
             raise DataError(
                 f"segment [{start:g} s, {end:g} s) {late} past the end of '{path}', which lasts "
-                f"{length:.3f} s (more than the {max_overshoot:g} s Kaldi's extract-segments "
-                "tolerates): the segments file is in another unit or written for another "
-                "recording (with on_bad_sample='skip' it is skipped)."
+                f"{length:.3f} s (Kaldi's extract-segments tolerates {max_overshoot:g} s): is the "
+                "segments file in another unit, or written for another recording? (with "
+                "on_bad_sample='skip' it is skipped)"
             )
     return first, min(round(end * rate), frames)
 
