@@ -261,3 +261,16 @@ def test_augmentations_run_in_float32_under_bf16_autocast():
     (_, _, ref_lab), ref_wave = run(autocast=False)
     assert wave.dtype == torch.float32 and feats.dtype == torch.float32
     assert torch.equal(wave, ref_wave) and torch.equal(lab, ref_lab)
+
+
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda v: AddNoise(bank_seconds=v), r"augment\.noise\.bank_seconds"),
+        (lambda v: Reverb(max_seconds=v), r"augment\.reverb\.max_seconds"),
+    ],
+)
+@pytest.mark.parametrize("value", [0, -1, 1e9, math.inf, math.nan])
+def test_augment_seconds_bounded(make, key, value):
+    with pytest.raises(ConfigError, match=rf"{key} must be a number of seconds in \(0, "):
+        make(value)

@@ -9,6 +9,7 @@ and applies to each utterance with probability `p`. The engine calls them in tra
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,6 +40,17 @@ def _check_range(name: str, lo_hi: Any, low: float | None = None) -> tuple[float
         bound = f", both ≥ {low}" if low is not None else ""
         raise ConfigError(f"{name} must be [min, max] with min ≤ max{bound}; got {lo_hi}.")
     return vals[0], vals[1]
+
+
+def _check_seconds(name: str, value: float, high: float, why: str) -> float:
+    """`value` as a float, or a ConfigError naming `name` unless it is in (0, high] seconds:
+    each batch holds buffers of that length (a value in milliseconds exhausts the memory)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and 0 < value <= high):
+        raise ConfigError(
+            f"{name} must be a number of seconds in (0, {high:g}] ({why}); got {value!r}."
+        )
+    return float(value)
 
 
 def _check_p(name: str, p: float) -> float:
@@ -99,7 +111,13 @@ class AddNoise(WaveAugmentation):
         lo, hi = _check_range("augment.noise.babble_speakers", babble_speakers, low=1)
         self.speakers = (int(lo), int(hi))
         self.exponent = _check_range("augment.noise.colour_exponent", colour_exponent)
-        self.bank_args = (int(bank_size), float(bank_seconds), int(refresh))
+        bank_seconds = _check_seconds(
+            "augment.noise.bank_seconds",
+            bank_seconds,
+            60.0,
+            "the length of each of bank_size noise segments held on the device; crops are 2–4 s",
+        )
+        self.bank_args = (int(bank_size), bank_seconds, int(refresh))
         self.bank: FileBank | None = None
         self.categories = ["coloured", "babble"]
         if folder:
@@ -196,9 +214,12 @@ class Reverb(WaveAugmentation):
         self.p = _check_p("reverb", p)
         self.rt60 = _check_range("augment.reverb.rt60", rt60, low=0.01)
         self.drr_db = _check_range("augment.reverb.drr_db", drr_db)
-        if max_seconds <= 0:
-            raise ConfigError(f"augment.reverb.max_seconds must be > 0; got {max_seconds}.")
-        self.max_seconds = float(max_seconds)
+        self.max_seconds = _check_seconds(
+            "augment.reverb.max_seconds",
+            max_seconds,
+            10.0,
+            "the impulse-response length, convolved with every utterance; rooms decay in ~1 s",
+        )
         self.bank_args = (int(bank_size), int(refresh))
         self.bank: FileBank | None = None
         self._files = rir_files(folder) if folder else []
