@@ -216,7 +216,7 @@ def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
     folders are named by the configuration as typed, so `--data data` from two project folders
     names the same run: the saved absolute folder tells them apart."""
     before = trained_root(state.get("config") or {})
-    now = trained_root(trainer.config.to_dict())
+    now = trained_root(trainer.config.to_dict()) if before else ""
     if before and now and Path(before).resolve() != Path(now).resolve():
         raise MetaembError(
             f"cannot resume {trainer.dir}: it was trained on '{before}', and --data now names "
