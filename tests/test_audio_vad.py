@@ -281,3 +281,21 @@ def test_memoised_cut_equals_fresh_and_is_not_shared_between_lengths(tmp_path):
 def test_energy_vad_frame_options_bounded(options, pattern):
     with pytest.raises(ConfigError, match=pattern):
         EnergyVAD(**options)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(tmp_path):
+    """A shared read-only METAEMB_CACHE stopped `embed`: decisions are computed and used
+    anyway, with one warning. (Root ignores permissions, so a file stands where the cache's
+    folder must go.)"""
+    _, wave = write_fixture(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "vad").write_text("not a folder")
+    vad = EnergyVAD(cache_dir=cache)
+    with pytest.warns(UserWarning, match="VAD cache folder .* cannot be written") as caught:
+        out = vad(wave, "spk/utt.wav", tmp_path)
+        again = vad(wave, "spk/utt.wav", tmp_path)
+    assert len([w for w in caught if "VAD cache" in str(w.message)]) == 1
+    want = EnergyVAD(cache_dir=None)(wave, "spk/utt.wav", tmp_path)
+    assert torch.equal(out, want) and torch.equal(again, want)
+    assert not list(cache.rglob("*.tmp"))

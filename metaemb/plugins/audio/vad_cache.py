@@ -4,10 +4,12 @@ per-process memo of the last decisions."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +76,7 @@ class DecisionCache:
     def __init__(self, cache_dir: str | Path | None, key: str) -> None:
         self.dir = Path(cache_dir) / "vad" if cache_dir is not None else None
         self.key = key
+        self.unwritable = False  # set when a write failed: read what is there, store nothing
         self._memo: dict[str, tuple[bytes, Any]] = {}
 
     def __getstate__(self) -> dict:
@@ -122,20 +125,35 @@ class DecisionCache:
             return data
         if data is None:
             data = np.asarray(compute())
-            entry = self.entry(source)
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-            try:
-                tmp.write_bytes(_encode(stamp, data))
-                os.replace(tmp, entry)
-            finally:
-                tmp.unlink(missing_ok=True)
+            self._store(self.entry(source), stamp, data)
         if derive is None:
             self._remember(source, stamp, data.copy())
             return data
         value = derive(data)
         self._remember(source, stamp, value)
         return value
+
+    def _store(self, entry: Path, stamp: bytes, data: np.ndarray) -> None:
+        """Write one decision; a cache folder that cannot be written (a shared read-only cache,
+        a full disk) only costs speed: warn once, then work without storing."""
+        if self.unwritable:
+            return
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(_encode(stamp, data))
+            os.replace(tmp, entry)
+        except OSError as exc:
+            self.unwritable = True
+            warnings.warn(
+                f"the VAD cache folder '{self.dir}' cannot be written ({exc.strerror or exc}); "
+                "speech detection runs without storing its decisions (set METAEMB_CACHE or "
+                "data.cache_dir to a writable folder to keep them).",
+                stacklevel=2,
+            )
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def lookup(
         self, path: str, root: str | Path, n_samples: int, derive: Callable[[np.ndarray], Any]
