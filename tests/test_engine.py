@@ -460,3 +460,19 @@ def test_resuming_with_another_worker_count_is_said(faces, tmp_path, capsys):
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     assert "trained with 0 data-loader worker(s) and resumes with 1" in " ".join(out.split())
+
+
+def test_a_hand_edited_config_toml_is_said_to_be_rewritten(faces, tmp_path, capsys):
+    """Editing RUN/config.toml (lr = 0.5) changed nothing and vanished silently on resume."""
+    args = cli_args(faces, tmp_path, "train.epochs=1")
+    assert run_cli(args, capsys)[0] == 0
+    [run] = (tmp_path / "face").iterdir()
+    config = run / "config.toml"
+    original = config.read_text()
+    config.write_text(original.replace("lr = ", "lr = 0.5 #", 1))
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "config.toml was edited by hand" in " ".join(out.split())
+    assert config.read_text() == original
+    code, out, _ = run_cli(args, capsys)  # unedited: nothing to say
+    assert code == 0 and "edited by hand" not in out

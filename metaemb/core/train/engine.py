@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from metaemb.core.config import Config
+from metaemb.core.config import Config, from_dict
+from metaemb.core.config_toml import load_toml
 from metaemb.core.data.dataset import EpochLoader, PreparedDataset
 from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.pipeline import Components, data_root
@@ -204,6 +205,24 @@ class Trainer:
                 if hasattr(self, "train_loader"):
                     self.train_loader.close()  # persistent workers
 
+    def _warn_if_config_edited(self) -> None:
+        """config.toml is rewritten from the command's settings on every start; an edit by hand
+        (which changes the run's hash) would vanish without a word, so say so."""
+        path = self.dir / "config.toml"
+        if not path.exists():
+            return
+        try:
+            edited = from_dict(load_toml(path)).hash() != self.config.hash()
+        except Exception:  # written by another version or plugin set: nothing to compare
+            return
+        if edited:
+            self.console.print(
+                f"[yellow]warning:[/] {escape(str(path))} was edited by hand; a run's settings "
+                "come from the command that trains it, so it is rewritten from them. To train "
+                f"with the edited settings, start a new run: metaemb train --config FILE (a copy "
+                "of the edited file)."
+            )
+
     def _warn_other_workers(self, state: dict[str, Any]) -> None:
         """The training crops and augmentations a worker draws follow its worker id, so a run
         resumed with another --workers count draws other ones than it would have: it trains
@@ -226,6 +245,7 @@ class Trainer:
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
         if self.dist.main:
+            self._warn_if_config_edited()
             atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
         best, history = math.inf, []
