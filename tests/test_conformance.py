@@ -156,9 +156,8 @@ def build_default(kind: str, name: str, tmp_path, **context):
     try:
         return build(kind, name, {}, **ctx)
     except Exception as exc:  # an optional extra that is not installed is a skip, not a failure
-        if isinstance(exc, ImportError) or "MissingExtra" in {
-            c.__name__ for c in type(exc).__mro__
-        }:
+        missing = isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError)
+        if missing or "MissingExtra" in {c.__name__ for c in type(exc).__mro__}:
             pytest.skip(f"{kind} '{name}' needs an optional dependency: {exc}")
         raise
 
