@@ -82,9 +82,17 @@ def _scorer(loaded: Any, name: str | None) -> Any:
 
 
 def match_measure(
-    loaded: Any, triplets_path: Path, scorer: Any, workers: int, adapt: bool = True
+    loaded: Any,
+    triplets_path: Path,
+    scorer: Any,
+    workers: int,
+    adapt: bool = True,
+    console: Console | None = None,
 ) -> dict[str, Any]:
-    """Triplet match accuracy of `triplets_path` (paths under the data root)."""
+    """Triplet match accuracy of `triplets_path` (paths under the data root), and how many of
+    its identities the run trained on (warned about on `console`)."""
+    from metaemb.core.eval import leakage
+
     folder = loaded.parts.folder
     if looks_like_pair_list(triplets_path):
         raise DataError(
@@ -113,11 +121,15 @@ def match_measure(
     a, p, n = col("anchor"), col("positive"), col("negative")
     s_pos = scorer.score(emb[a], emb[p]).double().numpy()
     s_neg = scorer.score(emb[a], emb[n]).double().numpy()
+    scored = leakage.identities_of(folder, needed)
     return {
         "measure": "match",
         "triplets": len(triplets),
         "match_accuracy": match_accuracy(s_pos, s_neg),
         "source": str(triplets_path),
+        "training_identities_scored": leakage.count_and_warn(
+            loaded.state, scored, console or Console(emoji=False)
+        ),
     }
 
 
@@ -207,21 +219,18 @@ def run_measure(
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
-    from metaemb.core.eval import leakage
-
     if measure == "match":
-        result = match_measure(loaded, trials, sc, workers, adapt)  # type: ignore[arg-type]
-        triplets = read_triplets(trials, root=loaded.parts.root)  # type: ignore[arg-type]
-        paths = {p for t in triplets for p in (t.anchor, t.positive, t.negative)}
-        scored = leakage.identities_of(loaded.parts.folder, paths)
+        result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
         key = "match_accuracy"
     else:
+        from metaemb.core.eval import leakage
+
         folder = _folder_for(loaded, data)
         result = class_measure(loaded, folder, sc, workers, enroll,
                                loaded.config.train.seed, adapt)  # fmt: skip
         scored = leakage.identities_of(folder) if data is not None else set()  # else held out
+        result["training_identities_scored"] = leakage.count_and_warn(loaded.state, scored, console)
         key = "class_accuracy"
-    result["training_identities_scored"] = leakage.count_and_warn(loaded.state, scored, console)
     result["scorer"] = scorer or loaded.config.eval.scorer
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
     table = Table(title=f"{measure} on {escape(result['source'])}")

@@ -237,6 +237,42 @@ def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
         )
 
 
+def config_edited_warning(path: Path, config: Any) -> str | None:
+    """config.toml is rewritten from the command's settings on every start; an edit by hand
+    (which changes the run's hash) would vanish without a word, so say so."""
+    from metaemb.core.config import from_dict
+    from metaemb.core.config_toml import load_toml
+
+    if not path.exists():
+        return None
+    try:
+        edited = from_dict(load_toml(path)).hash() != config.hash()
+    except Exception:  # written by another version or plugin set: nothing to compare
+        return None
+    if not edited:
+        return None
+    return (
+        f"{path} was edited by hand; a run's settings come from the command that trains it, "
+        "so it is rewritten from them. To train with the edited settings, start a new run: "
+        "metaemb train --config FILE (a copy of the edited file)."
+    )
+
+
+def other_workers_warning(run: Path, state: dict[str, Any], workers: int) -> str | None:
+    """The training crops and augmentations a worker draws follow its worker id, so a run
+    resumed with another --workers count draws other ones than it would have: it trains on,
+    but its weights match neither uninterrupted run. Say so."""
+    before = state.get("workers")  # absent from checkpoints written before it was kept
+    if not isinstance(before, int) or before == workers:
+        return None
+    return (
+        f"{run} trained with {before} data-loader worker(s) and resumes with {workers}: the "
+        "random crops and augmentations of the remaining epochs differ from an uninterrupted "
+        "run's, so its weights will not be reproducible (resume with --workers "
+        f"{before} to keep them so)."
+    )
+
+
 def restore(trainer: Any, state: dict[str, Any]) -> None:
     """Load a state written by `training_state` into a set-up Trainer."""
     from metaemb.core.train.shard import slice_states

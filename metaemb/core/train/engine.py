@@ -21,8 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from metaemb.core.config import Config, from_dict
-from metaemb.core.config_toml import load_toml
+from metaemb.core.config import Config
 from metaemb.core.data.dataset import EpochLoader, PreparedDataset
 from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.pipeline import Components, data_root
@@ -35,7 +34,9 @@ from metaemb.core.train.checkpointer import (
     BASELINE,
     Checkpointer,
     check_same_data,
+    config_edited_warning,
     fingerprints,
+    other_workers_warning,
     restore,
     training_state,
 )
@@ -205,36 +206,9 @@ class Trainer:
                 if hasattr(self, "train_loader"):
                     self.train_loader.close()  # persistent workers
 
-    def _warn_if_config_edited(self) -> None:
-        """config.toml is rewritten from the command's settings on every start; an edit by hand
-        (which changes the run's hash) would vanish without a word, so say so."""
-        path = self.dir / "config.toml"
-        if not path.exists():
-            return
-        try:
-            edited = from_dict(load_toml(path)).hash() != self.config.hash()
-        except Exception:  # written by another version or plugin set: nothing to compare
-            return
-        if edited:
-            self.console.print(
-                f"[yellow]warning:[/] {escape(str(path))} was edited by hand; a run's settings "
-                "come from the command that trains it, so it is rewritten from them. To train "
-                f"with the edited settings, start a new run: metaemb train --config FILE (a copy "
-                "of the edited file)."
-            )
-
-    def _warn_other_workers(self, state: dict[str, Any]) -> None:
-        """The training crops and augmentations a worker draws follow its worker id, so a run
-        resumed with another --workers count draws other ones than it would have: it trains
-        on, but its weights match neither uninterrupted run. Say so."""
-        before = state.get("workers")  # absent from checkpoints written before it was kept
-        if isinstance(before, int) and before != self.workers and self.dist.main:
-            self.console.print(
-                f"[yellow]warning:[/] {escape(str(self.dir))} trained with {before} data-loader "
-                f"worker(s) and resumes with {self.workers}: the random crops and augmentations "
-                "of the remaining epochs differ from an uninterrupted run's, so its weights "
-                f"will not be reproducible (resume with --workers {before} to keep them so)."
-            )
+    def _warn(self, message: str | None) -> None:
+        if message:
+            self.console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def _run(self) -> dict[str, Any]:
         cfg = self.config
@@ -245,14 +219,15 @@ class Trainer:
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
         if self.dist.main:
-            self._warn_if_config_edited()
+            self._warn(config_edited_warning(self.dir / "config.toml", cfg))
             atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
         best, history = math.inf, []
         if state is not None:
             self.restore(state)
             self.start_epoch, self.step, best = state["epoch"], state["step"], state["best"]
-            self._warn_other_workers(state)
+            if self.dist.main:
+                self._warn(other_workers_warning(self.dir, state, self.workers))
             history = list(state.get("history", []))
             self.skipped = self.checkpointer.skipped()
             self.resumed = True
