@@ -177,6 +177,21 @@ def test_silero_frontend_cuts_segments(monkeypatch, tmp_path):
     assert len(calls) == 1  # second call served from the cache
 
 
+@pytest.mark.parametrize(
+    "opts, named",
+    [
+        ({"threshold": 1.5}, "frontend.threshold"),
+        ({"threshold": 0}, "frontend.threshold"),
+        ({"min_speech_duration_ms": -1}, "frontend.min_speech_duration_ms"),
+        ({"min_silence_duration_ms": 10**9}, "frontend.min_silence_duration_ms"),
+    ],
+)
+def test_silero_options_out_of_range_are_named(monkeypatch, opts, named):
+    monkeypatch.setitem(sys.modules, "silero_vad", types.ModuleType("silero_vad"))
+    with pytest.raises(MetaembError, match=named):
+        SileroVAD(**opts)
+
+
 def test_concurrent_writers_leave_one_valid_entry(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

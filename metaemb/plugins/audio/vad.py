@@ -222,6 +222,18 @@ class SileroVAD(Frontend):
             raise ConfigError(
                 f"Silero VAD works at 8000 or 16000 Hz; got sample_rate={sample_rate}."
             )
+        if not 0.0 < float(threshold) < 1.0:
+            raise ConfigError(
+                f"frontend.threshold (Silero VAD) is a speech probability in (0, 1); got {threshold}."
+            )
+        for name, ms in (
+            ("min_speech_duration_ms", min_speech_duration_ms),
+            ("min_silence_duration_ms", min_silence_duration_ms),
+        ):
+            if not 0 <= int(ms) <= 60_000:
+                raise ConfigError(
+                    f"frontend.{name} (Silero VAD) is in milliseconds, 0 to 60000; got {ms}."
+                )
         self.opts = {
             "threshold": float(threshold),
             "min_speech_duration_ms": int(min_speech_duration_ms),
