@@ -254,8 +254,9 @@ def evaluate(
     adapt: Annotated[
         bool,
         typer.Option(
-            help="let the scorer adapt without labels to the files scored (centre on their "
-            "mean, scale by their spread: scorers with adapt_mean or adapt_scale = true)"
+            help="adapt without labels to the files scored: the scorer (centre on their mean, "
+            "scale by their spread: scorers with adapt_mean or adapt_scale = true) and the "
+            "network's BatchNorm statistics (runs with eval.adapt_batchnorm = true)"
         ),
     ] = True,
 ) -> None:

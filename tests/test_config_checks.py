@@ -139,6 +139,10 @@ def test_moved_options_migrate_with_a_message():
     cfg, _ = _load("speaker-default")
     assert cfg.options("backbone")["input_stats"] is False
     assert resolve("speaker").options("backbone")["input_stats"] is True
+    # ... and evaluates without AdaBN, a core field added after it was saved.
+    assert cfg.eval.adapt_batchnorm is False
+    assert resolve("speaker").eval.adapt_batchnorm is True
+    assert resolve("face").eval.adapt_batchnorm is False
 
 
 def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, capsys):
@@ -154,8 +158,8 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     cfg = resolve("speaker")
     assert earlier_equivalent_run(tmp_path, cfg) is None  # the default features changed since
     cfg = resolve(  # what that run trained: per-band CMN, plain cosine, no input statistics
-        "speaker",
-        sets=["features.fbank.cmn=true", "backbone.input_stats=false"]
+        "speaker",  # (and evaluated with: no AdaBN)
+        sets=["features.fbank.cmn=true", "backbone.input_stats=false", "eval.adapt_batchnorm=false"]
         + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")],
     )
     assert earlier_equivalent_run(tmp_path, cfg) == old

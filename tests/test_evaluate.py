@@ -393,11 +393,13 @@ def test_a_scorer_that_needs_fitting_is_fitted_on_the_runs_training_samples_not_
 
 def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices, tmp_path, capsys):
     """The speaker default (cosine after WCCN, centred on the scored files' mean) sees every file
-    of the trial list before scoring; --no-adapt scores with the training mean alone."""
+    of the trial list before scoring, and the network's BatchNorm statistics are re-estimated on
+    them (AdaBN); --no-adapt scores with the training statistics alone. The run is unchanged."""
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.eval.trials import read_trials
 
     data, run, trial_list = voices
+    saved = (run / "best.pt").read_bytes()
     results = {}
     for flag in ("--adapt", "--no-adapt"):
         out = tmp_path / flag
@@ -412,13 +414,19 @@ def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices
     trials = read_trials(trial_list, root=data)
     files = sorted({p for t in trials for p in (t.enroll[0], t.test)})
     assert results["--adapt"][0]["adapted_on"] == len(files)
+    assert results["--adapt"][0]["batchnorm_adapted_on"] == len(files)
     assert results["--no-adapt"][0]["adapted_on"] == 0
+    assert results["--no-adapt"][0]["batchnorm_adapted_on"] == 0
+    assert (run / "best.pt").read_bytes() == saved
     where = {s.path: i for i, s in enumerate(loaded.parts.folder.samples)}
-    emb = loaded.embed(loaded.parts.folder, [where[p] for p in files], workers=0)
+    indices = [where[p] for p in files]
     pos = {p: i for i, p in enumerate(files)}
-    e = emb[[pos[t.enroll[0]] for t in trials]]
-    t = emb[[pos[t.test] for t in trials]]
     for flag in ("--no-adapt", "--adapt"):
+        if flag == "--adapt":
+            assert loaded.adapt_batchnorm(loaded.parts.folder, indices, workers=0) == len(files)
+        emb = loaded.embed(loaded.parts.folder, indices, workers=0)
+        e = emb[[pos[t.enroll[0]] for t in trials]]
+        t = emb[[pos[t.test] for t in trials]]
         scorer, needs_fit = loaded.scorer()
         assert not needs_fit and scorer.wccn and scorer.adapt_mean  # fitted during training
         if flag == "--adapt":

@@ -92,6 +92,9 @@ class EvalConfig:
     p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
     select: Literal["eer", "min_dcf", "cllr"] = "eer"  # best-checkpoint criterion (lower wins)
     batch_size: int = 64
+    # evaluate: re-estimate the network's BatchNorm statistics on the scored files (AdaBN), a
+    # label-free adaptation to their domain; `evaluate --no-adapt` turns it off.
+    adapt_batchnorm: bool = False
 
 
 CORE_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -134,6 +137,7 @@ HASH_NEUTRAL = {
     ("train", "init_parts"): "backbone+head",
     ("train", "init_distill"): 0.0,
     ("train", "rehearsal"): 0,
+    ("eval", "adapt_batchnorm"): False,
 }
 
 
@@ -481,13 +485,17 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 
 def pin_former_defaults(d: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with the modality's changed defaults (`Modality.former_options`) made
-    explicit where it lacks them: it was trained with the former value, not today's default."""
+    """A saved config with the modality's changed defaults (`Modality.former_options`), and the
+    core fields added since it was saved (`HASH_NEUTRAL`), made explicit where it lacks them: it
+    was trained (and is evaluated) with the former value, not today's default."""
     try:
         mod = registry("modalities").get(d.get("modality", "face"))
     except MetaembError:
         return d  # resolve() reports the unknown modality
     out = copy.deepcopy(d)
+    for (section, key), neutral in HASH_NEUTRAL.items():  # a core field added after it was saved
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = copy.deepcopy(neutral)
     for section, by_component in mod.former_options.items():
         core, key = CHOICE_FIELDS.get(section, ("model", section))
         chosen = out.get(core, {}).get(key) or getattr(mod, section, "")

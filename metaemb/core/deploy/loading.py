@@ -87,6 +87,17 @@ class LoadedRun:
             )
         return out
 
+    def adapt_batchnorm(self, folder: SampleFolder, indices: list[int], workers: int) -> int:
+        """Re-estimate the model's BatchNorm statistics on `folder.samples[indices]` without
+        labels (AdaBN, in memory only: the checkpoint is untouched); returns the files used."""
+        from metaemb.core.data.dataset import make_loader
+        from metaemb.core.eval.adapt_norm import adapt_batchnorm, spread
+
+        ds = self.parts.dataset(folder, train=False)
+        ds.indices = spread(indices)
+        batches = [(b.inputs, b.lengths) for b in make_loader(ds, workers, 1) if len(b)]
+        return adapt_batchnorm(self.model, batches, self.device)
+
     def classifier(self) -> nn.Module | None:
         """The training classifier (class weights) saved with the run, rebuilt, or None."""
         saved = self.state.get("classifier")

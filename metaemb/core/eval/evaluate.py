@@ -113,7 +113,14 @@ def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
 class Embedded:
     """Embeddings of every file named by some trials, extracted once per file."""
 
-    def __init__(self, loaded: Loaded, folder: SampleFolder, sets: list[TrialSet], workers: int):
+    def __init__(
+        self,
+        loaded: Loaded,
+        folder: SampleFolder,
+        sets: list[TrialSet],
+        workers: int,
+        adapt_batchnorm: bool = False,
+    ):
         where = {s.path: i for i, s in enumerate(folder.samples)}
         needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
         _match_unicode_forms(where, needed)
@@ -127,7 +134,12 @@ class Embedded:
                 + first_few(missing)
                 + read
             )
-        self.emb = loaded.embed(folder, [where[p] for p in needed], workers)
+        indices = [where[p] for p in needed]
+        # AdaBN (label-free): the network's normalisation re-estimated on the files scored
+        self.norm_adapted_on = (
+            loaded.adapt_batchnorm(folder, indices, workers) if adapt_batchnorm else 0
+        )
+        self.emb = loaded.embed(folder, indices, workers)
         self.pos = {p: i for i, p in enumerate(needed)}
 
     def score(self, scorer: Any, trials: list[Trial]) -> torch.Tensor:
@@ -154,7 +166,8 @@ class Evaluation:
     With `calibrate`, a linear logistic calibration (llr = w·s + b, minimising Cllr) is fitted on
     the scores of that held-out trial list and applied to the evaluation scores; the calibrated
     metrics are reported next to the raw ones. With `adapt`, a scorer that adapts without labels
-    (`Scorer.adapt`, e.g. the speaker default's mean) sees every embedded file first.
+    (`Scorer.adapt`, e.g. the speaker default's mean) sees every embedded file first, and a
+    run with `eval.adapt_batchnorm` re-estimates its BatchNorm statistics on them (AdaBN).
     """
 
     def __init__(
@@ -281,7 +294,9 @@ class Evaluation:
             cal.labels()  # refuse unlabelled calibration trials before embedding anything
             _warn_overlap(cal, evals)
         scorer = self._scorer(loaded)
-        embedded = Embedded(loaded, folder, [evals] + ([cal] if cal else []), self.workers)
+        sets = [evals] + ([cal] if cal else [])
+        renorm = self.adapt and cfg.eval.adapt_batchnorm
+        embedded = Embedded(loaded, folder, sets, self.workers, adapt_batchnorm=renorm)
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
         check_consistent(
             scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)
@@ -293,6 +308,7 @@ class Evaluation:
             "trials_source": evals.source,
             "scorer": self.scorer_name or cfg.eval.scorer,
             "adapted_on": len(embedded.pos) if adapted else 0,
+            "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
             "p_targets": list(p_targets),
             **verification(scores, labels, p_targets),

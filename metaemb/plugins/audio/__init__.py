@@ -167,6 +167,9 @@ def register_modalities(register: Register) -> None:
                 "train.lr": 2e-3,
                 "train.weight_decay": 1e-4,
                 "train.warmup_epochs": 1.0,
+                # evaluate re-estimates the BatchNorm statistics on the scored files (AdaBN):
+                # a new recording setup shifts every layer's inputs (docs/speaker.md, transfer).
+                "eval.adapt_batchnorm": True,
             },
         ),
         description="speaker verification: energy VAD + fbank + x-vector",
