@@ -274,3 +274,31 @@ def test_augmentations_run_in_float32_under_bf16_autocast():
 def test_augment_seconds_bounded(make, key, value):
     with pytest.raises(ConfigError, match=rf"{key} must be a number of seconds in \(0, "):
         make(value)
+
+
+def test_waveform_augmentations_need_the_features_sample_rate():
+    """A plugin's features without input_spec()["sample_rate"] used to leave the filters and
+    noise banks at a guessed 16 kHz; the telephone band above a low rate's Nyquist frequency
+    silenced every input (ECG at 250 Hz)."""
+    with pytest.raises(ConfigError, match=r"input_spec\(\) has no 'sample_rate' key \(keys: kind"):
+        AddNoise().setup({"kind": "ecg", "fs": 250})
+    with pytest.raises(ConfigError, match=r"augment\.telephone passes 300–3400 Hz.*125 Hz"):
+        Telephone().setup({"sample_rate": 250})
+    Telephone().setup({"sample_rate": 8000})  # the band fits
+
+
+def test_an_augmentation_failing_on_its_first_batch_is_named_with_the_batch():
+    """Noise on a batch that is not [N, T] waveforms (features whose prepare gives a matrix)
+    failed inside the first training step, blamed on the objective."""
+    from metaemb.core.train.augment import build_augmenter
+
+    features = build("features", "fbank", {})
+    augmenter = build_augmenter(["noise"], {"noise": {"p": 1.0}}, features).train()
+    augmenter.num_classes(4)
+    x = torch.randn(4, 64, 8)
+    with pytest.raises(
+        ConfigError,
+        match=r"augmentation 'noise' \(plugin 'audio'\) failed on its first batch, "
+        r"torch.float32 \[4, 64, 8\] \(it accepts 'waveform'\)",
+    ):
+        augmenter.input(x, None, torch.arange(4))

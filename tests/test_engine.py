@@ -235,6 +235,31 @@ def test_best_pt_is_the_model_and_last_pt_the_resume_point(tiny_face_run):
     assert (run / "best.pt").stat().st_size < 0.6 * (run / "last.pt").stat().st_size
 
 
+def test_features_that_prepare_other_inputs_than_at_training_are_warned_about(
+    tiny_face_run, tmp_path
+):
+    """A plugin that changed a default of its features (here: the saved spec says 40 px, today's
+    features give another size) would move every score silently; loading names the change.
+    Keys the saved spec lacks (added by a later version) are not compared."""
+    import warnings
+
+    import torch
+
+    from metaemb.core.deploy.loading import load_run
+
+    _, run = tiny_face_run
+    state = load_checkpoint(run / "best.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_run(run / "best.pt")  # unchanged: no warning
+    size = state["input_spec"]["image_size"]
+    state["input_spec"] = {**state["input_spec"], "image_size": size + 8}
+    state["input_spec"].pop("color")  # an older spec without this key
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match=rf"features 'image' .*image_size {size + 8} → {size}\)"):
+        load_run(tmp_path / "old.pt")
+
+
 # -- refusals -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("epochs", [0, -2])
 def test_no_epochs_is_refused(faces, tmp_path, capsys, epochs):

@@ -292,12 +292,31 @@ def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):
         component_checks.check_loss(torch.ones(4), cfg)
-    component_checks.check_loss(torch.tensor(1.0, requires_grad=True), cfg)
+    component_checks.check_loss(torch.ones(3, requires_grad=True).mean(), cfg)
     rebuilt = torch.tensor(float(torch.ones(3, requires_grad=True).mean()))  # gradient lost
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
         component_checks.check_loss(rebuilt, cfg)
+    # a new leaf that "requires grad" is a number too: no gradient reaches the weights
+    relabelled = torch.tensor(rebuilt.item(), requires_grad=True)
+    with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
+        component_checks.check_loss(relabelled, cfg)
     with torch.no_grad():  # evaluation-time losses need none
         component_checks.check_loss(torch.tensor(1.0), cfg)
+
+
+def test_a_gme_head_with_negative_precisions_is_refused(plugin):
+    """b is a precision: a head whose b layer lacks its softplus would score with negative
+    precisions, silently (the first batch is checked)."""
+    from metaemb.core.gme.algebra import GME
+
+    cfg = resolve("series", sets=["model.head=gme", "train.objective=gme-bxe"])
+    head = type("NegB", (), {"output": "gme"})()
+    a, b = torch.randn(4, cfg.model.dim), torch.rand(4, cfg.model.dim)
+    component_checks.check_head_output(head, GME(a, b), cfg, 4, torch.float32)  # b ≥ 0: fine
+    negative = b.clone()
+    negative[1] = -1.0  # one sample of four
+    with pytest.raises(ConfigError, match=r"head 'gme'.*negative precisions b \(25%.*softplus"):
+        component_checks.check_head_output(head, GME(a, negative), cfg, 4, torch.float32)
 
 
 def test_nan_from_diverged_weights_blames_the_optimisation_not_a_component(plugin):

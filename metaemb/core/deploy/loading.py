@@ -166,6 +166,43 @@ def load_run(
             f"one saved by a plugin version with another architecture): "
             f"{' '.join(line.strip() for line in first[:3])[:400]}"
         ) from None
+    warn_changed_inputs(ckpt, state.get("input_spec"), model.features, cfg)
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> None:
+    """Warn when the rebuilt features describe their inputs otherwise than at training (their
+    `input_spec`): a plugin that changed a default prepares other inputs for the same weights,
+    and every score moves without an error. Keys the saved spec lacks (added since) are not
+    compared."""
+    if not isinstance(saved, dict):
+        return
+    try:
+        now = features.input_spec()
+    except Exception:  # reported where the features are used
+        return
+    if not isinstance(now, dict):
+        return
+    changed = []
+    for key, was in saved.items():
+        if key in now:
+            try:
+                same = bool(now[key] == was)
+            except Exception:  # values that do not compare (arrays): unequal
+                same = False
+            if not same:
+                changed.append(f"{key} {was!r} → {now[key]!r}")
+    if changed:
+        import warnings
+
+        from metaemb.core.train.component_checks import component
+
+        warnings.warn(
+            f"{component(cfg, 'features')} now prepares inputs otherwise than when '{ckpt}' was "
+            f"trained ({first_few(changed, quote=False)}): a changed default of the component? The model "
+            "will see other inputs than it learned from, and its embeddings and scores change. "
+            "Install the plugin version it was trained with, or retrain.",
+            stacklevel=2,
+        )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaemb.core.errors import ConfigError
+from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build, options_of, validate_options
 from metaemb.core.plugin.contract import ANY, Kind
 from metaemb.core.plugin.interfaces import Augmentation
@@ -123,12 +123,30 @@ class Augmenter(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if x.is_floating_point() else x
             for name in self.by_stage[stage]:
-                out = self.augs[name](x, lengths, labels)
-                if name not in self._checked:  # a plugin's mistake is named once, up front
+                if name in self._checked:
+                    out = self.augs[name](x, lengths, labels)
+                else:  # a plugin's mistake is named once, up front
+                    out = self._first_call(name, x, lengths, labels)
                     check_output(self.described(name), out, x, lengths, self.classes)
                     self._checked.add(name)
                 x, lengths, labels = out
         return x, lengths, labels
+
+    def _first_call(self, name: str, x: Tensor, lengths: Tensor | None, labels: Tensor) -> Any:
+        """The augmentation's first batch: an exception in it is named with the batch it got
+        (else it would surface as a failure of the first training step, blamed on the
+        objective)."""
+        try:
+            return self.augs[name](x, lengths, labels)
+        except (MetaembError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.described(name)} failed on its first batch, {x.dtype} "
+                f"[{', '.join(map(str, x.shape))}] (it accepts "
+                f"'{getattr(self.augs[name].accepts, 'name', 'any')}'): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def described(self, name: str) -> str:
         return f"augmentation '{name}' (plugin '{registry(KIND).entry(name).plugin}')"

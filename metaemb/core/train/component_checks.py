@@ -144,6 +144,12 @@ def check_head_output(head: Any, out: Any, config: Config, n: int, dtype: torch.
                 f"{name} returned {_describe(t)} from {dtype} backbone features; return "
                 f"{dtype} (build the layers in the default dtype and do not convert the output)."
             )
+    if isinstance(out, GME) and bool((out.b.detach() < 0).any()):
+        share = float((out.b.detach() < 0).float().mean())
+        raise ConfigError(
+            f"{name} returned a GME with negative precisions b ({share:.0%} of the values); "
+            "b is a precision and must be ≥ 0 (end its layer with softplus or exp)."
+        )
 
 
 def _warn_if_padding_leaks(
@@ -219,7 +225,8 @@ def check_loss(loss: Any, config: Config) -> None:
             f"{component(config, 'objective')} returned {_describe(loss)} as its loss; an "
             "objective returns a scalar tensor (e.g. the batch mean)."
         )
-    if torch.is_grad_enabled() and not loss.requires_grad:
+    # a leaf (grad_fn None) that requires grad was made from a number: torch.tensor(x, requires_grad=True)
+    if torch.is_grad_enabled() and (not loss.requires_grad or loss.grad_fn is None):
         raise ConfigError(
             f"{component(config, 'objective')} returned a loss that does not depend on the "
             "weights (no gradient: it was rebuilt from a number with torch.tensor(float(…)), "

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.errors import ConfigError
+from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Augmentation
 from metaemb.plugins.audio.augment_sources import (
@@ -70,7 +71,16 @@ class WaveAugmentation(Augmentation):
         self.sample_rate = 16000
 
     def setup(self, input_spec: dict[str, Any]) -> None:
-        self.sample_rate = int(input_spec.get("sample_rate", self.sample_rate))
+        """The waveform's sample rate is the features' `input_spec()["sample_rate"]`; features
+        that do not give it would leave filters and noise banks at a guessed rate."""
+        if "sample_rate" not in input_spec:
+            raise ConfigError(
+                f"{described(self, 'augmentation')} filters waveforms and needs their sample "
+                "rate, but the features' input_spec() has no 'sample_rate' key (keys: "
+                f"{', '.join(map(str, input_spec)) or 'none'}); add it to the features' "
+                "input_spec()."
+            )
+        self.sample_rate = int(input_spec["sample_rate"])
 
     def chosen(self, n: int, p: float, device: torch.device) -> Tensor:
         """[N] bool: which utterances of the batch this augmentation changes."""
@@ -277,6 +287,15 @@ class Telephone(WaveAugmentation):
             )
         self.low_hz, self.high_hz, self.edge_hz = float(low_hz), float(high_hz), float(edge_hz)
         self.mulaw = bool(mulaw)
+
+    def setup(self, input_spec: dict[str, Any]) -> None:
+        super().setup(input_spec)
+        if self.low_hz >= self.sample_rate / 2:  # the whole band above Nyquist: silence
+            raise ConfigError(
+                f"augment.telephone passes {self.low_hz:g}–{self.high_hz:g} Hz, above the "
+                f"highest frequency of {self.sample_rate} Hz audio ({self.sample_rate / 2:g} Hz): "
+                "it would silence every input; lower augment.telephone.low_hz/high_hz."
+            )
 
     def band_gain(self, freqs: Tensor) -> Tensor:
         """The pass-band magnitude response at `freqs` (Hz): 1 inside, 0 outside."""
