@@ -122,6 +122,8 @@ def test_bad_input_and_files(tmp_path):
         gallery.add("x", torch.full((1, DIM), math.nan))
     with pytest.raises(GalleryError, match="single-line"):
         gallery.add("a\tb", torch.randn(1, DIM))
+    with pytest.raises(GalleryError, match="'<new>' is the answer identify gives"):
+        gallery.add("<new>", torch.randn(1, DIM))  # would read as a rejection in the metrics
     with pytest.raises(GalleryError, match="does not exist; create it with `metaemb enroll"):
         Gallery.load(tmp_path / "missing.pt")
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")

@@ -157,3 +157,14 @@ def test_registered_through_the_vision_plugin():
 
     assert registry("sample_folders").get("image") is ImageFolder
     assert registry("features").get("image") is ImageFeatures
+
+
+@pytest.mark.parametrize("size", [4, 100_000])
+def test_image_sizes_outside_8_to_4096_are_refused_by_name(size):
+    """100000 px used to end in a 30 GB allocation traceback at the first batch."""
+    from metaemb.core.plugin.components import build
+
+    with pytest.raises(
+        ConfigError, match=r"'features.image_size' is out of range \(8 ≤ image_size ≤ 4096"
+    ):
+        build("features", "image", {"image_size": size})

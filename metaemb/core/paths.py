@@ -180,15 +180,21 @@ _PT_KINDS = (
 
 
 def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
-    """(kind, outputs that may replace it) of an existing metaemb .pt file, else None."""
+    """(kind, outputs that may replace it) of an existing metaemb .pt file, or of an embeddings
+    archive (.npz: `paths`, `identities` and `embeddings` or `a`/`b` arrays), else None."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
-            index = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            names = set(z.namelist())
+            index = next((n for n in names if n.endswith("/data.pkl")), None)
             data = z.read(index) if index else b""
     except (OSError, zipfile.BadZipFile, KeyError, RuntimeError, ValueError):
         return None
+    if {"paths.npy", "identities.npy"} <= names and (
+        "embeddings.npy" in names or {"a.npy", "b.npy"} <= names
+    ):
+        return "embeddings file", ("embeddings file",)
     for marker, kind, replaceable_by in _PT_KINDS:
         if marker in data:
             return kind, replaceable_by

@@ -211,7 +211,10 @@ def test_outputs_never_replace_run_files_galleries_collections_or_probes(
     assert code == 0, err
     code, _, err = run_cli(["embed", run, faces, "--out", coll, "--device", "cpu"], capsys)
     assert code == 0, err
-    kept = {p: p.read_bytes() for p in (gallery, coll)}
+    archive = tmp_path / "c.npz"  # the NumPy form of an embeddings file
+    code, _, err = run_cli(["embed", run, faces, "--out", archive, "--device", "cpu"], capsys)
+    assert code == 0, err
+    kept = {p: p.read_bytes() for p in (gallery, coll, archive)}
     probe = faces / "id0001" / "001.png"
     for args, fragment in (
         (["identify", run, "--gallery", gallery, "--data", faces, "--out", gallery], "gallery"),
@@ -219,6 +222,9 @@ def test_outputs_never_replace_run_files_galleries_collections_or_probes(
         (["embed", run, faces, "--out", gallery], "existing metaemb gallery"),
         (["neighbours", coll, "--out", coll], "existing metaemb embeddings file"),
         (["export", run, "--format", "torchscript", "--out", coll], "embeddings file"),
+        (["export", run, "--format", "torchscript", "--out", archive], "embeddings file"),
+        (["trials", "make", faces, "--out", archive], "existing metaemb embeddings file"),
+        (["neighbours", coll, "--out", archive], "existing metaemb embeddings file"),
     ):
         expect_error(args, capsys, fragment, "replace")
     assert all(p.read_bytes() == b for p, b in kept.items())

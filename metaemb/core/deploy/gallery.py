@@ -153,6 +153,11 @@ class Gallery:
             raise GalleryError(
                 f"identity names must be non-empty single-line text, got {identity!r}"
             )
+        if identity == NEW:  # indistinguishable from the decision "none of the enrolled"
+            raise GalleryError(
+                f"'{NEW}' is the answer identify gives for a probe of none of the enrolled "
+                "identities, so it cannot name one; rename that identity's folder."
+            )
         self.check_embeddings(embeddings, f"embeddings for '{identity}'")
         n = len(embeddings)
         srcs = [str(s) for s in sources] if sources is not None else [""] * n

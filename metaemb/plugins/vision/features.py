@@ -84,7 +84,7 @@ class ImageFeatures(Features):
     ) -> None:
         super().__init__()
         checks = {
-            "features.image_size": image_size >= 8,
+            "features.image_size": 8 <= image_size <= 4096,
             "features.shift": 0.0 <= shift < 0.5,
             "features.color_jitter": 0.0 <= color_jitter < 1.0,
             "features.blur": 0.0 <= blur <= 1.0,
@@ -95,7 +95,7 @@ class ImageFeatures(Features):
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(
-                f"config key '{bad[0]}' is out of range (image_size ≥ 8; 0 ≤ shift < 0.5; "
+                f"config key '{bad[0]}' is out of range (8 ≤ image_size ≤ 4096; 0 ≤ shift < 0.5; "
                 "0 ≤ color_jitter < 1; blur and occlusion are probabilities in [0, 1]; "
                 "blur_sigma ≥ 0.3; noise ≥ 0)."
             )
