@@ -52,6 +52,18 @@ def test_lfw_pairs_parse_to_trials_in_file_order(tmp_path):
     assert trials.folds == 2  # from the header: evaluate reports 2-fold accuracy
 
 
+def test_the_lfw_protocol_warns_about_duplicated_and_self_pairs_as_trial_lists_do(tmp_path):
+    """`--protocol lfw` read pairs.txt without the checks `--trials pairs.txt` makes."""
+    lines = PAIRS.splitlines()
+    lines[2] = lines[1]  # a duplicated matched pair
+    lines[5] = "Aaron_Eckhart\t2\t2"  # a file against itself
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning) as seen:
+        lfw(tmp_path)
+    text = " ".join(str(w.message) for w in seen)
+    assert "1 duplicated trial(s)" in text and "against itself" in text
+
+
 def test_lfw_protocol_refuses_paths_outside_the_data_root(tmp_path):
     (tmp_path / "lfw").mkdir()
     (tmp_path / "lfw" / "pairs.txt").write_text("1\t1\n..\t1\t2\nA\t1\tB\t1\n")

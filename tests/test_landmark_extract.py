@@ -4,6 +4,7 @@ a usable face are counted and listed, not written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import helpers
@@ -91,3 +92,77 @@ def test_landmarks_refuses_an_unknown_file_type(tmp_path, capsys):
     )
     code, _, err = helpers.run_cli(["landmarks", data, "--out", tmp_path / "x.bin"], capsys)
     assert code == 2 and ".csv or .h5" in err
+
+
+class Dlib5Source(BrightnessSource):
+    """The stand-in detector, giving its points in dlib's 5-point order."""
+
+    def __call__(self, image, path, root):
+        found = super().__call__(image, path, root)
+        return Landmarks(found.outcome, found.points, faces=found.faces, scheme="dlib5")
+
+
+class Dlib5Plugin:
+    @metaemb.hookimpl
+    def register_landmark_sources(self, register):
+        register("dlib5-like", Dlib5Source, description="test source")
+
+
+def test_landmarks_in_dlib_order_are_read_back_in_dlib_order(tmp_path, capsys):
+    """`metaemb landmarks --set points=5` gives dlib's 5 points (eye corners, nose base); read
+    back as MTCNN points (eyes, nose tip, mouth corners) they aligned faces sideways, silently."""
+    from metaemb.core.errors import DatasetError
+    from metaemb.plugins.vision.landmarks import FileLandmarks
+
+    data = helpers.demo_faces(
+        tmp_path / "faces", identities=2, images_per_identity=2, image_size=32
+    )
+    with plugins.plugin_registered(Dlib5Plugin(), "dlib5like"):
+        suffixes = [".csv"] + ([".h5"] if importlib.util.find_spec("h5py") else [])
+        for suffix in suffixes:
+            out = tmp_path / f"lm{suffix}"
+            args = ["landmarks", data, "--out", out, "--source", "dlib5-like", "--workers", "0"]
+            code, _, err = helpers.run_cli(args, capsys)
+            assert code == 0, err
+            source = FileLandmarks(data, str(out))
+            found = source(None, "id0000/000.png", data)
+            assert found.outcome == "ok" and found.scheme == "dlib5", suffix
+            assert source.key().endswith(":dlib5")
+    # The demo's own file records nothing: MTCNN order, as before.
+    assert FileLandmarks(data)(None, "id0000/000.png", data).scheme == "mtcnn5"
+    both = FileLandmarks(data, str(tmp_path / "*.csv"))
+    (tmp_path / "other.csv").write_text(
+        (data / "landmarks.csv").read_text().replace("path", "scheme=mtcnn5", 1)
+    )
+    with pytest.raises(DatasetError, match="record different point orders"):
+        both.table()
+
+
+class NoFaceSource(BrightnessSource):
+    def __call__(self, image, path, root):
+        return Landmarks("no_face")
+
+
+class NoFacePlugin:
+    @metaemb.hookimpl
+    def register_landmark_sources(self, register):
+        register("noface", NoFaceSource, description="test source")
+
+
+def test_no_face_found_anywhere_leaves_an_existing_landmark_file_alone(tmp_path, capsys):
+    """Another dataset's landmark file was replaced by a header-only file, with exit code 0."""
+    data = helpers.demo_faces(
+        tmp_path / "faces", identities=2, images_per_identity=2, image_size=32
+    )
+    out = tmp_path / "curated.csv"
+    out.write_text((data / "landmarks.csv").read_text())
+    kept = out.read_bytes()
+    with plugins.plugin_registered(NoFacePlugin(), "nofaceplugin"):
+        args = ["landmarks", data, "--out", out, "--source", "noface", "--workers", "0"]
+        code, text, err = helpers.run_cli(args, capsys)
+    assert code != 0
+    assert (
+        "found no usable face in any of the 4 images" in text + err
+        and "left as it was" in text + err
+    )
+    assert out.read_bytes() == kept

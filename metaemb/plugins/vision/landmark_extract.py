@@ -87,10 +87,17 @@ def extract_landmarks(
     if len(schemes) > 1:
         raise DataError(f"landmark source '{source}' returned mixed schemes {sorted(schemes)}.")
     scheme = schemes.pop() if schemes else "mtcnn5"
+    if not rows:  # nothing to write: an existing file (another dataset's?) is kept
+        kept = f"; '{out}' was left as it was" if out.exists() else ""
+        raise DataError(
+            f"landmark source '{source}' found no usable face in any of the {len(images)} "
+            f"images of '{data}' ({', '.join(f'{k}: {v}' for k, v in sorted(outcomes.items()))})"
+            f"{kept}. Check the source's options, or that these are face images."
+        )
     if suffix in HDF5_SUFFIXES:
         write_h5(out, rows, scheme)
     else:
-        _write_csv(out, rows)
+        _write_csv(out, rows, scheme)
     skipped_file = out.with_name(out.name + ".skipped.txt")
     if skipped:
         atomic_write_text(skipped_file, "\n".join(skipped) + "\n")
@@ -106,10 +113,13 @@ def extract_landmarks(
     }
 
 
-def _write_csv(out: Path, rows: list[tuple[str, np.ndarray]]) -> None:
+def _write_csv(out: Path, rows: list[tuple[str, np.ndarray]], scheme: str = "mtcnn5") -> None:
+    """`path,x1,y1,…` rows; points in another order than MTCNN's record it in the header's first
+    field (`scheme=dlib5`), which the `file` landmark source reads back."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", *(f"{a}{i}" for i in range(1, 6) for a in ("x", "y"))])
+    first = "path" if scheme == "mtcnn5" else f"scheme={scheme}"
+    w.writerow([first, *(f"{a}{i}" for i in range(1, 6) for a in ("x", "y"))])
     for path, pts in rows:
         w.writerow([path, *(f"{v:.9g}" for v in pts.reshape(-1))])
     atomic_write_text(out, buf.getvalue())

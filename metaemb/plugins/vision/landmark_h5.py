@@ -53,3 +53,17 @@ def read_h5(path: Path) -> dict[str, np.ndarray]:
     if points.shape != (len(paths), 5, 2) or not np.isfinite(points).all():
         raise DataError(f"landmark file '{path}': 'points' must be finite [N, 5, 2] for N paths.")
     return dict(zip(paths, points, strict=True))
+
+
+def read_h5_scheme(path: Path) -> str | None:
+    """The `scheme` attribute of an HDF5 landmark file (None when it has none or is unreadable:
+    reading its points reports that)."""
+    h5py = h5py_module()
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("scheme")
+    except OSError:
+        return None
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -147,12 +147,33 @@ def read_landmark_file(path: str | Path) -> dict[str, np.ndarray]:
     return _read_json(path) if path.suffix.lower() == ".json" else _read_csv(path)
 
 
+def recorded_scheme(path: str | Path) -> str | None:
+    """The point order a landmark file records, or None: the `scheme` attribute of an HDF5 file,
+    or a CSV header whose first field is `scheme=NAME` (as `metaemb landmarks` writes for points
+    in another order than MTCNN's)."""
+    path = Path(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        from metaemb.plugins.vision.landmark_h5 import read_h5_scheme
+
+        return read_h5_scheme(path)
+    if path.suffix.lower() == ".json":
+        return None
+    with contextlib.suppress(OSError, csv.Error, StopIteration):
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            first = next(csv.reader(f))
+        if first and first[0].strip().startswith("scheme="):
+            return first[0].strip().split("=", 1)[1].strip()
+    return None
+
+
 class FileLandmarks(LandmarkSource):
     """Landmarks shipped with a dataset: one or more CSV/JSON files (a glob such as
     `loose_landmark_*.csv` works), relative to the data root unless absolute.
 
     Entries match a sample by relative path, or by relative path without extension (VGGFace2).
-    Points are in MTCNN order (eyes, nose tip, mouth corners) unless `scheme` says otherwise.
+    Points are in MTCNN order (eyes, nose tip, mouth corners) unless `scheme` says otherwise, or
+    the file records its own order (`recorded_scheme`: dlib's 5 points, from
+    `metaemb landmarks --set points=5`), which then wins.
     """
 
     cacheable = False
@@ -190,14 +211,38 @@ class FileLandmarks(LandmarkSource):
         if self._table is None:
             table: dict[str, np.ndarray] = {}
             try:
-                for f in self.files():
+                files = self.files()
+                for f in files:
                     table.update(read_landmark_file(f))
+                self.scheme = self._files_scheme(files)
             except DataError as exc:  # the table, not the sample that first needed it
                 raise DatasetError(str(exc)) from None
             self._table = table
         return self._table
 
+    def _files_scheme(self, files: list[Path]) -> str:
+        """The order of the files' points: the one they record, else `scheme`."""
+        from metaemb.plugins.vision.align import SCHEMES
+
+        recorded = {f: recorded_scheme(f) for f in files}
+        found = {s for s in recorded.values() if s is not None}
+        if len(found) > 1:
+            raise DataError(
+                "landmark files record different point orders: "
+                + ", ".join(f"'{f}' {s}" for f, s in recorded.items() if s)
+                + "; align with one kind of landmarks."
+            )
+        scheme = found.pop() if found else self.scheme
+        if scheme not in SCHEMES:
+            raise DataError(
+                f"landmark file '{files[0]}' records scheme '{scheme}'; known: "
+                f"{', '.join(SCHEMES)}."
+            )
+        return scheme
+
     def key(self) -> str:
+        with contextlib.suppress(DatasetError):
+            self.table()  # settles the scheme the files record
         return f"file:{self.landmarks_file}:{self.scheme}"
 
     def __call__(self, image: Any, path: str, root: Path) -> Landmarks:

@@ -21,7 +21,13 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from metaemb.core.errors import ConfigError, DataError, first_few
-from metaemb.core.eval.trials import TrialList, read_lines, safe_path, write_trials
+from metaemb.core.eval.trials import (
+    TrialList,
+    read_lines,
+    safe_path,
+    warn_duplicates,
+    write_trials,
+)
 from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
 from metaemb.plugins.vision.lfw import lfw_path, read_lfw_pairs
@@ -46,7 +52,10 @@ def lfw(root: Path, trials: Path | None = None) -> TrialList:
     """LFW View 2: 6,000 pairs in 10 folds from `pairs.txt` (in the data folder or its parent);
     the folds are the file header's. Paths are checked against the data root."""
     root = Path(root)
-    return read_lfw_pairs(find_list(root, "pairs.txt", trials), root)
+    path = find_list(root, "pairs.txt", trials)
+    pairs = read_lfw_pairs(path, root)
+    warn_duplicates(pairs, str(path))  # as `--trials` does: duplicates count twice
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
