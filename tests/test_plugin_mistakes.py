@@ -304,6 +304,25 @@ def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
         component_checks.check_loss(torch.tensor(1.0), cfg)
 
 
+def test_an_objective_holding_its_own_weights_is_refused(plugin):
+    """Class weights kept in the objective (not in build_classifier) were neither trained nor
+    saved, silently; the classifier's weights and a frozen module (a teacher) are fine."""
+    cfg = resolve("series")
+
+    class OwnWeights(SoftmaxObjective):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 8))
+
+    classifier = nn.Linear(8, 4)
+    with pytest.raises(ConfigError, match=r"objective 'softmax'.*parameters of its own \(weight\)"):
+        component_checks.check_objective_parameters(OwnWeights(), classifier, cfg)
+    fine = SoftmaxObjective()
+    fine.head = classifier  # an objective that keeps the classifier it built
+    fine.teacher = nn.Linear(8, 8).requires_grad_(False)
+    component_checks.check_objective_parameters(fine, classifier, cfg)
+
+
 def test_a_gme_head_with_negative_precisions_is_refused(plugin):
     """b is a precision: a head whose b layer lacks its softplus would score with negative
     precisions, silently (the first batch is checked)."""

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from metaemb.core.config import CHOICE_FIELDS, COMPONENT_SECTIONS, Config
 from metaemb.core.data.embed import non_finite_rows, row_files
-from metaemb.core.errors import ConfigError, MetaembError
+from metaemb.core.errors import ConfigError, MetaembError, first_few
 from metaemb.core.plugin.manager import registry
 
 
@@ -232,6 +232,29 @@ def check_loss(loss: Any, config: Config) -> None:
             "weights (no gradient: it was rebuilt from a number with torch.tensor(float(…)), "
             "detached, or computed under no_grad); return the tensor computed from the "
             "embeddings."
+        )
+
+
+def check_objective_parameters(objective: Any, classifier: Any, config: Config) -> None:
+    """Weights an objective holds itself (class weights of a margin loss written as one module)
+    are neither optimised nor saved: only the model's and `build_classifier`'s are."""
+    if isinstance(objective, torch.nn.Module):
+        named = list(objective.named_parameters())
+    else:  # a plain object: parameters and modules among its attributes
+        named = []
+        for attr, value in vars(objective).items():
+            if isinstance(value, torch.nn.Parameter):
+                named.append((attr, value))
+            elif isinstance(value, torch.nn.Module):
+                named += [(f"{attr}.{n}", p) for n, p in value.named_parameters()]
+    trained = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+    own = [n for n, p in named if p.requires_grad and id(p) not in trained]
+    if own:
+        raise ConfigError(
+            f"{component(config, 'objective')} holds parameters of its own "
+            f"({first_few(own, quote=False)}), which would be neither trained nor saved: "
+            "create them in build_classifier(dim, num_classes) and use them through the "
+            "classifier it is given."
         )
 
 

@@ -138,6 +138,7 @@ class Trainer:
         if self.dist.world_size > 1 and hasattr(self.objective, "distribute"):
             self.objective.distribute(self.dist.rank, self.dist.world_size)  # e.g. partial-fc
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
+        component_checks.check_objective_parameters(self.objective, self.classifier, cfg)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
         self.fingerprints = fingerprints(self.parts.folder, self.train_folder, self.num_classes)
