@@ -274,6 +274,20 @@ def test_a_backbone_pooling_over_padding_is_warned_about(plugin, tmp_path, serie
     assert len([w for w in caught if "padding leaks" in str(w.message)]) == 1  # once a run
 
 
+def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
+    """Fixed-length training crops have no padding to compare; evaluation pads, so the check
+    pads a sample itself. A backbone that masks passes."""
+    cfg = resolve("series", sets=["model.backbone=poolspadding"])
+    x, lengths = torch.randn(4, 3, 12), torch.full((4,), 12)
+    leaky = EmbeddingModel(SeriesFeatures(), PoolsPadding(), nn.Linear(8, cfg.model.dim))
+    with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
+        component_checks.check_first_batch(leaky, cfg, x, lengths)
+    masked = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, cfg.model.dim))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        component_checks.check_first_batch(masked, resolve("series"), x, lengths)
+
+
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
     assert checked_values(torch.ones(3, dtype=torch.float64)).dtype == torch.float32
     assert checked_values(torch.ones(3, dtype=torch.uint8)).dtype == torch.uint8  # left as is
