@@ -422,7 +422,7 @@ class Gallery:
         log_known, log_new = math.log((1 - p) / m), math.log(p)
         log_z = torch.logaddexp(lse + log_known, torch.tensor(log_new, dtype=torch.float64))
         post = torch.exp(best_v + log_known - log_z[:, None])
-        bayes = log_new - log_known
+        bayes = round(log_new - log_known, 12) + 0.0  # 0, not -2.2e-16, at p_new = 1/(m+1)
         return SearchResult(
             self.identities,
             best_i,
