@@ -531,6 +531,17 @@ class ListPrepare(SeriesFeatures):
         return super().prepare(raw, train).tolist()
 
 
+class CollateFails(SeriesFeatures):
+    """The mistake: collate allocates a batch for another channel count."""
+
+    def collate(self, items):
+        lengths = torch.tensor([x.shape[-1] for x in items])
+        batch = torch.zeros(len(items), 2, int(lengths.max()))
+        for i, x in enumerate(items):
+            batch[i, :, : x.shape[-1]] = x
+        return batch, lengths
+
+
 class DoubleOut(ConvNet):
     """The mistake: returns float64 (the head's BatchNorm would fail deep in torch)."""
 
@@ -554,7 +565,8 @@ class MistakesPlugin:
     @metaemb.hookimpl
     def register_features(self, register):
         for name, cls in [("npspec", NumpySpec), ("nolengths", NoLengths),
-                          ("listlengths", ListLengths), ("listprepare", ListPrepare)]:  # fmt: skip
+                          ("listlengths", ListLengths), ("listprepare", ListPrepare),
+                          ("collatefails", CollateFails)]:  # fmt: skip
             register(name, cls)
 
     @metaemb.hookimpl
@@ -589,6 +601,13 @@ class MistakesPlugin:
         (
             ["model.features=listprepare"],
             ["features 'listprepare' (plugin 'mistakes'): prepare returned a list"],
+        ),
+        (
+            ["model.features=collatefails"],
+            [
+                "features 'collatefails' (plugin 'mistakes'): collate failed on",
+                "RuntimeError: The expanded size",
+            ],
         ),
         (
             ["model.backbone=doubleout"],

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from metaemb.core.errors import ConfigError, DataError, DatasetError
+from metaemb.core.errors import ConfigError, DataError, DatasetError, MetaembError, first_few
 from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
@@ -182,7 +182,18 @@ class Collate:
                 torch.zeros(0), None, torch.zeros(0, dtype=torch.long), torch.zeros(0), bad
             )
         items = [g[0] for g in good]
-        inputs, lengths = checked_batch(self.features.collate(items), items, self.features)
+        try:
+            out = self.features.collate(items)
+        except (MetaembError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # a plugin's collate: named, with what it was given
+            shapes = first_few((tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                                for x in items), 3, quote=False)  # fmt: skip
+            raise ConfigError(
+                f"{described(self.features, 'features')}: collate failed on {len(items)} "
+                f"prepared items ({shapes}): {type(exc).__name__}: {exc}"
+            ) from exc
+        inputs, lengths = checked_batch(out, items, self.features)
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
         indices = torch.tensor([g[2] for g in good], dtype=torch.long)
         return Batch(inputs, lengths, labels, indices, bad)
