@@ -261,3 +261,37 @@ def test_landmarks_far_outside_the_image_are_refused(demo, tmp_path):
     fe.source = Far()
     with pytest.raises(DataError, match=r"landmark \(1e\+09, 5\) lies far outside the 80×64"):
         fe(img, "a/x.png", demo)
+
+
+def test_an_absolute_landmark_file_of_the_training_folder_follows_the_data(tmp_path):
+    """Evaluating another folder kept reading the training folder's landmark file (an absolute
+    path), aligning each image with the points of the training image of the same name."""
+    import warnings
+
+    from metaemb.core.config import resolve
+    from metaemb.core.deploy.loading import _rebase_landmark_file
+
+    train, other = tmp_path / "train", tmp_path / "other"
+    for d in (train, other):
+        d.mkdir()
+        (d / "landmarks.csv").write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n")
+
+    def cfg(landmarks: str):
+        c = resolve("face", sets=["model.frontend=align", f"frontend.landmarks_file={landmarks}"])
+        c.data.root, c.data.root_absolute = "train", str(train)
+        return c
+
+    inside = cfg(str(train / "landmarks.csv"))
+    _rebase_landmark_file(inside, other)
+    assert inside.options("frontend")["landmarks_file"] == "landmarks.csv"  # under `other`
+    same = cfg(str(train / "landmarks.csv"))
+    _rebase_landmark_file(same, train)
+    assert same.options("frontend")["landmarks_file"] == str(train / "landmarks.csv")
+    elsewhere = cfg(str(tmp_path / "shared.csv"))
+    with pytest.warns(UserWarning, match=r"has its own \('landmarks.csv'\), which is not read"):
+        _rebase_landmark_file(elsewhere, other)
+    assert elsewhere.options("frontend")["landmarks_file"] == str(tmp_path / "shared.csv")
+    (other / "landmarks.csv").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _rebase_landmark_file(cfg(str(tmp_path / "shared.csv")), other)  # nothing else to use

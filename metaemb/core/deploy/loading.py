@@ -145,6 +145,7 @@ def load_run(
     parts = None
     if data is not None or with_data:
         if data is not None:
+            _rebase_landmark_file(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
@@ -170,6 +171,39 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def _rebase_landmark_file(cfg: Config, data: Path) -> None:
+    """A landmark file given by absolute path belongs to the training folder; on another
+    folder it would align that folder's images with the training images' points, matched by
+    file name. Inside the training folder, it is read at the same place in the new one; a file
+    elsewhere is kept, with a warning when the new folder has a landmark file of its own."""
+    frontend = cfg.components.get("frontend") or {}
+    given = frontend.get("landmarks_file")
+    if not isinstance(given, str) or not Path(given).is_absolute():
+        return
+    trained = Path(cfg.data.root_absolute or cfg.data.root or ".").resolve()
+    new = data.resolve()
+    if new == trained:
+        return
+    try:
+        relative = Path(given).resolve().relative_to(trained)
+    except ValueError:
+        relative = None
+    if relative is not None:
+        frontend["landmarks_file"] = relative.as_posix()  # read under the new folder
+        return
+    own = sorted(p.name for p in new.glob("*landmark*") if p.is_file())
+    if own:
+        import warnings
+
+        warnings.warn(
+            f"this run aligns faces with the landmark file '{given}' (an absolute path in its "
+            f"frontend.landmarks_file), matched by file name, also on '{data}'; that folder "
+            f"has its own ({first_few(own, 3)}), which is not read. Give the run's landmark "
+            "file a path relative to the data folder to use each folder's own.",
+            stacklevel=3,
+        )
 
 
 def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> None:
