@@ -382,6 +382,12 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     [row] = [r.split("\t") for r in res_path.read_text().splitlines()[1:]]
     assert row[1] == "" and float(row[4]) == pytest.approx(float(want[7].max()), abs=1e-4)
 
+    # Probing with the enrolled samples themselves: said (each scores against itself).
+    with pytest.warns(UserWarning, match=r"9 of the 9 probes are samples enrolled in the gallery"):
+        code, out, err = run_cli(["identify", run, "--gallery", path, "--data", enroll,
+                                  "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+
     # Clear errors: missing gallery, another model's gallery, an empty probe folder.
     code, _, err = run_cli(
         ["identify", run, "--gallery", tmp_path / "no.pt", "--data", probes], capsys

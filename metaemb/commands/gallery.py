@@ -208,6 +208,7 @@ def identify_probes(
         )
     folder = loaded.parts.folder
     indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))
+    _warn_enrolled_probes(g, [(folder.root / folder.samples[i].path) for i in indices])
     emb = loaded.embed(folder, indices, workers)
     sc = _scorer(loaded, scorer)
     backend = "faiss" if faiss else "torch"
@@ -217,6 +218,21 @@ def identify_probes(
         return Identification(names, None, result)
     truth = [folder.samples[i].identity for i in indices]
     return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
+
+
+def _warn_enrolled_probes(g: Any, probes: list[Path]) -> None:
+    """Probes that are enrolled samples score against themselves: their rank-1 is a given."""
+    import warnings
+
+    enrolled = set(g.sources)
+    again = [p for p in probes if str(p.resolve()) in enrolled]
+    if again:
+        warnings.warn(
+            f"{len(again)} of the {len(probes)} probes are samples enrolled in the gallery "
+            f"({first_few(map(str, again), 3)}); each scores against itself, which "
+            "flatters rank-1 and the identification rates. Probe with other samples.",
+            stacklevel=2,
+        )
 
 
 def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> dict[str, Any]:
