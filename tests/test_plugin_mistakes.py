@@ -288,6 +288,26 @@ def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
         component_checks.check_first_batch(masked, resolve("series"), x, lengths)
 
 
+def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
+    """A frontend adding random noise gave every evaluation other numbers, unexplained."""
+    from types import SimpleNamespace
+
+    cfg = resolve("series")
+    folder = build("sample_folders", "series", {}, root=series)
+
+    def noisy(raw, path, root):
+        return torch.as_tensor(np.asarray(raw)) + torch.randn(np.asarray(raw).shape)
+
+    with pytest.warns(UserWarning, match=r"frontend 'none' \(plugin 'core'\) gave two different"):
+        component_checks.warn_if_frontend_varies(
+            SimpleNamespace(folder=folder, frontend=noisy), cfg
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        steady = SimpleNamespace(folder=folder, frontend=IdentityFrontend())
+        component_checks.warn_if_frontend_varies(steady, cfg)
+
+
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
     assert checked_values(torch.ones(3, dtype=torch.float64)).dtype == torch.float32
     assert checked_values(torch.ones(3, dtype=torch.uint8)).dtype == torch.uint8  # left as is

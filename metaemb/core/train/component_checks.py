@@ -208,6 +208,42 @@ def _not_plain(value: Any, where: str) -> str | None:
     return f"{where} is a {type(value).__module__}.{type(value).__name__}"
 
 
+def warn_if_frontend_varies(parts: Any, config: Config) -> None:
+    """A frontend must be deterministic (its output may be cached, and evaluation must give one
+    answer): run it twice on the first sample and warn, by name, when the two differ. A sample
+    that cannot be read is left to the data loader to report."""
+    folder, frontend = parts.folder, parts.frontend
+    if not folder.samples:
+        return
+    sample = folder.samples[0]
+    try:
+        raw = folder.load(folder.abspath(sample))
+        first = frontend(raw, sample.path, folder.root)
+        second = frontend(folder.load(folder.abspath(sample)), sample.path, folder.root)
+        same = _same_output(first, second)
+    except Exception:  # reported where the sample is read, with its name
+        return
+    if not same:
+        warnings.warn(
+            f"{component(config, 'frontend')} gave two different outputs for the same file "
+            f"('{sample.path}'): a frontend must be deterministic (no random noise or crop; "
+            "put those in the features' prepare when train is true, or in an augmentation), "
+            "or every evaluation gives other numbers.",
+            stacklevel=2,
+        )
+
+
+def _same_output(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        import numpy as np
+
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # values that do not compare: say nothing
+        return True
+
+
 def check_input_spec(features: Any, config: Config) -> None:
     """input_spec() travels in every checkpoint: refuse, before training, what could be saved
     but never loaded back."""
