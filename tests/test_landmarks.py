@@ -266,32 +266,27 @@ def test_landmarks_far_outside_the_image_are_refused(demo, tmp_path):
 def test_an_absolute_landmark_file_of_the_training_folder_follows_the_data(tmp_path):
     """Evaluating another folder kept reading the training folder's landmark file (an absolute
     path), aligning each image with the points of the training image of the same name."""
-    import warnings
-
     from metaemb.core.config import resolve
-    from metaemb.core.deploy.loading import _rebase_landmark_file
+    from metaemb.core.deploy.loading import _rebase_data_paths
 
     train, other = tmp_path / "train", tmp_path / "other"
     for d in (train, other):
         d.mkdir()
         (d / "landmarks.csv").write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n")
+    (tmp_path / "shared.csv").write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n")
 
-    def cfg(landmarks: str):
+    def cfg(landmarks: Path):
         c = resolve("face", sets=["model.frontend=align", f"frontend.landmarks_file={landmarks}"])
         c.data.root, c.data.root_absolute = "train", str(train)
         return c
 
-    inside = cfg(str(train / "landmarks.csv"))
-    _rebase_landmark_file(inside, other)
-    assert inside.options("frontend")["landmarks_file"] == "landmarks.csv"  # under `other`
-    same = cfg(str(train / "landmarks.csv"))
-    _rebase_landmark_file(same, train)
-    assert same.options("frontend")["landmarks_file"] == str(train / "landmarks.csv")
-    elsewhere = cfg(str(tmp_path / "shared.csv"))
-    with pytest.warns(UserWarning, match=r"has its own \('landmarks.csv'\), which is not read"):
-        _rebase_landmark_file(elsewhere, other)
-    assert elsewhere.options("frontend")["landmarks_file"] == str(tmp_path / "shared.csv")
-    (other / "landmarks.csv").unlink()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _rebase_landmark_file(cfg(str(tmp_path / "shared.csv")), other)  # nothing else to use
+    def rebased(landmarks: Path, data: Path) -> str:
+        c = cfg(landmarks)
+        _rebase_data_paths(c, data)
+        return c.options("frontend")["landmarks_file"]
+
+    assert rebased(train / "landmarks.csv", other) == str(other.resolve() / "landmarks.csv")
+    assert rebased(train / "landmarks.csv", train) == str(train / "landmarks.csv")
+    assert rebased(tmp_path / "shared.csv", other) == str(tmp_path / "shared.csv")  # shared
+    (other / "landmarks.csv").unlink()  # the other folder has none: nothing to move to
+    assert rebased(train / "landmarks.csv", other) == str(train / "landmarks.csv")

@@ -145,7 +145,7 @@ def load_run(
     parts = None
     if data is not None or with_data:
         if data is not None:
-            _rebase_landmark_file(cfg, Path(data))
+            _rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
@@ -173,37 +173,27 @@ def load_run(
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
 
 
-def _rebase_landmark_file(cfg: Config, data: Path) -> None:
-    """A landmark file given by absolute path belongs to the training folder; on another
-    folder it would align that folder's images with the training images' points, matched by
-    file name. Inside the training folder, it is read at the same place in the new one; a file
-    elsewhere is kept, with a warning when the new folder has a landmark file of its own."""
-    frontend = cfg.components.get("frontend") or {}
-    given = frontend.get("landmarks_file")
-    if not isinstance(given, str) or not Path(given).is_absolute():
-        return
+def _rebase_data_paths(cfg: Config, data: Path) -> None:
+    """An option of the data pipeline (folder, frontend, features) holding an absolute path
+    inside the training data folder (a landmark file kept with the data, say) belongs to that
+    folder: on another folder it would apply the training files' side data to other samples,
+    matched by name. Such a path is moved to the same place in the new folder when it exists
+    there, and kept otherwise."""
     trained = Path(cfg.data.root_absolute or cfg.data.root or ".").resolve()
     new = data.resolve()
     if new == trained:
         return
-    try:
-        relative = Path(given).resolve().relative_to(trained)
-    except ValueError:
-        relative = None
-    if relative is not None:
-        frontend["landmarks_file"] = relative.as_posix()  # read under the new folder
-        return
-    own = sorted(p.name for p in new.glob("*landmark*") if p.is_file())
-    if own:
-        import warnings
-
-        warnings.warn(
-            f"this run aligns faces with the landmark file '{given}' (an absolute path in its "
-            f"frontend.landmarks_file), matched by file name, also on '{data}'; that folder "
-            f"has its own ({first_few(own, 3)}), which is not read. Give the run's landmark "
-            "file a path relative to the data folder to use each folder's own.",
-            stacklevel=3,
-        )
+    for section in ("folder", "frontend", "features"):
+        options = cfg.components.get(section) or {}
+        for key, value in options.items():
+            if not isinstance(value, str) or not value or not Path(value).is_absolute():
+                continue
+            try:
+                relative = Path(value).resolve().relative_to(trained)
+            except ValueError:
+                continue  # outside the training folder: shared by every folder
+            if (new / relative).exists():
+                options[key] = str(new / relative)
 
 
 def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> None:
