@@ -224,9 +224,10 @@ def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> N
         from metaemb.core.train.component_checks import component
 
         warnings.warn(
-            f"{component(cfg, 'features')} now prepares inputs otherwise than when '{ckpt}' was "
-            f"trained ({first_few(changed, quote=False)}): a changed default of the component? The model "
-            "will see other inputs than it learned from, and its embeddings and scores change. "
-            "Install the plugin version it was trained with, or retrain.",
+            f"{component(cfg, 'features')} now prepares inputs otherwise than when '{ckpt}' "
+            f"was trained ({first_few(changed, quote=False)}): a changed default of the "
+            "component? The model will see other inputs than it learned from, and its "
+            "embeddings and scores change. Install the plugin version it was trained with, or "
+            "retrain.",
             stacklevel=2,
         )

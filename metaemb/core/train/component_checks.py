@@ -268,7 +268,7 @@ def check_loss(loss: Any, config: Config) -> None:
             f"{component(config, 'objective')} returned {_describe(loss)} as its loss; an "
             "objective returns a scalar tensor (e.g. the batch mean)."
         )
-    # a leaf (grad_fn None) that requires grad was made from a number: torch.tensor(x, requires_grad=True)
+    # a leaf that "requires grad" (no grad_fn) was made from a number, weights not involved
     if torch.is_grad_enabled() and (not loss.requires_grad or loss.grad_fn is None):
         raise ConfigError(
             f"{component(config, 'objective')} returned a loss that does not depend on the "
