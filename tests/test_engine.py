@@ -501,3 +501,25 @@ def test_a_hand_edited_config_toml_is_said_to_be_rewritten(faces, tmp_path, caps
     assert config.read_text() == original
     code, out, _ = run_cli(args, capsys)  # unedited: nothing to say
     assert code == 0 and "edited by hand" not in out
+
+
+def test_a_teacher_trained_on_another_frontend_is_refused(tiny_face_run, tmp_path):
+    """A teacher trained on aligned crops was fed the student's unaligned images, silently."""
+    import torch
+
+    from metaemb.core.config import from_dict
+    from metaemb.core.plugin.components import build
+    from metaemb.core.train.teacher import build_teacher
+
+    _, run = tiny_face_run
+    state = load_checkpoint(run / "best.pt")
+    student = from_dict(state["config"])
+    state["config"]["model"]["frontend"] = "align"
+    state["config"]["frontend"] = {"crop_size": 32}
+    torch.save(state, tmp_path / "teacher.pt")
+    student.train.objective, student.train.teacher = "distill", str(tmp_path / "teacher.pt")
+    objective = build("objectives", "distill", {})
+    with pytest.raises(ConfigError, match=r"frontend 'align' .*--set model.frontend=align"):
+        build_teacher(student, objective, torch.device("cpu"))
+    student.train.teacher = str(run / "best.pt")  # the same pipeline: fine
+    assert build_teacher(student, objective, torch.device("cpu")) is not None

@@ -46,6 +46,20 @@ def build_teacher(
             f"{tcfg.options('features')}; the student uses '{config.model.features}' "
             f"{config.options('features')}. Distillation needs the same input pipeline."
         )
+    if (tcfg.model.frontend, tcfg.options("frontend")) != (
+        config.model.frontend,
+        config.options("frontend"),
+    ):
+        sets = " ".join(
+            [f"--set model.frontend={tcfg.model.frontend}"]
+            + [f"--set frontend.{k}={v}" for k, v in sorted(tcfg.options("frontend").items())]
+        )
+        raise ConfigError(
+            f"teacher '{config.train.teacher}' was trained on inputs of frontend "
+            f"'{tcfg.model.frontend}' {tcfg.options('frontend')}; the student uses "
+            f"'{config.model.frontend}' {config.options('frontend')}, so the teacher would see "
+            f"inputs it never learned from. Give the student the teacher's frontend ({sets})."
+        )
     if loaded.model.head.output != "point":
         raise ConfigError(
             f"teacher '{config.train.teacher}' gives Gaussian meta-embeddings (head "
