@@ -170,3 +170,25 @@ def test_triplets_follow_the_vggface2_split(tmp_path, capsys):
     args[args.index("split=train")] = "split=nope"
     code, _, err = helpers.run_cli(args, capsys)
     assert code == 2 and "split must be 'train' or 'test'" in err
+
+
+def test_triplet_lists_with_duplicates_repeated_files_or_wrong_identities_are_warned_about(
+    tmp_path,
+):
+    """A triplet listed 11 times, a positive equal to its anchor or from another identity moved
+    the match accuracy silently; pair lists were already checked this way."""
+    import warnings
+
+    clean = ["a/1.png a/2.png b/1.png", "b/1.png b/2.png a/1.png"]
+    (tmp_path / "ok.txt").write_text("\n".join(clean) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_triplets(tmp_path / "ok.txt")
+    bad = [*clean, clean[0], "a/1.png a/1.png b/2.png", "a/1.png b/2.png b/1.png"]
+    (tmp_path / "bad.txt").write_text("\n".join(bad) + "\n")
+    with pytest.warns(UserWarning) as seen:
+        read_triplets(tmp_path / "bad.txt")
+    text = str(seen[0].message)
+    assert "1 duplicated triplet(s)" in text
+    assert "1 triplet(s) naming one file twice (e.g. a/1.png a/1.png b/2.png)" in text
+    assert "1 triplet(s) whose positive is not of the anchor's identity" in text

@@ -8,8 +8,9 @@ anchor scores higher with its positive than with its negative (ties count as err
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,35 @@ def read_triplets(path: str | Path, root: Path | None = None) -> list[Triplet]:
         out.append(Triplet(*(safe_path(p, root, where) for p in f)))
     if not out:
         raise DataError(f"triplet list '{path}' holds no triplets.")
+    warn_triplet_problems(out, str(path))
     return out
+
+
+def warn_triplet_problems(
+    triplets: Sequence[Triplet], where: str, identity=first_component
+) -> None:
+    """Warn, as for pair lists, about triplets listed twice (they count twice), triplets that
+    repeat a file (a sample against itself) and triplets whose positive is of another identity
+    or whose negative is of the anchor's (by the first path component, the identity folder)."""
+    problems = []
+    repeated = len(triplets) - len(set(triplets))
+    if repeated:
+        problems.append(f"{repeated} duplicated triplet(s), which count twice")
+    same_file = [t for t in triplets if len({t.anchor, t.positive, t.negative}) < 3]
+    if same_file:
+        problems.append(f"{len(same_file)} triplet(s) naming one file twice (e.g. "
+                        f"{' '.join(astuple(same_file[0]))})")  # fmt: skip
+    wrong = [t for t in triplets if identity(t.anchor) != identity(t.positive)
+             or identity(t.anchor) == identity(t.negative)]  # fmt: skip
+    if wrong:
+        problems.append(f"{len(wrong)} triplet(s) whose positive is not of the anchor's identity "
+                        f"folder or whose negative is (e.g. {' '.join(astuple(wrong[0]))})")  # fmt: skip
+    if problems:
+        warnings.warn(
+            f"{where}: {'; '.join(problems)}. The match accuracy counts them as listed; fix the "
+            "list (metaemb trials make --triplets N writes a clean one).",
+            stacklevel=2,
+        )
 
 
 def triplet_coverage(triplets: Sequence[Triplet], identity=first_component) -> dict[str, Any]:
