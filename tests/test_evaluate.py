@@ -621,14 +621,11 @@ def test_a_scorer_whose_pair_and_matrix_scores_disagree_is_refused(lfw, tmp_path
 
 def test_validation_warns_about_a_scorer_of_reversed_polarity():
     """During training the same distance scorer showed "EER 50.00 %" every epoch, unexplained."""
-    from metaemb.core.config import resolve
-    from metaemb.core.train.validation import warn_reversed_scores
-
-    cfg = resolve("face")
+    label = "scorer 'cosine' (plugin 'core')"
     labels = torch.tensor([1] * 50 + [0] * 50)
     close = torch.cat([torch.rand(50), 1 + torch.rand(50)])  # targets low: a distance
     with pytest.warns(UserWarning, match=r"scorer 'cosine' \(plugin 'core'\) gives the validation"):
-        warn_reversed_scores(close, labels, cfg)
+        metrics.warn_if_reversed(label, close, labels, "the validation's ")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_reversed_scores(-close, labels, cfg)  # a similarity: silent
+        metrics.warn_if_reversed(label, -close, labels, "the validation's ")  # a similarity: silent

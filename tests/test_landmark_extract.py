@@ -31,10 +31,25 @@ class BrightnessSource(LandmarkSource):
         return Landmarks("ok", pts, faces=1)
 
 
+class Dlib5Source(BrightnessSource):
+    """The stand-in detector, giving its points in dlib's 5-point order."""
+
+    def __call__(self, image, path, root):
+        found = super().__call__(image, path, root)
+        return Landmarks(found.outcome, found.points, faces=found.faces, scheme="dlib5")
+
+
+class NoFaceSource(BrightnessSource):
+    def __call__(self, image, path, root):
+        return Landmarks("no_face")
+
+
 class FakePlugin:
     @metaemb.hookimpl
     def register_landmark_sources(self, register):
         register("brightness", BrightnessSource, description="test source")
+        register("dlib5-like", Dlib5Source, description="test source, dlib's point order")
+        register("noface", NoFaceSource, description="test source that never finds a face")
 
 
 def test_landmarks_command_writes_csv_and_hdf5_read_back(tmp_path, capsys):
@@ -94,20 +109,6 @@ def test_landmarks_refuses_an_unknown_file_type(tmp_path, capsys):
     assert code == 2 and ".csv or .h5" in err
 
 
-class Dlib5Source(BrightnessSource):
-    """The stand-in detector, giving its points in dlib's 5-point order."""
-
-    def __call__(self, image, path, root):
-        found = super().__call__(image, path, root)
-        return Landmarks(found.outcome, found.points, faces=found.faces, scheme="dlib5")
-
-
-class Dlib5Plugin:
-    @metaemb.hookimpl
-    def register_landmark_sources(self, register):
-        register("dlib5-like", Dlib5Source, description="test source")
-
-
 def test_landmarks_in_dlib_order_are_read_back_in_dlib_order(tmp_path, capsys):
     """`metaemb landmarks --set points=5` gives dlib's 5 points (eye corners, nose base); read
     back as MTCNN points (eyes, nose tip, mouth corners) they aligned faces sideways, silently."""
@@ -117,7 +118,7 @@ def test_landmarks_in_dlib_order_are_read_back_in_dlib_order(tmp_path, capsys):
     data = helpers.demo_faces(
         tmp_path / "faces", identities=2, images_per_identity=2, image_size=32
     )
-    with plugins.plugin_registered(Dlib5Plugin(), "dlib5like"):
+    with plugins.plugin_registered(FakePlugin(), "fakelandmarks"):
         suffixes = [".csv"] + ([".h5"] if importlib.util.find_spec("h5py") else [])
         for suffix in suffixes:
             out = tmp_path / f"lm{suffix}"
@@ -138,17 +139,6 @@ def test_landmarks_in_dlib_order_are_read_back_in_dlib_order(tmp_path, capsys):
         both.table()
 
 
-class NoFaceSource(BrightnessSource):
-    def __call__(self, image, path, root):
-        return Landmarks("no_face")
-
-
-class NoFacePlugin:
-    @metaemb.hookimpl
-    def register_landmark_sources(self, register):
-        register("noface", NoFaceSource, description="test source")
-
-
 def test_no_face_found_anywhere_leaves_an_existing_landmark_file_alone(tmp_path, capsys):
     """Another dataset's landmark file was replaced by a header-only file, with exit code 0."""
     data = helpers.demo_faces(
@@ -157,7 +147,7 @@ def test_no_face_found_anywhere_leaves_an_existing_landmark_file_alone(tmp_path,
     out = tmp_path / "curated.csv"
     out.write_text((data / "landmarks.csv").read_text())
     kept = out.read_bytes()
-    with plugins.plugin_registered(NoFacePlugin(), "nofaceplugin"):
+    with plugins.plugin_registered(FakePlugin(), "fakelandmarks"):
         args = ["landmarks", data, "--out", out, "--source", "noface", "--workers", "0"]
         code, text, err = helpers.run_cli(args, capsys)
     assert code != 0

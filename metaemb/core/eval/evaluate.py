@@ -302,7 +302,8 @@ class Evaluation:
             scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)
         )
         scores = embedded.score(scorer, evals.trials)
-        _warn_reversed(scorer, self.scorer_name or cfg.eval.scorer, scores, labels)
+        label = _described(scorer, self.scorer_name or cfg.eval.scorer)
+        metrics.warn_if_reversed(label, scores.numpy(), labels.numpy())
         result: dict[str, Any] = {
             "trials": evals.name,
             "trials_source": evals.source,
@@ -465,19 +466,3 @@ def _warn_overlap(cal: Any, evals: Any) -> None:
 
 def _described(scorer: Any, name: str) -> str:
     return getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
-
-
-def _warn_reversed(scorer: Any, name: str, scores: torch.Tensor, labels: torch.Tensor) -> None:
-    """Warn when target trials score mostly below non-target ones: the scorer probably gives a
-    distance (lower = same identity), and the EER, capped at 50 %, would only look like chance."""
-    if not (labels == 1).any() or not (labels == 0).any():
-        return
-    area = metrics.reversed_auc(scores[labels == 1].numpy(), scores[labels == 0].numpy())
-    if area is not None:
-        label = _described(scorer, name)
-        warnings.warn(
-            f"{label} gives target trials lower scores than non-target trials (AUC {area:.2f}, "
-            "chance 0.50): it may score a distance (lower for the same identity), but scores "
-            "must be higher for the same identity (negate them).",
-            stacklevel=2,
-        )

@@ -275,6 +275,25 @@ def reversed_auc(tar: Any, non: Any) -> float | None:
     return area if area < min(0.45, 0.5 - 3 * chance_se) else None
 
 
+def warn_if_reversed(scorer_label: str, scores: Any, labels: Any, whose: str = "") -> None:
+    """Warn when target trials score mostly below non-target ones (`reversed_auc`): the scorer
+    probably gives a distance (lower = same identity), and the EER, capped at 50 %, would only
+    look like chance. `whose` qualifies the trials in the message ("the validation's ")."""
+    import warnings
+
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if not (labels == 1).any() or not (labels == 0).any():
+        return
+    area = reversed_auc(scores[labels == 1], scores[labels == 0])
+    if area is not None:
+        warnings.warn(
+            f"{scorer_label} gives {whose}target trials lower scores than non-target trials "
+            f"(AUC {area:.2f}, chance 0.50): it may score a distance (lower for the same "
+            "identity), but scores must be higher for the same identity (negate them).",
+            stacklevel=3,
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # the standard verification report
 

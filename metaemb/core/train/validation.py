@@ -154,7 +154,8 @@ class Validator:
             )
         if not self._checked_polarity:  # once a run, as `evaluate` warns on every list
             self._checked_polarity = True
-            warn_reversed_scores(scores, torch.as_tensor(trials.labels), self.config)
+            label = component(self.config, "scorer")
+            metrics.warn_if_reversed(label, scores.cpu().numpy(), trials.labels, "the validation's ")
         return report(scores, trials.labels, self.config.eval.p_targets)
 
     def baseline(self, path: Path, extract: Callable[..., Any], device: torch.device) -> dict:
@@ -258,20 +259,3 @@ class _Reindexed:
 
     def __getitem__(self, idx: Tensor) -> Any:
         return self.emb[self.pos[idx]]
-
-
-def warn_reversed_scores(scores: Tensor, labels: Tensor, config: Any) -> None:
-    """A scorer giving target trials lower scores than non-target ones probably scores a
-    distance; its EER, capped at 50 %, would read as a model at chance."""
-    if not (labels == 1).any() or not (labels == 0).any():
-        return
-    tar, non = scores[labels == 1].double().numpy(), scores[labels == 0].double().numpy()
-    area = metrics.reversed_auc(tar, non)
-    if area is not None:
-        warnings.warn(
-            f"{component(config, 'scorer')} gives the validation's target trials lower scores "
-            f"than its non-target trials (AUC {area:.2f}, chance 0.50): it may score a distance "
-            "(lower for the same identity), but scores must be higher for the same identity "
-            "(negate them).",
-            stacklevel=2,
-        )
