@@ -155,7 +155,9 @@ class Validator:
         if not self._checked_polarity:  # once a run, as `evaluate` warns on every list
             self._checked_polarity = True
             label = component(self.config, "scorer")
-            metrics.warn_if_reversed(label, scores.cpu().numpy(), trials.labels, "the validation's ")
+            metrics.warn_if_reversed(
+                label, scores.cpu().numpy(), trials.labels, "the validation's "
+            )
         return report(scores, trials.labels, self.config.eval.p_targets)
 
     def baseline(self, path: Path, extract: Callable[..., Any], device: torch.device) -> dict:
