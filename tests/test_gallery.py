@@ -439,3 +439,35 @@ def test_gme_results_file_and_table(tmp_path):
     text = console.export_text()
     assert "P(new)" in text and "1 more probes" in text and "LLR ≥ 0" in text
     assert f"{float(res.p_new[0]):.1%}" in text and "rank_1" in text
+
+
+def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):
+    """Folder names may hold a comma or end in a blank; --identities (split at commas, trimmed)
+    cannot name them, --identities-file (one per line, exact) can, for enroll and unenroll."""
+    import shutil
+
+    enroll, _, run = trained
+    data = tmp_path / "data"
+    odd = ["Smith, John", "trailing ", "id0002"]
+    for name, src in zip(odd, ("id0000", "id0001", "id0002"), strict=True):
+        shutil.copytree(enroll / src, data / name)
+    shutil.copy(enroll / "landmarks.csv", data / "landmarks.csv")
+    names = tmp_path / "names.txt"
+    names.write_text("Smith, John\ntrailing \n", encoding="utf-8")
+    path = tmp_path / "g.pt"
+    args = ["enroll", run, "--gallery", path, "--data", data, "--workers", "0"]
+    code, _, err = run_cli([*args, "--identities-file", names], capsys)
+    assert code == 0, err
+    assert Gallery.load(path).identities == ["Smith, John", "trailing "]
+    code, _, err = run_cli([*args, "--identities", "Smith, John"], capsys)  # split at the comma
+    assert code == 2 and "'Smith' has no folder" in err
+    names.write_text("trailing \n", encoding="utf-8")
+    code, out, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)
+    assert code == 0, err
+    assert Gallery.load(path).identities == ["Smith, John"]
+    code, _, err = run_cli(["unenroll", "--gallery", path], capsys)
+    assert code == 2 and "--identities-file" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    code, _, err = run_cli([*args, "--identities-file", empty], capsys)
+    assert code == 2 and "names no identity" in err

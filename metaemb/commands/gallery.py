@@ -339,6 +339,31 @@ def print_results(out: Console, ident: Identification, show: int) -> None:
         out.print(m)
 
 
+def identity_names(identities: str | None, identities_file: Path | None) -> list[str] | None:
+    """The names `--identities A,B` (trimmed, split at commas) and `--identities-file FILE` (one
+    per line, exactly as written, for names holding a comma or blanks) give; None when neither."""
+    from metaemb.core.errors import MetaembError
+
+    if identities is None and identities_file is None:
+        return None
+    names = [s.strip() for s in identities.split(",") if s.strip()] if identities else []
+    if identities is not None and not names:
+        raise MetaembError(
+            f"--identities {identities!r} names no identity; give names separated by ',' (a name "
+            "holding a comma or blanks goes in --identities-file, one per line)."
+        )
+    if identities_file is not None:
+        try:
+            text = identities_file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
+        from_file = [line for line in text.splitlines() if line != ""]
+        if not from_file:
+            raise MetaembError(f"--identities-file '{identities_file}' names no identity.")
+        names += from_file
+    return names
+
+
 # -- commands -----------------------------------------------------------------------------------
 def enroll(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint (.pt)")],
@@ -347,18 +372,15 @@ def enroll(
     identities: Annotated[
         str | None, typer.Option(help="comma-separated identities to enroll (default: all)")
     ] = None,
+    identities_file: Annotated[
+        Path | None,
+        typer.Option(help="a text file of identities to enroll, one per line, taken exactly"),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
-    names = [s.strip() for s in identities.split(",") if s.strip()] if identities else None
-    if identities is not None and not names:
-        from metaemb.core.errors import MetaembError
-
-        raise MetaembError(
-            f"--identities {identities!r} names no identity; give names separated by ',' (or "
-            "leave the option out to enroll every identity of DATA)."
-        )
+    names = identity_names(identities, identities_file)
     done = enroll_folder(checkpoint, gallery, data, names, device=device, workers=workers)
     table = Table(title=f"enrolled into {escape(str(gallery))}")
     for col in ("identity", "added", "enrolled"):
@@ -372,7 +394,13 @@ def enroll(
 
 def unenroll(
     gallery: Annotated[Path, typer.Option(help="gallery file written by `metaemb enroll`")],
-    identities: Annotated[str, typer.Option(help="comma-separated identities to remove")],
+    identities: Annotated[
+        str | None, typer.Option(help="comma-separated identities to remove")
+    ] = None,
+    identities_file: Annotated[
+        Path | None,
+        typer.Option(help="a text file of identities to remove, one per line, taken exactly"),
+    ] = None,
 ) -> None:
     """Remove identities (and all their samples) from a gallery file."""
     from metaemb.core.deploy.gallery import Gallery
@@ -380,9 +408,11 @@ def unenroll(
     from metaemb.core.paths import ensure_writable
     from metaemb.core.runs import FileLock
 
-    names = [s.strip() for s in identities.split(",") if s.strip()]
-    if not names:
-        raise GalleryError(f"--identities {identities!r} names no identity.")
+    names = identity_names(identities, identities_file)
+    if names is None:
+        raise GalleryError(
+            "name the identities to remove: --identities A,B or --identities-file FILE."
+        )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise GalleryError(f"--identities names {', '.join(map(repr, twice))} more than once.")
