@@ -95,6 +95,27 @@ def test_bad_landmark_files_name_file_and_line(tmp_path):
         read_landmark_file(bad)
 
 
+def test_keys_spelled_with_dot_slash_doubled_slashes_or_absolute_paths_find_their_sample(tmp_path):
+    """`./id/x.png`, `id//x.png`, `id\\x.png` and `<root>/id/x.png` all name the sample
+    `id/x.png` (they used to be reported as missing without a cause); two spellings of one image
+    with other points are a contradiction."""
+    flat = ",".join(f"{v}" for v in PTS.reshape(-1))
+    lm = tmp_path / "lm.csv"
+    rows = ["./a/1.png", "a//2.png", "a\\3.png", f"{tmp_path}/a/4.png", "b/../a/5.png"]
+    lm.write_text("".join(f"{r},{flat}\n" for r in rows))
+    src = FileLandmarks(root=tmp_path, landmarks_file="lm.csv")
+    for i in range(1, 6):
+        found = src(None, f"a/{i}.png", tmp_path)
+        assert found.outcome == "ok" and np.array_equal(found.points, PTS), i
+    assert src(None, "a/6.png", tmp_path).outcome == "missing"
+    js = tmp_path / "lm.json"
+    js.write_text(json.dumps({"./a/1.png": PTS.tolist()}))
+    assert set(read_landmark_file(js)) == {"a/1.png"}
+    lm.write_text(f"./a/1.png,{flat}\na/1.png,{flat.replace('10', '11', 1)}\n")
+    with pytest.raises(DataError, match=r"'./a/1.png' and 'a/1.png' name the same image"):
+        read_landmark_file(lm)
+
+
 # -- the cache ---------------------------------------------------------------------------------
 def test_cache_is_hit_on_the_second_run_and_recomputes_a_changed_file(tmp_path):
     root, cache_dir = tmp_path / "data", tmp_path / "cache"

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,8 +144,32 @@ def read_landmark_file(path: str | Path) -> dict[str, np.ndarray]:
     if path.suffix.lower() in HDF5_SUFFIXES:
         from metaemb.plugins.vision.landmark_h5 import read_h5
 
-        return read_h5(path)
-    return _read_json(path) if path.suffix.lower() == ".json" else _read_csv(path)
+        raw = read_h5(path)
+    else:
+        raw = _read_json(path) if path.suffix.lower() == ".json" else _read_csv(path)
+    return _normalised_keys(raw, path)
+
+
+def normalise_key(key: str) -> str:
+    """A landmark key as samples are named: `/` separators, no `./`, `//` or `a/../`
+    (`./id/x.png` and `id//x.png` name the sample `id/x.png`)."""
+    key = posixpath.normpath(key.replace("\\", "/"))
+    return "" if key == "." else key
+
+
+def _normalised_keys(table: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    spelled: dict[str, str] = {}
+    for key, pts in table.items():
+        norm = normalise_key(key)
+        if norm in out and not np.array_equal(out[norm], pts):
+            raise DataError(
+                f"landmark file '{path}': '{spelled[norm]}' and '{key}' name the same image "
+                f"('{norm}') with other points; keep one entry per image."
+            )
+        out[norm] = pts
+        spelled.setdefault(norm, key)
+    return out
 
 
 def recorded_scheme(path: str | Path) -> str | None:
@@ -213,12 +238,27 @@ class FileLandmarks(LandmarkSource):
             try:
                 files = self.files()
                 for f in files:
-                    table.update(read_landmark_file(f))
+                    table.update(self._relative_to_root(read_landmark_file(f)))
                 self.scheme = self._files_scheme(files)
             except DataError as exc:  # the table, not the sample that first needed it
                 raise DatasetError(str(exc)) from None
             self._table = table
         return self._table
+
+    def _relative_to_root(self, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Absolute keys inside the data root become relative ones, as samples are named."""
+        if self.root is None or not any(k.startswith("/") for k in table):
+            return table
+        root = posixpath.normpath(self.root.resolve().as_posix())
+        plain = posixpath.normpath(self.root.absolute().as_posix())
+        out = {}
+        for key, pts in table.items():
+            for base in (root, plain):
+                if key.startswith(base + "/"):
+                    key = key[len(base) + 1 :]
+                    break
+            out[key] = pts
+        return out
 
     def _files_scheme(self, files: list[Path]) -> str:
         """The order of the files' points: the one they record, else `scheme`."""
