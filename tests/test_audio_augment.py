@@ -166,6 +166,22 @@ def test_spec_augment_masks_cover_the_requested_bands():
     assert fmask.any() and tmask.any()
 
 
+def test_spec_augment_time_masks_leave_most_of_a_short_utterance():
+    """A time mask covers at most time_max_fraction of its utterance's valid frames: 10-frame
+    masks used to blank out utterances of a few frames entirely."""
+    aug = SpecAugment(p=1.0, freq_masks=0, time_masks=2, time_width=10, time_max_fraction=0.2)
+    lengths = torch.tensor([4, 12, 30, 200])
+    torch.manual_seed(0)
+    for _ in range(50):
+        _, tmask = aug.masks(torch.randn(4, 20, 200), lengths)
+        for row, n in enumerate(lengths.tolist()):
+            assert int(tmask[row].sum()) <= 2 * int(n * 0.2)
+            assert not tmask[row, n:].any()
+    assert tmask[3].any()  # long utterances still get the full width
+    with pytest.raises(ConfigError, match="time_max_fraction"):
+        SpecAugment(time_max_fraction=0.0)
+
+
 def test_telephone_band_limits():
     t = 16000
     time = torch.arange(t) / SR

@@ -462,7 +462,7 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     code, _, err = run_cli([*args, "--identities", "Smith, John"], capsys)  # split at the comma
     assert code == 2 and "'Smith' has no folder" in err
     names.write_text("trailing \n", encoding="utf-8")
-    code, out, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)
+    code, _, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)
     assert code == 0, err
     assert Gallery.load(path).identities == ["Smith, John"]
     code, _, err = run_cli(["unenroll", "--gallery", path], capsys)

@@ -81,8 +81,12 @@ def full_options(chosen: list[str], options: dict[str, dict[str, Any]]) -> dict[
     """Every option of the chosen augmentations, defaults included (for the run hash)."""
     out = {}
     for name in chosen:
-        defaults = {k: o.default for k, o in options_of(registry(KIND).get(name)).items()}
+        factory = registry(KIND).get(name)
+        defaults = {k: o.default for k, o in options_of(factory).items()}
         out[name] = {**defaults, **options.get(name, {})}
+        for key, value in (getattr(factory, "hash_neutral", None) or {}).items():
+            if out[name].get(key, value) == value:  # an option added later, at its old behaviour
+                out[name].pop(key, None)
     return out
 
 

@@ -2,9 +2,13 @@
 [N, F, T]: up to `freq_masks` bands of up to `freq_width` bins and up to `time_masks` spans of up
 to `time_width` frames (inside each utterance's valid frames) are set to `value` (0: the mean
 after CMN). WeSpeaker's defaults: one mask of each, ≤ 8 bins and ≤ 10 frames, probability 0.6.
+A time mask also covers at most `time_max_fraction` of its utterance's valid frames (the paper's
+upper bound p; torchaudio's `TimeMasking(p=…)`), so a short utterance is never blanked out.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -33,6 +37,7 @@ class SpecAugment(Augmentation):
 
     stage = "features"
     accepts = FEATURE_MATRIX
+    hash_neutral: ClassVar[dict[str, float]] = {"time_max_fraction": 1.0}  # before the option
 
     def __init__(
         self,
@@ -42,16 +47,23 @@ class SpecAugment(Augmentation):
         time_masks: int = 1,
         time_width: int = 10,
         value: float = 0.0,
+        time_max_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0 or min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise ConfigError(
                 "augment.specaugment needs p in [0, 1] and non-negative mask counts and widths."
             )
+        if not 0.0 < time_max_fraction <= 1.0:
+            raise ConfigError(
+                f"augment.specaugment.time_max_fraction = {time_max_fraction}: give the largest "
+                "share of an utterance one time mask may cover, in (0, 1]."
+            )
         self.p = float(p)
         self.freq = (int(freq_masks), int(freq_width))
         self.time = (int(time_masks), int(time_width))
         self.value = float(value)
+        self.time_max_fraction = float(time_max_fraction)
 
     def draw(self, n: int, count: int, width: int, limit: Tensor) -> tuple[Tensor, Tensor]:
         """Random [n, count] starts and widths (0 … width) of bands inside [0, limit)."""
@@ -70,6 +82,7 @@ class SpecAugment(Augmentation):
         frames = lengths.to(dev) if lengths is not None else torch.full((n,), t, device=dev)
         fs, fw = self.draw(n, self.freq[0], self.freq[1], torch.full((n,), f, device=dev))
         ts, tw = self.draw(n, self.time[0], self.time[1], frames.long())
+        tw = torch.minimum(tw, (frames * self.time_max_fraction).floor().long()[:, None])
         fmask = band_mask(f, fs, fw * chosen[:, None]) if self.freq[0] else torch.zeros(n, f)
         tmask = band_mask(t, ts, tw * chosen[:, None]) if self.time[0] else torch.zeros(n, t)
         return fmask.to(dev, torch.bool), tmask.to(dev, torch.bool)
