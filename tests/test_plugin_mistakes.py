@@ -464,6 +464,15 @@ def test_registration_mistakes_are_named():
         def register_sample_folders(self, register):
             register("no-word", NoWord)
 
+    class QuotedDefault(ConvNet):
+        def __init__(self, in_channels: int = 3, width: int = "64") -> None:  # type: ignore[assignment]
+            super().__init__(in_channels, int(width))
+
+    class QuotedDefaults:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("quoted", QuotedDefault)
+
     cases = [
         (
             BadFolders(),
@@ -479,6 +488,12 @@ def test_registration_mistakes_are_named():
             r"registered modality 'fm' as function.*Modal",
         ),
         (Twice(), "twice-plugin", "backbones", "'twice-plugin' registers backbone 'twice' tw"),
+        (
+            QuotedDefaults(),
+            "quoted-plugin",
+            "backbones",
+            r"backbone 'quoted' whose option 'width' defaults to '64', which is not a value of",
+        ),
     ]
     for plugin, name, kind, pattern in cases:
         plugins.reset()
@@ -752,6 +767,32 @@ def test_a_modality_choosing_an_unknown_component_is_named():
         resolve("typo", sets=["model.backbone=resnet18"])  # the user's choice replaces it
         with pytest.raises(UnknownComponentError, match="unknown backbone 'resnet19'"):
             resolve("typo", sets=["model.backbone=resnet19"])  # the user's typo: as before
+
+
+def test_modality_options_for_a_misspelt_component_or_section_are_named():
+    """Options are keyed by component name and apply only when it is chosen: options for
+    'resnet81' or a section 'backbones' would never apply, without a word."""
+
+    def modality(name: str, options: dict) -> Modality:
+        return Modality(name=name, description="", sample_folder="image", features="image",
+                        backbone="resnet18", options=options)  # fmt: skip
+
+    class Typos:
+        @metaemb.hookimpl
+        def register_modalities(self, register):
+            register("opt1", modality("opt1", {"backbone": {"resnet81": {"width": 8}}}))
+            register("opt2", modality("opt2", {"backbones": {"resnet18": {"width": 8}}}))
+            register("opt3", modality("opt3", {"backbone": {"resnet18": {}, "*": {}}}))
+
+    with plugins.plugin_registered(Typos(), "typos-plugin"):
+        with pytest.raises(ConfigError, match=r"modality 'opt1' \(plugin 'typos-plugin'\) sets "
+                           r"options for backbone 'resnet81', which is not registered.*"
+                           r"'resnet18'"):  # fmt: skip
+            resolve("opt1")
+        with pytest.raises(ConfigError, match=r"section 'backbones', which names no component "
+                           r"kind; did you mean 'backbone'"):  # fmt: skip
+            resolve("opt2")
+        resolve("opt3")
 
 
 # -- mistakes in the other training components (heads, samplers, augmentations, objectives,

@@ -111,6 +111,29 @@ def test_failing_plugin_is_reported_and_skipped(monkeypatch):
     assert "resnet18" in plugins.registry("backbones")  # the others still work
 
 
+def test_a_plugin_implementing_no_hook_is_warned_about(monkeypatch):
+    """Functions without `@metaemb.hookimpl` are invisible to pluggy: the plugin registered
+    nothing, without a word."""
+    import types
+
+    module = types.ModuleType("metaemb_undecorated_xyz")
+
+    def register_backbones(register):  # the decorator is missing
+        raise AssertionError("never called")
+
+    module.register_backbones = register_backbones
+    _fake_entry_point(monkeypatch, "undecorated", "metaemb_undecorated_xyz", module)
+    plugins.reset()
+    with pytest.warns(UserWarning, match=r"plugin 'undecorated' \(metaemb_undecorated_xyz\) "
+                      r"implements no metaemb hook.*register_backbones without `@metaemb.hookimpl"):  # fmt: skip
+        plugins.state()
+    plugins.reset()
+    monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="implements no metaemb hook"):
+        plugins.state()
+    plugins.reset()
+
+
 def test_strict_mode_makes_a_failing_plugin_fatal(monkeypatch):
     monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
     _fake_entry_point(monkeypatch, "broken", "metaemb_broken_plugin_xyz", None)

@@ -28,7 +28,7 @@ from metaemb.core.plugin.components import (
 )
 from metaemb.core.plugin.contract import agree, check_chain
 from metaemb.core.plugin.manager import registry
-from metaemb.core.plugin.modality import Modality
+from metaemb.core.plugin.modality import Modality, check_option_targets
 
 
 @dataclass
@@ -311,6 +311,7 @@ def resolve(
     """Build the resolved Config for a modality from its defaults, a TOML file and --set items,
     then check values, the chosen components' options and the data contract between them."""
     mod: Modality = registry("modalities").get(modality)
+    check_option_targets(mod, registry("modalities").entry(modality).plugin)
     core_defaults, mod_options = _modality_layers(mod)
     layers: list[tuple[str, dict[str, Any]]] = [(f"modality '{modality}' defaults", core_defaults)]
     if base:

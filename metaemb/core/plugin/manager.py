@@ -96,7 +96,27 @@ class PluginState:
                 continue
             dist = getattr(ep, "dist", None)
             self.versions[ep.name] = getattr(dist, "version", None) or "unknown"
+            self.check_implements_something(ep.name, plugin, strict)
         self.check_hook_names(strict)
+
+    def check_implements_something(self, name: str, plugin: object, strict: bool) -> None:
+        """A plugin whose module implements no hook registers nothing: usually its functions
+        lack the `@metaemb.hookimpl` decorator, which pluggy needs to see them."""
+        if self.pm.get_hookcallers(plugin) or hasattr(plugin, "metaemb_hookspecs"):
+            return  # (a plugin may only declare hooks for others)
+        undecorated = sorted(n for n in dir(plugin) if n.startswith("register_"))
+        hint = (
+            f" It defines {', '.join(undecorated)} without `@metaemb.hookimpl` above"
+            if undecorated
+            else " Its entry point should name the module holding the `@metaemb.hookimpl` functions"
+        )
+        message = (
+            f"plugin '{name}' ({getattr(plugin, '__name__', type(plugin).__name__)}) implements "
+            f"no metaemb hook, so it registers nothing.{hint} (docs/plugins.md)"
+        )
+        if strict:
+            raise PluginError(message + ".")
+        warnings.warn(message + "; set METAEMB_STRICT_PLUGINS=1 to make this fatal.", stacklevel=3)
 
     def check_hook_names(self, strict: bool) -> None:
         """A hook implementation whose name no hookspec declares is never called: say so

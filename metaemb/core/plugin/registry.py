@@ -87,6 +87,8 @@ class Registry:
                 )
         if self.kind == "sample_folders":
             _check_sample_folder(name, factory, plugin, info)
+        if self.kind != "modalities":
+            _check_option_defaults(f"{self.singular} '{name}'", factory, plugin)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
     def discard(self, names: list[str]) -> None:
@@ -157,3 +159,26 @@ def _check_sample_folder(name: str, factory: Any, plugin: str, info: dict[str, A
             f"plugin '{plugin}' registered sample folder '{name}' with what={what!r}; `what` is "
             'the word for one sample in messages ("recording", "picture").'
         )
+
+
+def _check_option_defaults(what: str, factory: Any, plugin: str) -> None:
+    """Each option's default must be a value of its own annotation: `size: int = "64"` would
+    pass every run a string that no --set could give (a user's "64" is refused)."""
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.plugin.components import _EMPTY, coerce, options_of
+
+    try:
+        options = options_of(factory)
+    except (TypeError, ValueError):  # no inspectable signature: nothing to check
+        return
+    for key, option in options.items():
+        if option.default is _EMPTY or option.default is None:
+            continue
+        try:
+            coerce(option.default, option.type, f"option '{key}'")
+        except ConfigError as exc:
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} whose option '{key}' defaults to "
+                f"{option.default!r}, which is not a value of its own annotation ({exc}); make "
+                "the default match the type hint."
+            ) from None
