@@ -120,6 +120,30 @@ def test_runs_lists_a_run_with_damaged_checkpoints_as_damaged(tmp_path, faces, c
     assert code == 0 and "damaged" in out
 
 
+def test_runs_reads_the_best_epoch_from_last_pt_when_metrics_lines_are_lost(
+    tmp_path, faces, capsys
+):
+    """A metrics.jsonl that lost the best epoch's line used to show another epoch as best."""
+    runs = tmp_path / "runs"
+    assert train_tiny(faces, runs, "train.epochs=3", capsys=capsys)[0] == 0
+    [run] = list((runs / "face").iterdir())
+    code, out, _ = run_cli(["runs", runs, "--json"], capsys)
+    [full] = json.loads(out)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] != full["best_epoch"]]
+    if full["best_epoch"] == 3:  # the last line: drop another one so there is a gap
+        kept = [ln for ln in lines if json.loads(ln)["epoch"] != 2]
+    (run / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    code, out, err = run_cli(["runs", runs, "--json"], capsys)
+    assert code == 0, err
+    [info] = json.loads(out)
+    assert (info["best_epoch"], info["best"], info["epochs_done"]) == (
+        full["best_epoch"], full["best"], 3,
+    )  # fmt: skip
+    assert info["status"].startswith("complete; metrics.jsonl lacks epoch")
+    assert info["status"].endswith("read from last.pt")
+
+
 def test_plot_passes_over_metrics_lines_that_are_not_epoch_records(tmp_path, faces, capsys):
     runs = tmp_path / "runs"
     assert train_tiny(faces, runs, "train.epochs=2", capsys=capsys)[0] == 0

@@ -58,6 +58,13 @@ def read_run(run_dir: Path) -> RunInfo:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DataError(f"'{run_dir / 'config.toml'}' cannot be read: {exc}") from None
     records = epoch_records(run_dir / "metrics.jsonl")
+    note = ""
+    gaps = _missing_epochs(records)
+    if gaps:  # lines lost (a hand edit, a copy cut short): last.pt keeps every epoch's record
+        history = _checkpoint_history(run_dir / "last.pt")
+        note = f"; metrics.jsonl lacks epoch {', '.join(map(str, gaps[:5]))}"
+        if history:
+            records, note = history, note + ", read from last.pt"
     key = _select_key(cfg)
     scored = [r for r in records if _finite(r.get(key))]
     best = min(scored, key=lambda r: r[key]) if scored else None
@@ -67,6 +74,7 @@ def read_run(run_dir: Path) -> RunInfo:
     damaged = _damaged_checkpoints(run_dir) if done else []
     if damaged:
         status = f"damaged ({', '.join(damaged)} unreadable)"
+    status += note
     return RunInfo(
         path=str(run_dir),
         name=str(cfg.get("name", run_dir.name)),
@@ -107,6 +115,25 @@ def epoch_records(metrics: Path) -> list[dict[str, Any]]:
             record["epoch"] = _int(record["epoch"])
             records.append(record)
     return records
+
+
+def _missing_epochs(records: list[dict[str, Any]]) -> list[int]:
+    """Epochs below the last recorded one that have no record."""
+    have = {r["epoch"] for r in records}
+    return [e for e in range(1, max(have, default=0)) if e not in have]
+
+
+def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
+    """The per-epoch records last.pt keeps (only read when metrics.jsonl has gaps: loading a
+    checkpoint is slow), or [] when it cannot be read."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.runs import load_checkpoint
+
+    try:
+        history = load_checkpoint(last).get("history") or []
+    except (MetaembError, OSError, RuntimeError, ValueError):
+        return []
+    return [r for r in history if isinstance(r, dict) and _int(r.get("epoch")) > 0]
 
 
 def _damaged_checkpoints(run_dir: Path) -> list[str]:
