@@ -249,3 +249,46 @@ def test_a_plugin_command_cannot_replace_a_builtin_one(capsys, monkeypatch):
         code, out, err = helpers.run_cli(["hello"], capsys)
         assert code == 2 and "error: plugin 'clasher' registers command 'train'" in err
         assert "Traceback" not in err and "hello from the plugin" not in out
+
+
+class CrashingCommands:
+    """A plugin whose commands raise: one its own bug, one a MetaembError, one in a sub-app."""
+
+    @metaemb.hookimpl
+    def register_commands(self, app):
+        import typer
+
+        from metaemb.core.errors import DataError
+
+        def boom(count: int = 1) -> None:
+            """Divides by zero."""
+            print(f"count {count}")
+            _ = count / 0
+
+        def worded() -> None:
+            raise DataError("the plugin's own clear message")
+
+        group = typer.Typer()
+        group.command("deep")(boom)
+        app.command("boom")(boom)
+        app.command("worded")(worded)
+        app.add_typer(group, name="crashgroup")
+
+
+def test_a_plugin_commands_own_exception_names_the_plugin(capsys, monkeypatch):
+    """A plugin command's bug used to print metaemb's traceback; it is one message naming the
+    plugin and the command (METAEMB_DEBUG=1 keeps the traceback for its authors)."""
+    monkeypatch.delenv("METAEMB_DEBUG", raising=False)
+    with plugins.plugin_registered(CrashingCommands(), "crasher"):
+        code, out, err = helpers.run_cli(["boom", "--count", "3"], capsys)
+        assert code == 2 and "count 3" in out  # typer still parses the wrapped command's options
+        assert "plugin 'crasher' failed in its command 'boom': ZeroDivisionError" in err
+        assert "Traceback" not in err
+        code, _, err = helpers.run_cli(["crashgroup", "deep"], capsys)
+        assert code == 2 and "command 'deep': ZeroDivisionError" in err
+        code, _, err = helpers.run_cli(["worded"], capsys)
+        assert code == 2 and "error: the plugin's own clear message" in err
+        assert "failed in its command" not in err
+        monkeypatch.setenv("METAEMB_DEBUG", "1")
+        with pytest.raises(ZeroDivisionError):
+            helpers.run_cli(["boom"], capsys)

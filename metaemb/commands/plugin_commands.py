@@ -4,13 +4,18 @@ silently replacing `metaemb train` and the rest: typer keeps the last command of
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from typer.main import get_command_name, solve_typer_info_defaults
 
-from metaemb.core.errors import PluginError
+from metaemb.core.errors import MetaembError, PluginError
 from metaemb.core.plugin.manager import state, strict_mode
 
 
@@ -55,6 +60,46 @@ def add_plugin_commands(app: typer.Typer) -> None:
                     _refuse(plugin, clash[0], owners[clash[0]])
                     continue
                 owners.update(dict.fromkeys(command_names(info), plugin))
+                if not st.is_own(impl.plugin):
+                    _guard(info, plugin)
+
+
+def _guard(info: Any, plugin: str) -> None:
+    """Wrap the callbacks of a plugin's command (or of every command of its sub-app) so that
+    an exception of its own is one message naming the plugin, not a traceback of metaemb."""
+    if isinstance(info, typer.models.CommandInfo):
+        if info.callback is not None:
+            info.callback = _guarded(info.callback, plugin, command_names(info)[0])
+        return
+    inner = info.typer_instance
+    for sub in (*inner.registered_commands, *inner.registered_groups) if inner else ():
+        _guard(sub, plugin)
+
+
+def _guarded(fn: Callable[..., Any], plugin: str, name: str) -> Callable[..., Any]:
+    passthrough: tuple[type[BaseException], ...] = (MetaembError, typer.Exit, typer.Abort)
+    for module, names in (("typer.exceptions", ("TyperException",)),
+                          ("click.exceptions", ("ClickException", "Exit", "Abort"))):  # fmt: skip
+        with contextlib.suppress(ImportError):  # typer ≥ 0.2x has its own, older ones click's
+            found = importlib.import_module(module)
+            passthrough += tuple(getattr(found, n) for n in names if hasattr(found, n))
+
+    @functools.wraps(fn)  # typer reads the wrapped function's parameters
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except passthrough:
+            raise
+        except Exception as exc:
+            if os.environ.get("METAEMB_DEBUG"):
+                raise
+            raise PluginError(
+                f"plugin '{plugin}' failed in its command '{name}': {type(exc).__name__}: {exc}. "
+                "This is a bug of the plugin, not of your input: report it to its authors "
+                "(METAEMB_DEBUG=1 shows the traceback)."
+            ) from exc
+
+    return run
 
 
 def _refuse(plugin: str, name: str, owner: str) -> None:
