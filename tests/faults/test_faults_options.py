@@ -6,6 +6,7 @@ listed as complete, a triplet measure given pairs, and a logit teacher of other 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -498,3 +499,19 @@ def test_a_sample_file_given_twice_is_refused(tmp_path, faces, face_run, capsys)
     expect_error(["embed", face_run, probe, probe, "--out", tmp_path / "e.pt"], capsys,
                  "is given twice")  # fmt: skip
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_a_worker_count_far_above_the_cores_is_refused(tmp_path, faces, face_run, capsys):
+    """`--workers 1000` (a typo for 10) started a thousand processes."""
+    from metaemb.core.data.dataset import WORKERS_PER_CORE, check_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert check_workers(WORKERS_PER_CORE * cores) == WORKERS_PER_CORE * cores
+    big = str(WORKERS_PER_CORE * cores + 1)
+    for args in (
+        ["train", "--modality", "face", "--data", faces, "--runs", tmp_path / "runs"],
+        ["embed", face_run, faces, "--out", tmp_path / "e.npz"],
+        ["landmarks", faces, "--out", tmp_path / "l.csv"],
+    ):
+        expect_error([*args, "--workers", big], capsys, f"--workers {big}", "CPU cores")
+    assert not (tmp_path / "e.npz").exists() and not (tmp_path / "runs").exists()

@@ -226,6 +226,25 @@ def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Ten
     return batch, lengths
 
 
+WORKERS_PER_CORE = 4  # DataLoader processes that still make sense per CPU core (I/O waits)
+
+
+def check_workers(workers: int) -> int:
+    """`workers`, refused when it is far above what the machine can run: `--workers 1000` (a
+    typo) started a thousand processes, each with a copy of the dataset's index."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = WORKERS_PER_CORE * max(1, cores or 1)
+    if workers > limit:
+        raise ConfigError(
+            f"--workers {workers} (data.workers) asks for {workers} data-loading processes on a "
+            f"machine with {cores} CPU cores; use at most {limit} ({WORKERS_PER_CORE} per core), "
+            "or 0 to load in the main process."
+        )
+    return workers
+
+
 def make_loader(
     dataset: PreparedDataset,
     workers: int,
@@ -238,7 +257,7 @@ def make_loader(
     """A DataLoader over `dataset` (ordered batches for evaluation, or a batch sampler);
     `persistent` keeps its workers between iterations (only with workers)."""
     kwargs: dict[str, Any] = dict(
-        num_workers=workers,
+        num_workers=check_workers(workers),
         collate_fn=Collate(dataset.features),
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,

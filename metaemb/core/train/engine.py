@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
-from metaemb.core.data.dataset import EpochLoader, PreparedDataset
+from metaemb.core.data.dataset import EpochLoader, PreparedDataset, check_workers
 from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
@@ -91,7 +91,7 @@ class Trainer:
         if not self.dist.main:
             self.console = Console(quiet=True)
         self.dir = run_dir(runs_root, config)
-        self.workers = config.data.workers if workers is None else workers
+        self.workers = check_workers(config.data.workers if workers is None else workers)
         config.data.workers = self.workers  # config.toml records the count used (not hashed)
         self.callbacks = CallbackList(callbacks)
         self.checkpointer = Checkpointer(self.dir, config.hash(), main=self.dist.main)

@@ -56,6 +56,7 @@ def extract_landmarks(
     workers: int = 2,
 ) -> dict[str, Any]:
     """Detect landmarks for every image of `data` with landmark source `source` → summary."""
+    from metaemb.core.data.dataset import check_workers
     from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
     from metaemb.plugins.vision.frontend import build_source
@@ -70,7 +71,7 @@ def extract_landmarks(
         raise MetaembError(f"landmark file '{out}': use a .csv or .h5 name.")
     images = build("sample_folders", folder, {}, root=Path(data))
     src = build_source(source, Path(data), dict(options or {}), strict=True)
-    loader = DataLoader(_Detect(images, src), batch_size=1, num_workers=workers,
+    loader = DataLoader(_Detect(images, src), batch_size=1, num_workers=check_workers(workers),
                         collate_fn=_first)  # fmt: skip
     rows: list[tuple[str, np.ndarray]] = []
     skipped: list[str] = []
