@@ -8,11 +8,14 @@ over.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -65,6 +68,32 @@ def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None
     return None
 
 
+_deferred: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar(
+    "deferred_renames", default=None
+)
+
+
+@contextlib.contextmanager
+def written_together() -> Iterator[None]:
+    """Inside this block, `atomic_write_bytes` writes and fsyncs each file's temp copy but
+    renames none: they are all renamed when the block ends, in the order written, or all
+    removed when it raises. A set of outputs (metrics, scores, plots) is then replaced as a
+    whole: a disk that fills up half-way leaves the previous set, not new metrics beside old
+    plots."""
+    pending: list[tuple[str, Path]] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _deferred.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
 
@@ -87,7 +116,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pending = _deferred.get()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if is_write_error(exc):

@@ -121,6 +121,40 @@ def test_full_disk_during_a_command_is_a_message(tmp_path, faces, capsys, monkey
     assert out.read_text() == "1 a/1.png b/1.png\n"
 
 
+def test_a_disk_filling_up_during_evaluate_keeps_the_previous_outputs_whole(
+    tmp_path, face_run, faces, capsys, monkeypatch
+):
+    """The disk filled after metrics.json was replaced: new metrics sat beside the previous
+    evaluation's scores and plots. The set is now replaced as a whole or not at all."""
+    out = tmp_path / "eval"
+    args = ["evaluate", face_run, "--data", faces, "--out", out, "--workers", "0"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"metrics.json", "scores.txt"} <= set(before)
+    for p in out.iterdir():  # mark the first set, so a mixture would show
+        p.write_bytes(before[p.name] + b"\n")
+    marked = {p.name: p.read_bytes() for p in out.iterdir()}
+    import metaemb.core.paths as paths
+
+    real_fsync, calls = os.fsync, []
+
+    def fills_up(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second output file of the set
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(paths, "_probe", lambda *a: None)  # the disk fills after the checks
+    monkeypatch.setattr(os, "fsync", fills_up)
+    expect_error(args, capsys, "the disk is full")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == marked  # no temp file left either
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()}["scores.txt"] == before["scores.txt"]
+
+
 def test_evaluate_checks_its_outputs_before_embedding(tmp_path, face_run, capsys, no_embedding):
     (tmp_path / "afile").write_text("x")
     expect_error(

@@ -34,7 +34,7 @@ from metaemb.core.eval.trials import (
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder, Trial
 from metaemb.core.plugin.manager import registry
-from metaemb.core.runs import atomic_write_text
+from metaemb.core.runs import atomic_write_text, written_together
 from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.core.scoring.scorers import check_consistent, score_trials
 from metaemb.core.train import validation
@@ -326,10 +326,12 @@ class Evaluation:
             calibrated = calibration(scores)
             result["calibration"] = calibration.summary
             result["calibrated"] = verification(calibrated, labels, p_targets)
-            write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
-        write_scores(out / "scores.txt", evals.trials, scores.tolist())
-        self._plots(out, scores, calibrated, labels, result)
+        with written_together():  # all new, or (a full disk) all as they were; metrics last
+            if calibrated is not None:
+                write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
+            write_scores(out / "scores.txt", evals.trials, scores.tolist())
+            self._plots(out, scores, calibrated, labels, result)
+            atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         report.print_result(self.console, result)
         self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}", markup=False)
         return result
