@@ -231,6 +231,10 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="data folder (default: the run's)")] = None,
     trials: Annotated[Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, LFW)")] = None,
     protocol: Annotated[str | None, typer.Option(help="lfw, voxceleb, kaldi, …")] = None,
+    protocol_set: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE option of --protocol (e.g. min_age_gap=20), repeatable"),
+    ] = None,
     scorer: Annotated[str | None, typer.Option(help="scorer name (default: the run's)")] = None,
     calibrate: Annotated[
         Path | None, typer.Option(help="trial list of held-out trials to train calibration on")
@@ -281,12 +285,14 @@ def evaluate(
         raise MetaembError("evaluate needs a RUN (directory or checkpoint) or --reference NAME.")
     unused = {"--enroll-samples": enroll_samples is not None and measure != "class",
               "--protocol": protocol is not None and measure != "verification",
+              "--protocol-set": bool(protocol_set) and protocol is None,
               "--calibrate": calibrate is not None and measure != "verification"}  # fmt: skip
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
                                "for --measure class; --protocol and --calibrate for verification "
-                               "pairs): leave it out, or choose the measure it is for.")  # fmt: skip
+                               "pairs; --protocol-set for --protocol): leave it out, or choose "
+                               "the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
 
@@ -300,6 +306,7 @@ def evaluate(
         data=data,
         trials=trials,
         protocol=protocol,
+        protocol_options=protocol_set or [],
         scorer=scorer,
         calibrate=calibrate,
         out=out,

@@ -515,3 +515,33 @@ def test_a_worker_count_far_above_the_cores_is_refused(tmp_path, faces, face_run
     ):
         expect_error([*args, "--workers", big], capsys, f"--workers {big}", "CPU cores")
     assert not (tmp_path / "e.npz").exists() and not (tmp_path / "runs").exists()
+
+
+def test_agedb_on_identity_folders_with_protocol_options(tmp_path, faces, face_run, capsys):
+    """`--protocol agedb` read only flat folders, and its min_age_gap could not be set."""
+    data = tmp_path / "agedb"
+    rows = (faces / "landmarks.csv").read_text().splitlines()
+    out_rows = [rows[0]]
+    for k, row in enumerate(rows[1:]):
+        rel, rest = row.split(",", 1)
+        ident, name = rel.split("/")
+        new = f"{ident}/{k}_{ident}_{20 + 10 * int(name[:3])}_m.png"
+        (data / ident).mkdir(parents=True, exist_ok=True)
+        (data / new).write_bytes((faces / rel).read_bytes())
+        out_rows.append(f"{new},{rest}")
+    (data / "landmarks.csv").write_text("\n".join(out_rows) + "\n")
+    args = ["evaluate", face_run, "--data", data, "--protocol", "agedb", "--workers", "0"]
+    sets = ["--protocol-set", "min_age_gap=20", "--protocol-set", "folds=3"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "e1", *sets], capsys)
+    assert code == 0, err
+    from metaemb.core.eval.trials import read_scores
+    from metaemb.plugins.vision.protocols import parse_agedb_name
+
+    trials, _ = read_scores(tmp_path / "e1" / "scores.txt")
+    gaps = [abs(parse_agedb_name(t.enroll[0]).age - parse_agedb_name(t.test).age)
+            for t in trials if t.label == 1]  # fmt: skip
+    assert gaps and min(gaps) >= 20 and all(t.test.count("/") == 1 for t in trials)
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["folds"] == 3
+    expect_error([*args, "--protocol-set", "min_age_gp=20"], capsys, "did you mean 'min_age_gap'")
+    expect_error(["evaluate", face_run, "--protocol-set", "min_age_gap=20"], capsys,
+                 "--protocol-set")  # fmt: skip

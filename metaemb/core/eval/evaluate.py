@@ -21,7 +21,7 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import DataError, PluginError, first_few
+from metaemb.core.errors import ConfigError, DataError, PluginError, first_few
 from metaemb.core.eval import leakage, metrics, report
 from metaemb.core.eval.trials import (
     check_scorable,
@@ -89,6 +89,20 @@ def _protocol_trials(name: str, trials: Any) -> list[Trial]:
         f"protocol '{name}' (plugin '{plugin}') returned {got}; a protocol returns a list of "
         "metaemb.core.Trial(enroll=(path, …), test=path, label=1|0)."
     )
+
+
+def _protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:
+    """`--protocol-set KEY=VALUE` items, checked against the protocol's options (names, types)
+    before anything is embedded."""
+    if not items:
+        return {}
+    if protocol is None:
+        raise ConfigError("--protocol-set sets options of --protocol NAME: give the protocol.")
+    from metaemb.core.config_toml import parse_set
+    from metaemb.core.plugin.components import validate_options
+
+    options = dict(parse_set(item) for item in items)
+    return validate_options("protocols", protocol, options, "--protocol-set")
 
 
 def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
@@ -183,9 +197,11 @@ class Evaluation:
         workers: int = 2,
         console: Console | None = None,
         adapt: bool = True,
+        protocol_options: list[str] | None = None,
     ) -> None:
         self.run_path, self.adapt = run, adapt
         self.data, self.trials_path, self.protocol = data, trials, protocol
+        self.protocol_options = _protocol_options(protocol, protocol_options or [])
         self.scorer_name, self.calibrate_path = scorer, calibrate
         self.out, self.device, self.workers = out, device, workers
         self.console = console or Console(emoji=False)
@@ -197,7 +213,9 @@ class Evaluation:
         if self.protocol:
             reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
-            trials = _protocol_trials(self.protocol, reader(root, self.trials_path))
+            trials = _protocol_trials(
+                self.protocol, reader(root, self.trials_path, **self.protocol_options)
+            )
             return TrialSet(trials, self.protocol, source, _folds(trials, source))
         if self.trials_path:
             path = self.trials_path

@@ -11,6 +11,7 @@ equal size (like LFW), and the evaluation writes the list next to its scores.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 import tempfile
@@ -169,11 +170,27 @@ class VGGFace2Folder(ImageFolder):
         super().__init__(root, [Sample(p, p.split("/", 1)[0], -1) for p in listed])
 
 
-def vggface2(root: Path, trials: Path | None = None) -> TrialList:
+def _check_folds(name: str, folds: int, pairs_per_fold: int, seed: int) -> None:
+    if folds < 2 or pairs_per_fold < 1 or seed < 0:
+        raise ConfigError(
+            f"protocol '{name}' needs folds ≥ 2, pairs_per_fold ≥ 1 and seed ≥ 0 (got "
+            f"{folds}, {pairs_per_fold}, {seed})."
+        )
+
+
+def vggface2(
+    root: Path,
+    trials: Path | None = None,
+    folds: int = 10,
+    pairs_per_fold: int = 300,
+    seed: int = 0,
+) -> TrialList:
     """Seeded identity-disjoint pairs (10 folds of up to 300 + 300) over the VGGFace2 test list."""
     _no_trials_file("vggface2", trials)
+    _check_folds("vggface2", folds, pairs_per_fold, seed)
     folder = VGGFace2Folder(root, "test")
-    return make_fold_pairs([(s.path, s.identity) for s in folder.samples])
+    return make_fold_pairs([(s.path, s.identity) for s in folder.samples], folds, pairs_per_fold,
+                           seed)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,31 +219,48 @@ def parse_agedb_name(filename: str) -> AgeDBName:
 
 
 class AgeDBFolder(ImageFolder):
-    """A flat AgeDB folder; the identity is the name field of `<index>_<Name>_<age>_<gender>.jpg`."""
+    """AgeDB images, flat as AgeDB ships them or sorted into `<identity>/<image>` folders (as
+    for training); the identity is the name field of `<index>_<Name>_<age>_<gender>.jpg`."""
 
     def _scan(self) -> list[Sample]:
         root = self.root
         if not root.is_dir():
             raise DataError(f"AgeDB folder '{root}' does not exist.")
-        files = sorted(
-            p.name
-            for p in root.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        files = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = Path(folder).relative_to(root)
+            files += [
+                (rel / n).as_posix()
+                for n in names
+                if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")
+            ]
         if not files:
             raise DataError(f"AgeDB folder '{root}' holds no images.")
-        return [Sample(f, parse_agedb_name(f).name, -1) for f in files]
+        return [Sample(f, parse_agedb_name(f).name, -1) for f in sorted(files)]
 
 
-def agedb(root: Path, trials: Path | None = None, min_age_gap: int = 30) -> TrialList:
-    """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart."""
+def agedb(
+    root: Path,
+    trials: Path | None = None,
+    min_age_gap: int = 30,
+    folds: int = 10,
+    pairs_per_fold: int = 300,
+    seed: int = 0,
+) -> TrialList:
+    """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart
+    (AgeDB-5/10/20/30: 5, 10, 20, 30)."""
     _no_trials_file("agedb", trials)
+    _check_folds("agedb", folds, pairs_per_fold, seed)
+    if min_age_gap < 0:
+        raise ConfigError(f"protocol 'agedb': min_age_gap = {min_age_gap}; give years, ≥ 0.")
     folder = AgeDBFolder(root)
 
     def gap(a: str, b: str) -> bool:
         return abs(parse_agedb_name(a).age - parse_agedb_name(b).age) >= min_age_gap
 
-    return make_fold_pairs([(s.path, s.identity) for s in folder.samples], positive=gap)
+    samples = [(s.path, s.identity) for s in folder.samples]
+    return make_fold_pairs(samples, folds, pairs_per_fold, seed, positive=gap)
 
 
 # ---------------------------------------------------------------------------------------------
