@@ -418,7 +418,8 @@ def test_faiss_missing_is_a_clear_error(monkeypatch):
 def test_gme_results_file_and_table(tmp_path):
     from rich.console import Console
 
-    from metaemb.commands.gallery import Identification, print_results, write_results
+    from metaemb.commands.gallery import print_results
+    from metaemb.core.deploy.search import Identification, write_results
 
     gallery, sample = gme_gallery(n_ids=4)
     probes = GME.cat([sample(0, 1), sample(4, 1)])  # one enrolled identity, one unknown

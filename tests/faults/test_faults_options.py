@@ -417,7 +417,7 @@ def test_an_exif_rotation_is_named_once(tmp_path, monkeypatch):
 
 
 def test_identify_results_escape_names_that_would_break_the_tsv():
-    from metaemb.commands.gallery import tsv_field
+    from metaemb.core.deploy.search import tsv_field
 
     name = "a\tb\nc\\d\re"
     field = tsv_field(name)

@@ -1,0 +1,105 @@
+"""Enrollment: embed the identity folders of a data folder with a trained model and add them to
+a gallery file (created or extended under its lock). Semantics: docs/gallery.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.errors import first_few
+
+
+def load_with_digest(checkpoint: Path, data: Path, device: str) -> tuple[Any, str]:
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.stamp import model_digest
+
+    loaded = load_run(checkpoint, device, data=data, with_data=True)
+    return loaded, model_digest(loaded.state["model"])
+
+
+def enroll_folder(
+    checkpoint: Path,
+    gallery: Path,
+    data: Path,
+    identities: list[str] | None = None,
+    device: str = "auto",
+    workers: int = 2,
+) -> dict[str, tuple[int, int]]:
+    """Enroll every identity folder of `data` (or the named ones) into `gallery`, creating or
+    extending it → identity: (samples added, samples enrolled). Samples already enrolled (same
+    file) are not embedded again, so re-running is harmless."""
+    from metaemb.core.paths import ensure_writable
+    from metaemb.core.runs import FileLock
+
+    ensure_writable(gallery, "gallery file")
+    loaded, digest = load_with_digest(checkpoint, data, device)
+    with FileLock(gallery, "gallery"):  # read, extend and save as one step
+        return _enroll(loaded, digest, checkpoint, gallery, identities, workers)
+
+
+def _enroll(
+    loaded: Any, digest: str, checkpoint: Path, gallery: Path, identities: list[str] | None,
+    workers: int,
+) -> dict[str, tuple[int, int]]:  # fmt: skip
+    from metaemb.core.deploy.gallery import Gallery, open_gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import DataError, GalleryError, suggest
+
+    g = open_gallery(gallery, digest, f"checkpoint '{checkpoint}'")
+    folder = loaded.parts.folder
+    if identities:
+        unknown = [i for i in identities if i not in folder.identities]
+        if unknown:
+            raise DataError(
+                f"identity '{unknown[0]}' has no folder under '{folder.root}';"
+                f"{suggest(unknown[0], folder.identities)} ({len(folder.identities)} identities "
+                "found there)"
+            )
+        folder = folder.subset(identities)
+    sources = [str((folder.root / s.path).resolve()) for s in folder.samples]
+    enrolled = set(g.sources) if g is not None else set()
+    for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
+        owner = g.enrolled_as(source) if g is not None else None
+        if owner is not None and owner != folder.samples[i].identity:
+            raise GalleryError(
+                f"'{source}' is already enrolled as '{owner}', not "
+                f"'{folder.samples[i].identity}'; remove '{owner}' first if it was enrolled "
+                "under the wrong name (metaemb unenroll --gallery … --identities …)."
+            )
+    if g is not None:
+        _warn_vanished(g, Path(folder.root).resolve(), gallery)
+    todo = [i for i, s in enumerate(sources) if s not in enrolled]
+    added: dict[str, int] = {name: 0 for name in folder.identities}
+    if todo:
+        emb = loaded.embed(folder, todo, workers)
+        if g is None:
+            g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
+        by_id: dict[str, list[int]] = {}
+        for row, i in enumerate(todo):
+            by_id.setdefault(folder.samples[i].identity, []).append(row)
+        for name, rows in by_id.items():
+            added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
+        g.save(gallery)
+    counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
+    return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
+    """Identities enrolled from this data folder whose files are all gone (a renamed identity
+    folder would otherwise be enrolled a second time under its new name, unnoticed)."""
+    import os
+    import warnings
+
+    inside: dict[str, list[str]] = {}
+    for source, owner in zip(g.sources, g.owner.tolist(), strict=True):
+        if source and Path(source).is_relative_to(root):
+            inside.setdefault(g.identities[owner], []).append(source)
+    gone = [name for name, files in inside.items() if not any(map(os.path.exists, files))]
+    if gone:
+        shown = first_few(gone)
+        warnings.warn(
+            f"the files enrolled in '{gallery}' as {shown} are no longer under '{root}' "
+            "(renamed or deleted?); if a folder was renamed, its samples are now enrolled twice: "
+            "remove the old name with `metaemb unenroll`.",
+            stacklevel=2,
+        )

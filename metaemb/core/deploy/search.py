@@ -1,0 +1,187 @@
+"""Identification: search a gallery for probes (a labelled folder, scored with rank-k and
+TPIR@FPIR, or loose files), and the results file. Semantics: docs/gallery.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaemb.core.deploy.enrollment import load_with_digest
+from metaemb.core.errors import first_few
+
+
+@dataclass
+class Identification:
+    """Probes, their true identities (None for loose files), the search result and metrics."""
+
+    probes: list[str]
+    truth: list[str] | None
+    result: Any  # gallery.SearchResult
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _scorer(loaded: Any, name: str | None) -> Any:
+    """A scorer by name; a fitted one (PLDA, s-norm) takes its state from the checkpoint."""
+    from metaemb.core.errors import GalleryError
+
+    if name is None:
+        return None
+    scorer, needs_fit = loaded.scorer(name)
+    if needs_fit:
+        raise GalleryError(
+            f"scorer '{name}' must be fitted and the checkpoint holds no fitted '{name}' "
+            f"(its scorer is '{loaded.config.eval.scorer}'); use cosine, euclidean or gme."
+        )
+    return scorer
+
+
+def _probe_samples(folder: Any, root: Path, files: list[Path]) -> list[int]:
+    from metaemb.core.errors import DataError
+
+    where = {s.path: i for i, s in enumerate(folder.samples)}
+    out = []
+    for f in files:
+        try:
+            rel = f.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            rel = None
+        if rel not in where:
+            raise DataError(
+                f"probe '{f}' is not an <identity>/<sample> file of a supported type under the "
+                f"data root '{root}'; pass --data ROOT for files laid out as ROOT/<folder>/<file>."
+            )
+        out.append(where[rel])
+    return out
+
+
+def identify_probes(
+    checkpoint: Path,
+    gallery: Path,
+    data: Path | None = None,
+    probes: list[Path] | None = None,
+    top_k: int = 5,
+    threshold: float | None = None,
+    p_new: float | None = None,
+    scorer: str | None = None,
+    faiss: bool = False,
+    device: str = "auto",
+    workers: int = 2,
+) -> Identification:
+    """Search `gallery` for every sample of `data` (probes labelled by their identity folder,
+    scored with rank-1/5 and TPIR@FPIR), or for the given probe files (no labels)."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.errors import DataError
+
+    if not data and not probes:
+        raise DataError(
+            "identify needs probes: --data DIR (an <identity>/<sample> folder) or --probe FILE."
+        )
+    g = Gallery.load(gallery)
+    files = [Path(p) for p in probes or []]
+    for f in files:
+        if f.is_dir():
+            raise DataError(f"probe '{f}' is a folder; give probe files, or the folder as --data.")
+        if not f.is_file():
+            raise DataError(f"probe file '{f}' does not exist.")
+    if data is None:
+        # Exactly the probe files, read as ROOT/<folder>/<file>: nothing else is scanned (their
+        # common grandparent may be '/' or a home folder).
+        from metaemb.core.deploy.stamp import model_digest
+        from metaemb.core.eval.collect import load_for_files
+
+        loaded = load_for_files(checkpoint, files, device)
+        digest = model_digest(loaded.state["model"])
+        root = loaded.parts.root
+    else:
+        root = data
+        loaded, digest = load_with_digest(checkpoint, root, device)
+    g.check(digest, f"checkpoint '{checkpoint}'")
+    if p_new is not None and g.stamp.kind != "gme":
+        raise DataError(
+            "--p-new (the prior of an unseen identity) is used by meta-embedding galleries, "
+            f"whose scores are likelihood ratios; '{gallery}' holds point embeddings. "
+            "Use --threshold for an open-set decision."
+        )
+    folder = loaded.parts.folder
+    indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))
+    _warn_enrolled_probes(g, [(folder.root / folder.samples[i].path) for i in indices])
+    emb = loaded.embed(folder, indices, workers)
+    sc = _scorer(loaded, scorer)
+    backend = "faiss" if faiss else "torch"
+    result = g.search(emb, k=top_k, scorer=sc, threshold=threshold, p_new=p_new, backend=backend)
+    names = [str(f) for f in files] if files else [folder.samples[i].path for i in indices]
+    if files:
+        return Identification(names, None, result)
+    truth = [folder.samples[i].identity for i in indices]
+    return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
+
+
+def _warn_enrolled_probes(g: Any, probes: list[Path]) -> None:
+    """Probes that are enrolled samples score against themselves: their rank-1 is a given."""
+    import warnings
+
+    enrolled = set(g.sources)
+    again = [p for p in probes if str(p.resolve()) in enrolled]
+    if again:
+        warnings.warn(
+            f"{len(again)} of the {len(probes)} probes are samples enrolled in the gallery "
+            f"({first_few(map(str, again), 3)}); each scores against itself, which "
+            "flatters rank-1 and the identification rates. Probe with other samples.",
+            stacklevel=2,
+        )
+
+
+def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> dict[str, Any]:
+    """Closed-set rank-1/5 over mated probes, TPIR@FPIR, and the open-set decisions' accuracy."""
+    from metaemb.core.deploy.gallery import NEW
+    from metaemb.core.eval import identification as ident
+
+    mated = [t in g for t in truth]
+    n_mated = sum(mated)
+    out: dict[str, Any] = {
+        "probes": len(truth),
+        "mated": n_mated,
+        "non_mated": len(truth) - n_mated,
+    }
+    decisions = result.decisions()
+    if n_mated:
+        matrix = g.score_matrix(emb, scorer)
+        cmc = ident.cmc(matrix, truth, g.identities, max_rank=5)
+        out["rank_1"], out["rank_5"] = float(cmc[0]), float(cmc[4])
+        if n_mated < len(truth):
+            for fpir in (0.01, 0.1):
+                out[f"tpir_at_fpir_{fpir:g}"] = ident.tpir_at_fpir(
+                    matrix, truth, g.identities, fpir
+                )
+        hits = sum(d == t for d, t, m in zip(decisions, truth, mated, strict=True) if m)
+        out["correct_identification_rate"] = hits / n_mated
+    if n_mated < len(truth):
+        wrong = sum(d != NEW for d, m in zip(decisions, mated, strict=True) if not m)
+        out["false_positive_identification_rate"] = wrong / (len(truth) - n_mated)
+    out["threshold"] = result.threshold
+    return out
+
+
+def tsv_field(text: str) -> str:
+    """A name as one TSV field: backslash, tab, newline and carriage return escaped as \\\\,
+    \\t, \\n and \\r (a file name may hold any of them)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_results(path: Path, ident: Identification) -> None:
+    """One TSV row per probe and rank: probe, true identity, rank, candidate, score, posterior,
+    decision (an enrolled identity, or <new>); names escaped by `tsv_field`."""
+    from metaemb.core.runs import atomic_write_text
+
+    res = ident.result
+    rows = ["probe\tidentity\trank\tcandidate\tscore\tposterior\tdecision"]
+    for p, probe in enumerate(ident.probes):
+        truth = ident.truth[p] if ident.truth else ""
+        decision = res.decision(p)
+        for r, name in enumerate(res.names(p)):
+            post = f"{float(res.posteriors[p, r]):.6g}" if res.posteriors is not None else ""
+            score = f"{float(res.scores[p, r]):.6g}"
+            fields = [probe, truth, str(r + 1), name, score, post, decision]
+            rows.append("\t".join(tsv_field(f) for f in fields))
+    atomic_write_text(path, "\n".join(rows) + "\n")
