@@ -1,4 +1,4 @@
-"""`metaemb evaluate` and `metaemb embed`: a trained model + data + trials → metrics, scores, plots.
+"""`metaemb evaluate`: a trained model + data + trials → metrics, scores, plots.
 
 Every file in the trials (evaluation and calibration lists together) is embedded once, however
 many trials it appears in. Without a trial list or protocol, the run's own validation trials are
@@ -21,151 +21,29 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import ConfigError, DataError, PluginError, first_few
+from metaemb.core.errors import DataError
 from metaemb.core.eval import leakage, metrics, report
+from metaemb.core.eval.embedded import Embedded
+from metaemb.core.eval.trial_set import (
+    TrialSet,
+    parse_protocol_options,
+    protocol_trials,
+    trial_folds,
+)
 from metaemb.core.eval.trials import (
     check_scorable,
-    folds_of,
     label_warning,
     mislabelled,
     read_trials,
     write_scores,
 )
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
-from metaemb.core.plugin.interfaces import SampleFolder, Trial
+from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
 from metaemb.core.runs import atomic_write_text, written_together
 from metaemb.core.scoring.calibration import LinearCalibration
-from metaemb.core.scoring.scorers import check_consistent, score_trials
+from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation
-
-
-@dataclass
-class TrialSet:
-    """Trials to score, where they came from, and how many contiguous folds they form (0: none)."""
-
-    trials: list[Trial]
-    name: str
-    source: str
-    folds: int = 0
-
-    @property
-    def read_as(self) -> str:
-        """The trial-list format (and its plugin) the trials were read as, or ""."""
-        return getattr(self.trials, "read_as", "")
-
-    def labels(self) -> torch.Tensor:
-        missing = sum(t.label is None for t in self.trials)
-        if missing:
-            raise DataError(
-                f"{self.source}: {missing} of {len(self.trials)} trials have no target/non-target "
-                "label; metrics and calibration need labelled trials."
-            )
-        return torch.tensor([int(t.label) for t in self.trials])  # type: ignore[arg-type]
-
-
-def _folds(trials: list[Trial], source: str) -> int:
-    """The contiguous folds the trials declare (k-fold accuracy), checked before any embedding."""
-    folds = folds_of(trials)
-    if folds and len(trials) % folds:
-        raise DataError(
-            f"{source}: {len(trials)} trials cannot form the {folds} equal folds it declares."
-        )
-    return folds
-
-
-def _protocol_trials(name: str, trials: Any) -> list[Trial]:
-    """A protocol's result, checked: a list of Trial (plain tuples or dicts would fail later as
-    an AttributeError naming neither the protocol nor its plugin)."""
-    if isinstance(trials, list):
-        bad = next((t for t in trials if not isinstance(t, Trial)), None)
-        if bad is None:
-            return trials
-        got = f"a list holding {type(bad).__name__} {bad!r:.60}"
-    else:
-        got = f"{type(trials).__name__} {trials!r:.60}"
-    plugin = registry("protocols").entry(name).plugin
-    raise PluginError(
-        f"protocol '{name}' (plugin '{plugin}') returned {got}; a protocol returns a list of "
-        "metaemb.core.Trial(enroll=(path, …), test=path, label=1|0)."
-    )
-
-
-def _protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:
-    """`--protocol-set KEY=VALUE` items, checked against the protocol's options (names, types)
-    before anything is embedded."""
-    if not items:
-        return {}
-    if protocol is None:
-        raise ConfigError("--protocol-set sets options of --protocol NAME: give the protocol.")
-    from metaemb.core.config_toml import parse_set
-    from metaemb.core.plugin.components import validate_options
-
-    options = dict(parse_set(item) for item in items)
-    return validate_options("protocols", protocol, options, "--protocol-set")
-
-
-def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
-    """Let a trial path find its file when the two spell an accented name in different Unicode
-    forms (a folder copied from macOS is NFD, a list typed elsewhere NFC): same NFC, same file."""
-    import functools
-    import unicodedata
-
-    nfc = functools.partial(unicodedata.normalize, "NFC")
-    absent = [p for p in needed if p not in where]
-    if not absent:
-        return
-    by_form: dict[str, list[str]] = {}
-    for p in where:
-        by_form.setdefault(nfc(p), []).append(p)
-    for p in absent:
-        same = by_form.get(nfc(p), [])
-        if len(same) == 1:  # two files of one NFC name stay ambiguous: reported as missing
-            where[p] = where[same[0]]
-
-
-class Embedded:
-    """Embeddings of every file named by some trials, extracted once per file."""
-
-    def __init__(
-        self,
-        loaded: Loaded,
-        folder: SampleFolder,
-        sets: list[TrialSet],
-        workers: int,
-        adapt_batchnorm: bool = False,
-    ):
-        where = {s.path: i for i, s in enumerate(folder.samples)}
-        needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
-        _match_unicode_forms(where, needed)
-        missing = [p for p in needed if p not in where]
-        if missing:
-            absent = set(missing)
-            read = "".join(f"; {ts.source} was read as {ts.read_as}" for ts in sets if ts.read_as
-                           and any(p in absent for t in ts.trials for p in (*t.enroll, t.test)))  # fmt: skip
-            raise DataError(
-                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
-                + first_few(missing)
-                + read
-            )
-        indices = [where[p] for p in needed]
-        # AdaBN (label-free): the network's normalisation re-estimated on the files scored
-        self.norm_adapted_on = (
-            loaded.adapt_batchnorm(folder, indices, workers) if adapt_batchnorm else 0
-        )
-        self.emb = loaded.embed(folder, indices, workers)
-        self.pos = {p: i for i, p in enumerate(needed)}
-
-    def score(self, scorer: Any, trials: list[Trial]) -> torch.Tensor:
-        """Scores (float64, CPU) in trial order; several enrollment files are pooled."""
-        test = [self.pos[t.test] for t in trials]
-        if all(len(t.enroll) == 1 for t in trials):
-            enroll = torch.tensor([self.pos[t.enroll[0]] for t in trials], dtype=torch.long)
-            scores = scorer.score(self.emb[enroll], self.emb[torch.tensor(test, dtype=torch.long)])
-        else:
-            groups = [[self.pos[p] for p in t.enroll] for t in trials]
-            scores = score_trials(scorer, self.emb, groups, test)
-        return scores.double().cpu()
 
 
 def verification(scores: torch.Tensor, labels: torch.Tensor, p_targets: tuple) -> dict[str, Any]:
@@ -201,7 +79,7 @@ class Evaluation:
     ) -> None:
         self.run_path, self.adapt = run, adapt
         self.data, self.trials_path, self.protocol = data, trials, protocol
-        self.protocol_options = _protocol_options(protocol, protocol_options or [])
+        self.protocol_options = parse_protocol_options(protocol, protocol_options or [])
         self.scorer_name, self.calibrate_path = scorer, calibrate
         self.out, self.device, self.workers = out, device, workers
         self.console = console or Console(emoji=False)
@@ -213,14 +91,14 @@ class Evaluation:
         if self.protocol:
             reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
-            trials = _protocol_trials(
+            trials = protocol_trials(
                 self.protocol, reader(root, self.trials_path, **self.protocol_options)
             )
-            return TrialSet(trials, self.protocol, source, _folds(trials, source))
+            return TrialSet(trials, self.protocol, source, trial_folds(trials, source))
         if self.trials_path:
             path = self.trials_path
             trials = read_trials(path, root=root)
-            return TrialSet(trials, path.stem, str(path), _folds(trials, str(path)))
+            return TrialSet(trials, path.stem, str(path), trial_folds(trials, str(path)))
         from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
 
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
@@ -443,32 +321,6 @@ class Calibration:
             "n_nontarget": int((self.labels == 0).sum()),
             "shared_identities": self.shared_identities,
         }
-
-
-def embed_folder(
-    checkpoint: Path, data: Path, out: Path, device: str = "auto", workers: int = 2
-) -> int:
-    """Embed every sample of `data`; saves {embeddings | a,b, paths, identities} with torch.save."""
-    from metaemb.core.runs import atomic_write_bytes
-
-    ensure_writable(out, "embeddings file")
-    loaded = load_run(checkpoint, device, data=data, with_data=True)
-    folder = loaded.parts.folder
-    emb = loaded.embed(folder, None, workers)
-    payload: dict[str, Any] = {
-        "paths": [s.path for s in folder.samples],
-        "identities": [s.identity for s in folder.samples],
-    }
-    if isinstance(emb, torch.Tensor):
-        payload["embeddings"] = emb
-    else:
-        payload["a"], payload["b"] = emb.a, emb.b
-    import io
-
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(out, buf.getvalue())
-    return len(folder)
 
 
 def _warn_overlap(cal: Any, evals: Any) -> None:

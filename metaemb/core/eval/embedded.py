@@ -1,0 +1,77 @@
+"""Embeddings of every file some trial lists name, extracted once per file (after AdaBN when
+asked), and their trial scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metaemb.core.deploy.loading import LoadedRun as Loaded
+from metaemb.core.errors import DataError, first_few
+from metaemb.core.eval.trial_set import TrialSet
+from metaemb.core.plugin.interfaces import SampleFolder, Trial
+from metaemb.core.scoring.scorers import score_trials
+
+
+def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
+    """Let a trial path find its file when the two spell an accented name in different Unicode
+    forms (a folder copied from macOS is NFD, a list typed elsewhere NFC): same NFC, same file."""
+    import functools
+    import unicodedata
+
+    nfc = functools.partial(unicodedata.normalize, "NFC")
+    absent = [p for p in needed if p not in where]
+    if not absent:
+        return
+    by_form: dict[str, list[str]] = {}
+    for p in where:
+        by_form.setdefault(nfc(p), []).append(p)
+    for p in absent:
+        same = by_form.get(nfc(p), [])
+        if len(same) == 1:  # two files of one NFC name stay ambiguous: reported as missing
+            where[p] = where[same[0]]
+
+
+class Embedded:
+    """Embeddings of every file named by some trials, extracted once per file."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        folder: SampleFolder,
+        sets: list[TrialSet],
+        workers: int,
+        adapt_batchnorm: bool = False,
+    ):
+        where = {s.path: i for i, s in enumerate(folder.samples)}
+        needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
+        _match_unicode_forms(where, needed)
+        missing = [p for p in needed if p not in where]
+        if missing:
+            absent = set(missing)
+            read = "".join(f"; {ts.source} was read as {ts.read_as}" for ts in sets if ts.read_as
+                           and any(p in absent for t in ts.trials for p in (*t.enroll, t.test)))  # fmt: skip
+            raise DataError(
+                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
+                + first_few(missing)
+                + read
+            )
+        indices = [where[p] for p in needed]
+        # AdaBN (label-free): the network's normalisation re-estimated on the files scored
+        self.norm_adapted_on = (
+            loaded.adapt_batchnorm(folder, indices, workers) if adapt_batchnorm else 0
+        )
+        self.emb = loaded.embed(folder, indices, workers)
+        self.pos = {p: i for i, p in enumerate(needed)}
+
+    def score(self, scorer: Any, trials: list[Trial]) -> torch.Tensor:
+        """Scores (float64, CPU) in trial order; several enrollment files are pooled."""
+        test = [self.pos[t.test] for t in trials]
+        if all(len(t.enroll) == 1 for t in trials):
+            enroll = torch.tensor([self.pos[t.enroll[0]] for t in trials], dtype=torch.long)
+            scores = scorer.score(self.emb[enroll], self.emb[torch.tensor(test, dtype=torch.long)])
+        else:
+            groups = [[self.pos[p] for p in t.enroll] for t in trials]
+            scores = score_trials(scorer, self.emb, groups, test)
+        return scores.double().cpu()

@@ -1,0 +1,79 @@
+"""The trials an evaluation scores: a TrialSet (trials, where they came from, their folds), and
+a protocol's trials and options, checked before anything is embedded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metaemb.core.errors import ConfigError, DataError, PluginError
+from metaemb.core.eval.trials import folds_of
+from metaemb.core.plugin.interfaces import Trial
+from metaemb.core.plugin.manager import registry
+
+
+@dataclass
+class TrialSet:
+    """Trials to score, where they came from, and how many contiguous folds they form (0: none)."""
+
+    trials: list[Trial]
+    name: str
+    source: str
+    folds: int = 0
+
+    @property
+    def read_as(self) -> str:
+        """The trial-list format (and its plugin) the trials were read as, or ""."""
+        return getattr(self.trials, "read_as", "")
+
+    def labels(self) -> torch.Tensor:
+        missing = sum(t.label is None for t in self.trials)
+        if missing:
+            raise DataError(
+                f"{self.source}: {missing} of {len(self.trials)} trials have no target/non-target "
+                "label; metrics and calibration need labelled trials."
+            )
+        return torch.tensor([int(t.label) for t in self.trials])  # type: ignore[arg-type]
+
+
+def trial_folds(trials: list[Trial], source: str) -> int:
+    """The contiguous folds the trials declare (k-fold accuracy), checked before any embedding."""
+    folds = folds_of(trials)
+    if folds and len(trials) % folds:
+        raise DataError(
+            f"{source}: {len(trials)} trials cannot form the {folds} equal folds it declares."
+        )
+    return folds
+
+
+def protocol_trials(name: str, trials: Any) -> list[Trial]:
+    """A protocol's result, checked: a list of Trial (plain tuples or dicts would fail later as
+    an AttributeError naming neither the protocol nor its plugin)."""
+    if isinstance(trials, list):
+        bad = next((t for t in trials if not isinstance(t, Trial)), None)
+        if bad is None:
+            return trials
+        got = f"a list holding {type(bad).__name__} {bad!r:.60}"
+    else:
+        got = f"{type(trials).__name__} {trials!r:.60}"
+    plugin = registry("protocols").entry(name).plugin
+    raise PluginError(
+        f"protocol '{name}' (plugin '{plugin}') returned {got}; a protocol returns a list of "
+        "metaemb.core.Trial(enroll=(path, …), test=path, label=1|0)."
+    )
+
+
+def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:
+    """`--protocol-set KEY=VALUE` items, checked against the protocol's options (names, types)
+    before anything is embedded."""
+    if not items:
+        return {}
+    if protocol is None:
+        raise ConfigError("--protocol-set sets options of --protocol NAME: give the protocol.")
+    from metaemb.core.config_toml import parse_set
+    from metaemb.core.plugin.components import validate_options
+
+    options = dict(parse_set(item) for item in items)
+    return validate_options("protocols", protocol, options, "--protocol-set")
