@@ -391,14 +391,18 @@ def test_a_scorer_that_needs_fitting_is_fitted_on_the_runs_training_samples_not_
     assert not (tmp_path / "ev2").exists()
 
 
-def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices, tmp_path, capsys):
+def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(
+    voices, tmp_path, capsys, monkeypatch
+):
     """The speaker default (cosine after WCCN, centred on the scored files' mean) sees every file
     of the trial list before scoring, and the network's BatchNorm statistics are re-estimated on
     them (AdaBN); --no-adapt scores with the training statistics alone. The run is unchanged."""
     from metaemb.core.deploy.loading import load_run
+    from metaemb.core.eval import adapt_norm
     from metaemb.core.eval.trials import read_trials
 
     data, run, trial_list = voices
+    monkeypatch.setattr(adapt_norm, "MIN_FILES", 1)  # the tiny list counts as enough files
     saved = (run / "best.pt").read_bytes()
     results = {}
     for flag in ("--adapt", "--no-adapt"):
@@ -433,6 +437,33 @@ def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(voices
             assert scorer.adapt(emb)
         np.testing.assert_allclose(results[flag][1][1], scorer.score(e, t).numpy(), atol=1e-5)
     assert np.abs(results["--adapt"][1][1] - results["--no-adapt"][1][1]).max() > 1e-3
+
+
+def test_evaluate_run_alone_reproduces_training_validation_and_small_lists_skip_adabn(
+    voices, tmp_path, capsys, monkeypatch
+):
+    """`evaluate RUN` re-scores the run's validation trials as validation did (the scorer adapts,
+    the BatchNorm statistics stay): AdaBN made it report other numbers than training. A trial list
+    naming fewer than MIN_FILES files keeps the training statistics too, and says so."""
+    from metaemb.core.eval import adapt_norm
+
+    data, run, trial_list = voices
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["eer"])
+    monkeypatch.setattr(adapt_norm, "MIN_FILES", 1)  # AdaBN would run if it were asked
+    code, _, err = run_cli(["evaluate", run, "--out", tmp_path / "own", "--workers", "0"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert result["batchnorm_adapted_on"] == 0 and result["adapted_on"] > 0
+    assert result["eer"] == pytest.approx(best["eer"], abs=1e-9)
+    monkeypatch.setattr(adapt_norm, "MIN_FILES", 200)
+    args = ["evaluate", run, "--data", data, "--trials", trial_list, "--out", tmp_path / "few"]
+    code, text, err = run_cli([*args, "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "BatchNorm statistics not re-estimated (AdaBN): the trials name 32 files" in " ".join(
+        text.split()
+    )
+    assert json.loads((tmp_path / "few" / "metrics.json").read_text())["batchnorm_adapted_on"] == 0
 
 
 def test_loose_audio_files_embed_as_themselves(voices, tmp_path):

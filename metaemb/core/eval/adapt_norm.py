@@ -21,6 +21,11 @@ from torch import Tensor, nn
 
 RELEVANCE = 20.0  # pseudo-files of training statistics, as the adapted scorers' default
 MAX_FILES = 1000  # statistics from at most this many files (evenly spread): a bounded cost
+# Fewer scored files are too few speakers' worth of statistics: on halves of our natural-speech
+# dev set (~140 files, ~10 speakers) a set's own statistics helped in two of four, and on 36
+# validation files of 6 speakers they made the EER five times worse; sets of 280 and more files
+# gained consistently (docs/speaker.md).
+MIN_FILES = 200
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -59,8 +59,13 @@ class Embedded:
             )
         indices = [where[p] for p in needed]
         # AdaBN (label-free): the network's normalisation re-estimated on the files scored
+        from metaemb.core.eval import adapt_norm
+
+        self.norm_too_few = adapt_batchnorm and len(indices) < adapt_norm.MIN_FILES
         self.norm_adapted_on = (
-            loaded.adapt_batchnorm(folder, indices, workers) if adapt_batchnorm else 0
+            loaded.adapt_batchnorm(folder, indices, workers)
+            if adapt_batchnorm and not self.norm_too_few
+            else 0
         )
         self.emb = loaded.embed(folder, indices, workers)
         self.pos = {p: i for i, p in enumerate(needed)}

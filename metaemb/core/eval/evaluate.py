@@ -22,7 +22,7 @@ from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import DataError
-from metaemb.core.eval import leakage, metrics, report
+from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.trial_set import (
     TrialSet,
@@ -191,8 +191,17 @@ class Evaluation:
             _warn_overlap(cal, evals)
         scorer = self._scorer(loaded)
         sets = [evals] + ([cal] if cal else [])
-        renorm = self.adapt and cfg.eval.adapt_batchnorm
+        # The run's own validation trials score as validation did (training statistics), so
+        # `evaluate RUN` reproduces the numbers training reported.
+        renorm = self.adapt and cfg.eval.adapt_batchnorm and evals.name != "validation"
         embedded = Embedded(loaded, folder, sets, self.workers, adapt_batchnorm=renorm)
+        if embedded.norm_too_few:
+            self.console.print(
+                f"note: BatchNorm statistics not re-estimated (AdaBN): the trials name "
+                f"{len(embedded.pos)} files, fewer than {adapt_norm.MIN_FILES}; so few files "
+                "(and speakers) give statistics that hurt more often than they help.",
+                markup=False,
+            )
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
         check_consistent(
             scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)
