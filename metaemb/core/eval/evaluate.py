@@ -252,12 +252,8 @@ class Evaluation:
         cal_labels = cal.labels()
         cal_scores = embedded.score(scorer, cal.trials)
         model = LinearCalibration().fit(cal_scores, cal_labels)
-        if model.weight <= 0:
-            self.console.print(
-                f"[yellow]warning:[/] the calibration weight is {model.weight:.3g}: on "
-                f"{escape(cal.source)} non-targets score higher than targets, so the calibrated LLRs "
-                "reverse the score order (is the model trained?)."
-            )
+        for problem in calibration_problems(model, cal_scores, cal_labels):
+            self.console.print(f"[yellow]warning:[/] {escape(cal.source)}: {escape(problem)}")
         identity = {s.path: s.identity for s in folder.samples}
         ids = [{identity[p] for t in ts.trials for p in (*t.enroll, t.test)} for ts in (cal, evals)]
         shared = len(ids[0] & ids[1])
@@ -305,6 +301,36 @@ class Evaluation:
             return
         for p in made:
             self.console.print(f"plot: {p}", markup=False)
+
+
+MIN_CALIBRATION_TRIALS = 30  # per class: fewer pin a two-parameter map down poorly
+
+
+def calibration_problems(model: Any, scores: torch.Tensor, labels: torch.Tensor) -> list[str]:
+    """What makes a fitted calibration untrustworthy: too few trials of a class, classes that
+    separate completely (logistic regression then has no finite optimum: the weight is where
+    the iterations stopped), or a negative weight (the calibrated order is reversed)."""
+    tar, non = scores[labels == 1], scores[labels == 0]
+    out = []
+    if min(len(tar), len(non)) < MIN_CALIBRATION_TRIALS:
+        out.append(
+            f"only {len(tar)} target and {len(non)} non-target calibration trials; a calibration "
+            f"wants at least {MIN_CALIBRATION_TRIALS} of each, so the fitted map is unreliable."
+        )
+    if len(tar) and len(non) and (tar.min() > non.max() or tar.max() < non.min()):
+        out.append(
+            f"every target scores {'above' if tar.min() > non.max() else 'below'} every "
+            "non-target, so the logistic fit has no finite optimum: the weight "
+            f"({model.weight:.3g}) is where the iterations stopped and the calibrated LLRs are "
+            "arbitrarily overconfident. Calibrate on more held-out trials whose scores overlap."
+        )
+    if model.weight <= 0:
+        out.append(
+            f"the calibration weight is {model.weight:.3g}: non-targets score higher than "
+            "targets, so the calibrated LLRs reverse the score order (is the model trained?), "
+            "and the calibrated EER and minDCF are those of the reversed scores."
+        )
+    return out
 
 
 @dataclass

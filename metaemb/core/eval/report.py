@@ -212,7 +212,8 @@ def print_result(console: Console, result: dict[str, Any]) -> None:
     if cal:
         c = result["calibration"]
         console.print(
-            f"calibration: llr = {c['weight']:.4g}·score + {c['bias']:.4g}, fitted on "
+            f"calibration: llr = {c['weight']:.4g}·score {'-' if c['bias'] < 0 else '+'} "
+            f"{abs(c['bias']):.4g}, fitted on "
             f"{c['trials']} ({c['n_target']} target, {c['n_nontarget']} non-target trials)",
             markup=False,
         )
