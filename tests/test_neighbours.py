@@ -196,3 +196,27 @@ def test_a_fitted_scorer_is_found_in_a_collection_embedded_from_a_run_directory(
     top = torch.topk(want, 3).indices.tolist()
     assert [h["path"] for h in hits] == [coll.paths[i] for i in top]
     np.testing.assert_allclose([h["score"] for h in hits], want[top].numpy(), rtol=1e-4)
+
+
+def test_a_scorer_of_the_other_embedding_kind_is_named_and_backend_needs_probes(
+    trained, tmp_path, capsys
+):
+    """`--scorer cosine` on meta-embeddings crashed with a traceback; `--backend faiss` without
+    probes was accepted (leave-one-out metrics never search with it) even without faiss."""
+    from types import SimpleNamespace
+
+    from metaemb.commands.neighbours import _scorer
+    from metaemb.core.errors import MetaembError
+
+    for name in ("cosine", "euclidean"):
+        with pytest.raises(MetaembError, match=rf"holds Gaussian meta-embeddings and scorer "
+                           rf"'{name}' accepts embedding: score it with gme"):  # fmt: skip
+            _scorer(name, SimpleNamespace(kind="gme", meta={}))
+    with pytest.raises(MetaembError, match="holds point embeddings and scorer 'gme' accepts gme"):
+        _scorer("gme", SimpleNamespace(kind="point", meta={}))
+    data, run = trained
+    out = tmp_path / "c.npz"
+    code, _, err = helpers.run_cli(["embed", run, data, "--out", out, "--workers", "0"], capsys)
+    assert code == 0, err
+    code, _, err = helpers.run_cli(["neighbours", out, "--backend", "exact"], capsys)
+    assert code == 2 and "--backend applies to probe files" in " ".join(err.split())

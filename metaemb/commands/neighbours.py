@@ -23,6 +23,7 @@ def _scorer(name: str | None, collection: Any) -> Any:
 
     if name is None:
         return default_scorer(collection.kind)
+    _check_scorer_fits(name, collection)
     scorer = build("scorers", name, {})
     if scorer.requires_fit:
         from metaemb.core.deploy.loading import load_run
@@ -38,6 +39,27 @@ def _scorer(name: str | None, collection: Any) -> Any:
                 f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
             )
     return scorer
+
+
+def _check_scorer_fits(name: str, collection: Any) -> None:
+    """A scorer of point embeddings given meta-embeddings (or the reverse) is named before any
+    scoring: it failed deep inside the scorer with a traceback."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.plugin.components import full_options
+    from metaemb.core.plugin.contract import Kind, declared
+    from metaemb.core.plugin.manager import registry
+
+    accepts = declared(
+        registry("scorers").entry(name), "accepts", full_options("scorers", name, {})
+    )
+    held = Kind("gme" if collection.kind == "gme" else "embedding")
+    if accepts and not any(held.fits(a) for a in accepts):
+        what = "Gaussian meta-embeddings" if collection.kind == "gme" else "point embeddings"
+        fits = "gme" if collection.kind == "gme" else "cosine, euclidean, …"
+        raise MetaembError(
+            f"the collection holds {what} and scorer '{name}' accepts "
+            f"{', '.join(a.name for a in accepts)}: score it with {fits}, or leave --scorer out."
+        )
 
 
 def find_neighbours(
@@ -120,7 +142,8 @@ def neighbours(
     # Each option belongs to one of the two uses; one given to the other would be ignored.
     if not probe:
         probe_only = {"--run": run is not None, "--device": device != "auto",
-                      "--workers": workers != 0, "-k": k != 5}  # fmt: skip
+                      "--workers": workers != 0, "-k": k != 5,
+                      "--backend": backend != "auto"}  # fmt: skip
         for flag in (f for f, given in probe_only.items() if given):
             raise MetaembError(f"{flag} applies to probe files (embedded and searched); without "
                                "probes the collection's own stored embeddings are scored "
