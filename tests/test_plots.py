@@ -96,6 +96,11 @@ def test_unknown_highlight_is_a_clear_error(run, tmp_path, capsys):
             "--out", tmp_path / "x"]  # fmt: skip
     code, _, err = helpers.run_cli(args, capsys)
     assert code == 2 and "'nobody' is not among the embedded samples" in err
+    assert not (tmp_path / "x" / "training.png").exists()  # it used to be drawn first
+    args = ["plot", run_dir, "--embeddings", data, "--method", "umap", "--out", tmp_path / "y"]
+    code, _, err = helpers.run_cli(args, capsys)
+    assert code == 2 and "map method must be one of auto, tsne, pca, got 'umap'" in err
+    assert not (tmp_path / "y" / "training.png").exists()
 
 
 def test_train_without_matplotlib_says_so_once(tmp_path, monkeypatch, capsys):

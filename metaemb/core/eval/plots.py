@@ -94,10 +94,22 @@ def as_points(embeddings: Any) -> np.ndarray:
     return torch.linalg.solve(b, a.unsqueeze(-1)).squeeze(-1).cpu().numpy()
 
 
-def project_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
-    """[N, d] → ([N, 2], method used): t-SNE on L2-normalised vectors, or PCA."""
+def check_map_method(method: str) -> None:
+    """Refuse an unknown map method, or t-SNE without scikit-learn, before any work."""
     if method not in MAP_METHODS:
         raise MetaembError(f"map method must be one of {', '.join(MAP_METHODS)}, got '{method}'.")
+    if method == "tsne":
+        try:
+            import sklearn.manifold  # noqa: F401
+        except ImportError:
+            raise MetaembError(
+                "t-SNE maps need scikit-learn: pip install 'metaemb[tsne]' (or use --method pca)."
+            ) from None
+
+
+def project_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """[N, d] → ([N, 2], method used): t-SNE on L2-normalised vectors, or PCA."""
+    check_map_method(method)
     if len(x) < 3:
         raise DataError(f"a 2-D map needs at least 3 embeddings, got {len(x)}.")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -105,10 +117,7 @@ def project_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.n
         try:
             from sklearn.manifold import TSNE
         except ImportError:
-            if method == "tsne":
-                raise MetaembError(
-                    "t-SNE maps need scikit-learn: pip install 'metaemb[tsne]' (or use --method pca)."
-                ) from None
+            pass
         else:
             perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
             tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
@@ -191,26 +200,38 @@ def plot_run(
     """Every picture of a run: training.png, and with `embeddings` (a data folder, embedded with
     the run's model, or a collection file from `metaemb embed`) embeddings_map.png and cmc.png."""
     from metaemb.core.eval.retrieval import Collection, collection_metrics
+    from metaemb.core.runs import written_together
 
     run_dir = Path(run_dir)
     out = out or run_dir / "plots"
-    made = []
-    if (run_dir / "metrics.jsonl").is_file():
-        made.append(training_curves(run_dir, out / "training.png"))
-    if embeddings is None:
-        if not made:
-            raise DataError(f"'{run_dir}' has no metrics.jsonl and no --embeddings were given.")
-        return made
-    if embeddings.is_dir():
-        from metaemb.core.eval.collect import embed_inputs
+    curves = (run_dir / "metrics.jsonl").is_file()
+    if embeddings is None and not curves:
+        raise DataError(f"'{run_dir}' has no metrics.jsonl and no --embeddings were given.")
+    coll = None
+    if embeddings is not None:  # every option checked, every sample embedded, before drawing
+        check_map_method(method)
+        if embeddings.is_dir():
+            from metaemb.core.eval.collect import embed_inputs
 
-        coll = embed_inputs(run_dir, [embeddings], device=device, workers=workers)
-    else:
-        coll = Collection.load(embeddings)
-        _warn_other_model(coll.meta.get("checkpoint"), run_dir, embeddings)
-    coords, used = project_2d(as_points(coll.embeddings), method)
-    fig = embedding_map_figure(coords, coll.identities, highlight, title=f"{used.upper()} map")
-    made.append(save_figure(fig, out / "embeddings_map.png"))
-    result = collection_metrics(coll, max_rank=min(20, len(coll) - 1))
-    made.append(save_figure(cmc_figure({"leave-one-out": result["cmc"]}), out / "cmc.png"))
+            coll = embed_inputs(run_dir, [embeddings], device=device, workers=workers)
+        else:
+            coll = Collection.load(embeddings)
+            _warn_other_model(coll.meta.get("checkpoint"), run_dir, embeddings)
+        unknown = sorted(set(highlight) - set(coll.identities))
+        if unknown:
+            raise DataError(
+                f"--highlight: identity '{unknown[0]}' is not among the embedded samples."
+            )
+    made = []
+    with written_together():  # all pictures, or (a failure half-way) none
+        if curves:
+            made.append(training_curves(run_dir, out / "training.png"))
+        if coll is not None:
+            coords, used = project_2d(as_points(coll.embeddings), method)
+            title = f"{used.upper()} map"
+            fig = embedding_map_figure(coords, coll.identities, highlight, title=title)
+            made.append(save_figure(fig, out / "embeddings_map.png"))
+            result = collection_metrics(coll, max_rank=min(20, len(coll) - 1))
+            cmc = cmc_figure({"leave-one-out": result["cmc"]})
+            made.append(save_figure(cmc, out / "cmc.png"))
     return made
