@@ -116,6 +116,9 @@ def test_triplets_make_coverage_and_match_accuracy(setup, tmp_path, capsys):
     trained = set(torch.load(run / "last.pt", weights_only=False)["training_identities"])
     assert got["training_identities_scored"] == len(ids & trained) > 0  # triplets of all 10
     assert "have the names of identities the run trained on" in " ".join(text.split())
+    # The same list scored as verification pairs says what it is and which measure reads it.
+    code, _, err = helpers.run_cli([*args[:2], *args[4:]], capsys)
+    assert code == 2 and "This is a triplet list" in err and "--measure match" in err
 
 
 def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):

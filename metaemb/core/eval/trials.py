@@ -183,6 +183,11 @@ def detect_format(path: str | Path) -> str:
     scores = len(f) == 4 and f[2] in ("target", "nontarget")
     hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
         scores) else ""  # fmt: skip
+    from metaemb.core.eval.triplets import is_triplet_list
+
+    if not hint and is_triplet_list(path):
+        hint = (" This is a triplet list ('anchor positive negative'): score it with "
+                "`metaemb evaluate --measure match`.")  # fmt: skip
     raise DataError(
         f"{path}:{lineno}: cannot tell the trial-list format from {' '.join(f)!r}; expected one "
         f"of: {expected}.{hint} Write the list in one of these formats (`metaemb trials make` "
