@@ -143,6 +143,11 @@ def test_runs_reads_the_best_epoch_from_last_pt_when_metrics_lines_are_lost(
     )  # fmt: skip
     assert info["status"].startswith("complete; metrics.jsonl lacks epoch")
     assert info["status"].endswith("read from last.pt")
+    (run / "metrics.jsonl").unlink()  # it showed "not started" for a trained run
+    code, out, err = run_cli(["runs", runs, "--json"], capsys)
+    [info] = json.loads(out)
+    assert (info["best_epoch"], info["epochs_done"]) == (full["best_epoch"], 3)
+    assert info["status"] == "complete; metrics.jsonl has no epoch record, read from last.pt"
 
 
 def test_plot_passes_over_metrics_lines_that_are_not_epoch_records(tmp_path, faces, capsys):

@@ -60,9 +60,11 @@ def read_run(run_dir: Path) -> RunInfo:
     records = epoch_records(run_dir / "metrics.jsonl")
     note = ""
     gaps = _missing_epochs(records)
-    if gaps:  # lines lost (a hand edit, a copy cut short): last.pt keeps every epoch's record
+    lost = not records and (run_dir / "last.pt").exists()  # emptied or deleted, trained epochs
+    if gaps or lost:  # lines lost (a hand edit, a copy cut short): last.pt keeps every record
         history = _checkpoint_history(run_dir / "last.pt")
-        note = f"; metrics.jsonl lacks epoch {', '.join(map(str, gaps[:5]))}"
+        what = "has no epoch record" if lost else f"lacks epoch {', '.join(map(str, gaps[:5]))}"
+        note = f"; metrics.jsonl {what}"
         if history:
             records, note = history, note + ", read from last.pt"
     key = _select_key(cfg)
