@@ -236,6 +236,10 @@ def evaluate(
         typer.Option(help="KEY=VALUE option of --protocol (e.g. min_age_gap=20), repeatable"),
     ] = None,
     scorer: Annotated[str | None, typer.Option(help="scorer name (default: the run's)")] = None,
+    p_target: Annotated[
+        list[float] | None,
+        typer.Option(help="target prior of minDCF/actDCF, repeatable (default: the run's)"),
+    ] = None,
     calibrate: Annotated[
         Path | None, typer.Option(help="trial list of held-out trials to train calibration on")
     ] = None,
@@ -286,12 +290,14 @@ def evaluate(
     unused = {"--enroll-samples": enroll_samples is not None and measure != "class",
               "--protocol": protocol is not None and measure != "verification",
               "--protocol-set": bool(protocol_set) and protocol is None,
+              "--p-target": bool(p_target) and measure != "verification",
               "--calibrate": calibrate is not None and measure != "verification"}  # fmt: skip
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
                                "for --measure class; --protocol and --calibrate for verification "
-                               "pairs; --protocol-set for --protocol): leave it out, or choose "
+                               "pairs; --protocol-set for --protocol; --p-target for "
+                               "verification): leave it out, or choose "
                                "the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
@@ -307,6 +313,7 @@ def evaluate(
         trials=trials,
         protocol=protocol,
         protocol_options=protocol_set or [],
+        p_targets=p_target or [],
         scorer=scorer,
         calibrate=calibrate,
         out=out,

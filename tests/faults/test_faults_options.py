@@ -550,3 +550,28 @@ def test_agedb_on_identity_folders_with_protocol_options(tmp_path, faces, face_r
     expect_error([*args, "--protocol-set", "min_age_gp=20"], capsys, "did you mean 'min_age_gap'")
     expect_error(["evaluate", face_run, "--protocol-set", "min_age_gap=20"], capsys,
                  "--protocol-set")  # fmt: skip
+
+
+def test_evaluate_takes_other_target_priors_and_names_an_edited_config(
+    tmp_path, faces, face_run, capsys
+):
+    """An edited config.toml (other p_targets, another scorer) was ignored without a word, and a
+    trained run could not be scored at other target priors."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(face_run, run)
+    args = ["evaluate", run, "--data", faces, "--workers", "0"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "e", "--p-target", "0.001",
+                            "--p-target", "0.5"], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["p_targets"] == [0.001, 0.5] and "min_dcf_0.001" in result
+    assert "min_dcf_0.01" not in result
+    expect_error([*args, "--p-target", "1.5"], capsys, "--p-target 1.5")
+    toml = run / "config.toml"
+    toml.write_text(toml.read_text().replace('scorer = "cosine"', 'scorer = "euclidean"'))
+    with pytest.warns(UserWarning, match=r"config.toml' differs from the configuration saved in "
+                      r"'best.pt' \(edited by hand\?\); metaemb uses the checkpoint's"):  # fmt: skip
+        code, _, err = run_cli([*args, "--out", tmp_path / "e2"], capsys)
+    assert code == 0, err

@@ -142,6 +142,8 @@ def load_run(
     if not isinstance(state.get("config"), dict) or "model" not in state:
         raise MetaembError(f"'{ckpt}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
     cfg = from_dict(state["config"])
+    if Path(path).is_dir():
+        _warn_edited_config(Path(path), ckpt, cfg)
     parts = None
     if data is not None or with_data:
         if data is not None:
@@ -171,6 +173,32 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def _warn_edited_config(run: Path, ckpt: Path, cfg: Config) -> None:
+    """The run folder's config.toml is a record of the run; the checkpoint's own configuration is
+    what every command uses. A config.toml edited to change the scoring was ignored silently."""
+    import warnings
+
+    from metaemb.core.config_toml import load_toml
+
+    toml = run / "config.toml"
+    if not toml.is_file():
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            same = from_dict(load_toml(toml)).hash() == cfg.hash()
+    except MetaembError:
+        same = False
+    if not same:
+        warnings.warn(
+            f"'{toml}' differs from the configuration saved in '{ckpt.name}' (edited by hand?); "
+            "metaemb uses the checkpoint's: config.toml records the run, it does not configure "
+            "it. Change how a run is scored with evaluate's options (--scorer, --p-target, "
+            "--trials …).",
+            stacklevel=3,
+        )
 
 
 def _rebase_data_paths(cfg: Config, data: Path) -> None:

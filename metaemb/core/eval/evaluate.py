@@ -21,7 +21,7 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import DataError
+from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.trial_set import (
@@ -76,10 +76,15 @@ class Evaluation:
         console: Console | None = None,
         adapt: bool = True,
         protocol_options: list[str] | None = None,
+        p_targets: list[float] | None = None,
     ) -> None:
         self.run_path, self.adapt = run, adapt
         self.data, self.trials_path, self.protocol = data, trials, protocol
         self.protocol_options = parse_protocol_options(protocol, protocol_options or [])
+        bad = [p for p in p_targets or [] if not 0.0 < p < 1.0]  # nan fails too
+        if bad:
+            raise ConfigError(f"--p-target {bad[0]}: a target prior is in (0, 1), e.g. 0.01.")
+        self.p_targets = tuple(p_targets or ())
         self.scorer_name, self.calibrate_path = scorer, calibrate
         self.out, self.device, self.workers = out, device, workers
         self.console = console or Console(emoji=False)
@@ -171,7 +176,7 @@ class Evaluation:
             self.run_path, self.device, data=self.data, with_data=True
         )
         cfg = loaded.config
-        p_targets = tuple(float(p) for p in cfg.eval.p_targets)
+        p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder
         evals = self._trials(loaded)
         labels = evals.labels()
