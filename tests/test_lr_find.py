@@ -33,6 +33,10 @@ def test_lr_find_command_sweeps_and_suggests(tmp_path, capsys):
     assert "suggested train.lr" in " ".join(text.split())
     assert out.is_file() and out.stat().st_size > 1000
     assert not (tmp_path / "runs").exists()  # nothing written into a run folder
+    for end in ("inf", "1e300"):  # refused up front, not blamed on --steps after the sweep
+        i = args.index("--end-lr")
+        code, _, err = helpers.run_cli([*args[: i + 1], end, *args[i + 2 :]], capsys)
+        assert code == 2 and f"--end-lr {float(end)}" in err and "at most at 100" in err
 
 
 def test_suggestion_is_the_steepest_descent_and_plot_has_its_lines():

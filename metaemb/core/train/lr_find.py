@@ -19,6 +19,8 @@ import numpy as np
 from metaemb.core.config import Config
 from metaemb.core.errors import MetaembError
 
+MAX_END_LR = 100.0
+
 
 @dataclass
 class LRFind:
@@ -61,6 +63,11 @@ def lr_range_test(
 
     if not 0 < start < end:
         raise MetaembError(f"the LR range needs 0 < start < end, got {start} … {end}.")
+    if not end <= MAX_END_LR:  # inf, 1e300: the sweep diverged at once, "too short" blamed steps
+        raise MetaembError(
+            f"--end-lr {end}: a learning-rate sweep ends at most at {MAX_END_LR:g} (the usual "
+            "range is 1e-7 … 10); beyond that the loss diverges in the first steps."
+        )
     if steps < 10:
         raise MetaembError(f"--steps must be ≥ 10, got {steps}.")
     out = LRFind()
