@@ -97,6 +97,20 @@ def test_round_trip_and_hash():
     assert isinstance(cfg, Config)
 
 
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_a_changed_default_round_trips_at_its_new_value(backbone):
+    """MobileNetV3's BatchNorm momentum changed default (0.01 → 0.1); saved configs lacking it
+    are read with the former 0.01. A new run's config.toml omitted it, so reading it back gave
+    another configuration (every re-run of `distill` warned that config.toml was edited)."""
+    cfg = resolve("face", sets=[f"model.backbone={backbone}"])
+    again = from_dict(tomllib.loads(cfg.to_toml()))
+    assert again.options("backbone")["bn_momentum"] == 0.1
+    assert again.hash() == cfg.hash()
+    saved = cfg.to_dict()
+    del saved["backbone"]["bn_momentum"]  # as a run saved before the option wrote it
+    assert from_dict(saved).options("backbone")["bn_momentum"] == 0.01
+
+
 def test_hash_covers_component_defaults():
     """Setting an option to its default is the same run; the defaults themselves are hashed."""
     from metaemb.core.plugin.components import options_of

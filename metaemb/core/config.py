@@ -188,7 +188,30 @@ class Config:
             out["augment"] = {
                 k: dict(sorted(v.items())) for k, v in self.components["augment"].items()
             }
+        self._write_changed_defaults(out)
         return out
+
+    def _write_changed_defaults(self, out: dict[str, Any]) -> None:
+        """Options whose default the modality changed (`Modality.former_options`) are written
+        out even at today's default: a saved config lacking one is read back with the former
+        value (`pin_former_defaults`), which would give this run another configuration."""
+        try:
+            mod = self.modality_obj()
+        except MetaembError:
+            return
+        for section, by_component in mod.former_options.items():
+            former = by_component.get(self.component_name(section)) or {}
+            missing = [k for k in former if k not in out.get(section, {})]
+            if not missing:
+                continue
+            every = options_of(
+                registry(COMPONENT_SECTIONS[section]).get(self.component_name(section))
+            )
+            table = out.setdefault(section, {})
+            for key in missing:
+                if key in every:
+                    table[key] = every[key].default
+            out[section] = dict(sorted(table.items()))
 
     def hash(self) -> str:
         """8 hex digits identifying everything that changes results (runtime keys excluded)."""
