@@ -159,7 +159,8 @@ def train(
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
-        trainer.run()
+        with out.logging_warnings():
+            trainer.run()
         if trainer.dist.main:
             from metaemb.commands.plot import after_training
 

@@ -4,6 +4,7 @@ from what training wrote), and every run keeps a plain-text train.log of what `t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import helpers
@@ -50,3 +51,23 @@ def test_runs_lists_trained_runs_and_train_log(tiny_face_run, capsys):
 def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     code, _, err = helpers.run_cli(["runs", tmp_path / "nope"], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_warnings_raised_while_training_are_copied_to_train_log(tmp_path):
+    """Warnings go to stderr, not through the console: the one explaining a 50 % EER (collapsed
+    embeddings) was missing from train.log."""
+    import warnings
+
+    from metaemb.core.train.runlog import LoggingConsole
+
+    out = LoggingConsole(file=open(os.devnull, "w"))  # noqa: SIM115
+    out.open_log(tmp_path / "train.log", "metaemb train")
+    with out.logging_warnings(), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("the embeddings collapsed", UserWarning, stacklevel=1)
+        warnings.warn("a library's deprecation", DeprecationWarning, stacklevel=1)
+    warnings.warn("after the block", UserWarning, stacklevel=1)
+    out.close_log()
+    log = (tmp_path / "train.log").read_text()
+    assert "warning: the embeddings collapsed" in log
+    assert "deprecation" not in log and "after the block" not in log

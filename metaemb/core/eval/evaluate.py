@@ -207,6 +207,7 @@ class Evaluation:
                 "(and speakers) give statistics that hurt more often than they help.",
                 markup=False,
             )
+        validation.warn_if_collapsed(embedded.emb, "evaluated")  # scores all but tied
         adapted = self.adapt and scorer.adapt(embedded.emb)  # label-free, every file scored
         check_consistent(
             scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)

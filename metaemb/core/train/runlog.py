@@ -3,7 +3,10 @@ summary, warnings, the error that stopped it), appended, one header per invocati
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +42,23 @@ class LoggingConsole(Console):
         if self._log is not None:
             self._log.print(text, markup=False)
             self._log_file.flush()  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def logging_warnings(self) -> Iterator[None]:
+        """Copy metaemb's warnings (UserWarning) raised inside the block to the log file too:
+        they go to stderr, not through `print`, and the one explaining a 50 % EER was lost."""
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            shown(message, category, *args, **kwargs)
+            if issubclass(category, UserWarning):
+                self.log_only(f"warning: {message}")
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     def close_log(self) -> None:
         if self._log_file is not None:

@@ -232,9 +232,9 @@ class Validator:
         return restrict(self.trials, lambda idx: ok[idx])
 
 
-def warn_if_collapsed(emb: Any) -> bool:
-    """Warn when every validation sample gets (nearly) the same embedding: the EER is then
-    chance whatever the loss says, most often because BatchNorm's running statistics, used in
+def warn_if_collapsed(emb: Any, what: str = "validation") -> bool:
+    """Warn when every `what` sample gets (nearly) the same embedding: the EER is then chance
+    whatever the loss says, most often because BatchNorm's running statistics, used in
     evaluation mode, have seen too few training steps."""
     if not isinstance(emb, Tensor) or emb.dim() != 2 or emb.shape[0] < 2:
         return False
@@ -243,7 +243,7 @@ def warn_if_collapsed(emb: Any) -> bool:
     collapsed = spread <= 1e-5 * max(scale, 1e-30)
     if collapsed:
         warnings.warn(
-            f"the validation embeddings are nearly identical for all {x.shape[0]} samples "
+            f"the {what} embeddings are nearly identical for all {x.shape[0]} samples "
             f"(largest spread {spread:.2g} against values up to {scale:.2g}): the model "
             "collapsed in evaluation mode, so its EER is chance. BatchNorm layers whose running "
             "statistics have seen too few training steps do this (a short run, or a small "
