@@ -197,14 +197,15 @@ def distill(
     workers: Annotated[int | None, typer.Option(min=0)] = None,
 ) -> None:
     """Train a student backbone from a frozen teacher (task loss + knowledge distillation)."""
-    sets = [
+    own = {s.partition("=")[0].strip() for s in set_ or []}
+    defaults = [
         f"train.teacher={json.dumps(str(teacher))}",
         "train.objective=distill",
         f"model.backbone={json.dumps(student)}",
         f"objective.kd={json.dumps(kd)}",
         f"name={json.dumps('distill-' + student)}",
-        *(set_ or []),
-    ]
+    ]  # a key the user --sets is theirs (the same key twice is warned about)
+    sets = [d for d in defaults if d.partition("=")[0] not in own] + list(set_ or [])
     from metaemb.core.train.pretrained import is_pretrained_name
 
     if is_pretrained_name(str(teacher)) and not any("teacher_dim" in s for s in set_ or []):

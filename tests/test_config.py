@@ -122,3 +122,14 @@ def test_hash_covers_component_defaults():
     assert implicit.hash() == explicit.hash()
     other = resolve("face", sets=["train.objective=triplet", f"objective.margin={margin + 0.1}"])
     assert other.hash() != implicit.hash()
+
+
+def test_booleans_take_1_and_0_and_a_key_set_twice_is_warned_about():
+    """`--set train.tensorboard=1` was refused while `yes` and `on` were taken, and a key given
+    twice on one command line took the last value without a word."""
+    assert resolve("face", sets=["train.tensorboard=1"]).train.tensorboard is True
+    assert resolve("face", sets=["train.tensorboard=0"]).train.tensorboard is False
+    with pytest.raises(ConfigError, match="expected true or false, got 2"):
+        resolve("face", sets=["train.tensorboard=2"])
+    with pytest.warns(UserWarning, match=r"--set train.epochs is given twice \(3, then 5\)"):
+        assert resolve("face", sets=["train.epochs=3", "train.epochs=5"]).train.epochs == 5

@@ -325,6 +325,22 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _set_items(sets: list[str]) -> dict[str, Any]:
+    """The --set items as {key: value}; a key given twice is warned about (the last counts)."""
+    import warnings
+
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, value = parse_set(item)
+        if key in out and out[key] != value:
+            warnings.warn(
+                f"--set {key} is given twice ({out[key]!r}, then {value!r}); the last one counts.",
+                stacklevel=3,
+            )
+        out[key] = value
+    return out
+
+
 def resolve(
     modality: str,
     config_file: str | Path | None = None,
@@ -342,7 +358,7 @@ def resolve(
     if config_file:
         layers.append((f"config file '{config_file}'", _flatten(load_toml(config_file))))
     if sets:
-        layers.append(("--set", dict(parse_set(s) for s in sets)))
+        layers.append(("--set", _set_items(sets)))
 
     cfg = Config(modality=modality)
     pending: dict[str, dict[str, Any]] = {}  # section -> the user's (nested) option values

@@ -143,6 +143,8 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # `--set x=1`, as the METAEMB_* switches
+            return bool(value)
         _text_number(value, where, "true or false")
         if isinstance(value, str) and value.lower() in (
             "true",
