@@ -32,14 +32,18 @@ def plot(
     identity and the leave-one-out CMC curve."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.plots import plot_run
-    from metaemb.core.paths import ensure_writable_dir, refuse_inside
+    from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 
     if embeddings is None and (highlight or method != "auto"):
         flag = "--highlight" if highlight else "--method"
         raise MetaembError(f"{flag} shapes the embedding map, which needs --embeddings (a data "
                            "folder or a file from `metaemb embed`): give it, or leave the "
                            f"{flag} out for the training curves alone.")  # fmt: skip
-    ensure_writable_dir(out or run / "plots", "plots folder")
+    folder = out or run / "plots"
+    ensure_writable_dir(folder, "plots folder")
+    names = ["training.png"] + (["embeddings_map.png", "cmc.png"] if embeddings else [])
+    for name in names:  # a PNG that metaemb did not draw (a photo) is never replaced
+        ensure_writable(folder / name, "plot")
     if out is not None:
         for root in (embeddings, *_trained_on(run)):
             if root is not None and root.is_dir():

@@ -356,6 +356,19 @@ def test_third_audit_outputs_and_inputs(tmp_path, faces, face_run, capsys, monke
         expect_error(["lr-find", "--data", faces, "--out", out, "--steps", "5"], capsys, text)
     assert photo.read_bytes() == photo_bytes
     ensure_writable(ours, "plot")  # replacing our own earlier plot is fine
+    # evaluate and plot: a photo named like one of their plots is refused before any work.
+    for args, name in [
+        (["evaluate", face_run, "--data", faces, "--workers", "0"], "det.png"),
+        (["evaluate", face_run, "--data", faces, "--workers", "0"], "scores.png"),
+        (["plot", face_run], "training.png"),
+        (["plot", face_run, "--embeddings", faces, "--method", "pca"], "cmc.png"),
+    ]:
+        folder = tmp_path / f"out-{args[0]}-{name}"
+        folder.mkdir()
+        (folder / name).write_bytes(photo_bytes)
+        expect_error([*args, "--out", folder], capsys, name, "existing .png file")
+        assert [p.name for p in folder.iterdir()] == [name]
+        assert (folder / name).read_bytes() == photo_bytes
     # An empty METAEMB_CACHE is unset, not the working directory.
     monkeypatch.setenv("METAEMB_CACHE", "")
     assert default_cache_dir() == Path.home() / ".cache" / "metaemb"

@@ -278,6 +278,11 @@ class Evaluation:
         names += ["scores_calibrated.txt"] if self.calibrate_path else []
         for name in names:
             ensure_writable(out / name, "evaluation output file")
+        plots = ["det.png", "scores.png"] + (
+            ["scores_calibrated.png"] if self.calibrate_path else []
+        )
+        for name in plots:  # a PNG that metaemb did not draw (a photo) is never replaced
+            ensure_writable(out / name, "plot")
 
     def _run_dir(self) -> Path:
         return self.run_path if self.run_path.is_dir() else self.run_path.parent
