@@ -162,3 +162,27 @@ def test_onecycle_lr_and_cosine_momentum():
     assert all(a >= b - 1e-12 for a, b in pairwise(lrs[10:]))
     state = sched.state_dict()
     assert not any(k.startswith("_cfg") for k in state) and math.isfinite(state["last_epoch"])
+
+
+def test_a_rehearsal_run_whose_cache_was_cleared_says_how_to_rebuild_it(old_run, tmp_path, capsys):
+    """The rehearsal mix lives in the cache; once cleared, `evaluate RUN` told the user to
+    point --data at a folder they never chose. Re-running the train command rebuilds it."""
+    import shutil
+
+    _, new, run = old_run
+    runs = tmp_path / "runs"
+    sets = ("train.epochs=1", f"train.init_from={json.dumps(str(run))}", "train.rehearsal=1")
+    assert train(new, runs, capsys, *sets)[0] == 0
+    [rehearsed] = list((runs / "face").iterdir())
+    shutil.rmtree(runs / "cache" / "rehearsal")
+    code, _, err = helpers.run_cli(["evaluate", rehearsed, "--workers", "0"], capsys)
+    message = " ".join(err.split())
+    assert (
+        code == 2
+        and "it is the rehearsal mix" in message
+        and "Re-run the `metaemb train`" in message
+    )
+    code, text, err = train(new, runs, capsys, *sets)
+    assert code == 0 and "complete" in " ".join(text.split()), err
+    code, _, err = helpers.run_cli(["evaluate", rehearsed, "--workers", "0"], capsys)
+    assert code == 0, err

@@ -152,6 +152,14 @@ def load_run(
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
             saved = cfg.data.root_absolute or cfg.data.root
+            if cfg.train.rehearsal and cfg.train.init_from:
+                raise DataError(
+                    f"the data folder the run trained on, '{saved}', does not exist: it is the "
+                    "rehearsal mix (new data + old samples, train.rehearsal) metaemb built in its "
+                    "cache, which was cleared. Re-run the `metaemb train` command that made the "
+                    "run: it rebuilds the same mix and finds the run complete. Or score other "
+                    "data with --data DIR (and --trials)."
+                )
             raise DataError(
                 f"the data folder the run trained on, '{saved}', does not exist (moved or "
                 "deleted?); point at it with --data DIR."
