@@ -156,6 +156,7 @@ def train(
     out = LoggingConsole()  # prints as `console` does, and copies it to RUN/train.log
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
                       workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
+    new_folder = not trainer.dir.exists()
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
@@ -167,6 +168,9 @@ def train(
             after_training(trainer.dir, out)
     except MetaembError as exc:
         out.log_only(f"error: {exc}")
+        if new_folder and trainer.dist.main:
+            out.close_log()
+            _remove_unstarted_run(trainer.dir)
         raise
     except KeyboardInterrupt:
         out.log_only("interrupted")
@@ -178,6 +182,16 @@ def train(
         raise typer.Exit(130) from None
     finally:
         out.close_log()
+
+
+def _remove_unstarted_run(folder: Path) -> None:
+    """A run folder this command created and that holds no trained epoch (a mistake stopped it
+    before training) is removed: such folders piled up unseen, one per configuration tried."""
+    import shutil
+
+    trained = ("last.pt", "best.pt", "metrics.jsonl")
+    if folder.is_dir() and not any((folder / name).exists() for name in trained):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def distill(

@@ -575,3 +575,23 @@ def test_evaluate_takes_other_target_priors_and_names_an_edited_config(
                       r"'best.pt' \(edited by hand\?\); metaemb uses the checkpoint's"):  # fmt: skip
         code, _, err = run_cli([*args, "--out", tmp_path / "e2"], capsys)
     assert code == 0, err
+
+
+def test_a_train_stopped_before_training_leaves_no_run_folder(tmp_path, faces, capsys):
+    """A mistake that stops `train` before any epoch left a run folder holding only train.log,
+    one per configuration tried (hidden by `metaemb runs`)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = tmp_path / "runs"
+    code, _, err = train_tiny(empty, runs, capsys=capsys)
+    assert code == 2 and "no identity sub-folders" in " ".join(err.split())
+    assert not (runs / "face").exists() or not any((runs / "face").iterdir())
+    # A folder that existed before the command (a run resumed) is never removed.
+    assert train_tiny(faces, runs, capsys=capsys)[0] == 0
+    [run] = list((runs / "face").iterdir())
+    (faces / "id0000" / "extra.png").write_bytes((faces / "id0000" / "000.png").read_bytes())
+    try:
+        code, _, err = train_tiny(faces, runs, capsys=capsys)
+    finally:
+        (faces / "id0000" / "extra.png").unlink()
+    assert code == 2 and "changed" in err and (run / "train.log").is_file()
