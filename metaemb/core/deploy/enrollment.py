@@ -10,6 +10,8 @@ from metaemb.core.errors import first_few
 
 
 def load_with_digest(checkpoint: Path, data: Path, device: str) -> tuple[Any, str]:
+    """The run with its data pipeline on `data`, and the digest of its weights (a gallery's
+    stamp: which model its embeddings belong to)."""
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.deploy.stamp import model_digest
 
