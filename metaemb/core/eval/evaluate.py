@@ -121,7 +121,7 @@ class Evaluation:
             )
         _, val = validation.split(loaded.parts.folder, cfg)
         trials = validation.validation_trials(val, cfg)
-        return TrialSet(trials, "validation", "the run's validation trials")
+        return TrialSet(trials, "validation", "the run's validation trials", own_validation=True)
 
     def _training_identities_scored(self, loaded: Loaded, folder: Any, evals: TrialSet) -> int:
         """How many scored identities the run trained on (0 for its own validation trials),
@@ -198,7 +198,7 @@ class Evaluation:
         sets = [evals] + ([cal] if cal else [])
         # The run's own validation trials score as validation did (training statistics), so
         # `evaluate RUN` reproduces the numbers training reported.
-        renorm = self.adapt and cfg.eval.adapt_batchnorm and evals.name != "validation"
+        renorm = self.adapt and cfg.eval.adapt_batchnorm and not evals.own_validation
         embedded = Embedded(loaded, folder, sets, self.workers, adapt_batchnorm=renorm)
         if embedded.norm_too_few:
             self.console.print(

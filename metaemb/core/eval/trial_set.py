@@ -22,6 +22,7 @@ class TrialSet:
     name: str
     source: str
     folds: int = 0
+    own_validation: bool = False  # the run's validation trials, regenerated (`evaluate RUN`)
 
     @property
     def read_as(self) -> str:
