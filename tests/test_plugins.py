@@ -292,3 +292,37 @@ def test_a_plugin_commands_own_exception_names_the_plugin(capsys, monkeypatch):
         monkeypatch.setenv("METAEMB_DEBUG", "1")
         with pytest.raises(ZeroDivisionError):
             helpers.run_cli(["boom"], capsys)
+
+
+def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(tmp_path):
+    """Signature data keep skilled forgeries in the user's folder: `identity_of` gives them an
+    identity of their own (a genuine-forgery trial is then a non-target) or leaves them out."""
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import SampleFolder
+
+    for rel in ("u1/g1.npy", "u1/g2.npy", "u1/forgery/f1.npy", "u2/g1.npy", "u2/forgery/f1.npy"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / rel, np.zeros(3))
+
+    class Signatures(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = (".npy",)
+        genuine_only = False
+
+        def load(self, path):
+            return np.load(path)
+
+        def identity_of(self, path):
+            user, _, rest = path.partition("/")
+            if rest.startswith("forgery/"):
+                return None if self.genuine_only else f"{user}/forgery"
+            return user
+
+    both = Signatures(tmp_path)
+    assert both.identities == ["u1", "u1/forgery", "u2", "u2/forgery"]
+    assert {s.path: s.identity for s in both.samples}["u1/forgery/f1.npy"] == "u1/forgery"
+    Signatures.genuine_only = True
+    genuine = Signatures(tmp_path)
+    assert genuine.identities == ["u1", "u2"] and len(genuine) == 3

@@ -86,7 +86,15 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
         kind = f"{type(self).__module__}.{type(self).__qualname__}"
         paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
-        return [Sample(rel, rel.split("/", 1)[0], -1) for rel in paths]
+        named = ((rel, self.identity_of(rel)) for rel in paths)
+        return [Sample(rel, identity, -1) for rel, identity in named if identity is not None]
+
+    def identity_of(self, path: str) -> str | None:
+        """The identity of the sample at relative `path` (its first folder), or None to leave
+        the file out. Override it for data whose folders hold other material too: skilled
+        forgeries in `u001/forgery/…` become `u001/forgery` (an identity of their own, so a
+        genuine-forgery trial is a non-target), or are left out of a training folder."""
+        return path.split("/", 1)[0]
 
     def _walk(self, root: Path, exts: set[str]) -> tuple[list[str], list[str]]:
         """(relative sample paths, real paths of the folders listed): the full scan."""
