@@ -382,7 +382,10 @@ def demo_data(
         from metaemb.core.errors import ConfigError
 
         raise ConfigError(f"modality '{modality}' has no built-in demo dataset.")
-    opts = validate_options("demo_data", name, dict(parse_set(s) for s in set_ or []), "demo")
+    items = dict(parse_set(s) for s in set_ or [])  # `demo.identities=2`, as train takes it, too
+    items = {k.removeprefix("demo."): v for k, v in items.items()}
+    opts = validate_options("demo_data", name, items, "demo")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
     build("demo_data", name, opts, out=out)
     console.print(f"wrote the {modality} demo dataset to {out}", markup=False)
 

@@ -326,3 +326,54 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
     Signatures.genuine_only = True
     genuine = Signatures(tmp_path)
     assert genuine.identities == ["u1", "u2"] and len(genuine) == 3
+
+
+class SiblingDemo:
+    """A demo generator written as docs/plugins.md says: a temporary sibling, then a rename."""
+
+    @metaemb.hookimpl
+    def register_demo_data(self, register):
+        import os
+        import tempfile
+        from pathlib import Path
+
+        def sibling(out, count: int = 2, label=None):
+            tmp = tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp")
+            for i in range(count):
+                (Path(tmp) / f"id{i}").mkdir()
+            if label is not None:
+                assert type(label) is str, type(label)  # never metaemb's internal Unquoted
+            os.replace(tmp, out)
+
+        register("sibling", sibling)
+
+    @metaemb.hookimpl
+    def register_modalities(self, register):
+        from metaemb.core.plugin.modality import Modality
+
+        register("sib", Modality(name="sib", description="", sample_folder="image",
+                                 features="image", backbone="resnet18", demo_data="sibling"))  # fmt: skip
+
+
+def test_demo_data_gets_an_existing_parent_and_takes_the_demo_prefix(tmp_path, capsys):
+    """The demo generator's out folder had no parent yet (the doc's sibling recipe failed), and
+    `demo-data --set demo.count=3` was refused as `demo.demo.count`."""
+    with plugins.plugin_registered(SiblingDemo(), "sibling-plugin"):
+        out = tmp_path / "new" / "deeper" / "demo"
+        args = ["demo-data", "--modality", "sib", "--out", out]
+        code, _, err = helpers.run_cli([*args, "--set", "demo.count=3", "--set", "label=abc"],
+                                       capsys)  # fmt: skip
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["id0", "id1", "id2"]
+
+
+def test_plugin_registered_reports_a_module_implementing_no_hook(monkeypatch):
+    import types
+
+    module = types.ModuleType("undecorated_in_process")
+    module.register_backbones = lambda register: None  # no @metaemb.hookimpl
+    with (
+        pytest.warns(UserWarning, match="implements no metaemb hook"),
+        plugins.plugin_registered(module, "in-process-undecorated"),
+    ):
+        pass

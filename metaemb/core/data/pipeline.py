@@ -57,6 +57,7 @@ def data_root(config: Config, console: Console | None = None) -> Path:
         console.print(
             f"Generating the built-in {mod.name} demo dataset into {out} (once) …", markup=False
         )
+    out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
     build("demo_data", mod.demo_data, config.options("demo"), out=out)
     return out
 

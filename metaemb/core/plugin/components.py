@@ -107,10 +107,16 @@ def _text_number(value: Any, where: str, what: str) -> None:
         )
 
 
+def _shown(value: Any) -> str:
+    """A value for a message, cut to 60 characters with an ellipsis (never half a repr)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def coerce(value: Any, typ: Any, where: str) -> Any:
     """Check/convert `value` (from TOML or a --set string) to annotation `typ`, or raise ConfigError."""
-    if typ is Any or typ is _EMPTY:
-        return value
+    if typ is Any or typ is _EMPTY:  # an unannotated option: plain text, not our Unquoted
+        return str(value) if isinstance(value, Unquoted) else value
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):
@@ -390,7 +396,7 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         # A component refusing its options (a negative width, a size it cannot make) speaks
         # for itself, and so does a plugin's own bug (an AttributeError in its __init__); say
         # which component, from which plugin, with which options.
-        shown = ", ".join(f"{k}={v!r:.60}" for k, v in kwargs.items()) or "no options"
+        shown = ", ".join(f"{k}={_shown(v)}" for k, v in kwargs.items()) or "no options"
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}"

@@ -322,8 +322,9 @@ def plugin_registered(plugin: object, name: str) -> Iterator[None]:
     st.add_plugin_hookspecs(plugin)
     st.versions[name] = "in-process"
     st.invalidate()
-    st.check_hook_names(strict_mode())
     try:
+        st.check_hook_names(strict_mode())
+        st.check_implements_something(name, plugin, strict_mode())  # as for an installed one
         yield
     finally:
         st.pm.unregister(name=name)
