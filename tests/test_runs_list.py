@@ -71,3 +71,22 @@ def test_warnings_raised_while_training_are_copied_to_train_log(tmp_path):
     log = (tmp_path / "train.log").read_text()
     assert "warning: the embeddings collapsed" in log
     assert "deprecation" not in log and "after the block" not in log
+
+
+def test_a_model_worse_than_the_no_learning_baseline_is_named():
+    """A trained model at 13 % EER beside a raw-input baseline at 0 % printed no word (the
+    ratio line needs a non-zero baseline)."""
+    import io
+
+    from rich.console import Console
+
+    from metaemb.core.config import resolve
+    from metaemb.core.eval.summary import print_summary
+
+    history = [{"epoch": 1, "loss": 1.0, "eer": 0.13, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4,
+                "cllr": 0.9, "min_cllr": 0.4}]  # fmt: skip
+    for base, warned in ((0.0, True), (0.2, False)):
+        out = io.StringIO()
+        print_summary(Console(file=out, width=200), resolve("face"), history,
+                      {"name": "raw input", "eer": base}, [])  # fmt: skip
+        assert ("is worse than the raw input baseline's" in out.getvalue()) is warned

@@ -96,6 +96,14 @@ def print_summary(
             f"{best_epoch}) vs {baseline.get('name')} baseline EER {_pct(baseline['eer'])} "
             f"(final/baseline ratio {final['eer'] / baseline['eer']:.2f})"
         )
+    base = baseline.get("eer")
+    if isinstance(base, (int, float)) and best.get("eer") is not None and best["eer"] > base:
+        console.print(
+            f"[yellow]warning:[/] the best validation EER, {_pct(best['eer'])}, is worse than "
+            f"the {escape(str(baseline.get('name')))} baseline's {_pct(base)}: the model has "
+            "not learned more than the raw input gives (too few epochs, a learning rate that "
+            "is off, or data the input alone already separates)."
+        )
     if skipped:
         console.print(f"[yellow]{len(skipped)} bad sample(s) skipped[/]; listed in skipped.txt")
 
