@@ -127,6 +127,13 @@ def project_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.n
     return centred @ vt[:2].T, "pca"
 
 
+def check_highlight(highlight: Sequence[str], identities: Sequence[str]) -> None:
+    """Every identity to highlight is among the embedded samples' identities."""
+    unknown = sorted(set(highlight) - set(identities))
+    if unknown:
+        raise DataError(f"--highlight: identity '{unknown[0]}' is not among the embedded samples.")
+
+
 def embedding_map_figure(
     coords: np.ndarray,
     identities: Sequence[str],
@@ -137,9 +144,7 @@ def embedding_map_figure(
     larger, outlined scatter and a label at its centre (so: 1 + len(highlight) scatters)."""
     plt = report._pyplot()
     ids = np.asarray(identities)
-    unknown = sorted(set(highlight) - set(ids.tolist()))
-    if unknown:
-        raise DataError(f"--highlight: identity '{unknown[0]}' is not among the embedded samples.")
+    check_highlight(highlight, ids.tolist())
     names, codes = np.unique(ids, return_inverse=True)
     fig, ax = plt.subplots(figsize=(7, 6))
     rest = ~np.isin(ids, list(highlight))
@@ -217,11 +222,7 @@ def plot_run(
         else:
             coll = Collection.load(embeddings)
             _warn_other_model(coll.meta.get("checkpoint"), run_dir, embeddings)
-        unknown = sorted(set(highlight) - set(coll.identities))
-        if unknown:
-            raise DataError(
-                f"--highlight: identity '{unknown[0]}' is not among the embedded samples."
-            )
+        check_highlight(highlight, coll.identities)
     made = []
     with written_together():  # all pictures, or (a failure half-way) none
         if curves:
