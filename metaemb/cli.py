@@ -128,7 +128,7 @@ def train(
     if tensorboard:
         sets.append("train.tensorboard=true")
     if modality is None:  # a saved run's config.toml says which modality it trains
-        from metaemb.core.config_toml import load_toml
+        from metaemb.core.config.toml_io import load_toml
 
         modality = str(load_toml(config).get("modality", "face")) if config else "face"
     cfg = resolve(modality, config, sets)

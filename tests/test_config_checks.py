@@ -185,7 +185,7 @@ def test_an_old_run_directory_still_evaluates(tmp_path, capsys, monkeypatch):
     import torch
     from helpers import demo_faces
 
-    from metaemb.core.config_toml import dumps_toml
+    from metaemb.core.config.toml_io import dumps_toml
 
     data = demo_faces(tmp_path / "faces", 8, 4, image_size=32)
     runs = tmp_path / "runs"

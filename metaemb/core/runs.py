@@ -50,7 +50,7 @@ def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None
     import warnings
 
     from metaemb.core.config import from_dict
-    from metaemb.core.config_toml import load_toml
+    from metaemb.core.config.toml_io import load_toml
 
     here = run_dir(runs_root, config)
     if here.exists():
@@ -398,7 +398,7 @@ class RunLock:
 def saved_config(run: Path) -> dict[str, Any] | None:
     """The config.toml of a run folder (or of a checkpoint's folder) as a dict; None when there
     is none that reads, for callers that only take a hint from it."""
-    from metaemb.core.config_toml import load_toml
+    from metaemb.core.config.toml_io import load_toml
 
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
     try:

@@ -289,7 +289,7 @@ def test_continual_weights_must_not_be_negative():
 def test_byte_order_marks_and_hidden_files(tmp_path, faces):
     import shutil
 
-    from metaemb.core.config_toml import load_toml
+    from metaemb.core.config.toml_io import load_toml
     from metaemb.core.eval.trials import read_trials
     from metaemb.core.plugin.components import build
 

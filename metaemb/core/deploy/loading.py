@@ -188,7 +188,7 @@ def _warn_edited_config(run: Path, ckpt: Path, cfg: Config) -> None:
     what every command uses. A config.toml edited to change the scoring was ignored silently."""
     import warnings
 
-    from metaemb.core.config_toml import load_toml
+    from metaemb.core.config.toml_io import load_toml
 
     toml = run / "config.toml"
     if not toml.is_file():

@@ -73,7 +73,7 @@ def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, 
         return {}
     if protocol is None:
         raise ConfigError("--protocol-set sets options of --protocol NAME: give the protocol.")
-    from metaemb.core.config_toml import parse_set
+    from metaemb.core.config.toml_io import parse_set
     from metaemb.core.plugin.components import validate_options
 
     options = dict(parse_set(item) for item in items)

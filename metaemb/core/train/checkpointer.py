@@ -241,7 +241,7 @@ def config_edited_warning(path: Path, config: Any) -> str | None:
     """config.toml is rewritten from the command's settings on every start; an edit by hand
     (which changes the run's hash) would vanish without a word, so say so."""
     from metaemb.core.config import from_dict
-    from metaemb.core.config_toml import load_toml
+    from metaemb.core.config.toml_io import load_toml
 
     if not path.exists():
         return None

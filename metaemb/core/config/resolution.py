@@ -1,4 +1,4 @@
-"""Typed configuration: dataclass sections, TOML files, dotted `--set` overrides, strict keys.
+"""Resolving a run's configuration from its layers.
 
 Resolution order (later wins): built-in defaults → the modality's defaults → `--config FILE` →
 `--set key=value`. Core sections (data, model, train, eval) are dataclasses; the component
@@ -10,242 +10,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from metaemb.core.config_checks import check_values, migrate_options
-from metaemb.core.config_toml import dumps_toml, load_toml, parse_set
-from metaemb.core.errors import ConfigError, MetaembError, UnknownComponentError, suggest
-from metaemb.core.plugin.components import (
-    coerce,
-    full_options,
-    options_of,
-    validate_options,
+from metaemb.core.config.checks import check_values, migrate_options
+from metaemb.core.config.run_config import Config
+from metaemb.core.config.sections import (
+    CHOICE_FIELDS,
+    COMPONENT_SECTIONS,
+    CORE_SECTIONS,
+    HASH_NEUTRAL,
+    TOP_LEVEL,
 )
+from metaemb.core.config.toml_io import load_toml, parse_set
+from metaemb.core.errors import ConfigError, MetaembError, UnknownComponentError, suggest
+from metaemb.core.plugin.components import coerce, options_of, validate_options
 from metaemb.core.plugin.contract import agree, check_chain
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality, check_option_targets
 
 
-@dataclass
-class DataConfig:
-    root: str = ""  # "" = the modality's built-in demo dataset
-    folder: str = ""  # sample-folder component; "" = the modality's default
-    val_fraction: float = 0.25  # identities held out for validation
-    workers: int = 2  # DataLoader worker processes (runtime only: not part of the run hash)
-    on_bad_sample: Literal["error", "skip"] = "error"
-    cache_dir: str = ""  # "" = $METAEMB_CACHE or ~/.cache/metaemb (runtime only)
-    # Where a relative `root` pointed when the run was trained, so the run evaluates from any
-    # working directory (runtime only: not part of the run hash).
-    root_absolute: str = ""
-
-
-@dataclass
-class ModelConfig:
-    frontend: str = ""  # "" = the modality's default
-    features: str = ""
-    backbone: str = ""
-    head: str = "linear"  # "linear" (point embedding) or "gme" (Gaussian meta-embedding)
-    dim: int = 128
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    momentum: float = 0.9  # SGD only
-    warmup_epochs: float = 1.0
-    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"  # onecycle: cosine momentum
-    grad_clip: float = 5.0  # max gradient norm; 0 disables
-    objective: str = "softmax"
-    sampler: str = ""  # "" = the batch structure the objective asks for
-    classifier_lr_mult: float = 1.0  # LR multiplier of the class-weight module
-    head_lr_mult: float = 1.0  # LR multiplier of the embedding head (e.g. GME precisions)
-    freeze_trunk_epochs: int = 0
-    init_head_from_plda: bool = False  # GME head: fit PLDA on training features before epoch 1
-    teacher: str = ""  # run dir or checkpoint of a frozen teacher (objective "distill")
-    init_from: str = ""  # warm start: a run dir or checkpoint whose weights start this run
-    init_parts: Literal["backbone", "backbone+head", "all"] = "backbone+head"  # init_from loads
-    init_distill: float = 0.0  # continual learning: λ of an embedding-KD term to the init model
-    rehearsal: int = 0  # continual learning: old samples per old identity mixed into training
-    snapshot_every: int = 0  # also keep snapshot-epochNNN.pt every N epochs (0: none)
-    tensorboard: bool = False  # log to RUN/tensorboard (the tensorboard extra)
-    augment: list[str] = field(default_factory=list)  # augmentations, in order ([augment.<name>])
-    seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA
-    compile: bool = False
-    channels_last: bool = True
-
-
-@dataclass
-class EvalConfig:
-    scorer: str = ""  # "" = cosine for point embeddings, gme for meta-embeddings
-    max_targets: int = 4000  # validation target trials (all pairs when fewer)
-    nontargets: int = 4000  # validation non-target trials
-    p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
-    select: Literal["eer", "min_dcf", "cllr"] = "eer"  # best-checkpoint criterion (lower wins)
-    batch_size: int = 64
-    # evaluate: re-estimate the network's BatchNorm statistics on the scored files (AdaBN), a
-    # label-free adaptation to their domain; `evaluate --no-adapt` turns it off.
-    adapt_batchnorm: bool = False
-
-
-CORE_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
-# component section -> (registry kind, how to find the chosen name)
-COMPONENT_SECTIONS = {
-    "folder": "sample_folders",
-    "frontend": "frontends",
-    "features": "features",
-    "backbone": "backbones",
-    "head": "heads",
-    "objective": "objectives",
-    "sampler": "samplers",
-    "scorer": "scorers",
-    "demo": "demo_data",
-}
-# component section -> the core field that chooses its component
-CHOICE_FIELDS = {
-    "folder": ("data", "folder"),
-    "frontend": ("model", "frontend"),
-    "features": ("model", "features"),
-    "backbone": ("model", "backbone"),
-    "head": ("model", "head"),
-    "objective": ("train", "objective"),
-    "sampler": ("train", "sampler"),
-    "scorer": ("eval", "scorer"),
-}
-TOP_LEVEL = {"name": str, "modality": str}
-RUNTIME_KEYS = {
-    ("data", "workers"),
-    ("data", "cache_dir"),
-    ("data", "root_absolute"),
-    ("train", "snapshot_every"),
-    ("train", "tensorboard"),
-}
-# Core fields added after run hashes were first published: left out of the hash at these values,
-# so configurations that do not use them keep their run folders.
-HASH_NEUTRAL = {
-    ("train", "augment"): [],
-    ("train", "init_from"): "",
-    ("train", "init_parts"): "backbone+head",
-    ("train", "init_distill"): 0.0,
-    ("train", "rehearsal"): 0,
-    ("eval", "adapt_batchnorm"): False,
-}
-
-
-@dataclass
-class Config:
-    name: str = "run"
-    modality: str = "face"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    components: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    # -- chosen component names --------------------------------------------------------
-    def component_name(self, section: str) -> str:
-        """The component chosen for `section` ("" for "demo" when the modality has none)."""
-        if section == "demo":
-            return self.modality_obj().demo_data
-        core, key = CHOICE_FIELDS[section]
-        return getattr(getattr(self, core), key)
-
-    def select_key(self) -> str:
-        """The metrics key that picks the best checkpoint (minDCF at the first P_target)."""
-        if self.eval.select == "min_dcf":
-            return f"min_dcf_{self.eval.p_targets[0]:g}"
-        return self.eval.select
-
-    def options(self, section: str) -> dict[str, Any]:
-        return dict(self.components.get(section, {}))
-
-    @staticmethod
-    def component_kind(section: str) -> str:
-        """The registry kind of a component section ("backbone" → "backbones")."""
-        return COMPONENT_SECTIONS[section]
-
-    def modality_obj(self) -> Modality:
-        return registry("modalities").get(self.modality)
-
-    # -- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "modality": self.modality}
-        for section in CORE_SECTIONS:
-            out[section] = dataclasses.asdict(getattr(self, section))
-        for section in COMPONENT_SECTIONS:
-            if self.components.get(section):
-                out[section] = dict(sorted(self.components[section].items()))
-        if self.components.get("augment"):
-            out["augment"] = {
-                k: dict(sorted(v.items())) for k, v in self.components["augment"].items()
-            }
-        self._write_changed_defaults(out)
-        return out
-
-    def _write_changed_defaults(self, out: dict[str, Any]) -> None:
-        """Options whose default the modality changed (`Modality.former_options`) are written
-        out even at today's default: a saved config lacking one is read back with the former
-        value (`pin_former_defaults`), which would give this run another configuration."""
-        try:
-            mod = self.modality_obj()
-        except MetaembError:
-            return
-        for section, by_component in mod.former_options.items():
-            former = by_component.get(self.component_name(section)) or {}
-            missing = [k for k in former if k not in out.get(section, {})]
-            if not missing:
-                continue
-            every = options_of(
-                registry(COMPONENT_SECTIONS[section]).get(self.component_name(section))
-            )
-            table = out.setdefault(section, {})
-            for key in missing:
-                if key in every:
-                    table[key] = every[key].default
-            out[section] = dict(sorted(table.items()))
-
-    def hash(self) -> str:
-        """8 hex digits identifying everything that changes results (runtime keys excluded)."""
-        d = self.to_dict()
-        for section, key in RUNTIME_KEYS:
-            d[section].pop(key, None)
-        for (section, key), neutral in HASH_NEUTRAL.items():
-            if d[section].get(key) == neutral:
-                d[section].pop(key)
-        # Component defaults count too: a changed default must not resume an old run's files.
-        for section, kind in COMPONENT_SECTIONS.items():
-            name = self.component_name(section)
-            if not name:
-                continue
-            factory = registry(kind).get(name)
-            every = {k: o.default for k, o in options_of(factory, internal=True).items()}
-            d[section] = {**every, **full_options(kind, name, d.get(section, {}))}
-            # An option added later names the value that reproduces the old behaviour: at that
-            # value it is left out, so runs made before it existed keep their hash and resume.
-            for key, value in (getattr(factory, "hash_neutral", None) or {}).items():
-                if d[section].get(key, value) == value:
-                    d[section].pop(key, None)
-        if self.train.augment:
-            from metaemb.core.train.augment import full_options as augment_options
-
-            d["augment"] = augment_options(self.train.augment, self.options("augment"))
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
-
-    def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
-
-
-# ---------------------------------------------------------------------------------------------
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
