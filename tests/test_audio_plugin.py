@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from metaemb.core.plugin import manager as plugins
-from metaemb.core.plugin.components import build, options_of
+from metaemb.core.plugin.components import build
+from metaemb.core.plugin.options import options_of
 from metaemb.plugins.audio.features import AudioFeatures
 from metaemb.plugins.audio.vad import EnergyVAD
 

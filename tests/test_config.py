@@ -113,8 +113,8 @@ def test_a_changed_default_round_trips_at_its_new_value(backbone):
 
 def test_hash_covers_component_defaults():
     """Setting an option to its default is the same run; the defaults themselves are hashed."""
-    from metaemb.core.plugin.components import options_of
     from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
 
     margin = options_of(registry("objectives").get("triplet"))["margin"].default
     implicit = resolve("face", sets=["train.objective=triplet"])

@@ -27,16 +27,11 @@ from metaemb import hookimpl
 from metaemb.core.data.dataset import checked_batch, checked_values
 from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
-from metaemb.core.plugin.components import (
-    build,
-    options_of,
-    part_table,
-    parts_of,
-    validate_options,
-)
+from metaemb.core.plugin.components import build, part_table, validate_options
 from metaemb.core.plugin.contract import Kind, declared
 from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
+from metaemb.core.plugin.options import options_of, parts_of
 from metaemb.core.train.augment import check_output
 from metaemb.core.train.component_checks import _not_plain, check_batches
 

@@ -13,14 +13,16 @@ from torch import nn
 
 import metaemb
 from metaemb.core.config import resolve
+from metaemb.core.config.chain import check_scorer
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.data.pipeline import data_root
 from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.plugin import manager as plugins
-from metaemb.core.plugin.components import build, options_of
-from metaemb.core.plugin.contract import ANY, SAME, Kind, Opt, check_links, check_scorer
+from metaemb.core.plugin.components import build
+from metaemb.core.plugin.contract import ANY, SAME, Kind, Opt, check_links
 from metaemb.core.plugin.interfaces import Backbone, IdentityFrontend, SampleFolder
 from metaemb.core.plugin.modality import Modality
+from metaemb.core.plugin.options import options_of
 
 
 class NpyFolder(SampleFolder):

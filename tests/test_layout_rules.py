@@ -1,5 +1,6 @@
 """The import rules of the layout (docs/architecture.md): the core never imports a plugin or the
-command line, and a built-in plugin never imports another plugin.
+command line, a built-in plugin never imports another plugin, and the plugin framework
+(core/plugin) never imports the configuration built on it (core/config).
 
 Checked on the source (AST walk over every import statement, including those inside functions,
 relative imports resolved), so a lazy import that breaks the rule is caught as well.
@@ -46,6 +47,11 @@ def violations(module: str, imports: list[str]) -> list[str]:
         if module.startswith("metaemb.core"):
             if name.startswith(("metaemb.plugins", "metaemb.commands", "metaemb.cli")):
                 bad.append(f"{module} imports {name} (the core never imports a plugin or the CLI)")
+            if module.startswith("metaemb.core.plugin") and name.startswith("metaemb.core.config"):
+                bad.append(
+                    f"{module} imports {name} (the plugin framework is the layer below the "
+                    "configuration)"
+                )
         elif module.startswith("metaemb.plugins."):
             own = ".".join(module.split(".")[:3])
             if name.startswith("metaemb.plugins.") and not (
@@ -93,6 +99,12 @@ def test_the_core_and_the_plugins_keep_the_import_rules():
         ),
         ("metaemb.plugins.vision.frontend", "from .align import align_faces\n", False),
         ("metaemb.plugins.audio", "from metaemb.core.plugin.hookspecs import Register\n", False),
+        (
+            "metaemb.core.plugin.contract",
+            "if TYPE_CHECKING:\n    from metaemb.core.config import Config\n",
+            True,
+        ),
+        ("metaemb.core.config.chain", "from metaemb.core.plugin.contract import Kind\n", False),
     ],
 )
 def test_the_rule_check_would_catch_a_violation(module, source, breaks):

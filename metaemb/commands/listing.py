@@ -79,8 +79,8 @@ def _contract(kind: str, entry: Any) -> dict[str, str]:
 def records(kind: str) -> list[dict[str, Any]]:
     """One record per registered component of `kind`: name, plugin, description, options
     ({name: {"type", "default", "required"}}) and declared data kinds."""
-    from metaemb.core.plugin.components import options_of
     from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
 
     key = kind_key(kind)
     out = []
@@ -150,8 +150,8 @@ def list_components(
     ] = False,
 ) -> None:
     """List registered components of one kind."""
-    from metaemb.core.plugin.components import options_of
     from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
 
     key = kind_key(kind)
     if json_output:

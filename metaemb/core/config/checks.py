@@ -1,5 +1,5 @@
-"""Checks a resolved config must pass before any work: value ranges, plain run names, and the
-migration of option keys written by earlier metaemb versions.
+"""Checks a resolved config must pass before any work: value ranges, plain run names, the
+migration of option keys written by earlier metaemb versions, and a modality's option tables.
 
 Out-of-range values are refused, never clamped: a negative learning rate, a validation fraction
 outside (0, 1) or an empty list of target priors would otherwise fail (or silently do something
@@ -14,12 +14,15 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from metaemb.core.errors import ConfigError
-from metaemb.core.plugin.components import options_of, part_table, parts_of
+from metaemb.core.config.sections import COMPONENT_SECTIONS
+from metaemb.core.errors import ConfigError, suggest
+from metaemb.core.plugin.components import part_table
 from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.options import options_of, parts_of
 
 if TYPE_CHECKING:  # pragma: no cover
-    from metaemb.core.config import Config
+    from metaemb.core.config.run_config import Config
+    from metaemb.core.plugin.modality import Modality
 
 # A run name becomes a folder name under runs/<modality>/: letters, digits, ".", "_", "-", "+".
 RUN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
@@ -157,3 +160,25 @@ def _part_factory(part_kind: Any, table: dict[str, Any]) -> Any:
         if isinstance(name, str) and name in registry(part_kind)
         else None
     )
+
+
+def check_option_targets(mod: Modality, plugin: str) -> None:
+    """Every section and component that `mod.options` names exists: options for a misspelt
+    component ("xvectr") or section would otherwise never apply, without a word."""
+    whose = f"modality '{mod.name}' (plugin '{plugin}')"
+    for section, table in mod.options.items():
+        if section not in COMPONENT_SECTIONS:
+            raise ConfigError(
+                f"{whose} sets options for section '{section}', which names no component "
+                f"kind;{suggest(section, COMPONENT_SECTIONS)} sections: "
+                f"{', '.join(COMPONENT_SECTIONS)}. Fix the modality's options."
+            )
+        known = registry(COMPONENT_SECTIONS[section])
+        for name in table:
+            if name != "*" and name not in known:
+                raise ConfigError(
+                    f"{whose} sets options for {known.singular} '{name}', which is not "
+                    f"registered, so they would never apply;{suggest(name, known.names())} "
+                    f"registered: {', '.join(known.names()) or '(none)'}. Fix the modality's "
+                    "options."
+                )

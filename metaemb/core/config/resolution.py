@@ -14,7 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from metaemb.core.config.checks import check_values, migrate_options
+from metaemb.core.config.chain import agree, check_chain
+from metaemb.core.config.checks import check_option_targets, check_values, migrate_options
 from metaemb.core.config.run_config import Config
 from metaemb.core.config.sections import (
     CHOICE_FIELDS,
@@ -25,10 +26,10 @@ from metaemb.core.config.sections import (
 )
 from metaemb.core.config.toml_io import load_toml, parse_set
 from metaemb.core.errors import ConfigError, MetaembError, UnknownComponentError, suggest
-from metaemb.core.plugin.components import coerce, options_of, validate_options
-from metaemb.core.plugin.contract import agree, check_chain
+from metaemb.core.plugin.components import validate_options
 from metaemb.core.plugin.manager import registry
-from metaemb.core.plugin.modality import Modality, check_option_targets
+from metaemb.core.plugin.modality import Modality
+from metaemb.core.plugin.options import coerce, options_of
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

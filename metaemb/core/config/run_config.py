@@ -22,9 +22,10 @@ from metaemb.core.config.sections import (
 )
 from metaemb.core.config.toml_io import dumps_toml
 from metaemb.core.errors import MetaembError
-from metaemb.core.plugin.components import full_options, options_of
+from metaemb.core.plugin.components import full_options
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality
+from metaemb.core.plugin.options import options_of
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from metaemb.core.errors import ConfigError
-from metaemb.core.plugin.components import Unquoted
+from metaemb.core.plugin.options import Unquoted
 
 if sys.version_info >= (3, 11):
     import tomllib

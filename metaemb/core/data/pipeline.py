@@ -15,9 +15,10 @@ from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.errors import ConfigError
 from metaemb.core.paths import default_cache_dir
-from metaemb.core.plugin.components import build, options_of
+from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.options import options_of
 from metaemb.core.train.model import EmbeddingModel
 
 

@@ -31,8 +31,8 @@ from metaemb.core.config import Config
 from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.errors import MetaembError, suggest
 from metaemb.core.optional import require
-from metaemb.core.plugin.components import options_of
 from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.options import options_of
 from metaemb.core.runs import atomic_write_bytes, atomic_write_text
 from metaemb.core.train.model import EmbeddingModel
 

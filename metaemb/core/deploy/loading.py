@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from metaemb.core.config import Config, from_dict
+from metaemb.core.config.chain import check_scorer
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, MetaembError, first_few
 from metaemb.core.plugin.components import build, validate_options
-from metaemb.core.plugin.contract import check_scorer
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.runs import load_checkpoint
 from metaemb.core.train.device import pick_device

@@ -170,6 +170,11 @@ def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
     return out
 
 
+def looks_like_triplet(fields: Sequence[str]) -> bool:
+    """A line of three paths (`anchor positive negative`), not a labelled pair."""
+    return len(fields) == 3 and fields[0] not in ("0", "1") and fields[2] not in KALDI_LABELS
+
+
 def detect_format(path: str | Path) -> str:
     """The registered format whose `detect` accepts the first trial line of the file."""
     path = Path(path)
@@ -183,9 +188,7 @@ def detect_format(path: str | Path) -> str:
     scores = len(f) == 4 and f[2] in ("target", "nontarget")
     hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
         scores) else ""  # fmt: skip
-    from metaemb.core.eval.triplets import is_triplet_list
-
-    if not hint and is_triplet_list(path):
+    if not hint and looks_like_triplet(f):
         hint = (" This is a triplet list ('anchor positive negative'): score it with "
                 "`metaemb evaluate --measure match`.")  # fmt: skip
     raise DataError(

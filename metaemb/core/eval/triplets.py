@@ -18,7 +18,7 @@ import numpy as np
 
 from metaemb.core.errors import DataError
 from metaemb.core.eval.trial_generation import coverage, first_component
-from metaemb.core.eval.trials import KALDI_LABELS, read_list_text, safe_path
+from metaemb.core.eval.trials import KALDI_LABELS, looks_like_triplet, read_list_text, safe_path
 from metaemb.core.plugin.interfaces import Trial
 
 HEADER = "# triplets: anchor positive negative"
@@ -98,8 +98,7 @@ def is_triplet_list(path: str | Path) -> bool:
     rows = _rows(path)
     if not rows:
         return False
-    f = rows[0][1]
-    return len(f) == 3 and f[0] not in ("0", "1") and f[2] not in KALDI_LABELS
+    return looks_like_triplet(rows[0][1])
 
 
 def looks_like_pair_list(path: str | Path) -> bool:

@@ -32,7 +32,7 @@ Scorer          ``accepts``           ``EMBEDDING`` / ``GME`` / ``ANY`` (from ``
 Parameters compare only where both sides give them: ``Kind("waveform")`` accepts a waveform at
 any rate, ``Kind("waveform", rate=16000)`` refuses ``Kind("waveform", rate=8000)``.
 
-`check_chain(config)` walks folder → frontend → features → backbone → head → objective → scorer
+`check_chain(config)` (in `metaemb.core.config.chain`) walks folder → frontend → features → backbone → head → objective → scorer
 and raises one ConfigError naming both components of the first link that does not fit and what
 each gives and wants. At run time a component handed something it cannot use raises DataError
 (`expect_tensor` helps); the sample pipeline adds the file's path to the message.
@@ -50,8 +50,6 @@ from metaemb.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
-
-    from metaemb.core.config import Config
 
 
 @dataclass(frozen=True)
@@ -253,98 +251,6 @@ def check_links(links: Iterable[Link]) -> None:
             given, source, via = link.yields, link, []
 
 
-def chain(config: Config) -> list[Link]:
-    """The resolved config's components in data-flow order, with their bound contracts."""
-    from metaemb.core.plugin.components import full_options
-    from metaemb.core.plugin.manager import registry
-
-    out = []
-    for section in ("folder", "frontend", "features", "backbone", "head", "objective", "scorer"):
-        kind = config.component_kind(section)
-        name = config.component_name(section)
-        entry = registry(kind).entry(name)
-        opts = full_options(kind, name, config.options(section))
-        accepts = None if section == "folder" else declared(entry, "accepts", opts)
-        yields = declared(entry, "yields", opts)
-        if section == "backbone" and yields is None:
-            yields = (FEATURES,)
-        if section == "head" and accepts is None:
-            accepts = (FEATURES,)
-        if section in ("objective", "scorer"):
-            yields = (SAME,)  # both read the head's output; neither feeds the other
-        out.append(Link(section, name, accepts, yields))
-    return out
-
-
-def check_chain(config: Config) -> None:
-    """Raise ConfigError when two neighbouring components of `config` do not fit."""
-    check_links(chain(config))
-
-
-def agree(config: Config) -> list[str]:
-    """One source of truth for shared parameters: where a component accepts a kind whose
-    parameter is bound to one of its options (`Opt`) that the config leaves unset, and the
-    component before it yields that kind with another value, the option takes that value
-    (`--set folder.sample_rate=8000` carries to the VAD and the filterbank). Options the user
-    set are never changed; `check_chain` then reports any contradiction. Returns the keys set."""
-    done: list[str] = []
-    for _ in range(16):
-        changed = False
-        given: Kinds | None = None
-        for link in chain(config):
-            if given is not None and link.accepts is not None:
-                table = config.components.setdefault(link.section, {})
-                for a in link.accepts:
-                    for g in given:
-                        same = g.name == a.name or a.name == ANY.name
-                        for key, src in a.sources if same else ():
-                            value = g.param(key)
-                            if value is None or value == a.param(key) or _has(table, src):
-                                continue
-                            _put(table, src, value)
-                            done.append(f"{link.section}.{src}={value!r}")
-                            changed = True
-                if not table:
-                    config.components.pop(link.section)
-            if link.yields is None:
-                given = None
-            elif link.yields != (SAME,):
-                given = link.yields
-        if not changed:
-            return done
-    return done
-
-
-def _has(table: Mapping[str, Any], dotted: str) -> bool:
-    head, _, rest = dotted.partition(".")
-    if head not in table:
-        return False
-    return _has(table[head], rest) if rest and isinstance(table[head], Mapping) else not rest
-
-
-def _put(table: dict[str, Any], dotted: str, value: Any) -> None:
-    head, _, rest = dotted.partition(".")
-    if rest:
-        inner = table.get(head)
-        table[head] = dict(inner) if isinstance(inner, Mapping) else {}
-        _put(table[head], rest, value)
-    else:
-        table[head] = value
-
-
-def check_scorer(config: Config, scorer: str, options: Mapping[str, Any] | None = None) -> None:
-    """Check that scorer `scorer` accepts what the config's head yields (evaluate --scorer)."""
-    from metaemb.core.plugin.components import full_options
-    from metaemb.core.plugin.manager import registry
-
-    head = registry("heads").entry(config.model.head)
-    entry = registry("scorers").entry(scorer)
-    opts = full_options("scorers", scorer, dict(options or {}))
-    h = Link("head", head.name, None, declared(head, "yields", config.options("head")))
-    s = Link("scorer", scorer, declared(entry, "accepts", opts), None)
-    check_links([h, s])
-
-
 # ---------------------------------------------------------------------------------------------
 # run-time checks
 def expect_tensor(
@@ -390,11 +296,7 @@ __all__ = [
     "Kind",
     "Link",
     "Opt",
-    "agree",
-    "chain",
-    "check_chain",
     "check_links",
-    "check_scorer",
     "declared",
     "expect_tensor",
     "name_file",

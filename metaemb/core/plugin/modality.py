@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaemb.core.errors import ConfigError, PluginError, suggest
+from metaemb.core.errors import PluginError
 
 
 @dataclass(frozen=True)
@@ -53,29 +53,4 @@ class Modality:
                 raise PluginError(
                     f"modality '{self.name}': options['{section}'] must map component names to "
                     "option tables, e.g. {'backbone': {'xvector': {'channels': 256}}}."
-                )
-
-
-def check_option_targets(mod: Modality, plugin: str) -> None:
-    """Every section and component that `mod.options` names exists: options for a misspelt
-    component ("xvectr") or section would otherwise never apply, without a word."""
-    from metaemb.core.config import COMPONENT_SECTIONS
-    from metaemb.core.plugin.manager import registry
-
-    whose = f"modality '{mod.name}' (plugin '{plugin}')"
-    for section, table in mod.options.items():
-        if section not in COMPONENT_SECTIONS:
-            raise ConfigError(
-                f"{whose} sets options for section '{section}', which names no component "
-                f"kind;{suggest(section, COMPONENT_SECTIONS)} sections: "
-                f"{', '.join(COMPONENT_SECTIONS)}. Fix the modality's options."
-            )
-        known = registry(COMPONENT_SECTIONS[section])
-        for name in table:
-            if name != "*" and name not in known:
-                raise ConfigError(
-                    f"{whose} sets options for {known.singular} '{name}', which is not "
-                    f"registered, so they would never apply;{suggest(name, known.names())} "
-                    f"registered: {', '.join(known.names()) or '(none)'}. Fix the modality's "
-                    "options."
                 )

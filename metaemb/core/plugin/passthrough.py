@@ -24,7 +24,7 @@ class IdentityFeatures(Features):
     folder's declared kind when it gives one."""
 
     # Any kind; a `channels` parameter of what comes in (e.g. feature-matrix(channels=40))
-    # becomes this option unless the config sets it (contract.agree).
+    # becomes this option unless the config sets it (`agree` in core/config/chain.py).
     accepts = Kind(ANY.name, channels=Opt("channels"))
     yields = SAME
 

@@ -165,7 +165,7 @@ def _check_option_defaults(what: str, factory: Any, plugin: str) -> None:
     """Each option's default must be a value of its own annotation: `size: int = "64"` would
     pass every run a string that no --set could give (a user's "64" is refused)."""
     from metaemb.core.errors import ConfigError
-    from metaemb.core.plugin.components import _EMPTY, coerce, options_of
+    from metaemb.core.plugin.options import _EMPTY, coerce, options_of
 
     try:
         options = options_of(factory)

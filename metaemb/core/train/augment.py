@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError, MetaembError
-from metaemb.core.plugin.components import build, options_of, validate_options
+from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.contract import ANY, Kind
 from metaemb.core.plugin.interfaces import Augmentation
 from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.options import options_of
 
 SECTION = "augment"
 KIND = "augmentations"
