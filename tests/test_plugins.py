@@ -327,6 +327,17 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
     genuine = Signatures(tmp_path)
     assert genuine.identities == ["u1", "u2"] and len(genuine) == 3
 
+    for wrong in (1, "", b"u1"):
+
+        class Wrong(Signatures):
+            def identity_of(self, path, wrong=wrong):
+                return wrong
+
+        with pytest.raises(
+            PluginError, match=rf"Wrong.identity_of\('u1/[^']+'\) returned {wrong!r}"
+        ):
+            Wrong(tmp_path)
+
 
 class SiblingDemo:
     """A demo generator written as docs/plugins.md says: a temporary sibling, then a rename."""

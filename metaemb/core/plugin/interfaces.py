@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.data.scan import ScanState, scan_identity, warn_same_looking, warn_skipped
-from metaemb.core.errors import DataError, first_few
+from metaemb.core.errors import DataError, PluginError, first_few
 from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kind
 
 
@@ -86,8 +86,19 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
         kind = f"{type(self).__module__}.{type(self).__qualname__}"
         paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
-        named = ((rel, self.identity_of(rel)) for rel in paths)
+        named = ((rel, self._checked_identity(rel)) for rel in paths)
         return [Sample(rel, identity, -1) for rel, identity in named if identity is not None]
+
+    def _checked_identity(self, path: str) -> str | None:
+        """`identity_of(path)`, refused unless it is None or a name: an identity of 3, b"u1"
+        or "" would be sorted, printed and compared with the others as if it were one."""
+        identity = self.identity_of(path)
+        if identity is None or (isinstance(identity, str) and identity.strip()):
+            return identity
+        raise PluginError(
+            f"{type(self).__qualname__}.identity_of({path!r}) returned {identity!r:.60}; it must "
+            "return the sample's identity as a non-empty str, or None to leave the file out."
+        )
 
     def identity_of(self, path: str) -> str | None:
         """The identity of the sample at relative `path` (its first folder), or None to leave
