@@ -51,3 +51,30 @@ def test_train_modality_vectors_out_of_the_box(tmp_path, capsys, monkeypatch):
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0.0 <= r["eer"] <= 1.0 for r in records)
+
+
+def test_augmentations_are_checked_against_the_data_that_reaches_them():
+    """Pass-through features ('none') hand on the folder's feature matrices: SpecAugment fits
+    them (it was refused as acting on '='), waveform noise or speed does not, and is refused
+    naming what flows there (it used to fail later, asking the features for a sample rate)."""
+    import pytest
+
+    from metaemb.core.config import resolve
+    from metaemb.core.errors import ConfigError
+
+    manager.reset()
+    matrices = [
+        "data.folder=npy-matrix",
+        "model.features=none",
+        "features.channels=20",
+        "model.backbone=xvector",
+    ]
+    cfg = resolve("vectors", sets=[*matrices, 'train.augment=["specaugment"]'])
+    assert cfg.train.augment == ["specaugment"]
+    for waveform_only in ("noise", "speed"):
+        with pytest.raises(ConfigError) as err:
+            resolve("vectors", sets=[*matrices, f'train.augment=["{waveform_only}"]'])
+        assert f"augmentation '{waveform_only}' augments 'waveform'" in str(err.value)
+        assert "take 'feature-matrix' (folder 'npy-matrix')" in str(err.value)
+    speaker = resolve("speaker", sets=['train.augment=["noise", "specaugment"]'])
+    assert speaker.train.augment == ["noise", "specaugment"]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from metaemb.core.config.run_config import Config
+from metaemb.core.errors import ConfigError
 from metaemb.core.plugin.components import full_options
 from metaemb.core.plugin.contract import ANY, FEATURES, SAME, Kinds, Link, check_links, declared
 from metaemb.core.plugin.manager import registry
@@ -97,3 +98,47 @@ def check_scorer(config: Config, scorer: str, options: Mapping[str, Any] | None 
     h = Link("head", head.name, None, declared(head, "yields", config.options("head")))
     s = Link("scorer", scorer, declared(entry, "accepts", opts), None)
     check_links([h, s])
+
+
+def kinds_around_features(config: Config) -> dict[str, Kinds | None]:
+    """The kinds that reach the features ("input") and leave them ("features"), with `SAME`
+    resolved through the chain: a pass-through frontend or features hands on what the folder
+    yields. None where a component declares nothing."""
+    given: Kinds | None = None
+    for link in chain(config):
+        if link.section == "features":
+            out = given if link.yields == (SAME,) else link.yields
+            return {"input": given, "features": out}
+        if link.yields is None:
+            given = None
+        elif link.yields != (SAME,):
+            given = link.yields
+    return {"input": None, "features": None}
+
+
+def check_augmentations(config: Config) -> None:
+    """Each chosen augmentation fits the data at its stage: waveform noise on feature matrices,
+    or masking on raw waveforms, is refused before training, naming what flows there."""
+    if not config.train.augment:
+        return
+    flows = kinds_around_features(config)
+    features = config.model.features
+    for name in config.train.augment:
+        aug = registry("augmentations").get(name)
+        accepts = getattr(aug, "accepts", None)
+        kinds = flows.get(getattr(aug, "stage", "input"))
+        if accepts is None or not kinds:
+            continue
+        names = [k.name for k in kinds]
+        if accepts.name in names or ANY.name in (accepts.name, *names):
+            continue
+        where = (
+            f"the features '{features}' take"
+            if aug.stage == "input"
+            else f"the features '{features}' produce"
+        )
+        raise ConfigError(
+            f"augmentation '{name}' augments '{accepts.name}' but {where} "
+            f"'{', '.join(names)}' (folder '{config.data.folder}'); remove '{name}' from "
+            "train.augment or choose data and features that fit."
+        )

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from metaemb.core.config.chain import agree, check_chain
+from metaemb.core.config.chain import agree, check_augmentations, check_chain
 from metaemb.core.config.checks import check_option_targets, check_values, migrate_options
 from metaemb.core.config.run_config import Config
 from metaemb.core.config.sections import (
@@ -201,6 +201,7 @@ def resolve(
             cfg.components[section] = opts
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
+    check_augmentations(cfg)  # each augmentation fits the data at its stage
     return cfg
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build, validate_options
-from metaemb.core.plugin.contract import ANY, Kind
+from metaemb.core.plugin.contract import ANY, SAME, Kind
 from metaemb.core.plugin.interfaces import Augmentation
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
@@ -236,6 +236,8 @@ def _check_kind(name: str, aug: Any, features: Any, features_name: str = "") -> 
     declared = getattr(features, attr, None)
     kinds = declared if isinstance(declared, tuple) else (declared,)
     names = [k.name for k in kinds if isinstance(k, Kind)]
+    if SAME.name in names:
+        return  # passes its input through: the chain knows what that is (check_augmentations)
     if names and aug.accepts.name not in names and ANY.name not in names:
         where = "take" if aug.stage == "input" else "produce"
         raise ConfigError(
