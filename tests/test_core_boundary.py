@@ -186,3 +186,14 @@ def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():
         with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): the "
                            r"model failed on the adapter's example inputs \(\[2, 3, 16, 16\]\)"):  # fmt: skip
             _probe(lambda x: one_channel(x.float()), ImageExport(), spec)
+
+
+def test_export_of_pass_through_features_says_why_no_graph_layout_is_known():
+    """Features 'none' hand samples on unchanged, so no adapter knows the graph's input layout:
+    the message says so and what to do, instead of telling the user to edit input_spec()."""
+    from metaemb.core.deploy.export import ExportError, input_kind
+
+    with pytest.raises(ExportError, match="features 'none', which pass the folder's samples"):
+        input_kind({}, "none")
+    with pytest.raises(ExportError, match="has no 'kind'"):
+        input_kind({}, "myfeatures")

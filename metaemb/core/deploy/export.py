@@ -97,10 +97,18 @@ class ExportAdapter(abc.ABC):
         return {}
 
 
-def input_kind(spec: dict[str, Any]) -> ExportAdapter:
+def input_kind(spec: dict[str, Any], features: str = "") -> ExportAdapter:
     """The export adapter registered for the features' input kind."""
     kind = spec.get("kind")
     reg = registry("export_adapters")
+    if kind is None and features == "none":
+        raise ExportError(
+            "this model was trained with features 'none', which pass the folder's samples to "
+            "the network as they are, so metaemb does not know the layout an exported graph "
+            "should take. Export best.pt's model with torch.onnx or torch.jit yourself, or "
+            "train with features whose input_spec() names an export adapter (registered: "
+            f"{', '.join(reg.names()) or 'none'})."
+        )
     if kind is None:
         raise ExportError(
             "this model's features declare no input kind: their input_spec() has no 'kind' "
@@ -183,7 +191,7 @@ def load_inference(checkpoint: Path) -> Inference:
     model, config, state = run.model, run.config, run.state
     model.eval().requires_grad_(False)
     spec = state.get("input_spec") or model.features.input_spec()
-    kind = input_kind(spec)
+    kind = input_kind(spec, config.model.features)
     return Inference(model, kind.wrap(model).eval(), kind, config, state, spec, run.path)
 
 
