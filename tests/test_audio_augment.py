@@ -182,6 +182,19 @@ def test_spec_augment_time_masks_leave_most_of_a_short_utterance():
         SpecAugment(time_max_fraction=0.0)
 
 
+def test_spec_augment_frequency_masks_never_wipe_narrow_inputs():
+    """Five pen channels under the default 8-bin mask were often all masked (a zero sample);
+    a band now covers at most freq_max_fraction of the bins, which does not bind on 80 bins."""
+    aug = SpecAugment(p=1.0, time_masks=0)
+    torch.manual_seed(0)
+    narrow = torch.stack([aug.masks(torch.randn(64, 5, 50), None)[0] for _ in range(20)])
+    assert int(narrow.sum(-1).max()) <= 1  # floor(0.2 * 5) bins at most
+    wide = torch.stack([aug.masks(torch.randn(64, 80, 50), None)[0] for _ in range(20)])
+    assert int(wide.sum(-1).max()) == 8  # the full freq_width on a filterbank
+    with pytest.raises(ConfigError, match="freq_max_fraction"):
+        SpecAugment(freq_max_fraction=1.5)
+
+
 def test_telephone_band_limits():
     t = 16000
     time = torch.arange(t) / SR

@@ -3,7 +3,9 @@
 to `time_width` frames (inside each utterance's valid frames) are set to `value` (0: the mean
 after CMN). WeSpeaker's defaults: one mask of each, ≤ 8 bins and ≤ 10 frames, probability 0.6.
 A time mask also covers at most `time_max_fraction` of its utterance's valid frames (the paper's
-upper bound p; torchaudio's `TimeMasking(p=…)`), so a short utterance is never blanked out.
+upper bound p; torchaudio's `TimeMasking(p=…)`), so a short utterance is never blanked out, and
+a frequency mask at most `freq_max_fraction` of the bins, so narrow inputs (5 pen channels, not
+80 mel bands) are never wiped whole; neither cap binds on 40 or more bins at the defaults.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class SpecAugment(Augmentation):
 
     stage = "features"
     accepts = FEATURE_MATRIX
-    hash_neutral: ClassVar[dict[str, float]] = {"time_max_fraction": 1.0}  # before the option
+    # The values that reproduce the behaviour from before each option existed.
+    hash_neutral: ClassVar[dict[str, float]] = {"time_max_fraction": 1.0, "freq_max_fraction": 1.0}
 
     def __init__(
         self,
@@ -48,22 +51,29 @@ class SpecAugment(Augmentation):
         time_width: int = 10,
         value: float = 0.0,
         time_max_fraction: float = 0.2,
+        freq_max_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0 or min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise ConfigError(
                 "augment.specaugment needs p in [0, 1] and non-negative mask counts and widths."
             )
-        if not 0.0 < time_max_fraction <= 1.0:
-            raise ConfigError(
-                f"augment.specaugment.time_max_fraction = {time_max_fraction}: give the largest "
-                "share of an utterance one time mask may cover, in (0, 1]."
-            )
+        for key, share in (
+            ("time_max_fraction", time_max_fraction),
+            ("freq_max_fraction", freq_max_fraction),
+        ):
+            if not 0.0 < share <= 1.0:
+                what = "an utterance's frames" if key.startswith("time") else "the bins"
+                raise ConfigError(
+                    f"augment.specaugment.{key} = {share}: give the largest share of {what} one "
+                    "mask may cover, in (0, 1]."
+                )
         self.p = float(p)
         self.freq = (int(freq_masks), int(freq_width))
         self.time = (int(time_masks), int(time_width))
         self.value = float(value)
         self.time_max_fraction = float(time_max_fraction)
+        self.freq_max_fraction = float(freq_max_fraction)
 
     def draw(self, n: int, count: int, width: int, limit: Tensor) -> tuple[Tensor, Tensor]:
         """Random [n, count] starts and widths (0 … width) of bands inside [0, limit)."""
@@ -80,7 +90,8 @@ class SpecAugment(Augmentation):
         dev = x.device
         chosen = torch.rand(n, device=dev) < self.p
         frames = lengths.to(dev) if lengths is not None else torch.full((n,), t, device=dev)
-        fs, fw = self.draw(n, self.freq[0], self.freq[1], torch.full((n,), f, device=dev))
+        widest = min(self.freq[1], int(f * self.freq_max_fraction))
+        fs, fw = self.draw(n, self.freq[0], widest, torch.full((n,), f, device=dev))
         ts, tw = self.draw(n, self.time[0], self.time[1], frames.long())
         tw = torch.minimum(tw, (frames * self.time_max_fraction).floor().long()[:, None])
         fmask = band_mask(f, fs, fw * chosen[:, None]) if self.freq[0] else torch.zeros(n, f)
