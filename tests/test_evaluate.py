@@ -616,10 +616,10 @@ def test_a_list_labelled_against_the_folders_identities_is_warned_about(voices, 
                 "--out", tmp_path / path.stem]  # fmt: skip
         code, out, err = run_cli(args, capsys)
         assert code == 0, err
-        said = (
-            f"{wrong} of the {len(lines)} trials are labelled against the data folder's identities"
-        )
+        said = f"{wrong} of the {len(lines)} trials are labelled against the identities"
         assert (said in out) == bool(wrong), out
+        if wrong:  # each example names its files' identities, as identity_of gave them
+            assert re.search(r"\(identit(y|ies) [^)]+\)", " ".join(out.split())), out
 
 
 class DisagreeingPlugin:

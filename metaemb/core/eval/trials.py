@@ -413,36 +413,38 @@ def default_file(root: Path, path: Path | None, names: Sequence[str], what: str)
     )
 
 
-def mislabelled(folder: Any, trials: list[Any]) -> list[Any]:
-    """Labelled trials whose label contradicts the folder's identities: a target trial between
-    two identities, or a non-target trial within one (only trials whose files all have a known
-    identity). An inverted list scores as a chance-level model, silently."""
+def mislabelled(folder: Any, trials: list[Any]) -> list[tuple[Any, list[str]]]:
+    """Labelled trials whose label contradicts the folder's identities, each with the identities
+    of its files: a target trial between two identities, or a non-target trial within one (only
+    trials whose files all have a known identity). An inverted list scores as a chance-level
+    model, silently."""
     identity = {s.path: s.identity for s in folder.samples}
     wrong = []
     for t in trials:
-        names = {identity.get(p) for p in (*t.enroll, t.test)}
+        names = [identity.get(p) for p in (*t.enroll, t.test)]
         if t.label not in (0, 1) or None in names:
             continue
-        same = len(names) == 1
+        same = len(set(names)) == 1
         if same != (t.label == 1):
-            wrong.append(t)
+            wrong.append((t, list(dict.fromkeys(names))))
     return wrong
 
 
-def label_warning(wrong: list[Any], total: int) -> str | None:
+def label_warning(wrong: list[tuple[Any, list[str]]], total: int) -> str | None:
     """The warning for trials labelled against the folder's identities, or None."""
     if not wrong:
         return None
     shown = first_few(
         (
-            f"{'target' if t.label == 1 else 'non-target'} {'+'.join(t.enroll)} {t.test}"
-            for t in wrong
+            f"{'target' if t.label == 1 else 'non-target'} {'+'.join(t.enroll)} {t.test} "
+            f"(identit{'ies' if len(names) > 1 else 'y'} {' ≠ '.join(names)})"
+            for t, names in wrong
         ),
         3,
     )
     return (
-        f"{len(wrong)} of the {total} trials are labelled against the data folder's identities "
-        f"(a target trial across two identity folders, or a non-target one within one: {shown}). "
-        "Check the list's label column (1 or target = same identity); if the folders are not "
-        "identities, ignore this."
+        f"{len(wrong)} of the {total} trials are labelled against the identities the data folder "
+        f"gives their files (a target trial across two identities, or a non-target one within "
+        f"one: {shown}). Check the list's label column (1 or target = same identity); if the "
+        "folder's identities are not the list's, ignore this."
     )
