@@ -327,6 +327,14 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
     genuine = Signatures(tmp_path)
     assert genuine.identities == ["u1", "u2"] and len(genuine) == 3
 
+    # A trial list naming a left-out file says why it is not a sample (evaluate's message).
+    from metaemb.core.eval.embedded import _left_out
+
+    why = _left_out(genuine, ["u1/forgery/f1.npy", "u9/none.npy"])
+    assert "1 of them exist but sample folder" in why and "identity_of returns None" in why
+    (tmp_path / "u1" / "notes.txt").write_text("x")
+    assert "not samples of this folder (extensions .npy" in _left_out(genuine, ["u1/notes.txt"])
+
     for wrong in (1, "", b"u1"):
 
         class Wrong(Signatures):

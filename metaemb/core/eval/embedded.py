@@ -3,6 +3,7 @@ asked), and their trial scores."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,7 @@ class Embedded:
                 f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
                 + first_few(missing)
                 + read
+                + _left_out(folder, missing)
             )
         indices = [where[p] for p in needed]
         # AdaBN (label-free): the network's normalisation re-estimated on the files scored
@@ -80,3 +82,23 @@ class Embedded:
             groups = [[self.pos[p] for p in t.enroll] for t in trials]
             scores = score_trials(scorer, self.emb, groups, test)
         return scores.double().cpu()
+
+
+def _left_out(folder: SampleFolder, missing: list[str]) -> str:
+    """Why files that exist are not samples: the folder's `identity_of` leaves them out (the
+    run's folder options apply at evaluation too), or they lack the folder's extensions."""
+    present = [p for p in missing if (Path(folder.root) / p).is_file()]
+    if not present:
+        return ""
+    dropped = [p for p in present if folder.identity_of(p) is None]
+    if dropped:
+        return (
+            f". {len(dropped)} of them exist but sample folder {type(folder).__qualname__} "
+            f"leaves them out (its identity_of returns None, e.g. for {dropped[0]!r}) with the "
+            "run's folder options: evaluate uses the training folder as configured, so files "
+            "to be scored need an identity of their own (identity_of), not None"
+        )
+    return (
+        f". {len(present)} of them exist but are not samples of this folder (extensions "
+        f"{', '.join(getattr(folder, 'extensions', ())) or '?'}, or hidden)"
+    )
