@@ -350,6 +350,13 @@ def embed(
     ],
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="for sample files: the <identity>/… folder they belong to, so the run's sample "
+            "folder names their identities (default: the folder each file sits in)"
+        ),
+    ] = None,
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.eval.collect import embed_inputs
@@ -358,7 +365,7 @@ def embed(
 
     check_format(out)
     ensure_writable(out, "embeddings file")  # before any embedding
-    collection = embed_inputs(checkpoint, list(data), device=device, workers=workers)
+    collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root)
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
 

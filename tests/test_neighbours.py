@@ -39,6 +39,36 @@ def test_embed_files_match_folder_rows(trained, tmp_path):
         torch.testing.assert_close(row, coll.embeddings[i], atol=1e-5, rtol=1e-5)
 
 
+def test_embed_root_names_the_identities_of_files_in_nested_folders(trained, tmp_path, capsys):
+    """Files in <identity>/<session>/<file> were named after their session folder; with --root
+    the run's sample folder names them (its identity_of), as it does in training."""
+    import shutil
+
+    data, run = trained
+    nested = tmp_path / "nested"
+    files = []
+    for who, src in zip(("alice", "bob"), sorted(data.glob("*/*.png"))[:2], strict=True):
+        (nested / who / "session1").mkdir(parents=True)
+        files.append(Path(shutil.copy(src, nested / who / "session1" / src.name)))
+    base = ["embed", run, *files, "--workers", "0", "--out"]
+    code, _, err = helpers.run_cli([*base, tmp_path / "a.pt"])
+    assert code == 0, err
+    code, _, err = helpers.run_cli([*base, tmp_path / "b.pt", "--root", nested])
+    assert code == 0, err
+    by_parent, by_root = Collection.load(tmp_path / "a.pt"), Collection.load(tmp_path / "b.pt")
+    assert by_parent.identities == ["session1", "session1"]
+    assert by_root.identities == ["alice", "bob"]
+    torch.testing.assert_close(by_parent.embeddings, by_root.embeddings)
+    code, out, err = helpers.run_cli([*base, tmp_path / "c.pt", "--root", data], capsys)
+    assert code == 2 and "is not inside an identity folder of --root" in " ".join(
+        (out + err).split()
+    )
+    code, out, err = helpers.run_cli(
+        ["embed", run, nested, "--root", nested, "--out", tmp_path / "d.pt"], capsys
+    )
+    assert code == 2 and "--root is for sample files" in out + err
+
+
 def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
     """`--out X.npz` is a NumPy archive readable without pickle, holding what the torch file
     holds; neighbours reads it alike. A name promising another format is refused up front."""

@@ -2,7 +2,9 @@
 collection file (paths, identities, embeddings and which model made them).
 
 Loose files are read by the run's own sample-folder type with an explicit sample list (nothing
-around them is scanned); each file's identity is the name of the folder it sits in.
+around them is scanned); each file's identity is the name of the folder it sits in, or, with
+`root` (`embed --root DIR`), what the run's folder says of its path under that root (its first
+folder, or the folder's `identity_of` for nested layouts such as `u001/forgery/f01.csv`).
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
     }
 
 
-def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") -> Any:
-    """A loaded run whose data pipeline holds exactly `files` (root: their common grandparent)."""
+def load_for_files(
+    checkpoint: Path, files: list[Path], device: str = "auto", root: Path | None = None
+) -> Any:
+    """A loaded run whose data pipeline holds exactly `files` (root: `root`, or else their
+    common grandparent)."""
     from metaemb.core.data.pipeline import Components, build_frontend
     from metaemb.core.deploy.loading import load_run
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
 
+    root_arg = root
     for f in files:
         if not f.is_file():
             raise DataError(f"sample file '{f}' does not exist.")
@@ -44,7 +50,10 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
         if real in seen:  # it would be one more sample of its identity (retrieval counts it)
             raise DataError(f"sample file '{f}' is given twice (also as '{seen[real]}').")
         seen[real] = f
-    root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
+    if root is None:
+        root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
+    else:
+        root = _check_root(root, files, resolved)
     loaded = load_run(Path(checkpoint), device)
     cfg = loaded.config
     cfg.data.root, cfg.data.root_absolute = str(root), ""
@@ -56,11 +65,18 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
             f"'{bad[0]}' is not a {getattr(factory, 'what', 'sample')} file the run's sample folder "
             f"'{cfg.data.folder}' reads ({', '.join(sorted(exts))})."
         )
-    samples = [Sample(f.relative_to(root).as_posix(), f.parent.name, -1) for f in resolved]
+    rels = [f.relative_to(root).as_posix() for f in resolved]
+    by_root = root_arg is not None  # the identity folder under --root, else the parent folder
+    samples = [Sample(r, r.split("/")[0] if by_root else Path(r).parent.name, -1) for r in rels]
     try:
         folder = build(
             "sample_folders", cfg.data.folder, cfg.options("folder"), root=root, samples=samples
         )
+        named = _named_by_folder(folder, samples, root) if by_root else samples
+        if named != samples:  # nested layouts: the folder's identity_of names them
+            folder = build(
+                "sample_folders", cfg.data.folder, cfg.options("folder"), root=root, samples=named
+            )
     except TypeError:
         folder = None
     if folder is None or [s.path for s in folder.samples] != [s.path for s in samples]:
@@ -76,8 +92,42 @@ def load_for_files(checkpoint: Path, files: list[Path], device: str = "auto") ->
     return loaded
 
 
+def _check_root(root: Path, files: list[Path], resolved: list[Path]) -> Path:
+    """`embed --root`: an existing folder holding every file (two levels down at least)."""
+    if not root.is_dir():
+        raise DataError(f"--root '{root}' is not a folder.")
+    real = root.resolve()
+    for f, r in zip(files, resolved, strict=True):
+        if not r.is_relative_to(real) or len(r.relative_to(real).parts) < 2:
+            raise DataError(
+                f"sample file '{f}' is not inside an identity folder of --root '{root}' "
+                "(<root>/<identity>/…/<file>)."
+            )
+    return real
+
+
+def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
+    """The samples, each with its identity as the run's folder names it."""
+    from metaemb.core.plugin.interfaces import Sample
+
+    named = []
+    for s in samples:
+        identity = folder.identity_of(s.path)
+        if identity is None:
+            raise DataError(
+                f"'{root / s.path}' is left out by the run's sample folder (its identity_of "
+                "returns None for it), so the model was never meant to embed it."
+            )
+        named.append(Sample(s.path, identity, -1))
+    return named
+
+
 def embed_inputs(
-    checkpoint: Path, inputs: list[Path], device: str = "auto", workers: int = 2
+    checkpoint: Path,
+    inputs: list[Path],
+    device: str = "auto",
+    workers: int = 2,
+    root: Path | None = None,
 ) -> Collection:
     """Embed one folder (every sample) or one or more loose files with a trained model."""
     from metaemb.core.deploy.loading import load_run
@@ -85,6 +135,8 @@ def embed_inputs(
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
     if len(inputs) == 1 and inputs[0].is_dir():
+        if root is not None:
+            raise DataError("--root is for sample files; a folder is its own root.")
         loaded = load_run(Path(checkpoint), device, data=inputs[0])
         folder = loaded.parts.folder
         paths = [s.path for s in folder.samples]
@@ -94,7 +146,7 @@ def embed_inputs(
             raise DataError(
                 f"'{dirs[0]}' is a folder: embed either one folder or any number of files."
             )
-        loaded = load_for_files(Path(checkpoint), inputs, device)
+        loaded = load_for_files(Path(checkpoint), inputs, device, root)
         folder = loaded.parts.folder
         paths = [str(p) for p in inputs]
     emb = loaded.embed(folder, None, workers)
