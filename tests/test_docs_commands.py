@@ -102,4 +102,4 @@ def test_every_documented_command_line_uses_real_options():
 )
 def test_the_checker_finds_wrong_command_lines(text, found):
     cli = typer.main.get_command(create_app())
-    assert len(problems_in(text, "doc.md", cli)) == found
+    assert len(problems_in(text, "a page", cli)) == found
