@@ -40,7 +40,7 @@ def load_for_files(
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
 
-    root_arg = root
+    by_root = root is not None  # identity: the folder under --root, else the parent folder
     for f in files:
         if not f.is_file():
             raise DataError(f"sample file '{f}' does not exist.")
@@ -66,7 +66,6 @@ def load_for_files(
             f"'{cfg.data.folder}' reads ({', '.join(sorted(exts))})."
         )
     rels = [f.relative_to(root).as_posix() for f in resolved]
-    by_root = root_arg is not None  # the identity folder under --root, else the parent folder
     samples = [Sample(r, r.split("/")[0] if by_root else Path(r).parent.name, -1) for r in rels]
     try:
         folder = build(
