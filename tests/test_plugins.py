@@ -347,6 +347,64 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
             Wrong(tmp_path)
 
 
+def test_the_split_keeps_identities_of_one_subject_together(tmp_path):
+    """`u3` and `u3/forgery` are one person: a split by identity name would train on u3's
+    forgeries and validate on u3's genuine samples, flattering the validation EER."""
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import SampleFolder
+    from metaemb.core.eval import leakage
+
+    for u in range(12):
+        for rel in (f"u{u}/g1.npy", f"u{u}/g2.npy", f"u{u}/forgery/f1.npy"):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp_path / rel, np.zeros(3))
+
+    class Signatures(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = (".npy",)
+
+        def load(self, path):
+            return np.load(path)
+
+        def identity_of(self, path):
+            user, _, rest = path.partition("/")
+            return f"{user}/forgery" if rest.startswith("forgery/") else user
+
+    folder = Signatures(tmp_path)
+    assert folder.num_identities == 24
+    for seed in range(5):
+        train, val = folder.split(0.25, seed=seed)
+        subjects = [{name.split("/")[0] for name in part.identities} for part in (train, val)]
+        assert not subjects[0] & subjects[1], seed
+        assert len(subjects[1]) == 3 and len(val.identities) == 6  # a quarter of 12 subjects
+
+    # Without sub-identities the split is the one of earlier versions (same run hashes).
+    class Genuine(Signatures):
+        def identity_of(self, path):
+            return None if "/forgery/" in path else path.split("/")[0]
+
+    import torch
+
+    plain = Genuine(tmp_path)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(3)).tolist()
+    held = sorted(plain.identities[i] for i in order[:3])
+    assert plain.split(0.25, seed=3)[1].identities == held
+
+    # Evaluation counts u3/forgery as seen when the run trained on u3.
+    shared = leakage.seen_in_training({"u3", "u4"}, {"u3/forgery", "u5"}, folder.subject_of)
+    assert shared == ["u3/forgery"]
+    assert "belong to their subjects (u3/forgery)" in leakage.overlap_warning(shared, {"u5"})
+
+    class Blank(Signatures):
+        def subject_of(self, identity):
+            return ""
+
+    with pytest.raises(PluginError, match=r"Blank.subject_of\('u0'\) returned ''"):
+        Blank(tmp_path).split(0.25)
+
+
 class SiblingDemo:
     """A demo generator written as docs/plugins.md says: a temporary sibling, then a rename."""
 

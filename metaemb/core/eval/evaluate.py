@@ -129,7 +129,7 @@ class Evaluation:
         if evals.name == "validation":
             return 0
         scored = leakage.identities_of(folder, leakage.trial_paths(evals.trials))
-        return leakage.count_and_warn(loaded.state, scored, self.console)
+        return leakage.count_and_warn(loaded.state, scored, self.console, folder.subject_of)
 
     def _scorer(self, loaded: Loaded) -> Any:
         name = self.scorer_name or loaded.config.eval.scorer

@@ -9,6 +9,7 @@ lists the identities it trained on, so evaluation can say how many of the scored
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.markup import escape
@@ -36,26 +37,44 @@ def trial_paths(trials: list[Any]) -> set[str]:
     return {p for t in trials for p in (*t.enroll, t.test)}
 
 
-def count_and_warn(state: dict[str, Any], scored: set[str], console: Any) -> int:
-    """How many scored identities the run trained on; prints the warning when there are any."""
+def count_and_warn(
+    state: dict[str, Any],
+    scored: set[str],
+    console: Any,
+    subject_of: Callable[[str], str] | None = None,
+) -> int:
+    """How many scored identities the run trained on (or trained on another identity of the
+    same subject, e.g. `u001` and `u001/forgery`); prints the warning when there are any."""
     trained = training_identities(state)
-    message = overlap_warning(trained, scored)
+    shared = seen_in_training(trained, scored, subject_of)
+    message = overlap_warning(shared, scored)
     if message:
         console.print(f"[yellow]warning:[/] {escape(message)}")
-    return len(scored & trained) if trained else 0
+    return len(shared)
 
 
-def overlap_warning(trained: set[str] | None, scored: set[str]) -> str | None:
-    """A warning naming the scored identities the run trained on, or None when there are none."""
+def seen_in_training(
+    trained: set[str] | None, scored: set[str], subject_of: Callable[[str], str] | None = None
+) -> list[str]:
+    """The scored identities whose subject the run trained on (by name when `subject_of` is
+    None), sorted."""
     if not trained:
-        return None
-    shared = sorted(scored & trained)
+        return []
+    if subject_of is None:
+        return sorted(scored & trained)
+    subjects = {subject_of(t) for t in trained}
+    return sorted(s for s in scored if subject_of(s) in subjects)
+
+
+def overlap_warning(shared: list[str], scored: set[str]) -> str | None:
+    """A warning naming the scored identities the run trained on, or None when there are none."""
     if not shared:
         return None
     shown = first_few(shared, quote=False)
     return (
         f"{len(shared)} of the {len(scored)} identities scored have the names of "
-        f"identities the run trained on ({shown}). If they are the same people, the results are "
+        f"identities the run trained on, or belong to their subjects ({shown}). If they are the "
+        "same people, the results are "
         "optimistic: evaluate on identities the run did not train on (`metaemb evaluate RUN` "
         "alone uses its held-out validation identities)."
     )

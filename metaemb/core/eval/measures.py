@@ -128,7 +128,7 @@ def match_measure(
         "match_accuracy": match_accuracy(s_pos, s_neg),
         "source": str(triplets_path),
         "training_identities_scored": leakage.count_and_warn(
-            loaded.state, scored, console or Console(emoji=False)
+            loaded.state, scored, console or Console(emoji=False), folder.subject_of
         ),
     }
 
@@ -229,7 +229,9 @@ def run_measure(
         result = class_measure(loaded, folder, sc, workers, enroll,
                                loaded.config.train.seed, adapt)  # fmt: skip
         scored = leakage.identities_of(folder) if data is not None else set()  # else held out
-        result["training_identities_scored"] = leakage.count_and_warn(loaded.state, scored, console)
+        result["training_identities_scored"] = leakage.count_and_warn(
+            loaded.state, scored, console, folder.subject_of
+        )
         key = "class_accuracy"
     result["scorer"] = scorer or loaded.config.eval.scorer
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))

@@ -107,6 +107,12 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         genuine-forgery trial is a non-target), or are left out of a training folder."""
         return path.split("/", 1)[0]
 
+    def subject_of(self, identity: str) -> str:
+        """The person an identity belongs to: its first path component, so `u001/forgery` is
+        u001's. Identities of one subject stay on one side of the train/validation split and
+        count as seen in training together; override it when identity names say it otherwise."""
+        return identity.split("/", 1)[0]
+
     def _walk(self, root: Path, exts: set[str]) -> tuple[list[str], list[str]]:
         """(relative sample paths, real paths of the folders listed): the full scan."""
         paths: list[str] = []
@@ -162,18 +168,34 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         return new
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[SampleFolder, SampleFolder]:
-        """Split by identity into disjoint (train, validation) folders, deterministically."""
-        n_val = max(2, round(self.num_identities * val_fraction))
-        if self.num_identities - n_val < 2:
+        """Split by subject into disjoint (train, validation) folders, deterministically: all
+        identities of one subject (`subject_of`) fall on the same side, so a user's forgeries
+        never train while the user's genuine samples validate."""
+        subjects: dict[str, list[str]] = {}
+        for name in self.identities:  # sorted, so subjects come in a fixed order
+            subjects.setdefault(self._checked_subject(name), []).append(name)
+        groups = list(subjects.values())
+        n_val = max(2, round(len(groups) * val_fraction))
+        if len(groups) - n_val < 2:
+            what = "identities" if len(groups) == self.num_identities else "subjects"
             raise DataError(
-                f"data folder '{self.root}' has {self.num_identities} identities: too few to hold out "
+                f"data folder '{self.root}' has {len(groups)} {what}: too few to hold out "
                 f"{n_val} for validation and train on the rest (need at least {n_val + 2})."
             )
         g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.num_identities, generator=g).tolist()
-        val = sorted(self.identities[i] for i in order[:n_val])
-        train = sorted(self.identities[i] for i in order[n_val:])
+        order = torch.randperm(len(groups), generator=g).tolist()
+        val = sorted(name for i in order[:n_val] for name in groups[i])
+        train = sorted(name for i in order[n_val:] for name in groups[i])
         return self.subset(train), self.subset(val)
+
+    def _checked_subject(self, identity: str) -> str:
+        subject = self.subject_of(identity)
+        if isinstance(subject, str) and subject.strip():
+            return subject
+        raise PluginError(
+            f"{type(self).__qualname__}.subject_of({identity!r}) returned {subject!r:.60}; it "
+            "must return the name of the person the identity belongs to as a non-empty str."
+        )
 
     def abspath(self, sample: Sample | str) -> Path:
         return self.root / (sample.path if isinstance(sample, Sample) else sample)
