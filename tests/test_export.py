@@ -168,6 +168,7 @@ def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_on
     assert info["preprocessing"][0].startswith("no frontend")
     assert "(x − mean) / std" in info["preprocessing"][3]
     assert info["verified"]["max_abs_diff"] < 1e-4
+    assert info["verified"]["wrapper_vs_model_max_rel_diff"] == 0  # ImageInference is the model
 
 
 def test_face_torchscript_matches_pytorch(face_ckpt, tmp_path):
@@ -304,6 +305,28 @@ def test_parity_check_rejects_a_graph_that_differs(speaker_ckpt):
         check_parity(shifted, inf.module, inf.kind, inf.spec)
     with pytest.raises(ExportError, match="shape was frozen"):
         check_parity(frozen_batch, inf.module, inf.kind, inf.spec)
+
+
+def test_a_wrapper_that_drops_lengths_is_refused(speaker_ckpt):
+    """The export is checked against the adapter's wrapper; the wrapper itself is checked
+    against the model as training and `embed` call it, so one that drops `lengths` (padding
+    then changes the pooled statistics) cannot pass as "matches PyTorch"."""
+    from metaemb.core.deploy.export import check_wrapper
+
+    inf = load_inference(speaker_ckpt[0])
+    assert check_wrapper(inf.model, inf.module, inf.kind, inf.spec) < 1e-3  # the fbank graph
+
+    class NoLengths(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, waveforms, lengths):
+            return self.model(waveforms, None)
+
+    dropped = NoLengths(inf.model).eval()
+    with pytest.raises(ExportError, match=r"wrap\(model\) differs from the run's model"):
+        check_wrapper(inf.model, dropped, inf.kind, inf.spec)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

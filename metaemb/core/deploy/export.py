@@ -42,6 +42,10 @@ MIN_OPSET = 13  # CumSum, Softmax over one axis and Unsqueeze-with-input semanti
 MAX_OPSET = 20  # the highest the TorchScript-based ONNX exporter emits
 #: exported vs PyTorch outputs must agree to atol + rtol·max|reference| (float32 reassociation).
 ATOL, RTOL = 1e-4, 1e-4
+#: the adapter's wrapper vs the model itself, relative to the embeddings' largest value: loose
+#: enough for a re-expressed feature extractor (the audio fbank graph), tight enough to catch a
+#: dropped input.
+WRAP_RTOL = 1e-3
 
 
 class ExportError(MetaembError):
@@ -88,6 +92,12 @@ class ExportAdapter(abc.ABC):
     @abc.abstractmethod
     def preprocessing(self, spec: dict[str, Any]) -> list[str]:
         """The steps between the frontend's output and the graph's inputs, in order."""
+
+    def model_inputs(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """The `(x, lengths)` the run's model takes for the graph's `inputs`, to check the
+        wrapper against it: the first input and the second (lengths) when there is one.
+        Override it when the graph's inputs are not the model's (uint8 pixels, say)."""
+        return inputs[0], (inputs[1] if len(inputs) > 1 else None)
 
     def check(
         self, model: EmbeddingModel, module: nn.Module, spec: dict[str, Any]
@@ -197,6 +207,39 @@ def load_inference(checkpoint: Path) -> Inference:
 
 def _as_list(out: Any) -> list[Tensor]:
     return [out] if isinstance(out, Tensor) else list(out)
+
+
+def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
+                  spec: dict[str, Any]) -> float:  # fmt: skip
+    """Largest relative difference of the adapter's wrapper from the run's model, called as in
+    training and `embed` (`model(x, lengths)`), on the adapter's examples of batch sizes 1 and
+    3 (lengths differing within the batch). The export is then checked against the wrapper,
+    so a wrapper that drops `lengths` or changes the model would otherwise go unseen."""
+    name = spec.get("kind")
+    worst = 0.0
+    for batch, variant in ((1, 1), (3, 2)):
+        inputs = kind.example(spec, batch, variant)
+        with torch.no_grad():
+            ref = _as_list(outputs_of(model(*kind.model_inputs(inputs))))
+            got = _as_list(module(*inputs))
+        shapes = [tuple(r.shape) for r in ref], [tuple(g.shape) for g in got]
+        if shapes[0] != shapes[1]:
+            raise ExportError(
+                f"export adapter '{name}': its wrap(model) returns shapes {shapes[1]} where the "
+                f"run's model returns {shapes[0]} on the adapter's example inputs (batch {batch})."
+            )
+        for r, g in zip(ref, got, strict=True):
+            scale = max(float(r.abs().max()), 1e-12)
+            worst = max(worst, float((g.float() - r.float()).abs().max()) / scale)
+    if worst > WRAP_RTOL:
+        raise ExportError(
+            f"export adapter '{name}': its wrap(model) differs from the run's model, called as "
+            f"model(x, lengths) in training and embedding, by {worst:.3g} of the embeddings' "
+            f"largest value on the adapter's example inputs (tolerance {WRAP_RTOL}). Does the "
+            "wrapper pass every input on (lengths above all) and add no step of its own? If "
+            "the graph's inputs differ from the model's, override model_inputs()."
+        )
+    return worst
 
 
 def check_parity(run: Any, module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> float:
@@ -313,6 +356,7 @@ def export(
     module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
     extra_checks = kind.check(inf.model, module, spec)
     probe = _probe(module, kind, spec)
+    wrapper_diff = check_wrapper(inf.model, module, kind, spec)
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
     shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
     dim = int(shapes[0][1])
@@ -355,6 +399,7 @@ def export(
         "verified": {
             "batch_sizes": [1, 3],
             "max_abs_diff": worst,
+            "wrapper_vs_model_max_rel_diff": wrapper_diff,
             **extra_checks,
         },
     }
