@@ -295,6 +295,43 @@ def test_cli_make_and_coverage(tmp_path):
     assert math.isclose(cov["samples_per_identity"]["max"], 3)
 
 
+def test_coverage_reads_a_plugin_three_column_format_as_trials_not_triplets(tmp_path, capsys):
+    """`enroll test genuine|skilled|random` has three fields like a triplet list; the plugin
+    format that claims it reads it, as `evaluate` does, not the triplet reading."""
+    from metaemb import hookimpl
+    from metaemb.core.eval.trials import TrialFormat
+    from metaemb.core.plugin import manager
+
+    class Signatures(TrialFormat):
+        detect_order = 50
+
+        def detect(self, fields):
+            return len(fields) == 3 and fields[2] in {"genuine", "skilled", "random"}
+
+        def read(self, path, root):
+            rows = [line.split() for line in path.read_text().splitlines() if line.split()]
+            return [Trial(tuple(a.split(",")), b, int(c == "genuine")) for a, b, c in rows]
+
+    class SignaturePlugin:
+        @hookimpl
+        def register_trial_formats(self, register):
+            register("sigtrials-test", Signatures)
+
+    listed = tmp_path / "t.txt"
+    listed.write_text(
+        "u1/g1.csv,u1/g2.csv u1/g5.csv genuine\n"
+        "u1/g1.csv,u1/g2.csv u1/forgery/f1.csv skilled\n"
+        "u1/g1.csv,u1/g2.csv u2/g1.csv random\n"
+    )
+    with manager.plugin_registered(SignaturePlugin(), "sig-test"):
+        code, out, _ = helpers.run_cli(["trials", "coverage", listed], capsys)
+    assert code == 0
+    assert json.loads(out)["trials"] == 3 and json.loads(out)["target"] == 1
+    # Without the plugin the same lines are paths in threes: a triplet list.
+    code, out, _ = helpers.run_cli(["trials", "coverage", listed], capsys)
+    assert code == 0 and json.loads(out)["triplets"] == 3
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

@@ -150,12 +150,13 @@ def coverage_cmd(
         str, typer.Option(help="auto, voxceleb, kaldi, lfw or a plugin's format")
     ] = "auto",
 ) -> None:
-    """How many trials, identities and samples a trial list touches (identity = first folder)."""
+    """How many trials, identities and samples a trial list (or a triplet list) touches
+    (identity = first folder)."""
     from metaemb.core.eval.trial_generation import coverage
-    from metaemb.core.eval.trials import read_trials
+    from metaemb.core.eval.trials import claiming_formats, read_trials
     from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
-    if format == "auto" and is_triplet_list(trials):
+    if format == "auto" and is_triplet_list(trials) and not claiming_formats(trials):
         typer.echo(json.dumps(triplet_coverage(read_triplets(trials, root=root)), indent=2))
         return
     typer.echo(json.dumps(coverage(read_trials(trials, root=root, format=format)), indent=2))

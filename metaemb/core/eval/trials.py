@@ -198,6 +198,13 @@ def detect_format(path: str | Path) -> str:
     )
 
 
+def claiming_formats(path: str | Path) -> list[str]:
+    """The registered formats whose `detect` accepts the list's first line, in detect order
+    (a plugin's 3-column format is a trial list, not a triplet list)."""
+    _, f = read_lines(Path(path))[0]
+    return [name for name, fmt in formats().items() if _claims(name, fmt, f)]
+
+
 def _claims(name: str, fmt: TrialFormat, fields: list[str]) -> bool:
     """Whether format `name` accepts a first line; a `detect` that raises (a plugin's bug)
     claims nothing, with a warning naming the format and its plugin."""
