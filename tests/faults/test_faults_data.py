@@ -167,6 +167,31 @@ def test_bad_images_are_skipped_not_fatal(tmp_path):
         [strict[i] for i in range(len(strict))]
 
 
+def test_a_plugin_folder_whose_load_raises_another_error_names_the_file_and_can_skip(tmp_path):
+    """A third-party folder's load may raise numpy's ValueError on a corrupt row instead of
+    DataError: the file and the folder are named, and `skip` skips it like any bad file."""
+    root = faces_folder(tmp_path / "root")
+
+    class Parsing(ImageFolder):
+        def load(self, path):
+            if path.name == "1.png" and path.parent.name == "id2":
+                raise ValueError("could not parse row 7")
+            return super().load(path)
+
+    class Flat(torch.nn.Module):
+        def prepare(self, raw, train):
+            return raw.float()
+
+    folder = Parsing(root)
+    ds = PreparedDataset(folder, IdentityFrontend(), Flat(), False, on_bad_sample="skip")
+    bad = [it for it in (ds[i] for i in range(len(ds))) if isinstance(it, Bad)]
+    assert [b.path for b in bad] == ["id2/1.png"]
+    assert "failed to load it: ValueError: could not parse row 7" in bad[0].error
+    strict = PreparedDataset(folder, IdentityFrontend(), Flat(), False)
+    with pytest.raises(DataError, match=r"'id2/1\.png': sample folder Parsing failed to load"):
+        [strict[i] for i in range(len(strict))]
+
+
 # -- item 5: non-finite audio -------------------------------------------------------------------
 def tone(seconds: float = 0.5, rate: int = 16000) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate

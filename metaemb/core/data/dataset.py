@@ -82,7 +82,7 @@ class PreparedDataset(Dataset):
         try:
             x = self._window(index, sample) if self.crop and index not in self._short else None
             if x is None:
-                raw = self.folder.load(self.folder.abspath(sample))
+                raw = load_raw(self.folder, sample)
                 raw = self.frontend(raw, sample.path, self.folder.root)
                 with torch.no_grad():
                     x = self.features.prepare(raw, self.train)
@@ -119,6 +119,22 @@ class PreparedDataset(Dataset):
         if len(chosen) == 1:
             return span.to(torch.float32)
         return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
+
+
+def load_raw(folder: SampleFolder, sample: Any) -> Any:
+    """`folder.load` of one sample; anything but a metaemb error (a plugin folder's ValueError
+    on a corrupt row, say) becomes a DataError naming the folder, so the file is named and
+    `on_bad_sample = "skip"` can skip it like any unreadable file."""
+    try:
+        return folder.load(folder.abspath(sample))
+    except (MetaembError, MemoryError):
+        raise
+    except Exception as exc:
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(
+            f"{described(folder, 'sample folder')} failed to load it: {type(exc).__name__}: "
+            f"{why[:300]} (a folder's load should raise DataError saying what is wrong)."
+        ) from exc
 
 
 def checked_values(x: Any, features: Any = None) -> Any:
