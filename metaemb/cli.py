@@ -379,8 +379,9 @@ def demo_data(
 ) -> None:
     """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""
     from metaemb.core.config import parse_set
+    from metaemb.core.data.pipeline import generate_demo
     from metaemb.core.paths import ensure_writable_dir
-    from metaemb.core.plugin.components import build, validate_options
+    from metaemb.core.plugin.components import validate_options
     from metaemb.core.plugin.manager import registry
 
     ensure_writable_dir(out, "demo data folder")
@@ -392,8 +393,7 @@ def demo_data(
     items = dict(parse_set(s) for s in set_ or [])  # `demo.identities=2`, as train takes it, too
     items = {k.removeprefix("demo."): v for k, v in items.items()}
     opts = validate_options("demo_data", name, items, "demo")
-    out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
-    build("demo_data", name, opts, out=out)
+    generate_demo(name, opts, out)
     console.print(f"wrote the {modality} demo dataset to {out}", markup=False)
 
 

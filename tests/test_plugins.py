@@ -444,6 +444,44 @@ def test_demo_data_gets_an_existing_parent_and_takes_the_demo_prefix(tmp_path, c
         assert sorted(p.name for p in out.iterdir()) == ["id0", "id1", "id2"]
 
 
+class CarelessDemos:
+    """Demo factories that return without writing, or write next to the folder they got."""
+
+    @metaemb.hookimpl
+    def register_demo_data(self, register):
+        from pathlib import Path
+
+        def nowrite(out, count: int = 2):
+            return out
+
+        def elsewhere(out, count: int = 2):
+            other = Path(out).parent / "other-place"
+            (other / "id0").mkdir(parents=True)
+            return other
+
+        register("nowrite", nowrite)
+        register("elsewhere", elsewhere)
+
+    @metaemb.hookimpl
+    def register_modalities(self, register):
+        from metaemb.core.plugin.modality import Modality
+
+        for name in ("nowrite", "elsewhere"):
+            register(f"careless-{name}", Modality(
+                name=f"careless-{name}", description="", sample_folder="image",
+                features="image", backbone="resnet18", demo_data=name))  # fmt: skip
+
+
+def test_a_demo_factory_that_writes_nothing_or_elsewhere_is_named(tmp_path, capsys):
+    with plugins.plugin_registered(CarelessDemos(), "careless"):
+        for name, why in (("nowrite", "returned without writing anything into"),
+                          ("elsewhere", "other-place', not to the folder it was given")):  # fmt: skip
+            args = ["demo-data", "--modality", f"careless-{name}", "--out", tmp_path / name]
+            code, out, err = helpers.run_cli(args, capsys)
+            assert code == 2 and "wrote the" not in out, out
+            assert f"demo-data factory '{name}' (plugin 'careless')" in err and why in err, err
+
+
 def test_plugin_registered_reports_a_module_implementing_no_hook(monkeypatch):
     import types
 

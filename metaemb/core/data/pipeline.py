@@ -13,7 +13,7 @@ from rich.console import Console
 
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
-from metaemb.core.errors import ConfigError
+from metaemb.core.errors import ConfigError, PluginError
 from metaemb.core.paths import default_cache_dir
 from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import SampleFolder
@@ -58,8 +58,26 @@ def data_root(config: Config, console: Console | None = None) -> Path:
         console.print(
             f"Generating the built-in {mod.name} demo dataset into {out} (once) …", markup=False
         )
+    return generate_demo(mod.demo_data, config.options("demo"), out)
+
+
+def generate_demo(name: str, options: dict[str, Any], out: Path) -> Path:
+    """Run demo-data factory `name` into `out`, then check it wrote there: a factory that
+    returns without writing, or writes elsewhere, is named instead of reported as done."""
     out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
-    build("demo_data", mod.demo_data, config.options("demo"), out=out)
+    returned = build("demo_data", name, options, out=out)
+    entry = registry("demo_data").entry(name)
+    who = f"demo-data factory '{name}' (plugin '{entry.plugin}')"
+    if isinstance(returned, (str, Path)) and Path(returned).resolve() != out.resolve():
+        raise PluginError(
+            f"{who} wrote to '{returned}', not to the folder it was given ('{out}'); a factory "
+            "must write its dataset into `out` (and may return it)."
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        raise PluginError(
+            f"{who} returned without writing anything into '{out}'; it must write an "
+            "<identity>/<sample> folder there."
+        )
     return out
 
 
