@@ -473,7 +473,27 @@ def test_registration_mistakes_are_named():
         def register_backbones(self, register):
             register("quoted", QuotedDefault)
 
+    from metaemb.core.plugin.contract import Kind, Opt
+
+    class OptTypo(SeriesFeatures):
+        yields = Kind("feature-matrix", channels=Opt("velocites"))  # the option is 'velocities'
+
+        def __init__(self, velocities: int = 3) -> None:
+            super().__init__()
+
+    class OptTypos:
+        @metaemb.hookimpl
+        def register_features(self, register):
+            register("opt-typo", OptTypo)
+
     cases = [
+        (
+            OptTypos(),
+            "typo-plugin",
+            "features",
+            r"features 'opt-typo' whose yields takes channels from Opt\('velocites'\), which is "
+            r"not one of its options; did you mean 'velocities'",
+        ),
         (
             BadFolders(),
             "ext-plugin",

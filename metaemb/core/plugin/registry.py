@@ -88,7 +88,9 @@ class Registry:
         if self.kind == "sample_folders":
             _check_sample_folder(name, factory, plugin, info)
         if self.kind != "modalities":
-            _check_option_defaults(f"{self.singular} '{name}'", factory, plugin)
+            what = f"{self.singular} '{name}'"
+            _check_option_defaults(what, factory, plugin)
+            _check_declared_options(what, factory, plugin, info)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
     def discard(self, names: list[str]) -> None:
@@ -182,3 +184,48 @@ def _check_option_defaults(what: str, factory: Any, plugin: str) -> None:
                 f"{option.default!r}, which is not a value of its own annotation ({exc}); make "
                 "the default match the type hint."
             ) from None
+
+
+def _check_declared_options(what: str, factory: Any, plugin: str, info: dict[str, Any]) -> None:
+    """Each `Opt("name")` in a `yields`/`accepts` declaration must name an option of the
+    component: a misspelt one would bind to None and silently switch its check off."""
+    from metaemb.core.plugin.contract import Kind, Opt, _returns
+    from metaemb.core.plugin.options import options_of
+
+    try:
+        options = options_of(factory)
+    except (TypeError, ValueError):
+        return
+    for attr in ("yields", "accepts"):
+        value = info.get(attr)
+        for source in (factory, _returns(factory)):
+            if value is None and source is not None:
+                value = getattr(source, attr, None)
+        kinds = (value,) if isinstance(value, Kind) else value
+        if not isinstance(kinds, (tuple, list)):
+            continue  # undeclared, or computed from the options (a callable)
+        for kind in kinds:
+            for param, opt in getattr(kind, "params", ()):
+                if isinstance(opt, Opt) and not _names_option(options, opt.name):
+                    raise PluginError(
+                        f"plugin '{plugin}' registers {what} whose {attr} takes {param} from "
+                        f"Opt({opt.name!r}), which is not one of its options;"
+                        f"{suggest(opt.name.split('.')[0], options)} options: "
+                        f"{', '.join(sorted(options)) or '(none)'}."
+                    )
+
+
+def _names_option(options: dict[str, Any], dotted: str) -> bool:
+    """Whether `dotted` ("sample_rate", "filters.sample_rate") names an option (or a key of a
+    table option's default)."""
+    head, _, rest = dotted.partition(".")
+    if head not in options:
+        return False
+    value = options[head].default
+    for part in rest.split(".") if rest else ():
+        if not isinstance(value, dict):
+            return True  # a table whose keys the default does not show
+        if part not in value:
+            return False
+        value = value[part]
+    return True
