@@ -334,7 +334,30 @@ def test_registered_and_bad_options():
         CosineScorer().score(torch.ones(2, 3), torch.ones(3, 3))
 
 
-def test_too_small_s_norm_cohort_says_what_it_has_and_what_to_change():
-    scorer = ASNorm(top_n=300)
-    with pytest.raises(DataError, match=r"speaker means\) has 5; .*top_n = 300 needs ≥ 300"):
-        scorer.fit(torch.randn(20, 8), torch.arange(20) % 5)
+def test_a_cohort_smaller_than_top_n_uses_all_of_it_with_a_note():
+    """A recipe's top_n = 300 (VoxCeleb's thousands of speakers) on a cohort of 5 speaker
+    means: adaptive s-norm over the whole cohort, which is what top_n = 5 gives, said once."""
+    x, labels = torch.randn(20, 8), torch.arange(20) % 5
+    enroll, test = torch.randn(6, 8), torch.randn(6, 8)
+    wide = ASNorm(top_n=300)
+    with pytest.warns(UserWarning, match=r"top_n = 300, but the cohort .*speaker means\) has 5"):
+        wide.fit(x, labels)
+    exact = ASNorm(top_n=5)
+    exact.fit(x, labels)
+    torch.testing.assert_close(wide.score(enroll, test), exact.score(enroll, test))
+    with pytest.raises(DataError, match=r"speaker means\) has 1; s-norm needs ≥ 2"):
+        ASNorm(top_n=300).fit(x, torch.zeros(20, dtype=torch.long))
+
+
+def test_plda_says_when_lda_keeps_fewer_dimensions_than_asked():
+    """LDA-200 (the Kaldi recipe) on 5 identities keeps 4 dimensions: said once, not silent."""
+    x, labels = torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 5
+    scorer = PLDAScorer(lda_dim=200)
+    with pytest.warns(UserWarning, match=r"lda_dim = 200, but LDA can keep at most 4 .*identities"):
+        scorer.fit(x, labels)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scorer.fit(x, labels)  # once per scorer
+        PLDAScorer(lda_dim=4).fit(x, labels)  # as asked: nothing to say

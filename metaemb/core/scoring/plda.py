@@ -297,11 +297,24 @@ class PLDABackend:
         self.lda: Tensor | None = None
         self.plda: PLDA | None = None
 
+    def _note_lower_lda(self, kept: int, dim: int) -> None:
+        """LDA keeps at most (training identities − 1) and the input's dimensions: say so once
+        when that is fewer than `lda_dim` asked for (LDA-200 on 150 speakers keeps 149)."""
+        if kept < self.lda_dim and not getattr(self, "_lda_noted", False):
+            self._lda_noted = True
+            limit = "the embedding's dimension" if kept == dim else "training identities − 1"
+            warnings.warn(
+                f"PLDA: lda_dim = {self.lda_dim}, but LDA can keep at most {kept} dimensions "
+                f"here ({limit}); it keeps {kept}.",
+                stacklevel=2,
+            )
+
     def fit(self, x: Tensor, labels: Tensor | Sequence[int]) -> PLDABackend:
         x = _as_f64(x)
         self.center = x.mean(0)
         if self.lda_dim > 0:
             _, self.lda = fit_lda(x - self.center, labels, self.lda_dim)
+            self._note_lower_lda(int(self.lda.shape[0]), x.shape[1])
         else:
             self.lda = torch.eye(x.shape[1], dtype=DTYPE)
         self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations)

@@ -3,6 +3,7 @@ cohort of training embeddings (docs/reference/speaker.md), chunked like every `P
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -79,17 +80,19 @@ class ScoreNorm(PointScorer):
         self._check_cohort_size(n)
 
     def _check_cohort_size(self, n: int) -> None:
-        n_min = max(self.top_n, 2)
-        if n < n_min:
+        if self.top_n > n >= 2 and not getattr(self, "_top_noted", False):
+            self._top_noted = True  # a recipe's top_n = 300 on a cohort of 150 uses all 150
+            what = "speaker means" if self.speaker_mean else "embeddings"
+            warnings.warn(
+                f"adaptive s-norm: top_n = {self.top_n}, but the cohort (the training samples' "
+                f"{what}) has {n}; each side's statistics use all {n}.",
+                stacklevel=2,
+            )
+        if n < 2:
             what = "speaker means" if self.speaker_mean else "embeddings"
             raise DataError(
-                f"the s-norm cohort (the training samples' {what}) has {n}; "
-                + (
-                    f"adaptive s-norm with top_n = {self.top_n} needs ≥ {n_min}: lower "
-                    "scorer.top_n or fit on more training data."
-                    if self.top_n
-                    else "s-norm needs ≥ 2."
-                )
+                f"the s-norm cohort (the training samples' {what}) has {n}; s-norm needs ≥ 2: "
+                "fit on more training data."
             )
 
     def _set_cohort(self, cohort: Tensor) -> None:
