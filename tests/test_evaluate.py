@@ -131,6 +131,33 @@ def test_lfw_protocol_prints_10_fold_accuracy_and_eer(lfw, tmp_path, capsys):
     assert re.search(r"TAR @ FAR=0\.1% [\d.]+%", text)
 
 
+def test_agedb_and_vggface2_protocols_read_their_own_layouts(lfw, tmp_path, capsys):
+    """AgeDB ships flat (`<index>_<Name>_<age>_<g>.jpg`) and a VGGFace2 root holds `test/` and
+    `test_list.txt`: `--data` at either is read with the protocol's folder, not the run's
+    `<identity>/<image>` folder (which found no identity folders, or one called 'test')."""
+    data, run = lfw
+    flat, vgg = tmp_path / "agedb", tmp_path / "vgg"
+    flat.mkdir()
+    listed = []
+    for k, image in enumerate(sorted(data.glob("*/*.jpg"))):
+        name, age = image.parent.name.replace("_", ""), 20 + 10 * (k % 3)
+        shutil.copy(image, flat / f"{k}_{name}_{age}_m.jpg")
+        listed.append(f"{image.parent.name}/{image.name}")
+        (vgg / "test" / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, vgg / "test" / listed[-1])
+    (vgg / "test_list.txt").write_text("\n".join(listed) + "\n")
+    small = ["--protocol-set", "pairs_per_fold=2", "--protocol-set", "pair_seed=1"]
+    for name, root, extra in (("agedb", flat, ["--protocol-set", "min_age_gap=10"]),
+                              ("vggface2", vgg, [])):  # fmt: skip
+        out = tmp_path / f"ev-{name}"
+        args = ["evaluate", run, "--protocol", name, "--data", root, *small, *extra,
+                "--out", out, "--workers", "0"]  # fmt: skip
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        result = json.loads((out / "metrics.json").read_text())
+        assert result["folds"] == 10 and result["trials"] == name
+
+
 @pytest.mark.parametrize("folds", [2, 1])
 def test_lfw_folds_come_from_the_pairs_header(lfw, tmp_path, capsys, folds):
     """Issue 13 item 1: a 2-fold pairs.txt is scored in 2 folds (not 10), and a valid 1-fold

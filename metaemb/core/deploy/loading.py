@@ -134,9 +134,11 @@ def load_run(
     *,
     data: Path | None = None,
     with_data: bool = False,
+    folder: str | None = None,
 ) -> LoadedRun:
     """Load a run directory or checkpoint; `data` (a data root) or `with_data` (the run's own
-    root) also builds the data pipeline for embedding samples."""
+    root) also builds the data pipeline for embedding samples, reading the data with sample
+    folder `folder` (at its defaults) instead of the run's when given (a protocol's layout)."""
     ckpt = find_checkpoint(Path(path))
     state = load_checkpoint(ckpt)
     if not isinstance(state.get("config"), dict) or "model" not in state:
@@ -149,6 +151,9 @@ def load_run(
         if data is not None:
             _rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
+        if folder is not None and folder != cfg.data.folder:
+            cfg.data.folder = folder
+            cfg.components["folder"] = {}
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
             saved = cfg.data.root_absolute or cfg.data.root

@@ -168,12 +168,19 @@ class Evaluation:
         train, _ = validation.split(parts.folder, own)
         return parts, train
 
+    def _layout(self) -> str | None:
+        """The sample folder the protocol's data are laid out for (AgeDB's flat folder, a
+        VGGFace2 root holding test/), registered with it as `folder=`; None: the run's."""
+        if not self.protocol:
+            return None
+        return registry("protocols").entry(self.protocol).info.get("folder")
+
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
         loaded = getattr(self, "preloaded", None) or load_run(  # a reference model: preloaded
-            self.run_path, self.device, data=self.data, with_data=True
+            self.run_path, self.device, data=self.data, with_data=True, folder=self._layout()
         )
         cfg = loaded.config
         p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)

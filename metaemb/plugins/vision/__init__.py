@@ -162,5 +162,7 @@ def register_protocols(register: Register) -> None:
     from metaemb.plugins.vision import protocols as p
 
     register("lfw", p.lfw, description="LFW View 2 pairs.txt, folds from its header")
-    register("vggface2", p.vggface2, description="seeded identity-disjoint pairs, VGGFace2 test")
-    register("agedb", p.agedb, description="AgeDB-30 style pairs (age gap ≥ 30), 10 folds")
+    register("vggface2", p.vggface2, description="seeded identity-disjoint pairs, VGGFace2 test",
+             folder="vggface2")  # fmt: skip
+    register("agedb", p.agedb, description="AgeDB-30 style pairs (age gap ≥ 30), 10 folds",
+             folder="agedb")  # fmt: skip

@@ -170,11 +170,11 @@ class VGGFace2Folder(ImageFolder):
         super().__init__(root, [Sample(p, p.split("/", 1)[0], -1) for p in listed])
 
 
-def _check_folds(name: str, folds: int, pairs_per_fold: int, seed: int) -> None:
-    if folds < 2 or pairs_per_fold < 1 or seed < 0:
+def _check_folds(name: str, folds: int, pairs_per_fold: int, pair_seed: int) -> None:
+    if folds < 2 or pairs_per_fold < 1 or pair_seed < 0:
         raise ConfigError(
-            f"protocol '{name}' needs folds ≥ 2, pairs_per_fold ≥ 1 and seed ≥ 0 (got "
-            f"{folds}, {pairs_per_fold}, {seed})."
+            f"protocol '{name}' needs folds ≥ 2, pairs_per_fold ≥ 1 and pair_seed ≥ 0 (got "
+            f"{folds}, {pairs_per_fold}, {pair_seed})."
         )
 
 
@@ -183,14 +183,15 @@ def vggface2(
     trials: Path | None = None,
     folds: int = 10,
     pairs_per_fold: int = 300,
-    seed: int = 0,
+    pair_seed: int = 0,
 ) -> TrialList:
-    """Seeded identity-disjoint pairs (10 folds of up to 300 + 300) over the VGGFace2 test list."""
+    """Seeded identity-disjoint pairs (10 folds of up to 300 + 300) over the VGGFace2 test list;
+    `pair_seed` draws another set of pairs."""
     _no_trials_file("vggface2", trials)
-    _check_folds("vggface2", folds, pairs_per_fold, seed)
+    _check_folds("vggface2", folds, pairs_per_fold, pair_seed)
     folder = VGGFace2Folder(root, "test")
     return make_fold_pairs([(s.path, s.identity) for s in folder.samples], folds, pairs_per_fold,
-                           seed)  # fmt: skip
+                           pair_seed)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,12 +247,12 @@ def agedb(
     min_age_gap: int = 30,
     folds: int = 10,
     pairs_per_fold: int = 300,
-    seed: int = 0,
+    pair_seed: int = 0,
 ) -> TrialList:
     """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart
-    (AgeDB-5/10/20/30: 5, 10, 20, 30)."""
+    (AgeDB-5/10/20/30: 5, 10, 20, 30); `pair_seed` draws another set of pairs."""
     _no_trials_file("agedb", trials)
-    _check_folds("agedb", folds, pairs_per_fold, seed)
+    _check_folds("agedb", folds, pairs_per_fold, pair_seed)
     if min_age_gap < 0:
         raise ConfigError(f"protocol 'agedb': min_age_gap = {min_age_gap}; give years, ≥ 0.")
     folder = AgeDBFolder(root)
@@ -260,7 +261,7 @@ def agedb(
         return abs(parse_agedb_name(a).age - parse_agedb_name(b).age) >= min_age_gap
 
     samples = [(s.path, s.identity) for s in folder.samples]
-    return make_fold_pairs(samples, folds, pairs_per_fold, seed, positive=gap)
+    return make_fold_pairs(samples, folds, pairs_per_fold, pair_seed, positive=gap)
 
 
 # ---------------------------------------------------------------------------------------------
