@@ -6,6 +6,7 @@ force from the embeddings `metaemb embed` writes."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import helpers
@@ -52,6 +53,24 @@ def test_evaluate_other_folder_uses_all_its_identities(setup, tmp_path, capsys):
     assert len(ids) == 6  # a re-split as training data would have kept 2 validation identities
     assert sum(t.label == 1 for t in trials) == 6 * 6  # every same-identity pair: 6 × C(4, 2)
     assert result["training_identities_scored"] == 0 and "trained on" not in flat  # new names
+
+
+def test_evaluations_of_two_other_folders_keep_both_results(setup, tmp_path, capsys):
+    """`evaluate RUN --data A` then `--data B` wrote both to eval-all-identities/, the second
+    silently replacing the first; each folder now gets its own default output folder."""
+    _, other, run = setup
+    second = tmp_path / "second"
+    shutil.copytree(other, second)
+    for data in (other, second):
+        args = ["evaluate", run, "--data", data, "--workers", "0"]
+        assert helpers.run_cli(args, capsys)[0] == 0
+        args = ["evaluate", run, "--data", data, "--measure", "class", "--workers", "0"]
+        assert helpers.run_cli(args, capsys)[0] == 0
+    for data in (other, second):
+        for name in ("all-identities", "class"):
+            written = json.loads((run / f"eval-{data.name}-{name}" / "metrics.json").read_text())
+            assert written.get("trials", written.get("measure")) in ("all-identities", "class")
+    assert not (run / "eval-all-identities").exists()
 
 
 def test_evaluate_on_a_copy_of_the_training_folder_warns(setup, tmp_path, capsys):

@@ -26,6 +26,7 @@ from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.trial_set import (
     TrialSet,
+    default_out,
     parse_protocol_options,
     protocol_trials,
     trial_folds,
@@ -192,7 +193,7 @@ class Evaluation:
             message = label_warning(mislabelled(folder, evals.trials), len(labels))
             if message:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
-        out = self.out or (self._run_dir() / f"eval-{evals.name}")
+        out = self.out or default_out(self._run_dir(), evals.name, self.data)
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials)
         cal = None

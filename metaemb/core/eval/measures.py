@@ -215,7 +215,9 @@ def run_measure(
     from metaemb.core.paths import ensure_writable_dir
 
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    out = out or run_dir / f"eval-{measure}"
+    from metaemb.core.eval.trial_set import default_out
+
+    out = out or default_out(run_dir, measure, data)
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)

@@ -1,9 +1,11 @@
-"""The trials an evaluation scores: a TrialSet (trials, where they came from, their folds), and
-a protocol's trials and options, checked before anything is embedded."""
+"""The trials an evaluation scores: a TrialSet (trials, where they came from, their folds), a
+protocol's trials and options, checked before anything is embedded, and the folder its results
+go to by default."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +14,15 @@ from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval.trials import folds_of
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
+
+
+def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
+    """`RUN_DIR/eval-<name>`, or `eval-<data folder>-<name>` with `--data`: evaluating another
+    folder next never replaces the first one's results (`--data A`, then `--data B`)."""
+    if data is None:
+        return run_dir / f"eval-{name}"
+    tag = Path(data).resolve().name
+    return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
 @dataclass
