@@ -332,6 +332,31 @@ def test_coverage_reads_a_plugin_three_column_format_as_trials_not_triplets(tmp_
     assert code == 0 and json.loads(out)["triplets"] == 3
 
 
+def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
+    """`trials make --format lfw` (offered by --help) wrote targets then non-targets, which the
+    LFW writer refused for every list of more than one fold."""
+    data = tmp_path / "lfw"
+    for i in range(12):
+        for j in range(1, 4):
+            (data / f"Person_{i}" / f"Person_{i}_{j:04d}.jpg").parent.mkdir(
+                parents=True, exist_ok=True
+            )
+            (data / f"Person_{i}" / f"Person_{i}_{j:04d}.jpg").write_bytes(b"")
+    out = tmp_path / "pairs.txt"
+    args = ["trials", "make", data, "--out", out, "--format", "lfw", "--modality", "face"]
+    with pytest.warns(UserWarning, match="10 folds of 2 . 2 are written, 10 of the 50 trials"):
+        code, _, err = helpers.run_cli([*args, "--targets", "20", "--nontargets", "30"], capsys)
+    assert code == 0, err
+    listed = lfw_format.read_lfw_pairs(out, root=data)
+    assert listed.folds == 10 and len(listed) == 40
+    assert [t.label for t in listed[:4]] == [1, 1, 0, 0]
+    # Files not named as LFW's are refused, saying how they must be named.
+    (data / "Person_0" / "Person_0_0001.jpg").rename(data / "Person_0" / "x.jpg")
+    with pytest.warns(UserWarning, match="LFW folds hold equal numbers"):
+        code, _, err = helpers.run_cli(args, capsys)
+    assert code == 2 and "<name>/<name>_NNNN.jpg" in err
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

@@ -89,7 +89,8 @@ def lfw_lines(trials: Sequence[Trial], folds: int = 10) -> list[str]:
         if len(t.enroll) != 1 or not all(parts) or t.label != int(matched):
             raise DataError(
                 f"trial {k + 1} ({', '.join(t.enroll)} vs {t.test}) does not fit LFW pairs.txt: "
-                "each fold needs n matched then n mismatched single-image name/name_NNNN trials."
+                "each fold needs n matched then n mismatched single-image trials of files named "
+                "as LFW's, <name>/<name>_NNNN.jpg."
             )
         (na, ia), (nb, ib) = (m.groups() for m in parts)  # type: ignore[union-attr]
         if matched and na != nb:
@@ -117,4 +118,32 @@ class LFWPairs(TrialFormat):
     def write(self, path: Path, trials: Sequence[Trial], folds: int = 10, **options: Any) -> None:
         if options:
             raise DataError(f"the LFW format takes only the option 'folds', got {sorted(options)}.")
+        if getattr(trials, "folds", 0) != folds:  # not laid out in folds yet (`trials make`)
+            trials = in_folds(trials, folds)
         write_lines(path, lfw_lines(trials, folds))
+
+
+def in_folds(trials: Sequence[Trial], folds: int = 10) -> TrialList:
+    """Trials in any order → `folds` blocks of n matched then n mismatched, in their order, with
+    n = min(matched, mismatched) // folds; the rest are left out, with a warning."""
+    import warnings
+
+    matched = [t for t in trials if t.label == 1]
+    mismatched = [t for t in trials if t.label == 0]
+    n = min(len(matched), len(mismatched)) // folds
+    if n < 1:
+        raise DataError(
+            f"LFW pairs.txt needs at least {folds} matched and {folds} mismatched trials "
+            f"({folds} folds); got {len(matched)} and {len(mismatched)}."
+        )
+    out: list[Trial] = []
+    for f in range(folds):
+        out += matched[f * n : (f + 1) * n] + mismatched[f * n : (f + 1) * n]
+    if len(out) < len(trials):
+        warnings.warn(
+            f"LFW folds hold equal numbers of matched and mismatched pairs: {folds} folds of "
+            f"{n} + {n} are written, {len(trials) - len(out)} of the {len(trials)} trials left "
+            "out (give --targets and --nontargets as equal multiples of 10).",
+            stacklevel=3,
+        )
+    return TrialList(out, folds=folds)
