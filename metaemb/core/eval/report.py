@@ -32,9 +32,11 @@ class PlotsUnavailable(MetaembError):
 
 
 def _pyplot() -> Any:
-    matplotlib = require("matplotlib", "PNG plots (DET, score histograms)", PlotsUnavailable)
+    matplotlib = require(
+        "matplotlib", "drawing PNG plots (DET, score histograms)", PlotsUnavailable
+    )
     matplotlib.use("Agg")
-    return require("matplotlib.pyplot", "PNG plots", PlotsUnavailable)
+    return require("matplotlib.pyplot", "drawing PNG plots", PlotsUnavailable)
 
 
 def _save(fig: Any, path: Path) -> Path:
