@@ -332,6 +332,25 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
     return path.with_name(path.stem + FORMATS[fmt])
 
 
+#: file suffixes that promise something an export is not (an array, a table, another runtime's
+#: graph); a TorchScript file is a zip usually named .pt, .pth or .ts
+OTHER_FORMATS = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json", ".h5", ".hdf5", ".mat", ".pkl",
+                 ".pickle", ".tflite", ".pb", ".engine", ".plan", ".mlmodel")  # fmt: skip
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript")}
+
+
+def check_out_name(fmt: str, out: Path) -> None:
+    """Refuse an output name that promises another format (`--out face.npy` for an ONNX graph,
+    `x.onnx` for TorchScript), as `embed --out` does."""
+    suffix = out.suffix.lower()
+    other = [f for f, known in SUFFIXES.items() if f != fmt and suffix in known]
+    if suffix in OTHER_FORMATS or (other and suffix not in SUFFIXES[fmt]):
+        raise ExportError(
+            f"--out '{out}': a {fmt} export is not a {suffix} file; name it "
+            f"{' or '.join(SUFFIXES[fmt])} (default: {FORMATS[fmt]} beside the checkpoint)."
+        )
+
+
 def check_options(fmt: str, opset: int) -> None:
     if fmt not in FORMATS:
         raise ExportError(
@@ -350,6 +369,7 @@ def export(
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
+    check_out_name(fmt, target)
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     inf = load_inference(checkpoint)
