@@ -87,6 +87,22 @@ def _warn_resample_once(path: Path, orig_rate: int, new_rate: int) -> None:
     )
 
 
+_warned_channels: set[int] = set()
+
+
+def _warn_mixdown_once(path: Path, channels: int) -> None:
+    """Once per channel count (and process): a stereo corpus would print a line per file."""
+    with _warn_lock:
+        if channels in _warned_channels:
+            return
+        _warned_channels.add(channels)
+    warnings.warn(
+        f"audio file '{path}' has {channels} channels; mixing down to mono (channel mean). "
+        f"Further {channels}-channel files are mixed down the same way without a word.",
+        stacklevel=4,
+    )
+
+
 MIN_RATE = 1000  # Hz: no speech fits below this; a header claiming less is damaged
 # Magic bytes → (what the content is, the suffix it should have); see `_content_hint`.
 MAGIC = (
@@ -344,10 +360,7 @@ def _finish(
             "file (with on_bad_sample='skip' it is skipped)."
         )
     if data.shape[1] > 1:
-        warnings.warn(
-            f"audio file '{path}' has {data.shape[1]} channels; mixing down to mono (channel mean).",
-            stacklevel=2,
-        )
+        _warn_mixdown_once(path, data.shape[1])
         mixed = data.mean(axis=1, keepdims=True)
         level = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
         if level > 0 and float(np.sqrt(np.mean(np.square(mixed, dtype=np.float64)))) < 0.05 * level:
