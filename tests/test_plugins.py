@@ -205,6 +205,24 @@ def test_list_modalities_shows_the_components_each_chooses(capsys):
     text = " ".join(out.split())
     assert code == 0, err
     assert "backbone=resnet18" in text and "features=fbank" in text
+    # what a run of the modality starts from, not the component's own defaults
+    assert "backbone.channels = 256 (with backbone 'xvector')" in text
+    assert "features.fbank.cmn = 'level' (with features 'fbank')" in text
+    code, out, err = run_cli(["list", "modalities", "--json"], capsys)
+    speaker = {r["name"]: r for r in json.loads(out)["components"]}["speaker"]
+    assert speaker["component_options"]["backbone"]["xvector"]["channels"] == 256
+    assert speaker["defaults"]["train.lr"] == 0.002
+
+
+def test_list_shows_the_options_of_a_fixed_nested_table(capsys):
+    """The speaker features' `[features.fbank]` keys (n_mels, cmn, …) were an opaque dict."""
+    from helpers import run_cli
+
+    code, out, err = run_cli(["list", "features", "--json"], capsys)
+    assert code == 0, err
+    fbank = {r["name"]: r for r in json.loads(out)["components"]}["fbank"]["options"]["fbank"]
+    assert fbank["options"]["n_mels"] == {"type": "int", "default": 80, "required": False}
+    assert fbank["options"]["cmn"]["default"] is True
 
 
 class CommandClash:

@@ -76,30 +76,59 @@ def _contract(kind: str, entry: Any) -> dict[str, str]:
     return out
 
 
+def option_records(factory: Any) -> dict[str, Any]:
+    """{name: {"type", "default", "required"}} of a factory's options; a fixed nested part (the
+    speaker features' `fbank` table) also lists its own options under "options"."""
+    from metaemb.core.plugin.options import options_of, parts_of
+
+    try:
+        found = options_of(factory)
+    except (TypeError, ValueError):  # not introspectable (e.g. a Modality instance)
+        return {}
+    parts = parts_of(factory)
+    out: dict[str, Any] = {}
+    for o in found.values():
+        out[o.name] = {
+            "type": _typename(o.type),
+            "default": jsonable(o.default),
+            "required": o.default is inspect.Parameter.empty,
+        }
+        if o.name in parts and not isinstance(parts[o.name], str):  # a fixed part's table
+            out[o.name]["options"] = option_records(parts[o.name])
+    return out
+
+
+def _nested(options: dict[str, Any], prefix: str = "") -> list[str]:
+    """`name=default` texts, a fixed part's options as `part.name=default`."""
+    out = []
+    for name, o in options.items():
+        if "options" in o:
+            out += _nested(o["options"], f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}={o['default']!r}")
+    return out
+
+
 def records(kind: str) -> list[dict[str, Any]]:
     """One record per registered component of `kind`: name, plugin, description, options
-    ({name: {"type", "default", "required"}}) and declared data kinds."""
+    ({name: {"type", "default", "required"}}) and declared data kinds; a modality's record
+    holds the components it chooses and the options it sets on them."""
     from metaemb.core.plugin.manager import registry
-    from metaemb.core.plugin.options import options_of
 
     key = kind_key(kind)
     out = []
     for e in registry(key).entries():
-        try:
-            options = {
-                o.name: {
-                    "type": _typename(o.type),
-                    "default": jsonable(o.default),
-                    "required": o.default is inspect.Parameter.empty,
-                }
-                for o in options_of(e.factory).values()
-            }
-        except (TypeError, ValueError):  # not introspectable (e.g. a Modality instance)
-            options = {}
+        options = option_records(e.factory)
         bundle = {}
         if hasattr(e.factory, "sample_folder"):  # a Modality: the components it chooses
             names = ("sample_folder", "frontend", "features", "backbone", "demo_data")
-            bundle = {"components": {n: getattr(e.factory, n, "") for n in names}}
+            bundle = {
+                "components": {n: getattr(e.factory, n, "") for n in names},
+                # section → component → option → value: what a run of this modality starts
+                # from instead of the component's own default ("backbone.channels" = 256)
+                "component_options": jsonable(getattr(e.factory, "options", {})),
+                "defaults": jsonable(getattr(e.factory, "defaults", {})),
+            }
         out.append(
             {
                 "name": e.name,
@@ -110,6 +139,17 @@ def records(kind: str) -> list[dict[str, Any]]:
                 **bundle,
             }
         )
+    return out
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"fbank": {"cmn": "level"}} → {"fbank.cmn": "level"}."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -151,28 +191,35 @@ def list_components(
 ) -> None:
     """List registered components of one kind."""
     from metaemb.core.plugin.manager import registry
-    from metaemb.core.plugin.options import options_of
 
     key = kind_key(kind)
     if json_output:
         typer.echo(as_json(key))
         return
     table = Table(title=f"metaemb {key}")
-    if key == "modalities":  # a modality is the components it chooses
+    if key == "modalities":  # a modality is the components it chooses and their settings
         for col in ("name", "plugin", "components", "description"):
             table.add_column(col)
-        for r in records(key):
+        found = records(key)
+        for r in found:
             chosen = ", ".join(f"{k}={v}" for k, v in r.get("components", {}).items() if v)
             table.add_row(r["name"], r["plugin"], escape(chosen), r["description"])
         console.print(table)
+        for r in found:  # below the table: too long for a cell
+            sets = [f"{k} = {v!r}" for k, v in r.get("defaults", {}).items()]
+            for section, tables in r.get("component_options", {}).items():
+                for name, values in tables.items():
+                    sets += [f"{section}.{k} = {v!r}   (with {section} '{name}')"
+                             for k, v in _flat(values).items()]  # fmt: skip
+            if sets:
+                console.print(f"\n{r['name']} sets:", markup=False)
+                for line in sets:
+                    console.print(f"  {line}", markup=False, soft_wrap=True)
         return
     for col in ("name", "plugin", "options", "data (accepts → yields)", "description"):
         table.add_column(col)
     for e in registry(key).entries():
-        try:
-            opts = ", ".join(f"{o.name}={o.default!r}" for o in options_of(e.factory).values())
-        except (TypeError, ValueError):
-            opts = ""
+        opts = ", ".join(_nested(option_records(e.factory)))
         c = _contract(key, e)
         data = " → ".join(c[k] for k in ("accepts", "yields") if k in c)
         if len(c) == 1:
