@@ -919,6 +919,13 @@ class NegatedPairs(CosineScorer):
         return -super().pairs(models, counts, test)
 
 
+class KeptDimPairs(CosineScorer):
+    """The mistake: pairs returns [N, 1]; broadcast against [N] it looked like disagreement."""
+
+    def pairs(self, models, counts, test):
+        return super().pairs(models, counts, test)[:, None]
+
+
 class AttributeScorer(CosineScorer):
     def __init__(self) -> None:
         super().__init__()
@@ -954,6 +961,7 @@ class TrainingMistakesPlugin:
     @metaemb.hookimpl
     def register_scorers(self, register):
         register("negatedpairs", NegatedPairs)
+        register("keptdimpairs", KeptDimPairs)
         register("attributescorer", AttributeScorer)
 
 
@@ -989,6 +997,9 @@ def mistakes(plugin):
          ["objective 'askstypo' (plugin 'mistakes') asks for sampler 'p-k'", "did you mean 'pk'?"]),
         (["eval.scorer=negatedpairs"],
          ["scorer 'negatedpairs' (plugin 'mistakes'): its scores of aligned pairs", "differ"]),
+        (["eval.scorer=keptdimpairs"],
+         ["scorer 'keptdimpairs' (plugin 'mistakes'): score of 6 aligned", "gave [6, 1]",
+          "[N] = [6]"]),
         (["eval.scorer=attributescorer"],
          ["scorer 'attributescorer' (plugin 'mistakes') could not be built", "AttributeError"]),
     ],

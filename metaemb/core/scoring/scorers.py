@@ -274,7 +274,15 @@ def check_consistent(scorer: Scorer, embeddings: Any, label: str, n: int = 6) ->
                     f"{shown}; it must give [N_enroll, N_test] = [{n}, {n - 1}]."
                 )
             matrix = scorer.score_matrix(e, e).double()
-            pairs = scorer.score(e, e[shifted]).double()
+            pairs = scorer.score(e, e[shifted])
+            if not isinstance(pairs, Tensor) or tuple(pairs.shape) != (n,):
+                shown = list(pairs.shape) if isinstance(pairs, Tensor) else type(pairs).__name__
+                raise ConfigError(
+                    f"{label}: score of {n} aligned (enrollment, test) pairs gave {shown}; it "
+                    f"must give one score per pair, [N] = [{n}] (a pairs method keeping a "
+                    "dimension, sum(1, keepdim=True)?)."
+                )
+            pairs = pairs.double()
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ConfigError(
             f"{label} failed scoring {n} embeddings: {type(exc).__name__}: {exc} (a block or "
