@@ -597,6 +597,43 @@ def test_a_protocol_returning_tuples_is_refused_naming_protocol_and_plugin(lfw, 
     assert "returns a list of metaemb.core.Trial(" in err
 
 
+class PathProtocols:
+    """Protocols listing absolute paths inside the root, and a path escaping it with '..'."""
+
+    @hookimpl
+    def register_protocols(self, register):
+        def absolute(root: Path, trials: Path | None = None) -> list[Trial]:
+            files = sorted(Path(root).resolve().glob("*/*.jpg"))
+            a, b, c = files[0], files[1], files[-1]
+            return [Trial((str(a),), str(b), 1), Trial((str(a),), str(c), 0)]
+
+        def escaping(root: Path, trials: Path | None = None) -> list[Trial]:
+            files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
+            return [Trial((files[0],), files[1], 1), Trial((files[0],), "../x/1.jpg", 0)]
+
+        register("absolute-test", absolute)
+        register("escaping-test", escaping)
+
+
+def test_protocol_paths_are_checked_like_trial_file_paths(lfw, tmp_path, capsys):
+    """Absolute paths inside the root were refused as 'not samples of this folder', and '..'
+    as 'not in the folder', though a trial file with the same lines is read (or refused with
+    the precise reason); neither message named the protocol."""
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    with plugin_registered(PathProtocols(), "path-plugin"):
+        args = ["evaluate", run, "--data", data, "--workers", "0", "--out", tmp_path / "ev"]
+        code, _, err = run_cli([*args, "--protocol", "absolute-test"], capsys)
+        assert code == 0, err
+        scores = (tmp_path / "ev" / "scores.txt").read_text().splitlines()
+        assert len(scores) == 2 and not scores[0].startswith("/")
+        code, _, err = run_cli([*args, "--protocol", "escaping-test"], capsys)
+    message = " ".join(err.split())
+    assert code == 2 and "protocol 'escaping-test' (plugin 'path-plugin'), trial 2" in message
+    assert "escapes the data root with '..'" in message
+
+
 class DocsSignatureProtocol:
     """A protocol written as docs/plugins.md once showed it: `trials` without a default."""
 

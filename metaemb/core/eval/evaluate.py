@@ -98,7 +98,9 @@ class Evaluation:
             reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
             trials = protocol_trials(
-                self.protocol, reader(root, self.trials_path, **self.protocol_options)
+                self.protocol,
+                reader(root, self.trials_path, **self.protocol_options),
+                loaded.parts.folder.root,  # a protocol's own folder may read a sub-folder
             )
             return TrialSet(trials, self.protocol, source, trial_folds(trials, source))
         if self.trials_path:
