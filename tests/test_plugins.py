@@ -111,6 +111,16 @@ def test_failing_plugin_is_reported_and_skipped(monkeypatch):
     assert "resnet18" in plugins.registry("backbones")  # the others still work
 
 
+def test_a_plugin_in_a_look_alike_entry_point_group_is_named():
+    """`[project.entry-points."metaemb.plugins"]` was ignored without a word: the plugin's
+    components were then just "unknown"."""
+    ep = metadata.EntryPoint(name="zbad4", value="metaemb_bad4", group="metaemb.plugins")
+    misdeclared = types.SimpleNamespace(entry_points=[ep])
+    with pytest.warns(UserWarning, match=r"'zbad4' \(metaemb_bad4\) are declared in the group "
+                      r"'metaemb.plugins', which metaemb does not read.*group 'metaemb'"):  # fmt: skip
+        plugins.warn_look_alike_groups([*metadata.distributions(), misdeclared])
+
+
 def test_a_plugin_implementing_no_hook_is_warned_about(monkeypatch):
     """Functions without `@metaemb.hookimpl` are invisible to pluggy: the plugin registered
     nothing, without a word."""

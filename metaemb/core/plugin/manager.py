@@ -98,6 +98,7 @@ class PluginState:
             self.versions[ep.name] = getattr(dist, "version", None) or "unknown"
             self.check_implements_something(ep.name, plugin, strict)
         self.check_hook_names(strict)
+        warn_look_alike_groups()
 
     def check_implements_something(self, name: str, plugin: object, strict: bool) -> None:
         """A plugin whose module implements no hook registers nothing: usually its functions
@@ -330,3 +331,26 @@ def plugin_registered(plugin: object, name: str) -> Iterator[None]:
         st.pm.unregister(name=name)
         st.versions.pop(name, None)
         st.invalidate()
+
+
+def warn_look_alike_groups(dists: Any = None) -> None:
+    """A plugin announced under `metaemb.plugins` or `metaemb_plugins` is never loaded and its
+    components are then "unknown" without a word about why: name such entry points."""
+
+    def key(group: str) -> str:
+        return "".join(c for c in group.lower() if c.isalnum())
+
+    found: dict[str, list[str]] = {}
+    dists = metadata.distributions() if dists is None else dists
+    every = (ep for dist in dists for ep in dist.entry_points)
+    for ep in every:
+        group = getattr(ep, "group", None)
+        if isinstance(group, str) and group != GROUP and key(group).startswith(key(GROUP)):
+            found.setdefault(group, []).append(f"'{ep.name}' ({ep.value})")
+    for group, names in sorted(found.items()):
+        warnings.warn(
+            f"entry point(s) {', '.join(sorted(names))} are declared in the group '{group}', "
+            f"which metaemb does not read: a plugin announces itself in the group '{GROUP}' "
+            f'([project.entry-points."{GROUP}"] in pyproject.toml); reinstall it after the fix.',
+            stacklevel=3,
+        )
