@@ -180,7 +180,12 @@ def test_a_new_generator_version_gets_its_own_demo_folder(tmp_path, monkeypatch)
 
     cfg = resolve("speaker", sets=[f"data.cache_dir={tmp_path}"])
     built = []
-    monkeypatch.setattr(pipeline, "build", lambda kind, name, opts, out: built.append(out))
+
+    def build(kind, name, opts, out):  # a generator that writes a folder (checked) instantly
+        built.append(out)
+        (out / "id0").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(pipeline, "build", build)
     now = pipeline.data_root(cfg)
     monkeypatch.setattr(synthetic.generate_voices, "version", synthetic.VERSION + 1)
     later = pipeline.data_root(cfg)

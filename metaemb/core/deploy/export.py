@@ -43,7 +43,7 @@ MAX_OPSET = 20  # the highest the TorchScript-based ONNX exporter emits
 #: exported vs PyTorch outputs must agree to atol + rtol·max|reference| (float32 reassociation).
 ATOL, RTOL = 1e-4, 1e-4
 #: the adapter's wrapper vs the model itself, relative to the embeddings' largest value: loose
-#: enough for a re-expressed feature extractor (the audio fbank graph), tight enough to catch a
+#: enough for a feature extractor re-expressed as a traceable graph, tight enough to catch a
 #: dropped input.
 WRAP_RTOL = 1e-3
 
@@ -345,8 +345,9 @@ def check_out_name(fmt: str, out: Path) -> None:
     suffix = out.suffix.lower()
     other = [f for f, known in SUFFIXES.items() if f != fmt and suffix in known]
     if suffix in OTHER_FORMATS or (other and suffix not in SUFFIXES[fmt]):
+        label = {"onnx": "an ONNX", "torchscript": "a TorchScript"}.get(fmt, f"a {fmt}")
         raise ExportError(
-            f"--out '{out}': a {fmt} export is not a {suffix} file; name it "
+            f"--out '{out}': {label} export is not a {suffix} file; name it "
             f"{' or '.join(SUFFIXES[fmt])} (default: {FORMATS[fmt]} beside the checkpoint)."
         )
 
@@ -369,9 +370,9 @@ def export(
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
-    check_out_name(fmt, target)
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
+    check_out_name(fmt, target)
     inf = load_inference(checkpoint)
     module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
     extra_checks = kind.check(inf.model, module, spec)
