@@ -69,6 +69,25 @@ def test_embed_root_names_the_identities_of_files_in_nested_folders(trained, tmp
     assert code == 2 and "--root is for sample files" in out + err
 
 
+def test_embed_without_root_says_when_the_runs_folder_names_identities_its_own_way():
+    """Loose files are named after their folder ('forgery'); a run whose folder's identity_of
+    says `u001/forgery` gets a note pointing at --root, a plain folder none."""
+    import warnings
+
+    from metaemb.core.eval.collect import _note_own_naming
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    class Forgeries(ImageFolder):
+        def identity_of(self, path):
+            return path.rsplit("/", 1)[0]
+
+    with pytest.warns(UserWarning, match="names identities its own way.*Give --root DATA"):
+        _note_own_naming(Forgeries, "forgeries")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _note_own_naming(ImageFolder, "image")
+
+
 def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
     """`--out X.npz` is a NumPy archive readable without pickle, holding what the torch file
     holds; neighbours reads it alike. A name promising another format is refused up front."""

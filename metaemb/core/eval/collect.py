@@ -65,6 +65,8 @@ def load_for_files(
             f"'{bad[0]}' is not a {getattr(factory, 'what', 'sample')} file the run's sample folder "
             f"'{cfg.data.folder}' reads ({', '.join(sorted(exts))})."
         )
+    if not by_root:
+        _note_own_naming(factory, cfg.data.folder)
     rels = [f.relative_to(root).as_posix() for f in resolved]
     samples = [Sample(r, r.split("/")[0] if by_root else Path(r).parent.name, -1) for r in rels]
     try:
@@ -89,6 +91,24 @@ def load_for_files(
     frontend = build_frontend(cfg, root)
     loaded.data = Components(cfg, root, folder, frontend, loaded.model.features, loaded.model)
     return loaded
+
+
+def _note_own_naming(factory: Any, name: str) -> None:
+    """Without --root a loose file's identity is its folder's name; a run's folder that names
+    identities its own way (`identity_of`: `u001/forgery`) would name them otherwise: say so."""
+    import warnings
+
+    from metaemb.core.plugin.interfaces import SampleFolder
+
+    own = getattr(factory, "identity_of", SampleFolder.identity_of)
+    if isinstance(factory, type) and own is not SampleFolder.identity_of:
+        warnings.warn(
+            f"the run's sample folder '{name}' names identities its own way (identity_of); "
+            "without --root each file's identity is the name of the folder it sits in. Give "
+            "--root DATA (the data folder the files are under) for the identities the run's "
+            "folder gives them.",
+            stacklevel=3,
+        )
 
 
 def _check_root(root: Path, files: list[Path], resolved: list[Path]) -> Path:
