@@ -120,6 +120,16 @@ def test_utterance_id_must_be_a_plain_name(plain, utt):
         KaldiDataFolder(root=plain)
 
 
+@pytest.mark.parametrize("spk", ["spk/A", "..", "a\\b"])
+def test_speaker_id_must_be_a_plain_name(plain, spk):
+    """A speaker id is an identity name: 'spk/A' would be split with speaker 'spk'."""
+    write(plain, "wav.scp", ["u1 ../audio/a1.wav", "u2 ../audio/b1.wav"])
+    write(plain, "utt2spk", [f"u1 {spk}", "u2 spkB"])
+    (plain / "spk2utt").unlink()
+    with pytest.raises(DataError, match=r"utt2spk:1: speaker id .* is not a plain name"):
+        KaldiDataFolder(root=plain)
+
+
 @pytest.mark.parametrize(
     ("start", "end", "what"),
     [("0", "1e400", "end time '1e400'"), ("nan", "1", "start time 'nan'"), ("0", "inf", "end")],

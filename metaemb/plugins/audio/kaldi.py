@@ -115,6 +115,16 @@ def check_utterance_id(utt: str, path: Path, n: int) -> None:
         )
 
 
+def check_speaker_id(spk: str, path: Path, n: int) -> None:
+    """A speaker id names an identity: in messages, galleries and the train/validation split
+    (where `a/b` would count as one of speaker `a`'s identities), so it is a plain name too."""
+    if spk in (".", "..") or "/" in spk or "\\" in spk or "\0" in spk:
+        raise DataError(
+            f"{path}:{n}: speaker id {spk!r} is not a plain name (it holds '/' or '\\', or is "
+            "'.' or '..'); use ids such as 'id10001'."
+        )
+
+
 def _read_segments(path: Path) -> dict[str, tuple[str, float, float | None, str]]:
     """utterance id → (recording id, start s, end s or None, 'segments:N')."""
     out = {}
@@ -139,8 +149,9 @@ def read_kaldi_dir(root: Path) -> tuple[list[Sample], dict[str, Utterance]]:
     }
     segments = _read_segments(root / "segments") if (root / "segments").is_file() else None
     utts: dict[str, Utterance] = {}
-    for utt, (n, _spk) in utt2spk.items():
+    for utt, (n, spk) in utt2spk.items():
         check_utterance_id(utt, root / "utt2spk", n)
+        check_speaker_id(spk, root / "utt2spk", n)
         if segments is None:
             if utt not in recordings:
                 raise DataError(f"{root / 'utt2spk'}:{n}: utterance '{utt}' is not in wav.scp.")
