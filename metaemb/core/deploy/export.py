@@ -220,8 +220,17 @@ def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
     for batch, variant in ((1, 1), (3, 2)):
         inputs = kind.example(spec, batch, variant)
         with torch.no_grad():
-            ref = _as_list(outputs_of(model(*kind.model_inputs(inputs))))
             got = _as_list(module(*inputs))
+            try:
+                ref = _as_list(outputs_of(model(*kind.model_inputs(inputs))))
+            except MetaembError:
+                raise
+            except Exception as exc:
+                raise ExportError(
+                    f"export adapter '{name}': the run's model failed on model_inputs() of the "
+                    f"adapter's examples ({type(exc).__name__}: {str(exc)[:200]}); when the "
+                    "graph's inputs are not the model's (x, lengths), override model_inputs()."
+                ) from None
         shapes = [tuple(r.shape) for r in ref], [tuple(g.shape) for g in got]
         if shapes[0] != shapes[1]:
             raise ExportError(

@@ -298,14 +298,14 @@ class PLDABackend:
         self.plda: PLDA | None = None
 
     def _note_lower_lda(self, kept: int, dim: int) -> None:
-        """LDA keeps at most (training identities − 1) and the input's dimensions: say so once
-        when that is fewer than `lda_dim` asked for (LDA-200 on 150 speakers keeps 149)."""
-        if kept < self.lda_dim and not getattr(self, "_lda_noted", False):
+        """LDA keeps at most (training identities − 1) dimensions: say so once when that is
+        fewer than `lda_dim` asked for (LDA-200 on 150 speakers keeps 149). Fewer than the
+        embedding has is no surprise and is not reported."""
+        if kept < min(self.lda_dim, dim) and not getattr(self, "_lda_noted", False):
             self._lda_noted = True
-            limit = "the embedding's dimension" if kept == dim else "training identities − 1"
             warnings.warn(
                 f"PLDA: lda_dim = {self.lda_dim}, but LDA can keep at most {kept} dimensions "
-                f"here ({limit}); it keeps {kept}.",
+                f"here (training identities − 1); it keeps {kept}.",
                 stacklevel=2,
             )
 
