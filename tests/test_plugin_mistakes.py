@@ -436,6 +436,29 @@ def test_a_raising_hook_is_reported_by_plugin_and_its_half_registrations_dropped
         plugins.reset()
 
 
+def test_a_reserved_name_a_kind_never_gets_is_warned_about_at_registration():
+    """A backbone's `dim` (meant as its output size) silently kept its default: metaemb passes
+    `dim` to heads only, and refuses it as a user option."""
+
+    class DimBackbone(ConvNet):
+        def __init__(self, in_channels: int = 3, dim: int = 64) -> None:
+            super().__init__(in_channels, dim)
+
+    class DimPlugin:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("dim-backbone", DimBackbone)
+
+    plugins.reset()
+    warned = pytest.warns(UserWarning, match=r"backbone 'dim-backbone' with a parameter 'dim'"
+                          r".*backbones get in_channels.*Rename it")  # fmt: skip
+    try:
+        with plugins.plugin_registered(DimPlugin(), "dim-plugin"), warned:
+            assert "dim-backbone" in plugins.registry("backbones")
+    finally:
+        plugins.reset()
+
+
 def test_registration_mistakes_are_named():
     class FactoryModality:
         @metaemb.hookimpl

@@ -91,6 +91,7 @@ class Registry:
             what = f"{self.singular} '{name}'"
             _check_option_defaults(what, factory, plugin)
             _check_declared_options(what, factory, plugin, info)
+            _warn_unreachable_context(self.kind, what, factory, plugin)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
     def discard(self, names: list[str]) -> None:
@@ -229,3 +230,40 @@ def _names_option(options: dict[str, Any], dotted: str) -> bool:
             return False
         value = value[part]
     return True
+
+
+#: the reserved names metaemb passes to components of these kinds (a parameter named after
+#: another reserved name is never given a value, and is no option either)
+CONTEXT_BY_KIND: dict[str, frozenset[str]] = {
+    "features": frozenset(),
+    "augmentations": frozenset(),
+    "backbones": frozenset({"in_channels"}),
+    "heads": frozenset({"in_features", "dim"}),
+    "objectives": frozenset(),
+}
+
+
+def _warn_unreachable_context(kind: str, what: str, factory: Any, plugin: str) -> None:
+    """A backbone's `dim` (the author's output size) keeps its default for ever: `dim` is a
+    reserved name that metaemb passes to heads only, and no user may set it. Say so when the
+    plugin registers, not after a run trained at the wrong size."""
+    import warnings
+
+    from metaemb.core.plugin.options import CONTEXT_NAMES, _accepts
+
+    given = CONTEXT_BY_KIND.get(kind)
+    if given is None:
+        return
+    try:
+        unreachable = sorted((_accepts(factory) & CONTEXT_NAMES) - given)
+    except (TypeError, ValueError):
+        return
+    for name in unreachable:
+        passed = ", ".join(sorted(given)) or "none of them"
+        warnings.warn(
+            f"plugin '{plugin}' registers {what} with a parameter '{name}', a name metaemb "
+            f"reserves for what it passes to components itself ({kind} get {passed}): it "
+            f"always keeps its default and cannot be set. Rename it (e.g. 'out_{name}') to "
+            "make it an option.",
+            stacklevel=2,
+        )
