@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -1036,6 +1037,16 @@ def test_each_training_mistake_names_its_component(
     for fragment in fragments:
         assert fragment in message, message
     assert not list((tmp_path / "runs").glob("*/*/best.pt"))  # stopped before any checkpoint
+
+
+@pytest.mark.parametrize("scorer", ["negatedpairs", "keptdimpairs"])
+def test_a_scorer_that_needs_no_fit_is_checked_before_the_first_epoch(
+    mistakes, tmp_path, series, capsys, scorer
+):
+    """Its pair/matrix check ran at the first validation, after a whole epoch of training."""
+    code, out, err = train(tmp_path, series, capsys, f"eval.scorer={scorer}")
+    assert code == 2 and f"scorer '{scorer}'" in err
+    assert not re.search(r"\b[1-9]\d*/\d+ loss", out), out  # no training step was taken
 
 
 def test_baseline_named_by_the_modality_only_for_its_own_features(plugin, tmp_path, series, capsys):

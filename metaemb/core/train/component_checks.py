@@ -55,9 +55,13 @@ def _describe(x: Any) -> str:
 
 
 @torch.no_grad()
-def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | None) -> None:
+def check_first_batch(
+    model: Any, config: Config, x: Tensor, lengths: Tensor | None, scorer: Any = None
+) -> None:
     """Run one batch through the network stage by stage (in eval mode, no gradient, so no
-    state or random stream moves) and refuse, by component, what does not fit."""
+    state or random stream moves) and refuse, by component, what does not fit; with `scorer`
+    (one that needs no fitting), also score the batch's embeddings both ways, so a scorer whose
+    pair and matrix scores disagree is named before an epoch is spent."""
     with _eval_mode(model):
         feats_name = component(config, "features")
         out = model.features(x, lengths)
@@ -115,8 +119,19 @@ def check_first_batch(model: Any, config: Config, x: Tensor, lengths: Tensor | N
                 f"head and the objective expect the features' dtype: return {f.dtype} (build "
                 "the layers in the default dtype and do not convert the output)."
             )
-        check_head_output(model.head, model.head(pooled), config, len(f), pooled.dtype)
+        embeddings = model.head(pooled)
+        check_head_output(model.head, embeddings, config, len(f), pooled.dtype)
         _warn_if_padding_leaks(model, backbone, config, x, lengths, pooled, flen)
+        if scorer is not None:
+            from metaemb.core.scoring.scorers import check_consistent
+
+            if isinstance(embeddings, Tensor):  # as validation scores them: float32, CPU
+                embeddings = embeddings.detach().float().cpu()
+            else:  # a GME
+                embeddings = type(embeddings)(
+                    embeddings.a.float().cpu(), embeddings.b.float().cpu()
+                )
+            check_consistent(scorer, embeddings, component(config, "scorer"))
 
 
 def check_head_output(head: Any, out: Any, config: Config, n: int, dtype: torch.dtype) -> None:

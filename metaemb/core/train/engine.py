@@ -346,7 +346,8 @@ class Trainer:
         labels = batch.labels.to(self.device)
         first = not self._checked
         if first:  # a plugin's mistake is named by component, once per process
-            component_checks.check_first_batch(self.model, self.config, x, lengths)
+            scorer = None if self.scorer.requires_fit else self.scorer  # fitted: at validation
+            component_checks.check_first_batch(self.model, self.config, x, lengths, scorer)
             self._checked = True
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
