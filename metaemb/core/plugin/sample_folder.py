@@ -1,0 +1,218 @@
+"""The sample folder: the component that lists a data root's samples and their identities, the
+small data types it shares with trial lists (`Sample`, `Trial`), and the train/validation split.
+
+A root holds `<identity>/…/<sample>` files; `identity_of` names a file's identity (its first
+folder by default) and `subject_of` the person an identity belongs to. Scans are deterministic
+(sorted), report empty identities and unknown roots by path, and split by subject so train and
+validation identities are disjoint.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from metaemb.core.data.scan import ScanState, scan_identity, warn_same_looking, warn_skipped
+from metaemb.core.errors import DataError, PluginError, first_few
+from metaemb.core.plugin.contract import Kind
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One file of a SampleFolder: its path relative to the root, its identity and label index."""
+
+    path: str
+    identity: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A verification trial: enrollment sample(s) vs a test sample; label 1 target, 0 non-target."""
+
+    enroll: tuple[str, ...]
+    test: str
+    label: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+class SampleFolder(torch.utils.data.Dataset, abc.ABC):
+    """A root of `<identity>/…/<sample>` files; the identity is the first path component.
+
+    Scans deterministically (sorted), reports empty identities and unknown roots by path, and
+    splits by subject so train and validation identities are disjoint.
+    """
+
+    extensions: ClassVar[tuple[str, ...]] = ()
+    what: ClassVar[str] = "sample"  # word used in messages ("picture", "recording")
+    # What `load` returns, e.g. Kind("waveform", rate=Opt("sample_rate")); None = undeclared.
+    yields: ClassVar[Kind | None] = None
+    # Constructor arguments that are not user options (`subset` passes the samples).
+    internal: ClassVar[frozenset[str]] = frozenset({"samples"})
+
+    def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
+        self.root = Path(root)
+        scanned = samples is None
+        if samples is None:
+            samples = self._scan()
+        self.samples: list[Sample] = list(samples)
+        self.identities: list[str] = sorted({s.identity for s in self.samples})
+        if scanned:
+            warn_same_looking(self.identities, self.root)
+        index = {name: i for i, name in enumerate(self.identities)}
+        # Labels are re-indexed so every subset has labels 0..n_identities-1.
+        self.samples = [Sample(s.path, s.identity, index[s.identity]) for s in self.samples]
+
+    # -- scanning ------------------------------------------------------------------------
+    def _scan(self) -> list[Sample]:
+        root = self.root
+        if not root.exists():
+            raise DataError(f"data folder '{root}' does not exist.")
+        if not root.is_dir():
+            raise DataError(
+                f"data path '{root}' is not a folder of <identity>/<{self.what}> files."
+            )
+        exts = {e.lower() for e in self.extensions}
+        # A large tree is listed once and reused while its directories are unchanged.
+        from metaemb.core.data.manifest import cached_scan
+
+        kind = f"{type(self).__module__}.{type(self).__qualname__}"
+        paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
+        named = ((rel, self._checked_identity(rel)) for rel in paths)
+        return [Sample(rel, identity, -1) for rel, identity in named if identity is not None]
+
+    def _checked_identity(self, path: str) -> str | None:
+        """`identity_of(path)`, refused unless it is None or a name: an identity of 3, b"u1"
+        or "" would be sorted, printed and compared with the others as if it were one."""
+        identity = self.identity_of(path)
+        if identity is None or (isinstance(identity, str) and identity.strip()):
+            return identity
+        raise PluginError(
+            f"{type(self).__qualname__}.identity_of({path!r}) returned {identity!r:.60}; it must "
+            "return the sample's identity as a non-empty str, or None to leave the file out."
+        )
+
+    def identity_of(self, path: str) -> str | None:
+        """The identity of the sample at relative `path` (its first folder), or None to leave
+        the file out. Override it for data whose folders hold other material too: skilled
+        forgeries in `u001/forgery/…` become `u001/forgery` (an identity of their own, so a
+        genuine-forgery trial is a non-target), or are left out of a training folder."""
+        return path.split("/", 1)[0]
+
+    def subject_of(self, identity: str) -> str:
+        """The person an identity belongs to: its first path component, so `u001/forgery` is
+        u001's. Identities of one subject stay on one side of the train/validation split and
+        count as seen in training together; override it when identity names say it otherwise."""
+        return identity.split("/", 1)[0]
+
+    def _walk(self, root: Path, exts: set[str]) -> tuple[list[str], list[str]]:
+        """(relative sample paths, real paths of the folders listed): the full scan."""
+        paths: list[str] = []
+        empty: list[str] = []
+        identity_dirs = sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if not identity_dirs:
+            raise DataError(
+                f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
+                f"files with extensions {', '.join(sorted(exts))}."
+            )
+        # Symlinks are followed, tracked by real path: no loops, aliases or duplicate files.
+        state = ScanState(os.path.realpath(root))
+        for ident_dir in identity_dirs:
+            found = scan_identity(root, ident_dir, exts, state)
+            if found is None:
+                continue  # a link back to the root, or an alias of another identity folder
+            if not found:
+                empty.append(ident_dir.name)
+            paths.extend(found)
+        warn_skipped(root, state, self.what)
+        if empty:
+            shown = first_few(root / e for e in empty)
+            raise DataError(
+                f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
+                f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."
+            )
+        return paths, sorted(state.dirs)
+
+    # -- structure -----------------------------------------------------------------------
+    @property
+    def num_identities(self) -> int:
+        return len(self.identities)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def by_identity(self) -> dict[int, list[int]]:
+        """label → indices of its samples, in scan order."""
+        index: dict[int, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            index.setdefault(s.label, []).append(i)
+        return index
+
+    def subset(self, identities: Sequence[str]) -> SampleFolder:
+        """A folder of the same kind restricted to some identities (labels re-indexed)."""
+        keep = set(identities)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        SampleFolder.__init__(new, self.root, [s for s in self.samples if s.identity in keep])
+        return new
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[SampleFolder, SampleFolder]:
+        """Split by subject into disjoint (train, validation) folders, deterministically: all
+        identities of one subject (`subject_of`) fall on the same side, so a user's forgeries
+        never train while the user's genuine samples validate."""
+        subjects: dict[str, list[str]] = {}
+        for name in self.identities:  # sorted, so subjects come in a fixed order
+            subjects.setdefault(self._checked_subject(name), []).append(name)
+        groups = list(subjects.values())
+        n_val = max(2, round(len(groups) * val_fraction))
+        if len(groups) - n_val < 2:
+            what = "identities" if len(groups) == self.num_identities else "subjects"
+            raise DataError(
+                f"data folder '{self.root}' has {len(groups)} {what}: too few to hold out "
+                f"{n_val} for validation and train on the rest (need at least {n_val + 2})."
+            )
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(groups), generator=g).tolist()
+        val = sorted(name for i in order[:n_val] for name in groups[i])
+        train = sorted(name for i in order[n_val:] for name in groups[i])
+        return self.subset(train), self.subset(val)
+
+    def _checked_subject(self, identity: str) -> str:
+        subject = self.subject_of(identity)
+        if isinstance(subject, str) and subject.strip():
+            return subject
+        raise PluginError(
+            f"{type(self).__qualname__}.subject_of({identity!r}) returned {subject!r:.60}; it "
+            "must return the name of the person the identity belongs to as a non-empty str."
+        )
+
+    def abspath(self, sample: Sample | str) -> Path:
+        return self.root / (sample.path if isinstance(sample, Sample) else sample)
+
+    # -- loading -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, path: Path) -> Any:
+        """Read one raw sample; raise DataError naming the path when it is unreadable."""
+
+    @classmethod
+    def examples(cls) -> list[Any]:
+        """A few synthetic raw samples of the kind `load` returns, of different lengths where
+        the kind varies in length; metaemb's conformance test feeds them to the features and
+        backbones that take this kind (a new kind of data is otherwise skipped there)."""
+        return []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        s = self.samples[i]
+        return self.load(self.abspath(s)), s.label
