@@ -357,6 +357,35 @@ def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
     assert code == 2 and "<name>/<name>_NNNN.jpg" in err
 
 
+@pytest.mark.parametrize(
+    ("first", "says"),
+    [
+        ("2 a/1.wav a/2.wav", "first field '2' reads as a label"),
+        ("yes a/1.wav a/2.wav", "first field 'yes' reads as a label"),
+        ("a/1.wav a/2.wav TARGET", "Kaldi's label 'TARGET' is written in lower case"),
+    ],
+)
+def test_a_bad_label_on_the_first_line_is_named_not_taken_for_a_triplet(tmp_path, first, says):
+    """A bad label on line 1 was diagnosed as "This is a triplet list", suggesting
+    `--measure match`; on any later line the message was already precise."""
+    path = tmp_path / "t.txt"
+    path.write_text(first + "\n1 a/1.wav a/3.wav\n")
+    with pytest.raises(DataError, match=r"t\.txt:1: cannot tell") as err:
+        tr.read_trials(path)
+    assert says in str(err.value) and "triplet" not in str(err.value)
+
+
+def test_a_line_without_its_label_in_a_labelled_list_is_named(tmp_path):
+    """`1 a/1 a/2` then `1 a/1`: the 2-column line was read as an unlabelled trial whose enroll
+    file is '1', and evaluation said only that 1 of 7 trials had no label."""
+    path = tmp_path / "t.txt"
+    path.write_text("1 a/1.wav a/2.wav\n1 a/1.wav\n0 a/1.wav b/1.wav\n")
+    with pytest.raises(DataError, match=r"t.txt:2: expected 'label enroll test'.*first line has"):
+        tr.read_trials(path)
+    path.write_text("a/1.wav a/2.wav\na/1.wav b/1.wav\n")  # unlabelled throughout: fine
+    assert [t.label for t in tr.read_trials(path)] == [None, None]
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

@@ -188,6 +188,8 @@ def detect_format(path: str | Path) -> str:
     scores = len(f) == 4 and f[2] in ("target", "nontarget")
     hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
         scores) else ""  # fmt: skip
+    if not hint:
+        hint = _label_hint(f)
     if not hint and looks_like_triplet(f):
         hint = (" This is a triplet list ('anchor positive negative'): score it with "
                 "`metaemb evaluate --measure match`.")  # fmt: skip
@@ -196,6 +198,19 @@ def detect_format(path: str | Path) -> str:
         f"of: {expected}.{hint} Write the list in one of these formats (`metaemb trials make` "
         "does), or register a reader for yours (register_trial_formats)."
     )
+
+
+def _label_hint(fields: list[str]) -> str:
+    """What is wrong with a first line that is a labelled pair with a bad label: `2 a/1 b/1`
+    (a path always holds '/', a label does not) or Kaldi's `a/1 b/1 TARGET`."""
+    if len(fields) != 3:
+        return ""
+    if fields[2].lower() in KALDI_LABELS and fields[2] not in KALDI_LABELS:
+        return f" Kaldi's label '{fields[2]}' is written in lower case: target or nontarget."
+    if "/" not in fields[0] and "/" in fields[1] and "/" in fields[2]:
+        return (f" Its first field '{fields[0]}' reads as a label: a VoxCeleb list's label is 1 "
+                "(target) or 0 (non-target).")  # fmt: skip
+    return ""
 
 
 def claiming_formats(path: str | Path) -> list[str]:

@@ -47,15 +47,18 @@ class VoxCelebList(TrialFormat):
 
     def read(self, path: Path, root: Path | None) -> list[Trial]:
         trials = []
-        for lineno, f in read_lines(path):
+        lines = read_lines(path)
+        labelled = len(lines[0][1]) != 2  # the first line says which: every line follows it
+        for lineno, f in lines:
             where = f"{path}:{lineno}"
-            if len(f) == 2:
+            if len(f) == 2 and not labelled:
                 trials.append(Trial(split_enroll(f[0], root, where), safe_path(f[1], root, where)))
                 continue
             if len(f) != 3 or f[0] not in ("0", "1"):
-                raise DataError(
-                    f"{where}: expected 'label enroll test' with label 0 or 1, got {' '.join(f)!r}."
-                )
+                kind = "'label enroll test' with label 0 or 1" if labelled else "'enroll test'"
+                why = " (the list's first line has a label, so every line needs one)" if (
+                    labelled and len(f) == 2) else ""  # fmt: skip
+                raise DataError(f"{where}: expected {kind}, got {' '.join(f)!r}{why}.")
             enroll, test = split_enroll(f[1], root, where), safe_path(f[2], root, where)
             trials.append(Trial(enroll, test, int(f[0])))
         return trials
