@@ -386,6 +386,14 @@ def test_a_line_without_its_label_in_a_labelled_list_is_named(tmp_path):
     assert [t.label for t in tr.read_trials(path)] == [None, None]
 
 
+def test_paths_scores_txt_cannot_hold_are_counted_and_the_fix_named():
+    trials = [Trial(("new\nline/0.png",), "a/1.png", 1), Trial(("a/\tb.png",), "a/1.png", 0)]
+    with pytest.raises(DataError, match=r"2 sample path\(s\) of data \(x\) hold a tab or a line "
+                       r"break .*Rename those files or folders"):  # fmt: skip
+        tr.check_scorable(trials, "data (x)")
+    tr.check_scorable([Trial(("a b/0.png",), "a/1.png", 1)])  # spaces are fine in scores.txt
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

@@ -197,7 +197,7 @@ class Evaluation:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
         out = self.out or default_out(self._run_dir(), evals.name, self.data)
         self._check_outputs(out)  # before anything is embedded
-        check_scorable(evals.trials)
+        check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
         cal = None
         if self.calibrate_path:
             path = self.calibrate_path

@@ -339,10 +339,17 @@ def _score_field(paths: Sequence[str]) -> str:
     return ",".join(paths)
 
 
-def check_scorable(trials: Sequence[Trial]) -> None:
-    """Refuse, before anything is embedded, trials whose paths scores.txt cannot hold."""
-    for t in trials:
-        _score_field([*t.enroll, t.test])
+def check_scorable(trials: Sequence[Trial], where: str = "the trials") -> None:
+    """Refuse, before anything is embedded, trials whose paths scores.txt cannot hold, naming
+    how many and what to do."""
+    bad = sorted({p for t in trials for p in (*t.enroll, t.test) if not p or
+                  any(c in p for c in "\t\n\r")})  # fmt: skip
+    if bad:
+        raise DataError(
+            f"{len(bad)} sample path(s) of {where} hold a tab or a line break ({first_few(bad, 3)}"
+            "); scores.txt is tab-separated, one trial per line, so it cannot hold them. Rename "
+            "those files or folders. Training and embedding accept such names."
+        )
 
 
 def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
