@@ -593,8 +593,9 @@ def test_a_protocol_returning_tuples_is_refused_naming_protocol_and_plugin(lfw, 
     with plugin_registered(TupleProtocol(), "tuple-plugin"):
         code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
     assert code == 2 and "Traceback" not in err
-    assert "protocol 'tuples-test' (plugin 'tuple-plugin') returned a list holding tuple" in err
-    assert "returns a list of metaemb.core.Trial(" in err
+    message = " ".join(err.split())
+    assert "protocol 'tuples-test' (plugin 'tuple-plugin'): trial 1 is tuple" in message
+    assert "return a list of metaemb.core.Trial(" in message
 
 
 class PathProtocols:
@@ -632,6 +633,62 @@ def test_protocol_paths_are_checked_like_trial_file_paths(lfw, tmp_path, capsys)
     message = " ".join(err.split())
     assert code == 2 and "protocol 'escaping-test' (plugin 'path-plugin'), trial 2" in message
     assert "escapes the data root with '..'" in message
+
+
+class CarelessProtocols:
+    """Protocols returning what a newcomer might: a str enroll, a word or a 2 as label, and a
+    trial format returning tuples or nothing."""
+
+    @hookimpl
+    def register_protocols(self, register):
+        def pairs(root):
+            files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
+            return files[0], files[1], files[-1]
+
+        def str_enroll(root: Path, trials: Path | None = None) -> list[Trial]:
+            a, b, c = pairs(root)
+            return [Trial(a, b, 1), Trial(a, c, 0)]
+
+        def word_label(root: Path, trials: Path | None = None) -> list[Trial]:
+            a, b, c = pairs(root)
+            return [Trial((a,), b, "genuine"), Trial((a,), c, "impostor")]
+
+        def two_label(root: Path, trials: Path | None = None) -> list[Trial]:
+            a, b, c = pairs(root)
+            return [Trial((a,), b, 2), Trial((a,), c, 0)]
+
+        def nothing(root: Path, trials: Path | None = None) -> list[Trial]:
+            return []
+
+        register("strenroll-test", str_enroll)
+        register("wordlabel-test", word_label)
+        register("twolabel-test", two_label)
+        register("nothing-test", nothing)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "says"),
+    [
+        ("strenroll-test", "trial 1 has enroll='"),
+        ("wordlabel-test", "trial 1 has label='genuine'"),
+        ("twolabel-test", "trial 1 has label=2"),
+        ("nothing-test", "gave no trials"),
+    ],
+)
+def test_a_protocols_malformed_trials_are_named_before_embedding(lfw, tmp_path, capsys,
+                                                                 protocol, says):  # fmt: skip
+    """A label 'genuine' gave a traceback after the embedding, a str enroll 'path / lies
+    outside the data root', labels 2 'undefined without target trials'."""
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--data", data, "--protocol", protocol, "--workers", "0"]
+    with plugin_registered(CarelessProtocols(), "careless-plugin"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert f"protocol '{protocol}' (plugin 'careless-plugin')" in message and says in message
+    assert not (tmp_path / "ev").exists()
 
 
 class DocsSignatureProtocol:

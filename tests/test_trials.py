@@ -394,6 +394,47 @@ def test_paths_scores_txt_cannot_hold_are_counted_and_the_fix_named():
     tr.check_scorable([Trial(("a b/0.png",), "a/1.png", 1)])  # spaces are fine in scores.txt
 
 
+def test_a_trial_format_returning_tuples_or_nothing_is_named(tmp_path):
+    """A format whose read returned tuples failed as an AttributeError traceback; one that
+    returned [] as 'none of the 0 samples could be read'."""
+    from metaemb import hookimpl
+    from metaemb.core.errors import PluginError
+    from metaemb.core.eval.trials import TrialFormat
+    from metaemb.core.plugin import manager
+
+    class Tuples(TrialFormat):
+        detect_order = 1
+
+        def detect(self, fields):
+            return fields[0] == "tuples"
+
+        def read(self, path, root):
+            return [(("a/1",), "a/2", 1)]
+
+    class Nothing(Tuples):
+        def detect(self, fields):
+            return fields[0] == "nothing"
+
+        def read(self, path, root):
+            return []
+
+    class Formats:
+        @hookimpl
+        def register_trial_formats(self, register):
+            register("tuples-test", Tuples)
+            register("nothing-test", Nothing)
+
+    with manager.plugin_registered(Formats(), "fmt-plugin"):
+        for name, error, says in (("tuples", PluginError, "trial 1 is tuple"),
+                                  ("nothing", DataError, "gave no trials")):  # fmt: skip
+            path = tmp_path / f"{name}.txt"
+            path.write_text(f"{name} x y\n")
+            with pytest.raises(
+                error, match=rf"format '{name}-test' \(plugin 'fmt-plugin'\).*{says}"
+            ):
+                tr.read_trials(path)
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

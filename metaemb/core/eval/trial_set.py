@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from metaemb.core.errors import ConfigError, DataError, PluginError
-from metaemb.core.eval.trials import TrialList, folds_of, safe_path
+from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.eval.trials import TrialList, checked_trials, folds_of, safe_path
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
 
@@ -61,35 +61,25 @@ def trial_folds(trials: list[Trial], source: str) -> int:
 
 
 def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Trial]:
-    """A protocol's result, checked: a list of Trial (plain tuples or dicts would fail later as
-    an AttributeError naming neither the protocol nor its plugin), whose paths are checked and
-    made relative to `root` as a trial file's are (`..` refused, absolute paths inside the root
-    made relative), with the protocol named."""
+    """A protocol's result, checked: a list of Trial (plain tuples, a str enroll or a label
+    'genuine' would fail later naming neither the protocol nor its plugin), whose paths are
+    checked and made relative to `root` as a trial file's are (`..` refused, absolute paths
+    inside the root made relative), with the protocol named."""
     plugin = registry("protocols").entry(name).plugin
-    if isinstance(trials, list):
-        bad = next((t for t in trials if not isinstance(t, Trial)), None)
-        if bad is None:
-            return _relative(trials, root, f"protocol '{name}' (plugin '{plugin}')")
-        got = f"a list holding {type(bad).__name__} {bad!r:.60}"
-    else:
-        got = f"{type(trials).__name__} {trials!r:.60}"
-    raise PluginError(
-        f"protocol '{name}' (plugin '{plugin}') returned {got}; a protocol returns a list of "
-        "metaemb.core.Trial(enroll=(path, …), test=path, label=1|0)."
-    )
+    who = f"protocol '{name}' (plugin '{plugin}')"
+    folds = trials.folds if isinstance(trials, TrialList) else 0
+    return _relative(checked_trials(trials, who), root, who, folds)
 
 
-def _relative(trials: list[Trial], root: Path | None, who: str) -> list[Trial]:
-    """The trials with every path through `safe_path`, keeping a TrialList's folds."""
+def _relative(trials: list[Trial], root: Path | None, who: str, folds: int) -> list[Trial]:
+    """The trials with every path through `safe_path`, keeping the protocol's folds."""
     out = []
     for i, t in enumerate(trials, 1):
         where = f"{who}, trial {i}"
         enroll = tuple(safe_path(str(p), root, where) for p in t.enroll)
         test = safe_path(str(t.test), root, where)
         out.append(t if (enroll, test) == (t.enroll, t.test) else Trial(enroll, test, t.label))
-    if isinstance(trials, TrialList):
-        return TrialList(out, folds=trials.folds, read_as=trials.read_as)
-    return out
+    return TrialList(out, folds=folds) if folds else out
 
 
 def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:

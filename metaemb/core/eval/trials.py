@@ -266,9 +266,49 @@ def read_trials(
         raise PluginError(
             f"trial-list {format_label(name)} failed reading '{path}': {type(exc).__name__}: {exc}"
         ) from exc
-    trials = TrialList(trials, folds_of(trials), read_as=format_label(name))
+    trials = TrialList(
+        checked_trials(trials, f"trial-list {format_label(name)} reading '{path}'"),
+        folds_of(trials),
+        read_as=format_label(name),
+    )
     warn_duplicates(trials, str(path))
     return trials
+
+
+def checked_trials(trials: Any, who: str) -> list[Trial]:
+    """What a plugin's trial format or protocol returned, checked before anything is embedded:
+    a non-empty list of Trial whose enroll is a tuple of paths, test a path and label 1, 0 or
+    None. A str enroll would be read letter by letter, a label 'genuine' or 2 fail after the
+    embedding, naming neither the format nor its plugin."""
+    if not isinstance(trials, (list, tuple)):
+        raise PluginError(f"{who} returned {type(trials).__name__} {trials!r:.60}; {_TRIAL_HELP}")
+    if not trials:
+        raise DataError(f"{who} gave no trials.")
+    out = []
+    for i, t in enumerate(trials, 1):
+        problem = _trial_problem(t)
+        if problem:
+            raise PluginError(f"{who}: trial {i} {problem}; {_TRIAL_HELP}")
+        out.append(t if isinstance(t.enroll, tuple) else Trial(tuple(t.enroll), t.test, t.label))
+    return out
+
+
+_TRIAL_HELP = ("return a list of metaemb.core.Trial(enroll=(path, …), test=path, label=1|0|None) "
+               "with paths relative to the data root")  # fmt: skip
+
+
+def _trial_problem(t: Any) -> str:
+    if not isinstance(t, Trial):
+        return f"is {type(t).__name__} {t!r:.60}, not a Trial"
+    if isinstance(t.enroll, str) or not isinstance(t.enroll, (tuple, list)) or not t.enroll:
+        return (
+            f"has enroll={t.enroll!r:.60}; enroll is a non-empty tuple of paths, e.g. ('a/1.wav',)"
+        )
+    if not all(isinstance(p, str) and p for p in (*t.enroll, t.test)):
+        return f"has a path that is not a non-empty str ({t.enroll!r:.40}, {t.test!r:.40})"
+    if t.label is not None and (type(t.label) not in (int, bool) or t.label not in (0, 1)):
+        return f"has label={t.label!r:.30}; a label is 1 (target), 0 (non-target) or None"
+    return ""
 
 
 def _sentence(text: str) -> str:
