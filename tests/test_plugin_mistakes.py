@@ -460,6 +460,55 @@ def test_a_reserved_name_a_kind_never_gets_is_warned_about_at_registration():
         plugins.reset()
 
 
+def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
+    """A backbone adding layers before super().__init__() showed torch's 'cannot assign module
+    before Module.__init__() call'; a sample folder skipping it failed in split with an
+    AttributeError traceback; `yields = "feature-matrix"` passed registration."""
+
+    class EarlyLayers(Backbone):
+        def __init__(self, in_channels: int = 3) -> None:
+            self.conv = nn.Conv1d(in_channels, 4, 3)  # before super().__init__()
+            super().__init__()
+
+    class NoInitFolder(SeriesFolder):
+        def __init__(self, root: Path, samples=None) -> None:
+            self.root = Path(root)  # forgot super().__init__(root, samples)
+
+    class StrYields(SeriesFeatures):
+        yields = "feature-matrix"
+
+    class Mistakes:
+        @metaemb.hookimpl
+        def register_backbones(self, register):
+            register("early-layers", EarlyLayers)
+
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register("no-init-folder", NoInitFolder)
+
+    class StrKinds:
+        @metaemb.hookimpl
+        def register_features(self, register):
+            register("str-yields", StrYields)
+
+    plugins.reset()
+    try:
+        with plugins.plugin_registered(Mistakes(), "init-plugin"):
+            with pytest.raises(ConfigError, match=r"backbone 'early-layers' \(plugin 'init-plugin'"
+                               r"\).*call super\(\).__init__\(\) first"):  # fmt: skip
+                build("backbones", "early-layers", {}, in_channels=3)
+            with pytest.raises(PluginError, match=r"sample folder 'no-init-folder'.*SampleFolder "
+                               r"whose __init__ did not call super"):  # fmt: skip
+                build("sample_folders", "no-init-folder", {}, root=tmp_path)
+        plugins.reset()
+        refused = pytest.warns(UserWarning, match=r"features 'str-yields' declaring "
+                               r"yields='feature-matrix'; declare a Kind")  # fmt: skip
+        with refused, plugins.plugin_registered(StrKinds(), "str-plugin"):
+            assert "str-yields" not in plugins.registry("features")
+    finally:
+        plugins.reset()
+
+
 def test_registration_mistakes_are_named():
     class FactoryModality:
         @metaemb.hookimpl

@@ -218,9 +218,12 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         # for itself, and so does a plugin's own bug (an AttributeError in its __init__); say
         # which component, from which plugin, with which options.
         shown = ", ".join(f"{k}={_shown(v)}" for k, v in kwargs.items()) or "no options"
+        hint = ""
+        if isinstance(exc, AttributeError) and "before Module.__init__() call" in str(exc):
+            hint = " (call super().__init__() first in its __init__, before adding layers)"
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
-            f"{shown}: {type(exc).__name__}: {exc}"
+            f"{shown}: {type(exc).__name__}: {exc}{hint}"
         ) from exc
     # What messages about it later call it (a data-loader check knows only the object); not
     # possible on a value with __slots__, a frozen dataclass or a Module missing its init.
@@ -238,7 +241,7 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
 def _base_without_init(built: Any) -> str | None:
     """The base class whose __init__ a component skipped (its attributes are then missing and
     the first use is an AttributeError far from the cause), or None."""
-    from metaemb.core.plugin.interfaces import BatchSampler, Objective
+    from metaemb.core.plugin.interfaces import BatchSampler, Objective, SampleFolder
 
     nn = sys.modules.get("torch.nn")  # loaded whenever a Module was built
     if nn is not None and isinstance(built, nn.Module) and "_modules" not in vars(built):
@@ -248,4 +251,6 @@ def _base_without_init(built: Any) -> str | None:
             return "metaemb Objective"
         if isinstance(built, BatchSampler) and "labels" not in vars(built):
             return "metaemb BatchSampler"
+        if isinstance(built, SampleFolder) and "samples" not in vars(built):
+            return "metaemb SampleFolder"
     return None

@@ -202,9 +202,15 @@ def _check_declared_options(what: str, factory: Any, plugin: str, info: dict[str
         for source in (factory, _returns(factory)):
             if value is None and source is not None:
                 value = getattr(source, attr, None)
-        kinds = (value,) if isinstance(value, Kind) else value
-        if not isinstance(kinds, (tuple, list)):
+        if value is None or (callable(value) and not isinstance(value, Kind)):
             continue  # undeclared, or computed from the options (a callable)
+        kinds = (value,) if isinstance(value, Kind) else value
+        if not isinstance(kinds, (tuple, list)) or not all(isinstance(k, Kind) for k in kinds):
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} declaring {attr}={value!r:.60}; declare "
+                f'a Kind, e.g. {attr} = Kind("feature-matrix"), or a tuple of Kinds '
+                "(from metaemb.core.plugin.contract import Kind)."
+            )
         for kind in kinds:
             for param, opt in getattr(kind, "params", ()):
                 if isinstance(opt, Opt) and not _names_option(options, opt.name):
