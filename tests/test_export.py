@@ -336,6 +336,25 @@ def test_a_wrapper_that_drops_lengths_is_refused(speaker_ckpt):
         check_wrapper(inf.model, dropped, inf.kind, inf.spec)
 
 
+def test_an_adapter_whose_examples_ignore_variant_is_warned_about(speaker_ckpt):
+    """Examples of one length check the export only on the length it was traced with."""
+    import warnings
+
+    from metaemb.core.deploy.export import warn_fixed_examples
+    from metaemb.plugins.audio.export import FbankExport
+
+    class FixedLength(FbankExport):
+        def example(self, spec, batch, variant):
+            return super().example(spec, batch, 0)
+
+    inf = load_inference(speaker_ckpt[0])
+    with pytest.warns(UserWarning, match="gives input 'waveforms' the same size on its dynamic"):
+        warn_fixed_examples(FixedLength(), inf.spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_fixed_examples(FbankExport(), inf.spec)
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 

@@ -209,6 +209,28 @@ def _as_list(out: Any) -> list[Tensor]:
     return [out] if isinstance(out, Tensor) else list(out)
 
 
+def _dtype(x: Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def warn_fixed_examples(kind: ExportAdapter, spec: dict[str, Any]) -> None:
+    """An adapter whose example() ignores `variant` checks the export only on the shape it was
+    traced with: a length frozen in the graph would pass. Say so (the export still works)."""
+    import warnings
+
+    one, other = kind.example(spec, 1, 1), kind.example(spec, 3, 2)
+    for name, shape, a, b in zip(kind.names, kind.shapes(spec), one, other, strict=True):
+        axes = [i for i, d in enumerate(shape) if isinstance(d, str) and d != "N"]
+        if axes and all(a.shape[i] == b.shape[i] for i in axes):
+            warnings.warn(
+                f"export adapter '{spec.get('kind')}': example() gives input '{name}' the same "
+                f"size on its dynamic axes for variants 1 and 2, so the export is never checked "
+                "on a size it was not traced with; make `variant` change every dynamic axis but "
+                "the batch.",
+                stacklevel=2,
+            )
+
+
 def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
                   spec: dict[str, Any]) -> float:  # fmt: skip
     """Largest relative difference of the adapter's wrapper from the run's model, called as in
@@ -387,6 +409,7 @@ def export(
     extra_checks = kind.check(inf.model, module, spec)
     probe = _probe(module, kind, spec)
     wrapper_diff = check_wrapper(inf.model, module, kind, spec)
+    warn_fixed_examples(kind, spec)
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
     shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
     dim = int(shapes[0][1])
@@ -416,13 +439,13 @@ def export(
         },
         "frontend_options": frontend_options(config),
         "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
-        "inputs": [
-            {"name": n, "shape": s, "dtype": "int64" if n == "lengths" else "float32"}
-            for n, s in zip(kind.names, kind.shapes(spec), strict=True)
+        "inputs": [  # the dtypes the graph was traced with, which it requires
+            {"name": n, "shape": s, "dtype": _dtype(x)}
+            for n, s, x in zip(kind.names, kind.shapes(spec), kind.example(spec, 2, 0), strict=True)
         ],
         "outputs": [
-            {"name": n, "shape": s, "dtype": "float32"}
-            for n, s in zip(out_names, shapes, strict=True)
+            {"name": n, "shape": s, "dtype": _dtype(y)}
+            for n, s, y in zip(out_names, shapes, _as_list(probe), strict=True)
         ],
         "input_spec": spec,
         "preprocessing": preprocessing(spec, config, kind),
