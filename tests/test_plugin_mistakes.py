@@ -317,7 +317,8 @@ def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
     assert ds[0][0].dtype == torch.float32
     np.save(series / "id0" / "0.npy", np.ones((40, 3)))  # constant: std 0 → NaN after prepare
     bad = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), train=False)
-    with pytest.raises(DataError, match=r"'id0/0.npy'.*NaN or inf"):
+    with pytest.raises(DataError, match=r"'id0/0.npy'.*prepared by features SeriesFeatures "
+                       r"hold NaN or inf"):  # fmt: skip
         bad[0]
     skip = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), False, "skip")
     assert skip[0].path == "id0/0.npy"

@@ -149,9 +149,10 @@ def checked_values(x: Any, features: Any = None) -> Any:
         if x.dtype == torch.float64:
             x = x.float()
         if not torch.isfinite(x).all():
+            made_by = f" by {described(features, 'features')}" if features is not None else ""
             raise DataError(
-                "its prepared values hold NaN or inf (a silent, constant or corrupt sample, or "
-                "a frontend or features that divide by zero)."
+                f"its values prepared{made_by} hold NaN or inf (a silent, constant or corrupt "
+                "sample, or a frontend or features that divide by zero)."
             )
     return x
 
