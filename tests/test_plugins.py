@@ -450,6 +450,7 @@ class SiblingDemo:
                 assert type(label) is str, type(label)  # never metaemb's internal Unquoted
             os.replace(tmp, out)
 
+        sibling.version = 1
         register("sibling", sibling)
 
     @metaemb.hookimpl
@@ -487,6 +488,7 @@ class CarelessDemos:
             (other / "id0").mkdir(parents=True)
             return other
 
+        nowrite.version = elsewhere.version = 1
         register("nowrite", nowrite)
         register("elsewhere", elsewhere)
 
@@ -498,6 +500,23 @@ class CarelessDemos:
             register(f"careless-{name}", Modality(
                 name=f"careless-{name}", description="", sample_folder="image",
                 features="image", backbone="resnet18", demo_data=name))  # fmt: skip
+
+
+def test_a_demo_factory_without_a_version_is_warned_about():
+    """Its version keys the demo cache: without one, data of an older generator is reused."""
+
+    class Unversioned:
+        @metaemb.hookimpl
+        def register_demo_data(self, register):
+            def unversioned(out, count: int = 2):
+                return out
+
+            register("unversioned", unversioned)
+
+    warned = pytest.warns(UserWarning, match=r"demo dataset 'unversioned' with version=None; "
+                          r"set `unversioned.version = 1`")  # fmt: skip
+    with plugins.plugin_registered(Unversioned(), "unversioned-plugin"), warned:
+        assert "unversioned" in plugins.registry("demo_data")
 
 
 def test_a_demo_factory_that_writes_nothing_or_elsewhere_is_named(tmp_path, capsys):

@@ -380,3 +380,6 @@ def generate_faces(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+generate_faces.version = GENERATOR_VERSION  # type: ignore[attr-defined]  # part of the demo cache key
