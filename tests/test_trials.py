@@ -435,6 +435,39 @@ def test_a_trial_format_returning_tuples_or_nothing_is_named(tmp_path):
                 tr.read_trials(path)
 
 
+def test_a_plugin_formats_paths_are_checked_as_the_built_in_formats_are(tmp_path):
+    """A plugin format's `..` got 'not samples of this folder (extensions .csv, or hidden)' and
+    an absolute path inside the root failed, while a Kaldi list scored it."""
+    from metaemb import hookimpl
+    from metaemb.core.eval.trials import TrialFormat
+    from metaemb.core.plugin import manager
+
+    class Pipes(TrialFormat):
+        detect_order = 1
+
+        def detect(self, fields):
+            return "|" in fields[0]
+
+        def read(self, path, root):
+            rows = [line.split("|") for line in path.read_text().splitlines()]
+            return [Trial((a,), b, int(c == "genuine")) for a, b, c in rows]
+
+    class Formats:
+        @hookimpl
+        def register_trial_formats(self, register):
+            register("pipes-test", Pipes)
+
+    root = tmp_path / "data"
+    path = tmp_path / "t.txt"
+    with manager.plugin_registered(Formats(), "pipe-plugin"):
+        path.write_text(f"u0/a.csv|{root / 'u0' / 'b.csv'}|genuine\n")
+        assert tr.read_trials(path, root=root) == [Trial(("u0/a.csv",), "u0/b.csv", 1)]
+        path.write_text("u0/a.csv|../other/u1/a.csv|impostor\n")
+        with pytest.raises(DataError, match=r"format 'pipes-test' \(plugin 'pipe-plugin'\) reading "
+                           r"'.*t.txt', trial 1: path '../other/u1/a.csv' escapes the data root"):  # fmt: skip
+            tr.read_trials(path, root=root)
+
+
 def test_a_folder_given_as_trial_list_is_named_as_a_folder(tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         tr.read_lines(tmp_path)

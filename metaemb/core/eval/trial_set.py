@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.eval.trials import TrialList, checked_trials, folds_of, safe_path
+from metaemb.core.eval.trials import TrialList, checked_trials, folds_of, relative_trials
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
 
@@ -68,18 +68,8 @@ def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Tr
     plugin = registry("protocols").entry(name).plugin
     who = f"protocol '{name}' (plugin '{plugin}')"
     folds = trials.folds if isinstance(trials, TrialList) else 0
-    return _relative(checked_trials(trials, who), root, who, folds)
-
-
-def _relative(trials: list[Trial], root: Path | None, who: str, folds: int) -> list[Trial]:
-    """The trials with every path through `safe_path`, keeping the protocol's folds."""
-    out = []
-    for i, t in enumerate(trials, 1):
-        where = f"{who}, trial {i}"
-        enroll = tuple(safe_path(str(p), root, where) for p in t.enroll)
-        test = safe_path(str(t.test), root, where)
-        out.append(t if (enroll, test) == (t.enroll, t.test) else Trial(enroll, test, t.label))
-    return TrialList(out, folds=folds) if folds else out
+    relative = relative_trials(checked_trials(trials, who), root, who)
+    return TrialList(relative, folds=folds) if folds else relative
 
 
 def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:

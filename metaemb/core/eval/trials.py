@@ -266,8 +266,10 @@ def read_trials(
         raise PluginError(
             f"trial-list {format_label(name)} failed reading '{path}': {type(exc).__name__}: {exc}"
         ) from exc
+    who = f"trial-list {format_label(name)} reading '{path}'"
+    given_root = Path(root) if root is not None else None
     trials = TrialList(
-        checked_trials(trials, f"trial-list {format_label(name)} reading '{path}'"),
+        relative_trials(checked_trials(trials, who), given_root, who),
         folds_of(trials),
         read_as=format_label(name),
     )
@@ -290,6 +292,19 @@ def checked_trials(trials: Any, who: str) -> list[Trial]:
         if problem:
             raise PluginError(f"{who}: trial {i} {problem}; {_TRIAL_HELP}")
         out.append(t if isinstance(t.enroll, tuple) else Trial(tuple(t.enroll), t.test, t.label))
+    return out
+
+
+def relative_trials(trials: list[Trial], root: Path | None, who: str) -> list[Trial]:
+    """Every path through `safe_path`, as the built-in formats do while reading: a plugin's
+    format or protocol gets the same refusals (`..`, outside the root) and the same
+    normalisation (an absolute path inside the root made relative)."""
+    out = []
+    for i, t in enumerate(trials, 1):
+        where = f"{who}, trial {i}"
+        enroll = tuple(safe_path(p, root, where) for p in t.enroll)
+        test = safe_path(t.test, root, where)
+        out.append(t if (enroll, test) == (t.enroll, t.test) else Trial(enroll, test, t.label))
     return out
 
 
