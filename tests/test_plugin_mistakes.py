@@ -133,6 +133,23 @@ class Transposed(SeriesFeatures):
         return x.transpose(1, 2), lengths
 
 
+class LongLengths(SeriesFeatures):
+    """The mistake: lengths counted past the padding (pooling then reads padding)."""
+
+    def collate(self, items):
+        x, lengths = super().collate(items)
+        return x, lengths + 5
+
+
+class ZeroLength(SeriesFeatures):
+    """The mistake: an item of no valid steps (pooling divides by zero)."""
+
+    def collate(self, items):
+        x, lengths = super().collate(items)
+        lengths[0] = 0
+        return x, lengths
+
+
 class Unpooled(ConvNet):
     def forward(self, x, lengths=None):
         return self.conv(x)  # [N, C, T]: forgot to pool
@@ -169,6 +186,8 @@ class SeriesPlugin:
         register("bare", BareTensor)
         register("unpooledbase", UnpooledBaseline)
         register("transposed", Transposed)
+        register("longlengths", LongLengths)
+        register("zerolength", ZeroLength)
 
     @metaemb.hookimpl
     def register_backbones(self, register):
@@ -255,8 +274,23 @@ def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
             ],
         ),
         (
+            ["model.features=longlengths"],
+            [
+                "features 'longlengths' (plugin 'series-test'): collate returned lengths from",
+                "each length counts one item's valid steps, 1 to",
+            ],
+        ),
+        (
+            ["model.features=zerolength"],
+            ["features 'zerolength' (plugin 'series-test'): collate returned lengths from 0"],
+        ),
+        (
             ["model.features=transposed"],
-            ["backbone 'conv'", "out_channels = 3 and give a tensor with 3 on a later axis"],
+            [
+                "features 'transposed' (plugin 'series-test'): forward returned lengths from",
+                "They fit axis 1: the steps must be the last axis",
+                "transpose",
+            ],
         ),
     ],
 )

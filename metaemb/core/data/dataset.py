@@ -240,7 +240,25 @@ def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Ten
             type(lengths).__name__)  # fmt: skip
         raise ConfigError(f"{name}: collate returned lengths as {got}; they must be an int64 "
                           f"tensor [{n}] (torch.tensor(lengths, dtype=torch.long)).")  # fmt: skip
+    if lengths is not None:
+        check_lengths_fit(lengths, batch, f"{name}: collate")
     return batch, lengths
+
+
+def check_lengths_fit(lengths: Tensor, x: Tensor, who: str) -> None:
+    """Each length counts one item's valid steps along x's last axis: 1 to x.shape[-1]. A
+    length past the padding (or 0) made pooling read padding (or divide by zero) silently."""
+    steps = x.shape[-1] if x.dim() > 1 else 0
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > steps:
+        axis = next((i for i in range(1, x.dim() - 1) if low >= 1 and high <= x.shape[i]), None)
+        hint = (f" They fit axis {axis}: the steps must be the last axis ([batch, channels, "
+                "steps]); transpose the tensor." if axis is not None else "")  # fmt: skip
+        raise ConfigError(
+            f"{who} returned lengths from {low} to {high} for a batch of {steps} steps along "
+            f"its last axis ({list(x.shape)}); each length counts one item's valid steps, 1 to "
+            f"{steps}.{hint}"
+        )
 
 
 WORKERS_PER_CORE = 4  # DataLoader processes that still make sense per CPU core (I/O waits)

@@ -76,6 +76,10 @@ def check_first_batch(
                 f"{feats_name}: forward returned {_describe(f)}; the backbone needs a floating "
                 "point tensor (float32)."
             )
+        if isinstance(flen, Tensor) and flen.numel() == len(f):
+            from metaemb.core.data.dataset import check_lengths_fit
+
+            check_lengths_fit(flen, f, f"{feats_name}: forward")
         backbone_name = component(config, "backbone")
         backbone = getattr(model.backbone, "_orig_mod", model.backbone)  # not torch.compile's
         try:
