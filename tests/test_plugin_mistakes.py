@@ -339,8 +339,19 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
         )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        steady = SimpleNamespace(folder=folder, frontend=IdentityFrontend())
+        steady = SimpleNamespace(folder=folder, frontend=IdentityFrontend(),
+                                 features=SeriesFeatures())  # fmt: skip
         component_checks.warn_if_frontend_varies(steady, cfg)
+
+    class EvalNoise(SeriesFeatures):  # the noise is not under `if train:`
+        def prepare(self, raw, train):
+            x = super().prepare(raw, train)
+            return x + 0.3 * torch.randn_like(x)
+
+    noisy_eval = SimpleNamespace(folder=folder, frontend=IdentityFrontend(), features=EvalNoise())
+    with pytest.warns(UserWarning, match=r"features 'series' \(plugin 'series-test'\) prepared "
+                      r"the same file .* twice with train=False and gave two different"):  # fmt: skip
+        component_checks.warn_if_frontend_varies(noisy_eval, cfg)
 
 
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):

@@ -229,8 +229,9 @@ def _not_plain(value: Any, where: str) -> str | None:
 
 def warn_if_frontend_varies(parts: Any, config: Config) -> None:
     """A frontend must be deterministic (its output may be cached, and evaluation must give one
-    answer): run it twice on the first sample and warn, by name, when the two differ. A sample
-    that cannot be read is left to the data loader to report."""
+    answer), and so must the features' evaluation-time `prepare(raw, train=False)`: run each
+    twice on the first sample and warn, by name, when the two differ. A sample that cannot be
+    read is left to the data loader to report."""
     folder, frontend = parts.folder, parts.frontend
     if not folder.samples:
         return
@@ -248,6 +249,21 @@ def warn_if_frontend_varies(parts: Any, config: Config) -> None:
             f"('{sample.path}'): a frontend must be deterministic (no random noise or crop; "
             "put those in the features' prepare when train is true, or in an augmentation), "
             "or every evaluation gives other numbers.",
+            stacklevel=2,
+        )
+        return
+    features = getattr(parts, "features", None)
+    try:
+        with torch.no_grad():
+            same = _same_output(features.prepare(first, False), features.prepare(first, False))
+    except Exception:  # the data loader names the file and the features
+        return
+    if not same:
+        warnings.warn(
+            f"{component(config, 'features')} prepared the same file ('{sample.path}') twice "
+            "with train=False and gave two different results: evaluation must be "
+            "deterministic (random crops, noise or dropout belong under `if train:`), or every "
+            "evaluation gives other numbers.",
             stacklevel=2,
         )
 
