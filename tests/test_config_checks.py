@@ -35,6 +35,7 @@ V0 = Path(__file__).parent / "data" / "configs_v0"  # written by metaemb before 
         ('train.lr="0.1"', "expected a number, got the string '0.1'; write it without quotes"),
         ('train.epochs="3"', "expected an integer, got the string '3'"),
         ("name=../../x", "run name '../../x' is not a plain name"),
+        ("train.epochs=99999999999999999999999", "does not fit a 64-bit integer"),
         ("name=a/b", "is not a plain name"),
         ("name=.hidden", "is not a plain name"),
         ('name=""', "is not a plain name"),

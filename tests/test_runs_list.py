@@ -48,6 +48,42 @@ def test_runs_lists_trained_runs_and_train_log(tiny_face_run, capsys):
     assert code == 0 and "beta" in text and "2/2" in text and "1/1" in text
 
 
+def test_a_run_whose_config_toml_was_deleted_is_listed_as_damaged(tiny_face_run, tmp_path,
+                                                                   capsys):  # fmt: skip
+    """It vanished from `metaemb runs` ("no runs under …") though its checkpoints are there."""
+    import shutil
+
+    _, run = tiny_face_run
+    copy = tmp_path / "face" / run.name
+    shutil.copytree(run, copy)
+    (copy / "config.toml").unlink()
+    code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    [listed] = json.loads(text)
+    assert listed["status"] == "damaged (config.toml missing)" and listed["path"] == str(copy)
+
+
+def test_a_damaged_last_pt_points_at_an_intact_best_pt(tiny_face_run, tmp_path):
+    """--fresh, the only fix offered, would replace the intact best.pt."""
+    import shutil
+
+    import pytest
+
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.runs import load_checkpoint
+
+    _, run = tiny_face_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])
+    with pytest.raises(MetaembError, match=r"best.pt' beside it is intact: evaluate or export it, "
+                       r"and copy it away before re-running train with --fresh"):  # fmt: skip
+        load_checkpoint(copy / "last.pt", expect_hash="x")
+    (copy / "text.pt").write_text("hi\n")
+    with pytest.raises(MetaembError, match=r"it is not a file written by torch\.save"):
+        load_checkpoint(copy / "text.pt")
+
+
 def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     code, _, err = helpers.run_cli(["runs", tmp_path / "nope"], capsys)
     assert code == 2 and "does not exist" in err

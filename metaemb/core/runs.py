@@ -13,8 +13,10 @@ import contextvars
 import io
 import json
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -158,7 +160,8 @@ def load_error_reason(exc: BaseException) -> str:
             f"it holds a pickled Python object ({found.group(1)}), which metaemb never unpickles "
             "because unpickling can run code; it was not written by metaemb, or was altered"
         )
-    not_torch = isinstance(exc, (EOFError, IndexError)) or "invalid load key" in text
+    legacy = isinstance(exc, (EOFError, IndexError, KeyError, pickle.UnpicklingError))
+    not_torch = legacy or "invalid load key" in text  # torch's pre-zip reader on other bytes
     if not_torch or "Weights only load failed" in text:
         return "it is not a file written by torch.save (another kind of file, or damaged)"
     if "zip archive" in text or "central directory" in text:
@@ -188,6 +191,10 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
             if expect_hash is not None
             else "Use the run's other checkpoint (best.pt or last.pt) or retrain the run."
         )
+        best = p.with_name("best.pt")
+        if expect_hash is not None and p.name != best.name and zipfile.is_zipfile(best):
+            advice = (f"'{best}' beside it is intact: evaluate or export it, and copy it away "
+                      "before re-running train with --fresh, which starts over and replaces it.")  # fmt: skip
         raise MetaembError(
             f"checkpoint '{p}' cannot be read ({load_error_reason(exc)}). {advice}"
         ) from None

@@ -8,6 +8,7 @@ else) after minutes of work.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -74,6 +75,14 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 def check_values(cfg: Config) -> None:
     """Refuse out-of-range values of the core sections with the key and the valid range."""
     check_run_name(cfg.name)
+    for section in ("data", "model", "train", "eval"):  # a typo of 25 digits is no int64
+        for field in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), field.name)
+            if type(value) is int and not -(2**63) <= value < 2**63:
+                raise ConfigError(
+                    f"config key '{section}.{field.name}' = {value} does not fit a 64-bit "
+                    "integer; a typo?"
+                )
     for (section, key), (test, what) in RANGES.items():
         value = getattr(getattr(cfg, section), key)
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):

@@ -150,7 +150,8 @@ def _damaged_checkpoints(run_dir: Path) -> list[str]:
 
 
 def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
-    """Every run directory (a folder holding config.toml) under `root`, sorted by path."""
+    """Every run directory (a folder holding config.toml, or a checkpoint) under `root`,
+    sorted by path."""
     root = Path(root)
     if root.is_file():
         raise DataError(f"'{root}' is a file; `metaemb runs` takes the folder holding runs.")
@@ -161,8 +162,8 @@ def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
     found: list[Path] = []
 
     def walk(d: Path, depth: int) -> None:
-        if (d / "config.toml").is_file():
-            found.append(d)
+        if any((d / n).is_file() for n in ("config.toml", "last.pt", "best.pt")):
+            found.append(d)  # a run whose config.toml was lost is listed as damaged
             return
         if depth >= max_depth:
             return
@@ -182,5 +183,6 @@ def _read_or_damaged(run_dir: Path) -> RunInfo:
     try:
         return read_run(run_dir)
     except DataError:
+        what = "unreadable" if (run_dir / "config.toml").exists() else "missing"
         return RunInfo(str(run_dir), run_dir.name, "?", "?", 0, 0, "?", None, None,
-                       "damaged (config.toml unreadable)")  # fmt: skip
+                       f"damaged (config.toml {what})")  # fmt: skip
