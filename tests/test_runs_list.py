@@ -56,11 +56,17 @@ def test_a_run_whose_config_toml_was_deleted_is_listed_as_damaged(tiny_face_run,
     _, run = tiny_face_run
     copy = tmp_path / "face" / run.name
     shutil.copytree(run, copy)
+    config = (copy / "config.toml").read_text()
     (copy / "config.toml").unlink()
     code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
     assert code == 0, err
     [listed] = json.loads(text)
     assert listed["status"] == "damaged (config.toml missing)" and listed["path"] == str(copy)
+    # A hand-edited config.toml no longer hashes to the folder's name: said, not trusted silently.
+    (copy / "config.toml").write_text(config.replace("epochs = 2", "epochs = 7"))
+    code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    [listed] = json.loads(text)
+    assert listed["status"].endswith("config.toml edited (the checkpoint's configuration counts)")
 
 
 def test_a_damaged_last_pt_points_at_an_intact_best_pt(tiny_face_run, tmp_path):

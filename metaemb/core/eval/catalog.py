@@ -76,7 +76,7 @@ def read_run(run_dir: Path) -> RunInfo:
     damaged = _damaged_checkpoints(run_dir) if done else []
     if damaged:
         status = f"damaged ({', '.join(damaged)} unreadable)"
-    status += note
+    status += note + _edited_note(run_dir, cfg)
     return RunInfo(
         path=str(run_dir),
         name=str(cfg.get("name", run_dir.name)),
@@ -89,6 +89,24 @@ def read_run(run_dir: Path) -> RunInfo:
         best_epoch=int(best["epoch"]) if best else None,
         status=status,
     )
+
+
+def _edited_note(run_dir: Path, cfg: dict[str, Any]) -> str:
+    """A run folder is named after its configuration's hash (`run-3909eb7a`): a config.toml
+    that no longer hashes to it was edited by hand, and what it says (epochs, components) is
+    not what the checkpoint trained with."""
+    from metaemb.core.config import from_dict
+
+    suffix = run_dir.name.rsplit("-", 1)[-1]
+    if len(suffix) != 8 or not all(c in "0123456789abcdef" for c in suffix):
+        return ""  # not a metaemb-named folder (a copy renamed by hand)
+    try:
+        digest = from_dict(cfg).hash()
+    except Exception:  # a config this metaemb cannot resolve (a plugin missing): say nothing
+        return ""
+    if digest == suffix:
+        return ""
+    return "; config.toml edited (the checkpoint's configuration counts)"
 
 
 def _int(value: Any) -> int:
