@@ -117,3 +117,11 @@ def test_train_without_matplotlib_says_so_once(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert text.count("no training curves") == 1 and "metaemb[plots]" in text
     assert not (tmp_path / "training.png").exists()
+
+
+def test_plot_of_a_run_folder_that_does_not_exist_says_so(tmp_path, capsys):
+    from helpers import run_cli
+
+    code, _, err = run_cli(["plot", tmp_path / "nosuchrun"], capsys)
+    assert code == 2 and "run folder" in err and "does not exist" in err
+    assert not (tmp_path / "nosuchrun").exists()  # nothing created for it

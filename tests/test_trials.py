@@ -293,6 +293,12 @@ def test_cli_make_and_coverage(tmp_path):
     cov = json.loads(res.output)
     assert cov["identities"] == 3 and cov["trials"] == 14
     assert math.isclose(cov["samples_per_identity"]["max"], 3)
+    # Another dataset's root: the list's files are not there, and coverage says so.
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.warns(UserWarning, match=r"9 of the 9 files .* are not under --root"):
+        res = runner.invoke(app, ["coverage", str(out), "--root", str(other)])
+    assert res.exit_code == 0
 
 
 def test_coverage_reads_a_plugin_three_column_format_as_trials_not_triplets(tmp_path, capsys):

@@ -157,6 +157,27 @@ def coverage_cmd(
     from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
     if format == "auto" and is_triplet_list(trials) and not claiming_formats(trials):
-        typer.echo(json.dumps(triplet_coverage(read_triplets(trials, root=root)), indent=2))
+        made = read_triplets(trials, root=root)
+        _warn_missing(root, [p for t in made for p in (t.anchor, t.positive, t.negative)], trials)
+        typer.echo(json.dumps(triplet_coverage(made), indent=2))
         return
-    typer.echo(json.dumps(coverage(read_trials(trials, root=root, format=format)), indent=2))
+    listed = read_trials(trials, root=root, format=format)
+    _warn_missing(root, [p for t in listed for p in (*t.enroll, t.test)], trials)
+    typer.echo(json.dumps(coverage(listed), indent=2))
+
+
+def _warn_missing(root: Path | None, paths: list[str], listed: Path) -> None:
+    """With --root, say how many listed files are not under it (a list of another dataset)."""
+    import warnings
+
+    from metaemb.core.errors import first_few
+
+    if root is None:
+        return
+    missing = sorted({p for p in paths if not (root / p).is_file()})
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of the {len(set(paths))} files '{listed}' names are not under "
+            f"--root '{root}' ({first_few(missing, 3)}): is it this dataset's list?",
+            stacklevel=2,
+        )

@@ -208,6 +208,9 @@ def plot_run(
     from metaemb.core.runs import written_together
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file; give the run folder" if run_dir.exists() else "does not exist"
+        raise DataError(f"run folder '{run_dir}' {what}.")
     out = out or run_dir / "plots"
     curves = (run_dir / "metrics.jsonl").is_file()
     if embeddings is None and not curves:
