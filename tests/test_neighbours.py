@@ -88,6 +88,26 @@ def test_embed_without_root_says_when_the_runs_folder_names_identities_its_own_w
         _note_own_naming(ImageFolder, "image")
 
 
+def test_a_bad_file_met_after_training_says_what_to_do_here(trained, tmp_path, capsys):
+    """The reader's hint 'with on_bad_sample='skip' it is skipped' named an option that embed,
+    evaluate, enroll and identify do not have."""
+    import shutil
+
+    from metaemb.core.deploy.loading import _needs_every_file
+
+    said = _needs_every_file("audio 'a.wav' is empty. Remove the file (with on_bad_sample="
+                             "'skip' it is skipped).")  # fmt: skip
+    assert "on_bad_sample='skip'" not in said and said.startswith("audio 'a.wav' is empty.")
+    assert said.endswith("fix or remove the file (`train --on-bad-sample skip` skips such "
+                         "files in training only).")  # fmt: skip
+    data, run = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    next(copy.glob("*/*.png")).write_bytes(b"not a png")
+    code, _, err = helpers.run_cli(["embed", run, copy, "--out", tmp_path / "e.pt"], capsys)
+    assert code == 2 and "This command needs every file it is given" in " ".join(err.split())
+
+
 def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
     """`--out X.npz` is a NumPy archive readable without pickle, holding what the torch file
     holds; neighbours reads it alike. A name promising another format is refused up front."""

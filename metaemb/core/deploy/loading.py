@@ -9,6 +9,7 @@ the run's data pipeline (sample folder, frontend, features) for embedding sample
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,16 @@ class LoadedRun:
         ds = (parts or self.parts).dataset(folder, train=False)
         if indices is not None:
             ds.indices = list(indices)
-        out, _, bad = extract(
-            self.model, ds, self.device, batch_size=self.config.eval.batch_size, workers=workers
-        )
+        try:
+            out, _, bad = extract(
+                self.model, ds, self.device, batch_size=self.config.eval.batch_size,
+                workers=workers,
+            )  # fmt: skip
+        except DataError as exc:
+            raise type(exc)(_needs_every_file(str(exc))) from None
         if bad:
             names = first_few(b.path for b in bad)
-            raise DataError(f"{len(bad)} sample(s) could not be read: {names}")
+            raise DataError(_needs_every_file(f"{len(bad)} sample(s) could not be read: {names}."))
         rows = non_finite_rows(out)
         if rows:  # never hand NaN embeddings on to a file, a gallery or a score
             raise DataError(
@@ -126,6 +131,18 @@ class LoadedRun:
             scorer.load_state_dict(saved)
             return scorer, False
         return scorer, True
+
+
+#: the hint a reader adds for training, where `--on-bad-sample skip` exists
+_SKIP_HINT = re.compile(r"\s*\(with\s+on_bad_sample\s*=\s*'skip'\s+it\s+is\s+skipped\)\.?")
+
+
+def _needs_every_file(message: str) -> str:
+    """A bad sample met after training (embed, evaluate, enroll, identify): the training-only
+    `on_bad_sample` hint is replaced by what to do here."""
+    message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
+    return (f"{message}. This command needs every file it is given: fix or remove the file "
+            "(`train --on-bad-sample skip` skips such files in training only).")  # fmt: skip
 
 
 def load_run(
