@@ -363,24 +363,35 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
     return path.with_name(path.stem + FORMATS[fmt])
 
 
-#: file suffixes that promise something an export is not (an array, a table, another runtime's
-#: graph); a TorchScript file is a zip usually named .pt, .pth or .ts
-OTHER_FORMATS = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json", ".h5", ".hdf5", ".mat", ".pkl",
-                 ".pickle", ".tflite", ".pb", ".engine", ".plan", ".mlmodel")  # fmt: skip
+#: the names an export may take: a TorchScript file is a zip usually named .pt, .pth or .ts
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript")}
 
 
 def check_out_name(fmt: str, out: Path) -> None:
-    """Refuse an output name that promises another format (`--out face.npy` for an ONNX graph,
-    `x.onnx` for TorchScript), as `embed --out` does."""
+    """Refuse an output name that does not say what the file is (`--out face.npy` for an ONNX
+    graph, `x.onnx` for TorchScript, `notes.md`): such a file would be replaced by a model, and
+    a later reader would take the model for what its name promises. An existing file beside it
+    named `<out>.json` must be an export sidecar, which it replaces."""
+    import json
+
     suffix = out.suffix.lower()
-    other = [f for f, known in SUFFIXES.items() if f != fmt and suffix in known]
-    if suffix in OTHER_FORMATS or (other and suffix not in SUFFIXES[fmt]):
+    if suffix not in SUFFIXES[fmt]:
         label = {"onnx": "an ONNX", "torchscript": "a TorchScript"}.get(fmt, f"a {fmt}")
         raise ExportError(
-            f"--out '{out}': {label} export is not a {suffix} file; name it "
-            f"{' or '.join(SUFFIXES[fmt])} (default: {FORMATS[fmt]} beside the checkpoint)."
+            f"--out '{out}': {label} export is named {' or '.join(SUFFIXES[fmt])}, not "
+            f"'{suffix or 'no suffix'}' (default: {FORMATS[fmt]} beside the checkpoint)."
         )
+    sidecar = out.with_name(out.name + ".json")
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            info = None
+        if not (isinstance(info, dict) and "input_spec" in info and "format" in info):
+            raise ExportError(
+                f"'{sidecar}' exists and is not the sidecar of a metaemb export, which would "
+                "replace it: move it, or choose another --out."
+            )
 
 
 def check_options(fmt: str, opset: int) -> None:
