@@ -357,15 +357,27 @@ def embed(
             "folder names their identities (default: the folder each file sits in)"
         ),
     ] = None,
+    on_bad_sample: Annotated[
+        str,
+        typer.Option(
+            "--on-bad-sample",
+            help="error (default) or skip: leave samples that cannot be read out, with a warning",
+        ),
+    ] = "error",
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import check_format
     from metaemb.core.paths import ensure_writable
 
+    if on_bad_sample not in ("error", "skip"):
+        from metaemb.core.errors import ConfigError
+
+        raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
     check_format(out)
     ensure_writable(out, "embeddings file")  # before any embedding
-    collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root)
+    collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root,
+                              skip_bad=on_bad_sample == "skip")  # fmt: skip
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
 

@@ -98,14 +98,26 @@ def test_a_bad_file_met_after_training_says_what_to_do_here(trained, tmp_path, c
     said = _needs_every_file("audio 'a.wav' is empty. Remove the file (with on_bad_sample="
                              "'skip' it is skipped).")  # fmt: skip
     assert "on_bad_sample='skip'" not in said and said.startswith("audio 'a.wav' is empty.")
-    assert said.endswith("fix or remove the file (`train --on-bad-sample skip` skips such "
-                         "files in training only).")  # fmt: skip
+    assert said.endswith("fix or remove the file (`train` and `embed` take --on-bad-sample skip).")
     data, run = trained
+    assert helpers.run_cli(["embed", run, data, "--out", tmp_path / "full.pt"])[0] == 0
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
-    next(copy.glob("*/*.png")).write_bytes(b"not a png")
+    broken = sorted(copy.glob("*/*.png"))[3]
+    broken.write_bytes(b"not a png")
     code, _, err = helpers.run_cli(["embed", run, copy, "--out", tmp_path / "e.pt"], capsys)
     assert code == 2 and "This command needs every file it is given" in " ".join(err.split())
+    assert not (tmp_path / "e.pt").exists()
+    # embed --on-bad-sample skip leaves it out, says so, and keeps every other row in place.
+    args = ["embed", run, copy, "--out", tmp_path / "e.pt", "--on-bad-sample", "skip"]
+    with pytest.warns(UserWarning, match=r"skipped 1 sample\(s\) that could not be read"):
+        code, _, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    kept, full = Collection.load(tmp_path / "e.pt"), Collection.load(tmp_path / "full.pt")
+    rel = broken.relative_to(copy).as_posix()
+    assert rel not in kept.paths and len(kept) == len(full) - 1
+    for path, row in zip(kept.paths, kept.embeddings, strict=True):
+        torch.testing.assert_close(row, full.embeddings[full.paths.index(path)])
 
 
 def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metaemb.core.config import Config, from_dict
 from metaemb.core.config.chain import check_scorer
@@ -70,27 +70,41 @@ class LoadedRun:
         """Embeddings of `folder.samples[indices]` (all when None), in that order, through the
         pipeline of `parts` (default: this run's); a sample that cannot be read is an error
         naming it."""
+        out, _, bad = self.embed_skipping(folder, indices, workers, parts, skip=False)
+        if bad:
+            names = first_few(b.path for b in bad)
+            raise DataError(_needs_every_file(f"{len(bad)} sample(s) could not be read: {names}."))
+        return out
+
+    def embed_skipping(
+        self,
+        folder: SampleFolder,
+        indices: list[int] | None,
+        workers: int,
+        parts: Components | None = None,
+        skip: bool = True,
+    ) -> tuple[Any, Tensor, list[Any]]:
+        """(embeddings, the folder indices they belong to, the samples skipped): with `skip`,
+        a sample that cannot be read is left out (`embed --on-bad-sample skip`)."""
         ds = (parts or self.parts).dataset(folder, train=False)
+        ds.on_bad_sample = "skip" if skip else "error"
         if indices is not None:
             ds.indices = list(indices)
         try:
-            out, _, bad = extract(
+            out, kept, bad = extract(
                 self.model, ds, self.device, batch_size=self.config.eval.batch_size,
                 workers=workers,
             )  # fmt: skip
         except DataError as exc:
-            raise type(exc)(_needs_every_file(str(exc))) from None
-        if bad:
-            names = first_few(b.path for b in bad)
-            raise DataError(_needs_every_file(f"{len(bad)} sample(s) could not be read: {names}."))
+            raise type(exc)(_needs_every_file(str(exc), skip_option=skip)) from None
         rows = non_finite_rows(out)
         if rows:  # never hand NaN embeddings on to a file, a gallery or a score
             raise DataError(
                 f"the model gives NaN or infinite embeddings for {len(rows)} sample(s) "
-                f"({row_files(folder, ds.indices, rows)}) under '{folder.root}'; its weights or those "
+                f"({row_files(folder, kept.tolist(), rows)}) under '{folder.root}'; its weights or those "
                 "inputs are not finite (a diverged training?). Nothing was written."
             )
-        return out
+        return out, kept, bad
 
     def adapt_batchnorm(self, folder: SampleFolder, indices: list[int], workers: int) -> int:
         """Re-estimate the model's BatchNorm statistics on `folder.samples[indices]` without
@@ -137,12 +151,14 @@ class LoadedRun:
 _SKIP_HINT = re.compile(r"\s*\(with\s+on_bad_sample\s*=\s*'skip'\s+it\s+is\s+skipped\)\.?")
 
 
-def _needs_every_file(message: str) -> str:
+def _needs_every_file(message: str, skip_option: bool = False) -> str:
     """A bad sample met after training (embed, evaluate, enroll, identify): the training-only
     `on_bad_sample` hint is replaced by what to do here."""
     message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
+    if skip_option:
+        return message + "."
     return (f"{message}. This command needs every file it is given: fix or remove the file "
-            "(`train --on-bad-sample skip` skips such files in training only).")  # fmt: skip
+            "(`train` and `embed` take --on-bad-sample skip).")  # fmt: skip
 
 
 def load_run(

@@ -147,8 +147,10 @@ def embed_inputs(
     device: str = "auto",
     workers: int = 2,
     root: Path | None = None,
+    skip_bad: bool = False,
 ) -> Collection:
-    """Embed one folder (every sample) or one or more loose files with a trained model."""
+    """Embed one folder (every sample) or one or more loose files with a trained model; with
+    `skip_bad`, samples that cannot be read are left out of the collection, with a warning."""
     from metaemb.core.deploy.loading import load_run
 
     if not inputs:
@@ -168,7 +170,24 @@ def embed_inputs(
         loaded = load_for_files(Path(checkpoint), inputs, device, root)
         folder = loaded.parts.folder
         paths = [str(p) for p in inputs]
-    emb = loaded.embed(folder, None, workers)
+    identities = [s.identity for s in folder.samples]
+    if skip_bad:
+        emb, kept, bad = loaded.embed_skipping(folder, None, workers)
+        if bad:
+            import warnings
+
+            from metaemb.core.errors import first_few
+
+            warnings.warn(
+                f"skipped {len(bad)} sample(s) that could not be read "
+                f"({first_few(b.path for b in bad)}); the collection holds the other "
+                f"{len(kept)}. First: {bad[0].error}",
+                stacklevel=2,
+            )
+        order = kept.tolist()
+        paths, identities = [paths[i] for i in order], [identities[i] for i in order]
+    else:
+        emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(folder.root)
-    return Collection(paths, [s.identity for s in folder.samples], emb, meta)
+    return Collection(paths, identities, emb, meta)
