@@ -209,6 +209,16 @@ def test_kinds_compare_only_given_parameters():
     assert SAME != ANY
 
 
+def test_one_kind_spelt_two_ways_is_pointed_out():
+    from metaemb.core.plugin.contract import Link
+
+    links = [Link("features", "mine", None, (Kind("timing-matrix", channels=3),)),
+             Link("backbone", "theirs", (Kind("timing_matrix"),), None)]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'timing_matrix' and 'timing-matrix' look like one "
+                       r"kind spelt two ways"):  # fmt: skip
+        check_links(links)
+
+
 def test_nested_part_tables_and_name_key():
     cfg = resolve(
         "speaker",

@@ -199,9 +199,22 @@ class Link:
         return f"{self.section} '{self.name}'"
 
 
+def _same_word(a: str, b: str) -> bool:
+    """Kind names equal but for case and separators (`timing_matrix`, `Timing-Matrix`)."""
+
+    def key(name: str) -> str:
+        return "".join(c for c in name.lower() if c.isalnum())
+
+    return key(a) == key(b)
+
+
 def _fix_hint(given_by: Link, given: Kind, wanted_by: Link, wanted: Kinds) -> str:
     """Which options to make agree, when the mismatch is in parameters bound to options."""
     same_name = [w for w in wanted if w.name == given.name]
+    near = [w.name for w in wanted if _same_word(w.name, given.name) and w.name != given.name]
+    if near:  # `timing_matrix` against `timing-matrix`: one kind spelt two ways
+        return (f"'{near[0]}' and '{given.name}' look like one kind spelt two ways: kind names "
+                "must match exactly; use one spelling in both components.")  # fmt: skip
     if not same_name:
         return (
             f"Choose another {wanted_by.section} ({CHOICE_KEYS.get(wanted_by.section, '')}) "
