@@ -274,10 +274,10 @@ def test_speaker_torchscript_handles_lengths_it_was_not_traced_with(speaker_ckpt
 
 # -- errors ---------------------------------------------------------------------------------------
 def test_an_output_name_promising_another_format_is_refused(speaker_ckpt, tmp_path):
-    """`--out notes.md` replaced the user's notes with a model: only a model's suffix is taken,
+    """`--out settings.toml` replaced the user's settings with a model: only a model's suffix is taken,
     and a `<out>.json` that is not an export sidecar is never replaced."""
     for fmt, name in (("onnx", "face.npy"), ("onnx", "face.pt"), ("torchscript", "x.onnx"),
-                      ("torchscript", "notes.md"), ("onnx", "model")):  # fmt: skip
+                      ("torchscript", "settings.toml"), ("onnx", "model")):  # fmt: skip
         with pytest.raises(ExportError, match=r"export is named \.\w+.*, not '"):
             export(speaker_ckpt[0], fmt, tmp_path / name)
     assert not list(tmp_path.iterdir())

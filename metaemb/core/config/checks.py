@@ -75,6 +75,10 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 def check_values(cfg: Config) -> None:
     """Refuse out-of-range values of the core sections with the key and the valid range."""
     check_run_name(cfg.name)
+    for (section, key), (test, what) in RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
+            raise ConfigError(f"config key '{section}.{key}' must be {what}; got {value!r}.")
     for section in ("data", "model", "train", "eval"):  # a typo of 25 digits is no int64
         for field in dataclasses.fields(getattr(cfg, section)):
             value = getattr(getattr(cfg, section), field.name)
@@ -83,10 +87,6 @@ def check_values(cfg: Config) -> None:
                     f"config key '{section}.{field.name}' = {value} does not fit a 64-bit "
                     "integer; a typo?"
                 )
-    for (section, key), (test, what) in RANGES.items():
-        value = getattr(getattr(cfg, section), key)
-        if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
-            raise ConfigError(f"config key '{section}.{key}' must be {what}; got {value!r}.")
     targets = cfg.eval.p_targets
     if not targets:
         raise ConfigError(

@@ -369,7 +369,7 @@ SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscr
 
 def check_out_name(fmt: str, out: Path) -> None:
     """Refuse an output name that does not say what the file is (`--out face.npy` for an ONNX
-    graph, `x.onnx` for TorchScript, `notes.md`): such a file would be replaced by a model, and
+    graph, `x.onnx` for TorchScript, `settings.toml`): such a file would be replaced by a model, and
     a later reader would take the model for what its name promises. An existing file beside it
     named `<out>.json` must be an export sidecar, which it replaces."""
     import json
