@@ -43,7 +43,8 @@ class ImageExport(ExportAdapter):
     def preprocessing(self, spec: dict[str, Any]) -> list[str]:
         s = spec["image_size"]
         return [
-            f"RGB, {spec.get('resize', 'resize')} (S = {s}), antialiased",
+            f"RGB uint8; if not square, centre-crop to a square of the shorter side; then "
+            f"resize to {s} × {s} (antialiased, as torchvision's resize)",
             "float32 pixels x / 255 in [0, 1]",
             f"per channel (x − mean) / std with mean {spec['mean']} and std {spec['std']}",
             f"layout [N, 3, {s}, {s}] (NCHW), float32",

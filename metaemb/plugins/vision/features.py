@@ -190,5 +190,7 @@ class ImageFeatures(Features):
             "color": "RGB",
             "mean": list(MEAN),
             "std": list(STD),
-            "resize": "shorter side to image_size, centre crop",
+            # the geometry, in order (the key "resize" of runs saved before said it the other
+            # way round; it is no longer compared)
+            "crop_resize": "centre crop to the shorter side, then resize to image_size",
         }
