@@ -138,6 +138,14 @@ def test_triplets_make_coverage_and_match_accuracy(setup, tmp_path, capsys):
     # The same list scored as verification pairs says what it is and which measure reads it.
     code, _, err = helpers.run_cli([*args[:2], *args[4:]], capsys)
     assert code == 2 and "This is a triplet list" in err and "--measure match" in err
+    # Two triplet lists without --out keep both results (the second replaced the first).
+    for listed in (tri, again):
+        default = ["evaluate", run, "--measure", "match", "--trials", listed, "--workers", "0"]
+        assert helpers.run_cli(default, capsys)[0] == 0
+    for listed in (tri, again):
+        assert json.loads((run / f"eval-match-{listed.stem}" / "metrics.json").read_text())[
+            "source"
+        ] == str(listed)
 
 
 def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):

@@ -217,7 +217,9 @@ def run_measure(
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     from metaemb.core.eval.trial_set import default_out
 
-    out = out or default_out(run_dir, measure, data)
+    # a triplet list's results are named after it: a second list never replaces the first's
+    name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
+    out = out or default_out(run_dir, name, data)
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
