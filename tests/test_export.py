@@ -358,6 +358,17 @@ def test_an_adapter_whose_examples_ignore_variant_is_warned_about(speaker_ckpt):
     inf = load_inference(speaker_ckpt[0])
     with pytest.warns(UserWarning, match="gives input 'waveforms' the same size on its dynamic"):
         warn_fixed_examples(FixedLength(), inf.spec)
+
+    class Stereo(FbankExport):  # declares [N, 2, T]: the sidecar would misdescribe the graph
+        def shapes(self, spec):
+            return [["N", 2, "T"], ["N"]]
+
+    from metaemb.core.deploy.export import check_declared_shapes
+
+    with pytest.raises(ExportError, match=r"shapes\(\) gives input 'waveforms' as \['N', 2, "
+                       r"'T'\] but example\(\) makes it \[2, \d+\]"):  # fmt: skip
+        check_declared_shapes(Stereo(), inf.spec)
+    check_declared_shapes(FbankExport(), inf.spec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_fixed_examples(FbankExport(), inf.spec)

@@ -88,7 +88,9 @@ def test_pretrained_from_local_file(tmp_path):
     grey = ResNet18(in_channels=1, pretrained=str(path))
     assert torch.allclose(grey.net.conv1.weight[:, 0], ref.conv1.weight.sum(1), atol=1e-6)
     # The small-input stem has another kernel: it keeps its init, the rest loads.
-    small = ResNet18(small_input=True, pretrained=str(path))
+    with pytest.warns(UserWarning, match=r"conv1.weight \(small_input=True makes a 3×3 stem\): "
+                      r"it keeps its random initialisation"):  # fmt: skip
+        small = ResNet18(small_input=True, pretrained=str(path))
     assert small.reinitialised == ["conv1.weight"]
     assert torch.equal(small.net.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
     mref = models.mobilenet_v3_small(weights=None)

@@ -213,6 +213,23 @@ def _dtype(x: Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
+def check_declared_shapes(kind: ExportAdapter, spec: dict[str, Any]) -> None:
+    """The sidecar describes the graph's inputs from `shapes()`, the graph is traced from
+    `example()`: an adapter whose two disagree (3 channels declared, 1 given) would ship a
+    sidecar that misdescribes its graph."""
+    example = kind.example(spec, 2, 0)
+    for name, shape, x in zip(kind.names, kind.shapes(spec), example, strict=True):
+        fits = len(shape) == x.dim() and all(
+            isinstance(d, str) or int(d) == x.shape[i] for i, d in enumerate(shape)
+        )
+        if not fits:
+            raise ExportError(
+                f"export adapter '{spec.get('kind')}': shapes() gives input '{name}' as "
+                f"{list(shape)} but example() makes it {list(x.shape)}; they must agree (the "
+                "sidecar describes the graph's inputs from shapes())."
+            )
+
+
 def warn_fixed_examples(kind: ExportAdapter, spec: dict[str, Any]) -> None:
     """An adapter whose example() ignores `variant` checks the export only on the shape it was
     traced with: a length frozen in the graph would pass. Say so (the export still works)."""
@@ -420,6 +437,7 @@ def export(
     extra_checks = kind.check(inf.model, module, spec)
     probe = _probe(module, kind, spec)
     wrapper_diff = check_wrapper(inf.model, module, kind, spec)
+    check_declared_shapes(kind, spec)
     warn_fixed_examples(kind, spec)
     out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
     shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]

@@ -125,6 +125,16 @@ class TorchvisionBackbone(Backbone):
         self.reinitialised = (
             load_pretrained(net, pretrained, self.arch, self.stem_key) if pretrained else []
         )
+        if self.reinitialised:  # the small-input 3×3 stem has no pretrained counterpart
+            import warnings
+
+            warnings.warn(
+                f"backbone {self.arch}: the pretrained weights have no counterpart for "
+                f"{', '.join(self.reinitialised)} (small_input={small_input} makes a 3×3 stem): "
+                "it keeps its random initialisation and is trained from scratch; set "
+                "backbone.small_input=false to start from the pretrained 7×7 stem.",
+                stacklevel=2,
+            )
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.net(x)
