@@ -87,6 +87,24 @@ def test_16_bit_png_scales_to_8_bit(tmp_path, color_type, channels):
     np.testing.assert_array_equal(got, (colour >> 8).astype(np.uint8))
 
 
+def test_12_bit_data_in_a_16_bit_image_is_warned_about_once(tmp_path):
+    """Sensor data of 12 bits (values up to 4095) became 16 grey levels without a word."""
+    import warnings
+
+    from metaemb.plugins.vision import imageio
+
+    twelve = np.random.default_rng(0).integers(700, 2400, (6, 4)).astype(np.uint16)
+    Image.fromarray(twelve).save(tmp_path / "a.tif")
+    Image.fromarray(twelve).save(tmp_path / "b.tif")
+    imageio._FEW_LEVELS_WARNED.clear()
+    with pytest.warns(UserWarning, match=r"a\.tif. holds values up to \d+ only: .* keeps \d+ "
+                      r"grey level"):  # fmt: skip
+        read_image(tmp_path / "a.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "b.tif")  # once per process
+
+
 def test_other_modes_against_numpy(tmp_path):
     rng = np.random.default_rng(1)
     grey16 = rng.integers(0, 65536, (6, 4)).astype(np.uint16)

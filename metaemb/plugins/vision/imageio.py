@@ -54,6 +54,24 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+_FEW_LEVELS_WARNED: list[bool] = []
+
+
+def _warn_few_levels(path: Path, peak: int) -> None:
+    """16-bit data of 12 bits or fewer (sensor images stored in a 16-bit PNG) keeps at most 16
+    grey levels once read as 8 bits: say so once per process."""
+    if _FEW_LEVELS_WARNED:
+        return
+    _FEW_LEVELS_WARNED.append(True)
+    warnings.warn(
+        f"16-bit image '{path}' holds values up to {peak} only: read as 8 bits (its high byte) "
+        f"it keeps {peak // 256 + 1} grey level(s). Rescale such data to the full 16-bit range, "
+        "or read it with a sample folder of your own that scales it. Further images like it "
+        "are not reported.",
+        stacklevel=3,
+    )
+
+
 def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
     """[H, W, 3] uint8 RGB of a decoded image, by the mode rules in the module docstring."""
     mode = img.mode
@@ -66,6 +84,8 @@ def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
                 f"{int(a.max())}], outside the 16-bit range metaemb reads; convert it to 8 or "
                 "16 bits per channel."
             )
+        if a.size and int(a.max()) < 4096:
+            _warn_few_levels(path, int(a.max()))
         return _grey_to_rgb((a >> 8).astype(np.uint8))
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
