@@ -323,6 +323,24 @@ def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
         component_checks.check_first_batch(masked, resolve("series"), x, lengths)
 
 
+def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):
+    """Raw 16-bit pixels (values of 1e5 after normalisation) trained without a word."""
+    cfg = resolve("series")
+    model = EmbeddingModel(SeriesFeatures(), ConvNet(3, 8), nn.Linear(8, cfg.model.dim))
+    x, lengths = torch.randn(4, 3, 20) * 5e4, torch.full((4,), 20)
+
+    class Raw(SeriesFeatures):
+        def forward(self, x, lengths=None):
+            return x, lengths  # the mistake: no scaling anywhere
+
+    model.features = Raw()
+    with pytest.warns(UserWarning, match=r"gives the backbone values up to .*e\+0[45].*Scale it"):
+        component_checks.check_first_batch(model, cfg, x, lengths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        component_checks.check_first_batch(model, cfg, x / 5e4, lengths)
+
+
 def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
     """A frontend adding random noise gave every evaluation other numbers, unexplained."""
     from types import SimpleNamespace

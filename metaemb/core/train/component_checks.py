@@ -54,6 +54,11 @@ def _describe(x: Any) -> str:
     return f"a {type(x).__name__}"
 
 
+#: the largest network input that is not taken for unscaled data (log-mels reach ~30, pixels
+#: normalised to [-1, 1], a z-score a few tens)
+LARGE_INPUT = 1e4
+
+
 @torch.no_grad()
 def check_first_batch(
     model: Any, config: Config, x: Tensor, lengths: Tensor | None, scorer: Any = None
@@ -80,6 +85,14 @@ def check_first_batch(
             from metaemb.core.data.dataset import check_lengths_fit
 
             check_lengths_fit(flen, f, f"{feats_name}: forward")
+        peak = float(f.detach().abs().max()) if f.numel() else 0.0
+        if peak > LARGE_INPUT:  # unscaled uint16 pixels, raw int16 audio…
+            warnings.warn(
+                f"{feats_name} gives the backbone values up to {peak:.3g}: networks train on "
+                "inputs of order 1 (normalised pixels, log-mel energies). Unscaled data (16-bit "
+                "pixels, int16 samples)? Scale it in the features' prepare.",
+                stacklevel=2,
+            )
         backbone_name = component(config, "backbone")
         backbone = getattr(model.backbone, "_orig_mod", model.backbone)  # not torch.compile's
         try:
