@@ -541,6 +541,10 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
     class StrYields(SeriesFeatures):
         yields = "feature-matrix"
 
+    class TupleIdentity(SeriesFolder):
+        def identity_of(self, path):
+            return tuple(path.split("/")[:2])
+
     class Mistakes:
         @metaemb.hookimpl
         def register_backbones(self, register):
@@ -549,6 +553,7 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
         @metaemb.hookimpl
         def register_sample_folders(self, register):
             register("no-init-folder", NoInitFolder)
+            register("tuple-identity", TupleIdentity)
 
     class StrKinds:
         @metaemb.hookimpl
@@ -564,6 +569,11 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
             with pytest.raises(PluginError, match=r"sample folder 'no-init-folder'.*SampleFolder "
                                r"whose __init__ did not call super"):  # fmt: skip
                 build("sample_folders", "no-init-folder", {}, root=tmp_path)
+            (tmp_path / "u1").mkdir()
+            np.save(tmp_path / "u1" / "a.npy", np.zeros((4, 3)))
+            with pytest.raises(PluginError, match=r"sample folder 'tuple-identity' \(plugin "
+                               r"'init-plugin'\): .*TupleIdentity.identity_of"):  # fmt: skip
+                build("sample_folders", "tuple-identity", {}, root=tmp_path)
         plugins.reset()
         refused = pytest.warns(UserWarning, match=r"features 'str-yields' declaring "
                                r"yields='feature-matrix'; declare a Kind")  # fmt: skip

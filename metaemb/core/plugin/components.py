@@ -211,6 +211,10 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
     kwargs.update(options or {})
     try:
         built = entry.factory(**kwargs)
+    except PluginError as exc:  # a plugin's own mistake found while building: name it
+        if f"'{name}'" in str(exc):
+            raise
+        raise PluginError(f"{reg.singular} '{name}' (plugin '{entry.plugin}'): {exc}") from None
     except MetaembError:
         raise
     except Exception as exc:
