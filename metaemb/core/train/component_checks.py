@@ -86,7 +86,7 @@ def check_first_batch(
 
             check_lengths_fit(flen, f, f"{feats_name}: forward")
         peak = float(f.detach().abs().max()) if f.numel() else 0.0
-        if peak > LARGE_INPUT:  # unscaled uint16 pixels, raw int16 audio…
+        if peak > LARGE_INPUT:  # unscaled 16-bit data, say
             warnings.warn(
                 f"{feats_name} gives the backbone values up to {peak:.3g}: networks train on "
                 "inputs of order 1 (normalised pixels, log-mel energies). Unscaled data (16-bit "
