@@ -140,3 +140,42 @@ def test_bad_files_are_named(shard, tmp_path):
     (root / "train.idx").unlink()
     with pytest.raises(DataError, match=r"train\.idx' does not exist"):
         RecordIOFolder(root)
+
+
+def test_a_run_trained_on_recordio_embeds_plain_files_and_folders(shard, tmp_path_factory, capsys):
+    """Trained on MS1M-style RecordIO, a model must embed ordinary files and folders: every
+    command read them through the RecordIO folder ("RecordIO file '.../train.rec' does not
+    exist"), so a model trained on a large corpus could not enroll or identify anyone."""
+    from helpers import run_cli
+
+    from metaemb.core.eval.retrieval import Collection
+
+    root, items = shard
+    base = tmp_path_factory.mktemp("plain")
+    plain = base / "faces"
+    for k, (label, data) in enumerate(items):
+        (plain / f"id{label}").mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(data)).save(plain / f"id{label}" / f"{k}.png")
+    runs = base / "runs"
+    args = ["train", "--modality", "face", "--data", root, "--runs", runs, "--workers", "0"]
+    for item in ("data.folder=recordio", "model.frontend=none", "train.epochs=1",
+                 "features.image_size=16", "model.dim=8", "model.backbone=tinycnn",
+                 "train.batch_size=4", "data.val_fraction=0.5"):  # fmt: skip
+        args += ["--set", item]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [run] = list((runs / "face").iterdir())
+    with pytest.warns(UserWarning, match="reading it as plain files with sample folder 'image'"):
+        code, _, err = run_cli(["embed", run, plain, "--out", base / "c.pt", "--workers", "0"],
+                               capsys)  # fmt: skip
+    assert code == 0, err
+    coll = Collection.load(base / "c.pt")
+    assert len(coll) == 12 and set(coll.identities) == {"id0", "id1", "id2", "id7"}
+    probe = sorted(plain.glob("id7/*.png"))[0]
+    with pytest.warns(UserWarning, match="reading it as plain files"):
+        code, _, err = run_cli(["embed", run, probe, "--out", base / "p.pt", "--workers", "0"],
+                               capsys)  # fmt: skip
+    assert code == 0, err
+    one = Collection.load(base / "p.pt")
+    row = coll.paths.index(probe.relative_to(plain).as_posix())
+    torch.testing.assert_close(one.embeddings[0], coll.embeddings[row], atol=1e-5, rtol=1e-5)

@@ -202,7 +202,15 @@ def load_run(
                 f"the data folder the run trained on, '{saved}', does not exist (moved or "
                 "deleted?); point at it with --data DIR."
             )
-        parts = Components.build(cfg, root)
+        try:
+            parts = Components.build(cfg, root)
+        except DataError as exc:
+            if data is None or not plain_folder(cfg, str(data)):
+                raise
+            try:  # not in the run's container format: plain files of the same samples?
+                parts = Components.build(cfg, root)
+            except MetaembError:
+                raise exc from None
         model = parts.model
     else:
         model = build_model(cfg)
@@ -268,6 +276,30 @@ def _rebase_data_paths(cfg: Config, data: Path) -> None:
                 continue  # outside the training folder: shared by every folder
             if (new / relative).exists():
                 options[key] = str(new / relative)
+
+
+def plain_folder(cfg: Config, where: str) -> bool:
+    """Switch `cfg` from a container folder (RecordIO, tar shards) to the folder that reads the
+    same samples as plain files (its `plain`), keeping the options both take, with a note;
+    False when the run's folder has none."""
+    import warnings
+
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
+
+    name = cfg.data.folder
+    plain = getattr(registry("sample_folders").get(name), "plain", "")
+    if not plain or plain == name:
+        return False
+    shared = options_of(registry("sample_folders").get(plain))
+    cfg.components["folder"] = {k: v for k, v in cfg.options("folder").items() if k in shared}
+    cfg.data.folder = plain
+    warnings.warn(
+        f"'{where}' is not in the form of the run's sample folder '{name}'; reading it as plain "
+        f"files with sample folder '{plain}'.",
+        stacklevel=3,
+    )
+    return True
 
 
 def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> None:

@@ -35,7 +35,7 @@ def load_for_files(
     """A loaded run whose data pipeline holds exactly `files` (root: `root`, or else their
     common grandparent)."""
     from metaemb.core.data.pipeline import Components, build_frontend
-    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.loading import load_run, plain_folder
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
@@ -57,6 +57,7 @@ def load_for_files(
     loaded = load_run(Path(checkpoint), device)
     cfg = loaded.config
     cfg.data.root, cfg.data.root_absolute = str(root), ""
+    plain_folder(cfg, "the sample files")  # a container run (RecordIO, tar shards): plain files
     factory = registry("sample_folders").get(cfg.data.folder)
     exts = {e.lower() for e in getattr(factory, "extensions", ())}
     bad = [str(f) for f in files if exts and f.suffix.lower() not in exts]

@@ -28,6 +28,7 @@ class AudioTarFolder(TarShardFolder):
     """Recordings of tar shards at `sample_rate`; each needs a label member (.cls, .txt, .json)."""
 
     extensions: ClassVar[tuple[str, ...]] = (".flac", ".wav", ".ogg", ".opus", ".mp3")
+    plain: ClassVar[str] = "audio"  # loose files and plain folders, after training
     what: ClassVar[str] = "recording"
     yields = Kind("waveform", rate=Opt("sample_rate"))
 

@@ -182,6 +182,7 @@ def read_index(path: Path) -> dict[int, int]:
 class RecordIOFolder(SampleFolder):
     """The images of an InsightFace `<name>.rec` / `<name>.idx` pair in `root` (no MXNet needed)."""
 
+    plain: ClassVar[str] = "image"  # loose files and plain folders, after training
     what: ClassVar[str] = "image"
     yields = staticmethod(folder_yields)  # image: RGB uint8 [3, H, W]; jpeg (decode="device")
     hash_neutral: ClassVar[dict[str, str]] = {"decode": "cpu"}  # runs from before the option

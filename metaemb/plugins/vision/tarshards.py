@@ -24,6 +24,7 @@ class ImageTarFolder(TarShardFolder):
     `decode = "device"` samples travel as JPEG bytes, decoded on the training GPU (jpeg.py)."""
 
     extensions: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".webp", ".ppm", ".bmp")
+    plain: ClassVar[str] = "image"  # loose files and plain folders, after training
     what: ClassVar[str] = "image"
     yields = staticmethod(folder_yields)  # image: RGB uint8 [3, H, W]; jpeg: bytes [L]
 
