@@ -55,9 +55,9 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     yields: ClassVar[Kind | None] = None
     # Constructor arguments that are not user options (`subset` passes the samples).
     internal: ClassVar[frozenset[str]] = frozenset({"samples"})
-    # The registered folder that reads the same samples stored as plain files ("image" for
-    # RecordIO and image tar shards): what commands after training read loose files, and
-    # folders that are not in this container format, with.
+    # For a container format (one file of records, tar shards): the registered folder that
+    # reads the same samples stored as plain files, which commands after training use for
+    # loose files and folders that are not in the container format.
     plain: ClassVar[str] = ""
 
     def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
