@@ -98,7 +98,9 @@ def test_a_bad_file_met_after_training_says_what_to_do_here(trained, tmp_path, c
     said = _needs_every_file("audio 'a.wav' is empty. Remove the file (with on_bad_sample="
                              "'skip' it is skipped).")  # fmt: skip
     assert "on_bad_sample='skip'" not in said and said.startswith("audio 'a.wav' is empty.")
-    assert said.endswith("fix or remove the file (`train` and `embed` take --on-bad-sample skip).")
+    assert said.endswith("Fix or remove the file: `train` and `embed` can leave such files out "
+                         "with --on-bad-sample skip; `evaluate`, `enroll` and `identify` need "
+                         "every file they are given.")  # fmt: skip
     data, run = trained
     assert helpers.run_cli(["embed", run, data, "--out", tmp_path / "full.pt"])[0] == 0
     copy = tmp_path / "data"
@@ -106,7 +108,7 @@ def test_a_bad_file_met_after_training_says_what_to_do_here(trained, tmp_path, c
     broken = sorted(copy.glob("*/*.png"))[3]
     broken.write_bytes(b"not a png")
     code, _, err = helpers.run_cli(["embed", run, copy, "--out", tmp_path / "e.pt"], capsys)
-    assert code == 2 and "This command needs every file it is given" in " ".join(err.split())
+    assert code == 2 and "Fix or remove the file: `train` and `embed`" in " ".join(err.split())
     assert not (tmp_path / "e.pt").exists()
     # embed --on-bad-sample skip leaves it out, says so, and keeps every other row in place.
     args = ["embed", run, copy, "--out", tmp_path / "e.pt", "--on-bad-sample", "skip"]

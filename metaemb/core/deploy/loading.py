@@ -157,8 +157,9 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
     message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
     if skip_option:
         return message + "."
-    return (f"{message}. This command needs every file it is given: fix or remove the file "
-            "(`train` and `embed` take --on-bad-sample skip).")  # fmt: skip
+    return (f"{message}. Fix or remove the file: `train` and `embed` can leave such files out "
+            "with --on-bad-sample skip; `evaluate`, `enroll` and `identify` need every file "
+            "they are given.")  # fmt: skip
 
 
 def load_run(

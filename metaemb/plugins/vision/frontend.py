@@ -141,25 +141,27 @@ class AlignFrontend(Frontend):
             return align_faces(
                 raw, found.points, self.crop_size, found.scheme, convention=self.template
             )
+        image = f"'{Path(root) / path}'"
         what = {
-            "no_face": "no face was found",
-            "several_faces": f"{found.faces} faces were found (policy multiple='skip')",
-            "missing": "the landmark file has no entry for it",
-        }.get(found.outcome, found.outcome)
+            "no_face": f"no face was found in {image}",
+            "several_faces": f"{found.faces} faces were found in {image} (policy multiple='skip')",
+            "missing": f"the landmark file has no entry for {image}",
+        }.get(found.outcome, f"{found.outcome} for {image}")
         if self.on_no_face == "center":
             h, w = raw.shape[-2:]
             pts = centre_landmarks(int(h), int(w), self.crop_size, convention=self.template)
             return align_faces(raw, pts, self.crop_size, "mtcnn5", convention=self.template)
-        message = (
-            f"face alignment: {what} in '{Path(root) / path}' (landmark source "
-            f"'{self.source.key()}')."
-        )
+        message = f"face alignment: {what} (landmark source '{self.source.key()}')."
         if self.on_no_face == "error":
             raise MetaembError(
                 message + " Set frontend.on_no_face = 'skip' (with data.on_bad_sample = 'skip') "
                 "or 'center' to go on."
             )
-        raise DataError(message + " Skipped: set data.on_bad_sample = 'skip' to continue.")
+        raise DataError(  # a bad sample: skipped under --on-bad-sample skip, else an error
+            message + " It is a bad sample (frontend.on_no_face = 'skip'): `train` and "
+            "`embed` leave it out with --on-bad-sample skip; frontend.on_no_face = 'center' "
+            "crops the image's centre instead."
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_cache": {}}
