@@ -10,6 +10,7 @@ from itertools import combinations
 from pathlib import Path
 
 import helpers
+import numpy as np
 import pytest
 
 from metaemb.core.errors import DataError
@@ -545,3 +546,16 @@ def test_trials_make_writes_a_plugins_format_and_refuses_one_without_write(
         assert code == 2 and says in text, text
         assert "formats that can be written: greedy-test, kaldi, lfw, voxceleb." in text
         assert not (tmp_path / "x.txt").exists()
+
+
+def test_trial_labels_may_be_numpy_integers_but_not_floats():
+    """A plugin reading labels with numpy gives np.int64: accepted as 1/0; 1.0 is refused."""
+    from metaemb.core.errors import PluginError
+
+    got = tr.checked_trials(
+        [Trial(("a/1",), "a/2", np.int64(1)), Trial(["a/1"], "b/1", False)], "x"
+    )
+    assert got == [Trial(("a/1",), "a/2", 1), Trial(("a/1",), "b/1", 0)]
+    assert type(got[0].label) is int and type(got[1].enroll) is tuple
+    with pytest.raises(PluginError, match=r"x: trial 1 has label=1\.0"):
+        tr.checked_trials([Trial(("a/1",), "a/2", 1.0)], "x")

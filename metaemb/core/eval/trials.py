@@ -19,6 +19,7 @@ accuracy is then reported).
 from __future__ import annotations
 
 import abc
+import numbers
 import os
 import re
 import warnings
@@ -291,7 +292,9 @@ def checked_trials(trials: Any, who: str) -> list[Trial]:
         problem = _trial_problem(t)
         if problem:
             raise PluginError(f"{who}: trial {i} {problem}; {_TRIAL_HELP}")
-        out.append(t if isinstance(t.enroll, tuple) else Trial(tuple(t.enroll), t.test, t.label))
+        label = None if t.label is None else int(t.label)  # numpy integers too
+        same = isinstance(t.enroll, tuple) and type(t.label) in (int, type(None))
+        out.append(t if same else Trial(tuple(t.enroll), t.test, label))
     return out
 
 
@@ -321,7 +324,8 @@ def _trial_problem(t: Any) -> str:
         )
     if not all(isinstance(p, str) and p for p in (*t.enroll, t.test)):
         return f"has a path that is not a non-empty str ({t.enroll!r:.40}, {t.test!r:.40})"
-    if t.label is not None and (type(t.label) not in (int, bool) or t.label not in (0, 1)):
+    integral = isinstance(t.label, numbers.Integral)  # int, bool, numpy integers
+    if t.label is not None and (not integral or int(t.label) not in (0, 1)):
         return f"has label={t.label!r:.30}; a label is 1 (target), 0 (non-target) or None"
     return ""
 
