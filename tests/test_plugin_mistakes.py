@@ -352,14 +352,14 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
         return torch.as_tensor(np.asarray(raw)) + torch.randn(np.asarray(raw).shape)
 
     with pytest.warns(UserWarning, match=r"frontend 'none' \(plugin 'core'\) gave two different"):
-        component_checks.warn_if_frontend_varies(
+        component_checks.warn_if_not_deterministic(
             SimpleNamespace(folder=folder, frontend=noisy), cfg
         )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         steady = SimpleNamespace(folder=folder, frontend=IdentityFrontend(),
                                  features=SeriesFeatures())  # fmt: skip
-        component_checks.warn_if_frontend_varies(steady, cfg)
+        component_checks.warn_if_not_deterministic(steady, cfg)
 
     class EvalNoise(SeriesFeatures):  # the noise is not under `if train:`
         def prepare(self, raw, train):
@@ -369,7 +369,7 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
     noisy_eval = SimpleNamespace(folder=folder, frontend=IdentityFrontend(), features=EvalNoise())
     with pytest.warns(UserWarning, match=r"features 'series' \(plugin 'series-test'\) prepared "
                       r"the same file .* twice with train=False and gave two different"):  # fmt: skip
-        component_checks.warn_if_frontend_varies(noisy_eval, cfg)
+        component_checks.warn_if_not_deterministic(noisy_eval, cfg)
 
 
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):

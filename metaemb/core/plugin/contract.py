@@ -130,10 +130,12 @@ _NEEDS = {"point": EMBEDDING, "gme": GME, "any": ANY}
 Kinds = tuple[Kind, ...]
 
 
-def declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None:
-    """A component's `yields`/`accepts`, bound to its options; None when it declares nothing."""
-    value = entry.info.get(attr)
-    for source in (entry.factory, _returns(entry.factory)):
+def declaration(factory: Any, info: Mapping[str, Any], attr: str) -> Any:
+    """A component's `yields`/`accepts` as declared, unbound: given at registration, else on
+    the factory or the class it returns (a head's `output`, an objective's `needs`); None
+    when it declares nothing."""
+    value = info.get(attr)
+    for source in (factory, _returns(factory)):
         if value is not None or source is None:
             break
         value = getattr(source, attr, None)
@@ -141,6 +143,12 @@ def declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None:
             value = _NEEDS.get(str(source.output))
         elif value is None and attr == "accepts" and hasattr(source, "needs"):  # objectives…
             value = _NEEDS.get(str(source.needs))
+    return value
+
+
+def declared(entry: Any, attr: str, options: Mapping[str, Any]) -> Kinds | None:
+    """A component's `yields`/`accepts`, bound to its options; None when it declares nothing."""
+    value = declaration(entry.factory, entry.info, attr)
     if callable(value) and not isinstance(value, Kind):
         value = value(options)
     if value is None:

@@ -91,8 +91,9 @@ class Registry:
             _check_demo_version(name, factory, plugin)
         if self.kind != "modalities":
             what = f"{self.singular} '{name}'"
-            _check_option_defaults(what, factory, plugin)
-            _check_declared_options(what, factory, plugin, info)
+            options = _options(factory)
+            _check_option_defaults(what, options, plugin)
+            _check_declared_options(what, factory, plugin, info, options)
             _warn_unreachable_context(self.kind, what, factory, plugin)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
@@ -181,16 +182,23 @@ def _check_demo_version(name: str, factory: Any, plugin: str) -> None:
         )
 
 
-def _check_option_defaults(what: str, factory: Any, plugin: str) -> None:
+def _options(factory: Any) -> dict[str, Any]:
+    """The factory's options, read once for every registration check ({} when it has no
+    inspectable signature: nothing to check)."""
+    from metaemb.core.plugin.options import options_of
+
+    try:
+        return options_of(factory)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _check_option_defaults(what: str, options: dict[str, Any], plugin: str) -> None:
     """Each option's default must be a value of its own annotation: `size: int = "64"` would
     pass every run a string that no --set could give (a user's "64" is refused)."""
     from metaemb.core.errors import ConfigError
-    from metaemb.core.plugin.options import _EMPTY, coerce, options_of
+    from metaemb.core.plugin.options import _EMPTY, coerce
 
-    try:
-        options = options_of(factory)
-    except (TypeError, ValueError):  # no inspectable signature: nothing to check
-        return
     for key, option in options.items():
         if option.default is _EMPTY or option.default is None:
             continue
@@ -204,21 +212,15 @@ def _check_option_defaults(what: str, factory: Any, plugin: str) -> None:
             ) from None
 
 
-def _check_declared_options(what: str, factory: Any, plugin: str, info: dict[str, Any]) -> None:
-    """Each `Opt("name")` in a `yields`/`accepts` declaration must name an option of the
-    component: a misspelt one would bind to None and silently switch its check off."""
-    from metaemb.core.plugin.contract import Kind, Opt, _returns
-    from metaemb.core.plugin.options import options_of
+def _check_declared_options(
+    what: str, factory: Any, plugin: str, info: dict[str, Any], options: dict[str, Any]
+) -> None:
+    """A `yields`/`accepts` declaration must be Kinds, and each `Opt("name")` in it must name
+    an option of the component: a misspelt one would bind to None and switch its check off."""
+    from metaemb.core.plugin.contract import Kind, Opt, declaration
 
-    try:
-        options = options_of(factory)
-    except (TypeError, ValueError):
-        return
     for attr in ("yields", "accepts"):
-        value = info.get(attr)
-        for source in (factory, _returns(factory)):
-            if value is None and source is not None:
-                value = getattr(source, attr, None)
+        value = declaration(factory, info, attr)
         if value is None or (callable(value) and not isinstance(value, Kind)):
             continue  # undeclared, or computed from the options (a callable)
         kinds = (value,) if isinstance(value, Kind) else value

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.config import CHOICE_FIELDS, COMPONENT_SECTIONS, Config
+from metaemb.core.data.dataset import check_lengths_fit
 from metaemb.core.data.embed import non_finite_rows, row_files
 from metaemb.core.errors import ConfigError, MetaembError, first_few
 from metaemb.core.plugin.manager import registry
@@ -82,8 +83,6 @@ def check_first_batch(
                 "point tensor (float32)."
             )
         if isinstance(flen, Tensor) and flen.numel() == len(f):
-            from metaemb.core.data.dataset import check_lengths_fit
-
             check_lengths_fit(flen, f, f"{feats_name}: forward")
         peak = float(f.detach().abs().max()) if f.numel() else 0.0
         if peak > LARGE_INPUT:  # unscaled 16-bit data, say
@@ -240,7 +239,7 @@ def _not_plain(value: Any, where: str) -> str | None:
     return f"{where} is a {type(value).__module__}.{type(value).__name__}"
 
 
-def warn_if_frontend_varies(parts: Any, config: Config) -> None:
+def warn_if_not_deterministic(parts: Any, config: Config) -> None:
     """A frontend must be deterministic (its output may be cached, and evaluation must give one
     answer), and so must the features' evaluation-time `prepare(raw, train=False)`: run each
     twice on the first sample and warn, by name, when the two differ. A sample that cannot be

@@ -117,7 +117,7 @@ class Trainer:
         self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
         self.model = self.parts.model.to(self.device)
         component_checks.check_input_spec(self.model.features, cfg)  # saved in every checkpoint
-        component_checks.warn_if_frontend_varies(self.parts, cfg)
+        component_checks.warn_if_not_deterministic(self.parts, cfg)
         head_output = self.model.head.output
         self.objective = build("objectives", cfg.train.objective, cfg.options("objective"))
         needs = self.objective.needs
