@@ -4,8 +4,10 @@ gallery, and `metaemb enroll` / `metaemb identify` end to end on a tiny trained 
 
 from __future__ import annotations
 
+import csv
 import math
 import re
+import shutil
 
 import helpers
 import pytest
@@ -269,7 +271,6 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
 def trained(tmp_path_factory):
     """(tiny face data, enroll folder: 3 identities × 3 images, probe folder: their other 2
     images + 2 of an identity never enrolled, a run trained 1 epoch)."""
-    import shutil
     import sys
 
     from metaemb import cli
@@ -294,8 +295,9 @@ def trained(tmp_path_factory):
         shutil.copy(faces / f"id0004/00{j}.png", probes / f"id0005/00{j}.png")
     runs = base / "runs"
     args = ["train", "--modality", "face", "--data", faces, "--runs", runs, "--workers", "0"]
-    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "eval.max_targets=30",
-              "eval.nontargets=30", "features.image_size=32", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
+    # Aligned with the landmark table each folder holds (identify looks for it under the root).
+    for s in ("train.epochs=1", "train.batch_size=16", "model.dim=16", "model.frontend=align",
+              "eval.max_targets=30", "eval.nontargets=30", "features.image_size=32", f"data.cache_dir={base / 'cache'}"):  # fmt: skip
         args += ["--set", s]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["metaemb", *map(str, args)])
@@ -382,6 +384,15 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     [row] = [r.split("\t") for r in res_path.read_text().splitlines()[1:]]
     assert row[1] == "" and float(row[4]) == pytest.approx(float(want[7].max()), abs=1e-4)
 
+    # Probes from two roots: the landmark table is looked for under their common folder, which
+    # the error names, with the option that sets the root.
+    other = tmp_path / "elsewhere" / "id0001"
+    other.mkdir(parents=True)
+    shutil.copy(probes / "id0001/003.png", other / "003.png")
+    code, _, err = run_cli([*args, "--probe", other / "003.png", "--workers", "0"], capsys)
+    assert code == 2 and "landmarks.csv" in err, err
+    assert "The data root was taken as" in err and "--data ROOT sets it" in err
+
     # Probing with the enrolled samples themselves: said (each scores against itself).
     with pytest.warns(UserWarning, match=r"9 of the 9 probes are samples enrolled in the gallery"):
         code, out, err = run_cli(["identify", run, "--gallery", path, "--data", enroll,
@@ -445,14 +456,19 @@ def test_gme_results_file_and_table(tmp_path):
 def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):
     """Folder names may hold a comma or end in a blank; --identities (split at commas, trimmed)
     cannot name them, --identities-file (one per line, exact) can, for enroll and unenroll."""
-    import shutil
 
     enroll, _, run = trained
     data = tmp_path / "data"
     odd = ["Smith, John", "trailing ", "id0002"]
     for name, src in zip(odd, ("id0000", "id0001", "id0002"), strict=True):
         shutil.copytree(enroll / src, data / name)
-    shutil.copy(enroll / "landmarks.csv", data / "landmarks.csv")
+    rows = list(csv.reader((enroll / "landmarks.csv").open(encoding="utf-8")))
+    renamed = {"id0000": "Smith, John", "id0001": "trailing "}
+    for row in rows[1:]:  # the renamed folders' entries (a quoted path holds the comma)
+        identity, rest = row[0].split("/", 1)
+        row[0] = f"{renamed.get(identity, identity)}/{rest}"
+    with (data / "landmarks.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
     names = tmp_path / "names.txt"
     names.write_text("Smith, John\ntrailing \n", encoding="utf-8")
     path = tmp_path / "g.pt"

@@ -106,7 +106,10 @@ def identify_probes(
     folder = loaded.parts.folder
     indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))
     _warn_enrolled_probes(g, [(folder.root / folder.samples[i].path) for i in indices])
-    emb = loaded.embed(folder, indices, workers)
+    from metaemb.core.eval.collect import naming_inferred_root
+
+    with naming_inferred_root(root, "--data ROOT" if data is None else None):
+        emb = loaded.embed(folder, indices, workers)
     sc = _scorer(loaded, scorer)
     backend = "faiss" if faiss else "torch"
     result = g.search(emb, k=top_k, scorer=sc, threshold=threshold, p_new=p_new, backend=backend)

@@ -10,10 +10,12 @@ folder, or the folder's `identity_of` for nested layouts such as `u001/forgery/f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, DatasetError
 from metaemb.core.eval.retrieval import Collection
 
 
@@ -94,6 +96,22 @@ def load_for_files(
     return loaded
 
 
+@contextmanager
+def naming_inferred_root(root: Path, flag: str | None) -> Iterator[None]:
+    """A whole-dataset file (a table kept under the data root) that loose files could not find
+    is looked for under the root inferred from them: say so, and which option sets it (`flag`;
+    None when the user gave the root)."""
+    try:
+        yield
+    except DatasetError as exc:
+        if flag is None:
+            raise
+        raise DatasetError(
+            f"{exc} (The data root was taken as '{root}', the files' common folder two levels "
+            f"up; {flag} sets it.)"
+        ) from None
+
+
 def _note_own_naming(factory: Any, name: str) -> None:
     """Without --root a loose file's identity is its folder's name; a run's folder that names
     identities its own way (`identity_of`: `u001/forgery`) would name them otherwise: say so."""
@@ -156,6 +174,7 @@ def embed_inputs(
 
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
+    flag = None  # the root was given (a folder, or --root)
     if len(inputs) == 1 and inputs[0].is_dir():
         if root is not None:
             raise DataError("--root is for sample files; a folder is its own root.")
@@ -171,9 +190,11 @@ def embed_inputs(
         loaded = load_for_files(Path(checkpoint), inputs, device, root)
         folder = loaded.parts.folder
         paths = [str(p) for p in inputs]
+        flag = "--root DIR" if root is None else None
     identities = [s.identity for s in folder.samples]
     if skip_bad:
-        emb, kept, bad = loaded.embed_skipping(folder, None, workers)
+        with naming_inferred_root(folder.root, flag):
+            emb, kept, bad = loaded.embed_skipping(folder, None, workers)
         if bad:
             import warnings
 
@@ -188,7 +209,8 @@ def embed_inputs(
         order = kept.tolist()
         paths, identities = [paths[i] for i in order], [identities[i] for i in order]
     else:
-        emb = loaded.embed(folder, None, workers)
+        with naming_inferred_root(folder.root, flag):
+            emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(folder.root)
     return Collection(paths, identities, emb, meta)
