@@ -462,6 +462,13 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     odd = ["Smith, John", "trailing ", "id0002"]
     for name, src in zip(odd, ("id0000", "id0001", "id0002"), strict=True):
         shutil.copytree(enroll / src, data / name)
+    path = tmp_path / "g.pt"
+    args = ["enroll", run, "--gallery", path, "--data", data, "--workers", "0"]
+    shutil.copy(enroll / "landmarks.csv", data / "landmarks.csv")  # the old folder names
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "the landmark file has no entry for" in err and "Smith, John" in err
+    assert "on_no_face = 'center'" in err and "Fix or remove the file" in err
+    assert err.count("--on-bad-sample skip") == 1 and not path.exists()
     rows = list(csv.reader((enroll / "landmarks.csv").open(encoding="utf-8")))
     renamed = {"id0000": "Smith, John", "id0001": "trailing "}
     for row in rows[1:]:  # the renamed folders' entries (a quoted path holds the comma)
@@ -471,8 +478,6 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
         csv.writer(f).writerows(rows)
     names = tmp_path / "names.txt"
     names.write_text("Smith, John\ntrailing \n", encoding="utf-8")
-    path = tmp_path / "g.pt"
-    args = ["enroll", run, "--gallery", path, "--data", data, "--workers", "0"]
     code, _, err = run_cli([*args, "--identities-file", names], capsys)
     assert code == 0, err
     assert Gallery.load(path).identities == ["Smith, John", "trailing "]

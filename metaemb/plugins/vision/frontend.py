@@ -158,9 +158,8 @@ class AlignFrontend(Frontend):
                 "or 'center' to go on."
             )
         raise DataError(  # a bad sample: skipped under --on-bad-sample skip, else an error
-            message + " It is a bad sample (frontend.on_no_face = 'skip'): `train` and "
-            "`embed` leave it out with --on-bad-sample skip; frontend.on_no_face = 'center' "
-            "crops the image's centre instead."
+            message + " frontend.on_no_face = 'center' would crop the image's centre instead "
+            "(with on_bad_sample='skip' it is skipped)."
         )
 
     def __getstate__(self) -> dict[str, Any]:
