@@ -168,3 +168,20 @@ def test_image_sizes_outside_8_to_4096_are_refused_by_name(size):
         ConfigError, match=r"'features.image_size' is out of range \(8 ≤ image_size ≤ 4096"
     ):
         build("features", "image", {"image_size": size})
+
+
+def test_image_features_take_grey_uint8_and_refuse_other_values_naming_the_image_kind():
+    """Grey pixels are repeated to three channels, from a tensor or an array alike; floats and
+    16-bit arrays are refused (a cast would wrap or zero them) with what the kind is."""
+    from metaemb.plugins.vision.features import to_uint8_chw
+
+    grey = torch.arange(20, dtype=torch.uint8).reshape(4, 5)
+    for raw in (grey, grey[None], grey.numpy()):
+        out = to_uint8_chw(raw)
+        assert out.shape == (3, 4, 5) and torch.equal(out[2], grey)
+    bad = (torch.rand(1, 4, 5), np.full((4, 5), 300, np.uint16), np.random.rand(4, 5, 3))
+    for raw in bad:
+        with pytest.raises(DataError, match=r"expect uint8 pixels.*an `image` sample folder"):
+            to_uint8_chw(raw)
+    with pytest.raises(DataError, match=r"3 channels first; got a tensor of shape \(4, 5, 1\)"):
+        to_uint8_chw(grey[..., None])

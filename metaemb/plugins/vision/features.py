@@ -28,24 +28,46 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
+#: what an `image` sample folder hands the image features, for the messages below
+IMAGE_KIND = (
+    "an `image` sample folder gives uint8 pixels as a tensor [3, H, W] (or [1, H, W] / [H, W], "
+    "repeated to 3 channels), a PIL image or an [H, W(, 3)] uint8 array"
+)
+
+
 def to_uint8_chw(raw: Any) -> Tensor:
-    """Accept a uint8 tensor [3, H, W], a PIL image or an HWC uint8 array; return [3, H, W] uint8."""
+    """Accept a uint8 tensor [3, H, W] (grey: [1, H, W] or [H, W]), a PIL image or an HWC uint8
+    array; return [3, H, W] uint8."""
     if isinstance(raw, Image.Image):
         raw = np.asarray(raw.convert("RGB"))
     if isinstance(raw, np.ndarray):
+        if raw.dtype != np.uint8:
+            raise DataError(
+                f"image features expect uint8 pixels; got a {raw.dtype} array: {IMAGE_KIND}"
+            )
         if raw.ndim == 2:
             raw = np.repeat(raw[:, :, None], 3, axis=2)
-        raw = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        if raw.ndim != 3:
+            raise DataError(f"image features got an array of shape {raw.shape}: {IMAGE_KIND}")
+        raw = torch.from_numpy(np.array(raw, copy=True)).permute(2, 0, 1)
+    if isinstance(raw, Tensor) and raw.ndim == 2:
+        raw = raw.unsqueeze(0)
     if not isinstance(raw, Tensor) or raw.ndim != 3:
-        raise DataError(f"image features expect an RGB image [3, H, W]; got {type(raw).__name__}.")
+        shown = f"shape {tuple(raw.shape)}" if isinstance(raw, Tensor) else type(raw).__name__
+        raise DataError(f"image features got {shown}: {IMAGE_KIND}")
     if raw.shape[0] == 1:
         raw = raw.expand(3, -1, -1)
     if raw.shape[0] != 3:
         raise DataError(
-            f"image features expect 3 channels; got a tensor of shape {tuple(raw.shape)}."
+            f"image features expect 3 channels first; got a tensor of shape {tuple(raw.shape)}: "
+            f"{IMAGE_KIND}"
         )
     if raw.dtype != torch.uint8:
-        raise DataError(f"image features expect uint8 pixels; got {raw.dtype}.")
+        raise DataError(
+            f"image features expect uint8 pixels; got {raw.dtype}: {IMAGE_KIND}. A folder that "
+            "loads other values (floats, 16-bit scans) converts them to uint8, or declares its "
+            "own Kind for features that take them (docs/plugins.md)."
+        )
     return raw
 
 
