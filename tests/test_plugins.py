@@ -539,3 +539,41 @@ def test_plugin_registered_reports_a_module_implementing_no_hook(monkeypatch):
         plugins.plugin_registered(module, "in-process-undecorated"),
     ):
         pass
+
+
+def test_identities_named_like_parts_of_a_person_get_a_subject_of_hint(tmp_path):
+    """`p003_left`, `p003_right` with the default subject (the whole name) may fall on both
+    sides of the split: said, naming subject_of; a folder whose subject_of groups them, and
+    names like LFW's (a last name per person), are not warned about."""
+    import warnings
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import SampleFolder
+
+    class Hands(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = (".npy",)
+
+        def load(self, path):
+            return np.load(path)
+
+    for name in [f"p{i:03d}_{h}" for i in range(6) for h in ("left", "right")]:
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "a.npy", np.zeros(3))
+    with pytest.warns(UserWarning, match=r"12 identities of .* look like parts of 6 persons "
+                      r"\('p000_left', 'p000_right'\).*needs a subject_of"):  # fmt: skip
+        Hands(tmp_path).split(0.25)
+
+    class Persons(Hands):
+        def subject_of(self, identity):
+            return identity.rsplit("_", 1)[0] if identity.startswith("p0") else identity
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Persons(tmp_path).split(0.25)
+        lfw = tmp_path / "lfw"
+        for name in ("Ann_Smith", "Bob_Jones", "Colin_Powell", "Tony_Blair", "G_W_Bush"):
+            (lfw / name).mkdir(parents=True)
+            np.save(lfw / name / "a.npy", np.zeros(3))
+        Hands(lfw).split(0.4)

@@ -17,6 +17,7 @@ Every skip is counted and reported once as a warning naming the first few paths.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,3 +154,31 @@ def warn_same_looking(identities: Sequence[str], root: Path) -> None:
                 stacklevel=3,
             )
             return
+
+
+_PART = re.compile(r"^(.*[^_\-.])[_\-.]([^_\-.]+)$")
+
+
+def warn_parts_of_one_subject(identities: Sequence[str], where: str) -> None:
+    """Identities named `<person><sep><part>` from a few parts (`p003_left`, `p003_right`) are
+    most likely parts of one person; with the default subject (the whole name) the split may
+    put a person's parts on both sides, so say how to keep them together."""
+    stems: dict[str, list[str]] = {}
+    parts: set[str] = set()
+    for name in identities:
+        m = _PART.match(name)
+        if m is None:
+            return
+        stems.setdefault(m.group(1), []).append(name)
+        parts.add(m.group(2))
+    grouped = [names for names in stems.values() if len(names) > 1]
+    if not 2 <= len(parts) <= 6 or sum(map(len, grouped)) < 0.8 * len(identities):
+        return
+    warnings.warn(
+        f"the {len(identities)} identities of {where} look like parts of {len(stems)} "
+        f"persons ({first_few(grouped[0], 2)}): the "
+        "train/validation split keeps each identity's samples together, not each person's. "
+        "If they are parts of one person, the sample folder needs a subject_of that names the "
+        "person (docs/plugins.md), so a person is never on both sides.",
+        stacklevel=3,
+    )

@@ -18,7 +18,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from metaemb.core.data.scan import ScanState, scan_identity, warn_same_looking, warn_skipped
+from metaemb.core.data.scan import (
+    ScanState,
+    scan_identity,
+    warn_parts_of_one_subject,
+    warn_same_looking,
+    warn_skipped,
+)
 from metaemb.core.errors import DataError, PluginError, first_few
 from metaemb.core.plugin.contract import Kind
 
@@ -177,6 +183,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         for name in self.identities:  # sorted, so subjects come in a fixed order
             subjects.setdefault(self._checked_subject(name), []).append(name)
         groups = list(subjects.values())
+        if len(groups) == self.num_identities:  # one identity per subject: maybe by default
+            warn_parts_of_one_subject(self.identities, f"data folder '{self.root}'")
         n_val = max(2, round(len(groups) * val_fraction))
         if len(groups) - n_val < 2:
             what = "identities" if len(groups) == self.num_identities else "subjects"
