@@ -388,6 +388,9 @@ def demo_data(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="generator option, e.g. identities=40")
     ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="another draw of the dataset (training's is the default)")
+    ] = None,
 ) -> None:
     """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""
     from metaemb.core.config import parse_set
@@ -404,8 +407,12 @@ def demo_data(
         raise ConfigError(f"modality '{modality}' has no built-in demo dataset.")
     items = dict(parse_set(s) for s in set_ or [])  # `demo.identities=2`, as train takes it, too
     items = {k.removeprefix("demo."): v for k, v in items.items()}
+    if "seed" in items:
+        from metaemb.core.errors import ConfigError
+
+        raise ConfigError("the demo dataset's seed is not a --set option: use --seed N.")
     opts = validate_options("demo_data", name, items, "demo")
-    generate_demo(name, opts, out)
+    generate_demo(name, opts, out, seed)
     console.print(f"wrote the {modality} demo dataset to {out}", markup=False)
 
 

@@ -65,6 +65,19 @@ def test_demo_data_command_writes_an_identity_folder(tmp_path, capsys, monkeypat
     assert len(idents) == 3
     assert all(len(list(d.glob("*.png"))) == 2 for d in idents)
 
+    # --seed draws another dataset; --seed 0 is the default draw; seed is no --set option.
+    small = ["--set", "identities=3", "--set", "images_per_identity=2", "--set", "image_size=32"]
+    for seed in ("0", "1"):
+        args = ["demo-data", "--out", str(tmp_path / seed), "--seed", seed, *small]
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, err
+    same = (tmp_path / "0/id0001/001.png").read_bytes() == (out / "id0001/001.png").read_bytes()
+    other = (tmp_path / "1/id0001/001.png").read_bytes() != (out / "id0001/001.png").read_bytes()
+    assert same and other
+    args = ["demo-data", "--out", str(tmp_path / "s"), "--set", "seed=2", *small]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "use --seed N" in err
+
 
 def test_train_resume_fresh_and_evaluate(tiny_faces, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"

@@ -61,13 +61,21 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     return generate_demo(mod.demo_data, config.options("demo"), out)
 
 
-def generate_demo(name: str, options: dict[str, Any], out: Path) -> Path:
-    """Run demo-data factory `name` into `out`, then check it wrote there: a factory that
-    returns without writing, or writes elsewhere, is named instead of reported as done."""
-    out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
-    returned = build("demo_data", name, options, out=out)
+def generate_demo(name: str, options: dict[str, Any], out: Path, seed: int | None = None) -> Path:
+    """Run demo-data factory `name` into `out` (with `seed`, another draw of the dataset, for a
+    factory that takes one), then check it wrote there: a factory that returns without writing,
+    or writes elsewhere, is named instead of reported as done."""
+    from metaemb.core.plugin.options import _accepts
+
     entry = registry("demo_data").entry(name)
     who = f"demo-data factory '{name}' (plugin '{entry.plugin}')"
+    context: dict[str, Any] = {"out": out}
+    if seed is not None:
+        if "seed" not in _accepts(entry.factory):
+            raise ConfigError(f"{who} takes no seed (its parameter 'seed'): it draws one dataset.")
+        context["seed"] = seed
+    out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
+    returned = build("demo_data", name, options, **context)
     if isinstance(returned, (str, Path)) and Path(returned).resolve() != out.resolve():
         raise PluginError(
             f"{who} wrote to '{returned}', not to the folder it was given ('{out}'); a factory "
