@@ -23,7 +23,8 @@ from PIL import Image
 
 from metaemb import hookimpl
 from metaemb.core.eval import metrics
-from metaemb.core.eval.trials import read_scores, write_trials
+from metaemb.core.eval.scores_file import read_scores
+from metaemb.core.eval.trials import write_trials
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.plugins.vision.lfw import read_lfw_pairs

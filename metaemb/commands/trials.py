@@ -62,8 +62,9 @@ def make(
 ) -> None:
     """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""
     from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.trial_checks import check_listable
     from metaemb.core.eval.trial_generation import coverage, make_trials
-    from metaemb.core.eval.trials import check_listable, write_trials
+    from metaemb.core.eval.trials import write_trials
     from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
 

@@ -142,7 +142,7 @@ def agedb_names():
 
 
 def parse_scores(data: bytes) -> None:
-    from metaemb.core.eval.trials import read_scores
+    from metaemb.core.eval.scores_file import read_scores
 
     read_scores(write("scores.txt", data))
 

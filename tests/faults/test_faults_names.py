@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from faults_helpers import expect_error, png16
 
-from metaemb.core.eval.trials import read_scores, read_trials
+from metaemb.core.eval.scores_file import read_scores
+from metaemb.core.eval.trials import read_trials
 
 BAD_NAME = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
 

@@ -539,7 +539,7 @@ def test_agedb_on_identity_folders_with_protocol_options(tmp_path, faces, face_r
     sets = ["--protocol-set", "min_age_gap=20", "--protocol-set", "folds=3"]
     code, _, err = run_cli([*args, "--out", tmp_path / "e1", *sets], capsys)
     assert code == 0, err
-    from metaemb.core.eval.trials import read_scores
+    from metaemb.core.eval.scores_file import read_scores
     from metaemb.plugins.vision.protocols import parse_agedb_name
 
     trials, _ = read_scores(tmp_path / "e1" / "scores.txt")

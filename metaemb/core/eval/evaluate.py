@@ -24,6 +24,8 @@ from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
+from metaemb.core.eval.scores_file import write_scores
+from metaemb.core.eval.trial_checks import check_scorable, label_warning, mislabelled
 from metaemb.core.eval.trial_set import (
     TrialSet,
     default_out,
@@ -31,13 +33,7 @@ from metaemb.core.eval.trial_set import (
     protocol_trials,
     trial_folds,
 )
-from metaemb.core.eval.trials import (
-    check_scorable,
-    label_warning,
-    mislabelled,
-    read_trials,
-    write_scores,
-)
+from metaemb.core.eval.trials import read_trials
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry

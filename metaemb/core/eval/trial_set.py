@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from metaemb.core.errors import ConfigError, DataError
-from metaemb.core.eval.trials import TrialList, checked_trials, folds_of, relative_trials
+from metaemb.core.eval.trial_checks import checked_trials, relative_trials
+from metaemb.core.eval.trials import TrialList, folds_of
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
 

@@ -1,12 +1,16 @@
-"""Trial lists: the registry of text formats, reading, writing and scores files.
+"""Trial lists: the registry of text formats, reading and writing them.
 
-Seeded generation of trial lists and their coverage: core/eval/trial_generation.py.
+Checks on trials (paths inside the root, a plugin's trials well-formed, duplicates, labels):
+core/eval/trial_checks.py. The scores file: core/eval/scores_file.py. Seeded generation of trial
+lists and their coverage: core/eval/trial_generation.py.
 
 A trial-list format (registry "trial_formats", hook `register_trial_formats`) is a `TrialFormat`
-registered by the plugin that owns it (dataset formats live in the modality plugins); `read_trials`, `write_trials` and `detect_format` dispatch through that registry, so a
-plugin's format works wherever a built-in one does. Paths in a list are relative to the data
-root (several enrollment samples joined by ','); a path may not escape the root ('..', or an
-absolute path outside it): formats check each with `safe_path`.
+registered by the plugin that owns it (dataset formats live in the modality plugins);
+`read_trials`, `write_trials` and `detect_format` dispatch through that registry, so a plugin's
+format works wherever a built-in one does. Paths in a list are relative to the data root
+(several enrollment samples joined by ','); a path may not escape the root ('..', or an
+absolute path outside it): formats check each with `safe_path`, and `read_trials` checks a
+plugin format's result the same way.
 
 A protocol (registry "protocols") is a callable `(root: Path, trials: Path | None = None) ->
 list[Trial]` (both are context, never options): it reads (or generates) the trials of a dataset
@@ -19,17 +23,19 @@ accuracy is then reported).
 from __future__ import annotations
 
 import abc
-import numbers
-import os
-import re
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
-from metaemb.core.errors import DataError, PluginError, first_few
+from metaemb.core.errors import DataError, PluginError
+from metaemb.core.eval.trial_checks import (
+    checked_trials,
+    listable,
+    relative_trials,
+    safe_path,
+    warn_duplicates,
+)
 from metaemb.core.plugin.interfaces import Trial
 
 #: label words of lists that spell the label out (`enroll test target|nontarget`)
@@ -100,35 +106,6 @@ def _owner(name: str) -> str:
 
     formats_ = registry("trial_formats")
     return formats_.entry(name).plugin if name in formats_ else "?"
-
-
-# ---------------------------------------------------------------------------------------------
-# paths
-
-
-def safe_path(path: str, root: Path | None, where: str) -> str:
-    """`path` as a POSIX path relative to the data root; refuses '..' and paths outside root."""
-    if not path:
-        raise DataError(f"{where}: empty path.")
-    posix = path.replace("\\", "/")
-    if ".." in PurePosixPath(posix).parts:
-        raise DataError(f"{where}: path '{path}' escapes the data root with '..'.")
-    if PurePosixPath(posix).is_absolute() or PureWindowsPath(path).drive:
-        if root is None:
-            raise DataError(
-                f"{where}: absolute path '{path}' in a trial list; give the data root so it can "
-                "be checked, or write paths relative to the data root."
-            )
-        for base, full in (
-            (os.path.abspath(root), os.path.normpath(path)),
-            (os.path.realpath(root), os.path.realpath(path)),
-        ):
-            rel = os.path.relpath(full, base)
-            if not rel.startswith("..") and not os.path.isabs(rel) and rel != ".":
-                return PurePosixPath(Path(rel).as_posix()).as_posix()
-        raise DataError(f"{where}: path '{path}' lies outside the data root '{root}'.")
-    rel = PurePosixPath(posix).as_posix()
-    return rel[2:] if rel.startswith("./") else rel
 
 
 def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
@@ -278,58 +255,6 @@ def read_trials(
     return trials
 
 
-def checked_trials(trials: Any, who: str) -> list[Trial]:
-    """What a plugin's trial format or protocol returned, checked before anything is embedded:
-    a non-empty list of Trial whose enroll is a tuple of paths, test a path and label 1, 0 or
-    None. A str enroll would be read letter by letter, a label 'genuine' or 2 fail after the
-    embedding, naming neither the format nor its plugin."""
-    if not isinstance(trials, (list, tuple)):
-        raise PluginError(f"{who} returned {type(trials).__name__} {trials!r:.60}; {_TRIAL_HELP}")
-    if not trials:
-        raise DataError(f"{who} gave no trials.")
-    out = []
-    for i, t in enumerate(trials, 1):
-        problem = _trial_problem(t)
-        if problem:
-            raise PluginError(f"{who}: trial {i} {problem}; {_TRIAL_HELP}")
-        label = None if t.label is None else int(t.label)  # numpy integers too
-        same = isinstance(t.enroll, tuple) and type(t.label) in (int, type(None))
-        out.append(t if same else Trial(tuple(t.enroll), t.test, label))
-    return out
-
-
-def relative_trials(trials: list[Trial], root: Path | None, who: str) -> list[Trial]:
-    """Every path through `safe_path`, as the built-in formats do while reading: a plugin's
-    format or protocol gets the same refusals (`..`, outside the root) and the same
-    normalisation (an absolute path inside the root made relative)."""
-    out = []
-    for i, t in enumerate(trials, 1):
-        where = f"{who}, trial {i}"
-        enroll = tuple(safe_path(p, root, where) for p in t.enroll)
-        test = safe_path(t.test, root, where)
-        out.append(t if (enroll, test) == (t.enroll, t.test) else Trial(enroll, test, t.label))
-    return out
-
-
-_TRIAL_HELP = ("return a list of metaemb.core.Trial(enroll=(path, …), test=path, label=1|0|None) "
-               "with paths relative to the data root")  # fmt: skip
-
-
-def _trial_problem(t: Any) -> str:
-    if not isinstance(t, Trial):
-        return f"is {type(t).__name__} {t!r:.60}, not a Trial"
-    if isinstance(t.enroll, str) or not isinstance(t.enroll, (tuple, list)) or not t.enroll:
-        return (
-            f"has enroll={t.enroll!r:.60}; enroll is a non-empty tuple of paths, e.g. ('a/1.wav',)"
-        )
-    if not all(isinstance(p, str) and p for p in (*t.enroll, t.test)):
-        return f"has a path that is not a non-empty str ({t.enroll!r:.40}, {t.test!r:.40})"
-    integral = isinstance(t.label, numbers.Integral)  # int, bool, numpy integers
-    if t.label is not None and (not integral or int(t.label) not in (0, 1)):
-        return f"has label={t.label!r:.30}; a label is 1 (target), 0 (non-target) or None"
-    return ""
-
-
 def _sentence(text: str) -> str:
     text = text.rstrip()
     return text if text.endswith((".", "?", "!")) else text + "."
@@ -367,121 +292,9 @@ def join_enroll(paths: Sequence[str]) -> str:
     return ",".join(paths)
 
 
-_UNLISTABLE = re.compile(r"[\s,]")  # str.split() separators (Unicode whitespace) and ','
-
-
-def listable(path: str) -> bool:
-    """Whether `path` fits a whitespace-separated trial list: non-empty, no blank, no ',', and
-    not starting with '#' (a Kaldi or triplet line starting with it reads as a comment)."""
-    return bool(path) and not path.startswith("#") and _UNLISTABLE.search(path) is None
-
-
-def check_listable(paths: Sequence[str], where: str) -> None:
-    """Refuse, before any trial is made, sample paths whitespace-separated formats cannot hold."""
-    bad = [p for p in paths if not listable(p)]
-    if bad:
-        shown = first_few(bad, 3)
-        raise DataError(
-            f"{len(bad)} sample path(s) of {where} contain spaces or ',' or start with '#' "
-            f"({shown}); whitespace-separated trial lists separate columns by whitespace and "
-            "enrollment files by ',', and read a line starting with '#' as a comment, so they "
-            "cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
-            "Training, embedding, enrollment and `evaluate` on a run's own validation trials "
-            "accept such names."
-        )
-
-
-def _score_field(paths: Sequence[str]) -> str:
-    for p in paths:
-        if not p or any(c in p for c in "\t\n\r"):
-            raise DataError(f"cannot write path {p!r} in scores.txt (empty, or a tab or newline).")
-    return ",".join(paths)
-
-
-def check_scorable(trials: Sequence[Trial], where: str = "the trials") -> None:
-    """Refuse, before anything is embedded, trials whose paths scores.txt cannot hold, naming
-    how many and what to do."""
-    bad = sorted({p for t in trials for p in (*t.enroll, t.test) if not p or
-                  any(c in p for c in "\t\n\r")})  # fmt: skip
-    if bad:
-        raise DataError(
-            f"{len(bad)} sample path(s) of {where} hold a tab or a line break ({first_few(bad, 3)}"
-            "); scores.txt is tab-separated, one trial per line, so it cannot hold them. Rename "
-            "those files or folders. Training and embedding accept such names."
-        )
-
-
-def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
-    """Warn about trials listed twice (they count twice in every metric), pairs listed with
-    both labels (one of the two is wrong) and trials of a file against itself."""
-    seen: dict[tuple[frozenset[str], str], int | None] = {}
-    dups = contradictions = 0
-    first: str | None = None
-    for t in trials:
-        key = (frozenset(t.enroll), t.test)
-        if key in seen:
-            if seen[key] == t.label:
-                dups += 1
-            else:
-                contradictions += 1
-            first = first or f"{','.join(t.enroll)} {t.test}"
-        else:
-            seen[key] = t.label
-    if dups or contradictions:
-        warnings.warn(
-            f"{where}: {dups} duplicated trial(s) and {contradictions} trial(s) repeated with the "
-            f"opposite label (first: '{first}'); duplicates count twice in every metric and a "
-            "contradicted pair is wrong once. Clean the list.",
-            stacklevel=2,
-        )
-    selves = [t for t in trials if t.test in t.enroll]
-    if selves:
-        warnings.warn(
-            f"{where}: {len(selves)} trial(s) test a file against itself (first: "
-            f"'{','.join(selves[0].enroll)} {selves[0].test}'); such a trial is a perfect match "
-            "whatever the model, and flatters every target metric. Clean the list.",
-            stacklevel=2,
-        )
-
-
 def write_trials(path: str | Path, trials: Sequence[Trial], format: str, **options: Any) -> None:
     """Write `trials` in a registered format (options are the format's, e.g. a fold count)."""
     _format_or_error(format).write(Path(path), trials, **options)
-
-
-def write_scores(path: str | Path, trials: Sequence[Trial], scores: Sequence[float]) -> None:
-    """Four tab-separated columns `enroll test label score` (label target, nontarget or -),
-    atomically; tabs, so file names with spaces round-trip."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(trials) != scores.size:
-        raise DataError(f"{len(trials)} trials but {scores.size} scores.")
-    label = {1: "target", 0: "nontarget", None: "-"}
-    write_lines(
-        path,
-        [
-            f"{_score_field(t.enroll)}\t{_score_field([t.test])}\t{label[t.label]}\t{s:.9g}"
-            for t, s in zip(trials, scores.tolist(), strict=True)
-        ],
-    )
-
-
-def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
-    """Read a file written by write_scores (tab-separated; older space-separated files too)."""
-    path = Path(path)
-    inverse = {"target": 1, "nontarget": 0, "-": None}
-    trials, scores = [], []
-    for lineno, f in read_lines(path, tabs=True):
-        try:
-            if len(f) != 4 or f[2] not in inverse:
-                raise ValueError
-            scores.append(float(f[3]))
-        except ValueError:
-            raise DataError(
-                f"{path}:{lineno}: expected 'enroll test target|nontarget|- score', "
-                f"got {' '.join(f)!r}."
-            ) from None
-        trials.append(Trial(tuple(f[0].split(",")), f[1], inverse[f[2]]))
-    return trials, np.asarray(scores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,41 +311,4 @@ def default_file(root: Path, path: Path | None, names: Sequence[str], what: str)
     raise DataError(
         f"no {what} trial list given and none of {', '.join(names)} found in '{root}' or its "
         "parent; pass --trials FILE."
-    )
-
-
-def mislabelled(folder: Any, trials: list[Any]) -> list[tuple[Any, list[str]]]:
-    """Labelled trials whose label contradicts the folder's identities, each with the identities
-    of its files: a target trial between two identities, or a non-target trial within one (only
-    trials whose files all have a known identity). An inverted list scores as a chance-level
-    model, silently."""
-    identity = {s.path: s.identity for s in folder.samples}
-    wrong = []
-    for t in trials:
-        names = [identity.get(p) for p in (*t.enroll, t.test)]
-        if t.label not in (0, 1) or None in names:
-            continue
-        same = len(set(names)) == 1
-        if same != (t.label == 1):
-            wrong.append((t, list(dict.fromkeys(names))))
-    return wrong
-
-
-def label_warning(wrong: list[tuple[Any, list[str]]], total: int) -> str | None:
-    """The warning for trials labelled against the folder's identities, or None."""
-    if not wrong:
-        return None
-    shown = first_few(
-        (
-            f"{'target' if t.label == 1 else 'non-target'} {'+'.join(t.enroll)} {t.test} "
-            f"(identit{'ies' if len(names) > 1 else 'y'} {' ≠ '.join(names)})"
-            for t, names in wrong
-        ),
-        3,
-    )
-    return (
-        f"{len(wrong)} of the {total} trials are labelled against the identities the data folder "
-        f"gives their files (a target trial across two identities, or a non-target one within "
-        f"one: {shown}). Check the list's label column (1 or target = same identity); if the "
-        "folder's identities are not the list's, ignore this."
     )

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from metaemb.core.errors import DataError
+from metaemb.core.eval.trial_checks import safe_path
 from metaemb.core.eval.trial_generation import coverage, first_component
-from metaemb.core.eval.trials import KALDI_LABELS, looks_like_triplet, read_list_text, safe_path
+from metaemb.core.eval.trials import KALDI_LABELS, looks_like_triplet, read_list_text
 from metaemb.core.plugin.interfaces import Trial
 
 HEADER = "# triplets: anchor positive negative"

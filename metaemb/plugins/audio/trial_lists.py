@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from metaemb.core.errors import DataError
+from metaemb.core.eval.trial_checks import safe_path
 from metaemb.core.eval.trials import (
     LABEL_WORDS,
     TrialFormat,
@@ -20,7 +21,6 @@ from metaemb.core.eval.trials import (
     join_enroll,
     read_lines,
     read_trials,
-    safe_path,
     split_enroll,
     write_lines,
 )

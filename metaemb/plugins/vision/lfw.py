@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from metaemb.core.errors import DataError
-from metaemb.core.eval.trials import TrialFormat, TrialList, read_lines, safe_path, write_lines
+from metaemb.core.eval.trial_checks import safe_path
+from metaemb.core.eval.trials import TrialFormat, TrialList, read_lines, write_lines
 from metaemb.core.plugin.interfaces import Trial
 
 

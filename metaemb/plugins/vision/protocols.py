@@ -22,13 +22,8 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from metaemb.core.errors import ConfigError, DataError, first_few
-from metaemb.core.eval.trials import (
-    TrialList,
-    read_lines,
-    safe_path,
-    warn_duplicates,
-    write_trials,
-)
+from metaemb.core.eval.trial_checks import safe_path, warn_duplicates
+from metaemb.core.eval.trials import TrialList, read_lines, write_trials
 from metaemb.core.plugin.interfaces import Sample, Trial
 from metaemb.plugins.vision.folder import IMAGE_EXTENSIONS, ImageFolder
 from metaemb.plugins.vision.lfw import lfw_path, read_lfw_pairs
