@@ -143,6 +143,7 @@ def train(
             markup=False,
         )
     from metaemb.core.errors import MetaembError
+    from metaemb.core.runs import RunInProgress
     from metaemb.core.train.runlog import LoggingConsole
     from metaemb.core.train.workflows import config_callbacks
 
@@ -166,6 +167,8 @@ def train(
             from metaemb.commands.plot import after_training
 
             after_training(trainer.dir, out)
+    except RunInProgress:
+        raise  # another process trains this run: its folder and log are not ours to touch
     except MetaembError as exc:
         out.log_only(f"error: {exc}")
         if new_folder and trainer.dist.main:
@@ -186,12 +189,34 @@ def train(
 
 def _remove_unstarted_run(folder: Path) -> None:
     """A run folder this command created and that holds no trained epoch (a mistake stopped it
-    before training) is removed: such folders piled up unseen, one per configuration tried."""
+    before training) is removed: such folders piled up unseen, one per configuration tried.
+    Under the run's lock, so a folder another process has started training meanwhile stays."""
+    import contextlib
     import shutil
 
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.runs import LOCK_NAME, RunLock
+
     trained = ("last.pt", "best.pt", "metrics.jsonl")
-    if folder.is_dir() and not any((folder / name).exists() for name in trained):
-        shutil.rmtree(folder, ignore_errors=True)
+    if not folder.is_dir():
+        return
+    try:
+        lock = RunLock(folder).acquire()
+    except MetaembError:  # another process trains it now (or it cannot be written)
+        return
+    try:
+        if any((folder / name).exists() for name in trained):
+            return
+        for child in folder.iterdir():
+            if child.name != LOCK_NAME:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    with contextlib.suppress(OSError):  # empty unless another process started in it since
+        folder.rmdir()
 
 
 def distill(

@@ -269,3 +269,51 @@ def test_evaluate_after_the_training_folder_moved_says_so(tiny_faces, tmp_path, 
         ["evaluate", run, "--data", tmp_path / "moved", "--workers", "0"], capsys
     )
     assert code == 0, err
+
+
+def test_a_train_refused_by_the_lock_leaves_the_other_trainers_folder(
+    tiny_faces, tmp_path, capsys, monkeypatch
+):
+    """Two identical `train` commands at once: the one that finds the folder missing, then the
+    lock taken by the other, used to delete the other's live folder (lock and log included)
+    as an unstarted run of its own. It now touches nothing: no removal, no line in its log."""
+    from metaemb.core.runs import RunLock
+    from metaemb.core.train.engine import Trainer
+
+    original, held = Trainer.run, []
+
+    def racing(self):  # the other trainer creates the folder and locks it after this one looked
+        self.dir.mkdir(parents=True)
+        (self.dir / "config.toml").write_text("theirs\n")
+        held.append(RunLock(self.dir).acquire())
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run", racing)
+    code, _, err = run_cli(train_args(tiny_faces, tmp_path / "runs"), capsys, monkeypatch)
+    [run] = held
+    folder = run.path.parent
+    assert code == 2 and "run in progress" in err, err
+    assert (folder / "config.toml").read_text() == "theirs\n" and (folder / ".lock").exists()
+    assert not (folder / "train.log").exists()
+    run.release()
+
+
+def test_an_unstarted_run_is_removed_only_when_nobody_holds_it(tmp_path):
+    """A run folder a failed command created is removed, under the run's lock: not while
+    another process trains in it, and never once it holds a trained epoch."""
+    from metaemb.cli import _remove_unstarted_run
+    from metaemb.core.runs import RunLock
+
+    folder = tmp_path / "run-x"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.toml").write_text("x")
+    other = RunLock(folder).acquire()
+    _remove_unstarted_run(folder)
+    assert (folder / "config.toml").exists() and (folder / "sub").is_dir()
+    other.release()
+    (folder / "metrics.jsonl").write_text("{}\n")
+    _remove_unstarted_run(folder)
+    assert (folder / "config.toml").exists()
+    (folder / "metrics.jsonl").unlink()
+    _remove_unstarted_run(folder)
+    assert not folder.exists()

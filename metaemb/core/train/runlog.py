@@ -22,25 +22,38 @@ class LoggingConsole(Console):
         super().__init__(*args, **{"emoji": False, **kwargs})  # ':100:' in a path stays text
         self._log_file: TextIO | None = None
         self._log: Console | None = None
+        self._pending: tuple[Path, str] | None = None
 
     def open_log(self, path: Path, header: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_log
-        self._log = Console(file=self._log_file, color_system=None, width=100, soft_wrap=True,
-                            force_terminal=False, highlight=False, emoji=False)  # fmt: skip
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        self._log.print(f"==== {stamp} {header}", markup=False)
+        """Log to `path` from the first line written: a command refused before it wrote
+        anything (another process trains this run) leaves no trace in that run's log."""
+        self._pending = (path, header)
+
+    def _opened(self) -> Console | None:
+        if self._pending is not None:
+            path, header = self._pending
+            self._pending = None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - see close_log
+            self._log = Console(file=self._log_file, color_system=None, width=100,
+                                soft_wrap=True, force_terminal=False, highlight=False,
+                                emoji=False)  # fmt: skip
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self._log.print(f"==== {stamp} {header}", markup=False)
+        return self._log
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         super().print(*objects, **kwargs)
-        if self._log is not None:
-            self._log.print(*objects, **kwargs)
+        log = self._opened()
+        if log is not None:
+            log.print(*objects, **kwargs)
             self._log_file.flush()  # type: ignore[union-attr]
 
     def log_only(self, text: str) -> None:
         """A line for the log file only (e.g. the error the CLI prints on stderr)."""
-        if self._log is not None:
-            self._log.print(text, markup=False)
+        log = self._opened()
+        if log is not None:
+            log.print(text, markup=False)
             self._log_file.flush()  # type: ignore[union-attr]
 
     @contextlib.contextmanager
@@ -63,4 +76,4 @@ class LoggingConsole(Console):
     def close_log(self) -> None:
         if self._log_file is not None:
             self._log_file.close()
-        self._log_file, self._log = None, None
+        self._log_file, self._log, self._pending = None, None, None
