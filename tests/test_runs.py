@@ -73,3 +73,56 @@ def test_atomic_text_write(tmp_path):
     runs.atomic_write_text(p, "hello")
     assert p.read_text() == "hello"
     assert os.stat(p).st_mode & 0o777 == runs.FILE_MODE  # like open(), not mkstemp's 0600
+
+
+def test_temps_left_by_killed_writers_are_removed_at_the_next_write(tmp_path):
+    """A gallery or an export killed before its rename leaves `.<name>.<pid>.….tmp`; the next
+    write of that file removes those of dead processes, not a live writer's, not a fresh one,
+    and not those of other files."""
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    old = time.time() - 3600
+    names = {
+        "killed": f".g.pt.{dead}.ab12.tmp",
+        "live": f".g.pt.{os.getpid()}.cd34.tmp",
+        "fresh": f".g.pt.{dead}.ef56.tmp",
+        "other file": f".h.pt.{dead}.gh78.tmp",
+        "older metaemb, an hour": ".g.pt.x1y2z3.tmp",
+        "older metaemb, two days": ".g.pt.q9w8e7.tmp",
+    }
+    for what, name in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        age = {"fresh": 0, "older metaemb, two days": 2 * 86400}.get(what, 3600)
+        os.utime(tmp_path / name, (old, time.time() - age))
+    runs.atomic_write_bytes(tmp_path / "g.pt", b"new")
+    left = {what for what, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"live", "fresh", "other file", "older metaemb, an hour"}
+    assert (tmp_path / "g.pt").read_bytes() == b"new"
+
+
+def test_a_set_cut_short_among_its_renames_lacks_its_marker_rather_than_mixing(
+    tmp_path, monkeypatch
+):
+    """written_together renames the set in order, the last file (metrics.json) last, and
+    removes the previous marker first: a kill among the renames leaves new files without a
+    marker, never new scores beside old metrics."""
+    for name, text in (("scores.txt", "old"), ("metrics.json", "old")):
+        (tmp_path / name).write_text(text)
+    real, calls = os.replace, []
+
+    def killed_after_one(src, dst):
+        if calls:
+            raise KeyboardInterrupt  # the process dies here
+        calls.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt), runs.written_together():
+        runs.atomic_write_text(tmp_path / "scores.txt", "new")
+        runs.atomic_write_text(tmp_path / "metrics.json", "new")
+    assert (tmp_path / "scores.txt").read_text() == "new"
+    assert not (tmp_path / "metrics.json").exists()

@@ -81,7 +81,9 @@ def written_together() -> Iterator[None]:
     renames none: they are all renamed when the block ends, in the order written, or all
     removed when it raises. A set of outputs (metrics, scores, plots) is then replaced as a
     whole: a disk that fills up half-way leaves the previous set, not new metrics beside old
-    plots."""
+    plots. The file written last is the set's marker (metrics.json, an export's model): its
+    previous version is removed before the others are renamed and it is renamed last, so a
+    process killed among the renames leaves a set without its marker, never a mixed one."""
     pending: list[tuple[str, Path]] = []
     token = _deferred.set(pending)
     try:
@@ -92,8 +94,40 @@ def written_together() -> Iterator[None]:
         raise
     finally:
         _deferred.reset(token)
+    if len(pending) > 1:
+        pending[-1][1].unlink(missing_ok=True)
     for tmp, path in pending:
         os.replace(tmp, path)
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<pid>.`: a temp copy names the process writing it, so one left by a killed
+    process is told from one being written now (`remove_orphan_temps`)."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_orphan_temps(path: Path) -> None:
+    """Delete the temp copies of `path` that killed processes left beside it: an output written
+    again and again (a gallery, an export) would otherwise gather one full-size copy per kill.
+    A temp whose writer is alive, or that changed in the last minute (its writer may be
+    another machine sharing the folder), is left alone; one without a pid (an older metaemb)
+    once it is a day old."""
+    import glob
+    import time
+
+    def orphaned(name: str) -> bool:
+        writer = Path(name).name[len(path.name) + 2 :].split(".", 1)[0]
+        age = time.time() - os.path.getmtime(name)
+        if writer.isdigit():
+            return age > 60 and not _alive(int(writer))
+        return age > 86400
+
+    for name in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp"):
+        try:
+            if orphaned(name):
+                os.unlink(name)
+        except OSError:
+            continue
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -107,7 +141,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path = Path(os.path.realpath(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        remove_orphan_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as exc:
         if is_write_error(exc):
             raise output_error(exc, path, "file") from None

@@ -33,7 +33,7 @@ from metaemb.core.errors import MetaembError, suggest
 from metaemb.core.optional import require
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
-from metaemb.core.runs import atomic_write_bytes, atomic_write_text
+from metaemb.core.runs import atomic_write_bytes, atomic_write_text, written_together
 from metaemb.core.train.model import EmbeddingModel
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -485,7 +485,10 @@ def export(
             **extra_checks,
         },
     }
-    atomic_write_bytes(out, data)
     sidecar = out.with_name(out.name + ".json")
-    atomic_write_text(sidecar, json.dumps(info, indent=2, default=str, ensure_ascii=False) + "\n")
+    with written_together():  # the model last: a kill never pairs it with another's sidecar
+        atomic_write_text(
+            sidecar, json.dumps(info, indent=2, default=str, ensure_ascii=False) + "\n"
+        )
+        atomic_write_bytes(out, data)
     return Exported(out, sidecar, info)
