@@ -58,9 +58,14 @@ def test_read_voxceleb_and_kaldi(tmp_path):
     kaldi = write(tmp_path, "id1/a/1.wav id1/b/2.wav target\nu v nontarget\n", "trials")
     assert tr.detect_format(kaldi) == "kaldi"
     assert [t.label for t in tr.read_trials(kaldi)] == [1, 0]
+    # CN-Celeb's trials.lst: Kaldi's column order with 1/0 labels (not a triplet list).
+    cn = write(tmp_path, "id00800-enroll.flac id00800/a-01-001.flac 1\ne/x.flac id9/b.flac 0\n")
+    assert tr.detect_format(cn) == "cnceleb"
+    assert tr.read_trials(cn)[0] == Trial(("id00800-enroll.flac",), "id00800/a-01-001.flac", 1)
+    assert [t.label for t in tr.read_trials(cn)] == [1, 0]
 
 
-@pytest.mark.parametrize("fmt", ["voxceleb", "kaldi"])
+@pytest.mark.parametrize("fmt", ["voxceleb", "kaldi", "cnceleb"])
 def test_write_read_round_trip(tmp_path, fmt):
     trials = [Trial(("a/1.wav", "a/2.wav"), "b/1.wav", 0), Trial(("a/1.wav",), "a/3.wav", 1)]
     tr.write_trials(tmp_path / "t.txt", trials, fmt)
@@ -372,6 +377,8 @@ def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
         ("2 a/1.wav a/2.wav", "first field '2' reads as a label"),
         ("yes a/1.wav a/2.wav", "first field 'yes' reads as a label"),
         ("a/1.wav a/2.wav TARGET", "Kaldi's label 'TARGET' is written in lower case"),
+        ("label enroll test", "Line 1 looks like a header (column names, no path): remove it"),
+        ("enroll_path test_path is_target", "Line 1 looks like a header"),
     ],
 )
 def test_a_bad_label_on_the_first_line_is_named_not_taken_for_a_triplet(tmp_path, first, says):
@@ -546,7 +553,7 @@ def test_trials_make_writes_a_plugins_format_and_refuses_one_without_write(
                                        capsys)  # fmt: skip
         text = " ".join(err.split())
         assert code == 2 and says in text, text
-        assert "formats that can be written: greedy-test, kaldi, lfw, voxceleb." in text
+        assert "formats that can be written: cnceleb, greedy-test, kaldi, lfw, voxceleb." in text
         assert not (tmp_path / "x.txt").exists()
 
 

@@ -43,7 +43,7 @@ def make(
     format: Annotated[
         str | None,
         typer.Option(
-            help="a trial-list format that can be written: voxceleb, kaldi, lfw, a "
+            help="a trial-list format that can be written: voxceleb, kaldi, cnceleb, lfw, a "
             "plugin's [default: voxceleb]"
         ),
     ] = None,
@@ -148,7 +148,7 @@ def coverage_cmd(
         Path | None, typer.Option(help="data root, to check that paths stay inside it")
     ] = None,
     format: Annotated[
-        str, typer.Option(help="auto, voxceleb, kaldi, lfw or a plugin's format")
+        str, typer.Option(help="auto, voxceleb, kaldi, cnceleb, lfw or a plugin's format")
     ] = "auto",
 ) -> None:
     """How many trials, identities and samples a trial list (or a triplet list) touches

@@ -150,7 +150,17 @@ def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
 
 def looks_like_triplet(fields: Sequence[str]) -> bool:
     """A line of three paths (`anchor positive negative`), not a labelled pair."""
-    return len(fields) == 3 and fields[0] not in ("0", "1") and fields[2] not in KALDI_LABELS
+    labels = ("0", "1", *KALDI_LABELS)
+    return len(fields) == 3 and fields[0] not in labels and fields[2] not in labels
+
+
+def looks_like_header(fields: Sequence[str]) -> bool:
+    """A line of column names (`label enroll test`), not of paths: no field holds a '/' or a
+    '.', and none is a label."""
+    return all(
+        "/" not in f and "." not in f and f not in ("0", "1") and f.replace("_", "").isalpha()
+        for f in fields
+    )
 
 
 def detect_format(path: str | Path) -> str:
@@ -166,6 +176,9 @@ def detect_format(path: str | Path) -> str:
     scores = len(f) == 4 and f[2] in ("target", "nontarget")
     hint = " This looks like a scores.txt written by `metaemb evaluate`, not a trial list." if (
         scores) else ""  # fmt: skip
+    if not hint and looks_like_header(f):
+        hint = (f" Line {lineno} looks like a header (column names, no path): remove it; a trial "
+                "list starts with its first trial.")  # fmt: skip
     if not hint:
         hint = _label_hint(f)
     if not hint and looks_like_triplet(f):

@@ -82,10 +82,11 @@ def register_export_adapters(register: Register) -> None:
 
 @hookimpl
 def register_trial_formats(register: Register) -> None:
-    from metaemb.plugins.audio.trial_lists import KaldiTrials, VoxCelebList
+    from metaemb.plugins.audio.trial_lists import CnCelebTrials, KaldiTrials, VoxCelebList
 
     register("voxceleb", VoxCelebList, description="'label enroll test' (2 columns: unlabelled)")
     register("kaldi", KaldiTrials, description="'enroll test target|nontarget'")
+    register("cnceleb", CnCelebTrials, description="CN-Celeb's 'enroll test 1|0'")
 
 
 @hookimpl

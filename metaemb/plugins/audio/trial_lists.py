@@ -2,6 +2,7 @@
 
   voxceleb  `label enroll test`, label 1 = target, 0 = non-target (2 columns: unlabelled)
   kaldi     `enroll test target|nontarget`
+  cnceleb   `enroll test 1|0` (CN-Celeb's `trials.lst`: Kaldi's column order, VoxCeleb's labels)
 Paths are relative to the data root; several enrollment files are joined by ','. Both formats
 separate columns by whitespace, so they cannot hold paths with blanks (writing refuses them).
 """
@@ -38,7 +39,7 @@ class VoxCelebList(TrialFormat):
     """`label enroll test` (label 1 target, 0 non-target), or `enroll test` unlabelled."""
 
     detect_order = 30
-    example = "'label enroll test' (voxceleb)"
+    example = "'1|0 enroll test' (voxceleb)"
 
     def detect(self, fields: list[str]) -> bool:
         if len(fields) == 3:
@@ -101,6 +102,36 @@ class KaldiTrials(TrialFormat):
             if t.label is None:
                 raise DataError(f"Kaldi trial lists need labels; trial {e} {x} has none.")
             lines.append(f"{e} {x} {'target' if t.label else 'nontarget'}")
+        write_lines(path, lines)
+
+
+class CnCelebTrials(TrialFormat):
+    """CN-Celeb's `enroll test 1|0` (its eval/lists/trials.lst)."""
+
+    detect_order = 25  # after kaldi; '1 a 0' is a VoxCeleb line (its first field is a label)
+    example = "'enroll test 1|0' (cnceleb)"
+
+    def detect(self, fields: list[str]) -> bool:
+        return len(fields) == 3 and fields[2] in ("0", "1") and fields[0] not in ("0", "1")
+
+    def read(self, path: Path, root: Path | None) -> list[Trial]:
+        trials = []
+        for lineno, f in read_lines(path):
+            where = f"{path}:{lineno}"
+            if len(f) != 3 or f[2] not in ("0", "1"):
+                raise DataError(f"{where}: expected 'enroll test 1|0', got {' '.join(f)!r}.")
+            enroll, test = split_enroll(f[0], root, where), safe_path(f[1], root, where)
+            trials.append(Trial(enroll, test, int(f[2])))
+        return trials
+
+    def write(self, path: Path, trials: Sequence[Trial], **options: Any) -> None:
+        _no_options("cnceleb", options)
+        lines = []
+        for t in trials:
+            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            if t.label is None:
+                raise DataError(f"CN-Celeb trial lists need labels; trial {e} {x} has none.")
+            lines.append(f"{e} {x} {int(t.label)}")
         write_lines(path, lines)
 
 
