@@ -804,3 +804,18 @@ def test_untrustworthy_calibrations_are_named():
     assert "only 1 target and 1 non-target" in two[0] and "no finite optimum" in two[1]
     reversed_ = problems(non, tar)
     assert len(reversed_) == 1 and "reverse the score order" in reversed_[0]
+
+
+def test_a_list_relative_to_a_subfolder_of_the_data_names_that_subfolder(lfw, tmp_path, capsys):
+    """VoxCeleb1 unpacks as `VoxCeleb1/wav/<id>/…` beside its lists; `--data VoxCeleb1` misses
+    every file of the list, and the message says where they are."""
+    import shutil
+
+    data, run = lfw
+    shutil.copytree(data, tmp_path / "outer" / "wav")
+    a, b = (p.relative_to(data).as_posix() for p in sorted(data.glob("*/*.jpg"))[:2])
+    (tmp_path / "t.txt").write_text(f"1 {a} {b}\n")
+    args = ["evaluate", run, "--data", tmp_path / "outer", "--trials", tmp_path / "t.txt"]
+    code, _, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "named in the trials are not in" in err
+    assert f"They are under '{tmp_path / 'outer' / 'wav'}': pass --data" in err

@@ -89,7 +89,7 @@ def _left_out(folder: SampleFolder, missing: list[str]) -> str:
     run's folder options apply at evaluation too), or they lack the folder's extensions."""
     present = [p for p in missing if (Path(folder.root) / p).is_file()]
     if not present:
-        return ""
+        return _under_a_subfolder(Path(folder.root), missing)
     dropped = [p for p in present if folder.identity_of(p) is None]
     if dropped:
         return (
@@ -102,3 +102,16 @@ def _left_out(folder: SampleFolder, missing: list[str]) -> str:
         f". {len(present)} of them exist but are not samples of this folder (extensions "
         f"{', '.join(getattr(folder, 'extensions', ())) or '?'}, or hidden)"
     )
+
+
+def _under_a_subfolder(root: Path, missing: list[str]) -> str:
+    """The list's paths are relative to a folder inside the data root (VoxCeleb1 unpacks as
+    `VoxCeleb1/wav/<id>/…` beside its lists): name it."""
+    try:
+        subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return ""
+    for d in subs[:100]:
+        if all((d / p).is_file() for p in missing[:3]):
+            return f". They are under '{d}': pass --data {d}"
+    return ""
