@@ -819,3 +819,22 @@ def test_a_list_relative_to_a_subfolder_of_the_data_names_that_subfolder(lfw, tm
     code, _, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
     assert code == 2 and "named in the trials are not in" in err
     assert f"They are under '{tmp_path / 'outer' / 'wav'}': pass --data" in err
+
+
+def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, capsys):
+    """`--scorer asnorm` on a default speaker run (cosine with WCCN and adaptation) used to
+    normalise a plain cosine instead, three times worse, without a word: the run's scorer,
+    with its options, is now the base, and the output says so."""
+    from metaemb.core.deploy.loading import load_run
+
+    data, run, trials = voices
+    loaded = load_run(run, "cpu")
+    own = loaded.config.options("scorer")
+    assert loaded.config.eval.scorer == "cosine" and own.get("wccn") and own.get("adapt_mean")
+    scorer, needs_fit = loaded.scorer("asnorm")
+    assert needs_fit and (scorer.base.wccn, scorer.base.adapt_mean) == (True, True)
+    assert loaded.scorer("plda")[0] is not None  # a scorer without a base is built as before
+    args = ["evaluate", run, "--data", data, "--trials", trials, "--scorer", "asnorm"]
+    code, out, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    assert "fitting scorer 'asnorm' over the run's scorer 'cosine'" in out

@@ -135,7 +135,7 @@ class LoadedRun:
         gets its options and, when fitted during training (PLDA, s-norm), its saved state."""
         cfg = self.config
         name = name or cfg.eval.scorer
-        opts = cfg.options("scorer") if name == cfg.eval.scorer else {}
+        opts = cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
         check_scorer(cfg, name, opts)  # a GME scorer for a point-embedding run is refused here
         scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
         if not scorer.requires_fit:
@@ -145,6 +145,25 @@ class LoadedRun:
             scorer.load_state_dict(saved)
             return scorer, False
         return scorer, True
+
+    def normalising_own(self, name: str) -> dict[str, Any]:
+        """Options of scorer `name` when it normalises a base scorer (`--scorer asnorm`): the
+        run's own point scorer with its options as the base (a default speaker run's cosine
+        with WCCN and adaptation), so AS-norm goes on top of what the run scores with, as in
+        the field's recipes; {} when `name` takes no base or the run's scorer cannot be one."""
+        from metaemb.core.plugin.manager import registry
+        from metaemb.core.plugin.options import parts_of
+
+        cfg = self.config
+        own = cfg.eval.scorer
+        scorers = registry("scorers")
+        if "base" not in parts_of(scorers.get(name)) or "base" in parts_of(scorers.get(own)):
+            return {}
+        opts = {"base": {"name": own, **cfg.options("scorer")}}
+        try:
+            return validate_options("scorers", name, opts, "scorer")
+        except MetaembError:  # e.g. a GME run's scorer is no point scorer: the default base
+            return {}
 
 
 #: the hint a reader adds for training, where `--on-bad-sample skip` exists

@@ -136,8 +136,11 @@ class Evaluation:
         if not needs_fit:
             return scorer
         parts, train = self._run_training_split(loaded, name)
+        own = loaded.config.eval.scorer
+        over = f" over the run's scorer '{own}'" if loaded.normalising_own(name) else ""
         self.console.print(
-            f"fitting scorer '{name}' on the run's {len(train)} training samples ({parts.root}) …",
+            f"fitting scorer '{name}'{over} on the run's {len(train)} training samples "
+            f"({parts.root}) …",
             markup=False,
         )
         emb = loaded.embed(train, None, self.workers, parts=parts)
