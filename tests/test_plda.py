@@ -250,8 +250,14 @@ def test_a_fit_on_embeddings_that_barely_vary_within_an_identity_is_warned_about
     centres = torch.randn(6, 4, generator=g, dtype=torch.float64)
     labels = torch.arange(6).repeat_interleave(5)
     x = centres[labels] + 1e-7 * torch.randn(30, 4, generator=g, dtype=torch.float64)
-    with pytest.warns(UserWarning, match="PLDA is ill-conditioned"):
+    with pytest.warns(UserWarning, match="PLDA is ill-conditioned.*almost alike"):
         PLDA.fit(x, labels, iterations=2)
+    # Fewer samples than dimensions within identities (12 − 6 = 6 < 16): that cause is named.
+    wide = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    two = torch.arange(6).repeat_interleave(2)
+    few = wide[two] + 0.3 * torch.randn(12, 16, generator=g, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"6 within-identity degrees of freedom .* for 16 dim"):
+        PLDA.fit(few, two, iterations=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PLDA.fit(centres[labels] + 0.3 * torch.randn(30, 4, generator=g, dtype=torch.float64),

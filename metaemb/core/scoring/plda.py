@@ -196,7 +196,7 @@ class PLDA:
             b = _sym(b_acc / n_classes)
         history.append(_class_loglik(means, counts, scatter, b, w)[0])
         model = cls(mu, b, w, loglik=history)
-        warn_if_ill_conditioned(model.psi)
+        warn_if_ill_conditioned(model.psi, n_total - n_classes)
         return model
 
     # -- the diagonal space -----------------------------------------------------------------
@@ -216,20 +216,33 @@ class PLDA:
 ILL_CONDITIONED = 1e5  # between/within variance ratio past which LLRs are not evidence
 
 
-def warn_if_ill_conditioned(psi: Tensor) -> None:
+def warn_if_ill_conditioned(psi: Tensor, within_dof: int | None = None) -> None:
     """A direction in which the training embeddings of an identity barely vary (a collapsed
-    or barely trained model, near-duplicate samples) makes PLDA's LLRs astronomically large:
-    Cllr and any threshold on them are then meaningless."""
+    or barely trained model, near-duplicate samples, or fewer samples than dimensions) makes
+    PLDA's LLRs astronomically large: Cllr and any threshold on them are then meaningless.
+    `within_dof` (samples − identities) names the last cause when it is the cause."""
     ratio = float(psi.max()) if psi.numel() else 0.0
-    if ratio > ILL_CONDITIONED:
-        warnings.warn(
-            f"PLDA is ill-conditioned: in some direction the training embeddings vary "
-            f"{ratio:.2g} times more between identities than within one, so its LLRs will be "
-            "huge and overconfident. The model may embed samples almost alike (too little "
-            "training) or the training data hold near-duplicates; score with cosine, or train "
-            "longer.",
-            stacklevel=3,
+    if ratio <= ILL_CONDITIONED:
+        return
+    d = psi.numel()
+    if within_dof is not None and within_dof < d:
+        why = (
+            f"The training embeddings give {within_dof} within-identity degrees of freedom "
+            f"(samples − identities) for {d} dimensions, so their within-identity covariance "
+            f"is singular: fit on more samples per identity, or reduce the dimension below "
+            f"{within_dof} (scorer.lda_dim, or a smaller model.dim); or score with cosine."
         )
+    else:
+        why = (
+            "The model may embed samples almost alike (too little training) or the training "
+            "data hold near-duplicates; score with cosine, or train longer."
+        )
+    warnings.warn(
+        f"PLDA is ill-conditioned: in some direction the training embeddings vary "
+        f"{ratio:.2g} times more between identities than within one, so its LLRs will be "
+        f"huge and overconfident. {why}",
+        stacklevel=3,
+    )
 
 
 def diagonalise(within: Tensor, between: Tensor) -> tuple[Tensor, Tensor]:
