@@ -34,6 +34,11 @@ def test_embed_files_match_folder_rows(trained, tmp_path):
     assert len(coll) == 40 and len(probe) == 2
     assert probe.identities == [f.parent.name for f in files]
     assert probe.meta["model_digest"] == coll.meta["model_digest"]
+    # root is absolute and root / path names the file, for a folder and loose files alike
+    for c in (coll, probe):
+        assert Path(c.meta["root"]).is_absolute()
+        assert all((Path(c.meta["root"]) / p).is_file() for p in c.paths)
+    assert probe.paths == [f.relative_to(data).as_posix() for f in files]  # grandparent: data
     for f, row in zip(files, probe.embeddings, strict=True):
         i = coll.paths.index(f.relative_to(data).as_posix())
         torch.testing.assert_close(row, coll.embeddings[i], atol=1e-5, rtol=1e-5)
@@ -58,6 +63,7 @@ def test_embed_root_names_the_identities_of_files_in_nested_folders(trained, tmp
     by_parent, by_root = Collection.load(tmp_path / "a.pt"), Collection.load(tmp_path / "b.pt")
     assert by_parent.identities == ["session1", "session1"]
     assert by_root.identities == ["alice", "bob"]
+    assert by_root.paths == [f.relative_to(nested).as_posix() for f in files]
     torch.testing.assert_close(by_parent.embeddings, by_root.embeddings)
     code, out, err = helpers.run_cli([*base, tmp_path / "c.pt", "--root", data], capsys)
     assert code == 2 and "is not inside an identity folder of --root" in " ".join(

@@ -189,7 +189,7 @@ def embed_inputs(
             )
         loaded = load_for_files(Path(checkpoint), inputs, device, root)
         folder = loaded.parts.folder
-        paths = [str(p) for p in inputs]
+        paths = [s.path for s in folder.samples]  # relative to the root, as a folder's are
         flag = "--root DIR" if root is None else None
     identities = [s.identity for s in folder.samples]
     if skip_bad:
@@ -212,5 +212,5 @@ def embed_inputs(
         with naming_inferred_root(folder.root, flag):
             emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
-    meta["root"] = str(folder.root)
+    meta["root"] = str(Path(folder.root).resolve())  # `root / path` names every file
     return Collection(paths, identities, emb, meta)
