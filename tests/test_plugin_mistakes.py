@@ -311,16 +311,19 @@ def test_a_backbone_pooling_over_padding_is_warned_about(plugin, tmp_path, serie
 
 def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
     """Fixed-length training crops have no padding to compare; evaluation pads, so the check
-    pads a sample itself. A backbone that masks passes."""
+    pads a sample itself, also when collate gives lengths None as docs/plugins.md allows (the
+    check never ran then). A backbone that masks passes."""
     cfg = resolve("series", sets=["model.backbone=poolspadding"])
     x, lengths = torch.randn(4, 3, 12), torch.full((4,), 12)
     leaky = EmbeddingModel(SeriesFeatures(), PoolsPadding(), nn.Linear(8, cfg.model.dim))
-    with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
-        component_checks.check_first_batch(leaky, cfg, x, lengths)
+    for given in (lengths, None):  # None: a collate that says "nothing was padded"
+        with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
+            component_checks.check_first_batch(leaky, cfg, x, given)
     masked = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, cfg.model.dim))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        component_checks.check_first_batch(masked, resolve("series"), x, lengths)
+        for given in (lengths, None):
+            component_checks.check_first_batch(masked, resolve("series"), x, given)
 
 
 def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):

@@ -369,6 +369,17 @@ def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
     with pytest.warns(UserWarning, match="LFW folds hold equal numbers"):
         code, _, err = helpers.run_cli(args, capsys)
     assert code == 2 and "<name>/<name>_NNNN.jpg" in err
+    # A .png (or 1-digit) name would read back as another file: a self-pair, or a missing one.
+    (data / "Person_0" / "x.jpg").rename(data / "Person_0" / "Person_0_0001.jpg")
+    (data / "Person_1" / "Person_1_0001.jpg").rename(data / "Person_1" / "Person_1_0001.png")
+    with pytest.warns(UserWarning, match="LFW folds hold equal numbers"):
+        code, _, err = helpers.run_cli([*args, "--nontargets", "100"], capsys)
+    message = " ".join(err.split())
+    assert code == 2 and "would be read back as 'Person_1/Person_1_0001.jpg'" in message, err
+    for bad in ("Person_2/Person_2_1.jpg",):
+        with pytest.raises(DataError, match="would be read back as"):
+            lfw_format.lfw_lines([Trial((bad,), "Person_2/Person_2_0002.jpg", 1),
+                                  Trial(("A/A_0001.jpg",), "B/B_0001.jpg", 0)], folds=1)  # fmt: skip
 
 
 @pytest.mark.parametrize(

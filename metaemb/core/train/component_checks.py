@@ -189,13 +189,22 @@ def _warn_if_padding_leaks(
 ) -> None:  # fmt: skip
     """A padded batch must embed each sample as it would be alone (evaluation embeds
     utterances of every length together): compare the most padded sample with itself alone,
-    or, when training crops all have one length, the first sample with itself padded."""
-    if lengths is None or lengths.numel() < 1 or x.shape[-1] != int(lengths.max()):
+    or, when training crops all have one length, the first sample with itself padded.
+    A batch of one length may come with lengths None (nothing was padded): its first sample is
+    padded too when the features pass lengths on (sequences, not images)."""
+    unpadded = lengths is None
+    if unpadded:
+        if x.dim() < 3 or x.shape[0] < 1:
+            return
+        lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
+    if lengths.numel() < 1 or x.shape[-1] != int(lengths.max()):
         return
     if bool((lengths == x.shape[-1]).all()):  # fixed-length crops: pad one sample ourselves
         try:
             padded_in = torch.nn.functional.pad(x[:1], (0, max(1, x.shape[-1] // 4)))
             f, fl = model.features(padded_in, lengths[:1])
+            if unpadded and fl is None:  # features without lengths (images): not a sequence
+                return
             alone, batched = pooled[0].float(), backbone(f, fl)[0].float()
         except Exception:  # a plugin that cannot take this made-up batch: nothing to say
             return

@@ -94,6 +94,14 @@ def lfw_lines(trials: Sequence[Trial], folds: int = 10) -> list[str]:
                 "as LFW's, <name>/<name>_NNNN.jpg."
             )
         (na, ia), (nb, ib) = (m.groups() for m in parts)  # type: ignore[union-attr]
+        for path, name, number in ((t.enroll[0], na, ia), (t.test, nb, ib)):
+            if lfw_path(name, int(number)) != path:  # pairs.txt keeps a name and a number only
+                raise DataError(
+                    f"LFW trial {k + 1}: '{path}' would be read back as "
+                    f"'{lfw_path(name, int(number))}': pairs.txt names an image by its person "
+                    "and number only, so its files must be named <name>/<name>_NNNN.jpg (four "
+                    "digits, .jpg). Rename the files, or write another format (--format voxceleb)."
+                )
         if matched and na != nb:
             raise DataError(f"matched LFW trial {k + 1} compares '{na}' with '{nb}'.")
         if any(c.isspace() for c in na + nb):
