@@ -396,3 +396,22 @@ def test_cli_export_end_to_end(speaker_ckpt, tmp_path, capsys, monkeypatch):
     assert code == 2 and "unknown export format 'tflite'" in err
     code, _, err = run_cli(["export", str(tmp_path / "missing.pt")], capsys, monkeypatch)
     assert code == 2 and "missing.pt" in err
+
+
+def test_an_adapter_input_the_onnx_graph_dropped_is_named_not_a_traceback():
+    """A model that never reads `lengths` (fixed-size features) loses that input in ONNX; the
+    parity check fed it anyway and onnxruntime raised 'Invalid input name: lengths'."""
+    import io
+
+    from metaemb.core.deploy.export import ExportError, onnx_runner
+
+    class IgnoresLengths(torch.nn.Module):
+        def forward(self, x, lengths):
+            return x * 2
+
+    buf = io.BytesIO()
+    torch.onnx.export(IgnoresLengths(), (torch.randn(2, 3), torch.tensor([3, 3])), buf,
+                      dynamo=False, input_names=["signals", "lengths"])  # fmt: skip
+    with pytest.raises(ExportError, match=r"adapter 'x' \(plugin 'p'\) declares the input\(s\) "
+                       r"lengths, but the exported graph does not use them"):  # fmt: skip
+        onnx_runner(buf.getvalue(), ["signals", "lengths"], "export adapter 'x' (plugin 'p')")

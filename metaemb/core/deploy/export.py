@@ -343,9 +343,20 @@ def to_onnx(
     return data
 
 
-def onnx_runner(data: bytes, names: list[str]) -> Any:
+def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
+    """Runs the ONNX graph on the adapter's inputs; an input the graph dropped (the model never
+    reads it, e.g. lengths of fixed-size features) is named against the adapter."""
     ort = require("onnxruntime", "checking an ONNX export", ExportError)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    kept = {i.name for i in session.get_inputs()}
+    dropped = [n for n in names if n not in kept]
+    if dropped:
+        raise ExportError(
+            f"{adapter or 'the export adapter'} declares the input(s) {', '.join(dropped)}, but "
+            "the exported graph does not use them (the model never reads them with these "
+            "features), so ONNX left them out. Leave them out of the adapter's names, shapes "
+            "and example() when the input spec says so (e.g. no lengths for fixed-size inputs)."
+        )
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
         feed = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
@@ -444,7 +455,9 @@ def export(
     dim = int(shapes[0][1])
     if fmt == "onnx":
         data = to_onnx(module, kind, spec, opset, out_names)
-        worst = check_parity(onnx_runner(data, kind.names), module, kind, spec)
+        entry = registry("export_adapters").entry(spec.get("kind"))
+        adapter = f"export adapter '{spec.get('kind')}' (plugin '{entry.plugin}')"
+        worst = check_parity(onnx_runner(data, kind.names, adapter), module, kind, spec)
     else:
         data = to_torchscript(module, kind, spec)
         worst = check_parity(torchscript_runner(data), module, kind, spec)
