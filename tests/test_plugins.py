@@ -530,7 +530,10 @@ def test_a_demo_factory_that_writes_nothing_or_elsewhere_is_named(tmp_path, caps
     with plugins.plugin_registered(CarelessDemos(), "careless"):  # no seed to draw another set
         args = ["demo-data", "--modality", "careless-nowrite", "--out", tmp_path / "s", "--seed", 1]
         code, _, err = helpers.run_cli(args, capsys)
-        assert code == 2 and "(plugin 'careless') takes no seed" in err, err
+        assert (
+            code == 2
+            and "(plugin 'careless') has no parameter 'seed' for --seed; it draws one" in err
+        ), err
 
 
 def test_plugin_registered_reports_a_module_implementing_no_hook(monkeypatch):

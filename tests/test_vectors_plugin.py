@@ -78,3 +78,15 @@ def test_augmentations_are_checked_against_the_data_that_reaches_them():
         assert "take 'feature-matrix' (folder 'npy-matrix')" in str(err.value)
     speaker = resolve("speaker", sets=['train.augment=["noise", "specaugment"]'])
     assert speaker.train.augment == ["noise", "specaugment"]
+
+
+def test_demo_data_seed_names_the_generators_own_seed_option(tmp_path, capsys, monkeypatch):
+    """The vectors generator draws its data from an option `data_seed` (a demo generator's
+    `seed` is what --seed fills): --seed says which option to set instead of "no seed"."""
+    manager.reset()
+    args = ["demo-data", "--modality", "vectors", "--out", str(tmp_path / "v"), "--seed", "5"]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    message = " ".join(err.split())
+    assert (
+        code == 2 and "its option 'data_seed' draws another dataset: --set data_seed=5" in message
+    )

@@ -72,7 +72,12 @@ def generate_demo(name: str, options: dict[str, Any], out: Path, seed: int | Non
     context: dict[str, Any] = {"out": out}
     if seed is not None:
         if "seed" not in _accepts(entry.factory):
-            raise ConfigError(f"{who} takes no seed (its parameter 'seed'): it draws one dataset.")
+            from metaemb.core.plugin.options import options_of
+
+            own = [n for n in options_of(entry.factory) if "seed" in n]
+            how = (f"its option '{own[0]}' draws another dataset: --set {own[0]}={seed}" if own
+                   else "it draws one dataset")  # fmt: skip
+            raise ConfigError(f"{who} has no parameter 'seed' for --seed; {how}.")
         context["seed"] = seed
     out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
     returned = build("demo_data", name, options, **context)
