@@ -443,3 +443,17 @@ def test_distill_errors():
     # any registered point objective is a task, with its own options from a nested table
     arc = DistillObjective(task={"name": "arcface", "margin": 0.3}, kd="logits")
     assert type(arc.task).__name__ == "ArcFaceObjective" and arc.task.margin == 0.3
+
+
+def test_the_train_banner_names_the_scale_and_margin_a_margin_loss_uses():
+    """ArcFace's defaults differ between toolkits (InsightFace s=64, m=0.5; speaker recipes
+    s=30, m=0.2), and config.toml records only what was set: the banner says which are used."""
+    from metaemb.core.config import resolve
+    from metaemb.core.eval.summary import _objective
+
+    assert _objective(resolve("face")) == "softmax"
+    assert _objective(resolve("face", sets=["train.objective=arcface"])) == (
+        "arcface(scale=30, margin=0.2)"
+    )
+    chosen = ["train.objective=cosface", "objective.scale=64", "objective.margin=0.35"]
+    assert _objective(resolve("face", sets=chosen)) == "cosface(scale=64, margin=0.35)"

@@ -47,9 +47,26 @@ def describe_run(
         f"validation: {len(val)} samples of {val.num_identities} held-out identities, "
         f"{n_trials} trials)\n"
         f"  model: {m.frontend} → {m.features} → {m.backbone} → {m.head}({m.dim}); objective "
-        f"{config.train.objective}, sampler {config.train.sampler}, scorer {config.eval.scorer}; "
+        f"{_objective(config)}, sampler {config.train.sampler}, scorer {config.eval.scorer}; "
         f"device {device}"
     )
+
+
+def _objective(config: Config) -> str:
+    """The objective's name, with the scale and margin it trains with when it has them (a
+    margin loss's defaults differ between toolkits: say which are used)."""
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
+
+    name = config.train.objective
+    try:
+        opts = {k: o.default for k, o in options_of(registry("objectives").get(name)).items()}
+    except Exception:  # an unknown name is refused elsewhere, by name
+        return name
+    opts.update(config.options("objective"))
+    shown = ", ".join(f"{k}={opts[k]:g}" for k in ("scale", "margin") if isinstance(
+        opts.get(k), (int, float)))  # fmt: skip
+    return f"{name}({shown})" if shown else name
 
 
 def print_epoch(console: Console, config: Config, record: dict[str, Any], improved: bool) -> None:
