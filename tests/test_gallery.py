@@ -392,6 +392,7 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     code, _, err = run_cli([*args, "--probe", other / "003.png", "--workers", "0"], capsys)
     assert code == 2 and "landmarks.csv" in err, err
     assert "The data root was taken as" in err and "--data ROOT sets it" in err
+    assert "a landmark file covering these images" in err and "--on-bad-sample" not in err
 
     # Probing with the enrolled samples themselves: said (each scores against itself).
     with pytest.warns(UserWarning, match=r"9 of the 9 probes are samples enrolled in the gallery"):

@@ -21,7 +21,7 @@ from metaemb.core.config import Config, from_dict
 from metaemb.core.config.chain import check_scorer
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
-from metaemb.core.errors import DataError, MetaembError, first_few
+from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.runs import load_checkpoint
@@ -95,6 +95,8 @@ class LoadedRun:
                 self.model, ds, self.device, batch_size=self.config.eval.batch_size,
                 workers=workers,
             )  # fmt: skip
+        except DatasetError:
+            raise  # a file of the whole dataset (a landmark table): no sample to fix or skip
         except DataError as exc:
             raise type(exc)(_needs_every_file(str(exc), skip_option=skip)) from None
         rows = non_finite_rows(out)

@@ -227,8 +227,12 @@ class FileLandmarks(LandmarkSource):
             return found
         if not pattern.is_file():
             raise DataError(
-                f"landmark file '{pattern}' does not exist; set frontend.landmarks_file, or use "
-                "frontend.source = 'dlib' to detect landmarks (pip install 'metaemb[face]')."
+                f"landmark file '{pattern}' does not exist. The run aligns faces with the "
+                f"landmarks of '{self.landmarks_file}' under the data root (frontend."
+                "landmarks_file): put there a landmark file covering these images (the lines "
+                "of a larger one will do; `metaemb landmarks DATA --out FILE` writes one), or "
+                "train with frontend.source = 'dlib' to detect landmarks (pip install "
+                "'metaemb[face]')."
             )
         return [pattern]
 
