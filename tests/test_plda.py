@@ -258,6 +258,10 @@ def test_a_fit_on_embeddings_that_barely_vary_within_an_identity_is_warned_about
     few = wide[two] + 0.3 * torch.randn(12, 16, generator=g, dtype=torch.float64)
     with pytest.warns(UserWarning, match=r"6 within-identity degrees of freedom .* for 16 dim"):
         PLDA.fit(few, two, iterations=2)
+    # The same through the backend, after an LDA to fewer dimensions than the freedom: the
+    # embeddings' own dimension is what the LDA's within-identity covariance has to fill.
+    with pytest.warns(UserWarning, match=r"6 within-identity degrees of freedom .* for 16 dim"):
+        PLDABackend(lda_dim=4, iterations=2).fit(few, two)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PLDA.fit(centres[labels] + 0.3 * torch.randn(30, 4, generator=g, dtype=torch.float64),

@@ -161,9 +161,13 @@ class PLDA:
         self.transform, self.psi = diagonalise(self.within, self.between)
 
     @classmethod
-    def fit(cls, x: Tensor, labels: Tensor | Sequence[int], iterations: int = 10) -> PLDA:
+    def fit(
+        cls, x: Tensor, labels: Tensor | Sequence[int], iterations: int = 10, source_dim: int = 0
+    ) -> PLDA:
         """EM training as in the speaker spec; `loglik` holds the training log-likelihood of
-        the initial model and after every iteration (non-decreasing)."""
+        the initial model and after every iteration (non-decreasing). `source_dim`: the
+        dimension of the embeddings before an LDA made `x` (for the ill-conditioning warning:
+        LDA's own within-identity covariance is singular below it)."""
         x = _as_f64(x)
         if iterations < 0:
             raise DataError(f"PLDA iterations must be ≥ 0, got {iterations}")
@@ -196,7 +200,7 @@ class PLDA:
             b = _sym(b_acc / n_classes)
         history.append(_class_loglik(means, counts, scatter, b, w)[0])
         model = cls(mu, b, w, loglik=history)
-        warn_if_ill_conditioned(model.psi, n_total - n_classes)
+        warn_if_ill_conditioned(model.psi, n_total - n_classes, max(d, source_dim))
         return model
 
     # -- the diagonal space -----------------------------------------------------------------
@@ -216,15 +220,16 @@ class PLDA:
 ILL_CONDITIONED = 1e5  # between/within variance ratio past which LLRs are not evidence
 
 
-def warn_if_ill_conditioned(psi: Tensor, within_dof: int | None = None) -> None:
+def warn_if_ill_conditioned(psi: Tensor, within_dof: int | None = None, dims: int = 0) -> None:
     """A direction in which the training embeddings of an identity barely vary (a collapsed
     or barely trained model, near-duplicate samples, or fewer samples than dimensions) makes
     PLDA's LLRs astronomically large: Cllr and any threshold on them are then meaningless.
-    `within_dof` (samples − identities) names the last cause when it is the cause."""
+    `within_dof` (samples − identities) names the last cause when it is below `dims` (the
+    embeddings' dimension, before any LDA)."""
     ratio = float(psi.max()) if psi.numel() else 0.0
     if ratio <= ILL_CONDITIONED:
         return
-    d = psi.numel()
+    d = max(psi.numel(), dims)
     if within_dof is not None and within_dof < d:
         why = (
             f"The training embeddings give {within_dof} within-identity degrees of freedom "
@@ -330,7 +335,7 @@ class PLDABackend:
             self._note_lower_lda(int(self.lda.shape[0]), x.shape[1])
         else:
             self.lda = torch.eye(x.shape[1], dtype=DTYPE)
-        self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations)
+        self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations, x.shape[1])
         return self
 
     @property
