@@ -599,6 +599,28 @@ def test_a_protocol_returning_tuples_is_refused_naming_protocol_and_plugin(lfw, 
     assert "return a list of metaemb.core.Trial(" in message
 
 
+class RaisingProtocol:
+    @hookimpl
+    def register_protocols(self, register):
+        def reader(root, trials=None):
+            return {}["s000"]  # a newcomer's KeyError on a missing subject
+
+        register("raises-test", reader)
+
+
+def test_a_protocol_reader_failing_is_named_not_a_traceback(lfw, tmp_path, capsys):
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--data", data, "--protocol", "raises-test", "--workers", "0"]
+    with plugin_registered(RaisingProtocol(), "raising-plugin"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert "protocol 'raises-test' (plugin 'raising-plugin') failed reading the trials" in message
+    assert "KeyError: 's000'" in message
+
+
 class PathProtocols:
     """Protocols listing absolute paths inside the root, and a path escaping it with '..'."""
 

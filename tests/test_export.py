@@ -415,3 +415,19 @@ def test_an_adapter_input_the_onnx_graph_dropped_is_named_not_a_traceback():
     with pytest.raises(ExportError, match=r"adapter 'x' \(plugin 'p'\) declares the input\(s\) "
                        r"lengths, but the exported graph does not use them"):  # fmt: skip
         onnx_runner(buf.getvalue(), ["signals", "lengths"], "export adapter 'x' (plugin 'p')")
+
+
+def test_an_adapter_method_that_raises_is_named_with_its_plugin(face_ckpt, tmp_path, monkeypatch):
+    """A plugin adapter's KeyError in shapes() (reading a spec key that is not there) reached
+    the user as a traceback; it is one ExportError naming the adapter and its plugin."""
+    from metaemb.core.deploy.export import ExportError, export
+    from metaemb.plugins.vision.export import ImageExport
+
+    def shapes(self, spec):
+        return [["N", spec["n_leads"]]]
+
+    monkeypatch.setattr(ImageExport, "shapes", shapes)
+    with pytest.raises(ExportError, match=r"exporting with export adapter 'image' \(plugin "
+                       r"'vision'\) failed: KeyError: 'n_leads'"):  # fmt: skip
+        export(face_ckpt[0], "torchscript", tmp_path / "m.pt")
+    assert not list(tmp_path.iterdir())

@@ -390,6 +390,23 @@ def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
     assert skip[0].path == "id0/0.npy"
 
 
+def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(plugin, series):
+    """An IndexError in prepare (no heartbeat found in a short record) was a raw traceback
+    naming neither the file nor the features, and --on-bad-sample skip did not skip it."""
+
+    class NoPeak(SeriesFeatures):
+        def prepare(self, raw, train):
+            return torch.as_tensor(raw)[:, np.flatnonzero(raw[0] > 99)[0]]
+
+    folder = build("sample_folders", "series", {}, root=series)
+    failing = PreparedDataset(folder, IdentityFrontend(), NoPeak(), train=False)
+    with pytest.raises(DataError, match=r"'id0/0.npy'.*features NoPeak failed on it in prepare: "
+                       r"IndexError"):  # fmt: skip
+        failing[0]
+    skip = PreparedDataset(folder, IdentityFrontend(), NoPeak(), False, "skip")
+    assert skip[0].path == "id0/0.npy" and "IndexError" in skip[0].error
+
+
 def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):

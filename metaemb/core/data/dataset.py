@@ -15,6 +15,7 @@ may decline (None): the item is then made the usual way. These methods are optio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from collections.abc import Iterator, Sequence
@@ -83,8 +84,9 @@ class PreparedDataset(Dataset):
             x = self._window(index, sample) if self.crop and index not in self._short else None
             if x is None:
                 raw = load_raw(self.folder, sample)
-                raw = self.frontend(raw, sample.path, self.folder.root)
-                with torch.no_grad():
+                with failing_on_this_file(self.frontend, "frontend", "its __call__"):
+                    raw = self.frontend(raw, sample.path, self.folder.root)
+                with torch.no_grad(), failing_on_this_file(self.features, "features", "prepare"):
                     x = self.features.prepare(raw, self.train)
             x = checked_values(x, self.features)
         except DatasetError:
@@ -134,6 +136,24 @@ def load_raw(folder: SampleFolder, sample: Any) -> Any:
         raise DataError(
             f"{described(folder, 'sample folder')} failed to load it: {type(exc).__name__}: "
             f"{why[:300]} (a folder's load should raise DataError saying what is wrong)."
+        ) from exc
+
+
+@contextlib.contextmanager
+def failing_on_this_file(component: Any, kind: str, method: str) -> Iterator[None]:
+    """A frontend or features failing on one sample (no heartbeat found in a short record, an
+    index past the end) becomes a DataError naming the component, so the file is named and
+    `on_bad_sample = "skip"` can skip it, as a folder's failing `load` is."""
+    try:
+        yield
+    except (MetaembError, MemoryError):
+        raise
+    except Exception as exc:
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(
+            f"{described(component, kind)} failed on it in {method}: {type(exc).__name__}: "
+            f"{why[:300]} (a component meeting data it cannot handle should raise DataError "
+            "saying what is wrong)."
         ) from exc
 
 

@@ -16,9 +16,11 @@ preprocessing a deployment must replicate.
 from __future__ import annotations
 
 import abc
+import contextlib
 import io
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -343,6 +345,29 @@ def to_onnx(
     return data
 
 
+@contextlib.contextmanager
+def _adapter_named(checkpoint: Path) -> Iterator[None]:
+    """A plugin export adapter's bug (a KeyError in shapes(), a TypeError in wrap()) is named
+    with the adapter and its plugin, in one paragraph, instead of a traceback."""
+    try:
+        yield
+    except (MetaembError, MemoryError):
+        raise
+    except Exception as exc:
+        try:
+            run = load_run(Path(checkpoint), "cpu")
+            kind = (run.state.get("input_spec") or run.model.features.input_spec()).get("kind")
+            entry = registry("export_adapters").entry(kind)
+            who = f"export adapter '{kind}' (plugin '{entry.plugin}')"
+        except Exception:
+            who = "the export adapter"
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise ExportError(
+            f"exporting with {who} failed: {type(exc).__name__}: {why[:300]} (its names, "
+            "shapes(), wrap(), example(), preprocessing(), model_inputs() or check())."
+        ) from exc
+
+
 def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
     """Runs the ONNX graph on the adapter's inputs; an input the graph dropped (the model never
     reads it, e.g. lengths of fixed-size features) is named against the adapter."""
@@ -443,61 +468,64 @@ def export(
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     check_out_name(fmt, target)
-    inf = load_inference(checkpoint)
-    module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
-    extra_checks = kind.check(inf.model, module, spec)
-    probe = _probe(module, kind, spec)
-    wrapper_diff = check_wrapper(inf.model, module, kind, spec)
-    check_declared_shapes(kind, spec)
-    warn_fixed_examples(kind, spec)
-    out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
-    shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
-    dim = int(shapes[0][1])
-    if fmt == "onnx":
-        data = to_onnx(module, kind, spec, opset, out_names)
-        entry = registry("export_adapters").entry(spec.get("kind"))
-        adapter = f"export adapter '{spec.get('kind')}' (plugin '{entry.plugin}')"
-        worst = check_parity(onnx_runner(data, kind.names, adapter), module, kind, spec)
-    else:
-        data = to_torchscript(module, kind, spec)
-        worst = check_parity(torchscript_runner(data), module, kind, spec)
-    out = target
-    info = {
-        "format": fmt,
-        "file": out.name,
-        **({"opset": opset} if fmt == "onnx" else {}),
-        "metaemb_version": metaemb.__version__,
-        "trained_with": state.get("metaemb_version"),
-        "config_hash": state.get("config_hash") or config.hash(),
-        "checkpoint": str(inf.path),
-        "epoch": state.get("epoch"),
-        "modality": config.modality,
-        "components": {
-            "frontend": config.model.frontend,
-            "features": config.model.features,
-            "backbone": config.model.backbone,
-            "head": config.model.head,
-            "scorer": config.eval.scorer,
-        },
-        "frontend_options": frontend_options(config),
-        "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
-        "inputs": [  # the dtypes the graph was traced with, which it requires
-            {"name": n, "shape": s, "dtype": _dtype(x)}
-            for n, s, x in zip(kind.names, kind.shapes(spec), kind.example(spec, 2, 0), strict=True)
-        ],
-        "outputs": [
-            {"name": n, "shape": s, "dtype": _dtype(y)}
-            for n, s, y in zip(out_names, shapes, _as_list(probe), strict=True)
-        ],
-        "input_spec": spec,
-        "preprocessing": preprocessing(spec, config, kind),
-        "verified": {
-            "batch_sizes": [1, 3],
-            "max_abs_diff": worst,
-            "wrapper_vs_model_max_rel_diff": wrapper_diff,
-            **extra_checks,
-        },
-    }
+    with _adapter_named(checkpoint):
+        inf = load_inference(checkpoint)
+        module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
+        extra_checks = kind.check(inf.model, module, spec)
+        probe = _probe(module, kind, spec)
+        wrapper_diff = check_wrapper(inf.model, module, kind, spec)
+        check_declared_shapes(kind, spec)
+        warn_fixed_examples(kind, spec)
+        out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
+        shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
+        dim = int(shapes[0][1])
+        if fmt == "onnx":
+            data = to_onnx(module, kind, spec, opset, out_names)
+            entry = registry("export_adapters").entry(spec.get("kind"))
+            adapter = f"export adapter '{spec.get('kind')}' (plugin '{entry.plugin}')"
+            worst = check_parity(onnx_runner(data, kind.names, adapter), module, kind, spec)
+        else:
+            data = to_torchscript(module, kind, spec)
+            worst = check_parity(torchscript_runner(data), module, kind, spec)
+        out = target
+        info = {
+            "format": fmt,
+            "file": out.name,
+            **({"opset": opset} if fmt == "onnx" else {}),
+            "metaemb_version": metaemb.__version__,
+            "trained_with": state.get("metaemb_version"),
+            "config_hash": state.get("config_hash") or config.hash(),
+            "checkpoint": str(inf.path),
+            "epoch": state.get("epoch"),
+            "modality": config.modality,
+            "components": {
+                "frontend": config.model.frontend,
+                "features": config.model.features,
+                "backbone": config.model.backbone,
+                "head": config.model.head,
+                "scorer": config.eval.scorer,
+            },
+            "frontend_options": frontend_options(config),
+            "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
+            "inputs": [  # the dtypes the graph was traced with, which it requires
+                {"name": n, "shape": s, "dtype": _dtype(x)}
+                for n, s, x in zip(
+                    kind.names, kind.shapes(spec), kind.example(spec, 2, 0), strict=True
+                )
+            ],
+            "outputs": [
+                {"name": n, "shape": s, "dtype": _dtype(y)}
+                for n, s, y in zip(out_names, shapes, _as_list(probe), strict=True)
+            ],
+            "input_spec": spec,
+            "preprocessing": preprocessing(spec, config, kind),
+            "verified": {
+                "batch_sizes": [1, 3],
+                "max_abs_diff": worst,
+                "wrapper_vs_model_max_rel_diff": wrapper_diff,
+                **extra_checks,
+            },
+        }
     sidecar = out.with_name(out.name + ".json")
     with written_together():  # the model last: a kill never pairs it with another's sidecar
         atomic_write_text(

@@ -31,6 +31,7 @@ from metaemb.core.eval.trial_set import (
     default_out,
     parse_protocol_options,
     protocol_trials,
+    read_protocol,
     trial_folds,
 )
 from metaemb.core.eval.trials import read_trials
@@ -91,11 +92,10 @@ class Evaluation:
         cfg = loaded.config
         root = loaded.parts.root
         if self.protocol:
-            reader = registry("protocols").get(self.protocol)
             source = f"protocol '{self.protocol}'"
             trials = protocol_trials(
                 self.protocol,
-                reader(root, self.trials_path, **self.protocol_options),
+                read_protocol(self.protocol, root, self.trials_path, self.protocol_options),
                 loaded.parts.folder.root,  # a protocol's own folder may read a sub-folder
             )
             return TrialSet(trials, self.protocol, source, trial_folds(trials, source))

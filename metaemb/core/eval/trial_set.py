@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.errors import ConfigError, DataError, MetaembError, PluginError
 from metaemb.core.eval.trial_checks import checked_trials, relative_trials
 from metaemb.core.eval.trials import TrialList, folds_of
 from metaemb.core.plugin.interfaces import Trial
@@ -59,6 +59,25 @@ def trial_folds(trials: list[Trial], source: str) -> int:
             f"{source}: {len(trials)} trials cannot form the {folds} equal folds it declares."
         )
     return folds
+
+
+def read_protocol(
+    name: str, root: Path, trials: Path | None, options: dict[str, Any] | None = None
+) -> Any:
+    """Protocol `name`'s trials of the dataset at `root`; a reader that fails with anything but
+    a metaemb error (a plugin's KeyError on a missing subject) is named with its plugin."""
+    entry = registry("protocols").entry(name)
+    try:
+        return entry.factory(root, trials, **(options or {}))
+    except (MetaembError, MemoryError):
+        raise
+    except Exception as exc:
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise PluginError(
+            f"protocol '{name}' (plugin '{entry.plugin}') failed reading the trials of "
+            f"'{root}': {type(exc).__name__}: {why[:300]} (a protocol meeting data it cannot "
+            "read should raise DataError saying what is wrong)."
+        ) from exc
 
 
 def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Trial]:
