@@ -90,8 +90,14 @@ def reference_run(name: str, modality: str, data: Path, device: str = "auto") ->
     if not is_pretrained_name(name):
         build_pretrained(name, resolve(modality))  # raises the clear error
     sets = [f'data.root="{Path(data)}"', f'name="reference-{name}"']
-    own = getattr(registry("backbones").get(name), "input_options", {}) or {}
+    factory = registry("backbones").get(name)
+    own = getattr(factory, "input_options", {}) or {}
     sets += [f"{k}={json.dumps(v)}" for k, v in own.items()]  # its own preprocessing
+    note = getattr(factory, "reference_note", "")
+    if isinstance(note, str) and note:  # what its inputs must already be (e.g. aligned)
+        import warnings
+
+        warnings.warn(f"reference '{name}': {note}", stacklevel=2)
     cfg = resolve(modality, None, sets)
     model = build_pretrained(name, cfg)
     dev = pick_device(device)

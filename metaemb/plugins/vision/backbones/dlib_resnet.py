@@ -42,6 +42,12 @@ class DlibResNet(Backbone):
     frozen: ClassVar[bool] = True
     input_size: ClassVar[int] = INPUT_SIZE
     input_options: ClassVar[dict] = {"features.image_size": INPUT_SIZE}  # used as a reference
+    reference_note: ClassVar[str] = (
+        "dlib's network takes 150×150 face chips aligned as dlib.get_face_chip makes them; "
+        "`evaluate --reference` does not align, it centre-crops and resizes each image, so "
+        "the numbers are dlib's only for a folder of such chips (dlib.save_face_chips writes "
+        "them). On uncropped photos (LFW's 250×250) they are not dlib's published ones."
+    )
 
     def __init__(self, in_channels: int = 3, jitter: int = 0) -> None:
         super().__init__()
