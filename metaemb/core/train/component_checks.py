@@ -191,7 +191,7 @@ def _warn_if_padding_leaks(
     utterances of every length together): compare the most padded sample with itself alone,
     or, when training crops all have one length, the first sample with itself padded.
     A batch of one length may come with lengths None (nothing was padded): its first sample is
-    padded too when the features pass lengths on (sequences, not images)."""
+    padded too when the features pass lengths on (sequences, not fixed-size inputs)."""
     unpadded = lengths is None
     if unpadded:
         if x.dim() < 3 or x.shape[0] < 1:
@@ -203,7 +203,7 @@ def _warn_if_padding_leaks(
         try:
             padded_in = torch.nn.functional.pad(x[:1], (0, max(1, x.shape[-1] // 4)))
             f, fl = model.features(padded_in, lengths[:1])
-            if unpadded and fl is None:  # features without lengths (images): not a sequence
+            if unpadded and fl is None:  # features without lengths: fixed-size inputs
                 return
             alone, batched = pooled[0].float(), backbone(f, fl)[0].float()
         except Exception:  # a plugin that cannot take this made-up batch: nothing to say
