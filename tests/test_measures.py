@@ -71,6 +71,14 @@ def test_evaluations_of_two_other_folders_keep_both_results(setup, tmp_path, cap
             written = json.loads((run / f"eval-{data.name}-{name}" / "metrics.json").read_text())
             assert written.get("trials", written.get("measure")) in ("all-identities", "class")
     assert not (run / "eval-all-identities").exists()
+    # Another scorer than the run's own gets its own folder too (comparing scorers).
+    args = ["evaluate", run, "--data", other, "--scorer", "euclidean", "--workers", "0"]
+    assert helpers.run_cli(args, capsys)[0] == 0
+    written = json.loads((run / f"eval-{other.name}-all-identities-euclidean" / "metrics.json")
+                         .read_text())  # fmt: skip
+    assert written["scorer"] == "euclidean"
+    kept = json.loads((run / f"eval-{other.name}-all-identities" / "metrics.json").read_text())
+    assert kept["scorer"] != "euclidean"
 
 
 def test_evaluate_on_a_copy_of_the_training_folder_warns(setup, tmp_path, capsys):

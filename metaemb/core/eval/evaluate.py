@@ -194,7 +194,10 @@ class Evaluation:
             message = label_warning(mislabelled(folder, evals.trials), len(labels))
             if message:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
-        out = self.out or default_out(self._run_dir(), evals.name, self.data)
+        name = evals.name
+        if self.scorer_name and self.scorer_name != cfg.eval.scorer:  # beside the run's own
+            name = f"{name}-{self.scorer_name}"
+        out = self.out or default_out(self._run_dir(), name, self.data)
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
         cal = None
