@@ -1227,3 +1227,10 @@ def test_baseline_named_by_the_modality_only_for_its_own_features(plugin, tmp_pa
                 names[features] = json.loads((run / "baseline.json").read_text())["name"]
     assert names == {"series": "series baseline", "other": "input mean+std over time",
                      "named": "mean series"}  # fmt: skip
+
+
+def test_a_modality_given_a_class_instead_of_a_name_is_refused_when_built():
+    """backbone=EcgCNN (the class) listed fine and failed at train as a config-type error."""
+    with pytest.raises(PluginError, match=r"modality 'ecg2': backbone = ConvNet is not a name.*"
+                       r"register ConvNet under a name"):  # fmt: skip
+        Modality(name="ecg2", description="", sample_folder="series", backbone=ConvNet)

@@ -41,6 +41,15 @@ class Modality:
     former_options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for part in ("sample_folder", "frontend", "features", "backbone", "demo_data"):
+            value = getattr(self, part)
+            if not isinstance(value, str):
+                shown = getattr(value, "__name__", type(value).__name__)
+                raise PluginError(
+                    f"modality '{self.name}': {part} = {shown} is not a name; a Modality names "
+                    f"its components by the names they were registered under (register "
+                    f"{shown} under a name, then give {part}='that name')."
+                )
         missing = [f for f in ("sample_folder", "backbone") if not getattr(self, f)]
         if missing:
             raise PluginError(
