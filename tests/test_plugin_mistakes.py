@@ -374,6 +374,17 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
                       r"the same file .* twice with train=False and gave two different"):  # fmt: skip
         component_checks.warn_if_not_deterministic(noisy_eval, cfg)
 
+    class SteadyNaN(SeriesFeatures):  # deterministic, with a NaN: reported as NaN elsewhere
+        def prepare(self, raw, train):
+            x = super().prepare(raw, train).clone()
+            x[0, 0] = float("nan")
+            return x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nan = SimpleNamespace(folder=folder, frontend=IdentityFrontend(), features=SteadyNaN())
+        component_checks.warn_if_not_deterministic(nan, cfg)
+
 
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
     assert checked_values(torch.ones(3, dtype=torch.float64)).dtype == torch.float32

@@ -290,12 +290,22 @@ def warn_if_not_deterministic(parts: Any, config: Config) -> None:
 
 
 def _same_output(a: Any, b: Any) -> bool:
+    """Equal, NaN where NaN (a NaN is reported as such where the sample is read, not as
+    randomness)."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and bool(torch.equal(a, b))
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.is_floating_point() or a.is_complex():
+            return bool(
+                torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+            )
+        return bool(torch.equal(a, b))
     try:
         import numpy as np
 
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        x, y = np.asarray(a), np.asarray(b)
+        nan = x.dtype.kind in "fc" and y.dtype.kind in "fc"
+        return bool(np.array_equal(x, y, equal_nan=nan))
     except Exception:  # values that do not compare: say nothing
         return True
 
