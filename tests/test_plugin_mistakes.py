@@ -23,7 +23,13 @@ from metaemb.core.config import resolve
 from metaemb.core.data.dataset import PreparedDataset, checked_values
 from metaemb.core.data.pipeline import data_root
 from metaemb.core.data.samplers import RandomSampler
-from metaemb.core.errors import ConfigError, DataError, PluginError, UnknownComponentError
+from metaemb.core.errors import (
+    ConfigError,
+    DataError,
+    MetaembError,
+    PluginError,
+    UnknownComponentError,
+)
 from metaemb.core.eval.measures import groups_matrix
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.components import build
@@ -416,6 +422,32 @@ def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(pl
         failing[0]
     skip = PreparedDataset(folder, IdentityFrontend(), NoPeak(), False, "skip")
     assert skip[0].path == "id0/0.npy" and "IndexError" in skip[0].error
+
+
+def test_a_network_failing_on_an_evaluation_batch_names_the_files(plugin, series):
+    """A backbone refusing a batch of one (training used full batches) was a raw traceback in
+    `embed`; and when every sample was skipped, the message did not say why."""
+    from metaemb.core.data.embed import extract
+
+    folder = build("sample_folders", "series", {}, root=series)
+    ds = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), train=False)
+    ds.indices = [0]
+
+    def one_refused(x, lengths):
+        raise RuntimeError("batch of one not supported")
+
+    with pytest.raises(MetaembError, match=r"the network failed embedding a batch of 1 "
+                       r"\('id0/0.npy', inputs \[1, 3, \d+\]\): RuntimeError: batch of one"):  # fmt: skip
+        extract(one_refused, ds, "cpu")
+
+    class Always(SeriesFeatures):
+        def prepare(self, raw, train):
+            raise DataError("no heartbeat found")
+
+    skipped = PreparedDataset(folder, IdentityFrontend(), Always(), False, "skip")
+    with pytest.raises(DataError, match=r"could be read and prepared\. First: 'id0/0.npy': .*no "
+                       r"heartbeat found"):  # fmt: skip
+        extract(lambda x, lengths: x, skipped, "cpu")
 
 
 def test_a_loss_that_is_not_a_scalar_is_refused(plugin):

@@ -66,7 +66,10 @@ def test_a_run_whose_config_toml_was_deleted_is_listed_as_damaged(tiny_face_run,
     (copy / "config.toml").write_text(config.replace("epochs = 2", "epochs = 7"))
     code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
     [listed] = json.loads(text)
-    assert listed["status"].endswith("config.toml edited (the checkpoint's configuration counts)")
+    assert listed["status"].endswith(
+        "config.toml edited, or a plugin's defaults changed since (the checkpoint's "
+        "configuration counts)"
+    )
 
 
 def test_a_damaged_last_pt_points_at_an_intact_best_pt(tiny_face_run, tmp_path):

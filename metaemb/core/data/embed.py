@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.data.dataset import Bad, PreparedDataset, make_loader
-from metaemb.core.errors import DataError
+from metaemb.core.errors import DataError, MetaembError
 
 
 def concat(outputs: list[Any]) -> Any:
@@ -65,8 +65,19 @@ def extract(
             continue
         x = batch.inputs.to(device, non_blocking=True)
         lengths = batch.lengths.to(device) if batch.lengths is not None else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = fn(x, lengths)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = fn(x, lengths)
+        except (MetaembError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # a plugin network failing on a batch it did not train on
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            raise MetaembError(
+                f"the network failed embedding a batch of {len(batch)} "
+                f"({row_files(dataset.folder, batch.indices, list(range(len(batch))))}, inputs "
+                f"{list(x.shape)}): {type(exc).__name__}: {why[:300]}. Every component must "
+                "take any batch size, a batch of one included, in evaluation mode."
+            ) from exc
         kept.append(batch.indices)
         outs.append(
             to_device(out.float() if isinstance(out, Tensor) else out.to(torch.float32), "cpu")
@@ -74,7 +85,9 @@ def extract(
         if on_batch is not None:
             on_batch(len(batch))
     if not outs:
+        first = f" First: '{bad[0].path}': {bad[0].error}" if bad else ""
         raise DataError(
-            f"none of the {len(dataset)} samples under '{dataset.folder.root}' could be read."
+            f"none of the {len(dataset)} samples asked for under '{dataset.folder.root}' could "
+            f"be read and prepared.{first}"
         )
     return concat(outs), torch.cat(kept), bad

@@ -106,7 +106,10 @@ def _edited_note(run_dir: Path, cfg: dict[str, Any]) -> str:
         return ""
     if digest == suffix:
         return ""
-    return "; config.toml edited (the checkpoint's configuration counts)"
+    return (
+        "; config.toml edited, or a plugin's defaults changed since (the checkpoint's "
+        "configuration counts)"
+    )
 
 
 def _int(value: Any) -> int:
