@@ -174,7 +174,13 @@ def test_agedb_names_identities_and_age_gap_pairs(tmp_path):
             k += 1
     folder = AgeDBFolder(tmp_path)
     assert folder.num_identities == 20 and len(folder) == 80
-    trials = agedb(tmp_path)
+    with pytest.warns(UserWarning, match=r"fewer than the 300 of each pairs_per_fold asks for"):
+        trials = agedb(tmp_path)
+    from metaemb.core.eval.trial_set import protocol_options
+
+    assert protocol_options("agedb", {"pair_seed": 2}) == {
+        "min_age_gap": 30, "folds": 10, "pairs_per_fold": 300, "pair_seed": 2,
+    }  # fmt: skip
     assert len(trials) > 0
     for t in trials:
         a, b = parse_agedb_name(t.enroll[0]), parse_agedb_name(t.test)

@@ -30,6 +30,7 @@ from metaemb.core.eval.trial_set import (
     TrialSet,
     default_out,
     parse_protocol_options,
+    protocol_options,
     protocol_trials,
     read_protocol,
     trial_folds,
@@ -237,6 +238,8 @@ class Evaluation:
             "p_targets": list(p_targets),
             **verification(scores, labels, p_targets),
         }
+        if self.protocol:  # a generated list is only comparable under the same options
+            result["protocol_options"] = protocol_options(self.protocol, self.protocol_options)
         if evals.folds:
             mean, std, _ = metrics.kfold_accuracy(scores.numpy(), labels.numpy(), evals.folds)
             result.update(folds=evals.folds, accuracy=mean, accuracy_std=std)

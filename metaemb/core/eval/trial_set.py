@@ -92,6 +92,17 @@ def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Tr
     return TrialList(relative, folds=folds) if folds else relative
 
 
+def protocol_options(name: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every option protocol `name` ran with: its defaults, then those given."""
+    import inspect
+
+    from metaemb.core.plugin.options import options_of
+
+    found = options_of(registry("protocols").get(name)).items()
+    defaults = {k: o.default for k, o in found if o.default is not inspect.Parameter.empty}
+    return {**defaults, **(given or {})}
+
+
 def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:
     """`--protocol-set KEY=VALUE` items, checked against the protocol's options (names, types)
     before anything is embedded."""

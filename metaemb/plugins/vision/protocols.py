@@ -99,6 +99,16 @@ def make_fold_pairs(
     k = min(per_fold, *(min(len(p), len(n)) for p, n in cands))
     if k == 0:
         raise DataError("the data allow no matched pairs in some fold; add images or identities.")
+    if k < per_fold:
+        import warnings
+
+        warnings.warn(
+            f"the data allow {k} matched and {k} mismatched pairs in their poorest fold, fewer "
+            f"than the {per_fold} of each pairs_per_fold asks for: every fold holds {2 * k} "
+            "pairs (folds must be equal). Such a list compares only with runs scored on the "
+            "same list, not with published figures of the fixed benchmark lists.",
+            stacklevel=2,
+        )
     out = []
     for pos, neg in cands:
         out += [Trial((a,), b, 1) for a, b in rng.sample(pos, k)]
