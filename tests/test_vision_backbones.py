@@ -111,6 +111,13 @@ def test_pretrained_errors_are_clear(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read weights file"):
         ResNet18(pretrained=str(junk))
+    whole = tmp_path / "whole_module.pth"  # torch.save(model), common in face repositories
+    torch.save(models.resnet18(weights=None), whole)
+    with pytest.raises(
+        ConfigError, match=r"holds a pickled Python object .* not a state dict"
+    ) as e:
+        ResNet18(pretrained=str(whole))
+    assert "\x1b" not in str(e.value) and "\n" not in str(e.value)  # torch's page-long advice
 
 
 def test_registered_through_the_vision_plugin():

@@ -7,6 +7,7 @@ crops (32–112 px) keep a spatial map worth pooling instead of shrinking 32× t
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,10 +25,18 @@ CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused code: a whole pickled module
+        raise ConfigError(
+            f"config key 'backbone.pretrained': '{path}' holds a pickled Python object (a whole "
+            "model saved with torch.save(model)), not a state dict; metaemb does not unpickle "
+            "code. Save `model.state_dict()` with torch.save and give that file."
+        ) from None
     except Exception as exc:
+        why = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(
             f"config key 'backbone.pretrained': cannot read weights file '{path}' "
-            f"({type(exc).__name__}: {exc}); expected a torchvision {arch} state dict (.pth)."
+            f"({type(exc).__name__}: {why[:200]}); expected a torchvision {arch} state dict "
+            "(.pth)."
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
