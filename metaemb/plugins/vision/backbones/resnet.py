@@ -25,8 +25,14 @@ CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused code: a whole pickled module
-        raise ConfigError(
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickled object (junk bytes)
+            raise ConfigError(
+                f"config key 'backbone.pretrained': cannot read weights file '{path}' "
+                f"(UnpicklingError: not a torch file); expected a torchvision {arch} state dict "
+                "(.pth)."
+            ) from None
+        raise ConfigError(  # weights_only refused code: a whole pickled module
             f"config key 'backbone.pretrained': '{path}' holds a pickled Python object (a whole "
             "model saved with torch.save(model)), not a state dict; metaemb does not unpickle "
             "code. Save `model.state_dict()` with torch.save and give that file."
