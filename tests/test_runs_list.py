@@ -135,3 +135,34 @@ def test_a_model_worse_than_the_no_learning_baseline_is_named():
         print_summary(Console(file=out, width=200), resolve("face"), history,
                       {"name": "raw input", "eer": base}, [])  # fmt: skip
         assert ("is worse than the raw input baseline's" in out.getvalue()) is warned
+
+
+def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
+    tiny_face_run, tmp_path, capsys
+):
+    """A run whose trainer holds its lock was 'damaged (best.pt and last.pt unreadable)' before
+    its first checkpoint; a truncated last.pt with metrics.jsonl lost read 'not started'; runs
+    deeper than the search said only 'no runs under'."""
+    import os
+    import shutil
+
+    _, run = tiny_face_run
+    copy = tmp_path / "face" / run.name
+    shutil.copytree(run, copy)
+    (copy / "metrics.jsonl").write_text("")
+    (copy / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])
+    code, text, _ = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    [listed] = json.loads(text)
+    assert code == 0 and listed["status"].startswith("damaged (last.pt unreadable)"), listed
+    for name in ("best.pt", "last.pt"):
+        (copy / name).unlink()
+    (copy / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+    parent = os.getppid()  # a live process other than this one holds the lock
+    (copy / ".lock").write_text(f"{parent}\n")
+    code, text, _ = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    [listed] = json.loads(text)
+    assert listed["status"].startswith(f"training now (pid {parent})"), listed
+    deep = tmp_path / "deep"
+    shutil.copytree(run, deep / "a" / "b" / "c" / "d" / "e" / "face" / run.name)
+    code, text, _ = helpers.run_cli(["runs", deep], capsys)
+    assert code == 0 and "no runs within 6 folder levels" in " ".join(text.split())

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console(emoji=False)
+SEARCH_DEPTH = 6  # runs/<modality>/<run> under a few folders of experiments
 
 
 def runs(
@@ -21,12 +22,15 @@ def runs(
     """List runs: modality, components, epochs done, best validation metric and path."""
     from metaemb.core.eval.catalog import find_runs
 
-    found = find_runs(root)
+    found = find_runs(root, SEARCH_DEPTH)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in found], indent=2))
         return
     if not found:
-        console.print(f"no runs under {escape(str(root))}")
+        console.print(
+            f"no runs within {SEARCH_DEPTH} folder levels under {escape(str(root))}; give the "
+            "runs folder itself (what train --runs was given) if they lie deeper."
+        )
         return
     table = Table(title=f"runs under {escape(str(root))}")
     for col in ("name", "modality", "components", "epochs", "best", "status", "path"):

@@ -73,8 +73,12 @@ def read_run(run_dir: Path) -> RunInfo:
     done = max((r["epoch"] for r in records), default=0)
     total = _int(cfg.get("train", {}).get("epochs", 0))
     status = "complete" if total and done >= total else ("partial" if done else "not started")
-    damaged = _damaged_checkpoints(run_dir) if done else []
-    if damaged:
+    saved = any((run_dir / n).exists() for n in ("best.pt", "last.pt"))
+    damaged = _damaged_checkpoints(run_dir) if done or saved else []
+    trainer = _training_now(run_dir)
+    if trainer:  # checkpoints may not be written yet: not damaged, in progress
+        status = f"training now (pid {trainer})"
+    elif damaged:
         status = f"damaged ({', '.join(damaged)} unreadable)"
     status += note + _edited_note(run_dir, cfg)
     return RunInfo(
@@ -157,6 +161,20 @@ def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
     except (MetaembError, OSError, RuntimeError, ValueError):
         return []
     return [r for r in history if isinstance(r, dict) and _int(r.get("epoch")) > 0]
+
+
+def _training_now(run_dir: Path) -> int | None:
+    """The pid of a live process holding the run's lock (read, never taken: listing runs must
+    not stop a trainer from starting), or None."""
+    import os
+
+    from metaemb.core.runs import LOCK_NAME, _alive
+
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
 
 
 def _damaged_checkpoints(run_dir: Path) -> list[str]:
