@@ -126,3 +126,12 @@ def test_a_set_cut_short_among_its_renames_lacks_its_marker_rather_than_mixing(
         runs.atomic_write_text(tmp_path / "metrics.json", "new")
     assert (tmp_path / "scores.txt").read_text() == "new"
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_long_but_legal_name_is_written(tmp_path):
+    """A 249-byte name is legal (255 is the limit); its temp `.NAME.PID.XXXX.tmp` was not, so
+    the write was refused as 'too long'."""
+    path = tmp_path / ("e" * 246 + ".pt")
+    runs.atomic_write_bytes(path, b"x")
+    runs.atomic_write_bytes(path, b"y")
+    assert path.read_bytes() == b"y" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -100,10 +100,20 @@ def written_together() -> Iterator[None]:
         os.replace(tmp, path)
 
 
+def _temp_stem(path: Path) -> str:
+    """`.<name>`, or `.metaemb-<digest of the name>` for a name so long (over 200 bytes) that
+    the temp's extra characters would pass the file system's 255-byte limit."""
+    if len(path.name.encode("utf-8", "surrogateescape")) <= 200:
+        return f".{path.name}"
+    import hashlib
+
+    return ".metaemb-" + hashlib.sha1(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 def _temp_prefix(path: Path) -> str:
     """`.<name>.<pid>.`: a temp copy names the process writing it, so one left by a killed
     process is told from one being written now (`remove_orphan_temps`)."""
-    return f".{path.name}.{os.getpid()}."
+    return f"{_temp_stem(path)}.{os.getpid()}."
 
 
 def remove_orphan_temps(path: Path) -> None:
@@ -115,14 +125,16 @@ def remove_orphan_temps(path: Path) -> None:
     import glob
     import time
 
+    stem = _temp_stem(path)
+
     def orphaned(name: str) -> bool:
-        writer = Path(name).name[len(path.name) + 2 :].split(".", 1)[0]
+        writer = Path(name).name[len(stem) + 1 :].split(".", 1)[0]
         age = time.time() - os.path.getmtime(name)
         if writer.isdigit():
             return age > 60 and not _alive(int(writer))
         return age > 86400
 
-    for name in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp"):
+    for name in glob.glob(glob.escape(str(path.parent / f"{stem}.")) + "*.tmp"):
         try:
             if orphaned(name):
                 os.unlink(name)
