@@ -323,12 +323,28 @@ def test_each_file_is_loaded_once_however_many_trials_name_it(lfw, tmp_path, mon
     assert loads == collections.Counter(files)
 
 
-def test_unlabelled_trials_are_refused_naming_the_file(lfw, tmp_path, capsys):
+def test_unlabelled_trials_are_scored_and_partly_labelled_ones_refused(lfw, tmp_path, capsys):
+    """A challenge's unlabelled list (VoxSRC) was refused and nothing could score it: its
+    scores are written (label '-'), equal to the labelled list's; a list with some labels
+    missing is still refused, naming the file."""
     data, run = lfw
-    (tmp_path / "u.txt").write_text("Person_0000/Person_0000_0001.jpg x/y.jpg\n")
-    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "u.txt", "--workers", "0"]
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and "u.txt" in err and "no target/non-target label" in err
+    a, b, c = (p.relative_to(data).as_posix() for p in sorted(data.glob("*/*.jpg"))[:3])
+    (tmp_path / "l.txt").write_text(f"1 {a} {b}\n0 {a} {c}\n")
+    (tmp_path / "u.txt").write_text(f"{a} {b}\n{a} {c}\n")
+    base = ["evaluate", run, "--data", data, "--workers", "0", "--trials"]
+    code, _, err = run_cli([*base, tmp_path / "l.txt", "--out", tmp_path / "l"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli([*base, tmp_path / "u.txt", "--out", tmp_path / "u"], capsys)
+    assert code == 0, err
+    assert "2 unlabelled trials scored (no metrics without labels)" in out
+    _, want = read_scores(tmp_path / "l" / "scores.txt")
+    trials, got = read_scores(tmp_path / "u" / "scores.txt")
+    assert [t.label for t in trials] == [None, None] and np.allclose(got, want)
+    result = json.loads((tmp_path / "u" / "metrics.json").read_text())
+    assert result["labelled"] is False and "eer" not in result
+    (tmp_path / "m.txt").write_text(f"1 {a} {b}\n{a} {c}\n")
+    code, _, err = run_cli([*base, tmp_path / "m.txt", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "m.txt" in err
 
 
 def test_det_plot_marks_the_min_dcf_points_and_widens_its_window_to_hold_them():
@@ -841,6 +857,11 @@ def test_a_list_relative_to_a_subfolder_of_the_data_names_that_subfolder(lfw, tm
     code, _, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
     assert code == 2 and "named in the trials are not in" in err
     assert f"They are under '{tmp_path / 'outer' / 'wav'}': pass --data" in err
+    # Kaldi-style names without their extension: the file that is there is named.
+    (tmp_path / "t.txt").write_text(f"1 {a.removesuffix('.jpg')} {b.removesuffix('.jpg')}\n")
+    args = ["evaluate", run, "--data", data, "--trials", tmp_path / "t.txt", "--workers", "0"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and f"'{a}' exists: the list names its files without their extension" in err
 
 
 def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, capsys):

@@ -418,7 +418,7 @@ def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(pl
     folder = build("sample_folders", "series", {}, root=series)
     failing = PreparedDataset(folder, IdentityFrontend(), NoPeak(), train=False)
     with pytest.raises(DataError, match=r"'id0/0.npy'.*features NoPeak failed on it in prepare: "
-                       r"IndexError"):  # fmt: skip
+                       r"IndexError.*\(with on_bad_sample='skip' it is skipped\)\.$"):  # fmt: skip
         failing[0]
     skip = PreparedDataset(folder, IdentityFrontend(), NoPeak(), False, "skip")
     assert skip[0].path == "id0/0.npy" and "IndexError" in skip[0].error

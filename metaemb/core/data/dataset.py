@@ -95,6 +95,9 @@ class PreparedDataset(Dataset):
             exc = name_file(exc, sample.path)  # components need not know which file they got
             if self.on_bad_sample == "skip":
                 return Bad(index, sample.path, str(exc))
+            if "on_bad_sample" not in str(exc):  # the way on; commands after training reword it
+                text = str(exc).rstrip().removesuffix(".")
+                exc = type(exc)(f"{text} (with on_bad_sample='skip' it is skipped).")
             raise exc from None
         return x, sample.label, index
 

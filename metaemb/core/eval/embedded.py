@@ -3,6 +3,7 @@ asked), and their trial scores."""
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def _left_out(folder: SampleFolder, missing: list[str]) -> str:
     run's folder options apply at evaluation too), or they lack the folder's extensions."""
     present = [p for p in missing if (Path(folder.root) / p).is_file()]
     if not present:
-        return _under_a_subfolder(Path(folder.root), missing)
+        root = Path(folder.root)
+        return _under_a_subfolder(root, missing) or _another_extension(root, missing)
     dropped = [p for p in present if folder.identity_of(p) is None]
     if dropped:
         return (
@@ -115,3 +117,22 @@ def _under_a_subfolder(root: Path, missing: list[str]) -> str:
         if all((d / p).is_file() for p in missing[:3]):
             return f". They are under '{d}': pass --data {d}"
     return ""
+
+
+def _another_extension(root: Path, missing: list[str]) -> str:
+    """A list naming files without their extension (Kaldi-style utterance names), or with
+    another one (`.wav` for files converted to `.flac`): name the file that is there."""
+    first = Path(missing[0])
+    parent = root / first.parent
+    stem = first.name if not first.suffix or len(first.suffix) > 5 else first.stem
+    try:
+        found = sorted(p for p in parent.glob(f"{glob.escape(stem)}.*") if p.is_file())
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    there = found[0].relative_to(root).as_posix()
+    return (
+        f". '{there}' exists: the list names its files without their extension or with "
+        "another one; write the paths as they are on disk"
+    )

@@ -189,9 +189,11 @@ class Evaluation:
         p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder
         evals = self._trials(loaded)
-        labels = evals.labels()
+        # A list without any label (a challenge's) is scored, not measured: scores.txt only.
+        unlabelled = all(t.label is None for t in evals.trials)
+        labels = torch.zeros(0) if unlabelled else evals.labels()
         shared = self._training_identities_scored(loaded, folder, evals)
-        if evals.name != "validation":  # generated from the folder: agree by construction
+        if evals.name != "validation" and not unlabelled:  # generated lists agree by construction
             message = label_warning(mislabelled(folder, evals.trials), len(labels))
             if message:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
@@ -226,8 +228,6 @@ class Evaluation:
             scorer, embedded.emb, _described(scorer, self.scorer_name or cfg.eval.scorer)
         )
         scores = embedded.score(scorer, evals.trials)
-        label = _described(scorer, self.scorer_name or cfg.eval.scorer)
-        metrics.warn_if_reversed(label, scores.numpy(), labels.numpy())
         result: dict[str, Any] = {
             "trials": evals.name,
             "trials_source": evals.source,
@@ -235,9 +235,12 @@ class Evaluation:
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
-            "p_targets": list(p_targets),
-            **verification(scores, labels, p_targets),
         }
+        if unlabelled:
+            return self._scores_only(out, evals, scores, embedded, scorer, cal, folder, result)
+        label = _described(scorer, self.scorer_name or cfg.eval.scorer)
+        metrics.warn_if_reversed(label, scores.numpy(), labels.numpy())
+        result.update(p_targets=list(p_targets), **verification(scores, labels, p_targets))
         if self.protocol:  # a generated list is only comparable under the same options
             result["protocol_options"] = protocol_options(self.protocol, self.protocol_options)
         if evals.folds:
@@ -260,6 +263,38 @@ class Evaluation:
             atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         report.print_result(self.console, result)
         self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}", markup=False)
+        return result
+
+    def _scores_only(
+        self,
+        out: Path,
+        evals: TrialSet,
+        scores: torch.Tensor,
+        embedded: Embedded,
+        scorer: Any,
+        cal: TrialSet | None,
+        folder: SampleFolder,
+        result: dict[str, Any],
+    ) -> dict[str, Any]:
+        """An unlabelled list (a challenge's trials): its scores (and calibrated scores, with
+        --calibrate) are written, as a submission needs them; there is nothing to measure."""
+        result.update(labelled=False, n_trials=len(evals.trials))
+        out.mkdir(parents=True, exist_ok=True)
+        calibrated = None
+        if cal is not None:
+            calibration = self._calibration(embedded, scorer, cal, evals, folder)
+            calibrated = calibration(scores)
+            result["calibration"] = calibration.summary
+        with written_together():
+            if calibrated is not None:
+                write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
+            write_scores(out / "scores.txt", evals.trials, scores.tolist())
+            atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+        self.console.print(
+            f"{len(evals.trials)} unlabelled trials scored (no metrics without labels); wrote "
+            f"{out / 'scores.txt'}",
+            markup=False,
+        )
         return result
 
     def _calibration(
