@@ -44,7 +44,8 @@ class ImageExport(ExportAdapter):
         s = spec["image_size"]
         return [
             f"RGB uint8; if not square, centre-crop to a square of the shorter side; then "
-            f"resize to {s} × {s} (antialiased, as torchvision's resize)",
+            f"resize the uint8 image to {s} × {s} with torchvision.transforms.v2.functional."
+            "resize(antialias=True) (v1 or PIL resizing rounds differently)",
             "float32 pixels x / 255 in [0, 1]",
             f"per channel (x − mean) / std with mean {spec['mean']} and std {spec['std']}",
             f"layout [N, 3, {s}, {s}] (NCHW), float32",
