@@ -881,3 +881,20 @@ def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, cap
     code, out, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
     assert code == 0, err
     assert "fitting scorer 'asnorm' over the run's scorer 'cosine'" in out
+
+
+def test_loose_files_of_the_runs_own_data_get_the_identities_training_gave(voices, tmp_path):
+    """`embed RUN spk/sess/utt.wav …` without --root named each file after its session folder
+    (two speakers became one identity 'sess0'); files inside the run's own data folder are now
+    named by the run's sample folder from that root, as in training."""
+    from metaemb.core.eval.retrieval import Collection
+
+    data, run, _ = voices
+    files = sorted(data.glob("*/sess0/*.wav"))[:1] + sorted(data.glob("*/sess0/*.wav"))[-1:]
+    out = tmp_path / "c.pt"
+    code, _, err = run_cli(["embed", run, *files, "--out", out, "--workers", "0"])
+    assert code == 0, err
+    coll = Collection.load(out)
+    assert coll.identities == [f.parent.parent.name for f in files]
+    assert coll.identities[0] != coll.identities[1]
+    assert coll.meta["root"] == str(data.resolve())

@@ -108,7 +108,8 @@ def identify_probes(
     _warn_enrolled_probes(g, [(folder.root / folder.samples[i].path) for i in indices])
     from metaemb.core.eval.collect import naming_inferred_root
 
-    with naming_inferred_root(root, "--data ROOT" if data is None else None):
+    how = getattr(loaded, "root_note", "")
+    with naming_inferred_root(root, "--data ROOT" if data is None else None, how):
         emb = loaded.embed(folder, indices, workers)
     sc = _scorer(loaded, scorer)
     backend = "faiss" if faiss else "torch"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from metaemb.core.errors import DataError, DatasetError
+from metaemb.core.errors import DataError, DatasetError, MetaembError
 from metaemb.core.eval.retrieval import Collection
 
 
@@ -52,12 +52,17 @@ def load_for_files(
         if real in seen:  # it would be one more sample of its identity (retrieval counts it)
             raise DataError(f"sample file '{f}' is given twice (also as '{seen[real]}').")
         seen[real] = f
-    if root is None:
-        root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
-    else:
-        root = _check_root(root, files, resolved)
     loaded = load_run(Path(checkpoint), device)
     cfg = loaded.config
+    loaded.root_note = ""  # how the root was chosen, when the user did not give it
+    if root is not None:
+        root = _check_root(root, files, resolved)
+    elif (own := _own_root(cfg, resolved)) is not None:  # the run's data: named as in training
+        root, by_root = own, True
+        loaded.root_note = "the run's own data folder, which holds them"
+    else:
+        root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
+        loaded.root_note = "the files' common folder two levels up"
     cfg.data.root, cfg.data.root_absolute = str(root), ""
     plain_folder(cfg, "the sample files")  # a container run (RecordIO, tar shards): plain files
     factory = registry("sample_folders").get(cfg.data.folder)
@@ -97,19 +102,35 @@ def load_for_files(
 
 
 @contextmanager
-def naming_inferred_root(root: Path, flag: str | None) -> Iterator[None]:
+def naming_inferred_root(root: Path, flag: str | None, how: str = "") -> Iterator[None]:
     """A whole-dataset file (a table kept under the data root) that loose files could not find
-    is looked for under the root inferred from them: say so, and which option sets it (`flag`;
-    None when the user gave the root)."""
+    is looked for under the root inferred from them: say so, how it was chosen (`how`), and
+    which option sets it (`flag`; None when the user gave the root)."""
     try:
         yield
     except DatasetError as exc:
         if flag is None:
             raise
+        how = how or "the files' common folder two levels up"
         raise DatasetError(
-            f"{exc} (The data root was taken as '{root}', the files' common folder two levels "
-            f"up; {flag} sets it.)"
+            f"{exc} (The data root was taken as '{root}', {how}; {flag} sets it.)"
         ) from None
+
+
+def _own_root(cfg: Any, resolved: list[Path]) -> Path | None:
+    """The folder the run trained on, when every file lies in one of its identity folders
+    (`<root>/<identity>/…/<file>`): loose files from it get the identities training gave them
+    (`s001`, not the session folder `day2` they sit in)."""
+    if not cfg.data.root:
+        return None  # demo data: its cached folder is not looked up (or generated) here
+    from metaemb.core.data.pipeline import data_root
+
+    try:
+        own = data_root(cfg).resolve()
+    except (OSError, MetaembError):
+        return None
+    inside = all(r.is_relative_to(own) and len(r.relative_to(own).parts) >= 2 for r in resolved)
+    return own if own.is_dir() and inside else None
 
 
 def _note_own_naming(factory: Any, name: str) -> None:
@@ -193,7 +214,7 @@ def embed_inputs(
         flag = "--root DIR" if root is None else None
     identities = [s.identity for s in folder.samples]
     if skip_bad:
-        with naming_inferred_root(folder.root, flag):
+        with naming_inferred_root(folder.root, flag, getattr(loaded, "root_note", "")):
             emb, kept, bad = loaded.embed_skipping(folder, None, workers)
         if bad:
             import warnings
@@ -209,7 +230,7 @@ def embed_inputs(
         order = kept.tolist()
         paths, identities = [paths[i] for i in order], [identities[i] for i in order]
     else:
-        with naming_inferred_root(folder.root, flag):
+        with naming_inferred_root(folder.root, flag, getattr(loaded, "root_note", "")):
             emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(Path(folder.root).resolve())  # `root / path` names every file
