@@ -450,6 +450,21 @@ def test_a_network_failing_on_an_evaluation_batch_names_the_files(plugin, series
         extract(lambda x, lengths: x, skipped, "cpu")
 
 
+def test_features_that_flatten_their_time_axis_are_told_so_not_to_set_out_channels(plugin):
+    """[N, 3, 12] flattened to [N, 36] got the hint 'set out_channels' (to 36), which would
+    build a backbone for 36 channels of length 1 and train on nonsense."""
+    cfg = resolve("series")
+
+    class Flat(SeriesFeatures):
+        def forward(self, x, lengths=None):
+            return x.flatten(1), None
+
+    model = EmbeddingModel(Flat(), ConvNet(), nn.Linear(8, cfg.model.dim))
+    with pytest.raises(ConfigError, match=r"rank-2 batch \[batch, 36\] and declare out_channels = "
+                       r"3: the other axis is missing or flattened \(36 = 3 × 12\?\)"):  # fmt: skip
+        component_checks.check_first_batch(model, cfg, torch.randn(4, 3, 12), None)
+
+
 def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):

@@ -110,6 +110,18 @@ def check_first_batch(
                     f"{channels} on a later axis: channels go on axis 1 ([batch, channels, "
                     f"time…]); transpose in {feats_name}'s forward."
                 )
+            elif (
+                f.dim() == 2
+                and isinstance(channels, int)
+                and 0 < channels < f.shape[1]
+                and f.shape[1] % channels == 0
+            ):
+                hint = (
+                    f" The features give a rank-2 batch [batch, {f.shape[1]}] and declare "
+                    f"out_channels = {channels}: the other axis is missing or flattened "
+                    f"({f.shape[1]} = {channels} × {f.shape[1] // channels}?). Sequence features "
+                    "give [batch, channels, time] (docs/plugins.md, 'Layout and lengths')."
+                )
             elif f.dim() >= 2 and channels is not None and f.shape[1] != channels:
                 hint = (
                     f" The features declare out_channels = {channels} (what the backbone was "
