@@ -79,10 +79,13 @@ def test_reads_demo_vggface2_generic_and_json_formats(tmp_path):
 def test_bad_landmark_files_name_file_and_line(tmp_path):
     bad = tmp_path / "lm.csv"
     bad.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na.jpg,1,2,3\n")
-    with pytest.raises(DataError, match=r"lm.csv', line 2.*11 fields"):
+    with pytest.raises(DataError, match=r"lm.csv', line 2.*11 comma-separated fields"):
         read_landmark_file(bad)
     bad.write_text("a.jpg,1,2,3,4,5,6,7,8,9,x\n")
     with pytest.raises(DataError, match=r"line 1.*numbers"):
+        read_landmark_file(bad)
+    bad.write_text("a.jpg 1 2 3 4 5 6 7 8 9 10\nb.jpg 1 2 3 4 5 6 7 8 9 10\n")  # MTCNN-style txt
+    with pytest.raises(DataError, match=r"line 1: .*got 1 separated by blanks: a CSV separates"):
         read_landmark_file(bad)
     with pytest.raises(DataError, match="does not exist"):
         FileLandmarks(root=tmp_path, landmarks_file="nope.csv").table()
@@ -224,7 +227,7 @@ def test_no_face_policies(demo, tmp_path):
     opts = {"landmarks_file": "landmarks.csv", "crop_size": 32}
     skip = AlignFrontend(root=demo, cache_dir=tmp_path, **opts)
     with pytest.raises(DataError, match=r"the landmark file has no entry for '.*elsewhere/x\.png'"
-                       r" \(landmark source .*--on-bad-sample skip"):  # fmt: skip
+                       r" \(landmark source .*on_bad_sample='skip' it is skipped"):  # fmt: skip
         skip(img, "elsewhere/x.png", demo)
     err = AlignFrontend(root=demo, cache_dir=tmp_path, on_no_face="error", **opts)
     with pytest.raises(MetaembError) as exc:

@@ -100,14 +100,19 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     for lineno, row in enumerate(rows, start=1):
         if not row or not "".join(row).strip():
             continue
-        if lineno == 1:
+        spaced = len(row) == 1 and len(row[0].split()) == 11  # a blank-separated .txt
+        if lineno == 1 and not spaced:
             try:
                 float(row[1])
             except (IndexError, ValueError):
                 continue  # header
         where = f"landmark file '{path}', line {lineno}"
         if len(row) != 11:
-            raise DataError(f"{where}: expected 11 fields (path + 10 coordinates), got {len(row)}.")
+            why = " separated by blanks: a CSV separates them by commas" if spaced else ""
+            raise DataError(
+                f"{where}: expected 11 comma-separated fields (path + 10 coordinates), got "
+                f"{len(row)}{why}."
+            )
         rel, pts = row[0].strip().replace("\\", "/"), _parse_points(row[1:], where)
         if rel in out and not np.array_equal(out[rel], pts):
             raise DataError(
