@@ -168,3 +168,22 @@ def test_registered_as_demo_data_and_face_modality():
         "face",
     )
     assert face.baseline_name == "raw pixels"
+
+
+def test_a_killed_generators_temporary_sibling_is_removed_at_the_next_run(tmp_path):
+    """A demo-data run killed mid-way left `.<out>.tmp-…` beside the output for ever (GBs for
+    a speaker set); the next generation removes those of dead processes, not a live one's."""
+    import os
+    import subprocess
+    import sys
+
+    from metaemb.core.data.pipeline import generate_demo
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    out = tmp_path / "demo"
+    killed, live = tmp_path / f".demo.tmp-{dead}-x1", tmp_path / f".demo.tmp-{os.getpid()}-y2"
+    for folder in (killed, live):
+        (folder / "id0000").mkdir(parents=True)
+    generate_demo("face", {"identities": 2, "images_per_identity": 1, "image_size": 16}, out)
+    assert not killed.exists() and live.is_dir() and (out / "id0001").is_dir()

@@ -80,6 +80,7 @@ def generate_demo(name: str, options: dict[str, Any], out: Path, seed: int | Non
             raise ConfigError(f"{who} has no parameter 'seed' for --seed; {how}.")
         context["seed"] = seed
     out.parent.mkdir(parents=True, exist_ok=True)  # a generator may write a sibling, then rename
+    _remove_orphan_siblings(out)
     returned = build("demo_data", name, options, **context)
     if isinstance(returned, (str, Path)) and Path(returned).resolve() != out.resolve():
         raise PluginError(
@@ -92,6 +93,25 @@ def generate_demo(name: str, options: dict[str, Any], out: Path, seed: int | Non
             "<identity>/<sample> folder there."
         )
     return out
+
+
+def _remove_orphan_siblings(out: Path) -> None:
+    """The temporary siblings `.<name>.tmp-<pid>…` that generators killed mid-way left beside
+    `out` (a speaker demo set is gigabytes): removed when their process is gone."""
+    import re
+    import shutil
+
+    from metaemb.core.runs import _alive
+
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.tmp-(\d+)(?:-.*)?$")
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        m = pattern.match(sibling.name)
+        if m and sibling.is_dir() and not sibling.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def build_frontend(config: Config, root: Path) -> Any:
