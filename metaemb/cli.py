@@ -293,6 +293,13 @@ def evaluate(
     enroll_samples: Annotated[
         int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
     ] = None,
+    frontend_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
+            "without it (align: landmarks_file=F, on_no_face=center)"
+        ),
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
@@ -310,9 +317,11 @@ def evaluate(
     ] = True,
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
+    from metaemb.core.data.pipeline import use_frontend_set
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.evaluate import Evaluation
 
+    use_frontend_set(frontend_set)
     preloaded = None
     if modality is not None and reference is None:
         raise MetaembError("--modality is for --reference (a run knows its modality): leave it "
@@ -382,6 +391,13 @@ def embed(
             "folder names their identities (default: the folder each file sits in)"
         ),
     ] = None,
+    frontend_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
+            "without it (align: landmarks_file=F, on_no_face=center)"
+        ),
+    ] = None,
     on_bad_sample: Annotated[
         str,
         typer.Option(
@@ -391,6 +407,7 @@ def embed(
     ] = "error",
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
+    from metaemb.core.data.pipeline import use_frontend_set
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import check_format
     from metaemb.core.paths import ensure_writable
@@ -399,6 +416,7 @@ def embed(
         from metaemb.core.errors import ConfigError
 
         raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
+    use_frontend_set(frontend_set)
     check_format(out)
     ensure_writable(out, "embeddings file")  # before any embedding
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root,
@@ -462,6 +480,9 @@ def main() -> None:
         return
     _tolerant_output()
     _plain_warnings()
+    from metaemb.core.data.pipeline import use_frontend_set
+
+    use_frontend_set(None)  # a command's --frontend-set never outlives it
     try:
         app = create_app()
         app()

@@ -470,6 +470,20 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     assert code == 2 and "the landmark file has no entry for" in err and "Smith, John" in err
     assert "on_no_face = 'center'" in err and "Fix or remove the file" in err
     assert err.count("--on-bad-sample skip") == 1 and not path.exists()
+    assert "--frontend-set on_no_face=center" in err
+    # After training, the frontend's access options may be set for one command; the crop not.
+    code, _, err = run_cli([*args, "--frontend-set", "crop_size=64"], capsys)
+    assert code == 2 and "--frontend-set crop_size: the run's frontend 'align' lets" in err
+    assert "landmarks_file" in err and not path.exists()
+    smith = tmp_path / "smith.txt"
+    smith.write_text("Smith, John\n", encoding="utf-8")  # its files have no landmarks here
+    code, _, err = run_cli([*args, "--identities-file", smith], capsys)
+    assert code == 2 and "no entry for" in err
+    code, _, err = run_cli([*args, "--identities-file", smith, "--frontend-set",
+                            "on_no_face=center"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert Gallery.load(path).identities == ["Smith, John"]
+    path.unlink()
     rows = list(csv.reader((enroll / "landmarks.csv").open(encoding="utf-8")))
     renamed = {"id0000": "Smith, John", "id0001": "trailing "}
     for row in rows[1:]:  # the renamed folders' entries (a quoted path holds the comma)

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaemb.core.data.pipeline import use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
 
@@ -107,8 +108,16 @@ def enroll(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
+    frontend_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
+            "without it (align: landmarks_file=F, on_no_face=center)"
+        ),
+    ] = None,
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
+    use_frontend_set(frontend_set)
     names = identity_names(identities, identities_file)
     done = enroll_folder(checkpoint, gallery, data, names, device=device, workers=workers)
     table = Table(title=f"enrolled into {escape(str(gallery))}")
@@ -180,12 +189,21 @@ def identify(
     show: Annotated[int, typer.Option(help="probes to print", min=0)] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
+    frontend_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
+            "without it (align: landmarks_file=F, on_no_face=center)"
+        ),
+    ] = None,
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""
     import math
 
     from metaemb.core.errors import MetaembError
+
+    use_frontend_set(frontend_set)
 
     if threshold is not None and not math.isfinite(threshold):
         raise MetaembError(f"--threshold must be a finite number; got {threshold}.")

@@ -3,6 +3,7 @@ frontend, features and the embedding model (shared by train, evaluate and embed)
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from dataclasses import dataclass
@@ -114,12 +115,48 @@ def _remove_orphan_siblings(out: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
 
 
+#: `--frontend-set KEY=VALUE` of a command that uses a trained run (set per command)
+_FRONTEND_SET: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "frontend_set", default=()
+)
+
+
+def use_frontend_set(items: list[str] | None) -> None:
+    """`--frontend-set` of evaluate, embed, enroll and identify: options of the run's frontend
+    that say where the data's side information is or what to do without it (its
+    `access_options`: a landmark file, a no-face policy), applied to every frontend built for
+    the run in this command. The CLI resets it for each command."""
+    _FRONTEND_SET.set(tuple(items or ()))
+
+
+def _frontend_options(config: Config) -> dict[str, Any]:
+    from metaemb.core.config import parse_set
+    from metaemb.core.plugin.components import validate_options
+
+    opts = config.options("frontend")
+    items = _FRONTEND_SET.get()
+    if not items:
+        return opts
+    name = config.model.frontend
+    given = dict(parse_set(item) for item in items)
+    allowed = set(getattr(registry("frontends").get(name), "access_options", ()) or ())
+    refused = sorted(set(given) - allowed)
+    if refused:
+        raise ConfigError(
+            f"--frontend-set {refused[0]}: the run's frontend '{name}' lets "
+            f"{', '.join(sorted(allowed)) or 'no option'} be set after training; the others "
+            "change what the model sees and belong to the training configuration."
+        )
+    return {**opts, **validate_options("frontends", name, given, "--frontend-set")}
+
+
 def build_frontend(config: Config, root: Path) -> Any:
-    """The config's frontend for the data under `root`, caching in the config's cache folder."""
+    """The config's frontend for the data under `root`, caching in the config's cache folder
+    (with the command's `--frontend-set`, when it gives one)."""
     return build(
         "frontends",
         config.model.frontend,
-        config.options("frontend"),
+        _frontend_options(config),
         root=root,
         cache_dir=cache_dir(config),
     )

@@ -64,6 +64,9 @@ class AlignFrontend(Frontend):
 
     accepts = Kind("image")
     yields = Kind("aligned-image")
+    #: what `--frontend-set` may change after training: where landmarks come from and what to
+    #: do without them (the crop itself is the model's input, fixed by training)
+    access_options = ("source", "landmarks_file", "on_no_face", "detector", "multiple", "upsample")
 
     def __init__(
         self,
@@ -158,8 +161,9 @@ class AlignFrontend(Frontend):
                 "or 'center' to go on."
             )
         raise DataError(  # a bad sample: skipped under --on-bad-sample skip, else an error
-            message + " frontend.on_no_face = 'center' would crop the image's centre instead "
-            "(with on_bad_sample='skip' it is skipped)."
+            message + " frontend.on_no_face = 'center' (after training: --frontend-set "
+            "on_no_face=center) would crop the image's centre instead (with "
+            "on_bad_sample='skip' it is skipped)."
         )
 
     def __getstate__(self) -> dict[str, Any]:

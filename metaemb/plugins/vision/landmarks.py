@@ -235,9 +235,10 @@ class FileLandmarks(LandmarkSource):
                 f"landmark file '{pattern}' does not exist. The run aligns faces with the "
                 f"landmarks of '{self.landmarks_file}' under the data root (frontend."
                 "landmarks_file): put there a landmark file covering these images (the lines "
-                "of a larger one will do; `metaemb landmarks DATA --out FILE` writes one), or "
-                "train with frontend.source = 'dlib' to detect landmarks (pip install "
-                "'metaemb[face]')."
+                "of a larger one will do; `metaemb landmarks DATA --out FILE` writes one), name "
+                "another with --frontend-set landmarks_file=FILE (after training) or "
+                "frontend.landmarks_file, or detect landmarks with frontend.source = 'dlib' "
+                "(pip install 'metaemb[face]')."
             )
         return [pattern]
 
