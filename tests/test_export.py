@@ -428,7 +428,27 @@ def test_an_adapter_method_that_raises_is_named_with_its_plugin(face_ckpt, tmp_p
         return [["N", spec["n_leads"]]]
 
     monkeypatch.setattr(ImageExport, "shapes", shapes)
-    with pytest.raises(ExportError, match=r"exporting with export adapter 'image' \(plugin "
-                       r"'vision'\) failed: KeyError: 'n_leads'"):  # fmt: skip
+    with pytest.raises(ExportError, match=r"export adapter 'image' \(plugin 'vision'\) failed: "
+                       r"KeyError: 'n_leads'"):  # fmt: skip
         export(face_ckpt[0], "torchscript", tmp_path / "m.pt")
     assert not list(tmp_path.iterdir())
+
+
+def test_an_operator_the_exporter_lacks_names_the_model_not_the_adapter(face_ckpt, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """A backbone using an op ONNX has no symbolic for was blamed on the export adapter."""
+    pytest.importorskip("onnx")
+    from metaemb.core.deploy.export import ExportError, export
+    from metaemb.core.deploy.loading import load_run
+
+    backbone = type(load_run(face_ckpt[0], "cpu").model.backbone)
+    forward = backbone.forward
+
+    def with_i0(self, *args, **kwargs):
+        y = forward(self, *args, **kwargs)
+        return y + torch.special.i0(y) * 0  # aten::i0 has no ONNX export
+
+    monkeypatch.setattr(backbone, "forward", with_i0)
+    with pytest.raises(ExportError, match=r"the model \(features 'image', backbone 'resnet18', "
+                       r"head 'linear'\) could not be exported: .*i0"):  # fmt: skip
+        export(face_ckpt[0], "onnx", tmp_path / "m.onnx")

@@ -91,6 +91,7 @@ def test_temps_left_by_killed_writers_are_removed_at_the_next_write(tmp_path):
         "live": f".g.pt.{os.getpid()}.cd34.tmp",
         "fresh": f".g.pt.{dead}.ef56.tmp",
         "other file": f".h.pt.{dead}.gh78.tmp",
+        "a sibling g.pt.<n>'s live temp": f".g.pt.{dead}.{os.getpid()}.zz.tmp",
         "older metaemb, an hour": ".g.pt.x1y2z3.tmp",
         "older metaemb, two days": ".g.pt.q9w8e7.tmp",
     }
@@ -100,7 +101,8 @@ def test_temps_left_by_killed_writers_are_removed_at_the_next_write(tmp_path):
         os.utime(tmp_path / name, (old, time.time() - age))
     runs.atomic_write_bytes(tmp_path / "g.pt", b"new")
     left = {what for what, name in names.items() if (tmp_path / name).exists()}
-    assert left == {"live", "fresh", "other file", "older metaemb, an hour"}
+    assert left == {"live", "fresh", "other file", "older metaemb, an hour",
+                    "a sibling g.pt.<n>'s live temp"}  # fmt: skip
     assert (tmp_path / "g.pt").read_bytes() == b"new"
 
 

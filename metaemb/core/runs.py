@@ -126,17 +126,20 @@ def remove_orphan_temps(path: Path) -> None:
     import time
 
     stem = _temp_stem(path)
+    # `.<name>.<pid>.<random>.tmp` (mkstemp's random part has no dot) or, from an older
+    # metaemb, `.<name>.<random>.tmp`: a sibling `<name>.7000`'s temps never match
+    ours = re.compile(rf"^{re.escape(stem)}\.(?:(\d+)\.)?[^.]+\.tmp$")
 
-    def orphaned(name: str) -> bool:
-        writer = Path(name).name[len(stem) + 1 :].split(".", 1)[0]
+    def orphaned(name: str, writer: str | None) -> bool:
         age = time.time() - os.path.getmtime(name)
-        if writer.isdigit():
+        if writer is not None:
             return age > 60 and not _alive(int(writer))
         return age > 86400
 
     for name in glob.glob(glob.escape(str(path.parent / f"{stem}.")) + "*.tmp"):
+        m = ours.match(Path(name).name)
         try:
-            if orphaned(name):
+            if m and orphaned(name, m.group(1)):
                 os.unlink(name)
         except OSError:
             continue

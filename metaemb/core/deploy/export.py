@@ -19,6 +19,7 @@ import abc
 import contextlib
 import io
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,13 +198,25 @@ class Inference:
     path: Path
 
 
-def load_inference(checkpoint: Path) -> Inference:
-    """Checkpoint or run dir → the model and its export wrapper, in eval mode on the CPU."""
+def load_inference(checkpoint: Path, blame: dict[str, Any] | None = None) -> Inference:
+    """Checkpoint or run dir → the model and its export wrapper, in eval mode on the CPU
+    (`blame`, when given, gets the adapter's and the model's names for messages)."""
+    import inspect
+
     run = load_run(Path(checkpoint), "cpu")
     model, config, state = run.model, run.config, run.state
     model.eval().requires_grad_(False)
     spec = state.get("input_spec") or model.features.input_spec()
     kind = input_kind(spec, config.model.features)
+    if blame is not None:
+        entry = registry("export_adapters").entry(spec.get("kind"))
+        m = config.model
+        parts = (model.features, model.backbone, model.head)
+        blame.update(
+            adapter=f"export adapter '{spec.get('kind')}' (plugin '{entry.plugin}')",
+            files={inspect.getsourcefile(type(part)) for part in parts},
+            model=f"features '{m.features}', backbone '{m.backbone}', head '{m.head}'",
+        )
     return Inference(model, kind.wrap(model).eval(), kind, config, state, spec, run.path)
 
 
@@ -346,25 +359,35 @@ def to_onnx(
 
 
 @contextlib.contextmanager
-def _adapter_named(checkpoint: Path) -> Iterator[None]:
-    """A plugin export adapter's bug (a KeyError in shapes(), a TypeError in wrap()) is named
-    with the adapter and its plugin, in one paragraph, instead of a traceback."""
+def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
+    """An exception raised in a plugin export adapter's own code (a KeyError in shapes(), a
+    TypeError in wrap()) names the adapter and its plugin; one raised by the model or by the
+    exporter (an operator ONNX lacks) names the model's components. `blame` is filled in by the
+    body as soon as the adapter is known: {"adapter": label, "model": label, "files": the
+    model components' source files}."""
+    import traceback
+
     try:
         yield
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        try:
-            run = load_run(Path(checkpoint), "cpu")
-            kind = (run.state.get("input_spec") or run.model.features.input_spec()).get("kind")
-            entry = registry("export_adapters").entry(kind)
-            who = f"export adapter '{kind}' (plugin '{entry.plugin}')"
-        except Exception:
-            who = "the export adapter"
         why = str(exc).splitlines()[0] if str(exc) else ""
+        frames = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+        in_torch = [f"{os.sep}torch{os.sep}" in f for f in frames]
+        outside_torch = [f for f, t in zip(frames, in_torch, strict=True) if not t]
+        by_model = bool(frames) and (
+            in_torch[-1] or (bool(outside_torch) and outside_torch[-1] in blame.get("files", ()))
+        )  # the exporter (an operator ONNX lacks) or the network's own code
+        if "model" not in blame or not by_model:
+            raise ExportError(
+                f"{blame.get('adapter', 'the export adapter')} failed: {type(exc).__name__}: "
+                f"{why[:300]} (in its names, shapes(), wrap(), example(), preprocessing(), "
+                "model_inputs() or check())."
+            ) from exc
         raise ExportError(
-            f"exporting with {who} failed: {type(exc).__name__}: {why[:300]} (its names, "
-            "shapes(), wrap(), example(), preprocessing(), model_inputs() or check())."
+            f"the model ({blame.get('model', '?')}) could not be exported: "
+            f"{type(exc).__name__}: {why[:300]}."
         ) from exc
 
 
@@ -468,8 +491,9 @@ def export(
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     check_out_name(fmt, target)
-    with _adapter_named(checkpoint):
-        inf = load_inference(checkpoint)
+    blame: dict[str, Any] = {}
+    with _failures_named(blame):
+        inf = load_inference(checkpoint, blame)
         module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
         extra_checks = kind.check(inf.model, module, spec)
         probe = _probe(module, kind, spec)
@@ -481,9 +505,9 @@ def export(
         dim = int(shapes[0][1])
         if fmt == "onnx":
             data = to_onnx(module, kind, spec, opset, out_names)
-            entry = registry("export_adapters").entry(spec.get("kind"))
-            adapter = f"export adapter '{spec.get('kind')}' (plugin '{entry.plugin}')"
-            worst = check_parity(onnx_runner(data, kind.names, adapter), module, kind, spec)
+            worst = check_parity(
+                onnx_runner(data, kind.names, blame["adapter"]), module, kind, spec
+            )
         else:
             data = to_torchscript(module, kind, spec)
             worst = check_parity(torchscript_runner(data), module, kind, spec)

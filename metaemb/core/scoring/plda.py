@@ -234,8 +234,8 @@ def warn_if_ill_conditioned(psi: Tensor, within_dof: int | None = None, dims: in
         why = (
             f"The training embeddings give {within_dof} within-identity degrees of freedom "
             f"(samples − identities) for {d} dimensions, so their within-identity covariance "
-            f"is singular: fit on more samples per identity, or reduce the dimension below "
-            f"{within_dof} (scorer.lda_dim, or a smaller model.dim); or score with cosine."
+            f"is singular (an LDA fitted on it is too): fit on more samples per identity, or "
+            f"train a smaller embedding (model.dim below {within_dof}); or score with cosine."
         )
     else:
         why = (
