@@ -1292,3 +1292,16 @@ def test_a_modality_given_a_class_instead_of_a_name_is_refused_when_built():
     with pytest.raises(PluginError, match=r"modality 'ecg2': backbone = ConvNet is not a name.*"
                        r"register ConvNet under a name"):  # fmt: skip
         Modality(name="ecg2", description="", sample_folder="series", backbone=ConvNet)
+
+
+def test_the_default_face_model_passes_the_first_batch_checks_silently():
+    """Padding one made-up sample of a batch given without lengths is for sequences: an image
+    batch padded along its width warned on every default face run."""
+    from metaemb.core.data.pipeline import build_model
+
+    plugins.reset()
+    cfg = resolve("face", sets=["features.image_size=32", "model.dim=16"])
+    model = build_model(cfg).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        component_checks.check_first_batch(model, cfg, torch.rand(4, 3, 32, 32) * 2 - 1, None)

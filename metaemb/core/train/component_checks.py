@@ -206,7 +206,7 @@ def _warn_if_padding_leaks(
     padded too when the features pass lengths on (sequences, not fixed-size inputs)."""
     unpadded = lengths is None
     if unpadded:
-        if x.dim() < 3 or x.shape[0] < 1:
+        if x.dim() != 3 or x.shape[0] < 1:  # [N, channels, steps]: not images, not vectors
             return
         lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
     if lengths.numel() < 1 or x.shape[-1] != int(lengths.max()):
@@ -229,7 +229,11 @@ def _warn_if_padding_leaks(
     gap = float((alone - batched).abs().max())
     if gap <= 1e-3 * max(1.0, float(batched.abs().max())):
         return
-    dropped = " The features returned lengths None for a padded batch." if flen is None else ""
+    dropped = (
+        " The features returned lengths None for a padded batch."
+        if flen is None and not unpadded
+        else ""
+    )
     warnings.warn(
         f"{component(config, 'features')} → {component(config, 'backbone')}: a sample padded in "
         f"a batch is embedded differently from the same sample alone (largest difference "
