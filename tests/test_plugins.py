@@ -584,3 +584,8 @@ def test_identities_named_like_parts_of_a_person_get_a_subject_of_hint(tmp_path)
             (lfw / name).mkdir(parents=True)
             np.save(lfw / name / "a.npy", np.zeros(3))
         Hands(lfw).split(0.4)
+        numbered = tmp_path / "numbered"  # person_1 … person_6: a prefix, not one person
+        for i in range(1, 7):
+            (numbered / f"person_{i}").mkdir(parents=True)
+            np.save(numbered / f"person_{i}" / "a.npy", np.zeros(3))
+        Hands(numbered).split(0.34)

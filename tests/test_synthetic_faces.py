@@ -176,6 +176,7 @@ def test_a_killed_generators_temporary_sibling_is_removed_at_the_next_run(tmp_pa
     import os
     import subprocess
     import sys
+    import time
 
     from metaemb.core.data.pipeline import generate_demo
 
@@ -183,7 +184,11 @@ def test_a_killed_generators_temporary_sibling_is_removed_at_the_next_run(tmp_pa
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     out = tmp_path / "demo"
     killed, live = tmp_path / f".demo.tmp-{dead}-x1", tmp_path / f".demo.tmp-{os.getpid()}-y2"
-    for folder in (killed, live):
+    fresh = tmp_path / f".demo.tmp-{dead}-z3"  # a dead pid here, but written a moment ago:
+    for folder in (killed, live, fresh):  # maybe another machine sharing the cache
         (folder / "id0000").mkdir(parents=True)
+    old = time.time() - 3600
+    for path in (killed, killed / "id0000", live, live / "id0000"):
+        os.utime(path, (old, old))
     generate_demo("face", {"identities": 2, "images_per_identity": 1, "image_size": 16}, out)
-    assert not killed.exists() and live.is_dir() and (out / "id0001").is_dir()
+    assert not killed.exists() and live.is_dir() and fresh.is_dir() and (out / "id0001").is_dir()

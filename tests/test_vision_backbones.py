@@ -113,11 +113,18 @@ def test_pretrained_errors_are_clear(tmp_path):
         ResNet18(pretrained=str(junk))
     whole = tmp_path / "whole_module.pth"  # torch.save(model), common in face repositories
     torch.save(models.resnet18(weights=None), whole)
-    with pytest.raises(
-        ConfigError, match=r"holds a pickled Python object .* not a state dict"
-    ) as e:
+    with pytest.raises(ConfigError, match=r"holds a whole model \(torchvision.models.resnet."
+                       r"ResNet, saved with torch.save\(model\)\)") as e:  # fmt: skip
         ResNet18(pretrained=str(whole))
     assert "\x1b" not in str(e.value) and "\n" not in str(e.value)  # torch's page-long advice
+    import argparse
+
+    other = tmp_path / "checkpoint.pth"  # another toolkit's checkpoint: weights and its args
+    torch.save({"state_dict": models.resnet18(weights=None).state_dict(),
+                "args": argparse.Namespace(lr=0.1)}, other)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"holds a pickled argparse.Namespace beside its weights: "
+                       r"save only the weights"):  # fmt: skip
+        ResNet18(pretrained=str(other))
 
 
 def test_registered_through_the_vision_plugin():

@@ -98,9 +98,11 @@ def generate_demo(name: str, options: dict[str, Any], out: Path, seed: int | Non
 
 def _remove_orphan_siblings(out: Path) -> None:
     """The temporary siblings `.<name>.tmp-<pid>…` that generators killed mid-way left beside
-    `out` (a speaker demo set is gigabytes): removed when their process is gone."""
+    `out` (a speaker demo set is gigabytes): removed when their process is gone and nothing in
+    them changed for ten minutes (its writer may be another machine sharing the cache)."""
     import re
     import shutil
+    import time
 
     from metaemb.core.runs import _alive
 
@@ -111,7 +113,13 @@ def _remove_orphan_siblings(out: Path) -> None:
         return
     for sibling in siblings:
         m = pattern.match(sibling.name)
-        if m and sibling.is_dir() and not sibling.is_symlink() and not _alive(int(m.group(1))):
+        if not m or not sibling.is_dir() or sibling.is_symlink() or _alive(int(m.group(1))):
+            continue
+        try:
+            changed = max(p.stat().st_mtime for p in [sibling, *sibling.rglob("*")])
+        except OSError:
+            continue
+        if time.time() - changed > 600:
             shutil.rmtree(sibling, ignore_errors=True)
 
 

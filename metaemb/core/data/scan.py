@@ -172,7 +172,10 @@ def warn_parts_of_one_subject(identities: Sequence[str], where: str) -> None:
         stems.setdefault(m.group(1), []).append(name)
         parts.add(m.group(2))
     grouped = [names for names in stems.values() if len(names) > 1]
-    if not 2 <= len(parts) <= 6 or sum(map(len, grouped)) < 0.8 * len(identities):
+    numbered = all(part.isdigit() for part in parts)  # person_1 … person_6: a naming prefix
+    if numbered or len(stems) < 2 or not 2 <= len(parts) <= 6:
+        return
+    if sum(map(len, grouped)) < 0.8 * len(identities):
         return
     warnings.warn(
         f"the {len(identities)} identities of {where} look like parts of {len(stems)} "

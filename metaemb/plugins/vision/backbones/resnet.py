@@ -8,6 +8,7 @@ crops (32–112 px) keep a spatial map worth pooling instead of shrinking 32× t
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,16 +27,25 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # not a pickled object (junk bytes)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:  # not a pickled object (junk bytes)
             raise ConfigError(
                 f"config key 'backbone.pretrained': cannot read weights file '{path}' "
                 f"(UnpicklingError: not a torch file); expected a torchvision {arch} state dict "
                 "(.pth)."
             ) from None
-        raise ConfigError(  # weights_only refused code: a whole pickled module
-            f"config key 'backbone.pretrained': '{path}' holds a pickled Python object (a whole "
-            "model saved with torch.save(model)), not a state dict; metaemb does not unpickle "
-            "code. Save `model.state_dict()` with torch.save and give that file."
+        name = found.group(1).rstrip(".,")
+        whole = _is_module_class(name)
+        what = (
+            f"a whole model ({name}, saved with torch.save(model)): save `model.state_dict()` "
+            "and give that file"
+            if whole
+            else f"a pickled {name} beside its weights: save only the weights, e.g. "
+            "torch.save(checkpoint['state_dict'], 'weights.pth'), and give that file"
+        )
+        raise ConfigError(  # weights_only refused code: metaemb never unpickles it
+            f"config key 'backbone.pretrained': '{path}' holds {what} (metaemb does not "
+            "unpickle code)."
         ) from None
     except Exception as exc:
         why = str(exc).splitlines()[0] if str(exc) else ""
@@ -53,6 +63,16 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
             f"torchvision {arch} weights."
         )
     return state
+
+
+def _is_module_class(dotted: str) -> bool:
+    """Whether `module.Class` names a torch.nn.Module subclass; only modules already imported
+    are looked in (nothing a file names is imported on its behalf)."""
+    import sys
+
+    module, _, attr = dotted.rpartition(".")
+    cls = getattr(sys.modules.get(module), attr, None)
+    return isinstance(cls, type) and issubclass(cls, nn.Module)
 
 
 def _adapt_stem(weight: Tensor, target: Tensor) -> Tensor | None:
