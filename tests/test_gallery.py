@@ -5,6 +5,7 @@ gallery, and `metaemb enroll` / `metaemb identify` end to end on a tiny trained 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import shutil
@@ -484,6 +485,17 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     assert code == 0, err
     assert Gallery.load(path).identities == ["Smith, John"]
     path.unlink()
+    # Recorded where results go: evaluate beside the plain evaluation, embed in its meta.
+    code, _, err = run_cli(["evaluate", run, "--workers", "0", "--frontend-set",
+                            "on_no_face=center"], capsys)  # fmt: skip
+    assert code == 0, err
+    [folder] = run.glob("eval-validation-frontend-*")
+    assert json.loads((folder / "metrics.json").read_text())["frontend_set"] == {
+        "on_no_face": "center"
+    }
+    code, _, err = run_cli(["embed", run, data, "--out", tmp_path / "e.pt", "--frontend-set",
+                            "on_no_face"], capsys)  # fmt: skip
+    assert code == 2 and "--frontend-set expects key=value (e.g. on_no_face=center)" in err
     rows = list(csv.reader((enroll / "landmarks.csv").open(encoding="utf-8")))
     renamed = {"id0000": "Smith, John", "id0001": "trailing "}
     for row in rows[1:]:  # the renamed folders' entries (a quoted path holds the comma)

@@ -19,11 +19,12 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["dumps_toml", "load_toml", "parse_set", "tomllib"]
 
 
-def parse_set(item: str) -> tuple[str, Any]:
+def parse_set(item: str, flag: str = "--set", example: str = "train.epochs=3") -> tuple[str, Any]:
     """'train.epochs=3' → ('train.epochs', 3); values parse as TOML literals, else as text
-    (`Unquoted`, which may still read as a number: "0.01,0.05" for a list of floats)."""
+    (`Unquoted`, which may still read as a number: "0.01,0.05" for a list of floats). `flag`
+    and `example` name the option the item came from in the error."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), got '{item}'")
+        raise ConfigError(f"{flag} expects key=value (e.g. {example}), got '{item}'")
     key, raw = item.split("=", 1)
     key, raw = key.strip(), raw.strip()
     try:

@@ -124,7 +124,7 @@ def _remove_orphan_siblings(out: Path) -> None:
 
 
 #: `--frontend-set KEY=VALUE` of a command that uses a trained run (set per command)
-_FRONTEND_SET: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+_FRONTEND_SET: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
     "frontend_set", default=()
 )
 
@@ -134,19 +134,25 @@ def use_frontend_set(items: list[str] | None) -> None:
     that say where the data's side information is or what to do without it (its
     `access_options`: a landmark file, a no-face policy), applied to every frontend built for
     the run in this command. The CLI resets it for each command."""
-    _FRONTEND_SET.set(tuple(items or ()))
+    from metaemb.core.config.toml_io import parse_set
+
+    given = [parse_set(i, "--frontend-set", "on_no_face=center") for i in items or ()]
+    _FRONTEND_SET.set(tuple(dict(given).items()))
+
+
+def frontend_set_used() -> dict[str, Any]:
+    """The command's --frontend-set, for its outputs to record ({} when none)."""
+    return {k: str(v) if isinstance(v, str) else v for k, v in _FRONTEND_SET.get()}
 
 
 def _frontend_options(config: Config) -> dict[str, Any]:
-    from metaemb.core.config import parse_set
     from metaemb.core.plugin.components import validate_options
 
     opts = config.options("frontend")
-    items = _FRONTEND_SET.get()
-    if not items:
+    given = dict(_FRONTEND_SET.get())
+    if not given:
         return opts
     name = config.model.frontend
-    given = dict(parse_set(item) for item in items)
     allowed = set(getattr(registry("frontends").get(name), "access_options", ()) or ())
     refused = sorted(set(given) - allowed)
     if refused:

@@ -9,6 +9,7 @@ folder, or the folder's `identity_of` for nested layouts such as `u001/forgery/f
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -234,4 +235,8 @@ def embed_inputs(
             emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(Path(folder.root).resolve())  # `root / path` names every file
+    from metaemb.core.data.pipeline import frontend_set_used
+
+    if frontend_set_used():
+        meta["frontend_set"] = json.dumps(frontend_set_used(), sort_keys=True)
     return Collection(paths, identities, emb, meta)

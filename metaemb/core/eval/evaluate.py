@@ -7,6 +7,7 @@ regenerated, so the numbers match training's. Definitions and outputs: docs/eval
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from metaemb.core.config import from_dict
-from metaemb.core.data.pipeline import Components, data_root
+from metaemb.core.data.pipeline import Components, data_root, frontend_set_used
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError
@@ -200,6 +201,10 @@ class Evaluation:
         name = evals.name
         if self.scorer_name and self.scorer_name != cfg.eval.scorer:  # beside the run's own
             name = f"{name}-{self.scorer_name}"
+        frontend_set = frontend_set_used()
+        if frontend_set:  # another preprocessing of the same files: beside, not over, the plain
+            tag = hashlib.sha1(json.dumps(frontend_set, sort_keys=True).encode()).hexdigest()
+            name = f"{name}-frontend-{tag[:6]}"
         out = self.out or default_out(self._run_dir(), name, self.data)
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
@@ -235,6 +240,7 @@ class Evaluation:
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
+            **({"frontend_set": frontend_set} if frontend_set else {}),
         }
         if unlabelled:
             return self._scores_only(out, evals, scores, embedded, scorer, cal, folder, result)
