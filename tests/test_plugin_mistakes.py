@@ -1305,3 +1305,49 @@ def test_the_default_face_model_passes_the_first_batch_checks_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         component_checks.check_first_batch(model, cfg, torch.rand(4, 3, 32, 32) * 2 - 1, None)
+
+
+def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plugin):
+    """Its examples all of one length, the wrapper check passed and the graph was stamped
+    verified, though a zero-padded batch embeds ~6 % off in deployment."""
+    from metaemb.core.deploy.export import (
+        ExportAdapter,
+        ExportError,
+        _refuse_a_graph_without_lengths,
+    )
+
+    class NoLengths(ExportAdapter):
+        names: ClassVar[list[str]] = ["imu"]
+
+        def shapes(self, spec):
+            return [["N", 3, "T"]]
+
+        def wrap(self, model):
+            return model
+
+        def example(self, spec, batch, variant):
+            return (torch.randn(batch, 3, 10 + variant),)
+
+        def preprocessing(self, spec):
+            return []
+
+    cfg = resolve("series")
+    model = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, cfg.model.dim))
+    with pytest.raises(ExportError, match=r"the run's features take the lengths .* passes none"):
+        _refuse_a_graph_without_lengths(model, NoLengths(), {"kind": "series"})
+
+    class WithLengths(NoLengths):
+        names: ClassVar[list[str]] = ["imu", "lengths"]
+
+        def example(self, spec, batch, variant):
+            return torch.randn(batch, 3, 12), torch.tensor([12, 9, 7][:batch])
+
+    _refuse_a_graph_without_lengths(model, WithLengths(), {"kind": "series"})  # passes
+    from metaemb.core.deploy.export import check_declared_shapes
+
+    class Miscounted(WithLengths):  # names one input, example() makes two
+        names: ClassVar[list[str]] = ["imu"]
+
+    with pytest.raises(ExportError, match=r"names lists 1 input\(s\) \(imu\), shapes\(\) gives 1 "
+                       r"and example\(\) returns 2"):  # fmt: skip
+        check_declared_shapes(Miscounted(), {"kind": "series"})

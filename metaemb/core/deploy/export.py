@@ -232,8 +232,14 @@ def check_declared_shapes(kind: ExportAdapter, spec: dict[str, Any]) -> None:
     """The sidecar describes the graph's inputs from `shapes()`, the graph is traced from
     `example()`: an adapter whose two disagree (3 channels declared, 1 given) would ship a
     sidecar that misdescribes its graph."""
-    example = kind.example(spec, 2, 0)
-    for name, shape, x in zip(kind.names, kind.shapes(spec), example, strict=True):
+    example, shapes = kind.example(spec, 2, 0), kind.shapes(spec)
+    if not len(kind.names) == len(shapes) == len(example):
+        raise ExportError(
+            f"export adapter '{spec.get('kind')}': names lists {len(kind.names)} input(s) "
+            f"({', '.join(kind.names)}), shapes() gives {len(shapes)} and example() returns "
+            f"{len(example)}; the three describe the same inputs, in the same order."
+        )
+    for name, shape, x in zip(kind.names, shapes, example, strict=True):
         fits = len(shape) == x.dim() and all(
             isinstance(d, str) or int(d) == x.shape[i] for i, d in enumerate(shape)
         )
@@ -294,6 +300,7 @@ def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
         for r, g in zip(ref, got, strict=True):
             scale = max(float(r.abs().max()), 1e-12)
             worst = max(worst, float((g.float() - r.float()).abs().max()) / scale)
+    _refuse_a_graph_without_lengths(model, kind, spec)
     if worst > WRAP_RTOL:
         raise ExportError(
             f"export adapter '{name}': its wrap(model) differs from the run's model, called as "
@@ -303,6 +310,30 @@ def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
             "the graph's inputs differ from the model's, override model_inputs()."
         )
     return worst
+
+
+def _refuse_a_graph_without_lengths(
+    model: EmbeddingModel, kind: ExportAdapter, spec: dict[str, Any]
+) -> None:
+    """A run whose features take the lengths of [N, channels, steps] inputs embeds a padded
+    batch with them; an adapter whose graph passes none exports a model whose batches leak
+    padding, which its own examples (all of one length) cannot show."""
+    x, lengths = kind.model_inputs(kind.example(spec, 3, 2))
+    if lengths is not None or not isinstance(x, Tensor) or x.dim() != 3:
+        return
+    try:
+        with torch.no_grad():
+            _, passed = model.features(x, torch.full((len(x),), x.shape[-1], dtype=torch.long))
+    except Exception:  # features that take no lengths: nothing to pass on
+        return
+    if passed is not None:
+        raise ExportError(
+            f"export adapter '{spec.get('kind')}': the run's features take the lengths of "
+            "their [N, channels, steps] inputs, but the adapter's graph passes none "
+            "(model_inputs gives lengths None), so a zero-padded batch would embed differently "
+            "from each recording alone. Add an int64 [N] 'lengths' input to names, shapes() and "
+            "example() (lengths differing within a batch) and pass it on in wrap()."
+        )
 
 
 def check_parity(run: Any, module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> float:
