@@ -97,7 +97,7 @@ def _fake_entry_point(monkeypatch, name, module_name, module):
 
     def entry_points(**kw):
         eps = list(real(**kw))
-        return [*eps, ep] if kw.get("group") == "metaemb" else eps
+        return metadata.EntryPoints([*eps, ep]) if kw.get("group") == "metaemb" else eps
 
     monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
 
@@ -109,6 +109,30 @@ def test_failing_plugin_is_reported_and_skipped(monkeypatch):
     assert [f.name for f in st.failed] == ["broken"]
     assert "ModuleNotFoundError" in st.failed[0].error
     assert "resnet18" in plugins.registry("backbones")  # the others still work
+
+
+@pytest.mark.parametrize("name", ["vision", "core"])
+def test_an_entry_point_named_like_a_built_in_plugin_is_skipped_and_named(monkeypatch, name):
+    """A third party's entry point `vision` replaced the built-in vision plugin (faces gone,
+    no word), or under `core` was dropped without one; the built-ins now always win."""
+    import types
+
+    module = types.ModuleType("metaemb_wg_clash")
+
+    @metaemb.hookimpl
+    def register_backbones(register):
+        register("wg-gru", lambda: None)
+
+    module.register_backbones = register_backbones
+    _fake_entry_point(monkeypatch, name, "metaemb_wg_clash", module)
+    plugins.reset()
+    with pytest.warns(UserWarning, match=rf"plugin entry point '{name}' \(metaemb_wg_clash\) .* "
+                      rf"has the name of .*plugin '{name}' and is skipped"):  # fmt: skip
+        st = plugins.state()
+    names = plugins.registry("backbones").names()
+    assert "resnet18" in names and "wg-gru" not in names
+    assert [f.name for f in st.failed] == [name]
+    plugins.reset()
 
 
 def test_a_plugin_in_a_look_alike_entry_point_group_is_named():

@@ -72,11 +72,18 @@ class PluginState:
         for name in disabled - {"core"}:  # blocking core would unregister every built-in
             self.pm.set_blocked(name)
         strict = strict_mode()
-        entry_points = sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name)
+        entry_points = sorted(  # metaemb's own first: a third party never replaces them
+            metadata.entry_points(group=GROUP), key=lambda e: (_dist_name(e) != "metaemb", e.name)
+        )
         self.disabled = check_disabled(disabled, [ep.name for ep in entry_points])
+        loaded: dict[str, metadata.EntryPoint] = {}
         for ep in entry_points:
-            if ep.name in disabled or self.pm.has_plugin(ep.name):
+            if ep.name in disabled:
                 continue
+            if self.pm.has_plugin(ep.name):
+                self._skip_taken_name(ep, loaded.get(ep.name), strict)
+                continue
+            loaded[ep.name] = ep
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
@@ -99,6 +106,24 @@ class PluginState:
             self.check_implements_something(ep.name, plugin, strict)
         self.check_hook_names(strict)
         warn_look_alike_groups()
+
+    def _skip_taken_name(
+        self, ep: metadata.EntryPoint, first: metadata.EntryPoint | None, strict: bool
+    ) -> None:
+        """A second entry point under a plugin name already loaded (a third party's `vision`)
+        is skipped and named: it used to replace a built-in, or vanish, without a word."""
+        if first is not None and first.value == ep.value:
+            return  # the same plugin listed twice (an editable install's two records)
+        owner = f"{_dist_name(first)}'s" if first is not None else "metaemb's built-in"
+        message = (
+            f"plugin entry point '{ep.name}' ({ep.value}) of {_dist_name(ep) or '?'} has the "
+            f"name of {owner} plugin '{ep.name}' and is skipped: entry-point names must be "
+            "unique, and core, vision and audio are metaemb's; rename it in its pyproject.toml."
+        )
+        if strict:
+            raise PluginError(message)
+        self.failed.append(FailedPlugin(ep.name, message))
+        warnings.warn(message, stacklevel=3)
 
     def check_implements_something(self, name: str, plugin: object, strict: bool) -> None:
         """A plugin whose module implements no hook registers nothing: usually its functions
@@ -239,6 +264,12 @@ _lock = threading.Lock()
 
 def strict_mode() -> bool:
     return os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
+def _dist_name(ep: metadata.EntryPoint | None) -> str:
+    """The distribution that declares entry point `ep` ("" when unknown)."""
+    dist = getattr(ep, "dist", None)
+    return str(getattr(dist, "name", "") or "").lower().replace("_", "-")
 
 
 def _dist_version(dist: str) -> str:
