@@ -418,7 +418,8 @@ def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(pl
     folder = build("sample_folders", "series", {}, root=series)
     failing = PreparedDataset(folder, IdentityFrontend(), NoPeak(), train=False)
     with pytest.raises(DataError, match=r"'id0/0.npy'.*features NoPeak failed on it in prepare: "
-                       r"IndexError.*\(with on_bad_sample='skip' it is skipped\)\.$"):  # fmt: skip
+                       r"IndexError.*\(with on_bad_sample='skip' it is skipped: train --on-bad-sample "
+                       r"skip\)\.$"):  # fmt: skip
         failing[0]
     skip = PreparedDataset(folder, IdentityFrontend(), NoPeak(), False, "skip")
     assert skip[0].path == "id0/0.npy" and "IndexError" in skip[0].error
@@ -1351,3 +1352,18 @@ def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plug
     with pytest.raises(ExportError, match=r"names lists 1 input\(s\) \(imu\), shapes\(\) gives 1 "
                        r"and example\(\) returns 2"):  # fmt: skip
         check_declared_shapes(Miscounted(), {"kind": "series"})
+
+
+def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_none():
+    """Float labels from an augmentation failed in the core softmax ('expected scalar type
+    Long'); a Modality with demo_data=None (Python's 'none given') was refused as a class."""
+    from metaemb.core.train.augment import check_output
+
+    x, labels = torch.randn(4, 3, 10), torch.arange(4)
+    with pytest.raises(ConfigError, match=r"augmentation 'a' returned labels as torch.float32; "
+                       r"labels stay int64"):  # fmt: skip
+        check_output("augmentation 'a'", (x, None, labels.float()), x, None, 4)
+    check_output("augmentation 'a'", (x, None, labels), x, None, 4)
+    m = Modality(name="ecg", description="", sample_folder="series", backbone="conv",
+                 demo_data=None, features=None)  # fmt: skip
+    assert (m.demo_data, m.features) == ("", "none")

@@ -146,6 +146,8 @@ def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
     import os
     import shutil
 
+    from metaemb.core.runs import RunLock
+
     _, run = tiny_face_run
     copy = tmp_path / "face" / run.name
     shutil.copytree(run, copy)
@@ -157,11 +159,15 @@ def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
     for name in ("best.pt", "last.pt"):
         (copy / name).unlink()
     (copy / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
-    parent = os.getppid()  # a live process other than this one holds the lock
-    (copy / ".lock").write_text(f"{parent}\n")
+    (copy / ".lock").write_text(f"{os.getppid()}\n")  # a killed trainer's, its pid reused
     code, text, _ = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
     [listed] = json.loads(text)
-    assert listed["status"].startswith(f"training now (pid {parent})"), listed
+    assert not listed["status"].startswith("training now"), listed
+    lock = RunLock(copy).acquire()  # a trainer holds it (the kernel says so, not the pid)
+    code, text, _ = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    [listed] = json.loads(text)
+    lock.release()
+    assert listed["status"].startswith(f"training now (pid {os.getpid()})"), listed
     deep = tmp_path / "deep"
     shutil.copytree(run, deep / "a" / "b" / "c" / "d" / "e" / "face" / run.name)
     code, text, _ = helpers.run_cli(["runs", deep], capsys)

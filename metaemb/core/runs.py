@@ -351,6 +351,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _flock_soon(fd: int, mode: int, tries: int = 5) -> bool:
+    """Take flock `mode` without waiting, trying a few times 20 ms apart: `metaemb runs`
+    holds a shared lock for an instant to see whether a run is being trained."""
+    import fcntl
+    import time
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return False
+
+
 class RunLock:
     """An exclusive lock on a run directory: `<run>/.lock` holds the owner's pid.
 
@@ -384,9 +400,7 @@ class RunLock:
             return self
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _flock_soon(fd, fcntl.LOCK_EX):
                 os.close(fd)
                 self._refuse(self._owner())
             try:  # the holder may have released (and unlinked) the file meanwhile: retry

@@ -97,7 +97,9 @@ class PreparedDataset(Dataset):
                 return Bad(index, sample.path, str(exc))
             if "on_bad_sample" not in str(exc):  # the way on; commands after training reword it
                 text = str(exc).rstrip().removesuffix(".")
-                exc = type(exc)(f"{text} (with on_bad_sample='skip' it is skipped).")
+                exc = type(exc)(
+                    f"{text} (with on_bad_sample='skip' it is skipped: train --on-bad-sample skip)."
+                )
             raise exc from None
         return x, sample.label, index
 

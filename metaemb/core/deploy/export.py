@@ -403,13 +403,13 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = (str(exc).splitlines()[0] if str(exc) else "").rstrip(".")
         frames = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
-        in_torch = [f"{os.sep}torch{os.sep}" in f for f in frames]
-        outside_torch = [f for f, t in zip(frames, in_torch, strict=True) if not t]
-        by_model = bool(frames) and (
-            in_torch[-1] or (bool(outside_torch) and outside_torch[-1] in blame.get("files", ()))
-        )  # the exporter (an operator ONNX lacks) or the network's own code
+        outside_torch = [f for f in frames if f"{os.sep}torch{os.sep}" not in f]
+        last = outside_torch[-1] if outside_torch else ""
+        # the network's own code, or metaemb's exporter with only torch below it (an operator
+        # ONNX lacks); anything else outside torch is the adapter's code
+        by_model = last in blame.get("files", ()) or last == __file__
         if "model" not in blame or not by_model:
             raise ExportError(
                 f"{blame.get('adapter', 'the export adapter')} failed: {type(exc).__name__}: "

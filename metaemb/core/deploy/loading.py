@@ -169,7 +169,10 @@ class LoadedRun:
 
 
 #: the hint a reader adds for training, where `--on-bad-sample skip` exists
-_SKIP_HINT = re.compile(r"\s*\(with\s+on_bad_sample\s*=\s*'skip'\s+it\s+is\s+skipped\)\.?")
+_SKIP_HINT = re.compile(
+    r"\s*\(with\s+on_bad_sample\s*=\s*'skip'\s+it\s+is\s+skipped"
+    r"(?::\s+train\s+--on-bad-sample\s+skip)?\)\.?"
+)
 
 
 def _needs_every_file(message: str, skip_option: bool = False) -> str:

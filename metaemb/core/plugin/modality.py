@@ -41,6 +41,9 @@ class Modality:
     former_options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for part, nothing in (("frontend", "none"), ("features", "none"), ("demo_data", "")):
+            if getattr(self, part) is None:  # Python's "none given" is the field's own
+                object.__setattr__(self, part, nothing)
         for part in ("sample_folder", "frontend", "features", "backbone", "demo_data"):
             value = getattr(self, part)
             if not isinstance(value, str):

@@ -213,6 +213,8 @@ def check_output(
         )
     elif not isinstance(ylab, Tensor) or ylab.shape != (n,):
         problem = f"labels {_shape(ylab)} for a batch of {n}"
+    elif ylab.dtype != torch.int64:
+        problem = f"labels as {ylab.dtype}; labels stay int64 [batch] (class indices)"
     elif classes is not None and n and (int(ylab.min()) < 0 or int(ylab.max()) >= classes):
         problem = (
             f"labels up to {int(ylab.max())} with {classes} classes (an augmentation that "

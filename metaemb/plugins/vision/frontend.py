@@ -163,7 +163,7 @@ class AlignFrontend(Frontend):
         raise DataError(  # a bad sample: skipped under --on-bad-sample skip, else an error
             message + " frontend.on_no_face = 'center' (after training: --frontend-set "
             "on_no_face=center) would crop the image's centre instead (with "
-            "on_bad_sample='skip' it is skipped)."
+            "on_bad_sample='skip' it is skipped: train --on-bad-sample skip)."
         )
 
     def __getstate__(self) -> dict[str, Any]:

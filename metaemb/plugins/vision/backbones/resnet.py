@@ -40,8 +40,9 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
             f"a whole model ({name}, saved with torch.save(model)): save `model.state_dict()` "
             "and give that file"
             if whole
-            else f"a pickled {name} beside its weights: save only the weights, e.g. "
-            "torch.save(checkpoint['state_dict'], 'weights.pth'), and give that file"
+            else f"a pickled {name} (a whole model saved with torch.save(model), or a "
+            "checkpoint holding such an object beside its weights): save the weights alone, "
+            "model.state_dict() or the checkpoint's 'state_dict' entry, and give that file"
         )
         raise ConfigError(  # weights_only refused code: metaemb never unpickles it
             f"config key 'backbone.pretrained': '{path}' holds {what} (metaemb does not "
