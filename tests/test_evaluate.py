@@ -637,6 +637,40 @@ def test_a_protocol_reader_failing_is_named_not_a_traceback(lfw, tmp_path, capsy
     assert "KeyError: 's000'" in message
 
 
+class NeverFitted:
+    @hookimpl
+    def register_scorers(self, register):
+        from metaemb.core.scoring.cosine import CosineScorer
+
+        class StaysUnfitted(CosineScorer):
+            def __init__(self):
+                super().__init__()
+                self.requires_fit = True
+
+            @property
+            def fitted(self):
+                return False
+
+            def fit(self, embeddings, labels):
+                return self
+
+        register("unfitted-test", StaysUnfitted)
+
+
+def test_a_scorer_still_unfitted_after_fit_is_named_with_its_plugin(lfw, tmp_path, capsys):
+    from metaemb.core.plugin.manager import plugin_registered
+
+    _, run = lfw
+    args = ["evaluate", run, "--scorer", "unfitted-test", "--workers", "0"]
+    with plugin_registered(NeverFitted(), "unfitted-plugin"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    message = " ".join(err.split())
+    assert (
+        code == 2 and "scorer 'unfitted-test' (plugin 'unfitted-plugin'): fit() ran on" in message
+    )
+    assert "its `fitted` property is still False" in message
+
+
 class PathProtocols:
     """Protocols listing absolute paths inside the root, and a path escaping it with '..'."""
 

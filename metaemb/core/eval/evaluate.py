@@ -22,7 +22,7 @@ from metaemb.core.config import from_dict
 from metaemb.core.data.pipeline import Components, data_root, frontend_set_used
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
-from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.scores_file import write_scores
@@ -147,6 +147,12 @@ class Evaluation:
         )
         emb = loaded.embed(train, None, self.workers, parts=parts)
         scorer.fit(emb, torch.tensor(train.labels))
+        if not getattr(scorer, "fitted", True):  # a plugin scorer whose flag fit never sets
+            raise PluginError(
+                f"{_described(scorer, name)}: fit() ran on {len(train)} training embeddings but "
+                "its `fitted` property is still False; `fitted` must report the state fit() "
+                "sets."
+            )
         return scorer
 
     def _run_training_split(self, loaded: Loaded, name: str) -> tuple[Components, SampleFolder]:
