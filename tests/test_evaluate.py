@@ -671,6 +671,33 @@ def test_a_scorer_still_unfitted_after_fit_is_named_with_its_plugin(lfw, tmp_pat
     assert "its `fitted` property is still False" in message
 
 
+class SelfPairProtocol:
+    @hookimpl
+    def register_protocols(self, register):
+        def reader(root, trials=None):
+            files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
+            return [Trial((files[0],), files[0], 1), Trial((files[0],), files[-1], 0)]
+
+        register("selfpair-test", reader)
+
+
+def test_a_protocol_testing_a_file_against_itself_is_warned_about(lfw, tmp_path, capsys):
+    """A trial file with such a trial was warned about; a protocol's went unsaid."""
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--data", data, "--protocol", "selfpair-test", "--workers", "0"]
+    with (
+        plugin_registered(SelfPairProtocol(), "selfpair-plugin"),
+        pytest.warns(
+            UserWarning,
+            match=r"protocol 'selfpair-test' \(plugin 'selfpair-plugin'\): 1 trial\(s\) "
+            r"test a file against itself",
+        ),
+    ):
+        run_cli([*args, "--out", tmp_path / "ev"], capsys)
+
+
 class PathProtocols:
     """Protocols listing absolute paths inside the root, and a path escaping it with '..'."""
 

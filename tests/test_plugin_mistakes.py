@@ -254,6 +254,15 @@ def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
     assert (run / "best.pt").exists()
     # No baseline_name: named after the default baseline it used (sequences: mean+std).
     assert json.loads((run / "baseline.json").read_text())["name"] == "input mean+std over time"
+    # On a machine without the plugin, opening the run names the plugin it needs.
+    from metaemb.core.runs import load_checkpoint
+
+    assert load_checkpoint(run / "best.pt")["plugins"]["features"].startswith("series-test ")
+    plugins.reset()  # the in-process plugin is gone, as on a machine that lacks it
+    code, _, err = run_cli(["embed", run, series, "--out", tmp_path / "e.pt"], capsys)
+    message = " ".join(err.split())
+    assert code == 2 and "was trained with plugin series-test" in message
+    assert "which is not installed here (or is disabled)" in message
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,26 @@ class LoadedRun:
             return {}
 
 
+def _run_config(state: dict[str, Any], ckpt: Path) -> Config:
+    """The checkpoint's configuration; when a component it names is not registered here, the
+    plugin the run was trained with is named (it is not installed, or is disabled)."""
+    from metaemb.core.errors import ConfigError, UnknownComponentError
+    from metaemb.core.plugin.manager import state as plugin_state
+
+    try:
+        return from_dict(state["config"])
+    except (UnknownComponentError, ConfigError) as exc:
+        installed = set(plugin_state().versions)
+        recorded = state.get("plugins") if isinstance(state.get("plugins"), dict) else {}
+        missing = sorted({str(v) for v in recorded.values() if str(v).split()[0] not in installed})
+        if not missing:
+            raise
+        raise type(exc)(
+            f"{exc} The run '{ckpt.parent}' was trained with plugin {', '.join(missing)}, "
+            "which is not installed here (or is disabled): install it to use the run."
+        ) from None
+
+
 #: the hint a reader adds for training, where `--on-bad-sample skip` exists
 _SKIP_HINT = re.compile(
     r"\s*\(with\s+on_bad_sample\s*=\s*'skip'\s+it\s+is\s+skipped"
@@ -201,7 +221,7 @@ def load_run(
     state = load_checkpoint(ckpt)
     if not isinstance(state.get("config"), dict) or "model" not in state:
         raise MetaembError(f"'{ckpt}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
-    cfg = from_dict(state["config"])
+    cfg = _run_config(state, ckpt)
     if Path(path).is_dir():
         _warn_edited_config(Path(path), ckpt, cfg)
     parts = None

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError, PluginError
-from metaemb.core.eval.trial_checks import checked_trials, relative_trials
+from metaemb.core.eval.trial_checks import checked_trials, relative_trials, warn_duplicates
 from metaemb.core.eval.trials import TrialList, folds_of
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
@@ -89,6 +89,7 @@ def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Tr
     who = f"protocol '{name}' (plugin '{plugin}')"
     folds = trials.folds if isinstance(trials, TrialList) else 0
     relative = relative_trials(checked_trials(trials, who), root, who)
+    warn_duplicates(relative, who)  # self-pairs flatter every target metric, as in a file
     return TrialList(relative, folds=folds) if folds else relative
 
 

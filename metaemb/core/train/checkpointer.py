@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from metaemb.core.config import Config
 from metaemb.core.errors import MetaembError
 from metaemb.core.runs import (
     RunLock,
@@ -136,6 +137,36 @@ class Checkpointer:
             atomic_write_text(self.dir / SKIPPED, "".join(line + "\n" for line in lines))
 
 
+#: the registry kind of each component a checkpoint names
+_KINDS = {
+    "modality": "modalities", "sample_folder": "sample_folders", "frontend": "frontends",
+    "features": "features", "backbone": "backbones", "head": "heads",
+    "objective": "objectives", "scorer": "scorers",
+}  # fmt: skip
+
+
+def component_plugins(cfg: Config) -> dict[str, str]:
+    """{"backbone": "gait 0.1.0", …}: the plugin (and version) behind each named component,
+    so a machine without that plugin can say what to install instead of 'unknown features'."""
+    from metaemb.core.plugin.manager import registry, state
+
+    names = {
+        "modality": cfg.modality, "sample_folder": cfg.data.folder,
+        "frontend": cfg.model.frontend, "features": cfg.model.features,
+        "backbone": cfg.model.backbone, "head": cfg.model.head,
+        "objective": cfg.train.objective, "scorer": cfg.eval.scorer,
+    }  # fmt: skip
+    versions = state().versions
+    out = {}
+    for key, name in names.items():
+        try:
+            plugin = registry(_KINDS[key]).entry(name).plugin
+        except Exception:
+            continue
+        out[key] = f"{plugin} {versions.get(plugin, '?')}"
+    return out
+
+
 def training_state(trainer: Any, epoch: int, step: int, best: float, history: list[dict]) -> dict:
     """Everything a resume needs from a set-up Trainer: weights, optimizer, scheduler, scorer,
     random streams, progress, and what evaluation needs to rebuild the model."""
@@ -163,6 +194,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
             "objective": cfg.train.objective,
             "scorer": cfg.eval.scorer,
         },
+        "plugins": component_plugins(cfg),  # who to install to open the run elsewhere
         "input_spec": trainer.model.features.input_spec(),
         "num_classes": trainer.num_classes,
         "training_identities": list(trainer.train_folder.identities),  # kept out of evaluation
