@@ -115,10 +115,14 @@ class PluginState:
         if first is not None and first.value == ep.value:
             return  # the same plugin listed twice (an editable install's two records)
         owner = f"{_dist_name(first)}'s" if first is not None else "metaemb's built-in"
+        own = sorted(
+            {"core"}
+            | {e.name for e in metadata.entry_points(group=GROUP) if _dist_name(e) == "metaemb"}
+        )
         message = (
             f"plugin entry point '{ep.name}' ({ep.value}) of {_dist_name(ep) or '?'} has the "
             f"name of {owner} plugin '{ep.name}' and is skipped: entry-point names must be "
-            "unique, and core, vision and audio are metaemb's; rename it in its pyproject.toml."
+            f"unique, and {', '.join(own)} are metaemb's; rename it in its pyproject.toml."
         )
         if strict:
             raise PluginError(message)

@@ -206,7 +206,7 @@ def _warn_if_padding_leaks(
     padded too when the features pass lengths on (sequences, not fixed-size inputs)."""
     unpadded = lengths is None
     if unpadded:
-        if x.dim() != 3 or x.shape[0] < 1:  # [N, channels, steps]: not images, not vectors
+        if x.dim() != 3 or x.shape[0] < 1:  # [N, channels, steps] batches only
             return
         lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
     if lengths.numel() < 1 or x.shape[-1] != int(lengths.max()):
