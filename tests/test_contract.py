@@ -219,6 +219,17 @@ def test_one_kind_spelt_two_ways_is_pointed_out():
         check_links(links)
 
 
+def test_a_parameter_fixed_in_both_declarations_gets_advice_too():
+    """channels=3 against channels=6, neither bound to an option, ended at 'they do not fit.'"""
+    from metaemb.core.plugin.contract import Link
+
+    links = [Link("features", "imu", None, (Kind("imu-matrix", channels=6),)),
+             Link("backbone", "bad-bb", (Kind("imu-matrix", channels=3),), None)]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"they do not fit. The two declare imu-matrix "
+                       r"differently \(channels: features 6, backbone 3\). Choose"):  # fmt: skip
+        check_links(links)
+
+
 def test_nested_part_tables_and_name_key():
     cfg = resolve(
         "speaker",

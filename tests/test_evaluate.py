@@ -698,6 +698,29 @@ def test_a_protocol_testing_a_file_against_itself_is_warned_about(lfw, tmp_path,
         run_cli([*args, "--out", tmp_path / "ev"], capsys)
 
 
+class MissingFileProtocol:
+    @hookimpl
+    def register_protocols(self, register):
+        def reader(root, trials=None):
+            files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
+            return [Trial((files[0],), "nobody/x.jpg", 0)]
+
+        register("missing-test", reader)
+
+
+def test_files_a_protocol_names_that_are_missing_name_the_protocol(lfw, tmp_path, capsys):
+    from metaemb.core.plugin.manager import plugin_registered
+
+    data, run = lfw
+    args = ["evaluate", run, "--data", data, "--protocol", "missing-test", "--workers", "0"]
+    with plugin_registered(MissingFileProtocol(), "missing-plugin"):
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    message = " ".join(err.split())
+    assert (
+        code == 2 and "'nobody/x.jpg'; they come from protocol 'missing-test' (plugin " in message
+    )
+
+
 class PathProtocols:
     """Protocols listing absolute paths inside the root, and a path escaping it with '..'."""
 

@@ -361,3 +361,19 @@ def test_plda_says_when_lda_keeps_fewer_dimensions_than_asked():
         warnings.simplefilter("error")
         scorer.fit(x, labels)  # once per scorer
         PLDAScorer(lda_dim=4).fit(x, labels)  # as asked: nothing to say
+
+
+def test_a_pairs_method_returning_a_list_is_told_so_not_given_a_shape_hint():
+    import pytest
+    import torch
+
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.scoring.cosine import CosineScorer
+    from metaemb.core.scoring.scorers import check_consistent
+
+    class ListPairs(CosineScorer):
+        def pairs(self, models, counts, test):
+            return super().pairs(models, counts, test).tolist()
+
+    with pytest.raises(ConfigError, match=r"returning something other than a tensor \(a list\?\)"):
+        check_consistent(ListPairs(), torch.randn(6, 4), "scorer 'lists'")

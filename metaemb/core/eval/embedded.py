@@ -52,8 +52,16 @@ class Embedded:
         missing = [p for p in needed if p not in where]
         if missing:
             absent = set(missing)
-            read = "".join(f"; {ts.source} was read as {ts.read_as}" for ts in sets if ts.read_as
-                           and any(p in absent for t in ts.trials for p in (*t.enroll, t.test)))  # fmt: skip
+            named = [ts for ts in sets if any(p in absent for t in ts.trials
+                                              for p in (*t.enroll, t.test))]  # fmt: skip
+            read = "".join(
+                f"; {ts.source} was read as {ts.read_as}"
+                if ts.read_as
+                else f"; they come from {ts.source}"
+                if ts.source.startswith("protocol ")
+                else ""
+                for ts in named
+            )
             raise DataError(
                 f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
                 + first_few(missing)

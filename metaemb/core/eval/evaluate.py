@@ -94,7 +94,8 @@ class Evaluation:
         cfg = loaded.config
         root = loaded.parts.root
         if self.protocol:
-            source = f"protocol '{self.protocol}'"
+            plugin = registry("protocols").entry(self.protocol).plugin
+            source = f"protocol '{self.protocol}' (plugin '{plugin}')"
             trials = protocol_trials(
                 self.protocol,
                 read_protocol(self.protocol, root, self.trials_path, self.protocol_options),

@@ -243,7 +243,19 @@ def _fix_hint(given_by: Link, given: Kind, wanted_by: Link, wanted: Kinds) -> st
         ]
         if opts:
             hints.append(f"set {' and '.join(opts)} to the same value")
-    return ("Make them agree: " + "; ".join(hints) + ".") if hints else ""
+    if hints:
+        return "Make them agree: " + "; ".join(hints) + "."
+    fixed = "; ".join(
+        f"{key}: {given_by.section} {given.param(key)}, {wanted_by.section} {value}"
+        for key, value in w.params
+        if given.param(key) is not None and given.param(key) != value
+    )
+    return (  # parameters fixed in the components' declarations, not bound to options
+        f"The two declare {given.name} differently ({fixed}). Choose a {wanted_by.section} "
+        f"({CHOICE_KEYS.get(wanted_by.section, '')}) or {given_by.section} "
+        f"({CHOICE_KEYS.get(given_by.section, '')}) that agree, or bind the parameter to an "
+        'option with Opt("…") in the plugin\'s declaration.'
+    )
 
 
 def check_links(links: Iterable[Link]) -> None:

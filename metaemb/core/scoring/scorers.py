@@ -284,10 +284,14 @@ def check_consistent(scorer: Scorer, embeddings: Any, label: str, n: int = 6) ->
                 )
             pairs = pairs.double()
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        hint = (
+            "a block or pair method returning something other than a tensor (a list?)"
+            if "expected Tensor" in str(exc)
+            else "a block or pair method returning the wrong shape, e.g. [test, enroll] "
+            "instead of [enroll, test]?"
+        )
         raise ConfigError(
-            f"{label} failed scoring {n} embeddings: {type(exc).__name__}: {exc} (a block or "
-            "pair method returning the wrong shape, e.g. [test, enroll] instead of "
-            "[enroll, test]?)"
+            f"{label} failed scoring {n} embeddings: {type(exc).__name__}: {exc} ({hint})"
         ) from exc
     if not (torch.isfinite(matrix).all() and torch.isfinite(pairs).all()):
         raise ConfigError(f"{label} gave NaN or inf scores from finite embeddings.")
