@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from metaemb.commands.options import FrontendSet
+
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
@@ -293,13 +295,7 @@ def evaluate(
     enroll_samples: Annotated[
         int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
     ] = None,
-    frontend_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
-            "without it (align: landmarks_file=F, on_no_face=center)"
-        ),
-    ] = None,
+    frontend_set: FrontendSet = None,
     reference: Annotated[
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
@@ -391,13 +387,7 @@ def embed(
             "folder names their identities (default: the folder each file sits in)"
         ),
     ] = None,
-    frontend_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
-            "without it (align: landmarks_file=F, on_no_face=center)"
-        ),
-    ] = None,
+    frontend_set: FrontendSet = None,
     on_bad_sample: Annotated[
         str,
         typer.Option(

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaemb.commands.options import FrontendSet
 from metaemb.core.data.pipeline import use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
@@ -108,13 +109,7 @@ def enroll(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
-    frontend_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
-            "without it (align: landmarks_file=F, on_no_face=center)"
-        ),
-    ] = None,
+    frontend_set: FrontendSet = None,
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
     use_frontend_set(frontend_set)
@@ -189,13 +184,7 @@ def identify(
     show: Annotated[int, typer.Option(help="probes to print", min=0)] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
-    frontend_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
-            "without it (align: landmarks_file=F, on_no_face=center)"
-        ),
-    ] = None,
+    frontend_set: FrontendSet = None,
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""

@@ -46,6 +46,13 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f" did you mean '{close[0]}'?" if close else ""
 
 
+def first_line(exc: BaseException, most: int = 300) -> str:
+    """Why `exc` happened, in one line: the first line of its message (a library's page of
+    advice would flood a one-paragraph error), at most `most` characters."""
+    text = str(exc)
+    return text.splitlines()[0][:most] if text else ""
+
+
 def first_few(items: Iterable[object], most: int = 5, quote: bool = True) -> str:
     """Items for a message: the first `most` (quoted), then how many more — "'a', 'b' and 3
     more" — so a long list of bad files never floods the terminal."""

@@ -27,7 +27,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from metaemb.core.errors import ConfigError, DataError, DatasetError, MetaembError, first_few
+from metaemb.core.errors import (
+    ConfigError,
+    DataError,
+    DatasetError,
+    MetaembError,
+    first_few,
+    first_line,
+)
 from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
@@ -137,10 +144,10 @@ def load_raw(folder: SampleFolder, sample: Any) -> Any:
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = first_line(exc)
         raise DataError(
             f"{described(folder, 'sample folder')} failed to load it: {type(exc).__name__}: "
-            f"{why[:300]} (a folder's load should raise DataError saying what is wrong)."
+            f"{why} (a folder's load should raise DataError saying what is wrong)."
         ) from exc
 
 
@@ -154,10 +161,10 @@ def failing_on_this_file(component: Any, kind: str, method: str) -> Iterator[Non
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = first_line(exc)
         raise DataError(
             f"{described(component, kind)} failed on it in {method}: {type(exc).__name__}: "
-            f"{why[:300]} (a component meeting data it cannot handle should raise DataError "
+            f"{why} (a component meeting data it cannot handle should raise DataError "
             "saying what is wrong)."
         ) from exc
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.data.dataset import Bad, PreparedDataset, make_loader
-from metaemb.core.errors import DataError, MetaembError
+from metaemb.core.errors import DataError, MetaembError, first_line
 
 
 def concat(outputs: list[Any]) -> Any:
@@ -71,11 +71,11 @@ def extract(
         except (MetaembError, MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # a plugin network failing on a batch it did not train on
-            why = str(exc).splitlines()[0] if str(exc) else ""
+            why = first_line(exc)
             raise MetaembError(
                 f"the network failed embedding a batch of {len(batch)} "
                 f"({row_files(dataset.folder, batch.indices, list(range(len(batch))))}, inputs "
-                f"{list(x.shape)}): {type(exc).__name__}: {why[:300]}. Every component must "
+                f"{list(x.shape)}): {type(exc).__name__}: {why}. Every component must "
                 "take any batch size, a batch of one included, in evaluation mode."
             ) from exc
         kept.append(batch.indices)

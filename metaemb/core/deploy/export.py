@@ -32,7 +32,7 @@ from torch import Tensor, nn
 import metaemb
 from metaemb.core.config import Config
 from metaemb.core.deploy.loading import find_checkpoint, load_run
-from metaemb.core.errors import MetaembError, suggest
+from metaemb.core.errors import MetaembError, first_line, suggest
 from metaemb.core.optional import require
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
@@ -403,7 +403,7 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        why = (str(exc).splitlines()[0] if str(exc) else "").rstrip(".")
+        why = first_line(exc).rstrip(".")
         frames = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
         outside_torch = [f for f in frames if f"{os.sep}torch{os.sep}" not in f]
         last = outside_torch[-1] if outside_torch else ""
@@ -413,12 +413,12 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
         if "model" not in blame or not by_model:
             raise ExportError(
                 f"{blame.get('adapter', 'the export adapter')} failed: {type(exc).__name__}: "
-                f"{why[:300]} (in its names, shapes(), wrap(), example(), preprocessing(), "
+                f"{why} (in its names, shapes(), wrap(), example(), preprocessing(), "
                 "model_inputs() or check())."
             ) from exc
         raise ExportError(
             f"the model ({blame.get('model', '?')}) could not be exported: "
-            f"{type(exc).__name__}: {why[:300]}."
+            f"{type(exc).__name__}: {why}."
         ) from exc
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metaemb.core.errors import ConfigError, DataError, MetaembError, PluginError
+from metaemb.core.errors import ConfigError, DataError, MetaembError, PluginError, first_line
 from metaemb.core.eval.trial_checks import checked_trials, relative_trials, warn_duplicates
 from metaemb.core.eval.trials import TrialList, folds_of
 from metaemb.core.plugin.interfaces import Trial
@@ -72,10 +72,10 @@ def read_protocol(
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = first_line(exc)
         raise PluginError(
             f"protocol '{name}' (plugin '{entry.plugin}') failed reading the trials of "
-            f"'{root}': {type(exc).__name__}: {why[:300]} (a protocol meeting data it cannot "
+            f"'{root}': {type(exc).__name__}: {why} (a protocol meeting data it cannot "
             "read should raise DataError saying what is wrong)."
         ) from exc
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from metaemb.core.errors import ConfigError, first_few
+from metaemb.core.errors import ConfigError, first_few, first_line
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Backbone
 
@@ -49,10 +49,10 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
             "unpickle code)."
         ) from None
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = first_line(exc, 200)
         raise ConfigError(
             f"config key 'backbone.pretrained': cannot read weights file '{path}' "
-            f"({type(exc).__name__}: {why[:200]}); expected a torchvision {arch} state dict "
+            f"({type(exc).__name__}: {why}); expected a torchvision {arch} state dict "
             "(.pth)."
         ) from None
     for key in ("state_dict", "model"):
