@@ -67,8 +67,8 @@ def test_a_run_whose_config_toml_was_deleted_is_listed_as_damaged(tiny_face_run,
     code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
     [listed] = json.loads(text)
     assert listed["status"].endswith(
-        "config.toml edited, or a plugin's defaults changed since (the checkpoint's "
-        "configuration counts)"
+        "config.toml edited, a plugin's defaults changed, or an earlier metaemb hashed the "
+        "configuration differently (the checkpoint's configuration counts)"
     )
 
 

@@ -111,8 +111,8 @@ def _edited_note(run_dir: Path, cfg: dict[str, Any]) -> str:
     if digest == suffix:
         return ""
     return (
-        "; config.toml edited, or a plugin's defaults changed since (the checkpoint's "
-        "configuration counts)"
+        "; config.toml edited, a plugin's defaults changed, or an earlier metaemb hashed the "
+        "configuration differently (the checkpoint's configuration counts)"
     )
 
 
