@@ -172,3 +172,23 @@ def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
     shutil.copytree(run, deep / "a" / "b" / "c" / "d" / "e" / "face" / run.name)
     code, text, _ = helpers.run_cli(["runs", deep], capsys)
     assert code == 0 and "no runs within 6 folder levels" in " ".join(text.split())
+
+
+def test_an_epoch_recorded_but_never_checkpointed_is_not_counted(tiny_face_run, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """An epoch appends its metrics line before saving last.pt; when that save fails (a full
+    disk) or is killed, `runs` said "2/3" while training resumes after epoch 1."""
+    import shutil
+
+    _, run = tiny_face_run
+    copy = tmp_path / "face" / run.name
+    shutil.copytree(run, copy)  # copies times too: last.pt newer than metrics.jsonl
+    metrics = copy / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    extra = {**json.loads(lines[-1]), "epoch": len(lines) + 1, "eer": 0.0}
+    metrics.write_text("\n".join([*lines, json.dumps(extra)]) + "\n")  # written after last.pt
+    code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    [listed] = json.loads(text)
+    assert listed["epochs_done"] == len(lines) and listed["best"] != 0.0
+    assert f"training resumes after epoch {len(lines)}" in listed["status"]

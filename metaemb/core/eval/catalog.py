@@ -67,6 +67,16 @@ def read_run(run_dir: Path) -> RunInfo:
         note = f"; metrics.jsonl {what}"
         if history:
             records, note = history, note + ", read from last.pt"
+    trainer = _training_now(run_dir)
+    if records and not (gaps or lost or trainer) and _ahead_of_checkpoint(run_dir):
+        kept = _checkpoint_history(run_dir / "last.pt")
+        last_kept = max((_int(r["epoch"]) for r in kept), default=0)
+        if kept and last_kept < max(r["epoch"] for r in records):
+            records = kept
+            note = (
+                f"; metrics.jsonl records epochs after last.pt was saved (the save failed or "
+                f"was cut short): training resumes after epoch {last_kept}"
+            )
     key = _select_key(cfg)
     scored = [r for r in records if _finite(r.get(key))]
     best = min(scored, key=lambda r: r[key]) if scored else None
@@ -75,7 +85,6 @@ def read_run(run_dir: Path) -> RunInfo:
     status = "complete" if total and done >= total else ("partial" if done else "not started")
     saved = any((run_dir / n).exists() for n in ("best.pt", "last.pt"))
     damaged = _damaged_checkpoints(run_dir) if done or saved else []
-    trainer = _training_now(run_dir)
     if trainer:  # checkpoints may not be written yet: not damaged, in progress
         status = f"training now (pid {trainer})"
     elif damaged:
@@ -148,6 +157,18 @@ def _missing_epochs(records: list[dict[str, Any]]) -> list[int]:
     """Epochs below the last recorded one that have no record."""
     have = {r["epoch"] for r in records}
     return [e for e in range(1, max(have, default=0)) if e not in have]
+
+
+def _ahead_of_checkpoint(run_dir: Path) -> bool:
+    """metrics.jsonl written after last.pt. An epoch appends its line before saving last.pt, so
+    this happens only when that save failed or was killed (or the files were copied without
+    their times): only then is last.pt opened to see which epochs it holds."""
+    try:
+        return (run_dir / "metrics.jsonl").stat().st_mtime_ns > (
+            run_dir / "last.pt"
+        ).stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
