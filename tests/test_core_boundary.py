@@ -186,6 +186,10 @@ def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():
         with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): the "
                            r"model failed on the adapter's example inputs \(\[2, 3, 16, 16\]\)"):  # fmt: skip
             _probe(lambda x: one_channel(x.float()), ImageExport(), spec)
+        # example() itself failing (a spec key it expects is missing) is the adapter's fault.
+        with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): "
+                           r"its example\(\) failed: KeyError: 'image_size'"):  # fmt: skip
+            _probe(lambda x: one_channel(x.float()), ImageExport(), {"kind": "gray-test"})
 
 
 def test_export_of_pass_through_features_says_why_no_graph_layout_is_known():

@@ -145,10 +145,18 @@ def _probe(module: Any, kind: ExportAdapter, spec: dict[str, Any]) -> Any:
     not fit the model (3 channels for a 1-channel model) is named instead of a traceback."""
     name = spec.get("kind")
     entry = registry("export_adapters").entry(name)
-    shown: list[list[int]] = []
     try:
         example = kind.example(spec, 2, 0)
-        shown = [list(x.shape) for x in example if isinstance(x, Tensor)]
+    except MetaembError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"export adapter '{name}' (plugin '{entry.plugin}'): its example() failed: "
+            f"{type(exc).__name__}: {first_line(exc)}. It builds the example inputs from the "
+            "features' input_spec() (the keys and values it reads are there?)."
+        ) from None
+    shown = [list(x.shape) for x in example if isinstance(x, Tensor)]
+    try:
         with torch.no_grad():
             return module(*example)
     except MetaembError:
@@ -157,8 +165,8 @@ def _probe(module: Any, kind: ExportAdapter, spec: dict[str, Any]) -> Any:
         raise ExportError(
             f"export adapter '{name}' (plugin '{entry.plugin}'): the model failed on the "
             f"adapter's example inputs ({', '.join(map(str, shown)) or '?'}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Check its "
-            "example() and shapes() against what the features give the backbone."
+            f"{type(exc).__name__}: {first_line(exc)}. Check its example() and shapes() "
+            "against what the features give the backbone."
         ) from None
 
 
