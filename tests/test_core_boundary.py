@@ -172,7 +172,7 @@ def test_export_uses_the_adapter_registered_for_the_input_kind():
 def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():
     import torch
 
-    from metaemb.core.deploy.export import ExportError, _probe
+    from metaemb.core.deploy.export import ExportError, example_outputs
     from metaemb.plugins.vision.export import ImageExport
 
     class GrayPlugin:  # reuses the RGB image adapter for a 1-channel model: 3 channels given
@@ -185,11 +185,11 @@ def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():
         spec = {"kind": "gray-test", "image_size": 16}
         with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): the "
                            r"model failed on the adapter's example inputs \(\[2, 3, 16, 16\]\)"):  # fmt: skip
-            _probe(lambda x: one_channel(x.float()), ImageExport(), spec)
+            example_outputs(lambda x: one_channel(x.float()), ImageExport(), spec)
         # example() itself failing (a spec key it expects is missing) is the adapter's fault.
         with pytest.raises(ExportError, match=r"adapter 'gray-test' \(plugin 'gray-plugin'\): "
                            r"its example\(\) failed: KeyError: 'image_size'"):  # fmt: skip
-            _probe(lambda x: one_channel(x.float()), ImageExport(), {"kind": "gray-test"})
+            example_outputs(lambda x: one_channel(x.float()), ImageExport(), {"kind": "gray-test"})
 
 
 def test_export_of_pass_through_features_says_why_no_graph_layout_is_known():

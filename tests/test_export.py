@@ -14,7 +14,8 @@ from helpers import run_cli
 import metaemb
 from metaemb.core.config import resolve
 from metaemb.core.data.pipeline import build_model
-from metaemb.core.deploy.export import ExportError, check_parity, export, load_inference
+from metaemb.core.deploy.export import ExportError, export, load_inference
+from metaemb.core.deploy.export_checks import check_parity
 from metaemb.core.errors import MetaembError
 from metaemb.core.runs import save_checkpoint
 
@@ -327,7 +328,7 @@ def test_a_wrapper_that_drops_lengths_is_refused(speaker_ckpt):
     """The export is checked against the adapter's wrapper; the wrapper itself is checked
     against the model as training and `embed` call it, so one that drops `lengths` (padding
     then changes the pooled statistics) cannot pass as "matches PyTorch"."""
-    from metaemb.core.deploy.export import check_wrapper
+    from metaemb.core.deploy.export_checks import check_wrapper
 
     inf = load_inference(speaker_ckpt[0])
     assert check_wrapper(inf.model, inf.module, inf.kind, inf.spec) < 1e-3  # the fbank graph
@@ -349,7 +350,7 @@ def test_an_adapter_whose_examples_ignore_variant_is_warned_about(speaker_ckpt):
     """Examples of one length check the export only on the length it was traced with."""
     import warnings
 
-    from metaemb.core.deploy.export import warn_fixed_examples
+    from metaemb.core.deploy.export_checks import warn_fixed_examples
     from metaemb.plugins.audio.export import FbankExport
 
     class FixedLength(FbankExport):
@@ -364,7 +365,7 @@ def test_an_adapter_whose_examples_ignore_variant_is_warned_about(speaker_ckpt):
         def shapes(self, spec):
             return [["N", 2, "T"], ["N"]]
 
-    from metaemb.core.deploy.export import check_declared_shapes
+    from metaemb.core.deploy.export_checks import check_declared_shapes
 
     with pytest.raises(ExportError, match=r"shapes\(\) gives input 'waveforms' as \['N', 2, "
                        r"'T'\] but example\(\) makes it \[2, \d+\]"):  # fmt: skip

@@ -1320,11 +1320,8 @@ def test_the_default_face_model_passes_the_first_batch_checks_silently():
 def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plugin):
     """Its examples all of one length, the wrapper check passed and the graph was stamped
     verified, though a zero-padded batch embeds ~6 % off in deployment."""
-    from metaemb.core.deploy.export import (
-        ExportAdapter,
-        ExportError,
-        _refuse_a_graph_without_lengths,
-    )
+    from metaemb.core.deploy.export import ExportAdapter, ExportError
+    from metaemb.core.deploy.export_checks import _refuse_a_graph_without_lengths
 
     class NoLengths(ExportAdapter):
         names: ClassVar[list[str]] = ["imu"]
@@ -1353,7 +1350,7 @@ def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plug
             return torch.randn(batch, 3, 12), torch.tensor([12, 9, 7][:batch])
 
     _refuse_a_graph_without_lengths(model, WithLengths(), {"kind": "series"})  # passes
-    from metaemb.core.deploy.export import check_declared_shapes
+    from metaemb.core.deploy.export_checks import check_declared_shapes
 
     class Miscounted(WithLengths):  # names one input, example() makes two
         names: ClassVar[list[str]] = ["imu"]

@@ -7,15 +7,12 @@ with, so a graph that silently froze a shape is refused instead of shipped. Next
 a JSON sidecar `<out>.json`: input/output names and shapes, the preprocessing to replicate, the
 embedding kind and dimension, the metaemb version and the config hash (docs/export.md).
 
-How a model's input becomes a traceable graph depends on its features: an `ExportAdapter`,
-registered by the plugin that owns those features (hook `register_export_adapters`) under the
-`input_spec()["kind"]` they declare, wraps the model, makes example inputs and describes the
-preprocessing a deployment must replicate.
+How a model's input becomes a traceable graph depends on its features: their `ExportAdapter`
+(deploy/adapter.py, re-exported here for plugins); the checks live in deploy/export_checks.py.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import io
 import json
@@ -24,18 +21,33 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import metaemb
 from metaemb.core.config import Config
+from metaemb.core.deploy.adapter import (
+    ExportAdapter,
+    ExportError,
+    example_outputs,
+    frontend_options,
+    input_kind,
+    outputs_of,
+    preprocessing,
+)
+from metaemb.core.deploy.export_checks import (
+    as_list,
+    check_declared_shapes,
+    check_parity,
+    check_wrapper,
+    warn_fixed_examples,
+)
 from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.errors import MetaembError, first_line, suggest
 from metaemb.core.optional import require
 from metaemb.core.plugin.manager import registry
-from metaemb.core.plugin.options import options_of
 from metaemb.core.runs import atomic_write_bytes, atomic_write_text, written_together
 from metaemb.core.train.model import EmbeddingModel
 
@@ -43,16 +55,11 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # CumSum, Softmax over one axis and Unsqueeze-with-input semantics
 MAX_OPSET = 20  # the highest the TorchScript-based ONNX exporter emits
-#: exported vs PyTorch outputs must agree to atol + rtol·max|reference| (float32 reassociation).
-ATOL, RTOL = 1e-4, 1e-4
-#: the adapter's wrapper vs the model itself, relative to the embeddings' largest value: loose
-#: enough for a feature extractor re-expressed as a traceable graph, tight enough to catch a
-#: dropped input.
-WRAP_RTOL = 1e-3
-
-
-class ExportError(MetaembError):
-    """A model, format or option that cannot be exported (the message says why and what to do)."""
+# what plugins and scripts import from here
+__all__ = [
+    "ExportAdapter", "ExportError", "Exported", "export", "frontend_options", "input_kind",
+    "load_inference", "outputs_of", "preprocessing",
+]  # fmt: skip
 
 
 @dataclass
@@ -62,134 +69,6 @@ class Exported:
     path: Path
     sidecar: Path
     info: dict[str, Any]
-
-
-# -- adapters -------------------------------------------------------------------------------------
-
-
-def outputs_of(out: Any) -> Tensor | tuple[Tensor, Tensor]:
-    """A point embedding stays a tensor; a GME becomes (a, b) so graphs return plain tensors."""
-    return out if isinstance(out, Tensor) else (out.a, out.b)
-
-
-class ExportAdapter(abc.ABC):
-    """How models whose features declare one input kind are exported (one per kind)."""
-
-    #: the graph's input names, e.g. ["inputs"] or ["waveforms", "lengths"]
-    names: ClassVar[list[str]] = []
-
-    @abc.abstractmethod
-    def shapes(self, spec: dict[str, Any]) -> list[list[int | str]]:
-        """Each input's shape; a str names a dynamic axis ("N", "T")."""
-
-    @abc.abstractmethod
-    def wrap(self, model: EmbeddingModel) -> nn.Module:
-        """The module to trace: its forward takes the inputs in `names` order and returns the
-        embeddings, or (a, b) for a GME head (`outputs_of`)."""
-
-    @abc.abstractmethod
-    def example(self, spec: dict[str, Any], batch: int, variant: int) -> tuple[Tensor, ...]:
-        """Deterministic inputs of `batch` samples; another `variant` changes every dynamic axis
-        but the batch, so traces are checked on shapes they were not traced with."""
-
-    @abc.abstractmethod
-    def preprocessing(self, spec: dict[str, Any]) -> list[str]:
-        """The steps between the frontend's output and the graph's inputs, in order."""
-
-    def model_inputs(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-        """The `(x, lengths)` the run's model takes for the graph's `inputs`, to check the
-        wrapper against it: the first input and the second (lengths) when there is one.
-        Override it when the graph's inputs are not the model's (uint8 pixels, say)."""
-        return inputs[0], (inputs[1] if len(inputs) > 1 else None)
-
-    def check(
-        self, model: EmbeddingModel, module: nn.Module, spec: dict[str, Any]
-    ) -> dict[str, float]:
-        """Extra verification of the wrapped module against the model (raise ExportError on a
-        mismatch); what it returns is added to the sidecar's "verified" entry."""
-        return {}
-
-
-def input_kind(spec: dict[str, Any], features: str = "") -> ExportAdapter:
-    """The export adapter registered for the features' input kind."""
-    kind = spec.get("kind")
-    reg = registry("export_adapters")
-    if kind is None and features == "none":
-        raise ExportError(
-            "this model was trained with features 'none', which pass the folder's samples to "
-            "the network as they are, so metaemb does not know the layout an exported graph "
-            "should take. Export best.pt's model with torch.onnx or torch.jit yourself, or "
-            "train with features whose input_spec() names an export adapter (registered: "
-            f"{', '.join(reg.names()) or 'none'})."
-        )
-    if kind is None:
-        raise ExportError(
-            "this model's features declare no input kind: their input_spec() has no 'kind' "
-            "key, which names the export adapter that makes example inputs and wraps the "
-            f"model (known: {', '.join(reg.names()) or 'none'}). Return "
-            "{'kind': NAME, ...} from input_spec() and register an adapter of that name "
-            "(see register_export_adapters in docs/plugins.md)."
-        )
-    if kind not in reg:
-        known = ", ".join(reg.names()) or "none"
-        raise ExportError(
-            f"export knows the input kinds {known}; this model's features declare input kind "
-            f"'{kind}'. Register an export adapter for it (hook register_export_adapters) or "
-            "export the backbone and head yourself from metaemb.core.data.pipeline.build_model."
-        )
-    return reg.get(kind)()
-
-
-def _probe(module: Any, kind: ExportAdapter, spec: dict[str, Any]) -> Any:
-    """The wrapped model on the adapter's example inputs: a plugin adapter whose examples do
-    not fit the model (3 channels for a 1-channel model) is named instead of a traceback."""
-    name = spec.get("kind")
-    entry = registry("export_adapters").entry(name)
-    try:
-        example = kind.example(spec, 2, 0)
-    except MetaembError:
-        raise
-    except Exception as exc:
-        raise ExportError(
-            f"export adapter '{name}' (plugin '{entry.plugin}'): its example() failed: "
-            f"{type(exc).__name__}: {first_line(exc)}. It builds the example inputs from the "
-            "features' input_spec() (the keys and values it reads are there?)."
-        ) from None
-    shown = [list(x.shape) for x in example if isinstance(x, Tensor)]
-    try:
-        with torch.no_grad():
-            return module(*example)
-    except MetaembError:
-        raise
-    except Exception as exc:
-        raise ExportError(
-            f"export adapter '{name}' (plugin '{entry.plugin}'): the model failed on the "
-            f"adapter's example inputs ({', '.join(map(str, shown)) or '?'}): "
-            f"{type(exc).__name__}: {first_line(exc)}. Check its example() and shapes() "
-            "against what the features give the backbone."
-        ) from None
-
-
-def frontend_options(config: Config) -> dict[str, Any]:
-    """The training frontend's options, defaults included (crop size, template, VAD settings)."""
-    factory = registry("frontends").get(config.model.frontend)
-    opts = {k: o.default for k, o in options_of(factory).items()}
-    opts.update(config.options("frontend"))
-    return opts
-
-
-def preprocessing(spec: dict[str, Any], config: Config, adapter: ExportAdapter) -> list[str]:
-    """The steps a deployment must replicate before calling the exported model, in order."""
-    name = config.model.frontend
-    if name == "none":
-        frontend = "no frontend: samples are used as stored (as in training: pre-aligned/trimmed)"
-    else:
-        entry = registry("frontends").entry(name)
-        frontend = f"the training frontend '{name}' ({entry.description.rstrip('.')}; options: "
-        frontend += "frontend_options)"
-        if entry.info.get("python"):
-            frontend += f"; in Python: {entry.info['python']}"
-    return [frontend, *adapter.preprocessing(spec)]
 
 
 # -- loading, tracing, checking -------------------------------------------------------------------
@@ -204,6 +83,10 @@ class Inference:
     state: dict[str, Any]
     spec: dict[str, Any]
     path: Path
+
+
+def _dtype(x: Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
 
 
 def load_inference(checkpoint: Path, blame: dict[str, Any] | None = None) -> Inference:
@@ -226,146 +109,6 @@ def load_inference(checkpoint: Path, blame: dict[str, Any] | None = None) -> Inf
             model=f"features '{m.features}', backbone '{m.backbone}', head '{m.head}'",
         )
     return Inference(model, kind.wrap(model).eval(), kind, config, state, spec, run.path)
-
-
-def _as_list(out: Any) -> list[Tensor]:
-    return [out] if isinstance(out, Tensor) else list(out)
-
-
-def _dtype(x: Tensor) -> str:
-    return str(x.dtype).removeprefix("torch.")
-
-
-def check_declared_shapes(kind: ExportAdapter, spec: dict[str, Any]) -> None:
-    """The sidecar describes the graph's inputs from `shapes()`, the graph is traced from
-    `example()`: an adapter whose two disagree (3 channels declared, 1 given) would ship a
-    sidecar that misdescribes its graph."""
-    example, shapes = kind.example(spec, 2, 0), kind.shapes(spec)
-    if not len(kind.names) == len(shapes) == len(example):
-        raise ExportError(
-            f"export adapter '{spec.get('kind')}': names lists {len(kind.names)} input(s) "
-            f"({', '.join(kind.names)}), shapes() gives {len(shapes)} and example() returns "
-            f"{len(example)}; the three describe the same inputs, in the same order."
-        )
-    for name, shape, x in zip(kind.names, shapes, example, strict=True):
-        fits = len(shape) == x.dim() and all(
-            isinstance(d, str) or int(d) == x.shape[i] for i, d in enumerate(shape)
-        )
-        if not fits:
-            raise ExportError(
-                f"export adapter '{spec.get('kind')}': shapes() gives input '{name}' as "
-                f"{list(shape)} but example() makes it {list(x.shape)}; they must agree (the "
-                "sidecar describes the graph's inputs from shapes())."
-            )
-
-
-def warn_fixed_examples(kind: ExportAdapter, spec: dict[str, Any]) -> None:
-    """An adapter whose example() ignores `variant` checks the export only on the shape it was
-    traced with: a length frozen in the graph would pass. Say so (the export still works)."""
-    import warnings
-
-    one, other = kind.example(spec, 1, 1), kind.example(spec, 3, 2)
-    for name, shape, a, b in zip(kind.names, kind.shapes(spec), one, other, strict=True):
-        axes = [i for i, d in enumerate(shape) if isinstance(d, str) and d != "N"]
-        if axes and all(a.shape[i] == b.shape[i] for i in axes):
-            warnings.warn(
-                f"export adapter '{spec.get('kind')}': example() gives input '{name}' the same "
-                f"size on its dynamic axes for variants 1 and 2, so the export is never checked "
-                "on a size it was not traced with; make `variant` change every dynamic axis but "
-                "the batch.",
-                stacklevel=2,
-            )
-
-
-def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
-                  spec: dict[str, Any]) -> float:  # fmt: skip
-    """Largest relative difference of the adapter's wrapper from the run's model, called as in
-    training and `embed` (`model(x, lengths)`), on the adapter's examples of batch sizes 1 and
-    3 (lengths differing within the batch). The export is then checked against the wrapper,
-    so a wrapper that drops `lengths` or changes the model would otherwise go unseen."""
-    name = spec.get("kind")
-    worst = 0.0
-    for batch, variant in ((1, 1), (3, 2)):
-        inputs = kind.example(spec, batch, variant)
-        with torch.no_grad():
-            got = _as_list(module(*inputs))
-            try:
-                ref = _as_list(outputs_of(model(*kind.model_inputs(inputs))))
-            except MetaembError:
-                raise
-            except Exception as exc:
-                raise ExportError(
-                    f"export adapter '{name}': the run's model failed on model_inputs() of the "
-                    f"adapter's examples ({type(exc).__name__}: {str(exc)[:200]}); when the "
-                    "graph's inputs are not the model's (x, lengths), override model_inputs()."
-                ) from None
-        shapes = [tuple(r.shape) for r in ref], [tuple(g.shape) for g in got]
-        if shapes[0] != shapes[1]:
-            raise ExportError(
-                f"export adapter '{name}': its wrap(model) returns shapes {shapes[1]} where the "
-                f"run's model returns {shapes[0]} on the adapter's example inputs (batch {batch})."
-            )
-        for r, g in zip(ref, got, strict=True):
-            scale = max(float(r.abs().max()), 1e-12)
-            worst = max(worst, float((g.float() - r.float()).abs().max()) / scale)
-    _refuse_a_graph_without_lengths(model, kind, spec)
-    if worst > WRAP_RTOL:
-        raise ExportError(
-            f"export adapter '{name}': its wrap(model) differs from the run's model, called as "
-            f"model(x, lengths) in training and embedding, by {worst:.3g} of the embeddings' "
-            f"largest value on the adapter's example inputs (tolerance {WRAP_RTOL}). Does the "
-            "wrapper pass every input on (lengths above all) and add no step of its own? If "
-            "the graph's inputs differ from the model's, override model_inputs()."
-        )
-    return worst
-
-
-def _refuse_a_graph_without_lengths(
-    model: EmbeddingModel, kind: ExportAdapter, spec: dict[str, Any]
-) -> None:
-    """A run whose features take the lengths of [N, channels, steps] inputs embeds a padded
-    batch with them; an adapter whose graph passes none exports a model whose batches leak
-    padding, which its own examples (all of one length) cannot show."""
-    x, lengths = kind.model_inputs(kind.example(spec, 3, 2))
-    if lengths is not None or not isinstance(x, Tensor) or x.dim() != 3:
-        return
-    try:
-        with torch.no_grad():
-            _, passed = model.features(x, torch.full((len(x),), x.shape[-1], dtype=torch.long))
-    except Exception:  # features that take no lengths: nothing to pass on
-        return
-    if passed is not None:
-        raise ExportError(
-            f"export adapter '{spec.get('kind')}': the run's features take the lengths of "
-            "their [N, channels, steps] inputs, but the adapter's graph passes none "
-            "(model_inputs gives lengths None), so a zero-padded batch would embed differently "
-            "from each recording alone. Add an int64 [N] 'lengths' input to names, shapes() and "
-            "example() (lengths differing within a batch) and pass it on in wrap()."
-        )
-
-
-def check_parity(run: Any, module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> float:
-    """Largest |exported − PyTorch| over batch sizes 1 and 3 (and other input lengths)."""
-    worst = 0.0
-    for batch, variant in ((1, 1), (3, 2)):
-        inputs = kind.example(spec, batch, variant)
-        with torch.no_grad():
-            ref = _as_list(module(*inputs))
-        got = run(inputs)
-        for r, g in zip(ref, got, strict=True):
-            if tuple(g.shape) != tuple(r.shape):
-                raise ExportError(
-                    f"exported model returned shape {tuple(g.shape)} for batch {batch}, PyTorch "
-                    f"{tuple(r.shape)}: a shape was frozen while tracing."
-                )
-            diff = float((g.float() - r.float()).abs().max())
-            if diff > ATOL + RTOL * float(r.abs().max()):
-                raise ExportError(
-                    f"exported model differs from PyTorch by {diff:.3g} (batch {batch}); the "
-                    "graph does not reproduce the model (a data-dependent branch was frozen?)."
-                )
-            worst = max(worst, diff)
-    return worst
 
 
 def to_onnx(
@@ -466,7 +209,7 @@ def torchscript_runner(data: bytes) -> Any:
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
         with torch.no_grad():
-            return _as_list(loaded(*inputs))
+            return as_list(loaded(*inputs))
 
     return run
 
@@ -535,12 +278,12 @@ def export(
         inf = load_inference(checkpoint, blame)
         module, kind, config, state, spec = inf.module, inf.kind, inf.config, inf.state, inf.spec
         extra_checks = kind.check(inf.model, module, spec)
-        probe = _probe(module, kind, spec)
+        probe = example_outputs(module, kind, spec)
         wrapper_diff = check_wrapper(inf.model, module, kind, spec)
         check_declared_shapes(kind, spec)
         warn_fixed_examples(kind, spec)
         out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
-        shapes = [["N", *map(int, y.shape[1:])] for y in _as_list(probe)]
+        shapes = [["N", *map(int, y.shape[1:])] for y in as_list(probe)]
         dim = int(shapes[0][1])
         if fmt == "onnx":
             data = to_onnx(module, kind, spec, opset, out_names)
@@ -578,7 +321,7 @@ def export(
             ],
             "outputs": [
                 {"name": n, "shape": s, "dtype": _dtype(y)}
-                for n, s, y in zip(out_names, shapes, _as_list(probe), strict=True)
+                for n, s, y in zip(out_names, shapes, as_list(probe), strict=True)
             ],
             "input_spec": spec,
             "preprocessing": preprocessing(spec, config, kind),
