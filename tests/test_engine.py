@@ -550,3 +550,19 @@ def test_a_teacher_trained_on_another_frontend_is_refused(tiny_face_run, tmp_pat
         build_teacher(student, objective, torch.device("cpu"))
     student.train.teacher = str(run / "best.pt")  # the same pipeline: fine
     assert build_teacher(student, objective, torch.device("cpu")) is not None
+
+
+def test_the_progress_bar_shows_no_loss_before_the_first_step():
+    """It showed "loss nan" at 0/N, which reads as a diverged loss."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from metaemb.core.train.engine import Trainer
+
+    out = io.StringIO()
+    stub = SimpleNamespace(console=Console(file=out, width=100), dist=SimpleNamespace(main=True))
+    with Trainer._progress(stub) as progress:
+        progress.add_task("epoch 1/1", total=3, loss="–", rate=0.0)
+    assert "loss –" in out.getvalue() and "nan" not in out.getvalue()

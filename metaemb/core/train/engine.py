@@ -302,7 +302,7 @@ class Trainer:
             task = progress.add_task(
                 f"epoch {epoch + 1}/{cfg.epochs}",
                 total=self.steps_per_epoch,
-                loss=float("nan"),
+                loss="–",  # no step yet ("nan" read as a diverged loss)
                 rate=0.0,
             )
             for batch in loader:
@@ -319,7 +319,7 @@ class Trainer:
                 progress.update(
                     task,
                     advance=1,
-                    loss=total_loss / n_samples,
+                    loss=f"{total_loss / n_samples:.4f}",
                     rate=n_samples / max(elapsed, 1e-9),
                 )
                 self.callbacks.on_step(self, self.step, loss)
@@ -396,7 +396,7 @@ class Trainer:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[rate]:.0f} samples/s"),
             TimeRemainingColumn(),
             console=self.console,
