@@ -1373,3 +1373,45 @@ def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_no
     m = Modality(name="ecg", description="", sample_folder="series", backbone="conv",
                  demo_data=None, features=None)  # fmt: skip
     assert (m.demo_data, m.features) == ("", "none")
+
+
+class StepCounter(nn.Module):
+    """A classifier with no parameters, only a running statistic (as a memory bank would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+class CountingObjective(metaemb.core.Objective):
+    """A pair-style loss with no class weights that keeps a count between steps."""
+
+    def build_classifier(self, dim, num_classes):
+        return StepCounter()
+
+    def __call__(self, embeddings, labels, classifier):
+        classifier.steps += 1
+        same = (labels[:, None] == labels[None, :]).float()
+        sims = nn.functional.normalize(embeddings, dim=1) @ nn.functional.normalize(embeddings).T
+        return ((sims - same) ** 2).mean()
+
+
+class CountingPlugin:
+    @metaemb.hookimpl
+    def register_objectives(self, register):
+        register("counting", CountingObjective)
+
+
+def test_an_objectives_running_statistics_are_buffers_of_its_classifier(plugin, tmp_path, series,
+                                                                        capsys):  # fmt: skip
+    """docs/plugins.md: running statistics of an objective live as buffers of the module
+    build_classifier returns (one without parameters too), checkpointed and restored."""
+    from metaemb.core.runs import load_checkpoint
+
+    with plugins.plugin_registered(CountingPlugin(), "counting-test"):
+        code, _, err = train(tmp_path, series, capsys, "train.objective=counting",
+                             "train.epochs=1")  # fmt: skip
+        assert code == 0, err
+        run = next((tmp_path / "runs" / "series").glob("run-*"))
+        state = load_checkpoint(run / "last.pt")
+        assert int(state["classifier"]["steps"]) == state["step"] > 0
