@@ -341,6 +341,27 @@ def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
             component_checks.check_first_batch(masked, resolve("series"), x, given)
 
 
+def test_padding_leaks_are_found_behind_features_that_trim_a_batch_to_its_longest(plugin):
+    """The speaker fbank cuts a batch to its longest length: the one sample the check padded
+    alone was cut back, compared with itself and passed (C1 F4)."""
+
+    class Trimming(SeriesFeatures):
+        def forward(self, x, lengths=None):
+            if lengths is not None:
+                x = x[..., : int(lengths.max())]
+            return super().forward(x, lengths)
+
+    cfg = resolve("series", sets=["model.backbone=poolspadding"])
+    x, lengths = torch.randn(4, 3, 12), torch.full((4,), 12)
+    leaky = EmbeddingModel(Trimming(), PoolsPadding(), nn.Linear(8, cfg.model.dim))
+    with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
+        component_checks.check_first_batch(leaky, cfg, x, lengths)
+    masked = EmbeddingModel(Trimming(), ConvNet(), nn.Linear(8, cfg.model.dim))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        component_checks.check_first_batch(masked, resolve("series"), x, lengths)
+
+
 def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):
     """Raw 16-bit pixels (values of 1e5 after normalisation) trained without a word."""
     cfg = resolve("series")
@@ -1415,3 +1436,71 @@ def test_an_objectives_running_statistics_are_buffers_of_its_classifier(plugin, 
         run = next((tmp_path / "runs" / "series").glob("run-*"))
         state = load_checkpoint(run / "last.pt")
         assert int(state["classifier"]["steps"]) == state["step"] > 0
+
+
+class RunningStats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1))
+
+
+class StateOnObjective(SoftmaxObjective):
+    """The mistake: a running statistic kept on the objective, not on its classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run = RunningStats()
+
+    def __call__(self, embeddings, labels, classifier):
+        with torch.no_grad():
+            self.run.mean.mul_(0.9).add_(0.1 * embeddings.norm(dim=1).mean())
+        return super().__call__(embeddings, labels, classifier)
+
+
+class LazyWeights(SoftmaxObjective):
+    """The mistake: class weights made in the first call, as a tensor that requires grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = None
+
+    def __call__(self, embeddings, labels, classifier):
+        if self.w is None:
+            self.w = torch.randn(64, embeddings.shape[1], requires_grad=True)
+        return nn.functional.cross_entropy(embeddings @ self.w.T, labels)
+
+
+class ObjectiveStatePlugin:
+    @metaemb.hookimpl
+    def register_objectives(self, register):
+        register("stateonobjective", StateOnObjective)
+        register("lazyweights", LazyWeights)
+
+
+def test_state_an_objective_keeps_on_itself_is_named(plugin, tmp_path, series, capsys):
+    """A running statistic on the objective resumed from scratch (not bit-identical) and
+    lazily made class weights were never trained or saved, both without a word (C1)."""
+    with plugins.plugin_registered(ObjectiveStatePlugin(), "state-test"):
+        code, _, err = train(tmp_path, series, capsys, "train.objective=lazyweights")
+        assert code != 0
+        assert "objective 'lazyweights' (plugin 'state-test') holds trainable tensors of its " \
+               "own (w)" in " ".join(err.split())  # fmt: skip
+        with pytest.warns(UserWarning, match=r"objective 'stateonobjective' \(plugin "
+                          r"'state-test'\) carries 'run.mean' from epoch to epoch"):  # fmt: skip
+            code, _, err = train(tmp_path, series, capsys, "train.objective=stateonobjective",
+                                 "train.epochs=2")  # fmt: skip
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("objective", ["softmax", "arcface", "cosface", "triplet", "contrastive",
+                                       "gme-bxe", "gme-softmax", "partial-fc"])  # fmt: skip
+def test_built_in_objectives_keep_no_state_of_their_own(plugin, tmp_path, series, capsys,
+                                                        objective):  # fmt: skip
+    sets = ["train.objective=" + objective, "train.epochs=2"]
+    if objective.startswith("gme"):
+        sets.append("model.head=gme")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = train(tmp_path, series, capsys, *sets)
+    assert code == 0, err
+    assert not [w for w in caught if "from epoch to epoch" in str(w.message)]

@@ -201,7 +201,8 @@ def _warn_if_padding_leaks(
 ) -> None:  # fmt: skip
     """A padded batch must embed each sample as it would be alone (evaluation embeds
     utterances of every length together): compare the most padded sample with itself alone,
-    or, when training crops all have one length, the first sample with itself padded.
+    or, when training crops all have one length, the first sample with itself padded in a
+    batch with a longer one.
     A batch of one length may come with lengths None (nothing was padded): its first sample is
     padded too when the features pass lengths on (sequences, not fixed-size inputs)."""
     unpadded = lengths is None
@@ -213,8 +214,13 @@ def _warn_if_padding_leaks(
         return
     if bool((lengths == x.shape[-1]).all()):  # fixed-length crops: pad one sample ourselves
         try:
-            padded_in = torch.nn.functional.pad(x[:1], (0, max(1, x.shape[-1] // 4)))
-            f, fl = model.features(padded_in, lengths[:1])
+            # Beside a longer companion (the sample and its own start), so features that
+            # trim a batch to its longest length cannot cut the padding away again.
+            extra = max(1, x.shape[-1] // 4)
+            padded = torch.nn.functional.pad(x[:1], (0, extra))
+            longer = torch.cat([x[:1], x[:1, ..., :extra]], dim=-1)
+            both = torch.cat([padded, longer])
+            f, fl = model.features(both, torch.stack([lengths[0], lengths[0] + extra]))
             if unpadded and fl is None:  # features without lengths: fixed-size inputs
                 return
             alone, batched = pooled[0].float(), backbone(f, fl)[0].float()
@@ -381,6 +387,106 @@ def check_objective_parameters(objective: Any, classifier: Any, config: Config) 
             "create them in build_classifier(dim, num_classes) and use them through the "
             "classifier it is given."
         )
+
+
+#: attributes the engine sets on every objective (or that hold only logged numbers)
+_ENGINE_SET = frozenset({"epoch", "stats", "teacher_outputs"})
+
+
+def objective_state(objective: Any, classifier: Any = None) -> dict[str, tuple[bool, Any]]:
+    """What an objective keeps on itself between steps, copied: {attribute: (trainable leaf,
+    value)} for tensors, modules' parameters and buffers, numbers and nested objectives.
+    None of it is checkpointed (only the model's and `build_classifier`'s module are), so
+    `ObjectiveWatch` compares these around the first training steps."""
+    skip = set()
+    if classifier is not None:
+        skip = {id(t) for t in (*classifier.parameters(), *classifier.buffers())}
+    out: dict[str, tuple[bool, Any]] = {}
+
+    def visit(obj: Any, prefix: str, depth: int) -> None:
+        items = dict(vars(obj))
+        if isinstance(obj, torch.nn.Module):
+            items = {k: v for k, v in items.items() if not k.startswith("_")}
+            items.update(obj.state_dict(keep_vars=True))
+        for attr, value in items.items():
+            key = f"{prefix}{attr}"
+            if attr in _ENGINE_SET or id(value) in skip:
+                continue
+            if isinstance(value, Tensor):
+                out[key] = (value.requires_grad and value.is_leaf, value.detach().clone())
+            elif isinstance(value, torch.nn.Module):
+                visit(value, f"{key}.", depth + 1)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = (False, value)
+            elif callable(getattr(value, "build_classifier", None)) and depth < 3:
+                visit(value, f"{key}.", depth + 1)  # a composite's inner objective
+
+    visit(objective, "", 0)
+    return out
+
+
+class ObjectiveWatch:
+    """What an objective keeps on itself is not checkpointed: only the model and the module
+    `build_classifier` returns are. Around the first two training steps a trainable tensor
+    there (made in the first call, or with requires_grad instead of as a parameter) is
+    refused: nothing trains or saves it. State those steps change is followed to the next
+    epoch: what `set_epoch` resets (per-epoch tallies for `end_epoch`) is fine, what it
+    carries over (a running statistic) would start over on resume, which is warned."""
+
+    def __init__(self, objective: Any, classifier: Any, config: Config) -> None:
+        self.objective, self.classifier, self.config = objective, classifier, config
+        self.start = objective_state(objective, classifier)  # just after set_epoch
+        self.before = self.start
+        self.changed: set[str] = set()
+        self.steps = 0
+        self.done = False
+
+    def before_step(self) -> None:
+        if self.steps < 2:
+            self.before = objective_state(self.objective, self.classifier)
+
+    def after_step(self) -> None:
+        if self.steps >= 2:
+            return
+        after = objective_state(self.objective, self.classifier)
+        trainable = [k for k, (grad, _) in after.items() if grad]
+        if trainable:
+            raise ConfigError(
+                f"{component(self.config, 'objective')} holds trainable tensors of its own "
+                f"({first_few(trainable, quote=False)}), which would be neither trained nor "
+                "saved: create them as parameters of the module build_classifier(dim, "
+                "num_classes) returns and use them through the classifier it is given."
+            )
+        both = self.before.keys() & after.keys()
+        self.changed |= {k for k in both if not _same_value(self.before[k][1], after[k][1])}
+        self.steps += 1
+
+    def new_epoch(self) -> None:
+        """Call after the next epoch's set_epoch: warn about state it did not reset."""
+        if self.done:
+            return
+        self.done = True
+        start, self.start, self.before = self.start, {}, {}  # the copies are not needed again
+        now = objective_state(self.objective, self.classifier)
+        carried = sorted(
+            k for k in self.changed
+            if k in now and k in start and not _same_value(now[k][1], start[k][1])
+        )  # fmt: skip
+        if carried:
+            warnings.warn(
+                f"{component(self.config, 'objective')} carries {first_few(carried)} from "
+                "epoch to epoch on itself, where no checkpoint saves it: a resumed run starts "
+                "it over and differs from an uninterrupted one. Keep running statistics as "
+                "buffers (register_buffer) of the module build_classifier returns, which is "
+                "saved and restored (per-epoch tallies that set_epoch resets are fine).",
+                stacklevel=2,
+            )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return type(a) is type(b) and a == b
 
 
 def first_step_failure(config: Config, exc: BaseException) -> str:

@@ -100,6 +100,7 @@ class Trainer:
         self.resumed = False
         self._stop = False
         self._checked = False  # the first batch went through component_checks
+        self._objective_watch: component_checks.ObjectiveWatch | None = None
 
     def request_stop(self) -> None:
         """End the run after the current step (callbacks call this, e.g. an LR finder)."""
@@ -288,6 +289,12 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         component_checks.check_batches(self.sampler, len(self.train_set), self.config)
         self.objective.set_epoch(epoch)
+        if self._objective_watch is None:  # the state it keeps on itself, from the first epoch
+            self._objective_watch = component_checks.ObjectiveWatch(
+                self.objective, self.classifier, self.config
+            )
+        else:
+            self._objective_watch.new_epoch()
         self.step_module.train()
         frozen = epoch < cfg.freeze_trunk_epochs
         trunk = self.model.backbone.trunk()
@@ -349,6 +356,8 @@ class Trainer:
             scorer = None if self.scorer.requires_fit else self.scorer  # fitted: at validation
             component_checks.check_first_batch(self.model, self.config, x, lengths, scorer)
             self._checked = True
+        if self._objective_watch is not None:
+            self._objective_watch.before_step()
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.step_module(x, lengths, labels)
@@ -357,6 +366,8 @@ class Trainer:
                 raise
             raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
         component_checks.check_loss(loss, self.config)
+        if self._objective_watch is not None:
+            self._objective_watch.after_step()
         if not torch.isfinite(loss):
             stage = component_checks.nonfinite_stage(
                 self.model, self.config, x, lengths, labels,
