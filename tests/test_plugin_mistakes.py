@@ -1504,3 +1504,50 @@ def test_built_in_objectives_keep_no_state_of_their_own(plugin, tmp_path, series
         code, _, err = train(tmp_path, series, capsys, *sets)
     assert code == 0, err
     assert not [w for w in caught if "from epoch to epoch" in str(w.message)]
+
+
+class TrainOnlyWidth(ConvNet):
+    """The mistake: a narrower output only in training mode (eval mode passes its checks)."""
+
+    def forward(self, x, lengths=None):
+        h = super().forward(x, lengths)
+        return h[:, :5] if self.training else h
+
+
+class MakesNaNBackbone(ConvNet):
+    def forward(self, x, lengths=None):
+        return super().forward(x, lengths) / 0 * 0
+
+
+class BackboneMistakesPlugin:
+    @metaemb.hookimpl
+    def register_backbones(self, register):
+        register("trainonlywidth", TrainOnlyWidth)
+        register("makesnanbackbone", MakesNaNBackbone)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "fragments"),
+    [
+        ("trainonlywidth", ["backbone 'trainonlywidth' (plugin 'backbone-mistakes') returned",
+                            "[8, 5] in training mode, [batch, 8] (its feature_dim) in eval"]),
+        ("makesnanbackbone", ["backbone 'makesnanbackbone' (plugin 'backbone-mistakes') gave "
+                              "NaN or inf values from finite features"]),
+    ],
+)  # fmt: skip
+def test_a_backbone_failing_in_training_mode_is_named_not_the_objective_or_head(
+    plugin, tmp_path, series, capsys, backbone, fragments
+):
+    """A backbone wrong only in training mode was blamed on the core objective; one making
+    NaN was blamed on the core head's poisoned BatchNorm, after a 'padding leaks' warning of
+    a NaN gap (C1 F5, F6)."""
+    mistakes = plugins.plugin_registered(BackboneMistakesPlugin(), "backbone-mistakes")
+    with mistakes, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = train(tmp_path, series, capsys, f"model.backbone={backbone}",
+                             "train.batch_size=8")  # fmt: skip
+    message = " ".join(err.split())
+    assert code != 0 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not [w for w in caught if "padding leaks" in str(w.message)]

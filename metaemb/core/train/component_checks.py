@@ -10,6 +10,7 @@ the first NaN (a component, or the optimisation itself).
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from torch import Tensor
 from metaemb.core.config import CHOICE_FIELDS, COMPONENT_SECTIONS, Config
 from metaemb.core.data.dataset import check_lengths_fit
 from metaemb.core.data.embed import non_finite_rows, row_files
-from metaemb.core.errors import ConfigError, MetaembError, first_few
+from metaemb.core.errors import ConfigError, MetaembError, first_few, first_line
 from metaemb.core.plugin.manager import registry
 
 
@@ -150,7 +151,9 @@ def check_first_batch(
         embeddings = model.head(pooled)
         check_head_output(model.head, embeddings, config, len(f), pooled.dtype)
         _warn_if_padding_leaks(model, backbone, config, x, lengths, pooled, flen)
-        if scorer is not None:
+        # NaN embeddings are left to the training step, which names the stage that made them
+        # and the files (a scorer would be blamed for NaN scores here).
+        if scorer is not None and not non_finite_rows(embeddings):
             from metaemb.core.scoring.scorers import check_consistent
 
             if isinstance(embeddings, Tensor):  # as validation scores them: float32, CPU
@@ -233,8 +236,8 @@ def _warn_if_padding_leaks(
         f, fl = model.features(x[i : i + 1, ..., : int(lengths[i])], lengths[i : i + 1])
         alone, batched = backbone(f, fl)[0].float(), pooled[i].float()
     gap = float((alone - batched).abs().max())
-    if gap <= 1e-3 * max(1.0, float(batched.abs().max())):
-        return
+    if not math.isfinite(gap) or gap <= 1e-3 * max(1.0, float(batched.abs().max())):
+        return  # NaN is the non-finite checks' business, not a padding leak
     dropped = (
         " The features returned lengths None for a padded batch."
         if flen is None and not unpadded
@@ -489,6 +492,36 @@ def _same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def train_mode_failure(model: Any, config: Config, x: Tensor, lengths: Tensor | None) -> str | None:
+    """The first-batch checks run the network in eval mode; when the first training step then
+    fails, run it stage by stage in training mode to name a features, backbone or head that
+    fails or changes shape only there (the run is stopping, so moved statistics do not
+    matter). None when the network is not to blame."""
+    stage = "features"
+    model.train()
+    try:
+        with torch.no_grad():
+            f, flen = model.features(x, lengths)
+            stage = "backbone"
+            pooled = model.backbone(f, flen)
+            dim = getattr(model.backbone, "feature_dim", None)
+            sized = isinstance(pooled, Tensor) and isinstance(dim, int)
+            if sized and (pooled.dim() != 2 or pooled.shape[1] != dim):
+                return (
+                    f"{component(config, 'backbone')} returned {_describe(pooled)} in training "
+                    f"mode, [batch, {dim}] (its feature_dim) in eval mode; it must return the "
+                    "same shape in both (check `if self.training` branches)"
+                )
+            stage = "head"
+            model.head(pooled)
+    except Exception as exc:
+        return (
+            f"{component(config, stage)} failed in training mode (it passed in eval mode): "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        )
+    return None
+
+
 def first_step_failure(config: Config, exc: BaseException) -> str:
     """The message for a first training step that raised although features, backbone, head and
     augmentations passed their checks: what is left is the objective and its classifier."""
@@ -564,16 +597,22 @@ def nonfinite_stage(
         bad = augmenter.first_nonfinite(x, lengths, labels, model.features)
         if bad:
             return bad
-    with _eval_mode(model):
+    with _eval_mode(model):  # stage by stage: a stage's statistics, then its output
+        poisoned = _nonfinite_buffer(model, config, "features")
+        if poisoned:
+            return poisoned
         f, flen = model.features(x, lengths)
         if f.is_floating_point() and not torch.isfinite(f).all():
             return f"{component(config, 'features')} gave NaN or inf values from finite input"
-        poisoned = _nonfinite_buffer(model, config)
+        poisoned = _nonfinite_buffer(model, config, "backbone")
         if poisoned:
             return poisoned
         pooled = model.backbone(f, flen)
         if not torch.isfinite(pooled).all():
             return f"{component(config, 'backbone')} gave NaN or inf values from finite features"
+        poisoned = _nonfinite_buffer(model, config, "head")
+        if poisoned:
+            return poisoned
         out = model.head(pooled)
         if isinstance(out, Tensor) and not torch.isfinite(out).all():
             return f"{component(config, 'head')} gave NaN or inf values"
@@ -587,20 +626,19 @@ def nonfinite_stage(
     return None
 
 
-def _nonfinite_buffer(model: Any, config: Config) -> str | None:
-    """A component holding a NaN or inf buffer (BatchNorm running statistics) while every
-    weight is finite: a NaN or inf input reached it in training mode."""
-    for section in ("features", "backbone", "head"):
-        part = getattr(model, section, None)
-        if part is None:
-            continue
-        for buf_name, buf in part.named_buffers():
-            if buf.is_floating_point() and not torch.isfinite(buf).all():
-                return (
-                    f"{component(config, section)} holds NaN or inf in '{buf_name}' (running "
-                    "statistics) while every weight is finite: a NaN or inf input reached it "
-                    "during training (from an augmentation, or the stage before it)"
-                )
+def _nonfinite_buffer(model: Any, config: Config, section: str) -> str | None:
+    """The component of `section` holding a NaN or inf buffer (BatchNorm running statistics)
+    while every weight is finite: a NaN or inf input reached it in training mode. Asked stage
+    by stage, after the stages before it gave finite outputs, so the poisoned statistics of a
+    head are not blamed for a backbone that makes NaN."""
+    part = getattr(model, section, None)
+    for buf_name, buf in part.named_buffers() if part is not None else ():
+        if buf.is_floating_point() and not torch.isfinite(buf).all():
+            return (
+                f"{component(config, section)} holds NaN or inf in '{buf_name}' (running "
+                "statistics) while every weight is finite: a NaN or inf input reached it "
+                "during training (from an augmentation, or the stage before it)"
+            )
     return None
 
 

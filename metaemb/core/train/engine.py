@@ -364,6 +364,9 @@ class Trainer:
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             if not first or isinstance(exc, torch.OutOfMemoryError):  # memory: not a plugin's
                 raise
+            network = component_checks.train_mode_failure(self.model, self.config, x, lengths)
+            if network:
+                raise ConfigError(f"the first training step failed: {network}.") from exc
             raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
         component_checks.check_loss(loss, self.config)
         if self._objective_watch is not None:
