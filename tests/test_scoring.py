@@ -377,3 +377,37 @@ def test_a_pairs_method_returning_a_list_is_told_so_not_given_a_shape_hint():
 
     with pytest.raises(ConfigError, match=r"returning something other than a tensor \(a list\?\)"):
         check_consistent(ListPairs(), torch.randn(6, 4), "scorer 'lists'")
+
+
+def test_whole_number_scores_are_refused_by_name():
+    """Integer pairs were told they 'differ by 98' from the float matrix; integers from both
+    methods tied trials silently (C1 F7). float64 is fine."""
+    import pytest
+    import torch
+
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.scoring.cosine import CosineScorer
+    from metaemb.core.scoring.scorers import check_consistent
+
+    class IntPairs(CosineScorer):
+        def pairs(self, models, counts, test):
+            return (super().pairs(models, counts, test) * 100).long()
+
+    class IntBoth(IntPairs):
+        def block(self, models, counts, test):
+            return (super().block(models, counts, test) * 100).long()
+
+    class Doubles(CosineScorer):
+        def pairs(self, models, counts, test):
+            return super().pairs(models, counts, test).double()
+
+        def block(self, models, counts, test):
+            return super().block(models, counts, test).double()
+
+    x = torch.randn(6, 4)
+    with pytest.raises(ConfigError, match=r"scorer 'i': score gave torch.int64 scores; scores "
+                       r"are floating point"):  # fmt: skip
+        check_consistent(IntPairs(), x, "scorer 'i'")
+    with pytest.raises(ConfigError, match=r"gave torch.int64 scores"):
+        check_consistent(IntBoth(), x, "scorer 'i'")
+    check_consistent(Doubles(), x, "scorer 'd'")

@@ -273,8 +273,16 @@ def check_consistent(scorer: Scorer, embeddings: Any, label: str, n: int = 6) ->
                     f"{label}: score_matrix of {n} enrollment and {n - 1} test embeddings gave "
                     f"{shown}; it must give [N_enroll, N_test] = [{n}, {n - 1}]."
                 )
-            matrix = scorer.score_matrix(e, e).double()
+            matrix = scorer.score_matrix(e, e)
             pairs = scorer.score(e, e[shifted])
+            for what, t in (("score_matrix", matrix), ("score", pairs)):
+                if isinstance(t, Tensor) and not t.is_floating_point():
+                    raise ConfigError(
+                        f"{label}: {what} gave {t.dtype} scores; scores are floating point "
+                        "(whole numbers tie trials and quantise every measure): return the "
+                        "float values."
+                    )
+            matrix = matrix.double()
             if not isinstance(pairs, Tensor) or tuple(pairs.shape) != (n,):
                 shown = list(pairs.shape) if isinstance(pairs, Tensor) else type(pairs).__name__
                 raise ConfigError(
