@@ -143,3 +143,22 @@ def test_demo_options_do_not_move_a_run_on_the_users_own_data():
     assert other_demo.hash() == mine.hash()
     # On the built-in demo data the generator's options are the data, so they do count.
     assert resolve("face", sets=["demo.identities=7"]).hash() != resolve("face").hash()
+
+
+def test_a_config_from_a_pipe_is_read_once_and_kept(tmp_path):
+    """`--config <(…)` and `--config /dev/stdin` were refused as "does not exist"; a pipe can
+    be read only once, and train reads the config twice (its modality, then the layers)."""
+    import os
+    import threading
+
+    from metaemb.core.config.toml_io import load_toml
+
+    fifo = tmp_path / "piped.toml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("[train]\nepochs = 3\n"))
+    writer.start()
+    assert load_toml(fifo) == {"train": {"epochs": 3}}
+    writer.join()
+    assert resolve("face", fifo).train.epochs == 3  # the second read: what the pipe gave
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")

@@ -34,14 +34,26 @@ def parse_set(item: str, flag: str = "--set", example: str = "train.epochs=3") -
     return key, value
 
 
+#: what pipes (`--config <(…)`, /dev/stdin) gave: they can be read only once per process
+_PIPED: dict[str, bytes] = {}
+
+
+def _read(p: Path) -> bytes:
+    if p.is_file():
+        return p.read_bytes()
+    if str(p) not in _PIPED:
+        _PIPED[str(p)] = p.read_bytes()
+    return _PIPED[str(p)]
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config file '{p}' is a folder; give the .toml file.")
-    if not p.is_file():
+    if not p.exists() and str(p) not in _PIPED:
         raise ConfigError(f"config file '{p}' does not exist.")
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = _read(p).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"config file '{p}' is not UTF-8 text (byte {exc.start}); TOML files must be UTF-8. "
