@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from metaemb.commands.console import console_options, make_console
 from metaemb.commands.options import FrontendSet
 
-console = Console(emoji=False)
-err_console = Console(stderr=True, emoji=False)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def create_app() -> typer.Typer:
@@ -156,7 +156,8 @@ def train(
         root = rehearsal_root(data_root(cfg), cfg.train.init_from, cfg.train.rehearsal,
                               cache_dir(cfg), cfg.train.seed)  # fmt: skip
         cfg.data.root, cfg.data.root_absolute = str(root), ""
-    out = LoggingConsole()  # prints as `console` does, and copies it to RUN/train.log
+    # prints as `console` does, and copies it to RUN/train.log
+    out = LoggingConsole(**console_options())
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
                       workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
     new_folder = not trainer.dir.exists()

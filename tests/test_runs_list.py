@@ -192,3 +192,23 @@ def test_an_epoch_recorded_but_never_checkpointed_is_not_counted(tiny_face_run, 
     [listed] = json.loads(text)
     assert listed["epochs_done"] == len(lines) and listed["best"] != 0.0
     assert f"training resumes after epoch {len(lines)}" in listed["status"]
+
+
+def test_piped_output_keeps_long_paths_whole(tiny_face_run, tmp_path, capsys, monkeypatch):
+    """In a batch job's log rich folded lines at 80 columns, splitting a run's path, and the
+    runs table cut its path column to '/tmp/…' (H14 F2, F3)."""
+    import shutil
+
+    from metaemb.commands.console import console_options
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert console_options()["soft_wrap"] is True  # captured output is not a terminal
+    _, run = tiny_face_run
+    deep = tmp_path / ("a_long_folder_name_for_cluster_scratch_" * 3) / "job_12345678"
+    shutil.copytree(run, deep / "face" / run.name)
+    import metaemb.commands.runs as runs_command
+
+    monkeypatch.setattr(runs_command, "console", runs_command.make_console())
+    code, text, err = helpers.run_cli(["runs", deep], capsys)
+    assert code == 0, err
+    assert str(deep / "face" / run.name) in text.splitlines()[-2]

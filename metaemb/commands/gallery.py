@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaemb.commands.console import make_console
 from metaemb.commands.options import FrontendSet
 from metaemb.core.data.pipeline import use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
 
-console = Console(emoji=False)
+console = make_console()
 
 
 # -- printing -----------------------------------------------------------------------------------

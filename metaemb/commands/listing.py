@@ -10,13 +10,13 @@ import math
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaemb.commands.console import make_console
 from metaemb.core.errors import ConfigError, suggest
 
-console = Console(emoji=False)
+console = make_console()
 
 
 def kind_key(kind: str) -> str:

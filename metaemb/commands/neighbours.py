@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(emoji=False)
+from metaemb.commands.console import make_console
+
+console = make_console()
 
 
 def _scorer(name: str | None, collection: Any) -> Any:

@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console(emoji=False)
+from metaemb.commands.console import make_console
+
+console = make_console()
 
 
 def plot(

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(emoji=False)
+from metaemb.commands.console import make_console
+
+console = make_console()
 SEARCH_DEPTH = 6  # runs/<modality>/<run> under a few folders of experiments
 
 
