@@ -1551,3 +1551,21 @@ def test_a_backbone_failing_in_training_mode_is_named_not_the_objective_or_head(
     for fragment in fragments:
         assert fragment in message, message
     assert not [w for w in caught if "padding leaks" in str(w.message)]
+
+
+def test_a_run_is_built_with_the_defaults_it_trained_with(plugin, tmp_path, series, capsys,
+                                                          monkeypatch):  # fmt: skip
+    """config.toml keeps only options that were set; a plugin changing a default made
+    `evaluate RUN` build another network around the same weights, silently (C1 F8)."""
+    from metaemb.core.deploy.loading import load_run
+
+    code, _, err = train(tmp_path, series, capsys, "train.epochs=1")
+    assert code == 0, err
+    run = next((tmp_path / "runs" / "series").glob("run-*"))
+    monkeypatch.setattr(ConvNet.__init__, "__defaults__", (3, 16))  # a new release: width 16
+    with pytest.warns(UserWarning, match=r"trained when some component defaults were different"
+                      r".*backbone 'conv': width = 8 \(now 16\)"):  # fmt: skip
+        loaded = load_run(run)
+    assert (
+        loaded.model.backbone.feature_dim == 8 and loaded.config.options("backbone")["width"] == 8
+    )

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from metaemb.core.config import Config, from_dict
 from metaemb.core.config.chain import check_scorer
+from metaemb.core.config.trained_options import pin_trained_options
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
@@ -175,7 +176,7 @@ def _run_config(state: dict[str, Any], ckpt: Path) -> Config:
     from metaemb.core.plugin.manager import state as plugin_state
 
     try:
-        return from_dict(state["config"])
+        cfg = from_dict(state["config"])
     except (UnknownComponentError, ConfigError) as exc:
         installed = set(plugin_state().versions)
         recorded = state.get("plugins") if isinstance(state.get("plugins"), dict) else {}
@@ -186,6 +187,8 @@ def _run_config(state: dict[str, Any], ckpt: Path) -> Config:
             f"{exc} The run '{ckpt.parent}' was trained with plugin {', '.join(missing)}, "
             "which is not installed here (or is disabled): install it to use the run."
         ) from None
+    pin_trained_options(cfg, state.get("trained_options"), f"the run '{ckpt.parent}'")
+    return cfg
 
 
 #: the hint a reader adds for training, where `--on-bad-sample skip` exists

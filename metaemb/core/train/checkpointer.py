@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from metaemb.core.config import Config
+from metaemb.core.config.trained_options import trained_options
 from metaemb.core.errors import MetaembError
 from metaemb.core.runs import (
     RunLock,
@@ -185,6 +186,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         "history": history,
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
+        "trained_options": trained_options(cfg),  # defaults too: a plugin may change them
         "components": {
             "sample_folder": cfg.data.folder,
             "frontend": cfg.model.frontend,
