@@ -982,3 +982,19 @@ def test_loose_files_of_the_runs_own_data_get_the_identities_training_gave(voice
     assert coll.identities == [f.parent.parent.name for f in files]
     assert coll.identities[0] != coll.identities[1]
     assert coll.meta["root"] == str(data.resolve())
+
+
+def test_the_python_evaluation_takes_string_paths(tiny_face_run, tmp_path):
+    """In a notebook paths are strings: Evaluation('/…/run').run() failed with
+    AttributeError ('str' has no is_dir) and TypeError (str / str) (L1 P1)."""
+    import io
+
+    from rich.console import Console
+
+    from metaemb.core.eval.evaluate import Evaluation
+
+    _, run = tiny_face_run
+    quiet = Console(file=io.StringIO())
+    result = Evaluation(str(run), workers=0, out=str(tmp_path / "ev"), console=quiet).run()
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["eer"] == saved["eer"]

@@ -64,13 +64,13 @@ class Evaluation:
 
     def __init__(
         self,
-        run: Path,
-        data: Path | None = None,
-        trials: Path | None = None,
+        run: str | Path,
+        data: str | Path | None = None,
+        trials: str | Path | None = None,
         protocol: str | None = None,
         scorer: str | None = None,
-        calibrate: Path | None = None,
-        out: Path | None = None,
+        calibrate: str | Path | None = None,
+        out: str | Path | None = None,
         device: str = "auto",
         workers: int = 2,
         console: Console | None = None,
@@ -78,15 +78,18 @@ class Evaluation:
         protocol_options: list[str] | None = None,
         p_targets: list[float] | None = None,
     ) -> None:
-        self.run_path, self.adapt = run, adapt
-        self.data, self.trials_path, self.protocol = data, trials, protocol
+        def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
+            return None if p is None else Path(p)
+
+        self.run_path, self.adapt = Path(run), adapt
+        self.data, self.trials_path, self.protocol = path(data), path(trials), protocol
         self.protocol_options = parse_protocol_options(protocol, protocol_options or [])
         bad = [p for p in p_targets or [] if not 0.0 < p < 1.0]  # nan fails too
         if bad:
             raise ConfigError(f"--p-target {bad[0]}: a target prior is in (0, 1), e.g. 0.01.")
         self.p_targets = tuple(p_targets or ())
-        self.scorer_name, self.calibrate_path = scorer, calibrate
-        self.out, self.device, self.workers = out, device, workers
+        self.scorer_name, self.calibrate_path = scorer, path(calibrate)
+        self.out, self.device, self.workers = path(out), device, workers
         self.console = console or Console(emoji=False)
 
     # -- trials --------------------------------------------------------------------------
@@ -188,6 +191,9 @@ class Evaluation:
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Evaluate: print the metrics table (to `console`), write metrics.json, scores.txt and
+        the plots to the output folder (`out`, else eval-<trials> inside the run) and return
+        the metrics as metrics.json holds them."""
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
         loaded = getattr(self, "preloaded", None) or load_run(  # a reference model: preloaded
