@@ -299,8 +299,11 @@ def test_triplet_collapse_is_reported():
 
 
 def test_triplet_warns_without_triplets():
+    """In a training loop of one's own the zero loss was silent until end_epoch (L1 O2)."""
     obj = TripletObjective()
-    loss = obj(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 3]), None)
+    with pytest.warns(UserWarning, match=r"no \(anchor, positive, negative\) triplet \(no two "
+                      r"samples of one identity\).*P×K batches"):  # fmt: skip
+        loss = obj(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 3]), None)
     assert loss.item() == 0.0 and loss.requires_grad
     assert "train.sampler=pk" in obj.end_epoch()[0]
     with pytest.raises(ConfigError, match="mining"):
@@ -457,3 +460,28 @@ def test_the_train_banner_names_the_scale_and_margin_a_margin_loss_uses():
     )
     chosen = ["train.objective=cosface", "objective.scale=64", "objective.margin=0.35"]
     assert _objective(resolve("face", sets=chosen)) == "cosface(scale=64, margin=0.35)"
+
+
+@pytest.mark.parametrize("name", ["softmax", "arcface", "cosface", "partial-fc", "triplet",
+                                  "contrastive"])  # fmt: skip
+def test_point_objectives_name_what_is_wrong_with_their_inputs(name):
+    """Used in one's own loop they failed deep in torch: gather() on numpy labels, 'index 7
+    is out of bounds', 'GME has no attribute norm' (L1 O4)."""
+    from metaemb.core.gme.algebra import GME
+    from metaemb.core.plugin.components import build_part
+
+    obj = build_part("objectives", name)
+    classifier = obj.build_classifier(4, 4)
+    x, y = torch.randn(8, 4, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    with pytest.raises(ConfigError, match=rf"'{name}': labels must be an int64 tensor \[N\] of "
+                       "class indices, got ndarray"):  # fmt: skip
+        obj(x, y.numpy(), classifier)
+    with pytest.raises(ConfigError, match=r"labels must be an int64 tensor .* got torch.float32"):
+        obj(x, y.float(), classifier)
+    with pytest.raises(ConfigError, match=rf"objective '{name}' takes point embeddings"):
+        obj(GME(x, x.abs()), y, classifier)
+    if classifier is not None:
+        with pytest.raises(ConfigError, match=r"class indices in \[0, 4\) \(the classifier's "
+                           r"classes\), got 7"):  # fmt: skip
+            obj(x, torch.tensor([0, 1, 2, 7, 0, 1, 2, 3]), classifier)
+    assert torch.isfinite(obj(x, y, classifier))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
 from metaemb.core.plugin.interfaces import Objective
-from metaemb.core.train.objectives.softmax import full_precision
+from metaemb.core.train.objectives.softmax import check_point_batch, full_precision
 
 PAIRINGS = ("consecutive", "all")
 
@@ -45,6 +45,10 @@ class ContrastiveObjective(Objective):
         self.pairing = pairing
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        """Mean of ½D² over same-identity pairs plus mean of ½max(0, margin − D)² over
+        different-identity pairs, D the distance of L2-normalised embeddings [N, dim]; labels
+        int64 [N] (no classifier)."""
+        check_point_batch(embeddings, labels, "contrastive")
         e = F.normalize(full_precision(embeddings), dim=1)
         if self.pairing == "consecutive":
             n = len(e) // 2 * 2

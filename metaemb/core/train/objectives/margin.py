@@ -24,7 +24,11 @@ from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
 from metaemb.core.plugin.interfaces import Objective
-from metaemb.core.train.objectives.softmax import full_precision, require_classifier
+from metaemb.core.train.objectives.softmax import (
+    check_point_batch,
+    full_precision,
+    require_classifier,
+)
 
 
 class NormalisedClassifier(nn.Module):
@@ -73,7 +77,11 @@ class _MarginObjective(Objective):
         """The target-class cosine after the margin `m`."""
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        """Mean cross-entropy of the scaled cosines to the class centres, the target class's
+        after the margin, for embeddings [N, dim] and int64 class indices [N]."""
+        check_point_batch(embeddings, labels, self.name)
         cos = require_classifier(classifier, self.name)(embeddings)
+        check_point_batch(embeddings, labels, self.name, cos.shape[1])
         m = self.current_margin
         cos_y = cos.gather(1, labels[:, None])
         adjusted = cos.scatter(1, labels[:, None], self.target_logit(cos_y, m))

@@ -31,7 +31,11 @@ from metaemb.core.train.objectives.margin import (
     CosFaceObjective,
     NormalisedClassifier,
 )
-from metaemb.core.train.objectives.softmax import full_precision, require_classifier
+from metaemb.core.train.objectives.softmax import (
+    check_point_batch,
+    full_precision,
+    require_classifier,
+)
 from metaemb.core.train.shard import ShardedCentres, gather_batch, sharded_cross_entropy
 
 
@@ -121,9 +125,13 @@ class PartialFCObjective(Objective):
         self.margin_objective.set_epoch(epoch)
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        """The margin loss over the batch's classes and a sample of the others, for embeddings
+        [N, dim] and int64 class indices [N]."""
+        check_point_batch(embeddings, labels, self.name)
         if isinstance(classifier, ShardedCentres):
             return self._sharded(embeddings, labels, classifier)
         weight = require_classifier(classifier, self.name).weight
+        check_point_batch(embeddings, labels, self.name, weight.shape[0])
         index, local = sample_classes(labels, weight.shape[0], self.sample_rate)
         loss = self.margin_objective(embeddings, local, _SampledCentres(weight, index))  # type: ignore[arg-type]
         self.stats = {**self.margin_objective.stats, "sampled_classes": float(index.numel())}

@@ -6,7 +6,7 @@ them their own parameter group and checkpoint key and drop them from exported mo
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,38 @@ def require_classifier(classifier: nn.Module | None, name: str) -> nn.Module:
     return classifier
 
 
+def check_point_batch(embeddings: Any, labels: Any, name: str, classes: int | None = None) -> None:
+    """What a point objective is given, refused in words where a training loop of one's own
+    would otherwise get a tensor error from deep inside PyTorch: embeddings [N, dim], labels
+    int64 [N], and class indices below the classifier's `classes`."""
+    if not isinstance(embeddings, Tensor):
+        raise ConfigError(
+            f"objective '{name}' takes point embeddings [N, dim], got a "
+            f"{type(embeddings).__name__} (GME heads train with gme-bxe, gme-softmax or "
+            "gme-pseudolikelihood)."
+        )
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
+        got = (
+            f"{labels.dtype} {list(labels.shape)}"
+            if isinstance(labels, Tensor)
+            else type(labels).__name__
+        )
+        raise ConfigError(
+            f"objective '{name}': labels must be an int64 tensor [N] of class indices, got {got}."
+        )
+    if len(labels) != len(embeddings):
+        raise ConfigError(
+            f"objective '{name}': {len(embeddings)} embeddings but {len(labels)} labels."
+        )
+    if classes is not None and len(labels):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ConfigError(
+                f"objective '{name}': labels must be class indices in [0, {classes}) (the "
+                f"classifier's classes), got {low if low < 0 else high}."
+            )
+
+
 class SoftmaxObjective(Objective):
     """Cross-entropy over training identities; `label_smoothing` in [0, 1) (0.1 is a common value)."""
 
@@ -58,7 +90,11 @@ class SoftmaxObjective(Objective):
         return LinearClassifier(dim, num_classes)
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        """Mean cross-entropy of the classifier's logits for embeddings [N, dim] and int64
+        class indices [N]."""
+        check_point_batch(embeddings, labels, "softmax")
         logits = require_classifier(classifier, "softmax")(embeddings)
+        check_point_batch(embeddings, labels, "softmax", logits.shape[1])
         loss = F.cross_entropy(full_precision(logits), labels, label_smoothing=self.label_smoothing)
         with torch.no_grad():
             self.stats = {

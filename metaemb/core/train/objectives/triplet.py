@@ -16,6 +16,7 @@ are no further apart than a tenth of the margin.
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from metaemb.core.errors import ConfigError
 from metaemb.core.plugin.interfaces import Objective
-from metaemb.core.train.objectives.softmax import full_precision
+from metaemb.core.train.objectives.softmax import check_point_batch, full_precision
 
 MINING = ("batch-hard", "semi-hard", "batch-all")
 
@@ -62,6 +63,7 @@ class TripletObjective(Objective):
         self.mining = mining
         self.squared = squared
         self.collapse_tolerance = float(collapse_tolerance)
+        self._warned_empty = False
         self._reset()
 
     def _reset(self) -> None:
@@ -74,12 +76,26 @@ class TripletObjective(Objective):
         self._reset()
 
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
+        """Mean hinge max(0, d(a, p) − d(a, n) + margin) over the mined triplets of a batch of
+        embeddings [N, dim] with int64 identity labels [N] (no classifier). A batch without a
+        triplet (no two samples of one identity, or one identity only) gives a zero loss, warned
+        about once; P×K batches (`batch = "pk"`) always have triplets."""
+        check_point_batch(embeddings, labels, "triplet")
         d = pairwise_distances(embeddings, self.squared)
         n = len(labels)
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(n, dtype=torch.bool, device=d.device)
         pos, neg = same & ~eye, ~same
         if not pos.any() or not neg.any():
+            if not self._warned_empty:
+                self._warned_empty = True
+                warnings.warn(
+                    "objective 'triplet': a batch has no (anchor, positive, negative) triplet "
+                    f"({'no two samples of one identity' if not pos.any() else 'one identity only'}"
+                    "), so its loss is zero and nothing learns from it; give the loss P×K "
+                    "batches (P identities × K samples each).",
+                    stacklevel=2,
+                )
             self._empty += 1
             self.stats = {"loss": 0.0, "active": 0.0}
             return embeddings.sum() * 0.0  # no triplet in this batch; keeps the graph connected
