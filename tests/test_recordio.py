@@ -179,3 +179,86 @@ def test_a_run_trained_on_recordio_embeds_plain_files_and_folders(shard, tmp_pat
     one = Collection.load(base / "p.pt")
     row = coll.paths.index(probe.relative_to(plain).as_posix())
     torch.testing.assert_close(one.embeddings[0], coll.embeddings[row], atol=1e-5, rtol=1e-5)
+
+
+def _plain_pack(root, labels, payload=None):
+    """A .rec without header record 0: record k is an image with label labels[k]."""
+    pos, lines = 0, []
+    with open(root / "train.rec", "wb") as f:
+        for k, label in enumerate(labels):
+            lines.append(f"{k}\t{pos}\n")
+            d = encode_record(payload(k) if payload else pack_image(label, jpeg(k), k))
+            f.write(d)
+            pos += len(d)
+    (root / "train.idx").write_text("".join(lines))
+    return lines
+
+
+@pytest.mark.parametrize("bad", [2.5, -1.0, float("nan"), float("inf")])
+def test_a_label_that_is_not_a_class_number_is_named(tmp_path, bad):
+    """2.5 was read as class 2 (two identities merged), -1 became identity '-000001', NaN and
+    inf gave a bare ValueError/OverflowError (H15 F1, F2, F7)."""
+    _plain_pack(tmp_path, [0.0, 1.0, bad, 2.0])
+    with pytest.raises(DataError, match=rf"train\.rec': record 2 has label {bad:g}, not a class "
+                       r"number \(a whole number ≥ 0\)"):  # fmt: skip
+        RecordIOFolder(tmp_path)
+
+
+def test_damaged_index_lines_are_named(shard):
+    """A negative key overwrote the last record (numpy indexing), a key listed twice replaced
+    another record, and a huge key tried to allocate 745 GiB (H15 F3, F6)."""
+    root, _ = shard
+    lines = (root / "train.idx").read_text().splitlines()
+    offset_of = {int(k): int(o) for k, o in (ln.split("\t") for ln in lines)}
+    for extra, expected in [
+        (f"-1\t{offset_of[0]}", r"line 18: key and offset are not negative"),
+        (f"10\t{offset_of[5]}", r"lines 11 and 18: key 10 is listed twice with different offsets"),
+        (f"99999999999\t{offset_of[0]}", r"line 18: key 99999999999 is far beyond the 18 records"),
+    ]:
+        (root / "train.idx").write_text("\n".join([*lines, extra]) + "\n")
+        with pytest.raises(DataError, match=expected):
+            RecordIOFolder(root)
+    (root / "train.idx").write_text("\n".join([*lines, lines[3]]) + "\n")  # the same line twice
+    assert len(RecordIOFolder(root)) == 12
+
+
+def test_an_index_missing_image_keys_the_header_announces_is_warned_about(shard):
+    """Header record 0 says how many images there are; 3 lost .idx lines dropped 3 images
+    silently (H15 F4)."""
+    root, _ = shard
+    lines = (root / "train.idx").read_text().splitlines()
+    (root / "train.idx").write_text("\n".join(lines[:4] + lines[7:]) + "\n")  # keys 4, 5, 6
+    with pytest.warns(UserWarning, match=r"lacks 3 of the 12 image records header record 0 "
+                      r"announces \(first: key 4\)"):  # fmt: skip
+        assert len(RecordIOFolder(root)) == 9
+
+
+def test_a_header_record_overstating_the_images_is_named(shard):
+    """Identity-range records were read as one-image identities, then failed as unreadable
+    images (H15 F5)."""
+    root, items = shard
+    rec = (root / "train.rec").read_bytes()
+    n = len(items) + 1
+    first = encode_record(pack_image([n, n + 4], b""))
+    assert rec.startswith(first)
+    lied = encode_record(pack_image([n + 2, n + 6], b""))  # the same length
+    (root / "train.rec").write_bytes(lied + rec[len(first) :])
+    with pytest.raises(DataError, match=rf"record {n} holds no image, only labels \(header record "
+                       rf"0 says images are records 1 to {n + 1}\)"):  # fmt: skip
+        RecordIOFolder(root)
+
+
+def test_a_corrupt_label_count_and_an_unreadable_image_are_named(tmp_path):
+    def payload(k):
+        record = pack_image(float(k), jpeg(k) if k != 2 else b"not a jpeg", k)
+        return struct.pack("<I", 0xFFFF) + record[4:] if k == 1 else record
+
+    _plain_pack(tmp_path, [0.0, 1.0, 2.0], payload)
+    with pytest.raises(DataError, match=r"record 1's header says it holds 65535 labels, more "
+                       r"than its \d+ bytes can"):  # fmt: skip
+        RecordIOFolder(tmp_path)
+    _plain_pack(tmp_path, [0.0, 1.0, 2.0], lambda k: pack_image(float(k), jpeg(k) if k != 2 else b"x" * 40, k))  # fmt: skip
+    folder = RecordIOFolder(tmp_path)
+    with pytest.raises(DataError, match=r"train\.rec#2' is not a readable image \(no image format "
+                       r"PIL knows\)\.$"):  # fmt: skip
+        folder.load(folder.abspath(folder.samples[2]))

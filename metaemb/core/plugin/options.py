@@ -9,6 +9,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from metaemb.core.errors import ConfigError, suggest
@@ -96,7 +97,7 @@ def _text_number(value: Any, where: str, what: str) -> None:
 
 def _shown(value: Any) -> str:
     """A value for a message, cut to 60 characters with an ellipsis (never half a repr)."""
-    text = repr(value)
+    text = repr(str(value)) if isinstance(value, PurePath) else repr(value)  # not PosixPath(…)
     return text if len(text) <= 60 else text[:59] + "…"
 
 

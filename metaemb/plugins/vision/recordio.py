@@ -24,8 +24,10 @@ so DataLoader workers and DDP ranks (the engine's sampler shards the indices) re
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,41 +143,70 @@ class RecordFile:
             if flag not in (1, 2):
                 raise DataError(f"'{self.path}': record {key} has an invalid flag {flag}.")
 
-    def header(self, offset: int, key: int | str = "?") -> tuple[int, np.ndarray, int]:
-        """(flag, labels, header length) of the image record at `offset`, reading only its
-        first bytes (a scan of millions of records must not read the images)."""
+    def header(self, offset: int, key: int | str = "?") -> tuple[int, np.ndarray, bool]:
+        """(flag, labels, whether an image follows the header) of the record at `offset`,
+        reading only its first bytes (a scan of millions of records must not read the
+        images)."""
         head = os.pread(self._handle(), 8 + 64, int(offset))
-        rec = b""
+        rec, whole = b"", True
         if len(head) >= 8 and struct.unpack_from("<I", head)[0] == MAGIC:
-            length = struct.unpack_from("<I", head, 4)[0] & ((1 << 29) - 1)
+            lrec = struct.unpack_from("<I", head, 4)[0]
+            length = lrec & ((1 << 29) - 1)
             first = head[8 : 8 + length]
             if len(first) >= _IR.size and len(first) >= _IR.size + 4 * _IR.unpack_from(first)[0]:
-                rec = first
+                rec, whole = first, lrec >> 29 == 0
+                size = length if whole else None  # a multi-part record: an image follows
         if not rec:  # split inside the header, or a bad record: the full read decides
             rec = self.read(offset, key)
+            size = len(rec)
         if len(rec) < _IR.size:
             raise DataError(f"'{self.path}': record {key} is too short for an image header.")
         flag, label, _, _ = _IR.unpack_from(rec)
-        if flag > 0:
-            labels = np.frombuffer(rec, np.float32, flag, _IR.size)
-            return flag, labels, _IR.size + 4 * flag
-        return flag, np.array([label], np.float32), _IR.size
+        start = _IR.size + 4 * flag
+        if flag > 0 and (size or len(rec)) < start:
+            raise DataError(
+                f"'{self.path}': record {key}'s header says it holds {flag} labels, more than "
+                f"its {size or len(rec)} bytes can (a corrupt record?)."
+            )
+        labels = (
+            np.frombuffer(rec, np.float32, flag, _IR.size)
+            if flag > 0
+            else np.array([label], np.float32)
+        )
+        return flag, labels, size is None or size > (start if flag > 0 else _IR.size)
 
 
 def read_index(path: Path) -> dict[int, int]:
+    """key → byte offset. Keys are record numbers: not negative, each once (the same line twice
+    is tolerated), and not far beyond the number of records (a dense table holds them)."""
     if not path.is_file():
         raise DataError(f"RecordIO index '{path}' does not exist (expected beside the .rec file).")
     out: dict[int, int] = {}
+    lines: dict[int, int] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            key, offset = line.split("\t") if "\t" in line else line.split()
-            out[int(key)] = int(offset)
+            key_text, offset_text = line.split("\t") if "\t" in line else line.split()
+            key, offset = int(key_text), int(offset_text)
         except ValueError:
             raise DataError(f"'{path}', line {lineno}: expected 'key<TAB>offset', got {line!r}.") from None  # fmt: skip
+        if key < 0 or offset < 0:
+            raise DataError(f"'{path}', line {lineno}: key and offset are not negative, got {line!r}.")  # fmt: skip
+        if key in out and out[key] != offset:
+            raise DataError(
+                f"'{path}', lines {lines[key]} and {lineno}: key {key} is listed twice with "
+                "different offsets; the index is damaged or two indexes were joined."
+            )
+        out[key], lines[key] = offset, lineno
     if not out:
         raise DataError(f"RecordIO index '{path}' is empty.")
+    biggest = max(out)
+    if biggest > 4 * len(out) + 1024:
+        raise DataError(
+            f"'{path}', line {lines[biggest]}: key {biggest} is far beyond the {len(out)} records "
+            "the index lists (keys number the records from 0); the line is damaged."
+        )
     return out
 
 
@@ -203,17 +234,48 @@ class RecordIOFolder(SampleFolder):
 
     def _scan(self) -> list[Sample]:
         keys = np.flatnonzero(self.offsets >= 0)
+        images_end = None
         if keys.size and keys[0] == 0:
             flag, labels, _ = self.rec.header(int(self.offsets[0]), 0)
             if flag > 0:  # InsightFace's header record: images are 1 … labels[0] − 1
-                keys = keys[(keys >= 1) & (keys < int(labels[0]))]
+                images_end = int(labels[0])
+                keys = keys[(keys >= 1) & (keys < images_end)]
+                self._warn_missing_keys(images_end, len(keys))
         samples = []
         for k in keys.tolist():
-            _, labels, _ = self.rec.header(int(self.offsets[k]), k)
-            samples.append(Sample(f"{int(labels[0]):07d}/{k}", f"{int(labels[0]):07d}", -1))
+            _, labels, has_image = self.rec.header(int(self.offsets[k]), k)
+            if not has_image:
+                where = f" (header record 0 says images are records 1 to {images_end - 1})" if images_end else ""  # fmt: skip
+                raise DataError(
+                    f"'{self.rec.path}': record {k} holds no image, only labels{where}; the "
+                    ".rec and .idx files do not match, or record 0 is wrong."
+                )
+            identity = f"{self._class_of(float(labels[0]), k):07d}"
+            samples.append(Sample(f"{identity}/{k}", identity, -1))
         if not samples:
             raise DataError(f"RecordIO file '{self.rec.path}' holds no image records.")
         return samples
+
+    def _class_of(self, label: float, key: int) -> int:
+        """An image's label is its class number: a whole number ≥ 0 stored as a float."""
+        if not math.isfinite(label) or label < 0 or label != int(label):
+            raise DataError(
+                f"'{self.rec.path}': record {key} has label {label:g}, not a class number (a "
+                "whole number ≥ 0); distinct labels would merge into one identity."
+            )
+        return int(label)
+
+    def _warn_missing_keys(self, images_end: int, found: int) -> None:
+        expected = images_end - 1
+        if found < expected:
+            listed = set(np.flatnonzero(self.offsets >= 0).tolist())
+            first = next(k for k in range(1, images_end) if k not in listed)
+            warnings.warn(
+                f"'{self.rec.path.with_suffix('.idx')}' lacks {expected - found} of the "
+                f"{expected} image records header record 0 announces (first: key {first}); "
+                "those images are left out. Is the index cut short?",
+                stacklevel=2,
+            )
 
     def load(self, path: Path) -> Tensor:
         key = int(Path(path).name)
@@ -229,6 +291,8 @@ class RecordIOFolder(SampleFolder):
             with Image.open(io.BytesIO(rec[start:])) as img:
                 img.load()
                 array = to_rgb8(img, Path(where))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except UnidentifiedImageError:
+            raise DataError(f"image record '{where}' is not a readable image (no image format PIL knows).") from None  # fmt: skip
+        except (OSError, ValueError) as exc:
             raise DataError(f"image record '{where}' is not a readable image ({exc}).") from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
