@@ -261,8 +261,12 @@ TWICE = [("a.cls", b"1"), ("a.jpg", b"x"), ("b.cls", b"1"), ("b.jpg", b"x"), ("a
         ([("a.cls", b"one"), ("a.jpg", b"x")], r"#a\.cls' holds 'one', not an integer class"),
         ([("a.txt", b"x/y"), ("a.jpg", b"x")], r"#a\.txt' names the identity 'x/y'"),
         (TWICE, r"sample key 'a' appears twice"),
+        # -1 (many tools' "unlabelled") became identity '-000001'; two images, one dropped
+        ([("a.cls", b"-1"), ("a.jpg", b"x")], r"#a\.cls' holds -1, not a class number \(≥ 0\)"),
+        ([("a.cls", b"1"), ("a.jpg", b"x"), ("a.png", b"x")],
+         r"sample 'a' has 2 data members \(\.cls, \.jpg, \.png\)"),
     ],
-)
+)  # fmt: skip
 def test_malformed_samples_are_named(tmp_path, members, message):
     write_tar(tmp_path / "s.tar", members)
     with pytest.raises(DataError, match=message):

@@ -173,14 +173,17 @@ def parse_label(ext: str, data: bytes, json_key: str, where: str) -> str:
                 "folder's json_key option to the key that names the identity."
             )
         value = obj[json_key]
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise DataError(f"label member {where}: '{json_key}' is {value!r}, not a name or integer.")  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, int) and value < 0):  # fmt: skip
+            raise DataError(f"label member {where}: '{json_key}' is {value!r}, not a name or integer ≥ 0.")  # fmt: skip
         return f"{value:07d}" if isinstance(value, int) else check_identity(value, where)
     if ext == "cls":
         try:
-            return f"{int(text.strip()):07d}"
+            number = int(text.strip())
         except ValueError:
             raise DataError(f"label member {where} holds {text.strip()[:40]!r}, not an integer class.") from None  # fmt: skip
+        if number < 0:  # many tools write -1 for "unlabelled"
+            raise DataError(f"label member {where} holds {number}, not a class number (≥ 0); an unlabelled sample cannot train.")  # fmt: skip
+        return f"{number:07d}"
     return check_identity(text, where)
 
 
@@ -225,6 +228,12 @@ def index_shard(path: Path, rules: LabelRules) -> ShardIndex:
         data = next((e for e in rules.data if e in exts), None)
         label = next((e for e in rules.label if e in exts), None)
         found = ", ".join("." + e for e in exts)
+        datas = [e for e in exts if e in rules.data]
+        if len(datas) > 1:  # one would be used and the other dropped without a word
+            raise DataError(
+                f"shard '{path}': sample '{k}' has {len(datas)} data members ({found}); a "
+                "sample is one file and its label. Give the others keys of their own."
+            )
         if data is None:
             raise DataError(
                 f"shard '{path}': sample '{k}' has no data member ({found} found; this folder reads "
