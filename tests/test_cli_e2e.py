@@ -317,3 +317,18 @@ def test_an_unstarted_run_is_removed_only_when_nobody_holds_it(tmp_path):
     (folder / "metrics.jsonl").unlink()
     _remove_unstarted_run(folder)
     assert not folder.exists()
+
+
+def test_an_unwritable_cache_is_named_with_its_setting_and_leaves_no_run(tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    """A read-only HOME on a compute node: 'cannot write the output …/.cache', which the user
+    never chose, and a run folder left holding only train.log (H14 F4)."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "afile" / "cache"))
+    code, _, err = run_cli(["train", "--runs", tmp_path / "runs", "--workers", "0",
+                            "--set", "demo.identities=6"], capsys)  # fmt: skip
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert "cannot write the metaemb cache folder" in message
+    assert "set METAEMB_CACHE (or --set data.cache_dir=DIR) to a writable folder" in message
+    assert not list((tmp_path / "runs").glob("*/*"))  # no run folder left behind

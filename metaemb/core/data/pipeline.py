@@ -14,8 +14,8 @@ from rich.console import Console
 
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
-from metaemb.core.errors import ConfigError, PluginError
-from metaemb.core.paths import default_cache_dir
+from metaemb.core.errors import ConfigError, OutputError, PluginError
+from metaemb.core.paths import default_cache_dir, ensure_writable_dir
 from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
@@ -55,6 +55,14 @@ def data_root(config: Config, console: Console | None = None) -> Path:
         opts["generator_version"] = generator.version
     key = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     out = cache_dir(config) / "demo" / f"{mod.demo_data}-{key}"
+    if not out.exists():
+        try:
+            ensure_writable_dir(out.parent, "metaemb cache folder")
+        except OutputError as exc:
+            raise OutputError(
+                f"{exc} It holds the generated demo data: set METAEMB_CACHE (or --set "
+                "data.cache_dir=DIR) to a writable folder, or train on your own data with --data."
+            ) from None
     if console is not None and not out.exists():
         console.print(
             f"Generating the built-in {mod.name} demo dataset into {out} (once) …", markup=False
