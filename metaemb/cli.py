@@ -115,13 +115,15 @@ def train(
 ) -> None:
     """Train an embedding network (resumes the run with the same configuration)."""
     from metaemb.core.config import resolve
-    from metaemb.core.paths import ensure_writable_dir, refuse_inside
+    from metaemb.core.paths import ensure_writable_dir, recordable, refuse_inside
     from metaemb.core.train.engine import Trainer
 
     ensure_writable_dir(runs, "runs folder")
     refuse_inside(runs, data, "runs folder")  # its run folders would be scanned as identities
     sets = list(set_ or [])
+    recordable(runs, "runs folder")
     if data is not None:
+        recordable(data, "data folder")
         sets.append(f"data.root={json.dumps(str(data))}")
         if not data.is_absolute():
             sets.append(f"data.root_absolute={json.dumps(str(data.resolve()))}")

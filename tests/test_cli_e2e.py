@@ -332,3 +332,18 @@ def test_an_unwritable_cache_is_named_with_its_setting_and_leaves_no_run(tmp_pat
     assert "cannot write the metaemb cache folder" in message
     assert "set METAEMB_CACHE (or --set data.cache_dir=DIR) to a writable folder" in message
     assert not list((tmp_path / "runs").glob("*/*"))  # no run folder left behind
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path, capsys):
+    """A Latin-1 folder name became the quoted string '"lat\\udce9face"' ('does not exist'),
+    then writing the error to train.log raised UnicodeEncodeError: a traceback (H14 F5)."""
+    import os
+
+    data = tmp_path / os.fsdecode(b"lat\xe9face")
+    data.mkdir()
+    code, _, err = run_cli(["train", "--data", data, "--runs", tmp_path / "runs", "--workers",
+                            "0"], capsys)  # fmt: skip
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert "lat\\xe9face' has a name that is not UTF-8 text" in message
+    assert not (tmp_path / "runs").exists()

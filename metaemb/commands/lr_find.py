@@ -46,7 +46,9 @@ def lr_find(
     ensure_writable(out.with_suffix(".json"), "results file")
     sets = list(set_ or [])
     if data is not None:
-        sets.append(f"data.root={json.dumps(str(data))}")
+        from metaemb.core.paths import recordable
+
+        sets.append(f"data.root={json.dumps(str(recordable(data, 'data folder')))}")
     cfg = resolve(modality, config, sets)
     result = lr_range_test(cfg, steps, start_lr, end_lr, device=device, workers=workers)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result.to_dict(), indent=2))

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from metaemb.core.errors import OutputError
+from metaemb.core.errors import ConfigError, OutputError
 
 # OS errors a user fixes by choosing another output path or freeing space.
 WRITE_ERRNOS = {
@@ -92,6 +92,24 @@ def _check_parents(path: Path, what: str) -> None:
             f"cannot write the {what} '{path}': '{base}' is a file, not a folder; remove or "
             "rename it, or choose another output path."
         )
+
+
+def recordable(path: str | Path, what: str) -> Path:
+    """A path a run records in its config.toml (UTF-8 text): a name holding bytes that are not
+    UTF-8 (a Latin-1 folder name, or any non-ASCII name under a C locale) cannot be written
+    there, so it is refused by name instead of failing later."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(
+            f"the {what} '{shown}' has a name that is not UTF-8 text (a file name written under "
+            "another encoding, or a non-ASCII name read under a C/POSIX locale); a run records "
+            "it in config.toml, which is UTF-8. Rename it, or run with a UTF-8 locale "
+            "(LANG=C.UTF-8)."
+        ) from None
+    return Path(path)
 
 
 def default_cache_dir() -> Path:

@@ -34,7 +34,8 @@ class LoggingConsole(Console):
             path, header = self._pending
             self._pending = None
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - see close_log
+            # a name that is not UTF-8 (surrogates) is logged escaped, not a crash
+            self._log_file = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_log
             self._log = Console(file=self._log_file, color_system=None, width=100,
                                 soft_wrap=True, force_terminal=False, highlight=False,
                                 emoji=False)  # fmt: skip
