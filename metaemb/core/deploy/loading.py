@@ -226,7 +226,7 @@ def load_run(
         raise MetaembError(f"'{ckpt}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
     cfg = _run_config(state, ckpt)
     if Path(path).is_dir():
-        _warn_edited_config(Path(path), ckpt, cfg)
+        _warn_edited_config(Path(path), ckpt, state["config"])
     parts = None
     if data is not None or with_data:
         if data is not None:
@@ -277,9 +277,10 @@ def load_run(
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
 
 
-def _warn_edited_config(run: Path, ckpt: Path, cfg: Config) -> None:
+def _warn_edited_config(run: Path, ckpt: Path, saved: dict[str, Any]) -> None:
     """The run folder's config.toml is a record of the run; the checkpoint's own configuration is
-    what every command uses. A config.toml edited to change the scoring was ignored silently."""
+    what every command uses. A config.toml edited to change the scoring was ignored silently.
+    Both are read with today's defaults: a default a plugin changed since is not an edit."""
     import warnings
 
     from metaemb.core.config.toml_io import load_toml
@@ -290,7 +291,7 @@ def _warn_edited_config(run: Path, ckpt: Path, cfg: Config) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            same = from_dict(load_toml(toml)).hash() == cfg.hash()
+            same = from_dict(load_toml(toml)).hash() == from_dict(saved).hash()
     except MetaembError:
         same = False
     if not same:
