@@ -998,3 +998,21 @@ def test_the_python_evaluation_takes_string_paths(tiny_face_run, tmp_path):
     result = Evaluation(str(run), workers=0, out=str(tmp_path / "ev"), console=quiet).run()
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert result["eer"] == saved["eer"]
+
+
+def test_a_hand_edited_config_toml_is_named_when_the_run_is_loaded(tiny_face_run, tmp_path):
+    import pytest
+
+    from metaemb.core.deploy.loading import load_run
+
+    _, run = tiny_face_run
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_run(copy)  # as trained: nothing to say
+    text = (copy / "config.toml").read_text()
+    (copy / "config.toml").write_text(text.replace("epochs = 2", "epochs = 5"))
+    with pytest.warns(UserWarning, match=r"config.toml' differs from the configuration saved in "
+                      r"'best.pt' \(edited by hand\?\)"):  # fmt: skip
+        load_run(copy)
