@@ -371,3 +371,10 @@ def test_identification_errors():
         ident.tpir_at_fpir(s, [1, 2], [1, 2, 3])
     with pytest.raises(MetaembError, match="only once"):
         ident.retrieval_metrics(np.zeros((3, 3)), [1, 2, 3])
+
+
+def test_boolean_scores_are_refused():
+    """eer(labels, scores) gave a number; labels are booleans, scores never are (L1 M3)."""
+    for tar in (np.array([True, True]), torch.tensor([True, True]), [True, False]):
+        with pytest.raises(MetaembError, match="target scores are booleans; scores are numbers"):
+            m.eer(tar, np.array([0.1, 0.4]))

@@ -64,8 +64,8 @@ class LoadedRun:
     def embed(
         self,
         folder: SampleFolder,
-        indices: list[int] | None,
-        workers: int,
+        indices: list[int] | None = None,
+        workers: int = 0,
         parts: Components | None = None,
     ) -> Any:
         """Embeddings of `folder.samples[indices]` (all when None), in that order, through the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -183,17 +183,19 @@ def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
 
 
 def embed_inputs(
-    checkpoint: Path,
-    inputs: list[Path],
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
     device: str = "auto",
     workers: int = 2,
-    root: Path | None = None,
+    root: str | Path | None = None,
     skip_bad: bool = False,
 ) -> Collection:
     """Embed one folder (every sample) or one or more loose files with a trained model; with
     `skip_bad`, samples that cannot be read are left out of the collection, with a warning."""
     from metaemb.core.deploy.loading import load_run
 
+    inputs = [Path(p) for p in inputs]  # a notebook passes strings
+    root = None if root is None else Path(root)
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
     flag = None  # the root was given (a folder, or --root)

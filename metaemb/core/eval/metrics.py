@@ -27,9 +27,16 @@ LN2 = math.log(2.0)
 
 
 def as_array(x: Any, what: str = "scores") -> np.ndarray:
-    """A 1-D float64 array from numpy, a sequence or a torch tensor; NaN is refused."""
+    """A 1-D float64 array from numpy, a sequence or a torch tensor; NaN is refused, and so
+    are booleans (labels passed where scores go: eer(labels, scores) gave a number)."""
     if hasattr(x, "detach"):  # torch tensor, without importing torch
-        x = x.detach().cpu().double().numpy()
+        x = x.detach().cpu()
+        x = x.numpy() if str(x.dtype) == "torch.bool" else x.double().numpy()
+    if np.asarray(x).dtype == np.bool_:
+        raise MetaembError(
+            f"{what} are booleans; scores are numbers (labels given where scores go? the "
+            "metrics take target scores, then non-target scores)."
+        )
     a = np.asarray(x, dtype=np.float64)
     if a.ndim > 1:
         raise MetaembError(f"{what} must be a 1-D array, got shape {a.shape}.")
