@@ -378,3 +378,16 @@ def test_boolean_scores_are_refused():
     for tar in (np.array([True, True]), torch.tensor([True, True]), [True, False]):
         with pytest.raises(MetaembError, match="target scores are booleans; scores are numbers"):
             m.eer(tar, np.array([0.1, 0.4]))
+
+
+def test_report_priors_that_print_alike_are_refused_and_a_bare_prior_is_taken():
+    """Two priors equal to 6 digits overwrote each other's key; a bare 0.01 was a TypeError
+    (L1 M1, M2)."""
+    rng = np.random.default_rng(0)
+    tar, non = rng.normal(1, 1, 50), rng.normal(0, 1, 200)
+    with pytest.raises(MetaembError, match="two priors that print alike"):
+        m.verification_report(tar, non, p_targets=(0.0100001, 0.01000011))
+    assert m.verification_report(tar, non, p_targets=0.01)["min_dcf_0.01"] == m.min_dcf(
+        tar, non, 0.01
+    )
+    assert "min_dcf_0.05" in m.verification_report(tar, non, p_targets=(0.05, 0.05))

@@ -316,6 +316,14 @@ def verification_report(
     t, n = _pair(tar, non, "a verification report")
     h = hull(t, n)
     out: dict[str, Any] = {"eer": _hull_eer(h)}
+    if isinstance(p_targets, (int, float)):  # one prior, given bare
+        p_targets = (p_targets,)
+    names = [f"{p:g}" for p in p_targets]
+    if len(set(names)) < len({float(p) for p in p_targets}):  # keys keep 6 significant digits
+        raise MetaembError(
+            f"p_targets {list(p_targets)} hold two priors that print alike ({names}); their "
+            "results would share one key. Give priors that differ in 6 significant digits."
+        )
     for p in p_targets:
         out[f"min_dcf_{p:g}"] = _min_dcf(h, float(p), 1.0, 1.0)
         out[f"act_dcf_{p:g}"] = act_dcf(t, n, float(p))
