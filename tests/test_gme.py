@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -425,3 +426,32 @@ def test_gme_from_fitted_plda_matches_plda_scorer():
     assert torch.allclose(
         GMEScorer().score_groups(g, groups, tests), plda.score_groups(x, groups, tests), atol=1e-6
     )
+
+
+def test_the_shared_precision_matrix_stays_accurate_at_large_precisions():
+    """With one precision per side llr_matrix takes a matmul form; in float32 it lost 3 % at
+    d = 2048, b ≈ 1e6, and a pair's score moved when an unrelated row was added (L1 G2)."""
+    from metaemb.core.gme.algebra import GME, llr, llr_matrix
+
+    rng = np.random.default_rng(1)
+    d = 2048
+    b1, b2 = 1e6 * rng.uniform(0.5, 2, d), 1e6 * rng.uniform(0.5, 2, d)
+    z = rng.normal(size=d)
+    a1, a2 = (
+        b1 * (z + rng.normal(size=d) / np.sqrt(b1)),
+        b2 * (z + rng.normal(size=d) / np.sqrt(b2)),
+    )
+    f1 = GME(torch.tensor(a1[None], dtype=torch.float32), torch.tensor(b1[None], dtype=torch.float32))  # fmt: skip
+    f2 = GME(torch.tensor(a2[None], dtype=torch.float32), torch.tensor(b2[None], dtype=torch.float32))  # fmt: skip
+    exact = float(llr(f1.to(torch.float64), f2.to(torch.float64)))
+    assert abs(float(llr_matrix(f1, f2)) - exact) <= 1e-6 * abs(exact)
+    other = GME.cat([f1, GME(torch.ones(1, d), torch.ones(1, d))])  # per-pair kernel instead
+    assert abs(float(llr_matrix(other, f2)[0, 0]) - float(llr(f1, f2))) <= 1e-6 * abs(exact)
+
+
+def test_numpy_meta_embeddings_are_named():
+    """GME(numpy a, numpy b) failed with "'numpy.ndarray' object has no attribute 'dim'"."""
+    from metaemb.core.gme.algebra import GME, GMEError
+
+    with pytest.raises(GMEError, match="must be torch tensors, got ndarray and ndarray"):
+        GME(np.zeros((2, 3)), np.ones((2, 3)))

@@ -42,6 +42,11 @@ class GME:
 
     def __post_init__(self) -> None:
         a, b = self.a, self.b
+        if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+            raise GMEError(
+                f"GME 'a' and 'b' must be torch tensors, got {type(a).__name__} and "
+                f"{type(b).__name__} (torch.as_tensor converts numpy arrays)"
+            )
         if a.dim() != 2:
             raise GMEError(f"GME 'a' must be [N, d], got shape {tuple(a.shape)}")
         if b.shape != a.shape and b.shape != (*a.shape, a.shape[1]):
@@ -223,7 +228,13 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
     if n1 == 0 or n2 == 0:
         return f1.a.new_zeros(n1, n2)
     if _is_constant(f1.b) and _is_constant(f2.b):
-        return (_full_matrix_shared if f1.full else _diag_matrix_shared)(f1, f2)
+        shared = _full_matrix_shared if f1.full else _diag_matrix_shared
+        big = max(float(f1.b[0].abs().max()), float(f2.b[0].abs().max()))
+        if f1.dtype in (torch.float16, torch.bfloat16, torch.float32) and big > 1e3:
+            # The matmul form subtracts terms that grow with the precision: past ~1e3 float32
+            # loses whole nats there (the per-pair kernel does not), so it runs in float64.
+            return shared(f1.to(torch.float64), f2.to(torch.float64)).to(f1.dtype)
+        return shared(f1, f2)
     rows, cols = block_shape(n1, n2, f1.dim, f1.a.element_size(), f1.full, max_chunk_bytes)
     if f1.full:
         le1, le2 = log_expectation(f1), log_expectation(f2)
