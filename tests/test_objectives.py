@@ -473,12 +473,12 @@ def test_point_objectives_name_what_is_wrong_with_their_inputs(name):
     obj = build_part("objectives", name)
     classifier = obj.build_classifier(4, 4)
     x, y = torch.randn(8, 4, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    with pytest.raises(ConfigError, match=rf"'{name}': labels must be an int64 tensor \[N\] of "
-                       "class indices, got ndarray"):  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"objective '{name}' \(plugin 'core'\): labels must "
+                       r"be an int64 tensor \[N\] of class indices, got ndarray"):  # fmt: skip
         obj(x, y.numpy(), classifier)
     with pytest.raises(ConfigError, match=r"labels must be an int64 tensor .* got torch.float32"):
         obj(x, y.float(), classifier)
-    with pytest.raises(ConfigError, match=rf"objective '{name}' takes point embeddings"):
+    with pytest.raises(ConfigError, match=rf"objective '{name}' \(plugin 'core'\) takes point"):
         obj(GME(x, x.abs()), y, classifier)
     if classifier is not None:
         with pytest.raises(ConfigError, match=r"class indices in \[0, 4\) \(the classifier's "

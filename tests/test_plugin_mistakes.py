@@ -1246,8 +1246,9 @@ def mistakes(plugin):
          ["augmentation 'makesnan' (plugin 'mistakes') gave NaN or inf values from a finite batch"]),
         (["train.objective=nograd"], ["objective 'nograd' (plugin 'mistakes')", "no gradient"]),
         (["train.objective=nanloss"], ["objective 'nanloss'", "loss of nan from finite embeddings"]),
-        (["train.objective=fewclasses"],
-         ["first training step failed in objective 'fewclasses' (plugin 'mistakes')"]),
+        (["train.objective=fewclasses"],  # its classifier has 2 classes, the data 6
+         ["objective 'fewclasses' (plugin 'mistakes'): labels must be class indices in [0, 2) "
+          "(the classifier's classes)"]),
         (["train.objective=nosuper"], ["objective 'nosuper'", "did not call super().__init__()"]),
         (["train.objective=askstypo"],
          ["objective 'askstypo' (plugin 'mistakes') asks for sampler 'p-k'", "did you mean 'pk'?"]),
@@ -1573,3 +1574,27 @@ def test_a_run_is_built_with_the_defaults_it_trained_with(plugin, tmp_path, seri
     assert (
         loaded.model.backbone.feature_dim == 8 and loaded.config.options("backbone")["width"] == 8
     )
+
+
+def test_factories_of_the_wrong_sort_are_refused_when_the_plugin_registers():
+    """42 as a factory was listed, then `train` died in inspect.signature (a traceback); a
+    Backbone registered as an objective was explained as a data-kind mismatch; needs =
+    "points" gave "trains points embeddings but head 'linear' outputs point embeddings" (C1
+    F12, F15, F16)."""
+    from metaemb.core.errors import PluginError
+    from metaemb.core.plugin.registry import Registry
+
+    with pytest.raises(PluginError, match=r"plugin 'bad' registers objective 'n' with 42 \(a "
+                       r"int\), which is not a class or a function"):  # fmt: skip
+        Registry("objectives").add("n", 42, "bad")
+    with pytest.raises(PluginError, match=r"objective 'w' with class ConvNet, a Backbone; "
+                       r"objectives subclass metaemb's Objective"):  # fmt: skip
+        Registry("objectives").add("w", ConvNet, "bad")
+
+    class Points(SoftmaxObjective):
+        needs = "points"
+
+    with pytest.raises(PluginError, match=r"objective 'p' whose needs is 'points'; it is one of "
+                       r"'point', 'gme', 'any'. did you mean 'point'\?"):  # fmt: skip
+        Registry("objectives").add("p", Points, "bad")
+    Registry("objectives").add("s", SoftmaxObjective, "good")  # the right sort: accepted

@@ -85,6 +85,8 @@ class Registry:
                     f"{type(factory).__name__} {factory!r:.60}; register a Modality(...) "
                     "instance: register(name, Modality(name=..., description=..., ...))."
                 )
+        if self.kind != "modalities":
+            _check_factory(self.kind, f"{self.singular} '{name}'", factory, plugin)
         if self.kind == "sample_folders":
             _check_sample_folder(name, factory, plugin, info)
         if self.kind == "demo_data":
@@ -239,6 +241,56 @@ def _check_declared_options(
                         f"{suggest(opt.name.split('.')[0], options)} options: "
                         f"{', '.join(sorted(options)) or '(none)'}."
                     )
+
+
+#: the base class each kind's classes subclass (docs/plugins.md); a class of another kind's
+#: base registered here is a mix-up, named when the plugin registers
+_BASES = {
+    "frontends": "Frontend", "features": "Features", "augmentations": "Augmentation",
+    "backbones": "Backbone", "heads": "Head", "objectives": "Objective",
+    "samplers": "BatchSampler", "scorers": "Scorer", "sample_folders": "SampleFolder",
+}  # fmt: skip
+#: class attributes with a fixed set of values, checked when the plugin registers
+_CHOICES = {
+    ("objectives", "needs"): ("point", "gme", "any"),
+    ("heads", "output"): ("point", "gme"),
+    ("augmentations", "stage"): ("input", "features"),
+}
+
+
+def _check_factory(kind: str, what: str, factory: Any, plugin: str) -> None:
+    """A factory is a class or a function; a class of another kind (a Backbone registered as
+    an objective) or a misspelt `needs`/`stage`/`output` is refused here, where the plugin and
+    the name are known, not as a puzzling mismatch or a traceback at train time."""
+    import inspect
+
+    from metaemb.core.plugin import interfaces
+
+    if not callable(factory):
+        raise PluginError(
+            f"plugin '{plugin}' registers {what} with {factory!r:.60} (a "
+            f"{type(factory).__name__}), which is not a class or a function; register the "
+            "class itself (or a function that builds one)."
+        )
+    if not inspect.isclass(factory):
+        return
+    own = _BASES.get(kind)
+    bases = {k: getattr(interfaces, b) for k, b in _BASES.items()}
+    if own is not None and not issubclass(factory, bases[kind]):
+        other = next((b for k, b in _BASES.items() if issubclass(factory, bases[k])), None)
+        if other is not None:
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} with class {factory.__name__}, a {other}; "
+                f"{kind.replace('_', ' ')} subclass metaemb's {own} (register it with the hook "
+                "of its own kind)."
+            )
+    for (choice_kind, attr), allowed in _CHOICES.items():
+        value = getattr(factory, attr, None)
+        if choice_kind == kind and isinstance(value, str) and value not in allowed:
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} whose {attr} is {value!r}; it is one of "
+                f"{', '.join(repr(a) for a in allowed)}.{suggest(value, list(allowed))}"
+            )
 
 
 def _names_option(options: dict[str, Any], dotted: str) -> bool:

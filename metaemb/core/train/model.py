@@ -26,10 +26,10 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Any:
         """Embeddings (a tensor [N, dim], or a GME) of a batch as the run's data pipeline
-        prepares it: each sample through the frontend and the features' `prepare` (resized and
-        normalised images, trimmed waveforms …), then collated; `lengths` [N] for padded
-        sequences. Raw files or tensors prepared otherwise give other embeddings, without
-        error: use `LoadedRun.embed` or `embed_inputs` for files."""
+        prepares it: each sample through the frontend and the features' `prepare`, then
+        collated; `lengths` [N] for padded sequences. Samples prepared otherwise (another size
+        or scale) give other embeddings, without error: use `LoadedRun.embed` or
+        `embed_inputs` for files."""
         return self.head(self.pooled(x, lengths))
 
 

@@ -79,9 +79,9 @@ class _MarginObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """Mean cross-entropy of the scaled cosines to the class centres, the target class's
         after the margin, for embeddings [N, dim] and int64 class indices [N]."""
-        check_point_batch(embeddings, labels, self.name)
+        check_point_batch(self, self.name, embeddings, labels)
         cos = require_classifier(classifier, self.name)(embeddings)
-        check_point_batch(embeddings, labels, self.name, cos.shape[1])
+        check_point_batch(self, self.name, embeddings, labels, cos.shape[1])
         m = self.current_margin
         cos_y = cos.gather(1, labels[:, None])
         adjusted = cos.scatter(1, labels[:, None], self.target_logit(cos_y, m))

@@ -127,11 +127,11 @@ class PartialFCObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """The margin loss over the batch's classes and a sample of the others, for embeddings
         [N, dim] and int64 class indices [N]."""
-        check_point_batch(embeddings, labels, self.name)
+        check_point_batch(self, self.name, embeddings, labels)
         if isinstance(classifier, ShardedCentres):
             return self._sharded(embeddings, labels, classifier)
         weight = require_classifier(classifier, self.name).weight
-        check_point_batch(embeddings, labels, self.name, weight.shape[0])
+        check_point_batch(self, self.name, embeddings, labels, weight.shape[0])
         index, local = sample_classes(labels, weight.shape[0], self.sample_rate)
         loss = self.margin_objective(embeddings, local, _SampledCentres(weight, index))  # type: ignore[arg-type]
         self.stats = {**self.margin_objective.stats, "sampled_classes": float(index.numel())}

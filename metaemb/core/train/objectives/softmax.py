@@ -41,13 +41,17 @@ def require_classifier(classifier: nn.Module | None, name: str) -> nn.Module:
     return classifier
 
 
-def check_point_batch(embeddings: Any, labels: Any, name: str, classes: int | None = None) -> None:
+def check_point_batch(
+    objective: Any, name: str, embeddings: Any, labels: Any, classes: int | None = None
+) -> None:
     """What a point objective is given, refused in words where a training loop of one's own
     would otherwise get a tensor error from deep inside PyTorch: embeddings [N, dim], labels
-    int64 [N], and class indices below the classifier's `classes`."""
+    int64 [N], and class indices below the classifier's `classes`. Messages name the objective
+    as registered (a plugin's subclass by its own name), else as `name`."""
+    who = getattr(objective, "_metaemb_component", None) or f"objective '{name}'"
     if not isinstance(embeddings, Tensor):
         raise ConfigError(
-            f"objective '{name}' takes point embeddings [N, dim], got a "
+            f"{who} takes point embeddings [N, dim], got a "
             f"{type(embeddings).__name__} (GME heads train with gme-bxe, gme-softmax or "
             "gme-pseudolikelihood)."
         )
@@ -57,18 +61,14 @@ def check_point_batch(embeddings: Any, labels: Any, name: str, classes: int | No
             if isinstance(labels, Tensor)
             else type(labels).__name__
         )
-        raise ConfigError(
-            f"objective '{name}': labels must be an int64 tensor [N] of class indices, got {got}."
-        )
+        raise ConfigError(f"{who}: labels must be an int64 tensor [N] of class indices, got {got}.")
     if len(labels) != len(embeddings):
-        raise ConfigError(
-            f"objective '{name}': {len(embeddings)} embeddings but {len(labels)} labels."
-        )
+        raise ConfigError(f"{who}: {len(embeddings)} embeddings but {len(labels)} labels.")
     if classes is not None and len(labels):
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
             raise ConfigError(
-                f"objective '{name}': labels must be class indices in [0, {classes}) (the "
+                f"{who}: labels must be class indices in [0, {classes}) (the "
                 f"classifier's classes), got {low if low < 0 else high}."
             )
 
@@ -92,9 +92,9 @@ class SoftmaxObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """Mean cross-entropy of the classifier's logits for embeddings [N, dim] and int64
         class indices [N]."""
-        check_point_batch(embeddings, labels, "softmax")
+        check_point_batch(self, "softmax", embeddings, labels)
         logits = require_classifier(classifier, "softmax")(embeddings)
-        check_point_batch(embeddings, labels, "softmax", logits.shape[1])
+        check_point_batch(self, "softmax", embeddings, labels, logits.shape[1])
         loss = F.cross_entropy(full_precision(logits), labels, label_smoothing=self.label_smoothing)
         with torch.no_grad():
             self.stats = {
