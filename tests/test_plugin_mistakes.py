@@ -1392,6 +1392,11 @@ def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_no
                        r"labels stay int64"):  # fmt: skip
         check_output("augmentation 'a'", (x, None, labels.float()), x, None, 4)
     check_output("augmentation 'a'", (x, None, labels), x, None, 4)
+    # dropping mel bins was blamed on the core objective by the backbone's shape error (C1 F11)
+    with pytest.raises(ConfigError, match=r"augmentation 'a' returned x of shape \[4, 2, 10\] "
+                       r"from \[4, 3, 10\]; an augmentation keeps every axis but the last"):  # fmt: skip
+        check_output("augmentation 'a'", (x[:, :2], None, labels), x, None, 4)
+    check_output("augmentation 'a'", (x[..., :7], None, labels), x, None, 4)  # time may change
     m = Modality(name="ecg", description="", sample_folder="series", backbone="conv",
                  demo_data=None, features=None)  # fmt: skip
     assert (m.demo_data, m.features) == ("", "none")

@@ -203,6 +203,11 @@ def check_output(
         problem = f"x as {y.dtype} on {y.device} from {x.dtype} on {x.device}"
     elif y.shape[0] != n:
         problem = f"{y.shape[0]} samples from a batch of {n}"
+    elif y.dim() != x.dim() or y.shape[1:-1] != x.shape[1:-1]:  # the next stage was built for them
+        problem = (
+            f"x of shape {list(y.shape)} from {list(x.shape)}; an augmentation keeps every axis "
+            "but the last (time, which may change with its lengths)"
+        )
     elif (ylen is None) != (lengths is None):
         was = "None" if lengths is None else "a tensor"
         problem = f"lengths {'None' if ylen is None else 'a tensor'} where they were {was}"
