@@ -93,6 +93,19 @@ def test_another_backbone_is_not_told_to_load_the_backbone_only(old_run, tmp_pat
     assert "use train.init_parts=backbone" not in err
 
 
+def test_another_objectives_classifier_is_named_not_other_classes(old_run, tmp_path):
+    """init_parts=all from a softmax run into an ArcFace one said 'the classes differ'; the
+    classes were the same, the classifiers were different objectives' modules (C1 F13)."""
+    from metaemb.core.errors import ConfigError
+
+    old, _, run = old_run
+    trainer = built(old, run, tmp_path, "train.objective=arcface")
+    with pytest.raises(ConfigError, match=r"the classifiers belong to different objectives "
+                       r"\(objective 'softmax' there, 'arcface' here\) and init_parts=all needs "
+                       r"the same one: use train.init_parts=backbone\+head"):  # fmt: skip
+        InitFrom(str(run), "all").on_setup(trainer)
+
+
 def test_softmax_to_gme_fine_tune_measures_forgetting(old_run, tmp_path, capsys):
     _, new, run = old_run
     code, text, err = train(new, tmp_path / "runs", capsys, "train.epochs=1", "model.head=gme",

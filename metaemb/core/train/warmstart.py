@@ -126,6 +126,17 @@ class InitFrom(Callback):
             # partial-fc under torchrun: this rank's rows of the whole centre matrix
             sliced = slice_states({"classifier": cls_src}, trainer.classifier, trainer.optimizer)
             cls_src = sliced["classifier"]
+            there, here = loaded.config.train.objective, trainer.config.train.objective
+            if there != here:  # another objective's classifier is another module
+                objectives = f"objective '{there}' there, '{here}' here"
+                try:
+                    check_shapes(cls_src, trainer.classifier.state_dict(), where)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"{str(exc).split('; ')[0]}; the classifiers belong to different "
+                        f"objectives ({objectives}) and init_parts=all needs the same one: use "
+                        "train.init_parts=backbone+head."
+                    ) from None
             check_shapes(cls_src, trainer.classifier.state_dict(), where)
             trainer.classifier.load_state_dict(cls_src)
         trainer.model.load_state_dict(model_src, strict=False)
