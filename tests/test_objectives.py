@@ -454,12 +454,17 @@ def test_the_train_banner_names_the_scale_and_margin_a_margin_loss_uses():
     from metaemb.core.config import resolve
     from metaemb.core.eval.summary import _objective
 
-    assert _objective(resolve("face")) == "softmax"
+    # the face modality's own default: label smoothing 0.1 (set options are shown too)
+    assert _objective(resolve("face")) == "softmax(label_smoothing=0.1)"
+    assert _objective(resolve("speaker", sets=["train.objective=softmax"])) == "softmax"
     assert _objective(resolve("face", sets=["train.objective=arcface"])) == (
         "arcface(scale=30, margin=0.2)"
     )
     chosen = ["train.objective=cosface", "objective.scale=64", "objective.margin=0.35"]
     assert _objective(resolve("face", sets=chosen)) == "cosface(scale=64, margin=0.35)"
+    # a loss's other hyper-parameters were left out (a plugin's sub-centre k, say) (C1 F10)
+    chosen = ["train.objective=triplet", "objective.mining=batch-hard"]
+    assert _objective(resolve("face", sets=chosen)) == "triplet(margin=0.2, mining=batch-hard)"
 
 
 @pytest.mark.parametrize("name", ["softmax", "arcface", "cosface", "partial-fc", "triplet",

@@ -63,10 +63,20 @@ def _objective(config: Config) -> str:
         opts = {k: o.default for k, o in options_of(registry("objectives").get(name)).items()}
     except Exception:  # an unknown name is refused elsewhere, by name
         return name
-    opts.update(config.options("objective"))
-    shown = ", ".join(f"{k}={opts[k]:g}" for k in ("scale", "margin") if isinstance(
-        opts.get(k), (int, float)))  # fmt: skip
+    given = config.options("objective")
+    opts.update(given)
+    keys = [k for k in ("scale", "margin") if isinstance(opts.get(k), (int, float))]
+    keys += [k for k in given if k not in keys]  # what the user set (a plugin loss's k, t …)
+    shown = ", ".join(f"{k}={_value(opts[k])}" for k in keys)
     return f"{name}({shown})" if shown else name
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):  # a composite's part: its name
+        return str(v.get("name", "{…}"))
+    return str(v)
 
 
 def print_epoch(console: Console, config: Config, record: dict[str, Any], improved: bool) -> None:
