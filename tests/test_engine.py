@@ -566,3 +566,40 @@ def test_the_progress_bar_shows_no_loss_before_the_first_step():
     with Trainer._progress(stub) as progress:
         progress.add_task("epoch 1/1", total=3, loss="–", rate=0.0)
     assert "loss –" in out.getvalue() and "nan" not in out.getvalue()
+
+
+def test_a_resume_with_other_steps_per_epoch_continues_the_schedule_from_its_epoch(faces,
+                                                                                   tmp_path):  # fmt: skip
+    """A run begun on 2 ranks and resumed by one process has twice the steps per epoch; the
+    schedule went on from the old step count: the LR jumped back up and never annealed
+    (H14 F7). Here the checkpoint says it took twice the steps this run takes."""
+    import io
+
+    class KillInEpoch2(Callback):
+        def on_epoch_start(self, t, epoch):
+            if epoch == 1:
+                raise Killed
+
+    with pytest.raises(Killed):
+        trainer(faces, tmp_path, callbacks=[KillInEpoch2()]).run()
+    whole = trainer(faces, tmp_path / "whole")
+    whole.run()
+    final_lr = json.loads((whole.dir / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
+    run = trainer(faces, tmp_path).dir
+    state = torch.load(run / "last.pt", weights_only=True)
+    spe = state["steps_per_epoch"]
+    assert state["world_size"] == 1 and state["step"] == spe
+    state["steps_per_epoch"], state["step"], state["world_size"] = 2 * spe, 2 * spe, 2
+    state["scheduler"]["last_epoch"] = 2 * spe  # as the 2-rank run's scheduler counted
+    torch.save(state, run / "last.pt")
+    out = io.StringIO()
+    resumed = Trainer(config(faces), runs_root=tmp_path, device="cpu", workers=0,
+                      console=Console(file=out, width=200))  # fmt: skip
+    resumed.run()
+    said = " ".join(out.getvalue().split())
+    assert (
+        f"resumes on 1 rank(s) instead of 2 with {spe} steps per epoch where it had {2 * spe}"
+        in said
+    )
+    lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] == pytest.approx(final_lr)  # annealed as the uninterrupted run

@@ -182,6 +182,8 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "epoch": epoch,
         "step": step,
+        "steps_per_epoch": trainer.steps_per_epoch,  # a resume on other ranks realigns to it
+        "world_size": trainer.dist.world_size,
         "best": best,
         "history": history,
         "config": cfg.to_dict(),

@@ -245,6 +245,7 @@ class Trainer:
                 f"Resuming {self.dir} from epoch {self.start_epoch}/{cfg.train.epochs}.",
                 markup=False,
             )
+            self._realign_schedule(state)
             if self.start_epoch > 0 and self.sampler.updates_from_embeddings:
                 self._update_sampler()  # its mined batches are not part of the checkpoint
         else:
@@ -282,6 +283,33 @@ class Trainer:
         summary = self._summary(history, baseline)
         self.callbacks.on_train_end(self, summary)
         return summary
+
+    def _realign_schedule(self, state: dict[str, Any]) -> None:
+        """A run resumed on another number of ranks (or with another batch count) takes
+        another number of steps per epoch; the schedule, which counts steps, would go on from
+        the old count (the learning rate jumping back up and never annealing). It continues
+        from the same epoch instead, and the change of global batch is said."""
+        before = int(state.get("steps_per_epoch") or 0)
+        if not before and self.start_epoch > 0 and self.step % self.start_epoch == 0:
+            before = self.step // self.start_epoch  # a checkpoint from before it was kept
+        if not before or before == self.steps_per_epoch:
+            return
+        self.step = self.start_epoch * self.steps_per_epoch
+        lambdas = getattr(self.scheduler, "lr_lambdas", None)
+        if lambdas is not None:
+            self.scheduler.last_epoch = self.step
+            for group, factor, base in zip(
+                self.optimizer.param_groups, lambdas, self.scheduler.base_lrs, strict=True
+            ):
+                group["lr"] = base * factor(self.step)
+        ranks = state.get("world_size")
+        now = self.dist.world_size
+        moved = f" on {now} rank(s) instead of {ranks}" if ranks and ranks != now else ""
+        self._warn(
+            f"this run resumes{moved} with {self.steps_per_epoch} steps per epoch where it had "
+            f"{before}: the global batch is now {self.config.train.batch_size * now} samples, and the learning-rate "
+            f"schedule continues from epoch {self.start_epoch} (step {self.step})."
+        )
 
     def train_epoch(self, epoch: int) -> EpochResult:
         """One pass over the training batches of `epoch` (0-based)."""
