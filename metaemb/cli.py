@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -166,7 +167,7 @@ def train(
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
-        with out.logging_warnings():
+        with out.logging_warnings(), _stopped_by_scheduler():
             trainer.run()
         if trainer.dist.main:
             from metaemb.commands.plot import after_training
@@ -180,16 +181,80 @@ def train(
             out.close_log()
             _remove_unstarted_run(trainer.dir)
         raise
-    except KeyboardInterrupt:
-        out.log_only("interrupted")
+    except RuntimeError as exc:  # the scheduler's signal reached the loader's workers first
+        stopped = _worker_signal(exc)
+        if stopped is None:
+            raise
+        _said_stopped(out, trainer, f"terminated by {stopped.name}")
+        raise typer.Exit(128 + stopped.value) from None
+    except KeyboardInterrupt as exc:
+        said = f"terminated by {exc.name}" if isinstance(exc, Terminated) else "interrupted"
+        _said_stopped(out, trainer, said)
+        raise typer.Exit(128 + exc.signum if isinstance(exc, Terminated) else 130) from None
+    finally:
+        out.close_log()
+
+
+def _said_stopped(out: Any, trainer: Any, said: str) -> None:
+    out.log_only(said)
+    if trainer.dist.main:
         err_console.print(
-            f"interrupted; re-run the same command to resume {trainer.dir} from its last "
+            f"{said}; re-run the same command to resume {trainer.dir} from its last "
             "completed epoch.",
             markup=False,
         )
-        raise typer.Exit(130) from None
+
+
+def _worker_signal(exc: RuntimeError) -> Any:
+    """The signal (SIGTERM, SIGHUP) that killed a data-loader worker, from PyTorch's message
+    ("DataLoader worker (pid N) is killed by signal: Terminated."), or None."""
+    import signal
+
+    text = str(exc)
+    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is not None and f"killed by signal: {signal.strsignal(sig)}" in text:
+            return sig
+    return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch scheduler's time limit, scancel, a closed session): handled
+    as Ctrl-C is, so the log says why the run stopped and how to resume it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signum)
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _stopped_by_scheduler() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    import os
+
+    main_pid = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a data-loader worker inherited it: end as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    before = {s: signal.signal(getattr(signal, s), stop) for s in wanted}
+    try:
+        yield
     finally:
-        out.close_log()
+        for s, handler in before.items():
+            signal.signal(getattr(signal, s), handler)
 
 
 def _remove_unstarted_run(folder: Path) -> None:

@@ -603,3 +603,26 @@ def test_a_resume_with_other_steps_per_epoch_continues_the_schedule_from_its_epo
     )
     lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] == pytest.approx(final_lr)  # annealed as the uninterrupted run
+
+
+def test_sigterm_from_a_batch_scheduler_says_how_to_resume(faces, tmp_path):
+    """SLURM/PBS send SIGTERM at the time limit: train ended with nothing on stderr or in
+    train.log, while Ctrl-C says how to resume (H14 F8)."""
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-c", "from metaemb.cli import main; main()"]
+    cmd += [str(a) for a in cli_args(faces, runs, "train.epochs=200")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = None
+    for _ in range(600):  # until the first epoch is recorded
+        time.sleep(0.2)
+        log = next(runs.glob("face/*/train.log"), None)
+        if (log is not None and "epoch 1:" in log.read_text()) or proc.poll() is not None:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated by SIGTERM; re-run the same command to resume" in " ".join(err.split())
+    assert log is not None and log.read_text().rstrip().endswith("terminated by SIGTERM")
