@@ -626,3 +626,14 @@ def test_sigterm_from_a_batch_scheduler_says_how_to_resume(faces, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "terminated by SIGTERM; re-run the same command to resume" in " ".join(err.split())
     assert log is not None and log.read_text().rstrip().endswith("terminated by SIGTERM")
+
+
+def test_a_far_too_large_learning_rate_is_named_with_the_poisoned_statistics(faces, tmp_path):
+    """lr = 1e8 overflowed the activations; the message sent the user to the input files and
+    the augmentations only (H14 F11)."""
+    from metaemb.core.errors import MetaembError
+
+    with pytest.raises(MetaembError) as caught:
+        trainer(faces, tmp_path, "train.lr=1e8", "train.grad_clip=0").run()
+    message = " ".join(str(caught.value).split())
+    assert "lower train.lr" in message and "1e+08" in message, message

@@ -637,7 +637,9 @@ def _nonfinite_buffer(model: Any, config: Config, section: str) -> str | None:
             return (
                 f"{component(config, section)} holds NaN or inf in '{buf_name}' (running "
                 "statistics) while every weight is finite: a NaN or inf input reached it "
-                "during training (from an augmentation, or the stage before it)"
+                "during training (from an augmentation, or the stage before it), or its "
+                "activations overflowed because the learning rate is far too large (lower "
+                f"train.lr, now {config.train.lr:g})"
             )
     return None
 
