@@ -175,8 +175,9 @@ def train(
             after_training(trainer.dir, out)
     except RunInProgress:
         raise  # another process trains this run: its folder and log are not ours to touch
-    except MetaembError as exc:
-        out.log_only(f"error: {exc}")
+    except (MetaembError, OSError) as exc:  # OSError: a write that failed (stdout's disk full)
+        with contextlib.suppress(OSError):
+            out.log_only(f"error: {exc}")
         if new_folder and trainer.dist.main:
             out.close_log()
             _remove_unstarted_run(trainer.dir)
@@ -552,7 +553,10 @@ def main() -> None:
 
         if not is_write_error(exc):
             raise
-        _print_error(str(output_error(exc, exc.filename or "?", "output")))
+        if exc.filename is None and not _writable(sys.stdout):
+            _print_error(str(output_error(exc, "<standard output>", "command's output")))
+        else:
+            _print_error(str(output_error(exc, exc.filename or "?", "output")))
         sys.exit(2)
 
 
@@ -579,6 +583,17 @@ def _tolerant_output() -> None:
         if reconfigure is not None:
             with contextlib.suppress(ValueError, OSError):
                 reconfigure(errors="backslashreplace")
+
+
+def _writable(stream: Any) -> bool:
+    """Whether `stream` still takes output (a write error without a file name is most often
+    the standard output: a log file on a full disk, a closed pipe)."""
+    try:
+        stream.write("")
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _print_error(text: str) -> None:

@@ -347,3 +347,22 @@ def test_a_data_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path, capsy
     assert code == 2 and "Traceback" not in err, err
     assert "lat\\xe9face' has a name that is not UTF-8 text" in message
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_standard_output_on_a_full_disk_is_named_and_leaves_no_run(tmp_path):
+    """A SLURM --output file over quota: "cannot write the output '?'", and a run folder left
+    holding only config.toml (H14 F12)."""
+    import subprocess
+    import sys
+
+    data = demo_faces(tmp_path / "faces", identities=6, images_per_identity=3, image_size=16)
+    cmd = [sys.executable, "-c", "from metaemb.cli import main; main()", "train", "--data",
+           str(data), "--runs", str(tmp_path / "runs"), "--workers", "0", "--set",
+           "train.epochs=1"]  # fmt: skip
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, err
+    assert "cannot write the command's output '<standard output>': the disk is full" in err
+    assert not list((tmp_path / "runs").glob("*/*"))
