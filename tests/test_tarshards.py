@@ -164,6 +164,19 @@ def test_the_index_is_reused_and_rebuilt_when_a_shard_changes(image_shards, tmp_
     assert torch.equal(changed.load(changed.abspath(s)), pil(new))
     # other label options are another index (the identities depend on them)
     assert folder(root, tmp_path, label="txt,cls").index_hits == 0
+    # an index an older reader wrote is rebuilt: its rules (a class of -1 read as an identity)
+    # would otherwise outlive the upgrade that refuses them (H15 F15)
+    import metaemb.core.data.tar_index as tar_index
+
+    older = tmp_path / "older"
+    old_format = tar_index.FORMAT
+    try:
+        tar_index.FORMAT = old_format - 1
+        assert folder(root, older).index_hits == 0  # written by the "older" reader
+        assert folder(root, older).index_hits == 3
+    finally:
+        tar_index.FORMAT = old_format
+    assert folder(root, older).index_hits == 0  # read by today's: rebuilt
     # a shard rewritten after indexing is refused when it is opened, not read wrongly
     write_tar(root / "shard-000000.tar", [("q.cls", b"1"), ("q.jpg", jpeg(3))])
     os.utime(root / "shard-000000.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))

@@ -32,7 +32,7 @@ from typing import Any
 
 from metaemb.core.errors import DataError, first_few
 
-FORMAT = 1  # bump when the index rules change: old index files are then rebuilt
+FORMAT = 2  # bump when the index rules change: old index files are then rebuilt (2: classes ≥ 0, one data member per sample)
 BLOCK = 512
 COMPRESSED = {
     b"\x1f\x8b": "gzip",
