@@ -78,10 +78,42 @@ class Gallery:
         self.identities: list[str] = []
         self.sources: list[str] = []  # where each sample came from ("" when unknown)
         self._index: tuple[dict[str, int], dict[str, str]] | None = None
-        self.owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
+        # rows added since the last read, joined once when `data` or `owner` is next read:
+        # one copy per enrollment, not one per identity (quadratic at 100 k identities)
+        self._pending: list[tuple[dict[str, Tensor], Tensor]] = []
+        self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
-        self.data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
+        self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
+
+    @property
+    def data(self) -> dict[str, Tensor]:
+        """The stored sample tensors by name ("embeddings", or a GME's "a" and "b")."""
+        self._join_pending()
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Tensor]) -> None:
+        self._join_pending()
+        self._data = value
+
+    @property
+    def owner(self) -> Tensor:
+        """The identity index of each sample [num_samples]."""
+        self._join_pending()
+        return self._owner
+
+    @owner.setter
+    def owner(self, value: Tensor) -> None:
+        self._join_pending()
+        self._owner = value
+
+    def _join_pending(self) -> None:
+        if self._pending:
+            parts, owners = zip(*self._pending, strict=True)
+            self._pending = []
+            self._data = {k: torch.cat([v, *(p[k] for p in parts)]) for k, v in self._data.items()}
+            self._owner = torch.cat([self._owner, *owners])
 
     # -- structure ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -186,10 +218,8 @@ class Gallery:
             self.identities.append(identity)
         known.update(dict.fromkeys(seen, identity))
         idx = torch.tensor(keep, dtype=torch.long)
-        for k, v in stored_parts(embeddings).items():
-            self.data[k] = torch.cat([self.data[k], v[idx]])
-        owner_t = torch.full((len(keep),), pos[identity], dtype=torch.long)
-        self.owner = torch.cat([self.owner, owner_t])
+        rows = {k: v[idx] for k, v in stored_parts(embeddings).items()}
+        self._pending.append((rows, torch.full((len(keep),), pos[identity], dtype=torch.long)))
         self.sources += [srcs[i] for i in keep]
         return len(keep)
 
