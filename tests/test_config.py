@@ -162,3 +162,25 @@ def test_a_config_from_a_pipe_is_read_once_and_kept(tmp_path):
     assert resolve("face", fifo).train.epochs == 3  # the second read: what the pipe gave
     with pytest.raises(ConfigError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_the_validation_split_can_be_fixed_across_seeds(tmp_path):
+    """A job array over train.seed also redrew the held-out identities, so per-seed
+    validation EERs were on different identities (H14 F6). data.split_seed fixes them; its
+    default (-1, follow train.seed) keeps every earlier run's hash and split."""
+    import helpers
+
+    from metaemb.core.plugin.components import build
+    from metaemb.core.train.validation import split
+
+    assert resolve("face", sets=["data.split_seed=-1"]).hash() == resolve("face").hash()
+    data = helpers.demo_faces(tmp_path / "faces", identities=12, images_per_identity=2,
+                              image_size=16)  # fmt: skip
+    folder = build("sample_folders", "image", {}, root=data)
+
+    def held_out(*sets: str) -> list[str]:
+        return split(folder, resolve("face", sets=list(sets)))[1].identities
+
+    assert held_out("train.seed=1") != held_out("train.seed=2")  # the old coupling, kept
+    assert held_out("train.seed=1", "data.split_seed=0") == held_out("train.seed=2",
+                                                                    "data.split_seed=0")  # fmt: skip

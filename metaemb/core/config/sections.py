@@ -12,6 +12,9 @@ class DataConfig:
     root: str = ""  # "" = the modality's built-in demo dataset
     folder: str = ""  # sample-folder component; "" = the modality's default
     val_fraction: float = 0.25  # identities held out for validation
+    # which identities are held out, and the validation trials: -1 follows train.seed; fix it
+    # (e.g. 0) for a seed study whose runs should all validate on the same identities
+    split_seed: int = -1
     workers: int = 2  # DataLoader worker processes (runtime only: not part of the run hash)
     on_bad_sample: Literal["error", "skip"] = "error"
     cache_dir: str = ""  # "" = $METAEMB_CACHE or ~/.cache/metaemb (runtime only)
@@ -108,6 +111,7 @@ RUNTIME_KEYS = {
 # Core fields added after run hashes were first published: left out of the hash at these values,
 # so configurations that do not use them keep their run folders.
 HASH_NEUTRAL = {
+    ("data", "split_seed"): -1,
     ("train", "augment"): [],
     ("train", "init_from"): "",
     ("train", "init_parts"): "backbone+head",

@@ -66,8 +66,9 @@ def _folder_for(loaded: Any, data: Path | None) -> Any:
     """The evaluation folder: --data as it is, or the run's held-out validation identities."""
     if data is not None:
         return loaded.parts.folder
-    cfg = loaded.config
-    _, val = loaded.parts.folder.split(cfg.data.val_fraction, seed=cfg.train.seed)
+    from metaemb.core.train import validation
+
+    _, val = validation.split(loaded.parts.folder, loaded.config)  # the run's held-out ones
     return val
 
 

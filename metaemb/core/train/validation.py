@@ -29,9 +29,15 @@ from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train.component_checks import component
 
 
+def split_seed(config: Config) -> int:
+    """The seed of the held-out identities and validation trials: data.split_seed, or
+    train.seed when it is -1 (the default, as before the option existed)."""
+    return config.train.seed if config.data.split_seed == -1 else config.data.split_seed
+
+
 def split(folder: SampleFolder, config: Config) -> tuple[SampleFolder, SampleFolder]:
-    """(training, validation) folders of a run: disjoint identities, seeded by train.seed."""
-    return folder.split(config.data.val_fraction, seed=config.train.seed)
+    """(training, validation) folders of a run: disjoint identities, seeded by `split_seed`."""
+    return folder.split(config.data.val_fraction, seed=split_seed(config))
 
 
 def validation_trials(val_folder: SampleFolder, config: Config) -> list[Trial]:
@@ -40,7 +46,7 @@ def validation_trials(val_folder: SampleFolder, config: Config) -> list[Trial]:
         val_folder,
         n_target=config.eval.max_targets,
         n_nontarget=config.eval.nontargets,
-        seed=config.train.seed,
+        seed=split_seed(config),
     )
 
 
