@@ -137,8 +137,16 @@ def train(
 
         modality = str(load_toml(config).get("modality", "face")) if config else "face"
     cfg = resolve(modality, config, sets)
-    from metaemb.core.runs import earlier_equivalent_run, run_dir
+    from metaemb.core.runs import earlier_equivalent_run, run_dir, same_data_spelled_otherwise
 
+    twin = same_data_spelled_otherwise(runs, cfg)
+    if twin is not None:
+        err_console.print(
+            f"note: {twin[0]} trained this same configuration on the same data folder, given as "
+            f"--data {twin[1]}; runs are keyed by --data as typed, so this one starts in "
+            f"{run_dir(runs, cfg)}. Stop it and pass --data {twin[1]} to resume that run instead.",
+            markup=False,
+        )
     earlier = earlier_equivalent_run(runs, cfg)
     if earlier is not None:  # the run hash of an earlier version covered options differently
         err_console.print(

@@ -366,3 +366,19 @@ def test_standard_output_on_a_full_disk_is_named_and_leaves_no_run(tmp_path):
     assert done.returncode == 2, err
     assert "cannot write the command's output '<standard output>': the disk is full" in err
     assert not list((tmp_path / "runs").glob("*/*"))
+
+
+def test_the_same_data_given_another_way_names_the_existing_run(tmp_path, capsys):
+    """`face` in an interactive run and `$PWD/face` in a batch script trained two runs from
+    scratch without a word; the README said runs are keyed by the resolved configuration
+    (H14 F9)."""
+    data = demo_faces(tmp_path / "faces", identities=6, images_per_identity=3, image_size=16)
+    (tmp_path / "link").symlink_to(data)
+    common = ["--runs", tmp_path / "runs", "--workers", "0", "--set", "train.epochs=1", "--set",
+              "features.image_size=16", "--set", "model.dim=8"]  # fmt: skip
+    assert run_cli(["train", "--data", data, *common], capsys)[0] == 0
+    code, _, err = run_cli(["train", "--data", tmp_path / "link", *common], capsys)
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert "trained this same configuration on the same data folder, given as --data" in said
+    assert f"--data {data}" in said

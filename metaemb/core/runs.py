@@ -70,6 +70,38 @@ def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None
     return None
 
 
+def same_data_spelled_otherwise(runs_root: str | Path, config: Config) -> tuple[Path, str] | None:
+    """(run folder, its --data) of a run of this same configuration on the same data folder
+    given another way (`face` and `$PWD/face`, a symlink): runs are keyed by the path as typed,
+    so this one would start over beside it. None when this run's folder exists or there is
+    no such run."""
+    import os
+    import warnings
+
+    from metaemb.core.config import from_dict
+    from metaemb.core.config.toml_io import load_toml
+
+    here = run_dir(runs_root, config)
+    if here.exists() or not config.data.root:
+        return None
+    mine = os.path.realpath(config.data.root_absolute or config.data.root)
+    for folder in sorted(here.parent.glob(f"{config.name}-*")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                other = from_dict(load_toml(folder / "config.toml"))
+                typed = other.data.root
+                theirs = os.path.realpath(other.data.root_absolute or typed)
+                if not typed or typed == config.data.root or theirs != mine:
+                    continue
+                other.data.root, other.data.root_absolute = config.data.root, ""
+                if other.hash() == config.hash():
+                    return folder, typed
+        except (MetaembError, OSError):
+            continue
+    return None
+
+
 _deferred: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar(
     "deferred_renames", default=None
 )
