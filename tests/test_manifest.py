@@ -178,3 +178,22 @@ def test_empty_identity_error_is_not_cached(tmp_path, cache):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert manifest.load(root, "x", {".jpg"}) is None
+
+
+def test_hard_links_are_one_file_and_an_identity_of_links_only_says_why_it_is_empty(tmp_path):
+    """A hard link (cp -l, rsync --link-dest trees) enrolled one photo under two names; an
+    identity whose only file linked to another's was called "contain no image files" with
+    no reason (H15 F10, F11)."""
+    from metaemb.core.errors import DataError
+
+    root = make_tree(tmp_path / "data")
+    os.link(root / "a" / "1.jpg", root / "c" / "hard.jpg")  # c keeps its own 5.jpg
+    with pytest.warns(UserWarning, match=r"c/hard.jpg = a/1.jpg"):
+        folder = ImageFolder(root)
+    assert "c/hard.jpg" not in [s.path for s in folder.samples]
+    (root / "d").mkdir()
+    os.link(root / "a" / "2.jpg", root / "d" / "2.jpg")  # d holds nothing of its own
+    with pytest.raises(DataError, match=r"data/d'\. Their images are links to files of other "
+                       r"identities \('d/2.jpg' = 'a/2.jpg'\)"), warnings.catch_warnings():  # fmt: skip
+        warnings.simplefilter("ignore")
+        ImageFolder(root)

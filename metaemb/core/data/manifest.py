@@ -28,7 +28,7 @@ from pathlib import Path
 
 from metaemb.core.errors import ConfigError
 
-FORMAT = 1  # bump when the scan's rules change: old manifests are then ignored
+FORMAT = 2  # bump when the scan's rules change: old manifests are then ignored (2: hard links)
 DEFAULT_MIN_FILES = 5000
 RACY_NS = 2_000_000_000  # directories changed within 2 s of a scan are rescanned next time
 

@@ -7,8 +7,8 @@ are followed, but every folder and file is tracked by its real path:
   `ln -s .. root/id/up`) is skipped: following it would loop, or turn the whole dataset into a
   phantom identity holding a copy of every sample;
 - a folder already scanned under another name (an alias of an identity folder) is skipped;
-- a file already found under another name (a symlink to a sample, inside or outside the root)
-  is kept once, at its first path in sorted order: a sample paired with its own copy would be a
+- a file already found under another name (a symlink to a sample, inside or outside the root,
+  or a hard link) is kept once, at its first path in sorted order: a sample paired with its own copy would be a
   target trial labelled non-target, or vice versa.
 
 Every skip is counted and reported once as a warning naming the first few paths.
@@ -33,6 +33,7 @@ class ScanState:
     root_real: str
     dirs: set[str] = field(default_factory=set)
     files: dict[str, str] = field(default_factory=dict)  # real path → first relative path
+    inodes: dict[int, str] = field(default_factory=dict)  # inode → real path (hard links)
     loops: list[str] = field(default_factory=list)  # relative folders pointing at the root/above
     aliases: list[str] = field(default_factory=list)  # relative folders already scanned
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
@@ -96,6 +97,7 @@ def scan_identity(
                     state.dangling.append(rel)  # a link to nothing is not a sample
                     continue
                 real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
+                real_file = _hard_link_of(e, real_file, state)
                 kept = state.files.get(real_file)
                 if kept is not None:
                     state.duplicates.append((rel, kept))
@@ -105,6 +107,24 @@ def scan_identity(
         # Files of a folder first, then its sub-folders in name order (depth first).
         stack.extend(reversed(subdirs))
     return found
+
+
+def _hard_link_of(entry: os.DirEntry, real_file: str, state: ScanState) -> str:
+    """The real path of the file first found with this one's inode on the same device (a hard
+    link: one file under two names, as `cp -l` and rsync --link-dest trees make), else
+    `real_file`. The inode comes with the directory listing; only a repeated one costs a stat."""
+    try:
+        inode = entry.inode()
+    except OSError:
+        return real_file
+    first = state.inodes.setdefault(inode, real_file)
+    if first == real_file:
+        return real_file
+    try:
+        same = os.path.samefile(first, real_file)
+    except OSError:
+        return real_file
+    return first if same else real_file
 
 
 def warn_skipped(root: Path, state: ScanState, what: str) -> None:

@@ -145,9 +145,16 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         warn_skipped(root, state, self.what)
         if empty:
             shown = first_few(root / e for e in empty)
+            linked = [f"'{a}' = '{b}'" for a, b in state.duplicates if a.split("/")[0] in empty]
+            why = (
+                f" Their {self.what}s are links to files of other identities ({first_few(linked, 3, quote=False)}), "
+                "kept once under the first name: one file cannot belong to two identities."
+                if linked
+                else ""
+            )
             raise DataError(
                 f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
-                f"({', '.join(sorted(exts))}): {shown}. Remove them or add {self.what}s."
+                f"({', '.join(sorted(exts))}): {shown}.{why} Remove them or add {self.what}s."
             )
         return paths, sorted(state.dirs)
 
