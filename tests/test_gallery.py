@@ -539,3 +539,25 @@ def test_rows_added_one_identity_at_a_time_are_joined_once_and_in_order():
     assert g.owner.tolist() == [i for i in range(50) for _ in range(2)] and not g._pending
     g.add("p0", torch.randn(1, 4), sources=["/x/0/c"])  # an existing identity gets a third
     assert g.counts()[0] == 3 and g.num_samples == 101
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["identities"].__setitem__(1, d["identities"][0]), "listed twice"),
+        (lambda d: d["identities"].__setitem__(0, "<new>"), "text other than '<new>'"),
+        (lambda d: d["identities"].__setitem__(0, 5), "got 5"),
+        (lambda d: d["sources"].__setitem__(1, d["sources"][0]), "is enrolled twice"),
+        (lambda d: d.pop("samples"), "it has no 'samples' entry"),
+    ],
+)
+def test_a_hand_edited_gallery_is_refused_on_load(tmp_path, edit, message):
+    """Two identities of one name loaded and searched silently (unenroll then removed only
+    one); a missing key was a bare KeyError text (H15 F12)."""
+    gallery = point_gallery()
+    gallery.save(tmp_path / "g.pt")
+    d = torch.load(tmp_path / "g.pt", weights_only=True)
+    edit(d)
+    torch.save(d, tmp_path / "bad.pt")
+    with pytest.raises(GalleryError, match=rf"gallery '.*bad.pt' is damaged: .*{message}"):
+        Gallery.load(tmp_path / "bad.pt")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,15 @@ class SearchResult:
 
     def decisions(self) -> list[str]:
         return [self.decision(i) for i in range(self.index.shape[0])]
+
+
+def _first_repeat(items: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 class Gallery:
@@ -310,11 +319,23 @@ class Gallery:
             g.owner = d["owner"].long()
             g.data = {k: d["samples"][k].float() for k in g.data}
             g._validate()
-        except (KeyError, TypeError, AttributeError, GalleryError) as exc:
+        except KeyError as exc:
+            raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
+        except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
         return g
 
     def _validate(self) -> None:
+        names = self.identities
+        odd = [x for x in names if not isinstance(x, str) or not x.strip() or x == NEW]
+        if odd:
+            raise GalleryError(f"identity names must be text other than '{NEW}', got {odd[0]!r}")
+        twice = _first_repeat(names)
+        if twice is not None:
+            raise GalleryError(f"identity '{twice}' is listed twice (a hand edit?)")
+        twice = _first_repeat(x for x in self.sources if x)
+        if twice is not None:
+            raise GalleryError(f"sample source '{twice}' is enrolled twice")
         n = self.num_samples
         sizes = {k: len(v) for k, v in self.data.items()}
         if any(s != n for s in sizes.values()) or len(self.sources) != n:
