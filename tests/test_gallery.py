@@ -320,9 +320,11 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     assert code == 0, err
     assert "6 new samples for 2 identities" in out
     assert Gallery.load(path).identities == ["id0000", "id0001"]
-    code, out, err = run_cli(args, capsys)  # extends: only id0002's samples are new
+    code, out, err = run_cli([*args, "--show", "1"], capsys)  # extends: id0002's are new
     assert code == 0, err
-    assert "3 new samples for 3 identities" in out
+    assert "3 new samples for 3 identities (1 with new samples)" in out
+    # at most --show rows, the identities with new samples first (800 rows of 0 before, H15)
+    assert "id0002" in out and "id0000" not in out and "… 2 more identities" in out
     g = Gallery.load(path)
     assert g.identities == ["id0000", "id0001", "id0002"] and g.counts().tolist() == [3, 3, 3]
     assert g.sources[0] == str((enroll / "id0000/000.png").resolve())

@@ -197,3 +197,13 @@ def test_hard_links_are_one_file_and_an_identity_of_links_only_says_why_it_is_em
                        r"identities \('d/2.jpg' = 'a/2.jpg'\)"), warnings.catch_warnings():  # fmt: skip
         warnings.simplefilter("ignore")
         ImageFolder(root)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5"])
+def test_a_bad_manifest_threshold_is_named(monkeypatch, value):
+    """'-5' was accepted (caching everything); 'abc' got a hint about --modality (H15 F13)."""
+    from metaemb.core.errors import ConfigError
+
+    monkeypatch.setenv("METAEMB_MANIFEST_MIN_FILES", value)
+    with pytest.raises(ConfigError, match=rf"whole number of files \(0 or more\), got '{value}'"):
+        manifest.min_files()

@@ -52,7 +52,8 @@ def print_results(out: Console, ident: Identification, show: int) -> None:
         if res.p_new is not None:
             cells.append(f"{float(res.p_new[p]):.1%}")
         table.add_row(*cells)
-    out.print(table)
+    if show:  # --show 0: the metrics only
+        out.print(table)
     if len(ident.probes) > show:
         out.print(f"… {len(ident.probes) - show} more probes (see --out, or raise --show)")
     if res.threshold is None:
@@ -111,19 +112,32 @@ def enroll(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
     frontend_set: FrontendSet = None,
+    show: Annotated[
+        int,
+        typer.Option(help="identities listed in the table (those with new samples first)", min=0),
+    ] = 20,
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
     use_frontend_set(frontend_set)
     names = identity_names(identities, identities_file)
     done = enroll_folder(checkpoint, gallery, data, names, device=device, workers=workers)
-    table = Table(title=f"enrolled into {escape(str(gallery))}")
-    for col in ("identity", "added", "enrolled"):
-        table.add_column(col, justify="left" if col == "identity" else "right")
-    for name, (added, total) in done.items():
-        table.add_row(escape(name), str(added), str(total))
-    console.print(table)
+    rows = sorted(done.items(), key=lambda item: item[1][0] == 0)  # new samples first, stable
+    if show and rows:
+        table = Table(title=f"enrolled into {escape(str(gallery))}")
+        for col in ("identity", "added", "enrolled"):
+            table.add_column(col, justify="left" if col == "identity" else "right")
+        for name, (added, total) in rows[:show]:
+            table.add_row(escape(name), str(added), str(total))
+        console.print(table)
+    if len(rows) > show:
+        console.print(f"… {len(rows) - show} more identities (--show N lists more)", markup=False)
     added_total = sum(a for a, _ in done.values())
-    console.print(f"{added_total} new samples for {len(done)} identities", markup=False)
+    grew = sum(1 for a, _ in done.values() if a)
+    console.print(
+        f"{added_total} new samples for {len(done)} identities ({grew} with new samples) into "
+        f"{gallery}",
+        markup=False,
+    )
 
 
 def unenroll(

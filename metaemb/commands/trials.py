@@ -61,7 +61,7 @@ def make(
     ] = None,
 ) -> None:
     """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""
-    from metaemb.core.errors import MetaembError
+    from metaemb.core.errors import ConfigError, MetaembError
     from metaemb.core.eval.trial_checks import check_listable
     from metaemb.core.eval.trial_generation import coverage, make_trials
     from metaemb.core.eval.trials import write_trials
@@ -87,6 +87,8 @@ def make(
     opts = validate_options("sample_folders", name, given, "folder")
     try:
         sample_folder = build("sample_folders", name, opts, root=data)
+    except ConfigError:
+        raise  # a setting's mistake (an option, an environment variable), not the data's kind
     except MetaembError as exc:
         if folder or not data.is_dir():
             raise

@@ -53,11 +53,14 @@ def min_files() -> int:
     if not value:
         return DEFAULT_MIN_FILES
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
+        number = -1
+    if number < 0:
         raise ConfigError(
-            f"METAEMB_MANIFEST_MIN_FILES must be a whole number of files, got '{value}'."
-        ) from None
+            f"METAEMB_MANIFEST_MIN_FILES must be a whole number of files (0 or more), got '{value}'."
+        )
+    return number
 
 
 def manifest_path(root: Path, kind: str, exts: set[str]) -> Path:
