@@ -165,17 +165,23 @@ def test_a_run_trained_on_recordio_embeds_plain_files_and_folders(shard, tmp_pat
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     [run] = list((runs / "face").iterdir())
-    with pytest.warns(UserWarning, match="reading it as plain files with sample folder 'image'"):
+    with pytest.warns(UserWarning, match="so read as plain files with sample folder 'image'"):
         code, _, err = run_cli(["embed", run, plain, "--out", base / "c.pt", "--workers", "0"],
                                capsys)  # fmt: skip
     assert code == 0, err
     coll = Collection.load(base / "c.pt")
     assert len(coll) == 12 and set(coll.identities) == {"id0", "id1", "id2", "id7"}
     probe = sorted(plain.glob("id7/*.png"))[0]
-    with pytest.warns(UserWarning, match="reading it as plain files"):
+    with pytest.warns(UserWarning, match="the sample files given: not in the form of the run's"):
         code, _, err = run_cli(["embed", run, probe, "--out", base / "p.pt", "--workers", "0"],
                                capsys)  # fmt: skip
     assert code == 0, err
+    # a flat folder of photos (no identity folders): the plain folder's error, as warned (H15
+    # F14: it said "reading it as plain files", then failed with "train.rec does not exist")
+    with pytest.warns(UserWarning, match="so read as plain files"):
+        code, _, err = run_cli(["embed", run, plain / "id7", "--out", base / "f.pt", "--workers",
+                                "0"], capsys)  # fmt: skip
+    assert code == 2 and "has no identity sub-folders" in " ".join(err.split()), err
     one = Collection.load(base / "p.pt")
     row = coll.paths.index(probe.relative_to(plain).as_posix())
     torch.testing.assert_close(one.embeddings[0], coll.embeddings[row], atol=1e-5, rtol=1e-5)

@@ -253,12 +253,14 @@ def load_run(
         try:
             parts = Components.build(cfg, root)
         except DataError as exc:
-            if data is None or not plain_folder(cfg, str(data)):
+            if data is None or not plain_folder(cfg, f"'{data}'"):
                 raise
             try:  # not in the run's container format: plain files of the same samples?
                 parts = Components.build(cfg, root)
-            except MetaembError:
-                raise exc from None
+            except MetaembError as plain_exc:  # neither: say why as plain files (as warned)
+                raise type(plain_exc)(
+                    f"{plain_exc} (Nor is it in the run's own layout: {exc})"
+                ) from None
         model = parts.model
     else:
         model = build_model(cfg)
@@ -344,8 +346,8 @@ def plain_folder(cfg: Config, where: str) -> bool:
     cfg.components["folder"] = {k: v for k, v in cfg.options("folder").items() if k in shared}
     cfg.data.folder = plain
     warnings.warn(
-        f"'{where}' is not in the form of the run's sample folder '{name}'; reading it as plain "
-        f"files with sample folder '{plain}'.",
+        f"{where}: not in the form of the run's sample folder '{name}', so read as plain files "
+        f"with sample folder '{plain}'.",
         stacklevel=3,
     )
     return True

@@ -65,7 +65,9 @@ def load_for_files(
         root = Path(os.path.commonpath([str(f.parent.parent) for f in resolved]))
         loaded.root_note = "the files' common folder two levels up"
     cfg.data.root, cfg.data.root_absolute = str(root), ""
-    plain_folder(cfg, "the sample files")  # a container run (RecordIO, tar shards): plain files
+    plain_folder(
+        cfg, "the sample files given"
+    )  # a container run (RecordIO, tar shards): plain files
     factory = registry("sample_folders").get(cfg.data.folder)
     exts = {e.lower() for e in getattr(factory, "extensions", ())}
     bad = [str(f) for f in files if exts and f.suffix.lower() not in exts]
