@@ -257,7 +257,10 @@ def _stopped_by_scheduler() -> Iterator[None]:
             return
         raise Terminated(signum)
 
+    # Only a signal left at its default: nohup's (or a launcher's) SIG_IGN, or a parent's own
+    # handler, is theirs to keep.
     wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    wanted = [s for s in wanted if signal.getsignal(getattr(signal, s)) is signal.SIG_DFL]
     before = {s: signal.signal(getattr(signal, s), stop) for s in wanted}
     try:
         yield

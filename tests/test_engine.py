@@ -637,3 +637,20 @@ def test_a_far_too_large_learning_rate_is_named_with_the_poisoned_statistics(fac
         trainer(faces, tmp_path, "train.lr=1e8", "train.grad_clip=0").run()
     message = " ".join(str(caught.value).split())
     assert "lower train.lr" in message and "1e+08" in message, message
+
+
+def test_a_signal_nohup_ignores_stays_ignored():
+    """Under nohup (SIGHUP ignored) closing the session stopped training once train took over
+    SIGHUP unconditionally (R2-1): only signals at their default are taken."""
+    import signal
+
+    from metaemb.cli import _stopped_by_scheduler
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _stopped_by_scheduler():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # taken: was default
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -479,10 +479,12 @@ def test_point_objectives_name_what_is_wrong_with_their_inputs(name):
     classifier = obj.build_classifier(4, 4)
     x, y = torch.randn(8, 4, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     with pytest.raises(ConfigError, match=rf"objective '{name}' \(plugin 'core'\): labels must "
-                       r"be an int64 tensor \[N\] of class indices, got ndarray"):  # fmt: skip
+                       r"be an integer tensor \[N\] of class indices, got ndarray"):  # fmt: skip
         obj(x, y.numpy(), classifier)
-    with pytest.raises(ConfigError, match=r"labels must be an int64 tensor .* got torch.float32"):
+    with pytest.raises(ConfigError, match=r"labels must be an integer tensor .* got torch.float32"):
         obj(x, y.float(), classifier)
+    for other in (torch.int32, torch.uint8):  # integer labels are labels (R2-2)
+        assert obj(x, y.to(other), classifier) == obj(x, y, classifier)
     with pytest.raises(ConfigError, match=rf"objective '{name}' \(plugin 'core'\) takes point"):
         obj(GME(x, x.abs()), y, classifier)
     if classifier is not None:

@@ -48,7 +48,7 @@ class ContrastiveObjective(Objective):
         """Mean of ½D² over same-identity pairs plus mean of ½max(0, margin − D)² over
         different-identity pairs, D the distance of L2-normalised embeddings [N, dim]; labels
         int64 [N] (no classifier)."""
-        check_point_batch(self, "contrastive", embeddings, labels)
+        labels = check_point_batch(self, "contrastive", embeddings, labels)
         e = F.normalize(full_precision(embeddings), dim=1)
         if self.pairing == "consecutive":
             n = len(e) // 2 * 2

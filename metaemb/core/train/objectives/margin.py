@@ -79,7 +79,7 @@ class _MarginObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """Mean cross-entropy of the scaled cosines to the class centres, the target class's
         after the margin, for embeddings [N, dim] and int64 class indices [N]."""
-        check_point_batch(self, self.name, embeddings, labels)
+        labels = check_point_batch(self, self.name, embeddings, labels)
         cos = require_classifier(classifier, self.name)(embeddings)
         check_point_batch(self, self.name, embeddings, labels, cos.shape[1])
         m = self.current_margin

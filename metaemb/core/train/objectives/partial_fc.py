@@ -127,7 +127,7 @@ class PartialFCObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """The margin loss over the batch's classes and a sample of the others, for embeddings
         [N, dim] and int64 class indices [N]."""
-        check_point_batch(self, self.name, embeddings, labels)
+        labels = check_point_batch(self, self.name, embeddings, labels)
         if isinstance(classifier, ShardedCentres):
             return self._sharded(embeddings, labels, classifier)
         weight = require_classifier(classifier, self.name).weight

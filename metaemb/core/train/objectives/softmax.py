@@ -43,11 +43,12 @@ def require_classifier(classifier: nn.Module | None, name: str) -> nn.Module:
 
 def check_point_batch(
     objective: Any, name: str, embeddings: Any, labels: Any, classes: int | None = None
-) -> None:
+) -> Tensor:
     """What a point objective is given, refused in words where a training loop of one's own
-    would otherwise get a tensor error from deep inside PyTorch: embeddings [N, dim], labels
-    int64 [N], and class indices below the classifier's `classes`. Messages name the objective
-    as registered (a plugin's subclass by its own name), else as `name`."""
+    would otherwise get a tensor error from deep inside PyTorch: embeddings [N, dim], integer
+    labels [N] (returned as int64), and class indices below the classifier's `classes`.
+    Messages name the objective as registered (a plugin's subclass by its own name), else as
+    `name`."""
     who = getattr(objective, "_metaemb_component", None) or f"objective '{name}'"
     if not isinstance(embeddings, Tensor):
         raise ConfigError(
@@ -55,22 +56,31 @@ def check_point_batch(
             f"{type(embeddings).__name__} (GME heads train with gme-bxe, gme-softmax or "
             "gme-pseudolikelihood)."
         )
-    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
+    integer = (
+        isinstance(labels, Tensor)
+        and not labels.is_floating_point()
+        and not (labels.is_complex() or labels.dtype == torch.bool)
+    )
+    if not integer or labels.dim() != 1:
         got = (
             f"{labels.dtype} {list(labels.shape)}"
             if isinstance(labels, Tensor)
             else type(labels).__name__
         )
-        raise ConfigError(f"{who}: labels must be an int64 tensor [N] of class indices, got {got}.")
+        raise ConfigError(
+            f"{who}: labels must be an integer tensor [N] of class indices, got {got}."
+        )
     if len(labels) != len(embeddings):
         raise ConfigError(f"{who}: {len(embeddings)} embeddings but {len(labels)} labels.")
+    labels = labels.long()
     if classes is not None and len(labels):
-        low, high = int(labels.min()), int(labels.max())
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one device sync for both
         if low < 0 or high >= classes:
             raise ConfigError(
-                f"{who}: labels must be class indices in [0, {classes}) (the "
-                f"classifier's classes), got {low if low < 0 else high}."
+                f"{who}: labels must be class indices in [0, {classes}) (the classifier's "
+                f"classes), got {low if low < 0 else high}."
             )
+    return labels
 
 
 class SoftmaxObjective(Objective):
@@ -92,7 +102,7 @@ class SoftmaxObjective(Objective):
     def __call__(self, embeddings: Tensor, labels: Tensor, classifier: nn.Module | None) -> Tensor:
         """Mean cross-entropy of the classifier's logits for embeddings [N, dim] and int64
         class indices [N]."""
-        check_point_batch(self, "softmax", embeddings, labels)
+        labels = check_point_batch(self, "softmax", embeddings, labels)
         logits = require_classifier(classifier, "softmax")(embeddings)
         check_point_batch(self, "softmax", embeddings, labels, logits.shape[1])
         loss = F.cross_entropy(full_precision(logits), labels, label_smoothing=self.label_smoothing)

@@ -80,7 +80,7 @@ class TripletObjective(Objective):
         embeddings [N, dim] with int64 identity labels [N] (no classifier). A batch without a
         triplet (no two samples of one identity, or one identity only) gives a zero loss, warned
         about once; P×K batches (`batch = "pk"`) always have triplets."""
-        check_point_batch(self, "triplet", embeddings, labels)
+        labels = check_point_batch(self, "triplet", embeddings, labels)
         d = pairwise_distances(embeddings, self.squared)
         n = len(labels)
         same = labels[:, None] == labels[None, :]
