@@ -168,7 +168,7 @@ def train(
                               cache_dir(cfg), cfg.train.seed)  # fmt: skip
         cfg.data.root, cfg.data.root_absolute = str(root), ""
     # prints as `console` does, and copies it to RUN/train.log
-    out = LoggingConsole(**console_options())
+    out = LoggingConsole(warnings_to=err_console, **console_options())
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
                       workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
     new_folder = not trainer.dir.exists()

@@ -291,7 +291,8 @@ def test_calibrating_on_the_evaluation_trials_cannot_do_worse_than_raw_or_zero_l
     assert code == 0, err
     result = json.loads((out / "metrics.json").read_text())
     assert result["calibrated"]["cllr"] <= min(result["cllr"], 1.0) + 1e-9
-    assert result["calibration"]["shared_identities"] == 10 and "share 10 identities" in text
+    assert result["calibration"]["shared_identities"] == 10 and "share 10 identities" in err
+    assert "warning:" not in text  # warnings go to stderr with the errors (H14 F10)
 
 
 def test_each_file_is_loaded_once_however_many_trials_name_it(lfw, tmp_path, monkeypatch):
@@ -858,12 +859,12 @@ def test_a_list_labelled_against_the_folders_identities_is_warned_about(voices, 
     for path, wrong in ((inverted, len(lines)), (trials, 0)):
         args = ["evaluate", run, "--data", data, "--trials", path, "--workers", "0",
                 "--out", tmp_path / path.stem]  # fmt: skip
-        code, out, err = run_cli(args, capsys)
+        code, _, err = run_cli(args, capsys)
         assert code == 0, err
         said = f"{wrong} of the {len(lines)} trials are labelled against the identities"
-        assert (said in out) == bool(wrong), out
+        assert (said in err) == bool(wrong), err  # warnings on stderr
         if wrong:  # each example names its files' identities, as identity_of gave them
-            assert re.search(r"\(identit(y|ies) [^)]+\)", " ".join(out.split())), out
+            assert re.search(r"\(identit(y|ies) [^)]+\)", " ".join(err.split())), err
 
 
 class DisagreeingPlugin:

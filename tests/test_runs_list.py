@@ -212,3 +212,24 @@ def test_piped_output_keeps_long_paths_whole(tiny_face_run, tmp_path, capsys, mo
     code, text, err = helpers.run_cli(["runs", deep], capsys)
     assert code == 0, err
     assert str(deep / "face" / run.name) in text.splitlines()[-2]
+
+
+def test_command_warnings_go_to_stderr_and_into_train_log(tmp_path, capsys):
+    """A batch job keeping `2> job.err` missed train's and evaluate's warnings, printed among
+    the tables on stdout (H14 F10). The run log keeps them too."""
+    from metaemb.commands.console import make_console
+    from metaemb.core.train.runlog import LoggingConsole
+
+    console = make_console()
+    console.print("[yellow]warning:[/] something to know")
+    console.print("a table line")
+    out, err = capsys.readouterr()
+    assert "warning: something to know" in err and "warning" not in out
+    assert "a table line" in out
+    logging = LoggingConsole(warnings_to=make_console(stderr=True))
+    logging.open_log(tmp_path / "train.log", "metaemb train")
+    logging.print("[yellow]warning:[/] the run is odd")
+    logging.close_log()
+    out, err = capsys.readouterr()
+    assert "warning: the run is odd" in err and not out
+    assert "warning: the run is odd" in (tmp_path / "train.log").read_text()

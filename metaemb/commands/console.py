@@ -25,5 +25,26 @@ def console_options(stderr: bool = False) -> dict[str, Any]:
     return options
 
 
+#: how the core prints a warning on a command's console (rich markup)
+WARNING = "[yellow]warning:[/]"
+
+
+class CommandConsole(Console):
+    """A command's standard-output console whose warning lines go to standard error, with
+    Python's warnings and every error, where a batch job's `2> job.err` looks for them."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.warnings_to = Console(**console_options(stderr=True))
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if objects and isinstance(objects[0], str) and objects[0].startswith(WARNING):
+            self.warnings_to.print(*objects, **kwargs)
+            return
+        super().print(*objects, **kwargs)
+
+
 def make_console(stderr: bool = False) -> Console:
-    return Console(**console_options(stderr))
+    if stderr:
+        return Console(**console_options(stderr=True))
+    return CommandConsole(**console_options())

@@ -12,14 +12,17 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
+WARNING = "[yellow]warning:[/]"  # how the engine prints a warning
+
 
 class LoggingConsole(Console):
     """A rich Console whose `print` also writes uncoloured text to a log file once one is open.
 
     Live progress bars are not copied (they would be hundreds of redraws); what is printed is."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warnings_to: Console | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **{"emoji": False, **kwargs})  # ':100:' in a path stays text
+        self.warnings_to = warnings_to  # lines starting "[yellow]warning:[/]" print there
         self._log_file: TextIO | None = None
         self._log: Console | None = None
         self._pending: tuple[Path, str] | None = None
@@ -44,7 +47,11 @@ class LoggingConsole(Console):
         return self._log
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*objects, **kwargs)
+        warning = objects and isinstance(objects[0], str) and objects[0].startswith(WARNING)
+        if warning and self.warnings_to is not None:
+            self.warnings_to.print(*objects, **kwargs)
+        else:
+            super().print(*objects, **kwargs)
         log = self._opened()
         if log is not None:
             log.print(*objects, **kwargs)
