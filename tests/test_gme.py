@@ -455,3 +455,18 @@ def test_numpy_meta_embeddings_are_named():
 
     with pytest.raises(GMEError, match="must be torch tensors, got ndarray and ndarray"):
         GME(np.zeros((2, 3)), np.ones((2, 3)))
+
+
+def test_the_shared_precision_check_gives_no_autograd_warning():
+    """Reading the precision's size from a tensor that requires grad warned "Converting a
+    tensor with requires_grad=True to a scalar" at the first step of every GME run (R2-3)."""
+    import warnings
+
+    from metaemb.core.gme.algebra import GME, llr_matrix
+
+    a = torch.randn(4, 3, requires_grad=True)
+    b = torch.full((4, 3), 2.0, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llr_matrix(GME(a, b), GME(a, b)).sum().backward()
+    assert a.grad is not None

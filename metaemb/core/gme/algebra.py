@@ -229,7 +229,7 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
         return f1.a.new_zeros(n1, n2)
     if _is_constant(f1.b) and _is_constant(f2.b):
         shared = _full_matrix_shared if f1.full else _diag_matrix_shared
-        big = max(float(f1.b[0].abs().max()), float(f2.b[0].abs().max()))
+        big = float(torch.maximum(f1.b[0].detach().abs().max(), f2.b[0].detach().abs().max()))
         if f1.dtype in (torch.float16, torch.bfloat16, torch.float32) and big > 1e3:
             # The matmul form subtracts terms that grow with the precision: past ~1e3 float32
             # loses whole nats there (the per-pair kernel does not), so it runs in float64.
