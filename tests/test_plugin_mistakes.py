@@ -1603,3 +1603,22 @@ def test_factories_of_the_wrong_sort_are_refused_when_the_plugin_registers():
                        r"'point', 'gme', 'any'. did you mean 'point'\?"):  # fmt: skip
         Registry("objectives").add("p", Points, "bad")
     Registry("objectives").add("s", SoftmaxObjective, "good")  # the right sort: accepted
+    # an nn.Module instance is callable: it was listed, then failed as "forward() missing x"
+    with pytest.raises(PluginError, match=r"registers backbone 'i' as an instance of ConvNet; "
+                       r"register the class \(ConvNet\)"):  # fmt: skip
+        Registry("backbones").add("i", ConvNet(), "bad")
+
+
+def test_large_objective_state_is_watched_by_fingerprint_not_copied():
+    """A memory bank on the objective was cloned up to six times at the start of training
+    (R2-4); a large tensor is now compared by a fingerprint that still sees a change."""
+    from metaemb.core.train.component_checks import _same_value, _snapshot
+
+    queue = torch.zeros(100_000, 8)
+    before = _snapshot(queue)
+    assert isinstance(before, tuple) and before[3].numel() <= 4096 + 1  # no full copy
+    assert _same_value(before, _snapshot(queue))
+    queue[12_345] = 1.0  # one row written, as a queue does each step
+    assert not _same_value(before, _snapshot(queue))
+    small = torch.zeros(3)
+    assert isinstance(_snapshot(small), torch.Tensor)

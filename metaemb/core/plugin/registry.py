@@ -272,10 +272,19 @@ def _check_factory(kind: str, what: str, factory: Any, plugin: str) -> None:
             f"{type(factory).__name__}), which is not a class or a function; register the "
             "class itself (or a function that builds one)."
         )
+    bases = {k: getattr(interfaces, b) for k, b in _BASES.items()}
     if not inspect.isclass(factory):
+        import torch
+
+        if isinstance(factory, (torch.nn.Module, *bases.values())):  # callable, yet built
+            cls = type(factory).__name__
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} as an instance of {cls}; register the "
+                f"class ({cls}) or a function that builds one: metaemb builds it with the "
+                "run's options."
+            )
         return
     own = _BASES.get(kind)
-    bases = {k: getattr(interfaces, b) for k, b in _BASES.items()}
     if own is not None and not issubclass(factory, bases[kind]):
         other = next((b for k, b in _BASES.items() if issubclass(factory, bases[k])), None)
         if other is not None:
