@@ -1616,7 +1616,7 @@ def test_large_objective_state_is_watched_by_fingerprint_not_copied():
 
     queue = torch.zeros(100_000, 8)
     before = _snapshot(queue)
-    assert isinstance(before, tuple) and before[3].numel() <= 4096 + 1  # no full copy
+    assert isinstance(before, tuple) and before[3].numel() < 8192  # a sample, not a copy
     assert _same_value(before, _snapshot(queue))
     queue[12_345] = 1.0  # one row written, as a queue does each step
     assert not _same_value(before, _snapshot(queue))
