@@ -20,6 +20,9 @@ def expect_error(args: list, capsys, *fragments: str) -> str:
     code, out, err = helpers.run_cli(args, capsys)
     assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
     assert "Traceback" not in err and "Traceback" not in out, err
+    lines = err.splitlines()  # warnings the command gave before it stopped come first
+    start = next((i for i, line in enumerate(lines) if line.startswith("error: ")), 0)
+    err = "\n".join(lines[start:])
     message = " ".join(err.split())
     assert message.startswith("error: "), err
     assert "\n\n" not in err.strip(), f"not one paragraph: {err!r}"
