@@ -239,14 +239,17 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _stopped_by_scheduler() -> Iterator[None]:
+    """Inside the block SIGTERM and SIGHUP raise `Terminated` in a single-process run."""
+    import os
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    # Under torchrun a rank blocked in a collective (a peer died) runs no Python handler until
+    # the backend times out: there the signal keeps its default and ends the rank at once.
+    distributed = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+    if threading.current_thread() is not threading.main_thread() or distributed:
         yield
         return
-
-    import os
 
     main_pid = os.getpid()
 

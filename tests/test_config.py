@@ -135,16 +135,6 @@ def test_booleans_take_1_and_0_and_a_key_set_twice_is_warned_about():
         assert resolve("face", sets=["train.epochs=3", "train.epochs=5"]).train.epochs == 5
 
 
-def test_demo_options_do_not_move_a_run_on_the_users_own_data():
-    """A run on `--data` generates nothing: the demo generator's options (or a plugin changing
-    their defaults) must not give it another hash, which would start it over in a new folder."""
-    mine = resolve("face", sets=["data.root=/data/lfw"])
-    other_demo = resolve("face", sets=["data.root=/data/lfw", "demo.identities=7"])
-    assert other_demo.hash() == mine.hash()
-    # On the built-in demo data the generator's options are the data, so they do count.
-    assert resolve("face", sets=["demo.identities=7"]).hash() != resolve("face").hash()
-
-
 def test_a_config_from_a_pipe_is_read_once_and_kept(tmp_path):
     """`--config <(…)` and `--config /dev/stdin` were refused as "does not exist"; a pipe can
     be read only once, and train reads the config twice (its modality, then the layers)."""

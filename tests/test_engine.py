@@ -654,3 +654,15 @@ def test_a_signal_nohup_ignores_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_torchrun_rank_keeps_the_default_signals(monkeypatch):
+    """A rank blocked in a collective runs no Python handler: SIGTERM from torchrun must end it
+    at once, not after the backend's 30-minute timeout (R2-7)."""
+    import signal
+
+    from metaemb.cli import _stopped_by_scheduler
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with _stopped_by_scheduler():
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -111,11 +111,6 @@ class Config:
         # Component defaults count too: a changed default must not resume an old run's files.
         for section, kind in COMPONENT_SECTIONS.items():
             name = self.component_name(section)
-            if section == "demo" and self.data.root:
-                # A run on the user's own data generates nothing: the demo generator's options
-                # (and a later change of their defaults) must not move it to another folder.
-                d.pop(section, None)
-                continue
             if not name:
                 continue
             factory = registry(kind).get(name)
