@@ -54,7 +54,7 @@ def print_results(out: Console, ident: Identification, show: int) -> None:
         table.add_row(*cells)
     if show:  # --show 0: the metrics only
         out.print(table)
-    if len(ident.probes) > show:
+    if show and len(ident.probes) > show:
         out.print(f"… {len(ident.probes) - show} more probes (see --out, or raise --show)")
     if res.threshold is None:
         out.print("closed-set decisions (no --threshold): every probe goes to its best match")

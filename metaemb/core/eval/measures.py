@@ -49,8 +49,10 @@ def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
 
     cfg = loaded.config
     folder = loaded.parts.folder
+    from metaemb.core.train.validation import split_seed
+
     trials = make_trials(folder, n_target=cfg.eval.max_targets, n_nontarget=cfg.eval.nontargets,
-                         seed=cfg.train.seed)  # fmt: skip
+                         seed=split_seed(cfg))  # fmt: skip
     source = (
         f"seeded trials over all {folder.num_identities} identities of '{folder.root}' "
         "(no trial list given)"
@@ -231,8 +233,10 @@ def run_measure(
         from metaemb.core.eval import leakage
 
         folder = _folder_for(loaded, data)
+        from metaemb.core.train.validation import split_seed
+
         result = class_measure(loaded, folder, sc, workers, enroll,
-                               loaded.config.train.seed, adapt)  # fmt: skip
+                               split_seed(loaded.config), adapt)  # fmt: skip
         scored = leakage.identities_of(folder) if data is not None else set()  # else held out
         result["training_identities_scored"] = leakage.count_and_warn(
             loaded.state, scored, console, folder.subject_of

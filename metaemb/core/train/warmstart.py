@@ -220,7 +220,8 @@ def _eer_on(model: Any, dataset: Any, folder: Any, config: Any, device: Any) -> 
     from metaemb.core.train import validation
 
     trials = make_trials(folder, n_target=config.eval.max_targets,
-                         n_nontarget=config.eval.nontargets, seed=config.train.seed)  # fmt: skip
+                         n_nontarget=config.eval.nontargets,
+                         seed=validation.split_seed(config))  # fmt: skip
     indexed = validation.index_trials(trials, [s.path for s in folder.samples])
     model.eval()
     emb, _, _ = extract(model, dataset, device, batch_size=config.eval.batch_size, workers=0)
