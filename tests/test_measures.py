@@ -230,3 +230,20 @@ def test_triplet_lists_with_duplicates_repeated_files_or_wrong_identities_are_wa
     assert "1 duplicated triplet(s)" in text
     assert "1 triplet(s) naming one file twice (e.g. a/1.png a/1.png b/2.png)" in text
     assert "1 triplet(s) whose positive is not of the anchor's identity" in text
+
+
+def test_triplet_checks_use_the_folders_identities(tmp_path):
+    """An iris folder's identities are eyes (s004/L, s004/R): a negative from the other eye of
+    the same person was flagged as 'of the anchor's identity folder' (P14 F6)."""
+    import warnings
+
+    from metaemb.core.eval.triplets import read_triplets
+
+    path = tmp_path / "t.txt"
+    path.write_text("s004/L/c00.png s004/L/c03.png s004/R/c01.png\n")
+    with pytest.warns(UserWarning, match="whose positive is not of the anchor's identity"):
+        read_triplets(path)  # by first folder: both eyes look like one identity
+    eyes = {p: p.rsplit("/", 1)[0] for p in ("s004/L/c00.png", "s004/L/c03.png", "s004/R/c01.png")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_triplets(path, identity=eyes.__getitem__)) == 1

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
+from metaemb.core.train.runlog import WARNING  # how the core prints a warning line
+
 
 def console_options(stderr: bool = False) -> dict[str, Any]:
     """Keyword arguments for a rich Console writing to stdout (or stderr)."""
@@ -25,10 +27,6 @@ def console_options(stderr: bool = False) -> dict[str, Any]:
     return options
 
 
-#: how the core prints a warning on a command's console (rich markup)
-WARNING = "[yellow]warning:[/]"
-
-
 class CommandConsole(Console):
     """A command's standard-output console whose warning lines go to standard error, with
     Python's warnings and every error, where a batch job's `2> job.err` looks for them."""
@@ -38,6 +36,7 @@ class CommandConsole(Console):
         self.warnings_to = Console(**console_options(stderr=True))
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Print as rich does; a line starting with WARNING goes to `warnings_to`."""
         if objects and isinstance(objects[0], str) and objects[0].startswith(WARNING):
             self.warnings_to.print(*objects, **kwargs)
             return
@@ -45,6 +44,7 @@ class CommandConsole(Console):
 
 
 def make_console(stderr: bool = False) -> Console:
+    """A command's console for stdout (warnings to stderr), or for stderr."""
     if stderr:
         return Console(**console_options(stderr=True))
     return CommandConsole(**console_options())

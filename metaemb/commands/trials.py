@@ -96,18 +96,23 @@ def make(
             f"{exc} (DATA was read with sample folder '{name}' of --modality {modality}; pass "
             "--modality or --folder for other kinds of data)"
         ) from None
+    by_path = {s.path: s.identity for s in sample_folder.samples}
+
+    def identity(path: str) -> str:  # as the sample folder names them (an eye, not a person)
+        return by_path.get(path, path)
+
     if triplets is not None:
         from metaemb.core.eval.triplets import make_triplets, triplet_coverage, write_triplets
 
         made = make_triplets(sample_folder, triplets, seed)
         write_triplets(out, made)
-        typer.echo(json.dumps({"out": str(out), **triplet_coverage(made)}, indent=2))
+        typer.echo(json.dumps({"out": str(out), **triplet_coverage(made, identity)}, indent=2))
         return
     check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     _note_shortfall(trials, targets, nontargets, data)
     write_trials(out, trials, format)
-    typer.echo(json.dumps({"out": str(out), **coverage(trials)}, indent=2))
+    typer.echo(json.dumps({"out": str(out), **coverage(trials, identity)}, indent=2))
 
 
 def _check_writable(name: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from metaemb.core.config.run_config import Config
 from metaemb.core.config.sections import COMPONENT_SECTIONS
+from metaemb.core.errors import MetaembError
 
 #: the components that read, build and score the model after training
 SECTIONS = ("folder", "frontend", "features", "backbone", "head", "scorer")
@@ -39,7 +40,12 @@ def trained_options(cfg: Config) -> dict[str, dict[str, Any]]:
         name = cfg.component_name(section)
         try:
             options = full_options(COMPONENT_SECTIONS[section], name, cfg.options(section))
-        except Exception:  # a factory that cannot be introspected: nothing to keep
+        except (MetaembError, TypeError, ValueError) as exc:  # a factory not introspectable
+            warnings.warn(
+                f"the {section}'s options could not be read to keep in the checkpoint ({exc}); "
+                "a later change of its defaults would go unnoticed for this run.",
+                stacklevel=2,
+            )
             continue
         out[section] = {"name": name, **{k: v for k, v in options.items() if _plain(v)}}
     return out
@@ -47,6 +53,18 @@ def trained_options(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _leaves(key: str, then: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, then, now) of the values that differ inside nested option tables."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        return [
+            leaf
+            for k in sorted(then.keys() & now.keys())
+            if not _same(then[k], now[k])
+            for leaf in _leaves(f"{key}.{k}", then[k], now[k])
+        ]
+    return [(key, then, now)]
 
 
 def pin_trained_options(cfg: Config, recorded: Any, run: str) -> None:
@@ -67,9 +85,8 @@ def pin_trained_options(cfg: Config, recorded: Any, run: str) -> None:
         }
         if moved:
             cfg.components[section] = {**cfg.options(section), **moved}
-            shown = ", ".join(
-                f"{k} = {v!r} (now {current[k]!r})" for k, v in list(moved.items())[:4]
-            )
+            leaves = [leaf for k, v in moved.items() for leaf in _leaves(k, v, current[k])]
+            shown = ", ".join(f"{k} = {v!r} (now {w!r})" for k, v, w in leaves[:4])
             changed.append(f"{section} '{current['name']}': {shown}")
     if changed:
         warnings.warn(

@@ -103,6 +103,7 @@ class Gallery:
 
     @data.setter
     def data(self, value: dict[str, Tensor]) -> None:
+        """Replace the stored tensors (pending rows are joined first, then dropped with them)."""
         self._join_pending()
         self._data = value
 
@@ -114,6 +115,7 @@ class Gallery:
 
     @owner.setter
     def owner(self, value: Tensor) -> None:
+        """Replace the owners (pending rows are joined first)."""
         self._join_pending()
         self._owner = value
 

@@ -104,7 +104,8 @@ def match_measure(
             "--measure verification, or write triplets with `metaemb trials make DATA "
             "--triplets N --out FILE`."
         )
-    triplets = read_triplets(triplets_path, root=loaded.parts.root)
+    by_path = {s.path: s.identity for s in folder.samples}  # identities as the folder says
+    triplets = read_triplets(triplets_path, loaded.parts.root, lambda p: by_path.get(p, p))
     where = {s.path: i for i, s in enumerate(folder.samples)}
     needed = sorted({p for t in triplets for p in (t.anchor, t.positive, t.negative)})
     missing = [p for p in needed if p not in where]

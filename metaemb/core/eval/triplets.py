@@ -9,7 +9,7 @@ anchor scores higher with its positive than with its negative (ties count as err
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,11 @@ def looks_like_pair_list(path: str | Path) -> bool:
     return len(f) == 3 and (f[0] in ("0", "1") or f[2] in KALDI_LABELS)
 
 
-def read_triplets(path: str | Path, root: Path | None = None) -> list[Triplet]:
+def read_triplets(
+    path: str | Path, root: Path | None = None, identity: Callable[[str], str] = first_component
+) -> list[Triplet]:
+    """The triplets of a list file; `identity` (a sample folder's, when known) judges which
+    ones contradict their roles."""
     path = Path(path)
     out = []
     for lineno, f in _rows(path):
@@ -122,7 +126,7 @@ def read_triplets(path: str | Path, root: Path | None = None) -> list[Triplet]:
         out.append(Triplet(*(safe_path(p, root, where) for p in f)))
     if not out:
         raise DataError(f"triplet list '{path}' holds no triplets.")
-    warn_triplet_problems(out, str(path))
+    warn_triplet_problems(out, str(path), identity)
     return out
 
 

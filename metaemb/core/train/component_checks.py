@@ -445,10 +445,12 @@ class ObjectiveWatch:
         self.done = False
 
     def before_step(self) -> None:
+        """Copy the objective's state before one of the first two steps."""
         if self.steps < 2:
             self.before = objective_state(self.objective, self.classifier)
 
     def after_step(self) -> None:
+        """Refuse trainable tensors on the objective; note what the step changed."""
         if self.steps >= 2:
             return
         after = objective_state(self.objective, self.classifier)

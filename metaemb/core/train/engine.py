@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,13 +296,12 @@ class Trainer:
         if not before or before == self.steps_per_epoch:
             return
         self.step = self.start_epoch * self.steps_per_epoch
-        lambdas = getattr(self.scheduler, "lr_lambdas", None)
-        if lambdas is not None:
-            self.scheduler.last_epoch = self.step
-            for group, factor, base in zip(
-                self.optimizer.param_groups, lambdas, self.scheduler.base_lrs, strict=True
-            ):
-                group["lr"] = base * factor(self.step)
+        # One scheduler step onto the new count sets every group's learning rate (and the
+        # one-cycle momentum) as the schedule gives them there.
+        self.scheduler.last_epoch = self.step - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended
+            warnings.simplefilter("ignore")
+            self.scheduler.step()
         ranks = state.get("world_size")
         now = self.dist.world_size
         moved = f" on {now} rank(s) instead of {ranks}" if ranks and ranks != now else ""

@@ -12,7 +12,9 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-WARNING = "[yellow]warning:[/]"  # how the engine prints a warning
+#: how the core prints a warning line on a console (rich markup); commands send such lines to
+#: standard error
+WARNING = "[yellow]warning:[/]"
 
 
 class LoggingConsole(Console):
