@@ -167,6 +167,10 @@ def test_export_uses_the_adapter_registered_for_the_input_kind():
     assert isinstance(input_kind({"kind": "image", "image_size": 16}), ImageExport)
     with pytest.raises(ExportError, match=r"input kind 'npy-vectors'.*register_export_adapters"):
         input_kind({"kind": "npy-vectors"})
+    # a misspelt kind gets the closest registered name (P14 F9)
+    with pytest.raises(ExportError, match=r"features \(myfeats\) declare input kind 'imgae'; "
+                       r"did you mean 'image'\?"):  # fmt: skip
+        input_kind({"kind": "imgae"}, "myfeats")
 
 
 def test_an_adapter_whose_examples_do_not_fit_the_model_is_named():

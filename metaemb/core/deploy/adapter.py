@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from metaemb.core.config import Config
-from metaemb.core.errors import MetaembError, first_line
+from metaemb.core.errors import MetaembError, first_line, suggest
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
 from metaemb.core.train.model import EmbeddingModel
@@ -91,8 +91,10 @@ def input_kind(spec: dict[str, Any], features: str = "") -> ExportAdapter:
     if kind not in reg:
         known = ", ".join(reg.names()) or "none"
         raise ExportError(
-            f"export knows the input kinds {known}; this model's features declare input kind "
-            f"'{kind}'. Register an export adapter for it (hook register_export_adapters) or "
+            f"export knows the input kinds {known}; this model's features"
+            f"{f' ({features})' if features else ''} declare input kind '{kind}'"
+            f";{suggest(str(kind), reg.names()) or ' no adapter is close.'} Register an export adapter for it (hook "
+            "register_export_adapters) or "
             "export the backbone and head yourself from metaemb.core.data.pipeline.build_model."
         )
     return reg.get(kind)()
