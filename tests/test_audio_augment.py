@@ -221,7 +221,9 @@ def test_config_selects_and_validates_augmentations():
     assert off.options("augment") == {}
     with pytest.raises(ConfigError, match=r"augment\.noise\.snr"):
         resolve("speaker", sets=["augment.noise.snr=3"])
-    with pytest.raises(ConfigError, match="augments 'waveform' but the features 'image'"):
+    with pytest.raises(
+        ConfigError, match="augments 'waveform' at stage 'input' but the features 'image'"
+    ):
         resolve("face", sets=["train.augment=['noise']"])
     with pytest.raises(Exception, match="unknown augmentation 'nosie'"):
         resolve("speaker", sets=["train.augment=['nosie']"])

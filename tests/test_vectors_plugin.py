@@ -74,7 +74,9 @@ def test_augmentations_are_checked_against_the_data_that_reaches_them():
     for waveform_only in ("noise", "speed"):
         with pytest.raises(ConfigError) as err:
             resolve("vectors", sets=[*matrices, f'train.augment=["{waveform_only}"]'])
-        assert f"augmentation '{waveform_only}' augments 'waveform'" in str(err.value)
+        assert f"augmentation '{waveform_only}' (plugin 'audio') augments 'waveform'" in str(
+            err.value
+        )
         assert "take 'feature-matrix' (folder 'npy-matrix')" in str(err.value)
     speaker = resolve("speaker", sets=['train.augment=["noise", "specaugment"]'])
     assert speaker.train.augment == ["noise", "specaugment"]

@@ -137,8 +137,9 @@ def check_augmentations(config: Config) -> None:
             if aug.stage == "input"
             else f"the features '{features}' produce"
         )
+        plugin = registry("augmentations").entry(name).plugin
         raise ConfigError(
-            f"augmentation '{name}' augments '{accepts.name}' but {where} "
-            f"'{', '.join(names)}' (folder '{config.data.folder}'); remove '{name}' from "
-            "train.augment or choose data and features that fit."
+            f"augmentation '{name}' (plugin '{plugin}') augments '{accepts.name}' at stage "
+            f"'{aug.stage}' but {where} '{', '.join(names)}' (folder '{config.data.folder}'); "
+            f"remove '{name}' from train.augment or choose data and features that fit."
         )

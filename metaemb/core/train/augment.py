@@ -235,6 +235,17 @@ def _shape(t: Any) -> str:
     return f"of shape {list(t.shape)}" if isinstance(t, Tensor) else f"as a {type(t).__name__}"
 
 
+def _described(name: str) -> str:
+    """ "augmentation 'x' (plugin 'p')" for a registered augmentation."""
+    from metaemb.core.errors import UnknownComponentError
+    from metaemb.core.plugin.manager import registry
+
+    try:
+        return f"augmentation '{name}' (plugin '{registry('augmentations').entry(name).plugin}')"
+    except UnknownComponentError:  # not registered (a test's own): its name alone
+        return f"augmentation '{name}'"
+
+
 def _check_kind(name: str, aug: Any, features: Any, features_name: str = "") -> None:
     """Refuse an augmentation whose data kind the features do not take/produce at its stage."""
     if aug.accepts is None:
@@ -247,10 +258,17 @@ def _check_kind(name: str, aug: Any, features: Any, features_name: str = "") -> 
         return  # passes its input through: the chain knows what that is (check_augmentations)
     if names and aug.accepts.name not in names and ANY.name not in names:
         where = "take" if aug.stage == "input" else "produce"
+        other = "yields" if aug.stage == "input" else "accepts"
+        fits = getattr(features, other, None)
+        fits_names = [k.name for k in (fits if isinstance(fits, tuple) else (fits,)) if isinstance(k, Kind)]  # fmt: skip
+        hint = ""
+        if aug.accepts.name in fits_names:  # it would fit at the other stage
+            hint = f' (its kind is what they {other[:-1]}: stage = "{"features" if aug.stage == "input" else "input"}"?)'
+        who = _described(name)
         raise ConfigError(
-            f"augmentation '{name}' augments '{aug.accepts.name}' but the features "
-            f"'{features_name or type(features).__name__}' {where} '{', '.join(names)}'; remove '{name}' from "
-            "train.augment or choose features that fit."
+            f"{who} augments '{aug.accepts.name}' at stage '{aug.stage}' but the features "
+            f"'{features_name or type(features).__name__}' {where} '{', '.join(names)}'{hint}; "
+            f"remove '{name}' from train.augment or choose features that fit."
         )
 
 
