@@ -1622,3 +1622,28 @@ def test_large_objective_state_is_watched_by_fingerprint_not_copied():
     assert not _same_value(before, _snapshot(queue))
     small = torch.zeros(3)
     assert isinstance(_snapshot(small), torch.Tensor)
+
+
+class NaNFrontend(metaemb.core.Frontend):
+    """The mistake: a frontend that divides by zero on every sample."""
+
+    def __call__(self, raw, path, root):
+        out = np.array(raw, dtype=np.float64)
+        out[0, 0] = np.nan
+        return out
+
+
+class NaNFrontendPlugin:
+    @metaemb.hookimpl
+    def register_frontends(self, register):
+        register("nanfrontend", NaNFrontend)
+
+
+def test_nan_made_by_a_frontend_is_blamed_on_it_not_the_features(plugin, tmp_path, series,
+                                                                 capsys):  # fmt: skip
+    """The features that carried a frontend's NaN on were named as its source (P14 F3)."""
+    with plugins.plugin_registered(NaNFrontendPlugin(), "nan-frontend"):
+        code, _, err = train(tmp_path, series, capsys, "model.frontend=nanfrontend")
+    message = " ".join(err.split())
+    assert code != 0 and "Traceback" not in err, err
+    assert "frontend 'nanfrontend' (plugin 'nan-frontend') gave NaN or inf values" in message

@@ -95,7 +95,13 @@ class PreparedDataset(Dataset):
                     raw = self.frontend(raw, sample.path, self.folder.root)
                 with torch.no_grad(), failing_on_this_file(self.features, "features", "prepare"):
                     x = self.features.prepare(raw, self.train)
-            x = checked_values(x, self.features)
+                try:
+                    x = checked_values(x, self.features)
+                except DataError:
+                    _refuse_a_nonfinite_frontend(raw, self.frontend)
+                    raise
+            else:
+                x = checked_values(x, self.features)
         except DatasetError:
             raise  # a file of the whole dataset: not this sample's fault, never skipped
         except DataError as exc:
@@ -167,6 +173,21 @@ def failing_on_this_file(component: Any, kind: str, method: str) -> Iterator[Non
             f"{why} (a component meeting data it cannot handle should raise DataError "
             "saying what is wrong)."
         ) from exc
+
+
+def _refuse_a_nonfinite_frontend(raw: Any, frontend: Any) -> None:
+    """Prepared values hold NaN: when the frontend's own output already did, name it, not the
+    features that only carried the NaN on."""
+    values = raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw
+    if (
+        isinstance(values, np.ndarray)
+        and values.dtype.kind in "fc"
+        and not np.isfinite(values).all()
+    ):
+        raise DataError(
+            f"{described(frontend, 'frontend')} gave NaN or inf values (the features only "
+            "carried them on): a division by zero, or a sample it cannot handle."
+        )
 
 
 def checked_values(x: Any, features: Any = None) -> Any:
