@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from rich.markup import escape
 
 from metaemb.commands.console import console_options, make_console
 from metaemb.commands.options import FrontendSet
+from metaemb.commands.signals import Terminated, stopped_by_scheduler, worker_signal
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -175,7 +175,7 @@ def train(
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
-        with out.logging_warnings(), _stopped_by_scheduler():
+        with out.logging_warnings(), stopped_by_scheduler():
             trainer.run()
         if trainer.dist.main:
             from metaemb.commands.plot import after_training
@@ -191,7 +191,7 @@ def train(
             _remove_unstarted_run(trainer.dir)
         raise
     except RuntimeError as exc:  # the scheduler's signal reached the loader's workers first
-        stopped = _worker_signal(exc)
+        stopped = worker_signal(exc)
         if stopped is None:
             raise
         _said_stopped(out, trainer, f"terminated by {stopped.name}")
@@ -212,64 +212,6 @@ def _said_stopped(out: Any, trainer: Any, said: str) -> None:
             "completed epoch.",
             markup=False,
         )
-
-
-def _worker_signal(exc: RuntimeError) -> Any:
-    """The signal (SIGTERM, SIGHUP) that killed a data-loader worker, from PyTorch's message
-    ("DataLoader worker (pid N) is killed by signal: Terminated."), or None."""
-    import signal
-
-    text = str(exc)
-    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if sig is not None and f"killed by signal: {signal.strsignal(sig)}" in text:
-            return sig
-    return None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a batch scheduler's time limit, scancel, a closed session): handled
-    as Ctrl-C is, so the log says why the run stopped and how to resume it."""
-
-    def __init__(self, signum: int) -> None:
-        import signal
-
-        super().__init__(signum)
-        self.signum, self.name = signum, signal.Signals(signum).name
-
-
-@contextlib.contextmanager
-def _stopped_by_scheduler() -> Iterator[None]:
-    """Inside the block SIGTERM and SIGHUP raise `Terminated` in a single-process run."""
-    import os
-    import signal
-    import threading
-
-    # Under torchrun a rank blocked in a collective (a peer died) runs no Python handler until
-    # the backend times out: there the signal keeps its default and ends the rank at once.
-    distributed = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
-    if threading.current_thread() is not threading.main_thread() or distributed:
-        yield
-        return
-
-    main_pid = os.getpid()
-
-    def stop(signum: int, frame: Any) -> None:
-        if os.getpid() != main_pid:  # a data-loader worker inherited it: end as before
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated(signum)
-
-    # Only a signal left at its default: nohup's (or a launcher's) SIG_IGN, or a parent's own
-    # handler, is theirs to keep.
-    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    wanted = [s for s in wanted if signal.getsignal(getattr(signal, s)) is signal.SIG_DFL]
-    before = {s: signal.signal(getattr(signal, s), stop) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(getattr(signal, s), handler)
 
 
 def _remove_unstarted_run(folder: Path) -> None:

@@ -644,11 +644,11 @@ def test_a_signal_nohup_ignores_stays_ignored():
     SIGHUP unconditionally (R2-1): only signals at their default are taken."""
     import signal
 
-    from metaemb.cli import _stopped_by_scheduler
+    from metaemb.commands.signals import stopped_by_scheduler
 
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with _stopped_by_scheduler():
+        with stopped_by_scheduler():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # taken: was default
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
@@ -661,8 +661,8 @@ def test_a_torchrun_rank_keeps_the_default_signals(monkeypatch):
     at once, not after the backend's 30-minute timeout (R2-7)."""
     import signal
 
-    from metaemb.cli import _stopped_by_scheduler
+    from metaemb.commands.signals import stopped_by_scheduler
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with _stopped_by_scheduler():
+    with stopped_by_scheduler():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
