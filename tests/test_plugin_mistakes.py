@@ -44,7 +44,7 @@ from metaemb.core.plugin.interfaces import (
 from metaemb.core.plugin.modality import Modality
 from metaemb.core.scoring.cosine import CosineScorer
 from metaemb.core.scoring.scorers import PointScorer
-from metaemb.core.train import component_checks
+from metaemb.core.train import component_checks, objective_checks
 from metaemb.core.train.model import EmbeddingModel
 from metaemb.core.train.objectives.softmax import SoftmaxObjective
 
@@ -499,17 +499,17 @@ def test_features_that_flatten_their_time_axis_are_told_so_not_to_set_out_channe
 def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):
-        component_checks.check_loss(torch.ones(4), cfg)
-    component_checks.check_loss(torch.ones(3, requires_grad=True).mean(), cfg)
+        objective_checks.check_loss(torch.ones(4), cfg)
+    objective_checks.check_loss(torch.ones(3, requires_grad=True).mean(), cfg)
     rebuilt = torch.tensor(float(torch.ones(3, requires_grad=True).mean()))  # gradient lost
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
-        component_checks.check_loss(rebuilt, cfg)
+        objective_checks.check_loss(rebuilt, cfg)
     # a new leaf that "requires grad" is a number too: no gradient reaches the weights
     relabelled = torch.tensor(rebuilt.item(), requires_grad=True)
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
-        component_checks.check_loss(relabelled, cfg)
+        objective_checks.check_loss(relabelled, cfg)
     with torch.no_grad():  # evaluation-time losses need none
-        component_checks.check_loss(torch.tensor(1.0), cfg)
+        objective_checks.check_loss(torch.tensor(1.0), cfg)
 
 
 def test_an_objective_holding_its_own_weights_is_refused(plugin):
@@ -524,11 +524,11 @@ def test_an_objective_holding_its_own_weights_is_refused(plugin):
 
     classifier = nn.Linear(8, 4)
     with pytest.raises(ConfigError, match=r"objective 'softmax'.*parameters of its own \(weight\)"):
-        component_checks.check_objective_parameters(OwnWeights(), classifier, cfg)
+        objective_checks.check_objective_parameters(OwnWeights(), classifier, cfg)
     fine = SoftmaxObjective()
     fine.head = classifier  # an objective that keeps the classifier it built
     fine.teacher = nn.Linear(8, 8).requires_grad_(False)
-    component_checks.check_objective_parameters(fine, classifier, cfg)
+    objective_checks.check_objective_parameters(fine, classifier, cfg)
 
 
 def test_a_gme_head_with_negative_precisions_is_refused(plugin):
@@ -1612,7 +1612,7 @@ def test_factories_of_the_wrong_sort_are_refused_when_the_plugin_registers():
 def test_large_objective_state_is_watched_by_fingerprint_not_copied():
     """A memory bank on the objective was cloned up to six times at the start of training
     (R2-4); a large tensor is now compared by a fingerprint that still sees a change."""
-    from metaemb.core.train.component_checks import _same_value, _snapshot
+    from metaemb.core.train.objective_checks import _same_value, _snapshot
 
     queue = torch.zeros(100_000, 8)
     before = _snapshot(queue)

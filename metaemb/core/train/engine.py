@@ -29,7 +29,7 @@ from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.plugin.components import build
 from metaemb.core.runs import atomic_write_text, run_dir
-from metaemb.core.train import component_checks, shard, validation
+from metaemb.core.train import component_checks, objective_checks, shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import (
     BASELINE,
@@ -101,7 +101,7 @@ class Trainer:
         self.resumed = False
         self._stop = False
         self._checked = False  # the first batch went through component_checks
-        self._objective_watch: component_checks.ObjectiveWatch | None = None
+        self._objective_watch: objective_checks.ObjectiveWatch | None = None
 
     def request_stop(self) -> None:
         """End the run after the current step (callbacks call this, e.g. an LR finder)."""
@@ -141,7 +141,7 @@ class Trainer:
         if self.dist.world_size > 1 and hasattr(self.objective, "distribute"):
             self.objective.distribute(self.dist.rank, self.dist.world_size)  # e.g. partial-fc
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
-        component_checks.check_objective_parameters(self.objective, self.classifier, cfg)
+        objective_checks.check_objective_parameters(self.objective, self.classifier, cfg)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
         self.fingerprints = fingerprints(self.parts.folder, self.train_folder, self.num_classes)
@@ -318,7 +318,7 @@ class Trainer:
         component_checks.check_batches(self.sampler, len(self.train_set), self.config)
         self.objective.set_epoch(epoch)
         if self._objective_watch is None:  # the state it keeps on itself, from the first epoch
-            self._objective_watch = component_checks.ObjectiveWatch(
+            self._objective_watch = objective_checks.ObjectiveWatch(
                 self.objective, self.classifier, self.config
             )
         else:
@@ -396,7 +396,7 @@ class Trainer:
             if network:
                 raise ConfigError(f"the first training step failed: {network}.") from exc
             raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
-        component_checks.check_loss(loss, self.config)
+        objective_checks.check_loss(loss, self.config)
         if self._objective_watch is not None:
             self._objective_watch.after_step()
         if not torch.isfinite(loss):
