@@ -305,9 +305,10 @@ class Trainer:
         ranks = state.get("world_size")
         now = self.dist.world_size
         moved = f" on {now} rank(s) instead of {ranks}" if ranks and ranks != now else ""
+        batch = self.config.train.batch_size * now
         self._warn(
             f"this run resumes{moved} with {self.steps_per_epoch} steps per epoch where it had "
-            f"{before}: the global batch is now {self.config.train.batch_size * now} samples, and the learning-rate "
+            f"{before}: the global batch is now {batch} samples, and the learning-rate "
             f"schedule continues from epoch {self.start_epoch} (step {self.step})."
         )
 
