@@ -137,9 +137,9 @@ def train(
 
         modality = str(load_toml(config).get("modality", "face")) if config else "face"
     cfg = resolve(modality, config, sets)
-    from metaemb.core.runs import earlier_equivalent_run, run_dir, same_data_spelled_otherwise
+    from metaemb.core.runs import related_runs, run_dir
 
-    twin = same_data_spelled_otherwise(runs, cfg)
+    earlier, twin = related_runs(runs, cfg)
     if twin is not None:
         err_console.print(
             f"note: {twin[0]} trained this same configuration on the same data folder, given as "
@@ -147,7 +147,6 @@ def train(
             f"{run_dir(runs, cfg)}. Stop it and pass --data {twin[1]} to resume that run instead.",
             markup=False,
         )
-    earlier = earlier_equivalent_run(runs, cfg)
     if earlier is not None:  # the run hash of an earlier version covered options differently
         err_console.print(
             f"note: {earlier} holds this same configuration, trained by an earlier metaemb whose "

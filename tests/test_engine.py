@@ -124,6 +124,14 @@ class KillAt(Callback):
         self._tick()
 
 
+class KillInEpoch2(Callback):
+    """Interrupts the training as its second epoch starts (epoch 1 checkpointed)."""
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 1:
+            raise Killed
+
+
 # -- the lock ----------------------------------------------------------------------------------
 def test_a_second_trainer_on_the_same_run_folder_exits_2(faces, tmp_path, capsys):
     run = trainer(faces, tmp_path).dir
@@ -171,11 +179,6 @@ def test_restart_without_checkpoint_clears_leftovers(faces, tmp_path):
 def test_resume_trims_metrics_to_the_checkpoint(faces, tmp_path):
     """Killed after appending epoch 2's metrics but before last.pt was renamed: the resumed run
     drops that line and records epoch 2 once, for real."""
-
-    class KillInEpoch2(Callback):
-        def on_epoch_start(self, t, epoch):
-            if epoch == 1:
-                raise Killed
 
     with pytest.raises(Killed):
         trainer(faces, tmp_path, callbacks=[KillInEpoch2()]).run()
@@ -497,11 +500,6 @@ def test_resuming_with_another_worker_count_is_said(faces, tmp_path, capsys):
     """Workers draw crops by worker id, so another --workers count changes the remaining
     epochs' draws; config.toml records the count used (it said 2 for --workers 0)."""
 
-    class KillInEpoch2(Callback):
-        def on_epoch_start(self, t, epoch):
-            if epoch == 1:
-                raise Killed
-
     t = trainer(faces, tmp_path, "train.epochs=2", callbacks=[KillInEpoch2()])
     with pytest.raises(Killed):
         t.run()
@@ -574,11 +572,6 @@ def test_a_resume_with_other_steps_per_epoch_continues_the_schedule_from_its_epo
     schedule went on from the old step count: the LR jumped back up and never annealed
     (H14 F7). Here the checkpoint says it took twice the steps this run takes."""
     import io
-
-    class KillInEpoch2(Callback):
-        def on_epoch_start(self, t, epoch):
-            if epoch == 1:
-                raise Killed
 
     with pytest.raises(Killed):
         trainer(faces, tmp_path, callbacks=[KillInEpoch2()]).run()

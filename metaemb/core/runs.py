@@ -44,37 +44,15 @@ def run_dir(runs_root: str | Path, config: Config) -> Path:
     return Path(runs_root) / config.modality / f"{config.name}-{config.hash()}"
 
 
-def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None:
-    """A run folder of the same name whose config.toml, read by this version, is this same
-    configuration although its folder name carries another hash: a run made by an earlier
-    metaemb whose hash covered its options differently (e.g. before composites took nested
-    tables). None when the run's own folder exists or there is no such folder."""
-    import warnings
-
-    from metaemb.core.config import from_dict
-    from metaemb.core.config.toml_io import load_toml
-
-    here = run_dir(runs_root, config)
-    if here.exists():
-        return None
-    for folder in sorted(here.parent.glob(f"{config.name}-*")):
-        if len(folder.name) != len(here.name) or not (folder / "config.toml").is_file():
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if from_dict(load_toml(folder / "config.toml")).hash() == config.hash():
-                    return folder
-        except (MetaembError, OSError):
-            continue
-    return None
-
-
-def same_data_spelled_otherwise(runs_root: str | Path, config: Config) -> tuple[Path, str] | None:
-    """(run folder, its --data) of a run of this same configuration on the same data folder
-    given another way (`face` and `$PWD/face`, a symlink): runs are keyed by the path as typed,
-    so this one would start over beside it. None when this run's folder exists or there is
-    no such run."""
+def related_runs(
+    runs_root: str | Path, config: Config
+) -> tuple[Path | None, tuple[Path, str] | None]:
+    """Run folders of the same name that hold this same configuration under another hash, in
+    one scan (both None when this run's own folder exists):
+    - an earlier run: its config.toml, read by this version, is this configuration, though an
+      earlier metaemb hashed it otherwise (e.g. before composites took nested tables);
+    - (a run, its --data) of this configuration on the same data folder given another way
+      (`face` and `$PWD/face`, a symlink): runs are keyed by the path as typed."""
     import os
     import warnings
 
@@ -82,24 +60,36 @@ def same_data_spelled_otherwise(runs_root: str | Path, config: Config) -> tuple[
     from metaemb.core.config.toml_io import load_toml
 
     here = run_dir(runs_root, config)
-    if here.exists() or not config.data.root:
-        return None
-    mine = os.path.realpath(config.data.root_absolute or config.data.root)
+    if here.exists():
+        return None, None
+    digest, mine = config.hash(), ""
+    if config.data.root:
+        mine = os.path.realpath(config.data.root_absolute or config.data.root)
+    earlier: Path | None = None
+    twin: tuple[Path, str] | None = None
     for folder in sorted(here.parent.glob(f"{config.name}-*")):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 other = from_dict(load_toml(folder / "config.toml"))
-                typed = other.data.root
-                theirs = os.path.realpath(other.data.root_absolute or typed)
-                if not typed or typed == config.data.root or theirs != mine:
+                same_form = len(folder.name) == len(here.name)
+                if earlier is None and same_form and other.hash() == digest:
+                    earlier = folder
                     continue
-                other.data.root, other.data.root_absolute = config.data.root, ""
-                if other.hash() == config.hash():
-                    return folder, typed
+                typed = other.data.root
+                if twin is None and mine and typed and typed != config.data.root:
+                    same_data = os.path.realpath(other.data.root_absolute or typed) == mine
+                    other.data.root, other.data.root_absolute = config.data.root, ""
+                    if same_data and other.hash() == digest:
+                        twin = (folder, typed)
         except (MetaembError, OSError):
             continue
-    return None
+    return earlier, twin
+
+
+def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None:
+    """The earlier run of `related_runs`: this same configuration, another hash."""
+    return related_runs(runs_root, config)[0]
 
 
 _deferred: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar(

@@ -268,11 +268,8 @@ class Evaluation:
             tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
             result["tar_at_far_0.001"] = metrics.tar_at_far(tar, non, 1e-3)
         out.mkdir(parents=True, exist_ok=True)
-        calibrated = None
-        if cal is not None:
-            calibration = self._calibration(embedded, scorer, cal, evals, folder)
-            calibrated = calibration(scores)
-            result["calibration"] = calibration.summary
+        calibrated = self._calibrated(scores, embedded, scorer, cal, evals, folder, result)
+        if calibrated is not None:
             result["calibrated"] = verification(calibrated, labels, p_targets)
         with written_together():  # all new, or (a full disk) all as they were; metrics last
             if calibrated is not None:
@@ -283,6 +280,24 @@ class Evaluation:
         report.print_result(self.console, result)
         self.console.print(f"wrote {out / 'metrics.json'} and {out / 'scores.txt'}", markup=False)
         return result
+
+    def _calibrated(
+        self,
+        scores: torch.Tensor,
+        embedded: Embedded,
+        scorer: Any,
+        cal: TrialSet | None,
+        evals: TrialSet,
+        folder: SampleFolder,
+        result: dict[str, Any],
+    ) -> torch.Tensor | None:
+        """The scores calibrated on the --calibrate list (its summary added to `result`), or
+        None without one."""
+        if cal is None:
+            return None
+        calibration = self._calibration(embedded, scorer, cal, evals, folder)
+        result["calibration"] = calibration.summary
+        return calibration(scores)
 
     def _scores_only(
         self,
@@ -299,11 +314,7 @@ class Evaluation:
         --calibrate) are written, as a submission needs them; there is nothing to measure."""
         result.update(labelled=False, n_trials=len(evals.trials))
         out.mkdir(parents=True, exist_ok=True)
-        calibrated = None
-        if cal is not None:
-            calibration = self._calibration(embedded, scorer, cal, evals, folder)
-            calibrated = calibration(scores)
-            result["calibration"] = calibration.summary
+        calibrated = self._calibrated(scores, embedded, scorer, cal, evals, folder, result)
         with written_together():
             if calibrated is not None:
                 write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
