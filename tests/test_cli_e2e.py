@@ -277,7 +277,7 @@ def test_a_train_refused_by_the_lock_leaves_the_other_trainers_folder(
     """Two identical `train` commands at once: the one that finds the folder missing, then the
     lock taken by the other, used to delete the other's live folder (lock and log included)
     as an unstarted run of its own. It now touches nothing: no removal, no line in its log."""
-    from metaemb.core.runs import RunLock
+    from metaemb.core.locks import RunLock
     from metaemb.core.train.engine import Trainer
 
     original, held = Trainer.run, []
@@ -301,8 +301,8 @@ def test_a_train_refused_by_the_lock_leaves_the_other_trainers_folder(
 def test_an_unstarted_run_is_removed_only_when_nobody_holds_it(tmp_path):
     """A run folder a failed command created is removed, under the run's lock: not while
     another process trains in it, and never once it holds a trained epoch."""
-    from metaemb.cli import _remove_unstarted_run
-    from metaemb.core.runs import RunLock
+    from metaemb.commands.train import _remove_unstarted_run
+    from metaemb.core.locks import RunLock
 
     folder = tmp_path / "run-x"
     (folder / "sub").mkdir(parents=True)

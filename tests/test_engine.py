@@ -32,9 +32,10 @@ from helpers import demo_faces, run_cli
 from rich.console import Console
 
 import metaemb
+from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.config import resolve
 from metaemb.core.errors import ConfigError
-from metaemb.core.runs import RunLock, load_checkpoint
+from metaemb.core.locks import RunLock
 from metaemb.core.train.callbacks import Callback
 from metaemb.core.train.engine import Trainer
 
@@ -152,7 +153,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(faces, tmp_path):
 
 
 def test_run_lock_refuses_while_held_and_frees_on_release(tmp_path):
-    from metaemb.core.runs import RunInProgress
+    from metaemb.core.locks import RunInProgress
 
     lock = RunLock(tmp_path).acquire()
     with pytest.raises(RunInProgress, match=rf"run in progress \(pid {os.getpid()}\)"):

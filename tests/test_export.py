@@ -12,12 +12,12 @@ import torch
 from helpers import run_cli
 
 import metaemb
+from metaemb.core.checkpoints import save_checkpoint
 from metaemb.core.config import resolve
 from metaemb.core.data.pipeline import build_model
 from metaemb.core.deploy.export import ExportError, export, load_inference
 from metaemb.core.deploy.export_checks import check_parity
 from metaemb.core.errors import MetaembError
-from metaemb.core.runs import save_checkpoint
 
 FACE = ["features.image_size=16", "model.dim=16"]
 SPEAKER = [

@@ -14,9 +14,9 @@ import torch
 from helpers import demo_faces
 from rich.console import Console
 
+from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.config import resolve
 from metaemb.core.data.pipeline import Components
-from metaemb.core.runs import load_checkpoint
 from metaemb.core.train.callbacks import Callback
 from metaemb.core.train.engine import Trainer
 

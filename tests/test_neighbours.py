@@ -257,8 +257,8 @@ def test_a_fitted_scorer_is_found_in_a_collection_embedded_from_a_run_directory(
     said the run held no fitted scorer. The run's best.pt is used, as everywhere else."""
     import shutil
 
+    from metaemb.core.checkpoints import load_checkpoint, save_checkpoint
     from metaemb.core.plugin.components import build
-    from metaemb.core.runs import load_checkpoint, save_checkpoint
 
     data, trained_run = trained
     run = tmp_path / "run"

@@ -255,7 +255,7 @@ def test_a_correct_plugin_trains(plugin, tmp_path, series, capsys):
     # No baseline_name: named after the default baseline it used (sequences: mean+std).
     assert json.loads((run / "baseline.json").read_text())["name"] == "input mean+std over time"
     # On a machine without the plugin, opening the run names the plugin it needs.
-    from metaemb.core.runs import load_checkpoint
+    from metaemb.core.checkpoints import load_checkpoint
 
     assert load_checkpoint(run / "best.pt")["plugins"]["features"].startswith("series-test ")
     plugins.reset()  # the in-process plugin is gone, as on a machine that lacks it
@@ -1433,7 +1433,7 @@ def test_an_objectives_running_statistics_are_buffers_of_its_classifier(plugin, 
                                                                         capsys):  # fmt: skip
     """docs/plugins.md: running statistics of an objective live as buffers of the module
     build_classifier returns (one without parameters too), checkpointed and restored."""
-    from metaemb.core.runs import load_checkpoint
+    from metaemb.core.checkpoints import load_checkpoint
 
     with plugins.plugin_registered(CountingPlugin(), "counting-test"):
         code, _, err = train(tmp_path, series, capsys, "train.objective=counting",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import metaemb
-from metaemb.core import runs
+from metaemb.core import checkpoints, files, runs
 from metaemb.core.config import resolve
 from metaemb.core.errors import MetaembError
 
@@ -29,8 +29,8 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
         "config_hash": "abcd1234",
         "rng": torch.get_rng_state(),
     }
-    runs.save_checkpoint(path, state)
-    loaded = runs.load_checkpoint(path, expect_hash="abcd1234")
+    checkpoints.save_checkpoint(path, state)
+    loaded = checkpoints.load_checkpoint(path, expect_hash="abcd1234")
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 2
     assert loaded["metaemb_version"] == metaemb.__version__
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -38,41 +38,41 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 
 def test_foreign_config_and_version_are_refused(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    runs.save_checkpoint(path, {"config_hash": "aaaaaaaa"})
+    checkpoints.save_checkpoint(path, {"config_hash": "aaaaaaaa"})
     with pytest.raises(MetaembError, match="belongs to configuration aaaaaaaa"):
-        runs.load_checkpoint(path, expect_hash="bbbbbbbb")
+        checkpoints.load_checkpoint(path, expect_hash="bbbbbbbb")
     monkeypatch.setattr(metaemb, "__version__", "7.0.0")
     with pytest.raises(MetaembError, match="cannot load it"):
-        runs.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(MetaembError, match="cannot be read"):
-        runs.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    runs.save_checkpoint(path, {"epoch": 1})
+    checkpoints.save_checkpoint(path, {"epoch": 1})
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        runs.save_checkpoint(path, {"epoch": 2})
+        checkpoints.save_checkpoint(path, {"epoch": 2})
     monkeypatch.undo()
-    assert runs.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_atomic_text_write(tmp_path):
     p = tmp_path / "sub" / "x.txt"
-    runs.atomic_write_text(p, "hello")
+    files.atomic_write_text(p, "hello")
     assert p.read_text() == "hello"
-    assert os.stat(p).st_mode & 0o777 == runs.FILE_MODE  # like open(), not mkstemp's 0600
+    assert os.stat(p).st_mode & 0o777 == files.FILE_MODE  # like open(), not mkstemp's 0600
 
 
 def test_temps_left_by_killed_writers_are_removed_at_the_next_write(tmp_path):
@@ -99,7 +99,7 @@ def test_temps_left_by_killed_writers_are_removed_at_the_next_write(tmp_path):
         (tmp_path / name).write_bytes(b"x")
         age = {"fresh": 0, "older metaemb, two days": 2 * 86400}.get(what, 3600)
         os.utime(tmp_path / name, (old, time.time() - age))
-    runs.atomic_write_bytes(tmp_path / "g.pt", b"new")
+    files.atomic_write_bytes(tmp_path / "g.pt", b"new")
     left = {what for what, name in names.items() if (tmp_path / name).exists()}
     assert left == {"live", "fresh", "other file", "older metaemb, an hour",
                     "a sibling g.pt.<n>'s live temp"}  # fmt: skip
@@ -123,9 +123,9 @@ def test_a_set_cut_short_among_its_renames_lacks_its_marker_rather_than_mixing(
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", killed_after_one)
-    with pytest.raises(KeyboardInterrupt), runs.written_together():
-        runs.atomic_write_text(tmp_path / "scores.txt", "new")
-        runs.atomic_write_text(tmp_path / "metrics.json", "new")
+    with pytest.raises(KeyboardInterrupt), files.written_together():
+        files.atomic_write_text(tmp_path / "scores.txt", "new")
+        files.atomic_write_text(tmp_path / "metrics.json", "new")
     assert (tmp_path / "scores.txt").read_text() == "new"
     assert not (tmp_path / "metrics.json").exists()
 
@@ -134,6 +134,6 @@ def test_a_long_but_legal_name_is_written(tmp_path):
     """A 249-byte name is legal (255 is the limit); its temp `.NAME.PID.XXXX.tmp` was not, so
     the write was refused as 'too long'."""
     path = tmp_path / ("e" * 246 + ".pt")
-    runs.atomic_write_bytes(path, b"x")
-    runs.atomic_write_bytes(path, b"y")
+    files.atomic_write_bytes(path, b"x")
+    files.atomic_write_bytes(path, b"y")
     assert path.read_bytes() == b"y" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -78,8 +78,8 @@ def test_a_damaged_last_pt_points_at_an_intact_best_pt(tiny_face_run, tmp_path):
 
     import pytest
 
+    from metaemb.core.checkpoints import load_checkpoint
     from metaemb.core.errors import MetaembError
-    from metaemb.core.runs import load_checkpoint
 
     _, run = tiny_face_run
     copy = tmp_path / "run"
@@ -146,7 +146,7 @@ def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
     import os
     import shutil
 
-    from metaemb.core.runs import RunLock
+    from metaemb.core.locks import RunLock
 
     _, run = tiny_face_run
     copy = tmp_path / "face" / run.name

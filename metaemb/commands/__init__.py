@@ -1,1 +1,1 @@
-"""CLI sub-commands that grew beyond a function in cli.py (each module exposes a typer `app`)."""
+"""The `metaemb` sub-commands, one module per command or family; cli.py assembles them."""

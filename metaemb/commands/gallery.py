@@ -153,8 +153,8 @@ def unenroll(
     """Remove identities (and all their samples) from a gallery file."""
     from metaemb.core.deploy.gallery import Gallery
     from metaemb.core.errors import GalleryError
+    from metaemb.core.locks import FileLock
     from metaemb.core.paths import ensure_writable
-    from metaemb.core.runs import FileLock
 
     names = identity_names(identities, identities_file)
     if names is None:

@@ -32,8 +32,8 @@ def lr_find(
     from metaemb.core.config import resolve
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.report import PlotsUnavailable
+    from metaemb.core.files import atomic_write_text
     from metaemb.core.paths import ensure_writable
-    from metaemb.core.runs import atomic_write_text
     from metaemb.core.train.lr_find import lr_find_figure, lr_range_test
 
     if out.suffix.lower() == ".json":

@@ -135,8 +135,8 @@ def neighbours(
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.retrieval import BACKENDS
+    from metaemb.core.files import atomic_write_text
     from metaemb.core.paths import ensure_writable
-    from metaemb.core.runs import atomic_write_text
 
     if backend not in BACKENDS:  # checked here too: without probes no search would name it
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from faults_helpers import expect_error
 
+from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.deploy.gallery import Gallery
 from metaemb.core.deploy.stamp import ModelStamp, model_digest
 from metaemb.core.errors import GalleryError
 from metaemb.core.eval.trials import read_trials
-from metaemb.core.runs import load_checkpoint
 
 
 def _model_state(run):

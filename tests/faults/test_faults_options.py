@@ -355,7 +355,7 @@ def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, face_run, f
 
 
 def test_distill_takes_the_teacher_runs_modality(tmp_path):
-    from metaemb.cli import _run_modality
+    from metaemb.commands.train import _run_modality
 
     run = tmp_path / "run-1"
     run.mkdir()

@@ -15,8 +15,8 @@ from faults_helpers import expect_error
 from helpers import run_cli
 
 from metaemb.core.errors import OutputError
+from metaemb.core.files import atomic_write_text
 from metaemb.core.paths import ensure_writable, ensure_writable_dir
-from metaemb.core.runs import atomic_write_text
 
 
 @pytest.fixture
@@ -336,8 +336,8 @@ def test_third_audit_outputs_and_inputs(tmp_path, faces, face_run, capsys, monke
 
     from PIL import Image
 
+    from metaemb.core.locks import FileLock, RunInProgress
     from metaemb.core.paths import default_cache_dir
-    from metaemb.core.runs import FileLock, RunInProgress
 
     # A dataset's own landmark file is never replaced by `landmarks --out`.
     before = (faces / "landmarks.csv").read_bytes()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from faults_helpers import expect_error
 
+from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.deploy.gallery import Gallery
 from metaemb.core.errors import GalleryError, MetaembError
-from metaemb.core.runs import load_checkpoint
 
 
 class Payload:

@@ -112,7 +112,7 @@ def _remove_orphan_siblings(out: Path) -> None:
     import shutil
     import time
 
-    from metaemb.core.runs import _alive
+    from metaemb.core.files import process_alive
 
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.tmp-(\d+)(?:-.*)?$")
     try:
@@ -121,7 +121,7 @@ def _remove_orphan_siblings(out: Path) -> None:
         return
     for sibling in siblings:
         m = pattern.match(sibling.name)
-        if not m or not sibling.is_dir() or sibling.is_symlink() or _alive(int(m.group(1))):
+        if not m or not sibling.is_dir() or sibling.is_symlink() or process_alive(int(m.group(1))):
             continue
         try:
             changed = max(p.stat().st_mtime for p in [sibling, *sibling.rglob("*")])

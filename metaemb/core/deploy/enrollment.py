@@ -30,8 +30,8 @@ def enroll_folder(
     """Enroll every identity folder of `data` (or the named ones) into `gallery`, creating or
     extending it → identity: (samples added, samples enrolled). Samples already enrolled (same
     file) are not embedded again, so re-running is harmless."""
+    from metaemb.core.locks import FileLock
     from metaemb.core.paths import ensure_writable
-    from metaemb.core.runs import FileLock
 
     ensure_writable(gallery, "gallery file")
     loaded, digest = load_with_digest(checkpoint, data, device)

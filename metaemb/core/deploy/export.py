@@ -46,9 +46,9 @@ from metaemb.core.deploy.export_checks import (
 )
 from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.errors import MetaembError, first_line, suggest
+from metaemb.core.files import atomic_write_bytes, atomic_write_text, written_together
 from metaemb.core.optional import require
 from metaemb.core.plugin.manager import registry
-from metaemb.core.runs import atomic_write_bytes, atomic_write_text, written_together
 from metaemb.core.train.model import EmbeddingModel
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}

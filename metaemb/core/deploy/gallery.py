@@ -269,7 +269,7 @@ class Gallery:
     # -- files -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename); readers never see half a gallery."""
-        from metaemb.core.runs import atomic_write_bytes
+        from metaemb.core.files import atomic_write_bytes
 
         pooled, counts = self.pooled()
         payload = {
@@ -303,7 +303,7 @@ class Gallery:
         try:
             d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
-            from metaemb.core.runs import load_error_reason
+            from metaemb.core.checkpoints import load_error_reason
 
             raise GalleryError(
                 f"gallery '{p}' cannot be read ({load_error_reason(exc)})."

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.config import Config, from_dict
 from metaemb.core.config.chain import check_scorer
 from metaemb.core.config.trained_options import pin_trained_options
@@ -25,7 +26,6 @@ from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
-from metaemb.core.runs import load_checkpoint
 from metaemb.core.train.device import pick_device
 from metaemb.core.train.model import EmbeddingModel
 

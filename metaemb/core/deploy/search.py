@@ -176,7 +176,7 @@ def tsv_field(text: str) -> str:
 def write_results(path: Path, ident: Identification) -> None:
     """One TSV row per probe and rank: probe, true identity, rank, candidate, score, posterior,
     decision (an enrolled identity, or <new>); names escaped by `tsv_field`."""
-    from metaemb.core.runs import atomic_write_text
+    from metaemb.core.files import atomic_write_text
 
     res = ident.result
     rows = ["probe\tidentity\trank\tcandidate\tscore\tposterior\tdecision"]

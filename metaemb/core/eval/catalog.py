@@ -174,8 +174,8 @@ def _ahead_of_checkpoint(run_dir: Path) -> bool:
 def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
     """The per-epoch records last.pt keeps (only read when metrics.jsonl has gaps: loading a
     checkpoint is slow), or [] when it cannot be read."""
+    from metaemb.core.checkpoints import load_checkpoint
     from metaemb.core.errors import MetaembError
-    from metaemb.core.runs import load_checkpoint
 
     try:
         history = load_checkpoint(last).get("history") or []
@@ -190,7 +190,8 @@ def _training_now(run_dir: Path) -> int | None:
     shared lock is tried and dropped at once (a trainer starting meanwhile retries)."""
     import os
 
-    from metaemb.core.runs import LOCK_NAME, _alive
+    from metaemb.core.files import process_alive
+    from metaemb.core.locks import LOCK_NAME
 
     path = run_dir / LOCK_NAME
     try:
@@ -200,7 +201,7 @@ def _training_now(run_dir: Path) -> int | None:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: the pid decides
-        return pid if pid != os.getpid() and _alive(pid) else None
+        return pid if pid != os.getpid() and process_alive(pid) else None
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -37,10 +37,10 @@ from metaemb.core.eval.trial_set import (
     trial_folds,
 )
 from metaemb.core.eval.trials import read_trials
+from metaemb.core.files import atomic_write_text, written_together
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
-from metaemb.core.runs import atomic_write_text, written_together
 from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation

@@ -206,7 +206,7 @@ def run_measure(
     """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json
     (`preloaded`: a model already loaded, e.g. a pretrained reference)."""
     from metaemb.core.deploy.loading import load_run
-    from metaemb.core.runs import atomic_write_text
+    from metaemb.core.files import atomic_write_text
 
     console = console or Console(emoji=False)
     if measure not in MEASURES[1:]:

@@ -205,7 +205,7 @@ def plot_run(
     """Every picture of a run: training.png, and with `embeddings` (a data folder, embedded with
     the run's model, or a collection file from `metaemb embed`) embeddings_map.png and cmc.png."""
     from metaemb.core.eval.retrieval import Collection, collection_metrics
-    from metaemb.core.runs import written_together
+    from metaemb.core.files import written_together
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -18,9 +18,9 @@ from rich.table import Table
 
 from metaemb.core.errors import MetaembError
 from metaemb.core.eval import metrics
+from metaemb.core.files import atomic_write_bytes
 from metaemb.core.optional import require
 from metaemb.core.paths import PLOT_SOFTWARE
-from metaemb.core.runs import atomic_write_bytes
 
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
 DET_WINDOW = (0.0005, 0.5)

@@ -51,7 +51,7 @@ class Collection:
 
     def save(self, path: Path) -> None:
         """A torch file, or a NumPy archive when `path` ends in .npz (see `check_format`)."""
-        from metaemb.core.runs import atomic_write_bytes
+        from metaemb.core.files import atomic_write_bytes
 
         path = Path(path)
         check_format(path)
@@ -75,7 +75,7 @@ class Collection:
             else:
                 d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            from metaemb.core.runs import load_error_reason
+            from metaemb.core.checkpoints import load_error_reason
 
             raise DataError(
                 f"'{path}' cannot be read as an embeddings file ({load_error_reason(exc)})."

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.core.config import Config
-from metaemb.core.runs import atomic_write_text
+from metaemb.core.files import atomic_write_text
 
 
 def _pct(v: Any) -> str:

@@ -288,7 +288,7 @@ def _format_or_error(name: str) -> TrialFormat:
 
 def write_lines(path: str | Path, lines: Sequence[str]) -> None:
     """Write text lines atomically (a reader never sees half a list)."""
-    from metaemb.core.runs import atomic_write_text
+    from metaemb.core.files import atomic_write_text
 
     atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
 

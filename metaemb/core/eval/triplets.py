@@ -66,7 +66,7 @@ def make_triplets(folder: Any, n: int, seed: int = 0) -> list[Triplet]:
 
 
 def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
-    from metaemb.core.runs import atomic_write_text
+    from metaemb.core.files import atomic_write_text
 
     for t in triplets:
         for p in (t.anchor, t.positive, t.negative):

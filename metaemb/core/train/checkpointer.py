@@ -19,19 +19,13 @@ from typing import Any
 
 import torch
 
+from metaemb.core.checkpoints import load_checkpoint, save_checkpoint
 from metaemb.core.config import Config
 from metaemb.core.config.trained_options import trained_options
 from metaemb.core.errors import MetaembError
-from metaemb.core.runs import (
-    RunLock,
-    append_jsonl,
-    atomic_write_text,
-    load_checkpoint,
-    record_epoch,
-    remove_stale_tmp,
-    save_checkpoint,
-    trim_jsonl,
-)
+from metaemb.core.files import append_jsonl, atomic_write_text
+from metaemb.core.locks import RunLock
+from metaemb.core.runs import record_epoch, remove_stale_tmp, trim_jsonl
 
 LAST, BEST, METRICS, SKIPPED, BASELINE = (
     "last.pt",

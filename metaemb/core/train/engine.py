@@ -27,8 +27,9 @@ from metaemb.core.data.dataset import EpochLoader, PreparedDataset, check_worker
 from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
+from metaemb.core.files import atomic_write_text
 from metaemb.core.plugin.components import build
-from metaemb.core.runs import atomic_write_text, run_dir
+from metaemb.core.runs import run_dir
 from metaemb.core.train import component_checks, objective_checks, shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import (
@@ -515,7 +516,7 @@ class Trainer:
         print_epoch(self.console, self.config, record, improved)
 
     def _summary(self, history: list[dict], baseline: dict | None = None) -> dict[str, Any]:
-        from metaemb.core.runs import read_json
+        from metaemb.core.files import read_json
 
         baseline = baseline or read_json(self.dir / BASELINE)
         if self.dist.main and history:

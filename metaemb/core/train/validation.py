@@ -23,8 +23,8 @@ from metaemb.core.data.embed import non_finite_rows, row_files
 from metaemb.core.errors import ConfigError, DataError, MetaembError
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
+from metaemb.core.files import atomic_write_text, read_json
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
-from metaemb.core.runs import atomic_write_text, read_json
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train.component_checks import component
 

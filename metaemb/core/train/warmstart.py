@@ -273,7 +273,7 @@ class Forgetting(Callback):
     def on_train_end(self, trainer: Any, summary: dict[str, Any]) -> None:
         if not trainer.dist.main or trainer.start_epoch >= trainer.config.train.epochs:
             return
-        from metaemb.core.runs import atomic_write_text
+        from metaemb.core.files import atomic_write_text
 
         try:
             result = measure_forgetting(trainer, self.init_from)

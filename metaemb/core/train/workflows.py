@@ -48,7 +48,7 @@ class Snapshots(Callback):
     def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         if not trainer.dist.main or (epoch + 1) % self.every:
             return
-        from metaemb.core.runs import atomic_write_bytes
+        from metaemb.core.files import atomic_write_bytes
 
         last = trainer.dir / "last.pt"
         if last.is_file():

@@ -20,7 +20,7 @@ import typer
 from torch.utils.data import DataLoader, Dataset
 
 from metaemb.core.errors import DataError, MetaembError
-from metaemb.core.runs import atomic_write_text
+from metaemb.core.files import atomic_write_text
 from metaemb.plugins.vision.landmark_h5 import HDF5_SUFFIXES, h5py_module, write_h5
 
 

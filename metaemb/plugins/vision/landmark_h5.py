@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from metaemb.core.errors import DataError, MetaembError
-from metaemb.core.runs import atomic_write_bytes
+from metaemb.core.files import atomic_write_bytes
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 

@@ -1,0 +1,220 @@
+"""`metaemb train` and `metaemb distill`: resolve the configuration, announce related runs, train
+under the run's lock and log, and say how an interrupted run resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from metaemb.commands.console import console_options, make_console
+from metaemb.commands.signals import Terminated, stopped_by_scheduler, worker_signal
+
+err_console = make_console(stderr=True)
+
+
+def train(
+    modality: Annotated[
+        str | None,
+        typer.Option(
+            help="face, speaker, or any plugin's modality [default: the --config "
+            "file's modality, else face]"
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="<identity>/<sample> folder; default: built-in demo data")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. train.epochs=3")
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="root of run directories")] = Path("runs"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
+    fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers", min=0)] = None,
+    on_bad_sample: Annotated[
+        str | None, typer.Option(help="error (default) or skip: skipped files go to skipped.txt")
+    ] = None,
+    tensorboard: Annotated[
+        bool, typer.Option(help="log to RUN/tensorboard (= --set train.tensorboard=true)")
+    ] = False,
+) -> None:
+    """Train an embedding network (resumes the run with the same configuration)."""
+    from metaemb.core.config import resolve
+    from metaemb.core.paths import ensure_writable_dir, recordable, refuse_inside
+    from metaemb.core.train.engine import Trainer
+
+    ensure_writable_dir(runs, "runs folder")
+    refuse_inside(runs, data, "runs folder")  # its run folders would be scanned as identities
+    sets = list(set_ or [])
+    recordable(runs, "runs folder")
+    if data is not None:
+        recordable(data, "data folder")
+        sets.append(f"data.root={json.dumps(str(data))}")
+        if not data.is_absolute():
+            sets.append(f"data.root_absolute={json.dumps(str(data.resolve()))}")
+    if on_bad_sample is not None:
+        sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
+    if tensorboard:
+        sets.append("train.tensorboard=true")
+    if modality is None:  # a saved run's config.toml says which modality it trains
+        from metaemb.core.config.toml_io import load_toml
+
+        modality = str(load_toml(config).get("modality", "face")) if config else "face"
+    cfg = resolve(modality, config, sets)
+    from metaemb.core.runs import related_runs, run_dir
+
+    earlier, twin = related_runs(runs, cfg)
+    if twin is not None:
+        err_console.print(
+            f"note: {twin[0]} trained this same configuration on the same data folder, given as "
+            f"--data {twin[1]}; runs are keyed by --data as typed, so this one starts in "
+            f"{run_dir(runs, cfg)}. Stop it and pass --data {twin[1]} to resume that run instead.",
+            markup=False,
+        )
+    if earlier is not None:  # the run hash of an earlier version covered options differently
+        err_console.print(
+            f"note: {earlier} holds this same configuration, trained by an earlier metaemb whose "
+            f"run hash differed; this run starts in {run_dir(runs, cfg)}. `metaemb evaluate "
+            f"{earlier}` still evaluates the earlier run.",
+            markup=False,
+        )
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.locks import RunInProgress
+    from metaemb.core.train.runlog import LoggingConsole
+    from metaemb.core.train.workflows import config_callbacks
+
+    if cfg.train.rehearsal and cfg.train.init_from:  # old samples mixed into the new data
+        from metaemb.core.data.pipeline import cache_dir, data_root
+        from metaemb.core.train.warmstart import rehearsal_root
+
+        root = rehearsal_root(data_root(cfg), cfg.train.init_from, cfg.train.rehearsal,
+                              cache_dir(cfg), cfg.train.seed)  # fmt: skip
+        cfg.data.root, cfg.data.root_absolute = str(root), ""
+    # prints as `console` does, and copies it to RUN/train.log
+    out = LoggingConsole(warnings_to=err_console, **console_options())
+    trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
+                      workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
+    new_folder = not trainer.dir.exists()
+    if trainer.dist.main:
+        out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
+    try:
+        with out.logging_warnings(), stopped_by_scheduler():
+            trainer.run()
+        if trainer.dist.main:
+            from metaemb.commands.plot import after_training
+
+            after_training(trainer.dir, out)
+    except RunInProgress:
+        raise  # another process trains this run: its folder and log are not ours to touch
+    except (MetaembError, OSError) as exc:  # OSError: a write that failed (stdout's disk full)
+        with contextlib.suppress(OSError):
+            out.log_only(f"error: {exc}")
+        if new_folder and trainer.dist.main:
+            out.close_log()
+            _remove_unstarted_run(trainer.dir)
+        raise
+    except RuntimeError as exc:  # the scheduler's signal reached the loader's workers first
+        stopped = worker_signal(exc)
+        if stopped is None:
+            raise
+        _said_stopped(out, trainer, f"terminated by {stopped.name}")
+        raise typer.Exit(128 + stopped.value) from None
+    except KeyboardInterrupt as exc:
+        said = f"terminated by {exc.name}" if isinstance(exc, Terminated) else "interrupted"
+        _said_stopped(out, trainer, said)
+        raise typer.Exit(128 + exc.signum if isinstance(exc, Terminated) else 130) from None
+    finally:
+        out.close_log()
+
+
+def _said_stopped(out: Any, trainer: Any, said: str) -> None:
+    out.log_only(said)
+    if trainer.dist.main:
+        err_console.print(
+            f"{said}; re-run the same command to resume {trainer.dir} from its last "
+            "completed epoch.",
+            markup=False,
+        )
+
+
+def _remove_unstarted_run(folder: Path) -> None:
+    """A run folder this command created and that holds no trained epoch (a mistake stopped it
+    before training) is removed: such folders piled up unseen, one per configuration tried.
+    Under the run's lock, so a folder another process has started training meanwhile stays."""
+    import contextlib
+    import shutil
+
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.locks import LOCK_NAME, RunLock
+
+    trained = ("last.pt", "best.pt", "metrics.jsonl")
+    if not folder.is_dir():
+        return
+    try:
+        lock = RunLock(folder).acquire()
+    except MetaembError:  # another process trains it now (or it cannot be written)
+        return
+    try:
+        if any((folder / name).exists() for name in trained):
+            return
+        for child in folder.iterdir():
+            if child.name != LOCK_NAME:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    with contextlib.suppress(OSError):  # empty unless another process started in it since
+        folder.rmdir()
+
+
+def distill(
+    teacher: Annotated[
+        Path, typer.Option(help="teacher run, checkpoint, or pretrained backbone (dlib-resnet)")
+    ],
+    student: Annotated[str, typer.Option(help="student backbone, e.g. mobilenet_v3_small")],
+    modality: Annotated[
+        str | None, typer.Option(help="default: the teacher run's modality, else face")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
+    kd: Annotated[str, typer.Option(help="embedding or logits")] = "embedding",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
+    runs: Annotated[Path, typer.Option()] = Path("runs"),
+    device: Annotated[str, typer.Option()] = "auto",
+    fresh: Annotated[bool, typer.Option()] = False,
+    workers: Annotated[int | None, typer.Option(min=0)] = None,
+) -> None:
+    """Train a student backbone from a frozen teacher (task loss + knowledge distillation)."""
+    own = {s.partition("=")[0].strip() for s in set_ or []}
+    defaults = [
+        f"train.teacher={json.dumps(str(teacher))}",
+        "train.objective=distill",
+        f"model.backbone={json.dumps(student)}",
+        f"objective.kd={json.dumps(kd)}",
+        f"name={json.dumps('distill-' + student)}",
+    ]  # a key the user --sets is theirs (the same key twice is warned about)
+    sets = [d for d in defaults if d.partition("=")[0] not in own] + list(set_ or [])
+    from metaemb.core.train.pretrained import is_pretrained_name
+
+    if is_pretrained_name(str(teacher)) and not any("teacher_dim" in s for s in set_ or []):
+        from metaemb.core.plugin.manager import registry
+
+        dim = int(getattr(registry("backbones").get(str(teacher)), "feature_dim", 0))
+        sets += [f"objective.teacher_dim={dim}"] if dim else []
+    modality = modality or _run_modality(teacher) or "face"
+    train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
+          fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
+
+
+def _run_modality(run: Path) -> str | None:
+    """The modality in the config.toml of a run folder (or of a checkpoint's folder), if any."""
+    from metaemb.core.runs import saved_config
+
+    value = (saved_config(run) or {}).get("modality")
+    return value if isinstance(value, str) else None

@@ -1,0 +1,167 @@
+"""Files written whole or not at all: atomic replace (temp file, fsync, rename), sets of files
+replaced together, and the temps a killed writer leaves behind.
+
+Every output of metaemb (checkpoints, configs, galleries, scores, exports) goes through
+`atomic_write_bytes`, so a reader never sees half a file and an interrupted write leaves the
+previous file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a temp's or a lock's writer)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+_deferred: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar(
+    "deferred_renames", default=None
+)
+
+
+@contextlib.contextmanager
+def written_together() -> Iterator[None]:
+    """Inside this block, `atomic_write_bytes` writes and fsyncs each file's temp copy but
+    renames none: they are all renamed when the block ends, in the order written, or all
+    removed when it raises. A set of outputs (metrics, scores, plots) is then replaced as a
+    whole: a disk that fills up half-way leaves the previous set, not new metrics beside old
+    plots. The file written last is the set's marker (metrics.json, an export's model): its
+    previous version is removed before the others are renamed and it is renamed last, so a
+    process killed among the renames leaves a set without its marker, never a mixed one."""
+    pending: list[tuple[str, Path]] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _deferred.reset(token)
+    if len(pending) > 1:
+        pending[-1][1].unlink(missing_ok=True)
+    for tmp, path in pending:
+        os.replace(tmp, path)
+
+
+def _temp_stem(path: Path) -> str:
+    """`.<name>`, or `.metaemb-<digest of the name>` for a name so long (over 200 bytes) that
+    the temp's extra characters would pass the file system's 255-byte limit."""
+    if len(path.name.encode("utf-8", "surrogateescape")) <= 200:
+        return f".{path.name}"
+    import hashlib
+
+    return ".metaemb-" + hashlib.sha1(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<pid>.`: a temp copy names the process writing it, so one left by a killed
+    process is told from one being written now (`remove_orphan_temps`)."""
+    return f"{_temp_stem(path)}.{os.getpid()}."
+
+
+def remove_orphan_temps(path: Path) -> None:
+    """Delete the temp copies of `path` that killed processes left beside it: an output written
+    again and again (a gallery, an export) would otherwise gather one full-size copy per kill.
+    A temp whose writer is alive, or that changed in the last minute (its writer may be
+    another machine sharing the folder), is left alone; one without a pid (an older metaemb)
+    once it is a day old."""
+    import glob
+    import time
+
+    stem = _temp_stem(path)
+    # `.<name>.<pid>.<random>.tmp` (mkstemp's random part has no dot) or, from an older
+    # metaemb, `.<name>.<random>.tmp`: a sibling `<name>.7000`'s temps never match
+    ours = re.compile(rf"^{re.escape(stem)}\.(?:(\d+)\.)?[^.]+\.tmp$")
+
+    def orphaned(name: str, writer: str | None) -> bool:
+        age = time.time() - os.path.getmtime(name)
+        if writer is not None:
+            return age > 60 and not process_alive(int(writer))
+        return age > 86400
+
+    for name in glob.glob(glob.escape(str(path.parent / f"{stem}.")) + "*.tmp"):
+        m = ours.match(Path(name).name)
+        try:
+            if m and orphaned(name, m.group(1)):
+                os.unlink(name)
+        except OSError:
+            continue
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    A read-only folder, a full disk or a file/folder in the way raises OutputError naming `path`
+    (the previous file, if any, is left as it was)."""
+    from metaemb.core.paths import is_write_error, output_error
+
+    if path.is_symlink():  # write the file the link names, as `>` would; keep the link
+        path = Path(os.path.realpath(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphan_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        if is_write_error(exc):
+            raise output_error(exc, path, "file") from None
+        raise
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        pending = _deferred.get()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if is_write_error(exc):
+            raise output_error(exc, path, "file") from None  # type: ignore[arg-type]
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8, with file names that are not valid UTF-8 written back as their original bytes."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
