@@ -470,3 +470,29 @@ def test_the_shared_precision_check_gives_no_autograd_warning():
         warnings.simplefilter("error")
         llr_matrix(GME(a, b), GME(a, b)).sum().backward()
     assert a.grad is not None
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_negative_or_nan_precisions_are_refused_outside_training(full):
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4), torch.rand(3, 4) + 0.1
+    good = GME(a, torch.diag_embed(b) if full else b)
+    llr(good, good)  # valid precisions pass
+    for bad_value, word in ((-0.5, "negative"), (float("nan"), "NaN")):
+        b_bad = b.clone()
+        b_bad[1, 2] = bad_value
+        bad = GME(a, torch.diag_embed(b_bad) if full else b_bad)
+        with pytest.raises(GMEError, match=f"1 {word} value"):
+            llr(good, bad)
+        with pytest.raises(GMEError, match=f"1 {word} value"):
+            llr_matrix(bad, good)
+    # a rounding error of a valid precision is not an error
+    b_round = b.clone()
+    b_round[0, 0] = -1e-9
+    llr_matrix(GME(a, torch.diag_embed(b_round) if full else b_round), good)
+
+
+def test_precisions_in_a_training_graph_are_not_checked():
+    a = torch.randn(3, 4)
+    b = torch.full((3, 4), -0.5, requires_grad=True)  # no device sync during training
+    llr(GME(a, b), GME(a, b.detach().abs()))

@@ -199,9 +199,30 @@ def _diag_llr_terms(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
     return num / ((c1 * c2) * c12) + torch.log1p(b1 * b2 / c12)
 
 
+def refuse_negative_precision(*gmes: GME) -> None:
+    """A precision below zero is a likelihood that grows without bound: its LLRs are NaN or
+    meaningless, with no error of their own. Refused outside training only (a `b` in an
+    autograd graph is left alone: checking it would wait on the device at every step)."""
+    for g in gmes:
+        if g.b.requires_grad or g.b.numel() == 0:
+            continue
+        b = torch.diagonal(g.b, dim1=-2, dim2=-1) if g.full else g.b
+        low, high = float(b.min()), float(b.abs().max())
+        if not low >= -1e-6 * max(1.0, high):  # a rounding error of a valid precision passes
+            what = "negative" if low == low else "NaN"
+            bad = int((b < 0).sum()) if low == low else int(b.isnan().sum())
+            raise GMEError(
+                f"GME precisions 'b' must be ≥ 0 (each says how much evidence a sample carries), "
+                f"got {bad} {what} value(s), smallest {low:.3g}, in 'b' of shape "
+                f"{tuple(g.b.shape)}: make b with softplus or exp of a network output, as the "
+                "gme head does"
+            )
+
+
 def llr(f1: GME, f2: GME) -> Tensor:
     """Verification LLR of aligned pairs (f1[i], f2[i]) → [N]; a batch of one broadcasts."""
     f1, f2 = _same_form(f1, f2)
+    refuse_negative_precision(f1, f2)
     if len(f1) != len(f2) and 1 not in (len(f1), len(f2)):
         raise GMEError(f"cannot pair {len(f1)} GMEs with {len(f2)} (lengths must match or be 1)")
     if not f1.full:
@@ -224,6 +245,7 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
     matmul and no [N1, N2, d] tensor is formed at all.
     """
     f1, f2 = _same_form(f1, f2)
+    refuse_negative_precision(f1, f2)
     n1, n2 = len(f1), len(f2)
     if n1 == 0 or n2 == 0:
         return f1.a.new_zeros(n1, n2)
