@@ -302,6 +302,23 @@ def test_dangling_symlinks_are_not_samples(tmp_path, faces):
     assert all(not s.path.endswith("gone.png") for s in folder.samples)
 
 
+def test_fifos_named_like_samples_are_skipped_not_waited_on(tmp_path, faces):
+    import os
+    import shutil
+
+    import pytest
+
+    from metaemb.core.plugin.components import build
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    os.mkfifo(data / "id0001" / "pipe.png")  # opening it would block until a writer comes
+    (data / "id0002" / "linked.png").symlink_to(data / "id0001" / "pipe.png")
+    with pytest.warns(UserWarning, match=r"2 image name\(s\) that are not regular files.*FIFO"):
+        folder = build("sample_folders", "image", {}, root=data)
+    assert all("pipe" not in s.path and "linked" not in s.path for s in folder.samples)
+
+
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")

@@ -38,6 +38,7 @@ class ScanState:
     aliases: list[str] = field(default_factory=list)  # relative folders already scanned
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
     dangling: list[str] = field(default_factory=list)  # symlinks to nothing
+    special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named as samples
 
 
 def _suffix(name: str) -> str:
@@ -96,6 +97,9 @@ def scan_identity(
                 if e.is_symlink() and not os.path.exists(e.path):
                     state.dangling.append(rel)  # a link to nothing is not a sample
                     continue
+                if not _regular(e):  # reading a FIFO would wait for a writer forever
+                    state.special.append(rel)
+                    continue
                 real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
                 real_file = _hard_link_of(e, real_file, state)
                 kept = state.files.get(real_file)
@@ -107,6 +111,14 @@ def scan_identity(
         # Files of a folder first, then its sub-folders in name order (depth first).
         stack.extend(reversed(subdirs))
     return found
+
+
+def _regular(entry: os.DirEntry) -> bool:
+    """A regular file (through a symlink too); the listing's file type answers without a stat."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _hard_link_of(entry: os.DirEntry, real_file: str, state: ScanState) -> str:
@@ -146,6 +158,13 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.dangling)} symlink(s) that point at "
             f"nothing ({first_few(state.dangling, 3)}).",
+            stacklevel=3,
+        )
+    if state.special:
+        warnings.warn(
+            f"data folder '{root}': skipped {len(state.special)} {what} name(s) that are not "
+            f"regular files (a FIFO, socket or device: {first_few(state.special, 3)}); reading "
+            "one would wait forever. Remove them.",
             stacklevel=3,
         )
     if state.duplicates:
