@@ -402,9 +402,9 @@ def test_a_scorer_that_needs_fitting_is_fitted_on_the_runs_training_samples_not_
     """`evaluate RUN --data OTHER --scorer plda` fits PLDA on what the run trained on. Fitting it
     on OTHER's own split learnt the very speakers of OTHER's trials (a leak that took a speaker
     model from 19 % to 12 % EER on a real-speech set)."""
+    from metaemb.core.checkpoints import load_checkpoint
     from metaemb.core.config import from_dict
     from metaemb.core.data.pipeline import Components
-    from metaemb.core.runs import load_checkpoint
     from metaemb.core.train import validation
     from metaemb.plugins.audio.synthetic import generate_voices
 
@@ -865,6 +865,50 @@ def test_a_list_labelled_against_the_folders_identities_is_warned_about(voices, 
         assert (said in err) == bool(wrong), err  # warnings on stderr
         if wrong:  # each example names its files' identities, as identity_of gave them
             assert re.search(r"\(identit(y|ies) [^)]+\)", " ".join(err.split())), err
+
+
+def test_cn_celeb_eval_is_read_as_released(voices, tmp_path, capsys):
+    """CN-Celeb's trials.lst names enrolment keys (looked up in enroll.lst) and `.wav` files
+    shipped as `.flac`; its eval folder holds lists/ beside enroll/ and test/, and enroll/
+    and test/ hold every speaker. Each stopped evaluation, or warned on every target (S3)."""
+    import soundfile as sf
+
+    data, run, _ = voices
+    ev = tmp_path / "CN-Celeb" / "eval"
+    for part in ("enroll", "test", "lists"):
+        (ev / part).mkdir(parents=True)
+    speakers = sorted(p.name for p in data.iterdir())[:4]
+    enroll_lines, trial_lines, want = [], [], {}
+    for spk in speakers:
+        wavs = sorted((data / spk).glob("*/*.wav"))
+        key = f"{spk}-enroll"
+        audio, rate = sf.read(wavs[0])
+        sf.write(ev / "enroll" / f"{key}.flac", audio, rate)
+        enroll_lines.append(f"{key} enroll/{key}.wav")
+        for n, wav in enumerate(wavs[1:3]):
+            audio, rate = sf.read(wav)
+            sf.write(ev / "test" / f"{spk}-speech-01-00{n}.flac", audio, rate)
+    for spk in speakers:
+        for other in speakers:
+            for n in range(2):
+                test = f"test/{other}-speech-01-00{n}"
+                trial_lines.append(f"{spk}-enroll {test}.wav {int(spk == other)}")
+                want[(f"enroll/{spk}-enroll.flac", f"{test}.flac")] = int(spk == other)
+    (ev / "lists" / "enroll.lst").write_text("\n".join(enroll_lines) + "\n")
+    (ev / "lists" / "trials.lst").write_text("\n".join(trial_lines) + "\n")
+    for how in (["--protocol", "cnceleb"], ["--trials", ev / "lists" / "trials.lst"]):
+        out = tmp_path / f"ev-{how[0][2:]}"
+        args = ["evaluate", run, "--data", ev, *how, "--workers", "0", "--out", out]
+        with pytest.warns(UserWarning, match=r"skipped 1 sub-folder\(s\) holding no recording"):
+            code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        assert "labelled against" not in err, err
+        trials, _, _ = scores_and_labels(out / "scores.txt")
+        assert {(t.enroll[0], t.test): int(t.label) for t in trials} == want
+    # training still refuses a sub-folder without recordings (it would be an identity)
+    code, _, err = run_cli(["train", "--data", ev, "--modality", "speaker",
+                            "--runs", tmp_path / "runs", "--workers", "0"], capsys)  # fmt: skip
+    assert code == 2 and "contain no recording files" in err, err
 
 
 class DisagreeingPlugin:

@@ -7,6 +7,7 @@ regenerated, so the numbers match training's. Definitions and outputs: docs/eval
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
@@ -41,6 +42,7 @@ from metaemb.core.files import atomic_write_text, written_together
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
+from metaemb.core.plugin.sample_folder import empty_folders_skipped
 from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation
@@ -196,9 +198,11 @@ class Evaluation:
         the metrics as metrics.json holds them."""
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
-        loaded = getattr(self, "preloaded", None) or load_run(  # a reference model: preloaded
-            self.run_path, self.device, data=self.data, with_data=True, folder=self._layout()
-        )
+        listed = self.trials_path is not None or self.protocol is not None
+        with empty_folders_skipped() if listed else contextlib.nullcontext():
+            loaded = getattr(self, "preloaded", None) or load_run(  # a reference: preloaded
+                self.run_path, self.device, data=self.data, with_data=True, folder=self._layout()
+            )
         cfg = loaded.config
         p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder

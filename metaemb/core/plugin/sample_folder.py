@@ -10,8 +10,11 @@ validation identities are disjoint.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +48,32 @@ class Trial:
     enroll: tuple[str, ...]
     test: str
     label: int | None = None
+
+
+class EmptyIdentities(DataError):
+    """Identity folders holding no sample file; `paths` are the samples of the others."""
+
+    def __init__(self, message: str, paths: list[str], empty: list[str]) -> None:
+        super().__init__(message)
+        self.paths, self.empty = paths, empty
+
+
+_empty_folders_skipped: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "empty_folders_skipped", default=False
+)
+
+
+@contextlib.contextmanager
+def empty_folders_skipped() -> Iterator[None]:
+    """Scans inside this block skip (with a warning) sub-folders that hold no sample file,
+    where they are otherwise an error: scoring a trial list, only the files it names matter,
+    and a corpus keeps its lists in a sub-folder of the folder it scores (CN-Celeb's
+    `eval/lists`)."""
+    token = _empty_folders_skipped.set(True)
+    try:
+        yield
+    finally:
+        _empty_folders_skipped.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +122,18 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         from metaemb.core.data.manifest import cached_scan
 
         kind = f"{type(self).__module__}.{type(self).__qualname__}"
-        paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
+        try:
+            paths = cached_scan(root, kind, exts, lambda: self._walk(root, exts))
+        except EmptyIdentities as exc:  # never cached: a later training scan refuses them
+            if not _empty_folders_skipped.get():
+                raise
+            warnings.warn(
+                f"data folder '{root}': skipped {len(exc.empty)} sub-folder(s) holding no "
+                f"{self.what} files ({first_few(exc.empty, 3)}); the trial list names the "
+                "files scored.",
+                stacklevel=2,
+            )
+            paths = exc.paths
         named = ((rel, self._checked_identity(rel)) for rel in paths)
         return [Sample(rel, identity, -1) for rel, identity in named if identity is not None]
 
@@ -152,9 +192,11 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 if linked
                 else ""
             )
-            raise DataError(
+            raise EmptyIdentities(
                 f"{len(empty)} identity folder(s) under '{root}' contain no {self.what} files "
-                f"({', '.join(sorted(exts))}): {shown}.{why} Remove them or add {self.what}s."
+                f"({', '.join(sorted(exts))}): {shown}.{why} Remove them or add {self.what}s.",
+                paths,
+                empty,
             )
         return paths, sorted(state.dirs)
 

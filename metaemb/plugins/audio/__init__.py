@@ -91,10 +91,17 @@ def register_trial_formats(register: Register) -> None:
 
 @hookimpl
 def register_protocols(register: Register) -> None:
-    from metaemb.plugins.audio.trial_lists import kaldi_protocol, voxceleb_protocol
+    from metaemb.plugins.audio.trial_lists import (
+        cnceleb_protocol,
+        kaldi_protocol,
+        voxceleb_protocol,
+    )
 
     register("voxceleb", voxceleb_protocol, description="VoxCeleb 'label enroll test' list")
     register("kaldi", kaldi_protocol, description="Kaldi 'enroll test target|nontarget'")
+    register(
+        "cnceleb", cnceleb_protocol, description="CN-Celeb eval: lists/trials.lst + enroll.lst"
+    )
 
 
 @hookimpl

@@ -2,7 +2,9 @@
 
   voxceleb  `label enroll test`, label 1 = target, 0 = non-target (2 columns: unlabelled)
   kaldi     `enroll test target|nontarget`
-  cnceleb   `enroll test 1|0` (CN-Celeb's `trials.lst`: Kaldi's column order, VoxCeleb's labels)
+  cnceleb   `enroll test 1|0` (CN-Celeb's `trials.lst`: Kaldi's column order, VoxCeleb's labels);
+            an enrolment key (`id00800-enroll`) is looked up in the `enroll.lst` beside the list,
+            and a `.wav` the release ships as `.flac` is read as the `.flac`
 Paths are relative to the data root; several enrollment files are joined by ','. Both formats
 separate columns by whitespace, so they cannot hold paths with blanks (writing refuses them).
 """
@@ -115,13 +117,16 @@ class CnCelebTrials(TrialFormat):
         return len(fields) == 3 and fields[2] in ("0", "1") and fields[0] not in ("0", "1")
 
     def read(self, path: Path, root: Path | None) -> list[Trial]:
+        keys = _enroll_keys(path)
         trials = []
         for lineno, f in read_lines(path):
             where = f"{path}:{lineno}"
             if len(f) != 3 or f[2] not in ("0", "1"):
                 raise DataError(f"{where}: expected 'enroll test 1|0', got {' '.join(f)!r}.")
-            enroll, test = split_enroll(f[0], root, where), safe_path(f[1], root, where)
-            trials.append(Trial(enroll, test, int(f[2])))
+            enroll = ",".join(keys.get(e, e) for e in f[0].split(","))
+            enroll_paths = tuple(_released(p, root) for p in split_enroll(enroll, root, where))
+            test = _released(safe_path(f[1], root, where), root)
+            trials.append(Trial(enroll_paths, test, int(f[2])))
         return trials
 
     def write(self, path: Path, trials: Sequence[Trial], **options: Any) -> None:
@@ -135,11 +140,42 @@ class CnCelebTrials(TrialFormat):
         write_lines(path, lines)
 
 
+def _enroll_keys(trials: Path) -> dict[str, str]:
+    """CN-Celeb's `enroll.lst` beside its trial list: `id00800-enroll enroll/id00800-enroll.wav`
+    lines, which name the file behind each enrolment key of the list's first column."""
+    table = trials.parent / "enroll.lst"
+    if not table.is_file():
+        return {}
+    keys = {}
+    for lineno, f in read_lines(table):
+        if len(f) != 2:
+            raise DataError(f"{table}:{lineno}: expected 'key path', got {' '.join(f)!r}.")
+        keys[f[0]] = f[1]
+    return keys
+
+
+def _released(rel: str, root: Path | None) -> str:
+    """CN-Celeb's lists name `.wav` files and its release ships `.flac`: a listed file that is
+    missing under the root but there as `.flac` is that file."""
+    if root is None or not rel.lower().endswith(".wav") or (root / rel).exists():
+        return rel
+    flac = rel[: -len(".wav")] + ".flac"
+    return flac if (root / flac).exists() else rel
+
+
 def voxceleb_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
     """VoxCeleb `label enroll test` list (default: veri_test2.txt, the cleaned VoxCeleb1-O)."""
     root = Path(root)
     names = ("veri_test2.txt", "veri_test.txt", "trials.txt")
     return read_trials(default_file(root, trials, names, "VoxCeleb"), root, "voxceleb")
+
+
+def cnceleb_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
+    """CN-Celeb's evaluation: `--data CN-Celeb/eval` and its `lists/trials.lst`, enrolment keys
+    looked up in `lists/enroll.lst`."""
+    root = Path(root)
+    names = ("lists/trials.lst", "trials.lst")
+    return read_trials(default_file(root, trials, names, "CN-Celeb"), root, "cnceleb")
 
 
 def kaldi_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
