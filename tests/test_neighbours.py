@@ -75,6 +75,29 @@ def test_embed_root_names_the_identities_of_files_in_nested_folders(trained, tmp
     assert code == 2 and "--root is for sample files" in out + err
 
 
+def test_identify_takes_the_root_its_own_naming_note_points_at(trained, tmp_path, capsys):
+    """The note for runs whose folder names identities its own way said "give --root DATA",
+    an option identify did not have (P15 F1)."""
+    import shutil
+
+    data, run = trained
+    nested = tmp_path / "nested" / "alice" / "session1"
+    nested.mkdir(parents=True)
+    probe = Path(shutil.copy(sorted(data.glob("*/*.png"))[0], nested / "p.png"))
+    gallery = tmp_path / "g.pt"
+    code, _, err = helpers.run_cli(["enroll", run, "--gallery", gallery, "--data", data,
+                                    "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    base = ["identify", run, "--gallery", gallery, "--probe", probe, "--workers", "0"]
+    code, out, err = helpers.run_cli([*base, "--root", tmp_path / "nested"], capsys)
+    assert code == 0, err
+    assert "p.png" in out
+    code, out, err = helpers.run_cli([*base, "--root", data], capsys)
+    assert code == 2 and "is not inside an identity folder of --root" in " ".join(
+        (out + err).split()
+    )
+
+
 def test_embed_without_root_says_when_the_runs_folder_names_identities_its_own_way():
     """Loose files are named after their folder ('forgery'); a run whose folder's identity_of
     says `u001/forgery` gets a note pointing at --root, a plain folder none."""

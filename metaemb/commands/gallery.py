@@ -185,6 +185,13 @@ def identify(
     probe: Annotated[
         list[Path] | None, typer.Option(help="probe file (repeatable), read as ROOT/<dir>/<file>")
     ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="for --probe files: the <identity>/… folder they belong to, so the run's sample "
+            "folder names their identities (default: the folder each file sits in)"
+        ),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="candidates per probe", min=1)] = 5,
     threshold: Annotated[
         float | None,
@@ -219,7 +226,7 @@ def identify(
         ensure_writable(out, "results file")
     ident = identify_probes(
         checkpoint, gallery, data=data, probes=probe, top_k=top_k, threshold=threshold,
-        p_new=p_new, scorer=scorer, faiss=faiss, device=device, workers=workers,
+        p_new=p_new, scorer=scorer, faiss=faiss, device=device, workers=workers, probe_root=root,
     )  # fmt: skip
     print_results(console, ident, show)
     if out is not None:

@@ -67,9 +67,11 @@ def identify_probes(
     faiss: bool = False,
     device: str = "auto",
     workers: int = 2,
+    probe_root: Path | None = None,
 ) -> Identification:
     """Search `gallery` for every sample of `data` (probes labelled by their identity folder,
-    scored with rank-1/5 and TPIR@FPIR), or for the given probe files (no labels)."""
+    scored with rank-1/5 and TPIR@FPIR), or for the given probe files (no labels; `probe_root`:
+    the data folder they are under, whose sample folder names their identities as training did)."""
     from metaemb.core.deploy.gallery import Gallery
     from metaemb.core.errors import DataError
 
@@ -90,7 +92,7 @@ def identify_probes(
         from metaemb.core.deploy.stamp import model_digest
         from metaemb.core.eval.collect import load_for_files
 
-        loaded = load_for_files(checkpoint, files, device)
+        loaded = load_for_files(checkpoint, files, device, probe_root)
         digest = model_digest(loaded.state["model"])
         root = loaded.parts.root
     else:
@@ -109,7 +111,8 @@ def identify_probes(
     from metaemb.core.eval.collect import naming_inferred_root
 
     how = getattr(loaded, "root_note", "")
-    with naming_inferred_root(root, "--data ROOT" if data is None else None, how):
+    flag = "--root ROOT" if data is None and probe_root is None else None
+    with naming_inferred_root(root, flag, how):
         emb = loaded.embed(folder, indices, workers)
     sc = _scorer(loaded, scorer)
     backend = "faiss" if faiss else "torch"
