@@ -332,3 +332,21 @@ def test_a_scorer_of_the_other_embedding_kind_is_named_and_backend_needs_probes(
     assert code == 0, err
     code, _, err = helpers.run_cli(["neighbours", out, "--backend", "exact"], capsys)
     assert code == 2 and "--backend applies to probe files" in " ".join(err.split())
+
+
+def test_ranking_with_the_default_scorer_names_the_runs_own():
+    """A run scoring trials with 'dtw' was ranked by neighbours/identify with cosine, and
+    evaluate and identify disagreed without a word (P15 F2)."""
+    import warnings
+
+    from metaemb.core.eval.retrieval import note_default_scorer
+
+    with pytest.warns(UserWarning, match=r"identify ranks with 'cosine'.*--scorer dtw"):
+        note_default_scorer("dtw", "point", "identify")
+    with pytest.warns(UserWarning, match=r"neighbours ranks with 'gme'.*--scorer plda"):
+        note_default_scorer("plda", "gme", "neighbours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for run_scorer, kind in (("", "point"), (None, "point"), ("cosine", "point"),
+                                 ("gme", "gme")):  # fmt: skip
+            note_default_scorer(run_scorer, kind, "identify")

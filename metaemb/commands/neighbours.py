@@ -17,12 +17,15 @@ console = make_console()
 
 
 def _scorer(name: str | None, collection: Any) -> Any:
-    """The scorer by name (default: the collection's model's own, when it needs no fitting)."""
+    """The scorer by name (default: cosine, or gme for meta-embeddings)."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.retrieval import default_scorer
     from metaemb.core.plugin.components import build
 
     if name is None:
+        from metaemb.core.eval.retrieval import note_default_scorer
+
+        note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours")
         return default_scorer(collection.kind)
     _check_scorer_fits(name, collection)
     scorer = build("scorers", name, {})

@@ -143,6 +143,21 @@ def default_scorer(kind: str) -> Any:
     return build("scorers", "cosine" if kind == "point" else "gme", {})
 
 
+def note_default_scorer(run_scorer: str | None, kind: str, command: str) -> None:
+    """Without --scorer, ranking uses cosine (gme for meta-embeddings), whatever the run scores
+    trials with: say so when the run's own scorer is another, or evaluate and this command
+    rank differently without a word."""
+    import warnings
+
+    default = "cosine" if kind == "point" else "gme"
+    if run_scorer and run_scorer != default:
+        warnings.warn(
+            f"{command} ranks with '{default}' by default; the run scores trials with "
+            f"'{run_scorer}' (pass --scorer {run_scorer} to rank with it).",
+            stacklevel=3,
+        )
+
+
 def _faiss_usable(scorer: Any, kind: str) -> bool:
     from metaemb.core.scoring.cosine import CosineScorer
 
