@@ -911,6 +911,25 @@ def test_cn_celeb_eval_is_read_as_released(voices, tmp_path, capsys):
     assert code == 2 and "contain no recording files" in err, err
 
 
+def test_a_protocol_reading_a_file_warns_about_its_duplicates_once(voices, tmp_path, capsys):
+    """--protocol voxceleb warned about the same duplicated trial twice: once as the file's,
+    once as the protocol's (S3-5)."""
+    import warnings
+
+    data, run, trials = voices
+    doubled = tmp_path / "doubled.txt"
+    first = trials.read_text().splitlines()[0]
+    doubled.write_text(trials.read_text() + first + "\n")
+    args = ["evaluate", run, "--data", data, "--protocol", "voxceleb", "--trials", doubled,
+            "--workers", "0", "--out", tmp_path / "ev"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    dups = [w for w in said if "duplicated trial(s)" in str(w.message)]
+    assert len(dups) == 1, [str(w.message) for w in dups]
+
+
 class DisagreeingPlugin:
     """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
 

@@ -27,7 +27,12 @@ from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.scores_file import write_scores
-from metaemb.core.eval.trial_checks import check_scorable, label_warning, mislabelled
+from metaemb.core.eval.trial_checks import (
+    check_scorable,
+    duplicates_warning,
+    label_warning,
+    mislabelled,
+)
 from metaemb.core.eval.trial_set import (
     TrialSet,
     default_out,
@@ -101,10 +106,18 @@ class Evaluation:
         if self.protocol:
             plugin = registry("protocols").entry(self.protocol).plugin
             source = f"protocol '{self.protocol}' (plugin '{plugin}')"
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                listed = read_protocol(self.protocol, root, self.trials_path,
+                                       self.protocol_options)  # fmt: skip
+            for w in said:  # passed on; a trial file's duplicates are not warned about twice
+                warnings.warn(w.message, w.category, stacklevel=2)
+            warned = any(duplicates_warning(str(w.message)) for w in said)
             trials = protocol_trials(
                 self.protocol,
-                read_protocol(self.protocol, root, self.trials_path, self.protocol_options),
+                listed,
                 loaded.parts.folder.root,  # a protocol's own folder may read a sub-folder
+                warned=warned,
             )
             return TrialSet(trials, self.protocol, source, trial_folds(trials, source))
         if self.trials_path:

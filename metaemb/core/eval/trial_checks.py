@@ -132,6 +132,11 @@ def check_scorable(trials: Sequence[Trial], where: str = "the trials") -> None:
         )
 
 
+def duplicates_warning(message: str) -> bool:
+    """Whether a warning's text is one of `warn_duplicates`'."""
+    return "duplicated trial(s)" in message or "test a file against itself" in message
+
+
 def warn_duplicates(trials: Sequence[Trial], where: str) -> None:
     """Warn about trials listed twice (they count twice in every metric), pairs listed with
     both labels (one of the two is wrong) and trials of a file against itself."""

@@ -80,16 +80,20 @@ def read_protocol(
         ) from exc
 
 
-def protocol_trials(name: str, trials: Any, root: Path | None = None) -> list[Trial]:
+def protocol_trials(
+    name: str, trials: Any, root: Path | None = None, warned: bool = False
+) -> list[Trial]:
     """A protocol's result, checked: a list of Trial (plain tuples, a str enroll or a label
     'genuine' would fail later naming neither the protocol nor its plugin), whose paths are
     checked and made relative to `root` as a trial file's are (`..` refused, absolute paths
-    inside the root made relative), with the protocol named."""
+    inside the root made relative), with the protocol named. `warned`: the protocol read a
+    trial file, whose duplicates were already warned about."""
     plugin = registry("protocols").entry(name).plugin
     who = f"protocol '{name}' (plugin '{plugin}')"
     folds = trials.folds if isinstance(trials, TrialList) else 0
     relative = relative_trials(checked_trials(trials, who), root, who)
-    warn_duplicates(relative, who)  # self-pairs flatter every target metric, as in a file
+    if not warned:  # self-pairs flatter every target metric, as in a file
+        warn_duplicates(relative, who)
     return TrialList(relative, folds=folds) if folds else relative
 
 
