@@ -1382,6 +1382,25 @@ def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plug
         check_declared_shapes(Miscounted(), {"kind": "series"})
 
 
+def test_an_augmentation_stretching_time_but_keeping_the_lengths_is_warned_about():
+    """A stretch by 2 returning the input's lengths trained silently on the first half of
+    each sample (P15 F3); a stretch with its lengths, or lengths-free batches, say nothing."""
+    import warnings
+
+    from metaemb.core.train.augment import check_output
+
+    x, labels, lengths = torch.randn(3, 2, 10), torch.arange(3), torch.tensor([10, 7, 4])
+    stretched = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="linear")
+    with pytest.warns(UserWarning, match=r"augmentation 'a' changed the batch's steps \(10 → 20\) "
+                      r"but returned the input's lengths unchanged"):  # fmt: skip
+        check_output("augmentation 'a'", (stretched, lengths, labels), x, lengths, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_output("augmentation 'a'", (stretched, lengths * 2, labels), x, lengths, 3)
+        check_output("augmentation 'a'", (stretched, None, labels), x, None, 3)
+        check_output("augmentation 'a'", (x, lengths, labels), x, lengths, 3)
+
+
 def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_none():
     """Float labels from an augmentation failed in the core softmax ('expected scalar type
     Long'); a Modality with demo_data=None (Python's 'none given') was refused as a class."""

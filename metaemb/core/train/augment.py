@@ -229,6 +229,17 @@ def check_output(
         raise ConfigError(
             f"{name} returned {problem}; see docs/plugins.md, 'register_augmentations'."
         )
+    stretched = y.shape[-1] != x.shape[-1]
+    if stretched and ylen is not None and lengths is not None and torch.equal(ylen, lengths):
+        import warnings
+
+        warnings.warn(  # padding alone may keep them; a stretch or a cut may not
+            f"{name} changed the batch's steps ({x.shape[-1]} → {y.shape[-1]}) but returned "
+            "the input's lengths unchanged: if it stretched or cut the signal, the lengths "
+            "must change with it, or the network reads part of each sample as padding "
+            "(or padding as signal).",
+            stacklevel=2,
+        )
 
 
 def _shape(t: Any) -> str:
