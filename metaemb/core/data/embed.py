@@ -39,6 +39,46 @@ def to_device(out: Any, device: torch.device | str) -> Any:
     return out.to(device)
 
 
+def length_groups(lengths: Tensor) -> list[Tensor]:
+    """Indices of a padded batch in groups of similar length, each padded to its own longest:
+    one 10-minute recording among 63 short ones padded all 64 to 10 minutes (and ran the
+    device out of memory). One group when padding is under half the batch."""
+    n, longest = len(lengths), int(lengths.max())
+    real = int(lengths.sum())
+    if n < 2 or n * longest <= 2 * real:
+        return [torch.arange(n)]
+    groups, current = [], []
+    for i in torch.argsort(lengths).tolist():  # shortest first: each group pads to its last
+        size = int(lengths[i])
+        if current and (len(current) + 1) * size > real:  # the batch's real size bounds each
+            groups.append(torch.tensor(current))
+            current = []
+        current.append(i)
+    groups.append(torch.tensor(current))
+    return groups
+
+
+def run_grouped(
+    fn: Callable[[Tensor, Tensor | None], Any], x: Tensor, lengths: Tensor | None
+) -> Any:
+    """`fn(x, lengths)`, run on groups of similar length when padding dominates the batch,
+    with the outputs put back in the batch's order."""
+    if lengths is None:
+        return fn(x, lengths)
+    groups = length_groups(lengths.cpu())
+    if len(groups) == 1:
+        return fn(x, lengths)
+    outs = []
+    for g in groups:
+        g = g.to(x.device)
+        sub = lengths[g]
+        outs.append(fn(x[g][..., : int(sub.max())], sub))
+    if not isinstance(outs[0], Tensor) and not hasattr(outs[0], "__getitem__"):
+        return fn(x, lengths)  # an embedding type that cannot be reordered: as one batch
+    order = torch.argsort(torch.cat(groups)).to(x.device)
+    return concat(outs)[order]
+
+
 @torch.no_grad()
 def extract(
     fn: Callable[[Tensor, Tensor | None], Any],
@@ -67,11 +107,17 @@ def extract(
         lengths = batch.lengths.to(device) if batch.lengths is not None else None
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = fn(x, lengths)
+                out = run_grouped(fn, x, lengths)
         except (MetaembError, MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # a plugin network failing on a batch it did not train on
             why = first_line(exc)
+            if "allocate" in why and "memory" in why.lower():  # the CPU allocator's OOM
+                raise MetaembError(
+                    f"out of memory embedding a batch of {len(batch)} inputs {list(x.shape)} "
+                    f"({row_files(dataset.folder, batch.indices, list(range(len(batch))))}): "
+                    "lower eval.batch_size, or the longest input the features keep."
+                ) from exc
             raise MetaembError(
                 f"the network failed embedding a batch of {len(batch)} "
                 f"({row_files(dataset.folder, batch.indices, list(range(len(batch))))}, inputs "
