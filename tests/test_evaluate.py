@@ -930,6 +930,31 @@ def test_a_protocol_reading_a_file_warns_about_its_duplicates_once(voices, tmp_p
     assert len(dups) == 1, [str(w.message) for w in dups]
 
 
+def test_a_list_of_one_class_is_refused_naming_it_before_embedding(
+    voices, tmp_path, capsys, monkeypatch
+):
+    """A list of targets only failed after every file was embedded, naming no list (H16 F3)."""
+    import metaemb.core.deploy.loading as loading_module
+
+    data, run, trials = voices
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(ln + "\n" for ln in trials.read_text().splitlines()
+                               if ln.startswith("1 ")))  # fmt: skip
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("embedded before the check")
+
+    monkeypatch.setattr(loading_module, "extract", refuse)
+    n = len(targets.read_text().splitlines())
+    for flag in ("--trials", "--calibrate"):
+        extra = [] if flag == "--trials" else ["--trials", trials]
+        args = ["evaluate", run, "--data", data, flag, targets, *extra, "--workers", "0",
+                "--out", tmp_path / flag[2:]]  # fmt: skip
+        code, out, err = run_cli(args, capsys)
+        said = " ".join((out + err).split())
+        assert code == 2 and f"targets.txt: {n} target and 0 non-target trial(s)" in said, said
+
+
 class DisagreeingPlugin:
     """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
 

@@ -28,6 +28,7 @@ from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
+    check_both_classes,
     check_scorable,
     duplicates_warning,
     label_warning,
@@ -223,6 +224,8 @@ class Evaluation:
         # A list without any label (a challenge's) is scored, not measured: scores.txt only.
         unlabelled = all(t.label is None for t in evals.trials)
         labels = torch.zeros(0) if unlabelled else evals.labels()
+        if not unlabelled:
+            check_both_classes(labels, evals.source)
         shared = self._training_identities_scored(loaded, folder, evals)
         if evals.name != "validation" and not unlabelled:  # generated lists agree by construction
             message = label_warning(mislabelled(folder, evals.trials), len(labels))
@@ -242,7 +245,7 @@ class Evaluation:
         if self.calibrate_path:
             path = self.calibrate_path
             cal = TrialSet(read_trials(path, root=loaded.parts.root), path.stem, str(path))
-            cal.labels()  # refuse unlabelled calibration trials before embedding anything
+            check_both_classes(cal.labels(), cal.source)  # before embedding anything
             _warn_overlap(cal, evals)
         scorer = self._scorer(loaded)
         sets = [evals] + ([cal] if cal else [])

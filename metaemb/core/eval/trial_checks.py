@@ -132,6 +132,19 @@ def check_scorable(trials: Sequence[Trial], where: str = "the trials") -> None:
         )
 
 
+def check_both_classes(labels: Any, where: str) -> None:
+    """Refuse, before anything is embedded, labelled trials of one class only: EER, minDCF and
+    Cllr compare target with non-target scores."""
+    targets = int((labels == 1).sum())
+    others = len(labels) - targets
+    if not targets or not others:
+        raise DataError(
+            f"{where}: {targets} target and {others} non-target trial(s); a verification report "
+            "compares the two, so it needs both. Add the missing kind (`metaemb trials make` "
+            "draws both), or score the list unlabelled."
+        )
+
+
 def duplicates_warning(message: str) -> bool:
     """Whether a warning's text is one of `warn_duplicates`'."""
     return "duplicated trial(s)" in message or "test a file against itself" in message
