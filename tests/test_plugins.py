@@ -168,6 +168,37 @@ def test_a_plugin_implementing_no_hook_is_warned_about(monkeypatch):
     plugins.reset()
 
 
+def test_one_undecorated_hook_beside_decorated_ones_is_warned_about(monkeypatch):
+    """A plugin with decorated hooks and one whose decorator was forgotten: its components
+    were "unknown" without a reason (P15 F4)."""
+    import types
+
+    from metaemb import hookimpl
+
+    module = types.ModuleType("metaemb_half_decorated_xyz")
+
+    @hookimpl
+    def register_backbones(register):
+        pass
+
+    def register_objectives(register):  # the decorator is missing
+        raise AssertionError("never called")
+
+    module.register_backbones = register_backbones
+    module.register_objectives = register_objectives
+    module.register_helper = lambda: None  # not a hook name: not reported
+    _fake_entry_point(monkeypatch, "halfdecorated", "metaemb_half_decorated_xyz", module)
+    plugins.reset()
+    with pytest.warns(UserWarning, match=r"plugin 'halfdecorated' defines register_objectives "
+                      r"without `@metaemb.hookimpl` above it, so it is never called"):  # fmt: skip
+        plugins.state()
+    plugins.reset()
+    monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="defines register_objectives without"):
+        plugins.state()
+    plugins.reset()
+
+
 def test_strict_mode_makes_a_failing_plugin_fatal(monkeypatch):
     monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "1")
     _fake_entry_point(monkeypatch, "broken", "metaemb_broken_plugin_xyz", None)

@@ -132,7 +132,10 @@ class PluginState:
     def check_implements_something(self, name: str, plugin: object, strict: bool) -> None:
         """A plugin whose module implements no hook registers nothing: usually its functions
         lack the `@metaemb.hookimpl` decorator, which pluggy needs to see them."""
-        if self.pm.get_hookcallers(plugin) or hasattr(plugin, "metaemb_hookspecs"):
+        callers = self.pm.get_hookcallers(plugin) or []
+        if callers:
+            self._check_undecorated(name, plugin, {c.name for c in callers}, strict)
+        if callers or hasattr(plugin, "metaemb_hookspecs"):
             return  # (a plugin may only declare hooks for others)
         undecorated = sorted(n for n in dir(plugin) if n.startswith("register_"))
         hint = (
@@ -147,6 +150,24 @@ class PluginState:
         if strict:
             raise PluginError(message + ".")
         warnings.warn(message + "; set METAEMB_STRICT_PLUGINS=1 to make this fatal.", stacklevel=3)
+
+    def _check_undecorated(
+        self, name: str, plugin: object, implemented: set[str], strict: bool
+    ) -> None:
+        """A function named exactly as a hook, beside decorated ones, that lacks the decorator:
+        pluggy never calls it, and its components were "unknown" without a reason."""
+        specs = {n for n, c in vars(self.pm.hook).items()
+                 if isinstance(c, pluggy.HookCaller) and c.has_spec()}  # fmt: skip
+        missed = sorted(n for n in specs - implemented if callable(getattr(plugin, n, None)))
+        if not missed:
+            return
+        message = (
+            f"plugin '{name}' defines {', '.join(missed)} without `@metaemb.hookimpl` above it, "
+            "so it is never called (its decorated hooks are) (docs/plugins.md)"
+        )
+        if strict:
+            raise PluginError(message + ".")
+        warnings.warn(message + "; set METAEMB_STRICT_PLUGINS=1 to make this fatal.", stacklevel=4)
 
     def check_hook_names(self, strict: bool) -> None:
         """A hook implementation whose name no hookspec declares is never called: say so
