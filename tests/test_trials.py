@@ -390,6 +390,13 @@ def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
         ("a/1.wav a/2.wav TARGET", "Kaldi's label 'TARGET' is written in lower case"),
         ("label enroll test", "Line 1 looks like a header (column names, no path): remove it"),
         ("enroll_path test_path is_target", "Line 1 looks like a header"),
+        # an LFW pairs.txt without its 'folds n' header was called a triplet list (S3-9)
+        (
+            "Yuki_Tanaka 3 8",
+            "LFW pairs line ('name n1 n2' or 'name1 n1 name2 n2') of a list "
+            "without its header: add the first line 'folds<TAB>n'",
+        ),
+        ("Abel_Pacheco 1 Yuki_Tanaka 4", "LFW pairs line"),
     ],
 )
 def test_a_bad_label_on_the_first_line_is_named_not_taken_for_a_triplet(tmp_path, first, says):

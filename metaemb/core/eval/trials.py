@@ -79,6 +79,11 @@ class TrialFormat(abc.ABC):
         """Write `trials` atomically (see `write_lines`)."""
         raise DataError(f"trial-list format '{type(self).__name__}' cannot be written.")
 
+    def near_miss(self, fields: list[str]) -> str:
+        """When no format accepts a first line: a sentence (starting with a space) saying how
+        `fields` are almost this format's and what to fix, else ""."""
+        return ""
+
 
 def formats() -> dict[str, TrialFormat]:
     """Every registered trial-list format by name, in detection order."""
@@ -181,6 +186,8 @@ def detect_format(path: str | Path) -> str:
                 "list starts with its first trial.")  # fmt: skip
     if not hint:
         hint = _label_hint(f)
+    if not hint:
+        hint = next((h for fmt in known.values() if (h := _near_miss(fmt, f))), "")
     if not hint and looks_like_triplet(f):
         hint = (" This is a triplet list ('anchor positive negative'): score it with "
                 "`metaemb evaluate --measure match`.")  # fmt: skip
@@ -189,6 +196,16 @@ def detect_format(path: str | Path) -> str:
         f"of: {expected}.{hint} Write the list in one of these formats (`metaemb trials make` "
         "does), or register a reader for yours (register_trial_formats)."
     )
+
+
+def _near_miss(fmt: TrialFormat, fields: list[str]) -> str:
+    """A format's own hint; one that fails or returns another type gives none (this runs only
+    to word an error, which a plugin's bug must not replace)."""
+    try:
+        hint = fmt.near_miss(list(fields))
+    except Exception:
+        return ""
+    return hint if isinstance(hint, str) else ""
 
 
 def _label_hint(fields: list[str]) -> str:

@@ -121,6 +121,15 @@ class LFWPairs(TrialFormat):
     def detect(self, fields: list[str]) -> bool:
         return 1 <= len(fields) <= 2 and all(_number(x) for x in fields)
 
+    def near_miss(self, fields: list[str]) -> str:
+        matched = len(fields) == 3 and _number(fields[1]) and _number(fields[2])
+        mismatched = len(fields) == 4 and _number(fields[1]) and _number(fields[3])
+        if (matched or mismatched) and not _number(fields[0]):
+            return (" It reads as an LFW pairs line ('name n1 n2' or 'name1 n1 name2 n2') of a "
+                    "list without its header: add the first line 'folds<TAB>n' (10<TAB>300 for "
+                    "LFW View 2, 1<TAB>n for one fold of n pairs of each kind).")  # fmt: skip
+        return ""
+
     def read(self, path: Path, root: Path | None) -> TrialList:
         return read_lfw_pairs(path, root)
 
