@@ -340,12 +340,12 @@ def test_a_cohort_smaller_than_top_n_uses_all_of_it_with_a_note():
     x, labels = torch.randn(20, 8), torch.arange(20) % 5
     enroll, test = torch.randn(6, 8), torch.randn(6, 8)
     wide = ASNorm(top_n=300)
-    with pytest.warns(UserWarning, match=r"top_n = 300, but the cohort .*speaker means\) has 5"):
+    with pytest.warns(UserWarning, match=r"top_n = 300, but the cohort .*identity means\) has 5"):
         wide.fit(x, labels)
     exact = ASNorm(top_n=5)
     exact.fit(x, labels)
     torch.testing.assert_close(wide.score(enroll, test), exact.score(enroll, test))
-    with pytest.raises(DataError, match=r"speaker means\) has 1; s-norm needs ≥ 2"):
+    with pytest.raises(DataError, match=r"identity means\) has 1; s-norm needs ≥ 2"):
         ASNorm(top_n=300).fit(x, torch.zeros(20, dtype=torch.long))
 
 

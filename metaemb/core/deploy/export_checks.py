@@ -127,7 +127,7 @@ def _refuse_a_graph_without_lengths(
             f"export adapter '{spec.get('kind')}': the run's features take the lengths of "
             "their [N, channels, steps] inputs, but the adapter's graph passes none "
             "(model_inputs gives lengths None), so a zero-padded batch would embed differently "
-            "from each recording alone. Add an int64 [N] 'lengths' input to names, shapes() and "
+            "from each sample alone. Add an int64 [N] 'lengths' input to names, shapes() and "
             "example() (lengths differing within a batch) and pass it on in wrap()."
         )
 

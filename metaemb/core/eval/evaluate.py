@@ -257,7 +257,7 @@ class Evaluation:
             self.console.print(
                 f"note: BatchNorm statistics not re-estimated (AdaBN): the trials name "
                 f"{len(embedded.pos)} files, fewer than {adapt_norm.MIN_FILES}; so few files "
-                "(and speakers) give statistics that hurt more often than they help.",
+                "(and identities) give statistics that hurt more often than they help.",
                 markup=False,
             )
         validation.warn_if_collapsed(embedded.emb, "evaluated")  # scores all but tied

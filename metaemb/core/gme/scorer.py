@@ -37,7 +37,7 @@ def pool_groups(embeddings: GME, groups: Groups) -> GME:
     """One pooled GME per group of indices into `embeddings` (multi-sample enrollment)."""
     counts = [len(g) for g in groups]
     if any(c < 1 for c in counts):
-        raise DataError(f"enrollment group {counts.index(0)} is empty; need ≥ 1 recording")
+        raise DataError(f"enrollment group {counts.index(0)} is empty; need ≥ 1 sample")
     flat = torch.tensor([int(i) for g in groups for i in g], dtype=torch.long)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= len(embeddings)):
         raise DataError(f"enrollment index out of range for {len(embeddings)} meta-embeddings")

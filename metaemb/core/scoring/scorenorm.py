@@ -82,14 +82,14 @@ class ScoreNorm(PointScorer):
     def _check_cohort_size(self, n: int) -> None:
         if self.top_n > n >= 2 and not getattr(self, "_top_noted", False):
             self._top_noted = True  # a recipe's top_n = 300 on a cohort of 150 uses all 150
-            what = "speaker means" if self.speaker_mean else "embeddings"
+            what = "identity means" if self.speaker_mean else "embeddings"
             warnings.warn(
                 f"adaptive s-norm: top_n = {self.top_n}, but the cohort (the training samples' "
                 f"{what}) has {n}; each side's statistics use all {n}.",
                 stacklevel=2,
             )
         if n < 2:
-            what = "speaker means" if self.speaker_mean else "embeddings"
+            what = "identity means" if self.speaker_mean else "embeddings"
             raise DataError(
                 f"the s-norm cohort (the training samples' {what}) has {n}; s-norm needs ≥ 2: "
                 "fit on more training data."
