@@ -261,12 +261,30 @@ class Collate:
                                 for x in items), 3, quote=False)  # fmt: skip
             raise ConfigError(
                 f"{described(self.features, 'features')}: collate failed on {len(items)} "
-                f"prepared items ({shapes}): {type(exc).__name__}: {exc}"
+                f"prepared items ({shapes}): {type(exc).__name__}: {exc}{_layout_hint(items)}"
             ) from exc
         inputs, lengths = checked_batch(out, items, self.features)
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
         indices = torch.tensor([g[2] for g in good], dtype=torch.long)
         return Batch(inputs, lengths, labels, indices, bad)
+
+
+def _layout_hint(items: Sequence[Any]) -> str:
+    """Items that differ only in their first axis were prepared time-first ([T, C]): the time
+    axis, the one padded and measured by lengths, is the last ([C, T])."""
+    shapes = {tuple(x.shape) for x in items if isinstance(x, Tensor) and x.dim() >= 2}
+    if len(shapes) > 1 and len({s[1:] for s in shapes}) == 1:
+        return (
+            " The items differ in their first axis only: prepare gives the varying axis last "
+            "([channels, steps]); padding and lengths are along the last axis."
+        )
+    if len(shapes) > 1 and len({s[:-1] for s in shapes}) == 1:
+        return (
+            " The items differ in their last axis: the base collate only stacks equal shapes; "
+            "features of varying length pad in their own collate to [N, …, steps_max] and "
+            "return the lengths."
+        )
+    return ""
 
 
 def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Tensor, Any]:
