@@ -382,3 +382,20 @@ def test_the_same_data_given_another_way_names_the_existing_run(tmp_path, capsys
     said = " ".join(err.split())
     assert "trained this same configuration on the same data folder, given as --data" in said
     assert f"--data {data}" in said
+
+
+def test_the_plugins_table_puts_each_hooks_components_on_its_row(capsys, monkeypatch):
+    """register_commands (no components) shifted every later hook's components up a row, so
+    the table read as if register_commands registered the demo data (P15 F8)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["plugins"], capsys, monkeypatch)
+    assert code == 0
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 4 and cells[3].startswith("register_"):
+            rows.setdefault(cells[3], []).append(cells[4])
+    assert "" in rows["register_commands"]  # vision's: it registers commands, no component
+    for hook, comps in rows.items():
+        kind = hook.removeprefix("register_")
+        assert all(not c or c.startswith(f"{kind}:") for c in comps), (hook, comps)

@@ -175,9 +175,16 @@ def plugins(
     table = Table(title="metaemb plugins")
     for col in ("name", "version", "hooks", "components"):
         table.add_column(col)
-    for p in infos:
-        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in sorted(p.components.items()))
-        table.add_row(p.name, p.version, "\n".join(p.hooks), comps)
+    for p in infos:  # one row per hook, beside the components it registered
+        by_hook: dict[str, list[str]] = {}
+        for kind, names in sorted(p.components.items()):
+            by_hook.setdefault(st.kinds.get(kind, ""), []).append(f"{kind}: {', '.join(names)}")
+        rows = [(hook, "\n".join(by_hook.pop(hook, []))) for hook in p.hooks]
+        rows += [("", "\n".join(rest)) for rest in by_hook.values()]
+        for i, (hook, comps) in enumerate(rows or [("", "")]):
+            last = i == max(len(rows), 1) - 1
+            table.add_row(p.name if i == 0 else "", p.version if i == 0 else "", hook, comps,
+                          end_section=last)  # fmt: skip
     console.print(table)
     for f in st.failed:
         console.print(f"[red]failed to load[/] {escape(f.name)}: {escape(str(f.error))}")
