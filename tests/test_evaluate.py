@@ -130,6 +130,9 @@ def test_lfw_protocol_prints_10_fold_accuracy_and_eer(lfw, tmp_path, capsys):
     assert f"10-fold accuracy {100 * mean:.2f} ± {100 * std:.2f}%" in text
     assert f"EER {100 * result['eer']:.2f}%" in text
     assert re.search(r"TAR @ FAR=0\.1% [\d.]+%", text)
+    # a tiny list resolves no FAR of 0.1 %: the value is TAR at FAR 0, and says so (S3-10)
+    assert result["n_nontarget"] < 1000
+    assert f"(at FAR 0: {result['n_nontarget']} non-targets)" in " ".join(text.split())
 
 
 def test_agedb_and_vggface2_protocols_read_their_own_layouts(lfw, tmp_path, capsys):

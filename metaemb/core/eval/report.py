@@ -209,6 +209,9 @@ def print_result(console: Console, result: dict[str, Any]) -> None:
         acc = f"{100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f}%"
         table.add_row(f"{result['folds']}-fold accuracy", acc, *([""] if cal else []))
         tar = f"{100 * result['tar_at_far_0.001']:.2f}%"
+        non = int(result.get("n_nontarget", 0))
+        if 0 < non < 1000:  # no threshold lets 0.1 % of them through: it is TAR at FAR 0
+            tar += f" (at FAR 0: {non} non-targets)"
         table.add_row("TAR @ FAR=0.1%", tar, *([""] if cal else []))
     console.print(table)
     if cal:
