@@ -53,9 +53,11 @@ class Trial:
 class EmptyIdentities(DataError):
     """Identity folders holding no sample file; `paths` are the samples of the others."""
 
-    def __init__(self, message: str, paths: list[str], empty: list[str]) -> None:
+    def __init__(
+        self, message: str, paths: Sequence[str] = (), empty: Sequence[str] = ()
+    ) -> None:  # (message) alone too: callers re-raise errors as type(exc)(longer message)
         super().__init__(message)
-        self.paths, self.empty = paths, empty
+        self.paths, self.empty = list(paths), list(empty)
 
 
 _empty_folders_skipped: contextvars.ContextVar[bool] = contextvars.ContextVar(
