@@ -586,3 +586,26 @@ def test_trial_labels_may_be_numpy_integers_but_not_floats():
     assert type(got[0].label) is int and type(got[1].enroll) is tuple
     with pytest.raises(PluginError, match=r"x: trial 1 has label=1\.0"):
         tc.checked_trials([Trial(("a/1",), "a/2", 1.0)], "x")
+
+
+def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
+    """`trials make --out vox/veri_test2.txt` replaced the official list without a word
+    (H16 F4); the same command re-run still succeeds."""
+    from helpers import run_cli
+
+    from metaemb.plugins.vision.synthetic import generate_faces
+
+    data = generate_faces(tmp_path / "f", identities=4, images_per_identity=3, image_size=16)
+    out = tmp_path / "veri_test2.txt"
+    out.write_text("1 id0000/000.png id0000/001.png\n")
+    official = out.read_bytes()
+    code, _, err = run_cli(["trials", "make", data, "--out", out], capsys)
+    assert code == 2 and "already holds another trial list" in " ".join(err.split()), err
+    assert out.read_bytes() == official
+    code, _, err = run_cli(["trials", "make", data, "--out", out, "--force"], capsys)
+    assert code == 0, err
+    assert out.read_bytes() != official
+    code, _, err = run_cli(["trials", "make", data, "--out", out], capsys)  # the same list
+    assert code == 0, err
+    code, _, err = run_cli(["trials", "make", data, "--out", out, "--seed", "5"], capsys)
+    assert code == 2, err

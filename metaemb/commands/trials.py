@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -59,6 +59,9 @@ def make(
         int | None,
         typer.Option(help="write N seeded 'anchor positive negative' triplets instead", min=1),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="replace an existing --out that holds another list")
+    ] = False,
 ) -> None:
     """Write a seeded trial list (or triplet list) over the samples of DATA; print its coverage."""
     from metaemb.core.errors import ConfigError, MetaembError
@@ -105,14 +108,37 @@ def make(
         from metaemb.core.eval.triplets import make_triplets, triplet_coverage, write_triplets
 
         made = make_triplets(sample_folder, triplets, seed)
+        _keep_other_list(out, force, lambda path: write_triplets(path, made))
         write_triplets(out, made)
         typer.echo(json.dumps({"out": str(out), **triplet_coverage(made, identity)}, indent=2))
         return
     check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     _note_shortfall(trials, targets, nontargets, data)
+    _keep_other_list(out, force, lambda path: write_trials(path, trials, format))
     write_trials(out, trials, format)
     typer.echo(json.dumps({"out": str(out), **coverage(trials, identity)}, indent=2))
+
+
+def _keep_other_list(out: Path, force: bool, write: Any) -> None:
+    """Refuse to replace an existing `out` holding another list (a published list, the one a
+    protocol reads beside the data, another seed's) unless --force; the same list again (the
+    same command re-run) is fine."""
+    if force or not out.is_file():
+        return
+    import tempfile
+
+    from metaemb.core.errors import OutputError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / out.name
+        write(fresh)
+        if fresh.read_bytes() == out.read_bytes():
+            return
+    raise OutputError(
+        f"'{out}' already holds another trial list; a list is part of the results scored on "
+        "it, so it is not replaced: choose another --out, or pass --force to replace it."
+    )
 
 
 def _check_writable(name: str) -> None:
