@@ -137,6 +137,29 @@ def test_rehearsal_folder_has_k_old_samples_per_old_identity(old_run, tmp_path):
     assert rehearsal_root(new, str(run), 2, tmp_path / "cache") == root  # built once
 
 
+def test_rehearsal_names_new_identities_that_reuse_old_names(old_run, tmp_path):
+    """Two demo draws both name their people id0000…: rehearsal merged different people by
+    name without a word, and forgetting then found no new identity (D2 F1)."""
+    import shutil
+    import warnings
+
+    old, new, run = old_run
+    reused = tmp_path / "reused"
+    shutil.copytree(new, reused)
+    first_old = {p.name for p in old.iterdir() if p.is_dir()}
+    built = rehearsal_root(new, str(run), 1, tmp_path / "c1")  # holds the old run's trained ids
+    old_trained = sorted(p.name for p in built.iterdir() if p.is_dir() and p.name in first_old)
+    (reused / sorted(p.name for p in new.iterdir() if p.is_dir())[0]).rename(
+        reused / old_trained[0]
+    )
+    with pytest.warns(UserWarning, match=rf"rehearsal: 1 of the \d+ identities of .* have the "
+                      rf"names of identities the init run trained on \('{old_trained[0]}'\)"):  # fmt: skip
+        rehearsal_root(reused, str(run), 1, tmp_path / "c2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rehearsal_root(new, str(run), 1, tmp_path / "c3")  # distinct names: nothing to say
+
+
 def test_snapshots_every_n_epochs(old_run, tmp_path, capsys):
     old, _, _ = old_run
     code, _, err = train(old, tmp_path / "runs", capsys, "train.epochs=2", "train.snapshot_every=1")

@@ -173,6 +173,7 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
         raise ConfigError(f"train.rehearsal must be ≥ 1 old samples per identity, got {k}.")
     old = load_run(Path(init_from), "cpu", with_data=True)
     old_train, _ = validation.split(old.parts.folder, old.config)
+    _warn_shared_names(Path(new_root), old_train.identities)
     key = json.dumps([str(Path(new_root).resolve()), str(Path(init_from).resolve()), k, seed])
     out = Path(cache) / "rehearsal" / hashlib.sha256(key.encode()).hexdigest()[:12]
     done = out / ".complete"
@@ -193,6 +194,26 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _warn_shared_names(new_root: Path, old_identities: list[str]) -> None:
+    """Rehearsal joins the stored samples of an old identity to the new identity of the same
+    name: right for new samples of known people, wrong for other people under reused names
+    (two draws of a generator both start at id0000). Say so, naming them."""
+    import warnings
+
+    from metaemb.core.errors import first_few
+
+    new = {p.name for p in new_root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    shared = sorted(new & set(old_identities))
+    if shared:
+        warnings.warn(
+            f"rehearsal: {len(shared)} of the {len(new)} identities of '{new_root}' have the names "
+            f"of identities the init run trained on ({first_few(shared, 3)}); their stored "
+            "samples join them as the same people. If they are other people, rename their "
+            "folders.",
+            stacklevel=3,
+        )
 
 
 def _link(src: Path, dest: Path) -> None:
@@ -244,7 +265,8 @@ def measure_forgetting(trainer: Any, init_from: str) -> dict[str, Any]:
     if len(new_ids) < 2:
         raise DataError(
             "forgetting needs at least two identities in this run's data that the init run did "
-            f"not have; found {len(new_ids)}."
+            f"not have; found {len(new_ids)} (identities are told apart by name: a folder named "
+            "as one of the init run's identities counts as that identity)."
         )
     new_folder = trainer.parts.folder.subset(new_ids)
     cfg = trainer.config
