@@ -89,6 +89,25 @@ def test_reference_evaluation_scores_are_dlib_cosines(tmp_path, capsys):
         assert s == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=2e-3)
 
 
+def test_reference_results_of_two_data_folders_are_kept_apart(tmp_path, capsys, monkeypatch):
+    """Every --reference evaluation wrote ./eval-reference-NAME/, so a second data folder
+    replaced the first one's results (D2 F2)."""
+    import shutil
+    import warnings
+
+    a = helpers.demo_faces(tmp_path / "a", identities=3, images_per_identity=2, image_size=64)
+    b = shutil.copytree(a, tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    for data in (a, b):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the alignment note
+            code, _, err = helpers.run_cli(["evaluate", "--reference", "dlib-resnet", "--data",
+                                            data, "--workers", "0"], capsys)  # fmt: skip
+        assert code == 0, err
+    for name in ("a", "b"):
+        assert (tmp_path / f"eval-reference-dlib-resnet-{name}" / "metrics.json").is_file()
+
+
 def test_a_backbone_without_weights_is_not_a_teacher(tmp_path, capsys):
     code, _, err = helpers.run_cli(["evaluate", "--reference", "resnet18", "--data", tmp_path],
                                    capsys)  # fmt: skip

@@ -58,8 +58,9 @@ def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
         "(no trial list given)"
     )
     console.print(
-        f"no trial list given: scoring {len(trials)} {escape(source)}; '{escape(str(folder.root))}' "
-        "is not the run's training folder, so it is not split. Pass --trials FILE to choose.",
+        f"no trial list given: scoring {len(trials)} seeded trials over all "
+        f"{folder.num_identities} identities of '{escape(str(folder.root))}', which is not the "
+        "run's training folder, so it is not split. Pass --trials FILE to choose.",
     )
     return trials, source
 
