@@ -133,13 +133,12 @@ def train(
 
 
 def _said_stopped(out: Any, trainer: Any, said: str) -> None:
-    out.log_only(said)
+    """The stop and how to resume, on stderr and in train.log (the file a batch job's user
+    reads after the job died)."""
+    line = f"{said}; re-run the same command to resume {trainer.dir} from its last completed epoch."
+    out.log_only(line)
     if trainer.dist.main:
-        err_console.print(
-            f"{said}; re-run the same command to resume {trainer.dir} from its last "
-            "completed epoch.",
-            markup=False,
-        )
+        err_console.print(line, markup=False)
 
 
 def _remove_unstarted_run(folder: Path) -> None:
