@@ -53,6 +53,23 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         checkpoints.load_checkpoint(path)
 
 
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9])
+def test_every_truncation_is_called_truncated(tmp_path, fraction):
+    """Cut at some lengths, torch.load raised OSError 'Invalid argument', shown as it was for
+    a truncated gallery (H16 F6)."""
+    import io
+
+    from metaemb.core.checkpoints import load_error_reason
+
+    buf = io.BytesIO()
+    torch.save({"a": torch.zeros(1000), "b": ["x"] * 50, "c": torch.ones(1000)}, buf)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * fraction)])
+    with pytest.raises(Exception) as err:
+        torch.load(cut, weights_only=True)
+    assert "truncated or damaged" in load_error_reason(err.value)
+
+
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoints.save_checkpoint(path, {"epoch": 1})

@@ -4,6 +4,7 @@ with one-line reasons when a file is not a checkpoint this metaemb can read.
 
 from __future__ import annotations
 
+import errno
 import io
 import pickle
 import re
@@ -42,7 +43,8 @@ def load_error_reason(exc: BaseException) -> str:
     not_torch = legacy or "invalid load key" in text  # torch's pre-zip reader on other bytes
     if not_torch or "Weights only load failed" in text:
         return "it is not a file written by torch.save (another kind of file, or damaged)"
-    if "zip archive" in text or "central directory" in text:
+    truncated = isinstance(exc, OSError) and exc.errno == errno.EINVAL  # a seek past its end
+    if truncated or "zip archive" in text or "central directory" in text:
         return "it is truncated or damaged (its zip archive cannot be read)"
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

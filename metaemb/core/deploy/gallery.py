@@ -306,7 +306,8 @@ class Gallery:
             from metaemb.core.checkpoints import load_error_reason
 
             raise GalleryError(
-                f"gallery '{p}' cannot be read ({load_error_reason(exc)})."
+                f"gallery '{p}' cannot be read ({load_error_reason(exc)}). Restore it from a "
+                "copy, or enroll into a new gallery file."
             ) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise GalleryError(f"'{p}' is not a metaemb gallery file.")
