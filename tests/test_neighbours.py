@@ -96,6 +96,17 @@ def test_identify_takes_the_root_its_own_naming_note_points_at(trained, tmp_path
     assert code == 2 and "is not inside an identity folder of --root" in " ".join(
         (out + err).split()
     )
+    # neighbours too (P15 F10): the probe named under --root, as embed --root names it
+    coll = tmp_path / "coll.npz"
+    code, _, err = helpers.run_cli(["embed", run, data, "--out", coll, "--workers", "0"], capsys)
+    assert code == 0, err
+    out_json = tmp_path / "n.json"
+    code, _, err = helpers.run_cli(["neighbours", coll, probe, "--root", tmp_path / "nested",
+                                    "--out", out_json], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["probes"][0]["probe"] == "alice/session1/p.png"
+    code, _, err = helpers.run_cli(["neighbours", coll, "--root", data], capsys)
+    assert code == 2 and "--root applies to probe files" in " ".join(err.split())
 
 
 def test_embed_without_root_says_when_the_runs_folder_names_identities_its_own_way():

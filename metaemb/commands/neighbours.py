@@ -75,8 +75,10 @@ def find_neighbours(
     scorer: str | None = None,
     device: str = "auto",
     workers: int = 0,
+    root: Path | None = None,
 ) -> dict[str, Any]:
-    """Embed the probe files with the collection's model (or `run`) and search the collection."""
+    """Embed the probe files with the collection's model (or `run`) and search the collection
+    (`root`: the data folder the probes are under, as `embed --root`)."""
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import Collection, nearest
@@ -87,7 +89,7 @@ def find_neighbours(
         raise MetaembError(
             f"'{collection_path}' does not say which model embedded it; pass --run RUN_OR_CHECKPOINT."
         )
-    probe = embed_inputs(model, probes, device=device, workers=workers)
+    probe = embed_inputs(model, probes, device=device, workers=workers, root=root)
     if coll.meta.get("model_digest") and probe.meta["model_digest"] != coll.meta["model_digest"]:
         raise MetaembError(
             f"'{model}' is not the model that embedded '{collection_path}' (weights "
@@ -133,6 +135,13 @@ def neighbours(
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 0,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="for probe files: the <identity>/… folder they belong to, so the run's sample "
+            "folder names their identities (default: the folder each file sits in)"
+        ),
+    ] = None,
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
@@ -147,7 +156,7 @@ def neighbours(
     if not probe:
         probe_only = {"--run": run is not None, "--device": device != "auto",
                       "--workers": workers != 0, "-k": k != 5,
-                      "--backend": backend != "auto"}  # fmt: skip
+                      "--backend": backend != "auto", "--root": root is not None}  # fmt: skip
         for flag in (f for f, given in probe_only.items() if given):
             raise MetaembError(f"{flag} applies to probe files (embedded and searched); without "
                                "probes the collection's own stored embeddings are scored "
@@ -158,7 +167,7 @@ def neighbours(
     if out is not None:
         ensure_writable(out, "results file")  # before any embedding
     if probe:
-        result = find_neighbours(collection, probe, k, run, backend, scorer, device, workers)
+        result = find_neighbours(collection, probe, k, run, backend, scorer, device, workers, root)
         for entry in result["probes"]:
             table = Table(title=f"nearest to {escape(entry['probe'])} ({result['backend']})")
             for col in ("rank", "identity", "sample", "score"):
