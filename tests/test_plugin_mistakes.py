@@ -1678,3 +1678,18 @@ def test_a_collate_failure_on_time_first_items_says_the_time_axis_is_last():
     unpadded = [torch.zeros(3, 288), torch.zeros(3, 309)]
     assert "pad in their own collate" in _layout_hint(unpadded)
     assert _layout_hint([torch.zeros(3, 5), torch.zeros(3, 5)]) == ""
+
+
+def test_a_sample_folder_without_extensions_is_named_not_the_data(tmp_path):
+    """extensions = () scanned nothing and told the user to remove every identity folder of
+    good data (P15 F9); a folder that lists its samples itself (Kaldi's) needs none."""
+    from metaemb.core.errors import PluginError
+    from metaemb.plugins.audio.folder import AudioFolder
+
+    class NoSuffixes(AudioFolder):
+        extensions = ()
+
+    (tmp_path / "spk1").mkdir()
+    (tmp_path / "spk1" / "a.wav").write_bytes(b"")
+    with pytest.raises(PluginError, match=r"NoSuffixes declares no `extensions`, so scanning"):
+        NoSuffixes(tmp_path)

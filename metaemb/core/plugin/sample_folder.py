@@ -120,6 +120,13 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 f"data path '{root}' is not a folder of <identity>/<{self.what}> files."
             )
         exts = {e.lower() for e in self.extensions}
+        if not exts:  # the scan would find nothing, and blame every identity folder for it
+            raise PluginError(
+                f"sample folder {type(self).__qualname__} declares no `extensions`, so scanning "
+                f"'{root}' finds no file: give the suffixes of its files (extensions = "
+                '(".npy",)), or list the samples itself and pass them to '
+                "SampleFolder.__init__(root, samples) (as a folder reading an index does)."
+            )
         # A large tree is listed once and reused while its directories are unchanged.
         from metaemb.core.data.manifest import cached_scan
 
