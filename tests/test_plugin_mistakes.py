@@ -362,6 +362,24 @@ def test_padding_leaks_are_found_behind_features_that_trim_a_batch_to_its_longes
         component_checks.check_first_batch(masked, resolve("series"), x, lengths)
 
 
+def test_features_dropping_lengths_are_found_when_training_crops_have_one_length(plugin):
+    """Features whose forward returns lengths None, with crops of one length (collate gave
+    lengths None): taken for fixed-size features, and evaluation embeddings then depended on
+    their batch neighbours (P15 F11). Their collate pads items of two lengths, so they are
+    sequences, and a masking backbone behind them still leaks."""
+
+    class DropsLengths(SeriesFeatures):
+        def forward(self, x, lengths=None):
+            return super().forward(x, lengths)[0], None
+
+    cfg = resolve("series")
+    x = torch.randn(4, 3, 12)
+    model = EmbeddingModel(DropsLengths(), ConvNet(), nn.Linear(8, cfg.model.dim))
+    with pytest.warns(UserWarning, match=r"padding leaks.*The features returned lengths None "
+                      r"for a padded batch"):  # fmt: skip
+        component_checks.check_first_batch(model, cfg, x, None)
+
+
 def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):
     """Raw 16-bit pixels (values of 1e5 after normalisation) trained without a word."""
     cfg = resolve("series")

@@ -224,11 +224,12 @@ def _warn_if_padding_leaks(
             longer = torch.cat([x[:1], x[:1, ..., :extra]], dim=-1)
             both = torch.cat([padded, longer])
             f, fl = model.features(both, torch.stack([lengths[0], lengths[0] + extra]))
-            if unpadded and fl is None:  # features without lengths: fixed-size inputs
-                return
+            if unpadded and fl is None and not _pads_items(model.features, x):
+                return  # features without lengths: fixed-size inputs
             alone, batched = pooled[0].float(), backbone(f, fl)[0].float()
         except Exception:  # a plugin that cannot take this made-up batch: nothing to say
             return
+        flen = fl  # what the features made of the lengths of the batch padded here
     else:
         i = int(torch.argmin(lengths))
         if int(lengths[i]) < 1:
@@ -238,11 +239,7 @@ def _warn_if_padding_leaks(
     gap = float((alone - batched).abs().max())
     if not math.isfinite(gap) or gap <= 1e-3 * max(1.0, float(batched.abs().max())):
         return  # NaN is the non-finite checks' business, not a padding leak
-    dropped = (
-        " The features returned lengths None for a padded batch."
-        if flen is None and not unpadded
-        else ""
-    )
+    dropped = " The features returned lengths None for a padded batch." if flen is None else ""
     warnings.warn(
         f"{component(config, 'features')} → {component(config, 'backbone')}: a sample padded in "
         f"a batch is embedded differently from the same sample alone (largest difference "
@@ -251,6 +248,18 @@ def _warn_if_padding_leaks(
         "valid steps only); see docs/plugins.md, 'Testing a plugin'.",
         stacklevel=3,
     )
+
+
+def _pads_items(features: Any, x: Tensor) -> bool:
+    """Whether the features' collate pads items of two lengths and returns their lengths: they
+    take sequences, so a forward that returns lengths None drops them (when training crops all
+    have one length, nothing else shows it)."""
+    try:
+        item = x[0].detach().cpu()
+        _, lens = features.collate([item, item[..., : max(1, item.shape[-1] // 2)]])
+    except Exception:
+        return False
+    return lens is not None
 
 
 PLAIN = (str, int, float, bool, type(None))
