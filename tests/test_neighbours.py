@@ -185,11 +185,13 @@ def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
         assert helpers.run_cli(["neighbours", f, "--out", out], capsys)[0] == 0
         reports.append(json.loads(out.read_text()))
     assert reports[0] == reports[1] and reports[0]["samples"] == 40
-    code, _, err = helpers.run_cli(["embed", run, data, "--out", tmp_path / "x.npy"], capsys)
-    assert code == 2 and "a torch file (.pt) or a NumPy archive (.npz), not .npy" in " ".join(
-        err.split()
-    )
-    assert not (tmp_path / "x.npy").exists()
+    for name, says in (("x.npy", "not .npy"), ("xvector.ark", "For Kaldi, write .npz"),
+                       ("xvector.scp", "not .scp"), ("emb", "needs one of those suffixes")):  # fmt: skip
+        # a Kaldi name held a torch zip, which Kaldi's tools read as garbage (S3-15)
+        code, _, err = helpers.run_cli(["embed", run, data, "--out", tmp_path / name], capsys)
+        said = " ".join(err.split())
+        assert code == 2 and "a torch file (.pt, .pth) or a NumPy archive (.npz)" in said, said
+        assert says in said and not (tmp_path / name).exists()
 
 
 def test_neighbours_of_a_probe_faiss_equals_exact(trained, tmp_path, capsys):

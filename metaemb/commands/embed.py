@@ -49,8 +49,8 @@ def embed(
 
         raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
     use_frontend_set(frontend_set)
+    ensure_writable(out, "embeddings file")  # before any embedding: a folder, a run's file
     check_format(out)
-    ensure_writable(out, "embeddings file")  # before any embedding
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root,
                               skip_bad=on_bad_sample == "skip")  # fmt: skip
     collection.save(out)

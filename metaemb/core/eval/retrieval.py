@@ -95,17 +95,23 @@ class Collection:
         return cls(list(d["paths"]), ids, emb, meta)
 
 
-NOT_WRITTEN = (".npy", ".csv", ".tsv", ".txt", ".json", ".h5", ".hdf5", ".mat", ".pkl", ".pickle")
+WRITTEN = (".pt", ".pth", ".npz")
 
 
 def check_format(path: Path) -> None:
-    """Embeddings are written as a torch file (any name, usually .pt) or a NumPy archive (.npz,
-    arrays `embeddings` or GME `a`/`b`, `paths`, `identities`, and the model's details as 0-d
-    strings). A name promising another format would hold a torch file, so it is refused."""
-    if Path(path).suffix.lower() in NOT_WRITTEN:
+    """Embeddings are written as a torch file (.pt, .pth) or a NumPy archive (.npz, arrays
+    `embeddings` or GME `a`/`b`, `paths`, `identities`, and the model's details as 0-d
+    strings). Any other name (`.npy`, a Kaldi `.ark`) would hold a torch file that the tools
+    its name promises cannot read, so it is refused."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITTEN:
+        what = f"not {suffix}" if suffix else "and the name needs one of those suffixes"
+        kaldi = (" For Kaldi, write .npz and convert it: its `paths` name the samples (the "
+                 "utterance ids of a Kaldi data directory)."
+                 if suffix in (".ark", ".scp") else "")  # fmt: skip
         raise DataError(
-            f"'{path}': embeddings are written as a torch file (.pt) or a NumPy archive (.npz), "
-            f"not {Path(path).suffix}; name the output with one of those."
+            f"'{path}': embeddings are written as a torch file (.pt, .pth) or a NumPy archive "
+            f"(.npz), {what}; name the output with one of those.{kaldi}"
         )
 
 
