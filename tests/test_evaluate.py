@@ -131,6 +131,7 @@ def test_lfw_protocol_prints_10_fold_accuracy_and_eer(lfw, tmp_path, capsys):
     assert f"EER {100 * result['eer']:.2f}%" in text
     assert re.search(r"TAR @ FAR=0\.1% [\d.]+%", text)
     # a tiny list resolves no FAR of 0.1 %: the value is TAR at FAR 0, and says so (S3-10)
+    assert result["trials_source"].endswith(f", list '{data / 'pairs.txt'}'")  # (S3-20)
     assert result["n_nontarget"] < 1000
     assert f"(at FAR 0: {result['n_nontarget']} non-targets)" in " ".join(text.split())
 
@@ -707,7 +708,8 @@ class MissingFileProtocol:
     def register_protocols(self, register):
         def reader(root, trials=None):
             files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
-            return [Trial((files[0],), "nobody/x.jpg", 0)]
+            # a target too: a list of one kind is refused first, missing files or not
+            return [Trial((files[0],), files[1], 1), Trial((files[0],), "nobody/x.jpg", 0)]
 
         register("missing-test", reader)
 
@@ -956,6 +958,26 @@ def test_a_list_of_one_class_is_refused_naming_it_before_embedding(
         code, out, err = run_cli(args, capsys)
         said = " ".join((out + err).split())
         assert code == 2 and f"targets.txt: {n} target and 0 non-target trial(s)" in said, said
+
+
+def test_the_voxceleb_protocol_names_its_list_and_the_uncleaned_fallback(voices, tmp_path, capsys):
+    """Without veri_test2.txt the protocol read the original veri_test.txt, and no output
+    named the file read (S3-20)."""
+    import shutil
+
+    data, run, trials = voices
+    corpus = tmp_path / "vox1"
+    shutil.copytree(data, corpus / "wav")
+    shutil.copy(trials, corpus / "veri_test.txt")
+    args = ["evaluate", run, "--data", corpus / "wav", "--protocol", "voxceleb", "--workers", "0",
+            "--out", tmp_path / "ev"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"reads '.*veri_test.txt', the original VoxCeleb1-O "
+                      r"list .* put veri_test2.txt there or pass --trials"):  # fmt: skip
+        code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["trials_source"].endswith(f"list '{corpus / 'veri_test.txt'}'")
+    assert "veri_test.txt" in " ".join(out.split())
 
 
 class DisagreeingPlugin:

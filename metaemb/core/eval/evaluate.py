@@ -120,6 +120,8 @@ class Evaluation:
                 loaded.parts.folder.root,  # a protocol's own folder may read a sub-folder
                 warned=warned,
             )
+            if getattr(trials, "path", ""):  # which file: a protocol may fall back to another
+                source += f", list '{trials.path}'"
             return TrialSet(trials, self.protocol, source, trial_folds(trials, source))
         if self.trials_path:
             path = self.trials_path

@@ -91,10 +91,11 @@ def protocol_trials(
     plugin = registry("protocols").entry(name).plugin
     who = f"protocol '{name}' (plugin '{plugin}')"
     folds = trials.folds if isinstance(trials, TrialList) else 0
+    path = getattr(trials, "path", "") or ""  # the list file it read, if it read one
     relative = relative_trials(checked_trials(trials, who), root, who)
     if not warned:  # self-pairs flatter every target metric, as in a file
         warn_duplicates(relative, who)
-    return TrialList(relative, folds=folds) if folds else relative
+    return TrialList(relative, folds=folds, path=path) if folds or path else relative
 
 
 def protocol_options(name: str, given: dict[str, Any] | None = None) -> dict[str, Any]:

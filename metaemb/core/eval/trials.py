@@ -45,12 +45,16 @@ KALDI_LABELS = LABEL_WORDS  # the name core/eval/triplets.py imports
 
 class TrialList(list):
     """Trials in file order; `folds` > 1 when they form that many contiguous, equal folds;
-    `read_as` names the format they were read in, for messages ("format 'x' (plugin 'p')")."""
+    `read_as` names the format they were read in, for messages ("format 'x' (plugin 'p')");
+    `path` the file they were read from ("" when generated)."""
 
-    def __init__(self, trials: Iterable[Trial] = (), folds: int = 0, read_as: str = "") -> None:
+    def __init__(
+        self, trials: Iterable[Trial] = (), folds: int = 0, read_as: str = "", path: str = ""
+    ) -> None:
         super().__init__(trials)
         self.folds = int(folds)
         self.read_as = read_as
+        self.path = path
 
 
 def folds_of(trials: Sequence[Trial]) -> int:
@@ -280,6 +284,7 @@ def read_trials(
         relative_trials(checked_trials(trials, who), given_root, who),
         folds_of(trials),
         read_as=format_label(name),
+        path=str(path),
     )
     warn_duplicates(trials, str(path))
     return trials

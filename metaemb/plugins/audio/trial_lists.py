@@ -167,7 +167,17 @@ def voxceleb_protocol(root: Path, trials: Path | None = None) -> list[Trial]:
     """VoxCeleb `label enroll test` list (default: veri_test2.txt, the cleaned VoxCeleb1-O)."""
     root = Path(root)
     names = ("veri_test2.txt", "veri_test.txt", "trials.txt")
-    return read_trials(default_file(root, trials, names, "VoxCeleb"), root, "voxceleb")
+    path = default_file(root, trials, names, "VoxCeleb")
+    if trials is None and path.name == "veri_test.txt":
+        import warnings
+
+        warnings.warn(
+            f"protocol 'voxceleb' reads '{path}', the original VoxCeleb1-O list (37,720 trials, "
+            "some with wrong labels), as no cleaned veri_test2.txt (37,611) lies beside it; "
+            "published results use the cleaned list: put veri_test2.txt there or pass --trials.",
+            stacklevel=2,
+        )
+    return read_trials(path, root, "voxceleb")
 
 
 def cnceleb_protocol(root: Path, trials: Path | None = None) -> list[Trial]:

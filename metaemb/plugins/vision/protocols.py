@@ -50,6 +50,7 @@ def lfw(root: Path, trials: Path | None = None) -> TrialList:
     root = Path(root)
     path = find_list(root, "pairs.txt", trials)
     pairs = read_lfw_pairs(path, root)
+    pairs.path = str(path)  # named in the results: the list the protocol found
     warn_duplicates(pairs, str(path))  # as `--trials` does: duplicates count twice
     return pairs
 
