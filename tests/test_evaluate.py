@@ -708,8 +708,7 @@ class MissingFileProtocol:
     def register_protocols(self, register):
         def reader(root, trials=None):
             files = sorted(p.relative_to(root).as_posix() for p in Path(root).glob("*/*.jpg"))
-            # a target too: a list of one kind is refused first, missing files or not
-            return [Trial((files[0],), files[1], 1), Trial((files[0],), "nobody/x.jpg", 0)]
+            return [Trial((files[0],), "nobody/x.jpg", 0)]
 
         register("missing-test", reader)
 
@@ -978,6 +977,33 @@ def test_the_voxceleb_protocol_names_its_list_and_the_uncleaned_fallback(voices,
     result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert result["trials_source"].endswith(f"list '{corpus / 'veri_test.txt'}'")
     assert "veri_test.txt" in " ".join(out.split())
+
+
+def test_evaluations_of_other_folders_lists_or_options_keep_each_result(voices, tmp_path, capsys):
+    """Two folders named wav/ with lists named trials.txt shared eval-wav-trials/, and
+    --no-adapt replaced the adapted result (S3-18, D2 F5): each now keeps its own folder; the
+    same evaluation again replaces its own."""
+    import shutil
+
+    data, run, trials = voices
+    for corpus in ("a", "b"):
+        shutil.copytree(data, tmp_path / corpus / "wav")
+        shutil.copy(trials, tmp_path / corpus / "trials.txt")
+    outs = []
+    for corpus, extra in (("a", []), ("b", []), ("a", []), ("a", ["--no-adapt"]),
+                          ("a", ["--p-target", "0.001"])):  # fmt: skip
+        before = set(run.glob("eval-*"))
+        args = ["evaluate", run, "--data", tmp_path / corpus / "wav", "--trials",
+                tmp_path / corpus / "trials.txt", "--workers", "0", *extra]  # fmt: skip
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        new = set(run.glob("eval-*")) - before
+        outs.append(new.pop() if new else None)
+    first, second, again, noadapt, prior = outs
+    assert first is not None and second is not None and again is None  # (a) again: its own
+    assert noadapt.name.endswith("-noadapt") and prior.name.endswith("-p0.001")
+    held = json.loads((first / "metrics.json").read_text())
+    assert held["data_root"] == str((tmp_path / "a" / "wav").resolve())
 
 
 class DisagreeingPlugin:

@@ -35,6 +35,34 @@ def _match_unicode_forms(where: dict[str, int], needed: list[str]) -> None:
             where[p] = where[same[0]]
 
 
+def files_present(folder: SampleFolder, sets: list[TrialSet]) -> tuple[dict[str, int], list[str]]:
+    """(folder index of each file, the files) named by the trial sets, in sorted order; a file
+    the folder does not hold is an error naming it and where the list came from."""
+    where = {s.path: i for i, s in enumerate(folder.samples)}
+    needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
+    _match_unicode_forms(where, needed)
+    missing = [p for p in needed if p not in where]
+    if missing:
+        absent = set(missing)
+        named = [ts for ts in sets if any(p in absent for t in ts.trials
+                                          for p in (*t.enroll, t.test))]  # fmt: skip
+        read = "".join(
+            f"; {ts.source} was read as {ts.read_as}"
+            if ts.read_as
+            else f"; they come from {ts.source}"
+            if ts.source.startswith("protocol ")
+            else ""
+            for ts in named
+        )
+        raise DataError(
+            f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
+            + first_few(missing)
+            + read
+            + _left_out(folder, missing)
+        )
+    return where, needed
+
+
 class Embedded:
     """Embeddings of every file named by some trials, extracted once per file."""
 
@@ -46,28 +74,7 @@ class Embedded:
         workers: int,
         adapt_batchnorm: bool = False,
     ):
-        where = {s.path: i for i, s in enumerate(folder.samples)}
-        needed = sorted({p for ts in sets for t in ts.trials for p in (*t.enroll, t.test)})
-        _match_unicode_forms(where, needed)
-        missing = [p for p in needed if p not in where]
-        if missing:
-            absent = set(missing)
-            named = [ts for ts in sets if any(p in absent for t in ts.trials
-                                              for p in (*t.enroll, t.test))]  # fmt: skip
-            read = "".join(
-                f"; {ts.source} was read as {ts.read_as}"
-                if ts.read_as
-                else f"; they come from {ts.source}"
-                if ts.source.startswith("protocol ")
-                else ""
-                for ts in named
-            )
-            raise DataError(
-                f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
-                + first_few(missing)
-                + read
-                + _left_out(folder, missing)
-            )
+        where, needed = files_present(folder, sets)
         indices = [where[p] for p in needed]
         # AdaBN (label-free): the network's normalisation re-estimated on the files scored
         from metaemb.core.eval import adapt_norm

@@ -25,7 +25,7 @@ from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
-from metaemb.core.eval.embedded import Embedded
+from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
@@ -36,6 +36,7 @@ from metaemb.core.eval.trial_checks import (
 )
 from metaemb.core.eval.trial_set import (
     TrialSet,
+    beside_others,
     default_out,
     parse_protocol_options,
     protocol_options,
@@ -208,6 +209,16 @@ class Evaluation:
         return registry("protocols").entry(self.protocol).info.get("folder")
 
     # -- run -----------------------------------------------------------------------------
+    def _variant(self) -> str:
+        """The options that change the numbers of the same trials, in the default output
+        folder's name, so comparing them keeps each result (`--no-adapt` beside the adapted)."""
+        parts = ["-noadapt"] if not self.adapt else []
+        if self.p_targets:
+            parts.append("-p" + "-".join(f"{p:g}" for p in self.p_targets))
+        if self.calibrate_path:
+            parts.append(f"-cal-{Path(self.calibrate_path).stem}")
+        return "".join(parts)
+
     def run(self) -> dict[str, Any]:
         """Evaluate: print the metrics table (to `console`), write metrics.json, scores.txt and
         the plots to the output folder (`out`, else eval-<trials> inside the run) and return
@@ -227,6 +238,7 @@ class Evaluation:
         unlabelled = all(t.label is None for t in evals.trials)
         labels = torch.zeros(0) if unlabelled else evals.labels()
         if not unlabelled:
+            files_present(folder, [evals])  # a missing file is the first thing to fix
             check_both_classes(labels, evals.source)
         shared = self._training_identities_scored(loaded, folder, evals)
         if evals.name != "validation" and not unlabelled:  # generated lists agree by construction
@@ -240,7 +252,11 @@ class Evaluation:
         if frontend_set:  # another preprocessing of the same files: beside, not over, the plain
             tag = hashlib.sha1(json.dumps(frontend_set, sort_keys=True).encode()).hexdigest()
             name = f"{name}-frontend-{tag[:6]}"
-        out = self.out or default_out(self._run_dir(), name, self.data)
+        name += self._variant()
+        data_root = str(Path(loaded.parts.root).resolve())
+        out = self.out or beside_others(
+            default_out(self._run_dir(), name, self.data), data_root, evals.source
+        )
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
         cal = None
@@ -271,6 +287,7 @@ class Evaluation:
         result: dict[str, Any] = {
             "trials": evals.name,
             "trials_source": evals.source,
+            "data_root": data_root,
             "scorer": self.scorer_name or cfg.eval.scorer,
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,

@@ -26,6 +26,26 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
+def beside_others(out: Path, data_root: str, source: str) -> Path:
+    """`out`, unless it holds the results of another data folder or list (two VoxCeleb
+    folders are both `wav/`, Kaldi lists all `trials`): then a sibling named by both, so one
+    evaluation never replaces another's results."""
+    import hashlib
+    import json
+
+    try:
+        held = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return out
+    if not isinstance(held, dict):
+        return out
+    same_root = held.get("data_root", data_root) == data_root  # older results: by source only
+    if same_root and held.get("trials_source") == source:
+        return out
+    tag = hashlib.sha1(f"{data_root}\n{source}".encode()).hexdigest()[:6]
+    return out.with_name(f"{out.name}-{tag}")
+
+
 @dataclass
 class TrialSet:
     """Trials to score, where they came from, and how many contiguous folds they form (0: none)."""
