@@ -609,3 +609,19 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run_cli(["trials", "make", data, "--out", out, "--seed", "5"], capsys)
     assert code == 2, err
+
+
+def test_coverage_of_a_list_with_a_bad_first_label_and_a_missing_root(tmp_path, capsys):
+    """A VoxCeleb list whose first label was a typo was counted as 48 triplets (exit 0), and a
+    --root that does not exist gave a plausible coverage (H16 F7, F8)."""
+    from helpers import run_cli
+
+    listed = tmp_path / "l2.txt"
+    listed.write_text("2 a/1.png a/2.png\n0 a/1.png b/1.png\n")
+    code, out, err = run_cli(["trials", "coverage", listed], capsys)
+    said = " ".join((out + err).split())
+    assert code == 2 and "first field '2' reads as a label" in said, said
+    good = tmp_path / "good.txt"
+    good.write_text("1 a/1.png a/2.png\n0 a/1.png b/1.png\n")
+    code, out, err = run_cli(["trials", "coverage", good, "--root", tmp_path / "nope"], capsys)
+    assert code == 2 and "--root" in err and "does not exist" in err, err

@@ -193,6 +193,11 @@ def coverage_cmd(
     from metaemb.core.eval.trials import claiming_formats, read_trials
     from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
+    if root is not None and not root.is_dir():  # every path would be "not under" it
+        from metaemb.core.errors import DataError
+
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"--root '{root}' {what}.")
     if format == "auto" and is_triplet_list(trials) and not claiming_formats(trials):
         made = read_triplets(trials, root=root)
         _warn_missing(root, [p for t in made for p in (t.anchor, t.positive, t.negative)], trials)

@@ -212,6 +212,12 @@ def _near_miss(fmt: TrialFormat, fields: list[str]) -> str:
     return hint if isinstance(hint, str) else ""
 
 
+def reads_as_label(fields: Sequence[str]) -> bool:
+    """`2 a/1 b/1`: three fields whose first is no path (a path always holds '/' under a data
+    root) and whose others are: a labelled pair with a bad label, not a triplet."""
+    return len(fields) == 3 and "/" not in fields[0] and "/" in fields[1] and "/" in fields[2]
+
+
 def _label_hint(fields: list[str]) -> str:
     """What is wrong with a first line that is a labelled pair with a bad label: `2 a/1 b/1`
     (a path always holds '/', a label does not) or Kaldi's `a/1 b/1 TARGET`."""
@@ -219,7 +225,7 @@ def _label_hint(fields: list[str]) -> str:
         return ""
     if fields[2].lower() in KALDI_LABELS and fields[2] not in KALDI_LABELS:
         return f" Kaldi's label '{fields[2]}' is written in lower case: target or nontarget."
-    if "/" not in fields[0] and "/" in fields[1] and "/" in fields[2]:
+    if reads_as_label(fields):
         return (f" Its first field '{fields[0]}' reads as a label: a VoxCeleb list's label is 1 "
                 "(target) or 0 (non-target).")  # fmt: skip
     return ""

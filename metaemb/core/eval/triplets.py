@@ -19,7 +19,12 @@ import numpy as np
 from metaemb.core.errors import DataError
 from metaemb.core.eval.trial_checks import safe_path
 from metaemb.core.eval.trial_generation import coverage, first_component
-from metaemb.core.eval.trials import KALDI_LABELS, looks_like_triplet, read_list_text
+from metaemb.core.eval.trials import (
+    KALDI_LABELS,
+    looks_like_triplet,
+    read_list_text,
+    reads_as_label,
+)
 from metaemb.core.plugin.interfaces import Trial
 
 HEADER = "# triplets: anchor positive negative"
@@ -99,7 +104,7 @@ def is_triplet_list(path: str | Path) -> bool:
     rows = _rows(path)
     if not rows:
         return False
-    return looks_like_triplet(rows[0][1])
+    return looks_like_triplet(rows[0][1]) and not reads_as_label(rows[0][1])
 
 
 def looks_like_pair_list(path: str | Path) -> bool:
