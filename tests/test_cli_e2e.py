@@ -177,6 +177,8 @@ def test_example_plugin_is_listed_and_its_backbone_trains(
         (None, ["--set", "train.epoch=1"], "did you mean 'epochs'"),
         (None, ["--set", "train.lr=fast"], "expected a number"),
         (None, ["--modality", "fcae"], "unknown modality 'fcae'"),
+        # the option's own name, not a --set the user never typed (H16 F9)
+        (None, ["--on-bad-sample", "ignore"], "--on-bad-sample must be error or skip"),
     ],
 )
 def test_bad_input_gets_one_paragraph_error(

@@ -58,6 +58,10 @@ def train(
         if not data.is_absolute():
             sets.append(f"data.root_absolute={json.dumps(str(data.resolve()))}")
     if on_bad_sample is not None:
+        if on_bad_sample not in ("error", "skip"):  # the option's name, not the --set it makes
+            from metaemb.core.errors import ConfigError
+
+            raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
         sets.append(f"data.on_bad_sample={json.dumps(on_bad_sample)}")
     if tensorboard:
         sets.append("train.tensorboard=true")
