@@ -21,7 +21,7 @@ V0 = Path(__file__).parent / "data" / "configs_v0"  # written by metaemb before 
     [
         ("train.lr=-0.1", "'train.lr' must be > 0; got -0.1"),
         ("train.lr=0", "'train.lr' must be > 0"),
-        ("train.lr=nan", "'train.lr' must be > 0; got nan"),
+        ("train.lr=nan", "'train.lr' must be finite and > 0; got nan"),
         ("data.workers=-1", "'data.workers' must be ≥ 0"),
         ("eval.p_targets=[]", "'eval.p_targets' is empty"),
         ("eval.p_targets=[0.01,1.5]", "holds 1.5"),

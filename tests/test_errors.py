@@ -49,3 +49,26 @@ def test_trials_make_on_a_folder_with_an_empty_identity_says_so(tmp_path, capsys
     (data / "zz-empty").mkdir()
     code, out, err = run_cli(["trials", "make", data, "--out", tmp_path / "t.txt"], capsys)
     assert code == 2 and "contain no image files" in out + err and "Traceback" not in err
+
+
+def test_messages_say_things_once_and_rightly(tmp_path, capsys):
+    """One-line slips of the hostile-input sweep (H16 F11): a missing run 'neither a run
+    directory nor a checkpoint', an unknown format named twice, lr=inf 'must be > 0', 'nope'
+    suggested as 'compile', 'Replace or remove the file. Fix or remove the file'."""
+    from helpers import run_cli
+
+    from metaemb.core.deploy.loading import _needs_every_file
+
+    code, _, err = run_cli(["evaluate", tmp_path / "nope", "--workers", "0"], capsys)
+    assert code == 2 and f"'{tmp_path / 'nope'}' does not exist" in " ".join(err.split())
+    listed = tmp_path / "t.txt"
+    listed.write_text("1 a/1.png a/2.png\n")
+    code, _, err = run_cli(["trials", "coverage", listed, "--format", "kaldii"], capsys)
+    assert code == 2 and err.count("kaldii") == 1 and "did you mean 'kaldi'" in err, err
+    base = ["train", "--runs", tmp_path / "runs", "--workers", "0", "--set"]
+    code, _, err = run_cli([*base, "train.lr=inf"], capsys)
+    assert code == 2 and "must be finite and > 0; got inf" in err, err
+    code, _, err = run_cli([*base, "train.nope=1"], capsys)
+    assert code == 2 and "unknown config key 'train.nope'" in err and "did you mean" not in err
+    said = _needs_every_file("'x.png' is corrupt (truncated). Replace or remove the file.")
+    assert said.count("remove the file") == 1 and said.startswith("'x.png' is corrupt (truncated)")

@@ -42,7 +42,8 @@ class UnknownComponentError(MetaembError):
 
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return " did you mean 'x'?" for the closest choice, or "" when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)  # not 'nope'→'compile'
+
     return f" did you mean '{close[0]}'?" if close else ""
 
 

@@ -495,7 +495,7 @@ def test_component_options_must_be_finite(capsys):
     ]:
         with pytest.raises(ConfigError, match=rf"'{key}' \(.*\) must be a finite number"):
             resolve("face", sets=sets)
-    with pytest.raises(ConfigError, match=r"'train.lr' must be > 0; got inf"):
+    with pytest.raises(ConfigError, match=r"'train.lr' must be finite and > 0; got inf"):
         resolve("face", sets=["train.lr=inf"])
 
 

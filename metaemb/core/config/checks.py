@@ -78,7 +78,10 @@ def check_values(cfg: Config) -> None:
     for (section, key), (test, what) in RANGES.items():
         value = getattr(getattr(cfg, section), key)
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
-            raise ConfigError(f"config key '{section}.{key}' must be {what}; got {value!r}.")
+            finite = "" if not isinstance(value, float) or math.isfinite(value) else "finite and "
+            raise ConfigError(
+                f"config key '{section}.{key}' must be {finite}{what}; got {value!r}."
+            )
     for section in ("data", "model", "train", "eval"):  # a typo of 25 digits is no int64
         for field in dataclasses.fields(getattr(cfg, section)):
             value = getattr(getattr(cfg, section), field.name)

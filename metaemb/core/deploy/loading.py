@@ -39,7 +39,10 @@ def find_checkpoint(path: Path) -> Path:
                 return path / name
         raise MetaembError(f"run directory '{path}' has no best.pt or last.pt: was it trained?")
     if not path.exists():
-        raise MetaembError(f"'{path}' is neither a run directory nor a checkpoint file.")
+        raise MetaembError(
+            f"'{path}' does not exist; give a run directory (runs/<modality>/<name>-<hash>) or "
+            "a checkpoint file (its best.pt)."
+        )
     return path
 
 
@@ -202,6 +205,7 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
     """A bad sample met after training (embed, evaluate, enroll, identify): the training-only
     `on_bad_sample` hint is replaced by what to do here."""
     message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
+    message = re.sub(r"\.? *(Replace|Fix) or remove the file$", "", message)  # said below
     if skip_option:
         return message + "."
     return (f"{message}. Fix or remove the file: `train` and `embed` can leave such files out "

@@ -80,6 +80,10 @@ def identify_probes(
             "identify needs probes: --data DIR (an <identity>/<sample> folder) or --probe FILE."
         )
     g = Gallery.load(gallery)
+    if not g.identities:  # said before any probe is embedded, naming the file
+        from metaemb.core.errors import GalleryError
+
+        raise GalleryError(f"gallery '{gallery}' is empty: enroll identities into it first.")
     files = [Path(p) for p in probes or []]
     for f in files:
         if f.is_dir():

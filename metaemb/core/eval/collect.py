@@ -73,7 +73,8 @@ def load_for_files(
     bad = [str(f) for f in files if exts and f.suffix.lower() not in exts]
     if bad:
         raise DataError(
-            f"'{bad[0]}' is not a {getattr(factory, 'what', 'sample')} file the run's sample folder "
+            f"'{bad[0]}' is not {_article(getattr(factory, 'what', 'sample'))} file the run's "
+            "sample folder "
             f"'{cfg.data.folder}' reads ({', '.join(sorted(exts))})."
         )
     if not by_root:
@@ -134,6 +135,11 @@ def _own_root(cfg: Any, resolved: list[Path]) -> Path | None:
         return None
     inside = all(r.is_relative_to(own) and len(r.relative_to(own).parts) >= 2 for r in resolved)
     return own if own.is_dir() and inside else None
+
+
+def _article(word: str) -> str:
+    """ "an image", "a recording": the word with its indefinite article."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def _note_own_naming(factory: Any, name: str) -> None:

@@ -307,7 +307,7 @@ def _format_or_error(name: str) -> TrialFormat:
     try:
         return get_format(name)
     except UnknownComponentError as exc:
-        raise DataError(f"unknown trial-list format '{name}': {exc}") from None
+        raise DataError(str(exc)) from None  # it names the format and the closest one
 
 
 # ---------------------------------------------------------------------------------------------
