@@ -760,7 +760,7 @@ def test_protocol_paths_are_checked_like_trial_file_paths(lfw, tmp_path, capsys)
         code, _, err = run_cli([*args, "--protocol", "escaping-test"], capsys)
     message = " ".join(err.split())
     assert code == 2 and "protocol 'escaping-test' (plugin 'path-plugin'), trial 2" in message
-    assert "escapes the data root with '..'" in message
+    assert "holds '..': refused, as '..' escapes the data root" in message
 
 
 class CarelessProtocols:

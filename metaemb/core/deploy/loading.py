@@ -205,7 +205,7 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
     """A bad sample met after training (embed, evaluate, enroll, identify): the training-only
     `on_bad_sample` hint is replaced by what to do here."""
     message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
-    message = re.sub(r"\.? *(Replace|Fix) or remove the file$", "", message)  # said below
+    message = re.sub(r"\.? *(Replace|Fix|Re-encode) or remove the file$", "", message)  # said below
     if skip_option:
         return message + "."
     return (f"{message}. Fix or remove the file: `train` and `embed` can leave such files out "

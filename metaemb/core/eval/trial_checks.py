@@ -24,7 +24,10 @@ def safe_path(path: str, root: Path | None, where: str) -> str:
         raise DataError(f"{where}: empty path.")
     posix = path.replace("\\", "/")
     if ".." in PurePosixPath(posix).parts:
-        raise DataError(f"{where}: path '{path}' escapes the data root with '..'.")
+        raise DataError(
+            f"{where}: path '{path}' holds '..': refused, as '..' escapes the data root in "
+            "general; write the path from the data root down."
+        )
     if PurePosixPath(posix).is_absolute() or PureWindowsPath(path).drive:
         if root is None:
             raise DataError(

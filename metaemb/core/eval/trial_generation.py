@@ -46,7 +46,11 @@ def make_trials(
         raise DataError(f"{where} has {len(groups)} identities; trials need at least two.")
     members = [g for g in groups.values() if len(g) > k]
     if not members:
-        raise DataError(f"{where}: no identity has more than {k} samples, so no target trials.")
+        raise DataError(
+            f"{where}: no identity has more than {k} samples, so no target trials (a trial "
+            f"enrolls {k} sample(s) and tests another of the same identity: lower the "
+            "enrolment samples per trial)."
+        )
     targets = _targets(members, k, n_target, rng)
     n_non = len(targets) if n_nontarget is None else int(n_nontarget)
     nontargets = _nontargets(groups, ids, k, n_non, rng)
