@@ -138,7 +138,7 @@ def _own_root(cfg: Any, resolved: list[Path]) -> Path | None:
 
 
 def _article(word: str) -> str:
-    """ "an image", "a recording": the word with its indefinite article."""
+    """ "an apple", "a sample": the word with its indefinite article."""
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
