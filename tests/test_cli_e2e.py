@@ -142,6 +142,11 @@ def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypa
     [run] = list((runs / "face").iterdir())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (run / ".lock").exists(), "the lock is released on interruption"
+    # evaluating the unfinished run says so (H16 F10)
+    with pytest.warns(UserWarning, match=r"is unfinished: 1 of its 2 epochs trained; this uses "
+                      r"best.pt \(epoch 1\)"):  # fmt: skip
+        code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys, monkeypatch)
+    assert code == 0, err
     code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 0, err
     assert "Resuming" in out

@@ -231,6 +231,7 @@ def load_run(
     cfg = _run_config(state, ckpt)
     if Path(path).is_dir():
         _warn_edited_config(Path(path), ckpt, state["config"])
+        _warn_unfinished(Path(path), ckpt, state, cfg.train.epochs)
     parts = None
     if data is not None or with_data:
         if data is not None:
@@ -281,6 +282,23 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def _warn_unfinished(run: Path, ckpt: Path, state: dict[str, Any], epochs: int) -> None:
+    """A run stopped before its last epoch (killed, out of time) scores as any other: say so,
+    with the epoch of the checkpoint used, so a partial result is not taken for the run's."""
+    import warnings
+
+    from metaemb.core.eval.catalog import epoch_records
+
+    done = max((int(r.get("epoch", 0)) for r in epoch_records(run / "metrics.jsonl")), default=0)
+    if 0 < done < epochs:
+        warnings.warn(
+            f"run '{run}' is unfinished: {done} of its {epochs} epochs trained; this uses "
+            f"{ckpt.name} (epoch {state.get('epoch', '?')}). Re-run its train command to finish "
+            "it.",
+            stacklevel=3,
+        )
 
 
 def _warn_edited_config(run: Path, ckpt: Path, saved: dict[str, Any]) -> None:
