@@ -1006,6 +1006,35 @@ def test_evaluations_of_other_folders_lists_or_options_keep_each_result(voices, 
     assert held["data_root"] == str((tmp_path / "a" / "wav").resolve())
 
 
+def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices, tmp_path, capsys):
+    """A run trained on audio folders could not score a Kaldi data directory: evaluate read
+    --data with the run's own folder, and had no --folder (S3-22, P15 F5)."""
+    data, run, _ = voices
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    wavs = sorted(data.glob("*/*/*.wav"))[:12]
+    utts = [f"{w.parts[-3]}-{w.stem}" for w in wavs]
+    (kaldi / "wav.scp").write_text("".join(f"{u} {w}\n" for u, w in zip(utts, wavs, strict=True)))
+    (kaldi / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+    lines = [f"{a} {b} {'target' if a.split('-')[0] == b.split('-')[0] else 'nontarget'}"
+             for i, a in enumerate(utts) for b in utts[i + 1 :]]  # fmt: skip
+    (kaldi / "trials").write_text("\n".join(lines) + "\n")
+    base = ["evaluate", run, "--data", kaldi, "--protocol", "kaldi", "--workers", "0"]
+    code, _, err = run_cli(base, capsys)
+    assert code == 2 and "no identity sub-folders" in err
+    code, _, err = run_cli([*base, "--folder", "kaldi", "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["n_target"] + result["n_nontarget"] == len(lines)
+    code, _, err = run_cli([*base, "--folder", "kaldi", "--folder-set", "on_rate_mismach=error"],
+                           capsys)  # fmt: skip
+    assert code == 2 and "did you mean 'on_rate_mismatch'" in err, err
+    code, _, err = run_cli([*base, "--folder", "kaldi", "--folder-set", "on_rate_mismatch=error"],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(list(run.glob("eval-kaldi-*-folder-*"))) == 1  # named for its reading
+
+
 class DisagreeingPlugin:
     """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
 

@@ -43,6 +43,21 @@ def evaluate(
         int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
     ] = None,
     frontend_set: FrontendSet = None,
+    folder: Annotated[
+        str | None,
+        typer.Option(
+            help="read --data with this sample folder instead of the run's (e.g. kaldi: a Kaldi "
+            "data directory scored by a run trained on plain folders)"
+        ),
+    ] = None,
+    folder_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--folder-set",
+            help="KEY=VALUE option of the sample folder reading --data (which files it holds), "
+            "repeatable",
+        ),
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
@@ -70,6 +85,9 @@ def evaluate(
         raise MetaembError("--modality is for --reference (a run knows its modality): leave it "
                            "out, or score --data with --reference NAME.")  # fmt: skip
     modality = modality or "face"
+    if reference is not None and (folder is not None or folder_set):
+        raise MetaembError("--folder and --folder-set choose how a run reads --data; a "
+                           "--reference reads it with the modality's own folder.")  # fmt: skip
     if reference is not None:
         from metaemb.core.train.pretrained import reference_run
 
@@ -87,13 +105,15 @@ def evaluate(
               "--protocol": protocol is not None and measure != "verification",
               "--protocol-set": bool(protocol_set) and protocol is None,
               "--p-target": bool(p_target) and measure != "verification",
-              "--calibrate": calibrate is not None and measure != "verification"}  # fmt: skip
+              "--calibrate": calibrate is not None and measure != "verification",
+              "--folder": folder is not None and measure != "verification",
+              "--folder-set": bool(folder_set) and measure != "verification"}  # fmt: skip
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
                                "for --measure class; --protocol and --calibrate for verification "
-                               "pairs; --protocol-set for --protocol; --p-target for "
-                               "verification): leave it out, or choose "
+                               "pairs; --protocol-set for --protocol; --p-target, --folder and "
+                               "--folder-set for verification): leave it out, or choose "
                                "the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
@@ -117,6 +137,8 @@ def evaluate(
         workers=workers,
         console=console,
         adapt=adapt,
+        folder=folder,
+        folder_options=folder_set or [],
     )
     evaluation.preloaded = preloaded
     evaluation.run()

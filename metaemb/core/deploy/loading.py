@@ -220,10 +220,14 @@ def load_run(
     data: Path | None = None,
     with_data: bool = False,
     folder: str | None = None,
+    folder_options: dict[str, Any] | None = None,
 ) -> LoadedRun:
     """Load a run directory or checkpoint; `data` (a data root) or `with_data` (the run's own
     root) also builds the data pipeline for embedding samples, reading the data with sample
-    folder `folder` (at its defaults) instead of the run's when given (a protocol's layout)."""
+    folder `folder` (at its defaults) instead of the run's when given (a protocol's layout, a
+    Kaldi data directory scored by a run of plain folders), and `folder_options` over the
+    folder's options (which files a folder holds, e.g. a plugin's forgeries kept out of
+    training but scored)."""
     ckpt = find_checkpoint(Path(path))
     state = load_checkpoint(ckpt)
     if not isinstance(state.get("config"), dict) or "model" not in state:
@@ -240,6 +244,11 @@ def load_run(
         if folder is not None and folder != cfg.data.folder:
             cfg.data.folder = folder
             cfg.components["folder"] = {}
+        if folder_options:
+            from metaemb.core.plugin.components import validate_options
+
+            given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
+            cfg.components["folder"] = {**cfg.options("folder"), **given}
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
             saved = cfg.data.root_absolute or cfg.data.root

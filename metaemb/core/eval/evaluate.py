@@ -86,9 +86,16 @@ class Evaluation:
         adapt: bool = True,
         protocol_options: list[str] | None = None,
         p_targets: list[float] | None = None,
+        folder: str | None = None,
+        folder_options: list[str] | None = None,
     ) -> None:
         def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
             return None if p is None else Path(p)
+
+        from metaemb.core.config import parse_set
+
+        self.folder = folder  # read --data with another sample folder than the run's
+        self.folder_options = dict(parse_set(s, "--folder-set") for s in folder_options or [])
 
         self.run_path, self.adapt = Path(run), adapt
         self.data, self.trials_path, self.protocol = path(data), path(trials), protocol
@@ -204,6 +211,8 @@ class Evaluation:
     def _layout(self) -> str | None:
         """The sample folder the protocol's data are laid out for (AgeDB's flat folder, a
         VGGFace2 root holding test/), registered with it as `folder=`; None: the run's."""
+        if self.folder is not None:
+            return self.folder
         if not self.protocol:
             return None
         return registry("protocols").entry(self.protocol).info.get("folder")
@@ -213,6 +222,9 @@ class Evaluation:
         """The options that change the numbers of the same trials, in the default output
         folder's name, so comparing them keeps each result (`--no-adapt` beside the adapted)."""
         parts = ["-noadapt"] if not self.adapt else []
+        if self.folder or self.folder_options:  # another reading of the data folder
+            tag = json.dumps([self.folder, self.folder_options], sort_keys=True, default=str)
+            parts.append("-folder-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
         if self.p_targets:
             parts.append("-p" + "-".join(f"{p:g}" for p in self.p_targets))
         if self.calibrate_path:
@@ -228,7 +240,12 @@ class Evaluation:
         listed = self.trials_path is not None or self.protocol is not None
         with empty_folders_skipped() if listed else contextlib.nullcontext():
             loaded = getattr(self, "preloaded", None) or load_run(  # a reference: preloaded
-                self.run_path, self.device, data=self.data, with_data=True, folder=self._layout()
+                self.run_path,
+                self.device,
+                data=self.data,
+                with_data=True,
+                folder=self._layout(),
+                folder_options=self.folder_options,
             )
         cfg = loaded.config
         p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)
