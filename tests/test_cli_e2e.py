@@ -406,3 +406,27 @@ def test_the_plugins_table_puts_each_hooks_components_on_its_row(capsys, monkeyp
     for hook, comps in rows.items():
         kind = hook.removeprefix("register_")
         assert all(not c or c.startswith(f"{kind}:") for c in comps), (hook, comps)
+
+
+def test_small_slips_are_named(tiny_faces, tmp_path, capsys, monkeypatch):
+    """A batch size above the training samples trained one batch a run without a word; a
+    negative demo seed got numpy's words; leave-one-out metrics of a one-identity collection
+    did not name the file (H16 F12)."""
+    code, out, err = run_cli(train_args(tiny_faces, tmp_path / "runs", "train.batch_size=100000"),
+                             capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert "note: train.batch_size 100000 is more than the" in " ".join(out.split())
+    code, _, err = run_cli(["demo-data", "--out", tmp_path / "d", "--seed", "-5"], capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 2 and "--seed" in err and "greater than or equal to 0" in err, err
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    one = tmp_path / "one"
+    (one / "solo").mkdir(parents=True)
+    for f in sorted(tiny_faces.glob("*/*.png"))[:2]:
+        (one / "solo" / f.name).write_bytes(f.read_bytes())
+    coll = tmp_path / "one.pt"
+    code, _, err = run_cli(["embed", run, one, "--out", coll, "--workers", "0"], capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["neighbours", coll], capsys, monkeypatch)
+    assert code == 2 and f"'{coll}'" in " ".join(err.split()), err

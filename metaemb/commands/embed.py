@@ -64,7 +64,8 @@ def demo_data(
         list[str] | None, typer.Option("--set", help="generator option, e.g. identities=40")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="another draw of the dataset (training's is the default)")
+        int | None,
+        typer.Option(help="another draw of the dataset (training's is the default)", min=0),
     ] = None,
 ) -> None:
     """Write a modality's built-in synthetic dataset as a normal <identity>/<sample> folder."""

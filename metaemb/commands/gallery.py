@@ -134,7 +134,8 @@ def enroll(
     added_total = sum(a for a, _ in done.values())
     grew = sum(1 for a, _ in done.values() if a)
     console.print(
-        f"{added_total} new samples for {len(done)} identities ({grew} with new samples) into "
+        f"{added_total} new samples for {len(done)} identit{'y' if len(done) == 1 else 'ies'} "
+        f"({grew} with new samples) into "
         f"{gallery}",
         markup=False,
     )

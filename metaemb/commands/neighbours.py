@@ -180,7 +180,10 @@ def neighbours(
         from metaemb.core.eval.retrieval import Collection, collection_metrics
 
         coll = Collection.load(collection)
-        result = collection_metrics(coll, _scorer(scorer, coll), max_rank=max_rank)
+        try:
+            result = collection_metrics(coll, _scorer(scorer, coll), max_rank=max_rank)
+        except MetaembError as exc:  # which collection: the message is about its contents
+            raise type(exc)(f"'{collection}': {exc}") from None
         table = Table(title=f"retrieval over {escape(str(collection))} (leave-one-out)")
         table.add_column("metric")
         table.add_column("value", justify="right")

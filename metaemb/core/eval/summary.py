@@ -50,6 +50,12 @@ def describe_run(
         f"{_objective(config)}, sampler {config.train.sampler}, scorer {config.eval.scorer}; "
         f"device {device}"
     )
+    if config.train.batch_size > len(train):  # a typo of 100 as 100000 trains one batch
+        console.print(
+            f"  note: train.batch_size {config.train.batch_size} is more than the {len(train)} "
+            "training samples: each epoch is one batch of them.",
+            markup=False,
+        )
 
 
 def _objective(config: Config) -> str:
