@@ -72,3 +72,14 @@ def test_messages_say_things_once_and_rightly(tmp_path, capsys):
     assert code == 2 and "unknown config key 'train.nope'" in err and "did you mean" not in err
     said = _needs_every_file("'x.png' is corrupt (truncated). Replace or remove the file.")
     assert said.count("remove the file") == 1 and said.startswith("'x.png' is corrupt (truncated)")
+
+
+def test_an_option_given_to_a_component_without_options_says_it_takes_none():
+    """'--protocol-set folds=5' for lfw said "valid keys: (none)" (D2 F9)."""
+    import pytest
+
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.plugin.components import validate_options
+
+    with pytest.raises(ConfigError, match=r"takes no options; got 'protocols.folds'"):
+        validate_options("protocols", "lfw", {"folds": 5}, "protocols")

@@ -154,3 +154,24 @@ def test_a_long_but_legal_name_is_written(tmp_path):
     files.atomic_write_bytes(path, b"x")
     files.atomic_write_bytes(path, b"y")
     assert path.read_bytes() == b"y" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_unreadable_checkpoint_points_at_what_to_give_instead(tmp_path):
+    """A truncated best.pt said 'use best.pt or last.pt or retrain' with last.pt intact
+    beside it; a config.toml given as the run was told to retrain (H16 F11, D2 F9)."""
+    checkpoints.save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
+    (tmp_path / "best.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:200])
+    with pytest.raises(MetaembError, match=r"'.*last.pt' beside it is intact: give that file"):
+        checkpoints.load_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "config.toml").write_text("name = 'x'\n")
+    with pytest.raises(MetaembError, match=r"Give the run directory or its best.pt\.$"):
+        checkpoints.load_checkpoint(tmp_path / "config.toml")
+
+
+def test_option_types_are_listed_as_a_script_reads_them():
+    from typing import Literal
+
+    from metaemb.commands.listing import _typename
+
+    assert _typename(bool | Literal["mean", "level"]) == "bool | 'mean' | 'level'"
+    assert _typename(list[int]) == "list[int]" and _typename(float) == "float"

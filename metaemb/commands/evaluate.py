@@ -19,7 +19,9 @@ def evaluate(
         Path | None, typer.Argument(help="run directory or checkpoint (.pt); or --reference")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="data folder (default: the run's)")] = None,
-    trials: Annotated[Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, LFW)")] = None,
+    trials: Annotated[
+        Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, CN-Celeb, LFW)")
+    ] = None,
     protocol: Annotated[str | None, typer.Option(help="lfw, voxceleb, kaldi, …")] = None,
     protocol_set: Annotated[
         list[str] | None,

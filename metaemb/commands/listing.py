@@ -51,8 +51,20 @@ def jsonable(value: Any) -> Any:
 
 
 def _typename(typ: Any) -> str:
+    """An option's type as a script reads it: `bool | 'mean' | 'level'`, `list[int]`, not the
+    bare 'Union' or 'list' that `__name__` gives."""
+    import types
+    import typing
+
     if typ is inspect.Parameter.empty or typ is Any:
         return "any"
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_typename(a) for a in typing.get_args(typ))
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(typ))
+    if origin is not None:
+        return str(typ).replace("typing.", "")
     return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
 
 

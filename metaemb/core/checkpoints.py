@@ -66,11 +66,15 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a checkpoint at all
-        advice = (
-            "Re-run train with --fresh to start over."
-            if expect_hash is not None
-            else "Use the run's other checkpoint (best.pt or last.pt) or retrain the run."
-        )
+        other = p.with_name("last.pt" if p.name == "best.pt" else "best.pt")
+        if expect_hash is not None:
+            advice = "Re-run train with --fresh to start over."
+        elif p.name in ("best.pt", "last.pt") and zipfile.is_zipfile(other):
+            advice = f"'{other}' beside it is intact: give that file instead."
+        elif p.suffix.lower() in (".pt", ".pth"):
+            advice = "Use the run's other checkpoint (best.pt or last.pt) or retrain the run."
+        else:  # config.toml, a log: not a checkpoint at all
+            advice = "Give the run directory or its best.pt."
         best = p.with_name("best.pt")
         if expect_hash is not None and p.name != best.name and zipfile.is_zipfile(best):
             advice = (f"'{best}' beside it is intact: evaluate or export it, and copy it away "

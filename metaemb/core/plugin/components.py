@@ -58,6 +58,8 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
                     f"makes it one by renaming it; docs/plugins.md lists the reserved names). "
                     f"Valid keys: {valid}."
                 )
+            if not known:
+                raise ConfigError(f"{label} takes no options; got '{section}.{key}'.")
             raise ConfigError(
                 f"unknown config key '{section}.{key}' for {label};"
                 f"{suggest(key, known)} valid keys: {valid}."
