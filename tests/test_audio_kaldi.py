@@ -183,3 +183,21 @@ def test_missing_audio_and_archive_offsets(plain):
     write(plain, "wav.scp", ["spkA-u1 feats.ark:1234", "spkA-u2 a.wav", "spkB-u1 b.wav"])
     with pytest.raises(DataError, match=r"wav\.scp:1: archive offset 'feats\.ark:1234'"):
         KaldiDataFolder(root=plain)
+
+
+def test_a_recipe_relative_path_found_nowhere_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """wav.scp paths relative to the recipe folder read from there only; elsewhere the error
+    named one candidate and hid that the current directory mattered (S3-21)."""
+    recipe = tmp_path / "recipe"
+    (recipe / "audio").mkdir(parents=True)
+    sf.write(recipe / "audio" / "a1.wav", ramp(3200), 16000, subtype="FLOAT")
+    data = recipe / "data" / "train"
+    data.mkdir(parents=True)
+    write(data, "wav.scp", ["spkA-u1 audio/a1.wav"])
+    write(data, "utt2spk", ["spkA-u1 spkA"])
+    monkeypatch.chdir(recipe)
+    assert KaldiDataFolder(root=data)[0][0].numel() == 3200  # from the recipe folder: found
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"relative path 'audio/a1.wav', found neither under the "
+                      r"data directory .* nor under the current directory"):  # fmt: skip
+        KaldiDataFolder(root=data)[0]

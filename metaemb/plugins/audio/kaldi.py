@@ -221,6 +221,13 @@ class KaldiDataFolder(SampleFolder):
         if utt not in self.utterances:
             raise DataError(f"utterance '{path}' is not in Kaldi data directory '{self.root}'.")
         u = self.utterances[utt]
+        if not Path(u.file).is_absolute() and not self.audio_path(u.file).exists():
+            raise DataError(
+                f"utterance '{utt}' ({self.root}/{u.where}): wav.scp names the relative path "
+                f"'{u.file}', found neither under the data directory '{self.root}' nor under "
+                f"the current directory '{Path.cwd()}' (Kaldi recipes write paths relative to "
+                "the recipe folder: run from there, or write absolute paths in wav.scp)."
+            )
         try:
             return read_audio(
                 self.audio_path(u.file),
