@@ -319,6 +319,30 @@ def test_fifos_named_like_samples_are_skipped_not_waited_on(tmp_path, faces):
     assert all("pipe" not in s.path and "linked" not in s.path for s in folder.samples)
 
 
+def test_files_of_suffixes_the_folder_does_not_read_are_named(tmp_path, faces):
+    """A .gif or a file without suffix among the .png was left out without a word, unlike
+    every other kind of skip (H16 F2); notes and sidecars (.txt, .json) are not data."""
+    import shutil
+    import warnings
+
+    import pytest
+
+    from metaemb.core.plugin.components import build
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    (data / "id0001" / "notes.txt").write_text("x")
+    (data / "id0001" / "meta.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("sample_folders", "image", {}, root=data)
+    (data / "id0001" / "a.gif").write_bytes(b"GIF89a")
+    (data / "id0002" / "noext").write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"left out 2 file\(s\) whose suffix the image folder "
+                      r"does not read \(\(no suffix\) ×1, .gif ×1;"):  # fmt: skip
+        build("sample_folders", "image", {}, root=data)
+
+
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")

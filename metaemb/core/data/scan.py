@@ -39,6 +39,15 @@ class ScanState:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped, kept) files
     dangling: list[str] = field(default_factory=list)  # symlinks to nothing
     special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named as samples
+    other: list[str] = field(default_factory=list)  # files of suffixes the folder does not read
+
+
+#: Suffixes of files that sit beside samples without being one (lists, tables, sidecars,
+#: notes): left out without a word. A file of any other suffix left out is warned about.
+COMPANIONS = frozenset(
+    {".txt", ".json", ".csv", ".tsv", ".xml", ".yaml", ".yml", ".md", ".lst", ".log", ".db",
+     ".ini", ".scp", ".pts", ".lab", ".textgrid", ".sha256", ".md5", ".h5", ".hdf5"}
+)  # fmt: skip
 
 
 def _suffix(name: str) -> str:
@@ -90,6 +99,9 @@ def scan_identity(
             if is_dir:
                 if not e.name.startswith("."):
                     subdirs.append(Path(e.path))
+            elif e.name[0] != "." and _suffix(e.name) not in exts:
+                if _suffix(e.name) not in COMPANIONS and _regular(e):
+                    state.other.append(f"{rel_dir}/{e.name}")  # a .gif among .png: said
             elif _suffix(e.name) in exts and e.name[0] != ".":  # hidden (macOS '._x.png') files
                 # are not samples, like hidden folders; plain str operations: a tree may hold
                 # millions
@@ -165,6 +177,17 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
             f"data folder '{root}': skipped {len(state.special)} {what} name(s) that are not "
             f"regular files (a FIFO, socket or device: {first_few(state.special, 3)}); reading "
             "one would wait forever. Remove them.",
+            stacklevel=3,
+        )
+    if state.other:
+        from collections import Counter
+
+        counts = Counter(_suffix(rel.rsplit("/", 1)[-1]) or "(no suffix)" for rel in state.other)
+        kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(counts.items()))
+        warnings.warn(
+            f"data folder '{root}': left out {len(state.other)} file(s) whose suffix the "
+            f"{what} folder does not read ({kinds}; {first_few(state.other, 3)}). If they are "
+            f"{what}s, convert or rename them to a suffix it reads.",
             stacklevel=3,
         )
     if state.duplicates:
