@@ -1035,6 +1035,28 @@ def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices
     assert len(list(run.glob("eval-kaldi-*-folder-*"))) == 1  # named for its reading
 
 
+def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path, capsys):
+    """CFP-FP, CALFW and CPLFW publish plain pair lists whose 10-fold accuracy (contiguous
+    blocks) is the number papers report; a --trials list gave EER and minDCF only (S3-12)."""
+    data, run, trials = voices
+    lines = trials.read_text().splitlines()
+    blocks = tmp_path / "blocks.txt"
+    blocks.write_text("".join(ln + "\n" for ln in lines[: len(lines) // 4 * 4]))
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--data", data, "--trials", blocks, "--folds", "4", "--workers",
+            "0", "--out", out]  # fmt: skip
+    code, text, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads((out / "metrics.json").read_text())
+    _, scores, labels = scores_and_labels(out / "scores.txt")
+    mean, _, _ = metrics.kfold_accuracy(scores, labels, folds=4)
+    assert result["folds"] == 4 and result["accuracy"] == pytest.approx(mean)
+    assert "4-fold accuracy" in text
+    blocks.write_text("".join(ln + "\n" for ln in lines[: len(lines) // 4 * 4 - 1]))
+    code, _, err = run_cli([*args[:-2], "--out", tmp_path / "uneven"], capsys)
+    assert code == 2 and "cannot form the 4 equal folds" in err, err
+
+
 class DisagreeingPlugin:
     """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
 

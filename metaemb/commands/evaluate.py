@@ -23,6 +23,14 @@ def evaluate(
         Path | None, typer.Option(help="trial list (VoxCeleb, Kaldi, CN-Celeb, LFW)")
     ] = None,
     protocol: Annotated[str | None, typer.Option(help="lfw, voxceleb, kaldi, …")] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="score the --trials list as K contiguous equal folds: K-fold accuracy and "
+            "TAR@FAR, as CFP-FP, CALFW and CPLFW report",
+            min=2,
+        ),
+    ] = None,
     protocol_set: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE option of --protocol (e.g. min_age_gap=20), repeatable"),
@@ -109,7 +117,8 @@ def evaluate(
               "--p-target": bool(p_target) and measure != "verification",
               "--calibrate": calibrate is not None and measure != "verification",
               "--folder": folder is not None and measure != "verification",
-              "--folder-set": bool(folder_set) and measure != "verification"}  # fmt: skip
+              "--folder-set": bool(folder_set) and measure != "verification",
+              "--folds": folds is not None and measure != "verification"}  # fmt: skip
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
@@ -141,6 +150,7 @@ def evaluate(
         adapt=adapt,
         folder=folder,
         folder_options=folder_set or [],
+        folds=folds,
     )
     evaluation.preloaded = preloaded
     evaluation.run()

@@ -44,7 +44,7 @@ from metaemb.core.eval.trial_set import (
     read_protocol,
     trial_folds,
 )
-from metaemb.core.eval.trials import read_trials
+from metaemb.core.eval.trials import TrialList, read_trials
 from metaemb.core.files import atomic_write_text, written_together
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
 from metaemb.core.plugin.interfaces import SampleFolder
@@ -88,12 +88,17 @@ class Evaluation:
         p_targets: list[float] | None = None,
         folder: str | None = None,
         folder_options: list[str] | None = None,
+        folds: int | None = None,
     ) -> None:
         def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
             return None if p is None else Path(p)
 
         from metaemb.core.config import parse_set
 
+        if folds is not None and (folds < 2 or trials is None):
+            raise ConfigError("--folds K splits a --trials list into K contiguous folds for "
+                              "k-fold accuracy: K ≥ 2, with --trials.")  # fmt: skip
+        self.folds = folds
         self.folder = folder  # read --data with another sample folder than the run's
         self.folder_options = dict(parse_set(s, "--folder-set") for s in folder_options or [])
 
@@ -134,6 +139,8 @@ class Evaluation:
         if self.trials_path:
             path = self.trials_path
             trials = read_trials(path, root=root)
+            if self.folds:  # CFP-FP, CALFW, CPLFW: published as 10 contiguous blocks
+                trials = TrialList(trials, folds=self.folds, path=str(path))
             return TrialSet(trials, path.stem, str(path), trial_folds(trials, str(path)))
         from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
 
