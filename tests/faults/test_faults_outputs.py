@@ -343,6 +343,15 @@ def test_files_of_suffixes_the_folder_does_not_read_are_named(tmp_path, faces):
         build("sample_folders", "image", {}, root=data)
 
 
+def test_a_new_gallery_named_as_another_format_is_refused(
+    tmp_path, faces, face_run, capsys, no_embedding
+):
+    """`enroll --gallery g.txt` wrote a torch zip named .txt (H16 F12)."""
+    expect_error(["enroll", face_run, "--gallery", tmp_path / "g.txt", "--data", faces],
+                 capsys, "a gallery is a torch file; name it with .pt")  # fmt: skip
+    assert not (tmp_path / "g.txt").exists()
+
+
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")

@@ -34,6 +34,12 @@ def enroll_folder(
     from metaemb.core.paths import ensure_writable
 
     ensure_writable(gallery, "gallery file")
+    if Path(gallery).suffix.lower() not in (".pt", ".pth") and not Path(gallery).is_file():
+        from metaemb.core.errors import GalleryError
+
+        raise GalleryError(  # a torch file named g.txt or g.npz misleads whoever opens it
+            f"'{gallery}': a gallery is a torch file; name it with .pt (or .pth)."
+        )
     loaded, digest = load_with_digest(checkpoint, data, device)
     with FileLock(gallery, "gallery"):  # read, extend and save as one step
         return _enroll(loaded, digest, checkpoint, gallery, identities, workers)
