@@ -352,6 +352,21 @@ def test_a_new_gallery_named_as_another_format_is_refused(
     assert not (tmp_path / "g.txt").exists()
 
 
+def test_export_keeps_a_file_it_did_not_write(tmp_path, face_run, capsys):
+    """`export --out m.onnx` replaced any m.onnx, an export of another run's included, only
+    the sidecar was protected (H16 F12); re-exporting over its own export still works."""
+    model = tmp_path / "m.onnx"
+    model.write_text("not a model")
+    expect_error(["export", face_run, "--format", "onnx", "--out", model], capsys,
+                 "exists and is not a metaemb export")  # fmt: skip
+    assert model.read_text() == "not a model"
+    model.unlink()
+    for _ in range(2):
+        code, _, err = run_cli(["export", face_run, "--format", "torchscript", "--out",
+                                tmp_path / "m.pt"], capsys)  # fmt: skip
+        assert code == 0, err
+
+
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")

@@ -228,8 +228,8 @@ SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscr
 def check_out_name(fmt: str, out: Path) -> None:
     """Refuse an output name that does not say what the file is (`--out face.npy` for an ONNX
     graph, `x.onnx` for TorchScript, `settings.toml`): such a file would be replaced by a model, and
-    a later reader would take the model for what its name promises. An existing file beside it
-    named `<out>.json` must be an export sidecar, which it replaces."""
+    a later reader would take the model for what its name promises. An existing `out` must be an
+    earlier export (its sidecar `<out>.json` beside it), which it replaces."""
     import json
 
     suffix = out.suffix.lower()
@@ -240,6 +240,11 @@ def check_out_name(fmt: str, out: Path) -> None:
             f"'{suffix or 'no suffix'}' (default: {FORMATS[fmt]} beside the checkpoint)."
         )
     sidecar = out.with_name(out.name + ".json")
+    if out.is_file() and not sidecar.is_file():  # an export always has its sidecar
+        raise ExportError(
+            f"'{out}' exists and is not a metaemb export (no '{sidecar.name}' beside it), which "
+            "this export would replace: move it, or choose another --out."
+        )
     if sidecar.is_file():
         try:
             info = json.loads(sidecar.read_text())
