@@ -1039,7 +1039,10 @@ def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path
     """CFP-FP, CALFW and CPLFW publish plain pair lists whose 10-fold accuracy (contiguous
     blocks) is the number papers report; a --trials list gave EER and minDCF only (S3-12)."""
     data, run, trials = voices
-    lines = trials.read_text().splitlines()
+    listed = trials.read_text().splitlines()
+    targets = [ln for ln in listed if ln.startswith("1 ")]
+    others = [ln for ln in listed if ln.startswith("0 ")]
+    lines = [ln for pair in zip(targets, others, strict=False) for ln in pair]  # both per fold
     blocks = tmp_path / "blocks.txt"
     blocks.write_text("".join(ln + "\n" for ln in lines[: len(lines) // 4 * 4]))
     out = tmp_path / "ev"
@@ -1055,6 +1058,50 @@ def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path
     blocks.write_text("".join(ln + "\n" for ln in lines[: len(lines) // 4 * 4 - 1]))
     code, _, err = run_cli([*args[:-2], "--out", tmp_path / "uneven"], capsys)
     assert code == 2 and "cannot form the 4 equal folds" in err, err
+    # all targets first: fold 1 of 2 holds no non-target, and its accuracy meant nothing (R3 F2)
+    blocks.write_text("".join(ln + "\n" for ln in targets[:4] + others[:4]))
+    sorted_args = ["evaluate", run, "--data", data, "--trials", blocks, "--folds", "2",
+                   "--workers", "0", "--out", tmp_path / "sorted"]  # fmt: skip
+    code, _, err = run_cli(sorted_args, capsys)
+    assert code == 2 and "fold 1 of 2 (trials 1–4) holds only targets" in " ".join(err.split())
+
+
+def test_a_list_of_targets_across_identities_only_is_still_warned_about(voices, tmp_path, capsys):
+    """The CN-Celeb silence (no trial within one folder identity) also silenced a list whose
+    trials all cross identities of an ordinary folder but are labelled target (R3 F3): only
+    trials that all span the same two folders (enroll/, test/) say nothing of the labels."""
+    data, run, trials = voices
+    others = [ln for ln in trials.read_text().splitlines() if ln.startswith("0 ")][:18]
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("".join(("1" + ln[1:] if i < 9 else ln) + "\n"
+                             for i, ln in enumerate(others)))  # fmt: skip
+    args = ["evaluate", run, "--data", data, "--trials", wrong, "--workers", "0",
+            "--out", tmp_path / "ev"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "9 of the 18 trials are labelled against the identities" in " ".join(err.split())
+
+
+def test_two_calibration_lists_of_one_name_keep_both_results(voices, tmp_path, capsys):
+    """--calibrate c1/cal.txt then c2/cal.txt wrote one folder, the second replacing the
+    first's calibrated results (R3 F1)."""
+    import shutil
+
+    data, run, trials = voices
+    for d in ("c1", "c2"):
+        (tmp_path / d).mkdir()
+        shutil.copy(trials, tmp_path / d / "cal.txt")
+    made = []
+    for d in ("c1", "c2"):
+        before = set(run.glob("eval-*"))
+        args = ["evaluate", run, "--data", data, "--trials", trials, "--calibrate",
+                tmp_path / d / "cal.txt", "--workers", "0"]  # fmt: skip
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        made += list(set(run.glob("eval-*")) - before)
+    assert len(made) == 2
+    sources = {json.loads((m / "metrics.json").read_text())["calibration_source"] for m in made}
+    assert sources == {str((tmp_path / d / "cal.txt").resolve()) for d in ("c1", "c2")}
 
 
 class DisagreeingPlugin:

@@ -29,6 +29,7 @@ from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
+    check_folds_hold_both,
     check_scorable,
     duplicates_warning,
     label_warning,
@@ -141,6 +142,7 @@ class Evaluation:
             trials = read_trials(path, root=root)
             if self.folds:  # CFP-FP, CALFW, CPLFW: published as 10 contiguous blocks
                 trials = TrialList(trials, folds=self.folds, path=str(path))
+                check_folds_hold_both(trials, self.folds, str(path))
             return TrialSet(trials, path.stem, str(path), trial_folds(trials, str(path)))
         from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
 
@@ -236,6 +238,8 @@ class Evaluation:
             parts.append("-p" + "-".join(f"{p:g}" for p in self.p_targets))
         if self.calibrate_path:
             parts.append(f"-cal-{Path(self.calibrate_path).stem}")
+        if self.folds:
+            parts.append(f"-folds{self.folds}")
         return "".join(parts)
 
     def run(self) -> dict[str, Any]:
@@ -278,8 +282,9 @@ class Evaluation:
             name = f"{name}-frontend-{tag[:6]}"
         name += self._variant()
         data_root = str(Path(loaded.parts.root).resolve())
+        calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
         out = self.out or beside_others(
-            default_out(self._run_dir(), name, self.data), data_root, evals.source
+            default_out(self._run_dir(), name, self.data), data_root, evals.source, calibration
         )
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
@@ -312,6 +317,7 @@ class Evaluation:
             "trials": evals.name,
             "trials_source": evals.source,
             "data_root": data_root,
+            **({"calibration_source": calibration} if calibration else {}),
             "scorer": self.scorer_name or cfg.eval.scorer,
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,

@@ -148,6 +148,24 @@ def check_both_classes(labels: Any, where: str) -> None:
         )
 
 
+def check_folds_hold_both(trials: Sequence[Trial], folds: int, where: str) -> None:
+    """k-fold accuracy fits a threshold on k − 1 folds and tests it on the last: a fold of one
+    class (a list of all targets, then all non-targets) gives a meaningless accuracy. Refused,
+    naming the fold and its lines, before anything is embedded."""
+    if len(trials) % folds:
+        return  # the equal-folds check names this
+    size = len(trials) // folds
+    for k in range(folds):
+        labels = {t.label for t in trials[k * size : (k + 1) * size]}
+        if not {0, 1} <= labels:
+            raise DataError(
+                f"{where}: fold {k + 1} of {folds} (trials {k * size + 1}–{(k + 1) * size}) holds "
+                f"{'only targets' if 1 in labels else 'no target'}; k-fold accuracy needs target "
+                "and non-target trials in every fold (a list with all targets first is not in "
+                "folds: interleave them, or leave out --folds)."
+            )
+
+
 def duplicates_warning(message: str) -> bool:
     """Whether a warning's text is one of `warn_duplicates`'."""
     return "duplicated trial(s)" in message or "test a file against itself" in message
@@ -190,9 +208,10 @@ def mislabelled(folder: Any, trials: list[Any]) -> list[tuple[Any, list[str]]]:
     """Labelled trials whose label contradicts the folder's identities, each with the identities
     of its files: a target trial between two identities, or a non-target trial within one (only
     trials whose files all have a known identity). An inverted list scores as a chance-level
-    model, silently. Nothing, when no trial lies within one identity of the folder."""
+    model, silently. Nothing when every trial lies across the same two folders (they are not
+    identities: CN-Celeb's enroll/ and test/)."""
     identity = {s.path: s.identity for s in folder.samples}
-    wrong, within = [], 0
+    wrong, within, spans = [], 0, set()
     for t in trials:
         names = [identity.get(p) for p in (*t.enroll, t.test)]
         if t.label not in (0, 1) or None in names:
@@ -201,9 +220,10 @@ def mislabelled(folder: Any, trials: list[Any]) -> list[tuple[Any, list[str]]]:
         if same != (t.label == 1):
             wrong.append((t, list(dict.fromkeys(names))))
         within += same
-    # No trial within one folder identity: the folders are not the list's identities (CN-Celeb's
-    # enroll/ and test/ hold every speaker), so they say nothing about its labels.
-    return wrong if within else []
+        spans.add(frozenset(names))
+    # Every trial across the same two folders, none within one: the folders are not the list's
+    # identities (CN-Celeb's enroll/ and test/ hold every speaker) and say nothing of its labels.
+    return [] if not within and len(spans) == 1 else wrong
 
 
 def label_warning(wrong: list[tuple[Any, list[str]]], total: int) -> str | None:

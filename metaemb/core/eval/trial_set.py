@@ -26,7 +26,7 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
-def beside_others(out: Path, data_root: str, source: str) -> Path:
+def beside_others(out: Path, data_root: str, source: str, calibration: str | None = None) -> Path:
     """`out`, unless it holds the results of another data folder or list (two VoxCeleb
     folders are both `wav/`, Kaldi lists all `trials`): then a sibling named by both, so one
     evaluation never replaces another's results."""
@@ -40,9 +40,10 @@ def beside_others(out: Path, data_root: str, source: str) -> Path:
     if not isinstance(held, dict):
         return out
     same_root = held.get("data_root", data_root) == data_root  # older results: by source only
-    if same_root and held.get("trials_source") == source:
+    same_cal = held.get("calibration_source") == calibration
+    if same_root and same_cal and held.get("trials_source") == source:
         return out
-    tag = hashlib.sha1(f"{data_root}\n{source}".encode()).hexdigest()[:6]
+    tag = hashlib.sha1(f"{data_root}\n{source}\n{calibration}".encode()).hexdigest()[:6]
     return out.with_name(f"{out.name}-{tag}")
 
 
