@@ -147,6 +147,10 @@ def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypa
                       r"best.pt \(epoch 1\)"):  # fmt: skip
         code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys, monkeypatch)
     assert code == 0, err
+    with pytest.warns(UserWarning, match=r"is unfinished: 1 of its 2"):  # its file too (R3 F7)
+        code, _, err = run_cli(["evaluate", run / "last.pt", "--workers", "0"], capsys,
+                               monkeypatch)  # fmt: skip
+    assert code == 0, err
     code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 0, err
     assert "Resuming" in out

@@ -247,3 +247,17 @@ def test_triplet_checks_use_the_folders_identities(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(read_triplets(path, identity=eyes.__getitem__)) == 1
+
+
+def test_class_measures_of_two_folders_of_one_name_keep_both_results(setup, tmp_path, capsys):
+    """Two corpora whose folders share a name wrote --measure class to one folder, the second
+    replacing the first (R3 F6); metrics.json records the data root compared."""
+    _, other, run = setup
+    twin = tmp_path / "sub" / other.name
+    shutil.copytree(other, twin)
+    for data in (other, twin):
+        args = ["evaluate", run, "--data", data, "--measure", "class", "--workers", "0"]
+        assert helpers.run_cli(args, capsys)[0] == 0
+    made = list(run.glob(f"eval-{other.name}-class*"))
+    roots = {json.loads((m / "metrics.json").read_text())["data_root"] for m in made}
+    assert len(made) == 2 and roots == {str(other.resolve()), str(twin.resolve())}

@@ -609,6 +609,11 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run_cli(["trials", "make", data, "--out", out, "--seed", "5"], capsys)
     assert code == 2, err
+    config = tmp_path / "cfg.toml"  # not a list: not called one, and --force not offered
+    config.write_text("name = 'x'\n")
+    code, _, err = run_cli(["trials", "make", data, "--out", config], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "is not a trial list" in said and "--force" not in said, said
 
 
 def test_coverage_of_a_list_with_a_bad_first_label_and_a_missing_root(tmp_path, capsys):

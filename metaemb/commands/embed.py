@@ -51,10 +51,29 @@ def embed(
     use_frontend_set(frontend_set)
     ensure_writable(out, "embeddings file")  # before any embedding: a folder, a run's file
     check_format(out)
+    _refuse_replacing_another_file(out)
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root,
                               skip_bad=on_bad_sample == "skip")  # fmt: skip
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
+
+
+def _refuse_replacing_another_file(out: Path) -> None:
+    """An existing --out is replaced only when it is an earlier embeddings file: a TorchScript
+    export named .pt, or any other file, is kept (it was overwritten by embeddings)."""
+    if not out.is_file():
+        return
+    from metaemb.core.errors import MetaembError, OutputError
+    from metaemb.core.eval.retrieval import Collection
+
+    try:
+        Collection.load(out)
+    except MetaembError:
+        raise OutputError(
+            f"'{out}' exists and is not an embeddings file written by `metaemb embed` (a model, "
+            "an export or another file), which this would replace: move it, or choose another "
+            "--out."
+        ) from None
 
 
 def demo_data(

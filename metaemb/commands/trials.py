@@ -138,6 +138,17 @@ def _keep_other_list(out: Path, force: bool, write: Any) -> None:
             return
         if fresh.read_bytes() == out.read_bytes():
             return
+    from metaemb.core.eval.trials import detect_format
+    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
+
+    try:
+        if not out.read_text(errors="replace").startswith(TRIPLETS_HEADER):  # a triplet list
+            detect_format(out)
+    except MetaembError:  # a config, notes: not a list at all
+        raise OutputError(
+            f"'{out}' exists and is not a trial list (another kind of file), which this would "
+            "replace: choose another --out."
+        ) from None
     raise OutputError(
         f"'{out}' already holds another trial list; a list is part of the results scored on "
         "it, so it is not replaced: choose another --out, or pass --force to replace it."

@@ -367,6 +367,20 @@ def test_export_keeps_a_file_it_did_not_write(tmp_path, face_run, capsys):
         assert code == 0, err
 
 
+def test_embed_keeps_a_file_that_is_not_an_embeddings_file(tmp_path, faces, face_run, capsys):
+    """`embed --out ts.pt` overwrote a TorchScript export (or any .pt) with embeddings (R3 F4);
+    an earlier embeddings file is replaced as before."""
+    other = tmp_path / "notes.pt"
+    other.write_text("keep me")
+    expect_error(["embed", face_run, faces, "--out", other, "--workers", "0"], capsys,
+                 "is not an embeddings file written by `metaemb embed`")  # fmt: skip
+    assert other.read_text() == "keep me"
+    for _ in range(2):
+        code, _, err = run_cli(["embed", face_run, faces, "--out", tmp_path / "e.pt",
+                                "--workers", "0"], capsys)  # fmt: skip
+        assert code == 0, err
+
+
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
     trials = tmp_path / "list:100:.txt"
     trials.write_text("1 a/x.png b/y.png extra field\n")

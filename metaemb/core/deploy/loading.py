@@ -235,7 +235,8 @@ def load_run(
     cfg = _run_config(state, ckpt)
     if Path(path).is_dir():
         _warn_edited_config(Path(path), ckpt, state["config"])
-        _warn_unfinished(Path(path), ckpt, state, cfg.train.epochs)
+    if (ckpt.parent / "metrics.jsonl").is_file():  # a run folder's checkpoint, however given
+        _warn_unfinished(ckpt.parent, ckpt, state, cfg.train.epochs)
     parts = None
     if data is not None or with_data:
         if data is not None:

@@ -220,11 +220,14 @@ def run_measure(
     from metaemb.core.paths import ensure_writable_dir
 
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    from metaemb.core.eval.trial_set import default_out
+    from metaemb.core.eval.trial_set import beside_others, default_out
 
     # a triplet list's results are named after it: a second list never replaces the first's
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
-    out = out or default_out(run_dir, name, data)
+    data_root = str(Path(data).resolve()) if data is not None else ""
+    listed = str(Path(trials).resolve()) if trials is not None else ""
+    # nor another folder's or list of the same name (two corpora both called wav/)
+    out = out or beside_others(default_out(run_dir, name, data), data_root, listed)
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
     loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
@@ -245,6 +248,7 @@ def run_measure(
         )
         key = "class_accuracy"
     result["scorer"] = scorer or loaded.config.eval.scorer
+    result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
     table = Table(title=f"{measure} on {escape(result['source'])}")
     table.add_column("metric")
