@@ -1104,6 +1104,27 @@ def test_two_calibration_lists_of_one_name_keep_both_results(voices, tmp_path, c
     assert sources == {str((tmp_path / d / "cal.txt").resolve()) for d in ("c1", "c2")}
 
 
+def test_two_lists_typed_alike_from_two_folders_keep_both_results(
+    voices, tmp_path, capsys, monkeypatch
+):
+    """`--trials t1.txt` in two working folders named two lists alike, and the second
+    replaced the first's results: the resolved file is compared too (R3 F9)."""
+    import shutil
+
+    data, run, trials = voices
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        shutil.copy(trials, tmp_path / d / "t1.txt")
+    for d in ("x", "y"):
+        monkeypatch.chdir(tmp_path / d)
+        code, _, err = run_cli(["evaluate", run, "--data", data, "--trials", "t1.txt",
+                                "--workers", "0"], capsys)  # fmt: skip
+        assert code == 0, err
+    files = {json.loads((m / "metrics.json").read_text())["trials_file"]
+             for m in run.glob(f"eval-{data.name}-t1*")}  # fmt: skip
+    assert files == {str(tmp_path / d / "t1.txt") for d in ("x", "y")}
+
+
 class DisagreeingPlugin:
     """A scorer whose pair scores (trial lists) are the negated matrix scores (galleries)."""
 

@@ -496,3 +496,11 @@ def test_precisions_in_a_training_graph_are_not_checked():
     a = torch.randn(3, 4)
     b = torch.full((3, 4), -0.5, requires_grad=True)  # no device sync during training
     llr(GME(a, b), GME(a, b.detach().abs()))
+
+
+def test_a_full_precision_that_is_not_positive_semi_definite_is_named():
+    """A symmetric b with a positive diagonal and a negative eigenvalue passed the diagonal
+    check and failed in torch's Cholesky without naming 'b' (R3 F10)."""
+    g = GME(torch.randn(1, 2), torch.tensor([[[1.0, 3.0], [3.0, 1.0]]]))
+    with pytest.raises(GMEError, match=r"precision 'b' is not positive semi-definite"):
+        llr(g, g)

@@ -104,8 +104,8 @@ def test_reference_results_of_two_data_folders_are_kept_apart(tmp_path, capsys, 
             code, _, err = helpers.run_cli(["evaluate", "--reference", "dlib-resnet", "--data",
                                             data, "--workers", "0"], capsys)  # fmt: skip
         assert code == 0, err
-    for name in ("a", "b"):
-        assert (tmp_path / f"eval-reference-dlib-resnet-{name}" / "metrics.json").is_file()
+    for name in ("a", "b"):  # under reference-NAME/, named as a run's results are (R3 F11)
+        assert (tmp_path / "reference-dlib-resnet" / f"eval-{name}-all-identities").is_dir()
 
 
 def test_a_backbone_without_weights_is_not_a_teacher(tmp_path, capsys):

@@ -105,10 +105,8 @@ def evaluate(
             raise MetaembError("--reference NAME scores --data DIR with NAME instead of a run: "
                                "give --data and no RUN.")  # fmt: skip
         preloaded = reference_run(reference, modality, data, device)
-        # one folder per data folder scored, as `eval-<data>-…` of a run: none replaces another
-        where = data.resolve().name or "root"
+        # its results go under reference-NAME/ as a run's under its folder, named the same way
         run = Path(f"reference-{reference}")
-        out = out or Path(f"eval-reference-{reference}-{where}")
     if run is None:
         raise MetaembError("evaluate needs a RUN (directory or checkpoint) or --reference NAME.")
     unused = {"--enroll-samples": enroll_samples is not None and measure != "class",

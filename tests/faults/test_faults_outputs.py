@@ -317,6 +317,10 @@ def test_fifos_named_like_samples_are_skipped_not_waited_on(tmp_path, faces):
     with pytest.warns(UserWarning, match=r"2 image name\(s\) that are not regular files.*FIFO"):
         folder = build("sample_folders", "image", {}, root=data)
     assert all("pipe" not in s.path and "linked" not in s.path for s in folder.samples)
+    from metaemb.core.eval.collect import not_a_file
+
+    assert "is not a regular file (a FIFO" in not_a_file(data / "id0001" / "pipe.png")  # R3 F8
+    assert not_a_file(data / "nope.png") == "does not exist"
 
 
 def test_files_of_suffixes_the_folder_does_not_read_are_named(tmp_path, faces):

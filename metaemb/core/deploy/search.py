@@ -89,7 +89,9 @@ def identify_probes(
         if f.is_dir():
             raise DataError(f"probe '{f}' is a folder; give probe files, or the folder as --data.")
         if not f.is_file():
-            raise DataError(f"probe file '{f}' does not exist.")
+            from metaemb.core.eval.collect import not_a_file
+
+            raise DataError(f"probe file '{f}' {not_a_file(f)}.")
     if data is None:
         # Exactly the probe files, read as ROOT/<folder>/<file>: nothing else is scanned (their
         # common grandparent may be '/' or a home folder).

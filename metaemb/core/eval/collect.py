@@ -46,7 +46,7 @@ def load_for_files(
     by_root = root is not None  # identity: the folder under --root, else the parent folder
     for f in files:
         if not f.is_file():
-            raise DataError(f"sample file '{f}' does not exist.")
+            raise DataError(f"sample file '{f}' {not_a_file(f)}.")
     resolved = [f.resolve() for f in files]
     seen: dict[Path, Path] = {}
     for f, real in zip(files, resolved, strict=True):
@@ -135,6 +135,14 @@ def _own_root(cfg: Any, resolved: list[Path]) -> Path | None:
         return None
     inside = all(r.is_relative_to(own) and len(r.relative_to(own).parts) >= 2 for r in resolved)
     return own if own.is_dir() and inside else None
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path` is not a file to read: missing, or a FIFO, socket or device (reading a FIFO
+    waits for a writer forever)."""
+    if path.exists() and not path.is_dir():
+        return "is not a regular file (a FIFO, socket or device: reading it would wait forever)"
+    return "does not exist"
 
 
 def _article(word: str) -> str:

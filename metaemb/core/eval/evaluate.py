@@ -283,8 +283,13 @@ class Evaluation:
         name += self._variant()
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
+        trials_file = str(self.trials_path.resolve()) if self.trials_path else ""
         out = self.out or beside_others(
-            default_out(self._run_dir(), name, self.data), data_root, evals.source, calibration
+            default_out(self._run_dir(), name, self.data),
+            data_root,
+            evals.source,
+            calibration,
+            trials_file,
         )
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
@@ -317,6 +322,7 @@ class Evaluation:
             "trials": evals.name,
             "trials_source": evals.source,
             "data_root": data_root,
+            **({"trials_file": trials_file} if trials_file else {}),
             **({"calibration_source": calibration} if calibration else {}),
             "scorer": self.scorer_name or cfg.eval.scorer,
             "adapted_on": len(embedded.pos) if adapted else 0,
@@ -434,7 +440,10 @@ class Evaluation:
             ensure_writable(out / name, "plot")
 
     def _run_dir(self) -> Path:
-        return self.run_path if self.run_path.is_dir() else self.run_path.parent
+        """The run's folder; for a `--reference` model, `reference-NAME/` (made when written)."""
+        if self.run_path.is_dir() or getattr(self, "preloaded", None) is not None:
+            return self.run_path
+        return self.run_path.parent
 
     def _plots(
         self,

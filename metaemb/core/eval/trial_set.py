@@ -26,10 +26,13 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
-def beside_others(out: Path, data_root: str, source: str, calibration: str | None = None) -> Path:
+def beside_others(
+    out: Path, data_root: str, source: str, calibration: str | None = None, listed: str = ""
+) -> Path:
     """`out`, unless it holds the results of another data folder or list (two VoxCeleb
-    folders are both `wav/`, Kaldi lists all `trials`): then a sibling named by both, so one
-    evaluation never replaces another's results."""
+    folders are both `wav/`, Kaldi lists all `trials`, the same name typed in two folders):
+    then a sibling named by them, so one evaluation never replaces another's results.
+    `listed` is the resolved trial-list file (the source says only how it was typed)."""
     import hashlib
     import json
 
@@ -39,12 +42,16 @@ def beside_others(out: Path, data_root: str, source: str, calibration: str | Non
         return out
     if not isinstance(held, dict):
         return out
-    same_root = held.get("data_root", data_root) == data_root  # older results: by source only
-    same_cal = held.get("calibration_source") == calibration
-    if same_root and same_cal and held.get("trials_source") == source:
+    same = (
+        held.get("data_root", data_root) == data_root  # older results: by source only
+        and held.get("trials_file", listed) == listed
+        and held.get("calibration_source") == calibration
+        and held.get("trials_source") == source
+    )
+    if same:
         return out
-    tag = hashlib.sha1(f"{data_root}\n{source}\n{calibration}".encode()).hexdigest()[:6]
-    return out.with_name(f"{out.name}-{tag}")
+    tag = hashlib.sha1(f"{data_root}\n{source}\n{listed}\n{calibration}".encode()).hexdigest()
+    return out.with_name(f"{out.name}-{tag[:6]}")
 
 
 @dataclass

@@ -173,9 +173,20 @@ def pool_by_index(g: GME, index: Tensor, num_groups: int | None = None) -> GME:
 
 
 # -- log-expectation and LLR --------------------------------------------------------------
+def _cholesky(m: Tensor) -> Tensor:
+    """Cholesky of I + B; B not positive semi-definite fails in torch without naming 'b'."""
+    try:
+        return torch.linalg.cholesky(m)
+    except torch.linalg.LinAlgError as exc:
+        raise GMEError(
+            "a full GME precision 'b' is not positive semi-definite (I + b has no Cholesky "
+            f"factor: {str(exc).splitlines()[0]}); make b = L Lᵀ, or check how it was made"
+        ) from None
+
+
 def _full_log_expectation(a: Tensor, b: Tensor) -> Tensor:
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    chol = torch.linalg.cholesky(eye + b)
+    chol = _cholesky(eye + b)
     z = torch.linalg.solve_triangular(chol, a.unsqueeze(-1), upper=False).squeeze(-1)
     return 0.5 * (z * z).sum(-1) - torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
 
@@ -329,7 +340,7 @@ def _diag_matrix_shared(f1: GME, f2: GME) -> Tensor:
 
 def _full_matrix_shared(f1: GME, f2: GME) -> Tensor:
     eye = torch.eye(f1.dim, dtype=f1.dtype, device=f1.device)
-    chol = torch.linalg.cholesky(eye + f1.b[0] + f2.b[0])
+    chol = _cholesky(eye + f1.b[0] + f2.b[0])
     u = torch.linalg.solve_triangular(chol, f1.a.T, upper=False).T
     v = torch.linalg.solve_triangular(chol, f2.a.T, upper=False).T
     logdet = torch.diagonal(chol).log().sum()
