@@ -4,7 +4,7 @@ built-in synthetic datasets written as ordinary sample folders."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,23 +51,32 @@ def embed(
     use_frontend_set(frontend_set)
     ensure_writable(out, "embeddings file")  # before any embedding: a folder, a run's file
     check_format(out)
-    _refuse_replacing_another_file(out)
+    earlier = _earlier_collection(out)
     collection = embed_inputs(checkpoint, list(data), device=device, workers=workers, root=root,
                               skip_bad=on_bad_sample == "skip")  # fmt: skip
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
+    if earlier is not None and earlier.meta.get("model_digest") != collection.meta.get(
+        "model_digest"
+    ):  # a collection of another model replaced: said, as galleries refuse another model
+        console.print(
+            f"note: this replaced the {len(earlier)} embeddings of another model that '{out}' "
+            "held.",
+            markup=False,
+        )
 
 
-def _refuse_replacing_another_file(out: Path) -> None:
-    """An existing --out is replaced only when it is an earlier embeddings file: a TorchScript
-    export named .pt, or any other file, is kept (it was overwritten by embeddings)."""
+def _earlier_collection(out: Path) -> Any:
+    """The embeddings file `out` already holds (None when there is none): an existing --out is
+    replaced only when it is one. A TorchScript export named .pt, or any other file, is kept
+    (it was overwritten by embeddings)."""
     if not out.is_file():
-        return
+        return None
     from metaemb.core.errors import MetaembError, OutputError
     from metaemb.core.eval.retrieval import Collection
 
     try:
-        Collection.load(out)
+        return Collection.load(out)
     except MetaembError:
         raise OutputError(
             f"'{out}' exists and is not an embeddings file written by `metaemb embed` (a model, "

@@ -379,10 +379,19 @@ def test_embed_keeps_a_file_that_is_not_an_embeddings_file(tmp_path, faces, face
     expect_error(["embed", face_run, faces, "--out", other, "--workers", "0"], capsys,
                  "is not an embeddings file written by `metaemb embed`")  # fmt: skip
     assert other.read_text() == "keep me"
+    from metaemb.core.eval.retrieval import Collection
+
     for _ in range(2):
-        code, _, err = run_cli(["embed", face_run, faces, "--out", tmp_path / "e.pt",
-                                "--workers", "0"], capsys)  # fmt: skip
-        assert code == 0, err
+        code, out, err = run_cli(["embed", face_run, faces, "--out", tmp_path / "e.pt",
+                                  "--workers", "0"], capsys)  # fmt: skip
+        assert code == 0 and "another model" not in out, err
+    # another model's collection is replaced with a note (H16 F12)
+    other = Collection.load(tmp_path / "e.pt")
+    other.meta["model_digest"] = "0" * 16
+    other.save(tmp_path / "e.pt")
+    code, out, err = run_cli(["embed", face_run, faces, "--out", tmp_path / "e.pt",
+                              "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0 and "note: this replaced the" in out and "of another model" in out, out
 
 
 def test_names_that_look_like_emoji_codes_are_printed_as_they_are(tmp_path, capsys):
