@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FrontendSet
+from metaemb.commands.options import FilesRoot, FrontendSet
 
 console = make_console()
 
@@ -22,13 +22,7 @@ def embed(
     ],
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            help="for sample files: the <identity>/… folder they belong to, so the run's sample "
-            "folder names their identities (default: the folder each file sits in)"
-        ),
-    ] = None,
+    root: FilesRoot = None,
     frontend_set: FrontendSet = None,
     on_bad_sample: Annotated[
         str,

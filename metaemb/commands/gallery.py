@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FrontendSet
+from metaemb.commands.options import FilesRoot, FrontendSet
 from metaemb.core.data.pipeline import use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
@@ -186,13 +186,7 @@ def identify(
     probe: Annotated[
         list[Path] | None, typer.Option(help="probe file (repeatable), read as ROOT/<dir>/<file>")
     ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            help="for --probe files: the <identity>/… folder they belong to, so the run's sample "
-            "folder names their identities (default: the folder each file sits in)"
-        ),
-    ] = None,
+    root: FilesRoot = None,
     top_k: Annotated[int, typer.Option(help="candidates per probe", min=1)] = 5,
     threshold: Annotated[
         float | None,

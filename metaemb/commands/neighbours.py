@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
+from metaemb.commands.options import FilesRoot
 
 console = make_console()
 
@@ -135,13 +136,7 @@ def neighbours(
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 0,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            help="for probe files: the <identity>/… folder they belong to, so the run's sample "
-            "folder names their identities (default: the folder each file sits in)"
-        ),
-    ] = None,
+    root: FilesRoot = None,
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""

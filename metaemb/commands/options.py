@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,5 +14,16 @@ FrontendSet = Annotated[
     typer.Option(
         help="KEY=VALUE of the run's frontend, repeatable: where side data is or what to do "
         "without it (align: landmarks_file=F, on_no_face=center)"
+    ),
+]
+
+#: `--root DIR` of the commands that read loose sample files (embed, identify --probe,
+#: neighbours probes): see `metaemb.core.eval.collect.load_for_files`
+FilesRoot = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="for sample files given one by one: the <identity>/… folder they belong to, so the "
+        "run's sample folder names their identities (default: the folder each file sits in)",
     ),
 ]
