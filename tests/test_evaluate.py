@@ -1168,7 +1168,7 @@ def test_validation_warns_about_a_scorer_of_reversed_polarity():
 def test_untrustworthy_calibrations_are_named():
     """A calibration list whose classes separate completely gave an arbitrary weight (2.7e4 on
     two trials, calibrated Cllr 125 bits) without a word."""
-    from metaemb.core.eval.evaluate import calibration_problems
+    from metaemb.core.eval.held_out_calibration import calibration_problems
     from metaemb.core.scoring.calibration import LinearCalibration
 
     def problems(tar, non):

@@ -8,10 +8,8 @@ regenerated, so the numbers match training's. Definitions and outputs: docs/eval
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
+from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
+from metaemb.core.eval.output_folder import beside_others, default_out, result_name, variant
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
@@ -37,8 +37,6 @@ from metaemb.core.eval.trial_checks import (
 )
 from metaemb.core.eval.trial_set import (
     TrialSet,
-    beside_others,
-    default_out,
     parse_protocol_options,
     protocol_options,
     protocol_trials,
@@ -51,7 +49,6 @@ from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_insi
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
-from metaemb.core.scoring.calibration import LinearCalibration
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation
 
@@ -227,21 +224,6 @@ class Evaluation:
         return registry("protocols").entry(self.protocol).info.get("folder")
 
     # -- run -----------------------------------------------------------------------------
-    def _variant(self) -> str:
-        """The options that change the numbers of the same trials, in the default output
-        folder's name, so comparing them keeps each result (`--no-adapt` beside the adapted)."""
-        parts = ["-noadapt"] if not self.adapt else []
-        if self.folder or self.folder_options:  # another reading of the data folder
-            tag = json.dumps([self.folder, self.folder_options], sort_keys=True, default=str)
-            parts.append("-folder-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
-        if self.p_targets:
-            parts.append("-p" + "-".join(f"{p:g}" for p in self.p_targets))
-        if self.calibrate_path:
-            parts.append(f"-cal-{Path(self.calibrate_path).stem}")
-        if self.folds:
-            parts.append(f"-folds{self.folds}")
-        return "".join(parts)
-
     def run(self) -> dict[str, Any]:
         """Evaluate: print the metrics table (to `console`), write metrics.json, scores.txt and
         the plots to the output folder (`out`, else eval-<trials> inside the run) and return
@@ -273,14 +255,10 @@ class Evaluation:
             message = label_warning(mislabelled(folder, evals.trials), len(labels))
             if message:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
-        name = evals.name
-        if self.scorer_name and self.scorer_name != cfg.eval.scorer:  # beside the run's own
-            name = f"{name}-{self.scorer_name}"
         frontend_set = frontend_set_used()
-        if frontend_set:  # another preprocessing of the same files: beside, not over, the plain
-            tag = hashlib.sha1(json.dumps(frontend_set, sort_keys=True).encode()).hexdigest()
-            name = f"{name}-frontend-{tag[:6]}"
-        name += self._variant()
+        suffix = variant(self.adapt, self.folder, self.folder_options, self.p_targets,
+                         self.calibrate_path, self.folds)  # fmt: skip
+        name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, frontend_set, suffix)
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
         trials_file = str(self.trials_path.resolve()) if self.trials_path else ""
@@ -298,7 +276,7 @@ class Evaluation:
             path = self.calibrate_path
             cal = TrialSet(read_trials(path, root=loaded.parts.root), path.stem, str(path))
             check_both_classes(cal.labels(), cal.source)  # before embedding anything
-            _warn_overlap(cal, evals)
+            warn_overlap(cal, evals)
         scorer = self._scorer(loaded)
         sets = [evals] + ([cal] if cal else [])
         # The run's own validation trials score as validation did (training statistics), so
@@ -370,7 +348,7 @@ class Evaluation:
         None without one."""
         if cal is None:
             return None
-        calibration = self._calibration(embedded, scorer, cal, evals, folder)
+        calibration = fit_calibration(embedded, scorer, cal, evals, folder, self.console)
         result["calibration"] = calibration.summary
         return calibration(scores)
 
@@ -401,30 +379,6 @@ class Evaluation:
             markup=False,
         )
         return result
-
-    def _calibration(
-        self,
-        embedded: Embedded,
-        scorer: Any,
-        cal: TrialSet,
-        evals: TrialSet,
-        folder: SampleFolder,
-    ) -> Calibration:
-        cal_labels = cal.labels()
-        cal_scores = embedded.score(scorer, cal.trials)
-        model = LinearCalibration().fit(cal_scores, cal_labels)
-        for problem in calibration_problems(model, cal_scores, cal_labels):
-            self.console.print(f"[yellow]warning:[/] {escape(cal.source)}: {escape(problem)}")
-        identity = {s.path: s.identity for s in folder.samples}
-        ids = [{identity[p] for t in ts.trials for p in (*t.enroll, t.test)} for ts in (cal, evals)]
-        shared = len(ids[0] & ids[1])
-        if shared:
-            self.console.print(
-                f"[yellow]warning:[/] the calibration trials ({escape(cal.source)}) share {shared} "
-                "identities with the evaluation trials; calibrate on held-out identities for an "
-                "honest estimate."
-            )
-        return Calibration(model, cal.source, cal_labels, shared)
 
     def _check_outputs(self, out: Path) -> None:
         ensure_writable_dir(out, "evaluation output folder")
@@ -470,74 +424,6 @@ class Evaluation:
             return
         for p in made:
             self.console.print(f"plot: {p}", markup=False)
-
-
-MIN_CALIBRATION_TRIALS = 30  # per class: fewer pin a two-parameter map down poorly
-
-
-def calibration_problems(model: Any, scores: torch.Tensor, labels: torch.Tensor) -> list[str]:
-    """What makes a fitted calibration untrustworthy: too few trials of a class, classes that
-    separate completely (logistic regression then has no finite optimum: the weight is where
-    the iterations stopped), or a negative weight (the calibrated order is reversed)."""
-    tar, non = scores[labels == 1], scores[labels == 0]
-    out = []
-    if min(len(tar), len(non)) < MIN_CALIBRATION_TRIALS:
-        out.append(
-            f"only {len(tar)} target and {len(non)} non-target calibration trials; a calibration "
-            f"wants at least {MIN_CALIBRATION_TRIALS} of each, so the fitted map is unreliable."
-        )
-    if len(tar) and len(non) and (tar.min() > non.max() or tar.max() < non.min()):
-        out.append(
-            f"every target scores {'above' if tar.min() > non.max() else 'below'} every "
-            "non-target, so the logistic fit has no finite optimum: the weight "
-            f"({model.weight:.3g}) is where the iterations stopped and the calibrated LLRs are "
-            "arbitrarily overconfident. Calibrate on more held-out trials whose scores overlap."
-        )
-    if model.weight <= 0:
-        out.append(
-            f"the calibration weight is {model.weight:.3g}: non-targets score higher than "
-            "targets, so the calibrated LLRs reverse the score order (is the model trained?), "
-            "and the calibrated EER and minDCF are those of the reversed scores."
-        )
-    return out
-
-
-@dataclass
-class Calibration:
-    """A fitted linear calibration and what it was fitted on (reported in metrics.json)."""
-
-    model: LinearCalibration
-    source: str
-    labels: torch.Tensor
-    shared_identities: int
-
-    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
-        return self.model(scores)
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return {
-            "trials": self.source,
-            "weight": self.model.weight,
-            "bias": self.model.bias,
-            "prior": self.model.prior,
-            "n_target": int((self.labels == 1).sum()),
-            "n_nontarget": int((self.labels == 0).sum()),
-            "shared_identities": self.shared_identities,
-        }
-
-
-def _warn_overlap(cal: Any, evals: Any) -> None:
-    """Calibration is fitted on held-out trials: say so when they are test trials too."""
-    tested = {(frozenset(t.enroll), t.test) for t in evals.trials}
-    shared = sum((frozenset(t.enroll), t.test) in tested for t in cal.trials)
-    if shared:
-        warnings.warn(
-            f"{shared} of the {len(cal.trials)} calibration trials ({cal.source}) are also "
-            f"evaluation trials ({evals.name}); the calibrated metrics are then not measured on "
-            "held-out trials. Calibrate on another list.",
-            stacklevel=2,
-        )
 
 
 def _described(scorer: Any, name: str) -> str:

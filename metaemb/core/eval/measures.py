@@ -220,7 +220,7 @@ def run_measure(
     from metaemb.core.paths import ensure_writable_dir
 
     run_dir = Path(run) if Path(run).is_dir() or preloaded is not None else Path(run).parent
-    from metaemb.core.eval.trial_set import beside_others, default_out
+    from metaemb.core.eval.output_folder import beside_others, default_out
 
     # a triplet list's results are named after it: a second list never replaces the first's
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure

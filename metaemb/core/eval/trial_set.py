@@ -1,6 +1,5 @@
 """The trials an evaluation scores: a TrialSet (trials, where they came from, their folds), a
-protocol's trials and options, checked before anything is embedded, and the folder its results
-go to by default."""
+protocol's trials and options, checked before anything is embedded."""
 
 from __future__ import annotations
 
@@ -15,43 +14,6 @@ from metaemb.core.eval.trial_checks import checked_trials, relative_trials, warn
 from metaemb.core.eval.trials import TrialList, folds_of
 from metaemb.core.plugin.interfaces import Trial
 from metaemb.core.plugin.manager import registry
-
-
-def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
-    """`RUN_DIR/eval-<name>`, or `eval-<data folder>-<name>` with `--data`: evaluating another
-    folder next never replaces the first one's results (`--data A`, then `--data B`)."""
-    if data is None:
-        return run_dir / f"eval-{name}"
-    tag = Path(data).resolve().name
-    return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
-
-
-def beside_others(
-    out: Path, data_root: str, source: str, calibration: str | None = None, listed: str = ""
-) -> Path:
-    """`out`, unless it holds the results of another data folder or list (two VoxCeleb
-    folders are both `wav/`, Kaldi lists all `trials`, the same name typed in two folders):
-    then a sibling named by them, so one evaluation never replaces another's results.
-    `listed` is the resolved trial-list file (the source says only how it was typed)."""
-    import hashlib
-    import json
-
-    try:
-        held = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return out
-    if not isinstance(held, dict):
-        return out
-    same = (
-        held.get("data_root", data_root) == data_root  # older results: by source only
-        and held.get("trials_file", listed) == listed
-        and held.get("calibration_source") == calibration
-        and held.get("trials_source") == source
-    )
-    if same:
-        return out
-    tag = hashlib.sha1(f"{data_root}\n{source}\n{listed}\n{calibration}".encode()).hexdigest()
-    return out.with_name(f"{out.name}-{tag[:6]}")
 
 
 @dataclass
