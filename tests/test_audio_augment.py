@@ -229,6 +229,17 @@ def test_config_selects_and_validates_augmentations():
         resolve("speaker", sets=["train.augment=['nosie']"])
 
 
+def test_options_of_an_augmentation_left_off_are_range_checked_too():
+    """Refused now, not when the user switches the augmentation on a week later; its folder is
+    not read while it is off."""
+    with pytest.raises(ConfigError, match=r"augment\.noise\.p must be a probability"):
+        resolve("speaker", sets=["train.augment=[]", "augment.noise.p=5"])
+    with pytest.raises(ConfigError, match=r"augment\.reverb\.rt60"):
+        resolve("speaker", sets=["augment.reverb.rt60=[0.9, 0.2]"])
+    off = resolve("speaker", sets=["augment.reverb.folder=/no/such/rirs", "augment.reverb.p=1"])
+    assert off.options("augment") == {}
+
+
 class Spy(Augmentation):
     """Counts its calls and whether it was in training mode."""
 

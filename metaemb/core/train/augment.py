@@ -3,8 +3,8 @@ the Augmenter that runs the chosen components on the training device, in trainin
 
 Config: `train.augment = ["a", "b"]` names registered augmentations, applied in that order
 within their stage; `[augment.a]` holds the options of "a" (`--set augment.a.p=0.5`). Options
-of an augmentation that is not in the list are validated and then dropped, so switching one
-off (`--set train.augment=[]`) needs no other change.
+of an augmentation that is not in the list are validated (types and ranges) and then dropped,
+so switching one off (`--set train.augment=[]`) needs no other change.
 """
 
 from __future__ import annotations
@@ -75,7 +75,16 @@ def resolve_options(
         opts = validate_options(KIND, name, opts, f"{SECTION}.{name}")
         if name in chosen and opts:
             out[name] = opts
+        elif any(user for _, user in keys.values()):
+            _check_values(name, opts)
     return out
+
+
+def _check_values(name: str, options: dict[str, Any]) -> None:
+    """Range-check the options of an augmentation that is not in the list by building it once
+    (its folder left out: a disabled augmentation reads nothing), so a value that would be
+    refused when it is switched on is refused now, not after the user has moved on."""
+    build(KIND, name, {k: v for k, v in options.items() if k != "folder"})
 
 
 def full_options(chosen: list[str], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
