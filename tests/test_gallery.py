@@ -471,7 +471,8 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     shutil.copy(enroll / "landmarks.csv", data / "landmarks.csv")  # the old folder names
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "the landmark file has no entry for" in err and "Smith, John" in err
-    assert "on_no_face = 'center'" in err and "Fix or remove the file" in err
+    assert "on_no_face = 'center'" in err and "Fix or remove the file" not in err  # it is fine
+    assert "Add its row to the landmark file (`metaemb landmarks`" in " ".join(err.split())
     assert err.count("--on-bad-sample skip") == 1 and not path.exists()
     assert "--frontend-set on_no_face=center" in err
     # After training, the frontend's access options may be set for one command; the crop not.

@@ -201,16 +201,26 @@ _SKIP_HINT = re.compile(
 )
 
 
+#: a reader's last sentence saying what to do ("Replace or remove the file", "Add its row to
+#: the table or remove the file"): fixing the file itself is said in one common wording
+_REMEDY = re.compile(r"\.? *([A-Z][^.]*? or remove (?:the \w+|it))$")
+
+
 def _needs_every_file(message: str, skip_option: bool = False) -> str:
     """A bad sample met after training (embed, evaluate, enroll, identify): the training-only
     `on_bad_sample` hint is replaced by what to do here."""
     message = _SKIP_HINT.sub("", message).rstrip().rstrip(".")
-    message = re.sub(r"\.? *(Replace|Fix|Re-encode) or remove the file$", "", message)  # said below
+    remedy = "Fix or remove the file"
+    found = _REMEDY.search(message)
+    if found:  # said below; a remedy other than fixing the file itself is kept
+        message = message[: found.start()]
+        if found.group(1).split()[0] not in ("Replace", "Fix", "Re-encode"):
+            remedy = found.group(1)
     if skip_option:
         return message + "."
-    return (f"{message}. Fix or remove the file: `train` and `embed` can leave such files out "
-            "with --on-bad-sample skip; `evaluate`, `enroll` and `identify` need every file "
-            "they are given.")  # fmt: skip
+    return (f"{message}. {remedy}: `train` and `embed` can leave such files out with "
+            "--on-bad-sample skip; `evaluate`, `enroll` and `identify` need every file they "
+            "are given.")  # fmt: skip
 
 
 def load_run(

@@ -160,9 +160,15 @@ class AlignFrontend(Frontend):
                 message + " Set frontend.on_no_face = 'skip' (with data.on_bad_sample = 'skip') "
                 "or 'center' to go on."
             )
+        remedy = (  # the image itself may be fine: what is missing is its row
+            ". Add its row to the landmark file (`metaemb landmarks` writes one for every "
+            "image) or remove the image"
+            if found.outcome == "missing"
+            else ""
+        )
         raise DataError(  # a bad sample: skipped under --on-bad-sample skip, else an error
             message + " frontend.on_no_face = 'center' (after training: --frontend-set "
-            "on_no_face=center) would crop the image's centre instead (with "
+            f"on_no_face=center) would crop the image's centre instead{remedy} (with "
             "on_bad_sample='skip' it is skipped: train --on-bad-sample skip)."
         )
 
