@@ -261,3 +261,18 @@ def test_class_measures_of_two_folders_of_one_name_keep_both_results(setup, tmp_
     made = list(run.glob(f"eval-{other.name}-class*"))
     roots = {json.loads((m / "metrics.json").read_text())["data_root"] for m in made}
     assert len(made) == 2 and roots == {str(other.resolve()), str(twin.resolve())}
+
+
+def test_class_measures_with_other_options_keep_each_result(setup, tmp_path, capsys):
+    """--enroll-samples 3 replaced the --enroll-samples 1 result in one default folder, without
+    a word (H17 F1); --no-adapt and --scorer go beside too, as for verification trials."""
+    _, shared, run = setup
+    other = tmp_path / "options-data"  # a name no other test evaluates
+    shutil.copytree(shared, other)
+    base = ["evaluate", run, "--data", other, "--measure", "class", "--workers", "0"]
+    for extra in ([], ["--enroll-samples", "2"], ["--no-adapt"]):
+        assert helpers.run_cli([*base, *extra], capsys)[0] == 0
+    folder = f"eval-{other.name}-class"
+    got = {m.name: json.loads((m / "metrics.json").read_text()) for m in run.glob(f"{folder}*")}
+    assert set(got) == {folder, f"{folder}-enroll2", f"{folder}-noadapt"}
+    assert got[folder]["probes"] != got[f"{folder}-enroll2"]["probes"]

@@ -217,19 +217,25 @@ def run_measure(
             "--measure match needs a triplet list: --trials FILE (write one with "
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
+    from metaemb.core.data.pipeline import frontend_set_used
+    from metaemb.core.eval.output_folder import beside_others, default_out, result_name, variant
     from metaemb.core.paths import ensure_writable_dir
 
+    if out is not None:
+        ensure_writable_dir(out, "evaluation output folder")
     run_dir = Path(run) if Path(run).is_dir() or preloaded is not None else Path(run).parent
-    from metaemb.core.eval.output_folder import beside_others, default_out
-
-    # a triplet list's results are named after it: a second list never replaces the first's
+    loaded = preloaded or load_run(run, device, data=data, with_data=True)
+    # a triplet list's results are named after it: a second list never replaces the first's;
+    # a scorer, --no-adapt or another enrollment size beside, not over, the defaults' results
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
+    suffix = variant(adapt, None, {}, (), None, None)
+    suffix += f"-enroll{enroll}" if measure == "class" and enroll != 1 else ""
+    name = result_name(name, scorer, loaded.config.eval.scorer, frontend_set_used(), suffix)
     data_root = str(Path(data).resolve()) if data is not None else ""
     listed = str(Path(trials).resolve()) if trials is not None else ""
     # nor another folder's or list of the same name (two corpora both called wav/)
     out = out or beside_others(default_out(run_dir, name, data), data_root, listed)
     ensure_writable_dir(out, "evaluation output folder")  # before any embedding
-    loaded = preloaded or load_run(run, device, data=data, with_data=True)
     sc = _scorer(loaded, scorer)
     if measure == "match":
         result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
