@@ -378,6 +378,14 @@ def test_boolean_scores_are_refused():
     for tar in (np.array([True, True]), torch.tensor([True, True]), [True, False]):
         with pytest.raises(MetaembError, match="target scores are booleans; scores are numbers"):
             m.eer(tar, np.array([0.1, 0.4]))
+    # the hint gives the function's own argument order (L2 F1), not the pair metrics'
+    labels, scores = np.array([True, False, True, False]), [0.3, 0.1, 0.8, 0.2]
+    with pytest.raises(MetaembError, match=r"kfold_accuracy takes \(scores, labels\)"):
+        m.kfold_accuracy(labels, scores, folds=2)
+    with pytest.raises(MetaembError, match=r"best_threshold takes \(scores, labels\)"):
+        m.best_threshold(labels, scores)
+    with pytest.raises(MetaembError, match="rank_k: k must be ≥ 1, got 0"):
+        ident.rank_k(np.eye(2), [0, 1], [0, 1], k=0)
 
 
 def test_report_priors_that_print_alike_are_refused_and_a_bare_prior_is_taken():

@@ -77,6 +77,8 @@ def cmc(
 
 def rank_k(score_matrix: Any, probe_labels: Any, gallery_labels: Any, k: int = 1) -> float:
     """Closed-set rank-k identification accuracy."""
+    if int(k) < 1:
+        raise MetaembError(f"rank_k: k must be ≥ 1, got {k}.")
     return float(cmc(score_matrix, probe_labels, gallery_labels, max_rank=k)[k - 1])
 
 

@@ -26,16 +26,20 @@ LN2 = math.log(2.0)
 # input checking
 
 
-def as_array(x: Any, what: str = "scores") -> np.ndarray:
+def as_array(
+    x: Any,
+    what: str = "scores",
+    order: str = "the metrics take target scores, then non-target scores",
+) -> np.ndarray:
     """A 1-D float64 array from numpy, a sequence or a torch tensor; NaN is refused, and so
-    are booleans (labels passed where scores go: eer(labels, scores) gave a number)."""
+    are booleans (labels passed where scores go: eer(labels, scores) gave a number). `order`
+    says the caller's argument order in that message."""
     if hasattr(x, "detach"):  # torch tensor, without importing torch
         x = x.detach().cpu()
         x = x.numpy() if str(x.dtype) == "torch.bool" else x.double().numpy()
     if np.asarray(x).dtype == np.bool_:
         raise MetaembError(
-            f"{what} are booleans; scores are numbers (labels given where scores go? the "
-            "metrics take target scores, then non-target scores)."
+            f"{what} are booleans; scores are numbers (labels given where scores go? {order})."
         )
     a = np.asarray(x, dtype=np.float64)
     if a.ndim > 1:
@@ -344,7 +348,7 @@ def kfold_accuracy(scores: Any, labels: Any, folds: int = 10) -> tuple[float, fl
 
     Returns (mean, standard deviation (ddof=0, as facenet/insightface), per-fold thresholds).
     """
-    s = as_array(scores, "scores")
+    s = as_array(scores, "scores", "kfold_accuracy takes (scores, labels)")
     y = _binary_labels(labels, s.size)
     if folds < 2 or s.size < folds:
         raise MetaembError(f"k-fold accuracy needs 2 ≤ folds ≤ trials, got {folds} and {s.size}.")
@@ -374,7 +378,7 @@ def _binary_labels(labels: Any, n: int) -> np.ndarray:
 def best_threshold(scores: Any, labels: Any) -> float:
     """The accuracy-maximising threshold (accept iff score ≥ θ), midway into the best score gap;
     ±inf when accepting or rejecting everything is best. The lowest such gap wins ties."""
-    s = as_array(scores, "scores")
+    s = as_array(scores, "scores", "best_threshold takes (scores, labels)")
     y = _binary_labels(labels, s.size)
     order = np.argsort(s, kind="stable")
     ss, ys = s[order], y[order]
