@@ -491,4 +491,8 @@ def test_point_objectives_name_what_is_wrong_with_their_inputs(name):
         with pytest.raises(ConfigError, match=r"class indices in \[0, 4\) \(the classifier's "
                            r"classes\), got 7"):  # fmt: skip
             obj(x, torch.tensor([0, 1, 2, 7, 0, 1, 2, 3]), classifier)
+        # "mat1 and mat2 shapes cannot be multiplied" named neither the loss nor the size (L2 F2)
+        with pytest.raises(ConfigError, match=rf"objective '{name}': embeddings \[N, 5\] but its "
+                           "classifier was built for dim 4"):  # fmt: skip
+            obj(torch.randn(8, 5), y, classifier)
     assert torch.isfinite(obj(x, y, classifier))

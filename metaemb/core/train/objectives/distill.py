@@ -162,8 +162,10 @@ class DistillObjective(Objective):
         teacher, self.teacher_outputs = self.teacher_outputs, None
         if teacher is None:
             raise ConfigError(
-                "objective 'distill' needs the teacher's outputs for every batch "
-                "(objective.teacher_outputs); train it with `metaemb distill --teacher CHECKPOINT`."
+                "objective 'distill' needs the teacher's outputs for every batch: train it "
+                "with `metaemb distill --teacher CHECKPOINT`, or in a loop of your own set "
+                "objective.teacher_outputs (the teacher's embeddings or logits for the batch) "
+                "before each call."
             )
         if not isinstance(classifier, DistillHead):
             raise ConfigError("objective 'distill' needs the module its build_classifier made.")

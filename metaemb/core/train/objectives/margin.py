@@ -80,7 +80,7 @@ class _MarginObjective(Objective):
         """Mean cross-entropy of the scaled cosines to the class centres, the target class's
         after the margin, for embeddings [N, dim] and int64 class indices [N]."""
         labels = check_point_batch(self, self.name, embeddings, labels)
-        cos = require_classifier(classifier, self.name)(embeddings)
+        cos = require_classifier(classifier, self.name, embeddings)(embeddings)
         check_point_batch(self, self.name, embeddings, labels, cos.shape[1])
         m = self.current_margin
         cos_y = cos.gather(1, labels[:, None])

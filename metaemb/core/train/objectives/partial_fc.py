@@ -130,7 +130,7 @@ class PartialFCObjective(Objective):
         labels = check_point_batch(self, self.name, embeddings, labels)
         if isinstance(classifier, ShardedCentres):
             return self._sharded(embeddings, labels, classifier)
-        weight = require_classifier(classifier, self.name).weight
+        weight = require_classifier(classifier, self.name, embeddings).weight
         check_point_batch(self, self.name, embeddings, labels, weight.shape[0])
         index, local = sample_classes(labels, weight.shape[0], self.sample_rate)
         loss = self.margin_objective(embeddings, local, _SampledCentres(weight, index))  # type: ignore[arg-type]

@@ -32,13 +32,40 @@ def full_precision(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def require_classifier(classifier: nn.Module | None, name: str) -> nn.Module:
-    """The classifier module an objective built; a clear error when the engine passed none."""
+def require_classifier(
+    classifier: nn.Module | None, name: str, embeddings: Tensor | None = None
+) -> nn.Module:
+    """The classifier module an objective built; a clear error when the engine passed none or
+    (given the batch's `embeddings`) when it was built for another embedding size, where
+    PyTorch would say only that two matrices cannot be multiplied."""
     if classifier is None:
         raise ConfigError(
             f"objective '{name}' needs its classifier module (from build_classifier); got None."
         )
+    width = _input_width(classifier)
+    if (
+        embeddings is not None
+        and embeddings.dim() == 2
+        and width not in (None, embeddings.shape[1])
+    ):
+        raise ConfigError(
+            f"objective '{name}': embeddings [N, {embeddings.shape[1]}] but its classifier was "
+            f"built for dim {width} (build_classifier(dim, num_classes)); build it with the "
+            "network's embedding size."
+        )
     return classifier
+
+
+def _input_width(classifier: nn.Module) -> int | None:
+    """The embedding size a classifier was built for: its first layer's input (nn.Linear), or
+    the second axis of its class-centre `weight` [C, dim]; None when it cannot tell."""
+    weight = getattr(classifier, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return int(weight.shape[1])
+    for module in classifier.modules():
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    return None
 
 
 def check_point_batch(
@@ -103,7 +130,7 @@ class SoftmaxObjective(Objective):
         """Mean cross-entropy of the classifier's logits for embeddings [N, dim] and int64
         class indices [N]."""
         labels = check_point_batch(self, "softmax", embeddings, labels)
-        logits = require_classifier(classifier, "softmax")(embeddings)
+        logits = require_classifier(classifier, "softmax", embeddings)(embeddings)
         check_point_batch(self, "softmax", embeddings, labels, logits.shape[1])
         loss = F.cross_entropy(full_precision(logits), labels, label_smoothing=self.label_smoothing)
         with torch.no_grad():
