@@ -354,9 +354,11 @@ def test_ranking_with_the_default_scorer_names_the_runs_own():
 
     from metaemb.core.eval.retrieval import note_default_scorer
 
-    with pytest.warns(UserWarning, match=r"identify ranks with 'cosine'.*--scorer dtw"):
-        note_default_scorer("dtw", "point", "identify")
-    with pytest.warns(UserWarning, match=r"neighbours ranks with 'gme'.*--scorer plda"):
+    with pytest.warns(UserWarning, match=r"identify ranks with 'cosine', not with the run's "
+                      "scorer 'dtw': it scores sequence"):  # fmt: skip
+        note_default_scorer("dtw", "point", "identify", "it scores sequence embeddings")
+    with pytest.warns(UserWarning, match=r"neighbours ranks with 'gme', not with the run's "
+                      "scorer 'plda'"):  # fmt: skip
         note_default_scorer("plda", "gme", "neighbours")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -195,8 +195,10 @@ def identify(
     p_new: Annotated[
         float | None, typer.Option(help="GME prior that a probe is not enrolled (default 1/(m+1))")
     ] = None,
-    scorer: Annotated[str | None, typer.Option(help="scorer (default: cosine, or gme)")] = None,
-    faiss: Annotated[bool, typer.Option(help="faiss index search (cosine galleries)")] = False,
+    scorer: Annotated[
+        str | None, typer.Option(help="scorer (default: the run's, fitted state included)")
+    ] = None,
+    faiss: Annotated[bool, typer.Option(help="faiss index search (cosine scorers)")] = False,
     out: Annotated[Path | None, typer.Option(help="write every candidate to this TSV file")] = None,
     show: Annotated[int, typer.Option(help="probes to print", min=0)] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",

@@ -17,32 +17,36 @@ from metaemb.commands.options import FilesRoot
 console = make_console()
 
 
-def _scorer(name: str | None, collection: Any) -> Any:
-    """The scorer by name (default: cosine, or gme for meta-embeddings)."""
+def _scorer(name: str | None, collection: Any, model: Path | None = None) -> Any:
+    """Scorer `name` as the run (`model`, else the collection's) scores with it, fitted state
+    and options included, as `identify --scorer` takes it; by default the run's own, or cosine
+    (gme for meta-embeddings) when no run can give it."""
     from metaemb.core.errors import MetaembError
-    from metaemb.core.eval.retrieval import default_scorer
+    from metaemb.core.eval.retrieval import default_scorer, note_default_scorer, search_scorer
     from metaemb.core.plugin.components import build
 
-    if name is None:
-        from metaemb.core.eval.retrieval import note_default_scorer
+    ckpt = model or collection.meta.get("checkpoint")
+    loaded = None
+    if ckpt and Path(ckpt).exists():
+        from metaemb.core.deploy.loading import load_run
 
+        loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    if name is None:
+        if loaded is not None:
+            return search_scorer(loaded, collection.kind, "neighbours")
         note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours")
         return default_scorer(collection.kind)
     _check_scorer_fits(name, collection)
-    scorer = build("scorers", name, {})
-    if scorer.requires_fit:
-        from metaemb.core.deploy.loading import load_run
-
-        ckpt = collection.meta.get("checkpoint")
-        needs_fit = True
-        if ckpt and Path(ckpt).exists() and collection.meta.get("scorer") == name:
-            # a run directory (`embed RUN_DIR`) loads its best.pt, else last.pt, as everywhere
-            scorer, needs_fit = load_run(Path(ckpt)).scorer(name)  # the run's fitted scorer
-        if needs_fit:
-            raise MetaembError(
-                f"scorer '{name}' must be fitted and the collection's checkpoint holds no fitted "
-                f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
-            )
+    if loaded is not None:
+        scorer, needs_fit = loaded.scorer(name)
+    else:
+        scorer = build("scorers", name, {})
+        needs_fit = scorer.requires_fit
+    if needs_fit:
+        raise MetaembError(
+            f"scorer '{name}' must be fitted and the collection's checkpoint holds no fitted "
+            f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
+        )
     return scorer
 
 
@@ -97,7 +101,10 @@ def find_neighbours(
             f"{probe.meta['model_digest']} vs {coll.meta['model_digest']}); embeddings of different "
             "models cannot be compared. Re-embed the collection or pass the right --run."
         )
-    sc = _scorer(scorer, coll)
+    from metaemb.core.eval.retrieval import adapt_to
+
+    sc = _scorer(scorer, coll, model)
+    adapt_to(sc, coll.embeddings, probe.embeddings)  # label-free, to everything compared
     scores, index, used = nearest(coll.embeddings, probe.embeddings, k, sc, backend)
     results = []
     for p, path in enumerate(probe.paths):
@@ -131,7 +138,9 @@ def neighbours(
     backend: Annotated[
         str, typer.Option(help="auto (faiss if installed), faiss or exact")
     ] = "auto",
-    scorer: Annotated[str | None, typer.Option(help="cosine (default), euclidean, gme, …")] = None,
+    scorer: Annotated[
+        str | None, typer.Option(help="scorer (default: the run's, fitted state included)")
+    ] = None,
     max_rank: Annotated[int, typer.Option(min=1, help="CMC up to this rank (metrics)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
     device: Annotated[str, typer.Option()] = "auto",
@@ -176,7 +185,11 @@ def neighbours(
 
         coll = Collection.load(collection)
         try:
-            result = collection_metrics(coll, _scorer(scorer, coll), max_rank=max_rank)
+            from metaemb.core.eval.retrieval import adapt_to
+
+            sc = _scorer(scorer, coll)
+            adapt_to(sc, coll.embeddings)
+            result = collection_metrics(coll, sc, max_rank=max_rank)
         except MetaembError as exc:  # which collection: the message is about its contents
             raise type(exc)(f"'{collection}': {exc}") from None
         table = Table(title=f"retrieval over {escape(str(collection))} (leave-one-out)")

@@ -493,17 +493,17 @@ class Gallery:
         from metaemb.core.scoring.cosine import CosineScorer
 
         sc = self._scorer(scorer)
-        if self.stamp.kind != "point" or type(sc) is not CosineScorer or not sc.plain:
+        if self.stamp.kind != "point" or type(sc) is not CosineScorer:
             raise GalleryError(
-                "the faiss backend searches point galleries with the plain 'cosine' scorer only."
+                "the faiss backend searches point galleries with the 'cosine' scorer only."
             )
         self.check_embeddings(probes)
         faiss = require("faiss", "the faiss search backend", GalleryError)
-        models, _ = self.pooled()
-        unit = torch.nn.functional.normalize(models, dim=1).numpy().astype("float32")
-        index = faiss.IndexFlatIP(unit.shape[1])
-        index.add(unit)
-        q = torch.nn.functional.normalize(probes.detach().cpu().float(), dim=1).numpy()
+        # inner products of what the scorer compares: prepared samples, pooled per identity
+        models, _ = sc.pool(sc.prepare(self.samples.detach().cpu().double()), self.groups())
+        index = faiss.IndexFlatIP(models.shape[1])
+        index.add(models.float().numpy())
+        q = sc.prepare(probes.detach().cpu().double()).float().numpy()
         scores, idx = index.search(q, k)
         return SearchResult(
             self.identities,

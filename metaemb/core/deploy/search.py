@@ -120,11 +120,10 @@ def identify_probes(
     flag = "--data ROOT" if data is None and probe_root is None else None
     with naming_inferred_root(root, flag, how):
         emb = loaded.embed(folder, indices, workers)
-    sc = _scorer(loaded, scorer)
-    if scorer is None:
-        from metaemb.core.eval.retrieval import note_default_scorer
+    from metaemb.core.eval.retrieval import adapt_to, search_scorer
 
-        note_default_scorer(loaded.config.eval.scorer, g.stamp.kind, "identify")
+    sc = _scorer(loaded, scorer) if scorer else search_scorer(loaded, g.stamp.kind, "identify")
+    adapt_to(sc, g.samples, emb)  # label-free, to the gallery and the probes
     backend = "faiss" if faiss else "torch"
     result = g.search(emb, k=top_k, scorer=sc, threshold=threshold, p_new=p_new, backend=backend)
     names = [str(f) for f in files] if files else [folder.samples[i].path for i in indices]

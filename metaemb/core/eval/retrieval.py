@@ -149,25 +149,60 @@ def default_scorer(kind: str) -> Any:
     return build("scorers", "cosine" if kind == "point" else "gme", {})
 
 
-def note_default_scorer(run_scorer: str | None, kind: str, command: str) -> None:
-    """Without --scorer, ranking uses cosine (gme for meta-embeddings), whatever the run scores
-    trials with: say so when the run's own scorer is another, or evaluate and this command
-    rank differently without a word."""
+def search_scorer(loaded: Any, kind: str, command: str) -> Any:
+    """The scorer a search ranks with when none is named: the run's own, with the fitted state
+    its checkpoint holds (a default speaker run's cosine centres and whitens), so `identify`
+    and `neighbours` rank as `evaluate` scores. Where it cannot rank (a fitted scorer without
+    its state, a scorer that does not pool and score in blocks), the default (cosine, gme for
+    meta-embeddings), with a warning saying why."""
+    from metaemb.core.scoring.scorers import PointScorer
+
+    name = loaded.config.eval.scorer
+    try:
+        scorer, needs_fit = loaded.scorer(name)
+    except MetaembError as exc:
+        note_default_scorer(name, kind, command, str(exc))
+        return default_scorer(kind)
+    if needs_fit:
+        why = "its checkpoint holds no fitted state for it"
+    elif getattr(scorer, "needs", "point") != kind:
+        why = f"it scores {getattr(scorer, 'needs', 'point')} embeddings, not {kind} ones"
+    elif kind == "point" and not isinstance(scorer, PointScorer):
+        why = "a search needs a PointScorer (pooling and scoring in blocks)"
+    else:
+        return scorer
+    note_default_scorer(name, kind, command, why)
+    return default_scorer(kind)
+
+
+def note_default_scorer(run_scorer: str | None, kind: str, command: str, why: str = "") -> None:
+    """A search that does not rank with the run's own scorer says so: evaluate and this
+    command would rank differently without a word."""
     import warnings
 
     default = "cosine" if kind == "point" else "gme"
     if run_scorer and run_scorer != default:
         warnings.warn(
-            f"{command} ranks with '{default}' by default; the run scores trials with "
-            f"'{run_scorer}' (pass --scorer {run_scorer} to rank with it).",
+            f"{command} ranks with '{default}', not with the run's scorer '{run_scorer}'"
+            + (f": {why}." if why else "."),
             stacklevel=3,
         )
 
 
+def adapt_to(scorer: Any, *embeddings: Any) -> None:
+    """Adapt a scorer without labels (`Scorer.adapt`: the speaker default's centring on the
+    data being scored) to every embedding a search compares, as `evaluate` adapts to every
+    file of its trials; meta-embeddings and scorers that do not adapt are left as they are."""
+    if hasattr(scorer, "adapt") and all(isinstance(e, Tensor) for e in embeddings):
+        scorer.adapt(torch.cat([e.detach().cpu() for e in embeddings]))
+
+
 def _faiss_usable(scorer: Any, kind: str) -> bool:
+    """faiss ranks by inner product: exact for cosine, after the scorer's own `prepare`
+    (centring, whitening and scaling, then unit length)."""
     from metaemb.core.scoring.cosine import CosineScorer
 
-    return kind == "point" and type(scorer) is CosineScorer and scorer.plain
+    return kind == "point" and type(scorer) is CosineScorer
 
 
 def _faiss() -> Any:
@@ -181,7 +216,7 @@ def _faiss() -> Any:
 
 
 def pick_backend(backend: str, scorer: Any, kind: str) -> str:
-    """'faiss' or 'exact': auto takes faiss when it is installed and the scorer is plain cosine."""
+    """'faiss' or 'exact': auto takes faiss when it is installed and the scorer is cosine."""
     if backend not in BACKENDS:
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
     if backend == "exact":
@@ -190,7 +225,7 @@ def pick_backend(backend: str, scorer: Any, kind: str) -> str:
     if backend == "faiss":
         if not usable:
             raise MetaembError(
-                "the faiss backend searches point embeddings with the plain cosine scorer only; "
+                "the faiss backend searches point embeddings with the cosine scorer only; "
                 "use --backend exact for this collection or scorer."
             )
         _faiss()
@@ -217,10 +252,10 @@ def nearest(
     chosen = pick_backend(backend, scorer, kind)
     if chosen == "faiss":
         faiss = _faiss()
-        base = torch.nn.functional.normalize(collection.float(), dim=1).numpy()
+        base = scorer.prepare(collection.double()).float().numpy()
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(np.ascontiguousarray(base, dtype=np.float32))
-        q = torch.nn.functional.normalize(probes.float(), dim=1).numpy()
+        q = scorer.prepare(probes.double()).float().numpy()
         scores, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
         return torch.from_numpy(scores).double(), torch.from_numpy(idx).long(), chosen
     matrix = scorer.score_matrix(probes, collection).double()
