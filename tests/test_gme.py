@@ -3,6 +3,7 @@ an independent joint-Gaussian PLDA likelihood ratio."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -504,3 +505,29 @@ def test_a_full_precision_that_is_not_positive_semi_definite_is_named():
     g = GME(torch.randn(1, 2), torch.tensor([[[1.0, 3.0], [3.0, 1.0]]]))
     with pytest.raises(GMEError, match=r"precision 'b' is not positive semi-definite"):
         llr(g, g)
+
+
+@pytest.mark.parametrize("precision", [1e4, 1e6, 1e8, 1e10])
+def test_very_confident_float32_meta_embeddings_score_as_in_float64(precision):
+    """The per-pair form multiplies four precisions: float32 lost 0.08 nat at b = 1e5, 28 at
+    1e8 and gave NaN from 1e10, while llr_matrix of the same pair stayed right (L2 F3)."""
+    gen = torch.Generator().manual_seed(3)
+    b1 = precision * (0.5 + 1.5 * torch.rand(20, 16, generator=gen))
+    b2 = precision * (0.5 + 1.5 * torch.rand(20, 16, generator=gen))
+    z = torch.randn(20, 16, generator=gen)
+    a1 = b1 * (z + torch.randn(20, 16, generator=gen) / b1.sqrt())
+    a2 = b2 * (z + torch.randn(20, 16, generator=gen) / b2.sqrt())
+    f1, f2 = GME(a1, b1), GME(a2, b2)
+    exact = llr(f1.to(F64), f2.to(F64))
+    for got in (llr(f1, f2), llr_matrix(f1, f2).diagonal()):
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), exact, atol=1e-3, rtol=1e-6)
+
+
+def test_infinite_precisions_and_non_finite_a_are_refused():
+    """b = inf and a NaN/inf gave NaN LLRs without a word (L2 F3)."""
+    ok = GME(torch.ones(1, 2), torch.ones(1, 2))
+    with pytest.raises(GMEError, match="1 infinite value"):
+        llr(GME(torch.ones(1, 2), torch.tensor([[1.0, math.inf]])), ok)
+    with pytest.raises(GMEError, match="'a' of shape \\(1, 2\\) holds 1 NaN or infinite"):
+        llr_matrix(GME(torch.tensor([[1.0, math.nan]]), torch.ones(1, 2)), ok)

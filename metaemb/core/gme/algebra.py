@@ -8,6 +8,7 @@ a log-expectation (it overflows for d ≈ 200).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,32 +211,50 @@ def _diag_llr_terms(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
     return num / ((c1 * c2) * c12) + torch.log1p(b1 * b2 / c12)
 
 
-def refuse_negative_precision(*gmes: GME) -> None:
+def refuse_negative_precision(*gmes: GME) -> float:
     """A precision below zero is a likelihood that grows without bound: its LLRs are NaN or
-    meaningless, with no error of their own. Refused outside training only (a `b` in an
-    autograd graph is left alone: checking it would wait on the device at every step)."""
+    meaningless, with no error of their own; an infinite one, or a non-finite `a`, gives NaN.
+    Refused outside training only (a `b` in an autograd graph is left alone: checking it would
+    wait on the device at every step). Returns the largest precision checked (0: none)."""
+    largest = 0.0
     for g in gmes:
         if g.b.requires_grad or g.b.numel() == 0:
             continue
         b = torch.diagonal(g.b, dim1=-2, dim2=-1) if g.full else g.b
         low, high = float(b.min()), float(b.abs().max())
-        if not low >= -1e-6 * max(1.0, high):  # a rounding error of a valid precision passes
+        if not low >= -1e-6 * max(1.0, high) or high == math.inf:  # rounding errors pass
             what = "negative" if low == low else "NaN"
-            bad = int((b < 0).sum()) if low == low else int(b.isnan().sum())
+            what = "infinite" if high == math.inf and low == low and low >= 0 else what
+            bad = {"negative": b < 0, "NaN": b.isnan(), "infinite": b.isinf()}[what]
             raise GMEError(
-                f"GME precisions 'b' must be ≥ 0 (each says how much evidence a sample carries), "
-                f"got {bad} {what} value(s), smallest {low:.3g}, in 'b' of shape "
-                f"{tuple(g.b.shape)}: make b with softplus or exp of a network output, as the "
-                "gme head does"
+                f"GME precisions 'b' must be finite and ≥ 0 (each says how much evidence a "
+                f"sample carries), got {int(bad.sum())} {what} value(s), smallest {low:.3g}, "
+                f"in 'b' of shape {tuple(g.b.shape)}: make b with softplus or exp of a network "
+                "output, as the gme head does"
             )
+        if not bool(torch.isfinite(g.a).all()):
+            raise GMEError(
+                f"GME 'a' of shape {tuple(g.a.shape)} holds "
+                f"{int((~torch.isfinite(g.a)).sum())} NaN or infinite value(s)"
+            )
+        largest = max(largest, high)
+    return largest
+
+
+#: Past this precision the per-pair forms in float32 lose whole nats (their terms grow as b⁴
+#: and overflow near b ≈ 1e9), so meta-embeddings that confident are scored in float64.
+CONFIDENT = 1e3
+_LOW = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def llr(f1: GME, f2: GME) -> Tensor:
     """Verification LLR of aligned pairs (f1[i], f2[i]) → [N]; a batch of one broadcasts."""
     f1, f2 = _same_form(f1, f2)
-    refuse_negative_precision(f1, f2)
+    largest = refuse_negative_precision(f1, f2)
     if len(f1) != len(f2) and 1 not in (len(f1), len(f2)):
         raise GMEError(f"cannot pair {len(f1)} GMEs with {len(f2)} (lengths must match or be 1)")
+    if f1.dtype in _LOW and largest > CONFIDENT:
+        return llr(f1.to(torch.float64), f2.to(torch.float64)).to(f1.dtype)
     if not f1.full:
         return 0.5 * _diag_llr_terms(f1.a, f1.b, f2.a, f2.b).sum(-1)
     joint = _full_log_expectation(f1.a + f2.a, f1.b + f2.b)
@@ -256,10 +275,13 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
     matmul and no [N1, N2, d] tensor is formed at all.
     """
     f1, f2 = _same_form(f1, f2)
-    refuse_negative_precision(f1, f2)
+    largest = refuse_negative_precision(f1, f2)
     n1, n2 = len(f1), len(f2)
     if n1 == 0 or n2 == 0:
         return f1.a.new_zeros(n1, n2)
+    if f1.dtype in _LOW and largest > CONFIDENT:
+        wide = llr_matrix(f1.to(torch.float64), f2.to(torch.float64), max_chunk_bytes)
+        return wide.to(f1.dtype)
     if _is_constant(f1.b) and _is_constant(f2.b):
         shared = _full_matrix_shared if f1.full else _diag_matrix_shared
         big = float(torch.maximum(f1.b[0].detach().abs().max(), f2.b[0].detach().abs().max()))
