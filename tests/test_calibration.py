@@ -117,3 +117,26 @@ def test_calibrated_scorer_gives_near_optimal_llrs():
     again = CalibratedScorer(base="cosine")
     again.load_state_dict(sc.state_dict())
     torch.testing.assert_close(again.score(ev[:5], ev[5:10]), sc.score(ev[:5], ev[5:10]))
+
+
+def test_swapped_arguments_and_labels_other_than_0_1_are_refused():
+    """fit(labels, scores) fitted silently on booleans read as scores, and −1/1 or 1/2 labels
+    were read by truthiness (every non-zero a target); python.md promised a refusal (L2 F5)."""
+    import numpy as np
+
+    from metaemb.core.errors import MetaembError
+
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(2, 1, 100), rng.normal(0, 1, 100)]
+    labels = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    with pytest.raises(MetaembError, match=r"LinearCalibration.fit takes \(scores, labels\)"):
+        LinearCalibration().fit(labels, np.r_[scores[:150], np.zeros(50)])
+    for bad in (np.where(labels, 1, -1), np.where(labels, 1, 2), np.where(labels, "t", "n")):
+        with pytest.raises(MetaembError, match=r"must be 1 \(target\) or 0 \(non-target\)"):
+            LinearCalibration().fit(scores, bad)
+    fitted = LinearCalibration().fit(scores, labels)
+    for same in (labels.astype(int), labels.astype(float).tolist(), torch.tensor(labels)):
+        assert LinearCalibration().fit(scores, same).weight == fitted.weight
+    assert torch.equal(fitted([0.1, 0.2]), fitted(torch.tensor([0.1, 0.2], dtype=torch.float64)))
+    with pytest.raises(MetaembError, match="not fitted"):
+        LinearCalibration()(torch.zeros(2))

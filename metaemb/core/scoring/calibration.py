@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,10 +29,20 @@ DTYPE = torch.float64
 
 
 def _split(scores: Any, labels: Any) -> tuple[Tensor, Tensor]:
-    s = torch.as_tensor(scores, dtype=DTYPE).reshape(-1)
-    y = torch.as_tensor(labels).reshape(-1).bool()
-    if s.numel() != y.numel():
-        raise DataError(f"got {s.numel()} scores for {y.numel()} labels")
+    """(target, non-target) scores; labels given where scores go, or labels other than 0/1
+    (−1/1, 1/2, words), are refused as the metrics refuse them, never read by truthiness."""
+    from metaemb.core.eval.metrics import as_array
+
+    order = "LinearCalibration.fit takes (scores, labels)"
+    s = torch.from_numpy(as_array(scores, "calibration scores", order).copy())
+    y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
+    if s.numel() != y.size:
+        raise DataError(f"got {s.numel()} scores for {y.size} labels")
+    if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
+        raise DataError(
+            f"calibration labels must be 1 (target) or 0 (non-target), or True/False; {order}."
+        )
+    y = torch.from_numpy(y == 1)
     if not torch.isfinite(s).all():
         raise DataError("calibration scores contain NaN or infinite values")
     tar, non = s[y], s[~y]
@@ -115,7 +126,12 @@ class LinearCalibration:
         self.fitted = True
         return self
 
-    def __call__(self, scores: Tensor) -> Tensor:
+    def __call__(self, scores: Any) -> Tensor:
+        """Calibrated LLRs of scores (a tensor, array or list), by the fitted map."""
+        if not self.fitted:
+            raise DataError("this calibration is not fitted: call fit(scores, labels) first.")
+        if not isinstance(scores, Tensor):
+            scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
         return scores * self.weight + self.bias
 
     def state_dict(self) -> dict[str, Tensor]:
