@@ -276,3 +276,17 @@ def test_class_measures_with_other_options_keep_each_result(setup, tmp_path, cap
     got = {m.name: json.loads((m / "metrics.json").read_text()) for m in run.glob(f"{folder}*")}
     assert set(got) == {folder, f"{folder}-enroll2", f"{folder}-noadapt"}
     assert got[folder]["probes"] != got[f"{folder}-enroll2"]["probes"]
+
+
+def test_options_a_measure_would_ignore_are_refused(setup, tmp_path, capsys):
+    """--measure class ignored --trials and still wrote it into metrics.json as its source
+    (H17 F7); --protocol-set without --protocol blamed the measure (H17 F8)."""
+    _, other, run = setup
+    listed = tmp_path / "list.txt"
+    listed.write_text("1 a/1.png a/2.png\n")
+    base = ["evaluate", run, "--data", other, "--workers", "0", "--out", tmp_path / "o"]
+    code, _, err = helpers.run_cli([*base, "--measure", "class", "--trials", listed], capsys)
+    assert code == 2 and "--trials does not apply to --measure class" in " ".join(err.split())
+    code, _, err = helpers.run_cli([*base, "--protocol-set", "k=1"], capsys)
+    assert code == 2 and "no --protocol was given" in " ".join(err.split())
+    assert not (tmp_path / "o").exists()

@@ -109,9 +109,12 @@ def evaluate(
         run = Path(f"reference-{reference}")
     if run is None:
         raise MetaembError("evaluate needs a RUN (directory or checkpoint) or --reference NAME.")
+    if protocol_set and protocol is None:
+        raise MetaembError("--protocol-set sets options of --protocol, and no --protocol was "
+                           "given: add --protocol NAME, or leave --protocol-set out.")  # fmt: skip
     unused = {"--enroll-samples": enroll_samples is not None and measure != "class",
+              "--trials": trials is not None and measure == "class",
               "--protocol": protocol is not None and measure != "verification",
-              "--protocol-set": bool(protocol_set) and protocol is None,
               "--p-target": bool(p_target) and measure != "verification",
               "--calibrate": calibrate is not None and measure != "verification",
               "--folder": folder is not None and measure != "verification",
@@ -120,10 +123,11 @@ def evaluate(
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
-                               "for --measure class; --protocol and --calibrate for verification "
-                               "pairs; --protocol-set for --protocol; --p-target, --folder and "
-                               "--folder-set for verification): leave it out, or choose "
-                               "the measure it is for.")  # fmt: skip
+                               "for --measure class, which enrolls from every file of --data and "
+                               "reads no list; --trials for verification pairs and match "
+                               "triplets; --protocol, --calibrate, --p-target, --folder, "
+                               "--folder-set and --folds for verification): leave it out, or "
+                               "choose the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure
 
