@@ -1057,7 +1057,12 @@ def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path
     assert "4-fold accuracy" in text
     blocks.write_text("".join(ln + "\n" for ln in lines[: len(lines) // 4 * 4 - 1]))
     code, _, err = run_cli([*args[:-2], "--out", tmp_path / "uneven"], capsys)
-    assert code == 2 and "cannot form the 4 equal folds" in err, err
+    said = " ".join(err.split())  # in terms of the option: the list declares nothing (H17 F8)
+    assert code == 2 and "--folds 4: the" in said and "do not split into 4 equal" in said, err
+    unlabelled = tmp_path / "unlabelled.txt"
+    unlabelled.write_text("".join(ln.split(" ", 1)[1] + "\n" for ln in lines[:8]))
+    code, _, err = run_cli([*args[:5], unlabelled, *args[6:-2], "--out", tmp_path / "u"], capsys)
+    assert code == 2 and "--folds 4: k-fold accuracy needs a labelled list" in " ".join(err.split())
     # all targets first: fold 1 of 2 holds no non-target, and its accuracy meant nothing (R3 F2)
     blocks.write_text("".join(ln + "\n" for ln in targets[:4] + others[:4]))
     sorted_args = ["evaluate", run, "--data", data, "--trials", blocks, "--folds", "2",

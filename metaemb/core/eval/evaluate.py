@@ -29,6 +29,7 @@ from metaemb.core.eval.output_folder import beside_others, default_out, result_n
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
+    check_folds_fit,
     check_folds_hold_both,
     check_scorable,
     duplicates_warning,
@@ -138,6 +139,7 @@ class Evaluation:
             path = self.trials_path
             trials = read_trials(path, root=root)
             if self.folds:  # CFP-FP, CALFW, CPLFW: published as 10 contiguous blocks
+                check_folds_fit(trials, self.folds, str(path))
                 trials = TrialList(trials, folds=self.folds, path=str(path))
                 check_folds_hold_both(trials, self.folds, str(path))
             return TrialSet(trials, path.stem, str(path), trial_folds(trials, str(path)))

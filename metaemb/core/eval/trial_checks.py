@@ -148,6 +148,22 @@ def check_both_classes(labels: Any, where: str) -> None:
         )
 
 
+def check_folds_fit(trials: Sequence[Trial], folds: int, where: str) -> None:
+    """`--folds K` on a list: it must be labelled and split into K equal contiguous blocks,
+    said in terms of the option (the list itself declares nothing)."""
+    if any(t.label is None for t in trials):
+        raise DataError(f"--folds {folds}: k-fold accuracy needs a labelled list; {where} has "
+                        "trials without a target/non-target label.")  # fmt: skip
+    if len(trials) % folds:
+        near = [k for k in range(2, min(len(trials), 4 * folds) + 1) if len(trials) % k == 0]
+        near = sorted(near, key=lambda k: abs(k - folds))[:4]
+        raise DataError(
+            f"--folds {folds}: the {len(trials)} trials of {where} do not split into {folds} "
+            f"equal contiguous folds" + (f" (they do into {', '.join(map(str, sorted(near)))})."
+                                         if near else ".")
+        )  # fmt: skip
+
+
 def check_folds_hold_both(trials: Sequence[Trial], folds: int, where: str) -> None:
     """k-fold accuracy fits a threshold on k − 1 folds and tests it on the last: a fold of one
     class (a list of all targets, then all non-targets) gives a meaningless accuracy. Refused,
