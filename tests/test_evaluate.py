@@ -1280,3 +1280,26 @@ def test_a_hand_edited_config_toml_is_named_when_the_run_is_loaded(tiny_face_run
     with pytest.warns(UserWarning, match=r"config.toml' differs from the configuration saved in "
                       r"'best.pt' \(edited by hand\?\)"):  # fmt: skip
         load_run(copy)
+
+
+def test_evaluations_started_together_claim_separate_default_folders(tmp_path):
+    """Two evaluations of different lists started at once both chose the run's eval-<name>/
+    folder (the first had not written its metrics.json yet) and one replaced the other's
+    results, each printing 'wrote' there (H17 F10). A default folder is now claimed while it
+    is written; the same evaluation twice at once is refused; a killed one's claim is stale."""
+    from metaemb.core.eval.output_folder import CLAIM, claimed
+    from metaemb.core.locks import RunInProgress
+
+    default = tmp_path / "run" / "eval-data-list"
+    with claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt") as first:
+        assert first == default and (first / CLAIM).exists()
+        with claimed(default, "/data", "b/list.txt", None, "/x/b/list.txt") as second:
+            assert second != first and second.name.startswith("eval-data-list-")
+        same = claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt")
+        with pytest.raises(RunInProgress, match="being written by pid"), same:
+            pass
+    assert not default.exists()  # nothing was written in it: no empty folder is left
+    default.mkdir(parents=True)
+    (default / CLAIM).write_text(json.dumps({"pid": 2**22 + 12345, "trials_source": "c"}))
+    with claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt") as again:
+        assert again == default  # the claim of a process that is gone is ignored

@@ -25,7 +25,7 @@ from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
-from metaemb.core.eval.output_folder import beside_others, default_out, result_name, variant
+from metaemb.core.eval.output_folder import claimed, default_out, result_name, variant
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
@@ -230,6 +230,10 @@ class Evaluation:
         """Evaluate: print the metrics table (to `console`), write metrics.json, scores.txt and
         the plots to the output folder (`out`, else eval-<trials> inside the run) and return
         the metrics as metrics.json holds them."""
+        with contextlib.ExitStack() as claims:  # a default folder is claimed until written
+            return self._run(claims)
+
+    def _run(self, claims: contextlib.ExitStack) -> dict[str, Any]:
         if self.out is not None:
             ensure_writable_dir(self.out, "evaluation output folder")
         listed = self.trials_path is not None or self.protocol is not None
@@ -264,12 +268,14 @@ class Evaluation:
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
         trials_file = str(self.trials_path.resolve()) if self.trials_path else ""
-        out = self.out or beside_others(
-            default_out(self._run_dir(), name, self.data),
-            data_root,
-            evals.source,
-            calibration,
-            trials_file,
+        out = self.out or claims.enter_context(
+            claimed(
+                default_out(self._run_dir(), name, self.data),
+                data_root,
+                evals.source,
+                calibration,
+                trials_file,
+            )
         )
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")

@@ -11,6 +11,7 @@ folder the run never saw.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def run_measure(
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
     from metaemb.core.data.pipeline import frontend_set_used
-    from metaemb.core.eval.output_folder import beside_others, default_out, result_name, variant
+    from metaemb.core.eval.output_folder import claimed, default_out, result_name, variant
     from metaemb.core.paths import ensure_writable_dir
 
     if out is not None:
@@ -234,40 +235,43 @@ def run_measure(
     data_root = str(Path(data).resolve()) if data is not None else ""
     listed = str(Path(trials).resolve()) if trials is not None else ""
     # nor another folder's or list of the same name (two corpora both called wav/)
-    out = out or beside_others(default_out(run_dir, name, data), data_root, listed)
-    ensure_writable_dir(out, "evaluation output folder")  # before any embedding
-    sc = _scorer(loaded, scorer)
-    if measure == "match":
-        result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
-        key = "match_accuracy"
-    else:
-        from metaemb.core.eval import leakage
-
-        folder = _folder_for(loaded, data)
-        from metaemb.core.train.validation import split_seed
-
-        result = class_measure(loaded, folder, sc, workers, enroll,
-                               split_seed(loaded.config), adapt)  # fmt: skip
-        scored = leakage.identities_of(folder) if data is not None else set()  # else held out
-        result["training_identities_scored"] = leakage.count_and_warn(
-            loaded.state, scored, console, folder.subject_of
+    with contextlib.ExitStack() as claims:  # a default folder is claimed until written
+        out = out or claims.enter_context(
+            claimed(default_out(run_dir, name, data), data_root, listed)
         )
-        key = "class_accuracy"
-    result["scorer"] = scorer or loaded.config.eval.scorer
-    result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
-    table = Table(title=f"{measure} on {escape(result['source'])}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row(key, f"{100 * result[key]:.2f}%")
-    if result.get("rank_5") is not None:
-        table.add_row("rank_5", f"{100 * result['rank_5']:.2f}%")
-    for k in ("triplets", "identities", "probes"):
-        if k in result:
-            table.add_row(k, str(result[k]))
-    console.print(table)
-    console.print(f"wrote {out / 'metrics.json'}", markup=False, soft_wrap=True)
-    return result
+        ensure_writable_dir(out, "evaluation output folder")  # before any embedding
+        sc = _scorer(loaded, scorer)
+        if measure == "match":
+            result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
+            key = "match_accuracy"
+        else:
+            from metaemb.core.eval import leakage
+
+            folder = _folder_for(loaded, data)
+            from metaemb.core.train.validation import split_seed
+
+            result = class_measure(loaded, folder, sc, workers, enroll,
+                                   split_seed(loaded.config), adapt)  # fmt: skip
+            scored = leakage.identities_of(folder) if data is not None else set()  # else held out
+            result["training_identities_scored"] = leakage.count_and_warn(
+                loaded.state, scored, console, folder.subject_of
+            )
+            key = "class_accuracy"
+        result["scorer"] = scorer or loaded.config.eval.scorer
+        result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+        table = Table(title=f"{measure} on {escape(result['source'])}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row(key, f"{100 * result[key]:.2f}%")
+        if result.get("rank_5") is not None:
+            table.add_row("rank_5", f"{100 * result['rank_5']:.2f}%")
+        for k in ("triplets", "identities", "probes"):
+            if k in result:
+                table.add_row(k, str(result[k]))
+        console.print(table)
+        console.print(f"wrote {out / 'metrics.json'}", markup=False, soft_wrap=True)
+        return result
 
 
 def groups_matrix(scorer: Any, emb: Any, groups: list[list[int]], probes: Any) -> Tensor:

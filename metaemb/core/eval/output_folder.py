@@ -3,8 +3,12 @@ changes the numbers, so that one evaluation never replaces another's results."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +63,37 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
+#: beside an evaluation's results while it writes them: what they will be, and by whom
+CLAIM = ".evaluating.json"
+
+
+def _held(out: Path) -> dict[str, Any] | None:
+    """What `out` holds: the claim of a live evaluation writing it, else its results."""
+    from metaemb.core.files import process_alive
+
+    for name in (CLAIM, "metrics.json"):
+        try:
+            held = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(held, dict):
+            continue
+        if name == CLAIM and not process_alive(int(held.get("pid", -1))):
+            continue  # left by a killed evaluation
+        return held
+    return None
+
+
 def beside_others(
     out: Path, data_root: str, source: str, calibration: str | None = None, listed: str = ""
 ) -> Path:
-    """`out`, unless it holds the results of another data folder or list (two VoxCeleb
-    folders are both `wav/`, Kaldi lists all `trials`, the same name typed in two folders):
-    then a sibling named by them, so one evaluation never replaces another's results.
-    `listed` is the resolved trial-list file (the source says only how it was typed)."""
-    try:
-        held = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return out
-    if not isinstance(held, dict):
+    """`out`, unless it holds (or an evaluation running now is writing) the results of another
+    data folder or list (two VoxCeleb folders are both `wav/`, Kaldi lists all `trials`, the
+    same name typed in two folders): then a sibling named by them, so one evaluation never
+    replaces another's results. `listed` is the resolved trial-list file (the source says only
+    how it was typed)."""
+    held = _held(out)
+    if held is None:
         return out
     same = (
         held.get("data_root", data_root) == data_root  # older results: by source only
@@ -82,3 +105,45 @@ def beside_others(
         return out
     tag = hashlib.sha1(f"{data_root}\n{source}\n{listed}\n{calibration}".encode()).hexdigest()
     return out.with_name(f"{out.name}-{tag[:6]}")
+
+
+@contextlib.contextmanager
+def claimed(
+    default: Path, data_root: str, source: str, calibration: str | None = None, listed: str = ""
+) -> Iterator[Path]:
+    """The default output folder (`beside_others`), claimed for this evaluation while it runs:
+    two evaluations started together (one job per trial list) chose the same folder, and one's
+    results replaced the other's. The choice is made under a lock on the run folder; the same
+    evaluation running twice at once is refused. A folder left empty by a failure is removed."""
+    from metaemb.core.files import atomic_write_text
+    from metaemb.core.locks import FileLock, RunInProgress
+
+    lock = FileLock(default.parent / "eval-folders", "the evaluation folders of")
+    for _ in range(200):  # the choice takes milliseconds: wait for the other one's, up to 10 s
+        try:
+            lock.acquire()
+            break
+        except RunInProgress:
+            time.sleep(0.05)
+    else:
+        lock.acquire()
+    try:
+        out = beside_others(default, data_root, source, calibration, listed)
+        held = _held(out)
+        if held is not None and "pid" in held:
+            raise RunInProgress(
+                f"evaluation output folder '{out}' is being written by pid {held['pid']}, "
+                "evaluating the same data and list; wait for it to finish, or give --out."
+            )
+        record = {"data_root": data_root, "trials_source": source, "trials_file": listed,
+                  "calibration_source": calibration}  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / CLAIM, json.dumps({"pid": os.getpid(), **record}))
+    finally:
+        lock.release()
+    try:
+        yield out
+    finally:
+        (out / CLAIM).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only when empty: a failed evaluation leaves no folder behind
