@@ -201,3 +201,37 @@ def test_a_recipe_relative_path_found_nowhere_says_where_it_was_looked_for(tmp_p
     with pytest.raises(DataError, match=r"relative path 'audio/a1.wav', found neither under the "
                       r"data directory .* nor under the current directory"):  # fmt: skip
         KaldiDataFolder(root=data)[0]
+
+
+def test_cn_celeb_enroll_table_mistakes_are_named_at_their_own_line(tmp_path):
+    """A key given twice in enroll.lst took its last line silently (a speaker's targets were
+    scored against another's enrolment); a bad path there was reported at trials.lst:1; a
+    list without its enroll.lst said the keys were missing files (H17 F2-F4)."""
+    from metaemb.core.errors import DataError
+    from metaemb.core.eval.trials import read_trials
+
+    ev = tmp_path / "eval"
+    for rel in ("enroll/a-enroll.flac", "enroll/b-enroll.flac", "test/a-1.flac"):
+        (ev / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ev / rel).write_bytes(b"")
+    (ev / "lists").mkdir()
+    listed = ev / "lists" / "trials.lst"
+    listed.write_text("a-enroll test/a-1.wav 1\nb-enroll test/a-1.wav 0\n")
+    table = ev / "lists" / "enroll.lst"
+    table.write_text("a-enroll enroll/a-enroll.wav\nb-enroll enroll/b-enroll.wav\n")
+    got = read_trials(listed, ev, "cnceleb")
+    assert [t.enroll for t in got] == [("enroll/a-enroll.flac",), ("enroll/b-enroll.flac",)]
+    table.write_text(table.read_text() + "a-enroll enroll/a-enroll.wav\n")  # the same: fine
+    assert read_trials(listed, ev, "cnceleb") == got
+    table.write_text(table.read_text() + "a-enroll enroll/b-enroll.wav\n")
+    with pytest.raises(DataError, match=r"enroll.lst:4: enrolment key 'a-enroll' is given again"):
+        read_trials(listed, ev, "cnceleb")
+    table.write_text("a-enroll ../outside.wav\nb-enroll enroll/b-enroll.wav\n")
+    with pytest.raises(DataError, match=r"lists/enroll.lst:1: path '\.\./outside.wav'"):
+        read_trials(listed, ev, "cnceleb")
+    table.write_text("b-enroll enroll/b-enroll.wav\n")
+    with pytest.raises(DataError, match=r"trials.lst:1: 'a-enroll' is no file .* no enrolment key"):
+        read_trials(listed, ev, "cnceleb")
+    table.unlink()
+    with pytest.raises(DataError, match=r"looks like a CN-Celeb enrolment key.*enroll.lst"):
+        read_trials(listed, ev, "cnceleb")

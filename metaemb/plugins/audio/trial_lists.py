@@ -117,14 +117,16 @@ class CnCelebTrials(TrialFormat):
         return len(fields) == 3 and fields[2] in ("0", "1") and fields[0] not in ("0", "1")
 
     def read(self, path: Path, root: Path | None) -> list[Trial]:
-        keys = _enroll_keys(path)
+        keys = _enroll_keys(path, root)
         trials = []
         for lineno, f in read_lines(path):
             where = f"{path}:{lineno}"
             if len(f) != 3 or f[2] not in ("0", "1"):
                 raise DataError(f"{where}: expected 'enroll test 1|0', got {' '.join(f)!r}.")
-            enroll = ",".join(keys.get(e, e) for e in f[0].split(","))
-            enroll_paths = tuple(_released(p, root) for p in split_enroll(enroll, root, where))
+            enroll_paths = tuple(
+                keys[e] if e in keys else _released(_as_file(e, path, root, where, keys), root)
+                for e in f[0].split(",")
+            )
             test = _released(safe_path(f[1], root, where), root)
             trials.append(Trial(enroll_paths, test, int(f[2])))
         return trials
@@ -140,18 +142,47 @@ class CnCelebTrials(TrialFormat):
         write_lines(path, lines)
 
 
-def _enroll_keys(trials: Path) -> dict[str, str]:
+def _enroll_keys(trials: Path, root: Path | None) -> dict[str, str]:
     """CN-Celeb's `enroll.lst` beside its trial list: `id00800-enroll enroll/id00800-enroll.wav`
-    lines, which name the file behind each enrolment key of the list's first column."""
+    lines, which name the file behind each enrolment key of the list's first column. A key
+    given twice with other files is refused (the last line won, and a speaker's target trials
+    were scored against another's enrolment); bad paths are named at their own line."""
     table = trials.parent / "enroll.lst"
     if not table.is_file():
         return {}
-    keys = {}
+    keys: dict[str, str] = {}
+    first: dict[str, int] = {}
     for lineno, f in read_lines(table):
+        where = f"{table}:{lineno}"
         if len(f) != 2:
-            raise DataError(f"{table}:{lineno}: expected 'key path', got {' '.join(f)!r}.")
-        keys[f[0]] = f[1]
+            raise DataError(f"{where}: expected 'key path', got {' '.join(f)!r}.")
+        rel = _released(safe_path(f[1], root, where), root)
+        if f[0] in keys and keys[f[0]] != rel:
+            raise DataError(
+                f"{where}: enrolment key '{f[0]}' is given again, with '{f[1]}'; line "
+                f"{first[f[0]]} gave '{keys[f[0]]}'. Keep one line per key."
+            )
+        keys[f[0]] = rel
+        first.setdefault(f[0], lineno)
     return keys
+
+
+def _as_file(entry: str, trials: Path, root: Path | None, where: str, keys: dict) -> str:
+    """An enrolment entry that is not a key of enroll.lst: a file under the root. One with no
+    file suffix that is not there is a CN-Celeb key whose table is missing or lacks it."""
+    rel = safe_path(entry, root, where)
+    if Path(rel).suffix or root is None or (root / rel).exists():
+        return rel
+    table = trials.parent / "enroll.lst"
+    if not keys:
+        raise DataError(
+            f"{where}: '{entry}' is no file under '{root}' and looks like a CN-Celeb enrolment "
+            f"key, which is looked up in the enroll.lst beside the list, and '{table}' does not "
+            "exist: put CN-Celeb's lists/enroll.lst beside the list."
+        )
+    raise DataError(
+        f"{where}: '{entry}' is no file under '{root}' and no enrolment key of '{table}'."
+    )
 
 
 def _released(rel: str, root: Path | None) -> str:
