@@ -1711,3 +1711,35 @@ def test_a_sample_folder_without_extensions_is_named_not_the_data(tmp_path):
     (tmp_path / "spk1" / "a.wav").write_bytes(b"")
     with pytest.raises(PluginError, match=r"NoSuffixes declares no `extensions`, so scanning"):
         NoSuffixes(tmp_path)
+
+
+def test_a_sample_folder_listing_a_file_twice_is_named(tmp_path, capsys):
+    """A folder whose samples repeat a file trained on it twice an epoch, and its validation
+    and generated trials scored the file against itself, flattering the EER (P16 F4)."""
+    import helpers
+
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    class Twice(ImageFolder):
+        def __init__(self, root, samples=None):
+            super().__init__(root, samples)
+            self.samples = self.samples * 2
+
+    class TwicePlugin:
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register("twice", Twice)
+
+    data = helpers.demo_faces(tmp_path / "faces", identities=4, images_per_identity=3,
+                              image_size=32)  # fmt: skip
+    with plugins.plugin_registered(TwicePlugin(), "twice-plugin"):
+        args = ["trials", "make", data, "--folder", "twice", "--out", tmp_path / "t.txt"]
+        code, _, err = helpers.run_cli(args, capsys)
+        said = " ".join(err.split())
+        assert code == 2 and "sample folder 'twice' (plugin 'twice-plugin') lists" in said, err
+        assert "more than once (of 24 samples)" in said
+        args = ["train", "--data", data, "--set", "data.folder=twice", "--runs", tmp_path / "r",
+                "--workers", "0"]  # fmt: skip
+        code, _, err = helpers.run_cli(args, capsys)
+        assert code == 2 and "more than once" in err and not list(tmp_path.rglob("*.pt"))
+    assert not (tmp_path / "t.txt").exists()

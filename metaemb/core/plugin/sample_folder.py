@@ -78,6 +78,22 @@ def empty_folders_skipped() -> Iterator[None]:
         _empty_folders_skipped.reset(token)
 
 
+def refuse_repeated_samples(folder: Any, name: str) -> None:
+    """A folder listing one file twice trains on it twice per epoch and, worse, its validation
+    and generated trials compare the file with itself (a flattering score of 1)."""
+    seen: set[str] = set()
+    for s in folder.samples:
+        if s.path in seen:
+            from metaemb.core.plugin.components import described
+
+            raise PluginError(
+                f"{described(folder, 'sample folder')} lists '{s.path}' more than once "
+                f"(of {len(folder.samples)} samples); each file must be one sample. Its list "
+                "(`samples`) repeats entries."
+            )
+        seen.add(s.path)
+
+
 # ---------------------------------------------------------------------------------------------
 class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     """A root of `<identity>/…/<sample>` files; the identity is the first path component.
