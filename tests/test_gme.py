@@ -505,6 +505,16 @@ def test_a_full_precision_that_is_not_positive_semi_definite_is_named():
     g = GME(torch.randn(1, 2), torch.tensor([[[1.0, 3.0], [3.0, 1.0]]]))
     with pytest.raises(GMEError, match=r"precision 'b' is not positive semi-definite"):
         llr(g, g)
+    # an eigenvalue above −1 left I + b factorable: finite, meaningless LLRs (L2 F10)
+    ok = GME(torch.randn(1, 2), torch.eye(2)[None])
+    mild = GME(torch.randn(1, 2), torch.tensor([[[1.0, 1.2], [1.2, 1.0]]]))
+    with pytest.raises(GMEError, match=r"precision 'b' is not positive semi-definite"):
+        llr_matrix(mild, ok)
+    skew = GME(torch.randn(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]]))
+    with pytest.raises(GMEError, match=r"is not symmetric"):
+        llr(skew, ok)
+    singular = GME(torch.randn(1, 2), torch.tensor([[[1.0, 1.0], [1.0, 1.0]]]))  # PSD: fine
+    assert torch.isfinite(llr(singular, ok)).all()
 
 
 @pytest.mark.parametrize("precision", [1e4, 1e6, 1e8, 1e10])

@@ -232,6 +232,8 @@ def refuse_negative_precision(*gmes: GME) -> float:
                 f"in 'b' of shape {tuple(g.b.shape)}: make b with softplus or exp of a network "
                 "output, as the gme head does"
             )
+        if g.full:
+            _refuse_indefinite(g.b, high)
         if not bool(torch.isfinite(g.a).all()):
             raise GMEError(
                 f"GME 'a' of shape {tuple(g.a.shape)} holds "
@@ -239,6 +241,28 @@ def refuse_negative_precision(*gmes: GME) -> float:
             )
         largest = max(largest, high)
     return largest
+
+
+def _refuse_indefinite(b: Tensor, high: float) -> None:
+    """A full precision must be symmetric positive semi-definite: an indefinite one made I + B
+    singular (LLRs of ±7e14) or gave finite, meaningless LLRs, with no error of its own."""
+    tol = 1e-6 * max(1.0, high)
+    mats = b[:1] if _is_constant(b) else b  # one check for a shared precision (PLDA)
+    asym = float((mats - mats.transpose(-1, -2)).abs().max())
+    if asym > tol:
+        raise GMEError(
+            f"a full GME precision 'b' of shape {tuple(b.shape)} is not symmetric "
+            f"(|B − Bᵀ| up to {asym:.3g}); make it as L·Lᵀ or (M + Mᵀ)/2"
+        )
+    eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
+    _, info = torch.linalg.cholesky_ex(mats.to(torch.float64) + tol * eye.to(torch.float64))
+    if bool((info > 0).any()):
+        bad = int((info > 0).sum())
+        raise GMEError(
+            f"a full GME precision 'b' is not positive semi-definite ({bad} of {len(mats)} in "
+            f"'b' of shape {tuple(b.shape)} have a negative eigenvalue): make b as L·Lᵀ, as "
+            "the gme head does"
+        )
 
 
 #: Past this precision the per-pair forms in float32 lose whole nats (their terms grow as b⁴
