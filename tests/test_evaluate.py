@@ -1262,6 +1262,11 @@ def test_the_python_evaluation_takes_string_paths(tiny_face_run, tmp_path):
     result = Evaluation(str(run), workers=0, out=str(tmp_path / "ev"), console=quiet).run()
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert result["eer"] == saved["eer"]
+    # one prior as a number, and repeats once (L2 F8: a TypeError; [0.5, 0.5] kept twice)
+    one = Evaluation(run, workers=0, out=tmp_path / "p", console=quiet, p_targets=0.5).run()
+    assert one["p_targets"] == [0.5] and "min_dcf_0.5" in one
+    twice = Evaluation(run, workers=0, out=tmp_path / "p", console=quiet, p_targets=[0.5, 0.5])
+    assert twice.p_targets == (0.5,)
 
 
 def test_a_hand_edited_config_toml_is_named_when_the_run_is_loaded(tiny_face_run, tmp_path):

@@ -84,7 +84,7 @@ class Evaluation:
         console: Console | None = None,
         adapt: bool = True,
         protocol_options: list[str] | None = None,
-        p_targets: list[float] | None = None,
+        p_targets: list[float] | float | None = None,
         folder: str | None = None,
         folder_options: list[str] | None = None,
         folds: int | None = None,
@@ -104,10 +104,12 @@ class Evaluation:
         self.run_path, self.adapt = Path(run), adapt
         self.data, self.trials_path, self.protocol = path(data), path(trials), protocol
         self.protocol_options = parse_protocol_options(protocol, protocol_options or [])
+        if isinstance(p_targets, (int, float)):  # one prior, from a notebook
+            p_targets = [p_targets]
         bad = [p for p in p_targets or [] if not 0.0 < p < 1.0]  # nan fails too
         if bad:
             raise ConfigError(f"--p-target {bad[0]}: a target prior is in (0, 1), e.g. 0.01.")
-        self.p_targets = tuple(p_targets or ())
+        self.p_targets = tuple(dict.fromkeys(float(p) for p in p_targets or ()))  # no repeats
         self.scorer_name, self.calibrate_path = scorer, path(calibrate)
         self.out, self.device, self.workers = path(out), device, workers
         self.console = console or Console(emoji=False)
