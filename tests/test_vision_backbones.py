@@ -135,3 +135,23 @@ def test_registered_through_the_vision_plugin():
         assert name in names
     assert registry("backbones").get("resnet50") is ResNet50
     assert registry("backbones").get("mobilenet_v3_large") is MobileNetV3Large
+
+
+def test_image_features_say_when_the_centre_crop_drops_much_of_a_picture():
+    """A 128×64 person crop lost its head and feet to the square crop, without a word (P16 F3);
+    a nearly square picture is cropped quietly, and the warning comes once."""
+    import warnings
+
+    from metaemb.core.plugin.components import build_part
+
+    features = build_part("features", {"name": "image", "image_size": 32})
+    tall = torch.zeros(3, 128, 64, dtype=torch.uint8)
+    with pytest.warns(UserWarning, match=r"features 'image' \(plugin 'vision'\) centre-crops .* "
+                      r"a 128×64 picture loses 50% of it \(its top and bottom\)"):  # fmt: skip
+        assert features.prepare(tall, False).shape == (3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features.prepare(tall, False)  # said once
+        build_part("features", {"name": "image", "image_size": 32}).prepare(
+            torch.zeros(3, 100, 90, dtype=torch.uint8), False
+        )

@@ -9,6 +9,7 @@ and draws from torch's global RNG, so it is reproducible given the seed (the eng
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
 from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Features
 from metaemb.plugins.vision import jpeg
@@ -73,6 +75,10 @@ def to_uint8_chw(raw: Any) -> Tensor:
 
 def _uniform(low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand(()))
+
+
+#: the share of a picture the centre crop may drop before `image` features say so
+CROP_WARN = 0.2
 
 
 class ImageFeatures(Features):
@@ -139,8 +145,25 @@ class ImageFeatures(Features):
             return img
         if h != w:
             short = min(h, w)
+            self._warn_crop(int(h), int(w))
             img = tvf.center_crop(img, [short, short])
         return tvf.resize(img, [s, s], antialias=True)
+
+    def _warn_crop(self, h: int, w: int) -> None:
+        """Once: a picture far from square loses much of itself to the centre crop (a 128×64
+        person crop keeps its middle, head and feet gone), which trains without a word."""
+        lost = 1 - min(h, w) / max(h, w)
+        if lost <= CROP_WARN or getattr(self, "_crop_warned", False):
+            return
+        self._crop_warned = True
+        edges = "top and bottom" if h > w else "left and right"
+        warnings.warn(
+            f"{described(self, 'features')} centre-crops every picture to a square: a {h}×{w} "
+            f"picture loses {lost:.0%} of it (its {edges}). For subjects that are not square "
+            "(person crops, full bodies), crop or align them to a square first, or use features "
+            "that keep the aspect ratio (a plugin's; see docs/plugins.md).",
+            stacklevel=2,
+        )
 
     def prepare(self, raw: Any, train: bool) -> Tensor:
         if jpeg.is_encoded(raw) and raw.dim() == 1:
