@@ -236,7 +236,13 @@ def test_options_of_an_augmentation_left_off_are_range_checked_too():
         resolve("speaker", sets=["train.augment=[]", "augment.noise.p=5"])
     with pytest.raises(ConfigError, match=r"augment\.reverb\.rt60"):
         resolve("speaker", sets=["augment.reverb.rt60=[0.9, 0.2]"])
-    off = resolve("speaker", sets=["augment.reverb.folder=/no/such/rirs", "augment.reverb.p=1"])
+    with pytest.warns(
+        UserWarning,
+        match=r"augment.reverb.folder is set but 'reverb' is not in "
+        r"train.augment \(\[\]\), so it is not applied: add it \(--set "
+        r"'train.augment=\[\"reverb\"\]'\)",
+    ):  # fmt: skip (H17 F12)
+        off = resolve("speaker", sets=["augment.reverb.folder=/no/such/rirs"])
     assert off.options("augment") == {}
 
 

@@ -3,8 +3,9 @@ the Augmenter that runs the chosen components on the training device, in trainin
 
 Config: `train.augment = ["a", "b"]` names registered augmentations, applied in that order
 within their stage; `[augment.a]` holds the options of "a" (`--set augment.a.p=0.5`). Options
-of an augmentation that is not in the list are validated (types and ranges) and then dropped,
-so switching one off (`--set train.augment=[]`) needs no other change.
+of an augmentation that is not in the list are validated (types and ranges), then dropped with a
+warning: switching one off (`--set train.augment=[]`) needs no other change, and an option set
+for an augmentation never switched on is not silently without effect.
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ def resolve_options(
             out[name] = opts
         elif any(user for _, user in keys.values()):
             _check_values(name, opts)
+            set_here = sorted(k for k, (_, user) in keys.items() if user)
+            import json
+            import warnings
+
+            warnings.warn(
+                f"{SECTION}.{name}.{set_here[0]} is set but '{name}' is not in train.augment "
+                f"({json.dumps(chosen)}), so it is not applied: add it (--set "
+                f"'train.augment={json.dumps([*chosen, name])}') to train with it.",
+                stacklevel=2,
+            )
     return out
 
 
