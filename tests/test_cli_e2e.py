@@ -151,6 +151,12 @@ def test_killed_run_resumes_to_completion(tiny_faces, tmp_path, capsys, monkeypa
         code, _, err = run_cli(["evaluate", run / "last.pt", "--workers", "0"], capsys,
                                monkeypatch)  # fmt: skip
     assert code == 0, err
+    # one being trained right now is not told to be re-run (H17 F11)
+    from metaemb.core.locks import RunLock
+
+    with RunLock(run), pytest.warns(UserWarning, match=r"It is being trained now \(pid \d+\)"):
+        code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys, monkeypatch)
+    assert code == 0, err
     code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 0, err
     assert "Resuming" in out

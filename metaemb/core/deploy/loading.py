@@ -309,14 +309,20 @@ def _warn_unfinished(run: Path, ckpt: Path, state: dict[str, Any], epochs: int) 
     with the epoch of the checkpoint used, so a partial result is not taken for the run's."""
     import warnings
 
-    from metaemb.core.eval.catalog import epoch_records
+    from metaemb.core.eval.catalog import epoch_records, training_now
 
     done = max((int(r.get("epoch", 0)) for r in epoch_records(run / "metrics.jsonl")), default=0)
     if 0 < done < epochs:
+        trainer = training_now(run)
+        then = (
+            f"It is being trained now (pid {trainer}): what this makes will not match the "
+            "finished model's."
+            if trainer
+            else "Re-run its train command to finish it."
+        )
         warnings.warn(
             f"run '{run}' is unfinished: {done} of its {epochs} epochs trained; this uses "
-            f"{ckpt.name} (epoch {state.get('epoch', '?')}). Re-run its train command to finish "
-            "it.",
+            f"{ckpt.name} (epoch {state.get('epoch', '?')}). {then}",
             stacklevel=3,
         )
 

@@ -67,7 +67,7 @@ def read_run(run_dir: Path) -> RunInfo:
         note = f"; metrics.jsonl {what}"
         if history:
             records, note = history, note + ", read from last.pt"
-    trainer = _training_now(run_dir)
+    trainer = training_now(run_dir)
     if records and not (gaps or lost or trainer) and _ahead_of_checkpoint(run_dir):
         kept = _checkpoint_history(run_dir / "last.pt")
         last_kept = max((_int(r["epoch"]) for r in kept), default=0)
@@ -184,7 +184,7 @@ def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
     return [r for r in history if isinstance(r, dict) and _int(r.get("epoch")) > 0]
 
 
-def _training_now(run_dir: Path) -> int | None:
+def training_now(run_dir: Path) -> int | None:
     """The pid of a process holding the run's lock, or None. Where locks are `flock`s the
     kernel says whether one is held (a killed trainer's file may name a pid reused since): a
     shared lock is tried and dropped at once (a trainer starting meanwhile retries)."""
