@@ -235,3 +235,14 @@ def test_cn_celeb_enroll_table_mistakes_are_named_at_their_own_line(tmp_path):
     table.unlink()
     with pytest.raises(DataError, match=r"looks like a CN-Celeb enrolment key.*enroll.lst"):
         read_trials(listed, ev, "cnceleb")
+
+
+def test_utterances_utt2spk_leaves_out_are_counted(plain):
+    """An utterance in wav.scp but not utt2spk was dropped without a word; a trial naming it
+    then blamed the list (H17 F5). As Kaldi's fix_data_dir.sh: left out, with a count."""
+    write(plain, "utt2spk", ["spkA-u1 spkA", "spkB-u1 spkB"])
+    write(plain, "spk2utt", ["spkA spkA-u1", "spkB spkB-u1"])
+    with pytest.warns(UserWarning, match=r"wav.scp: 1 utterance\(s\) not in utt2spk are left "
+                      r"out \(no speaker\): 'spkA-u2'"):  # fmt: skip
+        folder = KaldiDataFolder(root=plain)
+    assert [s.path for s in folder.samples] == ["spkA-u1", "spkB-u1"]

@@ -168,8 +168,25 @@ def read_kaldi_dir(root: Path) -> tuple[list[Sample], dict[str, Utterance]]:
         _check_spk2utt(root / "spk2utt", {u: s for u, (_, s) in utt2spk.items()})
     if not utts:
         raise DataError(f"Kaldi data directory '{root}' lists no utterances in utt2spk.")
+    _warn_unlisted(root, set(segments or recordings) - set(utt2spk))
     samples = [Sample(utt, utt2spk[utt][1], -1) for utt in sorted(utts)]
     return samples, utts
+
+
+def _warn_unlisted(root: Path, unlisted: set[str]) -> None:
+    """Utterances of wav.scp (or segments) that utt2spk leaves out have no speaker and are not
+    read; Kaldi's validate_data_dir.sh refuses such a directory and fix_data_dir.sh drops them
+    with a count: say how many, so a trial naming one is not blamed on the list."""
+    if unlisted:
+        import warnings
+
+        table = "segments" if (root / "segments").is_file() else "wav.scp"
+        warnings.warn(
+            f"{root / table}: {len(unlisted)} utterance(s) not in utt2spk are left out (no "
+            f"speaker): {first_few(sorted(unlisted), 3)}; run Kaldi's fix_data_dir.sh, or add "
+            "them to utt2spk.",
+            stacklevel=3,
+        )
 
 
 def _check_spk2utt(path: Path, utt2spk: dict[str, str]) -> None:
