@@ -108,9 +108,10 @@ def main() -> None:
         return
     _tolerant_output()
     _plain_warnings()
-    from metaemb.core.data.pipeline import use_frontend_set
+    from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
 
     use_frontend_set(None)  # a command's --frontend-set never outlives it
+    use_folder_set(None, None)  # nor its --folder / --folder-set
     try:
         app = create_app()
         app()

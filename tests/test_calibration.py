@@ -121,7 +121,7 @@ def test_calibrated_scorer_gives_near_optimal_llrs():
 
 def test_swapped_arguments_and_labels_other_than_0_1_are_refused():
     """fit(labels, scores) fitted silently on booleans read as scores, and −1/1 or 1/2 labels
-    were read by truthiness (every non-zero a target); python.md promised a refusal (L2 F5)."""
+    were read by truthiness (every non-zero a target); the Python docs promised a refusal (L2 F5)."""
     import numpy as np
 
     from metaemb.core.errors import MetaembError

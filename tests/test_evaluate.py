@@ -1033,6 +1033,23 @@ def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices
                            capsys)  # fmt: skip
     assert code == 0, err
     assert len(list(run.glob("eval-kaldi-*-folder-*"))) == 1  # named for its reading
+    # embed, enroll and identify read it the same way (P16 F1: only evaluate could)
+    emb = tmp_path / "k.npz"
+    code, _, err = run_cli(["embed", run, kaldi, "--out", emb, "--workers", "0"], capsys)
+    assert code == 2 and "no identity sub-folders" in err  # and the option never outlives one
+    code, _, err = run_cli(["embed", run, kaldi, "--out", emb, "--workers", "0", "--folder",
+                            "kaldi"], capsys)  # fmt: skip
+    assert code == 0, err
+    import numpy as np
+
+    assert sorted(np.load(emb)["paths"].tolist()) == sorted(utts)
+    gallery = tmp_path / "g.pt"
+    code, _, err = run_cli(["enroll", run, "--gallery", gallery, "--data", kaldi, "--workers",
+                            "0", "--folder", "kaldi"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, text, err = run_cli(["identify", run, "--gallery", gallery, "--data", kaldi,
+                               "--workers", "0", "--folder", "kaldi"], capsys)  # fmt: skip
+    assert code == 0 and "rank_1" in text, err
 
 
 def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path, capsys):

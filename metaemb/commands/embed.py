@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FilesRoot, FrontendSet
+from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot, FrontendSet
 
 console = make_console()
 
@@ -24,6 +24,8 @@ def embed(
     workers: Annotated[int, typer.Option(min=0)] = 2,
     root: FilesRoot = None,
     frontend_set: FrontendSet = None,
+    folder: DataFolder = None,
+    folder_set: DataFolderSet = None,
     on_bad_sample: Annotated[
         str,
         typer.Option(
@@ -33,7 +35,7 @@ def embed(
     ] = "error",
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
-    from metaemb.core.data.pipeline import use_frontend_set
+    from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import check_format
     from metaemb.core.paths import ensure_writable
@@ -43,6 +45,7 @@ def embed(
 
         raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
     use_frontend_set(frontend_set)
+    use_folder_set(folder, folder_set)
     ensure_writable(out, "embeddings file")  # before any embedding: a folder, a run's file
     check_format(out)
     earlier = _earlier_collection(out)

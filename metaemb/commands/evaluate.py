@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FrontendSet
+from metaemb.commands.options import DataFolder, DataFolderSet, FrontendSet
 
 console = make_console()
 
@@ -53,21 +53,8 @@ def evaluate(
         int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
     ] = None,
     frontend_set: FrontendSet = None,
-    folder: Annotated[
-        str | None,
-        typer.Option(
-            help="read --data with this sample folder instead of the run's (e.g. kaldi: a Kaldi "
-            "data directory scored by a run trained on plain folders)"
-        ),
-    ] = None,
-    folder_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--folder-set",
-            help="KEY=VALUE option of the sample folder reading --data (which files it holds), "
-            "repeatable",
-        ),
-    ] = None,
+    folder: DataFolder = None,
+    folder_set: DataFolderSet = None,
     reference: Annotated[
         str | None,
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),

@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FilesRoot, FrontendSet
-from metaemb.core.data.pipeline import use_frontend_set
+from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot, FrontendSet
+from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
 
@@ -112,6 +112,8 @@ def enroll(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
     frontend_set: FrontendSet = None,
+    folder: DataFolder = None,
+    folder_set: DataFolderSet = None,
     show: Annotated[
         int,
         typer.Option(help="identities listed in the table (those with new samples first)", min=0),
@@ -119,6 +121,7 @@ def enroll(
 ) -> None:
     """Enroll identities (several samples each) into a gallery file, creating or extending it."""
     use_frontend_set(frontend_set)
+    use_folder_set(folder, folder_set)
     names = identity_names(identities, identities_file)
     done = enroll_folder(checkpoint, gallery, data, names, device=device, workers=workers)
     rows = sorted(done.items(), key=lambda item: item[1][0] == 0)  # new samples first, stable
@@ -204,6 +207,8 @@ def identify(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
     frontend_set: FrontendSet = None,
+    folder: DataFolder = None,
+    folder_set: DataFolderSet = None,
 ) -> None:
     """Search a gallery: top-k identities per probe, open-set decision, and, for a labelled probe
     folder, rank-1/rank-5 and TPIR@FPIR (probes of identities not enrolled are non-mated)."""
@@ -212,6 +217,7 @@ def identify(
     from metaemb.core.errors import MetaembError
 
     use_frontend_set(frontend_set)
+    use_folder_set(folder, folder_set)
 
     if threshold is not None and not math.isfinite(threshold):
         raise MetaembError(f"--threshold must be a finite number; got {threshold}.")

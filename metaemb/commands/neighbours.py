@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import FilesRoot
+from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot
 
 console = make_console()
 
@@ -146,9 +146,14 @@ def neighbours(
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 0,
     root: FilesRoot = None,
+    folder: DataFolder = None,
+    folder_set: DataFolderSet = None,
 ) -> None:
     """k nearest collection samples of each probe file; without probes, leave-one-out retrieval
     metrics of the labelled collection (precision@1, R-precision, MAP@R, mAP, CMC)."""
+    from metaemb.core.data.pipeline import use_folder_set
+
+    use_folder_set(folder, folder_set)
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.retrieval import BACKENDS
     from metaemb.core.files import atomic_write_text
@@ -160,7 +165,8 @@ def neighbours(
     if not probe:
         probe_only = {"--run": run is not None, "--device": device != "auto",
                       "--workers": workers != 0, "-k": k != 5,
-                      "--backend": backend != "auto", "--root": root is not None}  # fmt: skip
+                      "--backend": backend != "auto", "--root": root is not None,
+                      "--folder": folder is not None, "--folder-set": bool(folder_set)}  # fmt: skip
         for flag in (f for f, given in probe_only.items() if given):
             raise MetaembError(f"{flag} applies to probe files (embedded and searched); without "
                                "probes the collection's own stored embeddings are scored "

@@ -27,3 +27,22 @@ FilesRoot = Annotated[
         "run's sample folder names their identities (default: the folder each file sits in)",
     ),
 ]
+
+#: `--folder NAME` and `--folder-set KEY=VALUE` of the commands that read data with a trained run
+#: (evaluate, embed, enroll, identify, neighbours): see `metaemb.core.data.pipeline.use_folder_set`
+DataFolder = Annotated[
+    str | None,
+    typer.Option(
+        "--folder",
+        help="read the data with this sample folder instead of the run's (e.g. kaldi: a Kaldi "
+        "data directory read by a run trained on plain folders)",
+    ),
+]
+DataFolderSet = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--folder-set",
+        help="KEY=VALUE option of the sample folder reading the data (which files it holds), "
+        "repeatable",
+    ),
+]

@@ -149,6 +149,28 @@ def use_frontend_set(items: list[str] | None) -> None:
     _FRONTEND_SET.set(tuple(dict(given).items()))
 
 
+_FOLDER_SET: contextvars.ContextVar[tuple[str | None, tuple[tuple[str, Any], ...]]] = (
+    contextvars.ContextVar("folder_set", default=(None, ()))
+)
+
+
+def use_folder_set(folder: str | None, items: list[str] | None) -> None:
+    """`--folder NAME` and `--folder-set KEY=VALUE` of embed, enroll, identify and neighbours:
+    the run's data read with another sample folder, or with other options of the run's (which
+    files it holds: a re-identification folder's query and gallery, kept out of training), for
+    every data folder loaded for the run in this command. The CLI resets it for each command."""
+    from metaemb.core.config.toml_io import parse_set
+
+    given = [parse_set(i, "--folder-set", "parts=query") for i in items or ()]
+    _FOLDER_SET.set((folder, tuple(dict(given).items())))
+
+
+def folder_set_used() -> tuple[str | None, dict[str, Any]]:
+    """The command's (--folder, --folder-set), for load_run ((None, {}) when none)."""
+    folder, items = _FOLDER_SET.get()
+    return folder, dict(items)
+
+
 def frontend_set_used() -> dict[str, Any]:
     """The command's --frontend-set, for its outputs to record ({} when none)."""
     return {k: str(v) if isinstance(v, str) else v for k, v in _FRONTEND_SET.get()}

@@ -223,6 +223,28 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
             "are given.")  # fmt: skip
 
 
+def read_with(
+    cfg: Config, folder: str | None = None, folder_options: dict[str, Any] | None = None
+) -> None:
+    """Read the run's data with sample folder `folder` (at its defaults) and `folder_options`
+    over its options; without either, the command's --folder / --folder-set (if any)."""
+    if folder is None and not folder_options:
+        from metaemb.core.data.pipeline import folder_set_used
+
+        folder, folder_options = folder_set_used()
+    if folder is not None and folder != cfg.data.folder:
+        from metaemb.core.plugin.manager import registry
+
+        registry("sample_folders").get(folder)  # an unknown name, with suggestions
+        cfg.data.folder = folder
+        cfg.components["folder"] = {}
+    if folder_options:
+        from metaemb.core.plugin.components import validate_options
+
+        given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
+        cfg.components["folder"] = {**cfg.options("folder"), **given}
+
+
 def load_run(
     path: Path,
     device: str = "cpu",
@@ -252,14 +274,7 @@ def load_run(
         if data is not None:
             _rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
-        if folder is not None and folder != cfg.data.folder:
-            cfg.data.folder = folder
-            cfg.components["folder"] = {}
-        if folder_options:
-            from metaemb.core.plugin.components import validate_options
-
-            given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
-            cfg.components["folder"] = {**cfg.options("folder"), **given}
+        read_with(cfg, folder, folder_options)
         root = data_root(cfg)
         if data is None and cfg.data.root and not root.exists():
             saved = cfg.data.root_absolute or cfg.data.root

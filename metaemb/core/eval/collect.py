@@ -38,7 +38,7 @@ def load_for_files(
     """A loaded run whose data pipeline holds exactly `files` (root: `root`, or else their
     common grandparent)."""
     from metaemb.core.data.pipeline import Components, build_frontend
-    from metaemb.core.deploy.loading import load_run, plain_folder
+    from metaemb.core.deploy.loading import load_run, plain_folder, read_with
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
@@ -55,6 +55,7 @@ def load_for_files(
         seen[real] = f
     loaded = load_run(Path(checkpoint), device)
     cfg = loaded.config
+    read_with(cfg)  # the command's --folder / --folder-set
     loaded.root_note = ""  # how the root was chosen, when the user did not give it
     if root is not None:
         root = _check_root(root, files, resolved)
