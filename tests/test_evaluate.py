@@ -1325,3 +1325,15 @@ def test_evaluations_started_together_claim_separate_default_folders(tmp_path):
     (default / CLAIM).write_text(json.dumps({"pid": 2**22 + 12345, "trials_source": "c"}))
     with claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt") as again:
         assert again == default  # the claim of a process that is gone is ignored
+
+
+def test_a_folder_of_another_kind_is_named_before_any_file_is_read(voices, tmp_path, capsys):
+    """`evaluate --folder image` on a speaker run blamed the first file and offered
+    --on-bad-sample skip (H17 F6): the folder's kind is knowable before anything is read."""
+    data, run, trials = voices
+    args = ["evaluate", run, "--data", data, "--trials", trials, "--folder", "image",
+            "--workers", "0", "--out", tmp_path / "ev"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "reading the data with sample folder 'image': frontend" in said, err
+    assert "yields image, so the run cannot read it" in said and "on-bad-sample" not in said
