@@ -190,7 +190,8 @@ def plugins(
     for p in infos:  # one row per hook, beside the components it registered
         by_hook: dict[str, list[str]] = {}
         for kind, names in sorted(p.components.items()):
-            by_hook.setdefault(st.kinds.get(kind, ""), []).append(f"{kind}: {', '.join(names)}")
+            hook = "register_commands" if kind == "commands" else st.kinds.get(kind, "")
+            by_hook.setdefault(hook, []).append(f"{kind}: {', '.join(names)}")
         rows = [(hook, "\n".join(by_hook.pop(hook, []))) for hook in p.hooks]
         rows += [("", "\n".join(rest)) for rest in by_hook.values()]
         for i, (hook, comps) in enumerate(rows or [("", "")]):

@@ -60,6 +60,7 @@ def add_plugin_commands(app: typer.Typer) -> None:
                     _refuse(plugin, clash[0], owners[clash[0]])
                     continue
                 owners.update(dict.fromkeys(command_names(info), plugin))
+                st.commands.setdefault(plugin, []).extend(command_names(info))
                 if not st.is_own(impl.plugin):
                     _guard(info, plugin)
 

@@ -62,6 +62,7 @@ class PluginState:
         self.failed: list[FailedPlugin] = []
         self.disabled: list[str] = []  # installed plugins METAEMB_DISABLE_PLUGINS blocks
         self._registries: dict[str, Registry] | None = None
+        self.commands: dict[str, list[str]] = {}  # plugin → the commands it added to the CLI
 
     # -- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -280,6 +281,9 @@ class PluginState:
             for entry in registry.entries():
                 if entry.plugin in infos:
                     infos[entry.plugin].components.setdefault(kind, []).append(entry.name)
+        for plugin, names in self.commands.items():  # commands are not components: no registry
+            if plugin in infos and names:
+                infos[plugin].components["commands"] = sorted(names)
         return sorted(infos.values(), key=lambda p: (p.name != "core", p.name))
 
 
