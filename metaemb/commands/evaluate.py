@@ -100,13 +100,13 @@ def evaluate(
         raise MetaembError("--protocol-set sets options of --protocol, and no --protocol was "
                            "given: add --protocol NAME, or leave --protocol-set out.")  # fmt: skip
     unused = {"--enroll-samples": enroll_samples is not None and measure != "class",
-              "--trials": trials is not None and measure == "class",
               "--protocol": protocol is not None and measure != "verification",
               "--p-target": bool(p_target) and measure != "verification",
               "--calibrate": calibrate is not None and measure != "verification",
               "--folder": folder is not None and measure != "verification",
               "--folder-set": bool(folder_set) and measure != "verification",
-              "--folds": folds is not None and measure != "verification"}  # fmt: skip
+              "--folds": folds is not None and measure != "verification",
+              "--trials": trials is not None and measure == "class"}  # fmt: skip
     for flag, given in unused.items():
         if given:
             raise MetaembError(f"{flag} does not apply to --measure {measure} (--enroll-samples is "
