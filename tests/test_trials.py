@@ -614,6 +614,9 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
     code, _, err = run_cli(["trials", "make", data, "--out", config], capsys)
     said = " ".join(err.split())
     assert code == 2 and "is not a trial list" in said and "--force" not in said, said
+    # nor does --force replace it: an export's sidecar or a run's README became a list (H17 F16)
+    code, _, err = run_cli(["trials", "make", data, "--out", config, "--force"], capsys)
+    assert code == 2 and "is not a trial list" in err and config.read_text() == "name = 'x'\n"
 
 
 def test_coverage_of_a_list_with_a_bad_first_label_and_a_missing_root(tmp_path, capsys):

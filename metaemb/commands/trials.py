@@ -126,21 +126,23 @@ def make(
 def _keep_other_list(out: Path, force: bool, write: Any) -> None:
     """Refuse to replace an existing `out` holding another list (a published list, the one a
     protocol reads beside the data, another seed's) unless --force; the same list again (the
-    same command re-run) is fine."""
-    if force or not out.is_file():
+    same command re-run) is fine. A file that is no list at all (an export's sidecar, notes, a
+    run's README) is never replaced, --force or not."""
+    if not out.is_file() or out.stat().st_size == 0:
         return
     import tempfile
 
     from metaemb.core.errors import MetaembError, OutputError
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / out.name
-        try:
-            write(fresh)
-        except MetaembError:  # no room to compare: the write to `out` itself says why
-            return
-        if fresh.read_bytes() == out.read_bytes():
-            return
+    if not force:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / out.name
+            try:
+                write(fresh)
+            except MetaembError:  # no room to compare: the write to `out` itself says why
+                return
+            if fresh.read_bytes() == out.read_bytes():
+                return
     from metaemb.core.eval.trials import detect_format
     from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
 
@@ -152,6 +154,8 @@ def _keep_other_list(out: Path, force: bool, write: Any) -> None:
             f"'{out}' exists and is not a trial list (another kind of file), which this would "
             "replace: choose another --out."
         ) from None
+    if force:
+        return
     raise OutputError(
         f"'{out}' already holds another trial list; a list is part of the results scored on "
         "it, so it is not replaced: choose another --out, or pass --force to replace it."
