@@ -1033,6 +1033,15 @@ def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices
                            capsys)  # fmt: skip
     assert code == 0, err
     assert len(list(run.glob("eval-kaldi-*-folder-*"))) == 1  # named for its reading
+    [made] = run.glob("eval-kaldi-*-folder-*")  # and metrics.json says how it was read (H17 F15)
+    held = json.loads((made / "metrics.json").read_text())
+    assert held["folder"] == "kaldi" and held["folder_options"] == {"on_rate_mismatch": "error"}
+    # 8 kHz for a 16 kHz run scored 19 % EER without a word (H17 F15); -16000 failed on a file
+    for rate in ("8000", "-16000"):
+        code, _, err = run_cli([*base, "--folder", "kaldi", "--folder-set", f"sample_rate={rate}"],
+                               capsys)  # fmt: skip
+        said = " ".join(err.split())
+        assert code == 2 and "accepts waveform(rate=16000), but folder 'kaldi' yields" in said
     # embed, enroll and identify read it the same way (P16 F1: only evaluate could)
     emb = tmp_path / "k.npz"
     code, _, err = run_cli(["embed", run, kaldi, "--out", emb, "--workers", "0"], capsys)

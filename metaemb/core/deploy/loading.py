@@ -238,17 +238,19 @@ def read_with(
         registry("sample_folders").get(folder)  # an unknown name, with suggestions
         cfg.data.folder = folder
         cfg.components["folder"] = {}
-        _check_folder_fits(cfg, folder)
     if folder_options:
         from metaemb.core.plugin.components import validate_options
 
         given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
         cfg.components["folder"] = {**cfg.options("folder"), **given}
+    if folder is not None or folder_options:  # what it yields must be what the run takes
+        _check_folder_fits(cfg, cfg.data.folder)
 
 
 def _check_folder_fits(cfg: Config, folder: str) -> None:
-    """A sample folder whose data the run's frontend cannot take (`--folder image` for a
-    speaker run) is named before anything is read, not blamed on the first file."""
+    """A sample folder (or folder options) whose data the run's frontend cannot take
+    (`--folder image` for a speaker run, `--folder-set sample_rate=8000` for a 16 kHz one) is
+    named before anything is read, not blamed on the first file or scored without a word."""
     from metaemb.core.config.chain import check_chain
     from metaemb.core.errors import ConfigError
 
@@ -257,10 +259,9 @@ def _check_folder_fits(cfg: Config, folder: str) -> None:
     except ConfigError as exc:
         clash = str(exc).split(": they do not fit")[0]
         raise ConfigError(
-            f"reading the data with sample folder {folder!r}: {clash}, so the run cannot read it. "
-            "Choose a sample folder "
-            "that yields what the run takes (`metaemb list sample_folders` shows what each "
-            "yields)."
+            f"reading the data with sample folder {folder!r}: {clash}, so the run cannot read "
+            "it. Choose a sample folder and options that yield what the run was trained on "
+            "(`metaemb list sample_folders` shows what each yields)."
         ) from None
 
 

@@ -317,6 +317,8 @@ class Evaluation:
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
             **({"frontend_set": frontend_set} if frontend_set else {}),
+            **({"folder": self.folder} if self.folder else {}),
+            **({"folder_options": self.folder_options} if self.folder_options else {}),
         }
         if unlabelled:
             return self._scores_only(out, evals, scores, embedded, scorer, cal, folder, result)
