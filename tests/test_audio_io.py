@@ -162,3 +162,13 @@ def test_empty_identity_folder_message_reads_well(tmp_path):
         AudioFolder(tmp_path)
     msg = str(err.value)
     assert "contain no recording files (.aac," in msg and "file files" not in msg
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 100, 10**6])
+def test_a_folder_sample_rate_out_of_range_is_refused_before_reading(tmp_path, rate):
+    """sample_rate=-16000 was accepted and failed on the first file, blaming it (H17 F14)."""
+    from metaemb.core.errors import ConfigError
+    from metaemb.plugins.audio.folder import AudioFolder
+
+    with pytest.raises(ConfigError, match=rf"folder.sample_rate must be a rate .* got {rate}"):
+        AudioFolder(tmp_path, sample_rate=rate)

@@ -13,6 +13,7 @@ from metaemb.core.plugin.interfaces import Sample, SampleFolder
 from metaemb.plugins.audio.io import (
     AUDIO_EXTENSIONS,
     check_rate_policy,
+    check_sample_rate,
     read_audio,
     read_window,
 )
@@ -37,7 +38,7 @@ class AudioFolder(SampleFolder):
         on_rate_mismatch: str = "resample",
         samples: Sequence[Sample] | None = None,
     ) -> None:
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
         super().__init__(root, samples)
 

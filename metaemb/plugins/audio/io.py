@@ -49,6 +49,17 @@ def check_rate_policy(on_rate_mismatch: str) -> str:
     return on_rate_mismatch
 
 
+def check_sample_rate(sample_rate: int) -> int:
+    """A folder's sample rate in Hz: speech is sampled at 8–48 kHz (ultrasound up to 384 kHz);
+    a zero or negative rate failed on the first file read, blaming the file."""
+    if not 1000 <= int(sample_rate) <= 384000:
+        raise ConfigError(
+            f"folder.sample_rate must be a rate in Hz from 1000 to 384000 (16000 for the "
+            f"field's speaker models); got {sample_rate}."
+        )
+    return int(sample_rate)
+
+
 def torchaudio_functional() -> ModuleType:
     """`torchaudio.functional`, or a one-paragraph error when torchaudio is installed for
     another torch (its compiled library then fails to load with an OSError)."""

@@ -24,7 +24,7 @@ from metaemb.core.errors import DataError, first_few
 from metaemb.core.eval.trials import read_list_text
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample, SampleFolder
-from metaemb.plugins.audio.io import check_rate_policy, read_audio
+from metaemb.plugins.audio.io import check_rate_policy, check_sample_rate, read_audio
 
 MAX_OVERSHOOT = 0.5  # seconds a segment may end past its recording (extract-segments' default)
 ARCHIVE = re.compile(r"\.ark:\d+$")  # "foo.ark:1234": an offset into a Kaldi archive
@@ -217,7 +217,7 @@ class KaldiDataFolder(SampleFolder):
         sample_rate: int = 16000,
         on_rate_mismatch: str = "resample",
     ) -> None:
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
         root = Path(root)
         if not root.is_dir():

@@ -21,7 +21,13 @@ from metaemb.core.data.tarshards import TarShardFolder
 from metaemb.core.errors import DataError
 from metaemb.core.plugin.contract import Kind, Opt
 from metaemb.core.plugin.interfaces import Sample
-from metaemb.plugins.audio.io import ALWAYS_FINITE, check_rate_policy, finish_audio, read_audio
+from metaemb.plugins.audio.io import (
+    ALWAYS_FINITE,
+    check_rate_policy,
+    check_sample_rate,
+    finish_audio,
+    read_audio,
+)
 
 
 class AudioTarFolder(TarShardFolder):
@@ -43,7 +49,7 @@ class AudioTarFolder(TarShardFolder):
         cache_dir: Path | None = None,
         samples: list[Sample] | None = None,
     ) -> None:
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.on_rate_mismatch = check_rate_policy(on_rate_mismatch)
         super().__init__(root, shards, label, json_key, cache_dir, samples)
 
