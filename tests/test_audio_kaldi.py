@@ -246,3 +246,16 @@ def test_utterances_utt2spk_leaves_out_are_counted(plain):
                       r"out \(no speaker\): 'spkA-u2'"):  # fmt: skip
         folder = KaldiDataFolder(root=plain)
     assert [s.path for s in folder.samples] == ["spkA-u1", "spkB-u1"]
+
+
+def test_a_kaldi_sample_is_known_by_its_recording(plain, tmp_path):
+    """Galleries remembered Kaldi samples as '<data dir>/<utterance id>', no file: every later
+    enrollment warned that they were gone, and the same recording enrolled by path counted
+    twice (H17 F22). A segment is its recording and its times."""
+    folder = KaldiDataFolder(root=plain)
+    sample = folder.samples[1]  # spkA-u2, listed as ../audio/a2.wav
+    assert folder.source_of(sample) == str((plain.parent / "audio" / "a2.wav").resolve())
+    write(plain, "segments", ["spkA-u1 spkA-u1 0.5 1.0", "spkA-u2 spkA-u2 0 0.2",
+                              "spkB-u1 spkB-u1 0 -1"])  # fmt: skip
+    segmented = KaldiDataFolder(root=plain)
+    assert segmented.source_of(segmented.samples[0]).endswith("a1.wav#0.5-1")

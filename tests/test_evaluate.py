@@ -1059,6 +1059,18 @@ def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices
     code, text, err = run_cli(["identify", run, "--gallery", gallery, "--data", kaldi,
                                "--workers", "0", "--folder", "kaldi"], capsys)  # fmt: skip
     assert code == 0 and "rank_1" in text, err
+    # the gallery remembers the recordings, not '<data dir>/<utterance id>' (H17 F22): no
+    # false 'no longer under' warning, and the same recordings given by path are enrolled
+    from metaemb.core.deploy.gallery import Gallery
+
+    assert sorted(Gallery.load(gallery).sources) == sorted(str(w.resolve()) for w in wavs)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, text, err = run_cli(["enroll", run, "--gallery", gallery, "--data", kaldi,
+                                   "--workers", "0", "--folder", "kaldi"], capsys)  # fmt: skip
+    assert code == 0, err
 
 
 def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path, capsys):

@@ -64,7 +64,7 @@ def _enroll(
                 "found there)"
             )
         folder = folder.subset(identities)
-    sources = [str((folder.root / s.path).resolve()) for s in folder.samples]
+    sources = [folder.source_of(s) for s in folder.samples]
     enrolled = set(g.sources) if g is not None else set()
     for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
         owner = g.enrolled_as(source) if g is not None else None
@@ -102,7 +102,11 @@ def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
     for source, owner in zip(g.sources, g.owner.tolist(), strict=True):
         if source and Path(source).is_relative_to(root):
             inside.setdefault(g.identities[owner], []).append(source)
-    gone = [name for name, files in inside.items() if not any(map(os.path.exists, files))]
+
+    def exists(source: str) -> bool:  # a segment `file#start-end` exists with its file
+        return os.path.exists(source) or os.path.exists(source.rsplit("#", 1)[0])
+
+    gone = [name for name, files in inside.items() if not any(map(exists, files))]
     if gone:
         shown = first_few(gone)
         warnings.warn(

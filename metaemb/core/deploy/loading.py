@@ -248,9 +248,9 @@ def read_with(
 
 
 def _check_folder_fits(cfg: Config, folder: str) -> None:
-    """A sample folder (or folder options) whose data the run's frontend cannot take
-    (`--folder image` for a speaker run, `--folder-set sample_rate=8000` for a 16 kHz one) is
-    named before anything is read, not blamed on the first file or scored without a word."""
+    """A sample folder (or folder options) whose data the run's frontend cannot take (another
+    kind of data, another sampling rate than the run trained on) is named before anything is
+    read, not blamed on the first file or scored without a word."""
     from metaemb.core.config.chain import check_chain
     from metaemb.core.errors import ConfigError
 

@@ -113,7 +113,7 @@ def identify_probes(
         )
     folder = loaded.parts.folder
     indices = _probe_samples(folder, root, files) if files else list(range(len(folder)))
-    _warn_enrolled_probes(g, [(folder.root / folder.samples[i].path) for i in indices])
+    _warn_enrolled_probes(g, [folder.source_of(folder.samples[i]) for i in indices])
     from metaemb.core.eval.collect import naming_inferred_root
 
     how = getattr(loaded, "root_note", "")
@@ -133,12 +133,13 @@ def identify_probes(
     return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
 
 
-def _warn_enrolled_probes(g: Any, probes: list[Path]) -> None:
-    """Probes that are enrolled samples score against themselves: their rank-1 is a given."""
+def _warn_enrolled_probes(g: Any, probes: list[str]) -> None:
+    """Probes (their sources, as the folder names them) that are enrolled samples score
+    against themselves: their rank-1 is a given."""
     import warnings
 
     enrolled = set(g.sources)
-    again = [p for p in probes if str(p.resolve()) in enrolled]
+    again = [p for p in probes if p in enrolled]
     if again:
         warnings.warn(
             f"{len(again)} of the {len(probes)} probes are samples enrolled in the gallery "

@@ -284,6 +284,12 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     def abspath(self, sample: Sample | str) -> Path:
         return self.root / (sample.path if isinstance(sample, Sample) else sample)
 
+    def source_of(self, sample: Sample) -> str:
+        """The file a sample is read from, resolved: what a gallery remembers it by, so the
+        same file enrolled through two folders, or probed after enrolling, is recognised.
+        Override it when samples are not files of their own (a segment of a recording)."""
+        return str(self.abspath(sample).resolve())
+
     # -- loading -------------------------------------------------------------------------
     @abc.abstractmethod
     def load(self, path: Path) -> Any:

@@ -232,6 +232,17 @@ class KaldiDataFolder(SampleFolder):
         local = self.root / p
         return local if local.exists() or not p.exists() else p
 
+    def source_of(self, sample: Sample) -> str:
+        """The recording file an utterance is read from (resolved), with `#start-end` for a
+        segment of it: the same recording enrolled by path is then known as enrolled."""
+        u = self.utterances.get(sample.path)
+        if u is None:
+            return super().source_of(sample)
+        file = str(self.audio_path(u.file).resolve())
+        if u.start == 0.0 and u.end is None:
+            return file
+        return f"{file}#{u.start:g}-{'' if u.end is None else f'{u.end:g}'}"
+
     def load(self, path: Path) -> Tensor:
         path = Path(path)
         utt = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else ""
