@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import sys
@@ -1343,9 +1344,13 @@ def test_evaluations_started_together_claim_separate_default_folders(tmp_path):
             pass
     assert not default.exists()  # nothing was written in it: no empty folder is left
     default.mkdir(parents=True)
-    (default / CLAIM).write_text(json.dumps({"pid": 2**22 + 12345, "trials_source": "c"}))
-    with claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt") as again:
-        assert again == default  # the claim of a process that is gone is ignored
+    for pid in (2**22 + 12345, 1, os.getpid()):  # gone, or a pid reused since (R4 F7)
+        stale = {"pid": pid, "data_root": "/data", "trials_source": "a/list.txt",
+                 "trials_file": "/x/a/list.txt", "calibration_source": None}  # fmt: skip
+        (default / CLAIM).write_text(json.dumps(stale))
+        with claimed(default, "/data", "a/list.txt", None, "/x/a/list.txt") as again:
+            assert again == default  # a claim whose lock nobody holds is ignored
+        default.mkdir(exist_ok=True)
 
 
 def test_a_folder_of_another_kind_is_named_before_any_file_is_read(voices, tmp_path, capsys):

@@ -35,6 +35,33 @@ def _flock_soon(fd: int, mode: int, tries: int = 5) -> bool:
     return False
 
 
+def holder(path: Path) -> int | None:
+    """The pid of a process holding the lock file `path`, or None. Where locks are `flock`s the
+    kernel says whether one is held (a killed holder's file may name a pid reused since): a
+    shared lock is tried and dropped at once (a holder starting meanwhile retries)."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the pid decides
+        return pid if pid != os.getpid() and process_alive(pid) else None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return pid  # held
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """An exclusive lock on a run directory: `<run>/.lock` holds the owner's pid.
 

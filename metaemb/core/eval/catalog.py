@@ -185,36 +185,10 @@ def _checkpoint_history(last: Path) -> list[dict[str, Any]]:
 
 
 def training_now(run_dir: Path) -> int | None:
-    """The pid of a process holding the run's lock, or None. Where locks are `flock`s the
-    kernel says whether one is held (a killed trainer's file may name a pid reused since): a
-    shared lock is tried and dropped at once (a trainer starting meanwhile retries)."""
-    import os
+    """The pid of a process holding the run's lock, or None."""
+    from metaemb.core.locks import LOCK_NAME, holder
 
-    from metaemb.core.files import process_alive
-    from metaemb.core.locks import LOCK_NAME
-
-    path = run_dir / LOCK_NAME
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the pid decides
-        return pid if pid != os.getpid() and process_alive(pid) else None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return pid  # held
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return holder(run_dir / LOCK_NAME)
 
 
 def _damaged_checkpoints(run_dir: Path) -> list[str]:

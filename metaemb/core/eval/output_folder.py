@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,25 +64,27 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
 
 
-#: beside an evaluation's results while it writes them: what they will be, and by whom
+#: beside an evaluation's results while it writes them: what they will be; the lock beside it
+#: (flock, freed by the kernel however the evaluation ends) says whether it still runs
 CLAIM = ".evaluating.json"
+CLAIM_LOCK = ".evaluating.lock"
 
 
 def _held(out: Path) -> dict[str, Any] | None:
-    """What `out` holds: the claim of a live evaluation writing it, else its results."""
-    from metaemb.core.files import process_alive
+    """What `out` holds: the claim of an evaluation writing it now, else its results."""
+    from metaemb.core.locks import holder
 
-    for name in (CLAIM, "metrics.json"):
-        try:
-            held = json.loads((out / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(held, dict):
-            continue
-        if name == CLAIM and not process_alive(int(held.get("pid", -1))):
-            continue  # left by a killed evaluation
-        return held
-    return None
+    try:
+        claim = json.loads((out / CLAIM).read_text())
+    except (OSError, ValueError):
+        claim = None
+    if isinstance(claim, dict) and holder(out / CLAIM_LOCK) is not None:
+        return claim
+    try:
+        held = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return held if isinstance(held, dict) else None
 
 
 def beside_others(
@@ -116,7 +119,7 @@ def claimed(
     results replaced the other's. The choice is made under a lock on the run folder; the same
     evaluation running twice at once is refused. A folder left empty by a failure is removed."""
     from metaemb.core.files import atomic_write_text
-    from metaemb.core.locks import FileLock, RunInProgress
+    from metaemb.core.locks import FileLock, RunInProgress, holder
 
     lock = FileLock(default.parent / "eval-folders", "the evaluation folders of")
     for _ in range(200):  # the choice takes milliseconds: wait for the other one's, up to 10 s
@@ -129,21 +132,26 @@ def claimed(
         lock.acquire()
     try:
         out = beside_others(default, data_root, source, calibration, listed)
-        held = _held(out)
-        if held is not None and "pid" in held:
-            raise RunInProgress(
-                f"evaluation output folder '{out}' is being written by pid {held['pid']}, "
-                "evaluating the same data and list; wait for it to finish, or give --out."
-            )
-        record = {"data_root": data_root, "trials_source": source, "trials_file": listed,
-                  "calibration_source": calibration}  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CLAIM, json.dumps({"pid": os.getpid(), **record}))
+        mine = FileLock(out / "evaluating", "evaluation output folder")
+        try:
+            mine.acquire()
+        except RunInProgress:
+            raise RunInProgress(
+                f"evaluation output folder '{out}' is being written by pid "
+                f"{holder(out / CLAIM_LOCK)}, evaluating the same data and list (see "
+                f"{out / CLAIM}); wait for it to finish, or give --out."
+            ) from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "data_root": data_root,
+                  "trials_source": source, "trials_file": listed,
+                  "calibration_source": calibration}  # fmt: skip
+        atomic_write_text(out / CLAIM, json.dumps(record))
     finally:
         lock.release()
     try:
         yield out
     finally:
         (out / CLAIM).unlink(missing_ok=True)
+        mine.release()
         with contextlib.suppress(OSError):
             out.rmdir()  # only when empty: a failed evaluation leaves no folder behind
