@@ -138,5 +138,7 @@ def test_swapped_arguments_and_labels_other_than_0_1_are_refused():
     for same in (labels.astype(int), labels.astype(float).tolist(), torch.tensor(labels)):
         assert LinearCalibration().fit(scores, same).weight == fitted.weight
     assert torch.equal(fitted([0.1, 0.2]), fitted(torch.tensor([0.1, 0.2], dtype=torch.float64)))
+    column = LinearCalibration().fit(torch.tensor(scores)[:, None], labels)  # [N, 1] (R4 F3)
+    assert column.weight == pytest.approx(fitted.weight)
     with pytest.raises(MetaembError, match="not fitted"):
         LinearCalibration()(torch.zeros(2))

@@ -517,7 +517,7 @@ def test_a_full_precision_that_is_not_positive_semi_definite_is_named():
     assert torch.isfinite(llr(singular, ok)).all()
 
 
-@pytest.mark.parametrize("precision", [1e4, 1e6, 1e8, 1e10])
+@pytest.mark.parametrize("precision", [1e5, 1e6, 1e8, 1e10])
 def test_very_confident_float32_meta_embeddings_score_as_in_float64(precision):
     """The per-pair form multiplies four precisions: float32 lost 0.08 nat at b = 1e5, 28 at
     1e8 and gave NaN from 1e10, while llr_matrix of the same pair stayed right (L2 F3)."""
