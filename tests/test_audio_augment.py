@@ -4,6 +4,8 @@ augmentation runs on training batches only (never when embedding for validation/
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -244,6 +246,12 @@ def test_options_of_an_augmentation_left_off_are_range_checked_too():
     ):  # fmt: skip (H17 F12)
         off = resolve("speaker", sets=["augment.reverb.folder=/no/such/rirs"])
     assert off.options("augment") == {}
+    # a recipe's [augment.*] tables switched off by the list set after them: no warning (R4 F2)
+    recipe = Path(__file__).parents[1] / "examples" / "configs" / "speaker-xvector-plda.toml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        off = resolve("speaker", config_file=recipe, sets=["train.augment=[]"])
+    assert off.train.augment == [] and off.options("augment") == {}
 
 
 class Spy(Augmentation):

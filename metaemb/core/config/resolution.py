@@ -168,7 +168,9 @@ def resolve(
     check_values(cfg)
     from metaemb.core.train.augment import resolve_options
 
-    augment_opts = resolve_options(cfg.train.augment, augment, cfg.model.features)
+    augment_opts = resolve_options(
+        cfg.train.augment, augment, cfg.model.features, _switched_off(layers)
+    )
     if augment_opts:
         cfg.components["augment"] = augment_opts
     # Component options: the modality's options for the chosen component, then the user's.
@@ -203,6 +205,24 @@ def resolve(
     check_chain(cfg)  # the data contract: neighbouring components must fit
     check_augmentations(cfg)  # each augmentation fits the data at its stage
     return cfg
+
+
+def _switched_off(layers: list[tuple[str, dict[str, Any]]]) -> set[str]:
+    """Augmentations whose options come from a layer no later than the one that set
+    train.augment: the list was chosen after them (`--set train.augment=[]` over a recipe's
+    [augment.*] tables), so leaving them out is deliberate, not an option without effect."""
+    chosen_at = max((i for i, (_, layer) in enumerate(layers) if "train.augment" in layer),
+                    default=-1)  # fmt: skip
+    last: dict[str, int] = {}
+    for i, (_, layer) in enumerate(layers):
+        for key, value in layer.items():
+            parts = key.split(".")
+            if parts[0] != "augment":
+                continue
+            names = [parts[1]] if len(parts) > 1 else list(value) if isinstance(value, dict) else []
+            for name in names:
+                last[name] = i
+    return {name for name, i in last.items() if i <= chosen_at}
 
 
 def _objective_sampler(objective: str) -> str:

@@ -54,10 +54,12 @@ def collect(pending: Pending, field_name: str, value: Any, origin: str, user: bo
 
 
 def resolve_options(
-    chosen: list[str], pending: Pending, features: str = ""
+    chosen: list[str], pending: Pending, features: str = "", switched_off: set[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Validate every augmentation named in the list or the options; keep the chosen ones'.
-    With the features' registered name, each chosen augmentation's data kind is checked too."""
+    With the features' registered name, each chosen augmentation's data kind is checked too.
+    Options of one left out of the list are warned about, unless it is in `switched_off` (the
+    list was set after its options: a deliberate switch-off)."""
     reg = registry(KIND)
     for name in chosen:
         aug = reg.get(name)  # unknown names fail with suggestions
@@ -78,6 +80,8 @@ def resolve_options(
             out[name] = opts
         elif any(user for _, user in keys.values()):
             _check_values(name, opts)
+            if name in (switched_off or set()):
+                continue
             set_here = sorted(k for k, (_, user) in keys.items() if user)
             import json
             import warnings
@@ -93,8 +97,8 @@ def resolve_options(
 
 def _check_values(name: str, options: dict[str, Any]) -> None:
     """Range-check the options of an augmentation that is not in the list by building it once
-    (its folder left out: a disabled augmentation reads nothing), so a value that would be
-    refused when it is switched on is refused now, not after the user has moved on."""
+    (its folder left out: a disabled augmentation reads nothing), so a value refused when it
+    is switched on is refused now, not later."""
     build(KIND, name, {k: v for k, v in options.items() if k != "folder"})
 
 
