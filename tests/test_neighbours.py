@@ -354,12 +354,17 @@ def test_ranking_with_the_default_scorer_names_the_runs_own():
 
     from metaemb.core.eval.retrieval import note_default_scorer
 
-    with pytest.warns(UserWarning, match=r"identify ranks with 'cosine', not with the run's "
-                      "scorer 'dtw': it scores sequence"):  # fmt: skip
+    with pytest.warns(UserWarning, match=r"identify ranks with 'cosine' at its defaults, not "
+                      r"with the run's scorer 'dtw' \(its options and fitted state\): it "
+                      "scores sequence"):  # fmt: skip
         note_default_scorer("dtw", "point", "identify", "it scores sequence embeddings")
-    with pytest.warns(UserWarning, match=r"neighbours ranks with 'gme', not with the run's "
-                      "scorer 'plda'"):  # fmt: skip
+    with pytest.warns(UserWarning, match=r"neighbours ranks with 'gme' at its defaults, not "
+                      "with the run's scorer 'plda'"):  # fmt: skip
         note_default_scorer("plda", "gme", "neighbours")
+    # a run's cosine has options of its own: when it cannot be had, that is said (R4 F1)
+    with pytest.warns(UserWarning, match=r"'cosine' at its defaults, not with the run's scorer "
+                      r"'cosine' \(its options and fitted state\): the run is gone"):  # fmt: skip
+        note_default_scorer("cosine", "point", "neighbours", "the run is gone")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for run_scorer, kind in (("", "point"), (None, "point"), ("cosine", "point"),

@@ -104,3 +104,41 @@ def test_faiss_searches_a_fitted_cosine_as_the_exact_search_does(fitted_run, tmp
     fast = g.search(probes, k=3, scorer=scorer, backend="faiss")
     assert torch.equal(exact.index, fast.index)
     assert torch.allclose(exact.scores, fast.scores, atol=1e-5)
+
+
+def test_neighbours_of_a_moved_or_retrained_run_say_what_they_rank_with(
+    fitted_run, tmp_path, capsys
+):
+    """The collection's run moved away: leave-one-out ranked with plain cosine without a word
+    and --run was refused there; a run trained on since lent another model's fitted state
+    (R4 F1, F6)."""
+    data, _, run = fitted_run
+    coll = tmp_path / "all.pt"
+    assert helpers.run_cli(["embed", run, data, "--out", coll, "--workers", "0"])[0] == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    from metaemb.core.eval.retrieval import Collection
+
+    held = Collection.load(coll)
+    held.meta["checkpoint"] = str(tmp_path / "gone")
+    held.save(coll)
+    with pytest.warns(UserWarning, match=r"not with the run's scorer 'cosine' \(its options and "
+                      r"fitted state\): the run that embedded the collection"):  # fmt: skip
+        code, _, err = helpers.run_cli(["neighbours", coll, "--out", tmp_path / "plain.json"])
+    assert code == 0, err
+    code, _, err = helpers.run_cli(["neighbours", coll, "--run", moved, "--out",
+                                    tmp_path / "own.json"])  # fmt: skip
+    assert code == 0, err
+    import json
+
+    plain, own = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "own.json"))
+    assert plain["map"] != own["map"]
+    other = tmp_path / "other"  # the same run, its weights changed since: not its model
+    shutil.copytree(run, other)
+    state = torch.load(other / "best.pt", weights_only=False)
+    state["model"] = {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    torch.save(state, other / "best.pt")
+    code, _, err = helpers.run_cli(["neighbours", coll, "--run", other], capsys)
+    assert code == 2 and "is not the model that embedded the collection" in err

@@ -25,16 +25,13 @@ def _scorer(name: str | None, collection: Any, model: Path | None = None) -> Any
     from metaemb.core.eval.retrieval import default_scorer, note_default_scorer, search_scorer
     from metaemb.core.plugin.components import build
 
-    ckpt = model or collection.meta.get("checkpoint")
-    loaded = None
-    if ckpt and Path(ckpt).exists():
-        from metaemb.core.deploy.loading import load_run
-
-        loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    loaded = _collection_run(collection, model)
     if name is None:
         if loaded is not None:
             return search_scorer(loaded, collection.kind, "neighbours")
-        note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours")
+        why = (f"the run that embedded the collection ('{collection.meta.get('checkpoint')}') is "
+               "not there or holds another model now; pass --run RUN to rank with its scorer")  # fmt: skip
+        note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours", why)
         return default_scorer(collection.kind)
     _check_scorer_fits(name, collection)
     if loaded is not None:
@@ -48,6 +45,29 @@ def _scorer(name: str | None, collection: Any, model: Path | None = None) -> Any
             f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
         )
     return scorer
+
+
+def _collection_run(collection: Any, model: Path | None) -> Any:
+    """The run whose scorer ranks the collection: `model` (--run), else the one the collection
+    names, loaded only when it still holds the model that embedded it (a run trained on since,
+    or replaced, would lend another model's fitted state). None when there is none."""
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.stamp import model_digest
+    from metaemb.core.errors import MetaembError
+
+    ckpt = model or collection.meta.get("checkpoint")
+    if not ckpt or not Path(ckpt).exists():
+        return None
+    loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    held = collection.meta.get("model_digest")
+    if not held or model_digest(loaded.state["model"]) == held:
+        return loaded
+    if model is not None:
+        raise MetaembError(
+            f"'{model}' is not the model that embedded the collection (weights "
+            f"{model_digest(loaded.state['model'])} vs {held}); give the run that did."
+        )
+    return None
 
 
 def _check_scorer_fits(name: str, collection: Any) -> None:
@@ -133,7 +153,11 @@ def neighbours(
     ] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbours per probe")] = 5,
     run: Annotated[
-        Path | None, typer.Option(help="model for the probes (default: the collection's)")
+        Path | None,
+        typer.Option(
+            help="the run that embedded the collection: its model embeds the probes, "
+            "its scorer ranks (default: the run the collection names)"
+        ),
     ] = None,
     backend: Annotated[
         str, typer.Option(help="auto (faiss if installed), faiss or exact")
@@ -163,7 +187,7 @@ def neighbours(
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
     # Each option belongs to one of the two uses; one given to the other would be ignored.
     if not probe:
-        probe_only = {"--run": run is not None, "--device": device != "auto",
+        probe_only = {"--device": device != "auto",
                       "--workers": workers != 0, "-k": k != 5,
                       "--backend": backend != "auto", "--root": root is not None,
                       "--folder": folder is not None, "--folder-set": bool(folder_set)}  # fmt: skip
@@ -193,7 +217,7 @@ def neighbours(
         try:
             from metaemb.core.eval.retrieval import adapt_to
 
-            sc = _scorer(scorer, coll)
+            sc = _scorer(scorer, coll, run)
             adapt_to(sc, coll.embeddings)
             result = collection_metrics(coll, sc, max_rank=max_rank)
         except MetaembError as exc:  # which collection: the message is about its contents

@@ -181,10 +181,10 @@ def note_default_scorer(run_scorer: str | None, kind: str, command: str, why: st
     import warnings
 
     default = "cosine" if kind == "point" else "gme"
-    if run_scorer and run_scorer != default:
+    if run_scorer and (run_scorer != default or why):  # a cosine of its own options too
         warnings.warn(
-            f"{command} ranks with '{default}', not with the run's scorer '{run_scorer}'"
-            + (f": {why}." if why else "."),
+            f"{command} ranks with '{default}' at its defaults, not with the run's scorer "
+            f"'{run_scorer}' (its options and fitted state)" + (f": {why}." if why else "."),
             stacklevel=3,
         )
 
