@@ -1072,6 +1072,17 @@ def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices
         code, text, err = run_cli(["enroll", run, "--gallery", gallery, "--data", kaldi,
                                    "--workers", "0", "--folder", "kaldi"], capsys)  # fmt: skip
     assert code == 0, err
+    # a gallery written before (sources '<data dir>/<utterance id>') is not enrolled twice (R4 F9)
+    old = Gallery.load(gallery)
+    utterance_of = {str(w.resolve()): f"{w.parts[-3]}-{w.stem}" for w in wavs}
+    old.sources = [str(kaldi.resolve() / utterance_of[src]) for src in old.sources]
+    old.save(gallery)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, text, err = run_cli(["enroll", run, "--gallery", gallery, "--data", kaldi,
+                                   "--workers", "0", "--folder", "kaldi"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert sorted(Gallery.load(gallery).sources) == sorted(str(w.resolve()) for w in wavs)
 
 
 def test_a_trial_list_scored_as_k_folds_reports_k_fold_accuracy(voices, tmp_path, capsys):

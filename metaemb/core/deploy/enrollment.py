@@ -65,6 +65,7 @@ def _enroll(
             )
         folder = folder.subset(identities)
     sources = [folder.source_of(s) for s in folder.samples]
+    renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
     for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
         owner = g.enrolled_as(source) if g is not None else None
@@ -88,8 +89,18 @@ def _enroll(
         for name, rows in by_id.items():
             added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
         g.save(gallery)
+    elif renewed and g is not None:
+        g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
+    """A gallery written before samples were known by their file (`source_of`) remembers a
+    sample that is no file of its own (a Kaldi utterance) as `<data root>/<sample path>`: its
+    entries for this folder's samples take the new form, or they would be enrolled again."""
+    old = (str((folder.root / s.path).resolve()) for s in folder.samples)
+    return g.rename_sources({a: b for a, b in zip(old, sources, strict=True) if a != b})
 
 
 def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:

@@ -253,6 +253,15 @@ class Gallery:
         self._index = None
         return int((~keep).sum())
 
+    def rename_sources(self, renamed: dict[str, str]) -> int:
+        """Give samples recorded under an old source name (keys) their new one (values), as
+        when what a sample is known by changes; returns how many changed."""
+        new = [renamed.get(s, s) if s else s for s in self.sources]
+        changed = sum(a != b for a, b in zip(new, self.sources, strict=True))
+        if changed:
+            self.sources, self._index = new, None
+        return changed
+
     def enrolled_as(self, source: str) -> str | None:
         """The identity a sample file (its resolved path) is enrolled under, if any."""
         return self._lookup()[1].get(source)
