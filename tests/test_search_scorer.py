@@ -142,3 +142,19 @@ def test_neighbours_of_a_moved_or_retrained_run_say_what_they_rank_with(
     torch.save(state, other / "best.pt")
     code, _, err = helpers.run_cli(["neighbours", coll, "--run", other], capsys)
     assert code == 2 and "is not the model that embedded the collection" in err
+
+
+def test_faiss_with_a_scorer_it_cannot_search_says_what_to_do(fitted_run, tmp_path, capsys):
+    """With the run's own scorer the default, --faiss on a run scoring with another scorer
+    (asnorm) failed blaming 'the cosine scorer only', which the user had not named (R4 F10)."""
+    pytest.importorskip("faiss")
+    _, enroll, run = fitted_run
+    gallery = tmp_path / "g.pt"
+    assert helpers.run_cli(["enroll", run, "--gallery", gallery, "--data", enroll,
+                            "--workers", "0"])[0] == 0  # fmt: skip
+    args = ["identify", run, "--gallery", gallery, "--data", enroll, "--workers", "0", "--faiss"]
+    code, _, err = helpers.run_cli([*args, "--scorer", "euclidean"], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "this ranks with scorer 'euclidean' (plugin 'core')" in said, said
+    assert "leave out --faiss to rank with it, or pass --scorer cosine" in said
+    assert helpers.run_cli(args, capsys)[0] == 0  # the run's own cosine: faiss searches it

@@ -120,9 +120,19 @@ def identify_probes(
     flag = "--data ROOT" if data is None and probe_root is None else None
     with naming_inferred_root(root, flag, how):
         emb = loaded.embed(folder, indices, workers)
-    from metaemb.core.eval.retrieval import adapt_to, search_scorer
+    from metaemb.core.eval.retrieval import adapt_to, faiss_can_search, search_scorer
 
     sc = _scorer(loaded, scorer) if scorer else search_scorer(loaded, g.stamp.kind, "identify")
+    if faiss and not faiss_can_search(sc, g.stamp.kind):
+        from metaemb.core.errors import GalleryError
+        from metaemb.core.plugin.components import described
+
+        own = "" if scorer else " (the run's own)"
+        raise GalleryError(
+            f"--faiss searches with the cosine scorer only, and this ranks with "
+            f"{described(sc, 'scorer')}{own}: leave out --faiss to rank with it, or pass "
+            "--scorer cosine to search with cosine."
+        )
     adapt_to(sc, g.samples, emb)  # label-free, to the gallery and the probes
     backend = "faiss" if faiss else "torch"
     result = g.search(emb, k=top_k, scorer=sc, threshold=threshold, p_new=p_new, backend=backend)

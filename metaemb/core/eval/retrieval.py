@@ -197,7 +197,7 @@ def adapt_to(scorer: Any, *embeddings: Any) -> None:
         scorer.adapt(torch.cat([e.detach().cpu() for e in embeddings]))
 
 
-def _faiss_usable(scorer: Any, kind: str) -> bool:
+def faiss_can_search(scorer: Any, kind: str) -> bool:
     """faiss ranks by inner product: exact for cosine, after the scorer's own `prepare`
     (centring, whitening and scaling, then unit length)."""
     from metaemb.core.scoring.cosine import CosineScorer
@@ -217,16 +217,20 @@ def _faiss() -> Any:
 
 def pick_backend(backend: str, scorer: Any, kind: str) -> str:
     """'faiss' or 'exact': auto takes faiss when it is installed and the scorer is cosine."""
+    from metaemb.core.plugin.components import described
+
     if backend not in BACKENDS:
         raise MetaembError(f"search backend must be one of {', '.join(BACKENDS)}, got '{backend}'.")
     if backend == "exact":
         return "exact"
-    usable = _faiss_usable(scorer, kind)
+    usable = faiss_can_search(scorer, kind)
     if backend == "faiss":
         if not usable:
+            what = described(scorer, "scorer")
             raise MetaembError(
-                "the faiss backend searches point embeddings with the cosine scorer only; "
-                "use --backend exact for this collection or scorer."
+                f"the faiss backend searches point embeddings with the cosine scorer only, and "
+                f"this ranks with {what}: use --backend exact to rank with it, or --scorer "
+                "cosine to search with cosine."
             )
         _faiss()
         return "faiss"
