@@ -30,7 +30,8 @@ def _scorer(name: str | None, collection: Any, model: Path | None = None) -> Any
         if loaded is not None:
             return search_scorer(loaded, collection.kind, "neighbours")
         why = (f"the run that embedded the collection ('{collection.meta.get('checkpoint')}') is "
-               "not there or holds another model now; pass --run RUN to rank with its scorer")  # fmt: skip
+               "not there, cannot be loaded here or holds another model now; pass --run RUN to "
+               "rank with its scorer")  # fmt: skip
         note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours", why)
         return default_scorer(collection.kind)
     _check_scorer_fits(name, collection)
@@ -58,7 +59,12 @@ def _collection_run(collection: Any, model: Path | None) -> Any:
     ckpt = model or collection.meta.get("checkpoint")
     if not ckpt or not Path(ckpt).exists():
         return None
-    loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    try:
+        loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    except MetaembError:
+        if model is not None:
+            raise
+        return None  # (a plugin it needs is not installed here): said by the caller
     held = collection.meta.get("model_digest")
     if not held or model_digest(loaded.state["model"]) == held:
         return loaded
