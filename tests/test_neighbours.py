@@ -370,3 +370,16 @@ def test_ranking_with_the_default_scorer_names_the_runs_own():
         for run_scorer, kind in (("", "point"), (None, "point"), ("cosine", "point"),
                                  ("gme", "gme")):  # fmt: skip
             note_default_scorer(run_scorer, kind, "identify")
+
+
+def test_an_embeddings_file_given_as_a_model_says_what_it_is(trained, tmp_path, capsys):
+    """An .npz showed torch's zip internals and a .pt 'is not a metaemb checkpoint' (H17 F18)."""
+    data, run = trained
+    for name in ("e.pt", "e.npz"):
+        out = tmp_path / name
+        assert helpers.run_cli(["embed", run, data, "--out", out, "--workers", "0"])[0] == 0
+        code, _, err = helpers.run_cli(["evaluate", out, "--workers", "0"], capsys)
+        said = " ".join(err.split())
+        assert code == 2 and f"'{out}' is an embeddings file (from `metaemb embed`)" in said, said
+        if name == "e.pt":  # it records the checkpoint that made it
+            assert "(it was made with '" in said

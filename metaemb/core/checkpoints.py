@@ -50,12 +50,26 @@ def load_error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _refuse_embeddings(path: Path, checkpoint: str) -> None:
+    """An embeddings file (`metaemb embed`'s) given where a model goes: say which it is, and
+    the checkpoint it names when it records one."""
+    named = f" (it was made with '{checkpoint}')" if checkpoint else ""
+    raise MetaembError(
+        f"'{path}' is an embeddings file (from `metaemb embed`), not a checkpoint: give the run "
+        f"folder or its best.pt{named}."
+    )
+
+
 def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True) and refuse incompatible ones with a reason."""
     p = Path(path)
     if not p.is_file():
         what = "is a folder, not a file" if p.is_dir() else "does not exist"
         raise MetaembError(f"checkpoint '{p}' {what}.")
+    if p.suffix.lower() == ".npz" and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            if "paths.npy" in z.namelist():
+                _refuse_embeddings(p, "")
     export = _export_format(p)
     if export:
         raise MetaembError(
@@ -82,6 +96,8 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
         raise MetaembError(
             f"checkpoint '{p}' cannot be read ({load_error_reason(exc)}). {advice}"
         ) from None
+    if isinstance(state, dict) and "paths" in state and ("embeddings" in state or "a" in state):
+        _refuse_embeddings(p, str(state.get("checkpoint", "")))
     if not isinstance(state, dict) or "format" not in state:
         raise MetaembError(f"'{p}' is not a metaemb checkpoint.")
     if state["format"] != CHECKPOINT_FORMAT and str(state["format"]).startswith("metaemb-"):
