@@ -1374,3 +1374,15 @@ def test_a_folder_of_another_kind_is_named_before_any_file_is_read(voices, tmp_p
     said = " ".join(err.split())
     assert code == 2 and "reading the data with sample folder 'image': frontend" in said, err
     assert "yields image, so the run cannot read it" in said and "on-bad-sample" not in said
+
+
+def test_a_default_folder_name_too_long_for_the_file_system_is_shortened(tmp_path):
+    """Two legal 204-byte list names and --no-adapt made a 420-byte default folder name, which
+    was refused telling the user to 'choose a shorter name' they never chose (H17 F19)."""
+    from metaemb.core.eval.output_folder import default_out
+
+    long = default_out(tmp_path, "T" * 204 + "-noadapt-cal-" + "C" * 204, tmp_path / "faces")
+    other = default_out(tmp_path, "T" * 204 + "-noadapt-cal-" + "D" * 204, tmp_path / "faces")
+    assert len(long.name.encode()) <= 200 and long != other  # still one per evaluation
+    long.mkdir()  # the file system takes it
+    assert default_out(tmp_path, "trials", tmp_path / "faces").name == "eval-faces-trials"

@@ -59,9 +59,23 @@ def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     """`RUN_DIR/eval-<name>`, or `eval-<data folder>-<name>` with `--data`: evaluating another
     folder next never replaces the first one's results (`--data A`, then `--data B`)."""
     if data is None:
-        return run_dir / f"eval-{name}"
+        return run_dir / _fitting(f"eval-{name}")
     tag = Path(data).resolve().name
-    return run_dir / (f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
+    return run_dir / _fitting(f"eval-{name}" if tag in ("", name) else f"eval-{tag}-{name}")
+
+
+#: bytes of a default folder name, below the 255 of file systems with room for `-<hash>`
+MAX_NAME = 200
+
+
+def _fitting(name: str) -> str:
+    """`name`, or, past MAX_NAME bytes (two long list names and their options), its start and
+    a short hash of the whole, so the default folder is always one the file system takes."""
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    tag = hashlib.sha1(name.encode()).hexdigest()[:8]
+    head = name.encode()[: MAX_NAME - 9].decode(errors="ignore")
+    return f"{head}-{tag}"
 
 
 #: beside an evaluation's results while it writes them: what they will be; the lock beside it
