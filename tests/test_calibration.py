@@ -140,5 +140,7 @@ def test_swapped_arguments_and_labels_other_than_0_1_are_refused():
     assert torch.equal(fitted([0.1, 0.2]), fitted(torch.tensor([0.1, 0.2], dtype=torch.float64)))
     column = LinearCalibration().fit(torch.tensor(scores)[:, None], labels)  # [N, 1] (R4 F3)
     assert column.weight == pytest.approx(fitted.weight)
+    half = LinearCalibration().fit(torch.tensor(scores).bfloat16(), labels)  # (R4 F12)
+    assert half.weight == pytest.approx(fitted.weight, rel=0.05)
     with pytest.raises(MetaembError, match="not fitted"):
         LinearCalibration()(torch.zeros(2))

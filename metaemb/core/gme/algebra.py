@@ -265,10 +265,12 @@ def _refuse_indefinite(b: Tensor, high: float) -> None:
         )
 
 
-#: Past this precision the per-pair form in float32 loses more than ~0.005 nat (its terms grow
-#: as b⁴: 0.03 nat at 1e5, 0.3 at 1e6, overflow near 1e9), so meta-embeddings that confident
-#: are scored in float64; below it float32 keeps its speed (a pooled gallery model reaches 1e3).
-CONFIDENT = 1e4
+#: The per-pair form's float32 error grows with the precision (its terms grow as b⁴): at 128
+#: dimensions about 2e-4 nat at b = 1e2, 2e-3 at 1e3, 0.02 at 1e4, 2 at 1e6; overflow near 1e9.
+#: `llr` of pairs, which is cheap, runs in float64 above CONFIDENT; `llr_matrix`, whose blocks
+#: are large (a gallery's pooled models reach 1e3), keeps float32 up to MATRIX_CONFIDENT.
+CONFIDENT = 1e2
+MATRIX_CONFIDENT = 1e4
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -304,7 +306,7 @@ def llr_matrix(f1: GME, f2: GME, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
     n1, n2 = len(f1), len(f2)
     if n1 == 0 or n2 == 0:
         return f1.a.new_zeros(n1, n2)
-    if f1.dtype in _LOW and largest > CONFIDENT:
+    if f1.dtype in _LOW and largest > MATRIX_CONFIDENT:
         wide = llr_matrix(f1.to(torch.float64), f2.to(torch.float64), max_chunk_bytes)
         return wide.to(f1.dtype)
     if _is_constant(f1.b) and _is_constant(f2.b):

@@ -34,9 +34,8 @@ def _split(scores: Any, labels: Any) -> tuple[Tensor, Tensor]:
     from metaemb.core.eval.metrics import as_array
 
     order = "LinearCalibration.fit takes (scores, labels)"
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu()
-    s = torch.from_numpy(as_array(np.asarray(scores).reshape(-1), "calibration scores", order))
+    flat = scores.reshape(-1) if hasattr(scores, "detach") else np.asarray(scores).reshape(-1)
+    s = torch.from_numpy(as_array(flat, "calibration scores", order))  # [N, 1] too; any dtype
     y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
     if s.numel() != y.size:
         raise DataError(f"got {s.numel()} scores for {y.size} labels")
