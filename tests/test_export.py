@@ -453,3 +453,17 @@ def test_an_operator_the_exporter_lacks_names_the_model_not_the_adapter(face_ckp
     with pytest.raises(ExportError, match=r"the model \(features 'image', backbone 'resnet18', "
                        r"head 'linear'\) could not be exported: .*i0"):  # fmt: skip
         export(face_ckpt[0], "onnx", tmp_path / "m.onnx")
+
+
+def test_replacing_the_export_of_another_checkpoint_is_said(face_ckpt, speaker_ckpt, tmp_path):
+    """An export of another model at --out was replaced without a word (H17 F17); the same
+    checkpoint exported again replaces its own quietly."""
+    import warnings
+
+    out = tmp_path / "model.pt"
+    export(face_ckpt[0], "torchscript", out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        export(face_ckpt[0], "torchscript", out)
+    with pytest.warns(UserWarning, match=r"held the export of another checkpoint \('.*best.pt'\)"):
+        export(speaker_ckpt[0], "torchscript", out)

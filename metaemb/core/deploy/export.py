@@ -278,6 +278,7 @@ def export(
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     check_out_name(fmt, target)
+    earlier = _exported_from(target)
     blame: dict[str, Any] = {}
     with _failures_named(blame):
         inf = load_inference(checkpoint, blame)
@@ -343,4 +344,22 @@ def export(
             sidecar, json.dumps(info, indent=2, default=str, ensure_ascii=False) + "\n"
         )
         atomic_write_bytes(out, data)
+    if earlier and earlier != info["checkpoint"]:  # said, as embed says it of embeddings
+        import warnings
+
+        warnings.warn(
+            f"'{out}' held the export of another checkpoint ('{earlier}'), now replaced.",
+            stacklevel=2,
+        )
     return Exported(out, sidecar, info)
+
+
+def _exported_from(out: Path) -> str:
+    """The checkpoint an earlier export at `out` was made from ("" when none or unknown)."""
+    import json
+
+    try:
+        info = json.loads(out.with_name(out.name + ".json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(info.get("checkpoint", "")) if isinstance(info, dict) else ""
