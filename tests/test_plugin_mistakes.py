@@ -665,6 +665,14 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
         def __init__(self, root: Path, samples=None) -> None:
             self.root = Path(root)  # forgot super().__init__(root, samples)
 
+    class LateAttrs(SeriesFolder):  # super().__init__ first: its scan needs `self.parts`
+        def __init__(self, root: Path, samples=None) -> None:
+            super().__init__(root, samples)
+            self.parts = ("u1",)
+
+        def identity_of(self, path):
+            return path.split("/")[0] if path.split("/")[0] in self.parts else None
+
     class StrYields(SeriesFeatures):
         yields = "feature-matrix"
 
@@ -680,6 +688,7 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
         @metaemb.hookimpl
         def register_sample_folders(self, register):
             register("no-init-folder", NoInitFolder)
+            register("late-attrs", LateAttrs)
             register("tuple-identity", TupleIdentity)
 
     class StrKinds:
@@ -693,11 +702,18 @@ def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
             with pytest.raises(ConfigError, match=r"backbone 'early-layers' \(plugin 'init-plugin'"
                                r"\).*call super\(\).__init__\(\) first"):  # fmt: skip
                 build("backbones", "early-layers", {}, in_channels=3)
-            with pytest.raises(PluginError, match=r"sample folder 'no-init-folder'.*SampleFolder "
-                               r"whose __init__ did not call super"):  # fmt: skip
+            with pytest.raises(
+                PluginError,
+                match=r"sample folder 'no-init-folder'.*SampleFolder "
+                r"whose __init__ did not call super\(\).__init__\(\): call it at "
+                r"the end of NoInitFolder.__init__",
+            ):  # fmt: skip (P16 F12)
                 build("sample_folders", "no-init-folder", {}, root=tmp_path)
             (tmp_path / "u1").mkdir()
             np.save(tmp_path / "u1" / "a.npy", np.zeros((4, 3)))
+            with pytest.raises(ConfigError, match=r"sample folder 'late-attrs'.*AttributeError.*"
+                               r"sets the attributes its identity_of and load use first"):  # fmt: skip
+                build("sample_folders", "late-attrs", {}, root=tmp_path)
             with pytest.raises(PluginError, match=r"sample folder 'tuple-identity' \(plugin "
                                r"'init-plugin'\): .*TupleIdentity.identity_of"):  # fmt: skip
                 build("sample_folders", "tuple-identity", {}, root=tmp_path)

@@ -228,6 +228,9 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         hint = ""
         if isinstance(exc, AttributeError) and "before Module.__init__() call" in str(exc):
             hint = " (call super().__init__() first in its __init__, before adding layers)"
+        elif isinstance(exc, AttributeError) and kind == "sample_folders":
+            hint = (" (a sample folder sets the attributes its identity_of and load use first, "
+                    "then calls super().__init__(root, samples), which scans the folder)")  # fmt: skip
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}{hint}"
@@ -238,9 +241,12 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         built._metaemb_component = f"{reg.singular} '{name}' (plugin '{entry.plugin}')"
     base = _base_without_init(built)
     if base:
+        where = (  # a folder scans in its init, with the attributes its subclass set
+            "at the end of" if kind == "sample_folders" else "first in"
+        )
         raise PluginError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') is a {base} whose __init__ did "
-            f"not call super().__init__(): call it first in {type(built).__name__}.__init__."
+            f"not call super().__init__(): call it {where} {type(built).__name__}.__init__."
         )
     return built
 
