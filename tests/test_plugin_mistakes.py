@@ -1759,3 +1759,40 @@ def test_a_sample_folder_listing_a_file_twice_is_named(tmp_path, capsys):
         code, _, err = helpers.run_cli(args, capsys)
         assert code == 2 and "more than once" in err and not list(tmp_path.rglob("*.pt"))
     assert not (tmp_path / "t.txt").exists()
+
+
+def test_the_training_folder_read_with_other_folder_options_is_scored(tmp_path, capsys):
+    """`evaluate RUN --data <its training folder> --folder-set …` choosing other files said the
+    data 'changed … restore the data' (P16 F11): those files are scored as another folder's."""
+    import helpers
+
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    class Parts(ImageFolder):
+        def __init__(self, root, samples=None, skip: str = "") -> None:
+            self.skip = skip
+            super().__init__(root, samples)
+
+        def identity_of(self, path):
+            name = path.split("/")[0]
+            return None if name == self.skip else name
+
+    class PartsPlugin:
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register("parts", Parts)
+
+    data = helpers.demo_faces(tmp_path / "faces", identities=6, images_per_identity=3,
+                              image_size=32)  # fmt: skip
+    with plugins.plugin_registered(PartsPlugin(), "parts-plugin"):
+        args = ["train", "--data", data, "--set", "data.folder=parts", "--set",
+                "folder.skip=id0005", "--set", "train.epochs=1", "--set", "model.dim=8",
+                "--set", "features.image_size=32", "--runs", tmp_path / "r", "--workers", "0"]  # fmt: skip
+        assert helpers.run_cli(args, capsys)[0] == 0
+        [run] = list((tmp_path / "r" / "face").iterdir())
+        args = ["evaluate", run, "--data", data, "--folder-set", "skip=id0000", "--workers", "0",
+                "--out", tmp_path / "ev"]  # fmt: skip
+        code, out, err = helpers.run_cli(args, capsys)
+    assert code == 0, err
+    assert "read as other files than in training" in " ".join(out.split())
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["trials"] == "all-identities"

@@ -154,6 +154,10 @@ class Evaluation:
 
         saved = loaded.state.get("data_fingerprint")
         if saved is not None and saved != data_fingerprint(loaded.parts.folder):
+            if self.folder is not None or self.folder_options:  # read as other files: all
+                why = "read as other files than in training (--folder/--folder-set)"
+                trials, source = unseen_folder_trials(loaded, self.console, why)
+                return TrialSet(trials, "all-identities", source)
             raise DataError(  # a new split would mix identities the model trained on into it
                 f"the data folder '{root}' changed since the run trained on it (now "
                 f"{len(loaded.parts.folder)} samples of {loaded.parts.folder.num_identities} "

@@ -44,7 +44,9 @@ def is_other_folder(loaded: Any, data: Path | None) -> bool:
     return not root or Path(root).resolve() != Path(data).resolve()
 
 
-def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
+def unseen_folder_trials(
+    loaded: Any, console: Console, why: str = "which is not the run's training folder"
+) -> tuple[list, str]:
     """Seeded trials over all identities of the (other) data folder → (trials, source)."""
     from metaemb.core.eval.trial_generation import make_trials
 
@@ -60,8 +62,8 @@ def unseen_folder_trials(loaded: Any, console: Console) -> tuple[list, str]:
     )
     console.print(
         f"no trial list given: scoring {len(trials)} seeded trials over all "
-        f"{folder.num_identities} identities of '{escape(str(folder.root))}', which is not the "
-        "run's training folder, so it is not split. Pass --trials FILE to choose.",
+        f"{folder.num_identities} identities of '{escape(str(folder.root))}', {why}, so it is "
+        "not split. Pass --trials FILE to choose.",
     )
     return trials, source
 
