@@ -209,3 +209,11 @@ def test_each_voice_has_its_own_spectral_colour_which_drifts_a_little():
     days = [drift(voices[0], rng) for _ in range(200)]
     moved = np.array([20 * np.log10(spectral_colour(d.colour, freqs)) for d in days]) - db[0]
     assert 0.15 * COLOUR_DB < np.std(moved) < 0.35 * COLOUR_DB
+
+
+def test_demo_voices_longer_than_ten_minutes_are_refused(tmp_path):
+    """seconds=[1e9, 1e9] (milliseconds typed for seconds) grew memory until killed (H17 F13)."""
+    with pytest.raises(ConfigError, match=r"seconds must be from 0.2 to 600 .* got"):
+        generate_voices(tmp_path / "long", speakers=2, utterances_per_speaker=1,
+                        seconds=(1e9, 1e9))  # fmt: skip
+    assert not (tmp_path / "long").exists()

@@ -394,8 +394,11 @@ def generate_voices(
             f"demo data 'speaker': need speakers ≥ 2 and utterances_per_speaker ≥ 1, got "
             f"{speakers} and {utterances_per_speaker}."
         )
-    if not 0.2 <= spec.seconds[0] <= spec.seconds[1]:
-        raise ConfigError(f"demo data 'speaker': seconds must be ≥ 0.2 (min ≤ max), got {seconds}.")
+    if not 0.2 <= spec.seconds[0] <= spec.seconds[1] <= 600:
+        raise ConfigError(
+            f"demo data 'speaker': seconds must be from 0.2 to 600 (min ≤ max; a recording's "
+            f"length in seconds, not milliseconds), got {seconds}."
+        )
     if spec.sample_rate < 8000:
         raise ConfigError(f"demo data 'speaker': sample_rate must be ≥ 8000, got {sample_rate}.")
     if existing_matches(out, spec):
