@@ -383,3 +383,14 @@ def test_an_embeddings_file_given_as_a_model_says_what_it_is(trained, tmp_path, 
         assert code == 2 and f"'{out}' is an embeddings file (from `metaemb embed`)" in said, said
         if name == "e.pt":  # it records the checkpoint that made it
             assert "(it was made with '" in said
+
+
+def test_embed_inputs_takes_one_path_as_a_string(trained):
+    """embed_inputs(run, "a/b.png") iterated the string letter by letter: "'/' is a folder"
+    (L2 F6)."""
+    from metaemb.core.eval.collect import embed_inputs
+
+    data, run = trained
+    one = sorted(data.glob("*/*.png"))[0]
+    got = embed_inputs(run, str(one), device="cpu", workers=0, root=data)
+    assert got.paths == [one.relative_to(data).as_posix()] and got.embeddings.shape[0] == 1

@@ -201,7 +201,7 @@ def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
 
 def embed_inputs(
     checkpoint: str | Path,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] | str | Path,
     device: str = "auto",
     workers: int = 2,
     root: str | Path | None = None,
@@ -211,6 +211,8 @@ def embed_inputs(
     `skip_bad`, samples that cannot be read are left out of the collection, with a warning."""
     from metaemb.core.deploy.loading import load_run
 
+    if isinstance(inputs, (str, Path)):  # one path: a str is not iterated letter by letter
+        inputs = [inputs]
     inputs = [Path(p) for p in inputs]  # a notebook passes strings
     root = None if root is None else Path(root)
     if not inputs:
