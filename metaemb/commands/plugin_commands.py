@@ -45,6 +45,7 @@ def add_plugin_commands(app: typer.Typer) -> None:
     naming the plugin and the command; the plugin's other commands are kept. Fatal under
     METAEMB_STRICT_PLUGINS=1, as a duplicate component name is."""
     st = state()
+    st.commands = {}  # what this app's plugins add (an app is built once per command line)
     owners = _taken(app)
     impls = st.pm.hook.register_commands.get_hookimpls()  # registration order
     impls.sort(key=lambda impl: not st.is_own(impl.plugin))

@@ -371,8 +371,10 @@ def test_more_options_that_do_not_apply(tmp_path, faces, face_run, capsys):
                  "--modality is for --reference")  # fmt: skip
     coll = tmp_path / "c.pt"
     assert run_cli(["embed", face_run, faces, "--out", coll, "--workers", "0"], capsys)[0] == 0
-    for extra in (["--run", face_run], ["--device", "cpu"], ["--workers", "2"], ["-k", "3"]):
+    for extra in (["--device", "cpu"], ["--workers", "2"], ["-k", "3"], ["--folder", "image"]):
         expect_error(["neighbours", coll, *extra], capsys, f"{extra[0]} applies to probe files")
+    # --run names the run whose scorer ranks the collection, probes or not (R4 F1)
+    assert run_cli(["neighbours", coll, "--run", face_run], capsys)[0] == 0
     probe = next(Path(faces).rglob("*.png"))
     expect_error(["neighbours", coll, probe, "--max-rank", "3"], capsys, "--max-rank sets the CMC")
     assert not (tmp_path / "t.txt").exists() and not (tmp_path / "e").exists()
