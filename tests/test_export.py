@@ -467,3 +467,38 @@ def test_replacing_the_export_of_another_checkpoint_is_said(face_ckpt, speaker_c
         export(face_ckpt[0], "torchscript", out)
     with pytest.warns(UserWarning, match=r"held the export of another checkpoint \('.*best.pt'\)"):
         export(speaker_ckpt[0], "torchscript", out)
+
+
+def test_an_adapter_tracing_other_shapes_than_training_is_warned_about(tmp_path):
+    """Features borrowing the square image adapter for 128×64 crops exported a 64×64 graph
+    that every parity check passed, and deployed embeddings were off (P16 F14): training
+    records the shape of its fixed-size inputs, and export compares its examples with it."""
+    import warnings
+
+    from metaemb.core.checkpoints import load_checkpoint, save_checkpoint
+
+    path, _, _ = make_checkpoint(tmp_path / "best.pt", "face", FACE, (faces(4, seed=2),))
+    state = load_checkpoint(path)
+    state["input_shape"] = [3, 32, 16]  # what a tall-crop feature would have fed the network
+    save_checkpoint(path, state)
+    with pytest.warns(UserWarning, match=r"export adapter 'image' traces input 'images' as "
+                      r"\[N, 3, 16, 16\], but the model was trained on \[N, 3, 32, 16\]"):  # fmt: skip
+        export(path, "torchscript", tmp_path / "tall.pt")
+    state["input_shape"] = [3, 16, 16]
+    save_checkpoint(path, state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        export(path, "torchscript", tmp_path / "square.pt")
+
+
+def test_a_trained_run_records_its_input_shape_and_exports_without_a_word(tiny_face_run, tmp_path):
+    """The shape export compares with is what training fed the network (fixed-size inputs)."""
+    import warnings
+
+    from metaemb.core.checkpoints import load_checkpoint
+
+    _, run = tiny_face_run
+    assert load_checkpoint(run / "best.pt")["input_shape"] == [3, 32, 32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        export(run, "torchscript", tmp_path / "m.pt")

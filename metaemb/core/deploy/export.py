@@ -43,6 +43,7 @@ from metaemb.core.deploy.export_checks import (
     check_parity,
     check_wrapper,
     warn_fixed_examples,
+    warn_untrained_shape,
 )
 from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.errors import MetaembError, first_line, suggest
@@ -288,6 +289,7 @@ def export(
         wrapper_diff = check_wrapper(inf.model, module, kind, spec)
         check_declared_shapes(kind, spec)
         warn_fixed_examples(kind, spec)
+        warn_untrained_shape(kind, spec, state.get("input_shape"))
         out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
         shapes = [["N", *map(int, y.shape[1:])] for y in as_list(probe)]
         dim = int(shapes[0][1])

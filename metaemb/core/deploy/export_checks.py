@@ -65,6 +65,25 @@ def warn_fixed_examples(kind: ExportAdapter, spec: dict[str, Any]) -> None:
             )
 
 
+def warn_untrained_shape(kind: ExportAdapter, spec: dict[str, Any], trained: Any) -> None:
+    """An adapter whose examples differ in shape from the fixed-size inputs the model trained
+    on (a square image adapter borrowed for 128×64 crops) traces and checks the graph on inputs
+    the model never saw: every parity check passes, and deployed embeddings differ. Say so."""
+    if not trained:
+        return
+    example = kind.example(spec, 2, 0)[0]
+    if list(example.shape[1:]) != list(trained):
+        shown = ", ".join(map(str, example.shape[1:]))
+        warnings.warn(
+            f"export adapter '{spec.get('kind')}' traces input '{kind.names[0]}' as "
+            f"[N, {shown}], but the model was trained on [N, {', '.join(map(str, trained))}]: "
+            "the export is checked on inputs it never saw, and the sidecar's preprocessing is "
+            "not the training one. Give the features an input_spec() (and adapter) that make "
+            "what they train on.",
+            stacklevel=2,
+        )
+
+
 def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
                   spec: dict[str, Any]) -> float:  # fmt: skip
     """Largest relative difference of the adapter's wrapper from the run's model, called as in

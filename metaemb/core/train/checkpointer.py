@@ -194,6 +194,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         },
         "plugins": component_plugins(cfg),  # who to install to open the run elsewhere
         "input_spec": trainer.model.features.input_spec(),
+        "input_shape": getattr(trainer, "input_shape", None),  # fixed-size inputs: [C, H, W]
         "num_classes": trainer.num_classes,
         "training_identities": list(trainer.train_folder.identities),  # kept out of evaluation
         "workers": trainer.workers,  # its crops follow the worker ids: a resume says if it differs

@@ -102,6 +102,7 @@ class Trainer:
         self.resumed = False
         self._stop = False
         self._checked = False  # the first batch went through component_checks
+        self.input_shape: list[int] | None = None  # one sample's input, when all are one size
         self._objective_watch: objective_checks.ObjectiveWatch | None = None
 
     def request_stop(self) -> None:
@@ -386,6 +387,8 @@ class Trainer:
             scorer = None if self.scorer.requires_fit else self.scorer  # fitted: at validation
             component_checks.check_first_batch(self.model, self.config, x, lengths, scorer)
             self._checked = True
+            if lengths is None and isinstance(x, torch.Tensor):  # export compares its examples
+                self.input_shape = [int(d) for d in x.shape[1:]]
         if self._objective_watch is not None:
             self._objective_watch.before_step()
         try:
