@@ -259,3 +259,16 @@ def test_a_kaldi_sample_is_known_by_its_recording(plain, tmp_path):
                               "spkB-u1 spkB-u1 0 -1"])  # fmt: skip
     segmented = KaldiDataFolder(root=plain)
     assert segmented.source_of(segmented.samples[0]).endswith("a1.wav#0.5-1")
+
+
+def test_another_folder_for_an_8khz_run_names_the_option_to_carry():
+    """`--folder kaldi` on a run trained at 8 kHz was refused without saying that the new
+    folder starts from its own 16 kHz default (R4 F11)."""
+    from metaemb.core.config.resolution import resolve
+    from metaemb.core.deploy.loading import read_with
+    from metaemb.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--folder starts from that folder's defaults; the "
+                       r"run's folder had --folder-set sample_rate=8000"):  # fmt: skip
+        read_with(resolve("speaker", sets=["folder.sample_rate=8000"]), "kaldi")
+    read_with(resolve("speaker", sets=["folder.sample_rate=8000"]), "kaldi", {"sample_rate": 8000})

@@ -232,10 +232,12 @@ def read_with(
         from metaemb.core.data.pipeline import folder_set_used
 
         folder, folder_options = folder_set_used()
+    trained: dict[str, Any] = {}  # the run's folder options, which another --folder leaves
     if folder is not None and folder != cfg.data.folder:
         from metaemb.core.plugin.manager import registry
 
         registry("sample_folders").get(folder)  # an unknown name, with suggestions
+        trained = cfg.options("folder")
         cfg.data.folder = folder
         cfg.components["folder"] = {}
     if folder_options:
@@ -244,10 +246,10 @@ def read_with(
         given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
         cfg.components["folder"] = {**cfg.options("folder"), **given}
     if folder is not None or folder_options:  # what it yields must be what the run takes
-        _check_folder_fits(cfg, cfg.data.folder)
+        _check_folder_fits(cfg, cfg.data.folder, {} if folder_options else trained)
 
 
-def _check_folder_fits(cfg: Config, folder: str) -> None:
+def _check_folder_fits(cfg: Config, folder: str, left: dict[str, Any] | None = None) -> None:
     """A sample folder (or folder options) whose data the run's frontend cannot take (another
     kind of data, another sampling rate than the run trained on) is named before anything is
     read, not blamed on the first file or scored without a word."""
@@ -262,6 +264,13 @@ def _check_folder_fits(cfg: Config, folder: str) -> None:
             f"reading the data with sample folder {folder!r}: {clash}, so the run cannot read "
             "it. Choose a sample folder and options that yield what the run was trained on "
             "(`metaemb list sample_folders` shows what each yields)."
+            + (
+                " --folder starts from that folder's defaults; the run's folder had "
+                + " ".join(f"--folder-set {k}={v}" for k, v in sorted(left.items()))
+                + "."
+                if left
+                else ""
+            )
         ) from None
 
 
