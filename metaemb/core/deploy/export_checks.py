@@ -67,7 +67,7 @@ def warn_fixed_examples(kind: ExportAdapter, spec: dict[str, Any]) -> None:
 
 def warn_untrained_shape(kind: ExportAdapter, spec: dict[str, Any], trained: Any) -> None:
     """An adapter whose examples differ in shape from the fixed-size inputs the model trained
-    on (a square image adapter borrowed for 128×64 crops) traces and checks the graph on inputs
+    on (a square adapter borrowed for 128×64 crops) traces and checks the graph on inputs
     the model never saw: every parity check passes, and deployed embeddings differ. Say so."""
     if not trained:
         return
