@@ -99,9 +99,6 @@ def make(
             f"{exc} (DATA was read with sample folder '{name}' of --modality {modality}; pass "
             "--modality or --folder for other kinds of data)"
         ) from None
-    from metaemb.core.plugin.sample_folder import refuse_repeated_samples
-
-    refuse_repeated_samples(sample_folder, name)  # a pair of one file with itself otherwise
     by_path = {s.path: s.identity for s in sample_folder.samples}
 
     def identity(path: str) -> str:  # as the sample folder names them (an eye, not a person)

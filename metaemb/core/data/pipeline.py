@@ -20,7 +20,6 @@ from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
-from metaemb.core.plugin.sample_folder import refuse_repeated_samples
 from metaemb.core.train.model import EmbeddingModel
 
 
@@ -227,7 +226,6 @@ class Components:
             root=root,
             cache_dir=cache_dir(config),  # for folders that keep an index (tar shards)
         )
-        refuse_repeated_samples(folder, config.data.folder)
         frontend = build_frontend(config, root)
         model = build_model(config)
         return cls(config, root, folder, frontend, model.features, model)

@@ -248,6 +248,10 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') is a {base} whose __init__ did "
             f"not call super().__init__(): call it {where} {type(built).__name__}.__init__."
         )
+    if kind == "sample_folders":  # every folder built, whichever command builds it
+        from metaemb.core.plugin.sample_folder import refuse_repeated_samples
+
+        refuse_repeated_samples(built)
     return built
 
 

@@ -78,7 +78,7 @@ def empty_folders_skipped() -> Iterator[None]:
         _empty_folders_skipped.reset(token)
 
 
-def refuse_repeated_samples(folder: Any, name: str) -> None:
+def refuse_repeated_samples(folder: Any) -> None:
     """A folder listing one file twice trains on it twice per epoch and, worse, its validation
     and generated trials compare the file with itself (a flattering score of 1)."""
     seen: set[str] = set()

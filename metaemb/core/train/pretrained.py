@@ -85,7 +85,6 @@ def reference_run(name: str, modality: str, data: Path, device: str = "auto") ->
     from metaemb.core.deploy.loading import LoadedRun
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.manager import registry
-    from metaemb.core.plugin.sample_folder import refuse_repeated_samples
     from metaemb.core.train.device import pick_device
 
     if not is_pretrained_name(name):
@@ -104,7 +103,6 @@ def reference_run(name: str, modality: str, data: Path, device: str = "auto") ->
     dev = pick_device(device)
     model.to(dev)
     folder = build("sample_folders", cfg.data.folder, cfg.options("folder"), root=Path(data))
-    refuse_repeated_samples(folder, cfg.data.folder)
     frontend = build("frontends", cfg.model.frontend, cfg.options("frontend"), root=Path(data),
                      cache_dir=None)  # fmt: skip
     parts = Components(cfg, Path(data), folder, frontend, model.features, model)  # type: ignore[arg-type]
