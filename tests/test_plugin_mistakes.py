@@ -1729,6 +1729,17 @@ def test_a_sample_folder_without_extensions_is_named_not_the_data(tmp_path):
         NoSuffixes(tmp_path)
 
 
+def _folder_plugin(name: str, folder: type) -> object:
+    """A plugin registering one sample folder, for the tests of a folder's mistakes."""
+
+    class FolderPlugin:
+        @metaemb.hookimpl
+        def register_sample_folders(self, register):
+            register(name, folder)
+
+    return FolderPlugin()
+
+
 def test_a_sample_folder_listing_a_file_twice_is_named(tmp_path, capsys):
     """A folder whose samples repeat a file trained on it twice an epoch, and its validation
     and generated trials scored the file against itself, flattering the EER (P16 F4)."""
@@ -1741,14 +1752,9 @@ def test_a_sample_folder_listing_a_file_twice_is_named(tmp_path, capsys):
             super().__init__(root, samples)
             self.samples = self.samples * 2
 
-    class TwicePlugin:
-        @metaemb.hookimpl
-        def register_sample_folders(self, register):
-            register("twice", Twice)
-
     data = helpers.demo_faces(tmp_path / "faces", identities=4, images_per_identity=3,
                               image_size=32)  # fmt: skip
-    with plugins.plugin_registered(TwicePlugin(), "twice-plugin"):
+    with plugins.plugin_registered(_folder_plugin("twice", Twice), "twice-plugin"):
         args = ["trials", "make", data, "--folder", "twice", "--out", tmp_path / "t.txt"]
         code, _, err = helpers.run_cli(args, capsys)
         said = " ".join(err.split())
@@ -1777,14 +1783,9 @@ def test_the_training_folder_read_with_other_folder_options_is_scored(tmp_path, 
             name = path.split("/")[0]
             return None if name == self.skip else name
 
-    class PartsPlugin:
-        @metaemb.hookimpl
-        def register_sample_folders(self, register):
-            register("parts", Parts)
-
     data = helpers.demo_faces(tmp_path / "faces", identities=6, images_per_identity=3,
                               image_size=32)  # fmt: skip
-    with plugins.plugin_registered(PartsPlugin(), "parts-plugin"):
+    with plugins.plugin_registered(_folder_plugin("parts", Parts), "parts-plugin"):
         args = ["train", "--data", data, "--set", "data.folder=parts", "--set",
                 "folder.skip=id0005", "--set", "train.epochs=1", "--set", "model.dim=8",
                 "--set", "features.image_size=32", "--runs", tmp_path / "r", "--workers", "0"]  # fmt: skip
