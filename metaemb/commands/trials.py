@@ -67,7 +67,7 @@ def make(
     from metaemb.core.errors import ConfigError, MetaembError
     from metaemb.core.eval.trial_checks import check_listable
     from metaemb.core.eval.trial_generation import coverage, make_trials
-    from metaemb.core.eval.trials import write_trials
+    from metaemb.core.eval.trials import get_format, write_trials
     from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
 
@@ -112,7 +112,8 @@ def make(
         write_triplets(out, made)
         typer.echo(json.dumps({"out": str(out), **triplet_coverage(made, identity)}, indent=2))
         return
-    check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'")
+    leads = get_format(format).path_leads
+    check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'", leads)
     trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
     _note_shortfall(trials, targets, nontargets, data)
     _keep_other_list(out, force, lambda path: write_trials(path, trials, format))

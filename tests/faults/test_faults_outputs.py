@@ -14,7 +14,7 @@ import pytest
 from faults_helpers import expect_error
 from helpers import run_cli
 
-from metaemb.core.errors import OutputError
+from metaemb.core.errors import DataError, OutputError
 from metaemb.core.files import atomic_write_text
 from metaemb.core.paths import ensure_writable, ensure_writable_dir
 
@@ -511,6 +511,33 @@ def test_trial_lists_refuse_paths_starting_with_a_hash(tmp_path, faces, capsys):
     shutil.copytree(faces / "id0001", data / "alice")
     expect_error(["trials", "make", data, "--out", tmp_path / "t.txt", "--format", "kaldi"],
                  capsys, "start with '#'")  # fmt: skip
+
+
+def test_voxceleb_lists_hold_paths_starting_with_a_hash(tmp_path, faces, capsys):
+    """A VoxCeleb line starts with its label, so a '#' path never starts a line: written and
+    read back whole (a Kaldi line starts with a path and is refused above)."""
+    import shutil
+
+    from metaemb.core.eval.trials import read_trials
+
+    data = tmp_path / "names"
+    shutil.copytree(faces / "id0000", data / "#hash")
+    shutil.copytree(faces / "id0001", data / "alice")
+    out = tmp_path / "t.txt"
+    assert run_cli(["trials", "make", data, "--out", out, "--targets", "4", "--nontargets",
+                    "4"], capsys)[0] == 0  # fmt: skip
+    trials = read_trials(out, root=data)
+    assert len(trials) == len(out.read_text().splitlines()) == 8
+    assert any(t.test.startswith("#hash/") or t.enroll[0].startswith("#hash/") for t in trials)
+
+
+def test_triplet_lists_refuse_anchors_starting_with_a_hash(tmp_path):
+    """The line would read as a comment: its triplet silently dropped."""
+    from metaemb.core.eval.triplets import Triplet, write_triplets
+
+    with pytest.raises(DataError, match=r"anchor '#a/1\.jpg'.*comment"):
+        write_triplets(tmp_path / "t.txt", [Triplet("#a/1.jpg", "#a/2.jpg", "b/1.jpg")])
+    write_triplets(tmp_path / "t.txt", [Triplet("b/1.jpg", "b/2.jpg", "#a/1.jpg")])
 
 
 def test_exports_galleries_and_scores_given_as_inputs_are_named(tmp_path, faces, face_run, capsys):

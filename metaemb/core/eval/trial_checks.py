@@ -101,21 +101,27 @@ def _trial_problem(t: Any) -> str:
 _UNLISTABLE = re.compile(r"[\s,]")  # str.split() separators (Unicode whitespace) and ','
 
 
-def listable(path: str) -> bool:
-    """Whether `path` fits a whitespace-separated trial list: non-empty, no blank, no ',', and
-    not starting with '#' (a Kaldi or triplet line starting with it reads as a comment)."""
-    return bool(path) and not path.startswith("#") and _UNLISTABLE.search(path) is None
+def listable(path: str, leads_line: bool = True) -> bool:
+    """Whether `path` fits a whitespace-separated trial list: non-empty, no blank, no ',', and,
+    where it starts a line (`leads_line`), not starting with '#' (such a line reads as a
+    comment)."""
+    if leads_line and path.startswith("#"):
+        return False
+    return bool(path) and _UNLISTABLE.search(path) is None
 
 
-def check_listable(paths: Sequence[str], where: str) -> None:
-    """Refuse, before any trial is made, sample paths whitespace-separated formats cannot hold."""
-    bad = [p for p in paths if not listable(p)]
+def check_listable(paths: Sequence[str], where: str, leads_line: bool = True) -> None:
+    """Refuse, before any trial is made, sample paths whitespace-separated formats cannot hold;
+    `leads_line` is False for formats whose lines start with a label, where '#' is harmless."""
+    bad = [p for p in paths if not listable(p, leads_line)]
     if bad:
         shown = first_few(bad, 3)
+        hash_note = "or start with '#' " if leads_line else ""
+        comment = ", and read a line starting with '#' as a comment" if leads_line else ""
         raise DataError(
-            f"{len(bad)} sample path(s) of {where} contain spaces or ',' or start with '#' "
+            f"{len(bad)} sample path(s) of {where} contain spaces or ',' {hash_note}"
             f"({shown}); whitespace-separated trial lists separate columns by whitespace and "
-            "enrollment files by ',', and read a line starting with '#' as a comment, so they "
+            f"enrollment files by ','{comment}, so they "
             "cannot hold these paths. Rename those files or folders (e.g. spaces to '_'). "
             "Training, embedding, enrollment and `evaluate` on a run's own validation trials "
             "accept such names."

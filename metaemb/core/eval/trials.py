@@ -69,6 +69,9 @@ class TrialFormat(abc.ABC):
     detect_order: ClassVar[int] = 100
     #: how the format looks, for error messages, e.g. "'label enroll test' (NAME)"
     example: ClassVar[str] = ""
+    #: whether a labelled line starts with a path (so a path starting with '#' cannot be
+    #: written: the line would read as a comment); False where it starts with its label
+    path_leads: ClassVar[bool] = True
 
     @abc.abstractmethod
     def detect(self, fields: list[str]) -> bool:
@@ -321,14 +324,16 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> None:
     atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
 
 
-def join_enroll(paths: Sequence[str]) -> str:
-    """Paths as one field of a whitespace-separated list ('a,b'); refuses what it cannot hold."""
-    for p in paths:
-        if not listable(p):
+def join_enroll(paths: Sequence[str], leads_line: bool = True) -> str:
+    """Paths as one field of a whitespace-separated list ('a,b'); refuses what it cannot hold.
+    `leads_line`: the field starts a line, where a leading '#' would make it a comment."""
+    for i, p in enumerate(paths):
+        if not listable(p, leads_line and i == 0):
+            hash_note = ", or start a line with '#'" if leads_line and i == 0 else ""
             raise DataError(
                 f"cannot write path {p!r} in a whitespace-separated trial list: such lists "
                 "separate columns by whitespace and enrollment files by ',', so a path may not "
-                "be empty, contain spaces or ',', or start with '#'. Rename the file or folder."
+                f"be empty or contain spaces or ','{hash_note}. Rename the file or folder."
             )
     return ",".join(paths)
 

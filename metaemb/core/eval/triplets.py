@@ -77,6 +77,11 @@ def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
         for p in (t.anchor, t.positive, t.negative):
             if not p or any(c.isspace() for c in p):
                 raise DataError(f"cannot write path {p!r} in a triplet list (empty or blank).")
+        if t.anchor.startswith("#"):  # the line would read as a comment and be skipped
+            raise DataError(
+                f"cannot write anchor {t.anchor!r} in a triplet list: a line starting with '#' "
+                "reads as a comment. Rename the file or folder."
+            )
     lines = [HEADER, *(f"{t.anchor} {t.positive} {t.negative}" for t in triplets)]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 

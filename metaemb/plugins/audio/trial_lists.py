@@ -42,6 +42,7 @@ class VoxCelebList(TrialFormat):
 
     detect_order = 30
     example = "'1|0 enroll test' (voxceleb)"
+    path_leads = False  # a labelled line starts with its label
 
     def detect(self, fields: list[str]) -> bool:
         if len(fields) == 3:
@@ -70,7 +71,8 @@ class VoxCelebList(TrialFormat):
         _no_options("voxceleb", options)
         lines = []
         for t in trials:
-            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            e = join_enroll(t.enroll, leads_line=t.label is None)
+            x = join_enroll([t.test], leads_line=False)
             lines.append(f"{e} {x}" if t.label is None else f"{int(t.label)} {e} {x}")
         write_lines(path, lines)
 
@@ -100,7 +102,7 @@ class KaldiTrials(TrialFormat):
         _no_options("kaldi", options)
         lines = []
         for t in trials:
-            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            e, x = join_enroll(t.enroll), join_enroll([t.test], leads_line=False)
             if t.label is None:
                 raise DataError(f"Kaldi trial lists need labels; trial {e} {x} has none.")
             lines.append(f"{e} {x} {'target' if t.label else 'nontarget'}")
@@ -135,7 +137,7 @@ class CnCelebTrials(TrialFormat):
         _no_options("cnceleb", options)
         lines = []
         for t in trials:
-            e, x = join_enroll(t.enroll), join_enroll([t.test])
+            e, x = join_enroll(t.enroll), join_enroll([t.test], leads_line=False)
             if t.label is None:
                 raise DataError(f"CN-Celeb trial lists need labels; trial {e} {x} has none.")
             lines.append(f"{e} {x} {int(t.label)}")
