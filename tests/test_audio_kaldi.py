@@ -237,6 +237,29 @@ def test_cn_celeb_enroll_table_mistakes_are_named_at_their_own_line(tmp_path):
         read_trials(listed, ev, "cnceleb")
 
 
+def test_cn_celeb_coverage_counts_speakers_not_its_folders(tmp_path, capsys):
+    """`trials coverage` took the first folder as the identity: 2 identities, 'enroll' and
+    'test', for a list of 3 speakers (H17 F20)."""
+    import json
+
+    from helpers import run_cli
+
+    ev = tmp_path / "eval"
+    files = ["enroll/a-enroll.flac", "enroll/b-enroll.flac", "test/a-1.flac", "test/c-2.flac"]
+    for rel in files:
+        (ev / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ev / rel).write_bytes(b"")
+    (ev / "lists").mkdir()
+    listed = ev / "lists" / "trials.lst"
+    listed.write_text("a-enroll test/a-1.wav 1\nb-enroll test/a-1.wav 0\nb-enroll test/c-2.wav 0\n")
+    (ev / "lists" / "enroll.lst").write_text(
+        "a-enroll enroll/a-enroll.wav\nb-enroll enroll/b-enroll.wav\n"
+    )
+    code, out, _ = run_cli(["trials", "coverage", listed, "--root", ev], capsys)
+    got = json.loads(out)
+    assert code == 0 and got["identities"] == 3 and got["identities_with_targets"] == 1
+
+
 def test_utterances_utt2spk_leaves_out_are_counted(plain):
     """An utterance in wav.scp but not utt2spk was dropped without a word; a trial naming it
     then blamed the list (H17 F5). As Kaldi's fix_data_dir.sh: left out, with a count."""

@@ -204,9 +204,9 @@ def coverage_cmd(
     ] = "auto",
 ) -> None:
     """How many trials, identities and samples a trial list (or a triplet list) touches
-    (identity = first folder)."""
+    (identity = first folder; CN-Celeb's: the file name's speaker prefix)."""
     from metaemb.core.eval.trial_generation import coverage
-    from metaemb.core.eval.trials import claiming_formats, read_trials
+    from metaemb.core.eval.trials import claiming_formats, detect_format, get_format, read_trials
     from metaemb.core.eval.triplets import is_triplet_list, read_triplets, triplet_coverage
 
     if root is not None and not root.is_dir():  # every path would be "not under" it
@@ -221,7 +221,8 @@ def coverage_cmd(
         return
     listed = read_trials(trials, root=root, format=format)
     _warn_missing(root, [p for t in listed for p in (*t.enroll, t.test)], trials)
-    typer.echo(json.dumps(coverage(listed), indent=2))
+    read_as = get_format(detect_format(trials) if format == "auto" else format)
+    typer.echo(json.dumps(coverage(listed, read_as.identity_of), indent=2))
 
 
 def _warn_missing(root: Path | None, paths: list[str], listed: Path) -> None:

@@ -86,6 +86,11 @@ class TrialFormat(abc.ABC):
         """Write `trials` atomically (see `write_lines`)."""
         raise DataError(f"trial-list format '{type(self).__name__}' cannot be written.")
 
+    def identity_of(self, path: str) -> str:
+        """The identity a listed path belongs to, for `trials coverage`: its first folder by
+        default; a format whose folders are not identities (CN-Celeb's enroll/, test/) says."""
+        return path.split("/", 1)[0]
+
     def near_miss(self, fields: list[str]) -> str:
         """When no format accepts a first line: a sentence (starting with a space) saying how
         `fields` are almost this format's and what to fix, else ""."""

@@ -118,6 +118,10 @@ class CnCelebTrials(TrialFormat):
     def detect(self, fields: list[str]) -> bool:
         return len(fields) == 3 and fields[2] in ("0", "1") and fields[0] not in ("0", "1")
 
+    def identity_of(self, path: str) -> str:
+        """The speaker prefix of the file name (`test/id00800-singing-01-001.wav`: id00800)."""
+        return path.rsplit("/", 1)[-1].split("-", 1)[0]
+
     def read(self, path: Path, root: Path | None) -> list[Trial]:
         keys = _enroll_keys(path, root)
         trials = []
