@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -201,6 +203,26 @@ def test_a_recipe_relative_path_found_nowhere_says_where_it_was_looked_for(tmp_p
     with pytest.raises(DataError, match=r"relative path 'audio/a1.wav', found neither under the "
                       r"data directory .* nor under the current directory"):  # fmt: skip
         KaldiDataFolder(root=data)[0]
+
+
+def test_a_relative_path_found_in_both_places_is_warned(tmp_path, monkeypatch):
+    """Read from under the data directory without a word, though a recipe meant its own
+    folder: every number changed with the current directory (H17 F21)."""
+    recipe = tmp_path / "recipe"
+    data = recipe / "data" / "train"
+    for where in (recipe, data):
+        (where / "audio").mkdir(parents=True)
+        sf.write(where / "audio" / "a1.wav", ramp(3200), 16000, subtype="FLOAT")
+    write(data, "wav.scp", ["spkA-u1 audio/a1.wav"])
+    write(data, "utt2spk", ["spkA-u1 spkA"])
+    monkeypatch.chdir(recipe)
+    with pytest.warns(UserWarning, match=r"1 relative path\(s\) are found both under the data "
+                      r"directory .* and under the current directory .*'audio/a1.wav'"):  # fmt: skip
+        KaldiDataFolder(root=data)
+    monkeypatch.chdir(tmp_path)  # only under the data directory: no word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KaldiDataFolder(root=data)
 
 
 def test_cn_celeb_enroll_table_mistakes_are_named_at_their_own_line(tmp_path):

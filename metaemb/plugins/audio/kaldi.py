@@ -189,6 +189,35 @@ def _warn_unlisted(root: Path, unlisted: set[str]) -> None:
         )
 
 
+def _warn_found_twice(root: Path, files: set[str]) -> None:
+    """A relative wav.scp path is read from under the data directory when it is there, else
+    from the current directory (Kaldi recipes'): when both hold it, every number depends on
+    which, so say so. Each top folder is looked at once; files only under a top folder found in
+    both places."""
+    cwd = Path.cwd()
+    relative = sorted(f for f in files if not Path(f).is_absolute())
+    if not relative or cwd.resolve() == root.resolve():
+        return
+    by_top: dict[str, list[str]] = {}
+    for f in relative:
+        by_top.setdefault(Path(f).parts[0], []).append(f)
+    twice = []
+    for top, listed in by_top.items():
+        here, there = root / top, cwd / top
+        if here.exists() and there.exists() and not here.samefile(there):
+            twice += [f for f in listed if (root / f).is_file() and (cwd / f).is_file()]
+    if twice:
+        import warnings
+
+        warnings.warn(
+            f"{root / 'wav.scp'}: {len(twice)} relative path(s) are found both under the data "
+            f"directory '{root}' and under the current directory '{cwd}' "
+            f"({first_few(twice, 3)}); they are read from under the data directory. Write "
+            "absolute paths in wav.scp to choose.",
+            stacklevel=3,
+        )
+
+
 def _check_spk2utt(path: Path, utt2spk: dict[str, str]) -> None:
     listed: set[str] = set()
     for spk, (n, fields) in _unique(read_table(path, 2), path).items():
@@ -223,6 +252,7 @@ class KaldiDataFolder(SampleFolder):
         if not root.is_dir():
             raise DataError(f"Kaldi data directory '{root}' does not exist.")
         found, self.utterances = read_kaldi_dir(root)
+        _warn_found_twice(root, {u.file for u in self.utterances.values()})
         super().__init__(root, found)
 
     def audio_path(self, file: str) -> Path:
