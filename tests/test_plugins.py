@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import metaemb
-from metaemb.core.errors import PluginError, UnknownComponentError
+from metaemb.core.errors import DataError, PluginError, UnknownComponentError
 from metaemb.core.plugin import manager as plugins
 from metaemb.core.plugin.interfaces import IdentityFrontend
 
@@ -430,6 +430,44 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
             PluginError, match=rf"Wrong.identity_of\('u1/[^']+'\) returned {wrong!r}"
         ):
             Wrong(tmp_path)
+
+
+def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
+    """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`
+    parses file names was refused with "no identity sub-folders" (P16 F2). The default folder
+    still reads sub-folders only."""
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import SampleFolder
+
+    names = ["0002_c1_1.npy", "0002_c2_1.npy", "0007_c1_1.npy", "-1_c1_1.npy"]
+    for name in names:
+        np.save(tmp_path / name, np.zeros(3))
+    (tmp_path / "0009").mkdir()  # files in a sub-folder are asked about too
+    np.save(tmp_path / "0009" / "0009_c3_1.npy", np.zeros(3))
+
+    class Plain(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = (".npy",)
+
+        def load(self, path):
+            return np.load(path)
+
+    class Flat(Plain):
+        def identity_of(self, path):
+            person = path.rsplit("/", 1)[-1].split("_", 1)[0]
+            return None if person == "-1" else person  # distractors left out
+
+    flat = Flat(tmp_path)
+    assert flat.identities == ["0002", "0007", "0009"]
+    assert [s.path for s in flat.samples] == [*sorted(names)[1:], "0009/0009_c3_1.npy"]
+    assert [s.path for s in Plain(tmp_path).samples] == ["0009/0009_c3_1.npy"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "0009")
+    with pytest.raises(DataError, match="no identity sub-folders"):
+        Plain(tmp_path)
 
 
 def test_the_split_keeps_identities_of_one_subject_together(tmp_path):

@@ -85,43 +85,61 @@ def scan_identity(
             continue
         state.dirs.add(real)
         first = False
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue  # unreadable folder: nothing to list (a missing sample is reported at load)
-        subdirs = []
-        prefix = real + os.sep
-        for e in entries:
-            try:
-                is_dir = e.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not e.name.startswith("."):
-                    subdirs.append(Path(e.path))
-            elif e.name[0] != "." and _suffix(e.name) not in exts:
-                if _suffix(e.name) not in COMPANIONS and _regular(e):
-                    state.other.append(f"{rel_dir}/{e.name}")  # a .gif among .png: said
-            elif _suffix(e.name) in exts and e.name[0] != ".":  # hidden (macOS '._x.png') files
-                # are not samples, like hidden folders; plain str operations: a tree may hold
-                # millions
-                rel = f"{rel_dir}/{e.name}"
-                if e.is_symlink() and not os.path.exists(e.path):
-                    state.dangling.append(rel)  # a link to nothing is not a sample
-                    continue
-                if not _regular(e):  # reading a FIFO would wait for a writer forever
-                    state.special.append(rel)
-                    continue
-                real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
-                real_file = _hard_link_of(e, real_file, state)
-                kept = state.files.get(real_file)
-                if kept is not None:
-                    state.duplicates.append((rel, kept))
-                    continue
-                state.files[real_file] = rel
-                found.append(rel)
+        subdirs = _list_folder(folder, rel_dir + "/", real, exts, state, found)
         # Files of a folder first, then its sub-folders in name order (depth first).
         stack.extend(reversed(subdirs))
+    return found
+
+
+def _list_folder(
+    folder: Path, rel_dir: str, real: str, exts: set[str], state: ScanState, found: list[str]
+) -> list[Path]:
+    """Append the sample files of one folder (as `rel_dir` + name) to `found`, in name order;
+    return its sub-folders. Links to nothing, FIFOs and second names of one file are noted in
+    `state`, not listed."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []  # unreadable folder: nothing to list (a missing sample is reported at load)
+    subdirs: list[Path] = []
+    prefix = real + os.sep
+    for e in entries:
+        try:
+            is_dir = e.is_dir()  # follows symlinks
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not e.name.startswith("."):
+                subdirs.append(Path(e.path))
+        elif e.name[0] != "." and _suffix(e.name) not in exts:
+            if _suffix(e.name) not in COMPANIONS and _regular(e):
+                state.other.append(f"{rel_dir}{e.name}")  # a .gif among .png: said
+        elif _suffix(e.name) in exts and e.name[0] != ".":  # hidden (macOS '._x.png') files
+            # are not samples, like hidden folders; plain str operations: a tree may hold
+            # millions
+            rel = f"{rel_dir}{e.name}"
+            if e.is_symlink() and not os.path.exists(e.path):
+                state.dangling.append(rel)  # a link to nothing is not a sample
+                continue
+            if not _regular(e):  # reading a FIFO would wait for a writer forever
+                state.special.append(rel)
+                continue
+            real_file = os.path.realpath(e.path) if e.is_symlink() else prefix + e.name
+            real_file = _hard_link_of(e, real_file, state)
+            kept = state.files.get(real_file)
+            if kept is not None:
+                state.duplicates.append((rel, kept))
+                continue
+            state.files[real_file] = rel
+            found.append(rel)
+    return subdirs
+
+
+def scan_root_files(root: Path, exts: set[str], state: ScanState) -> list[str]:
+    """Sample files directly in `root` (not in a sub-folder), for a folder that names each
+    file's identity itself (a flat Market-1501 part: `0002_c1s1_000451_03.jpg`)."""
+    found: list[str] = []
+    _list_folder(root, "", state.root_real, exts, state, found)
     return found
 
 

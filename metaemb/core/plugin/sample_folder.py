@@ -24,6 +24,7 @@ import torch
 from metaemb.core.data.scan import (
     ScanState,
     scan_identity,
+    scan_root_files,
     warn_parts_of_one_subject,
     warn_same_looking,
     warn_skipped,
@@ -177,7 +178,9 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         """The identity of the sample at relative `path` (its first folder), or None to leave
         the file out. Override it for data whose folders hold other material too: skilled
         forgeries in `u001/forgery/…` become `u001/forgery` (an identity of their own, so a
-        genuine-forgery trial is a non-target), or are left out of a training folder."""
+        genuine-forgery trial is a non-target), or are left out of a training folder. A folder
+        that overrides it is also asked about files directly in the root (a flat layout whose
+        file names carry the identity)."""
         return path.split("/", 1)[0]
 
     def subject_of(self, identity: str) -> str:
@@ -193,13 +196,17 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         identity_dirs = sorted(
             p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
-        if not identity_dirs:
+        # Symlinks are followed, tracked by real path: no loops, aliases or duplicate files.
+        state = ScanState(os.path.realpath(root))
+        # A folder naming identities itself (`identity_of` overridden) reads files in the root
+        # too: a flat layout whose file names carry the identity.
+        names_itself = type(self).identity_of is not SampleFolder.identity_of
+        paths.extend(scan_root_files(root, exts, state) if names_itself else [])
+        if not identity_dirs and not paths:
             raise DataError(
                 f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
                 f"files with extensions {', '.join(sorted(exts))}."
             )
-        # Symlinks are followed, tracked by real path: no loops, aliases or duplicate files.
-        state = ScanState(os.path.realpath(root))
         for ident_dir in identity_dirs:
             found = scan_identity(root, ident_dir, exts, state)
             if found is None:
