@@ -33,7 +33,8 @@ from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
 from metaemb.core.plugin.options import options_of, parts_of
 from metaemb.core.train.augment import check_output
-from metaemb.core.train.component_checks import _not_plain, check_batches
+from metaemb.core.train.checks.batches import check_batches
+from metaemb.core.train.checks.input_spec import _not_plain
 
 # -- what to test -------------------------------------------------------------------------------
 

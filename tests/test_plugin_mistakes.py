@@ -44,7 +44,10 @@ from metaemb.core.plugin.interfaces import (
 from metaemb.core.plugin.modality import Modality
 from metaemb.core.scoring.cosine import CosineScorer
 from metaemb.core.scoring.scorers import PointScorer
-from metaemb.core.train import component_checks, objective_checks
+from metaemb.core.train.checks.determinism import warn_if_not_deterministic
+from metaemb.core.train.checks.first_batch import check_first_batch, check_head_output
+from metaemb.core.train.checks.nonfinite import nonfinite_stage
+from metaemb.core.train.checks.objective import check_loss, check_objective_parameters
 from metaemb.core.train.model import EmbeddingModel
 from metaemb.core.train.objectives.softmax import SoftmaxObjective
 
@@ -333,12 +336,12 @@ def test_padding_leaks_are_found_when_training_crops_have_one_length(plugin):
     leaky = EmbeddingModel(SeriesFeatures(), PoolsPadding(), nn.Linear(8, cfg.model.dim))
     for given in (lengths, None):  # None: a collate that says "nothing was padded"
         with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
-            component_checks.check_first_batch(leaky, cfg, x, given)
+            check_first_batch(leaky, cfg, x, given)
     masked = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, cfg.model.dim))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for given in (lengths, None):
-            component_checks.check_first_batch(masked, resolve("series"), x, given)
+            check_first_batch(masked, resolve("series"), x, given)
 
 
 def test_padding_leaks_are_found_behind_features_that_trim_a_batch_to_its_longest(plugin):
@@ -355,11 +358,11 @@ def test_padding_leaks_are_found_behind_features_that_trim_a_batch_to_its_longes
     x, lengths = torch.randn(4, 3, 12), torch.full((4,), 12)
     leaky = EmbeddingModel(Trimming(), PoolsPadding(), nn.Linear(8, cfg.model.dim))
     with pytest.warns(UserWarning, match=r"backbone 'poolspadding'.*padding leaks"):
-        component_checks.check_first_batch(leaky, cfg, x, lengths)
+        check_first_batch(leaky, cfg, x, lengths)
     masked = EmbeddingModel(Trimming(), ConvNet(), nn.Linear(8, cfg.model.dim))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        component_checks.check_first_batch(masked, resolve("series"), x, lengths)
+        check_first_batch(masked, resolve("series"), x, lengths)
 
 
 def test_features_dropping_lengths_are_found_when_training_crops_have_one_length(plugin):
@@ -377,7 +380,7 @@ def test_features_dropping_lengths_are_found_when_training_crops_have_one_length
     model = EmbeddingModel(DropsLengths(), ConvNet(), nn.Linear(8, cfg.model.dim))
     with pytest.warns(UserWarning, match=r"padding leaks.*The features returned lengths None "
                       r"for a padded batch"):  # fmt: skip
-        component_checks.check_first_batch(model, cfg, x, None)
+        check_first_batch(model, cfg, x, None)
 
 
 def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):
@@ -392,10 +395,10 @@ def test_unscaled_inputs_reaching_the_backbone_are_warned_about(plugin):
 
     model.features = Raw()
     with pytest.warns(UserWarning, match=r"gives the backbone values up to .*e\+0[45].*Scale it"):
-        component_checks.check_first_batch(model, cfg, x, lengths)
+        check_first_batch(model, cfg, x, lengths)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        component_checks.check_first_batch(model, cfg, x / 5e4, lengths)
+        check_first_batch(model, cfg, x / 5e4, lengths)
 
 
 def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
@@ -409,14 +412,12 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
         return torch.as_tensor(np.asarray(raw)) + torch.randn(np.asarray(raw).shape)
 
     with pytest.warns(UserWarning, match=r"frontend 'none' \(plugin 'core'\) gave two different"):
-        component_checks.warn_if_not_deterministic(
-            SimpleNamespace(folder=folder, frontend=noisy), cfg
-        )
+        warn_if_not_deterministic(SimpleNamespace(folder=folder, frontend=noisy), cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         steady = SimpleNamespace(folder=folder, frontend=IdentityFrontend(),
                                  features=SeriesFeatures())  # fmt: skip
-        component_checks.warn_if_not_deterministic(steady, cfg)
+        warn_if_not_deterministic(steady, cfg)
 
     class EvalNoise(SeriesFeatures):  # the noise is not under `if train:`
         def prepare(self, raw, train):
@@ -426,7 +427,7 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
     noisy_eval = SimpleNamespace(folder=folder, frontend=IdentityFrontend(), features=EvalNoise())
     with pytest.warns(UserWarning, match=r"features 'series' \(plugin 'series-test'\) prepared "
                       r"the same file .* twice with train=False and gave two different"):  # fmt: skip
-        component_checks.warn_if_not_deterministic(noisy_eval, cfg)
+        warn_if_not_deterministic(noisy_eval, cfg)
 
     class SteadyNaN(SeriesFeatures):  # deterministic, with a NaN: reported as NaN elsewhere
         def prepare(self, raw, train):
@@ -437,7 +438,7 @@ def test_a_frontend_that_is_not_deterministic_is_warned_about(plugin, series):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nan = SimpleNamespace(folder=folder, frontend=IdentityFrontend(), features=SteadyNaN())
-        component_checks.warn_if_not_deterministic(nan, cfg)
+        warn_if_not_deterministic(nan, cfg)
 
 
 def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
@@ -511,23 +512,23 @@ def test_features_that_flatten_their_time_axis_are_told_so_not_to_set_out_channe
     model = EmbeddingModel(Flat(), ConvNet(), nn.Linear(8, cfg.model.dim))
     with pytest.raises(ConfigError, match=r"rank-2 batch \[batch, 36\] and declare out_channels = "
                        r"3: the other axis is missing or flattened \(36 = 3 × 12\?\)"):  # fmt: skip
-        component_checks.check_first_batch(model, cfg, torch.randn(4, 3, 12), None)
+        check_first_batch(model, cfg, torch.randn(4, 3, 12), None)
 
 
 def test_a_loss_that_is_not_a_scalar_is_refused(plugin):
     cfg = resolve("series")
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*scalar"):
-        objective_checks.check_loss(torch.ones(4), cfg)
-    objective_checks.check_loss(torch.ones(3, requires_grad=True).mean(), cfg)
+        check_loss(torch.ones(4), cfg)
+    check_loss(torch.ones(3, requires_grad=True).mean(), cfg)
     rebuilt = torch.tensor(float(torch.ones(3, requires_grad=True).mean()))  # gradient lost
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
-        objective_checks.check_loss(rebuilt, cfg)
+        check_loss(rebuilt, cfg)
     # a new leaf that "requires grad" is a number too: no gradient reaches the weights
     relabelled = torch.tensor(rebuilt.item(), requires_grad=True)
     with pytest.raises(ConfigError, match=r"objective 'softmax' \(plugin 'core'\).*no gradient"):
-        objective_checks.check_loss(relabelled, cfg)
+        check_loss(relabelled, cfg)
     with torch.no_grad():  # evaluation-time losses need none
-        objective_checks.check_loss(torch.tensor(1.0), cfg)
+        check_loss(torch.tensor(1.0), cfg)
 
 
 def test_an_objective_holding_its_own_weights_is_refused(plugin):
@@ -542,11 +543,11 @@ def test_an_objective_holding_its_own_weights_is_refused(plugin):
 
     classifier = nn.Linear(8, 4)
     with pytest.raises(ConfigError, match=r"objective 'softmax'.*parameters of its own \(weight\)"):
-        objective_checks.check_objective_parameters(OwnWeights(), classifier, cfg)
+        check_objective_parameters(OwnWeights(), classifier, cfg)
     fine = SoftmaxObjective()
     fine.head = classifier  # an objective that keeps the classifier it built
     fine.teacher = nn.Linear(8, 8).requires_grad_(False)
-    objective_checks.check_objective_parameters(fine, classifier, cfg)
+    check_objective_parameters(fine, classifier, cfg)
 
 
 def test_a_gme_head_with_negative_precisions_is_refused(plugin):
@@ -557,23 +558,23 @@ def test_a_gme_head_with_negative_precisions_is_refused(plugin):
     cfg = resolve("series", sets=["model.head=gme", "train.objective=gme-bxe"])
     head = type("NegB", (), {"output": "gme"})()
     a, b = torch.randn(4, cfg.model.dim), torch.rand(4, cfg.model.dim)
-    component_checks.check_head_output(head, GME(a, b), cfg, 4, torch.float32)  # b ≥ 0: fine
+    check_head_output(head, GME(a, b), cfg, 4, torch.float32)  # b ≥ 0: fine
     negative = b.clone()
     negative[1] = -1.0  # one sample of four
     with pytest.raises(ConfigError, match=r"head 'gme'.*negative precisions b \(25%.*softplus"):
-        component_checks.check_head_output(head, GME(a, negative), cfg, 4, torch.float32)
+        check_head_output(head, GME(a, negative), cfg, 4, torch.float32)
 
 
 def test_nan_from_diverged_weights_blames_the_optimisation_not_a_component(plugin):
     cfg = resolve("series")
     net = EmbeddingModel(SeriesFeatures(), ConvNet(), nn.Linear(8, 4))
     x = torch.randn(2, 3, 10)
-    assert component_checks.nonfinite_stage(net, cfg, x, None) is None  # all finite
+    assert nonfinite_stage(net, cfg, x, None) is None  # all finite
     with torch.no_grad():
         net.backbone.conv.weight.fill_(float("nan"))
-    assert component_checks.nonfinite_stage(net, cfg, x, None) is None  # weights diverged
+    assert nonfinite_stage(net, cfg, x, None) is None  # weights diverged
     net = EmbeddingModel(NanFeatures(), ConvNet(), nn.Linear(8, 4))
-    assert "features 'series'" in component_checks.nonfinite_stage(net, cfg, x, None)
+    assert "features 'series'" in nonfinite_stage(net, cfg, x, None)
 
 
 def test_default_baseline_is_masked_mean_and_std(plugin):
@@ -1370,7 +1371,7 @@ def test_the_default_face_model_passes_the_first_batch_checks_silently():
     model = build_model(cfg).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        component_checks.check_first_batch(model, cfg, torch.rand(4, 3, 32, 32) * 2 - 1, None)
+        check_first_batch(model, cfg, torch.rand(4, 3, 32, 32) * 2 - 1, None)
 
 
 def test_an_export_adapter_without_lengths_for_sequence_features_is_refused(plugin):
@@ -1665,7 +1666,7 @@ def test_factories_of_the_wrong_sort_are_refused_when_the_plugin_registers():
 def test_large_objective_state_is_watched_by_fingerprint_not_copied():
     """A memory bank on the objective was cloned up to six times at the start of training
     (R2-4); a large tensor is now compared by a fingerprint that still sees a change."""
-    from metaemb.core.train.objective_checks import _same_value, _snapshot
+    from metaemb.core.train.checks.objective import _same_value, _snapshot
 
     queue = torch.zeros(100_000, 8)
     before = _snapshot(queue)

@@ -470,7 +470,7 @@ def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> N
     if changed:
         import warnings
 
-        from metaemb.core.train.component_checks import component
+        from metaemb.core.train.checks.naming import component
 
         warnings.warn(
             f"{component(cfg, 'features')} now prepares inputs otherwise than when '{ckpt}' "

@@ -30,7 +30,7 @@ from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.files import atomic_write_text
 from metaemb.core.plugin.components import build
 from metaemb.core.runs import run_dir
-from metaemb.core.train import component_checks, objective_checks, shard, validation
+from metaemb.core.train import shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import (
     BASELINE,
@@ -41,6 +41,17 @@ from metaemb.core.train.checkpointer import (
     other_workers_warning,
     restore,
     training_state,
+)
+from metaemb.core.train.checks.batches import check_batches
+from metaemb.core.train.checks.determinism import warn_if_not_deterministic
+from metaemb.core.train.checks.first_batch import check_first_batch
+from metaemb.core.train.checks.first_step import first_step_failure, train_mode_failure
+from metaemb.core.train.checks.input_spec import check_input_spec
+from metaemb.core.train.checks.nonfinite import nonfinite_stage, refuse_nonfinite
+from metaemb.core.train.checks.objective import (
+    ObjectiveWatch,
+    check_loss,
+    check_objective_parameters,
 )
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
@@ -101,9 +112,9 @@ class Trainer:
         self.epoch = self.step = self.start_epoch = 0
         self.resumed = False
         self._stop = False
-        self._checked = False  # the first batch went through component_checks
+        self._checked = False  # the first batch went through the first-batch checks
         self.input_shape: list[int] | None = None  # one sample's input, when all are one size
-        self._objective_watch: objective_checks.ObjectiveWatch | None = None
+        self._objective_watch: ObjectiveWatch | None = None
 
     def request_stop(self) -> None:
         """End the run after the current step (callbacks call this, e.g. an LR finder)."""
@@ -120,8 +131,8 @@ class Trainer:
         self.parts = Components.build(cfg, root)
         self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
         self.model = self.parts.model.to(self.device)
-        component_checks.check_input_spec(self.model.features, cfg)  # saved in every checkpoint
-        component_checks.warn_if_not_deterministic(self.parts, cfg)
+        check_input_spec(self.model.features, cfg)  # saved in every checkpoint
+        warn_if_not_deterministic(self.parts, cfg)
         head_output = self.model.head.output
         self.objective = build("objectives", cfg.train.objective, cfg.options("objective"))
         needs = self.objective.needs
@@ -143,7 +154,7 @@ class Trainer:
         if self.dist.world_size > 1 and hasattr(self.objective, "distribute"):
             self.objective.distribute(self.dist.rank, self.dist.world_size)  # e.g. partial-fc
         self.classifier = self.objective.build_classifier(cfg.model.dim, self.num_classes)
-        objective_checks.check_objective_parameters(self.objective, self.classifier, cfg)
+        check_objective_parameters(self.objective, self.classifier, cfg)
         if self.classifier is not None:
             self.classifier = self.classifier.to(self.device)
         self.fingerprints = fingerprints(self.parts.folder, self.train_folder, self.num_classes)
@@ -176,7 +187,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         # a plugin's sampler is checked before anything asks it for its length
-        component_checks.check_batches(self.sampler, len(self.train_folder), cfg, twice=True)
+        check_batches(self.sampler, len(self.train_folder), cfg, twice=True)
         self.steps_per_epoch = max(1, len(self.sampler))
         self.optimizer = build_optimizer(self.model, self.classifier, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
@@ -318,12 +329,10 @@ class Trainer:
         """One pass over the training batches of `epoch` (0-based)."""
         cfg = self.config.train
         self.sampler.set_epoch(epoch)
-        component_checks.check_batches(self.sampler, len(self.train_set), self.config)
+        check_batches(self.sampler, len(self.train_set), self.config)
         self.objective.set_epoch(epoch)
         if self._objective_watch is None:  # the state it keeps on itself, from the first epoch
-            self._objective_watch = objective_checks.ObjectiveWatch(
-                self.objective, self.classifier, self.config
-            )
+            self._objective_watch = ObjectiveWatch(self.objective, self.classifier, self.config)
         else:
             self._objective_watch.new_epoch()
         self.step_module.train()
@@ -385,7 +394,7 @@ class Trainer:
         first = not self._checked
         if first:  # a plugin's mistake is named by component, once per process
             scorer = None if self.scorer.requires_fit else self.scorer  # fitted: at validation
-            component_checks.check_first_batch(self.model, self.config, x, lengths, scorer)
+            check_first_batch(self.model, self.config, x, lengths, scorer)
             self._checked = True
             if lengths is None and isinstance(x, torch.Tensor):  # export compares its examples
                 self.input_shape = [int(d) for d in x.shape[1:]]
@@ -397,15 +406,15 @@ class Trainer:
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             if not first or isinstance(exc, torch.OutOfMemoryError):  # memory: not a plugin's
                 raise
-            network = component_checks.train_mode_failure(self.model, self.config, x, lengths)
+            network = train_mode_failure(self.model, self.config, x, lengths)
             if network:
                 raise ConfigError(f"the first training step failed: {network}.") from exc
-            raise ConfigError(component_checks.first_step_failure(self.config, exc)) from exc
-        objective_checks.check_loss(loss, self.config)
+            raise ConfigError(first_step_failure(self.config, exc)) from exc
+        check_loss(loss, self.config)
         if self._objective_watch is not None:
             self._objective_watch.after_step()
         if not torch.isfinite(loss):
-            stage = component_checks.nonfinite_stage(
+            stage = nonfinite_stage(
                 self.model, self.config, x, lengths, labels,
                 self.augmenter, self.objective, self.classifier,
             )  # fmt: skip
@@ -457,7 +466,7 @@ class Trainer:
         self.model.eval()
         out, kept, bad = self._extract(self.model, dataset)
         self._note_bad(bad)
-        component_checks.refuse_nonfinite(out, kept, dataset.folder, self.config, self.epoch)
+        refuse_nonfinite(out, kept, dataset.folder, self.config, self.epoch)
         return out, kept
 
     def _extract(self, fn: Any, dataset: PreparedDataset, autocast: bool = True) -> Any:

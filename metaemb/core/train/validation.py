@@ -26,7 +26,7 @@ from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.files import atomic_write_text, read_json
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.scoring.scorers import check_consistent
-from metaemb.core.train.component_checks import component
+from metaemb.core.train.checks.naming import component
 
 
 def split_seed(config: Config) -> int:

@@ -12,14 +12,14 @@ from torch import Tensor
 
 from metaemb.core.config import Config
 from metaemb.core.errors import ConfigError, first_few
-from metaemb.core.train.component_checks import _describe, component
+from metaemb.core.train.checks.naming import component, describe_value
 
 
 def check_loss(loss: Any, config: Config) -> None:
     """The objective must return one number per step, differentiable back to the weights."""
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ConfigError(
-            f"{component(config, 'objective')} returned {_describe(loss)} as its loss; an "
+            f"{component(config, 'objective')} returned {describe_value(loss)} as its loss; an "
             "objective returns a scalar tensor (e.g. the batch mean)."
         )
     # a leaf that "requires grad" (no grad_fn) was made from a number, weights not involved
