@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from metaemb.core.deploy import gallery as gal
+from metaemb.core.deploy import gallery_search
 from metaemb.core.deploy.gallery import NEW, Gallery
 from metaemb.core.deploy.stamp import ModelStamp, model_digest
 from metaemb.core.errors import GalleryError
@@ -174,8 +175,8 @@ def brute_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.mark.parametrize("scorer", ["cosine", "euclidean"])
 def test_point_search_equals_brute_force(monkeypatch, scorer):
-    monkeypatch.setattr(gal, "PROBE_CHUNK", 7)  # many blocks on both axes
-    monkeypatch.setattr(gal, "IDENT_CHUNK", 5)
+    monkeypatch.setattr(gallery_search, "PROBE_CHUNK", 7)  # many blocks on both axes
+    monkeypatch.setattr(gallery_search, "IDENT_CHUNK", 5)
     gallery = point_gallery(n_ids=23, per_id=2, seed=1)
     probes = torch.randn(31, DIM, generator=torch.Generator().manual_seed(2))
     x, owner = gallery.samples, gallery.owner
@@ -195,8 +196,8 @@ def test_point_search_equals_brute_force(monkeypatch, scorer):
 
 
 def test_gme_search_llrs_and_posteriors_equal_brute_force(monkeypatch):
-    monkeypatch.setattr(gal, "PROBE_CHUNK", 4)
-    monkeypatch.setattr(gal, "IDENT_CHUNK", 3)
+    monkeypatch.setattr(gallery_search, "PROBE_CHUNK", 4)
+    monkeypatch.setattr(gallery_search, "IDENT_CHUNK", 3)
     gallery, sample = gme_gallery(n_ids=7)
     probes = GME.cat([sample(i % 8, 1) for i in range(10)])
     pooled, _ = gallery.pooled()

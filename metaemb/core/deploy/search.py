@@ -17,7 +17,7 @@ class Identification:
 
     probes: list[str]
     truth: list[str] | None
-    result: Any  # gallery.SearchResult
+    result: Any  # gallery_search.SearchResult
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
