@@ -310,7 +310,7 @@ def test_another_folder_for_an_8khz_run_names_the_option_to_carry():
     """`--folder kaldi` on a run trained at 8 kHz was refused without saying that the new
     folder starts from its own 16 kHz default (R4 F11)."""
     from metaemb.core.config.resolution import resolve
-    from metaemb.core.deploy.loading import read_with
+    from metaemb.core.deploy.run_data import read_with
     from metaemb.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--folder starts from that folder's defaults; the "

@@ -292,7 +292,7 @@ def test_an_absolute_landmark_file_of_the_training_folder_follows_the_data(tmp_p
     """Evaluating another folder kept reading the training folder's landmark file (an absolute
     path), aligning each image with the points of the training image of the same name."""
     from metaemb.core.config import resolve
-    from metaemb.core.deploy.loading import _rebase_data_paths
+    from metaemb.core.deploy.run_data import rebase_data_paths
 
     train, other = tmp_path / "train", tmp_path / "other"
     for d in (train, other):
@@ -307,7 +307,7 @@ def test_an_absolute_landmark_file_of_the_training_folder_follows_the_data(tmp_p
 
     def rebased(landmarks: Path, data: Path) -> str:
         c = cfg(landmarks)
-        _rebase_data_paths(c, data)
+        rebase_data_paths(c, data)
         return c.options("frontend")["landmarks_file"]
 
     assert rebased(train / "landmarks.csv", other) == str(other.resolve() / "landmarks.csv")

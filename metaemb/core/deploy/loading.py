@@ -23,6 +23,8 @@ from metaemb.core.config.chain import check_scorer
 from metaemb.core.config.trained_options import pin_trained_options
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
+from metaemb.core.deploy.run_data import plain_folder, read_with, rebase_data_paths
+from metaemb.core.deploy.run_drift import warn_changed_inputs, warn_edited_config, warn_unfinished
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
@@ -223,57 +225,6 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
             "are given.")  # fmt: skip
 
 
-def read_with(
-    cfg: Config, folder: str | None = None, folder_options: dict[str, Any] | None = None
-) -> None:
-    """Read the run's data with sample folder `folder` (at its defaults) and `folder_options`
-    over its options; without either, the command's --folder / --folder-set (if any)."""
-    if folder is None and not folder_options:
-        from metaemb.core.data.pipeline import folder_set_used
-
-        folder, folder_options = folder_set_used()
-    trained: dict[str, Any] = {}  # the run's folder options, which another --folder leaves
-    if folder is not None and folder != cfg.data.folder:
-        from metaemb.core.plugin.manager import registry
-
-        registry("sample_folders").get(folder)  # an unknown name, with suggestions
-        trained = cfg.options("folder")
-        cfg.data.folder = folder
-        cfg.components["folder"] = {}
-    if folder_options:
-        from metaemb.core.plugin.components import validate_options
-
-        given = validate_options("sample_folders", cfg.data.folder, folder_options, "folder")
-        cfg.components["folder"] = {**cfg.options("folder"), **given}
-    if folder is not None or folder_options:  # what it yields must be what the run takes
-        _check_folder_fits(cfg, cfg.data.folder, {} if folder_options else trained)
-
-
-def _check_folder_fits(cfg: Config, folder: str, left: dict[str, Any] | None = None) -> None:
-    """A sample folder (or folder options) whose data the run's frontend cannot take (another
-    kind of data, another sampling rate than the run trained on) is named before anything is
-    read, not blamed on the first file or scored without a word."""
-    from metaemb.core.config.chain import check_chain
-    from metaemb.core.errors import ConfigError
-
-    try:
-        check_chain(cfg)
-    except ConfigError as exc:
-        clash = str(exc).split(": they do not fit")[0]
-        raise ConfigError(
-            f"reading the data with sample folder {folder!r}: {clash}, so the run cannot read "
-            "it. Choose a sample folder and options that yield what the run was trained on "
-            "(`metaemb list sample_folders` shows what each yields)."
-            + (
-                " --folder starts from that folder's defaults; the run's folder had "
-                + " ".join(f"--folder-set {k}={v}" for k, v in sorted(left.items()))
-                + "."
-                if left
-                else ""
-            )
-        ) from None
-
-
 def load_run(
     path: Path,
     device: str = "cpu",
@@ -295,13 +246,13 @@ def load_run(
         raise MetaembError(f"'{ckpt}' is not a metaemb checkpoint (no 'config' or 'model' entry).")
     cfg = _run_config(state, ckpt)
     if Path(path).is_dir():
-        _warn_edited_config(Path(path), ckpt, state["config"])
+        warn_edited_config(Path(path), ckpt, state["config"])
     if (ckpt.parent / "metrics.jsonl").is_file():  # a run folder's checkpoint, however given
-        _warn_unfinished(ckpt.parent, ckpt, state, cfg.train.epochs)
+        warn_unfinished(ckpt.parent, ckpt, state, cfg.train.epochs)
     parts = None
     if data is not None or with_data:
         if data is not None:
-            _rebase_data_paths(cfg, Path(data))
+            rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
         read_with(cfg, folder, folder_options)
         root = data_root(cfg)
@@ -346,137 +297,3 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
-
-
-def _warn_unfinished(run: Path, ckpt: Path, state: dict[str, Any], epochs: int) -> None:
-    """A run stopped before its last epoch (killed, out of time) scores as any other: say so,
-    with the epoch of the checkpoint used, so a partial result is not taken for the run's."""
-    import warnings
-
-    from metaemb.core.eval.catalog import epoch_records, training_now
-
-    done = max((int(r.get("epoch", 0)) for r in epoch_records(run / "metrics.jsonl")), default=0)
-    if 0 < done < epochs:
-        trainer = training_now(run)
-        then = (
-            f"It is being trained now (pid {trainer}): what this makes will not match the "
-            "finished model's."
-            if trainer
-            else "Re-run its train command to finish it."
-        )
-        warnings.warn(
-            f"run '{run}' is unfinished: {done} of its {epochs} epochs trained; this uses "
-            f"{ckpt.name} (epoch {state.get('epoch', '?')}). {then}",
-            stacklevel=3,
-        )
-
-
-def _warn_edited_config(run: Path, ckpt: Path, saved: dict[str, Any]) -> None:
-    """The run folder's config.toml is a record of the run; the checkpoint's own configuration is
-    what every command uses. A config.toml edited to change the scoring was ignored silently.
-    Both are read with today's defaults: a default a plugin changed since is not an edit."""
-    import warnings
-
-    from metaemb.core.config.toml_io import load_toml
-
-    toml = run / "config.toml"
-    if not toml.is_file():
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            same = from_dict(load_toml(toml)).hash() == from_dict(saved).hash()
-    except MetaembError:
-        same = False
-    if not same:
-        warnings.warn(
-            f"'{toml}' differs from the configuration saved in '{ckpt.name}' (edited by hand?); "
-            "metaemb uses the checkpoint's: config.toml records the run, it does not configure "
-            "it. Change how a run is scored with evaluate's options (--scorer, --p-target, "
-            "--trials …).",
-            stacklevel=3,
-        )
-
-
-def _rebase_data_paths(cfg: Config, data: Path) -> None:
-    """An option of the data pipeline (folder, frontend, features) holding an absolute path
-    inside the training data folder (a landmark file kept with the data, say) belongs to that
-    folder: on another folder it would apply the training files' side data to other samples,
-    matched by name. Such a path is moved to the same place in the new folder when it exists
-    there, and kept otherwise."""
-    trained = Path(cfg.data.root_absolute or cfg.data.root or ".").resolve()
-    new = data.resolve()
-    if new == trained:
-        return
-    for section in ("folder", "frontend", "features"):
-        options = cfg.components.get(section) or {}
-        for key, value in options.items():
-            if not isinstance(value, str) or not value or not Path(value).is_absolute():
-                continue
-            try:
-                relative = Path(value).resolve().relative_to(trained)
-            except ValueError:
-                continue  # outside the training folder: shared by every folder
-            if (new / relative).exists():
-                options[key] = str(new / relative)
-
-
-def plain_folder(cfg: Config, where: str) -> bool:
-    """Switch `cfg` from a container folder (RecordIO, tar shards) to the folder that reads the
-    same samples as plain files (its `plain`), keeping the options both take, with a note;
-    False when the run's folder has none."""
-    import warnings
-
-    from metaemb.core.plugin.manager import registry
-    from metaemb.core.plugin.options import options_of
-
-    name = cfg.data.folder
-    plain = getattr(registry("sample_folders").get(name), "plain", "")
-    if not plain or plain == name:
-        return False
-    shared = options_of(registry("sample_folders").get(plain))
-    cfg.components["folder"] = {k: v for k, v in cfg.options("folder").items() if k in shared}
-    cfg.data.folder = plain
-    warnings.warn(
-        f"{where}: not in the form of the run's sample folder '{name}', so read as plain files "
-        f"with sample folder '{plain}'.",
-        stacklevel=3,
-    )
-    return True
-
-
-def warn_changed_inputs(ckpt: Path, saved: Any, features: Any, cfg: Config) -> None:
-    """Warn when the rebuilt features describe their inputs otherwise than at training (their
-    `input_spec`): a plugin that changed a default prepares other inputs for the same weights,
-    and every score moves without an error. Keys the saved spec lacks (added since) are not
-    compared."""
-    if not isinstance(saved, dict):
-        return
-    try:
-        now = features.input_spec()
-    except Exception:  # reported where the features are used
-        return
-    if not isinstance(now, dict):
-        return
-    changed = []
-    for key, was in saved.items():
-        if key in now:
-            try:
-                same = bool(now[key] == was)
-            except Exception:  # values that do not compare (arrays): unequal
-                same = False
-            if not same:
-                changed.append(f"{key} {was!r} → {now[key]!r}")
-    if changed:
-        import warnings
-
-        from metaemb.core.train.checks.naming import component
-
-        warnings.warn(
-            f"{component(cfg, 'features')} now prepares inputs otherwise than when '{ckpt}' "
-            f"was trained ({first_few(changed, quote=False)}): a changed default of the "
-            "component? The model will see other inputs than it learned from, and its "
-            "embeddings and scores change. Install the plugin version it was trained with, or "
-            "retrain.",
-            stacklevel=2,
-        )

@@ -38,7 +38,8 @@ def load_for_files(
     """A loaded run whose data pipeline holds exactly `files` (root: `root`, or else their
     common grandparent)."""
     from metaemb.core.data.pipeline import Components, build_frontend
-    from metaemb.core.deploy.loading import load_run, plain_folder, read_with
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.run_data import plain_folder, read_with
     from metaemb.core.plugin.components import build
     from metaemb.core.plugin.interfaces import Sample
     from metaemb.core.plugin.manager import registry
