@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from metaemb.core.config import resolve
-from metaemb.core.data.dataset import EpochLoader
+from metaemb.core.data.loaders import EpochLoader
 from metaemb.core.data.pipeline import Components, data_root
 
 SMALL = {

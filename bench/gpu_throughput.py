@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from metaemb.core.config import resolve
-from metaemb.core.data.dataset import make_loader
+from metaemb.core.data.loaders import make_loader
 from metaemb.core.train.engine import Trainer
 
 SMALL = {

@@ -29,7 +29,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metaemb.core.config import resolve
-from metaemb.core.data.dataset import make_loader
+from metaemb.core.data.loaders import make_loader
 from metaemb.core.train.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ import torch
 from helpers import run_cli
 
 from metaemb import hookimpl
-from metaemb.core.data.dataset import checked_batch, checked_values
+from metaemb.core.data.collate import checked_batch
+from metaemb.core.data.dataset import checked_values
 from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import build, part_table, validate_options

@@ -1,4 +1,4 @@
-"""The training loader across epochs (core/data/dataset.py `EpochLoader`): with workers, one set
+"""The training loader across epochs (core/data/loaders.py `EpochLoader`): with workers, one set
 of worker processes serves every epoch, each reseeded per epoch from (seed, epoch, rank, worker
 id), so a loader started at epoch e (a resumed run) draws exactly what a loader that lived
 through epochs 0 … e−1 draws at epoch e; the main process's RNG is not consumed."""
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from metaemb.core.data.dataset import EpochLoader, PreparedDataset, epoch_stream
+from metaemb.core.data.dataset import PreparedDataset
+from metaemb.core.data.epoch_seeds import epoch_stream
+from metaemb.core.data.loaders import EpochLoader
 
 BATCHES = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11]]
 

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from metaemb.core.config import resolve
-from metaemb.core.data.dataset import Collate, PreparedDataset
+from metaemb.core.data.collate import Collate
+from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import IdentityFrontend

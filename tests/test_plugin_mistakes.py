@@ -1706,7 +1706,7 @@ def test_nan_made_by_a_frontend_is_blamed_on_it_not_the_features(plugin, tmp_pat
 def test_a_collate_failure_on_time_first_items_says_the_time_axis_is_last():
     """prepare returning [T, C] failed in the base collate with torch's 'stack expects each
     tensor to be equal size' and no word on the layout (P15 F7)."""
-    from metaemb.core.data.dataset import _layout_hint
+    from metaemb.core.data.collate import _layout_hint
 
     time_first = [torch.zeros(288, 3), torch.zeros(309, 3)]
     assert "prepare gives the varying axis last ([channels, steps])" in _layout_hint(time_first)

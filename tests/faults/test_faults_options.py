@@ -510,7 +510,7 @@ def test_a_sample_file_given_twice_is_refused(tmp_path, faces, face_run, capsys)
 
 def test_a_worker_count_far_above_the_cores_is_refused(tmp_path, faces, face_run, capsys):
     """`--workers 1000` (a typo for 10) started a thousand processes."""
-    from metaemb.core.data.dataset import WORKERS_PER_CORE, check_workers
+    from metaemb.core.data.loaders import WORKERS_PER_CORE, check_workers
 
     cores = len(os.sched_getaffinity(0))
     assert check_workers(WORKERS_PER_CORE * cores) == WORKERS_PER_CORE * cores

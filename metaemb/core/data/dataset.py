@@ -1,9 +1,9 @@
 """The sample pipeline shared by training, evaluation and enrollment: load → frontend → prepare.
 
 Bad samples either stop the run with the file named (`data.on_bad_sample = "error"`) or are
-skipped, counted and listed (`"skip"`). Training with workers keeps them across epochs
-(`EpochLoader`) and reseeds their random streams at each epoch, so a resumed run draws the same
-crops and augmentations as an uninterrupted one.
+skipped, counted and listed (`"skip"`). Items are batched in collate.py and loaded (with workers
+kept and reseeded across epochs, so a resumed run draws the same crops and augmentations as an
+uninterrupted one) in loaders.py.
 
 Windowed training reads: when the Features' training `prepare` is a uniform random crop
 (`features.train_crop()` → its length), the frontend knows which samples it keeps without the
@@ -17,24 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from metaemb.core.errors import (
-    ConfigError,
-    DataError,
-    DatasetError,
-    MetaembError,
-    first_few,
-    first_line,
-)
+from metaemb.core.data.epoch_seeds import seed_worker
+from metaemb.core.errors import ConfigError, DataError, DatasetError, MetaembError, first_line
 from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
@@ -224,241 +217,3 @@ def crop_pieces(
         if pos >= end:
             break
     return pieces
-
-
-@dataclass
-class Batch:
-    inputs: Tensor
-    lengths: Tensor | None
-    labels: Tensor
-    indices: Tensor
-    bad: list[Bad] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class Collate:
-    """Picklable collate function: batches prepared tensors with the Features' own collate."""
-
-    def __init__(self, features: Features) -> None:
-        self.features = features
-
-    def __call__(self, items: list[Any]) -> Batch:
-        bad = [it for it in items if isinstance(it, Bad)]
-        good = [it for it in items if not isinstance(it, Bad)]
-        if not good:
-            return Batch(
-                torch.zeros(0), None, torch.zeros(0, dtype=torch.long), torch.zeros(0), bad
-            )
-        items = [g[0] for g in good]
-        try:
-            out = self.features.collate(items)
-        except (MetaembError, torch.OutOfMemoryError):
-            raise
-        except Exception as exc:  # a plugin's collate: named, with what it was given
-            shapes = first_few((tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                                for x in items), 3, quote=False)  # fmt: skip
-            raise ConfigError(
-                f"{described(self.features, 'features')}: collate failed on {len(items)} "
-                f"prepared items ({shapes}): {type(exc).__name__}: {exc}{_layout_hint(items)}"
-            ) from exc
-        inputs, lengths = checked_batch(out, items, self.features)
-        labels = torch.tensor([g[1] for g in good], dtype=torch.long)
-        indices = torch.tensor([g[2] for g in good], dtype=torch.long)
-        return Batch(inputs, lengths, labels, indices, bad)
-
-
-def _layout_hint(items: Sequence[Any]) -> str:
-    """Items that differ only in their first axis were prepared time-first ([T, C]): the time
-    axis, the one padded and measured by lengths, is the last ([C, T])."""
-    shapes = {tuple(x.shape) for x in items if isinstance(x, Tensor) and x.dim() >= 2}
-    if len(shapes) > 1 and len({s[1:] for s in shapes}) == 1:
-        return (
-            " The items differ in their first axis only: prepare gives the varying axis last "
-            "([channels, steps]); padding and lengths are along the last axis."
-        )
-    if len(shapes) > 1 and len({s[:-1] for s in shapes}) == 1:
-        return (
-            " The items differ in their last axis: the base collate only stacks equal shapes; "
-            "features of varying length pad in their own collate to [N, …, steps_max] and "
-            "return the lengths."
-        )
-    return ""
-
-
-def checked_batch(out: Any, items: Sequence[Tensor], features: Any) -> tuple[Tensor, Any]:
-    """What `Features.collate` returned, refused by name when it breaks the contract: a
-    [N, …] tensor, and lengths None (nothing padded) or an integer tensor [N]."""
-    name, n = described(features, "features"), len(items)
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
-        raise ConfigError(f"{name}: collate must return (batch tensor, lengths or None); it "
-                          f"returned a {type(out).__name__}.")  # fmt: skip
-    batch, lengths = out
-    if batch.dim() == 0 or batch.shape[0] != n:
-        raise ConfigError(f"{name}: collate returned a batch of shape {list(batch.shape)} for "
-                          f"{n} items; its first axis must be the {n} items.")  # fmt: skip
-    steps = [x.shape[-1] for x in items if x.dim() > 0]
-    if lengths is None and steps and min(steps) < max(steps) == batch.shape[-1]:
-        raise ConfigError(  # padded (not cropped to a common length) without saying where
-            f"{name}: prepare gave items of {min(steps)} to {max(steps)} steps, collate padded "
-            "them and returned lengths None: return their valid lengths along the last axis as "
-            "an int64 tensor [N], so the network can mask the padding."
-        )
-    if lengths is not None and not (isinstance(lengths, Tensor) and lengths.shape == (n,)
-              and not lengths.is_floating_point() and lengths.dtype != torch.bool):  # fmt: skip
-        got = f"shape {list(lengths.shape)}, {lengths.dtype}" if isinstance(lengths, Tensor) else (
-            type(lengths).__name__)  # fmt: skip
-        raise ConfigError(f"{name}: collate returned lengths as {got}; they must be an int64 "
-                          f"tensor [{n}] (torch.tensor(lengths, dtype=torch.long)).")  # fmt: skip
-    if lengths is not None:
-        check_lengths_fit(lengths, batch, f"{name}: collate")
-    return batch, lengths
-
-
-def check_lengths_fit(lengths: Tensor, x: Tensor, who: str) -> None:
-    """Each length counts one item's valid steps along x's last axis: 1 to x.shape[-1]. A
-    length past the padding (or 0) made pooling read padding (or divide by zero) silently."""
-    steps = x.shape[-1] if x.dim() > 1 else 0
-    low, high = int(lengths.min()), int(lengths.max())
-    if low < 1 or high > steps:
-        axis = next((i for i in range(1, x.dim() - 1) if low >= 1 and high <= x.shape[i]), None)
-        hint = (f" They fit axis {axis}: the steps must be the last axis ([batch, channels, "
-                "steps]); transpose the tensor." if axis is not None else "")  # fmt: skip
-        raise ConfigError(
-            f"{who} returned lengths from {low} to {high} for a batch of {steps} steps along "
-            f"its last axis ({list(x.shape)}); each length counts one item's valid steps, 1 to "
-            f"{steps}.{hint}"
-        )
-
-
-WORKERS_PER_CORE = 4  # DataLoader processes that still make sense per CPU core (I/O waits)
-
-
-def check_workers(workers: int) -> int:
-    """`workers`, refused when it is far above what the machine can run: `--workers 1000` (a
-    typo) started a thousand processes, each with a copy of the dataset's index."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    limit = WORKERS_PER_CORE * max(1, cores or 1)
-    if workers > limit:
-        raise ConfigError(
-            f"--workers {workers} (data.workers) asks for {workers} data-loading processes on a "
-            f"machine with {cores} CPU cores; use at most {limit} ({WORKERS_PER_CORE} per core), "
-            "or 0 to load in the main process."
-        )
-    return workers
-
-
-def make_loader(
-    dataset: PreparedDataset,
-    workers: int,
-    batch_size: int | None = None,
-    batch_sampler: Any = None,
-    pin_memory: bool = False,
-    persistent: bool = False,
-    generator: torch.Generator | None = None,
-) -> DataLoader:
-    """A DataLoader over `dataset` (ordered batches for evaluation, or a batch sampler);
-    `persistent` keeps its workers between iterations (only with workers)."""
-    kwargs: dict[str, Any] = dict(
-        num_workers=check_workers(workers),
-        collate_fn=Collate(dataset.features),
-        pin_memory=pin_memory,
-        persistent_workers=persistent and workers > 0,
-        generator=generator,
-    )
-    if workers > 0:
-        kwargs["prefetch_factor"] = 4
-    if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
-
-
-# -- training across epochs ----------------------------------------------------------------------
-def epoch_stream(seed: int, epoch: int, rank: int = 0) -> int:
-    """The random stream of one epoch of one DDP rank, as a 63-bit integer."""
-    entropy = [seed % 2**64, epoch, rank]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
-
-
-def seed_worker(stream: int) -> None:
-    """Seed torch, numpy and random of this DataLoader worker from (`stream`, worker id)."""
-    info = torch.utils.data.get_worker_info()
-    if info is None:  # the main process: its streams are the checkpoint's, never reseeded here
-        return
-    state = np.random.SeedSequence([stream, info.id])
-    words = state.generate_state(2, np.uint32)
-    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
-    np.random.seed(int(words[0]))
-    random.seed(int(words[0]) << 32 | int(words[1]))
-
-
-class EpochBatches:
-    """A batch sampler's batches with every index tagged by the current epoch's stream, so each
-    worker reseeds (`seed_worker`) at its first item of an epoch. Set `stream` before iterating."""
-
-    def __init__(self, batch_sampler: Any) -> None:
-        self.batch_sampler = batch_sampler
-        self.stream = 0
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        stream = self.stream
-        for batch in self.batch_sampler:
-            yield [(stream, int(i)) for i in batch]
-
-
-class EpochLoader:
-    """The training DataLoader of every epoch (`loader(epoch)`).
-
-    Without workers: a new loader per epoch; items draw from the main process's RNG, which a
-    checkpoint holds. With workers: one loader whose workers persist across epochs (no start-up
-    per epoch), each worker's torch/numpy/random reseeded at the start of every epoch from (run
-    seed, epoch, rank, worker id), and the loader's own seed drawn from a private generator, not
-    the main RNG: an uninterrupted run and one resumed at any epoch draw the same random numbers.
-    Batches go to workers round-robin from worker 0 each epoch, so each worker's items, in order,
-    are fixed by the sampler. The workers hold the copy of the dataset made when they started:
-    changes made to it in the main process later (between epochs) do not reach them.
-    """
-
-    def __init__(
-        self,
-        dataset: PreparedDataset,
-        workers: int,
-        batch_sampler: Any,
-        seed: int,
-        rank: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
-        self.dataset, self.workers, self.batch_sampler = dataset, workers, batch_sampler
-        self.seed, self.rank, self.pin_memory = seed, rank, pin_memory
-        self.batches = EpochBatches(batch_sampler)
-        self.loader: DataLoader | None = None
-
-    def __call__(self, epoch: int) -> DataLoader:
-        if self.workers == 0:
-            return make_loader(
-                self.dataset, 0, batch_sampler=self.batch_sampler, pin_memory=self.pin_memory
-            )
-        self.batches.stream = epoch_stream(self.seed, epoch, self.rank)
-        if self.loader is None:
-            self.loader = make_loader(
-                self.dataset,
-                self.workers,
-                batch_sampler=self.batches,
-                pin_memory=self.pin_memory,
-                persistent=True,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-        return self.loader
-
-    def close(self) -> None:
-        """Stop the persistent workers (they also stop when the loader is garbage-collected)."""
-        loader, self.loader = self.loader, None
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaemb.core.data.dataset import Bad, PreparedDataset, make_loader
+from metaemb.core.data.dataset import Bad, PreparedDataset
+from metaemb.core.data.loaders import make_loader
 from metaemb.core.errors import DataError, MetaembError, first_line
 
 

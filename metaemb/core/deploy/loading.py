@@ -117,7 +117,7 @@ class LoadedRun:
     def adapt_batchnorm(self, folder: SampleFolder, indices: list[int], workers: int) -> int:
         """Re-estimate the model's BatchNorm statistics on `folder.samples[indices]` without
         labels (AdaBN, in memory only: the checkpoint is untouched); returns the files used."""
-        from metaemb.core.data.dataset import make_loader
+        from metaemb.core.data.loaders import make_loader
         from metaemb.core.eval.adapt_norm import adapt_batchnorm, spread
 
         ds = self.parts.dataset(folder, train=False)

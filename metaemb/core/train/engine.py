@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
-from metaemb.core.data.dataset import EpochLoader, PreparedDataset, check_workers
+from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.data.embed import extract, row_files
+from metaemb.core.data.loaders import EpochLoader, check_workers
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.files import atomic_write_text

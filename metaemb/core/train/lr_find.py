@@ -57,7 +57,7 @@ def lr_range_test(
 ) -> LRFind:
     """Sweep the LR over `steps` optimizer steps of the configured training; stop once the
     smoothed loss exceeds `diverge` × its minimum (or is not finite)."""
-    from metaemb.core.data.dataset import make_loader
+    from metaemb.core.data.loaders import make_loader
     from metaemb.core.train.engine import NO_STEP, Trainer
     from metaemb.core.train.validation import isolated_rng
 

@@ -56,7 +56,7 @@ def extract_landmarks(
     workers: int = 2,
 ) -> dict[str, Any]:
     """Detect landmarks for every image of `data` with landmark source `source` → summary."""
-    from metaemb.core.data.dataset import check_workers
+    from metaemb.core.data.loaders import check_workers
     from metaemb.core.paths import ensure_writable, refuse_replacing_data_file
     from metaemb.core.plugin.components import build
     from metaemb.plugins.vision.frontend import build_source

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from metaemb.core.config import Config
-from metaemb.core.data.dataset import check_lengths_fit
+from metaemb.core.data.collate import check_lengths_fit
 from metaemb.core.data.embed import non_finite_rows
 from metaemb.core.errors import ConfigError
 from metaemb.core.train.checks.eval_mode import eval_mode
