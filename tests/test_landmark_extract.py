@@ -13,7 +13,8 @@ import pytest
 
 import metaemb
 from metaemb.core.plugin import manager as plugins
-from metaemb.plugins.vision.landmarks import Landmarks, LandmarkSource, read_landmark_file
+from metaemb.plugins.vision.landmark_files import read_landmark_file
+from metaemb.plugins.vision.landmarks import Landmarks, LandmarkSource
 
 
 class BrightnessSource(LandmarkSource):

@@ -16,13 +16,9 @@ from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.plugin.components import build
 from metaemb.plugins.vision.align import align_faces, template
 from metaemb.plugins.vision.frontend import AlignFrontend
-from metaemb.plugins.vision.landmarks import (
-    FileLandmarks,
-    LandmarkCache,
-    Landmarks,
-    LandmarkSource,
-    read_landmark_file,
-)
+from metaemb.plugins.vision.landmark_cache import LandmarkCache
+from metaemb.plugins.vision.landmark_files import read_landmark_file
+from metaemb.plugins.vision.landmarks import FileLandmarks, Landmarks, LandmarkSource
 
 PTS = np.arange(10, dtype=np.float64).reshape(5, 2) * 3 + 10
 

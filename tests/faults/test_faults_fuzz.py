@@ -160,7 +160,7 @@ def parse_kaldi(files: dict[str, bytes]) -> None:
 
 
 def parse_landmarks(data: bytes, suffix: str) -> None:
-    from metaemb.plugins.vision.landmarks import read_landmark_file
+    from metaemb.plugins.vision.landmark_files import read_landmark_file
 
     read_landmark_file(write("landmarks" + suffix, data))
 

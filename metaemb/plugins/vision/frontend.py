@@ -17,7 +17,8 @@ from metaemb.core.errors import ConfigError, DataError, MetaembError
 from metaemb.core.plugin.contract import Kind
 from metaemb.core.plugin.interfaces import Frontend
 from metaemb.plugins.vision.align import align_faces, centre_landmarks, template
-from metaemb.plugins.vision.landmarks import LandmarkCache, Landmarks, LandmarkSource
+from metaemb.plugins.vision.landmark_cache import LandmarkCache
+from metaemb.plugins.vision.landmarks import Landmarks, LandmarkSource
 
 NO_FACE_POLICIES = ("skip", "error", "center")
 
