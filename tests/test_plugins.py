@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import metaemb
 from metaemb.core.errors import DataError, PluginError, UnknownComponentError
 from metaemb.core.plugin import manager as plugins
+from metaemb.core.plugin.install_checks import warn_look_alike_groups
 from metaemb.core.plugin.interfaces import IdentityFrontend
 
 
@@ -142,7 +143,7 @@ def test_a_plugin_in_a_look_alike_entry_point_group_is_named():
     misdeclared = types.SimpleNamespace(entry_points=[ep])
     with pytest.warns(UserWarning, match=r"'zbad4' \(metaemb_bad4\) are declared in the group "
                       r"'metaemb.plugins', which metaemb does not read.*group 'metaemb'"):  # fmt: skip
-        plugins.warn_look_alike_groups([*metadata.distributions(), misdeclared])
+        warn_look_alike_groups([*metadata.distributions(), misdeclared])
 
 
 def test_a_plugin_implementing_no_hook_is_warned_about(monkeypatch):
