@@ -272,6 +272,8 @@ def test_triplet_match_accuracy():
     assert m.triplet_match_accuracy([1, 2, 3, 0.5], [0, 2, 4, 0]) == pytest.approx(0.5)
     with pytest.raises(MetaembError):
         m.triplet_match_accuracy([1], [])
+    with pytest.raises(MetaembError, match="NaN"):  # not counted as a miss
+        m.triplet_match_accuracy([1, float("nan"), 3], [0, 0, 0])
 
 
 # ---------------------------------------------------------------------------------------------

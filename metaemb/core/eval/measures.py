@@ -25,7 +25,8 @@ from torch import Tensor
 
 from metaemb.core.errors import DataError, first_few
 from metaemb.core.eval import identification as ident
-from metaemb.core.eval.triplets import looks_like_pair_list, match_accuracy, read_triplets
+from metaemb.core.eval.metrics import triplet_match_accuracy
+from metaemb.core.eval.triplets import looks_like_pair_list, read_triplets
 
 MEASURES = ("verification", "match", "class")
 
@@ -133,7 +134,7 @@ def match_measure(
     return {
         "measure": "match",
         "triplets": len(triplets),
-        "match_accuracy": match_accuracy(s_pos, s_neg),
+        "match_accuracy": triplet_match_accuracy(s_pos, s_neg),
         "source": str(triplets_path),
         "training_identities_scored": leakage.count_and_warn(
             loaded.state, scored, console or Console(emoji=False), folder.subject_of

@@ -397,7 +397,8 @@ def best_threshold(scores: Any, labels: Any) -> float:
 
 
 def triplet_match_accuracy(s_ap: Any, s_an: Any) -> float:
-    """Fraction of triplets whose anchor scores strictly higher with the positive."""
+    """Fraction of triplets whose anchor scores strictly higher with the positive (a tie is a
+    miss); a NaN score is refused, where it would silently count as a miss."""
     a, b = as_array(s_ap, "anchor-positive scores"), as_array(s_an, "anchor-negative scores")
     if a.size != b.size or a.size == 0:
         raise MetaembError(f"need equally many (≥ 1) scores per side, got {a.size} and {b.size}.")

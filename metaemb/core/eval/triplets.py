@@ -1,9 +1,10 @@
-"""Triplet lists (the face toolkit's test measure): `anchor positive negative` per line, paths
+"""Triplet lists (a match measure of some face benchmarks): `anchor positive negative` per line, paths
 relative to the data root; the positive shares the anchor's identity, the negative does not.
 
 `make_triplets` draws a seeded list of distinct triplets over a sample folder; `triplet_coverage`
-says how much of the dataset a list touches; `match_accuracy` is the share of triplets whose
-anchor scores higher with its positive than with its negative (ties count as errors).
+says how much of the dataset a list touches. The measure on such a list, the share of triplets
+whose anchor scores higher with its positive than with its negative, is
+`metrics.triplet_match_accuracy`.
 """
 
 from __future__ import annotations
@@ -182,11 +183,3 @@ def triplet_coverage(triplets: Sequence[Triplet], identity=first_component) -> d
         "samples_per_identity": cov["samples_per_identity"],
         "inconsistent": len(bad),
     }
-
-
-def match_accuracy(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Share of triplets with score(anchor, positive) > score(anchor, negative)."""
-    positive, negative = np.asarray(positive), np.asarray(negative)
-    if positive.size == 0 or positive.shape != negative.shape:
-        raise DataError("match accuracy needs one positive and one negative score per triplet.")
-    return float((positive > negative).mean())
