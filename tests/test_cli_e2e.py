@@ -239,7 +239,8 @@ def test_distill_a_mobilenet_student_from_a_teacher(tiny_faces, tmp_path, capsys
     assert code == 0, err + out
     [student] = [p for p in (runs / "face").iterdir() if p.name.startswith("distill-")]
     record = json.loads((student / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (record["epoch"] == 1 and "train_kd" in " ".join(record)) or record["loss"] > 0
+    # The teacher ran on every batch: the distillation term was recorded beside the loss.
+    assert record["epoch"] == 1 and 0 < record["train_kd"] < float("inf")
     assert "mobilenet_v3_small" in (student / "config.toml").read_text()
 
     # Without a teacher, the distill objective says what is missing.
