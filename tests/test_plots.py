@@ -33,13 +33,13 @@ def run(tiny_face_run) -> tuple[Path, Path]:
 def figures(monkeypatch) -> dict[str, object]:
     """Every figure the plots module saves, by file name."""
     saved: dict[str, object] = {}
-    original = plots.save_figure
+    original = plots.save_png
 
     def keep(fig, path):
         saved[Path(path).name] = fig
         return original(fig, path)
 
-    monkeypatch.setattr(plots, "save_figure", keep)
+    monkeypatch.setattr(plots, "save_png", keep)
     return saved
 
 

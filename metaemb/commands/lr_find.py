@@ -31,7 +31,7 @@ def lr_find(
     against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""
     from metaemb.core.config import resolve
     from metaemb.core.errors import MetaembError
-    from metaemb.core.eval.report import PlotsUnavailable
+    from metaemb.core.eval.figures import PlotsUnavailable
     from metaemb.core.files import atomic_write_text
     from metaemb.core.paths import ensure_writable
     from metaemb.core.train.lr_find import lr_find_figure, lr_range_test
@@ -53,9 +53,9 @@ def lr_find(
     result = lr_range_test(cfg, steps, start_lr, end_lr, device=device, workers=workers)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result.to_dict(), indent=2))
     try:
-        from metaemb.core.eval.plots import save_figure
+        from metaemb.core.eval.figures import save_png
 
-        save_figure(lr_find_figure(result), out)
+        save_png(lr_find_figure(result), out)
         console.print(f"plot: {out}", markup=False, soft_wrap=True)
     except PlotsUnavailable:
         console.print("no plot: pip install 'metaemb[plots]' to get it", markup=False)

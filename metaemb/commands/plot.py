@@ -64,8 +64,8 @@ def _trained_on(run: Path) -> list[Path]:
 
 def after_training(run_dir: Path, out: Console) -> None:
     """`train` draws training.png at the end of a run; without matplotlib it says so once."""
+    from metaemb.core.eval.figures import PlotsUnavailable
     from metaemb.core.eval.plots import training_curves
-    from metaemb.core.eval.report import PlotsUnavailable
 
     try:
         path = training_curves(run_dir)

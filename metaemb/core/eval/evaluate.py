@@ -22,7 +22,7 @@ from metaemb.core.data.pipeline import Components, data_root, frontend_set_used
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError, PluginError
-from metaemb.core.eval import adapt_norm, leakage, metrics, report
+from metaemb.core.eval import adapt_norm, figures, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
 from metaemb.core.eval.output_folder import claimed, default_out, result_name, variant
@@ -435,7 +435,7 @@ class Evaluation:
                         title="calibrated score (LLR) distributions",
                     )
                 )
-        except report.PlotsUnavailable as exc:
+        except figures.PlotsUnavailable as exc:
             self.console.print(f"[yellow]no plots:[/] {escape(str(exc))}")
             return
         for p in made:

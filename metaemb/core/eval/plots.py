@@ -3,7 +3,7 @@ embeddings coloured by identity with chosen identities highlighted, and CMC curv
 
 The 2-D map uses t-SNE from scikit-learn when it is installed (`pip install 'metaemb[tsne]'`),
 PCA otherwise (or when asked). Builders return matplotlib figures (tests inspect them);
-`save_figure` writes them atomically and closes them.
+`save_png` writes them atomically and closes them.
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ import numpy as np
 from torch import Tensor
 
 from metaemb.core.errors import DataError, MetaembError
-from metaemb.core.eval import report
 from metaemb.core.eval.catalog import epoch_records
+from metaemb.core.eval.figures import pyplot, save_png
 
 MAP_METHODS = ("auto", "tsne", "pca")
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write `fig` as PNG atomically and close it (the object stays inspectable)."""
-    return report._save(fig, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -52,7 +47,7 @@ def _values(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> 
 def training_figure(records: Sequence[dict[str, Any]]) -> Any:
     """Three panels per epoch: training loss; validation EER (%); minDCF at each P_target and
     Cllr (when present). One line per quantity."""
-    plt = report._pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in records]
     fig, (a_loss, a_eer, a_dcf) = plt.subplots(1, 3, figsize=(13, 3.8))
     a_loss.plot(epochs, _values(records, "loss"), marker="o", label="loss")
@@ -78,7 +73,7 @@ def training_figure(records: Sequence[dict[str, Any]]) -> Any:
 def training_curves(run_dir: Path, out: Path | None = None) -> Path:
     """training.png of a run (loss, EER, minDCF/Cllr per epoch)."""
     run_dir = Path(run_dir)
-    return save_figure(training_figure(read_metrics(run_dir)), out or run_dir / "training.png")
+    return save_png(training_figure(read_metrics(run_dir)), out or run_dir / "training.png")
 
 
 # -- 2-D maps -------------------------------------------------------------------------------------
@@ -142,7 +137,7 @@ def embedding_map_figure(
 ) -> Any:
     """One scatter of every sample coloured by identity; each highlighted identity gets its own
     larger, outlined scatter and a label at its centre (so: 1 + len(highlight) scatters)."""
-    plt = report._pyplot()
+    plt = pyplot()
     ids = np.asarray(identities)
     check_highlight(highlight, ids.tolist())
     names, codes = np.unique(ids, return_inverse=True)
@@ -166,7 +161,7 @@ def embedding_map_figure(
 
 def cmc_figure(curves: dict[str, Sequence[float]]) -> Any:
     """Rank-k identification accuracy, one line per named curve."""
-    plt = report._pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, acc in curves.items():
         ranks = np.arange(1, len(acc) + 1)
@@ -234,8 +229,8 @@ def plot_run(
             coords, used = project_2d(as_points(coll.embeddings), method)
             title = f"{used.upper()} map"
             fig = embedding_map_figure(coords, coll.identities, highlight, title=title)
-            made.append(save_figure(fig, out / "embeddings_map.png"))
+            made.append(save_png(fig, out / "embeddings_map.png"))
             result = collection_metrics(coll, max_rank=min(20, len(coll) - 1))
             cmc = cmc_figure({"leave-one-out": result["cmc"]})
-            made.append(save_figure(cmc, out / "cmc.png"))
+            made.append(save_png(cmc, out / "cmc.png"))
     return made

@@ -1,14 +1,10 @@
-"""Reports people want to look at: DET curves, score histograms, CMC curves, training curves, and
-the metrics table `metaemb evaluate` prints.
-
-matplotlib is an optional extra (`pip install 'metaemb[plots]'`); without it every command still
-works and says how to get plots. Figures are written atomically as PNG.
+"""What `metaemb evaluate` shows of a verification result: the DET curve, the score histograms
+and the metrics table it prints. Run and embedding figures (training curves, embedding maps,
+CMC) are in `plots.py`; both draw through `figures.py`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +12,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from metaemb.core.errors import MetaembError
 from metaemb.core.eval import metrics
-from metaemb.core.files import atomic_write_bytes
-from metaemb.core.optional import require
-from metaemb.core.paths import PLOT_SOFTWARE
+from metaemb.core.eval.figures import pyplot, save_png
 
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99]
 DET_WINDOW = (0.0005, 0.5)
 MIN_DCF = "min_dcf_"  # report keys "min_dcf_<P_tar>"
-
-
-class PlotsUnavailable(MetaembError):
-    """matplotlib is missing."""
-
-
-def _pyplot() -> Any:
-    matplotlib = require(
-        "matplotlib", "drawing PNG plots (DET, score histograms)", PlotsUnavailable
-    )
-    matplotlib.use("Agg")
-    return require("matplotlib.pyplot", "drawing PNG plots", PlotsUnavailable)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(
-        buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": PLOT_SOFTWARE}
-    )
-    atomic_write_bytes(path, buf.getvalue())
-    _pyplot().close(fig)
-    return path
 
 
 def det_window(points: list[float]) -> tuple[float, float]:
@@ -76,7 +47,7 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     `result` is a verification report (metrics.verification_report): its "eer" and
     "min_dcf_<p>" entries label the marks.
     """
-    plt = _pyplot()
+    plt = pyplot()
     priors = sorted(float(k[len(MIN_DCF) :]) for k in result if k.startswith(MIN_DCF))
     dcf_points = {f"{MIN_DCF}{p:g}": min_dcf_point(tar, non, p) for p in priors}
     marked = [result.get("eer", 0.0), *(p for pts in dcf_points.values() for p in pts)]
@@ -110,14 +81,14 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     ax.set_title(f"DET curve ({len(tar)} target, {len(non)} non-target trials)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def histogram_plot(
     path: Path, tar: np.ndarray, non: np.ndarray, title: str = "score distributions"
 ) -> Path:
     """Target and non-target score histograms on one axis (densities)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     both = np.concatenate([tar, non])
     bins = np.linspace(both.min(), both.max(), 60) if len(both) else 10
@@ -127,36 +98,7 @@ def histogram_plot(
     ax.set_ylabel("density")
     ax.legend()
     ax.set_title(title)
-    return _save(fig, path)
-
-
-def cmc_plot(path: Path, ranks: np.ndarray, accuracy: np.ndarray) -> Path:
-    """Cumulative match characteristic: rank-k identification accuracy."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ranks, 100 * np.asarray(accuracy), marker="o", markersize=3)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("identification accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(True, alpha=0.3)
-    ax.set_title("CMC")
-    return _save(fig, path)
-
-
-def training_curves(run_dir: Path) -> Path:
-    """Loss and validation EER per epoch from metrics.jsonl."""
-    plt = _pyplot()
-    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
-    epochs = [r["epoch"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["loss"] for r in records], color="tab:blue", label="training loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [100 * r["eer"] for r in records], color="tab:red", label="validation EER")
-    ax2.set_ylabel("EER (%)")
-    fig.legend(loc="upper right")
-    return _save(fig, run_dir / "training.png")
+    return save_png(fig, path)
 
 
 def verification_plots(

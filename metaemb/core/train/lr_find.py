@@ -118,9 +118,9 @@ def lr_range_test(
 
 def lr_find_figure(result: LRFind) -> Any:
     """Smoothed loss against LR (log axis), raw losses faint, the suggestion marked."""
-    from metaemb.core.eval import report
+    from metaemb.core.eval import figures
 
-    plt = report._pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.25, lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed loss")

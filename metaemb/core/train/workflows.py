@@ -129,7 +129,7 @@ class TensorBoard(Callback):
 def det_picture(trainer: Any) -> Any:
     """The validation DET curve of the current model as an RGB array, or None (no matplotlib,
     or samples were skipped)."""
-    from metaemb.core.eval import report
+    from metaemb.core.eval import figures, report
     from metaemb.core.train import validation
 
     v = trainer.validator
@@ -152,7 +152,7 @@ def det_picture(trainer: Any) -> Any:
                 import numpy as np
 
                 return np.asarray(im.convert("RGB")).copy()
-    except report.PlotsUnavailable:
+    except figures.PlotsUnavailable:
         return None
     except (OSError, ValueError):  # a figure that cannot be drawn is not worth a failed run
         return None
