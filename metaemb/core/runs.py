@@ -16,6 +16,17 @@ from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.files import atomic_write_text
 
 
+def trained_root(config: dict[str, Any]) -> str:
+    """The absolute data folder a saved config trained on ("" when it does not say: the
+    built-in demo data, or a relative root saved by an old version, which would depend on the
+    current directory)."""
+    data = config.get("data", {})
+    if data.get("root_absolute"):
+        return str(data["root_absolute"])
+    root = str(data.get("root", ""))
+    return root if root and Path(root).is_absolute() else ""
+
+
 def run_dir(runs_root: str | Path, config: Config) -> Path:
     return Path(runs_root) / config.modality / f"{config.name}-{config.hash()}"
 

@@ -27,21 +27,16 @@ from metaemb.core.errors import DataError, first_few
 from metaemb.core.eval import identification as ident
 from metaemb.core.eval.metrics import triplet_match_accuracy
 from metaemb.core.eval.triplets import looks_like_pair_list, read_triplets
+from metaemb.core.runs import trained_root
 
 MEASURES = ("verification", "match", "class")
-
-
-def trained_root(loaded: Any) -> str:
-    """The data root the run was trained on ('' for the built-in demo data)."""
-    data = (loaded.state.get("config") or {}).get("data", {})
-    return str(data.get("root_absolute") or data.get("root", ""))  # absolute: any working dir
 
 
 def is_other_folder(loaded: Any, data: Path | None) -> bool:
     """True when `data` is given and is not the folder the run was trained on."""
     if data is None:
         return False
-    root = trained_root(loaded)
+    root = trained_root(loaded.state.get("config") or {})
     return not root or Path(root).resolve() != Path(data).resolve()
 
 

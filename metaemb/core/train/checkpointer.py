@@ -25,7 +25,7 @@ from metaemb.core.config.trained_options import trained_options
 from metaemb.core.errors import MetaembError
 from metaemb.core.files import append_jsonl, atomic_write_text
 from metaemb.core.locks import RunLock
-from metaemb.core.runs import record_epoch, remove_stale_tmp, trim_jsonl
+from metaemb.core.runs import record_epoch, remove_stale_tmp, trained_root, trim_jsonl
 
 LAST, BEST, METRICS, SKIPPED, BASELINE = (
     "last.pt",
@@ -230,15 +230,6 @@ def data_fingerprint(folder: Any) -> str:
 
 def _lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
-
-
-def trained_root(config: dict[str, Any]) -> str:
-    """The absolute data folder a saved config trained on ("" when it does not say)."""
-    data = config.get("data", {})
-    if data.get("root_absolute"):
-        return str(data["root_absolute"])
-    root = str(data.get("root", ""))
-    return root if root and Path(root).is_absolute() else ""
 
 
 def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
