@@ -437,6 +437,7 @@ def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
     """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`
     parses file names was refused with "no identity sub-folders" (P16 F2). The default folder
     still reads sub-folders only."""
+    import warnings
     from typing import ClassVar
 
     import numpy as np
@@ -460,7 +461,10 @@ def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
             person = path.rsplit("/", 1)[-1].split("_", 1)[0]
             return None if person == "-1" else person  # distractors left out
 
-    flat = Flat(tmp_path)
+    (tmp_path / "RECORDS").write_text("0002_c1_1\n")  # a dataset's index: not warned about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flat = Flat(tmp_path)
     assert flat.identities == ["0002", "0007", "0009"]
     assert [s.path for s in flat.samples] == [*sorted(names)[1:], "0009/0009_c3_1.npy"]
     assert [s.path for s in Plain(tmp_path).samples] == ["0009/0009_c3_1.npy"]

@@ -92,11 +92,17 @@ def scan_identity(
 
 
 def _list_folder(
-    folder: Path, rel_dir: str, real: str, exts: set[str], state: ScanState, found: list[str]
+    folder: Path,
+    rel_dir: str,
+    real: str,
+    exts: set[str],
+    state: ScanState,
+    found: list[str],
+    note_others: bool = True,
 ) -> list[Path]:
     """Append the sample files of one folder (as `rel_dir` + name) to `found`, in name order;
     return its sub-folders. Links to nothing, FIFOs and second names of one file are noted in
-    `state`, not listed."""
+    `state`, not listed; so are files of other suffixes, with `note_others`."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
@@ -112,7 +118,7 @@ def _list_folder(
             if not e.name.startswith("."):
                 subdirs.append(Path(e.path))
         elif e.name[0] != "." and _suffix(e.name) not in exts:
-            if _suffix(e.name) not in COMPANIONS and _regular(e):
+            if note_others and _suffix(e.name) not in COMPANIONS and _regular(e):
                 state.other.append(f"{rel_dir}{e.name}")  # a .gif among .png: said
         elif _suffix(e.name) in exts and e.name[0] != ".":  # hidden (macOS '._x.png') files
             # are not samples, like hidden folders; plain str operations: a tree may hold
@@ -137,9 +143,11 @@ def _list_folder(
 
 def scan_root_files(root: Path, exts: set[str], state: ScanState) -> list[str]:
     """Sample files directly in `root` (not in a sub-folder), for a folder that names each
-    file's identity itself (a flat Market-1501 part: `0002_c1s1_000451_03.jpg`)."""
+    file's identity itself (a flat Market-1501 part: `0002_c1s1_000451_03.jpg`). Other files
+    there are a dataset's own (RECORDS, README, checksums), not samples of another format: not
+    warned about."""
     found: list[str] = []
-    _list_folder(root, "", state.root_real, exts, state, found)
+    _list_folder(root, "", state.root_real, exts, state, found, note_others=False)
     return found
 
 
