@@ -113,3 +113,49 @@ def test_every_cited_document_exists():
 def test_checker_finds_broken_citations(suffix, text, n_broken):
     source = ROOT / "docs" / f"probe{suffix}"
     assert len(broken_references(source, text)) == n_broken
+
+
+# a path-like token ending in .py with at least one folder: core/train/heads.py, plugins/x.py
+PY_REF = re.compile(r"(?<![\w/.:-])((?:[\w.-]+/)+[\w.-]+\.py)\b")
+
+
+def broken_module_references(path: Path, text: str) -> list[str]:
+    """`line: reference` for each module path in `text` that names no file: relative to the
+    repository, to the package (`core/heads.py`), to an example plugin's folder, or to the
+    citing file's folders."""
+    bases = [ROOT, ROOT / "metaemb", *sorted(ROOT.glob("examples/*")), *path.parents]
+    bad = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for m in PY_REF.finditer(line):
+            if re.search(r"https?://\S*$", line[: m.start(1)]):
+                continue  # part of a URL
+            if not any((base / m.group(1)).is_file() for base in bases):
+                bad.append(f"{lineno}: {m.group(1)}")
+    return bad
+
+
+def test_every_cited_module_exists():
+    """Docstrings and comments named `core/heads.py` and `core/plda.py` after those files
+    moved into sub-packages: a maintainer following them found nothing."""
+    problems = []
+    for path in repo_files():
+        if path == Path(__file__).resolve() or path.suffix not in (".py", ".md"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        problems += [f"{path.relative_to(ROOT)}:{b}" for b in broken_module_references(path, text)]
+    assert not problems, "module paths that name no file:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "n_broken"),
+    [
+        ("# heads: core/heads.py", 1),
+        ("# heads: core/train/heads.py; the CLI in commands/train.py", 0),
+        ("# see https://github.com/a/b/blob/main/x/y.py", 0),
+    ],
+)
+def test_module_checker_finds_moved_files(text, n_broken):
+    assert len(broken_module_references(ROOT / "metaemb" / "probe.py", text)) == n_broken

@@ -1,4 +1,4 @@
-"""The LR schedule and parameter groups (core/optim.py)."""
+"""The LR schedule and parameter groups (core/train/optim.py)."""
 
 from __future__ import annotations
 

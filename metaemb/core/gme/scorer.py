@@ -1,7 +1,7 @@
 """The GME scorer: trial LLRs straight from meta-embeddings (no fitting, no calibration step).
 
 Multi-sample enrollment pools the enrollment GMEs (sums natural parameters) and scores the pool,
-which is exactly the Bayesian answer (docs/reference/gme.md); `scoring.score_trials` finds `score_groups`.
+which is exactly the Bayesian answer (docs/reference/gme.md); `scoring.scorers.score_trials` finds `score_groups`.
 """
 
 from __future__ import annotations

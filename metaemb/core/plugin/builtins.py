@@ -9,7 +9,7 @@ from metaemb.core.plugin.hookspecs import Register
 
 @hookimpl
 def register_heads(register: Register) -> None:
-    # heads: core/heads.py
+    # heads: core/train/heads.py
     from metaemb.core.train.heads import EmbeddingHead, GMEHead
 
     register("linear", EmbeddingHead, description="BatchNorm, Dropout, Linear, BatchNorm → point")
@@ -18,7 +18,7 @@ def register_heads(register: Register) -> None:
 
 @hookimpl
 def register_objectives(register: Register) -> None:
-    # objectives: one file each under core/objectives/
+    # objectives: one file each under core/train/objectives/
     # point-embedding objectives
     from metaemb.core.train.objectives.softmax import SoftmaxObjective
 

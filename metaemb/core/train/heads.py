@@ -193,7 +193,7 @@ class GMEHead(Head):
 
     @torch.no_grad()
     def init_from_features(self, features: Tensor, labels: Tensor, iterations: int = 10) -> Tensor:
-        """Fit a two-covariance PLDA (core/plda.py, EM) to training-set backbone features and
+        """Fit a two-covariance PLDA (core/scoring/plda.py, EM) to training-set backbone features and
         `init_from_plda` with its `dim` leading directions; returns their ψ.
 
         The input BatchNorm's running statistics are set to the features' first, so the folded
