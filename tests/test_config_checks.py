@@ -149,23 +149,23 @@ def test_moved_options_migrate_with_a_message():
 def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, capsys):
     """A run whose folder name carries an older hash of this same configuration is pointed out
     (re-running would otherwise start elsewhere with no word)."""
-    from metaemb.core.runs import earlier_equivalent_run, run_dir
+    from metaemb.core.runs import related_runs, run_dir
 
     cfg = resolve("speaker", sets=["scorer.name=asnorm"])
     old = tmp_path / "speaker" / "run-0123abcd"
     old.mkdir(parents=True)
     (old / "config.toml").write_text((V0 / "speaker-default.toml").read_text())
-    assert earlier_equivalent_run(tmp_path, cfg) is None  # another configuration
+    assert related_runs(tmp_path, cfg)[0] is None  # another configuration
     cfg = resolve("speaker")
-    assert earlier_equivalent_run(tmp_path, cfg) is None  # the default features changed since
+    assert related_runs(tmp_path, cfg)[0] is None  # the default features changed since
     cfg = resolve(  # what that run trained: per-band CMN, plain cosine, no input statistics
         "speaker",  # (and evaluated with: no AdaBN)
         sets=["features.fbank.cmn=true", "backbone.input_stats=false", "eval.adapt_batchnorm=false"]
         + [f"scorer.{k}=false" for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")],
     )
-    assert earlier_equivalent_run(tmp_path, cfg) == old
+    assert related_runs(tmp_path, cfg)[0] == old
     run_dir(tmp_path, cfg).mkdir(parents=True)
-    assert earlier_equivalent_run(tmp_path, cfg) is None  # its own folder exists: resumes there
+    assert related_runs(tmp_path, cfg)[0] is None  # its own folder exists: resumes there
 
 
 def test_readme_configuration_example_resolves(tmp_path):

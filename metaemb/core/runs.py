@@ -74,11 +74,6 @@ def related_runs(
     return earlier, twin
 
 
-def earlier_equivalent_run(runs_root: str | Path, config: Config) -> Path | None:
-    """The earlier run of `related_runs`: this same configuration, another hash."""
-    return related_runs(runs_root, config)[0]
-
-
 def trim_jsonl(path: Path, epoch: int) -> None:
     """Drop metrics.jsonl records newer than the checkpoint a run resumes from, and a line torn
     by a kill in the middle of an append."""

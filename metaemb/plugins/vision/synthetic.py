@@ -65,11 +65,6 @@ class Identity:
     beard: int  # 0 none, 1 moustache, 2 full beard
 
 
-def _colour(rng: np.random.Generator, low: int, high: int, jitter: int) -> tuple[int, int, int]:
-    base = rng.uniform(low, high)
-    return tuple(int(np.clip(base + rng.uniform(-jitter, jitter), 0, 255)) for _ in range(3))
-
-
 def draw_identity(seed: int, index: int) -> Identity:
     """The traits of identity `index` of the dataset seeded `seed` (independent of other ids)."""
     rng = np.random.default_rng([seed, index, 1])
