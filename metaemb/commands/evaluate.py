@@ -50,7 +50,7 @@ def evaluate(
         str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
     ] = "verification",
     enroll_samples: Annotated[
-        int | None, typer.Option(help="--measure class: samples enrolled per identity [default: 1]")
+        int | None, typer.Option(help="--measure class: samples enrolled per identity \\[default: 1]")
     ] = None,
     frontend_set: FrontendSet = None,
     folder: DataFolder = None,
@@ -60,7 +60,7 @@ def evaluate(
         typer.Option(help="score --data with a pretrained backbone instead of a run (dlib-resnet)"),
     ] = None,
     modality: Annotated[
-        str | None, typer.Option(help="modality of --reference [default: face]")
+        str | None, typer.Option(help="modality of --reference \\[default: face]")
     ] = None,
     adapt: Annotated[
         bool,

@@ -16,7 +16,7 @@ def export(
         typer.Option(help="output file (default: beside the checkpoint, best.onnx / …)"),
     ] = None,
     opset: Annotated[
-        int | None, typer.Option(help="ONNX opset version (13–20) [default: 17]")
+        int | None, typer.Option(help="ONNX opset version (13–20) \\[default: 17]")
     ] = None,
 ) -> None:
     """Export the inference model (features, backbone, head) with a dynamic batch dimension."""

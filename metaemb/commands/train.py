@@ -21,7 +21,7 @@ def train(
     modality: Annotated[
         str | None,
         typer.Option(
-            help="face, speaker, or any plugin's modality [default: the --config "
+            help="face, speaker, or any plugin's modality \\[default: the --config "
             "file's modality, else face]"
         ),
     ] = None,

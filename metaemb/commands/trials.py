@@ -37,14 +37,14 @@ def make(
         int | None, typer.Option(help="non-target trials (default: as many as targets)", min=1)
     ] = None,
     enroll: Annotated[
-        int | None, typer.Option(help="enrollment samples per trial [default: 1]", min=1)
+        int | None, typer.Option(help="enrollment samples per trial \\[default: 1]", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same list", min=0)] = 0,
     format: Annotated[
         str | None,
         typer.Option(
             help="a trial-list format that can be written: voxceleb, kaldi, cnceleb, lfw, a "
-            "plugin's [default: voxceleb]"
+            "plugin's \\[default: voxceleb]"
         ),
     ] = None,
     modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",

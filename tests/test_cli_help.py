@@ -1,0 +1,39 @@
+"""Every command's --help shows what its options' help says.
+
+The help is rendered by rich, which reads `[default: 17]` as a style tag and drops it: six
+options' defaults vanished from --help that way. Brackets meant as text are written `\\[`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import typer
+from typer.testing import CliRunner
+
+from metaemb.cli import create_app
+
+
+def commands(group, path: tuple[str, ...] = ()):
+    """(argv path, command) for every command of the tree, groups included."""
+    yield path, group
+    if hasattr(group, "commands"):
+        for name, sub in sorted(group.commands.items()):
+            yield from commands(sub, (*path, name))
+
+
+def test_bracketed_help_text_reaches_the_rendered_help():
+    app = create_app()
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    missing = []
+    for path, command in commands(root):
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "2000"}, terminal_width=2000)
+        assert shown.exit_code == 0, (path, shown.output)
+        text = " ".join(shown.output.split())
+        for param in command.params:
+            for bracketed in re.findall(r"\\?\[[^\]]*\]", getattr(param, "help", None) or ""):
+                literal = bracketed.lstrip("\\")
+                if " ".join(literal.split()) not in text:
+                    missing.append(f"metaemb {' '.join(path)} {param.name}: {literal}")
+    assert not missing, "help text rich swallowed as markup (write \\[):\n" + "\n".join(missing)
