@@ -258,7 +258,7 @@ def test_train_evaluate_export_on_demo_data_without_any_extra(tmp):
         ["export", str(run), "--format", "onnx", "--out", str(tmp / "m.onnx")],
     )
     hints = [line for line in clean(evaluation).splitlines() if "metaemb[plots]" in line]
-    assert hints == ["no plots: drawing PNG plots (DET, score histograms) needs matplotlib, from the "
+    assert hints == ["no plots: drawing PNG plots needs matplotlib, from the "
                      "optional 'plots' extra: pip install 'metaemb[plots]' (or pip install "
                      "matplotlib)."]  # fmt: skip
     assert (tmp / "ev" / "metrics.json").is_file() and not list((tmp / "ev").glob("*.png"))

@@ -86,7 +86,12 @@ def demo_data(
     modality: Annotated[str, typer.Option(help="face, speaker, …")] = "face",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-data"),
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="generator option, e.g. identities=40")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="generator option, e.g. identities=40 (face) or speakers=40 (speaker); "
+            "`metaemb list demo_data` lists them",
+        ),
     ] = None,
     seed: Annotated[
         int | None,

@@ -50,7 +50,8 @@ def evaluate(
         str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
     ] = "verification",
     enroll_samples: Annotated[
-        int | None, typer.Option(help="--measure class: samples enrolled per identity \\[default: 1]")
+        int | None,
+        typer.Option(help="--measure class: samples enrolled per identity \\[default: 1]"),
     ] = None,
     frontend_set: FrontendSet = None,
     folder: DataFolder = None,

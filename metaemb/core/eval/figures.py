@@ -21,9 +21,7 @@ class PlotsUnavailable(MetaembError):
 
 def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive backend, or PlotsUnavailable naming the extra."""
-    matplotlib = require(
-        "matplotlib", "drawing PNG plots (DET, score histograms)", PlotsUnavailable
-    )
+    matplotlib = require("matplotlib", "drawing PNG plots", PlotsUnavailable)
     matplotlib.use("Agg")
     return require("matplotlib.pyplot", "drawing PNG plots", PlotsUnavailable)
 
