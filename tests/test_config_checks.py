@@ -237,3 +237,10 @@ def test_a_component_chosen_twice_differently_in_one_layer_is_refused(tmp_path):
     # Across layers the later one wins, as for any key: a --set overrides the file.
     path.write_text('[scorer]\nname = "asnorm"\n')
     assert resolve("face", path, ["eval.scorer=cosine"]).eval.scorer == "cosine"
+
+
+def test_a_saved_config_without_a_modality_is_refused_not_read_as_the_image_default():
+    """The core filled in one built-in modality for a config that named none: with that plugin
+    disabled, or for another plugin's run, it chose a modality the run never had (Q1 F8)."""
+    with pytest.raises(ConfigError, match="names no modality"):
+        from_dict({"name": "x", "train": {"epochs": 1}})

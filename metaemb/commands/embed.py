@@ -9,7 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot, FrontendSet
+from metaemb.commands.options import (
+    DEFAULT_MODALITY,
+    DataFolder,
+    DataFolderSet,
+    FilesRoot,
+    FrontendSet,
+)
 
 console = make_console()
 
@@ -83,7 +89,7 @@ def _earlier_collection(out: Path) -> Any:
 
 
 def demo_data(
-    modality: Annotated[str, typer.Option(help="face, speaker, …")] = "face",
+    modality: Annotated[str, typer.Option(help="face, speaker, …")] = DEFAULT_MODALITY,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-data"),
     set_: Annotated[
         list[str] | None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DataFolder, DataFolderSet, FrontendSet
+from metaemb.commands.options import DEFAULT_MODALITY, DataFolder, DataFolderSet, FrontendSet
 
 console = make_console()
 
@@ -82,7 +82,7 @@ def evaluate(
     if modality is not None and reference is None:
         raise MetaembError("--modality is for --reference (a run knows its modality): leave it "
                            "out, or score --data with --reference NAME.")  # fmt: skip
-    modality = modality or "face"
+    modality = modality or DEFAULT_MODALITY
     if reference is not None and (folder is not None or folder_set):
         raise MetaembError("--folder and --folder-set choose how a run reads --data; a "
                            "--reference reads it with the modality's own folder.")  # fmt: skip

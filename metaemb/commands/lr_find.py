@@ -9,12 +9,15 @@ from typing import Annotated
 import typer
 
 from metaemb.commands.console import make_console
+from metaemb.commands.options import DEFAULT_MODALITY
 
 console = make_console()
 
 
 def lr_find(
-    modality: Annotated[str, typer.Option(help="face, speaker, or any plugin's modality")] = "face",
+    modality: Annotated[
+        str, typer.Option(help="face, speaker, or any plugin's modality")
+    ] = DEFAULT_MODALITY,
     data: Annotated[Path | None, typer.Option(help="data folder (default: demo data)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,

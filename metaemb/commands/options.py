@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+#: the modality a command uses when neither --modality nor a run or config file names one
+DEFAULT_MODALITY = "face"
+
 #: `--frontend-set KEY=VALUE` of the commands that use a trained run (evaluate, embed, enroll,
 #: identify): see `metaemb.core.data.pipeline.use_frontend_set`
 FrontendSet = Annotated[

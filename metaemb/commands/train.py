@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from metaemb.commands.console import console_options, make_console
+from metaemb.commands.options import DEFAULT_MODALITY
 from metaemb.commands.signals import Terminated, stopped_by_scheduler, worker_signal
 
 err_console = make_console(stderr=True)
@@ -68,7 +69,8 @@ def train(
     if modality is None:  # a saved run's config.toml says which modality it trains
         from metaemb.core.config.toml_io import load_toml
 
-        modality = str(load_toml(config).get("modality", "face")) if config else "face"
+        saved = load_toml(config).get("modality", DEFAULT_MODALITY) if config else None
+        modality = str(saved or DEFAULT_MODALITY)
     cfg = resolve(modality, config, sets)
     from metaemb.core.runs import related_runs, run_dir
 
@@ -210,7 +212,7 @@ def distill(
 
         dim = int(getattr(registry("backbones").get(str(teacher)), "feature_dim", 0))
         sets += [f"objective.teacher_dim={dim}"] if dim else []
-    modality = modality or _run_modality(teacher) or "face"
+    modality = modality or _run_modality(teacher) or DEFAULT_MODALITY
     train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
           fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from metaemb.commands.options import DEFAULT_MODALITY
+
 app = typer.Typer(
     help="Make seeded trial lists (VoxCeleb, Kaldi or any registered format that can be written) "
     "and report their coverage.",
@@ -47,7 +49,9 @@ def make(
             "plugin's \\[default: voxceleb]"
         ),
     ] = None,
-    modality: Annotated[str, typer.Option(help="modality whose sample folder reads DATA")] = "face",
+    modality: Annotated[
+        str, typer.Option(help="modality whose sample folder reads DATA")
+    ] = DEFAULT_MODALITY,
     folder: Annotated[
         str | None, typer.Option(help="sample-folder name (overrides the modality's), e.g. image")
     ] = None,

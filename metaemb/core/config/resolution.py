@@ -327,7 +327,12 @@ def _apply(
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a resolved Config saved by `to_dict` (e.g. from a checkpoint or config.toml);
     keys written by earlier versions are migrated with a warning (see config_checks)."""
-    modality = d.get("modality", "face")
+    modality = d.get("modality")
+    if not isinstance(modality, str) or not modality:
+        raise ConfigError(
+            f"the saved configuration names no modality (modality = {modality!r}); a run's "
+            "config.toml records the modality it was trained for."
+        )
     return resolve(modality, base=pin_former_defaults(d))
 
 
@@ -336,7 +341,7 @@ def pin_former_defaults(d: dict[str, Any]) -> dict[str, Any]:
     core fields added since it was saved (`HASH_NEUTRAL`), made explicit where it lacks them: it
     was trained (and is evaluated) with the former value, not today's default."""
     try:
-        mod = registry("modalities").get(d.get("modality", "face"))
+        mod = registry("modalities").get(str(d.get("modality")))
     except MetaembError:
         return d  # resolve() reports the unknown modality
     out = copy.deepcopy(d)

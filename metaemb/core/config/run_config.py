@@ -30,8 +30,8 @@ from metaemb.core.plugin.options import options_of
 
 @dataclass
 class Config:
+    modality: str  # a registered modality's name; resolve() fills in its defaults
     name: str = "run"
-    modality: str = "face"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
