@@ -78,8 +78,9 @@ def index_trials(trials: list[Trial], paths: list[str]) -> IndexedTrials:
     return IndexedTrials(torch.tensor(enroll), torch.tensor(test), torch.tensor(labels))
 
 
-def score_trials(scorer: Scorer, embeddings: Any, trials: IndexedTrials) -> Tensor:
-    """Scores of every trial; embeddings are indexed by trial position (extracted once per file)."""
+def score_indexed_trials(scorer: Scorer, embeddings: Any, trials: IndexedTrials) -> Tensor:
+    """Scores of single-enrollment trials indexed into `embeddings` (each file extracted once);
+    `scoring.scorers.score_trials` scores trials whose enrollment pools several embeddings."""
     return scorer.score(embeddings[trials.enroll], embeddings[trials.test]).double().cpu()
 
 
@@ -151,7 +152,7 @@ class Validator:
         if not self._checked_scorer:  # once a run: a plugin's scorer named up front
             check_consistent(self.scorer, emb, component(self.config, "scorer"))
             self._checked_scorer = True
-        scores = score_trials(self.scorer, self._table(emb, kept), trials)
+        scores = score_indexed_trials(self.scorer, self._table(emb, kept), trials)
         bad = int((~torch.isfinite(scores)).sum())
         if bad:  # the embeddings are finite (checked first): the scorer made them
             raise MetaembError(

@@ -247,7 +247,7 @@ def _eer_on(model: Any, dataset: Any, folder: Any, config: Any, device: Any) -> 
     model.eval()
     emb, _, _ = extract(model, dataset, device, batch_size=config.eval.batch_size, workers=0)
     scorer = build("scorers", "gme" if model.head.output == "gme" else "cosine", {})
-    scores = validation.score_trials(scorer, emb, indexed)
+    scores = validation.score_indexed_trials(scorer, emb, indexed)
     rep = validation.report(scores, indexed.labels, config.eval.p_targets)
     return {"eer": float(rep["eer"]), "trials": len(trials)}
 

@@ -137,7 +137,7 @@ def det_picture(trainer: Any) -> Any:
         emb, kept = trainer.embed(v.val_set)
     if len(kept) != len(v.val_folder):
         return None
-    scores = validation.score_trials(v.scorer, emb, v.trials)
+    scores = validation.score_indexed_trials(v.scorer, emb, v.trials)
     labels = v.trials.labels
     tar, non = scores[labels == 1].double().numpy(), scores[labels == 0].double().numpy()
     rep = validation.report(scores, labels, trainer.config.eval.p_targets)
