@@ -33,7 +33,7 @@ from metaemb.core.plugin.contract import Kind, declared
 from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
 from metaemb.core.plugin.options import options_of, parts_of
-from metaemb.core.train.augment import check_output
+from metaemb.core.train.augment_checks import check_output
 from metaemb.core.train.checks.batches import check_batches
 from metaemb.core.train.checks.input_spec import _not_plain
 

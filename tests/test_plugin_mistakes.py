@@ -1422,7 +1422,7 @@ def test_an_augmentation_stretching_time_but_keeping_the_lengths_is_warned_about
     each sample (P15 F3); a stretch with its lengths, or lengths-free batches, say nothing."""
     import warnings
 
-    from metaemb.core.train.augment import check_output
+    from metaemb.core.train.augment_checks import check_output
 
     x, labels, lengths = torch.randn(3, 2, 10), torch.arange(3), torch.tensor([10, 7, 4])
     stretched = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="linear")
@@ -1434,6 +1434,43 @@ def test_an_augmentation_stretching_time_but_keeping_the_lengths_is_warned_about
         check_output("augmentation 'a'", (stretched, lengths * 2, labels), x, lengths, 3)
         check_output("augmentation 'a'", (stretched, None, labels), x, None, 3)
         check_output("augmentation 'a'", (x, lengths, labels), x, lengths, 3)
+
+
+def test_an_augmentation_with_a_random_stream_of_its_own_is_warned_about():
+    """A generator made once in __init__ is not reseeded per epoch: a run resumed after a kill
+    trained on other batches, with no word (P17 F2). Global streams are fine, and the check
+    leaves the global random state as it found it."""
+    import random
+    import warnings
+
+    import numpy as np
+
+    from metaemb.core.train.augment_checks import warn_if_not_replayable
+
+    class OwnStream(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gen = torch.Generator().manual_seed(1234)
+
+        def forward(self, x, lengths, labels):
+            return x + torch.randn(x.shape, generator=self.gen), lengths, labels
+
+    class GlobalStreams(torch.nn.Module):
+        def forward(self, x, lengths, labels):
+            noise = torch.randn_like(x) + float(np.random.rand()) + random.random()
+            return x + noise, lengths, labels
+
+    x, labels = torch.randn(3, 2, 10), torch.arange(3)
+    with pytest.warns(UserWarning, match=r"augmentation 'own' gave two different batches from "
+                      r"the same random state: it draws from a random stream of its own"):  # fmt: skip
+        warn_if_not_replayable("augmentation 'own'", OwnStream(), x, None, labels)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_not_replayable("augmentation 'global'", GlobalStreams(), x, None, labels)
+    after = (torch.get_rng_state(), np.random.get_state()[1], random.getstate())
+    assert torch.equal(before[0], after[0]) and (before[1] == after[1]).all()
+    assert before[2] == after[2]
 
 
 def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_none():

@@ -21,6 +21,7 @@ from metaemb.core.plugin.contract import ANY, SAME, Kind
 from metaemb.core.plugin.interfaces import Augmentation
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import options_of
+from metaemb.core.train.augment_checks import check_output, warn_if_not_replayable
 
 SECTION = "augment"
 KIND = "augmentations"
@@ -157,6 +158,9 @@ class Augmenter(nn.Module):
                 else:  # a plugin's mistake is named once, up front
                     out = self._first_call(name, x, lengths, labels)
                     check_output(self.described(name), out, x, lengths, self.classes)
+                    warn_if_not_replayable(
+                        self.described(name), self.augs[name], x, lengths, labels
+                    )
                     self._checked.add(name)
                 x, lengths, labels = out
         return x, lengths, labels
@@ -204,70 +208,6 @@ class Augmenter(nn.Module):
     def features(self, x: Tensor, lengths: Tensor | None, labels: Tensor):
         """Augment the network input after the features ran."""
         return self._run("features", x, lengths, labels)
-
-
-def check_output(
-    name: str, out: Any, x: Tensor, lengths: Tensor | None, classes: int | None
-) -> None:
-    """An augmentation returns (x, lengths, labels) for the same batch: a tensor of the input's
-    dtype and device and batch size, lengths that fit its last axis, labels below the class
-    count. Anything else fails later in the features or the objective without its name."""
-    if not (isinstance(out, tuple) and len(out) == 3):
-        what = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, tuple) else "")
-        raise ConfigError(f"{name} returned {what}; an augmentation returns (x, lengths, labels).")
-    if not isinstance(out[0], Tensor):
-        raise ConfigError(
-            f"{name} returned x as a {type(out[0]).__name__}; x is a torch tensor on the batch's "
-            "device (augmentations run batched on the training device, not in numpy)."
-        )
-    y, ylen, ylab = out
-    n = x.shape[0]
-    problem = None
-    if y.dtype != x.dtype or y.device != x.device:
-        problem = f"x as {y.dtype} on {y.device} from {x.dtype} on {x.device}"
-    elif y.shape[0] != n:
-        problem = f"{y.shape[0]} samples from a batch of {n}"
-    elif y.dim() != x.dim() or y.shape[1:-1] != x.shape[1:-1]:  # the next stage was built for them
-        problem = (
-            f"x of shape {list(y.shape)} from {list(x.shape)}; an augmentation keeps every axis "
-            "but the last (time, which may change with its lengths)"
-        )
-    elif (ylen is None) != (lengths is None):
-        was = "None" if lengths is None else "a tensor"
-        problem = f"lengths {'None' if ylen is None else 'a tensor'} where they were {was}"
-    elif ylen is not None and (ylen.shape != (n,) or int(ylen.max()) > y.shape[-1]):
-        problem = (
-            f"lengths {ylen.tolist()[:4]}… for x of {y.shape[-1]} steps: lengths must be [batch] "
-            "and fit the last axis (change them with the signal)"
-        )
-    elif not isinstance(ylab, Tensor) or ylab.shape != (n,):
-        problem = f"labels {_shape(ylab)} for a batch of {n}"
-    elif ylab.dtype != torch.int64:
-        problem = f"labels as {ylab.dtype}; labels stay int64 [batch] (class indices)"
-    elif classes is not None and n and (int(ylab.min()) < 0 or int(ylab.max()) >= classes):
-        problem = (
-            f"labels up to {int(ylab.max())} with {classes} classes (an augmentation that "
-            "makes new identities says so in num_classes())"
-        )
-    if problem:
-        raise ConfigError(
-            f"{name} returned {problem}; see docs/plugins.md, 'register_augmentations'."
-        )
-    stretched = y.shape[-1] != x.shape[-1]
-    if stretched and ylen is not None and lengths is not None and torch.equal(ylen, lengths):
-        import warnings
-
-        warnings.warn(  # padding alone may keep them; a stretch or a cut may not
-            f"{name} changed the batch's steps ({x.shape[-1]} → {y.shape[-1]}) but returned "
-            "the input's lengths unchanged: if it stretched or cut the signal, the lengths "
-            "must change with it, or the network reads part of each sample as padding "
-            "(or padding as signal).",
-            stacklevel=2,
-        )
-
-
-def _shape(t: Any) -> str:
-    return f"of shape {list(t.shape)}" if isinstance(t, Tensor) else f"as a {type(t).__name__}"
 
 
 def _described(name: str) -> str:
