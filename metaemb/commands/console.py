@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from metaemb.core.closed_output import go_on_without_output
 from metaemb.core.train.runlog import WARNING  # how the core prints a warning line
 
 
@@ -34,6 +35,10 @@ class CommandConsole(Console):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.warnings_to = Console(**console_options(stderr=True))
+
+    def on_broken_pipe(self) -> None:
+        """The output's reader went away (`| head`): go on, printing nowhere."""
+        go_on_without_output(self)
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """Print as rich does; a line starting with WARNING goes to `warnings_to`."""

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
+from metaemb.core.closed_output import go_on_without_output
+
 #: how the core prints a warning line on a console (rich markup); commands send such lines to
 #: standard error
 WARNING = "[yellow]warning:[/]"
@@ -58,6 +60,10 @@ class LoggingConsole(Console):
         if log is not None:
             log.print(*objects, **kwargs)
             self._log_file.flush()  # type: ignore[union-attr]
+
+    def on_broken_pipe(self) -> None:
+        """The output's reader went away: train on, logging to train.log only."""
+        go_on_without_output(self)
 
     def log_only(self, text: str) -> None:
         """A line for the log file only (e.g. the error the CLI prints on stderr)."""
