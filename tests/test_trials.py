@@ -617,6 +617,14 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
     # nor does --force replace it: an export's sidecar or a run's README became a list (H17 F16)
     code, _, err = run_cli(["trials", "make", data, "--out", config, "--force"], capsys)
     assert code == 2 and "is not a trial list" in err and config.read_text() == "name = 'x'\n"
+    # notes and code whose first line happens to have 2 or 3 words are no list either (D3 F6)
+    for name, text in (("log.txt", "Experiment log\nThe model did well, I think.\n"),
+                       ("s.py", "import os\nprint(1)\n")):  # fmt: skip
+        notes = tmp_path / name
+        notes.write_text(text)
+        code, _, err = run_cli(["trials", "make", data, "--out", notes, "--force"], capsys)
+        said = " ".join(err.split())
+        assert code == 2 and "is not a trial list" in said and notes.read_text() == text, said
 
 
 def test_coverage_of_a_list_with_a_bad_first_label_and_a_missing_root(tmp_path, capsys):

@@ -145,12 +145,17 @@ def _keep_other_list(out: Path, force: bool, write: Any) -> None:
                 return
             if fresh.read_bytes() == out.read_bytes():
                 return
-    from metaemb.core.eval.trials import detect_format
-    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
+    import warnings
 
-    try:
-        if not out.read_text(errors="replace").startswith(TRIPLETS_HEADER):  # a triplet list
-            detect_format(out)
+    from metaemb.core.eval.trials import read_trials
+    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
+    from metaemb.core.eval.triplets import read_triplets
+
+    try:  # every line, not the first alone: notes whose first line has 3 words are no list
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # what is wrong with a list it is about to replace
+            triplets = out.read_text(errors="replace").startswith(TRIPLETS_HEADER)
+            read_triplets(out) if triplets else read_trials(out)
     except MetaembError:  # a config, notes: not a list at all
         raise OutputError(
             f"'{out}' exists and is not a trial list (another kind of file), which this would "
