@@ -175,3 +175,21 @@ def test_option_types_are_listed_as_a_script_reads_them():
 
     assert _typename(bool | Literal["mean", "level"]) == "bool | 'mean' | 'level'"
     assert _typename(list[int]) == "list[int]" and _typename(float) == "float"
+
+
+def test_resume_trims_metrics_lines_that_are_not_whole_records(tmp_path):
+    """A hand-edited line `{"epoch": null}` crashed a resume with a TypeError traceback, while
+    `metaemb runs` passed over it: both read metrics.jsonl by one rule now (Q1 F23)."""
+    import json
+
+    from metaemb.core.runs import epoch_records, trim_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    good = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}, {"epoch": 3, "loss": 1.0}]
+    odd = [{"epoch": None}, {"epoch": "x"}, {"note": "no epoch"}, {"epoch": True},
+           {"epoch": 2.5}, [1, 2], {"epoch": 0}]  # fmt: skip
+    lines = [json.dumps(r) for r in (good[0], *odd, good[1], good[2])] + ['{"epoch": 4, "lo']
+    path.write_text("\n".join(lines) + "\n")
+    assert [r["epoch"] for r in epoch_records(path)] == [1, 2, 3]
+    trim_jsonl(path, 2)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == good[:2]

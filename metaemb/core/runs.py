@@ -87,12 +87,35 @@ def trim_jsonl(path: Path, epoch: int) -> None:
 
 
 def record_epoch(line: str) -> int | None:
-    """The epoch of one metrics.jsonl line; None for a line that is not a whole record."""
+    """The epoch of one metrics.jsonl line; None for a line that is not a whole record (a line
+    torn by a kill, a hand edit: not a JSON object with a whole epoch number ≥ 1)."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return int(record.get("epoch", 0)) if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float, str)):
+        return None
+    try:
+        whole = int(epoch)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return whole if whole >= 1 and whole == float(epoch) else None
+
+
+def epoch_records(metrics: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl (epoch as an int); lines that are not a whole
+    record (see `record_epoch`) are passed over."""
+    if not metrics.is_file():
+        return []
+    records = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        epoch = record_epoch(line)
+        if epoch is not None:
+            records.append({**json.loads(line), "epoch": epoch})
+    return records
 
 
 def remove_stale_tmp(folder: Path) -> list[Path]:

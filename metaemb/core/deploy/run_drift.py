@@ -17,7 +17,8 @@ def warn_unfinished(run: Path, ckpt: Path, state: dict[str, Any], epochs: int) -
     with the epoch of the checkpoint used, so a partial result is not taken for the run's."""
     import warnings
 
-    from metaemb.core.eval.catalog import epoch_records, training_now
+    from metaemb.core.eval.catalog import training_now
+    from metaemb.core.runs import epoch_records
 
     done = max((int(r.get("epoch", 0)) for r in epoch_records(run / "metrics.jsonl")), default=0)
     if 0 < done < epochs:

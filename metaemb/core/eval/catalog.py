@@ -4,7 +4,6 @@ is opened, so listing thousands of runs is quick)."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metaemb.core.errors import DataError
+from metaemb.core.runs import epoch_records
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,23 +134,6 @@ def _int(value: Any) -> int:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def epoch_records(metrics: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of metrics.jsonl; lines that are not a JSON object with a whole
-    epoch number (a torn last line, a hand edit) are passed over."""
-    if not metrics.is_file():
-        return []
-    records = []
-    for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and _int(record.get("epoch")) > 0:
-            record["epoch"] = _int(record["epoch"])
-            records.append(record)
-    return records
 
 
 def _missing_epochs(records: list[dict[str, Any]]) -> list[int]:

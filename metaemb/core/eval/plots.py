@@ -17,8 +17,8 @@ import numpy as np
 from torch import Tensor
 
 from metaemb.core.errors import DataError, MetaembError
-from metaemb.core.eval.catalog import epoch_records
 from metaemb.core.eval.figures import pyplot, save_png
+from metaemb.core.runs import epoch_records
 
 MAP_METHODS = ("auto", "tsne", "pca")
 
