@@ -501,6 +501,37 @@ def test_evaluate_refuses_a_validation_split_of_changed_data(tmp_path, faces, ca
     expect_error(["evaluate", run, "--out", tmp_path / "ev", "--workers", "0"], capsys,
                  "changed since the run trained on it", "--trials")  # fmt: skip
     assert not (tmp_path / "ev").exists()
+    # the class measure rebuilt the split anyway and scored training identities, reporting
+    # none of them (Q1 F29)
+    expect_error(["evaluate", run, "--out", tmp_path / "ev", "--workers", "0", "--measure",
+                  "class"], capsys, "changed since the run trained on it")  # fmt: skip
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_scorer_fitted_at_evaluation_learns_the_checkpoints_training_identities(
+    tmp_path, faces, capsys
+):
+    """PLDA fitted at evaluate time on a new split of a folder that changed since training
+    learnt identities of the trial list (Q1 F29); it fits on the checkpoint's training
+    identities now."""
+    import shutil
+
+    import torch
+    from faults_helpers import train_tiny
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    assert train_tiny(data, tmp_path / "runs")[0] == 0
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    trained = torch.load(run / "last.pt", weights_only=False)["training_identities"]
+    for i in range(4):  # the folder grew since training: a new split holds other identities
+        shutil.copytree(faces / "id0000", data / f"new{i}")
+    listed = tmp_path / "list.txt"
+    assert run_cli(["trials", "make", data, "--out", listed], capsys)[0] == 0
+    code, out, err = run_cli(["evaluate", run, "--trials", listed, "--scorer", "plda", "--out",
+                              tmp_path / "ev", "--workers", "0"], capsys)  # fmt: skip
+    kept = sum(len(list((data / n).iterdir())) for n in trained)
+    assert code == 0 and f"on the run's {kept} training samples" in out, out + err
 
 
 def test_trial_lists_refuse_paths_starting_with_a_hash(tmp_path, faces, capsys):

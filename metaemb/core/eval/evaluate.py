@@ -145,26 +145,21 @@ class Evaluation:
                 trials = TrialList(trials, folds=self.folds, path=str(path))
                 check_folds_hold_both(trials, self.folds, str(path))
             return TrialSet(trials, path.stem, str(path), trial_folds(trials, str(path)))
-        from metaemb.core.eval.measures import is_other_folder, unseen_folder_trials
+        from metaemb.core.eval.measures import (
+            data_changed,
+            held_out_folder,
+            is_other_folder,
+            unseen_folder_trials,
+        )
 
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
             trials, source = unseen_folder_trials(loaded, self.console)
             return TrialSet(trials, "all-identities", source)
-        from metaemb.core.train.checkpointer import data_fingerprint
-
-        saved = loaded.state.get("data_fingerprint")
-        if saved is not None and saved != data_fingerprint(loaded.parts.folder):
-            if self.folder is not None or self.folder_options:  # read as other files: all
-                why = "read as other files than in training (--folder/--folder-set)"
-                trials, source = unseen_folder_trials(loaded, self.console, why)
-                return TrialSet(trials, "all-identities", source)
-            raise DataError(  # a new split would mix identities the model trained on into it
-                f"the data folder '{root}' changed since the run trained on it (now "
-                f"{len(loaded.parts.folder)} samples of {loaded.parts.folder.num_identities} "
-                "identities), so its validation split can no longer be rebuilt: restore the "
-                "data, or evaluate on a trial list (--trials) or another folder (--data)."
-            )
-        _, val = validation.split(loaded.parts.folder, cfg)
+        if (self.folder is not None or self.folder_options) and data_changed(loaded):
+            why = "read as other files than in training (--folder/--folder-set)"
+            trials, source = unseen_folder_trials(loaded, self.console, why)
+            return TrialSet(trials, "all-identities", source)
+        val = held_out_folder(loaded)
         trials = validation.validation_trials(val, cfg)
         return TrialSet(trials, "validation", "the run's validation trials", own_validation=True)
 
@@ -219,8 +214,9 @@ class Evaluation:
                     "(or with the scorer the run trained with, which is saved fitted)."
                 )
             parts = Components.build(own, root)
-        train, _ = validation.split(parts.folder, own)
-        return parts, train
+        from metaemb.core.eval.measures import training_folder
+
+        return parts, training_folder(loaded, parts)
 
     def _layout(self) -> str | None:
         """The sample folder the protocol's data are laid out for (AgeDB's flat folder, a

@@ -66,12 +66,56 @@ def unseen_folder_trials(
 
 def _folder_for(loaded: Any, data: Path | None) -> Any:
     """The evaluation folder: --data as it is, or the run's held-out validation identities."""
-    if data is not None:
-        return loaded.parts.folder
+    return loaded.parts.folder if data is not None else held_out_folder(loaded)
+
+
+def data_changed(loaded: Any) -> bool:
+    """Whether the run's data folder holds other samples than when the run trained on it."""
+    from metaemb.core.train.checkpointer import data_fingerprint
+
+    saved = loaded.state.get("data_fingerprint")
+    return saved is not None and saved != data_fingerprint(loaded.parts.folder)
+
+
+def held_out_folder(loaded: Any) -> Any:
+    """The run's held-out validation identities, as its split made them; refused when the data
+    folder changed since training, where a new split would mix identities the model trained on
+    into it (every measure of the run's own folder goes through here)."""
     from metaemb.core.train import validation
 
-    _, val = validation.split(loaded.parts.folder, loaded.config)  # the run's held-out ones
+    folder = loaded.parts.folder
+    if data_changed(loaded):
+        raise DataError(
+            f"the data folder '{folder.root}' changed since the run trained on it (now "
+            f"{len(folder)} samples of {folder.num_identities} identities), so its validation "
+            "split can no longer be rebuilt: restore the data, or evaluate on a trial list "
+            "(--trials) or another folder (--data)."
+        )
+    _, val = validation.split(folder, loaded.config)
     return val
+
+
+def training_folder(loaded: Any, parts: Any) -> Any:
+    """The samples the run trained on within `parts.folder` (the run's data folder read
+    again): its checkpoint's training identities, which stay right when the folder grew since;
+    a checkpoint without them gets the split rebuilt, refused when the folder changed."""
+    names = loaded.state.get("training_identities")
+    if names:
+        trained = set(names)
+        return parts.folder.subset([n for n in parts.folder.identities if n in trained])
+    from metaemb.core.train import validation
+    from metaemb.core.train.checkpointer import data_fingerprint
+
+    saved = loaded.state.get("data_fingerprint")
+    if saved is not None and saved != data_fingerprint(parts.folder):
+        raise DataError(
+            f"the data folder '{parts.folder.root}' changed since the run trained on it, and "
+            "its checkpoint does not list its training identities: a scorer fitted on a new "
+            "split would learn trial identities. Restore the data, or use a scorer that needs "
+            "no fitting (cosine, or the run's own)."
+        )
+    train, _ = validation.split(parts.folder, parts.config)
+    return train
 
 
 def _scorer(loaded: Any, name: str | None) -> Any:
@@ -250,7 +294,7 @@ def run_measure(
 
             result = class_measure(loaded, folder, sc, workers, enroll,
                                    split_seed(loaded.config), adapt)  # fmt: skip
-            scored = leakage.identities_of(folder) if data is not None else set()  # else held out
+            scored = leakage.identities_of(folder)  # none, for the run's held-out identities
             result["training_identities_scored"] = leakage.count_and_warn(
                 loaded.state, scored, console, folder.subject_of
             )
