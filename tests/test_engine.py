@@ -527,6 +527,14 @@ def test_a_hand_edited_config_toml_is_said_to_be_rewritten(faces, tmp_path, caps
     assert config.read_text() == original
     code, out, err = run_cli(args, capsys)  # unedited: nothing to say
     assert code == 0 and "edited by hand" not in out + err
+    edited = config.with_name("config.toml.edited")
+    assert "lr = 0.5 #" in edited.read_text()  # the hand edit is kept beside it
+    # an edit that no longer reads as a configuration vanished without a word (Q1 F22)
+    config.write_text(original.replace("[train]", "[train]\nbogus_key = 1", 1))
+    code, out, err = run_cli(args, capsys)
+    said = "".join(err.split())
+    assert code == 0 and "config.tomlnolongerreadsasaconfiguration" in said, err
+    assert config.read_text() == original and "bogus_key = 1" in edited.read_text()
 
 
 def test_a_teacher_trained_on_another_frontend_is_refused(tiny_face_run, tmp_path):

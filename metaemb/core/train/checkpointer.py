@@ -261,22 +261,29 @@ def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
 
 def config_edited_warning(path: Path, config: Any) -> str | None:
     """config.toml is rewritten from the command's settings on every start; an edit by hand
-    (which changes the run's hash) would vanish without a word, so say so."""
+    (which changes the run's hash) would vanish without a word, so say so, and keep the edited
+    file beside it as config.toml.edited. A file that no longer reads as a configuration (an
+    unknown key, a plugin's section) counts as edited too."""
     from metaemb.core.config import from_dict
     from metaemb.core.config.toml_io import load_toml
 
     if not path.exists():
         return None
+    why = "was edited by hand"
     try:
-        edited = from_dict(load_toml(path)).hash() != config.hash()
-    except Exception:  # written by another version or plugin set: nothing to compare
-        return None
-    if not edited:
-        return None
+        if from_dict(load_toml(path)).hash() == config.hash():
+            return None
+    except Exception as exc:
+        if path.read_text(errors="replace") == config.to_toml():
+            return None
+        why = f"no longer reads as a configuration ({type(exc).__name__}: {exc})"
+    kept = path.with_name(path.name + ".edited")
+    atomic_write_text(kept, path.read_text(errors="replace"))
     return (
-        f"{path} was edited by hand; a run's settings come from the command that trains it, "
-        "so it is rewritten from them. To train with the edited settings, start a new run: "
-        "metaemb train --config FILE (a copy of the edited file)."
+        f"{path} {why}; a run's settings come from the command that trains it, so it is "
+        f"rewritten from them (the edited file is kept as {kept.name}). To train with the "
+        "edited settings, start a new run: metaemb train --config FILE (a copy of the edited "
+        "file)."
     )
 
 
