@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 from typing import Annotated, Any
 
@@ -108,13 +109,11 @@ def main() -> None:
         return
     _tolerant_output()
     _plain_warnings()
-    from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
-
-    use_frontend_set(None)  # a command's --frontend-set never outlives it
-    use_folder_set(None, None)  # nor its --folder / --folder-set
     try:
         app = create_app()
-        app()
+        # in a context of its own: a command's --folder, --folder-set and --frontend-set
+        # (context variables) end with it, and never reach a later call in the same process
+        contextvars.copy_context().run(app)
     except MetaembError as exc:
         _print_error(_user_message(exc))
         sys.exit(2)

@@ -1,0 +1,16 @@
+"""A command's options do not outlive it in the process that ran it (a notebook, a test)."""
+
+from __future__ import annotations
+
+from helpers import run_cli
+
+from metaemb.core.data.pipeline import folder_set_used, frontend_set_used
+
+
+def test_a_commands_folder_options_end_with_it(tiny_face_run, tmp_path, capsys):
+    """`embed --folder agedb` in a notebook left its folder set: a later plain `load_run` in the
+    same process read the data with AgeDB's folder (Q1 F25)."""
+    args = ["embed", tiny_face_run, tmp_path / "nothing", "--out", tmp_path / "e.pt", "--folder",
+            "agedb", "--frontend-set", "on_no_face=center", "--workers", "0"]  # fmt: skip
+    run_cli(args, capsys)  # fails or not: what it set must not stay behind
+    assert folder_set_used() == (None, {}) and frontend_set_used() == {}
