@@ -78,8 +78,10 @@ def test_reference_evaluation_scores_are_dlib_cosines(tmp_path, capsys):
     ]
     with pytest.warns(UserWarning, match=r"reference 'dlib-resnet': dlib's network takes "
                       r"150×150 face chips .* does not align"):  # fmt: skip
-        code, _, err = helpers.run_cli(args, capsys)
+        code, said, err = helpers.run_cli(args, capsys)
     assert code == 0, err
+    said = " ".join(said.split())  # a reference has no run, so no run's folder (D3 F8)
+    assert "which a reference model did not train on here" in said and "the run's" not in said
     result = json.loads((out / "metrics.json").read_text())
     assert result["trials"] == "all-identities" and 0 <= result["eer"] <= 1
     trials, scores = read_scores(out / "scores.txt")

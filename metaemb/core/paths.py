@@ -138,7 +138,8 @@ def refuse_replacing_data_file(out: str | Path, root: str | Path, what: str) -> 
     if out.exists() and Path(root).is_dir() and out.resolve().is_relative_to(Path(root).resolve()):
         raise OutputError(
             f"the {what} '{out}' is an existing file inside the data folder '{root}'; writing "
-            "there would replace part of the data. Choose a path outside the data folder."
+            "there would replace part of the data. Choose a new file name, or a path outside the "
+            "data folder."
         )
 
 

@@ -434,7 +434,8 @@ def test_third_audit_outputs_and_inputs(tmp_path, faces, face_run, capsys, monke
     # A dataset's own landmark file is never replaced by `landmarks --out`.
     before = (faces / "landmarks.csv").read_bytes()
     expect_error(["landmarks", faces, "--out", faces / "landmarks.csv", "--workers", "0"],
-                 capsys, "existing file inside the data folder")  # fmt: skip
+                 capsys, "existing file inside the data folder",
+                 "Choose a new file name, or a path outside")  # fmt: skip
     assert (faces / "landmarks.csv").read_bytes() == before
     # lr-find --out: a photo or a run's training.png is refused; a plot of ours is not an input.
     photo = tmp_path / "photo.png"

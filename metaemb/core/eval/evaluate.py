@@ -153,7 +153,11 @@ class Evaluation:
         )
 
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
-            trials, source = unseen_folder_trials(loaded, self.console)
+            if getattr(self, "preloaded", None) is not None:  # a reference model: no run
+                why = "which a reference model did not train on here"
+                trials, source = unseen_folder_trials(loaded, self.console, why)
+            else:
+                trials, source = unseen_folder_trials(loaded, self.console)
             return TrialSet(trials, "all-identities", source)
         if (self.folder is not None or self.folder_options) and data_changed(loaded):
             why = "read as other files than in training (--folder/--folder-set)"
