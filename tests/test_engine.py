@@ -669,3 +669,22 @@ def test_a_torchrun_rank_keeps_the_default_signals(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with stopped_by_scheduler():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_global_batch_larger_than_the_data_names_the_ranks():
+    """Under torchrun, 2 ranks × batch 48 over 90 samples ran no step and advised raising
+    train.batch_size, the opposite of the fix (D3 F9)."""
+    from types import SimpleNamespace
+
+    from metaemb.core.data.samplers import RandomSampler
+    from metaemb.core.train.engine import Trainer
+
+    assert [len(RandomSampler(list(range(90)), 48, rank=r, world_size=2)) for r in (0, 1)] == [0, 0]
+    trainer = SimpleNamespace(
+        config=SimpleNamespace(train=SimpleNamespace(batch_size=48)),
+        dist=SimpleNamespace(world_size=2),
+        train_folder=[None] * 90,
+    )
+    said = Trainer._no_step(trainer, 0)
+    assert "2 ranks × train.batch_size 48 (per rank) = a global batch of 96" in said
+    assert "Lower train.batch_size to at most 45" in said

@@ -374,7 +374,7 @@ class Trainer:
                 if self._stop:
                     break
         if n_batches == 0 and not self._stop:
-            raise MetaembError(NO_STEP.format(epoch=epoch + 1, batch=cfg.batch_size))
+            raise MetaembError(self._no_step(epoch))
         seconds = time.perf_counter() - t0
         return EpochResult(
             epoch + 1,
@@ -447,6 +447,19 @@ class Trainer:
             **result.metrics,
             **{f"train_{k}": v for k, v in result.stats.items()},
         }
+
+    def _no_step(self, epoch: int) -> str:
+        """Why an epoch ran no step: batches of one sample, or, over several ranks, fewer
+        batches than ranks (each rank takes whole batches of its own)."""
+        batch, ranks, n = self.config.train.batch_size, self.dist.world_size, len(self.train_folder)
+        if ranks > 1 and ranks * batch > n:
+            return (
+                f"epoch {epoch + 1} ran no training step: {ranks} ranks × train.batch_size "
+                f"{batch} (per rank) = a global batch of {ranks * batch}, more than the {n} "
+                f"training samples, so no rank got a whole batch. Lower train.batch_size to at "
+                f"most {n // ranks}, or train on fewer ranks."
+            )
+        return NO_STEP.format(epoch=epoch + 1, batch=batch)
 
     def _progress(self) -> Progress:
         return Progress(
