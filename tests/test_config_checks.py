@@ -244,3 +244,16 @@ def test_a_saved_config_without_a_modality_is_refused_not_read_as_the_image_defa
     disabled, or for another plugin's run, it chose a modality the run never had (Q1 F8)."""
     with pytest.raises(ConfigError, match="names no modality"):
         from_dict({"name": "x", "train": {"epochs": 1}})
+
+
+def test_a_fixed_length_tuple_option_takes_that_many_values():
+    """`band: tuple[float, float]` took [0.5, 30, 99] and [] without a word (P17 F8); a
+    tuple[float, ...] keeps taking any length."""
+    from metaemb.core.plugin.options import coerce
+
+    assert coerce([0.5, 40], tuple[float, float], "k") == (0.5, 40.0)
+    assert coerce([1, 2, 3], tuple[int, ...], "k") == (1, 2, 3)
+    for wrong in ([0.5, 30, 99], [], [0.5]):
+        with pytest.raises(ConfigError, match=rf"k: expected 2 values \(tuple\[float, float\]\), "
+                           rf"got {len(wrong)}"):  # fmt: skip
+            coerce(wrong, tuple[float, float], "k")

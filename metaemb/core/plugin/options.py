@@ -131,6 +131,14 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             value = [mark(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list ({_typename(typ)}), got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[float, float]: fixed
+            if len(value) != len(args):
+                raise ConfigError(
+                    f"{where}: expected {len(args)} values ({_typename(typ)}), got "
+                    f"{len(value)}: {_shown(list(value))}."
+                )
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in pairs)
         inner = args[0] if args else Any
         items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -199,4 +207,6 @@ def _typename(typ: Any) -> str:
         return " or ".join(names) + (" or none" if type(None) in args else "")
     if typ is bool:
         return "true or false"
+    if origin in (list, tuple):  # list[int], tuple[float, float]: the element types count
+        return str(typ).replace("typing.", "")
     return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
