@@ -432,6 +432,16 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
         ):
             Wrong(tmp_path)
 
+    class Raising(Signatures):  # a header without the field it parses (P17 F9)
+        def identity_of(self, path):
+            if path == "u2/g1.npy":
+                raise KeyError("person")
+            return super().identity_of(path)
+
+    with pytest.raises(DataError, match=r"Raising.identity_of\('u2/g1.npy'\) under '.*' raised "
+                       r"KeyError: 'person'"):  # fmt: skip
+        Raising(tmp_path)
+
 
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
     """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`

@@ -165,8 +165,15 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
     def _checked_identity(self, path: str) -> str | None:
         """`identity_of(path)`, refused unless it is None or a name: an identity of 3, b"u1"
-        or "" would be sorted, printed and compared with the others as if it were one."""
-        identity = self.identity_of(path)
+        or "" would be sorted, printed and compared with the others as if it were one. An
+        exception names the file it was asked about (else the user bisects the dataset)."""
+        try:
+            identity = self.identity_of(path)
+        except Exception as exc:
+            raise DataError(
+                f"{type(self).__qualname__}.identity_of({path!r}) under '{self.root}' raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if identity is None or (isinstance(identity, str) and identity.strip()):
             return identity
         raise PluginError(
