@@ -84,8 +84,9 @@ def train(
         )
     if earlier is not None:  # the run hash of an earlier version covered options differently
         err_console.print(
-            f"note: {earlier} holds this same configuration, trained by an earlier metaemb whose "
-            f"run hash differed; this run starts in {run_dir(runs, cfg)}. `metaemb evaluate "
+            f"note: {earlier} holds this same configuration under another run hash (an earlier "
+            "metaemb hashed it otherwise, or a plugin added an option it does not list in "
+            f"hash_neutral); this run starts in {run_dir(runs, cfg)}. `metaemb evaluate "
             f"{earlier}` still evaluates the earlier run.",
             markup=False,
         )
