@@ -257,3 +257,14 @@ def test_a_fixed_length_tuple_option_takes_that_many_values():
         with pytest.raises(ConfigError, match=rf"k: expected 2 values \(tuple\[float, float\]\), "
                            rf"got {len(wrong)}"):  # fmt: skip
             coerce(wrong, tuple[float, float], "k")
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "triplet", "gme-bxe"])
+def test_an_objective_learning_from_pairs_refuses_one_sample_per_identity(objective):
+    """sampler.k=1: contrastive trained a whole run at loss 0 without a word, triplet warned
+    every batch, gme-bxe failed inside epoch 1 (T1 F4)."""
+    head = ["model.head=gme"] if objective.startswith("gme") else []
+    with pytest.raises(ConfigError, match=rf"objective '{objective}' learns from samples of one "
+                       r"identity in a batch, and sampler.k = 1"):  # fmt: skip
+        resolve("face", sets=[f"train.objective={objective}", "sampler.k=1", *head])
+    resolve("face", sets=[f"train.objective={objective}", "sampler.k=2", *head])

@@ -204,7 +204,23 @@ def resolve(
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     check_augmentations(cfg)  # each augmentation fits the data at its stage
+    _check_positives(cfg)
     return cfg
+
+
+def _check_positives(cfg: Config) -> None:
+    """An objective that learns from samples of one identity within a batch (its `batch` is
+    'pk': triplet, contrastive, GME) with sampler.k = 1 gets no such pair: contrastive trained
+    at loss 0 without a word, triplet warned every batch, GME failed inside the first epoch."""
+    objective = cfg.train.objective
+    wants_pk = getattr(registry("objectives").get(objective), "batch", None) == "pk"
+    k = cfg.options("sampler").get("k")
+    if wants_pk and cfg.train.sampler == "pk" and isinstance(k, int) and k < 2:
+        raise ConfigError(
+            f"objective '{objective}' learns from samples of one identity in a batch, and "
+            f"sampler.k = {k} puts one sample of each identity in a batch: set sampler.k to 2 "
+            "or more (--set sampler.k=4)."
+        )
 
 
 def _switched_off(layers: list[tuple[str, dict[str, Any]]]) -> set[str]:
