@@ -249,6 +249,19 @@ def test_distill_a_mobilenet_student_from_a_teacher(tiny_faces, tmp_path, capsys
     )
     assert code == 2 and "train.teacher" in err
 
+    # A smaller student than the teacher (32 → 8): distill learns a projection to the teacher's
+    # size; `train` with the objective says what to set before any epoch (T1 F5).
+    code, out, err = run_cli([*args, "--set", "model.dim=8"], capsys, monkeypatch)
+    assert code == 0, err + out
+    [small] = [
+        p for p in (runs / "face").iterdir() if p.name.startswith("distill-") and p != student
+    ]
+    assert "teacher_dim = 32" in (small / "config.toml").read_text()
+    sets = ["train.objective=distill", f"train.teacher={json.dumps(str(teacher))}", "model.dim=8"]
+    code, out, err = run_cli(train_args(tiny_faces, runs, *sets), capsys, monkeypatch)
+    said = " ".join(err.split())
+    assert code == 2 and "set objective.teacher_dim=32" in said and "epoch 1" not in out, said
+
 
 def test_train_takes_the_modality_of_its_config_file(tmp_path, capsys):
     """`train --config RUN/config.toml` of a speaker run said "the command asked for 'face'":

@@ -206,16 +206,40 @@ def distill(
         f"name={json.dumps('distill-' + student)}",
     ]  # a key the user --sets is theirs (the same key twice is warned about)
     sets = [d for d in defaults if d.partition("=")[0] not in own] + list(set_ or [])
+    modality = modality or _run_modality(teacher) or DEFAULT_MODALITY
+    if not any("teacher_dim" in s for s in set_ or []):  # a projection to the teacher's size
+        sets += _teacher_dim(teacher, modality, sets)
+    train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
+          fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
+
+
+def _teacher_dim(teacher: Path, modality: str, sets: list[str]) -> list[str]:
+    """`objective.teacher_dim` when the teacher's embeddings are not the student's size (a
+    smaller student is the usual case); nothing when they match, so runs keep their hash."""
     from metaemb.core.train.pretrained import is_pretrained_name
 
-    if is_pretrained_name(str(teacher)) and not any("teacher_dim" in s for s in set_ or []):
+    if is_pretrained_name(str(teacher)):
         from metaemb.core.plugin.manager import registry
 
         dim = int(getattr(registry("backbones").get(str(teacher)), "feature_dim", 0))
-        sets += [f"objective.teacher_dim={dim}"] if dim else []
-    modality = modality or _run_modality(teacher) or DEFAULT_MODALITY
-    train(modality=modality, data=data, config=None, set_=sets, runs=runs, device=device,
-          fresh=fresh, workers=workers, on_bad_sample=None)  # fmt: skip
+        return [f"objective.teacher_dim={dim}"] if dim else []
+    from metaemb.core.config import resolve
+    from metaemb.core.runs import saved_config
+
+    dim = ((saved_config(teacher) or {}).get("model") or {}).get("dim")
+    if not isinstance(dim, int):
+        return []
+    import warnings
+
+    from metaemb.core.errors import MetaembError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said once, when the run is resolved to train
+            student = resolve(modality, None, sets).model.dim
+    except MetaembError:  # said by the training that follows, with its context
+        return []
+    return [] if dim == student else [f"objective.teacher_dim={dim}"]
 
 
 def _run_modality(run: Path) -> str | None:

@@ -66,6 +66,13 @@ def build_teacher(
             f"'{tcfg.model.head}'); distillation learns from point embeddings or class logits, "
             "so take a teacher trained with model.head=linear."
         )
+    wanted = getattr(objective, "teacher_dim", 0) or config.model.dim  # what the student matches
+    if objective.teacher_kind() == "embedding" and tcfg.model.dim != wanted:
+        raise ConfigError(  # before the first epoch, not inside it
+            f"teacher '{config.train.teacher}' gives {tcfg.model.dim}-dimensional embeddings and "
+            f"the student {config.model.dim}; set objective.teacher_dim={tcfg.model.dim} so a "
+            "projection from the student's embedding is learned (`metaemb distill` sets it)."
+        )
     classifier = loaded.classifier()
     if objective.teacher_kind() == "logits" and classifier is None:
         raise ConfigError(
