@@ -688,3 +688,27 @@ def test_a_global_batch_larger_than_the_data_names_the_ranks():
     said = Trainer._no_step(trainer, 0)
     assert "2 ranks × train.batch_size 48 (per rank) = a global batch of 96" in said
     assert "Lower train.batch_size to at most 45" in said
+
+
+def test_a_distributed_run_says_its_ranks_and_global_batch(tmp_path):
+    """A torchrun run never said how many ranks or what global batch it trained with, though
+    train.batch_size is per rank (T1 F3)."""
+    from rich.console import Console
+
+    from metaemb.core.config import resolve
+    from metaemb.core.eval.summary import describe_run
+
+    class Folder(list):
+        num_identities = 3
+
+    cfg = resolve("face", sets=["train.batch_size=8"])
+    console = Console(record=True, width=200)
+    describe_run(
+        console, cfg, tmp_path, tmp_path, Folder(range(30)), Folder(range(9)), 12, "cpu", 2
+    )
+    assert "ranks: 2 (torchrun), train.batch_size 8 per rank: a global batch of 16" in (
+        console.export_text()
+    )
+    console = Console(record=True, width=200)
+    describe_run(console, cfg, tmp_path, tmp_path, Folder(range(30)), Folder(range(9)), 12, "cpu")
+    assert "ranks" not in console.export_text()

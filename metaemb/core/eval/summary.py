@@ -37,6 +37,7 @@ def describe_run(
     val: Any,
     n_trials: int,
     device: Any,
+    ranks: int = 1,
 ) -> None:
     """What is about to be trained, on what, and where its files go."""
     m = config.model
@@ -50,6 +51,12 @@ def describe_run(
         f"{_objective(config)}, sampler {config.train.sampler}, scorer {config.eval.scorer}; "
         f"device {device}"
     )
+    if ranks > 1:  # train.batch_size is per rank: say what one optimiser step sees
+        console.print(
+            f"  ranks: {ranks} (torchrun), train.batch_size {config.train.batch_size} per rank: "
+            f"a global batch of {ranks * config.train.batch_size}",
+            markup=False,
+        )
     if config.train.batch_size > len(train):  # a typo of 100 as 100000 trains one batch
         console.print(
             f"  note: train.batch_size {config.train.batch_size} is more than the {len(train)} "

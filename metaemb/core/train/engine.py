@@ -534,7 +534,8 @@ class Trainer:
         from metaemb.core.eval.summary import describe_run
 
         describe_run(self.console, self.config, self.dir, self.parts.root, self.train_folder,
-                     self.val_folder, len(self.validator.trials), self.device)  # fmt: skip
+                     self.val_folder, len(self.validator.trials), self.device,
+                     self.dist.world_size)  # fmt: skip
 
     def _print_epoch(self, record: dict[str, Any], improved: bool) -> None:
         from metaemb.core.eval.summary import print_epoch
