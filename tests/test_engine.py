@@ -465,6 +465,21 @@ def test_a_run_that_lost_last_pt_is_not_silently_restarted(faces, tmp_path, caps
     assert after == {k: v for k, v in before.items() if k != "train.log"}
 
 
+def test_epoch_one_left_without_last_pt_is_trained_again_with_a_warning(faces, tmp_path, capsys):
+    """An attempt stopped while saving its first checkpoint (best.pt written, last.pt not) was
+    restarted without a word, its epoch 1 discarded: an epoch of a large model is hours (T1 F6)."""
+    args = cli_args(faces, tmp_path, "train.epochs=1")
+    assert run_cli(args, capsys)[0] == 0
+    [run] = (tmp_path / "face").iterdir()
+    (run / "last.pt").unlink()
+    code, _, err = run_cli(args, capsys)
+    said = " ".join(err.split())
+    assert code == 0 and "epoch 1 was trained but its last.pt is missing" in said, said
+    assert (run / "last.pt").is_file() and len(
+        (run / "metrics.jsonl").read_text().splitlines()
+    ) == 1
+
+
 def test_the_same_relative_data_from_another_folder_is_not_resumed(faces, tmp_path, capsys):
     """Run folders are named by the configuration as typed: `--data data` in two project
     folders names one run. The second project's data (same file names, other pictures) must

@@ -87,6 +87,16 @@ class Checkpointer:
             return state
         if self.main:
             self._refuse_lost_last()
+            left = [n for n in (BEST, METRICS) if (self.dir / n).exists()]
+            if any(record_epoch(ln) is not None for ln in _lines(self.metrics)):
+                import warnings
+
+                warnings.warn(  # an epoch of a large model is hours: say it is recomputed
+                    f"{self.dir}: epoch 1 was trained but its last.pt is missing (an attempt "
+                    f"stopped while saving its first checkpoint); its {' and '.join(left)} "
+                    "are removed and training starts over.",
+                    stacklevel=2,
+                )
             for name in (METRICS, BEST, SKIPPED):
                 (self.dir / name).unlink(missing_ok=True)
         return None
