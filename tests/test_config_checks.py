@@ -168,6 +168,21 @@ def test_a_run_folder_of_an_earlier_hash_scheme_is_found(tmp_path, monkeypatch, 
     assert related_runs(tmp_path, cfg)[0] is None  # its own folder exists: resumes there
 
 
+def test_a_run_of_the_same_configuration_with_other_epochs_is_found(tmp_path):
+    """Raising train.epochs of a finished run started a new run from epoch 1 without a word;
+    the user thought it resumed (T1 F2)."""
+    from metaemb.core.runs import related_runs, run_dir
+
+    four = resolve("face", sets=["train.epochs=4"])
+    folder = run_dir(tmp_path, four)
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(four.to_toml())
+    six = resolve("face", sets=["train.epochs=6"])
+    assert related_runs(tmp_path, six).other_epochs == (folder, 4)
+    other = resolve("face", sets=["train.epochs=6", "train.lr=0.01"])
+    assert related_runs(tmp_path, other).other_epochs is None  # another configuration
+
+
 def test_readme_configuration_example_resolves(tmp_path):
     text = (Path(__file__).parents[1] / "README.md").read_text()
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]

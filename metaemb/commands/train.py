@@ -74,7 +74,16 @@ def train(
     cfg = resolve(modality, config, sets)
     from metaemb.core.runs import related_runs, run_dir
 
-    earlier, twin = related_runs(runs, cfg)
+    earlier, twin, other_epochs = related_runs(runs, cfg)
+    if other_epochs is not None:
+        folder, epochs = other_epochs
+        err_console.print(
+            f"note: {folder} holds this configuration with train.epochs={epochs}; train.epochs "
+            "is part of a run (its learning-rate schedule follows it), so this one starts "
+            f"from scratch in {run_dir(runs, cfg)}. To continue from that run's weights "
+            f"instead: --set train.init_from={folder} --set train.init_parts=all.",
+            markup=False,
+        )
     if twin is not None:
         err_console.print(
             f"note: {twin[0]} trained this same configuration on the same data folder, given as "

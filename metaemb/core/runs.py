@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from metaemb.core.config import Config
 from metaemb.core.errors import ConfigError, MetaembError
@@ -31,15 +31,27 @@ def run_dir(runs_root: str | Path, config: Config) -> Path:
     return Path(runs_root) / config.modality / f"{config.name}-{config.hash()}"
 
 
-def related_runs(
-    runs_root: str | Path, config: Config
-) -> tuple[Path | None, tuple[Path, str] | None]:
-    """Run folders of the same name that hold this same configuration under another hash, in
-    one scan (both None when this run's own folder exists):
+class RelatedRuns(NamedTuple):
+    """Run folders of the same name related to a new run (each None when there is none)."""
+
+    #: this configuration under another hash (an earlier metaemb hashed it otherwise)
+    earlier: Path | None
+    #: (a run, its --data): this configuration on the same data folder given another way
+    twin: tuple[Path, str] | None
+    #: (a run, its train.epochs): this configuration but for train.epochs, which is part of
+    #: the hash (the learning-rate schedule follows it), so more epochs start a new run
+    other_epochs: tuple[Path, int] | None
+
+
+def related_runs(runs_root: str | Path, config: Config) -> RelatedRuns:
+    """Run folders of the same name that hold this configuration under another hash, in one
+    scan (all None when this run's own folder exists):
     - an earlier run: its config.toml, read by this version, is this configuration, though an
       earlier metaemb hashed it otherwise (e.g. before composites took nested tables);
     - (a run, its --data) of this configuration on the same data folder given another way
-      (`face` and `$PWD/face`, a symlink): runs are keyed by the path as typed."""
+      (`face` and `$PWD/face`, a symlink): runs are keyed by the path as typed;
+    - (a run, its epochs) of this configuration with another train.epochs: raising the epochs
+      of a finished run starts a new run, which a user expects to resume."""
     import os
     import warnings
 
@@ -48,12 +60,13 @@ def related_runs(
 
     here = run_dir(runs_root, config)
     if here.exists():
-        return None, None
+        return RelatedRuns(None, None, None)
     digest, mine = config.hash(), ""
     if config.data.root:
         mine = os.path.realpath(config.data.root_absolute or config.data.root)
     earlier: Path | None = None
     twin: tuple[Path, str] | None = None
+    other_epochs: tuple[Path, int] | None = None
     for folder in sorted(here.parent.glob(f"{config.name}-*")):
         try:
             with warnings.catch_warnings():
@@ -63,6 +76,13 @@ def related_runs(
                 if earlier is None and same_form and other.hash() == digest:
                     earlier = folder
                     continue
+                epochs = other.train.epochs
+                if other_epochs is None and epochs != config.train.epochs:
+                    other.train.epochs = config.train.epochs
+                    if other.hash() == digest:
+                        other_epochs = (folder, epochs)
+                        continue
+                    other.train.epochs = epochs
                 typed = other.data.root
                 if twin is None and mine and typed and typed != config.data.root:
                     same_data = os.path.realpath(other.data.root_absolute or typed) == mine
@@ -71,7 +91,7 @@ def related_runs(
                         twin = (folder, typed)
         except (MetaembError, OSError):
             continue
-    return earlier, twin
+    return RelatedRuns(earlier, twin, other_epochs)
 
 
 def trim_jsonl(path: Path, epoch: int) -> None:
