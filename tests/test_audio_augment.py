@@ -252,6 +252,13 @@ def test_options_of_an_augmentation_left_off_are_range_checked_too():
         warnings.simplefilter("error")
         off = resolve("speaker", config_file=recipe, sets=["train.augment=[]"])
     assert off.train.augment == [] and off.options("augment") == {}
+    # within the --set items their order counts: an option after the list forgot its name in
+    # it (D3 F11); an option before the list was switched off by it
+    with pytest.warns(UserWarning, match=r"augment.noise.p is set but 'noise' is not in"):
+        resolve("speaker", sets=["train.augment=['speed']", "augment.noise.p=0.3"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve("speaker", sets=["augment.noise.p=0.3", "train.augment=['speed']"])
 
 
 class Spy(Augmentation):

@@ -224,21 +224,28 @@ def _check_positives(cfg: Config) -> None:
 
 
 def _switched_off(layers: list[tuple[str, dict[str, Any]]]) -> set[str]:
-    """Augmentations whose options come from a layer no later than the one that set
-    train.augment: the list was chosen after them (`--set train.augment=[]` over a recipe's
-    [augment.*] tables), so leaving them out is deliberate, not an option without effect."""
-    chosen_at = max((i for i, (_, layer) in enumerate(layers) if "train.augment" in layer),
-                    default=-1)  # fmt: skip
-    last: dict[str, int] = {}
-    for i, (_, layer) in enumerate(layers):
+    """Augmentations whose options were given before train.augment was set: the list was
+    chosen after them (`--set train.augment=[]` over a recipe's [augment.*] tables), so leaving
+    them out is deliberate, not an option without effect. Within the --set items their order
+    counts (`--set train.augment=['speed'] --set augment.noise.p=0.3` forgot noise); within a
+    file, a table of options beside the list is the file's own choice."""
+
+    def position(i: int, origin: str, layer: dict[str, Any], key: str) -> tuple[int, int]:
+        return (i, list(layer).index(key) if origin == "--set" else 0)
+
+    chosen_at = max((position(i, origin, layer, "train.augment")
+                     for i, (origin, layer) in enumerate(layers) if "train.augment" in layer),
+                    default=(-1, 0))  # fmt: skip
+    last: dict[str, tuple[int, int]] = {}
+    for i, (origin, layer) in enumerate(layers):
         for key, value in layer.items():
             parts = key.split(".")
             if parts[0] != "augment":
                 continue
             names = [parts[1]] if len(parts) > 1 else list(value) if isinstance(value, dict) else []
             for name in names:
-                last[name] = i
-    return {name for name, i in last.items() if i <= chosen_at}
+                last[name] = position(i, origin, layer, key)
+    return {name for name, at in last.items() if at <= chosen_at}
 
 
 def _objective_sampler(objective: str) -> str:
