@@ -93,6 +93,23 @@ def test_a_damaged_last_pt_points_at_an_intact_best_pt(tiny_face_run, tmp_path):
         load_checkpoint(copy / "text.pt")
 
 
+def test_a_partial_run_without_last_pt_is_not_called_resumable(tiny_face_run, tmp_path):
+    """`metaemb runs` said "partial" (the same command resumes it) for two trained epochs whose
+    last.pt was gone, which `train` refuses to resume (T1 F8)."""
+    import shutil
+
+    from metaemb.core.eval.catalog import read_run
+
+    _, run = tiny_face_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = copy / "config.toml"
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 4", 1))  # 2 of 4 done
+    assert read_run(copy).status.startswith("partial")
+    (copy / "last.pt").unlink()
+    assert read_run(copy).status.startswith("damaged (last.pt missing: train refuses to resume")
+
+
 def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     code, _, err = helpers.run_cli(["runs", tmp_path / "nope"], capsys)
     assert code == 2 and "does not exist" in err

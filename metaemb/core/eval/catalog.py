@@ -89,6 +89,8 @@ def read_run(run_dir: Path) -> RunInfo:
         status = f"training now (pid {trainer})"
     elif damaged:
         status = f"damaged ({', '.join(damaged)} unreadable)"
+    elif status == "partial" and done >= 2 and not (run_dir / "last.pt").exists():
+        status = "damaged (last.pt missing: train refuses to resume it)"  # as train decides
     status += note + _edited_note(run_dir, cfg)
     return RunInfo(
         path=str(run_dir),
