@@ -336,3 +336,9 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
     assert metrics and all(np.isfinite(m.get("loss", 0.0)) for m in metrics)
     assert "image-tar" in (run / "config.toml").read_text()
     assert len(list((tmp_path / "cache" / "tar-index").glob("*.tsv"))) == 2
+    # evaluated without --data: the pattern names the shards the run trained on, though no
+    # file is called that (it was "does not exist (moved or deleted?)", D3 F10)
+    code, out, err = helpers.run_cli(["evaluate", run, "--out", tmp_path / "ev", "--workers", "0"],
+                                     capsys, monkeypatch)  # fmt: skip
+    assert code == 0, out + err
+    assert (tmp_path / "ev" / "metrics.json").is_file()

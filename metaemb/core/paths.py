@@ -112,6 +112,21 @@ def recordable(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
+def data_path_exists(root: str | Path) -> bool:
+    """Whether a data path names something: a folder or file, or a pattern of files
+    (`shards/train-{000000..000099}.tar`, `shards/*.tar`) of which at least one exists."""
+    import glob
+
+    text = str(root)
+    if Path(text).exists():
+        return True
+    if not any(c in text for c in "{*?["):
+        return False
+    from metaemb.core.data.tar_index import expand_braces
+
+    return any(os.path.exists(p) or glob.glob(p) for p in expand_braces(text))
+
+
 def default_cache_dir() -> Path:
     """$METAEMB_CACHE, else ~/.cache/metaemb (demo data, frontend caches, manifests); an empty
     variable counts as unset, not as the working directory."""

@@ -15,7 +15,7 @@ from rich.console import Console
 from metaemb.core.config import Config
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.errors import ConfigError, OutputError, PluginError
-from metaemb.core.paths import default_cache_dir, ensure_writable_dir
+from metaemb.core.paths import data_path_exists, default_cache_dir, ensure_writable_dir
 from metaemb.core.plugin.components import build
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
@@ -39,7 +39,7 @@ def data_root(config: Config, console: Console | None = None) -> Path:
     if config.data.root:
         root = Path(config.data.root)
         trained = Path(config.data.root_absolute) if config.data.root_absolute else None
-        if not root.is_absolute() and trained is not None and trained.is_dir():
+        if not root.is_absolute() and trained is not None and data_path_exists(trained):
             return trained  # the folder the run trained on, from any working directory
         return root
     mod = config.modality_obj()

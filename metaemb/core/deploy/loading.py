@@ -26,6 +26,7 @@ from metaemb.core.data.pipeline import Components, build_model, data_root
 from metaemb.core.deploy.run_data import plain_folder, read_with, rebase_data_paths
 from metaemb.core.deploy.run_drift import warn_changed_inputs, warn_edited_config, warn_unfinished
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
+from metaemb.core.paths import data_path_exists
 from metaemb.core.plugin.components import build, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.train.device import pick_device
@@ -256,7 +257,7 @@ def load_run(
             cfg.data.root, cfg.data.root_absolute = str(data), ""
         read_with(cfg, folder, folder_options)
         root = data_root(cfg)
-        if data is None and cfg.data.root and not root.exists():
+        if data is None and cfg.data.root and not data_path_exists(root):
             saved = cfg.data.root_absolute or cfg.data.root
             if cfg.train.rehearsal and cfg.train.init_from:
                 raise DataError(
