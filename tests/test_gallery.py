@@ -397,6 +397,11 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     assert code == 2 and "landmarks.csv" in err, err
     assert "The data root was taken as" in err and "--data ROOT sets it" in err
     assert "a landmark file covering these images" in err and "--on-bad-sample" not in err
+    # A probe outside --data: the advice was to pass --data, which the user had (Q1 F30).
+    code, _, err = run_cli([*args, "--data", probes, "--probe", other / "003.png", "--workers",
+                            "0"], capsys)  # fmt: skip
+    said = " ".join(err.split())
+    assert code == 2 and f"is not under --data '{probes}'" in said and "leave --data out" in said
 
     # Probing with the enrolled samples themselves: said (each scores against itself).
     with pytest.warns(UserWarning, match=r"9 of the 9 probes are samples enrolled in the gallery"):

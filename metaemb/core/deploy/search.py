@@ -45,11 +45,15 @@ def _probe_samples(folder: Any, root: Path, files: list[Path]) -> list[int]:
         try:
             rel = f.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
-            rel = None
+            raise DataError(
+                f"probe '{f}' is not under --data '{root}': give probes inside it, or leave "
+                "--data out (each probe's identity is then the name of its folder; --root DIR "
+                "for nested layouts)."
+            ) from None
         if rel not in where:
             raise DataError(
-                f"probe '{f}' is not an <identity>/<sample> file of a supported type under the "
-                f"data root '{root}'; pass --data ROOT for files laid out as ROOT/<folder>/<file>."
+                f"probe '{f}' is under --data '{root}' but is no sample of its folder (not an "
+                "<identity>/<sample> file of a type it reads, or left out by it)."
             )
         out.append(where[rel])
     return out
