@@ -37,3 +37,18 @@ def test_bracketed_help_text_reaches_the_rendered_help():
                 if " ".join(literal.split()) not in text:
                     missing.append(f"metaemb {' '.join(path)} {param.name}: {literal}")
     assert not missing, "help text rich swallowed as markup (write \\[):\n" + "\n".join(missing)
+
+
+def test_every_device_and_workers_option_says_the_same():
+    """--device was declared nine times with three helps (none listing cuda:N on most), and
+    --workers with three (Q1 F27)."""
+    root = typer.main.get_command(create_app())
+    helps: dict[str, set[str]] = {"device": set(), "workers": set()}
+    for _, command in commands(root):
+        runs_a_network = any(p.name == "device" for p in command.params)  # not `landmarks`
+        for param in command.params:
+            train_default = param.name == "workers" and param.default is None  # data.workers
+            if param.name in helps and runs_a_network and not train_default:
+                helps[param.name].add(param.help or "")
+    assert helps["device"] == {"auto, cpu, cuda, cuda:N or mps"}
+    assert helps["workers"] == {"DataLoader worker processes (0: read in this process)"}

@@ -13,8 +13,10 @@ from metaemb.commands.options import (
     DEFAULT_MODALITY,
     DataFolder,
     DataFolderSet,
+    Device,
     FilesRoot,
     FrontendSet,
+    Workers,
 )
 
 console = make_console()
@@ -26,8 +28,8 @@ def embed(
     out: Annotated[
         Path, typer.Option(help="output .pt file, or .npz (embeddings, paths, identities)")
     ],
-    device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option(min=0)] = 2,
+    device: Device = "auto",
+    workers: Workers = 2,
     root: FilesRoot = None,
     frontend_set: FrontendSet = None,
     folder: DataFolder = None,

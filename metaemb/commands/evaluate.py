@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DEFAULT_MODALITY, DataFolder, DataFolderSet, FrontendSet
+from metaemb.commands.options import (
+    DEFAULT_MODALITY,
+    DataFolder,
+    DataFolderSet,
+    Device,
+    FrontendSet,
+    Workers,
+)
 
 console = make_console()
 
@@ -44,8 +51,8 @@ def evaluate(
         Path | None, typer.Option(help="trial list of held-out trials to train calibration on")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval-…)")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option(min=0)] = 2,
+    device: Device = "auto",
+    workers: Workers = 2,
     measure: Annotated[
         str, typer.Option(help="verification (pairs), match (triplets) or class (closed set)")
     ] = "verification",

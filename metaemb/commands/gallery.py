@@ -14,7 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot, FrontendSet
+from metaemb.commands.options import (
+    DataFolder,
+    DataFolderSet,
+    Device,
+    FilesRoot,
+    FrontendSet,
+    Workers,
+)
 from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
 from metaemb.core.deploy.enrollment import enroll_folder
 from metaemb.core.deploy.search import Identification, identify_probes, write_results
@@ -109,8 +116,8 @@ def enroll(
         Path | None,
         typer.Option(help="a text file of identities to enroll, one per line, taken exactly"),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
+    device: Device = "auto",
+    workers: Workers = 2,
     frontend_set: FrontendSet = None,
     folder: DataFolder = None,
     folder_set: DataFolderSet = None,
@@ -204,8 +211,8 @@ def identify(
     faiss: Annotated[bool, typer.Option(help="faiss index search (cosine scorers)")] = False,
     out: Annotated[Path | None, typer.Option(help="write every candidate to this TSV file")] = None,
     show: Annotated[int, typer.Option(help="probes to print", min=0)] = 20,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader workers", min=0)] = 2,
+    device: Device = "auto",
+    workers: Workers = 2,
     frontend_set: FrontendSet = None,
     folder: DataFolder = None,
     folder_set: DataFolderSet = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DEFAULT_MODALITY
+from metaemb.commands.options import DEFAULT_MODALITY, Device, Workers
 
 console = make_console()
 
@@ -27,8 +27,8 @@ def lr_find(
     out: Annotated[
         Path, typer.Option(help="plot (PNG); the numbers go to the same name .json")
     ] = Path("lr_find.png"),
-    device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: Device = "auto",
+    workers: Workers = 0,
 ) -> None:
     """Sweep the learning rate exponentially over a few hundred training steps, plot loss
     against it, and suggest a value for train.lr (the steepest descent of the smoothed loss)."""

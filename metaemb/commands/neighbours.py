@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metaemb.commands.console import make_console
-from metaemb.commands.options import DataFolder, DataFolderSet, FilesRoot
+from metaemb.commands.options import DataFolder, DataFolderSet, Device, FilesRoot, Workers
 
 console = make_console()
 
@@ -173,8 +173,8 @@ def neighbours(
     ] = None,
     max_rank: Annotated[int, typer.Option(min=1, help="CMC up to this rank (metrics)")] = 10,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: Device = "auto",
+    workers: Workers = 0,
     root: FilesRoot = None,
     folder: DataFolder = None,
     folder_set: DataFolderSet = None,

@@ -10,6 +10,14 @@ import typer
 #: the modality a command uses when neither --modality nor a run or config file names one
 DEFAULT_MODALITY = "face"
 
+#: `--device` of every command that runs a network
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+
+#: `--workers N` of the commands that read data after training
+Workers = Annotated[
+    int, typer.Option(help="DataLoader worker processes (0: read in this process)", min=0)
+]
+
 #: `--frontend-set KEY=VALUE` of the commands that use a trained run (evaluate, embed, enroll,
 #: identify): see `metaemb.core.data.pipeline.use_frontend_set`
 FrontendSet = Annotated[

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from metaemb.commands.console import make_console
+from metaemb.commands.options import Device, Workers
 
 console = make_console()
 
@@ -27,8 +28,8 @@ def plot(
         str, typer.Option(help="auto (t-SNE if scikit-learn is installed), tsne, pca")
     ] = "auto",
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/plots)")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: Device = "auto",
+    workers: Workers = 0,
 ) -> None:
     """Training curves (loss, EER, minDCF per epoch); with --embeddings, a 2-D map coloured by
     identity and the leave-one-out CMC curve."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from metaemb.commands.console import console_options, make_console
-from metaemb.commands.options import DEFAULT_MODALITY
+from metaemb.commands.options import DEFAULT_MODALITY, Device
 from metaemb.commands.signals import Terminated, stopped_by_scheduler, worker_signal
 
 err_console = make_console(stderr=True)
@@ -34,9 +34,11 @@ def train(
         list[str] | None, typer.Option("--set", help="dotted override, e.g. train.epochs=3")
     ] = None,
     runs: Annotated[Path, typer.Option(help="root of run directories")] = Path("runs"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
+    device: Device = "auto",
     fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers", min=0)] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes (default: data.workers)", min=0)
+    ] = None,
     on_bad_sample: Annotated[
         str | None, typer.Option(help="error (default) or skip: skipped files go to skipped.txt")
     ] = None,
@@ -201,9 +203,11 @@ def distill(
     kd: Annotated[str, typer.Option(help="embedding or logits")] = "embedding",
     set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
     runs: Annotated[Path, typer.Option()] = Path("runs"),
-    device: Annotated[str, typer.Option()] = "auto",
-    fresh: Annotated[bool, typer.Option()] = False,
-    workers: Annotated[int | None, typer.Option(min=0)] = None,
+    device: Device = "auto",
+    fresh: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes (default: data.workers)", min=0)
+    ] = None,
 ) -> None:
     """Train a student backbone from a frozen teacher (task loss + knowledge distillation)."""
     own = {s.partition("=")[0].strip() for s in set_ or []}
