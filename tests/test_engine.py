@@ -727,3 +727,22 @@ def test_a_distributed_run_says_its_ranks_and_global_batch(tmp_path):
     console = Console(record=True, width=200)
     describe_run(console, cfg, tmp_path, tmp_path, Folder(range(30)), Folder(range(9)), 12, "cpu")
     assert "ranks" not in console.export_text()
+
+
+def test_each_rank_gets_its_own_random_streams_back_on_resume():
+    """A torchrun run resumed after a kill diverged from the uninterrupted one: every rank
+    restored rank 0's random state, so rank 1 drew other augmentations (T1 F9)."""
+    from metaemb.core.train.checkpointer import rank_rng_states, restore_rng
+
+    assert rank_rng_states(1) is None  # one process: the checkpoint's own `rng`
+    streams = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        streams.append((torch.get_rng_state(), None))
+    state = {"rng": streams[0][0], "rng_by_rank": streams}
+    for rank, seed in ((0, 1), (1, 2)):
+        restore_rng(state, rank, 2)
+        want = torch.Generator().manual_seed(seed)
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=want))
+    restore_rng(state, 1, 4)  # other ranks than saved: the saving rank's stream
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(1)))

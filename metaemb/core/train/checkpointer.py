@@ -324,12 +324,38 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.scorer.load_state_dict(state.get("scorer", {}))
-        torch.set_rng_state(state["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MetaembError(
             f"cannot resume {trainer.dir}: its last.pt does not fit this run's model "
             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}). Nothing was "
             "changed; --fresh trains the run again from scratch."
         ) from None
+    restore_rng(state, trainer.dist.rank, trainer.dist.world_size)
+
+
+def rank_rng_states(world_size: int) -> list[Any] | None:
+    """Every rank's random streams (CPU, and its CUDA device's) in a distributed run, gathered
+    on every rank: ranks draw different augmentations, so each needs its own back on resume.
+    None in one process (the checkpoint's own `rng` is that process's)."""
+    if world_size <= 1:
+        return None
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None)
+    states: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng(state: dict[str, Any], rank: int, world_size: int) -> None:
+    """The random streams of `state` for this rank: its own when the run saved every rank's on
+    the same number of ranks, else the saving rank's (a resume on other ranks draws anew)."""
+    per_rank = state.get("rng_by_rank")
+    if isinstance(per_rank, list) and len(per_rank) == world_size:
+        cpu, cuda = per_rank[rank]
+        torch.set_rng_state(cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
+        return
+    torch.set_rng_state(state["rng"])
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

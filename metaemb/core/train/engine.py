@@ -40,6 +40,7 @@ from metaemb.core.train.checkpointer import (
     config_edited_warning,
     fingerprints,
     other_workers_warning,
+    rank_rng_states,
     restore,
     training_state,
 )
@@ -277,6 +278,7 @@ class Trainer:
                 break
             record: dict[str, Any] = {}
             whole = shard.gather_states(self.classifier, self.optimizer)  # every rank takes part
+            whole["rng_by_rank"] = rank_rng_states(self.dist.world_size)  # so does this
             if self.dist.main:
                 result.metrics = self.validator.validate()
                 record = self._record(result)
