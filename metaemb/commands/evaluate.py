@@ -148,6 +148,6 @@ def evaluate(
         folder=folder,
         folder_options=folder_set or [],
         folds=folds,
+        preloaded=preloaded,
     )
-    evaluation.preloaded = preloaded
     evaluation.run()

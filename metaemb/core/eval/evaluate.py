@@ -88,6 +88,7 @@ class Evaluation:
         folder: str | None = None,
         folder_options: list[str] | None = None,
         folds: int | None = None,
+        preloaded: Loaded | None = None,
     ) -> None:
         def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
             return None if p is None else Path(p)
@@ -98,6 +99,7 @@ class Evaluation:
             raise ConfigError("--folds K splits a --trials list into K contiguous folds for "
                               "k-fold accuracy: K ≥ 2, with --trials.")  # fmt: skip
         self.folds = folds
+        self.preloaded = preloaded  # a reference model loaded without a run (`--reference`)
         self.folder = folder  # read --data with another sample folder than the run's
         self.folder_options = dict(parse_set(s, "--folder-set") for s in folder_options or [])
 
@@ -153,7 +155,7 @@ class Evaluation:
         )
 
         if is_other_folder(loaded, self.data):  # a folder the run never saw: all its identities
-            if getattr(self, "preloaded", None) is not None:  # a reference model: no run
+            if self.preloaded is not None:  # a reference model: no run
                 why = "which a reference model did not train on here"
                 trials, source = unseen_folder_trials(loaded, self.console, why)
             else:
@@ -201,7 +203,7 @@ class Evaluation:
     def _run_training_split(self, loaded: Loaded, name: str) -> tuple[Components, SampleFolder]:
         """The samples the run trained on, whatever `--data` points at: a backend fitted on the
         evaluation folder would learn its trial speakers (a leak that flatters every number)."""
-        if getattr(self, "preloaded", None) is not None:
+        if self.preloaded is not None:
             raise DataError(
                 f"scorer '{name}' must be fitted on training samples, and a pretrained reference "
                 "model has none here; evaluate it with --scorer cosine."
@@ -244,7 +246,7 @@ class Evaluation:
             ensure_writable_dir(self.out, "evaluation output folder")
         listed = self.trials_path is not None or self.protocol is not None
         with empty_folders_skipped() if listed else contextlib.nullcontext():
-            loaded = getattr(self, "preloaded", None) or load_run(  # a reference: preloaded
+            loaded = self.preloaded or load_run(  # a reference: preloaded
                 self.run_path,
                 self.device,
                 data=self.data,
@@ -411,7 +413,7 @@ class Evaluation:
 
     def _run_dir(self) -> Path:
         """The run's folder; for a `--reference` model, `reference-NAME/` (made when written)."""
-        if self.run_path.is_dir() or getattr(self, "preloaded", None) is not None:
+        if self.run_path.is_dir() or self.preloaded is not None:
             return self.run_path
         return self.run_path.parent
 
