@@ -169,6 +169,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         exception names the file it was asked about (else the user bisects the dataset)."""
         try:
             identity = self.identity_of(path)
+        except AttributeError:  # an attribute set after super().__init__(): building names it
+            raise
         except Exception as exc:
             raise DataError(
                 f"{type(self).__qualname__}.identity_of({path!r}) under '{self.root}' raised "
