@@ -699,3 +699,21 @@ def test_identities_named_like_parts_of_a_person_get_a_subject_of_hint(tmp_path)
             (numbered / f"person_{i}").mkdir(parents=True)
             np.save(numbered / f"person_{i}" / "a.npy", np.zeros(3))
         Hands(numbered).split(0.34)
+
+
+def test_a_component_of_a_plugin_that_failed_to_load_names_the_plugin(monkeypatch):
+    """A disabled plugin was named beside 'unknown backbone', one that failed to import (the
+    warning long scrolled away) was not (P17 F4)."""
+    from metaemb.core.plugin.manager import FailedPlugin
+
+    st = plugins.state()
+    monkeypatch.setattr(st, "failed", [FailedPlugin("ecgbad", "ModuleNotFoundError: wfdb")])
+    st.invalidate()
+    try:
+        with pytest.raises(UnknownComponentError, match=r"unknown backbone 'bad-f64'.* Plugin "
+                           r"'ecgbad' failed to load \(ModuleNotFoundError: wfdb\); the backbone "
+                           r"may be theirs"):  # fmt: skip
+            plugins.registry("backbones").get("bad-f64")
+    finally:
+        monkeypatch.undo()
+        st.invalidate()

@@ -211,7 +211,8 @@ class PluginState:
 
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            registries = {kind: Registry(kind, self.disabled) for kind in self.kinds}
+            unloaded = {f.name: f.error for f in self.failed}  # before any hook runs: imports
+            registries = {kind: Registry(kind, self.disabled, unloaded) for kind in self.kinds}
             for kind, hook_name in self.kinds.items():
                 hook = getattr(self.pm.hook, hook_name, None)
                 if hook is None:  # nobody implements it

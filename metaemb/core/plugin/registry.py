@@ -46,9 +46,15 @@ class Entry:
 class Registry:
     """Components of one kind, by name; refuses duplicates and suggests on unknown names."""
 
-    def __init__(self, kind: str, disabled_plugins: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        disabled_plugins: list[str] | None = None,
+        unloaded_plugins: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.disabled_plugins = list(disabled_plugins or [])  # installed, blocked by the user
+        self.unloaded_plugins = dict(unloaded_plugins or {})  # installed, failed to import: why
         self._entries: dict[str, Entry] = {}
         self._dropped: dict[str, str] = {}  # name → why (its plugin's hook failed)
         self.failed_plugins: dict[str, str] = {}  # plugin → why its hook of this kind failed
@@ -123,6 +129,10 @@ class Registry:
                 f" Plugin '{plugin}' failed registering {self.kind} ({why}), so any it would "
                 "have registered after that are missing too."
                 for plugin, why in self.failed_plugins.items()
+            )
+            failed += "".join(
+                f" Plugin '{plugin}' failed to load ({why}); the {self.singular} may be theirs."
+                for plugin, why in self.unloaded_plugins.items()
             )
             if self.disabled_plugins:
                 names = ", ".join(f"'{p}'" for p in self.disabled_plugins)
