@@ -283,3 +283,19 @@ def test_an_objective_learning_from_pairs_refuses_one_sample_per_identity(object
                        r"identity in a batch, and sampler.k = 1"):  # fmt: skip
         resolve("face", sets=[f"train.objective={objective}", "sampler.k=1", *head])
     resolve("face", sets=[f"train.objective={objective}", "sampler.k=2", *head])
+
+
+def test_small_config_mistakes_are_worded_for_what_they_are(tmp_path):
+    """T1 F7: a YAML file was 'not valid TOML' at a line and column; one number for a list
+    was refused; two objective options took any value."""
+    from metaemb.core.plugin.components import build
+
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml' is YAML by its name; metaemb reads TOML"):
+        resolve("face", config_file=yaml)
+    assert resolve("face", sets=["eval.p_targets=0.01"]).eval.p_targets == [0.01]
+    with pytest.raises(ConfigError, match=r"objective 'cosface': margin must be below 1"):
+        build("objectives", "cosface", {"margin": 1.5})
+    with pytest.raises(ConfigError, match=r"collapse_tolerance is a fraction of the margin"):
+        build("objectives", "triplet", {"collapse_tolerance": 2.0})

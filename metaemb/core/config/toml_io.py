@@ -65,6 +65,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        other = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(Path(p).suffix.lower())
+        if other:
+            raise ConfigError(
+                f"config file '{p}' is {other} by its name; metaemb reads TOML config files "
+                "(examples/configs/ has some to start from)."
+            ) from None
         raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
 
 

@@ -129,6 +129,8 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, str):
             mark = Unquoted if isinstance(value, Unquoted) else str
             value = [mark(v.strip()) for v in value.split(",") if v.strip()]
+        if origin is list and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `--set eval.p_targets=0.01`: a list of one
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list ({_typename(typ)}), got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[float, float]: fixed

@@ -138,6 +138,8 @@ class CosFaceObjective(_MarginObjective):
         self, scale: float = 30.0, margin: float = 0.2, margin_warmup_epochs: int = 0
     ) -> None:
         super().__init__(scale, margin, margin_warmup_epochs)
+        if margin >= 1:  # the papers use 0.2–0.35; a cosine difference of 1 is a right angle
+            raise ConfigError(f"objective 'cosface': margin must be below 1, got {margin}.")
 
     def target_logit(self, cos: Tensor, m: float) -> Tensor:
         return cos - m

@@ -59,6 +59,11 @@ class TripletObjective(Objective):
             )
         if margin <= 0:
             raise ConfigError(f"objective 'triplet': margin must be positive, got {margin}.")
+        if not 0 < collapse_tolerance < 1:
+            raise ConfigError(
+                "objective 'triplet': collapse_tolerance is a fraction of the margin, in (0, 1); "
+                f"got {collapse_tolerance}."
+            )
         self.margin = float(margin)
         self.mining = mining
         self.squared = squared
