@@ -711,7 +711,7 @@ def test_a_distributed_run_says_its_ranks_and_global_batch(tmp_path):
     from rich.console import Console
 
     from metaemb.core.config import resolve
-    from metaemb.core.eval.summary import describe_run
+    from metaemb.core.train.summary import describe_run
 
     class Folder(list):
         num_identities = 3

@@ -452,7 +452,7 @@ def test_the_train_banner_names_the_scale_and_margin_a_margin_loss_uses():
     """ArcFace's defaults differ between toolkits (InsightFace s=64, m=0.5; speaker recipes
     s=30, m=0.2), and config.toml records only what was set: the banner says which are used."""
     from metaemb.core.config import resolve
-    from metaemb.core.eval.summary import _objective
+    from metaemb.core.train.summary import _objective
 
     # the face modality's own default: label smoothing 0.1 (set options are shown too)
     assert _objective(resolve("face")) == "softmax(label_smoothing=0.1)"

@@ -143,7 +143,7 @@ def test_a_model_worse_than_the_no_learning_baseline_is_named():
     from rich.console import Console
 
     from metaemb.core.config import resolve
-    from metaemb.core.eval.summary import print_summary
+    from metaemb.core.train.summary import print_summary
 
     history = [{"epoch": 1, "loss": 1.0, "eer": 0.13, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4,
                 "cllr": 0.9, "min_cllr": 0.4}]  # fmt: skip

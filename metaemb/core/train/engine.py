@@ -58,6 +58,7 @@ from metaemb.core.train.checks.objective import (
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
+from metaemb.core.train.summary import describe_run, print_epoch, print_summary, write_summary
 from metaemb.core.train.teacher import build_teacher
 
 # Batches of one sample are passed over (batch normalisation cannot train on them); an epoch
@@ -533,15 +534,11 @@ class Trainer:
 
     # -- printing ------------------------------------------------------------------------
     def _describe(self) -> None:
-        from metaemb.core.eval.summary import describe_run
-
         describe_run(self.console, self.config, self.dir, self.parts.root, self.train_folder,
                      self.val_folder, len(self.validator.trials), self.device,
                      self.dist.world_size)  # fmt: skip
 
     def _print_epoch(self, record: dict[str, Any], improved: bool) -> None:
-        from metaemb.core.eval.summary import print_epoch
-
         print_epoch(self.console, self.config, record, improved)
 
     def _summary(self, history: list[dict], baseline: dict | None = None) -> dict[str, Any]:
@@ -549,8 +546,6 @@ class Trainer:
 
         baseline = baseline or read_json(self.dir / BASELINE)
         if self.dist.main and history:
-            from metaemb.core.eval.summary import print_summary, write_summary
-
             print_summary(self.console, self.config, history, baseline, self.skipped)
             write_summary(self.dir / "README.md", self.config, history, baseline)
         key = self.config.select_key()
