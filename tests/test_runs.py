@@ -193,3 +193,26 @@ def test_resume_trims_metrics_lines_that_are_not_whole_records(tmp_path):
     assert [r["epoch"] for r in epoch_records(path)] == [1, 2, 3]
     trim_jsonl(path, 2)
     assert [json.loads(x) for x in path.read_text().splitlines()] == good[:2]
+
+
+def test_the_same_files_named_as_other_identities_are_told_from_changed_files():
+    """A sample folder whose identity_of changed between processes (a set's order, hash())
+    was reported as "the data folder changed", with the same counts (P17 F3)."""
+    from metaemb.core.plugin.sample_folder import Sample
+    from metaemb.core.train.checkpointer import data_change, fingerprints
+
+    class Folder(list):  # the samples of a folder, with what the fingerprints read
+        def __init__(self, names):
+            super().__init__(Sample(f"x/{i}.npy", n, 0) for i, n in enumerate(names))
+            self.samples, self.identities = list(self), sorted(set(names))
+            self.num_identities = len(self.identities)
+
+    trained = Folder(["a", "a", "b"])
+    state = fingerprints(trained, trained, 2)
+    assert data_change(state, trained) == ""
+    renamed = Folder(["a", "b", "b"])
+    assert "holds the same files, but" in data_change(state, renamed)
+    assert "identity_of deterministic" in data_change(state, renamed)
+    grown = Folder(["a", "a", "b", "c"])
+    assert "files were added, removed or renamed" in data_change(state, grown)
+    assert data_change({}, grown) == ""  # a checkpoint from before fingerprints

@@ -419,7 +419,7 @@ def test_resume_refuses_a_data_folder_that_changed(tmp_path, faces):
     check_same_data(trainer, {})  # a run saved before fingerprints: resumes
     (data / "id0002" / "001.png").unlink()
     trainer.parts.folder = build("sample_folders", "image", {}, root=data)
-    with pytest.raises(MetaembError, match=r"changed since the run started.*--fresh"):
+    with pytest.raises(MetaembError, match=r"changed since the run trained on it.*--fresh"):
         check_same_data(trainer, state)
 
 

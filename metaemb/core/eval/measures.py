@@ -71,10 +71,9 @@ def _folder_for(loaded: Any, data: Path | None) -> Any:
 
 def data_changed(loaded: Any) -> bool:
     """Whether the run's data folder holds other samples than when the run trained on it."""
-    from metaemb.core.train.checkpointer import data_fingerprint
+    from metaemb.core.train.checkpointer import data_change
 
-    saved = loaded.state.get("data_fingerprint")
-    return saved is not None and saved != data_fingerprint(loaded.parts.folder)
+    return bool(data_change(loaded.state, loaded.parts.folder))
 
 
 def held_out_folder(loaded: Any) -> Any:
@@ -82,14 +81,15 @@ def held_out_folder(loaded: Any) -> Any:
     folder changed since training, where a new split would mix identities the model trained on
     into it (every measure of the run's own folder goes through here)."""
     from metaemb.core.train import validation
+    from metaemb.core.train.checkpointer import data_change
 
     folder = loaded.parts.folder
-    if data_changed(loaded):
+    change = data_change(loaded.state, folder)
+    if change:
         raise DataError(
-            f"the data folder '{folder.root}' changed since the run trained on it (now "
-            f"{len(folder)} samples of {folder.num_identities} identities), so its validation "
-            "split can no longer be rebuilt: restore the data, or evaluate on a trial list "
-            "(--trials) or another folder (--data)."
+            f"the data folder '{folder.root}' {change}, so its validation split can no longer "
+            "be rebuilt: restore the data, or evaluate on a trial list (--trials) or another "
+            "folder (--data)."
         )
     _, val = validation.split(folder, loaded.config)
     return val

@@ -216,6 +216,7 @@ def fingerprints(folder: Any, train_folder: Any, num_classes: int) -> dict[str, 
     """The checkpoint's record of what the run trains on and what its classifier rows are."""
     return {
         "data_fingerprint": data_fingerprint(folder),
+        "files_fingerprint": files_fingerprint(folder),
         "class_fingerprint": class_fingerprint(train_folder.identities, num_classes),
     }
 
@@ -238,6 +239,34 @@ def data_fingerprint(folder: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def files_fingerprint(folder: Any) -> str:
+    """The sample paths alone, in 16 hex digits: beside `data_fingerprint`, it tells files that
+    changed from the same files named as other identities."""
+    h = hashlib.sha256()
+    for path in sorted(s.path for s in folder.samples):
+        h.update(f"{path}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def data_change(state: dict[str, Any], folder: Any) -> str:
+    """How the data folder differs from what the run trained on ("" when it does not, or the
+    checkpoint predates fingerprints): its files, or only the identities its folder names them
+    by (a sample folder whose identity_of is not deterministic: a set's order, hash())."""
+    saved = state.get("data_fingerprint")
+    if saved is None or saved == data_fingerprint(folder):
+        return ""
+    counts = f"now {len(folder)} samples of {folder.num_identities} identities"
+    if state.get("files_fingerprint") == files_fingerprint(folder):
+        from metaemb.core.plugin.components import described
+
+        return (
+            f"holds the same files, but {described(folder, 'sample folder')} now names other "
+            f"identities for them ({counts}): is its identity_of deterministic (no set order, "
+            "no hash())?"
+        )
+    return f"changed since the run trained on it ({counts}; files were added, removed or renamed)"
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
@@ -257,15 +286,11 @@ def check_same_data(trainer: Any, state: dict[str, Any]) -> None:
             "--runs folder or with --set name=NEW; if you moved the data, move it back; or "
             "train this run again from the start with --fresh."
         )
-    saved = state.get("data_fingerprint")
-    if saved is None:  # a run saved before fingerprints
-        return
-    if saved != data_fingerprint(trainer.parts.folder):
+    change = data_change(state, trainer.parts.folder)
+    if change:
         raise MetaembError(
-            f"cannot resume {trainer.dir}: the data folder '{trainer.parts.folder.root}' changed "
-            f"since the run started (now {len(trainer.parts.folder)} samples of "
-            f"{trainer.parts.folder.num_identities} identities; files were added, removed or "
-            "renamed). Restore the data, or train again with --fresh."
+            f"cannot resume {trainer.dir}: the data folder '{trainer.parts.folder.root}' "
+            f"{change}. Restore the data, or train again with --fresh."
         )
 
 
