@@ -445,8 +445,9 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
 
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
     """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`
-    parses file names was refused with "no identity sub-folders" (P16 F2). The default folder
-    still reads sub-folders only."""
+    parses file names was refused with "no identity sub-folders" (P16 F2). Beside identity
+    folders, a root file is the dataset's own: a forgery-style override must not make
+    `mean.npy` an identity (R5-1). The default folder reads sub-folders only."""
     import warnings
     from typing import ClassVar
 
@@ -454,11 +455,12 @@ def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
 
     from metaemb.core import SampleFolder
 
+    flat_root = tmp_path / "flat"
+    flat_root.mkdir()
     names = ["0002_c1_1.npy", "0002_c2_1.npy", "0007_c1_1.npy", "-1_c1_1.npy"]
     for name in names:
-        np.save(tmp_path / name, np.zeros(3))
-    (tmp_path / "0009").mkdir()  # files in a sub-folder are asked about too
-    np.save(tmp_path / "0009" / "0009_c3_1.npy", np.zeros(3))
+        np.save(flat_root / name, np.zeros(3))
+    (flat_root / "RECORDS").write_text("0002_c1_1\n")  # a dataset's index: not warned about
 
     class Plain(SampleFolder):
         extensions: ClassVar[tuple[str, ...]] = (".npy",)
@@ -471,18 +473,25 @@ def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
             person = path.rsplit("/", 1)[-1].split("_", 1)[0]
             return None if person == "-1" else person  # distractors left out
 
-    (tmp_path / "RECORDS").write_text("0002_c1_1\n")  # a dataset's index: not warned about
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        flat = Flat(tmp_path)
-    assert flat.identities == ["0002", "0007", "0009"]
-    assert [s.path for s in flat.samples] == [*sorted(names)[1:], "0009/0009_c3_1.npy"]
-    assert [s.path for s in Plain(tmp_path).samples] == ["0009/0009_c3_1.npy"]
-    import shutil
-
-    shutil.rmtree(tmp_path / "0009")
+        flat = Flat(flat_root)
+    assert flat.identities == ["0002", "0007"]
+    assert [s.path for s in flat.samples] == sorted(names)[1:]
     with pytest.raises(DataError, match="no identity sub-folders"):
-        Plain(tmp_path)
+        Plain(flat_root)
+
+    class Forgeries(Plain):  # the docs' override, for <identity>/… paths
+        def identity_of(self, path):
+            parts = path.split("/")
+            return "/".join(parts[:2]) if len(parts) > 2 and parts[1] == "forgery" else parts[0]
+
+    tree = tmp_path / "tree"
+    for rel in ("u001/g0.npy", "u001/forgery/f0.npy", "u002/g0.npy"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tree / rel, np.zeros(3))
+    np.save(tree / "mean.npy", np.zeros(3))  # the dataset's own statistics
+    assert Forgeries(tree).identities == ["u001", "u001/forgery", "u002"]
 
 
 def test_the_split_keeps_identities_of_one_subject_together(tmp_path):

@@ -188,8 +188,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         the file out. Override it for data whose folders hold other material too: skilled
         forgeries in `u001/forgery/…` become `u001/forgery` (an identity of their own, so a
         genuine-forgery trial is a non-target), or are left out of a training folder. A folder
-        that overrides it is also asked about files directly in the root (a flat layout whose
-        file names carry the identity)."""
+        that overrides it over a root without sub-folders is asked about the files there (a
+        flat layout whose file names carry the identity)."""
         return path.split("/", 1)[0]
 
     def subject_of(self, identity: str) -> str:
@@ -207,10 +207,12 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         )
         # Symlinks are followed, tracked by real path: no loops, aliases or duplicate files.
         state = ScanState(os.path.realpath(root))
-        # A folder naming identities itself (`identity_of` overridden) reads files in the root
-        # too: a flat layout whose file names carry the identity.
+        # A folder naming identities itself (`identity_of` overridden) over a root without
+        # sub-folders reads the files there: a flat layout whose file names carry the identity.
+        # Beside identity folders, a file in the root is the dataset's own (mean.npy, a preview).
         names_itself = type(self).identity_of is not SampleFolder.identity_of
-        paths.extend(scan_root_files(root, exts, state) if names_itself else [])
+        if names_itself and not identity_dirs:
+            paths.extend(scan_root_files(root, exts, state))
         if not identity_dirs and not paths:
             raise DataError(
                 f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
