@@ -625,6 +625,14 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
         code, _, err = run_cli(["trials", "make", data, "--out", notes, "--force"], capsys)
         said = " ".join(err.split())
         assert code == 2 and "is not a trial list" in said and notes.read_text() == text, said
+    # a list cut short by a killed copy, or one of absolute paths, is still a list (R5-2)
+    for name, text in (("cut.txt", official.decode() + "1 id0000/000.png id00"),
+                       ("abs.txt", "1 /abs/a.png /abs/b.png\n")):  # fmt: skip
+        damaged = tmp_path / name
+        damaged.write_text(text)
+        code, _, err = run_cli(["trials", "make", data, "--out", damaged], capsys)
+        assert code == 2 and "already holds another trial list" in " ".join(err.split()), err
+        assert run_cli(["trials", "make", data, "--out", damaged, "--force"], capsys)[0] == 0
 
 
 def test_coverage_of_a_list_with_a_bad_first_label_and_a_missing_root(tmp_path, capsys):

@@ -145,28 +145,42 @@ def _keep_other_list(out: Path, force: bool, write: Any) -> None:
                 return
             if fresh.read_bytes() == out.read_bytes():
                 return
-    import warnings
-
-    from metaemb.core.eval.trials import read_trials
-    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
-    from metaemb.core.eval.triplets import read_triplets
-
-    try:  # every line, not the first alone: notes whose first line has 3 words are no list
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # what is wrong with a list it is about to replace
-            triplets = out.read_text(errors="replace").startswith(TRIPLETS_HEADER)
-            read_triplets(out) if triplets else read_trials(out)
-    except MetaembError:  # a config, notes: not a list at all
+    why = _not_a_list(out)
+    if why:  # a config, notes, code: never replaced
         raise OutputError(
-            f"'{out}' exists and is not a trial list (another kind of file), which this would "
-            "replace: choose another --out."
-        ) from None
+            f"'{out}' exists and is not a trial list ({why}), which this would replace: choose "
+            "another --out."
+        )
     if force:
         return
     raise OutputError(
         f"'{out}' already holds another trial list; a list is part of the results scored on "
         "it, so it is not replaced: choose another --out, or pass --force to replace it."
     )
+
+
+def _not_a_list(path: Path) -> str:
+    """Why `path` is not a trial or triplet list ("" when it is one): its first line reads in
+    no format, or another line has not the shape of the format's lines (notes whose first line
+    happens to have three words). Paths are not checked, and a last line cut short (no newline
+    after it) is allowed: a damaged or published list (absolute paths) is still a list, which
+    --force replaces."""
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.trials import detect_format, get_format, read_lines
+    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
+
+    try:
+        text = path.read_text(errors="replace")
+        if text.startswith(TRIPLETS_HEADER):
+            fits = lambda fields: len(fields) == 3  # noqa: E731 - anchor positive negative
+        else:
+            fits = get_format(detect_format(path)).detect
+        lines = read_lines(path)
+    except MetaembError:
+        return "its first line reads as no trial-list format"
+    whole = lines if text.endswith("\n") else lines[:-1]
+    odd = next(((n, f) for n, f in whole if not fits(f)), None)
+    return f"line {odd[0]} has another shape: {' '.join(odd[1])[:60]!r}" if odd else ""
 
 
 def _check_writable(name: str) -> None:
