@@ -533,6 +533,22 @@ def test_a_scorer_fitted_at_evaluation_learns_the_checkpoints_training_identitie
                               tmp_path / "ev", "--workers", "0"], capsys)  # fmt: skip
     kept = sum(len(list((data / n).iterdir())) for n in trained)
     assert code == 0 and f"on the run's {kept} training samples" in out, out + err
+    # some training identities gone: said; all of them (renamed): refused, not "0 samples"
+    others = tmp_path / "others"  # trials on other data: the run's own folder is only fitted on
+    for i in range(3):
+        shutil.copytree(faces / "id0000", others / f"p{i}")
+    listed = tmp_path / "others.txt"
+    assert run_cli(["trials", "make", others, "--out", listed], capsys)[0] == 0
+    shutil.rmtree(data / trained[0])
+    args = ["evaluate", run, "--data", others, "--trials", listed, "--scorer", "plda",
+            "--workers", "0"]  # fmt: skip
+    with pytest.warns(UserWarning, match=rf"1 of the run's {len(trained)} training identities "
+                      r"are no longer in"):  # fmt: skip
+        code, _, err = run_cli([*args, "--out", tmp_path / "ev2"], capsys)
+    for name in trained[1:]:
+        (data / name).rename(data / f"x{name}")
+    expect_error([*args, "--out", tmp_path / "ev3"], capsys,
+                 f"none of the run's {len(trained)} training identities is in")  # fmt: skip
 
 
 def test_trial_lists_refuse_paths_starting_with_a_hash(tmp_path, faces, capsys):

@@ -102,7 +102,24 @@ def training_folder(loaded: Any, parts: Any) -> Any:
     names = loaded.state.get("training_identities")
     if names:
         trained = set(names)
-        return parts.folder.subset([n for n in parts.folder.identities if n in trained])
+        found = [n for n in parts.folder.identities if n in trained]
+        if not found:
+            raise DataError(
+                f"none of the run's {len(trained)} training identities is in its data folder "
+                f"'{parts.folder.root}' now (renamed or moved?), so a scorer cannot be fitted "
+                "on them: restore the data, or use a scorer that needs no fitting (cosine, or "
+                "the run's own)."
+            )
+        if len(found) < len(trained):
+            import warnings
+
+            warnings.warn(
+                f"{len(trained) - len(found)} of the run's {len(trained)} training identities "
+                f"are no longer in '{parts.folder.root}' ({first_few(sorted(trained - set(found)), 3)}); "
+                f"the scorer is fitted on the other {len(found)}.",
+                stacklevel=2,
+            )
+        return parts.folder.subset(found)
     from metaemb.core.train import validation
     from metaemb.core.train.checkpointer import data_fingerprint
 
