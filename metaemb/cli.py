@@ -109,6 +109,9 @@ def main() -> None:
         return
     _tolerant_output()
     _plain_warnings()
+    from metaemb.core.closed_output import GuardedStdout
+
+    stdout, sys.stdout = sys.stdout, GuardedStdout(sys.stdout)  # type: ignore[assignment]
     try:
         app = create_app()
         # in a context of its own: a command's --folder, --folder-set and --frontend-set
@@ -122,11 +125,13 @@ def main() -> None:
 
         if not is_write_error(exc):
             raise
-        if exc.filename is None and not _writable(sys.stdout):
+        if exc.filename is None and not _writable(stdout):
             _print_error(str(output_error(exc, "<standard output>", "command's output")))
         else:
             _print_error(str(output_error(exc, exc.filename or "?", "output")))
         sys.exit(2)
+    finally:
+        sys.stdout = stdout
 
 
 def _plain_warnings() -> None:
