@@ -1460,9 +1460,25 @@ def test_an_augmentation_with_a_random_stream_of_its_own_is_warned_about():
             noise = torch.randn_like(x) + float(np.random.rand()) + random.random()
             return x + noise, lengths, labels
 
+    class Curriculum(torch.nn.Module):  # per-call state in a buffer: replayable (R5-5)
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x, lengths, labels):
+            self.seen += 1
+            return x + 1e-3 * self.seen * torch.randn_like(x), lengths, labels
+
     x, labels = torch.randn(3, 2, 10), torch.arange(3)
+    curriculum = Curriculum()
+    curriculum(x, None, labels)  # the real first call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_not_replayable("augmentation 'curriculum'", curriculum, x, None, labels)
+    assert int(curriculum.seen) == 1  # the trial calls leave no trace
     with pytest.warns(UserWarning, match=r"augmentation 'own' gave two different batches from "
-                      r"the same random state: it draws from a random stream of its own"):  # fmt: skip
+                      r"the same random state and state_dict: it draws from a random stream of "
+                      r"its own"):  # fmt: skip
         warn_if_not_replayable("augmentation 'own'", OwnStream(), x, None, labels)
     before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     with warnings.catch_warnings():

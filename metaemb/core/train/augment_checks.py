@@ -5,6 +5,7 @@ name), and randomness drawn from the global streams, which a resumed run replays
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 from typing import Any
@@ -84,31 +85,38 @@ def warn_if_not_replayable(
     """Run the augmentation twice from one random state and warn when the two batches differ:
     it draws from a stream of its own (a generator made once), which the per-epoch reseeding
     does not reach, so a run resumed after a kill trains on other batches. The global random
-    state is left as it was."""
+    state and the augmentation's own (its state_dict: a curriculum's counter) are left as they
+    were."""
     cuda = [x.device.index or 0] if x.device.type == "cuda" else []
     py_state, np_state = random.getstate(), np.random.get_state()
+    kept = copy.deepcopy(aug.state_dict()) if isinstance(aug, torch.nn.Module) else None
     outs = []
     try:
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch_state = torch.get_rng_state()
             cuda_state = torch.cuda.get_rng_state(cuda[0]) if cuda else None
             for _ in range(2):
+                if kept is not None:  # state it keeps per call (a curriculum's counter)
+                    aug.load_state_dict(kept)
                 torch.set_rng_state(torch_state)
                 if cuda:
                     torch.cuda.set_rng_state(cuda_state, cuda[0])
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-                copy = None if lengths is None else lengths.clone()
-                outs.append(aug(x.clone(), copy, labels.clone()))
+                lengths_copy = None if lengths is None else lengths.clone()
+                outs.append(aug(x.clone(), lengths_copy, labels.clone()))
     except Exception:  # its first call already ran: a failure here is not this check's to name
         return
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+        if kept is not None:  # the two trial calls leave no trace in it
+            aug.load_state_dict(kept)
     if not all(_same(a, b) for a, b in zip(*outs, strict=True)):
         warnings.warn(
-            f"{name} gave two different batches from the same random state: it draws from a "
-            "random stream of its own (a torch.Generator or numpy Generator made once), which "
+            f"{name} gave two different batches from the same random state and state_dict: it "
+            "draws from a random stream of its own (a torch.Generator or numpy Generator made "
+            "once), or keeps per-call state outside its buffers, which "
             "is not reseeded at each epoch, so a run resumed after a kill trains on other "
             "batches than an uninterrupted one. Draw from the global torch, numpy.random or "
             "random streams.",
