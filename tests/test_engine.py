@@ -746,3 +746,25 @@ def test_each_rank_gets_its_own_random_streams_back_on_resume():
         assert torch.equal(torch.rand(3), torch.rand(3, generator=want))
     restore_rng(state, 1, 4)  # other ranks than saved: the saving rank's stream
     assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_numpy_and_random_streams_are_kept_in_checkpoints():
+    """An augmentation drawing from numpy.random or random in the training process drew other
+    numbers after a resume, and even on a re-run: neither was seeded nor saved (R5-6)."""
+    import io
+
+    import numpy as np
+
+    from metaemb.core.train.checkpointer import host_rng_state, restore_rng
+
+    np.random.seed(3)
+    random.seed(4)
+    state = {"rng": torch.get_rng_state(), "host_rng": host_rng_state()}
+    want = (np.random.rand(), random.random())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # as checkpoints are read: weights only
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    np.random.rand(5), random.random()
+    restore_rng(state, 0, 1)
+    assert (np.random.rand(), random.random()) == want

@@ -9,6 +9,7 @@ extend the loop. Only rank 0 writes files or prints.
 from __future__ import annotations
 
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -129,6 +131,8 @@ class Trainer:
         cfg = self.config
         self.dist.init(self.device)
         torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)  # augmentations may draw from these too
+        random.seed(cfg.train.seed)
         with validation.isolated_rng(self.device):  # a first-time demo-data build draws nothing
             root = data_root(cfg, self.console if self.dist.main else None)
         self.parts = Components.build(cfg, root)
