@@ -204,14 +204,15 @@ def resolve(
     agree(cfg)  # shared parameters (a sample rate) follow the component that yields them
     check_chain(cfg)  # the data contract: neighbouring components must fit
     check_augmentations(cfg)  # each augmentation fits the data at its stage
-    _check_positives(cfg)
     return cfg
 
 
-def _check_positives(cfg: Config) -> None:
+def check_positives(cfg: Config) -> None:
     """An objective that learns from samples of one identity within a batch (its `batch` is
     'pk': triplet, contrastive, GME) with sampler.k = 1 gets no such pair: contrastive trained
-    at loss 0 without a word, triplet warned every batch, GME failed inside the first epoch."""
+    at loss 0 without a word, triplet warned every batch, GME failed inside the first epoch.
+    Checked when training starts, not when a saved run is loaded (a run trained so before this
+    check still evaluates)."""
     objective = cfg.train.objective
     wants_pk = getattr(registry("objectives").get(objective), "batch", None) == "pk"
     k = cfg.options("sampler").get("k")

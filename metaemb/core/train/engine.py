@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
+from metaemb.core.config.resolution import check_positives
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.data.embed import extract, row_files
 from metaemb.core.data.loaders import EpochLoader, check_workers
@@ -129,6 +130,7 @@ class Trainer:
     def setup(self) -> None:
         """Build data, model, objective, sampler, optimizer, scheduler, scorer and validation."""
         cfg = self.config
+        check_positives(cfg)  # a training mistake: saved runs of it still load
         self.dist.init(self.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)  # augmentations may draw from these too
