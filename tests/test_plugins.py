@@ -442,6 +442,16 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
                        r"KeyError: 'person'"):  # fmt: skip
         Raising(tmp_path)
 
+    class Pattern(Signatures):  # re.match(...).group(1) on a name it does not fit (R5-8)
+        def identity_of(self, path):
+            import re
+
+            return re.match(r"(u\d)/g\d", path).group(1)
+
+    with pytest.raises(DataError, match=r"Pattern.identity_of\('u1/forgery/f1.npy'\) under "
+                       r"'.*' raised AttributeError"):  # fmt: skip
+        Pattern(tmp_path)
+
 
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
     """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`

@@ -191,8 +191,8 @@ def test_resume_trims_metrics_lines_that_are_not_whole_records(tmp_path):
     lines = [json.dumps(r) for r in (good[0], *odd, good[1], good[2])] + ['{"epoch": 4, "lo']
     path.write_text("\n".join(lines) + "\n")
     assert [r["epoch"] for r in epoch_records(path)] == [1, 2, 3]
-    trim_jsonl(path, 2)
-    assert [json.loads(x) for x in path.read_text().splitlines()] == good[:2]
+    trim_jsonl(path, 2)  # whole lines that are no epoch's record are the user's: kept (R5-7)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [good[0], *odd, good[1]]
 
 
 def test_the_same_files_named_as_other_identities_are_told_from_changed_files():

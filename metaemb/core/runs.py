@@ -96,14 +96,27 @@ def related_runs(runs_root: str | Path, config: Config) -> RelatedRuns:
 
 def trim_jsonl(path: Path, epoch: int) -> None:
     """Drop metrics.jsonl records newer than the checkpoint a run resumes from, and a line torn
-    by a kill in the middle of an append."""
+    by a kill in the middle of an append; other whole lines (a note added by hand) stay."""
     if not path.exists():
         return
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    epochs = [record_epoch(ln) for ln in lines]
-    keep = [ln for ln, e in zip(lines, epochs, strict=True) if e is not None and e <= epoch]
+
+    def kept(line: str) -> bool:  # a record up to the checkpoint, or a line of the user's own
+        e = record_epoch(line)
+        return e <= epoch if e is not None else _is_json(line)
+
+    keep = [ln for ln in lines if kept(ln)]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _is_json(line: str) -> bool:
+    """Whether `line` is whole JSON (a note added by hand), not a record torn by a kill."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def record_epoch(line: str) -> int | None:

@@ -169,8 +169,13 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         exception names the file it was asked about (else the user bisects the dataset)."""
         try:
             identity = self.identity_of(path)
-        except AttributeError:  # an attribute set after super().__init__(): building names it
-            raise
+        except AttributeError as exc:
+            if exc.obj is self:  # an attribute set after super().__init__(): building says so
+                raise
+            raise DataError(  # `re.match(…).group(1)` on a name the pattern does not fit
+                f"{type(self).__qualname__}.identity_of({path!r}) under '{self.root}' raised "
+                f"AttributeError: {exc}"
+            ) from exc
         except Exception as exc:
             raise DataError(
                 f"{type(self).__qualname__}.identity_of({path!r}) under '{self.root}' raised "
