@@ -105,7 +105,8 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:  # answer before loading plugins (works even if one is broken)
         from metaemb import __version__
 
-        print(f"metaemb {__version__}")
+        with contextlib.suppress(BrokenPipeError):  # `metaemb --version | true`
+            print(f"metaemb {__version__}", flush=True)
         return
     _tolerant_output()
     _plain_warnings()

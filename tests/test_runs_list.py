@@ -110,6 +110,20 @@ def test_a_partial_run_without_last_pt_is_not_called_resumable(tiny_face_run, tm
     assert read_run(copy).status.startswith("damaged (last.pt missing: train refuses to resume")
 
 
+def test_an_emptied_config_toml_is_damaged_not_partial(tiny_face_run, tmp_path):
+    """An empty config.toml read as a configuration of nothing: "partial", epochs 2/0 (H18 F3)."""
+    import shutil
+
+    from metaemb.core.eval.catalog import find_runs
+
+    _, run = tiny_face_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.toml").write_text("")
+    [info] = find_runs(tmp_path)
+    assert info.status == "damaged (config.toml unreadable)"
+
+
 def test_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     code, _, err = helpers.run_cli(["runs", tmp_path / "nope"], capsys)
     assert code == 2 and "does not exist" in err

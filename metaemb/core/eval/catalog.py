@@ -57,6 +57,8 @@ def read_run(run_dir: Path) -> RunInfo:
         cfg = tomllib.loads((run_dir / "config.toml").read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DataError(f"'{run_dir / 'config.toml'}' cannot be read: {exc}") from None
+    if not cfg.get("modality"):  # emptied: a run's config always names its modality
+        raise DataError(f"'{run_dir / 'config.toml'}' names no modality (emptied?)")
     records = epoch_records(run_dir / "metrics.jsonl")
     note = ""
     gaps = _missing_epochs(records)
