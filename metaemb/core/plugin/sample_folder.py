@@ -218,6 +218,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         names_itself = type(self).identity_of is not SampleFolder.identity_of
         if names_itself and not identity_dirs:
             paths.extend(scan_root_files(root, exts, state))
+        elif names_itself:
+            self._warn_root_files_left_out(root, exts, identity_dirs)
         if not identity_dirs and not paths:
             raise DataError(
                 f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
@@ -247,6 +249,22 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                 empty,
             )
         return paths, sorted(state.dirs)
+
+    def _warn_root_files_left_out(self, root: Path, exts: set[str], dirs: list[Path]) -> None:
+        """Sample files directly in a root that also has sub-folders are not read (a dataset's
+        own mean.npy); many of them are a flat layout that a stray folder (lost+found, a link)
+        switched off: say how many, and which folders did it."""
+        with os.scandir(root) as entries:
+            left = sorted(e.name for e in entries if not e.name.startswith(".")
+                          and os.path.splitext(e.name)[1].lower() in exts and e.is_file())  # fmt: skip
+        if left:
+            warnings.warn(
+                f"data folder '{root}': {len(left)} {self.what} file(s) directly in it are not "
+                f"read ({first_few(left, 3)}): a folder naming identities itself reads the "
+                "root's files only when the root has no sub-folders, and it has "
+                f"{len(dirs)} ({first_few([d.name for d in dirs], 3)}).",
+                stacklevel=3,
+            )
 
     # -- structure -----------------------------------------------------------------------
     @property
