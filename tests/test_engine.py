@@ -448,12 +448,15 @@ def test_a_scorer_that_cannot_fit_the_training_data_fails_before_training(faces,
 
 
 def test_a_run_that_lost_last_pt_is_not_silently_restarted(faces, tmp_path, capsys):
-    """last.pt deleted from a run with two epochs: a restart would replace best.pt with
-    epoch 1's weights and cut metrics.jsonl to one line. It is refused; nothing is touched."""
+    """last.pt deleted from an unfinished run with two epochs: a restart would replace best.pt
+    with epoch 1's weights and cut metrics.jsonl to one line. It is refused; nothing is
+    touched. (Unfinished: its metrics lack the last epoch's record.)"""
     args = cli_args(faces, tmp_path, "train.epochs=2")
     assert run_cli(args, capsys)[0] == 0
     [run] = (tmp_path / "face").iterdir()
     (run / "last.pt").unlink()
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code, _, err = run_cli(args, capsys)
     assert (
@@ -468,16 +471,32 @@ def test_a_run_that_lost_last_pt_is_not_silently_restarted(faces, tmp_path, caps
 def test_epoch_one_left_without_last_pt_is_trained_again_with_a_warning(faces, tmp_path, capsys):
     """An attempt stopped while saving its first checkpoint (best.pt written, last.pt not) was
     restarted without a word, its epoch 1 discarded: an epoch of a large model is hours (T1 F6)."""
+    args = cli_args(faces, tmp_path, "train.epochs=2")
+    assert run_cli(args, capsys)[0] == 0
+    [run] = (tmp_path / "face").iterdir()
+    (run / "last.pt").unlink()  # as if stopped after saving epoch 1's best.pt and record
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    best = torch.load(run / "best.pt", weights_only=False)
+    torch.save({**best, "epoch": 1}, run / "best.pt")
+    with pytest.warns(UserWarning, match="epoch 1 was trained but its last.pt is missing"):
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (run / "last.pt").is_file() and len(metrics.read_text().splitlines()) == 2
+
+
+def test_a_finished_run_whose_last_pt_was_removed_is_complete(faces, tmp_path, capsys):
+    """last.pt (optimizer included) of a finished run is often deleted to save space: re-running
+    its command retrained a 1-epoch run from scratch, deleting best.pt, or refused a longer
+    one as 'cannot resume' (R5-10). It is complete; nothing is touched."""
     args = cli_args(faces, tmp_path, "train.epochs=1")
     assert run_cli(args, capsys)[0] == 0
     [run] = (tmp_path / "face").iterdir()
     (run / "last.pt").unlink()
-    with pytest.warns(UserWarning, match="epoch 1 was trained but its last.pt is missing"):
-        code, _, err = run_cli(args, capsys)
-    assert code == 0, err
-    assert (run / "last.pt").is_file() and len(
-        (run / "metrics.jsonl").read_text().splitlines()
-    ) == 1
+    before = (run / "best.pt").read_bytes()
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "is complete" in out and "last.pt was removed" in " ".join(out.split())
+    assert (run / "best.pt").read_bytes() == before and not (run / "last.pt").exists()
 
 
 def test_the_same_relative_data_from_another_folder_is_not_resumed(faces, tmp_path, capsys):

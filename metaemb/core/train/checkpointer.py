@@ -27,7 +27,13 @@ from metaemb.core.config.trained_options import trained_options
 from metaemb.core.errors import MetaembError
 from metaemb.core.files import append_jsonl, atomic_write_text
 from metaemb.core.locks import RunLock
-from metaemb.core.runs import record_epoch, remove_stale_tmp, trained_root, trim_jsonl
+from metaemb.core.runs import (
+    epoch_records,
+    record_epoch,
+    remove_stale_tmp,
+    trained_root,
+    trim_jsonl,
+)
 
 LAST, BEST, METRICS, SKIPPED, BASELINE = (
     "last.pt",
@@ -78,6 +84,17 @@ class Checkpointer:
         if fresh:
             for name in (LAST, BEST, METRICS, SKIPPED, BASELINE):
                 (self.dir / name).unlink(missing_ok=True)
+
+    def finished_without_last(self, epochs: int) -> list[dict[str, Any]] | None:
+        """The epoch records of a run that trained all `epochs` and whose last.pt was removed
+        afterwards (it holds the optimizer too: a finished run's is often deleted to save
+        space), or None: such a run is complete, not a run to resume or start over."""
+        if self.last.exists() or not self.best.exists():
+            return None
+        records = epoch_records(self.metrics)
+        if sorted(r["epoch"] for r in records) != list(range(1, epochs + 1)):
+            return None
+        return records
 
     def resume(self) -> dict[str, Any] | None:
         """The state of last.pt (metrics.jsonl trimmed to its epoch), or None to start over (then

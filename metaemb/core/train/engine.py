@@ -241,6 +241,14 @@ class Trainer:
         self.setup()
         self.checkpointer.prepare(self.fresh)
         self.dist.barrier()  # every rank reads last.pt only once rank 0 prepared the folder
+        finished = self.checkpointer.finished_without_last(cfg.train.epochs)
+        if finished is not None:  # its last.pt removed to save space: nothing to resume
+            self.console.print(
+                f"[bold]Run {escape(str(self.dir))} is complete[/] ({cfg.train.epochs}/"
+                f"{cfg.train.epochs} epochs; its last.pt was removed, best.pt is kept); use "
+                "--fresh to train it again."
+            )
+            return self._summary(finished)
         state = self.checkpointer.resume()
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
