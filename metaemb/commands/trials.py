@@ -109,8 +109,14 @@ def make(
         return by_path.get(path, path)
 
     if triplets is not None:
-        from metaemb.core.eval.triplets import make_triplets, triplet_coverage, write_triplets
+        from metaemb.core.eval.triplets import (
+            check_triplet_paths,
+            make_triplets,
+            triplet_coverage,
+            write_triplets,
+        )
 
+        check_triplet_paths([s.path for s in sample_folder.samples], f"data folder '{data}'")
         made = make_triplets(sample_folder, triplets, seed)
         _keep_other_list(out, force, lambda path: write_triplets(path, made))
         write_triplets(out, made)

@@ -637,3 +637,16 @@ def test_unenroll_and_a_renamed_identity_folder(tmp_path, faces, face_run, capsy
     assert code == 0 and "removed 'id0000' (4 samples)" in out, err
 
     assert sorted(Gallery.load(gallery).identities) == ["bob", "id0001"]
+
+
+def test_triplet_lists_refuse_unlistable_folders_before_drawing(tmp_path, faces, capsys):
+    """A '#' or blank folder failed by seed, one file at a time, or was called 'empty or
+    blank' (H18 F7, F8): all are named up front now, with their count."""
+    import shutil
+
+    data = tmp_path / "names"
+    shutil.copytree(faces / "id0000", data / "#hash")
+    shutil.copytree(faces / "id0001", data / "a b")
+    shutil.copytree(faces / "id0002", data / "plain")
+    expect_error(["trials", "make", data, "--out", tmp_path / "t.txt", "--triplets", "5"],
+                 capsys, "sample path(s) of data folder", "contain spaces or start with '#'")  # fmt: skip

@@ -216,7 +216,7 @@ def check_positives(cfg: Config) -> None:
     objective = cfg.train.objective
     wants_pk = getattr(registry("objectives").get(objective), "batch", None) == "pk"
     k = cfg.options("sampler").get("k")
-    if wants_pk and cfg.train.sampler == "pk" and isinstance(k, int) and k < 2:
+    if wants_pk and cfg.train.sampler == "pk" and k == 1:  # k < 1: the sampler's own range
         raise ConfigError(
             f"objective '{objective}' learns from samples of one identity in a batch, and "
             f"sampler.k = {k} puts one sample of each identity in a batch: set sampler.k to 2 "

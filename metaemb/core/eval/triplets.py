@@ -71,6 +71,22 @@ def make_triplets(folder: Any, n: int, seed: int = 0) -> list[Triplet]:
     return out
 
 
+def check_triplet_paths(paths: Sequence[str], where: str) -> None:
+    """Refuse, before any triplet is drawn, sample paths a triplet list cannot hold: blanks
+    separate its columns, and a line starting with '#' is a comment (any path may be drawn as
+    an anchor), so one such file failed or not by seed, named one at a time."""
+    from metaemb.core.errors import first_few
+
+    bad = [p for p in paths if not p or p.startswith("#") or any(c.isspace() for c in p)]
+    if bad:
+        raise DataError(
+            f"{len(bad)} sample path(s) of {where} contain spaces or start with '#' "
+            f"({first_few(bad, 3)}); a triplet list separates its columns by whitespace and "
+            "reads a line starting with '#' as a comment, so it cannot hold them. Rename those "
+            "files or folders (e.g. spaces to '_')."
+        )
+
+
 def write_triplets(path: Path, triplets: Sequence[Triplet]) -> None:
     from metaemb.core.files import atomic_write_text
 
