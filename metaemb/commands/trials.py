@@ -6,8 +6,9 @@ Generated lists are part of a result: publish the list with the numbers it produ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -131,7 +132,7 @@ def make(
     typer.echo(json.dumps({"out": str(out), **coverage(trials, identity)}, indent=2))
 
 
-def _keep_other_list(out: Path, force: bool, write: Any) -> None:
+def _keep_other_list(out: Path, force: bool, write: Callable[[Path], None]) -> None:
     """Refuse to replace an existing `out` holding another list (a published list, the one a
     protocol reads beside the data, another seed's) unless --force; the same list again (the
     same command re-run) is fine. A file that is no list at all (an export's sidecar, notes, a

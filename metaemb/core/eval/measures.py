@@ -121,15 +121,15 @@ def training_folder(loaded: Any, parts: Any) -> Any:
             )
         return parts.folder.subset(found)
     from metaemb.core.train import validation
-    from metaemb.core.train.checkpointer import data_fingerprint
+    from metaemb.core.train.checkpointer import data_change
 
-    saved = loaded.state.get("data_fingerprint")
-    if saved is not None and saved != data_fingerprint(parts.folder):
+    change = data_change(loaded.state, parts.folder)
+    if change:
         raise DataError(
-            f"the data folder '{parts.folder.root}' changed since the run trained on it, and "
-            "its checkpoint does not list its training identities: a scorer fitted on a new "
-            "split would learn trial identities. Restore the data, or use a scorer that needs "
-            "no fitting (cosine, or the run's own)."
+            f"the data folder '{parts.folder.root}' {change}, and the run's checkpoint does not "
+            "list its training identities: a scorer fitted on a new split would learn trial "
+            "identities. Restore the data, or use a scorer that needs no fitting (cosine, or "
+            "the run's own)."
         )
     train, _ = validation.split(parts.folder, parts.config)
     return train
