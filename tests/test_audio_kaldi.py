@@ -280,6 +280,11 @@ def test_cn_celeb_coverage_counts_speakers_not_its_folders(tmp_path, capsys):
     code, out, _ = run_cli(["trials", "coverage", listed, "--root", ev], capsys)
     got = json.loads(out)
     assert code == 0 and got["identities"] == 3 and got["identities_with_targets"] == 1
+    # test files kept in speaker folders, their names without a prefix (H18 F9)
+    from metaemb.plugins.audio.trial_lists import CnCelebTrials
+
+    assert CnCelebTrials().identity_of("test/id00801/utt2.wav") == "id00801"
+    assert CnCelebTrials().identity_of("test/id00801-x-1.wav") == "id00801"
 
 
 def test_utterances_utt2spk_leaves_out_are_counted(plain):

@@ -264,3 +264,18 @@ def test_command_warnings_go_to_stderr_and_into_train_log(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "warning: the run is odd" in err and not out
     assert "warning: the run is odd" in (tmp_path / "train.log").read_text()
+
+
+def test_a_teacher_run_without_config_toml_keeps_its_modality(tiny_face_run, tmp_path):
+    """distill fell back to the image modality for a teacher whose config.toml was lost, and
+    blamed the user's --set keys; the checkpoint keeps the modality too (H18 F10)."""
+    import shutil
+
+    from metaemb.commands.train import _run_modality
+
+    _, run = tiny_face_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.toml").unlink()
+    assert _run_modality(copy) == "face"
+    assert _run_modality(tmp_path / "nothing") is None

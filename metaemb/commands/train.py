@@ -260,4 +260,13 @@ def _run_modality(run: Path) -> str | None:
     from metaemb.core.runs import saved_config
 
     value = (saved_config(run) or {}).get("modality")
+    if value is None:  # config.toml lost: the checkpoint keeps the configuration too
+        from metaemb.core.checkpoints import load_checkpoint
+        from metaemb.core.deploy.loading import find_checkpoint
+        from metaemb.core.errors import MetaembError
+
+        try:
+            value = (load_checkpoint(find_checkpoint(run)).get("config") or {}).get("modality")
+        except (MetaembError, OSError):
+            return None
     return value if isinstance(value, str) else None

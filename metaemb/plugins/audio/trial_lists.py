@@ -119,8 +119,12 @@ class CnCelebTrials(TrialFormat):
         return len(fields) == 3 and fields[2] in ("0", "1") and fields[0] not in ("0", "1")
 
     def identity_of(self, path: str) -> str:
-        """The speaker prefix of the file name (`test/id00800-singing-01-001.wav`: id00800)."""
-        return path.rsplit("/", 1)[-1].split("-", 1)[0]
+        """The speaker prefix of the file name (`test/id00800-singing-01-001.wav`: id00800);
+        a name without one (`test/id00800/utt1.wav`) belongs to its folder."""
+        folder, _, name = path.rpartition("/")
+        if "-" in name or not folder:
+            return name.split("-", 1)[0]
+        return folder.rsplit("/", 1)[-1]
 
     def read(self, path: Path, root: Path | None) -> list[Trial]:
         keys = _enroll_keys(path, root)
