@@ -82,8 +82,11 @@ def test_evaluations_of_two_other_folders_keep_both_results(setup, tmp_path, cap
 
 
 def test_evaluate_on_a_copy_of_the_training_folder_warns(setup, tmp_path, capsys):
-    """A copy of the training folder is another path, so it is scored like a new folder; the
-    identities the run trained on are named and counted, not silently scored as strangers."""
+    """A copy of the training folder (the same samples and identities) is the run's folder:
+    its held-out validation identities are scored, as for the folder itself (H18 F11: a moved
+    folder scored all identities, most of them trained on). A copy that differs is a new
+    folder: the identities the run trained on are named and counted, not silently scored as
+    strangers."""
     data, _, run = setup
     trained = set(torch.load(run / "last.pt", weights_only=False)["training_identities"])
     identities = {d.name for d in data.iterdir() if d.is_dir()}
@@ -93,6 +96,15 @@ def test_evaluate_on_a_copy_of_the_training_folder_warns(setup, tmp_path, capsys
         (copy / d).mkdir(parents=True)
         for f in (data / d).iterdir():
             (copy / d / f.name).write_bytes(f.read_bytes())
+    same = tmp_path / "same"
+    args = ["evaluate", run, "--data", copy, "--out", same, "--workers", "0"]
+    code, text, err = helpers.run_cli(args, capsys)
+    assert code == 0 and "trained on" not in " ".join(err.split()), err
+    got = json.loads((same / "metrics.json").read_text())
+    assert got["trials"] == "validation" and got["training_identities_scored"] == 0
+    (copy / sorted(identities)[0] / "extra.png").write_bytes(
+        next((data / sorted(identities)[0]).iterdir()).read_bytes()
+    )  # now another folder
     out = tmp_path / "ev"
     args = ["evaluate", run, "--data", copy, "--out", out, "--workers", "0"]
     code, text, err = helpers.run_cli(args, capsys)

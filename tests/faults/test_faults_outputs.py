@@ -650,3 +650,25 @@ def test_triplet_lists_refuse_unlistable_folders_before_drawing(tmp_path, faces,
     shutil.copytree(faces / "id0002", data / "plain")
     expect_error(["trials", "make", data, "--out", tmp_path / "t.txt", "--triplets", "5"],
                  capsys, "sample path(s) of data folder", "contain spaces or start with '#'")  # fmt: skip
+
+
+def test_a_moved_training_folder_given_with_data_is_the_runs_own(tmp_path, faces, capsys):
+    """After a move, the error said to pass --data, which then scored all identities, most of
+    them trained on (H18 F11): the same samples and identities are the run's folder, and its
+    validation split is scored."""
+    import json
+    import shutil
+
+    from faults_helpers import train_tiny
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    assert train_tiny(data, tmp_path / "runs")[0] == 0
+    [run] = list((tmp_path / "runs" / "face").iterdir())
+    moved = data.rename(tmp_path / "moved")
+    expect_error(["evaluate", run, "--out", tmp_path / "e0", "--workers", "0"], capsys,
+                 "does not exist", "--data")  # fmt: skip
+    code, _, err = run_cli(["evaluate", run, "--data", moved, "--out", tmp_path / "e1",
+                            "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["trials"] == "validation"

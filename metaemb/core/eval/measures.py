@@ -33,11 +33,19 @@ MEASURES = ("verification", "match", "class")
 
 
 def is_other_folder(loaded: Any, data: Path | None) -> bool:
-    """True when `data` is given and is not the folder the run was trained on."""
+    """True when `data` is given and is not the folder the run was trained on, nor a copy or a
+    move of it (the same samples and identities: its validation split is the run's)."""
     if data is None:
         return False
     root = trained_root(loaded.state.get("config") or {})
-    return not root or Path(root).resolve() != Path(data).resolve()
+    if root and Path(root).resolve() == Path(data).resolve():
+        return False
+    from metaemb.core.train.checkpointer import data_change
+
+    same = loaded.state.get("data_fingerprint") is not None and not data_change(
+        loaded.state, loaded.parts.folder
+    )
+    return not same
 
 
 def unseen_folder_trials(
