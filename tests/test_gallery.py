@@ -402,6 +402,12 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
                             "0"], capsys)  # fmt: skip
     said = " ".join(err.split())
     assert code == 2 and f"is not under --data '{probes}'" in said and "leave --data out" in said
+    # a probe symlinked inside --data is a sample of its folder, as the scan lists it (H18 F13)
+    (probes / "id0001" / "linked.png").symlink_to(other / "003.png")
+    code, _, err = run_cli([*args, "--data", probes, "--probe", probes / "id0001" / "linked.png",
+                            "--frontend-set", "on_no_face=center", "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    (probes / "id0001" / "linked.png").unlink()
 
     # Probing with the enrolled samples themselves: said (each scores against itself).
     with pytest.warns(UserWarning, match=r"9 of the 9 probes are samples enrolled in the gallery"):

@@ -501,7 +501,7 @@ def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(tree / rel, np.zeros(3))
     np.save(tree / "mean.npy", np.zeros(3))  # the dataset's own statistics
-    with pytest.warns(UserWarning, match=r"1 sample file\(s\) directly in it are not read "
+    with pytest.warns(UserWarning, match=r"1 sample\(s\) directly in it are not read "
                       r"\('mean.npy'\).*has 2 \('u001', 'u002'\)"):  # fmt: skip
         assert Forgeries(tree).identities == ["u001", "u001/forgery", "u002"]
 

@@ -3,6 +3,8 @@ TPIR@FPIR, or loose files), and the results file. Semantics: docs/gallery.md."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +38,30 @@ def _scorer(loaded: Any, name: str | None) -> Any:
     return scorer
 
 
+def _relative(file: Path, root: Path, known: Any) -> str | None:
+    """`file` relative to `root` as the folder's scan names it (one of `known` if it can be):
+    by its own path (a symlinked sample is listed under its link's name), or through resolved
+    paths (a root given through a link); None when it is under neither."""
+    found = []
+    for f, r in ((os.path.abspath(file), os.path.abspath(root)), (file.resolve(), root.resolve())):
+        with contextlib.suppress(ValueError):
+            found.append(Path(f).relative_to(r).as_posix())
+    return next((rel for rel in found if rel in known), found[0] if found else None)
+
+
 def _probe_samples(folder: Any, root: Path, files: list[Path]) -> list[int]:
     from metaemb.core.errors import DataError
 
     where = {s.path: i for i, s in enumerate(folder.samples)}
     out = []
     for f in files:
-        try:
-            rel = f.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
+        rel = _relative(f, root, where)
+        if rel is None:
             raise DataError(
                 f"probe '{f}' is not under --data '{root}': give probes inside it, or leave "
                 "--data out (each probe's identity is then the name of its folder; --root DIR "
                 "for nested layouts)."
-            ) from None
+            )
         if rel not in where:
             raise DataError(
                 f"probe '{f}' is under --data '{root}' but is no sample of its folder (not an "

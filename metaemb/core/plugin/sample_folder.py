@@ -259,7 +259,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                           and os.path.splitext(e.name)[1].lower() in exts and e.is_file())  # fmt: skip
         if left:
             warnings.warn(
-                f"data folder '{root}': {len(left)} {self.what} file(s) directly in it are not "
+                f"data folder '{root}': {len(left)} {self.what}(s) directly in it are not "
                 f"read ({first_few(left, 3)}): a folder naming identities itself reads the "
                 "root's files only when the root has no sub-folders, and it has "
                 f"{len(dirs)} ({first_few([d.name for d in dirs], 3)}).",
