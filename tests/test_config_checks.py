@@ -302,3 +302,9 @@ def test_small_config_mistakes_are_worded_for_what_they_are(tmp_path):
         build("objectives", "cosface", {"margin": 1.5})
     with pytest.raises(ConfigError, match=r"collapse_tolerance is a fraction of the margin"):
         build("objectives", "triplet", {"collapse_tolerance": 2.0})
+
+
+def test_null_for_a_list_option_says_what_it_is():
+    """`--set augment.noise.snr_noise=null` was "expected 2 values, got 1: ['null']" (H18 F5)."""
+    with pytest.raises(ConfigError, match=r"snr_noise': null is no value here"):
+        resolve("speaker", sets=["augment.noise.snr_noise=null"])

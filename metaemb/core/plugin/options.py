@@ -126,6 +126,11 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             f"{where}: {value!r} is not one of {choices}.{suggest(str(value), map(str, args))}"
         )
     if origin in (list, tuple):
+        if isinstance(value, Unquoted) and value.strip().lower() in ("null", "none"):
+            raise ConfigError(
+                f"{where}: {value.strip()} is no value here (a configuration has no null); leave "
+                "the key out for its default, or give a list."
+            )
         if isinstance(value, str):
             mark = Unquoted if isinstance(value, Unquoted) else str
             value = [mark(v.strip()) for v in value.split(",") if v.strip()]
