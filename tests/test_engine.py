@@ -751,7 +751,7 @@ def test_a_distributed_run_says_its_ranks_and_global_batch(tmp_path):
 def test_each_rank_gets_its_own_random_streams_back_on_resume():
     """A torchrun run resumed after a kill diverged from the uninterrupted one: every rank
     restored rank 0's random state, so rank 1 drew other augmentations (T1 F9)."""
-    from metaemb.core.train.checkpointer import rank_rng_states, restore_rng
+    from metaemb.core.train.random_state import rank_rng_states, restore_rng
 
     assert rank_rng_states(1) is None  # one process: the checkpoint's own `rng`
     streams = []
@@ -774,7 +774,7 @@ def test_numpy_and_random_streams_are_kept_in_checkpoints():
 
     import numpy as np
 
-    from metaemb.core.train.checkpointer import host_rng_state, restore_rng
+    from metaemb.core.train.random_state import host_rng_state, restore_rng
 
     np.random.seed(3)
     random.seed(4)

@@ -85,7 +85,8 @@ def scan_identity(
             continue
         state.dirs.add(real)
         first = False
-        subdirs = _list_folder(folder, rel_dir + "/", real, exts, state, found)
+        files, subdirs = _list_folder(folder, rel_dir + "/", real, exts, state)
+        found.extend(files)
         # Files of a folder first, then its sub-folders in name order (depth first).
         stack.extend(reversed(subdirs))
     return found
@@ -97,16 +98,16 @@ def _list_folder(
     real: str,
     exts: set[str],
     state: ScanState,
-    found: list[str],
     note_others: bool = True,
-) -> list[Path]:
-    """Append the sample files of one folder (as `rel_dir` + name) to `found`, in name order;
-    return its sub-folders. Links to nothing, FIFOs and second names of one file are noted in
-    `state`, not listed; so are files of other suffixes, with `note_others`."""
+) -> tuple[list[str], list[Path]]:
+    """(the sample files of one folder as `rel_dir` + name, its sub-folders), in name order.
+    Links to nothing, FIFOs and second names of one file are noted in `state`, not listed; so
+    are files of other suffixes, with `note_others`."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
-        return []  # unreadable folder: nothing to list (a missing sample is reported at load)
+        return [], []  # unreadable folder: nothing to list (a missing sample is reported at load)
+    found: list[str] = []
     subdirs: list[Path] = []
     prefix = real + os.sep
     for e in entries:
@@ -138,7 +139,7 @@ def _list_folder(
                 continue
             state.files[real_file] = rel
             found.append(rel)
-    return subdirs
+    return found, subdirs
 
 
 def scan_root_files(root: Path, exts: set[str], state: ScanState) -> list[str]:
@@ -146,9 +147,7 @@ def scan_root_files(root: Path, exts: set[str], state: ScanState) -> list[str]:
     file's identity itself (a flat Market-1501 part: `0002_c1s1_000451_03.jpg`). Other files
     there are a dataset's own (RECORDS, README, checksums), not samples of another format: not
     warned about."""
-    found: list[str] = []
-    _list_folder(root, "", state.root_real, exts, state, found, note_others=False)
-    return found
+    return _list_folder(root, "", state.root_real, exts, state, note_others=False)[0]
 
 
 def _regular(entry: os.DirEntry) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,6 @@ def training_folder(loaded: Any, parts: Any) -> Any:
                 "the run's own)."
             )
         if len(found) < len(trained):
-            import warnings
-
             warnings.warn(
                 f"{len(trained) - len(found)} of the run's {len(trained)} training identities "
                 f"are no longer in '{parts.folder.root}' ({first_few(sorted(trained - set(found)), 3)}); "

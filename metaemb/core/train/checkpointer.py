@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import random
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from metaemb.core.checkpoints import load_checkpoint, save_checkpoint
@@ -34,6 +33,7 @@ from metaemb.core.runs import (
     trained_root,
     trim_jsonl,
 )
+from metaemb.core.train.random_state import host_rng_state, restore_rng
 
 LAST, BEST, METRICS, SKIPPED, BASELINE = (
     "last.pt",
@@ -108,8 +108,6 @@ class Checkpointer:
             self._refuse_lost_last()
             left = [n for n in (BEST, METRICS) if (self.dir / n).exists()]
             if any(record_epoch(ln) is not None for ln in _lines(self.metrics)):
-                import warnings
-
                 warnings.warn(  # an epoch of a large model is hours: say it is recomputed
                     f"{self.dir}: epoch 1 was trained but its last.pt is missing (an attempt "
                     f"stopped while saving its first checkpoint); its {' and '.join(left)} "
@@ -376,55 +374,3 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
             "changed; --fresh trains the run again from scratch."
         ) from None
     restore_rng(state, trainer.dist.rank, trainer.dist.world_size)
-
-
-def rank_rng_states(world_size: int) -> list[Any] | None:
-    """Every rank's random streams (CPU, and its CUDA device's) in a distributed run, gathered
-    on every rank: ranks draw different augmentations, so each needs its own back on resume.
-    None in one process (the checkpoint's own `rng` is that process's)."""
-    if world_size <= 1:
-        return None
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    mine = (torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None, host_rng_state())
-    states: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(states, mine)
-    return states
-
-
-def restore_rng(state: dict[str, Any], rank: int, world_size: int) -> None:
-    """The random streams of `state` for this rank: its own when the run saved every rank's on
-    the same number of ranks, else the saving rank's (a resume on other ranks draws anew)."""
-    per_rank = state.get("rng_by_rank")
-    if isinstance(per_rank, list) and len(per_rank) == world_size:
-        cpu, cuda, host = (*per_rank[rank], None)[:3]  # host: absent before it was kept
-        torch.set_rng_state(cpu)
-        if cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda)
-        set_host_rng_state(host)
-        return
-    torch.set_rng_state(state["rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    set_host_rng_state(state.get("host_rng"))
-
-
-def host_rng_state() -> dict[str, Any]:
-    """numpy's and Python's global random states, in the types a weights-only checkpoint
-    holds (tensors, numbers, lists): an augmentation running in the training process may
-    draw from them, and a resumed run must continue them."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, words, gauss = random.getstate()
-    return {
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": [version, list(words), gauss],
-    }
-
-
-def set_host_rng_state(state: dict[str, Any] | None) -> None:
-    """Restore what `host_rng_state` kept (nothing for a checkpoint from before it was)."""
-    if not state:
-        return
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, words, gauss = state["python"]
-    random.setstate((version, tuple(words), gauss))

@@ -43,7 +43,6 @@ from metaemb.core.train.checkpointer import (
     config_edited_warning,
     fingerprints,
     other_workers_warning,
-    rank_rng_states,
     restore,
     training_state,
 )
@@ -61,6 +60,7 @@ from metaemb.core.train.checks.objective import (
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
+from metaemb.core.train.random_state import rank_rng_states
 from metaemb.core.train.summary import describe_run, print_epoch, print_summary, write_summary
 from metaemb.core.train.teacher import build_teacher
 
