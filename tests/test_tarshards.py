@@ -342,3 +342,14 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
                                      capsys, monkeypatch)  # fmt: skip
     assert code == 0, out + err
     assert (tmp_path / "ev" / "metrics.json").is_file()
+    # embed takes the same pattern as its data: every sample of the shards, where the pattern
+    # was called "a sample file that does not exist" (H18 F12)
+    pattern = shards / "train-{000000..000001}.tar"
+    code, out, err = helpers.run_cli(["embed", run, pattern, "--out", tmp_path / "e.npz",
+                                      "--workers", "0"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, out + err
+    assert "wrote 32 embeddings" in out
+    code, out, err = helpers.run_cli(["embed", run, shards / "train-000000.tar", "--out",
+                                      tmp_path / "one.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, out + err
+    assert "wrote 16 embeddings" in out

@@ -24,7 +24,10 @@ console = make_console()
 
 def embed(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint")],
-    data: Annotated[list[Path], typer.Argument(help="<identity>/<sample> folder, or sample files")],
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="<identity>/<sample> folder (or tar-shard pattern), or sample files"),
+    ],
     out: Annotated[
         Path, typer.Option(help="output .pt file, or .npz (embeddings, paths, identities)")
     ],

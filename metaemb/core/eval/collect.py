@@ -200,6 +200,17 @@ def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
     return named
 
 
+def _names_shards(path: Path) -> bool:
+    """Whether `path` names tar shards (`shards/train-{000..009}.tar`, `*.tar`, one `.tar`): a
+    folder's data, as `--data` takes it, not a sample file."""
+    from metaemb.core.paths import data_path_exists
+
+    text = str(path)
+    if path.suffix == ".tar":
+        return data_path_exists(text)
+    return not path.exists() and any(c in text for c in "{*?[") and data_path_exists(text)
+
+
 def embed_inputs(
     checkpoint: str | Path,
     inputs: Sequence[str | Path] | str | Path,
@@ -208,7 +219,7 @@ def embed_inputs(
     root: str | Path | None = None,
     skip_bad: bool = False,
 ) -> Collection:
-    """Embed one folder (every sample) or one or more loose files with a trained model; with
+    """Embed one folder (every sample; a tar-shard pattern is one) or one or more loose files with a trained model; with
     `skip_bad`, samples that cannot be read are left out of the collection, with a warning."""
     from metaemb.core.deploy.loading import load_run
 
@@ -219,7 +230,7 @@ def embed_inputs(
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
     flag = None  # the root was given (a folder, or --root)
-    if len(inputs) == 1 and inputs[0].is_dir():
+    if len(inputs) == 1 and (inputs[0].is_dir() or _names_shards(inputs[0])):
         if root is not None:
             raise DataError("--root is for sample files; a folder is its own root.")
         loaded = load_run(Path(checkpoint), device, data=inputs[0])
