@@ -600,8 +600,17 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
     out.write_text("1 id0000/000.png id0000/001.png\n")
     official = out.read_bytes()
     code, _, err = run_cli(["trials", "make", data, "--out", out], capsys)
-    assert code == 2 and "already holds another trial list" in " ".join(err.split()), err
+    assert code == 2 and "already holds another list" in " ".join(err.split()), err
+    assert "read as trials in format 'voxceleb'" in " ".join(err.split()), err
     assert out.read_bytes() == official
+    # CN-Celeb's enroll.lst only looks like an unlabelled list: said what it reads as, so the
+    # user sees it is not a trial list of theirs, and kept (H18 F9b)
+    enroll = tmp_path / "enroll.lst"
+    enroll.write_text("id00800-enroll enroll/id00800-enroll.wav\n")
+    code, _, err = run_cli(["trials", "make", data, "--out", enroll], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "another list (its lines read as trials in format" in said, said
+    assert enroll.read_text() == "id00800-enroll enroll/id00800-enroll.wav\n"
     code, _, err = run_cli(["trials", "make", data, "--out", out, "--force"], capsys)
     assert code == 0, err
     assert out.read_bytes() != official
@@ -631,7 +640,7 @@ def test_trials_make_keeps_another_list_at_out_unless_forced(tmp_path, capsys):
         damaged = tmp_path / name
         damaged.write_text(text)
         code, _, err = run_cli(["trials", "make", data, "--out", damaged], capsys)
-        assert code == 2 and "already holds another trial list" in " ".join(err.split()), err
+        assert code == 2 and "already holds another list" in " ".join(err.split()), err
         assert run_cli(["trials", "make", data, "--out", damaged, "--force"], capsys)[0] == 0
 
 

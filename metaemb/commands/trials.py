@@ -161,9 +161,20 @@ def _keep_other_list(out: Path, force: bool, write: Callable[[Path], None]) -> N
     if force:
         return
     raise OutputError(
-        f"'{out}' already holds another trial list; a list is part of the results scored on "
-        "it, so it is not replaced: choose another --out, or pass --force to replace it."
+        f"'{out}' already holds another list ({_read_as(out)}); a list is part of the results "
+        "scored on it, so it is not replaced: choose another --out, or pass --force to replace it."
     )
+
+
+def _read_as(path: Path) -> str:
+    """What an existing list reads as, so a file that only looks like a trial list (CN-Celeb's
+    `enroll.lst` reads as an unlabelled VoxCeleb list) is recognised by its owner."""
+    from metaemb.core.eval.trials import detect_format, format_label
+    from metaemb.core.eval.triplets import HEADER as TRIPLETS_HEADER
+
+    if path.read_text(errors="replace").startswith(TRIPLETS_HEADER):
+        return "a triplet list"
+    return f"its lines read as trials in {format_label(detect_format(path))}"
 
 
 def _not_a_list(path: Path) -> str:
