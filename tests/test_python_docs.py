@@ -42,6 +42,7 @@ def test_every_python_block_of_the_page_runs(tmp_path, monkeypatch):
     [run] = list((tmp_path / "runs" / "speaker").iterdir())
 
     monkeypatch.chdir(tmp_path)  # blocks write small files (an .npz) in the working folder
+    monkeypatch.setenv("METAEMB_CACHE", str(tmp_path / "cache"))  # the training block's cache
     namespace: dict = {"__name__": "python_docs", "RUN": str(run)}
     for number, block in enumerate(python_blocks(DOC.read_text(encoding="utf-8")), 1):
         if block.lstrip().startswith(NO_RUN):
@@ -55,3 +56,7 @@ def test_every_python_block_of_the_page_runs(tmp_path, monkeypatch):
     s, plain, is_target = namespace["s"], namespace["plain"], namespace["is_target"]
     assert M.eer(s[is_target], s[~is_target]) < M.eer(plain[is_target], plain[~is_target])
     assert abs(M.eer(s[is_target], s[~is_target]) - namespace["result"]["eer"]) < 1e-9
+    # the training block trained a run of its own, beside the CLI's
+    trained = Path(namespace["summary"]["run_dir"])
+    assert trained != run and (trained / "last.pt").is_file()
+    assert namespace["summary"]["epochs"] == 1
