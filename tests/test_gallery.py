@@ -124,7 +124,7 @@ def test_bad_input_and_files(tmp_path):
         gallery.add("x", torch.randn(2, DIM + 1))
     with pytest.raises(GalleryError, match="NaN"):
         gallery.add("x", torch.full((1, DIM), math.nan))
-    with pytest.raises(GalleryError, match="single-line"):
+    with pytest.raises(GalleryError, match="without tabs or line breaks, got 'a\\\\tb'"):
         gallery.add("a\tb", torch.randn(1, DIM))
     with pytest.raises(GalleryError, match="'<new>' is the answer identify gives"):
         gallery.add("<new>", torch.randn(1, DIM))  # would read as a rejection in the metrics
@@ -467,6 +467,27 @@ def test_gme_results_file_and_table(tmp_path):
     text = console.export_text()
     assert "P(new)" in text and "1 more probes" in text and "LLR ≥ 0" in text
     assert f"{float(res.p_new[0]):.1%}" in text and "rank_1" in text
+
+
+def test_identity_folders_with_tabs_or_line_breaks_are_named_at_once(trained, tmp_path, capsys):
+    """enroll refused the first such folder only, after embedding, as "single-line text" (a tab
+    is single-line) without naming the data folder (H19 F1): every one is named, up front."""
+    enroll, _, run = trained
+    data = tmp_path / "data"
+    for name, src in (("tab\there", "id0000"), ("a\nb", "id0001"), ("ok", "id0002")):
+        shutil.copytree(enroll / src, data / name)
+    path = tmp_path / "g.pt"
+    code, _, err = run_cli(["enroll", run, "--gallery", path, "--data", data, "--workers", "0"],
+                           capsys)  # fmt: skip
+    said = " ".join(err.split())
+    assert code == 2 and "2 identity folder(s) of" in said and str(data) in said, said
+    assert "'a\\nb'" in said and "'tab\\there'" in said and "--identities" in said, said
+    assert not path.exists()
+    args = ["enroll", run, "--gallery", path, "--data", data, "--workers", "0"]
+    shutil.copy(enroll / "landmarks.csv", data / "landmarks.csv")  # the old folder names
+    code, _, err = run_cli([*args, "--identities", "ok", "--frontend-set", "on_no_face=center"],
+                           capsys)  # fmt: skip
+    assert code == 0, err
 
 
 def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):

@@ -64,6 +64,7 @@ def _enroll(
                 "found there)"
             )
         folder = folder.subset(identities)
+    _refuse_bad_names(folder)
     sources = [folder.source_of(s) for s in folder.samples]
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
@@ -93,6 +94,21 @@ def _enroll(
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _refuse_bad_names(folder: Any) -> None:
+    """Every identity folder whose name cannot be a gallery name, at once and before any
+    embedding (one per run made a folder with several cost a run each)."""
+    from metaemb.core.deploy.gallery import valid_name
+    from metaemb.core.errors import DataError
+
+    bad = [name for name in folder.identities if not valid_name(name)]
+    if bad:
+        raise DataError(
+            f"{len(bad)} identity folder(s) of '{folder.root}' have a tab or a line break in "
+            f"their name ({first_few(bad)}); a gallery identity is one line "
+            "without tabs: rename the folder(s), or enroll the others with --identities."
+        )
 
 
 def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:

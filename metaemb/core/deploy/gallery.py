@@ -44,6 +44,16 @@ def _first_repeat(items: Iterable[str]) -> str | None:
     return None
 
 
+def valid_name(identity: object) -> bool:
+    """Whether `identity` can name a gallery identity: non-empty text with no tab, CR or LF
+    (the gallery's name lists and `identify`'s console lines are one name per line)."""
+    return (
+        isinstance(identity, str)
+        and bool(identity.strip())
+        and not any(c in identity for c in "\t\n\r")
+    )
+
+
 class Gallery:
     """Enrolled identities of one model: per-sample embeddings, owners, sources, pooled models."""
 
@@ -153,13 +163,10 @@ class Gallery:
     def add(self, identity: str, embeddings: Any, sources: Sequence[str] | None = None) -> int:
         """Enroll samples for `identity` (new or existing) → how many were added. Samples whose
         source is already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
-        if (
-            not isinstance(identity, str)
-            or not identity.strip()
-            or any(c in identity for c in "\t\n\r")
-        ):
+        if not valid_name(identity):
             raise GalleryError(
-                f"identity names must be non-empty single-line text, got {identity!r}"
+                f"gallery identity names are non-empty text without tabs or line breaks, got "
+                f"{identity!r}"
             )
         if identity == NEW:  # indistinguishable from the decision "none of the enrolled"
             raise GalleryError(
