@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,7 +32,7 @@ from metaemb.core.errors import DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import build, part_table, validate_options
 from metaemb.core.plugin.contract import Kind, declared
-from metaemb.core.plugin.interfaces import Backbone, Features, SampleFolder
+from metaemb.core.plugin.interfaces import Augmentation, Backbone, Features, Frontend, SampleFolder
 from metaemb.core.plugin.manager import plugin_registered, registry, state
 from metaemb.core.plugin.options import options_of, parts_of
 from metaemb.core.train.augment_checks import check_output
@@ -50,6 +52,12 @@ ALL = components(*state().registries())  # core kinds and those plugins add
 # -- dummy inputs for the raw kinds that folders yield ------------------------------------------
 def _raw(kind) -> torch.Tensor | None:
     """One raw sample of a declared Kind, or None when this test knows no such kind."""
+    builtin = _builtin_raw(kind)
+    return builtin if builtin is not None else next(iter(_examples(kind)), None)
+
+
+def _builtin_raw(kind) -> torch.Tensor | None:
+    """One raw sample of a kind the built-in folders yield (None for any other)."""
     g = torch.Generator().manual_seed(0)
     if kind.name in ("image", "aligned-image"):
         return torch.randint(0, 256, (3, 72, 64), generator=g, dtype=torch.uint8)
@@ -58,17 +66,42 @@ def _raw(kind) -> torch.Tensor | None:
         return 0.1 * torch.randn(int(rate), generator=g)  # one second
     if kind.name == "vector":
         return torch.randn(kind.param("size") or 32, generator=g)
-    return next(iter(_examples(kind)), None)
+    return None
 
 
-def _examples(kind) -> list:
-    """Raw samples of a kind only a plugin knows: its sample folder's `examples()`."""
+def _examples(kind, through_frontends: bool = True) -> list:
+    """Raw samples of a kind only a plugin knows: its sample folder's `examples()`, or, for a
+    kind only a frontend makes (an ECG resampled to a fixed rate), the examples of the kind
+    the frontend accepts run through it (built with its defaults)."""
     for name in registry("sample_folders").names():
         yields = _kinds("sample_folders", name, "yields", _full("sample_folders", name))
         if yields and any(y.name == kind.name for y in yields):
             found = list(_entry("sample_folders", name).factory.examples())
             if found:
                 return found
+    return _through_a_frontend(kind) if through_frontends else []
+
+
+def _through_a_frontend(kind) -> list:
+    """Examples of `kind` made by a registered frontend yielding it from a folder's examples
+    (one step: a frontend's input is what a folder yields); [] when none can."""
+    for name in registry("frontends").names():
+        yields = _kinds("frontends", name, "yields", _full("frontends", name))
+        if not yields or not any(y.name == kind.name for y in yields):
+            continue
+        for take in _kinds("frontends", name, "accepts", _full("frontends", name)) or ():
+            builtin = _builtin_raw(take)
+            raws = [builtin] if builtin is not None else _examples(take, through_frontends=False)
+            if not raws:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    frontend = build("frontends", name, {}, root=Path(tmp),
+                                     cache_dir=Path(tmp) / "cache")  # fmt: skip
+                    return [frontend(r, f"someone/example{i}", Path(tmp))
+                            for i, r in enumerate(raws)]  # fmt: skip
+                except DataError:  # it needs what an example cannot give (a landmark file)
+                    continue
     return []
 
 
@@ -77,6 +110,8 @@ def _two_lengths(raw, kind) -> tuple | None:
     if isinstance(raw, torch.Tensor) and raw.dim() == 1:
         return raw, raw[: len(raw) * 3 // 5]
     found = _examples(kind)
+    if len(found) >= 2 and all(isinstance(x, torch.Tensor) for x in found):
+        found = sorted(found, key=lambda x: -x.numel())  # the long one first, as promised
     return (found[0], found[-1]) if len(found) >= 2 else None
 
 
@@ -278,7 +313,8 @@ def test_backbone_gives_n_by_feature_dim(kind, name):
     if found is None:
         pytest.skip(
             f"backbone '{name}' accepts {accepted}: no registered features yields it from an "
-            "input kind this test can make (images, waveforms, vectors); test it yourself"
+            "input kind this test can make (images, waveforms, vectors, a sample folder's "
+            "examples(), or those run through a registered frontend); test it yourself"
         )
     _, features, raw, _ = found
     x, lengths = _batch(features, raw)
@@ -510,6 +546,94 @@ def test_a_plugins_own_data_kind_is_checked_through_its_examples():
         test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "tapnet")
         with pytest.raises(AssertionError, match="padding leaks"):
             test_backbone_embeds_a_padded_sample_as_it_would_alone("backbones", "leaky-tapnet")
+
+
+# -- a kind only a plugin frontend makes: the folder's examples run through it -----------------
+class _EcgFolder(SampleFolder):
+    """Records at their own sampling rates: the frontend resamples them to one."""
+
+    extensions = (".ecgx",)
+    yields = Kind("ecg-record")
+
+    def load(self, path):
+        raise NotImplementedError
+
+    @classmethod
+    def examples(cls) -> list:
+        g = torch.Generator().manual_seed(0)
+        return [{"fs": fs, "signal": torch.randn(2, fs * 2, generator=g)} for fs in (250, 500)]
+
+
+class _Resample(Frontend):
+    accepts = Kind("ecg-record")
+    yields = Kind("ecg-signal")
+
+    def __call__(self, raw, path, root):
+        step = raw["fs"] // 250  # to 250 Hz
+        return raw["signal"][:, ::step][:, : 250 + raw["fs"] // 5]  # two lengths
+
+
+class _EcgFeatures(_TapFeatures):
+    accepts = Kind("ecg-signal")
+    yields = Kind("tap-matrix")
+
+    def prepare(self, raw, train):
+        return raw.float()
+
+
+class _EcgNoise(Augmentation):
+    stage = "input"
+    accepts = Kind("ecg-signal")
+
+    def forward(self, x, lengths, labels):
+        return x + 0.01 * torch.randn_like(x), lengths, labels
+
+
+class _EcgPlugin:
+    @hookimpl
+    def register_sample_folders(self, register):
+        register("ecg-records", _EcgFolder)
+
+    @hookimpl
+    def register_frontends(self, register):
+        register("ecg-resample", _Resample)
+
+    @hookimpl
+    def register_features(self, register):
+        register("ecg-features", _EcgFeatures)
+
+    @hookimpl
+    def register_backbones(self, register):
+        register("ecgnet", _TapNet)
+        register("leaky-ecgnet", _LeakyTapNet)
+
+    @hookimpl
+    def register_augmentations(self, register):
+        register("ecg-noise", _EcgNoise)
+
+
+def _must_run(check, *args) -> None:
+    """Run a conformance check, failing where it would skip (this test is about it not skipping)."""
+    try:
+        check(*args)
+    except pytest.skip.Exception as exc:
+        pytest.fail(f"{check.__name__} skipped: {exc}")
+
+
+def test_a_kind_only_a_plugin_frontend_makes_is_checked_through_it():
+    """Features taking a kind only the plugin's frontend makes were skipped, and with them the
+    backbone and every augmentation of the modality (P17 F5); the folder's examples() now run
+    through the frontend, so they are checked, and a leaky backbone fails."""
+    features = test_features_turn_a_sample_of_their_declared_kind_into_a_batch
+    padded = test_backbone_embeds_a_padded_sample_as_it_would_alone
+    with plugin_registered(_EcgPlugin(), "ecg-plugin"), tempfile.TemporaryDirectory() as tmp:
+        _must_run(features, "features", "ecg-features")
+        _must_run(test_backbone_gives_n_by_feature_dim, "backbones", "ecgnet")
+        _must_run(padded, "backbones", "ecgnet")
+        with pytest.raises(AssertionError, match="padding leaks"):
+            padded("backbones", "leaky-ecgnet")
+        _must_run(test_augmentation_keeps_the_batch_contract, "augmentations", "ecg-noise",
+                  Path(tmp))  # fmt: skip
 
 
 def test_mobilenet_batchnorm_momentum_and_the_runs_saved_before_it():
