@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,40 @@ def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(tmp_path)
     want = EnergyVAD(cache_dir=None)(wave, "spk/utt.wav", tmp_path)
     assert torch.equal(out, want) and torch.equal(again, want)
     assert not list(cache.rglob("*.tmp"))
+
+
+def test_the_numpy_port_in_the_export_docs_gives_the_frontends_samples(tmp_path):
+    """docs/export.md gives the energy VAD in numpy for services without metaemb (E1 F1): on
+    speech with silences, with a short tail, shorter than a frame and with no speech, it keeps
+    exactly the samples the frontend keeps."""
+    import re
+    import warnings
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/export.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
+               if "def energy_vad" in b]  # fmt: skip
+    namespace: dict = {}
+    exec(compile(block, "docs/export.md energy_vad", "exec"), namespace)
+    port = namespace["energy_vad"]
+    g = torch.Generator().manual_seed(3)
+    tone = torch.sin(torch.arange(16000) * 0.05) * 0.3
+    quiet = 1e-4 * torch.randn(8000, generator=g)
+    cases = {
+        "speech and silences": torch.cat([quiet, tone, quiet, tone[:5123], quiet[:777]]),
+        "noise": 0.2 * torch.randn(12345, generator=g),
+        "shorter than a frame": tone[:300],
+        "silence only": torch.zeros(4000),
+    }
+    options = [{}, {"context": 0, "proportion": 0.5, "mean_scale": 0.0, "threshold": 20.0},
+               {"sample_rate": 8000, "frame_shift_ms": 12.5}]  # fmt: skip
+    cut = 0
+    for opts in options:
+        vad = EnergyVAD(**opts, cache_dir=tmp_path / "cache")
+        for name, wave in cases.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # no speech: kept whole, with a warning
+                ours = vad(wave.clone(), f"{name}-{len(opts)}.wav", tmp_path)
+            theirs = port(wave.numpy(), **opts)
+            assert np.array_equal(ours.numpy(), theirs), (name, opts)
+            cut += len(theirs) < len(wave)
+    assert cut >= 3  # silences were cut, not only whole recordings kept
