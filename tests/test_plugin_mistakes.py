@@ -1504,6 +1504,13 @@ def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_no
                        r"from \[4, 3, 10\]; an augmentation keeps every axis but the last"):  # fmt: skip
         check_output("augmentation 'a'", (x[:, :2], None, labels), x, None, 4)
     check_output("augmentation 'a'", (x[..., :7], None, labels), x, None, 4)  # time may change
+    # crops of one length came without lengths; dropping keys makes them differ: new lengths
+    # are the only right answer, where they were refused (P18 F1); losing lengths is not
+    check_output("augmentation 'a'", (x[..., :8], torch.tensor([8, 5, 7, 8]), labels), x, None, 4)
+    with pytest.raises(ConfigError, match=r"returned lengths None where they were a tensor"):
+        check_output("augmentation 'a'", (x, None, labels), x, torch.tensor([10, 9, 8, 7]), 4)
+    with pytest.raises(ConfigError, match=r"returned lengths .*lengths are int64 \[batch\]"):
+        check_output("augmentation 'a'", (x, torch.full((4,), 5.0), labels), x, None, 4)
     m = Modality(name="ecg", description="", sample_folder="series", backbone="conv",
                  demo_data=None, features=None)  # fmt: skip
     assert (m.demo_data, m.features) == ("", "none")

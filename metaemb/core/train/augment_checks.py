@@ -43,9 +43,12 @@ def check_output(
             f"x of shape {list(y.shape)} from {list(x.shape)}; an augmentation keeps every axis "
             "but the last (time, which may change with its lengths)"
         )
-    elif (ylen is None) != (lengths is None):
-        was = "None" if lengths is None else "a tensor"
-        problem = f"lengths {'None' if ylen is None else 'a tensor'} where they were {was}"
+    elif ylen is None and lengths is not None:  # new lengths where there were none are fine:
+        problem = (  # dropping keys from crops of one length makes items of several lengths
+            "lengths None where they were a tensor (the padding would be read as signal)"
+        )
+    elif ylen is not None and (not isinstance(ylen, Tensor) or ylen.is_floating_point()):
+        problem = f"lengths {_shape(ylen)}, {getattr(ylen, 'dtype', '')}; lengths are int64 [batch]"
     elif ylen is not None and (ylen.shape != (n,) or int(ylen.max()) > y.shape[-1]):
         problem = (
             f"lengths {ylen.tolist()[:4]}… for x of {y.shape[-1]} steps: lengths must be [batch] "
