@@ -453,6 +453,35 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
         Pattern(tmp_path)
 
 
+def test_load_gets_an_absolute_path_also_under_a_relative_root(tmp_path, monkeypatch):
+    """docs/plugins.md promises `load` an absolute path; embed, evaluate --data and enroll
+    passed a relative one when --data was typed relative, and a folder keying its own table by
+    absolute path failed there only (P18 F2)."""
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import SampleFolder
+    from metaemb.core.data.dataset import load_raw
+
+    (tmp_path / "data" / "u1").mkdir(parents=True)
+    np.save(tmp_path / "data" / "u1" / "a.npy", np.zeros(3))
+    seen = []
+
+    class Recording(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = (".npy",)
+
+        def load(self, path):
+            seen.append(path)
+            return np.load(path)
+
+    monkeypatch.chdir(tmp_path)
+    folder = Recording("data")
+    load_raw(folder, folder.samples[0])
+    assert seen == [tmp_path / "data" / "u1" / "a.npy"] and seen[0].is_absolute()
+    assert folder.samples[0].path == "u1/a.npy"  # names in lists and messages stay relative
+
+
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
     """Market-1501 parts are flat (`0002_c1s1_000451_03.jpg`): a folder whose `identity_of`
     parses file names was refused with "no identity sub-folders" (P16 F2). Beside identity

@@ -323,7 +323,10 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         )
 
     def abspath(self, sample: Sample | str) -> Path:
-        return self.root / (sample.path if isinstance(sample, Sample) else sample)
+        """The absolute path `load` gets (docs/plugins.md promises it absolute, also where
+        --data was typed relative)."""
+        root = self.root if self.root.is_absolute() else self.root.absolute()
+        return root / (sample.path if isinstance(sample, Sample) else sample)
 
     def source_of(self, sample: Sample) -> str:
         """The file a sample is read from, resolved: what a gallery remembers it by, so the
