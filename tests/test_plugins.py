@@ -6,6 +6,7 @@ import json
 import sys
 import types
 from importlib import metadata
+from pathlib import Path
 
 import helpers
 import pytest
@@ -480,6 +481,47 @@ def test_load_gets_an_absolute_path_also_under_a_relative_root(tmp_path, monkeyp
     load_raw(folder, folder.samples[0])
     assert seen == [tmp_path / "data" / "u1" / "a.npy"] and seen[0].is_absolute()
     assert folder.samples[0].path == "u1/a.npy"  # names in lists and messages stay relative
+
+
+def test_a_folder_reading_many_samples_from_one_table(tmp_path):
+    """plugins.md's recipe for a table of samples (CMU keystroke data: one CSV, a row per
+    sample, the identity in a column; P18 F3): rows are samples, split and subset like files."""
+    import csv
+    from typing import ClassVar
+
+    import numpy as np
+
+    from metaemb.core import Sample, SampleFolder
+    from metaemb.core.data.dataset import load_raw
+
+    with open(tmp_path / "DSL.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["subject", "rep", "H.t", "DD.t.i"])
+        for subject in ("s002", "s003", "s004", "s005"):
+            for rep in range(3):
+                w.writerow([subject, rep, 0.1 + rep, 0.2])
+
+    class Table(SampleFolder):
+        extensions: ClassVar[tuple[str, ...]] = ()  # nothing is scanned
+
+        def __init__(self, root, samples=None):
+            with open(Path(root) / "DSL.csv", newline="") as f:
+                self.rows = {f"{r['subject']}/r{r['rep']}": r for r in csv.DictReader(f)}
+            if samples is None:
+                samples = [Sample(key, key.split("/")[0], -1) for key in self.rows]
+            super().__init__(root, samples)
+
+        def load(self, path):
+            row = self.rows[Path(path).relative_to(self.root.absolute()).as_posix()]
+            return np.array([float(row["H.t"]), float(row["DD.t.i"])], dtype=np.float32)
+
+    folder = Table(tmp_path)
+    assert folder.identities == ["s002", "s003", "s004", "s005"] and len(folder) == 12
+    train, val = folder.split(0.25, seed=0)
+    assert val.identities and len(train) + len(val) == 12
+    assert set(train.identities).isdisjoint(val.identities)
+    sample = next(s for s in val.samples if s.path.endswith("/r2"))
+    assert load_raw(val, sample).tolist() == pytest.approx([2.1, 0.2])
 
 
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
