@@ -121,6 +121,8 @@ def main() -> None:
     except MetaembError as exc:
         _print_error(_user_message(exc))
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while torch and the plugins import (seconds, at start):
+        sys.exit(130)  # the status a shell gives it, without a traceback into torch's imports
     except OSError as exc:  # a write that failed past the up-front checks (e.g. the disk filled)
         from metaemb.core.paths import is_write_error, output_error
 

@@ -14,3 +14,24 @@ def test_a_commands_folder_options_end_with_it(tiny_face_run, tmp_path, capsys):
             "agedb", "--frontend-set", "on_no_face=center", "--workers", "0"]  # fmt: skip
     run_cli(args, capsys)  # fails or not: what it set must not stay behind
     assert folder_set_used() == (None, {}) and frontend_set_used() == {}
+
+
+def test_ctrl_c_while_the_commands_import_exits_130_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C in the seconds torch and the plugins take to import printed a traceback into
+    torch's internals (H19 F2); it ends as an interrupted command does: status 130, no text."""
+    import sys
+
+    import pytest
+
+    from metaemb import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "create_app", interrupted)
+    monkeypatch.setattr(sys, "argv", ["metaemb", "runs"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and err == ""
