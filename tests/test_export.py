@@ -502,3 +502,60 @@ def test_a_trained_run_records_its_input_shape_and_exports_without_a_word(tiny_f
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         export(run, "torchscript", tmp_path / "m.pt")
+
+
+def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
+    speaker_ckpt, tmp_path
+):
+    """A speaker run's scorer (cosine after the training mean, WCCN and spread, adapted to the
+    scored set) had nothing in the artefact, so a service scored with plain cosine (E1 F2): its
+    state goes beside the model, and export.md's numpy function scores as metaemb does."""
+    import re
+
+    import numpy as np
+
+    from metaemb.core.checkpoints import load_checkpoint
+    from metaemb.core.plugin.components import build, validate_options
+
+    path, _, cfg = speaker_ckpt
+    opts = cfg.options("scorer")
+    assert cfg.eval.scorer == "cosine" and all(
+        opts[k] for k in ("subtract_mean", "wccn", "adapt_mean", "adapt_scale")
+    ), opts  # the speaker default: every fitted part is exercised
+    state = load_checkpoint(path)
+    scorer = build("scorers", "cosine", validate_options("scorers", "cosine", opts, "scorer"))
+    g = torch.Generator().manual_seed(5)
+    dim = int(cfg.model.dim)
+    train = torch.randn(200, dim, generator=g) + 3 * torch.randn(20, dim, generator=g).repeat(10, 1)
+    scorer.fit(train, torch.arange(20).repeat(10))
+    fitted = tmp_path / "best.pt"
+    save_checkpoint(fitted, {**state, "scorer": scorer.state_dict()})
+    done = export(fitted, "torchscript", tmp_path / "m.ts")
+    entry = done.info["scorer"]
+    assert entry["name"] == "cosine" and entry["options"] == opts
+    assert entry["state"] == "m.ts.scorer.npz"
+    arrays = dict(np.load(tmp_path / entry["state"]))
+    assert sorted(arrays) == ["mean", "variance", "wccn"]
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/export.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
+               if "def cosine_scores" in b]  # fmt: skip
+    namespace: dict = {}
+    exec(compile(block, "docs/export.md cosine_scores", "exec"), namespace)
+    cosine_scores = namespace["cosine_scores"]
+    shift = 2.0 * torch.randn(dim, generator=g)  # another domain
+    enroll, test = (torch.randn(n, dim, generator=g).double() + shift for n in (5, 7))
+    scored = torch.cat([enroll, test])
+    plain = cosine_scores(enroll.numpy(), test.numpy(), arrays, entry["options"])
+    torch.testing.assert_close(torch.from_numpy(plain), scorer.score_matrix(enroll, test))
+    scorer.adapt(scored)
+    adapted = cosine_scores(enroll.numpy(), test.numpy(), arrays, entry["options"],
+                            adapt_on=scored.numpy())  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(adapted), scorer.score_matrix(enroll, test))
+    assert np.abs(adapted - plain).max() > 1e-3  # the adaptation is part of what is checked
+
+    # exported again from a checkpoint whose scorer has no state: the old file is not left
+    export(path, "torchscript", tmp_path / "m.ts")
+    assert not (tmp_path / "m.ts.scorer.npz").exists()
+    sidecar = json.loads((tmp_path / "m.ts.json").read_text())
+    assert sidecar["scorer"]["state"] is None

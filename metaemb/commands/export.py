@@ -39,3 +39,9 @@ def export(
         f"{info['verified']['max_abs_diff']:.2g} for batch sizes 1 and 3)"
     )
     typer.echo(f"wrote {result.sidecar} (input spec and preprocessing to replicate)")
+    scorer = result.info["scorer"]
+    if scorer["state"]:
+        typer.echo(
+            f"wrote {result.path.with_name(scorer['state'])} (the fitted state of scorer "
+            f"'{scorer['name']}': score with it, not plain cosine; see docs/export.md)"
+        )

@@ -278,6 +278,7 @@ def export(
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
+    ensure_writable(target.with_name(target.name + SCORER_SUFFIX), "export's scorer state")
     check_out_name(fmt, target)
     earlier = _exported_from(target)
     blame: dict[str, Any] = {}
@@ -302,6 +303,7 @@ def export(
             data = to_torchscript(module, kind, spec)
             worst = check_parity(torchscript_runner(data), module, kind, spec)
         out = target
+        scorer_state = fitted_scorer_state(state)
         info = {
             "format": fmt,
             "file": out.name,
@@ -319,6 +321,7 @@ def export(
                 "head": config.model.head,
                 "scorer": config.eval.scorer,
             },
+            "scorer": scorer_entry(config, out, scorer_state),
             "frontend_options": frontend_options(config),
             "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
             "inputs": [  # the dtypes the graph was traced with, which it requires
@@ -345,6 +348,11 @@ def export(
         atomic_write_text(
             sidecar, json.dumps(info, indent=2, default=str, ensure_ascii=False) + "\n"
         )
+        scorer_file = out.with_name(out.name + SCORER_SUFFIX)
+        if scorer_state is not None:
+            atomic_write_bytes(scorer_file, scorer_state)
+        elif scorer_file.is_file():  # an earlier export's: it belongs to another model
+            scorer_file.unlink()
         atomic_write_bytes(out, data)
     if earlier and earlier != info["checkpoint"]:  # said, as embed says it of embeddings
         import warnings
@@ -354,6 +362,33 @@ def export(
             stacklevel=2,
         )
     return Exported(out, sidecar, info)
+
+
+SCORER_SUFFIX = ".scorer.npz"
+
+
+def fitted_scorer_state(state: dict[str, Any]) -> bytes | None:
+    """The run's fitted scorer state (a speaker run's training mean, WCCN and spread; PLDA's
+    matrices) as an .npz of float64 arrays, None when its scorer has none (plain cosine, GME):
+    without it a service scores exported embeddings with plain cosine, far worse."""
+    import numpy as np
+
+    fitted = {k: v for k, v in (state.get("scorer") or {}).items() if isinstance(v, Tensor)}
+    if not fitted:
+        return None
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.detach().cpu().double().numpy() for k, v in fitted.items()})
+    return buf.getvalue()
+
+
+def scorer_entry(config: Config, out: Path, scorer_state: bytes | None) -> dict[str, Any]:
+    """The sidecar's `scorer`: the run's scorer, its options and the file holding its fitted
+    state (null when it has none), which docs/export.md shows how to score with."""
+    return {
+        "name": config.eval.scorer,
+        "options": config.options("scorer"),
+        "state": out.name + SCORER_SUFFIX if scorer_state is not None else None,
+    }
 
 
 def _exported_from(out: Path) -> str:
