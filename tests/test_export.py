@@ -171,6 +171,17 @@ def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_on
     assert "torchvision.transforms.v2.functional.resize(antialias=True)" in info["preprocessing"][1]
     assert info["verified"]["max_abs_diff"] < 1e-4
     assert info["verified"]["wrapper_vs_model_max_rel_diff"] == 0  # ImageInference is the model
+    # the checkpoint named wherever export ran, and the weights' digest, as galleries record it
+    from metaemb.core.checkpoints import load_checkpoint
+    from metaemb.core.deploy.stamp import model_digest
+
+    assert Path(info["checkpoint"]).is_absolute()
+    assert info["model_digest"] == model_digest(load_checkpoint(face_ckpt[0])["model"])
+    # the .onnx copied alone to a model store still says what it is (E1 F5)
+    meta = ort_session(face_onnx.path).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["metaemb"]) == json.loads(json.dumps(info, default=str))
+    assert meta["config_hash"] == cfg.hash() and meta["embedding_dim"] == "16"
+    assert meta["embedding_kind"] == "point" and meta["modality"] == "face"
 
 
 def test_face_torchscript_matches_pytorch(face_ckpt, tmp_path):
@@ -388,6 +399,9 @@ def test_cli_export_end_to_end(speaker_ckpt, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert f"wrote {out}" in stdout and "waveforms, lengths → embeddings" in stdout
     assert json.loads(out.with_name("speaker.ts.json").read_text())["format"] == "torchscript"
+    extra = {"metaemb.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)  # the sidecar inside the file too (E1 F5)
+    assert json.loads(extra["metaemb.json"])["modality"] == "speaker"
     waves, lens = voices([9000, 7000], seed=11)
     with torch.no_grad():
         torch.testing.assert_close(

@@ -46,6 +46,7 @@ from metaemb.core.deploy.export_checks import (
     warn_untrained_shape,
 )
 from metaemb.core.deploy.loading import find_checkpoint, load_run
+from metaemb.core.deploy.stamp import model_digest
 from metaemb.core.errors import MetaembError, first_line, suggest
 from metaemb.core.files import atomic_write_bytes, atomic_write_text, written_together
 from metaemb.core.optional import require
@@ -311,7 +312,8 @@ def export(
             "metaemb_version": metaemb.__version__,
             "trained_with": state.get("metaemb_version"),
             "config_hash": state.get("config_hash") or config.hash(),
-            "checkpoint": str(inf.path),
+            "checkpoint": str(Path(inf.path).resolve()),
+            "model_digest": model_digest(state["model"]),  # what galleries record
             "epoch": state.get("epoch"),
             "modality": config.modality,
             "components": {
@@ -343,6 +345,7 @@ def export(
                 **extra_checks,
             },
         }
+    data = with_metadata(fmt, data, info)
     sidecar = out.with_name(out.name + ".json")
     with written_together():  # the model last: a kill never pairs it with another's sidecar
         atomic_write_text(
@@ -362,6 +365,27 @@ def export(
             stacklevel=2,
         )
     return Exported(out, sidecar, info)
+
+
+def with_metadata(fmt: str, data: bytes, info: dict[str, Any]) -> bytes:
+    """The exported file carrying the sidecar too (ONNX `metadata_props`, a TorchScript extra
+    file `metaemb.json`), so a model copied alone into a model store still says what it is."""
+    text = json.dumps(info, default=str, ensure_ascii=False)
+    if fmt == "onnx":
+        onnx = require("onnx", "ONNX export", ExportError)
+        model = onnx.load_from_string(data)
+        fields = {"metaemb": text, "metaemb_version": info["metaemb_version"],
+                  "config_hash": str(info["config_hash"]), "modality": info["modality"],
+                  "embedding_kind": info["embedding"]["kind"],
+                  "embedding_dim": str(info["embedding"]["dim"])}  # fmt: skip
+        for key, value in fields.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        return model.SerializeToString()
+    module = torch.jit.load(io.BytesIO(data))
+    buf = io.BytesIO()
+    torch.jit.save(module, buf, _extra_files={"metaemb.json": text})
+    return buf.getvalue()
 
 
 SCORER_SUFFIX = ".scorer.npz"
