@@ -490,6 +490,36 @@ def test_identity_folders_with_tabs_or_line_breaks_are_named_at_once(trained, tm
     assert code == 0, err
 
 
+def test_a_gallery_and_its_folder_moved_elsewhere_are_not_enrolled_twice(trained, tmp_path, capsys):
+    """The nightly `enroll` after the folder moved (another machine, another mount) enrolled
+    every sample a second time without a word, doubling a GME identity's evidence (E1 F6); the
+    same files (identity, path, embedding) are now followed, and a new file is still added."""
+    from metaemb.core.deploy.gallery import Gallery
+
+    enroll, probes, run = trained
+    a, b, path = tmp_path / "A", tmp_path / "B", tmp_path / "g.pt"
+    shutil.copytree(enroll, a)
+    args = ["enroll", run, "--gallery", path, "--workers", "0", "--data"]
+    assert run_cli([*args, a], capsys)[0] == 0
+    before = Gallery.load(path)
+    a.rename(b)
+    with pytest.warns(UserWarning, match=r"9 enrolled sample\(s\) were found moved to"):
+        code, _, err = run_cli([*args, b], capsys)
+    assert code == 0, err
+    after = Gallery.load(path)
+    assert after.counts().tolist() == before.counts().tolist() == [3, 3, 3]
+    assert all(s.startswith(str(b.resolve())) for s in after.sources)
+    torch.testing.assert_close(after.data["embeddings"], before.data["embeddings"])
+    # another picture under an enrolled file's name, in a folder moved again, is not that file
+    c = tmp_path / "C"
+    b.rename(c)
+    shutil.copy(probes / "id0000" / "003.png", c / "id0000" / "000.png")
+    with pytest.warns(UserWarning, match=r"8 enrolled sample\(s\) were found moved"):
+        code, _, err = run_cli([*args, c], capsys)
+    assert code == 0, err
+    assert Gallery.load(path).counts().tolist() == [4, 3, 3]
+
+
 def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):
     """Folder names may hold a comma or end in a blank; --identities (split at commas, trimmed)
     cannot name them, --identities-file (one per line, exact) can, for enroll and unenroll."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metaemb.core.errors import first_few
 
 
@@ -80,17 +82,21 @@ def _enroll(
         _warn_vanished(g, Path(folder.root).resolve(), gallery)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
+    moved = 0
     if todo:
         emb = loaded.embed(folder, todo, workers)
         if g is None:
             g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
+        else:
+            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb)
         by_id: dict[str, list[int]] = {}
         for row, i in enumerate(todo):
             by_id.setdefault(folder.samples[i].identity, []).append(row)
         for name, rows in by_id.items():
             added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
-        g.save(gallery)
-    elif renewed and g is not None:
+        if todo or moved:
+            g.save(gallery)
+    if renewed and not (todo or moved) and g is not None:
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
@@ -117,6 +123,55 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
     entries for this folder's samples take the new form, or they would be enrolled again."""
     old = (str((folder.root / s.path).resolve()) for s in folder.samples)
     return g.rename_sources({a: b for a, b in zip(old, sources, strict=True) if a != b})
+
+
+def _follow_moved(
+    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any
+) -> tuple[list[int], Any, int]:
+    """Samples of `todo` that are enrolled files moved elsewhere (the gallery and its folder
+    copied to another machine or path): same identity, same `<identity>/…/<file>` path and the
+    same embedding as a sample whose recorded file no longer exists. Their records take the new
+    path instead of being enrolled a second time (a GME identity's evidence would double) →
+    (the samples still to add, their embeddings, how many moved)."""
+    import os
+    import warnings
+
+    from metaemb.core.deploy.stamp import stored_parts
+
+    gone: dict[tuple[str, str], list[int]] = {}  # (identity, file name) → vanished rows
+    owners = g.owner.tolist()
+    for row, source in enumerate(g.sources):
+        if source and not os.path.exists(source.rsplit("#", 1)[0]):
+            key = (g.identities[owners[row]], Path(source.rsplit("#", 1)[0]).name)
+            gone.setdefault(key, []).append(row)
+    if not gone:
+        return todo, emb, 0
+    new_parts = stored_parts(emb)
+    renamed: dict[str, str] = {}
+    keep: list[int] = []
+    for k, i in enumerate(todo):
+        sample = folder.samples[i]
+        rows = gone.get((sample.identity, Path(sources[i].rsplit("#", 1)[0]).name), [])
+        tail = Path(sources[i]).parts[-len(Path(sample.path).parts) :]  # <identity>/…/<file>
+        row = next((r for r in rows if g.sources[r] not in renamed
+                    and Path(g.sources[r]).parts[-len(tail) :] == tail), None)  # fmt: skip
+        if row is not None and all(
+            torch.allclose(new_parts[name][k], g.data[name][row], rtol=1e-3, atol=1e-5)
+            for name in new_parts
+        ):
+            renamed[g.sources[row]] = sources[i]
+        else:
+            keep.append(k)
+    if not renamed:
+        return todo, emb, 0
+    g.rename_sources(renamed)
+    warnings.warn(
+        f"{len(renamed)} enrolled sample(s) were found moved to '{folder.root}' (same identity, "
+        f"path and embedding; the first was '{next(iter(renamed))}'): their records now point "
+        "there, and they were not enrolled a second time.",
+        stacklevel=3,
+    )
+    return [todo[k] for k in keep], (emb[keep] if keep else emb), len(renamed)
 
 
 def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
