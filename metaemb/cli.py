@@ -44,10 +44,11 @@ def create_app() -> typer.Typer:
     from metaemb.commands.export import export as export_command
 
     app.command("export")(export_command)
-    from metaemb.commands.gallery import enroll, identify, unenroll
+    from metaemb.commands.gallery import enroll, identify, rename_identity, unenroll
 
     app.command()(enroll)
     app.command()(unenroll)
+    app.command()(rename_identity)
     app.command()(identify)
     from metaemb.commands.doctor import doctor
 

@@ -105,6 +105,39 @@ def test_round_trip_extend_and_remove(tmp_path):
         again.remove("id22")
 
 
+def test_an_identity_is_renamed_or_merged_without_its_files(tmp_path, capsys):
+    """A service renames identities more often than it re-embeds, and the enrolled files may be
+    gone: there was no way but unenroll and enroll again (E1 F7)."""
+    gallery = point_gallery()
+    x = gallery.samples
+    path = tmp_path / "g.pt"
+    gallery.save(path)
+    code, out, err = run_cli(["rename-identity", "--gallery", path, "id1", "alice"], capsys)
+    assert code == 0 and "renamed 'id1' to 'alice' (3 samples)" in out, err
+    g = Gallery.load(path)
+    assert g.identities == ["id0", "alice", "id2", "id3", "id4"]
+    assert g.enrolled_as("/data/id1/0.png") == "alice"
+    code, _, err = run_cli(["rename-identity", "--gallery", path, "alice", "id3"], capsys)
+    assert code == 2 and "'id3' is already enrolled (3 samples): pass --merge" in err
+    assert Gallery.load(path).identities == g.identities  # nothing changed
+    code, out, err = run_cli(["rename-identity", "--gallery", path, "alice", "id3", "--merge"],
+                             capsys)  # fmt: skip
+    assert code == 0 and "merged 'alice' into 'id3' (6 samples); 4 identities" in out, err
+    merged = Gallery.load(path)
+    assert merged.identities == ["id0", "id2", "id3", "id4"]
+    assert merged.counts().tolist() == [3, 3, 6, 3]
+    centroids, _ = merged.pooled()  # the pooled model of both identities' samples
+    want = F.normalize(torch.cat([x[3:6], x[9:12]]), dim=1).mean(0)
+    assert torch.allclose(centroids[2], want, atol=1e-6)
+    for bad, said in (("ghost", "identity 'ghost' is not enrolled"),):
+        code, _, err = run_cli(["rename-identity", "--gallery", path, bad, "x"], capsys)
+        assert code == 2 and said in err
+    code, _, err = run_cli(["rename-identity", "--gallery", path, "id0", "a\tb"], capsys)
+    assert code == 2 and "without tabs or line breaks" in err
+    code, _, err = run_cli(["rename-identity", "--gallery", path, "id0", "<new>"], capsys)
+    assert code == 2 and "cannot name one" in err
+
+
 def test_gme_gallery_pools_natural_parameters(tmp_path):
     gallery, _ = gme_gallery()
     pooled, counts = gallery.pooled()

@@ -187,6 +187,29 @@ def unenroll(
     console.print(f"{len(g)} identities left in {gallery}", markup=False)
 
 
+def rename_identity(
+    gallery: Annotated[Path, typer.Option(help="gallery file written by `metaemb enroll`")],
+    old: Annotated[str, typer.Argument(help="the enrolled identity")],
+    new: Annotated[str, typer.Argument(help="its new name")],
+    merge: Annotated[
+        bool, typer.Option(help="NEW may be enrolled already: pool the two identities' samples")
+    ] = False,
+) -> None:
+    """Rename an identity of a gallery file (or merge it into another), without its files."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.locks import FileLock
+    from metaemb.core.paths import ensure_writable
+
+    ensure_writable(gallery, "gallery file")
+    with FileLock(gallery, "gallery"):
+        g = Gallery.load(gallery)
+        merged = new in g.identities and new != old
+        n = g.rename(old, new, merge)
+        g.save(gallery)
+    said = f"merged {old!r} into {new!r}" if merged else f"renamed {old!r} to {new!r}"
+    console.print(f"{said} ({n} samples); {len(g)} identities in {gallery}", markup=False)
+
+
 def identify(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint (.pt)")],
     gallery: Annotated[Path, typer.Option(help="gallery file written by `metaemb enroll`")],

@@ -225,6 +225,40 @@ class Gallery:
         self._index = None
         return int((~keep).sum())
 
+    def rename(self, old: str, new: str, merge: bool = False) -> int:
+        """Give identity `old` the name `new`, keeping its samples (no file is read again: a
+        service may have deleted them) → how many samples it has. With `merge`, `new` may be
+        enrolled already: the two pool their samples, as one identity enrolled twice would."""
+        if old not in self.identities:
+            hint = suggest(old, self.identities) or f" enrolled: {first_few(self.identities, 10)}."
+            raise GalleryError(f"identity '{old}' is not enrolled;{hint}")
+        if not valid_name(new):
+            raise GalleryError(
+                f"gallery identity names are non-empty text without tabs or line breaks, got "
+                f"{new!r}"
+            )
+        if new == NEW:
+            raise GalleryError(f"'{NEW}' is the answer identify gives for a probe of none of the "
+                               "enrolled identities, so it cannot name one.")  # fmt: skip
+        j = self.identities.index(old)
+        if new == old:
+            return int(self.counts()[j])
+        if new in self.identities:
+            k = self.identities.index(new)
+            if not merge:
+                raise GalleryError(
+                    f"'{new}' is already enrolled ({int(self.counts()[k])} samples): pass "
+                    f"--merge to pool '{old}' into it, or choose another name."
+                )
+            owner = torch.where(self.owner == j, k, self.owner)
+            self.owner = owner - (owner > j).long()
+            del self.identities[j]
+            self._index = None
+            return int(self.counts()[self.identities.index(new)])
+        self.identities[j] = new
+        self._index = None
+        return int(self.counts()[j])
+
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
         when what a sample is known by changes; returns how many changed."""
