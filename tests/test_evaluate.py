@@ -1279,6 +1279,24 @@ def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, cap
     code, out, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
     assert code == 0, err
     assert "fitting scorer 'asnorm' over the run's scorer 'cosine'" in out
+    recorded = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert recorded["scorer"] == "asnorm"
+    assert recorded["scorer_options"]["base"]["wccn"] is True  # the base, spelled out
+
+
+def test_a_normaliser_over_a_plain_cosine_run_normalises_plain_cosine(tiny_face_run):
+    """A run scoring with plain cosine got AS-norm / s-norm / calibration over a mean-subtracted
+    cosine (the normalisers' default base filled in the options the run left at their
+    defaults), while the console said "over the run's scorer 'cosine'" (M1 F2)."""
+    from metaemb.core.deploy.loading import load_run
+
+    _, run = tiny_face_run
+    loaded = load_run(run, "cpu")
+    assert loaded.config.eval.scorer == "cosine"
+    assert not loaded.config.options("scorer").get("subtract_mean")
+    for name in ("asnorm", "snorm", "calibrated"):
+        scorer, _ = loaded.scorer(name)
+        assert scorer.base.subtract_mean is False and scorer.base.plain, name
 
 
 def test_loose_files_of_the_runs_own_data_get_the_identities_training_gave(voices, tmp_path):

@@ -160,15 +160,21 @@ class LoadedRun:
         run's own point scorer with its options as the base (a default speaker run's cosine
         with WCCN and adaptation), so AS-norm goes on top of what the run scores with, as in
         the field's recipes; {} when `name` takes no base or the run's scorer cannot be one."""
+        import inspect
+
         from metaemb.core.plugin.manager import registry
-        from metaemb.core.plugin.options import parts_of
+        from metaemb.core.plugin.options import options_of, parts_of
 
         cfg = self.config
         own = cfg.eval.scorer
         scorers = registry("scorers")
         if "base" not in parts_of(scorers.get(name)) or "base" in parts_of(scorers.get(own)):
             return {}
-        opts = {"base": {"name": own, **cfg.options("scorer")}}
+        # every option of the run's scorer, its defaults too: a base table naming `cosine`
+        # alone is filled from the normalisers' default base (mean-subtracted cosine)
+        own_options = {k: o.default for k, o in options_of(scorers.get(own)).items()
+                       if o.default is not inspect.Parameter.empty}  # fmt: skip
+        opts = {"base": {"name": own, **own_options, **cfg.options("scorer")}}
         try:
             return validate_options("scorers", name, opts, "scorer")
         except MetaembError:  # e.g. a GME run's scorer is no point scorer: the default base

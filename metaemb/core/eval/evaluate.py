@@ -177,6 +177,15 @@ class Evaluation:
         scored = leakage.identities_of(folder, leakage.trial_paths(evals.trials))
         return leakage.count_and_warn(loaded.state, scored, self.console, folder.subject_of)
 
+    def _scorer_options(self, loaded: Loaded) -> dict[str, Any]:
+        """The options the scorer was built with, for metrics.json (a normaliser's base, the
+        run's own scorer, spelled out: two evaluations are compared by them)."""
+        cfg = loaded.config
+        name = self.scorer_name or cfg.eval.scorer
+        if name == cfg.eval.scorer:
+            return cfg.options("scorer")
+        return loaded.normalising_own(name)
+
     def _scorer(self, loaded: Loaded) -> Any:
         name = self.scorer_name or loaded.config.eval.scorer
         scorer, needs_fit = loaded.scorer(name)
@@ -319,6 +328,7 @@ class Evaluation:
             **({"trials_file": trials_file} if trials_file else {}),
             **({"calibration_source": calibration} if calibration else {}),
             "scorer": self.scorer_name or cfg.eval.scorer,
+            "scorer_options": self._scorer_options(loaded),
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
