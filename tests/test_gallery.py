@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 
 import helpers
 import pytest
@@ -169,6 +170,15 @@ def test_bad_input_and_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(GalleryError, match="cannot be read"):
         Gallery.load(tmp_path / "junk.pt")
+    # an export mistaken for the gallery (both .pt) was called damaged, with torch's advice to
+    # load it with weights_only=False (E1 F9)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "best.torchscript.pt")
+    (tmp_path / "best.onnx").write_bytes(b"\x08\x07")
+    for name, kind in (("best.torchscript.pt", "TorchScript"), ("best.onnx", "ONNX")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's own warning does not reach the user
+            with pytest.raises(GalleryError, match=rf"is a {kind} export .*not a gallery"):
+                Gallery.load(tmp_path / name)
     with pytest.raises(GalleryError, match="empty"):
         Gallery(point_stamp()).search(torch.randn(1, DIM))
 

@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
         with zipfile.ZipFile(p) as z:
             if "paths.npy" in z.namelist():
                 _refuse_embeddings(p, "")
-    export = _export_format(p)
+    export = export_format(p)
     if export:
         raise MetaembError(
             f"'{p}' is a {export} export (from `metaemb export`), not a checkpoint: metaemb's "
@@ -123,7 +123,7 @@ def load_checkpoint(path: str | Path, expect_hash: str | None = None) -> dict[st
     return state
 
 
-def _export_format(path: Path) -> str | None:
+def export_format(path: Path) -> str | None:
     """ "ONNX" or "TorchScript" for a file `metaemb export` writes, else None."""
     import zipfile
 

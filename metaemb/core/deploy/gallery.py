@@ -315,11 +315,17 @@ class Gallery:
                 f"gallery '{p}' does not exist; create it with "
                 f"`metaemb enroll CHECKPOINT --gallery {p} --data DIR`."
             )
+        from metaemb.core.checkpoints import export_format, load_error_reason
+
+        export = export_format(p)
+        if export:  # best.torchscript.pt and staff.pt are both .pt
+            raise GalleryError(
+                f"'{p}' is a {export} export (from `metaemb export`), not a gallery: give the "
+                "gallery file `metaemb enroll` wrote."
+            )
         try:
             d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
-            from metaemb.core.checkpoints import load_error_reason
-
             raise GalleryError(
                 f"gallery '{p}' cannot be read ({load_error_reason(exc)}). Restore it from a "
                 "copy, or enroll into a new gallery file."
