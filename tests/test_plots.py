@@ -125,3 +125,43 @@ def test_plot_of_a_run_folder_that_does_not_exist_says_so(tmp_path, capsys):
     code, _, err = run_cli(["plot", tmp_path / "nosuchrun"], capsys)
     assert code == 2 and "run folder" in err and "does not exist" in err
     assert not (tmp_path / "nosuchrun").exists()  # nothing created for it
+
+
+def test_verification_plots_of_equal_scores_and_the_hull_the_eer_lies_on(tmp_path):
+    """All-equal scores (a collapsed model) gave zero-width histogram bins, numpy and
+    matplotlib warnings on the terminal and empty axes; the DET plot marked the hull's EER off
+    the staircase it drew (M1 F3, F4): the hull is drawn too, and the mark lies on it."""
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    from metaemb.core.eval import metrics, report
+
+    tied = np.ones(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = metrics.verification_report(tied[:10], tied[10:], [0.01])
+        paths = report.verification_plots(tmp_path, tied[:10], tied[10:], result)
+    assert all(Image.open(p).size[0] > 100 for p in paths)
+
+    rng = np.random.default_rng(0)
+    tar, non = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 30)
+    result = metrics.verification_report(tar, non, [0.01])
+    drawn = {}
+    real_save = report.save_png
+
+    def keep(fig, path):
+        drawn.update({line.get_label(): line for line in fig.axes[0].get_lines()})
+        return real_save(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "save_png", keep)
+        report.det_plot(tmp_path / "det.png", tar, non, result)
+    hull = drawn["ROC convex hull"]
+    [eer_label] = [k for k in drawn if k.startswith("EER")]
+    assert eer_label.endswith("(hull)")
+    # the hull is straight between vertices in (P_fa, P_miss): the EER mark lies on it
+    from scipy.special import ndtr  # the inverse of the probit axes
+
+    fa, miss = ndtr(hull.get_xdata()), ndtr(hull.get_ydata())
+    order = np.argsort(fa)
+    assert abs(np.interp(result["eer"], fa[order], miss[order]) - result["eer"]) < 1e-6

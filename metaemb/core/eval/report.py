@@ -54,7 +54,11 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     lo, hi = det_window(marked)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     p_miss, p_fa, _ = metrics.error_rates(tar, non)
-    ax.plot(_axis(p_fa, lo), _axis(p_miss, lo), color="tab:blue")
+    ax.plot(_axis(p_fa, lo), _axis(p_miss, lo), color="tab:blue", label="every threshold")
+    # the EER is the convex hull's (as BOSARIS defines it): drawn, so its mark lies on a curve
+    hull_miss, hull_fa = metrics.rocch(tar, non)
+    ax.plot(_axis(hull_fa, lo), _axis(hull_miss, lo), ls="--", lw=0.9, color="tab:cyan",
+            label="ROC convex hull")  # fmt: skip
     diagonal = _axis([lo, hi], lo)
     ax.plot(diagonal, diagonal, ls=":", color="grey", lw=0.8)  # where P_miss = P_fa
 
@@ -64,7 +68,7 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
         ax.plot([x], [y], style, color=color, label=label, clip_on=False, zorder=3)
 
     if "eer" in result:
-        mark(result["eer"], result["eer"], "o", "tab:red", f"EER {100 * result['eer']:.2f}%")
+        mark(result["eer"], result["eer"], "o", "tab:red", f"EER {100 * result['eer']:.2f}% (hull)")
     styles = [("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange"), ("v", "tab:brown")]
     for (key, (fa, miss)), (style, color) in zip(dcf_points.items(), styles, strict=False):
         p = float(key[len(MIN_DCF) :])
@@ -91,7 +95,12 @@ def histogram_plot(
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     both = np.concatenate([tar, non])
-    bins = np.linspace(both.min(), both.max(), 60) if len(both) else 10
+    if not len(both):
+        bins: Any = 10
+    elif both.max() > both.min():
+        bins = np.linspace(both.min(), both.max(), 60)
+    else:  # every score equal (a collapsed model): one visible bar, not zero-width bins
+        bins = np.linspace(both.min() - 0.5, both.min() + 0.5, 61)
     ax.hist(non, bins=bins, density=True, alpha=0.55, label=f"non-target ({len(non)})")
     ax.hist(tar, bins=bins, density=True, alpha=0.55, label=f"target ({len(tar)})")
     ax.set_xlabel("score")
