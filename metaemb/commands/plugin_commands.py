@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -88,12 +87,14 @@ def _guarded(fn: Callable[..., Any], plugin: str, name: str) -> Callable[..., An
 
     @functools.wraps(fn)  # typer reads the wrapped function's parameters
     def run(*args: Any, **kwargs: Any) -> Any:
+        from metaemb.core.env import env_flag
+
         try:
             return fn(*args, **kwargs)
         except passthrough:
             raise
         except Exception as exc:
-            if os.environ.get("METAEMB_DEBUG"):
+            if env_flag("METAEMB_DEBUG"):
                 raise
             raise PluginError(
                 f"plugin '{plugin}' failed in its command '{name}': {type(exc).__name__}: {exc}. "

@@ -597,3 +597,21 @@ def test_a_train_stopped_before_training_leaves_no_run_folder(tmp_path, faces, c
     finally:
         (faces / "id0000" / "extra.png").unlink()
     assert code == 2 and "changed" in err and (run / "train.log").is_file()
+
+
+def test_on_off_environment_variables_read_by_one_rule(monkeypatch):
+    """METAEMB_STRICT_PLUGINS=no/off/False turned strict mode on, METAEMB_DEBUG=0 debug mode
+    (any non-empty value did, H19 F3): every switch reads 1/0, true/false, yes/no, on/off, and
+    refuses anything else, naming the variable."""
+    from metaemb.core.env import env_flag
+    from metaemb.core.plugin.manager import strict_mode
+
+    for value, want in (("", False), ("0", False), ("no", False), ("Off", False),
+                        ("False", False), ("1", True), ("yes", True), ("ON", True)):  # fmt: skip
+        monkeypatch.setenv("METAEMB_STRICT_PLUGINS", value)
+        assert strict_mode() is want, value
+        monkeypatch.setenv("METAEMB_DEBUG", value)
+        assert env_flag("METAEMB_DEBUG") is want, value
+    monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "maybe")
+    with pytest.raises(ConfigError, match=r"METAEMB_STRICT_PLUGINS must be 1 or 0 .*'maybe'"):
+        strict_mode()

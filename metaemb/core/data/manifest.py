@@ -40,12 +40,9 @@ def _cache_root() -> Path:
 
 
 def enabled() -> bool:
-    value = os.environ.get("METAEMB_MANIFEST", "").strip().lower()
-    if value in ("", "1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"METAEMB_MANIFEST must be 1 or 0 (on or off), got '{value}'.")
+    from metaemb.core.env import env_flag
+
+    return env_flag("METAEMB_MANIFEST", default=True)
 
 
 def min_files() -> int:

@@ -294,7 +294,9 @@ _lock = threading.Lock()
 
 
 def strict_mode() -> bool:
-    return os.environ.get("METAEMB_STRICT_PLUGINS", "") not in ("", "0", "false")
+    from metaemb.core.env import env_flag
+
+    return env_flag("METAEMB_STRICT_PLUGINS")
 
 
 def _dist_name(ep: metadata.EntryPoint | None) -> str:

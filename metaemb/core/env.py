@@ -1,0 +1,24 @@
+"""On/off environment variables (METAEMB_STRICT_PLUGINS, METAEMB_DEBUG, METAEMB_MANIFEST), read
+by one rule: `METAEMB_DEBUG=0` or `=off` meant on when any non-empty value did."""
+
+from __future__ import annotations
+
+import os
+
+from metaemb.core.errors import ConfigError
+
+ON = ("1", "true", "yes", "on")
+OFF = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """The switch `name` (1/0, true/false, yes/no, on/off, any case; unset or empty: `default`);
+    anything else is refused, naming the variable."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ON:
+        return True
+    if value in OFF:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (on or off), got '{os.environ[name]}'.")
