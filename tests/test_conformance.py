@@ -28,7 +28,7 @@ from helpers import run_cli
 from metaemb import hookimpl
 from metaemb.core.data.collate import checked_batch
 from metaemb.core.data.dataset import checked_values
-from metaemb.core.errors import DataError
+from metaemb.core.errors import ConfigError, DataError
 from metaemb.core.gme.algebra import GME
 from metaemb.core.plugin.components import build, part_table, validate_options
 from metaemb.core.plugin.contract import Kind, declared
@@ -176,12 +176,31 @@ NEEDS_DATA = {
 }
 
 
+def _width(kind: str, name: str) -> int:
+    """The in_channels a component gets in training: for a backbone, the out_channels of the
+    features that feed it (a keystroke backbone may rightly refuse 3); else its own default,
+    else 3 (an image's channels)."""
+    import inspect
+
+    if kind == "backbones":
+        accepted = _kinds(kind, name, "accepts", _full(kind, name))
+        found = _features_for(accepted) if accepted else None
+        if found is not None:
+            return int(found[1].out_channels)
+    try:
+        param = inspect.signature(_entry(kind, name).factory).parameters.get("in_channels")
+    except (TypeError, ValueError):
+        param = None
+    own = getattr(param, "default", inspect.Parameter.empty)
+    return own if isinstance(own, int) and own > 0 else 3
+
+
 def build_default(kind: str, name: str, tmp_path, **context):
     if kind in NEEDS_DATA:
         pytest.skip(f"{kind}: {NEEDS_DATA[kind]}")
     if kind == "modalities":
         return _entry(kind, name).factory
-    ctx = {"root": tmp_path, "cache_dir": tmp_path / "cache", "in_channels": 3}
+    ctx = {"root": tmp_path, "cache_dir": tmp_path / "cache", "in_channels": _width(kind, name)}
     ctx |= {"in_features": 16, "dim": 8, "labels": [0, 0, 1, 1, 2, 2, 3, 3] * 4}
     ctx |= {"batch_size": 8, "seed": 0, "rank": 0, "world_size": 1, "out": tmp_path / "out"}
     ctx |= context
@@ -589,6 +608,15 @@ class _EcgNoise(Augmentation):
         return x + 0.01 * torch.randn_like(x), lengths, labels
 
 
+class _WidthCheckingNet(_TapNet):
+    """Refuses any width but its features' (a key-code channel goes to an embedding)."""
+
+    def __init__(self, in_channels: int = 2) -> None:
+        if in_channels != 2:
+            raise ConfigError(f"takes the 2 channels of its features, got {in_channels}")
+        super().__init__(in_channels)
+
+
 class _EcgPlugin:
     @hookimpl
     def register_sample_folders(self, register):
@@ -606,6 +634,7 @@ class _EcgPlugin:
     def register_backbones(self, register):
         register("ecgnet", _TapNet)
         register("leaky-ecgnet", _LeakyTapNet)
+        register("strict-ecgnet", _WidthCheckingNet)
 
     @hookimpl
     def register_augmentations(self, register):
@@ -634,6 +663,8 @@ def test_a_kind_only_a_plugin_frontend_makes_is_checked_through_it():
             padded("backbones", "leaky-ecgnet")
         _must_run(test_augmentation_keeps_the_batch_contract, "augmentations", "ecg-noise",
                   Path(tmp))  # fmt: skip
+        # built with its features' width, not an image's 3, which it rightly refuses (P18 F5)
+        test_builds_with_its_defaults("backbones", "strict-ecgnet", Path(tmp))
 
 
 def test_mobilenet_batchnorm_momentum_and_the_runs_saved_before_it():
