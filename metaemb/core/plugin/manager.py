@@ -128,7 +128,8 @@ class PluginState:
         )
         if strict:
             raise PluginError(message)
-        self.failed.append(FailedPlugin(ep.name, message))
+        # named by its package too: "failed to load vision" read as the built-in one failing
+        self.failed.append(FailedPlugin(f"{ep.name} (from {_dist_name(ep) or ep.value})", message))
         warnings.warn(message, stacklevel=3)
 
     def check_implements_something(self, name: str, plugin: object, strict: bool) -> None:
