@@ -51,17 +51,25 @@ def test_identify_ranks_with_the_runs_fitted_scorer_by_default(fitted_run, tmp_p
     named = identify_probes(run, gallery, data=data, workers=0, top_k=4, scorer="cosine")
     assert torch.equal(default.result.index, named.result.index)
     assert torch.allclose(default.result.scores, named.result.scores, atol=1e-9)
-    # what it ranks with: the run's cosine (trained mean, WCCN), centred on gallery + probes
+    # what it ranks with: the run's cosine (trained mean, WCCN), adapted to the gallery only
     loaded = load_run(run, data=data, with_data=True)
     scorer, needs_fit = loaded.scorer()
     assert not needs_fit and scorer.wccn and scorer.adapt_mean
     g = Gallery.load(gallery)
     probes = loaded.embed(loaded.parts.folder, list(range(len(loaded.parts.folder))), 0)
-    scorer.adapt(torch.cat([g.samples, probes]))
+    scorer.adapt(g.samples)
     expected = g.score_matrix(probes, scorer=scorer)
     assert torch.allclose(default.result.scores[:, 0], expected.max(1).values, atol=1e-6)
     plain = g.score_matrix(probes)  # Python: scorer=None is plain cosine, as documented
     assert not torch.allclose(plain, expected, atol=1e-3)
+    # one probe per request scores as it did among all of them: the adaptation did not take
+    # the other probes in (a threshold held for the batch and not for the service, E1 F11)
+    one = sorted(data.glob("*/*.png"))[0]
+    alone = identify_probes(run, gallery, probes=[one], probe_root=data, workers=0, top_k=4)
+    row = default.probes.index(one.relative_to(data).as_posix())
+    torch.testing.assert_close(
+        alone.result.scores[0], default.result.scores[row], atol=1e-5, rtol=0
+    )
 
 
 def test_neighbours_rank_with_the_runs_fitted_scorer_by_default(fitted_run, tmp_path):

@@ -149,7 +149,9 @@ def identify_probes(
             f"{described(sc, 'scorer')}{own}: leave out --faiss to rank with it, or pass "
             "--scorer cosine to search with cosine."
         )
-    adapt_to(sc, g.samples, emb)  # label-free, to the gallery and the probes
+    # label-free, to the gallery only: a probe's score and decision must not depend on the
+    # other probes of the call (one probe per request in a service)
+    adapt_to(sc, g.samples)
     backend = "faiss" if faiss else "torch"
     result = g.search(emb, k=top_k, scorer=sc, threshold=threshold, p_new=p_new, backend=backend)
     names = [str(f) for f in files] if files else [folder.samples[i].path for i in indices]
