@@ -482,6 +482,8 @@ def test_load_gets_an_absolute_path_also_under_a_relative_root(tmp_path, monkeyp
     load_raw(folder, folder.samples[0])
     assert seen == [tmp_path / "data" / "u1" / "a.npy"] and seen[0].is_absolute()
     assert folder.samples[0].path == "u1/a.npy"  # names in lists and messages stay relative
+    # and `root` is absolute too, so `path.relative_to(self.root)` works (P18 F6)
+    assert seen[0].relative_to(folder.root) == Path("u1/a.npy")
 
 
 def test_a_folder_reading_many_samples_from_one_table(tmp_path):
@@ -513,7 +515,7 @@ def test_a_folder_reading_many_samples_from_one_table(tmp_path):
             super().__init__(root, samples)
 
         def load(self, path):
-            row = self.rows[Path(path).relative_to(self.root.absolute()).as_posix()]
+            row = self.rows[Path(path).relative_to(self.root).as_posix()]
             return np.array([float(row["H.t"]), float(row["DD.t.i"])], dtype=np.float32)
 
     folder = Table(tmp_path)

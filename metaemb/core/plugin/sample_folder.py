@@ -115,7 +115,9 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     plain: ClassVar[str] = ""
 
     def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
-        self.root = Path(root)
+        # absolute, as the path `load` gets: `path.relative_to(self.root)` works in a plugin
+        # whatever the user typed as --data
+        self.root = Path(root).absolute()
         scanned = samples is None
         if samples is None:
             samples = self._scan()
@@ -324,7 +326,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
     def abspath(self, sample: Sample | str) -> Path:
         """The absolute path `load` gets (docs/plugins.md promises it absolute, also where
-        --data was typed relative)."""
+        --data was typed relative; a subclass may have set `root` after the base class)."""
         root = self.root if self.root.is_absolute() else self.root.absolute()
         return root / (sample.path if isinstance(sample, Sample) else sample)
 
