@@ -563,6 +563,34 @@ def test_a_gallery_and_its_folder_moved_elsewhere_are_not_enrolled_twice(trained
     assert Gallery.load(path).counts().tolist() == [4, 3, 3]
 
 
+def test_the_enroll_job_after_a_rename_adds_to_the_new_name(trained, tmp_path, capsys):
+    """After rename-identity (or --merge), re-running enroll on the unchanged folder refused
+    every file ("already enrolled as 'id0002'") and advised removing the renamed identity
+    (E1 F10): the gallery remembers the rename, and the folder's samples go to the new name."""
+    from metaemb.core.deploy.gallery import Gallery
+
+    enroll, probes, run = trained
+    data, path = tmp_path / "B", tmp_path / "g.pt"
+    shutil.copytree(enroll, data)
+    args = ["enroll", run, "--gallery", path, "--workers", "0", "--data", data]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(["rename-identity", "--gallery", path, "id0001", "robert"], capsys)[0] == 0
+    assert run_cli(["rename-identity", "--gallery", path, "robert", "id0002", "--merge"],
+                   capsys)[0] == 0  # fmt: skip
+    with pytest.warns(UserWarning, match=r"renamed in the gallery with rename-identity "
+                      r"\('id0001 → id0002'\)"):  # fmt: skip
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    g = Gallery.load(path)
+    assert g.identities == ["id0000", "id0002"] and g.counts().tolist() == [3, 6]
+    # a new file in the old folder joins the renamed identity
+    shutil.copy(probes / "id0001" / "003.png", data / "id0001" / "003.png")
+    with pytest.warns(UserWarning, match="renamed in the gallery"):
+        assert run_cli(args, capsys)[0] == 0
+    assert Gallery.load(path).counts().tolist() == [3, 7]
+    assert Gallery.load(path).renamed == {"id0001": "id0002", "robert": "id0002"}
+
+
 def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):
     """Folder names may hold a comma or end in a blank; --identities (split at commas, trimmed)
     cannot name them, --identities-file (one per line, exact) can, for enroll and unenroll."""

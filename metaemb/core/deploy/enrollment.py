@@ -3,6 +3,7 @@ a gallery file (created or extended under its lock). Semantics: docs/gallery.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,31 +68,33 @@ def _enroll(
             )
         folder = folder.subset(identities)
     _refuse_bad_names(folder)
+    as_named = _renamed_folders(g, folder)
     sources = [folder.source_of(s) for s in folder.samples]
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
     for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
         owner = g.enrolled_as(source) if g is not None else None
-        if owner is not None and owner != folder.samples[i].identity:
+        if owner is not None and owner != as_named(folder.samples[i].identity):
             raise GalleryError(
                 f"'{source}' is already enrolled as '{owner}', not "
-                f"'{folder.samples[i].identity}'; remove '{owner}' first if it was enrolled "
-                "under the wrong name (metaemb unenroll --gallery … --identities …)."
+                f"'{folder.samples[i].identity}'; if that was a mistake, remove '{owner}' "
+                "(metaemb unenroll --gallery … --identities …); to keep it, enroll the others "
+                "with --identities, or rename the folder to it."
             )
     if g is not None:
         _warn_vanished(g, Path(folder.root).resolve(), gallery)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
-    added: dict[str, int] = {name: 0 for name in folder.identities}
+    added: dict[str, int] = {as_named(name): 0 for name in folder.identities}
     moved = 0
     if todo:
         emb = loaded.embed(folder, todo, workers)
         if g is None:
             g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
         else:
-            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb)
+            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb, as_named)
         by_id: dict[str, list[int]] = {}
         for row, i in enumerate(todo):
-            by_id.setdefault(folder.samples[i].identity, []).append(row)
+            by_id.setdefault(as_named(folder.samples[i].identity), []).append(row)
         for name, rows in by_id.items():
             added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
         if todo or moved:
@@ -100,6 +103,25 @@ def _enroll(
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _renamed_folders(g: Any, folder: Any) -> Callable[[str], str]:
+    """The gallery name of each identity folder: its own, or the name `rename-identity` gave
+    it (said once), so the enroll job re-run on the unchanged folder adds to the renamed
+    identity instead of refusing every file already enrolled under the new name."""
+    if g is None or not g.renamed:
+        return lambda name: name
+    moved = {name: g.enrolled_name(name) for name in folder.identities if name in g.renamed}
+    if moved:
+        import warnings
+
+        shown = first_few(f"{a} → {b}" for a, b in moved.items())
+        warnings.warn(
+            f"{len(moved)} identity folder(s) of '{folder.root}' were renamed in the gallery "
+            f"with rename-identity ({shown}): their samples are enrolled under the new name.",
+            stacklevel=3,
+        )
+    return g.enrolled_name
 
 
 def _refuse_bad_names(folder: Any) -> None:
@@ -126,8 +148,9 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
 
 
 def _follow_moved(
-    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any
-) -> tuple[list[int], Any, int]:
+    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any,
+    as_named: Callable[[str], str],
+) -> tuple[list[int], Any, int]:  # fmt: skip
     """Samples of `todo` that are enrolled files moved elsewhere (the gallery and its folder
     copied to another machine or path): same identity, same `<identity>/…/<file>` path and the
     same embedding as a sample whose recorded file no longer exists. Their records take the new
@@ -151,7 +174,8 @@ def _follow_moved(
     keep: list[int] = []
     for k, i in enumerate(todo):
         sample = folder.samples[i]
-        rows = gone.get((sample.identity, Path(sources[i].rsplit("#", 1)[0]).name), [])
+        key = (as_named(sample.identity), Path(sources[i].rsplit("#", 1)[0]).name)
+        rows = gone.get(key, [])
         tail = Path(sources[i]).parts[-len(Path(sample.path).parts) :]  # <identity>/…/<file>
         row = next((r for r in rows if g.sources[r] not in renamed
                     and Path(g.sources[r]).parts[-len(tail) :] == tail), None)  # fmt: skip

@@ -65,6 +65,9 @@ class Gallery:
         # rows added since the last read, joined once when `data` or `owner` is next read:
         # one copy per enrollment, not one per identity (quadratic at 100 k identities)
         self._pending: list[tuple[dict[str, Tensor], Tensor]] = []
+        # identities renamed with `rename` (old name → new): a later enroll from the folder,
+        # still named the old way, adds to the new name instead of refusing every file
+        self.renamed: dict[str, str] = {}
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
@@ -222,6 +225,7 @@ class Gallery:
         owner = self.owner[keep]
         self.owner = owner - (owner > j).long()
         del self.identities[j]
+        self.renamed = {k: v for k, v in self.renamed.items() if v != identity}
         self._index = None
         return int((~keep).sum())
 
@@ -243,6 +247,8 @@ class Gallery:
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
+        self.renamed = {k: (new if v == old else v) for k, v in self.renamed.items() if k != new}
+        self.renamed[old] = new
         if new in self.identities:
             k = self.identities.index(new)
             if not merge:
@@ -258,6 +264,11 @@ class Gallery:
         self.identities[j] = new
         self._index = None
         return int(self.counts()[j])
+
+    def enrolled_name(self, identity: str) -> str:
+        """The name samples of folder `identity` are enrolled under: its own, or the one
+        `rename` gave it."""
+        return self.renamed.get(identity, identity)
 
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
@@ -297,6 +308,7 @@ class Gallery:
             "owner": self.owner,
             "samples": dict(self.data),
             "pooled": {**stored_parts(pooled), "counts": counts},
+            "renamed": dict(self.renamed),
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -340,6 +352,7 @@ class Gallery:
         try:
             g = cls(ModelStamp(**d["model"]))
             g.identities, g.sources = list(d["identities"]), list(d["sources"])
+            g.renamed = {str(k): str(v) for k, v in dict(d.get("renamed") or {}).items()}
             g.owner = d["owner"].long()
             g.data = {k: d["samples"][k].float() for k in g.data}
             g._validate()
