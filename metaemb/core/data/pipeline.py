@@ -189,7 +189,8 @@ def _frontend_options(config: Config) -> dict[str, Any]:
         raise ConfigError(
             f"--frontend-set {refused[0]}: the run's frontend '{name}' lets "
             f"{', '.join(sorted(allowed)) or 'no option'} be set after training; the others "
-            "change what the model sees and belong to the training configuration."
+            "change what the model sees and belong to the training configuration (a frontend "
+            "lists those it lets change in its `access_options`)."
         )
     return {**opts, **validate_options("frontends", name, given, "--frontend-set")}
 

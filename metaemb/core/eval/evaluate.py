@@ -180,11 +180,18 @@ class Evaluation:
     def _scorer_options(self, loaded: Loaded) -> dict[str, Any]:
         """The options the scorer was built with, for metrics.json (a normaliser's base, the
         run's own scorer, spelled out: two evaluations are compared by them)."""
+        import inspect
+
+        from metaemb.core.plugin.manager import registry
+        from metaemb.core.plugin.options import options_of
+
         cfg = loaded.config
         name = self.scorer_name or cfg.eval.scorer
-        if name == cfg.eval.scorer:
-            return cfg.options("scorer")
-        return loaded.normalising_own(name)
+        given = cfg.options("scorer") if name == cfg.eval.scorer else loaded.normalising_own(name)
+        # every option, defaults too: `{}` would mean "this version's defaults", unsaid
+        defaults = {k: o.default for k, o in options_of(registry("scorers").get(name)).items()
+                    if o.default is not inspect.Parameter.empty}  # fmt: skip
+        return {**defaults, **given}
 
     def _scorer(self, loaded: Loaded) -> Any:
         name = self.scorer_name or loaded.config.eval.scorer
