@@ -130,11 +130,18 @@ class FbankExport(ExportAdapter):
         return waves, lengths
 
     def preprocessing(self, spec: dict[str, Any]) -> list[str]:
+        from metaemb.plugins.audio.io import RESAMPLE_METHOD
+
+        frame = spec.get("frame_length_samples")
         return [
             f"mono float32 waveform in [−1, 1] at {spec['sample_rate']} Hz (no int16 scaling: the "
             "graph multiplies by 32768 itself)"
             if spec.get("int16_scale", True)
             else f"mono float32 waveform at {spec['sample_rate']} Hz on the int16 scale",
+            "several channels: their mean (as metaemb reads them); another rate: resampled by "
+            + RESAMPLE_METHOD,
+            f"recordings shorter than one analysis frame ({frame} samples) are refused, before "
+            "any tiling (metaemb refuses them)",
             f"utterances shorter than {spec.get('min_seconds')} s tiled (repeated end to end) to "
             f"it; longer than {spec.get('max_eval_seconds')} s centre-cropped to it",
             "batch: zero-pad to the longest, `lengths` = valid samples per utterance (int64)",
