@@ -38,6 +38,7 @@ V0 = Path(__file__).parent / "data" / "configs_v0"  # written by metaemb before 
         ("train.epochs=99999999999999999999999", "does not fit a 64-bit integer"),
         ("name=a/b", "is not a plain name"),
         ("name=.hidden", "is not a plain name"),
+        ("name=-x", "not starting with '.' or '-'"),  # `evaluate -x-1a2b3c4d` read an option
         ('name=""', "is not a plain name"),
     ],
 )

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from metaemb.core.plugin.modality import Modality
 
 # A run name becomes a folder name under runs/<modality>/: letters, digits, ".", "_", "-", "+".
-RUN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+RUN_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,99}")  # a leading "-" reads as an option
 
 
 def _positive(v: float) -> bool:
@@ -109,7 +109,7 @@ def check_run_name(name: str) -> None:
     if not RUN_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(
             f"run name {name!r} is not a plain name; use letters, digits, '.', '_', '-' or '+' "
-            "(at most 100, not starting with '.'), e.g. --set name=resnet-arcface."
+            "(at most 100, not starting with '.' or '-'), e.g. --set name=resnet-arcface."
         )
 
 
