@@ -328,17 +328,15 @@ def test_a_scorer_of_the_other_embedding_kind_is_named_and_backend_needs_probes(
 ):
     """`--scorer cosine` on meta-embeddings crashed with a traceback; `--backend faiss` without
     probes was accepted (leave-one-out metrics never search with it) even without faiss."""
-    from types import SimpleNamespace
-
-    from metaemb.commands.neighbours import _scorer
-    from metaemb.core.errors import MetaembError
+    from metaemb.core.errors import ScorerError
+    from metaemb.core.scoring.choice import choose_scorer
 
     for name in ("cosine", "euclidean"):
-        with pytest.raises(MetaembError, match=rf"holds Gaussian meta-embeddings and scorer "
+        with pytest.raises(ScorerError, match=rf"holds Gaussian meta-embeddings and scorer "
                            rf"'{name}' accepts embedding: score it with gme"):  # fmt: skip
-            _scorer(name, SimpleNamespace(kind="gme", meta={}))
-    with pytest.raises(MetaembError, match="holds point embeddings and scorer 'gme' accepts gme"):
-        _scorer("gme", SimpleNamespace(kind="point", meta={}))
+            choose_scorer(None, name, "search", kind="gme", holder="the collection")
+    with pytest.raises(ScorerError, match="holds point embeddings and scorer 'gme' accepts gme"):
+        choose_scorer(None, "gme", "search", kind="point", holder="the collection")
     data, run = trained
     out = tmp_path / "c.npz"
     code, _, err = helpers.run_cli(["embed", run, data, "--out", out, "--workers", "0"], capsys)
@@ -352,7 +350,7 @@ def test_ranking_with_the_default_scorer_names_the_runs_own():
     evaluate and identify disagreed without a word (P15 F2)."""
     import warnings
 
-    from metaemb.core.eval.retrieval import note_default_scorer
+    from metaemb.core.scoring.choice import note_default_scorer
 
     with pytest.warns(UserWarning, match=r"identify ranks with 'cosine' at its defaults, not "
                       r"with the run's scorer 'dtw' \(its options and fitted state\): it "

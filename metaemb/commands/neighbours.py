@@ -17,35 +17,20 @@ from metaemb.commands.options import DataFolder, DataFolderSet, Device, FilesRoo
 console = make_console()
 
 
-def _scorer(name: str | None, collection: Any, model: Path | None = None) -> Any:
+def _scorer(name: str | None, collection: Any, model: Path | None = None, path: Any = None) -> Any:
     """Scorer `name` as the run (`model`, else the collection's) scores with it, fitted state
     and options included, as `identify --scorer` takes it; by default the run's own, or cosine
-    (gme for meta-embeddings) when no run can give it."""
-    from metaemb.core.errors import MetaembError
-    from metaemb.core.eval.retrieval import default_scorer, note_default_scorer, search_scorer
-    from metaemb.core.plugin.components import build
+    (gme for meta-embeddings) when no run can give it (`choose_scorer`)."""
+    from metaemb.core.scoring.choice import choose_scorer
 
     loaded = _collection_run(collection, model)
-    if name is None:
-        if loaded is not None:
-            return search_scorer(loaded, collection.kind, "neighbours")
-        why = (f"the run that embedded the collection ('{collection.meta.get('checkpoint')}') is "
-               "not there, cannot be loaded here or holds another model now; pass --run RUN to "
-               "rank with its scorer")  # fmt: skip
-        note_default_scorer(collection.meta.get("scorer"), collection.kind, "neighbours", why)
-        return default_scorer(collection.kind)
-    _check_scorer_fits(name, collection)
-    if loaded is not None:
-        scorer, needs_fit = loaded.scorer(name)
-    else:
-        scorer = build("scorers", name, {})
-        needs_fit = scorer.requires_fit
-    if needs_fit:
-        raise MetaembError(
-            f"scorer '{name}' must be fitted and the collection's checkpoint holds no fitted "
-            f"'{name}'; use cosine (point embeddings) or gme (meta-embeddings)."
-        )
-    return scorer
+    ckpt = collection.meta.get("checkpoint")
+    no_run = ("" if loaded is not None else f"'{ckpt}' is not there, cannot be loaded here or "
+              "holds another model now" if ckpt else "it names no run")  # fmt: skip
+    holder = f"the collection '{path}'" if path is not None else "the collection"
+    return choose_scorer(loaded, name, "search", kind=collection.kind, holder=holder,
+                         command="neighbours", no_run=no_run,
+                         recorded=collection.meta.get("scorer"))  # fmt: skip
 
 
 def _collection_run(collection: Any, model: Path | None) -> Any:
@@ -74,27 +59,6 @@ def _collection_run(collection: Any, model: Path | None) -> Any:
             f"{model_digest(loaded.state['model'])} vs {held}); give the run that did."
         )
     return None
-
-
-def _check_scorer_fits(name: str, collection: Any) -> None:
-    """A scorer of point embeddings given meta-embeddings (or the reverse) is named before any
-    scoring: it failed deep inside the scorer with a traceback."""
-    from metaemb.core.errors import MetaembError
-    from metaemb.core.plugin.components import full_options
-    from metaemb.core.plugin.contract import Kind, declared
-    from metaemb.core.plugin.manager import registry
-
-    accepts = declared(
-        registry("scorers").entry(name), "accepts", full_options("scorers", name, {})
-    )
-    held = Kind("gme" if collection.kind == "gme" else "embedding")
-    if accepts and not any(held.fits(a) for a in accepts):
-        what = "Gaussian meta-embeddings" if collection.kind == "gme" else "point embeddings"
-        fits = "gme" if collection.kind == "gme" else "cosine, euclidean, …"
-        raise MetaembError(
-            f"the collection holds {what} and scorer '{name}' accepts "
-            f"{', '.join(a.name for a in accepts)}: score it with {fits}, or leave --scorer out."
-        )
 
 
 def find_neighbours(
@@ -129,7 +93,7 @@ def find_neighbours(
         )
     from metaemb.core.eval.retrieval import adapt_to
 
-    sc = _scorer(scorer, coll, model)
+    sc = _scorer(scorer, coll, model, collection_path)
     adapt_to(sc, coll.embeddings, probe.embeddings)  # label-free, to everything compared
     scores, index, used = nearest(coll.embeddings, probe.embeddings, k, sc, backend)
     results = []
@@ -223,10 +187,12 @@ def neighbours(
         try:
             from metaemb.core.eval.retrieval import adapt_to
 
-            sc = _scorer(scorer, coll, run)
+            sc = _scorer(scorer, coll, run, collection)
             adapt_to(sc, coll.embeddings)
             result = collection_metrics(coll, sc, max_rank=max_rank)
         except MetaembError as exc:  # which collection: the message is about its contents
+            if f"'{collection}'" in str(exc):
+                raise
             raise type(exc)(f"'{collection}': {exc}") from None
         table = Table(title=f"retrieval over {escape(str(collection))} (leave-one-out)")
         table.add_column("metric")

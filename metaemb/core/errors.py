@@ -32,6 +32,12 @@ class GalleryError(MetaembError):
     """A missing, unreadable or foreign gallery, or bad enrollment/search input."""
 
 
+class ScorerError(MetaembError):
+    """A scorer that cannot score here: an unknown name, one of the other kind of embeddings,
+    one that must be fitted and has no fitted state, one that cannot search
+    (`core/scoring/choice.py` decides, for every command)."""
+
+
 class PluginError(MetaembError):
     """A plugin failed to load, or two plugins registered the same name."""
 

@@ -30,6 +30,7 @@ from metaemb.core.plugin.components import validate_options
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.modality import Modality
 from metaemb.core.plugin.options import coerce, options_of
+from metaemb.core.scoring.choice import default_scorer_name
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -162,7 +163,7 @@ def resolve(
     _known_choice("objectives", cfg.train.objective, "objective", modality, layers)
     if not cfg.eval.scorer:
         head = registry("heads").get(cfg.model.head)
-        cfg.eval.scorer = "gme" if getattr(head, "output", "point") == "gme" else "cosine"
+        cfg.eval.scorer = default_scorer_name(getattr(head, "output", "point"))
     if not cfg.train.sampler:
         cfg.train.sampler = _objective_sampler(cfg.train.objective)
     check_values(cfg)

@@ -59,33 +59,11 @@ class SearchResult:
 
 
 def _scorer(gallery: Gallery, scorer: Any) -> Any:
-    """The scorer to search with (a name, or None: cosine, gme for meta-embeddings), refused
-    when it cannot pool and score the gallery in blocks."""
-    from metaemb.core.plugin.components import build
-    from metaemb.core.scoring.scorers import PointScorer
+    """The scorer to search with (a name, a scorer, or None: the default for the gallery's
+    kind), refused when it cannot pool and score the gallery in blocks."""
+    from metaemb.core.scoring.choice import choose_scorer
 
-    if scorer is None or isinstance(scorer, str):
-        name = scorer or ("gme" if gallery.stamp.kind == "gme" else "cosine")
-        scorer = build("scorers", name, {})
-    needs = getattr(scorer, "needs", "point")
-    if needs == "point" == gallery.stamp.kind and not isinstance(scorer, PointScorer):
-        raise GalleryError(
-            f"scorer '{type(scorer).__name__}' cannot search a gallery: a gallery pools each "
-            "identity's embeddings and scores them in blocks, which needs a PointScorer "
-            "subclass (metaemb.core.scoring.scorers.PointScorer, with prepare/pool/block/"
-            "pairs); a plain Scorer can verify trials but not search."
-        )
-    if needs != gallery.stamp.kind:
-        raise GalleryError(
-            f"scorer '{type(scorer).__name__}' cannot search a gallery of "
-            f"{gallery.stamp.kind} embeddings; use "
-            + ("'gme'" if gallery.stamp.kind == "gme" else "a point scorer such as 'cosine'")
-        )
-    if getattr(scorer, "requires_fit", False) and not getattr(scorer, "fitted", True):
-        raise GalleryError(
-            f"scorer '{type(scorer).__name__}' must be fitted before it can search a gallery."
-        )
-    return scorer
+    return choose_scorer(None, scorer, "gallery", kind=gallery.stamp.kind, holder="the gallery")
 
 
 def _nonempty(gallery: Gallery) -> None:

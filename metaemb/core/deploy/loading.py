@@ -144,7 +144,7 @@ class LoadedRun:
         gets its options and, when fitted during training (PLDA, s-norm), its saved state."""
         cfg = self.config
         name = name or cfg.eval.scorer
-        opts = cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
+        opts = self.scorer_options(name)
         check_scorer(cfg, name, opts)  # a GME scorer for a point-embedding run is refused here
         scorer = build("scorers", name, validate_options("scorers", name, opts, "scorer"))
         if not scorer.requires_fit:
@@ -154,6 +154,12 @@ class LoadedRun:
             scorer.load_state_dict(saved)
             return scorer, False
         return scorer, True
+
+    def scorer_options(self, name: str) -> dict[str, Any]:
+        """The options scorer `name` gets from this run: its own scorer's, or for a scorer
+        that normalises a base (`normalising_own`) the run's own as that base; {} else."""
+        cfg = self.config
+        return cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
 
     def normalising_own(self, name: str) -> dict[str, Any]:
         """Options of scorer `name` when it normalises a base scorer (`--scorer asnorm`): the

@@ -23,21 +23,6 @@ class Identification:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _scorer(loaded: Any, name: str | None) -> Any:
-    """A scorer by name; a fitted one (PLDA, s-norm) takes its state from the checkpoint."""
-    from metaemb.core.errors import GalleryError
-
-    if name is None:
-        return None
-    scorer, needs_fit = loaded.scorer(name)
-    if needs_fit:
-        raise GalleryError(
-            f"scorer '{name}' must be fitted and the checkpoint holds no fitted '{name}' "
-            f"(its scorer is '{loaded.config.eval.scorer}'); use cosine, euclidean or gme."
-        )
-    return scorer
-
-
 def _relative(file: Path, root: Path, known: Any) -> str | None:
     """`file` relative to `root` as the folder's scan names it (one of `known` if it can be):
     by its own path (a symlinked sample is listed under its link's name), or through resolved
@@ -136,9 +121,11 @@ def identify_probes(
     flag = "--data ROOT" if data is None and probe_root is None else None
     with naming_inferred_root(root, flag, how):
         emb = loaded.embed(folder, indices, workers)
-    from metaemb.core.eval.retrieval import adapt_to, faiss_can_search, search_scorer
+    from metaemb.core.eval.retrieval import adapt_to, faiss_can_search
+    from metaemb.core.scoring.choice import choose_scorer
 
-    sc = _scorer(loaded, scorer) if scorer else search_scorer(loaded, g.stamp.kind, "identify")
+    sc = choose_scorer(loaded, scorer, "search", kind=g.stamp.kind,
+                       holder=f"the gallery '{gallery}'", command="identify")  # fmt: skip
     if faiss and not faiss_can_search(sc, g.stamp.kind):
         from metaemb.core.errors import GalleryError
         from metaemb.core.plugin.components import described

@@ -50,6 +50,7 @@ from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_insi
 from metaemb.core.plugin.interfaces import SampleFolder
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
+from metaemb.core.scoring.choice import choose_scorer
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation
 
@@ -194,10 +195,19 @@ class Evaluation:
         return {**defaults, **given}
 
     def _scorer(self, loaded: Loaded) -> Any:
-        name = self.scorer_name or loaded.config.eval.scorer
-        scorer, needs_fit = loaded.scorer(name)
-        if not needs_fit:
-            return scorer
+        """The scorer named (else the run's own), checked as every command checks it; one
+        that must be fitted and has no fitted state is fitted on the run's training split (a
+        pretrained reference model has none: refused)."""
+        fit = None if self.preloaded is not None else (lambda sc, name: self._fit(loaded, sc, name))
+        run = ""
+        if self.preloaded is not None:
+            run = (
+                f"the pretrained reference model '{self.run_path}' (no training samples to fit on)"
+            )
+        return choose_scorer(loaded, self.scorer_name, "verification", fit=fit, run=run)
+
+    def _fit(self, loaded: Loaded, scorer: Any, name: str) -> None:
+        """Fit `scorer` on the samples the run trained on (its training split)."""
         parts, train = self._run_training_split(loaded, name)
         own = loaded.config.eval.scorer
         over = f" over the run's scorer '{own}'" if loaded.normalising_own(name) else ""
@@ -214,16 +224,10 @@ class Evaluation:
                 "its `fitted` property is still False; `fitted` must report the state fit() "
                 "sets."
             )
-        return scorer
 
     def _run_training_split(self, loaded: Loaded, name: str) -> tuple[Components, SampleFolder]:
         """The samples the run trained on, whatever `--data` points at: a backend fitted on the
         evaluation folder would learn its trial speakers (a leak that flatters every number)."""
-        if self.preloaded is not None:
-            raise DataError(
-                f"scorer '{name}' must be fitted on training samples, and a pretrained reference "
-                "model has none here; evaluate it with --scorer cosine."
-            )
         own = from_dict(loaded.state["config"])
         if self.data is None:
             parts = loaded.parts

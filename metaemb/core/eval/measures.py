@@ -29,6 +29,7 @@ from metaemb.core.eval import identification as ident
 from metaemb.core.eval.metrics import triplet_match_accuracy
 from metaemb.core.eval.triplets import looks_like_pair_list, read_triplets
 from metaemb.core.runs import trained_root
+from metaemb.core.scoring.choice import choose_scorer
 
 MEASURES = ("verification", "match", "class")
 
@@ -140,16 +141,6 @@ def training_folder(loaded: Any, parts: Any) -> Any:
         )
     train, _ = validation.split(parts.folder, parts.config)
     return train
-
-
-def _scorer(loaded: Any, name: str | None) -> Any:
-    scorer, needs_fit = loaded.scorer(name)
-    if needs_fit:
-        raise DataError(
-            f"scorer '{name}' must be fitted and the run holds no fitted state for it; use the "
-            "run's own scorer, cosine or gme."
-        )
-    return scorer
 
 
 def match_measure(
@@ -306,7 +297,7 @@ def run_measure(
             claimed(default_out(run_dir, name, data), data_root, listed)
         )
         ensure_writable_dir(out, "evaluation output folder")  # before any embedding
-        sc = _scorer(loaded, scorer)
+        sc = choose_scorer(loaded, scorer, "measure")
         if measure == "match":
             result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
             key = "match_accuracy"

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from metaemb.core.errors import DataError, MetaembError
 from metaemb.core.eval import identification as ident
+from metaemb.core.scoring.choice import default_scorer
 
 BACKENDS = ("auto", "faiss", "exact")
 
@@ -140,53 +141,6 @@ def _from_arrays(path: Path) -> dict[str, Any]:
             else:
                 d[key] = [str(v) for v in value]
     return d
-
-
-def default_scorer(kind: str) -> Any:
-    """cosine for point embeddings, the closed-form GME LLR for meta-embeddings."""
-    from metaemb.core.plugin.components import build
-
-    return build("scorers", "cosine" if kind == "point" else "gme", {})
-
-
-def search_scorer(loaded: Any, kind: str, command: str) -> Any:
-    """The scorer a search ranks with when none is named: the run's own, with the fitted state
-    its checkpoint holds (a default speaker run's cosine centres and whitens), so `identify`
-    and `neighbours` rank as `evaluate` scores. Where it cannot rank (a fitted scorer without
-    its state, a scorer that does not pool and score in blocks), the default (cosine, gme for
-    meta-embeddings), with a warning saying why."""
-    from metaemb.core.scoring.scorers import PointScorer
-
-    name = loaded.config.eval.scorer
-    try:
-        scorer, needs_fit = loaded.scorer(name)
-    except MetaembError as exc:
-        note_default_scorer(name, kind, command, str(exc))
-        return default_scorer(kind)
-    if needs_fit:
-        why = "its checkpoint holds no fitted state for it"
-    elif getattr(scorer, "needs", "point") != kind:
-        why = f"it scores {getattr(scorer, 'needs', 'point')} embeddings, not {kind} ones"
-    elif kind == "point" and not isinstance(scorer, PointScorer):
-        why = "a search needs a PointScorer (pooling and scoring in blocks)"
-    else:
-        return scorer
-    note_default_scorer(name, kind, command, why)
-    return default_scorer(kind)
-
-
-def note_default_scorer(run_scorer: str | None, kind: str, command: str, why: str = "") -> None:
-    """A search that does not rank with the run's own scorer says so: evaluate and this
-    command would rank differently without a word."""
-    import warnings
-
-    default = "cosine" if kind == "point" else "gme"
-    if run_scorer and (run_scorer != default or why):  # a cosine of its own options too
-        warnings.warn(
-            f"{command} ranks with '{default}' at its defaults, not with the run's scorer "
-            f"'{run_scorer}' (its options and fitted state)" + (f": {why}." if why else "."),
-            stacklevel=3,
-        )
 
 
 def adapt_to(scorer: Any, *embeddings: Any) -> None:

@@ -237,7 +237,7 @@ def _eer_on(model: Any, dataset: Any, folder: Any, config: Any, device: Any) -> 
     """EER (and the rest of the validation report) of `model` on seeded trials over `folder`."""
     from metaemb.core.data.embed import extract
     from metaemb.core.eval.trial_generation import make_trials
-    from metaemb.core.plugin.components import build
+    from metaemb.core.scoring.choice import default_scorer
     from metaemb.core.train import validation
 
     trials = make_trials(folder, n_target=config.eval.max_targets,
@@ -246,7 +246,7 @@ def _eer_on(model: Any, dataset: Any, folder: Any, config: Any, device: Any) -> 
     indexed = validation.index_trials(trials, [s.path for s in folder.samples])
     model.eval()
     emb, _, _ = extract(model, dataset, device, batch_size=config.eval.batch_size, workers=0)
-    scorer = build("scorers", "gme" if model.head.output == "gme" else "cosine", {})
+    scorer = default_scorer(model.head.output)
     scores = validation.score_indexed_trials(scorer, emb, indexed)
     rep = validation.report(scores, indexed.labels, config.eval.p_targets)
     return {"eer": float(rep["eer"]), "trials": len(trials)}
