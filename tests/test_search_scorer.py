@@ -74,20 +74,20 @@ def test_identify_ranks_with_the_runs_fitted_scorer_by_default(fitted_run, tmp_p
 
 def test_neighbours_rank_with_the_runs_fitted_scorer_by_default(fitted_run, tmp_path):
     data, _, run = fitted_run
-    from metaemb.commands.neighbours import find_neighbours
+    from metaemb.core.deploy.neighbours import find_neighbours
 
     coll = tmp_path / "all.pt"
     assert helpers.run_cli(["embed", run, data, "--out", coll, "--workers", "0"])[0] == 0
     probe = [sorted(data.glob("id0001/*.png"))[0]]
     default = find_neighbours(coll, probe, k=6, backend="exact")
     named = find_neighbours(coll, probe, k=6, backend="exact", scorer="cosine")
-    assert default["probes"] == named["probes"]
+    assert default.to_dict()["probes"] == named.to_dict()["probes"]
     from metaemb.core.eval.retrieval import Collection
 
     x = torch.nn.functional.normalize(Collection.load(coll).embeddings.double(), dim=1)
     i = Collection.load(coll).paths.index(probe[0].relative_to(data).as_posix())
     plain = (x @ x[i]).sort(descending=True).values[:6]
-    ranked = torch.tensor([h["score"] for h in default["probes"][0]["neighbours"]])
+    ranked = torch.tensor([h.score for h in default.neighbours[0]])
     assert not torch.allclose(ranked.double(), plain, atol=1e-3)  # not plain cosine
     # the leave-one-out metrics too
     code, _, err = helpers.run_cli(["neighbours", coll, "--out", tmp_path / "m.json"])

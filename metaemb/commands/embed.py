@@ -47,6 +47,7 @@ def embed(
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
     from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
+    from metaemb.core.deploy.stamp import same_model
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import check_format
     from metaemb.core.paths import ensure_writable
@@ -64,8 +65,8 @@ def embed(
                               skip_bad=on_bad_sample == "skip")  # fmt: skip
     collection.save(out)
     console.print(f"wrote {len(collection)} embeddings to {out}", markup=False)
-    if earlier is not None and earlier.meta.get("model_digest") != collection.meta.get(
-        "model_digest"
+    if earlier is not None and not same_model(
+        earlier.meta.get("model_digest"), collection.meta.get("model_digest")
     ):  # a collection of another model replaced: said, as galleries refuse another model
         console.print(
             f"note: this replaced the {len(earlier)} embeddings of another model that '{out}' "

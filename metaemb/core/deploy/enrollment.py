@@ -16,10 +16,9 @@ def load_with_digest(checkpoint: Path, data: Path, device: str) -> tuple[Any, st
     """The run with its data pipeline on `data`, and the digest of its weights (a gallery's
     stamp: which model its embeddings belong to)."""
     from metaemb.core.deploy.loading import load_run
-    from metaemb.core.deploy.stamp import model_digest
 
     loaded = load_run(checkpoint, device, data=data, with_data=True)
-    return loaded, model_digest(loaded.state["model"])
+    return loaded, loaded.digest
 
 
 def enroll_folder(

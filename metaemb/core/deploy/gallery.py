@@ -23,7 +23,12 @@ import torch
 from torch import Tensor
 
 import metaemb
-from metaemb.core.deploy.stamp import ModelStamp, embedding_kind, stored_parts
+from metaemb.core.deploy.stamp import (
+    ModelStamp,
+    embedding_kind,
+    refuse_other_model,
+    stored_parts,
+)
 from metaemb.core.errors import GalleryError, first_few, suggest
 from metaemb.core.gme.algebra import GME, pool_by_index
 
@@ -145,13 +150,17 @@ class Gallery:
     # -- enrollment --------------------------------------------------------------------
     def check(self, digest: str, where: str = "this checkpoint") -> None:
         """Refuse a model other than the one that enrolled the gallery."""
-        if digest != self.stamp.digest:
-            raise GalleryError(
-                f"the gallery was enrolled with another model ({self.stamp.describe()}); "
-                f"{where} has weights {digest}. Embeddings of different models are not "
-                "comparable: identify with the gallery's model, or enroll into a new gallery "
-                "file with this one."
-            )
+        refuse_other_model(
+            digest,
+            self.stamp.digest,
+            given=where,
+            made="enrolled the gallery",
+            what="the gallery",
+            stamp=self.stamp.describe(),
+            remedy="identify with the gallery's model, or enroll into a new gallery file with "
+            "this one",
+            error=GalleryError,
+        )
 
     def check_embeddings(self, x: Any, what: str = "probes") -> None:
         kind, dim, _ = embedding_kind(x)

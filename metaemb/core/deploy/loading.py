@@ -9,6 +9,7 @@ the run's data pipeline (sample folder, frontend, features) for embedding sample
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,14 @@ class LoadedRun:
     model: EmbeddingModel
     device: torch.device
     data: Components | None = None
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The digest of the model's weights (`stamp.model_digest`): which model a gallery or
+        an embeddings file belongs to."""
+        from metaemb.core.deploy.stamp import model_digest
+
+        return model_digest(self.state["model"])
 
     @property
     def parts(self) -> Components:

@@ -96,11 +96,10 @@ def identify_probes(
     if data is None:
         # Exactly the probe files, read as ROOT/<folder>/<file>: nothing else is scanned (their
         # common grandparent may be '/' or a home folder).
-        from metaemb.core.deploy.stamp import model_digest
         from metaemb.core.eval.collect import load_for_files
 
         loaded = load_for_files(checkpoint, files, device, probe_root)
-        digest = model_digest(loaded.state["model"])
+        digest = loaded.digest
         root = loaded.parts.root
     else:
         root = data

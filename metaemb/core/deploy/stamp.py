@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaemb.core.errors import GalleryError
+from metaemb.core.errors import GalleryError, MetaembError
 from metaemb.core.gme.algebra import GME
 
 
@@ -24,6 +24,34 @@ def model_digest(model_state: Mapping[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def same_model(held: str | None, digest: str | None) -> bool:
+    """Whether weights `digest` are those that made embeddings stamped `held` (both known)."""
+    return bool(held) and held == digest
+
+
+def refuse_other_model(
+    digest: str,
+    held: str | None,
+    *,
+    given: str,
+    made: str,
+    what: str,
+    remedy: str,
+    stamp: str = "",
+    error: type[MetaembError] = MetaembError,
+) -> None:
+    """The one check "is this the model that embedded X": `given` (a checkpoint, weights
+    `digest`) against embeddings (`what`) that `made` names and weights `held` made (`stamp`:
+    a longer description of them); embeddings without a stamp are not refused."""
+    if not held or same_model(held, digest):
+        return
+    raise error(
+        f"{given} is not the model that {made}: {what} was made by another model "
+        f"({stamp or f'weights {held}'}), this one has weights {digest}. Embeddings of "
+        f"different models are not comparable: {remedy}."
+    )
 
 
 @dataclass(frozen=True)

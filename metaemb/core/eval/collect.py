@@ -21,12 +21,10 @@ from metaemb.core.eval.retrieval import Collection
 
 
 def _model_meta(loaded: Any, checkpoint: Path) -> dict[str, Any]:
-    from metaemb.core.deploy.stamp import model_digest
-
     cfg = loaded.config
     return {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "model_digest": model_digest(loaded.state["model"]),
+        "model_digest": loaded.digest,
         "scorer": cfg.eval.scorer,
         "modality": cfg.modality,
     }
