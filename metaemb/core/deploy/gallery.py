@@ -154,7 +154,7 @@ class Gallery:
             digest,
             self.stamp.digest,
             given=where,
-            made="enrolled the gallery",
+            verb="enrolled",
             what="the gallery",
             stamp=self.stamp.describe(),
             remedy="identify with the gallery's model, or enroll into a new gallery file with "

@@ -79,7 +79,7 @@ def collection_run(collection: Collection, run: Path | None = None) -> LoadedRun
         return loaded
     if run is not None:
         refuse_other_model(loaded.digest, held, given=f"'{run}'",
-                           made="embedded the collection", what="the collection",
+                           verb="embedded", what="the collection",
                            remedy="give the run that did as --run, or re-embed the "
                                   "collection with this one")  # fmt: skip
     return None
@@ -134,8 +134,8 @@ def find_neighbours(
         )
     probe = embed_inputs(model, probes, device=device, workers=workers, root=root)
     refuse_other_model(probe.meta["model_digest"], coll.meta.get("model_digest"),
-                       given=f"'{model}'", made=f"embedded '{collection_path}'",
-                       what="the collection",
+                       given=f"'{model}'", verb="embedded",
+                       what=f"the collection '{collection_path}'",
                        remedy="re-embed the collection, or pass the right --run")  # fmt: skip
     sc = collection_scorer(coll, scorer, model, collection_path)
     adapt_to(sc, coll.embeddings, probe.embeddings)  # label-free, to everything compared

@@ -36,20 +36,21 @@ def refuse_other_model(
     held: str | None,
     *,
     given: str,
-    made: str,
+    verb: str,
     what: str,
     remedy: str,
     stamp: str = "",
     error: type[MetaembError] = MetaembError,
 ) -> None:
     """The one check "is this the model that embedded X": `given` (a checkpoint, weights
-    `digest`) against embeddings (`what`) that `made` names and weights `held` made (`stamp`:
-    a longer description of them); embeddings without a stamp are not refused."""
+    `digest`) against `what` (a gallery or collection) that weights `held` `verb` (enrolled,
+    embedded; `stamp`: a longer description of them). Embeddings without a stamp are not
+    refused."""
     if not held or same_model(held, digest):
         return
     raise error(
-        f"{given} is not the model that {made}: {what} was made by another model "
-        f"({stamp or f'weights {held}'}), this one has weights {digest}. Embeddings of "
+        f"{given} is not the model that {verb} {what}: it was {verb} with another model "
+        f"({stamp or f'weights {held}'}), and this one has weights {digest}. Embeddings of "
         f"different models are not comparable: {remedy}."
     )
 
