@@ -18,6 +18,7 @@ from metaemb.core.deploy.gallery import NEW, Gallery
 from metaemb.core.errors import GalleryError
 from metaemb.core.gme.algebra import DEFAULT_CHUNK_BYTES, GME, llr_matrix
 from metaemb.core.optional import require
+from metaemb.core.plugin.interfaces import Scorer
 
 PROBE_CHUNK = 1024  # probes per block (bounds the [probes, identities] block with IDENT_CHUNK)
 IDENT_CHUNK = 8192
@@ -58,7 +59,7 @@ class SearchResult:
         return [self.decision(i) for i in range(self.index.shape[0])]
 
 
-def _scorer(gallery: Gallery, scorer: Any) -> Any:
+def _scorer(gallery: Gallery, scorer: str | Scorer | None) -> Scorer:
     """The scorer to search with (a name, a scorer, or None: the default for the gallery's
     kind), refused when it cannot pool and score the gallery in blocks."""
     from metaemb.core.scoring.choice import choose_scorer

@@ -47,7 +47,7 @@ from metaemb.core.eval.trial_set import (
 from metaemb.core.eval.trials import TrialList, read_trials
 from metaemb.core.files import atomic_write_text, written_together
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
-from metaemb.core.plugin.interfaces import SampleFolder
+from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
 from metaemb.core.scoring.choice import choose_scorer
@@ -194,7 +194,7 @@ class Evaluation:
                     if o.default is not inspect.Parameter.empty}  # fmt: skip
         return {**defaults, **given}
 
-    def _scorer(self, loaded: Loaded) -> Any:
+    def _scorer(self, loaded: Loaded) -> Scorer:
         """The scorer named (else the run's own), checked as every command checks it; one
         that must be fitted and has no fitted state is fitted on the run's training split (a
         pretrained reference model has none: refused)."""
@@ -206,7 +206,7 @@ class Evaluation:
             )
         return choose_scorer(loaded, self.scorer_name, "verification", fit=fit, run=run)
 
-    def _fit(self, loaded: Loaded, scorer: Any, name: str) -> None:
+    def _fit(self, loaded: Loaded, scorer: Scorer, name: str) -> None:
         """Fit `scorer` on the samples the run trained on (its training split)."""
         parts, train = self._run_training_split(loaded, name)
         own = loaded.config.eval.scorer

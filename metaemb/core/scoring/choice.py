@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from metaemb.core.errors import MetaembError, ScorerError, UnknownComponentError
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from metaemb.core.deploy.loading import LoadedRun
     from metaemb.core.plugin.contract import Kind
     from metaemb.core.plugin.interfaces import Scorer
+    from metaemb.core.plugin.registry import Entry
 
 Purpose = Literal["verification", "measure", "search", "gallery"]
 
@@ -141,7 +142,7 @@ def _fit_refusal(name: str, kind: str, ask: _Ask) -> Refusal:
     )
 
 
-def _search_refusal(scorer: Any, label: str, kind: str, holder: str) -> Refusal | None:
+def _search_refusal(scorer: Scorer, label: str, kind: str, holder: str) -> Refusal | None:
     """A built scorer that cannot search `kind` embeddings in blocks (a gallery's pooled
     identities, or the run's own scorer ranking a search by default)."""
     from metaemb.core.scoring.scorers import PointScorer
@@ -175,7 +176,7 @@ def _head(loaded: LoadedRun | None) -> str:
     return f"head '{loaded.config.model.head}'" if loaded is not None else "its head"
 
 
-def _entry(name: str) -> Any:
+def _entry(name: str) -> Entry:
     from metaemb.core.plugin.manager import registry
 
     try:
@@ -213,8 +214,9 @@ class _Ask:
     no_run: str
 
 
-def _refusal_or_scorer(name: str, ask: _Ask) -> tuple[Any, bool, Refusal | None]:
-    """(scorer, still needs fitting, None), or (…, …, why it cannot score here)."""
+def _refusal_or_scorer(name: str, ask: _Ask) -> tuple[Scorer | None, bool, Refusal | None]:
+    """(scorer, still needs fitting, None), or (the scorer or None, …, why it cannot score
+    here)."""
     from metaemb.core.plugin.components import build, full_options
     from metaemb.core.plugin.contract import declared
 
@@ -292,12 +294,13 @@ def choose_scorer(
 
 def _named(name: str, ask: _Ask, fit: Callable[[Scorer, str], None] | None) -> Scorer:
     scorer, needs_fit, refusal = _refusal_or_scorer(name, ask)
-    if refusal is not None and needs_fit and fit is not None:
-        fit(scorer, name)
+    if scorer is not None and refusal is None:
         return scorer
-    if refusal is not None:
-        raise refusal.error()
-    return scorer
+    if scorer is not None and needs_fit and fit is not None:
+        fit(scorer, name)  # verification: evaluate fits it on the run's training split
+        return scorer
+    assert refusal is not None
+    raise refusal.error()
 
 
 def _own_or_default(ask: _Ask, kind: str, command: str, recorded: str | None) -> Scorer:
@@ -317,11 +320,11 @@ def _own_or_default(ask: _Ask, kind: str, command: str, recorded: str | None) ->
         scorer, _, refusal = _refusal_or_scorer(name, ask)
     except MetaembError as exc:  # e.g. the plugin of its scorer is not installed here
         scorer, refusal = None, Refusal(str(exc).rstrip("."), "")
-    if refusal is None:
+    if scorer is not None and refusal is None:
         refusal = _search_refusal(scorer, name, kind, ask.holder)
-    if refusal is None:
-        return scorer
-    note_default_scorer(name, kind, command, refusal.why)
+        if refusal is None:
+            return scorer
+    note_default_scorer(name, kind, command, refusal.why if refusal is not None else "")
     return default_scorer(kind)
 
 
