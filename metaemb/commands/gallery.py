@@ -93,8 +93,11 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
             "holding a comma or blanks goes in --identities-file, one per line)."
         )
     if identities_file is not None:
+        from metaemb.core.files import MiB, read_bounded
+
         try:
-            text = identities_file.read_text(encoding="utf-8-sig")
+            text = read_bounded(identities_file, "--identities-file", 64 * MiB, pipes=True)
+            text = text.decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
         from_file = [line for line in text.splitlines() if line != ""]

@@ -165,3 +165,50 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+MiB = 1 << 20
+
+
+def not_a_file(path: Path) -> str:
+    """What `path` is when it exists and is no regular file ("a pipe", "a device", "a folder"),
+    else "" — for a message that does not call a FIFO or /dev/zero missing."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def read_bounded(path: Path, what: str, limit: int, pipes: bool = False) -> bytes:
+    """The bytes of a small input file (a config, a list of names), refused when it is a
+    device, a folder, a pipe (unless `pipes`) or larger than `limit`: /dev/zero given as a
+    config was read until the kernel killed the process. Raises MetaembError naming it."""
+    from metaemb.core.errors import MetaembError
+
+    kind = not_a_file(path)
+    if kind and not (pipes and kind == "a pipe"):
+        raise MetaembError(f"{what} '{path}' is {kind}, not a file: give a file.")
+    size = path.stat().st_size
+    if size > limit:
+        raise MetaembError(
+            f"{what} '{path}' holds {size / MiB:.0f} MiB, more than a {what} does (at most "
+            f"{limit // MiB} MiB): is it the right file?"
+        )
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # a pipe that does not end
+        raise MetaembError(
+            f"{what} '{path}' gave more than {limit // MiB} MiB: is it the right input?"
+        )
+    return data

@@ -615,3 +615,35 @@ def test_on_off_environment_variables_read_by_one_rule(monkeypatch):
     monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "maybe")
     with pytest.raises(ConfigError, match=r"METAEMB_STRICT_PLUGINS must be 1 or 0 .*'maybe'"):
         strict_mode()
+
+
+def test_devices_pipes_and_huge_files_given_as_small_inputs(tmp_path, monkeypatch):
+    """`--config /dev/zero` and `--identities-file /dev/zero` were read until the kernel killed
+    the process (20 GB); a FIFO or `<(…)` given as a trial list and /dev/zero as a gallery were
+    said not to exist (H19 F4, F5). Each is named as what it is."""
+    import os
+
+    from metaemb.commands.gallery import identity_names
+    from metaemb.core.config.toml_io import load_toml
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.errors import GalleryError, MetaembError
+    from metaemb.core.eval.trials import read_trials
+    from metaemb.core.files import MiB
+
+    zero = Path("/dev/zero")
+    with pytest.raises(ConfigError, match="config file '/dev/zero' is a device, not a file"):
+        load_toml(zero)
+    with pytest.raises(MetaembError, match="--identities-file '/dev/zero' is a device"):
+        identity_names(None, zero)
+    with pytest.raises(GalleryError, match="gallery '/dev/zero' is a device, not a gallery"):
+        Gallery.load(zero)
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(MetaembError, match=r"trial list '.*list.fifo' is a pipe, not a file: "
+                       r"save the list to a file"):  # fmt: skip
+        read_trials(fifo)
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(17 * MiB)  # sparse: no disk used
+    with pytest.raises(ConfigError, match=r"holds 17 MiB, more than a config file does"):
+        load_toml(big)

@@ -39,10 +39,16 @@ _PIPED: dict[str, bytes] = {}
 
 
 def _read(p: Path) -> bytes:
-    if p.is_file():
-        return p.read_bytes()
-    if str(p) not in _PIPED:
-        _PIPED[str(p)] = p.read_bytes()
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.files import MiB, read_bounded
+
+    try:
+        if p.is_file():
+            return read_bounded(p, "config file", 16 * MiB)
+        if str(p) not in _PIPED:  # `--config <(…)`: a pipe is read once, and kept
+            _PIPED[str(p)] = read_bounded(p, "config file", 16 * MiB, pipes=True)
+    except MetaembError as exc:
+        raise ConfigError(str(exc)) from None
     return _PIPED[str(p)]
 
 

@@ -332,6 +332,10 @@ class Gallery:
                 f"'{p / 'gallery.pt'}')."
             )
         if not p.is_file():
+            from metaemb.core.files import not_a_file
+
+            if not_a_file(p):
+                raise GalleryError(f"gallery '{p}' is {not_a_file(p)}, not a gallery file.")
             raise GalleryError(
                 f"gallery '{p}' does not exist; create it with "
                 f"`metaemb enroll CHECKPOINT --gallery {p} --data DIR`."

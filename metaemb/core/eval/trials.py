@@ -138,8 +138,10 @@ def read_list_text(path: Path, what: str) -> str:
     """A list file's text: UTF-8 (file names that are not valid UTF-8 come back as the same str
     os.listdir gives), without the byte-order mark some Windows editors write, or UTF-16 when
     it starts with a UTF-16 mark (PowerShell's `>` and Notepad's "Unicode" write that)."""
+    from metaemb.core.files import MiB, read_bounded
+
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, what, 1024 * MiB)
         if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
             return data.decode("utf-16")
         return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
@@ -153,6 +155,12 @@ def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
     if path.is_dir():
         raise DataError(f"trial list '{path}' is a folder; give the list's file.")
     if not path.is_file():
+        from metaemb.core.files import not_a_file
+
+        kind = not_a_file(path)
+        if kind:  # `--trials <(…)`: a list is read more than once, which a pipe cannot be
+            raise DataError(f"trial list '{path}' is {kind}, not a file: save the list to a file "
+                            "and give that.")  # fmt: skip
         raise DataError(f"trial list '{path}' does not exist.")
     text = read_list_text(path, "trial list")
     out = []
