@@ -279,3 +279,18 @@ def test_a_teacher_run_without_config_toml_keeps_its_modality(tiny_face_run, tmp
     (copy / "config.toml").unlink()
     assert _run_modality(copy) == "face"
     assert _run_modality(tmp_path / "nothing") is None
+
+
+def test_a_run_reached_through_links_is_listed_once(tiny_face_run, tmp_path, capsys):
+    """A `latest` link listed the run twice, a link to `..` every run three times (H19 F9): each
+    run is listed once, by its real path."""
+    import shutil
+
+    _, run = tiny_face_run
+    copy = tmp_path / "face" / run.name
+    shutil.copytree(run, copy)
+    (tmp_path / "face" / "latest").symlink_to(run.name)
+    (tmp_path / "face" / "up").symlink_to("..")
+    code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    assert [r["path"] for r in json.loads(text)] == [str(copy)]

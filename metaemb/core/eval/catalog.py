@@ -5,6 +5,7 @@ is opened, so listing thousands of runs is quick)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,18 +201,23 @@ def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
             f"runs folder '{root}' does not exist; train something first (metaemb train)."
         )
     found: list[Path] = []
+    seen: set[str] = set()  # real paths: a `latest` link or a link to `..` lists nothing twice
 
     def walk(d: Path, depth: int) -> None:
+        real = os.path.realpath(d)
+        if real in seen:
+            return
+        seen.add(real)
         if any((d / n).is_file() for n in ("config.toml", "last.pt", "best.pt")):
             found.append(d)  # a run whose config.toml was lost is listed as damaged
             return
         if depth >= max_depth:
             return
         try:
-            children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            children = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
         except OSError:
             return
-        for child in children:
+        for child in sorted(children, key=lambda p: (p.is_symlink(), p.name)):  # real first
             walk(child, depth + 1)
 
     walk(root, 0)
