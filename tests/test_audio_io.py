@@ -172,3 +172,18 @@ def test_a_folder_sample_rate_out_of_range_is_refused_before_reading(tmp_path, r
 
     with pytest.raises(ConfigError, match=rf"folder.sample_rate must be a rate .* got {rate}"):
         AudioFolder(tmp_path, sample_rate=rate)
+
+
+def test_a_recording_too_long_for_memory_is_named(tmp_path, monkeypatch):
+    """A valid 18-hour WAV ran out of memory with a numpy traceback naming no file (H19 F7): the
+    file and its length are named, as a DataError that --on-bad-sample skip can skip."""
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(32000, np.float32), 16000)
+
+    def no_memory(f, frames):
+        raise MemoryError
+
+    monkeypatch.setattr(io, "read_float32", no_memory)
+    with pytest.raises(DataError, match=r"audio file '.*long.wav' \(0.0 h at 16000 Hz\) is too "
+                       r"long to decode .*--on-bad-sample skip"):  # fmt: skip
+        io.read_audio(path)

@@ -221,7 +221,15 @@ def read_audio(
             first, last = segment_span(path, rate, f.frames, start, end, max_overshoot)
             if first > 0:
                 f.seek(min(first, f.frames))
-            data = read_float32(f, max(0, last - first))
+            try:
+                data = read_float32(f, max(0, last - first))
+            except MemoryError:  # a day-long recording: named, and skippable like a bad file
+                hours = (last - first) / max(rate, 1) / 3600
+                raise DataError(
+                    f"audio file '{path}' ({hours:.1f} h at {rate} Hz) is too long to decode in "
+                    "the memory left: cut it into shorter files, or leave it out with "
+                    "--on-bad-sample skip."
+                ) from None
             finite = f.subtype in ALWAYS_FINITE
     except DataError:
         raise
