@@ -571,6 +571,23 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     torch.testing.assert_close(torch.from_numpy(adapted), scorer.score_matrix(enroll, test))
     assert np.abs(adapted - plain).max() > 1e-3  # the adaptation is part of what is checked
 
+    # a re-export that fails at the model leaves the earlier set whole, state file included
+    from metaemb.core.deploy import export as export_module
+    from metaemb.core.errors import OutputError
+
+    real_write = export_module.atomic_write_bytes
+
+    def disk_full(target, data):
+        if Path(target).name == "m.ts":
+            raise OutputError(f"no space left writing {target}")
+        real_write(target, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_module, "atomic_write_bytes", disk_full)
+        with pytest.raises(OutputError):
+            export(path, "torchscript", tmp_path / "m.ts")
+    assert (tmp_path / "m.ts.scorer.npz").is_file()  # R6 F3: it was removed at once
+    assert json.loads((tmp_path / "m.ts.json").read_text())["scorer"]["state"]
     # exported again from a checkpoint whose scorer has no state: the old file is not left
     export(path, "torchscript", tmp_path / "m.ts")
     assert not (tmp_path / "m.ts.scorer.npz").exists()

@@ -61,14 +61,28 @@ def written_together() -> Iterator[None]:
         yield
     except BaseException:
         for tmp, _ in pending:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         _deferred.reset(token)
     if len(pending) > 1:
         pending[-1][1].unlink(missing_ok=True)
     for tmp, path in pending:
-        os.replace(tmp, path)
+        if tmp:
+            os.replace(tmp, path)
+        else:  # a `remove_with_set`: an earlier set's file this one has no version of
+            path.unlink(missing_ok=True)
+
+
+def remove_with_set(path: Path) -> None:
+    """Remove `path` as part of the set being written (`written_together`): when the set is
+    renamed into place, not before, so a write that fails leaves the previous set whole."""
+    pending = _deferred.get()
+    if pending is None:
+        path.unlink(missing_ok=True)
+    else:
+        pending.append(("", path))
 
 
 def _temp_stem(path: Path) -> str:

@@ -48,7 +48,12 @@ from metaemb.core.deploy.export_checks import (
 from metaemb.core.deploy.loading import find_checkpoint, load_run
 from metaemb.core.deploy.stamp import model_digest
 from metaemb.core.errors import MetaembError, first_line, suggest
-from metaemb.core.files import atomic_write_bytes, atomic_write_text, written_together
+from metaemb.core.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_with_set,
+    written_together,
+)
 from metaemb.core.optional import require
 from metaemb.core.plugin.manager import registry
 from metaemb.core.train.model import EmbeddingModel
@@ -355,7 +360,7 @@ def export(
         if scorer_state is not None:
             atomic_write_bytes(scorer_file, scorer_state)
         elif scorer_file.is_file():  # an earlier export's: it belongs to another model
-            scorer_file.unlink()
+            remove_with_set(scorer_file)
         atomic_write_bytes(out, data)
     if earlier and earlier != info["checkpoint"]:  # said, as embed says it of embeddings
         import warnings
