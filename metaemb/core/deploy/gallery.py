@@ -256,8 +256,7 @@ class Gallery:
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
-        self.renamed = {k: (new if v == old else v) for k, v in self.renamed.items() if k != new}
-        self.renamed[old] = new
+        self._follow_rename(old, new, j)
         if new in self.identities:
             k = self.identities.index(new)
             if not merge:
@@ -273,6 +272,23 @@ class Gallery:
         self.identities[j] = new
         self._index = None
         return int(self.counts()[j])
+
+    def _follow_rename(self, old: str, new: str, j: int) -> None:
+        """`renamed` maps a folder name to the identity its samples are enrolled under. The
+        folders now feeding `old` (renamed ones, and the folder named `old` when its samples
+        are enrolled from a folder of that name) feed `new`; a folder back at its own name is
+        no entry. Swaps and round trips compose; a name that was only ever a gallery name is
+        never taken for a folder."""
+        feeding = {folder for folder, name in self.renamed.items() if name == old}
+        owners = self.owner.tolist()
+        if old not in self.renamed and any(
+            owners[i] == j and old in Path(source).parts[:-1]
+            for i, source in enumerate(self.sources)
+        ):
+            feeding.add(old)
+        for folder in feeding:
+            self.renamed[folder] = new
+        self.renamed = {f: name for f, name in self.renamed.items() if f != name}
 
     def enrolled_name(self, identity: str) -> str:
         """The name samples of folder `identity` are enrolled under: its own, or the one
