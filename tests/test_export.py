@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -483,6 +484,14 @@ def test_replacing_the_export_of_another_checkpoint_is_said(face_ckpt, speaker_c
         warnings.simplefilter("error", UserWarning)
         export(face_ckpt[0], "torchscript", out)
     with pytest.warns(UserWarning, match=r"held the export of another checkpoint \('.*best.pt'\)"):
+        export(speaker_ckpt[0], "torchscript", out)
+    # a sidecar written before the absolute path named the checkpoint as typed (R6 F4)
+    sidecar = out.with_name(out.name + ".json")
+    info = json.loads(sidecar.read_text())
+    info["checkpoint"] = os.path.relpath(speaker_ckpt[0])
+    sidecar.write_text(json.dumps(info))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
         export(speaker_ckpt[0], "torchscript", out)
 
 

@@ -362,7 +362,8 @@ def export(
         elif scorer_file.is_file():  # an earlier export's: it belongs to another model
             remove_with_set(scorer_file)
         atomic_write_bytes(out, data)
-    if earlier and earlier != info["checkpoint"]:  # said, as embed says it of embeddings
+    if earlier and os.path.realpath(earlier) != info["checkpoint"]:  # as embed says it
+        # (sidecars before the absolute path named it as typed, from the same folder mostly)
         import warnings
 
         warnings.warn(
