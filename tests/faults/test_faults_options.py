@@ -461,6 +461,15 @@ def test_identity_folders_that_differ_only_in_unicode_form_are_named(tmp_path, f
     with pytest.warns(UserWarning, match="differ only in Unicode form"):
         folder = build("sample_folders", "image", {}, root=tmp_path / "d")
     assert folder.num_identities == 2
+    # invisible characters and case-only twins print alike too (H19 F6)
+    for root, names, how in (("z", ["ab", "a\u200bb"], "only in invisible characters"),
+                             ("c", ["Ali", "ali"], "only in case")):  # fmt: skip
+        for i, name in enumerate(names):
+            shutil.copytree(faces / f"id000{i}", tmp_path / root / name)
+        with pytest.warns(UserWarning, match=how) as said:
+            build("sample_folders", "image", {}, root=tmp_path / root)
+        assert len([w for w in said if "print alike" in str(w.message) or how in
+                    str(w.message)]) == 1  # fmt: skip
 
 
 def test_a_torchaudio_built_for_another_torch_is_named(monkeypatch, capsys):

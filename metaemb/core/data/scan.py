@@ -226,21 +226,36 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
 
 
 def warn_same_looking(identities: Sequence[str], root: Path) -> None:
-    """Two identity folders whose names differ only in Unicode form (NFC and NFD, e.g. one
-    copied from macOS) print alike but are two identities: say so once per scan."""
+    """Two identity folders whose names print alike but are two identities: they differ only
+    in Unicode form (NFC and NFD, e.g. one copied from macOS), in invisible characters (a
+    zero-width space, a right-to-left mark), or in case (`Ali`, `ali`: one folder on a
+    case-insensitive disk). Said once per kind and scan."""
     import unicodedata
 
-    seen: dict[str, str] = {}
-    for name in identities:
-        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
-        if first != name:
-            warnings.warn(
-                f"'{root}' has two identity folders named {first!r} and {name!r}, which differ "
-                "only in Unicode form (NFC and NFD) and print alike; they are two identities. "
-                "Merge or rename one.",
-                stacklevel=3,
-            )
-            return
+    def invisible(name: str) -> str:  # format characters (category Cf) removed
+        return "".join(c for c in name if unicodedata.category(c) != "Cf")
+
+    kinds = (
+        (lambda n: unicodedata.normalize("NFC", n), "only in Unicode form (NFC and NFD) and "
+         "print alike"),
+        (lambda n: invisible(unicodedata.normalize("NFC", n)), "only in invisible characters "
+         "(zero-width or direction marks) and print alike"),
+        (lambda n: unicodedata.normalize("NFC", n).casefold(), "only in case, and are one "
+         "folder once copied to a case-insensitive disk (macOS, Windows)"),
+    )  # fmt: skip
+    said: set[tuple[str, str]] = set()
+    for key, how in kinds:
+        seen: dict[str, str] = {}
+        for name in identities:
+            first = seen.setdefault(key(name), name)
+            if first != name and (first, name) not in said:
+                said.add((first, name))
+                warnings.warn(
+                    f"'{root}' has two identity folders named {first!r} and {name!r}, which "
+                    f"differ {how}; they are two identities. Merge or rename one.",
+                    stacklevel=3,
+                )
+                break
 
 
 _PART = re.compile(r"^(.*[^_\-.])[_\-.]([^_\-.]+)$")
