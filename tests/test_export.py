@@ -535,7 +535,7 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
 ):
     """A speaker run's scorer (cosine after the training mean, WCCN and spread, adapted to the
     scored set) had nothing in the artefact, so a service scored with plain cosine (E1 F2): its
-    state goes beside the model, and export.md's numpy function scores as metaemb does."""
+    state goes beside the model, and docs/export.md's numpy function scores as metaemb does."""
     import re
 
     import numpy as np
@@ -558,7 +558,8 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     save_checkpoint(fitted, {**state, "scorer": scorer.state_dict()})
     done = export(fitted, "torchscript", tmp_path / "m.ts")
     entry = done.info["scorer"]
-    assert entry["name"] == "cosine" and entry["options"] == opts
+    assert entry["name"] == "cosine" and entry["options"]["adapt_relevance"] == 20.0  # defaults
+    assert {k: entry["options"][k] for k in opts} == opts  # too (R6 F5)
     assert entry["state"] == "m.ts.scorer.npz"
     arrays = dict(np.load(tmp_path / entry["state"]))
     assert sorted(arrays) == ["mean", "variance", "wccn"]

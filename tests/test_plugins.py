@@ -487,7 +487,7 @@ def test_load_gets_an_absolute_path_also_under_a_relative_root(tmp_path, monkeyp
 
 
 def test_a_folder_reading_many_samples_from_one_table(tmp_path):
-    """plugins.md's recipe for a table of samples (CMU keystroke data: one CSV, a row per
+    """docs/plugins.md's recipe for a table of samples (CMU keystroke data: one CSV, a row per
     sample, the identity in a column; P18 F3): rows are samples, split and subset like files."""
     import csv
     from typing import ClassVar

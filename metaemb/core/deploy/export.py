@@ -412,11 +412,13 @@ def fitted_scorer_state(state: dict[str, Any]) -> bytes | None:
 
 
 def scorer_entry(config: Config, out: Path, scorer_state: bytes | None) -> dict[str, Any]:
-    """The sidecar's `scorer`: the run's scorer, its options and the file holding its fitted
+    """The sidecar's `scorer`: the run's scorer, every option and the file holding its fitted
     state (null when it has none), which docs/export.md shows how to score with."""
+    from metaemb.core.plugin.components import full_options
+
     return {
         "name": config.eval.scorer,
-        "options": config.options("scorer"),
+        "options": full_options("scorers", config.eval.scorer, config.options("scorer")),
         "state": out.name + SCORER_SUFFIX if scorer_state is not None else None,
     }
 

@@ -28,7 +28,7 @@ from metaemb.core.deploy.run_data import plain_folder, read_with, rebase_data_pa
 from metaemb.core.deploy.run_drift import warn_changed_inputs, warn_edited_config, warn_unfinished
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
 from metaemb.core.paths import data_path_exists
-from metaemb.core.plugin.components import build, validate_options
+from metaemb.core.plugin.components import build, full_options, validate_options
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer
 from metaemb.core.train.device import pick_device
 from metaemb.core.train.model import EmbeddingModel
@@ -175,10 +175,8 @@ class LoadedRun:
         run's own point scorer with its options as the base (a default speaker run's cosine
         with WCCN and adaptation), so AS-norm goes on top of what the run scores with, as in
         the field's recipes; {} when `name` takes no base or the run's scorer cannot be one."""
-        import inspect
-
         from metaemb.core.plugin.manager import registry
-        from metaemb.core.plugin.options import options_of, parts_of
+        from metaemb.core.plugin.options import parts_of
 
         cfg = self.config
         own = cfg.eval.scorer
@@ -187,9 +185,7 @@ class LoadedRun:
             return {}
         # every option of the run's scorer, its defaults too: a base table naming `cosine`
         # alone is filled from the normalisers' default base (mean-subtracted cosine)
-        own_options = {k: o.default for k, o in options_of(scorers.get(own)).items()
-                       if o.default is not inspect.Parameter.empty}  # fmt: skip
-        opts = {"base": {"name": own, **own_options, **cfg.options("scorer")}}
+        opts = {"base": {"name": own, **full_options("scorers", own, cfg.options("scorer"))}}
         try:
             return validate_options("scorers", name, opts, "scorer")
         except MetaembError:  # e.g. a GME run's scorer is no point scorer: the default base

@@ -179,20 +179,14 @@ class Evaluation:
         return leakage.count_and_warn(loaded.state, scored, self.console, folder.subject_of)
 
     def _scorer_options(self, loaded: Loaded) -> dict[str, Any]:
-        """The options the scorer was built with, for metrics.json (a normaliser's base, the
-        run's own scorer, spelled out: two evaluations are compared by them)."""
-        import inspect
-
-        from metaemb.core.plugin.manager import registry
-        from metaemb.core.plugin.options import options_of
+        """The options the scorer was built with, every one spelled out (`{}` would mean "this
+        version's defaults", unsaid), for metrics.json: two evaluations are compared by them."""
+        from metaemb.core.plugin.components import full_options
 
         cfg = loaded.config
         name = self.scorer_name or cfg.eval.scorer
         given = cfg.options("scorer") if name == cfg.eval.scorer else loaded.normalising_own(name)
-        # every option, defaults too: `{}` would mean "this version's defaults", unsaid
-        defaults = {k: o.default for k, o in options_of(registry("scorers").get(name)).items()
-                    if o.default is not inspect.Parameter.empty}  # fmt: skip
-        return {**defaults, **given}
+        return full_options("scorers", name, given)
 
     def _scorer(self, loaded: Loaded) -> Scorer:
         """The scorer named (else the run's own), checked as every command checks it; one
