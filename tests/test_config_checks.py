@@ -39,6 +39,7 @@ V0 = Path(__file__).parent / "data" / "configs_v0"  # written by metaemb before 
         ("name=a/b", "is not a plain name"),
         ("name=.hidden", "is not a plain name"),
         ("name=-x", "not starting with '.' or '-'"),  # `evaluate -x-1a2b3c4d` read an option
+        ("tr\u0430in.epochs=1", "non-ASCII character (U+0430)"),  # a Cyrillic 'а' (H19 F10)
         ('name=""', "is not a plain name"),
     ],
 )

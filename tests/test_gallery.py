@@ -664,6 +664,10 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     assert Gallery.load(path).identities == ["Smith, John"]
     code, _, err = run_cli(["unenroll", "--gallery", path], capsys)
     assert code == 2 and "--identities-file" in err
+    # the comma split names 'Smith', which is not enrolled: said how to name 'Smith, John'
+    code, _, err = run_cli(["unenroll", "--gallery", path, "--identities", "Smith, John"], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "(a name holding ',' goes in --identities-file)" in said, said
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     code, _, err = run_cli([*args, "--identities-file", empty], capsys)

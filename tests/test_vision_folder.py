@@ -57,6 +57,10 @@ def test_corrupt_and_missing_images_name_the_path(tree):
         read_image(bad)
     with pytest.raises(DataError, match=r"nothere\.jpg"):
         read_image(tree / "nothere.jpg")
+    empty = tree / "bob" / "empty.png"  # an interrupted copy: said so (H19 F10)
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.png' is empty \(0 bytes\)"):
+        read_image(empty)
 
 
 def test_identity_without_images_is_an_error(tree):

@@ -182,7 +182,12 @@ def unenroll(
     with FileLock(gallery, "gallery"):
         g = Gallery.load(gallery)
         for name in (n for n in names if n not in g.identities):
-            g.remove(name)  # raises "not enrolled" (listing the gallery as it is) before any change
+            try:
+                g.remove(name)  # "not enrolled" (listing the gallery as it is) before any change
+            except GalleryError as exc:
+                comma = identities is not None and any("," in n for n in g.identities)
+                hint = " (a name holding ',' goes in --identities-file)" if comma else ""
+                raise GalleryError(f"{exc}{hint}") from None
         removed = {name: g.remove(name) for name in names}
         g.save(gallery)
     for name, n in removed.items():

@@ -316,8 +316,8 @@ def _apply(
         names = [f.name for f in dataclasses.fields(cls)]
         if field_name not in names:
             raise ConfigError(
-                f"unknown config key '{key}' ({origin});{suggest(field_name, names)} valid keys in "
-                f"[{section}]: {', '.join(names)}."
+                f"unknown config key '{key}' ({origin});{suggest(field_name, names)}"
+                f"{_non_ascii(key)} valid keys in [{section}]: {', '.join(names)}."
             )
         typ = _core_field_type(cls, field_name)
         setattr(
@@ -344,9 +344,17 @@ def _apply(
             f"e.g. {key}.<key>=VALUE (`metaemb list` and the docs name them)."
         )
     raise ConfigError(
-        f"unknown config key '{key}' ({origin});{suggest(head, valid)} valid sections and keys: "
-        f"{', '.join(valid)}."
+        f"unknown config key '{key}' ({origin});{suggest(head, valid)}{_non_ascii(key)} valid "
+        f"sections and keys: {', '.join(valid)}."
     )
+
+
+def _non_ascii(key: str) -> str:
+    """A key that prints like a valid one but holds a look-alike letter (a Cyrillic 'а')."""
+    odd = [c for c in key if not c.isascii()]
+    if not odd:
+        return ""
+    return f" It holds a non-ASCII character ({', '.join(f'U+{ord(c):04X}' for c in odd[:3])})."
 
 
 def from_dict(d: dict[str, Any]) -> Config:

@@ -282,10 +282,10 @@ def export(
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
+    check_out_name(fmt, target)  # a name to fix is said before a disk to free
     ensure_writable(target, "export file")  # before the slow export
     ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     ensure_writable(target.with_name(target.name + SCORER_SUFFIX), "export's scorer state")
-    check_out_name(fmt, target)
     earlier = _exported_from(target)
     blame: dict[str, Any] = {}
     with _failures_named(blame):

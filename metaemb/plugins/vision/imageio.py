@@ -160,6 +160,10 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int | None) -> Te
             f"image '{path}' is too large to decode safely ({exc}); downscale it."
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        if _empty(path):
+            raise DataError(
+                f"image '{path}' is empty (0 bytes). Replace or remove the file."
+            ) from None
         raise DataError(
             f"image '{path}' is corrupt or not a readable image ({type(exc).__name__}: {exc}). "
             "Replace or remove the file."
@@ -167,3 +171,13 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int | None) -> Te
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(f"image '{path}' is empty (shape {array.shape}).")
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _empty(path: object) -> bool:
+    """Whether `path` names a file of 0 bytes (an interrupted copy), for a message saying so."""
+    import os
+
+    try:
+        return os.path.getsize(path) == 0  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
