@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_cli
@@ -610,3 +611,21 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     assert not (tmp_path / "m.ts.scorer.npz").exists()
     sidecar = json.loads((tmp_path / "m.ts.json").read_text())
     assert sidecar["scorer"]["state"] is None
+
+
+def test_an_aligned_face_export_says_how_to_align(tmp_path):
+    """The sidecar named the align frontend and its options but not the template points, the
+    landmark order or the warp; a service had to know InsightFace's template (E1 F4)."""
+    from metaemb.plugins.vision.align import template
+
+    path, _, _ = make_checkpoint(tmp_path / "best.pt", "face",
+                                 [*FACE, 'model.frontend="align"', "frontend.crop_size=64"],
+                                 (faces(8, seed=9),))  # fmt: skip
+    details = export(path, "torchscript", tmp_path / "m.ts").info["frontend_details"]
+    assert details["crop_size"] == 64
+    got = np.array(details["template_points"]["mtcnn5"])
+    assert np.allclose(got, template(64, "mtcnn5", 0), atol=1e-4) and got.shape == (5, 2)
+    assert "image-left eye" in details["landmark_order"]["mtcnn5"]
+    assert "bilinear" in details["warp"] and "Umeyama" in details["fit"]
+    none, _, _ = make_checkpoint(tmp_path / "none" / "best.pt", "face", FACE, (faces(8),))
+    assert "frontend_details" not in export(none, "torchscript", tmp_path / "m2.ts").info

@@ -138,6 +138,15 @@ def frontend_options(config: Config) -> dict[str, Any]:
     return opts
 
 
+def frontend_details(config: Config) -> dict[str, Any]:
+    """`{"frontend_details": …}` when the training frontend says what a deployment needs to
+    replicate it (an optional static `export_details(options)`: the align frontend's template
+    points and warp), else {}."""
+    factory = registry("frontends").get(config.model.frontend)
+    details = getattr(factory, "export_details", None)
+    return {"frontend_details": details(frontend_options(config))} if callable(details) else {}
+
+
 def preprocessing(spec: dict[str, Any], config: Config, adapter: ExportAdapter) -> list[str]:
     """The steps a deployment must replicate before calling the exported model, in order."""
     name = config.model.frontend

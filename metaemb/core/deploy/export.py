@@ -32,6 +32,7 @@ from metaemb.core.deploy.adapter import (
     ExportAdapter,
     ExportError,
     example_outputs,
+    frontend_details,
     frontend_options,
     input_kind,
     outputs_of,
@@ -330,6 +331,7 @@ def export(
             },
             "scorer": scorer_entry(config, out, scorer_state),
             "frontend_options": frontend_options(config),
+            **frontend_details(config),
             "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
             "inputs": [  # the dtypes the graph was traced with, which it requires
                 {"name": n, "shape": s, "dtype": _dtype(x)}

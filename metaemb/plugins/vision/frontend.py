@@ -108,6 +108,32 @@ class AlignFrontend(Frontend):
         self.use_cache = cache and self.source.cacheable and self.cache_dir is not None
         self._cache: dict[str, LandmarkCache] = {}
 
+    @staticmethod
+    def export_details(options: dict[str, Any]) -> dict[str, Any]:
+        """What a deployment needs to align as training did, for the export's sidecar: the
+        crop's destination points, the landmark order, the fit and the warp."""
+        from metaemb.plugins.vision.align import template
+
+        size, convention = int(options.get("crop_size", 112)), int(options.get("template", 0))
+        return {
+            "crop_size": size,
+            "template_points": {  # (x, y) in crop pixels, pixel centres at integers
+                scheme: template(size, scheme, convention).round(4).tolist()
+                for scheme in ("mtcnn5", "dlib5")
+            },
+            "landmark_order": {
+                "mtcnn5": "image-left eye, image-right eye, nose tip, image-left mouth corner, "
+                "image-right mouth corner (MTCNN / RetinaFace / InsightFace)",
+                "dlib5": "dlib's 5-point shape model (eye corners and nose base), whose points "
+                "are fitted to the mtcnn5 template (its own destination points above)",
+            },
+            "fit": "least-squares similarity (Umeyama, no reflection) from the 5 landmarks to "
+            "the template points of the landmark file's scheme",
+            "warp": "bilinear sampling of the inverse map, zero outside the image, pixel centres "
+            "at integer coordinates (torch grid_sample align_corners=True), rounded to uint8",
+            "python": "metaemb.plugins.vision.align.align_faces(images, landmarks, size, scheme)",
+        }
+
     def key(self) -> str:
         return f"align:{self.source.key()}:{self.crop_size}:{self.template}:{self.on_no_face}"
 
