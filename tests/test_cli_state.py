@@ -35,3 +35,24 @@ def test_ctrl_c_while_the_commands_import_exits_130_without_a_traceback(monkeypa
     assert exc.value.code == 130
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err and err == ""
+
+
+def test_ctrl_c_while_the_command_line_imports_exits_130(monkeypatch, capsys):
+    """The console script's first import (typer, rich) ran before main's handler, so Ctrl-C in
+    the first fraction of a second still printed a traceback (R6 F7)."""
+    import sys
+    import types
+
+    import pytest
+
+    from metaemb import entry
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "metaemb.cli", Interrupted("metaemb.cli"))
+    with pytest.raises(SystemExit) as exc:
+        entry.main()
+    assert exc.value.code == 130
+    assert capsys.readouterr() == ("", "")
