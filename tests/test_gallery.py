@@ -572,6 +572,18 @@ def test_a_gallery_and_its_folder_moved_elsewhere_are_not_enrolled_twice(trained
         code, _, err = run_cli([*args, c], capsys)
     assert code == 0, err
     assert Gallery.load(path).counts().tolist() == [4, 3, 3]
+    # a copy (the enrolled folder still there) is enrolled again, but said (R6 F6)
+    shutil.copytree(c, tmp_path / "D")
+    with pytest.warns(UserWarning, match=r"9 sample\(s\) of .* look like files already enrolled"):
+        code, _, err = run_cli([*args, tmp_path / "D"], capsys)
+    assert code == 0, err
+    # a file whose name holds '#' is there, not a missing segment of 'cam' (R6 F10)
+    from metaemb.core.deploy.enrollment import source_exists
+
+    (tmp_path / "cam#1.png").write_bytes(b"x")
+    assert source_exists(str(tmp_path / "cam#1.png"))
+    assert source_exists(str(tmp_path / "cam#1.png") + "#0-100")  # a segment of it
+    assert not source_exists(str(tmp_path / "gone#1.png"))
 
 
 def test_the_enroll_job_after_a_rename_adds_to_the_new_name(trained, tmp_path, capsys):

@@ -146,6 +146,14 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
     return g.rename_sources({a: b for a, b in zip(old, sources, strict=True) if a != b})
 
 
+def source_exists(source: str) -> bool:
+    """Whether an enrolled sample's file is still there: the file itself (whose name may hold
+    a '#'), or the recording of a segment `file#start-end`."""
+    import os
+
+    return os.path.exists(source) or os.path.exists(source.rsplit("#", 1)[0])
+
+
 def _follow_moved(
     g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any,
     as_named: Callable[[str], str],
@@ -154,53 +162,64 @@ def _follow_moved(
     copied to another machine or path): same identity, same `<identity>/…/<file>` path and the
     same embedding as a sample whose recorded file no longer exists. Their records take the new
     path instead of being enrolled a second time (a GME identity's evidence would double) →
-    (the samples still to add, their embeddings, how many moved)."""
-    import os
+    (the samples still to add, their embeddings, how many moved). The same match with a file
+    that still exists (a copied folder) is added, and warned about."""
     import warnings
 
     from metaemb.core.deploy.stamp import stored_parts
 
-    gone: dict[tuple[str, str], list[int]] = {}  # (identity, file name) → vanished rows
+    known: dict[tuple[str, str], list[int]] = {}  # (identity, file name) → enrolled rows
     owners = g.owner.tolist()
     for row, source in enumerate(g.sources):
-        if source and not os.path.exists(source.rsplit("#", 1)[0]):
+        if source:
             key = (g.identities[owners[row]], Path(source.rsplit("#", 1)[0]).name)
-            gone.setdefault(key, []).append(row)
-    if not gone:
-        return todo, emb, 0
+            known.setdefault(key, []).append(row)
     new_parts = stored_parts(emb)
+
+    def same(k: int, row: int) -> bool:
+        return all(torch.allclose(new_parts[name][k], g.data[name][row], rtol=1e-3, atol=1e-5)
+                   for name in new_parts)  # fmt: skip
+
     renamed: dict[str, str] = {}
+    copies: list[tuple[str, str]] = []
     keep: list[int] = []
     for k, i in enumerate(todo):
         sample = folder.samples[i]
         key = (as_named(sample.identity), Path(sources[i].rsplit("#", 1)[0]).name)
-        rows = gone.get(key, [])
         tail = Path(sources[i]).parts[-len(Path(sample.path).parts) :]  # <identity>/…/<file>
-        row = next((r for r in rows if g.sources[r] not in renamed
-                    and Path(g.sources[r]).parts[-len(tail) :] == tail), None)  # fmt: skip
-        if row is not None and all(
-            torch.allclose(new_parts[name][k], g.data[name][row], rtol=1e-3, atol=1e-5)
-            for name in new_parts
-        ):
-            renamed[g.sources[row]] = sources[i]
-        else:
-            keep.append(k)
+        rows = [r for r in known.get(key, []) if g.sources[r] not in renamed
+                and Path(g.sources[r]).parts[-len(tail) :] == tail and same(k, r)]  # fmt: skip
+        gone = next((r for r in rows if not source_exists(g.sources[r])), None)
+        if gone is not None:
+            renamed[g.sources[gone]] = sources[i]
+            continue
+        if rows:
+            copies.append((sources[i], g.sources[rows[0]]))
+        keep.append(k)
+    if copies:
+        warnings.warn(
+            f"{len(copies)} sample(s) of '{folder.root}' look like files already enrolled (same "
+            f"identity, path and embedding; '{copies[0][0]}' like '{copies[0][1]}'), copied: "
+            "they are enrolled again, and count twice in their identity's model. Remove the "
+            "copies, or `unenroll` and enroll one folder.",
+            stacklevel=3,
+        )
+    if renamed:
+        g.rename_sources(renamed)
+        warnings.warn(
+            f"{len(renamed)} enrolled sample(s) were found moved to '{folder.root}' (same "
+            f"identity, path and embedding; the first was '{next(iter(renamed))}'): their "
+            "records now point there, and they were not enrolled a second time.",
+            stacklevel=3,
+        )
     if not renamed:
         return todo, emb, 0
-    g.rename_sources(renamed)
-    warnings.warn(
-        f"{len(renamed)} enrolled sample(s) were found moved to '{folder.root}' (same identity, "
-        f"path and embedding; the first was '{next(iter(renamed))}'): their records now point "
-        "there, and they were not enrolled a second time.",
-        stacklevel=3,
-    )
     return [todo[k] for k in keep], (emb[keep] if keep else emb), len(renamed)
 
 
 def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
     """Identities enrolled from this data folder whose files are all gone (a renamed identity
     folder would otherwise be enrolled a second time under its new name, unnoticed)."""
-    import os
     import warnings
 
     inside: dict[str, list[str]] = {}
@@ -208,10 +227,7 @@ def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
         if source and Path(source).is_relative_to(root):
             inside.setdefault(g.identities[owner], []).append(source)
 
-    def exists(source: str) -> bool:  # a segment `file#start-end` exists with its file
-        return os.path.exists(source) or os.path.exists(source.rsplit("#", 1)[0])
-
-    gone = [name for name, files in inside.items() if not any(map(exists, files))]
+    gone = [name for name, files in inside.items() if not any(map(source_exists, files))]
     if gone:
         shown = first_few(gone)
         warnings.warn(
