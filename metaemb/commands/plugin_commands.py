@@ -94,7 +94,7 @@ def _guarded(fn: Callable[..., Any], plugin: str, name: str) -> Callable[..., An
         except passthrough:
             raise
         except Exception as exc:
-            if env_flag("METAEMB_DEBUG"):
+            if env_flag("METAEMB_DEBUG", refuse=False):
                 raise
             raise PluginError(
                 f"plugin '{plugin}' failed in its command '{name}': {type(exc).__name__}: {exc}. "

@@ -11,9 +11,11 @@ ON = ("1", "true", "yes", "on")
 OFF = ("0", "false", "no", "off")
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    """The switch `name` (1/0, true/false, yes/no, on/off, any case; unset or empty: `default`);
-    anything else is refused, naming the variable."""
+def env_flag(name: str, default: bool = False, refuse: bool = True) -> bool:
+    """The switch `name` (1/0, true/false, yes/no, on/off, any case; unset or empty: `default`).
+    Anything else is refused, naming the variable, or with `refuse=False` (a switch every
+    command reads, which must not keep `metaemb doctor` from running) warned about and taken
+    as `default`."""
     value = os.environ.get(name, "").strip().lower()
     if not value:
         return default
@@ -21,4 +23,11 @@ def env_flag(name: str, default: bool = False) -> bool:
         return True
     if value in OFF:
         return False
-    raise ConfigError(f"{name} must be 1 or 0 (on or off), got '{os.environ[name]}'.")
+    message = (f"{name} must be 1 or 0 (also on/off, true/false, yes/no), got "
+               f"'{os.environ[name]}'")  # fmt: skip
+    if refuse:
+        raise ConfigError(message + ".")
+    import warnings
+
+    warnings.warn(f"{message}; taken as {'on' if default else 'off'}.", stacklevel=2)
+    return default

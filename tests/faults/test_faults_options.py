@@ -621,9 +621,15 @@ def test_on_off_environment_variables_read_by_one_rule(monkeypatch):
         assert strict_mode() is want, value
         monkeypatch.setenv("METAEMB_DEBUG", value)
         assert env_flag("METAEMB_DEBUG") is want, value
+    # garbage in a switch every command reads is warned about and taken as off, so that
+    # `metaemb doctor` still runs (R6 F8); METAEMB_MANIFEST's is refused
     monkeypatch.setenv("METAEMB_STRICT_PLUGINS", "maybe")
-    with pytest.raises(ConfigError, match=r"METAEMB_STRICT_PLUGINS must be 1 or 0 .*'maybe'"):
-        strict_mode()
+    with pytest.warns(UserWarning, match=r"METAEMB_STRICT_PLUGINS must be 1 or 0 .*'maybe'; "
+                      r"taken as off"):  # fmt: skip
+        assert strict_mode() is False
+    monkeypatch.setenv("METAEMB_MANIFEST", "maybe")
+    with pytest.raises(ConfigError, match=r"METAEMB_MANIFEST must be 1 or 0"):
+        env_flag("METAEMB_MANIFEST", default=True)
 
 
 def test_devices_pipes_and_huge_files_given_as_small_inputs(tmp_path, monkeypatch):

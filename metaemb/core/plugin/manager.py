@@ -297,7 +297,7 @@ _lock = threading.Lock()
 def strict_mode() -> bool:
     from metaemb.core.env import env_flag
 
-    return env_flag("METAEMB_STRICT_PLUGINS")
+    return env_flag("METAEMB_STRICT_PLUGINS", refuse=False)
 
 
 def _dist_name(ep: metadata.EntryPoint | None) -> str:
