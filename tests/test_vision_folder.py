@@ -189,3 +189,16 @@ def test_image_features_take_grey_uint8_and_refuse_other_values_naming_the_image
             to_uint8_chw(raw)
     with pytest.raises(DataError, match=r"3 channels first; got a tensor of shape \(4, 5, 1\)"):
         to_uint8_chw(grey[..., None])
+
+
+def test_tar_shards_given_to_a_folder_of_loose_files_say_so(tmp_path):
+    """Shards given to a run trained on loose files were "a data folder that does not exist"
+    (a pattern) or "not a folder of <identity>/<image> files" (one .tar) (R6 F9)."""
+    for n in range(2):
+        (tmp_path / f"train-{n}.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"is a pattern of files, not a folder\. It names packed "
+                       r"files \(tar shards\?\).*--folder"):  # fmt: skip
+        ImageFolder(tmp_path / "train-{0..1}.tar")
+    with pytest.raises(DataError, match=r"not a folder of <identity>/<image> files\. It names "
+                       r"packed files"):  # fmt: skip
+        ImageFolder(tmp_path / "train-0.tar")

@@ -132,11 +132,20 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     # -- scanning ------------------------------------------------------------------------
     def _scan(self) -> list[Sample]:
         root = self.root
+        from metaemb.core.paths import data_path_exists
+
+        packed = (
+            " It names packed files (tar shards?), which this sample folder does not read: "
+            "give --folder with a folder that reads them (`metaemb list sample_folders`)."
+        )
         if not root.exists():
+            if data_path_exists(root):  # a brace or glob pattern of existing files
+                raise DataError(f"data path '{root}' is a pattern of files, not a folder.{packed}")
             raise DataError(f"data folder '{root}' does not exist.")
         if not root.is_dir():
+            hint = packed if root.suffix.lower() in (".tar", ".rec", ".idx") else ""
             raise DataError(
-                f"data path '{root}' is not a folder of <identity>/<{self.what}> files."
+                f"data path '{root}' is not a folder of <identity>/<{self.what}> files.{hint}"
             )
         exts = {e.lower() for e in self.extensions}
         if not exts:  # the scan would find nothing, and blame every identity folder for it
