@@ -130,17 +130,6 @@ def test_an_identity_is_renamed_or_merged_without_its_files(tmp_path, capsys):
     centroids, _ = merged.pooled()  # the pooled model of both identities' samples
     want = F.normalize(torch.cat([x[3:6], x[9:12]]), dim=1).mean(0)
     assert torch.allclose(centroids[2], want, atol=1e-6)
-    # which folder feeds which name composes: a swap, a round trip, a name never a folder
-    # (R6 F1, F2: a swap refused the enroll job again; a transient name took a new person)
-    swap = point_gallery()
-    for a, b in (("id0", "tmp"), ("id1", "id0"), ("tmp", "id1")):
-        swap.rename(a, b)
-    assert swap.renamed == {"id0": "id1", "id1": "id0"}
-    assert swap.enrolled_as("/data/id0/0.png") == "id1"
-    trip = point_gallery()
-    trip.rename("id2", "carol")
-    trip.rename("carol", "id2")
-    assert trip.renamed == {} and trip.enrolled_name("carol") == "carol"
     for bad, said in (("ghost", "identity 'ghost' is not enrolled"),):
         code, _, err = run_cli(["rename-identity", "--gallery", path, bad, "x"], capsys)
         assert code == 2 and said in err
@@ -586,32 +575,34 @@ def test_a_gallery_and_its_folder_moved_elsewhere_are_not_enrolled_twice(trained
     assert not source_exists(str(tmp_path / "gone#1.png"))
 
 
-def test_the_enroll_job_after_a_rename_adds_to_the_new_name(trained, tmp_path, capsys):
-    """After rename-identity (or --merge), re-running enroll on the unchanged folder refused
-    every file ("already enrolled as 'id0002'") and advised removing the renamed identity
-    (E1 F10): the gallery remembers the rename, and the folder's samples go to the new name."""
+def test_after_a_rename_the_enroll_job_says_to_rename_the_folder_which_then_follows(
+    trained, tmp_path, capsys
+):
+    """After rename-identity, re-running enroll on the unchanged folder refused every file and
+    advised removing the renamed identity (E1 F10); renaming the folder as well then enrolled
+    its files a second time (R6 F11, D4 F1). The refusal says to rename the folder, and the
+    renamed folder's files are recognised as the enrolled ones."""
     from metaemb.core.deploy.gallery import Gallery
 
-    enroll, probes, run = trained
+    enroll, _, run = trained
     data, path = tmp_path / "B", tmp_path / "g.pt"
     shutil.copytree(enroll, data)
     args = ["enroll", run, "--gallery", path, "--workers", "0", "--data", data]
     assert run_cli(args, capsys)[0] == 0
     assert run_cli(["rename-identity", "--gallery", path, "id0001", "robert"], capsys)[0] == 0
-    assert run_cli(["rename-identity", "--gallery", path, "robert", "id0002", "--merge"],
-                   capsys)[0] == 0  # fmt: skip
-    with pytest.warns(UserWarning, match=r"renamed in the gallery with rename-identity "
-                      r"\('id0001 → id0002'\)"):  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "if 'robert' is its new name (rename-identity), rename its folder" in said
+    (data / "id0001").rename(data / "robert")
+    table = data / "landmarks.csv"  # the landmark rows follow the folder's new name
+    table.write_text(table.read_text(encoding="utf-8").replace("id0001/", "robert/"),
+                     encoding="utf-8")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"3 enrolled sample\(s\) were found moved") as said:
         code, _, err = run_cli(args, capsys)
     assert code == 0, err
+    assert not [w for w in said if "no longer under" in str(w.message)]  # not advised unenroll
     g = Gallery.load(path)
-    assert g.identities == ["id0000", "id0002"] and g.counts().tolist() == [3, 6]
-    # a new file in the old folder joins the renamed identity
-    shutil.copy(probes / "id0001" / "003.png", data / "id0001" / "003.png")
-    with pytest.warns(UserWarning, match="renamed in the gallery"):
-        assert run_cli(args, capsys)[0] == 0
-    assert Gallery.load(path).counts().tolist() == [3, 7]
-    assert Gallery.load(path).renamed == {"id0001": "id0002"}  # robert was never a folder
+    assert g.identities == ["id0000", "robert", "id0002"] and g.counts().tolist() == [3, 3, 3]
 
 
 def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path, capsys):

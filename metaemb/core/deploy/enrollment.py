@@ -3,7 +3,6 @@ a gallery file (created or extended under its lock). Semantics: docs/gallery.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,60 +66,41 @@ def _enroll(
             )
         folder = folder.subset(identities)
     _refuse_bad_names(folder)
-    as_named = _renamed_folders(g, folder)
     sources = [folder.source_of(s) for s in folder.samples]
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
     for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
         owner = g.enrolled_as(source) if g is not None else None
-        if owner is not None and owner != as_named(folder.samples[i].identity):
+        if owner is not None and owner != folder.samples[i].identity:
             raise GalleryError(
                 f"'{source}' is already enrolled as '{owner}', not "
-                f"'{folder.samples[i].identity}'; if that was a mistake, remove '{owner}' "
-                "(metaemb unenroll --gallery … --identities …); to keep it, enroll the others "
-                "with --identities, or rename the folder to it."
+                f"'{folder.samples[i].identity}': if '{owner}' is its new name "
+                f"(rename-identity), rename its folder to '{owner}' too; if it was enrolled "
+                f"under a wrong name, remove '{owner}' (metaemb unenroll --gallery … "
+                "--identities …); or enroll the others with --identities."
             )
-    if g is not None:
-        _warn_vanished(g, Path(folder.root).resolve(), gallery)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
-    added: dict[str, int] = {as_named(name): 0 for name in folder.identities}
+    added: dict[str, int] = {name: 0 for name in folder.identities}
     moved = 0
     if todo:
         emb = loaded.embed(folder, todo, workers)
         if g is None:
             g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
         else:
-            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb, as_named)
+            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb)
         by_id: dict[str, list[int]] = {}
         for row, i in enumerate(todo):
-            by_id.setdefault(as_named(folder.samples[i].identity), []).append(row)
+            by_id.setdefault(folder.samples[i].identity, []).append(row)
         for name, rows in by_id.items():
             added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
         if todo or moved:
             g.save(gallery)
+    if g is not None:  # after the moved files were found: those are not gone
+        _warn_vanished(g, Path(folder.root).resolve(), gallery)
     if renewed and not (todo or moved) and g is not None:
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
-
-
-def _renamed_folders(g: Any, folder: Any) -> Callable[[str], str]:
-    """The gallery name of each identity folder: its own, or the name `rename-identity` gave
-    it (said once), so the enroll job re-run on the unchanged folder adds to the renamed
-    identity instead of refusing every file already enrolled under the new name."""
-    if g is None or not g.renamed:
-        return lambda name: name
-    moved = {name: g.enrolled_name(name) for name in folder.identities if name in g.renamed}
-    if moved:
-        import warnings
-
-        shown = first_few(f"{a} → {b}" for a, b in moved.items())
-        warnings.warn(
-            f"{len(moved)} identity folder(s) of '{folder.root}' were renamed in the gallery "
-            f"with rename-identity ({shown}): their samples are enrolled under the new name.",
-            stacklevel=3,
-        )
-    return g.enrolled_name
 
 
 def _refuse_bad_names(folder: Any) -> None:
@@ -155,12 +135,12 @@ def source_exists(source: str) -> bool:
 
 
 def _follow_moved(
-    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any,
-    as_named: Callable[[str], str],
-) -> tuple[list[int], Any, int]:  # fmt: skip
+    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any
+) -> tuple[list[int], Any, int]:
     """Samples of `todo` that are enrolled files moved elsewhere (the gallery and its folder
-    copied to another machine or path): same identity, same `<identity>/…/<file>` path and the
-    same embedding as a sample whose recorded file no longer exists. Their records take the new
+    copied to another machine or path, an identity folder renamed after `rename-identity`):
+    same identity, same path below the identity folder and the same embedding as a sample whose
+    recorded file no longer exists (every such sample is tried). Their records take the new
     path instead of being enrolled a second time (a GME identity's evidence would double) →
     (the samples still to add, their embeddings, how many moved). The same match with a file
     that still exists (a copied folder) is added, and warned about."""
@@ -185,10 +165,12 @@ def _follow_moved(
     keep: list[int] = []
     for k, i in enumerate(todo):
         sample = folder.samples[i]
-        key = (as_named(sample.identity), Path(sources[i].rsplit("#", 1)[0]).name)
-        tail = Path(sources[i]).parts[-len(Path(sample.path).parts) :]  # <identity>/…/<file>
+        key = (sample.identity, Path(sources[i].rsplit("#", 1)[0]).name)
+        # the path below the identity folder (which a rename-identity may have renamed too)
+        depth = max(len(Path(sample.path).parts) - 1, 1)
+        tail = Path(sources[i]).parts[-depth:]
         rows = [r for r in known.get(key, []) if g.sources[r] not in renamed
-                and Path(g.sources[r]).parts[-len(tail) :] == tail and same(k, r)]  # fmt: skip
+                and Path(g.sources[r]).parts[-depth:] == tail and same(k, r)]  # fmt: skip
         gone = next((r for r in rows if not source_exists(g.sources[r])), None)
         if gone is not None:
             renamed[g.sources[gone]] = sources[i]

@@ -70,9 +70,6 @@ class Gallery:
         # rows added since the last read, joined once when `data` or `owner` is next read:
         # one copy per enrollment, not one per identity (quadratic at 100 k identities)
         self._pending: list[tuple[dict[str, Tensor], Tensor]] = []
-        # identities renamed with `rename` (old name → new): a later enroll from the folder,
-        # still named the old way, adds to the new name instead of refusing every file
-        self.renamed: dict[str, str] = {}
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
@@ -234,7 +231,6 @@ class Gallery:
         owner = self.owner[keep]
         self.owner = owner - (owner > j).long()
         del self.identities[j]
-        self.renamed = {k: v for k, v in self.renamed.items() if v != identity}
         self._index = None
         return int((~keep).sum())
 
@@ -256,7 +252,6 @@ class Gallery:
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
-        self._follow_rename(old, new, j)
         if new in self.identities:
             k = self.identities.index(new)
             if not merge:
@@ -272,28 +267,6 @@ class Gallery:
         self.identities[j] = new
         self._index = None
         return int(self.counts()[j])
-
-    def _follow_rename(self, old: str, new: str, j: int) -> None:
-        """`renamed` maps a folder name to the identity its samples are enrolled under. The
-        folders now feeding `old` (renamed ones, and the folder named `old` when its samples
-        are enrolled from a folder of that name) feed `new`; a folder back at its own name is
-        no entry. Swaps and round trips compose; a name that was only ever a gallery name is
-        never taken for a folder."""
-        feeding = {folder for folder, name in self.renamed.items() if name == old}
-        owners = self.owner.tolist()
-        if old not in self.renamed and any(
-            owners[i] == j and old in Path(source).parts[:-1]
-            for i, source in enumerate(self.sources)
-        ):
-            feeding.add(old)
-        for folder in feeding:
-            self.renamed[folder] = new
-        self.renamed = {f: name for f, name in self.renamed.items() if f != name}
-
-    def enrolled_name(self, identity: str) -> str:
-        """The name samples of folder `identity` are enrolled under: its own, or the one
-        `rename` gave it."""
-        return self.renamed.get(identity, identity)
 
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
@@ -333,7 +306,6 @@ class Gallery:
             "owner": self.owner,
             "samples": dict(self.data),
             "pooled": {**stored_parts(pooled), "counts": counts},
-            "renamed": dict(self.renamed),
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -381,7 +353,6 @@ class Gallery:
         try:
             g = cls(ModelStamp(**d["model"]))
             g.identities, g.sources = list(d["identities"]), list(d["sources"])
-            g.renamed = {str(k): str(v) for k, v in dict(d.get("renamed") or {}).items()}
             g.owner = d["owner"].long()
             g.data = {k: d["samples"][k].float() for k in g.data}
             g._validate()
