@@ -518,6 +518,9 @@ def test_a_folder_reading_many_samples_from_one_table(tmp_path):
             row = self.rows[Path(path).relative_to(self.root).as_posix()]
             return np.array([float(row["H.t"]), float(row["DD.t.i"])], dtype=np.float32)
 
+        def source_of(self, sample):
+            return f"{(self.root / 'DSL.csv').resolve()}#{sample.path}"
+
     folder = Table(tmp_path)
     assert folder.identities == ["s002", "s003", "s004", "s005"] and len(folder) == 12
     train, val = folder.split(0.25, seed=0)
@@ -525,6 +528,11 @@ def test_a_folder_reading_many_samples_from_one_table(tmp_path):
     assert set(train.identities).isdisjoint(val.identities)
     sample = next(s for s in val.samples if s.path.endswith("/r2"))
     assert load_raw(val, sample).tolist() == pytest.approx([2.1, 0.2])
+    # what a gallery remembers each row by is present while the table is (R6 F12)
+    from metaemb.core.deploy.enrollment import source_exists
+
+    assert all(source_exists(folder.source_of(s)) for s in folder.samples)
+    assert len({folder.source_of(s) for s in folder.samples}) == 12
 
 
 def test_a_folder_naming_identities_itself_reads_a_flat_root(tmp_path):
