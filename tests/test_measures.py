@@ -70,6 +70,7 @@ def test_evaluations_of_two_other_folders_keep_both_results(setup, tmp_path, cap
         for name in ("all-identities", "class"):
             written = json.loads((run / f"eval-{data.name}-{name}" / "metrics.json").read_text())
             assert written.get("trials", written.get("measure")) in ("all-identities", "class")
+            assert "subtract_mean" in written["scorer_options"]  # spelled out in both (D4 F2)
     assert not (run / "eval-all-identities").exists()
     # Another scorer than the run's own gets its own folder too (comparing scorers).
     args = ["evaluate", run, "--data", other, "--scorer", "euclidean", "--workers", "0"]

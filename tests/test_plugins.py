@@ -268,6 +268,14 @@ def test_cli_plugins_json_and_list():
     assert res.exit_code == 0 and "resnet18" in res.output
 
 
+def test_list_frontends_json_names_what_frontend_set_may_change(capsys):
+    """Which options `--frontend-set` takes was found only by trial and error (D4 F5)."""
+    code, out, err = helpers.run_cli(["list", "frontends", "--json"], capsys)
+    assert code == 0, err
+    got = {c["name"]: c["access_options"] for c in json.loads(out)["components"]}
+    assert "landmarks_file" in got["align"] and got["energy"] == []
+
+
 def test_list_modalities_shows_the_components_each_chooses(capsys):
     from helpers import run_cli
 

@@ -148,6 +148,12 @@ def records(kind: str) -> list[dict[str, Any]]:
                 "description": e.description,
                 "options": options,
                 **_contract(key, e),
+                # a frontend's options `--frontend-set` may change after training
+                **(
+                    {"access_options": list(getattr(e.factory, "access_options", ()) or ())}
+                    if key == "frontends"
+                    else {}
+                ),
                 **bundle,
             }
         )
