@@ -137,6 +137,8 @@ def test_an_identity_is_renamed_or_merged_without_its_files(tmp_path, capsys):
     assert code == 2 and "without tabs or line breaks" in err
     code, _, err = run_cli(["rename-identity", "--gallery", path, "id0", "<new>"], capsys)
     assert code == 2 and "cannot name one" in err
+    code, _, err = run_cli(["rename-identity", "--gallery", path, "id0", " id0 "], capsys)
+    assert code == 2 and "starts or ends with a blank" in err  # --identities trims (H20 F2)
 
 
 def test_gme_gallery_pools_natural_parameters(tmp_path):
