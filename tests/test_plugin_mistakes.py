@@ -1509,8 +1509,12 @@ def test_an_augmentation_returning_float_labels_is_named_and_a_modality_takes_no
     check_output("augmentation 'a'", (x[..., :8], torch.tensor([8, 5, 7, 8]), labels), x, None, 4)
     with pytest.raises(ConfigError, match=r"returned lengths None where they were a tensor"):
         check_output("augmentation 'a'", (x, None, labels), x, torch.tensor([10, 9, 8, 7]), 4)
-    with pytest.raises(ConfigError, match=r"returned lengths .*lengths are int64 \[batch\]"):
-        check_output("augmentation 'a'", (x, torch.full((4,), 5.0), labels), x, None, 4)
+    for bad in (torch.full((4,), 5.0), torch.ones(4, dtype=torch.bool), [8, 5, 7, 8],
+                torch.tensor([8, 5, 7, 8], dtype=torch.uint8)):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"returned lengths .*; lengths are int64 \[batch\]"):
+            check_output("augmentation 'a'", (x, bad, labels), x, None, 4)
+    with pytest.raises(ConfigError, match=r"returned a length of 0; every sample keeps"):
+        check_output("augmentation 'a'", (x, torch.tensor([8, 0, 7, 8]), labels), x, None, 4)
     m = Modality(name="ecg", description="", sample_folder="series", backbone="conv",
                  demo_data=None, features=None)  # fmt: skip
     assert (m.demo_data, m.features) == ("", "none")

@@ -47,8 +47,11 @@ def check_output(
         problem = (  # dropping keys from crops of one length makes items of several lengths
             "lengths None where they were a tensor (the padding would be read as signal)"
         )
-    elif ylen is not None and (not isinstance(ylen, Tensor) or ylen.is_floating_point()):
-        problem = f"lengths {_shape(ylen)}, {getattr(ylen, 'dtype', '')}; lengths are int64 [batch]"
+    elif ylen is not None and (not isinstance(ylen, Tensor) or ylen.dtype != torch.int64):
+        what = f"as {ylen.dtype}" if isinstance(ylen, Tensor) else _shape(ylen)
+        problem = f"lengths {what}; lengths are int64 [batch]"
+    elif ylen is not None and n and int(ylen.min()) < 1:
+        problem = f"a length of {int(ylen.min())}; every sample keeps at least one step"
     elif ylen is not None and (ylen.shape != (n,) or int(ylen.max()) > y.shape[-1]):
         problem = (
             f"lengths {ylen.tolist()[:4]}… for x of {y.shape[-1]} steps: lengths must be [batch] "
