@@ -353,3 +353,7 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
                                       tmp_path / "one.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
     assert code == 0, out + err
     assert "wrote 16 embeddings" in out
+    # the shell expanded an unquoted pattern: said how to give the shards (R6 F9)
+    code, out, err = helpers.run_cli(["embed", run, *sorted(shards.glob("*.tar")), "--out",
+                                      tmp_path / "two.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and "which the shell expanded: give them as one quoted pattern" in err

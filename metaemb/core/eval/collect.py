@@ -235,6 +235,12 @@ def embed_inputs(
         folder = loaded.parts.folder
         paths = [s.path for s in folder.samples]
     else:
+        if len(inputs) > 1 and all(p.suffix == ".tar" for p in inputs):  # `shards/*.tar`
+            raise DataError(
+                f"the {len(inputs)} files given are tar shards ('{inputs[0]}', …), which the "
+                "shell expanded: give them as one quoted pattern ('shards/*.tar' or "
+                "'shards/train-{000..009}.tar'), or the folder holding them."
+            )
         dirs = [p for p in inputs if p.is_dir()]
         if dirs:
             raise DataError(
