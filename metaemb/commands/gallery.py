@@ -101,6 +101,15 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
         from_file = [line for line in text.splitlines() if line != ""]
+        odd = next((n for n, line in enumerate(from_file, 1)
+                    if len(line.encode()) > 255 or any(ord(c) < 32 for c in line)), None)  # fmt: skip
+        if odd is not None:  # a folder name has at most 255 bytes and no control character
+            line = from_file[odd - 1]
+            raise MetaembError(
+                f"--identities-file '{identities_file}': name {odd} ({line[:40]!r}…, "
+                f"{len(line)} characters) is no identity folder's name (at most 255 bytes, no "
+                "control characters): is it the right file?"
+            )
         if not from_file:
             raise MetaembError(f"--identities-file '{identities_file}' names no identity.")
         names += from_file

@@ -650,6 +650,12 @@ def test_devices_pipes_and_huge_files_given_as_small_inputs(tmp_path, monkeypatc
         load_toml(zero)
     with pytest.raises(MetaembError, match="--identities-file '/dev/zero' is a device"):
         identity_names(None, zero)
+    nuls = tmp_path / "nuls.txt"  # a wrong file: its first "name" is not echoed whole (H20 F4)
+    nuls.write_bytes(b"\0" * 100_000)
+    with pytest.raises(MetaembError, match=r"name 1 \(.{1,200}…, 100000 characters\) is no "
+                       r"identity folder's name") as exc:  # fmt: skip
+        identity_names(None, nuls)
+    assert len(str(exc.value)) < 400
     with pytest.raises(GalleryError, match="gallery '/dev/zero' is a device, not a gallery"):
         Gallery.load(zero)
     fifo = tmp_path / "list.fifo"
