@@ -353,6 +353,13 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
                                       tmp_path / "one.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
     assert code == 0, out + err
     assert "wrote 16 embeddings" in out
+    # shards named with --folder are read with it or refused by it, not by plain files (H20 F3)
+    missing = shards / "train-{000000..000002}.tar"
+    code, out, err = helpers.run_cli(["embed", run, missing, "--folder", "image-tar", "--out",
+                                      tmp_path / "m.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
+    said = " ".join(err.split())
+    assert code == 2 and "1 shard(s) of" in said and "train-000002.tar" in said, said
+    assert "not in the form" not in said and "Nor is it" not in said
     # the shell expanded an unquoted pattern: said how to give the shards (R6 F9)
     code, out, err = helpers.run_cli(["embed", run, *sorted(shards.glob("*.tar")), "--out",
                                       tmp_path / "two.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip

@@ -291,7 +291,10 @@ def load_run(
         try:
             parts = Components.build(cfg, root)
         except DataError as exc:
-            if data is None or not plain_folder(cfg, f"'{data}'"):
+            from metaemb.core.data.pipeline import folder_set_used
+
+            chosen = folder_set_used()[0] is not None  # the user's --folder: its own error
+            if data is None or chosen or not plain_folder(cfg, f"'{data}'"):
                 raise
             try:  # not in the run's container format: plain files of the same samples?
                 parts = Components.build(cfg, root)
