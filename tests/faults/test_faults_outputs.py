@@ -672,3 +672,20 @@ def test_a_moved_training_folder_given_with_data_is_the_runs_own(tmp_path, faces
                             "--workers", "0"], capsys)  # fmt: skip
     assert code == 0, err
     assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["trials"] == "validation"
+
+
+def test_a_read_only_run_folder_points_at_out(tmp_path, monkeypatch):
+    """On a run folder that cannot be written (an archive, as root `chattr +i`), evaluate said
+    only to "choose a writable output path", though --out DIR works there (H19 F10)."""
+    from metaemb.core.errors import OutputError
+    from metaemb.core.eval import output_folder
+    from metaemb.core.locks import FileLock
+
+    def read_only(self):
+        raise OutputError(f"cannot write the run-folder lock '{self.path}': read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    said = r"read-only file system.*give --out DIR to write them elsewhere"
+    claim = output_folder.claimed(tmp_path / "run" / "eval-validation", "", "")
+    with pytest.raises(OutputError, match=said), claim:
+        pass

@@ -132,18 +132,25 @@ def claimed(
     two evaluations started together (one job per trial list) chose the same folder, and one's
     results replaced the other's. The choice is made under a lock on the run folder; the same
     evaluation running twice at once is refused. A folder left empty by a failure is removed."""
+    from metaemb.core.errors import OutputError
     from metaemb.core.files import atomic_write_text
     from metaemb.core.locks import FileLock, RunInProgress, holder
 
     lock = FileLock(default.parent / "eval-folders", "the evaluation folders of")
-    for _ in range(200):  # the choice takes milliseconds: wait for the other one's, up to 10 s
-        try:
+    try:
+        for _ in range(200):  # the choice takes milliseconds: wait for the other one's, 10 s
+            try:
+                lock.acquire()
+                break
+            except RunInProgress:
+                time.sleep(0.05)
+        else:
             lock.acquire()
-            break
-        except RunInProgress:
-            time.sleep(0.05)
-    else:
-        lock.acquire()
+    except OutputError as exc:  # a read-only run folder (an archive, another user's runs)
+        raise OutputError(
+            f"{exc} Results go into the run folder by default: give --out DIR to write them "
+            "elsewhere."
+        ) from None
     try:
         out = beside_others(default, data_root, source, calibration, listed)
         out.mkdir(parents=True, exist_ok=True)
