@@ -194,7 +194,7 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
     if state.dangling:
         warnings.warn(
             f"data folder '{root}': skipped {len(state.dangling)} symlink(s) that point at "
-            f"nothing ({first_few(state.dangling, 3)}).",
+            f"nothing or form a loop ({first_few(state.dangling, 3)}).",
             stacklevel=3,
         )
     if state.special:
