@@ -463,7 +463,9 @@ def test_identity_folders_that_differ_only_in_unicode_form_are_named(tmp_path, f
     assert folder.num_identities == 2
     # invisible characters and case-only twins print alike too (H19 F6)
     for root, names, how in (("z", ["ab", "a\u200bb"], "only in invisible characters"),
-                             ("c", ["Ali", "ali"], "only in case")):  # fmt: skip
+                             ("c", ["Ali", "ali"], "only in case"),
+                             ("s", ["Al i", "Al\u00a0i"], "or blanks"),
+                             ("t", ["Ali", "Ali "], "or blanks")):  # fmt: skip
         for i, name in enumerate(names):
             shutil.copytree(faces / f"id000{i}", tmp_path / root / name)
         with pytest.warns(UserWarning, match=how) as said:

@@ -232,14 +232,15 @@ def warn_same_looking(identities: Sequence[str], root: Path) -> None:
     case-insensitive disk). Said once per kind and scan."""
     import unicodedata
 
-    def invisible(name: str) -> str:  # format characters (category Cf) removed
-        return "".join(c for c in name if unicodedata.category(c) != "Cf")
+    def invisible(name: str) -> str:  # format characters (Cf) removed, blanks of any kind one
+        shown = unicodedata.normalize("NFKC", name)  # a no-break space is a space
+        return " ".join("".join(c for c in shown if unicodedata.category(c) != "Cf").split())
 
     kinds = (
         (lambda n: unicodedata.normalize("NFC", n), "only in Unicode form (NFC and NFD) and "
          "print alike"),
-        (lambda n: invisible(unicodedata.normalize("NFC", n)), "only in invisible characters "
-         "(zero-width or direction marks) and print alike"),
+        (invisible, "only in invisible characters or blanks (zero-width or direction marks, a "
+         "no-break or trailing space) and print alike"),
         (lambda n: unicodedata.normalize("NFC", n).casefold(), "only in case, and are one "
          "folder once copied to a case-insensitive disk (macOS, Windows)"),
     )  # fmt: skip
