@@ -490,8 +490,10 @@ def test_load_gets_an_absolute_path_also_under_a_relative_root(tmp_path, monkeyp
     load_raw(folder, folder.samples[0])
     assert seen == [tmp_path / "data" / "u1" / "a.npy"] and seen[0].is_absolute()
     assert folder.samples[0].path == "u1/a.npy"  # names in lists and messages stay relative
-    # and `root` is absolute too, so `path.relative_to(self.root)` works (P18 F6)
+    # and `root` is absolute too, so `path.relative_to(self.root)` works (P18 F6), and
+    # normalised, so messages name `./data/../data` as the folder metrics.json names (H20 F8)
     assert seen[0].relative_to(folder.root) == Path("u1/a.npy")
+    assert Recording("./data/../data").root == tmp_path / "data"
 
 
 def test_a_folder_reading_many_samples_from_one_table(tmp_path):

@@ -117,7 +117,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     def __init__(self, root: str | Path, samples: Sequence[Sample] | None = None) -> None:
         # absolute, as the path `load` gets: `path.relative_to(self.root)` works in a plugin
         # whatever the user typed as --data
-        self.root = Path(root).absolute()
+        self.root = Path(os.path.abspath(root))  # `./B/../B` named as `B` in messages
         scanned = samples is None
         if samples is None:
             samples = self._scan()
@@ -336,7 +336,7 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     def abspath(self, sample: Sample | str) -> Path:
         """The absolute path `load` gets (docs/plugins.md promises it absolute, also where
         --data was typed relative; a subclass may have set `root` after the base class)."""
-        root = self.root if self.root.is_absolute() else self.root.absolute()
+        root = self.root if self.root.is_absolute() else Path(os.path.abspath(self.root))
         return root / (sample.path if isinstance(sample, Sample) else sample)
 
     def source_of(self, sample: Sample) -> str:
