@@ -247,16 +247,20 @@ def warn_same_looking(identities: Sequence[str], root: Path) -> None:
     said: set[tuple[str, str]] = set()
     for key, how in kinds:
         seen: dict[str, str] = {}
+        pairs = []
         for name in identities:
             first = seen.setdefault(key(name), name)
             if first != name and (first, name) not in said:
                 said.add((first, name))
-                warnings.warn(
-                    f"'{root}' has two identity folders named {first!r} and {name!r}, which "
-                    f"differ {how}; they are two identities. Merge or rename one.",
-                    stacklevel=3,
-                )
-                break
+                pairs.append((first, name))
+        if pairs:
+            first, name = pairs[0]
+            more = f" ({len(pairs) - 1} more such pair(s))" if len(pairs) > 1 else ""
+            warnings.warn(
+                f"'{root}' has two identity folders named {first!r} and {name!r}, which differ "
+                f"{how}; they are two identities{more}. Merge or rename one.",
+                stacklevel=3,
+            )
 
 
 _PART = re.compile(r"^(.*[^_\-.])[_\-.]([^_\-.]+)$")
