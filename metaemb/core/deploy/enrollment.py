@@ -76,8 +76,10 @@ def _enroll(
                 f"'{source}' is already enrolled as '{owner}', not "
                 f"'{folder.samples[i].identity}': if '{owner}' is its new name "
                 f"(rename-identity), rename its folder to '{owner}' too; if it was enrolled "
-                f"under a wrong name, remove '{owner}' (metaemb unenroll --gallery … "
-                "--identities …); or enroll the others with --identities."
+                f"under a wrong name, or the folders were swapped after a swap of names (each "
+                f"path now holds the other's files), remove '{owner}' (metaemb unenroll "
+                "--gallery … --identities …) and enroll it again; or enroll the others with "
+                "--identities."
             )
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
