@@ -283,10 +283,12 @@ def export(
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
-    ensure_writable(target, "export file")  # before the slow export; a run's own file or
-    ensure_writable(target.with_name(target.name + ".json"), "export sidecar")  # a gallery
+    # before the slow export; a run's checkpoint or a gallery at --out is said before a name
+    # that does not fit the format
+    ensure_writable(target, "export file")
+    ensure_writable(target.with_name(target.name + ".json"), "export sidecar")
     ensure_writable(target.with_name(target.name + SCORER_SUFFIX), "export's scorer state")
-    check_out_name(fmt, target)  # is said first: that the name is wrong matters less
+    check_out_name(fmt, target)
     earlier = _exported_from(target)
     blame: dict[str, Any] = {}
     with _failures_named(blame):
