@@ -201,7 +201,7 @@ def not_a_file(path: Path) -> str:
         return "a pipe"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
-    return "not a regular file"
+    return "a special file"
 
 
 def read_bounded(path: Path, what: str, limit: int, pipes: bool = False) -> bytes:

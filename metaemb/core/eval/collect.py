@@ -217,8 +217,9 @@ def embed_inputs(
     root: str | Path | None = None,
     skip_bad: bool = False,
 ) -> Collection:
-    """Embed one folder (every sample; a tar-shard pattern is one) or one or more loose files with a trained model; with
-    `skip_bad`, samples that cannot be read are left out of the collection, with a warning."""
+    """Embed one folder (every sample; a tar-shard pattern is one) or one or more loose files
+    with a trained model; with `skip_bad`, samples that cannot be read are left out of the
+    collection, with a warning."""
     from metaemb.core.deploy.loading import load_run
 
     if isinstance(inputs, (str, Path)):  # one path: a str is not iterated letter by letter
