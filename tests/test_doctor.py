@@ -61,3 +61,14 @@ def test_doctor_with_no_cache_yet(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["doctor"], capsys)
     assert code == 0, err
     assert f"cache {tmp_path / 'none'}: not created yet" in out.splitlines()
+
+
+def test_doctor_says_a_cache_folder_that_cannot_be_created(monkeypatch, capsys):
+    """METAEMB_CACHE=/dev/null/x was reported as "not created yet" (H19 F10)."""
+    monkeypatch.setenv("METAEMB_CACHE", "/dev/null/x")
+    code, out, err = run_cli(["doctor"], capsys)
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert (
+        "cache folder problem: '/dev/null/x' cannot be created: '/dev/null' is not a folder" in said
+    )

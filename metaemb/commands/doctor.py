@@ -91,6 +91,11 @@ def _cache() -> dict[str, Any]:
     found = {"path": str(cache), "exists": cache.is_dir(), "bytes": size, "files": files}
     if cache.exists() and not cache.is_dir():
         found["error"] = f"'{cache}' is a file, not a folder; point METAEMB_CACHE at a folder"
+    elif not cache.exists():  # would it be created? /dev/null/x would not
+        above = next(p for p in cache.parents if p.exists())
+        if not above.is_dir():
+            found["error"] = (f"'{cache}' cannot be created: '{above}' is not a folder; point "
+                              "METAEMB_CACHE at a folder")  # fmt: skip
     return found
 
 
