@@ -74,3 +74,15 @@ class RivalTrialFormats:
 
         register("greedy-test", Greedy)
         register("nowrite-test", NoWrite)
+
+
+def doc_function(doc: str, name: str):
+    """The function `name` defined in a ```python block of docs/<doc>, compiled as written."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+               if f"def {name}(" in b]  # fmt: skip
+    namespace: dict = {}
+    exec(compile(block, f"docs/{doc} {name}", "exec"), namespace)
+    return namespace[name]

@@ -6,7 +6,6 @@ import math
 import os
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,15 +320,11 @@ def test_the_numpy_port_in_the_export_docs_gives_the_frontends_samples(tmp_path)
     """docs/export.md gives the energy VAD in numpy for services without metaemb (E1 F1): on
     speech with silences, with a short tail, shorter than a frame and with no speech, it keeps
     exactly the samples the frontend keeps."""
-    import re
     import warnings
 
-    doc = (Path(__file__).resolve().parents[1] / "docs/export.md").read_text(encoding="utf-8")
-    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
-               if "def energy_vad" in b]  # fmt: skip
-    namespace: dict = {}
-    exec(compile(block, "docs/export.md energy_vad", "exec"), namespace)
-    port = namespace["energy_vad"]
+    from helpers import doc_function
+
+    port = doc_function("export.md", "energy_vad")
     g = torch.Generator().manual_seed(3)
     tone = torch.sin(torch.arange(16000) * 0.05) * 0.3
     quiet = 1e-4 * torch.randn(8000, generator=g)

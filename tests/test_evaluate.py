@@ -1298,11 +1298,9 @@ def test_a_normaliser_over_a_plain_cosine_run_normalises_plain_cosine(tiny_face_
         scorer, _ = loaded.scorer(name)
         assert scorer.base.subtract_mean is False and scorer.base.plain, name
     # metrics.json spells out every option, the run's own scorer's too, where it wrote {} (M1 F6)
-    from metaemb.core.eval.evaluate import Evaluation
-
-    own = Evaluation(run, workers=0)._scorer_options(loaded)
+    own = loaded.recorded_scorer_options()
     assert own["subtract_mean"] is False and own["wccn"] is False
-    base = Evaluation(run, workers=0, scorer="asnorm")._scorer_options(loaded)["base"]
+    base = loaded.recorded_scorer_options("asnorm")["base"]
     assert base["name"] == "cosine" and base["subtract_mean"] is False
 
 

@@ -537,7 +537,6 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     """A speaker run's scorer (cosine after the training mean, WCCN and spread, adapted to the
     scored set) had nothing in the artefact, so a service scored with plain cosine (E1 F2): its
     state goes beside the model, and docs/export.md's numpy function scores as metaemb does."""
-    import re
 
     import numpy as np
 
@@ -565,12 +564,9 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     arrays = dict(np.load(tmp_path / entry["state"]))
     assert sorted(arrays) == ["mean", "variance", "wccn"]
 
-    doc = (Path(__file__).resolve().parents[1] / "docs/export.md").read_text(encoding="utf-8")
-    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
-               if "def cosine_scores" in b]  # fmt: skip
-    namespace: dict = {}
-    exec(compile(block, "docs/export.md cosine_scores", "exec"), namespace)
-    cosine_scores = namespace["cosine_scores"]
+    from helpers import doc_function
+
+    cosine_scores = doc_function("export.md", "cosine_scores")
     shift = 2.0 * torch.randn(dim, generator=g)  # another domain
     enroll, test = (torch.randn(n, dim, generator=g).double() + shift for n in (5, 7))
     scored = torch.cat([enroll, test])

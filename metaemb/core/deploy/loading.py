@@ -170,6 +170,12 @@ class LoadedRun:
         cfg = self.config
         return cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
 
+    def recorded_scorer_options(self, name: str | None = None) -> dict[str, Any]:
+        """`scorer_options` with every default spelled out (`{}` would mean "this version's
+        defaults", unsaid): what metrics.json records for scorer `name` (default: the run's)."""
+        name = name or self.config.eval.scorer
+        return full_options("scorers", name, self.scorer_options(name))
+
     def normalising_own(self, name: str) -> dict[str, Any]:
         """Options of scorer `name` when it normalises a base scorer (`--scorer asnorm`): the
         run's own point scorer with its options as the base (a default speaker run's cosine

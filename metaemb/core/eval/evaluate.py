@@ -178,16 +178,6 @@ class Evaluation:
         scored = leakage.identities_of(folder, leakage.trial_paths(evals.trials))
         return leakage.count_and_warn(loaded.state, scored, self.console, folder.subject_of)
 
-    def _scorer_options(self, loaded: Loaded) -> dict[str, Any]:
-        """The options the scorer was built with, every one spelled out (`{}` would mean "this
-        version's defaults", unsaid), for metrics.json: two evaluations are compared by them."""
-        from metaemb.core.plugin.components import full_options
-
-        cfg = loaded.config
-        name = self.scorer_name or cfg.eval.scorer
-        given = cfg.options("scorer") if name == cfg.eval.scorer else loaded.normalising_own(name)
-        return full_options("scorers", name, given)
-
     def _scorer(self, loaded: Loaded) -> Scorer:
         """The scorer named (else the run's own), checked as every command checks it; one
         that must be fitted and has no fitted state is fitted on the run's training split (a
@@ -333,7 +323,7 @@ class Evaluation:
             **({"trials_file": trials_file} if trials_file else {}),
             **({"calibration_source": calibration} if calibration else {}),
             "scorer": self.scorer_name or cfg.eval.scorer,
-            "scorer_options": self._scorer_options(loaded),
+            "scorer_options": loaded.recorded_scorer_options(self.scorer_name),
             "adapted_on": len(embedded.pos) if adapted else 0,
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,

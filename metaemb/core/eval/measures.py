@@ -315,11 +315,7 @@ def run_measure(
             )
             key = "class_accuracy"
         result["scorer"] = scorer or loaded.config.eval.scorer
-        from metaemb.core.plugin.components import full_options
-
-        own = result["scorer"] == loaded.config.eval.scorer  # every option, as verification's
-        given = loaded.config.options("scorer") if own else loaded.normalising_own(result["scorer"])
-        result["scorer_options"] = full_options("scorers", result["scorer"], given)
+        result["scorer_options"] = loaded.recorded_scorer_options(scorer)  # as verification records
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         table = Table(title=f"{measure} on {escape(result['source'])}")
