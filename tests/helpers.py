@@ -77,12 +77,13 @@ class RivalTrialFormats:
 
 
 def doc_function(doc: str, name: str):
-    """The function `name` defined in a ```python block of docs/<doc>, compiled as written."""
+    """The function `name` defined in a ```python block of `doc` (a path from the repository
+    root, e.g. docs/export.md), compiled as written."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8")
     [block] = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
                if f"def {name}(" in b]  # fmt: skip
     namespace: dict = {}
-    exec(compile(block, f"docs/{doc} {name}", "exec"), namespace)
+    exec(compile(block, f"{doc} {name}", "exec"), namespace)
     return namespace[name]

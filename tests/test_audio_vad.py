@@ -324,7 +324,7 @@ def test_the_numpy_port_in_the_export_docs_gives_the_frontends_samples(tmp_path)
 
     from helpers import doc_function
 
-    port = doc_function("export.md", "energy_vad")
+    port = doc_function("docs/export.md", "energy_vad")
     g = torch.Generator().manual_seed(3)
     tone = torch.sin(torch.arange(16000) * 0.05) * 0.3
     quiet = 1e-4 * torch.randn(8000, generator=g)

@@ -566,7 +566,7 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
 
     from helpers import doc_function
 
-    cosine_scores = doc_function("export.md", "cosine_scores")
+    cosine_scores = doc_function("docs/export.md", "cosine_scores")
     shift = 2.0 * torch.randn(dim, generator=g)  # another domain
     enroll, test = (torch.randn(n, dim, generator=g).double() + shift for n in (5, 7))
     scored = torch.cat([enroll, test])
