@@ -98,8 +98,10 @@ def _fake_entry_point(monkeypatch, name, module_name, module):
     real = metadata.entry_points
 
     def entry_points(**kw):
-        eps = list(real(**kw))
-        return metadata.EntryPoints([*eps, ep]) if kw.get("group") == "metaemb" else eps
+        # other callers (the vision plugin reads its own entry points) get the real answer
+        if kw.get("group") != "metaemb":
+            return real(**kw)
+        return metadata.EntryPoints([*real(**kw), ep])
 
     monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
 
