@@ -592,6 +592,15 @@ def test_after_a_rename_the_enroll_job_says_to_rename_the_folder_which_then_foll
     args = ["enroll", run, "--gallery", path, "--workers", "0", "--data", data]
     assert run_cli(args, capsys)[0] == 0
     assert run_cli(["rename-identity", "--gallery", path, "id0001", "robert"], capsys)[0] == 0
+    # Probes still in a folder with the old name count as non-mated: said, naming both names,
+    # which the gallery's records show (D4 F3).
+    _, probes, _ = trained
+    with pytest.warns(UserWarning, match=r"2 probes are in folders named as no enrolled ") as said:
+        code, _, err = run_cli(["identify", run, "--gallery", path, "--data", probes,
+                                  "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    [w] = [str(w.message) for w in said if "rename-identity renames" in str(w.message)]
+    assert "'id0001' (enrolled as 'robert')" in w
     code, _, err = run_cli(args, capsys)
     said = " ".join(err.split())
     assert code == 2 and "if 'robert' is its new name (rename-identity), rename its folder" in said

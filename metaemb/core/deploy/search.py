@@ -144,6 +144,7 @@ def identify_probes(
     if files:
         return Identification(names, None, result)
     truth = [folder.samples[i].identity for i in indices]
+    _warn_renamed_labels(g, truth)
     return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
 
 
@@ -159,6 +160,32 @@ def _warn_enrolled_probes(g: Any, probes: list[str]) -> None:
             f"{len(again)} of the {len(probes)} probes are samples enrolled in the gallery "
             f"({first_few(map(str, again), 3)}); each scores against itself, which "
             "flatters rank-1 and the identification rates. Probe with other samples.",
+            stacklevel=2,
+        )
+
+
+def _warn_renamed_labels(g: Any, truth: list[str]) -> None:
+    """Probe folders named as an enrolled identity's folder was before `rename-identity` count
+    as non-mated: said, since the gallery's records show which folders it was enrolled from."""
+    import warnings
+
+    unknown = {t for t in truth if t not in g}
+    if not unknown:
+        return
+    was: dict[str, str] = {}  # probe label -> the enrolled identity whose folder had its name
+    folders = {os.path.dirname(s): o for s, o in zip(g.sources, g.owner.tolist(), strict=True) if s}
+    for parent, owner in folders.items():
+        for part in Path(parent).parts:
+            if part in unknown and g.identities[owner] != part:
+                was.setdefault(part, g.identities[owner])
+    if was:
+        n = sum(t in was for t in truth)
+        pairs = first_few((f"{old!r} (enrolled as {new!r})" for old, new in sorted(was.items())), 3)
+        warnings.warn(
+            f"{n} probes are in folders named as no enrolled identity but as the folders "
+            f"enrolled identities came from: {pairs}; rename-identity renames the gallery's "
+            "identity, not the probe folders. They count as non-mated: rename the probe "
+            "folders to the enrolled names to score them as mated.",
             stacklevel=2,
         )
 
