@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import helpers
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,13 @@ def test_neighbours_rank_with_the_runs_fitted_scorer_by_default(fitted_run, tmp_
     plain = (x @ x[i]).sort(descending=True).values[:6]
     ranked = torch.tensor([h.score for h in default.neighbours[0]])
     assert not torch.allclose(ranked.double(), plain, atol=1e-3)  # not plain cosine
+    # one probe per request scores as it does among others: adapted to the collection only, as
+    # identify adapts to its gallery (R7 F2)
+    others = [probe[0], *sorted(data.glob("id0003/*.png"))]
+    among = find_neighbours(coll, others, k=6, backend="exact")
+    first, alone = among.neighbours[0], default.neighbours[0]
+    assert [h.path for h in first] == [h.path for h in alone]
+    np.testing.assert_allclose([h.score for h in first], [h.score for h in alone], atol=1e-5)
     # the leave-one-out metrics too
     code, _, err = helpers.run_cli(["neighbours", coll, "--out", tmp_path / "m.json"])
     assert code == 0, err

@@ -138,7 +138,9 @@ def find_neighbours(
                        what=f"the collection '{collection_path}'",
                        remedy="re-embed the collection, or pass the right --run")  # fmt: skip
     sc = collection_scorer(coll, scorer, model, collection_path)
-    adapt_to(sc, coll.embeddings, probe.embeddings)  # label-free, to everything compared
+    # label-free, to the collection only: a probe's scores must not depend on the other probes
+    # of the call (one probe per request in a service), as identify adapts to its gallery
+    adapt_to(sc, coll.embeddings)
     scores, index, used = nearest(coll.embeddings, probe.embeddings, k, sc, backend)
     found = Neighbours(str(collection_path), used, index.shape[1])
     for p, path in enumerate(probe.paths):
