@@ -294,3 +294,9 @@ def test_a_run_reached_through_links_is_listed_once(tiny_face_run, tmp_path, cap
     code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
     assert code == 0, err
     assert [r["path"] for r in json.loads(text)] == [str(copy)]
+    # a link in a folder that sorts first (runs/best/face) does not name it (R7 F3)
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "face").symlink_to(copy)
+    code, text, err = helpers.run_cli(["runs", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    assert [r["path"] for r in json.loads(text)] == [str(copy)]

@@ -202,6 +202,8 @@ def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
         )
     found: list[Path] = []
     seen: set[str] = set()  # real paths: a `latest` link or a link to `..` lists nothing twice
+    links: list[tuple[Path, int]] = []  # walked after every real folder: a run is listed by
+    # its real path even when a link to it (runs/best/face) sorts before it
 
     def walk(d: Path, depth: int) -> None:
         real = os.path.realpath(d)
@@ -217,10 +219,16 @@ def find_runs(root: Path, max_depth: int = 4) -> list[RunInfo]:
             children = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
         except OSError:
             return
-        for child in sorted(children, key=lambda p: (p.is_symlink(), p.name)):  # real first
-            walk(child, depth + 1)
+        for child in sorted(children, key=lambda p: p.name):
+            if child.is_symlink():
+                links.append((child, depth + 1))
+            else:
+                walk(child, depth + 1)
 
     walk(root, 0)
+    while links:
+        walk(*links.pop(0))
+    found.sort()
     return [_read_or_damaged(d) for d in found]
 
 
