@@ -46,6 +46,19 @@ def test_a_scorer_without_its_fitted_state_is_refused_in_one_wording(run):
     assert fitted == ["plda"] and scorer.requires_fit  # evaluate fits it instead
 
 
+def test_the_runs_own_fitted_cosine_is_not_advised_as_needing_no_fitting():
+    """A speaker run's cosine (training mean, WCCN) without its fitted state was refused with
+    'pass --scorer cosine, which needs no fitting', which names the same scorer (R7 F5)."""
+    cfg = resolve("speaker")
+    assert cfg.eval.scorer == "cosine" and cfg.options("scorer").get("subtract_mean")
+    speaker = LoadedRun(Path("runs/speaker/r/best.pt"), cfg, {"model": {}}, None, torch.device("cpu"))  # type: ignore[arg-type]  # fmt: skip
+    for name in (None, "cosine"):
+        said = refusal(speaker, name, "verification")
+        assert "holds no fitted 'cosine' (with the run's options)" in said
+        assert "pass --scorer euclidean, which needs no fitting" in said
+        assert "--scorer cosine" not in said
+
+
 def test_a_scorer_of_the_other_kind_is_refused_in_one_wording(run):
     own = refusal(run, "gme", "measure")
     assert own.startswith("the run 'runs/face/r/best.pt' (head 'linear') yields point embeddings "

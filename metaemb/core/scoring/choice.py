@@ -73,11 +73,15 @@ def _kind_name(kind: str) -> str:
     return "embedding" if kind == "point" else kind
 
 
-def _fitting_free(kind: str) -> str:
-    """Scorers of `kind` embeddings that need no fitting, as options to pass."""
+def _fitting_free(kind: str, refused: str | None = None) -> str:
+    """Scorers of `kind` embeddings that need no fitting, as options to pass; not `refused`,
+    the run's own scorer of that name when its options need fitting (a speaker run's cosine
+    after the training mean and WCCN: `--scorer cosine` means it)."""
     if kind in ("point", "embedding"):
+        if refused == "cosine":
+            return "--scorer euclidean, which needs no fitting"
         return "--scorer cosine (or euclidean), which needs no fitting"
-    if kind == "gme":
+    if kind == "gme" and refused != "gme":
         return "--scorer gme, which needs no fitting"
     return f"a scorer that accepts {kind} and needs no fitting"
 
@@ -116,9 +120,10 @@ def _kind_refusal(
 def _fit_refusal(name: str, kind: str, ask: _Ask) -> Refusal:
     """Scorer `name` must be fitted and there is no fitted state for it here: the run holds
     none, or no run is at hand (`ask.no_run` says why)."""
-    free = _fitting_free(kind)
-    instead = ("use " if free.startswith("a ") else "pass ") + free
     loaded = ask.loaded
+    own = loaded.config.eval.scorer if loaded is not None else None
+    free = _fitting_free(kind, refused=name if name == own else None)
+    instead = ("use " if free.startswith("a ") else "pass ") + free
     if loaded is None and ask.no_run:  # a collection whose run cannot lend its fitted state
         return Refusal(
             f"scorer '{name}' must be fitted, and no run holding a fitted '{name}' is at hand "
@@ -131,8 +136,7 @@ def _fit_refusal(name: str, kind: str, ask: _Ask) -> Refusal:
             "fit it first (its fit() on training embeddings, or a run's fitted one from "
             f"LoadedRun.scorer()), or {instead}",
         )
-    own = loaded.config.eval.scorer
-    its = f" (its scorer is '{own}')" if own != name else ""
+    its = f" (its scorer is '{own}')" if own != name else " (with the run's options)"
     if own != name:
         instead += f", or leave --scorer out to score with the run's own '{own}'"
     if ask.purpose == "measure":
