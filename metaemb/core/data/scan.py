@@ -228,19 +228,22 @@ def warn_skipped(root: Path, state: ScanState, what: str) -> None:
 def warn_same_looking(identities: Sequence[str], root: Path) -> None:
     """Two identity folders whose names print alike but are two identities: they differ only
     in Unicode form (NFC and NFD, e.g. one copied from macOS), in invisible characters (a
-    zero-width space, a right-to-left mark), or in case (`Ali`, `ali`: one folder on a
+    zero-width space, a right-to-left mark), in compatibility forms (`Ａnna`, `Anna`) or in case (`Ali`, `ali`: one folder on a
     case-insensitive disk). Said once per kind and scan."""
     import unicodedata
 
     def invisible(name: str) -> str:  # format characters (Cf) removed, blanks of any kind one
-        shown = unicodedata.normalize("NFKC", name)  # a no-break space is a space
-        return " ".join("".join(c for c in shown if unicodedata.category(c) != "Cf").split())
+        shown = unicodedata.normalize("NFC", name)
+        kept = (" " if unicodedata.category(c) == "Zs" else c for c in shown)  # no-break space
+        return " ".join("".join(c for c in kept if unicodedata.category(c) != "Cf").split())
 
     kinds = (
         (lambda n: unicodedata.normalize("NFC", n), "only in Unicode form (NFC and NFD) and "
          "print alike"),
         (invisible, "only in invisible characters or blanks (zero-width or direction marks, a "
          "no-break or trailing space) and print alike"),
+        (lambda n: invisible(unicodedata.normalize("NFKC", n)), "only in compatibility "
+         "forms (full-width letters, ligatures, superscripts), which look alike"),
         (lambda n: unicodedata.normalize("NFC", n).casefold(), "only in case, and are one "
          "folder once copied to a case-insensitive disk (macOS, Windows)"),
     )  # fmt: skip
