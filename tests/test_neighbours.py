@@ -44,6 +44,30 @@ def test_embed_files_match_folder_rows(trained, tmp_path):
         torch.testing.assert_close(row, coll.embeddings[i], atol=1e-5, rtol=1e-5)
 
 
+def test_a_quoted_pattern_of_sample_files_is_those_files(trained, tmp_path, capsys):
+    """A quoted glob of PNG files (a script, or Python) was taken for tar shards: 'a folder is
+    its own root', 'names packed files (tar shards?)' (R7 F7). It is the files it names, as the
+    shell would have given them; a pattern of identity folders as --data is named as such."""
+    data, run = trained
+    files = sorted((data / "id0000").glob("*.png"))
+    out = tmp_path / "p.npz"
+    code, _, err = helpers.run_cli(["embed", run, str(data / "id0000" / "*.png"), "--root",
+                                       data, "--out", out, "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    coll = Collection.load(out)
+    assert coll.paths == [f.relative_to(data).as_posix() for f in files]
+    code, _, err = helpers.run_cli(["embed", run, str(data / "id000[01]"), "--out",
+                                    tmp_path / "q.npz", "--workers", "0"], capsys)  # fmt: skip
+    said = " ".join(err.split())
+    assert code == 2 and "is a pattern of 2 files or folders" in said, said
+    assert "tar shards" not in said and "--root" not in said
+    args = ["evaluate", run, "--data", str(data / "id000[01]"), "--out", tmp_path / "ev"]
+    code, _, err = helpers.run_cli(args, capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "is a pattern of 2 files or folders" in said, said
+    assert "tar shards" not in said
+
+
 def test_embed_root_names_the_identities_of_files_in_nested_folders(trained, tmp_path, capsys):
     """Files in <identity>/<session>/<file> were named after their session folder; with --root
     the run's sample folder names them (its identity_of), as it does in training."""

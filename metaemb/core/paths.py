@@ -112,19 +112,35 @@ def recordable(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
+PACKED_SUFFIXES = (".tar", ".rec", ".idx")  # files that hold many samples (shards, RecordIO)
+
+
 def data_path_exists(root: str | Path) -> bool:
     """Whether a data path names something: a folder or file, or a pattern of files
     (`shards/train-{000000..000099}.tar`, `shards/*.tar`) of which at least one exists."""
+    text = str(root)
+    return Path(text).exists() or bool(pattern_matches(text))
+
+
+def pattern_matches(pattern: str | Path) -> list[str]:
+    """The existing paths a brace or glob pattern names, sorted ([] for a plain path)."""
     import glob
 
-    text = str(root)
-    if Path(text).exists():
-        return True
+    text = str(pattern)
     if not any(c in text for c in "{*?["):
-        return False
+        return []
     from metaemb.core.data.tar_index import expand_braces
 
-    return any(os.path.exists(p) or glob.glob(p) for p in expand_braces(text))
+    found: set[str] = set()
+    for p in expand_braces(text):
+        found.update([p] if os.path.exists(p) else glob.glob(p))
+    return sorted(found)
+
+
+def names_packed_files(pattern: str | Path) -> bool:
+    """Whether a pattern names files that hold many samples each (tar shards, RecordIO), as
+    opposed to a pattern of sample files (`photos/*.png`)."""
+    return any(Path(p).suffix.lower() in PACKED_SUFFIXES for p in pattern_matches(pattern))
 
 
 def default_cache_dir() -> Path:

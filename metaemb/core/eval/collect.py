@@ -201,12 +201,28 @@ def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
 def _names_shards(path: Path) -> bool:
     """Whether `path` names tar shards (`shards/train-{000..009}.tar`, `*.tar`, one `.tar`): a
     folder's data, as `--data` takes it, not a sample file."""
-    from metaemb.core.paths import data_path_exists
+    from metaemb.core.paths import names_packed_files
 
-    text = str(path)
-    if path.suffix == ".tar":
-        return data_path_exists(text)
-    return not path.exists() and any(c in text for c in "{*?[") and data_path_exists(text)
+    if path.exists():
+        return path.suffix == ".tar"
+    return names_packed_files(path)
+
+
+def _expand_file_pattern(inputs: list[Path]) -> list[Path]:
+    """One quoted pattern of sample files (`'photos/*.png'`, from a script or Python) → the
+    files it names, as the shell would have given them; anything else unchanged."""
+    from metaemb.core.paths import pattern_matches
+
+    if len(inputs) != 1 or inputs[0].exists() or _names_shards(inputs[0]):
+        return inputs
+    matches = [Path(p) for p in pattern_matches(inputs[0])]
+    files = [p for p in matches if p.is_file()]
+    if matches and not files:
+        raise DataError(
+            f"'{inputs[0]}' is a pattern of {len(matches)} files or folders ('{matches[0]}', …): "
+            "embed takes one data folder, or sample files."
+        )
+    return files or inputs
 
 
 def embed_inputs(
@@ -228,6 +244,7 @@ def embed_inputs(
     root = None if root is None else Path(root)
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")
+    inputs = _expand_file_pattern(inputs)
     flag = None  # the root was given (a folder, or --root)
     if len(inputs) == 1 and (inputs[0].is_dir() or _names_shards(inputs[0])):
         if root is not None:

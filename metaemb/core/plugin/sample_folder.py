@@ -132,18 +132,25 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     # -- scanning ------------------------------------------------------------------------
     def _scan(self) -> list[Sample]:
         root = self.root
-        from metaemb.core.paths import data_path_exists
+        from metaemb.core.paths import PACKED_SUFFIXES, names_packed_files, pattern_matches
 
         packed = (
             " It names packed files (tar shards?), which this sample folder does not read: "
             "give --folder with a folder that reads them (`metaemb list sample_folders`)."
         )
         if not root.exists():
-            if data_path_exists(root):  # a brace or glob pattern of existing files
+            matches = pattern_matches(root)  # a brace or glob pattern of existing files
+            if matches and names_packed_files(root):
                 raise DataError(f"data path '{root}' is a pattern of files, not a folder.{packed}")
+            if matches:
+                raise DataError(
+                    f"data path '{root}' is a pattern of {len(matches)} files or folders "
+                    f"('{matches[0]}', …), not a folder: give the folder holding the "
+                    f"<identity>/<{self.what}> folders."
+                )
             raise DataError(f"data folder '{root}' does not exist.")
         if not root.is_dir():
-            hint = packed if root.suffix.lower() in (".tar", ".rec", ".idx") else ""
+            hint = packed if root.suffix.lower() in PACKED_SUFFIXES else ""
             raise DataError(
                 f"data path '{root}' is not a folder of <identity>/<{self.what}> files.{hint}"
             )
