@@ -159,9 +159,10 @@ def test_verification_plots_of_equal_scores_and_the_hull_the_eer_lies_on(tmp_pat
     hull = drawn["ROC convex hull"]
     [eer_label] = [k for k in drawn if k.startswith("EER")]
     assert eer_label.endswith("(hull)")
-    # the hull is straight between vertices in (P_fa, P_miss): the EER mark lies on it
-    from scipy.special import ndtr  # the inverse of the probit axes
-
-    fa, miss = ndtr(hull.get_xdata()), ndtr(hull.get_ydata())
-    order = np.argsort(fa)
-    assert abs(np.interp(result["eer"], fa[order], miss[order]) - result["eer"]) < 1e-6
+    # the hull is straight between vertices in (P_fa, P_miss) and curved on the probit axes:
+    # the EER mark lies on the line as drawn there (joining the vertices missed it by 0.2
+    # probit units, R7 F11)
+    x, y = hull.get_xdata(), hull.get_ydata()
+    order = np.argsort(x, kind="stable")
+    at = metrics.probit(result["eer"])
+    assert abs(np.interp(at, x[order], y[order]) - at) < 2e-3

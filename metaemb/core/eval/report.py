@@ -41,6 +41,16 @@ def min_dcf_point(tar: np.ndarray, non: np.ndarray, p_target: float) -> tuple[fl
     return float(p_fa[i]), float(p_miss[i])
 
 
+def _densified(fa: np.ndarray, miss: np.ndarray, per_segment: int = 200) -> tuple[Any, Any]:
+    """The hull's vertices with points between them: it is straight in (P_fa, P_miss), where
+    the EER is read, and curved on probit axes, so joining the vertices there would pass beside
+    the EER mark."""
+    t = np.linspace(0.0, 1.0, per_segment, endpoint=False)[None, :]
+    fa, miss = np.asarray(fa, float), np.asarray(miss, float)
+    dense = [np.append((v[:-1, None] + t * np.diff(v)[:, None]).ravel(), v[-1]) for v in (fa, miss)]
+    return dense[0], dense[1]
+
+
 def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]) -> Path:
     """DET curve on probit axes, with the EER and each minDCF operating point marked.
 
@@ -56,7 +66,7 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     p_miss, p_fa, _ = metrics.error_rates(tar, non)
     ax.plot(_axis(p_fa, lo), _axis(p_miss, lo), color="tab:blue", label="every threshold")
     # the EER is the convex hull's (as BOSARIS defines it): drawn, so its mark lies on a curve
-    hull_miss, hull_fa = metrics.rocch(tar, non)
+    hull_fa, hull_miss = _densified(*metrics.rocch(tar, non)[::-1])
     ax.plot(_axis(hull_fa, lo), _axis(hull_miss, lo), ls="--", lw=0.9, color="tab:cyan",
             label="ROC convex hull")  # fmt: skip
     diagonal = _axis([lo, hi], lo)
