@@ -686,6 +686,10 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     empty.write_text("\n")
     code, _, err = run_cli([*args, "--identities-file", empty], capsys)
     assert code == 2 and "names no identity" in err
+    # a bad line is named by its line number, quoted whole when short (R7 F9)
+    names.write_text("alice\n\nbob\tsmith\ncarol\n", encoding="utf-8")
+    code, _, err = run_cli([*args, "--identities-file", names], capsys)
+    assert code == 2 and "line 3 ('bob\\tsmith') has a tab or control character" in err, err
 
 
 def test_rows_added_one_identity_at_a_time_are_joined_once_and_in_order():

@@ -96,20 +96,26 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
         from metaemb.core.files import MiB, read_bounded
 
         try:
-            text = read_bounded(identities_file, "--identities-file", 64 * MiB, pipes=True)
+            text = read_bounded(identities_file, "--identities-file", 64 * MiB, pipes=True,
+                                kind="list of names")  # fmt: skip
             text = text.decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
-        from_file = [line for line in text.splitlines() if line != ""]
-        odd = next((n for n, line in enumerate(from_file, 1)
+        lines = text.splitlines()
+        odd = next((n for n, line in enumerate(lines, 1)
                     if len(line.encode()) > 255 or any(ord(c) < 32 for c in line)), None)  # fmt: skip
         if odd is not None:  # a folder name has at most 255 bytes and no control character
-            line = from_file[odd - 1]
+            line = lines[odd - 1]
+            shown = f"{line[:20]!r}…, {len(line)} characters" if len(line) > 40 else repr(line)
+            long = len(line.encode()) > 255
+            why = "over 255 bytes" if long else "a tab or control character"
+            binary = " Is it the right file?" if long or "\0" in line else ""
             raise MetaembError(
-                f"--identities-file '{identities_file}': name {odd} ({line[:40]!r}…, "
-                f"{len(line)} characters) is no identity folder's name (at most 255 bytes, no "
-                "control characters): is it the right file?"
+                f"--identities-file '{identities_file}': line {odd} ({shown}) has {why}, which "
+                "no identity folder's name has (one name per line, exactly as the folder is "
+                f"named).{binary}"
             )
+        from_file = [line for line in lines if line != ""]
         if not from_file:
             raise MetaembError(f"--identities-file '{identities_file}' names no identity.")
         names += from_file

@@ -204,10 +204,13 @@ def not_a_file(path: Path) -> str:
     return "a special file"
 
 
-def read_bounded(path: Path, what: str, limit: int, pipes: bool = False) -> bytes:
+def read_bounded(
+    path: Path, what: str, limit: int, pipes: bool = False, kind: str | None = None
+) -> bytes:
     """The bytes of a small input file (a config, a list of names), refused when it is a
     device, a folder, a pipe (unless `pipes`) or larger than `limit`: /dev/zero given as a
-    config was read until the kernel killed the process. Raises MetaembError naming it."""
+    config was read until the kernel killed the process. Raises MetaembError naming it as
+    `what` ("--identities-file"); `kind` says what such a file is ("list of names")."""
     from metaemb.core.errors import MetaembError
 
     kind = not_a_file(path)
@@ -216,7 +219,7 @@ def read_bounded(path: Path, what: str, limit: int, pipes: bool = False) -> byte
     size = path.stat().st_size
     if size > limit:
         raise MetaembError(
-            f"{what} '{path}' holds {size / MiB:.0f} MiB, more than a {what} does (at most "
+            f"{what} '{path}' holds {size / MiB:.0f} MiB, more than a {kind or what} holds (at most "
             f"{limit // MiB} MiB): is it the right file?"
         )
     with open(path, "rb") as f:
