@@ -731,3 +731,84 @@ def test_a_hand_edited_gallery_is_refused_on_load(tmp_path, edit, message):
     torch.save(d, tmp_path / "bad.pt")
     with pytest.raises(GalleryError, match=rf"gallery '.*bad.pt' is damaged: .*{message}"):
         Gallery.load(tmp_path / "bad.pt")
+
+
+def test_moves_merges_and_swaps_that_would_count_files_twice_are_followed_or_said(
+    trained, tmp_path, capsys
+):
+    """A folder moved to a machine that embeds 0.2 % apart was enrolled twice without a word
+    (R7 F10); files renamed into a merged identity's folder were too (R7 F1, H21 F5); a swap of
+    names and folders took one refusal per identity (R7 F8)."""
+    from metaemb.core.deploy.gallery import Gallery
+
+    enroll, _, run = trained
+    args = ["enroll", run, "--workers", "0", "--gallery"]
+    # another machine: the stored embeddings 0.2 % off, the folder moved
+    a, b, path = tmp_path / "A", tmp_path / "B", tmp_path / "g.pt"
+    shutil.copytree(enroll, a)
+    assert run_cli([*args, path, "--data", a], capsys)[0] == 0
+    g = Gallery.load(path)
+    noise = 1 + 0.002 * torch.randn(g.data["embeddings"].shape, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    g.data["embeddings"] = g.data["embeddings"] * noise
+    g.save(path)
+    a.rename(b)
+    with pytest.warns(UserWarning, match=r"9 enrolled sample\(s\) were found moved"):
+        assert run_cli([*args, path, "--data", b], capsys)[0] == 0
+    assert Gallery.load(path).counts().tolist() == [3, 3, 3]
+    # 5 % apart is not the same file: enrolled, and said
+    g = Gallery.load(path)
+    g.data["embeddings"] = g.data["embeddings"] * 1.05
+    g.save(path)
+    b.rename(a)
+    with pytest.warns(UserWarning, match=r"9 sample\(s\) of .* have the identity and path of "
+                      r"enrolled files that are gone .* but embed differently \(by [45]\.\d%"):  # fmt: skip
+        assert run_cli([*args, path, "--data", a], capsys)[0] == 0
+
+    # merged, then the files moved into the other's folder under new names: said
+    m, path = tmp_path / "M", tmp_path / "m.pt"
+    shutil.copytree(enroll, m)
+    assert run_cli([*args, path, "--data", m], capsys)[0] == 0
+    assert run_cli(["rename-identity", "--gallery", path, "id0001", "id0000", "--merge"],
+                   capsys)[0] == 0  # fmt: skip
+    for f in sorted((m / "id0001").iterdir()):
+        f.rename(m / "id0000" / f"from1-{f.name}")
+    (m / "id0001").rmdir()
+    table = m / "landmarks.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace("id0001/", "id0000/from1-"),
+                     encoding="utf-8")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"'id0000' got new samples from .* while 3 of its "
+                      r"enrolled files there are gone"):  # fmt: skip
+        assert run_cli([*args, path, "--data", m], capsys)[0] == 0
+
+    # names swapped, then folders swapped to match: both named at once
+    s, path = tmp_path / "S", tmp_path / "s.pt"
+    shutil.copytree(enroll, s)
+    assert run_cli([*args, path, "--data", s], capsys)[0] == 0
+    for old, new in (("id0000", "tmp"), ("id0001", "id0000"), ("tmp", "id0001")):
+        assert run_cli(["rename-identity", "--gallery", path, old, new], capsys)[0] == 0
+    (s / "id0000").rename(s / "x")
+    (s / "id0001").rename(s / "id0000")
+    (s / "x").rename(s / "id0001")
+    code, _, err = run_cli([*args, path, "--data", s], capsys)
+    assert code == 2 and "the folders 'id0000' and 'id0001' of" in err, err
+    assert "hold each other's enrolled files" in err and "--identities 'id0000,id0001'" in err
+
+
+def test_rename_identity_refuses_names_no_folder_can_carry_and_unicode_twins(tmp_path, capsys):
+    """'a/b', '.' and '..' were accepted, and enroll then advised renaming a folder to 'a/b'
+    (H21 F1); the NFD spelling of an enrolled NFC name made a second identity that prints the
+    same (H21 F2)."""
+    import unicodedata
+
+    gallery = point_gallery()
+    gallery.rename("id0", unicodedata.normalize("NFC", "José"))
+    path = tmp_path / "g.pt"
+    gallery.save(path)
+    for bad in ("a/b", ".", ".."):
+        code, _, err = run_cli(["rename-identity", "--gallery", path, "id1", bad], capsys)
+        assert code == 2 and "cannot be a folder's name" in err, err
+    nfd = unicodedata.normalize("NFD", "José")
+    code, _, err = run_cli(["rename-identity", "--gallery", path, "id1", nfd], capsys)
+    assert code == 2 and "only in Unicode form (NFC and NFD)" in err, err
+    assert "'Jos\\xe9'" in err
+    assert Gallery.load(path).identities == gallery.identities  # nothing changed

@@ -220,14 +220,9 @@ def rename_identity(
 ) -> None:
     """Rename an identity of a gallery file (or merge it into another), without its files."""
     from metaemb.core.deploy.gallery import Gallery
-    from metaemb.core.errors import GalleryError
     from metaemb.core.locks import FileLock
     from metaemb.core.paths import ensure_writable
 
-    if new != new.strip():  # `--identities` trims names: it could never name this one
-        raise GalleryError(
-            f"new name {new!r} starts or ends with a blank; give it without ({new.strip()!r})."
-        )
     ensure_writable(gallery, "gallery file")
     with FileLock(gallery, "gallery"):
         g = Gallery.load(gallery)

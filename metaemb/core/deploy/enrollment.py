@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from metaemb.core.errors import first_few
 
 
@@ -52,7 +50,7 @@ def _enroll(
 ) -> dict[str, tuple[int, int]]:  # fmt: skip
     from metaemb.core.deploy.gallery import Gallery, open_gallery
     from metaemb.core.deploy.stamp import ModelStamp
-    from metaemb.core.errors import DataError, GalleryError, suggest
+    from metaemb.core.errors import DataError, suggest
 
     g = open_gallery(gallery, digest, f"checkpoint '{checkpoint}'")
     folder = loaded.parts.folder
@@ -69,18 +67,8 @@ def _enroll(
     sources = [folder.source_of(s) for s in folder.samples]
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
-    for i, source in enumerate(sources):  # the same file under another name: refused, not skipped
-        owner = g.enrolled_as(source) if g is not None else None
-        if owner is not None and owner != folder.samples[i].identity:
-            raise GalleryError(
-                f"'{source}' is already enrolled as '{owner}', not "
-                f"'{folder.samples[i].identity}': if '{owner}' is its new name "
-                f"(rename-identity), rename its folder to '{owner}' too; if it was enrolled "
-                f"under a wrong name, or the folders were swapped after a swap of names (each "
-                f"path now holds the other's files), remove '{owner}' (metaemb unenroll "
-                "--gallery … --identities …) and enroll it again; or enroll the others with "
-                "--identities."
-            )
+    if g is not None:
+        _refuse_enrolled_as_others(g, folder, sources)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
     moved = 0
@@ -98,11 +86,46 @@ def _enroll(
         if todo or moved:
             g.save(gallery)
     if g is not None:  # after the moved files were found: those are not gone
-        _warn_vanished(g, Path(folder.root).resolve(), gallery)
+        grown = {name for name, n in added.items() if n}
+        _warn_vanished(g, Path(folder.root).resolve(), gallery, grown)
     if renewed and not (todo or moved) and g is not None:
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
     return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+
+
+def _refuse_enrolled_as_others(g: Any, folder: Any, sources: list[str]) -> None:
+    """The same file under another identity's folder: refused, not skipped, naming every
+    identity involved (a swap of names and folders involves two; one named at a time took a
+    refusal per identity)."""
+    from metaemb.core.errors import GalleryError
+
+    clashes: dict[tuple[str, str], str] = {}  # (enrolled as, folder's name) → first file
+    for sample, source in zip(folder.samples, sources, strict=True):
+        owner = g.enrolled_as(source)
+        if owner is not None and owner != sample.identity:
+            clashes.setdefault((owner, sample.identity), source)
+    if not clashes:
+        return
+    swapped = sorted({tuple(sorted(k)) for k in clashes if k[::-1] in clashes})
+    if swapped:
+        a, b = swapped[0]
+        both = ",".join((a, b))
+        raise GalleryError(
+            f"the folders '{a}' and '{b}' of '{folder.root}' hold each other's enrolled files "
+            f"('{clashes[(b, a)]}' is enrolled as '{b}'): the folders were swapped, or the "
+            "names were swapped with rename-identity and the folders too. Remove both "
+            f"(metaemb unenroll --gallery … --identities '{both}') and enroll them again, or "
+            "swap the folders' names back."
+        )
+    (owner, named), source = next(iter(clashes.items()))
+    more = f" ({len(clashes) - 1} more such folder(s))" if len(clashes) > 1 else ""
+    raise GalleryError(
+        f"'{source}' is already enrolled as '{owner}', not '{named}'{more}: if '{owner}' is its "
+        f"new name (rename-identity), rename its folder to '{owner}' too; if it was enrolled "
+        f"under a wrong name, remove '{owner}' (metaemb unenroll --gallery … --identities …) "
+        "and enroll it again; or enroll the others with --identities."
+    )
 
 
 def _refuse_bad_names(folder: Any) -> None:
@@ -136,6 +159,9 @@ def source_exists(source: str) -> bool:
     return os.path.exists(source) or os.path.exists(source.rsplit("#", 1)[0])
 
 
+SAME_FILE_DIFFERENCE = 0.01  # relative: one file embedded on two machines, not two files
+
+
 def _follow_moved(
     g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any
 ) -> tuple[list[int], Any, int]:
@@ -158,12 +184,16 @@ def _follow_moved(
             known.setdefault(key, []).append(row)
     new_parts = stored_parts(emb)
 
-    def same(k: int, row: int) -> bool:
-        return all(torch.allclose(new_parts[name][k], g.data[name][row], rtol=1e-3, atol=1e-5)
+    def difference(k: int, row: int) -> float:
+        """Largest relative difference of the two samples' parts: another machine (a GPU's
+        TF32, another JPEG decoder) embeds the same file up to about 1e-3 apart."""
+        return max(float((new_parts[name][k].double() - g.data[name][row].double()).norm()
+                         / g.data[name][row].double().norm().clamp_min(1e-12))
                    for name in new_parts)  # fmt: skip
 
     renamed: dict[str, str] = {}
     copies: list[tuple[str, str]] = []
+    unlike: list[tuple[str, str, float]] = []  # named as a gone file, embedded otherwise
     keep: list[int] = []
     for k, i in enumerate(todo):
         sample = folder.samples[i]
@@ -171,15 +201,29 @@ def _follow_moved(
         # the path below the identity folder (which a rename-identity may have renamed too)
         depth = max(len(Path(sample.path).parts) - 1, 1)
         tail = Path(sources[i]).parts[-depth:]
-        rows = [r for r in known.get(key, []) if g.sources[r] not in renamed
-                and Path(g.sources[r]).parts[-depth:] == tail and same(k, r)]  # fmt: skip
+        named = [r for r in known.get(key, []) if g.sources[r] not in renamed
+                 and Path(g.sources[r]).parts[-depth:] == tail]  # fmt: skip
+        apart = {r: difference(k, r) for r in named}
+        rows = [r for r in named if apart[r] <= SAME_FILE_DIFFERENCE]
         gone = next((r for r in rows if not source_exists(g.sources[r])), None)
         if gone is not None:
             renamed[g.sources[gone]] = sources[i]
             continue
         if rows:
             copies.append((sources[i], g.sources[rows[0]]))
+        elif named and not source_exists(g.sources[named[0]]):
+            unlike.append((sources[i], g.sources[named[0]], apart[named[0]]))
         keep.append(k)
+    if unlike:
+        new, old, diff = unlike[0]
+        warnings.warn(
+            f"{len(unlike)} sample(s) of '{folder.root}' have the identity and path of enrolled "
+            f"files that are gone ('{new}', enrolled as '{old}') but embed differently (by {diff:.1%}, "
+            f"more than the {SAME_FILE_DIFFERENCE:.0%} one file gives on another machine): "
+            "enrolled as new samples. If they are the same files, their identity now counts "
+            "them twice: `unenroll` it and enroll it again.",
+            stacklevel=3,
+        )
     if copies:
         warnings.warn(
             f"{len(copies)} sample(s) of '{folder.root}' look like files already enrolled (same "
@@ -201,9 +245,10 @@ def _follow_moved(
     return [todo[k] for k in keep], (emb[keep] if keep else emb), len(renamed)
 
 
-def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
+def _warn_vanished(g: Any, root: Path, gallery: Path, grown: set[str]) -> None:
     """Identities enrolled from this data folder whose files are all gone (a renamed identity
-    folder would otherwise be enrolled a second time under its new name, unnoticed)."""
+    folder would otherwise be enrolled a second time under its new name, unnoticed), or some
+    of them while `grown` ones got new samples (files renamed into a merged folder)."""
     import warnings
 
     inside: dict[str, list[str]] = {}
@@ -212,6 +257,20 @@ def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
             inside.setdefault(g.identities[owner], []).append(source)
 
     gone = [name for name, files in inside.items() if not any(map(source_exists, files))]
+    some = {n: sum(not source_exists(f) for f in files) for n, files in inside.items()
+            if n in grown and n not in gone}  # fmt: skip
+    some = {n: k for n, k in some.items() if k}
+    if some:
+        name, k = next(iter(some.items()))
+        warnings.warn(
+            f"'{name}' got new samples from '{root}' while {k} of its enrolled files there are "
+            f"gone ({len(some)} such identit{'y' if len(some) == 1 else 'ies'}): if the new ones "
+            "are those files renamed or moved (files moved into another identity's folder "
+            "after `rename-identity --merge`), they are now counted twice: `unenroll` it and "
+            "enroll it again. Moving a merged folder inside the other's keeps its file names, "
+            "and enroll follows it.",
+            stacklevel=2,
+        )
     if gone:
         shown = first_few(gone)
         warnings.warn(

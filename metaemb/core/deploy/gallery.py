@@ -49,6 +49,39 @@ def _first_repeat(items: Iterable[str]) -> str | None:
     return None
 
 
+def check_new_name(identity: str, renaming: bool = False) -> None:
+    """GalleryError for a name no identity may have (`add` and `rename` share it); a rename's
+    new name must also be one an identity folder can carry, as `enroll` then looks for it."""
+    if not valid_name(identity):
+        raise GalleryError(
+            f"gallery identity names are non-empty text without tabs or line breaks, got "
+            f"{identity!r}"
+        )
+    if identity == NEW:  # indistinguishable from the decision "none of the enrolled"
+        fix = "choose another name" if renaming else "rename that identity's folder"
+        raise GalleryError(
+            f"'{NEW}' is the answer identify gives for a probe of none of the enrolled "
+            f"identities, so it cannot name one; {fix}."
+        )
+    if renaming and (identity in (".", "..") or any(c in identity for c in "/\0")):
+        raise GalleryError(
+            f"{identity!r} cannot be a folder's name, and identities are enrolled from folders "
+            "named as them ('enroll' would never find this one's files): choose a name "
+            "without '/', other than '.' and '..'."
+        )
+    if renaming and identity != identity.strip():  # `--identities` trims names
+        raise GalleryError(
+            f"new name {identity!r} starts or ends with a blank; give it without "
+            f"({identity.strip()!r})."
+        )
+
+
+def _nfc(name: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name)
+
+
 def valid_name(identity: object) -> bool:
     """Whether `identity` can name a gallery identity: non-empty text with no tab, CR or LF
     (the gallery's name lists and `identify`'s console lines are one name per line)."""
@@ -172,16 +205,7 @@ class Gallery:
     def add(self, identity: str, embeddings: Any, sources: Sequence[str] | None = None) -> int:
         """Enroll samples for `identity` (new or existing) → how many were added. Samples whose
         source is already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
-        if not valid_name(identity):
-            raise GalleryError(
-                f"gallery identity names are non-empty text without tabs or line breaks, got "
-                f"{identity!r}"
-            )
-        if identity == NEW:  # indistinguishable from the decision "none of the enrolled"
-            raise GalleryError(
-                f"'{NEW}' is the answer identify gives for a probe of none of the enrolled "
-                "identities, so it cannot name one; rename that identity's folder."
-            )
+        check_new_name(identity)
         self.check_embeddings(embeddings, f"embeddings for '{identity}'")
         n = len(embeddings)
         srcs = [str(s) for s in sources] if sources is not None else [""] * n
@@ -241,17 +265,17 @@ class Gallery:
         if old not in self.identities:
             hint = suggest(old, self.identities) or f" enrolled: {first_few(self.identities, 10)}."
             raise GalleryError(f"identity '{old}' is not enrolled;{hint}")
-        if not valid_name(new):
-            raise GalleryError(
-                f"gallery identity names are non-empty text without tabs or line breaks, got "
-                f"{new!r}"
-            )
-        if new == NEW:
-            raise GalleryError(f"'{NEW}' is the answer identify gives for a probe of none of the "
-                               "enrolled identities, so it cannot name one.")  # fmt: skip
+        check_new_name(new, renaming=True)
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
+        alike = [i for i in self.identities if i != old and i != new and _nfc(i) == _nfc(new)]
+        if alike:  # typed on another system: prints as the enrolled name, and is another
+            raise GalleryError(
+                f"{new!r} differs from the enrolled {alike[0]!r} only in Unicode form (NFC and "
+                "NFD) and prints alike, so it would be a second identity that looks the same: "
+                f"give the enrolled name exactly ({alike[0]!a}), with --merge to pool."
+            )
         if new in self.identities:
             k = self.identities.index(new)
             if not merge:
