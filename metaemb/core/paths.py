@@ -23,6 +23,7 @@ WRITE_ERRNOS = {
     errno.EROFS: "the file system is read-only",
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this file system or process allows (ulimit -f)",
     errno.ENOTDIR: "a path component is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
     errno.EEXIST: "a file is in the way of a folder",
@@ -49,6 +50,8 @@ def output_error(exc: OSError, path: str | Path, what: str = "output") -> Output
     cause = WRITE_ERRNOS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space, or write the output to another disk"
+    elif exc.errno == errno.EFBIG:
+        fix = "raise the limit (ulimit -f), or write the output to another file system"
     elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
         fix = "remove or rename the file that is in the way, or choose another output path"
     elif exc.errno == errno.EISDIR:

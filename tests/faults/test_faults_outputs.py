@@ -121,6 +121,22 @@ def test_full_disk_during_a_command_is_a_message(tmp_path, faces, capsys, monkey
     assert out.read_text() == "1 a/1.png b/1.png\n"
 
 
+def test_a_file_size_limit_during_a_write_is_a_message(tmp_path, faces, capsys, monkeypatch):
+    """`ulimit -f` or a FAT32-style per-file cap (EFBIG) was a traceback, exit 1 (H21 F3)."""
+
+    def too_large(fd):
+        raise OSError(errno.EFBIG, "File too large")
+
+    out = tmp_path / "trials.txt"
+    out.write_text("1 a/1.png b/1.png\n")
+    import metaemb.core.paths as paths
+
+    monkeypatch.setattr(paths, "_probe", lambda *a: None)
+    monkeypatch.setattr(os, "fsync", too_large)
+    expect_error(["trials", "make", faces, "--out", out], capsys, str(out), "ulimit -f")
+    assert out.read_text() == "1 a/1.png b/1.png\n"
+
+
 def test_a_disk_filling_up_during_evaluate_keeps_the_previous_outputs_whole(
     tmp_path, face_run, faces, capsys, monkeypatch
 ):
