@@ -14,6 +14,7 @@ from scipy.stats import multivariate_normal
 from sklearn.metrics import roc_curve
 
 from metaemb.core.errors import DataError
+from metaemb.core.eval import metrics
 from metaemb.core.scoring.plda import PLDA, PLDABackend, diagonalise, fit_lda, llr_matrix, llr_pairs
 from metaemb.core.scoring.scorers import PLDAScorer, score_trials
 
@@ -266,3 +267,29 @@ def test_a_fit_on_embeddings_that_barely_vary_within_an_identity_is_warned_about
         warnings.simplefilter("error")
         PLDA.fit(centres[labels] + 0.3 * torch.randn(30, 4, generator=g, dtype=torch.float64),
                  labels, iterations=2)  # fmt: skip
+
+
+def test_fewer_within_identity_samples_than_dimensions_fit_after_a_pca():
+    """10 speakers × 12 utterances of 512-dimensional x-vectors (110 within-speaker degrees of
+    freedom) crashed the x-vector + PLDA recipe's first validation in Cholesky, losing the
+    epoch (S5 F1): LDA chose the within-speaker null space. A PCA to half the freedom comes
+    first, said once, and same-speaker pairs score above different-speaker ones."""
+    g = torch.Generator().manual_seed(0)
+    speakers = torch.randn(30, 512, generator=g, dtype=torch.float64)
+    labels = torch.arange(10).repeat_interleave(12)
+    x = speakers[labels] + 0.5 * torch.randn(120, 512, generator=g, dtype=torch.float64)
+    for lda_dim in (200, 0):
+        backend = PLDABackend(lda_dim=lda_dim, iterations=5)
+        with pytest.warns(UserWarning, match=r"110 within-identity degrees of freedom .* 512 "
+                          r"dimensions.* projected on their 55 principal directions"):  # fmt: skip
+            backend.fit(x, labels)
+        assert backend.lda.shape[1] == 512 and backend.lda.shape[0] <= 55
+        test = torch.arange(10, 30).repeat_interleave(3)
+        e = speakers[test] + 0.5 * torch.randn(60, 512, generator=g, dtype=torch.float64)
+        z = backend.diagonal(e)
+        scores = backend.plda.llr_matrix(z, z)
+        same = test[:, None] == test[None]
+        off = ~torch.eye(60, dtype=torch.bool)
+        assert torch.isfinite(scores).all()
+        assert scores[same & off].mean() > scores[~same].mean()
+        assert metrics.eer(scores[same & off].numpy(), scores[~same].numpy()) < 0.15

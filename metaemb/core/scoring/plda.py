@@ -330,13 +330,40 @@ class PLDABackend:
     def fit(self, x: Tensor, labels: Tensor | Sequence[int]) -> PLDABackend:
         x = _as_f64(x)
         self.center = x.mean(0)
+        pca = self._small_sample_pca(x - self.center, labels)
         if self.lda_dim > 0:
-            _, self.lda = fit_lda(x - self.center, labels, self.lda_dim)
+            _, lda = fit_lda((x - self.center) @ pca.T, labels, self.lda_dim)
+            self.lda = lda @ pca
             self._note_lower_lda(int(self.lda.shape[0]), x.shape[1])
         else:
-            self.lda = torch.eye(x.shape[1], dtype=DTYPE)
+            self.lda = pca
         self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations, x.shape[1])
         return self
+
+    def _small_sample_pca(self, centred: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
+        """[k, D]: the identity, or, with fewer within-identity degrees of freedom (samples −
+        identities) than dimensions, the k = half that many principal directions. The
+        within-identity covariance is singular there: LDA picks its null space, where every
+        sample of an identity projects to one point, and PLDA's Cholesky fails. PCA before LDA
+        is Belhumeur et al.'s remedy (Fisherfaces, 1997); they keep all samples − identities
+        directions, whose last ones vary too little within an identity to be estimated (LLRs
+        in the thousands), so half are kept."""
+        n, dim = centred.shape
+        dof = n - int(torch.as_tensor(labels).unique().numel())
+        if dof >= dim or dof < 1:
+            return torch.eye(dim, dtype=DTYPE)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        keep = max(1, dof // 2)
+        if not getattr(self, "_pca_noted", False):
+            self._pca_noted = True
+            warnings.warn(
+                f"PLDA: the training embeddings give {dof} within-identity degrees of freedom "
+                f"(samples − identities) for {dim} dimensions, so their within-identity "
+                f"covariance is singular; they are first projected on their {keep} principal "
+                "directions. More samples per identity, or a smaller model.dim, fit PLDA better.",
+                stacklevel=3,
+            )
+        return vh[:keep]
 
     @property
     def fitted(self) -> bool:
