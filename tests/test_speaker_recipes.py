@@ -42,6 +42,11 @@ def test_ecapa_recipe_is_the_field_recipe():
     assert cfg.options("objective")["margin"] == 0.2
     assert 30 <= cfg.options("objective")["scale"] <= 32
     assert cfg.eval.scorer == "asnorm" and cfg.train.augment[0] == "speed"
+    # WeSpeaker and SpeechBrain crop raw recordings: no VAD, where the speaker default has one
+    # (S5 F3); Kaldi's x-vector recipe keeps its energy VAD
+    assert cfg.model.frontend == "none"
+    kaldi = resolve("speaker", config_file=RECIPES[0].parent / "speaker-xvector-plda.toml")
+    assert kaldi.model.frontend == "energy"
 
 
 @pytest.mark.parametrize("path", [slow_if_ecapa(p) for p in RECIPES])
