@@ -359,10 +359,22 @@ def test_trials_make_writes_lfw_folds_from_lfw_named_files(tmp_path, capsys):
     out = tmp_path / "pairs.txt"
     args = ["trials", "make", data, "--out", out, "--format", "lfw", "--modality", "face"]
     with pytest.warns(UserWarning, match="10 folds of 2 . 2 are written, 10 of the 50 trials"):
-        code, _, err = helpers.run_cli([*args, "--targets", "20", "--nontargets", "30"], capsys)
+        code, text, err = helpers.run_cli([*args, "--targets", "20", "--nontargets", "30"], capsys)
     assert code == 0, err
     listed = lfw_format.read_lfw_pairs(out, root=data)
     assert listed.folds == 10 and len(listed) == 40
+    # the coverage printed is the file's: 40 trials, not the 50 made (F3 F10)
+    said = json.loads(text[text.index("{") :])
+    assert (said["trials"], said["target"], said["nontarget"]) == (40, 20, 20)
+    # a pairs.txt is a list, which --force replaces (it was 'not a trial list', F3 F1)
+    with pytest.warns(UserWarning, match="LFW folds hold equal numbers"):
+        code, _, err = helpers.run_cli([*args, "--targets", "20", "--nontargets", "30",
+                                        "--seed", "3"], capsys)  # fmt: skip
+    assert code == 2 and "already holds another list" in " ".join(err.split()), err
+    with pytest.warns(UserWarning, match="LFW folds hold equal numbers"):
+        code, _, err = helpers.run_cli([*args, "--targets", "20", "--nontargets", "30",
+                                        "--seed", "3", "--force"], capsys)  # fmt: skip
+    assert code == 0, err
     assert [t.label for t in listed[:4]] == [1, 1, 0, 0]
     # Files not named as LFW's are refused, saying how they must be named.
     (data / "Person_0" / "Person_0_0001.jpg").rename(data / "Person_0" / "x.jpg")

@@ -6,13 +6,16 @@ Generated lists are part of a result: publish the list with the numbers it produ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from metaemb.commands.options import DEFAULT_MODALITY
+
+if TYPE_CHECKING:
+    from metaemb.core.eval.trials import Trial
 
 app = typer.Typer(
     help="Make seeded trial lists (VoxCeleb, Kaldi or any registered format that can be written) "
@@ -129,7 +132,17 @@ def make(
     _note_shortfall(trials, targets, nontargets, data)
     _keep_other_list(out, force, lambda path: write_trials(path, trials, format))
     write_trials(out, trials, format)
-    typer.echo(json.dumps({"out": str(out), **coverage(trials, identity)}, indent=2))
+    written = _as_written(out, data, format, trials)
+    typer.echo(json.dumps({"out": str(out), **coverage(written, identity)}, indent=2))
+
+
+def _as_written(out: Path, data: Path, format: str, made: Sequence[Trial]) -> Sequence[Trial]:
+    """The trials the file holds: a format may write fewer than were made (LFW's folds hold
+    equal numbers of each kind), and the coverage printed describes the file."""
+    from metaemb.core.eval.trials import read_trials
+
+    listed = read_trials(out, root=data, format=format)
+    return listed if len(listed) != len(made) else made
 
 
 def _keep_other_list(out: Path, force: bool, write: Callable[[Path], None]) -> None:
@@ -192,10 +205,17 @@ def _not_a_list(path: Path) -> str:
         if text.startswith(TRIPLETS_HEADER):
             fits = lambda fields: len(fields) == 3  # noqa: E731 - anchor positive negative
         else:
-            fits = get_format(detect_format(path)).detect
+            fmt = get_format(detect_format(path))
+            fits = fmt.detect
         lines = read_lines(path)
     except MetaembError:
         return "its first line reads as no trial-list format"
+    if not text.startswith(TRIPLETS_HEADER):
+        try:  # a format whose first line differs from the others (LFW's header) reads it
+            fmt.read(path, None)
+            return ""
+        except MetaembError:
+            pass
     whole = lines if text.endswith("\n") else lines[:-1]
     odd = next(((n, f) for n, f in whole if not fits(f)), None)
     return f"line {odd[0]} has another shape: {' '.join(odd[1])[:60]!r}" if odd else ""
