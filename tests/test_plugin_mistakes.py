@@ -454,6 +454,19 @@ def test_float64_samples_are_narrowed_and_nan_samples_named(plugin, series):
         bad[0]
     skip = PreparedDataset(folder, IdentityFrontend(), SeriesFeatures(), False, "skip")
     assert skip[0].path == "id0/0.npy"
+    # a frontend that shortens time (differences: T → T − 1) left no step of a 1-row sample:
+    # named with its file and skippable, not a collate error naming no file (P19 F1)
+    np.save(series / "id0" / "0.npy", np.ones((3, 1)))
+
+    class Differences:
+        def __call__(self, raw, path, root):
+            return np.diff(raw, axis=1)
+
+    empty = PreparedDataset(folder, Differences(), Double(), train=False)
+    with pytest.raises(DataError, match=r"'id0/0.npy'.*prepared by features Double as an empty "
+                       r"tensor \(shape \[0, 3\]\)"):  # fmt: skip
+        empty[0]
+    assert PreparedDataset(folder, Differences(), Double(), False, "skip")[0].path == "id0/0.npy"
 
 
 def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(plugin, series):

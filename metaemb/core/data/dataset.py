@@ -185,11 +185,18 @@ def _refuse_a_nonfinite_frontend(raw: Any, frontend: Any) -> None:
 
 def checked_values(x: Any, features: Any = None) -> Any:
     """A prepared sample as the network takes it: float64 narrowed to float32 (the network's
-    precision), and NaN or inf refused here, where the file is known, not as a diverged loss."""
+    precision); NaN or inf, and an empty sample (a frontend that shortens time left no step),
+    refused here, where the file is known, not as a diverged loss or a failed batch."""
     if not isinstance(x, Tensor):  # a list or numpy array would also skip the NaN check below
         raise ConfigError(
             f"{described(features, 'features')}: prepare returned a {type(x).__name__}; it "
             "must return one torch.Tensor without batch dimension (e.g. torch.as_tensor(...))."
+        )
+    if x.numel() == 0:  # collate or the network would fail on the batch, naming no file
+        made_by = f" by {described(features, 'features')}" if features is not None else ""
+        raise DataError(
+            f"it was prepared{made_by} as an empty tensor (shape {list(x.shape)}): a sample "
+            "too short for the frontend or features, which left nothing of it."
         )
     if x.is_floating_point():
         if x.dtype == torch.float64:
