@@ -890,6 +890,14 @@ class ListPrepare(SeriesFeatures):
         return super().prepare(raw, train).tolist()
 
 
+class SomeTransposed(SeriesFeatures):
+    """The mistake: files of one length come out time-first ([T, C]), hidden in a batch."""
+
+    def prepare(self, raw, train):
+        x = super().prepare(raw, train)
+        return x.T.contiguous() if x.shape[-1] == 46 else x
+
+
 class CollateFails(SeriesFeatures):
     """The mistake: collate allocates a batch for another channel count."""
 
@@ -925,7 +933,8 @@ class MistakesPlugin:
     def register_features(self, register):
         for name, cls in [("npspec", NumpySpec), ("nolengths", NoLengths),
                           ("listlengths", ListLengths), ("listprepare", ListPrepare),
-                          ("collatefails", CollateFails)]:  # fmt: skip
+                          ("collatefails", CollateFails),
+                          ("sometransposed", SomeTransposed)]:  # fmt: skip
             register(name, cls)
 
     @metaemb.hookimpl
@@ -967,6 +976,10 @@ class MistakesPlugin:
                 "features 'collatefails' (plugin 'mistakes'): collate failed on",
                 "RuntimeError: The expanded size",
             ],
+        ),
+        (  # the odd items are named with their files (P19 F3)
+            ["model.features=sometransposed"],
+            ["collate failed on", "Unlike the others: 'id", "/2.npy' (46, 3)"],
         ),
         (
             ["model.backbone=doubleout"],

@@ -4,7 +4,7 @@ axis), and skipped samples carried along in the batch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,9 @@ class Batch:
 class Collate:
     """Picklable collate function: batches prepared tensors with the Features' own collate."""
 
-    def __init__(self, features: Features) -> None:
+    def __init__(self, features: Features, path_of: Callable[[int], str] | None = None) -> None:
         self.features = features
+        self.path_of = path_of  # a sample's path from its index, to name an odd item's file
 
     def __call__(self, items: list[Any]) -> Batch:
         bad = [it for it in items if isinstance(it, Bad)]
@@ -53,14 +54,36 @@ class Collate:
         except Exception as exc:  # a plugin's collate: named, with what it was given
             shapes = first_few((tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                                 for x in items), 3, quote=False)  # fmt: skip
+            odd = self._odd_items(items, [g[2] for g in good])
             raise ConfigError(
                 f"{described(self.features, 'features')}: collate failed on {len(items)} "
-                f"prepared items ({shapes}): {type(exc).__name__}: {exc}{_layout_hint(items)}"
+                f"prepared items ({shapes}): {type(exc).__name__}: {exc}{odd}"
+                f"{_layout_hint(items)}"
             ) from exc
         inputs, lengths = checked_batch(out, items, self.features)
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
         indices = torch.tensor([g[2] for g in good], dtype=torch.long)
         return Batch(inputs, lengths, labels, indices, bad)
+
+    def _odd_items(self, items: Sequence[Any], indices: Sequence[int]) -> str:
+        """The items whose shape, but for the last axis, differs from most items', with their
+        files: one sample prepared in another layout hides among the batch's shapes."""
+        from collections import Counter
+
+        def key(x: Any) -> Any:
+            return tuple(x.shape[:-1]) if isinstance(x, Tensor) else type(x).__name__
+
+        usual, _ = Counter(map(key, items)).most_common(1)[0]
+        odd = [(i, x) for i, x in zip(indices, items, strict=True) if key(x) != usual]
+        if not odd or len(odd) * 2 >= len(items):
+            return ""
+        named = [
+            f"'{self.path_of(i)}' {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            if self.path_of is not None
+            else f"sample {i}"
+            for i, x in odd
+        ]
+        return f". Unlike the others: {first_few(named, 3, quote=False)}"
 
 
 def _layout_hint(items: Sequence[Any]) -> str:

@@ -67,6 +67,10 @@ class PreparedDataset(Dataset):
         self.crop: int | None = crop() if train and windowed and callable(crop) else None
         self._short: set[int] = set()  # shorter than the crop: not worth asking for a window
 
+    def path_of(self, index: int) -> str:
+        """The path of the folder's sample `index` (what `__getitem__` returns as its index)."""
+        return self.folder.samples[index].path
+
     def __len__(self) -> int:
         return len(self.indices)
 
