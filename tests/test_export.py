@@ -361,6 +361,19 @@ def test_a_wrapper_that_drops_lengths_is_refused(speaker_ckpt):
     with pytest.raises(ExportError, match=r"wrap\(model\) differs from the run's model"):
         check_wrapper(inf.model, dropped, inf.kind, inf.spec)
 
+    # an adapter whose examples all fill the batch cannot show it: a batch with lengths that
+    # differ is made from them (a TorchScript export passed as verified, P19 F2)
+    from metaemb.plugins.audio.export import FbankExport
+
+    class FullLengths(FbankExport):
+        def example(self, spec, batch, variant):
+            waves, lengths = super().example(spec, batch, variant)
+            return waves, torch.full_like(lengths, waves.shape[-1])
+
+    assert check_wrapper(inf.model, inf.module, FullLengths(), inf.spec) < 1e-3
+    with pytest.raises(ExportError, match=r"wrap\(model\) differs from the run's model"):
+        check_wrapper(inf.model, dropped, FullLengths(), inf.spec)
+
 
 def test_an_adapter_whose_examples_ignore_variant_is_warned_about(speaker_ckpt):
     """Examples of one length check the export only on the length it was traced with."""

@@ -191,9 +191,10 @@ def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
     if dropped:
         raise ExportError(
             f"{adapter or 'the export adapter'} declares the input(s) {', '.join(dropped)}, but "
-            "the exported graph does not use them (the model never reads them with these "
-            "features), so ONNX left them out. Leave them out of the adapter's names, shapes "
-            "and example() when the input spec says so (e.g. no lengths for fixed-size inputs)."
+            "the exported graph does not use them, so ONNX left them out: either the wrapper "
+            "does not pass them on to the model (pass lengths in wrap()), or the model never "
+            "reads them with these features (leave them out of the adapter's names, shapes and "
+            "example(), e.g. no lengths for fixed-size inputs)."
         )
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:

@@ -92,8 +92,11 @@ def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
     so a wrapper that drops `lengths` or changes the model would otherwise go unseen."""
     name = spec.get("kind")
     worst = 0.0
-    for batch, variant in ((1, 1), (3, 2)):
-        inputs = kind.example(spec, batch, variant)
+    cases = [(b, kind.example(spec, b, variant)) for b, variant in ((1, 1), (3, 2))]
+    ragged = _ragged(kind, cases[1][1])
+    if ragged is not None:  # examples of one length cannot show a wrapper that drops lengths
+        cases.append((3, ragged))
+    for batch, inputs in cases:
         with torch.no_grad():
             got = as_list(module(*inputs))
             try:
@@ -125,6 +128,28 @@ def check_wrapper(model: EmbeddingModel, module: nn.Module, kind: ExportAdapter,
             "the graph's inputs differ from the model's, override model_inputs()."
         )
     return worst
+
+
+def _ragged(kind: ExportAdapter, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+    """The adapter's batch example with lengths made to differ within the batch (the padding
+    along the last axis zeroed), when its items all fill the batch; None when that cannot be
+    built from its inputs (or they differ already)."""
+    x, lengths = kind.model_inputs(inputs)
+    if not (isinstance(x, Tensor) and isinstance(lengths, Tensor) and x.dim() >= 2
+            and len(x) > 1 and bool((lengths == x.shape[-1]).all())):  # fmt: skip
+        return None
+    at_x = next((i for i, t in enumerate(inputs) if t is x), None)
+    at_len = next((i for i, t in enumerate(inputs) if t is lengths), None)
+    if at_x is None or at_len is None:
+        return None
+    steps = x.shape[-1]
+    short = torch.tensor([max(1, steps * (len(x) - i) // len(x)) for i in range(len(x))])
+    padded = x.clone()
+    for i, n in enumerate(short.tolist()):
+        padded[i, ..., n:] = 0
+    out = list(inputs)
+    out[at_x], out[at_len] = padded, short.to(lengths.dtype)
+    return tuple(out)
 
 
 def _refuse_a_graph_without_lengths(
