@@ -56,6 +56,17 @@ def _raw(kind) -> torch.Tensor | None:
     return builtin if builtin is not None else next(iter(_examples(kind)), None)
 
 
+def _raws(kind) -> list:
+    """Raw samples of a declared Kind, of different lengths where it varies in length: a
+    waveform cut short beside the built-in one, or every example a plugin's folder gives."""
+    builtin = _builtin_raw(kind)
+    if builtin is None:
+        return list(_examples(kind))
+    if kind.name == "waveform":
+        return [builtin, builtin[: int(0.7 * len(builtin))]]
+    return [builtin]
+
+
 def _builtin_raw(kind) -> torch.Tensor | None:
     """One raw sample of a kind the built-in folders yield (None for any other)."""
     g = torch.Generator().manual_seed(0)
@@ -436,12 +447,15 @@ def _augmentation_batch(aug) -> tuple | None:
         if aug.accepts is not None and not any(aug.accepts.fits(k) for k in kinds):
             continue
         takes = _kinds("features", fname, "accepts", _full("features", fname)) or ()
-        raw = next((r for k in takes if (r := _raw(k)) is not None), None)
-        if raw is None:
+        raws = next((r for k in takes if (r := _raws(k))), None)
+        if not raws:
             continue
         features = build("features", fname, {})
         features.eval()
-        items = [checked_values(features.prepare(raw, train=False), features)] * 4
+        # samples of different lengths where the kind varies in length: an augmentation that
+        # cuts x and keeps the lengths passed on four copies of one sample (P19 F4)
+        items = [checked_values(features.prepare(r, train=False), features)
+                 for r in (raws * 4)[:4]]  # fmt: skip
         x, lengths = checked_batch(features.collate(items), items, features)
         if aug.stage == "features":
             with torch.no_grad():
