@@ -989,7 +989,10 @@ class MistakesPlugin:
             ["model.backbone=required"],
             ["backbone 'required' needs the option 'hidden'", "--set backbone.hidden=VALUE"],
         ),
-        (["model.backbone=seeded", "backbone.seed=3"], ["'seed' is a reserved name"]),
+        (
+            ["model.backbone=seeded", "backbone.seed=3"],
+            ["'seed' is a reserved name", "is never an option"],
+        ),
         (["model.backbone=required", "backbone.hidden=4"], []),  # a required option, given
     ],
 )

@@ -430,6 +430,7 @@ def test_a_sample_folder_names_identities_and_leaves_files_out_with_identity_of(
 
     why = _left_out(genuine, ["u1/forgery/f1.npy", "u9/none.npy"])
     assert "1 of them exist but sample folder" in why and "identity_of returns None" in why
+    assert "--folder-set KEY=VALUE changes an option of it" in why  # P19 F6c
     (tmp_path / "u1" / "notes.txt").write_text("x")
     assert "not samples of this folder (extensions .npy" in _left_out(genuine, ["u1/notes.txt"])
 

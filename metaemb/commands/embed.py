@@ -29,7 +29,10 @@ def embed(
         typer.Argument(help="<identity>/<sample> folder (or tar-shard pattern), or sample files"),
     ],
     out: Annotated[
-        Path, typer.Option(help="output .pt file, or .npz (embeddings, paths, identities)")
+        Path,
+        typer.Option(
+            help="output .pt file, or .npz (paths, identities, and embeddings; a GME run's a and b)"
+        ),
     ],
     device: Device = "auto",
     workers: Workers = 2,

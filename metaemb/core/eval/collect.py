@@ -192,7 +192,9 @@ def _named_by_folder(folder: Any, samples: list[Any], root: Path) -> list[Any]:
         if identity is None:
             raise DataError(
                 f"'{root / s.path}' is left out by the run's sample folder (its identity_of "
-                "returns None for it), so the model was never meant to embed it."
+                "returns None for it with the run's folder options), so the model was never "
+                "meant to embed it; if one of those options leaves it out, --folder-set "
+                "KEY=VALUE changes it for this command."
             )
         named.append(Sample(s.path, identity, -1))
     return named

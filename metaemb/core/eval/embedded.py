@@ -103,6 +103,8 @@ class Embedded:
 def _left_out(folder: SampleFolder, missing: list[str]) -> str:
     """Why files that exist are not samples: the folder's `identity_of` leaves them out (the
     run's folder options apply at evaluation too), or they lack the folder's extensions."""
+    from metaemb.core.plugin.components import described
+
     present = [p for p in missing if (Path(folder.root) / p).is_file()]
     if not present:
         root = Path(folder.root)
@@ -110,10 +112,11 @@ def _left_out(folder: SampleFolder, missing: list[str]) -> str:
     dropped = [p for p in present if folder.identity_of(p) is None]
     if dropped:
         return (
-            f". {len(dropped)} of them exist but sample folder {type(folder).__qualname__} "
+            f". {len(dropped)} of them exist but {described(folder, 'sample folder')} "
             f"leaves them out (its identity_of returns None, e.g. for {dropped[0]!r}) with the "
             "run's folder options: evaluate uses the training folder as configured, so files "
-            "to be scored need an identity of their own (identity_of), not None"
+            "to be scored need an identity of their own (identity_of), not None; "
+            "--folder-set KEY=VALUE changes an option of it for this command"
         )
     return (
         f". {len(present)} of them exist but are not samples of this folder (extensions "

@@ -53,9 +53,10 @@ def _validate(factory: Any, label: str, options: Mapping[str, Any], section: str
             if key in CONTEXT_NAMES and key in _accepts(factory):
                 raise ConfigError(
                     f"'{section}.{key}' cannot be set: '{key}' is a reserved name, which "
-                    f"metaemb passes to components itself where it has one, so the parameter "
-                    f"'{key}' of {label} is never an option and keeps its default (a plugin "
-                    f"makes it one by renaming it; docs/plugins.md lists the reserved names). "
+                    f"metaemb passes to components itself where it has one (a backbone's "
+                    f"in_channels is the width of the features that feed it), so the parameter "
+                    f"'{key}' of {label} is never an option (a plugin makes it one by renaming "
+                    f"it; docs/plugins.md lists the reserved names). "
                     f"Valid keys: {valid}."
                 )
             if not known:
