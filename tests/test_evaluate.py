@@ -1005,6 +1005,24 @@ def test_evaluations_of_other_folders_lists_or_options_keep_each_result(voices, 
     assert noadapt.name.endswith("-noadapt") and prior.name.endswith("-p0.001")
     held = json.loads((first / "metrics.json").read_text())
     assert held["data_root"] == str((tmp_path / "a" / "wav").resolve())
+    # another checkpoint of the run goes beside best.pt's results, and metrics.json says
+    # which model made them (last.pt replaced best.pt's LFW result unnamed, F3 F14)
+    before = set(run.glob("eval-*"))
+    args = ["evaluate", run / "last.pt", "--data", tmp_path / "a" / "wav", "--trials",
+            tmp_path / "a" / "trials.txt", "--workers", "0"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [last] = set(run.glob("eval-*")) - before
+    assert last.name.endswith("-last")
+    held = json.loads((last / "metrics.json").read_text())
+    assert held["checkpoint"] == str((run / "last.pt").resolve()) and held["epoch"] >= 1
+    assert isinstance(held["model_digest"], str) and len(held["model_digest"]) >= 8
+    # another list of the same protocol (AgeDB-5 and AgeDB-30) keeps each result (F3 F13)
+    from metaemb.core.eval.output_folder import variant
+
+    names = {variant(True, None, {}, (), None, None, options)
+             for options in (None, {"min_age_gap": 5}, {"min_age_gap": 30})}  # fmt: skip
+    assert len(names) == 3
 
 
 def test_a_run_of_plain_folders_scores_a_kaldi_data_directory_with_folder(voices, tmp_path, capsys):

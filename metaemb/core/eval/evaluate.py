@@ -25,7 +25,13 @@ from metaemb.core.errors import ConfigError, DataError, PluginError
 from metaemb.core.eval import adapt_norm, figures, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
-from metaemb.core.eval.output_folder import claimed, default_out, result_name, variant
+from metaemb.core.eval.output_folder import (
+    checkpoint_tag,
+    claimed,
+    default_out,
+    result_name,
+    variant,
+)
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
@@ -275,7 +281,8 @@ class Evaluation:
                 self.console.print(f"[yellow]warning:[/] {escape(message)}")
         frontend_set = frontend_set_used()
         suffix = variant(self.adapt, self.folder, self.folder_options, self.p_targets,
-                         self.calibrate_path, self.folds)  # fmt: skip
+                         self.calibrate_path, self.folds, self.protocol_options,
+                         checkpoint_tag(self.run_path))  # fmt: skip
         name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, frontend_set, suffix)
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
@@ -318,6 +325,9 @@ class Evaluation:
         scores = embedded.score(scorer, evals.trials)
         result: dict[str, Any] = {
             "trials": evals.name,
+            "checkpoint": str(Path(loaded.path).resolve()),
+            "epoch": loaded.state.get("epoch"),
+            "model_digest": loaded.digest,
             "trials_source": evals.source,
             "data_root": data_root,
             **({"trials_file": trials_file} if trials_file else {}),

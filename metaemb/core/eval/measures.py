@@ -276,7 +276,13 @@ def run_measure(
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
     from metaemb.core.data.pipeline import frontend_set_used
-    from metaemb.core.eval.output_folder import claimed, default_out, result_name, variant
+    from metaemb.core.eval.output_folder import (
+        checkpoint_tag,
+        claimed,
+        default_out,
+        result_name,
+        variant,
+    )
     from metaemb.core.paths import ensure_writable_dir
 
     if out is not None:
@@ -286,7 +292,7 @@ def run_measure(
     # a triplet list's results are named after it: a second list never replaces the first's;
     # a scorer, --no-adapt or another enrollment size beside, not over, the defaults' results
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
-    suffix = variant(adapt, None, {}, (), None, None)
+    suffix = variant(adapt, None, {}, (), None, None, None, checkpoint_tag(run))
     suffix += f"-enroll{enroll}" if measure == "class" and enroll != 1 else ""
     name = result_name(name, scorer, loaded.config.eval.scorer, frontend_set_used(), suffix)
     data_root = str(Path(data).resolve()) if data is not None else ""
@@ -317,6 +323,8 @@ def run_measure(
         result["scorer"] = scorer or loaded.config.eval.scorer
         result["scorer_options"] = loaded.recorded_scorer_options(scorer)  # as verification records
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
+        result.update(checkpoint=str(Path(loaded.path).resolve()),
+                      epoch=loaded.state.get("epoch"), model_digest=loaded.digest)  # fmt: skip
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         table = Table(title=f"{measure} on {escape(result['source'])}")
         table.add_column("metric")

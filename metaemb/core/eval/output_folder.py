@@ -39,10 +39,18 @@ def variant(
     p_targets: tuple[float, ...],
     calibrate: Path | None,
     folds: int | None,
+    protocol_options: dict[str, Any] | None = None,
+    checkpoint: str = "",
 ) -> str:
     """The options that change the numbers of the same trials, as a name suffix, so comparing
-    them keeps each result (`--no-adapt` beside the adapted)."""
-    parts = ["-noadapt"] if not adapt else []
+    them keeps each result (`--no-adapt` beside the adapted, AgeDB-5 beside AgeDB-30, last.pt
+    beside best.pt)."""
+    parts = [f"-{checkpoint}"] if checkpoint else []
+    if not adapt:
+        parts.append("-noadapt")
+    if protocol_options:  # another list of the same protocol (min_age_gap, a pair seed)
+        tag = json.dumps(protocol_options, sort_keys=True, default=str)
+        parts.append("-protocol-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
     if folder or folder_options:  # another reading of the data folder
         tag = json.dumps([folder, folder_options], sort_keys=True, default=str)
         parts.append("-folder-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
@@ -53,6 +61,14 @@ def variant(
     if folds:
         parts.append(f"-folds{folds}")
     return "".join(parts)
+
+
+def checkpoint_tag(given: str | Path) -> str:
+    """ "" for a run folder or its `best.pt` (what `evaluate RUN` loads), else the checkpoint
+    file's name (`last`, `snapshot-epoch003`), so its results go beside best.pt's, not over
+    them."""
+    path = Path(given)
+    return path.stem if path.is_file() and path.name != "best.pt" else ""
 
 
 def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
