@@ -311,3 +311,28 @@ def test_an_absolute_landmark_file_of_the_training_folder_follows_the_data(tmp_p
     assert rebased(tmp_path / "shared.csv", other) == str(tmp_path / "shared.csv")  # shared
     (other / "landmarks.csv").unlink()  # the other folder has none: nothing to move to
     assert rebased(train / "landmarks.csv", other) == str(train / "landmarks.csv")
+
+
+def test_a_landmark_file_in_another_layout_is_named_with_the_layout_that_fits(tmp_path):
+    """Rows written x1..x5,y1..y5 (MTCNN's raw output) or with the subject's left eye first
+    parse alike and aligned every face into a skewed crop without a word (F3 F7)."""
+    import warnings
+
+    data = build("demo_data", "face", {"identities": 4, "images_per_identity": 3,
+                                       "image_size": 64}, out=tmp_path / "faces")  # fmt: skip
+    rows = list(csv.reader((data / "landmarks.csv").open()))
+    layouts = {
+        "xy.csv": lambda v: [*v[0::2], *v[1::2]],
+        "mirrored.csv": lambda v: [*v[2:4], *v[0:2], *v[4:6], *v[8:10], *v[6:8]],
+    }
+    for name, relayout in layouts.items():
+        with (data / name).open("w", newline="") as f:
+            csv.writer(f).writerows([rows[0], *([r[0], *relayout(r[1:])] for r in rows[1:])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FileLandmarks(data).table()  # metaemb's own layout: nothing to say
+    for name, fits in (("xy.csv", "They fit as x1 … x5, y1 … y5"),
+                       ("mirrored.csv", "They fit as the subject's left eye")):  # fmt: skip
+        with pytest.warns(UserWarning, match=r"fit the face template badly") as said:
+            FileLandmarks(data, name).table()
+        assert fits in str(said[0].message)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import glob
+import itertools
 import os
 import posixpath
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,9 @@ class FileLandmarks(LandmarkSource):
             except DataError as exc:  # the table, not the sample that first needed it
                 raise DatasetError(str(exc)) from None
             self._table = table
+            if not getattr(self, "_layout_checked", False):  # once, not again in each worker
+                self._layout_checked = True
+                warn_if_another_layout(table, self.scheme, files[0])
         return self._table
 
     def _relative_to_root(self, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -174,3 +179,52 @@ class FileLandmarks(LandmarkSource):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_table": None}  # re-read in each worker, not pickled
+
+
+def _misfit(points: np.ndarray, target: np.ndarray) -> float:
+    """RMS distance of 5 points from `target` after the best similarity (no reflection), in
+    units of the target's first two points' distance: about 0.1 for real faces."""
+    src, dst = points - points.mean(0), target - target.mean(0)
+    u, sv, vt = np.linalg.svd(dst.T @ src / len(src))
+    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rotation = u @ d @ vt
+    scale = np.trace(np.diag(sv) @ d) / max(float((src**2).sum() / len(src)), 1e-12)
+    fitted = scale * src @ rotation.T
+    rms = float(np.sqrt(((fitted - dst) ** 2).sum(1).mean()))
+    return rms / max(float(np.linalg.norm(target[0] - target[1])), 1e-12)
+
+
+#: other ways face datasets write 5 points (x1..x5 then y1..y5; the subject's left eye first)
+OTHER_LAYOUTS = {
+    "x1 … x5, y1 … y5 (all x, then all y)": lambda p: np.stack([p.ravel()[:5], p.ravel()[5:]], 1),
+    "the subject's left eye and mouth corner first (mirrored order)": lambda p: p[[1, 0, 2, 4, 3]],
+}
+
+
+def warn_if_another_layout(table: dict[str, np.ndarray], scheme: str, where: Path) -> None:
+    """A landmark file whose points fit the face template badly row after row (in another
+    layout or order, which parse alike) aligns every face into a garbage crop without a word:
+    said, naming the layout that fits when one does."""
+    from metaemb.plugins.vision.align import template
+
+    rows = [p for p in itertools.islice(table.values(), 200) if np.shape(p) == (5, 2)]
+    if len(rows) < 3 or not np.isfinite(np.stack(rows)).all():
+        return
+    target = template(112, scheme)
+    misfit = float(np.median([_misfit(p, target) for p in rows]))
+    if misfit < 0.3:
+        return
+    fits = ""
+    if scheme == "mtcnn5":
+        others = {n: float(np.median([_misfit(f(p), target) for p in rows]))
+                  for n, f in OTHER_LAYOUTS.items()}  # fmt: skip
+        best = min(others, key=others.get)  # type: ignore[arg-type]
+        if others[best] < misfit / 2:
+            fits = f" They fit as {best}: rewrite the file in metaemb's order."
+    warnings.warn(
+        f"landmark file '{where}': its points fit the face template badly (median misfit "
+        f"{misfit:.2f} of the eye distance, about 0.1 for faces), so aligned crops will be "
+        f"skewed. metaemb reads rows as path,x1,y1,…,x5,y5 in {scheme} order (eye, eye, nose, "
+        f"mouth corner, mouth corner, the image's left first).{fits}",
+        stacklevel=2,
+    )
