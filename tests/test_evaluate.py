@@ -1427,3 +1427,36 @@ def test_a_default_folder_name_too_long_for_the_file_system_is_shortened(tmp_pat
     assert len(long.name.encode()) <= 200 and long != other  # still one per evaluation
     long.mkdir()  # the file system takes it
     assert default_out(tmp_path, "trials", tmp_path / "faces").name == "eval-faces-trials"
+
+
+def test_the_scorer_is_tuned_at_evaluation_without_retraining(voices, tmp_path, capsys):
+    """AS-norm's top_n or PLDA's lda_dim could only change by training the network again
+    (S5 F2): `--scorer-set` sets them for one evaluation, refitting the back-end on the run's
+    training samples, and its results go beside the defaults'."""
+    data, run, trials = voices
+    base = ["evaluate", run, "--data", data, "--trials", trials, "--workers", "0"]
+    held = {}
+    for extra in ([], ["--scorer-set", "top_n=3"]):
+        out = tmp_path / f"as{len(extra)}"
+        code, text, err = run_cli([*base, "--scorer", "asnorm", "--out", out, *extra], capsys)
+        assert code == 0, err
+        held[len(extra)] = json.loads((out / "metrics.json").read_text())
+    assert held[0]["scorer_options"]["top_n"] != 3 and held[2]["scorer_options"]["top_n"] == 3
+    assert held[0]["scorer_options"]["base"] == held[2]["scorer_options"]["base"]
+    # PLDA with another LDA size, refitted on the training samples though the run holds none
+    code, text, err = run_cli([*base, "--scorer", "plda", "--scorer-set", "lda_dim=3",
+                               "--out", tmp_path / "plda"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "fitting scorer 'plda'" in text
+    got = json.loads((tmp_path / "plda" / "metrics.json").read_text())
+    assert got["scorer_options"]["lda_dim"] == 3
+    # the run's own scorer with an option changed is refitted, and its folder is its own
+    before = set(run.glob("eval-*"))
+    code, text, err = run_cli([*base, "--scorer-set", "wccn=false"], capsys)
+    assert code == 0, err
+    [own] = set(run.glob("eval-*")) - before
+    assert "-scorer-" in own.name and "fitting scorer 'cosine'" in text
+    assert json.loads((own / "metrics.json").read_text())["scorer_options"]["wccn"] is False
+    code, _, err = run_cli([*base, "--scorer-set", "top_nn=3"], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "top_nn" in said and "scorer" in said, said

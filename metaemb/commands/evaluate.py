@@ -43,6 +43,13 @@ def evaluate(
         typer.Option(help="KEY=VALUE option of --protocol (e.g. min_age_gap=20), repeatable"),
     ] = None,
     scorer: Annotated[str | None, typer.Option(help="scorer name (default: the run's)")] = None,
+    scorer_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE option of the scorer for this evaluation (top_n=100, lda_dim=150; "
+            "base.wccn=false), repeatable: refitted on the training samples, no retraining"
+        ),
+    ] = None,
     p_target: Annotated[
         list[float] | None,
         typer.Option(help="target prior of minDCF/actDCF, repeatable (default: the run's)"),
@@ -114,6 +121,7 @@ def evaluate(
               "--folder": folder is not None and measure != "verification",
               "--folder-set": bool(folder_set) and measure != "verification",
               "--folds": folds is not None and measure != "verification",
+              "--scorer-set": bool(scorer_set) and measure != "verification",
               "--trials": trials is not None and measure == "class"}  # fmt: skip
     for flag, given in unused.items():
         if given:
@@ -137,6 +145,7 @@ def evaluate(
         trials=trials,
         protocol=protocol,
         protocol_options=protocol_set or [],
+        scorer_options=scorer_set or [],
         p_targets=p_target or [],
         scorer=scorer,
         calibrate=calibrate,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class LoadedRun:
     model: EmbeddingModel
     device: torch.device
     data: Components | None = None
+    #: options set over the scorer's for one command (`evaluate --scorer-set top_n=100`): the
+    #: back-end tuned without retraining; the run's fitted state then no longer applies
+    scorer_set: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def digest(self) -> str:
@@ -159,7 +162,7 @@ class LoadedRun:
         if not scorer.requires_fit:
             return scorer, False
         saved = self.state.get("scorer") or {}
-        if name == cfg.eval.scorer and saved:
+        if name == cfg.eval.scorer and saved and not self.scorer_set:
             scorer.load_state_dict(saved)
             return scorer, False
         return scorer, True
@@ -168,7 +171,8 @@ class LoadedRun:
         """The options scorer `name` gets from this run: its own scorer's, or for a scorer
         that normalises a base (`normalising_own`) the run's own as that base; {} else."""
         cfg = self.config
-        return cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
+        opts = cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
+        return merged_options(opts, self.scorer_set) if self.scorer_set else opts
 
     def recorded_scorer_options(self, name: str | None = None) -> dict[str, Any]:
         """`scorer_options` with every default spelled out (`{}` would mean "this version's
@@ -324,3 +328,21 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def merged_options(options: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`options` with `over` set on top, a dotted key (`base.wccn`) into its table."""
+    import copy
+
+    from metaemb.core.errors import ConfigError
+
+    out = copy.deepcopy(options)
+    for key, value in over.items():
+        *tables, last = key.split(".")
+        node = out
+        for t in tables:
+            node = node.setdefault(t, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--scorer-set {key}: '{t}' is an option, not a table of them.")
+        node[last] = value
+    return out

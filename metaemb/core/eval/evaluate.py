@@ -96,6 +96,7 @@ class Evaluation:
         folder_options: list[str] | None = None,
         folds: int | None = None,
         preloaded: Loaded | None = None,
+        scorer_options: list[str] | None = None,
     ) -> None:
         def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
             return None if p is None else Path(p)
@@ -109,6 +110,9 @@ class Evaluation:
         self.preloaded = preloaded  # a reference model loaded without a run (`--reference`)
         self.folder = folder  # read --data with another sample folder than the run's
         self.folder_options = dict(parse_set(s, "--folder-set") for s in folder_options or [])
+        # options of the scorer for this evaluation (AS-norm's top_n, PLDA's lda_dim): the
+        # back-end is refitted on the training samples, the network is not retrained
+        self.scorer_set = dict(parse_set(s, "--scorer-set") for s in scorer_options or [])
 
         self.run_path, self.adapt = Path(run), adapt
         self.data, self.trials_path, self.protocol = path(data), path(trials), protocol
@@ -265,6 +269,7 @@ class Evaluation:
                 folder_options=self.folder_options,
             )
         cfg = loaded.config
+        loaded.scorer_set = self.scorer_set
         p_targets = self.p_targets or tuple(float(p) for p in cfg.eval.p_targets)
         folder = loaded.parts.folder
         evals = self._trials(loaded)
@@ -282,7 +287,7 @@ class Evaluation:
         frontend_set = frontend_set_used()
         suffix = variant(self.adapt, self.folder, self.folder_options, self.p_targets,
                          self.calibrate_path, self.folds, self.protocol_options,
-                         checkpoint_tag(self.run_path))  # fmt: skip
+                         checkpoint_tag(self.run_path), self.scorer_set)  # fmt: skip
         name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, frontend_set, suffix)
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None

@@ -41,6 +41,7 @@ def variant(
     folds: int | None,
     protocol_options: dict[str, Any] | None = None,
     checkpoint: str = "",
+    scorer_set: dict[str, Any] | None = None,
 ) -> str:
     """The options that change the numbers of the same trials, as a name suffix, so comparing
     them keeps each result (`--no-adapt` beside the adapted, AgeDB-5 beside AgeDB-30, last.pt
@@ -48,6 +49,9 @@ def variant(
     parts = [f"-{checkpoint}"] if checkpoint else []
     if not adapt:
         parts.append("-noadapt")
+    if scorer_set:  # the back-end tuned (AS-norm's top_n, PLDA's lda_dim)
+        tag = json.dumps(scorer_set, sort_keys=True, default=str)
+        parts.append("-scorer-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
     if protocol_options:  # another list of the same protocol (min_age_gap, a pair seed)
         tag = json.dumps(protocol_options, sort_keys=True, default=str)
         parts.append("-protocol-" + hashlib.sha1(tag.encode()).hexdigest()[:6])
