@@ -364,3 +364,25 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
     code, out, err = helpers.run_cli(["embed", run, *sorted(shards.glob("*.tar")), "--out",
                                       tmp_path / "two.npz", "--workers", "0"], capsys, monkeypatch)  # fmt: skip
     assert code == 2 and "which the shell expanded: give them as one quoted pattern" in err
+
+    # enrolled from the shards: each sample is known by its shard and key, which exist, so no
+    # identity is called gone (every enroll warned so, advising unenroll), and a moved shard
+    # folder is followed (H21 F8)
+    import warnings
+
+    from metaemb.core.deploy.gallery import Gallery
+
+    gallery = tmp_path / "g.pt"
+    enroll = ["enroll", run, "--gallery", gallery, "--workers", "0", "--data"]
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            code, out, err = helpers.run_cli([*enroll, shards], capsys, monkeypatch)
+        assert code == 0, out + err
+    g = Gallery.load(gallery)
+    assert len(g.samples) == 32 and all(".tar#" in s for s in g.sources)
+    shards.rename(tmp_path / "moved")
+    with pytest.warns(UserWarning, match=r"32 enrolled sample\(s\) were found moved"):
+        code, out, err = helpers.run_cli([*enroll, tmp_path / "moved"], capsys, monkeypatch)
+    assert code == 0, out + err
+    assert len(Gallery.load(gallery).samples) == 32

@@ -149,6 +149,17 @@ class TarShardFolder(SampleFolder):
         self._rows = rows
         return samples
 
+    def source_of(self, sample: Sample) -> str:
+        """`<shard file>#<key>`, resolved: a sample is no file of its own, so a gallery knows
+        it by its shard and key (the shard's existence says whether it is still there)."""
+        if self._rows is None:
+            self._scan()
+        row = self._rows.get(sample.path) if self._rows is not None else None
+        if row is None:
+            return super().source_of(sample)
+        shard = Path(self.handles.paths[int(self._shard[row])]).resolve()
+        return f"{shard}#{sample.path.rsplit('/', 1)[-1]}"
+
     def locate(self, path: str | Path) -> tuple[int, str] | None:
         """(row in the index, member name as `<shard>#<key>.<ext>`) of a sample path, or None."""
         if self._rows is None:

@@ -195,11 +195,17 @@ def _follow_moved(
     copies: list[tuple[str, str]] = []
     unlike: list[tuple[str, str, float]] = []  # named as a gone file, embedded otherwise
     keep: list[int] = []
+    root = Path(folder.root).resolve()
     for k, i in enumerate(todo):
         sample = folder.samples[i]
         key = (sample.identity, Path(sources[i].rsplit("#", 1)[0]).name)
-        # the path below the identity folder (which a rename-identity may have renamed too)
-        depth = max(len(Path(sample.path).parts) - 1, 1)
+        # the path below the identity folder (which a rename-identity may have renamed too):
+        # of the file under the data root (a tar shard's `shard.tar#key` has no identity folder)
+        try:
+            below = Path(sources[i]).relative_to(root).parts
+            depth = max(len(below) - 1, 1)
+        except ValueError:  # a recording outside the root (a Kaldi wav.scp)
+            depth = max(len(Path(sample.path).parts) - 1, 1)
         tail = Path(sources[i]).parts[-depth:]
         named = [r for r in known.get(key, []) if g.sources[r] not in renamed
                  and Path(g.sources[r]).parts[-depth:] == tail]  # fmt: skip
