@@ -87,6 +87,10 @@ def test_empty_silent_and_corrupt_files_are_named(tmp_path):
         io.read_audio(corrupt)
     with pytest.raises(DataError, match=r"missing\.wav"):
         io.read_audio(tmp_path / "missing.wav")
+    zero = tmp_path / "zero.wav"  # a failed copy: 0 bytes, not "format not recognised"
+    zero.write_bytes(b"")
+    with pytest.raises(DataError, match=r"zero\.wav' is empty \(0 bytes\)\.$"):
+        io.read_audio(zero)
 
 
 def test_segment_read(tmp_path):

@@ -241,6 +241,8 @@ def read_audio(
             raise DataError(f"audio file '{path}' does not exist.") from None
         if path.is_dir():
             raise DataError(f"audio file '{path}' is a folder, not a file.") from None
+        if path.stat().st_size == 0:  # a failed copy or recording
+            raise DataError(f"audio file '{path}' is empty (0 bytes).") from None
         reason = str(exc).rstrip(".")
         raise DataError(f"cannot read audio file '{path}': {reason}.{_content_hint(path)}") from exc
     return _finish(data, rate, sample_rate, path, where, finite)
