@@ -812,3 +812,30 @@ def test_rename_identity_refuses_names_no_folder_can_carry_and_unicode_twins(tmp
     assert code == 2 and "only in Unicode form (NFC and NFD)" in err, err
     assert "'Jos\\xe9'" in err
     assert Gallery.load(path).identities == gallery.identities  # nothing changed
+
+
+def test_results_tables_never_replace_a_model_a_sidecar_or_metrics(trained, tmp_path, capsys):
+    """`identify --out deploy/m.pt` replaced a 45 MB TorchScript export with a TSV, and its
+    sidecar and an evaluation's metrics.json alike (H21 F13); an earlier table is replaced."""
+    enroll, probes, run = trained
+    path = tmp_path / "g.pt"
+    assert run_cli(["enroll", run, "--gallery", path, "--data", enroll, "--workers", "0"],
+                   capsys)[0] == 0  # fmt: skip
+    model, sidecar, metrics = (
+        tmp_path / "m.onnx",
+        tmp_path / "m.onnx.json",
+        tmp_path / "metrics.json",
+    )
+    model.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(100))
+    sidecar.write_text('{"format": "onnx"}')
+    metrics.write_text('{"eer": 0.1}')
+    args = ["identify", run, "--gallery", path, "--data", probes, "--workers", "0", "--out"]
+    for other in (model, sidecar, metrics):
+        before = other.read_bytes()
+        code, _, err = run_cli([*args, other], capsys)
+        assert code == 2 and "is not one that `metaemb identify` wrote" in err, err
+        assert other.read_bytes() == before
+    table = tmp_path / "results.tsv"
+    for _ in range(2):  # written, then replaced by the same command
+        assert run_cli([*args, table], capsys)[0] == 0
+    assert table.read_text().startswith("probe\tidentity\trank")

@@ -218,6 +218,23 @@ def test_embed_to_a_numpy_archive(trained, tmp_path, capsys):
         assert says in said and not (tmp_path / name).exists()
 
 
+def test_neighbours_results_never_replace_another_file(trained, tmp_path, capsys):
+    """`neighbours --out deploy/m.pt` replaced a model with 523 bytes of JSON (H21 F13)."""
+    data, run = trained
+    coll = tmp_path / "coll.npz"
+    assert helpers.run_cli(["embed", run, data, "--out", coll, "--workers", "0"])[0] == 0
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"PK\x03\x04" + bytes(100))
+    code, _, err = helpers.run_cli(["neighbours", coll, "--out", model], capsys)
+    assert code == 2 and "is not one that `metaemb neighbours` wrote" in " ".join(err.split())
+    assert model.read_bytes() == b"PK\x03\x04" + bytes(100)
+    out = tmp_path / "loo.json"
+    for _ in range(2):
+        assert helpers.run_cli(["neighbours", coll, "--out", out], capsys)[0] == 0
+    probe = sorted(data.glob("*/*.png"))[0]
+    assert helpers.run_cli(["neighbours", coll, probe, "--out", out], capsys)[0] == 0
+
+
 def test_neighbours_of_a_probe_faiss_equals_exact(trained, tmp_path, capsys):
     data, run = trained
     coll_file = tmp_path / "coll.pt"

@@ -279,9 +279,11 @@ def identify(
     if p_new is not None and not 0 < p_new < 1:
         raise MetaembError(f"--p-new is a prior probability strictly between 0 and 1; got {p_new}.")
     if out is not None:
-        from metaemb.core.paths import ensure_writable
+        from metaemb.core.deploy.search import is_results_table
+        from metaemb.core.paths import ensure_writable, refuse_replacing_another_file
 
         ensure_writable(out, "results file")
+        refuse_replacing_another_file(out, "results file", is_results_table, "metaemb identify")
     ident = identify_probes(
         checkpoint, gallery, data=data, probes=probe, top_k=top_k, threshold=threshold,
         p_new=p_new, scorer=scorer, faiss=faiss, device=device, workers=workers, probe_root=root,

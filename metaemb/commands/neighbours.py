@@ -72,7 +72,11 @@ def neighbours(
         raise MetaembError("--max-rank sets the CMC of the leave-one-out metrics (no probes); "
                            "with probes use -k for the neighbours per probe.")  # fmt: skip
     if out is not None:
+        from metaemb.core.paths import refuse_replacing_another_file
+
         ensure_writable(out, "results file")  # before any embedding
+        refuse_replacing_another_file(out, "results file", _is_neighbours_json,
+                                      "metaemb neighbours")  # fmt: skip
     if probe:
         found = find_neighbours(collection, probe, k, run, backend, scorer, device, workers, root)
         for name, hits in zip(found.probes, found.neighbours, strict=True):
@@ -98,3 +102,14 @@ def neighbours(
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2))
         console.print(f"wrote {out}", markup=False)
+
+
+def _is_neighbours_json(path: Path) -> bool:
+    """Whether `path` holds what `neighbours --out` writes: a JSON object of probes' neighbours
+    (`collection`) or of leave-one-out metrics (`samples`, `queries`)."""
+    if path.stat().st_size > 256 * 2**20:
+        return False
+    held = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(held, dict) and (
+        "collection" in held or {"samples", "queries"} <= held.keys()
+    )

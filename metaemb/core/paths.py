@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from metaemb.core.errors import ConfigError, OutputError
@@ -296,6 +297,27 @@ def _refuse_replacing_an_input(path: Path, what: str) -> None:
         raise OutputError(
             f"the {what} '{path}' is an existing metaemb {found[0]}; writing the {what} there "
             "would replace it. Choose another output path (or delete the file first)."
+        )
+
+
+def refuse_replacing_another_file(
+    path: str | Path, what: str, ours: Callable[[Path], bool], writer: str
+) -> None:
+    """An existing `path` that is not an earlier output of the same kind (`ours`) is refused:
+    a results table written over a deployable model, its sidecar or an evaluation's
+    metrics.json replaced it without a word."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        same = ours(path)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise OutputError(
+            f"the {what} '{path}' exists and is not one that `{writer}` wrote (a model, an "
+            "export's sidecar, another command's results?); writing there would replace it. "
+            "Choose another output path (or delete the file first)."
         )
 
 

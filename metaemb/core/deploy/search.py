@@ -227,13 +227,22 @@ def tsv_field(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+RESULTS_HEADER = "probe\tidentity\trank\tcandidate\tscore\tposterior\tdecision"
+
+
+def is_results_table(path: Path) -> bool:
+    """Whether `path` holds a table `write_results` wrote (its header line)."""
+    with open(path, "rb") as f:
+        return f.read(len(RESULTS_HEADER) + 1).decode(errors="replace") == RESULTS_HEADER + "\n"
+
+
 def write_results(path: Path, ident: Identification) -> None:
     """One TSV row per probe and rank: probe, true identity, rank, candidate, score, posterior,
     decision (an enrolled identity, or <new>); names escaped by `tsv_field`."""
     from metaemb.core.files import atomic_write_text
 
     res = ident.result
-    rows = ["probe\tidentity\trank\tcandidate\tscore\tposterior\tdecision"]
+    rows = [RESULTS_HEADER]
     for p, probe in enumerate(ident.probes):
         truth = ident.truth[p] if ident.truth else ""
         decision = res.decision(p)
