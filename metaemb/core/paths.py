@@ -321,6 +321,14 @@ def refuse_replacing_another_file(
         )
 
 
+def _read_only_mount(path: Path) -> bool:
+    """Whether `path` lies on a file system mounted read-only (os.access says only "no")."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def ensure_writable(path: str | Path, what: str = "output file") -> Path:
     """Prove that file `path` can be written atomically: not a folder, not read-only, not an
     input of metaemb's (see `_refuse_replacing_an_input`), its folder creatable and writable,
@@ -334,6 +342,11 @@ def ensure_writable(path: str | Path, what: str = "output file") -> Path:
     _check_parents(path, what)
     _refuse_replacing_an_input(path, what)
     if path.exists() and not os.access(path, os.W_OK):
+        if _read_only_mount(path):  # chmod cannot help there
+            raise OutputError(
+                f"cannot write the {what} '{path}': its file system is mounted read-only; "
+                "copy it to a writable disk, or choose another output path."
+            )
         raise OutputError(
             f"cannot write the {what} '{path}': the file is read-only; make it writable or "
             "choose another output path."

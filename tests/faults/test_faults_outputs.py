@@ -707,3 +707,23 @@ def test_a_read_only_run_folder_points_at_out(tmp_path, monkeypatch):
     claim = output_folder.claimed(tmp_path / "run" / "eval-validation", "", "")
     with pytest.raises(OutputError, match=said), claim:
         pass
+
+
+def test_a_file_on_a_read_only_mount_is_not_called_read_only_to_chmod(tmp_path, monkeypatch):
+    """A gallery on a read-only mount was 'read-only; make it writable', which chmod cannot fix
+    (H21 F10): the mount is named."""
+    import metaemb.core.paths as paths
+
+    gallery = tmp_path / "g.pt"
+    gallery.write_bytes(b"x")
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(paths.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(paths.os, "statvfs", lambda p: ReadOnly())
+    with pytest.raises(OutputError, match=r"its file system is mounted read-only; copy it"):
+        paths.ensure_writable(gallery, "gallery file")
+    monkeypatch.setattr(paths.os, "statvfs", lambda p: type("RW", (), {"f_flag": 0})())
+    with pytest.raises(OutputError, match=r"the file is read-only; make it writable"):
+        paths.ensure_writable(gallery, "gallery file")
