@@ -6,6 +6,7 @@ written lost. Runs as root too: read-only folders are simulated where root would
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -387,6 +388,20 @@ def test_export_keeps_a_file_it_did_not_write(tmp_path, face_run, capsys):
         code, _, err = run_cli(["export", face_run, "--format", "torchscript", "--out",
                                 tmp_path / "m.pt"], capsys)  # fmt: skip
         assert code == 0, err
+    # an export copied alone (its sidecar left behind) says what it is: not "not an export"
+    # (H21 F11), and it is kept, as it may be the only copy of that model
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    import shutil
+
+    shutil.copy(tmp_path / "m.pt", alone / "m.pt")
+    expect_error(["export", face_run, "--format", "torchscript", "--out", alone / "m.pt"],
+                 capsys, "is a metaemb export whose sidecar 'm.pt.json' is missing")  # fmt: skip
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        assert run_cli(["export", face_run, "--out", tmp_path / "m.onnx"], capsys)[0] == 0
+        shutil.copy(tmp_path / "m.onnx", alone / "m.onnx")
+        expect_error(["export", face_run, "--out", alone / "m.onnx"], capsys,
+                     "is a metaemb export whose sidecar 'm.onnx.json' is missing")  # fmt: skip
 
 
 def test_embed_keeps_a_file_that_is_not_an_embeddings_file(tmp_path, faces, face_run, capsys):

@@ -250,6 +250,12 @@ def check_out_name(fmt: str, out: Path) -> None:
         )
     sidecar = out.with_name(out.name + ".json")
     if out.is_file() and not sidecar.is_file():  # an export always has its sidecar
+        if _carries_record(out):  # copied alone: it says what it is, which may be all there is
+            raise ExportError(
+                f"'{out}' is a metaemb export whose sidecar '{sidecar.name}' is missing (the "
+                "file carries the same record): it may be the only copy of that model, so it "
+                "is not replaced; move it, or choose another --out."
+            )
         raise ExportError(
             f"'{out}' exists and is not a metaemb export (no '{sidecar.name}' beside it), which "
             "this export would replace: move it, or choose another --out."
@@ -376,6 +382,24 @@ def export(
             stacklevel=2,
         )
     return Exported(out, sidecar, info)
+
+
+def _carries_record(path: Path) -> bool:
+    """Whether `path` is an export carrying metaemb's record (`with_metadata`): a TorchScript
+    archive's `metaemb.json`, or ONNX metadata keyed `metaemb`."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/extra/metaemb.json") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        pass
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 2**20)  # metadata_props follow the graph; small models only
+    except OSError:
+        return False
+    return b"\n\x07metaemb\x12" in head or b"\n\x0fmetaemb_version\x12" in head
 
 
 def with_metadata(fmt: str, data: bytes, info: dict[str, Any]) -> bytes:
