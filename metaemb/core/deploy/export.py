@@ -435,8 +435,12 @@ def fitted_scorer_state(state: dict[str, Any]) -> bytes | None:
     fitted = {k: v for k, v in (state.get("scorer") or {}).items() if isinstance(v, Tensor)}
     if not fitted:
         return None
+    arrays = {k: v.detach().cpu().double().numpy() for k, v in fitted.items()}
+    # which model it belongs to, as the sidecar says: a stale .npz beside a newer model (same
+    # dimension) would score with another training mean and WCCN without a word
+    arrays["model_digest"] = np.array(model_digest(state["model"]))
     buf = io.BytesIO()
-    np.savez(buf, **{k: v.detach().cpu().double().numpy() for k, v in fitted.items()})
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
