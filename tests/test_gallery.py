@@ -839,3 +839,36 @@ def test_results_tables_never_replace_a_model_a_sidecar_or_metrics(trained, tmp_
     for _ in range(2):  # written, then replaced by the same command
         assert run_cli([*args, table], capsys)[0] == 0
     assert table.read_text().startswith("probe\tidentity\trank")
+
+
+def test_a_folder_moved_with_its_names_in_another_unicode_form_is_followed(
+    trained, tmp_path, capsys
+):
+    """A data folder copied through macOS comes back with NFD names: 'José' was enrolled a
+    second time, as an identity that prints the same, while 'bob' beside it was followed
+    (H21 F9)."""
+    import unicodedata
+
+    from metaemb.core.deploy.gallery import Gallery
+
+    enroll, _, run = trained
+    nfc, nfd = (unicodedata.normalize(f, "José") for f in ("NFC", "NFD"))
+    a, b, path = tmp_path / "A", tmp_path / "B", tmp_path / "g.pt"
+    shutil.copytree(enroll, a)
+    (a / "id0000").rename(a / nfc)
+    table = a / "landmarks.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace("id0000/", f"{nfc}/"),
+                     encoding="utf-8")  # fmt: skip
+    args = ["enroll", run, "--gallery", path, "--workers", "0", "--data"]
+    assert run_cli([*args, a], capsys)[0] == 0
+    a.rename(b)
+    (b / nfc).rename(b / nfd)
+    table = b / "landmarks.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace(f"{nfc}/", f"{nfd}/"),
+                     encoding="utf-8")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"spelled in another Unicode form") as said:
+        code, _, err = run_cli([*args, b], capsys)
+    assert code == 0, err
+    assert any("9 enrolled sample(s) were found moved" in str(w.message) for w in said)
+    g = Gallery.load(path)
+    assert g.identities == [nfc, "id0001", "id0002"] and g.counts().tolist() == [3, 3, 3]

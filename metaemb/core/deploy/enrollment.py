@@ -67,8 +67,10 @@ def _enroll(
     sources = [folder.source_of(s) for s in folder.samples]
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
+    as_enrolled = {n: g.named_as(n) if g is not None else n for n in folder.identities}
+    _warn_respelled(as_enrolled, folder.root)
     if g is not None:
-        _refuse_enrolled_as_others(g, folder, sources)
+        _refuse_enrolled_as_others(g, folder, sources, as_enrolled)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
     added: dict[str, int] = {name: 0 for name in folder.identities}
     moved = 0
@@ -77,24 +79,42 @@ def _enroll(
         if g is None:
             g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
         else:
-            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb)
+            todo, emb, moved = _follow_moved(g, folder, sources, todo, emb, as_enrolled)
         by_id: dict[str, list[int]] = {}
         for row, i in enumerate(todo):
             by_id.setdefault(folder.samples[i].identity, []).append(row)
         for name, rows in by_id.items():
-            added[name] = g.add(name, emb[rows], [sources[todo[r]] for r in rows])
+            added[name] = g.add(as_enrolled[name], emb[rows], [sources[todo[r]] for r in rows])
         if todo or moved:
             g.save(gallery)
     if g is not None:  # after the moved files were found: those are not gone
-        grown = {name for name, n in added.items() if n}
+        grown = {as_enrolled[name] for name, n in added.items() if n}
         _warn_vanished(g, Path(folder.root).resolve(), gallery, grown)
     if renewed and not (todo or moved) and g is not None:
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
-    return {name: (n, counts.get(name, 0)) for name, n in added.items()}
+    return {name: (n, counts.get(as_enrolled[name], 0)) for name, n in added.items()}
 
 
-def _refuse_enrolled_as_others(g: Any, folder: Any, sources: list[str]) -> None:
+def _warn_respelled(as_enrolled: dict[str, str], root: Any) -> None:
+    """Identity folders spelled in another Unicode form than their enrolled name: enrolled
+    under the gallery's spelling, and said."""
+    import warnings
+
+    respelled = [(n, e) for n, e in as_enrolled.items() if n != e]
+    if respelled:
+        folder, enrolled = respelled[0]
+        warnings.warn(
+            f"{len(respelled)} identity folder(s) of '{root}' are spelled in another Unicode "
+            f"form than their enrolled names ({folder!a} is enrolled as {enrolled!a}; copied "
+            "through macOS?): their samples go to the enrolled identity.",
+            stacklevel=3,
+        )
+
+
+def _refuse_enrolled_as_others(
+    g: Any, folder: Any, sources: list[str], as_enrolled: dict[str, str]
+) -> None:
     """The same file under another identity's folder: refused, not skipped, naming every
     identity involved (a swap of names and folders involves two; one named at a time took a
     refusal per identity)."""
@@ -103,7 +123,7 @@ def _refuse_enrolled_as_others(g: Any, folder: Any, sources: list[str]) -> None:
     clashes: dict[tuple[str, str], str] = {}  # (enrolled as, folder's name) → first file
     for sample, source in zip(folder.samples, sources, strict=True):
         owner = g.enrolled_as(source)
-        if owner is not None and owner != sample.identity:
+        if owner is not None and owner != as_enrolled[sample.identity]:
             clashes.setdefault((owner, sample.identity), source)
     if not clashes:
         return
@@ -163,8 +183,9 @@ SAME_FILE_DIFFERENCE = 0.01  # relative: one file embedded on two machines, not 
 
 
 def _follow_moved(
-    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any
-) -> tuple[list[int], Any, int]:
+    g: Any, folder: Any, sources: list[str], todo: list[int], emb: Any,
+    as_enrolled: dict[str, str],
+) -> tuple[list[int], Any, int]:  # fmt: skip
     """Samples of `todo` that are enrolled files moved elsewhere (the gallery and its folder
     copied to another machine or path, an identity folder renamed after `rename-identity`):
     same identity, same path below the identity folder and the same embedding as a sample whose
@@ -198,7 +219,7 @@ def _follow_moved(
     root = Path(folder.root).resolve()
     for k, i in enumerate(todo):
         sample = folder.samples[i]
-        key = (sample.identity, Path(sources[i].rsplit("#", 1)[0]).name)
+        key = (as_enrolled[sample.identity], Path(sources[i].rsplit("#", 1)[0]).name)
         # the path below the identity folder (which a rename-identity may have renamed too):
         # of the file under the data root (a tar shard's `shard.tar#key` has no identity folder)
         try:

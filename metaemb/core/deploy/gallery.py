@@ -292,6 +292,15 @@ class Gallery:
         self._index = None
         return int(self.counts()[j])
 
+    def named_as(self, identity: str) -> str:
+        """The enrolled name of `identity`: itself, or an enrolled name of the same Unicode
+        form (NFC) when the folder's spelling differs (copied through macOS, NFD): one person,
+        not a second identity that prints the same."""
+        if identity in self.identities:
+            return identity
+        form = _nfc(identity)
+        return next((i for i in self.identities if _nfc(i) == form), identity)
+
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
         when what a sample is known by changes; returns how many changed."""

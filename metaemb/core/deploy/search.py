@@ -143,7 +143,7 @@ def identify_probes(
     names = [str(f) for f in files] if files else [folder.samples[i].path for i in indices]
     if files:
         return Identification(names, None, result)
-    truth = [folder.samples[i].identity for i in indices]
+    truth = [g.named_as(folder.samples[i].identity) for i in indices]  # José, NFC or NFD
     _warn_renamed_labels(g, truth)
     return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
 
