@@ -216,3 +216,32 @@ def test_the_same_files_named_as_other_identities_are_told_from_changed_files():
     grown = Folder(["a", "a", "b", "c"])
     assert "files were added, removed or renamed" in data_change(state, grown)
     assert data_change({}, grown) == ""  # a checkpoint from before fingerprints
+
+
+def test_fresh_says_which_exports_and_galleries_belong_to_the_earlier_weights(tmp_path):
+    """`train --fresh` left `best.onnx` and a gallery made from the replaced best.pt in the run
+    folder without a word: a deployment picking up RUN/best.onnx took the old weights (H21 F6)."""
+    import warnings
+
+    import torch
+
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.train.checkpointer import Checkpointer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"weights")
+    (run / "best.onnx").write_bytes(b"graph")
+    (run / "best.onnx.json").write_text("{}")
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4))
+    g.add("a", torch.randn(2, 4))
+    g.save(run / "staff.pt")
+    (run / "notes.txt").write_text("mine")
+    with pytest.warns(UserWarning, match=r"--fresh keeps .*'best.onnx \(an export\)', "
+                      r"'staff.pt \(a gallery\)'"):  # fmt: skip
+        Checkpointer(run, "h").prepare(fresh=True)
+    assert not (run / "best.pt").exists() and (run / "best.onnx").exists()
+    with warnings.catch_warnings():  # nothing of an earlier training: nothing said
+        warnings.simplefilter("error")
+        Checkpointer(run, "h").prepare(fresh=True)

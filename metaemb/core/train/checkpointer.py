@@ -23,7 +23,7 @@ import torch
 from metaemb.core.checkpoints import load_checkpoint, save_checkpoint
 from metaemb.core.config import Config
 from metaemb.core.config.trained_options import trained_options
-from metaemb.core.errors import MetaembError
+from metaemb.core.errors import MetaembError, first_few
 from metaemb.core.files import append_jsonl, atomic_write_text
 from metaemb.core.locks import RunLock
 from metaemb.core.runs import (
@@ -82,8 +82,31 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.dir)
         if fresh:
+            earlier = self.made_from_earlier_weights() if self.best.is_file() else []
             for name in (LAST, BEST, METRICS, SKIPPED, BASELINE):
                 (self.dir / name).unlink(missing_ok=True)
+            if earlier:
+                warnings.warn(
+                    f"--fresh keeps what was made from the earlier training in '{self.dir}' "
+                    f"({first_few(earlier, 3)}): it belongs to the earlier weights, not to the "
+                    "model this training makes. Export or enroll again when it is done.",
+                    stacklevel=2,
+                )
+
+    def made_from_earlier_weights(self) -> list[str]:
+        """Exports (a sidecar `<name>.json` beside them) and galleries in the run folder: made
+        from its best.pt, which `--fresh` replaces by another model."""
+        from metaemb.core.paths import existing_kind
+
+        made = []
+        for p in sorted(self.dir.iterdir()):
+            if not p.is_file() or p.name in (LAST, BEST):
+                continue
+            if (p.parent / (p.name + ".json")).is_file():
+                made.append(f"{p.name} (an export)")
+            elif p.suffix in (".pt", ".pth") and (existing_kind(p) or ("",))[0] == "gallery":
+                made.append(f"{p.name} (a gallery)")
+        return made
 
     def finished_without_last(self, epochs: int) -> list[dict[str, Any]] | None:
         """The epoch records of a run that trained all `epochs` and whose last.pt was removed
