@@ -686,6 +686,10 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     empty.write_text("\n")
     code, _, err = run_cli([*args, "--identities-file", empty], capsys)
     assert code == 2 and "names no identity" in err
+    # a list saved as UTF-16 (Notepad's "Unicode", PowerShell's `>`) is read (H21 F15)
+    names.write_text("trailing \n", encoding="utf-16")
+    code, _, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)
+    assert code == 2 and "'trailing ' is not enrolled" in " ".join(err.split()), err
     # a bad line is named by its line number, quoted whole when short (R7 F9)
     names.write_text("alice\n\nbob\tsmith\ncarol\n", encoding="utf-8")
     code, _, err = run_cli([*args, "--identities-file", names], capsys)
@@ -812,6 +816,14 @@ def test_rename_identity_refuses_names_no_folder_can_carry_and_unicode_twins(tmp
     assert code == 2 and "only in Unicode form (NFC and NFD)" in err, err
     assert "'Jos\\xe9'" in err
     assert Gallery.load(path).identities == gallery.identities  # nothing changed
+    # both forms enrolled (an older gallery): the exact name is merged into, not refused
+    # as its twin (H21 F14)
+    g = Gallery.load(path)
+    g.add(nfd, g.samples[:1])
+    g.save(path)
+    nfc = unicodedata.normalize("NFC", "José")
+    code, out, err = run_cli(["rename-identity", "--gallery", path, "id1", nfc, "--merge"], capsys)
+    assert code == 0 and f"merged 'id1' into '{nfc}'" in out, err
 
 
 def test_results_tables_never_replace_a_model_a_sidecar_or_metrics(trained, tmp_path, capsys):

@@ -98,7 +98,9 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
         try:
             text = read_bounded(identities_file, "--identities-file", 64 * MiB, pipes=True,
                                 kind="list of names")  # fmt: skip
-            text = text.decode("utf-8-sig")
+            # UTF-16 by its byte-order mark (Notepad's "Unicode", PowerShell's `>`), as lists are
+            utf16 = text[:2] in (b"\xff\xfe", b"\xfe\xff")
+            text = text.decode("utf-16" if utf16 else "utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
         lines = text.splitlines()

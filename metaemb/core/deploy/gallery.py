@@ -269,8 +269,10 @@ class Gallery:
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
-        alike = [i for i in self.identities if i != old and i != new and _nfc(i) == _nfc(new)]
-        if alike:  # typed on another system: prints as the enrolled name, and is another
+        alike = [i for i in self.identities if i != old and _nfc(i) == _nfc(new)]
+        if (
+            alike and new not in self.identities
+        ):  # typed on another system: prints as the enrolled name, and is another
             raise GalleryError(
                 f"{new!r} differs from the enrolled {alike[0]!r} only in Unicode form (NFC and "
                 "NFD) and prints alike, so it would be a second identity that looks the same: "
