@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -31,9 +32,18 @@ WINDOWED = (".wav", ".flac")  # sample-exact seeking: a window reads what a full
 RATE_POLICIES = ("resample", "error")
 # libsndfile subtypes that decode integers: their float32 samples are always finite
 ALWAYS_FINITE = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
+#: torchaudio's "kaiser_best" (as librosa and resampy call it): its default Hann window of 6
+#: zero crossings left images of 8 kHz speech at −39 dB in the 4–5 kHz mel bands, against
+#: −81 dB for sox `rate -v`, several nats of artefact in the upper bands of telephone audio
+RESAMPLE_OPTIONS: dict[str, Any] = {
+    "resampling_method": "sinc_interp_kaiser",
+    "lowpass_filter_width": 64,
+    "rolloff": 0.9475937167399596,
+    "beta": 14.769656459379492,
+}
 RESAMPLE_METHOD = (
-    "band-limited windowed-sinc interpolation (torchaudio.functional.resample, Hann window, "
-    "6 zero crossings, roll-off 0.99)"
+    "band-limited windowed-sinc interpolation (torchaudio.functional.resample, Kaiser window "
+    "β = 14.77, 64 zero crossings, roll-off 0.9476: 'kaiser_best')"
 )
 
 _warned_rates: set[tuple[int, int]] = set()
@@ -82,7 +92,7 @@ def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     if orig_rate == new_rate:
         return wave
     AF = torchaudio_functional()
-    return AF.resample(wave, orig_rate, new_rate, resampling_method="sinc_interp_hann")
+    return AF.resample(wave, orig_rate, new_rate, **RESAMPLE_OPTIONS)
 
 
 def _warn_resample_once(path: Path, orig_rate: int, new_rate: int) -> None:
