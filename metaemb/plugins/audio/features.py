@@ -12,6 +12,7 @@ every input has enough frames for the backbone's context.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -112,6 +113,7 @@ class AudioFeatures(Features):
             start = int(torch.randint(0, wave.numel() - self.crop_samples + 1, ()).item())
             return wave[start : start + self.crop_samples].contiguous()
         if wave.numel() > self.max_eval_samples:
+            _note_cropped_once(wave.numel() / self.sample_rate, self.max_eval_seconds)
             start = (wave.numel() - self.max_eval_samples) // 2
             return wave[start : start + self.max_eval_samples].contiguous()
         return tile_to(wave, self.min_samples)[: max(wave.numel(), self.min_samples)]
@@ -149,3 +151,22 @@ class AudioFeatures(Features):
             "max_eval_seconds": self.max_eval_seconds,
             "min_seconds": self.min_seconds,
         }
+
+
+_cropped_noted = False
+
+
+def _note_cropped_once(seconds: float, kept: float) -> None:
+    """Say (once per process) that a recording longer than `max_eval_seconds` is embedded from
+    its middle: the rest (30 s of another voice in a CN-Celeb enrolment file) never counts."""
+    global _cropped_noted
+    if _cropped_noted:
+        return
+    _cropped_noted = True
+    warnings.warn(
+        f"recordings longer than features.max_eval_seconds = {kept:g} s are embedded from their "
+        f"middle {kept:g} s (the first met lasts {seconds:.0f} s); the run was trained with "
+        "that cap (train with --set features.max_eval_seconds=600 to keep more). Said once per "
+        "process.",
+        stacklevel=2,
+    )
