@@ -167,6 +167,6 @@ def _note_cropped_once(seconds: float, kept: float) -> None:
         f"recordings longer than features.max_eval_seconds = {kept:g} s are embedded from their "
         f"middle {kept:g} s (the first met lasts {seconds:.0f} s); the run was trained with "
         "that cap (train with --set features.max_eval_seconds=600 to keep more). Said once per "
-        "process.",
+        "process (so once per data-loader worker).",
         stacklevel=2,
     )

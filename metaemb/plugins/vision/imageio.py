@@ -129,7 +129,7 @@ def _note_orientation(img: Image.Image, path: Path) -> None:
             f"image '{path}' carries an EXIF orientation tag ({orientation}: rotated or mirrored "
             "when a viewer shows it); metaemb uses the pixels as stored, so such faces are "
             "sideways. Rotate them upright first (e.g. `mogrify -auto-orient *.jpg`, or PIL's "
-            "ImageOps.exif_transpose). Said once per process.",
+            "ImageOps.exif_transpose). Said once per process (so once per data-loader worker) for the first such image.",
             stacklevel=2,
         )
 
