@@ -231,7 +231,11 @@ def test_no_face_policies(demo, tmp_path):
     assert not isinstance(exc.value, DataError)
     centre = AlignFrontend(root=demo, cache_dir=tmp_path, on_no_face="center", **opts)
     grad = torch.arange(80, dtype=torch.uint8).repeat(3, 64, 1)
-    out = centre(grad, "elsewhere/x.png", demo)
+    from metaemb.plugins.vision import frontend
+
+    frontend._centred_noted = False  # a protocol number resting on centre crops is said (F3 F8)
+    with pytest.warns(UserWarning, match=r"no entry for '.*x\.png', so its centre is cropped"):
+        out = centre(grad, "elsewhere/x.png", demo)
     # The centred 64×64 square (columns 8..71) resized to 32: mean column value ≈ 39.5.
     assert out.shape == (3, 32, 32) and abs(out.float().mean().item() - 39.5) < 1.0
 

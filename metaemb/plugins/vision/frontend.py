@@ -7,6 +7,7 @@ It is the only place crops are made, for training, evaluation and enrollment ali
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ class AlignFrontend(Frontend):
             "missing": f"the landmark file has no entry for {image}",
         }.get(found.outcome, f"{found.outcome} for {image}")
         if self.on_no_face == "center":
+            _note_centred_once(what)
             h, w = raw.shape[-2:]
             pts = centre_landmarks(int(h), int(w), self.crop_size, convention=self.template)
             return align_faces(raw, pts, self.crop_size, "mtcnn5", convention=self.template)
@@ -188,8 +190,9 @@ class AlignFrontend(Frontend):
                 "or 'center' to go on."
             )
         remedy = (  # the image itself may be fine: what is missing is its row
-            ". Add its row to the landmark file (`metaemb landmarks` writes one for every "
-            "image) or remove the image"
+            ". Add its row to the landmark file (`metaemb landmarks` writes rows for the images "
+            "where its detector finds a face, and lists the others beside the file) or remove "
+            "the image"
             if found.outcome == "missing"
             else ""
         )
@@ -205,3 +208,21 @@ class AlignFrontend(Frontend):
 
 def _check_template(crop_size: int, convention: int) -> None:
     template(crop_size, convention=convention)  # raises ConfigError on a bad size/convention
+
+
+_centred_noted = False
+
+
+def _note_centred_once(what: str) -> None:
+    """Say (once per process) that an image without usable landmarks was centre-cropped under
+    on_no_face = 'center': a protocol number then rests partly on such crops."""
+    global _centred_noted
+    if _centred_noted:
+        return
+    _centred_noted = True
+    warnings.warn(
+        f"face alignment: {what}, so its centre is cropped (on_no_face = 'center'); later "
+        "such images are cropped alike without a word. Said once per process (so once per "
+        "data-loader worker); `metaemb landmarks` lists the images without a face.",
+        stacklevel=3,
+    )
