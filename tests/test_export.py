@@ -578,7 +578,7 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     assert entry["state"] == "m.ts.scorer.npz"
     arrays = dict(np.load(tmp_path / entry["state"]))
     assert sorted(arrays) == ["mean", "model_digest", "variance", "wccn"]
-    # tied to its model, as export.md says to check (H21 F12)
+    # tied to its model, as docs/export.md says to check (H21 F12)
     assert str(arrays["model_digest"]) == done.info["model_digest"]
 
     from helpers import doc_function
