@@ -211,6 +211,31 @@ def test_make_trials_all_targets_exact_and_deterministic():
     assert got != tg.make_trials(f, n_nontarget=20, seed=4)
 
 
+def test_cross_session_targets_pair_only_other_sessions():
+    """Generated targets paired two utterances of one video, easier than the field's lists
+    (S5 F5, P17 F7): with cross_session, enrollment and test come from different sessions."""
+    samples = [
+        Sample(f"{ident}/v{j % 3}/{j:03d}.wav", ident, i)
+        for i, ident in enumerate(("a", "b", "c"))
+        for j in range(6)
+    ]
+    f = Folder(Path("/data"), samples)
+    got = tg.make_trials(f, n_nontarget=10, seed=1, cross_session=True)
+    tar = [t for t in got if t.label == 1]
+    want = [Trial((x.path,), y.path, 1) for x, y in combinations(samples, 2)
+            if x.identity == y.identity and tg.session_of(x.path) != tg.session_of(y.path)]  # fmt: skip
+    assert tar == want and len(tar) == 3 * 12  # 15 pairs per speaker, 3 within a video
+    assert tar != [t for t in tg.make_trials(f, n_nontarget=10, seed=1) if t.label == 1]
+    some = tg.make_trials(f, n_target=5, n_nontarget=5, seed=2, cross_session=True)
+    assert len([t for t in some if t.label]) == 5
+    multi = tg.make_trials(f, n_nontarget=4, enroll_samples=2, seed=0, cross_session=True)
+    for t in (t for t in multi if t.label):
+        assert all(tg.session_of(e) != tg.session_of(t.test) for e in t.enroll)
+    flat = Folder(Path("/data"), [Sample(f"{i}/{j}.wav", i, 0) for i in "ab" for j in range(3)])
+    with pytest.raises(DataError, match=r"cross-session targets need sessions"):
+        tg.make_trials(flat, cross_session=True)
+
+
 def test_make_trials_sampled_and_dense_nontargets():
     f = folder({f"id{i}": 5 for i in range(6)})
     got = tg.make_trials(f, n_target=7, seed=0)

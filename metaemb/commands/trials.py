@@ -46,6 +46,13 @@ def make(
         int | None, typer.Option(help="enrollment samples per trial \\[default: 1]", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same list", min=0)] = 0,
+    cross_session: Annotated[
+        bool,
+        typer.Option(
+            help="targets only across sessions (<identity>/<session>/<file>: VoxCeleb's "
+            "videos), as NIST SRE and VoxCeleb lists are built"
+        ),
+    ] = False,
     format: Annotated[
         str | None,
         typer.Option(
@@ -81,7 +88,7 @@ def make(
 
     if triplets is not None:
         given = {"--targets": targets, "--nontargets": nontargets, "--enroll": enroll,
-                 "--format": format}  # fmt: skip
+                 "--format": format, "--cross-session": cross_session or None}  # fmt: skip
         for flag, value in given.items():
             if value is not None:
                 raise MetaembError(f"{flag} shapes a trial list, and --triplets writes triplets "
@@ -128,7 +135,7 @@ def make(
         return
     leads = get_format(format).path_leads
     check_listable([s.path for s in sample_folder.samples], f"data folder '{data}'", leads)
-    trials = make_trials(sample_folder, targets, nontargets, enroll, seed)
+    trials = make_trials(sample_folder, targets, nontargets, enroll, seed, cross_session)
     _note_shortfall(trials, targets, nontargets, data)
     _keep_other_list(out, force, lambda path: write_trials(path, trials, format))
     write_trials(out, trials, format)

@@ -23,6 +23,7 @@ def make_trials(
     n_nontarget: int | None = None,
     enroll_samples: int = 1,
     seed: int = 0,
+    cross_session: bool = False,
 ) -> list[Trial]:
     """Seeded trials over `folder.samples` (Sample(path, identity, label)); same input, same list.
 
@@ -30,7 +31,10 @@ def make_trials(
     k > 1, each sample of an identity that has more than k is tested against k other samples of
     its identity. `n_target` samples that many (all when None or when fewer exist). Non-targets:
     `n_nontarget` distinct (enrollment, test) pairs of different identities (default: as many as
-    targets; all when fewer exist). Targets come first, each part in sample order.
+    targets; all when fewer exist). Targets come first, each part in sample order. With `cross_session`, a
+    target's enrollment and test samples come from different sessions
+    (`<identity>/<session>/<file>`: the folders between identity and file), as NIST SRE and
+    VoxCeleb's lists are built: two utterances of one video share channel and room.
     """
     k = int(enroll_samples)
     if k < 1:
@@ -51,7 +55,20 @@ def make_trials(
             f"enrolls {k} sample(s) and tests another of the same identity: lower the "
             "enrolment samples per trial)."
         )
-    targets = _targets(members, k, n_target, rng)
+    if cross_session:
+        sessions = [session_of(p) for p in paths]
+        if not any(sessions):
+            raise DataError(
+                f"{where}: cross-session targets need sessions, folders between identity and "
+                "file (<identity>/<session>/<file>, as VoxCeleb's <id>/<video>/<utt>.wav); "
+                "its samples are <identity>/<file>."
+            )
+        targets = _cross_session_targets(members, sessions, k, n_target, rng)
+        if not targets:
+            raise DataError(f"{where}: no identity has samples in two sessions, so no "
+                            "cross-session target trials.")  # fmt: skip
+    else:
+        targets = _targets(members, k, n_target, rng)
     n_non = len(targets) if n_nontarget is None else int(n_nontarget)
     nontargets = _nontargets(groups, ids, k, n_non, rng)
     return [Trial(tuple(paths[e] for e in enr), paths[t], 1) for enr, t in targets] + [
@@ -86,6 +103,36 @@ def _targets(members, k, n_target, rng) -> list[tuple[tuple[int, ...], int]]:
     if n_target is not None and n_target < len(cands):
         keep = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
         cands = [cands[i] for i in keep.tolist()]
+    return cands
+
+
+def session_of(path: str) -> str:
+    """The session of a sample path: the folders between its identity folder and its file
+    (`id10001/1zcIwhmdeo4/00001.wav` → `1zcIwhmdeo4`; "" for `<identity>/<file>`)."""
+    return "/".join(path.split("/")[1:-1])
+
+
+def _cross_session_targets(members, sessions, k, n_target, rng):
+    """Targets whose enrollment and test samples come from different sessions of an identity:
+    every such pair (k = 1) or each test sample against k samples of its identity's other
+    sessions, `n_target` of them drawn (all when None or fewer exist), in sample order."""
+    cands: list[tuple[tuple[int, ...], int]] = []
+    for g in members:
+        s = np.asarray([sessions[i] for i in g])
+        if k == 1:
+            a, b = np.triu_indices(len(g), 1)
+            keep = s[a] != s[b]
+            pairs = zip(a[keep].tolist(), b[keep].tolist(), strict=True)
+            cands += [((g[x],), g[y]) for x, y in pairs]
+            continue
+        for pos, test in enumerate(g):
+            others = [g[j] for j in np.flatnonzero(s != s[pos]).tolist()]
+            if len(others) >= k:
+                pick = np.sort(rng.choice(len(others), size=k, replace=False))
+                cands.append((tuple(others[p] for p in pick.tolist()), test))
+    if n_target is not None and n_target < len(cands):
+        keep_at = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
+        cands = [cands[i] for i in keep_at.tolist()]
     return cands
 
 
