@@ -26,6 +26,7 @@ from metaemb.core.eval import adapt_norm, figures, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
 from metaemb.core.eval.output_folder import (
+    checkpoint_named,
     checkpoint_tag,
     claimed,
     default_out,
@@ -330,7 +331,7 @@ class Evaluation:
         scores = embedded.score(scorer, evals.trials)
         result: dict[str, Any] = {
             "trials": evals.name,
-            "checkpoint": str(Path(loaded.path).resolve()),
+            "checkpoint": checkpoint_named(loaded.path),
             "epoch": loaded.state.get("epoch"),
             "model_digest": loaded.digest,
             "trials_source": evals.source,

@@ -75,6 +75,12 @@ def checkpoint_tag(given: str | Path) -> str:
     return path.stem if path.is_file() and path.name != "best.pt" else ""
 
 
+def checkpoint_named(path: str | Path) -> str:
+    """How metrics.json names the model evaluated: its checkpoint file, absolute (a pretrained
+    reference model, which has none, by its name)."""
+    return str(Path(path).resolve()) if Path(path).is_file() else str(path)
+
+
 def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
     """`RUN_DIR/eval-<name>`, or `eval-<data folder>-<name>` with `--data`: evaluating another
     folder next never replaces the first one's results (`--data A`, then `--data B`)."""
