@@ -69,6 +69,24 @@ def test_upsampled_telephone_audio_has_no_images_above_its_band(tmp_path):
     assert 10 * np.log10(images / inside) < -70  # the Hann resampler: −27 dB
 
 
+def test_nist_sphere_is_read_and_shorten_compression_is_named(tmp_path):
+    """SRE and Switchboard ship .sph: read through a Kaldi wav.scp but left out of plain
+    folders (S5 F8); shorten-compressed SPHERE, which libsndfile cannot decode, is named."""
+    from metaemb.plugins.audio.folder import AudioFolder
+
+    wave = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    (tmp_path / "spk" / "s1").mkdir(parents=True)
+    sf.write(tmp_path / "spk" / "s1" / "a.sph", wave, 16000, format="NIST", subtype="PCM_16")
+    np.testing.assert_allclose(io.read_audio(tmp_path / "spk" / "s1" / "a.sph").numpy(), wave,
+                               atol=2**-15)  # fmt: skip
+    assert ".sph" in AudioFolder.extensions
+    packed = tmp_path / "b.sph"
+    packed.write_bytes(b"NIST_1A\n   1024\nsample_coding -s26 pcm,embedded-shorten-v2.00\n"
+                       + b" " * 980 + bytes(64))  # fmt: skip
+    with pytest.raises(DataError, match=r"shorten-compressed NIST SPHERE.*sph2pipe"):
+        io.read_audio(packed)
+
+
 def test_rate_error_policy_names_file_and_rates(tmp_path):
     path = tmp_path / "cd.wav"
     sf.write(path, tone(1000, 0.2, 44100), 44100)

@@ -10,6 +10,7 @@ with a warning; other rates are resampled explicitly (windowed-sinc), never sile
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import warnings
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from metaemb.core.errors import ConfigError, DataError, MetaembError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".sph")
 PYAV_ONLY = (".m4a", ".aac", ".mp4")  # libsndfile has no AAC decoder
 PYAV_FALLBACK = (".mp3", ".opus")  # libsndfile < 1.1 cannot read these
 WINDOWED = (".wav", ".flac")  # sample-exact seeking: a window reads what a full read has there
@@ -179,6 +180,12 @@ def _content_hint(path: Path) -> str:
     elif kind is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         kind = ("MP3", ".mp3")
     suffix = path.suffix.lower()
+    if head.startswith(b"NIST_1A"):  # SPHERE: libsndfile reads it unless shorten-compressed
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if b"shorten" in f.read(1024):
+                return (" It is shorten-compressed NIST SPHERE, which libsndfile cannot decode: "
+                        "convert it first (sph2pipe -f wav x.sph x.wav).")  # fmt: skip
+        return ""
     if kind is None:
         named = {".wav": "WAV", ".flac": "FLAC"}.get(suffix)
         return f" The content is not {named} (its first bytes are {head[:8]!r})." if named else ""
