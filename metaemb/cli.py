@@ -31,6 +31,9 @@ def create_app() -> typer.Typer:
 
     app.command()(train)
     app.command()(evaluate)
+    from metaemb.commands.metrics import metrics
+
+    app.command()(metrics)
     app.command()(distill)
     app.command()(embed)
     app.command("demo-data")(demo_data)

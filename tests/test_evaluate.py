@@ -1460,3 +1460,38 @@ def test_the_scorer_is_tuned_at_evaluation_without_retraining(voices, tmp_path, 
     code, _, err = run_cli([*base, "--scorer-set", "top_nn=3"], capsys)
     said = " ".join(err.split())
     assert code == 2 and "top_nn" in said and "scorer" in said, said
+
+
+def test_another_toolkits_scores_go_through_the_same_metrics(voices, tmp_path, capsys):
+    """A researcher comparing with Kaldi or WeSpeaker had no way to put their score files
+    through metaemb's definitions but Python (S5 F9): `metaemb metrics SCORES [--trials]`
+    reads metaemb's scores.txt, 'enroll test score' with a trial list, or labelled lines."""
+    from metaemb.core.eval import metrics
+
+    data, run, trials = voices
+    out = tmp_path / "ev"
+    args = ["evaluate", run, "--data", data, "--trials", trials, "--out", out, "--workers", "0"]
+    assert run_cli(args, capsys)[0] == 0
+    want = json.loads((out / "metrics.json").read_text())
+    code, _, err = run_cli(["metrics", out / "scores.txt", "--out", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    got = json.loads((tmp_path / "m.json").read_text())
+    for key in ("eer", "min_dcf_0.01", "cllr", "n_target", "n_nontarget"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    # Kaldi-style: 'enroll test score' scored against the VoxCeleb list it came from
+    rows = [line.split("\t") for line in (out / "scores.txt").read_text().splitlines()]
+    plain = tmp_path / "kaldi_scores"
+    plain.write_text("".join(f"{r[0]} {r[1]} {r[3]}\n" for r in rows if len(r) == 4))
+    code, _, err = run_cli(["metrics", plain, "--trials", trials, "--out", tmp_path / "k.json"],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "k.json").read_text())["eer"] == pytest.approx(want["eer"])
+    tar = [float(r[3]) for r in rows if len(r) == 4 and r[2] == "target"]
+    non = [float(r[3]) for r in rows if len(r) == 4 and r[2] == "nontarget"]
+    assert got["eer"] == pytest.approx(metrics.eer(tar, non))
+    code, _, err = run_cli(["metrics", plain], capsys)  # no labels anywhere: said
+    assert code == 2 and "have no label" in " ".join(err.split()) and "--trials" in err
+    bad = tmp_path / "bad"
+    bad.write_text("a b nan\n")
+    code, _, err = run_cli(["metrics", bad], capsys)
+    assert code == 2 and f"{bad}:1" in " ".join(err.split())

@@ -1,0 +1,61 @@
+"""`metaemb metrics SCORES`: metaemb's verification metrics of a score file written by another
+toolkit (Kaldi, WeSpeaker, SpeechBrain) or by an earlier `metaemb evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from metaemb.commands.console import make_console
+
+console = make_console()
+
+
+def metrics(
+    scores: Annotated[
+        Path,
+        typer.Argument(help="score file: 'enroll test score' lines, with or without a label"),
+    ],
+    trials: Annotated[
+        Path | None,
+        typer.Option(help="labelled trial list the scores were computed on (any format)"),
+    ] = None,
+    p_target: Annotated[
+        list[float] | None,
+        typer.Option(help="target prior of minDCF/actDCF, repeatable \\[default: 0.01, 0.05]"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write the metrics to this JSON file")] = None,
+) -> None:
+    """EER (ROC convex hull), minDCF, actDCF, Cllr and minCllr of a score file, as `evaluate`
+    computes them: put another toolkit's scores through the same definitions."""
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.eval.metrics import verification_report
+    from metaemb.core.eval.score_file import labelled_scores
+
+    priors = tuple(dict.fromkeys(p_target or (0.01, 0.05)))
+    if not all(0.0 < p < 1.0 for p in priors):
+        raise ConfigError(f"--p-target is a target prior in (0, 1); got {list(priors)}.")
+    if out is not None:
+        from metaemb.core.paths import ensure_writable
+
+        ensure_writable(out, "metrics file")
+    tar, non = labelled_scores(scores, trials)
+    report = verification_report(tar, non, priors)
+    table = Table(title=f"metrics of {scores}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        shown = f"{100 * value:.2f}%" if key == "eer" else f"{value:.4g}"
+        table.add_row(key, shown if isinstance(value, float) else str(value))
+    console.print(table)
+    if out is not None:
+        from metaemb.core.files import atomic_write_text
+
+        record = {"scores": str(scores.resolve()), **({"trials": str(trials.resolve())} if trials
+                  else {}), "p_targets": list(priors), **report}  # fmt: skip
+        atomic_write_text(out, json.dumps(record, indent=2))
+        console.print(f"wrote {out}", markup=False)
