@@ -1278,6 +1278,15 @@ def test_a_list_relative_to_a_subfolder_of_the_data_names_that_subfolder(lfw, tm
     args = ["evaluate", run, "--data", data, "--trials", tmp_path / "t.txt", "--workers", "0"]
     code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
     assert code == 2 and f"'{a}' exists: the list names its files without their extension" in err
+    # an LFW pairs.txt cannot name .png files: said how to go on (F3 F9a)
+    shutil.copytree(data, tmp_path / "png")
+    for f in (tmp_path / "png").glob("*/*.jpg"):
+        f.rename(f.with_suffix(".png"))
+    (tmp_path / "t.txt").write_text(f"1 {a} {b}\n")
+    args = ["evaluate", run, "--data", tmp_path / "png", "--trials", tmp_path / "t.txt"]
+    code, _, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "An LFW pairs.txt names `<name> <n>`" in said and "--folds 10" in said
 
 
 def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, capsys):

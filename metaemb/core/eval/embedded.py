@@ -4,6 +4,7 @@ asked), and their trial scores."""
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,14 @@ def _another_extension(root: Path, missing: list[str]) -> str:
     if not found:
         return ""
     there = found[0].relative_to(root).as_posix()
+    if re.fullmatch(r".+_\d{4}\.jpg", first.name):  # an LFW pairs.txt holds no paths to fix
+        return (
+            f". '{there}' exists: the list names its files with another extension. An LFW "
+            "pairs.txt names `<name> <n>`, read as <name>/<name>_NNNN.jpg, and cannot name "
+            "other files: convert the images to .jpg, or write the trials as a VoxCeleb-format "
+            "list with the paths on disk (scored in folds with --folds 10); another list: "
+            "write the paths as they are on disk"
+        )
     return (
         f". '{there}' exists: the list names its files without their extension or with "
         "another one; write the paths as they are on disk"
