@@ -635,3 +635,28 @@ def test_an_aligned_face_export_says_how_to_align(tmp_path):
     assert "bilinear" in details["warp"] and "Umeyama" in details["fit"]
     none, _, _ = make_checkpoint(tmp_path / "none" / "best.pt", "face", FACE, (faces(8),))
     assert "frontend_details" not in export(none, "torchscript", tmp_path / "m2.ts").info
+
+
+def test_a_graph_that_froze_a_size_while_tracing_is_named_so():
+    """A backbone taking `int(x.shape[-1])` traces it as a constant; the export then failed on
+    the adapter's other lengths with torch's generic first line, or blamed the adapter (P19
+    F7). The runner says a size was frozen, and how to keep it a tensor."""
+    import io
+    import warnings
+
+    from metaemb.core.deploy.export import torchscript_runner
+
+    class Frozen(torch.nn.Module):
+        def forward(self, x):
+            steps = int(x.shape[-1])  # the mistake: a Python number from a shape
+            return (x * torch.ones(steps)).sum(-1)
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Frozen(), torch.randn(2, 7)), buf)
+    run = torchscript_runner(buf.getvalue())
+    assert run((torch.randn(2, 7),))[0].shape == (2,)
+    with pytest.raises(ExportError, match=r"other sizes than it was traced with \(\[2, 9\]\).*"
+                       r"a size was frozen while tracing.*int\(x.shape\[-1\]\)"):  # fmt: skip
+        run((torch.randn(2, 9),))

@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,9 +200,34 @@ def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
         feed = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
-        return [torch.from_numpy(y) for y in session.run(None, feed)]
+        with _frozen_sizes_named(inputs):
+            return [torch.from_numpy(y) for y in session.run(None, feed)]
 
     return run
+
+
+@contextlib.contextmanager
+def _frozen_sizes_named(inputs: tuple[Tensor, ...]) -> Iterator[None]:
+    """The exported graph failing on inputs of other sizes than it was traced with: a size was
+    frozen while tracing. Said so, naming the graph's node (in the backbone, say), where the
+    adapter was blamed or torch's first line said nothing usable."""
+    try:
+        yield
+    except (MetaembError, MemoryError):
+        raise
+    except Exception as exc:
+        text = str(exc)
+        node = re.search(r"/model/([A-Za-z_]+)[^\s']*", text)
+        where = f" (node {node.group(0)}: in the model's {node.group(1)})" if node else ""
+        shapes = ", ".join(str(list(x.shape)) for x in inputs)
+        raise ExportError(
+            f"the exported graph failed on inputs of other sizes than it was traced with "
+            f"({shapes}){where}: a size was frozen while tracing. A Python number taken from a "
+            "tensor's shape (int(x.shape[-1]), x.size(2) in arithmetic or a loop) becomes a "
+            "constant of the graph; keep sizes as tensors (masks from lengths, "
+            "torch.arange(x.shape[-1], device=x.device)). The exporter said: "
+            f"{first_line(exc)[:300]}"
+        ) from exc
 
 
 def to_torchscript(module: nn.Module, kind: ExportAdapter, spec: dict[str, Any]) -> bytes:
@@ -217,7 +243,7 @@ def torchscript_runner(data: bytes) -> Any:
     loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), _frozen_sizes_named(inputs):
             return as_list(loaded(*inputs))
 
     return run
