@@ -45,11 +45,15 @@ def metrics(
         ensure_writable(out, "metrics file")
     tar, non = labelled_scores(scores, trials)
     report = verification_report(tar, non, priors)
+    from metaemb.core.eval.evaluate import TAR_FARS
+    from metaemb.core.eval.metrics import tar_at_far
+
+    report.update({f"tar_at_far_{far:g}": tar_at_far(tar, non, far) for far in TAR_FARS})
     table = Table(title=f"metrics of {scores}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in report.items():
-        shown = f"{100 * value:.2f}%" if key == "eer" else f"{value:.4g}"
+        shown = f"{100 * value:.2f}%" if key == "eer" or "far" in key else f"{value:.4g}"
         table.add_row(key, shown if isinstance(value, float) else str(value))
     console.print(table)
     if out is not None:

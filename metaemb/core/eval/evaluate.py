@@ -68,6 +68,9 @@ def verification(scores: torch.Tensor, labels: torch.Tensor, p_targets: tuple) -
     return metrics.verification_report(tar, non, p_targets=p_targets)
 
 
+TAR_FARS = (1e-4, 1e-3, 1e-2)  # metrics.json's tar_at_far_<far>
+
+
 class Evaluation:
     """One evaluation: load model, read/regenerate trials, embed each file once, score, report.
 
@@ -354,11 +357,12 @@ class Evaluation:
         result.update(p_targets=list(p_targets), **verification(scores, labels, p_targets))
         if self.protocol:  # a generated list is only comparable under the same options
             result["protocol_options"] = protocol_options(self.protocol, self.protocol_options)
+        tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
+        for far in TAR_FARS:  # the face benchmarks' operating points (IJB: 1e-4 … 1e-2)
+            result[f"tar_at_far_{far:g}"] = metrics.tar_at_far(tar, non, far)
         if evals.folds:
             mean, std, _ = metrics.kfold_accuracy(scores.numpy(), labels.numpy(), evals.folds)
             result.update(folds=evals.folds, accuracy=mean, accuracy_std=std)
-            tar, non = scores[labels == 1].numpy(), scores[labels == 0].numpy()
-            result["tar_at_far_0.001"] = metrics.tar_at_far(tar, non, 1e-3)
         out.mkdir(parents=True, exist_ok=True)
         calibrated = self._calibrated(scores, embedded, scorer, cal, evals, folder, result)
         if calibrated is not None:

@@ -169,11 +169,15 @@ def print_result(console: Console, result: dict[str, Any]) -> None:
     if "accuracy" in result:
         acc = f"{100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f}%"
         table.add_row(f"{result['folds']}-fold accuracy", acc, *([""] if cal else []))
-        tar = f"{100 * result['tar_at_far_0.001']:.2f}%"
-        non = int(result.get("n_nontarget", 0))
-        if 0 < non < 1000:  # no threshold lets 0.1 % of them through: it is TAR at FAR 0
+    non = int(result.get("n_nontarget", 0))
+    for key in (k for k in result if k.startswith("tar_at_far_")):
+        far = float(key.removeprefix("tar_at_far_"))
+        if non * far < 1 and not (key == "tar_at_far_0.001" and "accuracy" in result):
+            continue  # too few non-targets to reach that rate: shown for folded protocols only
+        tar = f"{100 * result[key]:.2f}%"
+        if 0 < non * far < 1:  # no threshold lets that share through: it is TAR at FAR 0
             tar += f" (at FAR 0: {non} non-targets)"
-        table.add_row("TAR @ FAR=0.1%", tar, *([""] if cal else []))
+        table.add_row(f"TAR @ FAR={100 * far:g}%", tar, *([""] if cal else []))
     console.print(table)
     if cal:
         c = result["calibration"]
