@@ -56,6 +56,9 @@ def train(
     sets = list(set_ or [])
     recordable(runs, "runs folder")
     if data is not None:
+        from metaemb.core.paths import refuse_looping_link
+
+        refuse_looping_link(data)
         recordable(data, "data folder")
         sets.append(f"data.root={json.dumps(str(data))}")
         if not data.is_absolute():

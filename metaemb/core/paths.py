@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from metaemb.core.errors import ConfigError, OutputError
+from metaemb.core.errors import ConfigError, DataError, OutputError
 
 # OS errors a user fixes by choosing another output path or freeing space.
 WRITE_ERRNOS = {
@@ -98,6 +98,23 @@ def _check_parents(path: Path, what: str) -> None:
         )
 
 
+def refuse_looping_link(path: str | Path, what: str = "data folder") -> None:
+    """A symbolic link that loops (`ln -s d d`, or two links naming each other) exists as a name
+    but resolves to nothing: resolving it raised a traceback, and `exists()` said "does not
+    exist". Said as what it is."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(
+                f"{what} '{path}' is a symbolic link that loops (it points to itself, or around "
+                f"a circle of links: {os.readlink(path) if os.path.islink(path) else '?'}); "
+                "point it at the folder it stands for."
+            ) from None
+
+
 def recordable(path: str | Path, what: str) -> Path:
     """A path a run records in its config.toml (UTF-8 text): a name holding bytes that are not
     UTF-8 (a Latin-1 folder name, or any non-ASCII name under a C locale) cannot be written
@@ -123,6 +140,7 @@ def data_path_exists(root: str | Path) -> bool:
     """Whether a data path names something: a folder or file, or a pattern of files
     (`shards/train-{000000..000099}.tar`, `shards/*.tar`) of which at least one exists."""
     text = str(root)
+    refuse_looping_link(text, "data path")
     return Path(text).exists() or bool(pattern_matches(text))
 
 

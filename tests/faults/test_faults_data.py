@@ -288,3 +288,21 @@ def test_stereo_channels_in_opposite_phase_are_named_not_called_silent(tmp_path)
         with pytest.raises(DataError, match="channels that cancel when mixed down"):
             read_audio(tmp_path / "opp.wav", 16000)
         assert read_audio(tmp_path / "two.wav", 16000).shape == (16000,)
+
+
+def test_a_data_folder_that_is_a_looping_link_is_named_as_one(tmp_path, capsys):
+    """`ln -s loopd loopd` as --data was a RuntimeError traceback in train, evaluate, enroll and
+    identify, and "does not exist" elsewhere (H21 F16)."""
+    import helpers
+
+    loop = tmp_path / "loopd"
+    loop.symlink_to("loopd")
+    said = "is a symbolic link that loops"
+    for args in (["train", "--data", loop, "--runs", tmp_path / "runs"],
+                 ["trials", "make", loop, "--out", tmp_path / "t.txt"]):  # fmt: skip
+        code, _, err = helpers.run_cli(args, capsys)
+        assert code == 2 and said in " ".join(err.split()), err
+    from metaemb.core.eval.collect import embed_inputs
+
+    with pytest.raises(DataError, match=said):
+        embed_inputs(tmp_path / "no-run", loop)

@@ -280,6 +280,9 @@ def load_run(
     parts = None
     if data is not None or with_data:
         if data is not None:
+            from metaemb.core.paths import refuse_looping_link
+
+            refuse_looping_link(data)
             rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
         read_with(cfg, folder, folder_options)

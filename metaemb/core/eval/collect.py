@@ -243,6 +243,10 @@ def embed_inputs(
     if isinstance(inputs, (str, Path)):  # one path: a str is not iterated letter by letter
         inputs = [inputs]
     inputs = [Path(p) for p in inputs]  # a notebook passes strings
+    from metaemb.core.paths import refuse_looping_link
+
+    for p in inputs:
+        refuse_looping_link(p, "data path")
     root = None if root is None else Path(root)
     if not inputs:
         raise DataError("embed needs a data folder or at least one sample file.")

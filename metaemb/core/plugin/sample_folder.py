@@ -132,13 +132,19 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
     # -- scanning ------------------------------------------------------------------------
     def _scan(self) -> list[Sample]:
         root = self.root
-        from metaemb.core.paths import PACKED_SUFFIXES, names_packed_files, pattern_matches
+        from metaemb.core.paths import (
+            PACKED_SUFFIXES,
+            names_packed_files,
+            pattern_matches,
+            refuse_looping_link,
+        )
 
         packed = (
             " It names packed files (tar shards?), which this sample folder does not read: "
             "give --folder with a folder that reads them (`metaemb list sample_folders`)."
         )
         if not root.exists():
+            refuse_looping_link(root)
             matches = pattern_matches(root)  # a brace or glob pattern of existing files
             if matches and names_packed_files(root):
                 raise DataError(f"data path '{root}' is a pattern of files, not a folder.{packed}")
