@@ -37,7 +37,7 @@ def test_a_scorer_without_its_fitted_state_is_refused_in_one_wording(run):
     [one] = said
     assert one == (
         "scorer 'plda' must be fitted, and the run 'runs/face/r/best.pt' holds no fitted 'plda' "
-        "(its scorer is 'cosine'): pass --scorer cosine (or euclidean), which needs no fitting, "
+        "(its scorer is 'cosine'): pass --scorer euclidean, which needs no fitting, "
         "or leave --scorer out to score with the run's own 'cosine'"
     )
     assert "gme" not in one  # a point run is never advised a GME scorer

@@ -122,7 +122,9 @@ def _fit_refusal(name: str, kind: str, ask: _Ask) -> Refusal:
     none, or no run is at hand (`ask.no_run` says why)."""
     loaded = ask.loaded
     own = loaded.config.eval.scorer if loaded is not None else None
-    free = _fitting_free(kind, refused=name if name == own else None)
+    # the run's own scorer is offered as "leave --scorer out" (it may carry fitted options:
+    # a speaker run's cosine after the training mean and WCCN), not as one needing no fitting
+    free = _fitting_free(kind, refused=own)
     instead = ("use " if free.startswith("a ") else "pass ") + free
     if loaded is None and ask.no_run:  # a collection whose run cannot lend its fitted state
         return Refusal(
