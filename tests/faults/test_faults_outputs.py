@@ -742,3 +742,24 @@ def test_a_file_on_a_read_only_mount_is_not_called_read_only_to_chmod(tmp_path, 
     monkeypatch.setattr(paths.os, "statvfs", lambda p: type("RW", (), {"f_flag": 0})())
     with pytest.raises(OutputError, match=r"the file is read-only; make it writable"):
         paths.ensure_writable(gallery, "gallery file")
+
+
+def test_a_second_writer_of_one_export_or_evaluation_folder_is_refused(
+    tmp_path, faces, face_run, capsys
+):
+    """Two exports to one --out left one run's model beside the other's sidecar, and two
+    evaluations into one --out one list's metrics.json beside the other's scores.txt (H21 F18,
+    F19): the second writer is refused while the first holds the output."""
+    from metaemb.core.locks import FileLock
+
+    model, out = tmp_path / "deploy" / "m.pt", tmp_path / "ev"
+    model.parent.mkdir()
+    for target, args in (
+        (model, ["export", face_run, "--format", "torchscript", "--out", model]),
+        (out, ["evaluate", face_run, "--data", faces, "--out", out, "--workers", "0"]),
+    ):
+        with FileLock(target, "held"):
+            code, _, err = run_cli(args, capsys)
+        assert code == 2 and "is being written by pid" in " ".join(err.split()), err
+        assert not target.exists()
+        assert run_cli(args, capsys)[0] == 0  # released: written

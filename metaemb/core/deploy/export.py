@@ -311,11 +311,25 @@ def check_options(fmt: str, opset: int) -> None:
 def export(
     checkpoint: Path, fmt: str = "onnx", out: Path | None = None, opset: int = DEFAULT_OPSET
 ) -> Exported:
-    """Export the inference model of `checkpoint` (run dir or .pt) to `out` + `<out>.json`."""
-    from metaemb.core.paths import ensure_writable
+    """Export the inference model of `checkpoint` (run dir or .pt) to `out` + `<out>.json`,
+    under a lock on `out`: two exports to one name at once left one run's model beside the
+    other's sidecar."""
+    from metaemb.core.locks import FileLock
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
+    if not target.parent.is_dir():
+        from metaemb.core.paths import ensure_writable
+
+        ensure_writable(target, "export file")  # says why a folder cannot be made
+        target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target, "export"):
+        return _export(checkpoint, fmt, target, opset)
+
+
+def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
+    from metaemb.core.paths import ensure_writable
+
     # before the slow export; a run's checkpoint or a gallery at --out is said before a name
     # that does not fit the format
     ensure_writable(target, "export file")

@@ -32,6 +32,7 @@ from metaemb.core.eval.output_folder import (
     default_out,
     result_name,
     variant,
+    writing,
 )
 from metaemb.core.eval.scores_file import write_scores
 from metaemb.core.eval.trial_checks import (
@@ -305,6 +306,8 @@ class Evaluation:
                 trials_file,
             )
         )
+        if self.out:  # one writer: two sets' renames interleaved into a mixed set
+            claims.enter_context(writing(out))
         self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
         cal = None

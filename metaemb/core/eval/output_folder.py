@@ -151,6 +151,19 @@ def beside_others(
 
 
 @contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """An explicit `--out` folder held while an evaluation writes it (`.<out>.lock` beside it):
+    a second evaluation into it is refused instead of mixing the two sets of files."""
+    from metaemb.core.locks import FileLock
+    from metaemb.core.paths import ensure_writable_dir
+
+    ensure_writable_dir(out, "evaluation output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out, "evaluation output folder"):
+        yield
+
+
+@contextlib.contextmanager
 def claimed(
     default: Path, data_root: str, source: str, calibration: str | None = None, listed: str = ""
 ) -> Iterator[Path]:
