@@ -686,6 +686,14 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     empty.write_text("\n")
     code, _, err = run_cli([*args, "--identities-file", empty], capsys)
     assert code == 2 and "names no identity" in err
+    # a name with a trailing blank given to --identities is trimmed: said how to name it (H21 F20)
+    blank = tmp_path / "blank.pt"
+    g = Gallery(Gallery.load(path).stamp)
+    g.add("trailing ", torch.randn(1, Gallery.load(path).stamp.dim))
+    g.save(blank)
+    code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities", "trailing "], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "--identities trims blanks" in said and "--identities-file" in said
     # a list saved as UTF-16 (Notepad's "Unicode", PowerShell's `>`) is read (H21 F15)
     names.write_text("trailing \n", encoding="utf-16")
     code, _, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)

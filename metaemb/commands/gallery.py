@@ -203,7 +203,11 @@ def unenroll(
                 g.remove(name)  # "not enrolled" (listing the gallery as it is) before any change
             except GalleryError as exc:
                 comma = identities is not None and any("," in n for n in g.identities)
+                blank = identities is not None and any(n != n.strip() for n in g.identities)
                 hint = " (a name holding ',' goes in --identities-file)" if comma else ""
+                if blank and not comma:  # --identities trims: ' bob' reads as 'bob'
+                    hint = (" (--identities trims blanks; a name starting or ending with one "
+                            "goes in --identities-file, one per line, exactly)")  # fmt: skip
                 raise GalleryError(f"{exc}{hint}") from None
         removed = {name: g.remove(name) for name in names}
         g.save(gallery)
