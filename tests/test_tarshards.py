@@ -386,3 +386,32 @@ def test_train_end_to_end_on_tar_shards(tmp_path, capsys, monkeypatch):
         code, out, err = helpers.run_cli([*enroll, tmp_path / "moved"], capsys, monkeypatch)
     assert code == 0, out + err
     assert len(Gallery.load(gallery).samples) == 32
+
+
+def test_keys_in_folders_are_sources_and_sessions_of_their_own(tmp_path):
+    """`tar cf shard.tar alice/0001.jpg bob/0001.jpg` gives keys with folders: the source was
+    the key's last part, so alice/0001 and bob/0001 were one file to galleries (R8 F1); and
+    --cross-session took the shard for a session (R8 F8). Sessions are the key's folders."""
+    root = tmp_path / "shards"
+    root.mkdir()
+    members = []
+    for who in ("alice", "bob"):
+        for video in ("v1", "v2"):
+            key = f"{who}/{video}/0001"
+            members += [(f"{key}.jpg", jpeg(len(members))), (f"{key}.txt", who.encode())]
+    write_tar(root / "shard-000000.tar", members)
+    f = folder(root, tmp_path)
+    sources = [f.source_of(s) for s in f.samples]
+    assert len(set(sources)) == 4 and all(".tar#" in s for s in sources)
+    assert sorted(f.session_of(s) for s in f.samples) == ["v1", "v1", "v2", "v2"]
+    from metaemb.core.eval.trial_generation import make_trials
+
+    tar = [t for t in make_trials(f, n_nontarget=2, cross_session=True) if t.label]
+    assert len(tar) == 2 and all(t.enroll[0].split("/")[-2] != t.test.split("/")[-2] for t in tar)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_tar(flat / "a.tar", [(f"{k}.{e}", jpeg(i) if e == "jpg" else k[0].encode())
+                               for i, k in enumerate(("a0", "a1", "b2", "b3"))
+                               for e in ("jpg", "txt")])  # fmt: skip
+    with pytest.raises(DataError, match="cross-session targets need sessions"):
+        make_trials(folder(flat, tmp_path), cross_session=True)

@@ -213,9 +213,9 @@ def read_bounded(
     `what` ("--identities-file"); `kind` says what such a file is ("list of names")."""
     from metaemb.core.errors import MetaembError
 
-    kind = not_a_file(path)
-    if kind and not (pipes and kind == "a pipe"):
-        raise MetaembError(f"{what} '{path}' is {kind}, not a file: give a file.")
+    special = not_a_file(path)
+    if special and not (pipes and special == "a pipe"):
+        raise MetaembError(f"{what} '{path}' is {special}, not a file: give a file.")
     size = path.stat().st_size
     if size > limit:
         raise MetaembError(

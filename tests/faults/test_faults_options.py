@@ -677,3 +677,8 @@ def test_devices_pipes_and_huge_files_given_as_small_inputs(tmp_path, monkeypatc
         f.truncate(17 * MiB)  # sparse: no disk used
     with pytest.raises(ConfigError, match=r"holds 17 MiB, more than a config file holds"):
         load_toml(big)
+    names = tmp_path / "names.txt"  # R8 F9: the list's kind, not the flag, is what it exceeds
+    with open(names, "wb") as f:
+        f.truncate(65 * MiB)
+    with pytest.raises(MetaembError, match=r"holds 65 MiB, more than a list of names holds"):
+        identity_names(None, names)

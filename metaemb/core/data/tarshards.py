@@ -157,8 +157,27 @@ class TarShardFolder(SampleFolder):
         row = self._rows.get(sample.path) if self._rows is not None else None
         if row is None:
             return super().source_of(sample)
-        shard = Path(self.handles.paths[int(self._shard[row])]).resolve()
-        return f"{shard}#{sample.path.rsplit('/', 1)[-1]}"
+        index = int(self._shard[row])
+        shard = Path(self.handles.paths[index]).resolve()
+        return f"{shard}#{self._key_of(sample, index)}"
+
+    def _key_of(self, sample: Sample, shard: int) -> str:
+        """The member key of a sample path `<identity>/<shard name>/<key>` (a key may hold '/':
+        `alice/0001` in a tar of an identity folder)."""
+        prefix = f"{sample.identity}/{self.shard_names[shard]}/"
+        return sample.path[len(prefix) :] if sample.path.startswith(prefix) else sample.path
+
+    def session_of(self, sample: Sample) -> str:
+        """The folders of a sample's key (`id10001/1zcIwhmdeo4/00001` → `id10001/1zcIwhmdeo4`
+        minus its identity when the key starts with it): the shard itself is no session."""
+        if self._rows is None:
+            self._scan()
+        row = self._rows.get(sample.path) if self._rows is not None else None
+        key = self._key_of(sample, int(self._shard[row])) if row is not None else sample.path
+        folders = key.split("/")[:-1]
+        if folders and folders[0] == sample.identity:
+            folders = folders[1:]
+        return "/".join(folders)
 
     def locate(self, path: str | Path) -> tuple[int, str] | None:
         """(row in the index, member name as `<shard>#<key>.<ext>`) of a sample path, or None."""

@@ -56,7 +56,8 @@ def make_trials(
             "enrolment samples per trial)."
         )
     if cross_session:
-        sessions = [session_of(p) for p in paths]
+        own = getattr(folder, "session_of", None)  # a folder that knows (tar shards' keys)
+        sessions = [own(s) if own else session_of(s.path) for s in folder.samples]
         if not any(sessions):
             raise DataError(
                 f"{where}: cross-session targets need sessions, folders between identity and "
