@@ -293,3 +293,10 @@ def test_fewer_within_identity_samples_than_dimensions_fit_after_a_pca():
         assert torch.isfinite(scores).all()
         assert scores[same & off].mean() > scores[~same].mean()
         assert metrics.eer(scores[same & off].numpy(), scores[~same].numpy()) < 0.15
+    # the LDA note names what limits it: the PCA, not the identities (R8 F7)
+    c = torch.randn(60, 32, generator=g, dtype=torch.float64)
+    ids = torch.cat([torch.arange(60), torch.arange(11)])
+    with pytest.warns(UserWarning) as said:
+        PLDABackend(lda_dim=20, iterations=2).fit(c[ids] + 0.3 * torch.randn(71, 32, generator=g, dtype=torch.float64), ids)  # fmt: skip
+    [lda] = [str(w.message) for w in said if "lda_dim = 20" in str(w.message)]
+    assert "the 5 principal directions the PCA before it keeps" in lda

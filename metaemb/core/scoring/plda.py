@@ -315,15 +315,15 @@ class PLDABackend:
         self.lda: Tensor | None = None
         self.plda: PLDA | None = None
 
-    def _note_lower_lda(self, kept: int, dim: int) -> None:
-        """LDA keeps at most (training identities − 1) dimensions: say so once when that is
-        fewer than `lda_dim` asked for (LDA-200 on 150 speakers keeps 149). Fewer than the
-        embedding has is no surprise and is not reported."""
+    def _note_lower_lda(self, kept: int, dim: int, why: str = "training identities − 1") -> None:
+        """LDA keeps at most (training identities − 1) dimensions, or as many as the PCA before
+        it kept (`why`): say so once when that is fewer than `lda_dim` asked for (LDA-200 on 150
+        speakers keeps 149). Fewer than the embedding has is no surprise and is not reported."""
         if kept < min(self.lda_dim, dim) and not getattr(self, "_lda_noted", False):
             self._lda_noted = True
             warnings.warn(
                 f"PLDA: lda_dim = {self.lda_dim}, but LDA can keep at most {kept} dimensions "
-                f"here (training identities − 1); it keeps {kept}.",
+                f"here ({why}); it keeps {kept}.",
                 stacklevel=2,
             )
 
@@ -334,7 +334,10 @@ class PLDABackend:
         if self.lda_dim > 0:
             _, lda = fit_lda((x - self.center) @ pca.T, labels, self.lda_dim)
             self.lda = lda @ pca
-            self._note_lower_lda(int(self.lda.shape[0]), x.shape[1])
+            ids = int(torch.as_tensor(labels).unique().numel())
+            why = "training identities − 1" if lda.shape[0] == ids - 1 else (
+                f"the {pca.shape[0]} principal directions the PCA before it keeps")  # fmt: skip
+            self._note_lower_lda(int(self.lda.shape[0]), x.shape[1], why)
         else:
             self.lda = pca
         self.plda = PLDA.fit(self.preprocess(x), labels, self.iterations, x.shape[1])
