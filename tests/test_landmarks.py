@@ -335,8 +335,24 @@ def test_a_landmark_file_in_another_layout_is_named_with_the_layout_that_fits(tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         FileLandmarks(data).table()  # metaemb's own layout: nothing to say
-    for name, fits in (("xy.csv", "They fit as x1 … x5, y1 … y5"),
-                       ("mirrored.csv", "They fit as the subject's left eye")):  # fmt: skip
+    for name, fits in (("xy.csv", "and fit as x1 … x5, y1 … y5"),
+                       ("mirrored.csv", "and fit as the subject's left eye")):  # fmt: skip
         with pytest.warns(UserWarning, match=r"fit the face template badly") as said:
             FileLandmarks(data, name).table()
         assert fits in str(said[0].message)
+    # turned heads in metaemb's own layout fit badly too, and no layout better: nothing said
+    # (a profile set's landmark file was told to be rewritten, R8 F6)
+    yawed = data / "yawed.csv"
+    with yawed.open("w", newline="") as f:
+        rows_out = [rows[0]]
+        for r in rows[1:]:
+            pts = np.array(r[1:], float).reshape(5, 2)
+            centre = pts[:2].mean(0)
+            pts[2] += [0.9 * abs(pts[1, 0] - pts[0, 0]), 0]  # the nose turns with the head
+            pts[3:] += [0.45 * abs(pts[1, 0] - pts[0, 0]), 0]
+            pts[1] = centre + 0.3 * (pts[1] - centre)  # the far eye foreshortened
+            rows_out.append([r[0], *pts.ravel().round(3)])
+        csv.writer(f).writerows(rows_out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FileLandmarks(data, "yawed.csv").table()
