@@ -600,7 +600,20 @@ def test_after_a_rename_the_enroll_job_says_to_rename_the_folder_which_then_foll
                                   "--workers", "0"], capsys)  # fmt: skip
     assert code == 0, err
     [w] = [str(w.message) for w in said if "rename-identity renames" in str(w.message)]
-    assert "'id0001' (enrolled as 'robert')" in w
+    assert "'id0001' (enrolled as 'robert')" in w and "\"'" not in w
+    # an impostor whose folder is named as a folder above the identity folders ('B', the data
+    # root here) is no renamed identity: not called one (R8 F5)
+    odd = tmp_path / "probes2"
+    shutil.copytree(probes, odd)
+    (odd / "id0005").rename(odd / "B")
+    table = odd / "landmarks.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace("id0005/", "B/"), encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"rename-identity renames") as said:
+        code, _, err = run_cli(["identify", run, "--gallery", path, "--data", odd,
+                                "--workers", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    [w] = [str(w.message) for w in said if "rename-identity renames" in str(w.message)]
+    assert w.startswith("2 probes") and "'B'" not in w
     code, _, err = run_cli(args, capsys)
     said = " ".join(err.split())
     assert code == 2 and "if 'robert' is its new name (rename-identity), rename its folder" in said

@@ -166,21 +166,29 @@ def _warn_enrolled_probes(g: Any, probes: list[str]) -> None:
 
 def _warn_renamed_labels(g: Any, truth: list[str]) -> None:
     """Probe folders named as an enrolled identity's folder was before `rename-identity` count
-    as non-mated: said, since the gallery's records show which folders it was enrolled from."""
+    as non-mated: said, since the gallery's records show which folder each identity was
+    enrolled from (the folder at the depth where the other identities' own names stand)."""
     import warnings
+    from collections import Counter
 
     unknown = {t for t in truth if t not in g}
     if not unknown:
         return
+    records = [(Path(s).parent.parts, g.identities[o])
+               for s, o in zip(g.sources, g.owner.tolist(), strict=True) if s]  # fmt: skip
+    depths = Counter(len(parts) - i for parts, owner in records
+                     for i in range(len(parts) - 1, -1, -1) if parts[i] == owner)  # fmt: skip
+    if not depths:
+        return
+    depth = depths.most_common(1)[0][0]  # the identity folder, counted from the file's folder
     was: dict[str, str] = {}  # probe label -> the enrolled identity whose folder had its name
-    folders = {os.path.dirname(s): o for s, o in zip(g.sources, g.owner.tolist(), strict=True) if s}
-    for parent, owner in folders.items():
-        for part in Path(parent).parts:
-            if part in unknown and g.identities[owner] != part:
-                was.setdefault(part, g.identities[owner])
+    for parts, owner in records:
+        if len(parts) >= depth and parts[-depth] in unknown and parts[-depth] != owner:
+            was.setdefault(parts[-depth], owner)
     if was:
         n = sum(t in was for t in truth)
-        pairs = first_few((f"{old!r} (enrolled as {new!r})" for old, new in sorted(was.items())), 3)
+        pairs = first_few((f"'{old}' (enrolled as '{new}')" for old, new in sorted(was.items())),
+                          3, quote=False)  # fmt: skip
         warnings.warn(
             f"{n} probes are in folders named as no enrolled identity but as the folders "
             f"enrolled identities came from: {pairs}; rename-identity renames the gallery's "
