@@ -298,10 +298,14 @@ class Gallery:
         """The enrolled name of `identity`: itself, or an enrolled name of the same Unicode
         form (NFC) when the folder's spelling differs (copied through macOS, NFD): one person,
         not a second identity that prints the same."""
-        if identity in self.identities:
+        pos = self._lookup()[0]
+        if identity in pos or identity.isascii():  # NFC leaves ASCII as it is
             return identity
-        form = _nfc(identity)
-        return next((i for i in self.identities if _nfc(i) == form), identity)
+        cached = getattr(self, "_forms", None)
+        if cached is None or cached[0] is not pos or cached[1] != len(pos):
+            forms = {_nfc(n): n for n in reversed(self.identities)}  # the first enrolled wins
+            self._forms = cached = (pos, len(pos), forms)
+        return cached[2].get(_nfc(identity), identity)
 
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as

@@ -143,7 +143,9 @@ def identify_probes(
     names = [str(f) for f in files] if files else [folder.samples[i].path for i in indices]
     if files:
         return Identification(names, None, result)
-    truth = [g.named_as(folder.samples[i].identity) for i in indices]  # José, NFC or NFD
+    labels = [folder.samples[i].identity for i in indices]
+    enrolled_as = {name: g.named_as(name) for name in set(labels)}  # José, NFC or NFD
+    truth = [enrolled_as[name] for name in labels]
     _warn_renamed_labels(g, truth)
     return Identification(names, truth, result, _metrics(g, emb, sc, truth, result))
 
