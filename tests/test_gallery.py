@@ -801,9 +801,22 @@ def test_moves_merges_and_swaps_that_would_count_files_twice_are_followed_or_sai
     table = m / "landmarks.csv"
     table.write_text(table.read_text(encoding="utf-8").replace("id0001/", "id0000/from1-"),
                      encoding="utf-8")  # fmt: skip
-    with pytest.warns(UserWarning, match=r"'id0000' got new samples from .* while 3 of its "
-                      r"enrolled files there are gone"):  # fmt: skip
+    with pytest.warns(UserWarning, match=r"3 sample\(s\) of .* embed as enrolled files of "
+                      r"their identity that are gone"):  # fmt: skip
         assert run_cli([*args, path, "--data", m], capsys)[0] == 0
+    # a photo replaced by another one is no renamed file: nothing said (R8 F4)
+    from PIL import Image, ImageOps
+
+    (m / "id0002" / "000.png").unlink()
+    ImageOps.mirror(Image.open(m / "id0002" / "001.png")).save(m / "id0002" / "new.png")
+    table.write_text(table.read_text(encoding="utf-8") + "".join(
+        line.replace("id0002/001.png", "id0002/new.png") + "\n"
+        for line in table.read_text(encoding="utf-8").splitlines() if "id0002/001.png" in line
+    ), encoding="utf-8")  # fmt: skip
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert run_cli([*args, path, "--data", m], capsys)[0] == 0
+    assert not [w for w in said if "gone" in str(w.message)], [str(w.message) for w in said]
 
     # names swapped, then folders swapped to match: both named at once
     s, path = tmp_path / "S", tmp_path / "s.pt"

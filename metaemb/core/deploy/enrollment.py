@@ -88,8 +88,7 @@ def _enroll(
         if todo or moved:
             g.save(gallery)
     if g is not None:  # after the moved files were found: those are not gone
-        grown = {as_enrolled[name] for name, n in added.items() if n}
-        _warn_vanished(g, Path(folder.root).resolve(), gallery, grown)
+        _warn_vanished(g, Path(folder.root).resolve(), gallery)
     if renewed and not (todo or moved) and g is not None:
         g.save(gallery)  # the old source names written in the new form
     counts = dict(zip(g.identities, g.counts().tolist(), strict=True)) if g is not None else {}
@@ -204,6 +203,15 @@ def _follow_moved(
             key = (g.identities[owners[row]], Path(source.rsplit("#", 1)[0]).name)
             known.setdefault(key, []).append(row)
     new_parts = stored_parts(emb)
+    gone_rows: dict[str, list[int]] = {}
+
+    def gone_of(identity: str) -> list[int]:
+        """The identity's enrolled rows whose files are gone (looked up once per identity)."""
+        if identity not in gone_rows:
+            j = g.identities.index(identity) if identity in g.identities else -1
+            gone_rows[identity] = [r for r, o in enumerate(owners) if o == j and g.sources[r]
+                                   and not source_exists(g.sources[r])]  # fmt: skip
+        return gone_rows[identity]
 
     def difference(k: int, row: int) -> float:
         """Largest relative difference of the two samples' parts: another machine (a GPU's
@@ -215,6 +223,7 @@ def _follow_moved(
     renamed: dict[str, str] = {}
     copies: list[tuple[str, str]] = []
     unlike: list[tuple[str, str, float]] = []  # named as a gone file, embedded otherwise
+    renamed_twice: list[tuple[str, str]] = []  # embedded as a gone file, named otherwise
     keep: list[int] = []
     root = Path(folder.root).resolve()
     for k, i in enumerate(todo):
@@ -240,7 +249,22 @@ def _follow_moved(
             copies.append((sources[i], g.sources[rows[0]]))
         elif named and not source_exists(g.sources[named[0]]):
             unlike.append((sources[i], g.sources[named[0]], apart[named[0]]))
+        else:  # under another name: a gone file of its identity that embeds the same
+            twin = next((r for r in gone_of(key[0]) if difference(k, r) <= SAME_FILE_DIFFERENCE),
+                        None)  # fmt: skip
+            if twin is not None:
+                renamed_twice.append((sources[i], g.sources[twin]))
         keep.append(k)
+    if renamed_twice:
+        new, old = renamed_twice[0]
+        warnings.warn(
+            f"{len(renamed_twice)} sample(s) of '{folder.root}' embed as enrolled files of their "
+            f"identity that are gone ('{new}' as '{old}'): the same files renamed (moved into "
+            "a merged identity's folder under new names?). They are enrolled again and count "
+            "twice: `unenroll` the identity and enroll it again. Moving a merged folder inside "
+            "the other's keeps its file names, and enroll follows it.",
+            stacklevel=3,
+        )
     if unlike:
         new, old, diff = unlike[0]
         warnings.warn(
@@ -272,10 +296,9 @@ def _follow_moved(
     return [todo[k] for k in keep], (emb[keep] if keep else emb), len(renamed)
 
 
-def _warn_vanished(g: Any, root: Path, gallery: Path, grown: set[str]) -> None:
+def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
     """Identities enrolled from this data folder whose files are all gone (a renamed identity
-    folder would otherwise be enrolled a second time under its new name, unnoticed), or some
-    of them while `grown` ones got new samples (files renamed into a merged folder)."""
+    folder would otherwise be enrolled a second time under its new name, unnoticed)."""
     import warnings
 
     inside: dict[str, list[str]] = {}
@@ -284,20 +307,6 @@ def _warn_vanished(g: Any, root: Path, gallery: Path, grown: set[str]) -> None:
             inside.setdefault(g.identities[owner], []).append(source)
 
     gone = [name for name, files in inside.items() if not any(map(source_exists, files))]
-    some = {n: sum(not source_exists(f) for f in files) for n, files in inside.items()
-            if n in grown and n not in gone}  # fmt: skip
-    some = {n: k for n, k in some.items() if k}
-    if some:
-        name, k = next(iter(some.items()))
-        warnings.warn(
-            f"'{name}' got new samples from '{root}' while {k} of its enrolled files there are "
-            f"gone ({len(some)} such identit{'y' if len(some) == 1 else 'ies'}): if the new ones "
-            "are those files renamed or moved (files moved into another identity's folder "
-            "after `rename-identity --merge`), they are now counted twice: `unenroll` it and "
-            "enroll it again. Moving a merged folder inside the other's keeps its file names, "
-            "and enroll follows it.",
-            stacklevel=2,
-        )
     if gone:
         shown = first_few(gone)
         warnings.warn(
