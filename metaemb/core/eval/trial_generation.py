@@ -117,6 +117,10 @@ def _cross_session_targets(members, sessions, k, n_target, rng):
     """Targets whose enrollment and test samples come from different sessions of an identity:
     every such pair (k = 1) or each test sample against k samples of its identity's other
     sessions, `n_target` of them drawn (all when None or fewer exist), in sample order."""
+    if k == 1 and n_target is not None:
+        drawn = _draw_cross_session_pairs(members, sessions, int(n_target), rng)
+        if drawn is not None:
+            return drawn
     cands: list[tuple[tuple[int, ...], int]] = []
     for g in members:
         s = np.asarray([sessions[i] for i in g])
@@ -135,6 +139,41 @@ def _cross_session_targets(members, sessions, k, n_target, rng):
         keep_at = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
         cands = [cands[i] for i in keep_at.tolist()]
     return cands
+
+
+def _draw_cross_session_pairs(members, sessions, n_target, rng):
+    """`n_target` cross-session pairs drawn from the index of every same-identity pair (as
+    `_targets` draws), rejecting same-session ones, in sample order: memory O(n_target), where
+    listing every pair of VoxCeleb2 took gigabytes. None when they are too rare to draw (the
+    caller lists them all)."""
+    sizes = np.array([len(g) for g in members], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(sizes * (sizes - 1) // 2)))
+    total = int(offsets[-1])
+    if total == 0 or 4 * n_target >= total:
+        return None
+    chosen: set[int] = set()
+    for _ in range(64):
+        need = n_target - len(chosen)
+        if need <= 0:
+            break
+        draw = rng.integers(0, total, size=4 * need + 16)
+        owner = np.searchsorted(offsets, draw, side="right") - 1
+        for r, gi in zip(draw.tolist(), owner.tolist(), strict=True):
+            if r in chosen:
+                continue
+            a, b = _pair_of(r - int(offsets[gi]), len(members[gi]))
+            if sessions[members[gi][a]] != sessions[members[gi][b]]:
+                chosen.add(r)
+                if len(chosen) == n_target:
+                    break
+    if len(chosen) < n_target:
+        return None
+    out = []
+    for r in sorted(chosen):
+        gi = int(np.searchsorted(offsets, r, side="right") - 1)
+        a, b = _pair_of(r - int(offsets[gi]), len(members[gi]))
+        out.append(((members[gi][a],), members[gi][b]))
+    return out
 
 
 def _pair_of(r: int, n: int) -> tuple[int, int]:
