@@ -192,10 +192,10 @@ def test_class_accuracy_against_enrolled_identities(setup, tmp_path, capsys):
     assert "class_accuracy" in text and got["training_identities_scored"] == 0
 
 
-def test_identities_too_small_to_probe_are_distractors_or_named(setup, tmp_path, capsys):
-    """Identities with too few images left the closed-set gallery without a word, which
-    changes rank-1 (F3 F11): one of exactly --enroll-samples images is enrolled without probes
-    (a distractor, as the protocols keep them); fewer is left out and said."""
+def test_identities_too_small_to_probe_are_left_out_and_named(setup, tmp_path, capsys):
+    """Identities with too few images left the closed-set gallery without a word (F3 F11):
+    those with --enroll-samples images or fewer (nothing left to probe with) are left out, as
+    before, and said and counted."""
     import shutil
 
     _, other, run = setup
@@ -208,20 +208,12 @@ def test_identities_too_small_to_probe_are_distractors_or_named(setup, tmp_path,
     out = tmp_path / "cls"
     args = ["evaluate", run, "--measure", "class", "--data", small, "--enroll-samples", "2",
             "--out", out, "--workers", "0"]  # fmt: skip
-    with pytest.warns(
-        UserWarning, match=rf"1 identities of .* fewer than 2 samples \('{ids[1].name}'\)"
-    ):
+    with pytest.warns(UserWarning, match=r"2 identities of .* have 2 sample\(s\) or fewer"):
         code, _, err = helpers.run_cli(args, capsys)
     assert code == 0, err
     got = json.loads((out / "metrics.json").read_text())
-    assert (got["identities"], got["distractors"], got["not_enrolled"]) == (5, 1, 1)
-    assert ids[0].name in got["enrolled"] and ids[1].name not in got["enrolled"]
-    e = unit_embeddings(run, small, tmp_path)
-    models = {k: np.mean([e[p] for p in v], 0) for k, v in got["enrolled"].items()}
-    enrolled = {p for v in got["enrolled"].values() for p in v}
-    hits = [max(models, key=lambda n: x @ models[n] / np.linalg.norm(models[n])) == p.split("/")[0]
-            for p, x in e.items() if p not in enrolled and p.split("/")[0] in models]  # fmt: skip
-    assert got["class_accuracy"] == pytest.approx(np.mean(hits), abs=1e-12)
+    assert (got["identities"], got["not_enrolled"]) == (4, 2)
+    assert ids[0].name not in got["enrolled"] and ids[1].name not in got["enrolled"]
 
 
 def test_match_without_triplets_is_a_clear_error(setup, capsys):

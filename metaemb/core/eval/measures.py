@@ -215,29 +215,27 @@ def class_measure(
     probe_ids: list[int] = []
     too_few: list[str] = []
     for label, idx in sorted(folder.by_identity().items()):
-        if len(idx) < enroll:
+        if len(idx) <= enroll:  # nothing left to probe with: left out, and said
             too_few.append(folder.identities[label])
             continue
-        # an identity of exactly `enroll` samples is enrolled without probes: a distractor
-        # in the gallery, as closed-set protocols with identities of unequal sizes keep them
         chosen = set(rng.choice(len(idx), size=enroll, replace=False).tolist())
         groups.append([idx[i] for i in sorted(chosen)])
         names.append(folder.identities[label])
         rest = [idx[i] for i in range(len(idx)) if i not in chosen]
         probes += rest
         probe_ids += [len(groups) - 1] * len(rest)
-    if len(groups) < 2 or not probes:
+    if len(groups) < 2:
         raise DataError(
-            f"classification needs at least two identities with {enroll} samples or more in "
-            f"'{folder.root}', one of them with more; found {len(groups)}."
+            f"classification needs at least two identities with more than {enroll} samples in "
+            f"'{folder.root}'; found {len(groups)}."
         )
     if too_few:
         import warnings
 
         warnings.warn(
-            f"{len(too_few)} identities of '{folder.root}' have fewer than {enroll} samples "
-            f"({first_few(too_few, 3)}) and are not enrolled: the gallery holds the other "
-            f"{len(groups)}.",
+            f"{len(too_few)} identities of '{folder.root}' have {enroll} sample(s) or fewer "
+            f"({first_few(too_few, 3)}): with --enroll-samples {enroll} none is left to probe "
+            f"with, so they are left out; the closed-set gallery holds the other {len(groups)}.",
             stacklevel=2,
         )
     emb = loaded.embed(folder, None, workers)
@@ -252,8 +250,7 @@ def class_measure(
         "identities": len(groups),
         "probes": len(probes),
         "enroll_samples": enroll,
-        "distractors": len(groups) - len(set(probe_ids)),  # enrolled, without probes
-        "not_enrolled": len(too_few),
+        "not_enrolled": len(too_few),  # too few samples to enroll and probe
         "class_accuracy": float(cmc[0]),
         "rank_5": float(cmc[-1]) if len(cmc) >= 5 else None,
         "source": f"'{folder.root}' ({len(groups)} identities)",
