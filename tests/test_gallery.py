@@ -575,6 +575,20 @@ def test_a_gallery_and_its_folder_moved_elsewhere_are_not_enrolled_twice(trained
     assert source_exists(str(tmp_path / "cam#1.png"))
     assert source_exists(str(tmp_path / "cam#1.png") + "#0-100")  # a segment of it
     assert not source_exists(str(tmp_path / "gone#1.png"))
+    # a folder named with '#' is no segment: a gone file under it is gone (R8 F2)
+    (tmp_path / "Team").mkdir()
+    assert not source_exists(str(tmp_path / "Team#2" / "id0000" / "000.png"))
+    team = tmp_path / "Team#2"
+    shutil.copytree(tmp_path / "D", team)
+    path2 = tmp_path / "g2.pt"
+    assert run_cli(["enroll", run, "--gallery", path2, "--workers", "0", "--data", team],
+                   capsys)[0] == 0  # fmt: skip
+    team.rename(tmp_path / "Team#3")
+    with pytest.warns(UserWarning, match=r"enrolled sample\(s\) were found moved"):
+        code, _, err = run_cli(["enroll", run, "--gallery", path2, "--workers", "0", "--data",
+                                tmp_path / "Team#3"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(Gallery.load(path2).samples) == 9  # followed, not enrolled twice
 
 
 def test_after_a_rename_the_enroll_job_says_to_rename_the_folder_which_then_follows(

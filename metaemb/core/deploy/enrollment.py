@@ -3,6 +3,8 @@ a gallery file (created or extended under its lock). Semantics: docs/gallery.md.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +172,23 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
     return g.rename_sources({a: b for a, b in zip(old, sources, strict=True) if a != b})
 
 
-def source_exists(source: str) -> bool:
-    """Whether an enrolled sample's file is still there: the file itself (whose name may hold
-    a '#'), or the recording of a segment `file#start-end`."""
-    import os
+_SEGMENT = re.compile(r"\d+(\.\d+)?-(\d+(\.\d+)?)?")  # a Kaldi segment: #start-end, seconds
 
-    return os.path.exists(source) or os.path.exists(source.rsplit("#", 1)[0])
+
+def file_of(source: str) -> str:
+    """The file a gallery source is read from: a tar shard's `<shard>#<key>` or a Kaldi
+    segment's `<recording>#<start>-<end>` without its part after '#'; any other path whole (a
+    folder may be named `Team #2`)."""
+    head, sep, tail = source.rpartition("#")
+    if sep and (head.endswith(".tar") or _SEGMENT.fullmatch(tail)):
+        return head
+    return source
+
+
+def source_exists(source: str) -> bool:
+    """Whether an enrolled sample's file is still there: the file itself, a tar shard holding
+    it, or the recording of a segment `file#start-end`."""
+    return os.path.exists(source) or os.path.exists(file_of(source))
 
 
 SAME_FILE_DIFFERENCE = 0.01  # relative: one file embedded on two machines, not two files
@@ -200,7 +213,7 @@ def _follow_moved(
     owners = g.owner.tolist()
     for row, source in enumerate(g.sources):
         if source:
-            key = (g.identities[owners[row]], Path(source.rsplit("#", 1)[0]).name)
+            key = (g.identities[owners[row]], Path(file_of(source)).name)
             known.setdefault(key, []).append(row)
     new_parts = stored_parts(emb)
     gone_rows: dict[str, list[int]] = {}
@@ -228,7 +241,7 @@ def _follow_moved(
     root = Path(folder.root).resolve()
     for k, i in enumerate(todo):
         sample = folder.samples[i]
-        key = (as_enrolled[sample.identity], Path(sources[i].rsplit("#", 1)[0]).name)
+        key = (as_enrolled[sample.identity], Path(file_of(sources[i])).name)
         # the path below the identity folder (which a rename-identity may have renamed too):
         # of the file under the data root (a tar shard's `shard.tar#key` has no identity folder)
         try:
