@@ -129,7 +129,8 @@ def evaluate(
                                "for --measure class, which enrolls from every file of --data and "
                                "reads no list; --trials for verification pairs and match "
                                "triplets; --protocol, --calibrate, --p-target, --folder, "
-                               "--folder-set and --folds for verification): leave it out, or "
+                               "--folder-set, --folds and --scorer-set for verification): leave "
+                               "it out, or "
                                "choose the measure it is for.")  # fmt: skip
     if measure != "verification":
         from metaemb.core.eval.measures import run_measure

@@ -103,7 +103,7 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
             text = text.decode("utf-16" if utf16 else "utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
-        lines = text.splitlines()
+        lines = text.replace("\r\n", "\n").split("\n")  # an editor's lines, not str.splitlines
         odd = next((n for n, line in enumerate(lines, 1)
                     if len(line.encode()) > 255 or any(ord(c) < 32 for c in line)), None)  # fmt: skip
         if odd is not None:  # a folder name has at most 255 bytes and no control character

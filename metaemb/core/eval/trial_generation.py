@@ -113,7 +113,10 @@ def session_of(path: str) -> str:
     return "/".join(path.split("/")[1:-1])
 
 
-def _cross_session_targets(members, sessions, k, n_target, rng):
+def _cross_session_targets(
+    members: list[list[int]], sessions: list[str], k: int, n_target: int | None,
+    rng: np.random.Generator,
+) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
     """Targets whose enrollment and test samples come from different sessions of an identity:
     every such pair (k = 1) or each test sample against k samples of its identity's other
     sessions, `n_target` of them drawn (all when None or fewer exist), in sample order."""
@@ -141,7 +144,9 @@ def _cross_session_targets(members, sessions, k, n_target, rng):
     return cands
 
 
-def _draw_cross_session_pairs(members, sessions, n_target, rng):
+def _draw_cross_session_pairs(
+    members: list[list[int]], sessions: list[str], n_target: int, rng: np.random.Generator
+) -> list[tuple[tuple[int, ...], int]] | None:
     """`n_target` cross-session pairs drawn from the index of every same-identity pair (as
     `_targets` draws), rejecting same-session ones, in sample order: memory O(n_target), where
     listing every pair of VoxCeleb2 took gigabytes. None when they are too rare to draw (the

@@ -332,7 +332,9 @@ class PLDABackend:
         self.center = x.mean(0)
         pca = self._small_sample_pca(x - self.center, labels)
         if self.lda_dim > 0:
-            _, lda = fit_lda((x - self.center) @ pca.T, labels, self.lda_dim)
+            reduced = pca.shape[0] < pca.shape[1]  # else the identity: no copy of N × D
+            centred = (x - self.center) @ pca.T if reduced else x - self.center
+            _, lda = fit_lda(centred, labels, self.lda_dim)
             self.lda = lda @ pca
             ids = int(torch.as_tensor(labels).unique().numel())
             why = "training identities − 1" if lda.shape[0] == ids - 1 else (
