@@ -70,10 +70,11 @@ def _enroll(
     renewed = _renew_sources(g, folder, sources) if g is not None else 0
     enrolled = set(g.sources) if g is not None else set()
     as_enrolled = {n: g.named_as(n) if g is not None else n for n in folder.identities}
-    _warn_respelled(as_enrolled, folder.root)
     if g is not None:
         _refuse_enrolled_as_others(g, folder, sources, as_enrolled)
     todo = [i for i, s in enumerate(sources) if s not in enrolled]
+    if todo:  # said when it decides something, not on every later enroll of the same folder
+        _warn_respelled(as_enrolled, folder.root)
     added: dict[str, int] = {name: 0 for name in folder.identities}
     moved = 0
     if todo:
