@@ -33,7 +33,8 @@ def metrics(
     """EER (ROC convex hull), minDCF, actDCF, Cllr and minCllr of a score file, as `evaluate`
     computes them: put another toolkit's scores through the same definitions."""
     from metaemb.core.errors import ConfigError
-    from metaemb.core.eval.metrics import verification_report
+    from metaemb.core.eval.evaluate import TAR_FARS
+    from metaemb.core.eval.metrics import tar_at_far, verification_report
     from metaemb.core.eval.score_file import labelled_scores
 
     priors = tuple(dict.fromkeys(p_target or (0.01, 0.05)))
@@ -45,9 +46,6 @@ def metrics(
         ensure_writable(out, "metrics file")
     tar, non = labelled_scores(scores, trials)
     report = verification_report(tar, non, priors)
-    from metaemb.core.eval.evaluate import TAR_FARS
-    from metaemb.core.eval.metrics import tar_at_far
-
     report.update({f"tar_at_far_{far:g}": tar_at_far(tar, non, far) for far in TAR_FARS})
     table = Table(title=f"metrics of {scores}")
     table.add_column("metric")
