@@ -1290,7 +1290,7 @@ def test_a_list_relative_to_a_subfolder_of_the_data_names_that_subfolder(lfw, tm
     args = ["evaluate", run, "--data", tmp_path / "png", "--trials", tmp_path / "t.txt"]
     code, _, err = run_cli([*args, "--workers", "0", "--out", tmp_path / "ev"], capsys)
     said = " ".join(err.split())
-    assert code == 2 and "An LFW pairs.txt names `<name> <n>`" in said and "--folds 10" in said
+    assert code == 2 and "A pairs list of `<name> <n>` lines" in said and "--folds 10" in said
 
 
 def test_asnorm_at_evaluate_normalises_the_runs_own_scorer(voices, tmp_path, capsys):

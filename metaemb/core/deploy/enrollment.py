@@ -177,18 +177,18 @@ _SEGMENT = re.compile(r"\d+(\.\d+)?-(\d+(\.\d+)?)?")  # a Kaldi segment: #start-
 
 
 def file_of(source: str) -> str:
-    """The file a gallery source is read from: a tar shard's `<shard>#<key>` or a Kaldi
-    segment's `<recording>#<start>-<end>` without its part after '#'; any other path whole (a
-    folder may be named `Team #2`)."""
+    """The file a gallery source is read from: the part before '#' when that names a file (a
+    tar shard's `<shard>#<key>`, a table's `<table.csv>#<row>`, a Kaldi segment's
+    `<recording>#<start>-<end>`), else the path whole: a folder may be named `Team #2`."""
     head, sep, tail = source.rpartition("#")
-    if sep and (head.endswith(".tar") or _SEGMENT.fullmatch(tail)):
+    if sep and (Path(head).suffix or _SEGMENT.fullmatch(tail)):
         return head
     return source
 
 
 def source_exists(source: str) -> bool:
-    """Whether an enrolled sample's file is still there: the file itself, a tar shard holding
-    it, or the recording of a segment `file#start-end`."""
+    """Whether an enrolled sample's file is still there: the file itself, or the file holding
+    it (a tar shard, a table, the recording of a segment; see `file_of`)."""
     return os.path.exists(source) or os.path.exists(file_of(source))
 
 

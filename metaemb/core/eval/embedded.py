@@ -151,13 +151,13 @@ def _another_extension(root: Path, missing: list[str]) -> str:
     if not found:
         return ""
     there = found[0].relative_to(root).as_posix()
-    if re.fullmatch(r".+_\d{4}\.jpg", first.name):  # an LFW pairs.txt holds no paths to fix
+    if re.fullmatch(r".+_\d{4}\.jpg", first.name):  # a `<name> <n>` list holds no paths
         return (
-            f". '{there}' exists: the list names its files with another extension. An LFW "
-            "pairs.txt names `<name> <n>`, read as <name>/<name>_NNNN.jpg, and cannot name "
-            "other files: convert the images to .jpg, or write the trials as a VoxCeleb-format "
-            "list with the paths on disk (scored in folds with --folds 10); another list: "
-            "write the paths as they are on disk"
+            f". '{there}' exists: the list names its files with another extension. A pairs "
+            "list of `<name> <n>` lines reads them as <name>/<name>_NNNN.jpg and cannot name "
+            "other files: convert the files to .jpg, or write the trials as a list of the paths "
+            "on disk (`metaemb trials make` writes one; --folds 10 scores it in folds); "
+            "another list: write the paths as they are on disk"
         )
     return (
         f". '{there}' exists: the list names its files without their extension or with "
