@@ -1508,3 +1508,24 @@ def test_another_toolkits_scores_go_through_the_same_metrics(voices, tmp_path, c
     bad.write_text("a b nan\n")
     code, _, err = run_cli(["metrics", bad], capsys)
     assert code == 2 and f"{bad}:1" in " ".join(err.split())
+
+
+def test_the_same_protocol_list_typed_from_another_folder_keeps_one_result(
+    lfw, tmp_path, capsys, monkeypatch
+):
+    """`--protocol lfw --data data/lfw`, then `--data lfw/` from data/, then `--data .` from
+    lfw/: one folder and list, three eval-lfw-<hash> folders (F3 F6). The list is recorded
+    by its resolved path, so the same evaluation replaces its own results."""
+    import shutil
+
+    data, run = lfw
+    copy = tmp_path / "runs" / "r"
+    shutil.copytree(run, copy)
+    before = set(copy.glob("eval-*"))
+    for cwd, given in ((data.parent, data), (data.parent, Path(data.name)), (data, Path("."))):
+        monkeypatch.chdir(cwd)
+        code, _, err = run_cli(["evaluate", copy, "--protocol", "lfw", "--data", given,
+                                "--workers", "0"], capsys)  # fmt: skip
+        assert code == 0, err
+    made = set(copy.glob("eval-*")) - before
+    assert len(made) == 1, sorted(p.name for p in made)

@@ -153,7 +153,7 @@ class Evaluation:
                 warned=warned,
             )
             if getattr(trials, "path", ""):  # which file: a protocol may fall back to another
-                source += f", list '{trials.path}'"
+                source += f", list '{Path(trials.path).resolve()}'"  # from any folder alike
             return TrialSet(trials, self.protocol, source, trial_folds(trials, source))
         if self.trials_path:
             path = self.trials_path

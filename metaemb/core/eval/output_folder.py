@@ -138,11 +138,14 @@ def beside_others(
     held = _held(out)
     if held is None:
         return out
+    # the list by its resolved file when both name one (typed from another working folder,
+    # `data/lfw/pairs.txt` and `pairs.txt` are one list), else by how its source reads
+    by_file = bool(listed) and "trials_file" in held
     same = (
         held.get("data_root", data_root) == data_root  # older results: by source only
         and held.get("trials_file", listed) == listed
         and held.get("calibration_source") == calibration
-        and held.get("trials_source") == source
+        and (by_file or held.get("trials_source") == source)
     )
     if same:
         return out
