@@ -107,8 +107,10 @@ def neighbours(
 def _is_neighbours_json(path: Path) -> bool:
     """Whether `path` holds what `neighbours --out` writes: a JSON object of probes' neighbours
     (`collection`) or of leave-one-out metrics (`samples`, `queries`)."""
-    if path.stat().st_size > 256 * 2**20:
-        return False
+    if path.stat().st_size > 256 * 2**20:  # a million probes: its first keys say what it is
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+        return head.lstrip().startswith("{") and '"collection":' in head
     held = json.loads(path.read_text(encoding="utf-8"))
     return isinstance(held, dict) and (
         "collection" in held or {"samples", "queries"} <= held.keys()
