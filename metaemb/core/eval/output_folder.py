@@ -139,7 +139,7 @@ def beside_others(
     if held is None:
         return out
     # the list by its resolved file when both name one (typed from another working folder,
-    # `data/lfw/pairs.txt` and `pairs.txt` are one list), else by how its source reads
+    # `data/set/list.txt` and `list.txt` are one list), else by how its source reads
     by_file = bool(listed) and "trials_file" in held
     same = (
         held.get("data_root", data_root) == data_root  # older results: by source only
