@@ -80,27 +80,39 @@ def make_trials(
 def _targets(members, k, n_target, rng) -> list[tuple[tuple[int, ...], int]]:
     if k == 1:
         # pairs (i < j) per identity, indexed globally without enumerating them all
-        sizes = np.array([len(g) for g in members], dtype=np.int64)
-        counts = sizes * (sizes - 1) // 2
-        total = int(counts.sum())
+        offsets = _pair_offsets(members)
+        total = int(offsets[-1])
         chosen = (
             np.arange(total)
             if n_target is None or n_target >= total
             else np.sort(rng.choice(total, size=int(n_target), replace=False))
         )
-        offsets = np.concatenate(([0], np.cumsum(counts)))
-        owner = np.searchsorted(offsets, chosen, side="right") - 1
-        out = []
-        for g, r in zip(owner.tolist(), (chosen - offsets[owner]).tolist(), strict=True):
-            a, b = _pair_of(r, len(members[g]))
-            out.append(((members[g][a],), members[g][b]))
-        return out
+        return [_pair_at(members, offsets, r) for r in chosen.tolist()]
     cands = []
     for g in members:
         for pos, test in enumerate(g):
             others = g[:pos] + g[pos + 1 :]
             pick = np.sort(rng.choice(len(others), size=k, replace=False))
             cands.append((tuple(others[p] for p in pick.tolist()), test))
+    return _some(cands, n_target, rng)
+
+
+def _pair_offsets(members: list[list[int]]) -> np.ndarray:
+    """Where each identity's pairs (i < j) start in one global index of all same-identity
+    pairs; the last entry is their number."""
+    sizes = np.array([len(g) for g in members], dtype=np.int64)
+    return np.concatenate(([0], np.cumsum(sizes * (sizes - 1) // 2)))
+
+
+def _pair_at(members: list[list[int]], offsets: np.ndarray, r: int) -> tuple[tuple[int, ...], int]:
+    """The r-th pair of the global index as a target (enrollment sample, test sample)."""
+    g = int(np.searchsorted(offsets, r, side="right") - 1)
+    a, b = _pair_of(r - int(offsets[g]), len(members[g]))
+    return (members[g][a],), members[g][b]
+
+
+def _some(cands: list, n_target: int | None, rng: np.random.Generator) -> list:
+    """`n_target` of the candidates drawn (all when None or fewer exist), in their order."""
     if n_target is not None and n_target < len(cands):
         keep = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
         cands = [cands[i] for i in keep.tolist()]
@@ -138,10 +150,7 @@ def _cross_session_targets(
             if len(others) >= k:
                 pick = np.sort(rng.choice(len(others), size=k, replace=False))
                 cands.append((tuple(others[p] for p in pick.tolist()), test))
-    if n_target is not None and n_target < len(cands):
-        keep_at = np.sort(rng.choice(len(cands), size=int(n_target), replace=False))
-        cands = [cands[i] for i in keep_at.tolist()]
-    return cands
+    return _some(cands, n_target, rng)
 
 
 def _draw_cross_session_pairs(
@@ -151,8 +160,7 @@ def _draw_cross_session_pairs(
     `_targets` draws), rejecting same-session ones, in sample order: memory O(n_target), where
     listing every pair of VoxCeleb2 took gigabytes. None when they are too rare to draw (the
     caller lists them all)."""
-    sizes = np.array([len(g) for g in members], dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(sizes * (sizes - 1) // 2)))
+    offsets = _pair_offsets(members)
     total = int(offsets[-1])
     if total == 0 or 4 * n_target >= total:
         return None
@@ -173,12 +181,7 @@ def _draw_cross_session_pairs(
                     break
     if len(chosen) < n_target:
         return None
-    out = []
-    for r in sorted(chosen):
-        gi = int(np.searchsorted(offsets, r, side="right") - 1)
-        a, b = _pair_of(r - int(offsets[gi]), len(members[gi]))
-        out.append(((members[gi][a],), members[gi][b]))
-    return out
+    return [_pair_at(members, offsets, r) for r in sorted(chosen)]
 
 
 def _pair_of(r: int, n: int) -> tuple[int, int]:
