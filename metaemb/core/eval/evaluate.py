@@ -26,10 +26,10 @@ from metaemb.core.eval import adapt_norm, figures, leakage, metrics, report
 from metaemb.core.eval.embedded import Embedded, files_present
 from metaemb.core.eval.held_out_calibration import fit_calibration, warn_overlap
 from metaemb.core.eval.output_folder import (
-    checkpoint_named,
     checkpoint_tag,
     claimed,
     default_out,
+    evaluated_model,
     result_name,
     variant,
     writing,
@@ -337,9 +337,7 @@ class Evaluation:
         scores = embedded.score(scorer, evals.trials)
         result: dict[str, Any] = {
             "trials": evals.name,
-            "checkpoint": checkpoint_named(loaded.path),
-            "epoch": loaded.state.get("epoch"),
-            "model_digest": loaded.digest,
+            **evaluated_model(loaded),
             "trials_source": evals.source,
             "data_root": data_root,
             **({"trials_file": trials_file} if trials_file else {}),

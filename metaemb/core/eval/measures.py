@@ -289,10 +289,10 @@ def run_measure(
         )
     from metaemb.core.data.pipeline import frontend_set_used
     from metaemb.core.eval.output_folder import (
-        checkpoint_named,
         checkpoint_tag,
         claimed,
         default_out,
+        evaluated_model,
         result_name,
         variant,
     )
@@ -336,8 +336,7 @@ def run_measure(
         result["scorer"] = scorer or loaded.config.eval.scorer
         result["scorer_options"] = loaded.recorded_scorer_options(scorer)  # as verification records
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
-        result.update(checkpoint=checkpoint_named(loaded.path),
-                      epoch=loaded.state.get("epoch"), model_digest=loaded.digest)  # fmt: skip
+        result.update(evaluated_model(loaded))
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         table = Table(title=f"{measure} on {escape(result['source'])}")
         table.add_column("metric")

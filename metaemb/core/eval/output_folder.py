@@ -75,10 +75,15 @@ def checkpoint_tag(given: str | Path) -> str:
     return path.stem if path.is_file() and path.name != "best.pt" else ""
 
 
-def checkpoint_named(path: str | Path) -> str:
-    """How metrics.json names the model evaluated: its checkpoint file, absolute (a pretrained
-    reference model, which has none, by its name)."""
-    return str(Path(path).resolve()) if Path(path).is_file() else str(path)
+def evaluated_model(loaded: Any) -> dict[str, Any]:
+    """What metrics.json records of the model evaluated: its checkpoint file, absolute (a
+    pretrained reference model, which has none, by its name), epoch and weights digest."""
+    path = Path(loaded.path)
+    return {
+        "checkpoint": str(path.resolve()) if path.is_file() else str(path),
+        "epoch": loaded.state.get("epoch"),
+        "model_digest": loaded.digest,
+    }
 
 
 def default_out(run_dir: Path, name: str, data: Path | None) -> Path:
