@@ -50,7 +50,7 @@ def make_loader(
     `persistent` keeps its workers between iterations (only with workers)."""
     kwargs: dict[str, Any] = dict(
         num_workers=check_workers(workers),
-        collate_fn=Collate(dataset.features, getattr(dataset, "path_of", None)),
+        collate_fn=Collate(dataset.features, dataset.path_of),
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,
         generator=generator,
