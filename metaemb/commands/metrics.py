@@ -35,7 +35,7 @@ def metrics(
     from metaemb.core.errors import ConfigError
     from metaemb.core.eval.evaluate import TAR_FARS
     from metaemb.core.eval.metrics import tar_at_far, verification_report
-    from metaemb.core.eval.score_file import labelled_scores
+    from metaemb.core.eval.scores_file import labelled_scores
 
     priors = tuple(dict.fromkeys(p_target or (0.01, 0.05)))
     if not all(0.0 < p < 1.0 for p in priors):

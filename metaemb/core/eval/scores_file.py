@@ -1,5 +1,7 @@
 """scores.txt: one scored trial per line, `enroll test label score`, tab-separated so file
-names with spaces round-trip; written atomically, read back for plots and re-scoring."""
+names with spaces round-trip; written atomically, read back for plots and re-scoring. Score
+files of other toolkits (Kaldi's and WeSpeaker's `enroll test score`, optionally labelled) are
+read too, so `metaemb metrics` puts them through the same metric definitions."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from metaemb.core.errors import DataError
-from metaemb.core.eval.trials import read_lines, write_lines
+from metaemb.core.eval.trials import LABEL_WORDS, read_lines, write_lines
 from metaemb.core.plugin.interfaces import Trial
 
 
@@ -53,3 +55,74 @@ def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
             ) from None
         trials.append(Trial(tuple(f[0].split(",")), f[1], inverse[f[2]]))
     return trials, np.asarray(scores)
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
+    """Scored trials of metaemb's scores.txt (`enroll test target|nontarget|- score`) or of
+    another toolkit's score file (`enroll test score`, optionally `… score target|nontarget`);
+    a trial's label is None when its line has none."""
+    path = Path(path)
+    own = {**LABEL_WORDS, "-": None}
+    trials, scores = [], []
+    for lineno, f in read_lines(path, tabs=True):
+        if len(f) == 4 and f[2] in own and _finite(f[3]) is not None:  # metaemb's own
+            enroll, test, label, score = tuple(f[0].split(",")), f[1], own[f[2]], f[3]
+        elif len(f) == 4 and f[3] in LABEL_WORDS and _finite(f[2]) is not None:
+            enroll, test, label, score = (f[0],), f[1], LABEL_WORDS[f[3]], f[2]
+        elif len(f) == 3 and _finite(f[2]) is not None:
+            enroll, test, label, score = (f[0],), f[1], None, f[2]
+        else:
+            raise DataError(
+                f"{path}:{lineno}: {' '.join(f)[:80]!r} is no score line: expected 'enroll test "
+                "score', 'enroll test score target|nontarget' or metaemb's 'enroll test "
+                "target|nontarget score' (a finite number for the score)."
+            )
+        trials.append(Trial(enroll, test, label))
+        scores.append(float(score))
+    if not trials:
+        raise DataError(f"score file '{path}' holds no scores.")
+    return trials, np.asarray(scores)
+
+
+def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(target scores, non-target scores) of a score file, labelled by its own lines or by the
+    trial list `trials` (joined on enroll and test; every scored trial must be listed)."""
+    scored, values = read_any_scores(scores)
+    labels: dict[tuple[str, str], int] = {}
+    if trials is not None:
+        from metaemb.core.eval.trials import read_trials
+
+        labels = {(",".join(t.enroll), t.test): int(t.label) for t in read_trials(trials)
+                  if t.label is not None}  # fmt: skip
+    tar, non, unlisted = [], [], []
+    for t, score in zip(scored, values.tolist(), strict=True):
+        enroll = ",".join(t.enroll)
+        label = t.label
+        if trials is not None:
+            label = labels.get((enroll, t.test), labels.get((t.test, enroll)))
+        if label is None:
+            unlisted.append(f"{enroll} {t.test}")
+            continue
+        (tar if label else non).append(score)
+    if unlisted:
+        said = "are not in the trial list" if trials is not None else "have no label"
+        raise DataError(
+            f"{len(unlisted)} of the {len(scored)} scored trials of '{scores}' {said} (first: "
+            f"{unlisted[0]!r}): give --trials with the labelled list they were scored on"
+            + (", written with the same paths" if trials is not None else "")
+            + "."
+        )
+    if not tar or not non:
+        raise DataError(
+            f"'{scores}' scores {len(tar)} target and {len(non)} non-target trials; the metrics "
+            "need both."
+        )
+    return np.asarray(tar, float), np.asarray(non, float)
