@@ -153,7 +153,7 @@ def _refuse_enrolled_as_others(
 def _refuse_bad_names(folder: Any) -> None:
     """Every identity folder whose name cannot be a gallery name, at once and before any
     embedding (one per run made a folder with several cost a run each)."""
-    from metaemb.core.deploy.gallery import valid_name
+    from metaemb.core.deploy.identity_names import valid_name
     from metaemb.core.errors import DataError
 
     bad = [name for name in folder.identities if not valid_name(name)]

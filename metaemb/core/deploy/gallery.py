@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 import metaemb
+from metaemb.core.deploy.identity_names import NEW, check_new_name, nfc
 from metaemb.core.deploy.stamp import (
     ModelStamp,
     embedding_kind,
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 FORMAT = "metaemb-gallery"
 VERSION = 1
-NEW = "<new>"  # the decision "none of the enrolled identities"
 
 
 def _first_repeat(items: Iterable[str]) -> str | None:
@@ -47,49 +47,6 @@ def _first_repeat(items: Iterable[str]) -> str | None:
             return item
         seen.add(item)
     return None
-
-
-def check_new_name(identity: str, renaming: bool = False) -> None:
-    """GalleryError for a name no identity may have (`add` and `rename` share it); a rename's
-    new name must also be one an identity folder can carry, as `enroll` then looks for it."""
-    if not valid_name(identity):
-        raise GalleryError(
-            f"gallery identity names are non-empty text without tabs or line breaks, got "
-            f"{identity!r}"
-        )
-    if identity == NEW:  # indistinguishable from the decision "none of the enrolled"
-        fix = "choose another name" if renaming else "rename that identity's folder"
-        raise GalleryError(
-            f"'{NEW}' is the answer identify gives for a probe of none of the enrolled "
-            f"identities, so it cannot name one; {fix}."
-        )
-    if renaming and (identity in (".", "..") or any(c in identity for c in "/\0")):
-        raise GalleryError(
-            f"{identity!r} cannot be a folder's name, and identities are enrolled from folders "
-            "named as them ('enroll' would never find this one's files): choose a name "
-            "without '/', other than '.' and '..'."
-        )
-    if renaming and identity != identity.strip():  # `--identities` trims names
-        raise GalleryError(
-            f"new name {identity!r} starts or ends with a blank; give it without "
-            f"({identity.strip()!r})."
-        )
-
-
-def _nfc(name: str) -> str:
-    import unicodedata
-
-    return unicodedata.normalize("NFC", name)
-
-
-def valid_name(identity: object) -> bool:
-    """Whether `identity` can name a gallery identity: non-empty text with no tab, CR or LF
-    (the gallery's name lists and `identify`'s console lines are one name per line)."""
-    return (
-        isinstance(identity, str)
-        and bool(identity.strip())
-        and not any(c in identity for c in "\t\n\r")
-    )
 
 
 class Gallery:
@@ -269,7 +226,7 @@ class Gallery:
         j = self.identities.index(old)
         if new == old:
             return int(self.counts()[j])
-        alike = [i for i in self.identities if i != old and _nfc(i) == _nfc(new)]
+        alike = [i for i in self.identities if i != old and nfc(i) == nfc(new)]
         if (
             alike and new not in self.identities
         ):  # typed on another system: prints as the enrolled name, and is another
@@ -303,9 +260,9 @@ class Gallery:
             return identity
         cached = getattr(self, "_forms", None)
         if cached is None or cached[0] is not pos or cached[1] != len(pos):
-            forms = {_nfc(n): n for n in reversed(self.identities)}  # the first enrolled wins
+            forms = {nfc(n): n for n in reversed(self.identities)}  # the first enrolled wins
             self._forms = cached = (pos, len(pos), forms)
-        return cached[2].get(_nfc(identity), identity)
+        return cached[2].get(nfc(identity), identity)
 
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
