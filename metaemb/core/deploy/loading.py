@@ -172,7 +172,10 @@ class LoadedRun:
         that normalises a base (`normalising_own`) the run's own as that base; {} else."""
         cfg = self.config
         opts = cfg.options("scorer") if name == cfg.eval.scorer else self.normalising_own(name)
-        return merged_options(opts, self.scorer_set) if self.scorer_set else opts
+        if not self.scorer_set:
+            return opts
+        _refuse_unknown_set(name, self.scorer_set)
+        return merged_options(opts, self.scorer_set)
 
     def recorded_scorer_options(self, name: str | None = None) -> dict[str, Any]:
         """`scorer_options` with every default spelled out (`{}` would mean "this version's
@@ -331,6 +334,24 @@ def load_run(
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)
+
+
+def _refuse_unknown_set(name: str, over: dict[str, Any]) -> None:
+    """Name a `--scorer-set` key scorer `name` has no option for as the user typed it (not as a
+    config key `scorer.KEY`, which they never wrote)."""
+    from metaemb.core.errors import ConfigError, suggest
+    from metaemb.core.plugin.manager import registry
+    from metaemb.core.plugin.options import options_of
+
+    known = options_of(registry("scorers").get(name))
+    for key in over:
+        head = key.split(".")[0]
+        if head not in known:
+            valid = ", ".join(sorted(known)) or "(none)"
+            raise ConfigError(
+                f"--scorer-set {key}: scorer '{name}' has no option '{head}';"
+                f"{suggest(head, known)} its options: {valid}."
+            )
 
 
 def merged_options(options: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
