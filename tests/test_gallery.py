@@ -932,3 +932,18 @@ def test_a_folder_moved_with_its_names_in_another_unicode_form_is_followed(
     assert any("9 enrolled sample(s) were found moved" in str(w.message) for w in said)
     g = Gallery.load(path)
     assert g.identities == [nfc, "id0001", "id0002"] and g.counts().tolist() == [3, 3, 3]
+
+
+def test_swap_advice_is_a_command_a_shell_takes_for_any_two_names():
+    """The swapped-folders refusal advised `--identities 'a,b'`, which a shell breaks for
+    O'Brien and which splits 'Smith, J' in two (R8 F14): the names are shell-quoted, and names
+    with a comma are sent to --identities-file."""
+    import shlex
+
+    from metaemb.core.deploy.enrollment import _identities_argument
+
+    said = _identities_argument("O'Brien", "Lee")
+    assert shlex.split(said) == ["--identities", "O'Brien,Lee"]
+    assert _identities_argument("id0000", "id0001") == "--identities 'id0000,id0001'"
+    said = _identities_argument("Smith, J", "Lee")
+    assert said.startswith("--identities-file") and "'Smith, J'" in said

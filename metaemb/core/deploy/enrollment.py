@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,12 @@ def _refuse_enrolled_as_others(
     swapped = sorted({tuple(sorted(k)) for k in clashes if k[::-1] in clashes})
     if swapped:
         a, b = swapped[0]
-        both = ",".join((a, b))
+        both = _identities_argument(a, b)
         raise GalleryError(
             f"the folders '{a}' and '{b}' of '{folder.root}' hold each other's enrolled files "
             f"('{clashes[(b, a)]}' is enrolled as '{b}'): the folders were swapped, or the "
             "names were swapped with rename-identity and the folders too. Remove both "
-            f"(metaemb unenroll --gallery … --identities '{both}') and enroll them again, or "
+            f"(metaemb unenroll --gallery … {both}) and enroll them again, or "
             "swap the folders' names back."
         )
     (owner, named), source = next(iter(clashes.items()))
@@ -329,3 +330,13 @@ def _warn_vanished(g: Any, root: Path, gallery: Path) -> None:
             "remove the old name with `metaemb unenroll`.",
             stacklevel=2,
         )
+
+
+def _identities_argument(*names: str) -> str:
+    """`--identities a,b` quoted for a shell, or `--identities-file` for names a comma-separated
+    list cannot hold (a name with a comma)."""
+    if any("," in n for n in names):
+        return "--identities-file FILE (one name per line: " + ", ".join(map(repr, names)) + ")"
+    joined = ",".join(names)
+    quoted = shlex.quote(joined)
+    return "--identities " + (quoted if quoted != joined else f"'{joined}'")
