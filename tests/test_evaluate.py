@@ -220,6 +220,7 @@ def test_voxceleb_trial_list_prints_detection_metrics_and_writes_plots(voices, t
     ]:
         assert f"{label} {fmt.format(result[key])}" in text, label
     assert_png(out / "det.png")
+    assert_png(out / "roc.png")
     assert_png(out / "scores.png")
     assert "plot: " in text and "det.png" in text
 

@@ -166,3 +166,35 @@ def test_verification_plots_of_equal_scores_and_the_hull_the_eer_lies_on(tmp_pat
     order = np.argsort(x, kind="stable")
     at = metrics.probit(result["eer"])
     assert abs(np.interp(at, x[order], y[order]) - at) < 2e-3
+
+
+def test_the_roc_plot_passes_through_the_reported_tar_at_far(tmp_path):
+    """Face researchers read a ROC, TAR against log FAR, where metaemb drew only a DET (F3 F5):
+    roc.png's curve reaches each marked TAR@FAR point of the report at that FAR, and a FAR
+    below 1/non-targets, which no threshold gives, is not marked."""
+    pytest.importorskip("matplotlib")
+    from metaemb.core.eval import metrics, report
+
+    rng = np.random.default_rng(1)
+    tar, non = rng.normal(2.0, 1.0, 300), rng.normal(0.0, 1.0, 3000)
+    result = metrics.verification_report(tar, non, [0.01])
+    for far in (1e-4, 1e-3, 1e-2):
+        result[f"tar_at_far_{far:g}"] = metrics.tar_at_far(tar, non, far)
+    drawn = {}
+    real_save = report.save_png
+
+    def keep(fig, path):
+        drawn.update({line.get_label(): line for line in fig.axes[0].get_lines()})
+        return real_save(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "save_png", keep)
+        report.roc_plot(tmp_path / "roc.png", tar, non, result)
+    curve = drawn["every threshold"]
+    x, y = np.asarray(curve.get_xdata()), np.asarray(curve.get_ydata())
+    marks = {k: line for k, line in drawn.items() if k.startswith("TAR ")}
+    assert len(marks) == 2 and not any("0.01%" in k for k in marks), list(marks)  # 1e-4 < 1/3000
+    for line in marks.values():
+        [far], [tar_value] = line.get_xdata(), line.get_ydata()
+        assert np.isclose(y[x <= far].max(), tar_value), (far, tar_value)
+    assert Image.open(tmp_path / "roc.png").size[0] > 100

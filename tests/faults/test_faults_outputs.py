@@ -486,6 +486,7 @@ def test_third_audit_outputs_and_inputs(tmp_path, faces, face_run, capsys, monke
     for args, name in [
         (["evaluate", face_run, "--data", faces, "--workers", "0"], "det.png"),
         (["evaluate", face_run, "--data", faces, "--workers", "0"], "scores.png"),
+        (["evaluate", face_run, "--data", faces, "--workers", "0"], "roc.png"),
         (["plot", face_run], "training.png"),
         (["plot", face_run, "--embeddings", faces, "--method", "pca"], "cmc.png"),
     ]:

@@ -431,7 +431,7 @@ class Evaluation:
         names += ["scores_calibrated.txt"] if self.calibrate_path else []
         for name in names:
             ensure_writable(out / name, "evaluation output file")
-        plots = ["det.png", "scores.png"] + (
+        plots = ["det.png", "roc.png", "scores.png"] + (
             ["scores_calibrated.png"] if self.calibrate_path else []
         )
         for name in plots:  # a PNG that metaemb did not draw (a photo) is never replaced

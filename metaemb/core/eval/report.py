@@ -98,6 +98,37 @@ def det_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     return save_png(fig, path)
 
 
+def roc_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]) -> Path:
+    """ROC curve as the face benchmarks draw it: true-accept rate against the false-accept rate
+    on a log axis, with the report's TAR@FAR points marked (those its non-target trials can
+    reach: a rate below 1/non-targets has no threshold of its own)."""
+    plt = pyplot()
+    t, n = np.asarray(tar, float), np.asarray(non, float)
+    lowest = 1.0 / max(n.size, 1)  # the smallest false-accept rate a threshold can give
+    lo = 10.0 ** np.floor(np.log10(lowest))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    p_miss, p_fa, _ = metrics.error_rates(t, n)
+    ax.step(np.clip(p_fa, lo, 1.0), 1.0 - p_miss, where="post", color="tab:blue",
+            label="every threshold")  # fmt: skip
+    styles = [("o", "tab:red"), ("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange")]
+    marks = [k for k in result if k.startswith("tar_at_far_")]
+    reachable = [k for k in marks if float(k.removeprefix("tar_at_far_")) * n.size >= 1]
+    for key, (style, color) in zip(reachable, styles, strict=False):
+        far = float(key.removeprefix("tar_at_far_"))
+        tar_value = float(result[key])
+        ax.plot([far], [tar_value], style, color=color, zorder=3,
+                label=f"TAR {100 * tar_value:.2f}% @ FAR {100 * far:g}%")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("false acceptance rate")
+    ax.set_ylabel("true acceptance rate")
+    ax.set_title(f"ROC ({len(t)} target, {len(n)} non-target trials)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_png(fig, path)
+
+
 def histogram_plot(
     path: Path, tar: np.ndarray, non: np.ndarray, title: str = "score distributions"
 ) -> Path:
@@ -123,9 +154,10 @@ def histogram_plot(
 def verification_plots(
     out: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any]
 ) -> list[Path]:
-    """The standard pair of plots for a verification evaluation: det.png and scores.png."""
+    """The standard plots of a verification evaluation: det.png, roc.png and scores.png."""
     return [
         det_plot(out / "det.png", tar, non, result),
+        roc_plot(out / "roc.png", tar, non, result),
         histogram_plot(out / "scores.png", tar, non),
     ]
 
