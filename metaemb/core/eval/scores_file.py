@@ -43,7 +43,7 @@ def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     path = Path(path)
     inverse = {"target": 1, "nontarget": 0, "-": None}
     trials, scores = [], []
-    for lineno, f in read_lines(path, tabs=True):
+    for lineno, f in read_lines(path, tabs=True, what="score file", items="scores"):
         try:
             if len(f) != 4 or f[2] not in inverse:
                 raise ValueError
@@ -65,30 +65,42 @@ def _finite(text: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+#: labels of other toolkits' score lines: Kaldi's and WeSpeaker's words, SpeechBrain's 1|0,
+#: and the tgt|imp, true|false others write
+OTHER_LABELS = {**LABEL_WORDS, "1": 1, "0": 0, "tgt": 1, "imp": 0, "true": 1, "false": 0}
+
+
+def _label(text: str) -> int:
+    """1 or 0 for a label word, -1 for anything else."""
+    return OTHER_LABELS.get(text.lower(), -1)
+
+
 def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     """Scored trials of metaemb's scores.txt (`enroll test target|nontarget|- score`) or of
-    another toolkit's score file (`enroll test score`, optionally `… score target|nontarget`);
-    a trial's label is None when its line has none."""
+    another toolkit's score file: `enroll test score` (Kaldi), `… score target|nontarget`
+    (WeSpeaker), `enroll test 1|0 score` (SpeechBrain); a trial's label is None when its line
+    has none. A line `a b 1 0` reads as score 1, label 0."""
     path = Path(path)
     own = {**LABEL_WORDS, "-": None}
     trials, scores = [], []
-    for lineno, f in read_lines(path, tabs=True):
+    for lineno, f in read_lines(path, tabs=True, what="score file", items="scores"):
         if len(f) == 4 and f[2] in own and _finite(f[3]) is not None:  # metaemb's own
             enroll, test, label, score = tuple(f[0].split(",")), f[1], own[f[2]], f[3]
-        elif len(f) == 4 and f[3] in LABEL_WORDS and _finite(f[2]) is not None:
-            enroll, test, label, score = (f[0],), f[1], LABEL_WORDS[f[3]], f[2]
+        elif len(f) == 4 and _label(f[3]) != -1 and _finite(f[2]) is not None:
+            enroll, test, label, score = (f[0],), f[1], _label(f[3]), f[2]
+        elif len(f) == 4 and _label(f[2]) != -1 and _finite(f[3]) is not None:
+            enroll, test, label, score = (f[0],), f[1], _label(f[2]), f[3]
         elif len(f) == 3 and _finite(f[2]) is not None:
             enroll, test, label, score = (f[0],), f[1], None, f[2]
         else:
             raise DataError(
                 f"{path}:{lineno}: {' '.join(f)[:80]!r} is no score line: expected 'enroll test "
-                "score', 'enroll test score target|nontarget' or metaemb's 'enroll test "
-                "target|nontarget score' (a finite number for the score)."
+                "score' (Kaldi), 'enroll test score target|nontarget' (WeSpeaker), 'enroll test "
+                "1|0 score' (SpeechBrain) or metaemb's 'enroll test target|nontarget score' (a "
+                "finite number for the score)."
             )
         trials.append(Trial(enroll, test, label))
         scores.append(float(score))
-    if not trials:
-        raise DataError(f"score file '{path}' holds no scores.")
     return trials, np.asarray(scores)
 
 

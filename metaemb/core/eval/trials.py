@@ -149,27 +149,30 @@ def read_list_text(path: Path, what: str) -> str:
         raise DataError(f"cannot read {what} '{path}': {exc}") from None
 
 
-def read_lines(path: Path, tabs: bool = False) -> list[tuple[int, list[str]]]:
+def read_lines(
+    path: Path, tabs: bool = False, what: str = "trial list", items: str = "trials"
+) -> list[tuple[int, list[str]]]:
     """Non-empty, non-comment lines as (line number, fields); with `tabs`, a line holding a tab
-    is split at tabs only (so fields may contain spaces)."""
+    is split at tabs only (so fields may contain spaces). `what` names the file in messages (a
+    score file is read the same way) and `items` what it holds."""
     if path.is_dir():
-        raise DataError(f"trial list '{path}' is a folder; give the list's file.")
+        raise DataError(f"{what} '{path}' is a folder; give the file.")
     if not path.is_file():
         from metaemb.core.files import not_a_file
 
         kind = not_a_file(path)
         if kind:  # `--trials <(…)`: a list is read more than once, which a pipe cannot be
-            raise DataError(f"trial list '{path}' is {kind}, not a file: save the list to a file "
-                            "and give that.")  # fmt: skip
-        raise DataError(f"trial list '{path}' does not exist.")
-    text = read_list_text(path, "trial list")
+            raise DataError(f"{what} '{path}' is {kind}, not a file: save it to a file and "
+                            "give that.")  # fmt: skip
+        raise DataError(f"{what} '{path}' does not exist.")
+    text = read_list_text(path, what)
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         fields = line.strip("\r\n").split("\t") if tabs and "\t" in line else line.split()
         if fields and not fields[0].startswith("#"):
             out.append((i, fields))
     if not out:
-        raise DataError(f"trial list '{path}' holds no trials.")
+        raise DataError(f"{what} '{path}' holds no {items}.")
     return out
 
 
