@@ -947,3 +947,40 @@ def test_swap_advice_is_a_command_a_shell_takes_for_any_two_names():
     assert _identities_argument("id0000", "id0001") == "--identities 'id0000,id0001'"
     said = _identities_argument("Smith, J", "Lee")
     assert said.startswith("--identities-file") and "'Smith, J'" in said
+
+
+def test_following_moved_files_looks_only_at_each_identitys_own_rows(monkeypatch):
+    """Looking for gone files of a new sample's identity walked every gallery row once per
+    identity: enroll of many new identities into a large gallery was quadratic again (R9 F4).
+    Only the identity's own rows are checked on disk, and none for a brand-new identity."""
+    import types
+
+    from metaemb.core.deploy import enrollment
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=8, config_hash="abcd1234", epoch=2))
+    for i in range(30):
+        g.add(f"id{i:02d}", torch.randn(3, 8), [f"/old/id{i:02d}/{j}.png" for j in range(3)])
+    looked: list[str] = []
+    monkeypatch.setattr(enrollment, "source_exists", lambda s: looked.append(s) or False)
+    walks = []  # whole walks over the gallery's rows
+
+    class Rows(list):
+        def __iter__(self):
+            walks.append(len(self))
+            return super().__iter__()
+
+    owners = g.owner
+    monkeypatch.setattr(Gallery, "owner", property(lambda self: types.SimpleNamespace(
+        tolist=lambda: Rows(owners.tolist()))))  # fmt: skip
+    names = ["new0", "new1", "id07"]  # two new identities and a new photo of id07
+    samples = [types.SimpleNamespace(identity=n, path=f"{n}/9.png") for n in names]
+    folder = types.SimpleNamespace(root="/tmp/newroot", samples=samples, identities=names)
+    sources = [f"/tmp/newroot/{n}/9.png" for n in names]
+    keep, _, moved = enrollment._follow_moved(
+        g, folder, sources, [0, 1, 2], torch.randn(3, 8), {n: n for n in names}
+    )
+    assert moved == 0 and len(keep) == 3
+    assert sorted(looked) == [f"/old/id07/{j}.png" for j in range(3)], looked
+    assert len(walks) <= 1, walks  # one walk in all, not one per identity

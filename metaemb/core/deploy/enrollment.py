@@ -212,20 +212,22 @@ def _follow_moved(
     from metaemb.core.deploy.stamp import stored_parts
 
     known: dict[tuple[str, str], list[int]] = {}  # (identity, file name) → enrolled rows
+    rows_of: dict[str, list[int]] = {}  # identity → its enrolled rows with a source
     owners = g.owner.tolist()
     for row, source in enumerate(g.sources):
         if source:
-            key = (g.identities[owners[row]], Path(file_of(source)).name)
-            known.setdefault(key, []).append(row)
+            identity = g.identities[owners[row]]
+            known.setdefault((identity, Path(file_of(source)).name), []).append(row)
+            rows_of.setdefault(identity, []).append(row)
     new_parts = stored_parts(emb)
     gone_rows: dict[str, list[int]] = {}
 
     def gone_of(identity: str) -> list[int]:
-        """The identity's enrolled rows whose files are gone (looked up once per identity)."""
+        """The identity's enrolled rows whose files are gone (looked up once per identity, and
+        only among its own rows: enroll stays linear in the gallery)."""
         if identity not in gone_rows:
-            j = g.identities.index(identity) if identity in g.identities else -1
-            gone_rows[identity] = [r for r, o in enumerate(owners) if o == j and g.sources[r]
-                                   and not source_exists(g.sources[r])]  # fmt: skip
+            gone_rows[identity] = [r for r in rows_of.get(identity, [])
+                                   if not source_exists(g.sources[r])]  # fmt: skip
         return gone_rows[identity]
 
     def difference(k: int, row: int) -> float:
