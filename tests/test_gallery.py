@@ -984,3 +984,32 @@ def test_following_moved_files_looks_only_at_each_identitys_own_rows(monkeypatch
     assert moved == 0 and len(keep) == 3
     assert sorted(looked) == [f"/old/id07/{j}.png" for j in range(3)], looked
     assert len(walks) <= 1, walks  # one walk in all, not one per identity
+
+
+@pytest.mark.parametrize("renames", [{"id0": "Alice"}, {"id0": "Alice", "id1": "Bob"}])
+def test_probes_named_as_before_a_rename_are_said_when_every_identity_was_renamed(renames):
+    """The renamed-identity warning learnt where identity folders stand from folders named as
+    enrolled identities: with every identity renamed (ids to people's names, the usual case)
+    none is, and nothing was said (R9 F3). A folder above the identity folders, shared by
+    all, is still never taken for one."""
+    import warnings
+
+    from metaemb.core.deploy import search
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=8, config_hash="abcd1234", epoch=2))
+    for name in renames:
+        g.add(name, torch.randn(3, 8), [f"/data/gal/{name}/{j}.png" for j in range(3)])
+    for old, new in renames.items():
+        g.rename(old, new)
+    for truth, expected in [(["id0", "id0", *renames.values()], "'id0' (enrolled as 'Alice')"),
+                            (["gal", "gal", *renames.values()], None)]:  # fmt: skip
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            search._warn_renamed_labels(g, truth)
+        told = [str(w.message) for w in said if "rename-identity" in str(w.message)]
+        if expected:
+            assert len(told) == 1 and expected in told[0] and told[0].startswith("2 probes")
+        elif len(renames) > 1:  # one identity alone cannot tell its folder from the one above
+            assert not told, told

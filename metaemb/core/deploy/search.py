@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,6 @@ def _warn_renamed_labels(g: Any, truth: list[str]) -> None:
     as non-mated: said, since the gallery's records show which folder each identity was
     enrolled from (the folder at the depth where the other identities' own names stand)."""
     import warnings
-    from collections import Counter
 
     unknown = {t for t in truth if t not in g}
     if not unknown:
@@ -180,9 +180,11 @@ def _warn_renamed_labels(g: Any, truth: list[str]) -> None:
                for s, o in zip(g.sources, g.owner.tolist(), strict=True) if s]  # fmt: skip
     depths = Counter(len(parts) - i for parts, owner in records
                      for i in range(len(parts) - 1, -1, -1) if parts[i] == owner)  # fmt: skip
-    if not depths:
+    # the identity folder, counted from the file's folder; when every identity was renamed no
+    # folder carries its name, and the depth is the one where folders name probes' labels
+    depth = depths.most_common(1)[0][0] if depths else _depth_of_old_names(records, unknown)
+    if not depth:
         return
-    depth = depths.most_common(1)[0][0]  # the identity folder, counted from the file's folder
     was: dict[str, str] = {}  # probe label -> the enrolled identity whose folder had its name
     for parts, owner in records:
         if len(parts) >= depth and parts[-depth] in unknown and parts[-depth] != owner:
@@ -198,6 +200,23 @@ def _warn_renamed_labels(g: Any, truth: list[str]) -> None:
             "folders to the enrolled names to score them as mated.",
             stacklevel=2,
         )
+
+
+def _depth_of_old_names(records: list[tuple[tuple[str, ...], str]], labels: set[str]) -> int:
+    """The folder depth (1: the file's own folder) at which the most enrolled identities have a
+    folder name of their own (one for all their files, no other identity's) that names a probe
+    label; 0 when none does. A folder above the identity folders is shared, so never chosen."""
+    best, best_count = 0, 0
+    for depth in range(1, 5):
+        names: dict[str, set[str]] = {}
+        for parts, owner in records:
+            names.setdefault(owner, set()).add(parts[-depth] if len(parts) >= depth else "")
+        single = [next(iter(n)) for n in names.values() if len(n) == 1]
+        shared = Counter(single)
+        count = sum(name in labels and shared[name] == 1 for name in single)
+        if count > best_count:
+            best, best_count = depth, count
+    return best
 
 
 def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> dict[str, Any]:
