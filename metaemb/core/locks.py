@@ -70,6 +70,9 @@ class RunLock:
     Elsewhere the pid in the file decides: a lock whose process is gone is stale and replaced.
     """
 
+    #: what the lock is called when it cannot be written
+    lock_name = "run-folder lock"
+
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
         self._fd: int | None = None
@@ -83,7 +86,7 @@ class RunLock:
             from metaemb.core.paths import is_write_error, output_error
 
             if is_write_error(exc):
-                raise output_error(exc, self.path, "run-folder lock") from None
+                raise output_error(exc, self.path, self.lock_name) from None
             raise
 
     def _acquire(self) -> RunLock:
@@ -165,15 +168,18 @@ class FileLock(RunLock):
     """An exclusive lock on one output file that a command reads, extends and rewrites (a
     gallery): `.<name>.lock` beside it, so two writers never drop each other's additions."""
 
-    def __init__(self, target: Path, what: str) -> None:
+    def __init__(self, target: Path, what: str, shown: Path | None = None) -> None:
         real = Path(os.path.realpath(target))  # one lock for the file, whatever link names it
         super().__init__(real.parent)
         self.target, self.what = Path(target), what
         self.path = real.parent / f".{real.name}.lock"
+        # what refusals name: the target, or what it stands for (a folder's `evaluating`)
+        self.named = f"{what} '{shown or target}'"
+        self.lock_name = f"lock of the {what}"
 
     def _refuse(self, pid: int | None) -> None:
         who = f"pid {pid}" if pid is not None else "another process"
         raise RunInProgress(
-            f"{self.what} '{self.target}' is being written by {who}; wait for it to finish, "
-            "then run this again (its additions and yours would otherwise overwrite each other)."
+            f"{self.named} is being written by {who}; wait for it to finish, then run this "
+            "again (its additions and yours would otherwise overwrite each other)."
         )

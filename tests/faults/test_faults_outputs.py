@@ -746,7 +746,7 @@ def test_a_file_on_a_read_only_mount_is_not_called_read_only_to_chmod(tmp_path, 
 
 
 def test_a_second_writer_of_one_export_or_evaluation_folder_is_refused(
-    tmp_path, faces, face_run, capsys
+    tmp_path, faces, face_run, capsys, monkeypatch
 ):
     """Two exports to one --out left one run's model beside the other's sidecar, and two
     evaluations into one --out one list's metrics.json beside the other's scores.txt (H21 F18,
@@ -755,12 +755,30 @@ def test_a_second_writer_of_one_export_or_evaluation_folder_is_refused(
 
     model, out = tmp_path / "deploy" / "m.pt", tmp_path / "ev"
     model.parent.mkdir()
-    for target, args in (
-        (model, ["export", face_run, "--format", "torchscript", "--out", model]),
-        (out, ["evaluate", face_run, "--data", faces, "--out", out, "--workers", "0"]),
-    ):
-        with FileLock(target, "held"):
+    for target, held, args in (
+        (model, model, ["export", face_run, "--format", "torchscript", "--out", model]),
+        (out / "metrics.json", out / "evaluating",
+         ["evaluate", face_run, "--data", faces, "--out", out, "--workers", "0"]),
+    ):  # fmt: skip
+        with FileLock(held, "held"):
             code, _, err = run_cli(args, capsys)
         assert code == 2 and "is being written by pid" in " ".join(err.split()), err
         assert not target.exists()
         assert run_cli(args, capsys)[0] == 0  # released: written
+    # the evaluation's lock is inside its folder: a writable --out under a parent the user may
+    # not write (a shared results volume) is written, as it was before the lock (R9 F5)
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True)
+    real_open = os.open
+
+    def parent_refuses(path, flags, *rest, **kw):
+        if Path(path).parent == shared and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *rest, **kw)
+
+    monkeypatch.setattr(os, "open", parent_refuses)
+    args = ["evaluate", face_run, "--data", faces, "--out", shared / "mine", "--workers", "0"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in shared.iterdir()) == ["mine"]
+    assert (shared / "mine" / "metrics.json").is_file()

@@ -160,14 +160,15 @@ def beside_others(
 
 @contextlib.contextmanager
 def writing(out: Path) -> Iterator[None]:
-    """An explicit `--out` folder held while an evaluation writes it (`.<out>.lock` beside it):
-    a second evaluation into it is refused instead of mixing the two sets of files."""
+    """An explicit `--out` folder held while an evaluation writes it (the lock inside it, so
+    only the folder itself need be writable): a second evaluation into it is refused instead
+    of mixing the two sets of files."""
     from metaemb.core.locks import FileLock
     from metaemb.core.paths import ensure_writable_dir
 
     ensure_writable_dir(out, "evaluation output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out, "evaluation output folder"):
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(out / "evaluating", "evaluation output folder", shown=out):
         yield
 
 
@@ -183,7 +184,7 @@ def claimed(
     from metaemb.core.files import atomic_write_text
     from metaemb.core.locks import FileLock, RunInProgress, holder
 
-    lock = FileLock(default.parent / "eval-folders", "the evaluation folders of")
+    lock = FileLock(default.parent / "eval-folders", "evaluation folders of", shown=default.parent)
     try:
         for _ in range(200):  # the choice takes milliseconds: wait for the other one's, 10 s
             try:
