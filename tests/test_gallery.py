@@ -721,6 +721,17 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities", "trailing "], capsys)
     said = " ".join(err.split())
     assert code == 2 and "--identities trims blanks" in said and "--identities-file" in said
+    # ... but a typo of another name gets no such hint, only the suggestion (R9 F13)
+    g.add("carol", torch.randn(1, Gallery.load(path).stamp.dim))
+    g.save(blank)
+    code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities", "caroll"], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "did you mean 'carol'" in said and "trims blanks" not in said, said
+    # classic Mac line ends (CR alone: Excel for Mac's CSV) are lines too (R9 F12)
+    names.write_bytes(b"carol\rtrailing \r")
+    code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities-file", names], capsys)
+    assert code == 0, err
+    assert Gallery.load(blank).identities == []
     # a list saved as UTF-16 (Notepad's "Unicode", PowerShell's `>`) is read (H21 F15)
     names.write_text("trailing \n", encoding="utf-16")
     code, _, err = run_cli(["unenroll", "--gallery", path, "--identities-file", names], capsys)

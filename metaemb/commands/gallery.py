@@ -5,6 +5,7 @@ docs/gallery.md."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +104,9 @@ def identity_names(identities: str | None, identities_file: Path | None) -> list
             text = text.decode("utf-16" if utf16 else "utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise MetaembError(f"--identities-file '{identities_file}' cannot be read: {e}") from e
-        lines = text.replace("\r\n", "\n").split("\n")  # an editor's lines, not str.splitlines
+        # an editor's lines (LF, CRLF or a classic Mac's CR), not str.splitlines, which also
+        # splits at form feeds and Unicode separators no editor shows as a new line
+        lines = re.split(r"\r\n|\r|\n", text)
         odd = next((n for n, line in enumerate(lines, 1)
                     if len(line.encode()) > 255 or any(ord(c) < 32 for c in line)), None)  # fmt: skip
         if odd is not None:  # a folder name has at most 255 bytes and no control character
@@ -202,8 +205,10 @@ def unenroll(
             try:
                 g.remove(name)  # "not enrolled" (listing the gallery as it is) before any change
             except GalleryError as exc:
-                comma = identities is not None and any("," in n for n in g.identities)
-                blank = identities is not None and any(n != n.strip() for n in g.identities)
+                # a hint only where the name typed is a piece of such a name: not for a typo
+                typed = identities is not None
+                comma = typed and any("," in n and name in n for n in g.identities)
+                blank = typed and any(n != n.strip() and n.strip() == name for n in g.identities)
                 hint = " (a name holding ',' goes in --identities-file)" if comma else ""
                 if blank and not comma:  # --identities trims: ' bob' reads as 'bob'
                     hint = (" (--identities trims blanks; a name starting or ending with one "
