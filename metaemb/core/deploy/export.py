@@ -359,7 +359,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             data = to_torchscript(module, kind, spec)
             worst = check_parity(torchscript_runner(data), module, kind, spec)
         out = target
-        scorer_state = fitted_scorer_state(state)
+        scorer_state = fitted_scorer_state(state, config.eval.scorer)
         info = {
             "format": fmt,
             "file": out.name,
@@ -466,13 +466,15 @@ def with_metadata(fmt: str, data: bytes, info: dict[str, Any]) -> bytes:
 SCORER_SUFFIX = ".scorer.npz"
 
 
-def fitted_scorer_state(state: dict[str, Any]) -> bytes | None:
+def fitted_scorer_state(state: dict[str, Any], scorer: str) -> bytes | None:
     """The run's fitted scorer state (a speaker run's training mean, WCCN and spread; PLDA's
     matrices) as an .npz of float64 arrays, None when its scorer has none (plain cosine, GME):
     without it a service scores exported embeddings with plain cosine, far worse."""
     import numpy as np
 
-    fitted = {k: v for k, v in (state.get("scorer") or {}).items() if isinstance(v, Tensor)}
+    from metaemb.core.scoring.state import tensor_state
+
+    fitted = tensor_state(state.get("scorer") or {}, scorer)  # a run saved before they were made
     if not fitted:
         return None
     arrays = {k: v.detach().cpu().double().numpy() for k, v in fitted.items()}

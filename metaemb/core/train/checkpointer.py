@@ -33,6 +33,7 @@ from metaemb.core.runs import (
     trained_root,
     trim_jsonl,
 )
+from metaemb.core.scoring.state import tensor_state
 from metaemb.core.train.random_state import host_rng_state, restore_rng
 
 LAST, BEST, METRICS, SKIPPED, BASELINE = (
@@ -221,7 +222,7 @@ def training_state(trainer: Any, epoch: int, step: int, best: float, history: li
         "classifier": trainer.classifier.state_dict() if trainer.classifier is not None else {},
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
-        "scorer": trainer.scorer.state_dict(),
+        "scorer": tensor_state(trainer.scorer.state_dict(), cfg.eval.scorer),
         "rng": torch.get_rng_state(),
         "host_rng": host_rng_state(),  # numpy's and random's: augmentations may draw there
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
