@@ -1024,3 +1024,32 @@ def test_probes_named_as_before_a_rename_are_said_when_every_identity_was_rename
             assert len(told) == 1 and expected in told[0] and told[0].startswith("2 probes")
         elif len(renames) > 1:  # one identity alone cannot tell its folder from the one above
             assert not told, told
+
+
+def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path):
+    """A service's Gallery.load → rename → save silently dropped a person `metaemb enroll`
+    added in between (L3 F6): saving over the file it was loaded from refuses when the file
+    changed since; saving elsewhere, or after loading again, works."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import GalleryError
+
+    path = tmp_path / "staff.pt"
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    g.add("alice", torch.randn(2, 4))
+    g.save(path)
+    g.add("carol", torch.randn(1, 4))
+    g.save(path)  # its own earlier save is no change by another writer
+    service = Gallery.load(path)
+    other = Gallery.load(path)  # the enroll command
+    other.add("bob", torch.randn(1, 4))
+    other.save(path)
+    service.rename("alice", "Alice")
+    with pytest.raises(GalleryError, match="changed on disk since it was loaded"):
+        service.save(path)
+    assert Gallery.load(path).identities == ["alice", "carol", "bob"]  # bob kept
+    service.save(tmp_path / "elsewhere.pt")
+    fresh = Gallery.load(path)
+    fresh.rename("alice", "Alice")
+    fresh.save(path)
+    assert Gallery.load(path).identities == ["Alice", "carol", "bob"]

@@ -14,6 +14,7 @@ atomically and read with `torch.load(weights_only=True)`. Semantics: docs/galler
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -61,6 +62,9 @@ class Gallery:
         # one copy per enrollment, not one per identity (quadratic at 100 k identities)
         self._pending: list[tuple[dict[str, Tensor], Tensor]] = []
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
+        # the file it was loaded from, as it was then: a save over it refuses to drop what
+        # another writer (`metaemb enroll`) added meanwhile
+        self._read_as: tuple[str, tuple[int, int, int] | None] | None = None
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
         self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
@@ -288,9 +292,20 @@ class Gallery:
 
     # -- files -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write atomically (temp file + rename); readers never see half a gallery."""
+        """Write atomically (temp file + rename); readers never see half a gallery. Saving over
+        the file it was loaded from is refused when another writer changed that file since."""
         from metaemb.core.files import atomic_write_bytes
 
+        real = os.path.realpath(path)
+        read = self._read_as
+        if read is not None and read[0] == real and _file_signature(real) != read[1]:
+            raise GalleryError(
+                f"gallery '{path}' was changed on disk since it was loaded (another enroll, "
+                "unenroll or rename wrote it): saving over it would drop what that added. "
+                "Load it again and repeat your changes, or save to another file; to keep other "
+                "writers out meanwhile, hold its lock from load to save (docs/gallery.md, From "
+                "Python)."
+            )
         pooled, counts = self.pooled()
         payload = {
             "format": FORMAT,
@@ -306,6 +321,7 @@ class Gallery:
         buf = io.BytesIO()
         torch.save(payload, buf)
         atomic_write_bytes(Path(path), buf.getvalue())
+        self._read_as = (real, _file_signature(real))
 
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
@@ -332,6 +348,7 @@ class Gallery:
                 f"'{p}' is a {export} export (from `metaemb export`), not a gallery: give the "
                 "gallery file `metaemb enroll` wrote."
             )
+        signature = _file_signature(p)  # before reading: a change while it is read shows too
         try:
             d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -356,6 +373,7 @@ class Gallery:
             raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
         except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
+        g._read_as = (os.path.realpath(p), signature)
         return g
 
     def _validate(self) -> None:
@@ -420,3 +438,13 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     g = Gallery.load(path)
     g.check(digest, where)
     return g
+
+
+def _file_signature(path: str | Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a file, None when there is none: an atomic replace gives
+    a new inode, an edit in place a new size or time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
