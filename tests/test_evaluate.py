@@ -1409,6 +1409,19 @@ def test_evaluations_started_together_claim_separate_default_folders(tmp_path):
         with pytest.raises(RunInProgress, match="being written by pid"), same:
             pass
     assert not default.exists()  # nothing was written in it: no empty folder is left
+    # an explicit --out naming the default folder and a default evaluation see each other's
+    # lock, whichever comes first (R9 F3)
+    from metaemb.core.eval.output_folder import writing
+
+    refused = pytest.raises(RunInProgress, match="being written by pid")
+    with writing(default), refused, claimed(default, "/data", "a/list.txt", None, "/x/a/l.txt"):
+        pass
+    refused = pytest.raises(RunInProgress, match="being written by pid")
+    with claimed(default, "/data", "a/list.txt", None, "/x/a/l.txt"), refused, writing(default):
+        pass
+    import shutil
+
+    shutil.rmtree(default, ignore_errors=True)
     default.mkdir(parents=True)
     for pid in (2**22 + 12345, 1, os.getpid()):  # gone, or a pid reused since (R4 F7)
         stale = {"pid": pid, "data_root": "/data", "trials_source": "a/list.txt",
