@@ -356,3 +356,27 @@ def test_a_landmark_file_in_another_layout_is_named_with_the_layout_that_fits(tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         FileLandmarks(data, "yawed.csv").table()
+
+
+def test_a_dlib5_landmark_file_in_another_layout_is_warned_about_too(tmp_path):
+    """The layout warning was said for mtcnn5 files only after R8 F6: a dlib5 file written
+    x1..x5,y1..y5 or with the other eye first aligned every face into garbage silently (R9 F4)."""
+    import warnings
+
+    from metaemb.plugins.vision.align import template
+    from metaemb.plugins.vision.landmarks import warn_if_another_layout
+
+    rng = np.random.default_rng(0)
+    base = template(112, "dlib5")
+    scales, shifts = rng.uniform(0.8, 1.5, 40), rng.uniform(0, 80, (40, 1, 2))
+    faces = [base * s + t + rng.normal(0, 1.0, (5, 2)) for s, t in zip(scales, shifts, strict=True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_another_layout({str(i): p for i, p in enumerate(faces)}, "dlib5", tmp_path)
+    layouts = {"all x, then all y": lambda p: np.stack([p[:, 0], p[:, 1]]).reshape(5, 2),
+               "other eye's two corners first": lambda p: p[[2, 3, 0, 1, 4]]}  # fmt: skip
+    for fits, relayout in layouts.items():
+        table = {str(i): relayout(p) for i, p in enumerate(faces)}
+        with pytest.warns(UserWarning, match="fit the face template badly") as said:
+            warn_if_another_layout(table, "dlib5", tmp_path / "lm.csv")
+        assert fits in str(said[0].message) and "dlib5 order" in str(said[0].message)

@@ -193,11 +193,21 @@ def _misfit(points: np.ndarray, target: np.ndarray) -> float:
     return rms / max(float(np.linalg.norm(target[0] - target[1])), 1e-12)
 
 
-#: other ways face datasets write 5 points (x1..x5 then y1..y5; the subject's left eye first)
+#: other ways face datasets write 5 points, per scheme: x1..x5 then y1..y5 (any scheme), and
+#: the subject's left first where metaemb's order puts the image's left first
 OTHER_LAYOUTS = {
-    "x1 … x5, y1 … y5 (all x, then all y)": lambda p: np.stack([p.ravel()[:5], p.ravel()[5:]], 1),
-    "the subject's left eye and mouth corner first (mirrored order)": lambda p: p[[1, 0, 2, 4, 3]],
-}
+    "mtcnn5": {
+        "x1 … x5, y1 … y5 (all x, then all y)": lambda p: np.stack([p.ravel()[:5],
+                                                                     p.ravel()[5:]], 1),
+        "the subject's left eye and mouth corner first (mirrored order)":
+            lambda p: p[[1, 0, 2, 4, 3]],
+    },
+    "dlib5": {
+        "x1 … x5, y1 … y5 (all x, then all y)": lambda p: np.stack([p.ravel()[:5],
+                                                                     p.ravel()[5:]], 1),
+        "the other eye's two corners first (mirrored order)": lambda p: p[[2, 3, 0, 1, 4]],
+    },
+}  # fmt: skip
 
 
 def warn_if_another_layout(table: dict[str, np.ndarray], scheme: str, where: Path) -> None:
@@ -209,14 +219,14 @@ def warn_if_another_layout(table: dict[str, np.ndarray], scheme: str, where: Pat
     values = list(table.values())
     step = max(1, len(values) // 200)  # rows spread over the file, not one folder's first
     rows = [p for p in values[::step][:200] if np.shape(p) == (5, 2)]
-    if scheme != "mtcnn5" or len(rows) < 3 or not np.isfinite(np.stack(rows)).all():
+    if scheme not in OTHER_LAYOUTS or len(rows) < 3 or not np.isfinite(np.stack(rows)).all():
         return
     target = template(112, scheme)
     misfit = float(np.median([_misfit(p, target) for p in rows]))
     if misfit < 0.3:  # turned heads (profile sets) reach 0.3–0.45 in metaemb's own layout
         return
     others = {n: float(np.median([_misfit(f(p), target) for p in rows]))
-              for n, f in OTHER_LAYOUTS.items()}  # fmt: skip
+              for n, f in OTHER_LAYOUTS[scheme].items()}  # fmt: skip
     best = min(others, key=others.get)  # type: ignore[arg-type]
     if others[best] >= misfit / 2:  # no layout fits clearly better: hard poses, not a layout
         return
