@@ -50,3 +50,48 @@ def test_a_missing_or_empty_score_file_is_called_a_score_file(tmp_path):
         with pytest.raises(DataError, match="score file") as caught:
             labelled_scores(path)
         assert said in str(caught.value) and "trial list" not in str(caught.value)
+
+
+def test_repeated_trials_count_once_and_a_contradicting_list_is_refused(tmp_path):
+    """Two score files concatenated counted every trial twice, and a --trials list whose labels
+    contradicted the lines' own silently won (H22 F3)."""
+    one = "".join(f"{e} {t} {s} {'target' if lab else 'nontarget'}\n" for e, t, lab, s in TRIALS)
+    twice = tmp_path / "twice"
+    twice.write_text(one + one)
+    with pytest.warns(UserWarning, match=r"6 trials .* more than once with the same score"):
+        tar, non = labelled_scores(twice)
+    assert len(tar) == 3 and len(non) == 3
+    other = tmp_path / "other"
+    other.write_text(one.replace(" 0.9 ", " 0.95 "))
+    both = tmp_path / "both"
+    both.write_text(one + other.read_text())
+    with pytest.raises(DataError, match="scored more than once with different scores"):
+        labelled_scores(both)
+    flipped = tmp_path / "flipped.txt"
+    flipped.write_text("".join(f"{e} {t} {'nontarget' if lab else 'target'}\n"
+                               for e, t, lab, _ in TRIALS))  # fmt: skip
+    with pytest.raises(DataError, match=r"6 of the 6 scored trials .* contradicts"):
+        labelled_scores(tmp_path / "other", flipped)
+
+
+def test_the_metrics_table_shows_only_the_tar_at_far_its_non_targets_reach(tmp_path, capsys):
+    """`metaemb metrics` printed TAR at FAR 0.01 %, 0.1 % and 1 % from 100 non-targets, three
+    rows of the same TAR at FAR 0 read as measured operating points (R9 F9): its table is
+    evaluate's, which shows a rate only where a threshold reaches it."""
+    from helpers import run_cli
+
+    rng = np.random.default_rng(0)
+    lines = [f"a t{i} {s:.5f} target" for i, s in enumerate(rng.normal(2, 1, 50))]
+    lines += [f"a n{i} {s:.5f} nontarget" for i, s in enumerate(rng.normal(0, 1, 150))]
+    path = tmp_path / "scores"
+    path.write_text("\n".join(lines) + "\n")
+    code, text, err = run_cli(["metrics", path, "--out", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    assert "TAR @ FAR=1%" in text and "FAR=0.1%" not in text and "FAR=0.01%" not in text
+    assert (
+        "EER" in text and "minDCF (P_tar=0.01)" in text and "50 target and 150 non-target" in text
+    )
+    import json
+
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert {"tar_at_far_0.0001", "tar_at_far_0.001", "tar_at_far_0.01"} <= set(saved)

@@ -35,6 +35,7 @@ def metrics(
     from metaemb.core.errors import ConfigError
     from metaemb.core.eval.evaluate import TAR_FARS
     from metaemb.core.eval.metrics import tar_at_far, verification_report
+    from metaemb.core.eval.report import metric_rows, tar_at_far_rows
     from metaemb.core.eval.scores_file import labelled_scores
 
     priors = tuple(dict.fromkeys(p_target or (0.01, 0.05)))
@@ -47,12 +48,17 @@ def metrics(
     tar, non = labelled_scores(scores, trials)
     report = verification_report(tar, non, priors)
     report.update({f"tar_at_far_{far:g}": tar_at_far(tar, non, far) for far in TAR_FARS})
-    table = Table(title=f"metrics of {scores}")
+    console.print(
+        f"{scores}: {report['n_target']} target and {report['n_nontarget']} non-target trials",
+        markup=False,
+    )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in report.items():
-        shown = f"{100 * value:.2f}%" if key == "eer" or "far" in key else f"{value:.4g}"
-        table.add_row(key, shown if isinstance(value, float) else str(value))
+    for _, label, value in metric_rows({**report, "p_targets": list(priors)}):
+        table.add_row(label, value)
+    for label, value in tar_at_far_rows(report):  # those its non-targets can reach
+        table.add_row(label, value)
     console.print(table)
     if out is not None:
         from metaemb.core.files import atomic_write_text

@@ -114,16 +114,46 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
 
         labels = {(",".join(t.enroll), t.test): int(t.label) for t in read_trials(trials)
                   if t.label is not None}  # fmt: skip
-    tar, non, unlisted = [], [], []
+    tar, non, unlisted, disagree = [], [], [], []
+    seen: dict[tuple[str, str], float] = {}
+    repeated, conflicting = [], []
     for t, score in zip(scored, values.tolist(), strict=True):
         enroll = ",".join(t.enroll)
+        pair = (enroll, t.test)
+        if pair in seen:  # two score files concatenated, or a re-run appended
+            (repeated if seen[pair] == score else conflicting).append(f"{enroll} {t.test}")
+            continue
+        seen[pair] = score
         label = t.label
         if trials is not None:
-            label = labels.get((enroll, t.test), labels.get((t.test, enroll)))
+            label = labels.get(pair, labels.get((t.test, enroll)))
+            if t.label is not None and label is not None and label != t.label:
+                disagree.append(f"{enroll} {t.test}")
         if label is None:
             unlisted.append(f"{enroll} {t.test}")
             continue
         (tar if label else non).append(score)
+    if conflicting:
+        raise DataError(
+            f"{len(conflicting)} trials of '{scores}' are scored more than once with different "
+            f"scores (first: {conflicting[0]!r}): two score files put together? Keep one score "
+            "per trial."
+        )
+    if disagree:
+        raise DataError(
+            f"{len(disagree)} of the {len(scored)} scored trials of '{scores}' carry a label "
+            f"that the trial list '{trials}' contradicts (first: {disagree[0]!r}): the scores "
+            "were made for another list (a cleaned or an original version?). Give the list "
+            "they were scored on, or leave --trials out to use their own labels."
+        )
+    if repeated:
+        import warnings
+
+        warnings.warn(
+            f"{len(repeated)} trials of '{scores}' are listed more than once with the same "
+            f"score (first: {repeated[0]!r}): each is counted once.",
+            stacklevel=2,
+        )
     if unlisted:
         said = "are not in the trial list" if trials is not None else "have no label"
         raise DataError(
