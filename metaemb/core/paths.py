@@ -278,7 +278,7 @@ def existing_kind(path: Path) -> tuple[str, tuple[str, ...]] | None:
 PLOT_SOFTWARE = "metaemb"  # the PNG text chunk `Software` of every plot metaemb draws
 
 
-def _is_our_plot(path: Path) -> bool:
+def is_our_plot(path: Path) -> bool:
     """A PNG that metaemb drew: its text chunk `Software` = PLOT_SOFTWARE (written before the
     pixel data, so the first KiB holds it). A new plot may replace it; nothing else."""
     try:
@@ -305,7 +305,7 @@ def _refuse_replacing_an_input(path: Path, what: str) -> None:
             f"the {what} '{path}' is the run's own {path.name} in '{path.parent}'; writing there "
             "would damage the run. Choose another output path."
         )
-    if path.suffix.lower() in SAMPLE_SUFFIXES and not (what == "plot" and _is_our_plot(path)):
+    if path.suffix.lower() in SAMPLE_SUFFIXES and not (what == "plot" and is_our_plot(path)):
         raise OutputError(
             f"the {what} '{path}' is an existing {path.suffix} file (a data sample or a probe?); "
             f"writing the {what} there would replace it. Choose another output path."

@@ -782,3 +782,24 @@ def test_a_second_writer_of_one_export_or_evaluation_folder_is_refused(
     assert code == 0, err
     assert sorted(p.name for p in shared.iterdir()) == ["mine"]
     assert (shared / "mine" / "metrics.json").is_file()
+
+
+def test_a_class_measure_into_a_verifications_folder_leaves_no_mixed_set(
+    tmp_path, faces, face_run, capsys
+):
+    """`--measure class --out DIR` over a verification's results wrote its metrics.json beside
+    the other evaluation's scores.txt and plots, presented as one set (H22 F2): the earlier
+    set's scores and plots go with the new one."""
+    import json
+
+    out = tmp_path / "ev"
+    base = ["evaluate", face_run, "--data", faces, "--out", out, "--workers", "0"]
+    assert run_cli(base, capsys)[0] == 0
+    assert (out / "scores.txt").is_file() and (out / "det.png").is_file()
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    code, _, err = run_cli([*base, "--measure", "class"], capsys)
+    assert code == 0, err
+    left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert left == ["metrics.json", "notes.txt"], left
+    assert json.loads((out / "metrics.json").read_text())["measure"] == "class"

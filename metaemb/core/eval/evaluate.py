@@ -29,6 +29,7 @@ from metaemb.core.eval.output_folder import (
     checkpoint_tag,
     claimed,
     default_out,
+    drop_earlier_set,
     evaluated_model,
     result_name,
     variant,
@@ -369,6 +370,7 @@ class Evaluation:
         if calibrated is not None:
             result["calibrated"] = verification(calibrated, labels, p_targets)
         with written_together():  # all new, or (a full disk) all as they were; metrics last
+            drop_earlier_set(out)
             if calibrated is not None:
                 write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
             write_scores(out / "scores.txt", evals.trials, scores.tolist())
@@ -413,6 +415,7 @@ class Evaluation:
         out.mkdir(parents=True, exist_ok=True)
         calibrated = self._calibrated(scores, embedded, scorer, cal, evals, folder, result)
         with written_together():
+            drop_earlier_set(out)  # an earlier labelled list's plots
             if calibrated is not None:
                 write_scores(out / "scores_calibrated.txt", evals.trials, calibrated.tolist())
             write_scores(out / "scores.txt", evals.trials, scores.tolist())

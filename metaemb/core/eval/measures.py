@@ -277,7 +277,8 @@ def run_measure(
     """`metaemb evaluate --measure match|class`: compute, print, and write metrics.json
     (`preloaded`: a model already loaded, e.g. a pretrained reference)."""
     from metaemb.core.deploy.loading import load_run
-    from metaemb.core.files import atomic_write_text
+    from metaemb.core.eval.output_folder import drop_earlier_set
+    from metaemb.core.files import atomic_write_text, written_together
 
     console = console or Console(emoji=False)
     if measure not in MEASURES[1:]:
@@ -337,7 +338,9 @@ def run_measure(
         result["scorer_options"] = loaded.recorded_scorer_options(scorer)  # as verification records
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
         result.update(evaluated_model(loaded))
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+        with written_together():  # an earlier verification's scores and plots go with it
+            drop_earlier_set(out)
+            atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
         table = Table(title=f"{measure} on {escape(result['source'])}")
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -111,6 +111,11 @@ def _fitting(name: str) -> str:
 
 #: beside an evaluation's results while it writes them: what they will be; the lock beside it
 #: (flock, freed by the kernel however the evaluation ends) says whether it still runs
+#: what an evaluation may write beside its metrics.json (verification writes them, class and
+#: match measures none)
+EVALUATION_FILES = ("scores.txt", "scores_calibrated.txt", "det.png", "roc.png", "scores.png",
+                    "scores_calibrated.png")  # fmt: skip
+
 CLAIM = ".evaluating.json"
 CLAIM_LOCK = ".evaluating.lock"
 
@@ -224,3 +229,19 @@ def claimed(
         mine.release()
         with contextlib.suppress(OSError):
             out.rmdir()  # only when empty: a failed evaluation leaves no folder behind
+
+
+def drop_earlier_set(out: Path) -> None:
+    """Inside `written_together`, before the new files: an earlier evaluation's scores and
+    plots in `out` go with the new set, so a class measure's metrics.json never stands beside
+    another evaluation's scores.txt and DET (a file written again replaces its removal). Only
+    what metaemb wrote: a PNG it did not draw is left, and nothing goes without a metrics.json."""
+    from metaemb.core.files import remove_with_set
+    from metaemb.core.paths import is_our_plot
+
+    if not (out / "metrics.json").is_file():
+        return
+    for name in EVALUATION_FILES:
+        path = out / name
+        if path.is_file() and (path.suffix != ".png" or is_our_plot(path)):
+            remove_with_set(path)
