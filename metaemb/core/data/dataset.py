@@ -27,7 +27,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from metaemb.core.data.epoch_seeds import seed_worker
-from metaemb.core.errors import ConfigError, DataError, DatasetError, MetaembError, first_line
+from metaemb.core.errors import (
+    ConfigError,
+    DataError,
+    DatasetError,
+    MetaembError,
+    PluginError,
+    first_line,
+)
 from metaemb.core.plugin.components import described
 from metaemb.core.plugin.contract import name_file
 from metaemb.core.plugin.interfaces import Features, Frontend, SampleFolder
@@ -138,15 +145,32 @@ class PreparedDataset(Dataset):
         return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
 
 
+#: exceptions that say the code is wrong, not the file (a misspelt attribute, a wrong call):
+#: never taken for a bad sample, which `on_bad_sample = "skip"` would silently leave out
+CODE_ERRORS = (AttributeError, NameError, ImportError, TypeError, NotImplementedError)
+
+
+def _refuse_a_code_error(exc: Exception, component: Any, kind: str, method: str) -> None:
+    if isinstance(exc, CODE_ERRORS):
+        raise PluginError(
+            f"{described(component, kind)} failed in {method}: {type(exc).__name__}: "
+            f"{first_line(exc)}. That is an error in its code, not in the file, so it is not "
+            "skipped as a bad sample: fix the component (a sample it cannot handle should "
+            "raise DataError saying what is wrong)."
+        ) from exc
+
+
 def load_raw(folder: SampleFolder, sample: Any) -> Any:
     """`folder.load` of one sample; anything but a metaemb error (a plugin folder's ValueError
     on a corrupt row, say) becomes a DataError naming the folder, so the file is named and
-    `on_bad_sample = "skip"` can skip it like any unreadable file."""
+    `on_bad_sample = "skip"` can skip it like any unreadable file; a code error (CODE_ERRORS)
+    stops, naming the folder."""
     try:
         return folder.load(folder.abspath(sample))
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
+        _refuse_a_code_error(exc, folder, "sample folder", "load")
         why = first_line(exc)
         raise DataError(
             f"{described(folder, 'sample folder')} failed to load it: {type(exc).__name__}: "
@@ -164,6 +188,7 @@ def failing_on_this_file(component: Any, kind: str, method: str) -> Iterator[Non
     except (MetaembError, MemoryError):
         raise
     except Exception as exc:
+        _refuse_a_code_error(exc, component, kind, method)
         why = first_line(exc)
         raise DataError(
             f"{described(component, kind)} failed on it in {method}: {type(exc).__name__}: "
