@@ -1905,3 +1905,31 @@ def test_the_training_folder_read_with_other_folder_options_is_scored(tmp_path, 
     assert code == 0, err
     assert "read as other files than in training" in " ".join(out.split())
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["trials"] == "all-identities"
+
+
+def test_a_scorer_failing_in_fit_is_named_with_its_plugin():
+    """A plugin scorer's fit raising RuntimeError (an eigendecomposition not converging) was a
+    40-line traceback at the end of the first epoch (P20 F4): named as the scorer's failure."""
+    import types
+
+    from metaemb.core.config import resolve
+    from metaemb.core.errors import DataError, MetaembError
+    from metaemb.core.train.validation import Validator
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def fit(self, embeddings, labels):
+            raise self.exc
+
+    cfg = resolve("speaker")
+    emb, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    me = types.SimpleNamespace(config=cfg, scorer=Failing(RuntimeError("eigh failed\nmore")))
+    with pytest.raises(MetaembError, match=r"^scorer 'cosine' \(plugin '\w+'\) failed fitting 6 "
+                       r"training embeddings of 3 identities: RuntimeError: eigh failed$"):  # fmt: skip
+        Validator._fit(me, emb, labels)
+    me.scorer = Failing(DataError("within-class covariance is singular"))
+    with pytest.raises(DataError, match=r"^scorer 'cosine' .*, fitted on 6 training embeddings: "
+                       r"within-class covariance is singular$"):  # fmt: skip
+        Validator._fit(me, emb, labels)

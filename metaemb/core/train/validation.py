@@ -20,7 +20,7 @@ from torch import Tensor
 
 from metaemb.core.config import Config
 from metaemb.core.data.embed import non_finite_rows, row_files
-from metaemb.core.errors import ConfigError, DataError, MetaembError
+from metaemb.core.errors import ConfigError, DataError, MetaembError, first_line
 from metaemb.core.eval import metrics
 from metaemb.core.eval.trial_generation import make_trials
 from metaemb.core.files import atomic_write_text, read_json
@@ -138,6 +138,25 @@ class Validator:
         self._checked_scorer = False
         self._checked_polarity = False
 
+    def _fit(self, embeddings: Tensor, labels: Tensor) -> None:
+        """The scorer's fit, its failure named with the scorer and its plugin (a plugin's
+        RuntimeError from an eigendecomposition was a bare traceback)."""
+        named = component(self.config, "scorer")
+        try:
+            self.scorer.fit(embeddings, labels)
+        except MetaembError as exc:
+            if "scorer" in str(exc):
+                raise
+            raise type(exc)(f"{named}, fitted on {len(labels)} training embeddings: {exc}") from exc
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise MetaembError(
+                f"{named} failed fitting {len(labels)} training embeddings of "
+                f"{int(labels.unique().numel())} identities: {type(exc).__name__}: "
+                f"{first_line(exc)}"
+            ) from exc
+
     def validate(self) -> dict[str, float]:
         """Fit the scorer on the training samples when it needs it, then score the trials."""
         emb, kept = self.embed(self.val_set)
@@ -147,7 +166,7 @@ class Validator:
         if self.scorer.requires_fit:
             train_emb, kept_train = self.embed(self.parts.dataset(self.train_folder, train=False))
             labels = torch.tensor(self.train_folder.labels)[kept_train]
-            self.scorer.fit(train_emb, labels)
+            self._fit(train_emb, labels)
         self.scorer.adapt(emb)  # as `evaluate` does on the files it scores
         if not self._checked_scorer:  # once a run: a plugin's scorer named up front
             check_consistent(self.scorer, emb, component(self.config, "scorer"))
