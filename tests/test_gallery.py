@@ -1053,3 +1053,37 @@ def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path
     fresh.rename("alice", "Alice")
     fresh.save(path)
     assert Gallery.load(path).identities == ["Alice", "carol", "bob"]
+
+
+def test_python_saves_refuse_what_the_commands_refuse(tmp_path):
+    """Gallery.save and Collection.save overwrote a run's last.pt or an ONNX export that
+    `metaemb enroll` and `metaemb embed` refuse to touch, and wrote a torch file named g.npz
+    (L3 F17)."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.retrieval import Collection
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    torch.save({"model": {}, "config": {}, "epoch": 1}, run / "last.pt")
+    export = tmp_path / "best.onnx"
+    export.write_bytes(b"\x08\x07onnx-ish")
+    before = {p: p.read_bytes() for p in (run / "last.pt", export)}
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    g.add("alice", torch.randn(2, 4))
+    for target in (run / "last.pt", export, tmp_path / "g.npz"):
+        with pytest.raises(MetaembError) as caught:
+            g.save(target)
+        assert str(target.name) in str(caught.value), caught.value
+    c = Collection(["a/1.png", "a/2.png"], ["a", "a"], torch.randn(2, 4))
+    for target in (run / "last.pt", tmp_path / "g.pt"):
+        if target.name == "g.pt":
+            g.save(target)  # a gallery is no embeddings file either
+        with pytest.raises(MetaembError):
+            c.save(target)
+    assert {p: p.read_bytes() for p in before} == before
+    assert isinstance(Gallery.load(tmp_path / "g.pt"), Gallery)
+    c.save(tmp_path / "c.npz")
+    c.save(tmp_path / "c.npz")  # its own kind of file is replaced

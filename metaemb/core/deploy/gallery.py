@@ -297,6 +297,7 @@ class Gallery:
         from metaemb.core.files import atomic_write_bytes
 
         real = os.path.realpath(path)
+        _refuse_replacing_another_file(Path(path), self._read_as)
         read = self._read_as
         if read is not None and read[0] == real and _file_signature(real) != read[1]:
             raise GalleryError(
@@ -448,3 +449,25 @@ def _file_signature(path: str | Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _refuse_replacing_another_file(path: Path, read_as: tuple[str, Any] | None) -> None:
+    """What `metaemb enroll` refuses, refused from Python too: a run's checkpoint, a data
+    sample, a file other than a gallery (an export), a folder; a new file named other than
+    .pt or .pth (a torch file named g.npz misleads whoever opens it)."""
+    from metaemb.core.paths import ensure_writable
+
+    ensure_writable(path, "gallery file")
+    if not path.is_file():
+        if path.suffix.lower() not in (".pt", ".pth"):
+            raise GalleryError(f"'{path}': a gallery is a torch file; name it with .pt (or .pth).")
+        return
+    if read_as is not None and read_as[0] == os.path.realpath(path):
+        return  # the gallery it was loaded from or saved to
+    try:
+        Gallery.load(path)
+    except GalleryError:
+        raise GalleryError(
+            f"'{path}' exists and is not a metaemb gallery (a model, an export or another "
+            "file), which saving would replace: move it, or choose another file name."
+        ) from None

@@ -56,6 +56,7 @@ class Collection:
 
         path = Path(path)
         check_format(path)
+        _refuse_replacing_another_file(path)
         buf = io.BytesIO()
         if path.suffix.lower() == ".npz":
             np.savez(buf, **_as_arrays(self.payload()))
@@ -270,3 +271,22 @@ def _loo_map(rows: np.ndarray, probe_labels: np.ndarray, labels: np.ndarray, sel
             )
         )
     return float(np.mean(aps))
+
+
+def _refuse_replacing_another_file(path: Path) -> None:
+    """What `metaemb embed --out` refuses, refused from Python too: a run's checkpoint, a data
+    sample, a folder, or an existing file that is not an embeddings file (a model, an export)."""
+    from metaemb.core.errors import OutputError
+    from metaemb.core.paths import ensure_writable
+
+    ensure_writable(path, "embeddings file")
+    if not path.is_file():
+        return
+    try:
+        Collection.load(path)
+    except MetaembError:
+        raise OutputError(
+            f"'{path}' exists and is not an embeddings file written by metaemb (a model, an "
+            "export or another file), which saving would replace: move it, or choose another "
+            "file name."
+        ) from None
