@@ -131,3 +131,26 @@ def test_a_non_utf8_path_printed_to_a_utf8_terminal(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert b"d\\udce9mo" in proc.stdout  # escaped, not a UnicodeEncodeError
     assert (tmp_path / os.fsdecode(b"d\xe9mo")).is_dir()
+
+
+def test_the_run_is_evaluated_on_its_validation_trials_without_the_files_it_skipped(
+    hostile_run, capsys
+):
+    """`metaemb evaluate RUN` stopped on a validation file the run itself skipped in training
+    and listed in skipped.txt: its reported EER could not be reproduced (P20 F8). The trials
+    of skipped files are left out, as training left them out, and the EER is training's."""
+    import json
+
+    from helpers import run_cli
+
+    _, runs, proc = hostile_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run] = list((runs / "face").iterdir())
+    out = run.parent / "ev"
+    code, text, err = run_cli(["evaluate", run, "--workers", "0", "--out", out], capsys)
+    assert code == 0, err
+    assert "left out" in text and "files the run skipped in training" in text
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert json.loads((out / "metrics.json").read_text())["eer"] == pytest.approx(
+        last["eer"], abs=1e-6
+    )

@@ -56,7 +56,7 @@ from metaemb.core.eval.trial_set import (
 from metaemb.core.eval.trials import TrialList, read_trials
 from metaemb.core.files import atomic_write_text, written_together
 from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
-from metaemb.core.plugin.interfaces import SampleFolder, Scorer
+from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
 from metaemb.core.scoring.choice import choose_scorer
@@ -183,8 +183,25 @@ class Evaluation:
             trials, source = unseen_folder_trials(loaded, self.console, why)
             return TrialSet(trials, "all-identities", source)
         val = held_out_folder(loaded)
-        trials = validation.validation_trials(val, cfg)
+        trials = self._without_skipped(validation.validation_trials(val, cfg))
         return TrialSet(trials, "validation", "the run's validation trials", own_validation=True)
+
+    def _without_skipped(self, trials: list[Trial]) -> list[Trial]:
+        """The run's validation trials as training scored them: without the files it skipped
+        as unreadable (its skipped.txt), which would otherwise stop the evaluation."""
+        listed = self._run_dir() / "skipped.txt"
+        if self.preloaded is not None or not listed.is_file():
+            return trials
+        text = listed.read_text(encoding="utf-8", errors="surrogateescape")  # as paths are
+        skipped = {line.split("\t", 1)[0] for line in text.splitlines() if line}
+        kept = [t for t in trials if t.test not in skipped and skipped.isdisjoint(t.enroll)]
+        if len(kept) < len(trials):
+            self.console.print(
+                f"left out {len(trials) - len(kept)} validation trials of files the run skipped "
+                f"in training (listed in {listed}), as training scored them",
+                markup=False,
+            )
+        return kept
 
     def _training_identities_scored(self, loaded: Loaded, folder: Any, evals: TrialSet) -> int:
         """How many scored identities the run trained on (0 for its own validation trials),
