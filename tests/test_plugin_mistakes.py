@@ -1637,11 +1637,27 @@ class LazyWeights(SoftmaxObjective):
         return nn.functional.cross_entropy(embeddings @ self.w.T, labels)
 
 
+class LazyCentres(SoftmaxObjective):
+    """The mistake: centre-loss centres kept as a moving average, made in the first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.centres = None
+
+    def __call__(self, embeddings, labels, classifier):
+        if self.centres is None:
+            self.centres = torch.zeros(64, embeddings.shape[1])
+        with torch.no_grad():
+            self.centres[labels] = 0.9 * self.centres[labels] + 0.1 * embeddings.detach()
+        return super().__call__(embeddings, labels, classifier)
+
+
 class ObjectiveStatePlugin:
     @metaemb.hookimpl
     def register_objectives(self, register):
         register("stateonobjective", StateOnObjective)
         register("lazyweights", LazyWeights)
+        register("lazycentres", LazyCentres)
 
 
 def test_state_an_objective_keeps_on_itself_is_named(plugin, tmp_path, series, capsys):
@@ -1655,6 +1671,12 @@ def test_state_an_objective_keeps_on_itself_is_named(plugin, tmp_path, series, c
         with pytest.warns(UserWarning, match=r"objective 'stateonobjective' \(plugin "
                           r"'state-test'\) carries 'run.mean' from epoch to epoch"):  # fmt: skip
             code, _, err = train(tmp_path, series, capsys, "train.objective=stateonobjective",
+                                 "train.epochs=2")  # fmt: skip
+        assert code == 0, err
+        # ... also when it is made in the first call, with no value at the epoch's start (P20 F2)
+        with pytest.warns(UserWarning, match=r"objective 'lazycentres' \(plugin 'state-test'\) "
+                          r"carries 'centres' from epoch to epoch"):  # fmt: skip
+            code, _, err = train(tmp_path, series, capsys, "train.objective=lazycentres",
                                  "train.epochs=2")  # fmt: skip
         assert code == 0, err
 

@@ -136,9 +136,12 @@ class ObjectiveWatch:
         self.done = True
         start, self.start, self.before = self.start, {}, {}  # the copies are not needed again
         now = objective_state(self.objective, self.classifier)
+        # changed from the epoch's start and not reset since; state made in the first call
+        # (a centre table created lazily) had no start: carried unless set_epoch zeroed it
         carried = sorted(
             k for k in self.changed
-            if k in now and k in start and not _same_value(now[k][1], start[k][1])
+            if k in now and (not _same_value(now[k][1], start[k][1]) if k in start
+                             else not _is_zero(now[k][1]))
         )  # fmt: skip
         if carried:
             warnings.warn(
@@ -161,6 +164,15 @@ def _snapshot(t: Tensor) -> Any:
     step = max(1, flat.numel() // 4096)
     total = float(torch.nan_to_num(t.sum().abs().double()))  # any dtype, NaN-proof
     return (tuple(t.shape), str(t.dtype), total, flat[::step].to("cpu", copy=True))
+
+
+def _is_zero(value: Any) -> bool:
+    """A reset tally: a zero number, or a tensor (or fingerprint) of zeros."""
+    if isinstance(value, tuple):  # a large tensor's fingerprint: its |sum| and a sample
+        return value[2] == 0.0 and not bool(value[3].any())
+    if isinstance(value, Tensor):
+        return not bool(value.any())
+    return value == 0
 
 
 def _same_value(a: Any, b: Any) -> bool:
