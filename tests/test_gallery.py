@@ -1087,3 +1087,21 @@ def test_python_saves_refuse_what_the_commands_refuse(tmp_path):
     assert isinstance(Gallery.load(tmp_path / "g.pt"), Gallery)
     c.save(tmp_path / "c.npz")
     c.save(tmp_path / "c.npz")  # its own kind of file is replaced
+
+
+def test_float64_probes_are_searched_as_float32_samples_are_stored():
+    """`add` took float64 embeddings (from numpy) and stored them as float32; `search` and
+    `score_matrix` then failed on float64 probes with torch's 'expected m1 and m2 to have the
+    same dtype' (L3 F1)."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    emb = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    g.add("a", emb[:3])
+    g.add("b", emb[3:])
+    wide = g.score_matrix(emb)
+    assert torch.allclose(wide, g.score_matrix(emb.float()))
+    assert (
+        g.search(emb, k=1).index[:, 0].tolist() == g.search(emb.float(), k=1).index[:, 0].tolist()
+    )

@@ -100,6 +100,8 @@ def _gme_blocks(
 def _blocks(gallery: Gallery, probes: Any, scorer: Any) -> Iterator[tuple[slice, Tensor, Tensor]]:
     _nonempty(gallery)
     gallery.check_embeddings(probes)
+    if isinstance(probes, Tensor) and probes.dtype != torch.float32:
+        probes = probes.float()  # as `add` stores samples: float64 from numpy scores alike
     scorer = _scorer(gallery, scorer)
     with torch.no_grad():
         if gallery.stamp.kind == "gme":
