@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,23 @@ def _tables(d: dict[str, Any], prefix: str, lines: list[str]) -> None:
                 f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)
             )
             _tables(v, f"{prefix}{k}.", lines)
+
+
+#: options of a component for one command: {key: value} from Python, or the command line's
+#: ["KEY=VALUE", …] (`--folder-set`, `--scorer-set`, `--protocol-set`)
+Options = Mapping[str, Any] | Sequence[str] | None
+
+
+def option_table(given: Options, flag: str, argument: str) -> dict[str, Any]:
+    """`given` as {key: value}: a dict as it is, "KEY=VALUE" strings parsed as `flag` parses
+    them; one bare string (iterated letter by letter otherwise) is refused."""
+    if given is None:
+        return {}
+    if isinstance(given, Mapping):
+        return dict(given)
+    if isinstance(given, str):
+        raise ConfigError(
+            f"{argument} takes {{key: value}} or a list of 'KEY=VALUE' strings, not one string "
+            f"({given!r}): write {argument}=[{given!r}]."
+        )
+    return dict(parse_set(s, flag) for s in given)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from metaemb.core.checkpoints import load_checkpoint
 from metaemb.core.config import Config, from_dict
 from metaemb.core.config.chain import check_scorer
+from metaemb.core.config.toml_io import Options, option_table
 from metaemb.core.config.trained_options import pin_trained_options
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
 from metaemb.core.data.pipeline import Components, build_model, data_root
@@ -263,7 +264,7 @@ def load_run(
     data: Path | None = None,
     with_data: bool = False,
     folder: str | None = None,
-    folder_options: dict[str, Any] | None = None,
+    folder_options: Options = None,
 ) -> LoadedRun:
     """Load a run directory or checkpoint; `data` (a data root) or `with_data` (the run's own
     root) also builds the data pipeline for embedding samples, reading the data with sample
@@ -288,7 +289,7 @@ def load_run(
             refuse_looping_link(data)
             rebase_data_paths(cfg, Path(data))
             cfg.data.root, cfg.data.root_absolute = str(data), ""
-        read_with(cfg, folder, folder_options)
+        read_with(cfg, folder, option_table(folder_options, "--folder-set", "folder_options"))
         root = data_root(cfg)
         if data is None and cfg.data.root and not data_path_exists(root):
             saved = cfg.data.root_absolute or cfg.data.root

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from metaemb.core.config import from_dict
+from metaemb.core.config.toml_io import Options, option_table
 from metaemb.core.data.pipeline import Components, data_root, frontend_set_used
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
@@ -70,7 +71,8 @@ def verification(scores: torch.Tensor, labels: torch.Tensor, p_targets: tuple) -
     return metrics.verification_report(tar, non, p_targets=p_targets)
 
 
-TAR_FARS = (1e-4, 1e-3, 1e-2)  # metrics.json's tar_at_far_<far>
+TAR_FARS = (1e-4, 1e-3, 1e-2)
+# metrics.json's tar_at_far_<far>
 
 
 class Evaluation:
@@ -96,18 +98,16 @@ class Evaluation:
         workers: int = 2,
         console: Console | None = None,
         adapt: bool = True,
-        protocol_options: list[str] | None = None,
+        protocol_options: Options = None,
         p_targets: list[float] | float | None = None,
         folder: str | None = None,
-        folder_options: list[str] | None = None,
+        folder_options: Options = None,
         folds: int | None = None,
         preloaded: Loaded | None = None,
-        scorer_options: list[str] | None = None,
+        scorer_options: Options = None,
     ) -> None:
         def path(p: str | Path | None) -> Path | None:  # a notebook passes strings
             return None if p is None else Path(p)
-
-        from metaemb.core.config import parse_set
 
         if folds is not None and (folds < 2 or trials is None):
             raise ConfigError("--folds K splits a --trials list into K contiguous folds for "
@@ -115,14 +115,16 @@ class Evaluation:
         self.folds = folds
         self.preloaded = preloaded  # a reference model loaded without a run (`--reference`)
         self.folder = folder  # read --data with another sample folder than the run's
-        self.folder_options = dict(parse_set(s, "--folder-set") for s in folder_options or [])
+        self.folder_options = option_table(folder_options, "--folder-set", "folder_options")
         # options of the scorer for this evaluation (AS-norm's top_n, PLDA's lda_dim): the
         # back-end is refitted on the training samples, the network is not retrained
-        self.scorer_set = dict(parse_set(s, "--scorer-set") for s in scorer_options or [])
+        self.scorer_set = option_table(scorer_options, "--scorer-set", "scorer_options")
 
         self.run_path, self.adapt = Path(run), adapt
         self.data, self.trials_path, self.protocol = path(data), path(trials), protocol
-        self.protocol_options = parse_protocol_options(protocol, protocol_options or [])
+        self.protocol_options = parse_protocol_options(
+            protocol, option_table(protocol_options, "--protocol-set", "protocol_options")
+        )
         if isinstance(p_targets, (int, float)):  # one prior, from a notebook
             p_targets = [p_targets]
         bad = [p for p in p_targets or [] if not 0.0 < p < 1.0]  # nan fails too

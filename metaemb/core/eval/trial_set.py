@@ -99,9 +99,11 @@ def protocol_options(name: str, given: dict[str, Any] | None = None) -> dict[str
     return {**defaults, **(given or {})}
 
 
-def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, Any]:
-    """`--protocol-set KEY=VALUE` items, checked against the protocol's options (names, types)
-    before anything is embedded."""
+def parse_protocol_options(
+    protocol: str | None, items: list[str] | dict[str, Any]
+) -> dict[str, Any]:
+    """`--protocol-set KEY=VALUE` items (or their {key: value}), checked against the
+    protocol's options (names, types) before anything is embedded."""
     if not items:
         return {}
     if protocol is None:
@@ -109,5 +111,5 @@ def parse_protocol_options(protocol: str | None, items: list[str]) -> dict[str, 
     from metaemb.core.config.toml_io import parse_set
     from metaemb.core.plugin.components import validate_options
 
-    options = dict(parse_set(item) for item in items)
+    options = dict(items) if isinstance(items, dict) else dict(parse_set(i) for i in items)
     return validate_options("protocols", protocol, options, "--protocol-set")
