@@ -21,3 +21,20 @@ def test_evaluation_takes_its_options_as_a_dict_or_as_the_command_lines_strings(
     assert as_dict.folder_options == as_strings.folder_options == {"sample_rate": 8000}
     with pytest.raises(ConfigError, match=r"scorer_options takes \{key: value\} or a list"):
         Evaluation(tmp_path, scorer_options="wccn=false")
+
+
+def test_collection_retrieval_takes_a_collection_in_memory_as_its_file(tmp_path):
+    """python.md's `collection_retrieval(collection)` failed with a bare TypeError on the
+    Collection it had just made: only a file path worked (L3 F13)."""
+    import torch
+
+    from metaemb.core.deploy.neighbours import collection_retrieval
+    from metaemb.core.eval.retrieval import Collection
+
+    torch.manual_seed(0)
+    centres = torch.randn(4, 8)
+    emb = torch.cat([c + 0.3 * torch.randn(3, 8) for c in centres])
+    names = [f"id{i}" for i in range(4) for _ in range(3)]
+    c = Collection([f"{n}/{j}.png" for j, n in enumerate(names)], names, emb)
+    c.save(tmp_path / "c.npz")
+    assert collection_retrieval(c) == collection_retrieval(tmp_path / "c.npz")

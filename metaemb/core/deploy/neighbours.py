@@ -110,7 +110,7 @@ def collection_scorer(
 
 
 def find_neighbours(
-    collection_path: Path,
+    collection_path: Path | Collection,
     probes: list[Path],
     k: int = 5,
     run: Path | None = None,
@@ -121,12 +121,13 @@ def find_neighbours(
     root: Path | None = None,
 ) -> Neighbours:
     """Embed the probe files with the collection's model (or `run`) and search the collection
-    (`root`: the data folder the probes are under, as `embed --root`)."""
+    (its file, or a `Collection` in memory; `root`: the data folder the probes are under, as
+    `embed --root`)."""
     from metaemb.core.deploy.stamp import refuse_other_model
     from metaemb.core.eval.collect import embed_inputs
-    from metaemb.core.eval.retrieval import Collection, adapt_to, nearest
+    from metaemb.core.eval.retrieval import adapt_to, nearest
 
-    coll = Collection.load(collection_path)
+    coll, collection_path = _opened(collection_path)
     model = run or (Path(coll.meta["checkpoint"]) if coll.meta.get("checkpoint") else None)
     if model is None:
         raise MetaembError(
@@ -154,17 +155,17 @@ def find_neighbours(
 
 
 def collection_retrieval(
-    collection_path: Path,
+    collection_path: Path | Collection,
     scorer: str | None = None,
     run: Path | None = None,
     max_rank: int = 10,
 ) -> dict[str, Any]:
-    """Leave-one-out retrieval metrics of the labelled collection at `collection_path`
-    (`retrieval.collection_metrics`), ranked with `collection_scorer`; an error about its
-    contents names the file."""
-    from metaemb.core.eval.retrieval import Collection, adapt_to, collection_metrics
+    """Leave-one-out retrieval metrics of the labelled collection at `collection_path` (or a
+    `Collection` in memory) (`retrieval.collection_metrics`), ranked with
+    `collection_scorer`; an error about its contents names the file."""
+    from metaemb.core.eval.retrieval import adapt_to, collection_metrics
 
-    coll = Collection.load(collection_path)
+    coll, collection_path = _opened(collection_path)
     try:
         sc = collection_scorer(coll, scorer, run, collection_path)
         adapt_to(sc, coll.embeddings)
@@ -173,6 +174,15 @@ def collection_retrieval(
         if f"'{collection_path}'" in str(exc):
             raise
         raise type(exc)(f"'{collection_path}': {exc}") from None
+
+
+def _opened(given: Path | Collection) -> tuple[Collection, Any]:
+    """(the collection, how messages name it): a file is loaded; one in memory is itself."""
+    from metaemb.core.eval.retrieval import Collection
+
+    if isinstance(given, Collection):
+        return given, "the collection given"
+    return Collection.load(given), given
 
 
 __all__ = [
