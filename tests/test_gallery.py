@@ -1105,3 +1105,17 @@ def test_float64_probes_are_searched_as_float32_samples_are_stored():
     assert (
         g.search(emb, k=1).index[:, 0].tolist() == g.search(emb.float(), k=1).index[:, 0].tolist()
     )
+
+
+def test_add_takes_a_name_in_another_unicode_form_as_the_enrolled_one():
+    """`Gallery.add('Zoë' in NFD)` after the NFC 'Zoë' made a second identity that prints the
+    same, each pooled from half the samples (L3 F11), which enroll and rename guard against."""
+    import unicodedata
+
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    g.add(unicodedata.normalize("NFC", "Zoë"), torch.randn(1, 4))
+    g.add(unicodedata.normalize("NFD", "Zoë"), torch.randn(2, 4))
+    assert g.identities == [unicodedata.normalize("NFC", "Zoë")] and g.counts().tolist() == [3]

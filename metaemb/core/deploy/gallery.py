@@ -164,9 +164,11 @@ class Gallery:
             )
 
     def add(self, identity: str, embeddings: Any, sources: Sequence[str] | None = None) -> int:
-        """Enroll samples for `identity` (new or existing) → how many were added. Samples whose
-        source is already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
+        """Enroll samples for `identity` (new or existing; a name differing from an enrolled
+        one only in Unicode form is that one) → how many were added. Samples whose source is
+        already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
         check_new_name(identity)
+        identity = self.named_as(identity)  # 'Zoë' typed in NFD is the enrolled NFC 'Zoë'
         self.check_embeddings(embeddings, f"embeddings for '{identity}'")
         n = len(embeddings)
         srcs = [str(s) for s in sources] if sources is not None else [""] * n
