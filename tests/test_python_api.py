@@ -38,3 +38,34 @@ def test_collection_retrieval_takes_a_collection_in_memory_as_its_file(tmp_path)
     c = Collection([f"{n}/{j}.png" for j, n in enumerate(names)], names, emb)
     c.save(tmp_path / "c.npz")
     assert collection_retrieval(c) == collection_retrieval(tmp_path / "c.npz")
+
+
+def test_training_from_python_leaves_the_callers_random_streams_alone(tiny_face_run, tmp_path):
+    """`Trainer.run()` seeded torch, numpy and random with train.seed and left them so: in a
+    notebook, every draw after the training cell followed the run's seed, whatever the user
+    had seeded (L3 F5)."""
+    import io
+    import random
+
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from metaemb.core.config import resolve
+    from metaemb.core.train.engine import Trainer
+
+    data, _ = tiny_face_run
+    sets = [f'data.root="{data}"', "train.epochs=1", "train.batch_size=16", "model.dim=8",
+            "features.image_size=32", f'data.cache_dir="{tmp_path / "cache"}"']  # fmt: skip
+    cfg = resolve("face", None, sets)
+
+    def draws():
+        return np.random.rand(), torch.rand(1).item(), random.random()
+
+    for seed in (1, 2):
+        np.random.seed(seed), torch.manual_seed(seed), random.seed(seed)
+        expected = draws()
+        np.random.seed(seed), torch.manual_seed(seed), random.seed(seed)
+        quiet = Console(file=io.StringIO())
+        Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0, console=quiet).run()
+        assert draws() == expected

@@ -60,7 +60,7 @@ from metaemb.core.train.checks.objective import (
 from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
-from metaemb.core.train.random_state import rank_rng_states
+from metaemb.core.train.random_state import host_rng_state, rank_rng_states, set_host_rng_state
 from metaemb.core.train.summary import describe_run, print_epoch, print_summary, write_summary
 from metaemb.core.train.teacher import build_teacher
 
@@ -224,13 +224,22 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train (or resume) to train.epochs while holding the run directory's lock."""
-        with self.checkpointer.locked():
+        """Train (or resume) to train.epochs while holding the run directory's lock. The
+        process's random streams (torch, numpy, random), which training seeds with
+        train.seed, are the caller's again afterwards: a notebook's next draws do not follow
+        the run's seed."""
+        callers = host_rng_state()
+        with self.checkpointer.locked(), torch.random.fork_rng(devices=self._rng_devices()):
             try:
                 return self._run()
             finally:
                 if hasattr(self, "train_loader"):
                     self.train_loader.close()  # persistent workers
+                set_host_rng_state(callers)
+
+    def _rng_devices(self) -> list[int]:
+        """The CUDA device whose random stream training draws from, for fork_rng."""
+        return [self.device.index or 0] if self.device.type == "cuda" else []
 
     def _warn(self, message: str | None) -> None:
         if message:
