@@ -670,7 +670,7 @@ def test_devices_pipes_and_huge_files_given_as_small_inputs(tmp_path, monkeypatc
     fifo = tmp_path / "list.fifo"
     os.mkfifo(fifo)
     with pytest.raises(MetaembError, match=r"trial list '.*list.fifo' is a pipe, not a file: "
-                       r"save the list to a file"):  # fmt: skip
+                       r"save it to a file and give that"):  # fmt: skip
         read_trials(fifo)
     big = tmp_path / "big.toml"
     with open(big, "wb") as f:

@@ -172,9 +172,16 @@ def writing(out: Path) -> Iterator[None]:
     from metaemb.core.paths import ensure_writable_dir
 
     ensure_writable_dir(out, "evaluation output folder")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(out / "evaluating", "evaluation output folder", shown=out):
-        yield
+    try:
+        with FileLock(out / "evaluating", "evaluation output folder", shown=out):
+            yield
+    except BaseException:
+        if made:  # a refused or failed evaluation leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 @contextlib.contextmanager
