@@ -95,3 +95,26 @@ def test_the_metrics_table_shows_only_the_tar_at_far_its_non_targets_reach(tmp_p
 
     saved = json.loads((tmp_path / "m.json").read_text())
     assert {"tar_at_far_0.0001", "tar_at_far_0.001", "tar_at_far_0.01"} <= set(saved)
+
+
+def test_metrics_out_never_replaces_what_it_reads_or_another_file(tmp_path, capsys):
+    """`metaemb metrics S --out S` replaced the score file with its own metrics, and `--out`
+    over the trial list or an export's sidecar replaced them too (H22 F10)."""
+    from helpers import run_cli
+
+    scores = tmp_path / "s.txt"
+    scores.write_text("".join(f"{e} {t} {s} {'target' if lab else 'nontarget'}\n"
+                              for e, t, lab, s in TRIALS))  # fmt: skip
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{e} {t} {'target' if lab else 'nontarget'}\n"
+                              for e, t, lab, _ in TRIALS))  # fmt: skip
+    sidecar = tmp_path / "m.onnx.json"
+    sidecar.write_text('{"format": "onnx"}')
+    kept = {p: p.read_bytes() for p in (scores, listed, sidecar)}
+    for out in (scores, listed, sidecar):
+        code, _, err = run_cli(["metrics", scores, "--trials", listed, "--out", out], capsys)
+        assert code == 2, err
+    assert {p: p.read_bytes() for p in kept} == kept
+    mine = tmp_path / "m.json"
+    for _ in range(2):  # its own earlier result is replaced
+        assert run_cli(["metrics", scores, "--out", mine], capsys)[0] == 0

@@ -42,9 +42,7 @@ def metrics(
     if not all(0.0 < p < 1.0 for p in priors):
         raise ConfigError(f"--p-target is a target prior in (0, 1); got {list(priors)}.")
     if out is not None:
-        from metaemb.core.paths import ensure_writable
-
-        ensure_writable(out, "metrics file")
+        _check_out(out, [scores, *([trials] if trials else [])])
     tar, non = labelled_scores(scores, trials)
     report = verification_report(tar, non, priors)
     report.update({f"tar_at_far_{far:g}": tar_at_far(tar, non, far) for far in TAR_FARS})
@@ -67,3 +65,21 @@ def metrics(
                   else {}), "p_targets": list(priors), **report}  # fmt: skip
         atomic_write_text(out, json.dumps(record, indent=2))
         console.print(f"wrote {out}", markup=False)
+
+
+def _check_out(out: Path, inputs: list[Path]) -> None:
+    """--out neither one of the files read (the same name typed twice) nor an existing file
+    that is not an earlier `metaemb metrics` result (a trial list, an export's sidecar)."""
+    from metaemb.core.errors import OutputError
+    from metaemb.core.paths import ensure_writable, refuse_replacing_another_file
+
+    ensure_writable(out, "metrics file")
+    for given in inputs:
+        if out.exists() and given.exists() and out.resolve() == given.resolve():
+            raise OutputError(f"--out '{out}' is the file being read; choose another name.")
+
+    def ours(path: Path) -> bool:
+        held = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(held, dict) and "scores" in held and "p_targets" in held
+
+    refuse_replacing_another_file(out, "metrics file", ours, "metaemb metrics")

@@ -803,3 +803,40 @@ def test_a_class_measure_into_a_verifications_folder_leaves_no_mixed_set(
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert left == ["metrics.json", "notes.txt"], left
     assert json.loads((out / "metrics.json").read_text())["measure"] == "class"
+
+
+def test_evaluate_never_writes_into_the_runs_data_nor_over_another_toolkits_scores(
+    tmp_path, face_run, capsys
+):
+    """`evaluate RUN --out DATA/out` without --data wrote its plots into the run's own data
+    folder, a new identity of PNG 'faces' (H22 F11); `--out` over a folder holding another
+    toolkit's scores.txt (SpeechBrain writes that name) or one's own metrics.json replaced them
+    without a word (H22 F7). Both are refused before anything is embedded."""
+    import json
+
+    from metaemb.core.config import from_dict
+    from metaemb.core.config.toml_io import load_toml
+
+    root = Path(from_dict(load_toml(face_run / "config.toml")).data.root)
+    assert root.is_absolute() and root.is_dir()
+    inside = root / "results"
+    code, _, err = run_cli(["evaluate", face_run, "--workers", "0", "--out", inside], capsys)
+    assert code == 2 and "inside the data folder" in " ".join(err.split()), err
+    assert not inside.exists()
+    theirs = tmp_path / "sb"
+    theirs.mkdir()
+    (theirs / "scores.txt").write_text("spk1/a spk2/b 0 0.25\n")
+    for name, text in (("scores.txt", None), ("metrics.json", '{"my": "notes"}')):
+        if text is not None:
+            (theirs / "scores.txt").unlink()
+            (theirs / name).write_text(text)
+        before = (theirs / name).read_bytes()
+        code, _, err = run_cli(["evaluate", face_run, "--workers", "0", "--out", theirs], capsys)
+        assert code == 2 and "is not one that `metaemb evaluate` wrote" in " ".join(err.split())
+        assert (theirs / name).read_bytes() == before
+    (theirs / "metrics.json").unlink()
+    code, _, err = run_cli(["evaluate", face_run, "--workers", "0", "--out", theirs], capsys)
+    assert code == 0, err  # an empty folder, then its own results again
+    code, _, err = run_cli(["evaluate", face_run, "--workers", "0", "--out", theirs], capsys)
+    assert code == 0, err
+    assert "eer" in json.loads((theirs / "metrics.json").read_text())

@@ -36,7 +36,7 @@ from metaemb.core.eval.output_folder import (
     variant,
     writing,
 )
-from metaemb.core.eval.scores_file import write_scores
+from metaemb.core.eval.scores_file import is_evaluation_metrics, is_scores_file, write_scores
 from metaemb.core.eval.trial_checks import (
     check_both_classes,
     check_folds_fit,
@@ -56,7 +56,12 @@ from metaemb.core.eval.trial_set import (
 )
 from metaemb.core.eval.trials import TrialList, read_trials
 from metaemb.core.files import atomic_write_text, written_together
-from metaemb.core.paths import ensure_writable, ensure_writable_dir, refuse_inside
+from metaemb.core.paths import (
+    ensure_writable,
+    ensure_writable_dir,
+    refuse_inside,
+    refuse_replacing_another_file,
+)
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
@@ -326,9 +331,9 @@ class Evaluation:
                 trials_file,
             )
         )
+        self._check_outputs(out, loaded.parts.root)  # before anything is embedded
         if self.out:  # one writer: two sets' renames interleaved into a mixed set
             claims.enter_context(writing(out))
-        self._check_outputs(out)  # before anything is embedded
         check_scorable(evals.trials, f"{evals.source} ({loaded.parts.root})")
         cal = None
         if self.calibrate_path:
@@ -446,13 +451,19 @@ class Evaluation:
         )
         return result
 
-    def _check_outputs(self, out: Path) -> None:
+    def _check_outputs(self, out: Path, root: Path) -> None:
+        """Every output writable, none inside the data folder read (`root`: the run's own when
+        no --data is given), and none replacing a file metaemb did not write (another
+        toolkit's scores.txt, a metrics.json of one's own)."""
         ensure_writable_dir(out, "evaluation output folder")
-        refuse_inside(out, self.data, "evaluation output folder")
+        refuse_inside(out, self.data or root, "evaluation output folder")
         names = ["metrics.json", "scores.txt"]
         names += ["scores_calibrated.txt"] if self.calibrate_path else []
         for name in names:
             ensure_writable(out / name, "evaluation output file")
+            ours = is_evaluation_metrics if name == "metrics.json" else is_scores_file
+            refuse_replacing_another_file(out / name, "evaluation output file", ours,
+                                          "metaemb evaluate")  # fmt: skip
         plots = ["det.png", "roc.png", "scores.png"] + (
             ["scores_calibrated.png"] if self.calibrate_path else []
         )

@@ -317,6 +317,7 @@ def run_measure(
             claimed(default_out(run_dir, name, data), data_root, listed)
         )
         ensure_writable_dir(out, "evaluation output folder")  # before any embedding
+        _check_metrics_file(out / "metrics.json", data if data is not None else loaded.parts.root)
         sc = choose_scorer(loaded, scorer, "measure")
         if measure == "match":
             result = match_measure(loaded, trials, sc, workers, adapt, console)  # type: ignore[arg-type]
@@ -364,3 +365,15 @@ def groups_matrix(scorer: Any, emb: Any, groups: list[list[int]], probes: Any) -
     scores = scorer.score_matrix(emb[flat], probes)
     rows = torch.split(scores, [len(g) for g in groups])
     return torch.stack([r.mean(0) for r in rows])
+
+
+def _check_metrics_file(path: Path, root: Any) -> None:
+    """The metrics.json a measure writes: writable, not inside the data folder it reads, and
+    not replacing a file an evaluation did not write."""
+    from metaemb.core.eval.scores_file import is_evaluation_metrics
+    from metaemb.core.paths import ensure_writable, refuse_inside, refuse_replacing_another_file
+
+    refuse_inside(path.parent, root, "evaluation output folder")
+    ensure_writable(path, "evaluation output file")
+    refuse_replacing_another_file(path, "evaluation output file", is_evaluation_metrics,
+                                  "metaemb evaluate")  # fmt: skip

@@ -57,6 +57,27 @@ def read_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     return trials, np.asarray(scores)
 
 
+def is_scores_file(path: Path) -> bool:
+    """Whether `path` is a scores.txt metaemb wrote (its first line: four tab-separated fields,
+    the third a label word or '-'), so an evaluation may replace it; another toolkit's score
+    file (SpeechBrain's own scores.txt) may not be."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace")
+    first = head.split("\n", 1)[0].rstrip("\r").split("\t")
+    return len(first) == 4 and first[2] in ("target", "nontarget", "-")
+
+
+def is_evaluation_metrics(path: Path) -> bool:
+    """Whether `path` is a metrics.json an evaluation wrote (a JSON object naming its scorer
+    and its trials' source), so another evaluation may replace it."""
+    import json
+
+    if path.stat().st_size > 64 << 20:
+        return False
+    held = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(held, dict) and "scorer" in held and "trials_source" in held
+
+
 def _finite(text: str) -> float | None:
     try:
         value = float(text)
