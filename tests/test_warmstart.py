@@ -115,6 +115,7 @@ def test_softmax_to_gme_fine_tune_measures_forgetting(old_run, tmp_path, capsys)
     flat = " ".join(text.split())
     assert "initialised backbone from" in flat and "forgetting (EER before → after)" in flat
     [gme_run] = list((tmp_path / "runs" / "face").iterdir())
+    assert f"({gme_run / 'forgetting.json'})" in text.replace("\n", "")  # not a placeholder
     f = json.loads((gme_run / "forgetting.json").read_text())
     assert f["identities"] == {"old": 6, "new": 8}  # the old run's training ids; every new id
     for when in ("before", "after"):

@@ -308,6 +308,6 @@ class Forgetting(Callback):
             "forgetting (EER before → after): old identities "
             f"{100 * b['old']['eer']:.2f}% → {100 * a['old']['eer']:.2f}%, new identities "
             f"{100 * b['new']['eer']:.2f}% → {100 * a['new']['eer']:.2f}% "
-            f"(RUN/forgetting.json)",
+            f"({trainer.dir / 'forgetting.json'})",
             markup=False,
         )
