@@ -24,7 +24,7 @@ def test_evaluation_takes_its_options_as_a_dict_or_as_the_command_lines_strings(
 
 
 def test_collection_retrieval_takes_a_collection_in_memory_as_its_file(tmp_path):
-    """python.md's `collection_retrieval(collection)` failed with a bare TypeError on the
+    """docs/python.md's `collection_retrieval(collection)` failed with a bare TypeError on the
     Collection it had just made: only a file path worked (L3 F13)."""
     import torch
 
