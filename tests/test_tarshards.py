@@ -415,3 +415,31 @@ def test_keys_in_folders_are_sources_and_sessions_of_their_own(tmp_path):
                                for e in ("jpg", "txt")])  # fmt: skip
     with pytest.raises(DataError, match="cross-session targets need sessions"):
         make_trials(folder(flat, tmp_path), cross_session=True)
+
+
+def test_a_gallery_that_knew_tar_members_by_their_keys_last_part_follows_them(tmp_path):
+    """For a while a tar member was enrolled as `<shard>#<last part of its key>`; its whole key
+    is its name now, and nothing mapped the one to the other: the next enroll of the same
+    shards enrolled every sample a second time (R9 F1). A short name that stands for one member
+    takes the whole key; one shared by two members (the collision that made the change) is
+    left alone."""
+    import types
+
+    import torch
+
+    from metaemb.core.deploy.enrollment import _renew_sources
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    shard = "/data/shards/train-000000.tar"
+    new = [f"{shard}#alice/v1/0001", f"{shard}#alice/v2/0002", f"{shard}#bob/v1/0003",
+           f"{shard}#carol/v1/0009", f"{shard}#dave/v1/0009"]  # fmt: skip
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    g.add("alice", torch.randn(2, 4), [f"{shard}#0001", f"{shard}#0002"])
+    g.add("bob", torch.randn(1, 4), [f"{shard}#0003"])
+    g.add("carol", torch.randn(1, 4), [f"{shard}#0009"])
+    folder = types.SimpleNamespace(root=tmp_path, samples=[
+        types.SimpleNamespace(path=f"{n.split('#')[1].split('/')[0]}/x/{i}") for i, n in enumerate(new)
+    ])  # fmt: skip
+    assert _renew_sources(g, folder, new) == 3
+    assert g.sources == [*new[:3], f"{shard}#0009"]

@@ -171,7 +171,17 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
     sample that is no file of its own (a Kaldi utterance) as `<data root>/<sample path>`: its
     entries for this folder's samples take the new form, or they would be enrolled again."""
     old = (str((folder.root / s.path).resolve()) for s in folder.samples)
-    return g.rename_sources({a: b for a, b in zip(old, sources, strict=True) if a != b})
+    renamed = {a: b for a, b in zip(old, sources, strict=True) if a != b}
+    # a tar member enrolled for a while as `<shard>#<last part of its key>`: its whole key now
+    # (`shard.tar#alice/v1/0000`), where that short form names one member only
+    short: dict[str, list[str]] = {}
+    for source in sources:
+        head, sep, key = source.rpartition("#")
+        if sep and "/" in key:
+            short.setdefault(f"{head}#{key.rsplit('/', 1)[-1]}", []).append(source)
+    enrolled = set(g.sources) if short else set()
+    renamed |= {a: b[0] for a, b in short.items() if len(b) == 1 and a in enrolled}
+    return g.rename_sources(renamed)
 
 
 _SEGMENT = re.compile(r"\d+(\.\d+)?-(\d+(\.\d+)?)?")  # a Kaldi segment: #start-end, seconds
