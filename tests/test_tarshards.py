@@ -443,3 +443,29 @@ def test_a_gallery_that_knew_tar_members_by_their_keys_last_part_follows_them(tm
     ])  # fmt: skip
     assert _renew_sources(g, folder, new) == 3
     assert g.sources == [*new[:3], f"{shard}#0009"]
+
+
+def test_members_re_sharded_under_other_shard_names_are_followed(tmp_path):
+    """Members re-packed into shards of other names (two merged into one, train-* renamed) were
+    neither followed as moved nor warned about as copies: every sample was enrolled a second
+    time without a word (H22 F4). A member is known by its key, whichever shard holds it."""
+    import types
+
+    import torch
+
+    from metaemb.core.deploy.enrollment import _follow_moved
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    keys = ["alice/v1/0001", "alice/v2/0002", "bob/v1/0003"]
+    emb = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    for k, key in enumerate(keys):
+        g.add(key.split("/")[0], emb[k : k + 1], [f"/gone/shard-00000{k % 2}.tar#{key}"])
+    new = [f"{tmp_path}/all-000000.tar#{key}" for key in keys]
+    folder = types.SimpleNamespace(root=tmp_path, samples=[
+        types.SimpleNamespace(identity=key.split("/")[0], path=key) for key in keys])  # fmt: skip
+    with pytest.warns(UserWarning, match="found moved"):
+        keep, _, moved = _follow_moved(g, folder, new, [0, 1, 2], emb, {"alice": "alice",
+                                                                         "bob": "bob"})  # fmt: skip
+    assert moved == 3 and keep == []

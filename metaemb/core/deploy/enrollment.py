@@ -197,6 +197,13 @@ def file_of(source: str) -> str:
     return source
 
 
+def _tar_member(source: str) -> str:
+    """The key of a tar member's source (`…/train-000000.tar#alice/v1/0000` → `alice/v1/0000`),
+    "" for any other source."""
+    head, sep, key = source.rpartition("#")
+    return key if sep and head.endswith(".tar") else ""
+
+
 def source_exists(source: str) -> bool:
     """Whether an enrolled sample's file is still there: the file itself, or the file holding
     it (a tar shard, a table, the recording of a segment; see `file_of`)."""
@@ -227,7 +234,8 @@ def _follow_moved(
     for row, source in enumerate(g.sources):
         if source:
             identity = g.identities[owners[row]]
-            known.setdefault((identity, Path(file_of(source)).name), []).append(row)
+            name = _tar_member(source) or Path(file_of(source)).name
+            known.setdefault((identity, name), []).append(row)
             rows_of.setdefault(identity, []).append(row)
     new_parts = stored_parts(emb)
     gone_rows: dict[str, list[int]] = {}
@@ -255,17 +263,22 @@ def _follow_moved(
     root = Path(folder.root).resolve()
     for k, i in enumerate(todo):
         sample = folder.samples[i]
-        key = (as_enrolled[sample.identity], Path(file_of(sources[i])).name)
-        # the path below the identity folder (which a rename-identity may have renamed too):
-        # of the file under the data root (a tar shard's `shard.tar#key` has no identity folder)
-        try:
-            below = Path(sources[i]).relative_to(root).parts
-            depth = max(len(below) - 1, 1)
-        except ValueError:  # a recording outside the root (a Kaldi wav.scp)
-            depth = max(len(Path(sample.path).parts) - 1, 1)
-        tail = Path(sources[i]).parts[-depth:]
-        named = [r for r in known.get(key, []) if g.sources[r] not in renamed
-                 and Path(g.sources[r]).parts[-depth:] == tail]  # fmt: skip
+        member = _tar_member(sources[i])
+        if member:  # a tar member is its key, whichever shard holds it (shards re-packed)
+            key = (as_enrolled[sample.identity], member)
+            named = [r for r in known.get(key, []) if g.sources[r] not in renamed]
+        else:
+            key = (as_enrolled[sample.identity], Path(file_of(sources[i])).name)
+            # the path below the identity folder (which a rename-identity may have renamed
+            # too): of the file under the data root
+            try:
+                below = Path(sources[i]).relative_to(root).parts
+                depth = max(len(below) - 1, 1)
+            except ValueError:  # a recording outside the root (a Kaldi wav.scp)
+                depth = max(len(Path(sample.path).parts) - 1, 1)
+            tail = Path(sources[i]).parts[-depth:]
+            named = [r for r in known.get(key, []) if g.sources[r] not in renamed
+                     and Path(g.sources[r]).parts[-depth:] == tail]  # fmt: skip
         apart = {r: difference(k, r) for r in named}
         rows = [r for r in named if apart[r] <= SAME_FILE_DIFFERENCE]
         gone = next((r for r in rows if not source_exists(g.sources[r])), None)
