@@ -86,8 +86,12 @@ class RunLock:
             from metaemb.core.paths import is_write_error, output_error
 
             if is_write_error(exc):
-                raise output_error(exc, self.path, self.lock_name) from None
+                raise output_error(exc, *self._written()) from None
             raise
+
+    def _written(self) -> tuple[Path, str]:
+        """(path, what) a lock that cannot be written names: the run folder's lock here."""
+        return self.path, self.lock_name
 
     def _acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,12 +178,18 @@ class FileLock(RunLock):
         self.target, self.what = Path(target), what
         self.path = real.parent / f".{real.name}.lock"
         # what refusals name: the target, or what it stands for (a folder's `evaluating`)
-        self.named = f"{what} '{shown or target}'"
+        self.shown = Path(shown or target)
+        self.named = f"{what} '{self.shown}'"
         self.lock_name = f"lock of the {what}"
+
+    def _written(self) -> tuple[Path, str]:
+        """A lock that cannot be written is named by what it guards (the export, the gallery),
+        not by its hidden file, which nobody asked for."""
+        return self.shown, self.what
 
     def _refuse(self, pid: int | None) -> None:
         who = f"pid {pid}" if pid is not None else "another process"
         raise RunInProgress(
             f"{self.named} is being written by {who}; wait for it to finish, then run this "
-            "again (its additions and yours would otherwise overwrite each other)."
+            "again (two writers at once would mix or drop each other's files)."
         )

@@ -57,6 +57,8 @@ def output_error(exc: OSError, path: str | Path, what: str = "output") -> Output
         fix = "remove or rename the file that is in the way, or choose another output path"
     elif exc.errno == errno.EISDIR:
         fix = "give a file name, not a folder"
+    elif exc.errno == errno.EROFS:  # no permission fixes a read-only mount
+        fix = "choose an output path on a writable disk"
     elif exc.errno == errno.ENAMETOOLONG:
         fix = "choose a shorter name (file systems allow 255 bytes per name)"
     else:

@@ -840,3 +840,28 @@ def test_evaluate_never_writes_into_the_runs_data_nor_over_another_toolkits_scor
     code, _, err = run_cli(["evaluate", face_run, "--workers", "0", "--out", theirs], capsys)
     assert code == 0, err
     assert "eer" in json.loads((theirs / "metrics.json").read_text())
+
+
+def test_a_lock_that_cannot_be_written_is_named_by_what_it_guards(
+    tmp_path, faces, face_run, capsys, monkeypatch
+):
+    """On a read-only run folder, export and evaluate named their hidden lock files
+    ('.best.onnx.lock') as a 'run-folder lock' and advised fixing permissions, which no chmod
+    does for a read-only mount (R9 F14, H22 F6); a held lock spoke of a gallery's 'additions'."""
+    real_open = os.open
+
+    def read_only(path, flags, *rest, **kw):
+        if str(path).endswith(".lock") and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *rest, **kw)
+
+    monkeypatch.setattr(os, "open", read_only)
+    model = tmp_path / "m.pt"
+    for args, named in (
+        (["export", face_run, "--format", "torchscript", "--out", model], f"export '{model}'"),
+        (["evaluate", face_run, "--data", faces, "--workers", "0"], "evaluation folders of"),
+    ):
+        code, _, err = run_cli(args, capsys)
+        said = " ".join(err.split())
+        assert code == 2 and named in said and ".lock" not in said, said
+        assert "read-only" in said and "writable disk" in said and "permissions" not in said

@@ -318,11 +318,10 @@ def export(
 
     check_options(fmt, opset)
     target = Path(out) if out is not None else default_out(checkpoint, fmt)
-    if not target.parent.is_dir():
-        from metaemb.core.paths import ensure_writable
+    from metaemb.core.paths import ensure_writable
 
-        ensure_writable(target, "export file")  # says why a folder cannot be made
-        target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(target, "export file")  # names the export, not its lock, when it cannot be
+    target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target, "export"):
         return _export(checkpoint, fmt, target, opset)
 
