@@ -444,6 +444,14 @@ def test_a_scorer_that_needs_fitting_is_fitted_on_the_runs_training_samples_not_
     assert code != 0
     assert "is fitted on the run's training samples" in text + err and "gone" in text + err
     assert not (tmp_path / "ev2").exists()
+    # the way out named is one that works: not "--scorer cosine" for the run's own cosine, and
+    # for --scorer-set, to leave it out (H22 F9)
+    said = " ".join((text + err).split())
+    assert "leave --scorer out: the run's scorer" in said and str(tmp_path / "gone") in said
+    code, text, err = run_cli([*args[:1], moved / "best.pt", *args[2:-6], "--scorer-set",
+                               "wccn=false", "--out", tmp_path / "ev3", "--workers", "0"], capsys)  # fmt: skip
+    said = " ".join((text + err).split())
+    assert code == 2 and "leave --scorer-set out" in said and "--scorer cosine" not in said, said
 
 
 def test_the_speaker_scorer_adapts_to_the_files_scored_unless_told_not_to(

@@ -249,6 +249,17 @@ class Evaluation:
                 "sets."
             )
 
+    def _without_a_fit(self, loaded: Loaded, name: str) -> str:
+        """How to evaluate without fitting `name` again: without --scorer-set, the run's own
+        scorer is saved fitted; another scorer than plain cosine, cosine instead."""
+        own = loaded.config.eval.scorer
+        if self.scorer_set and name == own:
+            return (f"leave --scorer-set out: the run's scorer '{own}' is saved fitted as it "
+                    "trained.")  # fmt: skip
+        if name != own:
+            return f"leave --scorer out: the run's scorer '{own}' is saved fitted."
+        return "evaluate another copy of the data folder the run trained on."
+
     def _run_training_split(self, loaded: Loaded, name: str) -> tuple[Components, SampleFolder]:
         """The samples the run trained on, whatever `--data` points at: a backend fitted on the
         evaluation folder would learn its trial speakers (a leak that flatters every number)."""
@@ -260,8 +271,8 @@ class Evaluation:
             if not root.is_dir():
                 raise DataError(
                     f"scorer '{name}' is fitted on the run's training samples, but its data "
-                    f"folder '{root}' is not there; restore it, or evaluate with --scorer cosine "
-                    "(or with the scorer the run trained with, which is saved fitted)."
+                    f"folder '{root.resolve()}' is not there; restore it, or "
+                    + self._without_a_fit(loaded, name)
                 )
             parts = Components.build(own, root)
         from metaemb.core.eval.measures import training_folder
