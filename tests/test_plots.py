@@ -198,3 +198,21 @@ def test_the_roc_plot_passes_through_the_reported_tar_at_far(tmp_path):
         [far], [tar_value] = line.get_xdata(), line.get_ydata()
         assert np.isclose(y[x <= far].max(), tar_value), (far, tar_value)
     assert Image.open(tmp_path / "roc.png").size[0] > 100
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """Every figure metaemb drew switched the process's backend to Agg: a notebook's inline or
+    a GUI backend was gone after `Evaluation.run()` (L3 F18)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from metaemb.core.eval import metrics, report
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        tar, non = np.linspace(0.5, 2, 20), np.linspace(-1, 1, 30)
+        result = metrics.verification_report(tar, non, [0.01])
+        paths = report.verification_plots(tmp_path, tar, non, result)
+        assert matplotlib.get_backend() == "svg"
+        assert all(Image.open(p).size[0] > 100 for p in paths)
+    finally:
+        matplotlib.use(before)

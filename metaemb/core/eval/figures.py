@@ -19,19 +19,42 @@ class PlotsUnavailable(MetaembError):
     """matplotlib is missing."""
 
 
+class _Figures:
+    """The part of pyplot metaemb draws with, on figures of their own with an Agg canvas: no
+    pyplot state and no global backend, so a notebook's or a GUI's backend stays its own."""
+
+    def __init__(self, matplotlib: Any) -> None:
+        self._matplotlib = matplotlib
+
+    def subplots(self, *args: Any, figsize: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+        """(figure, axes) as `pyplot.subplots` returns them."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        FigureCanvasAgg(fig)
+        return fig, fig.subplots(*args, **kwargs)
+
+    def get_cmap(self, name: str) -> Any:
+        return self._matplotlib.colormaps[name]
+
+    def close(self, fig: Any) -> None:
+        """Nothing to close: no pyplot registry holds the figure."""
+
+
 def pyplot() -> Any:
-    """matplotlib.pyplot on the non-interactive backend, or PlotsUnavailable naming the extra."""
+    """What metaemb draws with (`subplots`, `get_cmap`, `close`, as pyplot names them), or
+    PlotsUnavailable naming the extra. The caller's matplotlib backend is left as it is."""
     matplotlib = require("matplotlib", "drawing PNG plots", PlotsUnavailable)
-    matplotlib.use("Agg")
-    return require("matplotlib.pyplot", "drawing PNG plots", PlotsUnavailable)
+    require("matplotlib.figure", "drawing PNG plots", PlotsUnavailable)
+    return _Figures(matplotlib)
 
 
 def save_png(fig: Any, path: Path) -> Path:
-    """Write `fig` as PNG atomically and close it (the object stays inspectable)."""
+    """Write `fig` as PNG atomically (the object stays inspectable)."""
     buf = io.BytesIO()
     fig.savefig(
         buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": PLOT_SOFTWARE}
     )
     atomic_write_bytes(path, buf.getvalue())
-    pyplot().close(fig)
     return path
