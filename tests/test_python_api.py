@@ -69,3 +69,19 @@ def test_training_from_python_leaves_the_callers_random_streams_alone(tiny_face_
         quiet = Console(file=io.StringIO())
         Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0, console=quiet).run()
         assert draws() == expected
+
+
+def test_a_config_changed_by_hand_is_checked_before_a_run_folder_is_made(tmp_path):
+    """`cfg.train.lr = -1` or `cfg.train.epochs = "2"` on a resolved Config reached torch's
+    'Invalid learning rate' or a TypeError, after a run folder had been made (L3 F4): the
+    Trainer checks the values as resolve does, naming the key, before anything is written."""
+    from metaemb.core.config import resolve
+    from metaemb.core.errors import ConfigError
+    from metaemb.core.train.engine import Trainer
+
+    for key, value, said in (("lr", -1.0, "train.lr"), ("epochs", "2", "train.epochs")):
+        cfg = resolve("speaker", None, ["train.epochs=1"])
+        setattr(cfg.train, key, value)
+        with pytest.raises(ConfigError, match=said):
+            Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+    assert not (tmp_path / "runs").exists()

@@ -72,8 +72,33 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def check_types(cfg: Config) -> None:
+    """Refuse a core value of the wrong type (a field set by hand on a resolved Config from
+    Python: `cfg.train.epochs = "2"`), naming the key, before a torch error deep inside does."""
+    import typing
+
+    simple = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    for section in ("data", "model", "train", "eval"):
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(type(obj))
+        for field in dataclasses.fields(obj):
+            want, value = hints.get(field.name), getattr(obj, field.name)
+            if want not in simple:
+                continue
+            fits = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                fits = True
+            if not fits:
+                raise ConfigError(
+                    f"config key '{section}.{field.name}' must be {simple[want]}; got {value!r} "
+                    "(set by hand on the Config? items given to resolve are converted and "
+                    "checked)."
+                )
+
+
 def check_values(cfg: Config) -> None:
     """Refuse out-of-range values of the core sections with the key and the valid range."""
+    check_types(cfg)
     check_run_name(cfg.name)
     for (section, key), (test, what) in RANGES.items():
         value = getattr(getattr(cfg, section), key)

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
+from metaemb.core.config.checks import check_values
 from metaemb.core.config.resolution import check_positives
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.data.embed import extract, row_files
@@ -96,6 +97,7 @@ class Trainer:
         workers: int | None = None,
         callbacks: Iterable[Callback] = (),
     ) -> None:
+        check_values(config)  # a Config changed by hand in a notebook, before any folder is made
         if int(config.train.epochs) < 1:
             raise ConfigError(
                 f"train.epochs must be at least 1, got {config.train.epochs}: nothing would be "
