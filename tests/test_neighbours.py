@@ -163,8 +163,8 @@ def test_a_bad_file_met_after_training_says_what_to_do_here(trained, tmp_path, c
                              "'skip' it is skipped).")  # fmt: skip
     assert "on_bad_sample='skip'" not in said and said.startswith("audio 'a.wav' is empty.")
     assert said.endswith("Fix or remove the file: `train` and `embed` can leave such files out "
-                         "with --on-bad-sample skip; `evaluate`, `enroll` and `identify` need "
-                         "every file they are given.")  # fmt: skip
+                         "with --on-bad-sample skip (skip_bad=True in embed_inputs); `evaluate`, "
+                         "`enroll` and `identify` need every file they are given.")  # fmt: skip
     data, run = trained
     assert helpers.run_cli(["embed", run, data, "--out", tmp_path / "full.pt"])[0] == 0
     copy = tmp_path / "data"

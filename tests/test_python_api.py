@@ -85,3 +85,22 @@ def test_a_config_changed_by_hand_is_checked_before_a_run_folder_is_made(tmp_pat
         with pytest.raises(ConfigError, match=said):
             Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
     assert not (tmp_path / "runs").exists()
+
+
+def test_python_callers_are_told_the_python_spelling_too():
+    """Calls from Python answered with command-line advice only: pass --merge, --device,
+    --on-bad-sample skip (L3 F2)."""
+    import torch
+
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import GalleryError, MetaembError
+    from metaemb.core.train.device import pick_device
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
+    g.add("alice", torch.randn(1, 4))
+    g.add("bob", torch.randn(1, 4))
+    with pytest.raises(GalleryError, match=r"--merge \(merge=True from Python\)"):
+        g.rename("alice", "bob")
+    with pytest.raises(MetaembError, match=r"^device 'gpu' \(--device\) is not a device"):
+        pick_device("gpu")

@@ -239,14 +239,15 @@ class Gallery:
             raise GalleryError(
                 f"{new!r} differs from the enrolled {alike[0]!r} only in Unicode form (NFC and "
                 "NFD) and prints alike, so it would be a second identity that looks the same: "
-                f"give the enrolled name exactly ({alike[0]!a}), with --merge to pool."
+                f"give the enrolled name exactly ({alike[0]!a}), with --merge (merge=True from Python) to pool."
             )
         if new in self.identities:
             k = self.identities.index(new)
             if not merge:
                 raise GalleryError(
                     f"'{new}' is already enrolled ({int(self.counts()[k])} samples): pass "
-                    f"--merge to pool '{old}' into it, or choose another name."
+                    f"--merge (merge=True from Python) to pool '{old}' into it, or choose another "
+                    "name."
                 )
             owner = torch.where(self.owner == j, k, self.owner)
             self.owner = owner - (owner > j).long()

@@ -253,7 +253,8 @@ def _needs_every_file(message: str, skip_option: bool = False) -> str:
     if skip_option:
         return message + "."
     return (f"{message}. {remedy}: `train` and `embed` can leave such files out with "
-            "--on-bad-sample skip; `evaluate`, `enroll` and `identify` need every file they "
+            "--on-bad-sample skip (skip_bad=True in embed_inputs); `evaluate`, `enroll` and "
+            "`identify` need every file they "
             "are given.")  # fmt: skip
 
 
@@ -303,7 +304,7 @@ def load_run(
                 )
             raise DataError(
                 f"the data folder the run trained on, '{saved}', does not exist (moved or "
-                "deleted?); point at it with --data DIR."
+                "deleted?); point at it with --data DIR (data=… from Python)."
             )
         try:
             parts = Components.build(cfg, root)

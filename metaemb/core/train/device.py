@@ -22,7 +22,7 @@ def pick_device(requested: str = "auto") -> torch.device:
         dev = torch.device(requested)
     except (RuntimeError, ValueError, TypeError):
         raise MetaembError(
-            f"--device '{requested}' is not a device; use auto, cpu, cuda, cuda:N or mps."
+            f"device '{requested}' (--device) is not a device; use auto, cpu, cuda, cuda:N or mps."
         ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
