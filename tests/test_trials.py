@@ -236,6 +236,27 @@ def test_cross_session_targets_pair_only_other_sessions():
         tg.make_trials(flat, cross_session=True)
 
 
+def test_cross_session_targets_drawn_from_a_large_folder_cross_sessions(monkeypatch):
+    """With few targets asked of many pairs the targets are drawn by rejection, not listed; no
+    test took that path, and keeping same-session pairs there instead passed every test (R9
+    F16). Every drawn target crosses sessions, the count is exact, none repeats, and the draw
+    was the path taken."""
+    samples = [Sample(f"id{i:02d}/v{j % 3}/{j:03d}.wav", f"id{i:02d}", i)
+               for i in range(10) for j in range(6)]  # fmt: skip
+    f = Folder(Path("/data"), samples)
+    drawn = []
+    real = tg._draw_cross_session_pairs
+    monkeypatch.setattr(tg, "_draw_cross_session_pairs",
+                        lambda *a: drawn.append(real(*a)) or drawn[-1])  # fmt: skip
+    for seed in range(3):
+        got = tg.make_trials(f, n_target=20, n_nontarget=5, seed=seed, cross_session=True)
+        tar = [t for t in got if t.label == 1]
+        assert drawn[-1] is not None and len(tar) == 20
+        assert len({(t.enroll, t.test) for t in tar}) == 20
+        assert all(t.enroll[0].split("/")[0] == t.test.split("/")[0] for t in tar)
+        assert all(tg.session_of(t.enroll[0]) != tg.session_of(t.test) for t in tar)
+
+
 def test_make_trials_sampled_and_dense_nontargets():
     f = folder({f"id{i}": 5 for i in range(6)})
     got = tg.make_trials(f, n_target=7, seed=0)
