@@ -660,3 +660,18 @@ def test_a_graph_that_froze_a_size_while_tracing_is_named_so():
     with pytest.raises(ExportError, match=r"other sizes than it was traced with \(\[2, 9\]\).*"
                        r"a size was frozen while tracing.*int\(x.shape\[-1\]\)"):  # fmt: skip
         run((torch.randn(2, 9),))
+
+    # a graph failing at the very sizes it was traced with froze nothing: said as its own
+    # failure, not sent hunting for int(x.shape[-1]) (R9 F10)
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.inv(x[:, :2]).sum(-1)  # a singular batch fails, any size
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Fails(), torch.randn(2, 3)), buf)
+    run = torchscript_runner(buf.getvalue(), traced=((2, 3),))
+    with pytest.raises(ExportError, match=r"failed on the inputs it was traced with") as caught:
+        run((torch.zeros(2, 3),))
+    assert "frozen" not in str(caught.value)

@@ -182,7 +182,7 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
         ) from exc
 
 
-def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
+def onnx_runner(data: bytes, names: list[str], adapter: str = "", traced: Shapes = None) -> Any:
     """Runs the ONNX graph on the adapter's inputs; an input the graph dropped (the model never
     reads it, e.g. lengths of fixed-size features) is named against the adapter."""
     ort = require("onnxruntime", "checking an ONNX export", ExportError)
@@ -200,17 +200,22 @@ def onnx_runner(data: bytes, names: list[str], adapter: str = "") -> Any:
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
         feed = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
-        with _frozen_sizes_named(inputs):
+        with _frozen_sizes_named(inputs, traced):
             return [torch.from_numpy(y) for y in session.run(None, feed)]
 
     return run
 
 
+#: the shapes of the inputs a graph was traced with, when known
+Shapes = tuple[tuple[int, ...], ...] | None
+
+
 @contextlib.contextmanager
-def _frozen_sizes_named(inputs: tuple[Tensor, ...]) -> Iterator[None]:
+def _frozen_sizes_named(inputs: tuple[Tensor, ...], traced: Shapes = None) -> Iterator[None]:
     """The exported graph failing on inputs of other sizes than it was traced with: a size was
     frozen while tracing. Said so, naming the graph's node (in the backbone, say), where the
-    adapter was blamed or torch's first line said nothing usable."""
+    adapter was blamed or torch's first line said nothing usable; a failure at the traced
+    sizes themselves is the graph's own, said as such."""
     try:
         yield
     except (MetaembError, MemoryError):
@@ -220,13 +225,18 @@ def _frozen_sizes_named(inputs: tuple[Tensor, ...]) -> Iterator[None]:
         node = re.search(r"/model/([A-Za-z_]+)[^\s']*", text)
         where = f" (node {node.group(0)}: in the model's {node.group(1)})" if node else ""
         shapes = ", ".join(str(list(x.shape)) for x in inputs)
+        said = f"The exporter said: {first_line(exc)[:300]}"
+        if traced is not None and tuple(tuple(x.shape) for x in inputs) == tuple(traced):
+            raise ExportError(
+                f"the exported graph failed on the inputs it was traced with ({shapes}){where}: "
+                f"the model fails in the exported runtime, not because of a size. {said}"
+            ) from exc
         raise ExportError(
             f"the exported graph failed on inputs of other sizes than it was traced with "
             f"({shapes}){where}: a size was frozen while tracing. A Python number taken from a "
             "tensor's shape (int(x.shape[-1]), x.size(2) in arithmetic or a loop) becomes a "
             "constant of the graph; keep sizes as tensors (masks from lengths, "
-            "torch.arange(x.shape[-1], device=x.device)). The exporter said: "
-            f"{first_line(exc)[:300]}"
+            f"torch.arange(x.shape[-1], device=x.device)). {said}"
         ) from exc
 
 
@@ -239,11 +249,11 @@ def to_torchscript(module: nn.Module, kind: ExportAdapter, spec: dict[str, Any])
     return buf.getvalue()
 
 
-def torchscript_runner(data: bytes) -> Any:
+def torchscript_runner(data: bytes, traced: Shapes = None) -> Any:
     loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
 
     def run(inputs: tuple[Tensor, ...]) -> list[Tensor]:
-        with torch.no_grad(), _frozen_sizes_named(inputs):
+        with torch.no_grad(), _frozen_sizes_named(inputs, traced):
             return as_list(loaded(*inputs))
 
     return run
@@ -349,14 +359,15 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
         out_names = ["embeddings"] if isinstance(probe, Tensor) else ["a", "b"]
         shapes = [["N", *map(int, y.shape[1:])] for y in as_list(probe)]
         dim = int(shapes[0][1])
+        traced = tuple(tuple(x.shape) for x in kind.example(spec, 2, 0))  # what is traced
         if fmt == "onnx":
             data = to_onnx(module, kind, spec, opset, out_names)
             worst = check_parity(
-                onnx_runner(data, kind.names, blame["adapter"]), module, kind, spec
+                onnx_runner(data, kind.names, blame["adapter"], traced), module, kind, spec
             )
         else:
             data = to_torchscript(module, kind, spec)
-            worst = check_parity(torchscript_runner(data), module, kind, spec)
+            worst = check_parity(torchscript_runner(data, traced), module, kind, spec)
         out = target
         scorer_state = fitted_scorer_state(state, config.eval.scorer)
         info = {
