@@ -727,6 +727,8 @@ def test_identities_file_selects_names_with_commas_and_blanks(trained, tmp_path,
     code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities", "caroll"], capsys)
     said = " ".join(err.split())
     assert code == 2 and "did you mean 'carol'" in said and "trims blanks" not in said, said
+    code, _, err = run_cli(["unenroll", "--gallery", path, "--identities", "Smit"], capsys)
+    assert code == 2 and "goes in --identities-file" not in " ".join(err.split())  # R10 F11
     # classic Mac line ends (CR alone: Excel for Mac's CSV) are lines too (R9 F12)
     names.write_bytes(b"carol\rtrailing \r")
     code, _, err = run_cli(["unenroll", "--gallery", blank, "--identities-file", names], capsys)
@@ -1087,6 +1089,12 @@ def test_python_saves_refuse_what_the_commands_refuse(tmp_path):
     assert isinstance(Gallery.load(tmp_path / "g.pt"), Gallery)
     c.save(tmp_path / "c.npz")
     c.save(tmp_path / "c.npz")  # its own kind of file is replaced
+    # an empty file (tempfile.NamedTemporaryFile, a scheduler's placeholder) holds nothing to
+    # lose: saved into, as before (R10 F8)
+    for name, obj in (("empty.pt", g), ("empty.npz", c)):
+        (tmp_path / name).touch()
+        obj.save(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_float64_probes_are_searched_as_float32_samples_are_stored():

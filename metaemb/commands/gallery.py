@@ -207,7 +207,8 @@ def unenroll(
             except GalleryError as exc:
                 # a hint only where the name typed is a piece of such a name: not for a typo
                 typed = identities is not None
-                comma = typed and any("," in n and name in n for n in g.identities)
+                comma = typed and any(name in (p.strip() for p in n.split(",")) for n in
+                                      g.identities if "," in n)  # fmt: skip
                 blank = typed and any(n != n.strip() and n.strip() == name for n in g.identities)
                 hint = " (a name holding ',' goes in --identities-file)" if comma else ""
                 if blank and not comma:  # --identities trims: ' bob' reads as 'bob'

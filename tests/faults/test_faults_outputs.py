@@ -803,6 +803,15 @@ def test_a_class_measure_into_a_verifications_folder_leaves_no_mixed_set(
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert left == ["metrics.json", "notes.txt"], left
     assert json.loads((out / "metrics.json").read_text())["measure"] == "class"
+    # ... but another toolkit's scores.txt there is never taken for an earlier set (R10 F1);
+    # and metaemb's own older, space-separated scores.txt is (R10 F9)
+    theirs = "spk1/a.wav spk1/b.wav 1 0.83\n"
+    (out / "scores.txt").write_text(theirs)
+    assert run_cli([*base, "--measure", "class"], capsys)[0] == 0
+    assert (out / "scores.txt").read_text() == theirs
+    (out / "scores.txt").write_text("id0/a.png id0/b.png target 0.5\n")
+    assert run_cli(base, capsys)[0] == 0
+    assert "\t" in (out / "scores.txt").read_text()
 
 
 def test_evaluate_never_writes_into_the_runs_data_nor_over_another_toolkits_scores(

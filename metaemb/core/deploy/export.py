@@ -484,7 +484,8 @@ def fitted_scorer_state(state: dict[str, Any], scorer: str) -> bytes | None:
 
     from metaemb.core.scoring.state import tensor_state
 
-    fitted = tensor_state(state.get("scorer") or {}, scorer)  # a run saved before they were made
+    kept = tensor_state(state.get("scorer") or {}, scorer)  # a run saved before they were made
+    fitted = {k: v for k, v in kept.items() if v is not None}  # None: nothing fitted there
     if not fitted:
         return None
     arrays = {k: v.detach().cpu().double().numpy() for k, v in fitted.items()}

@@ -461,7 +461,7 @@ def _refuse_replacing_another_file(path: Path, read_as: tuple[str, Any] | None) 
     from metaemb.core.paths import ensure_writable
 
     ensure_writable(path, "gallery file")
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:  # an empty file holds nothing to lose
         if path.suffix.lower() not in (".pt", ".pth"):
             raise GalleryError(f"'{path}': a gallery is a torch file; name it with .pt (or .pth).")
         return

@@ -243,6 +243,7 @@ def drop_earlier_set(out: Path) -> None:
     plots in `out` go with the new set, so a class measure's metrics.json never stands beside
     another evaluation's scores.txt and DET (a file written again replaces its removal). Only
     what metaemb wrote: a PNG it did not draw is left, and nothing goes without a metrics.json."""
+    from metaemb.core.eval.scores_file import is_scores_file
     from metaemb.core.files import remove_with_set
     from metaemb.core.paths import is_our_plot
 
@@ -250,5 +251,6 @@ def drop_earlier_set(out: Path) -> None:
         return
     for name in EVALUATION_FILES:
         path = out / name
-        if path.is_file() and (path.suffix != ".png" or is_our_plot(path)):
+        ours = is_our_plot if path.suffix == ".png" else is_scores_file
+        if path.is_file() and ours(path):  # another toolkit's scores.txt stays
             remove_with_set(path)

@@ -280,7 +280,7 @@ def _refuse_replacing_another_file(path: Path) -> None:
     from metaemb.core.paths import ensure_writable
 
     ensure_writable(path, "embeddings file")
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:  # an empty file holds nothing to lose
         return
     try:
         Collection.load(path)

@@ -63,19 +63,21 @@ def is_scores_file(path: Path) -> bool:
     file (SpeechBrain's own scores.txt) may not be."""
     with open(path, "rb") as f:
         head = f.read(4096).decode("utf-8", errors="replace")
-    first = head.split("\n", 1)[0].rstrip("\r").split("\t")
+    line = head.split("\n", 1)[0].rstrip("\r")
+    first = line.split("\t") if "\t" in line else line.split()  # older ones: spaces
     return len(first) == 4 and first[2] in ("target", "nontarget", "-")
 
 
 def is_evaluation_metrics(path: Path) -> bool:
     """Whether `path` is a metrics.json an evaluation wrote (a JSON object naming its scorer
-    and its trials' source), so another evaluation may replace it."""
+    and what it measured, as every version wrote it), so another evaluation may replace it."""
     import json
 
     if path.stat().st_size > 64 << 20:
         return False
     held = json.loads(path.read_text(encoding="utf-8"))
-    return isinstance(held, dict) and "scorer" in held and "trials_source" in held
+    measured = ("trials_source", "eer", "class_accuracy", "match_accuracy", "labelled")
+    return isinstance(held, dict) and "scorer" in held and any(k in held for k in measured)
 
 
 def _finite(text: str) -> float | None:

@@ -14,10 +14,10 @@ from torch import Tensor
 from metaemb.core.errors import PluginError
 
 
-def tensor_state(state: Any, scorer: str) -> dict[str, Tensor]:
+def tensor_state(state: Any, scorer: str) -> dict[str, Tensor | None]:
     """`state` (a scorer's `state_dict()`) with every value a tensor: numbers, booleans, lists
-    and numpy arrays are converted; other values (text, nested tables, None) are refused,
-    naming the scorer and the key."""
+    and numpy arrays are converted, None (a value not fitted yet) is kept; other values (text,
+    nested tables) are refused, naming the scorer and the key."""
     if not isinstance(state, dict):
         raise PluginError(
             f"scorer '{scorer}': state_dict() returned {type(state).__name__}, not a dict of "
@@ -25,11 +25,11 @@ def tensor_state(state: Any, scorer: str) -> dict[str, Tensor]:
         )
     out = {}
     for key, value in state.items():
-        if isinstance(value, Tensor):
+        if isinstance(value, Tensor) or value is None:  # None: not fitted yet, saved as it is
             out[key] = value
             continue
         array = None
-        if not isinstance(value, (str, bytes, dict)) and value is not None:
+        if not isinstance(value, (str, bytes, dict)):
             try:
                 array = np.asarray(value)
             except ValueError:  # a ragged list
