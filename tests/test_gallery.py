@@ -1055,6 +1055,20 @@ def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path
     fresh.rename("alice", "Alice")
     fresh.save(path)
     assert Gallery.load(path).identities == ["Alice", "carol", "bob"]
+    # a file only touched, the same bytes copied back, or one gone drops nothing: saved (R10 F7)
+    import os
+    import shutil
+
+    for change in ("touch", "copy back", "remove"):
+        g = Gallery.load(path)
+        if change == "touch":
+            os.utime(path, ns=(1, 1))
+        elif change == "copy back":
+            shutil.copy(path, tmp_path / "same.pt")
+            os.replace(tmp_path / "same.pt", path)
+        else:
+            path.unlink()
+        g.save(path)
 
 
 def test_python_saves_refuse_what_the_commands_refuse(tmp_path):

@@ -64,7 +64,7 @@ class Gallery:
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
         # the file it was loaded from, as it was then: a save over it refuses to drop what
         # another writer (`metaemb enroll`) added meanwhile
-        self._read_as: tuple[str, tuple[int, int, int] | None] | None = None
+        self._read_as: tuple[str, tuple[int, int, int] | None, str] | None = None
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
         self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
@@ -302,7 +302,7 @@ class Gallery:
         real = os.path.realpath(path)
         _refuse_replacing_another_file(Path(path), self._read_as)
         read = self._read_as
-        if read is not None and read[0] == real and _file_signature(real) != read[1]:
+        if read is not None and read[0] == real and _changed_since(real, read):
             raise GalleryError(
                 f"gallery '{path}' was changed on disk since it was loaded (another enroll, "
                 "unenroll or rename wrote it): saving over it would drop what that added. "
@@ -324,8 +324,9 @@ class Gallery:
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
-        atomic_write_bytes(Path(path), buf.getvalue())
-        self._read_as = (real, _file_signature(real))
+        data = buf.getvalue()
+        atomic_write_bytes(Path(path), data)
+        self._read_as = (real, _file_signature(real), _digest(data))
 
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
@@ -377,7 +378,7 @@ class Gallery:
             raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
         except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
-        g._read_as = (os.path.realpath(p), signature)
+        g._read_as = (os.path.realpath(p), signature, _file_digest(p))
         return g
 
     def _validate(self) -> None:
@@ -442,6 +443,36 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     g = Gallery.load(path)
     g.check(digest, where)
     return g
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _file_digest(path: str | Path) -> str:
+    """`_digest` of a file's bytes, read in blocks (a gallery may hold gigabytes)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _changed_since(path: str, read: tuple[str, Any, str]) -> bool:
+    """Whether the file at `path` holds other bytes than when it was read or written (`read`):
+    its (inode, size, time) first, then, when those differ (a `touch`, the same bytes copied
+    back, a file system whose inode numbers change), its contents; a file gone lost nothing."""
+    now = _file_signature(path)
+    if now is None or now == read[1]:
+        return False
+    try:
+        return _file_digest(path) != read[2]
+    except OSError:
+        return True
 
 
 def _file_signature(path: str | Path) -> tuple[int, int, int] | None:

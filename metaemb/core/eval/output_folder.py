@@ -218,10 +218,11 @@ def claimed(
         try:
             mine.acquire()
         except RunInProgress:
+            what = (f"evaluating the same data and list (see {out / CLAIM})" if
+                    (out / CLAIM).is_file() else "an evaluate --out naming this folder")  # fmt: skip
             raise RunInProgress(
                 f"evaluation output folder '{out}' is being written by pid "
-                f"{holder(out / CLAIM_LOCK)}, evaluating the same data and list (see "
-                f"{out / CLAIM}); wait for it to finish, or give --out."
+                f"{holder(out / CLAIM_LOCK)}, {what}; wait for it to finish, or give --out."
             ) from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "data_root": data_root,
                   "trials_source": source, "trials_file": listed,
