@@ -1421,7 +1421,7 @@ def test_evaluations_started_together_claim_separate_default_folders(tmp_path):
     # lock, whichever comes first (R9 F3)
     from metaemb.core.eval.output_folder import writing
 
-    refused = pytest.raises(RunInProgress, match="being written by pid .*, an evaluate --out")
+    refused = pytest.raises(RunInProgress, match=r"being written by pid .*, an evaluate --out")
     with writing(default), refused, claimed(default, "/data", "a/list.txt", None, "/x/a/l.txt"):
         pass  # not "the same data and list (see .evaluating.json)", which it is not (R10 F10)
     refused = pytest.raises(RunInProgress, match="being written by pid")
