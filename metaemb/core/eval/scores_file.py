@@ -143,10 +143,9 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
     for t, score in zip(scored, values.tolist(), strict=True):
         enroll = ",".join(t.enroll)
         pair = (enroll, t.test)
-        if pair in seen:  # two score files concatenated, or a re-run appended
+        if pair in seen:  # a list naming a trial twice, or two score files concatenated
             (repeated if seen[pair] == score else conflicting).append(f"{enroll} {t.test}")
-            continue
-        seen[pair] = score
+        seen.setdefault(pair, score)
         label = t.label
         if trials is not None:
             label = labels.get(pair, labels.get((t.test, enroll)))
@@ -173,8 +172,9 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
         import warnings
 
         warnings.warn(
-            f"{len(repeated)} trials of '{scores}' are listed more than once with the same "
-            f"score (first: {repeated[0]!r}): each is counted once.",
+            f"{len(repeated)} lines of '{scores}' repeat a trial with the same score (first: "
+            f"{repeated[0]!r}): each line counts, as `evaluate` counts a list's duplicates (its "
+            "scores.txt has a line per listed trial); remove the repeats to count them once.",
             stacklevel=2,
         )
     if unlisted:
