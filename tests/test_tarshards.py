@@ -433,16 +433,24 @@ def test_a_gallery_that_knew_tar_members_by_their_keys_last_part_follows_them(tm
 
     shard = "/data/shards/train-000000.tar"
     new = [f"{shard}#alice/v1/0001", f"{shard}#alice/v2/0002", f"{shard}#bob/v1/0003",
-           f"{shard}#carol/v1/0009", f"{shard}#dave/v1/0009"]  # fmt: skip
+           f"{shard}#carol/v1/0009", f"{shard}#carol/v2/0009"]  # fmt: skip
     g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1))
     g.add("alice", torch.randn(2, 4), [f"{shard}#0001", f"{shard}#0002"])
     g.add("bob", torch.randn(1, 4), [f"{shard}#0003"])
     g.add("carol", torch.randn(1, 4), [f"{shard}#0009"])
     folder = types.SimpleNamespace(root=tmp_path, samples=[
-        types.SimpleNamespace(path=f"{n.split('#')[1].split('/')[0]}/x/{i}") for i, n in enumerate(new)
+        types.SimpleNamespace(path=f"{n.split('#')[1].split('/')[0]}/x/{i}",
+                              identity=n.split("#")[1].split("/")[0]) for i, n in enumerate(new)
     ])  # fmt: skip
     assert _renew_sources(g, folder, new) == 3
     assert g.sources == [*new[:3], f"{shard}#0009"]
+    # a short name is given only a key of the identity whose row it is: with bob's member gone
+    # (or left out by --identities), alice's alice/v1/0005 is not bob's shard.tar#0005 (R10 F3)
+    g.add("bob", torch.randn(1, 4), [f"{shard}#0005"])
+    alice = [f"{shard}#alice/v1/0005"]
+    only_alice = types.SimpleNamespace(root=tmp_path, samples=[
+        types.SimpleNamespace(path="alice/x/0", identity="alice")])  # fmt: skip
+    assert _renew_sources(g, only_alice, alice) == 0 and f"{shard}#0005" in g.sources
 
 
 def test_members_re_sharded_under_other_shard_names_are_followed(tmp_path):

@@ -174,13 +174,19 @@ def _renew_sources(g: Any, folder: Any, sources: list[str]) -> int:
     renamed = {a: b for a, b in zip(old, sources, strict=True) if a != b}
     # a tar member enrolled for a while as `<shard>#<last part of its key>`: its whole key now
     # (`shard.tar#alice/v1/0000`), where that short form names one member only
-    short: dict[str, list[str]] = {}
-    for source in sources:
+    # (and of the identity whose row it is: bob's shard.tar#0003 never becomes alice/v1/0003)
+    short: dict[str, list[tuple[str, str]]] = {}  # short name → [(source, identity)]
+    for sample, source in zip(folder.samples, sources, strict=True):
         head, sep, key = source.rpartition("#")
         if sep and "/" in key:
-            short.setdefault(f"{head}#{key.rsplit('/', 1)[-1]}", []).append(source)
-    enrolled = set(g.sources) if short else set()
-    renamed |= {a: b[0] for a, b in short.items() if len(b) == 1 and a in enrolled}
+            name = f"{head}#{key.rsplit('/', 1)[-1]}"
+            short.setdefault(name, []).append((source, g.named_as(sample.identity)))
+    if short:
+        owner_of = {s: g.identities[o] for s, o in zip(g.sources, g.owner.tolist(), strict=True)}
+        for name, found in short.items():
+            mine = [source for source, identity in found if identity == owner_of.get(name)]
+            if len(mine) == 1:
+                renamed[name] = mine[0]
     return g.rename_sources(renamed)
 
 
