@@ -118,3 +118,20 @@ def test_metrics_out_never_replaces_what_it_reads_or_another_file(tmp_path, caps
     mine = tmp_path / "m.json"
     for _ in range(2):  # its own earlier result is replaced
         assert run_cli(["metrics", scores, "--out", mine], capsys)[0] == 0
+
+
+def test_the_label_column_is_decided_once_for_the_file(tmp_path):
+    """A SpeechBrain file's line whose score is printed 0 or 1 was read swapped, each line
+    deciding alone (R10 F4); a file mixing the two layouts is refused."""
+    from metaemb.core.eval.scores_file import read_any_scores
+
+    path = tmp_path / "sb.txt"
+    path.write_text("e1 t1 1 0.75\ne1 t2 0 0.20\ne2 t3 0 1\ne2 t4 1 0\n")
+    trials, scores = read_any_scores(path)
+    assert [(t.label, s) for t, s in zip(trials, scores.tolist(), strict=True)] == [
+        (1, 0.75), (0, 0.2), (0, 1.0), (1, 0.0)]  # fmt: skip
+    path.write_text("a b 1 0\n")
+    assert read_any_scores(path)[1].tolist() == [1.0]  # alone: score 1, label 0
+    path.write_text("e1 t1 1 0.75\ne1 t2 0.3 target\n")
+    with pytest.raises(DataError, match="line 2 puts the label after the score and line 1"):
+        read_any_scores(path)

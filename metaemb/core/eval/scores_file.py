@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,17 +103,22 @@ def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     """Scored trials of metaemb's scores.txt (`enroll test target|nontarget|- score`) or of
     another toolkit's score file: `enroll test score` (Kaldi), `… score target|nontarget`
     (WeSpeaker), `enroll test 1|0 score` (SpeechBrain); a trial's label is None when its line
-    has none. A line `a b 1 0` reads as score 1, label 0."""
+    has none. Whether the label comes after or before the score is decided once for the file,
+    from the lines that can be read one way only (a line `a b 1 0` alone: score 1, label 0)."""
     path = Path(path)
     own = {**LABEL_WORDS, "-": None}
+    lines = read_lines(path, tabs=True, what="score file", items="scores")
+    label_first = _label_first(path, lines, own)
     trials, scores = [], []
-    for lineno, f in read_lines(path, tabs=True, what="score file", items="scores"):
+    for lineno, f in lines:
+        after = len(f) == 4 and _label(f[3]) != -1 and _finite(f[2]) is not None
+        before = len(f) == 4 and _label(f[2]) != -1 and _finite(f[3]) is not None
         if len(f) == 4 and f[2] in own and _finite(f[3]) is not None:  # metaemb's own
             enroll, test, label, score = tuple(f[0].split(",")), f[1], own[f[2]], f[3]
-        elif len(f) == 4 and _label(f[3]) != -1 and _finite(f[2]) is not None:
-            enroll, test, label, score = (f[0],), f[1], _label(f[3]), f[2]
-        elif len(f) == 4 and _label(f[2]) != -1 and _finite(f[3]) is not None:
+        elif before and (label_first or not after):
             enroll, test, label, score = (f[0],), f[1], _label(f[2]), f[3]
+        elif after:
+            enroll, test, label, score = (f[0],), f[1], _label(f[3]), f[2]
         elif len(f) == 3 and _finite(f[2]) is not None:
             enroll, test, label, score = (f[0],), f[1], None, f[2]
         else:
@@ -125,6 +131,25 @@ def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
         trials.append(Trial(enroll, test, label))
         scores.append(float(score))
     return trials, np.asarray(scores)
+
+
+def _label_first(path: Path, lines: list[tuple[int, list[str]]], own: dict[str, Any]) -> bool:
+    """Whether the file's four-column lines put the label before the score (SpeechBrain), from
+    the lines only one reading fits; a file whose lines disagree is refused."""
+    first: dict[bool, int] = {}  # label first? → the first line that says so
+    for lineno, f in lines:
+        if len(f) != 4 or (f[2] in own and _finite(f[3]) is not None):
+            continue
+        after = _label(f[3]) != -1 and _finite(f[2]) is not None
+        before = _label(f[2]) != -1 and _finite(f[3]) is not None
+        if after != before:
+            first.setdefault(before, lineno)
+    if len(first) == 2:
+        raise DataError(
+            f"{path}: line {first[False]} puts the label after the score and line {first[True]} "
+            "before it; a score file has one layout (two files put together?)."
+        )
+    return first.get(True) is not None
 
 
 def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
