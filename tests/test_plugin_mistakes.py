@@ -500,6 +500,18 @@ def test_features_failing_on_one_file_name_it_and_are_skipped_like_a_bad_file(pl
                            r"error in its code, not in the file"):  # fmt: skip
             bug[0]
 
+    # ... while a library's AttributeError on a damaged file (a corrupt pickle) is a bad file
+    # still, skipped under skip (R10 F5)
+    class Unpickles(SeriesFeatures):
+        def prepare(self, raw, train):
+            import pickle
+
+            return pickle.loads(b"\x80\x04\x95\x13\x00\x00\x00\x00\x00\x00\x00\x8c"
+                                b"\x08builtins\x8c\x05nosuc\x93.")  # fmt: skip
+
+    damaged = PreparedDataset(folder, IdentityFrontend(), Unpickles(), False, "skip")
+    assert "AttributeError" in damaged[0].error
+
 
 def test_a_network_failing_on_an_evaluation_batch_names_the_files(plugin, series):
     """A backbone refusing a batch of one (training used full batches) was a raw traceback in

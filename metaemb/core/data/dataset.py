@@ -145,13 +145,49 @@ class PreparedDataset(Dataset):
         return torch.cat([span[s - base : e - base] for s, e in chosen]).to(torch.float32)
 
 
-#: exceptions that say the code is wrong, not the file (a misspelt attribute, a wrong call):
-#: never taken for a bad sample, which `on_bad_sample = "skip"` would silently leave out
-CODE_ERRORS = (AttributeError, NameError, ImportError, TypeError, NotImplementedError)
+#: exceptions that say the code is wrong, not the file (a misspelt attribute, a wrong call),
+#: when the component's own code raised them: never taken for a bad sample, which
+#: `on_bad_sample = "skip"` would silently leave out (a library reading a damaged file, pickle's
+#: AttributeError, still marks a bad file)
+CODE_ERRORS = (AttributeError, NameError, ImportError, NotImplementedError)
+
+
+def _raised_by_its_own_code(exc: BaseException, component: Any) -> bool:
+    """Whether the innermost frame of `exc` lies in the package that defines `component`: a
+    TypeError of its own code, not one a library (pickle, torch.load, PIL) raises on a
+    damaged file."""
+    import sys
+    from pathlib import Path
+
+    module = type(component).__module__
+    top = sys.modules.get(module.split(".")[0])
+    where = getattr(top, "__file__", None)
+    if not where:
+        return True
+    root = Path(where).resolve()
+    root = root.parent if root.name == "__init__.py" else root
+    tb = exc.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    raised = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return raised == root or root in raised.parents
+
+
+def _is_code_error(exc: BaseException, component: Any) -> bool:
+    """A CODE_ERRORS exception raised in the component's own code; an AttributeError only
+    when an attribute lookup failed (pickle's "Can't get attribute" on a damaged file is
+    raised by hand, with no attribute name)."""
+    if not isinstance(exc, CODE_ERRORS):
+        return False
+    if isinstance(exc, AttributeError) and getattr(exc, "name", None) is None:
+        return False
+    return _raised_by_its_own_code(exc, component)
 
 
 def _refuse_a_code_error(exc: Exception, component: Any, kind: str, method: str) -> None:
-    if isinstance(exc, CODE_ERRORS):
+    if _is_code_error(exc, component):
         raise PluginError(
             f"{described(component, kind)} failed in {method}: {type(exc).__name__}: "
             f"{first_line(exc)}. That is an error in its code, not in the file, so it is not "
