@@ -301,15 +301,6 @@ class Gallery:
 
         real = os.path.realpath(path)
         _refuse_replacing_another_file(Path(path), self._read_as)
-        read = self._read_as
-        if read is not None and read[0] == real and _changed_since(real, read):
-            raise GalleryError(
-                f"gallery '{path}' was changed on disk since it was loaded (another enroll, "
-                "unenroll or rename wrote it): saving over it would drop what that added. "
-                "Load it again and repeat your changes, or save to another file; to keep other "
-                "writers out meanwhile, hold its lock from load to save (docs/gallery.md, From "
-                "Python)."
-            )
         pooled, counts = self.pooled()
         payload = {
             "format": FORMAT,
@@ -325,6 +316,17 @@ class Gallery:
         buf = io.BytesIO()
         torch.save(payload, buf)
         data = buf.getvalue()
+        # checked last, after the seconds a large gallery takes to serialise: a writer that
+        # finished meanwhile is seen (hold the lock from load to save to shut others out)
+        read = self._read_as
+        if read is not None and read[0] == real and _changed_since(real, read):
+            raise GalleryError(
+                f"gallery '{path}' was changed on disk since it was loaded (another enroll, "
+                "unenroll or rename wrote it): saving over it would drop what that added. "
+                "Load it again and repeat your changes, or save to another file; to keep other "
+                "writers out meanwhile, hold its lock from load to save (docs/gallery.md, From "
+                "Python)."
+            )
         atomic_write_bytes(Path(path), data)
         self._read_as = (real, _file_signature(real), _digest(data))
 

@@ -62,9 +62,8 @@ def is_scores_file(path: Path) -> bool:
     """Whether `path` is a scores.txt metaemb wrote (its first line: four tab-separated fields,
     the third a label word or '-'), so an evaluation may replace it; another toolkit's score
     file (SpeechBrain's own scores.txt) may not be."""
-    with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", errors="replace")
-    line = head.split("\n", 1)[0].rstrip("\r")
+    with open(path, "rb") as f:  # the first line, however long (many enrollment files)
+        line = f.readline(1 << 24).decode("utf-8", errors="replace").rstrip("\r\n")
     first = line.split("\t") if "\t" in line else line.split()  # older ones: spaces
     return len(first) == 4 and first[2] in ("target", "nontarget", "-")
 
