@@ -29,7 +29,9 @@ def test_doctor_reports_versions_cache_extras_and_failed_plugins(tmp_path, capsy
     (cache / "b.bin").write_bytes(b"y" * 24)
     monkeypatch.setenv("METAEMB_CACHE", str(cache))
     st = manager.state()
-    monkeypatch.setattr(st, "failed", [FailedPlugin("broken", "ImportError: no module x")])
+    monkeypatch.setattr(st, "failed", [FailedPlugin("broken", "ImportError: no module x"),
+                                       FailedPlugin("half", "its register_samplers hook raised "
+                                                    "ValueError: x", skipped="samplers")])  # fmt: skip
     monkeypatch.setitem(sys.modules, "faiss", None)  # the 'search' extra is "not installed"
 
     code, out, err = run_cli(["doctor", "--json"], capsys)
@@ -44,7 +46,8 @@ def test_doctor_reports_versions_cache_extras_and_failed_plugins(tmp_path, capsy
     assert set(env["extras"]) == {extra for extra, _ in OPTIONAL.values()} >= {"plots", "face"}
     names = {p["name"] for p in env["plugins"]["loaded"]}
     assert {"core", "vision", "audio"} <= names
-    assert env["plugins"]["failed"] == [{"name": "broken", "error": "ImportError: no module x"}]
+    assert [(f["name"], f["skipped"]) for f in env["plugins"]["failed"]] == [
+        ("broken", ""), ("half", "samplers")]  # fmt: skip
 
     code, out, err = run_cli(["doctor"], capsys)
     assert code == 0, err
@@ -53,6 +56,9 @@ def test_doctor_reports_versions_cache_extras_and_failed_plugins(tmp_path, capsy
     assert f"cache {cache}: 1.0 KiB in 2 files" in lines
     assert "extra [search]: faiss missing  (pip install 'metaemb[search]')" in lines
     assert "plugin failed to load: broken: ImportError: no module x" in lines
+    # a plugin whose one hook failed did load: its other components are there (P20 F9)
+    assert ("plugin half: its samplers were skipped: its register_samplers hook raised "
+            "ValueError: x") in lines  # fmt: skip
     assert any(line.startswith("plugins: core ") and "vision" in line for line in lines)
 
 

@@ -74,7 +74,8 @@ def _plugins() -> dict[str, Any]:
     try:
         st = state()
         loaded = [{"name": p.name, "version": p.version, "module": p.module} for p in st.plugins()]
-        failed = [{"name": f.name, "error": f.error} for f in st.failed]
+        failed = [{"name": f.name, "error": f.error, "skipped": f.skipped,
+                   "summary": f.summary()} for f in st.failed]  # fmt: skip
     except Exception as exc:  # METAEMB_STRICT_PLUGINS=1 with a broken plugin, or worse
         loaded, failed = [], [{"name": "?", "error": f"{type(exc).__name__}: {exc}"}]
     return {"loaded": loaded, "failed": failed, "disabled": sorted(disabled_plugins())}
@@ -156,7 +157,7 @@ def doctor(
         lines.append(f"cache {c['path']}: {size}")
     pl = env["plugins"]
     lines.append("plugins: " + ", ".join(f"{p['name']} {p['version']}" for p in pl["loaded"]))
-    lines += [f"plugin failed to load: {f['name']}: {f['error']}" for f in pl["failed"]]
+    lines += [f["summary"] for f in pl["failed"]]
     if pl["disabled"]:
         lines.append("plugins disabled (METAEMB_DISABLE_PLUGINS): " + ", ".join(pl["disabled"]))
     for line in lines:

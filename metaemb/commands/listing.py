@@ -206,7 +206,7 @@ def plugins(
                           end_section=last)  # fmt: skip
     console.print(table)
     for f in st.failed:
-        console.print(f"[red]failed to load[/] {escape(f.name)}: {escape(str(f.error))}")
+        console.print(f"[red]{escape(f.summary())}[/]")
 
 
 def list_components(

@@ -47,8 +47,18 @@ class PluginInfo:
 
 @dataclass
 class FailedPlugin:
+    """A plugin that did not load (`skipped` empty), or one of whose hooks failed: its
+    components of that kind (`skipped`) are left out, the others are there."""
+
     name: str
     error: str
+    skipped: str = ""
+
+    def summary(self) -> str:
+        """One line for `metaemb plugins` and `doctor`."""
+        if self.skipped:
+            return f"plugin {self.name}: its {self.skipped} were skipped: {self.error}"
+        return f"plugin failed to load: {self.name}: {self.error}"
 
 
 class PluginState:
@@ -212,7 +222,8 @@ class PluginState:
 
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            unloaded = {f.name: f.error for f in self.failed}  # before any hook runs: imports
+            # before any hook runs: plugins whose import failed
+            unloaded = {f.name: f.error for f in self.failed if not f.skipped}
             registries = {kind: Registry(kind, self.disabled, unloaded) for kind in self.kinds}
             for kind, hook_name in self.kinds.items():
                 hook = getattr(self.pm.hook, hook_name, None)
@@ -260,7 +271,7 @@ class PluginState:
                 if isinstance(name, str):
                     registries[kind].drop_note(name, why)
             registries[kind].failed_plugins[plugin_name] = cause  # and its names never tried
-            self.failed.append(FailedPlugin(plugin_name, cause))
+            self.failed.append(FailedPlugin(plugin_name, cause, skipped=kind))
             warnings.warn(
                 f"{message}; its {kind} are skipped (set METAEMB_STRICT_PLUGINS=1 to make "
                 f"this fatal, or METAEMB_DISABLE_PLUGINS={plugin_name} to silence it)",
