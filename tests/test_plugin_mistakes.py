@@ -690,6 +690,26 @@ def test_a_reserved_name_a_kind_never_gets_is_warned_about_at_registration():
     finally:
         plugins.reset()
 
+    # a scorer's `dim` (a whitening size) is no option either: scorers get no context (P20 F5)
+    from metaemb.core.scoring.cosine import CosineScorer
+
+    class DimScorer(CosineScorer):
+        def __init__(self, dim: int = 0) -> None:
+            super().__init__()
+
+    class DimScorerPlugin:
+        @metaemb.hookimpl
+        def register_scorers(self, register):
+            register("dim-scorer", DimScorer)
+
+    warned = pytest.warns(UserWarning, match=r"scorer 'dim-scorer' with a parameter 'dim'"
+                          r".*scorers get none of them.*Rename it")  # fmt: skip
+    try:
+        with plugins.plugin_registered(DimScorerPlugin(), "dim-scorer-plugin"), warned:
+            assert "dim-scorer" in plugins.registry("scorers")
+    finally:
+        plugins.reset()
+
 
 def test_a_skipped_super_init_and_a_string_kind_are_named(tmp_path):
     """A backbone adding layers before super().__init__() showed torch's 'cannot assign module

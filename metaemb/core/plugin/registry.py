@@ -336,6 +336,7 @@ CONTEXT_BY_KIND: dict[str, frozenset[str]] = {
     "backbones": frozenset({"in_channels"}),
     "heads": frozenset({"in_features", "dim"}),
     "objectives": frozenset(),
+    "scorers": frozenset(),  # built from their options alone
 }
 
 
@@ -348,8 +349,8 @@ def _warn_unreachable_context(kind: str, what: str, factory: Any, plugin: str) -
     from metaemb.core.plugin.options import CONTEXT_NAMES, _accepts
 
     given = CONTEXT_BY_KIND.get(kind)
-    if given is None:
-        return
+    if given is None or getattr(factory, "__module__", "").startswith("metaemb."):
+        return  # metaemb's own components: a reserved parameter there is deliberate (a seed)
     try:
         unreachable = sorted((_accepts(factory) & CONTEXT_NAMES) - given)
     except (TypeError, ValueError):
