@@ -77,8 +77,8 @@ def _probe(folder: Path, path: Path, what: str) -> None:
     """Create, fill, fsync and remove a temporary file in `folder` (as atomic writes do)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metaemb-probe.", suffix=".tmp")
-    except OSError as exc:
-        raise output_error(exc, folder, what) from None
+    except OSError as exc:  # named by the file to be written (its folder is in its path)
+        raise output_error(exc, path, what) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(b"\0" * PROBE_BYTES)

@@ -874,3 +874,20 @@ def test_a_lock_that_cannot_be_written_is_named_by_what_it_guards(
         said = " ".join(err.split())
         assert code == 2 and named in said and ".lock" not in said, said
         assert "read-only" in said and "writable disk" in said and "permissions" not in said
+
+
+def test_an_unwritable_folder_is_named_by_the_file_that_would_be_written(tmp_path, monkeypatch):
+    """A read-only folder was named as 'the export file' or 'the gallery file' itself, the file
+    to be written not named at all (R10 F14)."""
+    import tempfile
+
+    from metaemb.core.paths import ensure_writable
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = tmp_path / "run" / "best.onnx"
+    target.parent.mkdir()
+    with pytest.raises(OutputError, match=rf"export file '{target}': the file system is read-only"):
+        ensure_writable(target, "export file")

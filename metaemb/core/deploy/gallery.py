@@ -328,7 +328,14 @@ class Gallery:
                 "Python)."
             )
         atomic_write_bytes(Path(path), data)
-        self._read_as = (real, _file_signature(real), _digest(data))
+        self._read_as = (real, _file_signature(real), self._fingerprint())
+
+    def _fingerprint(self) -> str:
+        """What another writer could add or take away: the identities, the sources and the
+        number of samples (a digest of them, cheap beside the embeddings)."""
+        return _digest("\n".join(self.identities).encode("utf-8", "surrogateescape") + b"\0"
+                       + "\n".join(self.sources).encode("utf-8", "surrogateescape")
+                       + f"\0{self.num_samples}".encode())  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
@@ -380,7 +387,7 @@ class Gallery:
             raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
         except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
-        g._read_as = (os.path.realpath(p), signature, _file_digest(p))
+        g._read_as = (os.path.realpath(p), signature, g._fingerprint())
         return g
 
     def _validate(self) -> None:
@@ -453,27 +460,17 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _file_digest(path: str | Path) -> str:
-    """`_digest` of a file's bytes, read in blocks (a gallery may hold gigabytes)."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _changed_since(path: str, read: tuple[str, Any, str]) -> bool:
-    """Whether the file at `path` holds other bytes than when it was read or written (`read`):
-    its (inode, size, time) first, then, when those differ (a `touch`, the same bytes copied
-    back, a file system whose inode numbers change), its contents; a file gone lost nothing."""
+    """Whether the gallery at `path` holds other identities, sources or samples than when it
+    was read or written (`read`): its (inode, size, time) first, then, when those differ (a
+    `touch`, the same file copied back, a file system whose inode numbers change), what it
+    holds; a file gone lost nothing."""
     now = _file_signature(path)
     if now is None or now == read[1]:
         return False
     try:
-        return _file_digest(path) != read[2]
-    except OSError:
+        return Gallery.load(path)._fingerprint() != read[2]
+    except GalleryError:
         return True
 
 
