@@ -154,3 +154,18 @@ def test_the_run_is_evaluated_on_its_validation_trials_without_the_files_it_skip
     assert json.loads((out / "metrics.json").read_text())["eer"] == pytest.approx(
         last["eer"], abs=1e-6
     )
+    # the class measure of the run's own split leaves them out too (H23 F5)
+    code, text, err = run_cli(["evaluate", run, "--workers", "0", "--measure", "class",
+                               "--out", run.parent / "cls"], capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_a_skipped_file_with_a_tab_in_its_name_is_found_in_skipped_txt(tmp_path):
+    """skipped.txt is `path<TAB>reason`: a path holding a tab was cut at it and never matched,
+    so `evaluate RUN` stopped on the file training had skipped (H23 F1)."""
+    from metaemb.core.eval.evaluate import skipped_paths
+
+    listed = tmp_path / "skipped.txt"
+    listed.write_bytes(b"id0/bad\ttab.png\timage is corrupt\tsaid twice\nid1/caf\xe9.png\tx\n")
+    paths = {"id0/bad\ttab.png", "id1/caf\udce9.png", "id2/ok.png"}
+    assert skipped_paths(listed, paths) == {"id0/bad\ttab.png", "id1/caf\udce9.png"}

@@ -199,8 +199,7 @@ class Evaluation:
         listed = self._run_dir() / "skipped.txt"
         if self.preloaded is not None or not listed.is_file():
             return trials
-        text = listed.read_text(encoding="utf-8", errors="surrogateescape")  # as paths are
-        skipped = {line.split("\t", 1)[0] for line in text.splitlines() if line}
+        skipped = skipped_paths(listed, {p for t in trials for p in (*t.enroll, t.test)})
         kept = [t for t in trials if t.test not in skipped and skipped.isdisjoint(t.enroll)]
         if len(kept) < len(trials):
             self.console.print(
@@ -516,3 +515,14 @@ class Evaluation:
 
 def _described(scorer: Any, name: str) -> str:
     return getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
+
+
+def skipped_paths(listed: Path, paths: set[str]) -> set[str]:
+    """The `paths` a run's skipped.txt lists (`path<TAB>reason` per line; a path may hold a tab
+    itself, so every tab of a line is tried as the end of its path)."""
+    text = listed.read_text(encoding="utf-8", errors="surrogateescape")  # as paths are
+    found = set()
+    for line in text.splitlines():
+        cuts = [i for i, c in enumerate(line) if c == "\t"] + [len(line)]
+        found.update(line[:i] for i in cuts if line[:i] in paths)
+    return found

@@ -204,8 +204,10 @@ def class_measure(
     enroll: int = 1,
     seed: int = 0,
     adapt: bool = True,
+    leave_out: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Closed-set classification accuracy: `enroll` samples per identity enrolled, rest probes."""
+    """Closed-set classification accuracy: `enroll` samples per identity enrolled, rest probes
+    (`leave_out`: sample paths that are not used, the files training skipped)."""
     if enroll < 1:
         raise DataError(f"--enroll-samples must be ≥ 1, got {enroll}.")
     rng = np.random.default_rng(seed)
@@ -214,7 +216,8 @@ def class_measure(
     probes: list[int] = []
     probe_ids: list[int] = []
     too_few: list[str] = []
-    for label, idx in sorted(folder.by_identity().items()):
+    for label, every in sorted(folder.by_identity().items()):
+        idx = [i for i in every if folder.samples[i].path not in leave_out]
         if len(idx) <= enroll:  # nothing left to probe with: left out, and said
             too_few.append(folder.identities[label])
             continue
@@ -238,10 +241,14 @@ def class_measure(
             f"with, so they are left out; the closed-set gallery holds the other {len(groups)}.",
             stacklevel=2,
         )
-    emb = loaded.embed(folder, None, workers)
+    used = sorted({i for g in groups for i in g} | set(probes))  # what is scored, no more
+    row = {i: r for r, i in enumerate(used)}
+    emb = loaded.embed(folder, used, workers)
     if adapt:
         scorer.adapt(emb)
-    matrix = groups_matrix(scorer, emb, groups, emb[torch.tensor(probes)]).double().T
+    rows = [[row[i] for i in g] for g in groups]
+    matrix = groups_matrix(scorer, emb, rows, emb[torch.tensor([row[i] for i in probes])])
+    matrix = matrix.double().T
     cmc = ident.cmc(
         matrix.numpy(), probe_ids, list(range(len(groups))), max_rank=min(5, len(groups))
     )
@@ -328,8 +335,14 @@ def run_measure(
             folder = _folder_for(loaded, data)
             from metaemb.core.train.validation import split_seed
 
+            leave_out = frozenset()
+            skipped = run_dir / "skipped.txt"
+            if data is None and preloaded is None and skipped.is_file():  # as training did
+                from metaemb.core.eval.evaluate import skipped_paths
+
+                leave_out = frozenset(skipped_paths(skipped, {s.path for s in folder.samples}))
             result = class_measure(loaded, folder, sc, workers, enroll,
-                                   split_seed(loaded.config), adapt)  # fmt: skip
+                                   split_seed(loaded.config), adapt, leave_out)  # fmt: skip
             scored = leakage.identities_of(folder)  # none, for the run's held-out identities
             result["training_identities_scored"] = leakage.count_and_warn(
                 loaded.state, scored, console, folder.subject_of
