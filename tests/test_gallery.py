@@ -1141,3 +1141,22 @@ def test_add_takes_a_name_in_another_unicode_form_as_the_enrolled_one():
     g.add(unicodedata.normalize("NFC", "Zoë"), torch.randn(1, 4))
     g.add(unicodedata.normalize("NFD", "Zoë"), torch.randn(2, 4))
     assert g.identities == [unicodedata.normalize("NFC", "Zoë")] and g.counts().tolist() == [3]
+
+
+def test_saving_over_another_gallery_asks_for_overwrite(tmp_path):
+    """Gallery.load('c9.pt').save('team.pt') replaced the team's gallery, and the identities
+    enroll had put there, without a word (H23 F6): refused, naming what it holds, unless asked."""
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.errors import GalleryError
+
+    stamp = ModelStamp(digest="0" * 16, kind="point", dim=4, config_hash="abcd1234", epoch=1)
+    team, mine = Gallery(stamp), Gallery(stamp)
+    team.add("id0004", torch.randn(1, 4))
+    team.save(tmp_path / "team.pt")
+    mine.add("alice", torch.randn(1, 4))
+    with pytest.raises(GalleryError, match=r"another gallery \(1 identities, 'id0004'\)"):
+        mine.save(tmp_path / "team.pt")
+    assert Gallery.load(tmp_path / "team.pt").identities == ["id0004"]
+    mine.save(tmp_path / "team.pt", overwrite=True)
+    assert Gallery.load(tmp_path / "team.pt").identities == ["alice"]

@@ -294,13 +294,14 @@ class Gallery:
         return self._index
 
     # -- files -------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write atomically (temp file + rename); readers never see half a gallery. Saving over
-        the file it was loaded from is refused when another writer changed that file since."""
+        the file it was loaded from is refused when another writer changed that file since,
+        and over another gallery unless `overwrite` (its identities would be gone)."""
         from metaemb.core.files import atomic_write_bytes
 
         real = os.path.realpath(path)
-        _refuse_replacing_another_file(Path(path), self._read_as)
+        _refuse_replacing_another_file(Path(path), self._read_as, overwrite)
         pooled, counts = self.pooled()
         payload = {
             "format": FORMAT,
@@ -484,7 +485,9 @@ def _file_signature(path: str | Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _refuse_replacing_another_file(path: Path, read_as: tuple[str, Any] | None) -> None:
+def _refuse_replacing_another_file(
+    path: Path, read_as: tuple[str, Any, str] | None, overwrite: bool = False
+) -> None:
     """What `metaemb enroll` refuses, refused from Python too: a run's checkpoint, a data
     sample, a file other than a gallery (an export), a folder; a new file named other than
     .pt or .pth (a torch file named g.npz misleads whoever opens it)."""
@@ -498,9 +501,15 @@ def _refuse_replacing_another_file(path: Path, read_as: tuple[str, Any] | None) 
     if read_as is not None and read_as[0] == os.path.realpath(path):
         return  # the gallery it was loaded from or saved to
     try:
-        Gallery.load(path)
+        other = Gallery.load(path)
     except GalleryError:
         raise GalleryError(
             f"'{path}' exists and is not a metaemb gallery (a model, an export or another "
             "file), which saving would replace: move it, or choose another file name."
         ) from None
+    if not overwrite:
+        raise GalleryError(
+            f"'{path}' is another gallery ({len(other.identities)} identities, "
+            f"{first_few(other.identities, 3)}), which saving this one would replace: choose "
+            "another file name, or save(path, overwrite=True) to replace it."
+        )
