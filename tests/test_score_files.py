@@ -135,3 +135,30 @@ def test_the_label_column_is_decided_once_for_the_file(tmp_path):
     path.write_text("e1 t1 1 0.75\ne1 t2 0.3 target\n")
     with pytest.raises(DataError, match="line 2 puts the label after the score and line 1"):
         read_any_scores(path)
+
+
+def test_an_undecided_file_is_read_as_its_list_agrees_and_gaps_are_said(tmp_path):
+    """A SpeechBrain file of hard 0/1 decisions reads both ways: without a word it was read as
+    'score label', and with --trials refused as scored 'for another list' (H23 F2). A trial
+    repeated with the opposite label was called a repeat 'with the same score' (H23 F3), and a
+    list with trials the file lacks gave metrics of half of it silently (H23 F4)."""
+    sb = tmp_path / "sb.txt"  # enroll test LABEL score, every score a 0 or 1 decision
+    rows = [("a", f"t{i}", 1, i % 4 != 0) for i in range(8)] + [
+        ("a", f"n{i}", 0, i % 4 == 0) for i in range(8)]  # fmt: skip
+    sb.write_text("".join(f"{e} {t} {lab} {int(s)}\n" for e, t, lab, s in rows))
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{e} {t} {'target' if lab else 'nontarget'}\n"
+                              for e, t, lab, _ in rows))  # fmt: skip
+    with pytest.warns(UserWarning, match="read as label score, the reading its trial list"):
+        tar, non = labelled_scores(sb, listed)
+    assert len(tar) == 8 and len(non) == 8 and tar.mean() > non.mean()
+    with pytest.warns(UserWarning, match=r"reads both as .*give --trials to decide"):
+        labelled_scores(sb)
+    flip = tmp_path / "flip.txt"
+    flip.write_text("a t0 0.9 target\na t1 0.2 nontarget\na t0 0.9 nontarget\n")
+    with pytest.warns(UserWarning, match="repeat a trial with the opposite label"):
+        labelled_scores(flip)
+    half = tmp_path / "half.txt"
+    half.write_text("".join(f"{e} {t} {0.9 if lab else 0.1}\n" for e, t, lab, _ in rows[4:12]))
+    with pytest.warns(UserWarning, match=r"8 of the 16 labelled trials .* have no score"):
+        labelled_scores(half, listed)

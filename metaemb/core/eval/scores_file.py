@@ -98,7 +98,16 @@ def _label(text: str) -> int:
     return OTHER_LABELS.get(text.lower(), -1)
 
 
-def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
+class ScoredTrials(list):
+    """Trials of a score file; `undecided` when every four-column line read both ways (label
+    then score, or score then label) and the reading was the default one."""
+
+    undecided: bool = False
+
+
+def read_any_scores(
+    path: str | Path, label_first: bool | None = None
+) -> tuple[ScoredTrials, np.ndarray]:
     """Scored trials of metaemb's scores.txt (`enroll test target|nontarget|- score`) or of
     another toolkit's score file: `enroll test score` (Kaldi), `… score target|nontarget`
     (WeSpeaker), `enroll test 1|0 score` (SpeechBrain); a trial's label is None when its line
@@ -107,8 +116,10 @@ def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     path = Path(path)
     own = {**LABEL_WORDS, "-": None}
     lines = read_lines(path, tabs=True, what="score file", items="scores")
-    label_first = _label_first(path, lines, own)
-    trials, scores = [], []
+    decided = _label_first(path, lines, own)
+    trials, scores = ScoredTrials(), []
+    trials.undecided = decided is None and label_first is None and _ambiguous(lines, own)
+    label_first = decided if decided is not None else bool(label_first)
     for lineno, f in lines:
         after = len(f) == 4 and _label(f[3]) != -1 and _finite(f[2]) is not None
         before = len(f) == 4 and _label(f[2]) != -1 and _finite(f[3]) is not None
@@ -132,9 +143,21 @@ def read_any_scores(path: str | Path) -> tuple[list[Trial], np.ndarray]:
     return trials, np.asarray(scores)
 
 
-def _label_first(path: Path, lines: list[tuple[int, list[str]]], own: dict[str, Any]) -> bool:
+def _ambiguous(lines: list[tuple[int, list[str]]], own: dict[str, Any]) -> bool:
+    """Whether some four-column line of another toolkit reads both ways (`a b 1 0`)."""
+    return any(
+        len(f) == 4 and _label(f[3]) != -1 and _label(f[2]) != -1
+        and _finite(f[2]) is not None and _finite(f[3]) is not None
+        for _, f in lines
+    )  # fmt: skip
+
+
+def _label_first(
+    path: Path, lines: list[tuple[int, list[str]]], own: dict[str, Any]
+) -> bool | None:
     """Whether the file's four-column lines put the label before the score (SpeechBrain), from
-    the lines only one reading fits; a file whose lines disagree is refused."""
+    the lines only one reading fits (None when none does); a file whose lines disagree is
+    refused."""
     first: dict[bool, int] = {}  # label first? → the first line that says so
     for lineno, f in lines:
         if len(f) != 4 or (f[2] in own and _finite(f[3]) is not None):
@@ -148,12 +171,14 @@ def _label_first(path: Path, lines: list[tuple[int, list[str]]], own: dict[str, 
             f"{path}: line {first[False]} puts the label after the score and line {first[True]} "
             "before it; a score file has one layout (two files put together?)."
         )
-    return first.get(True) is not None
+    return next(iter(first)) if first else None
 
 
 def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(target scores, non-target scores) of a score file, labelled by its own lines or by the
     trial list `trials` (joined on enroll and test; every scored trial must be listed)."""
+    import warnings
+
     scored, values = read_any_scores(scores)
     labels: dict[tuple[str, str], int] = {}
     if trials is not None:
@@ -161,15 +186,28 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
 
         labels = {(",".join(t.enroll), t.test): int(t.label) for t in read_trials(trials)
                   if t.label is not None}  # fmt: skip
+    if scored.undecided:  # every `a b 1 0` line reads both ways: the list, if any, decides
+        other, other_values = read_any_scores(scores, label_first=True)
+        if trials is not None and _agreement(other, labels) > _agreement(scored, labels):
+            scored, values = other, other_values
+        warnings.warn(
+            f"every line of '{scores}' with a 0 or 1 reads both as 'score label' and as 'label "
+            f"score'; read as {'label score' if scored is other else 'score label'}"
+            + (", the reading its trial list agrees with" if trials is not None else
+               " (give --trials to decide by the list)") + ".",
+            stacklevel=2,
+        )  # fmt: skip
     tar, non, unlisted, disagree = [], [], [], []
-    seen: dict[tuple[str, str], float] = {}
-    repeated, conflicting = [], []
+    seen: dict[tuple[str, str], tuple[float, int | None]] = {}
+    repeated, conflicting, opposite = [], [], []
     for t, score in zip(scored, values.tolist(), strict=True):
         enroll = ",".join(t.enroll)
         pair = (enroll, t.test)
         if pair in seen:  # a list naming a trial twice, or two score files concatenated
-            (repeated if seen[pair] == score else conflicting).append(f"{enroll} {t.test}")
-        seen.setdefault(pair, score)
+            before, said = seen[pair]
+            bucket = conflicting if before != score else opposite if said != t.label else repeated
+            bucket.append(f"{enroll} {t.test}")
+        seen.setdefault(pair, (score, t.label))
         label = t.label
         if trials is not None:
             label = labels.get(pair, labels.get((t.test, enroll)))
@@ -192,9 +230,23 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
             "were made for another list (a cleaned or an original version?). Give the list "
             "they were scored on, or leave --trials out to use their own labels."
         )
+    if opposite:
+        warnings.warn(
+            f"{len(opposite)} lines of '{scores}' repeat a trial with the opposite label (first: "
+            f"{opposite[0]!r}): the file contradicts itself; each line counts, so that trial is "
+            "wrong once whatever it is.",
+            stacklevel=2,
+        )
+    if trials is not None:
+        missing = len(set(labels) - {p for p in seen} - {(b, a) for a, b in seen})
+        if missing:
+            warnings.warn(
+                f"{missing} of the {len(labels)} labelled trials of '{trials}' have no score in "
+                f"'{scores}' (a scoring that stopped early?): the metrics are of the "
+                f"{len(labels) - missing} scored ones.",
+                stacklevel=2,
+            )
     if repeated:
-        import warnings
-
         warnings.warn(
             f"{len(repeated)} lines of '{scores}' repeat a trial with the same score (first: "
             f"{repeated[0]!r}): each line counts, as `evaluate` counts a list's duplicates (its "
@@ -215,3 +267,12 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
             "need both."
         )
     return np.asarray(tar, float), np.asarray(non, float)
+
+
+def _agreement(scored: list[Trial], labels: dict[tuple[str, str], int]) -> int:
+    """How many of the scored trials' own labels the trial list's `labels` confirm."""
+    return sum(
+        labels.get((",".join(t.enroll), t.test), labels.get((t.test, ",".join(t.enroll))))
+        == t.label
+        for t in scored
+    )
