@@ -32,3 +32,40 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # one writer, not two
     assert res.stdout.count("epoch 2:") == 1  # rank 1 prints nothing
+
+
+def _rank_reads(rank: int, store: str, out: str, seen: dict) -> None:
+    import torch.distributed as dist
+
+    from metaemb.core.train.device import Distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        Distributed(rank, 2, 0).refuse_differences(seen[rank], f" in '/data/node{rank}'")
+        said = "ok"
+    except Exception as exc:  # what each rank says is the test's result
+        said = f"{type(exc).__name__}: {exc}"
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(said)
+
+
+def test_ranks_that_read_different_data_are_stopped_with_both_named(tmp_path: Path) -> None:
+    """A node with its own copy of the data (one identity renamed, one image missing) trained
+    silently, DDP averaging gradients of other labels; a missing identity failed in DDP's
+    constructor naming neither the data nor metaemb (D3 F1). Every rank compares what it read
+    with rank 0's."""
+    import torch.multiprocessing as mp
+
+    seen = {0: {"configuration": "hash abc", "data": "24 samples of 4 identities (listing 1)"},
+            1: {"configuration": "hash abc", "data": "23 samples of 4 identities (listing 2)"}}  # fmt: skip
+    mp.spawn(_rank_reads, args=(str(tmp_path / "store"), str(tmp_path), seen), nprocs=2)
+    said = {r: (tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)}
+    for text in said.values():
+        assert text.startswith("DataError: rank 1 (host "), said
+        assert "23 samples of 4 identities (listing 2) in '/data/node1'" in text
+        assert "24 samples of 4 identities (listing 1) in '/data/node0'" in text
+    seen[1] = seen[0]
+    (tmp_path / "store").unlink(missing_ok=True)
+    mp.spawn(_rank_reads, args=(str(tmp_path / "store"), str(tmp_path), seen), nprocs=2)
+    assert (tmp_path / "rank1.txt").read_text() == "ok"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,3 +66,28 @@ class Distributed:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+    def refuse_differences(self, seen: dict[str, str], where: str = "") -> None:
+        """Every rank must train on the same data and configuration: `seen` (what this rank
+        read, e.g. {"data": "24 samples of 4 identities in /data/faces (digest …)"}) is
+        compared with rank 0's, and a rank that differs stops every rank with both named
+        (DDP would average gradients of other labels, or fail on a shape, naming neither);
+        `where` (the data folder) is said, not compared: nodes may mount it elsewhere."""
+        if self.world_size <= 1:
+            return
+        from metaemb.core.errors import DataError
+
+        everyone: list[Any] = [None] * self.world_size
+        mine = {"host": socket.gethostname(), "where": where, **seen}
+        torch.distributed.all_gather_object(everyone, mine)
+        first = everyone[0]
+        for rank, other in enumerate(everyone[1:], 1):
+            for key in seen:
+                if other[key] != first[key]:
+                    raise DataError(
+                        f"rank {rank} (host {other['host']}) sees {key} {other[key]}"
+                        f"{other['where']}, rank 0 (host {first['host']}) {first[key]}"
+                        f"{first['where']}: every rank must train on the "
+                        "same data and configuration (the same folder on shared storage, the "
+                        "same --set on every node)."
+                    )

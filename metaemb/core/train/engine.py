@@ -140,6 +140,9 @@ class Trainer:
         with validation.isolated_rng(self.device):  # a first-time demo-data build draws nothing
             root = data_root(cfg, self.console if self.dist.main else None)
         self.parts = Components.build(cfg, root)
+        self.dist.refuse_differences(
+            _what_this_rank_reads(cfg, self.parts.folder), f" in '{self.parts.folder.root}'"
+        )
         self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
         self.model = self.parts.model.to(self.device)
         check_input_spec(self.model.features, cfg)  # saved in every checkpoint
@@ -582,3 +585,15 @@ class Trainer:
             "baseline": baseline,
             "skipped": len(self.skipped),
         }
+
+
+def _what_this_rank_reads(cfg: Config, folder: Any) -> dict[str, str]:
+    """The configuration and the data listing, as each rank compares them with rank 0's."""
+    import hashlib
+
+    listing = hashlib.sha1()
+    for sample in folder.samples:
+        listing.update(f"{sample.path}\0{sample.identity}\n".encode("utf-8", "surrogateescape"))
+    data = (f"{len(folder.samples)} samples of {len(folder.identities)} identities (listing "
+            f"{listing.hexdigest()[:12]})")  # fmt: skip
+    return {"configuration": f"hash {cfg.hash()}", "data": data}
