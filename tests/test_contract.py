@@ -247,3 +247,22 @@ def test_evaluate_scorer_override_must_fit_the_head():
     with pytest.raises(ConfigError, match="scorer 'gme' accepts gme, but head 'linear' yields"):
         check_scorer(cfg, "gme")
     check_scorer(cfg, "asnorm", {"base": {"name": "plda"}})  # a point scorer fits
+
+
+def test_a_file_only_quoted_inside_a_library_error_is_still_named_first():
+    """A frontend's KeyError('s01_L/3.png') (a missing table row) named the file only inside the
+    quoted error, so the message read 'failed on it' with nothing before it (P21 F5)."""
+    from metaemb.core.errors import DataError
+    from metaemb.core.plugin.contract import name_file
+
+    bare = DataError("frontend 'x' failed on it in its __call__: KeyError: 's01_L/3.png'")
+    assert str(name_file(bare, "s01_L/3.png")).startswith("'s01_L/3.png': frontend 'x'")
+    named = DataError("image '/data/s01_L/3.png' is corrupt: truncated")
+    assert name_file(named, "s01_L/3.png") is named
+
+
+def test_a_slow_run_shows_its_throughput_not_zero():
+    """0.4 samples/s was printed '0 samples/s', as if nothing was processed (P21 F7)."""
+    from metaemb.core.train.summary import rate_text
+
+    assert rate_text(0.4) == "0.4 samples/s" and rate_text(123.4) == "123 samples/s"

@@ -313,9 +313,11 @@ def expect_tensor(
 
 
 def name_file(exc: DataError, path: str) -> DataError:
-    """`exc` with `path` in its message (unchanged when the message already names it)."""
+    """`exc` with `path` in its message (unchanged when the message already names it before
+    its first colon: a path only in a quoted library error, `KeyError: 'a/1.png'`, names
+    nothing to the reader)."""
     msg = str(exc)
-    if path in msg:
+    if path in msg.split(": ", 1)[0]:
         return exc
     return type(exc)(f"'{path}': {msg}")
 

@@ -62,7 +62,13 @@ from metaemb.core.train.device import Distributed, pick_device
 from metaemb.core.train.model import TrainStep
 from metaemb.core.train.optim import build_optimizer, build_scheduler
 from metaemb.core.train.random_state import host_rng_state, rank_rng_states, set_host_rng_state
-from metaemb.core.train.summary import describe_run, print_epoch, print_summary, write_summary
+from metaemb.core.train.summary import (
+    describe_run,
+    print_epoch,
+    print_summary,
+    rate_text,
+    write_summary,
+)
 from metaemb.core.train.teacher import build_teacher
 
 # Batches of one sample are passed over (batch normalisation cannot train on them); an epoch
@@ -382,7 +388,7 @@ class Trainer:
                 f"epoch {epoch + 1}/{cfg.epochs}",
                 total=self.steps_per_epoch,
                 loss="–",  # no step yet ("nan" read as a diverged loss)
-                rate=0.0,
+                rate="– samples/s",
             )
             for batch in loader:
                 self._note_bad(batch.bad)
@@ -399,7 +405,7 @@ class Trainer:
                     task,
                     advance=1,
                     loss=f"{total_loss / n_samples:.4f}",
-                    rate=n_samples / max(elapsed, 1e-9),
+                    rate=rate_text(n_samples / max(elapsed, 1e-9)),
                 )
                 self.callbacks.on_step(self, self.step, loss)
                 if self._stop:
@@ -498,7 +504,7 @@ class Trainer:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]:.0f} samples/s"),
+            TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,

@@ -101,7 +101,7 @@ def print_epoch(console: Console, config: Config, record: dict[str, Any], improv
     console.print(
         f"epoch {record['epoch']}: loss {record['loss']:.4f}  val EER {100 * record['eer']:.2f}%  "
         f"{dcf}  Cllr {record.get('cllr', float('nan')):.4f}  "
-        f"({record['samples_per_s']:.0f} samples/s){'  ★ best' if improved else ''}"
+        f"({rate_text(record['samples_per_s'])}){'  ★ best' if improved else ''}"
     )
 
 
@@ -170,3 +170,9 @@ def write_summary(
         lines.append(f"| baseline: {baseline.get('name')} | - | {cells} |")
     lines += ["", "Validation: held-out identities, trials generated deterministically.", ""]
     atomic_write_text(path, "\n".join(lines))
+
+
+def rate_text(samples_per_s: float) -> str:
+    """Throughput as people read it: whole samples per second, a decimal below 10 (a slow run
+    on a shared CPU is 0.4 samples/s, not 0)."""
+    return f"{samples_per_s:.{0 if samples_per_s >= 10 else 1}f} samples/s"
