@@ -332,8 +332,8 @@ def test_a_train_refused_by_the_lock_leaves_the_other_trainers_folder(
 def test_an_unstarted_run_is_removed_only_when_nobody_holds_it(tmp_path):
     """A run folder a failed command created is removed, under the run's lock: not while
     another process trains in it, and never once it holds a trained epoch."""
-    from metaemb.commands.train import _remove_unstarted_run
     from metaemb.core.locks import RunLock
+    from metaemb.core.runs import remove_unstarted_run as _remove_unstarted_run
 
     folder = tmp_path / "run-x"
     (folder / "sub").mkdir(parents=True)

@@ -84,7 +84,25 @@ def test_a_config_changed_by_hand_is_checked_before_a_run_folder_is_made(tmp_pat
         setattr(cfg.train, key, value)
         with pytest.raises(ConfigError, match=said):
             Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+    # a component option set by hand is checked as resolve checks it, not blamed on a file
+    # (H23 F7); what a notebook naturally gives (a Path, a numpy integer) is taken
+    import numpy as np
+
+    cfg = resolve("face", None, ["train.epochs=1"])
+    cfg.components["features"]["image_size"] = 32.5
+    with pytest.raises(ConfigError, match=r"features\.image_size"):
+        Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+    cfg = resolve("face", None, ["train.epochs=1"])
+    cfg.data.root, cfg.train.batch_size = tmp_path / "nowhere", np.int64(16)
+    trainer = Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+    assert cfg.data.root == str(tmp_path / "nowhere") and type(cfg.train.batch_size) is int
     assert not (tmp_path / "runs").exists()
+    # ... and a mistake found once training sets up (no data there) leaves no run folder
+    from metaemb.core.errors import MetaembError
+
+    with pytest.raises(MetaembError, match="nowhere"):
+        trainer.run()
+    assert not list((tmp_path / "runs").rglob("run-*"))
 
 
 def test_python_callers_are_told_the_python_spelling_too():

@@ -120,6 +120,8 @@ def train(
     out = LoggingConsole(warnings_to=err_console, **console_options())
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,
                       workers=workers, callbacks=config_callbacks(cfg))  # fmt: skip
+    from metaemb.core.runs import remove_unstarted_run
+
     new_folder = not trainer.dir.exists()
     if trainer.dist.main:
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
@@ -137,7 +139,7 @@ def train(
             out.log_only(f"error: {exc}")
         if new_folder and trainer.dist.main:
             out.close_log()
-            _remove_unstarted_run(trainer.dir)
+            remove_unstarted_run(trainer.dir)
         raise
     except RuntimeError as exc:  # the scheduler's signal reached the loader's workers first
         stopped = worker_signal(exc)
@@ -160,38 +162,6 @@ def _said_stopped(out: Any, trainer: Any, said: str) -> None:
     out.log_only(line)
     if trainer.dist.main:
         err_console.print(line, markup=False)
-
-
-def _remove_unstarted_run(folder: Path) -> None:
-    """A run folder this command created and that holds no trained epoch (a mistake stopped it
-    before training) is removed: such folders piled up unseen, one per configuration tried.
-    Under the run's lock, so a folder another process has started training meanwhile stays."""
-    import contextlib
-    import shutil
-
-    from metaemb.core.errors import MetaembError
-    from metaemb.core.locks import LOCK_NAME, RunLock
-
-    trained = ("last.pt", "best.pt", "metrics.jsonl")
-    if not folder.is_dir():
-        return
-    try:
-        lock = RunLock(folder).acquire()
-    except MetaembError:  # another process trains it now (or it cannot be written)
-        return
-    try:
-        if any((folder / name).exists() for name in trained):
-            return
-        for child in folder.iterdir():
-            if child.name != LOCK_NAME:
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-    finally:
-        lock.release()
-    with contextlib.suppress(OSError):  # empty unless another process started in it since
-        folder.rmdir()
 
 
 def distill(

@@ -173,3 +173,36 @@ def saved_config(run: Path) -> dict[str, Any] | None:
         return load_toml(folder / "config.toml")
     except ConfigError:
         return None
+
+
+def remove_unstarted_run(folder: Path) -> None:
+    """A run folder that holds no trained epoch (a mistake stopped it before training) is
+    removed, when the caller created it: such folders piled up unseen, one per configuration
+    tried.
+    Under the run's lock, so a folder another process has started training meanwhile stays."""
+    import contextlib
+    import shutil
+
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.locks import LOCK_NAME, RunLock
+
+    trained = ("last.pt", "best.pt", "metrics.jsonl")
+    if not folder.is_dir():
+        return
+    try:
+        lock = RunLock(folder).acquire()
+    except MetaembError:  # another process trains it now (or it cannot be written)
+        return
+    try:
+        if any((folder / name).exists() for name in trained):
+            return
+        for child in folder.iterdir():
+            if child.name != LOCK_NAME:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    with contextlib.suppress(OSError):  # empty unless another process started in it since
+        folder.rmdir()

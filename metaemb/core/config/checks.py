@@ -74,7 +74,11 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 
 def check_types(cfg: Config) -> None:
     """Refuse a core value of the wrong type (a field set by hand on a resolved Config from
-    Python: `cfg.train.epochs = "2"`), naming the key, before a torch error deep inside does."""
+    Python: `cfg.train.epochs = "2"`), naming the key, before a torch error deep inside does.
+    What a notebook naturally gives is converted: a Path where text goes, numpy numbers. The
+    components' options are checked against their parameters' types too."""
+    import numbers
+    import os
     import typing
 
     simple = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
@@ -85,6 +89,15 @@ def check_types(cfg: Config) -> None:
             want, value = hints.get(field.name), getattr(obj, field.name)
             if want not in simple:
                 continue
+            if want is str and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            elif (
+                want is int and isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            ):
+                value = int(value)
+            elif want is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                value = float(value)
+            setattr(obj, field.name, value)
             fits = isinstance(value, want) and (want is bool or not isinstance(value, bool))
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 fits = True
@@ -94,6 +107,17 @@ def check_types(cfg: Config) -> None:
                     "(set by hand on the Config? items given to resolve are converted and "
                     "checked)."
                 )
+
+
+def check_component_options(cfg: Config) -> None:
+    """Every chosen component's options against its parameters (names, types), as resolve
+    checks them: a value set by hand in `cfg.components` is named here, not blamed on a file."""
+    from metaemb.core.plugin.components import validate_options
+
+    for section, kind in COMPONENT_SECTIONS.items():
+        name = cfg.component_name(section)
+        if name:
+            validate_options(kind, name, cfg.options(section), section)
 
 
 def check_values(cfg: Config) -> None:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from metaemb.core.config import Config
-from metaemb.core.config.checks import check_values
+from metaemb.core.config.checks import check_component_options, check_values
 from metaemb.core.config.resolution import check_positives
 from metaemb.core.data.dataset import PreparedDataset
 from metaemb.core.data.embed import extract, row_files
@@ -33,8 +33,9 @@ from metaemb.core.data.loaders import EpochLoader, check_workers
 from metaemb.core.data.pipeline import Components, data_root
 from metaemb.core.errors import ConfigError, MetaembError
 from metaemb.core.files import atomic_write_text
+from metaemb.core.locks import RunInProgress
 from metaemb.core.plugin.components import build
-from metaemb.core.runs import run_dir
+from metaemb.core.runs import remove_unstarted_run, run_dir
 from metaemb.core.train import shard, validation
 from metaemb.core.train.callbacks import Callback, CallbackList
 from metaemb.core.train.checkpointer import (
@@ -104,6 +105,7 @@ class Trainer:
         callbacks: Iterable[Callback] = (),
     ) -> None:
         check_values(config)  # a Config changed by hand in a notebook, before any folder is made
+        check_component_options(config)
         if int(config.train.epochs) < 1:
             raise ConfigError(
                 f"train.epochs must be at least 1, got {config.train.epochs}: nothing would be "
@@ -240,13 +242,19 @@ class Trainer:
         train.seed, are the caller's again afterwards: a notebook's next draws do not follow
         the run's seed."""
         callers = host_rng_state()
-        with self.checkpointer.locked(), torch.random.fork_rng(devices=self._rng_devices()):
-            try:
-                return self._run()
-            finally:
-                if hasattr(self, "train_loader"):
-                    self.train_loader.close()  # persistent workers
-                set_host_rng_state(callers)
+        new_folder = not self.dir.exists()
+        try:
+            with self.checkpointer.locked(), torch.random.fork_rng(devices=self._rng_devices()):
+                try:
+                    return self._run()
+                finally:
+                    if hasattr(self, "train_loader"):
+                        self.train_loader.close()  # persistent workers
+                    set_host_rng_state(callers)
+        except MetaembError as exc:
+            if new_folder and self.dist.main and not isinstance(exc, RunInProgress):
+                remove_unstarted_run(self.dir)  # a mistake before any epoch leaves no folder
+            raise
 
     def _rng_devices(self) -> list[int]:
         """The CUDA device whose random stream training draws from, for fork_rng."""
