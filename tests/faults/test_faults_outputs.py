@@ -798,8 +798,9 @@ def test_a_class_measure_into_a_verifications_folder_leaves_no_mixed_set(
     assert (out / "scores.txt").is_file() and (out / "det.png").is_file()
     mine = out / "notes.txt"
     mine.write_text("mine")
-    code, _, err = run_cli([*base, "--measure", "class"], capsys)
+    code, text, err = run_cli([*base, "--measure", "class"], capsys)
     assert code == 0, err
+    assert "removed the earlier evaluation's scores.txt, det.png" in text  # said (H23 F9)
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert left == ["metrics.json", "notes.txt"], left
     assert json.loads((out / "metrics.json").read_text())["measure"] == "class"

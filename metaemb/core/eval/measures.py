@@ -353,8 +353,11 @@ def run_measure(
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
         result.update(evaluated_model(loaded))
         with written_together():  # an earlier verification's scores and plots go with it
-            drop_earlier_set(out)
+            dropped = drop_earlier_set(out)
             atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+        if dropped:
+            console.print(f"removed the earlier evaluation's {', '.join(dropped)} from {out}: "
+                          "this measure writes metrics.json only", markup=False)  # fmt: skip
         table = Table(title=f"{measure} on {escape(result['source'])}")
         table.add_column("metric")
         table.add_column("value", justify="right")

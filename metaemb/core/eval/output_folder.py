@@ -239,19 +239,23 @@ def claimed(
             out.rmdir()  # only when empty: a failed evaluation leaves no folder behind
 
 
-def drop_earlier_set(out: Path) -> None:
+def drop_earlier_set(out: Path) -> list[str]:
     """Inside `written_together`, before the new files: an earlier evaluation's scores and
     plots in `out` go with the new set, so a class measure's metrics.json never stands beside
     another evaluation's scores.txt and DET (a file written again replaces its removal). Only
-    what metaemb wrote: a PNG it did not draw is left, and nothing goes without a metrics.json."""
+    what metaemb wrote: a PNG it did not draw is left, and nothing goes without a metrics.json.
+    Returns the names removed (those the new set writes again are replaced, not lost)."""
     from metaemb.core.eval.scores_file import is_scores_file
     from metaemb.core.files import remove_with_set
     from metaemb.core.paths import is_our_plot
 
     if not (out / "metrics.json").is_file():
-        return
+        return []
+    dropped = []
     for name in EVALUATION_FILES:
         path = out / name
         ours = is_our_plot if path.suffix == ".png" else is_scores_file
         if path.is_file() and ours(path):  # another toolkit's scores.txt stays
             remove_with_set(path)
+            dropped.append(name)
+    return dropped
