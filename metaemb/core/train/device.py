@@ -79,7 +79,14 @@ class Distributed:
 
         everyone: list[Any] = [None] * self.world_size
         mine = {"host": socket.gethostname(), "where": where, **seen}
-        torch.distributed.all_gather_object(everyone, mine)
+        try:
+            torch.distributed.all_gather_object(everyone, mine)
+        except RuntimeError as exc:  # gloo's "Connection closed by peer", NCCL's timeout
+            raise DataError(
+                f"rank {self.rank}: another rank stopped before training started (its own log "
+                "says why: a missing data folder, a configuration error…); the process group "
+                f"said: {str(exc).splitlines()[0][:200]}"
+            ) from None
         first = everyone[0]
         for rank, other in enumerate(everyone[1:], 1):
             for key in seen:
@@ -88,6 +95,6 @@ class Distributed:
                         f"rank {rank} (host {other['host']}) sees {key} {other[key]}"
                         f"{other['where']}, rank 0 (host {first['host']}) {first[key]}"
                         f"{first['where']}: every rank must train on the "
-                        "same data and configuration (the same folder on shared storage, the "
-                        "same --set on every node)."
+                        "same data, configuration and run folder (the same folders on shared "
+                        "storage, the same --set on every node)."
                     )

@@ -278,6 +278,10 @@ class Trainer:
             )
             return self._summary(finished)
         state = self.checkpointer.resume()
+        # every rank resumes from the same epoch, or none trains (--runs not on storage all
+        # nodes see: a node's stale last.pt paired its steps with other epochs')
+        resumed_at = f"epoch {state['epoch']}" if state is not None else "no checkpoint (a new run)"
+        self.dist.refuse_differences({"as its resume point": resumed_at}, f" in '{self.dir}'")
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
         if self.dist.main:
