@@ -72,7 +72,7 @@ class Distributed:
         read, e.g. {"data": "24 samples of 4 identities in /data/faces (digest …)"}) is
         compared with rank 0's, and a rank that differs stops every rank with both named
         (DDP would average gradients of other labels, or fail on a shape, naming neither);
-        `where` (the data folder) is said, not compared: nodes may mount it elsewhere."""
+        `where` is said beside each rank's value, not compared."""
         if self.world_size <= 1:
             return
         from metaemb.core.errors import DataError

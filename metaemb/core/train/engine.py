@@ -148,9 +148,7 @@ class Trainer:
         with validation.isolated_rng(self.device):  # a first-time demo-data build draws nothing
             root = data_root(cfg, self.console if self.dist.main else None)
         self.parts = Components.build(cfg, root)
-        self.dist.refuse_differences(
-            _what_this_rank_reads(cfg, self.parts.folder), f" in '{self.parts.folder.root}'"
-        )
+        self.dist.refuse_differences(_what_this_rank_reads(cfg, self.parts.folder))
         self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
         self.model = self.parts.model.to(self.device)
         check_input_spec(self.model.features, cfg)  # saved in every checkpoint
@@ -614,4 +612,7 @@ def _what_this_rank_reads(cfg: Config, folder: Any) -> dict[str, str]:
         listing.update(f"{sample.path}\0{sample.identity}\n".encode("utf-8", "surrogateescape"))
     data = (f"{len(folder.samples)} samples of {len(folder.identities)} identities (listing "
             f"{listing.hexdigest()[:12]})")  # fmt: skip
-    return {"configuration": f"hash {cfg.hash()}", "data": data}
+    # the folder first: its path is part of the configuration, so a node mounting the data
+    # elsewhere is told that, not only that the hashes differ
+    return {"the data folder": f"'{folder.root}'", "configuration": f"hash {cfg.hash()}",
+            "data": data}  # fmt: skip

@@ -83,8 +83,8 @@ def check_first_batch(
                     f" The features give a rank-2 batch [batch, {f.shape[1]}] and declare "
                     f"out_channels = {channels}: the other axis is missing or flattened "
                     f"({f.shape[1]} = {channels} × {f.shape[1] // channels}?). Sequence features "
-                    "give [batch, channels, time], image features [batch, channels, height, "
-                    "width] (docs/plugins.md, 'Layout and lengths')."
+                    "give [batch, channels, time], two-dimensional ones [batch, channels, "
+                    "height, width] (docs/plugins.md, 'Layout and lengths')."
                 )
             elif f.dim() >= 2 and channels is not None and f.shape[1] != channels:
                 hint = (
