@@ -612,7 +612,8 @@ def _what_this_rank_reads(cfg: Config, folder: Any) -> dict[str, str]:
         listing.update(f"{sample.path}\0{sample.identity}\n".encode("utf-8", "surrogateescape"))
     data = (f"{len(folder.samples)} samples of {len(folder.identities)} identities (listing "
             f"{listing.hexdigest()[:12]})")  # fmt: skip
-    # the folder first: its path is part of the configuration, so a node mounting the data
-    # elsewhere is told that, not only that the hashes differ
-    return {"the data folder": f"'{folder.root}'", "configuration": f"hash {cfg.hash()}",
-            "data": data}  # fmt: skip
+    seen = {"configuration": f"hash {cfg.hash()}", "data": data}
+    if cfg.data.root:  # the folder first: its path is part of the configuration, so a node
+        # mounting the data elsewhere is told that (demo data: each node's own cache folder)
+        seen = {"the data folder": f"'{folder.root}'", **seen}
+    return seen
