@@ -162,3 +162,21 @@ def test_an_undecided_file_is_read_as_its_list_agrees_and_gaps_are_said(tmp_path
     half.write_text("".join(f"{e} {t} {0.9 if lab else 0.1}\n" for e, t, lab, _ in rows[4:12]))
     with pytest.warns(UserWarning, match=r"8 of the 16 labelled trials .* have no score"):
         labelled_scores(half, listed)
+
+
+def test_a_file_that_is_no_score_file_is_named_as_what_it_is(tmp_path):
+    """`metaemb metrics metrics.json` or a checkpoint gave 'line 1 is no score line'; --out a
+    folder suggested 'od/out' (H23 F8)."""
+    import torch
+
+    from metaemb.core.errors import OutputError
+    from metaemb.core.paths import ensure_writable
+
+    (tmp_path / "metrics.json").write_text('{"eer": 0.1}')
+    torch.save({"model": {}}, tmp_path / "best.pt")
+    with pytest.raises(DataError, match=r"is JSON .*scores\.txt beside it"):
+        labelled_scores(tmp_path / "metrics.json")
+    with pytest.raises(DataError, match="is a zip archive"):
+        labelled_scores(tmp_path / "best.pt")
+    with pytest.raises(OutputError, match=r"metrics\.json"):
+        ensure_writable(tmp_path, "metrics file")

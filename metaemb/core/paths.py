@@ -36,6 +36,7 @@ EXAMPLE_NAMES = {  # a file name to suggest when a folder is given for one
     "trial list": "trials.txt",
     "results file": "results.tsv",
     "export file": "model.onnx",
+    "metrics file": "metrics.json",
 }
 PROBE_BYTES = 4096  # written and fsynced by the probe, so a full disk shows up too
 

@@ -115,6 +115,7 @@ def read_any_scores(
     from the lines that can be read one way only (a line `a b 1 0` alone: score 1, label 0)."""
     path = Path(path)
     own = {**LABEL_WORDS, "-": None}
+    _refuse_other_kinds(path)
     lines = read_lines(path, tabs=True, what="score file", items="scores")
     decided = _label_first(path, lines, own)
     trials, scores = ScoredTrials(), []
@@ -141,6 +142,23 @@ def read_any_scores(
         trials.append(Trial(enroll, test, label))
         scores.append(float(score))
     return trials, np.asarray(scores)
+
+
+def _refuse_other_kinds(path: Path) -> None:
+    """A file that is plainly no score file (metrics.json, a checkpoint, an archive) named as
+    what it is, not as 'line 1 is no score line'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # read_lines says what is wrong with it
+    kinds = {b"PK\x03\x04": "a zip archive (a torch checkpoint, a gallery, an .npz?)",
+             b"\x80\x02": "a pickle", b"\x89PNG": "a PNG image", b"\x93NUMPY": "a NumPy array"}  # fmt: skip
+    kind = next((k for magic, k in kinds.items() if head.startswith(magic)), None)
+    if kind is None and head.lstrip()[:1] in (b"{", b"["):
+        kind = "JSON (metrics.json? give the scores.txt beside it)"
+    if kind:
+        raise DataError(f"score file '{path}' is {kind}, not a score file.")
 
 
 def _ambiguous(lines: list[tuple[int, list[str]]], own: dict[str, Any]) -> bool:
