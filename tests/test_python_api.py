@@ -21,6 +21,10 @@ def test_evaluation_takes_its_options_as_a_dict_or_as_the_command_lines_strings(
     assert as_dict.folder_options == as_strings.folder_options == {"sample_rate": 8000}
     with pytest.raises(ConfigError, match=r"scorer_options takes \{key: value\} or a list"):
         Evaluation(tmp_path, scorer_options="wccn=false")
+    # a key given twice was a typo taken without a word (H22 F8): the one used is said
+    with pytest.warns(UserWarning, match="--scorer-set lda_dim is given more than once: the last"):
+        twice = Evaluation(tmp_path, scorer_options=["lda_dim=2", "lda_dim=3"])
+    assert twice.scorer_set == {"lda_dim": 3}
 
 
 def test_collection_retrieval_takes_a_collection_in_memory_as_its_file(tmp_path):

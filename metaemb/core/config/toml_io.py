@@ -128,4 +128,14 @@ def option_table(given: Options, flag: str, argument: str) -> dict[str, Any]:
             f"{argument} takes {{key: value}} or a list of 'KEY=VALUE' strings, not one string "
             f"({given!r}): write {argument}=[{given!r}]."
         )
-    return dict(parse_set(s, flag) for s in given)
+    items = [parse_set(s, flag) for s in given]
+    table = dict(items)
+    twice = sorted({k for k, _ in items if sum(k == j for j, _ in items) > 1})
+    if twice:
+        import warnings
+
+        warnings.warn(
+            f"{flag} {twice[0]} is given more than once: the last, {table[twice[0]]!r}, is used.",
+            stacklevel=2,
+        )
+    return table
