@@ -236,6 +236,17 @@ def test_cross_session_targets_pair_only_other_sessions():
         tg.make_trials(flat, cross_session=True)
 
 
+def test_identities_of_one_session_are_said_to_give_no_cross_session_target():
+    """A copy flattened for some speakers gave them no targets without a word: only the
+    coverage's identities_with_targets hinted at it (H22 F8)."""
+    samples = [Sample(f"a/v{j % 2}/{j}.wav", "a", 0) for j in range(4)]
+    samples += [Sample(f"{i}/{j}.wav", i, n) for n, i in enumerate("bc", 1) for j in range(3)]
+    with pytest.warns(UserWarning, match=r"2 of the 3 identities scored have samples of one"):
+        got = tg.make_trials(Folder(Path("/data"), samples), n_nontarget=4, seed=0,
+                             cross_session=True)  # fmt: skip
+    assert {t.test.split("/")[0] for t in got if t.label} == {"a"}
+
+
 def test_cross_session_targets_drawn_from_a_large_folder_cross_sessions(monkeypatch):
     """With few targets asked of many pairs the targets are drawn by rejection, not listed; no
     test took that path, and keeping same-session pairs there instead passed every test (R9

@@ -68,6 +68,16 @@ def make_trials(
         if not targets:
             raise DataError(f"{where}: no identity has samples in two sessions, so no "
                             "cross-session target trials.")  # fmt: skip
+        single = [g for g in members if len(g) > 1 and len({sessions[i] for i in g}) < 2]
+        if single:
+            import warnings
+
+            warnings.warn(
+                f"{where}: {len(single)} of the {len(members)} identities scored have samples of one "
+                "session only (no folder between identity and file, or one), so they give no "
+                "cross-session target trial; they are in non-target trials only.",
+                stacklevel=2,
+            )
     else:
         targets = _targets(members, k, n_target, rng)
     n_non = len(targets) if n_nontarget is None else int(n_nontarget)
