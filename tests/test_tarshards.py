@@ -477,3 +477,14 @@ def test_members_re_sharded_under_other_shard_names_are_followed(tmp_path):
         keep, _, moved = _follow_moved(g, folder, new, [0, 1, 2], emb, {"alice": "alice",
                                                                          "bob": "bob"})  # fmt: skip
     assert moved == 3 and keep == []
+
+
+def test_a_folder_of_shards_read_as_plain_files_says_what_it_holds(tmp_path):
+    """A folder of tar shards given to a run of plain folders was 'no identity sub-folders',
+    while a pattern of the same shards was named as packed files (H22 F8)."""
+    from metaemb.core.errors import DataError
+    from metaemb.core.plugin.components import build
+
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"holds 1 packed file\(s\) \('shard-000000.tar'.*--folder"):
+        build("sample_folders", "image", {}, root=tmp_path)

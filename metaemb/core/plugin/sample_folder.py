@@ -245,9 +245,20 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
         elif names_itself:
             self._warn_root_files_left_out(root, exts, identity_dirs)
         if not identity_dirs and not paths:
+            from metaemb.core.paths import PACKED_SUFFIXES
+
+            packed = sorted(p.name for p in root.iterdir()
+                            if p.is_file() and p.name.lower().endswith(PACKED_SUFFIXES))  # fmt: skip
+            hint = (
+                f" It holds {len(packed)} packed file(s) ({first_few(packed, 2)}: tar shards?), "
+                "which this sample folder does not read: give --folder with a folder that reads "
+                "them (`metaemb list sample_folders`)."
+                if packed
+                else ""
+            )
             raise DataError(
                 f"data folder '{root}' has no identity sub-folders; expected <identity>/<{self.what}> "
-                f"files with extensions {', '.join(sorted(exts))}."
+                f"files with extensions {', '.join(sorted(exts))}.{hint}"
             )
         for ident_dir in identity_dirs:
             found = scan_identity(root, ident_dir, exts, state)
