@@ -153,7 +153,7 @@ def _refuse_other_kinds(path: Path) -> None:
     except OSError:
         return  # read_lines says what is wrong with it
     kinds = {b"PK\x03\x04": "a zip archive (a torch checkpoint, a gallery, an .npz?)",
-             b"\x80\x02": "a pickle", b"\x89PNG": "a PNG image", b"\x93NUMPY": "a NumPy array"}  # fmt: skip
+             b"\x80\x02": "a pickle", b"\x89PNG": "a PNG file", b"\x93NUMPY": "a NumPy array"}  # fmt: skip
     kind = next((k for magic, k in kinds.items() if head.startswith(magic)), None)
     if kind is None and head.lstrip()[:1] in (b"{", b"["):
         kind = "JSON (metrics.json? give the scores.txt beside it)"
