@@ -164,8 +164,9 @@ def _note_cropped_once(seconds: float, kept: float) -> None:
         return
     _cropped_noted = True
     warnings.warn(
-        f"recordings longer than features.max_eval_seconds = {kept:g} s are embedded from their "
-        f"middle {kept:g} s (the first met lasts {seconds:.0f} s); the run was trained with "
+        f"recordings longer than features.max_eval_seconds = {kept:g} s (of what the frontend "
+        f"keeps: the speech, after a VAD) are embedded from their middle {kept:g} s (the first "
+        f"met keeps {seconds:.0f} s); the run was trained with "
         "that cap (train with --set features.max_eval_seconds=600 to keep more). Said once per "
         "process (so once per data-loader worker).",
         stacklevel=2,
