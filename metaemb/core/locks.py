@@ -180,7 +180,6 @@ class FileLock(RunLock):
         # what refusals name: the target, or what it stands for (a folder's `evaluating`)
         self.shown = Path(shown or target)
         self.named = f"{what} '{self.shown}'"
-        self.lock_name = f"lock of the {what}"
 
     def _written(self) -> tuple[Path, str]:
         """A lock that cannot be written is named by what it guards (the export, the gallery),
