@@ -153,9 +153,9 @@ CODE_ERRORS = (AttributeError, NameError, ImportError, NotImplementedError)
 
 
 def _raised_by_its_own_code(exc: BaseException, component: Any) -> bool:
-    """Whether the innermost frame of `exc` lies in the package that defines `component`: a
-    TypeError of its own code, not one a library (pickle, torch.load, PIL) raises on a
-    damaged file."""
+    """Whether the innermost frame of `exc` lies in the package that defines `component`: an
+    error of its own code, not one a library (pickle, torch.load, PIL) raises on a damaged
+    file."""
     import sys
     from pathlib import Path
 
