@@ -162,6 +162,7 @@ def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_on
     spec = info["input_spec"]
     assert spec["image_size"] == 16 and spec["mean"] == [0.5] * 3 and spec["std"] == [0.5] * 3
     assert info["components"] == {
+        "sample_folder": "image",  # how files were read before the frontend (P21 F6)
         "frontend": "none",
         "features": "image",
         "backbone": "resnet18",
@@ -235,6 +236,7 @@ def test_speaker_onnx_matches_pytorch_for_two_lengths_and_batch_sizes(speaker_ck
     assert result.info["verified"]["fbank_max_abs_diff"] < 1e-3
     assert result.info["components"]["frontend"] == "energy"
     assert result.info["frontend_options"]["threshold"] == 5.5  # defaults included
+    assert result.info["sample_folder_options"]["sample_rate"] == 16000  # read as training read
     assert "Kaldi energy VAD" in result.info["preprocessing"][0]
     said = " ".join(result.info["preprocessing"])  # the edges of the input contract (E1 F12)
     assert (

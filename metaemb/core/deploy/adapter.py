@@ -138,6 +138,15 @@ def frontend_options(config: Config) -> dict[str, Any]:
     return opts
 
 
+def sample_folder_options(config: Config) -> dict[str, Any]:
+    """The sample folder's options, defaults included: how files were read before the
+    frontend (a rate to resample to, a decode), which a deployment reads files as too."""
+    factory = registry("sample_folders").get(config.data.folder)
+    opts = {k: o.default for k, o in options_of(factory).items()}
+    opts.update(config.options("folder"))
+    return opts
+
+
 def frontend_details(config: Config) -> dict[str, Any]:
     """`{"frontend_details": …}` when the training frontend says what a deployment needs to
     replicate it (an optional static `export_details(options)`: the align frontend's template

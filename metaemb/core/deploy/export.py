@@ -38,6 +38,7 @@ from metaemb.core.deploy.adapter import (
     input_kind,
     outputs_of,
     preprocessing,
+    sample_folder_options,
 )
 from metaemb.core.deploy.export_checks import (
     as_list,
@@ -382,6 +383,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             "epoch": state.get("epoch"),
             "modality": config.modality,
             "components": {
+                "sample_folder": config.data.folder,
                 "frontend": config.model.frontend,
                 "features": config.model.features,
                 "backbone": config.model.backbone,
@@ -389,6 +391,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
                 "scorer": config.eval.scorer,
             },
             "scorer": scorer_entry(config, out, scorer_state),
+            "sample_folder_options": sample_folder_options(config),
             "frontend_options": frontend_options(config),
             **frontend_details(config),
             "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
