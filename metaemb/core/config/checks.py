@@ -75,8 +75,8 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 def check_types(cfg: Config) -> None:
     """Refuse a core value of the wrong type (a field set by hand on a resolved Config from
     Python: `cfg.train.epochs = "2"`), naming the key, before a torch error deep inside does.
-    What a notebook naturally gives is converted: a Path where text goes, numpy numbers. The
-    components' options are checked against their parameters' types too."""
+    What a notebook naturally gives is converted: a Path where text goes, numpy numbers
+    (`check_component_options` checks the components' options)."""
     import numbers
     import os
     import typing
