@@ -146,16 +146,7 @@ def test_verification_plots_of_equal_scores_and_the_hull_the_eer_lies_on(tmp_pat
     rng = np.random.default_rng(0)
     tar, non = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 30)
     result = metrics.verification_report(tar, non, [0.01])
-    drawn = {}
-    real_save = report.save_png
-
-    def keep(fig, path):
-        drawn.update({line.get_label(): line for line in fig.axes[0].get_lines()})
-        return real_save(fig, path)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "save_png", keep)
-        report.det_plot(tmp_path / "det.png", tar, non, result)
+    drawn = lines_drawn(report.det_plot, tmp_path / "det.png", tar, non, result)
     hull = drawn["ROC convex hull"]
     [eer_label] = [k for k in drawn if k.startswith("EER")]
     assert eer_label.endswith("(hull)")
@@ -180,16 +171,7 @@ def test_the_roc_plot_passes_through_the_reported_tar_at_far(tmp_path):
     result = metrics.verification_report(tar, non, [0.01])
     for far in (1e-4, 1e-3, 1e-2):
         result[f"tar_at_far_{far:g}"] = metrics.tar_at_far(tar, non, far)
-    drawn = {}
-    real_save = report.save_png
-
-    def keep(fig, path):
-        drawn.update({line.get_label(): line for line in fig.axes[0].get_lines()})
-        return real_save(fig, path)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "save_png", keep)
-        report.roc_plot(tmp_path / "roc.png", tar, non, result)
+    drawn = lines_drawn(report.roc_plot, tmp_path / "roc.png", tar, non, result)
     curve = drawn["every threshold"]
     x, y = np.asarray(curve.get_xdata()), np.asarray(curve.get_ydata())
     marks = {k: line for k, line in drawn.items() if k.startswith("TAR ")}
@@ -216,3 +198,20 @@ def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
         assert all(Image.open(p).size[0] > 100 for p in paths)
     finally:
         matplotlib.use(before)
+
+
+def lines_drawn(draw, path, *args):
+    """{label: line} of the figure `draw(path, *args)` saves, read as it is saved."""
+    from metaemb.core.eval import report
+
+    drawn = {}
+    real_save = report.save_png
+
+    def keep(fig, out):
+        drawn.update({line.get_label(): line for line in fig.axes[0].get_lines()})
+        return real_save(fig, out)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "save_png", keep)
+        draw(path, *args)
+    return drawn

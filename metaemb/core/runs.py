@@ -206,3 +206,14 @@ def remove_unstarted_run(folder: Path) -> None:
         lock.release()
     with contextlib.suppress(OSError):  # empty unless another process started in it since
         folder.rmdir()
+
+
+def skipped_paths(listed: Path, paths: set[str]) -> set[str]:
+    """The `paths` a run's skipped.txt lists (`path<TAB>reason` per line; a path may hold a tab
+    itself, so every tab of a line is tried as the end of its path)."""
+    text = listed.read_text(encoding="utf-8", errors="surrogateescape")  # as paths are
+    found = set()
+    for line in text.splitlines():
+        cuts = [i for i, c in enumerate(line) if c == "\t"] + [len(line)]
+        found.update(line[:i] for i in cuts if line[:i] in paths)
+    return found

@@ -163,7 +163,7 @@ def test_the_run_is_evaluated_on_its_validation_trials_without_the_files_it_skip
 def test_a_skipped_file_with_a_tab_in_its_name_is_found_in_skipped_txt(tmp_path):
     """skipped.txt is `path<TAB>reason`: a path holding a tab was cut at it and never matched,
     so `evaluate RUN` stopped on the file training had skipped (H23 F1)."""
-    from metaemb.core.eval.evaluate import skipped_paths
+    from metaemb.core.runs import skipped_paths
 
     listed = tmp_path / "skipped.txt"
     listed.write_bytes(b"id0/bad\ttab.png\timage is corrupt\tsaid twice\nid1/caf\xe9.png\tx\n")

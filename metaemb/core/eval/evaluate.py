@@ -65,6 +65,7 @@ from metaemb.core.paths import (
 from metaemb.core.plugin.interfaces import SampleFolder, Scorer, Trial
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.sample_folder import empty_folders_skipped
+from metaemb.core.runs import skipped_paths
 from metaemb.core.scoring.choice import choose_scorer
 from metaemb.core.scoring.scorers import check_consistent
 from metaemb.core.train import validation
@@ -515,14 +516,3 @@ class Evaluation:
 
 def _described(scorer: Any, name: str) -> str:
     return getattr(scorer, "_metaemb_component", None) or f"scorer '{name}'"
-
-
-def skipped_paths(listed: Path, paths: set[str]) -> set[str]:
-    """The `paths` a run's skipped.txt lists (`path<TAB>reason` per line; a path may hold a tab
-    itself, so every tab of a line is tried as the end of its path)."""
-    text = listed.read_text(encoding="utf-8", errors="surrogateescape")  # as paths are
-    found = set()
-    for line in text.splitlines():
-        cuts = [i for i, c in enumerate(line) if c == "\t"] + [len(line)]
-        found.update(line[:i] for i in cuts if line[:i] in paths)
-    return found

@@ -338,7 +338,7 @@ def run_measure(
             leave_out = frozenset()
             skipped = run_dir / "skipped.txt"
             if data is None and preloaded is None and skipped.is_file():  # as training did
-                from metaemb.core.eval.evaluate import skipped_paths
+                from metaemb.core.runs import skipped_paths
 
                 leave_out = frozenset(skipped_paths(skipped, {s.path for s in folder.samples}))
             result = class_measure(loaded, folder, sc, workers, enroll,

@@ -276,17 +276,14 @@ def _loo_map(rows: np.ndarray, probe_labels: np.ndarray, labels: np.ndarray, sel
 def _refuse_replacing_another_file(path: Path) -> None:
     """What `metaemb embed --out` refuses, refused from Python too: a run's checkpoint, a data
     sample, a folder, or an existing file that is not an embeddings file (a model, an export)."""
-    from metaemb.core.errors import OutputError
-    from metaemb.core.paths import ensure_writable
+    from metaemb.core.paths import ensure_writable, refuse_replacing_another_file
+
+    def ours(existing: Path) -> bool:
+        try:
+            Collection.load(existing)
+        except MetaembError:
+            return False
+        return True
 
     ensure_writable(path, "embeddings file")
-    if not path.is_file() or path.stat().st_size == 0:  # an empty file holds nothing to lose
-        return
-    try:
-        Collection.load(path)
-    except MetaembError:
-        raise OutputError(
-            f"'{path}' exists and is not an embeddings file written by metaemb (a model, an "
-            "export or another file), which saving would replace: move it, or choose another "
-            "file name."
-        ) from None
+    refuse_replacing_another_file(path, "embeddings file", ours, "metaemb embed")
