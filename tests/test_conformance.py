@@ -215,9 +215,14 @@ def build_default(kind: str, name: str, tmp_path, **context):
     ctx |= {"in_features": 16, "dim": 8, "labels": [0, 0, 1, 1, 2, 2, 3, 3] * 4}
     ctx |= {"batch_size": 8, "seed": 0, "rank": 0, "world_size": 1, "out": tmp_path / "out"}
     ctx |= context
+    return build_or_skip(kind, name, {}, **ctx)
+
+
+def build_or_skip(kind: str, name: str, options: dict, **context):
+    """build(), where an optional extra that is not installed is a skip, not a failure."""
     try:
-        return build(kind, name, {}, **ctx)
-    except Exception as exc:  # an optional extra that is not installed is a skip, not a failure
+        return build(kind, name, options, **context)
+    except Exception as exc:
         missing = isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError)
         if missing or "MissingExtra" in {c.__name__ for c in type(exc).__mro__}:
             pytest.skip(f"{kind} '{name}' needs an optional dependency: {exc}")
@@ -348,7 +353,7 @@ def test_backbone_gives_n_by_feature_dim(kind, name):
         )
     _, features, raw, _ = found
     x, lengths = _batch(features, raw)
-    net = build(kind, name, {}, in_channels=features.out_channels).eval()
+    net = build_or_skip(kind, name, {}, in_channels=features.out_channels).eval()
     with torch.no_grad():
         out = net(x, lengths)
     assert out.shape == (2, net.feature_dim) and net.feature_dim > 0
@@ -376,7 +381,7 @@ def test_backbone_embeds_a_padded_sample_as_it_would_alone(kind, name):
     x, lengths = features.collate([long, short])
     if lengths is None or int(lengths.min()) == int(lengths.max()):
         pytest.skip(f"the features for '{name}' make fixed-size inputs (nothing is padded)")
-    net = build(kind, name, {}, in_channels=features.out_channels).eval()
+    net = build_or_skip(kind, name, {}, in_channels=features.out_channels).eval()
     with torch.no_grad():
         batched = net(*features(x, lengths))[1]
         alone = net(*features(*features.collate([short])))[0]

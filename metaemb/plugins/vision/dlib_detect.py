@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from metaemb.core.errors import ConfigError, DataError, MetaembError
-from metaemb.core.optional import require
+from metaemb.core.errors import ConfigError, DataError
+from metaemb.core.optional import MissingExtra, require
 from metaemb.plugins.vision.landmarks import Landmarks, LandmarkSource
 
 INSTALL_HINT = "pip install 'metaemb[face]'  (installs dlib-bin and face_recognition_models)"
@@ -38,12 +38,12 @@ def model_path(which: str) -> Path:
     """Path of a model file shipped by face_recognition_models (without importing pkg_resources)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise MetaembError(
+        raise MissingExtra(
             f"dlib's model files come from the face_recognition_models package: {INSTALL_HINT}."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / MODEL_FILES[which]
     if not path.is_file():
-        raise MetaembError(f"model file '{path}' is missing; reinstall it: {INSTALL_HINT}.")
+        raise MissingExtra(f"model file '{path}' is missing; reinstall it: {INSTALL_HINT}.")
     return path
 
 
