@@ -787,3 +787,21 @@ def test_numpy_and_random_streams_are_kept_in_checkpoints():
     np.random.rand(5), random.random()
     restore_rng(state, 0, 1)
     assert (np.random.rand(), random.random()) == want
+
+
+def test_validation_embeds_in_float32_under_amp(faces, tmp_path):
+    """With train.amp (bf16 autocast on CUDA; CPU autocast stands in for it here) training steps
+    run in bf16, but validation embeds in float32, as `evaluate RUN` does: the EER that picks
+    best.pt is the one evaluate reproduces."""
+    from metaemb.core.data.embed import extract
+
+    t = trainer(faces, tmp_path / "runs")
+    t.setup()
+    t.amp = True
+    ds = t.parts.dataset(t.train_folder, train=False)
+    emb, _ = t.embed(ds)
+    t.model.eval()
+    fp32, _, _ = extract(t.model, ds, t.device, batch_size=8, workers=0)
+    bf16, _, _ = extract(t.model, ds, t.device, batch_size=8, workers=0, autocast=True)
+    assert torch.allclose(emb, fp32, atol=1e-6)
+    assert not torch.allclose(bf16, fp32, atol=1e-4)  # bf16 rounding is visible at this size

@@ -530,14 +530,11 @@ class Trainer:
         refuse_nonfinite(out, kept, dataset.folder, self.config, self.epoch)
         return out, kept
 
-    def _extract(self, fn: Any, dataset: PreparedDataset, autocast: bool = True) -> Any:
+    def _extract(self, fn: Any, dataset: PreparedDataset) -> Any:
+        """In float32 even under `train.amp`: the validation EER that picks best.pt must be the
+        number `evaluate`, `embed` and an export reproduce, and bf16 rounding moves it."""
         return extract(
-            fn,
-            dataset,
-            self.device,
-            batch_size=self.config.eval.batch_size,
-            workers=self.workers,
-            autocast=self.amp and autocast,
+            fn, dataset, self.device, batch_size=self.config.eval.batch_size, workers=self.workers
         )
 
     def _baseline(self) -> dict[str, float]:
@@ -545,9 +542,7 @@ class Trainer:
         path = self.dir / BASELINE
         if not self.dist.main and not path.exists():
             return {}
-        return self.validator.baseline(
-            path, lambda fn, ds: self._extract(fn, ds, autocast=False), self.device
-        )
+        return self.validator.baseline(path, self._extract, self.device)
 
     def _init_head_from_features(self) -> None:
         """The original meta-embedding recipe: start the head from training-set features
@@ -559,7 +554,7 @@ class Trainer:
         self.console.print("initialising the head from a PLDA fitted on training features …")
         self.model.eval()
         feats, kept, bad = self._extract(
-            self.model.pooled, self.parts.dataset(self.train_folder, train=False), autocast=False
+            self.model.pooled, self.parts.dataset(self.train_folder, train=False)
         )
         self._note_bad(bad)
         head.init_from_features(feats.to(self.device), torch.tensor(self.train_folder.labels)[kept])
