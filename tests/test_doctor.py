@@ -78,3 +78,18 @@ def test_doctor_says_a_cache_folder_that_cannot_be_created(monkeypatch, capsys):
     assert (
         "cache folder problem: '/dev/null/x' cannot be created: '/dev/null' is not a folder" in said
     )
+
+
+def test_doctor_reports_a_strict_plugin_failure_instead_of_crashing(capsys, monkeypatch):
+    """METAEMB_STRICT_PLUGINS=1 turns a broken plugin into an error of state() itself: doctor,
+    the command for bug reports, says it in one line (it raised KeyError 'summary')."""
+    from metaemb.core.errors import PluginError
+
+    def broken():
+        raise PluginError("plugin 'brokenplug' failed: its register_scorers hook raised boom")
+
+    monkeypatch.setattr(manager, "state", broken)
+    for args in (["doctor"], ["doctor", "--json"]):
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        assert "plugins failed to load: PluginError: plugin 'brokenplug' failed" in out

@@ -77,7 +77,9 @@ def _plugins() -> dict[str, Any]:
         failed = [{"name": f.name, "error": f.error, "skipped": f.skipped,
                    "summary": f.summary()} for f in st.failed]  # fmt: skip
     except Exception as exc:  # METAEMB_STRICT_PLUGINS=1 with a broken plugin, or worse
-        loaded, failed = [], [{"name": "?", "error": f"{type(exc).__name__}: {exc}"}]
+        error = f"{type(exc).__name__}: {exc}"
+        loaded = []
+        failed = [{"name": "?", "error": error, "skipped": "", "summary": f"plugins failed to load: {error}"}]  # fmt: skip
     return {"loaded": loaded, "failed": failed, "disabled": sorted(disabled_plugins())}
 
 
