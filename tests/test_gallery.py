@@ -1069,6 +1069,17 @@ def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path
         else:
             path.unlink()
         g.save(path)
+    # a re-enrollment keeps names, sources and counts but not the embeddings: still a change
+    # another writer made, which a stale copy must not overwrite (R11 F3)
+    service = Gallery.load(path)
+    other = Gallery.load(path)
+    n = int((other.owner == other.identities.index("bob")).sum())
+    other.remove("bob")
+    other.add("bob", torch.ones(n, 4))
+    other.save(path)
+    service.add("dave", torch.randn(1, 4))
+    with pytest.raises(GalleryError, match="changed on disk since it was loaded"):
+        service.save(path)
 
 
 def test_python_saves_refuse_what_the_commands_refuse(tmp_path):

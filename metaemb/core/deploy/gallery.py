@@ -332,11 +332,19 @@ class Gallery:
         self._read_as = (real, _file_signature(real), self._fingerprint())
 
     def _fingerprint(self) -> str:
-        """What another writer could add or take away: the identities, the sources and the
-        number of samples (a digest of them, cheap beside the embeddings)."""
-        return _digest("\n".join(self.identities).encode("utf-8", "surrogateescape") + b"\0"
-                       + "\n".join(self.sources).encode("utf-8", "surrogateescape")
-                       + f"\0{self.num_samples}".encode())  # fmt: skip
+        """A digest of everything another writer could change: the model stamp, identities,
+        sources, owners and the sample tensors themselves (a re-enrollment keeps the names and
+        counts but not the embeddings). Hashing runs at about 1 GB/s, far below torch.load."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(sorted(asdict(self.stamp).items())).encode())
+        for text in (self.identities, self.sources):
+            h.update("\n".join(text).encode("utf-8", "surrogateescape") + b"\0")
+        for name, t in [("owner", self.owner), *sorted(self.data.items())]:
+            h.update(name.encode() + str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
@@ -453,12 +461,6 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     g = Gallery.load(path)
     g.check(digest, where)
     return g
-
-
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _changed_since(path: str, read: tuple[str, Any, str]) -> bool:
