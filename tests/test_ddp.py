@@ -69,3 +69,24 @@ def test_ranks_that_read_different_data_are_stopped_with_both_named(tmp_path: Pa
     (tmp_path / "store").unlink(missing_ok=True)
     mp.spawn(_rank_reads, args=(str(tmp_path / "store"), str(tmp_path), seen), nprocs=2)
     assert (tmp_path / "rank1.txt").read_text() == "ok"
+
+
+def test_each_cuda_rank_makes_its_own_gpu_current_before_the_process_group(monkeypatch) -> None:
+    """NCCL's object collectives (the ranks' data comparison) run on torch.cuda.current_device():
+    unset, every rank of an 8-GPU node would gather on GPU 0 (R11 F2). Checked by the calls it
+    makes, since no test machine has several GPUs."""
+    import torch
+
+    from metaemb.core.train.device import Distributed
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend: calls.append(("init", backend))
+    )
+    Distributed(rank=3, world_size=4, local_rank=1).init(torch.device("cuda:1"))
+    assert calls == [("set_device", torch.device("cuda:1")), ("init", "nccl")]
+    calls.clear()
+    Distributed(rank=1, world_size=2, local_rank=1).init(torch.device("cpu"))
+    assert calls == [("init", "gloo")]

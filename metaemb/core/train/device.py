@@ -61,6 +61,10 @@ class Distributed:
     def init(self, device: torch.device) -> None:
         if self.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda" and device.index is not None:
+                # NCCL's object collectives (refuse_differences) run on the *current* device:
+                # left unset, every rank of a node would gather on GPU 0
+                torch.cuda.set_device(device)
             torch.distributed.init_process_group(backend)
 
     def barrier(self) -> None:
