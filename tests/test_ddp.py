@@ -90,3 +90,24 @@ def test_each_cuda_rank_makes_its_own_gpu_current_before_the_process_group(monke
     calls.clear()
     Distributed(rank=1, world_size=2, local_rank=1).init(torch.device("cpu"))
     assert calls == [("init", "gloo")]
+
+
+def test_nodes_with_a_relative_data_folder_under_their_own_working_folders_agree() -> None:
+    """`--data faces` from each node's own job folder (node-local copies) resolves to another
+    absolute path per node; the run is keyed by the folder as typed, so those ranks agree,
+    while an absolute --data naming other folders is still told apart (R11 F6)."""
+    from types import SimpleNamespace
+
+    from metaemb.core.config import resolve
+    from metaemb.core.train.engine import _what_this_rank_reads
+
+    samples = [SimpleNamespace(path=f"id{i}/0.png", identity=f"id{i}") for i in range(3)]
+
+    def seen(typed: str, resolved: str) -> dict[str, str]:
+        cfg = resolve("face", sets=[f'data.root="{typed}"', f'data.root_absolute="{resolved}"'])
+        folder = SimpleNamespace(samples=samples, identities=["id0", "id1", "id2"], root=resolved)
+        return _what_this_rank_reads(cfg, folder)
+
+    assert seen("faces", "/scratch/node0/faces") == seen("faces", "/scratch/node1/faces")
+    other = seen("/mnt/b/faces", "/mnt/b/faces")["the data folder"]
+    assert seen("/mnt/a/faces", "/mnt/a/faces")["the data folder"] != other
