@@ -486,5 +486,8 @@ def test_a_folder_of_shards_read_as_plain_files_says_what_it_holds(tmp_path):
     from metaemb.core.plugin.components import build
 
     (tmp_path / "shard-000000.tar").write_bytes(b"")
-    with pytest.raises(DataError, match=r"holds 1 packed file\(s\) \('shard-000000.tar'.*--folder"):
+    with pytest.raises(
+        DataError,
+        match=r"holds 1 packed file\(s\) \('shard-000000.tar'.*--folder NAME, or --set data.folder=NAME to train",
+    ):
         build("sample_folders", "image", {}, root=tmp_path)

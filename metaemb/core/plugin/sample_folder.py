@@ -141,7 +141,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
 
         packed = (
             " It names packed files (tar shards?), which this sample folder does not read: "
-            "give --folder with a folder that reads them (`metaemb list sample_folders`)."
+            "name one that does (--folder NAME, or --set data.folder=NAME to train; "
+            "`metaemb list sample_folders` lists them)."
         )
         if not root.exists():
             refuse_looping_link(root)
@@ -251,8 +252,8 @@ class SampleFolder(torch.utils.data.Dataset, abc.ABC):
                             if p.is_file() and p.name.lower().endswith(PACKED_SUFFIXES))  # fmt: skip
             hint = (
                 f" It holds {len(packed)} packed file(s) ({first_few(packed, 2)}: tar shards?), "
-                "which this sample folder does not read: give --folder with a folder that reads "
-                "them (`metaemb list sample_folders`)."
+                "which this sample folder does not read: name one that does (--folder NAME, or "
+                "--set data.folder=NAME to train; `metaemb list sample_folders` lists them)."
                 if packed
                 else ""
             )
