@@ -172,6 +172,7 @@ def test_sidecar_describes_input_preprocessing_and_provenance(face_ckpt, face_on
     assert info["preprocessing"][0].startswith("no frontend")
     assert "(x − mean) / std" in info["preprocessing"][3]
     assert "torchvision.transforms.v2.functional.resize(antialias=True)" in info["preprocessing"][1]
+    assert "16-bit data keeps its high byte (value >> 8)" in info["preprocessing"][1]
     assert info["verified"]["max_abs_diff"] < 1e-4
     assert info["verified"]["wrapper_vs_model_max_rel_diff"] == 0  # ImageInference is the model
     # the checkpoint named wherever export ran, and the weights' digest, as galleries record it

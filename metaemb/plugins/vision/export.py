@@ -43,7 +43,9 @@ class ImageExport(ExportAdapter):
     def preprocessing(self, spec: dict[str, Any]) -> list[str]:
         s = spec["image_size"]
         return [
-            f"RGB uint8; if not square, centre-crop to a square of the shorter side; then "
+            "RGB uint8 of the stored pixels (no EXIF rotation): PIL's convert('RGB'), except "
+            "16-bit data keeps its high byte (value >> 8) and float grey in [0, 1] becomes "
+            f"round(255 x); if not square, centre-crop to a square of the shorter side; then "
             f"resize the uint8 image to {s} × {s} with torchvision.transforms.v2.functional."
             "resize(antialias=True) (v1 or PIL resizing rounds differently)",
             "float32 pixels x / 255 in [0, 1]",
