@@ -145,6 +145,19 @@ def test_a_set_cut_short_among_its_renames_lacks_its_marker_rather_than_mixing(
         files.atomic_write_text(tmp_path / "metrics.json", "new")
     assert (tmp_path / "scores.txt").read_text() == "new"
     assert not (tmp_path / "metrics.json").exists()
+    # An earlier set's file queued for removal (drop_earlier_set) that the new set writes again
+    # is replaced by its rename, not removed before it: killed at the first rename, the earlier
+    # file is still there (it was unlinked first, leaving only hidden temps; H24 F1).
+    for name in ("scores.txt", "det.png", "metrics.json"):
+        (tmp_path / name).write_text("old")
+    calls.append("killed at the first rename")
+    with pytest.raises(KeyboardInterrupt), files.written_together():
+        for name in ("scores.txt", "det.png"):
+            files.remove_with_set(tmp_path / name)
+        files.atomic_write_text(tmp_path / "scores.txt", "new")
+        files.atomic_write_text(tmp_path / "metrics.json", "new")
+    assert (tmp_path / "scores.txt").read_text() == "old"
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_a_long_but_legal_name_is_written(tmp_path):

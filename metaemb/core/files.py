@@ -68,10 +68,12 @@ def written_together() -> Iterator[None]:
         _deferred.reset(token)
     if len(pending) > 1:
         pending[-1][1].unlink(missing_ok=True)
+    rewritten = {path for tmp, path in pending if tmp}
     for tmp, path in pending:
         if tmp:
             os.replace(tmp, path)
-        else:  # a `remove_with_set`: an earlier set's file this one has no version of
+        elif path not in rewritten:  # a `remove_with_set` of a file the new set has no
+            # version of; one it writes again is replaced by its rename, never missing
             path.unlink(missing_ok=True)
 
 
