@@ -258,3 +258,22 @@ def test_fresh_says_which_exports_and_galleries_belong_to_the_earlier_weights(tm
     with warnings.catch_warnings():  # nothing of an earlier training: nothing said
         warnings.simplefilter("error")
         Checkpointer(run, "h").prepare(fresh=True)
+
+
+def test_a_locked_output_with_a_long_but_legal_name_is_written(tmp_path):
+    """A gallery named with 250 bytes was refused as 'too long' although legal: its lock
+    `.<name>.lock` was the name over 255 bytes (H24 F2). Such locks take a digest name, as
+    temps do; a name really over the limit is said with its size."""
+    from metaemb.core.locks import FileLock
+    from metaemb.core.paths import output_error
+
+    path = tmp_path / ("g" * 247 + ".pt")
+    with FileLock(path, "gallery"):
+        files.atomic_write_bytes(path, b"x")
+    assert path.read_bytes() == b"x"
+    too_long = tmp_path / ("x" * 248 + ".onnx.json")
+    try:
+        too_long.write_text("")
+    except OSError as exc:
+        said = str(output_error(exc, too_long, "export sidecar"))
+    assert "this one is 258 bytes; file systems allow 255 per name" in said

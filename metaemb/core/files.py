@@ -87,9 +87,9 @@ def remove_with_set(path: Path) -> None:
         pending.append(("", path))
 
 
-def _temp_stem(path: Path) -> str:
+def hidden_stem(path: Path) -> str:
     """`.<name>`, or `.metaemb-<digest of the name>` for a name so long (over 200 bytes) that
-    the temp's extra characters would pass the file system's 255-byte limit."""
+    the extra characters of a temp or lock beside it would pass the 255-byte name limit."""
     if len(path.name.encode("utf-8", "surrogateescape")) <= 200:
         return f".{path.name}"
     import hashlib
@@ -100,7 +100,7 @@ def _temp_stem(path: Path) -> str:
 def _temp_prefix(path: Path) -> str:
     """`.<name>.<pid>.`: a temp copy names the process writing it, so one left by a killed
     process is told from one being written now (`remove_orphan_temps`)."""
-    return f"{_temp_stem(path)}.{os.getpid()}."
+    return f"{hidden_stem(path)}.{os.getpid()}."
 
 
 def remove_orphan_temps(path: Path) -> None:
@@ -112,7 +112,7 @@ def remove_orphan_temps(path: Path) -> None:
     import glob
     import time
 
-    stem = _temp_stem(path)
+    stem = hidden_stem(path)
     # `.<name>.<pid>.<random>.tmp` (mkstemp's random part has no dot) or, from an older
     # metaemb, `.<name>.<random>.tmp`: a sibling `<name>.7000`'s temps never match
     ours = re.compile(rf"^{re.escape(stem)}\.(?:(\d+)\.)?[^.]+\.tmp$")

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from metaemb.core.errors import MetaembError
-from metaemb.core.files import FILE_MODE, process_alive
+from metaemb.core.files import FILE_MODE, hidden_stem, process_alive
 
 
 class RunInProgress(MetaembError):
@@ -176,7 +176,7 @@ class FileLock(RunLock):
         real = Path(os.path.realpath(target))  # one lock for the file, whatever link names it
         super().__init__(real.parent)
         self.target, self.what = Path(target), what
-        self.path = real.parent / f".{real.name}.lock"
+        self.path = real.parent / f"{hidden_stem(real)}.lock"  # a 250-byte name fits too
         # what refusals name: the target, or what it stands for (a folder's `evaluating`)
         self.shown = Path(shown or target)
         self.named = f"{what} '{self.shown}'"

@@ -61,7 +61,8 @@ def output_error(exc: OSError, path: str | Path, what: str = "output") -> Output
     elif exc.errno == errno.EROFS:  # no permission fixes a read-only mount
         fix = "choose an output path on a writable disk"
     elif exc.errno == errno.ENAMETOOLONG:
-        fix = "choose a shorter name (file systems allow 255 bytes per name)"
+        size = len(Path(path).name.encode("utf-8", "surrogateescape"))
+        fix = f"choose a shorter name (this one is {size} bytes; file systems allow 255 per name)"
     else:
         fix = "choose a writable output path or fix the folder's permissions"
     return OutputError(f"cannot write the {what} '{where}': {cause}; {fix}.")
