@@ -73,11 +73,15 @@ def print_results(out: Console, ident: Identification, show: int) -> None:
         m.add_column("metric")
         m.add_column("value", justify="right")
         for k, v in ident.metrics.items():
-            if isinstance(v, float) and k != "threshold":
+            if k.startswith("threshold_at"):
+                m.add_row(k, f"{v:.4g}")
+            elif isinstance(v, float) and k != "threshold":
                 m.add_row(k, f"{v:.2%}")
-            elif k != "threshold":
+            elif k not in ("threshold", "notes"):
                 m.add_row(k, str(v))
         out.print(m)
+        for note in ident.metrics.get("notes", []):
+            out.print(f"note: {escape(note)}")
 
 
 def identity_names(identities: str | None, identities_file: Path | None) -> list[str] | None:

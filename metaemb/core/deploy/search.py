@@ -220,9 +220,14 @@ def _depth_of_old_names(records: list[tuple[tuple[str, ...], str]], labels: set[
 
 
 def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> dict[str, Any]:
-    """Closed-set rank-1/5 over mated probes, TPIR@FPIR, and the open-set decisions' accuracy."""
+    """Closed-set rank-1/5 over mated probes, TPIR@FPIR with the score threshold of each (accept
+    scores above it), and the open-set decisions' accuracy; `notes` says what a small probe
+    set makes of them."""
+    import numpy as np
+
     from metaemb.core.deploy.gallery import NEW
     from metaemb.core.eval import identification as ident
+    from metaemb.core.eval.metrics import false_rate_cut
 
     mated = [t in g for t in truth]
     n_mated = sum(mated)
@@ -232,21 +237,36 @@ def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> di
         "non_mated": len(truth) - n_mated,
     }
     decisions = result.decisions()
+    n_non = len(truth) - n_mated
+    notes: list[str] = []
     if n_mated:
         matrix = g.score_matrix(emb, scorer)
         cmc = ident.cmc(matrix, truth, g.identities, max_rank=5)
-        out["rank_1"], out["rank_5"] = float(cmc[0]), float(cmc[4])
-        if n_mated < len(truth):
+        out["rank_1"] = float(cmc[0])
+        if len(g.identities) > 5:  # with 5 or fewer identities every mate is in the top 5
+            out["rank_5"] = float(cmc[4])
+        if n_non:
+            top_non = np.asarray(matrix, dtype=np.float64)[~np.array(mated)].max(axis=1)
             for fpir in (0.01, 0.1):
                 out[f"tpir_at_fpir_{fpir:g}"] = ident.tpir_at_fpir(
                     matrix, truth, g.identities, fpir
                 )
+                out[f"threshold_at_fpir_{fpir:g}"] = false_rate_cut(top_non, fpir, "FPIR")
+                if n_non * fpir < 1:
+                    notes.append(
+                        f"tpir_at_fpir_{fpir:g} is the TPIR at FPIR 0: {n_non} non-mated probe(s) "
+                        f"are fewer than the {1 / fpir:g} it takes for one false alarm at FPIR "
+                        f"{fpir:g}; add unenrolled people's probes"
+                    )
         hits = sum(d == t for d, t, m in zip(decisions, truth, mated, strict=True) if m)
         out["correct_identification_rate"] = hits / n_mated
-    if n_mated < len(truth):
+    if n_non and (result.threshold is not None or result.p_new is not None):
+        # closed-set decisions accept every probe: no false-positive rate to measure
         wrong = sum(d != NEW for d, m in zip(decisions, mated, strict=True) if not m)
-        out["false_positive_identification_rate"] = wrong / (len(truth) - n_mated)
+        out["false_positive_identification_rate"] = wrong / n_non
     out["threshold"] = result.threshold
+    if notes:
+        out["notes"] = notes
     return out
 
 
