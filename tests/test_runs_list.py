@@ -168,6 +168,32 @@ def test_a_model_worse_than_the_no_learning_baseline_is_named():
         assert ("is worse than the raw input baseline's" in out.getvalue()) is warned
 
 
+def test_many_files_skipped_with_one_error_are_said_to_look_like_a_bug():
+    """40 of 140 files skipped with one IndexError of a plugin's frontend read as '40 bad
+    sample(s) skipped' beside a normal result (P22 F3): one cause on many files is named."""
+    import io
+
+    from rich.console import Console
+
+    from metaemb.core.config import resolve
+    from metaemb.core.train.summary import print_summary
+
+    history = [{"epoch": 1, "loss": 1.0, "eer": 0.13, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4,
+                "cllr": 0.9, "min_cllr": 0.4}]  # fmt: skip
+    bug = "'{p}': features 'minutiae' failed on it in prepare: IndexError: index 4 is out of bounds"
+    same = [f"f{i:03d}/1.json\t" + bug.format(p=f"f{i:03d}/1.json") for i in range(40)]
+    damaged = [f"f{i}.json\t'f{i}.json' is not valid JSON (line {i})" for i in range(3)]
+    for skipped, samples, warned in ((same, 140, True), (damaged, 140, False),
+                                     (same[:3], 1000, False)):  # fmt: skip
+        out = io.StringIO()
+        print_summary(Console(file=out, width=300), resolve("face"), history,
+                      {"name": "raw input", "eer": 0.2}, skipped, samples)  # fmt: skip
+        said = " ".join(out.getvalue().split())
+        assert ("40 skipped files (29% of the data) failed the same way: '<file>': features "
+                "'minutiae' failed on it in prepare: IndexError" in said) is warned, said  # fmt: skip
+        assert ("more often a bug in a component" in said) is warned
+
+
 def test_runs_says_training_now_damaged_without_records_and_how_deep_it_looks(
     tiny_face_run, tmp_path, capsys
 ):

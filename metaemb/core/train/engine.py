@@ -585,7 +585,8 @@ class Trainer:
 
         baseline = baseline or read_json(self.dir / BASELINE)
         if self.dist.main and history:
-            print_summary(self.console, self.config, history, baseline, self.skipped)
+            print_summary(self.console, self.config, history, baseline, self.skipped,
+                          len(self.parts.folder.samples))  # fmt: skip
             write_summary(self.dir / "README.md", self.config, history, baseline)
         key = self.config.select_key()
         return {

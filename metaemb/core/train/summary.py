@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def print_summary(
     history: list[dict[str, Any]],
     baseline: dict[str, Any],
     skipped: list[str],
+    samples: int | None = None,
 ) -> None:
     caption = f"baseline: {baseline.get('name', 'raw input')}, no learning" if baseline else None
     table = Table(title=f"{config.modality} run {config.name}-{config.hash()}", caption=caption)
@@ -146,6 +148,27 @@ def print_summary(
         )
     if skipped:
         console.print(f"[yellow]{len(skipped)} bad sample(s) skipped[/]; listed in skipped.txt")
+        _warn_one_cause(console, skipped, samples)
+
+
+def _warn_one_cause(console: Console, skipped: list[str], samples: int | None) -> None:
+    """Many files skipped with one and the same error are more often a component's bug (a
+    frontend returning another shape) than damaged data: say so, with the error."""
+    causes: Counter[str] = Counter()
+    for line in skipped:
+        path, _, error = line.partition("\t")
+        causes[error.replace(path, "<file>")] += 1
+    cause, count = causes.most_common(1)[0]
+    share = count / samples if samples else 0.0
+    if count < 3 or (samples and share < 0.02):
+        return
+    of = f" ({share:.0%} of the data)" if samples else ""
+    console.print(
+        f"[yellow]warning:[/] {count} skipped files{of} failed the same way: "
+        f"{escape(cause[:300])}. One error on many files is more often a bug in a component "
+        "(a frontend or features of a plugin) than damaged data: check it before trusting "
+        "this run."
+    )
 
 
 def write_summary(
