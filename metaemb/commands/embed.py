@@ -14,6 +14,7 @@ from metaemb.commands.options import (
     DataFolder,
     DataFolderSet,
     Device,
+    FeaturesSet,
     FilesRoot,
     FrontendSet,
     Workers,
@@ -38,6 +39,7 @@ def embed(
     workers: Workers = 2,
     root: FilesRoot = None,
     frontend_set: FrontendSet = None,
+    features_set: FeaturesSet = None,
     folder: DataFolder = None,
     folder_set: DataFolderSet = None,
     on_bad_sample: Annotated[
@@ -49,7 +51,7 @@ def embed(
     ] = "error",
 ) -> None:
     """Embed every sample of a folder, or the given sample files, with a trained model."""
-    from metaemb.core.data.pipeline import use_folder_set, use_frontend_set
+    from metaemb.core.data.pipeline import use_features_set, use_folder_set, use_frontend_set
     from metaemb.core.deploy.stamp import same_model
     from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import check_format
@@ -60,6 +62,7 @@ def embed(
 
         raise ConfigError(f"--on-bad-sample must be error or skip, got '{on_bad_sample}'.")
     use_frontend_set(frontend_set)
+    use_features_set(features_set)
     use_folder_set(folder, folder_set)
     ensure_writable(out, "embeddings file")  # before any embedding: a folder, a run's file
     check_format(out)

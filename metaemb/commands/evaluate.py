@@ -14,6 +14,7 @@ from metaemb.commands.options import (
     DataFolder,
     DataFolderSet,
     Device,
+    FeaturesSet,
     FrontendSet,
     Workers,
 )
@@ -68,6 +69,7 @@ def evaluate(
         typer.Option(help="--measure class: samples enrolled per identity \\[default: 1]"),
     ] = None,
     frontend_set: FrontendSet = None,
+    features_set: FeaturesSet = None,
     folder: DataFolder = None,
     folder_set: DataFolderSet = None,
     reference: Annotated[
@@ -87,11 +89,12 @@ def evaluate(
     ] = True,
 ) -> None:
     """Evaluate a trained model: metrics table, metrics.json, scores.txt and plots."""
-    from metaemb.core.data.pipeline import use_frontend_set
+    from metaemb.core.data.pipeline import use_features_set, use_frontend_set
     from metaemb.core.errors import MetaembError
     from metaemb.core.eval.evaluate import Evaluation
 
     use_frontend_set(frontend_set)
+    use_features_set(features_set)
     preloaded = None
     if modality is not None and reference is None:
         raise MetaembError("--modality is for --reference (a run knows its modality): leave it "

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from metaemb.commands.options import FeaturesSet
+
 
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="run directory or checkpoint (.pt)")],
@@ -18,11 +20,15 @@ def export(
     opset: Annotated[
         int | None, typer.Option(help="ONNX opset version (13–20) \\[default: 17]")
     ] = None,
+    features_set: FeaturesSet = None,
 ) -> None:
     """Export the inference model (features, backbone, head) with a dynamic batch dimension."""
+    from metaemb.core.data.pipeline import use_features_set
     from metaemb.core.deploy.export import DEFAULT_OPSET
     from metaemb.core.deploy.export import export as run_export
     from metaemb.core.errors import MetaembError
+
+    use_features_set(features_set)
 
     if out is not None and out.suffix.lower() == ".json":  # OUT.json is the sidecar's name
         raise MetaembError(f"--out '{out}' ends in .json: an export is a model file (.onnx, "

@@ -28,6 +28,16 @@ FrontendSet = Annotated[
     ),
 ]
 
+#: `--features-set KEY=VALUE` of the commands that use a trained run (evaluate, embed, enroll,
+#: identify, export): see `metaemb.core.data.pipeline.use_features_set`
+FeaturesSet = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="KEY=VALUE of the run's features that only change how it embeds after training, "
+        "repeatable (image: test_flip=true, the flip test)"
+    ),
+]
+
 #: `--root DIR` of the commands that read loose sample files (embed, identify --probe,
 #: neighbours probes): see `metaemb.core.eval.collect.load_for_files`
 FilesRoot = Annotated[

@@ -164,6 +164,47 @@ def use_folder_set(folder: str | None, items: list[str] | None) -> None:
     _FOLDER_SET.set((folder, tuple(dict(given).items())))
 
 
+_FEATURES_SET: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
+    "features_set", default=()
+)
+
+
+def use_features_set(items: list[str] | None) -> None:
+    """`--features-set KEY=VALUE` of the commands that use a trained run: options of the run's
+    features that change only how evaluation embeds (its `test_options`, e.g. a flip test),
+    applied to every model loaded in this command. The CLI resets it for each command."""
+    from metaemb.core.config.toml_io import parse_set
+
+    given = [parse_set(i, "--features-set", "test_flip=true") for i in items or ()]
+    _FEATURES_SET.set(tuple(dict(given).items()))
+
+
+def features_set_used() -> dict[str, Any]:
+    """The command's --features-set, for its outputs to record ({} when none)."""
+    return dict(_FEATURES_SET.get())
+
+
+def apply_features_set(features: Any, name: str) -> None:
+    """Set the command's --features-set on a loaded model's features `name` (checked against
+    the options its class lets change after training)."""
+    from metaemb.core.plugin.components import validate_options
+
+    given = dict(_FEATURES_SET.get())
+    if not given:
+        return
+    allowed = set(getattr(type(features), "test_options", ()) or ())
+    refused = sorted(set(given) - allowed)
+    if refused:
+        raise ConfigError(
+            f"--features-set {refused[0]}: the run's features '{name}' let "
+            f"{', '.join(sorted(allowed)) or 'no option'} be set after training; the others "
+            "change what the model was trained on (features list those it lets change in "
+            "their `test_options`)."
+        )
+    for key, value in validate_options("features", name, given, "--features-set").items():
+        setattr(features, key, value)
+
+
 def folder_set_used() -> tuple[str | None, dict[str, Any]]:
     """The command's (--folder, --folder-set), for load_run ((None, {}) when none)."""
     folder, items = _FOLDER_SET.get()

@@ -95,6 +95,14 @@ class Inference:
     path: Path
 
 
+def _features_set() -> dict[str, Any]:
+    """The command's --features-set (a flip test in the graph), when it gave one."""
+    from metaemb.core.data.pipeline import features_set_used
+
+    given = features_set_used()
+    return {"features_set": given} if given else {}
+
+
 def _dtype(x: Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
@@ -394,6 +402,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             "sample_folder_options": sample_folder_options(config),
             "frontend_options": frontend_options(config),
             **frontend_details(config),
+            **_features_set(),
             "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
             "inputs": [  # the dtypes the graph was traced with, which it requires
                 {"name": n, "shape": s, "dtype": _dtype(x)}

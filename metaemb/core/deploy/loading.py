@@ -24,7 +24,7 @@ from metaemb.core.config.chain import check_scorer
 from metaemb.core.config.toml_io import Options, option_table
 from metaemb.core.config.trained_options import pin_trained_options
 from metaemb.core.data.embed import extract, non_finite_rows, row_files
-from metaemb.core.data.pipeline import Components, build_model, data_root
+from metaemb.core.data.pipeline import Components, apply_features_set, build_model, data_root
 from metaemb.core.deploy.run_data import plain_folder, read_with, rebase_data_paths
 from metaemb.core.deploy.run_drift import warn_changed_inputs, warn_edited_config, warn_unfinished
 from metaemb.core.errors import DataError, DatasetError, MetaembError, first_few
@@ -333,6 +333,7 @@ def load_run(
             f"{' '.join(line.strip() for line in first[:3])[:400]}"
         ) from None
     warn_changed_inputs(ckpt, state.get("input_spec"), model.features, cfg)
+    apply_features_set(model.features, cfg.model.features)
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(ckpt, cfg, state, model, dev, parts)

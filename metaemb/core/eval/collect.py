@@ -296,8 +296,10 @@ def embed_inputs(
             emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(Path(folder.root).resolve())  # `root / path` names every file
-    from metaemb.core.data.pipeline import frontend_set_used
+    from metaemb.core.data.pipeline import features_set_used, frontend_set_used
 
     if frontend_set_used():
         meta["frontend_set"] = json.dumps(frontend_set_used(), sort_keys=True)
+    if features_set_used():
+        meta["features_set"] = json.dumps(features_set_used(), sort_keys=True)
     return Collection(paths, identities, emb, meta)

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from metaemb.core.config import from_dict
 from metaemb.core.config.toml_io import Options, option_table
-from metaemb.core.data.pipeline import Components, data_root, frontend_set_used
+from metaemb.core.data.pipeline import Components, data_root, features_set_used, frontend_set_used
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError, PluginError
@@ -329,7 +329,9 @@ class Evaluation:
         suffix = variant(self.adapt, self.folder, self.folder_options, self.p_targets,
                          self.calibrate_path, self.folds, self.protocol_options,
                          checkpoint_tag(self.run_path), self.scorer_set)  # fmt: skip
-        name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, frontend_set, suffix)
+        features_set = features_set_used()
+        preprocessing = {**frontend_set, **{f"features.{k}": v for k, v in features_set.items()}}
+        name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, preprocessing, suffix)
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
         trials_file = str(self.trials_path.resolve()) if self.trials_path else ""
@@ -384,6 +386,7 @@ class Evaluation:
             "batchnorm_adapted_on": embedded.norm_adapted_on,
             "training_identities_scored": shared,
             **({"frontend_set": frontend_set} if frontend_set else {}),
+            **({"features_set": features_set} if features_set else {}),
             **({"folder": self.folder} if self.folder else {}),
             **({"folder_options": self.folder_options} if self.folder_options else {}),
         }

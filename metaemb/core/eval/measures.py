@@ -295,7 +295,7 @@ def run_measure(
             "--measure match needs a triplet list: --trials FILE (write one with "
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
-    from metaemb.core.data.pipeline import frontend_set_used
+    from metaemb.core.data.pipeline import features_set_used, frontend_set_used
     from metaemb.core.eval.output_folder import (
         checkpoint_tag,
         claimed,
@@ -315,7 +315,8 @@ def run_measure(
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
     suffix = variant(adapt, None, {}, (), None, None, None, checkpoint_tag(run))
     suffix += f"-enroll{enroll}" if measure == "class" and enroll != 1 else ""
-    name = result_name(name, scorer, loaded.config.eval.scorer, frontend_set_used(), suffix)
+    given = {**frontend_set_used(), **{f"features.{k}": v for k, v in features_set_used().items()}}
+    name = result_name(name, scorer, loaded.config.eval.scorer, given, suffix)
     data_root = str(Path(data).resolve()) if data is not None else ""
     listed = str(Path(trials).resolve()) if trials is not None else ""
     # nor another folder's or list of the same name (two corpora both called wav/)

@@ -82,6 +82,9 @@ class Features(nn.Module):
     accepts: ClassVar[Kind | tuple[Kind, ...] | None] = None
     yields: ClassVar[Kind | None] = None
     out_channels: int = 1
+    # options that only change `test_views` (not training): the commands that use a trained
+    # run let `--features-set` change them (e.g. a flip test on a run trained without it)
+    test_options: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def prepare(self, raw: Any, train: bool) -> Tensor:
@@ -93,6 +96,13 @@ class Features(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         return x, lengths
+
+    def test_views(self, x: Tensor) -> list[Tensor]:
+        """Test-time augmentation: the views of a batch of network input (forward's output)
+        that evaluation embeds and averages, e.g. a picture and its mirror. Used only outside
+        training, by every command and the export; a view keeps x's shape and lengths. The
+        default is the input alone."""
+        return [x]
 
     def baseline_embedding(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The no-learning baseline that shows a task is real: the network input itself,

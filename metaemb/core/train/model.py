@@ -30,7 +30,22 @@ class EmbeddingModel(nn.Module):
         collated; `lengths` [N] for padded sequences. Samples prepared otherwise (another size
         or scale) give other embeddings, without error: use `LoadedRun.embed` or
         `embed_inputs` for files."""
-        return self.head(self.pooled(x, lengths))
+        if self.training:
+            return self.head(self.pooled(x, lengths))
+        x, lengths = self.features(x, lengths)
+        views = self.features.test_views(x)
+        outs = [self.head(self.backbone(v, lengths)) for v in views]
+        return outs[0] if len(outs) == 1 else average_views(outs)
+
+
+def average_views(outs: list[Any]) -> Any:
+    """The embedding of several views of one sample: the mean of point embeddings (the sum's
+    direction, as the field's flip test takes it), or of a GME's natural parameters (the views
+    are one observation, not independent evidence: their sum would count it twice)."""
+    if isinstance(outs[0], Tensor):
+        return torch.stack(outs).mean(0)
+    kind = type(outs[0])
+    return kind(torch.stack([o.a for o in outs]).mean(0), torch.stack([o.b for o in outs]).mean(0))
 
 
 class Teacher(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -92,12 +92,16 @@ class ImageFeatures(Features):
       blur         probability of a Gaussian blur with σ ∈ [0.3, blur_sigma] pixels.
       noise        standard deviation of additive Gaussian noise, in [0, 1] pixel units.
       occlusion    probability of one random grey rectangle covering 5–25 % of the image.
+      test_flip    outside training, embed each image and its horizontal mirror and average
+                   the two (the flip test of face verification protocols).
     """
 
     out_channels = 3
     # jpeg: encoded bytes from a folder with decode = "device", decoded in `forward` (jpeg.py)
     accepts = (Kind("image"), Kind("aligned-image"), jpeg.JPEG)
     yields = Kind("image-tensor")  # normalised float [3, S, S]
+    hash_neutral: ClassVar[dict[str, bool]] = {"test_flip": False}  # runs from before it
+    test_options: ClassVar[tuple[str, ...]] = ("test_flip",)  # --features-set after training
 
     def __init__(
         self,
@@ -109,6 +113,7 @@ class ImageFeatures(Features):
         blur_sigma: float = 1.2,
         noise: float = 0.0,
         occlusion: float = 0.0,
+        test_flip: bool = False,
     ) -> None:
         super().__init__()
         checks = {
@@ -135,6 +140,7 @@ class ImageFeatures(Features):
         self.blur_sigma = blur_sigma
         self.noise = noise
         self.occlusion = occlusion
+        self.test_flip = test_flip
 
     # -- per sample (CPU, DataLoader workers) -----------------------------------------------
     def resize(self, img: Tensor) -> Tensor:
@@ -194,6 +200,10 @@ class ImageFeatures(Features):
         mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1)
         return (batch - mean) / std, None
+
+    def test_views(self, x: Tensor) -> list[Tensor]:
+        """The image and its horizontal mirror with `test_flip`, else the image alone."""
+        return [x, x.flip(-1)] if self.test_flip else [x]
 
     def augment(self, x: Tensor) -> Tensor:
         """Training augmentation of a float [3, S, S] image in [0, 1]."""

@@ -1,0 +1,112 @@
+"""Test-time views (Features.test_views): the flip test of face verification protocols.
+
+Outside training the model embeds each view of a batch and averages them: point embeddings by
+their mean, a GME by the mean of its natural parameters (one observation, not two). The image
+features' `test_flip` option makes the views an image and its mirror; `--features-set
+test_flip=true` switches it on for a run trained without it (F4 F3, P21 F1).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from PIL import Image
+
+from metaemb.core.config import resolve
+from metaemb.core.data.pipeline import build_model
+from metaemb.core.gme.algebra import GME
+from metaemb.core.train.model import average_views
+
+
+def test_the_model_averages_an_image_and_its_mirror_outside_training_only():
+    cfg = resolve("face", sets=["features.image_size=16", "model.dim=8", "features.test_flip=true"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        one = model.head(model.backbone(x, None))
+        mirror = model.head(model.backbone(x.flip(-1), None))
+        assert torch.allclose(model(x), (one + mirror) / 2, atol=1e-6)
+        model.features.test_flip = False
+        assert torch.allclose(model(x), one, atol=1e-6)
+        model.features.test_flip = True
+        model.train()
+        model.features.flip = False  # no random training flip: one view, as trained
+        assert not torch.allclose(model(x), (one + mirror) / 2, atol=1e-4)
+
+
+def test_views_of_a_gme_average_its_natural_parameters():
+    a, b = torch.randn(2, 4), torch.rand(2, 4) + 0.1
+    g = average_views([GME(a, b), GME(3 * a, 3 * b)])
+    assert isinstance(g, GME)
+    assert torch.allclose(g.a, 2 * a) and torch.allclose(g.b, 2 * b)
+
+
+def test_embed_and_evaluate_with_a_flip_test_on_a_run_trained_without_it(
+    tiny_face_run, tmp_path, capsys
+):
+    """embed --features-set test_flip=true gives the mean of the embeddings of the files and of
+    their mirrored copies; evaluate writes beside the plain evaluation and records it."""
+    data, run = tiny_face_run
+    mirrored = tmp_path / "mirrored"
+    shutil.copytree(data, mirrored)
+    for png in mirrored.glob("*/*.png"):
+        with Image.open(png) as im:
+            Image.fromarray(np.asarray(im)[:, ::-1].copy()).save(png)
+    out = {}
+    for name, folder, extra in (("plain", data, []), ("mirror", mirrored, []),
+                                ("flip", data, ["--features-set", "test_flip=true"])):  # fmt: skip
+        args = ["embed", run, folder, "--out", tmp_path / f"{name}.pt", "--workers", "0", *extra]
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        out[name] = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+    assert out["flip"]["paths"] == out["plain"]["paths"] == out["mirror"]["paths"]
+    want = (out["plain"]["embeddings"] + out["mirror"]["embeddings"]) / 2
+    assert torch.allclose(out["flip"]["embeddings"], want, atol=1e-5)
+    assert not torch.allclose(out["flip"]["embeddings"], out["plain"]["embeddings"], atol=1e-4)
+
+    code, _, err = run_cli(["evaluate", run, "--workers", "0"], capsys)
+    assert code == 0, err
+    args = ["evaluate", run, "--workers", "0", "--features-set", "test_flip=true"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [flipped] = [p for p in run.glob("eval-validation-*") if (p / "metrics.json").is_file()]
+    assert json.loads((flipped / "metrics.json").read_text())["features_set"] == {"test_flip": True}
+    assert (run / "eval-validation" / "metrics.json").is_file()  # the plain one is kept
+
+
+def test_features_set_refuses_an_option_that_changes_training(tiny_face_run, tmp_path, capsys):
+    _, run = tiny_face_run
+    args = ["evaluate", run, "--workers", "0", "--features-set", "image_size=64"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    said = " ".join(err.split())
+    assert "--features-set image_size: the run's features 'image' let test_flip be set" in said
+
+
+@pytest.mark.parametrize("fmt", ["onnx"])
+def test_an_export_with_the_flip_test_holds_it_in_its_graph(tiny_face_run, tmp_path, capsys, fmt):
+    ort = pytest.importorskip("onnxruntime")
+    data, run = tiny_face_run
+    target = tmp_path / "flip.onnx"
+    args = ["export", run, "--out", target, "--features-set", "test_flip=true"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    info = json.loads(target.with_name("flip.onnx.json").read_text())
+    assert info["features_set"] == {"test_flip": True}
+    args = ["embed", run, data, "--out", tmp_path / "flip.pt", "--workers", "0",
+            "--features-set", "test_flip=true"]  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    want = torch.load(tmp_path / "flip.pt", weights_only=True)
+    first = data / want["paths"][0]
+    with Image.open(first) as im:
+        x = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+    x = (x - 0.5) / 0.5
+    session = ort.InferenceSession(str(target))
+    got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    assert np.allclose(got[0], want["embeddings"][0].numpy(), atol=1e-4)
