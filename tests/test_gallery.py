@@ -1085,6 +1085,22 @@ def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path
     service.add("dave", torch.randn(1, 4))
     with pytest.raises(GalleryError, match="changed on disk since it was loaded"):
         service.save(path)
+    # a backup first, then the file it was loaded from: both are this gallery's own files, not
+    # "another gallery"; a change by another writer in between is refused even with
+    # overwrite=True, which is for other galleries' files (R11 F2)
+    g = Gallery.load(path)
+    g.add("erin", torch.randn(1, 4))
+    g.save(tmp_path / "backup.pt")
+    g.save(path)
+    assert Gallery.load(path).identities[-1] == "erin"
+    g.save(tmp_path / "backup.pt")
+    other = Gallery.load(path)
+    other.add("frank", torch.randn(1, 4))
+    other.save(path)
+    g.add("gina", torch.randn(1, 4))
+    for overwrite in (False, True):
+        with pytest.raises(GalleryError, match="changed on disk since it was loaded"):
+            g.save(path, overwrite=overwrite)
 
 
 def test_python_saves_refuse_what_the_commands_refuse(tmp_path):

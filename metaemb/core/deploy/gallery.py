@@ -62,9 +62,10 @@ class Gallery:
         # one copy per enrollment, not one per identity (quadratic at 100 k identities)
         self._pending: list[tuple[dict[str, Tensor], Tensor]] = []
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
-        # the file it was loaded from, as it was then: a save over it refuses to drop what
-        # another writer (`metaemb enroll`) added meanwhile
-        self._read_as: tuple[str, tuple[int, int, int] | None, str] | None = None
+        # every file it was loaded from or saved to, as it was then (file signature, content
+        # digest): a save over one refuses to drop what another writer (`metaemb enroll`)
+        # wrote there meanwhile, and is not taken for a save over another gallery
+        self._known: dict[str, tuple[tuple[int, int, int] | None, str]] = {}
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
         self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
@@ -301,7 +302,7 @@ class Gallery:
         from metaemb.core.files import atomic_write_bytes
 
         real = os.path.realpath(path)
-        _refuse_replacing_another_file(Path(path), self._read_as, overwrite)
+        _refuse_replacing_another_file(Path(path), real in self._known, overwrite)
         pooled, counts = self.pooled()
         payload = {
             "format": FORMAT,
@@ -319,8 +320,8 @@ class Gallery:
         data = buf.getvalue()
         # checked last, after the seconds a large gallery takes to serialise: a writer that
         # finished meanwhile is seen (hold the lock from load to save to shut others out)
-        read = self._read_as
-        if read is not None and read[0] == real and _changed_since(real, read):
+        read = self._known.get(real)
+        if read is not None and _changed_since(real, read):
             raise GalleryError(
                 f"gallery '{path}' was changed on disk since it was loaded (another enroll, "
                 "unenroll or rename wrote it): saving over it would drop what that added. "
@@ -329,7 +330,7 @@ class Gallery:
                 "Python)."
             )
         atomic_write_bytes(Path(path), data)
-        self._read_as = (real, _file_signature(real), self._fingerprint())
+        self._known[real] = (_file_signature(real), self._fingerprint())
 
     def _fingerprint(self) -> str:
         """A digest of everything another writer could change: the model stamp, identities,
@@ -396,7 +397,7 @@ class Gallery:
             raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
         except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
-        g._read_as = (os.path.realpath(p), signature, g._fingerprint())
+        g._known = {os.path.realpath(p): (signature, g._fingerprint())}
         return g
 
     def _validate(self) -> None:
@@ -463,16 +464,16 @@ def open_gallery(path: str | Path, digest: str, where: str = "this checkpoint") 
     return g
 
 
-def _changed_since(path: str, read: tuple[str, Any, str]) -> bool:
-    """Whether the gallery at `path` holds other identities, sources or samples than when it
-    was read or written (`read`): its (inode, size, time) first, then, when those differ (a
-    `touch`, the same file copied back, a file system whose inode numbers change), what it
-    holds; a file gone lost nothing."""
+def _changed_since(path: str, read: tuple[Any, str]) -> bool:
+    """Whether the gallery at `path` holds other contents than when it was read or written
+    (`read`: its file signature and content digest then): its (inode, size, time) first, then,
+    when those differ (a `touch`, the same file copied back, a file system whose inode numbers
+    change), what it holds; a file gone lost nothing."""
     now = _file_signature(path)
-    if now is None or now == read[1]:
+    if now is None or now == read[0]:
         return False
     try:
-        return Gallery.load(path)._fingerprint() != read[2]
+        return Gallery.load(path)._fingerprint() != read[1]
     except GalleryError:
         return True
 
@@ -487,12 +488,11 @@ def _file_signature(path: str | Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _refuse_replacing_another_file(
-    path: Path, read_as: tuple[str, Any, str] | None, overwrite: bool = False
-) -> None:
+def _refuse_replacing_another_file(path: Path, known: bool, overwrite: bool = False) -> None:
     """What `metaemb enroll` refuses, refused from Python too: a run's checkpoint, a data
     sample, a file other than a gallery (an export), a folder; a new file named other than
-    .pt or .pth (a torch file named g.npz misleads whoever opens it)."""
+    .pt or .pth (a torch file named g.npz misleads whoever opens it). `known`: a file this
+    gallery was loaded from or saved to, which it may write again."""
     from metaemb.core.paths import ensure_writable
 
     ensure_writable(path, "gallery file")
@@ -500,7 +500,7 @@ def _refuse_replacing_another_file(
         if path.suffix.lower() not in (".pt", ".pth"):
             raise GalleryError(f"'{path}': a gallery is a torch file; name it with .pt (or .pth).")
         return
-    if read_as is not None and read_as[0] == os.path.realpath(path):
+    if known:
         return  # the gallery it was loaded from or saved to
     try:
         other = Gallery.load(path)
