@@ -111,3 +111,6 @@ def test_nodes_with_a_relative_data_folder_under_their_own_working_folders_agree
     assert seen("faces", "/scratch/node0/faces") == seen("faces", "/scratch/node1/faces")
     other = seen("/mnt/b/faces", "/mnt/b/faces")["the data folder"]
     assert seen("/mnt/a/faces", "/mnt/a/faces")["the data folder"] != other
+    # a node launched without --data sends the same keys (rank 0 raised KeyError; R11 F5)
+    assert seen("", "").keys() == seen("faces", "/x/faces").keys()
+    assert "demo data" in seen("", "")["the data folder"]

@@ -609,8 +609,9 @@ def _what_this_rank_reads(cfg: Config, folder: Any) -> dict[str, str]:
     data = (f"{len(folder.samples)} samples of {len(folder.identities)} identities (listing "
             f"{listing.hexdigest()[:12]})")  # fmt: skip
     seen = {"configuration": f"hash {cfg.hash()}", "data": data}
-    if cfg.data.root:  # the folder first, as typed (what the hash covers), so a node mounting
-        # the data elsewhere is told that; a relative --data resolves under each node's own
-        # working folder, which may differ (node-local copies) while the listing agrees
-        seen = {"the data folder": f"'{cfg.data.root}'", **seen}
+    # the folder first, as typed (what the hash covers), so a node mounting the data elsewhere
+    # is told that; a relative --data resolves under each node's own working folder, which may
+    # differ (node-local copies) while the listing agrees. Every rank sends the same keys.
+    typed = f"'{cfg.data.root}'" if cfg.data.root else "(none given: the built-in demo data)"
+    seen = {"the data folder": typed, **seen}
     return seen
