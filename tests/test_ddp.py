@@ -114,3 +114,19 @@ def test_nodes_with_a_relative_data_folder_under_their_own_working_folders_agree
     # a node launched without --data sends the same keys (rank 0 raised KeyError; R11 F5)
     assert seen("", "").keys() == seen("faces", "/x/faces").keys()
     assert "demo data" in seen("", "")["the data folder"]
+
+
+def test_a_plain_cuda_device_under_torchrun_is_each_ranks_own_gpu(monkeypatch) -> None:
+    """`--device cuda` under torchrun put every rank on GPU 0 (and left the current device
+    unset): like auto, it means the rank's own GPU, cuda:LOCAL_RANK (R11 F4)."""
+    import torch
+
+    from metaemb.core.train.device import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert pick_device("cuda") == torch.device("cuda", 2) == pick_device("auto")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)  # an explicit GPU stays
+    monkeypatch.delenv("LOCAL_RANK")
+    assert pick_device("cuda") == torch.device("cuda")

@@ -26,6 +26,8 @@ def pick_device(requested: str = "auto") -> torch.device:
         raise MetaembError(
             f"device '{requested}' (--device) is not a device; use auto, cpu, cuda, cuda:N or mps."
         ) from None
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per rank
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise MetaembError(f"--device {requested}: CUDA is not available on this machine.")
