@@ -96,6 +96,11 @@ def test_a_config_changed_by_hand_is_checked_before_a_run_folder_is_made(tmp_pat
     cfg.components["features"]["image_size"] = 32.5
     with pytest.raises(ConfigError, match=r"features\.image_size"):
         Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+    for whole in (32.0, np.int64(32)):  # whole numbers are kept as ints (R11 F8)
+        cfg = resolve("face", None, ["train.epochs=1"])
+        cfg.components["features"]["image_size"] = whole
+        Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)
+        assert type(cfg.components["features"]["image_size"]) is int
     cfg = resolve("face", None, ["train.epochs=1"])
     cfg.data.root, cfg.train.batch_size = tmp_path / "nowhere", np.int64(16)
     trainer = Trainer(cfg, runs_root=tmp_path / "runs", device="cpu", workers=0)

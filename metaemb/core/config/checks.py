@@ -116,8 +116,8 @@ def check_component_options(cfg: Config) -> None:
 
     for section, kind in COMPONENT_SECTIONS.items():
         name = cfg.component_name(section)
-        if name:
-            validate_options(kind, name, cfg.options(section), section)
+        if name and section in cfg.components:  # kept converted, as resolve keeps them (32.0: 32)
+            cfg.components[section] = validate_options(kind, name, cfg.options(section), section)
 
 
 def check_values(cfg: Config) -> None:

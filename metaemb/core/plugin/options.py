@@ -6,6 +6,7 @@ registry, so registering a component can check its defaults with it."""
 from __future__ import annotations
 
 import inspect
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -170,9 +171,9 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, numbers.Integral):  # numpy integers too
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
             return int(value)
         _text_number(value, where, "an integer")
         if isinstance(value, str):
@@ -184,7 +185,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
+        if isinstance(value, numbers.Real):  # numpy numbers too
             return float(value)
         _text_number(value, where, "a number")
         if isinstance(value, str):
