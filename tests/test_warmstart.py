@@ -223,3 +223,22 @@ def test_a_rehearsal_run_whose_cache_was_cleared_says_how_to_rebuild_it(old_run,
     assert code == 0 and "complete" in " ".join(text.split()), err
     code, _, err = helpers.run_cli(["evaluate", rehearsed, "--workers", "0"], capsys)
     assert code == 0, err
+
+
+def test_a_warm_start_says_that_the_margin_ramps_from_zero_again(old_run, tmp_path):
+    """Large-margin fine-tuning from a run trained with a margin ramp trained with margin 0,
+    the ramp counted from the new run's epoch 0, without a word (S6 F3)."""
+    import io
+
+    from rich.console import Console
+
+    _, new, run = old_run
+    for ramp, warned in ((3, True), (0, False)):
+        sets = ["train.objective=arcface", f"objective.margin_warmup_epochs={ramp}"]
+        trainer = built(new, run, tmp_path / str(ramp), *sets)
+        out = io.StringIO()
+        trainer.console = Console(file=out, width=300)
+        InitFrom(str(run), "backbone+head").on_setup(trainer)
+        said = " ".join(out.getvalue().split())
+        assert ("the margin ramps from 0 again over this run's first 3 epochs" in said) is warned
+        assert ("objective.margin_warmup_epochs=0" in said) is warned

@@ -144,6 +144,14 @@ class InitFrom(Callback):
             f"initialised {self.parts} from {where} ({len(model_src) + len(cls_src)} tensors)",
             markup=False,
         )
+        ramp = trainer.config.options("objective").get("margin_warmup_epochs") or 0
+        if ramp > 0:  # counted from this run's epoch 0: large-margin fine-tuning would not be
+            trainer.console.print(
+                f"[yellow]warning:[/] objective.margin_warmup_epochs = {ramp}: the margin ramps "
+                f"from 0 again over this run's first {ramp} epochs, below what the model was "
+                "trained with. For fine-tuning with a margin (large-margin fine-tuning) set "
+                "objective.margin_warmup_epochs=0."
+            )
         if self.distill > 0:
             self._attach_teacher(trainer, loaded)
 
