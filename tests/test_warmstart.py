@@ -242,3 +242,30 @@ def test_a_warm_start_says_that_the_margin_ramps_from_zero_again(old_run, tmp_pa
         said = " ".join(out.getvalue().split())
         assert ("the margin ramps from 0 again over this run's first 3 epochs" in said) is warned
         assert ("objective.margin_warmup_epochs=0" in said) is warned
+
+
+def test_rehearsal_refuses_folders_that_do_not_hold_its_samples_as_files(
+    old_run, tmp_path, monkeypatch
+):
+    """With a Kaldi data directory, rehearsal linked the old samples beside wav.scp, where the
+    Kaldi folder never read them: the run trained on the new speakers alone, with a normal
+    forgetting report; an old run read through a Kaldi folder crashed on its utterance ids as
+    paths (S6 F8). Both are refused, named."""
+    from types import SimpleNamespace
+
+    from metaemb.core.errors import DataError
+    from metaemb.core.train.warmstart import refuse_unread_rehearsal
+
+    unread = SimpleNamespace(samples=[SimpleNamespace(path="spk1-utt1"), SimpleNamespace(path="x")])
+    with pytest.raises(DataError, match="sample folder 'kaldi' reads none of them"):
+        refuse_unread_rehearsal(unread, tmp_path, "kaldi")
+    read = SimpleNamespace(samples=[SimpleNamespace(path="id0003/rehearsal-id0003_000.png")])
+    refuse_unread_rehearsal(read, tmp_path, "image")
+
+    _, new, run = old_run
+    from metaemb.plugins.vision.folder import ImageFolder
+
+    monkeypatch.setattr(ImageFolder, "abspath", lambda self, s: tmp_path / "utterance-id")
+    with pytest.raises(DataError, match=r"names '.*', which is not a file"):
+        rehearsal_root(new, str(run), 2, tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "rehearsal").iterdir())  # no half-built folder

@@ -116,6 +116,12 @@ def train(
         root = rehearsal_root(data_root(cfg), cfg.train.init_from, cfg.train.rehearsal,
                               cache_dir(cfg), cfg.train.seed)  # fmt: skip
         cfg.data.root, cfg.data.root_absolute = str(root), ""
+        from metaemb.core.plugin.components import build
+        from metaemb.core.train.warmstart import refuse_unread_rehearsal
+
+        folder = build("sample_folders", cfg.data.folder, cfg.options("folder"), root=root,
+                       cache_dir=cache_dir(cfg))  # fmt: skip
+        refuse_unread_rehearsal(folder, root, cfg.data.folder)
     # prints as `console` does, and copies it to RUN/train.log
     out = LoggingConsole(warnings_to=err_console, **console_options())
     trainer = Trainer(cfg, runs_root=runs, device=device, fresh=fresh, console=out,

@@ -195,13 +195,38 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
         pick = torch.randperm(len(idx), generator=g)[:k].tolist()
         for i in sorted(pick):
             s = old_train.samples[idx[i]]
+            src = Path(old_train.abspath(s))
+            if not src.is_file():  # a Kaldi utterance id, a sample inside a shard
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(
+                    f"train.rehearsal copies the init run's samples as files into "
+                    f"<identity>/<file> folders, but its sample folder "
+                    f"'{old.config.data.folder}' names '{s.path}', which is not a file "
+                    f"('{src}'). Rehearse by hand: add stored samples of the old identities to "
+                    "the new data in its own format."
+                )
             dest = tmp / s.identity / ("rehearsal-" + s.path.replace("/", "_"))
-            _link(old_train.abspath(s), dest)
+            _link(src, dest)
     (tmp / ".complete").write_text(key + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def refuse_unread_rehearsal(folder: Any, root: Path, data_folder: str) -> None:
+    """The new data's sample folder must read the stored samples rehearsal added as
+    <identity>/rehearsal-<file>: a Kaldi folder, reading only its utt2spk, trained on the new
+    identities alone, and its forgetting report looked like a rehearsed run's."""
+    read = sum(Path(str(s.path)).name.startswith("rehearsal-") for s in folder.samples)
+    if read == 0:
+        raise DataError(
+            f"train.rehearsal added the init run's stored samples to '{root}' as "
+            f"<identity>/rehearsal-<file>, but sample folder '{data_folder}' reads none of "
+            "them (it reads its own index, such as a Kaldi utt2spk): the run would train on the "
+            "new identities alone. Rehearse with a folder of <identity>/<file> samples, or add "
+            "stored samples of the old identities to the new data in its own format."
+        )
 
 
 def _warn_shared_names(new_root: Path, old_identities: list[str]) -> None:
