@@ -145,8 +145,16 @@ def test_features_eval_full_capped_and_min_length():
                       r"the frontend keeps.*middle 1 s \(the first met keeps 2 s\)"):  # fmt: skip
         capped = feats.prepare(w, train=False)
     assert torch.equal(capped, w[4000:20000])  # centre crop
-    tiny = feats.prepare(w[:500], train=False)
+    features._tiled_noted = False  # a short segment repeated is said too (S6 F4)
+    with pytest.warns(UserWarning, match=r"shorter than features.min_seconds = 0.1 s .* repeated "
+                      r"to 0.1 s \(the first met has 0.03 s\)"):  # fmt: skip
+        tiny = feats.prepare(w[:500], train=False)
     assert tiny.numel() == 1600 and torch.equal(tiny[500:1000], w[:500])
+    # the evaluation cap can change after training (--features-set), checked as at training
+    feats.max_eval_seconds = 1.25
+    assert feats.prepare(w, train=False).numel() == 20000
+    with pytest.raises(ConfigError, match=r"features\.max_eval_seconds"):
+        feats.max_eval_seconds = -1
     with pytest.raises(DataError):
         feats.prepare(torch.zeros(0), train=False)
 

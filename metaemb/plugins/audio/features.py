@@ -76,6 +76,8 @@ class AudioFeatures(Features):
     accepts = Kind("waveform", rate=Opt("fbank.sample_rate"))
     yields = Kind("feature-matrix", channels=Opt("fbank.n_mels"))  # [n_mels, frames] each
     parts: ClassVar[dict[str, Any]] = {"fbank": KaldiFbank}  # a fixed part: [features.fbank]
+    # evaluation's crop of long recordings, changeable after training (--features-set)
+    test_options: ClassVar[tuple[str, ...]] = ("max_eval_seconds",)
 
     def __init__(
         self,
@@ -90,16 +92,26 @@ class AudioFeatures(Features):
             self.fbank.sample_rate
         )
         check_seconds("features.crop_seconds", crop_seconds, shortest, MAX_CROP_SECONDS)
-        check_seconds("features.max_eval_seconds", max_eval_seconds, shortest, math.inf)
         check_seconds("features.min_seconds", min_seconds, 0.0, MAX_CROP_SECONDS)
+        self._shortest = shortest
         self.sample_rate = self.fbank.sample_rate
         self.crop_seconds = float(crop_seconds)
-        self.max_eval_seconds = float(max_eval_seconds)
+        self.max_eval_seconds = max_eval_seconds
         self.min_seconds = float(min_seconds)
         self.out_channels = self.fbank.n_mels
         self.crop_samples = round(self.crop_seconds * self.sample_rate)
-        self.max_eval_samples = round(self.max_eval_seconds * self.sample_rate)
         self.min_samples = max(self.fbank.size, round(self.min_seconds * self.sample_rate))
+
+    @property
+    def max_eval_seconds(self) -> float:
+        return self._max_eval_seconds
+
+    @max_eval_seconds.setter
+    def max_eval_seconds(self, value: float) -> None:
+        """Checked when set, also after training (`--features-set max_eval_seconds=600`)."""
+        check_seconds("features.max_eval_seconds", value, self._shortest, math.inf)
+        self._max_eval_seconds = float(value)
+        self.max_eval_samples = round(self._max_eval_seconds * self.sample_rate)
 
     def prepare(self, raw: Any, train: bool) -> Tensor:
         wave = expect_tensor(raw, "a mono waveform [T]", "features 'fbank'", ndim=1, floating=True)
@@ -116,6 +128,8 @@ class AudioFeatures(Features):
             _note_cropped_once(wave.numel() / self.sample_rate, self.max_eval_seconds)
             start = (wave.numel() - self.max_eval_samples) // 2
             return wave[start : start + self.max_eval_samples].contiguous()
+        if wave.numel() < self.min_samples:
+            _note_tiled_once(wave.numel() / self.sample_rate, self.min_seconds)
         return tile_to(wave, self.min_samples)[: max(wave.numel(), self.min_samples)]
 
     def train_crop(self) -> int:
@@ -166,8 +180,27 @@ def _note_cropped_once(seconds: float, kept: float) -> None:
     warnings.warn(
         f"recordings longer than features.max_eval_seconds = {kept:g} s (of what the frontend "
         f"keeps: the speech, after a VAD) are embedded from their middle {kept:g} s (the first "
-        f"met keeps {seconds:.0f} s); the run was trained with "
-        "that cap (train with --set features.max_eval_seconds=600 to keep more). Said once per "
-        "process (so once per data-loader worker).",
+        f"met keeps {seconds:.0f} s). To keep more, give evaluate, embed or export "
+        "--features-set max_eval_seconds=600 (the run was trained with that cap; memory grows "
+        "with it). Said once per process (so once per data-loader worker).",
+        stacklevel=2,
+    )
+
+
+_tiled_noted = False
+
+
+def _note_tiled_once(seconds: float, least: float) -> None:
+    """Say (once per process) that a recording shorter than `min_seconds` is embedded as
+    itself repeated to that length: a 0.2 s test segment gets an ordinary-looking embedding."""
+    global _tiled_noted
+    if _tiled_noted:
+        return
+    _tiled_noted = True
+    warnings.warn(
+        f"recordings shorter than features.min_seconds = {least:g} s (of what the frontend "
+        f"keeps: the speech, after a VAD) are embedded as themselves repeated to {least:g} s "
+        f"(the first met has {seconds:.2f} s); such short trials score less reliably. Said once "
+        "per process (so once per data-loader worker).",
         stacklevel=2,
     )
