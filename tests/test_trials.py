@@ -756,3 +756,22 @@ def test_the_fast_path_of_safe_path_gives_what_the_full_check_gives():
         assert trial_checks._plain(path)
     for path in ("./a", "a/./b", "a//b", "a/", "/a", "C:a", "a\\b", "a/../b", ".."):
         assert not trial_checks._plain(path)
+
+
+def test_a_file_repeated_in_an_enrolment_is_pooled_once_and_said(tmp_path):
+    """'a,a,a,a' was pooled as four observations by evaluate (a GME's LLR grew from 1.10 to
+    1.91) but once by a gallery, and only the duplicate-trial check said anything (F4 F11)."""
+    import warnings
+
+    from metaemb.core.eval.trials import read_trials
+
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 a/1.jpg,a/1.jpg,a/1.jpg,a/2.jpg b/1.jpg\n0 a/1.jpg,a/1.jpg c/1.jpg\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read = read_trials(trials, tmp_path)
+    assert [t.enroll for t in read] == [("a/1.jpg", "a/2.jpg"), ("a/1.jpg",)]
+    said = [str(w.message) for w in caught if "enrolment names" in str(w.message)]
+    assert said == [f"{trials}:1: the enrolment names 'a/1.jpg' 3 times; each file is pooled "
+                    "once, as a gallery enrolls it. Further lines like it in this list are not "
+                    "reported."]  # fmt: skip

@@ -125,9 +125,25 @@ def _owner(name: str) -> str:
     return formats_.entry(name).plugin if name in formats_ else "?"
 
 
+_REPEATS_SAID: set[str] = set()
+
+
 def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
-    """An enrollment field 'a,b,c' → checked relative paths."""
-    return tuple(safe_path(p, root, where) for p in field.split(","))
+    """An enrollment field 'a,b,c' → checked relative paths, each file once: a file named twice
+    is no more evidence (a GME would sum it twice), and a gallery enrolls it once too."""
+    paths = [safe_path(p, root, where) for p in field.split(",")]
+    unique = tuple(dict.fromkeys(paths))
+    listed = where.rsplit(":", 1)[0]
+    if len(unique) < len(paths) and listed not in _REPEATS_SAID:
+        _REPEATS_SAID.add(listed)
+        repeated = next(p for p in unique if paths.count(p) > 1)
+        warnings.warn(
+            f"{where}: the enrolment names '{repeated}' {paths.count(repeated)} times; each file "
+            "is pooled once, as a gallery enrolls it. Further lines like it in this list are "
+            "not reported.",
+            stacklevel=2,
+        )
+    return unique
 
 
 # ---------------------------------------------------------------------------------------------
