@@ -185,9 +185,16 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
                 f"{why} (in its names, shapes(), wrap(), example(), preprocessing(), "
                 "model_inputs() or check())."
             ) from exc
+        hint = ""
+        if type(exc).__name__ == "UnsupportedOperatorError" or "is not supported" in why:
+            hint = (
+                " ONNX has no form of that operator at any opset (nn.TransformerEncoder's fused "
+                "inference path, aten::_transformer_encoder_layer_fwd, is one): --format "
+                "torchscript exports the same model."
+            )
         raise ExportError(
             f"the model ({blame.get('model', '?')}) could not be exported: "
-            f"{type(exc).__name__}: {why}."
+            f"{type(exc).__name__}: {why}.{hint}"
         ) from exc
 
 
