@@ -599,6 +599,23 @@ def test_the_fitted_scorer_is_exported_and_the_docs_numpy_scoring_reproduces_it(
     torch.testing.assert_close(torch.from_numpy(adapted), scorer.score_matrix(enroll, test))
     assert np.abs(adapted - plain).max() > 1e-3  # the adaptation is part of what is checked
 
+    # PLDA's arrays scored in numpy as docs/export.md writes them (P22 F5)
+    plda = build("scorers", "plda", validate_options("scorers", "plda", {"lda_dim": 8}, "scorer"))
+    plda.fit(train, torch.arange(20).repeat(10))
+    parts = {k: v.numpy() for k, v in plda.state_dict().items()}
+    plda_scores = doc_function("docs/export.md", "plda_scores")
+    plda_space = doc_function("docs/export.md", "plda_space")
+    opts = {"lda_dim": 8, "length_norm": True}
+    torch.testing.assert_close(
+        torch.from_numpy(plda_scores(enroll.numpy(), test.numpy(), parts, opts)),
+        plda.score_matrix(enroll, test),
+    )
+    pooled = plda_space(enroll.numpy(), parts, opts).mean(0, keepdims=True)  # one model of 5
+    torch.testing.assert_close(
+        torch.from_numpy(plda_scores(pooled, test.numpy(), parts, opts, n=5)),
+        plda.block(*plda.pool(plda.prepare(enroll), [list(range(5))])[:1], 5, plda.prepare(test)),
+    )
+
     # a re-export that fails at the model leaves the earlier set whole, state file included
     from metaemb.core.deploy import export as export_module
     from metaemb.core.errors import OutputError
