@@ -95,6 +95,13 @@ def test_the_metrics_table_shows_only_the_tar_at_far_its_non_targets_reach(tmp_p
 
     saved = json.loads((tmp_path / "m.json").read_text())
     assert {"tar_at_far_0.0001", "tar_at_far_0.001", "tar_at_far_0.01"} <= set(saved)
+    # IJB-B/C's operating points are saved and shown once a list reaches them (F4 F8)
+    assert {"tar_at_far_1e-06", "tar_at_far_1e-05"} <= set(saved)
+    from metaemb.core.eval.report import tar_at_far_rows
+
+    big = {**saved, "n_nontarget": 2_000_000}
+    assert [label for label, _ in tar_at_far_rows(big)][:2] == [
+        "TAR @ FAR=0.0001%", "TAR @ FAR=0.001%"]  # fmt: skip
 
 
 def test_metrics_out_never_replaces_what_it_reads_or_another_file(tmp_path, capsys):

@@ -110,7 +110,8 @@ def roc_plot(path: Path, tar: np.ndarray, non: np.ndarray, result: dict[str, Any
     p_miss, p_fa, _ = metrics.error_rates(t, n)
     ax.step(np.clip(p_fa, lo, 1.0), 1.0 - p_miss, where="post", color="tab:blue",
             label="every threshold")  # fmt: skip
-    styles = [("o", "tab:red"), ("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange")]
+    styles = [("o", "tab:red"), ("s", "tab:green"), ("^", "tab:purple"), ("D", "tab:orange"),
+              ("v", "tab:brown"), ("P", "tab:pink")]  # fmt: skip
     marks = [k for k in result if k.startswith("tar_at_far_")]
     reachable = [k for k in marks if float(k.removeprefix("tar_at_far_")) * n.size >= 1]
     for key, (style, color) in zip(reachable, styles, strict=False):
