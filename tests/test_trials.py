@@ -775,3 +775,19 @@ def test_a_file_repeated_in_an_enrolment_is_pooled_once_and_said(tmp_path):
     assert said == [f"{trials}:1: the enrolment names 'a/1.jpg' 3 times; each file is pooled "
                     "once, as a gallery enrolls it. Further lines like it in this list are not "
                     "reported."]  # fmt: skip
+
+
+def test_a_template_on_the_test_side_is_said_to_be_one(tiny_face_run, tmp_path, capsys):
+    """'1 a,b c,d' (IJB-style template against template) was refused as two missing files named
+    'c,d' (F4 F1): the message says the test side is one file and where pooling goes."""
+    from helpers import run_cli
+
+    data, run = tiny_face_run
+    trials = tmp_path / "templates.txt"
+    trials.write_text("1 id0000/000.png,id0000/001.png id0000/002.png,id0000/003.png\n"
+                      "0 id0000/000.png id0001/000.png\n")  # fmt: skip
+    args = ["evaluate", run, "--data", data, "--trials", trials, "--workers", "0"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code != 0
+    said = " ".join(err.split())
+    assert "The test side of a trial is one file ('id0000/002.png,id0000/003.png' joins" in said

@@ -55,10 +55,20 @@ def files_present(folder: SampleFolder, sets: list[TrialSet]) -> tuple[dict[str,
             else ""
             for ts in named
         )
+        tests = {t.test for ts in sets for t in ts.trials}
+        joined = [p for p in missing if p in tests and "," in p]
+        templates = (
+            f". The test side of a trial is one file ('{joined[0]}' joins several with ','): "
+            "several files are pooled on the enrolment side only; for template-against-template "
+            "trials (IJB), pool each side from Python (docs/python.md) and score the pools"
+            if joined and all(q in where for q in joined[0].split(","))
+            else ""
+        )
         raise DataError(
             f"{len(missing)} file(s) named in the trials are not in '{folder.root}': "
             + first_few(missing)
             + read
+            + templates
             + _left_out(folder, missing)
         )
     return where, needed
