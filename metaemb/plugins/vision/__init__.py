@@ -164,5 +164,5 @@ def register_protocols(register: Register) -> None:
     register("lfw", p.lfw, description="LFW View 2 pairs.txt, folds from its header")
     register("vggface2", p.vggface2, description="seeded identity-disjoint pairs, VGGFace2 test",
              folder="vggface2")  # fmt: skip
-    register("agedb", p.agedb, description="AgeDB-30 style pairs (age gap ≥ 30), 10 folds",
+    register("agedb", p.agedb, description="AgeDB-30 style pairs (matched pairs ≥ 30 years apart), 10 folds",
              folder="agedb")  # fmt: skip

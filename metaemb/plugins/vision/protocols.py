@@ -256,7 +256,8 @@ def agedb(
     pair_seed: int = 0,
 ) -> TrialList:
     """AgeDB-30 style: identity-disjoint folds, matched pairs at least `min_age_gap` years apart
-    (AgeDB-5/10/20/30: 5, 10, 20, 30); `pair_seed` draws another set of pairs."""
+    (a lower bound, on matched pairs only: non-matched pairs are drawn with no age condition);
+    `pair_seed` draws another set of pairs."""
     _no_trials_file("agedb", trials)
     _check_folds("agedb", folds, pairs_per_fold, pair_seed)
     if min_age_gap < 0:
