@@ -29,6 +29,7 @@ WRITE_ERRNOS = {
     errno.EISDIR: "it is a folder, not a file",
     errno.EEXIST: "a file is in the way of a folder",
     errno.ENAMETOOLONG: "the file name is too long",
+    errno.ELOOP: "a symbolic link in it loops",
 }
 EXAMPLE_NAMES = {  # a file name to suggest when a folder is given for one
     "gallery file": "gallery.pt",
@@ -48,6 +49,10 @@ def is_write_error(exc: BaseException) -> bool:
 
 def output_error(exc: OSError, path: str | Path, what: str = "output") -> OutputError:
     """An OutputError naming `path` with the cause and the fix."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):  # "a file in the way"?
+        looped = loop_said(path, what)
+        if looped is not None:
+            return looped
     where = path
     cause = WRITE_ERRNOS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -119,6 +124,33 @@ def refuse_looping_link(path: str | Path, what: str = "data folder") -> None:
             ) from None
 
 
+def looping_link(path: str | Path) -> Path | None:
+    """The part of `path` (itself or a folder above it) that is a symbolic link looping back
+    on itself, or None: such a name exists but resolves to nothing, so writes under it fail
+    with EEXIST or ENOTDIR and `resolve()` raises."""
+    p = Path(path).absolute()
+    for part in (p, *p.parents):
+        if os.path.islink(part):
+            try:
+                os.stat(part)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return part
+    return None
+
+
+def loop_said(path: str | Path, what: str) -> OutputError | None:
+    """The error for an output whose path goes through a looping link, or None."""
+    loop = looping_link(path)
+    if loop is None:
+        return None
+    return OutputError(
+        f"cannot write the {what} '{path}': '{loop}' is a symbolic link that loops (it points "
+        f"to itself, or around a circle of links: {os.readlink(loop)}); point it at a folder, "
+        "or choose another output path."
+    )
+
+
 def recordable(path: str | Path, what: str) -> Path:
     """A path a run records in its config.toml (UTF-8 text): a name holding bytes that are not
     UTF-8 (a Latin-1 folder name, or any non-ASCII name under a C locale) cannot be written
@@ -178,6 +210,9 @@ def default_cache_dir() -> Path:
 def refuse_inside(out: str | Path, root: str | Path | None, what: str) -> None:
     """An output folder inside a data folder would add its files to the data (a plot becomes a
     sample): refuse it before anything is written."""
+    looped = loop_said(out, what)
+    if looped is not None:
+        raise looped
     if root is None or not Path(root).is_dir():
         return
     out_abs, root_abs = Path(out).resolve(), Path(root).resolve()

@@ -892,3 +892,28 @@ def test_an_unwritable_folder_is_named_by_the_file_that_would_be_written(tmp_pat
     target.parent.mkdir()
     with pytest.raises(OutputError, match=rf"export file '{target}': the file system is read-only"):
         ensure_writable(target, "export file")
+
+
+def test_a_symbolic_link_that_loops_is_named_as_one_wherever_it_is_given(
+    face_run, faces, tmp_path, capsys
+):
+    """A looping link as --out, --runs, a gallery or a run: a RuntimeError traceback from
+    Path.resolve (evaluate, plot, train), 'a file is in the way' (embed, export), or 'does
+    not exist' (identify, evaluate RUN) (H24 F3). Each says the link loops, exit 2."""
+    loop = tmp_path / "loopA"
+    os.symlink(tmp_path / "loopB", loop)
+    os.symlink(loop, tmp_path / "loopB")
+    cases = [
+        ["evaluate", face_run, "--out", loop, "--workers", "0"],
+        ["plot", face_run, "--out", loop],
+        ["train", "--data", faces, "--runs", loop, "--set", "train.epochs=1"],
+        ["embed", face_run, faces, "--out", loop / "x.pt", "--workers", "0"],
+        ["export", face_run, "--out", loop / "m.onnx"],
+        ["identify", face_run, "--gallery", loop, "--data", faces],
+        ["evaluate", loop],
+    ]
+    for args in cases:
+        code, _, err = run_cli(args, capsys)
+        said = " ".join(err.split())
+        assert code == 2 and "is a symbolic link that loops" in said, (args[0], said)
+        assert "Traceback" not in said

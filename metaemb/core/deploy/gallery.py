@@ -357,6 +357,9 @@ class Gallery:
             )
         if not p.is_file():
             from metaemb.core.files import not_a_file
+            from metaemb.core.paths import refuse_looping_link
+
+            refuse_looping_link(p, "gallery")
 
             if not_a_file(p):
                 raise GalleryError(f"gallery '{p}' is {not_a_file(p)}, not a gallery file.")

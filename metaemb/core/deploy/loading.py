@@ -44,6 +44,9 @@ def find_checkpoint(path: Path) -> Path:
                 return path / name
         raise MetaembError(f"run directory '{path}' has no best.pt or last.pt: was it trained?")
     if not path.exists():
+        from metaemb.core.paths import refuse_looping_link
+
+        refuse_looping_link(path, "run")
         raise MetaembError(
             f"'{path}' does not exist; give a run directory (runs/<modality>/<name>-<hash>) or "
             "a checkpoint file (its best.pt)."
