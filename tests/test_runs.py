@@ -277,3 +277,26 @@ def test_a_locked_output_with_a_long_but_legal_name_is_written(tmp_path):
     except OSError as exc:
         said = str(output_error(exc, too_long, "export sidecar"))
     assert "this one is 258 bytes; file systems allow 255 per name" in said
+
+
+def test_the_write_probes_of_killed_processes_are_swept(tmp_path):
+    """A kill during the start-up write check left `.metaemb-probe.*.tmp` (4 KiB) beside a
+    gallery for good, one per kill: nothing matched it (H24 F4). Probes carry their pid now
+    and are swept as temps are: a dead writer's after a minute, a pid-less one after a day."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from metaemb.core.paths import ensure_writable
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
+    stale = {f".metaemb-probe.{dead}.abc123.tmp": 120, ".metaemb-probe.old_one.tmp": 2 * 86400}
+    alive = {f".metaemb-probe.{os.getpid()}.live.tmp": 120, f".metaemb-probe.{dead}.new.tmp": 5}
+    for name, age in {**stale, **alive}.items():
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    ensure_writable(tmp_path / "g.pt", "gallery file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(alive)

@@ -81,9 +81,15 @@ def _first_existing(path: Path) -> Path:
 
 
 def _probe(folder: Path, path: Path, what: str) -> None:
-    """Create, fill, fsync and remove a temporary file in `folder` (as atomic writes do)."""
+    """Create, fill, fsync and remove a temporary file in `folder` (as atomic writes do). Its
+    name carries the pid, so the probes of killed processes are swept as temps are."""
+    from metaemb.core.files import remove_orphan_temps
+
+    remove_orphan_temps(folder / "metaemb-probe")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metaemb-probe.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix=f".metaemb-probe.{os.getpid()}.", suffix=".tmp"
+        )
     except OSError as exc:  # named by the file to be written (its folder is in its path)
         raise output_error(exc, path, what) from None
     try:
