@@ -57,6 +57,9 @@ def _decode(buf: bytes, stamp: bytes) -> np.ndarray | None:
         return None
 
 
+_UNWRITABLE_SAID: set[str] = set()  # cache folders already said to be unwritable
+
+
 class DecisionCache:
     """Small numpy arrays per (absolute real path, frontend key), stamped with the file's identity:
     size, mtime, ctime, inode, decoded length and a CRC-32 of its first HEAD_BYTES. Two datasets
@@ -145,12 +148,15 @@ class DecisionCache:
             os.replace(tmp, entry)
         except OSError as exc:
             self.unwritable = True
-            warnings.warn(
-                f"the VAD cache folder '{self.dir}' cannot be written ({exc.strerror or exc}); "
-                "speech detection runs without storing its decisions (set METAEMB_CACHE or "
-                "data.cache_dir to a writable folder to keep them).",
-                stacklevel=2,
-            )
+            if str(self.dir) not in _UNWRITABLE_SAID:  # one cache object per frontend built
+                _UNWRITABLE_SAID.add(str(self.dir))
+                warnings.warn(
+                    f"the VAD cache folder '{self.dir}' cannot be written "
+                    f"({exc.strerror or exc}); speech detection runs without storing its "
+                    "decisions (set METAEMB_CACHE or data.cache_dir to a writable folder to keep "
+                    "them). Said once per process (so once per data-loader worker).",
+                    stacklevel=2,
+                )
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
