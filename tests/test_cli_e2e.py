@@ -92,10 +92,18 @@ def test_train_resume_fresh_and_evaluate(tiny_faces, tmp_path, capsys, monkeypat
     assert (run / "config.toml").exists() and (run / "baseline.json").exists()
     assert "baseline" in out and "EER" in out
 
-    # Same command again: the run is complete, nothing is retrained.
+    # Same command again: the run is complete, nothing is retrained, and nothing but its log
+    # is written (config.toml, README.md and training.png were rewritten, and a read-only
+    # config.toml replaced: H24 F6)
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.iterdir()
+                if p.name != "train.log"}  # fmt: skip
+
+    before = stamps()
     code, out, err = run_cli(train_args(tiny_faces, runs), capsys, monkeypatch)
     assert code == 0 and "complete" in out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert stamps() == before
 
     # More epochs is another configuration → another run directory (never mixed).
     # Evaluate recomputes the validation metrics of best.pt exactly.

@@ -133,8 +133,8 @@ def train(
         out.open_log(trainer.dir / "train.log", "metaemb " + " ".join(sys.argv[1:]))
     try:
         with out.logging_warnings(), stopped_by_scheduler():
-            trainer.run()
-        if trainer.dist.main:
+            result = trainer.run()
+        if trainer.dist.main and not result.get("complete_before"):  # a finished run: untouched
             from metaemb.commands.plot import after_training
 
             after_training(trainer.dir, out)

@@ -274,7 +274,7 @@ class Trainer:
                 f"{cfg.train.epochs} epochs; its last.pt was removed, best.pt is kept); use "
                 "--fresh to train it again."
             )
-            return self._summary(finished)
+            return self._summary(finished, complete=True)
         state = self.checkpointer.resume()
         # every rank resumes from the same epoch, or none trains (--runs not on storage all
         # nodes see: a node's stale last.pt paired its steps with other epochs')
@@ -282,7 +282,8 @@ class Trainer:
         self.dist.refuse_differences({"as its resume point": resumed_at}, f" in '{self.dir}'")
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
-        if self.dist.main:
+        complete = state is not None and state["epoch"] >= cfg.train.epochs
+        if self.dist.main and not complete:  # a finished run is left as it is (archived, r/o)
             self._warn(config_edited_warning(self.dir / "config.toml", cfg))
             atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
@@ -301,7 +302,7 @@ class Trainer:
                     f"({self.start_epoch}/{cfg.train.epochs} "
                     "epochs); use --fresh to train it again."
                 )
-                return self._summary(history)
+                return self._summary(history, complete=True)
             self.console.print(
                 f"Resuming {self.dir} from epoch {self.start_epoch}/{cfg.train.epochs}.",
                 markup=False,
@@ -580,17 +581,23 @@ class Trainer:
     def _print_epoch(self, record: dict[str, Any], improved: bool) -> None:
         print_epoch(self.console, self.config, record, improved)
 
-    def _summary(self, history: list[dict], baseline: dict | None = None) -> dict[str, Any]:
+    def _summary(
+        self, history: list[dict], baseline: dict | None = None, complete: bool = False
+    ) -> dict[str, Any]:
+        """Print (and, after training, write README.md) the run's summary; `complete`: the run
+        was finished before this call, whose folder is then left untouched."""
         from metaemb.core.files import read_json
 
         baseline = baseline or read_json(self.dir / BASELINE)
         if self.dist.main and history:
             print_summary(self.console, self.config, history, baseline, self.skipped,
                           len(self.parts.folder.samples))  # fmt: skip
-            write_summary(self.dir / "README.md", self.config, history, baseline)
+            if not complete:
+                write_summary(self.dir / "README.md", self.config, history, baseline)
         key = self.config.select_key()
         return {
             "run_dir": str(self.dir),
+            "complete_before": complete,
             "epochs": len(history),
             "final": history[-1] if history else {},
             "best": min(history, key=lambda r: r.get(key, math.inf)) if history else {},

@@ -40,9 +40,17 @@ class LoggingConsole(Console):
         if self._pending is not None:
             path, header = self._pending
             self._pending = None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # a name that is not UTF-8 (surrogates) is logged escaped, not a crash
-            self._log_file = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_log
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # a name that is not UTF-8 (surrogates) is logged escaped, not a crash
+                self._log_file = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_log
+            except OSError as exc:  # a finished run archived read-only: say it, log nothing
+                super().print(
+                    f"note: '{path}' cannot be written ({exc.strerror or exc}); this command's "
+                    "output is not logged there.",
+                    markup=False,
+                )
+                return None
             self._log = Console(file=self._log_file, color_system=None, width=100,
                                 soft_wrap=True, force_terminal=False, highlight=False,
                                 emoji=False)  # fmt: skip
