@@ -150,6 +150,19 @@ def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
 # reading
 
 
+def _refuse_binary(data: bytes, path: Path, what: str) -> None:
+    """A pickle or a gzip file given as a list read as pages of garbage fields (and a pickle
+    was called a triplet list): say what it is."""
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise DataError(
+            f"{what} '{path}' is a binary Python pickle, not text. An InsightFace verification "
+            f"pack (cfp_fp.bin, agedb_30.bin)? `metaemb unpack-bin {path} --out DIR` unpacks one "
+            "into files and a pair list, without running code from it."
+        )
+    if data[:2] == b"\x1f\x8b":
+        raise DataError(f"{what} '{path}' is gzip-compressed: decompress it first (gunzip).")
+
+
 def read_list_text(path: Path, what: str) -> str:
     """A list file's text: UTF-8 (file names that are not valid UTF-8 come back as the same str
     os.listdir gives), without the byte-order mark some Windows editors write, or UTF-16 when
@@ -158,6 +171,7 @@ def read_list_text(path: Path, what: str) -> str:
 
     try:
         data = read_bounded(path, what, 1024 * MiB)
+        _refuse_binary(data, path, what)
         if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
             return data.decode("utf-16")
         return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")

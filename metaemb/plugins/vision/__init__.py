@@ -129,9 +129,11 @@ def register_frontends(register: Register) -> None:
 
 @hookimpl
 def register_commands(app: Any) -> None:
+    from metaemb.plugins.vision.bin_pack import unpack_bin
     from metaemb.plugins.vision.landmark_extract import landmarks
 
     app.command()(landmarks)
+    app.command("unpack-bin")(unpack_bin)
 
 
 @hookimpl
