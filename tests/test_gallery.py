@@ -1101,6 +1101,24 @@ def test_a_python_save_over_a_gallery_changed_since_its_load_is_refused(tmp_path
     for overwrite in (False, True):
         with pytest.raises(GalleryError, match="changed on disk since it was loaded"):
             g.save(path, overwrite=overwrite)
+    # a reader never pays for the change check: nothing is digested to load and search (R12 F4)
+    digests = []
+    real = Gallery._fingerprint
+
+    def counted(self):
+        digests.append(1)
+        return real(self)
+
+    Gallery._fingerprint = counted
+    try:
+        reader = Gallery.load(path)
+        reader.search(torch.randn(2, 4), k=1)
+        assert digests == []
+        reader.add("hana", torch.randn(1, 4))  # the digest of the contents as loaded, once
+        reader.add("ivan", torch.randn(1, 4))
+        assert digests == [1]
+    finally:
+        Gallery._fingerprint = real
 
 
 def test_python_saves_refuse_what_the_commands_refuse(tmp_path):

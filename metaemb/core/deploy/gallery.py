@@ -64,8 +64,10 @@ class Gallery:
         self._owner = torch.zeros(0, dtype=torch.long)  # identity index of each sample
         # every file it was loaded from or saved to, as it was then (file signature, content
         # digest): a save over one refuses to drop what another writer (`metaemb enroll`)
-        # wrote there meanwhile, and is not taken for a save over another gallery
-        self._known: dict[str, tuple[tuple[int, int, int] | None, str]] = {}
+        # wrote there meanwhile, and is not taken for a save over another gallery. The digest
+        # is None while the contents are still those of the file (computed before a change,
+        # or at a save: a reader never pays for it)
+        self._known: dict[str, tuple[tuple[int, int, int] | None, str | None]] = {}
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
         self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
@@ -79,6 +81,7 @@ class Gallery:
     @data.setter
     def data(self, value: dict[str, Tensor]) -> None:
         """Replace the stored tensors (pending rows are joined first, then dropped with them)."""
+        self._settle_known()
         self._join_pending()
         self._data = value
 
@@ -91,6 +94,7 @@ class Gallery:
     @owner.setter
     def owner(self, value: Tensor) -> None:
         """Replace the owners (pending rows are joined first)."""
+        self._settle_known()
         self._join_pending()
         self._owner = value
 
@@ -168,6 +172,7 @@ class Gallery:
         """Enroll samples for `identity` (new or existing; a name differing from an enrolled
         one only in Unicode form is that one) → how many were added. Samples whose source is
         already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
+        self._settle_known()
         check_new_name(identity)
         identity = self.named_as(identity)  # 'Zoë' typed in NFD is the enrolled NFC 'Zoë'
         self.check_embeddings(embeddings, f"embeddings for '{identity}'")
@@ -205,6 +210,7 @@ class Gallery:
 
     def remove(self, identity: str) -> int:
         """Forget an identity and its samples → how many samples were removed."""
+        self._settle_known()
         if identity not in self.identities:
             hint = (
                 suggest(identity, self.identities)
@@ -226,6 +232,7 @@ class Gallery:
         """Give identity `old` the name `new`, keeping its samples (no file is read again: a
         service may have deleted them) → how many samples it has. With `merge`, `new` may be
         enrolled already: the two pool their samples, as one identity enrolled twice would."""
+        self._settle_known()
         if old not in self.identities:
             hint = suggest(old, self.identities) or f" enrolled: {first_few(self.identities, 10)}."
             raise GalleryError(f"identity '{old}' is not enrolled;{hint}")
@@ -275,6 +282,7 @@ class Gallery:
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
         when what a sample is known by changes; returns how many changed."""
+        self._settle_known()
         new = [renamed.get(s, s) if s else s for s in self.sources]
         changed = sum(a != b for a, b in zip(new, self.sources, strict=True))
         if changed:
@@ -303,6 +311,7 @@ class Gallery:
 
         real = os.path.realpath(path)
         _refuse_replacing_another_file(Path(path), real in self._known, overwrite)
+        self._settle_known()  # unchanged since: the digest of the contents as they are
         pooled, counts = self.pooled()
         payload = {
             "format": FORMAT,
@@ -330,12 +339,20 @@ class Gallery:
                 "Python)."
             )
         atomic_write_bytes(Path(path), data)
-        self._known[real] = (_file_signature(real), self._fingerprint())
+        self._known[real] = (_file_signature(real), None)
+
+    def _settle_known(self) -> None:
+        """Before a change: the digest of the contents as the known files hold them."""
+        pending = [path for path, (_, digest) in self._known.items() if digest is None]
+        if pending:
+            digest = self._fingerprint()
+            for path in pending:
+                self._known[path] = (self._known[path][0], digest)
 
     def _fingerprint(self) -> str:
         """A digest of everything another writer could change: the model stamp, identities,
         sources, owners and the sample tensors themselves (a re-enrollment keeps the names and
-        counts but not the embeddings). Hashing runs at about 1 GB/s, far below torch.load."""
+        counts but not the embeddings); hashed in place, without a copy."""
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
@@ -344,7 +361,7 @@ class Gallery:
             h.update("\n".join(text).encode("utf-8", "surrogateescape") + b"\0")
         for name, t in [("owner", self.owner), *sorted(self.data.items())]:
             h.update(name.encode() + str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().numpy())  # the buffer itself: no copy
         return h.hexdigest()
 
     @classmethod
@@ -400,7 +417,7 @@ class Gallery:
             raise GalleryError(f"gallery '{p}' is damaged: it has no {exc} entry") from None
         except (TypeError, AttributeError, GalleryError) as exc:
             raise GalleryError(f"gallery '{p}' is damaged: {exc}") from None
-        g._known = {os.path.realpath(p): (signature, g._fingerprint())}
+        g._known = {os.path.realpath(p): (signature, None)}
         return g
 
     def _validate(self) -> None:
