@@ -417,9 +417,17 @@ def test_enroll_and_identify_commands(trained, tmp_path, capsys):
     mate = torch.tensor([int(t[-1]) for t in truth[:6]])
     hits = [top1[p] == truth[p] and want[p, mate[p]] > want[6:].max() for p in range(6)]
     assert printed("tpir_at_fpir_0.1") == f"{sum(hits) / 6:.2%}"
-    assert float(printed("threshold_at_fpir_0.1")) == pytest.approx(want[6:].max().item(), abs=1e-3)
+    cut = re.search(r"threshold_at_fpir_0\.1\s*\S\s*(-?[\d.e-]+)", out).group(1)
+    assert float(cut) == pytest.approx(want[6:].max().item(), abs=1e-3)
     flat = " ".join(out.split())
     assert "note: tpir_at_fpir_0.1 is the TPIR at FPIR 0: 2 non-mated probe(s)" in flat
+    # given back as --threshold (accepting scores at or above it), it gives that FPIR: no
+    # unenrolled probe passes, where the best one's own score let it through (R12 F1)
+    args = ["identify", run, "--gallery", path, "--data", probes, "--top-k", "1", "--threshold",
+            cut, "--workers", "0", "--show", "0"]  # fmt: skip
+    code, again, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert re.search(r"false_positive_identification_rate\s*\S\s*0\.00%", again)
 
     # Loose probe files (no labels, no metrics): the same scores.
     args = [
@@ -1210,3 +1218,22 @@ def test_saving_over_another_gallery_asks_for_overwrite(tmp_path):
     assert Gallery.load(tmp_path / "team.pt").identities == ["id0004"]
     mine.save(tmp_path / "team.pt", overwrite=True)
     assert Gallery.load(tmp_path / "team.pt").identities == ["alice"]
+
+
+def test_the_reported_threshold_at_fpir_gives_that_fpir_as_threshold(tmp_path):
+    """threshold_at_fpir was the best rejected non-mated score itself, which `--threshold`
+    (accepting scores at or above it) lets through (R12 F1, H25 F3): it is the next float up."""
+    from metaemb.core.deploy.gallery import NEW, Gallery
+    from metaemb.core.deploy.search import _metrics
+    from metaemb.core.deploy.stamp import ModelStamp
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=2, config_hash="abcd1234", epoch=1))
+    g.add("a", torch.tensor([[1.0, 0.0]]))
+    g.add("b", torch.tensor([[0.0, 1.0]]))
+    probes = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # a mated probe of a; a stranger near b
+    truth = ["a", "stranger"]
+    found = _metrics(g, probes, None, truth, g.search(probes, k=1))
+    cut = found["threshold_at_fpir_0.1"]
+    assert cut > g.score_matrix(probes)[1].max().item()
+    decided = g.search(probes, k=1, threshold=cut).decisions()
+    assert decided == ["a", NEW]

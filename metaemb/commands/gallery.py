@@ -73,8 +73,8 @@ def print_results(out: Console, ident: Identification, show: int) -> None:
         m.add_column("metric")
         m.add_column("value", justify="right")
         for k, v in ident.metrics.items():
-            if k.startswith("threshold_at"):
-                m.add_row(k, f"{v:.4g}")
+            if k.startswith("threshold_at"):  # every digit: a value for --threshold as it is
+                m.add_row(k, repr(v))
             elif isinstance(v, float) and k != "threshold":
                 m.add_row(k, f"{v:.2%}")
             elif k not in ("threshold", "notes"):

@@ -251,7 +251,10 @@ def _metrics(g: Any, emb: Any, scorer: Any, truth: list[str], result: Any) -> di
                 out[f"tpir_at_fpir_{fpir:g}"] = ident.tpir_at_fpir(
                     matrix, truth, g.identities, fpir
                 )
-                out[f"threshold_at_fpir_{fpir:g}"] = false_rate_cut(top_non, fpir, "FPIR")
+                # the metric accepts scores above the cut, --threshold those at or above it:
+                # the next float up is the --threshold that gives this FPIR
+                cut = false_rate_cut(top_non, fpir, "FPIR")
+                out[f"threshold_at_fpir_{fpir:g}"] = float(np.nextafter(cut, np.inf))
                 if n_non * fpir < 1:
                     notes.append(
                         f"tpir_at_fpir_{fpir:g} is the TPIR at FPIR 0: {n_non} non-mated probe(s) "
