@@ -696,3 +696,19 @@ def test_a_graph_that_froze_a_size_while_tracing_is_named_so():
     with pytest.raises(ExportError, match=r"failed on the inputs it was traced with") as caught:
         run((torch.zeros(2, 3),))
     assert "frozen" not in str(caught.value)
+
+
+def test_an_export_with_a_longer_evaluation_cap_says_it_in_its_sidecar(speaker_ckpt, tmp_path):
+    """`export --features-set max_eval_seconds=600` recorded the set while its input_spec and
+    preprocessing still said 100 s, which is what a deployer crops to (R12 F3)."""
+    from helpers import run_cli
+
+    target = tmp_path / "s.pt"
+    args = ["export", speaker_ckpt[0], "--format", "torchscript", "--out", target,
+            "--features-set", "max_eval_seconds=600"]  # fmt: skip
+    code, _, err = run_cli(args)
+    assert code == 0, err
+    info = json.loads(target.with_name("s.pt.json").read_text())
+    assert info["features_set"] == {"max_eval_seconds": 600.0}
+    assert info["input_spec"]["max_eval_seconds"] == 600.0
+    assert any("longer than 600.0 s centre-cropped" in step for step in info["preprocessing"])

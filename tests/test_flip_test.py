@@ -110,3 +110,12 @@ def test_an_export_with_the_flip_test_holds_it_in_its_graph(tiny_face_run, tmp_p
     session = ort.InferenceSession(str(target))
     got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
     assert np.allclose(got[0], want["embeddings"][0].numpy(), atol=1e-4)
+
+
+def test_features_set_with_a_reference_model_is_refused(tmp_path, capsys):
+    """A --reference model has no test views: its evaluation recorded the flip test and tagged
+    its folder, with scores identical to the plain one (R12 F2)."""
+    args = ["evaluate", "--reference", "dlib-resnet", "--data", tmp_path, "--features-set",
+            "test_flip=true"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "a --reference model embeds one view" in " ".join(err.split())

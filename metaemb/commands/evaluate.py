@@ -103,6 +103,9 @@ def evaluate(
     if reference is not None and (folder is not None or folder_set):
         raise MetaembError("--folder and --folder-set choose how a run reads --data; a "
                            "--reference reads it with the modality's own folder.")  # fmt: skip
+    if reference is not None and features_set:  # its pipeline has no test views to set
+        raise MetaembError("--features-set sets a trained run's features; a --reference model "
+                           "embeds one view as it is: leave it out.")  # fmt: skip
     if reference is not None:
         from metaemb.core.train.pretrained import reference_run
 

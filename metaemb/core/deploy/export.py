@@ -116,6 +116,10 @@ def load_inference(checkpoint: Path, blame: dict[str, Any] | None = None) -> Inf
     model, config, state = run.model, run.config, run.state
     model.eval().requires_grad_(False)
     spec = state.get("input_spec") or model.features.input_spec()
+    from metaemb.core.data.pipeline import features_set_used
+
+    changed = features_set_used()  # --features-set: what the deployer does differs too
+    spec = {**spec, **{k: v for k, v in model.features.input_spec().items() if k in changed}}
     kind = input_kind(spec, config.model.features)
     if blame is not None:
         entry = registry("export_adapters").entry(spec.get("kind"))
