@@ -119,3 +119,20 @@ def test_features_set_with_a_reference_model_is_refused(tmp_path, capsys):
             "test_flip=true"]  # fmt: skip
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "a --reference model embeds one view" in " ".join(err.split())
+
+
+def test_neighbours_embeds_its_probes_as_the_collection_was(tiny_face_run, tmp_path, capsys):
+    """A collection embedded with the flip test was searched with one-view probes: a member
+    file scored 0.9998 against itself (R12 F5). Probes follow the collection's record."""
+    from metaemb.core.deploy.neighbours import find_neighbours
+
+    data, run = tiny_face_run
+    coll = tmp_path / "flip.pt"
+    args = ["embed", run, data, "--out", coll, "--workers", "0", "--features-set",
+            "test_flip=true"]  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    member = sorted(data.glob("*/*.png"))[5]
+    found = find_neighbours(coll, [member], k=1, backend="exact", scorer="cosine", device="cpu")
+    [[best]] = found.neighbours
+    assert best.path == member.relative_to(data).as_posix()
+    assert best.score == pytest.approx(1.0, abs=1e-6)

@@ -109,6 +109,33 @@ def collection_scorer(
                          recorded=collection.meta.get("scorer"))  # fmt: skip
 
 
+def _embed_as_collection(
+    coll: Collection, model: Path, probes: list[Path], device: str, workers: int, root: Any
+) -> Collection:
+    """The probes embedded as the collection was: with the `--frontend-set` and
+    `--features-set` its embed recorded (a flip-tested collection searched with one-view
+    probes would mix two embeddings of each file)."""
+    import contextvars
+    import json
+
+    from metaemb.core.data import pipeline
+    from metaemb.core.eval.collect import embed_inputs
+
+    def embed() -> Collection:
+        for key, use in (("frontend_set", pipeline.use_frontend_set),
+                         ("features_set", pipeline.use_features_set)):  # fmt: skip
+            recorded = json.loads(coll.meta.get(key) or "{}")
+            use(
+                [
+                    f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                    for k, v in recorded.items()
+                ]
+            )
+        return embed_inputs(model, probes, device=device, workers=workers, root=root)
+
+    return contextvars.copy_context().run(embed)
+
+
 def find_neighbours(
     collection_path: Path | Collection,
     probes: list[Path],
@@ -124,7 +151,6 @@ def find_neighbours(
     (its file, or a `Collection` in memory; `root`: the data folder the probes are under, as
     `embed --root`)."""
     from metaemb.core.deploy.stamp import refuse_other_model
-    from metaemb.core.eval.collect import embed_inputs
     from metaemb.core.eval.retrieval import adapt_to, nearest
 
     coll, collection_path = _opened(collection_path)
@@ -133,7 +159,7 @@ def find_neighbours(
         raise MetaembError(
             f"'{collection_path}' does not say which model embedded it; pass --run RUN_OR_CHECKPOINT."
         )
-    probe = embed_inputs(model, probes, device=device, workers=workers, root=root)
+    probe = _embed_as_collection(coll, model, probes, device, workers, root)
     refuse_other_model(probe.meta["model_digest"], coll.meta.get("model_digest"),
                        given=f"'{model}'", verb="embedded",
                        what=f"the collection '{collection_path}'",
