@@ -76,8 +76,21 @@ def test_embed_and_evaluate_with_a_flip_test_on_a_run_trained_without_it(
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     [flipped] = [p for p in run.glob("eval-validation-*") if (p / "metrics.json").is_file()]
+    assert flipped.name.startswith("eval-validation-features-")  # named as what it is (R12 F6)
     assert json.loads((flipped / "metrics.json").read_text())["features_set"] == {"test_flip": True}
     assert (run / "eval-validation" / "metrics.json").is_file()  # the plain one is kept
+    # the run's own value is no other reading: the plain folder, no tag
+    args = ["evaluate", run, "--workers", "0", "--features-set", "test_flip=false"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert len(list(run.glob("eval-validation*"))) == 2
+    # a measure records it too
+    args = ["evaluate", run, "--workers", "0", "--measure", "class", "--features-set",
+            "test_flip=true"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [measured] = run.glob("eval-class-features-*/metrics.json")
+    assert json.loads(measured.read_text())["features_set"] == {"test_flip": True}
 
 
 def test_features_set_refuses_an_option_that_changes_training(tiny_face_run, tmp_path, capsys):

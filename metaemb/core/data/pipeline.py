@@ -179,9 +179,19 @@ def use_features_set(items: list[str] | None) -> None:
     _FEATURES_SET.set(tuple(dict(given).items()))
 
 
-def features_set_used() -> dict[str, Any]:
-    """The command's --features-set, for its outputs to record ({} when none)."""
-    return dict(_FEATURES_SET.get())
+def features_set_used(config: Config | None = None) -> dict[str, Any]:
+    """The command's --features-set, for its outputs to record ({} when none); with the run's
+    `config`, only the values that differ from the run's own (a no-op set names nothing)."""
+    given = dict(_FEATURES_SET.get())
+    if config is None or not given:
+        return given
+    from metaemb.core.plugin.components import validate_options
+
+    own = config.options("features")
+    name = config.model.features
+    typed = validate_options("features", name, given, "--features-set")
+    defaults = {k: o.default for k, o in options_of(registry("features").get(name)).items()}
+    return {k: v for k, v in typed.items() if own.get(k, defaults.get(k)) != v}
 
 
 def apply_features_set(features: Any, name: str) -> None:

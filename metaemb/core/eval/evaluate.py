@@ -330,9 +330,9 @@ class Evaluation:
         suffix = variant(self.adapt, self.folder, self.folder_options, self.p_targets,
                          self.calibrate_path, self.folds, self.protocol_options,
                          checkpoint_tag(self.run_path), self.scorer_set)  # fmt: skip
-        features_set = features_set_used()
-        preprocessing = {**frontend_set, **{f"features.{k}": v for k, v in features_set.items()}}
-        name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, preprocessing, suffix)
+        features_set = features_set_used(cfg)  # what differs from the run's own
+        name = result_name(evals.name, self.scorer_name, cfg.eval.scorer, frontend_set, suffix,
+                           features_set)  # fmt: skip
         data_root = str(Path(loaded.parts.root).resolve())
         calibration = str(self.calibrate_path.resolve()) if self.calibrate_path else None
         trials_file = str(self.trials_path.resolve()) if self.trials_path else ""

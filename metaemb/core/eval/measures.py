@@ -315,8 +315,9 @@ def run_measure(
     name = f"match-{Path(trials).stem}" if measure == "match" and trials is not None else measure
     suffix = variant(adapt, None, {}, (), None, None, None, checkpoint_tag(run))
     suffix += f"-enroll{enroll}" if measure == "class" and enroll != 1 else ""
-    given = {**frontend_set_used(), **{f"features.{k}": v for k, v in features_set_used().items()}}
-    name = result_name(name, scorer, loaded.config.eval.scorer, given, suffix)
+    frontend_set, features_set = frontend_set_used(), features_set_used(loaded.config)
+    name = result_name(name, scorer, loaded.config.eval.scorer, frontend_set, suffix,
+                       features_set)  # fmt: skip
     data_root = str(Path(data).resolve()) if data is not None else ""
     listed = str(Path(trials).resolve()) if trials is not None else ""
     # nor another folder's or list of the same name (two corpora both called wav/)
@@ -353,6 +354,10 @@ def run_measure(
         result["scorer_options"] = loaded.recorded_scorer_options(scorer)  # as verification records
         result.update(data_root=data_root, trials_source=listed)  # what beside_others compares
         result.update(evaluated_model(loaded))
+        if frontend_set:
+            result["frontend_set"] = frontend_set
+        if features_set:
+            result["features_set"] = features_set
         with written_together():  # an earlier verification's scores and plots go with it
             dropped = drop_earlier_set(out)
             atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))

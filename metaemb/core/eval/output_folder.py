@@ -20,15 +20,18 @@ def result_name(
     run_scorer: str,
     frontend_set: dict[str, Any] | None,
     variant: str,
+    features_set: dict[str, Any] | None = None,
 ) -> str:
     """The trials' name, then what was chosen beside the run's own reading of them: another
-    scorer, another preprocessing (`--frontend-set`), then `variant` (see `variant`)."""
+    scorer, another preprocessing (`--frontend-set`), other test views (`--features-set`),
+    then `variant` (see `variant`)."""
     name = trials
     if scorer and scorer != run_scorer:  # beside the run's own scorer
         name = f"{name}-{scorer}"
-    if frontend_set:  # another preprocessing of the same files: beside, not over, the plain
-        tag = hashlib.sha1(json.dumps(frontend_set, sort_keys=True).encode()).hexdigest()
-        name = f"{name}-frontend-{tag[:6]}"
+    for what, given in (("frontend", frontend_set), ("features", features_set)):
+        if given:  # another reading of the same files: beside, not over, the plain results
+            tag = hashlib.sha1(json.dumps(given, sort_keys=True).encode()).hexdigest()
+            name = f"{name}-{what}-{tag[:6]}"
     return name + variant
 
 
