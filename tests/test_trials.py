@@ -758,23 +758,37 @@ def test_the_fast_path_of_safe_path_gives_what_the_full_check_gives():
         assert not trial_checks._plain(path)
 
 
-def test_a_file_repeated_in_an_enrolment_is_pooled_once_and_said(tmp_path):
+def test_a_file_repeated_in_an_enrolment_is_pooled_once_and_said(tiny_face_run, tmp_path, capsys):
     """'a,a,a,a' was pooled as four observations by evaluate (a GME's LLR grew from 1.10 to
-    1.91) but once by a gallery, and only the duplicate-trial check said anything (F4 F11)."""
+    1.91) but once by a gallery (F4 F11): pooled once, said once per reading of the list, and
+    scores.txt keys the trial as the list wrote it (R12 F10)."""
     import warnings
 
+    from helpers import run_cli
+
+    from metaemb.core.eval.scores_file import read_scores
     from metaemb.core.eval.trials import read_trials
 
+    data, run = tiny_face_run
     trials = tmp_path / "t.txt"
-    trials.write_text("1 a/1.jpg,a/1.jpg,a/1.jpg,a/2.jpg b/1.jpg\n0 a/1.jpg,a/1.jpg c/1.jpg\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        read = read_trials(trials, tmp_path)
-    assert [t.enroll for t in read] == [("a/1.jpg", "a/2.jpg"), ("a/1.jpg",)]
-    said = [str(w.message) for w in caught if "enrolment names" in str(w.message)]
-    assert said == [f"{trials}:1: the enrolment names 'a/1.jpg' 3 times; each file is pooled "
-                    "once, as a gallery enrolls it. Further lines like it in this list are not "
-                    "reported."]  # fmt: skip
+    trials.write_text("1 id0000/000.png,id0000/000.png,id0000/001.png id0000/002.png\n"
+                      "1 id0000/000.png,id0000/001.png id0000/002.png\n"
+                      "0 id0000/000.png,id0000/000.png id0001/000.png\n")  # fmt: skip
+    for _ in range(2):  # a notebook reading the list again is told again
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read = read_trials(trials, data)
+        said = [str(w.message) for w in caught if "enrolment names" in str(w.message)]
+        assert said == [f"{trials}:1: the enrolment names 'id0000/000.png' 2 times; each file "
+                        "is pooled once, as a gallery enrolls it. Further lines like it in this "
+                        "list are not reported."]  # fmt: skip
+    assert read[0].enroll == ("id0000/000.png", "id0000/000.png", "id0000/001.png")
+    args = ["evaluate", run, "--data", data, "--trials", trials, "--workers", "0"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    listed, scores = read_scores(tmp_path / "ev" / "scores.txt")
+    assert listed[0].enroll == read[0].enroll  # keyed as listed
+    assert float(scores[0]) == float(scores[1])  # a,a,b is a,b
 
 
 def test_a_template_on_the_test_side_is_said_to_be_one(tiny_face_run, tmp_path, capsys):

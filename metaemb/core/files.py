@@ -54,7 +54,8 @@ def written_together() -> Iterator[None]:
     whole: a disk that fills up half-way leaves the previous set, not new metrics beside old
     plots. The file written last is the set's marker (metrics.json, an export's model): its
     previous version is removed before the others are renamed and it is renamed last, so a
-    process killed among the renames leaves a set without its marker, never a mixed one."""
+    process killed among the renames leaves a set without its marker (its files new up to the
+    kill, the others the previous set's), never one read as complete."""
     pending: list[tuple[str, Path]] = []
     token = _deferred.set(pending)
     try:

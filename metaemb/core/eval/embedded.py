@@ -106,7 +106,8 @@ class Embedded:
             enroll = torch.tensor([self.pos[t.enroll[0]] for t in trials], dtype=torch.long)
             scores = scorer.score(self.emb[enroll], self.emb[torch.tensor(test, dtype=torch.long)])
         else:
-            groups = [[self.pos[p] for p in t.enroll] for t in trials]
+            # a file named twice in an enrolment is pooled once, as a gallery enrolls it
+            groups = [[self.pos[p] for p in dict.fromkeys(t.enroll)] for t in trials]
             scores = score_trials(scorer, self.emb, groups, test)
         return scores.double().cpu()
 

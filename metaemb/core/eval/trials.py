@@ -129,21 +129,21 @@ _REPEATS_SAID: set[str] = set()
 
 
 def split_enroll(field: str, root: Path | None, where: str) -> tuple[str, ...]:
-    """An enrollment field 'a,b,c' → checked relative paths, each file once: a file named twice
-    is no more evidence (a GME would sum it twice), and a gallery enrolls it once too."""
-    paths = [safe_path(p, root, where) for p in field.split(",")]
-    unique = tuple(dict.fromkeys(paths))
+    """An enrollment field 'a,b,c' → checked relative paths, as listed (scores.txt keys each
+    trial as its list does); a file named twice is said once per list, and pooled once when
+    scored: it is no more evidence (a GME would sum it twice), as a gallery enrolls it once."""
+    paths = tuple(safe_path(p, root, where) for p in field.split(","))
     listed = where.rsplit(":", 1)[0]
-    if len(unique) < len(paths) and listed not in _REPEATS_SAID:
+    if len(set(paths)) < len(paths) and listed not in _REPEATS_SAID:
         _REPEATS_SAID.add(listed)
-        repeated = next(p for p in unique if paths.count(p) > 1)
+        repeated = next(p for p in paths if paths.count(p) > 1)
         warnings.warn(
             f"{where}: the enrolment names '{repeated}' {paths.count(repeated)} times; each file "
             "is pooled once, as a gallery enrolls it. Further lines like it in this list are "
             "not reported.",
             stacklevel=2,
         )
-    return unique
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +323,7 @@ def read_trials(
     TrialList with `folds` when the format declares folds, and `read_as` naming the format,
     which every error about the list names too)."""
     path = Path(path)
+    _REPEATS_SAID.discard(str(path))  # said once per reading of a list, not once per process
     name = detect_format(path) if format == "auto" else format
     fmt = _format_or_error(name)
     try:
