@@ -142,7 +142,7 @@ def test_features_eval_full_capped_and_min_length():
     features._cropped_noted = False  # said once per process, and said (S5 F7)
     # ... of what the frontend keeps (speech after a VAD), not of the recording (H22 F8b)
     with pytest.warns(UserWarning, match=r"longer than features.max_eval_seconds = 1 s \(of what "
-                      r"the frontend keeps.*middle 1 s \(the first met keeps 2 s\)"):  # fmt: skip
+                      r"the frontend keeps.*middle 1 s \(the first met has 1.5 s\)"):  # fmt: skip
         capped = feats.prepare(w, train=False)
     assert torch.equal(capped, w[4000:20000])  # centre crop
     features._tiled_noted = False  # a short segment repeated is said too (S6 F4)

@@ -85,3 +85,26 @@ def test_a_pack_that_would_run_code_is_refused_unrun(tmp_path, monkeypatch):
     write_pack(pack, [b"\xff\xd8"] * 3, [True])
     with pytest.raises(DataError, match="3 images for 1 pairs"):
         read_pack(pack)
+
+
+def test_a_pack_asking_for_any_memory_or_holding_no_image_is_refused_before_writing(tmp_path):
+    """A few bytes can make numpy's rebuild ask for terabytes (a MemoryError traceback), and an
+    image that is not JPEG or PNG was found pair by pair, after files were written (R12 F9)."""
+    from metaemb.plugins.vision.bin_pack import unpack
+
+    huge = tmp_path / "huge.bin"
+
+    class Huge:
+        def __reduce__(self):
+            from numpy._core.multiarray import _reconstruct
+
+            return (_reconstruct, (np.ndarray, (10**13,), b"b"))
+
+    huge.write_bytes(pickle.dumps(([Huge()], [True])))
+    with pytest.raises(DataError, match=r"asks for more memory|not a readable pickle"):
+        read_pack(huge)
+    mixed = tmp_path / "mixed.bin"
+    write_pack(mixed, [b"\xff\xd8", b"\xff\xd8", b"\xff\xd8", b"GIF89a"], [True, False])
+    with pytest.raises(DataError, match="image 3 is neither JPEG nor PNG"):
+        unpack(mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

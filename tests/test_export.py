@@ -712,3 +712,18 @@ def test_an_export_with_a_longer_evaluation_cap_says_it_in_its_sidecar(speaker_c
     assert info["features_set"] == {"max_eval_seconds": 600.0}
     assert info["input_spec"]["max_eval_seconds"] == 600.0
     assert any("longer than 600.0 s centre-cropped" in step for step in info["preprocessing"])
+
+
+def test_an_operator_of_a_later_opset_is_told_the_opset_not_another_format():
+    """torch's 'Support for this operator was added in version 16' was followed by metaemb's
+    'no form at any opset: use --format torchscript' (R12 F11): the opset is named."""
+    from metaemb.core.deploy.export import ExportError, _failures_named
+
+    blame = {"model": "backbone 'x'", "files": (__file__,)}
+    said = r"Give --opset 16 \(metaemb exports opsets 13–20\)\.$"
+    with pytest.raises(ExportError, match=said), _failures_named(blame):
+        raise RuntimeError(
+            "Exporting the operator 'aten::grid_sampler' to ONNX opset version 13 is not "
+            "supported. Support for this operator was added in version 16, try exporting "
+            "with this version."
+        )

@@ -149,3 +149,13 @@ def test_neighbours_embeds_its_probes_as_the_collection_was(tiny_face_run, tmp_p
     [[best]] = found.neighbours
     assert best.path == member.relative_to(data).as_posix()
     assert best.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_sidecar_records_the_test_options_in_effect_from_training_too():
+    """A run trained with test_flip exports the flip in its graph, and its sidecar said nothing
+    of it (only an export --features-set recorded it) (R12 F12)."""
+    from metaemb.core.deploy.export import _features_set
+    from metaemb.plugins.vision.features import ImageFeatures
+
+    assert _features_set(ImageFeatures(test_flip=True)) == {"features_set": {"test_flip": True}}
+    assert _features_set(ImageFeatures()) == {}

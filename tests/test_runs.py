@@ -300,3 +300,13 @@ def test_the_write_probes_of_killed_processes_are_swept(tmp_path):
         os.utime(tmp_path / name, (time.time() - age, time.time() - age))
     ensure_writable(tmp_path / "g.pt", "gallery file")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(alive)
+
+
+def test_a_lock_keeps_the_name_every_metaemb_gives_it_where_it_fits(tmp_path):
+    """Locks of 201–249-byte names took a digest name, which an older metaemb sharing the
+    gallery does not take: two locks for one file (R12 F8). The digest is for 250+ bytes."""
+    from metaemb.core.locks import lock_name
+
+    assert lock_name(tmp_path / ("g" * 246 + ".pt")) == "." + "g" * 246 + ".pt.lock"
+    long = lock_name(tmp_path / ("g" * 247 + ".pt"))
+    assert long.startswith(".metaemb-") and long.endswith(".lock")

@@ -28,13 +28,13 @@ FrontendSet = Annotated[
     ),
 ]
 
-#: `--features-set KEY=VALUE` of the commands that use a trained run (evaluate, embed, enroll,
-#: identify, export): see `metaemb.core.data.pipeline.use_features_set`
+#: `--features-set KEY=VALUE` of evaluate, embed and export (galleries embed with the run's
+#: own features): see `metaemb.core.data.pipeline.use_features_set`
 FeaturesSet = Annotated[
     list[str] | None,
     typer.Option(
         help="KEY=VALUE of the run's features that only change how it embeds after training, "
-        "repeatable (image: test_flip=true, the flip test)"
+        "repeatable (image: test_flip=true, the flip test; speaker: max_eval_seconds=600)"
     ),
 ]
 

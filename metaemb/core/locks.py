@@ -168,6 +168,15 @@ class RunLock:
         self.release()
 
 
+def lock_name(target: Path) -> str:
+    """`.<name>.lock`, as every metaemb names it, or, where that would pass the 255-byte name
+    limit (names of 250–255 bytes), `.metaemb-<digest of the name>.lock`."""
+    plain = f".{target.name}.lock"
+    if len(plain.encode("utf-8", "surrogateescape")) <= 255:
+        return plain
+    return f"{hidden_stem(target)}.lock"
+
+
 class FileLock(RunLock):
     """An exclusive lock on one output file that a command reads, extends and rewrites (a
     gallery): `.<name>.lock` beside it, so two writers never drop each other's additions."""
@@ -176,7 +185,7 @@ class FileLock(RunLock):
         real = Path(os.path.realpath(target))  # one lock for the file, whatever link names it
         super().__init__(real.parent)
         self.target, self.what = Path(target), what
-        self.path = real.parent / f"{hidden_stem(real)}.lock"  # a 250-byte name fits too
+        self.path = real.parent / lock_name(real)
         # what refusals name: the target, or what it stands for (a folder's `evaluating`)
         self.shown = Path(shown or target)
         self.named = f"{what} '{self.shown}'"

@@ -95,11 +95,14 @@ class Inference:
     path: Path
 
 
-def _features_set() -> dict[str, Any]:
-    """The command's --features-set (a flip test in the graph), when it gave one."""
-    from metaemb.core.data.pipeline import features_set_used
+def _features_set(features: Any) -> dict[str, Any]:
+    """The features' test options in effect where they are not the class's defaults (a flip
+    test in the graph, from --features-set or from the run's training configuration)."""
+    from metaemb.core.plugin.options import options_of
 
-    given = features_set_used()
+    defaults = {k: o.default for k, o in options_of(type(features)).items()}
+    names = getattr(type(features), "test_options", ()) or ()
+    given = {k: getattr(features, k) for k in names if getattr(features, k) != defaults.get(k)}
     return {"features_set": given} if given else {}
 
 
@@ -190,7 +193,10 @@ def _failures_named(blame: dict[str, Any]) -> Iterator[None]:
                 "model_inputs() or check())."
             ) from exc
         hint = ""
-        if type(exc).__name__ == "UnsupportedOperatorError" or "is not supported" in why:
+        newer = re.search(r"added in version (\d+)", str(exc))
+        if newer:  # an operator of a later opset: say the opset, not another format
+            hint = f" Give --opset {newer.group(1)} (metaemb exports opsets 13–20)."
+        elif type(exc).__name__ == "UnsupportedOperatorError" or "is not supported" in why:
             hint = (
                 " ONNX has no form of that operator at any opset (nn.TransformerEncoder's fused "
                 "inference path, aten::_transformer_encoder_layer_fwd, is one): --format "
@@ -413,7 +419,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             "sample_folder_options": sample_folder_options(config),
             "frontend_options": frontend_options(config),
             **frontend_details(config),
-            **_features_set(),
+            **_features_set(inf.model.features),
             "embedding": {"kind": "point" if out_names == ["embeddings"] else "gme", "dim": dim},
             "inputs": [  # the dtypes the graph was traced with, which it requires
                 {"name": n, "shape": s, "dtype": _dtype(x)}

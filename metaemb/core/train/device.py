@@ -33,7 +33,12 @@ def pick_device(requested: str = "auto") -> torch.device:
             raise MetaembError(f"--device {requested}: CUDA is not available on this machine.")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise MetaembError(f"--device {requested}: this machine has {count} CUDA device(s).")
+            chosen = f" (under torchrun: cuda:LOCAL_RANK = cuda:{dev.index})" if (
+                requested == "cuda") else ""  # fmt: skip
+            raise MetaembError(
+                f"--device {requested}{chosen}: this process sees {count} CUDA device(s); give "
+                "--device cuda:N of those, or let every rank see every GPU."
+            )
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):

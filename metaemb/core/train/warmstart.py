@@ -148,8 +148,8 @@ class InitFrom(Callback):
         if ramp > 0:  # counted from this run's epoch 0: large-margin fine-tuning would not be
             trainer.console.print(
                 f"[yellow]warning:[/] objective.margin_warmup_epochs = {ramp}: the margin ramps "
-                f"from 0 again over this run's first {ramp} epochs, below what the model was "
-                "trained with. For fine-tuning with a margin (large-margin fine-tuning) set "
+                f"from 0 again over this run's first {ramp} epochs, as for a model trained from "
+                "scratch. For fine-tuning with a margin (large-margin fine-tuning) set "
                 "objective.margin_warmup_epochs=0."
             )
         if self.distill > 0:

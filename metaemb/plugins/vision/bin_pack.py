@@ -59,7 +59,12 @@ def read_pack(path: Path) -> tuple[list[bytes], list[bool]]:
             loaded = _NoCode(f, path).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except MemoryError:  # numpy's rebuild may be asked for any size by a few bytes
+        raise DataError(
+            f"'{path}' is not a verification pack: it asks for more memory than this machine has."
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            OverflowError) as exc:  # fmt: skip
         raise DataError(
             f"'{path}' is not a readable pickle ({type(exc).__name__}: {exc})."
         ) from None
@@ -105,16 +110,16 @@ def unpack(path: Path, out: Path) -> tuple[Path, int, int]:
     images, flags = read_pack(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out '{out}' exists and is not an empty folder; choose a new one.")
+    suffixes = [_suffix(data, path, i) for i, data in enumerate(images)]  # all, before writing
     lines = []
     for k, same in enumerate(flags):
-        a, b = images[2 * k], images[2 * k + 1]
-        names = (f"p{k:05d}/0", f"p{k:05d}/1") if same else (f"p{k:05d}a/0", f"p{k:05d}b/0")
-        files = [n + _suffix(data, path, 2 * k + j) for j, (n, data) in enumerate(zip(names, (a, b), strict=True))]  # fmt: skip
-        for name, data in zip(files, (a, b), strict=True):
+        stems = (f"p{k:05d}/0", f"p{k:05d}/1") if same else (f"p{k:05d}a/0", f"p{k:05d}b/0")
+        files = [stem + suffixes[2 * k + j] for j, stem in enumerate(stems)]
+        for name, data in zip(files, images[2 * k : 2 * k + 2], strict=True):
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_bytes(data)
         lines.append(f"{int(same)} {files[0]} {files[1]}")
-    atomic_write_text(out / PAIRS, "\n".join(lines) + "\n")
+    atomic_write_text(out / PAIRS, "\n".join(lines) + "\n")  # last: the unpack is complete
     return out / PAIRS, len(flags), sum(flags)
 
 
