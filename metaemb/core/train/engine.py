@@ -283,9 +283,11 @@ class Trainer:
         if state is not None:
             check_same_data(self, state)  # before config.toml: a refused run keeps its own
         complete = state is not None and state["epoch"] >= cfg.train.epochs
-        if self.dist.main and not complete:  # a finished run is left as it is (archived, r/o)
-            self._warn(config_edited_warning(self.dir / "config.toml", cfg))
-            atomic_write_text(self.dir / "config.toml", cfg.to_toml())
+        if self.dist.main:  # a finished run's record is rewritten only when edited by hand
+            edited = config_edited_warning(self.dir / "config.toml", cfg)
+            if edited or not complete:  # (a finished run is otherwise left as it is)
+                self._warn(edited)
+                atomic_write_text(self.dir / "config.toml", cfg.to_toml())
         self.dist.barrier()
         best, history = math.inf, []
         if state is not None:
