@@ -159,3 +159,26 @@ def test_a_sidecar_records_the_test_options_in_effect_from_training_too():
 
     assert _features_set(ImageFeatures(test_flip=True)) == {"features_set": {"test_flip": True}}
     assert _features_set(ImageFeatures()) == {}
+
+
+def test_the_flip_test_is_part_of_which_embeddings_a_model_makes(tiny_face_run, capsys):
+    """The same weights with and without the flip test had one digest: a gallery enrolled by a
+    run trained with test_flip took the plain run's probes silently (H25 F8). `yes` and `true`
+    are one setting, recorded typed (H25 F6)."""
+    import contextvars
+
+    from metaemb.core.data.pipeline import features_set_used, use_features_set
+    from metaemb.core.deploy.loading import load_run
+
+    _, run = tiny_face_run
+
+    def digest(*items: str) -> tuple[str, dict]:
+        use_features_set(list(items))
+        loaded = load_run(run, "cpu")
+        return loaded.digest, features_set_used(loaded.config)
+
+    plain, none = contextvars.copy_context().run(digest)
+    flipped, given = contextvars.copy_context().run(digest, "test_flip=yes")
+    same, own = contextvars.copy_context().run(digest, "test_flip=false")
+    assert plain != flipped and plain == same
+    assert (none, given, own) == ({}, {"test_flip": True}, {})

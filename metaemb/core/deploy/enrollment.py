@@ -81,7 +81,8 @@ def _enroll(
     if todo:
         emb = loaded.embed(folder, todo, workers)
         if g is None:
-            g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve())))
+            g = Gallery(ModelStamp.of(loaded.state, emb, str(Path(checkpoint).resolve()),
+                                      loaded.digest))  # fmt: skip
         else:
             todo, emb, moved = _follow_moved(g, folder, sources, todo, emb, as_enrolled)
         by_id: dict[str, list[int]] = {}

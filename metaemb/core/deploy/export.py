@@ -49,7 +49,7 @@ from metaemb.core.deploy.export_checks import (
     warn_untrained_shape,
 )
 from metaemb.core.deploy.loading import find_checkpoint, load_run
-from metaemb.core.deploy.stamp import model_digest
+from metaemb.core.deploy.stamp import embedding_digest, model_digest, test_options_in_effect
 from metaemb.core.errors import MetaembError, first_line, suggest
 from metaemb.core.files import (
     atomic_write_bytes,
@@ -98,11 +98,7 @@ class Inference:
 def _features_set(features: Any) -> dict[str, Any]:
     """The features' test options in effect where they are not the class's defaults (a flip
     test in the graph, from --features-set or from the run's training configuration)."""
-    from metaemb.core.plugin.options import options_of
-
-    defaults = {k: o.default for k, o in options_of(type(features)).items()}
-    names = getattr(type(features), "test_options", ()) or ()
-    given = {k: getattr(features, k) for k in names if getattr(features, k) != defaults.get(k)}
+    given = test_options_in_effect(features)
     return {"features_set": given} if given else {}
 
 
@@ -395,7 +391,8 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             data = to_torchscript(module, kind, spec)
             worst = check_parity(torchscript_runner(data, traced), module, kind, spec)
         out = target
-        scorer_state = fitted_scorer_state(state, config.eval.scorer)
+        digest = embedding_digest(model_digest(state["model"]), inf.model.features)
+        scorer_state = fitted_scorer_state(state, config.eval.scorer, digest)
         info = {
             "format": fmt,
             "file": out.name,
@@ -404,7 +401,7 @@ def _export(checkpoint: Path, fmt: str, target: Path, opset: int) -> Exported:
             "trained_with": state.get("metaemb_version"),
             "config_hash": state.get("config_hash") or config.hash(),
             "checkpoint": str(Path(inf.path).resolve()),
-            "model_digest": model_digest(state["model"]),  # what galleries record
+            "model_digest": digest,  # what galleries record
             "epoch": state.get("epoch"),
             "modality": config.modality,
             "components": {
@@ -505,7 +502,7 @@ def with_metadata(fmt: str, data: bytes, info: dict[str, Any]) -> bytes:
 SCORER_SUFFIX = ".scorer.npz"
 
 
-def fitted_scorer_state(state: dict[str, Any], scorer: str) -> bytes | None:
+def fitted_scorer_state(state: dict[str, Any], scorer: str, digest: str = "") -> bytes | None:
     """The run's fitted scorer state (a speaker run's training mean, WCCN and spread; PLDA's
     matrices) as an .npz of float64 arrays, None when its scorer has none (plain cosine, GME):
     without it a service scores exported embeddings with plain cosine, far worse."""
@@ -520,7 +517,7 @@ def fitted_scorer_state(state: dict[str, Any], scorer: str) -> bytes | None:
     arrays = {k: v.detach().cpu().double().numpy() for k, v in fitted.items()}
     # which model it belongs to, as the sidecar says: a stale .npz beside a newer model (same
     # dimension) would score with another training mean and WCCN without a word
-    arrays["model_digest"] = np.array(model_digest(state["model"]))
+    arrays["model_digest"] = np.array(digest or model_digest(state["model"]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

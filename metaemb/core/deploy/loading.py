@@ -70,11 +70,11 @@ class LoadedRun:
 
     @functools.cached_property
     def digest(self) -> str:
-        """The digest of the model's weights (`stamp.model_digest`): which model a gallery or
-        an embeddings file belongs to."""
-        from metaemb.core.deploy.stamp import model_digest
+        """Which embeddings the model makes (`stamp.embedding_digest`: its weights, and a flip
+        test when one is set): which model a gallery or an embeddings file belongs to."""
+        from metaemb.core.deploy.stamp import embedding_digest, model_digest
 
-        return model_digest(self.state["model"])
+        return embedding_digest(model_digest(self.state["model"]), self.model.features)
 
     @property
     def parts(self) -> Components:

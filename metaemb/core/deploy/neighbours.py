@@ -7,11 +7,14 @@ printing; semantics: docs/gallery.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from metaemb.core.errors import MetaembError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from metaemb.core.deploy.loading import LoadedRun
@@ -68,8 +71,8 @@ def collection_run(collection: Collection, run: Path | None = None) -> LoadedRun
     ckpt = run or _checkpoint(collection)
     if not ckpt or not Path(ckpt).exists():
         return None
-    try:
-        loaded = load_run(Path(ckpt))  # a run directory loads its best.pt, else last.pt
+    try:  # a run directory loads its best.pt, else last.pt; with the collection's sets
+        loaded = as_embedded(collection, load_run, Path(ckpt))
     except MetaembError:
         if run is not None:
             raise
@@ -109,31 +112,23 @@ def collection_scorer(
                          recorded=collection.meta.get("scorer"))  # fmt: skip
 
 
-def _embed_as_collection(
-    coll: Collection, model: Path, probes: list[Path], device: str, workers: int, root: Any
-) -> Collection:
-    """The probes embedded as the collection was: with the `--frontend-set` and
-    `--features-set` its embed recorded (a flip-tested collection searched with one-view
-    probes would mix two embeddings of each file)."""
+def as_embedded(collection: Collection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` with the `--frontend-set` and `--features-set` the collection's
+    embed recorded: its model and probes make the embeddings it holds (a flip-tested
+    collection searched with one-view probes would mix two embeddings of each file)."""
     import contextvars
     import json
 
     from metaemb.core.data import pipeline
-    from metaemb.core.eval.collect import embed_inputs
 
-    def embed() -> Collection:
+    def run() -> T:
         for key, use in (("frontend_set", pipeline.use_frontend_set),
                          ("features_set", pipeline.use_features_set)):  # fmt: skip
-            recorded = json.loads(coll.meta.get(key) or "{}")
-            use(
-                [
-                    f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                    for k, v in recorded.items()
-                ]
-            )
-        return embed_inputs(model, probes, device=device, workers=workers, root=root)
+            recorded = json.loads(collection.meta.get(key) or "{}")
+            use([f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in recorded.items()])
+        return fn(*args, **kwargs)
 
-    return contextvars.copy_context().run(embed)
+    return contextvars.copy_context().run(run)
 
 
 def find_neighbours(
@@ -159,7 +154,10 @@ def find_neighbours(
         raise MetaembError(
             f"'{collection_path}' does not say which model embedded it; pass --run RUN_OR_CHECKPOINT."
         )
-    probe = _embed_as_collection(coll, model, probes, device, workers, root)
+    from metaemb.core.eval.collect import embed_inputs
+
+    probe = as_embedded(coll, embed_inputs, model, probes, device=device, workers=workers,
+                        root=root)  # fmt: skip
     refuse_other_model(probe.meta["model_digest"], coll.meta.get("model_digest"),
                        given=f"'{model}'", verb="embedded",
                        what=f"the collection '{collection_path}'",

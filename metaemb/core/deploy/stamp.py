@@ -4,6 +4,7 @@ embedded it, and the kind and size of the embeddings (point or Gaussian meta-emb
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,29 @@ def model_digest(model_state: Mapping[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def test_options_in_effect(features: Any) -> dict[str, Any]:
+    """The features' test options (`test_options`: a flip test) whose values are not the class's
+    defaults: they change the embeddings the same weights make."""
+    from metaemb.core.plugin.options import options_of
+
+    names = getattr(type(features), "test_options", ()) or ()
+    if not names:
+        return {}
+    defaults = {k: o.default for k, o in options_of(type(features)).items()}
+    return {k: getattr(features, k) for k in names if getattr(features, k) != defaults.get(k)}
+
+
+def embedding_digest(weights: str, features: Any) -> str:
+    """Which embeddings a model makes: its weights' digest, extended by the features' test
+    options in effect (the same weights with a flip test make other embeddings, which a
+    gallery of the plain ones must not take). Unchanged where none is set."""
+    opts = test_options_in_effect(features)
+    if not opts:
+        return weights
+    text = weights + json.dumps(opts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def same_model(held: str | None, digest: str | None) -> bool:
@@ -68,11 +92,14 @@ class ModelStamp:
     checkpoint: str = ""
 
     @classmethod
-    def of(cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "") -> ModelStamp:
-        """The stamp of checkpoint `state` whose model produced `embeddings`."""
+    def of(
+        cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "", digest: str = ""
+    ) -> ModelStamp:
+        """The stamp of checkpoint `state` whose model produced `embeddings` (`digest`: its
+        `embedding_digest`, when known; else the weights')."""
         kind, dim, full = embedding_kind(embeddings)
         return cls(
-            digest=model_digest(state["model"]),
+            digest=digest or model_digest(state["model"]),
             kind=kind,
             dim=dim,
             full=full,

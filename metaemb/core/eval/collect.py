@@ -300,6 +300,7 @@ def embed_inputs(
 
     if frontend_set_used():
         meta["frontend_set"] = json.dumps(frontend_set_used(), sort_keys=True)
-    if features_set_used():
-        meta["features_set"] = json.dumps(features_set_used(), sort_keys=True)
+    features_set = features_set_used(loaded.config)  # typed; the run's own values left out
+    if features_set:
+        meta["features_set"] = json.dumps(features_set, sort_keys=True)
     return Collection(paths, identities, emb, meta)
