@@ -77,7 +77,10 @@ def test_embed_and_evaluate_with_a_flip_test_on_a_run_trained_without_it(
     assert code == 0, err
     [flipped] = [p for p in run.glob("eval-validation-*") if (p / "metrics.json").is_file()]
     assert flipped.name.startswith("eval-validation-features-")  # named as what it is (R12 F6)
-    assert json.loads((flipped / "metrics.json").read_text())["features_set"] == {"test_flip": True}
+    flip_result = json.loads((flipped / "metrics.json").read_text())
+    assert flip_result["features_set"] == flip_result["test_views"] == {"test_flip": True}
+    plain_result = json.loads((run / "eval-validation" / "metrics.json").read_text())
+    assert "test_views" not in plain_result  # one view: nothing to record (H25 F11)
     assert (run / "eval-validation" / "metrics.json").is_file()  # the plain one is kept
     # the run's own value is no other reading: the plain folder, no tag
     args = ["evaluate", run, "--workers", "0", "--features-set", "test_flip=false"]
@@ -182,3 +185,20 @@ def test_the_flip_test_is_part_of_which_embeddings_a_model_makes(tiny_face_run, 
     same, own = contextvars.copy_context().run(digest, "test_flip=false")
     assert plain != flipped and plain == same
     assert (none, given, own) == ({}, {"test_flip": True}, {})
+
+
+def test_an_export_with_a_features_set_does_not_replace_the_plain_one(
+    tiny_face_run, tmp_path, capsys
+):
+    """`export RUN --features-set test_flip=true` wrote RUN/best.onnx over the plain export, and
+    the plain export over it (H25 F7): without --out it is named beside the plain one."""
+    pytest.importorskip("onnx")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_face_run[1], run)  # the shared run stays as it is
+    for extra in ([], ["--features-set", "test_flip=true"]):
+        code, _, err = run_cli(["export", run, *extra], capsys)
+        assert code == 0, err
+    [flip] = run.glob("best-features-*.onnx")
+    assert (run / "best.onnx").is_file()
+    assert "features_set" in json.loads(flip.with_name(flip.name + ".json").read_text())
+    assert "features_set" not in json.loads((run / "best.onnx.json").read_text())

@@ -269,3 +269,20 @@ def test_rehearsal_refuses_folders_that_do_not_hold_its_samples_as_files(
     with pytest.raises(DataError, match=r"names '.*', which is not a file"):
         rehearsal_root(new, str(run), 2, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "rehearsal").iterdir())  # no half-built folder
+
+
+def test_rehearsal_from_python_or_on_a_missing_folder_is_said(old_run, tmp_path):
+    """A Trainer with train.rehearsal set trained on the new data alone, silently: only the
+    command mixed the old samples in (R12 F13); a --data that does not exist raised a
+    FileNotFoundError traceback from the rehearsal's listing (H25 F10)."""
+    from metaemb.core.errors import ConfigError, DataError
+
+    _, new, run = old_run
+    sets = [f"train.init_from={json.dumps(str(run))}", "train.rehearsal=2"]
+    with pytest.raises(ConfigError, match="is not a rehearsal mix: `metaemb train` makes one"):
+        built(new, run, tmp_path, *sets)
+    mixed = rehearsal_root(new, str(run), 2, tmp_path / "cache")
+    trainer = built(mixed, run, tmp_path / "mixed", *sets)
+    assert len(trainer.parts.folder.samples) > len(list(new.glob("*/*")))
+    with pytest.raises(DataError, match=r"data folder '.*nowhere' does not exist"):
+        rehearsal_root(tmp_path / "nowhere", str(run), 2, tmp_path / "cache")

@@ -194,6 +194,17 @@ def features_set_used(config: Config | None = None) -> dict[str, Any]:
     return {k: v for k, v in typed.items() if own.get(k, defaults.get(k)) != v}
 
 
+def test_views_record(model: Any) -> dict[str, Any]:
+    """`{"test_views": {...}}`: the features' test options in effect (a flip test, whether set by
+    --features-set or by the run's training configuration), for a result to record; {} when
+    the model embeds one view."""
+    from metaemb.core.deploy.stamp import test_options_in_effect
+
+    features = getattr(model, "features", None)
+    views = test_options_in_effect(features) if features is not None else {}
+    return {"test_views": views} if views else {}
+
+
 def apply_features_set(features: Any, name: str) -> None:
     """Set the command's --features-set on a loaded model's features `name` (checked against
     the options its class lets change after training)."""

@@ -283,9 +283,20 @@ def torchscript_runner(data: bytes, traced: Shapes = None) -> Any:
 
 # -- the one entry point --------------------------------------------------------------------------
 def default_out(checkpoint: Path, fmt: str) -> Path:
-    """best.pt → best.onnx / best.torchscript.pt beside it (a run dir → its best.pt's name)."""
+    """best.pt → best.onnx / best.torchscript.pt beside it (a run dir → its best.pt's name);
+    with a --features-set, best-features-<hash>.onnx: another graph, beside the plain one, as
+    evaluate writes beside the plain evaluation."""
+    import hashlib
+
+    from metaemb.core.data.pipeline import features_set_used
+
     path = find_checkpoint(Path(checkpoint))
-    return path.with_name(path.stem + FORMATS[fmt])
+    given = features_set_used()
+    tag = ""
+    if given:
+        text = json.dumps(given, sort_keys=True, default=str)
+        tag = "-features-" + hashlib.sha1(text.encode()).hexdigest()[:6]
+    return path.with_name(path.stem + tag + FORMATS[fmt])
 
 
 #: the names an export may take: a TorchScript file is a zip usually named .pt, .pth or .ts

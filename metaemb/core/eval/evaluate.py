@@ -19,7 +19,13 @@ from rich.markup import escape
 
 from metaemb.core.config import from_dict
 from metaemb.core.config.toml_io import Options, option_table
-from metaemb.core.data.pipeline import Components, data_root, features_set_used, frontend_set_used
+from metaemb.core.data.pipeline import (
+    Components,
+    data_root,
+    features_set_used,
+    frontend_set_used,
+    test_views_record,
+)
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
 from metaemb.core.errors import ConfigError, DataError, PluginError
@@ -388,6 +394,7 @@ class Evaluation:
             "training_identities_scored": shared,
             **({"frontend_set": frontend_set} if frontend_set else {}),
             **({"features_set": features_set} if features_set else {}),
+            **test_views_record(loaded.model),
             **({"folder": self.folder} if self.folder else {}),
             **({"folder_options": self.folder_options} if self.folder_options else {}),
         }

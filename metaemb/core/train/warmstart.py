@@ -179,6 +179,9 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
 
     if k < 1:
         raise ConfigError(f"train.rehearsal must be ≥ 1 old samples per identity, got {k}.")
+    if not Path(new_root).is_dir():  # an input: said as without rehearsal, before it is listed
+        what = "is a file, not a folder" if Path(new_root).exists() else "does not exist"
+        raise DataError(f"data folder '{new_root}' {what}.")
     old = load_run(Path(init_from), "cpu", with_data=True)
     old_train, _ = validation.split(old.parts.folder, old.config)
     _warn_shared_names(Path(new_root), old_train.identities)
@@ -212,6 +215,20 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def refuse_unmixed_rehearsal(config: Any, root: Path) -> None:
+    """`train.rehearsal` is mixed in by `metaemb train` (`rehearsal_root`); a Trainer built from
+    Python with it set, on a data folder that is not such a mix, trained on the new data alone
+    without a word."""
+    mixed = (Path(root) / ".complete").is_file() and Path(root).parent.name == "rehearsal"
+    if config.train.rehearsal and config.train.init_from and not mixed:
+        raise ConfigError(
+            f"train.rehearsal = {config.train.rehearsal}, but the data folder '{root}' is not a "
+            "rehearsal mix: `metaemb train` makes one. From Python, make it with "
+            "metaemb.core.train.warmstart.rehearsal_root(data, init_from, k, cache) and set "
+            "data.root to the folder it returns."
+        )
 
 
 def refuse_unread_rehearsal(folder: Any, root: Path, data_folder: str) -> None:
