@@ -37,6 +37,24 @@ def test_lr_find_command_sweeps_and_suggests(tmp_path, capsys):
         i = args.index("--end-lr")
         code, _, err = helpers.run_cli([*args[: i + 1], end, *args[i + 2 :]], capsys)
         assert code == 2 and f"--end-lr {float(end)}" in err and "at most at 100" in err
+    # a disk that fills up at the plot keeps the earlier pair: the new numbers beside the old
+    # curve were a mixed pair, the earlier numbers lost (H24 F7)
+    from metaemb.core.errors import OutputError
+    from metaemb.core.eval import figures
+
+    before = (out.read_bytes(), out.with_suffix(".json").read_bytes())
+
+    def disk_full(fig, path):
+        raise OutputError(f"cannot write the file '{path}': the disk is full")
+
+    real, figures.save_png = figures.save_png, disk_full
+    try:
+        i = args.index("--end-lr")
+        code, _, err = helpers.run_cli([*args[: i + 1], "0.01", *args[i + 2 :]], capsys)
+    finally:
+        figures.save_png = real
+    assert code == 2 and "disk is full" in err
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
 
 
 def test_suggestion_is_the_steepest_descent_and_plot_has_its_lines():

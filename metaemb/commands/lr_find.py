@@ -54,13 +54,22 @@ def lr_find(
         sets.append(f"data.root={json.dumps(str(recordable(data, 'data folder')))}")
     cfg = resolve(modality, config, sets)
     result = lr_range_test(cfg, steps, start_lr, end_lr, device=device, workers=workers)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result.to_dict(), indent=2))
-    try:
-        from metaemb.core.eval.figures import save_png
+    from metaemb.core.files import remove_with_set, written_together
 
-        save_png(lr_find_figure(result), out)
+    drawn = True
+    with written_together():  # the numbers and their plot replaced as a pair, the plot last
+        atomic_write_text(out.with_suffix(".json"), json.dumps(result.to_dict(), indent=2))
+        try:
+            from metaemb.core.eval.figures import save_png
+
+            save_png(lr_find_figure(result), out)
+        except PlotsUnavailable:
+            drawn = False
+            if out.is_file():  # an earlier sweep's plot would stand beside these numbers
+                remove_with_set(out)
+    if drawn:
         console.print(f"plot: {out}", markup=False, soft_wrap=True)
-    except PlotsUnavailable:
+    else:
         console.print("no plot: pip install 'metaemb[plots]' to get it", markup=False)
     stop = " (stopped early: the loss diverged)" if result.stopped_early else ""
     console.print(
