@@ -196,6 +196,21 @@ def test_resume_trims_metrics_to_the_checkpoint(faces, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_a_record_torn_by_a_full_disk_is_written_back_from_the_checkpoint(faces, tmp_path):
+    """Epoch 1's line torn (a full disk or a power cut during the append; a kill cannot tear
+    it) was dropped on resume for good: plot drew the run without that epoch, although last.pt
+    holds it (H24 F9). The resume writes it back from last.pt's history."""
+    with pytest.raises(Killed):
+        trainer(faces, tmp_path, callbacks=[KillInEpoch2()]).run()
+    run = trainer(faces, tmp_path).dir
+    whole = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(whole[:40])  # epoch 1's record torn
+    trainer(faces, tmp_path).run()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[0] == json.loads(whole.splitlines()[0])  # the very record, from last.pt
+
+
 # -- reproducibility ------------------------------------------------------------------------------
 def test_fresh_reproduces_the_run_bit_for_bit(faces, tmp_path):
     first = trainer(faces, tmp_path, "train.epochs=2")

@@ -94,20 +94,39 @@ def related_runs(runs_root: str | Path, config: Config) -> RelatedRuns:
     return RelatedRuns(earlier, twin, other_epochs)
 
 
-def trim_jsonl(path: Path, epoch: int) -> None:
+def trim_jsonl(path: Path, epoch: int, history: list[dict[str, Any]] | None = None) -> None:
     """Drop metrics.jsonl records newer than the checkpoint a run resumes from, and a line torn
-    by a kill in the middle of an append; other whole lines (a note added by hand) stay."""
-    if not path.exists():
+    by a kill or a full disk in the middle of an append; other whole lines (a note added by
+    hand) stay. An epoch the checkpoint's `history` holds but the file lost (a torn line) is
+    written back from it, in its place."""
+    if not path.exists() and not history:
         return
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = (
+        [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if path.exists()
+        else []
+    )
 
     def kept(line: str) -> bool:  # a record up to the checkpoint, or a line of the user's own
         e = record_epoch(line)
         return e <= epoch if e is not None else _is_json(line)
 
     keep = [ln for ln in lines if kept(ln)]
-    if len(keep) != len(lines):
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    have = {record_epoch(ln) for ln in keep}
+    lost = sorted(
+        (r for r in history or [] if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch
+         and r["epoch"] not in have),
+        key=lambda r: r["epoch"],
+    )  # fmt: skip
+    out: list[str] = []
+    for line in keep:
+        e = record_epoch(line)
+        while lost and e is not None and lost[0]["epoch"] < e:
+            out.append(json.dumps(lost.pop(0)))
+        out.append(line)
+    out += [json.dumps(r) for r in lost]
+    if out != lines:
+        atomic_write_text(path, "".join(ln + "\n" for ln in out))
 
 
 def _is_json(line: str) -> bool:

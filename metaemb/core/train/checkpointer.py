@@ -126,7 +126,7 @@ class Checkpointer:
         if self.last.exists():
             state = load_checkpoint(self.last, expect_hash=self.config_hash)
             if self.main:
-                trim_jsonl(self.metrics, int(state["epoch"]))
+                trim_jsonl(self.metrics, int(state["epoch"]), state.get("history"))
             return state
         if self.main:
             self._refuse_lost_last()
