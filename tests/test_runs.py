@@ -310,3 +310,41 @@ def test_a_lock_keeps_the_name_every_metaemb_gives_it_where_it_fits(tmp_path):
     assert lock_name(tmp_path / ("g" * 246 + ".pt")) == "." + "g" * 246 + ".pt.lock"
     long = lock_name(tmp_path / ("g" * 247 + ".pt"))
     assert long.startswith(".metaemb-") and long.endswith(".lock")
+
+
+def test_a_demo_generator_out_of_disk_is_said_to_be_out_of_disk(tmp_path, monkeypatch):
+    """Writing a demo dataset onto a full disk said 'OSError: [Errno 28]' in a build error, or
+    only 'LibsndfileError: System error.' for voices (H24 F8): the disk is named as full."""
+    import dataclasses
+    import errno
+    import shutil
+
+    from metaemb.core.errors import OutputError
+    from metaemb.core.plugin.components import build
+    from metaemb.core.plugin.manager import registry
+
+    reg = registry("demo_data")
+
+    def with_factory(factory):
+        monkeypatch.setitem(reg._entries, "face", dataclasses.replace(reg.entry("face"),
+                                                                       factory=factory))  # fmt: skip
+
+    def full(out=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with_factory(full)
+    with pytest.raises(OutputError, match=r"the disk holding '.*demo' is full.*set METAEMB_CACHE"):
+        build("demo_data", "face", {}, out=tmp_path / "demo")
+
+    def no_errno(out=None):  # libsndfile's "System error.": no errno, a disk with no room left
+        raise RuntimeError("System error.")
+
+    with_factory(no_errno)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10))
+    with pytest.raises(OutputError, match="is full"):
+        build("demo_data", "face", {}, out=tmp_path / "demo")
+    monkeypatch.setattr(shutil, "disk_usage", real)  # room enough: the error as it is
+    with pytest.raises(Exception, match="System error") as caught:
+        build("demo_data", "face", {}, out=tmp_path / "demo")
+    assert not isinstance(caught.value, OutputError)

@@ -19,9 +19,10 @@ import math
 import sys
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from metaemb.core.errors import ConfigError, MetaembError, PluginError, suggest
+from metaemb.core.errors import ConfigError, MetaembError, OutputError, PluginError, suggest
 from metaemb.core.plugin.manager import registry
 from metaemb.core.plugin.options import (
     _EMPTY,
@@ -206,6 +207,25 @@ def preset(factory: Any, doc: str = "", **fixed: Any) -> Any:
     return made
 
 
+def _disk_full(exc: BaseException, out: Any) -> bool:
+    """Whether `exc` is a full disk where a component writes (`out`): an OSError saying so, or
+    an error without errno (libsndfile's "System error") while that disk has next to no room."""
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if out is None or (isinstance(exc, OSError) and exc.errno):
+        return False
+    place = Path(out)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return shutil.disk_usage(place).free < 1024 * 1024
+    except OSError:
+        return False
+
+
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
     """Instantiate component `name` of `kind` with validated options plus the context it accepts."""
     reg = registry(kind)
@@ -232,6 +252,13 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
         elif isinstance(exc, AttributeError) and kind == "sample_folders":
             hint = (" (a sample folder sets the attributes its identity_of and load use first, "
                     "then calls super().__init__(root, samples), which scans the folder)")  # fmt: skip
+        elif _disk_full(exc, context.get("out")):  # a generator writing its files ran out
+            raise OutputError(
+                f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
+                f"{shown}: the disk holding '{context.get('out')}' is full ({type(exc).__name__}: "
+                f"{exc}); free some space, or write it to another disk (for the demo data: "
+                "set METAEMB_CACHE)."
+            ) from None
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
             f"{shown}: {type(exc).__name__}: {exc}{hint}"
