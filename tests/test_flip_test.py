@@ -78,9 +78,9 @@ def test_embed_and_evaluate_with_a_flip_test_on_a_run_trained_without_it(
     [flipped] = [p for p in run.glob("eval-validation-*") if (p / "metrics.json").is_file()]
     assert flipped.name.startswith("eval-validation-features-")  # named as what it is (R12 F6)
     flip_result = json.loads((flipped / "metrics.json").read_text())
-    assert flip_result["features_set"] == flip_result["test_views"] == {"test_flip": True}
+    assert flip_result["features_set"] == flip_result["test_options"] == {"test_flip": True}
     plain_result = json.loads((run / "eval-validation" / "metrics.json").read_text())
-    assert "test_views" not in plain_result  # one view: nothing to record (H25 F11)
+    assert "test_options" not in plain_result  # one view: nothing to record (H25 F11)
     assert (run / "eval-validation" / "metrics.json").is_file()  # the plain one is kept
     # the run's own value is no other reading: the plain folder, no tag
     args = ["evaluate", run, "--workers", "0", "--features-set", "test_flip=false"]
@@ -202,3 +202,24 @@ def test_an_export_with_a_features_set_does_not_replace_the_plain_one(
     assert (run / "best.onnx").is_file()
     assert "features_set" in json.loads(flip.with_name(flip.name + ".json").read_text())
     assert "features_set" not in json.loads((run / "best.onnx.json").read_text())
+
+
+def test_only_view_options_are_part_of_the_model_digest(tiny_face_run):
+    """The digest took every test option a run trained with: a speaker run trained with
+    max_eval_seconds=600 (the value the docs recommend) refused its own earlier galleries
+    (H25 F17). A view (the flip) is part of it; a cap is not. ModelStamp.of takes the loaded
+    run, so the Python recipe stamps what the commands check (H25 F16)."""
+    from metaemb.core.deploy.loading import load_run
+    from metaemb.core.deploy.stamp import ModelStamp, embedding_digest
+    from metaemb.plugins.audio.features import AudioFeatures
+    from metaemb.plugins.vision.features import ImageFeatures
+
+    weights = "0123456789abcdef"
+    assert embedding_digest(weights, AudioFeatures(max_eval_seconds=600)) == weights
+    assert embedding_digest(weights, ImageFeatures()) == weights
+    assert embedding_digest(weights, ImageFeatures(test_flip=True)) != weights
+    run = load_run(tiny_face_run[1], "cpu")
+    run.model.features.test_flip = True
+    run.__dict__.pop("digest", None)  # recomputed for the flip
+    stamp = ModelStamp.of(run, torch.zeros(1, 16))
+    assert stamp.digest == run.digest and stamp.config_hash == run.state["config_hash"]

@@ -194,15 +194,15 @@ def features_set_used(config: Config | None = None) -> dict[str, Any]:
     return {k: v for k, v in typed.items() if own.get(k, defaults.get(k)) != v}
 
 
-def test_views_record(model: Any) -> dict[str, Any]:
-    """`{"test_views": {...}}`: the features' test options in effect (a flip test, whether set by
+def test_options_record(model: Any) -> dict[str, Any]:
+    """`{"test_options": {...}}`: the features' test options in effect (a flip test, whether set by
     --features-set or by the run's training configuration), for a result to record; {} when
-    the model embeds one view."""
+    every one is at its default."""
     from metaemb.core.deploy.stamp import test_options_in_effect
 
     features = getattr(model, "features", None)
     views = test_options_in_effect(features) if features is not None else {}
-    return {"test_views": views} if views else {}
+    return {"test_options": views} if views else {}
 
 
 def apply_features_set(features: Any, name: str) -> None:

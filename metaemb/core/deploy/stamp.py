@@ -27,6 +27,13 @@ def model_digest(model_state: Mapping[str, Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def view_options_in_effect(features: Any) -> dict[str, Any]:
+    """The features' view options (`view_options`: a flip test) away from their defaults: the
+    same weights then make other embeddings of the same file."""
+    names = getattr(type(features), "view_options", ()) or ()
+    return {k: v for k, v in test_options_in_effect(features).items() if k in names}
+
+
 def test_options_in_effect(features: Any) -> dict[str, Any]:
     """The features' test options (`test_options`: a flip test) whose values are not the class's
     defaults: they change the embeddings the same weights make."""
@@ -40,11 +47,11 @@ def test_options_in_effect(features: Any) -> dict[str, Any]:
 
 
 def embedding_digest(weights: str, features: Any) -> str:
-    """Which embeddings a model makes: its weights' digest, extended by the features' test
+    """Which embeddings a model makes: its weights' digest, extended by the features' view
     options in effect (the same weights with a flip test make other embeddings, which a
     gallery of the plain ones must not take). Unchanged where none is set."""
-    opts = test_options_in_effect(features)
-    if not opts:
+    opts = view_options_in_effect(features)  # not a cap such as max_eval_seconds: a run
+    if not opts:  # trained with one keeps the digest its galleries recorded before
         return weights
     text = weights + json.dumps(opts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -74,7 +81,8 @@ def refuse_other_model(
         return
     raise error(
         f"{given} is not the model that {verb} {what}: it was {verb} with another model "
-        f"({stamp or f'weights {held}'}), and this one has weights {digest}. Embeddings of "
+        f"({stamp or f'model {held}'}), and this one is model {digest} (a model digest covers "
+        "the weights and the test views in effect, such as a flip test). Embeddings of "
         f"different models are not comparable: {remedy}."
     )
 
@@ -92,11 +100,12 @@ class ModelStamp:
     checkpoint: str = ""
 
     @classmethod
-    def of(
-        cls, state: Mapping[str, Any], embeddings: Any, checkpoint: str = "", digest: str = ""
-    ) -> ModelStamp:
-        """The stamp of checkpoint `state` whose model produced `embeddings` (`digest`: its
-        `embedding_digest`, when known; else the weights')."""
+    def of(cls, state: Any, embeddings: Any, checkpoint: str = "", digest: str = "") -> ModelStamp:
+        """The stamp of the model that produced `embeddings`: a loaded run (its `digest`, test
+        views included) or a checkpoint `state` (`digest`: its `embedding_digest` when known,
+        else the weights')."""
+        if hasattr(state, "digest") and hasattr(state, "state"):  # a LoadedRun
+            digest, state = digest or state.digest, state.state
         kind, dim, full = embedding_kind(embeddings)
         return cls(
             digest=digest or model_digest(state["model"]),
@@ -109,7 +118,7 @@ class ModelStamp:
         )
 
     def describe(self) -> str:
-        bits = [f"weights {self.digest}", f"config {self.config_hash or '?'}"]
+        bits = [f"model {self.digest}", f"config {self.config_hash or '?'}"]
         if self.epoch >= 0:
             bits.append(f"epoch {self.epoch}")
         if self.checkpoint:

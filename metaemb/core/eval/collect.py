@@ -296,14 +296,14 @@ def embed_inputs(
             emb = loaded.embed(folder, None, workers)
     meta = _model_meta(loaded, Path(checkpoint))
     meta["root"] = str(Path(folder.root).resolve())  # `root / path` names every file
-    from metaemb.core.data.pipeline import features_set_used, frontend_set_used, test_views_record
+    from metaemb.core.data.pipeline import features_set_used, frontend_set_used, test_options_record
 
     if frontend_set_used():
         meta["frontend_set"] = json.dumps(frontend_set_used(), sort_keys=True)
     features_set = features_set_used(loaded.config)  # typed; the run's own values left out
     if features_set:
         meta["features_set"] = json.dumps(features_set, sort_keys=True)
-    views = test_views_record(loaded.model).get("test_views")
+    views = test_options_record(loaded.model).get("test_options")
     if views:
-        meta["test_views"] = json.dumps(views, sort_keys=True)
+        meta["test_options"] = json.dumps(views, sort_keys=True)
     return Collection(paths, identities, emb, meta)

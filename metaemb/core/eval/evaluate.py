@@ -24,7 +24,7 @@ from metaemb.core.data.pipeline import (
     data_root,
     features_set_used,
     frontend_set_used,
-    test_views_record,
+    test_options_record,
 )
 from metaemb.core.deploy.loading import LoadedRun as Loaded
 from metaemb.core.deploy.loading import load_run
@@ -394,7 +394,7 @@ class Evaluation:
             "training_identities_scored": shared,
             **({"frontend_set": frontend_set} if frontend_set else {}),
             **({"features_set": features_set} if features_set else {}),
-            **test_views_record(loaded.model),
+            **test_options_record(loaded.model),
             **({"folder": self.folder} if self.folder else {}),
             **({"folder_options": self.folder_options} if self.folder_options else {}),
         }

@@ -295,7 +295,7 @@ def run_measure(
             "--measure match needs a triplet list: --trials FILE (write one with "
             "`metaemb trials make DATA --triplets N --out FILE`)."
         )
-    from metaemb.core.data.pipeline import features_set_used, frontend_set_used, test_views_record
+    from metaemb.core.data.pipeline import features_set_used, frontend_set_used, test_options_record
     from metaemb.core.eval.output_folder import (
         checkpoint_tag,
         claimed,
@@ -358,7 +358,7 @@ def run_measure(
             result["frontend_set"] = frontend_set
         if features_set:
             result["features_set"] = features_set
-        result.update(test_views_record(loaded.model))
+        result.update(test_options_record(loaded.model))
         with written_together():  # an earlier verification's scores and plots go with it
             dropped = drop_earlier_set(out)
             atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
