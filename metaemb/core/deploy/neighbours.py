@@ -124,7 +124,13 @@ def as_embedded(collection: Collection, fn: Callable[..., T], *args: Any, **kwar
     def run() -> T:
         for key, use in (("frontend_set", pipeline.use_frontend_set),
                          ("features_set", pipeline.use_features_set)):  # fmt: skip
-            recorded = json.loads(collection.meta.get(key) or "{}")
+            try:
+                recorded = json.loads(collection.meta.get(key) or "{}")
+            except ValueError:
+                raise MetaembError(
+                    f"the collection's record of its embed's {key.replace('_', '-')} is damaged "
+                    f"({collection.meta.get(key)!r}); embed the collection again."
+                ) from None
             use([f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in recorded.items()])
         return fn(*args, **kwargs)
 

@@ -181,8 +181,8 @@ def _note_cropped_once(seconds: float, kept: float) -> None:
         f"recordings longer than features.max_eval_seconds = {kept:g} s (of what the frontend "
         f"keeps: the speech, after a VAD) are embedded from their middle {kept:g} s (the first "
         f"met has {seconds:.1f} s). To keep more, give evaluate, embed or export "
-        "--features-set max_eval_seconds=600 (memory grows with it). Said once per process (so "
-        "once per data-loader worker).",
+        f"--features-set max_eval_seconds={600 if kept < 600 else math.ceil(seconds)} (memory "
+        "grows with it). Said once per process (so once per data-loader worker).",
         stacklevel=2,
     )
 
