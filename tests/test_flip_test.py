@@ -223,3 +223,20 @@ def test_only_view_options_are_part_of_the_model_digest(tiny_face_run):
     run.__dict__.pop("digest", None)  # recomputed for the flip
     stamp = ModelStamp.of(run, torch.zeros(1, 16))
     assert stamp.digest == run.digest and stamp.config_hash == run.state["config_hash"]
+
+
+def test_a_collection_whose_recorded_sets_are_damaged_is_said(tiny_face_run, tmp_path, capsys):
+    """neighbours raised a JSONDecodeError traceback on a collection whose features_set record
+    was damaged (H25 F13)."""
+    from metaemb.core.deploy.neighbours import find_neighbours
+    from metaemb.core.errors import MetaembError
+    from metaemb.core.eval.retrieval import Collection
+
+    data, run = tiny_face_run
+    path = tmp_path / "c.pt"
+    assert run_cli(["embed", run, data, "--out", path, "--workers", "0"], capsys)[0] == 0
+    coll = Collection.load(path)
+    coll.meta["features_set"] = '{"test_flip": tru'
+    member = sorted(data.glob("*/*.png"))[0]
+    with pytest.raises(MetaembError, match="record of its embed's features-set is damaged"):
+        find_neighbours(coll, [member], k=1, backend="exact", device="cpu")
