@@ -68,6 +68,9 @@ class Gallery:
         # is None while the contents are still those of the file (computed before a change,
         # or at a save: a reader never pays for it)
         self._known: dict[str, tuple[tuple[int, int, int] | None, str | None]] = {}
+        # what searches reuse until the next change: pooled models (per scorer state), a
+        # faiss index; a service then pays per probe, not per gallery (gallery_search.py)
+        self.search_cache: dict[Any, Any] = {}
         shape = (0, stamp.dim, stamp.dim) if stamp.full else (0, stamp.dim)
         keys = ("a", "b") if stamp.kind == "gme" else ("embeddings",)
         self._data = {k: torch.zeros(shape if k == "b" else (0, stamp.dim)) for k in keys}
@@ -81,7 +84,7 @@ class Gallery:
     @data.setter
     def data(self, value: dict[str, Tensor]) -> None:
         """Replace the stored tensors (pending rows are joined first, then dropped with them)."""
-        self._settle_known()
+        self._before_change()
         self._join_pending()
         self._data = value
 
@@ -94,7 +97,7 @@ class Gallery:
     @owner.setter
     def owner(self, value: Tensor) -> None:
         """Replace the owners (pending rows are joined first)."""
-        self._settle_known()
+        self._before_change()
         self._join_pending()
         self._owner = value
 
@@ -172,7 +175,7 @@ class Gallery:
         """Enroll samples for `identity` (new or existing; a name differing from an enrolled
         one only in Unicode form is that one) → how many were added. Samples whose source is
         already enrolled for it are skipped, so re-enrolling a folder is idempotent."""
-        self._settle_known()
+        self._before_change()
         check_new_name(identity)
         identity = self.named_as(identity)  # 'Zoë' typed in NFD is the enrolled NFC 'Zoë'
         self.check_embeddings(embeddings, f"embeddings for '{identity}'")
@@ -210,7 +213,7 @@ class Gallery:
 
     def remove(self, identity: str) -> int:
         """Forget an identity and its samples → how many samples were removed."""
-        self._settle_known()
+        self._before_change()
         if identity not in self.identities:
             hint = (
                 suggest(identity, self.identities)
@@ -232,7 +235,7 @@ class Gallery:
         """Give identity `old` the name `new`, keeping its samples (no file is read again: a
         service may have deleted them) → how many samples it has. With `merge`, `new` may be
         enrolled already: the two pool their samples, as one identity enrolled twice would."""
-        self._settle_known()
+        self._before_change()
         if old not in self.identities:
             hint = suggest(old, self.identities) or f" enrolled: {first_few(self.identities, 10)}."
             raise GalleryError(f"identity '{old}' is not enrolled;{hint}")
@@ -282,7 +285,7 @@ class Gallery:
     def rename_sources(self, renamed: dict[str, str]) -> int:
         """Give samples recorded under an old source name (keys) their new one (values), as
         when what a sample is known by changes; returns how many changed."""
-        self._settle_known()
+        self._before_change()
         new = [renamed.get(s, s) if s else s for s in self.sources]
         changed = sum(a != b for a, b in zip(new, self.sources, strict=True))
         if changed:
@@ -340,6 +343,12 @@ class Gallery:
             )
         atomic_write_bytes(Path(path), data)
         self._known[real] = (_file_signature(real), None)
+
+    def _before_change(self) -> None:
+        """Every change goes through here: the known files' digest of the contents as they
+        still are, and the search cache (pooled models per scorer) dropped."""
+        self._settle_known()
+        self.search_cache.clear()
 
     def _settle_known(self) -> None:
         """Before a change: the digest of the contents as the known files hold them."""

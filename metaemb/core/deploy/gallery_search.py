@@ -67,6 +67,40 @@ def _scorer(gallery: Gallery, scorer: str | Scorer | None) -> Scorer:
     return choose_scorer(None, scorer, "gallery", kind=gallery.stamp.kind, holder="the gallery")
 
 
+def scorer_key(scorer: Any) -> str:
+    """A digest of a scorer's type and state (its tensors, numbers and nested scorers): what
+    its `prepare` and `pool` make of a gallery depends on nothing else. Two scorer objects
+    adapted alike (a service's per-request scorer) share it."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(obj: Any, depth: int = 0) -> None:
+        h.update(type(obj).__qualname__.encode())
+        for name, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else ():
+            h.update(name.encode())
+            if isinstance(value, Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+            elif isinstance(value, (bool, int, float, str, type(None), tuple)):
+                h.update(repr(value).encode())
+            elif hasattr(value, "__dict__") and depth < 3:  # a base scorer, a fitted back-end
+                feed(value, depth + 1)
+            else:
+                h.update(repr(type(value)).encode())
+
+    feed(scorer)
+    return h.hexdigest()
+
+
+def _cached(gallery: Gallery, key: Any, make: Any) -> Any:
+    """`make()` once per gallery contents and key (search_cache is dropped by every change)."""
+    if key not in gallery.search_cache:
+        gallery.search_cache[key] = make()
+    return gallery.search_cache[key]
+
+
 def _nonempty(gallery: Gallery) -> None:
     if not gallery.identities:
         raise GalleryError("the gallery is empty: enroll identities first.")
@@ -78,8 +112,11 @@ def _point_blocks(
     """(probe rows, identity indices, [rows, identities] scores) blocks via the scorer."""
     from metaemb.core.scoring.scorers import as_embeddings
 
-    x = scorer.prepare(as_embeddings(gallery.samples, "gallery"))
-    models, counts = scorer.pool(x, gallery.groups())
+    def pooled() -> tuple[Tensor, Tensor]:
+        x = scorer.prepare(as_embeddings(gallery.samples, "gallery"))
+        return scorer.pool(x, gallery.groups())
+
+    models, counts = _cached(gallery, ("point", scorer_key(scorer)), pooled)
     t = scorer.prepare(as_embeddings(probes, "probes"))
     for rows, cols, blk in scorer.iter_models_matrix(models, counts, t, IDENT_CHUNK, PROBE_CHUNK):
         yield cols, rows, blk.T
@@ -88,7 +125,7 @@ def _point_blocks(
 def _gme_blocks(
     gallery: Gallery, probes: GME, scorer: Any
 ) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    models, _ = gallery.pooled()
+    models, _ = _cached(gallery, ("gme",), gallery.pooled)
     budget = getattr(scorer, "max_chunk_bytes", DEFAULT_CHUNK_BYTES)
     for p0 in range(0, len(probes), PROBE_CHUNK):
         rows = slice(p0, min(p0 + PROBE_CHUNK, len(probes)))
@@ -188,10 +225,14 @@ def _faiss_search(
         )
     gallery.check_embeddings(probes)
     faiss = require("faiss", "the faiss search backend", GalleryError)
-    # inner products of what the scorer compares: prepared samples, pooled per identity
-    models, _ = sc.pool(sc.prepare(gallery.samples.detach().cpu().double()), gallery.groups())
-    index = faiss.IndexFlatIP(models.shape[1])
-    index.add(models.float().numpy())
+
+    def built() -> Any:  # inner products of what the scorer compares: pooled prepared samples
+        models, _ = sc.pool(sc.prepare(gallery.samples.detach().cpu().double()), gallery.groups())
+        index = faiss.IndexFlatIP(models.shape[1])
+        index.add(models.float().numpy())
+        return index
+
+    index = _cached(gallery, ("faiss", scorer_key(sc)), built)
     q = sc.prepare(probes.detach().cpu().double()).float().numpy()
     scores, idx = index.search(q, k)
     return SearchResult(
