@@ -434,7 +434,7 @@ def test_the_plugins_table_puts_each_hooks_components_on_its_row(capsys, monkeyp
         cells = [c.strip() for c in line.split("│")]
         if len(cells) > 4 and cells[3].startswith("register_"):
             rows.setdefault(cells[3], []).append(cells[4])
-    assert "commands: landmarks" in rows["register_commands"]  # vision's commands (P16 F9)
+    assert "commands: landmarks, unpack-bin" in rows["register_commands"]  # vision's (P16 F9)
     for hook, comps in rows.items():
         kind = hook.removeprefix("register_")
         assert all(not c or c.startswith(f"{kind}:") for c in comps), (hook, comps)

@@ -265,7 +265,7 @@ def test_cli_plugins_json_and_list():
     assert "resnet18" in by_name["vision"]["components"]["backbones"]
     assert "register_backbones" in by_name["vision"]["hooks"]
     # the commands a plugin adds are listed with it (P16 F9: a strange command had no owner)
-    assert by_name["vision"]["components"]["commands"] == ["landmarks"]
+    assert by_name["vision"]["components"]["commands"] == ["landmarks", "unpack-bin"]
     res = runner.invoke(create_app(), ["list", "backbones"])
     assert res.exit_code == 0 and "resnet18" in res.output
 
