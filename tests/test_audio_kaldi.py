@@ -113,13 +113,27 @@ def test_unreadable_audio_names_utterance_and_line(plain):
         folder[0]
 
 
-@pytest.mark.parametrize("utt", ["/etc/passwd", "../../etc/passwd", "a/b", ".", "a\\b"])
-def test_utterance_id_must_be_a_plain_name(plain, utt):
+@pytest.mark.parametrize("utt", ["/etc/passwd", "../../etc/passwd", "a/../b", ".", "a\\b", "a//b"])
+def test_utterance_id_must_be_a_relative_name(plain, utt):
     write(plain, "wav.scp", [f"{utt} ../audio/a1.wav", "spkB-u1 ../audio/b1.wav"])
     write(plain, "utt2spk", [f"{utt} spkA", "spkB-u1 spkB"])
     (plain / "spk2utt").unlink()
-    with pytest.raises(DataError, match=r"utt2spk:1: utterance id .* is not a plain name"):
+    with pytest.raises(DataError, match=r"utt2spk:1: utterance id .* is not a relative name"):
         KaldiDataFolder(root=plain)
+
+
+def test_wespeaker_utterance_ids_with_slashes_are_read(plain):
+    """WeSpeaker's and ESPnet's VoxCeleb data directories key utterances by their relative
+    path ('id10270/5r0dWxy17C8/00001.wav'), as their trial lists name them: refused as not a
+    plain name (S6 F9)."""
+    ids = ["spkA/vid1/00001.wav", "spkB/vid2/00001.wav"]
+    write(plain, "wav.scp", [f"{ids[0]} ../audio/a1.wav", f"{ids[1]} ../audio/b1.wav"])
+    write(plain, "utt2spk", [f"{ids[0]} spkA", f"{ids[1]} spkB"])
+    (plain / "spk2utt").unlink()
+    folder = KaldiDataFolder(root=plain)
+    assert sorted(s.path for s in folder.samples) == ids
+    assert folder.identities == ["spkA", "spkB"]
+    assert folder[0] is not None
 
 
 @pytest.mark.parametrize("spk", ["spk/A", "..", "a\\b"])

@@ -105,13 +105,16 @@ def _float(value: str, path: Path, n: int, what: str) -> float:
 
 
 def check_utterance_id(utt: str, path: Path, n: int) -> None:
-    """An utterance id is a plain name: it becomes the sample's path (in embeddings files and
-    trial lists), so one that is absolute, holds a separator or is `.`/`..` is refused."""
-    if utt in (".", "..") or "/" in utt or "\\" in utt or "\0" in utt:
+    """An utterance id becomes the sample's path (in embeddings files and trial lists): names
+    joined by '/' (WeSpeaker and ESPnet key VoxCeleb utterances 'id10270/5r0dWxy17C8/00001.wav',
+    and their trial lists name them so), never one that is absolute, climbs out with '..' or
+    holds a backslash."""
+    parts = utt.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in utt or "\0" in utt:
         raise DataError(
-            f"{path}:{n}: utterance id {utt!r} is not a plain name (it holds '/' or '\\', or is "
-            "'.' or '..'); utterance ids name samples, not files: use ids such as "
-            "'spk1-utt001'."
+            f"{path}:{n}: utterance id {utt!r} is not a relative name (it is absolute, holds "
+            "'.', '..', an empty part or '\\'); utterance ids name samples: use ids such as "
+            "'spk1-utt001' or 'id10270/5r0dWxy17C8/00001.wav'."
         )
 
 
