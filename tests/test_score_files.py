@@ -187,3 +187,40 @@ def test_a_file_that_is_no_score_file_is_named_as_what_it_is(tmp_path):
         labelled_scores(tmp_path / "best.pt")
     with pytest.raises(OutputError, match=r"metrics\.json"):
         ensure_writable(tmp_path, "metrics file")
+
+
+def test_metrics_calibrates_a_score_file_on_a_development_set(tmp_path, capsys):
+    """The field fits a calibration on a development set's scores and applies it to the
+    evaluation set's (BOSARIS, Kaldi's logistic-regression-train); metaemb did it only inside
+    evaluate, on files of the evaluation's own data (S6 F6)."""
+    import json
+
+    from helpers import run_cli
+
+    from metaemb.core.scoring.calibration import LinearCalibration
+
+    rng = np.random.default_rng(1)
+
+    def scores_file(name: str, n: int):
+        tar, non = 10 * rng.normal(2, 1, n), 10 * rng.normal(0, 1, 3 * n)  # badly scaled
+        lines = [f"a t{i} {s:.6f} target" for i, s in enumerate(tar)]
+        lines += [f"a n{i} {s:.6f} nontarget" for i, s in enumerate(non)]
+        path = tmp_path / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    dev, ev = scores_file("dev.txt", 200), scores_file("eval.txt", 150)
+    out = tmp_path / "m.json"
+    args = ["metrics", ev, "--calibrate", dev, "--prior", "0.1", "--out", out]
+    code, text, err = run_cli(args, capsys)
+    assert code == 0, err
+    saved = json.loads(out.read_text())
+    d = np.loadtxt(dev, usecols=2)
+    labels = np.array([line.endswith("target") and not line.endswith("nontarget")
+                       for line in dev.read_text().splitlines()])  # fmt: skip
+    want = LinearCalibration(prior=0.1).fit(d, labels)
+    assert saved["calibration"]["weight"] == pytest.approx(want.weight)
+    assert saved["calibration"]["bias"] == pytest.approx(want.bias)
+    assert saved["calibrated"]["eer"] == pytest.approx(saved["eer"])  # monotone: same EER
+    assert saved["calibrated"]["cllr"] < saved["cllr"]  # the scale was off
+    assert "calibration: llr =" in " ".join(text.split())
