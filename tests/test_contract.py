@@ -266,3 +266,4 @@ def test_a_slow_run_shows_its_throughput_not_zero():
     from metaemb.core.train.summary import rate_text
 
     assert rate_text(0.4) == "0.4 samples/s" and rate_text(123.4) == "123 samples/s"
+    assert rate_text(0.04) == "25 s/sample"  # printed "0.0 samples/s" (R11 F11e)

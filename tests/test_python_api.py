@@ -22,9 +22,24 @@ def test_evaluation_takes_its_options_as_a_dict_or_as_the_command_lines_strings(
     with pytest.raises(ConfigError, match=r"scorer_options takes \{key: value\} or a list"):
         Evaluation(tmp_path, scorer_options="wccn=false")
     # a key given twice was a typo taken without a word (H22 F8): the one used is said
-    with pytest.warns(UserWarning, match="--scorer-set lda_dim is given more than once: the last"):
+    with pytest.warns(UserWarning, match="--scorer-set gives lda_dim more than once: the last"):
         twice = Evaluation(tmp_path, scorer_options=["lda_dim=2", "lda_dim=3"])
     assert twice.scorer_set == {"lda_dim": 3}
+    # every key given twice is named, with the value used (R11 F11b)
+    with pytest.warns(
+        UserWarning, match=r"gives lda_dim, wccn more than once.*lda_dim \(3\); wccn"
+    ):
+        Evaluation(tmp_path, scorer_options=["wccn=true", "lda_dim=2", "lda_dim=3", "wccn=false"])
+    # a numpy boolean (a comparison's result) set by hand on a Config is a bool (R11 F11c)
+    import numpy as np
+
+    from metaemb.core.config import resolve
+    from metaemb.core.config.checks import check_types
+
+    cfg = resolve("face", None, [])
+    cfg.train.amp = np.float64(0.2) > 0.5
+    check_types(cfg)
+    assert cfg.train.amp is False
 
 
 def test_collection_retrieval_takes_a_collection_in_memory_as_its_file(tmp_path):

@@ -97,6 +97,8 @@ def check_types(cfg: Config) -> None:
                 value = int(value)
             elif want is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
                 value = float(value)
+            elif want is bool and type(value).__name__ == "bool" and type(value) is not bool:
+                value = bool(value)  # numpy's bool_ (a comparison's result in a notebook)
             setattr(obj, field.name, value)
             fits = isinstance(value, want) and (want is bool or not isinstance(value, bool))
             if want is float and isinstance(value, int) and not isinstance(value, bool):

@@ -134,8 +134,9 @@ def option_table(given: Options, flag: str, argument: str) -> dict[str, Any]:
     if twice:
         import warnings
 
+        said = "; ".join(f"{k} ({table[k]!r})" for k in twice)
         warnings.warn(
-            f"{flag} {twice[0]} is given more than once: the last, {table[twice[0]]!r}, is used.",
+            f"{flag} gives {', '.join(twice)} more than once: the last of each is used: {said}.",
             stacklevel=2,
         )
     return table

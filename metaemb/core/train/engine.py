@@ -495,7 +495,7 @@ class Trainer:
             "epoch": result.epoch,
             "loss": result.loss,
             "seconds": round(result.seconds, 2),
-            "samples_per_s": round(result.samples_per_s, 1),
+            "samples_per_s": round(result.samples_per_s, 3),
             "lr": self.optimizer.param_groups[0]["lr"],
             **result.metrics,
             **{f"train_{k}": v for k, v in result.stats.items()},

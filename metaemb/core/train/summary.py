@@ -197,5 +197,7 @@ def write_summary(
 
 def rate_text(samples_per_s: float) -> str:
     """Throughput as people read it: whole samples per second, a decimal below 10 (a slow run
-    on a shared CPU is 0.4 samples/s, not 0)."""
+    on a shared CPU is 0.4 samples/s, not 0), and seconds per sample below 0.1."""
+    if 0 < samples_per_s < 0.1:
+        return f"{1 / samples_per_s:.0f} s/sample"
     return f"{samples_per_s:.{0 if samples_per_s >= 10 else 1}f} samples/s"
