@@ -240,3 +240,12 @@ def test_a_collection_whose_recorded_sets_are_damaged_is_said(tiny_face_run, tmp
     member = sorted(data.glob("*/*.png"))[0]
     with pytest.raises(MetaembError, match="record of its embed's features-set is damaged"):
         find_neighbours(coll, [member], k=1, backend="exact", device="cpu")
+
+
+def test_a_features_set_value_of_the_wrong_type_names_the_key(tiny_face_run, capsys):
+    """`--features-set test_flip=maybe` said "config key '--features-set.test_flip'" (R12 F8)."""
+    _, run = tiny_face_run
+    args = ["evaluate", run, "--workers", "0", "--features-set", "test_flip=maybe"]
+    code, _, err = run_cli(args, capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "config key 'features.test_flip': expected true or false" in said

@@ -189,7 +189,7 @@ def features_set_used(config: Config | None = None) -> dict[str, Any]:
 
     own = config.options("features")
     name = config.model.features
-    typed = validate_options("features", name, given, "--features-set")
+    typed = validate_options("features", name, given, "features")
     defaults = {k: o.default for k, o in options_of(registry("features").get(name)).items()}
     return {k: v for k, v in typed.items() if own.get(k, defaults.get(k)) != v}
 
@@ -222,7 +222,7 @@ def apply_features_set(features: Any, name: str) -> None:
             "change what the model was trained on (features list those it lets change in "
             "their `test_options`)."
         )
-    for key, value in validate_options("features", name, given, "--features-set").items():
+    for key, value in validate_options("features", name, given, "features").items():
         setattr(features, key, value)
 
 
