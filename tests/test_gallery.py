@@ -1267,3 +1267,52 @@ def test_searches_reuse_the_pooled_gallery_until_it_changes():
     g.add("new", probes[:1])  # a change drops the cache: the new identity is scored
     assert not g.search_cache
     assert g.search(probes[:1], k=1, scorer=scorer).names(0) == ["new"]
+
+
+def test_the_search_cache_follows_scorer_state_in_any_container_and_stays_bounded():
+    """A plugin scorer keeping its state in a dict or a numpy array was keyed by the
+    container's type only: searched with stale pooled models after adapting again (R13 F1);
+    a scorer adapted per request filled the cache without bound."""
+    import numpy as np
+
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.gallery_search import CACHED_STATES, scorer_key
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.scoring.scorers import PointScorer
+
+    class Centred(PointScorer):  # state in a dict, as a plugin may keep it
+        def __init__(self):
+            self.state = {"centre": torch.zeros(8)}
+            self.spare = np.zeros(3)
+
+        def prepare(self, x):
+            return torch.nn.functional.normalize(x.double() - self.state["centre"].double(), dim=1)
+
+        def block(self, models, n, test):
+            return models @ test.T
+
+        def pairs(self, models, counts, test):
+            return (models * test).sum(1)
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=8, config_hash="abcd1234", epoch=1))
+    gen = torch.Generator().manual_seed(0)
+    for i in range(10):
+        g.add(f"p{i}", torch.randn(2, 8, generator=gen))
+    probes = torch.randn(3, 8, generator=gen)
+    sc = Centred()
+    g.score_matrix(probes, sc)
+    for shift in (1.0, 2.0):
+        sc.state["centre"] = torch.full((8,), shift)  # adapted again
+        cached = g.score_matrix(probes, sc)
+        g.search_cache.clear()
+        assert torch.allclose(cached, g.score_matrix(probes, sc))
+    key = scorer_key(sc)
+    sc.spare[0] = 1.0  # a numpy array is read too
+    assert scorer_key(sc) != key
+    sc.hook = lambda x: x  # an attribute it cannot read: no key, pooled every time
+    assert scorer_key(sc) is None
+    del sc.hook
+    for shift in range(10):  # bounded however many states are searched with
+        sc.state["centre"] = torch.full((8,), float(shift))
+        g.score_matrix(probes, sc)
+    assert len(g.search_cache) <= CACHED_STATES

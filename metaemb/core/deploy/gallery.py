@@ -77,7 +77,9 @@ class Gallery:
 
     @property
     def data(self) -> dict[str, Tensor]:
-        """The stored sample tensors by name ("embeddings", or a GME's "a" and "b")."""
+        """The stored sample tensors by name ("embeddings", or a GME's "a" and "b"). Replace
+        them through this setter (or add/remove): a tensor edited in place is not seen by the
+        pooled models searches keep."""
         self._join_pending()
         return self._data
 

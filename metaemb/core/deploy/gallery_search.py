@@ -67,38 +67,70 @@ def _scorer(gallery: Gallery, scorer: str | Scorer | None) -> Scorer:
     return choose_scorer(None, scorer, "gallery", kind=gallery.stamp.kind, holder="the gallery")
 
 
-def scorer_key(scorer: Any) -> str:
-    """A digest of a scorer's type and state (its tensors, numbers and nested scorers): what
-    its `prepare` and `pool` make of a gallery depends on nothing else. Two scorer objects
-    adapted alike (a service's per-request scorer) share it."""
+def scorer_key(scorer: Any) -> str | None:
+    """A digest of a scorer's type and state (tensors, arrays, numbers, strings and the dicts,
+    lists and nested objects holding them): what its `prepare` and `pool` make of a gallery
+    depends on nothing else, so two scorer objects adapted alike share it. None when some
+    attribute is of a kind it cannot read: such a scorer is pooled for every search."""
     import hashlib
+
+    import numpy as np
 
     h = hashlib.blake2b(digest_size=16)
 
-    def feed(obj: Any, depth: int = 0) -> None:
-        h.update(type(obj).__qualname__.encode())
-        for name, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else ():
-            h.update(name.encode())
-            if isinstance(value, Tensor):
-                t = value.detach().cpu().contiguous()
-                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy())
-            elif isinstance(value, (bool, int, float, str, type(None), tuple)):
-                h.update(repr(value).encode())
-            elif hasattr(value, "__dict__") and depth < 3:  # a base scorer, a fitted back-end
-                feed(value, depth + 1)
-            else:
-                h.update(repr(type(value)).encode())
+    class Unreadable(Exception):
+        pass
 
-    feed(scorer)
+    def feed(value: Any, depth: int) -> None:
+        if depth > 6:
+            raise Unreadable
+        h.update(type(value).__qualname__.encode())
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, np.ndarray) and value.dtype != object:
+            h.update(f"{value.dtype}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+            h.update(repr(value).encode())
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                feed(item, depth + 1)
+        elif isinstance(value, dict):
+            for k in sorted(value, key=repr):
+                h.update(repr(k).encode())
+                feed(value[k], depth + 1)
+        elif callable(value) and not hasattr(type(value), "prepare"):  # a function: its code
+            raise Unreadable  # is state a digest cannot read (a scorer has `prepare`: read on)
+        elif hasattr(value, "__dict__"):  # a base scorer, a fitted back-end
+            for name, item in sorted(vars(value).items()):
+                h.update(name.encode())
+                feed(item, depth + 1)
+        else:
+            raise Unreadable
+
+    try:
+        feed(scorer, 0)
+    except Unreadable:
+        return None
     return h.hexdigest()
 
 
+CACHED_STATES = 4  # pooled models kept per gallery: a scorer adapted per request stays bounded
+
+
 def _cached(gallery: Gallery, key: Any, make: Any) -> Any:
-    """`make()` once per gallery contents and key (search_cache is dropped by every change)."""
-    if key not in gallery.search_cache:
-        gallery.search_cache[key] = make()
-    return gallery.search_cache[key]
+    """`make()` once per gallery contents and key (search_cache is dropped by every change;
+    a key holding None, a scorer state that cannot be read, is never kept)."""
+    if None in key:
+        return make()
+    cache = gallery.search_cache
+    if key not in cache:
+        while len(cache) >= CACHED_STATES:
+            cache.pop(next(iter(cache)))  # the oldest
+        cache[key] = make()
+    return cache[key]
 
 
 def _nonempty(gallery: Gallery) -> None:
