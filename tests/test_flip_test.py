@@ -195,10 +195,11 @@ def test_an_export_with_a_features_set_does_not_replace_the_plain_one(
     pytest.importorskip("onnx")
     run = tmp_path / "run"
     shutil.copytree(tiny_face_run[1], run)  # the shared run stays as it is
-    for extra in ([], ["--features-set", "test_flip=true"]):
+    for extra in ([], ["--features-set", "test_flip=true"], ["--features-set", "test_flip=yes"],
+                  ["--features-set", "test_flip=false"]):  # fmt: skip
         code, _, err = run_cli(["export", run, *extra], capsys)
         assert code == 0, err
-    [flip] = run.glob("best-features-*.onnx")
+    [flip] = run.glob("best-features-*.onnx")  # one flip export (yes is true; false the plain)
     assert (run / "best.onnx").is_file()
     assert "features_set" in json.loads(flip.with_name(flip.name + ".json").read_text())
     assert "features_set" not in json.loads((run / "best.onnx.json").read_text())

@@ -279,8 +279,10 @@ def test_rehearsal_from_python_or_on_a_missing_folder_is_said(old_run, tmp_path)
 
     _, new, run = old_run
     sets = [f"train.init_from={json.dumps(str(run))}", "train.rehearsal=2"]
+    cfg = resolve("face", None, [*TINY, f"data.root={json.dumps(str(new))}", *sets])
     with pytest.raises(ConfigError, match="is not a rehearsal mix: `metaemb train` makes one"):
-        built(new, run, tmp_path, *sets)
+        Trainer(cfg, runs_root=tmp_path / "r0", device="cpu", workers=0).run()
+    built(new, run, tmp_path, *sets)  # a sweep (lr-find) of the new data is no training (R13 F2)
     mixed = rehearsal_root(new, str(run), 2, tmp_path / "cache")
     trainer = built(mixed, run, tmp_path / "mixed", *sets)
     assert len(trainer.parts.folder.samples) > len(list(new.glob("*/*")))

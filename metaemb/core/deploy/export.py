@@ -292,6 +292,11 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
 
     path = find_checkpoint(Path(checkpoint))
     given = features_set_used()
+    if given:  # typed, and without the run's own values (test_flip=yes is =true; =false a no-op)
+        from metaemb.core.checkpoints import load_checkpoint
+        from metaemb.core.deploy.loading import _run_config
+
+        given = features_set_used(_run_config(load_checkpoint(path), path))
     tag = ""
     if given:
         text = json.dumps(given, sort_keys=True, default=str)

@@ -147,9 +147,6 @@ class Trainer:
         random.seed(cfg.train.seed)
         with validation.isolated_rng(self.device):  # a first-time demo-data build draws nothing
             root = data_root(cfg, self.console if self.dist.main else None)
-        from metaemb.core.train.warmstart import refuse_unmixed_rehearsal
-
-        refuse_unmixed_rehearsal(cfg, root)
         self.parts = Components.build(cfg, root)
         self.dist.refuse_differences(_what_this_rank_reads(cfg, self.parts.folder))
         self.train_folder, self.val_folder = validation.split(self.parts.folder, cfg)
@@ -267,6 +264,9 @@ class Trainer:
 
     def _run(self) -> dict[str, Any]:
         cfg = self.config
+        from metaemb.core.train.warmstart import refuse_unmixed_rehearsal
+
+        refuse_unmixed_rehearsal(cfg)  # training, not a sweep (lr-find) of the new data
         self.setup()
         self.checkpointer.prepare(self.fresh)
         self.dist.barrier()  # every rank reads last.pt only once rank 0 prepared the folder

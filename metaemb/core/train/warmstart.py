@@ -217,11 +217,12 @@ def rehearsal_root(new_root: Path, init_from: str, k: int, cache: Path, seed: in
     return out
 
 
-def refuse_unmixed_rehearsal(config: Any, root: Path) -> None:
-    """`train.rehearsal` is mixed in by `metaemb train` (`rehearsal_root`); a Trainer built from
+def refuse_unmixed_rehearsal(config: Any) -> None:
+    """`train.rehearsal` is mixed in by `metaemb train` (`rehearsal_root`); a Trainer run from
     Python with it set, on a data folder that is not such a mix, trained on the new data alone
     without a word."""
-    mixed = (Path(root) / ".complete").is_file() and Path(root).parent.name == "rehearsal"
+    root = Path(config.data.root_absolute or config.data.root or ".")
+    mixed = (root / ".complete").is_file() and root.parent.name == "rehearsal"
     if config.train.rehearsal and config.train.init_from and not mixed:
         raise ConfigError(
             f"train.rehearsal = {config.train.rehearsal}, but the data folder '{root}' is not a "
