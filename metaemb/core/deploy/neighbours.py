@@ -112,7 +112,13 @@ def collection_scorer(
                          recorded=collection.meta.get("scorer"))  # fmt: skip
 
 
-def as_embedded(collection: Collection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def as_embedded(
+    collection: Collection,
+    fn: Callable[..., T],
+    *args: Any,
+    named: Any = "the collection",
+    **kwargs: Any,
+) -> T:
     """`fn(*args, **kwargs)` with the `--frontend-set` and `--features-set` the collection's
     embed recorded: its model and probes make the embeddings it holds (a flip-tested
     collection searched with one-view probes would mix two embeddings of each file)."""
@@ -127,10 +133,12 @@ def as_embedded(collection: Collection, fn: Callable[..., T], *args: Any, **kwar
             try:
                 recorded = json.loads(collection.meta.get(key) or "{}")
             except ValueError:
+                recorded = None
+            if not isinstance(recorded, dict):  # not JSON, or JSON of another shape
                 raise MetaembError(
-                    f"the collection's record of its embed's {key.replace('_', '-')} is damaged "
+                    f"{named}: its record of its embed's --{key.replace('_', '-')} is damaged "
                     f"({collection.meta.get(key)!r}); embed the collection again."
-                ) from None
+                )
             use([f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in recorded.items()])
         return fn(*args, **kwargs)
 
@@ -163,7 +171,7 @@ def find_neighbours(
     from metaemb.core.eval.collect import embed_inputs
 
     probe = as_embedded(coll, embed_inputs, model, probes, device=device, workers=workers,
-                        root=root)  # fmt: skip
+                        root=root, named=f"collection '{collection_path}'")  # fmt: skip
     refuse_other_model(probe.meta["model_digest"], coll.meta.get("model_digest"),
                        given=f"'{model}'", verb="embedded",
                        what=f"the collection '{collection_path}'",
