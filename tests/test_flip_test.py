@@ -220,8 +220,9 @@ def test_only_view_options_are_part_of_the_model_digest(tiny_face_run):
     assert embedding_digest(weights, ImageFeatures()) == weights
     assert embedding_digest(weights, ImageFeatures(test_flip=True)) != weights
     run = load_run(tiny_face_run[1], "cpu")
-    run.model.features.test_flip = True
-    run.__dict__.pop("digest", None)  # recomputed for the flip
+    plain = run.digest
+    run.model.features.test_flip = True  # switched on after the digest was read (R13 F8)
+    assert run.digest != plain
     stamp = ModelStamp.of(run, torch.zeros(1, 16))
     assert stamp.digest == run.digest and stamp.config_hash == run.state["config_hash"]
 

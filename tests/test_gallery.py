@@ -1316,3 +1316,38 @@ def test_the_search_cache_follows_scorer_state_in_any_container_and_stays_bounde
         sc.state["centre"] = torch.full((8,), float(shift))
         g.score_matrix(probes, sc)
     assert len(g.search_cache) <= CACHED_STATES
+
+
+def test_threads_searching_one_gallery_share_its_cache():
+    """Searches write the gallery's cache: threads searching at once sometimes failed with a
+    KeyError (R13 F9); docs/gallery.md lets reads share a gallery."""
+    import threading
+
+    from metaemb.core.deploy.gallery import Gallery
+    from metaemb.core.deploy.stamp import ModelStamp
+    from metaemb.core.plugin.components import build
+
+    g = Gallery(ModelStamp(digest="0" * 16, kind="point", dim=8, config_hash="abcd1234", epoch=1))
+    gen = torch.Generator().manual_seed(0)
+    for i in range(30):
+        g.add(f"p{i}", torch.randn(2, 8, generator=gen))
+    scorers = []
+    for shift in range(8):  # more states than the cache keeps: evictions race with reads
+        sc = build("scorers", "cosine", {"subtract_mean": True})
+        sc.fit(g.samples + shift, g.owner)
+        scorers.append(sc)
+    errors: list[BaseException] = []
+
+    def search(k: int) -> None:
+        try:
+            for i in range(40):
+                g.search(torch.randn(2, 8), k=3, scorer=scorers[(i + k) % len(scorers)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -284,6 +284,12 @@ def test_rehearsal_from_python_or_on_a_missing_folder_is_said(old_run, tmp_path)
         Trainer(cfg, runs_root=tmp_path / "r0", device="cpu", workers=0).run()
     built(new, run, tmp_path, *sets)  # a sweep (lr-find) of the new data is no training (R13 F2)
     mixed = rehearsal_root(new, str(run), 2, tmp_path / "cache")
+    # the message's advice, on a configuration that records where it read before: accepted,
+    # as the folder training reads is checked (R13 F6)
+    from metaemb.core.train.warmstart import refuse_unmixed_rehearsal
+
+    cfg.data.root_absolute, cfg.data.root = str(new), str(mixed)
+    refuse_unmixed_rehearsal(cfg)
     trainer = built(mixed, run, tmp_path / "mixed", *sets)
     assert len(trainer.parts.folder.samples) > len(list(new.glob("*/*")))
     with pytest.raises(DataError, match=r"data folder '.*nowhere' does not exist"):

@@ -126,11 +126,13 @@ def _cached(gallery: Gallery, key: Any, make: Any) -> Any:
     if None in key:
         return make()
     cache = gallery.search_cache
-    if key not in cache:
-        while len(cache) >= CACHED_STATES:
-            cache.pop(next(iter(cache)))  # the oldest
-        cache[key] = make()
-    return cache[key]
+    value = cache.get(key)  # one read: threads searching one gallery share it (docs/gallery.md)
+    if value is None:
+        value = make()
+        for old in list(cache)[: max(0, len(cache) - CACHED_STATES + 1)]:  # the oldest
+            cache.pop(old, None)
+        cache[key] = value
+    return value
 
 
 def _nonempty(gallery: Gallery) -> None:

@@ -69,12 +69,20 @@ class LoadedRun:
     scorer_set: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
+    def weights_digest(self) -> str:
+        """The digest of the model's weights (hashed once: large models take a while)."""
+        from metaemb.core.deploy.stamp import model_digest
+
+        return model_digest(self.state["model"])
+
+    @property
     def digest(self) -> str:
         """Which embeddings the model makes (`stamp.embedding_digest`: its weights, and a flip
-        test when one is set): which model a gallery or an embeddings file belongs to."""
-        from metaemb.core.deploy.stamp import embedding_digest, model_digest
+        test when one is set, now: switching it on later changes it): which model a gallery or
+        an embeddings file belongs to."""
+        from metaemb.core.deploy.stamp import embedding_digest
 
-        return embedding_digest(model_digest(self.state["model"]), self.model.features)
+        return embedding_digest(self.weights_digest, self.model.features)
 
     @property
     def parts(self) -> Components:

@@ -221,7 +221,11 @@ def refuse_unmixed_rehearsal(config: Any) -> None:
     """`train.rehearsal` is mixed in by `metaemb train` (`rehearsal_root`); a Trainer run from
     Python with it set, on a data folder that is not such a mix, trained on the new data alone
     without a word."""
-    root = Path(config.data.root_absolute or config.data.root or ".")
+    if not (config.train.rehearsal and config.train.init_from):
+        return
+    from metaemb.core.data.pipeline import data_root
+
+    root = data_root(config)  # the folder training will read
     mixed = (root / ".complete").is_file() and root.parent.name == "rehearsal"
     if config.train.rehearsal and config.train.init_from and not mixed:
         raise ConfigError(
