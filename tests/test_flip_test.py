@@ -160,7 +160,7 @@ def test_a_sidecar_records_the_test_options_in_effect_from_training_too():
     from metaemb.core.deploy.export import _features_set
     from metaemb.plugins.vision.features import ImageFeatures
 
-    assert _features_set(ImageFeatures(test_flip=True)) == {"features_set": {"test_flip": True}}
+    assert _features_set(ImageFeatures(test_flip=True)) == {"test_options": {"test_flip": True}}
     assert _features_set(ImageFeatures()) == {}
 
 

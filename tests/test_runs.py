@@ -333,7 +333,7 @@ def test_a_demo_generator_out_of_disk_is_said_to_be_out_of_disk(tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with_factory(full)
-    with pytest.raises(OutputError, match=r"the disk holding '.*demo' is full.*set METAEMB_CACHE"):
+    with pytest.raises(OutputError, match=r"the disk holding '.*demo' is full.*METAEMB_CACHE"):
         build("demo_data", "face", {}, out=tmp_path / "demo")
 
     def no_errno(out=None):  # libsndfile's "System error.": no errno, a disk with no room left

@@ -224,3 +224,5 @@ def test_metrics_calibrates_a_score_file_on_a_development_set(tmp_path, capsys):
     assert saved["calibrated"]["eer"] == pytest.approx(saved["eer"])  # monotone: same EER
     assert saved["calibrated"]["cllr"] < saved["cllr"]  # the scale was off
     assert "calibration: llr =" in " ".join(text.split())
+    code, _, err = run_cli(["metrics", ev, "--prior", "0.1"], capsys)  # no fit to weigh (R13 F7)
+    assert code == 2 and "give --calibrate DEV_SCORES too" in " ".join(err.split())

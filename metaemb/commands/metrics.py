@@ -57,8 +57,9 @@ def metrics(
     priors = tuple(dict.fromkeys(p_target or (0.01, 0.05)))
     if not all(0.0 < p < 1.0 for p in priors):
         raise ConfigError(f"--p-target is a target prior in (0, 1); got {list(priors)}.")
-    if calibrate_trials is not None and calibrate is None:
-        raise ConfigError("--calibrate-trials labels --calibrate's scores: give --calibrate too.")
+    if calibrate is None and (calibrate_trials is not None or prior != 0.5):
+        raise ConfigError("--calibrate-trials and --prior are for --calibrate's fit: give "
+                          "--calibrate DEV_SCORES too.")  # fmt: skip
     if out is not None:
         read = [scores, *([trials] if trials else []), *([calibrate] if calibrate else [])]
         _check_out(out, read)

@@ -97,9 +97,17 @@ class Inference:
 
 def _features_set(features: Any) -> dict[str, Any]:
     """The features' test options in effect where they are not the class's defaults (a flip
-    test in the graph, from --features-set or from the run's training configuration)."""
-    given = test_options_in_effect(features)
-    return {"features_set": given} if given else {}
+    test in the graph, from --features-set or from the run's training configuration), under
+    the key metrics.json and embeddings files use (`test_options`), and the command's
+    --features-set beside it when it gave one (`features_set`)."""
+    from metaemb.core.data.pipeline import features_set_used
+
+    in_effect = test_options_in_effect(features)
+    given = {k: v for k, v in in_effect.items() if k in features_set_used()}
+    return {
+        **({"test_options": in_effect} if in_effect else {}),
+        **({"features_set": given} if given else {}),
+    }
 
 
 def _dtype(x: Tensor) -> str:

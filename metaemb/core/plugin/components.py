@@ -256,8 +256,8 @@ def build(kind: str, name: str, options: dict[str, Any] | None = None, **context
             raise OutputError(
                 f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "
                 f"{shown}: the disk holding '{context.get('out')}' is full ({type(exc).__name__}: "
-                f"{exc}); free some space, or write it to another disk (for the demo data: "
-                "set METAEMB_CACHE)."
+                f"{exc}); free some space, or write it to another disk (another --out; for "
+                "the built-in demo data a training generates, METAEMB_CACHE)."
             ) from None
         raise ConfigError(
             f"{reg.singular} '{name}' (plugin '{entry.plugin}') could not be built with "

@@ -4,7 +4,8 @@ Sample paths are utterance ids, so `load(root / utt)` maps back to a recording (
 it). Relative paths in wav.scp are looked up against the data directory first, then the current
 directory (Kaldi recipes write them relative to the recipe folder). Piped commands (`… |`) and
 archive offsets (`foo.ark:123`) are refused: convert such data to audio files once. Utterance ids
-must be plain names (no `/`, `\\`, `.` or `..`): they become the sample paths. The tables are read
+become the sample paths: names, or names joined by `/` (WeSpeaker's VoxCeleb keys), never
+absolute, `.`, `..` or holding `\\`. The tables are read
 as trial lists are (`read_list_text`: UTF-8 with or without a byte-order mark, or UTF-16 with
 one). A segment ending up to MAX_OVERSHOOT s past its recording's end is cut to the end, a later
 one is a bad sample (Kaldi's extract-segments skips it the same way).
