@@ -255,3 +255,31 @@ def test_a_features_set_value_of_the_wrong_type_names_the_key(tiny_face_run, cap
     code, _, err = run_cli(args, capsys)
     said = " ".join(err.split())
     assert code == 2 and "config key 'features.test_flip': expected true or false" in said
+
+
+def test_a_view_that_changes_the_batch_is_refused_naming_the_features():
+    """A view of another batch size made embed write 2 embeddings for 96 paths, and evaluate
+    fail with an IndexError (P23 F1): views keep the input's shape, said by the features."""
+    from metaemb.core.errors import PluginError
+
+    cfg = resolve("face", sets=["features.image_size=16", "model.dim=8"])
+    model = build_model(cfg).eval()
+    model.features.test_views = lambda x: [x, x[:1]]
+    with pytest.raises(PluginError, match=r"test_views gave views of shapes .* each view keeps"):
+        model(torch.randn(3, 3, 16, 16))
+
+
+def test_a_plugins_test_options_are_view_options_unless_it_says_otherwise():
+    """A plugin written from the docs, which did not name view_options, got a digest that
+    ignored its views (P23 F3): every test option is a view option by default."""
+    from metaemb.core.deploy.stamp import embedding_digest
+    from metaemb.plugins.vision.features import ImageFeatures
+
+    class Rotated(ImageFeatures):
+        test_options = ("test_flip", "test_rotate")
+
+        def __init__(self, test_rotate: bool = False, **kw):
+            super().__init__(**kw)
+            self.test_rotate = test_rotate
+
+    assert embedding_digest("w", Rotated(test_rotate=True)) != "w"

@@ -30,8 +30,9 @@ def model_digest(model_state: Mapping[str, Tensor]) -> str:
 def view_options_in_effect(features: Any) -> dict[str, Any]:
     """The features' view options (`view_options`: a flip test) away from their defaults: the
     same weights then make other embeddings of the same file."""
-    names = getattr(type(features), "view_options", ()) or ()
-    return {k: v for k, v in test_options_in_effect(features).items() if k in names}
+    names = getattr(type(features), "view_options", None)
+    in_effect = test_options_in_effect(features)
+    return in_effect if names is None else {k: v for k, v in in_effect.items() if k in names}
 
 
 def test_options_in_effect(features: Any) -> dict[str, Any]:

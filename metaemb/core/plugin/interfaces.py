@@ -85,8 +85,9 @@ class Features(nn.Module):
     # options that only change `test_views` (not training): the commands that use a trained
     # run let `--features-set` change them (e.g. a flip test on a run trained without it)
     test_options: ClassVar[tuple[str, ...]] = ()
-    # those of them that change the views embedded (not a crop): part of the model's digest
-    view_options: ClassVar[tuple[str, ...]] = ()
+    # those of them that change the views embedded, which are part of the model's digest;
+    # None: every test option (list fewer only for options that are no view, such as a crop)
+    view_options: ClassVar[tuple[str, ...] | None] = None
 
     @abc.abstractmethod
     def prepare(self, raw: Any, train: bool) -> Tensor:

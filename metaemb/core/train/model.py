@@ -34,6 +34,19 @@ class EmbeddingModel(nn.Module):
             return self.head(self.pooled(x, lengths))
         x, lengths = self.features(x, lengths)
         views = self.features.test_views(x)
+        plain = len(views) == 1 and views[0] is x
+        if not (plain or torch.jit.is_tracing()) and any(  # one embedding per sample
+            getattr(v, "shape", None) != x.shape for v in views
+        ):
+            from metaemb.core.errors import PluginError
+            from metaemb.core.plugin.components import described
+
+            shapes = ", ".join(str(tuple(getattr(v, "shape", ()))) for v in views)
+            raise PluginError(
+                f"{described(self.features, 'features')}: test_views gave views of shapes "
+                f"{shapes} for an input of {tuple(x.shape)}; each view keeps the input's shape "
+                "(the same samples, in order), so that they average sample by sample."
+            )
         outs = [self.head(self.backbone(v, lengths)) for v in views]
         return outs[0] if len(outs) == 1 else average_views(outs)
 

@@ -78,6 +78,7 @@ class AudioFeatures(Features):
     parts: ClassVar[dict[str, Any]] = {"fbank": KaldiFbank}  # a fixed part: [features.fbank]
     # evaluation's crop of long recordings, changeable after training (--features-set)
     test_options: ClassVar[tuple[str, ...]] = ("max_eval_seconds",)
+    view_options: ClassVar[tuple[str, ...]] = ()  # a crop, not a view: no part of the digest
 
     def __init__(
         self,

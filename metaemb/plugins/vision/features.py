@@ -102,7 +102,6 @@ class ImageFeatures(Features):
     yields = Kind("image-tensor")  # normalised float [3, S, S]
     hash_neutral: ClassVar[dict[str, bool]] = {"test_flip": False}  # runs from before it
     test_options: ClassVar[tuple[str, ...]] = ("test_flip",)  # --features-set after training
-    view_options: ClassVar[tuple[str, ...]] = ("test_flip",)
 
     def __init__(
         self,
