@@ -226,3 +226,10 @@ def test_metrics_calibrates_a_score_file_on_a_development_set(tmp_path, capsys):
     assert "calibration: llr =" in " ".join(text.split())
     code, _, err = run_cli(["metrics", ev, "--prior", "0.1"], capsys)  # no fit to weigh (R13 F7)
     assert code == 2 and "give --calibrate DEV_SCORES too" in " ".join(err.split())
+    # an unlabelled development file is told to take --calibrate-trials, not --trials (W3 F3)
+    bare = tmp_path / "dev_bare.txt"
+    bare.write_text("".join(" ".join(line.split()[:3]) + "\n"
+                            for line in dev.read_text().splitlines()))  # fmt: skip
+    code, _, err = run_cli(["metrics", ev, "--calibrate", bare], capsys)
+    said = " ".join(err.split())
+    assert code == 2 and "give --calibrate-trials with the labelled list" in said

@@ -119,7 +119,7 @@ def _calibrated(
     from metaemb.core.eval.scores_file import labelled_scores
     from metaemb.core.scoring.calibration import LinearCalibration
 
-    dev_tar, dev_non = labelled_scores(dev, dev_trials)
+    dev_tar, dev_non = labelled_scores(dev, dev_trials, "--calibrate-trials")
     scores = np.concatenate([dev_tar, dev_non])
     labels = np.concatenate([np.ones(len(dev_tar)), np.zeros(len(dev_non))])
     cal = LinearCalibration(prior=prior).fit(scores, labels)

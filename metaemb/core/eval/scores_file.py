@@ -192,7 +192,9 @@ def _label_first(
     return next(iter(first)) if first else None
 
 
-def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def labelled_scores(
+    scores: Path, trials: Path | None = None, flag: str = "--trials"
+) -> tuple[np.ndarray, np.ndarray]:
     """(target scores, non-target scores) of a score file, labelled by its own lines or by the
     trial list `trials` (joined on enroll and test; every scored trial must be listed)."""
     import warnings
@@ -212,7 +214,7 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
             f"every line of '{scores}' with a 0 or 1 reads both as 'score label' and as 'label "
             f"score'; read as {'label score' if scored is other else 'score label'}"
             + (", the reading its trial list agrees with" if trials is not None else
-               " (give --trials to decide by the list)") + ".",
+               f" (give {flag} to decide by the list)") + ".",
             stacklevel=2,
         )  # fmt: skip
     tar, non, unlisted, disagree = [], [], [], []
@@ -246,7 +248,7 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
             f"{len(disagree)} of the {len(scored)} scored trials of '{scores}' carry a label "
             f"that the trial list '{trials}' contradicts (first: {disagree[0]!r}): the scores "
             "were made for another list (a cleaned or an original version?). Give the list "
-            "they were scored on, or leave --trials out to use their own labels."
+            f"they were scored on, or leave {flag} out to use their own labels."
         )
     if opposite:
         warnings.warn(
@@ -275,7 +277,7 @@ def labelled_scores(scores: Path, trials: Path | None = None) -> tuple[np.ndarra
         said = "are not in the trial list" if trials is not None else "have no label"
         raise DataError(
             f"{len(unlisted)} of the {len(scored)} scored trials of '{scores}' {said} (first: "
-            f"{unlisted[0]!r}): give --trials with the labelled list they were scored on"
+            f"{unlisted[0]!r}): give {flag} with the labelled list they were scored on"
             + (", written with the same paths" if trials is not None else "")
             + "."
         )
