@@ -283,3 +283,29 @@ def test_a_plugins_test_options_are_view_options_unless_it_says_otherwise():
             self.test_rotate = test_rotate
 
     assert embedding_digest("w", Rotated(test_rotate=True)) != "w"
+
+
+def test_test_options_are_checked_when_the_plugin_registers():
+    """A misspelt test_options entry made --features-set refuse the option it meant, and a view
+    option without hash_neutral gave every earlier run a new folder, both found late (P23 F5,
+    F6): said when the plugin registers."""
+    import warnings
+
+    from metaemb.core.errors import PluginError
+    from metaemb.core.plugin.registry import Registry
+    from metaemb.plugins.vision.features import ImageFeatures
+
+    class Misspelt(ImageFeatures):
+        test_options = ("test_flop",)
+
+    with pytest.raises(PluginError, match=r"test_options names 'test_flop', which is not one"):
+        Registry("features").add("misspelt", Misspelt, "palm")
+
+    class Unneutral(ImageFeatures):
+        hash_neutral = None  # the flip without its neutral default
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Registry("features").add("unneutral", Unneutral, "palm")
+    assert any("view option 'test_flip' has no hash_neutral default" in str(w.message)
+               for w in caught)  # fmt: skip

@@ -102,6 +102,8 @@ class Registry:
             options = _options(factory)
             _check_option_defaults(what, options, plugin)
             _check_declared_options(what, factory, plugin, info, options)
+            if self.kind == "features":
+                _check_test_options(what, factory, plugin, options)
             _warn_unreachable_context(self.kind, what, factory, plugin)
         self._entries[name] = Entry(name, factory, plugin, dict(info))
 
@@ -251,6 +253,33 @@ def _check_declared_options(
                         f"{suggest(opt.name.split('.')[0], options)} options: "
                         f"{', '.join(sorted(options)) or '(none)'}."
                     )
+
+
+def _check_test_options(what: str, factory: Any, plugin: str, options: dict[str, Any]) -> None:
+    """`test_options` and `view_options` must name options of the features (a misspelt entry
+    made `--features-set` refuse the option it meant); a view option without a `hash_neutral`
+    default gives every run trained before it another folder: said once, at registration."""
+    import warnings
+
+    tests = tuple(getattr(factory, "test_options", ()) or ())
+    views = getattr(factory, "view_options", None)
+    for attr, names in (("test_options", tests), ("view_options", tuple(views or ()))):
+        unknown = [n for n in names if n not in options]
+        if unknown:
+            raise PluginError(
+                f"plugin '{plugin}' registers {what} whose {attr} names {unknown[0]!r}, which "
+                f"is not one of its options;{suggest(unknown[0], options)} options: "
+                f"{', '.join(sorted(options)) or '(none)'}."
+            )
+    neutral = getattr(factory, "hash_neutral", None) or {}
+    missing = [n for n in (tests if views is None else views) if n not in neutral]
+    if missing:
+        warnings.warn(
+            f"plugin '{plugin}' registers {what} whose view option {missing[0]!r} has no "
+            "hash_neutral default: every run trained before it gets another run folder (list "
+            f'it in hash_neutral = {{"{missing[0]}": <the value that keeps the old behaviour>}}).',
+            stacklevel=3,
+        )
 
 
 #: the base class each kind's classes subclass (docs/plugins.md); a class of another kind's
