@@ -225,6 +225,7 @@ def test_only_view_options_are_part_of_the_model_digest(tiny_face_run):
     assert run.digest != plain
     stamp = ModelStamp.of(run, torch.zeros(1, 16))
     assert stamp.digest == run.digest and stamp.config_hash == run.state["config_hash"]
+    assert stamp.checkpoint == str(run.path)  # named in refusals (R13 F7)
 
 
 def test_a_collection_whose_recorded_sets_are_damaged_is_said(tiny_face_run, tmp_path, capsys):

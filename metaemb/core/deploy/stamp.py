@@ -106,6 +106,7 @@ class ModelStamp:
         views included) or a checkpoint `state` (`digest`: its `embedding_digest` when known,
         else the weights')."""
         if hasattr(state, "digest") and hasattr(state, "state"):  # a LoadedRun
+            checkpoint = checkpoint or str(getattr(state, "path", "") or "")
             digest, state = digest or state.digest, state.state
         kind, dim, full = embedding_kind(embeddings)
         return cls(
