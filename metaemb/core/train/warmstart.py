@@ -227,7 +227,7 @@ def refuse_unmixed_rehearsal(config: Any) -> None:
 
     root = data_root(config)  # the folder training will read
     mixed = (root / ".complete").is_file() and root.parent.name == "rehearsal"
-    if config.train.rehearsal and config.train.init_from and not mixed:
+    if not mixed:
         raise ConfigError(
             f"train.rehearsal = {config.train.rehearsal}, but the data folder '{root}' is not a "
             "rehearsal mix: `metaemb train` makes one. From Python, make it with "
