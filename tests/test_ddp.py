@@ -130,3 +130,35 @@ def test_a_plain_cuda_device_under_torchrun_is_each_ranks_own_gpu(monkeypatch) -
     assert pick_device("cuda:1") == torch.device("cuda", 1)  # an explicit GPU stays
     monkeypatch.delenv("LOCAL_RANK")
     assert pick_device("cuda") == torch.device("cuda")
+
+
+def test_torchrun_ranks_whose_data_copies_differ_are_stopped_before_training(
+    tmp_path: Path,
+) -> None:
+    """The engine's own comparison of what each rank read, through torchrun (R11 F10: only
+    the bare method was tested): two nodes start in their own job folders with `--data faces`;
+    node 1's copy lacks an image. Both ranks stop naming the data, and no epoch is trained."""
+    import shutil
+
+    from metaemb.core.plugin.components import build
+
+    data = tmp_path / "node0" / "faces"
+    build("demo_data", "face", {"identities": 6, "images_per_identity": 4, "image_size": 32},
+          out=data)  # fmt: skip
+    shutil.copytree(data, tmp_path / "node1" / "faces")
+    next((tmp_path / "node1" / "faces").glob("*/*.png")).unlink()
+    wrapper = tmp_path / "rank.sh"
+    wrapper.write_text(
+        f'cd "{tmp_path}/node$LOCAL_RANK" && exec "{sys.executable}" -m metaemb.cli train '
+        f'--modality face --data faces --runs "{tmp_path}/runs$LOCAL_RANK" --workers 0 '
+        "--set train.epochs=1 --set train.batch_size=8 --set model.dim=16 "
+        "--set features.image_size=32\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
+           "bash", str(wrapper)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    said = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, said
+    assert "rank 1 (host" in said and "sees data 23 samples of 6 identities" in said, said
+    assert "epoch 1:" not in said
