@@ -269,6 +269,13 @@ def test_a_view_that_changes_the_batch_is_refused_naming_the_features():
     with pytest.raises(PluginError, match=r"test_views gave views of shapes .* each view keeps"):
         model(torch.randn(3, 3, 16, 16))
 
+    def broken(x):
+        raise IndexError("rotation table out of range")
+
+    model.features.test_views = broken  # named as the features' views (P23 F7)
+    with pytest.raises(PluginError, match=r"test_views failed on a batch of shape .*IndexError"):
+        model(torch.randn(3, 3, 16, 16))
+
 
 def test_a_plugins_test_options_are_view_options_unless_it_says_otherwise():
     """A plugin written from the docs, which did not name view_options, got a digest that

@@ -33,7 +33,16 @@ class EmbeddingModel(nn.Module):
         if self.training:
             return self.head(self.pooled(x, lengths))
         x, lengths = self.features(x, lengths)
-        views = self.features.test_views(x)
+        try:
+            views = self.features.test_views(x)
+        except Exception as exc:  # a plugin's views: named as such, not as "the network"
+            from metaemb.core.errors import PluginError
+            from metaemb.core.plugin.components import described
+
+            raise PluginError(
+                f"{described(self.features, 'features')}: test_views failed on a batch of "
+                f"shape {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+            ) from exc
         plain = len(views) == 1 and views[0] is x
         if not (plain or torch.jit.is_tracing()) and any(  # one embedding per sample
             getattr(v, "shape", None) != x.shape for v in views
